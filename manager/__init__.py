@@ -1,0 +1,1 @@
+"""Tether manager: the server that queues tasks and drives delegates."""

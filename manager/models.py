@@ -1,0 +1,124 @@
+"""Models of the user-facing REST API (``/api/v1``), shared by the server and the client."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.protocol import Deployment, TaskPayload, TaskState, TaskType
+
+__all__ = [
+    "AttemptView",
+    "DelegateView",
+    "LogEntry",
+    "LogPage",
+    "TaskList",
+    "TaskSubmit",
+    "TaskView",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenView",
+]
+
+SECRET_PLACEHOLDER = "**************"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSubmit(Model):
+    payload: TaskPayload
+    selectors: list[str] = Field(default_factory=list, max_length=64)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    queue_timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    max_attempts: int = Field(default=1, ge=1, le=10)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    # Values the task may see that must never show: sealed to the delegate at acquire,
+    # masked in the logs, and never returned by the API (only their names are).
+    secret_env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    deployment: Deployment | None = None
+
+
+class AttemptView(Model):
+    attempt: int
+    delegate_id: str
+    delegate_name: str | None = None
+    started_at: float
+    finished_at: float | None = None
+    status: str | None = None
+
+
+class TaskView(Model):
+    id: str
+    type: TaskType
+    state: TaskState
+    payload: TaskPayload
+    selectors: list[str]
+    secret_env_names: list[str]
+    timeout_s: float
+    queue_timeout_s: float
+    max_attempts: int
+    attempt: int
+    delegate_id: str | None = None
+    idempotency_key: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+    cancel_requested: bool = False
+    deployment: Deployment | None = None
+    attempts: list[AttemptView] = Field(default_factory=list)
+
+
+class TaskList(Model):
+    tasks: list[TaskView]
+
+
+class LogEntry(Model):
+    attempt: int
+    seq: int
+    stream: Literal["stdout", "stderr", "system"]
+    ts: float
+    text: str
+
+
+class LogPage(Model):
+    lines: list[LogEntry]
+    # Pass as ``after`` to get the next page; unchanged when there was nothing new.
+    cursor: str
+    state: TaskState
+
+
+class DelegateView(Model):
+    id: str
+    name: str
+    hostname: str
+    version: str
+    protocol_version: int
+    selectors: list[str]
+    task_types: list[TaskType]
+    capacity: int
+    status: Literal["connected", "polling", "disconnected"]
+    last_heartbeat: float | None = None
+    running: list[str] = Field(default_factory=list)
+    draining: bool = False
+
+
+class TokenCreate(Model):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class TokenView(Model):
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class TokenCreated(TokenView):
+    # Shown once; only its hash is kept.
+    token: str

@@ -1,0 +1,81 @@
+"""Every timing and size limit both ends read, in one place.
+
+Timings are a frozen dataclass rather than module constants so that tests (and operators)
+can pass a scaled copy: ``Timings().scaled(0.01)`` runs heartbeats and leases in
+milliseconds without a single sleep in the test itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = [
+    "KIB",
+    "MAX_API_BODY_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_LOG_BATCH_BYTES",
+    "MAX_LOG_BATCH_LINES",
+    "MAX_LOG_LINE_BYTES",
+    "MAX_OUTPUT_BYTES",
+    "MAX_SCRIPT_BYTES",
+    "MIB",
+    "MIN_MASKED_SECRET_LEN",
+    "Timings",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Request bodies on the user API (task submissions carry scripts).
+MAX_API_BODY_BYTES = 2 * MIB
+MAX_SCRIPT_BYTES = 1 * MIB
+# One WebSocket frame; frames are small control messages, never payloads.
+MAX_FRAME_BYTES = 64 * KIB
+# A log batch posted by a delegate, and the lines in it.
+MAX_LOG_BATCH_BYTES = 1 * MIB
+MAX_LOG_BATCH_LINES = 1000
+# A longer line is split into several; a log line is not a channel for bulk data.
+MAX_LOG_LINE_BYTES = 16 * KIB
+# The $TETHER_OUTPUT file a shell task writes its output variables to.
+MAX_OUTPUT_BYTES = 256 * KIB
+# Shorter values would mask ordinary words; the task log says when one is skipped.
+MIN_MASKED_SECRET_LEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Protocol timings in seconds. The manager sends its own to each delegate at register."""
+
+    heartbeat_interval: float = 10.0
+    # A delegate silent this long has lost its session and the leases of its tasks.
+    lost_after: float = 30.0
+    # Long-poll wait: under the 30-60 s idle limits common in corporate proxies.
+    poll_wait: float = 25.0
+    # While polling, how often the delegate tries the WebSocket again.
+    stream_retry: float = 60.0
+    # Reconnect backoff: exponential from base, capped, with full jitter.
+    reconnect_base: float = 0.5
+    reconnect_max: float = 60.0
+    task_timeout: float = 600.0
+    queue_timeout: float = 300.0
+    # SIGTERM to SIGKILL when a task is cancelled or times out.
+    kill_grace: float = 10.0
+    # On SIGTERM, how long running tasks may go on before they are cancelled.
+    shutdown_grace: float = 30.0
+    # Lifetime of a delegate's session credential; it re-registers with its token after.
+    session_ttl: float = 3600.0
+    # How often the manager looks for tokens revoked on the host, behind its back.
+    revocation_check: float = 2.0
+    # How long a partial log line may wait for its newline before it is shipped.
+    log_flush: float = 0.1
+    # Notify a few delegates first; after this, every eligible one.
+    dispatch_widen_after: float = 0.5
+    # How often the manager sweeps leases, queue and run timeouts.
+    sweep_interval: float = 1.0
+
+    def scaled(self, factor: float) -> Timings:
+        """Every timing multiplied by ``factor`` (tests use 0.01 and less)."""
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self)}
+        )

@@ -1,0 +1,327 @@
+"""Delegate protocol v1: the messages that cross the wire between manager and delegate.
+
+Every model forbids unknown fields, so a typo or a message from a newer peer is an error
+at the edge rather than a silently ignored value. Frames on the WebSocket are JSON objects
+with a ``type``; :func:`parse_delegate_frame` and :func:`parse_manager_frame` turn raw text
+into one of them or raise :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_LINES, MAX_SCRIPT_BYTES
+
+__all__ = [
+    "FINAL_STATES",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOL_VERSIONS",
+    "AcquireRequest",
+    "AcquireResponse",
+    "CapabilityPayload",
+    "CloseCode",
+    "DelegateFrame",
+    "Deployment",
+    "ErrorBody",
+    "ErrorDetail",
+    "Heartbeat",
+    "HeartbeatAck",
+    "Hello",
+    "HttpPayload",
+    "LogBatch",
+    "LogBatchAck",
+    "LogLine",
+    "ManagerFrame",
+    "NextTask",
+    "ProtocolError",
+    "RegisterRequest",
+    "RegisterResponse",
+    "ResultAck",
+    "ShellPayload",
+    "TaskAvailable",
+    "TaskCancel",
+    "TaskDrain",
+    "TaskPayload",
+    "TaskResult",
+    "TaskSpec",
+    "TaskState",
+    "TaskType",
+    "parse_delegate_frame",
+    "parse_manager_frame",
+]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+
+
+class ProtocolError(ValueError):
+    """A message that does not parse, or does not fit the protocol."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CloseCode(enum.IntEnum):
+    """Application close codes on the stream; each tells the delegate what to do next."""
+
+    RESTART = 4000  # the manager is going away; reconnect soon
+    REVOKED = 4001  # the delegate's token was revoked: stop, this is fatal
+    SUPERSEDED = 4002  # a newer connection of the same delegate took over
+    UNSUPPORTED_VERSION = 4003  # this delegate speaks a protocol the manager no longer does
+    BAD_FRAME = 4004  # a frame did not parse; reconnecting is fine, resending it is not
+    LOST = 4005  # the manager stopped hearing heartbeats and dropped the session
+    SESSION_EXPIRED = 4006  # the session credential ran out: register again with the token
+
+
+class TaskType(enum.StrEnum):
+    SHELL = "shell"
+    HTTP = "http"
+    CAPABILITY = "capability"
+
+
+class TaskState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+
+
+FINAL_STATES = frozenset(
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.TIMED_OUT,
+        TaskState.EXPIRED,
+    }
+)
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+
+
+class ShellPayload(Strict):
+    type: Literal["shell"] = "shell"
+    script: str = Field(max_length=MAX_SCRIPT_BYTES)
+    interpreter: Literal["bash", "sh"] = "bash"
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    # Relative to the task's own temporary directory; absolute paths must already exist.
+    working_dir: str | None = None
+
+
+class HttpPayload(Strict):
+    type: Literal["http"] = "http"
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    url: str = Field(min_length=1, max_length=8192)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = Field(default=None, max_length=MAX_SCRIPT_BYTES)
+    # Statuses that count as success; empty means any 2xx.
+    expect_status: list[int] = Field(default_factory=list)
+
+
+class CapabilityPayload(Strict):
+    """Can this delegate reach ``host:port`` (TCP) or an ``https://`` URL (TLS handshake)?"""
+
+    type: Literal["capability"] = "capability"
+    target: str = Field(min_length=1, max_length=2048)
+
+
+TaskPayload = Annotated[
+    ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")
+]
+
+
+class Deployment(Strict):
+    """The deployment a task performs; reported back with the outcome and kept as a record."""
+
+    service: str = Field(min_length=1, max_length=256)
+    environment: str = Field(min_length=1, max_length=256)
+    artifact: str | None = Field(default=None, max_length=1024)
+    version: str | None = Field(default=None, max_length=256)
+
+
+class TaskSpec(Strict):
+    """What a delegate receives when it wins a task."""
+
+    id: str
+    payload: TaskPayload
+    timeout_s: float = Field(gt=0)
+    deployment: Deployment | None = None
+
+
+# --- enrollment -------------------------------------------------------------------------
+
+
+class RegisterRequest(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    hostname: str = Field(max_length=255)
+    version: str = Field(max_length=64)
+    protocol_version: int
+    selectors: list[str] = Field(default_factory=list, max_length=64)
+    capacity: int = Field(ge=1, le=1000)
+    task_types: list[TaskType]
+    # X25519 public key, raw 32 bytes in base64: secrets are sealed to it at acquire.
+    public_key: str = Field(min_length=40, max_length=64)
+
+
+class RegisterResponse(Strict):
+    delegate_id: str
+    session_token: str
+    session_expires_in_s: float
+    heartbeat_interval_s: float
+    lost_after_s: float
+    poll_wait_s: float
+    stream_retry_s: float
+    protocol_version: int
+
+
+# --- stream frames ----------------------------------------------------------------------
+
+
+class Hello(Strict):
+    type: Literal["hello"] = "hello"
+    running: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class Heartbeat(Strict):
+    type: Literal["heartbeat"] = "heartbeat"
+    seq: int = Field(ge=0)
+    running: list[str] = Field(default_factory=list, max_length=1000)
+    free_slots: int = Field(ge=0)
+    load: float = Field(default=0.0, ge=0)
+
+
+class HeartbeatAck(Strict):
+    type: Literal["heartbeat_ack"] = "heartbeat_ack"
+    seq: int
+    # Running tasks the manager wants stopped: repeated on every ack until they end, so a
+    # lost cancel frame (or a delegate that is polling) still gets the word.
+    cancel: list[str] = Field(default_factory=list)
+    drain: bool = False
+
+
+class TaskAvailable(Strict):
+    """A hint that a task may be acquired; never the payload. The store's queue is the truth."""
+
+    type: Literal["task_available"] = "task_available"
+    task_id: str
+
+
+class TaskCancel(Strict):
+    type: Literal["cancel"] = "cancel"
+    task_id: str
+
+
+class TaskDrain(Strict):
+    type: Literal["drain"] = "drain"
+
+
+DelegateFrame = Annotated[Hello | Heartbeat, Field(discriminator="type")]
+ManagerFrame = Annotated[
+    HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain, Field(discriminator="type")
+]
+_delegate_frames: TypeAdapter[Hello | Heartbeat] = TypeAdapter(DelegateFrame)
+_manager_frames: TypeAdapter[HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain] = (
+    TypeAdapter(ManagerFrame)
+)
+
+
+def parse_delegate_frame(raw: str | bytes) -> Hello | Heartbeat:
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return _delegate_frames.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(_first_error(exc)) from None
+
+
+def parse_manager_frame(raw: str | bytes) -> HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain:
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return _manager_frames.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    # Only the location and message: pydantic's default text echoes the input value,
+    # which could carry something sensitive.
+    err = exc.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+    return f"{loc}: {err['msg']}"
+
+
+# --- HTTPS exchanges --------------------------------------------------------------------
+
+
+class NextTask(Strict):
+    """Long-poll answer: a task the delegate may try to acquire."""
+
+    task_id: str
+
+
+class AcquireRequest(Strict):
+    # Lets the manager refuse a delegate that would exceed its own declared capacity.
+    running: int = Field(default=0, ge=0)
+
+
+class AcquireResponse(Strict):
+    task: TaskSpec
+    # Fencing token: every log batch and the result carry it; a stale one is refused.
+    attempt: int
+    # Sensitive env values sealed to the delegate's X25519 key (shared.sealing), or None.
+    sealed_env: str | None = None
+
+
+class LogLine(Strict):
+    seq: int = Field(ge=0)
+    stream: Literal["stdout", "stderr", "system"]
+    ts: float
+    text: str
+
+
+class LogBatch(Strict):
+    attempt: int = Field(ge=1)
+    lines: list[LogLine] = Field(max_length=MAX_LOG_BATCH_LINES)
+
+
+class LogBatchAck(Strict):
+    accepted: int
+    # True once the task was cancelled: the delegate stops the process.
+    cancel: bool = False
+
+
+class TaskResult(Strict):
+    attempt: int = Field(ge=1)
+    status: Literal["succeeded", "failed", "cancelled", "timed_out"]
+    exit_code: int | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    error: str | None = Field(default=None, max_length=16384)
+    deployment: Deployment | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    # The highest log seq the delegate sent for this attempt, so gaps are detectable.
+    last_seq: int = -1
+
+
+class ResultAck(Strict):
+    state: TaskState
+    # False when this result was already recorded (an idempotent resend).
+    recorded: bool
+
+
+class ErrorDetail(Strict):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail
