@@ -21,8 +21,6 @@ __all__ = [
     "TokenView",
 ]
 
-SECRET_PLACEHOLDER = "**************"
-
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -132,9 +132,7 @@ class CapabilityPayload(Strict):
     target: str = Field(min_length=1, max_length=2048)
 
 
-TaskPayload = Annotated[
-    ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")
-]
+TaskPayload = Annotated[ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")]
 
 
 class Deployment(Strict):
@@ -227,8 +225,8 @@ ManagerFrame = Annotated[
     HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain, Field(discriminator="type")
 ]
 _delegate_frames: TypeAdapter[Hello | Heartbeat] = TypeAdapter(DelegateFrame)
-_manager_frames: TypeAdapter[HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain] = (
-    TypeAdapter(ManagerFrame)
+_manager_frames: TypeAdapter[HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain] = TypeAdapter(
+    ManagerFrame
 )
 
 

@@ -1,0 +1,254 @@
+"""The delegate's lifecycle: register, hold the channel, take tasks, run them, shut down.
+
+The agent reacts to the channel (hints, cancels, drain) and owns the running tasks. Each
+task runs through the same pipeline: acquire, open the sealed secrets, register every
+sensitive value with the task's masker *before* the process starts, execute, ship the log,
+report the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from delegate.api import ManagerApi, Rejected, Unreachable
+from delegate.channel import Channel, Fatal
+from delegate.config import DelegateConfig
+from delegate.executor import ExecutionResult, execute
+from delegate.logstream import LogStream
+from delegate.shipper import LogShipper, post_result
+from shared.limits import Timings
+from shared.masking import Masker
+from shared.protocol import AcquireResponse, TaskResult
+from shared.sealing import SealError, open_sealed
+
+__all__ = ["Agent"]
+
+log = structlog.get_logger("tether.agent")
+
+
+@dataclass(eq=False)
+class RunningTask:
+    task_id: str
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: asyncio.Task[None] | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        config: DelegateConfig,
+        api: ManagerApi,
+        *,
+        private_key: bytes,
+        timings: Timings,
+        process_masker: Masker,
+    ) -> None:
+        self._config = config
+        self._api = api
+        self._private_key = private_key
+        self._timings = timings
+        # The masker behind this process's own log output: every task's values join it.
+        self._process_masker = process_masker
+        self.channel = Channel(
+            api,
+            self,
+            reconnect_base=timings.reconnect_base,
+            reconnect_max=timings.reconnect_max,
+        )
+        self.running: dict[str, RunningTask] = {}
+        self._acquiring: set[str] = set()
+        self.draining = False
+        self._work_root = config.data_dir / "work"
+
+    # -- channel events -------------------------------------------------------------------
+
+    def on_task_available(self, task_id: str) -> None:
+        if self.draining or task_id in self.running or task_id in self._acquiring:
+            return
+        if self._free_slots() <= 0:
+            return
+        self._acquiring.add(task_id)
+        asyncio.get_running_loop().create_task(self._take(task_id))
+
+    def on_cancel(self, task_id: str) -> None:
+        task = self.running.get(task_id)
+        if task is not None and not task.cancel.is_set():
+            log.info("cancelling task", task_id=task_id)
+            task.cancel.set()
+
+    def on_drain(self) -> None:
+        if not self.draining:
+            log.info("draining: no new tasks")
+            self.draining = True
+
+    def heartbeat_state(self) -> tuple[list[str], int, float]:
+        running = list(self.running)
+        return running, self._free_slots(), len(running) / self._config.max_tasks
+
+    def _free_slots(self) -> int:
+        if self.draining:
+            return 0
+        return max(0, self._config.max_tasks - len(self.running) - len(self._acquiring))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, force: asyncio.Event) -> int:
+        """Run until ``stop`` (then shut down gracefully) or a fatal error; the exit status."""
+        self._work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        channel = asyncio.create_task(self.channel.run(), name="channel")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([channel, stopping], return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if channel.done():
+            exc = channel.exception()
+            if isinstance(exc, Fatal):
+                log.error("delegate stopping", reason=exc.message)
+                status = exc.exit_code
+            elif exc is not None:
+                log.error("channel failed", error=f"{type(exc).__name__}: {exc}")
+                status = 1
+        stopping.cancel()
+        await self._shutdown(force)
+        channel.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await channel
+        return status
+
+    async def _shutdown(self, force: asyncio.Event) -> None:
+        """Take nothing new; let running tasks finish within the grace, then cancel them."""
+        self.draining = True
+        tasks = [t.runner for t in self.running.values() if t.runner is not None]
+        if not tasks:
+            return
+        log.info(
+            "waiting for running tasks", count=len(tasks), grace_s=self._timings.shutdown_grace
+        )
+        forced: asyncio.Future[object] = asyncio.ensure_future(force.wait())
+        finished: asyncio.Future[object] = asyncio.ensure_future(
+            asyncio.gather(*tasks, return_exceptions=True)
+        )
+        await asyncio.wait(
+            [finished, forced],
+            timeout=self._timings.shutdown_grace,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for t in self.running.values():
+            t.cancel.set()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._timings.kill_grace + 5)
+        forced.cancel()
+
+    # -- one task -------------------------------------------------------------------------
+
+    async def _take(self, task_id: str) -> None:
+        try:
+            acquired = await self._api.acquire(task_id)
+        except Rejected as exc:
+            log.debug("task not acquired", task_id=task_id, code=exc.code)
+            return
+        except Unreachable as exc:
+            log.info("acquire failed", task_id=task_id, error=str(exc))
+            return
+        finally:
+            self._acquiring.discard(task_id)
+        entry = RunningTask(task_id)
+        self.running[task_id] = entry
+        entry.runner = asyncio.get_running_loop().create_task(self._run_task(acquired, entry))
+
+    async def _run_task(self, acq: AcquireResponse, entry: RunningTask) -> None:
+        spec = acq.task
+        bound = log.bind(task_id=spec.id, attempt=acq.attempt)
+        bound.info("task started", type=spec.payload.type)
+        t = self._timings
+        try:
+            secret_env = self._open_secrets(acq)
+        except SealError:
+            secret_env = None
+        masker = Masker(secret_env.values() if secret_env else ())
+        for value in (secret_env or {}).values():
+            self._process_masker.add(value)
+        async with LogShipper(
+            self._api,
+            spec.id,
+            acq.attempt,
+            on_cancel=entry.cancel.set,
+            retry_base=t.reconnect_base,
+            retry_max=t.reconnect_max,
+        ) as shipper:
+            stream = LogStream(masker, shipper.put, flush_after=t.log_flush)
+            flusher = asyncio.create_task(stream.flush_periodically())
+            try:
+                for note in masker.skipped:
+                    await stream.system(
+                        f"warning: {note} is too short to mask and may show in this log"
+                    )
+                if secret_env is None:
+                    await stream.close()
+                    result = _failed(
+                        "the task's secrets could not be opened with this delegate's key"
+                    )
+                else:
+                    result = await execute(
+                        spec,
+                        secret_env=secret_env,
+                        log=stream,
+                        cancel=entry.cancel,
+                        kill_grace=t.kill_grace,
+                        work_root=self._work_root,
+                    )
+            finally:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+            last_seq = stream.last_seq
+        if not shipper.stale:
+            ack = await post_result(
+                self._api,
+                spec.id,
+                TaskResult(
+                    attempt=acq.attempt,
+                    status=result.status,
+                    exit_code=result.exit_code,
+                    outputs=result.outputs,
+                    error=result.error,
+                    deployment=spec.deployment,
+                    started_at=result.started_at,
+                    finished_at=result.finished_at,
+                    last_seq=last_seq,
+                ),
+                retry_base=t.reconnect_base,
+                retry_max=t.reconnect_max,
+            )
+            bound.info(
+                "task finished",
+                status=result.status,
+                exit_code=result.exit_code,
+                recorded=ack is not None and ack.recorded,
+            )
+        self.running.pop(spec.id, None)
+        self.channel.poke()
+
+    def _open_secrets(self, acq: AcquireResponse) -> dict[str, str]:
+        if acq.sealed_env is None:
+            return {}
+        plain = open_sealed(
+            self._private_key, acq.sealed_env, context=f"{acq.task.id}:{acq.attempt}".encode()
+        )
+        values = json.loads(plain)
+        if not isinstance(values, dict):
+            raise SealError("sealed env is not a mapping")
+        return {str(k): str(v) for k, v in values.items()}
+
+
+def _failed(error: str) -> ExecutionResult:
+    now = time.time()
+    return ExecutionResult(
+        status="failed", exit_code=None, outputs={}, error=error, started_at=now, finished_at=now
+    )

@@ -1,0 +1,232 @@
+"""The delegate's HTTPS client for the manager's delegate plane.
+
+It owns the session credential: a call answered 401 because the credential expired or the
+manager no longer knows it registers again with the token and retries once, so callers
+never see that case. A revoked or unknown token is :class:`FatalAuth`: the delegate stops.
+
+Exceptions (all :class:`ApiError`):
+    FatalAuth            the token is revoked or unknown; exit with status 3
+    UnsupportedProtocol  the manager does not speak this delegate's protocol; exit 4
+    Unreachable          network failure, timeout or 5xx; retry later
+    Rejected             any other 4xx, with the manager's code (taken, gone, stale_attempt)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from typing import TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from shared.protocol import (
+    AcquireResponse,
+    Heartbeat,
+    HeartbeatAck,
+    LogBatch,
+    LogBatchAck,
+    NextTask,
+    RegisterRequest,
+    RegisterResponse,
+    ResultAck,
+    TaskResult,
+)
+
+__all__ = [
+    "ApiError",
+    "FatalAuth",
+    "ManagerApi",
+    "Rejected",
+    "Unreachable",
+    "UnsupportedProtocol",
+]
+
+M = TypeVar("M", bound=BaseModel)
+_FATAL_CODES = {"token_revoked", "invalid_token"}
+
+
+class ApiError(Exception):
+    pass
+
+
+class FatalAuth(ApiError):
+    pass
+
+
+class UnsupportedProtocol(ApiError):
+    pass
+
+
+class Unreachable(ApiError):
+    pass
+
+
+class Rejected(ApiError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class ManagerApi:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str,
+        registration: RegisterRequest,
+        ssl_context: ssl.SSLContext,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._registration = registration
+        self.ssl_context = ssl_context
+        self._timeout = request_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._register_lock = asyncio.Lock()
+        self.credential: str | None = None
+        self.registered: RegisterResponse | None = None
+
+    async def __aenter__(self) -> ManagerApi:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=64),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=None),
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as customers' networks need
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def stream_url(self) -> str:
+        return "wss://" + self.base_url.removeprefix("https://") + "/api/v1/delegate/stream"
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def register(self) -> RegisterResponse:
+        async with self._register_lock:
+            resp = await self._request(
+                "POST", "/register", self._registration, auth=self._token, model=RegisterResponse
+            )
+            assert resp is not None
+            self.credential = resp.session_token
+            self.registered = resp
+            return resp
+
+    async def heartbeat(self, frame: Heartbeat) -> HeartbeatAck:
+        return _present(await self._call("POST", "/heartbeat", frame, HeartbeatAck))
+
+    async def next_task(self, wait: float) -> str | None:
+        resp = await self._call(
+            "GET", f"/tasks/next?wait={wait:.3f}", None, NextTask, timeout=wait + self._timeout
+        )
+        return None if resp is None else resp.task_id
+
+    async def acquire(self, task_id: str) -> AcquireResponse:
+        return _present(
+            await self._call("POST", f"/tasks/{task_id}/acquire", None, AcquireResponse)
+        )
+
+    async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:
+        return _present(await self._call("POST", f"/tasks/{task_id}/logs", batch, LogBatchAck))
+
+    async def post_result(self, task_id: str, result: TaskResult) -> ResultAck:
+        return _present(await self._call("POST", f"/tasks/{task_id}/result", result, ResultAck))
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        model: type[M],
+        *,
+        timeout: float | None = None,
+    ) -> M | None:
+        if self.credential is None:
+            await self.register()
+        credential = self.credential
+        try:
+            return await self._request(
+                method, path, body, auth=credential, model=model, timeout=timeout
+            )
+        except _SessionInvalid:
+            # Another caller may have re-registered meanwhile; only one registers again.
+            if self.credential == credential:
+                await self.register()
+            return await self._request(
+                method, path, body, auth=self.credential, model=model, timeout=timeout
+            )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        *,
+        auth: str | None,
+        model: type[M],
+        timeout: float | None = None,
+    ) -> M | None:
+        assert self._session is not None, "use ManagerApi as an async context manager"
+        url = f"{self.base_url}/api/v1/delegate{path}"
+        headers = {"Authorization": f"Bearer {auth}"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = body.model_dump_json().encode()
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        if status == 204:
+            return None
+        if status < 300:
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                raise Unreachable(
+                    f"unexpected answer from the manager: {exc.error_count()} errors"
+                ) from None
+        code, message = _error(raw, status)
+        if status == 401:
+            if code in _FATAL_CODES:
+                raise FatalAuth(message)
+            raise _SessionInvalid(message)
+        if status == 426:
+            raise UnsupportedProtocol(message)
+        if status >= 500 or status == 429:
+            raise Unreachable(f"manager answered {status}: {message}")
+        raise Rejected(status, code, message)
+
+
+class _SessionInvalid(ApiError):
+    pass
+
+
+def _present(value: M | None) -> M:
+    if value is None:
+        raise Unreachable("the manager answered with no content")
+    return value
+
+
+def _error(raw: bytes, status: int) -> tuple[str, str]:
+    try:
+        err = json.loads(raw)["error"]
+        return str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        return "http_error", f"HTTP {status}"

@@ -1,0 +1,208 @@
+"""Running a task's child process in a process group of its own.
+
+A task's script is free to start background children. Signals therefore go to the whole
+group (``os.killpg``), never to the one process we started, and the group is killed once the
+script ends even when it ended on its own; see :func:`spawn` and :func:`kill_group`.
+
+The output pipes are made here rather than by ``asyncio.subprocess.PIPE`` so that the
+delegate can close its read ends itself: a process that left the group (``setsid``) may hold
+the write ends open for ever, and asyncio offers no public way to let go of its own pipes
+while the child's transport is still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.limits import KIB
+
+__all__ = [
+    "READ_CHUNK",
+    "Child",
+    "OutputPipe",
+    "OutputPump",
+    "drain",
+    "kill_group",
+    "signal_group",
+    "spawn",
+    "terminate_group",
+]
+
+# Output is read in chunks, not lines: a line may be megabytes long, or never end.
+READ_CHUNK = 64 * KIB
+
+
+@dataclass(eq=False)
+class OutputPipe:
+    """The delegate's read end of one of the child's output streams."""
+
+    reader: asyncio.StreamReader
+    transport: asyncio.ReadTransport
+
+    def close(self) -> None:
+        """Stop reading; what is already buffered can still be read, then EOF."""
+        self.transport.close()
+
+
+@dataclass(eq=False)
+class Child:
+    proc: asyncio.subprocess.Process
+    stdout: OutputPipe
+    stderr: OutputPipe
+
+    @property
+    def pgid(self) -> int:
+        # start_new_session makes the child a session and group leader: pgid == pid.
+        return self.proc.pid
+
+    def close(self) -> None:
+        self.stdout.close()
+        self.stderr.close()
+
+
+class OutputPump:
+    """Copies one output pipe to ``write``, a chunk at a time, until EOF.
+
+    ``write`` is awaited before the next read: when it is slow, the pipe fills and the
+    child blocks on its next write, which is the backpressure we want.
+    """
+
+    def __init__(self, pipe: OutputPipe, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self.pipe = pipe
+        self._write = write
+        # True while waiting on the pipe rather than on ``write``; see drain().
+        self.reading = False
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.reading = True
+            chunk = await self.pipe.reader.read(READ_CHUNK)
+            self.reading = False
+            if not chunk:
+                return
+            await self._write(chunk)
+
+
+async def drain(pumps: Sequence[OutputPump], grace: float) -> bool:
+    """Let the pumps reach EOF, once the task's process group is gone.
+
+    A process that left the group (``setsid``) may hold a pipe open for ever. A pump still
+    waiting on its pipe ``grace`` seconds after the group died is waiting on such a process,
+    so its pipe is closed. A pump busy in ``write`` is only slow and is waited for.
+
+    Returns True when a pipe had to be closed. A pump's exception is raised here.
+    """
+    closed: list[OutputPump] = []
+    while True:
+        _, pending = await asyncio.wait([p.task for p in pumps], timeout=grace)
+        if not pending:
+            break
+        for pump in pumps:
+            if not pump.task.done() and pump.reading and pump not in closed:
+                pump.pipe.close()
+                closed.append(pump)
+    for pump in pumps:
+        if (exc := pump.task.exception()) is not None:
+            raise exc
+    return bool(closed)
+
+
+async def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
+    """Start ``argv`` as the leader of a new session, stdin from /dev/null.
+
+    Raises what ``create_subprocess_exec`` raises (``FileNotFoundError``, ``PermissionError``)
+    when the program cannot be started; no descriptor leaks in that case.
+    """
+    loop = asyncio.get_running_loop()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        # Only the child may hold the write ends: EOF must mean every writer is gone.
+        os.close(out_w)
+        os.close(err_w)
+    try:
+        stdout = await _open_pipe(loop, out_r)
+    except BaseException:
+        os.close(err_r)
+        kill_group(proc.pid)
+        raise
+    try:
+        stderr = await _open_pipe(loop, err_r)
+    except BaseException:
+        stdout.close()
+        kill_group(proc.pid)
+        raise
+    return Child(proc=proc, stdout=stdout, stderr=stderr)
+
+
+async def _open_pipe(loop: asyncio.AbstractEventLoop, fd: int) -> OutputPipe:
+    try:
+        pipe = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    reader = asyncio.StreamReader(limit=READ_CHUNK)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    try:
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    except BaseException:
+        pipe.close()
+        raise
+    return OutputPipe(reader=reader, transport=transport)
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the group; False when nobody in it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the group.
+
+    Called right after the group's leader exits, even on success: a background child
+    (``cmd &``, ``nohup``) would otherwise outlive the task, keep running with the task's
+    secrets in its environment, and hold the output pipes open so the task never reaches
+    EOF. GitHub's runner and the Buildkite agent clean up orphans the same way.
+
+    The leader's pid is reaped by then, but Linux does not hand out a pid that is still
+    some live process's group id, so while members remain, ``pgid`` can only mean them.
+    """
+    signal_group(pgid, signal.SIGKILL)
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the group, give the leader ``grace`` seconds to exit, then SIGKILL the group.
+
+    The SIGKILL is sent even when the leader exited in time: members that ignore SIGTERM
+    must not survive the task.
+    """
+    signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    kill_group(proc.pid)
+    await proc.wait()

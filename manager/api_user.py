@@ -1,0 +1,427 @@
+"""The user API under /api/v1: tasks, their logs, delegates and delegate tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel
+
+from manager.context import Context, ctx
+from manager.errors import ApiProblem
+from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.models import (
+    AttemptView,
+    DelegateView,
+    LogEntry,
+    LogPage,
+    TaskList,
+    TaskSubmit,
+    TaskView,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+from manager.store.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord, TokenRecord
+from manager.tokens import TokenInUse, create_token
+from shared.protocol import FINAL_STATES, CloseCode, TaskState
+
+__all__ = ["DelegateList", "TokenList", "add_user_routes", "revoke_token"]
+
+log = structlog.get_logger("tether.api")
+
+# A follow stream writes a ping this often when idle, under common proxy idle limits.
+FOLLOW_PING_S = 15.0
+LOG_PAGE_MAX = 5000
+
+
+class DelegateList(BaseModel):
+    delegates: list[DelegateView]
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+# -- views --------------------------------------------------------------------------------
+
+
+def task_view(
+    task: TaskRecord,
+    attempts: list[AttemptRecord] | None = None,
+    names: dict[str, str] | None = None,
+) -> TaskView:
+    names = names or {}
+    return TaskView.model_validate(
+        {
+            "id": task.id,
+            "type": task.type,
+            "state": task.state,
+            "payload": task.payload,
+            "selectors": list(task.selectors),
+            "secret_env_names": list(task.secret_env_names),
+            "timeout_s": task.timeout_s,
+            "queue_timeout_s": task.queue_timeout_s,
+            "max_attempts": task.max_attempts,
+            "attempt": task.attempt,
+            "delegate_id": task.delegate_id,
+            "idempotency_key": task.idempotency_key,
+            "created_at": task.created_at,
+            "started_at": task.started_at,
+            "finished_at": task.finished_at,
+            "exit_code": task.exit_code,
+            "outputs": task.outputs,
+            "error": task.error,
+            "cancel_requested": task.cancel_requested,
+            "deployment": task.deployment,
+            "attempts": [
+                AttemptView(
+                    attempt=a.attempt,
+                    delegate_id=a.delegate_id,
+                    delegate_name=names.get(a.delegate_id),
+                    started_at=a.started_at,
+                    finished_at=a.finished_at,
+                    status=a.status,
+                )
+                for a in attempts or []
+            ],
+        }
+    )
+
+
+async def full_task_view(c: Context, task: TaskRecord) -> TaskView:
+    attempts = await c.store.attempts(task.id)
+    names = {d.id: d.name for d in await c.store.list_delegates()} if attempts else {}
+    return task_view(task, attempts, names)
+
+
+def _log_entry(rec: LogRecord) -> LogEntry:
+    return LogEntry(attempt=rec.attempt, seq=rec.seq, stream=rec.stream, ts=rec.ts, text=rec.text)
+
+
+def _cursor(pos: tuple[int, int] | None) -> str:
+    return "" if pos is None else f"{pos[0]}:{pos[1]}"
+
+
+def _parse_cursor(raw: str | None) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    attempt, _, seq = raw.partition(":")
+    try:
+        return int(attempt), int(seq)
+    except ValueError:
+        raise ApiProblem(
+            400, "invalid", "after: expected a cursor like '1:42'", field="after"
+        ) from None
+
+
+def _int_query(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiProblem(400, "invalid", f"{name}: expected an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise ApiProblem(400, "invalid", f"{name}: must be between {lo} and {hi}", field=name)
+    return value
+
+
+def _float_query(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ApiProblem(400, "invalid", f"{name}: expected a number", field=name) from None
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    c = ctx(request)
+    req = await parse_body(request, TaskSubmit)
+    task, created = await c.tasks.submit(req)
+    return json_response(task_view(task), status=201 if created else 200)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    c = ctx(request)
+    state_raw = request.query.get("state")
+    try:
+        state = TaskState(state_raw) if state_raw else None
+    except ValueError:
+        valid = ", ".join(s.value for s in TaskState)
+        raise ApiProblem(400, "invalid", f"state: one of {valid}", field="state") from None
+    flt = TaskFilter(
+        state=state,
+        delegate_id=request.query.get("delegate") or None,
+        since=_float_query(request, "since"),
+        until=_float_query(request, "until"),
+        limit=_int_query(request, "limit", 100, lo=1, hi=1000),
+    )
+    tasks = await c.store.list_tasks(flt)
+    return json_response(TaskList(tasks=[task_view(t) for t in tasks]))
+
+
+async def get_task(request: web.Request) -> web.Response:
+    c = ctx(request)
+    task = await c.store.get_task(request.match_info["task_id"])
+    if task is None:
+        raise ApiProblem(404, "not_found", f"no task {request.match_info['task_id']}")
+    return json_response(await full_task_view(c, task))
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    c = ctx(request)
+    task = await c.tasks.cancel(request.match_info["task_id"])
+    return json_response(task_view(task))
+
+
+async def get_logs(request: web.Request) -> web.Response:
+    c = ctx(request)
+    task_id = request.match_info["task_id"]
+    after = _parse_cursor(request.query.get("after"))
+    limit = _int_query(request, "limit", 1000, lo=1, hi=LOG_PAGE_MAX)
+    task = await c.store.get_task(task_id)
+    if task is None:
+        raise ApiProblem(404, "not_found", f"no task {task_id}")
+    lines = await c.store.get_logs(task_id, after=after, limit=limit)
+    pos = (lines[-1].attempt, lines[-1].seq) if lines else after
+    return json_response(
+        LogPage(lines=[_log_entry(r) for r in lines], cursor=_cursor(pos), state=task.state)
+    )
+
+
+async def follow_logs(request: web.Request) -> web.StreamResponse:
+    c = ctx(request)
+    task_id = request.match_info["task_id"]
+    pos = _parse_cursor(request.query.get("after"))
+    if await c.store.get_task(task_id) is None:
+        raise ApiProblem(404, "not_found", f"no task {task_id}")
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+
+    async def send(obj: dict[str, object]) -> None:
+        await resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    last_state: TaskState | None = None
+    with contextlib.suppress(ConnectionResetError):
+        while not c.stopping:
+            changed = c.events.listen(task_id)
+            task = await c.store.get_task(task_id)
+            if task is None:
+                break
+            if task.state is not last_state:
+                last_state = task.state
+                await send({"kind": "state", "state": task.state.value})
+            lines = await c.store.get_logs(task_id, after=pos, limit=1000)
+            for rec in lines:
+                await send({"kind": "log", "line": _log_entry(rec).model_dump(mode="json")})
+            if lines:
+                pos = (lines[-1].attempt, lines[-1].seq)
+                if len(lines) == 1000:
+                    continue
+            if task.state in FINAL_STATES:
+                # The delegate ships every log line before it reports, so once the state read
+                # above is final, the read after it saw the whole log.
+                view = await full_task_view(c, task)
+                await send({"kind": "end", "task": view.model_dump(mode="json")})
+                break
+            try:
+                async with asyncio.timeout(FOLLOW_PING_S):
+                    await changed.wait()
+            except TimeoutError:
+                await send({"kind": "ping"})
+        await resp.write_eof()
+    return resp
+
+
+# -- delegates and tokens -----------------------------------------------------------------
+
+
+async def list_delegates(request: web.Request) -> web.Response:
+    c = ctx(request)
+    views = []
+    for d in await c.store.list_delegates():
+        session = c.hub.sessions.get(d.id)
+        last = c.hub.liveness.last_seen(d.id)
+        views.append(
+            DelegateView(
+                id=d.id,
+                name=d.name,
+                hostname=d.hostname,
+                version=d.version,
+                protocol_version=d.protocol_version,
+                selectors=list(d.selectors),
+                task_types=list(d.task_types),
+                capacity=d.capacity,
+                status=c.hub.status(d.id),
+                last_heartbeat=last if last is not None else d.last_seen,
+                running=sorted(c.hub.leases.held_by(d.id)),
+                draining=session.draining if session else False,
+            )
+        )
+    return json_response(DelegateList(delegates=views))
+
+
+def _token_view(t: TokenRecord) -> TokenView:
+    return TokenView(id=t.id, name=t.name, created_at=t.created_at, revoked_at=t.revoked_at)
+
+
+async def create_token_route(request: web.Request) -> web.Response:
+    c = ctx(request)
+    req = await parse_body(request, TokenCreate)
+    try:
+        record, token = await create_token(c.store, req.name)
+    except TokenInUse as exc:
+        raise ApiProblem(409, "conflict", str(exc), field="name") from None
+    view = _token_view(record)
+    return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return json_response(TokenList(tokens=[_token_view(t) for t in await c.store.list_tokens()]))
+
+
+async def revoke_token(c: Context, name: str) -> TokenRecord | None:
+    record = await c.store.revoke_token(name, time.time())
+    if record is not None:
+        c.hub.revoked_tokens.add(record.id)
+        for session in list(c.hub.sessions.values()):
+            if session.delegate.token_id == record.id:
+                c.hub.drop(session.id, CloseCode.REVOKED, "token revoked")
+        log.info("token revoked", token=name)
+    return record
+
+
+async def revoke_token_route(request: web.Request) -> web.Response:
+    c = ctx(request)
+    record = await revoke_token(c, request.match_info["name"])
+    if record is None:
+        raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
+    return json_response(_token_view(record))
+
+
+def add_user_routes(table: RouteTable) -> None:
+    u: AuthKind = "user"
+    table.add(
+        Route(
+            "POST",
+            "/api/v1/tasks",
+            submit_task,
+            "Submit a task",
+            u,
+            TaskSubmit,
+            TaskView,
+            201,
+            errors=(400, 413),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            "/api/v1/tasks",
+            list_tasks,
+            "List tasks",
+            u,
+            None,
+            TaskList,
+            query={
+                "state": "string",
+                "delegate": "string",
+                "since": "number",
+                "until": "number",
+                "limit": "integer",
+            },
+            errors=(400,),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            "/api/v1/tasks/{task_id}",
+            get_task,
+            "Get a task",
+            u,
+            None,
+            TaskView,
+            errors=(404,),
+        )
+    )
+    table.add(
+        Route(
+            "POST",
+            "/api/v1/tasks/{task_id}/cancel",
+            cancel_task,
+            "Cancel a task",
+            u,
+            None,
+            TaskView,
+            errors=(404, 409),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            "/api/v1/tasks/{task_id}/logs",
+            get_logs,
+            "A page of a task's log",
+            u,
+            None,
+            LogPage,
+            query={"after": "string", "limit": "integer"},
+            errors=(400, 404),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            "/api/v1/tasks/{task_id}/logs/follow",
+            follow_logs,
+            "Follow a task's log live (NDJSON)",
+            u,
+            query={"after": "string"},
+            streaming="ndjson",
+            errors=(400, 404),
+        )
+    )
+    table.add(
+        Route("GET", "/api/v1/delegates", list_delegates, "List delegates", u, None, DelegateList)
+    )
+    table.add(
+        Route(
+            "POST",
+            "/api/v1/tokens",
+            create_token_route,
+            "Create a delegate token",
+            u,
+            TokenCreate,
+            TokenCreated,
+            201,
+            errors=(400, 409),
+        )
+    )
+    table.add(
+        Route("GET", "/api/v1/tokens", list_tokens, "List delegate tokens", u, None, TokenList)
+    )
+    table.add(
+        Route(
+            "DELETE",
+            "/api/v1/tokens/{name}",
+            revoke_token_route,
+            "Revoke a delegate token",
+            u,
+            None,
+            TokenView,
+            errors=(404,),
+        )
+    )

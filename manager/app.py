@@ -1,0 +1,262 @@
+"""Wiring and lifecycle of the manager: build, start, serve, shut down.
+
+Start-up runs in explicit phases (data dir, store and migrations, keys, TLS, recovery of the
+in-memory view, then the listener) so a failure says which phase failed. Shutdown closes
+every delegate stream with the *restart* code, so delegates reconnect at once to whatever
+replaces this process instead of waiting out a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from manager.api_delegate import add_delegate_routes
+from manager.api_user import add_user_routes
+from manager.auth import SessionSigner, bearer
+from manager.context import CTX, Context
+from manager.dispatch import Dispatcher
+from manager.errors import ApiProblem
+from manager.events import TaskEvents
+from manager.http import Handler, Route, RouteTable, error_middleware
+from manager.hub import Hub
+from manager.masterkey import MasterKey
+from manager.openapi import openapi_document
+from manager.service import TaskService
+from manager.store.base import Store
+from manager.store.sqlite import SqliteStore
+from manager.tokens import create_api_key
+from shared.ids import hash_secret
+from shared.limits import MAX_API_BODY_BYTES, Timings
+from shared.protocol import CloseCode
+from shared.tls import ensure_manager_certificates, server_context
+
+__all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
+
+log = structlog.get_logger("tether.manager")
+
+ADMIN_KEY_FILE = "admin-api-key"
+ROUTES: web.AppKey[RouteTable] = web.AppKey("tether_routes", RouteTable)
+
+
+@dataclass
+class ManagerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    timings: Timings = field(default_factory=Timings)
+    clock: Callable[[], float] = time.time
+
+
+def open_store(data_dir: Path) -> Store:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return SqliteStore(data_dir / "tether.db")
+
+
+async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
+    path = data_dir / ADMIN_KEY_FILE
+    if path.exists():
+        return path
+    _record, key = await create_api_key(store, "admin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.info("admin API key created", path=str(path))
+    return path
+
+
+def _user_auth(table: RouteTable) -> Callable[..., object]:
+    cache: dict[str, float] = {}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if table.auth_for(request) != "user":
+            return await handler(request)
+        key = bearer(request.headers.get("Authorization"))
+        if key is None:
+            raise ApiProblem(401, "unauthenticated", "send an API key: Authorization: Bearer <key>")
+        digest = hash_secret(key)
+        if digest not in cache:
+            record = await request.app[CTX].store.api_key_by_hash(digest)
+            if record is None or record.revoked_at is not None:
+                raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
+            cache[digest] = time.monotonic()
+        return await handler(request)
+
+    return middleware
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    c = request.app[CTX]
+    if c.stopping:
+        return web.json_response({"status": "stopping"}, status=503)
+    try:
+        await c.store.get_setting("session_key")
+    except Exception:
+        return web.json_response({"status": "database unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Application, Context]:
+    """Everything but the listener; the store must be open."""
+    t = config.timings
+    key = await store.put_setting_if_absent("session_key", SessionSigner.new_key())
+    hub = Hub(lost_after=t.lost_after, clock=config.clock)
+    dispatcher = Dispatcher(
+        hub, widen_after=t.dispatch_widen_after, tick=t.sweep_interval, clock=config.clock
+    )
+    events = TaskEvents()
+    tasks = TaskService(
+        store=store,
+        hub=hub,
+        dispatcher=dispatcher,
+        events=events,
+        master_key=MasterKey.load_or_create(config.data_dir / "master.key"),
+        timings=t,
+        clock=config.clock,
+    )
+    c = Context(
+        store=store,
+        hub=hub,
+        dispatcher=dispatcher,
+        events=events,
+        tasks=tasks,
+        signer=SessionSigner(bytes.fromhex(key), ttl=t.session_ttl, clock=config.clock),
+        timings=t,
+        clock=config.clock,
+    )
+    await tasks.recover()
+
+    table = RouteTable()
+    table.add(Route("GET", "/healthz", _healthz, "Liveness", "none"))
+    table.add(Route("GET", "/readyz", _readyz, "Readiness", "none", errors=(503,)))
+    add_user_routes(table)
+    add_delegate_routes(table)
+    doc: dict[str, object] = {}
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
+    doc.update(openapi_document(table.routes))
+    app = web.Application(
+        client_max_size=MAX_API_BODY_BYTES,
+        middlewares=[error_middleware, _user_auth(table)],  # type: ignore[list-item]
+    )
+    app[CTX] = c
+    table.install(app)
+    app[ROUTES] = table
+    return app, c
+
+
+async def _loops(c: Context) -> None:
+    """Sweeps (lost delegates, leases, timeouts) and the check for tokens revoked on the host."""
+    t = c.timings
+    last_revocation_check = 0.0
+    while True:
+        await asyncio.sleep(t.sweep_interval)
+        try:
+            for delegate_id in c.hub.liveness.lost(c.clock()):
+                log.warning("delegate lost", delegate_id=delegate_id)
+                c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
+            await c.tasks.sweep()
+            if time.monotonic() - last_revocation_check >= t.revocation_check:
+                last_revocation_check = time.monotonic()
+                live = {s.delegate.token_id for s in c.hub.sessions.values()}
+                for token_id in await c.store.revoked_token_ids(live - c.hub.revoked_tokens):
+                    c.hub.revoked_tokens.add(token_id)
+                    for s in list(c.hub.sessions.values()):
+                        if s.delegate.token_id == token_id:
+                            c.hub.drop(s.id, CloseCode.REVOKED, "token revoked")
+                    log.info("token revoked on the host", token_id=token_id)
+        except Exception:
+            log.exception("sweep failed")
+
+
+async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit status."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if config.tls_cert and config.tls_key:
+        ssl_ctx = server_context(config.tls_cert, config.tls_key)
+        ca_file: Path | None = None
+    else:
+        paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
+        ssl_ctx = server_context(paths.server_cert, paths.server_key)
+        ca_file = paths.ca_cert
+    store = open_store(config.data_dir)
+    await store.open()
+    try:
+        admin_key_path = await _ensure_admin_key(store, config.data_dir)
+        app, c = await build_app(config, store)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        sock = _bind(config.host, config.port)
+        site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=1024)
+        await site.start()
+        port = sock.getsockname()[1]
+        url = f"https://{_url_host(config.host)}:{port}"
+        background = [
+            asyncio.create_task(c.dispatcher.run(), name="dispatch"),
+            asyncio.create_task(_loops(c), name="sweep"),
+        ]
+        log.info(
+            "manager listening",
+            url=url,
+            ca_file=str(ca_file) if ca_file else None,
+            admin_key_file=str(admin_key_path),
+        )
+        if ready is not None:
+            ready(url)
+        await _wait_for_signal()
+        log.info("manager stopping")
+        c.stopping = True
+        await c.hub.close_all(CloseCode.RESTART, "manager restarting")
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await runner.cleanup()
+    finally:
+        await store.close()
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # A second signal during shutdown forces the exit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: os._exit(1))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

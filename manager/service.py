@@ -1,0 +1,287 @@
+"""Task operations: submit, acquire, logs, results, cancel, and the periodic sweep.
+
+Each operation reads a snapshot, asks :mod:`manager.taskstate` what should happen, and has
+the store apply it with a compare-and-set; then it updates the in-memory dispatch index,
+leases and followers. A lost race re-reads and decides again rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import structlog
+
+from manager.dispatch import Dispatcher, QueuedTask
+from manager.errors import ApiProblem
+from manager.events import TaskEvents
+from manager.hub import Hub, Session
+from manager.masterkey import MasterKey
+from manager.models import TaskSubmit
+from manager.store.base import Store
+from manager.store.records import AttemptRecord, LogRecord, TaskRecord
+from manager.taskstate import (
+    Decision,
+    Verdict,
+    on_acquire,
+    on_cancel,
+    on_lease_lost,
+    on_result,
+    on_sweep,
+)
+from shared.ids import new_id
+from shared.limits import Timings
+from shared.protocol import (
+    FINAL_STATES,
+    AcquireResponse,
+    LogBatch,
+    LogBatchAck,
+    ResultAck,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
+from shared.sealing import seal
+
+__all__ = ["IDEMPOTENCY_WINDOW_S", "TaskService"]
+
+log = structlog.get_logger("tether.tasks")
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+
+
+def _secret_context(task_id: str) -> bytes:
+    return b"tether-task-secret-env-v1\x00" + task_id.encode()
+
+
+class TaskService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hub: Hub,
+        dispatcher: Dispatcher,
+        events: TaskEvents,
+        master_key: MasterKey,
+        timings: Timings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._dispatcher = dispatcher
+        self._events = events
+        self._key = master_key
+        self._timings = timings
+        self._clock = clock
+
+    async def recover(self) -> None:
+        """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
+        now = self._clock()
+        for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
+            if task.state is TaskState.QUEUED:
+                self._dispatcher.enqueue(_queued(task))
+            elif task.delegate_id is not None:
+                # A full lease from now: the holder has that long to reconnect and list it.
+                self._hub.leases.grant(task.id, task.delegate_id, now)
+                if task.cancel_requested:
+                    self._hub.cancelling.add(task.id)
+
+    # -- users ----------------------------------------------------------------------------
+
+    async def submit(self, req: TaskSubmit) -> tuple[TaskRecord, bool]:
+        now = self._clock()
+        task_id = new_id("task")
+        sealed = None
+        if req.secret_env:
+            plain = json.dumps(req.secret_env).encode()
+            sealed = self._key.encrypt(plain, context=_secret_context(task_id))
+        record = TaskRecord(
+            id=task_id,
+            type=req.payload.type,
+            state=TaskState.QUEUED,
+            payload=req.payload.model_dump(mode="json"),
+            selectors=tuple(req.selectors),
+            timeout_s=req.timeout_s or self._timings.task_timeout,
+            queue_timeout_s=req.queue_timeout_s or self._timings.queue_timeout,
+            max_attempts=req.max_attempts,
+            created_at=now,
+            idempotency_key=req.idempotency_key,
+            secret_env_sealed=sealed,
+            secret_env_names=tuple(sorted(req.secret_env)),
+            deployment=req.deployment.model_dump(mode="json") if req.deployment else None,
+        )
+        stored, created = await self._store.insert_task(
+            record, idempotency_window=IDEMPOTENCY_WINDOW_S
+        )
+        if created:
+            self._dispatcher.enqueue(_queued(stored))
+            log.info("task submitted", task_id=stored.id, type=stored.type)
+        return stored, created
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        for _ in range(5):
+            task = await self._get(task_id)
+            decision = on_cancel(task, self._clock())
+            if decision.verdict is not Verdict.APPLY:
+                return task
+            updated = await self._apply(task, decision, end_status="cancelled")
+            if updated is not None:
+                if updated.state is TaskState.CANCELLED:
+                    self._dispatcher.dequeue(task_id)
+                else:
+                    self._hub.cancel(task_id)
+                log.info("task cancel requested", task_id=task_id)
+                return updated
+        raise ApiProblem(409, "conflict", "the task kept changing; try again")
+
+    # -- delegates ------------------------------------------------------------------------
+
+    async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
+        if self._hub.leases.count(session.id) >= session.delegate.capacity:
+            raise ApiProblem(409, "no_capacity", "this delegate already runs its capacity")
+        task = await self._get(task_id)
+        decision = on_acquire(task, session.id, self._clock())
+        if decision.verdict is Verdict.TAKEN:
+            raise ApiProblem(409, "taken", decision.reason)
+        if decision.verdict is Verdict.GONE:
+            raise ApiProblem(410, "gone", decision.reason)
+        attempt = AttemptRecord(
+            task_id=task.id,
+            attempt=task.attempt + 1,
+            delegate_id=session.id,
+            started_at=decision.changes["started_at"],
+        )
+        updated = await self._apply(task, decision, start=attempt)
+        if updated is None:
+            raise ApiProblem(409, "taken", "another delegate acquired this task first")
+        self._dispatcher.dequeue(task.id)
+        self._hub.leases.grant(task.id, session.id, self._clock())
+        self._events.notify(task.id)
+        sealed_env = None
+        if updated.secret_env_sealed is not None:
+            plain = self._key.decrypt(updated.secret_env_sealed, context=_secret_context(task.id))
+            sealed_env = seal(
+                session.delegate.public_key,
+                plain,
+                context=f"{task.id}:{updated.attempt}".encode(),
+            )
+        log.info("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
+        return AcquireResponse(
+            task=TaskSpec.model_validate(
+                {
+                    "id": updated.id,
+                    "payload": updated.payload,
+                    "timeout_s": updated.timeout_s,
+                    "deployment": updated.deployment,
+                }
+            ),
+            attempt=updated.attempt,
+            sealed_env=sealed_env,
+        )
+
+    async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
+        lines = [LogRecord(batch.attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in batch.lines]
+        inserted = await self._store.append_logs(task_id, batch.attempt, lines)
+        if inserted < 0:
+            if await self._store.get_task(task_id) is None:
+                raise ApiProblem(404, "not_found", "no such task")
+            raise ApiProblem(409, "stale_attempt", "this attempt no longer holds the task")
+        if inserted:
+            self._events.notify(task_id)
+        return LogBatchAck(accepted=inserted, cancel=task_id in self._hub.cancelling)
+
+    async def record_result(self, session: Session, task_id: str, result: TaskResult) -> ResultAck:
+        for _ in range(5):
+            task = await self._get(task_id)
+            decision = on_result(task, result, session.id, self._clock())
+            if decision.verdict is Verdict.STALE:
+                raise ApiProblem(409, "stale_attempt", decision.reason)
+            if decision.verdict is Verdict.NOOP:
+                return ResultAck(state=task.state, recorded=False)
+            updated = await self._apply(task, decision, end_status=result.status)
+            if updated is not None:
+                self._finished(updated)
+                log.info(
+                    "task finished",
+                    task_id=task_id,
+                    state=updated.state.value,
+                    delegate_id=session.id,
+                )
+                return ResultAck(state=updated.state, recorded=True)
+        raise ApiProblem(409, "conflict", "the task kept changing; try again")
+
+    # -- time -----------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Lost leases, queue timeouts and run timeouts, all judged on the manager's clock."""
+        now = self._clock()
+        for task_id, _holder in self._hub.leases.expired(now):
+            task = await self._store.get_task(task_id)
+            if task is None or task.state is not TaskState.RUNNING:
+                self._hub.leases.release(task_id)
+                continue
+            decision = on_lease_lost(task, now)
+            updated = await self._apply(task, decision, end_status="lost")
+            if updated is None:
+                continue
+            self._hub.leases.release(task_id)
+            if updated.state is TaskState.QUEUED:
+                log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
+                self._dispatcher.enqueue(_queued(updated))
+                self._events.notify(task_id)
+            else:
+                log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
+                self._finished(updated)
+        for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
+            decision = on_sweep(task, now, run_margin=self._timings.kill_grace + 1.0)
+            if decision.verdict is Verdict.APPLY:
+                end = "timed_out" if task.state is TaskState.RUNNING else None
+                updated = await self._apply(task, decision, end_status=end)
+                if updated is not None:
+                    if task.state is TaskState.RUNNING:
+                        self._hub.cancel(task.id)  # stop the process if its delegate lives
+                    self._dispatcher.dequeue(task.id)
+                    self._finished(updated)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _get(self, task_id: str) -> TaskRecord:
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise ApiProblem(404, "not_found", f"no task {task_id}")
+        return task
+
+    async def _apply(
+        self,
+        task: TaskRecord,
+        decision: Decision,
+        *,
+        start: AttemptRecord | None = None,
+        end_status: str | None = None,
+    ) -> TaskRecord | None:
+        ends_attempt = task.state is TaskState.RUNNING and decision.changes.get("state") not in (
+            None,
+            TaskState.RUNNING,
+        )
+        return await self._store.update_task(
+            task.id,
+            expect_state=task.state,
+            expect_attempt=task.attempt,
+            changes=decision.changes,
+            start_attempt=start,
+            end_attempt_status=end_status if ends_attempt else None,
+        )
+
+    def _finished(self, task: TaskRecord) -> None:
+        if task.state in FINAL_STATES:
+            self._hub.leases.release(task.id)
+            self._hub.cancelling.discard(task.id)
+        self._events.notify(task.id)
+        self._dispatcher.kick()
+
+
+def _queued(task: TaskRecord) -> QueuedTask:
+    return QueuedTask(
+        id=task.id, type=task.type, selectors=task.selectors, created_at=task.created_at
+    )

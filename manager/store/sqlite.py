@@ -1,0 +1,460 @@
+"""The embedded store: SQLite in the data directory, nothing to install.
+
+Every call runs on one dedicated thread that owns the connection. A whole transaction is a
+single hop to that thread (a plain function over the connection), so the event loop never
+blocks on SQLite and never pays one thread hop per statement.
+
+Durability: WAL with ``synchronous=FULL``, so a transaction is on disk when its call
+returns. A 2xx to a submit therefore survives ``kill -9`` of the manager, and a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from manager.store.base import Conflict, Store, StoreError
+from manager.store.records import (
+    ApiKeyRecord,
+    AttemptRecord,
+    DelegateRecord,
+    LogRecord,
+    TaskFilter,
+    TaskRecord,
+    TokenRecord,
+)
+from manager.store.sqlite_schema import MIGRATIONS
+from shared.protocol import TaskState
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_JSON_TASK_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "deployment"}
+_TASK_COLUMNS = (
+    "id, type, state, payload, selectors, timeout_s, queue_timeout_s, max_attempts, created_at,"
+    " attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at,"
+    " finished_at, exit_code, outputs, error, cancel_requested, deployment"
+)
+_UPDATABLE = {
+    "state",
+    "attempt",
+    "delegate_id",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "outputs",
+    "error",
+    "cancel_requested",
+    "deployment",
+}
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        # One thread, one connection: SQLite connections are not for sharing across threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("store is not open")
+
+        def call() -> T:
+            try:
+                with conn:  # one transaction: commit on success, roll back on error
+                    return fn(conn)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(str(exc)) from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite: {exc}") from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # Python's sqlite3 only opens transactions itself in legacy mode; we use BEGIN
+            # through the `with conn` block, which needs isolation_level other than None.
+            conn.isolation_level = "DEFERRED"
+            _migrate(conn)
+            return conn
+
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    # -- settings -------------------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        def fn(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(fn)
+
+    async def put_setting_if_absent(self, key: str, value: str) -> str:
+        def fn(c: sqlite3.Connection) -> str:
+            c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, value))
+            return str(c.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
+
+        return await self._run(fn)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def create_token(self, token: TokenRecord) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO tokens(id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (token.id, token.name, token.token_hash, token.created_at),
+            )
+
+        await self._run(fn)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        def fn(c: sqlite3.Connection) -> list[TokenRecord]:
+            rows = c.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
+            return [TokenRecord(**dict(r)) for r in rows]
+
+        return await self._run(fn)
+
+    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
+        def fn(c: sqlite3.Connection) -> TokenRecord | None:
+            rows = c.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"
+                " RETURNING *",
+                (now, name),
+            ).fetchall()
+            row = rows[0] if rows else None
+            return None if row is None else TokenRecord(**dict(row))
+
+        return await self._run(fn)
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        def fn(c: sqlite3.Connection) -> TokenRecord | None:
+            row = c.execute("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+            return None if row is None else TokenRecord(**dict(row))
+
+        return await self._run(fn)
+
+    async def revoked_token_ids(self, among: Iterable[str]) -> set[str]:
+        ids = list(among)
+        if not ids:
+            return set()
+
+        def fn(c: sqlite3.Connection) -> set[str]:
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(
+                f"SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND id IN ({marks})",  # noqa: S608
+                ids,
+            ).fetchall()
+            return {str(r[0]) for r in rows}
+
+        return await self._run(fn)
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO api_keys(id, name, prefix, key_hash, created_at) VALUES (?,?,?,?,?)",
+                (key.id, key.name, key.prefix, key.key_hash, key.created_at),
+            )
+
+        await self._run(fn)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        def fn(c: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = c.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+            return None if row is None else ApiKeyRecord(**dict(row))
+
+        return await self._run(fn)
+
+    # -- delegates ------------------------------------------------------------------------
+
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
+        def fn(c: sqlite3.Connection) -> DelegateRecord:
+            (row,) = c.execute(
+                """
+                INSERT INTO delegates(id, name, token_id, hostname, version, protocol_version,
+                    selectors, task_types, capacity, public_key, created_at, last_seen)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+                ON CONFLICT(public_key) DO UPDATE SET
+                    name = excluded.name, token_id = excluded.token_id,
+                    hostname = excluded.hostname, version = excluded.version,
+                    protocol_version = excluded.protocol_version,
+                    selectors = excluded.selectors, task_types = excluded.task_types,
+                    capacity = excluded.capacity, last_seen = excluded.last_seen
+                RETURNING *
+                """,
+                (
+                    delegate.id,
+                    delegate.name,
+                    delegate.token_id,
+                    delegate.hostname,
+                    delegate.version,
+                    delegate.protocol_version,
+                    json.dumps(list(delegate.selectors)),
+                    json.dumps(list(delegate.task_types)),
+                    delegate.capacity,
+                    delegate.public_key,
+                    delegate.created_at,
+                    delegate.last_seen,
+                ),
+            ).fetchall()
+            return _delegate(row)
+
+        return await self._run(fn)
+
+    async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
+        def fn(c: sqlite3.Connection) -> DelegateRecord | None:
+            row = c.execute("SELECT * FROM delegates WHERE id = ?", (delegate_id,)).fetchone()
+            return None if row is None else _delegate(row)
+
+        return await self._run(fn)
+
+    async def list_delegates(self) -> list[DelegateRecord]:
+        def fn(c: sqlite3.Connection) -> list[DelegateRecord]:
+            rows = c.execute("SELECT * FROM delegates ORDER BY name, created_at").fetchall()
+            return [_delegate(r) for r in rows]
+
+        return await self._run(fn)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def insert_task(
+        self, task: TaskRecord, *, idempotency_window: float
+    ) -> tuple[TaskRecord, bool]:
+        def fn(c: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+            if task.idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?",  # noqa: S608
+                    (task.idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    if task.created_at - row["created_at"] <= idempotency_window:
+                        return _task(row), False
+                    # Outside the window the key is free again; the old task keeps its id.
+                    c.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?", (row["id"],))
+            values = _task_values(task)
+            marks = ",".join("?" * len(values))
+            c.execute(f"INSERT INTO tasks({_TASK_COLUMNS}) VALUES ({marks})", values)  # noqa: S608
+            return task, True
+
+        return await self._run(fn)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        def fn(c: sqlite3.Connection) -> TaskRecord | None:
+            row = c.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?",  # noqa: S608
+                (task_id,),
+            ).fetchone()
+            return None if row is None else _task(row)
+
+        return await self._run(fn)
+
+    async def list_tasks(self, flt: TaskFilter) -> list[TaskRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if flt.state is not None:
+            where.append("state = ?")
+            args.append(flt.state.value)
+        if flt.delegate_id is not None:
+            where.append("delegate_id = ?")
+            args.append(flt.delegate_id)
+        if flt.since is not None:
+            where.append("created_at >= ?")
+            args.append(flt.since)
+        if flt.until is not None:
+            where.append("created_at < ?")
+            args.append(flt.until)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC LIMIT ?"  # noqa: S608
+
+        def fn(c: sqlite3.Connection) -> list[TaskRecord]:
+            return [_task(r) for r in c.execute(sql, [*args, flt.limit]).fetchall()]
+
+        return await self._run(fn)
+
+    async def tasks_in_states(self, states: Sequence[TaskState]) -> list[TaskRecord]:
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ({marks}) ORDER BY created_at"  # noqa: S608
+
+        def fn(c: sqlite3.Connection) -> list[TaskRecord]:
+            return [_task(r) for r in c.execute(sql, [s.value for s in states]).fetchall()]
+
+        return await self._run(fn)
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        expect_state: TaskState,
+        expect_attempt: int,
+        changes: dict[str, Any],
+        start_attempt: AttemptRecord | None = None,
+        end_attempt_status: str | None = None,
+    ) -> TaskRecord | None:
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        cols = list(changes)
+        sets = ", ".join(f"{col} = ?" for col in cols)
+        values = [_encode(col, changes[col]) for col in cols]
+        sql = (
+            f"UPDATE tasks SET {sets} WHERE id = ? AND state = ? AND attempt = ?"  # noqa: S608
+            f" RETURNING {_TASK_COLUMNS}"
+        )
+
+        def fn(c: sqlite3.Connection) -> TaskRecord | None:
+            rows = c.execute(sql, [*values, task_id, expect_state.value, expect_attempt]).fetchall()
+            if not rows:
+                return None
+            row = rows[0]
+            if end_attempt_status is not None:
+                c.execute(
+                    "UPDATE task_attempts SET finished_at = ?, status = ?"
+                    " WHERE task_id = ? AND attempt = ?",
+                    (time.time(), end_attempt_status, task_id, expect_attempt),
+                )
+            if start_attempt is not None:
+                c.execute(
+                    "INSERT INTO task_attempts(task_id, attempt, delegate_id, started_at)"
+                    " VALUES (?,?,?,?)",
+                    (
+                        start_attempt.task_id,
+                        start_attempt.attempt,
+                        start_attempt.delegate_id,
+                        start_attempt.started_at,
+                    ),
+                )
+            return _task(row)
+
+        return await self._run(fn)
+
+    async def attempts(self, task_id: str) -> list[AttemptRecord]:
+        def fn(c: sqlite3.Connection) -> list[AttemptRecord]:
+            rows = c.execute(
+                "SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt", (task_id,)
+            ).fetchall()
+            return [AttemptRecord(**dict(r)) for r in rows]
+
+        return await self._run(fn)
+
+    # -- logs -----------------------------------------------------------------------------
+
+    async def append_logs(self, task_id: str, attempt: int, lines: Sequence[LogRecord]) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT attempt FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None or row[0] != attempt:
+                return -1
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO task_logs(task_id, attempt, seq, stream, ts, text)"
+                " VALUES (?,?,?,?,?,?)",
+                [(task_id, attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines],
+            )
+            return c.total_changes - before
+
+        return await self._run(fn)
+
+    async def get_logs(
+        self, task_id: str, *, after: tuple[int, int] | None, limit: int
+    ) -> list[LogRecord]:
+        a_attempt, a_seq = after if after is not None else (0, -1)
+
+        def fn(c: sqlite3.Connection) -> list[LogRecord]:
+            rows = c.execute(
+                "SELECT attempt, seq, stream, ts, text FROM task_logs"
+                " WHERE task_id = ? AND (attempt > ? OR (attempt = ? AND seq > ?))"
+                " ORDER BY attempt, seq LIMIT ?",
+                (task_id, a_attempt, a_attempt, a_seq, limit),
+            ).fetchall()
+            return [LogRecord(**dict(r)) for r in rows]
+
+        return await self._run(fn)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        # executescript commits first, so each migration is its own explicit transaction.
+        conn.executescript(
+            f"BEGIN; {sql}; INSERT INTO schema_version(version) VALUES ({version}); COMMIT;"  # noqa: S608
+        )
+
+
+def _encode(col: str, value: Any) -> Any:
+    if col in _JSON_TASK_COLUMNS:
+        return None if value is None else json.dumps(value)
+    if isinstance(value, TaskState):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _task_values(task: TaskRecord) -> list[Any]:
+    names = [n.strip() for n in _TASK_COLUMNS.split(",")]
+    out = []
+    for name in names:
+        value = getattr(task, name)
+        if isinstance(value, tuple):
+            value = list(value)
+        out.append(_encode(name, value))
+    return out
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    d = dict(row)
+    return TaskRecord(
+        id=d["id"],
+        type=d["type"],
+        state=TaskState(d["state"]),
+        payload=json.loads(d["payload"]),
+        selectors=tuple(json.loads(d["selectors"])),
+        timeout_s=d["timeout_s"],
+        queue_timeout_s=d["queue_timeout_s"],
+        max_attempts=d["max_attempts"],
+        created_at=d["created_at"],
+        attempt=d["attempt"],
+        delegate_id=d["delegate_id"],
+        idempotency_key=d["idempotency_key"],
+        secret_env_sealed=d["secret_env_sealed"],
+        secret_env_names=tuple(json.loads(d["secret_env_names"])),
+        started_at=d["started_at"],
+        finished_at=d["finished_at"],
+        exit_code=d["exit_code"],
+        outputs=json.loads(d["outputs"]),
+        error=d["error"],
+        cancel_requested=bool(d["cancel_requested"]),
+        deployment=None if d["deployment"] is None else json.loads(d["deployment"]),
+    )
+
+
+def _delegate(row: sqlite3.Row) -> DelegateRecord:
+    d = dict(row)
+    d["selectors"] = tuple(json.loads(d["selectors"]))
+    d["task_types"] = tuple(json.loads(d["task_types"]))
+    return DelegateRecord(**d)

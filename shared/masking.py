@@ -1,0 +1,336 @@
+"""Streaming secret masking for task output and for Tether's own logs.
+
+Every value a task may see is registered with a :class:`Masker` before the process starts.
+A value is expanded into the forms a script is likely to print it in (raw, base64 at each
+alignment, URL-encoded, JSON-escaped, shell-quoted, each line of a multi-line value), and all
+of them are searched for at once with an Aho-Corasick automaton over the byte stream.
+
+Output is bytes, not lines: a process may write a secret in any number of pieces, so each
+output stream gets a :class:`MaskingStream` that holds back just the tail that could still
+grow into a match. Everything else is released at once, so output without secrets flows with
+no lag and comes out byte-identical. However the output is split into writes, the masked
+result is the same as masking it all at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+import shlex
+import threading
+from collections.abc import Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import ahocorasick_rs
+
+from shared.limits import MIN_MASKED_SECRET_LEN
+
+__all__ = [
+    "DFA_MAX_PATTERN_BYTES",
+    "MASK",
+    "Masker",
+    "MaskingProcessor",
+    "MaskingStream",
+    "expand_value",
+]
+
+MASK = b"**************"
+
+# Up to this many bytes of patterns the automaton is a DFA: about 3.5 times faster than the
+# NFA, but it takes roughly 500 bytes of memory per pattern byte (16 KiB of patterns, some 80
+# secrets with all their encodings, makes an 8 MB DFA). Past it, a contiguous NFA keeps a
+# masker holding thousands of secrets to a few MB.
+DFA_MAX_PATTERN_BYTES = 16 * 1024
+
+
+def _base64_alignments(raw: bytes) -> Iterator[bytes]:
+    """The base64 characters of ``raw`` that do not depend on its neighbours in a stream.
+
+    Inside a larger encoded blob the value may start at any of three offsets within a
+    3-byte group; the characters at the edges mix in bits of the surrounding bytes, so only
+    the ones made entirely of the value's own bits are kept.
+    """
+    n = len(raw)
+    for k in range(3):
+        encoded = base64.b64encode(b"\0" * k + raw)
+        start = -(-8 * k // 6)
+        end = 8 * (k + n) // 6
+        core = encoded[start:end]
+        yield core
+        yield core.replace(b"+", b"-").replace(b"/", b"_")
+
+
+def _text_forms(raw: bytes) -> Iterator[bytes]:
+    # surrogateescape keeps non-UTF-8 values usable: the escapes survive both JSON modes.
+    text = raw.decode("utf-8", "surrogateescape")
+    yield json.dumps(text, ensure_ascii=True)[1:-1].encode("ascii")
+    yield json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogateescape")
+    yield shlex.quote(text).encode("utf-8", "surrogateescape")
+
+
+def _single_forms(raw: bytes) -> Iterator[bytes]:
+    yield raw
+    yield from _base64_alignments(raw)
+    yield quote(raw, safe="").encode("ascii")
+    yield quote_plus(raw, safe="").encode("ascii")
+    yield from _text_forms(raw)
+
+
+def expand_value(value: str | bytes) -> set[bytes]:
+    """Every byte pattern that masks ``value``; empty when the value is too short to mask."""
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    if len(raw) < MIN_MASKED_SECRET_LEN:
+        return set()
+    forms = set(_single_forms(raw))
+    lines = raw.splitlines()
+    if len(lines) > 1:
+        for line in lines:
+            forms.update(_single_forms(line.strip(b"\r")))
+    # Short derived forms (a 4-byte value's URL form is fine, but a 1-char line is not) would
+    # mask ordinary words, so they go for the same reason short values do.
+    return {form for form in forms if len(form) >= MIN_MASKED_SECRET_LEN}
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """An immutable view of the pattern set; streams take one per call, so a concurrent
+    ``add`` never changes the patterns half way through a scan."""
+
+    automaton: ahocorasick_rs.BytesAhoCorasick | None
+    ordered: tuple[bytes, ...]
+    first_bytes: frozenset[int]
+    longest: int
+
+    def held_tail(self, buf: bytes) -> int:
+        """Length of the longest suffix of ``buf`` that is a proper prefix of some pattern.
+
+        Only such a suffix can still become a match once more bytes arrive; a suffix that
+        is a whole pattern (and a prefix of none longer) is already found by the scan.
+        """
+        ordered = self.ordered
+        first = self.first_bytes
+        size = len(buf)
+        for length in range(min(size, self.longest - 1), 0, -1):
+            if buf[size - length] not in first:
+                continue
+            tail = buf[size - length :]
+            # In sorted order, the patterns having `tail` as a proper prefix come right
+            # after `tail`; if the first one does not start with it, none does.
+            i = bisect.bisect_right(ordered, tail)
+            if i < len(ordered) and ordered[i].startswith(tail):
+                return length
+        return 0
+
+    def release(
+        self, buf: bytes, covered: int | None, final: bool
+    ) -> tuple[bytes, int, int | None]:
+        """Mask ``buf`` and decide how much of it may leave.
+
+        ``covered`` is how far into ``buf`` the mask last written already reaches (``None``
+        when the output so far does not end in a mask); a match starting inside or right
+        after it extends that mask instead of writing a second one.
+
+        Returns the masked bytes to release, the index where release stopped, and the new
+        ``covered`` for the bytes held back.
+
+        One pass is enough: a match that will only complete with later bytes must start in
+        the held tail (that is how the tail is chosen), so every match starting before
+        ``cut`` lies wholly inside ``buf`` and is already known.
+        """
+        cut = len(buf) if final else len(buf) - self.held_tail(buf)
+        if self.automaton is None:
+            spans: list[tuple[int, int]] = []
+        else:
+            found = self.automaton.find_matches_as_indexes(buf, overlapping=True)
+            # Matches starting at or after `cut` lie in the held tail and are found again
+            # on the next call, with whatever follows them.
+            spans = sorted((start, end) for _, start, end in found if start < cut)
+        out: list[bytes] = []
+        is_open = covered is not None
+        done = covered or 0
+        for start, end in spans:
+            if is_open and start <= done:
+                done = max(done, end)
+                continue
+            out.append(buf[done:start])
+            out.append(MASK)
+            done = end
+            is_open = True
+        if done < cut:
+            out.append(buf[done:cut])
+            return b"".join(out), cut, None
+        # A match may run past `cut` into the held tail. Its mask is written now, whole,
+        # and the held bytes it covers are remembered so they never leave unmasked.
+        return b"".join(out), cut, (done - cut if is_open else None)
+
+
+_EMPTY = _Snapshot(automaton=None, ordered=(), first_bytes=frozenset(), longest=0)
+
+
+class Masker:
+    """The set of values to mask for one task (or one process's own logs).
+
+    Thread-safe: values may be added while other threads mask; the automaton is rebuilt
+    lazily, on the first scan after an addition.
+    """
+
+    def __init__(
+        self,
+        values: Iterable[str | bytes] = (),
+        *,
+        dfa_max_pattern_bytes: int = DFA_MAX_PATTERN_BYTES,
+    ) -> None:
+        self._dfa_max_pattern_bytes = dfa_max_pattern_bytes
+        self._lock = threading.Lock()
+        self._patterns: set[bytes] = set()
+        self._skipped: list[str] = []
+        self._snapshot = _EMPTY
+        self._dirty = False
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str | bytes) -> bool:
+        """Register ``value`` with all its encodings.
+
+        Returns False, and registers nothing, when the value is shorter than
+        ``MIN_MASKED_SECRET_LEN`` bytes: masking it would mangle ordinary output. The
+        caller says so in the task log (see :attr:`skipped`).
+        """
+        forms = expand_value(value)
+        with self._lock:
+            if not forms:
+                self._skipped.append(_describe_short(value))
+                return False
+            if not forms <= self._patterns:
+                self._patterns |= forms
+                self._dirty = True
+            return True
+
+    @property
+    def skipped(self) -> list[str]:
+        """One line per value that was too short to mask; never the value itself."""
+        with self._lock:
+            return list(self._skipped)
+
+    @property
+    def patterns(self) -> int:
+        with self._lock:
+            return len(self._patterns)
+
+    def stream(self) -> MaskingStream:
+        return MaskingStream(self)
+
+    def mask_bytes(self, data: bytes) -> bytes:
+        masked, _, _ = self._current().release(bytes(data), None, final=True)
+        return masked
+
+    def mask_text(self, text: str) -> str:
+        # surrogateescape keeps bytes that came from a lossy decode; surrogatepass is the
+        # fallback for lone surrogates of any other origin. Either way nothing is lost.
+        try:
+            data, errors = text.encode("utf-8", "surrogateescape"), "surrogateescape"
+        except UnicodeEncodeError:
+            data, errors = text.encode("utf-8", "surrogatepass"), "surrogatepass"
+        masked = self.mask_bytes(data)
+        if masked == data:
+            return text
+        try:
+            return masked.decode("utf-8", errors)
+        except UnicodeDecodeError:
+            # A byte pattern cut a character in two; keep the stray bytes as escapes.
+            return masked.decode("utf-8", "surrogateescape")
+
+    def _current(self) -> _Snapshot:
+        with self._lock:
+            if self._dirty:
+                ordered = tuple(sorted(self._patterns))
+                size = sum(len(p) for p in ordered)
+                implementation = (
+                    ahocorasick_rs.Implementation.DFA
+                    if size <= self._dfa_max_pattern_bytes
+                    else ahocorasick_rs.Implementation.ContiguousNFA
+                )
+                self._snapshot = _Snapshot(
+                    automaton=ahocorasick_rs.BytesAhoCorasick(
+                        list(ordered), implementation=implementation
+                    ),
+                    ordered=ordered,
+                    first_bytes=frozenset(p[0] for p in ordered),
+                    longest=max(len(p) for p in ordered),
+                )
+                self._dirty = False
+            return self._snapshot
+
+
+def _describe_short(value: str | bytes) -> str:
+    if not value:
+        return "an empty value"
+    unit = "character" if isinstance(value, str) else "byte"
+    plural = "" if len(value) == 1 else "s"
+    return f"a value of {len(value)} {unit}{plural}"
+
+
+class MaskingStream:
+    """Masking state for one output stream (stdout and stderr each get their own)."""
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+        self._held = b""
+        self._covered: int | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next bytes written; return the masked bytes that are now safe to send."""
+        buf = self._held + bytes(data) if self._held else bytes(data)
+        out, cut, self._covered = self._masker._current().release(buf, self._covered, False)
+        self._held = buf[cut:]
+        return out
+
+    def flush(self) -> bytes:
+        """End of stream: release, masked, whatever is still held back."""
+        out, _, _ = self._masker._current().release(self._held, self._covered, final=True)
+        self._held = b""
+        self._covered = None
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._held)
+
+
+class MaskingProcessor:
+    """A structlog processor that masks every string in the event dict.
+
+    Place it after ``format_exc_info`` (so tracebacks are strings by then) and before the
+    renderer. Exceptions still present as objects are rendered with ``str`` and masked:
+    their messages are where secrets most often slip into a log.
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            event_dict[key] = self._mask(value)
+        return event_dict
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._masker.mask_text(value)
+        if isinstance(value, bytes | bytearray):
+            return self._masker.mask_bytes(bytes(value))
+        if isinstance(value, dict):
+            return {k: self._mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._mask(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._mask(v) for v in value)
+        if isinstance(value, set | frozenset):
+            return type(value)(self._mask(v) for v in value)
+        if isinstance(value, BaseException):
+            return self._masker.mask_text(str(value))
+        return value
