@@ -119,9 +119,10 @@ def resolve(
         manager_url=url,
         token=str(token),
         name=name,
-        data_dir=Path(data_dir)
-        if data_dir
-        else Path.home() / ".local/state/tether-delegate" / name,
+        # Absolute, because each task runs in a working directory of its own.
+        data_dir=(
+            Path(data_dir) if data_dir else Path.home() / ".local/state/tether-delegate" / name
+        ).absolute(),
         ca_file=Path(ca) if ca else None,
         selectors=_split(pick("selectors") or ()),
         max_tasks=max_tasks,

@@ -131,7 +131,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    data_dir: Path = args.data_dir or _default_data_dir()
+    data_dir: Path = (args.data_dir or _default_data_dir()).absolute()
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
     configure_logging(level=args.log_level, json_output=fmt)
     try:

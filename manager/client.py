@@ -1,0 +1,535 @@
+"""Typed async client of the manager's REST API (``/api/v1``), used by the CLI and by users.
+
+    async with TetherClient("https://manager:8443", api_key=key, ca_file=ca) as client:
+        task = await client.submit_task(TaskSubmit(payload=ShellPayload(script="make test")))
+        async for event in client.follow_logs(task.id):
+            ...
+
+Exceptions (every public method raises only these, plus pydantic's ``ValidationError`` when
+a model is built from bad arguments)::
+
+    TetherClientError
+    ├── ApiError            the manager answered with a non-2xx status
+    ├── ConnectionFailed    no answer: refused, TLS failure, timeout, stream broken too often
+    └── InvalidResponse     a 2xx answer that does not fit the API models
+
+The API key goes in the ``Authorization`` header only; it is never part of a message or a
+repr, and redirects are not followed, so it cannot be sent to another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError
+from yarl import URL
+
+from manager.models import (
+    DelegateView,
+    LogEntry,
+    LogPage,
+    TaskList,
+    TaskSubmit,
+    TaskView,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+from shared import __version__
+from shared.protocol import TaskState
+
+__all__ = [
+    "ApiError",
+    "ConnectionFailed",
+    "EndEvent",
+    "FollowEvent",
+    "InvalidResponse",
+    "LogEvent",
+    "StateEvent",
+    "TetherClient",
+    "TetherClientError",
+    "tls_client_context",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# A follow line carries at most one TaskView, whose script is capped at 1 MiB (JSON escaping
+# can multiply that); anything longer is not a line of this protocol.
+_MAX_FOLLOW_LINE = 16 * 1024 * 1024
+
+
+class TetherClientError(Exception):
+    """Base of every error this client raises on purpose."""
+
+
+class ApiError(TetherClientError):
+    """The manager answered with a non-2xx status; fields come from its error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        # Seconds, from a Retry-After header (429 throttling, 503 while starting).
+        self.retry_after = retry_after
+        super().__init__(status, code, message, field)
+
+    def __str__(self) -> str:
+        text = f"HTTP {self.status} {self.code}: {self.message}"
+        return f"{text} (field: {self.field})" if self.field else text
+
+    def __repr__(self) -> str:
+        return (
+            f"ApiError(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r}, field={self.field!r})"
+        )
+
+
+class ConnectionFailed(TetherClientError):
+    """The manager could not be reached, or stopped answering."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidResponse(TetherClientError):
+    """A 2xx answer that is not what the API promises (a proxy page, a newer server...)."""
+
+
+# --- follow events ----------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogEvent(_Event):
+    kind: Literal["log"] = "log"
+    line: LogEntry
+
+
+class StateEvent(_Event):
+    kind: Literal["state"] = "state"
+    state: TaskState
+
+
+class EndEvent(_Event):
+    """The last event of a follow: the task in its final state."""
+
+    kind: Literal["end"] = "end"
+    task: TaskView
+
+
+FollowEvent = LogEvent | StateEvent | EndEvent
+_EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
+    "log": LogEvent,
+    "state": StateEvent,
+    "end": EndEvent,
+}
+
+
+class _DelegateList(BaseModel):
+    delegates: list[DelegateView]
+
+
+class _TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def tls_client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A verifying client context that speaks TLS 1.3 only, trusting ``ca_file`` when given
+    (else the system's roots)."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+class TetherClient:
+    """Async client of one manager. Use as an async context manager, or call :meth:`close`.
+
+    ``timeout`` bounds each plain call and the connect phase of a follow. A follow has no
+    total limit: it ends with the task. It reconnects when the stream breaks, resuming after
+    the last line seen; ``follow_retries`` bounds how many connections in a row may fail
+    without delivering a single line (the server's pings count, so a quiet task that the
+    server keeps alive never uses any up). ``follow_read_timeout`` is how long a stream may
+    stay silent before it is taken as broken.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        ca_file: Path | None = None,
+        timeout: float = 30,
+        follow_read_timeout: float | None = 90,
+        follow_retries: int = 8,
+        follow_backoff: float = 0.5,
+        follow_backoff_max: float = 10,
+    ) -> None:
+        url = URL(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("the manager URL must be http:// or https:// with a host")
+        self._base = url
+        # For messages: never the userinfo of a URL someone pasted with credentials in it.
+        self._display = str(url.with_user(None))
+        self._headers = {
+            "Accept": "application/json",
+            "User-Agent": f"tether-client/{__version__}",
+        }
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            try:
+                self._ssl = tls_client_context(ca_file)
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise TetherClientError(f"cannot load CA file {ca_file}: {reason}") from None
+        self._timeout = timeout
+        self._follow_read_timeout = follow_read_timeout
+        self._follow_retries = follow_retries
+        self._follow_backoff = follow_backoff
+        self._follow_backoff_max = follow_backoff_max
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"TetherClient({self._display!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._display
+
+    async def __aenter__(self) -> TetherClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    async def submit_task(self, task: TaskSubmit) -> TaskView:
+        """Queue a task; with an idempotency key already used, the existing task comes back."""
+        return await self._call("POST", "/api/v1/tasks", TaskView, body=task)
+
+    async def get_task(self, task_id: str) -> TaskView:
+        return await self._call("GET", f"/api/v1/tasks/{_seg(task_id)}", TaskView)
+
+    async def list_tasks(
+        self,
+        state: TaskState | str | None = None,
+        delegate: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        params = _params(state=state, delegate=delegate, since=since, until=until, limit=limit)
+        page = await self._call("GET", "/api/v1/tasks", TaskList, params=params)
+        return page.tasks
+
+    async def cancel_task(self, task_id: str) -> TaskView:
+        return await self._call("POST", f"/api/v1/tasks/{_seg(task_id)}/cancel", TaskView)
+
+    async def get_logs(self, task_id: str, after: str | None = None, limit: int = 1000) -> LogPage:
+        """One page of a task's log; pass the page's ``cursor`` as ``after`` for the next."""
+        params = _params(after=after, limit=limit)
+        path = f"/api/v1/tasks/{_seg(task_id)}/logs"
+        return await self._call("GET", path, LogPage, params=params)
+
+    async def follow_logs(
+        self, task_id: str, after: str | None = None
+    ) -> AsyncGenerator[FollowEvent, None]:
+        """Log lines and state changes as they happen, ending with an :class:`EndEvent`.
+
+        A broken stream is reopened after the last line seen, so no line is lost or
+        repeated; a state equal to the last one yielded (a reconnect repeats it) is dropped.
+        Raises :class:`ConnectionFailed` when ``follow_retries`` connections in a row fail,
+        and :class:`ApiError` at once for a 4xx other than 429 (unknown task, bad key).
+        Close the iterator (``contextlib.aclosing``) when leaving it before the end.
+        """
+        cursor = after
+        last_pos = _position(after) if after is not None else None
+        last_state: TaskState | None = None
+        failures = 0
+        while True:
+            delivered = False
+            retry_after: float | None = None
+            try:
+                async with contextlib.aclosing(self._follow_lines(task_id, cursor)) as lines:
+                    async for raw in lines:
+                        delivered = True
+                        event = _parse_event(raw)
+                        if event is None:
+                            continue  # a ping, or a kind from a newer server
+                        if isinstance(event, LogEvent):
+                            pos = (event.line.attempt, event.line.seq)
+                            if last_pos is not None and pos <= last_pos:
+                                continue  # resent after a reconnect
+                            last_pos = pos
+                            cursor = f"{pos[0]}:{pos[1]}"
+                        elif isinstance(event, StateEvent):
+                            if event.state == last_state:
+                                continue
+                            last_state = event.state
+                        yield event
+                        if isinstance(event, EndEvent):
+                            return
+                reason = "the stream closed before the task ended"
+            except ApiError as exc:
+                if exc.status < 500 and exc.status != 429:
+                    raise
+                reason, retry_after = str(exc), exc.retry_after
+            except ConnectionFailed as exc:
+                reason = exc.message
+            if delivered:
+                failures = 0
+            failures += 1
+            if failures > self._follow_retries:
+                raise ConnectionFailed(
+                    f"lost the log stream of task {task_id} ({failures} failed connections "
+                    f"in a row; last: {reason})"
+                )
+            await asyncio.sleep(self._follow_delay(failures, retry_after))
+
+    # --- delegates and tokens ------------------------------------------------------------
+
+    async def list_delegates(self) -> list[DelegateView]:
+        page = await self._call("GET", "/api/v1/delegates", _DelegateList)
+        return page.delegates
+
+    async def create_token(self, name: str) -> TokenCreated:
+        """A delegate enrollment token; its value is in the answer and nowhere else, ever."""
+        body = TokenCreate(name=name)
+        return await self._call("POST", "/api/v1/tokens", TokenCreated, body=body)
+
+    async def list_tokens(self) -> list[TokenView]:
+        page = await self._call("GET", "/api/v1/tokens", _TokenList)
+        return page.tokens
+
+    async def revoke_token(self, name: str) -> TokenView:
+        return await self._call("DELETE", f"/api/v1/tokens/{_seg(name)}", TokenView)
+
+    async def health(self) -> bool:
+        """Whether ``/healthz`` answers 2xx; False when it answers otherwise or not at all."""
+        try:
+            async with self._get_session().get(
+                self._url("/healthz"),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            ) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop, as aiohttp wants.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, trust_env=False
+            )
+        return self._session
+
+    def _url(self, path: str) -> str:
+        return f"{self._base}{path}"
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[_M],
+        *,
+        params: Mapping[str, str] | None = None,
+        body: BaseModel | None = None,
+    ) -> _M:
+        data: str | None = None
+        headers: dict[str, str] = {}
+        if body is not None:
+            data = body.model_dump_json()
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._get_session().request(
+                method,
+                self._url(path),
+                params=params,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, raw)
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(f"{method} {path} on {self._display}: {_describe(exc)}") from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"{method} {path} on {self._display}: no answer within {self._timeout:g}s"
+            ) from None
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise InvalidResponse(
+                f"unexpected answer to {method} {path}: {_first_error(exc)}"
+            ) from None
+
+    async def _follow_lines(self, task_id: str, after: str | None) -> AsyncGenerator[bytes, None]:
+        """The raw NDJSON lines of one follow connection, until it ends or breaks."""
+        path = f"/api/v1/tasks/{_seg(task_id)}/logs/follow"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._follow_read_timeout
+        )
+        try:
+            async with self._get_session().get(
+                self._url(path),
+                params=_params(after=after),
+                headers={"Accept": "application/x-ndjson"},
+                allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, await resp.read())
+                buf = bytearray()
+                async for chunk in resp.content.iter_any():
+                    start = len(buf)
+                    buf += chunk
+                    while (end := buf.find(b"\n", start)) >= 0:
+                        line = bytes(buf[:end]).strip()
+                        del buf[: end + 1]
+                        start = 0
+                        if line:
+                            yield line
+                    if len(buf) > _MAX_FOLLOW_LINE:
+                        raise InvalidResponse(f"a follow line of task {task_id} is too long")
+                # A partial line left in buf was cut by the break; it comes again after
+                # the reconnect.
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(_describe(exc)) from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"timed out (connect limit {self._timeout:g}s, "
+                f"silence limit {self._follow_read_timeout}s)"
+            ) from None
+
+    def _follow_delay(self, failures: int, retry_after: float | None) -> float:
+        ceiling = min(
+            self._follow_backoff_max, self._follow_backoff * float(2 ** min(failures - 1, 30))
+        )
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 60.0))
+        return delay
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _seg(value: str) -> str:
+    """One path segment: an id can never reach another route (``../``, ``?``, ``/``)."""
+    return quote(value, safe="")
+
+
+def _params(**values: Any) -> dict[str, str]:
+    return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def _position(cursor: str) -> tuple[int, int] | None:
+    """``"attempt:seq"`` as a tuple; None for a cursor of another shape (they are opaque)."""
+    attempt, sep, seq = cursor.partition(":")
+    if sep and attempt.isdigit() and seq.isdigit():
+        return int(attempt), int(seq)
+    return None
+
+
+def _parse_event(raw: bytes) -> FollowEvent | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidResponse("a follow line is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidResponse("a follow line is not a JSON object")
+    model = _EVENT_MODELS.get(str(data.get("kind")))
+    if model is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidResponse(f"bad {data['kind']} line: {_first_error(exc)}") from None
+
+
+def _api_error(resp: aiohttp.ClientResponse, raw: bytes) -> ApiError:
+    retry_after: float | None = None
+    header = resp.headers.get("Retry-After")
+    if header is not None:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None  # an HTTP date: rare enough to ignore
+    try:
+        detail = json.loads(raw)["error"]
+        code, message, field = detail["code"], detail["message"], detail.get("field")
+        if isinstance(code, str) and isinstance(message, str):
+            return ApiError(
+                resp.status,
+                code,
+                message,
+                field if isinstance(field, str) else None,
+                retry_after=retry_after,
+            )
+    except (ValueError, KeyError, TypeError):
+        pass
+    # Not our error body: a proxy or load balancer answered. Its page is not a message.
+    message = resp.reason or "no reason given"
+    text = raw.decode("utf-8", "replace").strip()
+    if resp.content_type == "text/plain" and text and len(text) <= 200 and "\n" not in text:
+        message = f"{message}: {text}"
+    return ApiError(resp.status, f"http_{resp.status}", message, None, retry_after=retry_after)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _first_error(exc: ValidationError) -> str:
+    # Location and message only: pydantic's default text echoes the input.
+    err = exc.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+    return f"{loc}: {err['msg']}"

@@ -1,0 +1,662 @@
+"""The ``tether`` command: run and inspect tasks, list delegates, manage enrollment tokens.
+
+    tether task run --selector linux -- make test     # submit, follow the log, exit like it
+    tether task submit -- ./deploy.sh                 # print the task id and return
+    tether --output json task list --state running
+
+Exit status: what ``task run`` maps from the task (see :func:`exit_code_for`); 1 for an API
+or connection error; 2 for a usage or configuration problem; 130 on Ctrl-C. Errors are
+one ``error: ...`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import ipaddress
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TextIO
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from manager import cli_format as fmt
+from manager.cli_format import SYSTEM_PREFIX, Console, Spinner
+from manager.client import (
+    ApiError,
+    ConnectionFailed,
+    EndEvent,
+    FollowEvent,
+    LogEvent,
+    StateEvent,
+    TetherClient,
+    TetherClientError,
+)
+from manager.models import TaskList, TaskSubmit, TaskView, TokenCreate
+from shared import __version__
+from shared.protocol import FINAL_STATES, Deployment, ShellPayload, TaskState
+
+__all__ = [
+    "DEFAULT_MANAGER_URL",
+    "ENV_API_KEY",
+    "ENV_CA_FILE",
+    "ENV_MANAGER_URL",
+    "Config",
+    "UsageError",
+    "build_parser",
+    "build_submit",
+    "exit_code_for",
+    "main",
+    "parse_assignments",
+    "run_cli",
+]
+
+ENV_MANAGER_URL = "TETHER_MANAGER_URL"
+ENV_CA_FILE = "TETHER_CA_FILE"
+ENV_API_KEY = "TETHER_API_KEY"
+DEFAULT_MANAGER_URL = "https://127.0.0.1:8443"
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMED_OUT = 124  # as timeout(1)
+EXIT_EXPIRED = 125
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tether", description="Run tasks on Tether delegates.")
+    parser.add_argument(
+        "--manager-url",
+        metavar="URL",
+        help=f"the manager (env {ENV_MANAGER_URL}; default {DEFAULT_MANAGER_URL})",
+    )
+    parser.add_argument(
+        "--ca-file", metavar="PEM", type=Path, help=f"CA bundle to trust (env {ENV_CA_FILE})"
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"API key (env {ENV_API_KEY}, which keeps it out of the process list)",
+    )
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    # Every subcommand takes --output too; SUPPRESS keeps the global value when it is absent.
+    output = _Parser(add_help=False)
+    output.add_argument(
+        "--output", choices=("text", "json"), default=argparse.SUPPRESS, help="text or json"
+    )
+
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    task = groups.add_parser("task", help="run, submit and inspect tasks").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    run = task.add_parser(
+        "run", parents=[output], help="submit a shell task, follow its log, exit with its status"
+    )
+    _task_options(run)
+    run.set_defaults(handler=cmd_task_run)
+    submit = task.add_parser("submit", parents=[output], help="submit a shell task; print its id")
+    _task_options(submit)
+    submit.set_defaults(handler=cmd_task_submit)
+    get = task.add_parser("get", parents=[output], help="show a task")
+    get.add_argument("task_id", metavar="ID")
+    get.set_defaults(handler=cmd_task_get)
+    ls = task.add_parser("list", parents=[output], help="list tasks, newest first")
+    ls.add_argument("--state", choices=[s.value for s in TaskState])
+    ls.add_argument("--delegate", metavar="ID")
+    ls.add_argument("--limit", type=_positive_int, default=100)
+    ls.set_defaults(handler=cmd_task_list)
+    logs = task.add_parser("logs", parents=[output], help="print a task's log")
+    logs.add_argument("task_id", metavar="ID")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="follow until the task ends; exit like run"
+    )
+    logs.set_defaults(handler=cmd_task_logs)
+    cancel = task.add_parser("cancel", parents=[output], help="cancel a task")
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.set_defaults(handler=cmd_task_cancel)
+
+    delegate = groups.add_parser("delegate", help="delegates").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    delegate.add_parser("list", parents=[output], help="list delegates").set_defaults(
+        handler=cmd_delegate_list
+    )
+
+    token = groups.add_parser("token", help="delegate enrollment tokens").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    create = token.add_parser("create", parents=[output], help="create a token (shown once)")
+    create.add_argument("name", metavar="NAME")
+    create.set_defaults(handler=cmd_token_create)
+    token.add_parser("list", parents=[output], help="list tokens").set_defaults(
+        handler=cmd_token_list
+    )
+    revoke = token.add_parser("revoke", parents=[output], help="revoke a token")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(handler=cmd_token_revoke)
+    return parser
+
+
+def _task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selector", action="append", default=[], metavar="S", help="repeatable")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="run time limit")
+    p.add_argument("--queue-timeout", type=float, metavar="SECONDS", help="wait limit")
+    p.add_argument("--max-attempts", type=int, default=1, metavar="N")
+    p.add_argument("--idempotency-key", metavar="K")
+    p.add_argument(
+        "--secret-env", action="append", default=[], metavar="NAME=VALUE", help="masked env var"
+    )
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--interpreter", choices=("bash", "sh"), default="bash")
+    p.add_argument("--working-dir", metavar="DIR")
+    p.add_argument("--deploy-service", metavar="S")
+    p.add_argument("--deploy-env", metavar="E")
+    p.add_argument("--deploy-artifact", metavar="A")
+    p.add_argument("--deploy-version", metavar="V")
+    p.add_argument("-q", "--quiet", action="store_true", help="no spinner, no summary")
+    p.add_argument("words", nargs="*", metavar="-- COMMAND", help="run as typed (shell-quoted)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPTION_OF_FIELD = {
+    "timeout_s": "--timeout",
+    "queue_timeout_s": "--queue-timeout",
+    "max_attempts": "--max-attempts",
+    "idempotency_key": "--idempotency-key",
+    "selectors": "--selector",
+    "secret_env": "--secret-env",
+    "payload.env": "--env",
+    "payload.script": "the command",
+    "payload.working_dir": "--working-dir",
+    "deployment.service": "--deploy-service",
+    "deployment.environment": "--deploy-env",
+    "deployment.artifact": "--deploy-artifact",
+    "deployment.version": "--deploy-version",
+}
+
+
+def parse_assignments(values: Sequence[str], option: str, *, secret: bool) -> dict[str, str]:
+    """``NAME=VALUE`` words as a dict. A secret's text is never echoed in an error."""
+    result: dict[str, str] = {}
+    for number, item in enumerate(values, 1):
+        name, sep, value = item.partition("=")
+        if not sep:
+            what = f"value #{number} (not shown)" if secret else repr(item)
+            raise UsageError(f"{option} expects NAME=VALUE; {what} has no '='")
+        if not _ENV_NAME.fullmatch(name):
+            raise UsageError(
+                f"{option}: {name!r} is not a variable name "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        if name in result:
+            raise UsageError(f"{option}: {name} is given twice")
+        result[name] = value
+    return result
+
+
+def build_submit(args: argparse.Namespace) -> TaskSubmit:
+    """The TaskSubmit of ``task run`` / ``task submit``; UsageError for any bad option."""
+    if not args.words:
+        raise UsageError("no command given: put it after --, as in: tether task run -- make test")
+    env = parse_assignments(args.env, "--env", secret=False)
+    secret_env = parse_assignments(args.secret_env, "--secret-env", secret=True)
+    if both := sorted(env.keys() & secret_env.keys()):
+        raise UsageError(f"{both[0]} is given both as --env and as --secret-env")
+    deployment = None
+    deploy = (args.deploy_service, args.deploy_env, args.deploy_artifact, args.deploy_version)
+    if any(deploy) and not (args.deploy_service and args.deploy_env):
+        raise UsageError("--deploy-service and --deploy-env go together")
+    try:
+        if args.deploy_service:
+            deployment = Deployment(
+                service=args.deploy_service,
+                environment=args.deploy_env,
+                artifact=args.deploy_artifact,
+                version=args.deploy_version,
+            )
+        return TaskSubmit(
+            # The words are quoted back, so `-- bash -c 'echo "$HOME"'` runs as typed.
+            payload=ShellPayload(
+                script=shlex.join(args.words),
+                interpreter=args.interpreter,
+                env=env,
+                working_dir=args.working_dir,
+            ),
+            selectors=args.selector,
+            timeout_s=args.timeout,
+            queue_timeout_s=args.queue_timeout,
+            max_attempts=args.max_attempts,
+            idempotency_key=args.idempotency_key,
+            secret_env=secret_env,
+            deployment=deployment,
+        )
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        where = _OPTION_OF_FIELD.get(loc) or next(
+            (opt for key, opt in _OPTION_OF_FIELD.items() if loc.startswith(key + ".")), loc
+        )
+        raise UsageError(f"{where}: {err['msg']}") from None
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Usage errors before anything else, so they never depend on the network or a key."""
+    if args.handler in (cmd_task_run, cmd_task_submit):
+        args.submit = build_submit(args)
+    elif args.handler is cmd_token_create:
+        try:
+            TokenCreate(name=args.name)
+        except ValidationError:
+            raise UsageError(
+                f"token name {args.name!r}: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit; at most 128 characters"
+            ) from None
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    manager_url: str
+    ca_file: Path | None
+    api_key: str = field(repr=False)
+
+
+def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """Flags first, then the environment, then defaults."""
+    url = args.manager_url or env.get(ENV_MANAGER_URL) or DEFAULT_MANAGER_URL
+    api_key = args.api_key or env.get(ENV_API_KEY)
+    if not api_key:
+        raise UsageError(f"no API key: set {ENV_API_KEY} or pass --api-key")
+    ca_file: Path | None = args.ca_file or (
+        Path(env[ENV_CA_FILE]) if env.get(ENV_CA_FILE) else None
+    )
+    if ca_file is not None and not ca_file.is_file():
+        source = "--ca-file" if args.ca_file else ENV_CA_FILE
+        raise UsageError(f"CA file {ca_file} not found (from {source})")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"manager URL {url!r} must be https://HOST[:PORT] (from {_src(args)})")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise UsageError(
+            f"refusing to send the API key over plain http to {parts.hostname}: use https:// "
+            "(plain http is for loopback only)"
+        )
+    return Config(manager_url=url, ca_file=ca_file, api_key=api_key)
+
+
+def _src(args: argparse.Namespace) -> str:
+    return "--manager-url" if args.manager_url else ENV_MANAGER_URL
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_client(config: Config) -> TetherClient:
+    return TetherClient(config.manager_url, api_key=config.api_key, ca_file=config.ca_file)
+
+
+# --- following a task ----------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    client: TetherClient
+    console: Console
+    output: str
+    interrupted: asyncio.Event
+    handle_signals: bool = False
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+
+def exit_code_for(task: TaskView) -> int:
+    """The exit status of ``tether task run`` for a task in its final state."""
+    match task.state:
+        case TaskState.SUCCEEDED:
+            return 0
+        case TaskState.CANCELLED:
+            return EXIT_INTERRUPTED
+        case TaskState.TIMED_OUT:
+            return EXIT_TIMED_OUT
+        case TaskState.EXPIRED:
+            return EXIT_EXPIRED
+        case TaskState.FAILED if task.exit_code is not None:
+            code = task.exit_code
+            if code < 0:
+                code = 128 - code  # killed by signal -code, as a shell reports it
+            return min(max(code, 1), 255)
+        case _:
+            return EXIT_ERROR  # failed without a process status, e.g. delegate_lost
+
+
+async def follow_task(
+    ctx: Context,
+    task_id: str,
+    *,
+    state: TaskState | None,
+    quiet: bool,
+    cancel_on_interrupt: bool,
+) -> TaskView | None:
+    """Print the task's log as it comes; the final task, or None after Ctrl-C."""
+    spinner = None
+    if ctx.console.interactive and not quiet:
+        spinner = Spinner(ctx.console.err, "waiting for a delegate…")
+    if state is TaskState.QUEUED and spinner is not None:
+        spinner.start()
+    follow = asyncio.create_task(_consume(ctx, task_id, spinner))
+    interrupt = asyncio.create_task(ctx.interrupted.wait())
+    try:
+        with _sigint_sets(ctx.interrupted, enabled=ctx.handle_signals):
+            await asyncio.wait({follow, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        follow.cancel()
+        interrupt.cancel()
+        await asyncio.wait({follow, interrupt})
+        if spinner is not None:
+            await spinner.stop()
+    if not follow.cancelled():
+        return follow.result()
+    if cancel_on_interrupt:
+        ctx.console.note(f"{SYSTEM_PREFIX}interrupted: cancelling task {task_id}")
+        try:
+            await ctx.client.cancel_task(task_id)
+        except TetherClientError as exc:
+            ctx.console.note(f"error: could not cancel task {task_id}: {exc}")
+    return None
+
+
+async def _consume(ctx: Context, task_id: str, spinner: Spinner | None) -> TaskView:
+    async with contextlib.aclosing(ctx.client.follow_logs(task_id)) as events:
+        async for event in events:
+            await _show(ctx, event, spinner)
+            if isinstance(event, EndEvent):
+                return event.task
+    return await ctx.client.get_task(task_id)
+
+
+async def _show(ctx: Context, event: FollowEvent, spinner: Spinner | None) -> None:
+    if spinner is not None:
+        if isinstance(event, StateEvent) and event.state is TaskState.QUEUED:
+            spinner.start()
+        elif isinstance(event, StateEvent | EndEvent):
+            await spinner.stop()
+        else:
+            spinner.clear()
+    if ctx.json:
+        ctx.console.print(event.model_dump_json())
+    elif isinstance(event, LogEvent):
+        ctx.console.log(event.line)
+
+
+@contextlib.contextmanager
+def _sigint_sets(event: asyncio.Event, *, enabled: bool) -> Iterator[None]:
+    """While following, Ctrl-C sets ``event``; a second Ctrl-C interrupts as usual."""
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGINT)
+    installed = False
+
+    def restore() -> None:
+        nonlocal installed
+        if installed:
+            installed = False
+            loop.remove_signal_handler(signal.SIGINT)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def on_sigint() -> None:
+        event.set()
+        restore()
+
+    if enabled:
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            installed = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signals here: Ctrl-C stays plain
+    try:
+        yield
+    finally:
+        restore()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+Handler = Callable[[Context, argparse.Namespace], Awaitable[int]]
+
+
+async def cmd_task_run(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.submit_task(args.submit)
+    if not args.quiet:
+        ctx.console.note(f"{SYSTEM_PREFIX}task {task.id} submitted")
+    try:
+        final = await follow_task(
+            ctx, task.id, state=task.state, quiet=args.quiet, cancel_on_interrupt=True
+        )
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(
+            f"{exc.message}. The task goes on; follow it with: tether task logs {task.id} --follow"
+        ) from exc
+    if final is None:
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        ctx.console.note(fmt.summary_line(final))
+    return exit_code_for(final)
+
+
+async def cmd_task_submit(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.submit_task(args.submit)
+    ctx.console.print(fmt.to_json(task) if ctx.json else task.id)
+    return 0
+
+
+async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.get_task(args.task_id)
+    ctx.console.print(fmt.to_json(task) if ctx.json else fmt.task_details(task))
+    return 0
+
+
+async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
+    tasks = await ctx.client.list_tasks(state=args.state, delegate=args.delegate, limit=args.limit)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
+    elif tasks:
+        ctx.console.print(fmt.task_table(tasks))
+    else:
+        ctx.console.note("no tasks")
+    return 0
+
+
+async def cmd_task_logs(ctx: Context, args: argparse.Namespace) -> int:
+    if args.follow:
+        final = await follow_task(
+            ctx, args.task_id, state=None, quiet=False, cancel_on_interrupt=False
+        )
+        return EXIT_INTERRUPTED if final is None else exit_code_for(final)
+    cursor: str | None = None
+    while True:
+        page = await ctx.client.get_logs(args.task_id, after=cursor)
+        for entry in page.lines:
+            if ctx.json:
+                ctx.console.print(entry.model_dump_json())
+            else:
+                ctx.console.log(entry)
+        if not page.lines or page.cursor == cursor:
+            return 0
+        cursor = page.cursor
+
+
+async def cmd_task_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.cancel_task(args.task_id)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(task))
+    elif task.state in FINAL_STATES:
+        ctx.console.print(f"task {task.id} already ended: {task.state.value}")
+    else:
+        ctx.console.print(f"cancel requested for task {task.id} ({task.state.value})")
+    return 0
+
+
+async def cmd_delegate_list(ctx: Context, args: argparse.Namespace) -> int:
+    delegates = await ctx.client.list_delegates()
+    if ctx.json:
+        ctx.console.print(
+            fmt.to_json({"delegates": [d.model_dump(mode="json") for d in delegates]})
+        )
+    elif delegates:
+        ctx.console.print(fmt.delegate_table(delegates))
+    else:
+        ctx.console.note("no delegates")
+    return 0
+
+
+async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
+    token = await ctx.client.create_token(args.name)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(token))
+    else:
+        ctx.console.note(f"token {token.name} created ({token.id}); it is shown once, keep it now:")
+        ctx.console.print(token.token)
+    return 0
+
+
+async def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
+    tokens = await ctx.client.list_tokens()
+    if ctx.json:
+        ctx.console.print(fmt.to_json({"tokens": [t.model_dump(mode="json") for t in tokens]}))
+    elif tokens:
+        ctx.console.print(fmt.token_table(tokens))
+    else:
+        ctx.console.note("no tokens")
+    return 0
+
+
+async def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    token = await ctx.client.revoke_token(args.name)
+    ctx.console.print(fmt.to_json(token) if ctx.json else f"token {token.name} revoked")
+    return 0
+
+
+# --- entry points --------------------------------------------------------------------------
+
+
+def run_cli(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+    client_factory: Callable[[Config], TetherClient] = default_client,
+    interrupted: asyncio.Event | None = None,
+    handle_signals: bool = False,
+) -> int:
+    """The whole command, with its world passed in (tests give their own streams and client).
+
+    ``interrupted`` stands for Ctrl-C while a task is followed; with ``handle_signals`` a
+    real SIGINT sets it.
+    """
+    console = Console(out, err)
+    try:
+        try:
+            args = build_parser().parse_args(list(argv))
+        except SystemExit as exc:  # --help and --version exit by themselves
+            return exc.code if isinstance(exc.code, int) else 0
+        _check_arguments(args)
+        config = resolve_config(args, env)
+        try:
+            client = client_factory(config)
+        except TetherClientError as exc:
+            raise UsageError(str(exc)) from None
+        return asyncio.run(_amain(client, args, console, interrupted, handle_signals))
+    except UsageError as exc:
+        console.note(f"error: {exc}")
+        return EXIT_USAGE
+    except ApiError as exc:
+        hint = f" (check --api-key or {ENV_API_KEY})" if exc.status == 401 else ""
+        console.note(f"error: {exc}{hint}")
+        return EXIT_ERROR
+    except TetherClientError as exc:
+        console.note(f"error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR  # the reader went away (| head); nothing left to say to it
+    except OSError as exc:
+        console.note(f"error: {exc}")
+        return EXIT_ERROR
+
+
+async def _amain(
+    client: TetherClient,
+    args: argparse.Namespace,
+    console: Console,
+    interrupted: asyncio.Event | None,
+    handle_signals: bool,
+) -> int:
+    handler: Handler = args.handler
+    async with client:
+        ctx = Context(client, console, args.output, interrupted or asyncio.Event(), handle_signals)
+        return await handler(ctx, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            # Task output in an encoding this terminal lacks must not end the command.
+            stream.reconfigure(errors="replace")
+    code = run_cli(
+        sys.argv[1:] if argv is None else argv,
+        env=os.environ,
+        out=sys.stdout,
+        err=sys.stderr,
+        handle_signals=True,
+    )
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Keep the interpreter's own flush at exit from complaining about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

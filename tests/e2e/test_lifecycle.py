@@ -1,0 +1,88 @@
+"""Restarts, revocation, and what the delegate exposes on its host."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+
+import psutil
+import pytest
+
+from tests.e2e.harness import BIN, Cluster
+
+EXIT_AUTH = 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_delegate_reconnects_after_a_manager_restart(running: Cluster, sig: int) -> None:
+    delegate = await running.start_delegate("steady")
+    assert (await running.tether("task", "run", "--", "echo", "before")).code == 0
+    seen = len(delegate.events())
+    await running.restart_manager(sig)
+    await delegate.wait_event("channel mode", mode="stream", after=seen)
+    res = await running.tether("task", "run", "--", "echo", "after")
+    assert res.code == 0, res.stderr
+    assert res.stdout.strip() == "after"
+
+
+async def test_revoking_a_token_through_the_api_stops_its_delegate(running: Cluster) -> None:
+    delegate = await running.start_delegate("doomed")
+    res = await running.tether("token", "revoke", "doomed")
+    assert res.code == 0, res.stderr
+    assert await delegate.wait_exit() == EXIT_AUTH
+    assert any("revoked" in str(e.get("reason", "")) for e in delegate.events())
+
+
+async def test_revoking_a_token_on_the_host_stops_its_delegate(running: Cluster) -> None:
+    delegate = await running.start_delegate("doomed")
+    res = await running.run(
+        str(BIN / "tether-manager"),
+        "token",
+        "revoke",
+        "doomed",
+        "--data-dir",
+        str(running.data_dir),
+    )
+    assert res.code == 0, res.stderr
+    assert await delegate.wait_exit() == EXIT_AUTH
+
+
+async def test_an_unknown_token_stops_the_delegate_with_a_clear_message(running: Cluster) -> None:
+    delegate = await running.start_delegate(
+        "stranger", token="tdt_not-a-real-token", wait_mode=None
+    )
+    assert await delegate.wait_exit() == EXIT_AUTH
+    assert any("not known" in str(e.get("reason", "")) for e in delegate.events())
+
+
+async def test_delegate_holds_no_listening_socket(running: Cluster) -> None:
+    delegate = await running.start_delegate("quiet")
+    assert (await running.tether("task", "run", "--", "echo", "busy")).code == 0
+    proc = psutil.Process(delegate.pid)
+    conns = proc.net_connections(kind="all")
+    assert conns, "expected at least the connection to the manager"
+    assert not [c for c in conns if c.status == psutil.CONN_LISTEN]
+    assert all(
+        c.raddr for c in conns if c.type == socket.SOCK_STREAM and c.family != socket.AF_UNIX
+    )
+
+
+async def test_manager_refuses_tls_1_2(running: Cluster) -> None:
+    ctx = ssl.create_default_context(cafile=str(running.ca_file))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+    ):
+        pass
+
+
+async def test_manager_accepts_tls_1_3(running: Cluster) -> None:
+    ctx = ssl.create_default_context(cafile=str(running.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() == "TLSv1.3"

@@ -1,0 +1,64 @@
+"""The polling fallback: tasks run when the stream is refused, and the stream comes back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.e2e.harness import Cluster
+from tests.e2e.proxy import UpgradeBlockingProxy
+
+
+@pytest.fixture
+async def proxy(running: Cluster) -> AsyncIterator[UpgradeBlockingProxy]:
+    p = UpgradeBlockingProxy(running.url, running.data_dir, running.root)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def _status(c: Cluster, name: str) -> str:
+    res = await c.tether("delegate", "list", "--output", "json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    rows = data["delegates"] if isinstance(data, dict) else data
+    return next(str(d["status"]) for d in rows if d["name"] == name)
+
+
+async def test_tasks_run_over_polling_when_the_stream_is_refused(
+    running: Cluster, proxy: UpgradeBlockingProxy
+) -> None:
+    await running.start_delegate("poller", url=proxy.url, wait_mode="polling")
+    assert proxy.refused >= 1
+    assert await _status(running, "poller") == "polling"
+    res = await running.tether("task", "run", "--", "echo", "via polling")
+    assert res.code == 0, res.stderr
+    assert res.stdout.strip() == "via polling"
+
+
+async def test_cancel_reaches_a_polling_delegate(
+    running: Cluster, proxy: UpgradeBlockingProxy
+) -> None:
+    delegate = await running.start_delegate("poller", url=proxy.url, wait_mode="polling")
+    res = await running.tether("task", "submit", "--", "sleep", "300")
+    task_id = res.last_line
+    await delegate.wait_event("task started", task_id=task_id)
+    assert (await running.tether("task", "cancel", task_id)).code == 0
+    await delegate.wait_event("task finished", task_id=task_id, status="cancelled")
+
+
+async def test_delegate_moves_back_to_the_stream_when_it_holds_again(
+    running: Cluster, proxy: UpgradeBlockingProxy
+) -> None:
+    delegate = await running.start_delegate("poller", url=proxy.url, wait_mode="polling")
+    seen = len(delegate.events())
+    proxy.allow_upgrade = True
+    await delegate.wait_event("channel mode", mode="stream", after=seen)
+    assert await _status(running, "poller") == "connected"
+    res = await running.tether("task", "run", "--", "echo", "back on the stream")
+    assert res.code == 0
+    assert res.stdout.strip() == "back on the stream"
