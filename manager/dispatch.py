@@ -106,13 +106,14 @@ class Dispatcher:
 
     def pick_for(self, session: Session) -> str | None:
         """The oldest queued task this (polling) delegate could take, hinted or not."""
-        while session.inbox:
-            task_id = session.inbox.popleft()
-            if task_id in self.queued:
-                return task_id
-        candidate = next((c for c in self._hub.candidates() if c.delegate_id == session.id), None)
+        candidate = self._hub.candidate(session.id)
         if candidate is None:
             return None
+        while session.inbox:
+            task_id = session.inbox.popleft()
+            hinted = self.queued.get(task_id)
+            if hinted is not None and eligible(hinted.selectors, hinted.type, candidate):
+                return task_id
         for task in self.queued.values():
             if eligible(task.selectors, task.type, candidate):
                 return task.id

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from manager.errors import ApiProblem
 from manager.store.base import StoreError
+from shared.protocol import describe_validation_error
 
 __all__ = ["AuthKind", "Route", "RouteTable", "error_middleware", "json_response", "parse_body"]
 
@@ -76,12 +77,9 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
         # The location and message only: the input could be a secret value.
-        raise ApiProblem(
-            400, "invalid", f"{loc or 'body'}: {err['msg']}", field=loc or None
-        ) from None
+        field, message = describe_validation_error(exc)
+        raise ApiProblem(400, "invalid", message, field=field) from None
 
 
 def json_response(model: BaseModel, *, status: int = 200) -> web.Response:

@@ -127,24 +127,29 @@ class Hub:
         return HeartbeatAck(seq=seq, cancel=cancel, drain=session.draining)
 
     def candidates(self) -> list[Candidate]:
-        now = self._clock()
-        out = []
-        for s in self.sessions.values():
-            last = self.liveness.last_seen(s.id)
-            if last is None or now - last > self._lost_after:
-                continue
-            d = s.delegate
-            out.append(
-                Candidate(
-                    delegate_id=s.id,
-                    selectors=frozenset((*d.selectors, d.name)),
-                    task_types=frozenset(d.task_types),
-                    capacity=d.capacity,
-                    running=self.leases.count(s.id),
-                    draining=s.draining,
-                )
-            )
-        return out
+        out = (self._candidate(s) for s in self.sessions.values())
+        return [c for c in out if c is not None]
+
+    def candidate(self, delegate_id: str) -> Candidate | None:
+        session = self.sessions.get(delegate_id)
+        return None if session is None else self._candidate(session)
+
+    def _candidate(self, s: Session) -> Candidate | None:
+        # Load is counted from the leases this manager granted, not from the free slots a
+        # heartbeat reported: leases change the moment a task is acquired or finishes,
+        # while a heartbeat's figure is up to one interval old.
+        last = self.liveness.last_seen(s.id)
+        if last is None or self._clock() - last > self._lost_after:
+            return None
+        d = s.delegate
+        return Candidate(
+            delegate_id=s.id,
+            selectors=frozenset((*d.selectors, d.name)),
+            task_types=frozenset(d.task_types),
+            capacity=d.capacity,
+            running=self.leases.count(s.id),
+            draining=s.draining,
+        )
 
     # -- sending --------------------------------------------------------------------------
 

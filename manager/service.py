@@ -106,6 +106,7 @@ class TaskService:
             queue_timeout_s=req.queue_timeout_s or self._timings.queue_timeout,
             max_attempts=req.max_attempts,
             created_at=now,
+            queued_at=now,
             idempotency_key=req.idempotency_key,
             secret_env_sealed=sealed,
             secret_env_names=tuple(sorted(req.secret_env)),
@@ -182,7 +183,7 @@ class TaskService:
 
     async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
         lines = [LogRecord(batch.attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in batch.lines]
-        inserted = await self._store.append_logs(task_id, batch.attempt, lines)
+        inserted = await self._store.append_logs(task_id, batch.attempt, session.id, lines)
         if inserted < 0:
             if await self._store.get_task(task_id) is None:
                 raise ApiProblem(404, "not_found", "no such task")
@@ -271,6 +272,7 @@ class TaskService:
             changes=decision.changes,
             start_attempt=start,
             end_attempt_status=end_status if ends_attempt else None,
+            end_attempt_at=self._clock(),
         )
 
     def _finished(self, task: TaskRecord) -> None:

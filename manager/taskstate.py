@@ -113,7 +113,7 @@ def on_lease_lost(task: TaskRecord, now: float) -> Decision:
         # Back to the queue; the next acquire bumps the attempt, fencing the old holder out.
         return Decision(
             Verdict.APPLY,
-            {"state": TaskState.QUEUED, "delegate_id": None, "started_at": None},
+            {"state": TaskState.QUEUED, "delegate_id": None, "started_at": None, "queued_at": now},
             reason="retry",
         )
     return Decision(
@@ -128,7 +128,8 @@ def on_sweep(task: TaskRecord, now: float, *, run_margin: float) -> Decision:
     A delegate enforces the run timeout itself; this backstop waits ``run_margin`` longer so
     that the delegate's own ``timed_out`` report, with its last log lines, normally wins.
     """
-    if task.state is TaskState.QUEUED and now - task.created_at > task.queue_timeout_s:
+    queued_at = task.queued_at if task.queued_at is not None else task.created_at
+    if task.state is TaskState.QUEUED and now - queued_at > task.queue_timeout_s:
         return Decision(
             Verdict.APPLY,
             {

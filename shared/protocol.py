@@ -49,6 +49,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskType",
+    "describe_validation_error",
     "parse_delegate_frame",
     "parse_manager_frame",
 ]
@@ -230,30 +231,50 @@ _manager_frames: TypeAdapter[HeartbeatAck | TaskAvailable | TaskCancel | TaskDra
 )
 
 
+def _check_size(raw: str | bytes) -> None:
+    # Characters are at most 4 bytes, so only long text needs encoding to be measured.
+    size = (
+        len(raw.encode()) if isinstance(raw, str) and len(raw) * 4 > MAX_FRAME_BYTES else len(raw)
+    )
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
+
+
 def parse_delegate_frame(raw: str | bytes) -> Hello | Heartbeat:
-    if len(raw) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    _check_size(raw)
     try:
         return _delegate_frames.validate_json(raw)
     except ValidationError as exc:
-        raise ProtocolError(_first_error(exc)) from None
+        raise ProtocolError(describe_validation_error(exc)[1]) from None
 
 
 def parse_manager_frame(raw: str | bytes) -> HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain:
-    if len(raw) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    _check_size(raw)
     try:
         return _manager_frames.validate_json(raw)
     except ValidationError as exc:
-        raise ProtocolError(_first_error(exc)) from None
+        raise ProtocolError(describe_validation_error(exc)[1]) from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    # Only the location and message: pydantic's default text echoes the input value,
-    # which could carry something sensitive.
+def describe_validation_error(exc: ValidationError) -> tuple[str | None, str]:
+    """The first error as (field path, message), never quoting the input.
+
+    pydantic's own messages for most errors name only what was expected, but a bad union
+    tag is quoted back, and a peer's bad input may be a secret pasted in the wrong place.
+    """
     err = exc.errors(include_input=False, include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-    return f"{loc}: {err['msg']}"
+    loc = [str(p) for p in err["loc"]]
+    kind = err["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx", {})
+        field = str(ctx.get("discriminator", "type")).strip("'")
+        path = ".".join([*loc, field])
+        expected = ctx.get("expected_tags")
+        what = "unknown" if kind == "union_tag_invalid" else "missing"
+        message = f"{path}: {what} value" + (f"; expected one of {expected}" if expected else "")
+        return path, message
+    path = ".".join(loc)
+    return path or None, f"{path or '(body)'}: {err['msg']}"
 
 
 # --- HTTPS exchanges --------------------------------------------------------------------

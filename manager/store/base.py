@@ -113,11 +113,13 @@ class Store(abc.ABC):
         changes: dict[str, Any],
         start_attempt: AttemptRecord | None = None,
         end_attempt_status: str | None = None,
+        end_attempt_at: float | None = None,
     ) -> TaskRecord | None:
         """Apply ``changes`` if the task is still in ``expect_state`` at ``expect_attempt``.
 
         Returns the updated task, or None when the snapshot no longer held. In the same
-        transaction it records a new attempt row, or closes the current one with a status.
+        transaction it records a new attempt row, or closes the current one with a status
+        at ``end_attempt_at`` (the manager's clock).
         """
 
     @abc.abstractmethod
@@ -125,11 +127,14 @@ class Store(abc.ABC):
 
     # -- logs
     @abc.abstractmethod
-    async def append_logs(self, task_id: str, attempt: int, lines: Sequence[LogRecord]) -> int:
+    async def append_logs(
+        self, task_id: str, attempt: int, delegate_id: str, lines: Sequence[LogRecord]
+    ) -> int:
         """Insert the lines not yet stored (idempotent by task, attempt and seq).
 
         Returns how many were new, or -1 when ``attempt`` is not the task's current attempt
-        (a stale holder), in which case nothing is written.
+        or ``delegate_id`` does not hold it (a stale holder, or a stranger), in which case
+        nothing is written.
         """
 
     @abc.abstractmethod

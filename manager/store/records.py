@@ -78,6 +78,9 @@ class TaskRecord:
     error: str | None = None
     cancel_requested: bool = False
     deployment: dict[str, Any] | None = None
+    # When the task last entered the queue: its queue timeout runs from here, so a task
+    # requeued after a lost lease gets a full queue timeout again.
+    queued_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ _JSON_TASK_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "de
 _TASK_COLUMNS = (
     "id, type, state, payload, selectors, timeout_s, queue_timeout_s, max_attempts, created_at,"
     " attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at,"
-    " finished_at, exit_code, outputs, error, cancel_requested, deployment"
+    " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at"
 )
 _UPDATABLE = {
     "state",
@@ -53,6 +53,7 @@ _UPDATABLE = {
     "error",
     "cancel_requested",
     "deployment",
+    "queued_at",
 }
 
 
@@ -311,6 +312,7 @@ class SqliteStore(Store):
         changes: dict[str, Any],
         start_attempt: AttemptRecord | None = None,
         end_attempt_status: str | None = None,
+        end_attempt_at: float | None = None,
     ) -> TaskRecord | None:
         unknown = set(changes) - _UPDATABLE
         if unknown:
@@ -332,7 +334,12 @@ class SqliteStore(Store):
                 c.execute(
                     "UPDATE task_attempts SET finished_at = ?, status = ?"
                     " WHERE task_id = ? AND attempt = ?",
-                    (time.time(), end_attempt_status, task_id, expect_attempt),
+                    (
+                        end_attempt_at or changes.get("finished_at") or time.time(),
+                        end_attempt_status,
+                        task_id,
+                        expect_attempt,
+                    ),
                 )
             if start_attempt is not None:
                 c.execute(
@@ -360,10 +367,14 @@ class SqliteStore(Store):
 
     # -- logs -----------------------------------------------------------------------------
 
-    async def append_logs(self, task_id: str, attempt: int, lines: Sequence[LogRecord]) -> int:
+    async def append_logs(
+        self, task_id: str, attempt: int, delegate_id: str, lines: Sequence[LogRecord]
+    ) -> int:
         def fn(c: sqlite3.Connection) -> int:
-            row = c.execute("SELECT attempt FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if row is None or row[0] != attempt:
+            row = c.execute(
+                "SELECT attempt, delegate_id FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            if row is None or row[0] != attempt or row[1] != delegate_id:
                 return -1
             before = c.total_changes
             c.executemany(
@@ -450,6 +461,7 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         error=d["error"],
         cancel_requested=bool(d["cancel_requested"]),
         deployment=None if d["deployment"] is None else json.loads(d["deployment"]),
+        queued_at=d["queued_at"],
     )
 
 

@@ -93,4 +93,5 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (2, "ALTER TABLE tasks ADD COLUMN queued_at REAL"),
 ]

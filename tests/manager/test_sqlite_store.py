@@ -331,11 +331,6 @@ async def test_end_attempt_status_closes_the_current_attempt(store: SqliteStore)
     assert attempt.finished_at is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: manager/store/sqlite.py update_task stamps task_attempts.finished_at with "
-    "time.time() instead of the caller's clock",
-)
 async def test_end_attempt_records_the_finish_time_of_the_decision(store: SqliteStore) -> None:
     await acquired(store)
     await store.update_task(
@@ -383,44 +378,52 @@ async def test_update_encodes_json_and_bool_columns(store: SqliteStore) -> None:
 # --- logs ----------------------------------------------------------------------------------
 
 
+async def test_append_logs_from_a_delegate_that_does_not_hold_the_task_is_refused(
+    store: SqliteStore,
+) -> None:
+    await acquired(store)
+    assert await store.append_logs("task_1", 1, "dlg_other", [line(0)]) == -1
+    assert await store.get_logs("task_1", after=None, limit=10) == []
+
+
 async def test_append_logs_returns_how_many_were_new(store: SqliteStore) -> None:
     await acquired(store)
-    assert await store.append_logs("task_1", 1, [line(0), line(1)]) == 2
+    assert await store.append_logs("task_1", 1, "dlg_1", [line(0), line(1)]) == 2
 
 
 async def test_resent_log_batch_inserts_nothing(store: SqliteStore) -> None:
     await acquired(store)
-    await store.append_logs("task_1", 1, [line(0, "a"), line(1, "b")])
-    assert await store.append_logs("task_1", 1, [line(0, "a"), line(1, "b")]) == 0
+    await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")])
+    assert await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")]) == 0
     assert len(await store.get_logs("task_1", after=None, limit=100)) == 2
 
 
 async def test_partly_resent_batch_inserts_only_new_lines(store: SqliteStore) -> None:
     await acquired(store)
-    await store.append_logs("task_1", 1, [line(0, "a"), line(1, "b")])
-    assert await store.append_logs("task_1", 1, [line(1, "b"), line(2, "c")]) == 1
+    await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")])
+    assert await store.append_logs("task_1", 1, "dlg_1", [line(1, "b"), line(2, "c")]) == 1
 
 
 async def test_resent_line_keeps_the_first_text(store: SqliteStore) -> None:
     await acquired(store)
-    await store.append_logs("task_1", 1, [line(0, "first")])
-    await store.append_logs("task_1", 1, [line(0, "second")])
+    await store.append_logs("task_1", 1, "dlg_1", [line(0, "first")])
+    await store.append_logs("task_1", 1, "dlg_1", [line(0, "second")])
     assert [ln.text for ln in await store.get_logs("task_1", after=None, limit=10)] == ["first"]
 
 
 async def test_logs_of_a_stale_attempt_are_refused_and_not_written(store: SqliteStore) -> None:
     await acquired(store)
-    assert await store.append_logs("task_1", 2, [line(0, attempt=2)]) == -1
+    assert await store.append_logs("task_1", 2, "dlg_1", [line(0, attempt=2)]) == -1
     assert await store.get_logs("task_1", after=None, limit=10) == []
 
 
 async def test_logs_for_an_unknown_task_are_refused(store: SqliteStore) -> None:
-    assert await store.append_logs("task_nope", 1, [line(0)]) == -1
+    assert await store.append_logs("task_nope", 1, "dlg_1", [line(0)]) == -1
 
 
 async def _logs_over_two_attempts(store: SqliteStore) -> None:
     await acquired(store)
-    await store.append_logs("task_1", 1, [line(1, "1.1"), line(0, "1.0")])
+    await store.append_logs("task_1", 1, "dlg_1", [line(1, "1.1"), line(0, "1.0")])
     requeued = await store.update_task(
         "task_1",
         expect_state=TaskState.RUNNING,
@@ -434,7 +437,7 @@ async def _logs_over_two_attempts(store: SqliteStore) -> None:
         expect_attempt=1,
         changes={**ACQUIRE, "attempt": 2, "delegate_id": "dlg_2"},
     )
-    await store.append_logs("task_1", 2, [line(0, "2.0", 2), line(1, "2.1", 2)])
+    await store.append_logs("task_1", 2, "dlg_2", [line(0, "2.0", 2), line(1, "2.1", 2)])
 
 
 async def test_get_logs_orders_by_attempt_then_seq(store: SqliteStore) -> None:

@@ -254,11 +254,6 @@ def test_sweep_leaves_final_tasks_alone(state: TaskState) -> None:
     assert on_sweep(task, CREATED + 1e9, run_margin=MARGIN).verdict is Verdict.NOOP
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a task requeued after a lost lease is expired by the next sweep when it ran "
-    "longer than its queue timeout: on_sweep measures the queue wait from created_at",
-)
 def test_sweep_gives_a_task_requeued_after_a_lost_lease_its_full_queue_timeout() -> None:
     task = running(attempt=1)
     lost_at = CREATED + QUEUE_TIMEOUT + 60.0  # it ran for six minutes, then its delegate died
