@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -86,3 +87,42 @@ async def test_manager_accepts_tls_1_3(running: Cluster) -> None:
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert tls.version() == "TLSv1.3"
+
+
+async def _task_state(c: Cluster, task_id: str) -> str:
+    res = await c.tether("task", "get", task_id, "--output", "json")
+    return str(json.loads(res.stdout)["state"])
+
+
+async def test_sigterm_lets_a_running_task_finish(running: Cluster) -> None:
+    delegate = await running.start_delegate("graceful")
+    res = await running.tether(
+        "task", "submit", "--", "bash", "-c", "echo begin; sleep 0.5; echo end"
+    )
+    task_id = res.last_line
+    await delegate.wait_event("task started", task_id=task_id)
+    assert await delegate.stop(signal.SIGTERM) == 0
+    assert await _task_state(running, task_id) == "succeeded"
+    logs = await running.tether("task", "logs", task_id)
+    assert logs.stdout.split() == ["begin", "end"]
+
+
+async def test_sigterm_cancels_tasks_still_running_after_the_grace(running: Cluster) -> None:
+    delegate = await running.start_delegate("impatient")
+    task_id = (await running.tether("task", "submit", "--", "sleep", "300")).last_line
+    await delegate.wait_event("task started", task_id=task_id)
+    assert await delegate.stop(signal.SIGTERM) == 0
+    assert await _task_state(running, task_id) == "cancelled"
+
+
+async def test_a_second_sigterm_cancels_at_once(running: Cluster) -> None:
+    # Real timings on the delegate: a 30 s grace that only the second signal cuts short.
+    delegate = await running.start_delegate("forced", extra=("--time-scale", "1"))
+    task_id = (await running.tether("task", "submit", "--", "sleep", "300")).last_line
+    await delegate.wait_event("task started", task_id=task_id)
+    assert delegate.proc is not None
+    delegate.proc.send_signal(signal.SIGTERM)
+    await delegate.wait_event("stopping: finishing running tasks")
+    delegate.proc.send_signal(signal.SIGTERM)
+    assert await delegate.wait_exit(timeout=15) == 0
+    assert await _task_state(running, task_id) == "cancelled"

@@ -1,0 +1,100 @@
+"""Delegate settings: flags win over the environment, the environment over the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from delegate.config import ConfigError, resolve
+
+URL = "https://manager.example:8443"
+
+
+def flags(**over: Any) -> dict[str, Any]:
+    return {"manager_url": None, "token": None, "selectors": [], **over}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "delegate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_flag_wins_over_environment_and_file(tmp_path: Path) -> None:
+    cfg = resolve(
+        flags(manager_url=URL, token="t", name="from-flag"),
+        {"TETHER_DELEGATE_NAME": "from-env"},
+        write(tmp_path, "name: from-file\n"),
+    )
+    assert cfg.name == "from-flag"
+
+
+def test_environment_wins_over_file(tmp_path: Path) -> None:
+    cfg = resolve(
+        flags(),
+        {"TETHER_MANAGER_URL": URL, "TETHER_TOKEN": "t", "TETHER_MAX_TASKS": "7"},
+        write(tmp_path, "max_tasks: 2\nname: filed\n"),
+    )
+    assert cfg.max_tasks == 7
+    assert cfg.name == "filed"
+
+
+def test_file_alone_configures_everything(tmp_path: Path) -> None:
+    cfg = resolve(
+        flags(),
+        {},
+        write(tmp_path, f"manager_url: {URL}\ntoken: t\nselectors: [a, b]\nmax_tasks: 3\n"),
+    )
+    assert (cfg.manager_url, cfg.selectors, cfg.max_tasks) == (URL, ("a", "b"), 3)
+
+
+def test_selectors_from_the_environment_are_comma_separated() -> None:
+    cfg = resolve(
+        flags(manager_url=URL, token="t"), {"TETHER_SELECTORS": "linux, eu-west,,gpu"}, None
+    )
+    assert cfg.selectors == ("linux", "eu-west", "gpu")
+
+
+def test_token_can_come_from_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tdt_secret\n")
+    cfg = resolve(flags(manager_url=URL, token_file=str(token_file)), {}, None)
+    assert cfg.token == "tdt_secret"
+
+
+def test_token_is_not_in_the_repr() -> None:
+    cfg = resolve(flags(manager_url=URL, token="tdt_hidden"), {}, None)
+    assert "tdt_hidden" not in repr(cfg)
+
+
+def test_relative_data_dir_becomes_absolute() -> None:
+    cfg = resolve(flags(manager_url=URL, token="t", data_dir="rel/dir"), {}, None)
+    assert cfg.data_dir.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (flags(token="t"), "no manager URL"),
+        (flags(manager_url=URL), "no delegate token"),
+        (flags(manager_url="http://plain:80", token="t"), "https://"),
+        (flags(manager_url=URL, token="t", max_tasks="lots"), "whole number"),
+        (flags(manager_url=URL, token="t", max_tasks=0), "between 1 and 1000"),
+        (flags(manager_url=URL, token="t", ca_file="/nope/ca.pem"), "does not exist"),
+    ],
+)
+def test_bad_settings_get_a_clear_error(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve(given, {}, None)
+
+
+def test_unknown_file_setting_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="colour"):
+        resolve(flags(manager_url=URL, token="t"), {}, write(tmp_path, "colour: red\n"))
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve(flags(manager_url=URL, token="t"), {}, write(tmp_path, "a: [unclosed\n"))

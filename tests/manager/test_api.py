@@ -1,0 +1,243 @@
+"""The HTTP layer in process: routes and the OpenAPI document agree, guards, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from manager.app import ManagerConfig, build_app, open_store
+from manager.store.base import Store
+from manager.tokens import create_api_key, create_token
+from shared.limits import MAX_API_BODY_BYTES
+from shared.protocol import PROTOCOL_VERSION
+
+SECRET = "pa55-Word/that+must=never-show"
+
+
+class Api:
+    def __init__(self, client: TestClient[Any, Any], key: str, store: Store) -> None:
+        self.client = client
+        self.key = key
+        self.store = store
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    store = open_store(tmp_path)
+    await store.open()
+    app, _ = await build_app(ManagerConfig(data_dir=tmp_path), store)
+    _, key = await create_api_key(store, "test")
+    async with TestClient(TestServer(app)) as client:
+        yield Api(client, key, store)
+    await store.close()
+
+
+SHELL = {"payload": {"type": "shell", "script": "echo hi"}}
+
+
+async def test_openapi_document_lists_exactly_the_served_routes(api: Api) -> None:
+    resp = await api.client.get("/api/v1/openapi.json", headers=api.auth())
+    doc = await resp.json()
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in api.client.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    assert documented == served
+
+
+async def test_openapi_schemas_resolve(api: Api) -> None:
+    doc = await (await api.client.get("/api/v1/openapi.json", headers=api.auth())).json()
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', str(doc).replace("'", '"')))
+    assert refs
+    assert refs <= set(doc["components"]["schemas"])
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_routes_answer_without_credentials(api: Api, path: str) -> None:
+    assert (await api.client.get(path)).status == 200
+
+
+async def test_every_user_route_refuses_requests_without_an_api_key(api: Api) -> None:
+    doc = await (await api.client.get("/api/v1/openapi.json", headers=api.auth())).json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if not op["security"] or path.startswith("/api/v1/delegate/"):
+                continue
+            url = path.replace("{task_id}", "task_x").replace("{name}", "x")
+            resp = await api.client.request(method.upper(), url)
+            assert resp.status == 401, (method, path)
+            body = await resp.json()
+            assert body["error"]["code"] == "unauthenticated"
+
+
+async def test_a_wrong_api_key_is_refused(api: Api) -> None:
+    resp = await api.client.get("/api/v1/tasks", headers={"Authorization": "Bearer tak_nope"})
+    assert resp.status == 401
+
+
+async def test_bad_json_is_a_400_and_stores_nothing(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks",
+        data=b"{not json",
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "bad_json"
+    assert (await (await api.client.get("/api/v1/tasks", headers=api.auth())).json())["tasks"] == []
+
+
+async def test_unknown_field_is_a_400_that_names_it(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks", json={**SHELL, "colour": "red"}, headers=api.auth()
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "colour"
+
+
+async def test_wrong_type_is_a_400_that_points_at_the_field(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks", json={**SHELL, "max_attempts": "many"}, headers=api.auth()
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "max_attempts"
+
+
+async def test_unknown_payload_type_error_does_not_echo_the_value(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks", json={"payload": {"type": SECRET}}, headers=api.auth()
+    )
+    assert resp.status == 400
+    body = await resp.text()
+    assert SECRET not in body
+    assert '"field":"payload.type"' in body.replace(" ", "")
+
+
+async def test_oversized_body_is_a_413(api: Api) -> None:
+    big = json.dumps({"payload": {"type": "shell", "script": "x" * (MAX_API_BODY_BYTES + 10)}})
+    resp = await api.client.post(
+        "/api/v1/tasks",
+        data=io.BytesIO(big.encode()),
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 413
+
+
+async def test_non_json_content_type_is_a_415(api: Api) -> None:
+    resp = await api.client.post("/api/v1/tasks", data="x", headers=api.auth())
+    assert resp.status == 415
+
+
+async def test_same_idempotency_key_returns_the_same_task(api: Api) -> None:
+    body = {**SHELL, "idempotency_key": "deploy-42"}
+    first = await api.client.post("/api/v1/tasks", json=body, headers=api.auth())
+    second = await api.client.post("/api/v1/tasks", json=body, headers=api.auth())
+    assert (first.status, second.status) == (201, 200)
+    assert (await first.json())["id"] == (await second.json())["id"]
+
+
+async def test_secret_env_values_never_come_back_from_the_api(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks", json={**SHELL, "secret_env": {"DB_PASSWORD": SECRET}}, headers=api.auth()
+    )
+    created = await resp.text()
+    task_id = (await resp.json())["id"]
+    got = await (await api.client.get(f"/api/v1/tasks/{task_id}", headers=api.auth())).text()
+    listed = await (await api.client.get("/api/v1/tasks", headers=api.auth())).text()
+    for text in (created, got, listed):
+        assert SECRET not in text
+        assert "DB_PASSWORD" in text
+
+
+async def test_secret_env_is_not_stored_in_plaintext(api: Api, tmp_path: Path) -> None:
+    await api.client.post(
+        "/api/v1/tasks", json={**SHELL, "secret_env": {"DB_PASSWORD": SECRET}}, headers=api.auth()
+    )
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("tether.db*"))
+    assert SECRET.encode() not in raw
+
+
+async def test_bad_log_cursor_is_a_400(api: Api) -> None:
+    task_id = (
+        await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    )["id"]
+    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs?after=nope", headers=api.auth())
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "after"
+
+
+async def test_unknown_task_is_a_404(api: Api) -> None:
+    assert (await api.client.get("/api/v1/tasks/task_nope", headers=api.auth())).status == 404
+
+
+async def test_cancel_of_a_queued_task_cancels_it(api: Api) -> None:
+    task_id = (
+        await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    )["id"]
+    resp = await api.client.post(f"/api/v1/tasks/{task_id}/cancel", headers=api.auth())
+    assert (await resp.json())["state"] == "cancelled"
+
+
+# -- the delegate plane ------------------------------------------------------------------------
+
+
+def registration(**over: Any) -> dict[str, Any]:
+    return {
+        "name": "d1",
+        "hostname": "h",
+        "version": "0.1.0",
+        "protocol_version": PROTOCOL_VERSION,
+        "selectors": [],
+        "capacity": 2,
+        "task_types": ["shell"],
+        "public_key": base64.b64encode(b"k" * 32).decode(),
+        **over,
+    }
+
+
+async def test_register_with_an_unknown_token_is_refused(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/delegate/register", json=registration(), headers={"Authorization": "Bearer tdt_x"}
+    )
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "invalid_token"
+
+
+async def test_register_with_an_unsupported_protocol_gets_a_clear_426(api: Api) -> None:
+    _, token = await create_token(api.store, "t")
+    resp = await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(protocol_version=99),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 426
+    assert "upgrade the delegate" in (await resp.json())["error"]["message"].lower()
+
+
+async def test_register_with_a_malformed_key_is_a_400(api: Api) -> None:
+    _, token = await create_token(api.store, "t")
+    resp = await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(public_key="A" * 44),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 400
+
+
+async def test_delegate_routes_refuse_an_api_key(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/delegate/heartbeat", json={"seq": 1, "free_slots": 1}, headers=api.auth()
+    )
+    assert resp.status == 401
