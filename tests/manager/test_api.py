@@ -17,7 +17,7 @@ from manager.app import ManagerConfig, build_app, open_store
 from manager.store.base import Store
 from manager.tokens import create_api_key, create_token
 from shared.limits import MAX_API_BODY_BYTES
-from shared.protocol import PROTOCOL_VERSION
+from shared.protocol import PROTOCOL_VERSION, CloseCode
 
 SECRET = "pa55-Word/that+must=never-show"
 
@@ -241,3 +241,104 @@ async def test_delegate_routes_refuse_an_api_key(api: Api) -> None:
         "/api/v1/delegate/heartbeat", json={"seq": 1, "free_slots": 1}, headers=api.auth()
     )
     assert resp.status == 401
+
+
+# -- the stream and the fencing of stale attempts ---------------------------------------------
+
+
+async def _registered(api: Api, name: str = "d1") -> str:
+    _, token = await create_token(api.store, f"tok-{name}")
+    key = base64.b64encode(name.encode().ljust(32, b"k")).decode()
+    resp = await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(name=name, public_key=key),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 200, await resp.text()
+    return str((await resp.json())["session_token"])
+
+
+async def test_stream_closes_with_the_bad_frame_code_on_an_unknown_message(api: Api) -> None:
+    cred = await _registered(api)
+    ws = await api.client.ws_connect(
+        "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}
+    )
+    await ws.send_str(json.dumps({"type": "gossip", "text": SECRET}))
+    msg = await ws.receive()
+    assert msg.type.name == "CLOSE"
+    assert ws.close_code == CloseCode.BAD_FRAME
+    assert SECRET not in str(msg.extra)
+
+
+async def test_stream_upgrade_without_a_credential_is_a_401(api: Api) -> None:
+    resp = await api.client.get("/api/v1/delegate/stream")
+    assert resp.status == 401
+
+
+async def test_stream_answers_a_hello_with_an_ack(api: Api) -> None:
+    cred = await _registered(api)
+    ws = await api.client.ws_connect(
+        "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}
+    )
+    await ws.send_str(json.dumps({"type": "hello", "running": []}))
+    ack = await ws.receive_json()
+    assert ack["type"] == "heartbeat_ack"
+    await ws.close()
+
+
+async def test_a_stale_attempt_is_refused_and_changes_nothing(api: Api) -> None:
+    first = await _registered(api, "first")
+    second = await _registered(api, "second")
+    task = await (
+        await api.client.post(
+            "/api/v1/tasks", json={**SHELL, "max_attempts": 2}, headers=api.auth()
+        )
+    ).json()
+    got = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/acquire", headers={"Authorization": f"Bearer {first}"}
+    )
+    assert got.status == 200
+    # Another delegate cannot acquire it, nor write into its log.
+    taken = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/acquire",
+        headers={"Authorization": f"Bearer {second}"},
+    )
+    assert taken.status == 409
+    line = {"seq": 0, "stream": "stdout", "ts": 1.0, "text": "forged"}
+    forged = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/logs",
+        json={"attempt": 1, "lines": [line]},
+        headers={"Authorization": f"Bearer {second}"},
+    )
+    assert forged.status == 409
+    stale_result = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/result",
+        json={"attempt": 1, "status": "succeeded", "exit_code": 0},
+        headers={"Authorization": f"Bearer {second}"},
+    )
+    assert stale_result.status == 409
+    after = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert after["state"] == "running"
+    logs = await (
+        await api.client.get(f"/api/v1/tasks/{task['id']}/logs", headers=api.auth())
+    ).json()
+    assert logs["lines"] == []
+
+
+async def test_a_resent_result_is_accepted_once(api: Api) -> None:
+    cred = {"Authorization": f"Bearer {await _registered(api)}"}
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    await api.client.post(f"/api/v1/delegate/tasks/{task['id']}/acquire", headers=cred)
+    body = {"attempt": 1, "status": "succeeded", "exit_code": 0}
+    first = await (
+        await api.client.post(
+            f"/api/v1/delegate/tasks/{task['id']}/result", json=body, headers=cred
+        )
+    ).json()
+    again = await (
+        await api.client.post(
+            f"/api/v1/delegate/tasks/{task['id']}/result", json=body, headers=cred
+        )
+    ).json()
+    assert (first["recorded"], again["recorded"]) == (True, False)
+    assert again["state"] == "succeeded"
