@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import io
 import ipaddress
 import os
@@ -21,6 +22,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--state", choices=[s.value for s in TaskState])
     ls.add_argument("--delegate", metavar="ID")
     ls.add_argument("--limit", type=_positive_int, default=100)
+    ls.add_argument(
+        "--since",
+        type=_when,
+        metavar="WHEN",
+        help="created at or after: ISO time or e.g. 2h, 30m, 7d ago",
+    )
+    ls.add_argument(
+        "--until", type=_when, metavar="WHEN", help="created before: ISO time or a duration ago"
+    )
     ls.set_defaults(handler=cmd_task_list)
     logs = task.add_parser("logs", parents=[output], help="print a task's log")
     logs.add_argument("task_id", metavar="ID")
@@ -184,6 +195,26 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(value: str) -> float:
+    """A point in time: an ISO 8601 timestamp, or a duration ago such as 30m, 2h or 7d."""
+    match = _DURATION.match(value.strip())
+    if match:
+        return time.time() - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO time (2026-11-22T10:00) or a duration ago (30m, 2h), got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -495,7 +526,13 @@ async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
-    tasks = await ctx.client.list_tasks(state=args.state, delegate=args.delegate, limit=args.limit)
+    tasks = await ctx.client.list_tasks(
+        state=args.state,
+        delegate=args.delegate,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
     if ctx.json:
         ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
     elif tasks:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import shlex
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -580,3 +581,24 @@ def test_an_unreachable_manager_exits_1() -> None:
     result = tether("task", "list", client=client)
 
     assert (result.code, result.err) == (1, "error: GET /api/v1/tasks on https://x: refused\n")
+
+
+def test_task_list_since_takes_a_duration_ago() -> None:
+    from manager.tether_cli import _when
+
+    assert abs(_when("2h") - (time.time() - 7200)) < 5
+
+
+def test_task_list_since_takes_an_iso_time() -> None:
+    from manager.tether_cli import _when
+
+    assert _when("2026-11-22T10:00:00+00:00") == 1795341600.0
+
+
+def test_task_list_since_refuses_nonsense() -> None:
+    import argparse
+
+    from manager.tether_cli import _when
+
+    with pytest.raises(argparse.ArgumentTypeError, match="ISO time"):
+        _when("yesterday-ish")
