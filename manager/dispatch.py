@@ -2,9 +2,13 @@
 
 Notifications are only hints. The queue in the store is the truth, and this module keeps an
 in-memory index of it (loaded at start, updated on every enqueue and dequeue) so choosing
-whom to tell never reads the database. A hint that is lost, or a delegate that does not
-act on it, costs only time: after ``widen_after`` the task is offered to every eligible
-delegate again.
+whom to tell never reads the database.
+
+A round costs what changed, not the size of the queue: a task that was hinted waits in
+``hinted`` until someone acquires it or ``widen_after`` passes (then it is offered to every
+eligible delegate), and a delegate is never hinted about more tasks than it has free slots
+minus the hints it already holds. A freed slot therefore wakes one cheap round instead of
+re-offering the whole queue.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -36,6 +40,10 @@ class QueuedTask:
     selectors: tuple[str, ...]
     created_at: float
     notified_at: float | None = None
+    # Who was told, so their outstanding-hint counts drop when the task leaves the queue.
+    hinted_to: tuple[str, ...] = field(default=())
+    # A task nobody took after its first hints is offered to everyone eligible.
+    widened: bool = False
 
 
 class Dispatcher:
@@ -51,23 +59,40 @@ class Dispatcher:
         self._widen_after = widen_after
         self._tick = tick
         self._clock = clock
-        # Insertion-ordered: oldest first, which is the order tasks are offered in.
+        # Every queued task, insertion-ordered (oldest first).
         self.queued: dict[str, QueuedTask] = {}
+        # The queued tasks not currently waiting on a hint, oldest first.
+        self._unhinted: dict[str, QueuedTask] = {}
+        # Tasks waiting on a hint, in the order they were hinted (so expiry stops early).
+        self._hinted: dict[str, QueuedTask] = {}
+        self._outstanding: dict[str, int] = {}
         self._kick = asyncio.Event()
 
     def enqueue(self, task: QueuedTask) -> None:
         self.queued[task.id] = task
+        self._unhinted[task.id] = task
         self._kick.set()
 
     def dequeue(self, task_id: str) -> None:
-        self.queued.pop(task_id, None)
+        task = self.queued.pop(task_id, None)
+        self._unhinted.pop(task_id, None)
+        self._hinted.pop(task_id, None)
+        if task is not None:
+            self._forget_hints(task)
 
     def kick(self) -> None:
-        """Capacity changed (a delegate connected or freed a slot): offer the queue again."""
+        """Capacity changed (a delegate connected or freed a slot): run a round soon."""
         if self.queued:
-            for task in self.queued.values():
-                task.notified_at = None
             self._kick.set()
+
+    def _forget_hints(self, task: QueuedTask) -> None:
+        for delegate_id in task.hinted_to:
+            left = self._outstanding.get(delegate_id, 0) - 1
+            if left > 0:
+                self._outstanding[delegate_id] = left
+            else:
+                self._outstanding.pop(delegate_id, None)
+        task.hinted_to = ()
 
     async def run(self) -> None:
         while True:
@@ -84,25 +109,54 @@ class Dispatcher:
         if not self.queued:
             return
         now = self._clock()
-        candidates = {c.delegate_id: c for c in self._hub.candidates()}
-        budget = {d: c.free_slots for d, c in candidates.items()}
-        for task in list(self.queued.values()):
-            if not budget:
+        self._expire_hints(now)
+        if not self._unhinted:
+            return
+        candidates = self._hub.candidates()
+        budget = {
+            c.delegate_id: c.free_slots - self._outstanding.get(c.delegate_id, 0)
+            for c in candidates
+        }
+        pool = [c for c in candidates if budget[c.delegate_id] > 0]
+        for task in list(self._unhinted.values()):
+            if not pool:
                 break
-            if task.notified_at is not None and now - task.notified_at < self._widen_after:
-                continue
-            limit = FIRST_FANOUT if task.notified_at is None else None
-            pool = [c for d, c in candidates.items() if budget.get(d, 0) > 0]
+            limit = None if task.widened else FIRST_FANOUT
             targets = choose(task.selectors, task.type, pool, limit=limit)
             if not targets:
                 continue
-            frame = TaskAvailable(task_id=task.id)
+            self._hint(task, targets, now)
             for delegate_id in targets:
-                self._hub.hint(delegate_id, task.id, frame)
                 budget[delegate_id] -= 1
-                if budget[delegate_id] <= 0:
-                    del budget[delegate_id]
-            task.notified_at = now
+            if any(budget[d] <= 0 for d in targets):
+                pool = [c for c in pool if budget[c.delegate_id] > 0]
+
+    def _hint(self, task: QueuedTask, targets: list[str], now: float) -> None:
+        frame = TaskAvailable(task_id=task.id)
+        for delegate_id in targets:
+            self._hub.hint(delegate_id, task.id, frame)
+            self._outstanding[delegate_id] = self._outstanding.get(delegate_id, 0) + 1
+        task.hinted_to = tuple(targets)
+        task.notified_at = now
+        del self._unhinted[task.id]
+        self._hinted[task.id] = task
+
+    def _expire_hints(self, now: float) -> None:
+        """Hints nobody acted on within ``widen_after``: offer those tasks to everyone."""
+        expired = [
+            t
+            for t in self.queued.values()
+            if t.hinted_to
+            and t.notified_at is not None
+            and now - t.notified_at >= self._widen_after
+        ]
+        if not expired:
+            return
+        for task in expired:
+            self._forget_hints(task)
+            task.widened = True
+        # Back in queue order, so the oldest are offered first.
+        self._unhinted = {t.id: t for t in self.queued.values() if not t.hinted_to}
 
     def pick_for(self, session: Session) -> str | None:
         """The oldest queued task this (polling) delegate could take, hinted or not."""

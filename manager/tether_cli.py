@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_delegate_list
     )
 
+    # Parsed by manager.bench (see main); listed here so `tether --help` shows it.
+    groups.add_parser("bench", help="measure the task path (tether bench --help)", add_help=False)
+
     token = groups.add_parser("token", help="delegate enrollment tokens").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
@@ -676,12 +679,18 @@ async def _amain(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["bench"]:
+        # The benchmark starts its own manager unless told otherwise: no API key needed.
+        from manager.bench import main_bench
+
+        return main_bench(args[1:])
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             # Task output in an encoding this terminal lacks must not end the command.
             stream.reconfigure(errors="replace")
     code = run_cli(
-        sys.argv[1:] if argv is None else argv,
+        args,
         env=os.environ,
         out=sys.stdout,
         err=sys.stderr,

@@ -196,13 +196,26 @@ def test_task_without_an_eligible_delegate_waits_for_one(hub: Hub, dispatcher: D
     assert sum(len(s.inbox) for s in gpus) == FIRST_FANOUT
 
 
-def test_kick_makes_the_next_round_a_fresh_first_round(hub: Hub, dispatcher: Dispatcher) -> None:
+def test_kick_does_not_hint_a_task_again_while_its_hint_is_fresh(
+    hub: Hub, dispatcher: Dispatcher
+) -> None:
     sessions = [connect(hub, name) for name in "abc"]
     dispatcher.enqueue(queued())
     dispatcher.offer()
     dispatcher.kick()
     dispatcher.offer()
-    assert sum(len(s.inbox) for s in sessions) == 2 * FIRST_FANOUT
+    assert sum(len(s.inbox) for s in sessions) == FIRST_FANOUT
+
+
+def test_a_freed_hint_lets_the_next_task_go_out(hub: Hub, dispatcher: Dispatcher) -> None:
+    session = connect(hub, "a", capacity=1)
+    dispatcher.enqueue(queued("task_1", created_at=100.0))
+    dispatcher.enqueue(queued("task_2", created_at=101.0))
+    dispatcher.offer()
+    assert list(session.inbox) == ["task_1"]
+    dispatcher.dequeue("task_1")  # acquired and finished elsewhere: its hint is spent
+    dispatcher.offer()
+    assert list(session.inbox) == ["task_1", "task_2"]
 
 
 def test_offer_hints_oldest_task_first(hub: Hub, dispatcher: Dispatcher) -> None:
