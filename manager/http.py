@@ -50,20 +50,18 @@ class RouteTable:
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        self._auth: dict[tuple[object, str], AuthKind] = {}
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
+        self._auth[(route.handler, route.method)] = route.auth
 
     def install(self, app: web.Application) -> None:
         for r in self.routes:
             app.router.add_route(r.method, r.path, r.handler)
 
     def auth_for(self, request: web.Request) -> AuthKind | None:
-        info = request.match_info.route
-        for r in self.routes:
-            if r.handler is info.handler and r.method == request.method:
-                return r.auth
-        return None
+        return self._auth.get((request.match_info.route.handler, request.method))
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

@@ -74,11 +74,16 @@ class TaskService:
         self._key = master_key
         self._timings = timings
         self._clock = clock
+        # When each open task's timeout falls due, so the sweep never scans the store:
+        # queued tasks by their queue timeout, running ones by their run timeout.
+        self._deadlines: dict[str, float] = {}
+        self._run_margin = timings.kill_grace + 1.0
 
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
         now = self._clock()
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
+            self._track(task)
             if task.state is TaskState.QUEUED:
                 self._dispatcher.enqueue(_queued(task))
             elif task.delegate_id is not None:
@@ -116,6 +121,7 @@ class TaskService:
             record, idempotency_window=IDEMPOTENCY_WINDOW_S
         )
         if created:
+            self._track(stored)
             self._dispatcher.enqueue(_queued(stored))
             log.info("task submitted", task_id=stored.id, type=stored.type)
         return stored, created
@@ -157,6 +163,7 @@ class TaskService:
         if updated is None:
             raise ApiProblem(409, "taken", "another delegate acquired this task first")
         self._dispatcher.dequeue(task.id)
+        self._track(updated)
         self._hub.leases.grant(task.id, session.id, self._clock())
         self._events.notify(task.id)
         sealed_env = None
@@ -229,13 +236,19 @@ class TaskService:
             self._hub.leases.release(task_id)
             if updated.state is TaskState.QUEUED:
                 log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
+                self._track(updated)
                 self._dispatcher.enqueue(_queued(updated))
                 self._events.notify(task_id)
             else:
                 log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
                 self._finished(updated)
-        for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
-            decision = on_sweep(task, now, run_margin=self._timings.kill_grace + 1.0)
+        due = [t for t, deadline in self._deadlines.items() if deadline < now]
+        for task_id in due:
+            task = await self._store.get_task(task_id)
+            if task is None or task.state in FINAL_STATES:
+                self._deadlines.pop(task_id, None)
+                continue
+            decision = on_sweep(task, now, run_margin=self._run_margin)
             if decision.verdict is Verdict.APPLY:
                 end = "timed_out" if task.state is TaskState.RUNNING else None
                 updated = await self._apply(task, decision, end_status=end)
@@ -275,8 +288,16 @@ class TaskService:
             end_attempt_at=self._clock(),
         )
 
+    def _track(self, task: TaskRecord) -> None:
+        if task.state is TaskState.QUEUED:
+            since = task.queued_at if task.queued_at is not None else task.created_at
+            self._deadlines[task.id] = since + task.queue_timeout_s
+        elif task.state is TaskState.RUNNING and task.started_at is not None:
+            self._deadlines[task.id] = task.started_at + task.timeout_s + self._run_margin
+
     def _finished(self, task: TaskRecord) -> None:
         if task.state in FINAL_STATES:
+            self._deadlines.pop(task.id, None)
             self._hub.leases.release(task.id)
             self._hub.cancelling.discard(task.id)
         self._events.notify(task.id)
