@@ -7,6 +7,7 @@ leases and followers. A lost race re-reads and decides again rather than guessin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class TaskService:
         # When each open task's timeout falls due, so the sweep never scans the store:
         # queued tasks by their queue timeout, running ones by their run timeout.
         self._deadlines: dict[str, float] = {}
+        # Snapshots of open tasks this process has seen, so a decision rarely needs a read.
+        self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
 
     async def recover(self) -> None:
@@ -84,6 +87,7 @@ class TaskService:
         now = self._clock()
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
+            self._remember(task)
             if task.state is TaskState.QUEUED:
                 self._dispatcher.enqueue(_queued(task))
             elif task.delegate_id is not None:
@@ -121,47 +125,38 @@ class TaskService:
             record, idempotency_window=IDEMPOTENCY_WINDOW_S
         )
         if created:
+            self._remember(stored)
             self._track(stored)
             self._dispatcher.enqueue(_queued(stored))
             log.info("task submitted", task_id=stored.id, type=stored.type)
         return stored, created
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        for _ in range(5):
-            task = await self._get(task_id)
-            decision = on_cancel(task, self._clock())
-            if decision.verdict is not Verdict.APPLY:
-                return task
-            updated = await self._apply(task, decision, end_status="cancelled")
-            if updated is not None:
-                if updated.state is TaskState.CANCELLED:
-                    self._dispatcher.dequeue(task_id)
-                else:
-                    self._hub.cancel(task_id)
-                log.info("task cancel requested", task_id=task_id)
-                return updated
-        raise ApiProblem(409, "conflict", "the task kept changing; try again")
+        task, _, updated = await self._transition(
+            task_id, lambda t: on_cancel(t, self._clock()), end_status="cancelled"
+        )
+        if updated is None:
+            return task
+        if updated.state is TaskState.CANCELLED:
+            self._dispatcher.dequeue(task_id)
+            self._finished(updated)
+        else:
+            self._hub.cancel(task_id)
+        log.info("task cancel requested", task_id=task_id)
+        return updated
 
     # -- delegates ------------------------------------------------------------------------
 
     async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
         if self._hub.leases.count(session.id) >= session.delegate.capacity:
             raise ApiProblem(409, "no_capacity", "this delegate already runs its capacity")
-        task = await self._get(task_id)
-        decision = on_acquire(task, session.id, self._clock())
+        task, decision, updated = await self._transition(
+            task_id, lambda t: on_acquire(t, session.id, self._clock()), starts_attempt=True
+        )
         if decision.verdict is Verdict.TAKEN:
             raise ApiProblem(409, "taken", decision.reason)
-        if decision.verdict is Verdict.GONE:
+        if decision.verdict is Verdict.GONE or updated is None:
             raise ApiProblem(410, "gone", decision.reason)
-        attempt = AttemptRecord(
-            task_id=task.id,
-            attempt=task.attempt + 1,
-            delegate_id=session.id,
-            started_at=decision.changes["started_at"],
-        )
-        updated = await self._apply(task, decision, start=attempt)
-        if updated is None:
-            raise ApiProblem(409, "taken", "another delegate acquired this task first")
         self._dispatcher.dequeue(task.id)
         self._track(updated)
         self._hub.leases.grant(task.id, session.id, self._clock())
@@ -174,7 +169,7 @@ class TaskService:
                 plain,
                 context=f"{task.id}:{updated.attempt}".encode(),
             )
-        log.info("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
+        log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
         return AcquireResponse(
             task=TaskSpec.model_validate(
                 {
@@ -200,24 +195,20 @@ class TaskService:
         return LogBatchAck(accepted=inserted, cancel=task_id in self._hub.cancelling)
 
     async def record_result(self, session: Session, task_id: str, result: TaskResult) -> ResultAck:
-        for _ in range(5):
-            task = await self._get(task_id)
-            decision = on_result(task, result, session.id, self._clock())
-            if decision.verdict is Verdict.STALE:
-                raise ApiProblem(409, "stale_attempt", decision.reason)
-            if decision.verdict is Verdict.NOOP:
-                return ResultAck(state=task.state, recorded=False)
-            updated = await self._apply(task, decision, end_status=result.status)
-            if updated is not None:
-                self._finished(updated)
-                log.info(
-                    "task finished",
-                    task_id=task_id,
-                    state=updated.state.value,
-                    delegate_id=session.id,
-                )
-                return ResultAck(state=updated.state, recorded=True)
-        raise ApiProblem(409, "conflict", "the task kept changing; try again")
+        task, decision, updated = await self._transition(
+            task_id,
+            lambda t: on_result(t, result, session.id, self._clock()),
+            end_status=result.status,
+        )
+        if decision.verdict is Verdict.STALE:
+            raise ApiProblem(409, "stale_attempt", decision.reason)
+        if updated is None:
+            return ResultAck(state=task.state, recorded=False)
+        self._finished(updated)
+        log.debug(
+            "task finished", task_id=task_id, state=updated.state.value, delegate_id=session.id
+        )
+        return ResultAck(state=updated.state, recorded=True)
 
     # -- time -----------------------------------------------------------------------------
 
@@ -260,11 +251,53 @@ class TaskService:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _get(self, task_id: str) -> TaskRecord:
+    async def _get(self, task_id: str, *, fresh: bool = False) -> TaskRecord:
+        if not fresh:
+            cached = self._open.get(task_id)
+            if cached is not None:
+                return cached
         task = await self._store.get_task(task_id)
         if task is None:
             raise ApiProblem(404, "not_found", f"no task {task_id}")
         return task
+
+    async def _transition(
+        self,
+        task_id: str,
+        decide: Callable[[TaskRecord], Decision],
+        *,
+        starts_attempt: bool = False,
+        end_status: str | None = None,
+    ) -> tuple[TaskRecord, Decision, TaskRecord | None]:
+        """Decide from a snapshot and apply by compare-and-set; re-read when it was stale.
+
+        The snapshot comes from memory when this process knows the task, so the usual path
+        is one store call. A refusal decided from memory is checked against the store before
+        it is answered, since another replica may have moved the task on.
+        """
+        fresh = False
+        for _ in range(5):
+            task = await self._get(task_id, fresh=fresh)
+            decision = decide(task)
+            if decision.verdict is not Verdict.APPLY:
+                if not fresh and task_id in self._open:
+                    fresh = True
+                    continue
+                return task, decision, None
+            start = None
+            if starts_attempt:
+                start = AttemptRecord(
+                    task_id=task.id,
+                    attempt=decision.changes["attempt"],
+                    delegate_id=decision.changes["delegate_id"],
+                    started_at=decision.changes["started_at"],
+                )
+            updated = await self._apply(task, decision, start=start, end_status=end_status)
+            if updated is not None:
+                return task, decision, updated
+            self._open.pop(task_id, None)
+            fresh = True
+        raise ApiProblem(409, "conflict", "the task kept changing; try again")
 
     async def _apply(
         self,
@@ -278,7 +311,7 @@ class TaskService:
             None,
             TaskState.RUNNING,
         )
-        return await self._store.update_task(
+        updated = await self._store.update_task(
             task.id,
             expect_state=task.state,
             expect_attempt=task.attempt,
@@ -287,6 +320,16 @@ class TaskService:
             end_attempt_status=end_status if ends_attempt else None,
             end_attempt_at=self._clock(),
         )
+        if updated is not None:
+            self._remember(updated)
+        return updated
+
+    def _remember(self, task: TaskRecord) -> None:
+        if task.state in FINAL_STATES:
+            self._open.pop(task.id, None)
+        else:
+            # Without its payload: decisions never need it, and scripts can be large.
+            self._open[task.id] = dataclasses.replace(task, payload={})
 
     def _track(self, task: TaskRecord) -> None:
         if task.state is TaskState.QUEUED:
