@@ -57,6 +57,9 @@ class EnvelopeProvider(abc.ABC):
     async def check(self) -> None:
         """Connection test: raise SecretError saying what is wrong, else return."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
+        """Release channels, sessions and credentials the provider holds."""
+
 
 class ReferenceProvider(abc.ABC):
     """Fetches a value that stays in the customer's own store."""
@@ -67,3 +70,6 @@ class ReferenceProvider(abc.ABC):
     @abc.abstractmethod
     async def check(self) -> None:
         """Connection test: raise SecretError saying what is wrong, else return."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
+        """Release channels, sessions and credentials the provider holds."""
