@@ -166,6 +166,7 @@ def _heartbeat(
     c: Context, session: Session, frame: Hello | Heartbeat, *, via_stream: bool
 ) -> HeartbeatAck:
     ack = c.hub.on_heartbeat(session, frame)
+    c.metrics.heartbeats.labels("stream" if via_stream else "polling").inc()
     if via_stream:
         c.hub.send(session, ack)
     if isinstance(frame, Hello):

@@ -13,12 +13,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from manager.api_delegate import add_delegate_routes
 from manager.api_user import add_user_routes
@@ -30,6 +31,7 @@ from manager.events import TaskEvents
 from manager.http import Handler, Route, RouteTable, error_middleware
 from manager.hub import Hub
 from manager.masterkey import MasterKey
+from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
 from manager.service import TaskService
 from manager.store.base import Store
@@ -37,7 +39,7 @@ from manager.store.sqlite import SqliteStore
 from manager.tokens import create_api_key
 from shared.ids import hash_secret
 from shared.limits import MAX_API_BODY_BYTES, Timings
-from shared.protocol import CloseCode
+from shared.protocol import CloseCode, TaskState
 from shared.tls import ensure_manager_certificates, server_context
 
 __all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
@@ -112,6 +114,46 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[CTX].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[CTX].metrics.api_requests.labels(route, request.method, str(response.status)).inc()
+    return response
+
+
+def _live_metrics(c: Context) -> Iterator[Metric]:
+    modes: dict[tuple[str, ...], float] = {("stream",): 0, ("polling",): 0}
+    reported: dict[tuple[str, ...], float] = {}
+    for session in c.hub.sessions.values():
+        status = c.hub.status(session.id)
+        if status != "disconnected":
+            key = ("stream",) if status == "connected" else ("polling",)
+            modes[key] += 1
+            for name, value in session.metrics.items():
+                reported[(session.delegate.name, session.id, name)] = value
+    yield gauge("tether_delegates_connected", "Delegates heard from, by mode", ["mode"], modes)
+    running = sum(1 for t in c.tasks.open_tasks() if t.state is TaskState.RUNNING)
+    yield gauge(
+        "tether_tasks",
+        "Open tasks by state (finished ones: tether_tasks_finished_total)",
+        ["state"],
+        {("queued",): len(c.dispatcher.queued), ("running",): running},
+    )
+    yield gauge(
+        "tether_delegate_metric",
+        "What each delegate reports about itself in its heartbeats",
+        ["delegate", "delegate_id", "name"],
+        reported,
+    )
+
+
 async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Application, Context]:
     """Everything but the listener; the store must be open."""
     t = config.timings
@@ -121,6 +163,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         hub, widen_after=t.dispatch_widen_after, tick=t.sweep_interval, clock=config.clock
     )
     events = TaskEvents()
+    metrics = Metrics()
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -128,6 +171,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         events=events,
         master_key=MasterKey.load_or_create(config.data_dir / "master.key"),
         timings=t,
+        metrics=metrics,
         clock=config.clock,
     )
     c = Context(
@@ -139,12 +183,15 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         signer=SessionSigner(bytes.fromhex(key), ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
+        metrics=metrics,
     )
     await tasks.recover()
+    metrics.add_live(lambda: _live_metrics(c))
 
     table = RouteTable()
     table.add(Route("GET", "/healthz", _healthz, "Liveness", "none"))
     table.add(Route("GET", "/readyz", _readyz, "Readiness", "none", errors=(503,)))
+    table.add(Route("GET", "/metrics", _metrics, "Prometheus metrics", "user", streaming="text"))
     add_user_routes(table)
     add_delegate_routes(table)
     doc: dict[str, object] = {}
@@ -156,7 +203,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     doc.update(openapi_document(table.routes))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,
-        middlewares=[error_middleware, _user_auth(table)],  # type: ignore[list-item]
+        middlewares=[_count_requests, error_middleware, _user_auth(table)],  # type: ignore[list-item]
     )
     app[CTX] = c
     table.install(app)

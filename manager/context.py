@@ -11,6 +11,7 @@ from manager.auth import SessionSigner
 from manager.dispatch import Dispatcher
 from manager.events import TaskEvents
 from manager.hub import Hub
+from manager.metrics import Metrics
 from manager.service import TaskService
 from manager.store.base import Store
 from shared.limits import Timings
@@ -28,6 +29,7 @@ class Context:
     signer: SessionSigner
     timings: Timings
     clock: Callable[[], float]
+    metrics: Metrics
     # Set while the manager shuts down: long-polls and follows end early.
     stopping: bool = False
 

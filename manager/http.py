@@ -41,7 +41,7 @@ class Route:
     status: int = 200
     query: dict[str, str] = field(default_factory=dict)
     # Not JSON: a WebSocket upgrade or a chunked NDJSON stream.
-    streaming: Literal["websocket", "ndjson"] | None = None
+    streaming: Literal["websocket", "ndjson", "text"] | None = None
     errors: tuple[int, ...] = ()
 
 

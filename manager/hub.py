@@ -36,6 +36,8 @@ class Session:
     polled_at: float | None = None
     free_slots: int = 0
     draining: bool = False
+    # What the delegate last reported about itself (republished on /metrics).
+    metrics: dict[str, float] = field(default_factory=dict)
     # Hints for a polling delegate, taken by its next long-poll.
     inbox: deque[str] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,6 +121,7 @@ class Hub:
         strangers = self.leases.renew(session.id, frame.running, now)
         if isinstance(frame, Heartbeat):
             session.free_slots = frame.free_slots
+            session.metrics = frame.metrics
             seq = frame.seq
         else:
             session.free_slots = max(0, session.delegate.capacity - len(frame.running))

@@ -65,6 +65,11 @@ def _operation(r: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     if r.streaming == "websocket":
         responses["101"] = {"description": "Switching to the WebSocket protocol"}
+    elif r.streaming == "text":
+        responses["200"] = {
+            "description": "Plain text",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
     elif r.streaming == "ndjson":
         responses["200"] = {
             "description": "A stream of JSON lines",

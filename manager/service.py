@@ -19,6 +19,7 @@ from manager.errors import ApiProblem
 from manager.events import TaskEvents
 from manager.hub import Hub, Session
 from manager.masterkey import MasterKey
+from manager.metrics import Metrics
 from manager.models import TaskSubmit
 from manager.store.base import Store
 from manager.store.records import AttemptRecord, LogRecord, TaskRecord
@@ -66,9 +67,11 @@ class TaskService:
         events: TaskEvents,
         master_key: MasterKey,
         timings: Timings,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._hub = hub
         self._dispatcher = dispatcher
         self._events = events
@@ -95,6 +98,10 @@ class TaskService:
                 self._hub.leases.grant(task.id, task.delegate_id, now)
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
+
+    def open_tasks(self) -> list[TaskRecord]:
+        """Snapshots of the queued and running tasks this process knows."""
+        return list(self._open.values())
 
     # -- users ----------------------------------------------------------------------------
 
@@ -125,6 +132,7 @@ class TaskService:
             record, idempotency_window=IDEMPOTENCY_WINDOW_S
         )
         if created:
+            self._metrics.tasks_submitted.inc()
             self._remember(stored)
             self._track(stored)
             self._dispatcher.enqueue(_queued(stored))
@@ -159,7 +167,10 @@ class TaskService:
             raise ApiProblem(410, "gone", decision.reason)
         self._dispatcher.dequeue(task.id)
         self._track(updated)
-        self._hub.leases.grant(task.id, session.id, self._clock())
+        now = self._clock()
+        self._hub.leases.grant(task.id, session.id, now)
+        queued_at = task.queued_at if task.queued_at is not None else task.created_at
+        self._metrics.dispatch_latency.observe(max(0.0, now - queued_at))
         self._events.notify(task.id)
         sealed_env = None
         if updated.secret_env_sealed is not None:
@@ -192,6 +203,9 @@ class TaskService:
             raise ApiProblem(409, "stale_attempt", "this attempt no longer holds the task")
         if inserted:
             self._events.notify(task_id)
+            self._metrics.log_lines.inc(inserted)
+            size = sum(len(ln.text) for ln in batch.lines)
+            self._metrics.log_bytes.inc(size * inserted // len(batch.lines))
         return LogBatchAck(accepted=inserted, cancel=task_id in self._hub.cancelling)
 
     async def record_result(self, session: Session, task_id: str, result: TaskResult) -> ResultAck:
@@ -340,6 +354,7 @@ class TaskService:
 
     def _finished(self, task: TaskRecord) -> None:
         if task.state in FINAL_STATES:
+            self._metrics.tasks_finished.labels(task.state.value).inc()
             self._deadlines.pop(task.id, None)
             self._hub.leases.release(task.id)
             self._hub.cancelling.discard(task.id)

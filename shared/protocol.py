@@ -188,12 +188,18 @@ class Hello(Strict):
     running: list[str] = Field(default_factory=list, max_length=1000)
 
 
+MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
 class Heartbeat(Strict):
     type: Literal["heartbeat"] = "heartbeat"
     seq: int = Field(ge=0)
     running: list[str] = Field(default_factory=list, max_length=1000)
     free_slots: int = Field(ge=0)
     load: float = Field(default=0.0, ge=0)
+    # The delegate opens no port to be scraped: it reports its own figures here, and the
+    # manager republishes them per delegate on /metrics.
+    metrics: dict[MetricName, float] = Field(default_factory=dict, max_length=64)
 
 
 class HeartbeatAck(Strict):

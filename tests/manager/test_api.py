@@ -342,3 +342,39 @@ async def test_a_resent_result_is_accepted_once(api: Api) -> None:
     ).json()
     assert (first["recorded"], again["recorded"]) == (True, False)
     assert again["state"] == "succeeded"
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+async def _scrape(api: Api) -> str:
+    resp = await api.client.get("/metrics", headers=api.auth())
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return await resp.text()
+
+
+async def test_metrics_need_an_api_key(api: Api) -> None:
+    assert (await api.client.get("/metrics")).status == 401
+
+
+async def test_metrics_count_tasks_by_state_and_requests_by_route(api: Api) -> None:
+    await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())
+    text = await _scrape(api)
+    assert "tether_tasks_submitted_total 1.0" in text
+    assert 'tether_tasks{state="queued"} 1.0' in text
+    assert 'tether_api_requests_total{method="POST",route="/api/v1/tasks",status="201"} 1.0' in text
+
+
+async def test_metrics_republish_what_a_delegate_reports_in_its_heartbeat(api: Api) -> None:
+    cred = await _registered(api, "reporter")
+    beat = {"type": "heartbeat", "seq": 1, "free_slots": 2, "metrics": {"spool_bytes": 42.0}}
+    resp = await api.client.post(
+        "/api/v1/delegate/heartbeat", json=beat, headers={"Authorization": f"Bearer {cred}"}
+    )
+    assert resp.status == 200
+    text = await _scrape(api)
+    assert 'name="spool_bytes"' in text
+    assert 'delegate="reporter"' in text
+    assert 'tether_heartbeats_total{mode="polling"} 1.0' in text
+    assert 'tether_delegates_connected{mode="polling"} 1.0' in text
