@@ -1,15 +1,14 @@
+"""The store's behaviour, the same on every backend (see ``conftest.py``)."""
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from manager.store.base import Conflict, StoreError
+from manager.store.base import Conflict, Store, StoreError
 from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
@@ -18,24 +17,11 @@ from manager.store.records import (
     TaskRecord,
     TokenRecord,
 )
-from manager.store.sqlite import _TASK_COLUMNS, SqliteStore
-from manager.store.sqlite_schema import MIGRATIONS
+from manager.store.sqlite import _TASK_COLUMNS
 from shared.protocol import TaskState
+from tests.manager.conftest import StoreMaker
 
 WINDOW = 3600.0
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "tether.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db_path)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def token(name: str = "ci", id: str = "tok_1", **kw: Any) -> TokenRecord:
@@ -80,7 +66,7 @@ def line(seq: int, text: str = "", attempt: int = 1) -> LogRecord:
 ACQUIRE = {"state": TaskState.RUNNING, "attempt": 1, "delegate_id": "dlg_1", "started_at": 1_010.0}
 
 
-async def acquired(store: SqliteStore, task_id: str = "task_1") -> TaskRecord:
+async def acquired(store: Store, task_id: str = "task_1") -> TaskRecord:
     """Insert a task and run it as attempt 1 on dlg_1."""
     await store.insert_task(task(task_id), idempotency_window=WINDOW)
     updated = await store.update_task(
@@ -97,30 +83,27 @@ async def acquired(store: SqliteStore, task_id: str = "task_1") -> TaskRecord:
 # --- open, migrations, settings ------------------------------------------------------------
 
 
-async def test_calls_before_open_fail_with_store_error(db_path: Path) -> None:
-    s = SqliteStore(db_path)
+async def test_calls_before_open_fail_with_store_error(new_store: StoreMaker) -> None:
+    s = new_store()
     with pytest.raises(StoreError):
         await s.get_setting("x")
     await s.close()
 
 
-async def test_migrations_run_once_across_reopens(db_path: Path) -> None:
+async def test_migrations_run_once_across_reopens(new_store: StoreMaker) -> None:
     for _ in range(2):
-        s = SqliteStore(db_path)
+        s = new_store()
         await s.open()
         await s.close()
-    with sqlite3.connect(db_path) as conn:
-        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version")]
-    conn.close()
-    assert versions == [v for v, _ in MIGRATIONS]
+    assert await new_store.schema_versions() == [v for v, _ in new_store.migrations]
 
 
-async def test_data_survives_a_reopen(db_path: Path) -> None:
-    s = SqliteStore(db_path)
+async def test_data_survives_a_reopen(new_store: StoreMaker) -> None:
+    s = new_store()
     await s.open()
     await s.insert_task(task(), idempotency_window=WINDOW)
     await s.close()
-    again = SqliteStore(db_path)
+    again = new_store()
     await again.open()
     try:
         assert await again.get_task("task_1") == task()
@@ -128,16 +111,16 @@ async def test_data_survives_a_reopen(db_path: Path) -> None:
         await again.close()
 
 
-async def test_missing_setting_is_none(store: SqliteStore) -> None:
+async def test_missing_setting_is_none(store: Store) -> None:
     assert await store.get_setting("signing_key") is None
 
 
-async def test_put_setting_if_absent_stores_the_first_value(store: SqliteStore) -> None:
+async def test_put_setting_if_absent_stores_the_first_value(store: Store) -> None:
     assert await store.put_setting_if_absent("signing_key", "first") == "first"
     assert await store.get_setting("signing_key") == "first"
 
 
-async def test_put_setting_if_absent_keeps_the_existing_value(store: SqliteStore) -> None:
+async def test_put_setting_if_absent_keeps_the_existing_value(store: Store) -> None:
     await store.put_setting_if_absent("signing_key", "first")
     assert await store.put_setting_if_absent("signing_key", "second") == "first"
     assert await store.get_setting("signing_key") == "first"
@@ -146,33 +129,33 @@ async def test_put_setting_if_absent_keeps_the_existing_value(store: SqliteStore
 # --- tokens --------------------------------------------------------------------------------
 
 
-async def test_created_token_is_found_by_hash(store: SqliteStore) -> None:
+async def test_created_token_is_found_by_hash(store: Store) -> None:
     await store.create_token(token())
     assert await store.token_by_hash("hash-tok_1") == token()
     assert await store.list_tokens() == [token()]
 
 
-async def test_second_live_token_with_the_same_name_conflicts(store: SqliteStore) -> None:
+async def test_second_live_token_with_the_same_name_conflicts(store: Store) -> None:
     await store.create_token(token(id="tok_1"))
     with pytest.raises(Conflict):
         await store.create_token(token(id="tok_2"))
 
 
-async def test_revoke_marks_the_live_token(store: SqliteStore) -> None:
+async def test_revoke_marks_the_live_token(store: Store) -> None:
     await store.create_token(token())
     revoked = await store.revoke_token("ci", 200.0)
     assert revoked is not None
     assert (revoked.id, revoked.revoked_at) == ("tok_1", 200.0)
 
 
-async def test_revoke_of_unknown_or_revoked_name_is_none(store: SqliteStore) -> None:
+async def test_revoke_of_unknown_or_revoked_name_is_none(store: Store) -> None:
     await store.create_token(token())
     await store.revoke_token("ci", 200.0)
     assert await store.revoke_token("ci", 300.0) is None
     assert await store.revoke_token("nobody", 300.0) is None
 
 
-async def test_revoked_token_ids_lists_only_revoked_among_given(store: SqliteStore) -> None:
+async def test_revoked_token_ids_lists_only_revoked_among_given(store: Store) -> None:
     await store.create_token(token("a", id="tok_a"))
     await store.create_token(token("b", id="tok_b"))
     await store.create_token(token("c", id="tok_c"))
@@ -182,7 +165,7 @@ async def test_revoked_token_ids_lists_only_revoked_among_given(store: SqliteSto
     assert await store.revoked_token_ids([]) == set()
 
 
-async def test_new_token_may_reuse_a_revoked_name(store: SqliteStore) -> None:
+async def test_new_token_may_reuse_a_revoked_name(store: Store) -> None:
     await store.create_token(token(id="tok_1"))
     await store.revoke_token("ci", 200.0)
     await store.create_token(token(id="tok_2"))
@@ -192,13 +175,13 @@ async def test_new_token_may_reuse_a_revoked_name(store: SqliteStore) -> None:
 # --- delegates -----------------------------------------------------------------------------
 
 
-async def test_upsert_inserts_a_new_delegate(store: SqliteStore) -> None:
+async def test_upsert_inserts_a_new_delegate(store: Store) -> None:
     stored = await store.upsert_delegate(delegate())
     assert stored == delegate()
     assert await store.get_delegate("dlg_1") == delegate()
 
 
-async def test_upsert_with_a_known_public_key_keeps_the_id(store: SqliteStore) -> None:
+async def test_upsert_with_a_known_public_key_keeps_the_id(store: Store) -> None:
     await store.upsert_delegate(delegate(id="dlg_1"))
     again = delegate(id="dlg_2", capacity=8, selectors=("gpu",), created_at=500.0, last_seen=500.0)
     stored = await store.upsert_delegate(again)
@@ -208,7 +191,7 @@ async def test_upsert_with_a_known_public_key_keeps_the_id(store: SqliteStore) -
     assert [d.id for d in await store.list_delegates()] == ["dlg_1"]
 
 
-async def test_delegates_with_different_keys_are_different_rows(store: SqliteStore) -> None:
+async def test_delegates_with_different_keys_are_different_rows(store: Store) -> None:
     await store.upsert_delegate(delegate(id="dlg_1", public_key="a" * 44))
     await store.upsert_delegate(delegate(id="dlg_2", public_key="b" * 44))
     assert {d.id for d in await store.list_delegates()} == {"dlg_1", "dlg_2"}
@@ -217,7 +200,7 @@ async def test_delegates_with_different_keys_are_different_rows(store: SqliteSto
 # --- tasks ---------------------------------------------------------------------------------
 
 
-async def test_inserted_task_reads_back_equal(store: SqliteStore) -> None:
+async def test_inserted_task_reads_back_equal(store: Store) -> None:
     rich = task(
         secret_env_sealed="sealed",
         secret_env_names=("A", "B"),
@@ -227,17 +210,19 @@ async def test_inserted_task_reads_back_equal(store: SqliteStore) -> None:
     assert await store.get_task("task_1") == rich
 
 
-async def test_inserted_task_is_durable_on_return(store: SqliteStore, db_path: Path) -> None:
+async def test_inserted_task_is_durable_on_return(store: Store, new_store: StoreMaker) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
-    # Another connection sees it: the transaction is committed when the call returns.
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute("SELECT id FROM tasks").fetchall()
-    conn.close()
-    assert rows == [("task_1",)]
+    # Another store on the same database sees it: the transaction is committed on return.
+    other = new_store()
+    await other.open()
+    try:
+        assert await other.get_task("task_1") == task()
+    finally:
+        await other.close()
 
 
 async def test_same_idempotency_key_within_window_returns_the_first_task(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     first = task("task_1", created_at=1_000.0, idempotency_key="deploy-42")
     await store.insert_task(first, idempotency_window=WINDOW)
@@ -247,7 +232,7 @@ async def test_same_idempotency_key_within_window_returns_the_first_task(
 
 
 async def test_same_idempotency_key_outside_window_creates_a_new_task(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     first = task("task_1", created_at=1_000.0, idempotency_key="deploy-42")
     await store.insert_task(first, idempotency_window=WINDOW)
@@ -258,13 +243,13 @@ async def test_same_idempotency_key_outside_window_creates_a_new_task(
     assert old.idempotency_key is None
 
 
-async def test_tasks_without_idempotency_key_are_always_new(store: SqliteStore) -> None:
+async def test_tasks_without_idempotency_key_are_always_new(store: Store) -> None:
     await store.insert_task(task("task_1"), idempotency_window=WINDOW)
     _, created = await store.insert_task(task("task_2"), idempotency_window=WINDOW)
     assert created
 
 
-async def test_update_with_matching_snapshot_applies_changes(store: SqliteStore) -> None:
+async def test_update_with_matching_snapshot_applies_changes(store: Store) -> None:
     updated = await acquired(store)
     assert (updated.state, updated.attempt, updated.delegate_id) == (
         TaskState.RUNNING,
@@ -274,7 +259,7 @@ async def test_update_with_matching_snapshot_applies_changes(store: SqliteStore)
     assert await store.get_task("task_1") == updated
 
 
-async def test_update_with_wrong_expected_state_is_none(store: SqliteStore) -> None:
+async def test_update_with_wrong_expected_state_is_none(store: Store) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
     missed = await store.update_task(
         "task_1", expect_state=TaskState.RUNNING, expect_attempt=0, changes=ACQUIRE
@@ -283,7 +268,7 @@ async def test_update_with_wrong_expected_state_is_none(store: SqliteStore) -> N
     assert await store.get_task("task_1") == task()
 
 
-async def test_update_with_wrong_expected_attempt_is_none(store: SqliteStore) -> None:
+async def test_update_with_wrong_expected_attempt_is_none(store: Store) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
     missed = await store.update_task(
         "task_1", expect_state=TaskState.QUEUED, expect_attempt=1, changes=ACQUIRE
@@ -291,7 +276,7 @@ async def test_update_with_wrong_expected_attempt_is_none(store: SqliteStore) ->
     assert missed is None
 
 
-async def test_missed_update_writes_no_attempt_row(store: SqliteStore) -> None:
+async def test_missed_update_writes_no_attempt_row(store: Store) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
     await store.update_task(
         "task_1",
@@ -303,7 +288,7 @@ async def test_missed_update_writes_no_attempt_row(store: SqliteStore) -> None:
     assert await store.attempts("task_1") == []
 
 
-async def test_update_of_unknown_column_is_refused(store: SqliteStore) -> None:
+async def test_update_of_unknown_column_is_refused(store: Store) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
     with pytest.raises(ValueError, match="payload"):
         await store.update_task(
@@ -311,12 +296,12 @@ async def test_update_of_unknown_column_is_refused(store: SqliteStore) -> None:
         )
 
 
-async def test_start_attempt_records_an_attempt_row(store: SqliteStore) -> None:
+async def test_start_attempt_records_an_attempt_row(store: Store) -> None:
     await acquired(store)
     assert await store.attempts("task_1") == [AttemptRecord("task_1", 1, "dlg_1", 1_010.0)]
 
 
-async def test_end_attempt_status_closes_the_current_attempt(store: SqliteStore) -> None:
+async def test_end_attempt_status_closes_the_current_attempt(store: Store) -> None:
     await acquired(store)
     done = await store.update_task(
         "task_1",
@@ -331,7 +316,7 @@ async def test_end_attempt_status_closes_the_current_attempt(store: SqliteStore)
     assert attempt.finished_at is not None
 
 
-async def test_end_attempt_records_the_finish_time_of_the_decision(store: SqliteStore) -> None:
+async def test_end_attempt_records_the_finish_time_of_the_decision(store: Store) -> None:
     await acquired(store)
     await store.update_task(
         "task_1",
@@ -344,7 +329,7 @@ async def test_end_attempt_records_the_finish_time_of_the_decision(store: Sqlite
     assert attempt.finished_at == 1_100.0
 
 
-async def test_only_one_of_concurrent_acquires_wins(store: SqliteStore) -> None:
+async def test_only_one_of_concurrent_acquires_wins(store: Store) -> None:
     await store.insert_task(task(), idempotency_window=WINDOW)
     results = await asyncio.gather(
         *(
@@ -363,7 +348,7 @@ async def test_only_one_of_concurrent_acquires_wins(store: SqliteStore) -> None:
     assert [a.delegate_id for a in await store.attempts("task_1")] == [winners[0].delegate_id]
 
 
-async def test_update_encodes_json_and_bool_columns(store: SqliteStore) -> None:
+async def test_update_encodes_json_and_bool_columns(store: Store) -> None:
     await acquired(store)
     updated = await store.update_task(
         "task_1",
@@ -379,49 +364,49 @@ async def test_update_encodes_json_and_bool_columns(store: SqliteStore) -> None:
 
 
 async def test_append_logs_from_a_delegate_that_does_not_hold_the_task_is_refused(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     await acquired(store)
     assert await store.append_logs("task_1", 1, "dlg_other", [line(0)]) == -1
     assert await store.get_logs("task_1", after=None, limit=10) == []
 
 
-async def test_append_logs_returns_how_many_were_new(store: SqliteStore) -> None:
+async def test_append_logs_returns_how_many_were_new(store: Store) -> None:
     await acquired(store)
     assert await store.append_logs("task_1", 1, "dlg_1", [line(0), line(1)]) == 2
 
 
-async def test_resent_log_batch_inserts_nothing(store: SqliteStore) -> None:
+async def test_resent_log_batch_inserts_nothing(store: Store) -> None:
     await acquired(store)
     await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")])
     assert await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")]) == 0
     assert len(await store.get_logs("task_1", after=None, limit=100)) == 2
 
 
-async def test_partly_resent_batch_inserts_only_new_lines(store: SqliteStore) -> None:
+async def test_partly_resent_batch_inserts_only_new_lines(store: Store) -> None:
     await acquired(store)
     await store.append_logs("task_1", 1, "dlg_1", [line(0, "a"), line(1, "b")])
     assert await store.append_logs("task_1", 1, "dlg_1", [line(1, "b"), line(2, "c")]) == 1
 
 
-async def test_resent_line_keeps_the_first_text(store: SqliteStore) -> None:
+async def test_resent_line_keeps_the_first_text(store: Store) -> None:
     await acquired(store)
     await store.append_logs("task_1", 1, "dlg_1", [line(0, "first")])
     await store.append_logs("task_1", 1, "dlg_1", [line(0, "second")])
     assert [ln.text for ln in await store.get_logs("task_1", after=None, limit=10)] == ["first"]
 
 
-async def test_logs_of_a_stale_attempt_are_refused_and_not_written(store: SqliteStore) -> None:
+async def test_logs_of_a_stale_attempt_are_refused_and_not_written(store: Store) -> None:
     await acquired(store)
     assert await store.append_logs("task_1", 2, "dlg_1", [line(0, attempt=2)]) == -1
     assert await store.get_logs("task_1", after=None, limit=10) == []
 
 
-async def test_logs_for_an_unknown_task_are_refused(store: SqliteStore) -> None:
+async def test_logs_for_an_unknown_task_are_refused(store: Store) -> None:
     assert await store.append_logs("task_nope", 1, "dlg_1", [line(0)]) == -1
 
 
-async def _logs_over_two_attempts(store: SqliteStore) -> None:
+async def _logs_over_two_attempts(store: Store) -> None:
     await acquired(store)
     await store.append_logs("task_1", 1, "dlg_1", [line(1, "1.1"), line(0, "1.0")])
     requeued = await store.update_task(
@@ -440,33 +425,33 @@ async def _logs_over_two_attempts(store: SqliteStore) -> None:
     await store.append_logs("task_1", 2, "dlg_2", [line(0, "2.0", 2), line(1, "2.1", 2)])
 
 
-async def test_get_logs_orders_by_attempt_then_seq(store: SqliteStore) -> None:
+async def test_get_logs_orders_by_attempt_then_seq(store: Store) -> None:
     await _logs_over_two_attempts(store)
     logs = await store.get_logs("task_1", after=None, limit=100)
     assert [ln.text for ln in logs] == ["1.0", "1.1", "2.0", "2.1"]
 
 
-async def test_get_logs_starts_strictly_after_the_cursor(store: SqliteStore) -> None:
+async def test_get_logs_starts_strictly_after_the_cursor(store: Store) -> None:
     await _logs_over_two_attempts(store)
     logs = await store.get_logs("task_1", after=(1, 0), limit=100)
     assert [ln.text for ln in logs] == ["1.1", "2.0", "2.1"]
 
 
 async def test_get_logs_cursor_at_the_end_of_an_attempt_moves_to_the_next(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     await _logs_over_two_attempts(store)
     logs = await store.get_logs("task_1", after=(1, 1), limit=100)
     assert [ln.text for ln in logs] == ["2.0", "2.1"]
 
 
-async def test_get_logs_honours_the_limit(store: SqliteStore) -> None:
+async def test_get_logs_honours_the_limit(store: Store) -> None:
     await _logs_over_two_attempts(store)
     logs = await store.get_logs("task_1", after=None, limit=3)
     assert [ln.text for ln in logs] == ["1.0", "1.1", "2.0"]
 
 
-async def test_get_logs_of_an_old_attempt_are_kept_after_a_new_one(store: SqliteStore) -> None:
+async def test_get_logs_of_an_old_attempt_are_kept_after_a_new_one(store: Store) -> None:
     await _logs_over_two_attempts(store)
     logs = await store.get_logs("task_1", after=None, limit=100)
     assert {ln.attempt for ln in logs} == {1, 2}
@@ -475,7 +460,7 @@ async def test_get_logs_of_an_old_attempt_are_kept_after_a_new_one(store: Sqlite
 # --- listing -------------------------------------------------------------------------------
 
 
-async def _three_tasks(store: SqliteStore) -> None:
+async def _three_tasks(store: Store) -> None:
     await store.insert_task(task("task_1", created_at=1_000.0), idempotency_window=WINDOW)
     await store.insert_task(task("task_2", created_at=2_000.0), idempotency_window=WINDOW)
     await store.insert_task(task("task_3", created_at=3_000.0), idempotency_window=WINDOW)
@@ -484,34 +469,34 @@ async def _three_tasks(store: SqliteStore) -> None:
     )
 
 
-async def test_list_tasks_returns_newest_first(store: SqliteStore) -> None:
+async def test_list_tasks_returns_newest_first(store: Store) -> None:
     await _three_tasks(store)
     assert [t.id for t in await store.list_tasks(TaskFilter())] == ["task_3", "task_2", "task_1"]
 
 
-async def test_list_tasks_filters_by_state(store: SqliteStore) -> None:
+async def test_list_tasks_filters_by_state(store: Store) -> None:
     await _three_tasks(store)
     found = await store.list_tasks(TaskFilter(state=TaskState.QUEUED))
     assert [t.id for t in found] == ["task_3", "task_1"]
 
 
-async def test_list_tasks_filters_by_delegate(store: SqliteStore) -> None:
+async def test_list_tasks_filters_by_delegate(store: Store) -> None:
     await _three_tasks(store)
     assert [t.id for t in await store.list_tasks(TaskFilter(delegate_id="dlg_1"))] == ["task_2"]
 
 
-async def test_list_tasks_filters_by_time_range(store: SqliteStore) -> None:
+async def test_list_tasks_filters_by_time_range(store: Store) -> None:
     await _three_tasks(store)
     found = await store.list_tasks(TaskFilter(since=2_000.0, until=3_000.0))
     assert [t.id for t in found] == ["task_2"]
 
 
-async def test_list_tasks_honours_the_limit(store: SqliteStore) -> None:
+async def test_list_tasks_honours_the_limit(store: Store) -> None:
     await _three_tasks(store)
     assert [t.id for t in await store.list_tasks(TaskFilter(limit=2))] == ["task_3", "task_2"]
 
 
-async def test_tasks_in_states_returns_oldest_first(store: SqliteStore) -> None:
+async def test_tasks_in_states_returns_oldest_first(store: Store) -> None:
     await _three_tasks(store)
     await store.insert_task(
         task("task_4", created_at=4_000.0, state=TaskState.SUCCEEDED), idempotency_window=WINDOW
