@@ -35,7 +35,7 @@ from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
 from manager.service import TaskService
 from manager.store.base import Store
-from manager.store.sqlite import SqliteStore
+from manager.store.factory import open_store_url
 from manager.tokens import create_api_key
 from shared.ids import hash_secret
 from shared.limits import MAX_API_BODY_BYTES, Timings
@@ -58,12 +58,15 @@ class ManagerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     timings: Timings = field(default_factory=Timings)
+    # postgresql://... for several replicas; None keeps SQLite in the data dir.
+    database: str | None = field(default=None, repr=False)
     clock: Callable[[], float] = time.time
 
 
-def open_store(data_dir: Path) -> Store:
+def open_store(data_dir: Path, database: str | None = None) -> Store:
+    """SQLite in the data dir, or PostgreSQL when a ``postgresql://`` URL is given."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return SqliteStore(data_dir / "tether.db")
+    return open_store_url(database, data_dir)
 
 
 async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
@@ -245,7 +248,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
         paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
         ssl_ctx = server_context(paths.server_cert, paths.server_key)
         ca_file = paths.ca_cert
-    store = open_store(config.data_dir)
+    store = open_store(config.data_dir, config.database)
     await store.open()
     try:
         admin_key_path = await _ensure_admin_key(store, config.data_dir)

@@ -6,18 +6,21 @@ Exit statuses: 0 done, 1 failed at run time, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
 from manager.app import ManagerConfig, open_store, serve
 from manager.store.base import Store, StoreError
 from manager.tokens import TokenInUse, create_token
+from shared import sdnotify
+from shared import service_install as svc
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
@@ -26,10 +29,15 @@ __all__ = ["main"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+_PROG = "tether-manager"
 
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("TETHER_DATA_DIR") or ".tether-data")
+
+
+def _database(args: argparse.Namespace) -> str | None:
+    return getattr(args, "database", None) or os.environ.get("TETHER_DATABASE_URL") or None
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -47,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="data directory (default: $TETHER_DATA_DIR, else ./.tether-data)",
+    )
+    common.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="postgresql://... to share one database between replicas"
+        " (default: $TETHER_DATABASE_URL, else SQLite in the data dir)",
     )
     common.add_argument("--log-level", choices=LEVELS, default="info")
     common.add_argument(
@@ -76,14 +91,82 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--output", choices=("text", "json"), default="text")
     tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     tr.add_argument("name")
+    _service_parsers(sub)
     return p
 
 
+# -- install-service / uninstall-service ------------------------------------------------------
+
+
+def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    i = sub.add_parser("install-service", help="install and start the systemd service")
+    i.add_argument("--root", type=Path, help="write every file under DIR; run no systemctl")
+    i.add_argument(
+        "--listen",
+        type=_listen,
+        default=("0.0.0.0", 8443),  # noqa: S104 - a service is for delegates on other hosts
+        metavar="HOST:PORT",
+        help="default 0.0.0.0:8443",
+    )
+    i.add_argument("--data-dir", default="/var/lib/tether", help="a directory in /var/lib")
+    i.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: self-made")
+    i.add_argument("--tls-key", type=Path, help="server key (PEM)")
+    i.add_argument("--executable", help="path systemd starts (default: this installation's)")
+    u = sub.add_parser("uninstall-service", help="stop the service and remove its unit")
+    u.add_argument("--root", type=Path, help="remove the files under DIR; run no systemctl")
+
+
+def _service(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "uninstall-service":
+            removal = svc.manager_removal()
+            for path in svc.uninstall(removal, args.root):
+                print(f"removed {path}")
+            print(removal.kept)
+            return 0
+        host, port = args.listen
+        plan = svc.manager_plan(
+            command=[args.executable] if args.executable else svc.find_executable(_PROG),
+            listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            data_dir=PurePosixPath(args.data_dir),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        for path in svc.install(plan, args.root):
+            print(f"wrote {path}")
+    except svc.InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, svc.CommandFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+async def _serve_notified(config: ManagerConfig) -> int:
+    """serve(), telling systemd: READY once listening, the watchdog fed from the event loop
+    while serving, STOPPING on the way out."""
+    watchdog: asyncio.Task[None] | None = None
+
+    def ready(url: str) -> None:
+        nonlocal watchdog
+        # One plain line on stdout, for people and for scripts that wait for it.
+        print(f"tether-manager listening on {url}", flush=True)
+        sdnotify.ready(f"listening on {url}")
+        watchdog = sdnotify.start_watchdog(lambda: True)
+
+    try:
+        return await serve(config, ready=ready)
+    finally:
+        sdnotify.stopping()
+        await sdnotify.stop_watchdog(watchdog)
+
+
 async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) -> int:
-    if not (data_dir / "tether.db").exists():
+    if _database(args) is None and not (data_dir / "tether.db").exists():
         print(f"error: no manager data in {data_dir} (pass --data-dir)", file=sys.stderr)
         return EXIT_USAGE
-    store: Store = open_store(data_dir)
+    store: Store = open_store(data_dir, _database(args))
     await store.open()
     try:
         if fn_name == "create":
@@ -131,8 +214,14 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("install-service", "uninstall-service"):
+        return _service(args)
     data_dir: Path = (args.data_dir or _default_data_dir()).absolute()
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    database = _database(args)
+    if database is not None and not database.startswith(("postgresql://", "postgres://")):
+        print("error: --database takes a postgresql:// URL", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
@@ -150,13 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
                 timings=Timings().scaled(args.time_scale),
+                database=_database(args),
             )
-
-            def ready(url: str) -> None:
-                # One plain line on stdout, for people and for scripts that wait for it.
-                print(f"tether-manager listening on {url}", flush=True)
-
-            return run(serve(config, ready=ready))
+            return run(_serve_notified(config))
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
