@@ -265,7 +265,7 @@ async def list_delegates(request: web.Request) -> web.Response:
                 capacity=d.capacity,
                 status=c.hub.status(d.id),
                 last_heartbeat=last if last is not None else d.last_seen,
-                running=sorted(c.hub.leases.held_by(d.id)),
+                running=sorted(c.hub.leases.held_by(d.id) | set(session.listed if session else ())),
                 draining=session.draining if session else False,
             )
         )

@@ -218,9 +218,14 @@ async def _loops(c: Context) -> None:
     """Sweeps (lost delegates, leases, timeouts) and the check for tokens revoked on the host."""
     t = c.timings
     last_revocation_check = 0.0
+    last_renewal = 0.0
     while True:
         await asyncio.sleep(t.sweep_interval)
         try:
+            # Leases are renewed once per heartbeat interval, in one write for all delegates.
+            if time.monotonic() - last_renewal >= t.heartbeat_interval:
+                last_renewal = time.monotonic()
+                await c.tasks.renew_leases()
             for delegate_id in c.hub.liveness.lost(c.clock()):
                 log.warning("delegate lost", delegate_id=delegate_id)
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")

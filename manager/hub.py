@@ -1,8 +1,9 @@
 """The delegate hub: who is connected, how, and what they were last heard to run.
 
 A session exists per delegate that was heard from recently, whether over the WebSocket
-stream or over HTTPS polling. Liveness and leases live here in memory; nothing in this
-module writes to the database, so a heartbeat costs a dictionary update and one frame.
+stream or over HTTPS polling. Liveness lives here in memory, and what each heartbeat listed
+waits here for the next batched lease renewal; nothing in this module writes to the
+database, so a heartbeat costs a dictionary update and one frame.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class Session:
     draining: bool = False
     # What the delegate last reported about itself (republished on /metrics).
     metrics: dict[str, float] = field(default_factory=dict)
+    # The tasks its last heartbeat listed: their leases are renewed in the next batch.
+    listed: tuple[str, ...] = ()
+    # Listed tasks the store says it does not hold (cancelled, or handed to another
+    # delegate after its lease ran out): every ack tells it to stop them.
+    strangers: frozenset[str] = frozenset()
     # Hints for a polling delegate, taken by its next long-poll.
     inbox: deque[str] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -61,7 +67,7 @@ class Hub:
         self._clock = clock
         self.sessions: dict[str, Session] = {}
         self.liveness = Liveness(lost_after=lost_after)
-        self.leases = Leases(duration=lost_after)
+        self.leases = Leases()
         # Running tasks a user asked to cancel; repeated in every ack until they end.
         self.cancelling: set[str] = set()
         self.revoked_tokens: set[str] = set()
@@ -118,7 +124,7 @@ class Hub:
     def on_heartbeat(self, session: Session, frame: Hello | Heartbeat) -> HeartbeatAck:
         now = self._clock()
         self.liveness.seen(session.id, now)
-        strangers = self.leases.renew(session.id, frame.running, now)
+        session.listed = tuple(frame.running)
         if isinstance(frame, Heartbeat):
             session.free_slots = frame.free_slots
             session.metrics = frame.metrics
@@ -126,8 +132,24 @@ class Hub:
         else:
             session.free_slots = max(0, session.delegate.capacity - len(frame.running))
             seq = 0
-        cancel = sorted(set(strangers) | (self.cancelling & set(frame.running)))
+        listed = set(frame.running)
+        cancel = sorted((session.strangers | self.cancelling) & listed)
         return HeartbeatAck(seq=seq, cancel=cancel, drain=session.draining)
+
+    def held(self) -> list[tuple[str, str]]:
+        """(task, delegate) for every task the live sessions' last heartbeats listed."""
+        now = self._clock()
+        pairs: list[tuple[str, str]] = []
+        for s in self.sessions.values():
+            last = self.liveness.last_seen(s.id)
+            if last is not None and now - last <= self._lost_after:
+                pairs.extend((task_id, s.id) for task_id in s.listed)
+        return pairs
+
+    def renewed(self, renewed: set[str]) -> None:
+        """Record which listed tasks the store renewed; the rest are strangers."""
+        for s in self.sessions.values():
+            s.strangers = frozenset(t for t in s.listed if t not in renewed)
 
     def candidates(self) -> list[Candidate]:
         out = (self._candidate(s) for s in self.sessions.values())

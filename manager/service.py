@@ -88,6 +88,8 @@ class TaskService:
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
         now = self._clock()
+        # Delegates get a full lease from now to reconnect and list their tasks again.
+        await self._store.extend_leases(now + self._timings.lost_after)
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
             self._remember(task)
@@ -95,7 +97,7 @@ class TaskService:
                 self._dispatcher.enqueue(_queued(task))
             elif task.delegate_id is not None:
                 # A full lease from now: the holder has that long to reconnect and list it.
-                self._hub.leases.grant(task.id, task.delegate_id, now)
+                self._hub.leases.grant(task.id, task.delegate_id)
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
 
@@ -159,7 +161,9 @@ class TaskService:
         if self._hub.leases.count(session.id) >= session.delegate.capacity:
             raise ApiProblem(409, "no_capacity", "this delegate already runs its capacity")
         task, decision, updated = await self._transition(
-            task_id, lambda t: on_acquire(t, session.id, self._clock()), starts_attempt=True
+            task_id,
+            lambda t: on_acquire(t, session.id, self._clock(), lease_for=self._timings.lost_after),
+            starts_attempt=True,
         )
         if decision.verdict is Verdict.TAKEN:
             raise ApiProblem(409, "taken", decision.reason)
@@ -168,7 +172,7 @@ class TaskService:
         self._dispatcher.dequeue(task.id)
         self._track(updated)
         now = self._clock()
-        self._hub.leases.grant(task.id, session.id, now)
+        self._hub.leases.grant(task.id, session.id)
         queued_at = task.queued_at if task.queued_at is not None else task.created_at
         self._metrics.dispatch_latency.observe(max(0.0, now - queued_at))
         self._events.notify(task.id)
@@ -226,14 +230,17 @@ class TaskService:
 
     # -- time -----------------------------------------------------------------------------
 
+    async def renew_leases(self) -> None:
+        """One batched write: extend the leases the live delegates' heartbeats listed."""
+        held = self._hub.held()
+        renewed = await self._store.renew_leases(held, self._clock() + self._timings.lost_after)
+        self._hub.renewed(renewed)
+
     async def sweep(self) -> None:
         """Lost leases, queue timeouts and run timeouts, all judged on the manager's clock."""
         now = self._clock()
-        for task_id, _holder in self._hub.leases.expired(now):
-            task = await self._store.get_task(task_id)
-            if task is None or task.state is not TaskState.RUNNING:
-                self._hub.leases.release(task_id)
-                continue
+        for task in await self._store.expired_leases(now):
+            task_id = task.id
             decision = on_lease_lost(task, now)
             updated = await self._apply(task, decision, end_status="lost")
             if updated is None:
@@ -247,12 +254,16 @@ class TaskService:
             else:
                 log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
                 self._finished(updated)
+        await self._sweep_deadlines(now)
+
+    async def _sweep_deadlines(self, now: float) -> None:
         due = [t for t, deadline in self._deadlines.items() if deadline < now]
         for task_id in due:
-            task = await self._store.get_task(task_id)
-            if task is None or task.state in FINAL_STATES:
+            current = await self._store.get_task(task_id)
+            if current is None or current.state in FINAL_STATES:
                 self._deadlines.pop(task_id, None)
                 continue
+            task = current
             decision = on_sweep(task, now, run_margin=self._run_margin)
             if decision.verdict is Verdict.APPLY:
                 end = "timed_out" if task.state is TaskState.RUNNING else None

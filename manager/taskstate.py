@@ -48,7 +48,9 @@ class Decision:
     reason: str = ""
 
 
-def on_acquire(task: TaskRecord, delegate_id: str, now: float) -> Decision:
+def on_acquire(
+    task: TaskRecord, delegate_id: str, now: float, *, lease_for: float = 0.0
+) -> Decision:
     if task.state is TaskState.QUEUED:
         return Decision(
             Verdict.APPLY,
@@ -58,6 +60,7 @@ def on_acquire(task: TaskRecord, delegate_id: str, now: float) -> Decision:
                 "delegate_id": delegate_id,
                 "started_at": now,
                 "cancel_requested": False,
+                "lease_until": now + lease_for,
             },
         )
     if task.state is TaskState.RUNNING:
@@ -113,7 +116,13 @@ def on_lease_lost(task: TaskRecord, now: float) -> Decision:
         # Back to the queue; the next acquire bumps the attempt, fencing the old holder out.
         return Decision(
             Verdict.APPLY,
-            {"state": TaskState.QUEUED, "delegate_id": None, "started_at": None, "queued_at": now},
+            {
+                "state": TaskState.QUEUED,
+                "delegate_id": None,
+                "started_at": None,
+                "queued_at": now,
+                "lease_until": None,
+            },
             reason="retry",
         )
     return Decision(

@@ -123,6 +123,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
+        """Extend to ``until`` the leases of running tasks held by the given delegates.
+
+        ``held`` pairs a task id with the delegate whose heartbeat listed it. One call per
+        interval per replica, not a write per heartbeat. Returns the task ids renewed: a
+        listed task not among them is not (or no longer) that delegate's to run.
+        """
+
+    @abc.abstractmethod
+    async def extend_leases(self, until: float) -> int:
+        """Give every running task a lease until at least ``until`` (after a restart, so
+        delegates have time to reconnect before their leases are judged)."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
+        """Running tasks whose lease ran out before ``now``, oldest first."""
+
+    @abc.abstractmethod
     async def attempts(self, task_id: str) -> list[AttemptRecord]: ...
 
     # -- logs

@@ -70,6 +70,7 @@ _UPDATABLE = {
     "cancel_requested",
     "deployment",
     "queued_at",
+    "lease_until",
 }
 
 # Two-key advisory lock: this class id, and the hash of the schema being migrated, so replicas
@@ -393,6 +394,35 @@ class PostgresStore(Store):
             sql = f"WITH {', '.join(ctes)} SELECT {_TASK_COLUMNS} FROM u"  # noqa: S608
         row = await self._fetchrow(sql, *args)
         return None if row is None else _task(row)
+
+    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
+        if not held:
+            return set()
+        rows = await self._fetch(
+            "UPDATE tasks AS t SET lease_until = $1"
+            " FROM unnest($2::text[], $3::text[]) AS h(id, delegate_id)"
+            " WHERE t.id = h.id AND t.delegate_id = h.delegate_id AND t.state = 'running'"
+            " RETURNING t.id",
+            until,
+            [task_id for task_id, _ in held],
+            [delegate_id for _, delegate_id in held],
+        )
+        return {str(r["id"]) for r in rows}
+
+    async def extend_leases(self, until: float) -> int:
+        rows = await self._fetch(
+            "UPDATE tasks SET lease_until = $1 WHERE state = 'running'"
+            " AND (lease_until IS NULL OR lease_until < $1) RETURNING id",
+            until,
+        )
+        return len(rows)
+
+    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
+        sql = (
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state = 'running'"  # noqa: S608
+            " AND lease_until < $1 ORDER BY lease_until LIMIT $2"
+        )
+        return [_task(r) for r in await self._fetch(sql, now, limit)]
 
     async def attempts(self, task_id: str) -> list[AttemptRecord]:
         sql = f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = $1 ORDER BY attempt"  # noqa: S608

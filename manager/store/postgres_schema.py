@@ -107,4 +107,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (2, "ALTER TABLE tasks ADD COLUMN queued_at DOUBLE PRECISION"),
+    (
+        3,
+        """
+        ALTER TABLE tasks ADD COLUMN lease_until DOUBLE PRECISION;
+        CREATE INDEX tasks_leases ON tasks(lease_until) WHERE state = 'running';
+        """,
+    ),
 ]

@@ -81,6 +81,9 @@ class TaskRecord:
     # When the task last entered the queue: its queue timeout runs from here, so a task
     # requeued after a lost lease gets a full queue timeout again.
     queued_at: float | None = None
+    # Until when the holder's lease runs: renewed in batches by the replica that hears the
+    # holder's heartbeats, and judged by any replica (manager.service.TaskService.sweep).
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

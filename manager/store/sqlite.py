@@ -40,7 +40,7 @@ _JSON_TASK_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "de
 _TASK_COLUMNS = (
     "id, type, state, payload, selectors, timeout_s, queue_timeout_s, max_attempts, created_at,"
     " attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at,"
-    " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at"
+    " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at, lease_until"
 )
 _UPDATABLE = {
     "state",
@@ -54,6 +54,7 @@ _UPDATABLE = {
     "cancel_requested",
     "deployment",
     "queued_at",
+    "lease_until",
 }
 
 
@@ -356,6 +357,46 @@ class SqliteStore(Store):
 
         return await self._run(fn)
 
+    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
+        if not held:
+            return set()
+
+        def fn(c: sqlite3.Connection) -> set[str]:
+            renewed = set()
+            for task_id, delegate_id in held:
+                row = c.execute(
+                    "UPDATE tasks SET lease_until = ? WHERE id = ? AND delegate_id = ?"
+                    " AND state = 'running' RETURNING id",
+                    (until, task_id, delegate_id),
+                ).fetchall()
+                if row:
+                    renewed.add(task_id)
+            return renewed
+
+        return await self._run(fn)
+
+    async def extend_leases(self, until: float) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE tasks SET lease_until = ? WHERE state = 'running'"
+                " AND (lease_until IS NULL OR lease_until < ?)",
+                (until, until),
+            )
+            return cur.rowcount
+
+        return await self._run(fn)
+
+    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
+        sql = (
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state = 'running'"  # noqa: S608
+            " AND lease_until < ? ORDER BY lease_until LIMIT ?"
+        )
+
+        def fn(c: sqlite3.Connection) -> list[TaskRecord]:
+            return [_task(r) for r in c.execute(sql, (now, limit)).fetchall()]
+
+        return await self._run(fn)
+
     async def attempts(self, task_id: str) -> list[AttemptRecord]:
         def fn(c: sqlite3.Connection) -> list[AttemptRecord]:
             rows = c.execute(
@@ -462,6 +503,7 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         cancel_requested=bool(d["cancel_requested"]),
         deployment=None if d["deployment"] is None else json.loads(d["deployment"]),
         queued_at=d["queued_at"],
+        lease_until=d["lease_until"],
     )
 
 

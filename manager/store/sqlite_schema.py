@@ -94,4 +94,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (2, "ALTER TABLE tasks ADD COLUMN queued_at REAL"),
+    (
+        3,
+        """
+        ALTER TABLE tasks ADD COLUMN lease_until REAL;
+        CREATE INDEX tasks_leases ON tasks(lease_until) WHERE state = 'running';
+        """,
+    ),
 ]

@@ -59,7 +59,7 @@ def connect(
     )
     session = hub.session(record)
     for i in range(running):
-        hub.leases.grant(f"task_held_{name}_{i}", session.id, 0.0)
+        hub.leases.grant(f"task_held_{name}_{i}", session.id)
     return session
 
 

@@ -18,7 +18,7 @@ from manager.service import TaskService
 from manager.store.records import DelegateRecord
 from manager.store.sqlite import SqliteStore
 from shared.limits import Timings
-from shared.protocol import LogBatch, LogLine, TaskResult, TaskState
+from shared.protocol import Heartbeat, HeartbeatAck, LogBatch, LogLine, TaskResult, TaskState
 
 TIMINGS = Timings()
 
@@ -75,6 +75,13 @@ class World:
         return task.state
 
 
+async def beat(world: World, session: Session, running: list[str]) -> HeartbeatAck:
+    """A heartbeat listing ``running``, then the batched lease renewal that follows it."""
+    world.hub.on_heartbeat(session, Heartbeat(seq=1, running=running, free_slots=1))
+    await world.tasks.renew_leases()
+    return world.hub.on_heartbeat(session, Heartbeat(seq=2, running=running, free_slots=1))
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     store = SqliteStore(tmp_path / "t.db")
@@ -99,8 +106,7 @@ async def test_a_running_task_past_its_timeout_is_timed_out_by_the_backstop(worl
     task_id = await world.submit(timeout_s=30)
     await world.tasks.acquire(session, task_id)
     world.clock.now += 30 + TIMINGS.kill_grace + 2
-    world.hub.liveness.seen(session.id, world.clock())
-    world.hub.leases.renew(session.id, [task_id], world.clock())
+    await beat(world, session, [task_id])
     await world.tasks.sweep()
     assert await world.state(task_id) is TaskState.TIMED_OUT
 
@@ -145,7 +151,7 @@ async def test_heartbeats_listing_a_task_keep_its_lease(world: World) -> None:
     await world.tasks.acquire(session, task_id)
     for _ in range(10):
         world.clock.now += TIMINGS.heartbeat_interval
-        world.hub.leases.renew(session.id, [task_id], world.clock())
+        await beat(world, session, [task_id])
         await world.tasks.sweep()
     assert await world.state(task_id) is TaskState.RUNNING
 
@@ -162,3 +168,30 @@ async def test_recover_rebuilds_queue_leases_and_deadlines(world: World, tmp_pat
     world.clock.now += 61
     await restarted.tasks.sweep()
     assert await world.state(queued_id) is TaskState.EXPIRED
+
+
+async def test_a_listed_task_the_delegate_does_not_hold_is_cancelled_in_the_ack(
+    world: World,
+) -> None:
+    holder, other = world.delegate("holder"), world.delegate("other")
+    task_id = await world.submit()
+    await world.tasks.acquire(holder, task_id)
+    ack = await beat(world, other, [task_id])
+    assert ack.cancel == [task_id]
+    assert (await beat(world, holder, [task_id])).cancel == []
+
+
+async def test_a_lease_renewed_by_another_replica_keeps_the_task(
+    world: World, tmp_path: Path
+) -> None:
+    # Acquired through this replica; the holder's heartbeats reach a second one.
+    session = world.delegate("a")
+    task_id = await world.submit()
+    await world.tasks.acquire(session, task_id)
+    replica = World(world.store, world.clock, tmp_path)
+    remote = replica.delegate("a")
+    for _ in range(10):
+        world.clock.now += TIMINGS.heartbeat_interval
+        await beat(replica, remote, [task_id])
+        await world.tasks.sweep()
+    assert await world.state(task_id) is TaskState.RUNNING

@@ -509,3 +509,42 @@ def test_task_fixture_round_trip_fields_cover_every_column() -> None:
     # A TaskRecord field the store forgets to persist would make the equality tests vacuous.
     names = {f.name for f in dataclasses.fields(TaskRecord)}
     assert names == {n.strip() for n in _TASK_COLUMNS.split(",")}
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+async def test_renew_leases_extends_only_what_the_listed_holder_holds(store: Store) -> None:
+    await acquired(store, "task_1")
+    await acquired(store, "task_2")
+    renewed = await store.renew_leases([("task_1", "dlg_1"), ("task_2", "dlg_other")], 5_000.0)
+    assert renewed == {"task_1"}
+    one, two = await store.get_task("task_1"), await store.get_task("task_2")
+    assert one is not None
+    assert two is not None
+    assert one.lease_until == 5_000.0
+    assert two.lease_until != 5_000.0
+
+
+async def test_renew_leases_of_nothing_writes_nothing(store: Store) -> None:
+    assert await store.renew_leases([], 5_000.0) == set()
+
+
+async def test_expired_leases_are_the_running_tasks_past_their_lease(store: Store) -> None:
+    await acquired(store, "task_1")
+    await acquired(store, "task_2")
+    await store.renew_leases([("task_1", "dlg_1")], 2_000.0)
+    await store.renew_leases([("task_2", "dlg_1")], 4_000.0)
+    assert [t.id for t in await store.expired_leases(3_000.0)] == ["task_1"]
+    assert [t.id for t in await store.expired_leases(5_000.0)] == ["task_1", "task_2"]
+
+
+async def test_extend_leases_gives_every_running_task_at_least_that_long(store: Store) -> None:
+    await acquired(store, "task_1")
+    await acquired(store, "task_2")
+    await store.renew_leases([("task_2", "dlg_1")], 9_000.0)
+    assert await store.extend_leases(5_000.0) >= 1
+    one, two = await store.get_task("task_1"), await store.get_task("task_2")
+    assert one is not None
+    assert two is not None
+    assert (one.lease_until, two.lease_until) == (5_000.0, 9_000.0)
