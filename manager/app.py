@@ -24,6 +24,7 @@ from prometheus_client.core import Metric
 from manager.api_delegate import add_delegate_routes
 from manager.api_user import add_user_routes
 from manager.auth import SessionSigner, bearer
+from manager.bus import Bus, LocalBus, PostgresBus
 from manager.context import CTX, Context
 from manager.dispatch import Dispatcher
 from manager.errors import ApiProblem
@@ -36,6 +37,7 @@ from manager.openapi import openapi_document
 from manager.service import TaskService
 from manager.store.base import Store
 from manager.store.factory import open_store_url
+from manager.store.postgres import PostgresStore
 from manager.tokens import create_api_key
 from shared.ids import hash_secret
 from shared.limits import MAX_API_BODY_BYTES, Timings
@@ -167,6 +169,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     events = TaskEvents()
     metrics = Metrics()
+    bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -175,6 +178,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         master_key=MasterKey.load_or_create(config.data_dir / "master.key"),
         timings=t,
         metrics=metrics,
+        bus=bus,
         clock=config.clock,
     )
     c = Context(
@@ -189,6 +193,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         metrics=metrics,
     )
     await tasks.recover()
+    await bus.start(tasks.on_remote)
+    c.bus = bus
     metrics.add_live(lambda: _live_metrics(c))
 
     table = RouteTable()
@@ -219,6 +225,7 @@ async def _loops(c: Context) -> None:
     t = c.timings
     last_revocation_check = 0.0
     last_renewal = 0.0
+    last_reconcile = time.monotonic()
     while True:
         await asyncio.sleep(t.sweep_interval)
         try:
@@ -226,6 +233,10 @@ async def _loops(c: Context) -> None:
             if time.monotonic() - last_renewal >= t.heartbeat_interval:
                 last_renewal = time.monotonic()
                 await c.tasks.renew_leases()
+            # With other replicas, repair what a lost notification may have left behind.
+            if c.bus.shared and time.monotonic() - last_reconcile >= 10 * t.heartbeat_interval:
+                last_reconcile = time.monotonic()
+                await c.tasks.reconcile()
             for delegate_id in c.hub.liveness.lost(c.clock()):
                 log.warning("delegate lost", delegate_id=delegate_id)
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
@@ -285,6 +296,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await runner.cleanup()
+        await c.bus.close()
     finally:
         await store.close()
     return 0

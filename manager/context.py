@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from manager.auth import SessionSigner
+from manager.bus import Bus, LocalBus
 from manager.dispatch import Dispatcher
 from manager.events import TaskEvents
 from manager.hub import Hub
@@ -30,6 +31,7 @@ class Context:
     timings: Timings
     clock: Callable[[], float]
     metrics: Metrics
+    bus: Bus = field(default_factory=LocalBus)
     # Set while the manager shuts down: long-polls and follows end early.
     stopping: bool = False
 

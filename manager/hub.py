@@ -192,9 +192,10 @@ class Hub:
     def cancel(self, task_id: str) -> None:
         self.cancelling.add(task_id)
         holder = self.leases.holder(task_id)
-        if holder is not None:
-            session = self.sessions.get(holder)
-            if session is not None and session.mode == "stream":
+        for session in self.sessions.values():
+            # The holder as this process granted it, or whoever's heartbeat lists the task
+            # (acquired through another replica).
+            if session.mode == "stream" and (session.id == holder or task_id in session.listed):
                 self.send(session, TaskCancel(task_id=task_id))
 
     def send(self, session: Session, frame: BaseModel) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from manager.bus import Bus, EventKind, LocalBus
 from manager.dispatch import Dispatcher, QueuedTask
 from manager.errors import ApiProblem
 from manager.events import TaskEvents
@@ -68,9 +69,11 @@ class TaskService:
         master_key: MasterKey,
         timings: Timings,
         metrics: Metrics | None = None,
+        bus: Bus | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._bus = bus or LocalBus()
         self._metrics = metrics or Metrics()
         self._hub = hub
         self._dispatcher = dispatcher
@@ -138,6 +141,7 @@ class TaskService:
             self._remember(stored)
             self._track(stored)
             self._dispatcher.enqueue(_queued(stored))
+            self._bus.publish("queued", stored.id)
             log.info("task submitted", task_id=stored.id, type=stored.type)
         return stored, created
 
@@ -152,6 +156,7 @@ class TaskService:
             self._finished(updated)
         else:
             self._hub.cancel(task_id)
+            self._bus.publish("cancel", task_id)
         log.info("task cancel requested", task_id=task_id)
         return updated
 
@@ -170,6 +175,7 @@ class TaskService:
         if decision.verdict is Verdict.GONE or updated is None:
             raise ApiProblem(410, "gone", decision.reason)
         self._dispatcher.dequeue(task.id)
+        self._bus.publish("dequeued", task.id)
         self._track(updated)
         now = self._clock()
         self._hub.leases.grant(task.id, session.id)
@@ -207,6 +213,7 @@ class TaskService:
             raise ApiProblem(409, "stale_attempt", "this attempt no longer holds the task")
         if inserted:
             self._events.notify(task_id)
+            self._bus.publish("changed", task_id)
             self._metrics.log_lines.inc(inserted)
             size = sum(len(ln.text) for ln in batch.lines)
             self._metrics.log_bytes.inc(size * inserted // len(batch.lines))
@@ -227,6 +234,46 @@ class TaskService:
             "task finished", task_id=task_id, state=updated.state.value, delegate_id=session.id
         )
         return ResultAck(state=updated.state, recorded=True)
+
+    # -- other replicas ---------------------------------------------------------------------
+
+    async def on_remote(self, kind: EventKind, task_id: str) -> None:
+        """Another replica changed a task: bring this one's memory in line."""
+        if kind == "queued":
+            task = await self._store.get_task(task_id)
+            if task is not None and task.state is TaskState.QUEUED:
+                self._remember(task)
+                self._track(task)
+                self._dispatcher.enqueue(_queued(task))
+        elif kind == "dequeued":
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+        elif kind == "cancel":
+            self._hub.cancel(task_id)
+        elif kind == "changed":
+            self._events.notify(task_id)
+        else:
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+            self._hub.leases.release(task_id)
+            self._hub.cancelling.discard(task_id)
+            self._events.notify(task_id)
+            self._dispatcher.kick()
+
+    async def reconcile(self) -> None:
+        """Make the queue index match the store: the repair for a missed replica event."""
+        queued = {t.id: t for t in await self._store.tasks_in_states([TaskState.QUEUED])}
+        for task_id in [t for t in self._dispatcher.queued if t not in queued]:
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+        for task in queued.values():
+            if task.id not in self._dispatcher.queued:
+                self._remember(task)
+                self._track(task)
+                self._dispatcher.enqueue(_queued(task))
 
     # -- time -----------------------------------------------------------------------------
 
@@ -251,6 +298,7 @@ class TaskService:
                 self._track(updated)
                 self._dispatcher.enqueue(_queued(updated))
                 self._events.notify(task_id)
+                self._bus.publish("queued", task_id)
             else:
                 log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
                 self._finished(updated)
@@ -365,6 +413,7 @@ class TaskService:
 
     def _finished(self, task: TaskRecord) -> None:
         if task.state in FINAL_STATES:
+            self._bus.publish("finished", task.id)
             self._metrics.tasks_finished.labels(task.state.value).inc()
             self._deadlines.pop(task.id, None)
             self._hub.leases.release(task.id)
