@@ -250,9 +250,16 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
 async def list_delegates(request: web.Request) -> web.Response:
     c = ctx(request)
     views = []
+    # Delegates held by other replicas are known from the presence rows they write.
+    elsewhere = await c.store.presence(c.clock() - c.timings.lost_after)
     for d in await c.store.list_delegates():
         session = c.hub.sessions.get(d.id)
         last = c.hub.liveness.last_seen(d.id)
+        status = c.hub.status(d.id)
+        remote = elsewhere.get(d.id)
+        if status == "disconnected" and remote is not None and remote.replica_id != c.replica_id:
+            status = "connected" if remote.mode == "stream" else "polling"
+            last = remote.last_heartbeat
         views.append(
             DelegateView(
                 id=d.id,
@@ -263,7 +270,7 @@ async def list_delegates(request: web.Request) -> web.Response:
                 selectors=list(d.selectors),
                 task_types=list(d.task_types),
                 capacity=d.capacity,
-                status=c.hub.status(d.id),
+                status=status,
                 last_heartbeat=last if last is not None else d.last_seen,
                 running=sorted(c.hub.leases.held_by(d.id) | set(session.listed if session else ())),
                 draining=session.draining if session else False,

@@ -233,6 +233,9 @@ async def _loops(c: Context) -> None:
             if time.monotonic() - last_renewal >= t.heartbeat_interval:
                 last_renewal = time.monotonic()
                 await c.tasks.renew_leases()
+                await c.store.record_presence(
+                    c.replica_id, c.started_at, c.clock(), c.hub.presence(c.replica_id)
+                )
             # With other replicas, repair what a lost notification may have left behind.
             if c.bus.shared and time.monotonic() - last_reconcile >= 10 * t.heartbeat_interval:
                 last_reconcile = time.monotonic()

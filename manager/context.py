@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from manager.hub import Hub
 from manager.metrics import Metrics
 from manager.service import TaskService
 from manager.store.base import Store
+from shared.ids import new_id
 from shared.limits import Timings
 
 __all__ = ["CTX", "Context", "ctx"]
@@ -32,6 +34,9 @@ class Context:
     clock: Callable[[], float]
     metrics: Metrics
     bus: Bus = field(default_factory=LocalBus)
+    # This process among the replicas sharing the store (its presence rows name it).
+    replica_id: str = field(default_factory=lambda: new_id("rep"))
+    started_at: float = field(default_factory=time.time)
     # Set while the manager shuts down: long-polls and follows end early.
     stopping: bool = False
 

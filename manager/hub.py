@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from manager.assign import Candidate
 from manager.liveness import Leases, Liveness
-from manager.store.records import DelegateRecord
+from manager.store.records import DelegateRecord, Presence
 from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskCancel
 
 __all__ = ["Hub", "Session"]
@@ -145,6 +145,16 @@ class Hub:
             if last is not None and now - last <= self._lost_after:
                 pairs.extend((task_id, s.id) for task_id in s.listed)
         return pairs
+
+    def presence(self, replica_id: str) -> list[Presence]:
+        """The delegates this process heard within ``lost_after``, for the presence rows."""
+        now = self._clock()
+        out = []
+        for s in self.sessions.values():
+            last = self.liveness.last_seen(s.id)
+            if last is not None and now - last <= self._lost_after:
+                out.append(Presence(s.id, replica_id, s.mode, last))
+        return out
 
     def renewed(self, renewed: set[str]) -> None:
         """Record which listed tasks the store renewed; the rest are strangers."""

@@ -17,6 +17,7 @@ from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
     LogRecord,
+    Presence,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -139,6 +140,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
         """Running tasks whose lease ran out before ``now``, oldest first."""
+
+    @abc.abstractmethod
+    async def record_presence(
+        self, replica_id: str, started_at: float, now: float, seen: Sequence[Presence]
+    ) -> None:
+        """This replica's heartbeat row, and the delegates it heard: one transaction."""
+
+    @abc.abstractmethod
+    async def presence(self, since: float) -> dict[str, Presence]:
+        """Delegates heard after ``since`` by a replica whose own heartbeat is after it."""
 
     @abc.abstractmethod
     async def attempts(self, task_id: str) -> list[AttemptRecord]: ...

@@ -34,6 +34,7 @@ from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
     LogRecord,
+    Presence,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -423,6 +424,34 @@ class PostgresStore(Store):
             " AND lease_until < $1 ORDER BY lease_until LIMIT $2"
         )
         return [_task(r) for r in await self._fetch(sql, now, limit)]
+
+    async def record_presence(
+        self, replica_id: str, started_at: float, now: float, seen: Sequence[Presence]
+    ) -> None:
+        await self._execute(
+            "WITH r AS (INSERT INTO replicas(id, started_at, heartbeat_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at)"
+            " INSERT INTO delegate_presence(delegate_id, replica_id, mode, last_heartbeat)"
+            " SELECT d, $1, m, t FROM unnest($4::text[], $5::text[], $6::float8[]) AS x(d, m, t)"
+            " ON CONFLICT (delegate_id) DO UPDATE SET replica_id = excluded.replica_id,"
+            " mode = excluded.mode, last_heartbeat = excluded.last_heartbeat"
+            " WHERE excluded.last_heartbeat >= delegate_presence.last_heartbeat",
+            replica_id,
+            started_at,
+            now,
+            [p.delegate_id for p in seen],
+            [p.mode for p in seen],
+            [p.last_heartbeat for p in seen],
+        )
+
+    async def presence(self, since: float) -> dict[str, Presence]:
+        rows = await self._fetch(
+            "SELECT p.delegate_id, p.replica_id, p.mode, p.last_heartbeat"
+            " FROM delegate_presence p JOIN replicas r ON r.id = p.replica_id"
+            " WHERE p.last_heartbeat > $1 AND r.heartbeat_at > $1",
+            since,
+        )
+        return {r["delegate_id"]: Presence(**dict(r)) for r in rows}
 
     async def attempts(self, task_id: str) -> list[AttemptRecord]:
         sql = f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = $1 ORDER BY attempt"  # noqa: S608

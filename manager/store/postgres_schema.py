@@ -114,4 +114,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX tasks_leases ON tasks(lease_until) WHERE state = 'running';
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE replicas (
+            id TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE delegate_presence (
+            delegate_id TEXT PRIMARY KEY,
+            replica_id TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            last_heartbeat DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]

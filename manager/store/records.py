@@ -12,6 +12,7 @@ __all__ = [
     "AttemptRecord",
     "DelegateRecord",
     "LogRecord",
+    "Presence",
     "TaskFilter",
     "TaskRecord",
     "TokenRecord",
@@ -84,6 +85,16 @@ class TaskRecord:
     # Until when the holder's lease runs: renewed in batches by the replica that hears the
     # holder's heartbeats, and judged by any replica (manager.service.TaskService.sweep).
     lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Where a delegate was last heard, by a replica that is itself alive."""
+
+    delegate_id: str
+    replica_id: str
+    mode: str
+    last_heartbeat: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
     LogRecord,
+    Presence,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -394,6 +395,38 @@ class SqliteStore(Store):
 
         def fn(c: sqlite3.Connection) -> list[TaskRecord]:
             return [_task(r) for r in c.execute(sql, (now, limit)).fetchall()]
+
+        return await self._run(fn)
+
+    async def record_presence(
+        self, replica_id: str, started_at: float, now: float, seen: Sequence[Presence]
+    ) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO replicas(id, started_at, heartbeat_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (replica_id, started_at, now),
+            )
+            c.executemany(
+                "INSERT INTO delegate_presence(delegate_id, replica_id, mode, last_heartbeat)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(delegate_id) DO UPDATE SET"
+                " replica_id = excluded.replica_id, mode = excluded.mode,"
+                " last_heartbeat = excluded.last_heartbeat"
+                " WHERE excluded.last_heartbeat >= delegate_presence.last_heartbeat",
+                [(p.delegate_id, p.replica_id, p.mode, p.last_heartbeat) for p in seen],
+            )
+
+        await self._run(fn)
+
+    async def presence(self, since: float) -> dict[str, Presence]:
+        def fn(c: sqlite3.Connection) -> dict[str, Presence]:
+            rows = c.execute(
+                "SELECT p.delegate_id, p.replica_id, p.mode, p.last_heartbeat"
+                " FROM delegate_presence p JOIN replicas r ON r.id = p.replica_id"
+                " WHERE p.last_heartbeat > ? AND r.heartbeat_at > ?",
+                (since, since),
+            ).fetchall()
+            return {r[0]: Presence(*r) for r in rows}
 
         return await self._run(fn)
 

@@ -101,4 +101,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX tasks_leases ON tasks(lease_until) WHERE state = 'running';
         """,
     ),
+    (
+        4,
+        """
+        -- Each replica's own heartbeat, and where each live delegate was last heard: so
+        -- every replica can list delegates held by the others, and those of a dead one.
+        CREATE TABLE replicas (
+            id TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL
+        );
+        CREATE TABLE delegate_presence (
+            delegate_id TEXT PRIMARY KEY,
+            replica_id TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            last_heartbeat REAL NOT NULL
+        );
+        """,
+    ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -91,6 +92,10 @@ async def test_a_task_submitted_on_one_replica_runs_on_a_delegate_held_by_anothe
     assert res.code == 0, res.stderr
     assert res.stdout.strip() == "crossed replicas"
     assert await delegate.wait_event("task finished", status="succeeded")
+    # Replica A lists the delegate held by replica B as connected (from B's presence rows).
+    listed = await c.tether("delegate", "list", "--output", "json")
+    (row,) = json.loads(listed.stdout)["delegates"]
+    assert row["status"] == "connected"
 
 
 async def test_killing_a_replica_moves_its_delegates_and_their_tasks_go_on(

@@ -13,6 +13,7 @@ from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
     LogRecord,
+    Presence,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -548,3 +549,35 @@ async def test_extend_leases_gives_every_running_task_at_least_that_long(store: 
     assert one is not None
     assert two is not None
     assert (one.lease_until, two.lease_until) == (5_000.0, 9_000.0)
+
+
+# -- replica presence --------------------------------------------------------------------------
+
+A1 = Presence("dlg_1", "rep_a", "stream", 1_000.0)
+A2 = Presence("dlg_2", "rep_a", "polling", 990.0)
+B1 = Presence("dlg_1", "rep_b", "polling", 1_010.0)
+
+
+async def test_presence_lists_delegates_heard_by_live_replicas(store: Store) -> None:
+    seen = [
+        A1,
+        A2,
+    ]
+    await store.record_presence("rep_a", 900.0, 1_000.0, seen)
+    live = await store.presence(995.0)
+    assert set(live) == {"dlg_1"}
+    assert live["dlg_1"].mode == "stream"
+
+
+async def test_delegates_of_a_silent_replica_drop_out(store: Store) -> None:
+    await store.record_presence("rep_a", 900.0, 1_000.0, [A1])
+    await store.record_presence("rep_b", 900.0, 1_100.0, [])
+    assert await store.presence(1_050.0) == {}
+
+
+async def test_a_delegate_moving_to_another_replica_is_listed_there(store: Store) -> None:
+    await store.record_presence("rep_a", 900.0, 1_000.0, [A1])
+    await store.record_presence("rep_b", 900.0, 1_010.0, [B1])
+    # A late write from the old replica does not move it back.
+    await store.record_presence("rep_a", 900.0, 1_011.0, [A1])
+    assert (await store.presence(1_005.0))["dlg_1"].replica_id == "rep_b"
