@@ -26,9 +26,17 @@ from manager.models import (
     TokenCreated,
     TokenView,
 )
-from manager.store.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord, TokenRecord
+from manager.store.records import (
+    AttemptRecord,
+    DelegateRecord,
+    LogRecord,
+    TaskFilter,
+    TaskRecord,
+    TokenRecord,
+)
 from manager.tokens import TokenInUse, create_token
-from shared.protocol import FINAL_STATES, CloseCode, TaskState
+from shared import __version__
+from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
 
 __all__ = ["DelegateList", "TokenList", "add_user_routes", "revoke_token"]
 
@@ -247,12 +255,11 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
 # -- delegates and tokens -----------------------------------------------------------------
 
 
-async def list_delegates(request: web.Request) -> web.Response:
-    c = ctx(request)
+async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[DelegateView]:
     views = []
     # Delegates held by other replicas are known from the presence rows they write.
     elsewhere = await c.store.presence(c.clock() - c.timings.lost_after)
-    for d in await c.store.list_delegates():
+    for d in records:
         session = c.hub.sessions.get(d.id)
         last = c.hub.liveness.last_seen(d.id)
         status = c.hub.status(d.id)
@@ -273,10 +280,70 @@ async def list_delegates(request: web.Request) -> web.Response:
                 status=status,
                 last_heartbeat=last if last is not None else d.last_seen,
                 running=sorted(c.hub.leases.held_by(d.id) | set(session.listed if session else ())),
-                draining=session.draining if session else False,
+                draining=d.draining,
+                outdated=is_outdated(d.version, d.protocol_version),
             )
         )
-    return json_response(DelegateList(delegates=views))
+    return views
+
+
+def is_outdated(version: str, protocol_version: int) -> bool:
+    """Older than this manager: an older protocol, or an older release of the same one."""
+    if protocol_version < PROTOCOL_VERSION:
+        return True
+    return _release(version) < _release(__version__)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+async def list_delegates(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return json_response(
+        DelegateList(delegates=await _delegate_views(c, await c.store.list_delegates()))
+    )
+
+
+async def _set_draining(request: web.Request, draining: bool) -> web.Response:
+    """Drain (or resume) every delegate with that id or name: a name may cover a group."""
+    c = ctx(request)
+    ref = request.match_info["delegate"]
+    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
+    if not matches:
+        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
+    changed = []
+    for d in matches:
+        record = await c.store.set_draining(d.id, draining)
+        if record is None:
+            continue
+        changed.append(record)
+        session = c.hub.sessions.get(d.id)
+        if session is not None:
+            session.delegate = record
+            session.draining = draining
+            if draining:
+                c.hub.send(session, TaskDrain())
+        log.info(
+            "delegate drain" if draining else "delegate resumed", delegate_id=d.id, name=d.name
+        )
+    if not draining:
+        c.dispatcher.kick()
+    return json_response(DelegateList(delegates=await _delegate_views(c, changed)))
+
+
+async def drain_delegate(request: web.Request) -> web.Response:
+    return await _set_draining(request, True)
+
+
+async def resume_delegate(request: web.Request) -> web.Response:
+    return await _set_draining(request, False)
 
 
 def _token_view(t: TokenRecord) -> TokenView:
@@ -404,6 +471,22 @@ def add_user_routes(table: RouteTable) -> None:
     table.add(
         Route("GET", "/api/v1/delegates", list_delegates, "List delegates", u, None, DelegateList)
     )
+    for action, handler, summary in (
+        ("drain", drain_delegate, "Drain delegates (by id or name): no new tasks"),
+        ("resume", resume_delegate, "Let drained delegates take tasks again"),
+    ):
+        table.add(
+            Route(
+                "POST",
+                f"/api/v1/delegates/{{delegate}}/{action}",
+                handler,
+                summary,
+                u,
+                None,
+                DelegateList,
+                errors=(404,),
+            )
+        )
     table.add(
         Route(
             "POST",

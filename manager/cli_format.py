@@ -175,7 +175,7 @@ def delegate_table(delegates: Sequence[DelegateView]) -> str:
                 d.status + (" (draining)" if d.draining else ""),
                 f"{len(d.running)}/{d.capacity}",
                 ",".join(d.selectors) or "-",
-                d.version,
+                d.version + (" (outdated)" if d.outdated else ""),
                 timestamp(d.last_heartbeat),
             ]
             for d in delegates

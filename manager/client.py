@@ -332,6 +332,15 @@ class TetherClient:
         page = await self._call("GET", "/api/v1/delegates", _DelegateList)
         return page.delegates
 
+    async def drain_delegate(self, name: str) -> list[DelegateView]:
+        """Stop new work reaching the delegates with this name (or id); running tasks finish."""
+        path = f"/api/v1/delegates/{_seg(name)}/drain"
+        return (await self._call("POST", path, _DelegateList)).delegates
+
+    async def resume_delegate(self, name: str) -> list[DelegateView]:
+        path = f"/api/v1/delegates/{_seg(name)}/resume"
+        return (await self._call("POST", path, _DelegateList)).delegates
+
     async def create_token(self, name: str) -> TokenCreated:
         """A delegate enrollment token; its value is in the answer and nowhere else, ever."""
         body = TokenCreate(name=name)

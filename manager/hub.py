@@ -82,6 +82,7 @@ class Hub:
             current = self.sessions[delegate.id] = Session(delegate=delegate)
         else:
             current.delegate = delegate
+        current.draining = delegate.draining
         self.liveness.seen(delegate.id, self._clock())
         return current
 

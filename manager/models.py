@@ -104,6 +104,8 @@ class DelegateView(Model):
     last_heartbeat: float | None = None
     running: list[str] = Field(default_factory=list)
     draining: bool = False
+    # Older than the manager (protocol or release): upgrade it.
+    outdated: bool = False
 
 
 class TokenCreate(Model):

@@ -41,6 +41,7 @@ from shared.protocol import (
     LogBatch,
     LogBatchAck,
     ResultAck,
+    TaskDrain,
     TaskResult,
     TaskSpec,
     TaskState,
@@ -263,7 +264,19 @@ class TaskService:
             self._dispatcher.kick()
 
     async def reconcile(self) -> None:
-        """Make the queue index match the store: the repair for a missed replica event."""
+        """Make memory match the store: the repair for a missed replica event.
+
+        The queue index, and each local session's drain flag (an operator may have drained
+        a delegate through another replica).
+        """
+        draining = {d.id: d for d in await self._store.list_delegates()}
+        for session in self._hub.sessions.values():
+            record = draining.get(session.id)
+            if record is not None and record.draining != session.draining:
+                session.delegate = record
+                session.draining = record.draining
+                if record.draining:
+                    self._hub.send(session, TaskDrain())
         queued = {t.id: t for t in await self._store.tasks_in_states([TaskState.QUEUED])}
         for task_id in [t for t in self._dispatcher.queued if t not in queued]:
             self._dispatcher.dequeue(task_id)

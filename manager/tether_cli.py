@@ -43,7 +43,7 @@ from manager.client import (
     TetherClient,
     TetherClientError,
 )
-from manager.models import TaskList, TaskSubmit, TaskView, TokenCreate
+from manager.models import DelegateView, TaskList, TaskSubmit, TaskView, TokenCreate
 from shared import __version__
 from shared.protocol import FINAL_STATES, Deployment, ShellPayload, TaskState
 
@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     delegate.add_parser("list", parents=[output], help="list delegates").set_defaults(
         handler=cmd_delegate_list
     )
+    drain = delegate.add_parser(
+        "drain", parents=[output], help="stop new work reaching a delegate; running tasks finish"
+    )
+    drain.add_argument("name", metavar="NAME", help="delegate name (every one of that name) or id")
+    drain.set_defaults(handler=cmd_delegate_drain)
+    resume = delegate.add_parser(
+        "resume", parents=[output], help="let a drained delegate take tasks"
+    )
+    resume.add_argument("name", metavar="NAME", help="delegate name or id")
+    resume.set_defaults(handler=cmd_delegate_resume)
 
     # Parsed by manager.bench (see main); listed here so `tether --help` shows it.
     groups.add_parser("bench", help="measure the task path (tether bench --help)", add_help=False)
@@ -585,6 +595,25 @@ async def cmd_delegate_list(ctx: Context, args: argparse.Namespace) -> int:
         ctx.console.print(fmt.delegate_table(delegates))
     else:
         ctx.console.note("no delegates")
+    return 0
+
+
+async def cmd_delegate_drain(ctx: Context, args: argparse.Namespace) -> int:
+    return _show_delegates(ctx, await ctx.client.drain_delegate(args.name), "draining")
+
+
+async def cmd_delegate_resume(ctx: Context, args: argparse.Namespace) -> int:
+    return _show_delegates(ctx, await ctx.client.resume_delegate(args.name), "resumed")
+
+
+def _show_delegates(ctx: Context, delegates: list[DelegateView], what: str) -> int:
+    if ctx.json:
+        ctx.console.print(
+            fmt.to_json({"delegates": [d.model_dump(mode="json") for d in delegates]})
+        )
+    else:
+        for d in delegates:
+            ctx.console.print(f"{d.name} ({d.id}) {what}; running: {len(d.running)}")
     return 0
 
 

@@ -87,6 +87,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_delegates(self) -> list[DelegateRecord]: ...
 
+    @abc.abstractmethod
+    async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None: ...
+
     # -- tasks
     @abc.abstractmethod
     async def insert_task(

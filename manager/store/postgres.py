@@ -261,7 +261,7 @@ class PostgresStore(Store):
         row = await self._fetchrow(
             f"""
             INSERT INTO delegates({_DELEGATE_COLUMNS})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            VALUES ({", ".join(f"${i}" for i in range(1, len(_DELEGATE_FIELDS) + 1))})
             ON CONFLICT (public_key) DO UPDATE SET
                 name = excluded.name, token_id = excluded.token_id,
                 hostname = excluded.hostname, version = excluded.version,
@@ -277,6 +277,14 @@ class PostgresStore(Store):
     async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
         sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates WHERE id = $1"  # noqa: S608
         row = await self._fetchrow(sql, delegate_id)
+        return None if row is None else _delegate(row)
+
+    async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None:
+        row = await self._fetchrow(
+            f"UPDATE delegates SET draining = $1 WHERE id = $2 RETURNING {_DELEGATE_COLUMNS}",  # noqa: S608
+            draining,
+            delegate_id,
+        )
         return None if row is None else _delegate(row)
 
     async def list_delegates(self) -> list[DelegateRecord]:

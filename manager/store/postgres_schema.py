@@ -130,4 +130,5 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (5, "ALTER TABLE delegates ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE"),
 ]

@@ -52,6 +52,8 @@ class DelegateRecord:
     public_key: str
     created_at: float
     last_seen: float
+    # Set by an operator: no new tasks; kept across reconnects until resumed.
+    draining: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,6 +233,16 @@ class SqliteStore(Store):
 
         return await self._run(fn)
 
+    async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None:
+        def fn(c: sqlite3.Connection) -> DelegateRecord | None:
+            rows = c.execute(
+                "UPDATE delegates SET draining = ? WHERE id = ? RETURNING *",
+                (int(draining), delegate_id),
+            ).fetchall()
+            return _delegate(rows[0]) if rows else None
+
+        return await self._run(fn)
+
     async def list_delegates(self) -> list[DelegateRecord]:
         def fn(c: sqlite3.Connection) -> list[DelegateRecord]:
             rows = c.execute("SELECT * FROM delegates ORDER BY name, created_at").fetchall()
@@ -544,4 +554,5 @@ def _delegate(row: sqlite3.Row) -> DelegateRecord:
     d = dict(row)
     d["selectors"] = tuple(json.loads(d["selectors"]))
     d["task_types"] = tuple(json.loads(d["task_types"]))
+    d["draining"] = bool(d["draining"])
     return DelegateRecord(**d)

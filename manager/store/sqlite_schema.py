@@ -119,4 +119,5 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (5, "ALTER TABLE delegates ADD COLUMN draining INTEGER NOT NULL DEFAULT 0"),
 ]

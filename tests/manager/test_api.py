@@ -76,7 +76,11 @@ async def test_every_user_route_refuses_requests_without_an_api_key(api: Api) ->
         for method, op in ops.items():
             if not op["security"] or path.startswith("/api/v1/delegate/"):
                 continue
-            url = path.replace("{task_id}", "task_x").replace("{name}", "x")
+            url = (
+                path.replace("{task_id}", "task_x")
+                .replace("{name}", "x")
+                .replace("{delegate}", "x")
+            )
             resp = await api.client.request(method.upper(), url)
             assert resp.status == 401, (method, path)
             body = await resp.json()
@@ -378,3 +382,44 @@ async def test_metrics_republish_what_a_delegate_reports_in_its_heartbeat(api: A
     assert 'delegate="reporter"' in text
     assert 'tether_heartbeats_total{mode="polling"} 1.0' in text
     assert 'tether_delegates_connected{mode="polling"} 1.0' in text
+
+
+# -- drain and versions ------------------------------------------------------------------------
+
+
+async def test_drain_by_name_marks_the_delegate_and_survives_reregistering(api: Api) -> None:
+    await _registered(api, "busy")
+    resp = await api.client.post("/api/v1/delegates/busy/drain", headers=api.auth())
+    assert resp.status == 200
+    (row,) = (await resp.json())["delegates"]
+    assert row["draining"] is True
+    listed = await (await api.client.get("/api/v1/delegates", headers=api.auth())).json()
+    assert listed["delegates"][0]["draining"] is True
+    resumed = await (
+        await api.client.post("/api/v1/delegates/busy/resume", headers=api.auth())
+    ).json()
+    assert resumed["delegates"][0]["draining"] is False
+
+
+async def test_draining_an_unknown_delegate_is_a_404(api: Api) -> None:
+    assert (
+        await api.client.post("/api/v1/delegates/nobody/drain", headers=api.auth())
+    ).status == 404
+
+
+async def test_a_drained_delegate_is_offered_no_task(api: Api) -> None:
+    cred = {"Authorization": f"Bearer {await _registered(api, 'idle')}"}
+    await api.client.post("/api/v1/delegates/idle/drain", headers=api.auth())
+    await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())
+    resp = await api.client.get("/api/v1/delegate/tasks/next?wait=0", headers=cred)
+    assert resp.status == 204
+
+
+@pytest.mark.parametrize(
+    ("version", "protocol", "outdated"),
+    [("0.0.9", PROTOCOL_VERSION, True), ("0.1.0", PROTOCOL_VERSION, False), ("9.0", 0, True)],
+)
+def test_outdated_delegates_are_flagged(version: str, protocol: int, outdated: bool) -> None:
+    from manager.api_user import is_outdated
+
+    assert is_outdated(version, protocol) is outdated
