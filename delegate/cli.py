@@ -13,15 +13,18 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from delegate.agent import Agent
 from delegate.api import ManagerApi
+from delegate.channel import Channel
 from delegate.config import ConfigError, DelegateConfig, resolve
-from shared import __version__
+from shared import __version__, sdnotify
+from shared import service_install as svc
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.masking import Masker
@@ -39,6 +42,7 @@ __all__ = ["main"]
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+_PROG = "tether-delegate"
 
 log = structlog.get_logger("tether.delegate")
 
@@ -68,7 +72,92 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--time-scale", type=float, help="multiply the delegate's own timings; for tests"
     )
+    _service_parsers(sub)
     return p
+
+
+# -- install-service / uninstall-service ------------------------------------------------------
+
+
+def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    i = sub.add_parser("install-service", help="install and start the systemd service")
+    i.add_argument("--root", type=Path, help="write every file under DIR; run no systemctl")
+    i.add_argument("--user", default="tether", help="account the service runs as (tether)")
+    i.add_argument("--manager-url", required=True, help="https://HOST:PORT")
+    token = i.add_mutually_exclusive_group()
+    token.add_argument("--token-file", type=Path, help="file holding the token")
+    token.add_argument("--token", help="the token (default: $TETHER_TOKEN); prefer --token-file")
+    i.add_argument("--ca-file", type=Path, help="CA bundle the manager's certificate chains to")
+    i.add_argument("--name", help="delegate name (default: the host's name, at each start)")
+    i.add_argument(
+        "--selector", action="append", dest="selectors", help="repeat, or comma-separate"
+    )
+    i.add_argument("--max-tasks", type=int, help="tasks run at once (default 4)")
+    i.add_argument("--executable", help="path systemd starts (default: this installation's)")
+    u = sub.add_parser("uninstall-service", help="stop the service and remove its files")
+    u.add_argument("--root", type=Path, help="remove the files under DIR; run no systemctl")
+
+
+def _service(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "uninstall-service":
+            removal = svc.delegate_removal()
+            for path in svc.uninstall(removal, args.root):
+                print(f"removed {path}")
+            print(removal.kept)
+            return 0
+        if args.token_file is not None:
+            token = svc.read_input(args.token_file).decode()
+        else:
+            token = args.token or os.environ.get("TETHER_TOKEN", "")
+        plan = svc.delegate_plan(
+            manager_url=args.manager_url,
+            token=token,
+            command=[args.executable] if args.executable else svc.find_executable(_PROG),
+            user=args.user,
+            ca_pem=svc.read_input(args.ca_file) if args.ca_file else None,
+            name=args.name,
+            selectors=[s for item in args.selectors or () for s in item.split(",") if s.strip()],
+            max_tasks=args.max_tasks,
+        )
+        for path in svc.install(plan, args.root):
+            print(f"wrote {path}")
+    except svc.InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, svc.CommandFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+# -- systemd notify: READY once the channel holds, watchdog while heartbeats are acked ------
+
+
+def _notify_channel(channel: Channel, lost_after: Callable[[], float]) -> asyncio.Task[None] | None:
+    previous = channel.on_mode_change
+    ready = False
+
+    def on_mode_change(mode: str) -> None:
+        nonlocal ready
+        if previous is not None:
+            previous(mode)
+        text = {
+            "stream": "connected (stream)",
+            "polling": "connected (polling over HTTPS)",
+        }.get(mode, "connecting to the manager")
+        if mode in ("stream", "polling") and not ready:
+            ready = True
+            sdnotify.ready(text)
+        else:
+            sdnotify.status(text)
+
+    def healthy() -> bool:
+        ack = channel.last_ack  # the channel's clock is time.monotonic
+        return ack is not None and time.monotonic() - ack < lost_after()
+
+    channel.on_mode_change = on_mode_change
+    return sdnotify.start_watchdog(healthy)
 
 
 async def _run(config: DelegateConfig, masker: Masker) -> int:
@@ -99,6 +188,7 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
             force.set()
         else:
             log.info("stopping: finishing running tasks", grace_s=timings.shutdown_grace)
+            sdnotify.stopping()
             stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,13 +204,23 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
             selectors=list(config.selectors),
             max_tasks=config.max_tasks,
         )
-        status = await agent.run(stop, force)
+        watchdog = _notify_channel(
+            agent.channel,
+            lambda: api.registered.lost_after_s if api.registered else timings.lost_after,
+        )
+        try:
+            status = await agent.run(stop, force)
+        finally:
+            sdnotify.stopping()
+            await sdnotify.stop_watchdog(watchdog)
     log.info("delegate stopped", status=status)
     return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "run":
+        return _service(args)
     flags = {
         "manager_url": args.manager_url,
         "token": args.token,

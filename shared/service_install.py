@@ -30,6 +30,8 @@ __all__ = [
     "DELEGATE_CONFIG",
     "DELEGATE_STATE_DIR",
     "DELEGATE_TOKEN",
+    "DELEGATE_UNIT",
+    "MANAGER_UNIT",
     "CommandFailed",
     "InstallError",
     "Plan",
@@ -343,6 +345,7 @@ def install(
     """Write the plan's files under ``root`` (the live system when None) and, when
     ``activate`` (by default: on the live system only), create the account, reload systemd
     and enable and start the unit."""
+    _check_privileges(root)
     base = root if root is not None else Path("/")
     for directory, mode in plan.dirs:
         target = _under(base, directory)
@@ -359,7 +362,11 @@ def install(
         for argv in plan.before_start:
             _check(runner, argv)
         _check(runner, ("systemctl", "daemon-reload"))
-        _check(runner, ("systemctl", "enable", "--now", plan.unit))
+        try:
+            _check(runner, ("systemctl", "enable", "--now", plan.unit))
+        except CommandFailed as exc:
+            # Type=notify: a start that never reported READY fails here, after its timeout.
+            raise CommandFailed(f"{exc}; see `journalctl -u {plan.unit}`") from None
     return written
 
 
@@ -373,6 +380,7 @@ def uninstall(
     """Stop and disable the unit (when ``activate``, by default on the live system only),
     then remove the plan's files, and the directories it made when they are left empty.
     Returns what was removed."""
+    _check_privileges(root)
     base = root if root is not None else Path("/")
     live = activate if activate is not None else root is None
     if live:
@@ -392,6 +400,11 @@ def uninstall(
     if live:
         _check(runner, ("systemctl", "daemon-reload"))
     return removed
+
+
+def _check_privileges(root: Path | None) -> None:
+    if root is None and os.geteuid() != 0:
+        raise InstallError("installing a service changes /etc: run as root, or pass --root DIR")
 
 
 def _check(runner: Runner, argv: Sequence[str]) -> None:

@@ -1,0 +1,285 @@
+"""Dockerfiles and Kubernetes manifests, checked against the code they run.
+
+No container engine runs here, so the images are not built: the Dockerfiles are read as
+text (instructions joined across continuation lines), and the manifests are parsed with
+yaml.safe_load_all. What they claim (ports, probe paths, environment variable names, the
+user) is compared with what the manager and the delegate actually serve and read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from delegate.config import ENV
+from manager.app import ManagerConfig, build_app, open_store
+from shared.limits import Timings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "deploy" / "docker"
+KUBE = REPO / "deploy" / "kubernetes"
+MANAGER_PORT = ManagerConfig(data_dir=Path()).port
+# The only variable the manager reads (manager/cli.py).
+MANAGER_ENV = {"TETHER_DATA_DIR"}
+DELEGATE_ENV = set(ENV.values())
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        word, _, rest = pending.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    steps = instructions(dockerfile)
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def docs(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    loaded = list(yaml.safe_load_all((KUBE / name).read_text()))
+    return {(d["kind"], d["metadata"]["name"]): d for d in loaded if d}
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod_spec(workload)["containers"]
+    c: dict[str, Any] = only
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def mounted_file(workload: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The volume a file path lies in, and the file's name inside that volume."""
+    c = container(workload)
+    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    for m in c["volumeMounts"]:
+        mount = PurePosixPath(m["mountPath"])
+        if PurePosixPath(path).parent == mount:
+            return volumes[m["name"]], PurePosixPath(path).name
+    raise AssertionError(f"{path} is on no mounted volume")
+
+
+@pytest.fixture
+async def served_paths(tmp_path: Path) -> AsyncIterator[set[str]]:
+    store = open_store(tmp_path)
+    await store.open()
+    try:
+        app, _ = await build_app(ManagerConfig(data_dir=tmp_path), store)
+        yield {
+            r.resource.canonical
+            for r in app.router.routes()
+            if r.method == "GET" and r.resource is not None
+        }
+    finally:
+        await store.close()
+
+
+MANAGER = docs("manager.yaml")
+DELEGATE = docs("delegate.yaml")
+STATEFULSET = MANAGER["StatefulSet", "tether-manager"]
+DEPLOYMENT = DELEGATE["Deployment", "tether-delegate"]
+
+
+# -- Dockerfiles ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
+def test_images_build_from_python_slim_and_run_as_a_numeric_non_root_user(name: str) -> None:
+    steps = instructions(DOCKER / name)
+    bases = [args.split()[0] for word, args in steps if word == "FROM"]
+    assert bases
+    assert all(base == "python:3.11-slim" for base in bases)
+    users = [args for word, args in final_stage(DOCKER / name) if word == "USER"]
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit()
+    assert int(uid) != 0
+    assert gid.isdigit()
+    assert int(gid) != 0
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
+def test_images_bake_in_no_secret(name: str) -> None:
+    steps = instructions(DOCKER / name)
+    for word, args in steps:
+        if word in ("ENV", "ARG"):
+            names = re.findall(r"([A-Z_][A-Z0-9_]*)=", args) or [args.split("=")[0]]
+            assert not [n for n in names if re.search("TOKEN|SECRET|PASSWORD|KEY", n)], args
+        if word == "COPY" and "--from=" not in args:
+            sources = args.split()[:-1]
+            assert set(sources) <= {"pyproject.toml", "README.md", "shared", "manager", "delegate"}
+
+
+def test_build_context_excludes_everything_but_the_sources() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert included == {"pyproject.toml", "README.md", "shared", "manager", "delegate"}
+    assert {"**/*.pem", "**/*.key"} <= set(lines)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
+def test_image_env_names_are_ones_the_code_reads(name: str) -> None:
+    for word, args in instructions(DOCKER / name):
+        if word == "ENV":
+            tether = {n for n in re.findall(r"([A-Z_][A-Z0-9_]*)=", args) if n.startswith("TETHER")}
+            assert tether <= MANAGER_ENV | DELEGATE_ENV
+
+
+async def test_manager_image_exposes_the_port_and_checks_a_served_health_path(
+    served_paths: set[str],
+) -> None:
+    steps = dict(final_stage(DOCKER / "Dockerfile.manager"))
+    assert steps["EXPOSE"] == str(MANAGER_PORT)
+    check = steps["HEALTHCHECK"]
+    url = re.search(r"https://127\.0\.0\.1:(\d+)(/\w+)", check)
+    assert url is not None
+    assert int(url.group(1)) == MANAGER_PORT
+    assert url.group(2) in served_paths
+    cmd = json.loads(steps["CMD"])
+    assert cmd[cmd.index("--listen") + 1] == f"0.0.0.0:{MANAGER_PORT}"
+
+
+def test_images_user_is_the_one_kubernetes_runs_as() -> None:
+    for name, workload in (("manager", STATEFULSET), ("delegate", DEPLOYMENT)):
+        users = [a for w, a in final_stage(DOCKER / f"Dockerfile.{name}") if w == "USER"]
+        uid, _, gid = users[-1].partition(":")
+        security = pod_spec(workload)["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"]) == (int(uid), int(gid))
+
+
+# -- Kubernetes: the manager ----------------------------------------------------------------
+
+
+def test_manager_ports_are_the_managers_listen_port() -> None:
+    c = container(STATEFULSET)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"https": MANAGER_PORT}
+    assert c["args"][c["args"].index("--listen") + 1] == f"0.0.0.0:{MANAGER_PORT}"
+    for service in (
+        MANAGER["Service", "tether-manager"],
+        MANAGER["Service", "tether-manager-pods"],
+    ):
+        (port,) = service["spec"]["ports"]
+        assert port["port"] == MANAGER_PORT
+        assert port["targetPort"] in ports
+        selector = service["spec"]["selector"]
+        labels = STATEFULSET["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items()
+    assert STATEFULSET["spec"]["serviceName"] == "tether-manager-pods"
+    assert MANAGER["Service", "tether-manager-pods"]["spec"]["clusterIP"] == "None"
+
+
+async def test_manager_probes_use_https_on_served_paths(served_paths: set[str]) -> None:
+    c = container(STATEFULSET)
+    probes = {k: c[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    for probe in probes.values():
+        assert probe["scheme"] == "HTTPS"
+        assert probe["path"] in served_paths
+        assert probe["port"] in {p["name"] for p in c["ports"]}
+
+
+def test_manager_data_dir_is_the_persistent_volume() -> None:
+    c = container(STATEFULSET)
+    env = env_of(c)
+    assert set(env) <= MANAGER_ENV
+    (claim,) = STATEFULSET["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == env["TETHER_DATA_DIR"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "--data-dir" not in c["args"]
+
+
+def test_manager_tls_flags_name_files_in_the_tls_secret() -> None:
+    c = container(STATEFULSET)
+    args = c["args"]
+    for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key")):
+        volume, name = mounted_file(STATEFULSET, args[args.index(flag) + 1])
+        assert volume["secret"]["secretName"] == "tether-manager-tls"
+        assert name == key
+
+
+# -- Kubernetes: the delegate ---------------------------------------------------------------
+
+
+def test_delegate_env_names_are_ones_the_delegate_reads() -> None:
+    env = env_of(container(DEPLOYMENT))
+    assert set(env) <= DELEGATE_ENV
+    # The token only ever as a file from the Secret, never as a value in the manifest.
+    assert ENV["token"] not in env
+    assert ENV["token_file"] in env
+
+
+def test_delegate_token_file_is_the_secrets_key() -> None:
+    env = env_of(container(DEPLOYMENT))
+    volume, name = mounted_file(DEPLOYMENT, env[ENV["token_file"]])
+    secret = DELEGATE["Secret", volume["secret"]["secretName"]]
+    assert name in secret["stringData"]
+
+
+def test_delegate_ca_file_is_in_the_configmap() -> None:
+    env = env_of(container(DEPLOYMENT))
+    volume, name = mounted_file(DEPLOYMENT, env[ENV["ca_file"]])
+    config_map = DELEGATE["ConfigMap", volume["configMap"]["name"]]
+    assert name in config_map["data"]
+
+
+def test_delegate_data_dir_is_writable_and_url_is_https() -> None:
+    c = container(DEPLOYMENT)
+    env = env_of(c)
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert not mounts[env[ENV["data_dir"]]].get("readOnly", False)
+    assert env[ENV["manager_url"]].startswith("https://")
+
+
+def test_delegate_grace_period_covers_its_shutdown() -> None:
+    t = Timings()
+    grace = pod_spec(DEPLOYMENT)["terminationGracePeriodSeconds"]
+    assert grace > t.shutdown_grace + t.kill_grace
+
+
+@pytest.mark.parametrize("workload", [STATEFULSET, DEPLOYMENT], ids=["manager", "delegate"])
+def test_workloads_run_non_root_read_only_without_capabilities(workload: dict[str, Any]) -> None:
+    pod = pod_spec(workload)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    security = container(workload)["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # Something must be writable: /tmp at least, on its own volume.
+    assert "/tmp" in {m["mountPath"] for m in container(workload)["volumeMounts"]}
