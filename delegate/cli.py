@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--time-scale", type=float, help="multiply the delegate's own timings; for tests"
     )
+    r.add_argument("--client-cert", help="client certificate for mTLS ($TETHER_CLIENT_CERT)")
+    r.add_argument("--client-key", help="its private key ($TETHER_CLIENT_KEY)")
     _service_parsers(sub)
     return p
 
@@ -177,7 +179,9 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
         task_types=list(config.task_types),
         public_key=public_key_b64(public_from_private(private)),
     )
-    ssl_ctx = client_context(config.ca_file)
+    ssl_ctx = client_context(
+        config.ca_file, client_cert=config.client_cert, client_key=config.client_key
+    )
     stop = asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -232,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data_dir": args.data_dir,
         "log_level": args.log_level,
         "time_scale": args.time_scale,
+        "client_cert": args.client_cert,
+        "client_key": args.client_key,
     }
     try:
         config = resolve(flags, os.environ, args.config)

@@ -23,6 +23,8 @@ ENV = {
     "selectors": "TETHER_SELECTORS",
     "max_tasks": "TETHER_MAX_TASKS",
     "data_dir": "TETHER_DELEGATE_DATA_DIR",
+    "client_cert": "TETHER_CLIENT_CERT",
+    "client_key": "TETHER_CLIENT_KEY",
 }
 KEYS = set(ENV) | {"task_types", "log_level", "time_scale"}
 
@@ -43,6 +45,9 @@ class DelegateConfig:
     task_types: tuple[TaskType, ...] = tuple(TaskType)
     log_level: str = "info"
     time_scale: float = 1.0
+    # A client certificate for mTLS, when the manager or a proxy in front of it asks for one.
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 def _split(value: Any) -> tuple[str, ...]:
@@ -115,6 +120,12 @@ def resolve(
     if ca and not Path(ca).is_file():
         raise ConfigError(f"CA file {ca} does not exist")
     data_dir = pick("data_dir")
+    client_cert, client_key = pick("client_cert"), pick("client_key")
+    if bool(client_cert) != bool(client_key):
+        raise ConfigError("a client certificate and its key go together")
+    for path in (client_cert, client_key):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist")
     return DelegateConfig(
         manager_url=url,
         token=str(token),
@@ -129,4 +140,6 @@ def resolve(
         task_types=types,
         log_level=str(pick("log_level") or "info"),
         time_scale=float(pick("time_scale") or 1.0),
+        client_cert=Path(client_cert) if client_cert else None,
+        client_key=Path(client_key) if client_key else None,
     )

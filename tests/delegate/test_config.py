@@ -98,3 +98,19 @@ def test_unknown_file_setting_is_named(tmp_path: Path) -> None:
 def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve(flags(manager_url=URL, token="t"), {}, write(tmp_path, "a: [unclosed\n"))
+
+
+def test_client_certificate_and_key_go_together(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="go together"):
+        resolve(flags(manager_url=URL, token="t", client_cert=str(cert)), {}, None)
+
+
+def test_client_certificate_from_the_environment(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    env = {"TETHER_CLIENT_CERT": str(cert), "TETHER_CLIENT_KEY": str(key)}
+    cfg = resolve(flags(manager_url=URL, token="t"), env, None)
+    assert (cfg.client_cert, cfg.client_key) == (cert, key)
