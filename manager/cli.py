@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from manager.app import ManagerConfig, open_store, serve
+from manager.backup import BackupError, backup
 from manager.store.base import Store, StoreError
 from manager.tokens import TokenInUse, create_token
 from shared import sdnotify
@@ -34,6 +35,18 @@ _PROG = "tether-manager"
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("TETHER_DATA_DIR") or ".tether-data")
+
+
+def _backup(data_dir: Path, output: Path, database: str | None) -> int:
+    try:
+        names = backup(data_dir, output, include_store=database is None)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Backed up {', '.join(names)} to {output} (mode 0600).")
+    if database is not None:
+        print("The database is PostgreSQL: back it up with pg_dump as well.")
+    return 0
 
 
 def _database(args: argparse.Namespace) -> str | None:
@@ -82,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
     )
+
+    b = sub.add_parser(
+        "backup", parents=[common], help="a consistent copy of the data dir, while it runs"
+    )
+    b.add_argument("--output", type=Path, required=True, metavar="FILE.tar.gz")
 
     t = sub.add_parser("token", help="manage delegate tokens on the data dir")
     tsub = t.add_subparsers(dest="token_command", required=True)
@@ -242,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 database=_database(args),
             )
             return run(_serve_notified(config))
+        if args.command == "backup":
+            return _backup(data_dir, args.output, database)
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130

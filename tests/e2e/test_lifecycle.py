@@ -6,11 +6,13 @@ import json
 import signal
 import socket
 import ssl
+import tarfile
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.e2e.harness import BIN, Cluster
+from tests.e2e.harness import BIN, Cluster, Proc
 
 EXIT_AUTH = 3
 
@@ -126,3 +128,49 @@ async def test_a_second_sigterm_cancels_at_once(running: Cluster) -> None:
     delegate.proc.send_signal(signal.SIGTERM)
     assert await delegate.wait_exit(timeout=15) == 0
     assert await _task_state(running, task_id) == "cancelled"
+
+
+async def test_backup_while_running_restores_into_a_working_manager(
+    running: Cluster, tmp_path: Path
+) -> None:
+    await running.start_delegate("saver")
+    done = await running.tether("task", "run", "--", "echo", "kept")
+    assert done.code == 0
+    archive = tmp_path / "backup.tar.gz"
+    res = await running.run(
+        str(BIN / "tether-manager"),
+        "backup",
+        "--data-dir",
+        str(running.data_dir),
+        "--output",
+        str(archive),
+    )
+    assert res.code == 0, res.stderr
+    assert archive.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(archive) as tar:
+        assert {"tether.db", "master.key", "admin-api-key", "tls"} <= set(tar.getnames())
+        restored = tmp_path / "restored"
+        tar.extractall(restored, filter="data")
+    # A second manager on the restored data dir answers with the same key and sees the task.
+    other = Cluster(root=tmp_path / "other")
+    other.data_dir = restored
+    try:
+        proc = Proc(
+            "restored",
+            [
+                str(BIN / "tether-manager"),
+                "serve",
+                "--data-dir",
+                str(restored),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )
+        await proc.start()
+        other.procs.append(proc)
+        other.url = (await proc.wait_stdout(r"listening on (https://\S+)")).group(1)
+        listed = await other.tether("task", "list", "--output", "json")
+        assert listed.code == 0, listed.stderr
+        assert [t["state"] for t in json.loads(listed.stdout)["tasks"]] == ["succeeded"]
+    finally:
+        await other.close()
