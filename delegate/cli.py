@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -178,6 +179,7 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
         capacity=config.max_tasks,
         task_types=list(config.task_types),
         public_key=public_key_b64(public_from_private(private)),
+        instance=secrets.token_hex(8),
     )
     ssl_ctx = client_context(
         config.ca_file, client_cert=config.client_cert, client_key=config.client_key

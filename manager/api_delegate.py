@@ -118,6 +118,7 @@ async def register(request: web.Request) -> web.Response:
         )
     )
     c.hub.session(delegate)
+    await c.profiles.on_register(delegate, req.instance)
     log.info(
         "delegate registered", delegate_id=delegate.id, name=delegate.name, version=req.version
     )

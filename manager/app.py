@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from manager.api_delegate import add_delegate_routes
+from manager.api_profiles import add_profile_routes
 from manager.api_user import add_user_routes
 from manager.auth import SessionSigner, bearer
 from manager.bus import Bus, LocalBus, PostgresBus
@@ -34,6 +35,7 @@ from manager.hub import Hub
 from manager.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
+from manager.profiles import Profiles
 from manager.service import TaskService
 from manager.store.base import Store
 from manager.store.factory import open_store_url
@@ -191,6 +193,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         timings=t,
         clock=config.clock,
         metrics=metrics,
+        profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
     )
     await tasks.recover()
     await bus.start(tasks.on_remote)
@@ -202,6 +205,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     table.add(Route("GET", "/readyz", _readyz, "Readiness", "none", errors=(503,)))
     table.add(Route("GET", "/metrics", _metrics, "Prometheus metrics", "user", streaming="text"))
     add_user_routes(table)
+    add_profile_routes(table)
     add_delegate_routes(table)
     doc: dict[str, object] = {}
 

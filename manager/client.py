@@ -38,6 +38,9 @@ from manager.models import (
     DelegateView,
     LogEntry,
     LogPage,
+    ProfileList,
+    ProfilePut,
+    ProfileView,
     TaskList,
     TaskSubmit,
     TaskView,
@@ -145,6 +148,10 @@ _EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
     "state": StateEvent,
     "end": EndEvent,
 }
+
+
+class _NoContent(BaseModel):
+    """A 204: nothing to read."""
 
 
 class _DelegateList(BaseModel):
@@ -341,6 +348,16 @@ class TetherClient:
         path = f"/api/v1/delegates/{_seg(name)}/resume"
         return (await self._call("POST", path, _DelegateList)).delegates
 
+    async def put_profile(self, name: str, profile: ProfilePut) -> ProfileView:
+        path = f"/api/v1/profiles/{_seg(name)}"
+        return await self._call("PUT", path, ProfileView, body=profile)
+
+    async def list_profiles(self) -> list[ProfileView]:
+        return (await self._call("GET", "/api/v1/profiles", ProfileList)).profiles
+
+    async def delete_profile(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/profiles/{_seg(name)}", _NoContent)
+
     async def create_token(self, name: str) -> TokenCreated:
         """A delegate enrollment token; its value is in the answer and nowhere else, ever."""
         body = TokenCreate(name=name)
@@ -413,6 +430,8 @@ class TetherClient:
             raise ConnectionFailed(
                 f"{method} {path} on {self._display}: no answer within {self._timeout:g}s"
             ) from None
+        if not raw and model is _NoContent:
+            return model()
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:

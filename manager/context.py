@@ -14,6 +14,7 @@ from manager.dispatch import Dispatcher
 from manager.events import TaskEvents
 from manager.hub import Hub
 from manager.metrics import Metrics
+from manager.profiles import Profiles
 from manager.service import TaskService
 from manager.store.base import Store
 from shared.ids import new_id
@@ -33,6 +34,7 @@ class Context:
     timings: Timings
     clock: Callable[[], float]
     metrics: Metrics
+    profiles: Profiles
     bus: Bus = field(default_factory=LocalBus)
     # This process among the replicas sharing the store (its presence rows name it).
     replica_id: str = field(default_factory=lambda: new_id("rep"))

@@ -180,7 +180,8 @@ class Hub:
         d = s.delegate
         return Candidate(
             delegate_id=s.id,
-            selectors=frozenset((*d.selectors, d.name)),
+            # The name and the id count as selectors: a task can ask for one delegate.
+            selectors=frozenset((*d.selectors, d.name, d.id)),
             task_types=frozenset(d.task_types),
             capacity=d.capacity,
             running=self.leases.count(s.id),

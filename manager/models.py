@@ -13,6 +13,9 @@ __all__ = [
     "DelegateView",
     "LogEntry",
     "LogPage",
+    "ProfileList",
+    "ProfilePut",
+    "ProfileView",
     "TaskList",
     "TaskSubmit",
     "TaskView",
@@ -122,3 +125,25 @@ class TokenView(Model):
 class TokenCreated(TokenView):
     # Shown once; only its hash is kept.
     token: str
+
+
+class ProfilePut(Model):
+    """A delegate profile: run on every delegate whose selectors (or name) include these."""
+
+    selectors: list[str] = Field(default_factory=list, max_length=64)
+    script: str = Field(min_length=1, max_length=256 * 1024)
+    interpreter: Literal["bash", "sh"] = "bash"
+
+
+class ProfileView(Model):
+    name: str
+    selectors: list[str]
+    script: str
+    interpreter: str
+    updated_at: float
+    # How many live delegates the last change was sent to (0 on reads).
+    runs_started: int = 0
+
+
+class ProfileList(Model):
+    profiles: list[ProfileView]

@@ -43,7 +43,7 @@ from manager.client import (
     TetherClient,
     TetherClientError,
 )
-from manager.models import DelegateView, TaskList, TaskSubmit, TaskView, TokenCreate
+from manager.models import DelegateView, ProfilePut, TaskList, TaskSubmit, TaskView, TokenCreate
 from shared import __version__
 from shared.protocol import FINAL_STATES, Deployment, ShellPayload, TaskState
 
@@ -164,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("name", metavar="NAME", help="delegate name or id")
     resume.set_defaults(handler=cmd_delegate_resume)
+
+    profile = groups.add_parser("profile", help="delegate startup scripts").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    pset = profile.add_parser(
+        "set", parents=[output], help="create or change a profile: runs on matching delegates"
+    )
+    pset.add_argument("name", metavar="NAME")
+    pset.add_argument("--selector", action="append", default=[], metavar="S", help="repeatable")
+    pset.add_argument("--interpreter", choices=("bash", "sh"), default="bash")
+    pset.add_argument("--script-file", type=Path, required=True, metavar="FILE")
+    pset.set_defaults(handler=cmd_profile_set)
+    profile.add_parser("list", parents=[output], help="list profiles").set_defaults(
+        handler=cmd_profile_list
+    )
+    pdel = profile.add_parser("delete", parents=[output], help="delete a profile")
+    pdel.add_argument("name", metavar="NAME")
+    pdel.set_defaults(handler=cmd_profile_delete)
 
     # Parsed by manager.bench (see main); listed here so `tether --help` shows it.
     groups.add_parser("bench", help="measure the task path (tether bench --help)", add_help=False)
@@ -614,6 +632,38 @@ def _show_delegates(ctx: Context, delegates: list[DelegateView], what: str) -> i
     else:
         for d in delegates:
             ctx.console.print(f"{d.name} ({d.id}) {what}; running: {len(d.running)}")
+    return 0
+
+
+async def cmd_profile_set(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        script = args.script_file.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.script_file}: {exc.strerror}") from None
+    body = ProfilePut(selectors=args.selector, script=script, interpreter=args.interpreter)
+    view = await ctx.client.put_profile(args.name, body)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(view.model_dump(mode="json")))
+    else:
+        ctx.console.print(f"profile {view.name} saved; started on {view.runs_started} delegate(s)")
+    return 0
+
+
+async def cmd_profile_list(ctx: Context, args: argparse.Namespace) -> int:
+    profiles = await ctx.client.list_profiles()
+    if ctx.json:
+        ctx.console.print(fmt.to_json({"profiles": [p.model_dump(mode="json") for p in profiles]}))
+    else:
+        for p in profiles:
+            lines = p.script.count("\n") + 1
+            selectors = ",".join(p.selectors) or "(all delegates)"
+            ctx.console.print(f"{p.name}\t{selectors}\t{p.interpreter}, {lines} line(s)")
+    return 0
+
+
+async def cmd_profile_delete(ctx: Context, args: argparse.Namespace) -> int:
+    await ctx.client.delete_profile(args.name)
+    ctx.console.note(f"profile {args.name} deleted")
     return 0
 
 

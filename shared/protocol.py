@@ -167,6 +167,9 @@ class RegisterRequest(Strict):
     task_types: list[TaskType]
     # X25519 public key, raw 32 bytes in base64: secrets are sealed to it at acquire.
     public_key: str = Field(min_length=40, max_length=64)
+    # New at every process start (a re-registration after a session expiry keeps it): the
+    # manager runs the delegate's profile scripts once per instance.
+    instance: str = Field(default="", max_length=64)
 
 
 class RegisterResponse(Strict):

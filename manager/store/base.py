@@ -18,6 +18,7 @@ from manager.store.records import (
     DelegateRecord,
     LogRecord,
     Presence,
+    ProfileRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -143,6 +144,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
         """Running tasks whose lease ran out before ``now``, oldest first."""
+
+    @abc.abstractmethod
+    async def put_profile(self, profile: ProfileRecord) -> None:
+        """Create or replace the profile of that name."""
+
+    @abc.abstractmethod
+    async def delete_profile(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list_profiles(self) -> list[ProfileRecord]: ...
 
     @abc.abstractmethod
     async def record_presence(

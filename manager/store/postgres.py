@@ -35,6 +35,7 @@ from manager.store.records import (
     DelegateRecord,
     LogRecord,
     Presence,
+    ProfileRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -432,6 +433,36 @@ class PostgresStore(Store):
             " AND lease_until < $1 ORDER BY lease_until LIMIT $2"
         )
         return [_task(r) for r in await self._fetch(sql, now, limit)]
+
+    async def put_profile(self, profile: ProfileRecord) -> None:
+        await self._execute(
+            "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET"
+            " selectors = excluded.selectors, script = excluded.script,"
+            " interpreter = excluded.interpreter, updated_at = excluded.updated_at",
+            profile.name,
+            json.dumps(list(profile.selectors)),
+            profile.script,
+            profile.interpreter,
+            profile.updated_at,
+        )
+
+    async def delete_profile(self, name: str) -> bool:
+        rows = await self._fetch("DELETE FROM profiles WHERE name = $1 RETURNING name", name)
+        return bool(rows)
+
+    async def list_profiles(self) -> list[ProfileRecord]:
+        rows = await self._fetch("SELECT * FROM profiles ORDER BY name")
+        return [
+            ProfileRecord(
+                r["name"],
+                tuple(json.loads(r["selectors"])),
+                r["script"],
+                r["interpreter"],
+                r["updated_at"],
+            )
+            for r in rows
+        ]
 
     async def record_presence(
         self, replica_id: str, started_at: float, now: float, seen: Sequence[Presence]

@@ -131,4 +131,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (5, "ALTER TABLE delegates ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE"),
+    (
+        6,
+        """
+        -- Startup scripts for delegates whose selectors (or name) match.
+        CREATE TABLE profiles (
+            name TEXT PRIMARY KEY,
+            selectors TEXT NOT NULL,
+            script TEXT NOT NULL,
+            interpreter TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]

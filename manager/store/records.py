@@ -13,6 +13,7 @@ __all__ = [
     "DelegateRecord",
     "LogRecord",
     "Presence",
+    "ProfileRecord",
     "TaskFilter",
     "TaskRecord",
     "TokenRecord",
@@ -87,6 +88,17 @@ class TaskRecord:
     # Until when the holder's lease runs: renewed in batches by the replica that hears the
     # holder's heartbeats, and judged by any replica (manager.service.TaskService.sweep).
     lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    """A startup script run on every delegate whose selectors (or name) cover these."""
+
+    name: str
+    selectors: tuple[str, ...]
+    script: str
+    interpreter: str
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from manager.store.records import (
     DelegateRecord,
     LogRecord,
     Presence,
+    ProfileRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -405,6 +406,46 @@ class SqliteStore(Store):
 
         def fn(c: sqlite3.Connection) -> list[TaskRecord]:
             return [_task(r) for r in c.execute(sql, (now, limit)).fetchall()]
+
+        return await self._run(fn)
+
+    async def put_profile(self, profile: ProfileRecord) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " selectors = excluded.selectors, script = excluded.script,"
+                " interpreter = excluded.interpreter, updated_at = excluded.updated_at",
+                (
+                    profile.name,
+                    json.dumps(list(profile.selectors)),
+                    profile.script,
+                    profile.interpreter,
+                    profile.updated_at,
+                ),
+            )
+
+        await self._run(fn)
+
+    async def delete_profile(self, name: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            return c.execute("DELETE FROM profiles WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._run(fn)
+
+    async def list_profiles(self) -> list[ProfileRecord]:
+        def fn(c: sqlite3.Connection) -> list[ProfileRecord]:
+            rows = c.execute("SELECT * FROM profiles ORDER BY name").fetchall()
+            return [
+                ProfileRecord(
+                    r["name"],
+                    tuple(json.loads(r["selectors"])),
+                    r["script"],
+                    r["interpreter"],
+                    r["updated_at"],
+                )
+                for r in rows
+            ]
 
         return await self._run(fn)
 

@@ -120,4 +120,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (5, "ALTER TABLE delegates ADD COLUMN draining INTEGER NOT NULL DEFAULT 0"),
+    (
+        6,
+        """
+        -- Startup scripts for delegates whose selectors (or name) match.
+        CREATE TABLE profiles (
+            name TEXT PRIMARY KEY,
+            selectors TEXT NOT NULL,
+            script TEXT NOT NULL,
+            interpreter TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 ]

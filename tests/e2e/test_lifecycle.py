@@ -174,3 +174,26 @@ async def test_backup_while_running_restores_into_a_working_manager(
         assert [t["state"] for t in json.loads(listed.stdout)["tasks"]] == ["succeeded"]
     finally:
         await other.close()
+
+
+async def test_a_profile_runs_when_a_delegate_starts_and_again_when_it_changes(
+    running: Cluster, tmp_path: Path
+) -> None:
+    script = tmp_path / "setup.sh"
+    script.write_text('echo "profile v1 on $(hostname)"\n')
+    res = await running.tether(
+        "profile", "set", "setup", "--selector", "web", "--script-file", str(script)
+    )
+    assert res.code == 0, res.stderr
+    delegate = await running.start_delegate("web-1", "web")
+    started = await delegate.wait_event("task finished", status="succeeded")
+    logs = await running.tether("task", "logs", started["task_id"])
+    assert logs.stdout.startswith("profile v1 on ")
+    script.write_text('echo "profile v2"\n')
+    seen = len(delegate.events())
+    res = await running.tether(
+        "profile", "set", "setup", "--selector", "web", "--script-file", str(script)
+    )
+    assert "started on 1 delegate" in res.stdout
+    again = await delegate.wait_event("task finished", status="succeeded", after=seen)
+    assert (await running.tether("task", "logs", again["task_id"])).stdout.strip() == "profile v2"

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -423,3 +424,85 @@ def test_outdated_delegates_are_flagged(version: str, protocol: int, outdated: b
     from manager.api_user import is_outdated
 
     assert is_outdated(version, protocol) is outdated
+
+
+# -- delegate profiles -------------------------------------------------------------------------
+
+
+async def _profile_tasks(api: Api) -> list[dict[str, Any]]:
+    tasks = (await (await api.client.get("/api/v1/tasks", headers=api.auth())).json())["tasks"]
+    return [t for t in tasks if (t["idempotency_key"] or "").startswith("profile:")]
+
+
+async def _register_instance(api: Api, name: str, instance: str, selectors: list[str]) -> str:
+    _, token = await create_token(api.store, f"tok-{secrets.token_hex(4)}")
+    resp = await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(
+            name=name,
+            selectors=selectors,
+            instance=instance,
+            public_key=base64.b64encode(name.encode().ljust(32, b"k")).decode(),
+        ),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 200
+    return str((await resp.json())["delegate_id"])
+
+
+async def test_a_profile_runs_once_per_delegate_start_pinned_to_that_delegate(api: Api) -> None:
+    put = await api.client.put(
+        "/api/v1/profiles/setup",
+        json={"selectors": ["linux"], "script": "echo ready"},
+        headers=api.auth(),
+    )
+    assert put.status == 200
+    delegate_id = await _register_instance(api, "web-1", "boot-1", ["linux"])
+    await _register_instance(api, "web-1", "boot-1", ["linux"])  # session renewal, same process
+    (task,) = await _profile_tasks(api)
+    assert task["selectors"] == [delegate_id]
+    assert task["payload"]["script"] == "echo ready"
+    await _register_instance(api, "web-1", "boot-2", ["linux"])  # the process restarted
+    assert len(await _profile_tasks(api)) == 2
+
+
+async def test_a_profile_skips_delegates_its_selectors_do_not_match(api: Api) -> None:
+    await api.client.put(
+        "/api/v1/profiles/gpu",
+        json={"selectors": ["gpu"], "script": "nvidia-smi"},
+        headers=api.auth(),
+    )
+    await _register_instance(api, "cpu-1", "boot-1", ["linux"])
+    assert await _profile_tasks(api) == []
+
+
+async def test_changing_a_profile_runs_it_again_on_live_delegates(api: Api) -> None:
+    delegate_id = await _register_instance(api, "web-1", "boot-1", ["linux"])
+    first = await api.client.put(
+        "/api/v1/profiles/setup",
+        json={"selectors": ["linux"], "script": "echo v1"},
+        headers=api.auth(),
+    )
+    assert (await first.json())["runs_started"] == 1
+    await api.client.put(
+        "/api/v1/profiles/setup",
+        json={"selectors": ["linux"], "script": "echo v1"},
+        headers=api.auth(),
+    )
+    assert len(await _profile_tasks(api)) == 1  # unchanged script: not run again
+    await api.client.put(
+        "/api/v1/profiles/setup",
+        json={"selectors": ["linux"], "script": "echo v2"},
+        headers=api.auth(),
+    )
+    scripts = sorted(t["payload"]["script"] for t in await _profile_tasks(api))
+    assert scripts == ["echo v1", "echo v2"]
+    assert all(t["selectors"] == [delegate_id] for t in await _profile_tasks(api))
+
+
+async def test_profiles_list_and_delete(api: Api) -> None:
+    await api.client.put("/api/v1/profiles/a", json={"script": "true"}, headers=api.auth())
+    listed = await (await api.client.get("/api/v1/profiles", headers=api.auth())).json()
+    assert [p["name"] for p in listed["profiles"]] == ["a"]
+    assert (await api.client.delete("/api/v1/profiles/a", headers=api.auth())).status == 204
+    assert (await api.client.delete("/api/v1/profiles/a", headers=api.auth())).status == 404

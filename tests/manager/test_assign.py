@@ -82,7 +82,8 @@ def test_hub_candidates_keep_the_configured_selectors() -> None:
     hub = Hub(lost_after=30.0, clock=lambda: 0.0)
     hub.session(delegate("build-01", selectors=("linux", "eu")))
     (only,) = hub.candidates()
-    assert only.selectors == frozenset({"linux", "eu", "build-01"})
+    # Its name and its id count too, so a task can ask for exactly this delegate.
+    assert only.selectors == frozenset({"linux", "eu", "build-01", only.delegate_id})
 
 
 # --- choice --------------------------------------------------------------------------------

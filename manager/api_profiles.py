@@ -1,0 +1,82 @@
+"""Delegate profiles under /api/v1/profiles."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+
+from manager.context import ctx
+from manager.errors import ApiProblem
+from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.models import ProfileList, ProfilePut, ProfileView
+from manager.store.records import ProfileRecord
+
+__all__ = ["add_profile_routes"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def _view(p: ProfileRecord, runs: int = 0) -> ProfileView:
+    return ProfileView(
+        name=p.name,
+        selectors=list(p.selectors),
+        script=p.script,
+        interpreter=p.interpreter,
+        updated_at=p.updated_at,
+        runs_started=runs,
+    )
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = request.match_info["name"]
+    if not re.match(_NAME, name):
+        raise ApiProblem(400, "invalid", "name: letters, digits, '.', '_' and '-'", field="name")
+    body = await parse_body(request, ProfilePut)
+    record = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
+    await c.store.put_profile(record)
+    runs = await c.profiles.on_change(record)
+    return json_response(_view(record, runs))
+
+
+async def list_profiles(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return json_response(ProfileList(profiles=[_view(p) for p in await c.store.list_profiles()]))
+
+
+async def delete_profile(request: web.Request) -> web.Response:
+    c = ctx(request)
+    if not await c.store.delete_profile(request.match_info["name"]):
+        raise ApiProblem(404, "not_found", f"no profile {request.match_info['name']!r}")
+    return web.Response(status=204)
+
+
+def add_profile_routes(table: RouteTable) -> None:
+    u: AuthKind = "user"
+    base = "/api/v1/profiles"
+    table.add(
+        Route(
+            "PUT",
+            f"{base}/{{name}}",
+            put_profile,
+            "Create or change a delegate profile",
+            u,
+            ProfilePut,
+            ProfileView,
+            errors=(400,),
+        )
+    )
+    table.add(Route("GET", base, list_profiles, "List delegate profiles", u, None, ProfileList))
+    table.add(
+        Route(
+            "DELETE",
+            f"{base}/{{name}}",
+            delete_profile,
+            "Delete a delegate profile",
+            u,
+            status=204,
+            errors=(404,),
+        )
+    )

@@ -1,0 +1,74 @@
+"""Delegate profiles: a startup script for every delegate whose selectors match.
+
+A profile run is an ordinary task pinned to one delegate (by its id), so its output reaches
+the manager as any task's does. It runs when a delegate process starts (a registration with
+a new instance id) and again on every live matching delegate when the script changes. The
+idempotency key names the profile, the script's hash, the delegate and the instance, so a
+reconnect, a second replica or a restarted manager never runs the same script twice.
+
+Secrets in profile scripts: only account-scoped ones, once secret scopes exist; until then a
+profile is a plain script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import structlog
+
+from manager.hub import Hub
+from manager.models import TaskSubmit
+from manager.service import TaskService
+from manager.store.base import Store
+from manager.store.records import DelegateRecord, ProfileRecord
+from shared.protocol import ShellPayload
+
+__all__ = ["Profiles", "matches", "script_hash"]
+
+log = structlog.get_logger("tether.profiles")
+
+
+def script_hash(profile: ProfileRecord) -> str:
+    return hashlib.sha256(f"{profile.interpreter}\0{profile.script}".encode()).hexdigest()[:16]
+
+
+def matches(profile: ProfileRecord, delegate: DelegateRecord) -> bool:
+    offered = {*delegate.selectors, delegate.name}
+    return all(s in offered for s in profile.selectors)
+
+
+class Profiles:
+    def __init__(self, store: Store, tasks: TaskService, hub: Hub, *, lost_after: float) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._hub = hub
+        self._lost_after = lost_after
+
+    async def on_register(self, delegate: DelegateRecord, instance: str) -> None:
+        for profile in await self._store.list_profiles():
+            if matches(profile, delegate):
+                await self._run(profile, delegate, f"start-{instance}")
+
+    async def on_change(self, profile: ProfileRecord) -> int:
+        """Run the new script on every live delegate it matches; returns how many."""
+        live = set(self._hub.sessions) | set(
+            await self._store.presence(time.time() - self._lost_after)
+        )
+        count = 0
+        for delegate in await self._store.list_delegates():
+            if delegate.id in live and matches(profile, delegate):
+                await self._run(profile, delegate, "changed")
+                count += 1
+        return count
+
+    async def _run(self, profile: ProfileRecord, delegate: DelegateRecord, why: str) -> None:
+        key = f"profile:{profile.name}:{script_hash(profile)}:{delegate.id}:{why}"[:256]
+        req = TaskSubmit(
+            payload=ShellPayload(script=profile.script, interpreter=profile.interpreter),
+            selectors=[delegate.id],
+            idempotency_key=key,
+        )
+        task, created = await self._tasks.submit(req)
+        if created:
+            log.info("profile run", profile=profile.name, delegate_id=delegate.id, task_id=task.id)
