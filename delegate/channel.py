@@ -102,6 +102,9 @@ class Channel:
         # Tests and the service watchdog watch this: set on every acknowledged heartbeat.
         self.last_ack: float | None = None
         self.on_mode_change: Callable[[str], None] | None = None
+        # What the delegate reports about itself in each heartbeat (it opens no port to be
+        # scraped); the manager republishes it per delegate on /metrics.
+        self.metrics_source: Callable[[], dict[str, float]] | None = None
 
     @property
     def timings(self) -> RegisterResponse:
@@ -251,7 +254,10 @@ class Channel:
     def _heartbeat(self) -> Heartbeat:
         running, free, load = self._events.heartbeat_state()
         self._seq += 1
-        return Heartbeat(seq=self._seq, running=running, free_slots=free, load=load)
+        metrics = self.metrics_source() if self.metrics_source is not None else {}
+        return Heartbeat(
+            seq=self._seq, running=running, free_slots=free, load=load, metrics=metrics
+        )
 
     def _handle(self, frame: HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain) -> None:
         if isinstance(frame, HeartbeatAck):

@@ -24,6 +24,7 @@ from delegate.agent import Agent
 from delegate.api import ManagerApi
 from delegate.channel import Channel
 from delegate.config import ConfigError, DelegateConfig, resolve
+from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.limits import Timings
@@ -203,6 +204,7 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
         config.manager_url, token=config.token, registration=registration, ssl_context=ssl_ctx
     ) as api:
         agent = Agent(config, api, private_key=private, timings=timings, process_masker=masker)
+        agent.channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(
             "delegate starting",
             name=config.name,
