@@ -168,12 +168,24 @@ class Channel:
         return backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)
 
     async def _register(self) -> None:
-        try:
-            await self._api.register()
-        except FatalAuth as exc:
-            raise Fatal(EXIT_AUTH, str(exc)) from None
-        except UnsupportedProtocol as exc:
-            raise Fatal(EXIT_VERSION, str(exc)) from None
+        """Register, retrying with backoff while the manager cannot be reached.
+
+        A delegate that starts before its manager (a reboot of both, a manager upgrade)
+        waits for it rather than exiting; only a refusal that retrying cannot fix stops it.
+        """
+        failures = 0
+        while True:
+            try:
+                await self._api.register()
+                return
+            except FatalAuth as exc:
+                raise Fatal(EXIT_AUTH, str(exc)) from None
+            except UnsupportedProtocol as exc:
+                raise Fatal(EXIT_VERSION, str(exc)) from None
+            except (Unreachable, Rejected) as exc:
+                failures += 1
+                log.warning("cannot register yet", error=str(exc), failures=failures)
+                await asyncio.sleep(self._delay(failures))
 
     # -- the stream -----------------------------------------------------------------------
 

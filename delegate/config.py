@@ -51,7 +51,7 @@ class DelegateConfig:
 
 
 def _split(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else str(value).split(",")
+    items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
     return tuple(dict.fromkeys(s.strip() for s in items if str(s).strip()))
 
 

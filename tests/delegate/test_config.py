@@ -114,3 +114,7 @@ def test_client_certificate_from_the_environment(tmp_path: Path) -> None:
     env = {"TETHER_CLIENT_CERT": str(cert), "TETHER_CLIENT_KEY": str(key)}
     cfg = resolve(flags(manager_url=URL, token="t"), env, None)
     assert (cfg.client_cert, cfg.client_key) == (cert, key)
+
+
+def test_no_selectors_means_none() -> None:
+    assert resolve(flags(manager_url=URL, token="t"), {}, None).selectors == ()

@@ -19,14 +19,17 @@ _HOP_HEADERS = ("Authorization", "Content-Type")
 
 
 class UpgradeBlockingProxy:
-    def __init__(self, upstream: str, manager_data_dir: Path, workdir: Path) -> None:
+    def __init__(
+        self, upstream: str, manager_data_dir: Path, workdir: Path, *, client_ca: Path | None = None
+    ) -> None:
         self.upstream = upstream
         self.allow_upgrade = False
         self.refused = 0
         tls = manager_data_dir / "tls"
         cert, key = workdir / "proxy.pem", workdir / "proxy-key.pem"
         issue_certificate(tls / "ca.pem", tls / "ca-key.pem", cert, key, ["127.0.0.1", "localhost"])
-        self._server_ssl = server_context(cert, key)
+        # With client_ca, the proxy demands a client certificate (mTLS at the edge).
+        self._server_ssl = server_context(cert, key, client_ca=client_ca)
         self._client_ssl = client_context(tls / "ca.pem")
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None

@@ -197,3 +197,15 @@ async def test_a_profile_runs_when_a_delegate_starts_and_again_when_it_changes(
     assert "started on 1 delegate" in res.stdout
     again = await delegate.wait_event("task finished", status="succeeded", after=seen)
     assert (await running.tether("task", "logs", again["task_id"])).stdout.strip() == "profile v2"
+
+
+async def test_a_delegate_started_before_its_manager_waits_for_it(running: Cluster) -> None:
+    token = await running.token("early")
+    assert running.manager is not None
+    await running.manager.stop(signal.SIGTERM)
+    delegate = await running.start_delegate("early", token=token, wait_mode=None)
+    await delegate.wait_event("cannot register yet")
+    await running.start_manager(port=running.port)
+    await delegate.wait_event("channel mode", mode="stream")
+    res = await running.tether("task", "run", "--selector", "early", "--", "echo", "late start")
+    assert res.stdout.strip() == "late start"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from shared.tls import issue_certificate
 from tests.e2e.harness import Cluster
 from tests.e2e.proxy import UpgradeBlockingProxy
 
@@ -62,3 +64,24 @@ async def test_delegate_moves_back_to_the_stream_when_it_holds_again(
     res = await running.tether("task", "run", "--", "echo", "back on the stream")
     assert res.code == 0
     assert res.stdout.strip() == "back on the stream"
+
+
+async def test_a_delegate_presents_its_client_certificate_where_mtls_is_required(
+    running: Cluster, tmp_path: Path
+) -> None:
+    tls = running.data_dir / "tls"
+    cert, key = tmp_path / "delegate.pem", tmp_path / "delegate-key.pem"
+    issue_certificate(tls / "ca.pem", tls / "ca-key.pem", cert, key, ["mtls-delegate"], client=True)
+    edge = UpgradeBlockingProxy(running.url, running.data_dir, tmp_path, client_ca=tls / "ca.pem")
+    edge.allow_upgrade = True
+    await edge.start()
+    try:
+        await running.start_delegate(
+            "mtls", url=edge.url, extra=("--client-cert", str(cert), "--client-key", str(key))
+        )
+        res = await running.tether("task", "run", "--selector", "mtls", "--", "echo", "mutual")
+        assert res.stdout.strip() == "mutual"
+        refused = await running.start_delegate("no-cert", url=edge.url, wait_mode=None)
+        await refused.wait_event("cannot register yet")
+    finally:
+        await edge.close()
