@@ -3,7 +3,9 @@
 The agent reacts to the channel (hints, cancels, drain) and owns the running tasks. Each
 task runs through the same pipeline: acquire, open the sealed secrets, register every
 sensitive value with the task's masker *before* the process starts, execute, ship the log,
-report the result.
+report the result. Log and result go through the :class:`~delegate.shipper.Outbox`: straight
+to the manager, or through the disk spool while it cannot be reached; at start the agent
+replays what an earlier run left in the spool.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from delegate.channel import Channel, Fatal
 from delegate.config import DelegateConfig
 from delegate.executor import ExecutionResult, execute
 from delegate.logstream import LogStream
-from delegate.shipper import LogShipper, post_result
+from delegate.shipper import Outbox
+from delegate.spool import Spool
 from shared.limits import Timings
 from shared.masking import Masker
 from shared.protocol import AcquireResponse, TaskResult
@@ -65,6 +68,8 @@ class Agent:
         self._acquiring: set[str] = set()
         self.draining = False
         self._work_root = config.data_dir / "work"
+        self._spool_root = config.data_dir / "spool"
+        self._outbox: Outbox | None = None
 
     # -- channel events -------------------------------------------------------------------
 
@@ -88,6 +93,11 @@ class Agent:
             self.draining = True
 
     def heartbeat_state(self) -> tuple[list[str], int, float]:
+        # Only tasks that run. A result waiting in the spool is not listed: a listing names
+        # the task, not the attempt, and a stale attempt's listing would make the manager
+        # cancel a newer attempt of the same task here. The spool is retried at least every
+        # heartbeat interval instead, so it lands well inside the lease the manager grants
+        # at its restart.
         running = list(self.running)
         return running, self._free_slots(), len(running) / self._config.max_tasks
 
@@ -101,6 +111,15 @@ class Agent:
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> int:
         """Run until ``stop`` (then shut down gracefully) or a fatal error; the exit status."""
         self._work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spool = await asyncio.to_thread(Spool.open, self._spool_root)
+        t = self._timings
+        self._outbox = Outbox(
+            self._api,
+            spool,
+            retry_base=t.reconnect_base,
+            retry_max=min(t.reconnect_max, t.heartbeat_interval),
+        )
+        self._outbox.replay()
         channel = asyncio.create_task(self.channel.run(), name="channel")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([channel, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -115,6 +134,8 @@ class Agent:
                 status = 1
         stopping.cancel()
         await self._shutdown(force)
+        # Spooled results the manager is taking get a moment; the rest waits on disk.
+        await self._outbox.close(grace=0.0 if force.is_set() else t.kill_grace)
         channel.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await channel
@@ -174,13 +195,9 @@ class Agent:
         masker = Masker(secret_env.values() if secret_env else ())
         for value in (secret_env or {}).values():
             self._process_masker.add(value)
-        async with LogShipper(
-            self._api,
-            spec.id,
-            acq.attempt,
-            on_cancel=entry.cancel.set,
-            retry_base=t.reconnect_base,
-            retry_max=t.reconnect_max,
+        assert self._outbox is not None, "tasks run only while the agent runs"
+        async with self._outbox.shipper(
+            spec.id, acq.attempt, on_cancel=entry.cancel.set
         ) as shipper:
             stream = LogStream(masker, shipper.put, flush_after=t.log_flush)
             flusher = asyncio.create_task(stream.flush_periodically())
@@ -207,11 +224,8 @@ class Agent:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
-            last_seq = stream.last_seq
-        if not shipper.stale:
-            ack = await post_result(
-                self._api,
-                spec.id,
+            # Sent after every line of the attempt (or spooled behind them), never before.
+            delivery = await shipper.finish(
                 TaskResult(
                     attempt=acq.attempt,
                     status=result.status,
@@ -221,17 +235,19 @@ class Agent:
                     deployment=spec.deployment,
                     started_at=result.started_at,
                     finished_at=result.finished_at,
-                    last_seq=last_seq,
-                ),
-                retry_base=t.reconnect_base,
-                retry_max=t.reconnect_max,
+                    last_seq=stream.last_seq,
+                )
             )
+        if delivery.state != "refused":
             bound.info(
                 "task finished",
                 status=result.status,
                 exit_code=result.exit_code,
-                recorded=ack is not None and ack.recorded,
+                recorded=delivery.ack is not None and delivery.ack.recorded,
+                delivery=delivery.state,
             )
+        if delivery.state == "spooled":
+            bound.info("task result spooled; sent when the manager is back")
         self.running.pop(spec.id, None)
         self.channel.poke()
 

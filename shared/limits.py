@@ -21,6 +21,8 @@ __all__ = [
     "MAX_SCRIPT_BYTES",
     "MIB",
     "MIN_MASKED_SECRET_LEN",
+    "SPOOL_TASK_BYTES",
+    "SPOOL_TOTAL_BYTES",
     "Timings",
 ]
 
@@ -41,6 +43,10 @@ MAX_LOG_LINE_BYTES = 16 * KIB
 MAX_OUTPUT_BYTES = 256 * KIB
 # Shorter values would mask ordinary words; the task log says when one is skipped.
 MIN_MASKED_SECRET_LEN = 4
+# The delegate's disk spool for log lines and results the manager could not take yet: per
+# task attempt and in all. A full spool drops the middle of a task's log, never silently.
+SPOOL_TASK_BYTES = 64 * MIB
+SPOOL_TOTAL_BYTES = 512 * MIB
 
 
 @dataclass(frozen=True, slots=True)
