@@ -290,7 +290,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate",
             None,
             AcquireResponse,
-            errors=(401, 404, 409, 410),
+            errors=(401, 404, 409, 410, 503),
         )
     )
     table.add(

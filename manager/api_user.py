@@ -440,7 +440,7 @@ def add_user_routes(table: RouteTable) -> None:
             u,
             None,
             TaskView,
-            errors=(404, 409),
+            errors=(404, 503),
         )
     )
     table.add(

@@ -177,6 +177,8 @@ class TaskService:
             raise ApiProblem(410, "gone", decision.reason)
         self._dispatcher.dequeue(task.id)
         self._bus.publish("dequeued", task.id)
+        # A flag from before this acquire (the same task, an older attempt) must not cancel it.
+        session.strangers = session.strangers - {task.id}
         self._track(updated)
         now = self._clock()
         self._hub.leases.grant(task.id, session.id)
@@ -383,7 +385,8 @@ class TaskService:
                 return task, decision, updated
             self._open.pop(task_id, None)
             fresh = True
-        raise ApiProblem(409, "conflict", "the task kept changing; try again")
+        # Not a 409: a delegate reads that as "your attempt is stale" and gives up.
+        raise ApiProblem(503, "busy", "the task kept changing; try again")
 
     async def _apply(
         self,

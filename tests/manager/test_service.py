@@ -195,3 +195,14 @@ async def test_a_lease_renewed_by_another_replica_keeps_the_task(
         await beat(replica, remote, [task_id])
         await world.tasks.sweep()
     assert await world.state(task_id) is TaskState.RUNNING
+
+
+async def test_a_stale_stranger_flag_does_not_cancel_a_fresh_acquire(world: World) -> None:
+    session = world.delegate("a")
+    task_id = await world.submit(max_attempts=2)
+    # The delegate lists a task it does not hold (say, from before a lost lease) ...
+    assert (await beat(world, session, [task_id])).cancel == [task_id]
+    # ... then wins it for real: the old flag must not stop the new attempt.
+    await world.tasks.acquire(session, task_id)
+    ack = world.hub.on_heartbeat(session, Heartbeat(seq=3, running=[task_id], free_slots=1))
+    assert ack.cancel == []
