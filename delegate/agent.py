@@ -67,6 +67,8 @@ class Agent:
         self.running: dict[str, RunningTask] = {}
         self._acquiring: set[str] = set()
         self.draining = False
+        self._drained_by_manager = False
+        self._stopping = False
         self._work_root = config.data_dir / "work"
         self._spool_root = config.data_dir / "spool"
         self._outbox: Outbox | None = None
@@ -91,6 +93,15 @@ class Agent:
         if not self.draining:
             log.info("draining: no new tasks")
             self.draining = True
+            self._drained_by_manager = True
+
+    def on_resume(self) -> None:
+        # Only a drain the manager asked for is lifted; a shutdown's drain stays.
+        if self._drained_by_manager and not self._stopping:
+            log.info("drain lifted: taking tasks again")
+            self.draining = False
+            self._drained_by_manager = False
+            self.channel.poke()
 
     def heartbeat_state(self) -> tuple[list[str], int, float]:
         # Only tasks that run. A result waiting in the spool is not listed: a listing names
@@ -143,6 +154,7 @@ class Agent:
 
     async def _shutdown(self, force: asyncio.Event) -> None:
         """Take nothing new; let running tasks finish within the grace, then cancel them."""
+        self._stopping = True
         self.draining = True
         tasks = [t.runner for t in self.running.values() if t.runner is not None]
         if not tasks:

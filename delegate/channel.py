@@ -65,6 +65,7 @@ class ChannelEvents(Protocol):
     def on_task_available(self, task_id: str) -> None: ...
     def on_cancel(self, task_id: str) -> None: ...
     def on_drain(self) -> None: ...
+    def on_resume(self) -> None: ...
     def heartbeat_state(self) -> tuple[list[str], int, float]:
         """Running task ids, free slots, load."""
         ...
@@ -278,6 +279,8 @@ class Channel:
                 self._events.on_cancel(task_id)
             if frame.drain:
                 self._events.on_drain()
+            else:
+                self._events.on_resume()
         elif isinstance(frame, TaskAvailable):
             self._events.on_task_available(frame.task_id)
         elif isinstance(frame, TaskCancel):

@@ -209,3 +209,27 @@ async def test_a_delegate_started_before_its_manager_waits_for_it(running: Clust
     await delegate.wait_event("channel mode", mode="stream")
     res = await running.tether("task", "run", "--selector", "early", "--", "echo", "late start")
     assert res.stdout.strip() == "late start"
+
+
+async def test_a_drained_delegate_finishes_its_task_takes_no_new_one_until_resumed(
+    running: Cluster,
+) -> None:
+    delegate = await running.start_delegate("drainee", "pool")
+    long = (
+        await running.tether(
+            "task", "submit", "--selector", "pool", "--", "bash", "-c", "echo on; sleep 1; echo off"
+        )
+    ).last_line
+    await delegate.wait_event("task started", task_id=long)
+    assert (await running.tether("delegate", "drain", "drainee")).code == 0
+    await delegate.wait_event("draining: no new tasks")
+    queued = (
+        await running.tether("task", "submit", "--selector", "pool", "--", "echo", "later")
+    ).last_line
+    await delegate.wait_event("task finished", task_id=long, status="succeeded")
+    state = json.loads((await running.tether("task", "get", queued, "--output", "json")).stdout)[
+        "state"
+    ]
+    assert state == "queued"
+    assert (await running.tether("delegate", "resume", "drainee")).code == 0
+    await delegate.wait_event("task finished", task_id=queued, status="succeeded")
