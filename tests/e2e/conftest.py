@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.e2e.harness import Cluster
+
+PG = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -17,10 +22,26 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await c.close()
 
 
-@pytest.fixture
-async def running(cluster: Cluster) -> Cluster:
-    await cluster.start_manager()
-    return cluster
+@pytest.fixture(params=["sqlite", "postgres"])
+async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """A started manager, on each store: the embedded SQLite and PostgreSQL (a fresh schema)."""
+    if request.param == "sqlite":
+        await cluster.start_manager()
+        yield cluster
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("about the SQLite data dir itself")
+    schema = f"e2e_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(PG)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        cluster.database = f"{PG}?search_path={schema}"
+        await cluster.start_manager()
+        yield cluster
+        await cluster.close()
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

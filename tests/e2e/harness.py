@@ -159,6 +159,11 @@ class Cluster:
     manager: Proc | None = None
     url: str = ""
     data_dir: Path = Path()
+    # postgresql://... to run the manager on PostgreSQL instead of SQLite in the data dir.
+    database: str | None = None
+
+    def store_args(self) -> list[str]:
+        return ["--database", self.database] if self.database else []
 
     @property
     def ca_file(self) -> Path:
@@ -183,6 +188,7 @@ class Cluster:
                 str(TIME_SCALE),
                 "--log-format",
                 "json",
+                *self.store_args(),
                 *extra,
             ],
         )
@@ -224,7 +230,13 @@ class Cluster:
 
     async def token(self, name: str) -> str:
         res = await self.run(
-            str(BIN / "tether-manager"), "token", "create", name, "--data-dir", str(self.data_dir)
+            str(BIN / "tether-manager"),
+            "token",
+            "create",
+            name,
+            "--data-dir",
+            str(self.data_dir),
+            *self.store_args(),
         )
         assert res.code == 0, res.stderr
         return res.last_line

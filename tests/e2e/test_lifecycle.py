@@ -46,6 +46,7 @@ async def test_revoking_a_token_on_the_host_stops_its_delegate(running: Cluster)
         "doomed",
         "--data-dir",
         str(running.data_dir),
+        *running.store_args(),
     )
     assert res.code == 0, res.stderr
     assert await delegate.wait_exit() == EXIT_AUTH
@@ -130,6 +131,7 @@ async def test_a_second_sigterm_cancels_at_once(running: Cluster) -> None:
     assert await _task_state(running, task_id) == "cancelled"
 
 
+@pytest.mark.sqlite_only
 async def test_backup_while_running_restores_into_a_working_manager(
     running: Cluster, tmp_path: Path
 ) -> None:
