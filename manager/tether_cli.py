@@ -7,23 +7,25 @@
 Exit status: what ``task run`` maps from the task (see :func:`exit_code_for`); 1 for an API
 or connection error; 2 for a usage or configuration problem; 130 on Ctrl-C. Errors are
 one ``error: ...`` line on stderr, never a traceback.
+
+This module is the entry: arguments, configuration, and running a handler. The handlers
+live in :mod:`manager.cli_tasks` (tasks, following a log) and :mod:`manager.cli_admin`
+(delegates, profiles, tokens); what they share is in :mod:`manager.cli_context`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import io
 import ipaddress
 import os
 import re
 import shlex
-import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TextIO
@@ -31,22 +33,42 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from manager import cli_format as fmt
-from manager.cli_format import SYSTEM_PREFIX, Console, Spinner
-from manager.client import (
-    ApiError,
-    ConnectionFailed,
-    EndEvent,
-    FollowEvent,
-    LogEvent,
-    StateEvent,
-    TetherClient,
-    TetherClientError,
+from manager.cli_admin import (
+    cmd_delegate_drain,
+    cmd_delegate_list,
+    cmd_delegate_resume,
+    cmd_profile_delete,
+    cmd_profile_list,
+    cmd_profile_set,
+    cmd_token_create,
+    cmd_token_list,
+    cmd_token_revoke,
 )
-from manager.models import DelegateView, ProfilePut, TaskList, TaskSubmit, TaskView, TokenCreate
+from manager.cli_context import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Context,
+    Handler,
+    UsageError,
+)
+from manager.cli_format import Console
+from manager.cli_tasks import (
+    cmd_task_cancel,
+    cmd_task_get,
+    cmd_task_list,
+    cmd_task_logs,
+    cmd_task_run,
+    cmd_task_submit,
+    exit_code_for,
+)
+from manager.client import ApiError, TetherClient, TetherClientError
+from manager.models import TaskSubmit, TokenCreate
 from shared import __version__
-from shared.protocol import FINAL_STATES, Deployment, ShellPayload, TaskState
+from shared.protocol import Deployment, ShellPayload, TaskState
 
+# UsageError and exit_code_for live in cli_context and cli_tasks now; they stay importable
+# from here, where callers have always found them.
 __all__ = [
     "DEFAULT_MANAGER_URL",
     "ENV_API_KEY",
@@ -66,16 +88,6 @@ ENV_MANAGER_URL = "TETHER_MANAGER_URL"
 ENV_CA_FILE = "TETHER_CA_FILE"
 ENV_API_KEY = "TETHER_API_KEY"
 DEFAULT_MANAGER_URL = "https://127.0.0.1:8443"
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_TIMED_OUT = 124  # as timeout(1)
-EXIT_EXPIRED = 125
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
-
-class UsageError(Exception):
-    """Bad arguments or configuration: exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -392,306 +404,6 @@ def _is_loopback(host: str) -> bool:
 
 def default_client(config: Config) -> TetherClient:
     return TetherClient(config.manager_url, api_key=config.api_key, ca_file=config.ca_file)
-
-
-# --- following a task ----------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    client: TetherClient
-    console: Console
-    output: str
-    interrupted: asyncio.Event
-    handle_signals: bool = False
-
-    @property
-    def json(self) -> bool:
-        return self.output == "json"
-
-
-def exit_code_for(task: TaskView) -> int:
-    """The exit status of ``tether task run`` for a task in its final state."""
-    match task.state:
-        case TaskState.SUCCEEDED:
-            return 0
-        case TaskState.CANCELLED:
-            return EXIT_INTERRUPTED
-        case TaskState.TIMED_OUT:
-            return EXIT_TIMED_OUT
-        case TaskState.EXPIRED:
-            return EXIT_EXPIRED
-        case TaskState.FAILED if task.exit_code is not None:
-            code = task.exit_code
-            if code < 0:
-                code = 128 - code  # killed by signal -code, as a shell reports it
-            return min(max(code, 1), 255)
-        case _:
-            return EXIT_ERROR  # failed without a process status, e.g. delegate_lost
-
-
-async def follow_task(
-    ctx: Context,
-    task_id: str,
-    *,
-    state: TaskState | None,
-    quiet: bool,
-    cancel_on_interrupt: bool,
-) -> TaskView | None:
-    """Print the task's log as it comes; the final task, or None after Ctrl-C."""
-    spinner = None
-    if ctx.console.interactive and not quiet:
-        spinner = Spinner(ctx.console.err, "waiting for a delegate…")
-    if state is TaskState.QUEUED and spinner is not None:
-        spinner.start()
-    follow = asyncio.create_task(_consume(ctx, task_id, spinner))
-    interrupt = asyncio.create_task(ctx.interrupted.wait())
-    try:
-        with _sigint_sets(ctx.interrupted, enabled=ctx.handle_signals):
-            await asyncio.wait({follow, interrupt}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        follow.cancel()
-        interrupt.cancel()
-        await asyncio.wait({follow, interrupt})
-        if spinner is not None:
-            await spinner.stop()
-    if not follow.cancelled():
-        return follow.result()
-    if cancel_on_interrupt:
-        ctx.console.note(f"{SYSTEM_PREFIX}interrupted: cancelling task {task_id}")
-        try:
-            await ctx.client.cancel_task(task_id)
-        except TetherClientError as exc:
-            ctx.console.note(f"error: could not cancel task {task_id}: {exc}")
-    return None
-
-
-async def _consume(ctx: Context, task_id: str, spinner: Spinner | None) -> TaskView:
-    async with contextlib.aclosing(ctx.client.follow_logs(task_id)) as events:
-        async for event in events:
-            await _show(ctx, event, spinner)
-            if isinstance(event, EndEvent):
-                return event.task
-    return await ctx.client.get_task(task_id)
-
-
-async def _show(ctx: Context, event: FollowEvent, spinner: Spinner | None) -> None:
-    if spinner is not None:
-        if isinstance(event, StateEvent) and event.state is TaskState.QUEUED:
-            spinner.start()
-        elif isinstance(event, StateEvent | EndEvent):
-            await spinner.stop()
-        else:
-            spinner.clear()
-    if ctx.json:
-        ctx.console.print(event.model_dump_json())
-    elif isinstance(event, LogEvent):
-        ctx.console.log(event.line)
-
-
-@contextlib.contextmanager
-def _sigint_sets(event: asyncio.Event, *, enabled: bool) -> Iterator[None]:
-    """While following, Ctrl-C sets ``event``; a second Ctrl-C interrupts as usual."""
-    loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGINT)
-    installed = False
-
-    def restore() -> None:
-        nonlocal installed
-        if installed:
-            installed = False
-            loop.remove_signal_handler(signal.SIGINT)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def on_sigint() -> None:
-        event.set()
-        restore()
-
-    if enabled:
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            installed = True
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread, or no signals here: Ctrl-C stays plain
-    try:
-        yield
-    finally:
-        restore()
-
-
-# --- commands ------------------------------------------------------------------------------
-
-Handler = Callable[[Context, argparse.Namespace], Awaitable[int]]
-
-
-async def cmd_task_run(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.submit_task(args.submit)
-    if not args.quiet:
-        ctx.console.note(f"{SYSTEM_PREFIX}task {task.id} submitted")
-    try:
-        final = await follow_task(
-            ctx, task.id, state=task.state, quiet=args.quiet, cancel_on_interrupt=True
-        )
-    except ConnectionFailed as exc:
-        raise ConnectionFailed(
-            f"{exc.message}. The task goes on; follow it with: tether task logs {task.id} --follow"
-        ) from exc
-    if final is None:
-        return EXIT_INTERRUPTED
-    if not args.quiet:
-        ctx.console.note(fmt.summary_line(final))
-    return exit_code_for(final)
-
-
-async def cmd_task_submit(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.submit_task(args.submit)
-    ctx.console.print(fmt.to_json(task) if ctx.json else task.id)
-    return 0
-
-
-async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.get_task(args.task_id)
-    ctx.console.print(fmt.to_json(task) if ctx.json else fmt.task_details(task))
-    return 0
-
-
-async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
-    tasks = await ctx.client.list_tasks(
-        state=args.state,
-        delegate=args.delegate,
-        since=args.since,
-        until=args.until,
-        limit=args.limit,
-    )
-    if ctx.json:
-        ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
-    elif tasks:
-        ctx.console.print(fmt.task_table(tasks))
-    else:
-        ctx.console.note("no tasks")
-    return 0
-
-
-async def cmd_task_logs(ctx: Context, args: argparse.Namespace) -> int:
-    if args.follow:
-        final = await follow_task(
-            ctx, args.task_id, state=None, quiet=False, cancel_on_interrupt=False
-        )
-        return EXIT_INTERRUPTED if final is None else exit_code_for(final)
-    cursor: str | None = None
-    while True:
-        page = await ctx.client.get_logs(args.task_id, after=cursor)
-        for entry in page.lines:
-            if ctx.json:
-                ctx.console.print(entry.model_dump_json())
-            else:
-                ctx.console.log(entry)
-        if not page.lines or page.cursor == cursor:
-            return 0
-        cursor = page.cursor
-
-
-async def cmd_task_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.cancel_task(args.task_id)
-    if ctx.json:
-        ctx.console.print(fmt.to_json(task))
-    elif task.state in FINAL_STATES:
-        ctx.console.print(f"task {task.id} already ended: {task.state.value}")
-    else:
-        ctx.console.print(f"cancel requested for task {task.id} ({task.state.value})")
-    return 0
-
-
-async def cmd_delegate_list(ctx: Context, args: argparse.Namespace) -> int:
-    delegates = await ctx.client.list_delegates()
-    if ctx.json:
-        ctx.console.print(
-            fmt.to_json({"delegates": [d.model_dump(mode="json") for d in delegates]})
-        )
-    elif delegates:
-        ctx.console.print(fmt.delegate_table(delegates))
-    else:
-        ctx.console.note("no delegates")
-    return 0
-
-
-async def cmd_delegate_drain(ctx: Context, args: argparse.Namespace) -> int:
-    return _show_delegates(ctx, await ctx.client.drain_delegate(args.name), "draining")
-
-
-async def cmd_delegate_resume(ctx: Context, args: argparse.Namespace) -> int:
-    return _show_delegates(ctx, await ctx.client.resume_delegate(args.name), "resumed")
-
-
-def _show_delegates(ctx: Context, delegates: list[DelegateView], what: str) -> int:
-    if ctx.json:
-        ctx.console.print(
-            fmt.to_json({"delegates": [d.model_dump(mode="json") for d in delegates]})
-        )
-    else:
-        for d in delegates:
-            ctx.console.print(f"{d.name} ({d.id}) {what}; running: {len(d.running)}")
-    return 0
-
-
-async def cmd_profile_set(ctx: Context, args: argparse.Namespace) -> int:
-    try:
-        script = args.script_file.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.script_file}: {exc.strerror}") from None
-    body = ProfilePut(selectors=args.selector, script=script, interpreter=args.interpreter)
-    view = await ctx.client.put_profile(args.name, body)
-    if ctx.json:
-        ctx.console.print(fmt.to_json(view.model_dump(mode="json")))
-    else:
-        ctx.console.print(f"profile {view.name} saved; started on {view.runs_started} delegate(s)")
-    return 0
-
-
-async def cmd_profile_list(ctx: Context, args: argparse.Namespace) -> int:
-    profiles = await ctx.client.list_profiles()
-    if ctx.json:
-        ctx.console.print(fmt.to_json({"profiles": [p.model_dump(mode="json") for p in profiles]}))
-    else:
-        for p in profiles:
-            lines = p.script.count("\n") + 1
-            selectors = ",".join(p.selectors) or "(all delegates)"
-            ctx.console.print(f"{p.name}\t{selectors}\t{p.interpreter}, {lines} line(s)")
-    return 0
-
-
-async def cmd_profile_delete(ctx: Context, args: argparse.Namespace) -> int:
-    await ctx.client.delete_profile(args.name)
-    ctx.console.note(f"profile {args.name} deleted")
-    return 0
-
-
-async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
-    token = await ctx.client.create_token(args.name)
-    if ctx.json:
-        ctx.console.print(fmt.to_json(token))
-    else:
-        ctx.console.note(f"token {token.name} created ({token.id}); it is shown once, keep it now:")
-        ctx.console.print(token.token)
-    return 0
-
-
-async def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
-    tokens = await ctx.client.list_tokens()
-    if ctx.json:
-        ctx.console.print(fmt.to_json({"tokens": [t.model_dump(mode="json") for t in tokens]}))
-    elif tokens:
-        ctx.console.print(fmt.token_table(tokens))
-    else:
-        ctx.console.note("no tokens")
-    return 0
-
-
-async def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
-    token = await ctx.client.revoke_token(args.name)
-    ctx.console.print(fmt.to_json(token) if ctx.json else f"token {token.name} revoked")
-    return 0
 
 
 # --- entry points --------------------------------------------------------------------------
