@@ -107,10 +107,17 @@ def on_cancel(task: TaskRecord, now: float) -> Decision:
 def on_lease_lost(task: TaskRecord, now: float) -> Decision:
     if task.state is not TaskState.RUNNING:
         return Decision(Verdict.NOOP)
+    # Every outcome clears the holder: a late result or log batch from the attempt that lost
+    # its lease must be refused (409), not taken for an idempotent resend.
     if task.cancel_requested:
         return Decision(
             Verdict.APPLY,
-            {"state": TaskState.CANCELLED, "finished_at": now, "error": DELEGATE_LOST},
+            {
+                "state": TaskState.CANCELLED,
+                "finished_at": now,
+                "error": DELEGATE_LOST,
+                "delegate_id": None,
+            },
         )
     if task.attempt < task.max_attempts:
         # Back to the queue; the next acquire bumps the attempt, fencing the old holder out.
@@ -127,7 +134,12 @@ def on_lease_lost(task: TaskRecord, now: float) -> Decision:
         )
     return Decision(
         Verdict.APPLY,
-        {"state": TaskState.FAILED, "finished_at": now, "error": DELEGATE_LOST},
+        {
+            "state": TaskState.FAILED,
+            "finished_at": now,
+            "error": DELEGATE_LOST,
+            "delegate_id": None,
+        },
     )
 
 

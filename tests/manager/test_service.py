@@ -206,3 +206,20 @@ async def test_a_stale_stranger_flag_does_not_cancel_a_fresh_acquire(world: Worl
     await world.tasks.acquire(session, task_id)
     ack = world.hub.on_heartbeat(session, Heartbeat(seq=3, running=[task_id], free_slots=1))
     assert ack.cancel == []
+
+
+async def test_a_late_result_and_log_of_a_lost_last_attempt_are_refused(world: World) -> None:
+    session = world.delegate("a")
+    task_id = await world.submit()
+    await world.tasks.acquire(session, task_id)
+    world.clock.now += TIMINGS.lost_after + 1
+    await world.tasks.sweep()
+    assert await world.state(task_id) is TaskState.FAILED
+    with pytest.raises(ApiProblem) as result:
+        await world.tasks.record_result(session, task_id, TaskResult(attempt=1, status="succeeded"))
+    assert result.value.status == 409
+    line = LogLine(seq=0, stream="stdout", ts=0.0, text="late")
+    with pytest.raises(ApiProblem) as logs:
+        await world.tasks.append_logs(session, task_id, LogBatch(attempt=1, lines=[line]))
+    assert logs.value.status == 409
+    assert await world.store.get_logs(task_id, after=None, limit=10) == []
