@@ -1,0 +1,269 @@
+"""Real ``tether-delegate`` processes running real shell tasks: the whole path.
+
+The figure includes what simulated delegates skip: spawning the task's process, masking
+its output, shipping its log and result. Completion is awaited through the public API
+(``GET /api/v1/tasks/{id}/logs/follow``, whose last line carries the finished task), and
+latencies come from the task's own timestamps, all on the manager's clock:
+
+    started: created_at -> started_at (acquired)     result: created_at -> finished_at
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from manager.bench.common import (
+    BIN,
+    Managers,
+    connected_delegates,
+    load_average,
+    percentiles,
+    submit_tasks,
+)
+from manager.bench.options import BenchOptions
+from shared.tls import client_context
+
+__all__ = ["run_real"]
+
+CONNECT_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RealDelegate:
+    """One ``tether-delegate run`` child; connected once it logs its channel mode."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    mode: str = ""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
+    pump: asyncio.Task[None] | None = None
+
+    async def read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            self.tail.append(text)
+            if not self.connected.is_set() and '"channel mode"' in text:
+                with contextlib.suppress(ValueError):
+                    self.mode = str(json.loads(text).get("mode", ""))
+                self.connected.set()
+
+    async def until_connected(self) -> None:
+        assert self.pump is not None
+        waiter = asyncio.ensure_future(self.connected.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self.pump}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not self.connected.is_set():
+            waiter.cancel()
+            what = "exited" if self.pump in done else "did not connect"
+            raise RuntimeError(f"delegate {self.name} {what}:\n" + "\n".join(self.tail))
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pump
+
+
+class RealBench:
+    def __init__(self, opts: BenchOptions, managers: Managers, root: Path) -> None:
+        self.opts = opts
+        self.managers = managers
+        self.root = root
+        # Tasks go to this run's delegates only, whatever else the manager has connected.
+        self.selector = f"bench-real-{secrets.token_hex(4)}"
+        self.delegates: list[RealDelegate] = []
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                ssl=client_context(managers.ca_file), limit=2 * opts.concurrency + 20
+            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=60),
+        )
+
+    def user(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.managers.api_key}"}
+
+    async def _token(self, name: str) -> str:
+        async with self.http.post(
+            f"{self.managers.urls[0]}/api/v1/tokens", json={"name": name}, headers=self.user()
+        ) as resp:
+            resp.raise_for_status()
+            return str((await resp.json())["token"])
+
+    async def start_delegate(self, i: int) -> RealDelegate:
+        name = f"{self.selector}-{i}"
+        urls = self.managers.urls
+        argv = [
+            str(BIN / "tether-delegate"),
+            "run",
+            "--manager-url",
+            urls[i % len(urls)],
+            "--name",
+            name,
+            "--selector",
+            self.selector,
+            "--max-tasks",
+            str(self.opts.capacity),
+            "--data-dir",
+            str(self.root / f"delegate-{i}"),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--time-scale",
+            str(self.opts.time_scale),
+        ]
+        if self.managers.ca_file is not None:
+            argv += ["--ca-file", str(self.managers.ca_file)]
+        env = {**os.environ, "TETHER_TOKEN": await self._token(name)}
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        delegate = RealDelegate(name, proc)
+        self.delegates.append(delegate)
+        delegate.pump = asyncio.create_task(delegate.read_stderr())
+        return delegate
+
+    async def follow(self, task_id: str, url: str, stats: dict[str, int]) -> dict[str, Any]:
+        """Wait for ``task_id`` to finish; its final view, with its log lines counted."""
+        async with self.http.get(
+            f"{url}/api/v1/tasks/{task_id}/logs/follow", headers=self.user()
+        ) as resp:
+            resp.raise_for_status()
+            async for raw in resp.content:
+                frame = json.loads(raw)
+                if frame["kind"] == "log":
+                    stats["log_lines"] += 1
+                    stats["log_bytes"] += len(frame["line"]["text"].encode())
+                elif frame["kind"] == "end":
+                    task: dict[str, Any] = frame["task"]
+                    return task
+        raise RuntimeError(f"the follow stream of {task_id} ended before the task did")
+
+    async def close(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.delegates))
+        await self.http.close()
+
+
+async def run_real(opts: BenchOptions, managers: Managers, root: Path) -> dict[str, Any]:
+    bench = RealBench(opts, managers, root)
+    try:
+        return await _measure(bench, opts, managers)
+    finally:
+        await bench.close()
+
+
+async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> dict[str, Any]:
+    delegates = [await bench.start_delegate(i) for i in range(opts.real_delegates)]
+    await asyncio.gather(*(d.until_connected() for d in delegates))
+    ps = [psutil.Process(d.proc.pid) for d in delegates]
+    me = psutil.Process()
+
+    def delegate_cpu() -> float:
+        # Children are the tasks' processes, counted once they are reaped.
+        return sum(sum(p.cpu_times()[:4]) for p in ps)
+
+    out: dict[str, Any] = {
+        "bench": "real",
+        "real_delegates": opts.real_delegates,
+        "delegate_modes": sorted({d.mode for d in delegates}),
+        "capacity": opts.capacity,
+        "script": opts.script,
+        "replicas": len(managers.urls),
+        "database": "postgresql" if opts.database else "sqlite",
+        "loadavg_1m": {"start": load_average()},
+    }
+    cpu0, dcpu0, bcpu0 = managers.cpu_s(), delegate_cpu(), sum(me.cpu_times()[:2])
+    submitted: list[str] = []
+    body = {"payload": {"type": "shell", "script": opts.script}, "selectors": [bench.selector]}
+    await submit_tasks(
+        bench.http,
+        managers.urls,
+        bench.user(),
+        body,
+        tasks=opts.tasks,
+        concurrency=opts.concurrency,
+        rate=opts.rate,
+        on_submitted=lambda task_id, _sent: submitted.append(task_id),
+    )
+    stats = {"log_lines": 0, "log_bytes": 0}
+    views = await _follow_all(bench, submitted, stats, opts)
+    manager_cpu = managers.cpu_s() - cpu0
+    created = [v["created_at"] for v in views]
+    span = max(v["finished_at"] for v in views) - min(created)
+    succeeded = sum(1 for v in views if v["state"] == "succeeded")
+    out.update(
+        tasks=opts.tasks,
+        concurrency=opts.concurrency,
+        completed=len(views),
+        succeeded=succeeded,
+        elapsed_s=round(span, 3),
+        tasks_per_s=round(len(views) / span, 1) if span > 0 else 0.0,
+        started_latency_ms=percentiles(
+            [(v["started_at"] - v["created_at"]) * 1000 for v in views if v["started_at"]]
+        ),
+        result_latency_ms=percentiles([(v["finished_at"] - v["created_at"]) * 1000 for v in views]),
+        log_lines=stats["log_lines"],
+        log_mib=round(stats["log_bytes"] / 2**20, 2),
+        delegates_connected=await connected_delegates(
+            bench.http, managers.urls, bench.user(), bench.selector
+        ),
+    )
+    if opts.rate is not None:
+        out["rate"] = opts.rate
+    if managers.started:
+        out["manager_rss_mib"] = round(sum(managers.rss_mib()), 1)
+        out["manager_cpu_s"] = round(manager_cpu, 2)
+    out["delegate_cpu_s"] = round(delegate_cpu() - dcpu0, 2)
+    out["delegate_rss_mib"] = round(sum(p.memory_info().rss for p in ps) / 2**20, 1)
+    out["bench_cpu_s"] = round(sum(me.cpu_times()[:2]) - bcpu0, 2)
+    out["loadavg_1m"]["end"] = load_average()
+    if succeeded != len(views):
+        failed = next(v for v in views if v["state"] != "succeeded")
+        out["first_failure"] = {"state": failed["state"], "error": failed.get("error")}
+    return out
+
+
+async def _follow_all(
+    bench: RealBench, task_ids: list[str], stats: dict[str, int], opts: BenchOptions
+) -> list[dict[str, Any]]:
+    urls = bench.managers.urls
+    slots = asyncio.Semaphore(opts.concurrency)
+
+    async def one(i: int, task_id: str) -> dict[str, Any]:
+        async with slots:
+            return await bench.follow(task_id, urls[i % len(urls)], stats)
+
+    try:
+        return await asyncio.wait_for(
+            asyncio.gather(*(one(i, t) for i, t in enumerate(task_ids))), opts.timeout
+        )
+    except TimeoutError:
+        raise RuntimeError(f"the tasks did not all finish within {opts.timeout:g} s") from None

@@ -1,0 +1,128 @@
+"""``tether bench``: each benchmark runs to the end and reports the figures it promises.
+
+These start real managers (and one real delegate) on loopback with timings scaled down,
+and keep the runs small: they check the benchmarks, not the speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from manager.bench import BenchOptions, MaskerOptions, main_bench, run_bench, run_masker_bench
+from manager.bench.cli import median_of
+
+SCALE = 0.05
+PERCENTILES = {"p50", "p95", "p99"}
+
+
+def _assert_task_figures(out: dict[str, object], tasks: int) -> None:
+    assert out["tasks"] == tasks
+    assert out["completed"] == tasks
+    assert isinstance(out["tasks_per_s"], float)
+    assert out["tasks_per_s"] > 0
+    for key in ("started_latency_ms", "result_latency_ms"):
+        figures = out[key]
+        assert isinstance(figures, dict)
+        assert set(figures) == PERCENTILES
+        assert 0 <= figures["p50"] <= figures["p95"] <= figures["p99"]
+    assert isinstance(out["manager_rss_mib"], float)
+    assert out["manager_rss_mib"] > 0
+    assert "manager_cpu_s" in out
+    assert out["replicas"] == 1
+
+
+async def test_simulated_stream_bench_completes_every_task() -> None:
+    out = await run_bench(BenchOptions(delegates=2, tasks=50, concurrency=5, time_scale=SCALE))
+    _assert_task_figures(out, 50)
+    assert out["mode"] == "stream"
+    assert out["delegates_connected"] == 2
+    assert out["database"] == "sqlite"
+    json.dumps(out)  # what the command prints
+
+
+async def test_simulated_polling_bench_completes_every_task() -> None:
+    out = await run_bench(
+        BenchOptions(delegates=2, tasks=30, concurrency=5, mode="poll", time_scale=SCALE)
+    )
+    _assert_task_figures(out, 30)
+    assert out["mode"] == "poll"
+    assert out["delegates_connected"] == 2
+
+
+async def test_rate_paces_submissions() -> None:
+    out = await run_bench(
+        BenchOptions(delegates=1, tasks=20, concurrency=5, rate=100.0, time_scale=SCALE)
+    )
+    _assert_task_figures(out, 20)
+    assert out["rate"] == 100.0
+    # The 20th task is not sent before 19/100 s have passed.
+    assert out["elapsed_s"] >= 0.19
+
+
+async def test_idle_bench_holds_the_delegates() -> None:
+    out = await run_bench(BenchOptions(delegates=3, idle=0.3, time_scale=SCALE))
+    assert out["bench"] == "idle"
+    assert out["delegates_connected"] == 3
+    assert out["idle_s"] == 0.3
+    assert "tasks_per_s" not in out
+
+
+async def test_real_delegate_bench_runs_shell_tasks() -> None:
+    out = await run_bench(
+        BenchOptions(real_delegates=1, tasks=10, concurrency=5, capacity=4, time_scale=SCALE)
+    )
+    _assert_task_figures(out, 10)
+    assert out["bench"] == "real"
+    assert out["succeeded"] == 10
+    assert out["delegate_modes"] == ["stream"]
+    assert out["delegates_connected"] == 1
+
+
+def test_masker_bench_masks_every_secret_in_the_text() -> None:
+    out = run_masker_bench(MaskerOptions(secrets=50, megabytes=1.0, chunk=4096))
+    assert out["secrets_in_text"] > 0
+    assert out["masks_written"] == out["secrets_in_text"]
+    assert isinstance(out["mb_per_s"], float)
+    assert out["mb_per_s"] > 0
+    assert out["patterns"] > 50
+
+
+def test_median_of_runs_takes_the_median_of_every_number() -> None:
+    runs = [
+        {"tasks_per_s": 10.0, "lat": {"p50": 1.0}, "mode": "stream"},
+        {"tasks_per_s": 30.0, "lat": {"p50": 3.0}, "mode": "stream"},
+        {"tasks_per_s": 20.0, "lat": {"p50": 9.0}, "mode": "stream"},
+    ]
+    assert median_of(runs) == {"tasks_per_s": 20.0, "lat": {"p50": 3.0}, "mode": "stream"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "2"], "needs --database"),
+        (["--replicas", "0"], "at least 1"),
+        (["--database", "mysql://x/y"], "postgresql://"),
+        (["--manager-url", "https://m:8443"], "--api-key"),
+        (["--manager-url", "https://m:8443", "--api-key", "k", "--replicas", "2"], "--replicas"),
+        (["--delegates", "0"], "positive"),
+        (["--tasks", "0"], "--tasks"),
+        (["--rate", "0"], "--rate"),
+        (["--real-delegates", "1", "--idle", "5"], "--idle"),
+        (["--real-delegates", "1", "--mode", "poll"], "--mode"),
+        (["--repeat", "0"], "--repeat"),
+        (["--masker", "--secrets", "0"], "positive"),
+    ],
+)
+def test_bad_arguments_exit_with_usage_status(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main_bench(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unparseable_arguments_exit_with_usage_status() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main_bench(["--replicas", "two"])
+    assert exc.value.code == 2
