@@ -191,7 +191,9 @@ class ManagerApi:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, RuntimeError) as exc:
+            # RuntimeError: an event loop's transport bookkeeping after a connection reset
+            # ("file descriptor is used by transport"); the next attempt starts clean.
             raise Unreachable(f"{type(exc).__name__}: {exc}") from None
         if status == 204:
             return None

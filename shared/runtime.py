@@ -15,7 +15,9 @@ __all__ = ["run"]
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T], *, prefer_uvloop: bool = True) -> T:
+    if not prefer_uvloop:
+        return asyncio.run(coro)
     try:
         import uvloop
     except ImportError:
