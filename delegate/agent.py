@@ -1,8 +1,9 @@
 """The delegate's lifecycle: register, hold the channel, take tasks, run them, shut down.
 
 The agent reacts to the channel (hints, cancels, drain) and owns the running tasks. Each
-task runs through the same pipeline: acquire, open the sealed secrets, register every
-sensitive value with the task's masker *before* the process starts, execute, ship the log,
+task runs through the same pipeline: acquire, open the sealed secrets, resolve the managed
+secrets it references and render them into its payload, register every sensitive value with
+the task's masker (and the process's) *before* the process starts, execute, ship the log,
 report the result. Log and result go through the :class:`~delegate.shipper.Outbox`: straight
 to the manager, or through the disk spool while it cannot be reached; at start the agent
 replays what an earlier run left in the spool.
@@ -13,18 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
 from delegate.api import ManagerApi, Rejected, Unreachable
 from delegate.channel import Channel, Fatal
 from delegate.config import DelegateConfig
-from delegate.executor import ExecutionResult, execute
+from delegate.executor import ExecutionResult, Status, execute
 from delegate.logstream import LogStream
+from delegate.secrets.cache import SecretCache
+from delegate.secrets.resolver import SecretResolver
 from delegate.shipper import Outbox
 from delegate.spool import Spool
+from delegate.taskinputs import InputError, TaskInputs, prepare
 from shared.limits import Timings
 from shared.masking import Masker
 from shared.protocol import AcquireResponse, TaskResult
@@ -72,6 +78,11 @@ class Agent:
         self._work_root = config.data_dir / "work"
         self._spool_root = config.data_dir / "spool"
         self._outbox: Outbox | None = None
+        ttl = config.secret_cache_ttl
+        # One cache for the process: a value fetched for one task serves the next ones.
+        self._resolver = SecretResolver(
+            private_key, cache=SecretCache(ttl=ttl) if ttl > 0 else None
+        )
 
     # -- channel events -------------------------------------------------------------------
 
@@ -122,6 +133,8 @@ class Agent:
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> int:
         """Run until ``stop`` (then shut down gracefully) or a fatal error; the exit status."""
         self._work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A run killed before its tasks ended left their directories, secret files included.
+        await asyncio.to_thread(_clear, self._work_root)
         spool = await asyncio.to_thread(Spool.open, self._spool_root)
         t = self._timings
         self._outbox = Outbox(
@@ -214,19 +227,26 @@ class Agent:
             stream = LogStream(masker, shipper.put, flush_after=t.log_flush)
             flusher = asyncio.create_task(stream.flush_periodically())
             try:
+                inputs: TaskInputs | ExecutionResult
+                if secret_env is None:
+                    inputs = _failed(
+                        "the task's secrets could not be opened with this delegate's key"
+                    )
+                else:
+                    inputs = await self._prepare(acq, secret_env, masker, entry.cancel)
                 for note in masker.skipped:
                     await stream.system(
                         f"warning: {note} is too short to mask and may show in this log"
                     )
-                if secret_env is None:
+                if isinstance(inputs, ExecutionResult):
                     await stream.close()
-                    result = _failed(
-                        "the task's secrets could not be opened with this delegate's key"
-                    )
+                    result = inputs
                 else:
                     result = await execute(
-                        spec,
-                        secret_env=secret_env,
+                        inputs.spec,
+                        secret_env=inputs.env,
+                        secret_files=inputs.files,
+                        credentials=self._resolver.credentials(acq),
                         log=stream,
                         cancel=entry.cancel,
                         kill_grace=t.kill_grace,
@@ -263,6 +283,52 @@ class Agent:
         self.running.pop(spec.id, None)
         self.channel.poke()
 
+    async def _prepare(
+        self,
+        acq: AcquireResponse,
+        secret_env: dict[str, str],
+        masker: Masker,
+        cancel: asyncio.Event,
+    ) -> TaskInputs | ExecutionResult:
+        """The task's inputs, or how it ended before it could start.
+
+        Fetching secrets is bounded by the task's own timeout, and a cancel stops it.
+        """
+        preparing = asyncio.ensure_future(
+            prepare(
+                acq,
+                secret_env=secret_env,
+                resolver=self._resolver,
+                maskers=(masker, self._process_masker),
+            )
+        )
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait(
+                {preparing, cancelled},
+                timeout=acq.task.timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            cancelled.cancel()
+            if not preparing.done():
+                preparing.cancel()
+                await asyncio.gather(preparing, return_exceptions=True)
+        if preparing.cancelled():
+            if cancel.is_set():
+                return _failed("cancelled while resolving secrets", status="cancelled")
+            return _failed(
+                f"timed out after {acq.task.timeout_s:g} s resolving secrets", status="timed_out"
+            )
+        try:
+            return preparing.result()
+        except InputError as exc:
+            return _failed(str(exc))
+        except Exception as exc:
+            # A bug, not the task's fault; its text might quote what it was handling.
+            log.error("preparing a task failed", task_id=acq.task.id, error=type(exc).__name__)
+            return _failed(f"preparing the task failed ({type(exc).__name__})")
+
     def _open_secrets(self, acq: AcquireResponse) -> dict[str, str]:
         if acq.sealed_env is None:
             return {}
@@ -275,8 +341,14 @@ class Agent:
         return {str(k): str(v) for k, v in values.items()}
 
 
-def _failed(error: str) -> ExecutionResult:
+def _failed(error: str, *, status: Status = "failed") -> ExecutionResult:
     now = time.time()
     return ExecutionResult(
-        status="failed", exit_code=None, outputs={}, error=error, started_at=now, finished_at=now
+        status=status, exit_code=None, outputs={}, error=error, started_at=now, finished_at=now
     )
+
+
+def _clear(work_root: Path) -> None:
+    for child in work_root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)

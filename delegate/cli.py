@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--client-cert", help="client certificate for mTLS ($TETHER_CLIENT_CERT)")
     r.add_argument("--client-key", help="its private key ($TETHER_CLIENT_KEY)")
+    r.add_argument(
+        "--secret-cache-ttl",
+        type=float,
+        help="seconds fetched secret values stay cached in memory; 0 turns the cache off"
+        " ($TETHER_SECRET_CACHE_TTL; default 1800)",
+    )
     _service_parsers(sub)
     return p
 
@@ -242,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "time_scale": args.time_scale,
         "client_cert": args.client_cert,
         "client_key": args.client_key,
+        "secret_cache_ttl": args.secret_cache_ttl,
     }
     try:
         config = resolve(flags, os.environ, args.config)

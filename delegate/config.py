@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from delegate.secrets.cache import DEFAULT_TTL
 from shared.protocol import TaskType
 
 __all__ = ["ConfigError", "DelegateConfig", "resolve"]
@@ -25,6 +26,7 @@ ENV = {
     "data_dir": "TETHER_DELEGATE_DATA_DIR",
     "client_cert": "TETHER_CLIENT_CERT",
     "client_key": "TETHER_CLIENT_KEY",
+    "secret_cache_ttl": "TETHER_SECRET_CACHE_TTL",
 }
 KEYS = set(ENV) | {"task_types", "log_level", "time_scale"}
 
@@ -48,6 +50,8 @@ class DelegateConfig:
     # A client certificate for mTLS, when the manager or a proxy in front of it asks for one.
     client_cert: Path | None = None
     client_key: Path | None = None
+    # Seconds a value from a customer's secret manager is kept in memory; 0: not at all.
+    secret_cache_ttl: float = DEFAULT_TTL
 
 
 def _split(value: Any) -> tuple[str, ...]:
@@ -126,6 +130,15 @@ def resolve(
     for path in (client_cert, client_key):
         if path and not Path(path).is_file():
             raise ConfigError(f"{path} does not exist")
+    raw_ttl = pick("secret_cache_ttl")
+    try:
+        secret_cache_ttl = DEFAULT_TTL if raw_ttl is None else float(raw_ttl)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"secret cache TTL must be a number of seconds (got {raw_ttl!r})"
+        ) from None
+    if not 0 <= secret_cache_ttl < float("inf"):
+        raise ConfigError("secret cache TTL must be 0 (no cache) or a positive number of seconds")
     return DelegateConfig(
         manager_url=url,
         token=str(token),
@@ -142,4 +155,5 @@ def resolve(
         time_scale=float(pick("time_scale") or 1.0),
         client_cert=Path(client_cert) if client_cert else None,
         client_key=Path(client_key) if client_key else None,
+        secret_cache_ttl=secret_cache_ttl,
     )

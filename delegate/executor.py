@@ -1,4 +1,5 @@
-"""Runs one task (shell, http or capability) and says how it ended.
+"""Runs one task (shell, http, capability, or one of the manager's secret operations) and
+says how it ended.
 
 Everything the task prints goes through the ``LogStream`` (and so through the task's
 masker); every error text and output value is masked as well, since a URL, a path or an
@@ -38,8 +39,12 @@ from delegate.process import (
     spawn,
     terminate_group,
 )
+from delegate.secrets.base import SecretError
+from delegate.secrets.ops import describe, run_secret_op
+from delegate.secrets.providers import ManagerCredentials, Providers
 from shared.limits import KIB, MAX_OUTPUT_BYTES
 from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload, TaskSpec
+from shared.secretspec import SecretOpPayload
 
 __all__ = ["ExecutionResult", "Status", "execute"]
 
@@ -84,12 +89,17 @@ async def execute(
     cancel: asyncio.Event,
     kill_grace: float,
     work_root: Path,
+    secret_files: Mapping[str, bytes] | None = None,
+    credentials: ManagerCredentials | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ExecutionResult:
     """Run ``spec`` until it ends, times out (``spec.timeout_s``) or ``cancel`` is set.
 
     ``secret_env`` values must already be registered with ``log.masker``: the masker has
-    to know a value before the first byte that could contain it is read.
+    to know a value before the first byte that could contain it is read. A shell task also
+    gets ``secret_files`` (variable -> content): each is written, 0600, into the task's
+    private directory, which is removed when the task ends, and the variable holds its
+    path. ``credentials`` are the secret managers' credentials a secret operation uses.
     """
     started_at = clock()
     try:
@@ -99,12 +109,23 @@ async def execute(
             payload = spec.payload
             if isinstance(payload, ShellPayload):
                 outcome = await _run_shell(
-                    spec, payload, secret_env, log, cancel, kill_grace, work_root
+                    spec,
+                    payload,
+                    secret_env,
+                    secret_files or {},
+                    log,
+                    cancel,
+                    kill_grace,
+                    work_root,
                 )
             elif isinstance(payload, HttpPayload):
                 outcome = await _run_http(spec, payload, log, cancel)
-            else:
+            elif isinstance(payload, CapabilityPayload):
                 outcome = await _run_capability(spec, payload, log, cancel)
+            else:
+                outcome = await _run_secret_op(
+                    spec, payload, secret_env, credentials or ManagerCredentials.none(), log, cancel
+                )
     except Exception as exc:
         outcome = _Outcome("failed", error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -153,6 +174,7 @@ async def _run_shell(
     spec: TaskSpec,
     payload: ShellPayload,
     secret_env: Mapping[str, str],
+    secret_files: Mapping[str, bytes],
     log: LogStream,
     cancel: asyncio.Event,
     kill_grace: float,
@@ -166,10 +188,11 @@ async def _run_shell(
         output_file = task_dir / "output"
         await asyncio.to_thread(_write_private, script, payload.script.encode())
         await asyncio.to_thread(_write_private, output_file, b"")
+        file_env = await asyncio.to_thread(_write_secret_files, task_dir, secret_files)
         cwd = await asyncio.to_thread(_working_dir, task_dir, payload.working_dir)
         if isinstance(cwd, str):
             return _Outcome("failed", error=cwd)
-        env = _child_env(spec, payload, secret_env, task_dir, output_file)
+        env = _child_env(spec, payload, {**secret_env, **file_env}, task_dir, output_file)
         try:
             child = await spawn([payload.interpreter, str(script)], cwd=cwd, env=env)
         except OSError as exc:
@@ -180,6 +203,7 @@ async def _run_shell(
         outputs = await _read_outputs(output_file, log)
         return _Outcome(outcome.status, outcome.exit_code, outputs, outcome.error)
     finally:
+        # Whatever happened: the directory holds the script and any secret files.
         await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
 
 
@@ -187,6 +211,23 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def _write_secret_files(task_dir: Path, files: Mapping[str, bytes]) -> dict[str, str]:
+    """Each file under ``task_dir/secrets`` (0700), named after its variable; var -> path."""
+    if not files:
+        return {}
+    folder = task_dir / "secrets"
+    folder.mkdir(mode=0o700)
+    env: dict[str, str] = {}
+    for name, content in files.items():
+        # A variable name is also the file's name, so it must not be able to leave the folder.
+        if not _OUTPUT_KEY.fullmatch(name):
+            raise ValueError(f"secret file variable {name!r} is not a variable name")
+        path = folder / name
+        _write_private(path, content)
+        env[name] = str(path)
+    return env
 
 
 def _working_dir(task_dir: Path, working_dir: str | None) -> Path | str:
@@ -359,6 +400,39 @@ async def _http_request(
             await log.write("stdout", chunk)
         truncated = received >= _MAX_HTTP_BODY_LOG and bool(await response.content.read(1))
         return response.status, truncated
+
+
+# --- secret operations ----------------------------------------------------------------
+
+
+async def _run_secret_op(
+    spec: TaskSpec,
+    payload: SecretOpPayload,
+    secret_env: Mapping[str, str],
+    credentials: ManagerCredentials,
+    log: LogStream,
+    cancel: asyncio.Event,
+) -> _Outcome:
+    providers = Providers(credentials)
+    try:
+        got = await _guarded(
+            run_secret_op(payload, task_id=spec.id, secret_env=secret_env, providers=providers),
+            cancel,
+            spec.timeout_s,
+        )
+    except SecretError as exc:
+        return _Outcome("failed", error=f"{describe(payload)}: {exc}")
+    except Exception as exc:
+        # The task's masker does not know a key unwrapped here, and a vendor library's
+        # message may quote what it was handed: the type only.
+        return _Outcome("failed", error=f"{describe(payload)}: failed ({type(exc).__name__})")
+    finally:
+        await providers.aclose()
+    if isinstance(got, _Stop):
+        return _stopped(got, spec)
+    # Names and kinds only: the outputs are wrapped or sealed keys, and stay out of the log.
+    await log.write("stdout", f"{describe(payload)}: done\n".encode())
+    return _Outcome("succeeded", outputs=got)
 
 
 # --- capability -------------------------------------------------------------------------

@@ -50,13 +50,23 @@ for _ in $(seq 1 100); do
 done
 tether delegate list
 
-say "Running a deployment task that uses a secret (watch the password get masked)"
+say "Storing a secret: tether secret create db-password --from-literal - (value from stdin)"
+# Encrypted at once under a fresh data key, wrapped by the manager's builtin key; the API
+# never returns it. A second run of the demo gives it a new version instead.
+if tether secret get db-password >/dev/null 2>&1; then
+  printf %s correct-horse-battery-staple | tether secret update db-password --from-literal -
+else
+  printf %s correct-horse-battery-staple | tether secret create db-password --from-literal -
+fi
+tether secret versions db-password
+
+say "Running a deployment task that uses it (watch the password get masked)"
 cat <<'SCRIPT'
-  tether task run --selector demo --secret-env DB_PASSWORD=correct-horse-battery-staple -- bash -c '...'
+  tether task run --selector demo --env DB_PASSWORD='${secrets.getValue("db-password")}' -- bash -c '...'
 SCRIPT
 set +e
 tether task run --selector demo \
-  --secret-env DB_PASSWORD=correct-horse-battery-staple \
+  --env DB_PASSWORD='${secrets.getValue("db-password")}' \
   --deploy-service checkout --deploy-env staging --deploy-version 1.4.2 \
   -- bash -c '
     echo "connecting to db as deploy:$DB_PASSWORD"

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from manager.audit_record import record
 from manager.context import ctx
 from manager.errors import ApiProblem
 from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
@@ -35,10 +36,29 @@ async def put_profile(request: web.Request) -> web.Response:
     if not re.match(_NAME, name):
         raise ApiProblem(400, "invalid", "name: letters, digits, '.', '_' and '-'", field="name")
     body = await parse_body(request, ProfilePut)
-    record = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
-    await c.store.put_profile(record)
-    runs = await c.profiles.on_change(record)
-    return json_response(_view(record, runs))
+    before = await _find(request, name)
+    profile = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
+    await c.store.put_profile(profile)
+    runs = await c.profiles.on_change(profile)
+    record(
+        request,
+        resource_id=name,
+        name=name,
+        action="create" if before is None else "update",
+        summary=f"{'created' if before is None else 'changed'} delegate profile {name}"
+        f" (started on {runs} delegate(s))",
+        before=None if before is None else _audit_view(before),
+        after=_audit_view(profile),
+    )
+    return json_response(_view(profile, runs))
+
+
+async def _find(request: web.Request, name: str) -> ProfileRecord | None:
+    return next((p for p in await ctx(request).store.list_profiles() if p.name == name), None)
+
+
+def _audit_view(p: ProfileRecord) -> dict[str, object]:
+    return _view(p).model_dump(mode="json", exclude={"runs_started", "updated_at"})
 
 
 async def list_profiles(request: web.Request) -> web.Response:
@@ -48,8 +68,18 @@ async def list_profiles(request: web.Request) -> web.Response:
 
 async def delete_profile(request: web.Request) -> web.Response:
     c = ctx(request)
-    if not await c.store.delete_profile(request.match_info["name"]):
-        raise ApiProblem(404, "not_found", f"no profile {request.match_info['name']!r}")
+    name = request.match_info["name"]
+    before = await _find(request, name)
+    if before is None or not await c.store.delete_profile(name):
+        raise ApiProblem(404, "not_found", f"no profile {name!r}")
+    record(
+        request,
+        resource_id=name,
+        name=name,
+        action="delete",
+        summary=f"deleted delegate profile {name}",
+        before=_audit_view(before),
+    )
     return web.Response(status=204)
 
 
@@ -66,6 +96,7 @@ def add_profile_routes(table: RouteTable) -> None:
             ProfilePut,
             ProfileView,
             errors=(400,),
+            audit="profile",
         )
     )
     table.add(Route("GET", base, list_profiles, "List delegate profiles", u, None, ProfileList))
@@ -78,5 +109,6 @@ def add_profile_routes(table: RouteTable) -> None:
             u,
             status=204,
             errors=(404,),
+            audit="profile",
         )
     )

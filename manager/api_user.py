@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from manager.audit_record import record, unchanged
 from manager.context import Context, ctx
 from manager.errors import ApiProblem
 from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
@@ -157,7 +158,45 @@ async def submit_task(request: web.Request) -> web.Response:
     c = ctx(request)
     req = await parse_body(request, TaskSubmit)
     task, created = await c.tasks.submit(req)
+    if created:
+        record(
+            request,
+            resource_id=task.id,
+            name=_task_name(task),
+            action="create",
+            summary=f"submitted {task.type} task {task.id}",
+            after=_task_audit(task),
+        )
+    else:
+        unchanged(request)  # the task of an earlier submit with the same idempotency key
     return json_response(task_view(task), status=201 if created else 200)
+
+
+def _task_name(task: TaskRecord) -> str:
+    d = task.deployment
+    if d is not None:
+        return f"deploy {d.get('service')} to {d.get('environment')}"
+    return f"{task.type} task"
+
+
+def _task_audit(task: TaskRecord) -> dict[str, object]:
+    # What was asked for; secret env values are not in the view (names only).
+    return task_view(task).model_dump(
+        mode="json",
+        include={
+            "id",
+            "type",
+            "state",
+            "payload",
+            "selectors",
+            "secret_env_names",
+            "timeout_s",
+            "queue_timeout_s",
+            "max_attempts",
+            "idempotency_key",
+            "deployment",
+        },
+    )
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -189,8 +228,31 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def cancel_task(request: web.Request) -> web.Response:
     c = ctx(request)
-    task = await c.tasks.cancel(request.match_info["task_id"])
+    task_id = request.match_info["task_id"]
+    before = await c.store.get_task(task_id)
+    task = await c.tasks.cancel(task_id)
+    was = None if before is None else _cancel_fields(before)
+    now = _cancel_fields(task)
+    if was is None or was == now:
+        unchanged(request)  # already final, or already asked to cancel
+    else:
+        cancelled = task.state is TaskState.CANCELLED
+        record(
+            request,
+            resource_id=task.id,
+            name=_task_name(task),
+            action="cancel",
+            summary=f"cancelled task {task.id}"
+            if cancelled
+            else f"asked the delegate running task {task.id} to cancel it",
+            before=was,
+            after=now,
+        )
     return json_response(task_view(task))
+
+
+def _cancel_fields(task: TaskRecord) -> dict[str, object]:
+    return {"state": task.state.value, "cancel_requested": task.cancel_requested}
 
 
 async def get_logs(request: web.Request) -> web.Response:
@@ -319,14 +381,17 @@ async def _set_draining(request: web.Request, draining: bool) -> web.Response:
     if not matches:
         raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
     changed = []
+    flipped = []
     for d in matches:
-        record = await c.store.set_draining(d.id, draining)
-        if record is None:
+        updated = await c.store.set_draining(d.id, draining)
+        if updated is None:
             continue
-        changed.append(record)
+        changed.append(updated)
+        if d.draining != draining:
+            flipped.append(updated)
         session = c.hub.sessions.get(d.id)
         if session is not None:
-            session.delegate = record
+            session.delegate = updated
             session.draining = draining
             if draining:
                 c.hub.send(session, TaskDrain())
@@ -335,6 +400,20 @@ async def _set_draining(request: web.Request, draining: bool) -> web.Response:
         )
     if not draining:
         c.dispatcher.kick()
+    verb = "drain" if draining else "resume"
+    if flipped:
+        # One request, one event, however many delegates share the name.
+        record(
+            request,
+            resource_id=",".join(d.id for d in flipped),
+            name=ref,
+            action=verb,
+            summary=f"{verb}: {len(flipped)} delegate(s) matching {ref!r}",
+            before=[{"id": d.id, "name": d.name, "draining": not draining} for d in flipped],
+            after=[{"id": d.id, "name": d.name, "draining": draining} for d in flipped],
+        )
+    else:
+        unchanged(request)
     return json_response(DelegateList(delegates=await _delegate_views(c, changed)))
 
 
@@ -354,10 +433,18 @@ async def create_token_route(request: web.Request) -> web.Response:
     c = ctx(request)
     req = await parse_body(request, TokenCreate)
     try:
-        record, token = await create_token(c.store, req.name)
+        created, token = await create_token(c.store, req.name)
     except TokenInUse as exc:
         raise ApiProblem(409, "conflict", str(exc), field="name") from None
-    view = _token_view(record)
+    view = _token_view(created)
+    record(
+        request,
+        resource_id=created.id,
+        name=created.name,
+        action="create",
+        summary=f"created delegate token {created.name}",
+        after=view.model_dump(mode="json"),
+    )
     return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
 
 
@@ -379,10 +466,20 @@ async def revoke_token(c: Context, name: str) -> TokenRecord | None:
 
 async def revoke_token_route(request: web.Request) -> web.Response:
     c = ctx(request)
-    record = await revoke_token(c, request.match_info["name"])
-    if record is None:
+    revoked = await revoke_token(c, request.match_info["name"])
+    if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
-    return json_response(_token_view(record))
+    view = _token_view(revoked)
+    record(
+        request,
+        resource_id=revoked.id,
+        name=revoked.name,
+        action="revoke",
+        summary=f"revoked delegate token {revoked.name}",
+        before=view.model_copy(update={"revoked_at": None}).model_dump(mode="json"),
+        after=view.model_dump(mode="json"),
+    )
+    return json_response(view)
 
 
 def add_user_routes(table: RouteTable) -> None:
@@ -398,6 +495,7 @@ def add_user_routes(table: RouteTable) -> None:
             TaskView,
             201,
             errors=(400, 413),
+            audit="task",
         )
     )
     table.add(
@@ -441,6 +539,7 @@ def add_user_routes(table: RouteTable) -> None:
             None,
             TaskView,
             errors=(404, 503),
+            audit="task",
         )
     )
     table.add(
@@ -485,6 +584,7 @@ def add_user_routes(table: RouteTable) -> None:
                 None,
                 DelegateList,
                 errors=(404,),
+                audit="delegate",
             )
         )
     table.add(
@@ -498,6 +598,7 @@ def add_user_routes(table: RouteTable) -> None:
             TokenCreated,
             201,
             errors=(400, 409),
+            audit="token",
         )
     )
     table.add(
@@ -513,5 +614,6 @@ def add_user_routes(table: RouteTable) -> None:
             None,
             TokenView,
             errors=(404,),
+            audit="token",
         )
     )

@@ -21,14 +21,18 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from manager.access import ACCESS, Access, access_middlewares
+from manager.api_access import add_access_routes
+from manager.api_audit import add_audit_routes
 from manager.api_delegate import add_delegate_routes
 from manager.api_profiles import add_profile_routes
+from manager.api_secrets import add_secret_routes
 from manager.api_user import add_user_routes
-from manager.auth import SessionSigner, bearer
+from manager.audit_record import AUDIT, AuditRecorder, audit_middleware
+from manager.auth import SessionSigner
 from manager.bus import Bus, LocalBus, PostgresBus
 from manager.context import CTX, Context
 from manager.dispatch import Dispatcher
-from manager.errors import ApiProblem
 from manager.events import TaskEvents
 from manager.http import Handler, Route, RouteTable, error_middleware
 from manager.hub import Hub
@@ -36,13 +40,15 @@ from manager.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
 from manager.profiles import Profiles
+from manager.secret_ops import SecretOps
+from manager.secrets import SecretService
 from manager.service import TaskService
 from manager.store.base import Store
 from manager.store.factory import open_store_url
 from manager.store.postgres import PostgresStore
-from manager.tokens import create_api_key
-from shared.ids import hash_secret
+from manager.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
 from shared.limits import MAX_API_BODY_BYTES, Timings
+from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.tls import ensure_manager_certificates, server_context
 
@@ -65,6 +71,8 @@ class ManagerConfig:
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
     clock: Callable[[], float] = time.time
+    # The masker behind this process's log output (shared.logging.configure_logging).
+    masker: Masker | None = None
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -77,33 +85,30 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
     path = data_dir / ADMIN_KEY_FILE
     if path.exists():
         return path
-    _record, key = await create_api_key(store, "admin")
+
+    async def make(name: str) -> str:
+        # A high limit, not the account default: see manager.tokens.ADMIN_MAX_QPS.
+        _record, key = await create_api_key(
+            store,
+            name,
+            owner="admin",
+            service_account=True,
+            max_qps=ADMIN_MAX_QPS,
+            burst=ADMIN_BURST,
+        )
+        return key
+
+    try:
+        key = await make("admin")
+    except ApiKeyInUse:
+        # The file was deleted to rotate the key: the live "admin" key stays usable until
+        # it is revoked by name (tether api-key revoke admin), so the new one gets a date.
+        key = await make(time.strftime("admin-%Y%m%d-%H%M%S", time.gmtime()))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     log.info("admin API key created", path=str(path))
     return path
-
-
-def _user_auth(table: RouteTable) -> Callable[..., object]:
-    cache: dict[str, float] = {}
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if table.auth_for(request) != "user":
-            return await handler(request)
-        key = bearer(request.headers.get("Authorization"))
-        if key is None:
-            raise ApiProblem(401, "unauthenticated", "send an API key: Authorization: Bearer <key>")
-        digest = hash_secret(key)
-        if digest not in cache:
-            record = await request.app[CTX].store.api_key_by_hash(digest)
-            if record is None or record.revoked_at is not None:
-                raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
-            cache[digest] = time.monotonic()
-        return await handler(request)
-
-    return middleware
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -172,12 +177,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
+    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
     tasks = TaskService(
         store=store,
         hub=hub,
         dispatcher=dispatcher,
         events=events,
-        master_key=MasterKey.load_or_create(config.data_dir / "master.key"),
+        master_key=master_key,
         timings=t,
         metrics=metrics,
         bus=bus,
@@ -195,6 +201,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         metrics=metrics,
         profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
     )
+    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)
+    tasks.secrets = c.secrets
     await tasks.recover()
     await bus.start(tasks.on_remote)
     c.bus = bus
@@ -206,6 +215,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     table.add(Route("GET", "/metrics", _metrics, "Prometheus metrics", "user", streaming="text"))
     add_user_routes(table)
     add_profile_routes(table)
+    add_secret_routes(table)
+    add_audit_routes(table)
+    add_access_routes(table)
     add_delegate_routes(table)
     doc: dict[str, object] = {}
 
@@ -216,9 +228,19 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     doc.update(openapi_document(table.routes))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,
-        middlewares=[_count_requests, error_middleware, _user_auth(table)],  # type: ignore[list-item]
+        # The access guards (allowlist, API key, rate limit: manager.access) run before any
+        # handler. Audit innermost: it sees the actor authentication set, and a handler's
+        # error before the error middleware answers it (a failed request records nothing).
+        middlewares=[
+            _count_requests,
+            error_middleware,
+            *access_middlewares(table),
+            audit_middleware(table),  # type: ignore[list-item]
+        ],
     )
     app[CTX] = c
+    app[ACCESS] = Access(store, clock=config.clock)
+    app[AUDIT] = AuditRecorder(store, masker=config.masker, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
     return app, c

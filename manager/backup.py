@@ -2,7 +2,7 @@
 
 The SQLite store is copied with SQLite's online backup API, which reads a consistent
 snapshot even while the manager writes (WAL mode). The keys and TLS files are copied as
-they are. Everything goes into one tar.gz, mode 0600: it holds the master key and the
+they are. Everything goes into one tar.gz, mode 0600: it holds the master keys and the
 admin API key, so it is as secret as the data dir itself.
 
 With PostgreSQL, back the database up with its own tools (pg_dump); this command then
@@ -19,9 +19,12 @@ from pathlib import Path
 
 __all__ = ["BackupError", "backup"]
 
-# What a data dir holds besides the store; all of it is needed to restore.
+# What a data dir holds besides the store; all of it is needed to restore. keys/ holds the
+# rotated master keys (only once `keys rotate` has run). The files are read after the store
+# snapshot, and keys are never deleted, so every key the snapshot's rows name is in the
+# archive, even when a rotation runs during the backup.
 _FILES = ("master.key", "admin-api-key")
-_DIRS = ("tls",)
+_DIRS = ("tls", "keys")
 
 
 class BackupError(Exception):

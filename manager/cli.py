@@ -17,8 +17,13 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from manager.app import ManagerConfig, open_store, serve
+from manager.audit_record import AuditRecorder, Change
 from manager.backup import BackupError, backup
+from manager.identity import SYSTEM
+from manager.keyrotation import RewrapReport, rewrap_builtin
+from manager.masterkey import MasterKey, MasterKeyError
 from manager.store.base import Store, StoreError
+from manager.store.records import TokenRecord
 from manager.tokens import TokenInUse, create_token
 from shared import sdnotify
 from shared import service_install as svc
@@ -109,6 +114,28 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--output", choices=("text", "json"), default="text")
     tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     tr.add_argument("name")
+
+    k = sub.add_parser("keys", help="the master keys that encrypt secrets and task values")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ksub.add_parser(
+        "rotate",
+        parents=[common],
+        help="make a new current key, then re-wrap the builtin secrets' data keys with it",
+    )
+    ksub.add_parser(
+        "rewrap",
+        parents=[common],
+        help="re-wrap the builtin secrets still under an older key (after a failed rotate)",
+    )
+    kl = ksub.add_parser("list", parents=[common], help="list the keys; * marks the current one")
+    kl.add_argument("--output", choices=("text", "json"), default="text")
+    al = sub.add_parser("allowlist", help="the IP allowlist, from the manager host")
+    alsub = al.add_subparsers(dest="allowlist_command", required=True)
+    alsub.add_parser(
+        "disable",
+        parents=[common],
+        help="turn the IP allowlist off: the way back in after a lock-out",
+    )
     _service_parsers(sub)
     return p
 
@@ -180,9 +207,16 @@ async def _serve_notified(config: ManagerConfig) -> int:
         await sdnotify.stop_watchdog(watchdog)
 
 
-async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) -> int:
+def _no_store(data_dir: Path, args: argparse.Namespace) -> bool:
+    """True (and says so) when there is no store to open: never make one in the wrong dir."""
     if _database(args) is None and not (data_dir / "tether.db").exists():
         print(f"error: no manager data in {data_dir} (pass --data-dir)", file=sys.stderr)
+        return True
+    return False
+
+
+async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) -> int:
+    if _no_store(data_dir, args):
         return EXIT_USAGE
     store: Store = open_store(data_dir, _database(args))
     await store.open()
@@ -194,7 +228,19 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             print(f"Created delegate token {record.name!r} ({record.id}). It is shown only once:")
-            print(token)
+            print(token, flush=True)
+            await _audit(
+                store,
+                "token",
+                f"{_PROG} token create {args.name}",
+                Change(
+                    record.id,
+                    record.name,
+                    "create",
+                    f"created delegate token {record.name} on the manager host",
+                    after=_token_fields(record),
+                ),
+            )
         elif fn_name == "list":
             tokens = await store.list_tokens()
             if args.output == "json":
@@ -223,10 +269,165 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             if revoked is None:
                 print(f"error: no live token named {args.name!r}", file=sys.stderr)
                 return EXIT_FAILED
+            await _audit(
+                store,
+                "token",
+                f"{_PROG} token revoke {args.name}",
+                Change(
+                    revoked.id,
+                    revoked.name,
+                    "revoke",
+                    f"revoked delegate token {revoked.name} on the manager host",
+                    before={**_token_fields(revoked), "revoked_at": None},
+                    after=_token_fields(revoked),
+                ),
+            )
             print(f"Revoked token {revoked.name!r}.")
             print("A running manager ends the sessions that use it within seconds.")
     finally:
         await store.close()
+    return 0
+
+
+async def _audit(store: Store, resource_type: str, command: str, change: Change) -> None:
+    """Host-side changes are recorded as the system's: no API key or user made them."""
+    await AuditRecorder(store).write(
+        SYSTEM, change, resource_type=resource_type, method="CLI", path=command, client_ip="local"
+    )
+
+
+def _token_fields(t: TokenRecord) -> dict[str, object]:
+    return {"id": t.id, "name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def _keys(data_dir: Path, args: argparse.Namespace) -> int:
+    master = data_dir / "master.key"
+    if not master.exists():
+        print(f"error: no master key in {data_dir} (pass --data-dir)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # load, not load_or_create: a host-side command must not make keys in a wrong dir.
+        key = MasterKey.load(master)
+        if args.keys_command == "list":
+            return _list_keys(key, args.output)
+        if _no_store(data_dir, args):
+            return EXIT_USAGE
+        return run(_rotate(key, data_dir, args))
+    except MasterKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _list_keys(key: MasterKey, output: str) -> int:
+    infos = key.list_keys()
+    if output == "json":
+        print(
+            json.dumps(
+                [{"id": i.id, "current": i.current, "created_at": i.created_at} for i in infos],
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'ID':12} {'CURRENT':8} CREATED")
+    for i in infos:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created_at))
+        print(f"{i.id:12} {'*' if i.current else '':8} {created}")
+    return 0
+
+
+async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> int:
+    # The store is opened before rotating, so that a wrong --database fails with nothing
+    # changed rather than with a new key and nothing re-wrapped.
+    store: Store = open_store(data_dir, _database(args))
+    await store.open()
+    try:
+        previous = key.current_id
+        if args.keys_command == "rotate":
+            print(f"Rotated: {key.rotate()} is the current key (was {previous}).")
+            print("A running manager uses it from its next encryption; old keys are kept.")
+        try:
+            report = await rewrap_builtin(store, key)
+        except StoreError as exc:
+            print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
+            print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
+            return EXIT_FAILED
+        verb = args.keys_command
+        await _audit(
+            store,
+            "master_key",
+            f"{_PROG} keys {verb}",
+            Change(
+                key.current_id,
+                key.current_id,
+                verb,
+                f"{'rotated the master key to' if verb == 'rotate' else 're-wrapped under'}"
+                f" {key.current_id}: {report.rewrapped} builtin secret version(s) re-wrapped,"
+                f" {len(report.failed)} failed",
+                before={"current": previous},
+                after={
+                    "current": key.current_id,
+                    "rewrapped": report.rewrapped,
+                    "already_current": report.already_current,
+                    "failed": len(report.failed),
+                },
+            ),
+        )
+    finally:
+        await store.close()
+    _print_report(key.current_id, report)
+    return EXIT_FAILED if report.failed else 0
+
+
+def _print_report(current: str, report: RewrapReport) -> None:
+    print(
+        f"Builtin secrets under {current}: {report.rewrapped} re-wrapped,"
+        f" {report.already_current} already current, {len(report.failed)} failed"
+        f" ({report.changed_meanwhile} changed meanwhile, {report.gone} deleted meanwhile)."
+    )
+    for f in report.failed:
+        print(f"failed: secret {f.secret_id} version {f.version}: {f.reason}", file=sys.stderr)
+    if report.failed:
+        print(
+            f"They still open with their old key. Fix the cause and run `{_PROG} keys rewrap`.",
+            file=sys.stderr,
+        )
+
+
+# -- allowlist --------------------------------------------------------------------------------
+
+
+async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
+    """Recovery from a lock-out: the API refuses the caller, the host does not ask."""
+    if _no_store(data_dir, args):
+        return EXIT_USAGE
+    store: Store = open_store(data_dir, _database(args))
+    await store.open()
+    try:
+        before = await store.access_settings()
+        if not before.allowlist_enabled:
+            print("The IP allowlist is already disabled.")
+            return 0
+        await store.update_access_settings(time.time(), allowlist_enabled=False)
+        await _audit(
+            store,
+            "allowlist",
+            f"{_PROG} allowlist disable",
+            Change(
+                "allowlist",
+                "allowlist",
+                "disable",
+                "disabled the IP allowlist on the manager host",
+                before={"enabled": True},
+                after={"enabled": False},
+            ),
+        )
+    finally:
+        await store.close()
+    print("Disabled the IP allowlist; its entries are kept.")
+    print("Running managers let every address in again within seconds.")
     return 0
 
 
@@ -240,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if database is not None and not database.startswith(("postgresql://", "postgres://")):
         print("error: --database takes a postgresql:// URL", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(level=args.log_level, json_output=fmt)
+    masker = configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
             if bool(args.tls_cert) != bool(args.tls_key):
@@ -258,10 +459,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_key=args.tls_key,
                 timings=Timings().scaled(args.time_scale),
                 database=_database(args),
+                masker=masker,
             )
             return run(_serve_notified(config))
         if args.command == "backup":
             return _backup(data_dir, args.output, database)
+        if args.command == "allowlist":
+            return run(_allowlist_disable(data_dir, args))
+        if args.command == "keys":
+            return _keys(data_dir, args)
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130

@@ -34,6 +34,28 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 from yarl import URL
 
+from manager.access_models import (
+    AllowlistEntryCreate,
+    AllowlistEntryView,
+    AllowlistView,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyDefaults,
+    ApiKeyDefaultsUpdate,
+    ApiKeyList,
+    ApiKeyView,
+    Confirm,
+    TrustedProxies,
+    TrustedProxiesPut,
+)
+from manager.audit_models import (
+    AuditFilterCreate,
+    AuditFilterList,
+    AuditFilterView,
+    AuditList,
+    AuditQueryModel,
+    AuditVerifyReport,
+)
 from manager.models import (
     DelegateView,
     LogEntry,
@@ -47,6 +69,19 @@ from manager.models import (
     TokenCreate,
     TokenCreated,
     TokenView,
+)
+from manager.secret_models import (
+    SecretCreate,
+    SecretList,
+    SecretManagerCreate,
+    SecretManagerList,
+    SecretManagerTestResult,
+    SecretManagerUpdate,
+    SecretManagerView,
+    SecretMigrate,
+    SecretUpdate,
+    SecretVersionList,
+    SecretView,
 )
 from shared import __version__
 from shared.protocol import TaskState
@@ -65,6 +100,9 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
+# Calls a delegate must answer first (a secret manager test, a KMS wrap): the manager waits
+# up to twice its secret operation timeout for them.
+SLOW_CALL_S = 150.0
 
 # A follow line carries at most one TaskView, whose script is capped at 1 MiB (JSON escaping
 # can multiply that); anything longer is not a line of this protocol.
@@ -370,6 +408,60 @@ class TetherClient:
     async def revoke_token(self, name: str) -> TokenView:
         return await self._call("DELETE", f"/api/v1/tokens/{_seg(name)}", TokenView)
 
+    # -- secret managers and secrets (answers are metadata: no route returns a value)
+
+    async def list_secret_managers(self) -> list[SecretManagerView]:
+        path = "/api/v1/secret-managers"
+        return (await self._call("GET", path, SecretManagerList)).secret_managers
+
+    async def create_secret_manager(self, body: SecretManagerCreate) -> SecretManagerView:
+        return await self._call("POST", "/api/v1/secret-managers", SecretManagerView, body=body)
+
+    async def get_secret_manager(self, name: str) -> SecretManagerView:
+        path = f"/api/v1/secret-managers/{_seg(name)}"
+        return await self._call("GET", path, SecretManagerView)
+
+    async def update_secret_manager(
+        self, name: str, body: SecretManagerUpdate
+    ) -> SecretManagerView:
+        path = f"/api/v1/secret-managers/{_seg(name)}"
+        return await self._call("PATCH", path, SecretManagerView, body=body)
+
+    async def delete_secret_manager(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/secret-managers/{_seg(name)}", _NoContent)
+
+    async def test_secret_manager(self, name: str) -> SecretManagerTestResult:
+        """Runs on a delegate: it may take as long as a KMS round trip and a dispatch."""
+        path = f"/api/v1/secret-managers/{_seg(name)}/test"
+        return await self._call("POST", path, SecretManagerTestResult, timeout=SLOW_CALL_S)
+
+    async def list_secrets(self, manager: str | None = None) -> list[SecretView]:
+        params = _params(manager=manager)
+        return (await self._call("GET", "/api/v1/secrets", SecretList, params=params)).secrets
+
+    async def create_secret(self, body: SecretCreate) -> SecretView:
+        return await self._call(
+            "POST", "/api/v1/secrets", SecretView, body=body, timeout=SLOW_CALL_S
+        )
+
+    async def get_secret(self, name: str) -> SecretView:
+        return await self._call("GET", f"/api/v1/secrets/{_seg(name)}", SecretView)
+
+    async def update_secret(self, name: str, body: SecretUpdate) -> SecretView:
+        path = f"/api/v1/secrets/{_seg(name)}"
+        return await self._call("PATCH", path, SecretView, body=body, timeout=SLOW_CALL_S)
+
+    async def delete_secret(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/secrets/{_seg(name)}", _NoContent)
+
+    async def secret_versions(self, name: str) -> SecretVersionList:
+        return await self._call("GET", f"/api/v1/secrets/{_seg(name)}/versions", SecretVersionList)
+
+    async def migrate_secret(self, name: str, to: str) -> SecretView:
+        path = f"/api/v1/secrets/{_seg(name)}/migrate"
+        body = SecretMigrate(to=to)
+        return await self._call("POST", path, SecretView, body=body, timeout=SLOW_CALL_S)
+
     async def health(self) -> bool:
         """Whether ``/healthz`` answers 2xx; False when it answers otherwise or not at all."""
         try:
@@ -405,7 +497,9 @@ class TetherClient:
         *,
         params: Mapping[str, str] | None = None,
         body: BaseModel | None = None,
+        timeout: float | None = None,
     ) -> _M:
+        timeout = timeout or self._timeout
         data: str | None = None
         headers: dict[str, str] = {}
         if body is not None:
@@ -419,7 +513,7 @@ class TetherClient:
                 data=data,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
                 if not 200 <= resp.status < 300:
@@ -428,7 +522,7 @@ class TetherClient:
             raise ConnectionFailed(f"{method} {path} on {self._display}: {_describe(exc)}") from exc
         except TimeoutError:
             raise ConnectionFailed(
-                f"{method} {path} on {self._display}: no answer within {self._timeout:g}s"
+                f"{method} {path} on {self._display}: no answer within {timeout:g}s"
             ) from None
         if not raw and model is _NoContent:
             return model()
@@ -486,6 +580,125 @@ class TetherClient:
             delay = max(delay, min(retry_after, 60.0))
         return delay
 
+    # --- audit trail ---------------------------------------------------------------------
+
+    async def list_audit(
+        self,
+        query: AuditQueryModel | None = None,
+        *,
+        before: str | None = None,
+        saved_filter: str | None = None,
+    ) -> AuditList:
+        """A page of events, newest first; pass the page's ``next`` as ``before`` for the
+        one after. ``saved_filter`` names a saved filter, which ``query`` narrows."""
+        params = _params(**_query_params(query), before=before, filter=saved_filter)
+        return await self._call("GET", "/api/v1/audit", AuditList, params=params)
+
+    async def export_audit(
+        self,
+        fmt: Literal["jsonl", "csv"] = "jsonl",
+        query: AuditQueryModel | None = None,
+        *,
+        saved_filter: str | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The matching events, oldest first, as chunks of JSON Lines or CSV. No total time
+        limit: a long trail takes as long as it takes; a silent connection does not."""
+        params = _params(**_query_params(query), format=fmt, filter=saved_filter)
+        params.pop("limit", None)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._timeout
+        )
+        path = "/api/v1/audit/export"
+        try:
+            async with self._get_session().get(
+                self._url(path), params=params, allow_redirects=False, timeout=timeout
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, await resp.read())
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(f"GET {path} on {self._display}: {_describe(exc)}") from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"GET {path} on {self._display}: silent for {self._timeout:g}s"
+            ) from None
+
+    async def verify_audit(self) -> AuditVerifyReport:
+        """Check the hash chain on the manager; ``broken`` names the first bad link."""
+        return await self._call(
+            "GET", "/api/v1/audit/verify", AuditVerifyReport, timeout=SLOW_CALL_S
+        )
+
+    async def list_audit_filters(self) -> list[AuditFilterView]:
+        return (await self._call("GET", "/api/v1/audit/filters", AuditFilterList)).filters
+
+    async def save_audit_filter(self, name: str, query: AuditQueryModel) -> AuditFilterView:
+        body = AuditFilterCreate(name=name, query=query)
+        return await self._call("POST", "/api/v1/audit/filters", AuditFilterView, body=body)
+
+    async def delete_audit_filter(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/audit/filters/{_seg(name)}", _NoContent)
+
+    # --- API keys and the IP allowlist ---------------------------------------------------
+
+    async def create_api_key(self, body: ApiKeyCreate) -> ApiKeyCreated:
+        """A new API key; its value is in the answer and nowhere else, ever."""
+        return await self._call("POST", "/api/v1/api-keys", ApiKeyCreated, body=body)
+
+    async def list_api_keys(self) -> list[ApiKeyView]:
+        return (await self._call("GET", "/api/v1/api-keys", ApiKeyList)).api_keys
+
+    async def revoke_api_key(self, name: str) -> ApiKeyView:
+        return await self._call("DELETE", f"/api/v1/api-keys/{_seg(name)}", ApiKeyView)
+
+    async def get_api_key_defaults(self) -> ApiKeyDefaults:
+        return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)
+
+    async def set_api_key_defaults(self, body: ApiKeyDefaultsUpdate) -> ApiKeyDefaults:
+        return await self._call("PUT", "/api/v1/api-key-defaults", ApiKeyDefaults, body=body)
+
+    async def get_allowlist(self) -> AllowlistView:
+        return await self._call("GET", "/api/v1/allowlist", AllowlistView)
+
+    async def add_allowlist_entry(self, body: AllowlistEntryCreate) -> AllowlistEntryView:
+        return await self._call("POST", "/api/v1/allowlist/entries", AllowlistEntryView, body=body)
+
+    async def remove_allowlist_entry(
+        self, entry_id: str, *, confirm: bool = False
+    ) -> AllowlistEntryView:
+        """``confirm``: even when it leaves the caller's own address out."""
+        path = f"/api/v1/allowlist/entries/{_seg(entry_id)}"
+        params = {"confirm": "true"} if confirm else None
+        return await self._call("DELETE", path, AllowlistEntryView, params=params)
+
+    async def set_allowlist_entry_enabled(
+        self, entry_id: str, enabled: bool, *, confirm: bool = False
+    ) -> AllowlistEntryView:
+        action = "enable" if enabled else "disable"
+        path = f"/api/v1/allowlist/entries/{_seg(entry_id)}/{action}"
+        body = Confirm(confirm=confirm)
+        return await self._call("POST", path, AllowlistEntryView, body=body)
+
+    async def enable_allowlist(self, *, confirm: bool = False) -> AllowlistView:
+        """Refused (409, ``would_lock_out``) when it would refuse the caller's own address,
+        unless ``confirm``."""
+        body = Confirm(confirm=confirm)
+        return await self._call("POST", "/api/v1/allowlist/enable", AllowlistView, body=body)
+
+    async def disable_allowlist(self) -> AllowlistView:
+        body = Confirm()
+        return await self._call("POST", "/api/v1/allowlist/disable", AllowlistView, body=body)
+
+    async def get_trusted_proxies(self) -> list[str]:
+        path = "/api/v1/allowlist/trusted-proxies"
+        return (await self._call("GET", path, TrustedProxies)).proxies
+
+    async def set_trusted_proxies(self, proxies: list[str], *, confirm: bool = False) -> list[str]:
+        path = "/api/v1/allowlist/trusted-proxies"
+        body = TrustedProxiesPut(proxies=proxies, confirm=confirm)
+        return (await self._call("PUT", path, TrustedProxies, body=body)).proxies
+
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -497,6 +710,10 @@ def _seg(value: str) -> str:
 
 def _params(**values: Any) -> dict[str, str]:
     return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def _query_params(query: AuditQueryModel | None) -> dict[str, Any]:
+    return {} if query is None else query.model_dump(exclude_none=True)
 
 
 def _position(cursor: str) -> tuple[int, int] | None:

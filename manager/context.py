@@ -15,6 +15,7 @@ from manager.events import TaskEvents
 from manager.hub import Hub
 from manager.metrics import Metrics
 from manager.profiles import Profiles
+from manager.secrets import SecretService
 from manager.service import TaskService
 from manager.store.base import Store
 from shared.ids import new_id
@@ -36,6 +37,8 @@ class Context:
     metrics: Metrics
     profiles: Profiles
     bus: Bus = field(default_factory=LocalBus)
+    # Built right after the context (it runs its operations through ``tasks``).
+    secrets: SecretService | None = None
     # This process among the replicas sharing the store (its presence rows name it).
     replica_id: str = field(default_factory=lambda: new_id("rep"))
     started_at: float = field(default_factory=time.time)

@@ -44,6 +44,8 @@ class QueuedTask:
     hinted_to: tuple[str, ...] = field(default=())
     # A task nobody took after its first hints is offered to everyone eligible.
     widened: bool = False
+    # Queue order (set at enqueue): expired hints go back among the unhinted by it.
+    seq: int = 0
 
 
 class Dispatcher:
@@ -67,8 +69,11 @@ class Dispatcher:
         self._hinted: dict[str, QueuedTask] = {}
         self._outstanding: dict[str, int] = {}
         self._kick = asyncio.Event()
+        self._seq = 0
 
     def enqueue(self, task: QueuedTask) -> None:
+        self._seq += 1
+        task.seq = self._seq
         self.queued[task.id] = task
         self._unhinted[task.id] = task
         self._kick.set()
@@ -142,21 +147,30 @@ class Dispatcher:
         self._hinted[task.id] = task
 
     def _expire_hints(self, now: float) -> None:
-        """Hints nobody acted on within ``widen_after``: offer those tasks to everyone."""
-        expired = [
-            t
-            for t in self.queued.values()
-            if t.hinted_to
-            and t.notified_at is not None
-            and now - t.notified_at >= self._widen_after
-        ]
+        """Hints nobody acted on within ``widen_after``: offer those tasks to everyone.
+
+        ``_hinted`` is in the order hints were sent, so the walk stops at the first hint
+        still fresh: a round costs the hints that expire, not the length of the queue.
+        """
+        expired: list[QueuedTask] = []
+        for task in self._hinted.values():
+            if task.notified_at is not None and now - task.notified_at < self._widen_after:
+                break
+            expired.append(task)
         if not expired:
             return
         for task in expired:
+            del self._hinted[task.id]
             self._forget_hints(task)
             task.widened = True
         # Back in queue order, so the oldest are offered first.
-        self._unhinted = {t.id: t for t in self.queued.values() if not t.hinted_to}
+        expired.sort(key=lambda t: t.seq)
+        waiting = list(self._unhinted.values())
+        if waiting and waiting[-1].seq > expired[0].seq:
+            merged = sorted([*waiting, *expired], key=lambda t: t.seq)
+            self._unhinted = {t.id: t for t in merged}
+        else:
+            self._unhinted.update((t.id, t) for t in expired)
 
     def pick_for(self, session: Session) -> str | None:
         """The oldest queued task this (polling) delegate could take, hinted or not."""

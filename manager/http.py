@@ -40,9 +40,14 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     query: dict[str, str] = field(default_factory=dict)
-    # Not JSON: a WebSocket upgrade or a chunked NDJSON stream.
-    streaming: Literal["websocket", "ndjson", "text"] | None = None
+    # Not JSON: a WebSocket upgrade, a chunked NDJSON stream, plain text, or an export
+    # (JSON Lines or CSV, as its ``format`` parameter asks).
+    streaming: Literal["websocket", "ndjson", "text", "export"] | None = None
     errors: tuple[int, ...] = ()
+    # The resource type a mutating user route changes (its audit events' resource_type);
+    # None for reads. The handler describes the change (manager.audit_record.record), and
+    # the audit middleware writes it once the handler has succeeded.
+    audit: str | None = None
 
 
 class RouteTable:
@@ -50,18 +55,22 @@ class RouteTable:
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
-        self._auth: dict[tuple[object, str], AuthKind] = {}
+        self._by_handler: dict[tuple[object, str], Route] = {}
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
-        self._auth[(route.handler, route.method)] = route.auth
+        self._by_handler[(route.handler, route.method)] = route
 
     def install(self, app: web.Application) -> None:
         for r in self.routes:
             app.router.add_route(r.method, r.path, r.handler)
 
+    def route_for(self, request: web.Request) -> Route | None:
+        return self._by_handler.get((request.match_info.route.handler, request.method))
+
     def auth_for(self, request: web.Request) -> AuthKind | None:
-        return self._auth.get((request.match_info.route.handler, request.method))
+        route = self.route_for(request)
+        return None if route is None else route.auth
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

@@ -157,10 +157,19 @@ class Hub:
                 out.append(Presence(s.id, replica_id, s.mode, last))
         return out
 
-    def renewed(self, renewed: set[str]) -> None:
-        """Record which listed tasks the store renewed; the rest are strangers."""
+    def renewed(self, held: list[tuple[str, str]], renewed: set[str]) -> None:
+        """Record which of the ``held`` pairs the store renewed; the rest are strangers.
+
+        Judged on the snapshot the renewal was made from, not on what heartbeats listed
+        since: a task acquired while the store was writing was not in that batch, and must
+        not be taken for a stranger (and cancelled) for it.
+        """
+        stale: dict[str, set[str]] = {}
+        for task_id, delegate_id in held:
+            if task_id not in renewed:
+                stale.setdefault(delegate_id, set()).add(task_id)
         for s in self.sessions.values():
-            s.strangers = frozenset(t for t in s.listed if t not in renewed)
+            s.strangers = frozenset(stale.get(s.id, ()))
 
     def candidates(self) -> list[Candidate]:
         out = (self._candidate(s) for s in self.sessions.values())

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.protocol import Deployment, TaskPayload, TaskState, TaskType
+from shared.protocol import Deployment, TaskPayload, TaskState, TaskType, UserPayload
 
 __all__ = [
     "AttemptView",
@@ -30,7 +30,7 @@ class Model(BaseModel):
 
 
 class TaskSubmit(Model):
-    payload: TaskPayload
+    payload: UserPayload
     selectors: list[str] = Field(default_factory=list, max_length=64)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     queue_timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)

@@ -16,6 +16,13 @@ __all__ = ["openapi_document"]
 
 _PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{model}"
+# What the middlewares in front of a handler may answer (manager.access): the user API's
+# key (401), the IP allowlist (403) and the key's rate limit (429); a delegate credential.
+_GUARD_ERRORS: dict[str, tuple[int, ...]] = {
+    "user": (401, 403, 429),
+    "delegate": (401,),
+    "delegate_token": (401,),
+}
 
 
 def openapi_document(routes: list[Route]) -> dict[str, Any]:
@@ -75,6 +82,14 @@ def _operation(r: Route) -> dict[str, Any]:
             "description": "A stream of JSON lines",
             "content": {"application/x-ndjson": {"schema": {"type": "object"}}},
         }
+    elif r.streaming == "export":
+        responses["200"] = {
+            "description": "The events, one per line",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
     elif r.response is not None:
         responses[str(r.status)] = {
             "description": "OK",
@@ -84,7 +99,7 @@ def _operation(r: Route) -> dict[str, Any]:
         responses[str(r.status)] = {"description": "OK"}
     if r.path.endswith("/tasks/next"):
         responses["204"] = {"description": "No task within the wait"}
-    for status in sorted({*r.errors, *((401,) if r.auth != "none" else ())}):
+    for status in sorted({*r.errors, *_GUARD_ERRORS.get(r.auth, ())}):
         responses[str(status)] = {
             "description": "Error",
             "content": {"application/json": {"schema": _ref(ErrorBody)}},

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -47,6 +48,7 @@ from shared.protocol import (
     TaskState,
 )
 from shared.sealing import seal
+from shared.secretspec import SecretDelivery, SecretOpPayload
 
 __all__ = ["IDEMPOTENCY_WINDOW_S", "TaskService"]
 
@@ -57,6 +59,19 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 
 def _secret_context(task_id: str) -> bytes:
     return b"tether-task-secret-env-v1\x00" + task_id.encode()
+
+
+class SecretDeliverer(Protocol):
+    """What the acquire answer needs from the secrets service (manager.secrets)."""
+
+    def check_payload(self, payload: object) -> None:
+        """ApiProblem 400 when an expression in ``payload`` is malformed."""
+
+    async def deliver(
+        self, task: TaskRecord, attempt: int, public_key: str
+    ) -> tuple[list[SecretDelivery], dict[str, str], dict[str, str]]:
+        """(deliveries, sealed credentials by manager id, unavailable names with why)."""
+        ...
 
 
 class TaskService:
@@ -88,6 +103,8 @@ class TaskService:
         # Snapshots of open tasks this process has seen, so a decision rarely needs a read.
         self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
+        # Set once the secrets service exists (it submits its operations through here).
+        self.secrets: SecretDeliverer | None = None
 
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
@@ -112,12 +129,10 @@ class TaskService:
     # -- users ----------------------------------------------------------------------------
 
     async def submit(self, req: TaskSubmit) -> tuple[TaskRecord, bool]:
+        if self.secrets is not None:
+            self.secrets.check_payload(req.payload)
         now = self._clock()
         task_id = new_id("task")
-        sealed = None
-        if req.secret_env:
-            plain = json.dumps(req.secret_env).encode()
-            sealed = self._key.encrypt(plain, context=_secret_context(task_id))
         record = TaskRecord(
             id=task_id,
             type=req.payload.type,
@@ -130,10 +145,46 @@ class TaskService:
             created_at=now,
             queued_at=now,
             idempotency_key=req.idempotency_key,
-            secret_env_sealed=sealed,
+            secret_env_sealed=self._seal_env(task_id, req.secret_env),
             secret_env_names=tuple(sorted(req.secret_env)),
             deployment=req.deployment.model_dump(mode="json") if req.deployment else None,
         )
+        return await self._insert(record)
+
+    async def submit_internal(
+        self,
+        payload: SecretOpPayload,
+        *,
+        selectors: tuple[str, ...],
+        secret_env: dict[str, str],
+        timeout_s: float,
+    ) -> TaskRecord:
+        """Queue one of the manager's own operations (a secret manager test, a key wrap)."""
+        now = self._clock()
+        task_id = new_id("task")
+        record = TaskRecord(
+            id=task_id,
+            type=payload.type,
+            state=TaskState.QUEUED,
+            payload=payload.model_dump(mode="json"),
+            selectors=selectors,
+            timeout_s=timeout_s,
+            queue_timeout_s=timeout_s,
+            max_attempts=1,
+            created_at=now,
+            queued_at=now,
+            secret_env_sealed=self._seal_env(task_id, secret_env),
+            secret_env_names=tuple(sorted(secret_env)),
+        )
+        stored, _ = await self._insert(record)
+        return stored
+
+    def _seal_env(self, task_id: str, env: dict[str, str]) -> str | None:
+        if not env:
+            return None
+        return self._key.encrypt(json.dumps(env).encode(), context=_secret_context(task_id))
+
+    async def _insert(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         stored, created = await self._store.insert_task(
             record, idempotency_window=IDEMPOTENCY_WINDOW_S
         )
@@ -193,6 +244,13 @@ class TaskService:
                 plain,
                 context=f"{task.id}:{updated.attempt}".encode(),
             )
+        deliveries: list[SecretDelivery] = []
+        credentials: dict[str, str] = {}
+        unavailable: dict[str, str] = {}
+        if self.secrets is not None:
+            deliveries, credentials, unavailable = await self.secrets.deliver(
+                updated, updated.attempt, session.delegate.public_key
+            )
         log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
         return AcquireResponse(
             task=TaskSpec.model_validate(
@@ -205,6 +263,9 @@ class TaskService:
             ),
             attempt=updated.attempt,
             sealed_env=sealed_env,
+            secrets=deliveries,
+            credentials=credentials,
+            unavailable=unavailable,
         )
 
     async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
@@ -296,7 +357,7 @@ class TaskService:
         """One batched write: extend the leases the live delegates' heartbeats listed."""
         held = self._hub.held()
         renewed = await self._store.renew_leases(held, self._clock() + self._timings.lost_after)
-        self._hub.renewed(renewed)
+        self._hub.renewed(held, renewed)
 
     async def sweep(self) -> None:
         """Lost leases, queue timeouts and run timeouts, all judged on the manager's clock."""

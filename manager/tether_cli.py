@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from manager.cli_access import add_access_parsers
 from manager.cli_admin import (
     cmd_delegate_drain,
     cmd_delegate_list,
@@ -44,6 +45,7 @@ from manager.cli_admin import (
     cmd_token_list,
     cmd_token_revoke,
 )
+from manager.cli_audit import add_audit_parsers
 from manager.cli_context import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -53,6 +55,7 @@ from manager.cli_context import (
     UsageError,
 )
 from manager.cli_format import Console
+from manager.cli_secrets import add_secret_parsers
 from manager.cli_tasks import (
     cmd_task_cancel,
     cmd_task_get,
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", parents=[output], help="revoke a token")
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=cmd_token_revoke)
+    add_audit_parsers(groups, output)
+    add_secret_parsers(groups, output)
+    add_access_parsers(groups, output)
     return parser
 
 
@@ -223,6 +229,13 @@ def _task_options(p: argparse.ArgumentParser) -> None:
         "--secret-env", action="append", default=[], metavar="NAME=VALUE", help="masked env var"
     )
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--credential",
+        action="append",
+        default=[],
+        metavar="SECRET",
+        help="an ssh_key or winrm secret, given to the script as env and a key file",
+    )
     p.add_argument("--interpreter", choices=("bash", "sh"), default="bash")
     p.add_argument("--working-dir", metavar="DIR")
     p.add_argument("--deploy-service", metavar="S")
@@ -324,6 +337,7 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
                 interpreter=args.interpreter,
                 env=env,
                 working_dir=args.working_dir,
+                credential_secrets=args.credential,
             ),
             selectors=args.selector,
             timeout_s=args.timeout,

@@ -79,6 +79,9 @@ class Timings:
     dispatch_widen_after: float = 0.5
     # How often the manager sweeps leases, queue and run timeouts.
     sweep_interval: float = 1.0
+    # A secret operation (a connection test, a key wrap) waits this long for a delegate to
+    # take it and as long again for it to finish: KMS calls are slow, but a user waits.
+    secret_op_timeout: float = 60.0
 
     def scaled(self, factor: float) -> Timings:
         """Every timing multiplied by ``factor`` (tests use 0.01 and less)."""

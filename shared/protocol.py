@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_LINES, MAX_SCRIPT_BYTES
+from shared.secretspec import SecretDelivery, SecretOpPayload
 
 __all__ = [
     "FINAL_STATES",
@@ -49,6 +50,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskType",
+    "UserPayload",
     "describe_validation_error",
     "parse_delegate_frame",
     "parse_manager_frame",
@@ -82,6 +84,8 @@ class TaskType(enum.StrEnum):
     SHELL = "shell"
     HTTP = "http"
     CAPABILITY = "capability"
+    # Internal: a secret manager's connection test or a key wrap (shared.secretspec).
+    SECRET_OP = "secret_op"  # noqa: S105 - a task type, not a password
 
 
 class TaskState(enum.StrEnum):
@@ -114,6 +118,8 @@ class ShellPayload(Strict):
     env: dict[EnvName, str] = Field(default_factory=dict)
     # Relative to the task's own temporary directory; absolute paths must already exist.
     working_dir: str | None = None
+    # ssh_key and winrm secrets the script gets as env variables and files (docs/secrets.md).
+    credential_secrets: list[str] = Field(default_factory=list, max_length=32)
 
 
 class HttpPayload(Strict):
@@ -133,7 +139,11 @@ class CapabilityPayload(Strict):
     target: str = Field(min_length=1, max_length=2048)
 
 
-TaskPayload = Annotated[ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")]
+# What users may submit; a delegate may also be handed the manager's own secret operations.
+UserPayload = Annotated[ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")]
+TaskPayload = Annotated[
+    ShellPayload | HttpPayload | CapabilityPayload | SecretOpPayload, Field(discriminator="type")
+]
 
 
 class Deployment(Strict):
@@ -306,6 +316,14 @@ class AcquireResponse(Strict):
     attempt: int
     # Sensitive env values sealed to the delegate's X25519 key (shared.sealing), or None.
     sealed_env: str | None = None
+    # The managed secrets the task references (shared.secretspec), by name.
+    secrets: list[SecretDelivery] = Field(default_factory=list)
+    # Credentials of the secret managers above that keep them as builtin secrets: manager id
+    # -> a JSON object of strings sealed to the delegate (secretspec.credentials_context).
+    credentials: dict[str, str] = Field(default_factory=dict)
+    # Referenced names the manager cannot deliver, with why (never a value): the delegate
+    # fails the task with these before anything runs.
+    unavailable: dict[str, str] = Field(default_factory=dict)
 
 
 class LogLine(Strict):

@@ -18,6 +18,7 @@ __all__ = ["bench_parser", "main_bench", "median_of"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def bench_parser() -> argparse.ArgumentParser:
@@ -132,5 +133,8 @@ def main_bench(argv: list[str]) -> int:
     except (OSError, RuntimeError, aiohttp.ClientError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # The run's own clean-up (stopping the managers it started) has run by now.
+        return EXIT_INTERRUPTED
     print(json.dumps(_aggregate(runs)), flush=True)
     return 0

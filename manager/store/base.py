@@ -9,23 +9,37 @@ a late message from an old attempt out, whichever replica handles it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from manager.audit import AuditDraft, AuditEvent, AuditQuery, SavedAuditFilter
 from manager.store.records import (
+    AccessSettings,
+    AllowlistEntry,
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
     LogRecord,
     Presence,
     ProfileRecord,
+    SecretManagerRecord,
+    SecretRecord,
+    SecretVersionRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
 )
 from shared.protocol import TaskState
 
-__all__ = ["Conflict", "Store", "StoreError"]
+__all__ = [
+    "Conflict",
+    "Store",
+    "StoreError",
+    "check_envelope_versions",
+    "check_first_version",
+    "check_next_version",
+]
 
 
 class StoreError(Exception):
@@ -33,7 +47,8 @@ class StoreError(Exception):
 
 
 class Conflict(StoreError):
-    """A uniqueness rule was broken (a name in use)."""
+    """A uniqueness rule was broken (a name in use), or a reference was: a secret naming a
+    manager that is gone, a manager deleted while it keeps secrets."""
 
 
 class Store(abc.ABC):
@@ -72,7 +87,8 @@ class Store(abc.ABC):
 
     # -- API keys
     @abc.abstractmethod
-    async def create_api_key(self, key: ApiKeyRecord) -> None: ...
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        """Raises :class:`Conflict` when a live (unrevoked) key has the same name."""
 
     @abc.abstractmethod
     async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
@@ -185,3 +201,215 @@ class Store(abc.ABC):
         self, task_id: str, *, after: tuple[int, int] | None, limit: int
     ) -> list[LogRecord]:
         """Lines in (attempt, seq) order, strictly after the ``after`` position."""
+
+    # -- secret managers (the builtin one is made by the migration and cannot be deleted)
+    @abc.abstractmethod
+    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
+        """Raises :class:`Conflict` when the name is in use."""
+
+    @abc.abstractmethod
+    async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None: ...
+
+    @abc.abstractmethod
+    async def secret_manager_by_name(self, name: str) -> SecretManagerRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_secret_managers(self) -> list[SecretManagerRecord]:
+        """By name."""
+
+    @abc.abstractmethod
+    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
+        """Replace the row with that id (name may change: Conflict when taken); False: gone.
+
+        Every field but ``created_at``, which stays as first stored.
+        """
+
+    @abc.abstractmethod
+    async def delete_secret_manager(self, manager_id: str) -> bool:
+        """Raises :class:`Conflict` while secrets are kept in it; False when there is none."""
+
+    # -- secrets and their versions
+    @abc.abstractmethod
+    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+        """The secret with its version 1, in one transaction. Conflict: the name is taken, or
+        ``secret.manager_id`` names no manager. ValueError unless ``first`` is version 1 of
+        ``secret`` and ``secret.current_version`` is 1.
+        """
+
+    @abc.abstractmethod
+    async def get_secret(self, secret_id: str) -> SecretRecord | None: ...
+
+    @abc.abstractmethod
+    async def secret_by_name(self, name: str) -> SecretRecord | None: ...
+
+    @abc.abstractmethod
+    async def secrets_by_name(self, names: Iterable[str]) -> dict[str, SecretRecord]:
+        """The secrets among ``names`` that exist, in one query (the acquire path)."""
+
+    @abc.abstractmethod
+    async def list_secrets(self, *, manager_id: str | None = None) -> list[SecretRecord]:
+        """By name; only those kept in ``manager_id`` when given."""
+
+    @abc.abstractmethod
+    async def add_secret_version(
+        self, secret: SecretRecord, version: SecretVersionRecord
+    ) -> SecretRecord | None:
+        """Store ``version`` (numbered ``secret.current_version + 1``) and make it current,
+        compare-and-set on ``secret.current_version``: None when another update came first
+        or the secret is gone. Returns the updated secret, whose ``updated_at`` is
+        ``version.created_at``. ValueError when ``version`` is not that number of ``secret``.
+        """
+
+    @abc.abstractmethod
+    async def secret_versions(self, secret_id: str) -> list[SecretVersionRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def get_secret_version(
+        self, secret_id: str, version: int
+    ) -> SecretVersionRecord | None: ...
+
+    @abc.abstractmethod
+    async def current_versions(self, secret_ids: Iterable[str]) -> dict[str, SecretVersionRecord]:
+        """Each secret's current version, in one query (the acquire path)."""
+
+    @abc.abstractmethod
+    async def delete_secret(self, secret_id: str) -> bool:
+        """The secret and all its versions; False when there is none."""
+
+    @abc.abstractmethod
+    async def move_secret(
+        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+    ) -> SecretRecord | None:
+        """Migration: keep ``secret`` in ``manager_id`` and replace the envelopes of the
+        listed versions, in one transaction; compare-and-set on ``secret.current_version``
+        and ``secret.manager_id`` (None when either changed meanwhile, or it is gone).
+        Conflict: ``manager_id`` names no manager. ValueError: ``envelopes`` lists a version
+        outside ``1..secret.current_version``.
+        """
+
+    @abc.abstractmethod
+    async def envelopes_of_manager(self, manager_id: str) -> list[SecretVersionRecord]:
+        """Every inline version of the secrets kept in ``manager_id`` (for key rotation)."""
+
+    @abc.abstractmethod
+    async def replace_envelope(self, secret_id: str, version: int, old: str, new: str) -> bool:
+        """Swap one version's envelope, compare-and-set on the old text (key rotation).
+
+        The manager is not checked: a secret moved meanwhile has new envelope texts, so the
+        old text no longer matches.
+        """
+
+    @abc.abstractmethod
+    async def clear_task_secret_env(self, task_id: str) -> None:
+        """Forget a task's sealed env (a finished secret operation's data key)."""
+
+    # -- audit trail
+    @abc.abstractmethod
+    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+        """Chain ``draft`` after the newest event and store it (manager.audit.seal), in one
+        transaction that holds the chain's head: concurrent appends, from other replicas or
+        a host-side command, each get the next seq in turn, so the chain never forks."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> tuple[int, str]:
+        """The newest event's (seq, hash); ``(0, GENESIS)`` before the first."""
+
+    @abc.abstractmethod
+    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        """Up to ``query.limit`` matching events, by seq (newest first unless ascending)."""
+
+    async def audit_events_all(
+        self, query: AuditQuery | None = None, *, page: int = 500
+    ) -> AsyncGenerator[AuditEvent, None]:
+        """Every event matching ``query`` (default: all), oldest first, a page at a time, so
+        verification and export never hold the whole trail."""
+        base = replace(query or AuditQuery(), ascending=True, before=None, limit=page)
+        after = base.after or 0
+        while True:
+            events = await self.list_audit(replace(base, after=after))
+            for event in events:
+                yield event
+            if len(events) < page:
+                return
+            after = events[-1].seq
+
+    @abc.abstractmethod
+    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+        """Raises :class:`Conflict` when its owner has a filter of that name."""
+
+    @abc.abstractmethod
+    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None: ...
+
+    @abc.abstractmethod
+    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
+        """The owner's filters, by name."""
+
+    @abc.abstractmethod
+    async def delete_audit_filter(self, owner: str, name: str) -> bool: ...
+
+    # -- api keys (owners, limits) and the IP allowlist
+    @abc.abstractmethod
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
+        """Revoke the live key of that name; None when there is none."""
+
+    @abc.abstractmethod
+    async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
+        """Set the key's last use to ``now`` unless it was set less than ``min_interval``
+        ago (by any replica): a busy key costs one write a minute, not one per request."""
+
+    @abc.abstractmethod
+    async def access_settings(self) -> AccessSettings: ...
+
+    @abc.abstractmethod
+    async def update_access_settings(
+        self,
+        now: float,
+        *,
+        allowlist_enabled: bool | None = None,
+        trusted_proxies: Sequence[str] | None = None,
+        api_key_max_qps: float | None = None,
+        api_key_burst: int | None = None,
+    ) -> AccessSettings:
+        """Change the settings given (None: unchanged); return them all."""
+
+    @abc.abstractmethod
+    async def list_allowlist(self) -> list[AllowlistEntry]:
+        """Every entry, enabled or not, oldest first."""
+
+    @abc.abstractmethod
+    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
+        """Raises :class:`Conflict` when an entry has the same CIDR."""
+
+    @abc.abstractmethod
+    async def set_allowlist_entry_enabled(
+        self, entry_id: str, enabled: bool
+    ) -> AllowlistEntry | None: ...
+
+    @abc.abstractmethod
+    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
+        """The entry removed; None when there was none."""
+
+
+# Both stores run these before any SQL: a caller's mistake, not a database's.
+def check_first_version(secret: SecretRecord, first: SecretVersionRecord) -> None:
+    if (first.secret_id, first.version, secret.current_version) != (secret.id, 1, 1):
+        raise ValueError(f"a new secret starts at version 1 of itself, not {first!r}")
+
+
+def check_next_version(secret: SecretRecord, version: SecretVersionRecord) -> None:
+    if (version.secret_id, version.version) != (secret.id, secret.current_version + 1):
+        raise ValueError(
+            f"the version after {secret.id} {secret.current_version} is"
+            f" {secret.current_version + 1}, not {version.secret_id} {version.version}"
+        )
+
+
+def check_envelope_versions(secret: SecretRecord, envelopes: dict[int, str]) -> None:
+    stray = sorted(n for n in envelopes if not 1 <= n <= secret.current_version)
+    if stray:
+        raise ValueError(f"{secret.id} has no version {stray}")

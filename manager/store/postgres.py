@@ -26,16 +26,37 @@ from typing import Any
 import asyncpg
 import structlog
 
-from manager.store.base import Conflict, Store, StoreError
+from manager.audit import (
+    EVENT_FIELDS,
+    AuditDraft,
+    AuditEvent,
+    AuditQuery,
+    SavedAuditFilter,
+    like_pattern,
+    seal,
+)
+from manager.store.base import (
+    Conflict,
+    Store,
+    StoreError,
+    check_envelope_versions,
+    check_first_version,
+    check_next_version,
+)
 from manager.store.postgres_listen import Listener
 from manager.store.postgres_schema import MIGRATIONS
 from manager.store.records import (
+    AccessSettings,
+    AllowlistEntry,
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
     LogRecord,
     Presence,
     ProfileRecord,
+    SecretManagerRecord,
+    SecretRecord,
+    SecretVersionRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -55,11 +76,30 @@ def _fields(record: type[Any]) -> tuple[str, ...]:
 _TASK_FIELDS = _fields(TaskRecord)
 _TASK_COLUMNS = ", ".join(_TASK_FIELDS)
 _TOKEN_COLUMNS = ", ".join(_fields(TokenRecord))
-_API_KEY_COLUMNS = ", ".join(_fields(ApiKeyRecord))
+_API_KEY_FIELDS = _fields(ApiKeyRecord)
+_API_KEY_COLUMNS = ", ".join(_API_KEY_FIELDS)
+_ALLOWLIST_COLUMNS = ", ".join(_fields(AllowlistEntry))
+_ACCESS_COLUMNS = ", ".join(_fields(AccessSettings))
 _DELEGATE_FIELDS = _fields(DelegateRecord)
 _DELEGATE_COLUMNS = ", ".join(_DELEGATE_FIELDS)
 _ATTEMPT_COLUMNS = ", ".join(_fields(AttemptRecord))
 _LOG_COLUMNS = ", ".join(_fields(LogRecord))
+_MANAGER_FIELDS = _fields(SecretManagerRecord)
+_MANAGER_COLUMNS = ", ".join(_MANAGER_FIELDS)
+_SECRET_FIELDS = _fields(SecretRecord)
+_SECRET_COLUMNS = ", ".join(_SECRET_FIELDS)
+_VERSION_FIELDS = _fields(SecretVersionRecord)
+_VERSION_COLUMNS = ", ".join(_VERSION_FIELDS)
+_VERSION_TYPES = {
+    "secret_id": "text",
+    "version": "integer",
+    "created_at": "double precision",
+    "envelope": "text",
+    "ref": "jsonb",
+    "size": "integer",
+    "created_by": "text",
+}
+_AUDIT_COLUMNS = ", ".join(EVENT_FIELDS)
 _UPDATABLE = {
     "state",
     "attempt",
@@ -140,7 +180,9 @@ class PostgresStore(Store):
                         yield conn
                 else:
                     yield conn
-        except asyncpg.UniqueViolationError as exc:
+        # A foreign key too, as SQLite's IntegrityError: a secret naming a manager that was
+        # deleted meanwhile, or a manager deleted while a secret moves into it.
+        except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
             raise Conflict(str(exc)) from exc
         except _DB_ERRORS as exc:
             raise StoreError(f"postgres: {exc}") from exc
@@ -246,15 +288,14 @@ class PostgresStore(Store):
 
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         await self._execute(
-            "INSERT INTO api_keys(id, name, prefix, key_hash, created_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            *(key.id, key.name, key.prefix, key.key_hash, key.created_at),
+            f"INSERT INTO api_keys({_API_KEY_COLUMNS}) VALUES ({_marks(len(_API_KEY_FIELDS))})",  # noqa: S608
+            *(_encode(name, getattr(key, name)) for name in _API_KEY_FIELDS),
         )
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         sql = f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"  # noqa: S608
         row = await self._fetchrow(sql, key_hash)
-        return None if row is None else ApiKeyRecord(**dict(row))
+        return None if row is None else self._api_key(row)
 
     # -- delegates ------------------------------------------------------------------------
 
@@ -536,6 +577,382 @@ class PostgresStore(Store):
         )
         return [LogRecord(**dict(r)) for r in rows]
 
+    # -- secret managers ------------------------------------------------------------------
+
+    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
+        await self._execute(
+            f"INSERT INTO secret_managers({_MANAGER_COLUMNS})"  # noqa: S608
+            f" VALUES ({_marks(len(_MANAGER_FIELDS))})",
+            *(_encode(name, getattr(manager, name)) for name in _MANAGER_FIELDS),
+        )
+
+    async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None:
+        sql = f"SELECT {_MANAGER_COLUMNS} FROM secret_managers WHERE id = $1"  # noqa: S608
+        row = await self._fetchrow(sql, manager_id)
+        return None if row is None else _secret_manager(row)
+
+    async def secret_manager_by_name(self, name: str) -> SecretManagerRecord | None:
+        sql = f"SELECT {_MANAGER_COLUMNS} FROM secret_managers WHERE name = $1"  # noqa: S608
+        row = await self._fetchrow(sql, name)
+        return None if row is None else _secret_manager(row)
+
+    async def list_secret_managers(self) -> list[SecretManagerRecord]:
+        # COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
+        sql = f'SELECT {_MANAGER_COLUMNS} FROM secret_managers ORDER BY name COLLATE "C"'  # noqa: S608
+        return [_secret_manager(r) for r in await self._fetch(sql)]
+
+    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
+        row = await self._fetchrow(
+            "UPDATE secret_managers SET name = $2, kind = $3, settings = $4,"
+            " credentials_secret = $5, selectors = $6, description = $7, updated_at = $8"
+            " WHERE id = $1 RETURNING id",
+            manager.id,
+            manager.name,
+            manager.kind,
+            manager.settings,
+            manager.credentials_secret,
+            list(manager.selectors),
+            manager.description,
+            manager.updated_at,
+        )
+        return row is not None
+
+    async def delete_secret_manager(self, manager_id: str) -> bool:
+        async with self._conn(tx=True) as c:
+            # The row lock waits for secrets being added to it (their foreign key check
+            # holds a share lock on this row), so the count below sees them.
+            found = await c.fetchval(
+                "SELECT id FROM secret_managers WHERE id = $1 FOR UPDATE", manager_id
+            )
+            if found is None:
+                return False
+            kept = await c.fetchval(
+                "SELECT count(*) FROM secrets WHERE manager_id = $1", manager_id
+            )
+            if kept:
+                raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
+            await c.execute("DELETE FROM secret_managers WHERE id = $1", manager_id)
+        return True
+
+    # -- secrets --------------------------------------------------------------------------
+
+    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+        check_first_version(secret, first)
+        await self._execute(
+            f"WITH s AS (INSERT INTO secrets({_SECRET_COLUMNS})"  # noqa: S608
+            f" VALUES ({_marks(len(_SECRET_FIELDS))}) RETURNING id)"
+            f" INSERT INTO secret_versions({_VERSION_COLUMNS})"
+            f" SELECT s.id, {_version_marks(len(_SECRET_FIELDS) + 1)} FROM s",
+            *(getattr(secret, name) for name in _SECRET_FIELDS),
+            *(getattr(first, name) for name in _VERSION_FIELDS[1:]),
+        )
+
+    async def get_secret(self, secret_id: str) -> SecretRecord | None:
+        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE id = $1"  # noqa: S608
+        row = await self._fetchrow(sql, secret_id)
+        return None if row is None else SecretRecord(**dict(row))
+
+    async def secret_by_name(self, name: str) -> SecretRecord | None:
+        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE name = $1"  # noqa: S608
+        row = await self._fetchrow(sql, name)
+        return None if row is None else SecretRecord(**dict(row))
+
+    async def secrets_by_name(self, names: Iterable[str]) -> dict[str, SecretRecord]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE name = ANY($1::text[])"  # noqa: S608
+        return {r["name"]: SecretRecord(**dict(r)) for r in await self._fetch(sql, wanted)}
+
+    async def list_secrets(self, *, manager_id: str | None = None) -> list[SecretRecord]:
+        # In byte order, as SQLite sorts (see list_secret_managers).
+        if manager_id is None:
+            sql = f'SELECT {_SECRET_COLUMNS} FROM secrets ORDER BY name COLLATE "C"'  # noqa: S608
+            rows = await self._fetch(sql)
+        else:
+            sql = (
+                f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE manager_id = $1"  # noqa: S608
+                ' ORDER BY name COLLATE "C"'
+            )
+            rows = await self._fetch(sql, manager_id)
+        return [SecretRecord(**dict(r)) for r in rows]
+
+    async def add_secret_version(
+        self, secret: SecretRecord, version: SecretVersionRecord
+    ) -> SecretRecord | None:
+        check_next_version(secret, version)
+        # One statement: the version goes in only if the compare-and-set hit.
+        row = await self._fetchrow(
+            f"""
+            WITH u AS (
+                UPDATE secrets SET current_version = $2 + 1, updated_at = $3
+                WHERE id = $1 AND current_version = $2
+                RETURNING {_SECRET_COLUMNS}
+            ), v AS (
+                INSERT INTO secret_versions({_VERSION_COLUMNS})
+                SELECT u.id, {_version_marks(4)} FROM u
+            )
+            SELECT {_SECRET_COLUMNS} FROM u
+            """,  # noqa: S608
+            secret.id,
+            secret.current_version,
+            version.created_at,
+            *(getattr(version, name) for name in _VERSION_FIELDS[1:]),
+        )
+        return None if row is None else SecretRecord(**dict(row))
+
+    async def secret_versions(self, secret_id: str) -> list[SecretVersionRecord]:
+        sql = (
+            f"SELECT {_VERSION_COLUMNS} FROM secret_versions"  # noqa: S608
+            " WHERE secret_id = $1 ORDER BY version DESC"
+        )
+        return [SecretVersionRecord(**dict(r)) for r in await self._fetch(sql, secret_id)]
+
+    async def get_secret_version(self, secret_id: str, version: int) -> SecretVersionRecord | None:
+        sql = (
+            f"SELECT {_VERSION_COLUMNS} FROM secret_versions"  # noqa: S608
+            " WHERE secret_id = $1 AND version = $2"
+        )
+        row = await self._fetchrow(sql, secret_id, version)
+        return None if row is None else SecretVersionRecord(**dict(row))
+
+    async def current_versions(self, secret_ids: Iterable[str]) -> dict[str, SecretVersionRecord]:
+        ids = sorted(set(secret_ids))
+        if not ids:
+            return {}
+        columns = ", ".join(f"v.{name}" for name in _VERSION_FIELDS)
+        rows = await self._fetch(
+            f"SELECT {columns} FROM secrets s JOIN secret_versions v"  # noqa: S608
+            " ON v.secret_id = s.id AND v.version = s.current_version"
+            " WHERE s.id = ANY($1::text[])",
+            ids,
+        )
+        return {r["secret_id"]: SecretVersionRecord(**dict(r)) for r in rows}
+
+    async def delete_secret(self, secret_id: str) -> bool:
+        rows = await self._fetch("DELETE FROM secrets WHERE id = $1 RETURNING id", secret_id)
+        return bool(rows)
+
+    async def move_secret(
+        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+    ) -> SecretRecord | None:
+        check_envelope_versions(secret, envelopes)
+        # One statement, as add_secret_version: the envelopes change only if the move hit.
+        row = await self._fetchrow(
+            f"""
+            WITH u AS (
+                UPDATE secrets SET manager_id = $4, updated_at = $5
+                WHERE id = $1 AND current_version = $2 AND manager_id = $3
+                RETURNING {_SECRET_COLUMNS}
+            ), e AS (
+                UPDATE secret_versions AS v SET envelope = n.envelope
+                FROM unnest($6::integer[], $7::text[]) AS n(version, envelope)
+                WHERE v.secret_id = $1 AND v.version = n.version AND EXISTS (SELECT 1 FROM u)
+            )
+            SELECT {_SECRET_COLUMNS} FROM u
+            """,  # noqa: S608
+            secret.id,
+            secret.current_version,
+            secret.manager_id,
+            manager_id,
+            now,
+            list(envelopes),
+            list(envelopes.values()),
+        )
+        return None if row is None else SecretRecord(**dict(row))
+
+    async def envelopes_of_manager(self, manager_id: str) -> list[SecretVersionRecord]:
+        columns = ", ".join(f"v.{name}" for name in _VERSION_FIELDS)
+        rows = await self._fetch(
+            f"SELECT {columns} FROM secrets s JOIN secret_versions v ON v.secret_id = s.id"  # noqa: S608
+            " WHERE s.manager_id = $1 AND v.envelope IS NOT NULL"
+            " ORDER BY v.secret_id, v.version",
+            manager_id,
+        )
+        return [SecretVersionRecord(**dict(r)) for r in rows]
+
+    async def replace_envelope(self, secret_id: str, version: int, old: str, new: str) -> bool:
+        row = await self._fetchrow(
+            "UPDATE secret_versions SET envelope = $4"
+            " WHERE secret_id = $1 AND version = $2 AND envelope = $3 RETURNING version",
+            *(secret_id, version, old, new),
+        )
+        return row is not None
+
+    async def clear_task_secret_env(self, task_id: str) -> None:
+        await self._execute("UPDATE tasks SET secret_env_sealed = NULL WHERE id = $1", task_id)
+
+    # -- audit trail ----------------------------------------------------------------------
+
+    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+        n = len(EVENT_FIELDS)
+        async with self._conn(tx=True) as c:
+            # The head row's lock orders appends from every replica: a second one waits
+            # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
+            head = await c.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            event = seal(draft, int(head["seq"]) + 1, str(head["hash"]))
+            await c.execute(
+                # seq and hash are the first and last of the event's own values.
+                f"WITH h AS (UPDATE audit_head SET seq = $1, hash = ${n} WHERE id = 1)"  # noqa: S608
+                f" INSERT INTO audit_events({_AUDIT_COLUMNS}) VALUES ({_marks(n)})",
+                *(getattr(event, name) for name in EVENT_FIELDS),
+            )
+        return event
+
+    async def audit_head(self) -> tuple[int, str]:
+        row = await self._fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
+        return int(row["seq"]), str(row["hash"])
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        where: list[str] = []
+        args: list[Any] = []
+        for cond, value in (
+            ("ts >= ${}", query.since),
+            ("ts < ${}", query.until),
+            ("resource_type = ${}", query.resource_type),
+            ("resource_id = ${}", query.resource_id),
+            ("app = ${}", query.app),
+            ("action = ${}", query.action),
+            ("seq < ${}", query.before),
+            ("seq > ${}", query.after),
+            ("(actor_id = ${0} OR actor_name = ${0})", query.actor),
+            (
+                "(summary ILIKE ${0} ESCAPE '\\' OR resource_name ILIKE ${0} ESCAPE '\\'"
+                " OR diff ILIKE ${0} ESCAPE '\\')",
+                like_pattern(query.text) if query.text else None,
+            ),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(cond.format(len(args)))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        args.append(query.limit)
+        order = "ASC" if query.ascending else "DESC"
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events {clause}"  # noqa: S608
+            f" ORDER BY seq {order} LIMIT ${len(args)}"
+        )
+        return [AuditEvent(**dict(r)) for r in await self._fetch(sql, *args)]
+
+    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+        await self._execute(
+            "INSERT INTO audit_filters(id, owner, name, query, created_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            *(saved.id, saved.owner, saved.name, saved.query, saved.created_at),
+        )
+
+    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None:
+        row = await self._fetchrow(
+            "SELECT id, owner, name, query, created_at FROM audit_filters"
+            " WHERE owner = $1 AND name = $2",
+            *(owner, name),
+        )
+        return None if row is None else SavedAuditFilter(**dict(row))
+
+    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
+        rows = await self._fetch(
+            "SELECT id, owner, name, query, created_at FROM audit_filters"
+            ' WHERE owner = $1 ORDER BY name COLLATE "C"',
+            owner,
+        )
+        return [SavedAuditFilter(**dict(r)) for r in rows]
+
+    async def delete_audit_filter(self, owner: str, name: str) -> bool:
+        rows = await self._fetch(
+            "DELETE FROM audit_filters WHERE owner = $1 AND name = $2 RETURNING id", owner, name
+        )
+        return bool(rows)
+
+    # -- api keys (owners, limits) and the IP allowlist -----------------------------------
+
+    @staticmethod
+    def _api_key(row: Any) -> ApiKeyRecord:
+        d = dict(row)
+        d["groups"] = tuple(d["groups"])
+        return ApiKeyRecord(**d)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        sql = f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"  # noqa: S608
+        return [self._api_key(r) for r in await self._fetch(sql)]
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
+        row = await self._fetchrow(
+            "UPDATE api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL"  # noqa: S608
+            f" RETURNING {_API_KEY_COLUMNS}",
+            *(now, name),
+        )
+        return None if row is None else self._api_key(row)
+
+    async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
+        await self._execute(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2"
+            " AND (last_used_at IS NULL OR last_used_at <= $3)",
+            *(now, key_id, now - min_interval),
+        )
+
+    async def access_settings(self) -> AccessSettings:
+        sql = f"SELECT {_ACCESS_COLUMNS} FROM access_settings WHERE id = 1"  # noqa: S608
+        return self._access_settings(await self._fetchrow(sql))
+
+    @staticmethod
+    def _access_settings(row: Any) -> AccessSettings:
+        d = dict(row)
+        d["trusted_proxies"] = tuple(d["trusted_proxies"])
+        return AccessSettings(**d)
+
+    async def update_access_settings(
+        self,
+        now: float,
+        *,
+        allowlist_enabled: bool | None = None,
+        trusted_proxies: Sequence[str] | None = None,
+        api_key_max_qps: float | None = None,
+        api_key_burst: int | None = None,
+    ) -> AccessSettings:
+        changes: dict[str, Any] = {"updated_at": now}
+        if allowlist_enabled is not None:
+            changes["allowlist_enabled"] = allowlist_enabled
+        if trusted_proxies is not None:
+            changes["trusted_proxies"] = list(trusted_proxies)
+        if api_key_max_qps is not None:
+            changes["api_key_max_qps"] = api_key_max_qps
+        if api_key_burst is not None:
+            changes["api_key_burst"] = api_key_burst
+        # Column names come from the fixed set above, never from the caller.
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, 1))
+        row = await self._fetchrow(
+            f"UPDATE access_settings SET {assignments} WHERE id = 1"  # noqa: S608
+            f" RETURNING {_ACCESS_COLUMNS}",
+            *changes.values(),
+        )
+        return self._access_settings(row)
+
+    async def list_allowlist(self) -> list[AllowlistEntry]:
+        sql = f"SELECT {_ALLOWLIST_COLUMNS} FROM allowlist ORDER BY created_at, id"  # noqa: S608
+        return [AllowlistEntry(**dict(r)) for r in await self._fetch(sql)]
+
+    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
+        await self._execute(
+            f"INSERT INTO allowlist({_ALLOWLIST_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",  # noqa: S608
+            *(entry.id, entry.cidr, entry.description, entry.enabled, entry.created_at),
+        )
+
+    async def set_allowlist_entry_enabled(
+        self, entry_id: str, enabled: bool
+    ) -> AllowlistEntry | None:
+        row = await self._fetchrow(
+            f"UPDATE allowlist SET enabled = $1 WHERE id = $2 RETURNING {_ALLOWLIST_COLUMNS}",  # noqa: S608
+            *(enabled, entry_id),
+        )
+        return None if row is None else AllowlistEntry(**dict(row))
+
+    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
+        row = await self._fetchrow(
+            f"DELETE FROM allowlist WHERE id = $1 RETURNING {_ALLOWLIST_COLUMNS}",  # noqa: S608
+            entry_id,
+        )
+        return None if row is None else AllowlistEntry(**dict(row))
+
     # -- cross-replica notification -------------------------------------------------------
 
     async def notify(self, channel: str, payload: str) -> None:
@@ -610,3 +1027,21 @@ def _delegate(row: Any) -> DelegateRecord:
     d["selectors"] = tuple(d["selectors"])
     d["task_types"] = tuple(d["task_types"])
     return DelegateRecord(**d)
+
+
+def _marks(n: int) -> str:
+    return ", ".join(f"${i}" for i in range(1, n + 1))
+
+
+def _version_marks(start: int) -> str:
+    """Placeholders for a version's columns after ``secret_id``, from ``$start``. They carry
+    their types: in INSERT ... SELECT, unlike VALUES, the target columns do not lend theirs."""
+    return ", ".join(
+        f"${i}::{_VERSION_TYPES[name]}" for i, name in enumerate(_VERSION_FIELDS[1:], start)
+    )
+
+
+def _secret_manager(row: Any) -> SecretManagerRecord:
+    d = dict(row)
+    d["selectors"] = tuple(d["selectors"])
+    return SecretManagerRecord(**d)

@@ -8,12 +8,17 @@ from typing import Any
 from shared.protocol import TaskState
 
 __all__ = [
+    "AccessSettings",
+    "AllowlistEntry",
     "ApiKeyRecord",
     "AttemptRecord",
     "DelegateRecord",
     "LogRecord",
     "Presence",
     "ProfileRecord",
+    "SecretManagerRecord",
+    "SecretRecord",
+    "SecretVersionRecord",
     "TaskFilter",
     "TaskRecord",
     "TokenRecord",
@@ -37,6 +42,41 @@ class ApiKeyRecord:
     key_hash: str
     created_at: float
     revoked_at: float | None = None
+    # Whom the key acts for. Until users exist: a free-text name, or a service account's.
+    owner: str = ""
+    owner_user_id: str | None = None
+    service_account: bool = False
+    # The user groups the key is narrowed to (enforced once groups exist); () narrows nothing.
+    groups: tuple[str, ...] = ()
+    max_qps: float = 1.0
+    burst: int = 10
+    expires_at: float | None = None
+    # Written at most once a minute per key (manager.access), so reads never wait on it.
+    last_used_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllowlistEntry:
+    """A CIDR range allowed to reach the user API, in its normalised form (10.0.0.0/8)."""
+
+    id: str
+    cidr: str
+    description: str
+    enabled: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """The install's access settings: one row, read by every replica."""
+
+    allowlist_enabled: bool = False
+    # Peers whose X-Forwarded-For is believed (CIDRs); nobody's by default.
+    trusted_proxies: tuple[str, ...] = ()
+    # What a new API key gets when its creator names no limit.
+    api_key_max_qps: float = 1.0
+    api_key_burst: int = 10
+    updated_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +177,57 @@ class TaskFilter:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+
+
+BUILTIN_MANAGER_ID = "sm_builtin"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretManagerRecord:
+    """A place secrets are kept. The builtin one (``BUILTIN_MANAGER_ID``) always exists."""
+
+    id: str
+    name: str
+    kind: str
+    # Non-sensitive settings the kind takes (URL, key id, region, endpoint, ...).
+    settings: dict[str, str]
+    created_at: float
+    updated_at: float
+    # Name of a builtin secret whose value (a JSON object of strings) holds this manager's
+    # credentials; None: the delegate's own environment.
+    credentials_secret: str | None = None
+    # Which delegates run its connection test and key operations.
+    selectors: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRecord:
+    """A named secret; its values are the versions, newest is ``current_version``."""
+
+    id: str
+    name: str
+    manager_id: str
+    type: str
+    # "inline" (ciphertext kept here) or "reference" (the value stays in the customer's store)
+    mode: str
+    current_version: int
+    created_at: float
+    updated_at: float
+    description: str = ""
+    created_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersionRecord:
+    secret_id: str
+    version: int
+    created_at: float
+    # inline: shared.envelope.Envelope as JSON (ciphertext only); reference: None.
+    envelope: str | None = None
+    # reference: {"path": ..., "key": ... or None, "version": ... or None}; inline: None.
+    ref: dict[str, str | None] | None = None
+    # Bytes of plaintext for an inline version (metadata users may see); None for a reference.
+    size: int | None = None
+    # Who made it (an actor id once access control exists).
+    created_by: str | None = None

@@ -19,14 +19,35 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from manager.store.base import Conflict, Store, StoreError
+from manager.audit import (
+    EVENT_FIELDS,
+    AuditDraft,
+    AuditEvent,
+    AuditQuery,
+    SavedAuditFilter,
+    like_pattern,
+    seal,
+)
+from manager.store.base import (
+    Conflict,
+    Store,
+    StoreError,
+    check_envelope_versions,
+    check_first_version,
+    check_next_version,
+)
 from manager.store.records import (
+    AccessSettings,
+    AllowlistEntry,
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
     LogRecord,
     Presence,
     ProfileRecord,
+    SecretManagerRecord,
+    SecretRecord,
+    SecretVersionRecord,
     TaskFilter,
     TaskRecord,
     TokenRecord,
@@ -44,6 +65,7 @@ _TASK_COLUMNS = (
     " attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at,"
     " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at, lease_until"
 )
+_AUDIT_COLUMNS = ", ".join(EVENT_FIELDS)
 _UPDATABLE = {
     "state",
     "attempt",
@@ -178,8 +200,25 @@ class SqliteStore(Store):
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO api_keys(id, name, prefix, key_hash, created_at) VALUES (?,?,?,?,?)",
-                (key.id, key.name, key.prefix, key.key_hash, key.created_at),
+                "INSERT INTO api_keys(id, name, prefix, key_hash, created_at, revoked_at, owner,"
+                " owner_user_id, service_account, groups, max_qps, burst, expires_at,"
+                " last_used_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    key.key_hash,
+                    key.created_at,
+                    key.revoked_at,
+                    key.owner,
+                    key.owner_user_id,
+                    int(key.service_account),
+                    json.dumps(list(key.groups)),
+                    key.max_qps,
+                    key.burst,
+                    key.expires_at,
+                    key.last_used_at,
+                ),
             )
 
         await self._run(fn)
@@ -187,7 +226,7 @@ class SqliteStore(Store):
     async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         def fn(c: sqlite3.Connection) -> ApiKeyRecord | None:
             row = c.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-            return None if row is None else ApiKeyRecord(**dict(row))
+            return None if row is None else self._api_key(row)
 
         return await self._run(fn)
 
@@ -527,6 +566,484 @@ class SqliteStore(Store):
 
         return await self._run(fn)
 
+    # -- secret managers ------------------------------------------------------------------
+
+    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO secret_managers(id, name, kind, settings, credentials_secret,"
+                " selectors, description, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    manager.id,
+                    manager.name,
+                    manager.kind,
+                    json.dumps(manager.settings),
+                    manager.credentials_secret,
+                    json.dumps(list(manager.selectors)),
+                    manager.description,
+                    manager.created_at,
+                    manager.updated_at,
+                ),
+            )
+
+        await self._run(fn)
+
+    async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None:
+        def fn(c: sqlite3.Connection) -> SecretManagerRecord | None:
+            row = c.execute("SELECT * FROM secret_managers WHERE id = ?", (manager_id,)).fetchone()
+            return None if row is None else _secret_manager(row)
+
+        return await self._run(fn)
+
+    async def secret_manager_by_name(self, name: str) -> SecretManagerRecord | None:
+        def fn(c: sqlite3.Connection) -> SecretManagerRecord | None:
+            row = c.execute("SELECT * FROM secret_managers WHERE name = ?", (name,)).fetchone()
+            return None if row is None else _secret_manager(row)
+
+        return await self._run(fn)
+
+    async def list_secret_managers(self) -> list[SecretManagerRecord]:
+        def fn(c: sqlite3.Connection) -> list[SecretManagerRecord]:
+            rows = c.execute("SELECT * FROM secret_managers ORDER BY name").fetchall()
+            return [_secret_manager(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE secret_managers SET name = ?, kind = ?, settings = ?,"
+                " credentials_secret = ?, selectors = ?, description = ?, updated_at = ?"
+                " WHERE id = ?",
+                (
+                    manager.name,
+                    manager.kind,
+                    json.dumps(manager.settings),
+                    manager.credentials_secret,
+                    json.dumps(list(manager.selectors)),
+                    manager.description,
+                    manager.updated_at,
+                    manager.id,
+                ),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(fn)
+
+    async def delete_secret_manager(self, manager_id: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            (kept,) = c.execute(
+                "SELECT count(*) FROM secrets WHERE manager_id = ?", (manager_id,)
+            ).fetchone()
+            if kept:
+                raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
+            return c.execute("DELETE FROM secret_managers WHERE id = ?", (manager_id,)).rowcount > 0
+
+        return await self._run(fn)
+
+    # -- secrets --------------------------------------------------------------------------
+
+    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+        check_first_version(secret, first)
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO secrets(id, name, manager_id, type, mode, current_version,"
+                " description, created_by, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    secret.id,
+                    secret.name,
+                    secret.manager_id,
+                    secret.type,
+                    secret.mode,
+                    secret.current_version,
+                    secret.description,
+                    secret.created_by,
+                    secret.created_at,
+                    secret.updated_at,
+                ),
+            )
+            _insert_version(c, first)
+
+        await self._run(fn)
+
+    async def get_secret(self, secret_id: str) -> SecretRecord | None:
+        def fn(c: sqlite3.Connection) -> SecretRecord | None:
+            row = c.execute("SELECT * FROM secrets WHERE id = ?", (secret_id,)).fetchone()
+            return None if row is None else SecretRecord(**dict(row))
+
+        return await self._run(fn)
+
+    async def secret_by_name(self, name: str) -> SecretRecord | None:
+        def fn(c: sqlite3.Connection) -> SecretRecord | None:
+            row = c.execute("SELECT * FROM secrets WHERE name = ?", (name,)).fetchone()
+            return None if row is None else SecretRecord(**dict(row))
+
+        return await self._run(fn)
+
+    async def secrets_by_name(self, names: Iterable[str]) -> dict[str, SecretRecord]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+
+        def fn(c: sqlite3.Connection) -> dict[str, SecretRecord]:
+            marks = ",".join("?" * len(wanted))
+            rows = c.execute(
+                f"SELECT * FROM secrets WHERE name IN ({marks})",  # noqa: S608
+                wanted,
+            ).fetchall()
+            return {r["name"]: SecretRecord(**dict(r)) for r in rows}
+
+        return await self._run(fn)
+
+    async def list_secrets(self, *, manager_id: str | None = None) -> list[SecretRecord]:
+        def fn(c: sqlite3.Connection) -> list[SecretRecord]:
+            if manager_id is None:
+                rows = c.execute("SELECT * FROM secrets ORDER BY name").fetchall()
+            else:
+                rows = c.execute(
+                    "SELECT * FROM secrets WHERE manager_id = ? ORDER BY name", (manager_id,)
+                ).fetchall()
+            return [SecretRecord(**dict(r)) for r in rows]
+
+        return await self._run(fn)
+
+    async def add_secret_version(
+        self, secret: SecretRecord, version: SecretVersionRecord
+    ) -> SecretRecord | None:
+        check_next_version(secret, version)
+
+        def fn(c: sqlite3.Connection) -> SecretRecord | None:
+            rows = c.execute(
+                "UPDATE secrets SET current_version = ?, updated_at = ?"
+                " WHERE id = ? AND current_version = ? RETURNING *",
+                (version.version, version.created_at, secret.id, secret.current_version),
+            ).fetchall()
+            if not rows:
+                return None
+            _insert_version(c, version)
+            return SecretRecord(**dict(rows[0]))
+
+        return await self._run(fn)
+
+    async def secret_versions(self, secret_id: str) -> list[SecretVersionRecord]:
+        def fn(c: sqlite3.Connection) -> list[SecretVersionRecord]:
+            rows = c.execute(
+                "SELECT * FROM secret_versions WHERE secret_id = ? ORDER BY version DESC",
+                (secret_id,),
+            ).fetchall()
+            return [_secret_version(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def get_secret_version(self, secret_id: str, version: int) -> SecretVersionRecord | None:
+        def fn(c: sqlite3.Connection) -> SecretVersionRecord | None:
+            row = c.execute(
+                "SELECT * FROM secret_versions WHERE secret_id = ? AND version = ?",
+                (secret_id, version),
+            ).fetchone()
+            return None if row is None else _secret_version(row)
+
+        return await self._run(fn)
+
+    async def current_versions(self, secret_ids: Iterable[str]) -> dict[str, SecretVersionRecord]:
+        ids = sorted(set(secret_ids))
+        if not ids:
+            return {}
+
+        def fn(c: sqlite3.Connection) -> dict[str, SecretVersionRecord]:
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(
+                "SELECT v.* FROM secrets s JOIN secret_versions v"  # noqa: S608
+                " ON v.secret_id = s.id AND v.version = s.current_version"
+                f" WHERE s.id IN ({marks})",
+                ids,
+            ).fetchall()
+            return {r["secret_id"]: _secret_version(r) for r in rows}
+
+        return await self._run(fn)
+
+    async def delete_secret(self, secret_id: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            # The versions go with it (ON DELETE CASCADE; open() turns foreign keys on).
+            return c.execute("DELETE FROM secrets WHERE id = ?", (secret_id,)).rowcount > 0
+
+        return await self._run(fn)
+
+    async def move_secret(
+        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+    ) -> SecretRecord | None:
+        check_envelope_versions(secret, envelopes)
+
+        def fn(c: sqlite3.Connection) -> SecretRecord | None:
+            rows = c.execute(
+                "UPDATE secrets SET manager_id = ?, updated_at = ?"
+                " WHERE id = ? AND current_version = ? AND manager_id = ? RETURNING *",
+                (manager_id, now, secret.id, secret.current_version, secret.manager_id),
+            ).fetchall()
+            if not rows:
+                return None
+            c.executemany(
+                "UPDATE secret_versions SET envelope = ? WHERE secret_id = ? AND version = ?",
+                [(envelope, secret.id, number) for number, envelope in envelopes.items()],
+            )
+            return SecretRecord(**dict(rows[0]))
+
+        return await self._run(fn)
+
+    async def envelopes_of_manager(self, manager_id: str) -> list[SecretVersionRecord]:
+        def fn(c: sqlite3.Connection) -> list[SecretVersionRecord]:
+            rows = c.execute(
+                "SELECT v.* FROM secrets s JOIN secret_versions v ON v.secret_id = s.id"
+                " WHERE s.manager_id = ? AND v.envelope IS NOT NULL"
+                " ORDER BY v.secret_id, v.version",
+                (manager_id,),
+            ).fetchall()
+            return [_secret_version(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def replace_envelope(self, secret_id: str, version: int, old: str, new: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE secret_versions SET envelope = ?"
+                " WHERE secret_id = ? AND version = ? AND envelope = ?",
+                (new, secret_id, version, old),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(fn)
+
+    async def clear_task_secret_env(self, task_id: str) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE tasks SET secret_env_sealed = NULL WHERE id = ?", (task_id,))
+
+        await self._run(fn)
+
+    # -- audit trail ----------------------------------------------------------------------
+
+    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+        def fn(c: sqlite3.Connection) -> AuditEvent:
+            # IMMEDIATE: the write lock before the head is read, so another process on this
+            # file (a host-side command) waits for this append instead of chaining on the
+            # same head. A `with conn` block would only take it at the first write.
+            c.execute("BEGIN IMMEDIATE")
+            seq, prev_hash = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            event = seal(draft, int(seq) + 1, str(prev_hash))
+            c.execute(
+                f"INSERT INTO audit_events({_AUDIT_COLUMNS})"  # noqa: S608
+                f" VALUES ({','.join('?' * len(EVENT_FIELDS))})",
+                [getattr(event, name) for name in EVENT_FIELDS],
+            )
+            c.execute(
+                "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (event.seq, event.hash)
+            )
+            return event
+
+        return await self._run(fn)
+
+    async def audit_head(self) -> tuple[int, str]:
+        def fn(c: sqlite3.Connection) -> tuple[int, str]:
+            seq, head_hash = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            return int(seq), str(head_hash)
+
+        return await self._run(fn)
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        where: list[str] = []
+        args: list[Any] = []
+        for cond, value in (
+            ("ts >= ?", query.since),
+            ("ts < ?", query.until),
+            ("resource_type = ?", query.resource_type),
+            ("resource_id = ?", query.resource_id),
+            ("app = ?", query.app),
+            ("action = ?", query.action),
+            ("seq < ?", query.before),
+            ("seq > ?", query.after),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        if query.actor is not None:
+            where.append("(actor_id = ? OR actor_name = ?)")
+            args += [query.actor, query.actor]
+        if query.text:
+            # LIKE is case-insensitive for ASCII letters in SQLite (ILIKE on PostgreSQL).
+            where.append(
+                "(summary LIKE ? ESCAPE '\\' OR resource_name LIKE ? ESCAPE '\\'"
+                " OR diff LIKE ? ESCAPE '\\')"
+            )
+            args += [like_pattern(query.text)] * 3
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "ASC" if query.ascending else "DESC"
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_events {clause} ORDER BY seq {order} LIMIT ?"  # noqa: S608
+
+        def fn(c: sqlite3.Connection) -> list[AuditEvent]:
+            return [AuditEvent(**dict(r)) for r in c.execute(sql, [*args, query.limit])]
+
+        return await self._run(fn)
+
+    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO audit_filters(id, owner, name, query, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (saved.id, saved.owner, saved.name, json.dumps(saved.query), saved.created_at),
+            )
+
+        await self._run(fn)
+
+    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None:
+        def fn(c: sqlite3.Connection) -> SavedAuditFilter | None:
+            row = c.execute(
+                "SELECT * FROM audit_filters WHERE owner = ? AND name = ?", (owner, name)
+            ).fetchone()
+            return None if row is None else _audit_filter(row)
+
+        return await self._run(fn)
+
+    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
+        def fn(c: sqlite3.Connection) -> list[SavedAuditFilter]:
+            rows = c.execute(
+                "SELECT * FROM audit_filters WHERE owner = ? ORDER BY name", (owner,)
+            ).fetchall()
+            return [_audit_filter(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def delete_audit_filter(self, owner: str, name: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM audit_filters WHERE owner = ? AND name = ?", (owner, name))
+            return cur.rowcount > 0
+
+        return await self._run(fn)
+
+    # -- api keys (owners, limits) and the IP allowlist -----------------------------------
+
+    @staticmethod
+    def _api_key(row: sqlite3.Row) -> ApiKeyRecord:
+        d = dict(row)
+        d["service_account"] = bool(d["service_account"])
+        d["groups"] = tuple(json.loads(d["groups"]))
+        return ApiKeyRecord(**d)
+
+    @staticmethod
+    def _access_settings(c: sqlite3.Connection) -> AccessSettings:
+        d = dict(c.execute("SELECT * FROM access_settings WHERE id = 1").fetchone())
+        del d["id"]
+        d["allowlist_enabled"] = bool(d["allowlist_enabled"])
+        d["trusted_proxies"] = tuple(json.loads(d["trusted_proxies"]))
+        return AccessSettings(**d)
+
+    @staticmethod
+    def _allowlist_entry(row: sqlite3.Row) -> AllowlistEntry:
+        d = dict(row)
+        d["enabled"] = bool(d["enabled"])
+        return AllowlistEntry(**d)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        def fn(c: sqlite3.Connection) -> list[ApiKeyRecord]:
+            rows = c.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
+            return [self._api_key(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
+        def fn(c: sqlite3.Connection) -> ApiKeyRecord | None:
+            rows = c.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"
+                " RETURNING *",
+                (now, name),
+            ).fetchall()
+            return self._api_key(rows[0]) if rows else None
+
+        return await self._run(fn)
+
+    async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at <= ?)",
+                (now, key_id, now - min_interval),
+            )
+
+        await self._run(fn)
+
+    async def access_settings(self) -> AccessSettings:
+        def fn(c: sqlite3.Connection) -> AccessSettings:
+            return self._access_settings(c)
+
+        return await self._run(fn)
+
+    async def update_access_settings(
+        self,
+        now: float,
+        *,
+        allowlist_enabled: bool | None = None,
+        trusted_proxies: Sequence[str] | None = None,
+        api_key_max_qps: float | None = None,
+        api_key_burst: int | None = None,
+    ) -> AccessSettings:
+        changes: dict[str, Any] = {"updated_at": now}
+        if allowlist_enabled is not None:
+            changes["allowlist_enabled"] = int(allowlist_enabled)
+        if trusted_proxies is not None:
+            changes["trusted_proxies"] = json.dumps(list(trusted_proxies))
+        if api_key_max_qps is not None:
+            changes["api_key_max_qps"] = api_key_max_qps
+        if api_key_burst is not None:
+            changes["api_key_burst"] = api_key_burst
+        # Column names come from the fixed set above, never from the caller.
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+
+        def fn(c: sqlite3.Connection) -> AccessSettings:
+            c.execute(
+                f"UPDATE access_settings SET {assignments} WHERE id = 1",  # noqa: S608
+                list(changes.values()),
+            )
+            return self._access_settings(c)
+
+        return await self._run(fn)
+
+    async def list_allowlist(self) -> list[AllowlistEntry]:
+        def fn(c: sqlite3.Connection) -> list[AllowlistEntry]:
+            rows = c.execute("SELECT * FROM allowlist ORDER BY created_at, id").fetchall()
+            return [self._allowlist_entry(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO allowlist(id, cidr, description, enabled, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (entry.id, entry.cidr, entry.description, int(entry.enabled), entry.created_at),
+            )
+
+        await self._run(fn)
+
+    async def set_allowlist_entry_enabled(
+        self, entry_id: str, enabled: bool
+    ) -> AllowlistEntry | None:
+        def fn(c: sqlite3.Connection) -> AllowlistEntry | None:
+            rows = c.execute(
+                "UPDATE allowlist SET enabled = ? WHERE id = ? RETURNING *",
+                (int(enabled), entry_id),
+            ).fetchall()
+            return self._allowlist_entry(rows[0]) if rows else None
+
+        return await self._run(fn)
+
+    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
+        def fn(c: sqlite3.Connection) -> AllowlistEntry | None:
+            rows = c.execute("DELETE FROM allowlist WHERE id = ? RETURNING *", (entry_id,))
+            found = rows.fetchall()
+            return self._allowlist_entry(found[0]) if found else None
+
+        return await self._run(fn)
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -597,3 +1114,38 @@ def _delegate(row: sqlite3.Row) -> DelegateRecord:
     d["task_types"] = tuple(json.loads(d["task_types"]))
     d["draining"] = bool(d["draining"])
     return DelegateRecord(**d)
+
+
+def _secret_manager(row: sqlite3.Row) -> SecretManagerRecord:
+    d = dict(row)
+    d["settings"] = json.loads(d["settings"])
+    d["selectors"] = tuple(json.loads(d["selectors"]))
+    return SecretManagerRecord(**d)
+
+
+def _secret_version(row: sqlite3.Row) -> SecretVersionRecord:
+    d = dict(row)
+    d["ref"] = None if d["ref"] is None else json.loads(d["ref"])
+    return SecretVersionRecord(**d)
+
+
+def _insert_version(c: sqlite3.Connection, v: SecretVersionRecord) -> None:
+    c.execute(
+        "INSERT INTO secret_versions(secret_id, version, envelope, ref, size, created_by,"
+        " created_at) VALUES (?,?,?,?,?,?,?)",
+        (
+            v.secret_id,
+            v.version,
+            v.envelope,
+            None if v.ref is None else json.dumps(v.ref),
+            v.size,
+            v.created_by,
+            v.created_at,
+        ),
+    )
+
+
+def _audit_filter(row: sqlite3.Row) -> SavedAuditFilter:
+    d = dict(row)
+    d["query"] = json.loads(d["query"])
+    return SavedAuditFilter(**d)

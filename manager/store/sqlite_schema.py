@@ -133,4 +133,147 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        7,
+        """
+        -- Where secrets are kept. The builtin row is written here, with literal values, so
+        -- that every database has it from this version on and the text never changes.
+        CREATE TABLE secret_managers (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            credentials_secret TEXT,
+            selectors TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        INSERT INTO secret_managers(id, name, kind, settings, selectors, created_at, updated_at)
+            VALUES ('sm_builtin', 'builtin', 'builtin', '{}', '[]', 0, 0);
+
+        -- No ON DELETE for manager_id: a manager that still keeps secrets stays.
+        CREATE TABLE secrets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            manager_id TEXT NOT NULL REFERENCES secret_managers(id),
+            type TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            current_version INTEGER NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            created_by TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX secrets_manager ON secrets(manager_id);
+
+        CREATE TABLE secret_versions (
+            secret_id TEXT NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            envelope TEXT,
+            ref TEXT,
+            size INTEGER,
+            created_by TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (secret_id, version)
+        );
+        """,
+    ),
+    (
+        8,
+        """
+        -- The audit trail: one row per change, chained by hash (manager.audit). seq is the
+        -- order of the chain; the head row holds the newest seq and hash, so appends take
+        -- turns on it and a deleted tail shows against it.
+        CREATE TABLE audit_events (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            ts REAL NOT NULL,
+            actor_kind TEXT NOT NULL,
+            actor_id TEXT NOT NULL,
+            actor_name TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            client_ip TEXT NOT NULL,
+            resource_type TEXT NOT NULL,
+            resource_id TEXT NOT NULL,
+            resource_name TEXT NOT NULL,
+            app TEXT,
+            action TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            diff TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_events_ts ON audit_events(ts);
+        CREATE INDEX audit_events_resource ON audit_events(resource_type, resource_id);
+        CREATE INDEX audit_events_actor ON audit_events(actor_id);
+        CREATE TABLE audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        );
+        -- Before the first event: seq 0, and the genesis hash (64 zeros, manager.audit).
+        INSERT INTO audit_head(id, seq, hash) VALUES (1, 0, hex(zeroblob(32)));
+
+        -- Saved audit queries, each user's own.
+        CREATE TABLE audit_filters (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            query TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (owner, name)
+        );
+        """,
+    ),
+    (
+        9,
+        """
+        -- API keys: an owner, a group scope, a rate limit, an expiry and a last use.
+        ALTER TABLE api_keys ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+        -- The owning user, once users exist; until then only the free-text owner.
+        ALTER TABLE api_keys ADD COLUMN owner_user_id TEXT;
+        ALTER TABLE api_keys ADD COLUMN service_account INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE api_keys ADD COLUMN max_qps REAL NOT NULL DEFAULT 1.0;
+        ALTER TABLE api_keys ADD COLUMN burst INTEGER NOT NULL DEFAULT 10;
+        ALTER TABLE api_keys ADD COLUMN expires_at REAL;
+        ALTER TABLE api_keys ADD COLUMN last_used_at REAL;
+        -- Until now the only keys were the admin keys made at first start: they keep the
+        -- admin key's high limit (manager.tokens.ADMIN_MAX_QPS) rather than 1 QPS.
+        UPDATE api_keys SET owner = 'admin', service_account = 1, max_qps = 10000.0,
+            burst = 10000;
+        -- Remaking admin-api-key left several live keys named "admin": older ones get their
+        -- id in their name, so that names can be unique (revoke them by that name).
+        UPDATE api_keys SET name = name || '-' || id
+        WHERE revoked_at IS NULL AND EXISTS (
+            SELECT 1 FROM api_keys AS newer
+            WHERE newer.name = api_keys.name AND newer.revoked_at IS NULL
+                AND (newer.created_at, newer.id) > (api_keys.created_at, api_keys.id)
+        );
+        -- One live key per name (revocation goes by name); revoked ones stay for the record.
+        CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE revoked_at IS NULL;
+
+        -- The IP allowlist: CIDRs in normalised form, each enabled or not.
+        CREATE TABLE allowlist (
+            id TEXT PRIMARY KEY,
+            cidr TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL
+        );
+        -- The install's access settings, one row: the allowlist's switch, the proxies whose
+        -- X-Forwarded-For is believed, and what a new API key gets by default.
+        CREATE TABLE access_settings (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            allowlist_enabled INTEGER NOT NULL DEFAULT 0,
+            trusted_proxies TEXT NOT NULL DEFAULT '[]',
+            api_key_max_qps REAL NOT NULL DEFAULT 1.0,
+            api_key_burst INTEGER NOT NULL DEFAULT 10,
+            updated_at REAL NOT NULL DEFAULT 0
+        );
+        INSERT INTO access_settings(id) VALUES (1);
+        """,
+    ),
 ]

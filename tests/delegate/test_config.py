@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from delegate.config import ConfigError, resolve
+from shared.protocol import TaskType
 
 URL = "https://manager.example:8443"
 
@@ -118,3 +119,33 @@ def test_client_certificate_from_the_environment(tmp_path: Path) -> None:
 
 def test_no_selectors_means_none() -> None:
     assert resolve(flags(manager_url=URL, token="t"), {}, None).selectors == ()
+
+
+def test_secret_op_is_advertised_by_default() -> None:
+    cfg = resolve(flags(manager_url=URL, token="t"), {}, None)
+    assert TaskType.SECRET_OP in cfg.task_types
+
+
+def test_secret_cache_ttl_defaults_to_thirty_minutes() -> None:
+    cfg = resolve(flags(manager_url=URL, token="t"), {}, None)
+    assert cfg.secret_cache_ttl == 1800.0
+
+
+def test_secret_cache_ttl_from_flag_environment_and_file(tmp_path: Path) -> None:
+    base = flags(manager_url=URL, token="t")
+    env = {"TETHER_SECRET_CACHE_TTL": "60"}
+    assert resolve({**base, "secret_cache_ttl": 5.0}, env, None).secret_cache_ttl == 5.0
+    assert resolve(base, env, write(tmp_path, "secret_cache_ttl: 90\n")).secret_cache_ttl == 60
+    assert resolve(base, {}, write(tmp_path, "secret_cache_ttl: 90\n")).secret_cache_ttl == 90
+
+
+def test_secret_cache_ttl_zero_turns_the_cache_off(tmp_path: Path) -> None:
+    base = flags(manager_url=URL, token="t")
+    assert resolve({**base, "secret_cache_ttl": 0.0}, {}, None).secret_cache_ttl == 0
+    assert resolve(base, {}, write(tmp_path, "secret_cache_ttl: 0\n")).secret_cache_ttl == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_bad_secret_cache_ttl_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="secret cache TTL"):
+        resolve(flags(manager_url=URL, token="t"), {"TETHER_SECRET_CACHE_TTL": value}, None)

@@ -29,8 +29,9 @@ async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIter
         await cluster.start_manager()
         yield cluster
         return
-    if request.node.get_closest_marker("sqlite_only"):
-        pytest.skip("about the SQLite data dir itself")
+    marker = request.node.get_closest_marker("sqlite_only")
+    if marker is not None:
+        pytest.skip(marker.kwargs.get("reason", "about the SQLite data dir itself"))
     schema = f"e2e_{secrets.token_hex(6)}"
     conn = await asyncpg.connect(PG)
     try:

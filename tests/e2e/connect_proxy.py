@@ -8,7 +8,12 @@ import contextlib
 
 
 class ConnectProxy:
-    def __init__(self, user: str, password: str) -> None:
+    def __init__(
+        self, user: str, password: str, hosts: dict[str, tuple[str, int]] | None = None
+    ) -> None:
+        # Where the proxy itself resolves a CONNECT target (its own DNS, as it were), so a
+        # fake can stand at a real-looking name: "host:port" -> (address, port).
+        self._hosts = hosts or {}
         self._expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.tunnels: list[str] = []
         self.refused = 0
@@ -52,7 +57,8 @@ class ConnectProxy:
                 )
                 return
             host, _, port = target.rpartition(":")
-            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            address, number = self._hosts.get(target, (host.strip("[]"), int(port)))
+            up_reader, up_writer = await asyncio.open_connection(address, number)
             self._writers.add(up_writer)
             self.tunnels.append(target)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")

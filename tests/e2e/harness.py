@@ -161,6 +161,8 @@ class Cluster:
     data_dir: Path = Path()
     # postgresql://... to run the manager on PostgreSQL instead of SQLite in the data dir.
     database: str | None = None
+    # Every timing of the manager and the delegates it starts from now on, scaled.
+    time_scale: float = TIME_SCALE
 
     def store_args(self) -> list[str]:
         return ["--database", self.database] if self.database else []
@@ -185,7 +187,7 @@ class Cluster:
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--time-scale",
-                str(TIME_SCALE),
+                str(self.time_scale),
                 "--log-format",
                 "json",
                 *self.store_args(),
@@ -259,6 +261,7 @@ class Cluster:
         url: str | None = None,
         wait_mode: str | None = "stream",
         extra: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Proc:
         token = token or await self.token(name)
         argv = [
@@ -273,14 +276,14 @@ class Cluster:
             "--data-dir",
             str(self.root / f"delegate-{name}"),
             "--time-scale",
-            str(TIME_SCALE),
+            str(self.time_scale),
             "--log-format",
             "json",
             *extra,
         ]
         for s in selectors:
             argv += ["--selector", s]
-        proc = Proc(f"delegate-{name}", argv, env={"TETHER_TOKEN": token})
+        proc = Proc(f"delegate-{name}", argv, env={**(env or {}), "TETHER_TOKEN": token})
         await proc.start()
         self.procs.append(proc)
         if wait_mode is not None:

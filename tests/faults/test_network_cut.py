@@ -151,9 +151,9 @@ async def test_lines_the_lost_attempt_sends_after_a_long_cut_are_refused(
     known_bug(lines_now == lines_then, f"late lines were stored after delegate_lost: {late}")
 
 
-# Resets of 0.2 s every 0.5 s, with tasks shipping logs through them. On the code this was
-# written against the delegate died within ~15 cycles on average (18 runs of 18); 80 cycles
-# make a pass by luck (an XPASS, which strict xfail reports) a rare event.
+# Resets of 0.2 s every 0.5 s, with tasks shipping logs through them. Under uvloop the
+# delegate died within ~15 cycles on average (18 runs of 18, exit 1 or SIGABRT); 80 cycles
+# keep that from passing by luck should it come back.
 STORM_CYCLES = 80
 STORM_RESET_S = 0.2
 STORM_PASS_S = 0.3

@@ -226,6 +226,38 @@ def test_offer_hints_oldest_task_first(hub: Hub, dispatcher: Dispatcher) -> None
     assert list(session.inbox) == ["task_old"]
 
 
+def test_an_expired_hint_goes_back_ahead_of_newer_tasks(
+    hub: Hub, dispatcher: Dispatcher, clock: FakeClock
+) -> None:
+    session = connect(hub, "a", capacity=1)
+    dispatcher.enqueue(queued("task_old", created_at=100.0))
+    dispatcher.offer()
+    for i in range(50):
+        dispatcher.enqueue(queued(f"task_new_{i}", created_at=200.0 + i))
+    dispatcher.offer()
+    assert list(session.inbox) == ["task_old"]
+    # Nobody took it: once the hint expires, the old task is offered again before the 50.
+    session.inbox.clear()
+    clock.now += WIDEN_AFTER
+    dispatcher.offer()
+    assert list(session.inbox) == ["task_old"]
+
+
+def test_only_expired_hints_are_widened(hub: Hub, dispatcher: Dispatcher, clock: FakeClock) -> None:
+    sessions = [connect(hub, name, capacity=8) for name in "abcd"]
+    dispatcher.enqueue(queued("task_1"))
+    dispatcher.offer()
+    clock.now += WIDEN_AFTER / 2
+    dispatcher.enqueue(queued("task_2"))
+    dispatcher.offer()
+    for s in sessions:
+        s.inbox.clear()
+    clock.now += WIDEN_AFTER / 2
+    dispatcher.offer()
+    # task_1's hint expired and went to everyone; task_2's is still fresh.
+    assert hinted(*sessions) == {name: ["task_1"] for name in "abcd"}
+
+
 # --- pick_for and dequeue ------------------------------------------------------------------
 
 

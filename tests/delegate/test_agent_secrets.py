@@ -1,0 +1,186 @@
+"""The agent's task pipeline with managed secrets: acquire, resolve, mask, run, report.
+
+The manager is a test double of ManagerApi that answers acquire with a prepared response
+and records what the agent ships; the channel holds no connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from delegate.agent import Agent
+from delegate.api import ManagerApi
+from delegate.channel import Channel
+from delegate.config import DelegateConfig
+from shared.limits import Timings
+from shared.masking import MASK, Masker
+from shared.protocol import (
+    AcquireResponse,
+    LogBatch,
+    LogBatchAck,
+    LogLine,
+    RegisterRequest,
+    ResultAck,
+    ShellPayload,
+    TaskResult,
+    TaskState,
+)
+from tests.delegate.secret_helpers import DelegateKey, acquire, builtin, delegate_key
+
+MASKED = MASK.decode()
+SECRET = "agent-s3cret-value"
+
+
+class FakeManager(ManagerApi):
+    def __init__(self, key: DelegateKey, answer: AcquireResponse) -> None:
+        registration = RegisterRequest(
+            name="d1",
+            hostname="host",
+            version="test",
+            protocol_version=1,
+            capacity=1,
+            task_types=[],
+            public_key=key.public,
+        )
+        super().__init__(
+            "https://manager.invalid",
+            token="t",
+            registration=registration,
+            ssl_context=ssl.create_default_context(),
+        )
+        self.answer = answer
+        self.lines: list[LogLine] = []
+        self.results: asyncio.Queue[TaskResult] = asyncio.Queue()
+
+    async def acquire(self, task_id: str) -> AcquireResponse:
+        return self.answer
+
+    async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:
+        self.lines.extend(batch.lines)
+        return LogBatchAck(accepted=len(batch.lines))
+
+    async def post_result(self, task_id: str, result: TaskResult) -> ResultAck:
+        self.results.put_nowait(result)
+        return ResultAck(state=TaskState(result.status), recorded=True)
+
+
+class IdleChannel(Channel):
+    """Holds no connection; says when the agent has started it (its outbox is ready)."""
+
+    started: asyncio.Event
+
+    async def run(self) -> None:
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+@dataclass
+class Running:
+    manager: FakeManager
+    process_masker: Masker
+
+    async def result(self) -> TaskResult:
+        return await asyncio.wait_for(self.manager.results.get(), 30)
+
+    def texts(self) -> list[str]:
+        return [line.text for line in self.manager.lines]
+
+
+@contextlib.asynccontextmanager
+async def agent_with(
+    key: DelegateKey, answer: AcquireResponse, data_dir: Path
+) -> AsyncIterator[Running]:
+    manager = FakeManager(key, answer)
+    process_masker = Masker()
+    timings = Timings().scaled(0.01)
+    config = DelegateConfig(manager_url=manager.base_url, token="t", name="d1", data_dir=data_dir)
+    agent = Agent(
+        config, manager, private_key=key.private, timings=timings, process_masker=process_masker
+    )
+    channel = IdleChannel(manager, agent, reconnect_base=0.01, reconnect_max=0.1)
+    channel.started = asyncio.Event()
+    agent.channel = channel
+    stop, force = asyncio.Event(), asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop, force))
+    await channel.started.wait()
+    agent.on_task_available(answer.task.id)
+    try:
+        yield Running(manager, process_masker)
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 30)
+
+
+@pytest.fixture
+def key() -> DelegateKey:
+    return delegate_key()
+
+
+async def test_resolved_secret_runs_masked_and_joins_the_process_masker(
+    key: DelegateKey, tmp_path: Path
+) -> None:
+    payload = ShellPayload(
+        script='echo "${secrets.getValue("db-pass")}"; printf %s "$PW" | base64',
+        env={"PW": '${secrets.getValue("db-pass")}'},
+    )
+    answer = acquire(payload, [builtin(key, "db-pass", SECRET.encode())])
+
+    async with agent_with(key, answer, tmp_path) as running:
+        result = await running.result()
+
+    assert (result.status, result.exit_code) == ("succeeded", 0)
+    assert running.texts() == [MASKED, MASKED]
+    assert running.process_masker.mask_text(SECRET) == MASKED
+
+
+async def test_unavailable_secret_fails_the_task_before_it_runs(
+    key: DelegateKey, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    payload = ShellPayload(script=f'touch {marker}; echo ${{secrets.getValue("db-pass")}}')
+    answer = acquire(payload, [], unavailable={"db-pass": "no such secret"})
+
+    async with agent_with(key, answer, tmp_path / "data") as running:
+        result = await running.result()
+
+    assert result.status == "failed"
+    assert result.error == 'secret "db-pass": no such secret'
+    assert result.exit_code is None
+    assert not marker.exists()
+
+
+async def test_value_too_short_to_mask_is_warned_about_in_the_task_log(
+    key: DelegateKey, tmp_path: Path
+) -> None:
+    payload = ShellPayload(script='test "${secrets.getValue("pin")}" = 123')
+    answer = acquire(payload, [builtin(key, "pin", b"123")])
+
+    async with agent_with(key, answer, tmp_path) as running:
+        result = await running.result()
+
+    assert result.status == "succeeded"
+    assert running.texts() == [
+        "warning: a value of 3 bytes is too short to mask and may show in this log"
+    ]
+
+
+async def test_task_directories_left_by_an_earlier_run_are_removed_at_start(
+    key: DelegateKey, tmp_path: Path
+) -> None:
+    left = tmp_path / "work" / "task-abc123" / "secrets"
+    left.mkdir(parents=True)
+    (left / "TETHER_SSH_DEPLOY_KEY_FILE").write_text("old key")
+    answer = acquire(ShellPayload(script="true"))
+
+    async with agent_with(key, answer, tmp_path) as running:
+        result = await running.result()
+
+    assert result.status == "succeeded"
+    assert list((tmp_path / "work").iterdir()) == []
