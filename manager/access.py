@@ -1,13 +1,18 @@
-"""Who may reach the user API: the IP allowlist, API-key authentication, per-key rate limits.
+"""Who may reach the user API: the IP allowlist, authentication (sessions and API keys),
+per-key rate limits, and the permission each route needs.
 
-Three middlewares, in this order (cheapest first, and each needs what the one before set):
+Four middlewares, in this order (cheapest first, and each needs what the one before set):
 
 1. **allowlist**: judges the client's address (through trusted proxies) and refuses it with
    403 when the allowlist is on and no enabled entry covers it. Delegate routes and the
    health probes are never judged: the delegate plane has its own credentials, and a load
    balancer's probe must not depend on where it comes from.
-2. **authenticate**: the bearer API key, refused with 401 when unknown, revoked or expired.
+2. **authenticate**: the bearer session token (``tss_``, from ``POST /api/v1/auth/login``)
+   or API key, refused with 401 when unknown, revoked or expired; it sets the principal
+   (manager.principal) the request acts for.
 3. **rate limit**: the key's token bucket; 429 with ``Retry-After`` when it is empty.
+4. **authorize**: the route's permission (manager.permissions) against the principal's
+   groups; 403 naming the missing permission.
 
 Nothing here reads the database per request. API keys are cached for ``key_ttl`` (1 s), so a
 key revoked on another replica stops working within that; the allowlist is cached for
@@ -29,9 +34,12 @@ from aiohttp import web
 from manager.allowlist import Address, Snapshot
 from manager.auth import bearer
 from manager.context import CTX
+from manager.directory import Directory
 from manager.errors import ApiProblem
 from manager.http import Handler, RouteTable, problem_response
-from manager.identity import ACTOR_KEY, CLIENT_IP_KEY, Actor
+from manager.identity import ACTOR_KEY, CLIENT_IP_KEY
+from manager.permissions import permission_of
+from manager.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principals
 from manager.ratelimit import RateLimiter, retry_after_header, throttled_message
 from manager.store.base import Store, StoreError
 from manager.store.records import ApiKeyRecord
@@ -52,6 +60,7 @@ __all__ = [
 log = structlog.get_logger("tether.access")
 
 # Routes the allowlist never judges: the delegate plane and the health probes.
+# ("login" routes, which take a password or an invite instead of a credential, are judged.)
 _NOT_JUDGED = frozenset({"none", "delegate", "delegate_token"})
 
 
@@ -152,6 +161,8 @@ class Access:
         self.keys = KeyCache(store, ttl=key_ttl, clock=clock)
         self.allowlist = AllowlistCache(store, ttl=allowlist_ttl, clock=clock)
         self.limiter = RateLimiter()
+        self.directory = Directory(store)
+        self.principals = Principals(self.directory, ttl=key_ttl, clock=clock)
         # A key's last use is written at most this often (per key, across replicas).
         self.last_used_interval = last_used_interval
         self._touched: dict[str, float] = {}
@@ -206,8 +217,17 @@ def access_middlewares(table: RouteTable) -> list[Any]:
             return await handler(request)
         key = bearer(request.headers.get("Authorization"))
         if key is None:
-            raise ApiProblem(401, "unauthenticated", "send an API key: Authorization: Bearer <key>")
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "log in (tether login) or send an API key: Authorization: Bearer <key>",
+            )
         access = request.app[ACCESS]
+        if key.startswith(SESSION_PREFIX):
+            principal = await access.principals.for_session(hash_secret(key))
+            request[ACTOR_KEY] = principal.actor
+            request[PRINCIPAL_KEY] = principal
+            return await handler(request)
         record = await access.keys.get(hash_secret(key))
         if record is None:
             raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
@@ -222,8 +242,10 @@ def access_middlewares(table: RouteTable) -> list[Any]:
                 "api_key_expired",
                 f"the API key {record.name!r} expired on {when}; create a new one",
             )
+        principal = await access.principals.for_api_key(record)
         await access.touch(record, now)
-        request[ACTOR_KEY] = Actor("api_key", record.id, record.name)
+        request[ACTOR_KEY] = principal.actor
+        request[PRINCIPAL_KEY] = principal
         request[API_KEY] = record
         return await handler(request)
 
@@ -243,4 +265,26 @@ def access_middlewares(table: RouteTable) -> list[Any]:
         response.headers["Retry-After"] = retry_after_header(wait)
         return response
 
-    return [allowlist, authenticate, rate_limit]
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = table.route_for(request)
+        if route is None or route.auth != "user":
+            return await handler(request)
+        principal = request[PRINCIPAL_KEY]
+        needed = permission_of(route)
+        if principal.restricted is not None and needed != "self":
+            what = (
+                "enrol in two-factor authentication (tether login enrols you)"
+                if principal.restricted == "totp_enrolment"
+                else "change your expired password"
+            )
+            raise ApiProblem(403, f"{principal.restricted}_required", f"first {what}")
+        if needed is None:  # manager.permissions.check_routes keeps this from happening
+            raise ApiProblem(403, "forbidden", "this route has no permission set")
+        if needed == "authenticated" or needed == "self":
+            return await handler(request)
+        if not principal.grants.has(needed):
+            raise ApiProblem(403, "forbidden", f"this needs the {needed} permission")
+        return await handler(request)
+
+    return [allowlist, authenticate, rate_limit, authorize]

@@ -33,6 +33,7 @@ from manager.audit_record import unchanged
 from manager.context import ctx
 from manager.errors import ApiProblem
 from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.principal import principal_of
 from manager.store.base import Conflict
 from manager.store.records import AccessSettings, AllowlistEntry, ApiKeyRecord
 from manager.tokens import ApiKeyInUse, create_api_key
@@ -74,19 +75,30 @@ async def create_api_key_route(request: web.Request) -> web.Response:
     body = await parse_body(request, ApiKeyCreate)
     c = ctx(request)
     now = c.clock()
+    principal = principal_of(request)
     creator = request.get(API_KEY)
-    # A key acts for its owner: a service account's key for the account itself, anyone
-    # else's for whoever the creating key acts for.
+    groups = await _grantable_groups(request, body.groups)
+    # A key acts for its owner: a service account's key for the account itself (through the
+    # groups it names), anyone else's for the user the caller acts for.
+    owner_user_id = None if body.service_account else principal.user_id
     owner = body.owner or (
-        body.name if body.service_account else (creator.owner if creator else "")
+        body.name
+        if body.service_account
+        else principal.actor.name
+        if principal.user_id
+        else (creator.owner if creator else "")
     )
+    if not body.service_account and principal.user_id is None and not groups and creator:
+        # A key made by a service account's key acts as that key did, no more.
+        groups = list(creator.groups)
     try:
         created, key = await create_api_key(
             c.store,
             body.name,
             owner=owner,
+            owner_user_id=owner_user_id,
             service_account=body.service_account,
-            groups=body.groups,
+            groups=groups,
             max_qps=body.max_qps,
             burst=body.burst,
             expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
@@ -104,6 +116,36 @@ async def create_api_key_route(request: web.Request) -> web.Response:
         after=_key_audit(view),
     )
     return json_response(ApiKeyCreated(**view.model_dump(), key=key), status=201)
+
+
+async def _grantable_groups(request: web.Request, names: list[str]) -> list[str]:
+    """``names`` if they exist and the caller may hand them out: anyone who may edit groups
+    could give themselves any group anyway; everyone else only the groups they act through."""
+    principal = principal_of(request)
+    directory = request.app[ACCESS].directory
+    known = {g.body.name: g for g in await directory.groups.list()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ApiProblem(400, "invalid", f"no user group {unknown[0]!r}", field="groups")
+    if principal.grants.has("manage_user_groups"):
+        return names
+    own = await _own_group_names(request)
+    beyond = [n for n in names if n not in own]
+    if beyond:
+        raise ApiProblem(
+            403, "forbidden", f"a key may only carry groups you are in; not {beyond[0]!r}"
+        )
+    return names
+
+
+async def _own_group_names(request: web.Request) -> set[str]:
+    principal = principal_of(request)
+    directory = request.app[ACCESS].directory
+    if principal.user_id is not None:
+        user = await directory.users.get(principal.user_id)
+        return set() if user is None else {g.body.name for g in await directory.user_groups(user)}
+    creator = request.get(API_KEY)
+    return set(creator.groups) if creator is not None else set()
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

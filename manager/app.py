@@ -32,6 +32,7 @@ from manager.audit_record import AUDIT, AuditRecorder, audit_middleware
 from manager.auth import SessionSigner
 from manager.bus import Bus, LocalBus, PostgresBus
 from manager.context import CTX, Context
+from manager.directory import Directory
 from manager.dispatch import Dispatcher
 from manager.events import TaskEvents
 from manager.http import Handler, Route, RouteTable, error_middleware
@@ -39,7 +40,9 @@ from manager.hub import Hub
 from manager.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
+from manager.permissions import check_routes
 from manager.profiles import Profiles
+from manager.rbac import ADMIN_GROUP
 from manager.secret_ops import SecretOps
 from manager.secrets import SecretService
 from manager.service import TaskService
@@ -93,6 +96,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             name,
             owner="admin",
             service_account=True,
+            groups=(ADMIN_GROUP,),
             max_qps=ADMIN_MAX_QPS,
             burst=ADMIN_BURST,
         )
@@ -170,6 +174,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     """Everything but the listener; the store must be open."""
     t = config.timings
     key = await store.put_setting_if_absent("session_key", SessionSigner.new_key())
+    await Directory(store).ensure_admin_group()
     hub = Hub(lost_after=t.lost_after, clock=config.clock)
     dispatcher = Dispatcher(
         hub, widen_after=t.dispatch_widen_after, tick=t.sweep_interval, clock=config.clock
@@ -225,6 +230,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         return web.json_response(doc)
 
     table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
+    check_routes(table.routes)
     doc.update(openapi_document(table.routes))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,

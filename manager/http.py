@@ -26,7 +26,9 @@ log = structlog.get_logger("tether.http")
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AuthKind = Literal["none", "user", "delegate_token", "delegate"]
+# "login": no credential yet (a password, an invite or an SSO callback instead), but judged
+# by the IP allowlist as user traffic is.
+AuthKind = Literal["none", "login", "user", "delegate_token", "delegate"]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from manager.http import Route
+from manager.permissions import permission_of
 from shared import __version__
 from shared.protocol import ErrorBody
 
@@ -20,6 +21,7 @@ _REF = "#/components/schemas/{model}"
 # key (401), the IP allowlist (403) and the key's rate limit (429); a delegate credential.
 _GUARD_ERRORS: dict[str, tuple[int, ...]] = {
     "user": (401, 403, 429),
+    "login": (401, 403),
     "delegate": (401,),
     "delegate_token": (401,),
 }
@@ -53,7 +55,11 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 def _operation(r: Route) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": r.handler.__name__, "summary": r.summary}
-    op["security"] = [] if r.auth == "none" else [{"bearer": []}]
+    op["security"] = [] if r.auth in ("none", "login") else [{"bearer": []}]
+    permission = permission_of(r)
+    if permission is not None:
+        # What the caller's groups must hold (manager.permissions).
+        op["x-tether-permission"] = permission
     params = [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
         for n in _PARAM.findall(r.path)

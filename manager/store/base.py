@@ -20,6 +20,7 @@ from manager.store.records import (
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
+    EntityRecord,
     LogRecord,
     Presence,
     ProfileRecord,
@@ -303,6 +304,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def clear_task_secret_env(self, task_id: str) -> None:
         """Forget a task's sealed env (a finished secret operation's data key)."""
+
+    # -- entities: users, groups, applications, environments, sessions (manager.directory)
+    @abc.abstractmethod
+    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None: ...
+
+    @abc.abstractmethod
+    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_entities(self, kind: str) -> list[EntityRecord]:
+        """Every entity of ``kind``, oldest first."""
+
+    @abc.abstractmethod
+    async def insert_entity(self, entity: EntityRecord) -> None:
+        """Store a new entity; :class:`Conflict` when its id or its key is taken."""
+
+    @abc.abstractmethod
+    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
+        """Replace the entity's key and body if its stored version is ``expect_version``
+        (``entity.version`` is the new one); False when it changed or is gone since it was
+        read. :class:`Conflict` when the new key is another entity's."""
+
+    @abc.abstractmethod
+    async def delete_entity(self, kind: str, entity_id: str) -> bool: ...
 
     # -- audit trail
     @abc.abstractmethod

@@ -51,6 +51,7 @@ from manager.store.records import (
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
+    EntityRecord,
     LogRecord,
     Presence,
     ProfileRecord,
@@ -79,6 +80,7 @@ _TOKEN_COLUMNS = ", ".join(_fields(TokenRecord))
 _API_KEY_FIELDS = _fields(ApiKeyRecord)
 _API_KEY_COLUMNS = ", ".join(_API_KEY_FIELDS)
 _ALLOWLIST_COLUMNS = ", ".join(_fields(AllowlistEntry))
+_ENTITY_COLUMNS = ", ".join(_fields(EntityRecord))
 _ACCESS_COLUMNS = ", ".join(_fields(AccessSettings))
 _DELEGATE_FIELDS = _fields(DelegateRecord)
 _DELEGATE_COLUMNS = ", ".join(_DELEGATE_FIELDS)
@@ -862,6 +864,51 @@ class PostgresStore(Store):
             "DELETE FROM audit_filters WHERE owner = $1 AND name = $2 RETURNING id", owner, name
         )
         return bool(rows)
+
+    # -- entities ---------------------------------------------------------------------------
+
+    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1 AND id = $2",  # noqa: S608
+            *(kind, entity_id),
+        )
+        return None if row is None else EntityRecord(**dict(row))
+
+    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1 AND key = $2",  # noqa: S608
+            *(kind, key),
+        )
+        return None if row is None else EntityRecord(**dict(row))
+
+    async def list_entities(self, kind: str) -> list[EntityRecord]:
+        rows = await self._fetch(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1"  # noqa: S608
+            " ORDER BY created_at, id",
+            kind,
+        )
+        return [EntityRecord(**dict(r)) for r in rows]
+
+    async def insert_entity(self, entity: EntityRecord) -> None:
+        await self._execute(
+            f"INSERT INTO entities({_ENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",  # noqa: S608
+            *(getattr(entity, f) for f in _fields(EntityRecord)),
+        )
+
+    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
+        row = await self._fetchrow(
+            "UPDATE entities SET key = $1, body = $2, version = $3, updated_at = $4"
+            " WHERE kind = $5 AND id = $6 AND version = $7 RETURNING id",
+            *(entity.key, entity.body, entity.version, entity.updated_at),
+            *(entity.kind, entity.id, expect_version),
+        )
+        return row is not None
+
+    async def delete_entity(self, kind: str, entity_id: str) -> bool:
+        row = await self._fetchrow(
+            "DELETE FROM entities WHERE kind = $1 AND id = $2 RETURNING id", kind, entity_id
+        )
+        return row is not None
 
     # -- api keys (owners, limits) and the IP allowlist -----------------------------------
 

@@ -13,6 +13,7 @@ __all__ = [
     "ApiKeyRecord",
     "AttemptRecord",
     "DelegateRecord",
+    "EntityRecord",
     "LogRecord",
     "Presence",
     "ProfileRecord",
@@ -128,6 +129,26 @@ class TaskRecord:
     # Until when the holder's lease runs: renewed in batches by the replica that hears the
     # holder's heartbeats, and judged by any replica (manager.service.TaskService.sweep).
     lease_until: float | None = None
+    # With access control: the application and environment the task deploys to (ids), and
+    # who submitted it (an actor id), whose permissions were checked at submission.
+    app_id: str | None = None
+    env_id: str | None = None
+    submitted_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRecord:
+    """A low-traffic configuration object (a user, a group, an application, an environment,
+    a session) kept as a JSON document: ``key`` is unique within its ``kind`` (an email, a
+    name, a token hash), and ``version`` guards every update (compare and set)."""
+
+    kind: str
+    id: str
+    key: str
+    body: dict[str, Any]
+    version: int
+    created_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)

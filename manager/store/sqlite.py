@@ -42,6 +42,7 @@ from manager.store.records import (
     ApiKeyRecord,
     AttemptRecord,
     DelegateRecord,
+    EntityRecord,
     LogRecord,
     Presence,
     ProfileRecord,
@@ -63,7 +64,8 @@ _JSON_TASK_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "de
 _TASK_COLUMNS = (
     "id, type, state, payload, selectors, timeout_s, queue_timeout_s, max_attempts, created_at,"
     " attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at,"
-    " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at, lease_until"
+    " finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at, lease_until,"
+    " app_id, env_id, submitted_by"
 )
 _AUDIT_COLUMNS = ", ".join(EVENT_FIELDS)
 _UPDATABLE = {
@@ -920,6 +922,79 @@ class SqliteStore(Store):
 
         return await self._run(fn)
 
+    # -- entities ---------------------------------------------------------------------------
+
+    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None:
+        def fn(c: sqlite3.Connection) -> EntityRecord | None:
+            row = c.execute(
+                "SELECT * FROM entities WHERE kind = ? AND id = ?", (kind, entity_id)
+            ).fetchone()
+            return None if row is None else _entity(row)
+
+        return await self._run(fn)
+
+    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None:
+        def fn(c: sqlite3.Connection) -> EntityRecord | None:
+            row = c.execute(
+                "SELECT * FROM entities WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+            return None if row is None else _entity(row)
+
+        return await self._run(fn)
+
+    async def list_entities(self, kind: str) -> list[EntityRecord]:
+        def fn(c: sqlite3.Connection) -> list[EntityRecord]:
+            rows = c.execute(
+                "SELECT * FROM entities WHERE kind = ? ORDER BY created_at, id", (kind,)
+            ).fetchall()
+            return [_entity(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def insert_entity(self, entity: EntityRecord) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO entities(kind, id, key, body, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entity.kind,
+                    entity.id,
+                    entity.key,
+                    json.dumps(entity.body),
+                    entity.version,
+                    entity.created_at,
+                    entity.updated_at,
+                ),
+            )
+
+        await self._run(fn)
+
+    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE entities SET key = ?, body = ?, version = ?, updated_at = ?"
+                " WHERE kind = ? AND id = ? AND version = ?",
+                (
+                    entity.key,
+                    json.dumps(entity.body),
+                    entity.version,
+                    entity.updated_at,
+                    entity.kind,
+                    entity.id,
+                    expect_version,
+                ),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(fn)
+
+    async def delete_entity(self, kind: str, entity_id: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM entities WHERE kind = ? AND id = ?", (kind, entity_id))
+            return cur.rowcount > 0
+
+        return await self._run(fn)
+
     # -- api keys (owners, limits) and the IP allowlist -----------------------------------
 
     @staticmethod
@@ -1105,7 +1180,16 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         deployment=None if d["deployment"] is None else json.loads(d["deployment"]),
         queued_at=d["queued_at"],
         lease_until=d["lease_until"],
+        app_id=d["app_id"],
+        env_id=d["env_id"],
+        submitted_by=d["submitted_by"],
     )
+
+
+def _entity(row: sqlite3.Row) -> EntityRecord:
+    d = dict(row)
+    d["body"] = json.loads(d["body"])
+    return EntityRecord(**d)
 
 
 def _delegate(row: sqlite3.Row) -> DelegateRecord:

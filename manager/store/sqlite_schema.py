@@ -276,4 +276,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         INSERT INTO access_settings(id) VALUES (1);
         """,
     ),
+    (
+        10,
+        """
+        -- Users, user groups, applications, environments and sessions: low-traffic
+        -- configuration kept as JSON documents (manager.directory). The key is unique per
+        -- kind (an email, a name, a token hash); the version guards updates.
+        CREATE TABLE entities (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, id),
+            UNIQUE (kind, key)
+        );
+        -- A task's application and environment, and who submitted it.
+        ALTER TABLE tasks ADD COLUMN app_id TEXT;
+        ALTER TABLE tasks ADD COLUMN env_id TEXT;
+        ALTER TABLE tasks ADD COLUMN submitted_by TEXT;
+        CREATE INDEX tasks_app_env ON tasks(app_id, env_id, created_at);
+        -- Keys act through groups now: the admin keys, and the keys they made (owned by
+        -- "admin"), keep acting as the administrators they were.
+        UPDATE api_keys SET groups = '["Account Administrators"]'
+        WHERE owner = 'admin' AND groups = '[]';
+        """,
+    ),
 ]

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ManagerConfig, build_app
+from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.tokens import create_api_key
 
@@ -54,6 +55,8 @@ async def manager(
 ) -> AsyncIterator[Manager]:
     """One replica over ``store``, with a key of its own (a high limit unless told)."""
     app, _ = await build_app(ManagerConfig(data_dir=data_dir, clock=clock), store)
-    _, key = await create_api_key(store, f"k{id(app)}", max_qps=max_qps, burst=burst, now=clock())
+    _, key = await create_api_key(
+        store, f"k{id(app)}", groups=(ADMIN_GROUP,), max_qps=max_qps, burst=burst, now=clock()
+    )
     async with TestClient(TestServer(app)) as client:
         yield Manager(client, store, clock, key)

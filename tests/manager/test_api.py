@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ManagerConfig, build_app, open_store
+from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.tokens import create_api_key, create_token
 from shared.limits import MAX_API_BODY_BYTES
@@ -38,7 +39,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     store = open_store(tmp_path)
     await store.open()
     app, _ = await build_app(ManagerConfig(data_dir=tmp_path), store)
-    _, key = await create_api_key(store, "test")
+    _, key = await create_api_key(store, "test", groups=(ADMIN_GROUP,))
     async with TestClient(TestServer(app)) as client:
         yield Api(client, key, store)
     await store.close()

@@ -20,6 +20,7 @@ from manager.access_models import (
 )
 from manager.app import open_store
 from manager.client import TetherClient
+from manager.directory import Directory, GroupBody
 from manager.store.base import Store
 from manager.tether_cli import Config, run_cli
 from shared.ids import hash_secret
@@ -99,10 +100,19 @@ async def test_bad_input_is_a_400_naming_the_field(
 
 
 async def test_groups_are_stored_and_shown_once_each(m: Manager) -> None:
+    for name in ("deployers", "readers"):
+        await Directory(m.store).groups.insert(GroupBody(name=name))
     created = await create(m, groups=["deployers", "readers", "deployers"])
     assert created["groups"] == ["deployers", "readers"]
     (record,) = [k for k in await m.store.list_api_keys() if k.name == "ci"]
     assert record.groups == ("deployers", "readers")
+
+
+async def test_an_unknown_group_is_refused_and_nothing_is_made(m: Manager) -> None:
+    status, body = await m.call("POST", "/api/v1/api-keys", {"name": "ci", "groups": ["nope"]})
+    assert status == 400
+    assert body["error"]["message"] == "no user group 'nope'"
+    assert [k.name for k in await m.store.list_api_keys() if k.name == "ci"] == []
 
 
 async def test_a_service_account_key_is_owned_by_the_account(m: Manager) -> None:

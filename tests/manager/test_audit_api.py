@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ManagerConfig, build_app, open_store
 from manager.audit import EVENT_FIELDS, AuditEvent, verify
+from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key
 
@@ -48,7 +49,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await store.open()
     app, _ = await build_app(ManagerConfig(data_dir=tmp_path), store)
     # The admin key's limit, not the account default: these tests send bursts of requests.
-    _, key = await create_api_key(store, "test", max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST)
+    _, key = await create_api_key(
+        store, "test", groups=(ADMIN_GROUP,), max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST
+    )
     async with TestClient(TestServer(app)) as client:
         yield Api(client, key, store, tmp_path)
     await store.close()

@@ -22,6 +22,7 @@ from manager.audit import AuditEvent, AuditQuery, SavedAuditFilter
 from manager.context import Context
 from manager.http import Route, RouteTable
 from manager.models import TaskSubmit
+from manager.rbac import ADMIN_GROUP
 from manager.secret_models import SecretCreate
 from manager.store.base import Store
 from manager.store.records import (
@@ -74,7 +75,7 @@ async def open_world(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
         app, c = await build_app(ManagerConfig(data_dir=data_dir, masker=Masker()), store)
         # The admin key's limit, not the account default: these tests send bursts.
         record, key = await create_api_key(
-            store, "auditor", max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST
+            store, "auditor", groups=(ADMIN_GROUP,), max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST
         )
         async with TestClient(TestServer(app)) as client:
             yield World(client, store, c, record.id, key, monkeypatch)
@@ -245,7 +246,7 @@ async def api_key_create(w: World) -> Call:
 
 
 async def api_key_revoke(w: World) -> Call:
-    await create_api_key(w.store, "old-key")
+    await create_api_key(w.store, "old-key", groups=(ADMIN_GROUP,))
     return "/api/v1/api-keys/old-key", None
 
 

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ManagerConfig, _ensure_admin_key, build_app, open_store
 from manager.ratelimit import RateLimiter, TokenBucket, retry_after_header, throttled_message
+from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key, create_token
 from tests.manager.access_support import Clock, Manager, manager
@@ -147,14 +148,18 @@ async def test_after_retry_after_the_key_is_served_again(slow: Manager) -> None:
 async def test_keys_have_buckets_of_their_own(slow: Manager) -> None:
     for _ in range(3):
         await slow.call("GET", "/api/v1/tasks")
-    _, other = await create_api_key(slow.store, "other", max_qps=0.5, burst=2)
+    _, other = await create_api_key(
+        slow.store, "other", groups=(ADMIN_GROUP,), max_qps=0.5, burst=2
+    )
     assert (await slow.call("GET", "/api/v1/tasks", key=other))[0] == 200
 
 
 async def test_refusals_are_counted_in_the_metrics(slow: Manager) -> None:
     for _ in range(4):
         await slow.call("GET", "/api/v1/tasks")
-    _, admin = await create_api_key(slow.store, "scraper", max_qps=100.0, burst=100)
+    _, admin = await create_api_key(
+        slow.store, "scraper", groups=(ADMIN_GROUP,), max_qps=100.0, burst=100
+    )
     status, text = await slow.call("GET", "/metrics", key=admin)
     assert status == 200
     assert 'tether_rate_limited_total{route="/api/v1/tasks"} 2.0' in text
@@ -164,7 +169,7 @@ async def test_refusals_are_counted_in_the_metrics(slow: Manager) -> None:
 async def test_a_new_key_gets_the_account_default_of_1_qps_and_a_burst_of_10(
     slow: Manager,
 ) -> None:
-    _, key = await create_api_key(slow.store, "default")
+    _, key = await create_api_key(slow.store, "default", groups=(ADMIN_GROUP,))
     statuses = [(await slow.call("GET", "/api/v1/tasks", key=key))[0] for _ in range(11)]
     assert statuses == [200] * 10 + [429]
     _, body = await slow.call("GET", "/api/v1/tasks", key=key)

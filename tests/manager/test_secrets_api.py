@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ManagerConfig, build_app, open_store
 from manager.context import Context
+from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.store.records import TaskRecord
 from manager.tokens import create_api_key
@@ -49,7 +50,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     store = open_store(tmp_path)
     await store.open()
     app, c = await build_app(ManagerConfig(data_dir=tmp_path), store)
-    _, key = await create_api_key(store, "test")
+    _, key = await create_api_key(store, "test", groups=(ADMIN_GROUP,))
     async with TestClient(TestServer(app)) as client:
         yield Api(client, key, store, c)
     await store.close()

@@ -176,7 +176,9 @@ async def test_migration_9_keeps_existing_admin_keys_working_at_the_admin_limit(
         assert (keys["key_new"].name, keys["key_old"].name) == ("admin", "admin-key_old")
         for k in keys.values():
             assert (k.owner, k.service_account, k.max_qps, k.burst) == ("admin", True, 1e4, 10000)
-            assert (k.groups, k.expires_at, k.revoked_at) == ((), None, None)
+            # Migration 10 then gives them the administrators' group to act through.
+            assert k.groups == ("Account Administrators",)
+            assert (k.expires_at, k.revoked_at) == (None, None)
         assert await s.access_settings() == AccessSettings()
         assert await s.list_allowlist() == []
     finally:

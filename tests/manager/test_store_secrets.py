@@ -499,11 +499,12 @@ async def test_a_database_of_the_previous_version_gains_the_secret_tables(
 ) -> None:
     module: Any = sqlite if new_store.kind == "sqlite" else postgres
     every = new_store.migrations
-    previous = [m for m in every if m[0] < every[-1][0]]
+    # The schema before migration 7 (the secrets); today's code cannot write its tasks table
+    # (later migrations add columns), so the old database is left empty of tasks.
+    previous = [m for m in every if m[0] < 7]
     monkeypatch.setattr(module, "MIGRATIONS", previous)
     old = new_store()
     await old.open()
-    await old.insert_task(sealed_task("task_1"), idempotency_window=60.0)
     await old.close()
     assert await new_store.schema_versions() == [v for v, _ in previous]
 
@@ -512,6 +513,7 @@ async def test_a_database_of_the_previous_version_gains_the_secret_tables(
     await s.open()
     try:
         assert await new_store.schema_versions() == [v for v, _ in every]
+        await s.insert_task(sealed_task("task_1"), idempotency_window=60.0)
         assert await s.get_task("task_1") == sealed_task("task_1")
         assert await s.list_secret_managers() == [BUILTIN]
         await created(s)

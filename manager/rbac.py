@@ -1,0 +1,126 @@
+"""What a user group allows, and what a set of groups adds up to.
+
+A group holds **account permissions** (named below) and **application permissions**: grants of
+actions on some applications and some of their environments. A principal (a user, or an API
+key acting for its owner) holds the union of its groups' permissions. Nothing here reads the
+store: :class:`Grants` is computed once per request from groups already loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ACCOUNT_PERMISSIONS",
+    "ACTIONS",
+    "ADMIN_GROUP",
+    "FULL",
+    "AccountPermission",
+    "Action",
+    "AppGrant",
+    "EnvType",
+    "Grants",
+    "Target",
+]
+
+AccountPermission = Literal[
+    "manage_users",
+    "manage_user_groups",
+    "manage_delegates",
+    "manage_secrets",
+    "manage_secret_managers",
+    "manage_api_keys",
+    "manage_applications",
+    "manage_governance",
+    "view_audit",
+]
+ACCOUNT_PERMISSIONS: tuple[AccountPermission, ...] = get_args(AccountPermission)
+
+Action = Literal["create", "read", "update", "delete", "execute"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+
+EnvType = Literal["production", "non_production"]
+
+# Made at first start, holding every permission; the admin API key acts through it.
+ADMIN_GROUP = "Account Administrators"
+
+
+class AppGrant(BaseModel):
+    """Actions on applications and environments. ``apps`` is ``"all"`` or application ids;
+    ``envs`` is ``"all"``, an environment type, or environment ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    apps: Literal["all"] | tuple[str, ...] = "all"
+    envs: Literal["all", "production", "non_production"] | tuple[str, ...] = "all"
+    actions: tuple[Action, ...] = Field(min_length=1)
+
+    @field_validator("actions")
+    @classmethod
+    def _distinct(cls, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        return tuple(dict.fromkeys(actions))
+
+    def covers(self, target: Target, action: Action) -> bool:
+        if action not in self.actions:
+            return False
+        if self.apps != "all" and target.app_id not in self.apps:
+            return False
+        if self.envs == "all":
+            return True
+        if isinstance(self.envs, str):
+            return target.env_type == self.envs
+        return target.env_id in self.envs
+
+    @property
+    def universal(self) -> bool:
+        """All applications and all environments."""
+        return self.apps == "all" and self.envs == "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An environment of an application, as a task or a secret's scope names it."""
+
+    app_id: str
+    env_id: str
+    env_type: EnvType
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    account: frozenset[AccountPermission]
+    apps: tuple[AppGrant, ...]
+
+    @classmethod
+    def union(
+        cls, groups: Iterable[tuple[Iterable[AccountPermission], Iterable[AppGrant]]]
+    ) -> Grants:
+        account: set[AccountPermission] = set()
+        apps: list[AppGrant] = []
+        for perms, grants in groups:
+            account.update(perms)
+            apps.extend(grants)
+        return cls(frozenset(account), tuple(apps))
+
+    def has(self, permission: AccountPermission) -> bool:
+        return permission in self.account
+
+    def allows(self, target: Target | None, action: Action) -> bool:
+        """``action`` on ``target``; ``None`` (outside any application) needs the action on
+        every application and environment."""
+        if target is None:
+            return self.everywhere(action)
+        return any(g.covers(target, action) for g in self.apps)
+
+    def everywhere(self, action: Action) -> bool:
+        return any(g.universal and action in g.actions for g in self.apps)
+
+    def allows_all(self, target: Target | None, actions: Iterable[Action]) -> bool:
+        return all(self.allows(target, a) for a in actions)
+
+
+FULL = Grants(frozenset(ACCOUNT_PERMISSIONS), (AppGrant(actions=ACTIONS),))
