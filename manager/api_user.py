@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from manager.access import ACCESS
 from manager.audit_record import record, unchanged
 from manager.context import Context, ctx
 from manager.errors import ApiProblem
@@ -27,6 +28,8 @@ from manager.models import (
     TokenCreated,
     TokenView,
 )
+from manager.principal import principal_of
+from manager.rbac import Action
 from manager.store.records import (
     AttemptRecord,
     DelegateRecord,
@@ -35,6 +38,7 @@ from manager.store.records import (
     TaskRecord,
     TokenRecord,
 )
+from manager.task_access import Places, check_task, places, submit_target
 from manager.tokens import TokenInUse, create_token
 from shared import __version__
 from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
@@ -63,8 +67,10 @@ def task_view(
     task: TaskRecord,
     attempts: list[AttemptRecord] | None = None,
     names: dict[str, str] | None = None,
+    where: Places | None = None,
 ) -> TaskView:
     names = names or {}
+    app, env = (None, None) if where is None else where.names(task)
     return TaskView.model_validate(
         {
             "id": task.id,
@@ -87,6 +93,11 @@ def task_view(
             "error": task.error,
             "cancel_requested": task.cancel_requested,
             "deployment": task.deployment,
+            "app_id": task.app_id,
+            "env_id": task.env_id,
+            "app": app,
+            "env": env,
+            "submitted_by": task.submitted_by,
             "attempts": [
                 AttemptView(
                     attempt=a.attempt,
@@ -102,10 +113,21 @@ def task_view(
     )
 
 
-async def full_task_view(c: Context, task: TaskRecord) -> TaskView:
+async def full_task_view(c: Context, task: TaskRecord, where: Places | None = None) -> TaskView:
     attempts = await c.store.attempts(task.id)
     names = {d.id: d.name for d in await c.store.list_delegates()} if attempts else {}
-    return task_view(task, attempts, names)
+    return task_view(task, attempts, names, where)
+
+
+async def _places(request: web.Request) -> Places:
+    return await places(request.app[ACCESS].directory)
+
+
+async def _task_for(request: web.Request, action: Action) -> tuple[TaskRecord, Places]:
+    task_id = request.match_info["task_id"]
+    where = await _places(request)
+    task = check_task(request, await ctx(request).store.get_task(task_id), where, action, task_id)
+    return task, where
 
 
 def _log_entry(rec: LogRecord) -> LogEntry:
@@ -157,7 +179,9 @@ def _float_query(request: web.Request, name: str) -> float | None:
 async def submit_task(request: web.Request) -> web.Response:
     c = ctx(request)
     req = await parse_body(request, TaskSubmit)
-    task, created = await c.tasks.submit(req)
+    target = await submit_target(request, req.app, req.env)
+    actor = principal_of(request).actor
+    task, created = await c.tasks.submit(req, target=target, submitted_by=actor.id)
     if created:
         record(
             request,
@@ -166,10 +190,12 @@ async def submit_task(request: web.Request) -> web.Response:
             action="create",
             summary=f"submitted {task.type} task {task.id}",
             after=_task_audit(task),
+            app=req.app,
         )
     else:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
-    return json_response(task_view(task), status=201 if created else 200)
+    where = await _places(request)
+    return json_response(task_view(task, where=where), status=201 if created else 200)
 
 
 def _task_name(task: TaskRecord) -> str:
@@ -195,43 +221,84 @@ def _task_audit(task: TaskRecord) -> dict[str, object]:
             "max_attempts",
             "idempotency_key",
             "deployment",
+            "app_id",
+            "env_id",
         },
     )
 
 
 async def list_tasks(request: web.Request) -> web.Response:
+    tasks, where = await _filtered_tasks(request, deployments_only=False)
+    return json_response(TaskList(tasks=[task_view(t, where=where) for t in tasks]))
+
+
+async def list_deployments(request: web.Request) -> web.Response:
+    """Deployment history: tasks that carry deployment data, by app, env, service, status
+    and time."""
+    tasks, where = await _filtered_tasks(request, deployments_only=True)
+    return json_response(TaskList(tasks=[task_view(t, where=where) for t in tasks]))
+
+
+async def _filtered_tasks(
+    request: web.Request, *, deployments_only: bool
+) -> tuple[list[TaskRecord], Places]:
     c = ctx(request)
-    state_raw = request.query.get("state")
+    q = request.query
+    state_raw = q.get("state") or q.get("status")
     try:
         state = TaskState(state_raw) if state_raw else None
     except ValueError:
         valid = ", ".join(s.value for s in TaskState)
         raise ApiProblem(400, "invalid", f"state: one of {valid}", field="state") from None
+    where = await _places(request)
+    app_id, env_id = _place_ids(where, q.get("app") or None, q.get("env") or None)
     flt = TaskFilter(
         state=state,
-        delegate_id=request.query.get("delegate") or None,
+        delegate_id=q.get("delegate") or None,
         since=_float_query(request, "since"),
         until=_float_query(request, "until"),
         limit=_int_query(request, "limit", 100, lo=1, hi=1000),
+        app_id=app_id,
+        env_id=env_id,
+        deployments_only=deployments_only,
+        service=q.get("service") or None,
     )
-    tasks = await c.store.list_tasks(flt)
-    return json_response(TaskList(tasks=[task_view(t) for t in tasks]))
+    grants = principal_of(request).grants
+    # Tasks the caller may not read are left out (a page may then hold fewer than limit).
+    tasks = [t for t in await c.store.list_tasks(flt) if grants.allows(where.target(t), "read")]
+    return tasks, where
+
+
+def _place_ids(where: Places, app: str | None, env: str | None) -> tuple[str | None, str | None]:
+    """Filter values by name or id; an unknown one is a 400, not an empty list."""
+    app_id = None
+    if app is not None:
+        app_id = next((i for i, n in where.apps.items() if app in (i, n)), None)
+        if app_id is None:
+            raise ApiProblem(400, "invalid", f"no application {app!r}", field="app")
+    env_id = None
+    if env is not None:
+        if app_id is None:
+            raise ApiProblem(400, "invalid", "env needs app", field="env")
+        env_id = next(
+            (i for i, (a, n, _) in where.envs.items() if a == app_id and env in (i, n)), None
+        )
+        if env_id is None:
+            raise ApiProblem(400, "invalid", f"no environment {env!r} in {app!r}", field="env")
+    return app_id, env_id
 
 
 async def get_task(request: web.Request) -> web.Response:
-    c = ctx(request)
-    task = await c.store.get_task(request.match_info["task_id"])
-    if task is None:
-        raise ApiProblem(404, "not_found", f"no task {request.match_info['task_id']}")
-    return json_response(await full_task_view(c, task))
+    task, where = await _task_for(request, "read")
+    return json_response(await full_task_view(ctx(request), task, where))
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     c = ctx(request)
     task_id = request.match_info["task_id"]
-    before = await c.store.get_task(task_id)
+    before, _ = await _task_for(request, "execute")
     task = await c.tasks.cancel(task_id)
-    was = None if before is None else _cancel_fields(before)
+    was = _cancel_fields(before)
     now = _cancel_fields(task)
     if was is None or was == now:
         unchanged(request)  # already final, or already asked to cancel
@@ -260,9 +327,7 @@ async def get_logs(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     after = _parse_cursor(request.query.get("after"))
     limit = _int_query(request, "limit", 1000, lo=1, hi=LOG_PAGE_MAX)
-    task = await c.store.get_task(task_id)
-    if task is None:
-        raise ApiProblem(404, "not_found", f"no task {task_id}")
+    task, _ = await _task_for(request, "read")
     lines = await c.store.get_logs(task_id, after=after, limit=limit)
     pos = (lines[-1].attempt, lines[-1].seq) if lines else after
     return json_response(
@@ -274,8 +339,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     task_id = request.match_info["task_id"]
     pos = _parse_cursor(request.query.get("after"))
-    if await c.store.get_task(task_id) is None:
-        raise ApiProblem(404, "not_found", f"no task {task_id}")
+    await _task_for(request, "read")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
 
@@ -503,13 +567,36 @@ def add_user_routes(table: RouteTable) -> None:
             "GET",
             "/api/v1/tasks",
             list_tasks,
-            "List tasks",
+            "List tasks (those the caller may read)",
             u,
             None,
             TaskList,
             query={
                 "state": "string",
                 "delegate": "string",
+                "since": "number",
+                "until": "number",
+                "limit": "integer",
+                "app": "string",
+                "env": "string",
+            },
+            errors=(400,),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            "/api/v1/deployments",
+            list_deployments,
+            "Deployment history: tasks with deployment data",
+            u,
+            None,
+            TaskList,
+            query={
+                "app": "string",
+                "env": "string",
+                "service": "string",
+                "status": "string",
                 "since": "number",
                 "until": "number",
                 "limit": "integer",

@@ -164,6 +164,25 @@ def task_table(tasks: Sequence[TaskView]) -> str:
     )
 
 
+def deployment_table(tasks: Sequence[TaskView]) -> str:
+    return table(
+        ["WHEN", "APP", "ENV", "SERVICE", "TO", "VERSION", "STATE", "TASK"],
+        (
+            [
+                timestamp(t.created_at),
+                t.app or "-",
+                t.env or "-",
+                t.deployment.service if t.deployment else "-",
+                t.deployment.environment if t.deployment else "-",
+                (t.deployment.version if t.deployment else None) or "-",
+                t.state.value,
+                t.id,
+            ]
+            for t in tasks
+        ),
+    )
+
+
 def delegate_table(delegates: Sequence[DelegateView]) -> str:
     return table(
         ["ID", "NAME", "HOST", "STATUS", "RUNNING", "SELECTORS", "VERSION", "LAST HEARTBEAT"],

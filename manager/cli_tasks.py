@@ -33,6 +33,7 @@ from manager.models import TaskList, TaskView
 from shared.protocol import FINAL_STATES, TaskState
 
 __all__ = [
+    "cmd_deployments",
     "cmd_task_cancel",
     "cmd_task_get",
     "cmd_task_list",
@@ -198,6 +199,8 @@ async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
         limit=args.limit,
+        app=args.app,
+        env=args.app_env,
     )
     if ctx.json:
         ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
@@ -205,6 +208,25 @@ async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
         ctx.console.print(fmt.task_table(tasks))
     else:
         ctx.console.note("no tasks")
+    return 0
+
+
+async def cmd_deployments(ctx: Context, args: argparse.Namespace) -> int:
+    tasks = await ctx.client.list_deployments(
+        app=args.app,
+        env=args.app_env,
+        service=args.service,
+        status=args.status,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    if ctx.json:
+        ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
+    elif tasks:
+        ctx.console.print(fmt.deployment_table(tasks))
+    else:
+        ctx.console.note("no deployments")
     return 0
 
 

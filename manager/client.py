@@ -302,9 +302,30 @@ class TetherClient:
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        app: str | None = None,
+        env: str | None = None,
     ) -> list[TaskView]:
-        params = _params(state=state, delegate=delegate, since=since, until=until, limit=limit)
+        params = _params(
+            state=state, delegate=delegate, since=since, until=until, limit=limit, app=app, env=env
+        )
         page = await self._call("GET", "/api/v1/tasks", TaskList, params=params)
+        return page.tasks
+
+    async def list_deployments(
+        self,
+        app: str | None = None,
+        env: str | None = None,
+        service: str | None = None,
+        status: TaskState | str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        """Deployment history, newest first: tasks with deployment data the caller may read."""
+        params = _params(
+            app=app, env=env, service=service, status=status, since=since, until=until, limit=limit
+        )
+        page = await self._call("GET", "/api/v1/deployments", TaskList, params=params)
         return page.tasks
 
     async def cancel_task(self, task_id: str) -> TaskView:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.protocol import Deployment, TaskPayload, TaskState, TaskType, UserPayload
 
@@ -40,6 +40,16 @@ class TaskSubmit(Model):
     # masked in the logs, and never returned by the API (only their names are).
     secret_env: dict[str, str] = Field(default_factory=dict, max_length=256)
     deployment: Deployment | None = None
+    # The application and environment (names or ids) the task runs for; both or neither.
+    # Submitting needs the execute action there; without them, execute on every one.
+    app: str | None = Field(default=None, min_length=1, max_length=128)
+    env: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _app_and_env(self) -> TaskSubmit:
+        if (self.app is None) != (self.env is None):
+            raise ValueError("app and env go together: give both or neither")
+        return self
 
 
 class AttemptView(Model):
@@ -73,6 +83,11 @@ class TaskView(Model):
     cancel_requested: bool = False
     deployment: Deployment | None = None
     attempts: list[AttemptView] = Field(default_factory=list)
+    app_id: str | None = None
+    env_id: str | None = None
+    app: str | None = None
+    env: str | None = None
+    submitted_by: str | None = None
 
 
 class TaskList(Model):

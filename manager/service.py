@@ -23,6 +23,7 @@ from manager.hub import Hub, Session
 from manager.masterkey import MasterKey
 from manager.metrics import Metrics
 from manager.models import TaskSubmit
+from manager.rbac import Target
 from manager.store.base import Store
 from manager.store.records import AttemptRecord, LogRecord, TaskRecord
 from manager.taskstate import (
@@ -128,7 +129,15 @@ class TaskService:
 
     # -- users ----------------------------------------------------------------------------
 
-    async def submit(self, req: TaskSubmit) -> tuple[TaskRecord, bool]:
+    async def submit(
+        self,
+        req: TaskSubmit,
+        *,
+        target: Target | None = None,
+        submitted_by: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Queue a user's task; ``target`` is its application and environment, already
+        checked against the submitter's permissions."""
         if self.secrets is not None:
             self.secrets.check_payload(req.payload)
         now = self._clock()
@@ -148,6 +157,9 @@ class TaskService:
             secret_env_sealed=self._seal_env(task_id, req.secret_env),
             secret_env_names=tuple(sorted(req.secret_env)),
             deployment=req.deployment.model_dump(mode="json") if req.deployment else None,
+            app_id=None if target is None else target.app_id,
+            env_id=None if target is None else target.env_id,
+            submitted_by=submitted_by,
         )
         return await self._insert(record)
 

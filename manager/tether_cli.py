@@ -57,6 +57,7 @@ from manager.cli_context import (
 from manager.cli_format import Console
 from manager.cli_secrets import add_secret_parsers
 from manager.cli_tasks import (
+    cmd_deployments,
     cmd_task_cancel,
     cmd_task_get,
     cmd_task_list,
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = task.add_parser("list", parents=[output], help="list tasks, newest first")
     ls.add_argument("--state", choices=[s.value for s in TaskState])
     ls.add_argument("--delegate", metavar="ID")
+    ls.add_argument("--app", metavar="APP")
+    ls.add_argument("--app-env", metavar="ENV", help="an environment of --app")
     ls.add_argument("--limit", type=_positive_int, default=100)
     ls.add_argument(
         "--since",
@@ -153,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", type=_when, metavar="WHEN", help="created before: ISO time or a duration ago"
     )
     ls.set_defaults(handler=cmd_task_list)
+    history = groups.add_parser(
+        "deployments", parents=[output], help="deployment history: tasks with deployment data"
+    )
+    history.add_argument("--app", metavar="APP")
+    history.add_argument("--env", dest="app_env", metavar="ENV", help="an environment of --app")
+    history.add_argument("--service", metavar="S")
+    history.add_argument("--status", choices=[s.value for s in TaskState])
+    history.add_argument("--limit", type=_positive_int, default=100)
+    history.add_argument("--since", type=_when, metavar="WHEN", help="ISO time or e.g. 7d ago")
+    history.add_argument("--until", type=_when, metavar="WHEN")
+    history.set_defaults(handler=cmd_deployments)
     logs = task.add_parser("logs", parents=[output], help="print a task's log")
     logs.add_argument("task_id", metavar="ID")
     logs.add_argument(
@@ -221,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selector", action="append", default=[], metavar="S", help="repeatable")
+    p.add_argument(
+        "--app", metavar="APP", help="the application the task runs for (with --app-env)"
+    )
+    # Not --env, which sets environment variables.
+    p.add_argument("--app-env", metavar="ENV", help="the application's environment (with --app)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="run time limit")
     p.add_argument("--queue-timeout", type=float, metavar="SECONDS", help="wait limit")
     p.add_argument("--max-attempts", type=int, default=1, metavar="N")
@@ -285,6 +304,8 @@ _OPTION_OF_FIELD = {
     "payload.script": "the command",
     "payload.working_dir": "--working-dir",
     "deployment.service": "--deploy-service",
+    "app": "--app",
+    "env": "--app-env",
     "deployment.environment": "--deploy-env",
     "deployment.artifact": "--deploy-artifact",
     "deployment.version": "--deploy-version",
@@ -314,6 +335,8 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
     """The TaskSubmit of ``task run`` / ``task submit``; UsageError for any bad option."""
     if not args.words:
         raise UsageError("no command given: put it after --, as in: tether task run -- make test")
+    if (args.app is None) != (args.app_env is None):
+        raise UsageError("--app and --app-env go together: give both or neither")
     env = parse_assignments(args.env, "--env", secret=False)
     secret_env = parse_assignments(args.secret_env, "--secret-env", secret=True)
     if both := sorted(env.keys() & secret_env.keys()):
@@ -346,6 +369,8 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
             idempotency_key=args.idempotency_key,
             secret_env=secret_env,
             deployment=deployment,
+            app=args.app,
+            env=args.app_env,
         )
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
@@ -353,7 +378,7 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
         where = _OPTION_OF_FIELD.get(loc) or next(
             (opt for key, opt in _OPTION_OF_FIELD.items() if loc.startswith(key + ".")), loc
         )
-        raise UsageError(f"{where}: {err['msg']}") from None
+        raise UsageError(f"{where}: {err['msg']}" if where else err["msg"]) from None
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

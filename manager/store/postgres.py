@@ -382,15 +382,20 @@ class PostgresStore(Store):
             ("delegate_id = ${}", flt.delegate_id),
             ("created_at >= ${}", flt.since),
             ("created_at < ${}", flt.until),
+            ("app_id = ${}", flt.app_id),
+            ("env_id = ${}", flt.env_id),
+            ("deployment->>'service' = ${}", flt.service),
         ):
             if value is not None:
                 args.append(value)
                 where.append(cond.format(len(args)))
+        if flt.deployments_only:
+            where.append("deployment IS NOT NULL")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         args.append(flt.limit)
         sql = (
             f"SELECT {_TASK_COLUMNS} FROM tasks {clause}"  # noqa: S608
-            f" ORDER BY created_at DESC LIMIT ${len(args)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
         )
         return [_task(r) for r in await self._fetch(sql, *args)]
 

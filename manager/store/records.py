@@ -198,6 +198,11 @@ class TaskFilter:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+    app_id: str | None = None
+    env_id: str | None = None
+    # Deployment history: only tasks that carry deployment data, optionally of one service.
+    deployments_only: bool = False
+    service: str | None = None
 
 
 BUILTIN_MANAGER_ID = "sm_builtin"

@@ -340,8 +340,22 @@ class SqliteStore(Store):
         if flt.until is not None:
             where.append("created_at < ?")
             args.append(flt.until)
+        for cond, value in (
+            ("app_id = ?", flt.app_id),
+            ("env_id = ?", flt.env_id),
+            ("json_extract(deployment, '$.service') = ?", flt.service),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        if flt.deployments_only:
+            where.append("deployment IS NOT NULL")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC LIMIT ?"  # noqa: S608
+        # Ties (one clock tick) newest id first: ids are time-ordered.
+        sql = (
+            f"SELECT {_TASK_COLUMNS} FROM tasks {clause}"  # noqa: S608
+            " ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
 
         def fn(c: sqlite3.Connection) -> list[TaskRecord]:
             return [_task(r) for r in c.execute(sql, [*args, flt.limit]).fetchall()]

@@ -98,6 +98,7 @@ class FakeClient(TetherClient):
         self.pages = list(pages)
         self.submitted: list[TaskSubmit] = []
         self.cancelled: list[str] = []
+        self.listed: list[dict[str, object]] = []
         self.afters: list[str | None] = []
 
     def _check(self) -> None:
@@ -120,9 +121,26 @@ class FakeClient(TetherClient):
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        app: str | None = None,
+        env: str | None = None,
     ) -> list[TaskView]:
         self._check()
+        self.listed.append({"app": app, "env": env})
         return [self.task, FINISHED]
+
+    async def list_deployments(
+        self,
+        app: str | None = None,
+        env: str | None = None,
+        service: str | None = None,
+        status: TaskState | str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        self._check()
+        self.listed.append({"app": app, "env": env, "service": service, "status": status})
+        return [self.task.model_copy(update={"app": "checkout", "env": "prod"})]
 
     async def cancel_task(self, task_id: str) -> TaskView:
         self.cancelled.append(task_id)
@@ -515,6 +533,58 @@ def test_submit_prints_the_task_id_alone_on_the_last_line() -> None:
     assert result.code == 0
     assert result.out.splitlines()[-1] == "task_1"
     assert json.loads(as_json.out)["id"] == "task_1"
+
+
+def test_a_task_names_its_app_and_env_with_app_and_app_env() -> None:
+    client = FakeClient()
+    result = tether(
+        "task",
+        "submit",
+        "--app",
+        "checkout",
+        "--app-env",
+        "prod",
+        "--env",
+        "A=1",
+        "--",
+        "true",
+        client=client,
+    )
+    assert result.code == 0, result.err
+    sent = client.submitted[-1]
+    assert isinstance(sent.payload, ShellPayload)
+    assert (sent.app, sent.env, sent.payload.env) == ("checkout", "prod", {"A": "1"})
+
+    half = tether("task", "submit", "--app", "checkout", "--", "true", client=client)
+    assert half.code == 2
+    assert half.err.splitlines()[-1].startswith(
+        "error: --app and --app-env go together: give both or neither"
+    )
+
+
+def test_task_list_and_deployments_pass_their_filters() -> None:
+    client = FakeClient()
+    assert tether("task", "list", "--app", "a", "--app-env", "e", client=client).code == 0
+    result = tether(
+        "deployments",
+        "--app",
+        "checkout",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+        "--status",
+        "succeeded",
+        client=client,
+    )
+    assert result.code == 0, result.err
+    assert client.listed == [
+        {"app": "a", "env": "e"},
+        {"app": "checkout", "env": "prod", "service": "web", "status": "succeeded"},
+    ]
+    header, row = result.out.splitlines()[:2]
+    assert header.split()[:4] == ["WHEN", "APP", "ENV", "SERVICE"]
+    assert row.split()[1:3] == ["checkout", "prod"]
 
 
 def test_logs_pages_until_nothing_is_new() -> None:
