@@ -13,6 +13,8 @@ from manager.errors import ApiProblem
 from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
 from manager.models import ProfileList, ProfilePut, ProfileView
 from manager.store.records import ProfileRecord
+from shared.protocol import ShellPayload
+from shared.task_secrets import referenced_secrets
 
 __all__ = ["add_profile_routes"]
 
@@ -36,6 +38,7 @@ async def put_profile(request: web.Request) -> web.Response:
     if not re.match(_NAME, name):
         raise ApiProblem(400, "invalid", "name: letters, digits, '.', '_' and '-'", field="name")
     body = await parse_body(request, ProfilePut)
+    await _check_profile_secrets(request, body.script)
     before = await _find(request, name)
     profile = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
     await c.store.put_profile(profile)
@@ -51,6 +54,32 @@ async def put_profile(request: web.Request) -> web.Response:
         after=_audit_view(profile),
     )
     return json_response(_view(profile, runs))
+
+
+async def _check_profile_secrets(request: web.Request, script: str) -> None:
+    """Expressions must parse, and each secret they name must serve delegate profiles (scoped
+    to the account, or with no usage scope): 400 naming the first that does not."""
+    c = ctx(request)
+    try:
+        names = sorted(referenced_secrets(ShellPayload(script=script)))
+    except ValueError as exc:
+        raise ApiProblem(400, "invalid", f"script: {exc}", field="script") from None
+    if not names or c.secrets is None:
+        return
+    found = await c.store.secrets_by_name(names)
+    for name in names:
+        secret = found.get(name)
+        if secret is None:
+            raise ApiProblem(400, "invalid", f"no secret {name!r}", field="script")
+        scope = await c.secrets.scopes.effective(secret.id, secret.manager_id)
+        if not scope.serves_profiles:
+            raise ApiProblem(
+                400,
+                "invalid",
+                f"secret {name!r} is scoped to applications; profiles may use only secrets"
+                " scoped to the account",
+                field="script",
+            )
 
 
 async def _find(request: web.Request, name: str) -> ProfileRecord | None:

@@ -6,8 +6,14 @@ from aiohttp import web
 
 from manager.audit_record import record
 from manager.context import ctx
+from manager.errors import ApiProblem
 from manager.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.places import Places
+from manager.principal import principal_of
+from manager.rbac import Target
 from manager.secret_models import (
+    ScopePut,
+    ScopeSpec,
     SecretCreate,
     SecretList,
     SecretManagerCreate,
@@ -21,6 +27,7 @@ from manager.secret_models import (
     SecretVersionView,
     SecretView,
 )
+from manager.secret_scope import UNRESTRICTED, Scopes, UsageScope
 from manager.secrets import SecretService
 from manager.store.records import (
     BUILTIN_MANAGER_ID,
@@ -95,7 +102,57 @@ def _version_view(v: SecretVersionRecord, current: int) -> SecretVersionView:
 
 
 async def _secret_full_view(request: web.Request, s: SecretRecord) -> SecretView:
-    return _secret_view(s, await ctx(request).store.get_secret_manager(s.manager_id))
+    view = _secret_view(s, await ctx(request).store.get_secret_manager(s.manager_id))
+    scopes = _service(request).scopes
+    own = await scopes.of_secret(s.id)
+    if own is None:
+        return view
+    return view.model_copy(update={"scope": Scopes.describe(own, await scopes.places())})
+
+
+async def _manager_full_view(request: web.Request, m: SecretManagerRecord) -> SecretManagerView:
+    scopes = _service(request).scopes
+    own = await scopes.of_manager(m.id)
+    view = _manager_view(m)
+    if own is None:
+        return view
+    return view.model_copy(update={"scope": Scopes.describe(own, await scopes.places())})
+
+
+async def _checked_scope(
+    request: web.Request, spec: ScopeSpec | None, manager_id: str | None
+) -> UsageScope | None:
+    """``spec`` in ids, once it lies within the manager's scope (for a secret's)."""
+    if spec is None:
+        return None
+    scopes = _service(request).scopes
+    where = await scopes.places()
+    scope = Scopes.resolve(spec, where)
+    if manager_id is not None:
+        outer = await scopes.of_manager(manager_id) or UNRESTRICTED
+        if not scope.within(outer, where):
+            raise ApiProblem(
+                400,
+                "invalid",
+                "a secret's scope must lie within its secret manager's scope",
+                field="scope",
+            )
+    return scope
+
+
+def _visible(request: web.Request, scope: UsageScope, where: Places) -> bool:
+    """A secret scoped to applications shows only to those who may read one of its
+    environments (and to secret managers); others show to every signed-in caller."""
+    grants = principal_of(request).grants
+    if grants.has("manage_secrets") or not scope.targets:
+        return True
+    if scope.covers(None) and grants.everywhere("read"):
+        return True
+    return any(
+        scope.covers(t) and grants.allows(t, "read")
+        for env_id, (app_id, _name, env_type) in where.envs.items()
+        if (t := Target(app_id, env_id, env_type))
+    )
 
 
 def _audit(view: SecretView | SecretManagerView) -> dict[str, object]:
@@ -108,12 +165,16 @@ def _audit(view: SecretView | SecretManagerView) -> dict[str, object]:
 
 async def list_managers(request: web.Request) -> web.Response:
     managers = await ctx(request).store.list_secret_managers()
-    return json_response(SecretManagerList(secret_managers=[_manager_view(m) for m in managers]))
+    views = [await _manager_full_view(request, m) for m in managers]
+    return json_response(SecretManagerList(secret_managers=views))
 
 
 async def create_manager(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretManagerCreate)
-    created = _manager_view(await _service(request).create_manager(body))
+    scope = await _checked_scope(request, body.scope, None)
+    made = await _service(request).create_manager(body)
+    await _service(request).scopes.set_manager(made.id, scope)
+    created = await _manager_full_view(request, made)
     record(
         request,
         resource_id=created.id,
@@ -126,14 +187,15 @@ async def create_manager(request: web.Request) -> web.Response:
 
 
 async def get_manager(request: web.Request) -> web.Response:
-    return json_response(_manager_view(await _service(request).manager(request.match_info["name"])))
+    manager = await _service(request).manager(request.match_info["name"])
+    return json_response(await _manager_full_view(request, manager))
 
 
 async def update_manager(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretManagerUpdate)
     service, name = _service(request), request.match_info["name"]
-    before = _manager_view(await service.manager(name))
-    after = _manager_view(await service.update_manager(name, body))
+    before = await _manager_full_view(request, await service.manager(name))
+    after = await _manager_full_view(request, await service.update_manager(name, body))
     record(
         request,
         resource_id=after.id,
@@ -148,8 +210,9 @@ async def update_manager(request: web.Request) -> web.Response:
 
 async def delete_manager(request: web.Request) -> web.Response:
     service, name = _service(request), request.match_info["name"]
-    before = _manager_view(await service.manager(name))
+    before = await _manager_full_view(request, await service.manager(name))
     await service.delete_manager(name)
+    await service.scopes.set_manager(before.id, None)
     record(
         request,
         resource_id=before.id,
@@ -196,14 +259,27 @@ async def list_secrets(request: web.Request) -> web.Response:
         manager_id = (await _service(request).manager(name)).id
     managers = {m.id: m for m in await c.store.list_secret_managers()}
     secrets = await c.store.list_secrets(manager_id=manager_id)
-    return json_response(
-        SecretList(secrets=[_secret_view(s, managers.get(s.manager_id)) for s in secrets])
-    )
+    scopes = _service(request).scopes
+    where = await scopes.places()
+    views = []
+    for s in secrets:
+        own = await scopes.of_secret(s.id)
+        if not _visible(request, await scopes.effective(s.id, s.manager_id), where):
+            continue
+        view = _secret_view(s, managers.get(s.manager_id))
+        views.append(view.model_copy(update={"scope": Scopes.describe(own, where)}))
+    return json_response(SecretList(secrets=views))
 
 
 async def create_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretCreate)
-    created = await _secret_full_view(request, await _service(request).create_secret(body))
+    service = _service(request)
+    # An unknown manager is create_secret's 400; only a known one has a scope to lie within.
+    manager = await ctx(request).store.secret_manager_by_name(body.manager)
+    scope = await _checked_scope(request, body.scope, None if manager is None else manager.id)
+    made = await service.create_secret(body)
+    await service.scopes.set_secret(made.id, scope)
+    created = await _secret_full_view(request, made)
     record(
         request,
         resource_id=created.id,
@@ -216,8 +292,63 @@ async def create_secret(request: web.Request) -> web.Response:
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    secret = await _service(request).secret(request.match_info["name"])
+    service, name = _service(request), request.match_info["name"]
+    secret = await service.secret(name)
+    scope = await service.scopes.effective(secret.id, secret.manager_id)
+    if not _visible(request, scope, await service.scopes.places()):
+        raise ApiProblem(404, "not_found", f"no secret {name!r}")
     return json_response(await _secret_full_view(request, secret))
+
+
+async def put_secret_scope(request: web.Request) -> web.Response:
+    body = await parse_body(request, ScopePut)
+    service, name = _service(request), request.match_info["name"]
+    secret = await service.secret(name)
+    before = await _secret_full_view(request, secret)
+    await service.scopes.set_secret(
+        secret.id, await _checked_scope(request, body.scope, secret.manager_id)
+    )
+    after = await _secret_full_view(request, secret)
+    record(
+        request,
+        resource_id=secret.id,
+        name=secret.name,
+        action="update",
+        summary=f"changed the usage scope of secret {secret.name}",
+        before=_audit(before),
+        after=_audit(after),
+    )
+    return json_response(after)
+
+
+async def put_manager_scope(request: web.Request) -> web.Response:
+    body = await parse_body(request, ScopePut)
+    service, name = _service(request), request.match_info["name"]
+    manager = await service.manager(name)
+    before = await _manager_full_view(request, manager)
+    scope = await _checked_scope(request, body.scope, None)
+    where = await service.scopes.places()
+    outer = scope or UNRESTRICTED
+    for s in await ctx(request).store.list_secrets(manager_id=manager.id):
+        own = await service.scopes.of_secret(s.id)
+        if own is not None and not own.within(outer, where):
+            raise ApiProblem(
+                409,
+                "conflict",
+                f"secret {s.name!r} is scoped beyond that; narrow or clear its scope first",
+            )
+    await service.scopes.set_manager(manager.id, scope)
+    after = await _manager_full_view(request, manager)
+    record(
+        request,
+        resource_id=manager.id,
+        name=manager.name,
+        action="update",
+        summary=f"changed the usage scope of secret manager {manager.name}",
+        before=_audit(before),
+        after=_audit(after),
+    )
+    return json_response(after)
 
 
 async def update_secret(request: web.Request) -> web.Response:
@@ -241,6 +372,7 @@ async def delete_secret(request: web.Request) -> web.Response:
     service, name = _service(request), request.match_info["name"]
     before = await _secret_full_view(request, await service.secret(name))
     await service.delete_secret(name)
+    await service.scopes.set_secret(before.id, None)
     record(
         request,
         resource_id=before.id,
@@ -287,6 +419,28 @@ def add_secret_routes(table: RouteTable) -> None:
     # Names may hold "/": clients send it as %2F, which the router matches as one segment.
     one_s = f"{s}/{{name}}"
     for route in (
+        Route(
+            "PUT",
+            f"{one_sm}/scope",
+            put_manager_scope,
+            "Set where a secret manager's secrets may be used",
+            u,
+            ScopePut,
+            SecretManagerView,
+            errors=(400, 404, 409),
+            audit="secret_manager",
+        ),
+        Route(
+            "PUT",
+            f"{one_s}/scope",
+            put_secret_scope,
+            "Set where a secret may be used",
+            u,
+            ScopePut,
+            SecretView,
+            errors=(400, 404),
+            audit="secret",
+        ),
         Route("GET", sm, list_managers, "List secret managers", u, None, SecretManagerList),
         Route(
             "POST",

@@ -28,6 +28,7 @@ from manager.models import (
     TokenCreated,
     TokenView,
 )
+from manager.places import Places, places
 from manager.principal import principal_of
 from manager.rbac import Action
 from manager.store.records import (
@@ -38,7 +39,7 @@ from manager.store.records import (
     TaskRecord,
     TokenRecord,
 )
-from manager.task_access import Places, check_task, places, submit_target
+from manager.task_access import check_secrets, check_task, submit_target
 from manager.tokens import TokenInUse, create_token
 from shared import __version__
 from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
@@ -180,6 +181,8 @@ async def submit_task(request: web.Request) -> web.Response:
     c = ctx(request)
     req = await parse_body(request, TaskSubmit)
     target = await submit_target(request, req.app, req.env)
+    place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
+    await check_secrets(request, req.payload, target, place)
     actor = principal_of(request).actor
     task, created = await c.tasks.submit(req, target=target, submitted_by=actor.id)
     if created:

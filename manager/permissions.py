@@ -57,6 +57,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/v1/secrets/{name}"): "manage_secrets",
     ("GET", "/api/v1/secrets/{name}/versions"): "authenticated",
     ("POST", "/api/v1/secrets/{name}/migrate"): "manage_secrets",
+    ("PUT", "/api/v1/secrets/{name}/scope"): "manage_secrets",
+    ("PUT", "/api/v1/secret-managers/{name}/scope"): "manage_secret_managers",
     # API keys and their account defaults
     ("POST", "/api/v1/api-keys"): "manage_api_keys",
     ("GET", "/api/v1/api-keys"): "manage_api_keys",

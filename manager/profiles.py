@@ -6,8 +6,9 @@ a new instance id) and again on every live matching delegate when the script cha
 idempotency key names the profile, the script's hash, the delegate and the instance, so a
 reconnect, a second replica or a restarted manager never runs the same script twice.
 
-Secrets in profile scripts: only account-scoped ones, once secret scopes exist; until then a
-profile is a plain script.
+Secrets in profile scripts: only those scoped to the account, or with no usage scope
+(manager.secret_scope); a profile run's ``submitted_by`` is ``profile:<name>`` so delivery
+can tell it from a user's task.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from shared.protocol import ShellPayload
 __all__ = ["Profiles", "matches", "script_hash"]
 
 log = structlog.get_logger("tether.profiles")
+
+PROFILE_ACTOR = "profile:"
 
 
 def script_hash(profile: ProfileRecord) -> str:
@@ -69,6 +72,7 @@ class Profiles:
             selectors=[delegate.id],
             idempotency_key=key,
         )
-        task, created = await self._tasks.submit(req)
+        # Marked as a profile run: its secrets are judged by the profile rule (account scope).
+        task, created = await self._tasks.submit(req, submitted_by=f"{PROFILE_ACTOR}{profile.name}")
         if created:
             log.info("profile run", profile=profile.name, delegate_id=delegate.id, task_id=task.id)

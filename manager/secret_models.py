@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from manager.rbac import Target
 from shared.expressions import MAX_NAME_LENGTH
 from shared.secretspec import RefSpec, SecretKind, SecretType
 
@@ -42,6 +43,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+EnvChoice = Literal["all", "production", "non_production"] | list[str]
+
+
+class ScopeTarget(_Model):
+    """Some applications (all, or names) and some of their environments (all, a type, or
+    names)."""
+
+    apps: Literal["all"] | list[str] = "all"
+    envs: EnvChoice = "all"
+
+    def covers(self, t: Target) -> bool:
+        if self.apps != "all" and t.app_id not in self.apps:
+            return False
+        if self.envs == "all":
+            return True
+        if isinstance(self.envs, str):
+            return t.env_type == self.envs
+        return t.env_id in self.envs
+
+    @property
+    def universal(self) -> bool:
+        return self.apps == "all" and self.envs == "all"
+
+
+class ScopeSpec(_Model):
+    """Where secrets may be used (manager.secret_scope): the account (delegate profiles)
+    and/or application targets. Empty: delegate profiles only."""
+
+    account: bool = False
+    targets: list[ScopeTarget] = Field(default_factory=list, max_length=64)
+
+
+class ScopePut(_Model):
+    # null: no scope of its own (a secret has its manager's; a manager is unrestricted).
+    scope: ScopeSpec | None
+
+
 class SecretManagerCreate(_Model):
     name: ManagerName
     kind: SecretKind
@@ -52,6 +90,8 @@ class SecretManagerCreate(_Model):
     # Which delegates run its connection test and key operations.
     selectors: _Selectors = Field(default_factory=list)
     description: str = Field(default="", max_length=1024)
+    # Absent: unrestricted.
+    scope: ScopeSpec | None = None
 
 
 class SecretManagerUpdate(_Model):
@@ -76,6 +116,7 @@ class SecretManagerView(_Model):
     builtin: bool
     created_at: float
     updated_at: float
+    scope: ScopeSpec | None = None
 
 
 class SecretManagerList(_Model):
@@ -117,6 +158,8 @@ class SecretCreate(SecretValue):
     manager: ManagerName = "builtin"
     type: SecretType = "text"
     description: str = Field(default="", max_length=1024)
+    # Absent: the manager's scope.
+    scope: ScopeSpec | None = None
 
 
 class SecretUpdate(SecretValue):
@@ -136,6 +179,8 @@ class SecretView(_Model):
     created_by: str | None = None
     created_at: float
     updated_at: float
+    # Its own scope; null: its manager's.
+    scope: ScopeSpec | None = None
 
 
 class SecretList(_Model):

@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from manager.errors import ApiProblem
 from manager.masterkey import MasterKey, MasterKeyError
+from manager.profiles import PROFILE_ACTOR
 from manager.secret_kinds import check_settings
 from manager.secret_models import (
     SecretCreate,
@@ -34,6 +35,7 @@ from manager.secret_models import (
     SecretValue,
 )
 from manager.secret_ops import OpResult, SecretOps, manager_spec
+from manager.secret_scope import Scopes
 from manager.store.base import Conflict, Store
 from manager.store.records import (
     BUILTIN_MANAGER_ID,
@@ -101,6 +103,7 @@ class SecretService:
         # process joins it, so even a stray log line cannot show it.
         self._masker = masker
         self._clock = clock
+        self.scopes = Scopes(store)
 
     # -- secret managers ------------------------------------------------------------------
 
@@ -516,6 +519,7 @@ class SecretService:
         names = sorted(referenced_secrets(payload))
         if not names:
             return deliveries, credentials, unavailable
+        allowed = await self._scope_check(task)
         found = await self._store.secrets_by_name(names)
         current = await self._store.current_versions(s.id for s in found.values())
         for name in names:
@@ -528,6 +532,9 @@ class SecretService:
             if m is None:
                 unavailable[name] = "its secret manager is gone"
                 continue
+            if why := await allowed(secret):
+                unavailable[name] = why
+                continue
             try:
                 deliveries.append(
                     await self._delivery(name, secret, version, m, task.id, attempt, public_key)
@@ -538,6 +545,23 @@ class SecretService:
             if why := await add_credentials(m):
                 unavailable[name] = why
         return deliveries, credentials, unavailable
+
+    async def _scope_check(
+        self, task: TaskRecord
+    ) -> Callable[[SecretRecord], Awaitable[str | None]]:
+        """Why a secret may not serve ``task`` (its scope changed since the submit, or the
+        task is a profile run and the secret is scoped to applications); None if it may."""
+        where = await self.scopes.places()
+        target = where.target(task)
+        profile = (task.submitted_by or "").startswith(PROFILE_ACTOR)
+
+        async def why(secret: SecretRecord) -> str | None:
+            scope = await self.scopes.effective(secret.id, secret.manager_id)
+            if profile:
+                return None if scope.serves_profiles else "it is not scoped to delegate profiles"
+            return None if scope.covers(target) else "its usage scope does not cover this task"
+
+        return why
 
     async def _delivery(
         self,

@@ -8,47 +8,18 @@ that does not exist does, so ids cannot be probed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiohttp import web
 
 from manager.access import ACCESS
-from manager.directory import Directory
+from manager.context import ctx
 from manager.errors import ApiProblem
+from manager.places import Places
 from manager.principal import principal_of
-from manager.rbac import Action, EnvType, Target
+from manager.rbac import Action, Target
 from manager.store.records import TaskRecord
+from shared.task_secrets import referenced_secrets
 
-__all__ = ["Places", "check_task", "places", "submit_target"]
-
-
-@dataclass(frozen=True, slots=True)
-class Places:
-    """Applications and environments by id, loaded once for a request that shows tasks."""
-
-    apps: dict[str, str]  # id -> name
-    envs: dict[str, tuple[str, str, EnvType]]  # id -> (app id, name, type)
-
-    def target(self, task: TaskRecord) -> Target | None:
-        if task.app_id is None or task.env_id is None:
-            return None
-        env = self.envs.get(task.env_id)
-        # An environment deleted since is judged as production, the stricter of the two.
-        return Target(task.app_id, task.env_id, "production" if env is None else env[2])
-
-    def names(self, task: TaskRecord) -> tuple[str | None, str | None]:
-        app = None if task.app_id is None else self.apps.get(task.app_id, task.app_id)
-        env = None
-        if task.env_id is not None:
-            found = self.envs.get(task.env_id)
-            env = found[1] if found is not None else task.env_id
-        return app, env
-
-
-async def places(directory: Directory) -> Places:
-    apps = {a.id: a.body.name for a in await directory.apps.list()}
-    envs = {e.id: (e.body.app_id, e.body.name, e.body.type) for e in await directory.envs.list()}
-    return Places(apps, envs)
+__all__ = ["check_secrets", "check_task", "submit_target"]
 
 
 async def submit_target(request: web.Request, app: str | None, env: str | None) -> Target | None:
@@ -68,6 +39,34 @@ async def submit_target(request: web.Request, app: str | None, env: str | None) 
     if not principal.grants.allows(target, "execute"):
         raise ApiProblem(403, "forbidden", f"you may not execute in {app}/{env}")
     return target
+
+
+async def check_secrets(
+    request: web.Request, payload: object, target: Target | None, where: str
+) -> None:
+    """A task may use a secret whose usage scope covers its place, and only if the submitter
+    holds create, read and update there (manager.secret_scope). Unknown names are left to
+    delivery, which fails the task before anything runs and names them."""
+    service = ctx(request).secrets
+    if service is None:
+        return
+    service.check_payload(payload)  # a malformed expression is a 400 before anything else
+    names = sorted(referenced_secrets(payload))
+    if not names:
+        return
+    grants = principal_of(request).grants
+    if not grants.allows_all(target, ("create", "read", "update")):
+        raise ApiProblem(
+            403, "forbidden", f"using secrets in {where} needs create, read and update there"
+        )
+    found = await ctx(request).store.secrets_by_name(names)
+    for name in names:
+        secret = found.get(name)
+        if secret is None:
+            continue
+        scope = await service.scopes.effective(secret.id, secret.manager_id)
+        if not scope.covers(target):
+            raise ApiProblem(403, "forbidden", f"secret {name!r} is not scoped for use in {where}")
 
 
 def check_task(

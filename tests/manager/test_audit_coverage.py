@@ -208,6 +208,16 @@ async def secret_delete(w: World) -> Call:
     return "/api/v1/secrets/to-delete", None
 
 
+async def secret_scope(w: World) -> Call:
+    await _secret(w, "to-scope")
+    return "/api/v1/secrets/to-scope/scope", {"scope": {"account": True}}
+
+
+async def manager_scope(w: World) -> Call:
+    await w.store.create_secret_manager(_kms("kms-scope"))
+    return "/api/v1/secret-managers/kms-scope/scope", {"scope": {"account": True}}
+
+
 async def secret_migrate(w: World) -> Call:
     await _secret(w, "to-move")
     await w.store.create_secret_manager(_kms("kms-target"))
@@ -305,6 +315,8 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("PATCH", "/api/v1/secrets/{name}"): secret_update,
     ("DELETE", "/api/v1/secrets/{name}"): secret_delete,
     ("POST", "/api/v1/secrets/{name}/migrate"): secret_migrate,
+    ("PUT", "/api/v1/secrets/{name}/scope"): secret_scope,
+    ("PUT", "/api/v1/secret-managers/{name}/scope"): manager_scope,
     ("POST", "/api/v1/audit/filters"): filter_create,
     ("DELETE", "/api/v1/audit/filters/{name}"): filter_delete,
     ("POST", "/api/v1/api-keys"): api_key_create,
