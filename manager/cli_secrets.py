@@ -17,6 +17,8 @@ from typing import Any
 from manager import cli_format as fmt
 from manager.cli_context import EXIT_ERROR, Context, UsageError
 from manager.secret_models import (
+    ScopeSpec,
+    ScopeTarget,
     SecretCreate,
     SecretManagerCreate,
     SecretManagerUpdate,
@@ -183,6 +185,54 @@ def _read_value(args: argparse.Namespace) -> bytes:
     return str(args.from_literal).encode()
 
 
+def parse_scope(targets: Sequence[str], account: bool) -> ScopeSpec | None:
+    """``--scope APP[/ENV]`` (repeatable) and ``--scope-account`` as a scope; None when
+    neither is given. APP may be ``*`` (every application); ENV an environment name,
+    ``production``, ``non_production`` or ``*``."""
+    if not targets and not account:
+        return None
+    out: list[ScopeTarget] = []
+    for text in targets:
+        app, _, env = text.partition("/")
+        if not app:
+            raise UsageError(f"--scope {text!r}: give APP or APP/ENV (APP may be '*')")
+        envs: Any = "all"
+        if env and env != "*":
+            envs = env if env in ("production", "non_production") else [env]
+        out.append(ScopeTarget(apps="all" if app == "*" else [app], envs=envs))
+    return ScopeSpec(account=account, targets=out)
+
+
+def _scope_line(scope: ScopeSpec | None) -> str:
+    if scope is None:
+        return "(inherited)"
+    parts = ["account"] if scope.account else []
+    for t in scope.targets:
+        apps = "*" if t.apps == "all" else ",".join(t.apps)
+        envs = "*" if t.envs == "all" else t.envs if isinstance(t.envs, str) else ",".join(t.envs)
+        parts.append(f"{apps}/{envs}")
+    return " ".join(parts) or "(no usage scope: delegate profiles only)"
+
+
+async def cmd_secret_scope(ctx: Context, args: argparse.Namespace) -> int:
+    scope = None if args.clear else parse_scope(args.scope, args.scope_account)
+    if scope is None and not args.clear:
+        raise UsageError("give --scope APP[/ENV], --scope-account, or --clear")
+    view = await ctx.client.set_secret_scope(args.name, scope)
+    _show(ctx, view, f"secret {view.name}: scope {_scope_line(view.scope)}")
+    return 0
+
+
+async def cmd_sm_scope(ctx: Context, args: argparse.Namespace) -> int:
+    scope = None if args.clear else parse_scope(args.scope, args.scope_account)
+    if scope is None and not args.clear:
+        raise UsageError("give --scope APP[/ENV], --scope-account, or --clear")
+    view = await ctx.client.set_secret_manager_scope(args.name, scope)
+    line = "unrestricted" if view.scope is None else _scope_line(view.scope)
+    _show(ctx, view, f"secret manager {view.name}: scope {line}")
+    return 0
+
+
 async def cmd_secret_create(ctx: Context, args: argparse.Namespace) -> int:
     body = SecretCreate.model_validate(
         {
@@ -190,6 +240,7 @@ async def cmd_secret_create(ctx: Context, args: argparse.Namespace) -> int:
             "manager": args.manager,
             "type": args.type,
             "description": args.description or "",
+            "scope": parse_scope(args.scope, args.scope_account),
             **_value_fields(args),
         }
     )
@@ -305,6 +356,7 @@ def add_secret_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     create.add_argument("name", metavar="NAME")
     create.add_argument("--manager", default="builtin", metavar="M")
     create.add_argument("--type", choices=sorted(SECRET_TYPES), default="text")
+    _scope_options(create)
     _value_options(create)
     create.set_defaults(handler=cmd_secret_create)
     update = sec.add_parser("update", parents=[output], help="give a secret a new version")
@@ -322,6 +374,16 @@ def add_secret_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
         p = sec.add_parser(name, parents=[output], help=text)
         p.add_argument("name", metavar="NAME")
         p.set_defaults(handler=handler)
+    sc = sec.add_parser("scope", parents=[output], help="set where a secret may be used")
+    sc.add_argument("name", metavar="NAME")
+    _scope_options(sc, clear="back to its secret manager's scope")
+    sc.set_defaults(handler=cmd_secret_scope)
+    smsc = sm.add_parser(
+        "scope", parents=[output], help="set where a manager's secrets may be used"
+    )
+    smsc.add_argument("name", metavar="NAME")
+    _scope_options(smsc, clear="unrestricted again")
+    smsc.set_defaults(handler=cmd_sm_scope)
     m = sec.add_parser(
         "migrate", parents=[output], help="move a secret to another manager (not a reference)"
     )
@@ -346,6 +408,20 @@ def _sm_options(p: argparse.ArgumentParser, *, update: bool = False) -> None:
         + ("; '' clears)" if update else ")"),
     )
     p.add_argument("--description", default=None if update else "")
+
+
+def _scope_options(p: argparse.ArgumentParser, *, clear: str | None = None) -> None:
+    p.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="APP[/ENV]",
+        help="usable by tasks in APP (every env, or ENV: a name, production or non_production);"
+        " APP may be '*'; repeatable",
+    )
+    p.add_argument("--scope-account", action="store_true", help="usable by delegate profiles")
+    if clear is not None:
+        p.add_argument("--clear", action="store_true", help=f"no scope of its own: {clear}")
 
 
 def _value_options(p: argparse.ArgumentParser) -> None:

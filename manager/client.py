@@ -71,6 +71,8 @@ from manager.models import (
     TokenView,
 )
 from manager.secret_models import (
+    ScopePut,
+    ScopeSpec,
     SecretCreate,
     SecretList,
     SecretManagerCreate,
@@ -464,6 +466,19 @@ class TetherClient:
         return await self._call(
             "POST", "/api/v1/secrets", SecretView, body=body, timeout=SLOW_CALL_S
         )
+
+    async def set_secret_scope(self, name: str, scope: ScopeSpec | None) -> SecretView:
+        """Where a secret may be used; None: its manager's scope."""
+        body = ScopePut(scope=scope)
+        return await self._call("PUT", f"/api/v1/secrets/{_seg(name)}/scope", SecretView, body=body)
+
+    async def set_secret_manager_scope(
+        self, name: str, scope: ScopeSpec | None
+    ) -> SecretManagerView:
+        """Where a manager's secrets may be used; None: unrestricted."""
+        body = ScopePut(scope=scope)
+        path = f"/api/v1/secret-managers/{_seg(name)}/scope"
+        return await self._call("PUT", path, SecretManagerView, body=body)
 
     async def get_secret(self, name: str) -> SecretView:
         return await self._call("GET", f"/api/v1/secrets/{_seg(name)}", SecretView)

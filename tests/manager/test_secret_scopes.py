@@ -5,6 +5,7 @@ those who may read there; and delivery judges the scope again."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,16 @@ from typing import Any
 import pytest
 
 from manager.app import ManagerConfig, build_app, open_store
+from manager.cli_context import UsageError
+from manager.cli_secrets import parse_scope
+from manager.client import TetherClient
 from manager.context import Context
 from manager.rbac import AppGrant
-from manager.secret_models import ScopeTarget, SecretCreate
+from manager.secret_models import ScopeSpec, ScopeTarget, SecretCreate, SecretView
 from manager.secret_scope import UsageScope
 from manager.store.base import Store
 from manager.store.records import TaskRecord
+from manager.tether_cli import run_cli
 from shared.protocol import TaskState
 from shared.sealing import generate_keypair, public_key_b64
 from tests.manager.access_support import Clock, Manager, manager
@@ -220,3 +225,66 @@ async def deliver_cases(c: Context, app_id: str, env_id: str, prod_id: str) -> N
         task(None, submitted_by="profile:setup"), 1, public_key_b64(public)
     )
     assert unavailable == {"db": "it is not scoped to delegate profiles"}
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def test_scope_options_read_as_targets() -> None:
+    spec = parse_scope(["checkout/staging", "billing", "*/production", "web/*"], True)
+    assert spec is not None
+    assert spec.model_dump() == {
+        "account": True,
+        "targets": [
+            {"apps": ["checkout"], "envs": ["staging"]},
+            {"apps": ["billing"], "envs": "all"},
+            {"apps": "all", "envs": "production"},
+            {"apps": ["web"], "envs": "all"},
+        ],
+    }
+    assert parse_scope([], False) is None
+    with pytest.raises(UsageError, match="give APP or APP/ENV"):
+        parse_scope(["/prod"], False)
+
+
+class ScopeClient(TetherClient):
+    def __init__(self) -> None:
+        super().__init__("https://manager.invalid", api_key="k")
+        self.sent: list[tuple[str, ScopeSpec | None]] = []
+
+    async def set_secret_scope(self, name: str, scope: ScopeSpec | None) -> SecretView:
+        self.sent.append((name, scope))
+        return SecretView(
+            id="sec_1",
+            name=name,
+            manager="builtin",
+            manager_kind="builtin",
+            type="text",
+            mode="inline",
+            current_version=1,
+            description="",
+            created_at=0,
+            updated_at=0,
+            scope=scope,
+        )
+
+
+def cli(client: TetherClient, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli(
+        argv, env={"TETHER_API_KEY": "k"}, out=out, err=err, client_factory=lambda _c: client
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_secret_scope_command_sets_shows_and_clears() -> None:
+    client = ScopeClient()
+    code, out, err = cli(client, "secret", "scope", "db", "--scope", "checkout/staging")
+    assert (code, err) == (0, "")
+    assert out.strip() == "secret db: scope checkout/staging"
+    code, out, _ = cli(client, "secret", "scope", "db", "--clear")
+    assert (code, out.strip()) == (0, "secret db: scope (inherited)")
+    assert client.sent[1] == ("db", None)
+    code, _, err = cli(client, "secret", "scope", "db")
+    assert code == 2
+    assert "give --scope APP[/ENV], --scope-account, or --clear" in err
