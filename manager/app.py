@@ -27,6 +27,7 @@ from manager.api_audit import add_audit_routes
 from manager.api_delegate import add_delegate_routes
 from manager.api_profiles import add_profile_routes
 from manager.api_secrets import add_secret_routes
+from manager.api_sso import add_sso_routes
 from manager.api_user import add_user_routes
 from manager.audit_record import AUDIT, AuditRecorder, audit_middleware
 from manager.auth import SessionSigner
@@ -223,6 +224,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_secret_routes(table)
     add_audit_routes(table)
     add_access_routes(table)
+    add_sso_routes(table)
     add_delegate_routes(table)
     doc: dict[str, object] = {}
 

@@ -104,6 +104,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     # authentication settings (password policy, 2FA enforcement, email domains)
     ("GET", "/api/v1/auth/settings"): "manage_users",
     ("PUT", "/api/v1/auth/settings"): "manage_users",
+    ("GET", "/api/v1/auth/sso"): "manage_users",
+    ("PUT", "/api/v1/auth/sso"): "manage_users",
     # the caller's own session
     ("GET", "/api/v1/auth/me"): "self",
     ("POST", "/api/v1/auth/logout"): "self",

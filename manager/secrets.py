@@ -615,6 +615,15 @@ class SecretService:
         except MasterKeyError as exc:
             raise _Unavailable(f"the builtin key cannot open it: {exc}") from None
 
+    async def builtin_value(self, name: str) -> bytes:
+        """The value of builtin secret ``name`` for the manager's own use (the SSO client
+        secret): joined to the masker, never stored or returned. ValueError naming the
+        secret (never a value) when it cannot be read."""
+        try:
+            return await self._builtin_plaintext(name)
+        except _Unavailable as exc:
+            raise ValueError(str(exc)) from None
+
     async def _builtin_plaintext(self, name: str) -> bytes:
         secret = await self._store.secret_by_name(name)
         if secret is None or secret.manager_id != BUILTIN_MANAGER_ID:
