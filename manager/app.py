@@ -29,7 +29,7 @@ from manager.api_profiles import add_profile_routes
 from manager.api_secrets import add_secret_routes
 from manager.api_sso import add_sso_routes
 from manager.api_user import add_user_routes
-from manager.audit_record import AUDIT, AuditRecorder, audit_middleware
+from manager.audit_record import AUDIT, AuditRecorder, Change, audit_middleware
 from manager.auth import SessionSigner
 from manager.bus import Bus, LocalBus, PostgresBus
 from manager.context import CTX, Context
@@ -38,6 +38,7 @@ from manager.dispatch import Dispatcher
 from manager.events import TaskEvents
 from manager.http import Handler, Route, RouteTable, error_middleware
 from manager.hub import Hub
+from manager.identity import SYSTEM
 from manager.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
@@ -92,7 +93,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
 
     async def make(name: str) -> str:
         # A high limit, not the account default: see manager.tokens.ADMIN_MAX_QPS.
-        _record, key = await create_api_key(
+        record, key = await create_api_key(
             store,
             name,
             owner="admin",
@@ -100,6 +101,30 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             groups=(ADMIN_GROUP,),
             max_qps=ADMIN_MAX_QPS,
             burst=ADMIN_BURST,
+        )
+        # The manager made it, at start: the system's change, like a host-side command's.
+        after = {
+            "id": record.id,
+            "name": record.name,
+            "prefix": record.prefix,
+            "owner": record.owner,
+            "service_account": record.service_account,
+            "groups": list(record.groups),
+            "max_qps": record.max_qps,
+        }
+        await AuditRecorder(store).write(
+            SYSTEM,
+            Change(
+                record.id,
+                record.name,
+                "create",
+                f"created admin API key {record.name}",
+                after=after,
+            ),
+            resource_type="api_key",
+            method="START",
+            path=f"tether-manager serve ({path.name})",
+            client_ip="local",
         )
         return key
 

@@ -47,6 +47,8 @@ async def test_list_shows_api_and_host_side_changes_with_their_actors(running: C
     assert [(e["resource_name"], e["actor_kind"], e["method"]) for e in events] == [
         ("on-host", "system", "CLI"),
         ("via-api", "api_key", "POST"),
+        # The admin key the manager made at its first start.
+        ("admin", "system", "START"),
     ]
     assert events[0]["path"] == "tether-manager token create on-host"
     res = await running.tether("audit", "list", "--actor", "system", "--type", "token")
@@ -61,7 +63,7 @@ async def test_verify_passes_then_fails_on_an_edited_row(running: Cluster) -> No
     await two_changes(running)
     res = await running.tether("audit", "verify")
     assert res.code == 0, res.stderr
-    assert "intact: 2 event(s)" in res.stdout
+    assert "intact: 3 event(s)" in res.stdout
     await tamper(running, "UPDATE audit_events SET summary = 'nothing happened' WHERE seq = 1")
     res = await running.tether("audit", "verify")
     assert res.code == 1
@@ -87,8 +89,8 @@ async def test_export_writes_csv_to_a_private_file_and_jsonl_to_stdout(running: 
     assert res.code == 0, res.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert [r["resource_name"] for r in rows] == ["via-api", "on-host"]
-    res = await running.tether("audit", "export", "--actor", "system")
+    assert [r["resource_name"] for r in rows] == ["admin", "via-api", "on-host"]
+    res = await running.tether("audit", "export", "--actor", "system", "--type", "token")
     assert res.code == 0, res.stderr
     (line,) = res.stdout.splitlines()
     assert json.loads(line)["resource_name"] == "on-host"
@@ -96,7 +98,9 @@ async def test_export_writes_csv_to_a_private_file_and_jsonl_to_stdout(running: 
 
 async def test_saved_filters_from_the_command_line(running: Cluster) -> None:
     await two_changes(running)
-    res = await running.tether("audit", "filter", "save", "host", "--actor", "system")
+    res = await running.tether(
+        "audit", "filter", "save", "host", "--actor", "system", "--type", "token"
+    )
     assert res.code == 0, res.stderr
     res = await running.tether("audit", "filter", "list")
     assert "host" in res.stdout

@@ -218,6 +218,17 @@ async def manager_scope(w: World) -> Call:
     return "/api/v1/secret-managers/kms-scope/scope", {"scope": {"account": True}}
 
 
+async def sso_settings(w: World) -> Call:
+    await _secret(w, "oidc-client")
+    body = {
+        "issuer": "https://idp.example.com",
+        "client_id": "tether",
+        "client_secret": "oidc-client",
+        "redirect_url": "https://tether.example.com/api/v1/auth/sso/callback",
+    }
+    return "/api/v1/auth/sso", body
+
+
 async def secret_migrate(w: World) -> Call:
     await _secret(w, "to-move")
     await w.store.create_secret_manager(_kms("kms-target"))
@@ -316,6 +327,7 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("DELETE", "/api/v1/secrets/{name}"): secret_delete,
     ("POST", "/api/v1/secrets/{name}/migrate"): secret_migrate,
     ("PUT", "/api/v1/secrets/{name}/scope"): secret_scope,
+    ("PUT", "/api/v1/auth/sso"): sso_settings,
     ("PUT", "/api/v1/secret-managers/{name}/scope"): manager_scope,
     ("POST", "/api/v1/audit/filters"): filter_create,
     ("DELETE", "/api/v1/audit/filters/{name}"): filter_delete,
