@@ -31,6 +31,7 @@ from delegate.secrets.resolver import SecretResolver
 from delegate.shipper import Outbox
 from delegate.spool import Spool
 from delegate.taskinputs import InputError, TaskInputs, prepare
+from shared.aio import cancel_and_wait
 from shared.limits import Timings
 from shared.masking import Masker
 from shared.protocol import AcquireResponse, TaskResult
@@ -253,9 +254,7 @@ class Agent:
                         work_root=self._work_root,
                     )
             finally:
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                await cancel_and_wait(flusher)
             # Sent after every line of the attempt (or spooled behind them), never before.
             delivery = await shipper.finish(
                 TaskResult(

@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from delegate.api import FatalAuth, ManagerApi, Rejected, Unreachable, UnsupportedProtocol
+from shared.aio import cancel_and_wait
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
     CloseCode,
@@ -243,9 +244,7 @@ class Channel:
         except ConnectionClosed:
             pass
         finally:
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            await cancel_and_wait(beats)
             self._set_mode("connecting")
         return ws.close_code
 

@@ -23,6 +23,7 @@ from typing import Literal
 import structlog
 
 from manager.store.postgres import PostgresStore
+from shared.aio import cancel_and_wait
 
 __all__ = ["Bus", "EventKind", "LocalBus", "PostgresBus"]
 
@@ -118,10 +119,6 @@ class PostgresBus(Bus):
                 log.warning("replica events not sent", count=len(batch), error=str(exc))
 
     async def close(self) -> None:
-        for task in (self._sender, self._receiver):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._sender, self._receiver)
         with contextlib.suppress(Exception):
             await self._flush()

@@ -8,12 +8,13 @@ that reconnects it with backoff and LISTENs again on every channel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
+
+from shared.aio import cancel_and_wait
 
 __all__ = ["LISTEN_ERRORS", "Listener"]
 
@@ -75,10 +76,7 @@ class Listener:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._callbacks.clear()
 
     async def _listen_on(self, channel: str) -> bool:
