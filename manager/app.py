@@ -24,7 +24,9 @@ from prometheus_client.core import Metric
 from manager.access import ACCESS, Access, access_middlewares
 from manager.api_access import add_access_routes
 from manager.api_audit import add_audit_routes
+from manager.api_auth import add_auth_routes
 from manager.api_delegate import add_delegate_routes
+from manager.api_directory import add_directory_routes
 from manager.api_profiles import add_profile_routes
 from manager.api_secrets import add_secret_routes
 from manager.api_sso import add_sso_routes
@@ -39,9 +41,11 @@ from manager.events import TaskEvents
 from manager.http import Handler, Route, RouteTable, error_middleware
 from manager.hub import Hub
 from manager.identity import SYSTEM
+from manager.login import LOGINS, Logins
 from manager.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.openapi import openapi_document
+from manager.passwords import Passwords
 from manager.permissions import check_routes
 from manager.profiles import Profiles
 from manager.rbac import ADMIN_GROUP
@@ -78,6 +82,8 @@ class ManagerConfig:
     clock: Callable[[], float] = time.time
     # The masker behind this process's log output (shared.logging.configure_logging).
     masker: Masker | None = None
+    # argon2id's cost; tests pass a cheap one (manager.passwords).
+    passwords: Passwords | None = None
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -250,6 +256,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_audit_routes(table)
     add_access_routes(table)
     add_sso_routes(table)
+    add_auth_routes(table)
+    add_directory_routes(table)
     add_delegate_routes(table)
     doc: dict[str, object] = {}
 
@@ -272,7 +280,14 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
-    app[ACCESS] = Access(store, clock=config.clock)
+    access = app[ACCESS] = Access(store, clock=config.clock)
+    app[LOGINS] = Logins(
+        access.directory,
+        master_key,
+        access.principals,
+        passwords=config.passwords,
+        clock=config.clock,
+    )
     app[AUDIT] = AuditRecorder(store, masker=config.masker, clock=config.clock)
     table.install(app)
     app[ROUTES] = table

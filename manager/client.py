@@ -56,6 +56,22 @@ from manager.audit_models import (
     AuditQueryModel,
     AuditVerifyReport,
 )
+from manager.directory_models import (
+    AppCreate,
+    AppList,
+    AppView,
+    EnvCreate,
+    EnvList,
+    EnvView,
+    GroupCreate,
+    GroupList,
+    GroupUpdate,
+    GroupView,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserView,
+)
 from manager.models import (
     DelegateView,
     LogEntry,
@@ -687,6 +703,45 @@ class TetherClient:
 
     async def revoke_api_key(self, name: str) -> ApiKeyView:
         return await self._call("DELETE", f"/api/v1/api-keys/{_seg(name)}", ApiKeyView)
+
+    # -- users, groups, applications, environments ---------------------------------------
+
+    async def create_user(self, body: UserCreate) -> UserCreated:
+        """Invite a user; the invite token is in the answer and nowhere else."""
+        return await self._call("POST", "/api/v1/users", UserCreated, body=body)
+
+    async def list_users(self, group: str | None = None) -> list[UserView]:
+        params = _params(group=group)
+        return (await self._call("GET", "/api/v1/users", UserList, params=params)).users
+
+    async def set_user_enabled(self, user: str, enabled: bool) -> UserView:
+        verb = "enable" if enabled else "disable"
+        return await self._call("POST", f"/api/v1/users/{_seg(user)}/{verb}", UserView)
+
+    async def reinvite_user(self, user: str) -> UserCreated:
+        return await self._call("POST", f"/api/v1/users/{_seg(user)}/invite", UserCreated)
+
+    async def create_group(self, body: GroupCreate) -> GroupView:
+        return await self._call("POST", "/api/v1/groups", GroupView, body=body)
+
+    async def list_groups(self) -> list[GroupView]:
+        return (await self._call("GET", "/api/v1/groups", GroupList)).groups
+
+    async def update_group(self, name: str, body: GroupUpdate) -> GroupView:
+        return await self._call("PATCH", f"/api/v1/groups/{_seg(name)}", GroupView, body=body)
+
+    async def create_app(self, body: AppCreate) -> AppView:
+        return await self._call("POST", "/api/v1/apps", AppView, body=body)
+
+    async def list_apps(self) -> list[AppView]:
+        return (await self._call("GET", "/api/v1/apps", AppList)).apps
+
+    async def create_env(self, app: str, body: EnvCreate) -> EnvView:
+        path = f"/api/v1/apps/{_seg(app)}/envs"
+        return await self._call("POST", path, EnvView, body=body)
+
+    async def list_envs(self, app: str) -> list[EnvView]:
+        return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs
 
     async def get_api_key_defaults(self) -> ApiKeyDefaults:
         return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)

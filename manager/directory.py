@@ -70,6 +70,10 @@ class UserBody(_Body):
     # The TOTP secret, sealed with the manager's key (manager.vault); set once enrolled.
     totp_sealed: str | None = None
     totp_enabled: bool = False
+    # A secret shown at enrolment, sealed likewise, until a code from it confirms it.
+    totp_pending_sealed: str | None = None
+    # The last 30-second step a code was accepted for: a code works once (RFC 6238 5.2).
+    totp_last_step: int | None = None
     recovery_hashes: list[str] = Field(default_factory=list)
     last_login_at: float | None = None
     # "sso" users have no password; their groups follow the identity provider's claim.

@@ -8,14 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from argon2 import PasswordHasher
 
-from manager.app import ManagerConfig, build_app
+from manager.app import ManagerConfig, build_app, open_store
+from manager.passwords import Passwords
 from manager.rbac import ADMIN_GROUP
 from manager.store.base import Store
 from manager.tokens import create_api_key
 
 START = 1_700_000_000.0
+# argon2id at its cheapest: the login tests hash dozens of passwords, and what they test is
+# the rules around the hash, not its cost.
+CHEAP_PASSWORDS = Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
 
 
 class Clock:
@@ -54,9 +60,28 @@ async def manager(
     data_dir: Path, store: Store, clock: Clock, *, max_qps: float = 1000.0, burst: int = 1000
 ) -> AsyncIterator[Manager]:
     """One replica over ``store``, with a key of its own (a high limit unless told)."""
-    app, _ = await build_app(ManagerConfig(data_dir=data_dir, clock=clock), store)
+    config = ManagerConfig(data_dir=data_dir, clock=clock, passwords=CHEAP_PASSWORDS)
+    app, _ = await build_app(config, store)
     _, key = await create_api_key(
         store, f"k{id(app)}", groups=(ADMIN_GROUP,), max_qps=max_qps, burst=burst, now=clock()
     )
     async with TestClient(TestServer(app)) as client:
         yield Manager(client, store, clock, key)
+
+
+# Fixtures for the API tests: import both (``from tests.manager.access_support import
+# one_manager, sqlite_store``) and ask for ``m`` (and ``store``, the same SQLite store).
+
+
+@pytest.fixture(name="store")
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(tmp_path / "db", None)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture(name="m")
+async def one_manager(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
+    async with manager(tmp_path, store, Clock()) as replica:
+        yield replica

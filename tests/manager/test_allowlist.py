@@ -13,7 +13,7 @@ import ipaddress
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from manager.store.base import Store
 from manager.store.records import AccessSettings, AllowlistEntry
 from manager.tether_cli import Config, run_cli
 from manager.tokens import create_token
-from tests.manager.access_support import Clock, Manager, manager
+from tests.manager.access_support import Clock, Manager, manager, one_manager, sqlite_store  # noqa: F401
 from tests.manager.conftest import PG_URL, StoreMaker
 from tests.manager.test_api import registration
 
@@ -165,20 +165,6 @@ def test_an_enabled_allowlist_refuses_a_client_it_cannot_tell() -> None:
 PROXY = {"X-Forwarded-For": "203.0.113.9"}  # an allowed office address, through the proxy
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(tmp_path)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def m(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
-    async with manager(tmp_path, store, Clock()) as replica:
-        yield replica
-
-
 async def add(m: Manager, cidr: str, **headers: str) -> dict[str, Any]:
     status, entry = await m.call("POST", "/api/v1/allowlist/entries", {"cidr": cidr}, **headers)
     assert status == 201, entry
@@ -273,7 +259,7 @@ async def test_a_change_reaches_another_replica_within_seconds(
     tmp_path: Path, store: Store
 ) -> None:
     clock = Clock()
-    other_store = open_store(tmp_path)
+    other_store = open_store(tmp_path / "db")  # the same database as `store`
     await other_store.open()
     try:
         async with manager(tmp_path, store, clock) as a, manager(tmp_path, other_store, clock) as b:

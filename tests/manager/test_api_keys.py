@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,9 @@ from manager.directory import Directory, GroupBody
 from manager.store.base import Store
 from manager.tether_cli import Config, run_cli
 from shared.ids import hash_secret
-from tests.manager.access_support import START, Clock, Manager, manager
+from tests.manager.access_support import START, Clock, Manager, manager, one_manager, sqlite_store  # noqa: F401
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(tmp_path)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def m(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
-    async with manager(tmp_path, store, Clock()) as replica:
-        yield replica
 
 
 async def create(m: Manager, **body: Any) -> dict[str, Any]:
@@ -157,7 +142,7 @@ async def test_a_key_revoked_on_another_replica_is_refused_within_a_second(
     tmp_path: Path, store: Store
 ) -> None:
     clock = Clock()
-    other_store = open_store(tmp_path)
+    other_store = open_store(tmp_path / "db")  # the same database as `store`
     await other_store.open()
     try:
         async with (

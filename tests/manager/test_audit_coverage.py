@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from manager.app import ROUTES, ManagerConfig, build_app, open_store
 from manager.audit import AuditEvent, AuditQuery, SavedAuditFilter
 from manager.context import Context
+from manager.directory import AppBody, Directory, EnvBody, GroupBody, UserBody, UserStatus
+from manager.entities import Entity
 from manager.http import Route, RouteTable
+from manager.login import LOGINS, Logins
 from manager.models import TaskSubmit
 from manager.rbac import ADMIN_GROUP
 from manager.secret_models import SecretCreate
@@ -49,9 +53,18 @@ class World:
     key_id: str
     key: str
     monkeypatch: pytest.MonkeyPatch
+    # (token, user id, email) of a user's session, for the routes on one's own session;
+    # None: calls carry the API key.
+    session: tuple[str, str, str] | None = None
 
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+        token = self.key if self.session is None else self.session[0]
+        return {"Authorization": f"Bearer {token}"}
+
+    def actor(self) -> tuple[str, str, str]:
+        if self.session is None:
+            return ("api_key", self.key_id, "auditor")
+        return ("user", self.session[1], self.session[2])
 
     @property
     def routes(self) -> list[Route]:
@@ -229,6 +242,51 @@ async def sso_settings(w: World) -> Call:
     return "/api/v1/auth/sso", body
 
 
+PASSWORD = "Old-password-123"
+
+
+async def _signed_in(w: World) -> Entity[UserBody]:
+    """A user with a password, whose session the call is made with."""
+    logins: Logins = w.client.app[LOGINS]
+    user = await logins.directory.users.insert(
+        UserBody(
+            email="me@example.com",
+            status="active",
+            password_hash=await logins.passwords.hash(PASSWORD),
+            password_changed_at=time.time(),
+        )
+    )
+    s = await logins.session(user, await logins.settings())
+    w.session = (s.token, user.id, user.body.email)
+    return s.user
+
+
+async def logout(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/logout", None
+
+
+async def password_change(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/password", {"current": PASSWORD, "new": "New-password-456"}
+
+
+async def totp_enrol(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/totp/enrol", None
+
+
+async def totp_confirm(w: World) -> Call:
+    logins: Logins = w.client.app[LOGINS]
+    user = await _signed_in(w)
+    secret, _ = await logins.totp_enrol(user)
+    return "/api/v1/auth/totp/confirm", {"code": pyotp.TOTP(secret).now()}
+
+
+async def auth_settings(w: World) -> Call:
+    return "/api/v1/auth/settings", {"password_min_length": 14, "lockout_attempts": 3}
+
+
 async def secret_migrate(w: World) -> Call:
     await _secret(w, "to-move")
     await w.store.create_secret_manager(_kms("kms-target"))
@@ -260,6 +318,69 @@ LOOPBACK = "127.0.0.1/32"
 
 def _entry(entry_id: str, cidr: str, enabled: bool = True) -> AllowlistEntry:
     return AllowlistEntry(id=entry_id, cidr=cidr, description="", enabled=enabled, created_at=1.0)
+
+
+async def _user(w: World, email: str, status: UserStatus = "active") -> None:
+    await Directory(w.store).users.insert(UserBody(email=email, status=status))
+
+
+async def user_create(w: World) -> Call:
+    return "/api/v1/users", {"email": "new@example.com"}
+
+
+async def user_update(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com", {"name": "U"}
+
+
+async def user_disable(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com/disable", None
+
+
+async def user_enable(w: World) -> Call:
+    await _user(w, "u@example.com", "disabled")
+    return "/api/v1/users/u@example.com/enable", None
+
+
+async def user_invite(w: World) -> Call:
+    await _user(w, "u@example.com", "invited")
+    return "/api/v1/users/u@example.com/invite", None
+
+
+async def group_create(w: World) -> Call:
+    return "/api/v1/groups", {"name": "deployers", "account_permissions": ["view_audit"]}
+
+
+async def group_update(w: World) -> Call:
+    await Directory(w.store).groups.insert(GroupBody(name="g"))
+    return "/api/v1/groups/g", {"description": "the g team"}
+
+
+async def group_delete(w: World) -> Call:
+    await Directory(w.store).groups.insert(GroupBody(name="g"))
+    return "/api/v1/groups/g", None
+
+
+async def app_create(w: World) -> Call:
+    return "/api/v1/apps", {"name": "checkout"}
+
+
+async def app_delete(w: World) -> Call:
+    await Directory(w.store).apps.insert(AppBody(name="checkout"))
+    return "/api/v1/apps/checkout", None
+
+
+async def env_create(w: World) -> Call:
+    await Directory(w.store).apps.insert(AppBody(name="checkout"))
+    return "/api/v1/apps/checkout/envs", {"name": "prod", "type": "production"}
+
+
+async def env_delete(w: World) -> Call:
+    d = Directory(w.store)
+    app = await d.apps.insert(AppBody(name="checkout"))
+    await d.envs.insert(EnvBody(app_id=app.id, name="prod", type="production"))
+    return "/api/v1/apps/checkout/envs/prod", None
 
 
 async def api_key_create(w: World) -> Call:
@@ -328,6 +449,23 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/secrets/{name}/migrate"): secret_migrate,
     ("PUT", "/api/v1/secrets/{name}/scope"): secret_scope,
     ("PUT", "/api/v1/auth/sso"): sso_settings,
+    ("POST", "/api/v1/auth/logout"): logout,
+    ("POST", "/api/v1/auth/password"): password_change,
+    ("POST", "/api/v1/auth/totp/enrol"): totp_enrol,
+    ("POST", "/api/v1/auth/totp/confirm"): totp_confirm,
+    ("PUT", "/api/v1/auth/settings"): auth_settings,
+    ("POST", "/api/v1/users"): user_create,
+    ("PATCH", "/api/v1/users/{user}"): user_update,
+    ("POST", "/api/v1/users/{user}/disable"): user_disable,
+    ("POST", "/api/v1/users/{user}/enable"): user_enable,
+    ("POST", "/api/v1/users/{user}/invite"): user_invite,
+    ("POST", "/api/v1/groups"): group_create,
+    ("PATCH", "/api/v1/groups/{group}"): group_update,
+    ("DELETE", "/api/v1/groups/{group}"): group_delete,
+    ("POST", "/api/v1/apps"): app_create,
+    ("DELETE", "/api/v1/apps/{app}"): app_delete,
+    ("POST", "/api/v1/apps/{app}/envs"): env_create,
+    ("DELETE", "/api/v1/apps/{app}/envs/{env}"): env_delete,
     ("PUT", "/api/v1/secret-managers/{name}/scope"): manager_scope,
     ("POST", "/api/v1/audit/filters"): filter_create,
     ("DELETE", "/api/v1/audit/filters/{name}"): filter_delete,
@@ -386,7 +524,7 @@ async def call_once(world: World, route: Route, setup: Setup) -> list[str]:
         return [f"{what}: {len(events)} events, not one"]
     e = events[0]
     failures = []
-    expected = (route.audit, "api_key", world.key_id, "auditor", route.method, path)
+    expected = (route.audit, *world.actor(), route.method, path)
     got = (e.resource_type, e.actor_kind, e.actor_id, e.actor_name, e.method, e.path)
     if got != expected:
         failures.append(f"{what}: event {got}, expected {expected}")

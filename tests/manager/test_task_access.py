@@ -3,34 +3,17 @@ needs read, and the deployment history lists what the caller may see."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from manager.app import open_store
 from manager.rbac import AppGrant
 from manager.store.base import Store
 from manager.store.records import TaskFilter
-from tests.manager.access_support import Clock, Manager, manager
+from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
 from tests.manager.rbac_support import member, place
 
 SHELL = {"type": "shell", "script": "echo hi"}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(tmp_path / "db", None)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def m(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
-    async with manager(tmp_path, store, Clock()) as replica:
-        yield replica
 
 
 @pytest.fixture

@@ -1,0 +1,91 @@
+"""Models of the login routes (/api/v1/auth/...), shared by the server and the client."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.rbac import AccountPermission
+
+__all__ = [
+    "InviteAccept",
+    "LoginRequest",
+    "LoginResult",
+    "Me",
+    "PasswordChange",
+    "SessionUser",
+    "TotpConfirm",
+    "TotpConfirmed",
+    "TotpEnrolment",
+]
+
+# Long enough for any passphrase, short enough that a body cannot make argon2 chew on
+# megabytes (the policy says why a password is refused; this only bounds the request).
+_PASSWORD = Field(min_length=1, max_length=1024)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_Model):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = _PASSWORD
+    # With two-factor authentication on: the 6-digit code, or one of the recovery codes.
+    totp_code: str | None = Field(default=None, max_length=16)
+    recovery_code: str | None = Field(default=None, max_length=32)
+
+
+class SessionUser(_Model):
+    id: str
+    email: str
+    name: str
+
+
+class LoginResult(_Model):
+    token: str
+    expires_at: float
+    user: SessionUser
+    # Set when this session may only finish logging in: "password_change" (the password
+    # expired) or "totp_enrolment" (the account enforces 2FA and the user has none).
+    restricted: Literal["password_change", "totp_enrolment"] | None = None
+
+
+class InviteAccept(_Model):
+    token: str = Field(min_length=1, max_length=256)
+    password: str = _PASSWORD
+
+
+class PasswordChange(_Model):
+    current: str = _PASSWORD
+    new: str = _PASSWORD
+
+
+class TotpEnrolment(_Model):
+    # Shown once: the text secret (to type in) and the otpauth:// URI (for a QR code).
+    secret: str
+    otpauth_uri: str
+
+
+class TotpConfirm(_Model):
+    code: str = Field(min_length=6, max_length=16)
+
+
+class TotpConfirmed(_Model):
+    # Shown once: each logs in once in place of a code, for when the device is lost.
+    recovery_codes: list[str]
+    # A fresh session when the one used was restricted to enrolling; else None.
+    session: LoginResult | None = None
+
+
+class Me(_Model):
+    kind: Literal["user", "api_key"]
+    id: str
+    name: str
+    email: str | None = None
+    groups: list[str] = Field(default_factory=list)
+    account_permissions: list[AccountPermission] = Field(default_factory=list)
+    totp_enabled: bool | None = None
+    restricted: str | None = None
+    session_expires_at: float | None = None

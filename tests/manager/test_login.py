@@ -1,0 +1,284 @@
+"""Password logins through the API, under a clock the tests move: invites, the password
+policy, lockout, expiry, TOTP 2FA (enrolment, enforcement, replay, recovery codes), logout,
+and what the audit trail keeps of it all (never a password, a TOTP secret or a code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyotp
+
+from manager.audit import AuditQuery
+from manager.store.base import Store
+from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.rbac_support import member
+
+PASSWORD = "Correct-horse-42"
+
+
+async def ok(
+    m: Manager, method: str, path: str, body: Any = None, status: int = 200, key: str | None = None
+) -> Any:
+    got, answer = await m.call(method, path, body, key=key)
+    assert got == status, answer
+    return answer
+
+
+async def refused(
+    m: Manager, method: str, path: str, body: Any, status: int, code: str, key: str | None = None
+) -> str:
+    got, answer = await m.call(method, path, body, key=key)
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    message: str = answer["error"]["message"]
+    return message
+
+
+async def invite(
+    m: Manager, email: str = "ana@example.com", groups: list[str] | None = None
+) -> str:
+    created = await ok(m, "POST", "/api/v1/users", {"email": email, "groups": groups or []}, 201)
+    token: str = created["invite_token"]
+    return token
+
+
+async def joined(m: Manager, email: str = "ana@example.com", **settings: Any) -> str:
+    """A user who accepted their invite; answers their session token."""
+    if settings:
+        await ok(m, "PUT", "/api/v1/auth/settings", settings)
+    token = await invite(m, email)
+    answer = await ok(
+        m, "POST", "/api/v1/auth/invite/accept", {"token": token, "password": PASSWORD}
+    )
+    session: str = answer["token"]
+    return session
+
+
+async def login(m: Manager, status: int = 200, **fields: Any) -> Any:
+    body = {"email": "ana@example.com", "password": PASSWORD, **fields}
+    got, answer = await m.call("POST", "/api/v1/auth/login", body)
+    assert got == status, answer
+    return answer
+
+
+async def test_an_invite_sets_the_password_once_and_the_user_can_log_in(m: Manager) -> None:
+    token = await invite(m, "Ana@Example.com")
+    accepted = await ok(
+        m, "POST", "/api/v1/auth/invite/accept", {"token": token, "password": PASSWORD}
+    )
+    assert accepted["user"]["email"] == "ana@example.com"
+    me = await ok(m, "GET", "/api/v1/auth/me", key=accepted["token"])
+    assert (me["kind"], me["email"], me["restricted"]) == ("user", "ana@example.com", None)
+    # The email is matched without regard to case.
+    session = await login(m, email="ANA@example.com")
+    assert session["token"].startswith("tss_")
+    assert session["restricted"] is None
+    again = {"token": token, "password": "Another-pass-99"}
+    await refused(m, "POST", "/api/v1/auth/invite/accept", again, 400, "invalid_invite")
+    await login(m)  # the first password still stands
+
+
+async def test_an_invite_expires_and_a_new_one_replaces_the_old(m: Manager) -> None:
+    first = await invite(m)
+    m.clock.advance(8 * 86400)
+    body = {"token": first, "password": PASSWORD}
+    await refused(m, "POST", "/api/v1/auth/invite/accept", body, 400, "invalid_invite")
+    second = (await ok(m, "POST", "/api/v1/users/ana@example.com/invite"))["invite_token"]
+    await refused(m, "POST", "/api/v1/auth/invite/accept", body, 400, "invalid_invite")
+    await ok(m, "POST", "/api/v1/auth/invite/accept", {"token": second, "password": PASSWORD})
+
+
+async def test_the_password_policy_says_what_is_missing_and_changes_nothing(m: Manager) -> None:
+    await ok(
+        m,
+        "PUT",
+        "/api/v1/auth/settings",
+        {"password_min_length": 16, "password_classes": ["digit", "symbol"]},
+    )
+    token = await invite(m)
+    body = {"token": token, "password": "short1"}
+    message = await refused(m, "POST", "/api/v1/auth/invite/accept", body, 400, "weak_password")
+    assert message == "the password needs at least 16 characters, a symbol"
+    user = await ok(m, "GET", "/api/v1/users/ana@example.com")
+    assert user["status"] == "invited"
+    # The refused attempt did not use up the invite.
+    strong = {"token": token, "password": "sixteen-chars-42!"}
+    await ok(m, "POST", "/api/v1/auth/invite/accept", strong)
+    assert "password" not in str(await ok(m, "GET", "/api/v1/auth/settings")).replace(
+        "password_", ""
+    )
+
+
+async def test_settings_are_validated(m: Manager) -> None:
+    for bad in (
+        {"password_min_length": 4},
+        {"lockout_attempts": -1},
+        {"allowed_email_domains": ["not a domain"]},
+        {"password_classes": ["emoji"]},
+        {"surprise": True},
+    ):
+        await refused(m, "PUT", "/api/v1/auth/settings", bad, 400, "invalid")
+    assert (await ok(m, "GET", "/api/v1/auth/settings"))["password_min_length"] == 12
+
+
+async def test_wrong_email_and_wrong_password_get_the_same_answer(m: Manager) -> None:
+    await joined(m)
+    wrong_password = await login(m, 401, password="Wrong-horse-42")
+    unknown = await login(m, 401, email="nobody@example.com")
+    invited_only = await invite(m, "bo@example.com")
+    assert invited_only
+    no_password = await login(m, 401, email="bo@example.com")
+    assert wrong_password == unknown == no_password
+    assert wrong_password["error"]["message"] == "wrong email or password"
+
+
+async def test_failed_logins_lock_the_user_for_a_while(m: Manager, store: Store) -> None:
+    await joined(m, lockout_attempts=3, lockout_minutes=10)
+    await login(m, 401, password="Wrong-1")
+    await login(m, 401, password="Wrong-2")
+    await login(m)  # a success in between starts the count again
+    for n in range(3):
+        await login(m, 401, password=f"Wrong-{n}")
+    locked = await login(m, 403)
+    assert locked["error"]["code"] == "locked"
+    assert "locked until" in locked["error"]["message"]
+    (event,) = await store.list_audit(AuditQuery(action="lock"))
+    assert (event.actor_kind, event.resource_name) == ("system", "ana@example.com")
+    m.clock.advance(9 * 60)
+    await login(m, 403)
+    m.clock.advance(61)
+    await login(m)
+
+
+async def test_lockout_can_be_turned_off(m: Manager) -> None:
+    await joined(m, lockout_attempts=0)
+    for n in range(12):
+        await login(m, 401, password=f"Wrong-{n}")
+    await login(m)
+
+
+async def test_an_expired_password_must_be_changed_before_anything_else(m: Manager) -> None:
+    first = await joined(m, password_expiry_days=30)
+    m.clock.advance(31 * 86400)
+    restricted = await login(m)
+    assert restricted["restricted"] == "password_change"
+    token = restricted["token"]
+    message = await refused(m, "GET", "/api/v1/tasks", None, 403, "password_change_required", token)
+    assert message == "first change your expired password"
+    same = {"current": PASSWORD, "new": PASSWORD}
+    await refused(m, "POST", "/api/v1/auth/password", same, 400, "invalid", token)
+    weak = {"current": PASSWORD, "new": "weak"}
+    await refused(m, "POST", "/api/v1/auth/password", weak, 400, "weak_password", token)
+    wrong = {"current": "Not-the-one-1", "new": "Brand-new-pass-7"}
+    await refused(m, "POST", "/api/v1/auth/password", wrong, 400, "invalid", token)
+    changed = {"current": PASSWORD, "new": "Brand-new-pass-7"}
+    fresh = await ok(m, "POST", "/api/v1/auth/password", changed, key=token)
+    assert fresh["restricted"] is None
+    await ok(m, "GET", "/api/v1/tasks", key=fresh["token"])
+    # Every other session ended with the change, the one from before the expiry too.
+    for old in (token, first):
+        await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", old)
+    await login(m, 401)
+    await login(m, password="Brand-new-pass-7")
+
+
+async def enrol(m: Manager, token: str) -> tuple[pyotp.TOTP, Any]:
+    """Enrol the session's user in 2FA at the test clock's time; (their TOTP, the answer)."""
+    enrolment = await ok(m, "POST", "/api/v1/auth/totp/enrol", key=token)
+    assert enrolment["otpauth_uri"].startswith("otpauth://totp/Tether:ana%40example.com?")
+    totp = pyotp.TOTP(enrolment["secret"])
+    code = {"code": totp.at(m.clock.now)}
+    return totp, await ok(m, "POST", "/api/v1/auth/totp/confirm", code, key=token)
+
+
+async def test_totp_two_factor_with_replay_refused_and_recovery_codes(
+    m: Manager, store: Store
+) -> None:
+    session = await joined(m)
+    await refused(
+        m, "POST", "/api/v1/auth/totp/confirm", {"code": "123456"}, 409, "conflict", session
+    )
+    totp, confirmed = await enrol(m, session)
+    codes = confirmed["recovery_codes"]
+    assert len(codes) == len(set(codes)) == 10
+    assert confirmed["session"] is None
+    await refused(m, "POST", "/api/v1/auth/totp/enrol", None, 409, "conflict", session)
+
+    assert (await login(m, 401))["error"]["code"] == "totp_required"
+    # The code that confirmed enrolment was used: it does not log in.
+    assert (await login(m, 401, totp_code=totp.at(m.clock.now)))["error"]["code"] == "invalid_totp"
+    m.clock.advance(30)
+    code = totp.at(m.clock.now)
+    await login(m, totp_code=code)
+    assert (await login(m, 401, totp_code=code))["error"]["code"] == "invalid_totp"
+    # One step of drift either way is accepted; two are not.
+    m.clock.advance(30)
+    await login(m, totp_code=totp.at(m.clock.now + 30))
+    m.clock.advance(30)
+    await login(m, 401, totp_code=totp.at(m.clock.now + 90))
+
+    await login(m, recovery_code=codes[0].upper())
+    assert (await login(m, 401, recovery_code=codes[0]))["error"]["code"] == "invalid_totp"
+    await login(m, recovery_code=codes[1])
+
+    # Nothing secret reached the trail: no password, TOTP secret or recovery code.
+    trail = str(await store.list_audit(AuditQuery(limit=1000)))
+    secret = totp.secret
+    for value in (PASSWORD, secret, *codes):
+        assert value not in trail
+    actions = {e.action for e in await store.list_audit(AuditQuery(limit=1000))}
+    assert {"accept_invite", "totp_enrol", "totp_enable", "login"} <= actions
+
+
+async def test_enforced_2fa_makes_users_enrol_at_their_next_login(m: Manager) -> None:
+    await joined(m)
+    # A user without 2FA cannot enforce it (they would be the first locked out).
+    admin = await member(m.store, "root@example.com", account=["manage_users"])
+    body = {"enforce_2fa": True}
+    await refused(m, "PUT", "/api/v1/auth/settings", body, 409, "totp_required", admin)
+    await ok(m, "PUT", "/api/v1/auth/settings", body)  # the admin key has no second factor
+
+    restricted = await login(m)
+    assert restricted["restricted"] == "totp_enrolment"
+    token = restricted["token"]
+    await refused(m, "GET", "/api/v1/tasks", None, 403, "totp_enrolment_required", token)
+    me = await ok(m, "GET", "/api/v1/auth/me", key=token)
+    assert me["restricted"] == "totp_enrolment"
+    assert me["totp_enabled"] is False
+    totp, confirmed = await enrol(m, token)
+    # The restricted session is swapped for a full one.
+    full = confirmed["session"]
+    assert full is not None
+    assert full["restricted"] is None
+    await ok(m, "GET", "/api/v1/tasks", key=full["token"])
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", token)
+    m.clock.advance(30)
+    assert (await login(m, totp_code=totp.at(m.clock.now)))["restricted"] is None
+
+
+async def test_new_users_must_have_an_allowed_email_domain(m: Manager) -> None:
+    await ok(m, "PUT", "/api/v1/auth/settings", {"allowed_email_domains": ["@Example.com"]})
+    body = {"email": "eve@elsewhere.org"}
+    message = await refused(m, "POST", "/api/v1/users", body, 400, "invalid")
+    assert message == "email: only these domains may join: example.com"
+    await ok(m, "POST", "/api/v1/users", {"email": "ana@example.com"}, 201)
+
+
+async def test_logout_ends_the_session_and_an_api_key_has_none(m: Manager) -> None:
+    session = await joined(m)
+    await ok(m, "POST", "/api/v1/auth/logout", key=session)
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", session)
+    await refused(m, "POST", "/api/v1/auth/logout", None, 400, "not_a_session")
+    me = await ok(m, "GET", "/api/v1/auth/me")
+    assert me["kind"] == "api_key"
+    assert "manage_users" in me["account_permissions"]
+
+
+async def test_sessions_expire_and_disabling_a_user_ends_theirs(m: Manager) -> None:
+    session = await joined(m, session_ttl_minutes=60)
+    await ok(m, "GET", "/api/v1/auth/me", key=session)
+    m.clock.advance(3601)
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", session)
+    fresh = (await login(m))["token"]
+    await ok(m, "POST", "/api/v1/users/ana@example.com/disable")
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", fresh)
+    assert (await login(m, 401))["error"]["code"] == "user_disabled"
