@@ -9,6 +9,7 @@ from manager.access import ACCESS
 from manager.audit_record import AUDIT, Change, record
 from manager.auth_models import (
     InviteAccept,
+    LoggedOut,
     LoginRequest,
     LoginResult,
     Me,
@@ -185,7 +186,7 @@ async def logout(request: web.Request) -> web.Response:
         action="logout",
         summary=f"{p.actor.name} logged out",
     )
-    return web.json_response({"ended": True})
+    return json_response(LoggedOut(ended=True))
 
 
 async def get_settings(request: web.Request) -> web.Response:
@@ -285,6 +286,8 @@ def add_auth_routes(table: RouteTable) -> None:
             logout,
             "End this session",
             "user",
+            None,
+            LoggedOut,
             errors=(400,),
             audit="session",
         ),

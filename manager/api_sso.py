@@ -6,47 +6,17 @@ from __future__ import annotations
 import html
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
 from manager.access import ACCESS
 from manager.audit_record import record, unchanged
+from manager.auth_models import SsoPoll, SsoSession, SsoStarted, SsoUser
 from manager.context import ctx
 from manager.errors import ApiProblem
 from manager.http import Route, RouteTable, json_response, parse_body
 from manager.identity import ACTOR_KEY, Actor
 from manager.sso import Oidc, SsoError, SsoSettings
 
-__all__ = ["SsoPoll", "SsoSession", "SsoStarted", "add_sso_routes", "oidc_of"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SsoStarted(_Model):
-    # Open this in a browser; then poll with state and poll_secret.
-    authorize_url: str
-    state: str
-    poll_secret: str
-    expires_at: float
-
-
-class SsoPoll(_Model):
-    state: str = Field(min_length=1, max_length=256)
-    poll_secret: str = Field(min_length=1, max_length=256)
-
-
-class SsoUser(_Model):
-    id: str
-    email: str
-    name: str
-
-
-class SsoSession(_Model):
-    status: str  # "pending" or "done"
-    token: str | None = None
-    expires_at: float | None = None
-    user: SsoUser | None = None
+__all__ = ["add_sso_routes", "oidc_of"]
 
 
 def oidc_of(request: web.Request) -> Oidc:

@@ -10,11 +10,16 @@ from manager.rbac import AccountPermission
 
 __all__ = [
     "InviteAccept",
+    "LoggedOut",
     "LoginRequest",
     "LoginResult",
     "Me",
     "PasswordChange",
     "SessionUser",
+    "SsoPoll",
+    "SsoSession",
+    "SsoStarted",
+    "SsoUser",
     "TotpConfirm",
     "TotpConfirmed",
     "TotpEnrolment",
@@ -89,3 +94,36 @@ class Me(_Model):
     totp_enabled: bool | None = None
     restricted: str | None = None
     session_expires_at: float | None = None
+
+
+class LoggedOut(_Model):
+    ended: bool
+
+
+# -- SSO (manager.sso): start, then poll until the browser is done
+
+
+class SsoStarted(_Model):
+    # Open this in a browser; then poll with state and poll_secret.
+    authorize_url: str
+    state: str
+    poll_secret: str
+    expires_at: float
+
+
+class SsoPoll(_Model):
+    state: str = Field(min_length=1, max_length=256)
+    poll_secret: str = Field(min_length=1, max_length=256)
+
+
+class SsoUser(_Model):
+    id: str
+    email: str
+    name: str
+
+
+class SsoSession(_Model):
+    status: str  # "pending" or "done"
+    token: str | None = None
+    expires_at: float | None = None
+    user: SsoUser | None = None

@@ -28,7 +28,7 @@ from manager.access_models import (
 from manager.allowlist import parse_cidr
 from manager.cli_context import Context, UsageError
 
-__all__ = ["add_access_parsers"]
+__all__ = ["add_access_parsers", "model_from_options", "show"]
 
 # Model fields as the options that set them, for usage errors.
 _OPTION_OF_FIELD = {
@@ -43,17 +43,23 @@ _OPTION_OF_FIELD = {
 }
 
 
-def _model(model: type[BaseModel], **fields: Any) -> Any:
-    """``model`` from the options, or a UsageError that names the option at fault."""
+def model_from_options(model: type[BaseModel], options: dict[str, str], **fields: Any) -> Any:
+    """``model`` from the options, or a UsageError that names the option at fault
+    (``options``: field name to option name)."""
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
         field = str(err["loc"][0]) if err["loc"] else ""
-        raise UsageError(f"{_OPTION_OF_FIELD.get(field, field)}: {err['msg']}") from None
+        raise UsageError(f"{options.get(field, field)}: {err['msg']}") from None
 
 
-def _show(ctx: Context, model: BaseModel, text: str) -> None:
+def _model(model: type[BaseModel], **fields: Any) -> Any:
+    return model_from_options(model, _OPTION_OF_FIELD, **fields)
+
+
+def show(ctx: Context, model: BaseModel, text: str) -> None:
+    """The API's JSON with --output json, else ``text``."""
     ctx.console.print(fmt.to_json(model) if ctx.json else text)
 
 
@@ -119,7 +125,7 @@ async def cmd_api_key_list(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_api_key_revoke(ctx: Context, args: argparse.Namespace) -> int:
     key = await ctx.client.revoke_api_key(args.name)
-    _show(ctx, key, f"API key {key.name} revoked; every manager refuses it within a second")
+    show(ctx, key, f"API key {key.name} revoked; every manager refuses it within a second")
     return 0
 
 
@@ -129,7 +135,7 @@ async def cmd_api_key_defaults(ctx: Context, args: argparse.Namespace) -> int:
     else:
         body = _model(ApiKeyDefaultsUpdate, max_qps=args.max_qps, burst=args.burst)
         defaults = await ctx.client.set_api_key_defaults(body)
-    _show(ctx, defaults, f"new API keys get: max QPS {defaults.max_qps}, burst {defaults.burst}")
+    show(ctx, defaults, f"new API keys get: max QPS {defaults.max_qps}, burst {defaults.burst}")
     return 0
 
 
@@ -159,7 +165,7 @@ def _allowlist_text(view: AllowlistView) -> str:
 
 async def cmd_allowlist_list(ctx: Context, args: argparse.Namespace) -> int:
     view = await ctx.client.get_allowlist()
-    _show(ctx, view, _allowlist_text(view))
+    show(ctx, view, _allowlist_text(view))
     return 0
 
 
@@ -171,26 +177,26 @@ async def cmd_allowlist_add(ctx: Context, args: argparse.Namespace) -> int:
         enabled=not args.disabled,
     )
     entry = await ctx.client.add_allowlist_entry(body)
-    _show(ctx, entry, f"added {_entry_line(entry)}")
+    show(ctx, entry, f"added {_entry_line(entry)}")
     return 0
 
 
 async def cmd_allowlist_remove(ctx: Context, args: argparse.Namespace) -> int:
     entry = await ctx.client.remove_allowlist_entry(args.id, confirm=args.confirm)
-    _show(ctx, entry, f"removed {_entry_line(entry)}")
+    show(ctx, entry, f"removed {_entry_line(entry)}")
     return 0
 
 
 async def _switch(ctx: Context, args: argparse.Namespace, enabled: bool) -> int:
     if args.id is not None:
         entry = await ctx.client.set_allowlist_entry_enabled(args.id, enabled, confirm=args.confirm)
-        _show(ctx, entry, _entry_line(entry))
+        show(ctx, entry, _entry_line(entry))
         return 0
     if enabled:
         view = await ctx.client.enable_allowlist(confirm=args.confirm)
     else:
         view = await ctx.client.disable_allowlist()
-    _show(ctx, view, _allowlist_text(view))
+    show(ctx, view, _allowlist_text(view))
     return 0
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 from manager.cli_format import Console
 from manager.client import TetherClient
@@ -23,7 +27,9 @@ __all__ = [
     "EXIT_USAGE",
     "Context",
     "Handler",
+    "Prompt",
     "UsageError",
+    "terminal_prompt",
 ]
 
 EXIT_ERROR = 1
@@ -37,6 +43,22 @@ class UsageError(Exception):
     """Bad arguments or configuration: exit status 2."""
 
 
+# (question, secret) -> answer; tests answer from a script.
+Prompt = Callable[[str, bool], str]
+
+
+def terminal_prompt(question: str, secret: bool) -> str:
+    """Ask on the terminal (stderr), without echo for a secret."""
+    if secret:
+        return getpass.getpass(question, stream=sys.stderr)
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("no answer (standard input is closed)")
+    return line.rstrip("\n")
+
+
 @dataclass
 class Context:
     client: TetherClient
@@ -44,6 +66,14 @@ class Context:
     output: str
     interrupted: asyncio.Event
     handle_signals: bool = False
+    # For `tether login` and `logout` (manager.cli_login): how to ask, where the session is
+    # kept and for which manager, and whether a stored session is in use.
+    prompt: Prompt = terminal_prompt
+    stdin: TextIO | None = None
+    config_dir: Path = field(default_factory=lambda: Path.home() / ".config" / "tether")
+    manager_url: str = ""
+    session: bool = False
+    sso_poll_s: float = 1.0
 
     @property
     def json(self) -> bool:

@@ -56,6 +56,20 @@ from manager.audit_models import (
     AuditQueryModel,
     AuditVerifyReport,
 )
+from manager.auth_models import (
+    InviteAccept,
+    LoggedOut,
+    LoginRequest,
+    LoginResult,
+    Me,
+    PasswordChange,
+    SsoPoll,
+    SsoSession,
+    SsoStarted,
+    TotpConfirm,
+    TotpConfirmed,
+    TotpEnrolment,
+)
 from manager.directory_models import (
     AppCreate,
     AppList,
@@ -86,6 +100,7 @@ from manager.models import (
     TokenCreated,
     TokenView,
 )
+from manager.passwords import AuthSettings
 from manager.secret_models import (
     ScopePut,
     ScopeSpec,
@@ -283,6 +298,12 @@ class TetherClient:
 
     def __repr__(self) -> str:
         return f"TetherClient({self._display!r})"
+
+    def use_credential(self, key: str) -> None:
+        """Act with ``key`` from now on: a session token a login just answered."""
+        self._headers["Authorization"] = f"Bearer {key}"
+        if self._session is not None:
+            self._session.headers["Authorization"] = f"Bearer {key}"
 
     @property
     def base_url(self) -> str:
@@ -742,6 +763,41 @@ class TetherClient:
 
     async def list_envs(self, app: str) -> list[EnvView]:
         return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs
+
+    # -- logging in (these take no API key; the session token is in the answer) ----------
+
+    async def login(self, body: LoginRequest) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/login", LoginResult, body=body)
+
+    async def accept_invite(self, body: InviteAccept) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/invite/accept", LoginResult, body=body)
+
+    async def sso_start(self) -> SsoStarted:
+        return await self._call("POST", "/api/v1/auth/sso/start", SsoStarted)
+
+    async def sso_poll(self, body: SsoPoll) -> SsoSession:
+        return await self._call("POST", "/api/v1/auth/sso/poll", SsoSession, body=body)
+
+    async def me(self) -> Me:
+        return await self._call("GET", "/api/v1/auth/me", Me)
+
+    async def change_password(self, body: PasswordChange) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/password", LoginResult, body=body)
+
+    async def totp_enrol(self) -> TotpEnrolment:
+        return await self._call("POST", "/api/v1/auth/totp/enrol", TotpEnrolment)
+
+    async def totp_confirm(self, body: TotpConfirm) -> TotpConfirmed:
+        return await self._call("POST", "/api/v1/auth/totp/confirm", TotpConfirmed, body=body)
+
+    async def logout(self) -> None:
+        await self._call("POST", "/api/v1/auth/logout", LoggedOut)
+
+    async def auth_settings(self) -> AuthSettings:
+        return await self._call("GET", "/api/v1/auth/settings", AuthSettings)
+
+    async def set_auth_settings(self, body: AuthSettings) -> AuthSettings:
+        return await self._call("PUT", "/api/v1/auth/settings", AuthSettings, body=body)
 
     async def get_api_key_defaults(self) -> ApiKeyDefaults:
         return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)

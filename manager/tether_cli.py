@@ -52,9 +52,13 @@ from manager.cli_context import (
     EXIT_USAGE,
     Context,
     Handler,
+    Prompt,
     UsageError,
+    terminal_prompt,
 )
+from manager.cli_directory import add_directory_parsers
 from manager.cli_format import Console
+from manager.cli_login import add_login_parsers, config_dir, load_session
 from manager.cli_secrets import add_secret_parsers
 from manager.cli_tasks import (
     cmd_deployments,
@@ -230,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parsers(groups, output)
     add_secret_parsers(groups, output)
     add_access_parsers(groups, output)
+    add_directory_parsers(groups, output)
+    add_login_parsers(groups, output)
     return parser
 
 
@@ -402,15 +408,22 @@ def _check_arguments(args: argparse.Namespace) -> None:
 class Config:
     manager_url: str
     ca_file: Path | None
-    api_key: str = field(repr=False)
+    # An API key, or the token of the session `tether login` stored; None only for the
+    # commands that log in.
+    api_key: str | None = field(repr=False)
+    session: bool = False
+    config_dir: Path = field(default_factory=lambda: config_dir({}))
 
 
 def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
-    """Flags first, then the environment, then defaults."""
+    """Flags first, then the environment, then the stored session, then defaults."""
     url = args.manager_url or env.get(ENV_MANAGER_URL) or DEFAULT_MANAGER_URL
     api_key = args.api_key or env.get(ENV_API_KEY)
-    if not api_key:
-        raise UsageError(f"no API key: set {ENV_API_KEY} or pass --api-key")
+    stored = None if api_key else load_session(env, url)
+    if stored is not None:
+        api_key = stored.token
+    if not api_key and not getattr(args, "anonymous", False):
+        raise UsageError(f"not logged in: run tether login, or set {ENV_API_KEY} or --api-key")
     ca_file: Path | None = args.ca_file or (
         Path(env[ENV_CA_FILE]) if env.get(ENV_CA_FILE) else None
     )
@@ -425,7 +438,13 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             f"refusing to send the API key over plain http to {parts.hostname}: use https:// "
             "(plain http is for loopback only)"
         )
-    return Config(manager_url=url, ca_file=ca_file, api_key=api_key)
+    return Config(
+        manager_url=url,
+        ca_file=ca_file,
+        api_key=api_key or None,
+        session=stored is not None,
+        config_dir=config_dir(env),
+    )
 
 
 def _src(args: argparse.Namespace) -> str:
@@ -457,6 +476,9 @@ def run_cli(
     client_factory: Callable[[Config], TetherClient] = default_client,
     interrupted: asyncio.Event | None = None,
     handle_signals: bool = False,
+    prompt: Prompt = terminal_prompt,
+    stdin: TextIO | None = None,
+    sso_poll_s: float = 1.0,
 ) -> int:
     """The whole command, with its world passed in (tests give their own streams and client).
 
@@ -475,12 +497,27 @@ def run_cli(
             client = client_factory(config)
         except TetherClientError as exc:
             raise UsageError(str(exc)) from None
-        return asyncio.run(_amain(client, args, console, interrupted, handle_signals))
+        ctx = Context(
+            client,
+            console,
+            args.output,
+            interrupted or asyncio.Event(),
+            handle_signals,
+            prompt=prompt,
+            stdin=stdin,
+            config_dir=config.config_dir,
+            manager_url=config.manager_url,
+            session=config.session,
+            sso_poll_s=sso_poll_s,
+        )
+        return asyncio.run(_amain(ctx, args))
     except UsageError as exc:
         console.note(f"error: {exc}")
         return EXIT_USAGE
     except ApiError as exc:
-        hint = f" (check --api-key or {ENV_API_KEY})" if exc.status == 401 else ""
+        hint = ""
+        if exc.status == 401 and exc.code not in _LOGIN_REFUSALS:
+            hint = f" (log in again: tether login; or check --api-key or {ENV_API_KEY})"
         console.note(f"error: {exc}{hint}")
         return EXIT_ERROR
     except TetherClientError as exc:
@@ -495,16 +532,13 @@ def run_cli(
         return EXIT_ERROR
 
 
-async def _amain(
-    client: TetherClient,
-    args: argparse.Namespace,
-    console: Console,
-    interrupted: asyncio.Event | None,
-    handle_signals: bool,
-) -> int:
+# A refused login explains itself: no hint about credentials the user did not send.
+_LOGIN_REFUSALS = frozenset({"invalid_credentials", "invalid_totp", "totp_required"})
+
+
+async def _amain(ctx: Context, args: argparse.Namespace) -> int:
     handler: Handler = args.handler
-    async with client:
-        ctx = Context(client, console, args.output, interrupted or asyncio.Event(), handle_signals)
+    async with ctx.client:
         return await handler(ctx, args)
 
 

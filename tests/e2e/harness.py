@@ -211,18 +211,22 @@ class Cluster:
         return await self.start_manager(port=self.port)
 
     async def run(
-        self, *argv: str, env: Mapping[str, str] | None = None, timeout: float = WAIT
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = WAIT,
+        stdin: bytes | None = None,
     ) -> Result:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **(env or {})},
         )
         try:
             async with asyncio.timeout(timeout):
-                out, err = await proc.communicate()
+                out, err = await proc.communicate(stdin)
         except TimeoutError:
             proc.kill()
             out, err = await proc.communicate()

@@ -3,8 +3,13 @@ protected built-ins, views without secrets, audit events, and permissions taking
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import pytest
+
+from manager.cli_context import UsageError
+from manager.cli_directory import parse_app_permission
 from manager.directory import Directory
 from manager.store.base import Store
 from shared.ids import hash_secret
@@ -151,3 +156,23 @@ async def test_users_need_manage_users(m: Manager, store: Store) -> None:
     status, body = await m.call("GET", "/api/v1/users", key=plain)
     assert (status, body["error"]["message"]) == (403, "this needs the manage_users permission")
     assert (await m.call("POST", "/api/v1/apps", {"name": "web"}, key=plain))[0] == 201
+
+
+def test_app_permission_specs_parse_or_say_what_is_wrong() -> None:
+    p = parse_app_permission("apps=checkout,billing; envs=production; actions=read,execute")
+    assert (p.apps, p.envs, p.actions) == (
+        ["checkout", "billing"],
+        "production",
+        ["read", "execute"],
+    )
+    p = parse_app_permission("actions=read")
+    assert (p.apps, p.envs) == ("all", "all")
+    assert parse_app_permission("envs=qa;actions=read").envs == ["qa"]
+    for bad, says in (
+        ("apps=checkout", "name the actions"),
+        ("apps checkout;actions=read", "expected apps=...;envs=...;actions=..."),
+        ("actions=deploy", "--app-permission actions: Input should be 'create'"),
+        ("regions=eu;actions=read", "expected apps="),
+    ):
+        with pytest.raises(UsageError, match=re.escape(says)):
+            parse_app_permission(bad)

@@ -4,6 +4,10 @@ secret), with nothing secret in an answer, an error or the audit trail."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +20,7 @@ from joserfc.jwk import RSAKey
 from manager.app import open_store
 from manager.directory import Directory, GroupBody
 from manager.store.base import Store
+from manager.tether_cli import run_cli
 from shared.tls import client_context
 from tests.manager.access_support import Clock, Manager, manager
 from tests.manager.oidc_provider import Person, Provider, oidc_provider
@@ -204,3 +209,40 @@ async def test_without_settings_a_login_cannot_start(tmp_path: Path) -> None:
             assert (status, body["error"]["message"]) == (400, "single sign-on is not configured")
     finally:
         await s.close()
+
+
+class _UrlWatch(io.StringIO):
+    """The CLI's stderr: hands the sign-in URL to the test the moment it is written."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, found: asyncio.Future[str]) -> None:
+        super().__init__()
+        self._loop, self._found = loop, found
+
+    def write(self, text: str) -> int:
+        url = re.search(r"https://\S+/authorize\?\S+", text)
+        if url is not None:
+            self._loop.call_soon_threadsafe(self._found.set_result, url.group(0))
+        return super().write(text)
+
+
+async def test_tether_login_sso_waits_for_the_browser_and_stores_the_session(
+    m: Manager, idp: Provider, tmp_path: Path
+) -> None:
+    idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[str] = loop.create_future()
+    out, err = io.StringIO(), _UrlWatch(loop, found)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+    cli = asyncio.create_task(
+        asyncio.to_thread(run_cli, ["login", "--sso"], env=env, out=out, err=err, sso_poll_s=0.01)
+    )
+    status, page = await browser(m, idp, await asyncio.wait_for(found, 30))
+    assert status == 200, page
+    assert await cli == 0, err.getvalue()
+    assert "Logged in as pat@example.com" in err.getvalue()
+    stored = json.loads((tmp_path / "cli" / "session.json").read_text())
+    status, me = await m.call("GET", "/api/v1/auth/me", key=stored["token"])
+    assert (status, me["email"], me["groups"]) == (200, "pat@example.com", ["auditors"])
