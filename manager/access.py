@@ -224,7 +224,7 @@ def access_middlewares(table: RouteTable) -> list[Any]:
             )
         access = request.app[ACCESS]
         if key.startswith(SESSION_PREFIX):
-            principal = await access.principals.for_session(hash_secret(key))
+            principal = await access.principals.for_session(key)
             request[ACTOR_KEY] = principal.actor
             request[PRINCIPAL_KEY] = principal
             return await handler(request)

@@ -14,6 +14,7 @@ from manager.context import ctx
 from manager.errors import ApiProblem
 from manager.http import Route, RouteTable, json_response, parse_body
 from manager.identity import ACTOR_KEY, Actor
+from manager.login import LOGINS
 from manager.sso import Oidc, SsoError, SsoSettings
 
 __all__ = ["add_sso_routes", "oidc_of"]
@@ -24,7 +25,18 @@ def oidc_of(request: web.Request) -> Oidc:
     service = c.secrets
     if service is None:
         raise ApiProblem(503, "unavailable", "secrets are not set up")
-    return Oidc(c.store, request.app[ACCESS].directory, service.builtin_value, clock=c.clock)
+    logins = request.app[LOGINS]
+
+    async def domain_allowed(email: str) -> bool:
+        return (await logins.settings()).domain_allowed(email)
+
+    return Oidc(
+        c.store,
+        request.app[ACCESS].directory,
+        service.builtin_value,
+        domain_allowed=domain_allowed,
+        clock=c.clock,
+    )
 
 
 def _settings_view(s: SsoSettings) -> dict[str, object]:
@@ -98,7 +110,10 @@ async def poll(request: web.Request) -> web.Response:
     if done is None:
         unchanged(request)
         return json_response(SsoSession(status="pending"), status=202)
-    token, expires, user = done
+    logins = request.app[LOGINS]
+    # The provider did the password and the second factor: the session is not restricted.
+    session = await logins.session(done, await logins.settings(), via="sso")
+    user = session.user
     request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
     record(
         request,
@@ -108,7 +123,9 @@ async def poll(request: web.Request) -> web.Response:
         summary=f"{user.body.email} signed in through SSO",
     )
     view = SsoUser(id=user.id, email=user.body.email, name=user.body.name)
-    return json_response(SsoSession(status="done", token=token, expires_at=expires, user=view))
+    return json_response(
+        SsoSession(status="done", token=session.token, expires_at=session.expires_at, user=view)
+    )
 
 
 def add_sso_routes(table: RouteTable) -> None:

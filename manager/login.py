@@ -31,7 +31,7 @@ from manager.masterkey import MasterKey
 from manager.passwords import AuthSettings, Passwords, policy_problems
 from manager.principal import Principals
 from manager.store.base import Conflict
-from shared.ids import hash_secret, new_token
+from shared.ids import hash_secret
 
 __all__ = ["LOGINS", "Logins", "Session", "recovery_code"]
 
@@ -118,7 +118,7 @@ class Logins:
         now = self._clock()
         restricted = self._restriction(user.body, settings, now) if via == "password" else None
         ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
-        token = new_token("tss")
+        token = await self._principals.tokens.new()
         await self.directory.sessions.insert(
             SessionBody(
                 token_hash=hash_secret(token),

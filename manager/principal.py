@@ -5,10 +5,18 @@ An API key acts with its owner's permissions: a user's key with the user's group
 to the key's own groups when it names any; a service account's key with the groups it names.
 A disabled owner disables their keys. Principals are cached for ``ttl`` (1 s) per credential,
 so a request costs no store read, and a change on another replica is seen within that.
+
+Session tokens are signed (:class:`SessionTokens`): ``tss_<256 random bits>.<HMAC>``. A token
+that was not made here is refused before any store read, so guessing costs the guesser, not
+the database; one that was is then looked up by its hash, which is what logout revokes.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,12 +28,52 @@ from manager.entities import Entity
 from manager.errors import ApiProblem
 from manager.identity import Actor
 from manager.rbac import Grants
+from manager.store.base import Store
 from manager.store.records import ApiKeyRecord
+from shared.ids import hash_secret
 
-__all__ = ["PRINCIPAL_KEY", "SESSION_PREFIX", "Principal", "Principals", "principal_of"]
+__all__ = [
+    "PRINCIPAL_KEY",
+    "SESSION_PREFIX",
+    "Principal",
+    "Principals",
+    "SessionTokens",
+    "principal_of",
+]
 
 # Session tokens say what they are, as API keys ("tak_") and delegate tokens ("tdt_") do.
 SESSION_PREFIX = "tss_"
+# The signing key, one per install (every replica reads the same), apart from the delegates'.
+_KEY_SETTING = "user_session_key"
+
+
+class SessionTokens:
+    """Makes and checks the signature of user session tokens."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._key: bytes | None = None
+
+    async def _signing_key(self) -> bytes:
+        if self._key is None:
+            value = await self._store.put_setting_if_absent(_KEY_SETTING, secrets.token_hex(32))
+            self._key = bytes.fromhex(value)
+        return self._key
+
+    @staticmethod
+    def _mac(key: bytes, body: str) -> str:
+        digest = hmac.new(key, b"tether-session:" + body.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    async def new(self) -> str:
+        body = secrets.token_urlsafe(32)
+        return f"{SESSION_PREFIX}{body}.{self._mac(await self._signing_key(), body)}"
+
+    async def signed(self, token: str) -> bool:
+        body, _, mac = token.removeprefix(SESSION_PREFIX).partition(".")
+        if not body or not mac:
+            return False
+        return hmac.compare_digest(mac, self._mac(await self._signing_key(), body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +111,7 @@ class Principals:
         self, directory: Directory, *, ttl: float = 1.0, clock: Callable[[], float] = time.time
     ) -> None:
         self.directory = directory
+        self.tokens = SessionTokens(directory.store)
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
@@ -104,7 +153,11 @@ class Principals:
 
         return await self._cached(f"key:{record.id}", load)
 
-    async def for_session(self, token_hash: str) -> Principal:
+    async def for_session(self, token: str) -> Principal:
+        if not await self.tokens.signed(token):
+            raise ApiProblem(401, "invalid_session", "not a session token of this manager")
+        token_hash = hash_secret(token)
+
         async def load() -> tuple[Principal, float]:
             session = await self.directory.sessions.by_key(token_hash)
             if session is None or session.body.expires_at <= self._clock():

@@ -21,7 +21,7 @@ import contextlib
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,10 +33,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, KeySetSerialization
 from pydantic import BaseModel, ConfigDict, Field
 
-from manager.directory import Directory, SessionBody, UserBody
+from manager.directory import Directory, UserBody
 from manager.entities import Entity, EntityKind
 from manager.store.base import Conflict, Store
-from shared.ids import hash_secret, new_token
+from shared.ids import hash_secret
 from shared.tls import client_context
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
 
 # A pending login lives this long: the user has this much time in the browser.
 LOGIN_TTL_S = 600.0
-# Sessions made through SSO live as long as password sessions by default.
-SESSION_TTL_S = 8 * 3600.0
 # Only RS256 and ES256 ID tokens: never "none", never an HMAC keyed with the client secret.
 _ALGORITHMS = ["RS256", "ES256"]
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -105,10 +103,13 @@ class Oidc:
         directory: Directory,
         client_secret: Callable[[str], Any],
         *,
+        domain_allowed: Callable[[str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._directory = directory
         self._client_secret = client_secret  # async (secret name) -> bytes
+        # The account's allowed email domains, for users made at their first SSO login.
+        self._domain_allowed = domain_allowed
         self._clock = clock
         self.settings = EntityKind(store, "sso_settings", SsoSettings, lambda _b: "oidc", "sso")
         self.logins = EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
@@ -240,6 +241,9 @@ class Oidc:
         )
         user = await self._directory.users.by_key(identity.email)
         if user is None:
+            allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
+            if not allowed:
+                raise SsoError(f"{identity.email}: this email domain may not join this account")
             body = UserBody(
                 email=identity.email,
                 name=identity.name,
@@ -266,10 +270,9 @@ class Oidc:
 
     # -- 3. poll
 
-    async def poll(
-        self, state: str, poll_secret: str
-    ) -> tuple[str, float, Entity[UserBody]] | None:
-        """(session token, expiry, user) once the callback is done; None while it is not."""
+    async def poll(self, state: str, poll_secret: str) -> Entity[UserBody] | None:
+        """The signed-in user once the callback is done (the caller makes the session:
+        manager.login.Logins.session); None while it is not."""
         login = await self.logins.by_key(state)
         wanted = "" if login is None else login.body.poll_hash
         if login is None or not secrets.compare_digest(wanted, hash_secret(poll_secret)):
@@ -288,12 +291,7 @@ class Oidc:
         user = await self._directory.users.get(login.body.user_id)
         if user is None or user.body.status != "active":
             raise SsoError("this user is disabled")
-        token = new_token("tss")
-        expires = self._clock() + SESSION_TTL_S
-        await self._directory.sessions.insert(
-            SessionBody(token_hash=hash_secret(token), user_id=user.id, expires_at=expires)
-        )
-        return token, expires, user
+        return user
 
     # -- HTTP to the provider
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from manager.directory import AppBody, Directory, EnvBody, GroupBody, SessionBody, UserBody
+from manager.principal import SessionTokens
 from manager.rbac import AccountPermission, AppGrant, EnvType
 from manager.store.base import Store
-from shared.ids import hash_secret, new_token
+from shared.ids import hash_secret
 
 # Far beyond any test clock: these sessions end only when a test ends them.
 _NEVER = 4_000_000_000.0
@@ -29,7 +30,7 @@ async def member(
         )
     )
     user = await d.users.insert(UserBody(email=email, status="active", groups=[group.id]))
-    token = new_token("tss")
+    token = await SessionTokens(store).new()
     await d.sessions.insert(
         SessionBody(token_hash=hash_secret(token), user_id=user.id, expires_at=_NEVER)
     )

@@ -4,11 +4,14 @@ and what the audit trail keeps of it all (never a password, a TOTP secret or a c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyotp
 
+from manager.app import open_store
 from manager.audit import AuditQuery
+from manager.principal import SessionTokens
 from manager.store.base import Store
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
 from tests.manager.rbac_support import member
@@ -282,3 +285,21 @@ async def test_sessions_expire_and_disabling_a_user_ends_theirs(m: Manager) -> N
     await ok(m, "POST", "/api/v1/users/ana@example.com/disable")
     await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", fresh)
     assert (await login(m, 401))["error"]["code"] == "user_disabled"
+
+
+async def test_a_session_token_not_signed_here_is_refused(m: Manager, tmp_path: Path) -> None:
+    session = await joined(m)
+    body, mac = session.removeprefix("tss_").split(".")
+    other = open_store(tmp_path / "elsewhere")
+    await other.open()
+    try:
+        foreign = await SessionTokens(other).new()  # another install's key
+    finally:
+        await other.close()
+
+    def flip(text: str) -> str:  # the last character changed, whatever it was
+        return text[:-1] + ("A" if text[-1] != "A" else "B")
+
+    for forged in (f"tss_{body}", f"tss_{body}.{flip(mac)}", f"tss_{flip(body)}.{mac}", foreign):
+        await refused(m, "GET", "/api/v1/auth/me", None, 401, "invalid_session", forged)
+    await ok(m, "GET", "/api/v1/auth/me", key=session)

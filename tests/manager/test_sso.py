@@ -246,3 +246,19 @@ async def test_tether_login_sso_waits_for_the_browser_and_stores_the_session(
     stored = json.loads((tmp_path / "cli" / "session.json").read_text())
     status, me = await m.call("GET", "/api/v1/auth/me", key=stored["token"])
     assert (status, me["email"], me["groups"]) == (200, "pat@example.com", ["auditors"])
+
+
+async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    settings = {"allowed_email_domains": ["example.com"], "session_ttl_minutes": 30}
+    assert (await m.call("PUT", "/api/v1/auth/settings", settings))[0] == 200
+    idp.person = Person("eve@elsewhere.org", "Eve", groups=["sec-auditors"])
+    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 400
+    assert "eve@elsewhere.org: this email domain may not join this account" in page
+    assert await Directory(store).users.by_key("eve@elsewhere.org") is None
+    idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
+    done, _ = await login(m, idp)
+    assert done["expires_at"] == pytest.approx(time.time() + 30 * 60, abs=60)
