@@ -219,6 +219,51 @@ async def enable_user(request: web.Request) -> web.Response:
     return await _user_change(request, user, enable, "enable", "enabled user")
 
 
+async def unlock_user(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    if not (user.body.locked_until or 0) > ctx(request).clock():
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} is not locked")
+
+    def unlock(b: UserBody) -> UserBody:
+        return b.model_copy(update={"locked_until": None, "failed_logins": 0})
+
+    return await _user_change(request, user, unlock, "unlock", "unlocked user")
+
+
+async def reset_totp(request: web.Request) -> web.Response:
+    """For a user who lost their device and their recovery codes: they enrol again (at their
+    next login, where the account enforces 2FA)."""
+    user = await _find_user(request)
+    if not user.body.totp_enabled:
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no 2FA to reset")
+
+    def reset(b: UserBody) -> UserBody:
+        update: dict[str, object] = {
+            "totp_enabled": False,
+            "totp_sealed": None,
+            "totp_pending_sealed": None,
+            "recovery_hashes": [],
+        }
+        return b.model_copy(update=update)
+
+    response = await _user_change(request, user, reset, "reset_2fa", "turned off 2FA of")
+    await request.app[LOGINS].end_sessions(user.id)
+    return response
+
+
+async def end_user_sessions(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    ended = await request.app[LOGINS].end_sessions(user.id)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="logout",
+        summary=f"ended {ended} session(s) of {user.body.email}",
+    )
+    return json_response(await _user_view(_dir(request), user))
+
+
 async def reinvite_user(request: web.Request) -> web.Response:
     d, user = _dir(request), await _find_user(request)
     if user.body.status != "invited":
@@ -597,6 +642,39 @@ def add_directory_routes(table: RouteTable) -> None:
             UserView,
             errors=(404, 409),
             audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/unlock",
+            unlock_user,
+            "Lift a lockout after failed logins",
+            u,
+            None,
+            UserView,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/reset-2fa",
+            reset_totp,
+            "Turn off a user's 2FA (a lost device); ends their sessions",
+            u,
+            None,
+            UserView,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/logout",
+            end_user_sessions,
+            "End every session of a user",
+            u,
+            None,
+            UserView,
+            errors=(404,),
+            audit="session",
         ),
         Route(
             "POST",

@@ -153,6 +153,24 @@ async def cmd_user_disable(ctx: Context, args: argparse.Namespace) -> int:
     return await _user_switch(ctx, args, False)
 
 
+async def cmd_user_unlock(ctx: Context, args: argparse.Namespace) -> int:
+    user = await ctx.client.user_action(args.user, "unlock")
+    show(ctx, user, f"user {user.email} is unlocked")
+    return 0
+
+
+async def cmd_user_reset_2fa(ctx: Context, args: argparse.Namespace) -> int:
+    user = await ctx.client.user_action(args.user, "reset-2fa")
+    show(ctx, user, f"2FA of {user.email} is off and their sessions ended; they enrol again")
+    return 0
+
+
+async def cmd_user_logout(ctx: Context, args: argparse.Namespace) -> int:
+    user = await ctx.client.user_action(args.user, "logout")
+    show(ctx, user, f"every session of {user.email} ended")
+    return 0
+
+
 async def cmd_user_enable(ctx: Context, args: argparse.Namespace) -> int:
     return await _user_switch(ctx, args, True)
 
@@ -271,6 +289,9 @@ def add_directory_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
         ("disable", cmd_user_disable, "disable a user: their sessions and API keys stop"),
         ("enable", cmd_user_enable, "enable a disabled user"),
         ("invite", cmd_user_invite, "a new invite token for a user who has not accepted"),
+        ("unlock", cmd_user_unlock, "lift a lockout after failed logins"),
+        ("reset-2fa", cmd_user_reset_2fa, "turn off a user's 2FA (a lost device)"),
+        ("logout", cmd_user_logout, "end every session of a user"),
     ):
         p = user.add_parser(verb, parents=[output], help=text)
         p.add_argument("user", metavar="EMAIL")

@@ -736,8 +736,12 @@ class TetherClient:
         return (await self._call("GET", "/api/v1/users", UserList, params=params)).users
 
     async def set_user_enabled(self, user: str, enabled: bool) -> UserView:
-        verb = "enable" if enabled else "disable"
-        return await self._call("POST", f"/api/v1/users/{_seg(user)}/{verb}", UserView)
+        return await self.user_action(user, "enable" if enabled else "disable")
+
+    async def user_action(
+        self, user: str, action: Literal["enable", "disable", "unlock", "reset-2fa", "logout"]
+    ) -> UserView:
+        return await self._call("POST", f"/api/v1/users/{_seg(user)}/{action}", UserView)
 
     async def reinvite_user(self, user: str) -> UserCreated:
         return await self._call("POST", f"/api/v1/users/{_seg(user)}/invite", UserCreated)

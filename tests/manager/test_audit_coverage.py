@@ -320,8 +320,8 @@ def _entry(entry_id: str, cidr: str, enabled: bool = True) -> AllowlistEntry:
     return AllowlistEntry(id=entry_id, cidr=cidr, description="", enabled=enabled, created_at=1.0)
 
 
-async def _user(w: World, email: str, status: UserStatus = "active") -> None:
-    await Directory(w.store).users.insert(UserBody(email=email, status=status))
+async def _user(w: World, email: str, status: UserStatus = "active", **more: Any) -> None:
+    await Directory(w.store).users.insert(UserBody(email=email, status=status, **more))
 
 
 async def user_create(w: World) -> Call:
@@ -341,6 +341,21 @@ async def user_disable(w: World) -> Call:
 async def user_enable(w: World) -> Call:
     await _user(w, "u@example.com", "disabled")
     return "/api/v1/users/u@example.com/enable", None
+
+
+async def user_unlock(w: World) -> Call:
+    await _user(w, "u@example.com", locked_until=time.time() + 600)
+    return "/api/v1/users/u@example.com/unlock", None
+
+
+async def user_reset_2fa(w: World) -> Call:
+    await _user(w, "u@example.com", totp_enabled=True, totp_sealed="sealed")
+    return "/api/v1/users/u@example.com/reset-2fa", None
+
+
+async def user_logout(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com/logout", None
 
 
 async def user_invite(w: World) -> Call:
@@ -459,6 +474,9 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/users/{user}/disable"): user_disable,
     ("POST", "/api/v1/users/{user}/enable"): user_enable,
     ("POST", "/api/v1/users/{user}/invite"): user_invite,
+    ("POST", "/api/v1/users/{user}/unlock"): user_unlock,
+    ("POST", "/api/v1/users/{user}/reset-2fa"): user_reset_2fa,
+    ("POST", "/api/v1/users/{user}/logout"): user_logout,
     ("POST", "/api/v1/groups"): group_create,
     ("PATCH", "/api/v1/groups/{group}"): group_update,
     ("DELETE", "/api/v1/groups/{group}"): group_delete,

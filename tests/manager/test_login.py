@@ -303,3 +303,28 @@ async def test_a_session_token_not_signed_here_is_refused(m: Manager, tmp_path: 
     for forged in (f"tss_{body}", f"tss_{body}.{flip(mac)}", f"tss_{flip(body)}.{mac}", foreign):
         await refused(m, "GET", "/api/v1/auth/me", None, 401, "invalid_session", forged)
     await ok(m, "GET", "/api/v1/auth/me", key=session)
+
+
+async def test_an_admin_unlocks_resets_2fa_and_ends_sessions(m: Manager) -> None:
+    session = await joined(m, lockout_attempts=2)
+    await refused(m, "POST", "/api/v1/users/ana@example.com/unlock", None, 409, "conflict")
+    for n in range(2):
+        await login(m, 401, password=f"Wrong-{n}")
+    await login(m, 403)
+    await ok(m, "POST", "/api/v1/users/ana@example.com/unlock")
+    await login(m)
+
+    totp, _ = await enrol(m, session)
+    m.clock.advance(30)
+    await login(m, totp_code=totp.at(m.clock.now))
+    user = await ok(m, "POST", "/api/v1/users/ana@example.com/reset-2fa")
+    assert user["totp_enabled"] is False
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", session)
+    session = (await login(m))["token"]  # no code asked for now
+    await refused(m, "POST", "/api/v1/users/ana@example.com/reset-2fa", None, 409, "conflict")
+
+    other = (await login(m))["token"]
+    await ok(m, "POST", "/api/v1/users/ana@example.com/logout")
+    for ended in (session, other):
+        await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", ended)
+    await login(m)  # ending sessions does not stop logging in

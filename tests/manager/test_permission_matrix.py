@@ -86,6 +86,9 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/users/{user}/disable": "manage_users",
     "POST /api/v1/users/{user}/enable": "manage_users",
     "POST /api/v1/users/{user}/invite": "manage_users",
+    "POST /api/v1/users/{user}/unlock": "manage_users",
+    "POST /api/v1/users/{user}/reset-2fa": "manage_users",
+    "POST /api/v1/users/{user}/logout": "manage_users",
     "GET /api/v1/groups": A,
     "POST /api/v1/groups": "manage_user_groups",
     "GET /api/v1/groups/{group}": A,
@@ -154,7 +157,7 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
     for perm in ACCOUNT_PERMISSIONS:
         roles[perm] = await member(store, f"{perm}@example.com", account=[perm])
     # Logging out ends the caller's session: last, so every other route sees live sessions.
-    order = sorted(await routes(m), key=lambda r: r.endswith("/logout"))
+    order = sorted(await routes(m), key=lambda r: r.endswith("/auth/logout"))
     for route in order:
         need = MATRIX[route]
         for role, token in roles.items():
