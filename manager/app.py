@@ -356,6 +356,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
         background = [
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
+            asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
         ]
         log.info(
             "manager listening",

@@ -15,6 +15,7 @@ so a session is a session whatever made it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import time
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyotp
+import structlog
 from aiohttp import web
 
 from manager.directory import Directory, SessionBody, UserBody
@@ -30,15 +32,20 @@ from manager.errors import ApiProblem
 from manager.masterkey import MasterKey
 from manager.passwords import AuthSettings, Passwords, policy_problems
 from manager.principal import Principals
-from manager.store.base import Conflict
+from manager.sso import sso_logins
+from manager.store.base import Conflict, StoreError
 from shared.ids import hash_secret
 
 __all__ = ["LOGINS", "Logins", "Session", "recovery_code"]
+
+log = structlog.get_logger("tether.login")
 
 # A session that may only finish logging in (enrol in 2FA, change an expired password)
 # lasts this long: enough to do it, too short to matter if it leaks.
 RESTRICTED_TTL_S = 15 * 60.0
 RECOVERY_CODES = 10
+# How often each replica deletes expired sessions (any replica may; a delete is idempotent).
+EXPIRY_INTERVAL_S = 300.0
 _SETTINGS_ID = "account"
 _STEP_S = 30  # RFC 6238's default time step, which every authenticator app uses
 _ISSUER = "Tether"
@@ -90,6 +97,7 @@ class Logins:
         self.settings_kind = EntityKind(
             directory.store, "auth_settings", AuthSettings, lambda _: _SETTINGS_ID, "aus"
         )
+        self._sso_logins = sso_logins(directory.store)
 
     # -- settings
 
@@ -146,6 +154,29 @@ class Logins:
     async def logout(self, session_id: str) -> None:
         await self.directory.sessions.delete(session_id)
         self._principals.forget()
+
+    async def expire(self) -> int:
+        """Delete sessions and pending SSO logins past their time; answers how many went.
+        (Expired ones are already refused; this keeps them from piling up in the store.)"""
+        now, gone = self._clock(), 0
+        for s in await self.directory.sessions.list():
+            if s.body.expires_at <= now:
+                gone += await self.directory.sessions.delete(s.id)
+        for login in await self._sso_logins.list():
+            if login.body.expires_at <= now:
+                gone += await self._sso_logins.delete(login.id)
+        return gone
+
+    async def expire_forever(self, interval: float = EXPIRY_INTERVAL_S) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                gone = await self.expire()
+            except StoreError as exc:
+                log.warning("could not delete expired sessions", error=str(exc))
+                continue
+            if gone:
+                log.info("expired sessions deleted", count=gone)
 
     async def end_sessions(self, user_id: str, *, keep: str | None = None) -> int:
         """End every session of ``user_id`` but ``keep``; answers how many ended."""

@@ -45,6 +45,7 @@ __all__ = [
     "SsoError",
     "SsoLogin",
     "SsoSettings",
+    "sso_logins",
 ]
 
 # A pending login lives this long: the user has this much time in the browser.
@@ -96,6 +97,11 @@ class ExternalIdentity:
     groups: tuple[str, ...]
 
 
+def sso_logins(store: Store) -> EntityKind[SsoLogin]:
+    """Pending SSO logins, by state."""
+    return EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
+
+
 class Oidc:
     def __init__(
         self,
@@ -112,7 +118,7 @@ class Oidc:
         self._domain_allowed = domain_allowed
         self._clock = clock
         self.settings = EntityKind(store, "sso_settings", SsoSettings, lambda _b: "oidc", "sso")
-        self.logins = EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
+        self.logins = sso_logins(store)
 
     async def configured(self) -> SsoSettings:
         found = await self.settings.get("oidc")

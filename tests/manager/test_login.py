@@ -11,8 +11,11 @@ import pyotp
 
 from manager.app import open_store
 from manager.audit import AuditQuery
+from manager.login import LOGINS, Logins
 from manager.principal import SessionTokens
+from manager.sso import SsoLogin, sso_logins
 from manager.store.base import Store
+from shared.ids import hash_secret
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
 from tests.manager.rbac_support import member
 
@@ -328,3 +331,20 @@ async def test_an_admin_unlocks_resets_2fa_and_ends_sessions(m: Manager) -> None
     for ended in (session, other):
         await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", ended)
     await login(m)  # ending sessions does not stop logging in
+
+
+async def test_expired_sessions_and_sso_logins_are_deleted(m: Manager) -> None:
+    logins: Logins = m.client.app[LOGINS]
+    first = await joined(m, session_ttl_minutes=60)
+    stale = SsoLogin(state="s", nonce="n", poll_hash="h", expires_at=m.clock.now + 600)
+    await sso_logins(m.store).insert(stale)
+    m.clock.advance(3601)
+    second = (await login(m))["token"]
+    assert await logins.expire() == 2
+    assert await logins.expire() == 0
+    assert [s.body.token_hash for s in await logins.directory.sessions.list()] == [
+        hash_secret(second)
+    ]
+    assert await sso_logins(m.store).list() == []
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", first)
+    await ok(m, "GET", "/api/v1/auth/me", key=second)
