@@ -38,8 +38,10 @@ from manager.auth_models import (
     SsoPoll,
     TotpConfirm,
 )
+from manager.cli_access import model_from_options
 from manager.cli_context import Context, UsageError
 from manager.client import ApiError
+from manager.passwords import AuthSettings
 
 __all__ = [
     "ENV_CONFIG_DIR",
@@ -258,6 +260,61 @@ async def cmd_whoami(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# Options of `tether auth-settings` and the settings they change.
+_SETTING_OF_OPTION = {
+    "min_length": "password_min_length",
+    "classes": "password_classes",
+    "expiry_days": "password_expiry_days",
+    "lockout_attempts": "lockout_attempts",
+    "lockout_minutes": "lockout_minutes",
+    "enforce_2fa": "enforce_2fa",
+    "allowed_domain": "allowed_email_domains",
+    "session_ttl": "session_ttl_minutes",
+}
+
+
+async def cmd_auth_settings(ctx: Context, args: argparse.Namespace) -> int:
+    """Show the login settings, or change the ones named (the rest keep their value)."""
+    settings = await ctx.client.auth_settings()
+    changes = {
+        field: getattr(args, option)
+        for option, field in _SETTING_OF_OPTION.items()
+        if getattr(args, option) is not None
+    }
+    if args.any_domain:
+        changes["allowed_email_domains"] = []
+    if changes:
+        options = {f: f"--{o.replace('_', '-')}" for o, f in _SETTING_OF_OPTION.items()}
+        merged = {**settings.model_dump(), **changes}
+        settings = await ctx.client.set_auth_settings(
+            model_from_options(AuthSettings, options, **merged)
+        )
+    if ctx.json:
+        ctx.console.print(fmt.to_json(settings))
+        return 0
+    s = settings
+    expiry = f"{s.password_expiry_days} days" if s.password_expiry_days else "never"
+    lockout = (
+        f"after {s.lockout_attempts} failed logins, for {s.lockout_minutes} min"
+        if s.lockout_attempts
+        else "off"
+    )
+    lines = [
+        f"passwords: at least {s.password_min_length} characters, with "
+        f"{', '.join(s.password_classes) or 'any characters'}; expire: {expiry}",
+        f"lockout: {lockout}",
+        f"two-factor authentication: {'enforced' if s.enforce_2fa else 'optional'}",
+        f"new users' email domains: {', '.join(s.allowed_email_domains) or 'any'}",
+        f"sessions last {s.session_ttl_minutes} min",
+    ]
+    ctx.console.print("\n".join(lines))
+    return 0
+
+
+def _classes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p = groups.add_parser("login", parents=[output], help="log in; later commands use the session")
     p.add_argument("--email", metavar="EMAIL")
@@ -273,3 +330,22 @@ def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_logout, anonymous=True)
     p = groups.add_parser("whoami", parents=[output], help="who the CLI acts as")
     p.set_defaults(handler=cmd_whoami)
+    p = groups.add_parser(
+        "auth-settings",
+        parents=[output],
+        help="show or change the login settings (password policy, lockout, 2FA, domains)",
+    )
+    p.add_argument("--min-length", type=int, metavar="N")
+    p.add_argument(
+        "--classes", type=_classes, metavar="C,..", help="of lower, upper, digit, symbol"
+    )
+    p.add_argument("--expiry-days", type=int, metavar="D", help="0: passwords never expire")
+    p.add_argument("--lockout-attempts", type=int, metavar="N", help="0: never lock")
+    p.add_argument("--lockout-minutes", type=int, metavar="M")
+    p.add_argument(
+        "--enforce-2fa", action=argparse.BooleanOptionalAction, default=None, help="or --no-..."
+    )
+    p.add_argument("--allowed-domain", action="append", metavar="DOMAIN", help="repeatable")
+    p.add_argument("--any-domain", action="store_true", help="let any email domain join")
+    p.add_argument("--session-ttl", type=int, metavar="MIN", help="session lifetime, minutes")
+    p.set_defaults(handler=cmd_auth_settings)

@@ -45,6 +45,7 @@ async def tether(
     *argv: str,
     answers: Callable[[str, str], str] | None = None,
     stdin: str = "",
+    key: str | None = None,
 ) -> Run:
     """The CLI with no API key; ``answers(question, stderr so far)`` answers its prompts."""
     out, err = io.StringIO(), io.StringIO()
@@ -59,6 +60,7 @@ async def tether(
     env = {
         "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
         "TETHER_CONFIG_DIR": str(config),
+        **({"TETHER_API_KEY": key} if key else {}),
     }
     code = await asyncio.to_thread(
         run_cli,
@@ -154,3 +156,42 @@ async def test_differing_new_passwords_change_nothing(m: Manager, tmp_path: Path
         "POST", "/api/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD}
     )
     assert status == 200
+
+
+async def test_auth_settings_show_and_change_only_what_is_named(m: Manager, tmp_path: Path) -> None:
+    run = await tether(m, tmp_path, "auth-settings", key=m.key)
+    assert run.code == 0, run.err
+    assert run.out.splitlines()[:2] == [
+        "passwords: at least 12 characters, with lower, upper, digit; expire: never",
+        "lockout: after 5 failed logins, for 15 min",
+    ]
+    run = await tether(
+        m,
+        tmp_path,
+        "auth-settings",
+        "--min-length",
+        "16",
+        "--allowed-domain",
+        "example.com",
+        "--enforce-2fa",
+        "--output",
+        "json",
+        key=m.key,
+    )
+    assert run.code == 0, run.err
+    assert '"password_min_length": 16' in run.out
+    status, settings = await m.call("GET", "/api/v1/auth/settings")
+    assert status == 200
+    assert (settings["password_min_length"], settings["allowed_email_domains"]) == (
+        16,
+        ["example.com"],
+    )
+    assert (settings["enforce_2fa"], settings["lockout_attempts"]) == (True, 5)
+    run = await tether(m, tmp_path, "auth-settings", "--min-length", "4", key=m.key)
+    assert (run.code, run.err.strip()) == (
+        2,
+        "error: --min-length: Input should be greater than or equal to 8",
+    )
+    run = await tether(m, tmp_path, "auth-settings", "--any-domain", "--no-enforce-2fa", key=m.key)
+    assert "new users' email domains: any" in run.out
+    assert "two-factor authentication: optional" in run.out
