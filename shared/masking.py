@@ -52,15 +52,20 @@ def _base64_alignments(raw: bytes) -> Iterator[bytes]:
     Inside a larger encoded blob the value may start at any of three offsets within a
     3-byte group; the characters at the edges mix in bits of the surrounding bytes, so only
     the ones made entirely of the value's own bits are kept.
+
+    When the value is the last thing encoded (``printf %s "$PW" | base64``), its final
+    characters are made of its own bits and zero padding: that longer form, with and without
+    ``=`` padding, is a pattern too, so such output leaves no character of the value behind
+    (the core alone would leave e.g. ``Q==``, about 6 bits of the last byte).
     """
     n = len(raw)
     for k in range(3):
         encoded = base64.b64encode(b"\0" * k + raw)
         start = -(-8 * k // 6)
         end = 8 * (k + n) // 6
-        core = encoded[start:end]
-        yield core
-        yield core.replace(b"+", b"-").replace(b"/", b"_")
+        for form in {encoded[start:end], encoded[start:], encoded[start:].rstrip(b"=")}:
+            yield form
+            yield form.replace(b"+", b"-").replace(b"/", b"_")
 
 
 def _text_forms(raw: bytes) -> Iterator[bytes]:

@@ -344,3 +344,19 @@ def test_masking_processor_guards_rendered_structlog_output() -> None:
     logger.info("connecting", dsn="postgres://app:hunter22@db/app")
     assert "hunter22" not in captured[0]
     assert MASK.decode() in captured[0]
+
+
+def test_base64_of_a_value_at_the_end_of_the_stream_is_masked_whole() -> None:
+    # Every length modulo 3, at every alignment: the encoded tail (padded or not) is made of
+    # the value's bits alone, so nothing of it may stay.
+    for value in (b"0123456789ab", b"0123456789abc", b"0123456789abcd"):
+        masker = Masker([value])
+        for prefix in (b"", b"x", b"xy"):
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                padded = encode(prefix + value)
+                for encoded in (padded, padded.rstrip(b"=")):
+                    masked = masker.mask_bytes(encoded)
+                    head, mask, tail = masked.partition(MASK)
+                    assert mask == MASK, encoded
+                    assert tail == b"", (encoded, masked)
+                    assert len(head) <= -(-len(prefix) * 8 // 6)
