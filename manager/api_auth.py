@@ -18,15 +18,17 @@ from manager.auth_models import (
     TotpConfirm,
     TotpConfirmed,
     TotpEnrolment,
+    TotpEnrolStart,
 )
 from manager.directory import UserBody
 from manager.entities import Entity
 from manager.errors import ApiProblem
-from manager.http import Route, RouteTable, json_response, parse_body
+from manager.http import Route, RouteTable, json_response, parse_body, problem_response
 from manager.identity import ACTOR_KEY, SYSTEM, Actor, client_ip
-from manager.login import LOGINS, Session
+from manager.login import LOGINS, LockNotice, Session
 from manager.passwords import AuthSettings
 from manager.principal import principal_of
+from manager.ratelimit import retry_after_header
 
 __all__ = ["add_auth_routes"]
 
@@ -50,11 +52,9 @@ def _logged_in(request: web.Request, session: Session, action: str, what: str) -
     return json_response(_result(session))
 
 
-async def login(request: web.Request) -> web.Response:
-    body = await parse_body(request, LoginRequest)
-
+def _lock_notice(request: web.Request) -> LockNotice:
     async def locked(user: Entity[UserBody]) -> None:
-        # The answer is a 401, which writes no event: the lock is written here.
+        # The answer is a 4xx, which writes no event: the lock is written here.
         minutes = (await request.app[LOGINS].settings()).lockout_minutes
         await request.app[AUDIT].write(
             SYSTEM,
@@ -70,18 +70,43 @@ async def login(request: web.Request) -> web.Response:
             client_ip=client_ip(request),
         )
 
+    return locked
+
+
+async def _throttled(request: web.Request) -> web.Response | None:
+    """A 429 when this client address has tried too many logins lately; else None."""
+    access = request.app[ACCESS]
+    per_minute = (await request.app[LOGINS].settings()).login_attempts_per_ip_per_minute
+    key = f"login-ip:{client_ip(request)}"
+    wait = access.limiter.check(key, per_minute / 60.0, per_minute, access.clock())
+    if wait <= 0:
+        return None
+    response = problem_response(
+        429, "rate_limited", f"too many logins from your address; at most {per_minute} a minute"
+    )
+    response.headers["Retry-After"] = retry_after_header(wait)
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await parse_body(request, LoginRequest)
+    if (refused := await _throttled(request)) is not None:
+        return refused
+
     session = await request.app[LOGINS].login(
         body.email,
         body.password,
         totp_code=body.totp_code,
         recovery_code=body.recovery_code,
-        on_lock=locked,
+        on_lock=_lock_notice(request),
     )
     return _logged_in(request, session, "login", "logged in")
 
 
 async def accept_invite(request: web.Request) -> web.Response:
     body = await parse_body(request, InviteAccept)
+    if (refused := await _throttled(request)) is not None:
+        return refused
     session = await request.app[LOGINS].accept_invite(body.token, body.password)
     return _logged_in(request, session, "accept_invite", "accepted their invite, set a password")
 
@@ -127,7 +152,8 @@ async def me(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     body = await parse_body(request, PasswordChange)
     user = await _own_user(request)
-    session = await request.app[LOGINS].change_password(user, body.current, body.new)
+    logins = request.app[LOGINS]
+    session = await logins.change_password(user, body.current, body.new, _lock_notice(request))
     record(
         request,
         resource_id=user.id,
@@ -139,8 +165,16 @@ async def change_password(request: web.Request) -> web.Response:
 
 
 async def totp_enrol(request: web.Request) -> web.Response:
+    body = await parse_body(request, TotpEnrolStart)
     user = await _own_user(request)
-    secret, uri = await request.app[LOGINS].totp_enrol(user)
+    logins = request.app[LOGINS]
+    if principal_of(request).restricted != "totp_enrolment" or body.password is not None:
+        if body.password is None:
+            raise ApiProblem(
+                400, "invalid", "password: enter your password to add a device", field="password"
+            )
+        user = await logins.reauthenticate(user, body.password, _lock_notice(request))
+    secret, uri = await logins.totp_enrol(user)
     record(
         request,
         resource_id=user.id,
@@ -232,7 +266,7 @@ def add_auth_routes(table: RouteTable) -> None:
             "login",
             LoginRequest,
             LoginResult,
-            errors=(400, 401, 403),
+            errors=(400, 401, 403, 429),
             audit="session",
         ),
         Route(
@@ -243,7 +277,7 @@ def add_auth_routes(table: RouteTable) -> None:
             "login",
             InviteAccept,
             LoginResult,
-            errors=(400,),
+            errors=(400, 429),
             audit="user",
         ),
         Route("GET", f"{base}/me", me, "Who the caller is, and what they may do", "user", None, Me),
@@ -264,7 +298,7 @@ def add_auth_routes(table: RouteTable) -> None:
             totp_enrol,
             "Begin enrolling in TOTP two-factor authentication",
             "user",
-            None,
+            TotpEnrolStart,
             TotpEnrolment,
             errors=(400, 409),
             audit="user",

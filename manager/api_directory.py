@@ -197,7 +197,10 @@ async def disable_user(request: web.Request) -> web.Response:
     response = await _user_change(
         request,
         user,
-        lambda b: b.model_copy(update={"status": "disabled"}),
+        # An invite outstanding dies with it: enabling the user later needs a fresh one.
+        lambda b: b.model_copy(
+            update={"status": "disabled", "invite_hash": None, "invite_expires_at": None}
+        ),
         "disable",
         "disabled user",
     )
@@ -216,7 +219,10 @@ async def enable_user(request: web.Request) -> web.Response:
         ready = b.password_hash is not None or b.source == "sso"
         return b.model_copy(update={"status": "active" if ready else "invited"})
 
-    return await _user_change(request, user, enable, "enable", "enabled user")
+    response = await _user_change(request, user, enable, "enable", "enabled user")
+    # A login that raced the disable may have left a session behind: it does not come back.
+    await request.app[LOGINS].end_sessions(user.id)
+    return response
 
 
 async def unlock_user(request: web.Request) -> web.Response:

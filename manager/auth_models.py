@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from manager.rbac import AccountPermission
 
@@ -22,9 +22,22 @@ __all__ = [
     "SsoUser",
     "TotpConfirm",
     "TotpConfirmed",
+    "TotpEnrolStart",
     "TotpEnrolment",
 ]
 
+
+def _utf8(text: str) -> str:
+    # JSON may carry lone surrogates (a \ud800 escape), which are no text; argon2 hashes
+    # UTF-8, and the store keeps it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid text (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 # Long enough for any passphrase, short enough that a body cannot make argon2 chew on
 # megabytes (the policy says why a password is refused; this only bounds the request).
 _PASSWORD = Field(min_length=1, max_length=1024)
@@ -35,11 +48,11 @@ class _Model(BaseModel):
 
 
 class LoginRequest(_Model):
-    email: str = Field(min_length=3, max_length=320)
-    password: str = _PASSWORD
+    email: Text = Field(min_length=3, max_length=320)
+    password: Text = _PASSWORD
     # With two-factor authentication on: the 6-digit code, or one of the recovery codes.
-    totp_code: str | None = Field(default=None, max_length=16)
-    recovery_code: str | None = Field(default=None, max_length=32)
+    totp_code: Text | None = Field(default=None, max_length=16)
+    recovery_code: Text | None = Field(default=None, max_length=32)
 
 
 class SessionUser(_Model):
@@ -58,13 +71,19 @@ class LoginResult(_Model):
 
 
 class InviteAccept(_Model):
-    token: str = Field(min_length=1, max_length=256)
-    password: str = _PASSWORD
+    token: Text = Field(min_length=1, max_length=256)
+    password: Text = _PASSWORD
 
 
 class PasswordChange(_Model):
-    current: str = _PASSWORD
-    new: str = _PASSWORD
+    current: Text = _PASSWORD
+    new: Text = _PASSWORD
+
+
+class TotpEnrolStart(_Model):
+    # Your password again, so that a stolen session cannot add a device of its own; not
+    # needed by a session whose one job is to enrol (2FA enforced at login).
+    password: Text | None = Field(default=None, min_length=1, max_length=1024)
 
 
 class TotpEnrolment(_Model):
@@ -74,7 +93,7 @@ class TotpEnrolment(_Model):
 
 
 class TotpConfirm(_Model):
-    code: str = Field(min_length=6, max_length=16)
+    code: Text = Field(min_length=6, max_length=16)
 
 
 class TotpConfirmed(_Model):
@@ -112,8 +131,8 @@ class SsoStarted(_Model):
 
 
 class SsoPoll(_Model):
-    state: str = Field(min_length=1, max_length=256)
-    poll_secret: str = Field(min_length=1, max_length=256)
+    state: Text = Field(min_length=1, max_length=256)
+    poll_secret: Text = Field(min_length=1, max_length=256)
 
 
 class SsoUser(_Model):

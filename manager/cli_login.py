@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,16 +91,30 @@ def load_session(env: Mapping[str, str], manager_url: str) -> StoredSession | No
     return stored if stored.expires_at > time.time() else None
 
 
-def _save(path_dir: Path, session: StoredSession) -> Path:
+def _private_dir(path_dir: Path) -> None:
+    """Make ``path_dir`` (0700), or refuse one that others can get into."""
     path_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path_dir.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        # A shared directory would let others read the token, or plant the file beforehand.
+        raise UsageError(f"{path_dir} must be yours alone (chmod 700 {path_dir})")
+
+
+def _save(path_dir: Path, session: StoredSession) -> Path:
+    _private_dir(path_dir)
     path = path_dir / _FILE
-    scratch = path_dir / f".{_FILE}.{os.getpid()}"
-    # Created 0600 from the start (never readable by others, even for a moment), then
-    # renamed over the old one so a reader sees one or the other, whole.
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(session.__dict__, f)
-    os.replace(scratch, path)
+    # mkstemp: created 0600 with O_EXCL under a random name (no one can have planted it or
+    # a link in its place), then renamed over the old one, so a reader sees one or the
+    # other, whole.
+    fd, scratch = tempfile.mkstemp(dir=path_dir, prefix=f".{_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(session.__dict__, f)
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise
     return path
 
 
@@ -213,6 +228,7 @@ async def _sso(ctx: Context) -> LoginResult:
 
 
 async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
+    _private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
     if args.sso:
         return _stored(ctx, await _sso(ctx))
     if args.invite:

@@ -69,6 +69,7 @@ from manager.auth_models import (
     TotpConfirm,
     TotpConfirmed,
     TotpEnrolment,
+    TotpEnrolStart,
 )
 from manager.directory_models import (
     AppCreate,
@@ -788,8 +789,9 @@ class TetherClient:
     async def change_password(self, body: PasswordChange) -> LoginResult:
         return await self._call("POST", "/api/v1/auth/password", LoginResult, body=body)
 
-    async def totp_enrol(self) -> TotpEnrolment:
-        return await self._call("POST", "/api/v1/auth/totp/enrol", TotpEnrolment)
+    async def totp_enrol(self, password: str | None = None) -> TotpEnrolment:
+        body = TotpEnrolStart(password=password)
+        return await self._call("POST", "/api/v1/auth/totp/enrol", TotpEnrolment, body=body)
 
     async def totp_confirm(self, body: TotpConfirm) -> TotpConfirmed:
         return await self._call("POST", "/api/v1/auth/totp/confirm", TotpConfirmed, body=body)

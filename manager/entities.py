@@ -8,6 +8,8 @@ lose a write.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ M = TypeVar("M", bound=BaseModel)
 
 # Compare-and-set attempts before giving up: each loss means someone else just wrote.
 _CAS_ATTEMPTS = 20
+# The most a retry waits grows by this much per lost attempt (random within it).
+_CAS_BACKOFF_S = 0.002
 
 
 class Gone(StoreError):
@@ -96,11 +100,16 @@ class EntityKind(Generic[M]):
         """Apply ``change`` to the stored body until it lands; (the body before, the entity
         after). ``change`` may raise to refuse (it sees the latest body each time).
         :class:`Gone` when there is no such entity."""
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                # Writers that lost together would collide again in step: spread them out.
+                await asyncio.sleep(random.uniform(0, _CAS_BACKOFF_S * attempt))
             current = await self.get(entity_id)
             if current is None:
                 raise Gone(f"{self.kind} {entity_id} does not exist")
             body = change(current.body.model_copy(deep=True))
+            if body == current.body:
+                return current.body, current  # nothing to write, and nothing to collide
             record = EntityRecord(
                 kind=self.kind,
                 id=entity_id,

@@ -36,7 +36,7 @@ from manager.sso import sso_logins
 from manager.store.base import Conflict, StoreError
 from shared.ids import hash_secret
 
-__all__ = ["LOGINS", "Logins", "Session", "recovery_code"]
+__all__ = ["LOGINS", "LockNotice", "Logins", "Session", "recovery_code"]
 
 log = structlog.get_logger("tether.login")
 
@@ -71,6 +71,11 @@ def recovery_code() -> str:
 
 def _normal_code(code: str) -> str:
     return code.strip().lower().replace(" ", "")
+
+
+def _locked(until: float) -> ApiProblem:
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+    return ApiProblem(403, "locked", f"too many failed logins; this user is locked until {when}")
 
 
 def _invalid() -> ApiProblem:
@@ -200,22 +205,20 @@ class Logins:
     ) -> Session:
         settings = await self.settings()
         user = await self.directory.users.by_key(email.strip().lower())
-        now = self._clock()
-        if user is not None and user.body.locked_until and user.body.locked_until > now:
-            # Not even checked: a locked account cannot be guessed at.
-            until = time.strftime("%H:%M:%S UTC", time.gmtime(user.body.locked_until))
-            raise ApiProblem(
-                403, "locked", f"too many failed logins; this user is locked until {until}"
-            )
-        stored = None if user is None else user.body.password_hash
-        if not await self.passwords.verify(stored, password) or user is None:
-            if user is not None:
-                await self._failed(user, settings, on_lock)
+        if user is None:
+            await self.passwords.verify(None, password)  # the same work as a wrong password
+            raise _invalid()
+        user = await self._claim(user, settings, on_lock)
+        if not await self.passwords.verify(user.body.password_hash, password):
+            await self._failed(user, settings, on_lock)
             raise _invalid()
         if user.body.status != "active":
             raise ApiProblem(401, "user_disabled", "this user is disabled")
         if user.body.totp_enabled:
             if not totp_code and not recovery_code:
+                # Not a failure, not a success: the client asks for the code and sends both
+                # again. The claim is given back, and earlier failures keep counting.
+                await self._unclaim(user)
                 raise ApiProblem(
                     401,
                     "totp_required",
@@ -227,28 +230,84 @@ class Logins:
         user = await self._succeeded(user, password)
         return await self.session(user, settings)
 
+    async def _claim(
+        self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
+    ) -> Entity[UserBody]:
+        """Count this attempt before the password is checked, refusing it if the user is
+        locked: however many attempts arrive at once, at most ``lockout_attempts`` of them
+        are checked (each claims one in a compare-and-set) before the lock holds."""
+        limit, now = settings.lockout_attempts, self._clock()
+        refused: float | None = None
+
+        def claim(b: UserBody) -> UserBody:
+            nonlocal refused
+            refused = None
+            if b.locked_until and b.locked_until > now:
+                refused = b.locked_until
+                return b
+            if limit and b.failed_logins >= limit:
+                refused = now + settings.lockout_minutes * 60.0
+                return b.model_copy(update={"failed_logins": 0, "locked_until": refused})
+            return b.model_copy(update={"failed_logins": b.failed_logins + 1})
+
+        before, after = await self.directory.users.update(user.id, claim)
+        if refused is not None:
+            if after.body.locked_until != before.locked_until and on_lock is not None:
+                await on_lock(after)
+            raise _locked(refused)
+        return after
+
+    async def _unclaim(self, user: Entity[UserBody]) -> None:
+        def give_back(b: UserBody) -> UserBody:
+            return b.model_copy(update={"failed_logins": max(0, b.failed_logins - 1)})
+
+        await self.directory.users.update(user.id, give_back)
+
     async def _failed(
         self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
-    ) -> None:
+    ) -> bool:
+        """The claimed attempt failed: it already counts; lock now if it was the last one
+        (answers whether it did)."""
         limit, now = settings.lockout_attempts, self._clock()
 
-        def count(b: UserBody) -> UserBody:
-            failed = b.failed_logins + 1
-            if limit and failed >= limit:
-                locked = now + settings.lockout_minutes * 60.0
-                return b.model_copy(update={"failed_logins": 0, "locked_until": locked})
-            return b.model_copy(update={"failed_logins": failed})
+        def lock(b: UserBody) -> UserBody:
+            if not limit or b.failed_logins < limit or (b.locked_until or 0) > now:
+                return b
+            locked = now + settings.lockout_minutes * 60.0
+            return b.model_copy(update={"failed_logins": 0, "locked_until": locked})
 
-        before, after = await self.directory.users.update(user.id, count)
-        if after.body.locked_until != before.locked_until and on_lock is not None:
+        before, after = await self.directory.users.update(user.id, lock)
+        locked = after.body.locked_until != before.locked_until
+        if locked and on_lock is not None:
             await on_lock(after)
+        return locked
+
+    async def reauthenticate(
+        self, user: Entity[UserBody], password: str, on_lock: LockNotice | None = None
+    ) -> Entity[UserBody]:
+        """A session asks for something a stolen session must not get (a new password, a
+        2FA device): the password again, counted towards the lockout like a login. When the
+        guesses lock the user, their sessions end, this one with them."""
+        settings = await self.settings()
+        user = await self._claim(user, settings, on_lock)
+        if not await self.passwords.verify(user.body.password_hash, password):
+            if await self._failed(user, settings, on_lock):
+                await self.end_sessions(user.id)
+            raise ApiProblem(400, "invalid", "the current password is wrong", field="current")
+        return await self._succeeded(user, password)
 
     async def _succeeded(self, user: Entity[UserBody], password: str) -> Entity[UserBody]:
+        """The claimed attempt succeeded: the count starts again, unless attempts made
+        alongside it locked the user meanwhile (then this one is refused too)."""
         rehashed = None
-        if user.body.password_hash and self.passwords.needs_rehash(user.body.password_hash):
+        stored = user.body.password_hash
+        if stored and self.passwords.needs_rehash(stored):
             rehashed = await self.passwords.hash(password)
+        now = self._clock()
 
         def reset(b: UserBody) -> UserBody:
+            if b.locked_until and b.locked_until > now:
+                raise _locked(b.locked_until)
             update: dict[str, object] = {"failed_logins": 0, "locked_until": None}
             if rehashed is not None:
                 update["password_hash"] = rehashed
@@ -293,7 +352,7 @@ class Logins:
             (
                 s
                 for s in (now_step - 1, now_step, now_step + 1)
-                if secrets.compare_digest(totp.at(s * _STEP_S), code)
+                if secrets.compare_digest(totp.at(s * _STEP_S).encode(), code.encode())
             ),
             None,
         )
@@ -360,11 +419,16 @@ class Logins:
             )
         return await self.passwords.hash(password)
 
-    async def change_password(self, user: Entity[UserBody], current: str, new: str) -> Session:
+    async def change_password(
+        self,
+        user: Entity[UserBody],
+        current: str,
+        new: str,
+        on_lock: LockNotice | None = None,
+    ) -> Session:
         """Set a new password; every other session of the user ends."""
-        if not await self.passwords.verify(user.body.password_hash, current):
-            raise ApiProblem(400, "invalid", "the current password is wrong", field="current")
-        if secrets.compare_digest(current.encode(), new.encode()):
+        user = await self.reauthenticate(user, current, on_lock)
+        if current == new:
             raise ApiProblem(400, "invalid", "the new password is the current one", field="new")
         new_hash = await self._checked_hash(new)
         now = self._clock()

@@ -7,6 +7,7 @@ a burst of logins must not stall the event loop that serves delegates' heartbeat
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import string
 from typing import Literal
@@ -52,6 +53,9 @@ class AuthSettings(BaseModel):
     # New users' email domains (empty: any). Existing users are not touched.
     allowed_email_domains: list[str] = Field(default_factory=list, max_length=100)
     session_ttl_minutes: int = Field(default=8 * 60, ge=5, le=7 * 24 * 60)
+    # Password logins and invite acceptances from one client address, per minute (a burst
+    # of that many, refilled evenly): lockout guards one account, this guards many.
+    login_attempts_per_ip_per_minute: int = Field(default=60, ge=1, le=100_000)
 
     @field_validator("password_classes")
     @classmethod
@@ -98,17 +102,23 @@ def policy_problems(password: str, settings: AuthSettings) -> list[str]:
 class Passwords:
     """argon2id hashing with the RFC 9106 low-memory profile (argon2-cffi's default)."""
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, hasher: PasswordHasher | None = None, *, parallel: int = 0) -> None:
         self._hasher = hasher or PasswordHasher()
+        # At most this many hashes at once (default: one per core). Each takes 64 MiB and a
+        # core for a while; a flood of logins waits here instead of taking every thread of
+        # the loop's default pool and the memory with it.
+        self._slots = asyncio.Semaphore(parallel or os.cpu_count() or 2)
         # Verified against when the email is unknown, so that answering "wrong email or
         # password" takes as long either way and does not tell which emails exist.
         self._dummy = self._hasher.hash("not a password of anyone")
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        async with self._slots:
+            return await asyncio.to_thread(self._hasher.hash, password)
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        return await asyncio.to_thread(self._verify, stored, password)
+        async with self._slots:
+            return await asyncio.to_thread(self._verify, stored, password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:

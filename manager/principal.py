@@ -62,7 +62,8 @@ class SessionTokens:
 
     @staticmethod
     def _mac(key: bytes, body: str) -> str:
-        digest = hmac.new(key, b"tether-session:" + body.encode(), hashlib.sha256).digest()
+        raw = body.encode("utf-8", "surrogateescape")
+        digest = hmac.new(key, b"tether-session:" + raw, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     async def new(self) -> str:
@@ -73,7 +74,9 @@ class SessionTokens:
         body, _, mac = token.removeprefix(SESSION_PREFIX).partition(".")
         if not body or not mac:
             return False
-        return hmac.compare_digest(mac, self._mac(await self._signing_key(), body))
+        expected = self._mac(await self._signing_key(), body)
+        # As bytes: compare_digest refuses str with non-ASCII characters (a forged header).
+        return hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,4 +21,6 @@ def new_token(prefix: str) -> str:
 
 def hash_secret(value: str) -> str:
     """Tokens carry 256 bits of entropy, so a plain SHA-256 is enough (no password stretching)."""
-    return hashlib.sha256(value.encode()).hexdigest()
+    # surrogateescape: a header with stray bytes (aiohttp keeps them as surrogates) hashes
+    # to something that matches nothing, rather than raising.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()

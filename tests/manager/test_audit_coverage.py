@@ -273,7 +273,7 @@ async def password_change(w: World) -> Call:
 
 async def totp_enrol(w: World) -> Call:
     await _signed_in(w)
-    return "/api/v1/auth/totp/enrol", None
+    return "/api/v1/auth/totp/enrol", {"password": PASSWORD}
 
 
 async def totp_confirm(w: World) -> Call:

@@ -4,6 +4,7 @@ and what the audit trail keeps of it all (never a password, a TOTP secret or a c
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,8 @@ async def test_an_expired_password_must_be_changed_before_anything_else(m: Manag
 
 async def enrol(m: Manager, token: str) -> tuple[pyotp.TOTP, Any]:
     """Enrol the session's user in 2FA at the test clock's time; (their TOTP, the answer)."""
-    enrolment = await ok(m, "POST", "/api/v1/auth/totp/enrol", key=token)
+    body = {"password": PASSWORD}
+    enrolment = await ok(m, "POST", "/api/v1/auth/totp/enrol", body, key=token)
     assert enrolment["otpauth_uri"].startswith("otpauth://totp/Tether:ana%40example.com?")
     totp = pyotp.TOTP(enrolment["secret"])
     code = {"code": totp.at(m.clock.now)}
@@ -207,7 +209,8 @@ async def test_totp_two_factor_with_replay_refused_and_recovery_codes(
     codes = confirmed["recovery_codes"]
     assert len(codes) == len(set(codes)) == 10
     assert confirmed["session"] is None
-    await refused(m, "POST", "/api/v1/auth/totp/enrol", None, 409, "conflict", session)
+    again = {"password": PASSWORD}
+    await refused(m, "POST", "/api/v1/auth/totp/enrol", again, 409, "conflict", session)
 
     assert (await login(m, 401))["error"]["code"] == "totp_required"
     # The code that confirmed enrolment was used: it does not log in.
@@ -348,3 +351,80 @@ async def test_expired_sessions_and_sso_logins_are_deleted(m: Manager) -> None:
     assert await sso_logins(m.store).list() == []
     await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", first)
     await ok(m, "GET", "/api/v1/auth/me", key=second)
+
+
+async def test_parallel_guesses_are_checked_at_most_lockout_attempts_times(m: Manager) -> None:
+    await joined(m, lockout_attempts=3)
+    body = {"email": "ana@example.com", "password": "Wrong-guess-1"}
+    answers = await asyncio.gather(*(m.call("POST", "/api/v1/auth/login", body) for _ in range(20)))
+    codes = sorted(a["error"]["code"] for _, a in answers)
+    assert codes.count("invalid_credentials") <= 3
+    assert codes.count("locked") >= 17
+    # The right password, arriving with the guesses, does not lift the lock.
+    assert (await login(m, 403))["error"]["code"] == "locked"
+
+
+async def test_asking_for_the_code_again_does_not_reset_the_count(m: Manager) -> None:
+    session = await joined(m, lockout_attempts=3)
+    await enrol(m, session)
+    for n in range(3):
+        assert (await login(m, 401))["error"]["code"] == "totp_required"
+        assert (await login(m, 401, totp_code=f"00000{n}"))["error"]["code"] == "invalid_totp"
+    assert (await login(m, 403))["error"]["code"] == "locked"
+
+
+async def test_a_session_guessing_the_password_locks_the_user_and_ends(m: Manager) -> None:
+    session = await joined(m, lockout_attempts=3)
+    message = await refused(m, "POST", "/api/v1/auth/totp/enrol", {}, 400, "invalid", session)
+    assert message == "password: enter your password to add a device"
+    guesses = [
+        ("/api/v1/auth/totp/enrol", {"password": "Guess-number-1"}),
+        ("/api/v1/auth/password", {"current": "Guess-number-2", "new": "Whatever-pass-9"}),
+    ]
+    for path, body in guesses:
+        await refused(m, "POST", path, body, 400, "invalid", session)
+    # The third guess locks the user, and ends the session that was guessing.
+    body = {"current": "Guess-number-3", "new": "Whatever-pass-9"}
+    await refused(m, "POST", "/api/v1/auth/password", body, 400, "invalid", session)
+    await refused(m, "GET", "/api/v1/auth/me", None, 401, "session_expired", session)
+    assert (await login(m, 403))["error"]["code"] == "locked"
+
+
+async def test_credentials_that_are_not_ascii_are_refused_not_a_crash(m: Manager) -> None:
+    session = await joined(m)
+    await enrol(m, session)
+    for bearer in ("tss_x.é", "tss_é.x", "tak_é", "tss_" + "é" * 40):
+        got, answer = await m.call("GET", "/api/v1/auth/me", key=bearer)
+        assert got == 401, answer
+    assert (await login(m, 401, totp_code="é12345"))["error"]["code"] == "invalid_totp"
+    got, answer = await m.call(
+        "POST", "/api/v1/auth/login", {"email": "ana@example.com", "password": "\ud800x"}
+    )
+    assert (got, answer["error"]["field"]) == (400, "password")
+    assert hash_secret("tak_\udcff") != hash_secret("tak_")
+
+
+async def test_disabling_an_invited_user_kills_the_invite(m: Manager) -> None:
+    token = await invite(m)
+    await ok(m, "POST", "/api/v1/users/ana@example.com/disable")
+    await ok(m, "POST", "/api/v1/users/ana@example.com/enable")
+    body = {"token": token, "password": PASSWORD}
+    await refused(m, "POST", "/api/v1/auth/invite/accept", body, 400, "invalid_invite")
+    fresh = (await ok(m, "POST", "/api/v1/users/ana@example.com/invite"))["invite_token"]
+    await ok(m, "POST", "/api/v1/auth/invite/accept", {"token": fresh, "password": PASSWORD})
+
+
+async def test_logins_from_one_address_are_limited(m: Manager) -> None:
+    await joined(m, login_attempts_per_ip_per_minute=5)
+    for n in range(4):  # the invite's acceptance took one of the five
+        await login(m, 401, password=f"Wrong-{n}")
+    resp = await m.client.post(
+        "/api/v1/auth/login", json={"email": "ana@example.com", "password": PASSWORD}
+    )
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "12"  # one attempt back every 60/5 s
+    assert (await resp.json())["error"]["message"] == (
+        "too many logins from your address; at most 5 a minute"
+    )
+    m.clock.advance(12)
+    await login(m)

@@ -195,3 +195,16 @@ async def test_auth_settings_show_and_change_only_what_is_named(m: Manager, tmp_
     run = await tether(m, tmp_path, "auth-settings", "--any-domain", "--no-enforce-2fa", key=m.key)
     assert "new users' email domains: any" in run.out
     assert "two-factor authentication: optional" in run.out
+
+
+async def test_the_session_is_not_saved_in_a_directory_others_can_write(
+    m: Manager, tmp_path: Path
+) -> None:
+    await joined(m)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    run = await tether(m, shared, *login_args(), stdin=PASSWORD + "\n")
+    assert run.code == 2
+    assert "must be yours alone" in run.err
+    assert list(shared.iterdir()) == []
