@@ -4,7 +4,7 @@ The agent reacts to the channel (hints, cancels, drain) and owns the running tas
 task runs through the same pipeline: acquire, open the sealed secrets, resolve the managed
 secrets it references and render them into its payload, register every sensitive value with
 the task's masker (and the process's) *before* the process starts, execute, ship the log,
-report the result. Log and result go through the :class:`~delegate.shipper.Outbox`: straight
+report the result. Log and result go through the :class:`~delegate.outbox.shipper.Outbox`: straight
 to the manager, or through the disk spool while it cannot be reached; at start the agent
 replays what an earlier run left in the spool.
 """
@@ -21,16 +21,16 @@ from pathlib import Path
 
 import structlog
 
-from delegate.api import ManagerApi, Rejected, Unreachable
-from delegate.channel import Channel, Fatal
 from delegate.config import DelegateConfig
-from delegate.executor import ExecutionResult, Status, execute
-from delegate.logstream import LogStream
+from delegate.link.api import ManagerApi, Rejected, Unreachable
+from delegate.link.stream import Channel, Fatal
+from delegate.outbox.shipper import Outbox
+from delegate.outbox.spool import Spool
+from delegate.run.executor import ExecutionResult, Status, execute
+from delegate.run.logstream import LogStream
+from delegate.run.taskinputs import InputError, TaskInputs, prepare
 from delegate.secrets.cache import SecretCache
 from delegate.secrets.resolver import SecretResolver
-from delegate.shipper import Outbox
-from delegate.spool import Spool
-from delegate.taskinputs import InputError, TaskInputs, prepare
 from shared.aio import cancel_and_wait
 from shared.limits import Timings
 from shared.masking import Masker

@@ -21,9 +21,9 @@ from pathlib import Path
 import structlog
 
 from delegate.agent import Agent
-from delegate.api import ManagerApi
-from delegate.channel import Channel
 from delegate.config import ConfigError, DelegateConfig, resolve
+from delegate.link.api import ManagerApi
+from delegate.link.stream import Channel
 from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
 from shared import service_install as svc

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from manager.client import EndEvent, LogEvent, StateEvent, TetherClient, TetherClientError
-from manager.models import TaskSubmit
+from manager.schemas.tasks import TaskSubmit
 from shared.protocol import ShellPayload
 
 

@@ -16,15 +16,15 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
-from manager.app import ManagerConfig, open_store, serve
-from manager.audit_record import AuditRecorder, Change
-from manager.backup import BackupError, backup
-from manager.identity import SYSTEM
-from manager.keyrotation import RewrapReport, rewrap_builtin
-from manager.masterkey import MasterKey, MasterKeyError
+from manager.access.tokens import TokenInUse, create_token
+from manager.audit.record import AuditRecorder, Change
+from manager.core.identity import SYSTEM
+from manager.keys.masterkey import MasterKey, MasterKeyError
+from manager.keys.rotation import RewrapReport, rewrap_builtin
+from manager.records import TokenRecord
+from manager.server.app import ManagerConfig, open_store, serve
+from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
-from manager.store.records import TokenRecord
-from manager.tokens import TokenInUse, create_token
 from shared import sdnotify
 from shared import service_install as svc
 from shared.limits import Timings

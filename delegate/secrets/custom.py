@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from delegate.process import READ_CHUNK, Child, kill_group, spawn, terminate_group
+from delegate.run.process import READ_CHUNK, Child, kill_group, spawn, terminate_group
 from delegate.secrets.base import ProviderConfig, ReferenceProvider, SecretError, SecretRef
 from shared.limits import MIB
 

@@ -1,7 +1,7 @@
 """The store interface. Nothing above it speaks SQL; SQLite and PostgreSQL implement it.
 
 Task updates are compare-and-set on ``(state, attempt)``: the state machine
-(:mod:`manager.taskstate`) decides from a snapshot, and the store applies the decision only
+(:mod:`manager.core.taskstate`) decides from a snapshot, and the store applies the decision only
 if the snapshot still holds. That makes acquire atomic (exactly one delegate wins) and keeps
 a late message from an old attempt out, whichever replica handles it.
 """
@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from manager.audit import AuditDraft, AuditEvent, AuditQuery, SavedAuditFilter
-from manager.store.records import (
+from manager.core.audit_chain import AuditDraft, AuditEvent, AuditQuery, SavedAuditFilter
+from manager.records import (
     AccessSettings,
     AllowlistEntry,
     ApiKeyRecord,
@@ -305,7 +305,7 @@ class Store(abc.ABC):
     async def clear_task_secret_env(self, task_id: str) -> None:
         """Forget a task's sealed env (a finished secret operation's data key)."""
 
-    # -- entities: users, groups, applications, environments, sessions (manager.directory)
+    # -- entities: users, groups, applications, environments, sessions (manager.access.directory)
     @abc.abstractmethod
     async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None: ...
 
@@ -332,7 +332,7 @@ class Store(abc.ABC):
     # -- audit trail
     @abc.abstractmethod
     async def append_audit(self, draft: AuditDraft) -> AuditEvent:
-        """Chain ``draft`` after the newest event and store it (manager.audit.seal), in one
+        """Chain ``draft`` after the newest event and store it (core.audit_chain.seal), in one
         transaction that holds the chain's head: concurrent appends, from other replicas or
         a host-side command, each get the next seq in turn, so the chain never forks."""
 

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from manager.audit import (
+from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
     AuditEvent,
@@ -35,17 +35,7 @@ from manager.audit import (
     like_pattern,
     seal,
 )
-from manager.store.base import (
-    Conflict,
-    Store,
-    StoreError,
-    check_envelope_versions,
-    check_first_version,
-    check_next_version,
-)
-from manager.store.postgres_listen import Listener
-from manager.store.postgres_schema import MIGRATIONS
-from manager.store.records import (
+from manager.records import (
     AccessSettings,
     AllowlistEntry,
     ApiKeyRecord,
@@ -62,6 +52,16 @@ from manager.store.records import (
     TaskRecord,
     TokenRecord,
 )
+from manager.store.base import (
+    Conflict,
+    Store,
+    StoreError,
+    check_envelope_versions,
+    check_first_version,
+    check_next_version,
+)
+from manager.store.postgres_listen import Listener
+from manager.store.postgres_schema import MIGRATIONS
 from shared.protocol import TaskState
 
 __all__ = ["PostgresStore", "tasks_in_states_sql"]

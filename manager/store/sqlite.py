@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from manager.audit import (
+from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
     AuditEvent,
@@ -28,15 +28,7 @@ from manager.audit import (
     like_pattern,
     seal,
 )
-from manager.store.base import (
-    Conflict,
-    Store,
-    StoreError,
-    check_envelope_versions,
-    check_first_version,
-    check_next_version,
-)
-from manager.store.records import (
+from manager.records import (
     AccessSettings,
     AllowlistEntry,
     ApiKeyRecord,
@@ -52,6 +44,14 @@ from manager.store.records import (
     TaskFilter,
     TaskRecord,
     TokenRecord,
+)
+from manager.store.base import (
+    Conflict,
+    Store,
+    StoreError,
+    check_envelope_versions,
+    check_first_version,
+    check_next_version,
 )
 from manager.store.sqlite_schema import MIGRATIONS
 from shared.protocol import TaskState

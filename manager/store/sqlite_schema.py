@@ -182,7 +182,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         8,
         """
-        -- The audit trail: one row per change, chained by hash (manager.audit). seq is the
+        -- The audit trail: one row per change, chained by hash (core.audit_chain). seq is the
         -- order of the chain; the head row holds the newest seq and hash, so appends take
         -- turns on it and a deleted tail shows against it.
         CREATE TABLE audit_events (
@@ -213,7 +213,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             seq INTEGER NOT NULL,
             hash TEXT NOT NULL
         );
-        -- Before the first event: seq 0, and the genesis hash (64 zeros, manager.audit).
+        -- Before the first event: seq 0, and the genesis hash (64 zeros, manager.core.audit_chain).
         INSERT INTO audit_head(id, seq, hash) VALUES (1, 0, hex(zeroblob(32)));
 
         -- Saved audit queries, each user's own.
@@ -241,7 +241,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE api_keys ADD COLUMN expires_at REAL;
         ALTER TABLE api_keys ADD COLUMN last_used_at REAL;
         -- Until now the only keys were the admin keys made at first start: they keep the
-        -- admin key's high limit (manager.tokens.ADMIN_MAX_QPS) rather than 1 QPS.
+        -- admin key's high limit (manager.access.tokens.ADMIN_MAX_QPS) rather than 1 QPS.
         UPDATE api_keys SET owner = 'admin', service_account = 1, max_qps = 10000.0,
             burst = 10000;
         -- Remaking admin-api-key left several live keys named "admin": older ones get their
@@ -280,7 +280,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         10,
         """
         -- Users, user groups, applications, environments and sessions: low-traffic
-        -- configuration kept as JSON documents (manager.directory). The key is unique per
+        -- configuration kept as JSON documents (manager.access.directory). The key is unique per
         -- kind (an email, a name, a token hash); the version guards updates.
         CREATE TABLE entities (
             kind TEXT NOT NULL,

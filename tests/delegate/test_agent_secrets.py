@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from delegate.agent import Agent
-from delegate.api import ManagerApi
-from delegate.channel import Channel
 from delegate.config import DelegateConfig
+from delegate.link.api import ManagerApi
+from delegate.link.stream import Channel
 from shared.limits import Timings
 from shared.masking import MASK, Masker
 from shared.protocol import (

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from delegate.config import ENV
-from manager.app import ManagerConfig, build_app, open_store
+from manager.server.app import ManagerConfig, build_app, open_store
 from shared.limits import Timings
 
 REPO = Path(__file__).resolve().parents[2]

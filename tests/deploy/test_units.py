@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from delegate import channel
 from delegate import cli as delegate_cli
 from delegate.config import ENV, KEYS
+from delegate.link import stream as channel
 from manager import cli as manager_cli
-from manager.app import ManagerConfig
+from manager.server.app import ManagerConfig
 from shared import service_install as svc
 from shared.limits import Timings
 

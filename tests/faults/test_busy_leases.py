@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from manager.models import TaskSubmit
+from manager.schemas.tasks import TaskSubmit
 from shared.protocol import ShellPayload
 from tests.e2e.harness import Cluster
 from tests.faults.support import (

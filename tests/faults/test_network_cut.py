@@ -21,7 +21,7 @@ import signal
 import time
 from typing import Any
 
-from manager.models import TaskSubmit
+from manager.schemas.tasks import TaskSubmit
 from shared.protocol import ShellPayload
 from tests.e2e.harness import Cluster, Proc
 from tests.faults.support import (

@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 
 from manager.client import ApiError, ConnectionFailed, EndEvent, TetherClient
-from manager.models import TaskSubmit, TaskView
+from manager.schemas.tasks import TaskSubmit, TaskView
 from shared.protocol import FINAL_STATES, ShellPayload
 from tests.e2e.harness import Cluster, Proc
 from tests.faults.support import token, wait_for

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from manager.app import ManagerConfig, build_app, open_store
-from manager.passwords import Passwords
-from manager.rbac import ADMIN_GROUP
+from manager.access.passwords import Passwords
+from manager.access.tokens import create_api_key
+from manager.schemas.grants import ADMIN_GROUP
+from manager.server.app import ManagerConfig, build_app, open_store
 from manager.store.base import Store
-from manager.tokens import create_api_key
 
 START = 1_700_000_000.0
 # argon2id at its cheapest: the login tests hash dozens of passwords, and what they test is

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from manager.directory import AppBody, Directory, EnvBody, GroupBody, SessionBody, UserBody
-from manager.principal import SessionTokens
-from manager.rbac import AccountPermission, AppGrant, EnvType
+from manager.access.directory import AppBody, Directory, EnvBody, GroupBody, SessionBody, UserBody
+from manager.access.principal import SessionTokens
+from manager.schemas.grants import AccountPermission, AppGrant, EnvType
 from manager.store.base import Store
 from shared.ids import hash_secret
 

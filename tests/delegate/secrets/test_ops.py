@@ -11,8 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from delegate.executor import ExecutionResult, execute
-from delegate.logstream import LogStream
+from delegate.run.executor import ExecutionResult, execute
+from delegate.run.logstream import LogStream
 from delegate.secrets.aws import AwsKms
 from delegate.secrets.base import ProviderConfig
 from delegate.secrets.providers import ManagerCredentials

@@ -1,0 +1,1 @@
+"""Running a task: the executor, child processes, task inputs and the log stream."""

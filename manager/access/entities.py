@@ -1,0 +1,129 @@
+"""Typed access to the store's entities: each kind is a pydantic model kept as a JSON document
+with a unique key and a version (manager.store: ``entities``).
+
+Updates are compare-and-set: read, change, write if nobody wrote in between, else read again.
+Two replicas counting the same user's failed logins, or two admins editing one group, never
+lose a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from manager.records import EntityRecord
+from manager.store.base import Store, StoreError
+from shared.ids import new_id
+
+__all__ = ["Entity", "EntityKind", "Gone"]
+
+M = TypeVar("M", bound=BaseModel)
+
+# Compare-and-set attempts before giving up: each loss means someone else just wrote.
+_CAS_ATTEMPTS = 20
+# The most a retry waits grows by this much per lost attempt (random within it).
+_CAS_BACKOFF_S = 0.002
+
+
+class Gone(StoreError):
+    """The entity was deleted while it was being changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entity(Generic[M]):
+    id: str
+    body: M
+    version: int
+    created_at: float
+    updated_at: float
+
+
+class EntityKind(Generic[M]):
+    def __init__(
+        self,
+        store: Store,
+        kind: str,
+        model: type[M],
+        key: Callable[[M], str],
+        id_prefix: str,
+    ) -> None:
+        self._store = store
+        self.kind = kind
+        self._model = model
+        self._key = key
+        self._prefix = id_prefix
+
+    def _load(self, record: EntityRecord | None) -> Entity[M] | None:
+        if record is None:
+            return None
+        body = self._model.model_validate(record.body)
+        return Entity(record.id, body, record.version, record.created_at, record.updated_at)
+
+    async def get(self, entity_id: str) -> Entity[M] | None:
+        return self._load(await self._store.get_entity(self.kind, entity_id))
+
+    async def by_key(self, key: str) -> Entity[M] | None:
+        return self._load(await self._store.entity_by_key(self.kind, key))
+
+    async def list(self) -> list[Entity[M]]:
+        out: list[Entity[M]] = []
+        for record in await self._store.list_entities(self.kind):
+            loaded = self._load(record)
+            if loaded is not None:
+                out.append(loaded)
+        return out
+
+    async def insert(self, body: M, *, entity_id: str | None = None) -> Entity[M]:
+        """Store a new entity; :class:`manager.store.base.Conflict` when its key is taken."""
+        now = time.time()
+        record = EntityRecord(
+            kind=self.kind,
+            id=entity_id or new_id(self._prefix),
+            key=self._key(body),
+            body=body.model_dump(mode="json"),
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._store.insert_entity(record)
+        loaded = self._load(record)
+        assert loaded is not None
+        return loaded
+
+    async def update(self, entity_id: str, change: Callable[[M], M]) -> tuple[M, Entity[M]]:
+        """Apply ``change`` to the stored body until it lands; (the body before, the entity
+        after). ``change`` may raise to refuse (it sees the latest body each time).
+        :class:`Gone` when there is no such entity."""
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                # Writers that lost together would collide again in step: spread them out.
+                await asyncio.sleep(random.uniform(0, _CAS_BACKOFF_S * attempt))
+            current = await self.get(entity_id)
+            if current is None:
+                raise Gone(f"{self.kind} {entity_id} does not exist")
+            body = change(current.body.model_copy(deep=True))
+            if body == current.body:
+                return current.body, current  # nothing to write, and nothing to collide
+            record = EntityRecord(
+                kind=self.kind,
+                id=entity_id,
+                key=self._key(body),
+                body=body.model_dump(mode="json"),
+                version=current.version + 1,
+                created_at=current.created_at,
+                updated_at=time.time(),
+            )
+            if await self._store.update_entity(record, current.version):
+                after = self._load(record)
+                assert after is not None
+                return current.body, after
+        raise StoreError(f"{self.kind} {entity_id} kept changing; try again")
+
+    async def delete(self, entity_id: str) -> bool:
+        return await self._store.delete_entity(self.kind, entity_id)

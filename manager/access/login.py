@@ -1,0 +1,474 @@
+"""Logging in with a password: sessions, lockout, password expiry, TOTP 2FA and recovery
+codes, invites; and the account's login settings (manager.access.passwords.AuthSettings).
+
+A session is a random ``tss_`` token; the store keeps its SHA-256 (manager.access.directory
+SessionBody), so a leaked database holds no usable session. Logging out deletes it, and
+disabling a user ends theirs within the principal cache's second (manager.access.principal).
+
+Counting failed logins and accepting a TOTP step are compare-and-set updates of the user
+(manager.access.entities): two replicas answering the same attacker in parallel both count, and
+a code accepted on one replica is refused on the other.
+
+Other ways in (SSO today; SAML and LDAP later) end the same way, in :meth:`Logins.session`,
+so a session is a session whatever made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pyotp
+import structlog
+from aiohttp import web
+
+from manager.access.directory import Directory, SessionBody, UserBody
+from manager.access.entities import Entity, EntityKind
+from manager.access.passwords import Passwords, policy_problems
+from manager.access.principal import Principals
+from manager.access.sso import sso_logins
+from manager.errors import ApiProblem
+from manager.keys.masterkey import MasterKey
+from manager.schemas.auth import AuthSettings
+from manager.store.base import Conflict, StoreError
+from shared.ids import hash_secret
+
+__all__ = ["LOGINS", "LockNotice", "Logins", "Session", "recovery_code"]
+
+log = structlog.get_logger("tether.login")
+
+# A session that may only finish logging in (enrol in 2FA, change an expired password)
+# lasts this long: enough to do it, too short to matter if it leaks.
+RESTRICTED_TTL_S = 15 * 60.0
+RECOVERY_CODES = 10
+# How often each replica deletes expired sessions (any replica may; a delete is idempotent).
+EXPIRY_INTERVAL_S = 300.0
+_SETTINGS_ID = "account"
+_STEP_S = 30  # RFC 6238's default time step, which every authenticator app uses
+_ISSUER = "Tether"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    token: str
+    expires_at: float
+    user: Entity[UserBody]
+    restricted: str | None
+
+
+LockNotice = Callable[[Entity[UserBody]], Awaitable[None]]
+
+
+def recovery_code() -> str:
+    """80 random bits as four groups of four base32 letters: typed from paper, hashed like
+    a token (no stretching needed at this entropy)."""
+    raw = base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def _normal_code(code: str) -> str:
+    return code.strip().lower().replace(" ", "")
+
+
+def _locked(until: float) -> ApiProblem:
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+    return ApiProblem(403, "locked", f"too many failed logins; this user is locked until {when}")
+
+
+def _invalid() -> ApiProblem:
+    # The same answer for an unknown email, a wrong password and an account with no
+    # password: which emails exist is nobody's business.
+    return ApiProblem(401, "invalid_credentials", "wrong email or password")
+
+
+class Logins:
+    def __init__(
+        self,
+        directory: Directory,
+        master_key: MasterKey,
+        principals: Principals,
+        *,
+        passwords: Passwords | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self._key = master_key
+        self._principals = principals
+        self.passwords = passwords or Passwords()
+        self._clock = clock
+        self.settings_kind = EntityKind(
+            directory.store, "auth_settings", AuthSettings, lambda _: _SETTINGS_ID, "aus"
+        )
+        self._sso_logins = sso_logins(directory.store)
+
+    # -- settings
+
+    async def settings(self) -> AuthSettings:
+        found = await self.settings_kind.get(_SETTINGS_ID)
+        return AuthSettings() if found is None else found.body
+
+    async def save_settings(self, body: AuthSettings) -> AuthSettings:
+        """Store ``body``; answers the settings it replaced."""
+        found = await self.settings_kind.get(_SETTINGS_ID)
+        if found is None:
+            try:
+                await self.settings_kind.insert(body, entity_id=_SETTINGS_ID)
+                return AuthSettings()
+            except Conflict:  # another replica saved first: replace theirs below
+                pass
+        before, _ = await self.settings_kind.update(_SETTINGS_ID, lambda _: body)
+        return before
+
+    # -- sessions
+
+    async def session(
+        self, user: Entity[UserBody], settings: AuthSettings, *, via: str = "password"
+    ) -> Session:
+        """A new session for ``user``, restricted while the rules want something first."""
+        now = self._clock()
+        restricted = self._restriction(user.body, settings, now) if via == "password" else None
+        ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
+        token = await self._principals.tokens.new()
+        await self.directory.sessions.insert(
+            SessionBody(
+                token_hash=hash_secret(token),
+                user_id=user.id,
+                expires_at=now + ttl,
+                restricted=restricted,
+            )
+        )
+
+        def seen(b: UserBody) -> UserBody:
+            return b.model_copy(update={"last_login_at": now})
+
+        _, user = await self.directory.users.update(user.id, seen)
+        return Session(token, now + ttl, user, restricted)
+
+    def _restriction(self, user: UserBody, settings: AuthSettings, now: float) -> str | None:
+        days = settings.password_expiry_days
+        changed = user.password_changed_at
+        if days and (changed is None or now >= changed + days * 86400.0):
+            return "password_change"
+        if settings.enforce_2fa and not user.totp_enabled:
+            return "totp_enrolment"
+        return None
+
+    async def logout(self, session_id: str) -> None:
+        await self.directory.sessions.delete(session_id)
+        self._principals.forget()
+
+    async def expire(self) -> int:
+        """Delete sessions and pending SSO logins past their time; answers how many went.
+        (Expired ones are already refused; this keeps them from piling up in the store.)"""
+        now, gone = self._clock(), 0
+        for s in await self.directory.sessions.list():
+            if s.body.expires_at <= now:
+                gone += await self.directory.sessions.delete(s.id)
+        for login in await self._sso_logins.list():
+            if login.body.expires_at <= now:
+                gone += await self._sso_logins.delete(login.id)
+        return gone
+
+    async def expire_forever(self, interval: float = EXPIRY_INTERVAL_S) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                gone = await self.expire()
+            except StoreError as exc:
+                log.warning("could not delete expired sessions", error=str(exc))
+                continue
+            if gone:
+                log.info("expired sessions deleted", count=gone)
+
+    async def end_sessions(self, user_id: str, *, keep: str | None = None) -> int:
+        """End every session of ``user_id`` but ``keep``; answers how many ended."""
+        ended = 0
+        for s in await self.directory.sessions.list():
+            if s.body.user_id == user_id and s.id != keep:
+                ended += await self.directory.sessions.delete(s.id)
+        self._principals.forget()
+        return ended
+
+    # -- logging in
+
+    async def login(
+        self,
+        email: str,
+        password: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        on_lock: LockNotice | None = None,
+    ) -> Session:
+        settings = await self.settings()
+        user = await self.directory.users.by_key(email.strip().lower())
+        if user is None:
+            await self.passwords.verify(None, password)  # the same work as a wrong password
+            raise _invalid()
+        user = await self._claim(user, settings, on_lock)
+        if not await self.passwords.verify(user.body.password_hash, password):
+            await self._failed(user, settings, on_lock)
+            raise _invalid()
+        if user.body.status != "active":
+            raise ApiProblem(401, "user_disabled", "this user is disabled")
+        if user.body.totp_enabled:
+            if not totp_code and not recovery_code:
+                # Not a failure, not a success: the client asks for the code and sends both
+                # again. The claim is given back, and earlier failures keep counting.
+                await self._unclaim(user)
+                raise ApiProblem(
+                    401,
+                    "totp_required",
+                    "this user has two-factor authentication: send totp_code (or a recovery_code)",
+                )
+            if not await self._second_factor(user, totp_code, recovery_code):
+                await self._failed(user, settings, on_lock)
+                raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
+        user = await self._succeeded(user, password)
+        return await self.session(user, settings)
+
+    async def _claim(
+        self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
+    ) -> Entity[UserBody]:
+        """Count this attempt before the password is checked, refusing it if the user is
+        locked: however many attempts arrive at once, at most ``lockout_attempts`` of them
+        are checked (each claims one in a compare-and-set) before the lock holds."""
+        limit, now = settings.lockout_attempts, self._clock()
+        refused: float | None = None
+
+        def claim(b: UserBody) -> UserBody:
+            nonlocal refused
+            refused = None
+            if b.locked_until and b.locked_until > now:
+                refused = b.locked_until
+                return b
+            if limit and b.failed_logins >= limit:
+                refused = now + settings.lockout_minutes * 60.0
+                return b.model_copy(update={"failed_logins": 0, "locked_until": refused})
+            return b.model_copy(update={"failed_logins": b.failed_logins + 1})
+
+        before, after = await self.directory.users.update(user.id, claim)
+        if refused is not None:
+            if after.body.locked_until != before.locked_until and on_lock is not None:
+                await on_lock(after)
+            raise _locked(refused)
+        return after
+
+    async def _unclaim(self, user: Entity[UserBody]) -> None:
+        def give_back(b: UserBody) -> UserBody:
+            return b.model_copy(update={"failed_logins": max(0, b.failed_logins - 1)})
+
+        await self.directory.users.update(user.id, give_back)
+
+    async def _failed(
+        self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
+    ) -> bool:
+        """The claimed attempt failed: it already counts; lock now if it was the last one
+        (answers whether it did)."""
+        limit, now = settings.lockout_attempts, self._clock()
+
+        def lock(b: UserBody) -> UserBody:
+            if not limit or b.failed_logins < limit or (b.locked_until or 0) > now:
+                return b
+            locked = now + settings.lockout_minutes * 60.0
+            return b.model_copy(update={"failed_logins": 0, "locked_until": locked})
+
+        before, after = await self.directory.users.update(user.id, lock)
+        locked = after.body.locked_until != before.locked_until
+        if locked and on_lock is not None:
+            await on_lock(after)
+        return locked
+
+    async def reauthenticate(
+        self, user: Entity[UserBody], password: str, on_lock: LockNotice | None = None
+    ) -> Entity[UserBody]:
+        """A session asks for something a stolen session must not get (a new password, a
+        2FA device): the password again, counted towards the lockout like a login. When the
+        guesses lock the user, their sessions end, this one with them."""
+        settings = await self.settings()
+        user = await self._claim(user, settings, on_lock)
+        if not await self.passwords.verify(user.body.password_hash, password):
+            if await self._failed(user, settings, on_lock):
+                await self.end_sessions(user.id)
+            raise ApiProblem(400, "invalid", "the current password is wrong", field="current")
+        return await self._succeeded(user, password)
+
+    async def _succeeded(self, user: Entity[UserBody], password: str) -> Entity[UserBody]:
+        """The claimed attempt succeeded: the count starts again, unless attempts made
+        alongside it locked the user meanwhile (then this one is refused too)."""
+        rehashed = None
+        stored = user.body.password_hash
+        if stored and self.passwords.needs_rehash(stored):
+            rehashed = await self.passwords.hash(password)
+        now = self._clock()
+
+        def reset(b: UserBody) -> UserBody:
+            if b.locked_until and b.locked_until > now:
+                raise _locked(b.locked_until)
+            update: dict[str, object] = {"failed_logins": 0, "locked_until": None}
+            if rehashed is not None:
+                update["password_hash"] = rehashed
+            return b.model_copy(update=update)
+
+        _, user = await self.directory.users.update(user.id, reset)
+        return user
+
+    async def _second_factor(
+        self, user: Entity[UserBody], totp_code: str | None, recovery: str | None
+    ) -> bool:
+        if totp_code:
+            sealed = user.body.totp_sealed
+            return sealed is not None and await self._accept_totp(user.id, sealed, totp_code)
+        wanted = hash_secret(_normal_code(recovery or ""))
+        if wanted not in user.body.recovery_hashes:
+            return False
+        used = False
+
+        def spend(b: UserBody) -> UserBody:
+            nonlocal used
+            used = wanted in b.recovery_hashes  # spent once, even by two replicas at once
+            left = [h for h in b.recovery_hashes if h != wanted]
+            return b.model_copy(update={"recovery_hashes": left})
+
+        await self.directory.users.update(user.id, spend)
+        return used
+
+    # -- TOTP
+
+    def _totp(self, user_id: str, sealed: str) -> pyotp.TOTP:
+        secret = self._key.decrypt(sealed, context=f"totp:{user_id}".encode()).decode()
+        return pyotp.TOTP(secret, interval=_STEP_S)
+
+    async def _accept_totp(self, user_id: str, sealed: str, code: str) -> bool:
+        """``code`` is current (one step either side, for clock drift) and newer than the
+        last code accepted; the step is then recorded, so the code works once."""
+        totp = self._totp(user_id, sealed)
+        code = code.strip().replace(" ", "")
+        now_step = int(self._clock() // _STEP_S)
+        step = next(
+            (
+                s
+                for s in (now_step - 1, now_step, now_step + 1)
+                if secrets.compare_digest(totp.at(s * _STEP_S).encode(), code.encode())
+            ),
+            None,
+        )
+        if step is None:
+            return False
+        fresh = False
+
+        def spend(b: UserBody) -> UserBody:
+            nonlocal fresh
+            fresh = b.totp_last_step is None or step > b.totp_last_step
+            return b.model_copy(update={"totp_last_step": step}) if fresh else b
+
+        await self.directory.users.update(user_id, spend)
+        return fresh
+
+    async def totp_enrol(self, user: Entity[UserBody]) -> tuple[str, str]:
+        """(secret, otpauth URI) to put in an authenticator app; confirmed with a code."""
+        if user.body.totp_enabled:
+            raise ApiProblem(409, "conflict", "two-factor authentication is already on")
+        secret = pyotp.random_base32()
+        sealed = self._key.encrypt(secret.encode(), context=f"totp:{user.id}".encode())
+
+        def pend(b: UserBody) -> UserBody:
+            return b.model_copy(update={"totp_pending_sealed": sealed})
+
+        await self.directory.users.update(user.id, pend)
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.body.email, issuer_name=_ISSUER)
+        return secret, uri
+
+    async def totp_confirm(self, user: Entity[UserBody], code: str) -> list[str]:
+        """Turn 2FA on with a code from the pending secret; answers the recovery codes."""
+        pending = user.body.totp_pending_sealed
+        if user.body.totp_enabled:
+            raise ApiProblem(409, "conflict", "two-factor authentication is already on")
+        if pending is None:
+            raise ApiProblem(409, "conflict", "start with POST /api/v1/auth/totp/enrol")
+        if not await self._accept_totp(user.id, pending, code):
+            raise ApiProblem(400, "invalid_totp", "the authentication code is not valid")
+        codes = [recovery_code() for _ in range(RECOVERY_CODES)]
+
+        def enable(b: UserBody) -> UserBody:
+            return b.model_copy(
+                update={
+                    "totp_sealed": pending,
+                    "totp_pending_sealed": None,
+                    "totp_enabled": True,
+                    "recovery_hashes": [hash_secret(c) for c in codes],
+                }
+            )
+
+        await self.directory.users.update(user.id, enable)
+        return codes
+
+    # -- passwords and invites
+
+    async def _checked_hash(self, password: str) -> str:
+        problems = policy_problems(password, await self.settings())
+        if problems:
+            raise ApiProblem(
+                400,
+                "weak_password",
+                f"the password needs {', '.join(problems)}",
+                field="password",
+            )
+        return await self.passwords.hash(password)
+
+    async def change_password(
+        self,
+        user: Entity[UserBody],
+        current: str,
+        new: str,
+        on_lock: LockNotice | None = None,
+    ) -> Session:
+        """Set a new password; every other session of the user ends."""
+        user = await self.reauthenticate(user, current, on_lock)
+        if current == new:
+            raise ApiProblem(400, "invalid", "the new password is the current one", field="new")
+        new_hash = await self._checked_hash(new)
+        now = self._clock()
+
+        def change(b: UserBody) -> UserBody:
+            return b.model_copy(update={"password_hash": new_hash, "password_changed_at": now})
+
+        _, user = await self.directory.users.update(user.id, change)
+        await self.end_sessions(user.id)
+        return await self.session(user, await self.settings())
+
+    async def accept_invite(self, token: str, password: str) -> Session:
+        wanted = hash_secret(token)
+        found = next(
+            (u for u in await self.directory.users.list() if u.body.invite_hash == wanted), None
+        )
+        expires = None if found is None else found.body.invite_expires_at
+        if found is None or found.body.status != "invited" or (expires or 0) <= self._clock():
+            raise ApiProblem(
+                400, "invalid_invite", "the invite is not valid (used, replaced or expired)"
+            )
+        new_hash = await self._checked_hash(password)
+        now = self._clock()
+
+        def accept(b: UserBody) -> UserBody:
+            if b.invite_hash != wanted or b.status != "invited":
+                raise ApiProblem(400, "invalid_invite", "the invite was used a moment ago")
+            return b.model_copy(
+                update={
+                    "password_hash": new_hash,
+                    "password_changed_at": now,
+                    "status": "active",
+                    "invite_hash": None,
+                    "invite_expires_at": None,
+                }
+            )
+
+        _, user = await self.directory.users.update(found.id, accept)
+        return await self.session(user, await self.settings())
+
+
+LOGINS: web.AppKey[Logins] = web.AppKey("tether_logins", Logins)

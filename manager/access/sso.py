@@ -1,0 +1,337 @@
+"""Single sign-on through an OpenID Connect provider (authorization code flow).
+
+Tether's users live in a terminal, so the login is split in three, like a device login:
+
+1. ``start``: the CLI asks for a login; the manager keeps a pending login (state, nonce, and
+   the hash of a poll secret only the CLI knows) and answers the provider's authorize URL;
+2. ``callback``: the user's browser comes back from the provider with a code; the manager
+   exchanges it (with the client secret, kept as a builtin secret), verifies the ID token
+   (signature against the provider's JWKS, issuer, audience, expiry, nonce), and finds or
+   makes the user, whose groups follow the provider's group claim through the mapping;
+3. ``poll``: the CLI, with its poll secret, collects the session once the callback is done.
+
+Pending logins are entities (kind ``sso_login``), so the callback may land on any replica.
+The interface is :class:`IdentityProvider`-shaped so that SAML or LDAP can come later: each
+turns a completed external login into a verified :class:`ExternalIdentity`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode
+
+import aiohttp
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, KeySetSerialization
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.access.directory import Directory, UserBody
+from manager.access.entities import Entity, EntityKind
+from manager.store.base import Conflict, Store
+from shared.ids import hash_secret
+from shared.tls import client_context
+
+__all__ = [
+    "ExternalIdentity",
+    "Oidc",
+    "SsoError",
+    "SsoLogin",
+    "SsoSettings",
+    "sso_logins",
+]
+
+# A pending login lives this long: the user has this much time in the browser.
+LOGIN_TTL_S = 600.0
+# Only RS256 and ES256 ID tokens: never "none", never an HMAC keyed with the client secret.
+_ALGORITHMS = ["RS256", "ES256"]
+_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class SsoError(Exception):
+    """Why a login failed, in words fit for the user (never a token or a secret)."""
+
+
+class SsoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    issuer: str = Field(min_length=8, max_length=512, pattern=r"^https://")
+    client_id: str = Field(min_length=1, max_length=256)
+    # A builtin secret holding the client secret.
+    client_secret: str = Field(min_length=1, max_length=256)
+    # The manager's callback as the browser reaches it, registered with the provider.
+    redirect_url: str = Field(min_length=8, max_length=512, pattern=r"^https?://")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile", "groups"])
+    # The claim holding the user's groups at the provider, and which Tether group each means.
+    group_claim: str = Field(default="groups", min_length=1, max_length=128)
+    group_mapping: dict[str, str] = Field(default_factory=dict, max_length=256)
+    # A CA bundle on the manager host to trust for the provider (a private IdP).
+    ca_file: str | None = None
+
+
+class SsoLogin(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    state: str
+    nonce: str
+    poll_hash: str
+    expires_at: float
+    user_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIdentity:
+    """A verified login at an identity provider."""
+
+    email: str
+    name: str
+    groups: tuple[str, ...]
+
+
+def sso_logins(store: Store) -> EntityKind[SsoLogin]:
+    """Pending SSO logins, by state."""
+    return EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
+
+
+class Oidc:
+    def __init__(
+        self,
+        store: Store,
+        directory: Directory,
+        client_secret: Callable[[str], Any],
+        *,
+        domain_allowed: Callable[[str], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._directory = directory
+        self._client_secret = client_secret  # async (secret name) -> bytes
+        # The account's allowed email domains, for users made at their first SSO login.
+        self._domain_allowed = domain_allowed
+        self._clock = clock
+        self.settings = EntityKind(store, "sso_settings", SsoSettings, lambda _b: "oidc", "sso")
+        self.logins = sso_logins(store)
+
+    async def configured(self) -> SsoSettings:
+        found = await self.settings.get("oidc")
+        if found is None or not found.body.enabled:
+            raise SsoError("single sign-on is not configured")
+        return found.body
+
+    async def save_settings(self, body: SsoSettings) -> SsoSettings | None:
+        """Store ``body``; the settings before (None the first time)."""
+        if await self.settings.get("oidc") is None:
+            with contextlib.suppress(Conflict):
+                await self.settings.insert(body, entity_id="oidc")
+                return None
+        before, _ = await self.settings.update("oidc", lambda _old: body)
+        return before
+
+    # -- 1. start
+
+    async def start(self) -> tuple[str, str, str, float]:
+        """(authorize URL, state, poll secret, expiry) of a new pending login."""
+        settings = await self.configured()
+        meta = await self._metadata(settings)
+        state, nonce, poll = (secrets.token_urlsafe(32) for _ in range(3))
+        expires = self._clock() + LOGIN_TTL_S
+        await self.logins.insert(
+            SsoLogin(state=state, nonce=nonce, poll_hash=hash_secret(poll), expires_at=expires)
+        )
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": settings.client_id,
+                "redirect_uri": settings.redirect_url,
+                "scope": " ".join(settings.scopes),
+                "state": state,
+                "nonce": nonce,
+            }
+        )
+        return f"{meta['authorization_endpoint']}?{query}", state, poll, expires
+
+    # -- 2. callback
+
+    async def callback(self, state: str, code: str | None, error: str | None) -> UserBody:
+        """Finish the browser's half; the user signed in. SsoError says why not."""
+        login = await self.logins.by_key(state)
+        if login is None or login.body.expires_at <= self._clock():
+            raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
+        if login.body.user_id is not None or login.body.error is not None:
+            raise SsoError("this login was already completed")
+        try:
+            user = await self._complete(code, error, login.body.nonce)
+        except SsoError as exc:
+            await self._finish(login, error=str(exc))
+            raise
+        await self._finish(login, user_id=user.id)
+        return user.body
+
+    async def _complete(self, code: str | None, error: str | None, nonce: str) -> Entity[UserBody]:
+        if error is not None:
+            raise SsoError(f"the identity provider refused the login: {error[:200]}")
+        if not code:
+            raise SsoError("the identity provider sent no code")
+        identity = await self._verify(await self.configured(), code, nonce)
+        return await self._user_for(identity)
+
+    async def _finish(
+        self, login: Entity[SsoLogin], *, user_id: str | None = None, error: str | None = None
+    ) -> None:
+        def done(body: SsoLogin) -> SsoLogin:
+            return body.model_copy(update={"user_id": user_id, "error": error})
+
+        await self.logins.update(login.id, done)
+
+    async def _verify(self, settings: SsoSettings, code: str, nonce: str) -> ExternalIdentity:
+        meta = await self._metadata(settings)
+        try:
+            secret = (await self._client_secret(settings.client_secret)).decode()
+        except ValueError as exc:
+            raise SsoError(f"the SSO client secret cannot be read: {exc}") from None
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": settings.redirect_url,
+            "client_id": settings.client_id,
+            "client_secret": secret,
+        }
+        tokens = await self._post(settings, str(meta["token_endpoint"]), form)
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str):
+            raise SsoError("the identity provider answered without an ID token")
+        jwks = await self._get(settings, str(meta["jwks_uri"]))
+        try:
+            keys = KeySet.import_key_set(cast("KeySetSerialization", jwks))
+            token = jwt.decode(id_token, keys, algorithms=_ALGORITHMS)
+            jwt.JWTClaimsRegistry(
+                now=int(self._clock()),
+                leeway=60,
+                iss={"essential": True, "value": settings.issuer},
+                aud={"essential": True, "value": settings.client_id},
+                exp={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            ).validate(token.claims)
+        except JoseError as exc:
+            raise SsoError(f"the ID token was refused: {exc.error}") from None
+        except (ValueError, TypeError, KeyError):
+            raise SsoError("the ID token could not be read") from None
+        claims = token.claims
+        email = claims.get("email")
+        if not isinstance(email, str) or "@" not in email:
+            raise SsoError("the ID token carries no email address")
+        raw_groups = claims.get(settings.group_claim) or []
+        groups = tuple(str(g) for g in raw_groups) if isinstance(raw_groups, list) else ()
+        name = claims.get("name")
+        return ExternalIdentity(email.lower(), name if isinstance(name, str) else "", groups)
+
+    async def _user_for(self, identity: ExternalIdentity) -> Entity[UserBody]:
+        """The user of ``identity``, made on first login; an SSO user's groups follow the
+        provider's claim through the mapping at every login."""
+        settings = await self.configured()
+        by_name = {g.body.name: g.id for g in await self._directory.groups.list()}
+        mapped = sorted(
+            {
+                by_name[settings.group_mapping[g]]
+                for g in identity.groups
+                if g in settings.group_mapping and settings.group_mapping[g] in by_name
+            }
+        )
+        user = await self._directory.users.by_key(identity.email)
+        if user is None:
+            allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
+            if not allowed:
+                raise SsoError(f"{identity.email}: this email domain may not join this account")
+            body = UserBody(
+                email=identity.email,
+                name=identity.name,
+                status="active",
+                groups=mapped,
+                source="sso",
+            )
+            with contextlib.suppress(Conflict):  # two first logins at once: one makes it
+                return await self._directory.users.insert(body)
+            user = await self._directory.users.by_key(identity.email)
+            if user is None:
+                raise SsoError("the user could not be made; try again")
+        if user.body.status != "active":
+            raise SsoError("this user is disabled")
+
+        def sync(body: UserBody) -> UserBody:
+            update: dict[str, Any] = {"last_login_at": self._clock()}
+            if body.source == "sso":
+                update["groups"] = mapped
+            return body.model_copy(update=update)
+
+        _, after = await self._directory.users.update(user.id, sync)
+        return after
+
+    # -- 3. poll
+
+    async def poll(self, state: str, poll_secret: str) -> Entity[UserBody] | None:
+        """The signed-in user once the callback is done (the caller makes the session:
+        manager.access.login.Logins.session); None while it is not."""
+        login = await self.logins.by_key(state)
+        wanted = "" if login is None else login.body.poll_hash
+        if login is None or not secrets.compare_digest(wanted, hash_secret(poll_secret)):
+            raise SsoError("no such login")
+        if login.body.error is not None:
+            await self.logins.delete(login.id)
+            raise SsoError(login.body.error)
+        if login.body.user_id is None:
+            if login.body.expires_at <= self._clock():
+                await self.logins.delete(login.id)
+                raise SsoError("the login expired before it was completed")
+            return None
+        # Collected once: the pending login goes, so its poll secret cannot be replayed.
+        if not await self.logins.delete(login.id):
+            raise SsoError("no such login")
+        user = await self._directory.users.get(login.body.user_id)
+        if user is None or user.body.status != "active":
+            raise SsoError("this user is disabled")
+        return user
+
+    # -- HTTP to the provider
+
+    def _ssl(self, settings: SsoSettings) -> ssl.SSLContext:
+        return client_context(Path(settings.ca_file) if settings.ca_file else None)
+
+    async def _metadata(self, settings: SsoSettings) -> dict[str, Any]:
+        url = settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        meta = await self._get(settings, url)
+        for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            if not isinstance(meta.get(field), str):
+                raise SsoError(f"the identity provider's metadata has no {field}")
+        return meta
+
+    async def _get(self, settings: SsoSettings, url: str) -> dict[str, Any]:
+        return await self._request(settings, "GET", url, None)
+
+    async def _post(self, settings: SsoSettings, url: str, form: dict[str, str]) -> dict[str, Any]:
+        return await self._request(settings, "POST", url, form)
+
+    async def _request(
+        self, settings: SsoSettings, method: str, url: str, form: dict[str, str] | None
+    ) -> dict[str, Any]:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=_HTTP_TIMEOUT) as http,
+                http.request(method, url, data=form, ssl=self._ssl(settings)) as resp,
+            ):
+                if resp.status != 200:
+                    raise SsoError(f"the identity provider answered {resp.status} at {url}")
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            why = type(exc).__name__
+            raise SsoError(f"the identity provider could not be reached at {url}: {why}") from None
+        if not isinstance(data, dict):
+            raise SsoError(f"the identity provider answered something other than JSON at {url}")
+        return data

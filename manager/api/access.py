@@ -1,0 +1,595 @@
+"""API keys, their account defaults, and the IP allowlist under /api/v1.
+
+A key is in the answer that creates it and nowhere else, ever: listings show its prefix.
+An allowlist change that would refuse the caller's own address is refused with 409 unless
+the request confirms it (``confirm: true``; ``tether ... --confirm``): the way back from a
+lock-out is on the manager host (``tether-manager allowlist disable``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aiohttp import web
+
+from manager.access.principal import principal_of
+from manager.access.tokens import ApiKeyInUse, create_api_key
+from manager.api.context import ctx
+from manager.api.guards import ACCESS, API_KEY, caller_address, key_status
+from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.audit.record import record as audit
+from manager.audit.record import unchanged
+from manager.core.allowlist import Snapshot, parse_cidr
+from manager.errors import ApiProblem
+from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord
+from manager.schemas.access import (
+    AllowlistEntryCreate,
+    AllowlistEntryView,
+    AllowlistView,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyDefaults,
+    ApiKeyDefaultsUpdate,
+    ApiKeyList,
+    ApiKeyView,
+    Confirm,
+    TrustedProxies,
+    TrustedProxiesPut,
+)
+from manager.store.base import Conflict
+from shared.ids import new_id
+
+__all__ = ["add_access_routes"]
+
+_DAY = 86400.0
+
+
+# -- API keys ------------------------------------------------------------------------------
+
+
+def _key_view(r: ApiKeyRecord, now: float) -> ApiKeyView:
+    return ApiKeyView(
+        id=r.id,
+        name=r.name,
+        prefix=r.prefix,
+        owner=r.owner,
+        owner_user_id=r.owner_user_id,
+        service_account=r.service_account,
+        groups=list(r.groups),
+        max_qps=r.max_qps,
+        burst=r.burst,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        last_used_at=r.last_used_at,
+        revoked_at=r.revoked_at,
+        status=key_status(r, now),
+    )
+
+
+def _key_audit(view: ApiKeyView) -> dict[str, object]:
+    # The settings that matter to who may do what; never the key, which no view holds.
+    return view.model_dump(mode="json", exclude={"last_used_at", "status"})
+
+
+async def create_api_key_route(request: web.Request) -> web.Response:
+    body = await parse_body(request, ApiKeyCreate)
+    c = ctx(request)
+    now = c.clock()
+    principal = principal_of(request)
+    creator = request.get(API_KEY)
+    groups = await _grantable_groups(request, body.groups)
+    # A key acts for its owner: a service account's key for the account itself (through the
+    # groups it names), anyone else's for the user the caller acts for.
+    owner_user_id = None if body.service_account else principal.user_id
+    owner = body.owner or (
+        body.name
+        if body.service_account
+        else principal.actor.name
+        if principal.user_id
+        else (creator.owner if creator else "")
+    )
+    if not body.service_account and principal.user_id is None and not groups and creator:
+        # A key made by a service account's key acts as that key did, no more.
+        groups = list(creator.groups)
+    try:
+        created, key = await create_api_key(
+            c.store,
+            body.name,
+            owner=owner,
+            owner_user_id=owner_user_id,
+            service_account=body.service_account,
+            groups=groups,
+            max_qps=body.max_qps,
+            burst=body.burst,
+            expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
+            now=now,
+        )
+    except ApiKeyInUse as exc:
+        raise ApiProblem(409, "conflict", str(exc), field="name") from None
+    view = _key_view(created, now)
+    audit(
+        request,
+        resource_id=created.id,
+        name=created.name,
+        action="create",
+        summary=f"created API key {created.name} ({created.prefix}..., max QPS {created.max_qps})",
+        after=_key_audit(view),
+    )
+    return json_response(ApiKeyCreated(**view.model_dump(), key=key), status=201)
+
+
+async def _grantable_groups(request: web.Request, names: list[str]) -> list[str]:
+    """``names`` if they exist and the caller may hand them out: anyone who may edit groups
+    could give themselves any group anyway; everyone else only the groups they act through."""
+    principal = principal_of(request)
+    directory = request.app[ACCESS].directory
+    known = {g.body.name: g for g in await directory.groups.list()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ApiProblem(400, "invalid", f"no user group {unknown[0]!r}", field="groups")
+    if principal.grants.has("manage_user_groups"):
+        return names
+    own = await _own_group_names(request)
+    beyond = [n for n in names if n not in own]
+    if beyond:
+        raise ApiProblem(
+            403, "forbidden", f"a key may only carry groups you are in; not {beyond[0]!r}"
+        )
+    return names
+
+
+async def _own_group_names(request: web.Request) -> set[str]:
+    principal = principal_of(request)
+    directory = request.app[ACCESS].directory
+    if principal.user_id is not None:
+        user = await directory.users.get(principal.user_id)
+        return set() if user is None else {g.body.name for g in await directory.user_groups(user)}
+    creator = request.get(API_KEY)
+    return set(creator.groups) if creator is not None else set()
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    c = ctx(request)
+    now = c.clock()
+    keys = await c.store.list_api_keys()
+    return json_response(ApiKeyList(api_keys=[_key_view(k, now) for k in keys]))
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = request.match_info["name"]
+    now = c.clock()
+    revoked = await c.store.revoke_api_key(name, now)
+    if revoked is None:
+        raise ApiProblem(404, "not_found", f"no live API key named {name!r}")
+    # This replica at once; the others within their key cache's lifetime (1 s).
+    request.app[ACCESS].key_revoked(revoked.id)
+    view = _key_view(revoked, now)
+    audit(
+        request,
+        resource_id=revoked.id,
+        name=revoked.name,
+        action="revoke",
+        summary=f"revoked API key {revoked.name} ({revoked.prefix}...)",
+        before=_key_audit(view.model_copy(update={"revoked_at": None, "status": "active"})),
+        after=_key_audit(view),
+    )
+    return json_response(view)
+
+
+def _defaults(s: AccessSettings) -> ApiKeyDefaults:
+    return ApiKeyDefaults(max_qps=s.api_key_max_qps, burst=s.api_key_burst)
+
+
+async def get_api_key_defaults(request: web.Request) -> web.Response:
+    return json_response(_defaults(await ctx(request).store.access_settings()))
+
+
+async def put_api_key_defaults(request: web.Request) -> web.Response:
+    body = await parse_body(request, ApiKeyDefaultsUpdate)
+    c = ctx(request)
+    before = _defaults(await c.store.access_settings())
+    after = _defaults(
+        await c.store.update_access_settings(
+            c.clock(), api_key_max_qps=body.max_qps, api_key_burst=body.burst
+        )
+    )
+    audit(
+        request,
+        resource_id="api_key_defaults",
+        name="api_key_defaults",
+        action="update",
+        summary=f"new API keys get max QPS {after.max_qps}, burst {after.burst}",
+        before=before.model_dump(),
+        after=after.model_dump(),
+    )
+    return json_response(after)
+
+
+# -- the IP allowlist ----------------------------------------------------------------------
+
+
+def _entry_view(e: AllowlistEntry) -> AllowlistEntryView:
+    return AllowlistEntryView(
+        id=e.id, cidr=e.cidr, description=e.description, enabled=e.enabled, created_at=e.created_at
+    )
+
+
+def _allowlist_view(
+    request: web.Request, s: AccessSettings, entries: list[AllowlistEntry]
+) -> AllowlistView:
+    addr = caller_address(request, Snapshot.of(s, entries))
+    return AllowlistView(
+        enabled=s.allowlist_enabled,
+        entries=[_entry_view(e) for e in entries],
+        trusted_proxies=list(s.trusted_proxies),
+        your_ip=None if addr is None else str(addr),
+    )
+
+
+def _settings_audit(s: AccessSettings) -> dict[str, object]:
+    return {"enabled": s.allowlist_enabled, "trusted_proxies": list(s.trusted_proxies)}
+
+
+def _refuse_lock_out(
+    request: web.Request, settings: AccessSettings, entries: list[AllowlistEntry], confirm: bool
+) -> None:
+    """409 when the allowlist as it would be after the change refuses this very caller."""
+    if confirm:
+        return
+    after = Snapshot.of(settings, entries)
+    addr = caller_address(request, after)
+    if after.allows(addr):
+        return
+    who = str(addr) if addr is not None else "your address (it could not be told)"
+    raise ApiProblem(
+        409,
+        "would_lock_out",
+        f"this change would refuse {who} itself: add an entry that covers it first, or send "
+        '"confirm": true (tether: --confirm) to go ahead. Recovery on the manager host: '
+        "tether-manager allowlist disable",
+    )
+
+
+async def _confirm(request: web.Request) -> bool:
+    """The optional ``{"confirm": true}`` body; none at all means false."""
+    if not request.body_exists:
+        return False
+    return (await parse_body(request, Confirm)).confirm
+
+
+async def _current(request: web.Request) -> tuple[AccessSettings, list[AllowlistEntry]]:
+    # The store's, not the cache's: a change is judged against what is true now.
+    store = ctx(request).store
+    return await store.access_settings(), await store.list_allowlist()
+
+
+def _changed(request: web.Request) -> None:
+    request.app[ACCESS].allowlist.invalidate()
+
+
+async def get_allowlist(request: web.Request) -> web.Response:
+    settings, entries = await _current(request)
+    return json_response(_allowlist_view(request, settings, entries))
+
+
+async def enable_allowlist(request: web.Request) -> web.Response:
+    confirm = await _confirm(request)
+    settings, entries = await _current(request)
+    if settings.allowlist_enabled:
+        unchanged(request)
+        return json_response(_allowlist_view(request, settings, entries))
+    _refuse_lock_out(request, replace(settings, allowlist_enabled=True), entries, confirm)
+    after = await ctx(request).store.update_access_settings(
+        ctx(request).clock(), allowlist_enabled=True
+    )
+    _changed(request)
+    enabled = sum(e.enabled for e in entries)
+    audit(
+        request,
+        resource_id="allowlist",
+        name="allowlist",
+        action="enable",
+        summary=f"enabled the IP allowlist ({enabled} enabled entries)",
+        before=_settings_audit(settings),
+        after=_settings_audit(after),
+    )
+    return json_response(_allowlist_view(request, after, entries))
+
+
+async def disable_allowlist(request: web.Request) -> web.Response:
+    await _confirm(request)  # accepted, and not needed: turning it off refuses nobody
+    settings, entries = await _current(request)
+    if not settings.allowlist_enabled:
+        unchanged(request)
+        return json_response(_allowlist_view(request, settings, entries))
+    after = await ctx(request).store.update_access_settings(
+        ctx(request).clock(), allowlist_enabled=False
+    )
+    _changed(request)
+    audit(
+        request,
+        resource_id="allowlist",
+        name="allowlist",
+        action="disable",
+        summary="disabled the IP allowlist",
+        before=_settings_audit(settings),
+        after=_settings_audit(after),
+    )
+    return json_response(_allowlist_view(request, after, entries))
+
+
+async def add_allowlist_entry(request: web.Request) -> web.Response:
+    body = await parse_body(request, AllowlistEntryCreate)
+    try:
+        network = parse_cidr(body.cidr)
+    except ValueError as exc:
+        raise ApiProblem(400, "invalid", str(exc), field="cidr") from None
+    c = ctx(request)
+    entry = AllowlistEntry(
+        id=new_id("ipa"),
+        cidr=str(network),
+        description=body.description,
+        enabled=body.enabled,
+        created_at=c.clock(),
+    )
+    try:
+        await c.store.add_allowlist_entry(entry)
+    except Conflict:
+        raise ApiProblem(
+            409, "conflict", f"an entry for {network} exists already", field="cidr"
+        ) from None
+    _changed(request)
+    view = _entry_view(entry)
+    audit(
+        request,
+        resource_id=entry.id,
+        name=entry.cidr,
+        action="create",
+        summary=f"allowed {entry.cidr}" + ("" if entry.enabled else " (disabled)"),
+        after=view.model_dump(),
+    )
+    return json_response(view, status=201)
+
+
+async def _entry(
+    request: web.Request, entry_id: str
+) -> tuple[AllowlistEntry, AccessSettings, list[AllowlistEntry]]:
+    settings, entries = await _current(request)
+    entry = next((e for e in entries if e.id == entry_id), None)
+    if entry is None:
+        raise ApiProblem(404, "not_found", f"no allowlist entry {entry_id!r}")
+    return entry, settings, entries
+
+
+async def remove_allowlist_entry(request: web.Request) -> web.Response:
+    entry_id = request.match_info["entry_id"]
+    confirm = request.query.get("confirm", "").lower() in ("1", "true", "yes")
+    _, settings, entries = await _entry(request, entry_id)
+    _refuse_lock_out(request, settings, [e for e in entries if e.id != entry_id], confirm)
+    removed = await ctx(request).store.delete_allowlist_entry(entry_id)
+    if removed is None:  # removed meanwhile, by another request
+        raise ApiProblem(404, "not_found", f"no allowlist entry {entry_id!r}")
+    _changed(request)
+    view = _entry_view(removed)
+    audit(
+        request,
+        resource_id=removed.id,
+        name=removed.cidr,
+        action="delete",
+        summary=f"removed {removed.cidr} from the IP allowlist",
+        before=view.model_dump(),
+    )
+    return json_response(view)
+
+
+async def _set_entry(request: web.Request, enabled: bool) -> web.Response:
+    entry_id = request.match_info["entry_id"]
+    confirm = await _confirm(request)
+    entry, settings, entries = await _entry(request, entry_id)
+    if entry.enabled == enabled:
+        unchanged(request)
+        return json_response(_entry_view(entry))
+    if not enabled:  # enabling one only lets more addresses in
+        rest = [replace(e, enabled=False) if e.id == entry_id else e for e in entries]
+        _refuse_lock_out(request, settings, rest, confirm)
+    updated = await ctx(request).store.set_allowlist_entry_enabled(entry_id, enabled)
+    if updated is None:
+        raise ApiProblem(404, "not_found", f"no allowlist entry {entry_id!r}")
+    _changed(request)
+    view = _entry_view(updated)
+    audit(
+        request,
+        resource_id=updated.id,
+        name=updated.cidr,
+        action="enable" if enabled else "disable",
+        summary=f"{'enabled' if enabled else 'disabled'} allowlist entry {updated.cidr}",
+        before=_entry_view(entry).model_dump(),
+        after=view.model_dump(),
+    )
+    return json_response(view)
+
+
+async def enable_allowlist_entry(request: web.Request) -> web.Response:
+    return await _set_entry(request, True)
+
+
+async def disable_allowlist_entry(request: web.Request) -> web.Response:
+    return await _set_entry(request, False)
+
+
+async def get_trusted_proxies(request: web.Request) -> web.Response:
+    settings = await ctx(request).store.access_settings()
+    return json_response(TrustedProxies(proxies=list(settings.trusted_proxies)))
+
+
+async def put_trusted_proxies(request: web.Request) -> web.Response:
+    body = await parse_body(request, TrustedProxiesPut)
+    proxies: list[str] = []
+    for i, text in enumerate(body.proxies):
+        try:
+            network = str(parse_cidr(text))
+        except ValueError as exc:
+            raise ApiProblem(400, "invalid", str(exc), field=f"proxies.{i}") from None
+        if network not in proxies:
+            proxies.append(network)
+    settings, entries = await _current(request)
+    # Who the caller is depends on the proxies believed: the change can lock it out too.
+    _refuse_lock_out(
+        request, replace(settings, trusted_proxies=tuple(proxies)), entries, body.confirm
+    )
+    c = ctx(request)
+    after = await c.store.update_access_settings(c.clock(), trusted_proxies=proxies)
+    _changed(request)
+    audit(
+        request,
+        resource_id="trusted_proxies",
+        name="trusted_proxies",
+        action="update",
+        summary=f"trusted proxies: {', '.join(proxies) or 'none'}",
+        before=_settings_audit(settings),
+        after=_settings_audit(after),
+    )
+    return json_response(TrustedProxies(proxies=list(after.trusted_proxies)))
+
+
+def add_access_routes(table: RouteTable) -> None:
+    u: AuthKind = "user"
+    keys = "/api/v1/api-keys"
+    al = "/api/v1/allowlist"
+    for route in (
+        Route(
+            "POST",
+            keys,
+            create_api_key_route,
+            "Create an API key (shown once)",
+            u,
+            ApiKeyCreate,
+            ApiKeyCreated,
+            201,
+            errors=(400, 409),
+            audit="api_key",
+        ),
+        Route("GET", keys, list_api_keys, "List API keys (never a key)", u, None, ApiKeyList),
+        Route(
+            "DELETE",
+            f"{keys}/{{name}}",
+            revoke_api_key,
+            "Revoke an API key",
+            u,
+            None,
+            ApiKeyView,
+            errors=(404,),
+            audit="api_key",
+        ),
+        Route(
+            "GET",
+            "/api/v1/api-key-defaults",
+            get_api_key_defaults,
+            "The limits a new API key gets by default",
+            u,
+            None,
+            ApiKeyDefaults,
+        ),
+        Route(
+            "PUT",
+            "/api/v1/api-key-defaults",
+            put_api_key_defaults,
+            "Change the limits new API keys get by default",
+            u,
+            ApiKeyDefaultsUpdate,
+            ApiKeyDefaults,
+            errors=(400,),
+            audit="api_key_defaults",
+        ),
+        Route("GET", al, get_allowlist, "The IP allowlist", u, None, AllowlistView),
+        Route(
+            "POST",
+            f"{al}/enable",
+            enable_allowlist,
+            "Turn the IP allowlist on",
+            u,
+            Confirm,
+            AllowlistView,
+            errors=(400, 409),
+            audit="allowlist",
+        ),
+        Route(
+            "POST",
+            f"{al}/disable",
+            disable_allowlist,
+            "Turn the IP allowlist off",
+            u,
+            Confirm,
+            AllowlistView,
+            errors=(400,),
+            audit="allowlist",
+        ),
+        Route(
+            "POST",
+            f"{al}/entries",
+            add_allowlist_entry,
+            "Allow a CIDR range",
+            u,
+            AllowlistEntryCreate,
+            AllowlistEntryView,
+            201,
+            errors=(400, 409),
+            audit="allowlist_entry",
+        ),
+        Route(
+            "DELETE",
+            f"{al}/entries/{{entry_id}}",
+            remove_allowlist_entry,
+            "Remove an allowlist entry",
+            u,
+            None,
+            AllowlistEntryView,
+            query={"confirm": "boolean"},
+            errors=(404, 409),
+            audit="allowlist_entry",
+        ),
+        Route(
+            "POST",
+            f"{al}/entries/{{entry_id}}/enable",
+            enable_allowlist_entry,
+            "Enable an allowlist entry",
+            u,
+            Confirm,
+            AllowlistEntryView,
+            errors=(400, 404),
+            audit="allowlist_entry",
+        ),
+        Route(
+            "POST",
+            f"{al}/entries/{{entry_id}}/disable",
+            disable_allowlist_entry,
+            "Disable an allowlist entry",
+            u,
+            Confirm,
+            AllowlistEntryView,
+            errors=(400, 404, 409),
+            audit="allowlist_entry",
+        ),
+        Route(
+            "GET",
+            f"{al}/trusted-proxies",
+            get_trusted_proxies,
+            "Proxies whose X-Forwarded-For is believed",
+            u,
+            None,
+            TrustedProxies,
+        ),
+        Route(
+            "PUT",
+            f"{al}/trusted-proxies",
+            put_trusted_proxies,
+            "Set the proxies whose X-Forwarded-For is believed",
+            u,
+            TrustedProxiesPut,
+            TrustedProxies,
+            errors=(400, 409),
+            audit="trusted_proxies",
+        ),
+    ):
+        table.add(route)

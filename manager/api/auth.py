@@ -1,0 +1,349 @@
+"""Login routes under /api/v1/auth: log in, accept an invite, who am I, change the password,
+enrol in TOTP 2FA, log out; and the account's login settings (manager.access.login)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from manager.access.directory import UserBody
+from manager.access.entities import Entity
+from manager.access.login import LOGINS, LockNotice, Session
+from manager.access.principal import principal_of
+from manager.api.guards import ACCESS
+from manager.api.http import Route, RouteTable, json_response, parse_body, problem_response
+from manager.audit.record import AUDIT, Change, record
+from manager.core.identity import ACTOR_KEY, SYSTEM, Actor, client_ip
+from manager.core.ratelimit import retry_after_header
+from manager.errors import ApiProblem
+from manager.schemas.auth import (
+    AuthSettings,
+    InviteAccept,
+    LoggedOut,
+    LoginRequest,
+    LoginResult,
+    Me,
+    PasswordChange,
+    SessionUser,
+    TotpConfirm,
+    TotpConfirmed,
+    TotpEnrolment,
+    TotpEnrolStart,
+)
+
+__all__ = ["add_auth_routes"]
+
+
+def _result(s: Session) -> LoginResult:
+    u = s.user
+    return LoginResult(
+        token=s.token,
+        expires_at=s.expires_at,
+        user=SessionUser(id=u.id, email=u.body.email, name=u.body.name),
+        restricted=s.restricted,
+    )
+
+
+def _logged_in(request: web.Request, session: Session, action: str, what: str) -> web.Response:
+    # A login route has no actor until it succeeds: the event names who logged in.
+    user = session.user
+    request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
+    summary = f"{user.body.email} {what}"
+    record(request, resource_id=user.id, name=user.body.email, action=action, summary=summary)
+    return json_response(_result(session))
+
+
+def _lock_notice(request: web.Request) -> LockNotice:
+    async def locked(user: Entity[UserBody]) -> None:
+        # The answer is a 4xx, which writes no event: the lock is written here.
+        minutes = (await request.app[LOGINS].settings()).lockout_minutes
+        await request.app[AUDIT].write(
+            SYSTEM,
+            Change(
+                resource_id=user.id,
+                name=user.body.email,
+                action="lock",
+                summary=f"locked {user.body.email} for {minutes} min after failed logins",
+            ),
+            resource_type="user",
+            method=request.method,
+            path=request.path,
+            client_ip=client_ip(request),
+        )
+
+    return locked
+
+
+async def _throttled(request: web.Request) -> web.Response | None:
+    """A 429 when this client address has tried too many logins lately; else None."""
+    access = request.app[ACCESS]
+    per_minute = (await request.app[LOGINS].settings()).login_attempts_per_ip_per_minute
+    key = f"login-ip:{client_ip(request)}"
+    wait = access.limiter.check(key, per_minute / 60.0, per_minute, access.clock())
+    if wait <= 0:
+        return None
+    response = problem_response(
+        429, "rate_limited", f"too many logins from your address; at most {per_minute} a minute"
+    )
+    response.headers["Retry-After"] = retry_after_header(wait)
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await parse_body(request, LoginRequest)
+    if (refused := await _throttled(request)) is not None:
+        return refused
+
+    session = await request.app[LOGINS].login(
+        body.email,
+        body.password,
+        totp_code=body.totp_code,
+        recovery_code=body.recovery_code,
+        on_lock=_lock_notice(request),
+    )
+    return _logged_in(request, session, "login", "logged in")
+
+
+async def accept_invite(request: web.Request) -> web.Response:
+    body = await parse_body(request, InviteAccept)
+    if (refused := await _throttled(request)) is not None:
+        return refused
+    session = await request.app[LOGINS].accept_invite(body.token, body.password)
+    return _logged_in(request, session, "accept_invite", "accepted their invite, set a password")
+
+
+async def _own_user(request: web.Request) -> Entity[UserBody]:
+    principal = principal_of(request)
+    user_id = principal.user_id if principal.session_id is not None else None
+    if user_id is None:
+        raise ApiProblem(
+            400, "not_a_session", "this needs a user's session (tether login), not an API key"
+        )
+    user = await request.app[LOGINS].directory.users.get(user_id)
+    if user is None:
+        raise ApiProblem(401, "session_expired", "the session has ended; log in again")
+    return user
+
+
+async def me(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    perms = sorted(p.grants.account)
+    if p.session_id is None:
+        return json_response(
+            Me(kind="api_key", id=p.actor.id, name=p.actor.name, account_permissions=perms)
+        )
+    user = await _own_user(request)
+    d = request.app[LOGINS].directory
+    session = await d.sessions.get(p.session_id)
+    return json_response(
+        Me(
+            kind="user",
+            id=user.id,
+            name=user.body.name,
+            email=user.body.email,
+            groups=sorted(g.body.name for g in await d.user_groups(user)),
+            account_permissions=perms,
+            totp_enabled=user.body.totp_enabled,
+            restricted=p.restricted,
+            session_expires_at=None if session is None else session.body.expires_at,
+        )
+    )
+
+
+async def change_password(request: web.Request) -> web.Response:
+    body = await parse_body(request, PasswordChange)
+    user = await _own_user(request)
+    logins = request.app[LOGINS]
+    session = await logins.change_password(user, body.current, body.new, _lock_notice(request))
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="change_password",
+        summary=f"{user.body.email} changed their password (their other sessions ended)",
+    )
+    return json_response(_result(session))
+
+
+async def totp_enrol(request: web.Request) -> web.Response:
+    body = await parse_body(request, TotpEnrolStart)
+    user = await _own_user(request)
+    logins = request.app[LOGINS]
+    if principal_of(request).restricted != "totp_enrolment" or body.password is not None:
+        if body.password is None:
+            raise ApiProblem(
+                400, "invalid", "password: enter your password to add a device", field="password"
+            )
+        user = await logins.reauthenticate(user, body.password, _lock_notice(request))
+    secret, uri = await logins.totp_enrol(user)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="totp_enrol",
+        summary=f"{user.body.email} began enrolling in two-factor authentication",
+    )
+    return json_response(TotpEnrolment(secret=secret, otpauth_uri=uri))
+
+
+async def totp_confirm(request: web.Request) -> web.Response:
+    body = await parse_body(request, TotpConfirm)
+    user = await _own_user(request)
+    logins = request.app[LOGINS]
+    codes = await logins.totp_confirm(user, body.code)
+    fresh = None
+    p = principal_of(request)
+    if p.restricted == "totp_enrolment" and p.session_id is not None:
+        # The restricted session did its one job: swap it for a full one.
+        await logins.logout(p.session_id)
+        fresh = _result(await logins.session(await _own_user(request), await logins.settings()))
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="totp_enable",
+        summary=f"{user.body.email} turned on two-factor authentication",
+    )
+    return json_response(TotpConfirmed(recovery_codes=codes, session=fresh))
+
+
+async def logout(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    if p.session_id is None:
+        raise ApiProblem(
+            400, "not_a_session", "an API key has no session to end; revoke it instead"
+        )
+    await request.app[LOGINS].logout(p.session_id)
+    record(
+        request,
+        resource_id=p.session_id,
+        name=p.actor.name,
+        action="logout",
+        summary=f"{p.actor.name} logged out",
+    )
+    return json_response(LoggedOut(ended=True))
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    return json_response(await request.app[LOGINS].settings())
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    body = await parse_body(request, AuthSettings)
+    logins = request.app[LOGINS]
+    p = principal_of(request)
+    if body.enforce_2fa and p.session_id is not None:
+        # As Harness asks: whoever enforces 2FA has it, so they cannot lock themselves out.
+        user = await _own_user(request)
+        if not user.body.totp_enabled:
+            raise ApiProblem(
+                409,
+                "totp_required",
+                "turn on two-factor authentication for yourself before enforcing it",
+                field="enforce_2fa",
+            )
+    before = await logins.save_settings(body)
+    request.app[ACCESS].principals.forget()
+    record(
+        request,
+        resource_id="account",
+        name="login settings",
+        action="update",
+        summary="changed the login settings",
+        before=before.model_dump(mode="json"),
+        after=body.model_dump(mode="json"),
+    )
+    return json_response(body)
+
+
+def add_auth_routes(table: RouteTable) -> None:
+    base = "/api/v1/auth"
+    for route in (
+        Route(
+            "POST",
+            f"{base}/login",
+            login,
+            "Log in with email and password (and a 2FA code); answers a session token",
+            "login",
+            LoginRequest,
+            LoginResult,
+            errors=(400, 401, 403, 429),
+            audit="session",
+        ),
+        Route(
+            "POST",
+            f"{base}/invite/accept",
+            accept_invite,
+            "Set a password with an invite token; answers a session token",
+            "login",
+            InviteAccept,
+            LoginResult,
+            errors=(400, 429),
+            audit="user",
+        ),
+        Route("GET", f"{base}/me", me, "Who the caller is, and what they may do", "user", None, Me),
+        Route(
+            "POST",
+            f"{base}/password",
+            change_password,
+            "Change your password (ends your other sessions; answers a new session)",
+            "user",
+            PasswordChange,
+            LoginResult,
+            errors=(400,),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{base}/totp/enrol",
+            totp_enrol,
+            "Begin enrolling in TOTP two-factor authentication",
+            "user",
+            TotpEnrolStart,
+            TotpEnrolment,
+            errors=(400, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{base}/totp/confirm",
+            totp_confirm,
+            "Confirm 2FA enrolment with a code; answers recovery codes",
+            "user",
+            TotpConfirm,
+            TotpConfirmed,
+            errors=(400, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{base}/logout",
+            logout,
+            "End this session",
+            "user",
+            None,
+            LoggedOut,
+            errors=(400,),
+            audit="session",
+        ),
+        Route(
+            "GET",
+            f"{base}/settings",
+            get_settings,
+            "The login settings: password policy, lockout, 2FA, email domains",
+            "user",
+            None,
+            AuthSettings,
+        ),
+        Route(
+            "PUT",
+            f"{base}/settings",
+            put_settings,
+            "Set the login settings",
+            "user",
+            AuthSettings,
+            AuthSettings,
+            errors=(400, 409),
+            audit="auth_settings",
+        ),
+    ):
+        table.add(route)

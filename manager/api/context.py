@@ -1,0 +1,53 @@
+"""Everything a request handler needs, built once by the app and stored on it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from manager.access.session_signer import SessionSigner
+from manager.metrics import Metrics
+from manager.secrets.service import SecretService
+from manager.store.base import Store
+from manager.tasks.bus import Bus, LocalBus
+from manager.tasks.dispatch import Dispatcher
+from manager.tasks.events import TaskEvents
+from manager.tasks.hub import Hub
+from manager.tasks.profiles import Profiles
+from manager.tasks.service import TaskService
+from shared.ids import new_id
+from shared.limits import Timings
+
+__all__ = ["CTX", "Context", "ctx"]
+
+
+@dataclass
+class Context:
+    store: Store
+    hub: Hub
+    dispatcher: Dispatcher
+    events: TaskEvents
+    tasks: TaskService
+    signer: SessionSigner
+    timings: Timings
+    clock: Callable[[], float]
+    metrics: Metrics
+    profiles: Profiles
+    bus: Bus = field(default_factory=LocalBus)
+    # Built right after the context (it runs its operations through ``tasks``).
+    secrets: SecretService | None = None
+    # This process among the replicas sharing the store (its presence rows name it).
+    replica_id: str = field(default_factory=lambda: new_id("rep"))
+    started_at: float = field(default_factory=time.time)
+    # Set while the manager shuts down: long-polls and follows end early.
+    stopping: bool = False
+
+
+CTX: web.AppKey[Context] = web.AppKey("tether_context", Context)
+
+
+def ctx(request: web.Request) -> Context:
+    return request.app[CTX]

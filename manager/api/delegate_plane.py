@@ -1,0 +1,319 @@
+"""The delegate plane under /api/v1/delegate: register, stream, poll, acquire, logs, result.
+
+Delegates authenticate with their token only to register; every other call carries the
+signed session credential that registration returns. The user API's guards (API keys, and
+later the IP allowlist and rate limits) do not apply here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import time
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from manager.access.session_signer import AuthError, bearer
+from manager.api.context import Context, ctx
+from manager.api.http import Route, RouteTable, json_response, parse_body
+from manager.errors import ApiProblem
+from manager.records import DelegateRecord
+from manager.tasks.hub import Session
+from shared import __version__
+from shared.ids import hash_secret, new_id
+from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_BYTES
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    AcquireResponse,
+    CloseCode,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    LogBatch,
+    LogBatchAck,
+    NextTask,
+    ProtocolError,
+    RegisterRequest,
+    RegisterResponse,
+    ResultAck,
+    TaskResult,
+    parse_delegate_frame,
+)
+
+__all__ = ["add_delegate_routes"]
+
+log = structlog.get_logger("tether.delegate_plane")
+
+# Cap on the long-poll wait a delegate may ask for, whatever it sends.
+MAX_POLL_WAIT_S = 60.0
+
+
+async def _session(request: web.Request) -> Session:
+    c = ctx(request)
+    credential = bearer(request.headers.get("Authorization"))
+    if credential is None:
+        raise ApiProblem(401, "unauthenticated", "missing delegate session credential")
+    try:
+        claims = c.signer.verify(credential)
+    except AuthError as exc:
+        raise ApiProblem(401, exc.code, exc.message) from None
+    if claims.token_id in c.hub.revoked_tokens:
+        raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
+    session = c.hub.sessions.get(claims.delegate_id)
+    if session is not None:
+        c.hub.liveness.seen(session.id, c.clock())
+        return session
+    record = await c.store.get_delegate(claims.delegate_id)
+    if record is None or record.token_id != claims.token_id:
+        raise ApiProblem(401, "invalid_credential", "unknown delegate; register again")
+    return c.hub.session(record)
+
+
+async def register(request: web.Request) -> web.Response:
+    c = ctx(request)
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise ApiProblem(401, "unauthenticated", "missing delegate token")
+    record = await c.store.token_by_hash(hash_secret(token))
+    if record is None:
+        raise ApiProblem(401, "invalid_token", "the delegate token is not known to this manager")
+    if record.revoked_at is not None:
+        raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
+    req = await parse_body(request, RegisterRequest)
+    if req.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+        accepted = ", ".join(map(str, SUPPORTED_PROTOCOL_VERSIONS))
+        raise ApiProblem(
+            426,
+            "unsupported_version",
+            f"this delegate speaks protocol {req.protocol_version}; the manager accepts"
+            f" {accepted}. Upgrade the delegate to tether {__version__} or later.",
+        )
+    try:
+        key_len = len(base64.b64decode(req.public_key, validate=True))
+    except (binascii.Error, ValueError):
+        key_len = 0
+    if key_len != 32:
+        raise ApiProblem(
+            400, "invalid", "public_key: expected 32 bytes in base64", field="public_key"
+        ) from None
+    now = c.clock()
+    delegate = await c.store.upsert_delegate(
+        DelegateRecord(
+            id=new_id("dlg"),
+            name=req.name,
+            token_id=record.id,
+            hostname=req.hostname,
+            version=req.version,
+            protocol_version=req.protocol_version,
+            selectors=tuple(dict.fromkeys(req.selectors)),
+            task_types=tuple(t.value for t in req.task_types),
+            capacity=req.capacity,
+            public_key=req.public_key,
+            created_at=now,
+            last_seen=now,
+        )
+    )
+    c.hub.session(delegate)
+    await c.profiles.on_register(delegate, req.instance)
+    log.info(
+        "delegate registered", delegate_id=delegate.id, name=delegate.name, version=req.version
+    )
+    t = c.timings
+    return json_response(
+        RegisterResponse(
+            delegate_id=delegate.id,
+            session_token=c.signer.issue(delegate.id, record.id),
+            session_expires_in_s=t.session_ttl,
+            heartbeat_interval_s=t.heartbeat_interval,
+            lost_after_s=t.lost_after,
+            poll_wait_s=t.poll_wait,
+            stream_retry_s=t.stream_retry,
+            protocol_version=PROTOCOL_VERSION,
+        )
+    )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    c = ctx(request)
+    # Checked before the upgrade, so a bad credential is a plain 401 the delegate can read.
+    session = await _session(request)
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None)
+    await ws.prepare(request)
+    await c.hub.attach_stream(session, ws)
+    log.info("stream opened", delegate_id=session.id)
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                await ws.close(code=CloseCode.BAD_FRAME, message=b"text frames only")
+                break
+            try:
+                frame = parse_delegate_frame(msg.data)
+            except ProtocolError as exc:
+                log.warning("bad frame", delegate_id=session.id, error=str(exc))
+                await ws.close(code=CloseCode.BAD_FRAME, message=str(exc).encode()[:120])
+                break
+            _heartbeat(c, session, frame, via_stream=True)
+    finally:
+        c.hub.detach_stream(session, ws)
+        log.info("stream closed", delegate_id=session.id, code=ws.close_code)
+    return ws
+
+
+def _heartbeat(
+    c: Context, session: Session, frame: Hello | Heartbeat, *, via_stream: bool
+) -> HeartbeatAck:
+    ack = c.hub.on_heartbeat(session, frame)
+    c.metrics.heartbeats.labels("stream" if via_stream else "polling").inc()
+    if via_stream:
+        c.hub.send(session, ack)
+    if isinstance(frame, Hello):
+        c.dispatcher.kick()  # a delegate (re)connected: it may take queued work
+    return ack
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    c = ctx(request)
+    session = await _session(request)
+    frame = await parse_body(request, Heartbeat)
+    session.polled_at = c.clock()
+    return json_response(_heartbeat(c, session, frame, via_stream=False))
+
+
+async def next_task(request: web.Request) -> web.Response:
+    c = ctx(request)
+    session = await _session(request)
+    session.polled_at = c.clock()
+    try:
+        wait = min(float(request.query.get("wait", c.timings.poll_wait)), MAX_POLL_WAIT_S)
+    except ValueError:
+        raise ApiProblem(400, "invalid", "wait: expected seconds", field="wait") from None
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        session.wake.clear()
+        task_id = c.dispatcher.pick_for(session)
+        if task_id is not None:
+            return json_response(NextTask(task_id=task_id))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or c.stopping or c.hub.sessions.get(session.id) is not session:
+            return web.Response(status=204)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await session.wake.wait()
+
+
+async def acquire(request: web.Request) -> web.Response:
+    c = ctx(request)
+    session = await _session(request)
+    return json_response(await c.tasks.acquire(session, request.match_info["task_id"]))
+
+
+async def post_logs(request: web.Request) -> web.Response:
+    c = ctx(request)
+    session = await _session(request)
+    if (request.content_length or 0) > MAX_LOG_BATCH_BYTES:
+        raise ApiProblem(
+            413, "too_large", f"a log batch may carry at most {MAX_LOG_BATCH_BYTES} bytes"
+        )
+    batch = await parse_body(request, LogBatch)
+    return json_response(await c.tasks.append_logs(session, request.match_info["task_id"], batch))
+
+
+async def post_result(request: web.Request) -> web.Response:
+    c = ctx(request)
+    session = await _session(request)
+    result = await parse_body(request, TaskResult)
+    return json_response(
+        await c.tasks.record_result(session, request.match_info["task_id"], result)
+    )
+
+
+def add_delegate_routes(table: RouteTable) -> None:
+    base = "/api/v1/delegate"
+    table.add(
+        Route(
+            "POST",
+            f"{base}/register",
+            register,
+            "Register a delegate with its token",
+            "delegate_token",
+            RegisterRequest,
+            RegisterResponse,
+            errors=(400, 401, 426),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            f"{base}/stream",
+            stream,
+            "The delegate's WebSocket stream",
+            "delegate",
+            streaming="websocket",
+            errors=(401,),
+        )
+    )
+    table.add(
+        Route(
+            "POST",
+            f"{base}/heartbeat",
+            heartbeat,
+            "Heartbeat over HTTPS (polling mode)",
+            "delegate",
+            Heartbeat,
+            HeartbeatAck,
+            errors=(400, 401),
+        )
+    )
+    table.add(
+        Route(
+            "GET",
+            f"{base}/tasks/next",
+            next_task,
+            "Long-poll for a task (204 when none)",
+            "delegate",
+            None,
+            NextTask,
+            query={"wait": "number"},
+            errors=(401,),
+        )
+    )
+    table.add(
+        Route(
+            "POST",
+            f"{base}/tasks/{{task_id}}/acquire",
+            acquire,
+            "Acquire a task",
+            "delegate",
+            None,
+            AcquireResponse,
+            errors=(401, 404, 409, 410, 503),
+        )
+    )
+    table.add(
+        Route(
+            "POST",
+            f"{base}/tasks/{{task_id}}/logs",
+            post_logs,
+            "Append a batch of log lines",
+            "delegate",
+            LogBatch,
+            LogBatchAck,
+            errors=(400, 401, 404, 409, 413),
+        )
+    )
+    table.add(
+        Route(
+            "POST",
+            f"{base}/tasks/{{task_id}}/result",
+            post_result,
+            "Report a task's result",
+            "delegate",
+            TaskResult,
+            ResultAck,
+            errors=(400, 401, 404, 409),
+        )
+    )

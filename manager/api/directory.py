@@ -1,0 +1,801 @@
+"""Users, user groups, applications and environments under /api/v1.
+
+Names in, names out; ids in the store (manager.access.directory). Every change records one audit
+event, and drops this replica's cached permissions at once (the others re-read within 1 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from manager.access.directory import (
+    ADMIN_GROUP_ID,
+    AppBody,
+    Directory,
+    EnvBody,
+    GroupBody,
+    UserBody,
+)
+from manager.access.entities import Entity
+from manager.access.login import LOGINS
+from manager.api.context import ctx
+from manager.api.guards import ACCESS
+from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.audit.record import record
+from manager.errors import ApiProblem
+from manager.schemas.directory import (
+    AppCreate,
+    AppList,
+    AppPermission,
+    AppView,
+    EnvCreate,
+    EnvList,
+    EnvView,
+    GroupCreate,
+    GroupList,
+    GroupUpdate,
+    GroupView,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserUpdate,
+    UserView,
+)
+from manager.schemas.grants import AppGrant
+from manager.store.base import Conflict
+from shared.ids import hash_secret, new_token
+
+__all__ = ["INVITE_TTL_S", "add_directory_routes"]
+
+# An invite is good for a week.
+INVITE_TTL_S = 7 * 24 * 3600.0
+
+
+def _dir(request: web.Request) -> Directory:
+    return request.app[ACCESS].directory
+
+
+def _changed(request: web.Request) -> None:
+    """Permissions may have changed: this replica re-reads them at the next request."""
+    request.app[ACCESS].principals.forget()
+
+
+async def _group_ids(d: Directory, names: list[str]) -> list[str]:
+    by_name = {g.body.name: g.id for g in await d.groups.list()}
+    for name in names:
+        if name not in by_name:
+            raise ApiProblem(400, "invalid", f"no user group {name!r}", field="groups")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+async def _user_view(d: Directory, u: Entity[UserBody]) -> UserView:
+    names = {g.id: g.body.name for g in await d.groups.list()}
+    b = u.body
+    return UserView(
+        id=u.id,
+        email=b.email,
+        name=b.name,
+        status=b.status,
+        source=b.source,
+        groups=[names.get(g, g) for g in b.groups],
+        totp_enabled=b.totp_enabled,
+        created_at=u.created_at,
+        last_login_at=b.last_login_at,
+        locked_until=b.locked_until,
+        invite_expires_at=b.invite_expires_at if b.status == "invited" else None,
+    )
+
+
+def _user_audit(view: UserView) -> dict[str, object]:
+    # The view holds no password hash, TOTP secret, recovery code or invite.
+    return view.model_dump(mode="json", exclude={"last_login_at", "locked_until"})
+
+
+async def _find_user(request: web.Request) -> Entity[UserBody]:
+    d, key = _dir(request), request.match_info["user"]
+    found = await d.users.get(key) or await d.users.by_key(key.lower())
+    if found is None:
+        raise ApiProblem(404, "not_found", f"no user {key!r}")
+    return found
+
+
+def _invite(request: web.Request) -> tuple[str, str, float]:
+    token = new_token("tiv")
+    return token, hash_secret(token), ctx(request).clock() + INVITE_TTL_S
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = await parse_body(request, UserCreate)
+    d = _dir(request)
+    groups = await _group_ids(d, body.groups)
+    token, token_hash, expires = _invite(request)
+    email = body.email.lower()
+    settings = await request.app[LOGINS].settings()
+    if not settings.domain_allowed(email):
+        allowed = ", ".join(settings.allowed_email_domains)
+        raise ApiProblem(
+            400, "invalid", f"email: only these domains may join: {allowed}", field="email"
+        )
+    try:
+        user = await d.users.insert(
+            UserBody(
+                email=email,
+                name=body.name,
+                status="invited",
+                groups=groups,
+                invite_hash=token_hash,
+                invite_expires_at=expires,
+            )
+        )
+    except Conflict:
+        raise ApiProblem(409, "conflict", f"a user {email!r} exists", field="email") from None
+    view = await _user_view(d, user)
+    record(
+        request,
+        resource_id=user.id,
+        name=email,
+        action="create",
+        summary=f"invited user {email}",
+        after=_user_audit(view),
+    )
+    return json_response(UserCreated(**view.model_dump(), invite_token=token), status=201)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    d = _dir(request)
+    users = await d.users.list()
+    if group := request.query.get("group"):
+        wanted = (await _group_ids(d, [group]))[0]
+        users = [u for u in users if wanted in u.body.groups]
+    return json_response(UserList(users=[await _user_view(d, u) for u in users]))
+
+
+async def get_user(request: web.Request) -> web.Response:
+    return json_response(await _user_view(_dir(request), await _find_user(request)))
+
+
+async def update_user(request: web.Request) -> web.Response:
+    body = await parse_body(request, UserUpdate)
+    d, user = _dir(request), await _find_user(request)
+    groups = None if body.groups is None else await _group_ids(d, body.groups)
+
+    def change(b: UserBody) -> UserBody:
+        update: dict[str, object] = {}
+        if body.name is not None:
+            update["name"] = body.name
+        if groups is not None:
+            update["groups"] = groups
+        return b.model_copy(update=update)
+
+    return await _user_change(request, user, change, "update", "changed user")
+
+
+async def _user_change(
+    request: web.Request,
+    user: Entity[UserBody],
+    change: Callable[[UserBody], UserBody],
+    action: str,
+    what: str,
+) -> web.Response:
+    d = _dir(request)
+    before = await _user_view(d, user)
+    _, after_entity = await d.users.update(user.id, change)
+    after = await _user_view(d, after_entity)
+    _changed(request)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action=action,
+        summary=f"{what} {user.body.email}",
+        before=_user_audit(before),
+        after=_user_audit(after),
+    )
+    return json_response(after)
+
+
+async def disable_user(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    response = await _user_change(
+        request,
+        user,
+        # An invite outstanding dies with it: enabling the user later needs a fresh one.
+        lambda b: b.model_copy(
+            update={"status": "disabled", "invite_hash": None, "invite_expires_at": None}
+        ),
+        "disable",
+        "disabled user",
+    )
+    # Their sessions end now (their API keys stop with them: manager.access.principal).
+    await request.app[LOGINS].end_sessions(user.id)
+    return response
+
+
+async def enable_user(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    if user.body.status != "disabled":
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} is not disabled")
+
+    def enable(b: UserBody) -> UserBody:
+        # One who never accepted their invite is invited again, not active without a password.
+        ready = b.password_hash is not None or b.source == "sso"
+        return b.model_copy(update={"status": "active" if ready else "invited"})
+
+    response = await _user_change(request, user, enable, "enable", "enabled user")
+    # A login that raced the disable may have left a session behind: it does not come back.
+    await request.app[LOGINS].end_sessions(user.id)
+    return response
+
+
+async def unlock_user(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    if not (user.body.locked_until or 0) > ctx(request).clock():
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} is not locked")
+
+    def unlock(b: UserBody) -> UserBody:
+        return b.model_copy(update={"locked_until": None, "failed_logins": 0})
+
+    return await _user_change(request, user, unlock, "unlock", "unlocked user")
+
+
+async def reset_totp(request: web.Request) -> web.Response:
+    """For a user who lost their device and their recovery codes: they enrol again (at their
+    next login, where the account enforces 2FA)."""
+    user = await _find_user(request)
+    if not user.body.totp_enabled:
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no 2FA to reset")
+
+    def reset(b: UserBody) -> UserBody:
+        update: dict[str, object] = {
+            "totp_enabled": False,
+            "totp_sealed": None,
+            "totp_pending_sealed": None,
+            "recovery_hashes": [],
+        }
+        return b.model_copy(update=update)
+
+    response = await _user_change(request, user, reset, "reset_2fa", "turned off 2FA of")
+    await request.app[LOGINS].end_sessions(user.id)
+    return response
+
+
+async def end_user_sessions(request: web.Request) -> web.Response:
+    user = await _find_user(request)
+    ended = await request.app[LOGINS].end_sessions(user.id)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="logout",
+        summary=f"ended {ended} session(s) of {user.body.email}",
+    )
+    return json_response(await _user_view(_dir(request), user))
+
+
+async def reinvite_user(request: web.Request) -> web.Response:
+    d, user = _dir(request), await _find_user(request)
+    if user.body.status != "invited":
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} has accepted their invite")
+    token, token_hash, expires = _invite(request)
+
+    def fresh(b: UserBody) -> UserBody:
+        return b.model_copy(update={"invite_hash": token_hash, "invite_expires_at": expires})
+
+    _, after = await d.users.update(user.id, fresh)
+    view = await _user_view(d, after)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="invite",
+        summary=f"sent user {user.body.email} a new invite (the old one no longer works)",
+    )
+    return json_response(UserCreated(**view.model_dump(), invite_token=token))
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+async def _places(d: Directory) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    apps = {a.id: a.body.name for a in await d.apps.list()}
+    envs = {e.id: (e.body.app_id, e.body.name) for e in await d.envs.list()}
+    return apps, envs
+
+
+async def _grants(d: Directory, perms: list[AppPermission]) -> list[AppGrant]:
+    """Names to ids; 400 naming what does not exist."""
+    apps, envs = await _places(d)
+    app_ids = {n: i for i, n in apps.items()}
+    out: list[AppGrant] = []
+    for n, p in enumerate(perms):
+        chosen: list[str] = []
+        if p.apps != "all":
+            for name in p.apps:
+                if name not in app_ids:
+                    field = f"app_permissions.{n}.apps"
+                    raise ApiProblem(400, "invalid", f"no application {name!r}", field=field)
+                chosen.append(app_ids[name])
+        env_choice: str | tuple[str, ...] = p.envs if isinstance(p.envs, str) else ()
+        if isinstance(p.envs, list):
+            within = set(chosen) if chosen else set(apps)
+            ids = []
+            for name in p.envs:
+                found = [i for i, (a, en) in envs.items() if en == name and a in within]
+                if not found:
+                    field = f"app_permissions.{n}.envs"
+                    msg = f"no environment {name!r} in the listed applications"
+                    raise ApiProblem(400, "invalid", msg, field=field)
+                ids.extend(found)
+            env_choice = tuple(ids)
+        out.append(
+            AppGrant.model_validate(
+                {
+                    "apps": "all" if p.apps == "all" else tuple(chosen),
+                    "envs": env_choice,
+                    "actions": tuple(p.actions),
+                }
+            )
+        )
+    return out
+
+
+async def _group_view(d: Directory, g: Entity[GroupBody]) -> GroupView:
+    apps, envs = await _places(d)
+    perms = [
+        AppPermission(
+            apps="all" if x.apps == "all" else [apps.get(a, a) for a in x.apps],
+            envs=x.envs if isinstance(x.envs, str) else [envs.get(e, ("", e))[1] for e in x.envs],
+            actions=list(x.actions),
+        )
+        for x in g.body.app_permissions
+    ]
+    members = [u.body.email for u in await d.users.list() if g.id in u.body.groups]
+    return GroupView(
+        id=g.id,
+        name=g.body.name,
+        description=g.body.description,
+        account_permissions=list(g.body.account_permissions),
+        app_permissions=perms,
+        builtin=g.id == ADMIN_GROUP_ID,
+        members=members,
+    )
+
+
+async def _find_group(request: web.Request) -> Entity[GroupBody]:
+    d, key = _dir(request), request.match_info["group"]
+    found = await d.groups.get(key) or await d.groups.by_key(key)
+    if found is None:
+        raise ApiProblem(404, "not_found", f"no user group {key!r}")
+    return found
+
+
+async def create_group(request: web.Request) -> web.Response:
+    body = await parse_body(request, GroupCreate)
+    d = _dir(request)
+    grants = await _grants(d, body.app_permissions)
+    try:
+        group = await d.groups.insert(
+            GroupBody(
+                name=body.name,
+                description=body.description,
+                account_permissions=list(dict.fromkeys(body.account_permissions)),
+                app_permissions=grants,
+            )
+        )
+    except Conflict:
+        raise ApiProblem(409, "conflict", f"a group {body.name!r} exists", field="name") from None
+    view = await _group_view(d, group)
+    record(
+        request,
+        resource_id=group.id,
+        name=group.body.name,
+        action="create",
+        summary=f"created user group {group.body.name}",
+        after=view.model_dump(mode="json"),
+    )
+    return json_response(view, status=201)
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    d = _dir(request)
+    return json_response(GroupList(groups=[await _group_view(d, g) for g in await d.groups.list()]))
+
+
+async def get_group(request: web.Request) -> web.Response:
+    return json_response(await _group_view(_dir(request), await _find_group(request)))
+
+
+async def update_group(request: web.Request) -> web.Response:
+    body = await parse_body(request, GroupUpdate)
+    d, group = _dir(request), await _find_group(request)
+    perms_given = body.account_permissions is not None or body.app_permissions is not None
+    if group.id == ADMIN_GROUP_ID and perms_given:
+        raise ApiProblem(400, "invalid", "the administrators' permissions are built in")
+    grants = None if body.app_permissions is None else await _grants(d, body.app_permissions)
+
+    def change(b: GroupBody) -> GroupBody:
+        update: dict[str, object] = {}
+        if body.description is not None:
+            update["description"] = body.description
+        if body.account_permissions is not None:
+            update["account_permissions"] = list(dict.fromkeys(body.account_permissions))
+        if grants is not None:
+            update["app_permissions"] = grants
+        return b.model_copy(update=update)
+
+    before = await _group_view(d, group)
+    _, after_entity = await d.groups.update(group.id, change)
+    after = await _group_view(d, after_entity)
+    _changed(request)
+    record(
+        request,
+        resource_id=group.id,
+        name=group.body.name,
+        action="update",
+        summary=f"changed user group {group.body.name}",
+        before=before.model_dump(mode="json"),
+        after=after.model_dump(mode="json"),
+    )
+    return json_response(after)
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    d, group = _dir(request), await _find_group(request)
+    if group.id == ADMIN_GROUP_ID:
+        raise ApiProblem(400, "invalid", "the administrators' group is built in")
+    members = [u for u in await d.users.list() if group.id in u.body.groups]
+    if members and request.query.get("force") != "true":
+        raise ApiProblem(
+            409,
+            "conflict",
+            f"{len(members)} user(s) are in {group.body.name!r}; pass force=true to remove them",
+        )
+    before = await _group_view(d, group)
+    for u in members:
+        await d.users.update(
+            u.id, lambda b: b.model_copy(update={"groups": [g for g in b.groups if g != group.id]})
+        )
+    await d.groups.delete(group.id)
+    _changed(request)
+    record(
+        request,
+        resource_id=group.id,
+        name=group.body.name,
+        action="delete",
+        summary=f"deleted user group {group.body.name}",
+        before=before.model_dump(mode="json"),
+    )
+    return web.Response(status=204)
+
+
+# -- applications and environments ---------------------------------------------------------
+
+
+def _app_view(a: Entity[AppBody]) -> AppView:
+    return AppView(
+        id=a.id, name=a.body.name, description=a.body.description, created_at=a.created_at
+    )
+
+
+async def _find_app(request: web.Request) -> Entity[AppBody]:
+    d, key = _dir(request), request.match_info["app"]
+    found = await d.apps.get(key) or await d.apps.by_key(key)
+    if found is None:
+        raise ApiProblem(404, "not_found", f"no application {key!r}")
+    return found
+
+
+async def create_app(request: web.Request) -> web.Response:
+    body = await parse_body(request, AppCreate)
+    try:
+        app = await _dir(request).apps.insert(AppBody(name=body.name, description=body.description))
+    except Conflict:
+        raise ApiProblem(
+            409, "conflict", f"an application {body.name!r} exists", field="name"
+        ) from None
+    view = _app_view(app)
+    record(
+        request,
+        resource_id=app.id,
+        name=app.body.name,
+        action="create",
+        summary=f"created application {app.body.name}",
+        after=view.model_dump(mode="json"),
+        app=app.body.name,
+    )
+    return json_response(view, status=201)
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    return json_response(AppList(apps=[_app_view(a) for a in await _dir(request).apps.list()]))
+
+
+async def delete_app(request: web.Request) -> web.Response:
+    d, app = _dir(request), await _find_app(request)
+    if any(e.body.app_id == app.id for e in await d.envs.list()):
+        raise ApiProblem(409, "conflict", f"{app.body.name!r} has environments; delete them first")
+    await d.apps.delete(app.id)
+    record(
+        request,
+        resource_id=app.id,
+        name=app.body.name,
+        action="delete",
+        summary=f"deleted application {app.body.name}",
+        before=_app_view(app).model_dump(mode="json"),
+        app=app.body.name,
+    )
+    return web.Response(status=204)
+
+
+def _env_view(app: Entity[AppBody], e: Entity[EnvBody]) -> EnvView:
+    return EnvView(
+        id=e.id, app=app.body.name, name=e.body.name, type=e.body.type, created_at=e.created_at
+    )
+
+
+async def create_env(request: web.Request) -> web.Response:
+    body = await parse_body(request, EnvCreate)
+    d, app = _dir(request), await _find_app(request)
+    try:
+        env = await d.envs.insert(EnvBody(app_id=app.id, name=body.name, type=body.type))
+    except Conflict:
+        msg = f"{app.body.name!r} has an environment {body.name!r}"
+        raise ApiProblem(409, "conflict", msg, field="name") from None
+    view = _env_view(app, env)
+    record(
+        request,
+        resource_id=env.id,
+        name=f"{app.body.name}/{env.body.name}",
+        action="create",
+        summary=f"created {env.body.type} environment {env.body.name} in {app.body.name}",
+        after=view.model_dump(mode="json"),
+        app=app.body.name,
+    )
+    return json_response(view, status=201)
+
+
+async def list_envs(request: web.Request) -> web.Response:
+    d, app = _dir(request), await _find_app(request)
+    envs = [_env_view(app, e) for e in await d.envs.list() if e.body.app_id == app.id]
+    return json_response(EnvList(envs=envs))
+
+
+async def delete_env(request: web.Request) -> web.Response:
+    d, app = _dir(request), await _find_app(request)
+    key = request.match_info["env"]
+    env = await d.envs.get(key) or await d.envs.by_key(f"{app.id}/{key}")
+    if env is None or env.body.app_id != app.id:
+        raise ApiProblem(404, "not_found", f"no environment {key!r} in {app.body.name!r}")
+    await d.envs.delete(env.id)
+    record(
+        request,
+        resource_id=env.id,
+        name=f"{app.body.name}/{env.body.name}",
+        action="delete",
+        summary=f"deleted environment {env.body.name} of {app.body.name}",
+        before=_env_view(app, env).model_dump(mode="json"),
+        app=app.body.name,
+    )
+    return web.Response(status=204)
+
+
+def add_directory_routes(table: RouteTable) -> None:
+    u: AuthKind = "user"
+    users, groups, apps = "/api/v1/users", "/api/v1/groups", "/api/v1/apps"
+    one_user, one_group, one_app = f"{users}/{{user}}", f"{groups}/{{group}}", f"{apps}/{{app}}"
+    bad = (400, 404, 409)
+    for route in (
+        Route(
+            "GET",
+            users,
+            list_users,
+            "List users",
+            u,
+            None,
+            UserList,
+            query={"group": "string"},
+            errors=(400,),
+        ),
+        Route(
+            "POST",
+            users,
+            create_user,
+            "Invite a user (answers a one-time invite token)",
+            u,
+            UserCreate,
+            UserCreated,
+            status=201,
+            errors=(400, 409),
+            audit="user",
+        ),
+        Route(
+            "GET",
+            one_user,
+            get_user,
+            "Show a user (by id or email)",
+            u,
+            None,
+            UserView,
+            errors=(404,),
+        ),
+        Route(
+            "PATCH",
+            one_user,
+            update_user,
+            "Change a user's name or groups",
+            u,
+            UserUpdate,
+            UserView,
+            errors=bad,
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/disable",
+            disable_user,
+            "Disable a user (ends their sessions and keys)",
+            u,
+            None,
+            UserView,
+            errors=(404,),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/enable",
+            enable_user,
+            "Enable a disabled user",
+            u,
+            None,
+            UserView,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/unlock",
+            unlock_user,
+            "Lift a lockout after failed logins",
+            u,
+            None,
+            UserView,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/reset-2fa",
+            reset_totp,
+            "Turn off a user's 2FA (a lost device); ends their sessions",
+            u,
+            None,
+            UserView,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/logout",
+            end_user_sessions,
+            "End every session of a user",
+            u,
+            None,
+            UserView,
+            errors=(404,),
+            audit="session",
+        ),
+        Route(
+            "POST",
+            f"{one_user}/invite",
+            reinvite_user,
+            "A new invite token for an invited user",
+            u,
+            None,
+            UserCreated,
+            errors=(404, 409),
+            audit="user",
+        ),
+        Route("GET", groups, list_groups, "List user groups", u, None, GroupList),
+        Route(
+            "POST",
+            groups,
+            create_group,
+            "Create a user group",
+            u,
+            GroupCreate,
+            GroupView,
+            status=201,
+            errors=(400, 409),
+            audit="user_group",
+        ),
+        Route("GET", one_group, get_group, "Show a user group", u, None, GroupView, errors=(404,)),
+        Route(
+            "PATCH",
+            one_group,
+            update_group,
+            "Change a user group's permissions",
+            u,
+            GroupUpdate,
+            GroupView,
+            errors=bad,
+            audit="user_group",
+        ),
+        Route(
+            "DELETE",
+            one_group,
+            delete_group,
+            "Delete a user group",
+            u,
+            None,
+            None,
+            status=204,
+            query={"force": "boolean"},
+            errors=bad,
+            audit="user_group",
+        ),
+        Route("GET", apps, list_apps, "List applications", u, None, AppList),
+        Route(
+            "POST",
+            apps,
+            create_app,
+            "Create an application",
+            u,
+            AppCreate,
+            AppView,
+            status=201,
+            errors=(400, 409),
+            audit="application",
+        ),
+        Route(
+            "DELETE",
+            one_app,
+            delete_app,
+            "Delete an application without environments",
+            u,
+            None,
+            None,
+            status=204,
+            errors=(404, 409),
+            audit="application",
+        ),
+        Route(
+            "GET",
+            f"{one_app}/envs",
+            list_envs,
+            "List an application's environments",
+            u,
+            None,
+            EnvList,
+            errors=(404,),
+        ),
+        Route(
+            "POST",
+            f"{one_app}/envs",
+            create_env,
+            "Create an environment",
+            u,
+            EnvCreate,
+            EnvView,
+            status=201,
+            errors=bad,
+            audit="environment",
+        ),
+        Route(
+            "DELETE",
+            f"{one_app}/envs/{{env}}",
+            delete_env,
+            "Delete an environment",
+            u,
+            None,
+            None,
+            status=204,
+            errors=(404,),
+            audit="environment",
+        ),
+    ):
+        table.add(route)

@@ -1,0 +1,290 @@
+"""Who may reach the user API: the IP allowlist, authentication (sessions and API keys),
+per-key rate limits, and the permission each route needs.
+
+Four middlewares, in this order (cheapest first, and each needs what the one before set):
+
+1. **allowlist**: judges the client's address (through trusted proxies) and refuses it with
+   403 when the allowlist is on and no enabled entry covers it. Delegate routes and the
+   health probes are never judged: the delegate plane has its own credentials, and a load
+   balancer's probe must not depend on where it comes from.
+2. **authenticate**: the bearer session token (``tss_``, from ``POST /api/v1/auth/login``)
+   or API key, refused with 401 when unknown, revoked or expired; it sets the principal
+   (manager.access.principal) the request acts for.
+3. **rate limit**: the key's token bucket; 429 with ``Retry-After`` when it is empty.
+4. **authorize**: the route's permission (manager.api.permissions) against the principal's
+   groups; 403 naming the missing permission.
+
+Nothing here reads the database per request. API keys are cached for ``key_ttl`` (1 s), so a
+key revoked on another replica stops working within that; the allowlist is cached for
+``allowlist_ttl`` (2 s). A change made through this replica drops the cached copy at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from aiohttp import web
+
+from manager.access.directory import Directory
+from manager.access.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principals
+from manager.access.session_signer import bearer
+from manager.api.context import CTX
+from manager.api.http import Handler, RouteTable, problem_response
+from manager.api.permissions import permission_of
+from manager.core.allowlist import Address, Snapshot
+from manager.core.identity import ACTOR_KEY, CLIENT_IP_KEY
+from manager.core.ratelimit import RateLimiter, retry_after_header, throttled_message
+from manager.errors import ApiProblem
+from manager.records import ApiKeyRecord
+from manager.store.base import Store, StoreError
+from shared.ids import hash_secret
+
+__all__ = [
+    "ACCESS",
+    "API_KEY",
+    "Access",
+    "AllowlistCache",
+    "KeyCache",
+    "KeyStatus",
+    "access_middlewares",
+    "caller_address",
+    "key_status",
+]
+
+log = structlog.get_logger("tether.access")
+
+# Routes the allowlist never judges: the delegate plane and the health probes.
+# ("login" routes, which take a password or an invite instead of a credential, are judged.)
+_NOT_JUDGED = frozenset({"none", "delegate", "delegate_token"})
+
+
+KeyStatus = Literal["active", "expired", "revoked"]
+
+
+def key_status(record: ApiKeyRecord, now: float) -> KeyStatus:
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+@dataclass(slots=True)
+class _Cached:
+    record: ApiKeyRecord
+    loaded: float
+
+
+class KeyCache:
+    """API keys by hash, each re-read from the store once it is ``ttl`` old."""
+
+    def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, _Cached] = {}
+
+    async def get(self, key_hash: str) -> ApiKeyRecord | None:
+        now = self._clock()
+        cached = self._entries.get(key_hash)
+        if cached is not None and now - cached.loaded < self._ttl:
+            return cached.record
+        record = await self._store.api_key_by_hash(key_hash)
+        if record is None:
+            # Unknown keys are not remembered: they are random guesses, unbounded in number.
+            self._entries.pop(key_hash, None)
+            return None
+        self._entries[key_hash] = _Cached(record, now)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        for key_hash in [h for h, c in self._entries.items() if c.record.id == key_id]:
+            del self._entries[key_hash]
+
+
+class AllowlistCache:
+    """The allowlist's settings and entries, re-read once they are ``ttl`` old."""
+
+    def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._loaded = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Snapshot:
+        if self._snapshot is not None and self._clock() - self._loaded < self._ttl:
+            return self._snapshot
+        async with self._lock:  # one reload at a time; the others wait for its answer
+            if self._snapshot is not None and self._clock() - self._loaded < self._ttl:
+                return self._snapshot
+            try:
+                self._snapshot = await self.load(self._store)
+            except StoreError:
+                if self._snapshot is None:
+                    raise
+                # The last known allowlist beats refusing (or admitting) everyone while the
+                # database is away; it is tried again after another ttl.
+                log.warning("allowlist reload failed; keeping the last one")
+            self._loaded = self._clock()
+            return self._snapshot
+
+    @staticmethod
+    async def load(store: Store) -> Snapshot:
+        return Snapshot.of(await store.access_settings(), await store.list_allowlist())
+
+    def invalidate(self) -> None:
+        self._loaded = -math.inf
+
+
+class Access:
+    """What the middlewares and the access routes share, one per app."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        key_ttl: float = 1.0,
+        allowlist_ttl: float = 2.0,
+        last_used_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.keys = KeyCache(store, ttl=key_ttl, clock=clock)
+        self.allowlist = AllowlistCache(store, ttl=allowlist_ttl, clock=clock)
+        self.limiter = RateLimiter()
+        self.directory = Directory(store)
+        self.principals = Principals(self.directory, ttl=key_ttl, clock=clock)
+        # A key's last use is written at most this often (per key, across replicas).
+        self.last_used_interval = last_used_interval
+        self._touched: dict[str, float] = {}
+
+    def key_revoked(self, key_id: str) -> None:
+        self.keys.forget(key_id)
+        self.limiter.forget(key_id)
+        self._touched.pop(key_id, None)
+
+    async def touch(self, record: ApiKeyRecord, now: float) -> None:
+        last = max(record.last_used_at or -math.inf, self._touched.get(record.id, -math.inf))
+        if now - last < self.last_used_interval:
+            return
+        self._touched[record.id] = now
+        try:
+            await self.store.touch_api_key(record.id, now, min_interval=self.last_used_interval)
+        except StoreError as exc:
+            # Bookkeeping: not worth failing the request that the key was good for.
+            log.warning("could not record an API key's last use", key=record.name, error=str(exc))
+
+
+ACCESS: web.AppKey[Access] = web.AppKey("tether_access", Access)
+# The authenticated request's key, for the rate limit (and whoever else needs its settings).
+API_KEY: web.RequestKey[ApiKeyRecord] = web.RequestKey("tether_api_key", ApiKeyRecord)
+
+
+def caller_address(request: web.Request, snapshot: Snapshot) -> Address | None:
+    """The request's client as ``snapshot``'s trusted proxies judge it."""
+    return snapshot.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+
+
+def access_middlewares(table: RouteTable) -> list[Any]:
+    """The allowlist, authentication and rate-limit middlewares, in the order they run."""
+
+    @web.middleware
+    async def allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if table.auth_for(request) in _NOT_JUDGED:
+            return await handler(request)
+        snapshot = await request.app[ACCESS].allowlist.get()
+        addr = caller_address(request, snapshot)
+        if addr is not None:
+            request[CLIENT_IP_KEY] = str(addr)
+        if not snapshot.allows(addr):
+            # The client's own address at most: never the header it sent, nor the entries.
+            who = str(addr) if addr is not None else "your address (it could not be told)"
+            raise ApiProblem(403, "ip_not_allowed", f"{who} is not in the IP allowlist")
+        return await handler(request)
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if table.auth_for(request) != "user":
+            return await handler(request)
+        key = bearer(request.headers.get("Authorization"))
+        if key is None:
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "log in (tether login) or send an API key: Authorization: Bearer <key>",
+            )
+        access = request.app[ACCESS]
+        if key.startswith(SESSION_PREFIX):
+            principal = await access.principals.for_session(key)
+            request[ACTOR_KEY] = principal.actor
+            request[PRINCIPAL_KEY] = principal
+            return await handler(request)
+        record = await access.keys.get(hash_secret(key))
+        if record is None:
+            raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
+        now = access.clock()
+        status = key_status(record, now)
+        if status == "revoked":
+            raise ApiProblem(401, "api_key_revoked", f"the API key {record.name!r} was revoked")
+        if status == "expired":
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.expires_at))
+            raise ApiProblem(
+                401,
+                "api_key_expired",
+                f"the API key {record.name!r} expired on {when}; create a new one",
+            )
+        principal = await access.principals.for_api_key(record)
+        await access.touch(record, now)
+        request[ACTOR_KEY] = principal.actor
+        request[PRINCIPAL_KEY] = principal
+        request[API_KEY] = record
+        return await handler(request)
+
+    @web.middleware
+    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        record = request.get(API_KEY)
+        if not isinstance(record, ApiKeyRecord):
+            return await handler(request)  # not API-key traffic (delegates, probes)
+        access = request.app[ACCESS]
+        wait = access.limiter.check(record.id, record.max_qps, record.burst, access.clock())
+        if wait <= 0:
+            return await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[CTX].metrics.rate_limited.labels(route).inc()
+        response = problem_response(429, "rate_limited", throttled_message(record.max_qps))
+        response.headers["Retry-After"] = retry_after_header(wait)
+        return response
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = table.route_for(request)
+        if route is None or route.auth != "user":
+            return await handler(request)
+        principal = request[PRINCIPAL_KEY]
+        needed = permission_of(route)
+        if principal.restricted is not None and needed != "self":
+            what = (
+                "enrol in two-factor authentication (tether login enrols you)"
+                if principal.restricted == "totp_enrolment"
+                else "change your expired password"
+            )
+            raise ApiProblem(403, f"{principal.restricted}_required", f"first {what}")
+        if needed is None:  # manager.api.permissions.check_routes keeps this from happening
+            raise ApiProblem(403, "forbidden", "this route has no permission set")
+        if needed == "authenticated" or needed == "self":
+            return await handler(request)
+        if not principal.grants.has(needed):
+            raise ApiProblem(403, "forbidden", f"this needs the {needed} permission")
+        return await handler(request)
+
+    return [allowlist, authenticate, rate_limit, authorize]

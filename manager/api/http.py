@@ -1,0 +1,125 @@
+"""HTTP plumbing: the route registry behind the OpenAPI document, body parsing, errors.
+
+Handlers raise :class:`~manager.errors.ApiProblem`; the middleware answers every error with
+``{"error": {"code", "message", "field"}}``. An unexpected exception is logged with its
+traceback on the server and answered with a plain 500 that carries no detail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from manager.errors import ApiProblem
+from manager.store.base import StoreError
+from shared.protocol import describe_validation_error
+
+__all__ = ["AuthKind", "Route", "RouteTable", "error_middleware", "json_response", "parse_body"]
+
+log = structlog.get_logger("tether.http")
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# "login": no credential yet (a password, an invite or an SSO callback instead), but judged
+# by the IP allowlist as user traffic is.
+AuthKind = Literal["none", "login", "user", "delegate_token", "delegate"]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: AuthKind
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)
+    # Not JSON: a WebSocket upgrade, a chunked NDJSON stream, plain text, or an export
+    # (JSON Lines or CSV, as its ``format`` parameter asks).
+    streaming: Literal["websocket", "ndjson", "text", "export"] | None = None
+    errors: tuple[int, ...] = ()
+    # The resource type a mutating user route changes (its audit events' resource_type);
+    # None for reads. The handler describes the change (manager.audit.record.record), and
+    # the audit middleware writes it once the handler has succeeded.
+    audit: str | None = None
+
+
+class RouteTable:
+    """Routes are declared once here; aiohttp and the OpenAPI document both read them."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self._by_handler: dict[tuple[object, str], Route] = {}
+
+    def add(self, route: Route) -> None:
+        self.routes.append(route)
+        self._by_handler[(route.handler, route.method)] = route
+
+    def install(self, app: web.Application) -> None:
+        for r in self.routes:
+            app.router.add_route(r.method, r.path, r.handler)
+
+    def route_for(self, request: web.Request) -> Route | None:
+        return self._by_handler.get((request.match_info.route.handler, request.method))
+
+    def auth_for(self, request: web.Request) -> AuthKind | None:
+        route = self.route_for(request)
+        return None if route is None else route.auth
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise ApiProblem(415, "unsupported_media_type", "send the body as application/json")
+    raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiProblem(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # The location and message only: the input could be a secret value.
+        field, message = describe_validation_error(exc)
+        raise ApiProblem(400, "invalid", message, field=field) from None
+
+
+def json_response(model: BaseModel, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json(), status=status, content_type="application/json"
+    )
+
+
+def problem_response(
+    status: int, code: str, message: str, field: str | None = None
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiProblem as p:
+        return problem_response(p.status, p.code, p.message, p.field)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem_response(413, "too_large", exc.text or "request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return problem_response(exc.status, code, exc.reason)
+    except StoreError:
+        log.exception("store error", path=request.path)
+        return problem_response(503, "unavailable", "the database is unavailable; try again")
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return problem_response(500, "internal", "internal error")

@@ -1,0 +1,3 @@
+"""Writing the audit trail: describing a change as an event (the chain itself is
+:mod:`manager.core.audit_chain`).
+"""

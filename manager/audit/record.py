@@ -1,0 +1,169 @@
+"""Recording changes: handlers describe what they changed, the audit middleware writes it.
+
+Every mutating user route declares the resource type it changes (``Route.audit``). Its
+handler calls :func:`record` once it knows the change, or :func:`unchanged` when the request
+turned out to change nothing (a repeated idempotent submit, a drain of a drained delegate).
+The middleware writes the one event after the handler returns a 2xx: a request that fails
+(raises, or answers 4xx/5xx) writes nothing. Host-side commands write through
+:class:`AuditRecorder` directly, as ``SYSTEM``.
+
+The event is written after the change, not in its transaction: if the store fails between
+the two, the change stands, the answer says it succeeded, and the lost event is logged at
+error level with its summary (never its diff).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from manager.api.http import Handler, RouteTable
+from manager.core.audit_chain import AuditEvent, draft
+from manager.core.identity import Actor, actor_of, client_ip
+from manager.store.base import Store, StoreError
+from shared.masking import Masker
+
+__all__ = [
+    "AUDIT",
+    "AuditRecorder",
+    "Change",
+    "audit_middleware",
+    "record",
+    "unchanged",
+]
+
+log = structlog.get_logger("tether.audit")
+
+# What a method does when its handler did not say (a handler that forgot to call record()).
+_ACTION_OF_METHOD = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change to one resource, as the handler that made it describes it."""
+
+    resource_id: str
+    name: str
+    action: str
+    summary: str
+    # JSON-like views of the resource: None before a create, None after a delete. Secrets
+    # and credentials are redacted by key and masked (manager.core.audit_chain.yaml_diff).
+    before: Any = None
+    after: Any = None
+    app: str | None = None
+
+
+class AuditRecorder:
+    """Drafts events (diff, masking, the clock) and appends them to the store's chain."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        masker: Masker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._masker = masker
+        self._clock = clock
+
+    async def write(
+        self,
+        actor: Actor,
+        change: Change,
+        *,
+        resource_type: str,
+        method: str,
+        path: str,
+        client_ip: str,
+    ) -> AuditEvent:
+        return await self._store.append_audit(
+            draft(
+                actor,
+                ts=self._clock(),
+                method=method,
+                path=path,
+                client_ip=client_ip,
+                resource_type=resource_type,
+                resource_id=change.resource_id,
+                resource_name=change.name,
+                action=change.action,
+                summary=change.summary,
+                before=change.before,
+                after=change.after,
+                app=change.app,
+                masker=self._masker,
+            )
+        )
+
+
+AUDIT: web.AppKey[AuditRecorder] = web.AppKey("tether_audit", AuditRecorder)
+_CHANGE: web.RequestKey[Change] = web.RequestKey("tether_audit_change", Change)
+_UNCHANGED: web.RequestKey[bool] = web.RequestKey("tether_audit_unchanged", bool)
+
+
+def record(
+    request: web.Request,
+    *,
+    resource_id: str,
+    name: str,
+    action: str,
+    summary: str,
+    before: Any = None,
+    after: Any = None,
+    app: str | None = None,
+) -> None:
+    """Describe the change this request made; written once the handler has succeeded. A
+    second call replaces the first: a request is one event."""
+    request[_CHANGE] = Change(resource_id, name, action, summary, before, after, app)
+
+
+def unchanged(request: web.Request) -> None:
+    """This request changed nothing: it writes no event."""
+    request[_UNCHANGED] = True
+
+
+def audit_middleware(table: RouteTable) -> Callable[..., object]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = table.route_for(request)
+        if route is None or route.audit is None:
+            return await handler(request)
+        response = await handler(request)
+        if not 200 <= response.status < 300 or request.get(_UNCHANGED):
+            return response
+        change = request.get(_CHANGE)
+        if change is None:
+            # Still one event, from what the route says: a change must never go unrecorded.
+            log.warning("handler described no change", method=request.method, path=route.path)
+            change = Change(
+                resource_id="/".join(request.match_info.values()),
+                name="",
+                action=_ACTION_OF_METHOD.get(request.method, request.method.lower()),
+                summary=f"{request.method} {request.path}",
+            )
+        try:
+            await request.app[AUDIT].write(
+                actor_of(request),
+                change,
+                resource_type=route.audit,
+                method=request.method,
+                path=request.path,
+                client_ip=client_ip(request),
+            )
+        except StoreError:
+            log.exception(
+                "audit event lost",
+                resource_type=route.audit,
+                resource_id=change.resource_id,
+                action=change.action,
+                summary=change.summary,
+            )
+        return response
+
+    return middleware

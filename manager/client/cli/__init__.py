@@ -1,0 +1,1 @@
+"""The `tether` command: one module per group of subcommands; :mod:`.main` is the entry."""

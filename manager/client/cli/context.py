@@ -1,0 +1,83 @@
+"""What every ``tether`` command handler shares: its context, its usage error, the exit codes.
+
+Its own module so the entry (:mod:`manager.client.cli.main`) and the handlers
+(:mod:`manager.client.cli.tasks`, :mod:`manager.client.cli.fleet`) can all import it
+without importing each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from manager.client import TetherClient
+from manager.client.cli.output import Console
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_EXPIRED",
+    "EXIT_INTERRUPTED",
+    "EXIT_TIMED_OUT",
+    "EXIT_USAGE",
+    "Context",
+    "Handler",
+    "Prompt",
+    "UsageError",
+    "terminal_prompt",
+]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMED_OUT = 124  # as timeout(1)
+EXIT_EXPIRED = 125
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit status 2."""
+
+
+# (question, secret) -> answer; tests answer from a script.
+Prompt = Callable[[str, bool], str]
+
+
+def terminal_prompt(question: str, secret: bool) -> str:
+    """Ask on the terminal (stderr), without echo for a secret."""
+    if secret:
+        return getpass.getpass(question, stream=sys.stderr)
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("no answer (standard input is closed)")
+    return line.rstrip("\n")
+
+
+@dataclass
+class Context:
+    client: TetherClient
+    console: Console
+    output: str
+    interrupted: asyncio.Event
+    handle_signals: bool = False
+    # For `tether login` and `logout` (manager.client.cli.login): how to ask, where the session is
+    # kept and for which manager, and whether a stored session is in use.
+    prompt: Prompt = terminal_prompt
+    stdin: TextIO | None = None
+    config_dir: Path = field(default_factory=lambda: Path.home() / ".config" / "tether")
+    manager_url: str = ""
+    session: bool = False
+    sso_poll_s: float = 1.0
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+
+Handler = Callable[[Context, argparse.Namespace], Awaitable[int]]

@@ -1,0 +1,367 @@
+"""``tether login``, ``tether logout`` and ``tether whoami``, and where a session is kept.
+
+    tether login                        # email, password; a 2FA code if enrolled
+    tether login --invite TOKEN         # a new user sets their password
+    tether login --sso                  # through the identity provider, in a browser
+    tether whoami
+    tether logout
+
+The session is kept in ``$TETHER_CONFIG_DIR`` (else ``$XDG_CONFIG_HOME/tether``, else
+``~/.config/tether``) as ``session.json``, mode 0600 in a 0700 directory, for one manager
+URL. Later commands use it when neither ``--api-key`` nor ``TETHER_API_KEY`` is given.
+
+The rules of the account are met here as they come: an expired password is changed, and
+where 2FA is enforced the user enrols (the secret and URI are shown, then a code confirms
+them, then the recovery codes are shown once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from manager.client import ApiError
+from manager.client.cli import output as fmt
+from manager.client.cli.access import model_from_options
+from manager.client.cli.context import Context, UsageError
+from manager.schemas.auth import (
+    AuthSettings,
+    InviteAccept,
+    LoginRequest,
+    LoginResult,
+    PasswordChange,
+    SsoPoll,
+    TotpConfirm,
+)
+
+__all__ = [
+    "ENV_CONFIG_DIR",
+    "StoredSession",
+    "add_login_parsers",
+    "config_dir",
+    "load_session",
+]
+
+ENV_CONFIG_DIR = "TETHER_CONFIG_DIR"
+_FILE = "session.json"
+# How long `login --sso` waits for the browser (it asks every ctx.sso_poll_s).
+SSO_WAIT_S = 600.0
+
+
+def config_dir(env: Mapping[str, str]) -> Path:
+    if env.get(ENV_CONFIG_DIR):
+        return Path(env[ENV_CONFIG_DIR])
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "tether"
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    manager_url: str
+    token: str
+    expires_at: float
+    email: str
+
+
+def load_session(env: Mapping[str, str], manager_url: str) -> StoredSession | None:
+    """The stored session for ``manager_url``, unless it has expired or is for another."""
+    path = config_dir(env) / _FILE
+    try:
+        data = json.loads(path.read_text())
+        stored = StoredSession(
+            str(data["manager_url"]),
+            str(data["token"]),
+            float(data["expires_at"]),
+            str(data["email"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if stored.manager_url.rstrip("/") != manager_url.rstrip("/"):
+        return None
+    return stored if stored.expires_at > time.time() else None
+
+
+def _private_dir(path_dir: Path) -> None:
+    """Make ``path_dir`` (0700), or refuse one that others can get into."""
+    path_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path_dir.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        # A shared directory would let others read the token, or plant the file beforehand.
+        raise UsageError(f"{path_dir} must be yours alone (chmod 700 {path_dir})")
+
+
+def _save(path_dir: Path, session: StoredSession) -> Path:
+    _private_dir(path_dir)
+    path = path_dir / _FILE
+    # mkstemp: created 0600 with O_EXCL under a random name (no one can have planted it or
+    # a link in its place), then renamed over the old one, so a reader sees one or the
+    # other, whole.
+    fd, scratch = tempfile.mkstemp(dir=path_dir, prefix=f".{_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(session.__dict__, f)
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise
+    return path
+
+
+def _forget(path_dir: Path) -> bool:
+    try:
+        (path_dir / _FILE).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def _ask(ctx: Context, question: str, *, secret: bool = False) -> str:
+    answer = ctx.prompt(question, secret)
+    if not answer.strip():
+        raise UsageError(f"no answer to {question.strip().rstrip(':')!r}")
+    return answer
+
+
+def _new_password(ctx: Context) -> str:
+    first = _ask(ctx, "New password: ", secret=True)
+    if _ask(ctx, "New password again: ", secret=True) != first:
+        raise UsageError("the two passwords differ; nothing was changed")
+    return first
+
+
+def _password(ctx: Context, args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline() if ctx.stdin is None else ctx.stdin.readline()
+        if not line.strip():
+            raise UsageError("--password-stdin: standard input held no password")
+        return line.rstrip("\n")
+    return _ask(ctx, "Password: ", secret=True)
+
+
+async def _second_factor(ctx: Context, body: LoginRequest, args: argparse.Namespace) -> Any:
+    code = args.totp_code or _ask(ctx, "Authentication code (or a recovery code): ")
+    code = code.strip()
+    if "-" in code or len(code) > 8:
+        return await ctx.client.login(body.model_copy(update={"recovery_code": code}))
+    return await ctx.client.login(body.model_copy(update={"totp_code": code}))
+
+
+async def _finish(ctx: Context, result: LoginResult) -> LoginResult:
+    """Meet the account's rules (change an expired password, enrol in enforced 2FA)."""
+    ctx.client.use_credential(result.token)
+    if result.restricted == "password_change":
+        ctx.console.note("Your password has expired; choose a new one.")
+        current = _ask(ctx, "Current password: ", secret=True)
+        result = await ctx.client.change_password(
+            PasswordChange(current=current, new=_new_password(ctx))
+        )
+        ctx.client.use_credential(result.token)
+    if result.restricted == "totp_enrolment":
+        ctx.console.note("This account requires two-factor authentication; enrol now.")
+        enrolment = await ctx.client.totp_enrol()
+        ctx.console.note(
+            "Add this to your authenticator app (a QR code from the URI, or type the key):\n"
+            f"  key: {enrolment.secret}\n  uri: {enrolment.otpauth_uri}"
+        )
+        code = _ask(ctx, "Code from the app: ")
+        confirmed = await ctx.client.totp_confirm(TotpConfirm(code=code.strip()))
+        _show_recovery(ctx, confirmed.recovery_codes)
+        if confirmed.session is not None:
+            result = confirmed.session
+            ctx.client.use_credential(result.token)
+    return result
+
+
+def _show_recovery(ctx: Context, codes: list[str]) -> None:
+    ctx.console.note(
+        "Recovery codes, shown once: each logs in once in place of a code. Keep them safe:\n"
+        + "\n".join(f"  {c}" for c in codes)
+    )
+
+
+def _stored(ctx: Context, result: LoginResult) -> int:
+    path = _save(
+        ctx.config_dir,
+        StoredSession(ctx.manager_url, result.token, result.expires_at, result.user.email),
+    )
+    if ctx.json:
+        view = result.model_dump(mode="json", exclude={"token"})
+        ctx.console.print(fmt.to_json({**view, "session_file": str(path)}))
+    else:
+        until = fmt.timestamp(result.expires_at)
+        ctx.console.note(f"Logged in as {result.user.email} until {until} (session in {path})")
+    return 0
+
+
+async def _sso(ctx: Context) -> LoginResult:
+    started = await ctx.client.sso_start()
+    ctx.console.note(f"Open this in a browser to sign in:\n  {started.authorize_url}")
+    poll = SsoPoll(state=started.state, poll_secret=started.poll_secret)
+    deadline = time.monotonic() + SSO_WAIT_S
+    while time.monotonic() < deadline:
+        answer = await ctx.client.sso_poll(poll)
+        if answer.status == "done" and answer.token and answer.user and answer.expires_at:
+            user = answer.user
+            return LoginResult.model_validate(
+                {
+                    "token": answer.token,
+                    "expires_at": answer.expires_at,
+                    "user": user.model_dump(),
+                }
+            )
+        await asyncio.sleep(ctx.sso_poll_s)
+    raise UsageError("the sign-in was not completed in time; run tether login --sso again")
+
+
+async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
+    _private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
+    if args.sso:
+        return _stored(ctx, await _sso(ctx))
+    if args.invite:
+        password = _password(ctx, args) if args.password_stdin else _new_password(ctx)
+        result = await ctx.client.accept_invite(InviteAccept(token=args.invite, password=password))
+        return _stored(ctx, await _finish(ctx, result))
+    email = args.email or _ask(ctx, "Email: ")
+    body = LoginRequest(email=email.strip(), password=_password(ctx, args))
+    try:
+        result = await ctx.client.login(body)
+    except ApiError as exc:
+        if exc.code != "totp_required":
+            raise
+        result = await _second_factor(ctx, body, args)
+    return _stored(ctx, await _finish(ctx, result))
+
+
+async def cmd_logout(ctx: Context, args: argparse.Namespace) -> int:
+    stored = ctx.session
+    if stored:
+        with contextlib.suppress(ApiError):  # already ended on the manager: forget it anyway
+            await ctx.client.logout()
+    forgot = _forget(ctx.config_dir)
+    ctx.console.note("Logged out." if stored or forgot else "Not logged in.")
+    return 0
+
+
+async def cmd_whoami(ctx: Context, args: argparse.Namespace) -> int:
+    me = await ctx.client.me()
+    if ctx.json:
+        ctx.console.print(fmt.to_json(me))
+        return 0
+    who = f"{me.email} (user {me.id})" if me.kind == "user" else f"API key {me.name} ({me.id})"
+    lines = [who]
+    if me.groups:
+        lines.append(f"groups: {', '.join(me.groups)}")
+    lines.append(f"account permissions: {', '.join(me.account_permissions) or 'none'}")
+    if me.totp_enabled is not None:
+        lines.append(f"two-factor authentication: {'on' if me.totp_enabled else 'off'}")
+    if me.session_expires_at:
+        lines.append(f"session until {fmt.timestamp(me.session_expires_at)}")
+    if me.restricted:
+        lines.append(f"restricted to finishing the login: {me.restricted}")
+    ctx.console.print("\n".join(lines))
+    return 0
+
+
+# Options of `tether auth-settings` and the settings they change.
+_SETTING_OF_OPTION = {
+    "min_length": "password_min_length",
+    "classes": "password_classes",
+    "expiry_days": "password_expiry_days",
+    "lockout_attempts": "lockout_attempts",
+    "lockout_minutes": "lockout_minutes",
+    "enforce_2fa": "enforce_2fa",
+    "allowed_domain": "allowed_email_domains",
+    "session_ttl": "session_ttl_minutes",
+}
+
+
+async def cmd_auth_settings(ctx: Context, args: argparse.Namespace) -> int:
+    """Show the login settings, or change the ones named (the rest keep their value)."""
+    settings = await ctx.client.auth_settings()
+    changes = {
+        field: getattr(args, option)
+        for option, field in _SETTING_OF_OPTION.items()
+        if getattr(args, option) is not None
+    }
+    if args.any_domain:
+        changes["allowed_email_domains"] = []
+    if changes:
+        options = {f: f"--{o.replace('_', '-')}" for o, f in _SETTING_OF_OPTION.items()}
+        merged = {**settings.model_dump(), **changes}
+        settings = await ctx.client.set_auth_settings(
+            model_from_options(AuthSettings, options, **merged)
+        )
+    if ctx.json:
+        ctx.console.print(fmt.to_json(settings))
+        return 0
+    s = settings
+    expiry = f"{s.password_expiry_days} days" if s.password_expiry_days else "never"
+    lockout = (
+        f"after {s.lockout_attempts} failed logins, for {s.lockout_minutes} min"
+        if s.lockout_attempts
+        else "off"
+    )
+    lines = [
+        f"passwords: at least {s.password_min_length} characters, with "
+        f"{', '.join(s.password_classes) or 'any characters'}; expire: {expiry}",
+        f"lockout: {lockout}",
+        f"two-factor authentication: {'enforced' if s.enforce_2fa else 'optional'}",
+        f"new users' email domains: {', '.join(s.allowed_email_domains) or 'any'}",
+        f"sessions last {s.session_ttl_minutes} min",
+    ]
+    ctx.console.print("\n".join(lines))
+    return 0
+
+
+def _classes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
+    p = groups.add_parser("login", parents=[output], help="log in; later commands use the session")
+    p.add_argument("--email", metavar="EMAIL")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    p.add_argument("--totp-code", metavar="CODE", help="the 2FA code (else asked when needed)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--invite", metavar="TOKEN", help="accept an invite: set your password")
+    how.add_argument("--sso", action="store_true", help="sign in through the identity provider")
+    p.set_defaults(handler=cmd_login, anonymous=True)
+    p = groups.add_parser("logout", parents=[output], help="end the stored session")
+    p.set_defaults(handler=cmd_logout, anonymous=True)
+    p = groups.add_parser("whoami", parents=[output], help="who the CLI acts as")
+    p.set_defaults(handler=cmd_whoami)
+    p = groups.add_parser(
+        "auth-settings",
+        parents=[output],
+        help="show or change the login settings (password policy, lockout, 2FA, domains)",
+    )
+    p.add_argument("--min-length", type=int, metavar="N")
+    p.add_argument(
+        "--classes", type=_classes, metavar="C,..", help="of lower, upper, digit, symbol"
+    )
+    p.add_argument("--expiry-days", type=int, metavar="D", help="0: passwords never expire")
+    p.add_argument("--lockout-attempts", type=int, metavar="N", help="0: never lock")
+    p.add_argument("--lockout-minutes", type=int, metavar="M")
+    p.add_argument(
+        "--enforce-2fa", action=argparse.BooleanOptionalAction, default=None, help="or --no-..."
+    )
+    p.add_argument("--allowed-domain", action="append", metavar="DOMAIN", help="repeatable")
+    p.add_argument("--any-domain", action="store_true", help="let any email domain join")
+    p.add_argument("--session-ttl", type=int, metavar="MIN", help="session lifetime, minutes")
+    p.set_defaults(handler=cmd_auth_settings)

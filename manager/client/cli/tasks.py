@@ -1,0 +1,260 @@
+"""The ``tether task`` commands, and following a task's log until it ends.
+
+``task run`` and ``task logs --follow`` exit like the task (see :func:`exit_code_for`);
+Ctrl-C while following sets :attr:`Context.interrupted` (a second one interrupts as usual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+from manager.client import (
+    ConnectionFailed,
+    EndEvent,
+    FollowEvent,
+    LogEvent,
+    StateEvent,
+    TetherClientError,
+)
+from manager.client.cli import output as fmt
+from manager.client.cli.context import (
+    EXIT_ERROR,
+    EXIT_EXPIRED,
+    EXIT_INTERRUPTED,
+    EXIT_TIMED_OUT,
+    Context,
+)
+from manager.client.cli.output import SYSTEM_PREFIX, Spinner
+from manager.schemas.tasks import TaskList, TaskView
+from shared.protocol import FINAL_STATES, TaskState
+
+__all__ = [
+    "cmd_deployments",
+    "cmd_task_cancel",
+    "cmd_task_get",
+    "cmd_task_list",
+    "cmd_task_logs",
+    "cmd_task_run",
+    "cmd_task_submit",
+    "exit_code_for",
+    "follow_task",
+]
+
+
+def exit_code_for(task: TaskView) -> int:
+    """The exit status of ``tether task run`` for a task in its final state."""
+    match task.state:
+        case TaskState.SUCCEEDED:
+            return 0
+        case TaskState.CANCELLED:
+            return EXIT_INTERRUPTED
+        case TaskState.TIMED_OUT:
+            return EXIT_TIMED_OUT
+        case TaskState.EXPIRED:
+            return EXIT_EXPIRED
+        case TaskState.FAILED if task.exit_code is not None:
+            code = task.exit_code
+            if code < 0:
+                code = 128 - code  # killed by signal -code, as a shell reports it
+            return min(max(code, 1), 255)
+        case _:
+            return EXIT_ERROR  # failed without a process status, e.g. delegate_lost
+
+
+# --- following a task ----------------------------------------------------------------------
+
+
+async def follow_task(
+    ctx: Context,
+    task_id: str,
+    *,
+    state: TaskState | None,
+    quiet: bool,
+    cancel_on_interrupt: bool,
+) -> TaskView | None:
+    """Print the task's log as it comes; the final task, or None after Ctrl-C."""
+    spinner = None
+    if ctx.console.interactive and not quiet:
+        spinner = Spinner(ctx.console.err, "waiting for a delegate…")
+    if state is TaskState.QUEUED and spinner is not None:
+        spinner.start()
+    follow = asyncio.create_task(_consume(ctx, task_id, spinner))
+    interrupt = asyncio.create_task(ctx.interrupted.wait())
+    try:
+        with _sigint_sets(ctx.interrupted, enabled=ctx.handle_signals):
+            await asyncio.wait({follow, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        follow.cancel()
+        interrupt.cancel()
+        await asyncio.wait({follow, interrupt})
+        if spinner is not None:
+            await spinner.stop()
+    if not follow.cancelled():
+        return follow.result()
+    if cancel_on_interrupt:
+        ctx.console.note(f"{SYSTEM_PREFIX}interrupted: cancelling task {task_id}")
+        try:
+            await ctx.client.cancel_task(task_id)
+        except TetherClientError as exc:
+            ctx.console.note(f"error: could not cancel task {task_id}: {exc}")
+    return None
+
+
+async def _consume(ctx: Context, task_id: str, spinner: Spinner | None) -> TaskView:
+    async with contextlib.aclosing(ctx.client.follow_logs(task_id)) as events:
+        async for event in events:
+            await _show(ctx, event, spinner)
+            if isinstance(event, EndEvent):
+                return event.task
+    return await ctx.client.get_task(task_id)
+
+
+async def _show(ctx: Context, event: FollowEvent, spinner: Spinner | None) -> None:
+    if spinner is not None:
+        if isinstance(event, StateEvent) and event.state is TaskState.QUEUED:
+            spinner.start()
+        elif isinstance(event, StateEvent | EndEvent):
+            await spinner.stop()
+        else:
+            spinner.clear()
+    if ctx.json:
+        ctx.console.print(event.model_dump_json())
+    elif isinstance(event, LogEvent):
+        ctx.console.log(event.line)
+
+
+@contextlib.contextmanager
+def _sigint_sets(event: asyncio.Event, *, enabled: bool) -> Iterator[None]:
+    """While following, Ctrl-C sets ``event``; a second Ctrl-C interrupts as usual."""
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGINT)
+    installed = False
+
+    def restore() -> None:
+        nonlocal installed
+        if installed:
+            installed = False
+            loop.remove_signal_handler(signal.SIGINT)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def on_sigint() -> None:
+        event.set()
+        restore()
+
+    if enabled:
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            installed = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signals here: Ctrl-C stays plain
+    try:
+        yield
+    finally:
+        restore()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+async def cmd_task_run(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.submit_task(args.submit)
+    if not args.quiet:
+        ctx.console.note(f"{SYSTEM_PREFIX}task {task.id} submitted")
+    try:
+        final = await follow_task(
+            ctx, task.id, state=task.state, quiet=args.quiet, cancel_on_interrupt=True
+        )
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(
+            f"{exc.message}. The task goes on; follow it with: tether task logs {task.id} --follow"
+        ) from exc
+    if final is None:
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        ctx.console.note(fmt.summary_line(final))
+    return exit_code_for(final)
+
+
+async def cmd_task_submit(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.submit_task(args.submit)
+    ctx.console.print(fmt.to_json(task) if ctx.json else task.id)
+    return 0
+
+
+async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.get_task(args.task_id)
+    ctx.console.print(fmt.to_json(task) if ctx.json else fmt.task_details(task))
+    return 0
+
+
+async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
+    tasks = await ctx.client.list_tasks(
+        state=args.state,
+        delegate=args.delegate,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+        app=args.app,
+        env=args.app_env,
+    )
+    if ctx.json:
+        ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
+    elif tasks:
+        ctx.console.print(fmt.task_table(tasks))
+    else:
+        ctx.console.note("no tasks")
+    return 0
+
+
+async def cmd_deployments(ctx: Context, args: argparse.Namespace) -> int:
+    tasks = await ctx.client.list_deployments(
+        app=args.app,
+        env=args.app_env,
+        service=args.service,
+        status=args.status,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    if ctx.json:
+        ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
+    elif tasks:
+        ctx.console.print(fmt.deployment_table(tasks))
+    else:
+        ctx.console.note("no deployments")
+    return 0
+
+
+async def cmd_task_logs(ctx: Context, args: argparse.Namespace) -> int:
+    if args.follow:
+        final = await follow_task(
+            ctx, args.task_id, state=None, quiet=False, cancel_on_interrupt=False
+        )
+        return EXIT_INTERRUPTED if final is None else exit_code_for(final)
+    cursor: str | None = None
+    while True:
+        page = await ctx.client.get_logs(args.task_id, after=cursor)
+        for entry in page.lines:
+            if ctx.json:
+                ctx.console.print(entry.model_dump_json())
+            else:
+                ctx.console.log(entry)
+        if not page.lines or page.cursor == cursor:
+            return 0
+        cursor = page.cursor
+
+
+async def cmd_task_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    task = await ctx.client.cancel_task(args.task_id)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(task))
+    elif task.state in FINAL_STATES:
+        ctx.console.print(f"task {task.id} already ended: {task.state.value}")
+    else:
+        ctx.console.print(f"cancel requested for task {task.id} ({task.state.value})")
+    return 0

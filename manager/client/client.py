@@ -1,0 +1,933 @@
+"""Typed async client of the manager's REST API (``/api/v1``), used by the CLI and by users.
+
+    async with TetherClient("https://manager:8443", api_key=key, ca_file=ca) as client:
+        task = await client.submit_task(TaskSubmit(payload=ShellPayload(script="make test")))
+        async for event in client.follow_logs(task.id):
+            ...
+
+Exceptions (every public method raises only these, plus pydantic's ``ValidationError`` when
+a model is built from bad arguments)::
+
+    TetherClientError
+    ├── ApiError            the manager answered with a non-2xx status
+    ├── ConnectionFailed    no answer: refused, TLS failure, timeout, stream broken too often
+    └── InvalidResponse     a 2xx answer that does not fit the API models
+
+The API key goes in the ``Authorization`` header only; it is never part of a message or a
+repr, and redirects are not followed, so it cannot be sent to another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError
+from yarl import URL
+
+from manager.schemas.access import (
+    AllowlistEntryCreate,
+    AllowlistEntryView,
+    AllowlistView,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyDefaults,
+    ApiKeyDefaultsUpdate,
+    ApiKeyList,
+    ApiKeyView,
+    Confirm,
+    TrustedProxies,
+    TrustedProxiesPut,
+)
+from manager.schemas.audit import (
+    AuditFilterCreate,
+    AuditFilterList,
+    AuditFilterView,
+    AuditList,
+    AuditQueryModel,
+    AuditVerifyReport,
+)
+from manager.schemas.auth import (
+    AuthSettings,
+    InviteAccept,
+    LoggedOut,
+    LoginRequest,
+    LoginResult,
+    Me,
+    PasswordChange,
+    SsoPoll,
+    SsoSession,
+    SsoStarted,
+    TotpConfirm,
+    TotpConfirmed,
+    TotpEnrolment,
+    TotpEnrolStart,
+)
+from manager.schemas.directory import (
+    AppCreate,
+    AppList,
+    AppView,
+    EnvCreate,
+    EnvList,
+    EnvView,
+    GroupCreate,
+    GroupList,
+    GroupUpdate,
+    GroupView,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserView,
+)
+from manager.schemas.secrets import (
+    ScopePut,
+    ScopeSpec,
+    SecretCreate,
+    SecretList,
+    SecretManagerCreate,
+    SecretManagerList,
+    SecretManagerTestResult,
+    SecretManagerUpdate,
+    SecretManagerView,
+    SecretMigrate,
+    SecretUpdate,
+    SecretVersionList,
+    SecretView,
+)
+from manager.schemas.tasks import (
+    DelegateView,
+    LogEntry,
+    LogPage,
+    ProfileList,
+    ProfilePut,
+    ProfileView,
+    TaskList,
+    TaskSubmit,
+    TaskView,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+from shared import __version__
+from shared.protocol import TaskState
+
+__all__ = [
+    "ApiError",
+    "ConnectionFailed",
+    "EndEvent",
+    "FollowEvent",
+    "InvalidResponse",
+    "LogEvent",
+    "StateEvent",
+    "TetherClient",
+    "TetherClientError",
+    "tls_client_context",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+# Calls a delegate must answer first (a secret manager test, a KMS wrap): the manager waits
+# up to twice its secret operation timeout for them.
+SLOW_CALL_S = 150.0
+
+# A follow line carries at most one TaskView, whose script is capped at 1 MiB (JSON escaping
+# can multiply that); anything longer is not a line of this protocol.
+_MAX_FOLLOW_LINE = 16 * 1024 * 1024
+
+
+class TetherClientError(Exception):
+    """Base of every error this client raises on purpose."""
+
+
+class ApiError(TetherClientError):
+    """The manager answered with a non-2xx status; fields come from its error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        # Seconds, from a Retry-After header (429 throttling, 503 while starting).
+        self.retry_after = retry_after
+        super().__init__(status, code, message, field)
+
+    def __str__(self) -> str:
+        text = f"HTTP {self.status} {self.code}: {self.message}"
+        return f"{text} (field: {self.field})" if self.field else text
+
+    def __repr__(self) -> str:
+        return (
+            f"ApiError(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r}, field={self.field!r})"
+        )
+
+
+class ConnectionFailed(TetherClientError):
+    """The manager could not be reached, or stopped answering."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidResponse(TetherClientError):
+    """A 2xx answer that is not what the API promises (a proxy page, a newer server...)."""
+
+
+# --- follow events ----------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogEvent(_Event):
+    kind: Literal["log"] = "log"
+    line: LogEntry
+
+
+class StateEvent(_Event):
+    kind: Literal["state"] = "state"
+    state: TaskState
+
+
+class EndEvent(_Event):
+    """The last event of a follow: the task in its final state."""
+
+    kind: Literal["end"] = "end"
+    task: TaskView
+
+
+FollowEvent = LogEvent | StateEvent | EndEvent
+_EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
+    "log": LogEvent,
+    "state": StateEvent,
+    "end": EndEvent,
+}
+
+
+class _NoContent(BaseModel):
+    """A 204: nothing to read."""
+
+
+class _DelegateList(BaseModel):
+    delegates: list[DelegateView]
+
+
+class _TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def tls_client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A verifying client context that speaks TLS 1.3 only, trusting ``ca_file`` when given
+    (else the system's roots)."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+class TetherClient:
+    """Async client of one manager. Use as an async context manager, or call :meth:`close`.
+
+    ``timeout`` bounds each plain call and the connect phase of a follow. A follow has no
+    total limit: it ends with the task. It reconnects when the stream breaks, resuming after
+    the last line seen; ``follow_retries`` bounds how many connections in a row may fail
+    without delivering a single line (the server's pings count, so a quiet task that the
+    server keeps alive never uses any up). ``follow_read_timeout`` is how long a stream may
+    stay silent before it is taken as broken.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        ca_file: Path | None = None,
+        timeout: float = 30,
+        follow_read_timeout: float | None = 90,
+        follow_retries: int = 8,
+        follow_backoff: float = 0.5,
+        follow_backoff_max: float = 10,
+    ) -> None:
+        url = URL(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("the manager URL must be http:// or https:// with a host")
+        self._base = url
+        # For messages: never the userinfo of a URL someone pasted with credentials in it.
+        self._display = str(url.with_user(None))
+        self._headers = {
+            "Accept": "application/json",
+            "User-Agent": f"tether-client/{__version__}",
+        }
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            try:
+                self._ssl = tls_client_context(ca_file)
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise TetherClientError(f"cannot load CA file {ca_file}: {reason}") from None
+        self._timeout = timeout
+        self._follow_read_timeout = follow_read_timeout
+        self._follow_retries = follow_retries
+        self._follow_backoff = follow_backoff
+        self._follow_backoff_max = follow_backoff_max
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"TetherClient({self._display!r})"
+
+    def use_credential(self, key: str) -> None:
+        """Act with ``key`` from now on: a session token a login just answered."""
+        self._headers["Authorization"] = f"Bearer {key}"
+        if self._session is not None:
+            self._session.headers["Authorization"] = f"Bearer {key}"
+
+    @property
+    def base_url(self) -> str:
+        return self._display
+
+    async def __aenter__(self) -> TetherClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    async def submit_task(self, task: TaskSubmit) -> TaskView:
+        """Queue a task; with an idempotency key already used, the existing task comes back."""
+        return await self._call("POST", "/api/v1/tasks", TaskView, body=task)
+
+    async def get_task(self, task_id: str) -> TaskView:
+        return await self._call("GET", f"/api/v1/tasks/{_seg(task_id)}", TaskView)
+
+    async def list_tasks(
+        self,
+        state: TaskState | str | None = None,
+        delegate: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        app: str | None = None,
+        env: str | None = None,
+    ) -> list[TaskView]:
+        params = _params(
+            state=state, delegate=delegate, since=since, until=until, limit=limit, app=app, env=env
+        )
+        page = await self._call("GET", "/api/v1/tasks", TaskList, params=params)
+        return page.tasks
+
+    async def list_deployments(
+        self,
+        app: str | None = None,
+        env: str | None = None,
+        service: str | None = None,
+        status: TaskState | str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        """Deployment history, newest first: tasks with deployment data the caller may read."""
+        params = _params(
+            app=app, env=env, service=service, status=status, since=since, until=until, limit=limit
+        )
+        page = await self._call("GET", "/api/v1/deployments", TaskList, params=params)
+        return page.tasks
+
+    async def cancel_task(self, task_id: str) -> TaskView:
+        return await self._call("POST", f"/api/v1/tasks/{_seg(task_id)}/cancel", TaskView)
+
+    async def get_logs(self, task_id: str, after: str | None = None, limit: int = 1000) -> LogPage:
+        """One page of a task's log; pass the page's ``cursor`` as ``after`` for the next."""
+        params = _params(after=after, limit=limit)
+        path = f"/api/v1/tasks/{_seg(task_id)}/logs"
+        return await self._call("GET", path, LogPage, params=params)
+
+    async def follow_logs(
+        self, task_id: str, after: str | None = None
+    ) -> AsyncGenerator[FollowEvent, None]:
+        """Log lines and state changes as they happen, ending with an :class:`EndEvent`.
+
+        A broken stream is reopened after the last line seen, so no line is lost or
+        repeated; a state equal to the last one yielded (a reconnect repeats it) is dropped.
+        Raises :class:`ConnectionFailed` when ``follow_retries`` connections in a row fail,
+        and :class:`ApiError` at once for a 4xx other than 429 (unknown task, bad key).
+        Close the iterator (``contextlib.aclosing``) when leaving it before the end.
+        """
+        cursor = after
+        last_pos = _position(after) if after is not None else None
+        last_state: TaskState | None = None
+        failures = 0
+        while True:
+            delivered = False
+            retry_after: float | None = None
+            try:
+                async with contextlib.aclosing(self._follow_lines(task_id, cursor)) as lines:
+                    async for raw in lines:
+                        delivered = True
+                        event = _parse_event(raw)
+                        if event is None:
+                            continue  # a ping, or a kind from a newer server
+                        if isinstance(event, LogEvent):
+                            pos = (event.line.attempt, event.line.seq)
+                            if last_pos is not None and pos <= last_pos:
+                                continue  # resent after a reconnect
+                            last_pos = pos
+                            cursor = f"{pos[0]}:{pos[1]}"
+                        elif isinstance(event, StateEvent):
+                            if event.state == last_state:
+                                continue
+                            last_state = event.state
+                        yield event
+                        if isinstance(event, EndEvent):
+                            return
+                reason = "the stream closed before the task ended"
+            except ApiError as exc:
+                if exc.status < 500 and exc.status != 429:
+                    raise
+                reason, retry_after = str(exc), exc.retry_after
+            except ConnectionFailed as exc:
+                reason = exc.message
+            if delivered:
+                failures = 0
+            failures += 1
+            if failures > self._follow_retries:
+                raise ConnectionFailed(
+                    f"lost the log stream of task {task_id} ({failures} failed connections "
+                    f"in a row; last: {reason})"
+                )
+            await asyncio.sleep(self._follow_delay(failures, retry_after))
+
+    # --- delegates and tokens ------------------------------------------------------------
+
+    async def list_delegates(self) -> list[DelegateView]:
+        page = await self._call("GET", "/api/v1/delegates", _DelegateList)
+        return page.delegates
+
+    async def drain_delegate(self, name: str) -> list[DelegateView]:
+        """Stop new work reaching the delegates with this name (or id); running tasks finish."""
+        path = f"/api/v1/delegates/{_seg(name)}/drain"
+        return (await self._call("POST", path, _DelegateList)).delegates
+
+    async def resume_delegate(self, name: str) -> list[DelegateView]:
+        path = f"/api/v1/delegates/{_seg(name)}/resume"
+        return (await self._call("POST", path, _DelegateList)).delegates
+
+    async def put_profile(self, name: str, profile: ProfilePut) -> ProfileView:
+        path = f"/api/v1/profiles/{_seg(name)}"
+        return await self._call("PUT", path, ProfileView, body=profile)
+
+    async def list_profiles(self) -> list[ProfileView]:
+        return (await self._call("GET", "/api/v1/profiles", ProfileList)).profiles
+
+    async def delete_profile(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/profiles/{_seg(name)}", _NoContent)
+
+    async def create_token(self, name: str) -> TokenCreated:
+        """A delegate enrollment token; its value is in the answer and nowhere else, ever."""
+        body = TokenCreate(name=name)
+        return await self._call("POST", "/api/v1/tokens", TokenCreated, body=body)
+
+    async def list_tokens(self) -> list[TokenView]:
+        page = await self._call("GET", "/api/v1/tokens", _TokenList)
+        return page.tokens
+
+    async def revoke_token(self, name: str) -> TokenView:
+        return await self._call("DELETE", f"/api/v1/tokens/{_seg(name)}", TokenView)
+
+    # -- secret managers and secrets (answers are metadata: no route returns a value)
+
+    async def list_secret_managers(self) -> list[SecretManagerView]:
+        path = "/api/v1/secret-managers"
+        return (await self._call("GET", path, SecretManagerList)).secret_managers
+
+    async def create_secret_manager(self, body: SecretManagerCreate) -> SecretManagerView:
+        return await self._call("POST", "/api/v1/secret-managers", SecretManagerView, body=body)
+
+    async def get_secret_manager(self, name: str) -> SecretManagerView:
+        path = f"/api/v1/secret-managers/{_seg(name)}"
+        return await self._call("GET", path, SecretManagerView)
+
+    async def update_secret_manager(
+        self, name: str, body: SecretManagerUpdate
+    ) -> SecretManagerView:
+        path = f"/api/v1/secret-managers/{_seg(name)}"
+        return await self._call("PATCH", path, SecretManagerView, body=body)
+
+    async def delete_secret_manager(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/secret-managers/{_seg(name)}", _NoContent)
+
+    async def test_secret_manager(self, name: str) -> SecretManagerTestResult:
+        """Runs on a delegate: it may take as long as a KMS round trip and a dispatch."""
+        path = f"/api/v1/secret-managers/{_seg(name)}/test"
+        return await self._call("POST", path, SecretManagerTestResult, timeout=SLOW_CALL_S)
+
+    async def list_secrets(self, manager: str | None = None) -> list[SecretView]:
+        params = _params(manager=manager)
+        return (await self._call("GET", "/api/v1/secrets", SecretList, params=params)).secrets
+
+    async def create_secret(self, body: SecretCreate) -> SecretView:
+        return await self._call(
+            "POST", "/api/v1/secrets", SecretView, body=body, timeout=SLOW_CALL_S
+        )
+
+    async def set_secret_scope(self, name: str, scope: ScopeSpec | None) -> SecretView:
+        """Where a secret may be used; None: its manager's scope."""
+        body = ScopePut(scope=scope)
+        return await self._call("PUT", f"/api/v1/secrets/{_seg(name)}/scope", SecretView, body=body)
+
+    async def set_secret_manager_scope(
+        self, name: str, scope: ScopeSpec | None
+    ) -> SecretManagerView:
+        """Where a manager's secrets may be used; None: unrestricted."""
+        body = ScopePut(scope=scope)
+        path = f"/api/v1/secret-managers/{_seg(name)}/scope"
+        return await self._call("PUT", path, SecretManagerView, body=body)
+
+    async def get_secret(self, name: str) -> SecretView:
+        return await self._call("GET", f"/api/v1/secrets/{_seg(name)}", SecretView)
+
+    async def update_secret(self, name: str, body: SecretUpdate) -> SecretView:
+        path = f"/api/v1/secrets/{_seg(name)}"
+        return await self._call("PATCH", path, SecretView, body=body, timeout=SLOW_CALL_S)
+
+    async def delete_secret(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/secrets/{_seg(name)}", _NoContent)
+
+    async def secret_versions(self, name: str) -> SecretVersionList:
+        return await self._call("GET", f"/api/v1/secrets/{_seg(name)}/versions", SecretVersionList)
+
+    async def migrate_secret(self, name: str, to: str) -> SecretView:
+        path = f"/api/v1/secrets/{_seg(name)}/migrate"
+        body = SecretMigrate(to=to)
+        return await self._call("POST", path, SecretView, body=body, timeout=SLOW_CALL_S)
+
+    async def health(self) -> bool:
+        """Whether ``/healthz`` answers 2xx; False when it answers otherwise or not at all."""
+        try:
+            async with self._get_session().get(
+                self._url("/healthz"),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            ) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop, as aiohttp wants.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, trust_env=False
+            )
+        return self._session
+
+    def _url(self, path: str) -> str:
+        return f"{self._base}{path}"
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[_M],
+        *,
+        params: Mapping[str, str] | None = None,
+        body: BaseModel | None = None,
+        timeout: float | None = None,
+    ) -> _M:
+        timeout = timeout or self._timeout
+        data: str | None = None
+        headers: dict[str, str] = {}
+        if body is not None:
+            data = body.model_dump_json()
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._get_session().request(
+                method,
+                self._url(path),
+                params=params,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, raw)
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(f"{method} {path} on {self._display}: {_describe(exc)}") from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"{method} {path} on {self._display}: no answer within {timeout:g}s"
+            ) from None
+        if not raw and model is _NoContent:
+            return model()
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise InvalidResponse(
+                f"unexpected answer to {method} {path}: {_first_error(exc)}"
+            ) from None
+
+    async def _follow_lines(self, task_id: str, after: str | None) -> AsyncGenerator[bytes, None]:
+        """The raw NDJSON lines of one follow connection, until it ends or breaks."""
+        path = f"/api/v1/tasks/{_seg(task_id)}/logs/follow"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._follow_read_timeout
+        )
+        try:
+            async with self._get_session().get(
+                self._url(path),
+                params=_params(after=after),
+                headers={"Accept": "application/x-ndjson"},
+                allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, await resp.read())
+                buf = bytearray()
+                async for chunk in resp.content.iter_any():
+                    start = len(buf)
+                    buf += chunk
+                    while (end := buf.find(b"\n", start)) >= 0:
+                        line = bytes(buf[:end]).strip()
+                        del buf[: end + 1]
+                        start = 0
+                        if line:
+                            yield line
+                    if len(buf) > _MAX_FOLLOW_LINE:
+                        raise InvalidResponse(f"a follow line of task {task_id} is too long")
+                # A partial line left in buf was cut by the break; it comes again after
+                # the reconnect.
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(_describe(exc)) from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"timed out (connect limit {self._timeout:g}s, "
+                f"silence limit {self._follow_read_timeout}s)"
+            ) from None
+
+    def _follow_delay(self, failures: int, retry_after: float | None) -> float:
+        ceiling = min(
+            self._follow_backoff_max, self._follow_backoff * float(2 ** min(failures - 1, 30))
+        )
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 60.0))
+        return delay
+
+    # --- audit trail ---------------------------------------------------------------------
+
+    async def list_audit(
+        self,
+        query: AuditQueryModel | None = None,
+        *,
+        before: str | None = None,
+        saved_filter: str | None = None,
+    ) -> AuditList:
+        """A page of events, newest first; pass the page's ``next`` as ``before`` for the
+        one after. ``saved_filter`` names a saved filter, which ``query`` narrows."""
+        params = _params(**_query_params(query), before=before, filter=saved_filter)
+        return await self._call("GET", "/api/v1/audit", AuditList, params=params)
+
+    async def export_audit(
+        self,
+        fmt: Literal["jsonl", "csv"] = "jsonl",
+        query: AuditQueryModel | None = None,
+        *,
+        saved_filter: str | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The matching events, oldest first, as chunks of JSON Lines or CSV. No total time
+        limit: a long trail takes as long as it takes; a silent connection does not."""
+        params = _params(**_query_params(query), format=fmt, filter=saved_filter)
+        params.pop("limit", None)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._timeout
+        )
+        path = "/api/v1/audit/export"
+        try:
+            async with self._get_session().get(
+                self._url(path), params=params, allow_redirects=False, timeout=timeout
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp, await resp.read())
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(f"GET {path} on {self._display}: {_describe(exc)}") from exc
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"GET {path} on {self._display}: silent for {self._timeout:g}s"
+            ) from None
+
+    async def verify_audit(self) -> AuditVerifyReport:
+        """Check the hash chain on the manager; ``broken`` names the first bad link."""
+        return await self._call(
+            "GET", "/api/v1/audit/verify", AuditVerifyReport, timeout=SLOW_CALL_S
+        )
+
+    async def list_audit_filters(self) -> list[AuditFilterView]:
+        return (await self._call("GET", "/api/v1/audit/filters", AuditFilterList)).filters
+
+    async def save_audit_filter(self, name: str, query: AuditQueryModel) -> AuditFilterView:
+        body = AuditFilterCreate(name=name, query=query)
+        return await self._call("POST", "/api/v1/audit/filters", AuditFilterView, body=body)
+
+    async def delete_audit_filter(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/audit/filters/{_seg(name)}", _NoContent)
+
+    # --- API keys and the IP allowlist ---------------------------------------------------
+
+    async def create_api_key(self, body: ApiKeyCreate) -> ApiKeyCreated:
+        """A new API key; its value is in the answer and nowhere else, ever."""
+        return await self._call("POST", "/api/v1/api-keys", ApiKeyCreated, body=body)
+
+    async def list_api_keys(self) -> list[ApiKeyView]:
+        return (await self._call("GET", "/api/v1/api-keys", ApiKeyList)).api_keys
+
+    async def revoke_api_key(self, name: str) -> ApiKeyView:
+        return await self._call("DELETE", f"/api/v1/api-keys/{_seg(name)}", ApiKeyView)
+
+    # -- users, groups, applications, environments ---------------------------------------
+
+    async def create_user(self, body: UserCreate) -> UserCreated:
+        """Invite a user; the invite token is in the answer and nowhere else."""
+        return await self._call("POST", "/api/v1/users", UserCreated, body=body)
+
+    async def list_users(self, group: str | None = None) -> list[UserView]:
+        params = _params(group=group)
+        return (await self._call("GET", "/api/v1/users", UserList, params=params)).users
+
+    async def set_user_enabled(self, user: str, enabled: bool) -> UserView:
+        return await self.user_action(user, "enable" if enabled else "disable")
+
+    async def user_action(
+        self, user: str, action: Literal["enable", "disable", "unlock", "reset-2fa", "logout"]
+    ) -> UserView:
+        return await self._call("POST", f"/api/v1/users/{_seg(user)}/{action}", UserView)
+
+    async def reinvite_user(self, user: str) -> UserCreated:
+        return await self._call("POST", f"/api/v1/users/{_seg(user)}/invite", UserCreated)
+
+    async def create_group(self, body: GroupCreate) -> GroupView:
+        return await self._call("POST", "/api/v1/groups", GroupView, body=body)
+
+    async def list_groups(self) -> list[GroupView]:
+        return (await self._call("GET", "/api/v1/groups", GroupList)).groups
+
+    async def update_group(self, name: str, body: GroupUpdate) -> GroupView:
+        return await self._call("PATCH", f"/api/v1/groups/{_seg(name)}", GroupView, body=body)
+
+    async def create_app(self, body: AppCreate) -> AppView:
+        return await self._call("POST", "/api/v1/apps", AppView, body=body)
+
+    async def list_apps(self) -> list[AppView]:
+        return (await self._call("GET", "/api/v1/apps", AppList)).apps
+
+    async def create_env(self, app: str, body: EnvCreate) -> EnvView:
+        path = f"/api/v1/apps/{_seg(app)}/envs"
+        return await self._call("POST", path, EnvView, body=body)
+
+    async def list_envs(self, app: str) -> list[EnvView]:
+        return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs
+
+    # -- logging in (these take no API key; the session token is in the answer) ----------
+
+    async def login(self, body: LoginRequest) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/login", LoginResult, body=body)
+
+    async def accept_invite(self, body: InviteAccept) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/invite/accept", LoginResult, body=body)
+
+    async def sso_start(self) -> SsoStarted:
+        return await self._call("POST", "/api/v1/auth/sso/start", SsoStarted)
+
+    async def sso_poll(self, body: SsoPoll) -> SsoSession:
+        return await self._call("POST", "/api/v1/auth/sso/poll", SsoSession, body=body)
+
+    async def me(self) -> Me:
+        return await self._call("GET", "/api/v1/auth/me", Me)
+
+    async def change_password(self, body: PasswordChange) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/password", LoginResult, body=body)
+
+    async def totp_enrol(self, password: str | None = None) -> TotpEnrolment:
+        body = TotpEnrolStart(password=password)
+        return await self._call("POST", "/api/v1/auth/totp/enrol", TotpEnrolment, body=body)
+
+    async def totp_confirm(self, body: TotpConfirm) -> TotpConfirmed:
+        return await self._call("POST", "/api/v1/auth/totp/confirm", TotpConfirmed, body=body)
+
+    async def logout(self) -> None:
+        await self._call("POST", "/api/v1/auth/logout", LoggedOut)
+
+    async def auth_settings(self) -> AuthSettings:
+        return await self._call("GET", "/api/v1/auth/settings", AuthSettings)
+
+    async def set_auth_settings(self, body: AuthSettings) -> AuthSettings:
+        return await self._call("PUT", "/api/v1/auth/settings", AuthSettings, body=body)
+
+    async def get_api_key_defaults(self) -> ApiKeyDefaults:
+        return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)
+
+    async def set_api_key_defaults(self, body: ApiKeyDefaultsUpdate) -> ApiKeyDefaults:
+        return await self._call("PUT", "/api/v1/api-key-defaults", ApiKeyDefaults, body=body)
+
+    async def get_allowlist(self) -> AllowlistView:
+        return await self._call("GET", "/api/v1/allowlist", AllowlistView)
+
+    async def add_allowlist_entry(self, body: AllowlistEntryCreate) -> AllowlistEntryView:
+        return await self._call("POST", "/api/v1/allowlist/entries", AllowlistEntryView, body=body)
+
+    async def remove_allowlist_entry(
+        self, entry_id: str, *, confirm: bool = False
+    ) -> AllowlistEntryView:
+        """``confirm``: even when it leaves the caller's own address out."""
+        path = f"/api/v1/allowlist/entries/{_seg(entry_id)}"
+        params = {"confirm": "true"} if confirm else None
+        return await self._call("DELETE", path, AllowlistEntryView, params=params)
+
+    async def set_allowlist_entry_enabled(
+        self, entry_id: str, enabled: bool, *, confirm: bool = False
+    ) -> AllowlistEntryView:
+        action = "enable" if enabled else "disable"
+        path = f"/api/v1/allowlist/entries/{_seg(entry_id)}/{action}"
+        body = Confirm(confirm=confirm)
+        return await self._call("POST", path, AllowlistEntryView, body=body)
+
+    async def enable_allowlist(self, *, confirm: bool = False) -> AllowlistView:
+        """Refused (409, ``would_lock_out``) when it would refuse the caller's own address,
+        unless ``confirm``."""
+        body = Confirm(confirm=confirm)
+        return await self._call("POST", "/api/v1/allowlist/enable", AllowlistView, body=body)
+
+    async def disable_allowlist(self) -> AllowlistView:
+        body = Confirm()
+        return await self._call("POST", "/api/v1/allowlist/disable", AllowlistView, body=body)
+
+    async def get_trusted_proxies(self) -> list[str]:
+        path = "/api/v1/allowlist/trusted-proxies"
+        return (await self._call("GET", path, TrustedProxies)).proxies
+
+    async def set_trusted_proxies(self, proxies: list[str], *, confirm: bool = False) -> list[str]:
+        path = "/api/v1/allowlist/trusted-proxies"
+        body = TrustedProxiesPut(proxies=proxies, confirm=confirm)
+        return (await self._call("PUT", path, TrustedProxies, body=body)).proxies
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _seg(value: str) -> str:
+    """One path segment: an id can never reach another route (``../``, ``?``, ``/``)."""
+    return quote(value, safe="")
+
+
+def _params(**values: Any) -> dict[str, str]:
+    return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def _query_params(query: AuditQueryModel | None) -> dict[str, Any]:
+    return {} if query is None else query.model_dump(exclude_none=True)
+
+
+def _position(cursor: str) -> tuple[int, int] | None:
+    """``"attempt:seq"`` as a tuple; None for a cursor of another shape (they are opaque)."""
+    attempt, sep, seq = cursor.partition(":")
+    if sep and attempt.isdigit() and seq.isdigit():
+        return int(attempt), int(seq)
+    return None
+
+
+def _parse_event(raw: bytes) -> FollowEvent | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidResponse("a follow line is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidResponse("a follow line is not a JSON object")
+    model = _EVENT_MODELS.get(str(data.get("kind")))
+    if model is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidResponse(f"bad {data['kind']} line: {_first_error(exc)}") from None
+
+
+def _api_error(resp: aiohttp.ClientResponse, raw: bytes) -> ApiError:
+    retry_after: float | None = None
+    header = resp.headers.get("Retry-After")
+    if header is not None:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None  # an HTTP date: rare enough to ignore
+    try:
+        detail = json.loads(raw)["error"]
+        code, message, field = detail["code"], detail["message"], detail.get("field")
+        if isinstance(code, str) and isinstance(message, str):
+            return ApiError(
+                resp.status,
+                code,
+                message,
+                field if isinstance(field, str) else None,
+                retry_after=retry_after,
+            )
+    except (ValueError, KeyError, TypeError):
+        pass
+    # Not our error body: a proxy or load balancer answered. Its page is not a message.
+    message = resp.reason or "no reason given"
+    text = raw.decode("utf-8", "replace").strip()
+    if resp.content_type == "text/plain" and text and len(text) <= 200 and "\n" not in text:
+        message = f"{message}: {text}"
+    return ApiError(resp.status, f"http_{resp.status}", message, None, retry_after=retry_after)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _first_error(exc: ValidationError) -> str:
+    # Location and message only: pydantic's default text echoes the input.
+    err = exc.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+    return f"{loc}: {err['msg']}"

@@ -1,0 +1,1 @@
+"""The manager's master key: its files, sealing, and rotation."""

@@ -1,0 +1,1 @@
+"""Wire models of the REST API: a leaf imported by the API, the services and the client."""

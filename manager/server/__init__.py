@@ -1,0 +1,1 @@
+"""The tether-manager server: app wiring and lifecycle, and host-side maintenance (backup)."""

@@ -1,0 +1,407 @@
+"""Wiring and lifecycle of the manager: build, start, serve, shut down.
+
+Start-up runs in explicit phases (data dir, store and migrations, keys, TLS, recovery of the
+in-memory view, then the listener) so a failure says which phase failed. Shutdown closes
+every delegate stream with the *restart* code, so delegates reconnect at once to whatever
+replaces this process instead of waiting out a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from prometheus_client.core import Metric
+
+from manager.access.directory import Directory
+from manager.access.login import LOGINS, Logins
+from manager.access.passwords import Passwords
+from manager.access.session_signer import SessionSigner
+from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
+from manager.api.access import add_access_routes
+from manager.api.audit import add_audit_routes
+from manager.api.auth import add_auth_routes
+from manager.api.context import CTX, Context
+from manager.api.delegate_plane import add_delegate_routes
+from manager.api.directory import add_directory_routes
+from manager.api.guards import ACCESS, Access, access_middlewares
+from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.openapi import openapi_document
+from manager.api.permissions import check_routes
+from manager.api.profiles import add_profile_routes
+from manager.api.secrets import add_secret_routes
+from manager.api.sso import add_sso_routes
+from manager.api.tasks import add_user_routes
+from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware
+from manager.core.identity import SYSTEM
+from manager.keys.masterkey import MasterKey
+from manager.metrics import CONTENT_TYPE, Metrics, gauge
+from manager.schemas.grants import ADMIN_GROUP
+from manager.secrets.ops import SecretOps
+from manager.secrets.service import SecretService
+from manager.store.base import Store
+from manager.store.factory import open_store_url
+from manager.store.postgres import PostgresStore
+from manager.tasks.bus import Bus, LocalBus, PostgresBus
+from manager.tasks.dispatch import Dispatcher
+from manager.tasks.events import TaskEvents
+from manager.tasks.hub import Hub
+from manager.tasks.profiles import Profiles
+from manager.tasks.service import TaskService
+from shared.limits import MAX_API_BODY_BYTES, Timings
+from shared.masking import Masker
+from shared.protocol import CloseCode, TaskState
+from shared.tls import ensure_manager_certificates, server_context
+
+__all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
+
+log = structlog.get_logger("tether.manager")
+
+ADMIN_KEY_FILE = "admin-api-key"
+ROUTES: web.AppKey[RouteTable] = web.AppKey("tether_routes", RouteTable)
+
+
+@dataclass
+class ManagerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    timings: Timings = field(default_factory=Timings)
+    # postgresql://... for several replicas; None keeps SQLite in the data dir.
+    database: str | None = field(default=None, repr=False)
+    clock: Callable[[], float] = time.time
+    # The masker behind this process's log output (shared.logging.configure_logging).
+    masker: Masker | None = None
+    # argon2id's cost; tests pass a cheap one (manager.access.passwords).
+    passwords: Passwords | None = None
+
+
+def open_store(data_dir: Path, database: str | None = None) -> Store:
+    """SQLite in the data dir, or PostgreSQL when a ``postgresql://`` URL is given."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return open_store_url(database, data_dir)
+
+
+async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
+    path = data_dir / ADMIN_KEY_FILE
+    if path.exists():
+        return path
+
+    async def make(name: str) -> str:
+        # A high limit, not the account default: see manager.access.tokens.ADMIN_MAX_QPS.
+        record, key = await create_api_key(
+            store,
+            name,
+            owner="admin",
+            service_account=True,
+            groups=(ADMIN_GROUP,),
+            max_qps=ADMIN_MAX_QPS,
+            burst=ADMIN_BURST,
+        )
+        # The manager made it, at start: the system's change, like a host-side command's.
+        after = {
+            "id": record.id,
+            "name": record.name,
+            "prefix": record.prefix,
+            "owner": record.owner,
+            "service_account": record.service_account,
+            "groups": list(record.groups),
+            "max_qps": record.max_qps,
+        }
+        await AuditRecorder(store).write(
+            SYSTEM,
+            Change(
+                record.id,
+                record.name,
+                "create",
+                f"created admin API key {record.name}",
+                after=after,
+            ),
+            resource_type="api_key",
+            method="START",
+            path=f"tether-manager serve ({path.name})",
+            client_ip="local",
+        )
+        return key
+
+    try:
+        key = await make("admin")
+    except ApiKeyInUse:
+        # The file was deleted to rotate the key: the live "admin" key stays usable until
+        # it is revoked by name (tether api-key revoke admin), so the new one gets a date.
+        key = await make(time.strftime("admin-%Y%m%d-%H%M%S", time.gmtime()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.info("admin API key created", path=str(path))
+    return path
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    c = request.app[CTX]
+    if c.stopping:
+        return web.json_response({"status": "stopping"}, status=503)
+    try:
+        await c.store.get_setting("session_key")
+    except Exception:
+        return web.json_response({"status": "database unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[CTX].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[CTX].metrics.api_requests.labels(route, request.method, str(response.status)).inc()
+    return response
+
+
+def _live_metrics(c: Context) -> Iterator[Metric]:
+    modes: dict[tuple[str, ...], float] = {("stream",): 0, ("polling",): 0}
+    reported: dict[tuple[str, ...], float] = {}
+    for session in c.hub.sessions.values():
+        status = c.hub.status(session.id)
+        if status != "disconnected":
+            key = ("stream",) if status == "connected" else ("polling",)
+            modes[key] += 1
+            for name, value in session.metrics.items():
+                reported[(session.delegate.name, session.id, name)] = value
+    yield gauge("tether_delegates_connected", "Delegates heard from, by mode", ["mode"], modes)
+    running = sum(1 for t in c.tasks.open_tasks() if t.state is TaskState.RUNNING)
+    yield gauge(
+        "tether_tasks",
+        "Open tasks by state (finished ones: tether_tasks_finished_total)",
+        ["state"],
+        {("queued",): len(c.dispatcher.queued), ("running",): running},
+    )
+    yield gauge(
+        "tether_delegate_metric",
+        "What each delegate reports about itself in its heartbeats",
+        ["delegate", "delegate_id", "name"],
+        reported,
+    )
+
+
+async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Application, Context]:
+    """Everything but the listener; the store must be open."""
+    t = config.timings
+    key = await store.put_setting_if_absent("session_key", SessionSigner.new_key())
+    await Directory(store).ensure_admin_group()
+    hub = Hub(lost_after=t.lost_after, clock=config.clock)
+    dispatcher = Dispatcher(
+        hub, widen_after=t.dispatch_widen_after, tick=t.sweep_interval, clock=config.clock
+    )
+    events = TaskEvents()
+    metrics = Metrics()
+    bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
+    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
+    tasks = TaskService(
+        store=store,
+        hub=hub,
+        dispatcher=dispatcher,
+        events=events,
+        master_key=master_key,
+        timings=t,
+        metrics=metrics,
+        bus=bus,
+        clock=config.clock,
+    )
+    c = Context(
+        store=store,
+        hub=hub,
+        dispatcher=dispatcher,
+        events=events,
+        tasks=tasks,
+        signer=SessionSigner(bytes.fromhex(key), ttl=t.session_ttl, clock=config.clock),
+        timings=t,
+        clock=config.clock,
+        metrics=metrics,
+        profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
+    )
+    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)
+    tasks.secrets = c.secrets
+    await tasks.recover()
+    await bus.start(tasks.on_remote)
+    c.bus = bus
+    metrics.add_live(lambda: _live_metrics(c))
+
+    table = RouteTable()
+    table.add(Route("GET", "/healthz", _healthz, "Liveness", "none"))
+    table.add(Route("GET", "/readyz", _readyz, "Readiness", "none", errors=(503,)))
+    table.add(Route("GET", "/metrics", _metrics, "Prometheus metrics", "user", streaming="text"))
+    add_user_routes(table)
+    add_profile_routes(table)
+    add_secret_routes(table)
+    add_audit_routes(table)
+    add_access_routes(table)
+    add_sso_routes(table)
+    add_auth_routes(table)
+    add_directory_routes(table)
+    add_delegate_routes(table)
+    doc: dict[str, object] = {}
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
+    check_routes(table.routes)
+    doc.update(openapi_document(table.routes))
+    app = web.Application(
+        client_max_size=MAX_API_BODY_BYTES,
+        # The access guards (allowlist, API key, rate limit: manager.api.guards) run before any
+        # handler. Audit innermost: it sees the actor authentication set, and a handler's
+        # error before the error middleware answers it (a failed request records nothing).
+        middlewares=[
+            _count_requests,
+            error_middleware,
+            *access_middlewares(table),
+            audit_middleware(table),  # type: ignore[list-item]
+        ],
+    )
+    app[CTX] = c
+    access = app[ACCESS] = Access(store, clock=config.clock)
+    app[LOGINS] = Logins(
+        access.directory,
+        master_key,
+        access.principals,
+        passwords=config.passwords,
+        clock=config.clock,
+    )
+    app[AUDIT] = AuditRecorder(store, masker=config.masker, clock=config.clock)
+    table.install(app)
+    app[ROUTES] = table
+    return app, c
+
+
+async def _loops(c: Context) -> None:
+    """Sweeps (lost delegates, leases, timeouts) and the check for tokens revoked on the host."""
+    t = c.timings
+    last_revocation_check = 0.0
+    last_renewal = 0.0
+    last_reconcile = time.monotonic()
+    while True:
+        await asyncio.sleep(t.sweep_interval)
+        try:
+            # Leases are renewed once per heartbeat interval, in one write for all delegates.
+            if time.monotonic() - last_renewal >= t.heartbeat_interval:
+                last_renewal = time.monotonic()
+                await c.tasks.renew_leases()
+                await c.store.record_presence(
+                    c.replica_id, c.started_at, c.clock(), c.hub.presence(c.replica_id)
+                )
+            # With other replicas, repair what a lost notification may have left behind.
+            if c.bus.shared and time.monotonic() - last_reconcile >= 10 * t.heartbeat_interval:
+                last_reconcile = time.monotonic()
+                await c.tasks.reconcile()
+            for delegate_id in c.hub.liveness.lost(c.clock()):
+                log.warning("delegate lost", delegate_id=delegate_id)
+                c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
+            await c.tasks.sweep()
+            if time.monotonic() - last_revocation_check >= t.revocation_check:
+                last_revocation_check = time.monotonic()
+                live = {s.delegate.token_id for s in c.hub.sessions.values()}
+                for token_id in await c.store.revoked_token_ids(live - c.hub.revoked_tokens):
+                    c.hub.revoked_tokens.add(token_id)
+                    for s in list(c.hub.sessions.values()):
+                        if s.delegate.token_id == token_id:
+                            c.hub.drop(s.id, CloseCode.REVOKED, "token revoked")
+                    log.info("token revoked on the host", token_id=token_id)
+        except Exception:
+            log.exception("sweep failed")
+
+
+async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit status."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if config.tls_cert and config.tls_key:
+        ssl_ctx = server_context(config.tls_cert, config.tls_key)
+        ca_file: Path | None = None
+    else:
+        paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
+        ssl_ctx = server_context(paths.server_cert, paths.server_key)
+        ca_file = paths.ca_cert
+    store = open_store(config.data_dir, config.database)
+    await store.open()
+    try:
+        admin_key_path = await _ensure_admin_key(store, config.data_dir)
+        app, c = await build_app(config, store)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        sock = _bind(config.host, config.port)
+        site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=1024)
+        await site.start()
+        port = sock.getsockname()[1]
+        url = f"https://{_url_host(config.host)}:{port}"
+        background = [
+            asyncio.create_task(c.dispatcher.run(), name="dispatch"),
+            asyncio.create_task(_loops(c), name="sweep"),
+            asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
+        ]
+        log.info(
+            "manager listening",
+            url=url,
+            ca_file=str(ca_file) if ca_file else None,
+            admin_key_file=str(admin_key_path),
+        )
+        if ready is not None:
+            ready(url)
+        await _wait_for_signal()
+        log.info("manager stopping")
+        c.stopping = True
+        await c.hub.close_all(CloseCode.RESTART, "manager restarting")
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await runner.cleanup()
+        await c.bus.close()
+    finally:
+        await store.close()
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # A second signal during shutdown forces the exit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: os._exit(1))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,250 @@
+"""The delegate hub: who is connected, how, and what they were last heard to run.
+
+A session exists per delegate that was heard from recently, whether over the WebSocket
+stream or over HTTPS polling. Liveness lives here in memory, and what each heartbeat listed
+waits here for the next batched lease renewal; nothing in this module writes to the
+database, so a heartbeat costs a dictionary update and one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel
+
+from manager.core.assign import Candidate
+from manager.core.liveness import Leases, Liveness
+from manager.records import DelegateRecord, Presence
+from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskCancel
+
+__all__ = ["Hub", "Session"]
+
+log = structlog.get_logger("tether.hub")
+
+
+@dataclass(eq=False)
+class Session:
+    delegate: DelegateRecord
+    ws: web.WebSocketResponse | None = None
+    # Set when this delegate last spoke over HTTPS (poll or heartbeat) rather than the stream.
+    polled_at: float | None = None
+    free_slots: int = 0
+    draining: bool = False
+    # What the delegate last reported about itself (republished on /metrics).
+    metrics: dict[str, float] = field(default_factory=dict)
+    # The tasks its last heartbeat listed: their leases are renewed in the next batch.
+    listed: tuple[str, ...] = ()
+    # Listed tasks the store says it does not hold (cancelled, or handed to another
+    # delegate after its lease ran out): every ack tells it to stop them.
+    strangers: frozenset[str] = frozenset()
+    # Hints for a polling delegate, taken by its next long-poll.
+    inbox: deque[str] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.delegate.id
+
+    @property
+    def mode(self) -> Literal["stream", "polling"]:
+        return "stream" if self.ws is not None and not self.ws.closed else "polling"
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        lost_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self.sessions: dict[str, Session] = {}
+        self.liveness = Liveness(lost_after=lost_after)
+        self.leases = Leases()
+        # Running tasks a user asked to cancel; repeated in every ack until they end.
+        self.cancelling: set[str] = set()
+        self.revoked_tokens: set[str] = set()
+        self._lost_after = lost_after
+        self._background: set[asyncio.Task[object]] = set()
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def session(self, delegate: DelegateRecord) -> Session:
+        current = self.sessions.get(delegate.id)
+        if current is None:
+            current = self.sessions[delegate.id] = Session(delegate=delegate)
+        else:
+            current.delegate = delegate
+        current.draining = delegate.draining
+        self.liveness.seen(delegate.id, self._clock())
+        return current
+
+    async def attach_stream(self, session: Session, ws: web.WebSocketResponse) -> None:
+        old = session.ws
+        session.ws = ws
+        session.polled_at = None
+        if old is not None and not old.closed:
+            await old.close(code=CloseCode.SUPERSEDED, message=b"superseded by a newer connection")
+
+    def detach_stream(self, session: Session, ws: web.WebSocketResponse) -> None:
+        # The session stays: the delegate may come back on the stream or by polling, and its
+        # leases run out only when its heartbeats stop, not when one connection drops.
+        if session.ws is ws:
+            session.ws = None
+
+    def status(self, delegate_id: str) -> Literal["connected", "polling", "disconnected"]:
+        session = self.sessions.get(delegate_id)
+        last = self.liveness.last_seen(delegate_id)
+        if session is None or last is None:
+            return "disconnected"
+        if session.mode == "stream":
+            return "connected"
+        if self._clock() - last <= self._lost_after:
+            return "polling"
+        return "disconnected"
+
+    def drop(self, delegate_id: str, code: CloseCode, reason: str) -> None:
+        """End a session: close its stream with ``code`` and forget its liveness."""
+        session = self.sessions.pop(delegate_id, None)
+        self.liveness.forget(delegate_id)
+        if session is None:
+            return
+        session.wake.set()
+        if session.ws is not None and not session.ws.closed:
+            self._spawn(session.ws.close(code=code, message=reason.encode()[:120]))
+
+    # -- heartbeats and leases ------------------------------------------------------------
+
+    def on_heartbeat(self, session: Session, frame: Hello | Heartbeat) -> HeartbeatAck:
+        now = self._clock()
+        self.liveness.seen(session.id, now)
+        session.listed = tuple(frame.running)
+        if isinstance(frame, Heartbeat):
+            session.free_slots = frame.free_slots
+            session.metrics = frame.metrics
+            seq = frame.seq
+        else:
+            session.free_slots = max(0, session.delegate.capacity - len(frame.running))
+            seq = 0
+        listed = set(frame.running)
+        cancel = sorted((session.strangers | self.cancelling) & listed)
+        return HeartbeatAck(seq=seq, cancel=cancel, drain=session.draining)
+
+    def held(self) -> list[tuple[str, str]]:
+        """(task, delegate) for every task the live sessions' last heartbeats listed."""
+        now = self._clock()
+        pairs: list[tuple[str, str]] = []
+        for s in self.sessions.values():
+            last = self.liveness.last_seen(s.id)
+            if last is not None and now - last <= self._lost_after:
+                pairs.extend((task_id, s.id) for task_id in s.listed)
+        return pairs
+
+    def presence(self, replica_id: str) -> list[Presence]:
+        """The delegates this process heard within ``lost_after``, for the presence rows."""
+        now = self._clock()
+        out = []
+        for s in self.sessions.values():
+            last = self.liveness.last_seen(s.id)
+            if last is not None and now - last <= self._lost_after:
+                out.append(Presence(s.id, replica_id, s.mode, last))
+        return out
+
+    def renewed(self, held: list[tuple[str, str]], renewed: set[str]) -> None:
+        """Record which of the ``held`` pairs the store renewed; the rest are strangers.
+
+        Judged on the snapshot the renewal was made from, not on what heartbeats listed
+        since: a task acquired while the store was writing was not in that batch, and must
+        not be taken for a stranger (and cancelled) for it.
+        """
+        stale: dict[str, set[str]] = {}
+        for task_id, delegate_id in held:
+            if task_id not in renewed:
+                stale.setdefault(delegate_id, set()).add(task_id)
+        for s in self.sessions.values():
+            s.strangers = frozenset(stale.get(s.id, ()))
+
+    def candidates(self) -> list[Candidate]:
+        out = (self._candidate(s) for s in self.sessions.values())
+        return [c for c in out if c is not None]
+
+    def candidate(self, delegate_id: str) -> Candidate | None:
+        session = self.sessions.get(delegate_id)
+        return None if session is None else self._candidate(session)
+
+    def _candidate(self, s: Session) -> Candidate | None:
+        # Load is counted from the leases this manager granted, not from the free slots a
+        # heartbeat reported: leases change the moment a task is acquired or finishes,
+        # while a heartbeat's figure is up to one interval old.
+        last = self.liveness.last_seen(s.id)
+        if last is None or self._clock() - last > self._lost_after:
+            return None
+        d = s.delegate
+        return Candidate(
+            delegate_id=s.id,
+            # The name and the id count as selectors: a task can ask for one delegate.
+            selectors=frozenset((*d.selectors, d.name, d.id)),
+            task_types=frozenset(d.task_types),
+            capacity=d.capacity,
+            running=self.leases.count(s.id),
+            draining=s.draining,
+        )
+
+    # -- sending --------------------------------------------------------------------------
+
+    def hint(self, delegate_id: str, task_id: str, frame: BaseModel) -> None:
+        """Tell a delegate a task may be for it: a frame on the stream, or its poll inbox."""
+        session = self.sessions.get(delegate_id)
+        if session is None:
+            return
+        if session.mode == "stream":
+            self.send(session, frame)
+        else:
+            session.inbox.append(task_id)
+            session.wake.set()
+
+    def cancel(self, task_id: str) -> None:
+        self.cancelling.add(task_id)
+        holder = self.leases.holder(task_id)
+        for session in self.sessions.values():
+            # The holder as this process granted it, or whoever's heartbeat lists the task
+            # (acquired through another replica).
+            if session.mode == "stream" and (session.id == holder or task_id in session.listed):
+                self.send(session, TaskCancel(task_id=task_id))
+
+    def send(self, session: Session, frame: BaseModel) -> None:
+        ws = session.ws
+        if ws is None or ws.closed:
+            return
+        # Not awaited here: a delegate with a full socket buffer must not stall the caller
+        # (the dispatcher serves every delegate). Frames of a non-compressed WebSocket are
+        # written whole and in call order before the first await, so order is kept.
+        self._spawn(ws.send_str(frame.model_dump_json()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("frame not sent", error=str(task.exception()))
+
+    async def close_all(self, code: CloseCode, reason: str) -> None:
+        closing = [
+            s.ws.close(code=code, message=reason.encode())
+            for s in self.sessions.values()
+            if s.ws is not None and not s.ws.closed
+        ]
+        for s in self.sessions.values():
+            s.wake.set()
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)

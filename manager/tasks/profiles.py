@@ -1,0 +1,78 @@
+"""Delegate profiles: a startup script for every delegate whose selectors match.
+
+A profile run is an ordinary task pinned to one delegate (by its id), so its output reaches
+the manager as any task's does. It runs when a delegate process starts (a registration with
+a new instance id) and again on every live matching delegate when the script changes. The
+idempotency key names the profile, the script's hash, the delegate and the instance, so a
+reconnect, a second replica or a restarted manager never runs the same script twice.
+
+Secrets in profile scripts: only those scoped to the account, or with no usage scope
+(manager.secrets.scope); a profile run's ``submitted_by`` is ``profile:<name>`` so delivery
+can tell it from a user's task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import structlog
+
+from manager.records import DelegateRecord, ProfileRecord
+from manager.schemas.tasks import TaskSubmit
+from manager.store.base import Store
+from manager.tasks.hub import Hub
+from manager.tasks.service import TaskService
+from shared.protocol import ShellPayload
+
+__all__ = ["Profiles", "matches", "script_hash"]
+
+log = structlog.get_logger("tether.profiles")
+
+PROFILE_ACTOR = "profile:"
+
+
+def script_hash(profile: ProfileRecord) -> str:
+    return hashlib.sha256(f"{profile.interpreter}\0{profile.script}".encode()).hexdigest()[:16]
+
+
+def matches(profile: ProfileRecord, delegate: DelegateRecord) -> bool:
+    offered = {*delegate.selectors, delegate.name}
+    return all(s in offered for s in profile.selectors)
+
+
+class Profiles:
+    def __init__(self, store: Store, tasks: TaskService, hub: Hub, *, lost_after: float) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._hub = hub
+        self._lost_after = lost_after
+
+    async def on_register(self, delegate: DelegateRecord, instance: str) -> None:
+        for profile in await self._store.list_profiles():
+            if matches(profile, delegate):
+                await self._run(profile, delegate, f"start-{instance}")
+
+    async def on_change(self, profile: ProfileRecord) -> int:
+        """Run the new script on every live delegate it matches; returns how many."""
+        live = set(self._hub.sessions) | set(
+            await self._store.presence(time.time() - self._lost_after)
+        )
+        count = 0
+        for delegate in await self._store.list_delegates():
+            if delegate.id in live and matches(profile, delegate):
+                await self._run(profile, delegate, "changed")
+                count += 1
+        return count
+
+    async def _run(self, profile: ProfileRecord, delegate: DelegateRecord, why: str) -> None:
+        key = f"profile:{profile.name}:{script_hash(profile)}:{delegate.id}:{why}"[:256]
+        req = TaskSubmit(
+            payload=ShellPayload(script=profile.script, interpreter=profile.interpreter),
+            selectors=[delegate.id],
+            idempotency_key=key,
+        )
+        # Marked as a profile run: its secrets are judged by the profile rule (account scope).
+        task, created = await self._tasks.submit(req, submitted_by=f"{PROFILE_ACTOR}{profile.name}")
+        if created:
+            log.info("profile run", profile=profile.name, delegate_id=delegate.id, task_id=task.id)

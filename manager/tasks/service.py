@@ -1,0 +1,517 @@
+"""Task operations: submit, acquire, logs, results, cancel, and the periodic sweep.
+
+Each operation reads a snapshot, asks :mod:`manager.core.taskstate` what should happen, and has
+the store apply it with a compare-and-set; then it updates the in-memory dispatch index,
+leases and followers. A lost race re-reads and decides again rather than guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from manager.core.taskstate import (
+    Decision,
+    Verdict,
+    on_acquire,
+    on_cancel,
+    on_lease_lost,
+    on_result,
+    on_sweep,
+)
+from manager.errors import ApiProblem
+from manager.keys.masterkey import MasterKey
+from manager.metrics import Metrics
+from manager.records import AttemptRecord, LogRecord, TaskRecord
+from manager.schemas.grants import Target
+from manager.schemas.tasks import TaskSubmit
+from manager.store.base import Store
+from manager.tasks.bus import Bus, EventKind, LocalBus
+from manager.tasks.dispatch import Dispatcher, QueuedTask
+from manager.tasks.events import TaskEvents
+from manager.tasks.hub import Hub, Session
+from shared.ids import new_id
+from shared.limits import Timings
+from shared.protocol import (
+    FINAL_STATES,
+    AcquireResponse,
+    LogBatch,
+    LogBatchAck,
+    ResultAck,
+    TaskDrain,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
+from shared.sealing import seal
+from shared.secretspec import SecretDelivery, SecretOpPayload
+
+__all__ = ["IDEMPOTENCY_WINDOW_S", "TaskService"]
+
+log = structlog.get_logger("tether.tasks")
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+
+
+def _secret_context(task_id: str) -> bytes:
+    return b"tether-task-secret-env-v1\x00" + task_id.encode()
+
+
+class SecretDeliverer(Protocol):
+    """What the acquire answer needs from the secrets service (manager.secrets.service)."""
+
+    def check_payload(self, payload: object) -> None:
+        """ApiProblem 400 when an expression in ``payload`` is malformed."""
+
+    async def deliver(
+        self, task: TaskRecord, attempt: int, public_key: str
+    ) -> tuple[list[SecretDelivery], dict[str, str], dict[str, str]]:
+        """(deliveries, sealed credentials by manager id, unavailable names with why)."""
+        ...
+
+
+class TaskService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hub: Hub,
+        dispatcher: Dispatcher,
+        events: TaskEvents,
+        master_key: MasterKey,
+        timings: Timings,
+        metrics: Metrics | None = None,
+        bus: Bus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus or LocalBus()
+        self._metrics = metrics or Metrics()
+        self._hub = hub
+        self._dispatcher = dispatcher
+        self._events = events
+        self._key = master_key
+        self._timings = timings
+        self._clock = clock
+        # When each open task's timeout falls due, so the sweep never scans the store:
+        # queued tasks by their queue timeout, running ones by their run timeout.
+        self._deadlines: dict[str, float] = {}
+        # Snapshots of open tasks this process has seen, so a decision rarely needs a read.
+        self._open: dict[str, TaskRecord] = {}
+        self._run_margin = timings.kill_grace + 1.0
+        # Set once the secrets service exists (it submits its operations through here).
+        self.secrets: SecretDeliverer | None = None
+
+    async def recover(self) -> None:
+        """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
+        now = self._clock()
+        # Delegates get a full lease from now to reconnect and list their tasks again.
+        await self._store.extend_leases(now + self._timings.lost_after)
+        for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
+            self._track(task)
+            self._remember(task)
+            if task.state is TaskState.QUEUED:
+                self._dispatcher.enqueue(_queued(task))
+            elif task.delegate_id is not None:
+                # A full lease from now: the holder has that long to reconnect and list it.
+                self._hub.leases.grant(task.id, task.delegate_id)
+                if task.cancel_requested:
+                    self._hub.cancelling.add(task.id)
+
+    def open_tasks(self) -> list[TaskRecord]:
+        """Snapshots of the queued and running tasks this process knows."""
+        return list(self._open.values())
+
+    # -- users ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        req: TaskSubmit,
+        *,
+        target: Target | None = None,
+        submitted_by: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Queue a user's task; ``target`` is its application and environment, already
+        checked against the submitter's permissions."""
+        if self.secrets is not None:
+            self.secrets.check_payload(req.payload)
+        now = self._clock()
+        task_id = new_id("task")
+        record = TaskRecord(
+            id=task_id,
+            type=req.payload.type,
+            state=TaskState.QUEUED,
+            payload=req.payload.model_dump(mode="json"),
+            selectors=tuple(req.selectors),
+            timeout_s=req.timeout_s or self._timings.task_timeout,
+            queue_timeout_s=req.queue_timeout_s or self._timings.queue_timeout,
+            max_attempts=req.max_attempts,
+            created_at=now,
+            queued_at=now,
+            idempotency_key=req.idempotency_key,
+            secret_env_sealed=self._seal_env(task_id, req.secret_env),
+            secret_env_names=tuple(sorted(req.secret_env)),
+            deployment=req.deployment.model_dump(mode="json") if req.deployment else None,
+            app_id=None if target is None else target.app_id,
+            env_id=None if target is None else target.env_id,
+            submitted_by=submitted_by,
+        )
+        return await self._insert(record)
+
+    async def submit_internal(
+        self,
+        payload: SecretOpPayload,
+        *,
+        selectors: tuple[str, ...],
+        secret_env: dict[str, str],
+        timeout_s: float,
+    ) -> TaskRecord:
+        """Queue one of the manager's own operations (a secret manager test, a key wrap)."""
+        now = self._clock()
+        task_id = new_id("task")
+        record = TaskRecord(
+            id=task_id,
+            type=payload.type,
+            state=TaskState.QUEUED,
+            payload=payload.model_dump(mode="json"),
+            selectors=selectors,
+            timeout_s=timeout_s,
+            queue_timeout_s=timeout_s,
+            max_attempts=1,
+            created_at=now,
+            queued_at=now,
+            secret_env_sealed=self._seal_env(task_id, secret_env),
+            secret_env_names=tuple(sorted(secret_env)),
+        )
+        stored, _ = await self._insert(record)
+        return stored
+
+    def _seal_env(self, task_id: str, env: dict[str, str]) -> str | None:
+        if not env:
+            return None
+        return self._key.encrypt(json.dumps(env).encode(), context=_secret_context(task_id))
+
+    async def _insert(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        stored, created = await self._store.insert_task(
+            record, idempotency_window=IDEMPOTENCY_WINDOW_S
+        )
+        if created:
+            self._metrics.tasks_submitted.inc()
+            self._remember(stored)
+            self._track(stored)
+            self._dispatcher.enqueue(_queued(stored))
+            self._bus.publish("queued", stored.id)
+            log.info("task submitted", task_id=stored.id, type=stored.type)
+        return stored, created
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        task, _, updated = await self._transition(
+            task_id, lambda t: on_cancel(t, self._clock()), end_status="cancelled"
+        )
+        if updated is None:
+            return task
+        if updated.state is TaskState.CANCELLED:
+            self._dispatcher.dequeue(task_id)
+            self._finished(updated)
+        else:
+            self._hub.cancel(task_id)
+            self._bus.publish("cancel", task_id)
+        log.info("task cancel requested", task_id=task_id)
+        return updated
+
+    # -- delegates ------------------------------------------------------------------------
+
+    async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
+        if self._hub.leases.count(session.id) >= session.delegate.capacity:
+            raise ApiProblem(409, "no_capacity", "this delegate already runs its capacity")
+        task, decision, updated = await self._transition(
+            task_id,
+            lambda t: on_acquire(t, session.id, self._clock(), lease_for=self._timings.lost_after),
+            starts_attempt=True,
+        )
+        if decision.verdict is Verdict.TAKEN:
+            raise ApiProblem(409, "taken", decision.reason)
+        if decision.verdict is Verdict.GONE or updated is None:
+            raise ApiProblem(410, "gone", decision.reason)
+        self._dispatcher.dequeue(task.id)
+        self._bus.publish("dequeued", task.id)
+        # A flag from before this acquire (the same task, an older attempt) must not cancel it.
+        session.strangers = session.strangers - {task.id}
+        self._track(updated)
+        now = self._clock()
+        self._hub.leases.grant(task.id, session.id)
+        queued_at = task.queued_at if task.queued_at is not None else task.created_at
+        self._metrics.dispatch_latency.observe(max(0.0, now - queued_at))
+        self._events.notify(task.id)
+        sealed_env = None
+        if updated.secret_env_sealed is not None:
+            plain = self._key.decrypt(updated.secret_env_sealed, context=_secret_context(task.id))
+            sealed_env = seal(
+                session.delegate.public_key,
+                plain,
+                context=f"{task.id}:{updated.attempt}".encode(),
+            )
+        deliveries: list[SecretDelivery] = []
+        credentials: dict[str, str] = {}
+        unavailable: dict[str, str] = {}
+        if self.secrets is not None:
+            deliveries, credentials, unavailable = await self.secrets.deliver(
+                updated, updated.attempt, session.delegate.public_key
+            )
+        log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
+        return AcquireResponse(
+            task=TaskSpec.model_validate(
+                {
+                    "id": updated.id,
+                    "payload": updated.payload,
+                    "timeout_s": updated.timeout_s,
+                    "deployment": updated.deployment,
+                }
+            ),
+            attempt=updated.attempt,
+            sealed_env=sealed_env,
+            secrets=deliveries,
+            credentials=credentials,
+            unavailable=unavailable,
+        )
+
+    async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
+        lines = [LogRecord(batch.attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in batch.lines]
+        inserted = await self._store.append_logs(task_id, batch.attempt, session.id, lines)
+        if inserted < 0:
+            if await self._store.get_task(task_id) is None:
+                raise ApiProblem(404, "not_found", "no such task")
+            raise ApiProblem(409, "stale_attempt", "this attempt no longer holds the task")
+        if inserted:
+            self._events.notify(task_id)
+            self._bus.publish("changed", task_id)
+            self._metrics.log_lines.inc(inserted)
+            size = sum(len(ln.text) for ln in batch.lines)
+            self._metrics.log_bytes.inc(size * inserted // len(batch.lines))
+        return LogBatchAck(accepted=inserted, cancel=task_id in self._hub.cancelling)
+
+    async def record_result(self, session: Session, task_id: str, result: TaskResult) -> ResultAck:
+        task, decision, updated = await self._transition(
+            task_id,
+            lambda t: on_result(t, result, session.id, self._clock()),
+            end_status=result.status,
+        )
+        if decision.verdict is Verdict.STALE:
+            raise ApiProblem(409, "stale_attempt", decision.reason)
+        if updated is None:
+            return ResultAck(state=task.state, recorded=False)
+        self._finished(updated)
+        log.debug(
+            "task finished", task_id=task_id, state=updated.state.value, delegate_id=session.id
+        )
+        return ResultAck(state=updated.state, recorded=True)
+
+    # -- other replicas ---------------------------------------------------------------------
+
+    async def on_remote(self, kind: EventKind, task_id: str) -> None:
+        """Another replica changed a task: bring this one's memory in line."""
+        if kind == "queued":
+            task = await self._store.get_task(task_id)
+            if task is not None and task.state is TaskState.QUEUED:
+                self._remember(task)
+                self._track(task)
+                self._dispatcher.enqueue(_queued(task))
+        elif kind == "dequeued":
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+        elif kind == "cancel":
+            self._hub.cancel(task_id)
+        elif kind == "changed":
+            self._events.notify(task_id)
+        else:
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+            self._hub.leases.release(task_id)
+            self._hub.cancelling.discard(task_id)
+            self._events.notify(task_id)
+            self._dispatcher.kick()
+
+    async def reconcile(self) -> None:
+        """Make memory match the store: the repair for a missed replica event.
+
+        The queue index, and each local session's drain flag (an operator may have drained
+        a delegate through another replica).
+        """
+        draining = {d.id: d for d in await self._store.list_delegates()}
+        for session in self._hub.sessions.values():
+            record = draining.get(session.id)
+            if record is not None and record.draining != session.draining:
+                session.delegate = record
+                session.draining = record.draining
+                if record.draining:
+                    self._hub.send(session, TaskDrain())
+        queued = {t.id: t for t in await self._store.tasks_in_states([TaskState.QUEUED])}
+        for task_id in [t for t in self._dispatcher.queued if t not in queued]:
+            self._dispatcher.dequeue(task_id)
+            self._open.pop(task_id, None)
+            self._deadlines.pop(task_id, None)
+        for task in queued.values():
+            if task.id not in self._dispatcher.queued:
+                self._remember(task)
+                self._track(task)
+                self._dispatcher.enqueue(_queued(task))
+
+    # -- time -----------------------------------------------------------------------------
+
+    async def renew_leases(self) -> None:
+        """One batched write: extend the leases the live delegates' heartbeats listed."""
+        held = self._hub.held()
+        renewed = await self._store.renew_leases(held, self._clock() + self._timings.lost_after)
+        self._hub.renewed(held, renewed)
+
+    async def sweep(self) -> None:
+        """Lost leases, queue timeouts and run timeouts, all judged on the manager's clock."""
+        now = self._clock()
+        for task in await self._store.expired_leases(now):
+            task_id = task.id
+            decision = on_lease_lost(task, now)
+            updated = await self._apply(task, decision, end_status="lost")
+            if updated is None:
+                continue
+            self._hub.leases.release(task_id)
+            if updated.state is TaskState.QUEUED:
+                log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
+                self._track(updated)
+                self._dispatcher.enqueue(_queued(updated))
+                self._events.notify(task_id)
+                self._bus.publish("queued", task_id)
+            else:
+                log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
+                self._finished(updated)
+        await self._sweep_deadlines(now)
+
+    async def _sweep_deadlines(self, now: float) -> None:
+        due = [t for t, deadline in self._deadlines.items() if deadline < now]
+        for task_id in due:
+            current = await self._store.get_task(task_id)
+            if current is None or current.state in FINAL_STATES:
+                self._deadlines.pop(task_id, None)
+                continue
+            task = current
+            decision = on_sweep(task, now, run_margin=self._run_margin)
+            if decision.verdict is Verdict.APPLY:
+                end = "timed_out" if task.state is TaskState.RUNNING else None
+                updated = await self._apply(task, decision, end_status=end)
+                if updated is not None:
+                    if task.state is TaskState.RUNNING:
+                        self._hub.cancel(task.id)  # stop the process if its delegate lives
+                    self._dispatcher.dequeue(task.id)
+                    self._finished(updated)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _get(self, task_id: str, *, fresh: bool = False) -> TaskRecord:
+        if not fresh:
+            cached = self._open.get(task_id)
+            if cached is not None:
+                return cached
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise ApiProblem(404, "not_found", f"no task {task_id}")
+        return task
+
+    async def _transition(
+        self,
+        task_id: str,
+        decide: Callable[[TaskRecord], Decision],
+        *,
+        starts_attempt: bool = False,
+        end_status: str | None = None,
+    ) -> tuple[TaskRecord, Decision, TaskRecord | None]:
+        """Decide from a snapshot and apply by compare-and-set; re-read when it was stale.
+
+        The snapshot comes from memory when this process knows the task, so the usual path
+        is one store call. A refusal decided from memory is checked against the store before
+        it is answered, since another replica may have moved the task on.
+        """
+        fresh = False
+        for _ in range(5):
+            task = await self._get(task_id, fresh=fresh)
+            decision = decide(task)
+            if decision.verdict is not Verdict.APPLY:
+                if not fresh and task_id in self._open:
+                    fresh = True
+                    continue
+                return task, decision, None
+            start = None
+            if starts_attempt:
+                start = AttemptRecord(
+                    task_id=task.id,
+                    attempt=decision.changes["attempt"],
+                    delegate_id=decision.changes["delegate_id"],
+                    started_at=decision.changes["started_at"],
+                )
+            updated = await self._apply(task, decision, start=start, end_status=end_status)
+            if updated is not None:
+                return task, decision, updated
+            self._open.pop(task_id, None)
+            fresh = True
+        # Not a 409: a delegate reads that as "your attempt is stale" and gives up.
+        raise ApiProblem(503, "busy", "the task kept changing; try again")
+
+    async def _apply(
+        self,
+        task: TaskRecord,
+        decision: Decision,
+        *,
+        start: AttemptRecord | None = None,
+        end_status: str | None = None,
+    ) -> TaskRecord | None:
+        ends_attempt = task.state is TaskState.RUNNING and decision.changes.get("state") not in (
+            None,
+            TaskState.RUNNING,
+        )
+        updated = await self._store.update_task(
+            task.id,
+            expect_state=task.state,
+            expect_attempt=task.attempt,
+            changes=decision.changes,
+            start_attempt=start,
+            end_attempt_status=end_status if ends_attempt else None,
+            end_attempt_at=self._clock(),
+        )
+        if updated is not None:
+            self._remember(updated)
+        return updated
+
+    def _remember(self, task: TaskRecord) -> None:
+        if task.state in FINAL_STATES:
+            self._open.pop(task.id, None)
+        else:
+            # Without its payload: decisions never need it, and scripts can be large.
+            self._open[task.id] = dataclasses.replace(task, payload={})
+
+    def _track(self, task: TaskRecord) -> None:
+        if task.state is TaskState.QUEUED:
+            since = task.queued_at if task.queued_at is not None else task.created_at
+            self._deadlines[task.id] = since + task.queue_timeout_s
+        elif task.state is TaskState.RUNNING and task.started_at is not None:
+            self._deadlines[task.id] = task.started_at + task.timeout_s + self._run_margin
+
+    def _finished(self, task: TaskRecord) -> None:
+        if task.state in FINAL_STATES:
+            self._bus.publish("finished", task.id)
+            self._metrics.tasks_finished.labels(task.state.value).inc()
+            self._deadlines.pop(task.id, None)
+            self._hub.leases.release(task.id)
+            self._hub.cancelling.discard(task.id)
+        self._events.notify(task.id)
+        self._dispatcher.kick()
+
+
+def _queued(task: TaskRecord) -> QueuedTask:
+    return QueuedTask(
+        id=task.id, type=task.type, selectors=task.selectors, created_at=task.created_at
+    )

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from delegate.run.process import Child, kill_group, spawn, terminate_group
+
+ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+
+
+async def wait_gone(pid: int, timeout: float = 5.0) -> None:
+    """Return once ``pid`` has exited (a zombie counts: it runs nothing and holds nothing).
+
+    A pidfd becomes readable when its process exits, so this waits on an event, not a clock.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, on_exit)
+    try:
+        await asyncio.wait_for(exited, timeout)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def reap_stray(pid: int) -> None:
+    """Test hygiene: a failed assertion must not leave a sleeper behind."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def children() -> AsyncIterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        kill_group(child.pgid)
+        await child.proc.wait()
+        child.close()
+
+
+async def start(children: list[Child], script: str, tmp_path: Path) -> Child:
+    child = await spawn(["bash", "-c", script], cwd=tmp_path, env=ENV)
+    children.append(child)
+    return child
+
+
+async def read_line(child: Child) -> str:
+    return (await asyncio.wait_for(child.stdout.reader.readline(), 5)).decode().strip()
+
+
+async def test_child_leads_its_own_session_and_process_group(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "echo ready; exec sleep 1000", tmp_path)
+    assert await read_line(child) == "ready"
+
+    assert os.getpgid(child.proc.pid) == child.proc.pid
+    assert os.getsid(child.proc.pid) == child.proc.pid
+    assert os.getpgid(child.proc.pid) != os.getpgid(0)
+
+
+async def test_child_stdin_is_at_eof(children: list[Child], tmp_path: Path) -> None:
+    child = await start(children, "cat; echo done", tmp_path)
+
+    assert await read_line(child) == "done"
+    assert await asyncio.wait_for(child.proc.wait(), 5) == 0
+
+
+async def test_child_runs_in_the_given_cwd_with_only_the_given_env(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, 'echo "$PWD ${HOME-nohome}"', tmp_path)
+
+    assert await read_line(child) == f"{tmp_path} nohome"
+
+
+async def test_stderr_is_a_pipe_of_its_own(children: list[Child], tmp_path: Path) -> None:
+    child = await start(children, "echo out; echo err >&2", tmp_path)
+
+    err = await asyncio.wait_for(child.stderr.reader.read(), 5)
+    out = await asyncio.wait_for(child.stdout.reader.read(), 5)
+
+    assert (out, err) == (b"out\n", b"err\n")
+
+
+async def test_spawn_of_a_missing_program_raises_and_leaks_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+
+    with pytest.raises(FileNotFoundError):
+        await spawn(["/nonexistent/program"], cwd=tmp_path, env=ENV)
+
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_terminate_group_kills_a_background_child(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "sleep 1000 & echo $!; wait", tmp_path)
+    background = int(await read_line(child))
+    try:
+        await terminate_group(child.proc, grace=5)
+
+        assert child.proc.returncode == -signal.SIGTERM
+        await wait_gone(background)
+    finally:
+        reap_stray(background)
+
+
+async def test_terminate_group_sigkills_a_group_that_ignores_sigterm(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "trap '' TERM; echo ready; sleep 1000", tmp_path)
+    assert await read_line(child) == "ready"
+
+    await asyncio.wait_for(terminate_group(child.proc, grace=0.2), 5)
+
+    assert child.proc.returncode == -signal.SIGKILL
+
+
+async def test_terminate_group_sigkills_members_that_outlive_the_leader(
+    children: list[Child], tmp_path: Path
+) -> None:
+    # The leader dies on SIGTERM at once; its background child ignores it.
+    child = await start(children, "(trap '' TERM; sleep 1000) & echo $!; wait", tmp_path)
+    background = int(await read_line(child))
+    try:
+        await asyncio.wait_for(terminate_group(child.proc, grace=5), 5)
+
+        await wait_gone(background)
+    finally:
+        reap_stray(background)
+
+
+async def test_terminate_group_of_an_exited_group_does_not_raise(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "exit 3", tmp_path)
+    await child.proc.wait()
+
+    await terminate_group(child.proc, grace=0.2)
+
+    assert child.proc.returncode == 3
+
+
+async def test_kill_group_after_leader_exit_kills_orphans_and_frees_the_pipes(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "sleep 1000 & echo $!", tmp_path)
+    background = int(await read_line(child))
+    try:
+        await child.proc.wait()
+
+        kill_group(child.pgid)
+
+        await wait_gone(background)
+        assert await asyncio.wait_for(child.stdout.reader.read(), 5) == b""
+    finally:
+        reap_stray(background)
+
+
+async def test_closing_a_pipe_ends_its_reader_even_while_a_writer_holds_it(
+    children: list[Child], tmp_path: Path
+) -> None:
+    child = await start(children, "echo ready; exec sleep 1000", tmp_path)
+    assert await read_line(child) == "ready"
+
+    child.stdout.close()
+
+    assert await asyncio.wait_for(child.stdout.reader.read(), 5) == b""

@@ -1,0 +1,264 @@
+"""SSO through OpenID Connect against an in-test provider over TLS: the three steps of a login,
+the group mapping, and the ways a login is refused (state, replayed code, audience, client
+secret), with nothing secret in an answer, an error or the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from joserfc.jwk import RSAKey
+
+from manager.access.directory import Directory, GroupBody
+from manager.client.cli.main import run_cli
+from manager.server.app import open_store
+from manager.store.base import Store
+from shared.tls import client_context
+from tests.manager.access_support import Clock, Manager, manager
+from tests.manager.oidc_provider import Person, Provider, oidc_provider
+
+CLIENT_SECRET = "client-s3cret-value"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(tmp_path / "db", None)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def idp(tmp_path: Path) -> AsyncIterator[Provider]:
+    async with oidc_provider(tmp_path, client_secret=CLIENT_SECRET) as provider:
+        yield provider
+
+
+@pytest.fixture
+async def m(tmp_path: Path, store: Store, idp: Provider) -> AsyncIterator[Manager]:
+    d = Directory(store)
+    await d.groups.insert(GroupBody(name="auditors", account_permissions=["view_audit"]))
+    await d.groups.insert(
+        GroupBody(name="admins-of-apps", account_permissions=["manage_applications"])
+    )
+    # The manager's clock is the real one here: the provider stamps real times on its tokens.
+    async with manager(tmp_path, store, Clock(time.time())) as replica:
+        status, _ = await replica.call(
+            "POST", "/api/v1/secrets", {"name": "oidc-client", "value": CLIENT_SECRET}
+        )
+        assert status == 201
+        status, body = await replica.call("PUT", "/api/v1/auth/sso", settings(replica, idp))
+        assert status == 200, body
+        yield replica
+
+
+def settings(m: Manager, idp: Provider, **over: Any) -> dict[str, Any]:
+    return {
+        "issuer": idp.issuer,
+        "client_id": idp.client_id,
+        "client_secret": "oidc-client",
+        "redirect_url": str(m.client.make_url("/api/v1/auth/sso/callback")),
+        "group_mapping": {"sec-auditors": "auditors", "platform": "admins-of-apps"},
+        "ca_file": str(idp.ca_file),
+        **over,
+    }
+
+
+async def browser(m: Manager, idp: Provider, authorize_url: str) -> tuple[int, str]:
+    """What a browser does: the provider redirects to the manager's callback."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(authorize_url, ssl=client_context(idp.ca_file), allow_redirects=False) as resp,
+    ):
+        assert resp.status == 302, await resp.text()
+        location = resp.headers["Location"]
+    path = location.split(str(m.client.make_url("")).rstrip("/"), 1)[1]
+    resp2 = await m.client.get(path)
+    return resp2.status, await resp2.text()
+
+
+async def login(m: Manager, idp: Provider) -> tuple[dict[str, Any], str]:
+    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+    assert status == 200, started
+    assert started["authorize_url"].startswith(f"{idp.issuer}/authorize?")
+    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    status, pending = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, pending["status"]) == (202, "pending")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 200, page
+    status, done = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert status == 200, done
+    return done, page
+
+
+async def anon(m: Manager, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    resp = await m.client.request(method, path, json=body)
+    return resp.status, await resp.json()
+
+
+async def test_a_login_makes_the_user_with_the_mapped_groups(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    idp.person = Person("Pat@Example.com", "Pat", groups=["sec-auditors", "unmapped"])
+    done, page = await login(m, idp)
+    assert "Signed in as pat@example.com" in page
+    assert done["user"]["email"] == "pat@example.com"
+    token = done["token"]
+    assert token.startswith("tss_")
+    # The session acts with the mapped group: it may read the audit trail, not make tokens.
+    assert (await m.call("GET", "/api/v1/audit", key=token))[0] == 200
+    status, body = await m.call("POST", "/api/v1/tokens", {"name": "x"}, key=token)
+    assert (status, body["error"]["message"]) == (403, "this needs the manage_delegates permission")
+    user = await Directory(store).users.by_key("pat@example.com")
+    assert user is not None
+    assert (user.body.source, user.body.status) == ("sso", "active")
+    # At the next login the groups follow the claim again.
+    idp.person = Person("pat@example.com", groups=["platform"])
+    done, _ = await login(m, idp)
+    token2 = done["token"]
+    assert (await m.call("GET", "/api/v1/audit", key=token2))[0] == 403
+    # The login is in the audit trail, acted by the user; no token or secret anywhere in it.
+    status, trail = await m.call("GET", "/api/v1/audit?type=session")
+    assert status == 200
+    events = [e for e in trail["events"] if e["action"] == "login"]
+    assert [e["actor_name"] for e in events] == ["pat@example.com", "pat@example.com"]
+    whole = str(trail)
+    for secret in (token, token2, CLIENT_SECRET):
+        assert secret not in whole
+
+
+async def test_a_code_works_once_and_a_state_once(m: Manager, idp: Provider) -> None:
+    status, started = await m.call("POST", "/api/v1/auth/sso/start")
+    assert status == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            started["authorize_url"], ssl=client_context(idp.ca_file), allow_redirects=False
+        ) as resp,
+    ):
+        location = resp.headers["Location"]
+    path = location.split(str(m.client.make_url("")).rstrip("/"), 1)[1]
+    assert (await m.client.get(path)).status == 200
+    again = await m.client.get(path)
+    assert again.status == 400
+    assert "already completed" in await again.text()
+    unknown = await m.client.get("/api/v1/auth/sso/callback?state=forged&code=x")
+    assert unknown.status == 400
+    assert "unknown or has expired" in await unknown.text()
+    # A wrong poll secret learns nothing.
+    status, body = await anon(
+        m, "POST", "/api/v1/auth/sso/poll", {"state": started["state"], "poll_secret": "guess"}
+    )
+    assert (status, body["error"]["message"]) == (400, "no such login")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        ("audience", "the ID token was refused: invalid_claim"),
+        ("key", "the ID token was refused"),
+        ("secret", "the identity provider answered 401"),
+    ],
+)
+async def test_a_token_that_does_not_verify_fails_the_login(
+    m: Manager, idp: Provider, store: Store, spoil: str, reason: str
+) -> None:
+    if spoil == "audience":
+        idp.audience = "another-client"
+    elif spoil == "key":  # signed by a key the provider's JWKS does not hold
+        idp.signing_key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    else:
+        idp.client_secret = "rotated-at-the-provider"
+    status, started = await m.call("POST", "/api/v1/auth/sso/start")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 400
+    assert reason in page
+    assert CLIENT_SECRET not in page
+    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert status == 400
+    assert reason in body["error"]["message"]
+    assert await Directory(store).users.by_key("pat@example.com") is None
+
+
+async def test_settings_need_a_builtin_client_secret(m: Manager, idp: Provider) -> None:
+    status, body = await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, client_secret="nope"))
+    assert status == 400
+    assert body["error"]["message"].startswith("client_secret: no builtin secret 'nope'")
+    status, shown = await m.call("GET", "/api/v1/auth/sso")
+    assert (status, shown["client_secret"]) == (200, "oidc-client")
+    status, body = await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, issuer="http://x"))
+    assert status == 400
+
+
+async def test_without_settings_a_login_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "m2").mkdir()
+    s = open_store(tmp_path / "db2", None)
+    await s.open()
+    try:
+        async with manager(tmp_path / "m2", s, Clock()) as bare:
+            status, body = await anon(bare, "POST", "/api/v1/auth/sso/start")
+            assert (status, body["error"]["message"]) == (400, "single sign-on is not configured")
+    finally:
+        await s.close()
+
+
+class _UrlWatch(io.StringIO):
+    """The CLI's stderr: hands the sign-in URL to the test the moment it is written."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, found: asyncio.Future[str]) -> None:
+        super().__init__()
+        self._loop, self._found = loop, found
+
+    def write(self, text: str) -> int:
+        url = re.search(r"https://\S+/authorize\?\S+", text)
+        if url is not None:
+            self._loop.call_soon_threadsafe(self._found.set_result, url.group(0))
+        return super().write(text)
+
+
+async def test_tether_login_sso_waits_for_the_browser_and_stores_the_session(
+    m: Manager, idp: Provider, tmp_path: Path
+) -> None:
+    idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[str] = loop.create_future()
+    out, err = io.StringIO(), _UrlWatch(loop, found)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+    cli = asyncio.create_task(
+        asyncio.to_thread(run_cli, ["login", "--sso"], env=env, out=out, err=err, sso_poll_s=0.01)
+    )
+    status, page = await browser(m, idp, await asyncio.wait_for(found, 30))
+    assert status == 200, page
+    assert await cli == 0, err.getvalue()
+    assert "Logged in as pat@example.com" in err.getvalue()
+    stored = json.loads((tmp_path / "cli" / "session.json").read_text())
+    status, me = await m.call("GET", "/api/v1/auth/me", key=stored["token"])
+    assert (status, me["email"], me["groups"]) == (200, "pat@example.com", ["auditors"])
+
+
+async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    settings = {"allowed_email_domains": ["example.com"], "session_ttl_minutes": 30}
+    assert (await m.call("PUT", "/api/v1/auth/settings", settings))[0] == 200
+    idp.person = Person("eve@elsewhere.org", "Eve", groups=["sec-auditors"])
+    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 400
+    assert "eve@elsewhere.org: this email domain may not join this account" in page
+    assert await Directory(store).users.by_key("eve@elsewhere.org") is None
+    idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
+    done, _ = await login(m, idp)
+    assert done["expires_at"] == pytest.approx(time.time() + 30 * 60, abs=60)

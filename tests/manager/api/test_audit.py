@@ -1,0 +1,195 @@
+"""The audit API in process: listing with filters and pages, saved filters, export, verify."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key
+from manager.core.audit_chain import EVENT_FIELDS, AuditEvent, verify
+from manager.schemas.grants import ADMIN_GROUP
+from manager.server.app import ManagerConfig, build_app, open_store
+from manager.store.base import Store
+
+
+class Api:
+    def __init__(self, client: TestClient[Any, Any], key: str, store: Store, path: Path) -> None:
+        self.client = client
+        self.key = key
+        self.store = store
+        self.db = path / "tether.db"
+
+    async def call(
+        self, method: str, path: str, body: Any = None, **params: Any
+    ) -> tuple[int, Any]:
+        resp = await self.client.request(
+            method,
+            path,
+            json=body,
+            params={k: str(v) for k, v in params.items()},
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
+        text = await resp.text()
+        if resp.content_type == "application/json":
+            return resp.status, json.loads(text)
+        return resp.status, text
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    store = open_store(tmp_path)
+    await store.open()
+    app, _ = await build_app(ManagerConfig(data_dir=tmp_path), store)
+    # The admin key's limit, not the account default: these tests send bursts of requests.
+    _, key = await create_api_key(
+        store, "test", groups=(ADMIN_GROUP,), max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST
+    )
+    async with TestClient(TestServer(app)) as client:
+        yield Api(client, key, store, tmp_path)
+    await store.close()
+
+
+async def changes(api: Api) -> None:
+    """Five events: tokens a, b and c made, b revoked, profile p set."""
+    for name in ("a", "b", "c"):
+        assert (await api.call("POST", "/api/v1/tokens", {"name": name}))[0] == 201
+    assert (await api.call("DELETE", "/api/v1/tokens/b"))[0] == 200
+    assert (await api.call("PUT", "/api/v1/profiles/p", {"script": "echo Deployed"}))[0] == 200
+
+
+async def test_listing_filters_and_pages_back(api: Api) -> None:
+    await changes(api)
+    status, body = await api.call("GET", "/api/v1/audit")
+    assert status == 200
+    assert [e["seq"] for e in body["events"]] == [5, 4, 3, 2, 1]
+    assert body["next"] is None
+    _, body = await api.call("GET", "/api/v1/audit", type="token", action="revoke")
+    assert [e["resource_name"] for e in body["events"]] == ["b"]
+    _, body = await api.call("GET", "/api/v1/audit", text="deployed")
+    assert [e["resource_type"] for e in body["events"]] == ["profile"]
+    _, body = await api.call("GET", "/api/v1/audit", actor="test", limit=2)
+    assert [e["seq"] for e in body["events"]] == [5, 4]
+    _, body = await api.call("GET", "/api/v1/audit", actor="test", limit=2, before=body["next"])
+    assert [e["seq"] for e in body["events"]] == [3, 2]
+    _, body = await api.call("GET", "/api/v1/audit", since=body["events"][0]["ts"] + 1e6)
+    assert body["events"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"since": "yesterday"}, "since"),
+        ({"until": "nan"}, "until"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"before": "-1"}, "before"),
+        ({"before": "²"}, "before"),
+        ({"before": str(2**70)}, "before"),
+        ({"actor": "x" * 300}, "actor"),
+        ({"text": "a\x00b"}, "text"),
+    ],
+)
+async def test_a_bad_filter_is_a_400_that_names_it(
+    api: Api, params: dict[str, str], field: str
+) -> None:
+    status, body = await api.call("GET", "/api/v1/audit", **params)
+    assert status == 400
+    assert body["error"]["field"] == field
+
+
+async def test_an_unknown_export_format_is_a_400(api: Api) -> None:
+    status, body = await api.call("GET", "/api/v1/audit/export", format="xml")
+    assert (status, body["error"]["field"]) == (400, "format")
+
+
+async def test_saved_filters_apply_and_given_filters_narrow_them(api: Api) -> None:
+    await changes(api)
+    status, saved = await api.call(
+        "POST", "/api/v1/audit/filters", {"name": "tokens", "query": {"type": "token"}}
+    )
+    assert status == 201
+    assert saved["query"] == {
+        "type": "token",
+        "since": None,
+        "until": None,
+        "actor": None,
+        "app": None,
+        "action": None,
+        "text": None,
+        "limit": None,
+    }
+    status, _ = await api.call(
+        "POST", "/api/v1/audit/filters", {"name": "tokens", "query": {"action": "x"}}
+    )
+    assert status == 409
+    _, body = await api.call("GET", "/api/v1/audit", filter="tokens")
+    # Saving the filter is itself a change, of another type.
+    assert [e["seq"] for e in body["events"]] == [4, 3, 2, 1]
+    _, body = await api.call("GET", "/api/v1/audit", filter="tokens", action="revoke")
+    assert [e["seq"] for e in body["events"]] == [4]
+    status, body = await api.call("GET", "/api/v1/audit", filter="nope")
+    assert (status, body["error"]["field"]) == (404, "filter")
+    _, listing = await api.call("GET", "/api/v1/audit/filters")
+    assert [f["name"] for f in listing["filters"]] == ["tokens"]
+    assert (await api.call("DELETE", "/api/v1/audit/filters/tokens"))[0] == 204
+    assert (await api.call("DELETE", "/api/v1/audit/filters/tokens"))[0] == 404
+    _, body = await api.call("GET", "/api/v1/audit", type="audit_filter")
+    assert [e["action"] for e in body["events"]] == ["delete", "create"]
+
+
+async def test_export_as_json_lines_holds_the_whole_verifiable_chain(api: Api) -> None:
+    await changes(api)
+    status, text = await api.call("GET", "/api/v1/audit/export", format="jsonl")
+    assert status == 200
+    events = [AuditEvent(**json.loads(line)) for line in text.splitlines()]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert verify(events, await api.store.audit_head()) is None
+    # With a filter, only what matches, still oldest first.
+    _, text = await api.call("GET", "/api/v1/audit/export", type="token", action="create")
+    assert [json.loads(ln)["resource_name"] for ln in text.splitlines()] == ["a", "b", "c"]
+
+
+async def test_export_as_csv_has_a_header_and_a_row_per_event(api: Api) -> None:
+    await changes(api)
+    resp = await api.client.get(
+        "/api/v1/audit/export",
+        params={"format": "csv"},
+        headers={"Authorization": f"Bearer {api.key}"},
+    )
+    assert resp.status == 200
+    assert resp.content_type == "text/csv"
+    assert "attachment" in resp.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(await resp.text())))
+    assert list(rows[0]) == list(EVENT_FIELDS)
+    assert [r["seq"] for r in rows] == ["1", "2", "3", "4", "5"]
+    # The multi-line diff survives the CSV quoting.
+    assert rows[4]["diff"].startswith("before: null\nafter:\n")
+
+
+async def test_verify_reports_an_intact_trail(api: Api) -> None:
+    status, report = await api.call("GET", "/api/v1/audit/verify")
+    assert (status, report) == (200, {"ok": True, "checked": 0, "head_seq": 0, "broken": None})
+    await changes(api)
+    _, report = await api.call("GET", "/api/v1/audit/verify")
+    assert report == {"ok": True, "checked": 5, "head_seq": 5, "broken": None}
+
+
+async def test_verify_names_the_first_broken_link_after_tampering(api: Api) -> None:
+    await changes(api)
+    conn = sqlite3.connect(api.db)
+    with conn:
+        conn.execute("UPDATE audit_events SET actor_name = 'nobody' WHERE seq = 2")
+    conn.close()
+    _, report = await api.call("GET", "/api/v1/audit/verify")
+    assert report["ok"] is False
+    assert report["checked"] == 1
+    assert report["broken"]["seq"] == 2
+    assert report["broken"]["reason"].startswith("hash mismatch")

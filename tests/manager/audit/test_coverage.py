@@ -1,0 +1,674 @@
+"""Every mutating route writes exactly one audit event, and a failed request writes none.
+
+The list of routes is derived from the app's own route table: a new POST, PUT, PATCH or
+DELETE on the user API without audit metadata, or without a call here, fails these tests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from manager.access.directory import AppBody, Directory, EnvBody, GroupBody, UserBody, UserStatus
+from manager.access.entities import Entity
+from manager.access.login import LOGINS, Logins
+from manager.access.sso import SsoLogin, sso_logins
+from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key, create_token
+from manager.api.context import Context
+from manager.api.http import Route, RouteTable
+from manager.core.audit_chain import AuditEvent, AuditQuery, SavedAuditFilter
+from manager.records import (
+    AllowlistEntry,
+    DelegateRecord,
+    ProfileRecord,
+    SecretManagerRecord,
+    SecretRecord,
+)
+from manager.schemas.grants import ADMIN_GROUP
+from manager.schemas.secrets import SecretCreate
+from manager.schemas.tasks import TaskSubmit
+from manager.server.app import ROUTES, ManagerConfig, build_app, open_store
+from manager.store.base import Store
+from shared.ids import hash_secret
+from shared.masking import MASK, Masker
+from shared.protocol import ShellPayload
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+SECRET = "s3cr3t-Value/with+base64=chars"
+SECRET_2 = "an0ther-s3cr3t-Value-for-v2"
+
+
+@dataclass
+class World:
+    client: TestClient[Any, Any]
+    store: Store
+    c: Context
+    key_id: str
+    key: str
+    monkeypatch: pytest.MonkeyPatch
+    # (token, user id, email) of a user's session, for the routes on one's own session;
+    # None: calls carry the API key.
+    session: tuple[str, str, str] | None = None
+    # (user id, email) a login route acts for: the event names them, not the API key.
+    logs_in: tuple[str, str] | None = None
+
+    def auth(self) -> dict[str, str]:
+        token = self.key if self.session is None else self.session[0]
+        return {"Authorization": f"Bearer {token}"}
+
+    def actor(self) -> tuple[str, str, str]:
+        if self.logs_in is not None:
+            return ("user", *self.logs_in)
+        if self.session is None:
+            return ("api_key", self.key_id, "auditor")
+        return ("user", self.session[1], self.session[2])
+
+    @property
+    def routes(self) -> list[Route]:
+        table: RouteTable = self.client.app[ROUTES]
+        return table.routes
+
+    async def head(self) -> int:
+        return (await self.store.audit_head())[0]
+
+    async def events_after(self, seq: int) -> list[AuditEvent]:
+        return await self.store.list_audit(AuditQuery(after=seq, ascending=True, limit=100))
+
+
+@asynccontextmanager
+async def open_world(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    data_dir.mkdir(exist_ok=True)
+    store = open_store(data_dir)
+    await store.open()
+    try:
+        # A masker as `serve` gives the manager: secret values that cross it are learnt.
+        app, c = await build_app(ManagerConfig(data_dir=data_dir, masker=Masker()), store)
+        # The admin key's limit, not the account default: these tests send bursts.
+        record, key = await create_api_key(
+            store, "auditor", groups=(ADMIN_GROUP,), max_qps=ADMIN_MAX_QPS, burst=ADMIN_BURST
+        )
+        async with TestClient(TestServer(app)) as client:
+            yield World(client, store, c, record.id, key, monkeypatch)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    async with open_world(tmp_path / "main", monkeypatch) as w:
+        yield w
+
+
+# Mutating routes that write no event, and why. Nothing else may be missing.
+NOT_AUDITED = {
+    # A pending SSO login, gone within ten minutes: the sign-in it leads to is the event.
+    # (Unauthenticated, too: recording every start would let anyone fill the trail.)
+    ("POST", "/api/v1/auth/sso/start"),
+}
+
+
+def mutating(routes: list[Route]) -> list[Route]:
+    """The routes that change something: the user API's, and the login routes (which act
+    for the user who logs in)."""
+    return [
+        r
+        for r in routes
+        if r.method in MUTATING
+        and r.auth in ("user", "login")
+        and (r.method, r.path) not in NOT_AUDITED
+    ]
+
+
+# -- what each mutating route needs, and the call that succeeds ----------------------------------
+
+Call = tuple[str, Any]  # the path to call and its JSON body (None: no body)
+Setup = Callable[[World], Awaitable[Call]]
+
+
+def _delegate(name: str, draining: bool = False) -> DelegateRecord:
+    return DelegateRecord(
+        id=f"dlg_{name}",
+        name=name,
+        token_id="tok_x",
+        hostname="h",
+        version="1.0",
+        protocol_version=1,
+        selectors=("linux",),
+        task_types=("shell",),
+        capacity=1,
+        public_key=f"pk-{name}".ljust(44, "A"),
+        created_at=1.0,
+        last_seen=1.0,
+        draining=draining,
+    )
+
+
+def _kms(name: str) -> SecretManagerRecord:
+    return SecretManagerRecord(
+        id=f"sm_{name}",
+        name=name,
+        kind="aws_kms",
+        settings={"key_id": "alias/tether"},
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+async def _secret(w: World, name: str) -> SecretRecord:
+    assert w.c.secrets is not None
+    return await w.c.secrets.create_secret(SecretCreate(name=name, value=SECRET))
+
+
+async def submit(w: World) -> Call:
+    return "/api/v1/tasks", {"payload": {"type": "shell", "script": "echo hi"}}
+
+
+async def cancel(w: World) -> Call:
+    task, _ = await w.c.tasks.submit(TaskSubmit(payload=ShellPayload(script="sleep 1")))
+    return f"/api/v1/tasks/{task.id}/cancel", None
+
+
+async def drain(w: World) -> Call:
+    await w.store.upsert_delegate(_delegate("to-drain"))
+    return "/api/v1/delegates/to-drain/drain", None
+
+
+async def resume(w: World) -> Call:
+    await w.store.upsert_delegate(_delegate("to-resume"))
+    await w.store.set_draining("dlg_to-resume", True)
+    return "/api/v1/delegates/to-resume/resume", None
+
+
+async def token_create(w: World) -> Call:
+    return "/api/v1/tokens", {"name": "new-token"}
+
+
+async def token_revoke(w: World) -> Call:
+    await create_token(w.store, "old-token")
+    return "/api/v1/tokens/old-token", None
+
+
+async def profile_put(w: World) -> Call:
+    return "/api/v1/profiles/startup", {"selectors": ["linux"], "script": "echo up"}
+
+
+async def profile_delete(w: World) -> Call:
+    await w.store.put_profile(ProfileRecord("gone", ("linux",), "echo", "bash", 1.0))
+    return "/api/v1/profiles/gone", None
+
+
+async def manager_create(w: World) -> Call:
+    return "/api/v1/secret-managers", {
+        "name": "kms",
+        "kind": "aws_kms",
+        "settings": {"key_id": "alias/tether"},
+    }
+
+
+async def manager_update(w: World) -> Call:
+    await w.store.create_secret_manager(_kms("kms-update"))
+    return "/api/v1/secret-managers/kms-update", {"description": "the ops key"}
+
+
+async def manager_delete(w: World) -> Call:
+    await w.store.create_secret_manager(_kms("kms-delete"))
+    return "/api/v1/secret-managers/kms-delete", None
+
+
+async def manager_test(w: World) -> Call:
+    # The builtin key is tested on the manager itself: no delegate needed.
+    return "/api/v1/secret-managers/builtin/test", None
+
+
+async def secret_create(w: World) -> Call:
+    return "/api/v1/secrets", {"name": "db-password", "value": SECRET}
+
+
+async def secret_update(w: World) -> Call:
+    await _secret(w, "to-update")
+    return "/api/v1/secrets/to-update", {"value": SECRET_2}
+
+
+async def secret_delete(w: World) -> Call:
+    await _secret(w, "to-delete")
+    return "/api/v1/secrets/to-delete", None
+
+
+async def secret_scope(w: World) -> Call:
+    await _secret(w, "to-scope")
+    return "/api/v1/secrets/to-scope/scope", {"scope": {"account": True}}
+
+
+async def manager_scope(w: World) -> Call:
+    await w.store.create_secret_manager(_kms("kms-scope"))
+    return "/api/v1/secret-managers/kms-scope/scope", {"scope": {"account": True}}
+
+
+async def sso_settings(w: World) -> Call:
+    await _secret(w, "oidc-client")
+    body = {
+        "issuer": "https://idp.example.com",
+        "client_id": "tether",
+        "client_secret": "oidc-client",
+        "redirect_url": "https://tether.example.com/api/v1/auth/sso/callback",
+    }
+    return "/api/v1/auth/sso", body
+
+
+PASSWORD = "Old-password-123"
+
+
+async def _signed_in(w: World) -> Entity[UserBody]:
+    """A user with a password, whose session the call is made with."""
+    logins: Logins = w.client.app[LOGINS]
+    user = await _with_password(w)
+    w.logs_in = None  # the call carries the session: that is the actor
+    s = await logins.session(user, await logins.settings())
+    w.session = (s.token, user.id, user.body.email)
+    return s.user
+
+
+async def _with_password(w: World, **more: Any) -> Entity[UserBody]:
+    """A user with a password (or as ``more`` says), whom a login route acts for."""
+    logins: Logins = w.client.app[LOGINS]
+    body = UserBody(
+        email="me@example.com",
+        status="active",
+        password_hash=await logins.passwords.hash(PASSWORD),
+        password_changed_at=time.time(),
+    )
+    user = await logins.directory.users.insert(body.model_copy(update=more))
+    w.logs_in = (user.id, user.body.email)
+    return user
+
+
+async def login(w: World) -> Call:
+    await _with_password(w)
+    return "/api/v1/auth/login", {"email": "me@example.com", "password": PASSWORD}
+
+
+async def invite_accept(w: World) -> Call:
+    invite = "tiv_the-invite"
+    await _with_password(
+        w,
+        status="invited",
+        password_hash=None,
+        invite_hash=hash_secret(invite),
+        invite_expires_at=time.time() + 3600,
+    )
+    return "/api/v1/auth/invite/accept", {"token": invite, "password": PASSWORD}
+
+
+async def sso_poll(w: World) -> Call:
+    user = await _with_password(w, source="sso", password_hash=None)
+    done = SsoLogin(
+        state="the-state",
+        nonce="n",
+        poll_hash=hash_secret("the-poll-secret"),
+        expires_at=time.time() + 600,
+        user_id=user.id,
+    )
+    await sso_logins(w.store).insert(done)
+    return "/api/v1/auth/sso/poll", {"state": "the-state", "poll_secret": "the-poll-secret"}
+
+
+async def logout(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/logout", None
+
+
+async def password_change(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/password", {"current": PASSWORD, "new": "New-password-456"}
+
+
+async def totp_enrol(w: World) -> Call:
+    await _signed_in(w)
+    return "/api/v1/auth/totp/enrol", {"password": PASSWORD}
+
+
+async def totp_confirm(w: World) -> Call:
+    logins: Logins = w.client.app[LOGINS]
+    user = await _signed_in(w)
+    secret, _ = await logins.totp_enrol(user)
+    return "/api/v1/auth/totp/confirm", {"code": pyotp.TOTP(secret).now()}
+
+
+async def auth_settings(w: World) -> Call:
+    return "/api/v1/auth/settings", {"password_min_length": 14, "lockout_attempts": 3}
+
+
+async def secret_migrate(w: World) -> Call:
+    await _secret(w, "to-move")
+    await w.store.create_secret_manager(_kms("kms-target"))
+    assert w.c.secrets is not None
+
+    async def wrap(manager: SecretManagerRecord, data_key: bytes, context: bytes) -> bytes:
+        return b"wrapped-by-" + manager.name.encode()  # a KMS on a delegate, in the real run
+
+    w.monkeypatch.setattr(w.c.secrets._ops, "wrap", wrap)
+    return "/api/v1/secrets/to-move/migrate", {"to": "kms-target"}
+
+
+async def filter_create(w: World) -> Call:
+    return "/api/v1/audit/filters", {"name": "deletes", "query": {"action": "delete"}}
+
+
+async def filter_delete(w: World) -> Call:
+    await w.store.create_audit_filter(
+        SavedAuditFilter("af_x", w.key_id, "old-filter", {"type": "secret"}, 1.0)
+    )
+    return "/api/v1/audit/filters/old-filter", None
+
+
+# The access routes (manager/api/access.py). Each call gets a fresh manager, so an allowlist
+# turned on by one cannot refuse the next.
+
+LOOPBACK = "127.0.0.1/32"
+
+
+def _entry(entry_id: str, cidr: str, enabled: bool = True) -> AllowlistEntry:
+    return AllowlistEntry(id=entry_id, cidr=cidr, description="", enabled=enabled, created_at=1.0)
+
+
+async def _user(w: World, email: str, status: UserStatus = "active", **more: Any) -> None:
+    await Directory(w.store).users.insert(UserBody(email=email, status=status, **more))
+
+
+async def user_create(w: World) -> Call:
+    return "/api/v1/users", {"email": "new@example.com"}
+
+
+async def user_update(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com", {"name": "U"}
+
+
+async def user_disable(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com/disable", None
+
+
+async def user_enable(w: World) -> Call:
+    await _user(w, "u@example.com", "disabled")
+    return "/api/v1/users/u@example.com/enable", None
+
+
+async def user_unlock(w: World) -> Call:
+    await _user(w, "u@example.com", locked_until=time.time() + 600)
+    return "/api/v1/users/u@example.com/unlock", None
+
+
+async def user_reset_2fa(w: World) -> Call:
+    await _user(w, "u@example.com", totp_enabled=True, totp_sealed="sealed")
+    return "/api/v1/users/u@example.com/reset-2fa", None
+
+
+async def user_logout(w: World) -> Call:
+    await _user(w, "u@example.com")
+    return "/api/v1/users/u@example.com/logout", None
+
+
+async def user_invite(w: World) -> Call:
+    await _user(w, "u@example.com", "invited")
+    return "/api/v1/users/u@example.com/invite", None
+
+
+async def group_create(w: World) -> Call:
+    return "/api/v1/groups", {"name": "deployers", "account_permissions": ["view_audit"]}
+
+
+async def group_update(w: World) -> Call:
+    await Directory(w.store).groups.insert(GroupBody(name="g"))
+    return "/api/v1/groups/g", {"description": "the g team"}
+
+
+async def group_delete(w: World) -> Call:
+    await Directory(w.store).groups.insert(GroupBody(name="g"))
+    return "/api/v1/groups/g", None
+
+
+async def app_create(w: World) -> Call:
+    return "/api/v1/apps", {"name": "checkout"}
+
+
+async def app_delete(w: World) -> Call:
+    await Directory(w.store).apps.insert(AppBody(name="checkout"))
+    return "/api/v1/apps/checkout", None
+
+
+async def env_create(w: World) -> Call:
+    await Directory(w.store).apps.insert(AppBody(name="checkout"))
+    return "/api/v1/apps/checkout/envs", {"name": "prod", "type": "production"}
+
+
+async def env_delete(w: World) -> Call:
+    d = Directory(w.store)
+    app = await d.apps.insert(AppBody(name="checkout"))
+    await d.envs.insert(EnvBody(app_id=app.id, name="prod", type="production"))
+    return "/api/v1/apps/checkout/envs/prod", None
+
+
+async def api_key_create(w: World) -> Call:
+    return "/api/v1/api-keys", {"name": "ci-key"}
+
+
+async def api_key_revoke(w: World) -> Call:
+    await create_api_key(w.store, "old-key", groups=(ADMIN_GROUP,))
+    return "/api/v1/api-keys/old-key", None
+
+
+async def api_key_defaults(w: World) -> Call:
+    return "/api/v1/api-key-defaults", {"max_qps": 2.0, "burst": 20}
+
+
+async def allowlist_enable(w: World) -> Call:
+    await w.store.add_allowlist_entry(_entry("ipa_me", LOOPBACK))  # no lock-out
+    return "/api/v1/allowlist/enable", None
+
+
+async def allowlist_disable(w: World) -> Call:
+    await w.store.add_allowlist_entry(_entry("ipa_me", LOOPBACK))
+    await w.store.update_access_settings(time.time(), allowlist_enabled=True)
+    return "/api/v1/allowlist/disable", None
+
+
+async def allowlist_add(w: World) -> Call:
+    return "/api/v1/allowlist/entries", {"cidr": "10.0.0.0/8", "description": "office"}
+
+
+async def allowlist_remove(w: World) -> Call:
+    await w.store.add_allowlist_entry(_entry("ipa_old", "10.1.0.0/16"))
+    return "/api/v1/allowlist/entries/ipa_old", None
+
+
+async def allowlist_entry_disable(w: World) -> Call:
+    await w.store.add_allowlist_entry(_entry("ipa_on", "10.2.0.0/16"))
+    return "/api/v1/allowlist/entries/ipa_on/disable", None
+
+
+async def allowlist_entry_enable(w: World) -> Call:
+    await w.store.add_allowlist_entry(_entry("ipa_off", "10.3.0.0/16", enabled=False))
+    return "/api/v1/allowlist/entries/ipa_off/enable", None
+
+
+async def trusted_proxies(w: World) -> Call:
+    return "/api/v1/allowlist/trusted-proxies", {"proxies": ["10.9.9.9/32"]}
+
+
+CALLS: dict[tuple[str, str], Setup] = {
+    ("POST", "/api/v1/tasks"): submit,
+    ("POST", "/api/v1/tasks/{task_id}/cancel"): cancel,
+    ("POST", "/api/v1/delegates/{delegate}/drain"): drain,
+    ("POST", "/api/v1/delegates/{delegate}/resume"): resume,
+    ("POST", "/api/v1/tokens"): token_create,
+    ("DELETE", "/api/v1/tokens/{name}"): token_revoke,
+    ("PUT", "/api/v1/profiles/{name}"): profile_put,
+    ("DELETE", "/api/v1/profiles/{name}"): profile_delete,
+    ("POST", "/api/v1/secret-managers"): manager_create,
+    ("PATCH", "/api/v1/secret-managers/{name}"): manager_update,
+    ("DELETE", "/api/v1/secret-managers/{name}"): manager_delete,
+    ("POST", "/api/v1/secret-managers/{name}/test"): manager_test,
+    ("POST", "/api/v1/secrets"): secret_create,
+    ("PATCH", "/api/v1/secrets/{name}"): secret_update,
+    ("DELETE", "/api/v1/secrets/{name}"): secret_delete,
+    ("POST", "/api/v1/secrets/{name}/migrate"): secret_migrate,
+    ("PUT", "/api/v1/secrets/{name}/scope"): secret_scope,
+    ("PUT", "/api/v1/auth/sso"): sso_settings,
+    ("POST", "/api/v1/auth/logout"): logout,
+    ("POST", "/api/v1/auth/login"): login,
+    ("POST", "/api/v1/auth/invite/accept"): invite_accept,
+    ("POST", "/api/v1/auth/sso/poll"): sso_poll,
+    ("POST", "/api/v1/auth/password"): password_change,
+    ("POST", "/api/v1/auth/totp/enrol"): totp_enrol,
+    ("POST", "/api/v1/auth/totp/confirm"): totp_confirm,
+    ("PUT", "/api/v1/auth/settings"): auth_settings,
+    ("POST", "/api/v1/users"): user_create,
+    ("PATCH", "/api/v1/users/{user}"): user_update,
+    ("POST", "/api/v1/users/{user}/disable"): user_disable,
+    ("POST", "/api/v1/users/{user}/enable"): user_enable,
+    ("POST", "/api/v1/users/{user}/invite"): user_invite,
+    ("POST", "/api/v1/users/{user}/unlock"): user_unlock,
+    ("POST", "/api/v1/users/{user}/reset-2fa"): user_reset_2fa,
+    ("POST", "/api/v1/users/{user}/logout"): user_logout,
+    ("POST", "/api/v1/groups"): group_create,
+    ("PATCH", "/api/v1/groups/{group}"): group_update,
+    ("DELETE", "/api/v1/groups/{group}"): group_delete,
+    ("POST", "/api/v1/apps"): app_create,
+    ("DELETE", "/api/v1/apps/{app}"): app_delete,
+    ("POST", "/api/v1/apps/{app}/envs"): env_create,
+    ("DELETE", "/api/v1/apps/{app}/envs/{env}"): env_delete,
+    ("PUT", "/api/v1/secret-managers/{name}/scope"): manager_scope,
+    ("POST", "/api/v1/audit/filters"): filter_create,
+    ("DELETE", "/api/v1/audit/filters/{name}"): filter_delete,
+    ("POST", "/api/v1/api-keys"): api_key_create,
+    ("DELETE", "/api/v1/api-keys/{name}"): api_key_revoke,
+    ("PUT", "/api/v1/api-key-defaults"): api_key_defaults,
+    ("POST", "/api/v1/allowlist/enable"): allowlist_enable,
+    ("POST", "/api/v1/allowlist/disable"): allowlist_disable,
+    ("POST", "/api/v1/allowlist/entries"): allowlist_add,
+    ("DELETE", "/api/v1/allowlist/entries/{entry_id}"): allowlist_remove,
+    ("POST", "/api/v1/allowlist/entries/{entry_id}/disable"): allowlist_entry_disable,
+    ("POST", "/api/v1/allowlist/entries/{entry_id}/enable"): allowlist_entry_enable,
+    ("PUT", "/api/v1/allowlist/trusted-proxies"): trusted_proxies,
+}
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+async def test_every_mutating_route_declares_what_it_audits(world: World) -> None:
+    routes = mutating(world.routes)
+    assert len(routes) >= len(CALLS)
+    missing = [f"{r.method} {r.path}" for r in routes if not r.audit]
+    assert not missing, f"mutating routes without audit metadata (Route.audit): {missing}"
+
+
+async def test_every_mutating_route_has_a_call_here(world: World) -> None:
+    routes = {(r.method, r.path) for r in mutating(world.routes)}
+    assert not routes - CALLS.keys(), f"add a call to CALLS for {sorted(routes - CALLS.keys())}"
+    assert not CALLS.keys() - routes, f"stale calls: {sorted(CALLS.keys() - routes)}"
+
+
+async def test_each_mutating_call_writes_exactly_one_event(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = []
+    for n, route in enumerate(mutating(world.routes)):
+        setup = CALLS.get((route.method, route.path))
+        if setup is None:
+            continue  # reported by the test above
+        async with open_world(tmp_path / f"call-{n}", monkeypatch) as w:
+            failures += await call_once(w, route, setup)
+    assert not failures, "\n".join(failures)
+
+
+async def call_once(world: World, route: Route, setup: Setup) -> list[str]:
+    """The route's call, and what is wrong with the events it wrote (nothing: [])."""
+    path, body = await setup(world)
+    before = await world.head()
+    resp = await world.client.request(route.method, path, json=body, headers=world.auth())
+    what = f"{route.method} {route.path}"
+    if not 200 <= resp.status < 300:
+        return [f"{what}: {resp.status} {await resp.text()}"]
+    events = await world.events_after(before)
+    if len(events) != 1:
+        return [f"{what}: {len(events)} events, not one"]
+    e = events[0]
+    failures = []
+    expected = (route.audit, *world.actor(), route.method, path)
+    got = (e.resource_type, e.actor_kind, e.actor_id, e.actor_name, e.method, e.path)
+    if got != expected:
+        failures.append(f"{what}: event {got}, expected {expected}")
+    if not (e.resource_id and e.action and e.summary and e.client_ip):
+        failures.append(f"{what}: the handler did not describe its change: {e}")
+    if SECRET in str(e) or SECRET_2 in str(e):
+        failures.append(f"{what}: a secret value is in the event")
+    return failures
+
+
+async def test_a_failed_request_writes_no_event(world: World) -> None:
+    for route in mutating(world.routes):
+        # A body of the wrong type (415), or a resource that does not exist (404).
+        path = re.sub(r"{\w+}", "no-such-thing", route.path)
+        before = await world.head()
+        resp = await world.client.request(
+            route.method, path, data=b"x", headers={**world.auth(), "Content-Type": "text/plain"}
+        )
+        assert 400 <= resp.status < 500, (route.method, route.path, resp.status)
+        assert await world.head() == before, f"{route.method} {route.path} wrote an event"
+
+
+async def test_a_request_that_changes_nothing_writes_no_event(world: World) -> None:
+    body = {"payload": {"type": "shell", "script": "echo once"}, "idempotency_key": "k-1"}
+    first = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
+    assert first.status == 201
+    before = await world.head()
+    again = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
+    assert again.status == 200
+    await world.store.upsert_delegate(_delegate("idle"))
+    resumed = await world.client.post("/api/v1/delegates/idle/resume", headers=world.auth())
+    assert resumed.status == 200
+    assert await world.head() == before
+
+
+async def test_secret_diffs_hold_metadata_and_never_a_value(world: World) -> None:
+    for path, body in (await secret_create(world), await secret_update(world)):
+        method = "POST" if path == "/api/v1/secrets" else "PATCH"
+        resp = await world.client.request(method, path, json=body, headers=world.auth())
+        assert resp.status in (200, 201)
+    events = await world.store.list_audit(AuditQuery(resource_type="secret"))
+    assert [e.action for e in events] == ["update", "create"]
+    for e in events:
+        assert SECRET not in e.diff
+        assert SECRET_2 not in e.diff
+        assert "current_version" in e.diff
+        assert "manager: builtin" in e.diff
+    # And a value learnt by the manager is masked wherever else it turns up in a diff.
+    resp = await world.client.put(
+        "/api/v1/profiles/leaky",
+        json={"script": f"echo {SECRET}"},
+        headers=world.auth(),
+    )
+    assert resp.status == 200
+    (profile,) = await world.store.list_audit(AuditQuery(resource_type="profile"))
+    assert SECRET not in profile.diff
+    assert MASK.decode() in profile.diff
+
+
+async def test_an_event_records_the_time_of_the_change(world: World) -> None:
+    start = time.time()
+    path, body = await token_create(world)
+    await world.client.post(path, json=body, headers=world.auth())
+    (event,) = await world.store.list_audit(AuditQuery(resource_type="token"))
+    assert start <= event.ts <= time.time()
+    assert event.client_ip == "127.0.0.1"

@@ -1,0 +1,69 @@
+"""Host-side admin commands write their audit events as the system, on the same chain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from manager.core.audit_chain import AuditEvent, verify
+from manager.keys.masterkey import MasterKey
+from manager.store.sqlite import SqliteStore
+
+BIN = Path(sys.executable).parent
+
+
+async def manager(*argv: str) -> tuple[int, str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TETHER_DATA_DIR", "TETHER_DATABASE_URL")
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "tether-manager"),
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_token_and_key_commands_on_the_host_are_audited_as_the_system(
+    tmp_path: Path,
+) -> None:
+    MasterKey.load_or_create(tmp_path / "master.key")
+    store = SqliteStore(tmp_path / "tether.db")
+    await store.open()
+    await store.close()
+    d = ("--data-dir", str(tmp_path))
+    code, out, err = await manager("token", "create", "build", *d)
+    assert code == 0, err
+    token = out.strip().splitlines()[-1]
+    for argv in (("token", "revoke", "build"), ("keys", "rotate")):
+        code, out, err = await manager(*argv, *d)
+        assert code == 0, err
+
+    store = SqliteStore(tmp_path / "tether.db")
+    await store.open()
+    try:
+        events: list[AuditEvent] = [e async for e in store.audit_events_all()]
+        assert verify(events, await store.audit_head()) is None
+    finally:
+        await store.close()
+    assert [(e.actor_kind, e.method, e.client_ip) for e in events] == [
+        ("system", "CLI", "local")
+    ] * 3
+    assert [(e.resource_type, e.action, e.resource_name) for e in events] == [
+        ("token", "create", "build"),
+        ("token", "revoke", "build"),
+        ("master_key", "rotate", events[2].resource_id),
+    ]
+    assert events[0].path == "tether-manager token create build"
+    # The token's value is printed once, and is in no event.
+    assert token.startswith("tdt_")
+    assert all(token not in str(e) for e in events)
+    assert "current:" in events[2].diff

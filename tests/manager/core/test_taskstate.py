@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from manager.core.taskstate import (
+    DELEGATE_LOST,
+    Decision,
+    Verdict,
+    on_acquire,
+    on_cancel,
+    on_lease_lost,
+    on_result,
+    on_sweep,
+)
+from manager.records import TaskRecord
+from shared.protocol import FINAL_STATES, Deployment, TaskResult, TaskState
+
+CREATED = 1_000.0
+TIMEOUT = 600.0
+QUEUE_TIMEOUT = 300.0
+MARGIN = 11.0
+
+
+def queued(**overrides: Any) -> TaskRecord:
+    base = TaskRecord(
+        id="task_1",
+        type="shell",
+        state=TaskState.QUEUED,
+        payload={"type": "shell", "script": "true"},
+        selectors=(),
+        timeout_s=TIMEOUT,
+        queue_timeout_s=QUEUE_TIMEOUT,
+        max_attempts=2,
+        created_at=CREATED,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def running(**overrides: Any) -> TaskRecord:
+    fields: dict[str, Any] = {
+        "state": TaskState.RUNNING,
+        "attempt": 1,
+        "delegate_id": "dlg_a",
+        "started_at": CREATED + 5.0,
+    }
+    return queued(**{**fields, **overrides})
+
+
+def applied(task: TaskRecord, decision: Decision) -> TaskRecord:
+    assert decision.verdict is Verdict.APPLY
+    return dataclasses.replace(task, **decision.changes)
+
+
+def result(attempt: int = 1, status: str = "succeeded", **kw: Any) -> TaskResult:
+    return TaskResult.model_validate({"attempt": attempt, "status": status, **kw})
+
+
+# --- acquire -------------------------------------------------------------------------------
+
+
+def test_acquire_of_queued_task_starts_attempt_one_for_the_caller() -> None:
+    task = applied(queued(), on_acquire(queued(), "dlg_a", 1_010.0))
+    assert task.state is TaskState.RUNNING
+    assert task.attempt == 1
+    assert task.delegate_id == "dlg_a"
+    assert task.started_at == 1_010.0
+
+
+def test_acquire_of_requeued_task_bumps_the_attempt_past_the_old_one() -> None:
+    requeued = queued(attempt=1)
+    assert on_acquire(requeued, "dlg_b", 1_010.0).changes["attempt"] == 2
+
+
+def test_acquire_clears_a_stale_cancel_request() -> None:
+    assert on_acquire(queued(), "dlg_a", 1_010.0).changes["cancel_requested"] is False
+
+
+def test_acquire_of_running_task_is_taken() -> None:
+    decision = on_acquire(running(), "dlg_b", 1_010.0)
+    assert decision.verdict is Verdict.TAKEN
+    assert decision.changes == {}
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_acquire_of_final_task_is_gone(state: TaskState) -> None:
+    decision = on_acquire(queued(state=state), "dlg_a", 1_010.0)
+    assert decision.verdict is Verdict.GONE
+    assert state.value in decision.reason
+    assert decision.changes == {}
+
+
+# --- result --------------------------------------------------------------------------------
+
+
+def test_result_from_the_holder_finishes_the_task() -> None:
+    task = running()
+    decision = on_result(task, result(exit_code=0, outputs={"K": "V"}), "dlg_a", 2_000.0)
+    done = applied(task, decision)
+    assert done.state is TaskState.SUCCEEDED
+    assert done.exit_code == 0
+    assert done.outputs == {"K": "V"}
+    assert done.finished_at == 2_000.0
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled", "timed_out"])
+def test_result_status_becomes_the_task_state(status: str) -> None:
+    decision = on_result(running(), result(status=status), "dlg_a", 2_000.0)
+    assert decision.changes["state"] is TaskState(status)
+
+
+def test_result_carries_reported_deployment() -> None:
+    dep = Deployment(service="web", environment="prod", version="1.2")
+    decision = on_result(running(), result(deployment=dep.model_dump()), "dlg_a", 2_000.0)
+    assert decision.changes["deployment"] == dep.model_dump()
+
+
+def test_result_without_deployment_keeps_the_submitted_one() -> None:
+    submitted = {"service": "web", "environment": "prod", "artifact": None, "version": None}
+    decision = on_result(running(deployment=submitted), result(), "dlg_a", 2_000.0)
+    assert decision.changes["deployment"] == submitted
+
+
+def test_result_from_a_stale_attempt_is_stale() -> None:
+    decision = on_result(running(attempt=2), result(attempt=1), "dlg_a", 2_000.0)
+    assert decision.verdict is Verdict.STALE
+    assert decision.changes == {}
+
+
+def test_result_from_another_delegate_is_stale() -> None:
+    decision = on_result(running(), result(), "dlg_b", 2_000.0)
+    assert decision.verdict is Verdict.STALE
+
+
+def test_result_from_the_old_holder_after_requeue_is_stale() -> None:
+    task = applied(running(), on_lease_lost(running(), 1_100.0))
+    decision = on_result(task, result(), "dlg_a", 2_000.0)
+    assert decision.verdict is Verdict.STALE
+
+
+def test_result_resent_after_final_is_noop() -> None:
+    task = running()
+    done = applied(task, on_result(task, result(), "dlg_a", 2_000.0))
+    decision = on_result(done, result(status="failed"), "dlg_a", 2_001.0)
+    assert decision.verdict is Verdict.NOOP
+    assert "succeeded" in decision.reason
+
+
+def test_result_from_another_delegate_after_final_is_still_stale() -> None:
+    done = running(state=TaskState.SUCCEEDED)
+    assert on_result(done, result(), "dlg_b", 2_000.0).verdict is Verdict.STALE
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_of_queued_task_cancels_it_at_once() -> None:
+    task = applied(queued(), on_cancel(queued(), 1_050.0))
+    assert task.state is TaskState.CANCELLED
+    assert task.finished_at == 1_050.0
+
+
+def test_cancel_of_running_task_only_requests_it() -> None:
+    decision = on_cancel(running(), 1_050.0)
+    assert decision.verdict is Verdict.APPLY
+    assert decision.changes == {"cancel_requested": True}
+
+
+def test_cancel_of_running_task_twice_is_noop() -> None:
+    task = applied(running(), on_cancel(running(), 1_050.0))
+    assert on_cancel(task, 1_051.0).verdict is Verdict.NOOP
+
+
+def test_cancel_of_queued_task_twice_is_noop() -> None:
+    task = applied(queued(), on_cancel(queued(), 1_050.0))
+    assert on_cancel(task, 1_051.0).verdict is Verdict.NOOP
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_cancel_of_final_task_is_noop(state: TaskState) -> None:
+    assert on_cancel(queued(state=state), 1_050.0).verdict is Verdict.NOOP
+
+
+# --- lease lost ----------------------------------------------------------------------------
+
+
+def test_lease_lost_with_attempts_left_requeues_and_clears_the_holder() -> None:
+    task = applied(running(attempt=1), on_lease_lost(running(attempt=1), 1_100.0))
+    assert task.state is TaskState.QUEUED
+    assert task.delegate_id is None
+    assert task.started_at is None
+    assert task.attempt == 1  # the next acquire bumps it, fencing the old holder out
+
+
+def test_lease_lost_on_last_attempt_fails_with_delegate_lost() -> None:
+    task = running(attempt=2)
+    done = applied(task, on_lease_lost(task, 1_100.0))
+    assert done.state is TaskState.FAILED
+    assert done.error == DELEGATE_LOST
+    assert done.finished_at == 1_100.0
+
+
+def test_lease_lost_with_cancel_requested_becomes_cancelled() -> None:
+    task = running(attempt=1, cancel_requested=True)
+    done = applied(task, on_lease_lost(task, 1_100.0))
+    assert done.state is TaskState.CANCELLED
+
+
+@pytest.mark.parametrize("state", [TaskState.QUEUED, *sorted(FINAL_STATES)])
+def test_lease_lost_of_task_not_running_is_noop(state: TaskState) -> None:
+    assert on_lease_lost(queued(state=state), 1_100.0).verdict is Verdict.NOOP
+
+
+# --- sweep ---------------------------------------------------------------------------------
+
+
+def test_sweep_expires_queued_task_past_its_queue_timeout() -> None:
+    now = CREATED + QUEUE_TIMEOUT + 0.001
+    task = applied(queued(), on_sweep(queued(), now, run_margin=MARGIN))
+    assert task.state is TaskState.EXPIRED
+    assert task.finished_at == now
+
+
+def test_sweep_leaves_queued_task_at_its_queue_timeout() -> None:
+    now = CREATED + QUEUE_TIMEOUT
+    assert on_sweep(queued(), now, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+def test_sweep_times_out_running_task_past_timeout_and_margin() -> None:
+    task = running()
+    assert task.started_at is not None
+    now = task.started_at + TIMEOUT + MARGIN + 0.001
+    assert applied(task, on_sweep(task, now, run_margin=MARGIN)).state is TaskState.TIMED_OUT
+
+
+def test_sweep_leaves_running_task_within_the_margin() -> None:
+    task = running()
+    assert task.started_at is not None
+    now = task.started_at + TIMEOUT + MARGIN
+    assert on_sweep(task, now, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+def test_sweep_does_not_expire_running_task_by_its_queue_timeout() -> None:
+    task = running()
+    now = CREATED + QUEUE_TIMEOUT + 1.0
+    assert on_sweep(task, now, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_sweep_leaves_final_tasks_alone(state: TaskState) -> None:
+    task = running(state=state)
+    assert on_sweep(task, CREATED + 1e9, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+def test_sweep_gives_a_task_requeued_after_a_lost_lease_its_full_queue_timeout() -> None:
+    task = running(attempt=1)
+    lost_at = CREATED + QUEUE_TIMEOUT + 60.0  # it ran for six minutes, then its delegate died
+    requeued = applied(task, on_lease_lost(task, lost_at))
+    assert on_sweep(requeued, lost_at + 1.0, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+# --- clock skew: only the `now` passed in counts ----------------------------------------------
+
+
+def test_result_finish_time_is_the_managers_not_the_delegates() -> None:
+    skewed = result(started_at=9e9, finished_at=9e9 + 1)
+    decision = on_result(running(), skewed, "dlg_a", 2_000.0)
+    assert decision.changes["finished_at"] == 2_000.0
+
+
+def test_sweep_with_a_clock_behind_creation_does_nothing() -> None:
+    assert on_sweep(queued(), CREATED - 1e6, run_margin=MARGIN).verdict is Verdict.NOOP
+
+
+def test_same_task_and_now_give_the_same_decision() -> None:
+    task = running()
+    first = on_sweep(task, 5_000.0, run_margin=MARGIN)
+    assert on_sweep(task, 5_000.0, run_margin=MARGIN) == first
