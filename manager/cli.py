@@ -11,13 +11,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 import structlog
 
 from manager.access.tokens import TokenInUse, create_token
-from manager.audit.record import AuditRecorder, Change
+from manager.api.audit_record import AuditRecorder, Change
 from manager.core.identity import SYSTEM
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.rotation import RewrapReport, rewrap_builtin
@@ -193,12 +193,12 @@ async def _serve_notified(config: ManagerConfig) -> int:
     while serving, STOPPING on the way out."""
     watchdog: asyncio.Task[None] | None = None
 
-    def ready(url: str) -> None:
+    def ready(url: str, alive: Callable[[], bool]) -> None:
         nonlocal watchdog
         # One plain line on stdout, for people and for scripts that wait for it.
         print(f"tether-manager listening on {url}", flush=True)
         sdnotify.ready(f"listening on {url}")
-        watchdog = sdnotify.start_watchdog(lambda: True)
+        watchdog = sdnotify.start_watchdog(alive)
 
     try:
         return await serve(config, ready=ready)

@@ -20,7 +20,6 @@ __all__ = [
     "FINAL_STATES",
     "PROTOCOL_VERSION",
     "SUPPORTED_PROTOCOL_VERSIONS",
-    "AcquireRequest",
     "AcquireResponse",
     "CapabilityPayload",
     "CloseCode",
@@ -303,11 +302,6 @@ class NextTask(Strict):
     """Long-poll answer: a task the delegate may try to acquire."""
 
     task_id: str
-
-
-class AcquireRequest(Strict):
-    # Lets the manager refuse a delegate that would exceed its own declared capacity.
-    running: int = Field(default=0, ge=0)
 
 
 class AcquireResponse(Strict):

@@ -14,12 +14,12 @@ from aiohttp import web
 
 from manager.access.principal import principal_of
 from manager.access.tokens import ApiKeyInUse, create_api_key
+from manager.api.audit_record import record as audit
+from manager.api.audit_record import unchanged
 from manager.api.context import ctx
 from manager.api.guards import ACCESS, API_KEY, caller_address, key_status
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.audit.record import record as audit
-from manager.audit.record import unchanged
-from manager.core.allowlist import Snapshot, parse_cidr
+from manager.core.allowlist import Snapshot
 from manager.errors import ApiProblem
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord
 from manager.schemas.access import (
@@ -35,6 +35,7 @@ from manager.schemas.access import (
     Confirm,
     TrustedProxies,
     TrustedProxiesPut,
+    parse_cidr,
 )
 from manager.store.base import Conflict
 from shared.ids import new_id

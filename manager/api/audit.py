@@ -11,9 +11,10 @@ from dataclasses import asdict
 from aiohttp import web
 from pydantic import ValidationError
 
+from manager.api.audit_record import record
 from manager.api.context import ctx
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.audit.record import record
+from manager.api.identity import actor_of
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditEvent,
@@ -21,7 +22,6 @@ from manager.core.audit_chain import (
     ChainVerifier,
     SavedAuditFilter,
 )
-from manager.core.identity import actor_of
 from manager.errors import ApiProblem
 from manager.schemas.audit import (
     AuditBroken,

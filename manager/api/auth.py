@@ -9,10 +9,11 @@ from manager.access.directory import UserBody
 from manager.access.entities import Entity
 from manager.access.login import LOGINS, LockNotice, Session
 from manager.access.principal import principal_of
+from manager.api.audit_record import AUDIT, Change, record
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body, problem_response
-from manager.audit.record import AUDIT, Change, record
-from manager.core.identity import ACTOR_KEY, SYSTEM, Actor, client_ip
+from manager.api.identity import ACTOR_KEY, client_ip
+from manager.core.identity import SYSTEM, Actor
 from manager.core.ratelimit import retry_after_header
 from manager.errors import ApiProblem
 from manager.schemas.auth import (

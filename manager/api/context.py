@@ -44,6 +44,8 @@ class Context:
     started_at: float = field(default_factory=time.time)
     # Set while the manager shuts down: long-polls and follows end early.
     stopping: bool = False
+    # When the sweep loop last made a pass (monotonic): the watchdog's evidence of life.
+    last_sweep: float = field(default_factory=time.monotonic)
 
 
 CTX: web.AppKey[Context] = web.AppKey("tether_context", Context)

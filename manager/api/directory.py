@@ -20,10 +20,10 @@ from manager.access.directory import (
 )
 from manager.access.entities import Entity
 from manager.access.login import LOGINS
+from manager.api.audit_record import record
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.audit.record import record
 from manager.errors import ApiProblem
 from manager.schemas.directory import (
     AppCreate,

@@ -47,7 +47,7 @@ class Route:
     streaming: Literal["websocket", "ndjson", "text", "export"] | None = None
     errors: tuple[int, ...] = ()
     # The resource type a mutating user route changes (its audit events' resource_type);
-    # None for reads. The handler describes the change (manager.audit.record.record), and
+    # None for reads. The handler describes the change (manager.api.audit_record.record), and
     # the audit middleware writes it once the handler has succeeded.
     audit: str | None = None
 

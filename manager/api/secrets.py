@@ -6,9 +6,9 @@ from aiohttp import web
 
 from manager.access.places import Places
 from manager.access.principal import principal_of
+from manager.api.audit_record import record
 from manager.api.context import ctx
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.audit.record import record
 from manager.errors import ApiProblem
 from manager.records import (
     BUILTIN_MANAGER_ID,

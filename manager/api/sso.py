@@ -9,11 +9,12 @@ from aiohttp import web
 
 from manager.access.login import LOGINS
 from manager.access.sso import Oidc, SsoError, SsoSettings
+from manager.api.audit_record import record, unchanged
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body
-from manager.audit.record import record, unchanged
-from manager.core.identity import ACTOR_KEY, Actor
+from manager.api.identity import ACTOR_KEY
+from manager.core.identity import Actor
 from manager.errors import ApiProblem
 from manager.schemas.auth import SsoPoll, SsoSession, SsoStarted, SsoUser
 

@@ -14,11 +14,11 @@ from pydantic import BaseModel
 from manager.access.places import Places, places
 from manager.access.principal import principal_of
 from manager.access.tokens import TokenInUse, create_token
+from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.task_access import check_secrets, check_task, submit_target
-from manager.audit.record import record, unchanged
 from manager.errors import ApiProblem
 from manager.records import (
     AttemptRecord,

@@ -24,7 +24,6 @@ __all__ = [
     "Snapshot",
     "client_address",
     "parse_address",
-    "parse_cidr",
 ]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -44,23 +43,6 @@ def parse_address(text: str) -> Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
-
-
-def parse_cidr(text: str) -> Network:
-    """A CIDR range, or one address (a /32 or /128). ValueError, saying why, otherwise: host
-    bits set (``10.0.0.1/8``) are refused rather than silently widened."""
-    text = text.strip()
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        try:
-            loose = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not an IPv4 or IPv6 address or CIDR range "
-                "(such as 203.0.113.0/24 or 2001:db8::/32)"
-            ) from None
-        raise ValueError(f"{text} has host bits set; did you mean {loose}?") from None
 
 
 def _within(addr: Address, networks: Iterable[Network]) -> bool:

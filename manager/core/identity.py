@@ -1,14 +1,12 @@
-"""Who is making a request: set by the authentication middleware, read by whatever records or
-limits what the request does (the audit trail, the per-key rate limit)."""
+"""Who acts: a user, an API key, a delegate, or the manager itself. The request-bound side
+(which actor a request carries) is :mod:`manager.api.identity`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from aiohttp import web
-
-__all__ = ["ACTOR_KEY", "CLIENT_IP_KEY", "SYSTEM", "Actor", "actor_of", "client_ip"]
+__all__ = ["SYSTEM", "Actor", "ActorKind"]
 
 ActorKind = Literal["user", "api_key", "delegate", "system"]
 
@@ -22,22 +20,3 @@ class Actor:
 
 # Host-side admin commands and the manager's own work (sweeps, secret operations).
 SYSTEM = Actor("system", "system", "system")
-
-ACTOR_KEY: web.RequestKey[Actor] = web.RequestKey("tether_actor", Actor)
-# The client's address as judged through trusted proxies, when the allowlist judged it.
-CLIENT_IP_KEY: web.RequestKey[str] = web.RequestKey("tether_client_ip", str)
-
-
-def actor_of(request: web.Request) -> Actor:
-    """The request's actor; SYSTEM for a route that takes no user credentials."""
-    actor = request.get(ACTOR_KEY)
-    return actor if isinstance(actor, Actor) else SYSTEM
-
-
-def client_ip(request: web.Request) -> str:
-    """The peer's address. (Forwarded addresses are honoured only from trusted proxies; the
-    allowlist decides that and stores its answer here first.)"""
-    forwarded = request.get(CLIENT_IP_KEY)
-    if isinstance(forwarded, str):
-        return forwarded
-    return request.remote or ""

@@ -3,6 +3,7 @@ server and the client."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,6 +23,7 @@ __all__ = [
     "Confirm",
     "TrustedProxies",
     "TrustedProxiesPut",
+    "parse_cidr",
 ]
 
 # As high as the admin key's own limit (manager.access.tokens.ADMIN_MAX_QPS).
@@ -139,3 +141,20 @@ class TrustedProxiesPut(Model):
     # CIDRs of the proxies whose X-Forwarded-For is believed; [] believes nobody's.
     proxies: list[Cidr] = Field(max_length=64)
     confirm: bool = False
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR range, or one address (a /32 or /128). ValueError, saying why, otherwise: host
+    bits set (``10.0.0.1/8``) are refused rather than silently widened."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an IPv4 or IPv6 address or CIDR range "
+                "(such as 203.0.113.0/24 or 2001:db8::/32)"
+            ) from None
+        raise ValueError(f"{text} has host bits set; did you mean {loose}?") from None

@@ -28,6 +28,7 @@ from manager.access.session_signer import SessionSigner
 from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
 from manager.api.access import add_access_routes
 from manager.api.audit import add_audit_routes
+from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
 from manager.api.delegate_plane import add_delegate_routes
@@ -40,7 +41,6 @@ from manager.api.profiles import add_profile_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_user_routes
-from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware
 from manager.core.identity import SYSTEM
 from manager.keys.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
@@ -302,6 +302,7 @@ async def _loops(c: Context) -> None:
     last_reconcile = time.monotonic()
     while True:
         await asyncio.sleep(t.sweep_interval)
+        c.last_sweep = time.monotonic()
         try:
             # Leases are renewed once per heartbeat interval, in one write for all delegates.
             if time.monotonic() - last_renewal >= t.heartbeat_interval:
@@ -331,8 +332,19 @@ async def _loops(c: Context) -> None:
             log.exception("sweep failed")
 
 
-async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = None) -> int:
-    """Run until SIGINT/SIGTERM. Returns the process exit status."""
+def _loops_alive(c: Context) -> bool:
+    """The sweep loop made a pass lately. A pass that fails (say, the database is away) still
+    counts: the watchdog restarts a manager whose loop is stuck, not one waiting out an
+    outage, which a restart would not cure."""
+    return time.monotonic() - c.last_sweep < max(30.0, 10 * c.timings.sweep_interval)
+
+
+async def serve(
+    config: ManagerConfig, *, ready: Callable[[str, Callable[[], bool]], None] | None = None
+) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit status. ``ready`` is told the URL,
+    and a check that says whether the manager's own loops are still turning (what feeds the
+    systemd watchdog)."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if config.tls_cert and config.tls_key:
         ssl_ctx = server_context(config.tls_cert, config.tls_key)
@@ -365,7 +377,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
             admin_key_file=str(admin_key_path),
         )
         if ready is not None:
-            ready(url)
+            ready(url, lambda: _loops_alive(c))
         await _wait_for_signal()
         log.info("manager stopping")
         c.stopping = True

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ValidationError
 
 from manager.client.cli import output as fmt
 from manager.client.cli.context import Context, UsageError
-from manager.core.allowlist import parse_cidr
 from manager.schemas.access import (
     AllowlistEntryCreate,
     AllowlistEntryView,
@@ -26,6 +25,7 @@ from manager.schemas.access import (
     ApiKeyCreate,
     ApiKeyDefaultsUpdate,
     ApiKeyView,
+    parse_cidr,
 )
 
 __all__ = ["add_access_parsers", "model_from_options", "show"]

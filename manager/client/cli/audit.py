@@ -10,39 +10,17 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import datetime
 import os
-import re
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from manager.client.cli import output as fmt
-from manager.client.cli.context import EXIT_ERROR, Context, UsageError
+from manager.client.cli.context import EXIT_ERROR, Context, UsageError, parse_when
 from manager.schemas.audit import AuditEventView, AuditQueryModel
 
 __all__ = ["add_audit_parsers"]
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _when(value: str) -> float:
-    """An ISO 8601 time, or a duration ago (30m, 2h, 7d), as the ``task list`` options."""
-    match = _DURATION.match(value.strip())
-    if match:
-        return time.time() - float(match.group(1)) * _UNIT_S[match.group(2)]
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO time (2026-11-22T10:00) or a duration ago (30m, 2h), got {value!r}"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.timestamp()
 
 
 def _query(args: argparse.Namespace, *, with_limit: bool = True) -> AuditQueryModel:
@@ -175,9 +153,11 @@ async def cmd_audit_filter_delete(ctx: Context, args: argparse.Namespace) -> int
 
 def _filter_options(p: argparse.ArgumentParser, *, limit: bool = True) -> None:
     p.add_argument(
-        "--since", type=_when, metavar="WHEN", help="at or after: ISO time, or 30m, 2h, 7d ago"
+        "--since", type=parse_when, metavar="WHEN", help="at or after: ISO time, or 30m, 2h, 7d ago"
     )
-    p.add_argument("--until", type=_when, metavar="WHEN", help="before: ISO time or duration ago")
+    p.add_argument(
+        "--until", type=parse_when, metavar="WHEN", help="before: ISO time or duration ago"
+    )
     p.add_argument("--actor", metavar="WHO", help="an actor's id or name")
     p.add_argument("--type", metavar="T", help="resource type: task, token, secret, ...")
     p.add_argument("--app", metavar="APP", help="application")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import getpass
+import re
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ __all__ = [
     "Handler",
     "Prompt",
     "UsageError",
+    "parse_when",
     "terminal_prompt",
 ]
 
@@ -81,3 +85,23 @@ class Context:
 
 
 Handler = Callable[[Context, argparse.Namespace], Awaitable[int]]
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(value: str) -> float:
+    """A point in time: an ISO 8601 timestamp, or a duration ago such as 30m, 2h or 7d."""
+    match = _DURATION.match(value.strip())
+    if match:
+        return time.time() - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO time (2026-11-22T10:00) or a duration ago (30m, 2h), got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()

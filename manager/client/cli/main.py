@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import io
 import ipaddress
 import os
 import re
 import shlex
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from manager.client.cli.context import (
     Handler,
     Prompt,
     UsageError,
+    parse_when,
     terminal_prompt,
 )
 from manager.client.cli.directory import add_directory_parsers
@@ -69,24 +68,19 @@ from manager.client.cli.tasks import (
     cmd_task_logs,
     cmd_task_run,
     cmd_task_submit,
-    exit_code_for,
 )
 from manager.schemas.tasks import TaskSubmit, TokenCreate
 from shared import __version__
 from shared.protocol import Deployment, ShellPayload, TaskState
 
-# UsageError and exit_code_for live in cli_context and cli_tasks now; they stay importable
-# from here, where callers have always found them.
 __all__ = [
     "DEFAULT_MANAGER_URL",
     "ENV_API_KEY",
     "ENV_CA_FILE",
     "ENV_MANAGER_URL",
     "Config",
-    "UsageError",
     "build_parser",
     "build_submit",
-    "exit_code_for",
     "main",
     "parse_assignments",
     "run_cli",
@@ -152,12 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=_positive_int, default=100)
     ls.add_argument(
         "--since",
-        type=_when,
+        type=parse_when,
         metavar="WHEN",
         help="created at or after: ISO time or e.g. 2h, 30m, 7d ago",
     )
     ls.add_argument(
-        "--until", type=_when, metavar="WHEN", help="created before: ISO time or a duration ago"
+        "--until",
+        type=parse_when,
+        metavar="WHEN",
+        help="created before: ISO time or a duration",
     )
     ls.set_defaults(handler=cmd_task_list)
     history = groups.add_parser(
@@ -168,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--service", metavar="S")
     history.add_argument("--status", choices=[s.value for s in TaskState])
     history.add_argument("--limit", type=_positive_int, default=100)
-    history.add_argument("--since", type=_when, metavar="WHEN", help="ISO time or e.g. 7d ago")
-    history.add_argument("--until", type=_when, metavar="WHEN")
+    history.add_argument("--since", type=parse_when, metavar="WHEN", help="ISO time or e.g. 7d ago")
+    history.add_argument("--until", type=parse_when, metavar="WHEN")
     history.set_defaults(handler=cmd_deployments)
     logs = task.add_parser("logs", parents=[output], help="print a task's log")
     logs.add_argument("task_id", metavar="ID")
@@ -276,26 +273,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _when(value: str) -> float:
-    """A point in time: an ISO 8601 timestamp, or a duration ago such as 30m, 2h or 7d."""
-    match = _DURATION.match(value.strip())
-    if match:
-        return time.time() - float(match.group(1)) * _UNIT_S[match.group(2)]
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO time (2026-11-22T10:00) or a duration ago (30m, 2h), got {value!r}"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.timestamp()
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

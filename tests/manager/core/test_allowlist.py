@@ -22,14 +22,19 @@ import pytest
 from manager.access.tokens import create_token
 from manager.client import ApiError, TetherClient
 from manager.client.cli.main import Config, run_cli
-from manager.core.allowlist import Network, Snapshot, client_address, parse_address, parse_cidr
+from manager.core.allowlist import Network, Snapshot, client_address, parse_address
 from manager.records import AccessSettings, AllowlistEntry
-from manager.schemas.access import AllowlistEntryCreate, AllowlistEntryView, AllowlistView
+from manager.schemas.access import (
+    AllowlistEntryCreate,
+    AllowlistEntryView,
+    AllowlistView,
+    parse_cidr,
+)
 from manager.server.app import open_store
 from manager.store.base import Store
 from tests.manager.access_support import Clock, Manager, manager, one_manager, sqlite_store  # noqa: F401
-from tests.manager.conftest import PG_URL, StoreMaker
 from tests.manager.api.test_api import registration
+from tests.manager.conftest import PG_URL, StoreMaker
 
 BIN = Path(sys.executable).parent
 

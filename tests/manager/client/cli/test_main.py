@@ -24,8 +24,9 @@ from manager.client import (
     TetherClient,
     TetherClientError,
 )
-from manager.client.cli.main import Config, build_parser, build_submit, exit_code_for, run_cli
+from manager.client.cli.main import Config, build_parser, build_submit, run_cli
 from manager.client.cli.output import summary_line, task_details
+from manager.client.cli.tasks import exit_code_for
 from manager.schemas.tasks import (
     AttemptView,
     LogEntry,
@@ -659,21 +660,21 @@ def test_an_unreachable_manager_exits_1() -> None:
 
 
 def test_task_list_since_takes_a_duration_ago() -> None:
-    from manager.client.cli.main import _when
+    from manager.client.cli.context import parse_when
 
-    assert abs(_when("2h") - (time.time() - 7200)) < 5
+    assert abs(parse_when("2h") - (time.time() - 7200)) < 5
 
 
 def test_task_list_since_takes_an_iso_time() -> None:
-    from manager.client.cli.main import _when
+    from manager.client.cli.context import parse_when
 
-    assert _when("2026-11-22T10:00:00+00:00") == 1795341600.0
+    assert parse_when("2026-11-22T10:00:00+00:00") == 1795341600.0
 
 
 def test_task_list_since_refuses_nonsense() -> None:
     import argparse
 
-    from manager.client.cli.main import _when
+    from manager.client.cli.context import parse_when
 
     with pytest.raises(argparse.ArgumentTypeError, match="ISO time"):
-        _when("yesterday-ish")
+        parse_when("yesterday-ish")

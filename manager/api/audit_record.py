@@ -23,8 +23,9 @@ import structlog
 from aiohttp import web
 
 from manager.api.http import Handler, RouteTable
+from manager.api.identity import actor_of, client_ip
 from manager.core.audit_chain import AuditEvent, draft
-from manager.core.identity import Actor, actor_of, client_ip
+from manager.core.identity import Actor
 from manager.store.base import Store, StoreError
 from shared.masking import Masker
 
