@@ -16,13 +16,42 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from manager.errors import ApiProblem
+from manager.errors import (
+    ApiProblem,
+    Broken,
+    Conflicting,
+    DomainError,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from manager.store.base import StoreError
 from shared.protocol import describe_validation_error
 
 __all__ = ["AuthKind", "Route", "RouteTable", "error_middleware", "json_response", "parse_body"]
 
 log = structlog.get_logger("tether.http")
+
+# The one map from the services' refusals (manager.errors) to HTTP statuses.
+STATUS: dict[type[DomainError], int] = {
+    Invalid: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflicting: 409,
+    Gone: 410,
+    Unsupported: 415,
+    Broken: 500,
+    UpstreamFailed: 502,
+    Unavailable: 503,
+    UpstreamTimeout: 504,
+}
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,6 +126,10 @@ def json_response(model: BaseModel, *, status: int = 200) -> web.Response:
     )
 
 
+def status_of(error: DomainError) -> int:
+    return next(STATUS[c] for c in type(error).__mro__ if c in STATUS)
+
+
 def problem_response(
     status: int, code: str, message: str, field: str | None = None
 ) -> web.Response:
@@ -110,6 +143,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiProblem as p:
         return problem_response(p.status, p.code, p.message, p.field)
+    except DomainError as e:
+        return problem_response(status_of(e), e.code, e.message, e.field)
     except web.HTTPRequestEntityTooLarge as exc:
         return problem_response(413, "too_large", exc.text or "request body too large")
     except web.HTTPException as exc:
