@@ -181,8 +181,8 @@ def test_manager_install_and_uninstall(tmp_path: Path) -> None:
     exe = str(BIN / "tether-manager")
     argv = ["install-service", "--root", str(root), "--executable", exe]
     assert manager_cli.main([*argv, "--listen", "10.0.0.5:9443", "--data-dir", "/var/lib/tm"]) == 0
-    assert files_under(root) == {"etc/systemd/system/tether-manager.tasks.service": 0o644}
-    unit = (root / "etc/systemd/system/tether-manager.tasks.service").read_text()
+    assert files_under(root) == {"etc/systemd/system/tether-manager.service": 0o644}
+    unit = (root / "etc/systemd/system/tether-manager.service").read_text()
     assert f"ExecStart={exe} serve --data-dir /var/lib/tm --listen 10.0.0.5:9443 " in unit
     assert "\nStateDirectory=tm\n" in unit
     assert manager_cli.main(["uninstall-service", "--root", str(root)]) == 0
