@@ -40,18 +40,17 @@ def half() -> float:
     return 0.5
 
 
-def policy(**overrides: float) -> LinkPolicy:
+def policy() -> LinkPolicy:
     # rng 0.5 makes every jittered wait exact: attempt n waits min(CAP, BASE * 2**n) / 2.
-    kwargs: dict[str, float] = {
-        "reconnect_base": BASE,
-        "reconnect_max": CAP,
-        "heartbeat_interval": HB,
-        "lost_after": LOST,
-        "stream_retry": RETRY,
-        "poll_wait": 5.0,
-    }
-    kwargs.update(overrides)
-    return LinkPolicy(rng=half, **kwargs)
+    return LinkPolicy(
+        rng=half,
+        reconnect_base=BASE,
+        reconnect_max=CAP,
+        heartbeat_interval=HB,
+        lost_after=LOST,
+        stream_retry=RETRY,
+        poll_wait=5.0,
+    )
 
 
 def wait(attempt: int) -> Wait:
