@@ -1,14 +1,14 @@
 """The agent's slot accounting: free slots, capacity, a finished task's slot, draining.
 
-The manager is a test double of ManagerApi (acquire answers what a test says, logs and
-results are recorded); tasks run as real processes; the link holds no connection.
+The manager is the test double of ManagerApi from ``test_agent_secrets`` (acquire answers
+what a test says, logs and results are recorded); tasks run as real processes; the link
+holds no connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import pytest
 
 from delegate.agent import Agent
 from delegate.config import DelegateConfig
-from delegate.link.api import ManagerApi, Rejected
+from delegate.link.api import Rejected
 from delegate.link.stream import ChannelEvents
 from shared.limits import Timings
 from shared.masking import Masker
@@ -25,42 +25,28 @@ from shared.protocol import (
     AcquireResponse,
     LogBatch,
     LogBatchAck,
-    RegisterRequest,
     ResultAck,
     ShellPayload,
     TaskResult,
     TaskState,
 )
-from tests.delegate.secret_helpers import acquire, delegate_key
+from tests.delegate.secret_helpers import DelegateKey, acquire, delegate_key
+from tests.delegate.test_agent_secrets import FakeManager as RecordingManager
 
 WAIT = 30.0
 RUNS_UNTIL_CANCELLED = "echo up; sleep 300"
 
 
-class FakeManager(ManagerApi):
-    def __init__(self, public_key: str) -> None:
-        registration = RegisterRequest(
-            name="d1",
-            hostname="host",
-            version="test",
-            protocol_version=1,
-            capacity=2,
-            task_types=[],
-            public_key=public_key,
-        )
-        super().__init__(
-            "https://manager.invalid",
-            token="t",
-            registration=registration,
-            ssl_context=ssl.create_default_context(),
-        )
+class FakeManager(RecordingManager):
+    def __init__(self, key: DelegateKey) -> None:
+        super().__init__(key, acquire(ShellPayload(script="true")))
         self.scripts: dict[str, str] = {}
         self.acquired: list[str] = []
         # An acquire for a task listed here waits until its event is set.
         self.gates: dict[str, asyncio.Event] = {}
         self.refuse: set[str] = set()
         self.started: asyncio.Queue[str] = asyncio.Queue()
-        self.results: asyncio.Queue[tuple[str, TaskResult]] = asyncio.Queue()
+        self.ended: asyncio.Queue[tuple[str, TaskResult]] = asyncio.Queue()
 
     async def acquire(self, task_id: str) -> AcquireResponse:
         self.acquired.append(task_id)
@@ -78,7 +64,7 @@ class FakeManager(ManagerApi):
         return LogBatchAck(accepted=len(batch.lines))
 
     async def post_result(self, task_id: str, result: TaskResult) -> ResultAck:
-        self.results.put_nowait((task_id, result))
+        self.ended.put_nowait((task_id, result))
         return ResultAck(state=TaskState(result.status), recorded=True)
 
 
@@ -114,7 +100,7 @@ class Running:
         return await asyncio.wait_for(self.manager.started.get(), WAIT)
 
     async def result(self) -> tuple[str, TaskResult]:
-        return await asyncio.wait_for(self.manager.results.get(), WAIT)
+        return await asyncio.wait_for(self.manager.ended.get(), WAIT)
 
     async def poked(self) -> None:
         await asyncio.wait_for(self.link.poked.wait(), WAIT)
@@ -132,7 +118,7 @@ async def until(condition: Callable[[], bool]) -> None:
 @contextlib.asynccontextmanager
 async def running_agent(data_dir: Path, *, max_tasks: int = 2) -> AsyncIterator[Running]:
     key = delegate_key()
-    manager = FakeManager(key.public)
+    manager = FakeManager(key)
     link = IdleLink()
     config = DelegateConfig(
         manager_url=manager.base_url, token="t", name="d1", data_dir=data_dir, max_tasks=max_tasks

@@ -13,24 +13,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from manager.core.assign import choose
 from manager.records import DelegateRecord
 from manager.tasks.hub import Hub, Session
 from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskAvailable
+from tests.manager.tasks.test_dispatch import LOST_AFTER, FakeClock
 
-LOST_AFTER = 30.0
 WAIT = 30.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
