@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from manager.core.assign import choose
