@@ -18,12 +18,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from delegate.config import DelegateConfig
+from delegate.exit_codes import EXIT_FAILED
 from delegate.link.api import ManagerApi, Rejected, Unreachable
-from delegate.link.stream import Channel, Fatal
+from delegate.link.policy import Fatal
+from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
@@ -37,7 +40,7 @@ from shared.masking import Masker
 from shared.protocol import AcquireResponse, TaskResult
 from shared.sealing import SealError, open_sealed
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "Link"]
 
 log = structlog.get_logger("tether.agent")
 
@@ -49,28 +52,36 @@ class RunningTask:
     runner: asyncio.Task[None] | None = None
 
 
+class Link(Protocol):
+    """The agent's connection to the manager (``delegate.link.stream.Channel``)."""
+
+    async def run(self, events: ChannelEvents) -> None:
+        """Hold the link, telling ``events`` what the manager asks; raise ``Fatal`` to stop."""
+        ...
+
+    def poke(self) -> None:
+        """A slot was freed."""
+        ...
+
+
 class Agent:
     def __init__(
         self,
         config: DelegateConfig,
         api: ManagerApi,
         *,
+        link: Link,
         private_key: bytes,
         timings: Timings,
         process_masker: Masker,
     ) -> None:
         self._config = config
         self._api = api
+        self._link = link
         self._private_key = private_key
         self._timings = timings
         # The masker behind this process's own log output: every task's values join it.
         self._process_masker = process_masker
-        self.channel = Channel(
-            api,
-            self,
-            reconnect_base=timings.reconnect_base,
-            reconnect_max=timings.reconnect_max,
-        )
         self.running: dict[str, RunningTask] = {}
         self._acquiring: set[str] = set()
         self.draining = False
@@ -113,7 +124,7 @@ class Agent:
             log.info("drain lifted: taking tasks again")
             self.draining = False
             self._drained_by_manager = False
-            self.channel.poke()
+            self._link.poke()
 
     def heartbeat_state(self) -> tuple[list[str], int, float]:
         # Only tasks that run. A result waiting in the spool is not listed: a listing names
@@ -145,7 +156,7 @@ class Agent:
             retry_max=min(t.reconnect_max, t.heartbeat_interval),
         )
         self._outbox.replay()
-        channel = asyncio.create_task(self.channel.run(), name="channel")
+        channel = asyncio.create_task(self._link.run(self), name="channel")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([channel, stopping], return_when=asyncio.FIRST_COMPLETED)
         status = 0
@@ -156,7 +167,7 @@ class Agent:
                 status = exc.exit_code
             elif exc is not None:
                 log.error("channel failed", error=f"{type(exc).__name__}: {exc}")
-                status = 1
+                status = EXIT_FAILED
         stopping.cancel()
         await self._shutdown(force)
         # Spooled results the manager is taking get a moment; the rest waits on disk.
@@ -280,7 +291,7 @@ class Agent:
         if delivery.state == "spooled":
             bound.info("task result spooled; sent when the manager is back")
         self.running.pop(spec.id, None)
-        self.channel.poke()
+        self._link.poke()
 
     async def _prepare(
         self,

@@ -1,8 +1,9 @@
 """``tether-delegate run``: the daemon customers install on hosts in their network.
 
-Exit statuses: 0 stopped cleanly, 1 failed, 2 bad configuration, 3 the manager refused the
-token (revoked, unknown) or another process took over this delegate, 4 the manager no
-longer speaks this delegate's protocol. A service manager should not restart on 2, 3 or 4.
+Exit statuses (``delegate.exit_codes``): 0 stopped cleanly, 1 failed, 2 bad configuration,
+3 the manager refused the token (revoked, unknown) or another process took over this
+delegate, 4 the manager no longer speaks this delegate's protocol. A service manager should
+not restart on 2, 3 or 4.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import structlog
 
 from delegate.agent import Agent
 from delegate.config import ConfigError, DelegateConfig, resolve
+from delegate.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from delegate.link.api import ManagerApi
+from delegate.link.policy import LinkPolicy
 from delegate.link.stream import Channel
 from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
@@ -42,8 +45,6 @@ from shared.tls import client_context
 
 __all__ = ["main"]
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 _PROG = "tether-delegate"
 
 log = structlog.get_logger("tether.delegate")
@@ -209,8 +210,16 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
     async with ManagerApi(
         config.manager_url, token=config.token, registration=registration, ssl_context=ssl_ctx
     ) as api:
-        agent = Agent(config, api, private_key=private, timings=timings, process_masker=masker)
-        agent.channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
+        channel = Channel(
+            api,
+            policy=LinkPolicy(
+                reconnect_base=timings.reconnect_base, reconnect_max=timings.reconnect_max
+            ),
+        )
+        agent = Agent(
+            config, api, link=channel, private_key=private, timings=timings, process_masker=masker
+        )
+        channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(
             "delegate starting",
             name=config.name,
@@ -219,7 +228,7 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
             max_tasks=config.max_tasks,
         )
         watchdog = _notify_channel(
-            agent.channel,
+            channel,
             lambda: api.registered.lost_after_s if api.registered else timings.lost_after,
         )
         try:
@@ -269,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (tests/faults/test_network_cut.py).
         return run(_run(config, masker), prefer_uvloop=False)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

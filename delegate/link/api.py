@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from typing import TypeVar
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from delegate.link.policy import Meaning, meaning
 from shared.protocol import (
     AcquireResponse,
     Heartbeat,
@@ -44,26 +46,28 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-_FATAL_CODES = {"token_revoked", "invalid_token"}
 
 
 class ApiError(Exception):
-    pass
+    # What the failure means for the link (delegate.link.policy decides what to do).
+    meaning: ClassVar[Meaning] = Meaning.RETRY
 
 
 class FatalAuth(ApiError):
-    pass
+    meaning = Meaning.TOKEN_REFUSED
 
 
 class UnsupportedProtocol(ApiError):
-    pass
+    meaning = Meaning.UNSUPPORTED
 
 
 class Unreachable(ApiError):
-    pass
+    meaning = Meaning.RETRY
 
 
 class Rejected(ApiError):
+    meaning = Meaning.REJECTED
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
@@ -89,6 +93,9 @@ class ManagerApi:
         self._register_lock = asyncio.Lock()
         self.credential: str | None = None
         self.registered: RegisterResponse | None = None
+        # Told of every registration, including those made inside a call whose session ran
+        # out, so the link always works with the manager's current timings.
+        self.on_registered: Callable[[RegisterResponse], None] | None = None
 
     async def __aenter__(self) -> ManagerApi:
         self._session = aiohttp.ClientSession(
@@ -116,6 +123,8 @@ class ManagerApi:
             assert resp is not None
             self.credential = resp.session_token
             self.registered = resp
+            if self.on_registered is not None:
+                self.on_registered(resp)
             return resp
 
     async def heartbeat(self, frame: Heartbeat) -> HeartbeatAck:
@@ -205,19 +214,20 @@ class ManagerApi:
                     f"unexpected answer from the manager: {exc.error_count()} errors"
                 ) from None
         code, message = _error(raw, status)
-        if status == 401:
-            if code in _FATAL_CODES:
-                raise FatalAuth(message)
+        what = meaning(status, code)
+        if what is Meaning.TOKEN_REFUSED:
+            raise FatalAuth(message)
+        if what is Meaning.REREGISTER:
             raise _SessionInvalid(message)
-        if status == 426:
+        if what is Meaning.UNSUPPORTED:
             raise UnsupportedProtocol(message)
-        if status >= 500 or status == 429:
+        if what is Meaning.RETRY:
             raise Unreachable(f"manager answered {status}: {message}")
         raise Rejected(status, code, message)
 
 
 class _SessionInvalid(ApiError):
-    pass
+    meaning = Meaning.REREGISTER
 
 
 def _present(value: M | None) -> M:

@@ -18,7 +18,7 @@ import pytest
 from delegate.agent import Agent
 from delegate.config import DelegateConfig
 from delegate.link.api import ManagerApi
-from delegate.link.stream import Channel
+from delegate.link.stream import ChannelEvents
 from shared.limits import Timings
 from shared.masking import MASK, Masker
 from shared.protocol import (
@@ -71,14 +71,18 @@ class FakeManager(ManagerApi):
         return ResultAck(state=TaskState(result.status), recorded=True)
 
 
-class IdleChannel(Channel):
+class IdleLink:
     """Holds no connection; says when the agent has started it (its outbox is ready)."""
 
-    started: asyncio.Event
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
 
-    async def run(self) -> None:
+    async def run(self, events: ChannelEvents) -> None:
         self.started.set()
         await asyncio.Event().wait()
+
+    def poke(self) -> None:
+        pass
 
 
 @dataclass
@@ -101,12 +105,15 @@ async def agent_with(
     process_masker = Masker()
     timings = Timings().scaled(0.01)
     config = DelegateConfig(manager_url=manager.base_url, token="t", name="d1", data_dir=data_dir)
+    channel = IdleLink()
     agent = Agent(
-        config, manager, private_key=key.private, timings=timings, process_masker=process_masker
+        config,
+        manager,
+        link=channel,
+        private_key=key.private,
+        timings=timings,
+        process_masker=process_masker,
     )
-    channel = IdleChannel(manager, agent, reconnect_base=0.01, reconnect_max=0.1)
-    channel.started = asyncio.Event()
-    agent.channel = channel
     stop, force = asyncio.Event(), asyncio.Event()
     runner = asyncio.create_task(agent.run(stop, force))
     await channel.started.wait()

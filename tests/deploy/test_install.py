@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from delegate import cli as delegate_cli
+from delegate import exit_codes
 from delegate.config import resolve
 from manager import cli as manager_cli
 from shared import service_install as svc
@@ -162,7 +163,7 @@ def test_delegate_install_refuses_bad_options_and_writes_nothing(
     message: str,
 ) -> None:
     root = tmp_path / "root"
-    assert delegate(*install_args(root, token_file), *extra) == delegate_cli.EXIT_CONFIG
+    assert delegate(*install_args(root, token_file), *extra) == exit_codes.EXIT_CONFIG
     assert message in capsys.readouterr().err
     assert not root.exists()
 
@@ -172,7 +173,7 @@ def test_delegate_install_refuses_a_token_with_spaces(
 ) -> None:
     bad = tmp_path / "token"
     bad.write_text("not a token\n")
-    assert delegate(*install_args(tmp_path / "root", bad)) == delegate_cli.EXIT_CONFIG
+    assert delegate(*install_args(tmp_path / "root", bad)) == exit_codes.EXIT_CONFIG
     assert "one word" in capsys.readouterr().err
 
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from delegate import cli as delegate_cli
+from delegate import exit_codes
 from delegate.config import ENV, KEYS
-from delegate.link import stream as channel
 from manager import cli as manager_cli
 from manager.server.app import ManagerConfig
 from shared import service_install as svc
@@ -185,7 +185,7 @@ def test_units_sandbox_scores_low_exposure(tmp_path: Path, unit: str) -> None:
 def test_delegate_unit_restart_policy_matches_the_delegates_exit_statuses() -> None:
     service = service_section(svc.unit_template(svc.DELEGATE_UNIT))
     assert service["Restart"] == ["on-failure"]
-    fatal = {delegate_cli.EXIT_CONFIG, channel.EXIT_AUTH, channel.EXIT_VERSION}
+    fatal = set(exit_codes.NO_RESTART)
     assert {int(s) for s in service["RestartPreventExitStatus"][0].split()} == fatal
 
 

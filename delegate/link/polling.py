@@ -1,0 +1,107 @@
+"""Polling: the link over HTTPS while the stream cannot be held.
+
+Long-polls for tasks and sends heartbeats over HTTPS, and tries the stream again every
+``stream_retry`` seconds until one holds. It only carries out what
+:class:`~delegate.link.policy.LinkPolicy` decides. Nothing is lost in a switch: hints are
+only hints, and the manager's queue is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import structlog
+from websockets.asyncio.client import ClientConnection
+
+from delegate.link.api import ApiError, ManagerApi
+from delegate.link.policy import Action, LinkPolicy, Poll
+from shared.protocol import Heartbeat, HeartbeatAck
+
+__all__ = ["Polling", "SlotsSource"]
+
+log = structlog.get_logger("tether.channel")
+
+
+class SlotsSource(Protocol):
+    def on_task_available(self, task_id: str) -> None: ...
+    def heartbeat_state(self) -> tuple[list[str], int, float]: ...
+
+
+class Polling:
+    def __init__(
+        self,
+        api: ManagerApi,
+        policy: LinkPolicy,
+        events: SlotsSource,
+        *,
+        heartbeat: Callable[[], Heartbeat],
+        on_ack: Callable[[HeartbeatAck], None],
+        try_stream: Callable[[], Awaitable[ClientConnection | None]],
+        act: Callable[[Sequence[Action]], Awaitable[None]],
+        slot_freed: asyncio.Event,
+    ) -> None:
+        self._api = api
+        self._policy = policy
+        self._events = events
+        self._heartbeat = heartbeat
+        self._on_ack = on_ack
+        self._try_stream = try_stream
+        self._act = act
+        self._slot_freed = slot_freed
+
+    async def until_stream(self, step: Poll) -> ClientConnection:
+        """Poll until a probe holds a stream, and return it; a fatal answer raises."""
+        loops = [
+            asyncio.create_task(self._heartbeats(), name="poll-heartbeats"),
+            asyncio.create_task(self._long_poll(), name="long-poll"),
+        ]
+        probe = asyncio.create_task(self._probe(step.probe_every), name="stream-probe")
+        try:
+            done, _ = await asyncio.wait([probe, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not probe:
+                    task.result()  # a Fatal from a polling loop ends the delegate
+            return probe.result()
+        finally:
+            for task in (probe, *loops):
+                task.cancel()
+            await asyncio.gather(probe, *loops, return_exceptions=True)
+
+    async def _probe(self, every: float) -> ClientConnection:
+        while True:
+            await asyncio.sleep(every)
+            ws = await self._try_stream()
+            if ws is not None:
+                return ws
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                ack = await self._api.heartbeat(self._heartbeat())
+            except ApiError as exc:
+                log.warning("heartbeat failed", error=str(exc))
+                await self._act([self._policy.poll_heartbeat_failed(exc.meaning, str(exc))])
+                continue
+            self._on_ack(ack)
+            await self._act([self._policy.poll_heartbeat_sent()])
+
+    async def _long_poll(self) -> None:
+        while True:
+            _, free, _ = self._events.heartbeat_state()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                task_id = await self._api.next_task(self._policy.poll_wait)
+            except ApiError as exc:
+                log.warning("poll failed", error=str(exc))
+                await self._act([self._policy.long_poll_failed(exc.meaning, str(exc))])
+                continue
+            self._policy.long_poll_answered()
+            if task_id is not None:
+                self._events.on_task_available(task_id)
+                # Give the acquire a moment to take the slot before asking for more.
+                await asyncio.sleep(0)

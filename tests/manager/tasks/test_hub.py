@@ -1,0 +1,306 @@
+"""The delegate hub: sessions, their connections, liveness, heartbeats and hints.
+
+Time is an injected clock. Streams are real aiohttp WebSockets on loopback where the
+connection is the point (a superseded connection, a frame sent); elsewhere sessions poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from manager.core.assign import choose
+from manager.records import DelegateRecord
+from manager.tasks.hub import Hub, Session
+from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskAvailable
+from tests.manager.tasks.test_dispatch import LOST_AFTER, FakeClock
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def hub(clock: FakeClock) -> Hub:
+    return Hub(lost_after=LOST_AFTER, clock=clock)
+
+
+def record(name: str, *, capacity: int = 4, draining: bool = False) -> DelegateRecord:
+    return DelegateRecord(
+        id=f"dlg_{name}",
+        name=name,
+        token_id=f"tok_{name}",
+        hostname=f"{name}.internal",
+        version="0.1.0",
+        protocol_version=1,
+        selectors=("linux",),
+        task_types=("shell",),
+        capacity=capacity,
+        public_key=f"{name:x<44}",
+        created_at=0.0,
+        last_seen=0.0,
+        draining=draining,
+    )
+
+
+# -- sessions and liveness ------------------------------------------------------------------
+
+
+def test_a_delegate_heard_from_has_one_session_that_follows_its_record(hub: Hub) -> None:
+    first = hub.session(record("a"))
+    again = hub.session(record("a", capacity=8, draining=True))
+    assert again is first
+    assert (again.delegate.capacity, again.draining) == (8, True)
+    assert list(hub.sessions) == ["dlg_a"]
+
+
+def test_status_follows_liveness_on_the_injected_clock(hub: Hub, clock: FakeClock) -> None:
+    assert hub.status("dlg_a") == "disconnected"
+    hub.session(record("a"))
+    assert hub.status("dlg_a") == "polling"
+    clock.now += LOST_AFTER
+    assert hub.status("dlg_a") == "polling"  # exactly lost_after is still alive
+    assert hub.liveness.lost(clock()) == []
+    clock.now += 0.001
+    assert hub.status("dlg_a") == "disconnected"
+    assert hub.liveness.lost(clock()) == ["dlg_a"]
+
+
+def test_a_heartbeat_keeps_a_session_alive(hub: Hub, clock: FakeClock) -> None:
+    session = hub.session(record("a"))
+    clock.now += LOST_AFTER - 1
+    hub.on_heartbeat(session, Heartbeat(seq=1, free_slots=4))
+    clock.now += LOST_AFTER - 1
+    assert hub.status("dlg_a") == "polling"
+    assert hub.liveness.lost(clock()) == []
+
+
+def test_a_dropped_session_is_forgotten_and_its_poller_woken(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.drop("dlg_a", CloseCode.LOST, "no heartbeat")
+    assert session.wake.is_set()
+    assert hub.sessions == {}
+    assert hub.liveness.last_seen("dlg_a") is None
+    assert hub.status("dlg_a") == "disconnected"
+    assert hub.candidates() == []
+    hub.drop("dlg_a", CloseCode.LOST, "again")  # dropping twice is harmless
+
+
+def test_only_live_sessions_hold_tasks_and_count_as_present(hub: Hub, clock: FakeClock) -> None:
+    old = hub.session(record("old"))
+    hub.on_heartbeat(old, Heartbeat(seq=1, running=["t_old"], free_slots=3))
+    clock.now += LOST_AFTER + 1
+    new = hub.session(record("new"))
+    hub.on_heartbeat(new, Heartbeat(seq=1, running=["t1", "t2"], free_slots=2))
+    assert hub.held() == [("t1", "dlg_new"), ("t2", "dlg_new")]
+    assert [
+        (p.delegate_id, p.replica_id, p.mode, p.last_heartbeat) for p in hub.presence("r1")
+    ] == [("dlg_new", "r1", "polling", clock.now)]
+
+
+# -- heartbeats and acks --------------------------------------------------------------------
+
+
+def test_a_heartbeat_records_slots_metrics_and_running_tasks(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    frame = Heartbeat(seq=7, running=["t1"], free_slots=3, metrics={"rss_bytes": 1.0})
+    assert hub.on_heartbeat(session, frame) == HeartbeatAck(seq=7)
+    assert (session.free_slots, session.metrics, session.listed) == (3, {"rss_bytes": 1.0}, ("t1",))
+
+
+def test_a_hello_counts_free_slots_from_the_capacity(hub: Hub) -> None:
+    session = hub.session(record("a", capacity=4))
+    assert hub.on_heartbeat(session, Hello(running=["t1", "t2"])) == HeartbeatAck(seq=0)
+    assert session.free_slots == 2
+
+
+def test_an_ack_cancels_listed_strangers_and_cancelled_tasks_and_carries_the_drain(
+    hub: Hub,
+) -> None:
+    session = hub.session(record("a", draining=True))
+    frame = Heartbeat(seq=1, running=["mine", "lost", "cancelled"], free_slots=1)
+    hub.on_heartbeat(session, frame)
+    held = hub.held()
+    hub.renewed(held, renewed={"mine", "cancelled"})
+    hub.cancelling.update({"cancelled", "not_listed"})
+    ack = hub.on_heartbeat(session, frame)
+    assert ack == HeartbeatAck(seq=1, cancel=["cancelled", "lost"], drain=True)
+
+
+def test_a_task_acquired_during_a_renewal_is_not_a_stranger(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.on_heartbeat(session, Heartbeat(seq=1, running=["t1"], free_slots=3))
+    snapshot = hub.held()
+    # t2 is acquired (and listed) while the store renews the snapshot's leases.
+    hub.on_heartbeat(session, Heartbeat(seq=2, running=["t1", "t2"], free_slots=2))
+    hub.renewed(snapshot, renewed={"t1"})
+    assert session.strangers == frozenset()
+
+
+# -- candidates, hints and the least loaded -------------------------------------------------
+
+
+def test_candidates_count_load_from_leases_and_leave_out_the_lost(
+    hub: Hub, clock: FakeClock
+) -> None:
+    hub.session(record("gone"))
+    clock.now += LOST_AFTER + 1
+    busy = hub.session(record("busy", capacity=2))
+    hub.on_heartbeat(busy, Heartbeat(seq=1, free_slots=2))  # a stale figure: leases count
+    hub.leases.grant("t1", busy.id)
+    hub.session(record("drained", draining=True))
+    got = {c.delegate_id: (c.running, c.free_slots, c.draining) for c in hub.candidates()}
+    assert got == {"dlg_busy": (1, 1, False), "dlg_drained": (0, 4, True)}
+    assert hub.candidate("dlg_gone") is None
+    assert hub.candidate("dlg_unknown") is None
+
+
+def test_the_least_loaded_live_delegate_is_chosen_first(hub: Hub) -> None:
+    a, b = hub.session(record("a")), hub.session(record("b"))
+    hub.leases.grant("t1", a.id)
+    assert choose([], "shell", hub.candidates(), limit=1) == ["dlg_b"]
+    hub.leases.grant("t2", b.id)
+    hub.leases.grant("t3", b.id)
+    assert choose([], "shell", hub.candidates(), limit=1) == ["dlg_a"]
+    hub.leases.release("t2")
+    hub.leases.release("t3")
+    # Equal load: the tie is broken by id, so the choice is stable.
+    hub.leases.release("t1")
+    assert choose([], "shell", hub.candidates(), limit=None) == ["dlg_a", "dlg_b"]
+
+
+def test_a_hint_for_a_poller_waits_in_its_inbox_and_wakes_its_poll(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
+    hub.hint("dlg_a", "t2", TaskAvailable(task_id="t2"))
+    hub.hint("dlg_unknown", "t3", TaskAvailable(task_id="t3"))
+    assert list(session.inbox) == ["t1", "t2"]
+    assert session.wake.is_set()
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+@dataclass
+class Streams:
+    """A loopback WebSocket endpoint that attaches each connection to one hub session."""
+
+    hub: Hub
+    session: Session
+    url: str = ""
+    attached: asyncio.Queue[web.WebSocketResponse] = field(default_factory=asyncio.Queue)
+    detached: asyncio.Queue[web.WebSocketResponse] = field(default_factory=asyncio.Queue)
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await self.hub.attach_stream(self.session, ws)
+        self.attached.put_nowait(ws)
+        async for _ in ws:
+            pass
+        self.hub.detach_stream(self.session, ws)
+        self.detached.put_nowait(ws)
+        return ws
+
+
+@contextlib.asynccontextmanager
+async def streams(hub: Hub, session: Session) -> AsyncIterator[Streams]:
+    s = Streams(hub, session)
+    app = web.Application()
+    app.router.add_get("/stream", s.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    s.url = f"http://127.0.0.1:{port}/stream"
+    try:
+        yield s
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_newer_connection_supersedes_the_older(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    async with streams(hub, session) as s, aiohttp.ClientSession() as http:
+        first = await http.ws_connect(s.url)
+        first_ws = await asyncio.wait_for(s.attached.get(), WAIT)
+        assert (session.mode, hub.status("dlg_a")) == ("stream", "connected")
+        second = await http.ws_connect(s.url)
+        second_ws = await asyncio.wait_for(s.attached.get(), WAIT)
+        closing = await asyncio.wait_for(first.receive(), WAIT)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, CloseCode.SUPERSEDED)
+        await first.close()
+        # The old connection's end does not detach the new one.
+        assert await asyncio.wait_for(s.detached.get(), WAIT) is first_ws
+        assert session.ws is second_ws
+        assert hub.status("dlg_a") == "connected"
+        await second.close()
+        assert await asyncio.wait_for(s.detached.get(), WAIT) is second_ws
+        # The session outlives its stream: it may come back, or poll.
+        assert session.mode == "polling"
+        assert hub.status("dlg_a") == "polling"
+
+
+async def test_hints_and_cancels_reach_a_streaming_delegate_as_frames(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    async with streams(hub, session) as s, aiohttp.ClientSession() as http:
+        client = await http.ws_connect(s.url)
+        await asyncio.wait_for(s.attached.get(), WAIT)
+        hub.on_heartbeat(session, Heartbeat(seq=1, running=["t_run"], free_slots=3))
+        hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
+        hub.cancel("t_run")
+        frames = [json.loads(await asyncio.wait_for(client.receive_str(), WAIT)) for _ in "ab"]
+        assert frames == [
+            {"type": "task_available", "task_id": "t1"},
+            {"type": "cancel", "task_id": "t_run"},
+        ]
+        assert list(session.inbox) == []
+        assert "t_run" in hub.cancelling
+        await client.close()
+
+
+async def test_dropping_a_streaming_session_closes_its_stream_with_the_code(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    async with streams(hub, session) as s, aiohttp.ClientSession() as http:
+        client = await http.ws_connect(s.url)
+        await asyncio.wait_for(s.attached.get(), WAIT)
+        hub.drop("dlg_a", CloseCode.REVOKED, "token revoked")
+        closing = await asyncio.wait_for(client.receive(), WAIT)
+        assert (closing.type, closing.data, closing.extra) == (
+            aiohttp.WSMsgType.CLOSE,
+            CloseCode.REVOKED,
+            "token revoked",
+        )
+        await client.close()
+
+
+async def test_close_all_closes_every_stream_and_wakes_every_poller(hub: Hub) -> None:
+    streaming = hub.session(record("a"))
+    poller = hub.session(record("b"))
+    async with streams(hub, streaming) as s, aiohttp.ClientSession() as http:
+        client = await http.ws_connect(s.url)
+        await asyncio.wait_for(s.attached.get(), WAIT)
+        closing = asyncio.ensure_future(client.receive())
+        await hub.close_all(CloseCode.RESTART, "manager restarting")
+        assert (await asyncio.wait_for(closing, WAIT)).data == CloseCode.RESTART
+        assert poller.wake.is_set()
+        await client.close()
+
+
+def test_a_record_change_keeps_the_sessions_inbox(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
+    again = hub.session(replace(record("a"), version="0.2.0"))
+    assert list(again.inbox) == ["t1"]
+    assert again is session
