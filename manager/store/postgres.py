@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -31,7 +30,6 @@ import structlog
 
 from manager.core.audit_chain import AuditDraft, AuditEvent, seal
 from manager.records import (
-    AttemptRecord,
     LogRecord,
     Presence,
     SecretRecord,
@@ -53,7 +51,6 @@ from manager.store.sql.access import AccessQueries
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
 from manager.store.sql.entities import EntityQueries
 from manager.store.sql.statements import Params
-from shared.protocol import TaskState
 
 __all__ = ["PostgresStore"]
 
@@ -277,39 +274,23 @@ class PostgresStore(
                     return task, True
         raise Conflict(f"idempotency key {key!r} keeps changing hands")
 
-    async def update_task(
-        self,
-        task_id: str,
-        *,
-        expect_state: TaskState,
-        expect_attempt: int,
-        changes: dict[str, Any],
-        start_attempt: AttemptRecord | None = None,
-        end_attempt_status: str | None = None,
-        end_attempt_at: float | None = None,
-    ) -> TaskRecord | None:
-        sql, params = tasks.update_task_sql(
-            task_id, expect_state, expect_attempt, changes, self._dump
-        )
-        params.update(
-            tasks.attempt_params(
-                changes, start_attempt, end_attempt_status, end_attempt_at, time.time
-            )
-        )
+    async def _update_task(
+        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+    ) -> Any:
         # The attempt rows ride in the same statement, each written only if the update hit.
-        ctes = [f"u AS ({sql})"]
-        if end_attempt_status is not None:
+        ctes = [f"u AS ({update})"]
+        if end_attempt:
             ctes.append(f"e AS ({tasks.END_ATTEMPT} AND EXISTS (SELECT 1 FROM u))")  # noqa: S608
-        if start_attempt is not None:
+        if start_attempt:
             ctes.append(
                 "s AS (INSERT INTO task_attempts(task_id, attempt, delegate_id, started_at)"
                 " SELECT :start_task_id::text, :start_attempt::integer,"
                 " :start_delegate_id::text, :start_started_at::double precision FROM u)"
             )
+        sql = update
         if len(ctes) > 1:
             sql = f"WITH {', '.join(ctes)} SELECT {{TASK_COLUMNS}} FROM u"  # noqa: S608
-        row = await self._fetchrow(sql, params)
-        return None if row is None else self._task(row)
+        return await self._fetchrow(sql, params)
 
     async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
         if not held:

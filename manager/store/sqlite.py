@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any, TypeVar
 
 from manager.core.audit_chain import AuditDraft, AuditEvent, seal
 from manager.records import (
-    AttemptRecord,
     LogRecord,
     Presence,
     SecretRecord,
@@ -45,7 +43,6 @@ from manager.store.sql.access import AccessQueries
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.entities import EntityQueries
 from manager.store.sql.statements import Params
-from shared.protocol import TaskState
 
 __all__ = ["SqliteStore"]
 
@@ -155,35 +152,18 @@ class SqliteStore(
 
         return await self._run(fn)
 
-    async def update_task(
-        self,
-        task_id: str,
-        *,
-        expect_state: TaskState,
-        expect_attempt: int,
-        changes: dict[str, Any],
-        start_attempt: AttemptRecord | None = None,
-        end_attempt_status: str | None = None,
-        end_attempt_at: float | None = None,
-    ) -> TaskRecord | None:
-        sql, params = tasks.update_task_sql(
-            task_id, expect_state, expect_attempt, changes, self._dump
-        )
-        params.update(
-            tasks.attempt_params(
-                changes, start_attempt, end_attempt_status, end_attempt_at, time.time
-            )
-        )
-
-        def fn(c: sqlite3.Connection) -> TaskRecord | None:
-            rows = c.execute(_sql(sql), params).fetchall()
+    async def _update_task(
+        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+    ) -> Any:
+        def fn(c: sqlite3.Connection) -> Any:
+            rows = c.execute(_sql(update), params).fetchall()
             if not rows:
                 return None
-            if end_attempt_status is not None:
+            if end_attempt:
                 c.execute(_sql(tasks.END_ATTEMPT), params)
-            if start_attempt is not None:
+            if start_attempt:
                 c.execute(_sql(tasks.START_ATTEMPT), params)
-            return self._task(rows[0])
+            return rows[0]
 
         return await self._run(fn)
 

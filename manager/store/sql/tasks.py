@@ -6,7 +6,9 @@ insert, the compare-and-set update) are constants too; the backends compose them
 
 from __future__ import annotations
 
+import abc
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +36,6 @@ __all__ = [
     "task_params",
     "task_record",
     "tasks_in_states_sql",
-    "update_task_sql",
 ]
 
 # The dynamic statements below (a filter, a SET list, states as literals) are f-strings of
@@ -143,7 +144,7 @@ def task_params(task: TaskRecord, dump: Callable[[Any], Any]) -> dict[str, Any]:
     return {name: _encode(name, getattr(task, name), dump) for name in fields(TaskRecord)}
 
 
-def update_task_sql(
+def _update_task_sql(
     task_id: str,
     expect_state: TaskState,
     expect_attempt: int,
@@ -163,23 +164,6 @@ def update_task_sql(
         " RETURNING {TASK_COLUMNS}"
     )
     return sql, params
-
-
-def attempt_params(
-    changes: dict[str, Any],
-    start_attempt: AttemptRecord | None,
-    end_attempt_status: str | None,
-    end_attempt_at: float | None,
-    now: Callable[[], float],
-) -> dict[str, Any]:
-    """The parameters of END_ATTEMPT and START_ATTEMPT for the ones that apply."""
-    params: dict[str, Any] = {}
-    if end_attempt_status is not None:
-        params["end_at"] = end_attempt_at or changes.get("finished_at") or now()
-        params["end_status"] = end_attempt_status
-    if start_attempt is not None:
-        params.update({f"start_{k}": getattr(start_attempt, k) for k in fields(AttemptRecord)})
-    return params
 
 
 def task_record(row: Any, load: Callable[[Any], Any]) -> TaskRecord:
@@ -239,6 +223,38 @@ class TaskQueries(Statements, TaskStore):
         if not states:
             return []
         return [self._task(r) for r in await self._fetch(tasks_in_states_sql(states))]
+
+    @abc.abstractmethod
+    async def _update_task(
+        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+    ) -> Any:
+        """Run ``update`` (the compare-and-set, returning the task's row) and, only if it hit,
+        END_ATTEMPT and START_ATTEMPT as asked: one transaction. The row, or None."""
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        expect_state: TaskState,
+        expect_attempt: int,
+        changes: dict[str, Any],
+        start_attempt: AttemptRecord | None = None,
+        end_attempt_status: str | None = None,
+        end_attempt_at: float | None = None,
+    ) -> TaskRecord | None:
+        sql, params = _update_task_sql(task_id, expect_state, expect_attempt, changes, self._dump)
+        if end_attempt_status is not None:
+            params["end_at"] = end_attempt_at or changes.get("finished_at") or time.time()
+            params["end_status"] = end_attempt_status
+        if start_attempt is not None:
+            params.update({f"start_{k}": v for k, v in params_of(start_attempt).items()})
+        row = await self._update_task(
+            sql,
+            params,
+            end_attempt=end_attempt_status is not None,
+            start_attempt=start_attempt is not None,
+        )
+        return None if row is None else self._task(row)
 
     async def extend_leases(self, until: float) -> int:
         return len(await self._fetch(_EXTEND_LEASES, {"until": until}))
