@@ -39,7 +39,6 @@ from manager.records import (
 from manager.store import migrations
 from manager.store.base import (
     Conflict,
-    Store,
     StoreError,
     check_envelope_versions,
     check_first_version,
@@ -47,10 +46,9 @@ from manager.store.base import (
 )
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
-from manager.store.sql.access import AccessQueries
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
-from manager.store.sql.entities import EntityQueries
 from manager.store.sql.statements import Params
+from manager.store.sql.store import SqlStore
 
 __all__ = ["PostgresStore"]
 
@@ -148,14 +146,7 @@ _MOVE_SECRET = (
 _APPEND_AUDIT = "WITH h AS (" + audit.SET_HEAD + ") " + audit.INSERT_EVENT
 
 
-class PostgresStore(
-    tasks.TaskQueries,
-    secrets.SecretQueries,
-    AccessQueries,
-    EntityQueries,
-    audit.AuditQueries,
-    Store,
-):
+class PostgresStore(SqlStore):
     dialect = Dialect.POSTGRES
 
     def __init__(

@@ -32,17 +32,15 @@ from manager.records import (
 from manager.store import migrations
 from manager.store.base import (
     Conflict,
-    Store,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
 from manager.store.sql import audit, secrets, tasks
-from manager.store.sql.access import AccessQueries
 from manager.store.sql.dialect import Dialect, params_of, render
-from manager.store.sql.entities import EntityQueries
 from manager.store.sql.statements import Params
+from manager.store.sql.store import SqlStore
 
 __all__ = ["SqliteStore"]
 
@@ -74,14 +72,7 @@ def _sql(sql: str) -> str:
     return render(sql, Dialect.SQLITE)[0]
 
 
-class SqliteStore(
-    tasks.TaskQueries,
-    secrets.SecretQueries,
-    AccessQueries,
-    EntityQueries,
-    audit.AuditQueries,
-    Store,
-):
+class SqliteStore(SqlStore):
     dialect = Dialect.SQLITE
 
     def __init__(self, path: Path) -> None:
