@@ -1,4 +1,5 @@
-"""The store interface. Nothing above it speaks SQL; SQLite and PostgreSQL implement it.
+"""The store interface, one protocol per concern. Nothing above it speaks SQL; SQLite and
+PostgreSQL implement it (:mod:`manager.store.sql` holds the SQL they share).
 
 Task updates are compare-and-set on ``(state, attempt)``: the state machine
 (:mod:`manager.core.taskstate`) decides from a snapshot, and the store applies the decision only
@@ -34,9 +35,13 @@ from manager.records import (
 from shared.protocol import TaskState
 
 __all__ = [
+    "AccessStore",
+    "AuditStore",
     "Conflict",
+    "SecretStore",
     "Store",
     "StoreError",
+    "TaskStore",
     "check_envelope_versions",
     "check_first_version",
     "check_next_version",
@@ -52,47 +57,9 @@ class Conflict(StoreError):
     manager that is gone, a manager deleted while it keeps secrets."""
 
 
-class Store(abc.ABC):
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and run pending migrations."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    # -- settings: small values every replica must agree on (e.g. the session signing key)
-    @abc.abstractmethod
-    async def get_setting(self, key: str) -> str | None: ...
-
-    @abc.abstractmethod
-    async def put_setting_if_absent(self, key: str, value: str) -> str:
-        """Store ``value`` unless the key exists; return the value that is stored."""
-
-    # -- delegate tokens
-    @abc.abstractmethod
-    async def create_token(self, token: TokenRecord) -> None:
-        """Raises :class:`Conflict` when an unrevoked token has the same name."""
-
-    @abc.abstractmethod
-    async def list_tokens(self) -> list[TokenRecord]: ...
-
-    @abc.abstractmethod
-    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
-        """Revoke the live token of that name; None when there is none."""
-
-    @abc.abstractmethod
-    async def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
-
-    @abc.abstractmethod
-    async def revoked_token_ids(self, among: Iterable[str]) -> set[str]: ...
-
-    # -- API keys
-    @abc.abstractmethod
-    async def create_api_key(self, key: ApiKeyRecord) -> None:
-        """Raises :class:`Conflict` when a live (unrevoked) key has the same name."""
-
-    @abc.abstractmethod
-    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
+class TaskStore(abc.ABC):
+    """Tasks, their attempts, leases and logs; the delegates that run them, their profiles
+    and where each was last heard."""
 
     # -- delegates
     @abc.abstractmethod
@@ -203,6 +170,10 @@ class Store(abc.ABC):
     ) -> list[LogRecord]:
         """Lines in (attempt, seq) order, strictly after the ``after`` position."""
 
+
+class SecretStore(abc.ABC):
+    """Secret managers, secrets and their versions."""
+
     # -- secret managers (the builtin one is made by the migration and cannot be deleted)
     @abc.abstractmethod
     async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
@@ -305,73 +276,44 @@ class Store(abc.ABC):
     async def clear_task_secret_env(self, task_id: str) -> None:
         """Forget a task's sealed env (a finished secret operation's data key)."""
 
-    # -- entities: users, groups, applications, environments, sessions (manager.access.directory)
+
+class AccessStore(abc.ABC):
+    """Who may act: settings, delegate tokens, API keys, the directory's entities, the
+    access settings and the IP allowlist."""
+
+    # -- settings: small values every replica must agree on (e.g. the session signing key)
     @abc.abstractmethod
-    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None: ...
+    async def get_setting(self, key: str) -> str | None: ...
 
     @abc.abstractmethod
-    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None: ...
+    async def put_setting_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless the key exists; return the value that is stored."""
+
+    # -- delegate tokens
+    @abc.abstractmethod
+    async def create_token(self, token: TokenRecord) -> None:
+        """Raises :class:`Conflict` when an unrevoked token has the same name."""
 
     @abc.abstractmethod
-    async def list_entities(self, kind: str) -> list[EntityRecord]:
-        """Every entity of ``kind``, oldest first."""
+    async def list_tokens(self) -> list[TokenRecord]: ...
 
     @abc.abstractmethod
-    async def insert_entity(self, entity: EntityRecord) -> None:
-        """Store a new entity; :class:`Conflict` when its id or its key is taken."""
+    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
+        """Revoke the live token of that name; None when there is none."""
 
     @abc.abstractmethod
-    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
-        """Replace the entity's key and body if its stored version is ``expect_version``
-        (``entity.version`` is the new one); False when it changed or is gone since it was
-        read. :class:`Conflict` when the new key is another entity's."""
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
 
     @abc.abstractmethod
-    async def delete_entity(self, kind: str, entity_id: str) -> bool: ...
+    async def revoked_token_ids(self, among: Iterable[str]) -> set[str]: ...
 
-    # -- audit trail
+    # -- API keys
     @abc.abstractmethod
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
-        """Chain ``draft`` after the newest event and store it (core.audit_chain.seal), in one
-        transaction that holds the chain's head: concurrent appends, from other replicas or
-        a host-side command, each get the next seq in turn, so the chain never forks."""
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        """Raises :class:`Conflict` when a live (unrevoked) key has the same name."""
 
     @abc.abstractmethod
-    async def audit_head(self) -> tuple[int, str]:
-        """The newest event's (seq, hash); ``(0, GENESIS)`` before the first."""
-
-    @abc.abstractmethod
-    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
-        """Up to ``query.limit`` matching events, by seq (newest first unless ascending)."""
-
-    async def audit_events_all(
-        self, query: AuditQuery | None = None, *, page: int = 500
-    ) -> AsyncGenerator[AuditEvent, None]:
-        """Every event matching ``query`` (default: all), oldest first, a page at a time, so
-        verification and export never hold the whole trail."""
-        base = replace(query or AuditQuery(), ascending=True, before=None, limit=page)
-        after = base.after or 0
-        while True:
-            events = await self.list_audit(replace(base, after=after))
-            for event in events:
-                yield event
-            if len(events) < page:
-                return
-            after = events[-1].seq
-
-    @abc.abstractmethod
-    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
-        """Raises :class:`Conflict` when its owner has a filter of that name."""
-
-    @abc.abstractmethod
-    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None: ...
-
-    @abc.abstractmethod
-    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
-        """The owner's filters, by name."""
-
-    @abc.abstractmethod
-    async def delete_audit_filter(self, owner: str, name: str) -> bool: ...
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
 
     # -- api keys (owners, limits) and the IP allowlist
     @abc.abstractmethod
@@ -418,6 +360,89 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
         """The entry removed; None when there was none."""
+
+    # -- entities: users, groups, applications, environments, sessions (manager.access.directory)
+    @abc.abstractmethod
+    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None: ...
+
+    @abc.abstractmethod
+    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_entities(self, kind: str) -> list[EntityRecord]:
+        """Every entity of ``kind``, oldest first."""
+
+    @abc.abstractmethod
+    async def insert_entity(self, entity: EntityRecord) -> None:
+        """Store a new entity; :class:`Conflict` when its id or its key is taken."""
+
+    @abc.abstractmethod
+    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
+        """Replace the entity's key and body if its stored version is ``expect_version``
+        (``entity.version`` is the new one); False when it changed or is gone since it was
+        read. :class:`Conflict` when the new key is another entity's."""
+
+    @abc.abstractmethod
+    async def delete_entity(self, kind: str, entity_id: str) -> bool: ...
+
+
+class AuditStore(abc.ABC):
+    """The hash-chained audit trail and saved audit filters."""
+
+    # -- audit trail
+    @abc.abstractmethod
+    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+        """Chain ``draft`` after the newest event and store it (core.audit_chain.seal), in one
+        transaction that holds the chain's head: concurrent appends, from other replicas or
+        a host-side command, each get the next seq in turn, so the chain never forks."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> tuple[int, str]:
+        """The newest event's (seq, hash); ``(0, GENESIS)`` before the first."""
+
+    @abc.abstractmethod
+    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        """Up to ``query.limit`` matching events, by seq (newest first unless ascending)."""
+
+    async def audit_events_all(
+        self, query: AuditQuery | None = None, *, page: int = 500
+    ) -> AsyncGenerator[AuditEvent, None]:
+        """Every event matching ``query`` (default: all), oldest first, a page at a time, so
+        verification and export never hold the whole trail."""
+        base = replace(query or AuditQuery(), ascending=True, before=None, limit=page)
+        after = base.after or 0
+        while True:
+            events = await self.list_audit(replace(base, after=after))
+            for event in events:
+                yield event
+            if len(events) < page:
+                return
+            after = events[-1].seq
+
+    @abc.abstractmethod
+    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+        """Raises :class:`Conflict` when its owner has a filter of that name."""
+
+    @abc.abstractmethod
+    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None: ...
+
+    @abc.abstractmethod
+    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
+        """The owner's filters, by name."""
+
+    @abc.abstractmethod
+    async def delete_audit_filter(self, owner: str, name: str) -> bool: ...
+
+
+class Store(TaskStore, SecretStore, AccessStore, AuditStore):
+    """The whole store: every concern, over one database."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and run pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
 
 # Both stores run these before any SQL: a caller's mistake, not a database's.

@@ -11,111 +11,48 @@ wins, whichever replica makes them.
 
 Cross-replica wake-ups use LISTEN/NOTIFY over one dedicated connection per store, which is
 reconnected when it drops (see :meth:`PostgresStore.listen`).
+
+The SQL is :mod:`manager.store.sql`'s; here is only what PostgreSQL does its own way: the
+pool, statements that compose several of those texts as CTEs, batches as arrays
+(``unnest``), row locks, and LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
-from manager.core.audit_chain import (
-    EVENT_FIELDS,
-    AuditDraft,
-    AuditEvent,
-    AuditQuery,
-    SavedAuditFilter,
-    like_pattern,
-    seal,
-)
+from manager.core.audit_chain import AuditDraft, AuditEvent, seal
 from manager.records import (
-    AccessSettings,
-    AllowlistEntry,
-    ApiKeyRecord,
-    AttemptRecord,
-    DelegateRecord,
-    EntityRecord,
     LogRecord,
     Presence,
-    ProfileRecord,
-    SecretManagerRecord,
     SecretRecord,
     SecretVersionRecord,
-    TaskFilter,
     TaskRecord,
-    TokenRecord,
 )
+from manager.store import migrations
 from manager.store.base import (
     Conflict,
-    Store,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
 from manager.store.postgres_listen import Listener
-from manager.store.postgres_schema import MIGRATIONS
-from shared.protocol import TaskState
+from manager.store.sql import audit, secrets, tasks
+from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
+from manager.store.sql.statements import Params
+from manager.store.sql.store import SqlStore
 
-__all__ = ["PostgresStore", "tasks_in_states_sql"]
+__all__ = ["PostgresStore"]
 
 log = structlog.get_logger("tether.store")
-
-
-def _fields(record: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(record))
-
-
-# Column lists are the records' fields, in order, so a row maps straight onto its record.
-_TASK_FIELDS = _fields(TaskRecord)
-_TASK_COLUMNS = ", ".join(_TASK_FIELDS)
-_TOKEN_COLUMNS = ", ".join(_fields(TokenRecord))
-_API_KEY_FIELDS = _fields(ApiKeyRecord)
-_API_KEY_COLUMNS = ", ".join(_API_KEY_FIELDS)
-_ALLOWLIST_COLUMNS = ", ".join(_fields(AllowlistEntry))
-_ENTITY_COLUMNS = ", ".join(_fields(EntityRecord))
-_ACCESS_COLUMNS = ", ".join(_fields(AccessSettings))
-_DELEGATE_FIELDS = _fields(DelegateRecord)
-_DELEGATE_COLUMNS = ", ".join(_DELEGATE_FIELDS)
-_ATTEMPT_COLUMNS = ", ".join(_fields(AttemptRecord))
-_LOG_COLUMNS = ", ".join(_fields(LogRecord))
-_MANAGER_FIELDS = _fields(SecretManagerRecord)
-_MANAGER_COLUMNS = ", ".join(_MANAGER_FIELDS)
-_SECRET_FIELDS = _fields(SecretRecord)
-_SECRET_COLUMNS = ", ".join(_SECRET_FIELDS)
-_VERSION_FIELDS = _fields(SecretVersionRecord)
-_VERSION_COLUMNS = ", ".join(_VERSION_FIELDS)
-_VERSION_TYPES = {
-    "secret_id": "text",
-    "version": "integer",
-    "created_at": "double precision",
-    "envelope": "text",
-    "ref": "jsonb",
-    "size": "integer",
-    "created_by": "text",
-}
-_AUDIT_COLUMNS = ", ".join(EVENT_FIELDS)
-_UPDATABLE = {
-    "state",
-    "attempt",
-    "delegate_id",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "outputs",
-    "error",
-    "cancel_requested",
-    "deployment",
-    "queued_at",
-    "lease_until",
-}
 
 # Two-key advisory lock: this class id, and the hash of the schema being migrated, so replicas
 # of one deployment take turns while unrelated schemas (tests in parallel) do not wait.
@@ -129,8 +66,89 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+# Statements composed here are f-strings or sums of manager.store.sql's constant texts and
+# fixed fragments, never of a caller's value: hence S608's noqa on them.
 
-class PostgresStore(Store):
+# In INSERT ... SELECT, unlike VALUES, the target columns do not lend their types to the
+# parameters: these carry them. ``v_``: the version's, apart from the secret's.
+_VERSION_TYPES = {
+    "version": "integer",
+    "created_at": "double precision",
+    "envelope": "text",
+    "ref": "jsonb",
+    "size": "integer",
+    "created_by": "text",
+}
+# The version's columns after secret_id, in {VERSION_COLUMNS}' order.
+_TYPED_VERSION = ", ".join(
+    f":v_{name}::{_VERSION_TYPES[name]}" for name in fields(SecretVersionRecord)[1:]
+)
+_RENEW_LEASES = (
+    "UPDATE tasks AS t SET lease_until = :until"
+    " FROM unnest(:ids::text[], :delegate_ids::text[]) AS h(id, delegate_id)"
+    " WHERE t.id = h.id AND t.delegate_id = h.delegate_id AND t.state = 'running'"
+    " RETURNING t.id"
+)
+_RECORD_PRESENCE = (
+    "WITH r AS (INSERT INTO replicas(id, started_at, heartbeat_at)"
+    " VALUES (:replica_id, :started_at, :now)"
+    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at)"
+    " INSERT INTO delegate_presence(delegate_id, replica_id, mode, last_heartbeat)"
+    " SELECT d, :replica_id, m, t"
+    " FROM unnest(:delegate_ids::text[], :modes::text[], :times::float8[]) AS x(d, m, t)"
+    " ON CONFLICT (delegate_id) DO UPDATE SET replica_id = excluded.replica_id,"
+    " mode = excluded.mode, last_heartbeat = excluded.last_heartbeat"
+    " WHERE excluded.last_heartbeat >= delegate_presence.last_heartbeat"
+)
+# One statement: the holder check takes a share lock on the task row, so a requeue (an
+# update of that row) waits until this batch is in, and the batch goes in only if the check
+# passed.
+_APPEND_LOGS = """
+    WITH holder AS (
+        SELECT 1 FROM tasks
+        WHERE id = :task_id AND attempt = :attempt AND delegate_id = :delegate_id FOR SHARE
+    ), ins AS (
+        INSERT INTO task_logs(task_id, attempt, seq, stream, ts, text)
+        SELECT :task_id::text, :attempt::integer, l.seq, l.stream, l.ts, l.text
+        FROM unnest(:seqs::bigint[], :streams::text[], :tss::double precision[], :texts::text[])
+            AS l(seq, stream, ts, text)
+        WHERE EXISTS (SELECT 1 FROM holder)
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM holder) AS held, (SELECT count(*) FROM ins) AS new
+    """
+# The row lock waits for secrets being added to the manager (their foreign key check holds
+# a share lock on its row), so the count after it sees them.
+_LOCK_MANAGER = "SELECT id FROM secret_managers WHERE id = :id FOR UPDATE"
+# The secret and its first version, one statement.
+_CREATE_SECRET = (
+    "WITH s AS (" + secrets.INSERT_SECRET + " RETURNING id)"  # noqa: S608
+    " INSERT INTO secret_versions({VERSION_COLUMNS})"
+    " SELECT s.id, " + _TYPED_VERSION + " FROM s"
+)
+# One statement: the version goes in only if the compare-and-set hit.
+_ADD_SECRET_VERSION = (
+    "WITH u AS (" + secrets.BUMP_VERSION + "), v AS ("  # noqa: S608
+    " INSERT INTO secret_versions({VERSION_COLUMNS})"
+    " SELECT u.id, " + _TYPED_VERSION + " FROM u)"
+    " SELECT {SECRET_COLUMNS} FROM u"
+)
+# One statement, as add_secret_version: the envelopes change only if the move hit.
+_MOVE_SECRET = (
+    "WITH u AS (" + secrets.MOVE_SECRET + "), e AS ("  # noqa: S608
+    " UPDATE secret_versions AS v SET envelope = n.envelope"
+    " FROM unnest(:versions::integer[], :envelopes::text[]) AS n(version, envelope)"
+    " WHERE v.secret_id = :id AND v.version = n.version AND EXISTS (SELECT 1 FROM u))"
+    " SELECT {SECRET_COLUMNS} FROM u"
+)
+# The head's new values ride with the event's insert.
+_APPEND_AUDIT = "WITH h AS (" + audit.SET_HEAD + ") " + audit.INSERT_EVENT
+
+
+class PostgresStore(SqlStore):
+    dialect = Dialect.POSTGRES
+
     def __init__(
         self,
         dsn: str,
@@ -189,21 +207,10 @@ class PostgresStore(Store):
         except _DB_ERRORS as exc:
             raise StoreError(f"postgres: {exc}") from exc
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
+        text, names = render(sql, Dialect.POSTGRES)
         async with self._conn() as c:
-            return list(await c.fetch(sql, *args))
-
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        async with self._conn() as c:
-            return await c.fetchrow(sql, *args)
-
-    async def _fetchval(self, sql: str, *args: Any) -> Any:
-        async with self._conn() as c:
-            return await c.fetchval(sql, *args)
-
-    async def _execute(self, sql: str, *args: Any) -> None:
-        async with self._conn() as c:
-            await c.execute(sql, *args)
+            return list(await c.fetch(text, *bind(names, params or {})))
 
     async def open(self) -> None:
         try:
@@ -233,783 +240,154 @@ class PostgresStore(Store):
             except TimeoutError:
                 pool.terminate()
 
-    # -- settings -------------------------------------------------------------------------
-
-    async def get_setting(self, key: str) -> str | None:
-        value = await self._fetchval("SELECT value FROM settings WHERE key = $1", key)
-        return None if value is None else str(value)
-
-    async def put_setting_if_absent(self, key: str, value: str) -> str:
-        async with self._conn() as c:
-            stored = await c.fetchval(
-                "INSERT INTO settings(key, value) VALUES ($1, $2)"
-                " ON CONFLICT (key) DO NOTHING RETURNING value",
-                key,
-                value,
-            )
-            if stored is None:
-                # A separate statement: its snapshot sees the row that won the race.
-                stored = await c.fetchval("SELECT value FROM settings WHERE key = $1", key)
-        return str(stored)
-
-    # -- tokens ---------------------------------------------------------------------------
-
-    async def create_token(self, token: TokenRecord) -> None:
-        await self._execute(
-            "INSERT INTO tokens(id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
-            *(token.id, token.name, token.token_hash, token.created_at),
-        )
-
-    async def list_tokens(self) -> list[TokenRecord]:
-        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, seq"  # noqa: S608
-        return [TokenRecord(**dict(r)) for r in await self._fetch(sql)]
-
-    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
-        row = await self._fetchrow(
-            "UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL"  # noqa: S608
-            f" RETURNING {_TOKEN_COLUMNS}",
-            *(now, name),
-        )
-        return None if row is None else TokenRecord(**dict(row))
-
-    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
-        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = $1"  # noqa: S608
-        row = await self._fetchrow(sql, token_hash)
-        return None if row is None else TokenRecord(**dict(row))
-
-    async def revoked_token_ids(self, among: Iterable[str]) -> set[str]:
-        ids = list(among)
-        if not ids:
-            return set()
-        rows = await self._fetch(
-            "SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND id = ANY($1::text[])", ids
-        )
-        return {str(r[0]) for r in rows}
-
-    # -- API keys -------------------------------------------------------------------------
-
-    async def create_api_key(self, key: ApiKeyRecord) -> None:
-        await self._execute(
-            f"INSERT INTO api_keys({_API_KEY_COLUMNS}) VALUES ({_marks(len(_API_KEY_FIELDS))})",  # noqa: S608
-            *(_encode(name, getattr(key, name)) for name in _API_KEY_FIELDS),
-        )
-
-    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        sql = f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"  # noqa: S608
-        row = await self._fetchrow(sql, key_hash)
-        return None if row is None else self._api_key(row)
-
-    # -- delegates ------------------------------------------------------------------------
-
-    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
-        row = await self._fetchrow(
-            f"""
-            INSERT INTO delegates({_DELEGATE_COLUMNS})
-            VALUES ({", ".join(f"${i}" for i in range(1, len(_DELEGATE_FIELDS) + 1))})
-            ON CONFLICT (public_key) DO UPDATE SET
-                name = excluded.name, token_id = excluded.token_id,
-                hostname = excluded.hostname, version = excluded.version,
-                protocol_version = excluded.protocol_version,
-                selectors = excluded.selectors, task_types = excluded.task_types,
-                capacity = excluded.capacity, last_seen = excluded.last_seen
-            RETURNING {_DELEGATE_COLUMNS}
-            """,  # noqa: S608
-            *(_encode(name, getattr(delegate, name)) for name in _DELEGATE_FIELDS),
-        )
-        return _delegate(row)
-
-    async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
-        sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates WHERE id = $1"  # noqa: S608
-        row = await self._fetchrow(sql, delegate_id)
-        return None if row is None else _delegate(row)
-
-    async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None:
-        row = await self._fetchrow(
-            f"UPDATE delegates SET draining = $1 WHERE id = $2 RETURNING {_DELEGATE_COLUMNS}",  # noqa: S608
-            draining,
-            delegate_id,
-        )
-        return None if row is None else _delegate(row)
-
-    async def list_delegates(self) -> list[DelegateRecord]:
-        sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates ORDER BY name, created_at, id"  # noqa: S608
-        return [_delegate(r) for r in await self._fetch(sql)]
-
-    # -- tasks ----------------------------------------------------------------------------
+    # -- tasks: one statement each, where SQLite runs several --------------------------------
 
     async def insert_task(
         self, task: TaskRecord, *, idempotency_window: float
     ) -> tuple[TaskRecord, bool]:
-        values = [_encode(name, getattr(task, name)) for name in _TASK_FIELDS]
-        marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        # Two submits with one new key race to the unique index: the loser's insert does
-        # nothing, and its next look-up (a new snapshot) returns the winner's task.
-        insert = (
-            f"INSERT INTO tasks({_TASK_COLUMNS}) VALUES ({marks})"  # noqa: S608
-            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-        )
+        params = tasks.task_params(task, self._dump)
+        insert, names = render(tasks.INSERT_TASK, Dialect.POSTGRES)
         key = task.idempotency_key
         if key is None:
-            await self._execute(insert, *values)
+            await self._fetch(tasks.INSERT_TASK, params)
             return task, True
+        by_key, key_names = render(tasks.TASK_BY_IDEMPOTENCY_KEY, Dialect.POSTGRES)
+        clear = render(tasks.CLEAR_IDEMPOTENCY_KEY, Dialect.POSTGRES)[0]
         async with self._conn(tx=True) as c:
             for _ in range(3):
-                row = await c.fetchrow(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1 FOR UPDATE",  # noqa: S608
-                    key,
-                )
+                row = await c.fetchrow(by_key, *bind(key_names, params))
                 if row is not None:
                     if task.created_at - row["created_at"] <= idempotency_window:
-                        return _task(row), False
+                        return self._task(row), False
                     # Outside the window the key is free again; the old task keeps its id.
-                    await c.execute(
-                        "UPDATE tasks SET idempotency_key = NULL WHERE id = $1", row["id"]
-                    )
-                if await c.fetchval(insert, *values) is not None:
+                    await c.execute(clear, row["id"])
+                if await c.fetchval(insert, *bind(names, params)) is not None:
                     return task, True
         raise Conflict(f"idempotency key {key!r} keeps changing hands")
 
-    async def get_task(self, task_id: str) -> TaskRecord | None:
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1"  # noqa: S608
-        row = await self._fetchrow(sql, task_id)
-        return None if row is None else _task(row)
-
-    async def list_tasks(self, flt: TaskFilter) -> list[TaskRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        for cond, value in (
-            ("state = ${}", None if flt.state is None else flt.state.value),
-            ("delegate_id = ${}", flt.delegate_id),
-            ("created_at >= ${}", flt.since),
-            ("created_at < ${}", flt.until),
-            ("app_id = ${}", flt.app_id),
-            ("env_id = ${}", flt.env_id),
-            ("deployment->>'service' = ${}", flt.service),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(cond.format(len(args)))
-        if flt.deployments_only:
-            where.append("deployment IS NOT NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        args.append(flt.limit)
-        sql = (
-            f"SELECT {_TASK_COLUMNS} FROM tasks {clause}"  # noqa: S608
-            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
-        )
-        return [_task(r) for r in await self._fetch(sql, *args)]
-
-    async def tasks_in_states(self, states: Sequence[TaskState]) -> list[TaskRecord]:
-        if not states:
-            return []
-        return [_task(r) for r in await self._fetch(tasks_in_states_sql(states))]
-
-    async def update_task(
-        self,
-        task_id: str,
-        *,
-        expect_state: TaskState,
-        expect_attempt: int,
-        changes: dict[str, Any],
-        start_attempt: AttemptRecord | None = None,
-        end_attempt_status: str | None = None,
-        end_attempt_at: float | None = None,
-    ) -> TaskRecord | None:
-        unknown = set(changes) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
-        args: list[Any] = [_encode(col, value) for col, value in changes.items()]
-        sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, 1))
-        args += [task_id, expect_state.value, expect_attempt]
-        n_id, n_attempt = len(args) - 2, len(args)
-        sql = (
-            f"UPDATE tasks SET {sets}"  # noqa: S608
-            f" WHERE id = ${n_id} AND state = ${n_id + 1} AND attempt = ${n_attempt}"
-            f" RETURNING {_TASK_COLUMNS}"
-        )
+    async def _update_task(
+        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+    ) -> Any:
         # The attempt rows ride in the same statement, each written only if the update hit.
-        ctes = [f"u AS ({sql})"]
-        if end_attempt_status is not None:
-            args += [
-                end_attempt_at or changes.get("finished_at") or time.time(),
-                end_attempt_status,
-            ]
+        ctes = [f"u AS ({update})"]
+        if end_attempt:
+            ctes.append(f"e AS ({tasks.END_ATTEMPT} AND EXISTS (SELECT 1 FROM u))")  # noqa: S608
+        if start_attempt:
             ctes.append(
-                f"e AS (UPDATE task_attempts SET finished_at = ${len(args) - 1},"  # noqa: S608
-                f" status = ${len(args)} WHERE task_id = ${n_id} AND attempt = ${n_attempt}"
-                " AND EXISTS (SELECT 1 FROM u))"
+                "s AS (INSERT INTO task_attempts(task_id, attempt, delegate_id, started_at)"
+                " SELECT :start_task_id::text, :start_attempt::integer,"
+                " :start_delegate_id::text, :start_started_at::double precision FROM u)"
             )
-        if start_attempt is not None:
-            a = start_attempt
-            args += [a.task_id, a.attempt, a.delegate_id, a.started_at]
-            k = len(args) - 3
-            ctes.append(
-                "s AS (INSERT INTO task_attempts(task_id, attempt, delegate_id, started_at)"  # noqa: S608
-                f" SELECT ${k}::text, ${k + 1}::integer, ${k + 2}::text,"
-                f" ${k + 3}::double precision FROM u)"
-            )
+        sql = update
         if len(ctes) > 1:
-            sql = f"WITH {', '.join(ctes)} SELECT {_TASK_COLUMNS} FROM u"  # noqa: S608
-        row = await self._fetchrow(sql, *args)
-        return None if row is None else _task(row)
+            sql = f"WITH {', '.join(ctes)} SELECT {{TASK_COLUMNS}} FROM u"  # noqa: S608
+        return await self._fetchrow(sql, params)
 
     async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
         if not held:
             return set()
-        rows = await self._fetch(
-            "UPDATE tasks AS t SET lease_until = $1"
-            " FROM unnest($2::text[], $3::text[]) AS h(id, delegate_id)"
-            " WHERE t.id = h.id AND t.delegate_id = h.delegate_id AND t.state = 'running'"
-            " RETURNING t.id",
-            until,
-            [task_id for task_id, _ in held],
-            [delegate_id for _, delegate_id in held],
-        )
-        return {str(r["id"]) for r in rows}
-
-    async def extend_leases(self, until: float) -> int:
-        rows = await self._fetch(
-            "UPDATE tasks SET lease_until = $1 WHERE state = 'running'"
-            " AND (lease_until IS NULL OR lease_until < $1) RETURNING id",
-            until,
-        )
-        return len(rows)
-
-    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
-        sql = (
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state = 'running'"  # noqa: S608
-            " AND lease_until < $1 ORDER BY lease_until LIMIT $2"
-        )
-        return [_task(r) for r in await self._fetch(sql, now, limit)]
-
-    async def put_profile(self, profile: ProfileRecord) -> None:
-        await self._execute(
-            "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET"
-            " selectors = excluded.selectors, script = excluded.script,"
-            " interpreter = excluded.interpreter, updated_at = excluded.updated_at",
-            profile.name,
-            json.dumps(list(profile.selectors)),
-            profile.script,
-            profile.interpreter,
-            profile.updated_at,
-        )
-
-    async def delete_profile(self, name: str) -> bool:
-        rows = await self._fetch("DELETE FROM profiles WHERE name = $1 RETURNING name", name)
-        return bool(rows)
-
-    async def list_profiles(self) -> list[ProfileRecord]:
-        rows = await self._fetch("SELECT * FROM profiles ORDER BY name")
-        return [
-            ProfileRecord(
-                r["name"],
-                tuple(json.loads(r["selectors"])),
-                r["script"],
-                r["interpreter"],
-                r["updated_at"],
-            )
-            for r in rows
-        ]
+        params = {
+            "until": until,
+            "ids": [task_id for task_id, _ in held],
+            "delegate_ids": [delegate_id for _, delegate_id in held],
+        }
+        return {str(r["id"]) for r in await self._fetch(_RENEW_LEASES, params)}
 
     async def record_presence(
         self, replica_id: str, started_at: float, now: float, seen: Sequence[Presence]
     ) -> None:
-        await self._execute(
-            "WITH r AS (INSERT INTO replicas(id, started_at, heartbeat_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at)"
-            " INSERT INTO delegate_presence(delegate_id, replica_id, mode, last_heartbeat)"
-            " SELECT d, $1, m, t FROM unnest($4::text[], $5::text[], $6::float8[]) AS x(d, m, t)"
-            " ON CONFLICT (delegate_id) DO UPDATE SET replica_id = excluded.replica_id,"
-            " mode = excluded.mode, last_heartbeat = excluded.last_heartbeat"
-            " WHERE excluded.last_heartbeat >= delegate_presence.last_heartbeat",
-            replica_id,
-            started_at,
-            now,
-            [p.delegate_id for p in seen],
-            [p.mode for p in seen],
-            [p.last_heartbeat for p in seen],
-        )
-
-    async def presence(self, since: float) -> dict[str, Presence]:
-        rows = await self._fetch(
-            "SELECT p.delegate_id, p.replica_id, p.mode, p.last_heartbeat"
-            " FROM delegate_presence p JOIN replicas r ON r.id = p.replica_id"
-            " WHERE p.last_heartbeat > $1 AND r.heartbeat_at > $1",
-            since,
-        )
-        return {r["delegate_id"]: Presence(**dict(r)) for r in rows}
-
-    async def attempts(self, task_id: str) -> list[AttemptRecord]:
-        sql = f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = $1 ORDER BY attempt"  # noqa: S608
-        return [AttemptRecord(**dict(r)) for r in await self._fetch(sql, task_id)]
-
-    # -- logs -----------------------------------------------------------------------------
+        params = {
+            "replica_id": replica_id,
+            "started_at": started_at,
+            "now": now,
+            "delegate_ids": [p.delegate_id for p in seen],
+            "modes": [p.mode for p in seen],
+            "times": [p.last_heartbeat for p in seen],
+        }
+        await self._fetch(_RECORD_PRESENCE, params)
 
     async def append_logs(
         self, task_id: str, attempt: int, delegate_id: str, lines: Sequence[LogRecord]
     ) -> int:
-        # One statement: the holder check takes a share lock on the task row, so a requeue
-        # (an update of that row) waits until this batch is in, and the batch goes in only
-        # if the check passed.
-        row = await self._fetchrow(
-            """
-                WITH holder AS (
-                    SELECT 1 FROM tasks
-                    WHERE id = $1 AND attempt = $2 AND delegate_id = $3 FOR SHARE
-                ), ins AS (
-                    INSERT INTO task_logs(task_id, attempt, seq, stream, ts, text)
-                    SELECT $1::text, $2::integer, l.seq, l.stream, l.ts, l.text
-                    FROM unnest($4::bigint[], $5::text[], $6::double precision[], $7::text[])
-                        AS l(seq, stream, ts, text)
-                    WHERE EXISTS (SELECT 1 FROM holder)
-                    ON CONFLICT DO NOTHING
-                    RETURNING 1
-                )
-                SELECT (SELECT count(*) FROM holder) AS held, (SELECT count(*) FROM ins) AS new
-                """,
-            *(task_id, attempt, delegate_id),
-            *([getattr(ln, col) for ln in lines] for col in ("seq", "stream", "ts", "text")),
-        )
+        params = {
+            "task_id": task_id,
+            "attempt": attempt,
+            "delegate_id": delegate_id,
+            "seqs": [ln.seq for ln in lines],
+            "streams": [ln.stream for ln in lines],
+            "tss": [ln.ts for ln in lines],
+            "texts": [ln.text for ln in lines],
+        }
+        row = await self._fetchrow(_APPEND_LOGS, params)
         return int(row["new"]) if row["held"] else -1
 
-    async def get_logs(
-        self, task_id: str, *, after: tuple[int, int] | None, limit: int
-    ) -> list[LogRecord]:
-        a_attempt, a_seq = after if after is not None else (0, -1)
-        rows = await self._fetch(
-            f"SELECT {_LOG_COLUMNS} FROM task_logs"  # noqa: S608
-            " WHERE task_id = $1 AND (attempt, seq) > ($2, $3) ORDER BY attempt, seq LIMIT $4",
-            *(task_id, a_attempt, a_seq, limit),
-        )
-        return [LogRecord(**dict(r)) for r in rows]
-
-    # -- secret managers ------------------------------------------------------------------
-
-    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
-        await self._execute(
-            f"INSERT INTO secret_managers({_MANAGER_COLUMNS})"  # noqa: S608
-            f" VALUES ({_marks(len(_MANAGER_FIELDS))})",
-            *(_encode(name, getattr(manager, name)) for name in _MANAGER_FIELDS),
-        )
-
-    async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None:
-        sql = f"SELECT {_MANAGER_COLUMNS} FROM secret_managers WHERE id = $1"  # noqa: S608
-        row = await self._fetchrow(sql, manager_id)
-        return None if row is None else _secret_manager(row)
-
-    async def secret_manager_by_name(self, name: str) -> SecretManagerRecord | None:
-        sql = f"SELECT {_MANAGER_COLUMNS} FROM secret_managers WHERE name = $1"  # noqa: S608
-        row = await self._fetchrow(sql, name)
-        return None if row is None else _secret_manager(row)
-
-    async def list_secret_managers(self) -> list[SecretManagerRecord]:
-        # COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
-        sql = f'SELECT {_MANAGER_COLUMNS} FROM secret_managers ORDER BY name COLLATE "C"'  # noqa: S608
-        return [_secret_manager(r) for r in await self._fetch(sql)]
-
-    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
-        row = await self._fetchrow(
-            "UPDATE secret_managers SET name = $2, kind = $3, settings = $4,"
-            " credentials_secret = $5, selectors = $6, description = $7, updated_at = $8"
-            " WHERE id = $1 RETURNING id",
-            manager.id,
-            manager.name,
-            manager.kind,
-            manager.settings,
-            manager.credentials_secret,
-            list(manager.selectors),
-            manager.description,
-            manager.updated_at,
-        )
-        return row is not None
+    # -- secrets ------------------------------------------------------------------------------
 
     async def delete_secret_manager(self, manager_id: str) -> bool:
+        params = {"id": manager_id}
         async with self._conn(tx=True) as c:
-            # The row lock waits for secrets being added to it (their foreign key check
-            # holds a share lock on this row), so the count below sees them.
-            found = await c.fetchval(
-                "SELECT id FROM secret_managers WHERE id = $1 FOR UPDATE", manager_id
-            )
-            if found is None:
+            lock, lock_names = render(_LOCK_MANAGER, Dialect.POSTGRES)
+            if await c.fetchval(lock, *bind(lock_names, params)) is None:
                 return False
-            kept = await c.fetchval(
-                "SELECT count(*) FROM secrets WHERE manager_id = $1", manager_id
-            )
+            count, count_names = render(secrets.COUNT_KEPT, Dialect.POSTGRES)
+            kept = await c.fetchval(count, *bind(count_names, params))
             if kept:
                 raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
-            await c.execute("DELETE FROM secret_managers WHERE id = $1", manager_id)
+            delete, delete_names = render(secrets.DELETE_MANAGER, Dialect.POSTGRES)
+            await c.execute(delete, *bind(delete_names, params))
         return True
-
-    # -- secrets --------------------------------------------------------------------------
 
     async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
         check_first_version(secret, first)
-        await self._execute(
-            f"WITH s AS (INSERT INTO secrets({_SECRET_COLUMNS})"  # noqa: S608
-            f" VALUES ({_marks(len(_SECRET_FIELDS))}) RETURNING id)"
-            f" INSERT INTO secret_versions({_VERSION_COLUMNS})"
-            f" SELECT s.id, {_version_marks(len(_SECRET_FIELDS) + 1)} FROM s",
-            *(getattr(secret, name) for name in _SECRET_FIELDS),
-            *(getattr(first, name) for name in _VERSION_FIELDS[1:]),
-        )
-
-    async def get_secret(self, secret_id: str) -> SecretRecord | None:
-        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE id = $1"  # noqa: S608
-        row = await self._fetchrow(sql, secret_id)
-        return None if row is None else SecretRecord(**dict(row))
-
-    async def secret_by_name(self, name: str) -> SecretRecord | None:
-        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE name = $1"  # noqa: S608
-        row = await self._fetchrow(sql, name)
-        return None if row is None else SecretRecord(**dict(row))
-
-    async def secrets_by_name(self, names: Iterable[str]) -> dict[str, SecretRecord]:
-        wanted = sorted(set(names))
-        if not wanted:
-            return {}
-        sql = f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE name = ANY($1::text[])"  # noqa: S608
-        return {r["name"]: SecretRecord(**dict(r)) for r in await self._fetch(sql, wanted)}
-
-    async def list_secrets(self, *, manager_id: str | None = None) -> list[SecretRecord]:
-        # In byte order, as SQLite sorts (see list_secret_managers).
-        if manager_id is None:
-            sql = f'SELECT {_SECRET_COLUMNS} FROM secrets ORDER BY name COLLATE "C"'  # noqa: S608
-            rows = await self._fetch(sql)
-        else:
-            sql = (
-                f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE manager_id = $1"  # noqa: S608
-                ' ORDER BY name COLLATE "C"'
-            )
-            rows = await self._fetch(sql, manager_id)
-        return [SecretRecord(**dict(r)) for r in rows]
+        await self._fetch(_CREATE_SECRET, {**_version_params(self, first), **params_of(secret)})
 
     async def add_secret_version(
         self, secret: SecretRecord, version: SecretVersionRecord
     ) -> SecretRecord | None:
         check_next_version(secret, version)
-        # One statement: the version goes in only if the compare-and-set hit.
-        row = await self._fetchrow(
-            f"""
-            WITH u AS (
-                UPDATE secrets SET current_version = $2 + 1, updated_at = $3
-                WHERE id = $1 AND current_version = $2
-                RETURNING {_SECRET_COLUMNS}
-            ), v AS (
-                INSERT INTO secret_versions({_VERSION_COLUMNS})
-                SELECT u.id, {_version_marks(4)} FROM u
-            )
-            SELECT {_SECRET_COLUMNS} FROM u
-            """,  # noqa: S608
-            secret.id,
-            secret.current_version,
-            version.created_at,
-            *(getattr(version, name) for name in _VERSION_FIELDS[1:]),
-        )
+        params = {
+            **_version_params(self, version),
+            "id": secret.id,
+            "current_version": secret.current_version,
+            "updated_at": version.created_at,
+        }
+        row = await self._fetchrow(_ADD_SECRET_VERSION, params)
         return None if row is None else SecretRecord(**dict(row))
-
-    async def secret_versions(self, secret_id: str) -> list[SecretVersionRecord]:
-        sql = (
-            f"SELECT {_VERSION_COLUMNS} FROM secret_versions"  # noqa: S608
-            " WHERE secret_id = $1 ORDER BY version DESC"
-        )
-        return [SecretVersionRecord(**dict(r)) for r in await self._fetch(sql, secret_id)]
-
-    async def get_secret_version(self, secret_id: str, version: int) -> SecretVersionRecord | None:
-        sql = (
-            f"SELECT {_VERSION_COLUMNS} FROM secret_versions"  # noqa: S608
-            " WHERE secret_id = $1 AND version = $2"
-        )
-        row = await self._fetchrow(sql, secret_id, version)
-        return None if row is None else SecretVersionRecord(**dict(row))
-
-    async def current_versions(self, secret_ids: Iterable[str]) -> dict[str, SecretVersionRecord]:
-        ids = sorted(set(secret_ids))
-        if not ids:
-            return {}
-        columns = ", ".join(f"v.{name}" for name in _VERSION_FIELDS)
-        rows = await self._fetch(
-            f"SELECT {columns} FROM secrets s JOIN secret_versions v"  # noqa: S608
-            " ON v.secret_id = s.id AND v.version = s.current_version"
-            " WHERE s.id = ANY($1::text[])",
-            ids,
-        )
-        return {r["secret_id"]: SecretVersionRecord(**dict(r)) for r in rows}
-
-    async def delete_secret(self, secret_id: str) -> bool:
-        rows = await self._fetch("DELETE FROM secrets WHERE id = $1 RETURNING id", secret_id)
-        return bool(rows)
 
     async def move_secret(
         self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
     ) -> SecretRecord | None:
         check_envelope_versions(secret, envelopes)
-        # One statement, as add_secret_version: the envelopes change only if the move hit.
-        row = await self._fetchrow(
-            f"""
-            WITH u AS (
-                UPDATE secrets SET manager_id = $4, updated_at = $5
-                WHERE id = $1 AND current_version = $2 AND manager_id = $3
-                RETURNING {_SECRET_COLUMNS}
-            ), e AS (
-                UPDATE secret_versions AS v SET envelope = n.envelope
-                FROM unnest($6::integer[], $7::text[]) AS n(version, envelope)
-                WHERE v.secret_id = $1 AND v.version = n.version AND EXISTS (SELECT 1 FROM u)
-            )
-            SELECT {_SECRET_COLUMNS} FROM u
-            """,  # noqa: S608
-            secret.id,
-            secret.current_version,
-            secret.manager_id,
-            manager_id,
-            now,
-            list(envelopes),
-            list(envelopes.values()),
-        )
+        params = {
+            **params_of(secret),
+            "to_manager_id": manager_id,
+            "updated_at": now,
+            "versions": list(envelopes),
+            "envelopes": list(envelopes.values()),
+        }
+        row = await self._fetchrow(_MOVE_SECRET, params)
         return None if row is None else SecretRecord(**dict(row))
 
-    async def envelopes_of_manager(self, manager_id: str) -> list[SecretVersionRecord]:
-        columns = ", ".join(f"v.{name}" for name in _VERSION_FIELDS)
-        rows = await self._fetch(
-            f"SELECT {columns} FROM secrets s JOIN secret_versions v ON v.secret_id = s.id"  # noqa: S608
-            " WHERE s.manager_id = $1 AND v.envelope IS NOT NULL"
-            " ORDER BY v.secret_id, v.version",
-            manager_id,
-        )
-        return [SecretVersionRecord(**dict(r)) for r in rows]
-
-    async def replace_envelope(self, secret_id: str, version: int, old: str, new: str) -> bool:
-        row = await self._fetchrow(
-            "UPDATE secret_versions SET envelope = $4"
-            " WHERE secret_id = $1 AND version = $2 AND envelope = $3 RETURNING version",
-            *(secret_id, version, old, new),
-        )
-        return row is not None
-
-    async def clear_task_secret_env(self, task_id: str) -> None:
-        await self._execute("UPDATE tasks SET secret_env_sealed = NULL WHERE id = $1", task_id)
-
-    # -- audit trail ----------------------------------------------------------------------
+    # -- audit trail --------------------------------------------------------------------------
 
     async def append_audit(self, draft: AuditDraft) -> AuditEvent:
-        n = len(EVENT_FIELDS)
+        head, _ = render(audit.HEAD, Dialect.POSTGRES)
+        append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
         async with self._conn(tx=True) as c:
             # The head row's lock orders appends from every replica: a second one waits
             # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
-            head = await c.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            event = seal(draft, int(head["seq"]) + 1, str(head["hash"]))
-            await c.execute(
-                # seq and hash are the first and last of the event's own values.
-                f"WITH h AS (UPDATE audit_head SET seq = $1, hash = ${n} WHERE id = 1)"  # noqa: S608
-                f" INSERT INTO audit_events({_AUDIT_COLUMNS}) VALUES ({_marks(n)})",
-                *(getattr(event, name) for name in EVENT_FIELDS),
-            )
+            row = await c.fetchrow(head)
+            event = seal(draft, int(row["seq"]) + 1, str(row["hash"]))
+            await c.execute(append, *bind(names, params_of(event)))
         return event
-
-    async def audit_head(self) -> tuple[int, str]:
-        row = await self._fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
-        return int(row["seq"]), str(row["hash"])
-
-    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
-        where: list[str] = []
-        args: list[Any] = []
-        for cond, value in (
-            ("ts >= ${}", query.since),
-            ("ts < ${}", query.until),
-            ("resource_type = ${}", query.resource_type),
-            ("resource_id = ${}", query.resource_id),
-            ("app = ${}", query.app),
-            ("action = ${}", query.action),
-            ("seq < ${}", query.before),
-            ("seq > ${}", query.after),
-            ("(actor_id = ${0} OR actor_name = ${0})", query.actor),
-            (
-                "(summary ILIKE ${0} ESCAPE '\\' OR resource_name ILIKE ${0} ESCAPE '\\'"
-                " OR diff ILIKE ${0} ESCAPE '\\')",
-                like_pattern(query.text) if query.text else None,
-            ),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(cond.format(len(args)))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        args.append(query.limit)
-        order = "ASC" if query.ascending else "DESC"
-        sql = (
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events {clause}"  # noqa: S608
-            f" ORDER BY seq {order} LIMIT ${len(args)}"
-        )
-        return [AuditEvent(**dict(r)) for r in await self._fetch(sql, *args)]
-
-    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
-        await self._execute(
-            "INSERT INTO audit_filters(id, owner, name, query, created_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            *(saved.id, saved.owner, saved.name, saved.query, saved.created_at),
-        )
-
-    async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None:
-        row = await self._fetchrow(
-            "SELECT id, owner, name, query, created_at FROM audit_filters"
-            " WHERE owner = $1 AND name = $2",
-            *(owner, name),
-        )
-        return None if row is None else SavedAuditFilter(**dict(row))
-
-    async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
-        rows = await self._fetch(
-            "SELECT id, owner, name, query, created_at FROM audit_filters"
-            ' WHERE owner = $1 ORDER BY name COLLATE "C"',
-            owner,
-        )
-        return [SavedAuditFilter(**dict(r)) for r in rows]
-
-    async def delete_audit_filter(self, owner: str, name: str) -> bool:
-        rows = await self._fetch(
-            "DELETE FROM audit_filters WHERE owner = $1 AND name = $2 RETURNING id", owner, name
-        )
-        return bool(rows)
-
-    # -- entities ---------------------------------------------------------------------------
-
-    async def get_entity(self, kind: str, entity_id: str) -> EntityRecord | None:
-        row = await self._fetchrow(
-            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1 AND id = $2",  # noqa: S608
-            *(kind, entity_id),
-        )
-        return None if row is None else EntityRecord(**dict(row))
-
-    async def entity_by_key(self, kind: str, key: str) -> EntityRecord | None:
-        row = await self._fetchrow(
-            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1 AND key = $2",  # noqa: S608
-            *(kind, key),
-        )
-        return None if row is None else EntityRecord(**dict(row))
-
-    async def list_entities(self, kind: str) -> list[EntityRecord]:
-        rows = await self._fetch(
-            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind = $1"  # noqa: S608
-            " ORDER BY created_at, id",
-            kind,
-        )
-        return [EntityRecord(**dict(r)) for r in rows]
-
-    async def insert_entity(self, entity: EntityRecord) -> None:
-        await self._execute(
-            f"INSERT INTO entities({_ENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",  # noqa: S608
-            *(getattr(entity, f) for f in _fields(EntityRecord)),
-        )
-
-    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
-        row = await self._fetchrow(
-            "UPDATE entities SET key = $1, body = $2, version = $3, updated_at = $4"
-            " WHERE kind = $5 AND id = $6 AND version = $7 RETURNING id",
-            *(entity.key, entity.body, entity.version, entity.updated_at),
-            *(entity.kind, entity.id, expect_version),
-        )
-        return row is not None
-
-    async def delete_entity(self, kind: str, entity_id: str) -> bool:
-        row = await self._fetchrow(
-            "DELETE FROM entities WHERE kind = $1 AND id = $2 RETURNING id", kind, entity_id
-        )
-        return row is not None
-
-    # -- api keys (owners, limits) and the IP allowlist -----------------------------------
-
-    @staticmethod
-    def _api_key(row: Any) -> ApiKeyRecord:
-        d = dict(row)
-        d["groups"] = tuple(d["groups"])
-        return ApiKeyRecord(**d)
-
-    async def list_api_keys(self) -> list[ApiKeyRecord]:
-        sql = f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"  # noqa: S608
-        return [self._api_key(r) for r in await self._fetch(sql)]
-
-    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
-        row = await self._fetchrow(
-            "UPDATE api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL"  # noqa: S608
-            f" RETURNING {_API_KEY_COLUMNS}",
-            *(now, name),
-        )
-        return None if row is None else self._api_key(row)
-
-    async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
-        await self._execute(
-            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2"
-            " AND (last_used_at IS NULL OR last_used_at <= $3)",
-            *(now, key_id, now - min_interval),
-        )
-
-    async def access_settings(self) -> AccessSettings:
-        sql = f"SELECT {_ACCESS_COLUMNS} FROM access_settings WHERE id = 1"  # noqa: S608
-        return self._access_settings(await self._fetchrow(sql))
-
-    @staticmethod
-    def _access_settings(row: Any) -> AccessSettings:
-        d = dict(row)
-        d["trusted_proxies"] = tuple(d["trusted_proxies"])
-        return AccessSettings(**d)
-
-    async def update_access_settings(
-        self,
-        now: float,
-        *,
-        allowlist_enabled: bool | None = None,
-        trusted_proxies: Sequence[str] | None = None,
-        api_key_max_qps: float | None = None,
-        api_key_burst: int | None = None,
-    ) -> AccessSettings:
-        changes: dict[str, Any] = {"updated_at": now}
-        if allowlist_enabled is not None:
-            changes["allowlist_enabled"] = allowlist_enabled
-        if trusted_proxies is not None:
-            changes["trusted_proxies"] = list(trusted_proxies)
-        if api_key_max_qps is not None:
-            changes["api_key_max_qps"] = api_key_max_qps
-        if api_key_burst is not None:
-            changes["api_key_burst"] = api_key_burst
-        # Column names come from the fixed set above, never from the caller.
-        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, 1))
-        row = await self._fetchrow(
-            f"UPDATE access_settings SET {assignments} WHERE id = 1"  # noqa: S608
-            f" RETURNING {_ACCESS_COLUMNS}",
-            *changes.values(),
-        )
-        return self._access_settings(row)
-
-    async def list_allowlist(self) -> list[AllowlistEntry]:
-        sql = f"SELECT {_ALLOWLIST_COLUMNS} FROM allowlist ORDER BY created_at, id"  # noqa: S608
-        return [AllowlistEntry(**dict(r)) for r in await self._fetch(sql)]
-
-    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
-        await self._execute(
-            f"INSERT INTO allowlist({_ALLOWLIST_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",  # noqa: S608
-            *(entry.id, entry.cidr, entry.description, entry.enabled, entry.created_at),
-        )
-
-    async def set_allowlist_entry_enabled(
-        self, entry_id: str, enabled: bool
-    ) -> AllowlistEntry | None:
-        row = await self._fetchrow(
-            f"UPDATE allowlist SET enabled = $1 WHERE id = $2 RETURNING {_ALLOWLIST_COLUMNS}",  # noqa: S608
-            *(enabled, entry_id),
-        )
-        return None if row is None else AllowlistEntry(**dict(row))
-
-    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
-        row = await self._fetchrow(
-            f"DELETE FROM allowlist WHERE id = $1 RETURNING {_ALLOWLIST_COLUMNS}",  # noqa: S608
-            entry_id,
-        )
-        return None if row is None else AllowlistEntry(**dict(row))
 
     # -- cross-replica notification -------------------------------------------------------
 
     async def notify(self, channel: str, payload: str) -> None:
         """Send ``payload`` to every listener on ``channel``, on every replica."""
-        await self._execute("SELECT pg_notify($1, $2)", channel, payload)
+        await self._fetch(
+            "SELECT pg_notify(:channel, :payload)", {"channel": channel, "payload": payload}
+        )
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` on the loop for each notification on ``channel``.
@@ -1025,11 +403,8 @@ class PostgresStore(Store):
             raise StoreError(f"postgres: could not LISTEN on {channel!r}")
 
 
-def tasks_in_states_sql(states: Sequence[TaskState]) -> str:
-    """The states go in as literals (enum values, never user text), not as a bound array:
-    only then can the planner prove that the partial index ``tasks_open`` applies."""
-    values = ", ".join(f"'{TaskState(s).value}'" for s in states)
-    return f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ({values}) ORDER BY created_at"  # noqa: S608
+def _version_params(store: PostgresStore, version: SecretVersionRecord) -> dict[str, Any]:
+    return {f"v_{name}": value for name, value in store._version_params(version).items()}
 
 
 async def _init_connection(conn: Any) -> None:
@@ -1048,52 +423,9 @@ async def _migrate(conn: Any) -> None:
         " applied_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()))"
     )
     current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-    for version, sql in MIGRATIONS:
+    for version, sql in migrations.for_dialect(Dialect.POSTGRES, migrations.MIGRATIONS):
         if version <= current:
             continue
         await conn.execute(sql)
         await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
         log.info("postgres migration applied", version=version)
-
-
-def _encode(col: str, value: Any) -> Any:
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, TaskState):
-        return value.value
-    if col == "cancel_requested":
-        return bool(value)
-    return value
-
-
-def _task(row: Any) -> TaskRecord:
-    d = dict(row)
-    d["state"] = TaskState(d["state"])
-    d["selectors"] = tuple(d["selectors"])
-    d["secret_env_names"] = tuple(d["secret_env_names"])
-    return TaskRecord(**d)
-
-
-def _delegate(row: Any) -> DelegateRecord:
-    d = dict(row)
-    d["selectors"] = tuple(d["selectors"])
-    d["task_types"] = tuple(d["task_types"])
-    return DelegateRecord(**d)
-
-
-def _marks(n: int) -> str:
-    return ", ".join(f"${i}" for i in range(1, n + 1))
-
-
-def _version_marks(start: int) -> str:
-    """Placeholders for a version's columns after ``secret_id``, from ``$start``. They carry
-    their types: in INSERT ... SELECT, unlike VALUES, the target columns do not lend theirs."""
-    return ", ".join(
-        f"${i}::{_VERSION_TYPES[name]}" for i, name in enumerate(_VERSION_FIELDS[1:], start)
-    )
-
-
-def _secret_manager(row: Any) -> SecretManagerRecord:
-    d = dict(row)
-    d["selectors"] = tuple(d["selectors"])
-    return SecretManagerRecord(**d)

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from manager.store import postgres_schema, sqlite_schema
+from manager.store import migrations as store_migrations
 from manager.store.base import Store
 from manager.store.postgres import PostgresStore
 from manager.store.sqlite import SqliteStore
@@ -47,8 +47,8 @@ class StoreMaker:
         return PostgresStore(PG_URL, server_settings={"search_path": self.schema}, **kwargs)
 
     @property
-    def migrations(self) -> list[tuple[int, str]]:
-        return sqlite_schema.MIGRATIONS if self.kind == "sqlite" else postgres_schema.MIGRATIONS
+    def migrations(self) -> list[store_migrations.Migration]:
+        return store_migrations.MIGRATIONS
 
     async def schema_versions(self) -> list[int]:
         """The rows of ``schema_version``, read with a connection of the test's own."""

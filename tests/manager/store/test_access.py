@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord
-from manager.store import postgres, sqlite
+from manager.store import migrations
 from manager.store.base import Conflict, Store
 from tests.manager.conftest import StoreMaker
 
@@ -153,9 +153,8 @@ async def _raw(maker: StoreMaker, sql: str) -> None:
 async def test_migration_9_keeps_existing_admin_keys_working_at_the_admin_limit(
     new_store: StoreMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module: Any = sqlite if new_store.kind == "sqlite" else postgres
     every = new_store.migrations
-    monkeypatch.setattr(module, "MIGRATIONS", [m for m in every if m[0] < 9])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [m for m in every if m[0] < 9])
     old = new_store()
     await old.open()
     await old.close()
@@ -167,7 +166,7 @@ async def test_migration_9_keeps_existing_admin_keys_working_at_the_admin_limit(
             f" VALUES ('{key_id}', 'admin', 'tak_', 'h-{key_id}', {created})",
         )
 
-    monkeypatch.setattr(module, "MIGRATIONS", every)
+    monkeypatch.setattr(migrations, "MIGRATIONS", every)
     s = new_store()
     await s.open()
     try:

@@ -11,8 +11,10 @@ import pytest
 
 from manager.records import AttemptRecord
 from manager.store.base import StoreError
-from manager.store.postgres import PostgresStore, tasks_in_states_sql
+from manager.store.postgres import PostgresStore
 from manager.store.postgres_listen import Listener
+from manager.store.sql.dialect import Dialect, render
+from manager.store.sql.tasks import tasks_in_states_sql
 from shared.protocol import TaskState
 from tests.manager.conftest import StoreMaker
 from tests.manager.store.test_store import ACQUIRE, WINDOW, task
@@ -89,7 +91,7 @@ async def test_open_tasks_are_read_through_the_partial_index(pg: StoreMaker) -> 
         " FROM generate_series(1, 20000) AS g"
     )
     await pg.fetch("ANALYZE tasks")
-    sql = tasks_in_states_sql([TaskState.QUEUED, TaskState.RUNNING])
+    sql, _ = render(tasks_in_states_sql([TaskState.QUEUED, TaskState.RUNNING]), Dialect.POSTGRES)
     plan = "\n".join(r[0] for r in await pg.fetch(f"EXPLAIN {sql}"))
     assert "tasks_open" in plan, plan
 

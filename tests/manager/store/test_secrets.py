@@ -15,7 +15,7 @@ from manager.records import (
     SecretVersionRecord,
     TaskRecord,
 )
-from manager.store import postgres, sqlite
+from manager.store import migrations
 from manager.store.base import Conflict, Store
 from shared.protocol import TaskState
 from tests.manager.conftest import StoreMaker
@@ -497,18 +497,17 @@ async def test_clear_task_secret_env_of_an_unknown_task_does_nothing(store: Stor
 async def test_a_database_of_the_previous_version_gains_the_secret_tables(
     new_store: StoreMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module: Any = sqlite if new_store.kind == "sqlite" else postgres
     every = new_store.migrations
     # The schema before migration 7 (the secrets); today's code cannot write its tasks table
     # (later migrations add columns), so the old database is left empty of tasks.
     previous = [m for m in every if m[0] < 7]
-    monkeypatch.setattr(module, "MIGRATIONS", previous)
+    monkeypatch.setattr(migrations, "MIGRATIONS", previous)
     old = new_store()
     await old.open()
     await old.close()
     assert await new_store.schema_versions() == [v for v, _ in previous]
 
-    monkeypatch.setattr(module, "MIGRATIONS", every)
+    monkeypatch.setattr(migrations, "MIGRATIONS", every)
     s = new_store()
     await s.open()
     try:

@@ -1,0 +1,320 @@
+"""Tasks, their attempts and logs, leases, delegates, profiles and presence: the SQL once.
+
+The statements here that the backends run inside their own transactions (the idempotent
+insert, the compare-and-set update) are constants too; the backends compose them.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from manager.records import (
+    AttemptRecord,
+    DelegateRecord,
+    LogRecord,
+    Presence,
+    ProfileRecord,
+    TaskFilter,
+    TaskRecord,
+)
+from manager.store.base import TaskStore
+from manager.store.sql.dialect import fields, params_of
+from manager.store.sql.statements import Statements
+from shared.protocol import TaskState
+
+__all__ = [
+    "CLEAR_IDEMPOTENCY_KEY",
+    "END_ATTEMPT",
+    "INSERT_TASK",
+    "START_ATTEMPT",
+    "TASK_BY_IDEMPOTENCY_KEY",
+    "TaskQueries",
+    "task_params",
+    "task_record",
+    "tasks_in_states_sql",
+]
+
+# The dynamic statements below (a filter, a SET list, states as literals) are f-strings of
+# fixed column names, conditions and enum values, never of a caller's text: hence S608's
+
+
+_JSON_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "deployment"}
+_UPDATABLE = {
+    "state",
+    "attempt",
+    "delegate_id",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "outputs",
+    "error",
+    "cancel_requested",
+    "deployment",
+    "queued_at",
+    "lease_until",
+}
+
+GET_TASK = "SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id"
+TASK_BY_IDEMPOTENCY_KEY = (
+    "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = :idempotency_key{FOR_UPDATE}"
+)
+CLEAR_IDEMPOTENCY_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = :id"
+# Two submits with one new key race to the unique index (PostgreSQL): the loser's insert
+# does nothing, and its next look-up returns the winner's task.
+INSERT_TASK = (
+    "INSERT INTO tasks({TASK_COLUMNS}) VALUES ({TASK_PARAMS})"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+)
+END_ATTEMPT = (
+    "UPDATE task_attempts SET finished_at = :end_at, status = :end_status"
+    " WHERE task_id = :id AND attempt = :expect_attempt"
+)
+START_ATTEMPT = (
+    "INSERT INTO task_attempts(task_id, attempt, delegate_id, started_at)"
+    " VALUES (:start_task_id, :start_attempt, :start_delegate_id, :start_started_at)"
+)
+_EXTEND_LEASES = (
+    "UPDATE tasks SET lease_until = :until WHERE state = 'running'"
+    " AND (lease_until IS NULL OR lease_until < :until) RETURNING id"
+)
+_EXPIRED_LEASES = (
+    "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'"
+    " AND lease_until < :now ORDER BY lease_until LIMIT :limit"
+)
+_PUT_PROFILE = (
+    "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
+    " VALUES (:name, :selectors, :script, :interpreter, :updated_at)"
+    " ON CONFLICT (name) DO UPDATE SET"
+    " selectors = excluded.selectors, script = excluded.script,"
+    " interpreter = excluded.interpreter, updated_at = excluded.updated_at"
+)
+_DELETE_PROFILE = "DELETE FROM profiles WHERE name = :name RETURNING name"
+_LIST_PROFILES = (
+    "SELECT name, selectors, script, interpreter, updated_at FROM profiles ORDER BY name"
+)
+_PRESENCE = (
+    "SELECT p.delegate_id, p.replica_id, p.mode, p.last_heartbeat"
+    " FROM delegate_presence p JOIN replicas r ON r.id = p.replica_id"
+    " WHERE p.last_heartbeat > :since AND r.heartbeat_at > :since"
+)
+_ATTEMPTS = "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = :task_id ORDER BY attempt"
+_GET_LOGS = (
+    "SELECT {LOG_COLUMNS} FROM task_logs WHERE task_id = :task_id"
+    " AND (attempt, seq) > (:after_attempt, :after_seq) ORDER BY attempt, seq LIMIT :limit"
+)
+_UPSERT_DELEGATE = """
+    INSERT INTO delegates({DELEGATE_COLUMNS}) VALUES ({DELEGATE_PARAMS})
+    ON CONFLICT (public_key) DO UPDATE SET
+        name = excluded.name, token_id = excluded.token_id,
+        hostname = excluded.hostname, version = excluded.version,
+        protocol_version = excluded.protocol_version,
+        selectors = excluded.selectors, task_types = excluded.task_types,
+        capacity = excluded.capacity, last_seen = excluded.last_seen
+    RETURNING {DELEGATE_COLUMNS}
+    """
+_GET_DELEGATE = "SELECT {DELEGATE_COLUMNS} FROM delegates WHERE id = :id"
+_SET_DRAINING = (
+    "UPDATE delegates SET draining = :draining WHERE id = :id RETURNING {DELEGATE_COLUMNS}"
+)
+_LIST_DELEGATES = "SELECT {DELEGATE_COLUMNS} FROM delegates ORDER BY name, created_at, id"
+
+
+def tasks_in_states_sql(states: Sequence[TaskState]) -> str:
+    """The states go in as literals (enum values, never user text), not as parameters: only
+    then can the planner prove that the partial index ``tasks_open`` applies."""
+    values = ", ".join(f"'{TaskState(s).value}'" for s in states)
+    return f"SELECT {{TASK_COLUMNS}} FROM tasks WHERE state IN ({values}) ORDER BY created_at"  # noqa: S608
+
+
+def _encode(col: str, value: Any, dump: Callable[[Any], Any]) -> Any:
+    if col in _JSON_COLUMNS:
+        return dump(list(value) if isinstance(value, tuple) else value)
+    if isinstance(value, TaskState):
+        return value.value
+    if col == "cancel_requested":
+        return bool(value)
+    return value
+
+
+def task_params(task: TaskRecord, dump: Callable[[Any], Any]) -> dict[str, Any]:
+    return {name: _encode(name, getattr(task, name), dump) for name in fields(TaskRecord)}
+
+
+def _update_task_sql(
+    task_id: str,
+    expect_state: TaskState,
+    expect_attempt: int,
+    changes: dict[str, Any],
+    dump: Callable[[Any], Any],
+) -> tuple[str, dict[str, Any]]:
+    """The compare-and-set UPDATE of ``changes``, returning the task, and its parameters."""
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    sets = ", ".join(f"{col} = :set_{col}" for col in changes)
+    params = {f"set_{col}": _encode(col, value, dump) for col, value in changes.items()}
+    params.update(id=task_id, expect_state=expect_state.value, expect_attempt=expect_attempt)
+    sql = (
+        f"UPDATE tasks SET {sets}"  # noqa: S608
+        " WHERE id = :id AND state = :expect_state AND attempt = :expect_attempt"
+        " RETURNING {TASK_COLUMNS}"
+    )
+    return sql, params
+
+
+def task_record(row: Any, load: Callable[[Any], Any]) -> TaskRecord:
+    d = dict(row)
+    d["state"] = TaskState(d["state"])
+    for name in ("payload", "outputs", "deployment"):
+        d[name] = load(d[name])
+    d["selectors"] = tuple(load(d["selectors"]))
+    d["secret_env_names"] = tuple(load(d["secret_env_names"]))
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    return TaskRecord(**d)
+
+
+class TaskQueries(Statements, TaskStore):
+    """The task methods that are one statement on either backend."""
+
+    def _task(self, row: Any) -> TaskRecord:
+        return task_record(row, self._load)
+
+    def _delegate(self, row: Any) -> DelegateRecord:
+        d = dict(row)
+        d["selectors"] = tuple(self._load(d["selectors"]))
+        d["task_types"] = tuple(self._load(d["task_types"]))
+        d["draining"] = bool(d["draining"])
+        return DelegateRecord(**d)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        row = await self._fetchrow(GET_TASK, {"id": task_id})
+        return None if row is None else self._task(row)
+
+    async def list_tasks(self, flt: TaskFilter) -> list[TaskRecord]:
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": flt.limit}
+        for name, cond, value in (
+            ("state", "state = :state", None if flt.state is None else flt.state.value),
+            ("delegate_id", "delegate_id = :delegate_id", flt.delegate_id),
+            ("since", "created_at >= :since", flt.since),
+            ("until", "created_at < :until", flt.until),
+            ("app_id", "app_id = :app_id", flt.app_id),
+            ("env_id", "env_id = :env_id", flt.env_id),
+            ("service", "{SERVICE} = :service", flt.service),
+        ):
+            if value is not None:
+                where.append(cond)
+                params[name] = value
+        if flt.deployments_only:
+            where.append("deployment IS NOT NULL")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        # Ties (one clock tick) newest id first: ids are time-ordered.
+        sql = (
+            f"SELECT {{TASK_COLUMNS}} FROM tasks {clause}"  # noqa: S608
+            " ORDER BY created_at DESC, id DESC LIMIT :limit"
+        )
+        return [self._task(r) for r in await self._fetch(sql, params)]
+
+    async def tasks_in_states(self, states: Sequence[TaskState]) -> list[TaskRecord]:
+        if not states:
+            return []
+        return [self._task(r) for r in await self._fetch(tasks_in_states_sql(states))]
+
+    @abc.abstractmethod
+    async def _update_task(
+        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+    ) -> Any:
+        """Run ``update`` (the compare-and-set, returning the task's row) and, only if it hit,
+        END_ATTEMPT and START_ATTEMPT as asked: one transaction. The row, or None."""
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        expect_state: TaskState,
+        expect_attempt: int,
+        changes: dict[str, Any],
+        start_attempt: AttemptRecord | None = None,
+        end_attempt_status: str | None = None,
+        end_attempt_at: float | None = None,
+    ) -> TaskRecord | None:
+        sql, params = _update_task_sql(task_id, expect_state, expect_attempt, changes, self._dump)
+        if end_attempt_status is not None:
+            params["end_at"] = end_attempt_at or changes.get("finished_at") or time.time()
+            params["end_status"] = end_attempt_status
+        if start_attempt is not None:
+            params.update({f"start_{k}": v for k, v in params_of(start_attempt).items()})
+        row = await self._update_task(
+            sql,
+            params,
+            end_attempt=end_attempt_status is not None,
+            start_attempt=start_attempt is not None,
+        )
+        return None if row is None else self._task(row)
+
+    async def extend_leases(self, until: float) -> int:
+        return len(await self._fetch(_EXTEND_LEASES, {"until": until}))
+
+    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
+        rows = await self._fetch(_EXPIRED_LEASES, {"now": now, "limit": limit})
+        return [self._task(r) for r in rows]
+
+    async def put_profile(self, profile: ProfileRecord) -> None:
+        # Selectors are JSON text on both backends here (a TEXT column).
+        params = params_of(profile)
+        params["selectors"] = json.dumps(list(profile.selectors))
+        await self._fetch(_PUT_PROFILE, params)
+
+    async def delete_profile(self, name: str) -> bool:
+        return bool(await self._fetch(_DELETE_PROFILE, {"name": name}))
+
+    async def list_profiles(self) -> list[ProfileRecord]:
+        return [
+            ProfileRecord(
+                r["name"],
+                tuple(json.loads(r["selectors"])),
+                r["script"],
+                r["interpreter"],
+                r["updated_at"],
+            )
+            for r in await self._fetch(_LIST_PROFILES)
+        ]
+
+    async def presence(self, since: float) -> dict[str, Presence]:
+        rows = await self._fetch(_PRESENCE, {"since": since})
+        return {r["delegate_id"]: Presence(**dict(r)) for r in rows}
+
+    async def attempts(self, task_id: str) -> list[AttemptRecord]:
+        rows = await self._fetch(_ATTEMPTS, {"task_id": task_id})
+        return [AttemptRecord(**dict(r)) for r in rows]
+
+    async def get_logs(
+        self, task_id: str, *, after: tuple[int, int] | None, limit: int
+    ) -> list[LogRecord]:
+        a_attempt, a_seq = after if after is not None else (0, -1)
+        rows = await self._fetch(
+            _GET_LOGS,
+            {"task_id": task_id, "after_attempt": a_attempt, "after_seq": a_seq, "limit": limit},
+        )
+        return [LogRecord(**dict(r)) for r in rows]
+
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
+        params = params_of(delegate)
+        params["selectors"] = self._dump(list(delegate.selectors))
+        params["task_types"] = self._dump(list(delegate.task_types))
+        return self._delegate(await self._fetchrow(_UPSERT_DELEGATE, params))
+
+    async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
+        row = await self._fetchrow(_GET_DELEGATE, {"id": delegate_id})
+        return None if row is None else self._delegate(row)
+
+    async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None:
+        row = await self._fetchrow(_SET_DRAINING, {"id": delegate_id, "draining": draining})
+        return None if row is None else self._delegate(row)
+
+    async def list_delegates(self) -> list[DelegateRecord]:
+        return [self._delegate(r) for r in await self._fetch(_LIST_DELEGATES)]
