@@ -41,6 +41,7 @@ from manager.schemas.tasks import (
     TokenCreated,
     TokenView,
 )
+from manager.tasks.idempotency import shown
 from shared import __version__
 from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
 
@@ -85,7 +86,7 @@ def task_view(
             "max_attempts": task.max_attempts,
             "attempt": task.attempt,
             "delegate_id": task.delegate_id,
-            "idempotency_key": task.idempotency_key,
+            "idempotency_key": shown(task.idempotency_key),
             "created_at": task.created_at,
             "started_at": task.started_at,
             "finished_at": task.finished_at,

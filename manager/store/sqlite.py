@@ -204,7 +204,7 @@ class SqliteStore(Store):
             c.execute(
                 "INSERT INTO api_keys(id, name, prefix, key_hash, created_at, revoked_at, owner,"
                 " owner_user_id, service_account, groups, max_qps, burst, expires_at,"
-                " last_used_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " last_used_at, created_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     key.id,
                     key.name,
@@ -220,6 +220,7 @@ class SqliteStore(Store):
                     key.burst,
                     key.expires_at,
                     key.last_used_at,
+                    key.created_by,
                 ),
             )
 
