@@ -8,6 +8,7 @@ traceback on the server and answered with a plain 500 that carries no detail.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -20,7 +21,16 @@ from manager.errors import ApiProblem
 from manager.store.base import StoreError
 from shared.protocol import describe_validation_error
 
-__all__ = ["AuthKind", "Route", "RouteTable", "error_middleware", "json_response", "parse_body"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "AuthKind",
+    "Route",
+    "RouteTable",
+    "error_middleware",
+    "json_response",
+    "nesting_depth",
+    "parse_body",
+]
 
 log = structlog.get_logger("tether.http")
 
@@ -79,6 +89,10 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise ApiProblem(415, "unsupported_media_type", "send the body as application/json")
     raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    if nesting_depth(raw, stop_after=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        # Judged before parsing: the parser and the models recurse once per level, and a
+        # deep enough body would exhaust the stack (a 500) on any route, signed in or not.
+        raise ApiProblem(400, "bad_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -89,6 +103,31 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         # The location and message only: the input could be a secret value.
         field, message = describe_validation_error(exc)
         raise ApiProblem(400, "invalid", message, field=field) from None
+
+
+# No request model comes near this; a body past it is an attack or a mistake.
+MAX_JSON_DEPTH = 32
+# An unterminated string runs to the end: each quote is then scanned once (linear time).
+_STRING = re.compile(rb'"(?:[^"\\]|\\[\s\S])*"?')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
+
+def nesting_depth(raw: bytes, *, stop_after: int) -> int:
+    """How deep the arrays and objects of the JSON text ``raw`` nest (brackets inside
+    strings do not count), counting no further than ``stop_after + 1``. Malformed text gets
+    some number; the parser refuses it afterwards."""
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", raw))
+    depth = deepest = 0
+    for b in brackets:
+        if b in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop_after:
+                    break
+        else:
+            depth -= 1
+    return deepest
 
 
 def json_response(model: BaseModel, *, status: int = 200) -> web.Response:
