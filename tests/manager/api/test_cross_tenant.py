@@ -117,7 +117,7 @@ async def _walk(m: Manager, key: str, prefix: str, params: dict[str, str]) -> li
     leaks = []
     for method, path in routes:
         concrete = re.sub(r"\{(\w+)\}", lambda g: quote(params[g.group(1)], safe=""), path)
-        body = None if method in ("GET", "DELETE") else {}
+        body: dict[str, Any] | None = None if method in ("GET", "DELETE") else {}
         resp = await m.client.request(method, concrete, json=body, headers=m.auth(key))
         text = await resp.text()
         resp.close()
