@@ -60,8 +60,9 @@ class Grants:
 FULL = Grants(frozenset(ACCOUNT_PERMISSIONS), (AppGrant(actions=ACTIONS),))
 
 
-# An environment of a grant's region: every environment of a type, or one by id.
-_Region = tuple[str | None, str]  # (app id, or None for every application; env)
+# A piece of a grant: (an application id, or None for every application; "type:<env type>",
+# "id:<env id>", or "all:" for everywhere, the place outside any application included).
+_Region = tuple[str | None, str]
 _TYPES: tuple[EnvType, ...] = ("production", "non_production")
 
 
@@ -84,6 +85,10 @@ def within(a: Grants, b: Grants, *, envs: Mapping[str, tuple[str, EnvType]] | No
 
 def _regions(g: AppGrant, envs: Mapping[str, tuple[str, EnvType]]) -> list[_Region]:
     """``g`` cut into pieces each one grant of ``b`` must cover whole."""
+    if g.universal:
+        # Also the place outside every application (Grants.everywhere): only another
+        # universal grant reaches it, not one grant per environment type.
+        return [(None, "all:")]
     apps: list[str | None] = [None] if g.apps == "all" else list(g.apps)
     if g.envs == "all":
         return [(app, f"type:{t}") for app in apps for t in _TYPES]
@@ -114,6 +119,8 @@ def _covers(
     if h.envs == "all":
         return True
     kind, _, value = env.partition(":")
+    if kind == "all":
+        return False
     if isinstance(h.envs, str):
         if kind == "type":
             return value == h.envs

@@ -4,7 +4,7 @@ added. Table cases, and a property against ``Grants.allows`` over random places.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from manager.core.rbac import FULL, Grants, within
@@ -43,7 +43,14 @@ CASES = [
     (g(grant(apps=("a", "b"))), g(grant(apps=("a",)), grant(apps=("b",))), True),
     (g(grant(apps=("a", "b"))), g(grant(apps=("a",))), False),
     # environment types: "all" is both types, in separate grants or one
-    (g(grant(envs="all")), g(grant(envs="production"), grant(envs="non_production")), True),
+    (
+        g(grant(apps=("a",), envs="all")),
+        g(grant(apps=("a",), envs="production"), grant(apps=("a",), envs="non_production")),
+        True,
+    ),
+    # ... but everywhere also means outside any application: one universal grant only
+    (g(grant(envs="all")), g(grant(envs="production"), grant(envs="non_production")), False),
+    (g(grant(envs="all")), g(grant(envs="all", actions=("read", "update"))), True),
     (g(grant(envs="all")), g(grant(envs="production")), False),
     (g(grant(envs="non_production")), g(grant(envs="production")), False),
     # environment ids: matched by id, by "all", or by their type when it is known
@@ -109,6 +116,8 @@ TARGETS = [Target(app, env, kind) for env, (app, kind) in ENVS.items()] + [
 
 @settings(max_examples=300, deadline=None)
 @given(grants_st, grants_st)
+# Found by the property beside the permission matrix: both types are not "everywhere".
+@example(g(grant()), g(grant(envs="production"), grant(envs="non_production")))
 def test_within_never_says_yes_to_more(a: Grants, b: Grants) -> None:
     if not within(a, b, envs=ENVS):
         return
