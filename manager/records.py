@@ -54,6 +54,8 @@ class ApiKeyRecord:
     expires_at: float | None = None
     # Written at most once a minute per key (manager.api.guards), so reads never wait on it.
     last_used_at: float | None = None
+    # The actor id of whoever made it (None: made at first start, or before this was kept).
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ the database; one that was is then looked up by its hash, which is what logout r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -118,10 +119,18 @@ class Principals:
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
+        self._changed = asyncio.Event()
 
     def forget(self) -> None:
-        """Drop every cached principal (a group, user or session changed here)."""
+        """Drop every cached principal (a group, user, key or session changed here), and wake
+        whoever waits on :meth:`changed` to judge its credential again."""
         self._cache.clear()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next change made through this replica."""
+        return self._changed
 
     async def _cached(
         self, key: str, load: Callable[[], Awaitable[tuple[Principal, float]]]

@@ -59,6 +59,7 @@ async def create_api_key(
     burst: int | None = None,
     expires_at: float | None = None,
     now: float | None = None,
+    created_by: str | None = None,
 ) -> tuple[ApiKeyRecord, str]:
     """A new key and its one showing. ``max_qps`` and ``burst`` default to the account's
     settings (:meth:`Store.access_settings`)."""
@@ -80,6 +81,7 @@ async def create_api_key(
         max_qps=max_qps,
         burst=burst,
         expires_at=expires_at,
+        created_by=created_by,
     )
     try:
         await store.create_api_key(record)

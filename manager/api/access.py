@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from manager.access.granting import check_grantable
 from manager.access.principal import principal_of
 from manager.access.tokens import ApiKeyInUse, create_api_key
 from manager.api.audit_record import record as audit
@@ -64,6 +65,7 @@ def _key_view(r: ApiKeyRecord, now: float) -> ApiKeyView:
         last_used_at=r.last_used_at,
         revoked_at=r.revoked_at,
         status=key_status(r, now),
+        created_by=r.created_by,
     )
 
 
@@ -82,13 +84,16 @@ async def create_api_key_route(request: web.Request) -> web.Response:
     # A key acts for its owner: a service account's key for the account itself (through the
     # groups it names), anyone else's for the user the caller acts for.
     owner_user_id = None if body.service_account else principal.user_id
-    owner = body.owner or (
-        body.name
-        if body.service_account
-        else principal.actor.name
-        if principal.user_id
-        else (creator.owner if creator else "")
-    )
+    own_name = principal.actor.name if principal.user_id else (creator.owner if creator else "")
+    if not body.service_account and body.owner is not None and body.owner != own_name:
+        # A personal key acts for its creator: naming someone else would mislabel it.
+        raise ApiProblem(
+            400,
+            "invalid",
+            "owner: a personal API key is owned by whoever creates it; leave owner out",
+            field="owner",
+        )
+    owner = body.owner or (body.name if body.service_account else own_name)
     if not body.service_account and principal.user_id is None and not groups and creator:
         # A key made by a service account's key acts as that key did, no more.
         groups = list(creator.groups)
@@ -104,6 +109,7 @@ async def create_api_key_route(request: web.Request) -> web.Response:
             burst=body.burst,
             expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
             now=now,
+            created_by=principal.actor.id,
         )
     except ApiKeyInUse as exc:
         raise ApiProblem(409, "conflict", str(exc), field="name") from None
@@ -128,8 +134,11 @@ async def _grantable_groups(request: web.Request, names: list[str]) -> list[str]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ApiProblem(400, "invalid", f"no user group {unknown[0]!r}", field="groups")
+    # No key carries more than its creator holds (manager.access.granting) ...
+    await check_grantable(request, directory, [known[n] for n in names])
     if principal.grants.has("manage_user_groups"):
         return names
+    # ... and without manage_user_groups, only groups the creator acts through.
     own = await _own_group_names(request)
     beyond = [n for n in names if n not in own]
     if beyond:

@@ -19,6 +19,7 @@ from manager.access.directory import (
     UserBody,
 )
 from manager.access.entities import Entity
+from manager.access.granting import check_grantable, check_group_edit
 from manager.access.login import LOGINS
 from manager.api.audit_record import record
 from manager.api.context import ctx
@@ -113,6 +114,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await parse_body(request, UserCreate)
     d = _dir(request)
     groups = await _group_ids(d, body.groups)
+    await check_grantable(request, d, [g for g in await d.groups.list() if g.id in groups])
     token, token_hash, expires = _invite(request)
     email = body.email.lower()
     settings = await request.app[LOGINS].settings()
@@ -163,6 +165,10 @@ async def update_user(request: web.Request) -> web.Response:
     body = await parse_body(request, UserUpdate)
     d, user = _dir(request), await _find_user(request)
     groups = None if body.groups is None else await _group_ids(d, body.groups)
+    if groups is not None:
+        # Only what is added is judged: taking a group away never raises anyone.
+        added = set(groups) - set(user.body.groups)
+        await check_grantable(request, d, [g for g in await d.groups.list() if g.id in added])
 
     def change(b: UserBody) -> UserBody:
         update: dict[str, object] = {}
@@ -378,15 +384,15 @@ async def create_group(request: web.Request) -> web.Response:
     body = await parse_body(request, GroupCreate)
     d = _dir(request)
     grants = await _grants(d, body.app_permissions)
+    made = GroupBody(
+        name=body.name,
+        description=body.description,
+        account_permissions=list(dict.fromkeys(body.account_permissions)),
+        app_permissions=grants,
+    )
+    await check_group_edit(request, d, made)
     try:
-        group = await d.groups.insert(
-            GroupBody(
-                name=body.name,
-                description=body.description,
-                account_permissions=list(dict.fromkeys(body.account_permissions)),
-                app_permissions=grants,
-            )
-        )
+        group = await d.groups.insert(made)
     except Conflict:
         raise ApiProblem(409, "conflict", f"a group {body.name!r} exists", field="name") from None
     view = await _group_view(d, group)
@@ -428,6 +434,8 @@ async def update_group(request: web.Request) -> web.Response:
             update["app_permissions"] = grants
         return b.model_copy(update=update)
 
+    if perms_given:
+        await check_group_edit(request, d, change(group.body))
     before = await _group_view(d, group)
     _, after_entity = await d.groups.update(group.id, change)
     after = await _group_view(d, after_entity)

@@ -32,7 +32,7 @@ import structlog
 from aiohttp import web
 
 from manager.access.directory import Directory
-from manager.access.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principals
+from manager.access.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principal, Principals
 from manager.access.session_signer import bearer
 from manager.api.context import CTX
 from manager.api.http import Handler, RouteTable, problem_response
@@ -53,8 +53,10 @@ __all__ = [
     "KeyCache",
     "KeyStatus",
     "access_middlewares",
+    "authenticate_key",
     "caller_address",
     "key_status",
+    "recheck",
 ]
 
 log = structlog.get_logger("tether.access")
@@ -169,6 +171,7 @@ class Access:
 
     def key_revoked(self, key_id: str) -> None:
         self.keys.forget(key_id)
+        self.principals.forget()  # and wakes the streams the key opened
         self.limiter.forget(key_id)
         self._touched.pop(key_id, None)
 
@@ -187,6 +190,42 @@ class Access:
 ACCESS: web.AppKey[Access] = web.AppKey("tether_access", Access)
 # The authenticated request's key, for the rate limit (and whoever else needs its settings).
 API_KEY: web.RequestKey[ApiKeyRecord] = web.RequestKey("tether_api_key", ApiKeyRecord)
+
+
+async def authenticate_key(access: Access, key: str) -> tuple[Principal, ApiKeyRecord | None]:
+    """The principal a bearer credential acts for (and its API key record), or the 401 that
+    refuses it: the middleware's check, and a long stream's re-check."""
+    if key.startswith(SESSION_PREFIX):
+        return await access.principals.for_session(key), None
+    record = await access.keys.get(hash_secret(key))
+    if record is None:
+        raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
+    now = access.clock()
+    status = key_status(record, now)
+    if status == "revoked":
+        raise ApiProblem(401, "api_key_revoked", f"the API key {record.name!r} was revoked")
+    if status == "expired":
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.expires_at))
+        raise ApiProblem(
+            401,
+            "api_key_expired",
+            f"the API key {record.name!r} expired on {when}; create a new one",
+        )
+    principal = await access.principals.for_api_key(record)
+    await access.touch(record, now)
+    return principal, record
+
+
+async def recheck(request: web.Request) -> Principal:
+    """The request's credential judged again now (a long stream outlives its first check):
+    the 401 if it was revoked, expired or its user disabled since; else the principal as it
+    is now, which the request then acts for."""
+    key = bearer(request.headers.get("Authorization"))
+    if key is None:  # the middleware let it through, so it had one
+        raise ApiProblem(401, "unauthenticated", "the request carries no credential")
+    principal, _ = await authenticate_key(request.app[ACCESS], key)
+    request[PRINCIPAL_KEY] = principal
+    return principal
 
 
 def caller_address(request: web.Request, snapshot: Snapshot) -> Address | None:
@@ -222,31 +261,11 @@ def access_middlewares(table: RouteTable) -> list[Any]:
                 "unauthenticated",
                 "log in (tether login) or send an API key: Authorization: Bearer <key>",
             )
-        access = request.app[ACCESS]
-        if key.startswith(SESSION_PREFIX):
-            principal = await access.principals.for_session(key)
-            request[ACTOR_KEY] = principal.actor
-            request[PRINCIPAL_KEY] = principal
-            return await handler(request)
-        record = await access.keys.get(hash_secret(key))
-        if record is None:
-            raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
-        now = access.clock()
-        status = key_status(record, now)
-        if status == "revoked":
-            raise ApiProblem(401, "api_key_revoked", f"the API key {record.name!r} was revoked")
-        if status == "expired":
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.expires_at))
-            raise ApiProblem(
-                401,
-                "api_key_expired",
-                f"the API key {record.name!r} expired on {when}; create a new one",
-            )
-        principal = await access.principals.for_api_key(record)
-        await access.touch(record, now)
+        principal, record = await authenticate_key(request.app[ACCESS], key)
         request[ACTOR_KEY] = principal.actor
         request[PRINCIPAL_KEY] = principal
-        request[API_KEY] = record
+        if record is not None:
+            request[API_KEY] = record
         return await handler(request)
 
     @web.middleware

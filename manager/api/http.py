@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from aiohttp import web
@@ -34,7 +34,16 @@ from manager.errors import (
 from manager.store.base import StoreError
 from shared.protocol import describe_validation_error
 
-__all__ = ["AuthKind", "Route", "RouteTable", "error_middleware", "json_response", "parse_body"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "AuthKind",
+    "Route",
+    "RouteTable",
+    "error_middleware",
+    "json_response",
+    "nesting_depth",
+    "parse_body",
+]
 
 log = structlog.get_logger("tether.http")
 
@@ -108,16 +117,46 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise ApiProblem(415, "unsupported_media_type", "send the body as application/json")
     raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    too_deep = ApiProblem(400, "bad_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiProblem(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    # Judged before the models see it: they recurse once per level, and a deep enough body
+    # would exhaust the stack (a 500) on any route, signed in or not.
+    if nesting_depth(data, stop_after=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise too_deep
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         # The location and message only: the input could be a secret value.
         field, message = describe_validation_error(exc)
         raise ApiProblem(400, "invalid", message, field=field) from None
+
+
+# No request model comes near this; a body past it is an attack or a mistake.
+MAX_JSON_DEPTH = 32
+
+
+def nesting_depth(data: object, *, stop_after: int) -> int:
+    """How deep the lists and dicts of parsed JSON nest (a scalar is 0), counting no further
+    than ``stop_after + 1``. Level by level, without recursion: it is the check that keeps
+    recursion off the stack."""
+    depth = 0
+    # Only the lists and dicts json.loads makes (type(), not isinstance: it is the hot loop).
+    level: list[Any] = [data] if type(data) in _CONTAINERS else []
+    while level and depth <= stop_after:
+        depth += 1
+        below: list[Any] = []
+        for value in level:
+            below.extend(value.values() if type(value) is dict else value)
+        level = [v for v in below if type(v) in _CONTAINERS]
+    return depth
+
+
+_CONTAINERS = (dict, list)
 
 
 def json_response(model: BaseModel, *, status: int = 200) -> web.Response:

@@ -291,19 +291,24 @@ async def create_secret(request: web.Request) -> web.Response:
     return json_response(created, status=201)
 
 
-async def get_secret(request: web.Request) -> web.Response:
+async def _secret(request: web.Request) -> SecretRecord:
+    """The secret the path names, through the one visibility check every route of a secret
+    shares (the listing's): one the caller may not see is a 404 on each, as a missing one."""
     service, name = _service(request), request.match_info["name"]
     secret = await service.secret(name)
     scope = await service.scopes.effective(secret.id, secret.manager_id)
     if not _visible(request, scope, await service.scopes.places()):
         raise ApiProblem(404, "not_found", f"no secret {name!r}")
-    return json_response(await _secret_full_view(request, secret))
+    return secret
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    return json_response(await _secret_full_view(request, await _secret(request)))
 
 
 async def put_secret_scope(request: web.Request) -> web.Response:
     body = await parse_body(request, ScopePut)
-    service, name = _service(request), request.match_info["name"]
-    secret = await service.secret(name)
+    service, secret = _service(request), await _secret(request)
     before = await _secret_full_view(request, secret)
     await service.scopes.set_secret(
         secret.id, await _checked_scope(request, body.scope, secret.manager_id)
@@ -354,7 +359,7 @@ async def put_manager_scope(request: web.Request) -> web.Response:
 async def update_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretUpdate)
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await service.secret(name))
+    before = await _secret_full_view(request, await _secret(request))
     after = await _secret_full_view(request, await service.update_secret(name, body))
     record(
         request,
@@ -370,7 +375,7 @@ async def update_secret(request: web.Request) -> web.Response:
 
 async def delete_secret(request: web.Request) -> web.Response:
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await service.secret(name))
+    before = await _secret_full_view(request, await _secret(request))
     await service.delete_secret(name)
     await service.scopes.set_secret(before.id, None)
     record(
@@ -385,6 +390,7 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 
 async def secret_versions(request: web.Request) -> web.Response:
+    await _secret(request)
     secret, versions = await _service(request).versions(request.match_info["name"])
     return json_response(
         SecretVersionList(
@@ -397,7 +403,7 @@ async def secret_versions(request: web.Request) -> web.Response:
 async def migrate_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretMigrate)
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await service.secret(name))
+    before = await _secret_full_view(request, await _secret(request))
     after = await _secret_full_view(request, await service.migrate(name, body.to))
     record(
         request,

@@ -16,7 +16,7 @@ from manager.access.principal import principal_of
 from manager.access.tokens import TokenInUse, create_token
 from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
-from manager.api.guards import ACCESS
+from manager.api.guards import ACCESS, recheck
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.task_access import check_secrets, check_task, submit_target
 from manager.errors import ApiProblem
@@ -41,6 +41,7 @@ from manager.schemas.tasks import (
     TokenCreated,
     TokenView,
 )
+from manager.tasks.idempotency import shown
 from shared import __version__
 from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
 
@@ -50,6 +51,8 @@ log = structlog.get_logger("tether.api")
 
 # A follow stream writes a ping this often when idle, under common proxy idle limits.
 FOLLOW_PING_S = 15.0
+# How often a follow stream judges its credential again when no change here wakes it sooner.
+FOLLOW_RECHECK_S = 2.0
 LOG_PAGE_MAX = 5000
 
 
@@ -85,7 +88,7 @@ def task_view(
             "max_attempts": task.max_attempts,
             "attempt": task.attempt,
             "delegate_id": task.delegate_id,
-            "idempotency_key": task.idempotency_key,
+            "idempotency_key": shown(task.idempotency_key),
             "created_at": task.created_at,
             "started_at": task.started_at,
             "finished_at": task.finished_at,
@@ -340,19 +343,25 @@ async def get_logs(request: web.Request) -> web.Response:
 
 async def follow_logs(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
+    access = request.app[ACCESS]
     task_id = request.match_info["task_id"]
     pos = _parse_cursor(request.query.get("after"))
     await _task_for(request, "read")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+    loop = asyncio.get_running_loop()
+    last_sent = last_check = loop.time()
 
     async def send(obj: dict[str, object]) -> None:
+        nonlocal last_sent
         await resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        last_sent = loop.time()
 
     last_state: TaskState | None = None
     with contextlib.suppress(ConnectionResetError):
         while not c.stopping:
             changed = c.events.listen(task_id)
+            revoked = access.principals.changed()
             task = await c.store.get_task(task_id)
             if task is None:
                 break
@@ -372,13 +381,32 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
                 view = await full_task_view(c, task)
                 await send({"kind": "end", "task": view.model_dump(mode="json")})
                 break
-            try:
-                async with asyncio.timeout(FOLLOW_PING_S):
-                    await changed.wait()
-            except TimeoutError:
+            await _first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
+            if revoked.is_set() or loop.time() - last_check >= FOLLOW_RECHECK_S:
+                # The stream outlives the check that opened it: a credential revoked, a user
+                # disabled or a read permission taken away since ends it (a change here at
+                # once, one on another replica within the recheck and the caches' 1 s).
+                last_check = loop.time()
+                try:
+                    await recheck(request)
+                    await _task_for(request, "read")
+                except ApiProblem as p:
+                    await send({"kind": "error", "error": {"code": p.code, "message": p.message}})
+                    break
+            if loop.time() - last_sent >= FOLLOW_PING_S:
                 await send({"kind": "ping"})
         await resp.write_eof()
     return resp
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float) -> None:
+    """Until either event is set, or ``timeout``."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 # -- delegates and tokens -----------------------------------------------------------------

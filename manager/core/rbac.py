@@ -8,7 +8,7 @@ store: :class:`Grants` is computed once per request from groups already loaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from manager.schemas.grants import (
@@ -17,10 +17,11 @@ from manager.schemas.grants import (
     AccountPermission,
     Action,
     AppGrant,
+    EnvType,
     Target,
 )
 
-__all__ = ["FULL", "Grants"]
+__all__ = ["FULL", "Grants", "within"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +58,72 @@ class Grants:
 
 
 FULL = Grants(frozenset(ACCOUNT_PERMISSIONS), (AppGrant(actions=ACTIONS),))
+
+
+# A piece of a grant: (an application id, or None for every application; "type:<env type>",
+# "id:<env id>", or "all:" for everywhere, the place outside any application included).
+_Region = tuple[str | None, str]
+_TYPES: tuple[EnvType, ...] = ("production", "non_production")
+
+
+def within(a: Grants, b: Grants, *, envs: Mapping[str, tuple[str, EnvType]] | None = None) -> bool:
+    """Whether ``a`` allows nothing that ``b`` does not, now or once applications and
+    environments are added: the check behind granting a group (to oneself or anyone) and
+    editing one. ``envs`` (environment id -> (application id, type)) lets a grant of
+    environment ids be matched by a grant of their type; without it such a grant must be
+    matched by id or by "all"."""
+    if not a.account <= b.account:
+        return False
+    known = envs or {}
+    return all(
+        any(_covers(h, app, env, action, known) for h in b.apps)
+        for g in a.apps
+        for action in g.actions
+        for app, env in _regions(g, known)
+    )
+
+
+def _regions(g: AppGrant, envs: Mapping[str, tuple[str, EnvType]]) -> list[_Region]:
+    """``g`` cut into pieces each one grant of ``b`` must cover whole."""
+    if g.universal:
+        # Also the place outside every application (Grants.everywhere): only another
+        # universal grant reaches it, not one grant per environment type.
+        return [(None, "all:")]
+    apps: list[str | None] = [None] if g.apps == "all" else list(g.apps)
+    if g.envs == "all":
+        return [(app, f"type:{t}") for app in apps for t in _TYPES]
+    if isinstance(g.envs, str):
+        return [(app, f"type:{g.envs}") for app in apps]
+    out: list[_Region] = []
+    for env_id in g.envs:
+        owner = envs.get(env_id, (None, None))[0]
+        if g.apps == "all":
+            out.append((owner, f"id:{env_id}"))
+        else:
+            # An id of another application's environment grants nothing here.
+            out.extend((app, f"id:{env_id}") for app in g.apps if owner in (None, app))
+    return out
+
+
+def _covers(
+    h: AppGrant,
+    app: str | None,
+    env: str,
+    action: Action,
+    envs: Mapping[str, tuple[str, EnvType]],
+) -> bool:
+    if action not in h.actions:
+        return False
+    if h.apps != "all" and (app is None or app not in h.apps):
+        return False
+    if h.envs == "all":
+        return True
+    kind, _, value = env.partition(":")
+    if kind == "all":
+        return False
+    if isinstance(h.envs, str):
+        if kind == "type":
+            return value == h.envs
+        found = envs.get(value)
+        return found is not None and found[1] == h.envs
+    return kind == "id" and value in h.envs

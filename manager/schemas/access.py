@@ -46,7 +46,8 @@ class Model(BaseModel):
 
 class ApiKeyCreate(Model):
     name: Name
-    # Whom the key acts for; default: a service account's own name, else the creator's owner.
+    # Whom the key acts for: a service account's name (default: the key's name); a personal
+    # key is always its creator's, so owner may only repeat that.
     owner: str | None = Field(default=None, min_length=1, max_length=128)
     service_account: bool = False
     # User groups the key is narrowed to (enforced once groups exist).
@@ -78,6 +79,8 @@ class ApiKeyView(Model):
     last_used_at: float | None = None
     revoked_at: float | None = None
     status: Literal["active", "expired", "revoked"]
+    # The actor id of whoever made the key (None for the keys made at first start).
+    created_by: str | None = None
 
 
 class ApiKeyCreated(ApiKeyView):

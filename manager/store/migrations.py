@@ -318,6 +318,21 @@ MIGRATIONS: list[Migration] = [
         WHERE owner = 'admin' AND groups = '[]';
         """,
     ),
+    (
+        12,
+        """
+        -- Idempotency keys are each principal's, in each place (manager.tasks.idempotency):
+        -- the unique column holds the key behind its scope, the submitter, application and
+        -- environment, joined by the unit separator. Existing keys are scoped to their
+        -- task's submitter and place, so a replay by that submitter still finds its task.
+        UPDATE tasks SET idempotency_key = coalesce(submitted_by, '') || {UNIT_SEP}
+            || coalesce(app_id, '') || {UNIT_SEP} || coalesce(env_id, '') || {UNIT_SEP}
+            || idempotency_key
+        WHERE idempotency_key IS NOT NULL;
+        -- Who made a key (a service account's keys are owned by the account itself).
+        ALTER TABLE api_keys ADD COLUMN created_by TEXT;
+        """,
+    ),
 ]
 
 

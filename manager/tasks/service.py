@@ -35,6 +35,7 @@ from manager.tasks.bus import Bus, EventKind, LocalBus
 from manager.tasks.dispatch import Dispatcher, QueuedTask
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub, Session
+from manager.tasks.idempotency import differences, scoped
 from shared.ids import new_id
 from shared.limits import Timings
 from shared.protocol import (
@@ -56,6 +57,10 @@ __all__ = ["IDEMPOTENCY_WINDOW_S", "TaskService"]
 log = structlog.get_logger("tether.tasks")
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+
+
+def _env_bytes(env: dict[str, str]) -> bytes:
+    return json.dumps(env, sort_keys=True).encode()
 
 
 def _secret_context(task_id: str) -> bytes:
@@ -153,7 +158,14 @@ class TaskService:
             max_attempts=req.max_attempts,
             created_at=now,
             queued_at=now,
-            idempotency_key=req.idempotency_key,
+            idempotency_key=None
+            if req.idempotency_key is None
+            else scoped(
+                req.idempotency_key,
+                submitted_by,
+                None if target is None else target.app_id,
+                None if target is None else target.env_id,
+            ),
             secret_env_sealed=self._seal_env(task_id, req.secret_env),
             secret_env_names=tuple(sorted(req.secret_env)),
             deployment=req.deployment.model_dump(mode="json") if req.deployment else None,
@@ -161,7 +173,20 @@ class TaskService:
             env_id=None if target is None else target.env_id,
             submitted_by=submitted_by,
         )
-        return await self._insert(record)
+        stored, created = await self._insert(record)
+        if not created:
+            changed = differences(
+                record, stored, _env_bytes(req.secret_env), self._unsealed_env(stored)
+            )
+            if changed:
+                raise ApiProblem(
+                    409,
+                    "conflict",
+                    f"idempotency key {req.idempotency_key!r} was used for task {stored.id}"
+                    f" with a different {', '.join(changed)}; use a new key",
+                    field="idempotency_key",
+                )
+        return stored, created
 
     async def submit_internal(
         self,
@@ -190,6 +215,12 @@ class TaskService:
         )
         stored, _ = await self._insert(record)
         return stored
+
+    def _unsealed_env(self, task: TaskRecord) -> bytes:
+        if task.secret_env_sealed is None:
+            return _env_bytes({})
+        plain = self._key.decrypt(task.secret_env_sealed, context=_secret_context(task.id))
+        return _env_bytes(json.loads(plain))
 
     def _seal_env(self, task_id: str, env: dict[str, str]) -> str | None:
         if not env:

@@ -243,7 +243,11 @@ def add_access_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
         help="narrow the key to this user group (repeatable)",
     )
     c.add_argument("--expires-in", type=int, metavar="DAYS", help="default: never")
-    c.add_argument("--owner", metavar="O", help="whom it acts for (default: your key's owner)")
+    c.add_argument(
+        "--owner",
+        metavar="O",
+        help="a service account key: the account it acts for (default: the key name)",
+    )
     c.add_argument(
         "--service-account", action="store_true", help="a key of a service, not of a person"
     )

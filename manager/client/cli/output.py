@@ -2,8 +2,11 @@
 terminal they go to (stdout/stderr, the "waiting for a delegate" spinner).
 
 Values that come from the server are stripped of control characters before they reach a
-table, so a task name or error text cannot move the cursor or recolour the terminal. (Log
-lines are the task's own output and are printed as they are, colours included.)
+table, so a task name or error text cannot move the cursor or recolour the terminal. Log
+lines are the task's own output, which a task's code (or whatever it prints) controls: on a
+terminal their control characters are shown as visible escapes (``\\x1b``), so no output can
+rewrite the screen, retitle the window or hide a line; written to a file or a pipe, and in
+``--output json``, they stay the data they are.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "timestamp",
     "to_json",
     "token_table",
+    "visible",
 ]
 
 # Lines the manager or delegate write about a task (not its own output) are marked so.
@@ -46,6 +50,22 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def clean(value: object) -> str:
     return _CONTROL.sub(" ", str(value))
+
+
+# Every C0 control but tab and newline, DEL, and every C1 control (ESC and CSI among them).
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with each control character (but tab and newline) written as ``\\xNN``."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def to_json(value: BaseModel | dict[str, Any]) -> str:
@@ -249,10 +269,7 @@ class Console:
 
     @property
     def interactive(self) -> bool:
-        try:
-            return self.err.isatty()
-        except (AttributeError, ValueError):
-            return False
+        return _is_tty(self.err)
 
     def print(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -264,6 +281,9 @@ class Console:
 
     def log(self, entry: LogEntry) -> None:
         text = entry.text.removesuffix("\n")
+        to = self.out if entry.stream == "stdout" else self.err
+        if _is_tty(to):
+            text = visible(text)
         if entry.stream == "stdout":
             self.print(text)
         elif entry.stream == "stderr":

@@ -87,6 +87,8 @@ _DIFFERENCES: dict[str, dict[Dialect, str]] = {
     # Byte order, as SQLite sorts text, whatever the PostgreSQL database's locale.
     "BYTE_ORDER": {_SQLITE: "", _POSTGRES: ' COLLATE "C"'},
     "FOR_UPDATE": {_SQLITE: "", _POSTGRES: " FOR UPDATE"},
+    # The unit separator (0x1f), which joins the parts of a scoped idempotency key.
+    "UNIT_SEP": {_SQLITE: "char(31)", _POSTGRES: "chr(31)"},
 }
 
 _RECORDS: dict[str, type[Any]] = {

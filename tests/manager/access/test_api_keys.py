@@ -24,6 +24,7 @@ from manager.server.app import open_store
 from manager.store.base import Store
 from shared.ids import hash_secret
 from tests.manager.access_support import START, Clock, Manager, manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.rbac_support import member
 
 DAY = 86400.0
 
@@ -105,14 +106,37 @@ async def test_a_service_account_key_is_owned_by_the_account(m: Manager) -> None
     assert (created["owner"], created["service_account"]) == ("ci", True)
 
 
-async def test_a_key_is_owned_by_whoever_its_creator_acts_for_unless_told(m: Manager) -> None:
-    status, boss = await m.call(
-        "POST", "/api/v1/api-keys", {"name": "boss", "owner": "alice", "max_qps": 100}
-    )
-    assert status == 201
+async def test_a_personal_key_is_owned_by_whoever_its_creator_acts_for(m: Manager) -> None:
+    admin = next(k for k in await m.store.list_api_keys() if k.key_hash == hash_secret(m.key))
+    status, boss = await m.call("POST", "/api/v1/api-keys", {"name": "boss", "max_qps": 100})
+    assert (status, boss["owner"]) == (201, admin.owner)
     status, made = await m.call("POST", "/api/v1/api-keys", {"name": "made"}, key=boss["key"])
-    assert (status, made["owner"]) == (201, "alice")
-    assert (await create(m, owner="bob"))["owner"] == "bob"
+    assert (status, made["owner"]) == (201, admin.owner)
+    # Naming another owner for a personal key is refused, and nothing is made.
+    status, body = await m.call("POST", "/api/v1/api-keys", {"name": "fake", "owner": "bob"})
+    assert (status, body["error"]["field"]) == (400, "owner")
+    assert "owned by whoever creates it" in body["error"]["message"]
+    assert [k for k in await m.store.list_api_keys() if k.name == "fake"] == []
+    # A service account names its account freely.
+    assert (await create(m, owner="deployer", service_account=True))["owner"] == "deployer"
+
+
+async def test_a_key_records_who_created_it_and_admins_see_and_revoke_it(
+    m: Manager, store: Store
+) -> None:
+    ops = await member(store, "ops@example.com", account=["manage_api_keys"])
+    status, made = await m.call(
+        "POST", "/api/v1/api-keys", {"name": "robot", "service_account": True}, key=ops
+    )
+    assert status == 201, made
+    creator = made["created_by"]
+    assert creator.startswith("usr_")
+    status, listed = await m.call("GET", "/api/v1/api-keys")
+    robot = next(k for k in listed["api_keys"] if k["name"] == "robot")
+    assert (robot["created_by"], robot["service_account"]) == (creator, True)
+    assert (await m.call("DELETE", "/api/v1/api-keys/robot"))[0] == 200
+    status, body = await m.call("GET", "/api/v1/tasks", key=made["key"])
+    assert (status, body["error"]["code"]) == (401, "api_key_revoked")
 
 
 async def test_the_account_defaults_apply_to_keys_that_name_no_limit(m: Manager) -> None:

@@ -12,9 +12,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from manager.schemas.grants import ACCOUNT_PERMISSIONS, AccountPermission
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from manager.access.granting import Offered, refusal
+from manager.core.rbac import Grants
+from manager.schemas.grants import ACCOUNT_PERMISSIONS, ACTIONS, ADMIN_GROUP, AccountPermission
 from manager.store.base import Store
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.core.test_rbac_within import ENVS, TARGETS, grants_st
 from tests.manager.rbac_support import member
 
 A = "authenticated"
@@ -191,3 +197,123 @@ def test_the_matrix_names_only_real_permissions() -> None:
     # Every account permission guards something.
     used: set[AccountPermission] = {p for p in ACCOUNT_PERMISSIONS if p in MATRIX.values()}
     assert used == set(ACCOUNT_PERMISSIONS)
+
+
+# -- escalation: nobody is raised above the principal making the change ----------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(grants_st, min_size=0, max_size=3),
+    st.lists(st.tuples(grants_st, st.booleans()), min_size=1, max_size=3),
+)
+def test_no_grant_raises_anyone_above_its_author(
+    author_groups: list[Grants], offered: list[tuple[Grants, bool]]
+) -> None:
+    """The author acts through a random set of groups and hands out a random set (the
+    administrators' group among them at random): whenever the rule lets it, the receiver gains
+    nothing, anywhere, that the author does not hold."""
+    author = Grants.union((a.account, a.apps) for a in author_groups)
+    groups = [Offered(f"g{i}", grants, admin) for i, (grants, admin) in enumerate(offered)]
+    if refusal(author, groups, ENVS) is not None:
+        return
+    gained = Grants.union((o.grants.account, o.grants.apps) for o in groups)
+    assert gained.account <= author.account
+    for action in ACTIONS:
+        for t in [*TARGETS, None]:
+            assert not gained.allows(t, action) or author.allows(t, action), (t, action)
+    if any(o.admin_group for o in groups):
+        assert author.account == frozenset(ACCOUNT_PERMISSIONS)
+        assert all(author.everywhere(a) for a in ACTIONS)
+
+
+async def _group(m: Manager, name: str, body: dict[str, Any]) -> None:
+    status, made = await m.call("POST", "/api/v1/groups", {"name": name, **body})
+    assert status == 201, made
+
+
+async def test_a_user_manager_cannot_join_or_hand_out_bigger_groups(
+    m: Manager, store: Store
+) -> None:
+    users = await member(store, "users@example.com", account=["manage_users"])
+    await member(store, "other@example.com")
+    await _group(m, "auditors", {"account_permissions": ["view_audit"]})
+    await _group(m, "user-admins", {"account_permissions": ["manage_users"]})
+    for groups, why in (
+        ([ADMIN_GROUP], f"only an administrator may grant the group {ADMIN_GROUP!r}"),
+        (["user-admins", "auditors"], "the group 'auditors' holds permissions you do not hold"),
+    ):
+        # Not to themselves, nor to anyone else, nor to a user they invite.
+        for method, path, body in (
+            ("PATCH", "/api/v1/users/users@example.com", {"groups": groups}),
+            ("PATCH", "/api/v1/users/other@example.com", {"groups": groups}),
+            ("POST", "/api/v1/users", {"email": "new@example.com", "groups": groups}),
+        ):
+            status, err = await m.call(method, path, body, key=users)
+            assert (status, err["error"]["message"]) == (403, why), (path, err)
+    status, them = await m.call("GET", "/api/v1/users/other@example.com")
+    assert them["groups"] == ["group-other@example.com"]
+    assert (await m.call("GET", "/api/v1/users/new@example.com"))[0] == 404
+    # Within their own grants they may, and taking a group away raises nobody.
+    status, changed = await m.call(
+        "PATCH", "/api/v1/users/other@example.com", {"groups": ["user-admins"]}, key=users
+    )
+    assert (status, changed["groups"]) == (200, ["user-admins"])
+    status, changed = await m.call(
+        "PATCH", "/api/v1/users/other@example.com", {"groups": []}, key=users
+    )
+    assert (status, changed["groups"]) == (200, [])
+    # An administrator (the test's key) may grant any group.
+    status, changed = await m.call(
+        "PATCH", "/api/v1/users/other@example.com", {"groups": [ADMIN_GROUP]}
+    )
+    assert (status, changed["groups"]) == (200, [ADMIN_GROUP])
+
+
+async def test_a_group_manager_cannot_make_a_group_bigger_than_themselves(
+    m: Manager, store: Store
+) -> None:
+    editor = await member(store, "groups@example.com", account=["manage_user_groups", "view_audit"])
+    await _group(m, "readers", {})
+    for body in (
+        {"account_permissions": ["manage_users"]},
+        {"app_permissions": [{"apps": "all", "envs": "all", "actions": ["execute"]}]},
+    ):
+        status, err = await m.call("PATCH", "/api/v1/groups/readers", body, key=editor)
+        assert status == 403, err
+        assert (
+            err["error"]["message"] == "the group 'readers' would hold permissions you do not hold"
+        )
+        status, err = await m.call("POST", "/api/v1/groups", {"name": "big", **body}, key=editor)
+        assert status == 403, err
+    status, group = await m.call("GET", "/api/v1/groups/readers")
+    assert (group["account_permissions"], group["app_permissions"]) == ([], [])
+    # Within the editor's own grants it goes through.
+    status, group = await m.call(
+        "PATCH", "/api/v1/groups/readers", {"account_permissions": ["view_audit"]}, key=editor
+    )
+    assert (status, group["account_permissions"]) == (200, ["view_audit"])
+
+
+async def test_an_api_key_carries_no_group_beyond_its_creator(m: Manager, store: Store) -> None:
+    # manage_user_groups used to let a key carry any group at all.
+    keys = await member(
+        store, "keys@example.com", account=["manage_api_keys", "manage_user_groups"]
+    )
+    await _group(m, "auditors", {"account_permissions": ["view_audit"]})
+    await _group(m, "keymakers", {"account_permissions": ["manage_api_keys"]})
+    for service_account in (True, False):
+        body = {"name": f"robot-{service_account}", "service_account": service_account}
+        status, err = await m.call(
+            "POST", "/api/v1/api-keys", {**body, "groups": ["auditors"]}, key=keys
+        )
+        assert status == 403, err
+        assert err["error"]["message"] == "the group 'auditors' holds permissions you do not hold"
+    assert [k for k in await store.list_api_keys() if k.name.startswith("robot")] == []
+    status, made = await m.call(
+        "POST",
+        "/api/v1/api-keys",
+        {"name": "robot", "service_account": True, "groups": ["keymakers"]},
+        key=keys,
+    )
+    assert (status, made["groups"]) == (201, ["keymakers"])
