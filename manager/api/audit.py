@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from manager.api.context import ctx
 from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.audit.record import record
+from manager.audit.record import AUDIT, record
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditEvent,
@@ -153,7 +153,8 @@ async def verify_audit(request: web.Request) -> web.Response:
     next check."""
     store = ctx(request).store
     head = await store.audit_head()
-    checker = ChainVerifier()
+    # With the chain's keys: a trail re-hashed from the database alone does not pass.
+    checker = ChainVerifier(request.app[AUDIT].keys.lookup)
     async with contextlib.aclosing(store.audit_events_all()) as events:
         async for event in events:
             if event.seq > head[0] or checker.feed(event) is not None:

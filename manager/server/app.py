@@ -40,8 +40,9 @@ from manager.api.profiles import add_profile_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_user_routes
-from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware
+from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.core.identity import SYSTEM
+from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
@@ -92,7 +93,7 @@ def open_store(data_dir: Path, database: str | None = None) -> Store:
     return open_store_url(database, data_dir)
 
 
-async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
+async def _ensure_admin_key(store: Store, data_dir: Path, keys: AuditKeys) -> Path:
     path = data_dir / ADMIN_KEY_FILE
     if path.exists():
         return path
@@ -118,7 +119,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             "groups": list(record.groups),
             "max_qps": record.max_qps,
         }
-        await AuditRecorder(store).write(
+        await AuditRecorder(store, keys).write(
             SYSTEM,
             Change(
                 record.id,
@@ -288,7 +289,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         passwords=config.passwords,
         clock=config.clock,
     )
-    app[AUDIT] = AuditRecorder(store, masker=config.masker, clock=config.clock)
+    app[AUDIT] = AuditRecorder(store, AuditKeys(master_key), masker=config.masker, clock=config.clock)
+    await key_the_chain(app[AUDIT])
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -344,7 +346,8 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
     store = open_store(config.data_dir, config.database)
     await store.open()
     try:
-        admin_key_path = await _ensure_admin_key(store, config.data_dir)
+        keys = AuditKeys(MasterKey.load_or_create(config.data_dir / "master.key"))
+        admin_key_path = await _ensure_admin_key(store, config.data_dir, keys)
         app, c = await build_app(config, store)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()

@@ -29,6 +29,7 @@ import structlog
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
+    ChainKey,
     AuditEvent,
     AuditQuery,
     SavedAuditFilter,
@@ -791,13 +792,13 @@ class PostgresStore(Store):
 
     # -- audit trail ----------------------------------------------------------------------
 
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+    async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         n = len(EVENT_FIELDS)
         async with self._conn(tx=True) as c:
             # The head row's lock orders appends from every replica: a second one waits
             # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
             head = await c.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            event = seal(draft, int(head["seq"]) + 1, str(head["hash"]))
+            event = seal(draft, int(head["seq"]) + 1, str(head["hash"]), key)
             await c.execute(
                 # seq and hash are the first and last of the event's own values.
                 f"WITH h AS (UPDATE audit_head SET seq = $1, hash = ${n} WHERE id = 1)"  # noqa: S608

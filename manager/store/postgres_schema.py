@@ -315,4 +315,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         WHERE owner = 'admin' AND groups = '[]';
         """,
     ),
+    (
+        13,
+        """
+        -- The audit chain is keyed (manager.core.audit_chain): each event names the key of
+        -- its HMAC. NULL for the events written before, hashed with plain SHA-256.
+        ALTER TABLE audit_events ADD COLUMN key_id TEXT;
+        """,
+    ),
 ]

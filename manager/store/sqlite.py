@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
+    ChainKey,
     AuditEvent,
     AuditQuery,
     SavedAuditFilter,
@@ -839,14 +840,14 @@ class SqliteStore(Store):
 
     # -- audit trail ----------------------------------------------------------------------
 
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+    async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         def fn(c: sqlite3.Connection) -> AuditEvent:
             # IMMEDIATE: the write lock before the head is read, so another process on this
             # file (a host-side command) waits for this append instead of chaining on the
             # same head. A `with conn` block would only take it at the first write.
             c.execute("BEGIN IMMEDIATE")
             seq, prev_hash = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            event = seal(draft, int(seq) + 1, str(prev_hash))
+            event = seal(draft, int(seq) + 1, str(prev_hash), key)
             c.execute(
                 f"INSERT INTO audit_events({_AUDIT_COLUMNS})"  # noqa: S608
                 f" VALUES ({','.join('?' * len(EVENT_FIELDS))})",
