@@ -93,7 +93,7 @@ def open_store(data_dir: Path, database: str | None = None) -> Store:
     return open_store_url(database, data_dir)
 
 
-async def _ensure_admin_key(store: Store, data_dir: Path, keys: AuditKeys) -> Path:
+async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
     path = data_dir / ADMIN_KEY_FILE
     if path.exists():
         return path
@@ -119,6 +119,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path, keys: AuditKeys) -> Pa
             "groups": list(record.groups),
             "max_qps": record.max_qps,
         }
+        keys = AuditKeys(MasterKey.load_or_create(data_dir / "master.key"))
         await AuditRecorder(store, keys).write(
             SYSTEM,
             Change(
@@ -289,7 +290,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         passwords=config.passwords,
         clock=config.clock,
     )
-    app[AUDIT] = AuditRecorder(store, AuditKeys(master_key), masker=config.masker, clock=config.clock)
+    app[AUDIT] = AuditRecorder(
+        store, AuditKeys(master_key), masker=config.masker, clock=config.clock
+    )
     await key_the_chain(app[AUDIT])
     table.install(app)
     app[ROUTES] = table
@@ -346,8 +349,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
     store = open_store(config.data_dir, config.database)
     await store.open()
     try:
-        keys = AuditKeys(MasterKey.load_or_create(config.data_dir / "master.key"))
-        admin_key_path = await _ensure_admin_key(store, config.data_dir, keys)
+        admin_key_path = await _ensure_admin_key(store, config.data_dir)
         app, c = await build_app(config, store)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()

@@ -29,9 +29,9 @@ import structlog
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
-    ChainKey,
     AuditEvent,
     AuditQuery,
+    ChainKey,
     SavedAuditFilter,
     like_pattern,
     seal,

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditDraft,
-    ChainKey,
     AuditEvent,
     AuditQuery,
+    ChainKey,
     SavedAuditFilter,
     like_pattern,
     seal,
