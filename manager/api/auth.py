@@ -11,6 +11,7 @@ from manager.access.login import LOGINS, LockNotice, Session
 from manager.access.principal import principal_of
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body, problem_response
+from manager.audit.failed_logins import FAILED_LOGINS
 from manager.audit.record import AUDIT, Change, record
 from manager.core.identity import ACTOR_KEY, SYSTEM, Actor, client_ip
 from manager.core.ratelimit import retry_after_header
@@ -53,16 +54,18 @@ def _logged_in(request: web.Request, session: Session, action: str, what: str) -
 
 
 def _lock_notice(request: web.Request) -> LockNotice:
-    async def locked(user: Entity[UserBody]) -> None:
+    async def locked(user: Entity[UserBody], scope: str) -> None:
         # The answer is a 4xx, which writes no event: the lock is written here.
         minutes = (await request.app[LOGINS].settings()).lockout_minutes
+        where = "everywhere" if scope == "everywhere" else f"from {scope}"
         await request.app[AUDIT].write(
             SYSTEM,
             Change(
                 resource_id=user.id,
                 name=user.body.email,
                 action="lock",
-                summary=f"locked {user.body.email} for {minutes} min after failed logins",
+                summary=f"locked {user.body.email} {where} for {minutes} min after failed logins",
+                after={"locked": scope, "minutes": minutes},
             ),
             resource_type="user",
             method=request.method,
@@ -93,12 +96,20 @@ async def login(request: web.Request) -> web.Response:
     if (refused := await _throttled(request)) is not None:
         return refused
 
+    failed = request.app[FAILED_LOGINS]
+    address = client_ip(request)
+
+    async def on_fail(user: Entity[UserBody] | None) -> None:
+        failed.note(user, address)
+
     session = await request.app[LOGINS].login(
         body.email,
         body.password,
         totp_code=body.totp_code,
         recovery_code=body.recovery_code,
+        client=address,
         on_lock=_lock_notice(request),
+        on_fail=on_fail,
     )
     return _logged_in(request, session, "login", "logged in")
 
@@ -153,7 +164,9 @@ async def change_password(request: web.Request) -> web.Response:
     body = await parse_body(request, PasswordChange)
     user = await _own_user(request)
     logins = request.app[LOGINS]
-    session = await logins.change_password(user, body.current, body.new, _lock_notice(request))
+    session = await logins.change_password(
+        user, body.current, body.new, _lock_notice(request), client=client_ip(request)
+    )
     record(
         request,
         resource_id=user.id,
@@ -173,7 +186,9 @@ async def totp_enrol(request: web.Request) -> web.Response:
             raise ApiProblem(
                 400, "invalid", "password: enter your password to add a device", field="password"
             )
-        user = await logins.reauthenticate(user, body.password, _lock_notice(request))
+        user = await logins.reauthenticate(
+            user, body.password, _lock_notice(request), client=client_ip(request)
+        )
     secret, uri = await logins.totp_enrol(user)
     record(
         request,
@@ -266,7 +281,7 @@ def add_auth_routes(table: RouteTable) -> None:
             "login",
             LoginRequest,
             LoginResult,
-            errors=(400, 401, 403, 429),
+            errors=(400, 401, 429),
             audit="session",
         ),
         Route(

@@ -40,6 +40,7 @@ from manager.api.profiles import add_profile_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_user_routes
+from manager.audit.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
@@ -294,6 +295,19 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         store, AuditKeys(master_key), masker=config.masker, clock=config.clock
     )
     await key_the_chain(app[AUDIT])
+    recorder = app[AUDIT]
+
+    async def failed_logins(change: Change, address: str) -> object:
+        return await recorder.write(
+            SYSTEM,
+            change,
+            resource_type="user",
+            method="POST",
+            path="/api/v1/auth/login",
+            client_ip=address,
+        )
+
+    app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -362,6 +376,7 @@ async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = 
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
+            asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
         ]
         log.info(
             "manager listening",
