@@ -110,7 +110,7 @@ class SessionBody(_Body):
     expires_at: float
     # Until the user enrols in 2FA (when the account enforces it), or changes an expired
     # password, a session may do only that.
-    restricted: Literal["totp_enrolment", "password_change"] | None = None
+    restricted: Literal["totp_enrolment", "password_change", "totp"] | None = None
 
 
 class Directory:

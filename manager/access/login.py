@@ -136,11 +136,20 @@ class Logins:
     # -- sessions
 
     async def session(
-        self, user: Entity[UserBody], settings: AuthSettings, *, via: str = "password"
+        self,
+        user: Entity[UserBody],
+        settings: AuthSettings,
+        *,
+        via: str = "password",
+        second_factor_due: bool = False,
     ) -> Session:
-        """A new session for ``user``, restricted while the rules want something first."""
+        """A new session for ``user``, restricted while the rules want something first:
+        with ``second_factor_due`` (an SSO login of a user with local 2FA, the provider
+        asserting no MFA), to giving the code."""
         now = self._clock()
         restricted = self._restriction(user.body, settings, now) if via == "password" else None
+        if second_factor_due:
+            restricted = "totp"
         ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
         token = await self._principals.tokens.new()
         await self.directory.sessions.insert(
@@ -350,6 +359,40 @@ class Logins:
 
         _, user = await self.directory.users.update(user.id, reset)
         return user
+
+    async def pass_second_factor(
+        self,
+        user: Entity[UserBody],
+        totp_code: str | None,
+        recovery_code: str | None,
+        *,
+        client: str = "",
+        on_lock: LockNotice | None = None,
+    ) -> Entity[UserBody]:
+        """The code a session restricted to "totp" gives: counted towards the lockout like
+        a password, so a stolen restricted session cannot try every code."""
+        settings = await self.settings()
+        network = network_of(client)
+        claimed = await self._claim(user, network, settings, on_lock)
+        if claimed is None:
+            until = lockout.locked_until(user.body, network, self._clock())
+            raise _locked(until or self._clock())
+        if not (totp_code or recovery_code) or not await self._second_factor(
+            claimed, totp_code, recovery_code
+        ):
+            if await self._failed(claimed, network, settings, on_lock):
+                await self.end_sessions(claimed.id)
+            raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
+        now = self._clock()
+
+        def reset(b: UserBody) -> UserBody:
+            body, until = lockout.succeed(b, network, now)
+            if until is not None:
+                raise _locked(until)
+            return body
+
+        _, after = await self.directory.users.update(claimed.id, reset)
+        return after
 
     async def _second_factor(
         self, user: Entity[UserBody], totp_code: str | None, recovery: str | None

@@ -24,6 +24,7 @@ from manager.schemas.auth import (
     LoginResult,
     Me,
     PasswordChange,
+    SecondFactor,
     SessionUser,
     TotpConfirm,
     TotpConfirmed,
@@ -221,6 +222,27 @@ async def totp_confirm(request: web.Request) -> web.Response:
     return json_response(TotpConfirmed(recovery_codes=codes, session=fresh))
 
 
+async def totp_verify(request: web.Request) -> web.Response:
+    """A session restricted to "totp" (an SSO login of a user with 2FA here) gives the code,
+    and is swapped for a full one."""
+    body = await parse_body(request, SecondFactor)
+    p = principal_of(request)
+    if p.restricted != "totp" or p.session_id is None:
+        raise ApiProblem(409, "conflict", "this session has no code to give")
+    user = await _own_user(request)
+    logins = request.app[LOGINS]
+    user = await logins.pass_second_factor(
+        user,
+        body.totp_code,
+        body.recovery_code,
+        client=client_ip(request),
+        on_lock=_lock_notice(request),
+    )
+    await logins.logout(p.session_id)
+    session = await logins.session(user, await logins.settings(), via="sso")
+    return _logged_in(request, session, "login", "gave their two-factor code after SSO")
+
+
 async def logout(request: web.Request) -> web.Response:
     p = principal_of(request)
     if p.session_id is None:
@@ -328,6 +350,17 @@ def add_auth_routes(table: RouteTable) -> None:
             TotpConfirmed,
             errors=(400, 409),
             audit="user",
+        ),
+        Route(
+            "POST",
+            f"{base}/totp/verify",
+            totp_verify,
+            "Give the 2FA code a restricted SSO session asks for; answers a full session",
+            "user",
+            SecondFactor,
+            LoginResult,
+            errors=(400, 401, 403, 409),
+            audit="session",
         ),
         Route(
             "POST",

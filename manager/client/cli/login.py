@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import secrets
+import socket
 import sys
 import tempfile
 import time
@@ -40,8 +43,12 @@ from manager.schemas.auth import (
     LoginRequest,
     LoginResult,
     PasswordChange,
+    SecondFactor,
     SsoPoll,
+    SsoStart,
     TotpConfirm,
+    client_code,
+    verifier_hash,
 )
 
 __all__ = [
@@ -207,22 +214,51 @@ def _stored(ctx: Context, result: LoginResult) -> int:
     return 0
 
 
-async def _sso(ctx: Context) -> LoginResult:
-    started = await ctx.client.sso_start()
-    ctx.console.note(f"Open this in a browser to sign in:\n  {started.authorize_url}")
-    poll = SsoPoll(state=started.state, poll_secret=started.poll_secret)
+def _client_name() -> str:
+    """What the browser page calls this client: the user and host it runs as."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "someone"
+    return f"tether CLI, {who}@{socket.gethostname()}"[:120]
+
+
+async def _sso(ctx: Context, args: argparse.Namespace) -> LoginResult:
+    # As PKCE: the verifier stays here; the manager keeps its hash, and hands the session
+    # only to whoever shows the verifier.
+    verifier = secrets.token_urlsafe(48)
+    hashed = verifier_hash(verifier)
+    started = await ctx.client.sso_start(SsoStart(verifier_hash=hashed, client_name=_client_name()))
+    ctx.console.note(
+        f"Open this in a browser to sign in:\n  {started.authorize_url}\n"
+        f"The page will show this code: {client_code(hashed)}"
+    )
+    poll = SsoPoll(state=started.state, verifier=verifier)
     deadline = time.monotonic() + SSO_WAIT_S
     while time.monotonic() < deadline:
         answer = await ctx.client.sso_poll(poll)
         if answer.status == "done" and answer.token and answer.user and answer.expires_at:
             user = answer.user
-            return LoginResult.model_validate(
+            result = LoginResult.model_validate(
                 {
                     "token": answer.token,
                     "expires_at": answer.expires_at,
                     "user": user.model_dump(),
+                    "restricted": answer.restricted,
                 }
             )
+            if result.restricted == "totp":
+                ctx.client.use_credential(result.token)
+                code = args.totp_code or _ask(ctx, "Authentication code (or a recovery code): ")
+                code = code.strip()
+                recovery = "-" in code or len(code) > 8
+                result = await ctx.client.totp_verify(
+                    SecondFactor(
+                        totp_code=None if recovery else code,
+                        recovery_code=code if recovery else None,
+                    )
+                )
+            return result
         await asyncio.sleep(ctx.sso_poll_s)
     raise UsageError("the sign-in was not completed in time; run tether login --sso again")
 
@@ -230,7 +266,7 @@ async def _sso(ctx: Context) -> LoginResult:
 async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
     _private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
     if args.sso:
-        return _stored(ctx, await _sso(ctx))
+        return _stored(ctx, await _sso(ctx, args))
     if args.invite:
         password = _password(ctx, args) if args.password_stdin else _new_password(ctx)
         result = await ctx.client.accept_invite(InviteAccept(token=args.invite, password=password))

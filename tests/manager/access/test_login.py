@@ -339,7 +339,7 @@ async def test_an_admin_unlocks_resets_2fa_and_ends_sessions(m: Manager) -> None
 async def test_expired_sessions_and_sso_logins_are_deleted(m: Manager) -> None:
     logins: Logins = m.client.app[LOGINS]
     first = await joined(m, session_ttl_minutes=60)
-    stale = SsoLogin(state="s", nonce="n", poll_hash="h", expires_at=m.clock.now + 600)
+    stale = SsoLogin(state="s", nonce="n", verifier_hash="h", expires_at=m.clock.now + 600)
     await sso_logins(m.store).insert(stale)
     m.clock.advance(3601)
     second = (await login(m))["token"]

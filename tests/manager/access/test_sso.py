@@ -18,6 +18,7 @@ import pytest
 from joserfc.jwk import RSAKey
 
 from manager.access.directory import Directory, GroupBody
+from manager.schemas.auth import verifier_hash
 from manager.client.cli.main import run_cli
 from manager.server.app import open_store
 from manager.store.base import Store
@@ -85,11 +86,20 @@ async def browser(m: Manager, idp: Provider, authorize_url: str) -> tuple[int, s
     return resp2.status, await resp2.text()
 
 
-async def login(m: Manager, idp: Provider) -> tuple[dict[str, Any], str]:
-    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+VERIFIER = "a-verifier-the-cli-made-and-keeps-to-itself-0123456789"
+
+
+async def start(m: Manager, verifier: str = VERIFIER, name: str = "tether CLI, pat@laptop") -> Any:
+    body = {"verifier_hash": verifier_hash(verifier), "client_name": name}
+    status, started = await anon(m, "POST", "/api/v1/auth/sso/start", body)
     assert status == 200, started
+    return started
+
+
+async def login(m: Manager, idp: Provider) -> tuple[dict[str, Any], str]:
+    started = await start(m)
     assert started["authorize_url"].startswith(f"{idp.issuer}/authorize?")
-    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    poll = {"state": started["state"], "verifier": VERIFIER}
     status, pending = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
     assert (status, pending["status"]) == (202, "pending")
     status, page = await browser(m, idp, started["authorize_url"])
@@ -136,8 +146,7 @@ async def test_a_login_makes_the_user_with_the_mapped_groups(
 
 
 async def test_a_code_works_once_and_a_state_once(m: Manager, idp: Provider) -> None:
-    status, started = await m.call("POST", "/api/v1/auth/sso/start")
-    assert status == 200
+    started = await start(m)
     async with (
         aiohttp.ClientSession() as http,
         http.get(
@@ -153,23 +162,24 @@ async def test_a_code_works_once_and_a_state_once(m: Manager, idp: Provider) -> 
     unknown = await m.client.get("/api/v1/auth/sso/callback?state=forged&code=x")
     assert unknown.status == 400
     assert "unknown or has expired" in await unknown.text()
-    # A wrong poll secret learns nothing.
+    # A wrong verifier learns nothing.
     status, body = await anon(
-        m, "POST", "/api/v1/auth/sso/poll", {"state": started["state"], "poll_secret": "guess"}
+        m, "POST", "/api/v1/auth/sso/poll", {"state": started["state"], "verifier": "g" * 43}
     )
     assert (status, body["error"]["message"]) == (400, "no such login")
 
 
 @pytest.mark.parametrize(
-    ("spoil", "reason"),
+    ("spoil", "reason", "page_status"),
     [
-        ("audience", "the ID token was refused: invalid_claim"),
-        ("key", "the ID token was refused"),
-        ("secret", "the identity provider answered 401"),
+        ("audience", "the ID token was refused: invalid_claim", 400),
+        ("key", "the ID token was refused", 400),
+        # The provider refused the manager's own credentials: the provider's side, a 502.
+        ("secret", "the identity provider answered 401", 502),
     ],
 )
 async def test_a_token_that_does_not_verify_fails_the_login(
-    m: Manager, idp: Provider, store: Store, spoil: str, reason: str
+    m: Manager, idp: Provider, store: Store, spoil: str, reason: str, page_status: int
 ) -> None:
     if spoil == "audience":
         idp.audience = "another-client"
@@ -177,12 +187,12 @@ async def test_a_token_that_does_not_verify_fails_the_login(
         idp.signing_key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
     else:
         idp.client_secret = "rotated-at-the-provider"
-    status, started = await m.call("POST", "/api/v1/auth/sso/start")
+    started = await start(m)
     status, page = await browser(m, idp, started["authorize_url"])
-    assert status == 400
+    assert status == page_status
     assert reason in page
     assert CLIENT_SECRET not in page
-    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    poll = {"state": started["state"], "verifier": VERIFIER}
     status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
     assert status == 400
     assert reason in body["error"]["message"]
@@ -205,7 +215,8 @@ async def test_without_settings_a_login_cannot_start(tmp_path: Path) -> None:
     await s.open()
     try:
         async with manager(tmp_path / "m2", s, Clock()) as bare:
-            status, body = await anon(bare, "POST", "/api/v1/auth/sso/start")
+            body = {"verifier_hash": verifier_hash(VERIFIER)}
+            status, body = await anon(bare, "POST", "/api/v1/auth/sso/start", body)
             assert (status, body["error"]["message"]) == (400, "single sign-on is not configured")
     finally:
         await s.close()
@@ -254,7 +265,7 @@ async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
     settings = {"allowed_email_domains": ["example.com"], "session_ttl_minutes": 30}
     assert (await m.call("PUT", "/api/v1/auth/settings", settings))[0] == 200
     idp.person = Person("eve@elsewhere.org", "Eve", groups=["sec-auditors"])
-    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+    started = await start(m)
     status, page = await browser(m, idp, started["authorize_url"])
     assert status == 400
     assert "eve@elsewhere.org: this email domain may not join this account" in page
