@@ -386,7 +386,7 @@ class Oidc:
             return user
         raise SsoError(
             f"{identity.email} is a user here, not linked to this sign-in: log in with"
-            " your password and ask an administrator to link it (tether users sso-link)"
+            " your password and ask an administrator to link it (tether user sso-link)"
         )
 
     async def _has_link(self, user_id: str) -> bool:

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyotp
 import pytest
 from joserfc.jwk import RSAKey
 
-from manager.access.directory import Directory, GroupBody
-from manager.schemas.auth import verifier_hash
+from manager.access.directory import Directory, GroupBody, UserBody
+from manager.access.sso import sso_links
 from manager.client.cli.main import run_cli
+from manager.schemas.auth import verifier_hash
+from manager.schemas.grants import ADMIN_GROUP
 from manager.server.app import open_store
 from manager.store.base import Store
 from shared.tls import client_context
@@ -27,6 +30,7 @@ from tests.manager.access_support import Clock, Manager, manager
 from tests.manager.oidc_provider import Person, Provider, oidc_provider
 
 CLIENT_SECRET = "client-s3cret-value"
+PW = "Correct-horse-42"
 
 
 @pytest.fixture
@@ -273,3 +277,186 @@ async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
     idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
     done, _ = await login(m, idp)
     assert done["expires_at"] == pytest.approx(time.time() + 30 * 60, abs=60)
+
+
+# -- linking, verified email, 2FA, the client binding, configuration errors ---------------------
+
+
+async def local_admin(m: Manager, email: str = "root@example.com") -> str:
+    """A local user with a password, in the administrators' group; answers their id."""
+    status, made = await m.call("POST", "/api/v1/users", {"email": email, "groups": [ADMIN_GROUP]})
+    assert status == 201, made
+    status, _ = await anon(
+        m, "POST", "/api/v1/auth/invite/accept", {"token": made["invite_token"], "password": PW}
+    )
+    assert status == 200
+    user_id: str = made["id"]
+    return user_id
+
+
+async def refused_at_callback(m: Manager, idp: Provider) -> tuple[str, dict[str, Any]]:
+    started = await start(m)
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 400, page
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert status == 400
+    return page, body
+
+
+@pytest.mark.parametrize("verified", [False, None])
+async def test_an_email_the_provider_has_not_verified_signs_no_one_in(
+    m: Manager, idp: Provider, store: Store, verified: bool | None
+) -> None:
+    await local_admin(m)
+    idp.person = Person("root@example.com", email_verified=verified)
+    page, body = await refused_at_callback(m, idp)
+    assert "has not verified root@example.com" in page
+    assert "token" not in body
+    idp.person = Person("new@example.com", email_verified=verified)
+    await refused_at_callback(m, idp)
+    assert await Directory(store).users.by_key("new@example.com") is None
+
+
+async def test_a_local_account_is_reached_only_through_a_link_made_on_purpose(
+    m: Manager, idp: Provider
+) -> None:
+    await local_admin(m)
+    # The provider vouches for the admin's address (verified, even): still not the admin.
+    idp.person = Person("root@example.com", subject="idp-user-1")
+    page, _ = await refused_at_callback(m, idp)
+    assert "not linked to this sign-in" in page
+    # An administrator links the admin's identity at the provider (API; the CLI calls it).
+    link = {"subject": "idp-user-1"}
+    status, made = await m.call("PUT", "/api/v1/users/root@example.com/sso-link", link)
+    assert (status, made["issuer"], made["made_by"]) == (201, idp.issuer, "admin")
+    status, again = await m.call("PUT", "/api/v1/users/root@example.com/sso-link", link)
+    assert (status, again["error"]["code"]) == (409, "conflict")
+    done, page = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+    assert done["restricted"] is None
+    assert "for tether CLI, pat@laptop, code" in page
+    # Another subject with the same address is someone else.
+    idp.person = Person("root@example.com", subject="idp-user-2")
+    await refused_at_callback(m, idp)
+    status, gone = await m.call("DELETE", "/api/v1/users/root@example.com/sso-link")
+    assert (status, len(gone["removed"])) == (200, 1)
+    idp.person = Person("root@example.com", subject="idp-user-1")
+    await refused_at_callback(m, idp)
+
+
+async def test_a_linked_user_with_2fa_gives_the_code_unless_the_provider_asserts_mfa(
+    m: Manager, idp: Provider
+) -> None:
+    await local_admin(m)
+    status, session = await anon(
+        m, "POST", "/api/v1/auth/login", {"email": "root@example.com", "password": PW}
+    )
+    token = session["token"]
+    status, enrol = await m.call("POST", "/api/v1/auth/totp/enrol", {"password": PW}, key=token)
+    assert status == 200, enrol
+    totp = pyotp.TOTP(enrol["secret"])
+    step = int(time.time() // 30)
+    code = {"code": totp.at(step * 30)}
+    assert (await m.call("POST", "/api/v1/auth/totp/confirm", code, key=token))[0] == 200
+    await m.call("PUT", "/api/v1/users/root@example.com/sso-link", {"subject": "idp-root"})
+
+    idp.person = Person("root@example.com", subject="idp-root", extra={"amr": ["pwd"]})
+    done, _ = await login(m, idp)
+    assert done["restricted"] == "totp"
+    restricted = done["token"]
+    status, body = await m.call("GET", "/api/v1/audit", key=restricted)
+    assert (status, body["error"]["code"]) == (403, "totp_required")
+    wrong = {"totp_code": "000000" if totp.at((step + 1) * 30) != "000000" else "111111"}
+    status, body = await m.call("POST", "/api/v1/auth/totp/verify", wrong, key=restricted)
+    assert (status, body["error"]["code"]) == (401, "invalid_totp")
+    good = {"totp_code": totp.at((step + 1) * 30)}
+    status, full = await m.call("POST", "/api/v1/auth/totp/verify", good, key=restricted)
+    assert (status, full["restricted"]) == (200, None), full
+    assert (await m.call("GET", "/api/v1/audit", key=full["token"]))[0] == 200
+    assert (await m.call("GET", "/api/v1/auth/me", key=restricted))[0] == 401  # swapped
+
+    # The provider asserts MFA: the code is not asked again.
+    idp.person = Person("root@example.com", subject="idp-root", extra={"amr": ["pwd", "hwk"]})
+    done, _ = await login(m, idp)
+    assert done["restricted"] is None
+
+
+async def test_an_sso_made_user_from_before_links_is_linked_at_its_next_login(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    await Directory(store).users.insert(
+        UserBody(email="old@example.com", status="active", source="sso")
+    )
+    idp.person = Person("old@example.com", subject="old-sub")
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "old@example.com"
+    (link,) = await sso_links(store).list()
+    assert (link.body.subject, link.body.made_by) == ("old-sub", "migration")
+    idp.person = Person("old@example.com", subject="someone-else")
+    await refused_at_callback(m, idp)
+
+
+async def test_the_session_goes_only_to_the_client_that_started_the_login(
+    m: Manager, idp: Provider
+) -> None:
+    # The attacker starts a login and sends the link to a victim...
+    started = await start(m, verifier="the-attackers-verifier-" + "a" * 30, name="evil-host")
+    status, page = await browser(m, idp, started["authorize_url"])
+    # ...the victim's browser page names the client it is approving, and its code...
+    assert status == 200
+    assert f"for evil-host, code {started['code']}" in page
+    # ...and only the starting client's verifier collects: not a hash, not a guess.
+    for wrong in (verifier_hash(VERIFIER), VERIFIER):
+        poll = {"state": started["state"], "verifier": wrong}
+        status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+        assert (status, body["error"]["message"]) == (400, "no such login")
+
+
+async def test_sso_configuration_errors_name_the_setting(
+    m: Manager, idp: Provider, tmp_path: Path
+) -> None:
+    unreadable = tmp_path / "ca.pem"
+    unreadable.write_text("not a certificate")
+    for ca_file in (str(tmp_path / "missing.pem"), str(unreadable)):
+        status, _ = await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, ca_file=ca_file))
+        assert status == 200
+        status, body = await anon(
+            m, "POST", "/api/v1/auth/sso/start", {"verifier_hash": verifier_hash(VERIFIER)}
+        )
+        assert status == 400, body
+        assert body["error"]["message"].startswith("ca_file: "), body
+    await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, issuer="https://127.0.0.1:9"))
+    status, body = await anon(
+        m, "POST", "/api/v1/auth/sso/start", {"verifier_hash": verifier_hash(VERIFIER)}
+    )
+    assert status == 502, body
+    assert "could not be reached" in body["error"]["message"]
+    assert "(setting issuer)" in body["error"]["message"]
+
+
+async def test_tether_user_sso_link_and_unlink(m: Manager, idp: Provider, tmp_path: Path) -> None:
+    await local_admin(m)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+        "TETHER_API_KEY": m.key,
+    }
+
+    async def tether(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run_cli, list(argv), env=env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await tether("user", "sso-link", "root@example.com", "idp-root")
+    assert code == 0, err
+    assert f"user root@example.com signs in through idp-root at {idp.issuer}" in out
+    idp.person = Person("root@example.com", subject="idp-root")
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+    code, out, err = await tether("user", "sso-unlink", "root@example.com")
+    assert code == 0, err
+    assert "no longer linked to idp-root" in out
+    code, _, err = await tether("user", "sso-unlink", "root@example.com")
+    assert code != 0
+    assert "has no SSO link" in err

@@ -348,12 +348,12 @@ async def totp_confirm(w: World) -> Call:
 async def totp_verify(w: World) -> Call:
     """An SSO session of a user with 2FA gives its code."""
     logins: Logins = w.client.app[LOGINS]
-    user = await _with_password(w)
-    secret, _ = await logins.totp_enrol(user)
-    user = await logins.directory.users.get(user.id)
-    assert user is not None
-    await logins.totp_confirm(user, pyotp.TOTP(secret).now())
-    user = await logins.directory.users.get(user.id)
+    made = await _with_password(w)
+    secret, _ = await logins.totp_enrol(made)
+    pending = await logins.directory.users.get(made.id)
+    assert pending is not None
+    await logins.totp_confirm(pending, pyotp.TOTP(secret).now())
+    user = await logins.directory.users.get(made.id)
     assert user is not None
     s = await logins.session(user, await logins.settings(), via="sso", second_factor_due=True)
     w.session = (s.token, user.id, user.body.email)
