@@ -289,6 +289,21 @@ class Logins:
             await on_lock(after, outcome.locked)
         return None if outcome.refused_until is not None else after
 
+    async def _claim_in_session(
+        self,
+        user: Entity[UserBody],
+        network: str,
+        settings: AuthSettings,
+        on_lock: LockNotice | None,
+    ) -> Entity[UserBody]:
+        """:meth:`_claim` for a session's check, which may be told it is locked (it already
+        knows the user exists)."""
+        claimed = await self._claim(user, network, settings, on_lock)
+        if claimed is None:
+            until = lockout.locked_until(user.body, network, self._clock())
+            raise _locked(until or self._clock())
+        return claimed
+
     async def _unclaim(self, user: Entity[UserBody], network: str) -> None:
         await self.directory.users.update(user.id, lambda b: lockout.give_back(b, network))
 
@@ -327,10 +342,7 @@ class Logins:
         (A session may be told it is locked: it already knows the user exists.)"""
         settings = await self.settings()
         network = network_of(client)
-        claimed = await self._claim(user, network, settings, on_lock)
-        if claimed is None:
-            until = lockout.locked_until(user.body, network, self._clock())
-            raise _locked(until or self._clock())
+        claimed = await self._claim_in_session(user, network, settings, on_lock)
         if not await self.passwords.verify(claimed.body.password_hash, password):
             if await self._failed(claimed, network, settings, on_lock):
                 await self.end_sessions(claimed.id)
@@ -373,10 +385,7 @@ class Logins:
         a password, so a stolen restricted session cannot try every code."""
         settings = await self.settings()
         network = network_of(client)
-        claimed = await self._claim(user, network, settings, on_lock)
-        if claimed is None:
-            until = lockout.locked_until(user.body, network, self._clock())
-            raise _locked(until or self._clock())
+        claimed = await self._claim_in_session(user, network, settings, on_lock)
         if not (totp_code or recovery_code) or not await self._second_factor(
             claimed, totp_code, recovery_code
         ):

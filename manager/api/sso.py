@@ -7,11 +7,10 @@ import html
 
 from aiohttp import web
 
-from manager.access.directory import UserBody
-from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.sso import Oidc, SsoError, SsoLink, SsoSettings, client_code
 from manager.api.context import ctx
+from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body
 from manager.audit.record import record, unchanged
@@ -168,21 +167,13 @@ async def poll(request: web.Request) -> web.Response:
     )
 
 
-async def _user_of(request: web.Request) -> Entity[UserBody]:
-    d, key = request.app[ACCESS].directory, request.match_info["user"]
-    user = await (d.users.get(key) if key.startswith("usr_") else d.users.by_key(key.lower()))
-    if user is None:
-        raise ApiProblem(404, "not_found", f"no user {key!r}")
-    return user
-
-
 def _link_view(link: SsoLink) -> SsoLinkView:
     return SsoLinkView.model_validate(link.model_dump())
 
 
 async def link_user(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoLinkRequest)
-    user = await _user_of(request)
+    user = await find_user(request)
     oidc = oidc_of(request)
     issuer = body.issuer
     if issuer is None:
@@ -209,7 +200,7 @@ async def link_user(request: web.Request) -> web.Response:
 
 
 async def unlink_user(request: web.Request) -> web.Response:
-    user = await _user_of(request)
+    user = await find_user(request)
     gone = [_link_view(g) for g in await oidc_of(request).unlink(user.id)]
     if not gone:
         raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no SSO link")

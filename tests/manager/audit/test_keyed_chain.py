@@ -43,6 +43,17 @@ def keyed_chain(n: int, key: ChainKey = KEY, first: int = 1, prev: str = GENESIS
     return events
 
 
+def tampered(events: list[AuditEvent], tampering: str) -> list[AuditEvent]:
+    events = list(events)
+    if tampering == "delete":
+        return events[:2] + events[3:]
+    if tampering == "edit":
+        events[2] = dataclasses.replace(events[2], summary="all quiet")
+    else:
+        events[1], events[2] = events[2], events[1]
+    return events
+
+
 def rechain(events: list[AuditEvent], key: ChainKey | None) -> list[AuditEvent]:
     """What someone with only the database can do: renumber and re-hash every event (with
     plain SHA-256, or HMAC with a key they guessed), so every link and the head match."""
@@ -75,14 +86,7 @@ def test_a_keyed_chain_verifies_with_its_keys_only() -> None:
 @pytest.mark.parametrize("guessed", [None, ChainKey("k1", b"g" * 32)])
 @pytest.mark.parametrize("tampering", ["delete", "edit", "reorder"])
 def test_a_trail_recomputed_without_the_key_fails(tampering: str, guessed: ChainKey | None) -> None:
-    events = keyed_chain(5)
-    if tampering == "delete":
-        events = events[:2] + events[3:]
-    elif tampering == "edit":
-        events[2] = dataclasses.replace(events[2], summary="all quiet")
-    else:
-        events[1], events[2] = events[2], events[1]
-    forged = rechain(events, guessed)
+    forged = rechain(tampered(keyed_chain(5), tampering), guessed)
     # Consistent as far as the forger can tell (the old unkeyed check, or their own key)...
     own = None if guessed is None else keys_of(guessed)
     assert verify(forged, (len(forged), forged[-1].hash), own) is None
@@ -180,13 +184,7 @@ async def test_a_trail_rewritten_in_the_database_fails_verify(
         for n in range(1, 6):
             await store.append_audit(event_draft(n), recorder_keys)
         assert await check(store, audit_keys) is None
-        events = [e async for e in store.audit_events_all()]
-        if tampering == "delete":
-            events = events[:2] + events[3:]
-        elif tampering == "edit":
-            events[2] = dataclasses.replace(events[2], summary="all quiet")
-        else:
-            events[1], events[2] = events[2], events[1]
+        events = tampered([e async for e in store.audit_events_all()], tampering)
         for guessed in (None, ChainKey(recorder_keys.id, b"g" * 32)):
             await replace_trail(new_store, rechain(events, guessed))
             broken = await check(store, audit_keys)
