@@ -113,6 +113,9 @@ class SsoLogin(BaseModel):
     user_id: str | None = None
     # The provider asserted MFA for this login (SsoSettings.mfa_amr, mfa_acr).
     mfa: bool = False
+    # Set when a signed-in user started this to link their identity at the provider to
+    # themselves (Oidc.start_link): the callback links, and the poll answers no session.
+    link_user_id: str | None = None
     error: str | None = None
 
 
@@ -124,9 +127,10 @@ class SsoLink(BaseModel):
     issuer: str
     subject: str
     user_id: str
-    # Who made it: "sso" (the user was made by SSO), "admin", or "migration" (an SSO-made
-    # user from before links, joined to its identity at its next login).
-    made_by: Literal["sso", "admin", "migration"]
+    # Who made it: "sso" (the user was made by SSO), "admin", "user" (the user, signed in
+    # with their password), or "migration" (an SSO-made user from before links, joined to
+    # its identity at its next login).
+    made_by: Literal["sso", "admin", "user", "migration"]
     made_at: float
 
 
@@ -148,6 +152,8 @@ class SsoDone:
 
     user: Entity[UserBody]
     mfa: bool
+    # The login linked the identity to the user (a link flow): no session is made.
+    linked: bool = False
 
 
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
@@ -200,9 +206,12 @@ class Oidc:
 
     # -- 1. start
 
-    async def start(self, hashed_verifier: str, client_name: str) -> tuple[str, str, float]:
+    async def start(
+        self, hashed_verifier: str, client_name: str, *, link_user_id: str | None = None
+    ) -> tuple[str, str, float]:
         """(authorize URL, state, expiry) of a new pending login, collected by whoever
-        holds the verifier of ``hashed_verifier``."""
+        holds the verifier of ``hashed_verifier``; with ``link_user_id``, a login that links
+        the identity to that user rather than signing anyone in."""
         settings = await self.configured()
         meta = await self._metadata(settings)
         state, nonce = (secrets.token_urlsafe(32) for _ in range(2))
@@ -214,6 +223,7 @@ class Oidc:
                 verifier_hash=hashed_verifier,
                 client_name=client_name,
                 expires_at=expires,
+                link_user_id=link_user_id,
             )
         )
         query = urlencode(
@@ -241,7 +251,7 @@ class Oidc:
         if login.body.user_id is not None or login.body.error is not None:
             raise SsoError("this login was already completed")
         try:
-            user, mfa = await self._complete(code, error, login.body.nonce)
+            user, mfa = await self._complete(code, error, login.body.nonce, login.body.link_user_id)
         except SsoError as exc:
             await self._finish(login, error=str(exc))
             raise
@@ -249,14 +259,25 @@ class Oidc:
         return user.body, login.body
 
     async def _complete(
-        self, code: str | None, error: str | None, nonce: str
+        self, code: str | None, error: str | None, nonce: str, link_user_id: str | None
     ) -> tuple[Entity[UserBody], bool]:
         if error is not None:
             raise SsoError(f"the identity provider refused the login: {error[:200]}")
         if not code:
             raise SsoError("the identity provider sent no code")
         identity = await self._verify(await self.configured(), code, nonce)
+        if link_user_id is not None:
+            return await self._link_self(identity, link_user_id), identity.mfa
         return await self._user_for(identity), identity.mfa
+
+    async def _link_self(self, identity: ExternalIdentity, user_id: str) -> Entity[UserBody]:
+        user = await self._directory.users.get(user_id)
+        if user is None or user.body.status != "active":
+            raise SsoError("the user who asked for this link is gone or disabled")
+        if await self.links.by_key(link_key(identity.issuer, identity.subject)) is not None:
+            raise SsoError("this identity at the provider is linked to a user already")
+        await self._link(identity, user.id, "user")
+        return user
 
     async def _finish(
         self,
@@ -396,7 +417,7 @@ class Oidc:
         self,
         identity: ExternalIdentity,
         user_id: str,
-        made_by: Literal["sso", "admin", "migration"],
+        made_by: Literal["sso", "admin", "user", "migration"],
     ) -> None:
         body = SsoLink(
             issuer=identity.issuer,
@@ -451,7 +472,7 @@ class Oidc:
         user = await self._directory.users.get(login.body.user_id)
         if user is None or user.body.status != "active":
             raise SsoError("this user is disabled")
-        return SsoDone(user, login.body.mfa)
+        return SsoDone(user, login.body.mfa, linked=login.body.link_user_id is not None)
 
     # -- HTTP to the provider
 

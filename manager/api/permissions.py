@@ -118,6 +118,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/totp/enrol"): "self",
     ("POST", "/api/v1/auth/totp/confirm"): "self",
     ("POST", "/api/v1/auth/totp/verify"): "self",
+    ("POST", "/api/v1/auth/sso/link"): "self",
 }
 
 

@@ -7,17 +7,21 @@ import html
 
 from aiohttp import web
 
+from manager.access.directory import UserBody
 from manager.access.login import LOGINS
-from manager.access.sso import Oidc, SsoError, SsoLink, SsoSettings, client_code
+from manager.access.principal import principal_of
+from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
+from manager.api.auth import _lock_notice
 from manager.api.context import ctx
 from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body
-from manager.audit.record import record, unchanged
-from manager.core.identity import ACTOR_KEY, Actor
+from manager.audit.record import AUDIT, Change, record, unchanged
+from manager.core.identity import ACTOR_KEY, Actor, client_ip
 from manager.errors import ApiProblem
 from manager.schemas.auth import (
     SsoLinkRequest,
+    SsoLinkStart,
     SsoLinkView,
     SsoPoll,
     SsoSession,
@@ -101,6 +105,55 @@ async def start(request: web.Request) -> web.Response:
     )
 
 
+async def link_start(request: web.Request) -> web.Response:
+    """A user signed in with their password begins linking their identity at the provider:
+    the same three steps as a login, but the callback links and the poll answers no session."""
+    body = await parse_body(request, SsoLinkStart)
+    p = principal_of(request)
+    if p.session_id is None or p.user_id is None:
+        raise ApiProblem(400, "not_a_session", "this needs your session (tether login)")
+    if p.restricted is not None:
+        raise ApiProblem(403, f"{p.restricted}_required", "finish logging in first")
+    logins = request.app[LOGINS]
+    user = await logins.directory.users.get(p.user_id)
+    if user is None or user.body.password_hash is None:
+        raise ApiProblem(400, "invalid", "only a user with a password links an SSO identity")
+    await logins.reauthenticate(
+        user, body.password, _lock_notice(request), client=client_ip(request)
+    )
+    try:
+        url, state, expires = await oidc_of(request).start(
+            body.verifier_hash, body.client_name, link_user_id=user.id
+        )
+    except SsoError as exc:
+        raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
+    return json_response(
+        SsoStarted(
+            authorize_url=url, state=state, expires_at=expires, code=client_code(body.verifier_hash)
+        )
+    )
+
+
+async def _linked_event(request: web.Request, user: UserBody, login: SsoLogin) -> None:
+    # The callback is the browser's GET, which the audit middleware does not record.
+    found = await request.app[LOGINS].directory.users.by_key(user.email)
+    user_id = "" if found is None else found.id
+    await request.app[AUDIT].write(
+        Actor("user", user_id, user.email),
+        Change(
+            resource_id=user_id,
+            name=user.email,
+            action="sso_link",
+            summary=f"{user.email} linked their identity at the SSO provider"
+            f" (for {login.client_name or 'an unnamed client'})",
+        ),
+        resource_type="user",
+        method=request.method,
+        path=request.path,
+        client_ip=client_ip(request),
+    )
+
+
 async def callback(request: web.Request) -> web.Response:
     q = request.query
     try:
@@ -109,6 +162,15 @@ async def callback(request: web.Request) -> web.Response:
         )
     except SsoError as exc:
         return _page(exc.status, "Sign-in failed", str(exc))
+    if login.link_user_id is not None:
+        await _linked_event(request, user, login)
+        return _page(
+            200,
+            "Linked",
+            f"Your identity at the provider now signs in as {user.email}"
+            f" (asked by {login.client_name or 'an unnamed client'},"
+            f" code {client_code(login.verifier_hash)}). Return to your terminal.",
+        )
     # The page names the client it signed in, so that someone sent this link by another
     # person sees it is not their own terminal's login.
     client = login.client_name or "an unnamed client"
@@ -139,6 +201,9 @@ async def poll(request: web.Request) -> web.Response:
     if done is None:
         unchanged(request)
         return json_response(SsoSession(status="pending"), status=202)
+    if done.linked:  # recorded at the callback; no session
+        unchanged(request)
+        return json_response(SsoSession(status="linked"))
     logins = request.app[LOGINS]
     # The provider did the password; the second factor too when it says so. Otherwise a
     # user with 2FA here gives their code before the session does anything else.
@@ -249,6 +314,17 @@ def add_sso_routes(table: RouteTable) -> None:
             SsoStart,
             SsoStarted,
             errors=(400, 502),
+        ),
+        Route(
+            "POST",
+            f"{base}/link",
+            link_start,
+            "Begin linking your identity at the SSO provider (asks your password again)",
+            "user",
+            SsoLinkStart,
+            SsoStarted,
+            errors=(400, 403, 502),
+            audit="user",
         ),
         Route(
             "GET",

@@ -66,6 +66,7 @@ from manager.schemas.auth import (
     PasswordChange,
     SecondFactor,
     SsoLinkRequest,
+    SsoLinkStart,
     SsoLinkView,
     SsoPoll,
     SsoSession,
@@ -784,6 +785,10 @@ class TetherClient:
 
     async def sso_start(self, body: SsoStart) -> SsoStarted:
         return await self._call("POST", "/api/v1/auth/sso/start", SsoStarted, body=body)
+
+    async def sso_link_start(self, body: SsoLinkStart) -> SsoStarted:
+        """Begin linking the session's user to their identity at the SSO provider."""
+        return await self._call("POST", "/api/v1/auth/sso/link", SsoStarted, body=body)
 
     async def sso_poll(self, body: SsoPoll) -> SsoSession:
         return await self._call("POST", "/api/v1/auth/sso/poll", SsoSession, body=body)

@@ -25,6 +25,7 @@ __all__ = [
     "SecondFactor",
     "SessionUser",
     "SsoLinkRequest",
+    "SsoLinkStart",
     "SsoLinkView",
     "SsoPoll",
     "SsoSession",
@@ -159,6 +160,12 @@ class SsoStart(_Model):
     client_name: Text = Field(default="", max_length=120)
 
 
+class SsoLinkStart(SsoStart):
+    # A session asks to link an identity: the password again, as for a new 2FA device
+    # (a stolen session must not plant a way in).
+    password: Text = Field(min_length=1, max_length=1024)
+
+
 class SsoStarted(_Model):
     # Open this in a browser; then poll with state and the verifier.
     authorize_url: str
@@ -205,7 +212,7 @@ class SsoUser(_Model):
 
 
 class SsoSession(_Model):
-    status: str  # "pending" or "done"
+    status: str  # "pending", "done", or "linked" (a link flow: no session)
     token: str | None = None
     expires_at: float | None = None
     user: SsoUser | None = None

@@ -44,8 +44,10 @@ from manager.schemas.auth import (
     LoginResult,
     PasswordChange,
     SecondFactor,
+    SsoLinkStart,
     SsoPoll,
     SsoStart,
+    SsoStarted,
     TotpConfirm,
     client_code,
     verifier_hash,
@@ -223,16 +225,20 @@ def _client_name() -> str:
     return f"tether CLI, {who}@{socket.gethostname()}"[:120]
 
 
+def _sso_started(ctx: Context, started: SsoStarted, hashed: str) -> None:
+    ctx.console.note(
+        f"Open this in a browser to sign in:\n  {started.authorize_url}\n"
+        f"The page will show this code: {client_code(hashed)}"
+    )
+
+
 async def _sso(ctx: Context, args: argparse.Namespace) -> LoginResult:
     # As PKCE: the verifier stays here; the manager keeps its hash, and hands the session
     # only to whoever shows the verifier.
     verifier = secrets.token_urlsafe(48)
     hashed = verifier_hash(verifier)
     started = await ctx.client.sso_start(SsoStart(verifier_hash=hashed, client_name=_client_name()))
-    ctx.console.note(
-        f"Open this in a browser to sign in:\n  {started.authorize_url}\n"
-        f"The page will show this code: {client_code(hashed)}"
-    )
+    _sso_started(ctx, started, hashed)
     poll = SsoPoll(state=started.state, verifier=verifier)
     deadline = time.monotonic() + SSO_WAIT_S
     while time.monotonic() < deadline:
@@ -261,6 +267,25 @@ async def _sso(ctx: Context, args: argparse.Namespace) -> LoginResult:
             return result
         await asyncio.sleep(ctx.sso_poll_s)
     raise UsageError("the sign-in was not completed in time; run tether login --sso again")
+
+
+async def cmd_link_sso(ctx: Context, args: argparse.Namespace) -> int:
+    """Link the signed-in user to their identity at the SSO provider."""
+    password = _password(ctx, args)
+    verifier = secrets.token_urlsafe(48)
+    hashed = verifier_hash(verifier)
+    started = await ctx.client.sso_link_start(
+        SsoLinkStart(verifier_hash=hashed, client_name=_client_name(), password=password)
+    )
+    _sso_started(ctx, started, hashed)
+    poll = SsoPoll(state=started.state, verifier=verifier)
+    deadline = time.monotonic() + SSO_WAIT_S
+    while time.monotonic() < deadline:
+        if (await ctx.client.sso_poll(poll)).status == "linked":
+            ctx.console.note("Linked: `tether login --sso` signs you in from now on.")
+            return 0
+        await asyncio.sleep(ctx.sso_poll_s)
+    raise UsageError("the link was not completed in time; run tether link-sso again")
 
 
 async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
@@ -378,6 +403,15 @@ def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     how.add_argument("--invite", metavar="TOKEN", help="accept an invite: set your password")
     how.add_argument("--sso", action="store_true", help="sign in through the identity provider")
     p.set_defaults(handler=cmd_login, anonymous=True)
+    p = groups.add_parser(
+        "link-sso",
+        parents=[output],
+        help="let your identity at the SSO provider sign you in (asks your password)",
+    )
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    p.set_defaults(handler=cmd_link_sso)
     p = groups.add_parser("logout", parents=[output], help="end the stored session")
     p.set_defaults(handler=cmd_logout, anonymous=True)
     p = groups.add_parser("whoami", parents=[output], help="who the CLI acts as")

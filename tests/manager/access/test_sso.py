@@ -460,3 +460,78 @@ async def test_tether_user_sso_link_and_unlink(m: Manager, idp: Provider, tmp_pa
     code, _, err = await tether("user", "sso-unlink", "root@example.com")
     assert code != 0
     assert "has no SSO link" in err
+
+
+async def test_a_user_links_their_own_identity_after_a_password_login(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    await local_admin(m)
+    _, session = await anon(
+        m, "POST", "/api/v1/auth/login", {"email": "root@example.com", "password": PW}
+    )
+    token = session["token"]
+    body = {"verifier_hash": verifier_hash(VERIFIER), "client_name": "laptop", "password": "no"}
+    status, refused = await m.call("POST", "/api/v1/auth/sso/link", body, key=token)
+    assert (status, refused["error"]["field"]) == (400, "current")  # the password again
+    # An API key is no user's session.
+    assert (await m.call("POST", "/api/v1/auth/sso/link", body))[0] == 400
+    started = (await m.call("POST", "/api/v1/auth/sso/link", {**body, "password": PW}, key=token))[
+        1
+    ]
+    # At the provider the person has another address, even: the link is what counts.
+    idp.person = Person("root.other@example.org", subject="root-at-idp")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 200, page
+    assert f"signs in as root@example.com (asked by laptop, code {started['code']})" in page
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, done = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, done["status"], done["token"]) == (200, "linked", None)  # no session
+    (link,) = await sso_links(store).list()
+    assert (link.body.subject, link.body.made_by) == ("root-at-idp", "user")
+    status, trail = await m.call("GET", "/api/v1/audit", action="sso_link")
+    events = [e for e in trail["events"] if e["action"] == "sso_link"]
+    assert [(e["actor_name"], e["resource_name"]) for e in events] == [
+        ("root@example.com", "root@example.com")
+    ]
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+
+
+async def test_tether_link_sso_links_the_signed_in_user(
+    m: Manager, idp: Provider, store: Store, tmp_path: Path
+) -> None:
+    await local_admin(m)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["login", "--email", "root@example.com", "--password-stdin"]
+    code = await asyncio.to_thread(
+        run_cli, argv, env=env, out=out, err=err, stdin=io.StringIO(PW + "\n")
+    )
+    assert code == 0, err.getvalue()
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[str] = loop.create_future()
+    err2 = _UrlWatch(loop, found)
+    cli = asyncio.create_task(
+        asyncio.to_thread(
+            run_cli,
+            ["link-sso", "--password-stdin"],
+            env=env,
+            out=io.StringIO(),
+            err=err2,
+            stdin=io.StringIO(PW + "\n"),
+            sso_poll_s=0.01,
+        )
+    )
+    idp.person = Person("root@example.com", subject="root-via-cli")
+    status, page = await browser(m, idp, await asyncio.wait_for(found, 30))
+    assert status == 200, page
+    assert await cli == 0, err2.getvalue()
+    assert "Linked: `tether login --sso` signs you in from now on." in err2.getvalue()
+    shown = re.search(r"The page will show this code: (\S+)", err2.getvalue())
+    assert shown is not None
+    assert f"code {shown.group(1)}" in page
+    (link,) = await sso_links(store).list()
+    assert link.body.subject == "root-via-cli"

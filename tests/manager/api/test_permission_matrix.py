@@ -118,6 +118,7 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/auth/totp/enrol": SELF,
     "POST /api/v1/auth/totp/confirm": SELF,
     "POST /api/v1/auth/totp/verify": SELF,
+    "POST /api/v1/auth/sso/link": SELF,
     "POST /api/v1/auth/logout": SELF,
     "POST /api/v1/delegate/register": DELEGATE,
     "GET /api/v1/delegate/stream": DELEGATE,

@@ -114,6 +114,8 @@ NOT_AUDITED = {
     # A pending SSO login, gone within ten minutes: the sign-in it leads to is the event.
     # (Unauthenticated, too: recording every start would let anyone fill the trail.)
     ("POST", "/api/v1/auth/sso/start"),
+    # Likewise for a link: the link itself, made at the browser's callback, is the event.
+    ("POST", "/api/v1/auth/sso/link"),
 }
 
 
