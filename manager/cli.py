@@ -19,6 +19,7 @@ import structlog
 from manager.access.tokens import TokenInUse, create_token
 from manager.api.audit_record import AuditRecorder, Change
 from manager.core.identity import SYSTEM
+from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.records import TokenRecord
@@ -218,6 +219,9 @@ def _no_store(data_dir: Path, args: argparse.Namespace) -> bool:
 async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) -> int:
     if _no_store(data_dir, args):
         return EXIT_USAGE
+    keys = None if fn_name == "list" else _host_audit_keys(data_dir)
+    if keys is None and fn_name != "list":
+        return EXIT_USAGE
     store: Store = open_store(data_dir, _database(args))
     await store.open()
     try:
@@ -231,6 +235,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             print(token, flush=True)
             await _audit(
                 store,
+                keys,
                 "token",
                 f"{_PROG} token create {args.name}",
                 Change(
@@ -271,6 +276,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 return EXIT_FAILED
             await _audit(
                 store,
+                keys,
                 "token",
                 f"{_PROG} token revoke {args.name}",
                 Change(
@@ -289,9 +295,23 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
     return 0
 
 
-async def _audit(store: Store, resource_type: str, command: str, change: Change) -> None:
+def _host_audit_keys(data_dir: Path) -> AuditKeys | None:
+    """The audit chain's keys for a host-side change, loaded before the change is made;
+    None (and says why) when the data dir has no key ring: an event the server cannot
+    check would break the chain."""
+    try:
+        return AuditKeys(MasterKey.load(data_dir / "master.key"))
+    except MasterKeyError as exc:
+        print(f"error: the audit trail's key: {exc} (pass --data-dir)", file=sys.stderr)
+        return None
+
+
+async def _audit(
+    store: Store, keys: AuditKeys | None, resource_type: str, command: str, change: Change
+) -> None:
     """Host-side changes are recorded as the system's: no API key or user made them."""
-    await AuditRecorder(store).write(
+    assert keys is not None  # loaded by the caller before its change
+    await AuditRecorder(store, keys).write(
         SYSTEM, change, resource_type=resource_type, method="CLI", path=command, client_ip="local"
     )
 
@@ -357,6 +377,7 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
         verb = args.keys_command
         await _audit(
             store,
+            AuditKeys(key),
             "master_key",
             f"{_PROG} keys {verb}",
             Change(
@@ -401,7 +422,7 @@ def _print_report(current: str, report: RewrapReport) -> None:
 
 async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
     """Recovery from a lock-out: the API refuses the caller, the host does not ask."""
-    if _no_store(data_dir, args):
+    if _no_store(data_dir, args) or (keys := _host_audit_keys(data_dir)) is None:
         return EXIT_USAGE
     store: Store = open_store(data_dir, _database(args))
     await store.open()
@@ -413,6 +434,7 @@ async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
         await store.update_access_settings(time.time(), allowlist_enabled=False)
         await _audit(
             store,
+            keys,
             "allowlist",
             f"{_PROG} allowlist disable",
             Change(

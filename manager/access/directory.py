@@ -56,6 +56,15 @@ class GroupBody(_Body):
     app_permissions: list[AppGrant] = Field(default_factory=list)
 
 
+class NetworkFailures(_Body):
+    """Failed logins from one client network (manager.access.lockout)."""
+
+    count: int = 0
+    # The first failure of the current window.
+    since: float = 0.0
+    locked_until: float | None = None
+
+
 class UserBody(_Body):
     email: str
     name: str = ""
@@ -63,8 +72,12 @@ class UserBody(_Body):
     groups: list[str] = Field(default_factory=list)  # group ids
     password_hash: str | None = None
     password_changed_at: float | None = None
+    # Failed logins from everywhere in the window from failed_since, and the lock they set
+    # (for every network); per network below (manager.access.lockout).
     failed_logins: int = 0
+    failed_since: float | None = None
     locked_until: float | None = None
+    network_failures: dict[str, NetworkFailures] = Field(default_factory=dict)
     invite_hash: str | None = None
     invite_expires_at: float | None = None
     # The TOTP secret, sealed with the manager's key (manager.vault); set once enrolled.
@@ -97,7 +110,7 @@ class SessionBody(_Body):
     expires_at: float
     # Until the user enrols in 2FA (when the account enforces it), or changes an expired
     # password, a session may do only that.
-    restricted: Literal["totp_enrolment", "password_change"] | None = None
+    restricted: Literal["totp_enrolment", "password_change", "totp"] | None = None
 
 
 class Directory:

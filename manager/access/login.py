@@ -26,8 +26,10 @@ import pyotp
 import structlog
 from aiohttp import web
 
+from manager.access import lockout
 from manager.access.directory import Directory, SessionBody, UserBody
 from manager.access.entities import Entity, EntityKind
+from manager.access.lockout import network_of
 from manager.access.passwords import Passwords, policy_problems
 from manager.access.principal import Principals
 from manager.access.sso import sso_logins
@@ -37,7 +39,7 @@ from manager.schemas.auth import AuthSettings
 from manager.store.base import Conflict, StoreError
 from shared.ids import hash_secret
 
-__all__ = ["LOGINS", "LockNotice", "Logins", "Session", "recovery_code"]
+__all__ = ["LOGINS", "FailNotice", "LockNotice", "Logins", "Session", "recovery_code"]
 
 log = structlog.get_logger("tether.login")
 
@@ -60,7 +62,15 @@ class Session:
     restricted: str | None
 
 
-LockNotice = Callable[[Entity[UserBody]], Awaitable[None]]
+# A lock was set on the user: (the user, where: a network, or "everywhere").
+LockNotice = Callable[[Entity[UserBody], str], Awaitable[None]]
+# A login failed: the user (None: no such email).
+FailNotice = Callable[[Entity[UserBody] | None], Awaitable[None]]
+
+
+async def _notify(on_fail: FailNotice | None, user: Entity[UserBody] | None) -> None:
+    if on_fail is not None:
+        await on_fail(user)
 
 
 def recovery_code() -> str:
@@ -126,11 +136,20 @@ class Logins:
     # -- sessions
 
     async def session(
-        self, user: Entity[UserBody], settings: AuthSettings, *, via: str = "password"
+        self,
+        user: Entity[UserBody],
+        settings: AuthSettings,
+        *,
+        via: str = "password",
+        second_factor_due: bool = False,
     ) -> Session:
-        """A new session for ``user``, restricted while the rules want something first."""
+        """A new session for ``user``, restricted while the rules want something first:
+        with ``second_factor_due`` (an SSO login of a user with local 2FA, the provider
+        asserting no MFA), to giving the code."""
         now = self._clock()
         restricted = self._restriction(user.body, settings, now) if via == "password" else None
+        if second_factor_due:
+            restricted = "totp"
         ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
         token = await self._principals.tokens.new()
         await self.directory.sessions.insert(
@@ -202,16 +221,29 @@ class Logins:
         *,
         totp_code: str | None = None,
         recovery_code: str | None = None,
+        client: str = "",
         on_lock: LockNotice | None = None,
+        on_fail: FailNotice | None = None,
     ) -> Session:
+        """A session for these credentials from ``client`` (an address). An unknown email, a
+        wrong password and a locked user get the same answer after the same password work:
+        neither which emails exist nor which are locked is told to a guesser."""
         settings = await self.settings()
         user = await self.directory.users.by_key(email.strip().lower())
         if user is None:
             await self.passwords.verify(None, password)  # the same work as a wrong password
+            await _notify(on_fail, None)
             raise _invalid()
-        user = await self._claim(user, settings, on_lock)
+        network = network_of(client)
+        claimed = await self._claim(user, network, settings, on_lock)
+        if claimed is None:
+            await self.passwords.verify(user.body.password_hash, password)  # the same work
+            await _notify(on_fail, user)
+            raise _invalid()
+        user = claimed
         if not await self.passwords.verify(user.body.password_hash, password):
-            await self._failed(user, settings, on_lock)
+            await self._failed(user, network, settings, on_lock)
+            await _notify(on_fail, user)
             raise _invalid()
         if user.body.status != "active":
             raise ApiProblem(401, "user_disabled", "this user is disabled")
@@ -219,87 +251,110 @@ class Logins:
             if not totp_code and not recovery_code:
                 # Not a failure, not a success: the client asks for the code and sends both
                 # again. The claim is given back, and earlier failures keep counting.
-                await self._unclaim(user)
+                await self._unclaim(user, network)
                 raise ApiProblem(
                     401,
                     "totp_required",
                     "this user has two-factor authentication: send totp_code (or a recovery_code)",
                 )
             if not await self._second_factor(user, totp_code, recovery_code):
-                await self._failed(user, settings, on_lock)
+                await self._failed(user, network, settings, on_lock)
+                await _notify(on_fail, user)
                 raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
-        user = await self._succeeded(user, password)
+        user = await self._succeeded(user, network, password, hide_lock=True)
         return await self.session(user, settings)
 
     async def _claim(
-        self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
+        self,
+        user: Entity[UserBody],
+        network: str,
+        settings: AuthSettings,
+        on_lock: LockNotice | None,
+    ) -> Entity[UserBody] | None:
+        """Count this attempt before the password is checked; None when it is refused (the
+        user is locked for this network or everywhere): however many attempts arrive at
+        once, at most ``lockout_attempts`` of them are checked per network (each claims one
+        in a compare-and-set) before the lock holds."""
+        now = self._clock()
+        outcome: lockout.Claim | None = None
+
+        def take(b: UserBody) -> UserBody:
+            nonlocal outcome
+            outcome = lockout.claim(b, network, settings, now)
+            return outcome.body
+
+        _, after = await self.directory.users.update(user.id, take)
+        assert outcome is not None  # set by the update
+        if outcome.locked and on_lock is not None:
+            await on_lock(after, outcome.locked)
+        return None if outcome.refused_until is not None else after
+
+    async def _claim_in_session(
+        self,
+        user: Entity[UserBody],
+        network: str,
+        settings: AuthSettings,
+        on_lock: LockNotice | None,
     ) -> Entity[UserBody]:
-        """Count this attempt before the password is checked, refusing it if the user is
-        locked: however many attempts arrive at once, at most ``lockout_attempts`` of them
-        are checked (each claims one in a compare-and-set) before the lock holds."""
-        limit, now = settings.lockout_attempts, self._clock()
-        refused: float | None = None
+        """:meth:`_claim` for a session's check, which may be told it is locked (it already
+        knows the user exists)."""
+        claimed = await self._claim(user, network, settings, on_lock)
+        if claimed is None:
+            until = lockout.locked_until(user.body, network, self._clock())
+            raise _locked(until or self._clock())
+        return claimed
 
-        def claim(b: UserBody) -> UserBody:
-            nonlocal refused
-            refused = None
-            if b.locked_until and b.locked_until > now:
-                refused = b.locked_until
-                return b
-            if limit and b.failed_logins >= limit:
-                refused = now + settings.lockout_minutes * 60.0
-                return b.model_copy(update={"failed_logins": 0, "locked_until": refused})
-            return b.model_copy(update={"failed_logins": b.failed_logins + 1})
-
-        before, after = await self.directory.users.update(user.id, claim)
-        if refused is not None:
-            if after.body.locked_until != before.locked_until and on_lock is not None:
-                await on_lock(after)
-            raise _locked(refused)
-        return after
-
-    async def _unclaim(self, user: Entity[UserBody]) -> None:
-        def give_back(b: UserBody) -> UserBody:
-            return b.model_copy(update={"failed_logins": max(0, b.failed_logins - 1)})
-
-        await self.directory.users.update(user.id, give_back)
+    async def _unclaim(self, user: Entity[UserBody], network: str) -> None:
+        await self.directory.users.update(user.id, lambda b: lockout.give_back(b, network))
 
     async def _failed(
-        self, user: Entity[UserBody], settings: AuthSettings, on_lock: LockNotice | None
+        self,
+        user: Entity[UserBody],
+        network: str,
+        settings: AuthSettings,
+        on_lock: LockNotice | None,
     ) -> bool:
         """The claimed attempt failed: it already counts; lock now if it was the last one
         (answers whether it did)."""
-        limit, now = settings.lockout_attempts, self._clock()
+        now, scope = self._clock(), ""
 
         def lock(b: UserBody) -> UserBody:
-            if not limit or b.failed_logins < limit or (b.locked_until or 0) > now:
-                return b
-            locked = now + settings.lockout_minutes * 60.0
-            return b.model_copy(update={"failed_logins": 0, "locked_until": locked})
+            nonlocal scope
+            body, scope = lockout.fail(b, network, settings, now)
+            return body
 
-        before, after = await self.directory.users.update(user.id, lock)
-        locked = after.body.locked_until != before.locked_until
-        if locked and on_lock is not None:
-            await on_lock(after)
-        return locked
+        _, after = await self.directory.users.update(user.id, lock)
+        if scope and on_lock is not None:
+            await on_lock(after, scope)
+        return bool(scope)
 
     async def reauthenticate(
-        self, user: Entity[UserBody], password: str, on_lock: LockNotice | None = None
+        self,
+        user: Entity[UserBody],
+        password: str,
+        on_lock: LockNotice | None = None,
+        *,
+        client: str = "",
     ) -> Entity[UserBody]:
         """A session asks for something a stolen session must not get (a new password, a
-        2FA device): the password again, counted towards the lockout like a login. When the
-        guesses lock the user, their sessions end, this one with them."""
+        2FA device): the password again, counted towards the lockout like a login from
+        ``client``. When the guesses lock the user, their sessions end, this one with them.
+        (A session may be told it is locked: it already knows the user exists.)"""
         settings = await self.settings()
-        user = await self._claim(user, settings, on_lock)
-        if not await self.passwords.verify(user.body.password_hash, password):
-            if await self._failed(user, settings, on_lock):
-                await self.end_sessions(user.id)
+        network = network_of(client)
+        claimed = await self._claim_in_session(user, network, settings, on_lock)
+        if not await self.passwords.verify(claimed.body.password_hash, password):
+            if await self._failed(claimed, network, settings, on_lock):
+                await self.end_sessions(claimed.id)
             raise ApiProblem(400, "invalid", "the current password is wrong", field="current")
-        return await self._succeeded(user, password)
+        return await self._succeeded(claimed, network, password)
 
-    async def _succeeded(self, user: Entity[UserBody], password: str) -> Entity[UserBody]:
+    async def _succeeded(
+        self, user: Entity[UserBody], network: str, password: str, *, hide_lock: bool = False
+    ) -> Entity[UserBody]:
         """The claimed attempt succeeded: the count starts again, unless attempts made
-        alongside it locked the user meanwhile (then this one is refused too)."""
+        alongside it locked the user meanwhile (then this one is refused too: as a wrong
+        password, when ``hide_lock``)."""
         rehashed = None
         stored = user.body.password_hash
         if stored and self.passwords.needs_rehash(stored):
@@ -307,15 +362,46 @@ class Logins:
         now = self._clock()
 
         def reset(b: UserBody) -> UserBody:
-            if b.locked_until and b.locked_until > now:
-                raise _locked(b.locked_until)
-            update: dict[str, object] = {"failed_logins": 0, "locked_until": None}
+            body, until = lockout.succeed(b, network, now)
+            if until is not None:
+                raise _invalid() if hide_lock else _locked(until)
             if rehashed is not None:
-                update["password_hash"] = rehashed
-            return b.model_copy(update=update)
+                body = body.model_copy(update={"password_hash": rehashed})
+            return body
 
         _, user = await self.directory.users.update(user.id, reset)
         return user
+
+    async def pass_second_factor(
+        self,
+        user: Entity[UserBody],
+        totp_code: str | None,
+        recovery_code: str | None,
+        *,
+        client: str = "",
+        on_lock: LockNotice | None = None,
+    ) -> Entity[UserBody]:
+        """The code a session restricted to "totp" gives: counted towards the lockout like
+        a password, so a stolen restricted session cannot try every code."""
+        settings = await self.settings()
+        network = network_of(client)
+        claimed = await self._claim_in_session(user, network, settings, on_lock)
+        if not (totp_code or recovery_code) or not await self._second_factor(
+            claimed, totp_code, recovery_code
+        ):
+            if await self._failed(claimed, network, settings, on_lock):
+                await self.end_sessions(claimed.id)
+            raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
+        now = self._clock()
+
+        def reset(b: UserBody) -> UserBody:
+            body, until = lockout.succeed(b, network, now)
+            if until is not None:
+                raise _locked(until)
+            return body
+
+        _, after = await self.directory.users.update(claimed.id, reset)
+        return after
 
     async def _second_factor(
         self, user: Entity[UserBody], totp_code: str | None, recovery: str | None
@@ -426,9 +512,11 @@ class Logins:
         current: str,
         new: str,
         on_lock: LockNotice | None = None,
+        *,
+        client: str = "",
     ) -> Session:
         """Set a new password; every other session of the user ends."""
-        user = await self.reauthenticate(user, current, on_lock)
+        user = await self.reauthenticate(user, current, on_lock, client=client)
         if current == new:
             raise ApiProblem(400, "invalid", "the new password is the current one", field="new")
         new_hash = await self._checked_hash(new)

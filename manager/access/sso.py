@@ -2,13 +2,22 @@
 
 Tether's users live in a terminal, so the login is split in three, like a device login:
 
-1. ``start``: the CLI asks for a login; the manager keeps a pending login (state, nonce, and
-   the hash of a poll secret only the CLI knows) and answers the provider's authorize URL;
+1. ``start``: the CLI makes a random verifier and sends its SHA-256 with its own name (host,
+   user agent); the manager keeps a pending login (state, nonce, the verifier's hash, the
+   client's name) and answers the provider's authorize URL;
 2. ``callback``: the user's browser comes back from the provider with a code; the manager
    exchanges it (with the client secret, kept as a builtin secret), verifies the ID token
-   (signature against the provider's JWKS, issuer, audience, expiry, nonce), and finds or
-   makes the user, whose groups follow the provider's group claim through the mapping;
-3. ``poll``: the CLI, with its poll secret, collects the session once the callback is done.
+   (signature against the provider's JWKS, issuer, audience, expiry, nonce, a verified
+   email), and finds the user *linked* to the identity (issuer, subject), or makes one; the
+   page names the client being signed in and its short code, which the CLI prints too;
+3. ``poll``: the CLI, with the verifier only it holds (as in PKCE), collects the session once
+   the callback is done.
+
+An identity is never joined to an existing user by email alone: that would hand a local
+account (an administrator's) to whoever the provider vouches for with that address. A link
+is made on purpose (:class:`SsoLink`): by an administrator, or when the provider first makes
+the user here. A linked user with local 2FA still gives their code after the provider's
+login, unless the provider asserts MFA (``amr``/``acr``, as the settings say).
 
 Pending logins are entities (kind ``sso_login``), so the callback may land on any replica.
 The interface is :class:`IdentityProvider`-shaped so that SAML or LDAP can come later: each
@@ -24,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -35,17 +44,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from manager.access.directory import Directory, UserBody
 from manager.access.entities import Entity, EntityKind
+from manager.schemas.auth import client_code, verifier_hash
 from manager.store.base import Conflict, Store
-from shared.ids import hash_secret
 from shared.tls import client_context
 
 __all__ = [
     "ExternalIdentity",
     "Oidc",
+    "SsoDone",
     "SsoError",
+    "SsoLink",
     "SsoLogin",
     "SsoSettings",
+    "client_code",
+    "sso_links",
     "sso_logins",
+    "verifier_hash",
 ]
 
 # A pending login lives this long: the user has this much time in the browser.
@@ -56,7 +70,12 @@ _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class SsoError(Exception):
-    """Why a login failed, in words fit for the user (never a token or a secret)."""
+    """Why a login failed, in words fit for the user (never a token or a secret); ``status``
+    502 when the provider could not be reached or made sense of."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SsoSettings(BaseModel):
@@ -75,6 +94,10 @@ class SsoSettings(BaseModel):
     group_mapping: dict[str, str] = Field(default_factory=dict, max_length=256)
     # A CA bundle on the manager host to trust for the provider (a private IdP).
     ca_file: str | None = None
+    # The provider asserts MFA with one of these in the ID token's ``amr`` (RFC 8176), or
+    # its ``acr`` is one of mfa_acr: a linked user's local 2FA is then not asked again.
+    mfa_amr: list[str] = Field(default_factory=lambda: ["mfa", "otp", "hwk"], max_length=32)
+    mfa_acr: list[str] = Field(default_factory=list, max_length=32)
 
 
 class SsoLogin(BaseModel):
@@ -82,24 +105,69 @@ class SsoLogin(BaseModel):
 
     state: str
     nonce: str
-    poll_hash: str
+    # verifier_hash() of the verifier the starting client keeps: only it can collect.
+    verifier_hash: str
+    # What the starting client says it is (host, user agent): shown in the browser.
+    client_name: str = ""
     expires_at: float
     user_id: str | None = None
+    # The provider asserted MFA for this login (SsoSettings.mfa_amr, mfa_acr).
+    mfa: bool = False
+    # Set when a signed-in user started this to link their identity at the provider to
+    # themselves (Oidc.start_link): the callback links, and the poll answers no session.
+    link_user_id: str | None = None
     error: str | None = None
+
+
+class SsoLink(BaseModel):
+    """An identity at a provider, joined to a user on purpose."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    issuer: str
+    subject: str
+    user_id: str
+    # Who made it: "sso" (the user was made by SSO), "admin", "user" (the user, signed in
+    # with their password), or "migration" (an SSO-made user from before links, joined to
+    # its identity at its next login).
+    made_by: Literal["sso", "admin", "user", "migration"]
+    made_at: float
 
 
 @dataclass(frozen=True, slots=True)
 class ExternalIdentity:
     """A verified login at an identity provider."""
 
+    issuer: str
+    subject: str
     email: str
     name: str
     groups: tuple[str, ...]
+    mfa: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SsoDone:
+    """A collected login: its user, and whether the provider asserted MFA."""
+
+    user: Entity[UserBody]
+    mfa: bool
+    # The login linked the identity to the user (a link flow): no session is made.
+    linked: bool = False
 
 
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
     """Pending SSO logins, by state."""
     return EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
+
+
+def link_key(issuer: str, subject: str) -> str:
+    return f"{issuer} {subject}"  # an issuer is a URL: it holds no space
+
+
+def sso_links(store: Store) -> EntityKind[SsoLink]:
+    """Identities joined to users, by (issuer, subject)."""
+    return EntityKind(store, "sso_link", SsoLink, lambda b: link_key(b.issuer, b.subject), "ssl")
 
 
 class Oidc:
@@ -119,6 +187,7 @@ class Oidc:
         self._clock = clock
         self.settings = EntityKind(store, "sso_settings", SsoSettings, lambda _b: "oidc", "sso")
         self.logins = sso_logins(store)
+        self.links = sso_links(store)
 
     async def configured(self) -> SsoSettings:
         found = await self.settings.get("oidc")
@@ -137,14 +206,25 @@ class Oidc:
 
     # -- 1. start
 
-    async def start(self) -> tuple[str, str, str, float]:
-        """(authorize URL, state, poll secret, expiry) of a new pending login."""
+    async def start(
+        self, hashed_verifier: str, client_name: str, *, link_user_id: str | None = None
+    ) -> tuple[str, str, float]:
+        """(authorize URL, state, expiry) of a new pending login, collected by whoever
+        holds the verifier of ``hashed_verifier``; with ``link_user_id``, a login that links
+        the identity to that user rather than signing anyone in."""
         settings = await self.configured()
         meta = await self._metadata(settings)
-        state, nonce, poll = (secrets.token_urlsafe(32) for _ in range(3))
+        state, nonce = (secrets.token_urlsafe(32) for _ in range(2))
         expires = self._clock() + LOGIN_TTL_S
         await self.logins.insert(
-            SsoLogin(state=state, nonce=nonce, poll_hash=hash_secret(poll), expires_at=expires)
+            SsoLogin(
+                state=state,
+                nonce=nonce,
+                verifier_hash=hashed_verifier,
+                client_name=client_name,
+                expires_at=expires,
+                link_user_id=link_user_id,
+            )
         )
         query = urlencode(
             {
@@ -156,38 +236,59 @@ class Oidc:
                 "nonce": nonce,
             }
         )
-        return f"{meta['authorization_endpoint']}?{query}", state, poll, expires
+        return f"{meta['authorization_endpoint']}?{query}", state, expires
 
     # -- 2. callback
 
-    async def callback(self, state: str, code: str | None, error: str | None) -> UserBody:
-        """Finish the browser's half; the user signed in. SsoError says why not."""
+    async def callback(
+        self, state: str, code: str | None, error: str | None
+    ) -> tuple[UserBody, SsoLogin]:
+        """Finish the browser's half: the user signed in, and the pending login (which names
+        the client it is for). SsoError says why not."""
         login = await self.logins.by_key(state)
         if login is None or login.body.expires_at <= self._clock():
             raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
         if login.body.user_id is not None or login.body.error is not None:
             raise SsoError("this login was already completed")
         try:
-            user = await self._complete(code, error, login.body.nonce)
+            user, mfa = await self._complete(code, error, login.body.nonce, login.body.link_user_id)
         except SsoError as exc:
             await self._finish(login, error=str(exc))
             raise
-        await self._finish(login, user_id=user.id)
-        return user.body
+        await self._finish(login, user_id=user.id, mfa=mfa)
+        return user.body, login.body
 
-    async def _complete(self, code: str | None, error: str | None, nonce: str) -> Entity[UserBody]:
+    async def _complete(
+        self, code: str | None, error: str | None, nonce: str, link_user_id: str | None
+    ) -> tuple[Entity[UserBody], bool]:
         if error is not None:
             raise SsoError(f"the identity provider refused the login: {error[:200]}")
         if not code:
             raise SsoError("the identity provider sent no code")
         identity = await self._verify(await self.configured(), code, nonce)
-        return await self._user_for(identity)
+        if link_user_id is not None:
+            return await self._link_self(identity, link_user_id), identity.mfa
+        return await self._user_for(identity), identity.mfa
+
+    async def _link_self(self, identity: ExternalIdentity, user_id: str) -> Entity[UserBody]:
+        user = await self._directory.users.get(user_id)
+        if user is None or user.body.status != "active":
+            raise SsoError("the user who asked for this link is gone or disabled")
+        if await self.links.by_key(link_key(identity.issuer, identity.subject)) is not None:
+            raise SsoError("this identity at the provider is linked to a user already")
+        await self._link(identity, user.id, "user")
+        return user
 
     async def _finish(
-        self, login: Entity[SsoLogin], *, user_id: str | None = None, error: str | None = None
+        self,
+        login: Entity[SsoLogin],
+        *,
+        user_id: str | None = None,
+        mfa: bool = False,
+        error: str | None = None,
     ) -> None:
         def done(body: SsoLogin) -> SsoLogin:
-            return body.model_copy(update={"user_id": user_id, "error": error})
+            return body.model_copy(update={"user_id": user_id, "mfa": mfa, "error": error})
 
         await self.logins.update(login.id, done)
 
@@ -225,13 +326,29 @@ class Oidc:
         except (ValueError, TypeError, KeyError):
             raise SsoError("the ID token could not be read") from None
         claims = token.claims
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > 255:
+            raise SsoError("the ID token carries no subject (sub)")
         email = claims.get("email")
         if not isinstance(email, str) or "@" not in email:
             raise SsoError("the ID token carries no email address")
+        # Absent counts as not verified: an address nobody proved is not an identity.
+        if claims.get("email_verified") is not True:
+            raise SsoError(
+                f"the identity provider has not verified {email.lower()}"
+                " (email_verified is not true in the ID token)"
+            )
         raw_groups = claims.get(settings.group_claim) or []
         groups = tuple(str(g) for g in raw_groups) if isinstance(raw_groups, list) else ()
         name = claims.get("name")
-        return ExternalIdentity(email.lower(), name if isinstance(name, str) else "", groups)
+        return ExternalIdentity(
+            settings.issuer,
+            subject,
+            email.lower(),
+            name if isinstance(name, str) else "",
+            groups,
+            mfa=_asserts_mfa(claims, settings),
+        )
 
     async def _user_for(self, identity: ExternalIdentity) -> Entity[UserBody]:
         """The user of ``identity``, made on first login; an SSO user's groups follow the
@@ -245,23 +362,7 @@ class Oidc:
                 if g in settings.group_mapping and settings.group_mapping[g] in by_name
             }
         )
-        user = await self._directory.users.by_key(identity.email)
-        if user is None:
-            allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
-            if not allowed:
-                raise SsoError(f"{identity.email}: this email domain may not join this account")
-            body = UserBody(
-                email=identity.email,
-                name=identity.name,
-                status="active",
-                groups=mapped,
-                source="sso",
-            )
-            with contextlib.suppress(Conflict):  # two first logins at once: one makes it
-                return await self._directory.users.insert(body)
-            user = await self._directory.users.by_key(identity.email)
-            if user is None:
-                raise SsoError("the user could not be made; try again")
+        user = await self._linked_user(identity)
         if user.body.status != "active":
             raise SsoError("this user is disabled")
 
@@ -274,14 +375,88 @@ class Oidc:
         _, after = await self._directory.users.update(user.id, sync)
         return after
 
+    async def _linked_user(self, identity: ExternalIdentity) -> Entity[UserBody]:
+        """The user linked to ``identity``; made (and linked) at its first login when no
+        user has its email. A user of that email who is not linked to it is refused."""
+        key = link_key(identity.issuer, identity.subject)
+        link = await self.links.by_key(key)
+        if link is not None:
+            linked = await self._directory.users.get(link.body.user_id)
+            if linked is None:
+                raise SsoError("the user linked to this identity no longer exists")
+            return linked
+        user = await self._directory.users.by_key(identity.email)
+        if user is None:
+            allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
+            if not allowed:
+                raise SsoError(f"{identity.email}: this email domain may not join this account")
+            body = UserBody(
+                email=identity.email,
+                name=identity.name,
+                status="active",
+                source="sso",
+            )
+            with contextlib.suppress(Conflict):  # two first logins at once: one makes it
+                user = await self._directory.users.insert(body)
+                await self._link(identity, user.id, "sso")
+                return user
+            raise SsoError("the user is being made by another login; try again")
+        if user.body.source == "sso" and not await self._has_link(user.id):
+            # Made by SSO before links existed: joined to the identity it logs in with now.
+            await self._link(identity, user.id, "migration")
+            return user
+        raise SsoError(
+            f"{identity.email} is a user here, not linked to this sign-in: log in with"
+            " your password and ask an administrator to link it (tether user sso-link)"
+        )
+
+    async def _has_link(self, user_id: str) -> bool:
+        return any(link.body.user_id == user_id for link in await self.links.list())
+
+    async def _link(
+        self,
+        identity: ExternalIdentity,
+        user_id: str,
+        made_by: Literal["sso", "admin", "user", "migration"],
+    ) -> None:
+        body = SsoLink(
+            issuer=identity.issuer,
+            subject=identity.subject,
+            user_id=user_id,
+            made_by=made_by,
+            made_at=self._clock(),
+        )
+        try:
+            await self.links.insert(body)
+        except Conflict:
+            raise SsoError("this identity was linked meanwhile; try again") from None
+
+    async def link(self, issuer: str, subject: str, user_id: str) -> SsoLink:
+        """An administrator links (issuer, subject) to ``user_id``; Conflict when the
+        identity is linked already (to anyone: unlink first)."""
+        body = SsoLink(
+            issuer=issuer, subject=subject, user_id=user_id, made_by="admin", made_at=self._clock()
+        )
+        await self.links.insert(body)
+        return body
+
+    async def unlink(self, user_id: str) -> list[SsoLink]:
+        """Every link of ``user_id`` removed; answers them."""
+        gone = []
+        for link in await self.links.list():
+            if link.body.user_id == user_id and await self.links.delete(link.id):
+                gone.append(link.body)
+        return gone
+
     # -- 3. poll
 
-    async def poll(self, state: str, poll_secret: str) -> Entity[UserBody] | None:
+    async def poll(self, state: str, verifier: str) -> SsoDone | None:
         """The signed-in user once the callback is done (the caller makes the session:
-        manager.access.login.Logins.session); None while it is not."""
+        manager.access.login.Logins.session); None while it is not. Only the client that
+        started the login holds ``verifier``."""
         login = await self.logins.by_key(state)
-        wanted = "" if login is None else login.body.poll_hash
-        if login is None or not secrets.compare_digest(wanted, hash_secret(poll_secret)):
+        wanted = "" if login is None else login.body.verifier_hash
+        if login is None or not secrets.compare_digest(wanted, verifier_hash(verifier)):
             raise SsoError("no such login")
         if login.body.error is not None:
             await self.logins.delete(login.id)
@@ -297,19 +472,25 @@ class Oidc:
         user = await self._directory.users.get(login.body.user_id)
         if user is None or user.body.status != "active":
             raise SsoError("this user is disabled")
-        return user
+        return SsoDone(user, login.body.mfa, linked=login.body.link_user_id is not None)
 
     # -- HTTP to the provider
 
     def _ssl(self, settings: SsoSettings) -> ssl.SSLContext:
-        return client_context(Path(settings.ca_file) if settings.ca_file else None)
+        try:
+            return client_context(Path(settings.ca_file) if settings.ca_file else None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise SsoError(
+                f"ca_file: the SSO setting's CA bundle {settings.ca_file!r} cannot be used: {why}"
+            ) from None
 
     async def _metadata(self, settings: SsoSettings) -> dict[str, Any]:
         url = settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         meta = await self._get(settings, url)
         for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(meta.get(field), str):
-                raise SsoError(f"the identity provider's metadata has no {field}")
+                raise SsoError(f"the identity provider's metadata has no {field}", 502)
         return meta
 
     async def _get(self, settings: SsoSettings, url: str) -> dict[str, Any]:
@@ -321,17 +502,32 @@ class Oidc:
     async def _request(
         self, settings: SsoSettings, method: str, url: str, form: dict[str, str] | None
     ) -> dict[str, Any]:
+        context = self._ssl(settings)
         try:
             async with (
                 aiohttp.ClientSession(timeout=_HTTP_TIMEOUT) as http,
-                http.request(method, url, data=form, ssl=self._ssl(settings)) as resp,
+                http.request(method, url, data=form, ssl=context) as resp,
             ):
                 if resp.status != 200:
-                    raise SsoError(f"the identity provider answered {resp.status} at {url}")
+                    raise SsoError(f"the identity provider answered {resp.status} at {url}", 502)
                 data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             why = type(exc).__name__
-            raise SsoError(f"the identity provider could not be reached at {url}: {why}") from None
+            raise SsoError(
+                f"the identity provider could not be reached at {url} (setting issuer): {why}",
+                502,
+            ) from None
         if not isinstance(data, dict):
-            raise SsoError(f"the identity provider answered something other than JSON at {url}")
+            raise SsoError(
+                f"the identity provider answered something other than JSON at {url}", 502
+            )
         return data
+
+
+def _asserts_mfa(claims: dict[str, Any], settings: SsoSettings) -> bool:
+    amr = claims.get("amr")
+    methods = {str(m) for m in amr} if isinstance(amr, list) else set()
+    acr = claims.get("acr")
+    return bool(methods & set(settings.mfa_amr)) or (
+        isinstance(acr, str) and acr in settings.mfa_acr
+    )

@@ -24,8 +24,9 @@ from aiohttp import web
 
 from manager.api.http import Handler, RouteTable
 from manager.api.identity import actor_of, client_ip
-from manager.core.audit_chain import AuditEvent, draft
-from manager.core.identity import Actor
+from manager.core.audit_chain import AuditEvent, AuditQuery, draft
+from manager.core.identity import SYSTEM, Actor
+from manager.keys.audit_key import AuditKeys
 from manager.store.base import Store, StoreError
 from shared.masking import Masker
 
@@ -34,6 +35,7 @@ __all__ = [
     "AuditRecorder",
     "Change",
     "audit_middleware",
+    "key_the_chain",
     "record",
     "unchanged",
 ]
@@ -65,11 +67,14 @@ class AuditRecorder:
     def __init__(
         self,
         store: Store,
+        keys: AuditKeys,
         *,
         masker: Masker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        self.store = store
+        # The chain's keys: every event is keyed (manager.core.audit_chain).
+        self.keys = keys
         self._masker = masker
         self._clock = clock
 
@@ -83,7 +88,7 @@ class AuditRecorder:
         path: str,
         client_ip: str,
     ) -> AuditEvent:
-        return await self._store.append_audit(
+        return await self.store.append_audit(
             draft(
                 actor,
                 ts=self._clock(),
@@ -99,8 +104,36 @@ class AuditRecorder:
                 after=change.after,
                 app=change.app,
                 masker=self._masker,
-            )
+            ),
+            self.keys.current(),
         )
+
+
+async def key_the_chain(recorder: AuditRecorder) -> AuditEvent | None:
+    """At start: when the newest event is unkeyed (a trail written before the chain was
+    keyed), write the checkpoint that keys it from here; answers it, None when not needed.
+    Its HMAC covers the hash of the last unkeyed event, which covers the ones before: none
+    of them can be rewritten from the database without breaking the checkpoint. Two
+    replicas starting at once may both write one; a second checkpoint is harmless."""
+    newest = await recorder.store.list_audit(AuditQuery(limit=1))
+    if not newest or newest[0].key_id is not None:
+        return None
+    last = newest[0].seq
+    return await recorder.write(
+        SYSTEM,
+        Change(
+            "audit_chain",
+            "audit chain",
+            "key",
+            f"keyed the audit chain: events 1 to {last} were written before keying and are"
+            " checked by their hash; from here each event is checked with its key",
+            after={"unkeyed_through": last},
+        ),
+        resource_type="audit",
+        method="START",
+        path="tether-manager serve",
+        client_ip="local",
+    )
 
 
 AUDIT: web.AppKey[AuditRecorder] = web.AppKey("tether_audit", AuditRecorder)

@@ -10,6 +10,7 @@ from manager.access.entities import Entity
 from manager.access.login import LOGINS, LockNotice, Session
 from manager.access.principal import principal_of
 from manager.api.audit_record import AUDIT, Change, record
+from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body, problem_response
 from manager.api.identity import ACTOR_KEY, client_ip
@@ -24,6 +25,7 @@ from manager.schemas.auth import (
     LoginResult,
     Me,
     PasswordChange,
+    SecondFactor,
     SessionUser,
     TotpConfirm,
     TotpConfirmed,
@@ -54,16 +56,18 @@ def _logged_in(request: web.Request, session: Session, action: str, what: str) -
 
 
 def _lock_notice(request: web.Request) -> LockNotice:
-    async def locked(user: Entity[UserBody]) -> None:
+    async def locked(user: Entity[UserBody], scope: str) -> None:
         # The answer is a 4xx, which writes no event: the lock is written here.
         minutes = (await request.app[LOGINS].settings()).lockout_minutes
+        where = "everywhere" if scope == "everywhere" else f"from {scope}"
         await request.app[AUDIT].write(
             SYSTEM,
             Change(
                 resource_id=user.id,
                 name=user.body.email,
                 action="lock",
-                summary=f"locked {user.body.email} for {minutes} min after failed logins",
+                summary=f"locked {user.body.email} {where} for {minutes} min after failed logins",
+                after={"locked": scope, "minutes": minutes},
             ),
             resource_type="user",
             method=request.method,
@@ -94,12 +98,20 @@ async def login(request: web.Request) -> web.Response:
     if (refused := await _throttled(request)) is not None:
         return refused
 
+    failed = request.app[FAILED_LOGINS]
+    address = client_ip(request)
+
+    async def on_fail(user: Entity[UserBody] | None) -> None:
+        failed.note(user, address)
+
     session = await request.app[LOGINS].login(
         body.email,
         body.password,
         totp_code=body.totp_code,
         recovery_code=body.recovery_code,
+        client=address,
         on_lock=_lock_notice(request),
+        on_fail=on_fail,
     )
     return _logged_in(request, session, "login", "logged in")
 
@@ -154,7 +166,9 @@ async def change_password(request: web.Request) -> web.Response:
     body = await parse_body(request, PasswordChange)
     user = await _own_user(request)
     logins = request.app[LOGINS]
-    session = await logins.change_password(user, body.current, body.new, _lock_notice(request))
+    session = await logins.change_password(
+        user, body.current, body.new, _lock_notice(request), client=client_ip(request)
+    )
     record(
         request,
         resource_id=user.id,
@@ -174,7 +188,9 @@ async def totp_enrol(request: web.Request) -> web.Response:
             raise ApiProblem(
                 400, "invalid", "password: enter your password to add a device", field="password"
             )
-        user = await logins.reauthenticate(user, body.password, _lock_notice(request))
+        user = await logins.reauthenticate(
+            user, body.password, _lock_notice(request), client=client_ip(request)
+        )
     secret, uri = await logins.totp_enrol(user)
     record(
         request,
@@ -205,6 +221,27 @@ async def totp_confirm(request: web.Request) -> web.Response:
         summary=f"{user.body.email} turned on two-factor authentication",
     )
     return json_response(TotpConfirmed(recovery_codes=codes, session=fresh))
+
+
+async def totp_verify(request: web.Request) -> web.Response:
+    """A session restricted to "totp" (an SSO login of a user with 2FA here) gives the code,
+    and is swapped for a full one."""
+    body = await parse_body(request, SecondFactor)
+    p = principal_of(request)
+    if p.restricted != "totp" or p.session_id is None:
+        raise ApiProblem(409, "conflict", "this session has no code to give")
+    user = await _own_user(request)
+    logins = request.app[LOGINS]
+    user = await logins.pass_second_factor(
+        user,
+        body.totp_code,
+        body.recovery_code,
+        client=client_ip(request),
+        on_lock=_lock_notice(request),
+    )
+    await logins.logout(p.session_id)
+    session = await logins.session(user, await logins.settings(), via="sso")
+    return _logged_in(request, session, "login", "gave their two-factor code after SSO")
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -267,7 +304,7 @@ def add_auth_routes(table: RouteTable) -> None:
             "login",
             LoginRequest,
             LoginResult,
-            errors=(400, 401, 403, 429),
+            errors=(400, 401, 429),
             audit="session",
         ),
         Route(
@@ -314,6 +351,17 @@ def add_auth_routes(table: RouteTable) -> None:
             TotpConfirmed,
             errors=(400, 409),
             audit="user",
+        ),
+        Route(
+            "POST",
+            f"{base}/totp/verify",
+            totp_verify,
+            "Give the 2FA code a restricted SSO session asks for; answers a full session",
+            "user",
+            SecondFactor,
+            LoginResult,
+            errors=(400, 401, 403, 409),
+            audit="session",
         ),
         Route(
             "POST",

@@ -240,11 +240,19 @@ async def enable_user(request: web.Request) -> web.Response:
 
 async def unlock_user(request: web.Request) -> web.Response:
     user = await _find_user(request)
-    if not (user.body.locked_until or 0) > ctx(request).clock():
+    now = ctx(request).clock()
+    locks = [user.body.locked_until] + [n.locked_until for n in user.body.network_failures.values()]
+    if not any((until or 0) > now for until in locks):
         raise ApiProblem(409, "conflict", f"user {user.body.email!r} is not locked")
 
     def unlock(b: UserBody) -> UserBody:
-        return b.model_copy(update={"locked_until": None, "failed_logins": 0})
+        # Everywhere and from every network (manager.access.lockout).
+        update: dict[str, object] = {
+            "locked_until": None,
+            "failed_logins": 0,
+            "network_failures": {},
+        }
+        return b.model_copy(update=update)
 
     return await _user_change(request, user, unlock, "unlock", "unlocked user")
 

@@ -292,11 +292,10 @@ def access_middlewares(table: RouteTable) -> list[Any]:
         principal = request[PRINCIPAL_KEY]
         needed = permission_of(route)
         if principal.restricted is not None and needed != "self":
-            what = (
-                "enrol in two-factor authentication (tether login enrols you)"
-                if principal.restricted == "totp_enrolment"
-                else "change your expired password"
-            )
+            what = {
+                "totp_enrolment": "enrol in two-factor authentication (tether login enrols you)",
+                "totp": "give your two-factor code (POST /api/v1/auth/totp/verify)",
+            }.get(principal.restricted, "change your expired password")
             raise ApiProblem(403, f"{principal.restricted}_required", f"first {what}")
         if needed is None:  # manager.api.permissions.check_routes keeps this from happening
             raise ApiProblem(403, "forbidden", "this route has no permission set")

@@ -93,6 +93,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/users/{user}/unlock"): "manage_users",
     ("POST", "/api/v1/users/{user}/reset-2fa"): "manage_users",
     ("POST", "/api/v1/users/{user}/logout"): "manage_users",
+    ("PUT", "/api/v1/users/{user}/sso-link"): "manage_users",
+    ("DELETE", "/api/v1/users/{user}/sso-link"): "manage_users",
     ("GET", "/api/v1/groups"): "authenticated",
     ("POST", "/api/v1/groups"): "manage_user_groups",
     ("GET", "/api/v1/groups/{group}"): "authenticated",
@@ -115,6 +117,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/password"): "self",
     ("POST", "/api/v1/auth/totp/enrol"): "self",
     ("POST", "/api/v1/auth/totp/confirm"): "self",
+    ("POST", "/api/v1/auth/totp/verify"): "self",
+    ("POST", "/api/v1/auth/sso/link"): "self",
 }
 
 

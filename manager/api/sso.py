@@ -7,16 +7,31 @@ import html
 
 from aiohttp import web
 
+from manager.access.directory import UserBody
 from manager.access.login import LOGINS
-from manager.access.sso import Oidc, SsoError, SsoSettings
-from manager.api.audit_record import record, unchanged
+from manager.access.principal import principal_of
+from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
+from manager.api.audit_record import AUDIT, Change, record, unchanged
+from manager.api.auth import _lock_notice
 from manager.api.context import ctx
+from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable, json_response, parse_body
-from manager.api.identity import ACTOR_KEY
+from manager.api.identity import ACTOR_KEY, client_ip
 from manager.core.identity import Actor
 from manager.errors import ApiProblem
-from manager.schemas.auth import SsoPoll, SsoSession, SsoStarted, SsoUser
+from manager.schemas.auth import (
+    SsoLinkRequest,
+    SsoLinkStart,
+    SsoLinkView,
+    SsoPoll,
+    SsoSession,
+    SsoStart,
+    SsoStarted,
+    SsoUnlinked,
+    SsoUser,
+)
+from manager.store.base import Conflict
 
 __all__ = ["add_sso_routes", "oidc_of"]
 
@@ -76,22 +91,98 @@ async def put_settings(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
+    body = await parse_body(request, SsoStart)
     try:
-        url, state, poll, expires = await oidc_of(request).start()
+        url, state, expires = await oidc_of(request).start(body.verifier_hash, body.client_name)
     except SsoError as exc:
-        raise ApiProblem(400, "sso_unavailable", str(exc)) from None
+        raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
     return json_response(
-        SsoStarted(authorize_url=url, state=state, poll_secret=poll, expires_at=expires)
+        SsoStarted(
+            authorize_url=url,
+            state=state,
+            expires_at=expires,
+            code=client_code(body.verifier_hash),
+        )
+    )
+
+
+async def link_start(request: web.Request) -> web.Response:
+    """A user signed in with their password begins linking their identity at the provider:
+    the same three steps as a login, but the callback links and the poll answers no session."""
+    body = await parse_body(request, SsoLinkStart)
+    p = principal_of(request)
+    if p.session_id is None or p.user_id is None:
+        raise ApiProblem(400, "not_a_session", "this needs your session (tether login)")
+    if p.restricted is not None:
+        raise ApiProblem(403, f"{p.restricted}_required", "finish logging in first")
+    logins = request.app[LOGINS]
+    user = await logins.directory.users.get(p.user_id)
+    if user is None or user.body.password_hash is None:
+        raise ApiProblem(400, "invalid", "only a user with a password links an SSO identity")
+    await logins.reauthenticate(
+        user, body.password, _lock_notice(request), client=client_ip(request)
+    )
+    try:
+        url, state, expires = await oidc_of(request).start(
+            body.verifier_hash, body.client_name, link_user_id=user.id
+        )
+    except SsoError as exc:
+        raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
+    return json_response(
+        SsoStarted(
+            authorize_url=url, state=state, expires_at=expires, code=client_code(body.verifier_hash)
+        )
+    )
+
+
+async def _linked_event(request: web.Request, user: UserBody, login: SsoLogin) -> None:
+    # The callback is the browser's GET, which the audit middleware does not record.
+    found = await request.app[LOGINS].directory.users.by_key(user.email)
+    user_id = "" if found is None else found.id
+    await request.app[AUDIT].write(
+        Actor("user", user_id, user.email),
+        Change(
+            resource_id=user_id,
+            name=user.email,
+            action="sso_link",
+            summary=f"{user.email} linked their identity at the SSO provider"
+            f" (for {login.client_name or 'an unnamed client'})",
+        ),
+        resource_type="user",
+        method=request.method,
+        path=request.path,
+        client_ip=client_ip(request),
     )
 
 
 async def callback(request: web.Request) -> web.Response:
     q = request.query
     try:
-        user = await oidc_of(request).callback(q.get("state", ""), q.get("code"), q.get("error"))
+        user, login = await oidc_of(request).callback(
+            q.get("state", ""), q.get("code"), q.get("error")
+        )
     except SsoError as exc:
-        return _page(400, "Sign-in failed", str(exc))
-    return _page(200, "Signed in", f"Signed in as {user.email}. Return to your terminal.")
+        return _page(exc.status, "Sign-in failed", str(exc))
+    if login.link_user_id is not None:
+        await _linked_event(request, user, login)
+        return _page(
+            200,
+            "Linked",
+            f"Your identity at the provider now signs in as {user.email}"
+            f" (asked by {login.client_name or 'an unnamed client'},"
+            f" code {client_code(login.verifier_hash)}). Return to your terminal.",
+        )
+    # The page names the client it signed in, so that someone sent this link by another
+    # person sees it is not their own terminal's login.
+    client = login.client_name or "an unnamed client"
+    return _page(
+        200,
+        "Signed in",
+        f"Signed in as {user.email} for {client}, code {client_code(login.verifier_hash)}."
+        " Return to your terminal: it shows the same code. If you did not just run"
+        " `tether login --sso` there, someone else asked for this sign-in: log out of"
+        " Tether's sessions (tether logout) and tell your administrator.",
+    )
 
 
 def _page(status: int, title: str, text: str) -> web.Response:
@@ -105,15 +196,22 @@ def _page(status: int, title: str, text: str) -> web.Response:
 async def poll(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoPoll)
     try:
-        done = await oidc_of(request).poll(body.state, body.poll_secret)
+        done = await oidc_of(request).poll(body.state, body.verifier)
     except SsoError as exc:
         raise ApiProblem(400, "sso_failed", str(exc)) from None
     if done is None:
         unchanged(request)
         return json_response(SsoSession(status="pending"), status=202)
+    if done.linked:  # recorded at the callback; no session
+        unchanged(request)
+        return json_response(SsoSession(status="linked"))
     logins = request.app[LOGINS]
-    # The provider did the password and the second factor: the session is not restricted.
-    session = await logins.session(done, await logins.settings(), via="sso")
+    # The provider did the password; the second factor too when it says so. Otherwise a
+    # user with 2FA here gives their code before the session does anything else.
+    due = done.user.body.totp_enabled and not done.mfa
+    session = await logins.session(
+        done.user, await logins.settings(), via="sso", second_factor_due=due
+    )
     user = session.user
     request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
     record(
@@ -125,8 +223,63 @@ async def poll(request: web.Request) -> web.Response:
     )
     view = SsoUser(id=user.id, email=user.body.email, name=user.body.name)
     return json_response(
-        SsoSession(status="done", token=session.token, expires_at=session.expires_at, user=view)
+        SsoSession(
+            status="done",
+            token=session.token,
+            expires_at=session.expires_at,
+            user=view,
+            restricted="totp" if due else None,
+        )
     )
+
+
+def _link_view(link: SsoLink) -> SsoLinkView:
+    return SsoLinkView.model_validate(link.model_dump())
+
+
+async def link_user(request: web.Request) -> web.Response:
+    body = await parse_body(request, SsoLinkRequest)
+    user = await find_user(request)
+    oidc = oidc_of(request)
+    issuer = body.issuer
+    if issuer is None:
+        try:
+            issuer = (await oidc.configured()).issuer
+        except SsoError as exc:
+            raise ApiProblem(400, "invalid", f"issuer: {exc}", field="issuer") from None
+    try:
+        link = await oidc.link(issuer, body.subject, user.id)
+    except Conflict:
+        raise ApiProblem(
+            409, "conflict", f"{body.subject!r} at {issuer} is linked already; unlink it first"
+        ) from None
+    view = _link_view(link)
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="sso_link",
+        summary=f"linked {user.body.email} to {body.subject} at {issuer}",
+        after=view.model_dump(mode="json"),
+    )
+    return json_response(view, status=201)
+
+
+async def unlink_user(request: web.Request) -> web.Response:
+    user = await find_user(request)
+    gone = [_link_view(g) for g in await oidc_of(request).unlink(user.id)]
+    if not gone:
+        raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no SSO link")
+    record(
+        request,
+        resource_id=user.id,
+        name=user.body.email,
+        action="sso_unlink",
+        summary=f"unlinked {user.body.email} from {len(gone)} SSO identit"
+        + ("y" if len(gone) == 1 else "ies"),
+        before=[g.model_dump(mode="json") for g in gone],
+    )
+    return json_response(SsoUnlinked(removed=gone))
 
 
 def add_sso_routes(table: RouteTable) -> None:
@@ -157,11 +310,22 @@ def add_sso_routes(table: RouteTable) -> None:
             "POST",
             f"{base}/start",
             start,
-            "Begin an SSO login",
+            "Begin an SSO login (bound to the hash of a verifier the client keeps)",
             "login",
-            None,
+            SsoStart,
             SsoStarted,
-            errors=(400,),
+            errors=(400, 502),
+        ),
+        Route(
+            "POST",
+            f"{base}/link",
+            link_start,
+            "Begin linking your identity at the SSO provider (asks your password again)",
+            "user",
+            SsoLinkStart,
+            SsoStarted,
+            errors=(400, 403, 502),
+            audit="user",
         ),
         Route(
             "GET",
@@ -182,6 +346,29 @@ def add_sso_routes(table: RouteTable) -> None:
             SsoSession,
             errors=(400,),
             audit="session",
+        ),
+        Route(
+            "PUT",
+            "/api/v1/users/{user}/sso-link",
+            link_user,
+            "Link the user to an identity (subject) at the SSO provider",
+            "user",
+            SsoLinkRequest,
+            SsoLinkView,
+            status=201,
+            errors=(400, 404, 409),
+            audit="user",
+        ),
+        Route(
+            "DELETE",
+            "/api/v1/users/{user}/sso-link",
+            unlink_user,
+            "Remove the user's links to SSO identities",
+            "user",
+            None,
+            SsoUnlinked,
+            errors=(404, 409),
+            audit="user",
         ),
     ):
         table.add(route)

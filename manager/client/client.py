@@ -64,9 +64,15 @@ from manager.schemas.auth import (
     LoginResult,
     Me,
     PasswordChange,
+    SecondFactor,
+    SsoLinkRequest,
+    SsoLinkStart,
+    SsoLinkView,
     SsoPoll,
     SsoSession,
+    SsoStart,
     SsoStarted,
+    SsoUnlinked,
     TotpConfirm,
     TotpConfirmed,
     TotpEnrolment,
@@ -777,8 +783,12 @@ class TetherClient:
     async def accept_invite(self, body: InviteAccept) -> LoginResult:
         return await self._call("POST", "/api/v1/auth/invite/accept", LoginResult, body=body)
 
-    async def sso_start(self) -> SsoStarted:
-        return await self._call("POST", "/api/v1/auth/sso/start", SsoStarted)
+    async def sso_start(self, body: SsoStart) -> SsoStarted:
+        return await self._call("POST", "/api/v1/auth/sso/start", SsoStarted, body=body)
+
+    async def sso_link_start(self, body: SsoLinkStart) -> SsoStarted:
+        """Begin linking the session's user to their identity at the SSO provider."""
+        return await self._call("POST", "/api/v1/auth/sso/link", SsoStarted, body=body)
 
     async def sso_poll(self, body: SsoPoll) -> SsoSession:
         return await self._call("POST", "/api/v1/auth/sso/poll", SsoSession, body=body)
@@ -795,6 +805,17 @@ class TetherClient:
 
     async def totp_confirm(self, body: TotpConfirm) -> TotpConfirmed:
         return await self._call("POST", "/api/v1/auth/totp/confirm", TotpConfirmed, body=body)
+
+    async def totp_verify(self, body: SecondFactor) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/totp/verify", LoginResult, body=body)
+
+    async def sso_link(self, user: str, body: SsoLinkRequest) -> SsoLinkView:
+        path = f"/api/v1/users/{_seg(user)}/sso-link"
+        return await self._call("PUT", path, SsoLinkView, body=body)
+
+    async def sso_unlink(self, user: str) -> SsoUnlinked:
+        path = f"/api/v1/users/{_seg(user)}/sso-link"
+        return await self._call("DELETE", path, SsoUnlinked)
 
     async def logout(self) -> None:
         await self._call("POST", "/api/v1/auth/logout", LoggedOut)

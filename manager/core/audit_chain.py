@@ -1,11 +1,20 @@
 """The audit trail's event model and its hash chain. Pure: no I/O, no clock.
 
 Each change writes one :class:`AuditEvent`. Events form a chain: an event's ``prev_hash`` is
-the ``hash`` of the event before it (``GENESIS`` for the first), and its ``hash`` is SHA-256
-over its :func:`canonical` form, which covers every field but ``hash`` itself. Editing an
-event breaks its own hash; editing it *and* its hash breaks the next event's ``prev_hash``;
-deleting one leaves a gap in ``seq``; deleting the newest ones leaves the chain short of the
-head the store keeps (``audit_head``). :func:`verify` names the first broken link.
+the ``hash`` of the event before it (``GENESIS`` for the first), and its ``hash`` is
+HMAC-SHA256 over its :func:`canonical` form (which covers every field but ``hash`` itself),
+keyed with the chain key ``key_id`` names. The keys live outside the database (derived from
+the manager's key ring: manager.keys.audit_key), so someone who can write the database can
+neither recompute the hash of an edited event nor re-chain the events after a deleted one.
+Editing an event breaks its own hash; editing it *and* its hash breaks the next event's
+``prev_hash``; deleting one leaves a gap in ``seq``; deleting the newest ones leaves the chain
+short of the head the store keeps (``audit_head``). :func:`verify` names the first broken link.
+
+Events written before the chain was keyed have no ``key_id`` and a plain SHA-256 hash. They
+may only come first: the first keyed event (the checkpoint the manager writes at its first
+start after the upgrade) covers the last of them through its ``prev_hash``, so rewriting them
+breaks the checkpoint. An unkeyed event after a keyed one, or a trail whose newest event is
+unkeyed, is a break: that is what rewriting the trail without the key looks like.
 
 The diff is YAML of ``{"before": ..., "after": ...}``. No secret reaches it: values under a
 sensitive key are replaced (:func:`redact`), and every string, then the whole text, goes
@@ -15,8 +24,9 @@ through the manager's masker, which knows every plaintext that crossed this proc
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -34,7 +44,9 @@ __all__ = [
     "AuditEvent",
     "AuditQuery",
     "Broken",
+    "ChainKey",
     "ChainVerifier",
+    "KeyLookup",
     "SavedAuditFilter",
     "canonical",
     "draft",
@@ -97,6 +109,8 @@ class AuditEvent:
     action: str
     summary: str
     diff: str
+    # The chain key the hash is keyed with; None for an event written before keying.
+    key_id: str | None
     prev_hash: str
     hash: str
 
@@ -143,26 +157,47 @@ def like_pattern(text: str) -> str:
 # -- the chain -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ChainKey:
+    """A key of the chain: its id (recorded in each event) and its 32 bytes."""
+
+    id: str
+    secret: bytes = field(repr=False)
+
+
+# The key of an id, None when there is no such key.
+KeyLookup = Callable[[str], "bytes | None"]
+
+
 def canonical(event: AuditEvent | Mapping[str, Any]) -> bytes:
     """The bytes an event's hash is taken over: every field but ``hash``, as JSON with keys
     sorted, no whitespace, ASCII only (``\\uXXXX`` escapes), and ``ts`` as an integer count
-    of microseconds, so no float formatting enters the hash. A None is ``null``."""
+    of microseconds, so no float formatting enters the hash. A None is ``null``, but for
+    ``key_id``: an unkeyed event leaves it out, so events hashed before keying keep their
+    hash."""
     data = dict(asdict(event) if isinstance(event, AuditEvent) else event)
     data.pop("hash", None)
+    if data.get("key_id") is None:
+        data.pop("key_id", None)
     data["ts"] = round(float(data["ts"]) * 1_000_000)
     return json.dumps(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")
 
 
-def event_hash(event: AuditEvent | Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical(event)).hexdigest()
+def event_hash(event: AuditEvent | Mapping[str, Any], key: bytes | None = None) -> str:
+    """HMAC-SHA256 with ``key``; plain SHA-256 (events written before keying) without."""
+    if key is None:
+        return hashlib.sha256(canonical(event)).hexdigest()
+    return hmac.new(key, canonical(event), hashlib.sha256).hexdigest()
 
 
-def seal(d: AuditDraft, seq: int, prev_hash: str) -> AuditEvent:
-    """``d`` as the event after ``(seq - 1, prev_hash)``, with its hash."""
-    data = {**asdict(d), "seq": seq, "prev_hash": prev_hash}
-    return AuditEvent(**data, hash=event_hash(data))
+def seal(d: AuditDraft, seq: int, prev_hash: str, key: ChainKey | None = None) -> AuditEvent:
+    """``d`` as the event after ``(seq - 1, prev_hash)``, with its hash (keyed with ``key``;
+    unkeyed only where a test builds a trail as it was before keying)."""
+    key_id = None if key is None else key.id
+    data = {**asdict(d), "seq": seq, "prev_hash": prev_hash, "key_id": key_id}
+    return AuditEvent(**data, hash=event_hash(data, None if key is None else key.secret))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,13 +210,33 @@ class Broken:
 
 class ChainVerifier:
     """Checks events fed in seq order, one page at a time, so a long trail never has to be
-    held in memory. :meth:`feed` and :meth:`end` return the first break, then keep it."""
+    held in memory. :meth:`feed` and :meth:`end` return the first break, then keep it.
 
-    def __init__(self) -> None:
+    With ``keys`` (the manager's, always), keyed events are checked with their key and the
+    newest event must be keyed; without (a test of the unkeyed form), a keyed event cannot
+    be checked and is a break."""
+
+    def __init__(self, keys: KeyLookup | None = None) -> None:
         self.checked = 0
         self.broken: Broken | None = None
+        self._keys = keys
         self._seq = 0
         self._hash = GENESIS
+        self._keyed = False
+
+    def _hash_problem(self, event: AuditEvent) -> str | None:
+        if event.key_id is None:
+            if self._keyed:
+                return "unkeyed event after keyed ones: the trail was rewritten without the key"
+            expected = event_hash(event)
+        else:
+            key = None if self._keys is None else self._keys(event.key_id)
+            if key is None:
+                return f"key {event.key_id!r} is not in the manager's key ring"
+            expected = event_hash(event, key)
+        if not hmac.compare_digest(event.hash, expected):
+            return "hash mismatch: the event was changed after it was written"
+        return None
 
     def feed(self, event: AuditEvent) -> Broken | None:
         if self.broken is not None:
@@ -192,10 +247,8 @@ class ChainVerifier:
             self.broken = Broken(
                 expected, f"gap in seq: event {expected} is {what} (next found: {event.seq})"
             )
-        elif event.hash != event_hash(event):
-            self.broken = Broken(
-                event.seq, "hash mismatch: the event was changed after it was written"
-            )
+        elif (problem := self._hash_problem(event)) is not None:
+            self.broken = Broken(event.seq, problem)
         elif event.prev_hash != self._hash:
             self.broken = Broken(
                 event.seq, f"prev_hash mismatch: it does not match the hash of event {self._seq}"
@@ -203,6 +256,7 @@ class ChainVerifier:
         else:
             self.checked += 1
             self._seq, self._hash = event.seq, event.hash
+            self._keyed = event.key_id is not None
         return self.broken
 
     def end(self, head: tuple[int, str] | None = None) -> Broken | None:
@@ -224,12 +278,22 @@ class ChainVerifier:
             self.broken = Broken(
                 self._seq, f"head mismatch: the head holds another hash for event {head_seq}"
             )
+        elif self._keys is not None and self._seq > 0 and not self._keyed:
+            # Every manager keys the chain from its first start on (a checkpoint event when
+            # it upgraded a trail), so only a trail rewritten from the database ends unkeyed.
+            self.broken = Broken(
+                self._seq, "the newest event is not keyed: the trail was rewritten without the key"
+            )
         return self.broken
 
 
-def verify(events: Iterable[AuditEvent], head: tuple[int, str] | None = None) -> Broken | None:
+def verify(
+    events: Iterable[AuditEvent],
+    head: tuple[int, str] | None = None,
+    keys: KeyLookup | None = None,
+) -> Broken | None:
     """The first broken link of ``events`` (in seq order, from seq 1), or None."""
-    checker = ChainVerifier()
+    checker = ChainVerifier(keys)
     for event in events:
         if checker.feed(event) is not None:
             return checker.broken

@@ -51,6 +51,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["FIRST_KEY_ID", "KeyInfo", "MasterKey", "MasterKeyError"]
 
@@ -93,6 +95,7 @@ class MasterKey:
 
     def __init__(self, key: bytes) -> None:
         self._keys: dict[str, AESGCM] = {FIRST_KEY_ID: _aead(key, FIRST_KEY_ID)}
+        self._raw: dict[str, bytes] = {FIRST_KEY_ID: key}
         self._paths: dict[str, Path] = {}
         self._current = FIRST_KEY_ID
         self._stamp: _Stamp = None
@@ -180,7 +183,7 @@ class MasterKey:
         # ``current`` before the listing: a rotation writes the key file before ``current``,
         # so whatever id this read finds is already in the listing that follows.
         current, stamp = _read_current(keys_dir / CURRENT_FILE)
-        keys = {FIRST_KEY_ID: _aead(_read_key(self._master), FIRST_KEY_ID)}
+        raw = {FIRST_KEY_ID: _read_key(self._master)}
         paths = {FIRST_KEY_ID: self._master}
         try:
             entries = sorted(os.listdir(keys_dir)) if keys_dir.is_dir() else []
@@ -191,11 +194,13 @@ class MasterKey:
             if match is None or match.group(1) == FIRST_KEY_ID:
                 continue  # k1 is master.key; other names are not keys
             key_id = match.group(1)
-            keys[key_id] = _aead(_read_key(keys_dir / name), key_id)
+            raw[key_id] = _read_key(keys_dir / name)
             paths[key_id] = keys_dir / name
+        keys = {key_id: _aead(key, key_id) for key_id, key in raw.items()}
         if current not in keys:
             raise MasterKeyError(f"{keys_dir / CURRENT_FILE} names key {current}, which is missing")
-        self._keys, self._paths, self._current, self._stamp = keys, paths, current, stamp
+        self._keys, self._raw, self._paths = keys, raw, paths
+        self._current, self._stamp = current, stamp
 
     def _follow_current(self) -> None:
         """Re-read the ring when ``current`` changed since the last read (one stat)."""
@@ -213,6 +218,17 @@ class MasterKey:
         if aead is None:
             raise MasterKeyError(f"key {key_id} is not in the key ring")
         return aead
+
+    # -- keys for other purposes ------------------------------------------------------
+
+    def derive(self, key_id: str, purpose: bytes) -> bytes:
+        """A 32-byte key for ``purpose`` (HKDF-SHA256 of key ``key_id``): another use gets
+        another key, so an HMAC key never doubles as an AES key. MasterKeyError when the
+        ring has no such key."""
+        self._key(key_id)  # re-reads the ring for a key rotated in on the host meanwhile
+        return HKDF(algorithm=SHA256(), length=_KEY_LEN, salt=None, info=purpose).derive(
+            self._raw[key_id]
+        )
 
     # -- task values ------------------------------------------------------------------
 

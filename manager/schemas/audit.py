@@ -44,6 +44,8 @@ class AuditEventView(_Model):
     summary: str
     # YAML of {before, after}; secrets redacted.
     diff: str
+    # The chain key of the hash (HMAC-SHA256); None for events written before keying.
+    key_id: str | None = None
     prev_hash: str
     hash: str
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import string
 from typing import Annotated, Literal
@@ -20,15 +22,23 @@ __all__ = [
     "LoginResult",
     "Me",
     "PasswordChange",
+    "SecondFactor",
     "SessionUser",
+    "SsoLinkRequest",
+    "SsoLinkStart",
+    "SsoLinkView",
     "SsoPoll",
     "SsoSession",
+    "SsoStart",
     "SsoStarted",
+    "SsoUnlinked",
     "SsoUser",
     "TotpConfirm",
     "TotpConfirmed",
     "TotpEnrolStart",
     "TotpEnrolment",
+    "client_code",
+    "verifier_hash",
 ]
 
 
@@ -71,8 +81,9 @@ class LoginResult(_Model):
     expires_at: float
     user: SessionUser
     # Set when this session may only finish logging in: "password_change" (the password
-    # expired) or "totp_enrolment" (the account enforces 2FA and the user has none).
-    restricted: Literal["password_change", "totp_enrolment"] | None = None
+    # expired), "totp_enrolment" (the account enforces 2FA and the user has none) or "totp"
+    # (an SSO login of a user with 2FA: POST /api/v1/auth/totp/verify with the code).
+    restricted: Literal["password_change", "totp_enrolment", "totp"] | None = None
 
 
 class InviteAccept(_Model):
@@ -127,17 +138,71 @@ class LoggedOut(_Model):
 # -- SSO (manager.access.sso): start, then poll until the browser is done
 
 
+def verifier_hash(verifier: str) -> str:
+    """As PKCE's S256: base64url (no padding) of the verifier's SHA-256."""
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def client_code(hashed_verifier: str) -> str:
+    """A short code both the CLI (from its verifier) and the browser page show, so the
+    person approving can see it is their own terminal's login."""
+    digest = hashlib.sha256(f"tether-sso-code:{hashed_verifier}".encode()).digest()
+    text = base64.b32encode(digest).decode()[:8]
+    return f"{text[:4]}-{text[4:]}"
+
+
+class SsoStart(_Model):
+    # base64url (no padding) of the SHA-256 of a random verifier the client keeps, as
+    # PKCE's S256: only the holder of the verifier collects the session.
+    verifier_hash: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+    # What the client is (host, user agent), shown to the person approving in the browser.
+    client_name: Text = Field(default="", max_length=120)
+
+
+class SsoLinkStart(SsoStart):
+    # A session asks to link an identity: the password again, as for a new 2FA device
+    # (a stolen session must not plant a way in).
+    password: Text = Field(min_length=1, max_length=1024)
+
+
 class SsoStarted(_Model):
-    # Open this in a browser; then poll with state and poll_secret.
+    # Open this in a browser; then poll with state and the verifier.
     authorize_url: str
     state: str
-    poll_secret: str
     expires_at: float
+    # The short code the browser page shows for this client (manager.access.sso.client_code).
+    code: str
 
 
 class SsoPoll(_Model):
     state: Text = Field(min_length=1, max_length=256)
-    poll_secret: Text = Field(min_length=1, max_length=256)
+    verifier: Text = Field(min_length=43, max_length=128)
+
+
+class SecondFactor(_Model):
+    """The code of a session restricted to "totp": from the device, or a recovery code."""
+
+    totp_code: Text | None = Field(default=None, max_length=16)
+    recovery_code: Text | None = Field(default=None, max_length=32)
+
+
+class SsoLinkRequest(_Model):
+    # The user's subject (sub) at the provider; the configured issuer unless given.
+    subject: Text = Field(min_length=1, max_length=255)
+    issuer: str | None = Field(default=None, min_length=8, max_length=512, pattern=r"^https://")
+
+
+class SsoLinkView(_Model):
+    issuer: str
+    subject: str
+    user_id: str
+    made_by: str
+    made_at: float
+
+
+class SsoUnlinked(_Model):
+    removed: list[SsoLinkView]
 
 
 class SsoUser(_Model):
@@ -147,10 +212,13 @@ class SsoUser(_Model):
 
 
 class SsoSession(_Model):
-    status: str  # "pending" or "done"
+    status: str  # "pending", "done", or "linked" (a link flow: no session)
     token: str | None = None
     expires_at: float | None = None
     user: SsoUser | None = None
+    # "totp": the user has 2FA here and the provider asserted no MFA: the session may only
+    # give the code (POST /api/v1/auth/totp/verify).
+    restricted: Literal["totp"] | None = None
 
 
 CharClass = Literal["lower", "upper", "digit", "symbol"]

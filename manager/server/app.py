@@ -28,11 +28,12 @@ from manager.access.session_signer import SessionSigner
 from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
 from manager.api.access import add_access_routes
 from manager.api.audit import add_audit_routes
-from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware
+from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
 from manager.api.delegate_plane import add_delegate_routes
 from manager.api.directory import add_directory_routes
+from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
 from manager.api.openapi import openapi_document
@@ -42,6 +43,7 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_user_routes
 from manager.core.identity import SYSTEM
+from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
@@ -118,7 +120,8 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             "groups": list(record.groups),
             "max_qps": record.max_qps,
         }
-        await AuditRecorder(store).write(
+        keys = AuditKeys(MasterKey.load_or_create(data_dir / "master.key"))
+        await AuditRecorder(store, keys).write(
             SYSTEM,
             Change(
                 record.id,
@@ -288,7 +291,23 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         passwords=config.passwords,
         clock=config.clock,
     )
-    app[AUDIT] = AuditRecorder(store, masker=config.masker, clock=config.clock)
+    app[AUDIT] = AuditRecorder(
+        store, AuditKeys(master_key), masker=config.masker, clock=config.clock
+    )
+    await key_the_chain(app[AUDIT])
+    recorder = app[AUDIT]
+
+    async def failed_logins(change: Change, address: str) -> object:
+        return await recorder.write(
+            SYSTEM,
+            change,
+            resource_type="user",
+            method="POST",
+            path="/api/v1/auth/login",
+            client_ip=address,
+        )
+
+    app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -369,6 +388,7 @@ async def serve(
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
+            asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
         ]
         log.info(
             "manager listening",

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, AuditQuery, SavedAuditFilter
+from manager.core.audit_chain import AuditDraft, AuditEvent, AuditQuery, ChainKey, SavedAuditFilter
 from manager.records import (
     AccessSettings,
     AllowlistEntry,
@@ -391,7 +391,7 @@ class AuditStore(abc.ABC):
 
     # -- audit trail
     @abc.abstractmethod
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+    async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         """Chain ``draft`` after the newest event and store it (core.audit_chain.seal), in one
         transaction that holds the chain's head: concurrent appends, from other replicas or
         a host-side command, each get the next seq in turn, so the chain never forks."""

@@ -333,6 +333,14 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE api_keys ADD COLUMN created_by TEXT;
         """,
     ),
+    (
+        13,
+        """
+        -- The audit chain is keyed (manager.core.audit_chain): each event names the key of
+        -- its HMAC. NULL for the events written before, hashed with plain SHA-256.
+        ALTER TABLE audit_events ADD COLUMN key_id TEXT;
+        """,
+    ),
 ]
 
 

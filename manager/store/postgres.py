@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, seal
+from manager.core.audit_chain import AuditDraft, AuditEvent, ChainKey, seal
 from manager.records import (
     LogRecord,
     Presence,
@@ -370,14 +370,14 @@ class PostgresStore(SqlStore):
 
     # -- audit trail --------------------------------------------------------------------------
 
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+    async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         head, _ = render(audit.HEAD, Dialect.POSTGRES)
         append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
         async with self._conn(tx=True) as c:
             # The head row's lock orders appends from every replica: a second one waits
             # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
             row = await c.fetchrow(head)
-            event = seal(draft, int(row["seq"]) + 1, str(row["hash"]))
+            event = seal(draft, int(row["seq"]) + 1, str(row["hash"]), key)
             await c.execute(append, *bind(names, params_of(event)))
         return event
 

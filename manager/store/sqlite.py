@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, seal
+from manager.core.audit_chain import AuditDraft, AuditEvent, ChainKey, seal
 from manager.records import (
     LogRecord,
     Presence,
@@ -260,14 +260,14 @@ class SqliteStore(SqlStore):
 
     # -- audit ------------------------------------------------------------------------------
 
-    async def append_audit(self, draft: AuditDraft) -> AuditEvent:
+    async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         def fn(c: sqlite3.Connection) -> AuditEvent:
             # IMMEDIATE: the write lock before the head is read, so another process on this
             # file (a host-side command) waits for this append instead of chaining on the
             # same head. A `with conn` block would only take it at the first write.
             c.execute("BEGIN IMMEDIATE")
             seq, prev_hash = c.execute(_sql(audit.HEAD)).fetchone()
-            event = seal(draft, int(seq) + 1, str(prev_hash))
+            event = seal(draft, int(seq) + 1, str(prev_hash), key)
             params = params_of(event)
             c.execute(_sql(audit.INSERT_EVENT), params)
             c.execute(_sql(audit.SET_HEAD), params)

@@ -25,6 +25,11 @@ class Person:
     email: str
     name: str = "Pat Example"
     groups: list[str] = field(default_factory=list)
+    # The subject (sub); the email when not given.
+    subject: str | None = None
+    email_verified: bool | None = True
+    # Claims the provider adds as they are (amr, acr).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,7 +95,7 @@ async def oidc_provider(
         now = int(time.time())
         claims = {
             "iss": provider.issuer,
-            "sub": person.email,
+            "sub": person.subject or person.email.lower(),
             "aud": provider.audience or provider.client_id,
             "iat": now,
             "exp": now + 300,
@@ -98,7 +103,10 @@ async def oidc_provider(
             "email": person.email,
             "name": person.name,
             "groups": person.groups,
+            **person.extra,
         }
+        if person.email_verified is not None:
+            claims["email_verified"] = person.email_verified
         header = {"alg": "RS256", "kid": "k1"}
         id_token = jwt.encode(header, claims, provider.signing_key)
         return web.json_response(

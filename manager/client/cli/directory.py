@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from manager.client.cli import output as fmt
 from manager.client.cli.access import model_from_options, show
 from manager.client.cli.context import Context, UsageError
+from manager.schemas.auth import SsoLinkRequest
 from manager.schemas.directory import (
     AppCreate,
     AppPermission,
@@ -171,6 +172,20 @@ async def cmd_user_logout(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_user_sso_link(ctx: Context, args: argparse.Namespace) -> int:
+    body = SsoLinkRequest(subject=args.subject, issuer=args.issuer)
+    link = await ctx.client.sso_link(args.user, body)
+    show(ctx, link, f"user {args.user} signs in through {link.subject} at {link.issuer}")
+    return 0
+
+
+async def cmd_user_sso_unlink(ctx: Context, args: argparse.Namespace) -> int:
+    gone = await ctx.client.sso_unlink(args.user)
+    subjects = ", ".join(f"{g.subject} at {g.issuer}" for g in gone.removed)
+    show(ctx, gone, f"user {args.user} is no longer linked to {subjects}")
+    return 0
+
+
 async def cmd_user_enable(ctx: Context, args: argparse.Namespace) -> int:
     return await _user_switch(ctx, args, True)
 
@@ -296,6 +311,16 @@ def add_directory_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
         p = user.add_parser(verb, parents=[output], help=text)
         p.add_argument("user", metavar="EMAIL")
         p.set_defaults(handler=handler)
+    p = user.add_parser(
+        "sso-link", parents=[output], help="let a user sign in through an SSO identity"
+    )
+    p.add_argument("user", metavar="EMAIL")
+    p.add_argument("subject", metavar="SUBJECT", help="the user's subject (sub) at the provider")
+    p.add_argument("--issuer", help="the provider (default: the one configured)")
+    p.set_defaults(handler=cmd_user_sso_link)
+    p = user.add_parser("sso-unlink", parents=[output], help="remove a user's SSO links")
+    p.add_argument("user", metavar="EMAIL")
+    p.set_defaults(handler=cmd_user_sso_unlink)
 
     perms = list(get_args(AccountPermission))
     group = sub("group", "user groups and their permissions")

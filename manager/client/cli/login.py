@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import secrets
+import socket
 import sys
 import tempfile
 import time
@@ -40,8 +43,14 @@ from manager.schemas.auth import (
     LoginRequest,
     LoginResult,
     PasswordChange,
+    SecondFactor,
+    SsoLinkStart,
     SsoPoll,
+    SsoStart,
+    SsoStarted,
     TotpConfirm,
+    client_code,
+    verifier_hash,
 )
 
 __all__ = [
@@ -207,30 +216,82 @@ def _stored(ctx: Context, result: LoginResult) -> int:
     return 0
 
 
-async def _sso(ctx: Context) -> LoginResult:
-    started = await ctx.client.sso_start()
-    ctx.console.note(f"Open this in a browser to sign in:\n  {started.authorize_url}")
-    poll = SsoPoll(state=started.state, poll_secret=started.poll_secret)
+def _client_name() -> str:
+    """What the browser page calls this client: the user and host it runs as."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "someone"
+    return f"tether CLI, {who}@{socket.gethostname()}"[:120]
+
+
+def _sso_started(ctx: Context, started: SsoStarted, hashed: str) -> None:
+    ctx.console.note(
+        f"Open this in a browser to sign in:\n  {started.authorize_url}\n"
+        f"The page will show this code: {client_code(hashed)}"
+    )
+
+
+async def _sso(ctx: Context, args: argparse.Namespace) -> LoginResult:
+    # As PKCE: the verifier stays here; the manager keeps its hash, and hands the session
+    # only to whoever shows the verifier.
+    verifier = secrets.token_urlsafe(48)
+    hashed = verifier_hash(verifier)
+    started = await ctx.client.sso_start(SsoStart(verifier_hash=hashed, client_name=_client_name()))
+    _sso_started(ctx, started, hashed)
+    poll = SsoPoll(state=started.state, verifier=verifier)
     deadline = time.monotonic() + SSO_WAIT_S
     while time.monotonic() < deadline:
         answer = await ctx.client.sso_poll(poll)
         if answer.status == "done" and answer.token and answer.user and answer.expires_at:
             user = answer.user
-            return LoginResult.model_validate(
+            result = LoginResult.model_validate(
                 {
                     "token": answer.token,
                     "expires_at": answer.expires_at,
                     "user": user.model_dump(),
+                    "restricted": answer.restricted,
                 }
             )
+            if result.restricted == "totp":
+                ctx.client.use_credential(result.token)
+                code = args.totp_code or _ask(ctx, "Authentication code (or a recovery code): ")
+                code = code.strip()
+                recovery = "-" in code or len(code) > 8
+                result = await ctx.client.totp_verify(
+                    SecondFactor(
+                        totp_code=None if recovery else code,
+                        recovery_code=code if recovery else None,
+                    )
+                )
+            return result
         await asyncio.sleep(ctx.sso_poll_s)
     raise UsageError("the sign-in was not completed in time; run tether login --sso again")
+
+
+async def cmd_link_sso(ctx: Context, args: argparse.Namespace) -> int:
+    """Link the signed-in user to their identity at the SSO provider."""
+    password = _password(ctx, args)
+    verifier = secrets.token_urlsafe(48)
+    hashed = verifier_hash(verifier)
+    started = await ctx.client.sso_link_start(
+        SsoLinkStart(verifier_hash=hashed, client_name=_client_name(), password=password)
+    )
+    _sso_started(ctx, started, hashed)
+    poll = SsoPoll(state=started.state, verifier=verifier)
+    deadline = time.monotonic() + SSO_WAIT_S
+    while time.monotonic() < deadline:
+        if (await ctx.client.sso_poll(poll)).status == "linked":
+            ctx.console.note("Linked: `tether login --sso` signs you in from now on.")
+            return 0
+        await asyncio.sleep(ctx.sso_poll_s)
+    raise UsageError("the link was not completed in time; run tether link-sso again")
 
 
 async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
     _private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
     if args.sso:
-        return _stored(ctx, await _sso(ctx))
+        return _stored(ctx, await _sso(ctx, args))
     if args.invite:
         password = _password(ctx, args) if args.password_stdin else _new_password(ctx)
         result = await ctx.client.accept_invite(InviteAccept(token=args.invite, password=password))
@@ -342,6 +403,15 @@ def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     how.add_argument("--invite", metavar="TOKEN", help="accept an invite: set your password")
     how.add_argument("--sso", action="store_true", help="sign in through the identity provider")
     p.set_defaults(handler=cmd_login, anonymous=True)
+    p = groups.add_parser(
+        "link-sso",
+        parents=[output],
+        help="let your identity at the SSO provider sign you in (asks your password)",
+    )
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    p.set_defaults(handler=cmd_link_sso)
     p = groups.add_parser("logout", parents=[output], help="end the stored session")
     p.set_defaults(handler=cmd_logout, anonymous=True)
     p = groups.add_parser("whoami", parents=[output], help="who the CLI acts as")

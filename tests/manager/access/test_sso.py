@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyotp
 import pytest
 from joserfc.jwk import RSAKey
 
-from manager.access.directory import Directory, GroupBody
+from manager.access.directory import Directory, GroupBody, UserBody
+from manager.access.sso import sso_links
 from manager.client.cli.main import run_cli
+from manager.schemas.auth import verifier_hash
+from manager.schemas.grants import ADMIN_GROUP
 from manager.server.app import open_store
 from manager.store.base import Store
 from shared.tls import client_context
@@ -26,6 +30,7 @@ from tests.manager.access_support import Clock, Manager, manager
 from tests.manager.oidc_provider import Person, Provider, oidc_provider
 
 CLIENT_SECRET = "client-s3cret-value"
+PW = "Correct-horse-42"
 
 
 @pytest.fixture
@@ -85,11 +90,20 @@ async def browser(m: Manager, idp: Provider, authorize_url: str) -> tuple[int, s
     return resp2.status, await resp2.text()
 
 
-async def login(m: Manager, idp: Provider) -> tuple[dict[str, Any], str]:
-    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+VERIFIER = "a-verifier-the-cli-made-and-keeps-to-itself-0123456789"
+
+
+async def start(m: Manager, verifier: str = VERIFIER, name: str = "tether CLI, pat@laptop") -> Any:
+    body = {"verifier_hash": verifier_hash(verifier), "client_name": name}
+    status, started = await anon(m, "POST", "/api/v1/auth/sso/start", body)
     assert status == 200, started
+    return started
+
+
+async def login(m: Manager, idp: Provider) -> tuple[dict[str, Any], str]:
+    started = await start(m)
     assert started["authorize_url"].startswith(f"{idp.issuer}/authorize?")
-    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    poll = {"state": started["state"], "verifier": VERIFIER}
     status, pending = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
     assert (status, pending["status"]) == (202, "pending")
     status, page = await browser(m, idp, started["authorize_url"])
@@ -136,8 +150,7 @@ async def test_a_login_makes_the_user_with_the_mapped_groups(
 
 
 async def test_a_code_works_once_and_a_state_once(m: Manager, idp: Provider) -> None:
-    status, started = await m.call("POST", "/api/v1/auth/sso/start")
-    assert status == 200
+    started = await start(m)
     async with (
         aiohttp.ClientSession() as http,
         http.get(
@@ -153,23 +166,24 @@ async def test_a_code_works_once_and_a_state_once(m: Manager, idp: Provider) -> 
     unknown = await m.client.get("/api/v1/auth/sso/callback?state=forged&code=x")
     assert unknown.status == 400
     assert "unknown or has expired" in await unknown.text()
-    # A wrong poll secret learns nothing.
+    # A wrong verifier learns nothing.
     status, body = await anon(
-        m, "POST", "/api/v1/auth/sso/poll", {"state": started["state"], "poll_secret": "guess"}
+        m, "POST", "/api/v1/auth/sso/poll", {"state": started["state"], "verifier": "g" * 43}
     )
     assert (status, body["error"]["message"]) == (400, "no such login")
 
 
 @pytest.mark.parametrize(
-    ("spoil", "reason"),
+    ("spoil", "reason", "page_status"),
     [
-        ("audience", "the ID token was refused: invalid_claim"),
-        ("key", "the ID token was refused"),
-        ("secret", "the identity provider answered 401"),
+        ("audience", "the ID token was refused: invalid_claim", 400),
+        ("key", "the ID token was refused", 400),
+        # The provider refused the manager's own credentials: the provider's side, a 502.
+        ("secret", "the identity provider answered 401", 502),
     ],
 )
 async def test_a_token_that_does_not_verify_fails_the_login(
-    m: Manager, idp: Provider, store: Store, spoil: str, reason: str
+    m: Manager, idp: Provider, store: Store, spoil: str, reason: str, page_status: int
 ) -> None:
     if spoil == "audience":
         idp.audience = "another-client"
@@ -177,12 +191,12 @@ async def test_a_token_that_does_not_verify_fails_the_login(
         idp.signing_key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
     else:
         idp.client_secret = "rotated-at-the-provider"
-    status, started = await m.call("POST", "/api/v1/auth/sso/start")
+    started = await start(m)
     status, page = await browser(m, idp, started["authorize_url"])
-    assert status == 400
+    assert status == page_status
     assert reason in page
     assert CLIENT_SECRET not in page
-    poll = {"state": started["state"], "poll_secret": started["poll_secret"]}
+    poll = {"state": started["state"], "verifier": VERIFIER}
     status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
     assert status == 400
     assert reason in body["error"]["message"]
@@ -205,7 +219,8 @@ async def test_without_settings_a_login_cannot_start(tmp_path: Path) -> None:
     await s.open()
     try:
         async with manager(tmp_path / "m2", s, Clock()) as bare:
-            status, body = await anon(bare, "POST", "/api/v1/auth/sso/start")
+            body = {"verifier_hash": verifier_hash(VERIFIER)}
+            status, body = await anon(bare, "POST", "/api/v1/auth/sso/start", body)
             assert (status, body["error"]["message"]) == (400, "single sign-on is not configured")
     finally:
         await s.close()
@@ -254,7 +269,7 @@ async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
     settings = {"allowed_email_domains": ["example.com"], "session_ttl_minutes": 30}
     assert (await m.call("PUT", "/api/v1/auth/settings", settings))[0] == 200
     idp.person = Person("eve@elsewhere.org", "Eve", groups=["sec-auditors"])
-    status, started = await anon(m, "POST", "/api/v1/auth/sso/start")
+    started = await start(m)
     status, page = await browser(m, idp, started["authorize_url"])
     assert status == 400
     assert "eve@elsewhere.org: this email domain may not join this account" in page
@@ -262,3 +277,261 @@ async def test_a_new_sso_user_needs_an_allowed_domain_and_gets_the_session_ttl(
     idp.person = Person("pat@example.com", "Pat", groups=["sec-auditors"])
     done, _ = await login(m, idp)
     assert done["expires_at"] == pytest.approx(time.time() + 30 * 60, abs=60)
+
+
+# -- linking, verified email, 2FA, the client binding, configuration errors ---------------------
+
+
+async def local_admin(m: Manager, email: str = "root@example.com") -> str:
+    """A local user with a password, in the administrators' group; answers their id."""
+    status, made = await m.call("POST", "/api/v1/users", {"email": email, "groups": [ADMIN_GROUP]})
+    assert status == 201, made
+    status, _ = await anon(
+        m, "POST", "/api/v1/auth/invite/accept", {"token": made["invite_token"], "password": PW}
+    )
+    assert status == 200
+    user_id: str = made["id"]
+    return user_id
+
+
+async def refused_at_callback(m: Manager, idp: Provider) -> tuple[str, dict[str, Any]]:
+    started = await start(m)
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 400, page
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert status == 400
+    return page, body
+
+
+@pytest.mark.parametrize("verified", [False, None])
+async def test_an_email_the_provider_has_not_verified_signs_no_one_in(
+    m: Manager, idp: Provider, store: Store, verified: bool | None
+) -> None:
+    await local_admin(m)
+    idp.person = Person("root@example.com", email_verified=verified)
+    page, body = await refused_at_callback(m, idp)
+    assert "has not verified root@example.com" in page
+    assert "token" not in body
+    idp.person = Person("new@example.com", email_verified=verified)
+    await refused_at_callback(m, idp)
+    assert await Directory(store).users.by_key("new@example.com") is None
+
+
+async def test_a_local_account_is_reached_only_through_a_link_made_on_purpose(
+    m: Manager, idp: Provider
+) -> None:
+    await local_admin(m)
+    # The provider vouches for the admin's address (verified, even): still not the admin.
+    idp.person = Person("root@example.com", subject="idp-user-1")
+    page, _ = await refused_at_callback(m, idp)
+    assert "not linked to this sign-in" in page
+    # An administrator links the admin's identity at the provider (API; the CLI calls it).
+    link = {"subject": "idp-user-1"}
+    status, made = await m.call("PUT", "/api/v1/users/root@example.com/sso-link", link)
+    assert (status, made["issuer"], made["made_by"]) == (201, idp.issuer, "admin")
+    status, again = await m.call("PUT", "/api/v1/users/root@example.com/sso-link", link)
+    assert (status, again["error"]["code"]) == (409, "conflict")
+    done, page = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+    assert done["restricted"] is None
+    assert "for tether CLI, pat@laptop, code" in page
+    # Another subject with the same address is someone else.
+    idp.person = Person("root@example.com", subject="idp-user-2")
+    await refused_at_callback(m, idp)
+    status, gone = await m.call("DELETE", "/api/v1/users/root@example.com/sso-link")
+    assert (status, len(gone["removed"])) == (200, 1)
+    idp.person = Person("root@example.com", subject="idp-user-1")
+    await refused_at_callback(m, idp)
+
+
+async def test_a_linked_user_with_2fa_gives_the_code_unless_the_provider_asserts_mfa(
+    m: Manager, idp: Provider
+) -> None:
+    await local_admin(m)
+    status, session = await anon(
+        m, "POST", "/api/v1/auth/login", {"email": "root@example.com", "password": PW}
+    )
+    token = session["token"]
+    status, enrol = await m.call("POST", "/api/v1/auth/totp/enrol", {"password": PW}, key=token)
+    assert status == 200, enrol
+    totp = pyotp.TOTP(enrol["secret"])
+    step = int(time.time() // 30)
+    code = {"code": totp.at(step * 30)}
+    assert (await m.call("POST", "/api/v1/auth/totp/confirm", code, key=token))[0] == 200
+    await m.call("PUT", "/api/v1/users/root@example.com/sso-link", {"subject": "idp-root"})
+
+    idp.person = Person("root@example.com", subject="idp-root", extra={"amr": ["pwd"]})
+    done, _ = await login(m, idp)
+    assert done["restricted"] == "totp"
+    restricted = done["token"]
+    status, body = await m.call("GET", "/api/v1/audit", key=restricted)
+    assert (status, body["error"]["code"]) == (403, "totp_required")
+    wrong = {"totp_code": "000000" if totp.at((step + 1) * 30) != "000000" else "111111"}
+    status, body = await m.call("POST", "/api/v1/auth/totp/verify", wrong, key=restricted)
+    assert (status, body["error"]["code"]) == (401, "invalid_totp")
+    good = {"totp_code": totp.at((step + 1) * 30)}
+    status, full = await m.call("POST", "/api/v1/auth/totp/verify", good, key=restricted)
+    assert (status, full["restricted"]) == (200, None), full
+    assert (await m.call("GET", "/api/v1/audit", key=full["token"]))[0] == 200
+    assert (await m.call("GET", "/api/v1/auth/me", key=restricted))[0] == 401  # swapped
+
+    # The provider asserts MFA: the code is not asked again.
+    idp.person = Person("root@example.com", subject="idp-root", extra={"amr": ["pwd", "hwk"]})
+    done, _ = await login(m, idp)
+    assert done["restricted"] is None
+
+
+async def test_an_sso_made_user_from_before_links_is_linked_at_its_next_login(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    await Directory(store).users.insert(
+        UserBody(email="old@example.com", status="active", source="sso")
+    )
+    idp.person = Person("old@example.com", subject="old-sub")
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "old@example.com"
+    (link,) = await sso_links(store).list()
+    assert (link.body.subject, link.body.made_by) == ("old-sub", "migration")
+    idp.person = Person("old@example.com", subject="someone-else")
+    await refused_at_callback(m, idp)
+
+
+async def test_the_session_goes_only_to_the_client_that_started_the_login(
+    m: Manager, idp: Provider
+) -> None:
+    # The attacker starts a login and sends the link to a victim...
+    started = await start(m, verifier="the-attackers-verifier-" + "a" * 30, name="evil-host")
+    status, page = await browser(m, idp, started["authorize_url"])
+    # ...the victim's browser page names the client it is approving, and its code...
+    assert status == 200
+    assert f"for evil-host, code {started['code']}" in page
+    # ...and only the starting client's verifier collects: not a hash, not a guess.
+    for wrong in (verifier_hash(VERIFIER), VERIFIER):
+        poll = {"state": started["state"], "verifier": wrong}
+        status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+        assert (status, body["error"]["message"]) == (400, "no such login")
+
+
+async def test_sso_configuration_errors_name_the_setting(
+    m: Manager, idp: Provider, tmp_path: Path
+) -> None:
+    unreadable = tmp_path / "ca.pem"
+    unreadable.write_text("not a certificate")
+    for ca_file in (str(tmp_path / "missing.pem"), str(unreadable)):
+        status, _ = await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, ca_file=ca_file))
+        assert status == 200
+        status, body = await anon(
+            m, "POST", "/api/v1/auth/sso/start", {"verifier_hash": verifier_hash(VERIFIER)}
+        )
+        assert status == 400, body
+        assert body["error"]["message"].startswith("ca_file: "), body
+    await m.call("PUT", "/api/v1/auth/sso", settings(m, idp, issuer="https://127.0.0.1:9"))
+    status, body = await anon(
+        m, "POST", "/api/v1/auth/sso/start", {"verifier_hash": verifier_hash(VERIFIER)}
+    )
+    assert status == 502, body
+    assert "could not be reached" in body["error"]["message"]
+    assert "(setting issuer)" in body["error"]["message"]
+
+
+async def test_tether_user_sso_link_and_unlink(m: Manager, idp: Provider, tmp_path: Path) -> None:
+    await local_admin(m)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+        "TETHER_API_KEY": m.key,
+    }
+
+    async def tether(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run_cli, list(argv), env=env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await tether("user", "sso-link", "root@example.com", "idp-root")
+    assert code == 0, err
+    assert f"user root@example.com signs in through idp-root at {idp.issuer}" in out
+    idp.person = Person("root@example.com", subject="idp-root")
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+    code, out, err = await tether("user", "sso-unlink", "root@example.com")
+    assert code == 0, err
+    assert "no longer linked to idp-root" in out
+    code, _, err = await tether("user", "sso-unlink", "root@example.com")
+    assert code != 0
+    assert "has no SSO link" in err
+
+
+async def test_a_user_links_their_own_identity_after_a_password_login(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    await local_admin(m)
+    _, session = await anon(
+        m, "POST", "/api/v1/auth/login", {"email": "root@example.com", "password": PW}
+    )
+    token = session["token"]
+    body = {"verifier_hash": verifier_hash(VERIFIER), "client_name": "laptop", "password": "no"}
+    status, refused = await m.call("POST", "/api/v1/auth/sso/link", body, key=token)
+    assert (status, refused["error"]["field"]) == (400, "current")  # the password again
+    # An API key is no user's session.
+    assert (await m.call("POST", "/api/v1/auth/sso/link", body))[0] == 400
+    started = (await m.call("POST", "/api/v1/auth/sso/link", {**body, "password": PW}, key=token))[
+        1
+    ]
+    # At the provider the person has another address, even: the link is what counts.
+    idp.person = Person("root.other@example.org", subject="root-at-idp")
+    status, page = await browser(m, idp, started["authorize_url"])
+    assert status == 200, page
+    assert f"signs in as root@example.com (asked by laptop, code {started['code']})" in page
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, done = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, done["status"], done["token"]) == (200, "linked", None)  # no session
+    (link,) = await sso_links(store).list()
+    assert (link.body.subject, link.body.made_by) == ("root-at-idp", "user")
+    status, trail = await m.call("GET", "/api/v1/audit", action="sso_link")
+    events = [e for e in trail["events"] if e["action"] == "sso_link"]
+    assert [(e["actor_name"], e["resource_name"]) for e in events] == [
+        ("root@example.com", "root@example.com")
+    ]
+    done, _ = await login(m, idp)
+    assert done["user"]["email"] == "root@example.com"
+
+
+async def test_tether_link_sso_links_the_signed_in_user(
+    m: Manager, idp: Provider, store: Store, tmp_path: Path
+) -> None:
+    await local_admin(m)
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["login", "--email", "root@example.com", "--password-stdin"]
+    code = await asyncio.to_thread(
+        run_cli, argv, env=env, out=out, err=err, stdin=io.StringIO(PW + "\n")
+    )
+    assert code == 0, err.getvalue()
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[str] = loop.create_future()
+    err2 = _UrlWatch(loop, found)
+    cli = asyncio.create_task(
+        asyncio.to_thread(
+            run_cli,
+            ["link-sso", "--password-stdin"],
+            env=env,
+            out=io.StringIO(),
+            err=err2,
+            stdin=io.StringIO(PW + "\n"),
+            sso_poll_s=0.01,
+        )
+    )
+    idp.person = Person("root@example.com", subject="root-via-cli")
+    status, page = await browser(m, idp, await asyncio.wait_for(found, 30))
+    assert status == 200, page
+    assert await cli == 0, err2.getvalue()
+    assert "Linked: `tether login --sso` signs you in from now on." in err2.getvalue()
+    shown = re.search(r"The page will show this code: (\S+)", err2.getvalue())
+    assert shown is not None
+    assert f"code {shown.group(1)}" in page
+    (link,) = await sso_links(store).list()
+    assert link.body.subject == "root-via-cli"

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from manager.access.directory import AppBody, Directory, EnvBody, GroupBody, UserBody, UserStatus
 from manager.access.entities import Entity
 from manager.access.login import LOGINS, Logins
-from manager.access.sso import SsoLogin, sso_logins
+from manager.access.sso import SsoLink, SsoLogin, sso_links, sso_logins
 from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key, create_token
 from manager.api.context import Context
 from manager.api.http import Route, RouteTable
@@ -33,6 +33,7 @@ from manager.records import (
     SecretManagerRecord,
     SecretRecord,
 )
+from manager.schemas.auth import verifier_hash
 from manager.schemas.grants import ADMIN_GROUP
 from manager.schemas.secrets import SecretCreate
 from manager.schemas.tasks import TaskSubmit
@@ -113,6 +114,8 @@ NOT_AUDITED = {
     # A pending SSO login, gone within ten minutes: the sign-in it leads to is the event.
     # (Unauthenticated, too: recording every start would let anyone fill the trail.)
     ("POST", "/api/v1/auth/sso/start"),
+    # Likewise for a link: the link itself, made at the browser's callback, is the event.
+    ("POST", "/api/v1/auth/sso/link"),
 }
 
 
@@ -265,6 +268,7 @@ async def sso_settings(w: World) -> Call:
 
 
 PASSWORD = "Old-password-123"
+VERIFIER = "the-verifier-only-the-cli-holds-" + "x" * 20
 
 
 async def _signed_in(w: World) -> Entity[UserBody]:
@@ -313,12 +317,12 @@ async def sso_poll(w: World) -> Call:
     done = SsoLogin(
         state="the-state",
         nonce="n",
-        poll_hash=hash_secret("the-poll-secret"),
+        verifier_hash=verifier_hash(VERIFIER),
         expires_at=time.time() + 600,
         user_id=user.id,
     )
     await sso_logins(w.store).insert(done)
-    return "/api/v1/auth/sso/poll", {"state": "the-state", "poll_secret": "the-poll-secret"}
+    return "/api/v1/auth/sso/poll", {"state": "the-state", "verifier": VERIFIER}
 
 
 async def logout(w: World) -> Call:
@@ -341,6 +345,43 @@ async def totp_confirm(w: World) -> Call:
     user = await _signed_in(w)
     secret, _ = await logins.totp_enrol(user)
     return "/api/v1/auth/totp/confirm", {"code": pyotp.TOTP(secret).now()}
+
+
+async def totp_verify(w: World) -> Call:
+    """An SSO session of a user with 2FA gives its code."""
+    logins: Logins = w.client.app[LOGINS]
+    made = await _with_password(w)
+    secret, _ = await logins.totp_enrol(made)
+    pending = await logins.directory.users.get(made.id)
+    assert pending is not None
+    await logins.totp_confirm(pending, pyotp.TOTP(secret).now())
+    user = await logins.directory.users.get(made.id)
+    assert user is not None
+    s = await logins.session(user, await logins.settings(), via="sso", second_factor_due=True)
+    w.session = (s.token, user.id, user.body.email)
+    step = int(time.time() // 30) + 1  # the step after the one confirm used
+    return "/api/v1/auth/totp/verify", {"totp_code": pyotp.TOTP(secret).at(step * 30)}
+
+
+async def user_sso_link(w: World) -> Call:
+    await _user(w, "u@example.com")
+    body = {"subject": "00u-the-subject", "issuer": "https://idp.example.com"}
+    return "/api/v1/users/u@example.com/sso-link", body
+
+
+async def user_sso_unlink(w: World) -> Call:
+    await _user(w, "u@example.com")
+    user = await Directory(w.store).users.by_key("u@example.com")
+    assert user is not None
+    link = SsoLink(
+        issuer="https://idp.example.com",
+        subject="00u-the-subject",
+        user_id=user.id,
+        made_by="admin",
+        made_at=time.time(),
+    )
+    await sso_links(w.store).insert(link)
+    return "/api/v1/users/u@example.com/sso-link", None
 
 
 async def auth_settings(w: World) -> Call:
@@ -531,6 +572,9 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/auth/password"): password_change,
     ("POST", "/api/v1/auth/totp/enrol"): totp_enrol,
     ("POST", "/api/v1/auth/totp/confirm"): totp_confirm,
+    ("POST", "/api/v1/auth/totp/verify"): totp_verify,
+    ("PUT", "/api/v1/users/{user}/sso-link"): user_sso_link,
+    ("DELETE", "/api/v1/users/{user}/sso-link"): user_sso_unlink,
     ("PUT", "/api/v1/auth/settings"): auth_settings,
     ("POST", "/api/v1/users"): user_create,
     ("PATCH", "/api/v1/users/{user}"): user_update,

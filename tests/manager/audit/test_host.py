@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from manager.core.audit_chain import AuditEvent, verify
+from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.store.sqlite import SqliteStore
 
@@ -51,7 +52,9 @@ async def test_token_and_key_commands_on_the_host_are_audited_as_the_system(
     await store.open()
     try:
         events: list[AuditEvent] = [e async for e in store.audit_events_all()]
-        assert verify(events, await store.audit_head()) is None
+        keys = AuditKeys(MasterKey.load(tmp_path / "master.key"))
+        assert verify(events, await store.audit_head(), keys.lookup) is None
+        assert {e.key_id for e in events} == {"k1", "k2"}  # keyed, by the key current then
     finally:
         await store.close()
     assert [(e.actor_kind, e.method, e.client_ip) for e in events] == [
