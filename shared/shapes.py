@@ -185,12 +185,13 @@ SHAPES: tuple[Shape, ...] = (
     _Token(
         name="JWT",
         triggers=(b"eyJ",),
-        # Header and claims are base64url JSON objects, so both start with eyJ ('{"').
+        # Header and claims are base64url JSON objects: the header starts with eyJ ('{"'),
+        # the claims with e ('{'; "e30" is an empty set of claims).
         pattern=re.compile(
-            rb"eyJ[A-Za-z0-9_\-]{4,2048}\.eyJ[A-Za-z0-9_\-]{4,8192}\.[A-Za-z0-9_\-]{0,2048}"
+            rb"eyJ[A-Za-z0-9_\-]{4,2048}\.e[A-Za-z0-9_\-]{2,8192}\.[A-Za-z0-9_\-]{0,2048}"
         ),
         alphabet=re.compile(rb"[A-Za-z0-9_.\-]*"),
-        reach=3 + 2048 + 1 + 3 + 8192 + 1 + 2048 + 1,
+        reach=3 + 2048 + 1 + 1 + 8192 + 1 + 2048 + 1,
     ),
     _PemBlock(
         name="PEM private key block",
