@@ -61,7 +61,7 @@ def assert_nothing_survives(value: bytes) -> None:
     "value",
     [
         "IT'S-A-PA55WORD",
-        "A B\"C\\D$E`F!G&H;I|J<K>L(M)N{O}P[Q]R?S~T#U=V,W^X%Y+Z:1@2",
+        'A B"C\\D$E`F!G&H;I|J<K>L(M)N{O}P[Q]R?S~T#U=V,W^X%Y+Z:1@2',
         "~HOME#X=~Y:~Z",
         "#START AND 'QUOTES'",
         "TAB\tAND\nNEWLINE\r\nCRLF",
