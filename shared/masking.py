@@ -120,6 +120,8 @@ class _Snapshot:
     # For each pattern: whether it is a registered form, and the shapes it triggers.
     kinds: tuple[tuple[bool, tuple[Shape, ...]], ...]
     first_bytes: frozenset[int]
+    # Every byte of every pattern: a tail ending in any other byte can be no prefix.
+    pattern_bytes: frozenset[int]
     longest: int
 
     def held_tail(self, buf: bytes) -> int:
@@ -128,9 +130,12 @@ class _Snapshot:
         Only such a suffix can still become a match once more bytes arrive; a suffix that
         is a whole pattern (and a prefix of none longer) is already found by the scan.
         """
+        size = len(buf)
+        if not size or buf[-1] not in self.pattern_bytes:
+            # Output read from a pipe mostly ends a line, and few patterns hold a newline.
+            return 0
         ordered = self.ordered
         first = self.first_bytes
-        size = len(buf)
         for length in range(min(size, self.longest - 1), 0, -1):
             if buf[size - length] not in first:
                 continue
@@ -236,6 +241,7 @@ def _build(patterns: frozenset[bytes], dfa_max_pattern_bytes: int) -> _Snapshot:
         ordered=ordered,
         kinds=tuple((p in patterns, _TRIGGERS.get(p, ())) for p in ordered),
         first_bytes=frozenset(p[0] for p in ordered),
+        pattern_bytes=frozenset(b"".join(ordered)),
         longest=max(len(p) for p in ordered),
     )
 
