@@ -330,7 +330,10 @@ def _describe_short(value: str | bytes) -> str:
         return "an empty value"
     unit = "character" if isinstance(value, str) else "byte"
     plural = "" if len(value) == 1 else "s"
-    return f"a value of {len(value)} {unit}{plural}"
+    stripped = len(value.strip())
+    if stripped == len(value):
+        return f"a value of {len(value)} {unit}{plural}"
+    return f"a value of {len(value)} {unit}{plural} ({stripped} without surrounding whitespace)"
 
 
 class MaskingStream:

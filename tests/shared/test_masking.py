@@ -397,7 +397,7 @@ def test_value_stored_with_a_trailing_newline_is_masked_without_it() -> None:
 def test_value_short_without_its_newline_is_reported_as_too_short() -> None:
     masker = Masker()
     assert masker.add("abc\n") is False
-    assert masker.skipped == ["a value of 4 characters"]
+    assert masker.skipped == ["a value of 4 characters (3 without surrounding whitespace)"]
 
 
 # --- bash's quoting --------------------------------------------------------------------------
@@ -607,6 +607,16 @@ def test_pem_block_cut_short_by_the_end_of_output_is_masked_to_the_end() -> None
     stream = Masker().stream()
     assert stream.feed(PEM[:80].encode()) == b""
     assert stream.flush() == MASK
+
+
+def test_shape_whose_mask_starts_inside_the_held_tail_is_judged_again() -> None:
+    # The registered value makes the masker hold from inside the label; the label's shape
+    # is decided, but its mask (the key after the label) would start in the held bytes.
+    data = f'SecretAccessKey": "{AWS_SECRET}";'.encode()
+    masker = Masker([f'y": "{AWS_SECRET}";Q'])
+    expected = masker.mask_bytes(data + b"\n")
+    assert expected == b'SecretAccessKey": "' + MASK + b'";\n'
+    assert stream_through(masker, [data, b"\n"]) == expected
 
 
 def test_registered_value_inside_a_shape_is_masked_whole() -> None:
