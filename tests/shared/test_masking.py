@@ -735,3 +735,22 @@ def test_property_registered_values_and_shapes_mixed_stream_equals_one_shot(
     assert stream_through(masker, split_at(data, cuts)) == expected
     for secret in secrets:
         assert _raw(secret) not in expected
+
+
+_identifier = st.text(alphabet=string.ascii_letters + string.digits + "_", max_size=8)
+
+
+@_settings
+@given(
+    value=st.text(alphabet=string.ascii_letters + string.digits + "_", min_size=4, max_size=24),
+    before=_identifier,
+    after=_identifier,
+    stored_with=st.sampled_from(["", "\n"]),
+)
+def test_property_an_output_name_holding_a_value_is_changed_by_the_masker(
+    value: str, before: str, after: str, stored_with: str
+) -> None:
+    # The delegate drops a $TETHER_OUTPUT line whose name the masker would change
+    # (test_output_whose_name_holds_a_secret_is_dropped): any name holding a value must be.
+    name = "N" + before + value + after
+    assert Masker([value + stored_with]).mask_text(name) != name
