@@ -2,8 +2,11 @@
 
 Every value a task may see is registered with a :class:`Masker` before the process starts.
 A value is expanded into the forms a script is likely to print it in (raw, base64 at each
-alignment, URL-encoded, JSON-escaped, shell-quoted, each line of a multi-line value), and all
-of them are searched for at once with an Aho-Corasick automaton over the byte stream.
+alignment, URL-encoded, JSON-escaped, quoted the ways bash quotes, each line of a multi-line
+value, and all of that again without a trailing newline), and all of them are searched for
+at once with an Aho-Corasick automaton over the byte stream. The same scan finds the
+triggers of well-known credential shapes (:mod:`shared.shapes`), which are masked whether or
+not they were registered.
 
 Output is bytes, not lines: a process may write a secret in any number of pieces, so each
 output stream gets a :class:`MaskingStream` that holds back just the tail that could still
@@ -27,6 +30,8 @@ from urllib.parse import quote, quote_plus
 import ahocorasick_rs
 
 from shared.limits import MIN_MASKED_SECRET_LEN
+from shared.shapes import HOLD, SHAPES, Shape
+from shared.shellforms import bash_forms
 
 __all__ = [
     "DFA_MAX_PATTERN_BYTES",
@@ -74,6 +79,7 @@ def _text_forms(raw: bytes) -> Iterator[bytes]:
     yield json.dumps(text, ensure_ascii=True)[1:-1].encode("ascii")
     yield json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogateescape")
     yield shlex.quote(text).encode("utf-8", "surrogateescape")
+    yield from bash_forms(raw)
 
 
 def _single_forms(raw: bytes) -> Iterator[bytes]:
@@ -87,9 +93,13 @@ def _single_forms(raw: bytes) -> Iterator[bytes]:
 def expand_value(value: str | bytes) -> set[bytes]:
     """Every byte pattern that masks ``value``; empty when the value is too short to mask."""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
-    if len(raw) < MIN_MASKED_SECRET_LEN:
+    # A value read from a file usually ends in a newline that `$(...)`, `read` and most
+    # tools drop: what is printed is the value without it, so that is the value's length.
+    if len(raw.strip()) < MIN_MASKED_SECRET_LEN:
         return set()
-    forms = set(_single_forms(raw))
+    forms: set[bytes] = set()
+    for whole in dict.fromkeys((raw, raw.rstrip(b"\r\n"), raw.strip())):
+        forms.update(_single_forms(whole))
     lines = raw.splitlines()
     if len(lines) > 1:
         for line in lines:
@@ -104,9 +114,14 @@ class _Snapshot:
     """An immutable view of the pattern set; streams take one per call, so a concurrent
     ``add`` never changes the patterns half way through a scan."""
 
-    automaton: ahocorasick_rs.BytesAhoCorasick | None
+    automaton: ahocorasick_rs.BytesAhoCorasick
+    # Registered forms and shape triggers, sorted; the automaton's pattern i is ordered[i].
     ordered: tuple[bytes, ...]
+    # For each pattern: whether it is a registered form, and the shapes it triggers.
+    kinds: tuple[tuple[bool, tuple[Shape, ...]], ...]
     first_bytes: frozenset[int]
+    # Every byte of every pattern: a tail ending in any other byte can be no prefix.
+    pattern_bytes: frozenset[int]
     longest: int
 
     def held_tail(self, buf: bytes) -> int:
@@ -115,9 +130,12 @@ class _Snapshot:
         Only such a suffix can still become a match once more bytes arrive; a suffix that
         is a whole pattern (and a prefix of none longer) is already found by the scan.
         """
+        size = len(buf)
+        if not size or buf[-1] not in self.pattern_bytes:
+            # Output read from a pipe mostly ends a line, and few patterns hold a newline.
+            return 0
         ordered = self.ordered
         first = self.first_bytes
-        size = len(buf)
         for length in range(min(size, self.longest - 1), 0, -1):
             if buf[size - length] not in first:
                 continue
@@ -143,16 +161,26 @@ class _Snapshot:
 
         One pass is enough: a match that will only complete with later bytes must start in
         the held tail (that is how the tail is chosen), so every match starting before
-        ``cut`` lies wholly inside ``buf`` and is already known.
+        ``cut`` lies wholly inside ``buf`` and is already known. A shape not yet decided
+        moves ``cut`` back to its trigger, and so does one whose mask would start past
+        ``cut``: either way it is judged again, on the same bytes, on the next call.
         """
         cut = len(buf) if final else len(buf) - self.held_tail(buf)
-        if self.automaton is None:
-            spans: list[tuple[int, int]] = []
-        else:
-            found = self.automaton.find_matches_as_indexes(buf, overlapping=True)
-            # Matches starting at or after `cut` lie in the held tail and are found again
-            # on the next call, with whatever follows them.
-            spans = sorted((start, end) for _, start, end in found if start < cut)
+        found = self.automaton.find_matches_as_indexes(buf, overlapping=True)
+        spans: list[tuple[int, int]] = []
+        triggered: list[tuple[int, tuple[Shape, ...]]] = []
+        kinds = self.kinds
+        for index, start, end in found:
+            registered, shapes = kinds[index]
+            if registered:
+                spans.append((start, end))
+            if shapes:
+                triggered.append((start, shapes))
+        if triggered:
+            cut = _judge(buf, triggered, cut, final, spans)
+        # Matches starting at or after `cut` lie in the held tail and are found again on
+        # the next call, with whatever follows them.
+        spans = sorted(span for span in spans if span[0] < cut)
         out: list[bytes] = []
         is_open = covered is not None
         done = covered or 0
@@ -172,7 +200,50 @@ class _Snapshot:
         return b"".join(out), cut, (done - cut if is_open else None)
 
 
-_EMPTY = _Snapshot(automaton=None, ordered=(), first_bytes=frozenset(), longest=0)
+def _judge(
+    buf: bytes,
+    triggered: list[tuple[int, tuple[Shape, ...]]],
+    cut: int,
+    final: bool,
+    spans: list[tuple[int, int]],
+) -> int:
+    """Add to ``spans`` the shapes found at triggers before ``cut``; return the new cut."""
+    triggered.sort(key=lambda item: item[0])
+    for at, shapes in triggered:
+        if at >= cut:
+            break
+        for shape in shapes:
+            verdict = shape.judge(buf, at, final)
+            if verdict is None:
+                continue
+            if verdict is HOLD or verdict[0] >= cut:
+                return at
+            spans.append(verdict)
+    return cut
+
+
+_TRIGGERS: dict[bytes, tuple[Shape, ...]] = {}
+for _shape in SHAPES:
+    for _trigger in _shape.triggers:
+        _TRIGGERS[_trigger] = (*_TRIGGERS.get(_trigger, ()), _shape)
+
+
+def _build(patterns: frozenset[bytes], dfa_max_pattern_bytes: int) -> _Snapshot:
+    ordered = tuple(sorted(patterns | _TRIGGERS.keys()))
+    size = sum(len(p) for p in ordered)
+    implementation = (
+        ahocorasick_rs.Implementation.DFA
+        if size <= dfa_max_pattern_bytes
+        else ahocorasick_rs.Implementation.ContiguousNFA
+    )
+    return _Snapshot(
+        automaton=ahocorasick_rs.BytesAhoCorasick(list(ordered), implementation=implementation),
+        ordered=ordered,
+        kinds=tuple((p in patterns, _TRIGGERS.get(p, ())) for p in ordered),
+        first_bytes=frozenset(p[0] for p in ordered),
+        pattern_bytes=frozenset(b"".join(ordered)),
+        longest=max(len(p) for p in ordered),
+    )
 
 
 class Masker:
@@ -192,8 +263,7 @@ class Masker:
         self._lock = threading.Lock()
         self._patterns: set[bytes] = set()
         self._skipped: list[str] = []
-        self._snapshot = _EMPTY
-        self._dirty = False
+        self._snapshot: _Snapshot | None = None
         for value in values:
             self.add(value)
 
@@ -211,7 +281,7 @@ class Masker:
                 return False
             if not forms <= self._patterns:
                 self._patterns |= forms
-                self._dirty = True
+                self._snapshot = None
             return True
 
     @property
@@ -250,23 +320,8 @@ class Masker:
 
     def _current(self) -> _Snapshot:
         with self._lock:
-            if self._dirty:
-                ordered = tuple(sorted(self._patterns))
-                size = sum(len(p) for p in ordered)
-                implementation = (
-                    ahocorasick_rs.Implementation.DFA
-                    if size <= self._dfa_max_pattern_bytes
-                    else ahocorasick_rs.Implementation.ContiguousNFA
-                )
-                self._snapshot = _Snapshot(
-                    automaton=ahocorasick_rs.BytesAhoCorasick(
-                        list(ordered), implementation=implementation
-                    ),
-                    ordered=ordered,
-                    first_bytes=frozenset(p[0] for p in ordered),
-                    longest=max(len(p) for p in ordered),
-                )
-                self._dirty = False
+            if self._snapshot is None:
+                self._snapshot = _build(frozenset(self._patterns), self._dfa_max_pattern_bytes)
             return self._snapshot
 
 
@@ -275,7 +330,10 @@ def _describe_short(value: str | bytes) -> str:
         return "an empty value"
     unit = "character" if isinstance(value, str) else "byte"
     plural = "" if len(value) == 1 else "s"
-    return f"a value of {len(value)} {unit}{plural}"
+    stripped = len(value.strip())
+    if stripped == len(value):
+        return f"a value of {len(value)} {unit}{plural}"
+    return f"a value of {len(value)} {unit}{plural} ({stripped} without surrounding whitespace)"
 
 
 class MaskingStream:

@@ -3,8 +3,9 @@ says how it ended.
 
 Everything the task prints goes through the ``LogStream`` (and so through the task's
 masker); every error text and output value is masked as well, since a URL, a path or an
-output variable can carry a secret as easily as a log line can. :func:`execute` closes the
-log stream before it returns, so every line is in the sink by the time the result exists.
+output variable can carry a secret as easily as a log line can (an output variable whose
+*name* carries one is dropped). :func:`execute` closes the log stream before it returns, so
+every line is in the sink by the time the result exists.
 """
 
 from __future__ import annotations
@@ -326,6 +327,11 @@ async def _read_outputs(path: Path, log: LogStream) -> dict[str, str]:
         key, eq, value = line.partition("=")
         if not eq or not _OUTPUT_KEY.fullmatch(key):
             await log.system(f"$TETHER_OUTPUT line {number} is not KEY=VALUE; ignored")
+            continue
+        if log.masker.mask_text(key) != key:
+            # Values are masked on the way out, but a name is the key of the result: a
+            # masked one would collide with others and say nothing, so the line goes.
+            await log.system(f"$TETHER_OUTPUT line {number} has a secret in its name; ignored")
             continue
         outputs[key] = value
     return outputs

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -171,6 +172,48 @@ async def test_output_value_carrying_a_secret_is_masked(tmp_path: Path) -> None:
     r = await run(shell('echo "TOKEN=$SECRET_TOKEN" > "$TETHER_OUTPUT"'), tmp_path)
 
     assert r.result.outputs == {"TOKEN": MASKED}
+
+
+async def test_output_whose_name_holds_a_secret_is_dropped(tmp_path: Path) -> None:
+    secret = "SECRETVALUE"
+    script = (
+        'echo "${NAME}=x" > "$TETHER_OUTPUT"; echo "MY_${NAME}_2=y" >> "$TETHER_OUTPUT"; '
+        'echo "AKIAIOSFODNN7EXAMPLE=z" >> "$TETHER_OUTPUT"; echo "KEPT=1" >> "$TETHER_OUTPUT"'
+    )
+    r = await run(shell(script), tmp_path, secret_env={"NAME": secret})
+
+    assert r.result.outputs == {"KEPT": "1"}
+    assert r.texts("system") == [
+        f"$TETHER_OUTPUT line {n} has a secret in its name; ignored" for n in (1, 2, 3)
+    ]
+    assert not any(secret in text or "AKIAIOSFODNN7" in text for text in r.texts())
+
+
+async def test_value_stored_with_a_newline_is_masked_where_the_script_drops_it(
+    tmp_path: Path,
+) -> None:
+    # A secret file made with `echo pw > file` ends in a newline; `$(...)` drops it.
+    value = "it's-a-Pa55word"
+    script = """
+        pw=$(printf '%s' "$PW")
+        echo "PLAIN=$pw" >> "$TETHER_OUTPUT"
+        echo "B64=$(printf '%s' "$pw" | base64)" >> "$TETHER_OUTPUT"
+        printf '{"password": "%s"}\n' "$pw"
+        printf '%s' "$pw" | base64
+        printf '%q\n' "$pw"
+        echo "${pw@Q}"
+        set -x
+        X="$pw"
+    """
+    r = await run(shell(script), tmp_path, secret_env={"PW": value + "\n"})
+
+    assert r.result.status == "succeeded"
+    assert r.result.outputs == {"PLAIN": MASKED, "B64": MASKED}
+    shown = "\n".join(r.texts())
+    encoded = base64.b64encode(value.encode()).decode()
+    for leaked in ("Pa55word", encoded[:-2], encoded[2:]):
+        assert leaked not in shown, shown
+    assert shown.count(MASKED) == 5
 
 
 async def test_outputs_of_a_failed_task_are_still_returned(tmp_path: Path) -> None:

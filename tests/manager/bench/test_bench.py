@@ -83,7 +83,8 @@ async def test_real_delegate_bench_runs_shell_tasks() -> None:
 def test_masker_bench_masks_every_secret_in_the_text() -> None:
     out = run_masker_bench(MaskerOptions(secrets=50, megabytes=1.0, chunk=4096))
     assert out["secrets_in_text"] > 0
-    assert out["masks_written"] == out["secrets_in_text"]
+    assert out["shapes_in_text"] > 0
+    assert out["masks_written"] == out["secrets_in_text"] + out["shapes_in_text"]
     assert isinstance(out["mb_per_s"], float)
     assert out["mb_per_s"] > 0
     assert out["patterns"] > 50
