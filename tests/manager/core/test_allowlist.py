@@ -23,6 +23,7 @@ from manager.access.tokens import create_token
 from manager.client import ApiError, TetherClient
 from manager.client.cli.main import Config, run_cli
 from manager.core.allowlist import Network, Snapshot, client_address, parse_address
+from manager.keys.masterkey import MasterKey
 from manager.records import AccessSettings, AllowlistEntry
 from manager.schemas.access import (
     AllowlistEntryCreate,
@@ -387,6 +388,8 @@ async def locked_out(s: Store) -> None:
 
 
 async def test_host_side_disable_lets_everyone_back_in(tmp_path: Path) -> None:
+    # A manager's data dir: its first start made the master key (which keys the audit chain).
+    MasterKey.load_or_create(tmp_path / "master.key")
     s = open_store(tmp_path)
     await s.open()
     await locked_out(s)
@@ -404,6 +407,7 @@ async def test_host_side_disable_lets_everyone_back_in(tmp_path: Path) -> None:
 
 
 async def test_host_side_disable_works_on_postgresql(pg: StoreMaker) -> None:
+    MasterKey.load_or_create(pg.path / "master.key")
     s = pg.postgres()
     await s.open()
     await locked_out(s)
