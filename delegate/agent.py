@@ -218,8 +218,12 @@ class Agent:
             secret_env = self._open_secrets(acq)
         except SealError:
             secret_env = None
-        masker = Masker(secret_env.values() if secret_env else ())
-        for value in (secret_env or {}).values():
+        # Secret managers' credentials too: a secret operation's error, or a provider's,
+        # can quote them, and the delegate's own log must not show them either.
+        credentials = self._resolver.credentials(acq)
+        sensitive = [*(secret_env or {}).values(), *credentials.values()]
+        masker = Masker(sensitive)
+        for value in sensitive:
             self._process_masker.add(value)
         assert self._outbox is not None, "tasks run only while the agent runs"
         async with self._outbox.shipper(
@@ -247,7 +251,7 @@ class Agent:
                         inputs.spec,
                         secret_env=inputs.env,
                         secret_files=inputs.files,
-                        credentials=self._resolver.credentials(acq),
+                        credentials=credentials,
                         log=stream,
                         cancel=entry.cancel,
                         kill_grace=t.kill_grace,
