@@ -21,6 +21,7 @@ from manager.audit.record import AuditRecorder, Change
 from manager.core.identity import SYSTEM
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.rotation import RewrapReport, rewrap_builtin
+from manager.keys.signing import reseal
 from manager.records import TokenRecord
 from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
@@ -350,6 +351,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
             print("A running manager uses it from its next encryption; old keys are kept.")
         try:
             report = await rewrap_builtin(store, key)
+            # The signing keys kept in the store follow the master key too.
+            resealed = await reseal(store, key)
         except StoreError as exc:
             print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
             print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
@@ -372,12 +375,15 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
                     "rewrapped": report.rewrapped,
                     "already_current": report.already_current,
                     "failed": len(report.failed),
+                    "signing_keys_resealed": resealed,
                 },
             ),
         )
     finally:
         await store.close()
     _print_report(key.current_id, report)
+    if resealed:
+        print(f"Signing keys re-sealed under {key.current_id}: {', '.join(resealed)}.")
     return EXIT_FAILED if report.failed else 0
 
 

@@ -43,6 +43,7 @@ from manager.api.tasks import add_user_routes
 from manager.audit.record import AUDIT, AuditRecorder, Change, audit_middleware
 from manager.core.identity import SYSTEM
 from manager.keys.masterkey import MasterKey
+from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.ops import SecretOps
@@ -205,7 +206,8 @@ def _live_metrics(c: Context) -> Iterator[Metric]:
 async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Application, Context]:
     """Everything but the listener; the store must be open."""
     t = config.timings
-    key = await store.put_setting_if_absent("session_key", SessionSigner.new_key())
+    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
+    session_key = await signing_key(store, master_key, DELEGATE_SESSION_KEY)
     await Directory(store).ensure_admin_group()
     hub = Hub(lost_after=t.lost_after, clock=config.clock)
     dispatcher = Dispatcher(
@@ -214,7 +216,6 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
-    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -232,7 +233,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
-        signer=SessionSigner(bytes.fromhex(key), ttl=t.session_ttl, clock=config.clock),
+        signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
         metrics=metrics,

@@ -252,6 +252,15 @@ class PostgresStore(Store):
                 stored = await c.fetchval("SELECT value FROM settings WHERE key = $1", key)
         return str(stored)
 
+    async def replace_setting(self, key: str, old: str, new: str) -> bool:
+        found = await self._fetchval(
+            "UPDATE settings SET value = $1 WHERE key = $2 AND value = $3 RETURNING key",
+            new,
+            key,
+            old,
+        )
+        return found is not None
+
     # -- tokens ---------------------------------------------------------------------------
 
     async def create_token(self, token: TokenRecord) -> None:

@@ -145,6 +145,13 @@ class SqliteStore(Store):
 
         return await self._run(fn)
 
+    async def replace_setting(self, key: str, old: str, new: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            sql = "UPDATE settings SET value = ? WHERE key = ? AND value = ?"
+            return c.execute(sql, (new, key, old)).rowcount > 0
+
+        return await self._run(fn)
+
     # -- tokens ---------------------------------------------------------------------------
 
     async def create_token(self, token: TokenRecord) -> None:
