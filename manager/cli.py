@@ -28,6 +28,7 @@ from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
 from shared import sdnotify
 from shared import service_install as svc
+from shared.datadir import DataDirError
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
@@ -441,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install-service", "uninstall-service"):
         return _service(args)
+    # What this process writes (store, keys, TLS, backups) is for this user alone; the
+    # systemd unit sets the same (UMask=0077), this covers a manager started by hand.
+    os.umask(0o077)
     data_dir: Path = (args.data_dir or _default_data_dir()).absolute()
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
     database = _database(args)
@@ -477,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, StoreError) as exc:
         structlog.get_logger("tether.manager").error("manager failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,6 @@ import aiohttp
 from yarl import URL
 
 from delegate.run.logstream import LogStream, OutputStream
-from delegate.run.redirects import MAX_REDIRECTS, Hop, Stop, next_hop
 from delegate.run.process import (
     Child,
     OutputPipe,
@@ -41,6 +40,7 @@ from delegate.run.process import (
     spawn,
     terminate_group,
 )
+from delegate.run.redirects import MAX_REDIRECTS, Hop, Stop, next_hop
 from delegate.secrets.base import SecretError
 from delegate.secrets.ops import describe, run_secret_op
 from delegate.secrets.providers import ManagerCredentials, Providers

@@ -92,7 +92,7 @@ def next_hop(
         )
     method, body = current.method, current.body
     # What every client does: 303 always, and 301/302 of a POST, become a GET without body.
-    if status == 303 and method != "HEAD" or status in (301, 302) and method == "POST":
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         method, body = "GET", None
     headers = dict(current.headers)
     if foreign:

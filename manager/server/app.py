@@ -57,12 +57,20 @@ from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
 from manager.tasks.service import TaskService
+from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.tls import ensure_manager_certificates, server_context
 
-__all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
+__all__ = [
+    "ADMIN_KEY_FILE",
+    "ROUTES",
+    "ManagerConfig",
+    "build_app",
+    "open_store",
+    "serve",
+]
 
 log = structlog.get_logger("tether.manager")
 
@@ -334,7 +342,7 @@ async def _loops(c: Context) -> None:
 
 async def serve(config: ManagerConfig, *, ready: Callable[[str], None] | None = None) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit status."""
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure_data_dir(config.data_dir)
     if config.tls_cert and config.tls_key:
         ssl_ctx = server_context(config.tls_cert, config.tls_key)
         ca_file: Path | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -109,6 +110,9 @@ class SqliteStore(Store):
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
+            # Made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+            # database file's mode, whatever the umask.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")

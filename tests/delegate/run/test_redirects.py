@@ -72,7 +72,9 @@ def test_same_origin_does_not_follow_to_another_origin(location: str) -> None:
 
 def test_the_default_port_is_the_same_origin_as_the_explicit_one() -> None:
     first = URL("https://a.example/start")
-    step = next_hop("same_origin", first, Hop("GET", first, {}, None), 302, "https://a.example:443/", never)
+    step = next_hop(
+        "same_origin", first, Hop("GET", first, {}, None), 302, "https://a.example:443/", never
+    )
     assert isinstance(step, Hop)
 
 
@@ -87,7 +89,9 @@ def test_a_body_holding_a_secret_is_not_re_sent_to_another_origin() -> None:
     step = next_hop("any", A, hop("PUT", body), 307, "https://b.example/x", knows_secret)
     assert isinstance(step, Stop)
     same = next_hop("any", A, hop("PUT", body), 307, "/x", knows_secret)
-    assert isinstance(same, Hop) and same.body == body and same.method == "PUT"
+    assert isinstance(same, Hop)
+    assert same.body == body
+    assert same.method == "PUT"
 
 
 def test_303_and_a_redirected_post_become_a_get_without_body() -> None:
@@ -96,7 +100,8 @@ def test_303_and_a_redirected_post_become_a_get_without_body() -> None:
         assert isinstance(step, Hop)
         assert (step.method, step.body) == ("GET", None)
     kept = next_hop("same_origin", A, hop("POST", b"data"), 308, "/x", never)
-    assert isinstance(kept, Hop) and (kept.method, kept.body) == ("POST", b"data")
+    assert isinstance(kept, Hop)
+    assert (kept.method, kept.body) == ("POST", b"data")
 
 
 def test_a_non_http_location_is_not_followed() -> None:

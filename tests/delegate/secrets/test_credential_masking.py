@@ -98,4 +98,7 @@ def test_credentials_values_are_the_document_and_each_string() -> None:
 
 def test_credential_values_of_a_non_json_document_is_the_document() -> None:
     assert credential_values(b"plain-token-value") == ["plain-token-value"]
-    assert credential_values(b'{"a": "x1234567", "n": 3}') == ['{"a": "x1234567", "n": 3}', "x1234567"]
+    assert credential_values(b'{"a": "x1234567", "n": 3}') == [
+        '{"a": "x1234567", "n": 3}',
+        "x1234567",
+    ]

@@ -43,9 +43,7 @@ async def test_a_task_naming_a_credentials_secret_is_refused(api: Api) -> None:
 
 async def test_a_profile_naming_a_credentials_secret_is_refused(api: Api) -> None:
     await _vault_with_credentials(api)
-    status, body = await api.call(
-        "PUT", "/api/v1/profiles/p1", {"script": SCRIPT, "selectors": []}
-    )
+    status, body = await api.call("PUT", "/api/v1/profiles/p1", {"script": SCRIPT, "selectors": []})
     assert status == 400, body
     assert "'vault-token'" in body["error"]["message"]
     assert "credentials" in body["error"]["message"]

@@ -34,7 +34,8 @@ async def test_the_session_key_is_not_in_the_database_file_in_clear(tmp_path: Pa
         assert c.signer.verify(credential).delegate_id == "dlg_1"
     finally:
         await store.close()
-    assert stored is not None and stored.startswith("sealed:")
+    assert stored is not None
+    assert stored.startswith("sealed:")
     on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("tether.db*"))
     assert raw.hex().encode() not in on_disk
     assert raw not in on_disk
@@ -53,7 +54,8 @@ async def test_a_clear_key_is_sealed_in_place_and_keeps_its_value(tmp_path: Path
         # Credentials issued before the upgrade stay valid: the key is the same, only sealed.
         assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
         stored = await store.get_setting(DELEGATE_SESSION_KEY)
-        assert stored is not None and stored.startswith("sealed:")
+        assert stored is not None
+        assert stored.startswith("sealed:")
         assert CLEAR not in stored
         assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
     finally:
@@ -86,7 +88,8 @@ async def test_reseal_moves_it_to_the_current_master_key(tmp_path: Path) -> None
         key.rotate()
         assert await reseal(store, key) == [DELEGATE_SESSION_KEY]
         stored = await store.get_setting(DELEGATE_SESSION_KEY)
-        assert stored is not None and _key_id(stored) == "k2"
+        assert stored is not None
+        assert _key_id(stored) == "k2"
         assert await signing_key(store, key, DELEGATE_SESSION_KEY) == raw
     finally:
         await store.close()
@@ -112,4 +115,5 @@ async def test_keys_rotate_reseals_the_signing_key(tmp_path: Path) -> None:
         stored = await store.get_setting(DELEGATE_SESSION_KEY)
     finally:
         await store.close()
-    assert stored is not None and _key_id(stored) == "k2"
+    assert stored is not None
+    assert _key_id(stored) == "k2"
