@@ -4,6 +4,7 @@ the database file in clear, migrated from clear at start, re-sealed by a rotatio
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -45,54 +46,55 @@ async def test_the_session_key_is_not_in_the_database_file_in_clear(tmp_path: Pa
         c.signer.verify(forged)
 
 
-async def test_a_clear_key_is_sealed_in_place_and_keeps_its_value(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "tether.db")
-    await store.open()
-    try:
-        await store.put_setting_if_absent(DELEGATE_SESSION_KEY, CLEAR)
-        key = MasterKey.load_or_create(tmp_path / "master.key")
-        # Credentials issued before the upgrade stay valid: the key is the same, only sealed.
-        assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
-        stored = await store.get_setting(DELEGATE_SESSION_KEY)
-        assert stored is not None
-        assert stored.startswith("sealed:")
-        assert CLEAR not in stored
-        assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
-    finally:
-        await store.close()
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "tether.db")
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
-async def test_a_sealed_key_opens_only_under_its_own_name_and_master_key(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "tether.db")
-    await store.open()
-    try:
-        key = MasterKey.load_or_create(tmp_path / "master.key")
-        await signing_key(store, key, DELEGATE_SESSION_KEY)
-        stored = await store.get_setting(DELEGATE_SESSION_KEY)
-        assert stored is not None
-        await store.put_setting_if_absent("other_key", stored)
-        with pytest.raises(MasterKeyError):
-            await signing_key(store, key, "other_key")
-        with pytest.raises(MasterKeyError):
-            await signing_key(store, MasterKey(b"\x01" * 32), DELEGATE_SESSION_KEY)
-    finally:
-        await store.close()
+@pytest.fixture
+def key(tmp_path: Path) -> MasterKey:
+    return MasterKey.load_or_create(tmp_path / "master.key")
 
 
-async def test_reseal_moves_it_to_the_current_master_key(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "tether.db")
-    await store.open()
-    try:
-        key = MasterKey.load_or_create(tmp_path / "master.key")
-        raw = await signing_key(store, key, DELEGATE_SESSION_KEY)
-        key.rotate()
-        assert await reseal(store, key) == [DELEGATE_SESSION_KEY]
-        stored = await store.get_setting(DELEGATE_SESSION_KEY)
-        assert stored is not None
-        assert _key_id(stored) == "k2"
-        assert await signing_key(store, key, DELEGATE_SESSION_KEY) == raw
-    finally:
-        await store.close()
+async def test_a_clear_key_is_sealed_in_place_and_keeps_its_value(
+    store: SqliteStore, key: MasterKey
+) -> None:
+    await store.put_setting_if_absent(DELEGATE_SESSION_KEY, CLEAR)
+    # Credentials issued before the upgrade stay valid: the key is the same, only sealed.
+    assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
+    stored = await store.get_setting(DELEGATE_SESSION_KEY)
+    assert stored is not None
+    assert stored.startswith("sealed:")
+    assert CLEAR not in stored
+    assert await signing_key(store, key, DELEGATE_SESSION_KEY) == bytes.fromhex(CLEAR)
+
+
+async def test_a_sealed_key_opens_only_under_its_own_name_and_master_key(
+    store: SqliteStore, key: MasterKey
+) -> None:
+    await signing_key(store, key, DELEGATE_SESSION_KEY)
+    stored = await store.get_setting(DELEGATE_SESSION_KEY)
+    assert stored is not None
+    await store.put_setting_if_absent("other_key", stored)
+    with pytest.raises(MasterKeyError):
+        await signing_key(store, key, "other_key")
+    with pytest.raises(MasterKeyError):
+        await signing_key(store, MasterKey(b"\x01" * 32), DELEGATE_SESSION_KEY)
+
+
+async def test_reseal_moves_it_to_the_current_master_key(
+    store: SqliteStore, key: MasterKey
+) -> None:
+    raw = await signing_key(store, key, DELEGATE_SESSION_KEY)
+    key.rotate()
+    assert await reseal(store, key) == [DELEGATE_SESSION_KEY]
+    stored = await store.get_setting(DELEGATE_SESSION_KEY)
+    assert stored is not None
+    assert _key_id(stored) == "k2"
+    assert await signing_key(store, key, DELEGATE_SESSION_KEY) == raw
 
 
 async def test_keys_rotate_reseals_the_signing_key(tmp_path: Path) -> None:
