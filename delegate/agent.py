@@ -16,7 +16,7 @@ import contextlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -245,7 +245,9 @@ class Agent:
                     )
                 if isinstance(inputs, ExecutionResult):
                     await stream.close()
-                    result = inputs
+                    # A secret manager's answer may quote what it was sent (its credentials).
+                    error = None if inputs.error is None else masker.mask_text(inputs.error)
+                    result = replace(inputs, error=error)
                 else:
                     result = await execute(
                         inputs.spec,

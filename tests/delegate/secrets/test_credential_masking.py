@@ -15,9 +15,17 @@ from delegate.run.executor import execute
 from delegate.run.logstream import LogStream
 from delegate.secrets.providers import ManagerCredentials
 from shared.masking import MASK, Masker
-from shared.protocol import LogLine, TaskSpec
+from shared.protocol import LogLine, ShellPayload, TaskSpec
 from shared.secretspec import ManagerSpec, SecretOpPayload, credential_values
-from tests.delegate.secret_helpers import ATTEMPT, TASK_ID, delegate_key, sealed_credentials
+from tests.delegate.secret_helpers import (
+    ATTEMPT,
+    TASK_ID,
+    acquire,
+    delegate_key,
+    referenced,
+    sealed_credentials,
+)
+from tests.delegate.test_agent_secrets import agent_with
 
 TOKEN = "hvs.CAESIJ-leaky-vault-token-0123456789"
 
@@ -33,7 +41,7 @@ async def echoing_vault() -> AsyncIterator[str]:
         return web.Response(body=body, status=400, content_type="application/json")
 
     app = web.Application()
-    app.router.add_route("*", "/v1/auth/token/lookup-self", lookup)
+    app.router.add_route("*", "/v1/{rest:.*}", lookup)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -102,3 +110,28 @@ def test_credential_values_of_a_non_json_document_is_the_document() -> None:
         '{"a": "x1234567", "n": 3}',
         "x1234567",
     ]
+
+
+async def test_a_task_whose_secret_fetch_error_quotes_the_token_shows_the_mask(
+    echoing_vault: str, tmp_path: Path
+) -> None:
+    """Through the agent: the credentials join the task's and the process's maskers before
+    the reference is fetched, so the failed task's error does not carry the token."""
+    key = delegate_key()
+    manager = ManagerSpec(
+        id="sm_vault", name="vault", kind="vault_kv", settings={"url": echoing_vault}
+    )
+    answer = acquire(
+        ShellPayload(script='echo ${secrets.getValue("db")}'),
+        [referenced(manager, "db", "app/db", key="password")],
+        credentials=sealed_credentials(key, manager, {"token": TOKEN}),
+    )
+
+    async with agent_with(key, answer, tmp_path / "data") as running:
+        result = await running.result()
+
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "malformed" in result.error
+    assert TOKEN not in result.error
+    assert running.process_masker.mask_text(TOKEN) == MASK.decode()
