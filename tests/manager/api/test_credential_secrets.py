@@ -4,11 +4,17 @@ tasks: unless it is given a usage scope of its own, a task or a profile naming i
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 from manager.records import TaskRecord
+from manager.schemas.secrets import SecretCreate, SecretManagerCreate
+from manager.secrets.ops import manager_spec
+from manager.server.app import ManagerConfig, build_app, open_store
+from shared.masking import MASK, Masker
 from shared.protocol import TaskState
 from shared.sealing import generate_keypair, public_key_b64
+from shared.secretspec import SecretOpPayload
 from tests.manager.api.test_secrets import Api, api
 
 __all__ = ["api"]
@@ -95,3 +101,41 @@ async def test_delivery_refuses_it_when_it_became_credentials_after_the_submit(a
     deliveries, _creds, unavailable = await api.c.secrets.deliver(task, 1, public_key_b64(public))
     assert deliveries == []
     assert "credentials of secret manager vault" in unavailable["vault-token"]
+
+
+async def test_sealing_credentials_for_a_delegate_teaches_the_managers_masker(
+    tmp_path: Path,
+) -> None:
+    """The manager's log output and audit diffs pass this masker: once the credentials
+    crossed the process, the token alone is masked, not only the JSON holding it."""
+    masker = Masker()
+    store = open_store(tmp_path)
+    await store.open()
+    try:
+        _app, c = await build_app(ManagerConfig(data_dir=tmp_path, masker=masker), store)
+        assert c.secrets is not None
+        await c.secrets.create_secret(SecretCreate(name="vault-token", value=TOKEN))
+        await c.secrets.create_manager(
+            SecretManagerCreate(name="vault", kind="vault_kv", credentials_secret="vault-token")
+        )
+        vault = await c.secrets.manager("vault")
+        op = TaskRecord(
+            id="task_op",
+            type="secret_op",
+            state=TaskState.RUNNING,
+            payload=SecretOpPayload(op="check", manager=manager_spec(vault)).model_dump(),
+            selectors=(),
+            timeout_s=10,
+            queue_timeout_s=10,
+            max_attempts=1,
+            created_at=0,
+            attempt=1,
+        )
+        _private, public = generate_keypair()
+        _d, credentials, unavailable = await c.secrets.deliver(op, 1, public_key_b64(public))
+    finally:
+        await store.close()
+    assert unavailable == {}
+    assert list(credentials) == [vault.id]
+    masked = masker.mask_text("token hvs.vault-token-0123456789 refused")
+    assert masked == f"token {MASK.decode()} refused"
