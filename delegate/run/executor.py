@@ -387,7 +387,7 @@ async def _http_request(
     payload: HttpPayload, log: LogStream, context: ssl.SSLContext
 ) -> tuple[int, bool]:
     first = URL(payload.url)
-    hop: Hop | None = Hop(
+    hop = Hop(
         payload.method,
         first,
         dict(payload.headers),
@@ -400,7 +400,6 @@ async def _http_request(
     # No timeout of aiohttp's own: _guarded applies spec.timeout_s to the whole exchange.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
         for _ in range(MAX_REDIRECTS + 1):
-            assert hop is not None
             async with session.request(
                 hop.method,
                 hop.url,

@@ -63,14 +63,7 @@ from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.tls import ensure_manager_certificates, server_context
 
-__all__ = [
-    "ADMIN_KEY_FILE",
-    "ROUTES",
-    "ManagerConfig",
-    "build_app",
-    "open_store",
-    "serve",
-]
+__all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
 
 log = structlog.get_logger("tether.manager")
 
