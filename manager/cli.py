@@ -481,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
-    except DataDirError as exc:
+    except (DataDirError, MasterKeyError) as exc:
+        # A data dir, or a master key, this process cannot use as it is: configuration.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, StoreError) as exc:

@@ -41,7 +41,13 @@ def _seal(key: MasterKey, name: str, raw: bytes) -> str:
 def _open(key: MasterKey, name: str, stored: str) -> bytes:
     """The raw key of a stored value, sealed or (from before sealing) clear."""
     if stored.startswith(_SEALED):
-        raw = key.decrypt(stored.removeprefix(_SEALED), context=_context(name))
+        try:
+            raw = key.decrypt(stored.removeprefix(_SEALED), context=_context(name))
+        except MasterKeyError as exc:
+            raise MasterKeyError(
+                f"signing key {name} in the store does not open with this data dir's master"
+                f" key ({exc}): is master.key the one this database was used with?"
+            ) from None
     else:
         try:
             raw = bytes.fromhex(stored)

@@ -119,3 +119,23 @@ async def test_keys_rotate_reseals_the_signing_key(tmp_path: Path) -> None:
         await store.close()
     assert stored is not None
     assert _key_id(stored) == "k2"
+
+
+async def test_a_manager_with_another_master_key_refuses_to_start_in_one_line(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    store = SqliteStore(data / "tether.db")
+    await store.open()
+    try:
+        await signing_key(store, MasterKey.load_or_create(tmp_path / "other.key"), "session_key")
+    finally:
+        await store.close()
+    MasterKey.load_or_create(data / "master.key")  # not the key the database was used with
+
+    res = await manager("serve", "--data-dir", str(data), "--listen", "127.0.0.1:0")
+
+    assert res.code == 2, res.err
+    assert res.err.splitlines()[-1].startswith("error: signing key session_key in the store")
+    assert "Traceback" not in res.err
