@@ -23,6 +23,22 @@ TOKEN = '{"token": "hvs.vault-token-0123456789"}'
 SCRIPT = 'echo ${secrets.getValue("vault-token")}'
 
 
+def _running(task_id: str, payload: dict[str, object]) -> TaskRecord:
+    """A task in its first attempt, as acquire finds it."""
+    return TaskRecord(
+        id=task_id,
+        type=str(payload["type"]),
+        state=TaskState.RUNNING,
+        payload=payload,
+        selectors=(),
+        timeout_s=10,
+        queue_timeout_s=10,
+        max_attempts=1,
+        created_at=0,
+        attempt=1,
+    )
+
+
 async def _vault_with_credentials(api: Api) -> None:
     assert (await api.call("POST", "/api/v1/secrets", {"name": "vault-token", "value": TOKEN}))[
         0
@@ -85,18 +101,7 @@ async def test_delivery_refuses_it_when_it_became_credentials_after_the_submit(a
         {"name": "vault", "kind": "vault_kv", "credentials_secret": "vault-token"},
     )
     _private, public = generate_keypair()
-    task = TaskRecord(
-        id="task_y",
-        type="shell",
-        state=TaskState.RUNNING,
-        payload={"type": "shell", "script": SCRIPT},
-        selectors=(),
-        timeout_s=10,
-        queue_timeout_s=10,
-        max_attempts=1,
-        created_at=0,
-        attempt=1,
-    )
+    task = _running("task_y", {"type": "shell", "script": SCRIPT})
     assert api.c.secrets is not None
     deliveries, _creds, unavailable = await api.c.secrets.deliver(task, 1, public_key_b64(public))
     assert deliveries == []
@@ -119,17 +124,8 @@ async def test_sealing_credentials_for_a_delegate_teaches_the_managers_masker(
             SecretManagerCreate(name="vault", kind="vault_kv", credentials_secret="vault-token")
         )
         vault = await c.secrets.manager("vault")
-        op = TaskRecord(
-            id="task_op",
-            type="secret_op",
-            state=TaskState.RUNNING,
-            payload=SecretOpPayload(op="check", manager=manager_spec(vault)).model_dump(),
-            selectors=(),
-            timeout_s=10,
-            queue_timeout_s=10,
-            max_attempts=1,
-            created_at=0,
-            attempt=1,
+        op = _running(
+            "task_op", SecretOpPayload(op="check", manager=manager_spec(vault)).model_dump()
         )
         _private, public = generate_keypair()
         _d, credentials, unavailable = await c.secrets.deliver(op, 1, public_key_b64(public))

@@ -97,15 +97,20 @@ async def test_reseal_moves_it_to_the_current_master_key(
     assert await signing_key(store, key, DELEGATE_SESSION_KEY) == raw
 
 
-async def test_keys_rotate_reseals_the_signing_key(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+async def _data_dir(data: Path, sealed_with: Path) -> None:
+    """A data dir whose store holds a signing key sealed with the key at ``sealed_with``."""
     data.mkdir(mode=0o700)
     store = SqliteStore(data / "tether.db")
     await store.open()
     try:
-        await signing_key(store, MasterKey.load_or_create(data / "master.key"), "session_key")
+        await signing_key(store, MasterKey.load_or_create(sealed_with), DELEGATE_SESSION_KEY)
     finally:
         await store.close()
+
+
+async def test_keys_rotate_reseals_the_signing_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await _data_dir(data, data / "master.key")
 
     res = await manager("keys", "rotate", "--data-dir", str(data))
 
@@ -125,13 +130,7 @@ async def test_a_manager_with_another_master_key_refuses_to_start_in_one_line(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    store = SqliteStore(data / "tether.db")
-    await store.open()
-    try:
-        await signing_key(store, MasterKey.load_or_create(tmp_path / "other.key"), "session_key")
-    finally:
-        await store.close()
+    await _data_dir(data, tmp_path / "other.key")
     MasterKey.load_or_create(data / "master.key")  # not the key the database was used with
 
     res = await manager("serve", "--data-dir", str(data), "--listen", "127.0.0.1:0")
