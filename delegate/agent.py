@@ -16,7 +16,7 @@ import contextlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -229,8 +229,12 @@ class Agent:
             secret_env = self._open_secrets(acq)
         except SealError:
             secret_env = None
-        masker = Masker(secret_env.values() if secret_env else ())
-        for value in (secret_env or {}).values():
+        # Secret managers' credentials too: a secret operation's error, or a provider's,
+        # can quote them, and the delegate's own log must not show them either.
+        credentials = self._resolver.credentials(acq)
+        sensitive = [*(secret_env or {}).values(), *credentials.values()]
+        masker = Masker(sensitive)
+        for value in sensitive:
             self._process_masker.add(value)
         assert self._outbox is not None, "tasks run only while the agent runs"
         async with self._outbox.shipper(
@@ -252,13 +256,15 @@ class Agent:
                     )
                 if isinstance(inputs, ExecutionResult):
                     await stream.close()
-                    result = inputs
+                    # A secret manager's answer may quote what it was sent (its credentials).
+                    error = None if inputs.error is None else masker.mask_text(inputs.error)
+                    result = replace(inputs, error=error)
                 else:
                     result = await execute(
                         inputs.spec,
                         secret_env=inputs.env,
                         secret_files=inputs.files,
-                        credentials=self._resolver.credentials(acq),
+                        credentials=credentials,
                         log=stream,
                         cancel=entry.cancel,
                         kill_grace=t.kill_grace,

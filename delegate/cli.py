@@ -30,6 +30,7 @@ from delegate.link.stream import Channel
 from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
 from shared import service_install as svc
+from shared.datadir import DataDirError, secure_data_dir
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.masking import Masker
@@ -173,8 +174,10 @@ def _notify_channel(channel: Channel, lost_after: Callable[[], float]) -> asynci
 
 async def _run(config: DelegateConfig, masker: Masker) -> int:
     try:
+        # work/ is the tasks' scratch space, emptied at start; its files are theirs.
+        secure_data_dir(config.data_dir, scratch=("work",))
         private = load_or_create_private_key(config.data_dir / "delegate.key")
-    except SealError as exc:
+    except (DataDirError, SealError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     timings = Timings().scaled(config.time_scale)

@@ -22,12 +22,14 @@ from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.rotation import RewrapReport, rewrap_builtin
+from manager.keys.signing import reseal
 from manager.records import TokenRecord
 from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
 from shared import sdnotify
 from shared import service_install as svc
+from shared.datadir import DataDirError
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
@@ -370,6 +372,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
             print("A running manager uses it from its next encryption; old keys are kept.")
         try:
             report = await rewrap_builtin(store, key)
+            # The signing keys kept in the store follow the master key too.
+            resealed = await reseal(store, key)
         except StoreError as exc:
             print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
             print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
@@ -393,12 +397,15 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
                     "rewrapped": report.rewrapped,
                     "already_current": report.already_current,
                     "failed": len(report.failed),
+                    "signing_keys_resealed": resealed,
                 },
             ),
         )
     finally:
         await store.close()
     _print_report(key.current_id, report)
+    if resealed:
+        print(f"Signing keys re-sealed under {key.current_id}: {', '.join(resealed)}.")
     return EXIT_FAILED if report.failed else 0
 
 
@@ -457,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install-service", "uninstall-service"):
         return _service(args)
+    # What this process writes (store, keys, TLS, backups) is for this user alone; the
+    # systemd unit sets the same (UMask=0077), this covers a manager started by hand.
+    os.umask(0o077)
     data_dir: Path = (args.data_dir or _default_data_dir()).absolute()
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
     database = _database(args)
@@ -493,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
+    except (DataDirError, MasterKeyError) as exc:
+        # A data dir, or a master key, this process cannot use as it is: configuration.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, StoreError) as exc:
         structlog.get_logger("tether.manager").error("manager failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

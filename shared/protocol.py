@@ -129,6 +129,9 @@ class HttpPayload(Strict):
     body: str | None = Field(default=None, max_length=MAX_SCRIPT_BYTES)
     # Statuses that count as success; empty means any 2xx.
     expect_status: list[int] = Field(default_factory=list)
+    # Redirects followed: none, only to the URL's own origin (scheme, host, port), or any.
+    # Crossing to another origin drops the credential headers (delegate/run/redirects.py).
+    follow_redirects: Literal["none", "same_origin", "any"] = "same_origin"
 
 
 class CapabilityPayload(Strict):

@@ -25,6 +25,7 @@ manager.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,6 +43,7 @@ __all__ = [
     "SecretKind",
     "SecretOpPayload",
     "SecretType",
+    "credential_values",
     "credentials_context",
     "delivery_context",
     "op_key_context",
@@ -177,6 +179,20 @@ def delivery_context(task_id: str, attempt: int, secret_id: str, version: int) -
 def credentials_context(task_id: str, attempt: int, manager_id: str) -> bytes:
     """Associated data of a secret manager's credentials sealed for one task attempt."""
     return f"tether-manager-creds-v1\x00{task_id}\x00{attempt}\x00{manager_id}".encode()
+
+
+def credential_values(plain: bytes) -> list[str]:
+    """What to mask of a secret manager's credentials: the whole document and each string
+    in it (a Vault token is printed alone far more often than inside its JSON)."""
+    text = plain.decode("utf-8", "surrogateescape")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return [text]
+    values = [text]
+    if isinstance(document, dict):
+        values += [v for v in document.values() if isinstance(v, str) and v]
+    return values
 
 
 def op_key_context(task_id: str) -> bytes:

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from delegate.run.logstream import LogStream, OutputStream
 from delegate.run.process import (
@@ -40,6 +41,7 @@ from delegate.run.process import (
     spawn,
     terminate_group,
 )
+from delegate.run.redirects import MAX_REDIRECTS, Hop, Stop, next_hop
 from delegate.secrets.base import SecretError
 from delegate.secrets.ops import describe, run_secret_op
 from delegate.secrets.providers import ManagerCredentials, Providers
@@ -372,6 +374,8 @@ async def _run_http(
     except ValueError as exc:
         # A header or URL aiohttp refuses; its text could quote a header value.
         return _Outcome("failed", error=f"invalid request ({type(exc).__name__})")
+    except _TooManyRedirects as exc:
+        return _Outcome("failed", error=str(exc))
     if isinstance(got, _Stop):
         return _stopped(got, spec)
     status, truncated = got
@@ -388,24 +392,59 @@ async def _run_http(
 async def _http_request(
     payload: HttpPayload, log: LogStream, context: ssl.SSLContext
 ) -> tuple[int, bool]:
-    body = None if payload.body is None else payload.body.encode()
-    async with (
-        # No timeout of aiohttp's own: _guarded applies spec.timeout_s to the whole exchange.
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
-        session.request(
-            payload.method, payload.url, headers=payload.headers, data=body, ssl=context
-        ) as response,
-    ):
-        await log.write("stdout", f"HTTP {response.status} {response.reason or ''}\n".encode())
-        received = 0
-        while received < _MAX_HTTP_BODY_LOG:
-            chunk = await response.content.read(_MAX_HTTP_BODY_LOG - received)
-            if not chunk:
-                break
-            received += len(chunk)
-            await log.write("stdout", chunk)
-        truncated = received >= _MAX_HTTP_BODY_LOG and bool(await response.content.read(1))
-        return response.status, truncated
+    first = URL(payload.url)
+    hop = Hop(
+        payload.method,
+        first,
+        dict(payload.headers),
+        None if payload.body is None else payload.body.encode(),
+    )
+
+    def holds_secret(value: str) -> bool:
+        return log.masker.mask_text(value) != value
+
+    # No timeout of aiohttp's own: _guarded applies spec.timeout_s to the whole exchange.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        for _ in range(MAX_REDIRECTS + 1):
+            async with session.request(
+                hop.method,
+                hop.url,
+                headers=hop.headers,
+                data=hop.body,
+                ssl=context,
+                # Followed here, by policy (delegate/run/redirects.py), never by aiohttp.
+                allow_redirects=False,
+            ) as response:
+                await log.write(
+                    "stdout", f"HTTP {response.status} {response.reason or ''}\n".encode()
+                )
+                step = next_hop(
+                    payload.follow_redirects,
+                    first,
+                    hop,
+                    response.status,
+                    response.headers.get("Location"),
+                    holds_secret,
+                )
+                if isinstance(step, Hop):
+                    hop = step
+                    continue
+                if isinstance(step, Stop):
+                    await log.system(step.reason)
+                received = 0
+                while received < _MAX_HTTP_BODY_LOG:
+                    chunk = await response.content.read(_MAX_HTTP_BODY_LOG - received)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    await log.write("stdout", chunk)
+                truncated = received >= _MAX_HTTP_BODY_LOG and bool(await response.content.read(1))
+                return response.status, truncated
+    raise _TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
+
+
+class _TooManyRedirects(Exception):
+    pass
 
 
 # --- secret operations ----------------------------------------------------------------
@@ -419,6 +458,9 @@ async def _run_secret_op(
     log: LogStream,
     cancel: asyncio.Event,
 ) -> _Outcome:
+    for value in credentials.values():
+        # The agent registered them already; a direct caller may not have.
+        log.masker.add(value)
     providers = Providers(credentials)
     try:
         got = await _guarded(

@@ -17,7 +17,7 @@ import structlog
 from delegate.secrets.base import EnvelopeProvider, ProviderConfig, ReferenceProvider, SecretError
 from delegate.secrets.registry import make_provider
 from shared.sealing import SealError, open_sealed
-from shared.secretspec import ManagerSpec, credentials_context
+from shared.secretspec import ManagerSpec, credential_values, credentials_context
 
 __all__ = ["ManagerCredentials", "Provider", "ProviderFactory", "Providers"]
 
@@ -45,6 +45,23 @@ class ManagerCredentials:
 
     def __repr__(self) -> str:
         return f"ManagerCredentials(managers={sorted(self._sealed)})"
+
+    def values(self) -> list[str]:
+        """Every credential value this attempt carries, for the maskers: registered before
+        anything runs that could print one (a task, a secret operation, an error). Those
+        that do not open are left out; using them fails with its own, value-free, error."""
+        found: list[str] = []
+        for manager_id, sealed in self._sealed.items():
+            try:
+                plain = open_sealed(
+                    self._private_key,
+                    sealed,
+                    context=credentials_context(self._task_id, self._attempt, manager_id),
+                )
+            except SealError:
+                continue
+            found += credential_values(plain)
+        return found
 
     def for_manager(self, manager: ManagerSpec) -> dict[str, str]:
         """The manager's credentials; empty when it has none (use the environment)."""

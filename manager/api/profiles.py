@@ -71,6 +71,13 @@ async def _check_profile_secrets(request: web.Request, script: str) -> None:
         secret = found.get(name)
         if secret is None:
             raise ApiProblem(400, "invalid", f"no secret {name!r}", field="script")
+        if refusal := await c.secrets.task_refusal(secret):
+            raise ApiProblem(
+                400,
+                "invalid",
+                f"secret {name!r} may not be used in profiles: {refusal}",
+                field="script",
+            )
         scope = await c.secrets.scopes.effective(secret.id, secret.manager_id)
         if not scope.serves_profiles:
             raise ApiProblem(

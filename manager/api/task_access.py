@@ -64,6 +64,10 @@ async def check_secrets(
         secret = found.get(name)
         if secret is None:
             continue
+        if refusal := await service.task_refusal(secret):
+            raise ApiProblem(
+                403, "forbidden", f"secret {name!r} may not be used in tasks: {refusal}"
+            )
         scope = await service.scopes.effective(secret.id, secret.manager_id)
         if not scope.covers(target):
             raise ApiProblem(403, "forbidden", f"secret {name!r} is not scoped for use in {where}")

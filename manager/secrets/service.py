@@ -64,6 +64,7 @@ from shared.secretspec import (
     RefSpec,
     SecretDelivery,
     SecretOpPayload,
+    credential_values,
     credentials_context,
     delivery_context,
 )
@@ -229,6 +230,23 @@ class SecretService:
                 "leave credentials to the delegate's environment",
                 field="credentials_secret",
             )
+
+    async def credentials_holders(self, name: str) -> list[str]:
+        """The secret managers whose credentials secret ``name`` holds."""
+        managers = await self._store.list_secret_managers()
+        return sorted(m.name for m in managers if m.credentials_secret == name)
+
+    async def task_refusal(self, secret: SecretRecord) -> str | None:
+        """Why no task may use ``secret``: it holds a secret manager's credentials, which only
+        that manager's operations need, and it was not given a usage scope of its own (the
+        explicit act that lets tasks use it too). None if tasks may."""
+        holders = await self.credentials_holders(secret.name)
+        if not holders or await self.scopes.of_secret(secret.id) is not None:
+            return None
+        return (
+            f"it holds the credentials of secret manager {', '.join(holders)}: only secret-"
+            "manager operations may use it (give it a usage scope of its own to allow tasks)"
+        )
 
     # -- secrets --------------------------------------------------------------------------
 
@@ -502,6 +520,10 @@ class SecretService:
                 plain = await self._builtin_plaintext(m.credentials_secret)
             except _Unavailable as exc:
                 return f"credentials of secret manager {m.name}: {exc}"
+            if self._masker is not None:
+                # Each value alone too: an error echoing a token shows it without its JSON.
+                for value in credential_values(plain):
+                    self._masker.add(value)
             credentials[m.id] = seal(
                 public_key, plain, context=credentials_context(task.id, attempt, m.id)
             )
@@ -556,6 +578,9 @@ class SecretService:
         profile = (task.submitted_by or "").startswith(PROFILE_ACTOR)
 
         async def why(secret: SecretRecord) -> str | None:
+            # Checked again here: a secret may have become a manager's credentials since.
+            if refusal := await self.task_refusal(secret):
+                return refusal
             scope = await self.scopes.effective(secret.id, secret.manager_id)
             if profile:
                 return None if scope.serves_profiles else "it is not scoped to delegate profiles"

@@ -45,6 +45,7 @@ from manager.api.tasks import add_user_routes
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
+from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.ops import SecretOps
@@ -58,6 +59,7 @@ from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
 from manager.tasks.service import TaskService
+from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
@@ -208,7 +210,8 @@ def _live_metrics(c: Context) -> Iterator[Metric]:
 async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Application, Context]:
     """Everything but the listener; the store must be open."""
     t = config.timings
-    key = await store.put_setting_if_absent("session_key", SessionSigner.new_key())
+    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
+    session_key = await signing_key(store, master_key, DELEGATE_SESSION_KEY)
     await Directory(store).ensure_admin_group()
     hub = Hub(lost_after=t.lost_after, clock=config.clock)
     dispatcher = Dispatcher(
@@ -217,7 +220,6 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
-    master_key = MasterKey.load_or_create(config.data_dir / "master.key")
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -235,7 +237,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
-        signer=SessionSigner(bytes.fromhex(key), ttl=t.session_ttl, clock=config.clock),
+        signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
         metrics=metrics,
@@ -364,7 +366,7 @@ async def serve(
     """Run until SIGINT/SIGTERM. Returns the process exit status. ``ready`` is told the URL,
     and a check that says whether the manager's own loops are still turning (what feeds the
     systemd watchdog)."""
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure_data_dir(config.data_dir)
     if config.tls_cert and config.tls_key:
         ssl_ctx = server_context(config.tls_cert, config.tls_key)
         ca_file: Path | None = None

@@ -289,6 +289,10 @@ class AccessStore(abc.ABC):
     async def put_setting_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless the key exists; return the value that is stored."""
 
+    @abc.abstractmethod
+    async def replace_setting(self, key: str, old: str, new: str) -> bool:
+        """Set ``key`` to ``new`` if it holds ``old`` (compare-and-set); False if it did not."""
+
     # -- delegate tokens
     @abc.abstractmethod
     async def create_token(self, token: TokenRecord) -> None:

@@ -15,6 +15,7 @@ batches, and the write lock that orders audit appends.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,9 @@ class SqliteStore(SqlStore):
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
+            # Made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+            # database file's mode, whatever the umask.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")

@@ -14,6 +14,9 @@ from manager.store.sql.statements import Statements
 __all__ = ["AccessQueries"]
 
 _GET_SETTING = "SELECT value FROM settings WHERE key = :key"
+_REPLACE_SETTING = (
+    "UPDATE settings SET value = :new WHERE key = :key AND value = :old RETURNING key"
+)
 _PUT_SETTING_IF_ABSENT = (
     "INSERT INTO settings(key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING"
 )
@@ -55,6 +58,10 @@ class AccessQueries(Statements, AccessStore):
         await self._fetch(_PUT_SETTING_IF_ABSENT, {"key": key, "value": value})
         # A statement of its own: its snapshot sees the row that won a race.
         return str((await self._fetchrow(_GET_SETTING, {"key": key}))["value"])
+
+    async def replace_setting(self, key: str, old: str, new: str) -> bool:
+        params = {"key": key, "old": old, "new": new}
+        return await self._fetchrow(_REPLACE_SETTING, params) is not None
 
     # -- delegate tokens --------------------------------------------------------------------
 

@@ -125,6 +125,15 @@ async def test_put_setting_if_absent_keeps_the_existing_value(store: Store) -> N
     assert await store.get_setting("signing_key") == "first"
 
 
+async def test_replace_setting_is_a_compare_and_set(store: Store) -> None:
+    assert await store.replace_setting("signing_key", "first", "second") is False
+    await store.put_setting_if_absent("signing_key", "first")
+    assert await store.replace_setting("signing_key", "stale", "second") is False
+    assert await store.get_setting("signing_key") == "first"
+    assert await store.replace_setting("signing_key", "first", "second") is True
+    assert await store.get_setting("signing_key") == "second"
+
+
 # --- tokens --------------------------------------------------------------------------------
 
 
