@@ -117,6 +117,12 @@ class SsoLogin(BaseModel):
     # themselves (Oidc.start_link): the callback links, and the poll answers no session.
     link_user_id: str | None = None
     error: str | None = None
+    # A sign-in (not a link) waits for the person in the browser to approve the client it
+    # names: a login started by someone else and sent as a link gets no session unless the
+    # victim, shown the other client's name and code, approves it. Only the hash of the
+    # approval secret (given to that browser page alone) is kept.
+    approval_hash: str | None = None
+    approved: bool = False
 
 
 class SsoLink(BaseModel):
@@ -257,6 +263,36 @@ class Oidc:
             raise
         await self._finish(login, user_id=user.id, mfa=mfa)
         return user.body, login.body
+
+    async def offer_approval(self, state: str) -> str:
+        """The secret the browser page that finished ``state``'s sign-in shows in its form:
+        presenting it back (:meth:`decide`) is what lets the starting client collect."""
+        token = secrets.token_urlsafe(32)
+        login = await self.logins.by_key(state)
+        if login is None:
+            raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
+        await self.logins.update(
+            login.id, lambda b: b.model_copy(update={"approval_hash": verifier_hash(token)})
+        )
+        return token
+
+    async def decide(self, state: str, token: str, approve: bool) -> SsoLogin:
+        """The person in the browser approves or refuses the client the page named."""
+        login = await self.logins.by_key(state)
+        wanted = None if login is None else login.body.approval_hash
+        if login is None or wanted is None or login.body.user_id is None:
+            raise SsoError("this sign-in is unknown, expired, or not waiting for approval")
+        if not secrets.compare_digest(wanted, verifier_hash(token)):
+            raise SsoError("this sign-in is unknown, expired, or not waiting for approval")
+        if login.body.expires_at <= self._clock():
+            raise SsoError("the login expired before it was approved")
+        update: dict[str, object] = {"approval_hash": None}
+        if approve:
+            update["approved"] = True
+        else:
+            update["error"] = "the sign-in was refused in the browser"
+        await self.logins.update(login.id, lambda b: b.model_copy(update=update))
+        return login.body
 
     async def _complete(
         self, code: str | None, error: str | None, nonce: str, link_user_id: str | None
@@ -461,7 +497,8 @@ class Oidc:
         if login.body.error is not None:
             await self.logins.delete(login.id)
             raise SsoError(login.body.error)
-        if login.body.user_id is None:
+        waiting = login.body.link_user_id is None and not login.body.approved
+        if login.body.user_id is None or waiting:
             if login.body.expires_at <= self._clock():
                 await self.logins.delete(login.id)
                 raise SsoError("the login expired before it was completed")

@@ -172,25 +172,74 @@ async def callback(request: web.Request) -> web.Response:
             f" (asked by {login.client_name or 'an unnamed client'},"
             f" code {client_code(login.verifier_hash)}). Return to your terminal.",
         )
-    # The page names the client it signed in, so that someone sent this link by another
-    # person sees it is not their own terminal's login.
+    # The page names the client that asked, and the code it shows, and the sign-in goes to
+    # that client only once the person here approves it: someone sent this link by another
+    # person sees it is not their own terminal's login, and refuses.
+    token = await oidc_of(request).offer_approval(q.get("state", ""))
     client = login.client_name or "an unnamed client"
+    code = client_code(login.verifier_hash)
+    form = (
+        f'<form method="post" action="{html.escape(_APPROVE_PATH)}">'
+        f'<input type="hidden" name="state" value="{html.escape(login.state)}">'
+        f'<input type="hidden" name="approval" value="{html.escape(token)}">'
+        '<button type="submit" name="decision" value="approve">Approve</button> '
+        '<button type="submit" name="decision" value="deny">Refuse</button></form>'
+    )
+    return _page(
+        200,
+        "Approve this sign-in?",
+        f"You signed in at the provider as {user.email}. Approve only if you just ran"
+        f" `tether login --sso` in {client} and it shows the code {code}. If you did not,"
+        " someone else asked for this sign-in: refuse it and tell your administrator.",
+        form=form,
+    )
+
+
+_APPROVE_PATH = "/api/v1/auth/sso/approve"
+
+
+async def approve(request: web.Request) -> web.Response:
+    """The browser's answer to the page above: the sign-in goes to its client, or nowhere."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _page(400, "Not understood", "this takes the approval form of the sign-in page")
+    form = await request.post()
+    state, token, decision = (str(form.get(k, "")) for k in ("state", "approval", "decision"))
+    if decision not in ("approve", "deny"):
+        return _page(400, "Not understood", "the decision is approve or deny")
+    try:
+        login = await oidc_of(request).decide(state, token, decision == "approve")
+    except SsoError as exc:
+        return _page(400, "Not approved", str(exc))
+    client = login.client_name or "an unnamed client"
+    if decision == "deny":
+        return _page(200, "Refused", f"The sign-in for {client} was refused; it gets no session.")
+    user = await request.app[LOGINS].directory.users.get(login.user_id or "")
+    who = "" if user is None else f" as {user.body.email}"
     return _page(
         200,
         "Signed in",
-        f"Signed in as {user.email} for {client}, code {client_code(login.verifier_hash)}."
-        " Return to your terminal: it shows the same code. If you did not just run"
-        " `tether login --sso` there, someone else asked for this sign-in: log out of"
-        " Tether's sessions (tether logout) and tell your administrator.",
+        f"Signed in{who} for {client}, code {client_code(login.verifier_hash)}."
+        " Return to your terminal.",
     )
 
 
-def _page(status: int, title: str, text: str) -> web.Response:
+# The pages carry no script, may post only to this origin, and are never framed (a framed
+# approval button is a clickjacking target) nor cached.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _page(status: int, title: str, text: str, *, form: str = "") -> web.Response:
     body = (
         f"<!doctype html><title>Tether: {html.escape(title)}</title>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{form}"
     )
-    return web.Response(status=status, text=body, content_type="text/html")
+    return web.Response(status=status, text=body, content_type="text/html", headers=_PAGE_HEADERS)
 
 
 async def poll(request: web.Request) -> web.Response:
@@ -335,6 +384,15 @@ def add_sso_routes(table: RouteTable) -> None:
             "login",
             streaming="text",
             query={"state": "string", "code": "string", "error": "string"},
+        ),
+        Route(
+            "POST",
+            f"{base}/approve",
+            approve,
+            "Approve or refuse, in the browser, the client a completed sign-in is for (a form)",
+            "login",
+            streaming="text",
+            errors=(400,),
         ),
         Route(
             "POST",

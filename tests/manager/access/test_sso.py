@@ -5,6 +5,7 @@ secret), with nothing secret in an answer, an error or the audit trail."""
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 import json
 import re
@@ -77,8 +78,11 @@ def settings(m: Manager, idp: Provider, **over: Any) -> dict[str, Any]:
     }
 
 
-async def browser(m: Manager, idp: Provider, authorize_url: str) -> tuple[int, str]:
-    """What a browser does: the provider redirects to the manager's callback."""
+async def browser(
+    m: Manager, idp: Provider, authorize_url: str, *, decision: str | None = "approve"
+) -> tuple[int, str]:
+    """What a browser does: the provider redirects to the manager's callback, and the person
+    answers the page's approval form (``decision``; None leaves the page unanswered)."""
     async with (
         aiohttp.ClientSession() as http,
         http.get(authorize_url, ssl=client_context(idp.ca_file), allow_redirects=False) as resp,
@@ -87,7 +91,24 @@ async def browser(m: Manager, idp: Provider, authorize_url: str) -> tuple[int, s
         location = resp.headers["Location"]
     path = location.split(str(m.client.make_url("")).rstrip("/"), 1)[1]
     resp2 = await m.client.get(path)
-    return resp2.status, await resp2.text()
+    page = await resp2.text()
+    form = approval_form(page)
+    if form is None or decision is None:
+        return resp2.status, page
+    resp3 = await m.client.post(form.pop("action"), data={**form, "decision": decision})
+    return resp3.status, page + await resp3.text()
+
+
+def approval_form(page: str) -> dict[str, str] | None:
+    """The approval form's action and hidden fields, as a browser would submit them."""
+    action = re.search(r'<form method="post" action="([^"]+)">', page)
+    if action is None:
+        return None
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page))
+    return {
+        "action": html.unescape(action.group(1)),
+        **{k: html.unescape(v) for k, v in fields.items()},
+    }
 
 
 VERIFIER = "a-verifier-the-cli-made-and-keeps-to-itself-0123456789"
@@ -535,3 +556,59 @@ async def test_tether_link_sso_links_the_signed_in_user(
     assert f"code {shown.group(1)}" in page
     (link,) = await sso_links(store).list()
     assert link.body.subject == "root-via-cli"
+
+
+async def test_a_sign_in_waits_for_the_browser_to_approve_the_client_it_names(
+    m: Manager, idp: Provider
+) -> None:
+    # Someone starts a login and sends its link: the person who opens it signs in at the
+    # provider, and the page names the other client and its code, and asks.
+    idp.person = Person("victim@example.com", "Victim")
+    started = await start(m, name="tether CLI, mallory@elsewhere")
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, page = await browser(m, idp, started["authorize_url"], decision=None)
+    assert status == 200
+    assert "mallory@elsewhere" in page
+    assert started["code"] in page
+    resp = await m.client.get("/api/v1/auth/sso/callback?state=x")
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    # Unanswered, the starting client gets nothing.
+    status, pending = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, pending["status"]) == (202, "pending")
+
+
+async def test_a_refused_sign_in_gives_its_client_no_session(m: Manager, idp: Provider) -> None:
+    idp.person = Person("victim@example.com", "Victim")
+    started = await start(m, name="tether CLI, mallory@elsewhere")
+    status, page = await browser(m, idp, started["authorize_url"], decision="deny")
+    assert status == 200
+    assert "refused" in page
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, body = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert status == 400
+    assert "refused in the browser" in body["error"]["message"]
+
+
+async def test_an_approval_needs_the_secret_of_the_page_that_finished_the_sign_in(
+    m: Manager, idp: Provider
+) -> None:
+    idp.person = Person("victim@example.com", "Victim")
+    started = await start(m)
+    _, page = await browser(m, idp, started["authorize_url"], decision=None)
+    form = approval_form(page)
+    assert form is not None
+    forged = {"state": started["state"], "approval": "guessed", "decision": "approve"}
+    resp = await m.client.post(form["action"], data=forged)
+    assert resp.status == 400
+    # Nor is a JSON body taken for the form.
+    resp = await m.client.post(form["action"], json=forged)
+    assert resp.status == 400
+    poll = {"state": started["state"], "verifier": VERIFIER}
+    status, pending = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, pending["status"]) == (202, "pending")
+    # The real page's answer, once, goes through.
+    resp = await m.client.post(form.pop("action"), data={**form, "decision": "approve"})
+    assert resp.status == 200
+    status, done = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
+    assert (status, done["status"]) == (200, "done")

@@ -116,6 +116,7 @@ MATRIX: dict[str, str] = {
     "PUT /api/v1/auth/sso": "manage_users",
     "POST /api/v1/auth/sso/start": LOGIN,
     "GET /api/v1/auth/sso/callback": LOGIN,
+    "POST /api/v1/auth/sso/approve": LOGIN,
     "POST /api/v1/auth/sso/poll": LOGIN,
     "POST /api/v1/auth/login": LOGIN,
     "POST /api/v1/auth/invite/accept": LOGIN,

@@ -116,6 +116,9 @@ NOT_AUDITED = {
     ("POST", "/api/v1/auth/sso/start"),
     # Likewise for a link: the link itself, made at the browser's callback, is the event.
     ("POST", "/api/v1/auth/sso/link"),
+    # The browser's approval of a pending sign-in: the session the poll then makes is the
+    # event (and a refusal leaves no session to record).
+    ("POST", "/api/v1/auth/sso/approve"),
 }
 
 
@@ -320,6 +323,7 @@ async def sso_poll(w: World) -> Call:
         verifier_hash=verifier_hash(VERIFIER),
         expires_at=time.time() + 600,
         user_id=user.id,
+        approved=True,
     )
     await sso_logins(w.store).insert(done)
     return "/api/v1/auth/sso/poll", {"state": "the-state", "verifier": VERIFIER}
