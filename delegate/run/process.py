@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from delegate.run.isolation import TaskUser
 from shared.limits import KIB
 
 __all__ = [
@@ -114,8 +115,11 @@ async def drain(pumps: Sequence[OutputPump], grace: float) -> bool:
     return bool(closed)
 
 
-async def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
-    """Start ``argv`` as the leader of a new session, stdin from /dev/null.
+async def spawn(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], user: TaskUser | None = None
+) -> Child:
+    """Start ``argv`` as the leader of a new session, stdin from /dev/null; as ``user``
+    (its uid, its group and no other group) when given.
 
     Raises what ``create_subprocess_exec`` raises (``FileNotFoundError``, ``PermissionError``)
     when the program cannot be started; no descriptor leaks in that case.
@@ -132,6 +136,10 @@ async def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Ch
             stdout=out_w,
             stderr=err_w,
             start_new_session=True,
+            # Switched in the child between fork and exec (C code, no preexec_fn).
+            user=None if user is None else user.uid,
+            group=None if user is None else user.gid,
+            extra_groups=None if user is None else [],
         )
     except BaseException:
         for fd in (out_r, err_r):
