@@ -311,7 +311,8 @@ class PostgresStore(Store):
                 hostname = excluded.hostname, version = excluded.version,
                 protocol_version = excluded.protocol_version,
                 selectors = excluded.selectors, task_types = excluded.task_types,
-                capacity = excluded.capacity, last_seen = excluded.last_seen
+                capacity = excluded.capacity, last_seen = excluded.last_seen,
+                isolation = excluded.isolation
             RETURNING {_DELEGATE_COLUMNS}
             """,  # noqa: S608
             *(_encode(name, getattr(delegate, name)) for name in _DELEGATE_FIELDS),

@@ -315,4 +315,6 @@ MIGRATIONS: list[tuple[int, str]] = [
         WHERE owner = 'admin' AND groups = '[]';
         """,
     ),
+    # How the delegate runs its tasks; a delegate registered before it said nothing.
+    (15, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
 ]

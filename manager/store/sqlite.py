@@ -239,14 +239,16 @@ class SqliteStore(Store):
             (row,) = c.execute(
                 """
                 INSERT INTO delegates(id, name, token_id, hostname, version, protocol_version,
-                    selectors, task_types, capacity, public_key, created_at, last_seen)
-                VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+                    selectors, task_types, capacity, public_key, created_at, last_seen,
+                    isolation)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(public_key) DO UPDATE SET
                     name = excluded.name, token_id = excluded.token_id,
                     hostname = excluded.hostname, version = excluded.version,
                     protocol_version = excluded.protocol_version,
                     selectors = excluded.selectors, task_types = excluded.task_types,
-                    capacity = excluded.capacity, last_seen = excluded.last_seen
+                    capacity = excluded.capacity, last_seen = excluded.last_seen,
+                    isolation = excluded.isolation
                 RETURNING *
                 """,
                 (
@@ -262,6 +264,7 @@ class SqliteStore(Store):
                     delegate.public_key,
                     delegate.created_at,
                     delegate.last_seen,
+                    delegate.isolation,
                 ),
             ).fetchall()
             return _delegate(row)
