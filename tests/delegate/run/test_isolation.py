@@ -1,0 +1,121 @@
+"""Task users: the pool's slots, the capability check, the account checks, and the refusal
+of a delegate that cannot switch users."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from delegate.run.isolation import (
+    IsolationError,
+    TaskUser,
+    UserPool,
+    lookup_users,
+    missing_capabilities,
+    pool_names,
+)
+
+BIN = Path(sys.executable).parent
+USERS = [TaskUser(f"tether-task-{i}", 2000 + i, 2000 + i) for i in range(3)]
+
+
+def test_pool_hands_out_the_lowest_free_slot_and_each_once() -> None:
+    pool = UserPool(USERS)
+    first, second = pool.take(), pool.take()
+    assert (first, second) == (USERS[0], USERS[1])
+    pool.give_back(first)
+    # A delegate running one task at a time keeps using the same account.
+    assert pool.take() == USERS[0]
+    assert pool.take() == USERS[2]
+    assert pool.free == 0
+    with pytest.raises(IsolationError, match="all 3 task users are busy"):
+        pool.take()
+
+
+def test_pool_never_hands_a_busy_user_to_a_second_task() -> None:
+    pool = UserPool(USERS)
+    taken = [pool.take() for _ in USERS]
+    assert len(set(taken)) == len(USERS)
+    pool.give_back(taken[1])
+    assert pool.take() == taken[1]
+    with pytest.raises(KeyError):
+        pool.give_back(TaskUser("stranger", 1, 1))
+
+
+def test_pool_names_are_the_prefix_and_the_slot() -> None:
+    assert pool_names("tether-task-", 2) == ("tether-task-0", "tether-task-1")
+
+
+@pytest.mark.parametrize(
+    ("capeff", "missing"),
+    [
+        ("000001ffffffffff", []),  # root's full set
+        ("00000000000000e1", []),  # CHOWN, KILL, SETGID, SETUID: what the unit grants
+        ("0000000000000000", ["CAP_CHOWN", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"]),
+        ("00000000000000c0", ["CAP_CHOWN", "CAP_KILL"]),  # can switch, cannot hand over
+    ],
+)
+def test_missing_capabilities_reads_the_effective_set(capeff: str, missing: list[str]) -> None:
+    status = f"Name:\ttether-delegate\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\n"
+    assert missing_capabilities(status) == missing
+
+
+def test_lookup_refuses_an_account_that_does_not_exist() -> None:
+    with pytest.raises(IsolationError, match="task user no-such-user-x1 does not exist"):
+        lookup_users(["no-such-user-x1"], own_uid=os.geteuid())
+
+
+def test_lookup_refuses_root_and_the_delegates_own_user() -> None:
+    with pytest.raises(IsolationError, match="is root"):
+        lookup_users(["root"], own_uid=12345)
+    nobody = pwd.getpwnam("nobody")
+    with pytest.raises(IsolationError, match="this delegate's own user"):
+        lookup_users(["nobody"], own_uid=nobody.pw_uid)
+    assert lookup_users(["nobody"], own_uid=0) == (
+        TaskUser("nobody", nobody.pw_uid, nobody.pw_gid),
+    )
+
+
+def test_lookup_refuses_one_account_for_two_slots() -> None:
+    with pytest.raises(IsolationError, match="the same account"):
+        lookup_users(["nobody", "nobody"], own_uid=0)
+
+
+def _unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` as a user without capabilities: as is when this test is not root, else
+    through setpriv as nobody with every capability dropped."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("as root, needs setpriv (util-linux) to run the delegate unprivileged")
+    return [
+        setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--", *argv,
+    ]  # fmt: skip
+
+
+def test_a_delegate_that_cannot_switch_users_refuses_to_start_without_shared_user(
+    tmp_path: Path,
+) -> None:
+    tmp_path.chmod(0o777)  # nobody makes its data dir here
+    argv = [
+        str(BIN / "tether-delegate"), "run", "--manager-url", "https://127.0.0.1:9",
+        "--token", "tdt_x", "--data-dir", str(tmp_path / "d"),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        _unprivileged(argv), capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: this delegate cannot run tasks as other users")
+    assert "--shared-user" in lines[0]
+    assert "CAP_SETUID" in lines[0]
+    assert not (tmp_path / "d").exists(), "it refused before making anything"
