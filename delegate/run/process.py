@@ -37,6 +37,10 @@ __all__ = [
 
 # Output is read in chunks, not lines: a line may be megabytes long, or never end.
 READ_CHUNK = 64 * KIB
+# subprocess changes directory before it switches users, and the delegate may have no right
+# to enter the task's directory (it holds no CAP_DAC_*): the task's user does it, then execs
+# the program in the same process, so the pid, session and group are still the task's.
+_CD_THEN_EXEC = 'cd -- "$0" && exec "$@"'
 
 
 @dataclass(eq=False)
@@ -125,6 +129,9 @@ async def spawn(
     when the program cannot be started; no descriptor leaks in that case.
     """
     loop = asyncio.get_running_loop()
+    if user is not None:
+        argv = ["/bin/sh", "-c", _CD_THEN_EXEC, str(cwd), *argv]
+        cwd = Path("/")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest_asyncio
 
 from tests.e2e.harness import Cluster, Proc
 
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = Path("/usr/bin/python3")  # the system's: task users cannot reach a venv under /root
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes task users"),
@@ -44,6 +46,10 @@ def task_ppid():
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 print(f"task-ppid: {task_ppid()}", flush=True)
+with open("/proc/self/status") as f:
+    for line in f:
+        if line.startswith(("CapPrm:", "CapEff:", "CapAmb:")):
+            print(f"{line.split(':')[0]}: {int(line.split()[1], 16):x}", flush=True)
 
 def pid_of(target):
     return task_ppid() if target == "ppid" else int(target)
@@ -99,7 +105,8 @@ def base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def task_users() -> Iterator[list[str]]:
     # Per run: other runs on this host may make theirs at the same time.
-    names = [f"tt{os.getpid()}x{i}" for i in range(2)]
+    # Two slots of the root delegate; a slot and the account of the capability delegate.
+    names = [f"tt{os.getpid()}x{i}" for i in range(4)]
     for name in names:
         subprocess.run(
             ["useradd", "--system", "--user-group", "--no-create-home", "--shell",
@@ -131,7 +138,7 @@ async def apart(base: Path, task_users: list[str]) -> AsyncIterator[tuple[Cluste
             shared_user=False,
             extra=(
                 "--task-users",
-                ",".join(task_users),
+                ",".join(task_users[:2]),
                 "--max-tasks",
                 "2",
                 "--work-dir",
@@ -178,7 +185,12 @@ async def _probe(c: Cluster, selector: str, targets: list[str]) -> dict[str, str
     return found
 
 
-def _parent(found: dict[str, str]) -> int:
+def _parent(found: dict[str, str], *, task_user: bool = True) -> int:
+    """The task's $PPID, taken out of ``found`` with the task's capability sets, which must
+    be empty for a task user: a task never holds what the delegate holds."""
+    caps = {name: found.pop(name) for name in ("CapPrm", "CapEff", "CapAmb")}
+    if task_user:
+        assert caps == dict.fromkeys(caps, "0"), caps
     return int(found.pop("task-ppid"))
 
 
@@ -220,7 +232,7 @@ async def test_the_same_probe_reads_everything_from_a_shared_user_delegate(
         "spool:list:" + str(data / "spool"),
     ]
     found = await _probe(c, "shared", targets)
-    assert _parent(found) == shared.pid
+    assert _parent(found, task_user=False) == shared.pid
     assert found == {
         "env-token": "absent",  # the environment the task is given is built, not inherited
         "ppid-environ": "READ",
@@ -306,3 +318,67 @@ async def test_a_process_that_left_the_tasks_group_dies_with_the_task(
     if status.exists():
         state = next(ln for ln in status.read_text().splitlines() if ln.startswith("State:"))
         assert "Z" in state.split()[1], state
+
+
+async def test_a_delegate_with_only_the_units_capabilities_isolates_its_tasks_too(
+    apart: tuple[Cluster, Proc], base: Path, task_users: list[str]
+) -> None:
+    """As the systemd unit runs it: an unprivileged user holding CAP_SETUID, CAP_SETGID,
+    CAP_CHOWN and CAP_KILL as ambient capabilities, bounded to those, no_new_privs set.
+    Its task must hold none of them, and reach none of the delegate's files."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to start a delegate with ambient capabilities")
+    c, _ = apart
+    slot, owner = task_users[2], task_users[3]
+    home = base / "capd"
+    home.mkdir()
+    tasks = base / "capd-tasks"
+    tasks.mkdir()
+    token_file, ca = home / "token", home / "ca.pem"
+    token_file.write_text(await c.token("capd") + "\n")
+    token_file.chmod(0o600)
+    shutil.copyfile(c.ca_file, ca)
+    for path in (home, tasks, token_file, ca):
+        shutil.chown(path, owner, owner)
+    home.chmod(0o700)
+    caps = "+setuid,+setgid,+chown,+kill"
+    # The system's interpreter on this checkout and its virtualenv's packages: the
+    # virtualenv's own interpreter may sit where the unprivileged user cannot reach.
+    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    boot = (
+        f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(site)!r}]; "
+        "from delegate.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [
+        setpriv, f"--reuid={owner}", f"--regid={owner}", "--clear-groups",
+        f"--inh-caps={caps}", f"--ambient-caps={caps}",
+        f"--bounding-set=-all,{caps}", "--no-new-privs", "--",
+        str(PYTHON), "-c", boot, "run", "--manager-url", c.url, "--ca-file", str(ca),
+        "--token-file", str(token_file), "--name", "capd", "--selector", "capd",
+        "--data-dir", str(home / "data"), "--work-dir", str(tasks), "--max-tasks", "1",
+        "--task-users", slot, "--time-scale", str(c.time_scale), "--log-format", "json",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    delegate = Proc("delegate-capd", argv, env=env)
+    delegate.env = env
+    await delegate.start()
+    c.procs.append(delegate)
+    await delegate.wait_event("channel mode", mode="stream")
+    data = home / "data"
+    targets = [
+        "control:read:" + str(base / "control"),
+        "ppid-environ:read:/proc/ppid/environ",
+        "pid-mem:open:/proc/ppid/mem",
+        "ppid-ptrace:ptrace:ppid",
+        "key:read:" + str(data / "delegate.key"),
+        "spool:list:" + str(data / "spool"),
+        "token-file:read:" + str(token_file),
+        "work-dir:list:" + str(tasks),
+    ]
+    found = await _probe(c, "capd", targets)
+    assert _parent(found) == delegate.pid
+    assert found.pop("control") == "READ"
+    assert found == dict.fromkeys(found, "denied") | {"env-token": "absent"}, found
+    assert stat.S_IMODE(tasks.stat().st_mode) == 0o711
+    assert list(tasks.iterdir()) == []
