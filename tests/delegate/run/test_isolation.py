@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from delegate import cli
+from delegate.config import resolve
 from delegate.run.isolation import (
     IsolationError,
     TaskUser,
@@ -119,3 +121,65 @@ def test_a_delegate_that_cannot_switch_users_refuses_to_start_without_shared_use
     assert "--shared-user" in lines[0]
     assert "CAP_SETUID" in lines[0]
     assert not (tmp_path / "d").exists(), "it refused before making anything"
+
+
+# A child of the process under test reads its parent's environment, as a task reads
+# /proc/$PPID/environ; both run as the same (unprivileged) user.
+_ENVIRON_CHECK = """
+import subprocess, sys
+sys.path[:0] = [sys.argv[2]]
+from delegate.run.isolation import harden_process
+if sys.argv[1] == "harden":
+    harden_process(task_users=False)
+child = (
+    "import os\\n"
+    "try:\\n"
+    "    open(f'/proc/{os.getppid()}/environ', 'rb').read(1)\\n"
+    "    print('READ')\\n"
+    "except OSError:\\n"
+    "    print('denied')\\n"
+)
+print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout)
+"""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("harden", "denied"), ("plain", "READ")])
+def test_a_hardened_process_hides_its_environment_from_its_own_user(
+    mode: str, expected: str
+) -> None:
+    """Even with --shared-user, a task cannot read the delegate's /proc/PID/environ; the
+    "plain" case shows the same read succeeds without harden_process."""
+    python = sys.executable
+    if os.geteuid() == 0:
+        # The system's interpreter: the virtualenv's may be where nobody cannot reach.
+        python = "/usr/bin/python3"
+        if not Path(python).is_file():
+            pytest.skip("as root, needs /usr/bin/python3 to run as nobody")
+    repo = str(Path(__file__).resolve().parents[3])
+    argv = _unprivileged([python, "-I", "-c", _ENVIRON_CHECK, mode, repo])
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert proc.stdout.strip() == expected, proc.stderr
+
+
+def test_a_token_file_others_can_read_is_refused_when_tasks_run_as_task_users(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the check comes after the one for switching users")
+    token = tmp_path / "token"
+    token.write_text("tdt_x\n")
+    token.chmod(0o644)
+    config = resolve(
+        {
+            "manager_url": "https://m:1",
+            "token_file": str(token),
+            "task_users": "nobody",
+            "max_tasks": 1,
+        },
+        {},
+        None,
+    )
+    with pytest.raises(IsolationError, match=r"readable by group or others \(mode 0644\)"):
+        cli._task_users(config)
+    token.chmod(0o600)
+    assert [u.name for u in cli._task_users(config) or ()] == ["nobody"]
