@@ -204,8 +204,12 @@ def _task_users(config: DelegateConfig) -> tuple[isolation.TaskUser, ...] | None
     neither is possible as configured."""
     if config.shared_user:
         return None
-    with open("/proc/self/status", encoding="ascii") as f:
-        missing = isolation.missing_capabilities(f.read())
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            status = f.read()
+    except OSError:
+        status = ""  # no /proc: nothing shows the capabilities, so none are counted
+    missing = isolation.missing_capabilities(status)
     if missing:
         raise isolation.IsolationError(
             "this delegate cannot run tasks as other users (it lacks "
