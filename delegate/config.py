@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from delegate.run.isolation import pool_names
 from delegate.secrets.cache import DEFAULT_TTL
 from shared.protocol import TaskType
 
@@ -165,7 +166,7 @@ def resolve(
     task_users = _split(pick("task_users") or ())
     if not task_users:
         prefix = str(pick("task_user_prefix") or DEFAULT_TASK_USER_PREFIX)
-        task_users = tuple(f"{prefix}{i}" for i in range(max_tasks))
+        task_users = pool_names(prefix, max_tasks)
     elif len(task_users) < max_tasks:
         raise ConfigError(
             f"{max_tasks} tasks at once need {max_tasks} task users; {len(task_users)} given"
