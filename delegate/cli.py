@@ -217,20 +217,31 @@ def _task_users(config: DelegateConfig) -> tuple[isolation.TaskUser, ...] | None
             " install-service writes does), or pass --shared-user to run tasks as its own"
             " user"
         )
+    users = isolation.lookup_users(config.task_users, own_uid=os.geteuid())
     if config.token_file is not None:
-        _check_private(config.token_file, "token file")
-    return isolation.lookup_users(config.task_users, own_uid=os.geteuid())
+        _check_private(config.token_file, "token file", users)
+    return users
 
 
-def _check_private(path: Path, what: str) -> None:
+def _check_private(path: Path, what: str, users: Sequence[isolation.TaskUser]) -> None:
+    """IsolationError when a task user could read ``path`` by its owner, group or mode.
+
+    Group bits alone do not count: under systemd a credential file carries an ACL for the
+    service's user, which shows as group bits, and no task user is in that group.
+    """
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return  # read already, by resolve(); a credential that went away since is fine
-    if mode & 0o077:
+    readable = (
+        st.st_mode & 0o004
+        or st.st_uid in {u.uid for u in users}
+        or (st.st_mode & 0o040 and st.st_gid in {u.gid for u in users})
+    )
+    if readable:
         raise isolation.IsolationError(
-            f"{what} {path} is readable by group or others (mode {mode & 0o777:04o}),"
-            " which includes the task users; make it 0600"
+            f"{what} {path} can be read by the task users (mode {st.st_mode & 0o777:04o},"
+            f" uid {st.st_uid}, gid {st.st_gid}); make it 0600 and the delegate's"
         )
 
 

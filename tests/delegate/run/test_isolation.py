@@ -161,7 +161,7 @@ def test_a_hardened_process_hides_its_environment_from_its_own_user(
     assert proc.stdout.strip() == expected, proc.stderr
 
 
-def test_a_token_file_others_can_read_is_refused_when_tasks_run_as_task_users(
+def test_a_token_file_a_task_user_could_read_is_refused(
     tmp_path: Path,
 ) -> None:
     if os.geteuid() != 0:
@@ -179,7 +179,18 @@ def test_a_token_file_others_can_read_is_refused_when_tasks_run_as_task_users(
         {},
         None,
     )
-    with pytest.raises(IsolationError, match=r"readable by group or others \(mode 0644\)"):
+    with pytest.raises(IsolationError, match=r"can be read by the task users \(mode 0644"):
         cli._task_users(config)
+    nobody = pwd.getpwnam("nobody")
+    token.chmod(0o640)
+    os.chown(token, 0, nobody.pw_gid)
+    with pytest.raises(IsolationError, match="can be read by the task users"):
+        cli._task_users(config)
+    os.chown(token, nobody.pw_uid, 0)
+    with pytest.raises(IsolationError, match="can be read by the task users"):
+        cli._task_users(config)
+    # A group the task users are not in (as a systemd credential's ACL shows) is no way in.
+    os.chown(token, 0, 0)
+    assert [u.name for u in cli._task_users(config) or ()] == ["nobody"]
     token.chmod(0o600)
     assert [u.name for u in cli._task_users(config) or ()] == ["nobody"]
