@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import shutil
+import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +32,7 @@ from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
+from delegate.run.isolation import TaskUser, UserPool, sweep
 from delegate.run.logstream import LogStream
 from delegate.run.taskinputs import InputError, TaskInputs, prepare
 from delegate.secrets.cache import SecretCache
@@ -74,6 +77,7 @@ class Agent:
         private_key: bytes,
         timings: Timings,
         process_masker: Masker,
+        task_users: Sequence[TaskUser] | None = None,
     ) -> None:
         self._config = config
         self._api = api
@@ -87,7 +91,9 @@ class Agent:
         self.draining = False
         self._drained_by_manager = False
         self._stopping = False
-        self._work_root = config.data_dir / "work"
+        self._work_root = config.work_root
+        # None: tasks run as this process's user (--shared-user).
+        self._pool = None if task_users is None else UserPool(task_users)
         self._spool_root = config.data_dir / "spool"
         self._outbox: Outbox | None = None
         ttl = config.secret_cache_ttl
@@ -145,8 +151,12 @@ class Agent:
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> int:
         """Run until ``stop`` (then shut down gracefully) or a fatal error; the exit status."""
         self._work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # A run killed before its tasks ended left their directories, secret files included.
-        await asyncio.to_thread(_clear, self._work_root)
+        if self._pool is not None:
+            # Task users pass through to their own directories, and cannot list the others.
+            self._work_root.chmod(0o711)
+        # A run killed before its tasks ended left their directories, secret files included,
+        # and maybe their processes, which would see the next task of their slot.
+        await self._clear_work_root()
         spool = await asyncio.to_thread(Spool.open, self._spool_root)
         t = self._timings
         self._outbox = Outbox(
@@ -176,6 +186,17 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await channel
         return status
+
+    async def _clear_work_root(self) -> None:
+        owners = await asyncio.to_thread(_owners, self._work_root)
+        if self._pool is not None:
+            by_uid = {u.uid: u for u in self._pool.users}
+            for user in self._pool.users:
+                await sweep(user, None)
+            for path, uid in owners.items():
+                if uid in by_uid:
+                    await sweep(by_uid[uid], path)
+        await asyncio.to_thread(_clear, list(owners))
 
     async def _shutdown(self, force: asyncio.Event) -> None:
         """Take nothing new; let running tasks finish within the grace, then cancel them."""
@@ -260,16 +281,23 @@ class Agent:
                     error = None if inputs.error is None else masker.mask_text(inputs.error)
                     result = replace(inputs, error=error)
                 else:
-                    result = await execute(
-                        inputs.spec,
-                        secret_env=inputs.env,
-                        secret_files=inputs.files,
-                        credentials=credentials,
-                        log=stream,
-                        cancel=entry.cancel,
-                        kill_grace=t.kill_grace,
-                        work_root=self._work_root,
-                    )
+                    user = self._pool.take() if self._pool is not None else None
+                    try:
+                        result = await execute(
+                            inputs.spec,
+                            secret_env=inputs.env,
+                            secret_files=inputs.files,
+                            credentials=credentials,
+                            log=stream,
+                            cancel=entry.cancel,
+                            kill_grace=t.kill_grace,
+                            work_root=self._work_root,
+                            user=user,
+                        )
+                    finally:
+                        # After execute: it has swept the slot by then.
+                        if self._pool is not None and user is not None:
+                            self._pool.give_back(user)
             finally:
                 await cancel_and_wait(flusher)
             # Sent after every line of the attempt (or spooled behind them), never before.
@@ -364,7 +392,16 @@ def _failed(error: str, *, status: Status = "failed") -> ExecutionResult:
     )
 
 
-def _clear(work_root: Path) -> None:
+def _owners(work_root: Path) -> dict[Path, int]:
+    """The task directories left in ``work_root``, each with its owner's uid."""
+    found = {}
     for child in work_root.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
+        st = child.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            found[child] = st.st_uid
+    return found
+
+
+def _clear(directories: list[Path]) -> None:
+    for path in directories:
+        shutil.rmtree(path, ignore_errors=True)

@@ -22,11 +22,12 @@ from pathlib import Path
 import structlog
 
 from delegate.agent import Agent
-from delegate.config import ConfigError, DelegateConfig, resolve
+from delegate.config import DEFAULT_TASK_USER_PREFIX, ConfigError, DelegateConfig, resolve
 from delegate.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from delegate.link.api import ManagerApi
 from delegate.link.policy import LinkPolicy
 from delegate.link.stream import Channel
+from delegate.run import isolation
 from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
 from shared import service_install as svc
@@ -84,6 +85,28 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds fetched secret values stay cached in memory; 0 turns the cache off"
         " ($TETHER_SECRET_CACHE_TTL; default 1800)",
     )
+    r.add_argument(
+        "--shared-user",
+        action="store_true",
+        default=None,
+        help="run tasks as this delegate's own user, which lets a task read its token, key"
+        " and spool; for a delegate that cannot switch users ($TETHER_SHARED_USER)",
+    )
+    r.add_argument(
+        "--task-users",
+        help="comma-separated accounts tasks run as, one per slot ($TETHER_TASK_USERS;"
+        f" default {DEFAULT_TASK_USER_PREFIX}0 .. N-1)",
+    )
+    r.add_argument(
+        "--task-user-prefix",
+        help="task users are PREFIX0 .. PREFIX<max-tasks - 1> ($TETHER_TASK_USER_PREFIX;"
+        f" default {DEFAULT_TASK_USER_PREFIX})",
+    )
+    r.add_argument(
+        "--work-dir",
+        help="where tasks' private directories are made ($TETHER_WORK_DIR; default: next"
+        " to the data dir, DATA_DIR-tasks)",
+    )
     _service_parsers(sub)
     return p
 
@@ -105,6 +128,11 @@ def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--selector", action="append", dest="selectors", help="repeat, or comma-separate"
     )
     i.add_argument("--max-tasks", type=int, help="tasks run at once (default 4)")
+    i.add_argument(
+        "--task-user-prefix",
+        default=DEFAULT_TASK_USER_PREFIX,
+        help="accounts made for the task slots: PREFIX0 .. (default %(default)s)",
+    )
     i.add_argument("--executable", help="path systemd starts (default: this installation's)")
     u = sub.add_parser("uninstall-service", help="stop the service and remove its files")
     u.add_argument("--root", type=Path, help="remove the files under DIR; run no systemctl")
@@ -131,6 +159,7 @@ def _service(args: argparse.Namespace) -> int:
             name=args.name,
             selectors=[s for item in args.selectors or () for s in item.split(",") if s.strip()],
             max_tasks=args.max_tasks,
+            task_user_prefix=args.task_user_prefix,
         )
         for path in svc.install(plan, args.root):
             print(f"wrote {path}")
@@ -172,7 +201,55 @@ def _notify_channel(channel: Channel, lost_after: Callable[[], float]) -> asynci
     return sdnotify.start_watchdog(healthy)
 
 
-async def _run(config: DelegateConfig, masker: Masker) -> int:
+def _task_users(config: DelegateConfig) -> tuple[isolation.TaskUser, ...] | None:
+    """The task users, or None when tasks run as this process's user; IsolationError when
+    neither is possible as configured."""
+    if config.shared_user:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            status = f.read()
+    except OSError:
+        status = ""  # no /proc: nothing shows the capabilities, so none are counted
+    missing = isolation.missing_capabilities(status)
+    if missing:
+        raise isolation.IsolationError(
+            "this delegate cannot run tasks as other users (it lacks "
+            f"{', '.join(missing)}): run it as root or with those capabilities (the unit"
+            " install-service writes does), or pass --shared-user to run tasks as its own"
+            " user"
+        )
+    users = isolation.lookup_users(config.task_users, own_uid=os.geteuid())
+    if config.token_file is not None:
+        _check_private(config.token_file, "token file", users)
+    return users
+
+
+def _check_private(path: Path, what: str, users: Sequence[isolation.TaskUser]) -> None:
+    """IsolationError when a task user could read ``path`` by its owner, group or mode.
+
+    Group bits alone do not count: under systemd a credential file carries an ACL for the
+    service's user, which shows as group bits, and no task user is in that group.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return  # read already, by resolve(); a credential that went away since is fine
+    readable = (
+        st.st_mode & 0o004
+        or st.st_uid in {u.uid for u in users}
+        or (st.st_mode & 0o040 and st.st_gid in {u.gid for u in users})
+    )
+    if readable:
+        raise isolation.IsolationError(
+            f"{what} {path} can be read by the task users (mode {st.st_mode & 0o777:04o},"
+            f" uid {st.st_uid}, gid {st.st_gid}); make it 0600 and the delegate's"
+        )
+
+
+async def _run(
+    config: DelegateConfig, masker: Masker, task_users: Sequence[isolation.TaskUser] | None
+) -> int:
     try:
         # work/ is the tasks' scratch space, emptied at start; its files are theirs.
         secure_data_dir(config.data_dir, scratch=("work",))
@@ -180,6 +257,8 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
     except (DataDirError, SealError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # Made 0700 by the key's creation; an older or hand-made one is brought back to it.
+    config.data_dir.chmod(0o700)
     timings = Timings().scaled(config.time_scale)
     registration = RegisterRequest(
         name=config.name,
@@ -191,6 +270,7 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
         task_types=list(config.task_types),
         public_key=public_key_b64(public_from_private(private)),
         instance=secrets.token_hex(8),
+        isolation="shared_user" if task_users is None else "task_users",
     )
     ssl_ctx = client_context(
         config.ca_file, client_cert=config.client_cert, client_key=config.client_key
@@ -220,7 +300,13 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
             ),
         )
         agent = Agent(
-            config, api, link=channel, private_key=private, timings=timings, process_masker=masker
+            config,
+            api,
+            link=channel,
+            private_key=private,
+            timings=timings,
+            process_masker=masker,
+            task_users=task_users,
         )
         channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(
@@ -230,6 +316,19 @@ async def _run(config: DelegateConfig, masker: Masker) -> int:
             selectors=list(config.selectors),
             max_tasks=config.max_tasks,
         )
+        if task_users is None:
+            log.warning(
+                "tasks run as this delegate's own user (--shared-user): a task can read its"
+                " token, private key and spool",
+                isolation=registration.isolation,
+            )
+        else:
+            log.info(
+                "tasks run as task users",
+                isolation=registration.isolation,
+                task_users=[u.name for u in task_users],
+                work_dir=str(config.work_root),
+            )
         watchdog = _notify_channel(
             channel,
             lambda: api.registered.lost_after_s if api.registered else timings.lost_after,
@@ -261,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client_cert": args.client_cert,
         "client_key": args.client_key,
         "secret_cache_ttl": args.secret_cache_ttl,
+        "shared_user": args.shared_user,
+        "task_users": args.task_users,
+        "task_user_prefix": args.task_user_prefix,
+        "work_dir": args.work_dir,
     }
     try:
         config = resolve(flags, os.environ, args.config)
@@ -275,11 +378,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --time-scale must be positive", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        task_users = _task_users(config)
+    except isolation.IsolationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    isolation.harden_process(task_users=task_users is not None)
+    # No child (a task, a custom secret provider) inherits the token through the
+    # environment; /proc/<pid>/environ is closed by harden_process.
+    for variable in ("TETHER_TOKEN", "TETHER_TOKEN_FILE"):
+        os.environ.pop(variable, None)
+    try:
         # asyncio's own loop: a delegate holds a handful of connections, so uvloop saves it
         # little, and under a storm of connection resets uvloop with aiohttp was seen to
         # keep a transport on a file descriptor the kernel reused, which killed the process
         # (tests/faults/test_network_cut.py).
-        return run(_run(config, masker), prefer_uvloop=False)
+        return run(_run(config, masker, task_users), prefer_uvloop=False)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from delegate.run.isolation import pool_names
 from delegate.secrets.cache import DEFAULT_TTL
 from shared.protocol import TaskType
 
@@ -27,8 +28,15 @@ ENV = {
     "client_cert": "TETHER_CLIENT_CERT",
     "client_key": "TETHER_CLIENT_KEY",
     "secret_cache_ttl": "TETHER_SECRET_CACHE_TTL",
+    "shared_user": "TETHER_SHARED_USER",
+    "task_users": "TETHER_TASK_USERS",
+    "task_user_prefix": "TETHER_TASK_USER_PREFIX",
+    "work_dir": "TETHER_WORK_DIR",
 }
 KEYS = set(ENV) | {"task_types", "log_level", "time_scale"}
+DEFAULT_TASK_USER_PREFIX = "tether-task-"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 class ConfigError(Exception):
@@ -52,6 +60,19 @@ class DelegateConfig:
     client_key: Path | None = None
     # Seconds a value from a customer's secret manager is kept in memory; 0: not at all.
     secret_cache_ttl: float = DEFAULT_TTL
+    # Tasks run as this delegate's own user: an explicit opt-in, since a task can then read
+    # the delegate's token, key and spool. Otherwise each slot has a task user of its own.
+    shared_user: bool = False
+    # One account per slot (max_tasks of them), in slot order.
+    task_users: tuple[str, ...] = ()
+    # Where tasks' private directories are made; None: <data_dir>/work (shared user only).
+    work_dir: Path | None = None
+    # The file the token was read from, if it was: checked to be the delegate's alone.
+    token_file: Path | None = None
+
+    @property
+    def work_root(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.data_dir / "work"
 
 
 def _split(value: Any) -> tuple[str, ...]:
@@ -95,7 +116,9 @@ def resolve(
 
     token = pick("token")
     token_file = pick("token_file")
+    read_from: Path | None = None
     if not token and token_file:
+        read_from = Path(token_file).absolute()
         try:
             token = Path(token_file).read_text().strip()
         except OSError as exc:
@@ -139,14 +162,33 @@ def resolve(
         ) from None
     if not 0 <= secret_cache_ttl < float("inf"):
         raise ConfigError("secret cache TTL must be 0 (no cache) or a positive number of seconds")
+    shared_user = _flag(pick("shared_user"), "shared user")
+    task_users = _split(pick("task_users") or ())
+    if not task_users:
+        prefix = str(pick("task_user_prefix") or DEFAULT_TASK_USER_PREFIX)
+        task_users = pool_names(prefix, max_tasks)
+    elif len(task_users) < max_tasks:
+        raise ConfigError(
+            f"{max_tasks} tasks at once need {max_tasks} task users; {len(task_users)} given"
+        )
+    data_path = (
+        Path(data_dir) if data_dir else Path.home() / ".local/state/tether-delegate" / name
+    ).absolute()
+    work_dir = pick("work_dir")
+    work_path = Path(work_dir).absolute() if work_dir else None
+    if not shared_user:
+        # Task users must reach their directories, and the data dir stays 0700.
+        work_path = work_path or data_path.with_name(f"{data_path.name}-tasks")
+        if work_path.is_relative_to(data_path):
+            raise ConfigError(
+                "the work directory must be outside the data directory when tasks run as task users"
+            )
     return DelegateConfig(
         manager_url=url,
         token=str(token),
         name=name,
         # Absolute, because each task runs in a working directory of its own.
-        data_dir=(
-            Path(data_dir) if data_dir else Path.home() / ".local/state/tether-delegate" / name
-        ).absolute(),
+        data_dir=data_path,
         ca_file=Path(ca) if ca else None,
         selectors=_split(pick("selectors") or ()),
         max_tasks=max_tasks,
@@ -156,4 +198,17 @@ def resolve(
         client_cert=Path(client_cert) if client_cert else None,
         client_key=Path(client_key) if client_key else None,
         secret_cache_ttl=secret_cache_ttl,
+        shared_user=shared_user,
+        task_users=task_users[:max_tasks],
+        work_dir=work_path,
+        token_file=read_from,
     )
+
+
+def _flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{what}: expected true or false (got {value!r})")

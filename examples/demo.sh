@@ -41,8 +41,11 @@ TOKEN=$(tether token create demo-delegate | tail -n 1)
 echo "token created (shown once; kept only as a hash on the manager)"
 
 say "Starting tether-delegate (outbound only: it opens no port)"
-TETHER_TOKEN="$TOKEN" tether-delegate run --name demo-delegate --selector demo \
-  --data-dir "$DEMO_DIR/delegate" --log-format json 2>"$DEMO_DIR/delegate.log" &
+(umask 077 && printf '%s\n' "$TOKEN" > "$DEMO_DIR/delegate-token")
+# --shared-user: the demo makes no task users, so its tasks run as you; see "Task users" in
+# docs/operations.md for a delegate whose tasks run apart from it.
+tether-delegate run --name demo-delegate --selector demo --token-file "$DEMO_DIR/delegate-token" \
+  --shared-user --data-dir "$DEMO_DIR/delegate" --log-format json 2>"$DEMO_DIR/delegate.log" &
 pids+=($!)
 for _ in $(seq 1 100); do
   tether delegate list 2>/dev/null | grep -q "demo-delegate.*connected" && break

@@ -98,6 +98,8 @@ class DelegateRecord:
     last_seen: float
     # Set by an operator: no new tasks; kept across reconnects until resumed.
     draining: bool = False
+    # As the delegate said at its last registration: "task_users" or "shared_user".
+    isolation: str = "shared_user"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ __all__ = [
     "HeartbeatAck",
     "Hello",
     "HttpPayload",
+    "Isolation",
     "LogBatch",
     "LogBatchAck",
     "LogLine",
@@ -169,6 +170,12 @@ class TaskSpec(Strict):
 # --- enrollment -------------------------------------------------------------------------
 
 
+# How a delegate runs tasks: each as a task user of its own slot, never the delegate's user
+# ("task_users"); or as the delegate's own user, an explicit opt-in of a delegate that cannot
+# switch users ("shared_user"): a task can then read the delegate's token and key.
+Isolation = Literal["task_users", "shared_user"]
+
+
 class RegisterRequest(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     hostname: str = Field(max_length=255)
@@ -182,6 +189,8 @@ class RegisterRequest(Strict):
     # New at every process start (a re-registration after a session expiry keeps it): the
     # manager runs the delegate's profile scripts once per instance.
     instance: str = Field(default="", max_length=64)
+    # A delegate that does not say ran its tasks as itself.
+    isolation: Isolation = "shared_user"
 
 
 class RegisterResponse(Strict):

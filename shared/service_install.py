@@ -56,6 +56,9 @@ DELEGATE_TOKEN = ETC / "credentials" / "delegate-token"
 DELEGATE_CA = ETC / "delegate-ca.pem"
 DELEGATE_SYSUSERS = PurePosixPath("/etc/sysusers.d/tether-delegate.conf")
 DELEGATE_STATE_DIR = PurePosixPath("/var/lib/tether-delegate")
+# Tasks' private directories: outside the state dir, which task users must not enter.
+DELEGATE_WORK_DIR = PurePosixPath("/var/lib/tether-delegate-tasks")
+DEFAULT_MAX_TASKS = 4
 STATE_ROOT = PurePosixPath("/var/lib")
 # ProtectHome=yes hides these; a command installed under one needs read-only instead.
 _HOME_DIRS = ("/home", "/root", "/run/user")
@@ -184,6 +187,7 @@ def delegate_plan(
     name: str | None = None,
     selectors: Sequence[str] = (),
     max_tasks: int | None = None,
+    task_user_prefix: str = "tether-task-",
 ) -> Plan:
     url = manager_url.rstrip("/")
     if not url.startswith("https://"):
@@ -195,6 +199,19 @@ def delegate_plan(
         raise InstallError("the CA file holds no PEM certificate")
     if not user or user == "root" or not all(c.isalnum() or c in "-_." for c in user):
         raise InstallError(f"--user must name an unprivileged account (got {user!r})")
+    slots = max_tasks if max_tasks is not None else DEFAULT_MAX_TASKS
+    task_users = [f"{task_user_prefix}{i}" for i in range(slots)]
+    # sysusers.d and useradd take at most 31 characters, a letter or _ first.
+    if not task_user_prefix[:1].isalpha() or not all(
+        c.isalnum() or c in "-_" for c in task_user_prefix
+    ):
+        raise InstallError(
+            f"--task-user-prefix must be letters, digits, - or _ (got {task_user_prefix!r})"
+        )
+    if any(len(name) > 31 for name in task_users) or user in task_users:
+        raise InstallError(
+            "--task-user-prefix must give names of at most 31 characters, not --user"
+        )
 
     text = unit_template(DELEGATE_UNIT)
     text = _apply_command(text, command, ["run", "--config", "%d/config", "--log-format", "json"])
@@ -211,6 +228,8 @@ def delegate_plan(
     if max_tasks is not None:
         config["max_tasks"] = max_tasks
     config["data_dir"] = str(DELEGATE_STATE_DIR)
+    config["work_dir"] = str(DELEGATE_WORK_DIR)
+    config["task_users"] = task_users
     config["token_file"] = str(DELEGATE_TOKEN)
     config_text = (
         "# Written by `tether-delegate install-service`. The service reads a copy that\n"
@@ -219,8 +238,14 @@ def delegate_plan(
         + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     )
     sysusers = (
-        "# The account tether-delegate.service runs as (and its tasks with it).\n"
+        "# The account tether-delegate.service runs as.\n"
         f'u {user} - "Tether delegate" {DELEGATE_STATE_DIR} /usr/sbin/nologin\n'
+        "# One account per task slot, each with a group of its own: a task runs as its\n"
+        "# slot's account, so it can read neither the delegate's files nor another task's.\n"
+        + "".join(
+            f'u {name} - "Tether task slot {i}" / /usr/sbin/nologin\n'
+            for i, name in enumerate(task_users)
+        )
     )
     files = [
         PlannedFile(UNIT_DIR / DELEGATE_UNIT, text.encode(), 0o644),
@@ -253,8 +278,9 @@ def delegate_removal() -> Plan:
         files=tuple(PlannedFile(p) for p in paths),
         dirs=((ETC, 0o755), (DELEGATE_TOKEN.parent, 0o700)),
         kept=(
-            f"kept {DELEGATE_STATE_DIR} (this delegate's key and work files) and its "
-            "account; remove them to forget this delegate"
+            f"kept {DELEGATE_STATE_DIR} (this delegate's key and spool), {DELEGATE_WORK_DIR}"
+            " and the accounts (the delegate's and its task users'); remove them to forget"
+            " this delegate"
         ),
     )
 

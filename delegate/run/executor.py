@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from delegate.run.isolation import TaskUser, sweep
 from delegate.run.logstream import LogStream, OutputStream
 from delegate.run.process import (
     Child,
@@ -94,6 +95,7 @@ async def execute(
     work_root: Path,
     secret_files: Mapping[str, bytes] | None = None,
     credentials: ManagerCredentials | None = None,
+    user: TaskUser | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ExecutionResult:
     """Run ``spec`` until it ends, times out (``spec.timeout_s``) or ``cancel`` is set.
@@ -103,6 +105,7 @@ async def execute(
     gets ``secret_files`` (variable -> content): each is written, 0600, into the task's
     private directory, which is removed when the task ends, and the variable holds its
     path. ``credentials`` are the secret managers' credentials a secret operation uses.
+    With ``user``, a shell task runs as that user and its directory is handed to it.
     """
     started_at = clock()
     try:
@@ -120,6 +123,7 @@ async def execute(
                     cancel,
                     kill_grace,
                     work_root,
+                    user,
                 )
             elif isinstance(payload, HttpPayload):
                 outcome = await _run_http(spec, payload, log, cancel)
@@ -182,32 +186,62 @@ async def _run_shell(
     cancel: asyncio.Event,
     kill_grace: float,
     work_root: Path,
+    user: TaskUser | None,
 ) -> _Outcome:
     await asyncio.to_thread(work_root.mkdir, mode=0o700, parents=True, exist_ok=True)
     # mkdtemp makes the directory 0700: the script and its output file are the task's alone.
     task_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="task-", dir=work_root))
+    output_fd: int | None = None
     try:
         script = task_dir / "script"
         output_file = task_dir / "output"
         await asyncio.to_thread(_write_private, script, payload.script.encode())
         await asyncio.to_thread(_write_private, output_file, b"")
+        # Read through this descriptor afterwards: once the file is the task user's, the
+        # delegate may have no right to open it (it holds no CAP_DAC_*).
+        output_fd = os.open(output_file, os.O_RDONLY | os.O_CLOEXEC)
         file_env = await asyncio.to_thread(_write_secret_files, task_dir, secret_files)
         cwd = await asyncio.to_thread(_working_dir, task_dir, payload.working_dir)
         if isinstance(cwd, str):
             return _Outcome("failed", error=cwd)
-        env = _child_env(spec, payload, {**secret_env, **file_env}, task_dir, output_file)
+        if user is not None:
+            await asyncio.to_thread(_hand_over, task_dir, user)
+        env = _child_env(spec, payload, {**secret_env, **file_env}, task_dir, output_file, user)
         try:
-            child = await spawn([payload.interpreter, str(script)], cwd=cwd, env=env)
+            child = await spawn([payload.interpreter, str(script)], cwd=cwd, env=env, user=user)
         except OSError as exc:
             return _Outcome(
                 "failed", error=f"cannot start {payload.interpreter}: {exc.strerror or exc}"
             )
         outcome = await _supervise(spec, child, log, cancel, kill_grace)
-        outputs = await _read_outputs(output_file, log)
+        outputs = await _read_outputs(output_fd, log)
         return _Outcome(outcome.status, outcome.exit_code, outputs, outcome.error)
     finally:
+        if output_fd is not None:
+            os.close(output_fd)
         # Whatever happened: the directory holds the script and any secret files.
+        await _remove_task_dir(task_dir, user)
+
+
+async def _remove_task_dir(task_dir: Path, user: TaskUser | None) -> None:
+    if user is None:
         await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
+        return
+    # As the task's user: its leftover processes die before the slot serves another task,
+    # and what it wrote is removed with its own rights, not the delegate's.
+    await sweep(user, task_dir)
+    with contextlib.suppress(OSError):
+        # Not empty only when the sweep failed; the next start clears it.
+        await asyncio.to_thread(task_dir.rmdir)
+
+
+def _hand_over(task_dir: Path, user: TaskUser) -> None:
+    """Make everything in the task's directory (all of it made by the delegate, just now,
+    so no link among it) the task user's, modes unchanged: 0700 and 0600."""
+    for folder, dirs, files in os.walk(task_dir):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(folder, name), user.uid, user.gid, follow_symlinks=False)
+    os.chown(task_dir, user.uid, user.gid, follow_symlinks=False)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -255,10 +289,15 @@ def _child_env(
     secret_env: Mapping[str, str],
     task_dir: Path,
     output_file: Path,
+    user: TaskUser | None,
 ) -> dict[str, str]:
+    # The allowlist keeps the delegate's own credentials (TETHER_TOKEN and the like) out.
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
     env.setdefault("PATH", os.defpath)
     env["TMPDIR"] = str(task_dir)
+    if user is not None:
+        # Not the delegate's: its home would be unreadable, or worse, readable.
+        env.update(HOME=str(task_dir), USER=user.name, LOGNAME=user.name)
     env.update(payload.env)
     env.update(secret_env)
     env["TETHER_TASK_ID"] = spec.id
@@ -315,8 +354,8 @@ def _signal_name(signum: int) -> str:
         return str(signum)
 
 
-async def _read_outputs(path: Path, log: LogStream) -> dict[str, str]:
-    data = await asyncio.to_thread(_read_head, path, MAX_OUTPUT_BYTES + 1)
+async def _read_outputs(fd: int, log: LogStream) -> dict[str, str]:
+    data = await asyncio.to_thread(_read_head, fd, MAX_OUTPUT_BYTES + 1)
     if len(data) > MAX_OUTPUT_BYTES:
         # The part of a line beyond the cap would be a wrong value, not a shorter one.
         data = data[:MAX_OUTPUT_BYTES].rpartition(b"\n")[0]
@@ -339,13 +378,17 @@ async def _read_outputs(path: Path, log: LogStream) -> dict[str, str]:
     return outputs
 
 
-def _read_head(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            return f.read(limit)
-    except OSError:
-        # The script may delete or replace its output file; no outputs then.
-        return b""
+def _read_head(fd: int, limit: int) -> bytes:
+    # The file the task was given: one it deleted or replaced gives no outputs.
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = os.pread(fd, limit - got, got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 # --- http -------------------------------------------------------------------------------

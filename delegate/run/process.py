@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from delegate.run.isolation import TaskUser
 from shared.limits import KIB
 
 __all__ = [
@@ -36,6 +37,10 @@ __all__ = [
 
 # Output is read in chunks, not lines: a line may be megabytes long, or never end.
 READ_CHUNK = 64 * KIB
+# subprocess changes directory before it switches users, and the delegate may have no right
+# to enter the task's directory (it holds no CAP_DAC_*): the task's user does it, then execs
+# the program in the same process, so the pid, session and group are still the task's.
+_CD_THEN_EXEC = 'cd -- "$0" && exec "$@"'
 
 
 @dataclass(eq=False)
@@ -114,13 +119,19 @@ async def drain(pumps: Sequence[OutputPump], grace: float) -> bool:
     return bool(closed)
 
 
-async def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
-    """Start ``argv`` as the leader of a new session, stdin from /dev/null.
+async def spawn(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], user: TaskUser | None = None
+) -> Child:
+    """Start ``argv`` as the leader of a new session, stdin from /dev/null; as ``user``
+    (its uid, its group and no other group) when given.
 
     Raises what ``create_subprocess_exec`` raises (``FileNotFoundError``, ``PermissionError``)
     when the program cannot be started; no descriptor leaks in that case.
     """
     loop = asyncio.get_running_loop()
+    if user is not None:
+        argv = ["/bin/sh", "-c", _CD_THEN_EXEC, str(cwd), *argv]
+        cwd = Path("/")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -132,6 +143,10 @@ async def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Ch
             stdout=out_w,
             stderr=err_w,
             start_new_session=True,
+            # Switched in the child between fork and exec (C code, no preexec_fn).
+            user=None if user is None else user.uid,
+            group=None if user is None else user.gid,
+            extra_groups=None if user is None else [],
         )
     except BaseException:
         for fd in (out_r, err_r):

@@ -115,12 +115,17 @@ async def register(request: web.Request) -> web.Response:
             public_key=req.public_key,
             created_at=now,
             last_seen=now,
+            isolation=req.isolation,
         )
     )
     c.hub.session(delegate)
     await c.profiles.on_register(delegate, req.instance)
     log.info(
-        "delegate registered", delegate_id=delegate.id, name=delegate.name, version=req.version
+        "delegate registered",
+        delegate_id=delegate.id,
+        name=delegate.name,
+        version=req.version,
+        isolation=req.isolation,
     )
     t = c.timings
     return json_response(

@@ -439,6 +439,7 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
                 running=sorted(c.hub.leases.held_by(d.id) | set(session.listed if session else ())),
                 draining=d.draining,
                 outdated=is_outdated(d.version, d.protocol_version),
+                isolation="task_users" if d.isolation == "task_users" else "shared_user",
             )
         )
     return views

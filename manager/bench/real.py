@@ -135,6 +135,8 @@ class RealBench:
             "info",
             "--time-scale",
             str(self.opts.time_scale),
+            # A benchmark host has no task users; the tasks are the benchmark's own script.
+            "--shared-user",
         ]
         if self.managers.ca_file is not None:
             argv += ["--ca-file", str(self.managers.ca_file)]

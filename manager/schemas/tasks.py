@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.protocol import Deployment, TaskPayload, TaskState, TaskType, UserPayload
+from shared.protocol import (
+    Deployment,
+    Isolation,
+    TaskPayload,
+    TaskState,
+    TaskType,
+    UserPayload,
+)
 
 __all__ = [
     "AttemptView",
@@ -124,6 +131,9 @@ class DelegateView(Model):
     draining: bool = False
     # Older than the manager (protocol or release): upgrade it.
     outdated: bool = False
+    # "task_users": its tasks run as users of their own, apart from it; "shared_user": as
+    # the delegate's own user (an opt-in), so a task can read the delegate's credentials.
+    isolation: Isolation = "shared_user"
 
 
 class TokenCreate(Model):

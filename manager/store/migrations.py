@@ -341,6 +341,8 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE audit_events ADD COLUMN key_id TEXT;
         """,
     ),
+    # How the delegate runs its tasks; a delegate registered before it said nothing.
+    (15, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
 ]
 
 

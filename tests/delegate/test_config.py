@@ -149,3 +149,69 @@ def test_secret_cache_ttl_zero_turns_the_cache_off(tmp_path: Path) -> None:
 def test_bad_secret_cache_ttl_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="secret cache TTL"):
         resolve(flags(manager_url=URL, token="t"), {"TETHER_SECRET_CACHE_TTL": value}, None)
+
+
+# -- task isolation ---------------------------------------------------------------------
+
+
+def test_tasks_get_a_task_user_per_slot_unless_shared_user_is_asked(tmp_path: Path) -> None:
+    cfg = resolve(
+        flags(manager_url=URL, token="t", max_tasks=3, data_dir=str(tmp_path / "d")), {}, None
+    )
+    assert not cfg.shared_user
+    assert cfg.task_users == ("tether-task-0", "tether-task-1", "tether-task-2")
+    # Outside the data dir, which stays 0700: task users must reach their directories.
+    assert cfg.work_root == tmp_path / "d-tasks"
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "text"),
+    [
+        (True, {}, ""),
+        (None, {"TETHER_SHARED_USER": "yes"}, ""),
+        (None, {}, "shared_user: true\n"),
+    ],
+)
+def test_shared_user_from_flag_environment_or_file(
+    tmp_path: Path, given: bool | None, env: dict[str, str], text: str
+) -> None:
+    cfg = resolve(
+        flags(manager_url=URL, token="t", shared_user=given, data_dir=str(tmp_path / "d")),
+        env,
+        write(tmp_path, text),
+    )
+    assert cfg.shared_user
+    assert cfg.work_root == tmp_path / "d" / "work"
+
+
+def test_shared_user_that_is_not_a_yes_or_no_is_refused() -> None:
+    with pytest.raises(ConfigError, match="shared user: expected true or false"):
+        resolve(flags(manager_url=URL, token="t"), {"TETHER_SHARED_USER": "maybe"}, None)
+
+
+def test_task_user_prefix_and_explicit_list(tmp_path: Path) -> None:
+    by_prefix = resolve(
+        flags(manager_url=URL, token="t", max_tasks=2), {"TETHER_TASK_USER_PREFIX": "ci-"}, None
+    )
+    assert by_prefix.task_users == ("ci-0", "ci-1")
+    listed = resolve(
+        flags(manager_url=URL, token="t", max_tasks=2),
+        {},
+        write(tmp_path, "task_users: [runner-a, runner-b, runner-c]\n"),
+    )
+    assert listed.task_users == ("runner-a", "runner-b")
+
+
+def test_fewer_task_users_than_slots_is_refused() -> None:
+    with pytest.raises(ConfigError, match="3 tasks at once need 3 task users; 2 given"):
+        resolve(flags(manager_url=URL, token="t", max_tasks=3, task_users="a,b"), {}, None)
+
+
+def test_work_dir_inside_the_data_dir_is_refused_for_task_users(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    with pytest.raises(ConfigError, match="outside the data directory"):
+        resolve(
+            flags(manager_url=URL, token="t", data_dir=str(data), work_dir=str(data / "w")),
+            {},
+            None,
+        )

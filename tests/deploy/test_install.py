@@ -87,10 +87,42 @@ def test_delegate_install_writes_exactly_its_files_with_their_modes(
         "name": "build-01",
         "selectors": ["linux", "eu", "gpu"],
         "data_dir": "/var/lib/tether-delegate",
+        "work_dir": "/var/lib/tether-delegate-tasks",
+        "task_users": [f"tether-task-{i}" for i in range(4)],
         "token_file": "/etc/tether/credentials/delegate-token",
     }
     sysusers = (root / "etc/sysusers.d/tether-delegate.conf").read_text()
     assert 'u tether - "Tether delegate" /var/lib/tether-delegate' in sysusers
+    # One account per slot, each with its own group (sysusers' "-"), none the delegate's.
+    accounts = [line.split()[1] for line in sysusers.splitlines() if line.startswith("u ")]
+    assert accounts == ["tether", *(f"tether-task-{i}" for i in range(4))]
+
+
+def test_delegate_install_makes_one_task_user_per_slot_with_the_prefix_asked(
+    tmp_path: Path, token_file: Path
+) -> None:
+    root = tmp_path / "root"
+    extra = ("--max-tasks", "2", "--task-user-prefix", "ci-task-")
+    assert delegate(*install_args(root, token_file, *extra)) == 0
+    sysusers = (root / "etc/sysusers.d/tether-delegate.conf").read_text()
+    assert [line.split()[1] for line in sysusers.splitlines() if line.startswith("u ")] == [
+        "tether",
+        "ci-task-0",
+        "ci-task-1",
+    ]
+    env = {"TETHER_TOKEN_FILE": str(root / "etc/tether/credentials/delegate-token")}
+    config = resolve({}, env, root / "etc/tether/delegate.yaml")
+    assert config.task_users == ("ci-task-0", "ci-task-1")
+    assert not config.shared_user
+
+
+@pytest.mark.parametrize("prefix", ["", "9task-", "task user-", "x" * 40])
+def test_delegate_install_refuses_a_task_user_prefix_that_makes_no_account_name(
+    tmp_path: Path, token_file: Path, prefix: str
+) -> None:
+    argv = install_args(tmp_path / "root", token_file, "--task-user-prefix", prefix)
+    assert delegate(*argv) == exit_codes.EXIT_CONFIG
+    assert not (tmp_path / "root").exists()
 
 
 def test_delegate_config_as_installed_is_accepted_by_the_delegate(
@@ -105,6 +137,8 @@ def test_delegate_config_as_installed_is_accepted_by_the_delegate(
     assert config.token == TOKEN
     assert config.max_tasks == 2
     assert config.data_dir == Path("/var/lib/tether-delegate")
+    assert config.work_root == Path("/var/lib/tether-delegate-tasks")
+    assert config.task_users == ("tether-task-0", "tether-task-1")
 
 
 def test_delegate_uninstall_removes_every_file_it_wrote(

@@ -23,6 +23,7 @@ import yaml
 from delegate import cli as delegate_cli
 from delegate import exit_codes
 from delegate.config import ENV, KEYS
+from delegate.run import isolation
 from manager import cli as manager_cli
 from manager.server.app import ManagerConfig
 from shared import service_install as svc
@@ -177,6 +178,11 @@ def test_units_sandbox_scores_low_exposure(tmp_path: Path, unit: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
+    if unit == svc.DELEGATE_UNIT:
+        # 1.5 before tasks ran as task users; the four capabilities that takes cost 0.6.
+        # Any further loosening shows here first.
+        score = float(proc.stdout.rsplit("exposure level for", 1)[1].split(":")[1].split()[0])
+        assert score <= 2.1, proc.stdout[-2000:]
 
 
 # -- against the code -----------------------------------------------------------------------
@@ -231,7 +237,19 @@ def test_units_are_hardened(unit: str) -> None:
         "SystemCallArchitectures": "native",
         "CapabilityBoundingSet": "",
     }
+    if unit == svc.DELEGATE_UNIT:
+        # What starting a task as its slot's user takes, and nothing else.
+        expected["CapabilityBoundingSet"] = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_KILL"
     assert {k: service[k][-1] for k in expected} == expected
+
+
+def test_delegate_unit_grants_its_capabilities_only_as_ambient_and_bounded() -> None:
+    service = service_section(svc.unit_template(svc.DELEGATE_UNIT))
+    granted = set(service["AmbientCapabilities"][-1].split())
+    assert granted == set(service["CapabilityBoundingSet"][-1].split())
+    assert granted == set(isolation.NEEDED_CAPABILITIES)
+    # Not root: the delegate's own files stay an unprivileged account's.
+    assert service["User"] == ["tether"]
 
 
 def test_delegate_unit_reads_config_and_token_from_the_files_install_writes(
@@ -246,7 +264,9 @@ def test_delegate_unit_reads_config_and_token_from_the_files_install_writes(
     assert service["Environment"][0] == f"{ENV['token_file']}=%d/token"
     assert service["User"] == ["tether"]
     assert service["Group"] == ["tether"]
-    assert service["StateDirectory"] == [svc.DELEGATE_STATE_DIR.name]
+    assert service["StateDirectory"] == [
+        f"{svc.DELEGATE_STATE_DIR.name} {svc.DELEGATE_WORK_DIR.name}"
+    ]
     assert "DynamicUser" not in service
 
 

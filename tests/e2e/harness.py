@@ -266,7 +266,10 @@ class Cluster:
         wait_mode: str | None = "stream",
         extra: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        shared_user: bool = True,
     ) -> Proc:
+        """``shared_user``: tasks run as the test's own user (no task users exist here);
+        tests/e2e/test_isolation.py starts delegates that switch users."""
         token = token or await self.token(name)
         argv = [
             str(BIN / "tether-delegate"),
@@ -283,6 +286,7 @@ class Cluster:
             str(self.time_scale),
             "--log-format",
             "json",
+            *(("--shared-user",) if shared_user else ()),
             *extra,
         ]
         for s in selectors:

@@ -205,7 +205,17 @@ def deployment_table(tasks: Sequence[TaskView]) -> str:
 
 def delegate_table(delegates: Sequence[DelegateView]) -> str:
     return table(
-        ["ID", "NAME", "HOST", "STATUS", "RUNNING", "SELECTORS", "VERSION", "LAST HEARTBEAT"],
+        [
+            "ID",
+            "NAME",
+            "HOST",
+            "STATUS",
+            "RUNNING",
+            "SELECTORS",
+            "ISOLATION",
+            "VERSION",
+            "LAST HEARTBEAT",
+        ],
         (
             [
                 d.id,
@@ -214,6 +224,7 @@ def delegate_table(delegates: Sequence[DelegateView]) -> str:
                 d.status + (" (draining)" if d.draining else ""),
                 f"{len(d.running)}/{d.capacity}",
                 ",".join(d.selectors) or "-",
+                d.isolation,
                 d.version + (" (outdated)" if d.outdated else ""),
                 timestamp(d.last_heartbeat),
             ]

@@ -113,7 +113,8 @@ _UPSERT_DELEGATE = """
         hostname = excluded.hostname, version = excluded.version,
         protocol_version = excluded.protocol_version,
         selectors = excluded.selectors, task_types = excluded.task_types,
-        capacity = excluded.capacity, last_seen = excluded.last_seen
+        capacity = excluded.capacity, last_seen = excluded.last_seen,
+        isolation = excluded.isolation
     RETURNING {DELEGATE_COLUMNS}
     """
 _GET_DELEGATE = "SELECT {DELEGATE_COLUMNS} FROM delegates WHERE id = :id"

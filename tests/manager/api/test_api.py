@@ -385,6 +385,36 @@ async def test_metrics_republish_what_a_delegate_reports_in_its_heartbeat(api: A
 # -- drain and versions ------------------------------------------------------------------------
 
 
+async def _register_as(api: Api, name: str, **over: Any) -> Any:
+    _, token = await create_token(api.store, f"tok-{name}")
+    key = base64.b64encode(name.encode().ljust(32, b"k")).decode()
+    return await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(name=name, public_key=key, **over),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def test_delegate_list_shows_how_each_delegate_isolates_its_tasks(api: Api) -> None:
+    assert (await _register_as(api, "apart", isolation="task_users")).status == 200
+    assert (await _register_as(api, "shared", isolation="shared_user")).status == 200
+    # A delegate older than the field ran its tasks as itself, and is shown so.
+    assert (await _register_as(api, "old")).status == 200
+    listed = await (await api.client.get("/api/v1/delegates", headers=api.auth())).json()
+    shown = {d["name"]: d["isolation"] for d in listed["delegates"]}
+    assert shown == {"apart": "task_users", "shared": "shared_user", "old": "shared_user"}
+
+
+async def test_register_with_an_unknown_isolation_is_refused_and_records_nothing(
+    api: Api,
+) -> None:
+    resp = await _register_as(api, "odd", isolation="sandboxed")
+    assert resp.status == 400
+    assert "isolation" in (await resp.text())
+    listed = await (await api.client.get("/api/v1/delegates", headers=api.auth())).json()
+    assert listed["delegates"] == []
+
+
 async def test_drain_by_name_marks_the_delegate_and_survives_reregistering(api: Api) -> None:
     await _registered(api, "busy")
     resp = await api.client.post("/api/v1/delegates/busy/drain", headers=api.auth())

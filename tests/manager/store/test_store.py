@@ -199,6 +199,16 @@ async def test_upsert_with_a_known_public_key_keeps_the_id(store: Store) -> None
     assert [d.id for d in await store.list_delegates()] == ["dlg_1"]
 
 
+async def test_upsert_records_how_the_delegate_isolates_its_tasks_as_last_said(
+    store: Store,
+) -> None:
+    await store.upsert_delegate(delegate(isolation="task_users"))
+    assert (await store.get_delegate("dlg_1")).isolation == "task_users"  # type: ignore[union-attr]
+    # A restart with --shared-user is what the list must show from then on.
+    stored = await store.upsert_delegate(delegate(id="dlg_2", isolation="shared_user"))
+    assert (stored.id, stored.isolation) == ("dlg_1", "shared_user")
+
+
 async def test_delegates_with_different_keys_are_different_rows(store: Store) -> None:
     await store.upsert_delegate(delegate(id="dlg_1", public_key="a" * 44))
     await store.upsert_delegate(delegate(id="dlg_2", public_key="b" * 44))
