@@ -12,6 +12,7 @@ any. The API maps each class to its HTTP status in one place (``manager.api.http
     ├── NotFound         404  nothing by that name (or nothing this caller may see)
     ├── Conflicting      409  the state says no: taken, exists, stale attempt
     ├── Gone             410  it was there, and is no more
+    ├── TooLarge         413  over a size limit
     ├── Unsupported      415
     ├── Broken           500  stored data or a key is broken: an operator must look
     ├── UpstreamFailed   502  a provider the manager depends on failed
@@ -29,6 +30,7 @@ __all__ = [
     "Gone",
     "Invalid",
     "NotFound",
+    "TooLarge",
     "Unauthenticated",
     "Unavailable",
     "Unsupported",
@@ -69,6 +71,10 @@ class Gone(DomainError):
     pass
 
 
+class TooLarge(DomainError):
+    pass
+
+
 class Unsupported(DomainError):
     pass
 
@@ -87,12 +93,3 @@ class Unavailable(DomainError):
 
 class UpstreamTimeout(DomainError):
     pass
-
-
-class ApiProblem(Exception):
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field

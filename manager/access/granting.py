@@ -19,7 +19,7 @@ from manager.access.directory import ADMIN_GROUP_ID, Directory, GroupBody
 from manager.access.entities import Entity
 from manager.access.principal import principal_of
 from manager.core.rbac import FULL, Grants, within
-from manager.errors import ApiProblem
+from manager.errors import Forbidden
 from manager.schemas.grants import EnvType
 
 __all__ = ["Offered", "check_grantable", "check_group_edit", "refusal"]
@@ -61,13 +61,13 @@ async def check_grantable(
         return
     why = refusal(principal_of(request).grants, offered, await _envs(d))
     if why is not None:
-        raise ApiProblem(403, "forbidden", why)
+        raise Forbidden("forbidden", why)
 
 
 async def check_group_edit(request: web.Request, d: Directory, after: GroupBody) -> None:
     """403 unless ``after`` (a group as a create or an edit would leave it) lies within the
     caller's grants."""
     if not within(grants_of(after), principal_of(request).grants, envs=await _envs(d)):
-        raise ApiProblem(
-            403, "forbidden", f"the group {after.name!r} would hold permissions you do not hold"
+        raise Forbidden(
+            "forbidden", f"the group {after.name!r} would hold permissions you do not hold"
         )

@@ -33,7 +33,7 @@ from manager.access.lockout import network_of
 from manager.access.passwords import Passwords, policy_problems
 from manager.access.principal import Principals
 from manager.access.sso import sso_logins
-from manager.errors import ApiProblem
+from manager.errors import Conflicting, DomainError, Forbidden, Invalid, Unauthenticated
 from manager.keys.masterkey import MasterKey
 from manager.schemas.auth import AuthSettings
 from manager.store.base import Conflict, StoreError
@@ -84,15 +84,15 @@ def _normal_code(code: str) -> str:
     return code.strip().lower().replace(" ", "")
 
 
-def _locked(until: float) -> ApiProblem:
+def _locked(until: float) -> DomainError:
     when = time.strftime("%H:%M:%S UTC", time.gmtime(until))
-    return ApiProblem(403, "locked", f"too many failed logins; this user is locked until {when}")
+    return Forbidden("locked", f"too many failed logins; this user is locked until {when}")
 
 
-def _invalid() -> ApiProblem:
+def _invalid() -> DomainError:
     # The same answer for an unknown email, a wrong password and an account with no
     # password: which emails exist is nobody's business.
-    return ApiProblem(401, "invalid_credentials", "wrong email or password")
+    return Unauthenticated("invalid_credentials", "wrong email or password")
 
 
 class Logins:
@@ -246,21 +246,20 @@ class Logins:
             await _notify(on_fail, user)
             raise _invalid()
         if user.body.status != "active":
-            raise ApiProblem(401, "user_disabled", "this user is disabled")
+            raise Unauthenticated("user_disabled", "this user is disabled")
         if user.body.totp_enabled:
             if not totp_code and not recovery_code:
                 # Not a failure, not a success: the client asks for the code and sends both
                 # again. The claim is given back, and earlier failures keep counting.
                 await self._unclaim(user, network)
-                raise ApiProblem(
-                    401,
+                raise Unauthenticated(
                     "totp_required",
                     "this user has two-factor authentication: send totp_code (or a recovery_code)",
                 )
             if not await self._second_factor(user, totp_code, recovery_code):
                 await self._failed(user, network, settings, on_lock)
                 await _notify(on_fail, user)
-                raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
+                raise Unauthenticated("invalid_totp", "the authentication code is not valid")
         user = await self._succeeded(user, network, password, hide_lock=True)
         return await self.session(user, settings)
 
@@ -346,7 +345,7 @@ class Logins:
         if not await self.passwords.verify(claimed.body.password_hash, password):
             if await self._failed(claimed, network, settings, on_lock):
                 await self.end_sessions(claimed.id)
-            raise ApiProblem(400, "invalid", "the current password is wrong", field="current")
+            raise Invalid("invalid", "the current password is wrong", field="current")
         return await self._succeeded(claimed, network, password)
 
     async def _succeeded(
@@ -391,7 +390,7 @@ class Logins:
         ):
             if await self._failed(claimed, network, settings, on_lock):
                 await self.end_sessions(claimed.id)
-            raise ApiProblem(401, "invalid_totp", "the authentication code is not valid")
+            raise Unauthenticated("invalid_totp", "the authentication code is not valid")
         now = self._clock()
 
         def reset(b: UserBody) -> UserBody:
@@ -458,7 +457,7 @@ class Logins:
     async def totp_enrol(self, user: Entity[UserBody]) -> tuple[str, str]:
         """(secret, otpauth URI) to put in an authenticator app; confirmed with a code."""
         if user.body.totp_enabled:
-            raise ApiProblem(409, "conflict", "two-factor authentication is already on")
+            raise Conflicting("conflict", "two-factor authentication is already on")
         secret = pyotp.random_base32()
         sealed = self._key.encrypt(secret.encode(), context=f"totp:{user.id}".encode())
 
@@ -473,11 +472,11 @@ class Logins:
         """Turn 2FA on with a code from the pending secret; answers the recovery codes."""
         pending = user.body.totp_pending_sealed
         if user.body.totp_enabled:
-            raise ApiProblem(409, "conflict", "two-factor authentication is already on")
+            raise Conflicting("conflict", "two-factor authentication is already on")
         if pending is None:
-            raise ApiProblem(409, "conflict", "start with POST /api/v1/auth/totp/enrol")
+            raise Conflicting("conflict", "start with POST /api/v1/auth/totp/enrol")
         if not await self._accept_totp(user.id, pending, code):
-            raise ApiProblem(400, "invalid_totp", "the authentication code is not valid")
+            raise Invalid("invalid_totp", "the authentication code is not valid")
         codes = [recovery_code() for _ in range(RECOVERY_CODES)]
 
         def enable(b: UserBody) -> UserBody:
@@ -498,8 +497,7 @@ class Logins:
     async def _checked_hash(self, password: str) -> str:
         problems = policy_problems(password, await self.settings())
         if problems:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "weak_password",
                 f"the password needs {', '.join(problems)}",
                 field="password",
@@ -518,7 +516,7 @@ class Logins:
         """Set a new password; every other session of the user ends."""
         user = await self.reauthenticate(user, current, on_lock, client=client)
         if current == new:
-            raise ApiProblem(400, "invalid", "the new password is the current one", field="new")
+            raise Invalid("invalid", "the new password is the current one", field="new")
         new_hash = await self._checked_hash(new)
         now = self._clock()
 
@@ -536,15 +534,13 @@ class Logins:
         )
         expires = None if found is None else found.body.invite_expires_at
         if found is None or found.body.status != "invited" or (expires or 0) <= self._clock():
-            raise ApiProblem(
-                400, "invalid_invite", "the invite is not valid (used, replaced or expired)"
-            )
+            raise Invalid("invalid_invite", "the invite is not valid (used, replaced or expired)")
         new_hash = await self._checked_hash(password)
         now = self._clock()
 
         def accept(b: UserBody) -> UserBody:
             if b.invite_hash != wanted or b.status != "invited":
-                raise ApiProblem(400, "invalid_invite", "the invite was used a moment ago")
+                raise Invalid("invalid_invite", "the invite was used a moment ago")
             return b.model_copy(
                 update={
                     "password_hash": new_hash,

@@ -28,7 +28,7 @@ from manager.access.directory import Directory, SessionBody, UserBody
 from manager.access.entities import Entity
 from manager.core.identity import Actor
 from manager.core.rbac import Grants
-from manager.errors import ApiProblem
+from manager.errors import Unauthenticated
 from manager.records import ApiKeyRecord
 from manager.store.base import Store
 from shared.ids import hash_secret
@@ -99,7 +99,7 @@ PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("tether_principal", Pr
 def principal_of(request: web.Request) -> Principal:
     found = request.get(PRINCIPAL_KEY)
     if not isinstance(found, Principal):
-        raise ApiProblem(401, "unauthenticated", "log in first (tether login) or send an API key")
+        raise Unauthenticated("unauthenticated", "log in first (tether login) or send an API key")
     return found
 
 
@@ -153,8 +153,8 @@ class Principals:
                 return Principal(actor, await d.grants_of_groups(names=record.groups)), _FOREVER
             user = await d.users.get(record.owner_user_id)
             if user is None or user.body.status != "active":
-                raise ApiProblem(
-                    401, "owner_disabled", f"the API key {record.name!r} belongs to a disabled user"
+                raise Unauthenticated(
+                    "owner_disabled", f"the API key {record.name!r} belongs to a disabled user"
                 )
             ids = user.body.groups
             if record.groups:
@@ -167,16 +167,16 @@ class Principals:
 
     async def for_session(self, token: str) -> Principal:
         if not await self.tokens.signed(token):
-            raise ApiProblem(401, "invalid_session", "not a session token of this manager")
+            raise Unauthenticated("invalid_session", "not a session token of this manager")
         token_hash = hash_secret(token)
 
         async def load() -> tuple[Principal, float]:
             session = await self.directory.sessions.by_key(token_hash)
             if session is None or session.body.expires_at <= self._clock():
-                raise ApiProblem(401, "session_expired", "the session has ended; log in again")
+                raise Unauthenticated("session_expired", "the session has ended; log in again")
             user = await self.directory.users.get(session.body.user_id)
             if user is None or user.body.status != "active":
-                raise ApiProblem(401, "user_disabled", "this user is disabled")
+                raise Unauthenticated("user_disabled", "this user is disabled")
             return _session_principal(session, user, await self.user_grants(user))
 
         return await self._cached(f"session:{token_hash}", load)

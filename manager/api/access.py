@@ -19,9 +19,8 @@ from manager.api.audit_record import record as audit
 from manager.api.audit_record import unchanged
 from manager.api.context import ctx
 from manager.api.guards import ACCESS, API_KEY, caller_address, key_status
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.core.allowlist import Snapshot
-from manager.errors import ApiProblem
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord
 from manager.schemas.access import (
     AllowlistEntryCreate,

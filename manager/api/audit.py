@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from manager.api.audit_record import AUDIT, record
 from manager.api.context import ctx
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.identity import actor_of
 from manager.core.audit_chain import (
     EVENT_FIELDS,
@@ -22,7 +22,6 @@ from manager.core.audit_chain import (
     ChainVerifier,
     SavedAuditFilter,
 )
-from manager.errors import ApiProblem
 from manager.schemas.audit import (
     AuditBroken,
     AuditEventView,

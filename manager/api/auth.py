@@ -12,11 +12,17 @@ from manager.access.principal import principal_of
 from manager.api.audit_record import AUDIT, Change, record
 from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
-from manager.api.http import Route, RouteTable, json_response, parse_body, problem_response
+from manager.api.http import (
+    ApiProblem,
+    Route,
+    RouteTable,
+    json_response,
+    parse_body,
+    problem_response,
+)
 from manager.api.identity import ACTOR_KEY, client_ip
 from manager.core.identity import SYSTEM, Actor
 from manager.core.ratelimit import retry_after_header
-from manager.errors import ApiProblem
 from manager.schemas.auth import (
     AuthSettings,
     InviteAccept,

@@ -18,8 +18,7 @@ from aiohttp import WSMsgType, web
 
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
-from manager.api.http import Route, RouteTable, json_response, parse_body
-from manager.errors import ApiProblem
+from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.records import DelegateRecord
 from manager.tasks.hub import Session
 from shared import __version__

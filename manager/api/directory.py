@@ -24,8 +24,7 @@ from manager.access.login import LOGINS
 from manager.api.audit_record import record
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.errors import ApiProblem
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.schemas.directory import (
     AppCreate,
     AppList,

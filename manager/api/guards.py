@@ -35,12 +35,11 @@ from manager.access.directory import Directory
 from manager.access.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principal, Principals
 from manager.access.session_signer import bearer
 from manager.api.context import CTX
-from manager.api.http import Handler, RouteTable, problem_response
+from manager.api.http import ApiProblem, Handler, RouteTable, problem_response
 from manager.api.identity import ACTOR_KEY, CLIENT_IP_KEY
 from manager.api.permissions import permission_of
 from manager.core.allowlist import Address, Snapshot
 from manager.core.ratelimit import RateLimiter, retry_after_header, throttled_message
-from manager.errors import ApiProblem
 from manager.records import ApiKeyRecord
 from manager.store.base import Store, StoreError
 from shared.ids import hash_secret

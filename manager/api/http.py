@@ -17,7 +17,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from manager.errors import (
-    ApiProblem,
     Broken,
     Conflicting,
     DomainError,
@@ -25,6 +24,7 @@ from manager.errors import (
     Gone,
     Invalid,
     NotFound,
+    TooLarge,
     Unauthenticated,
     Unavailable,
     Unsupported,
@@ -36,6 +36,8 @@ from shared.protocol import describe_validation_error
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "STATUS",
+    "ApiProblem",
     "AuthKind",
     "Route",
     "RouteTable",
@@ -47,6 +49,18 @@ __all__ = [
 
 log = structlog.get_logger("tether.http")
 
+
+class ApiProblem(Exception):
+    """A refusal made in the API itself (a bad query, a route's own rule), with its status."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
 # The one map from the services' refusals (manager.errors) to HTTP statuses.
 STATUS: dict[type[DomainError], int] = {
     Invalid: 400,
@@ -55,6 +69,7 @@ STATUS: dict[type[DomainError], int] = {
     NotFound: 404,
     Conflicting: 409,
     Gone: 410,
+    TooLarge: 413,
     Unsupported: 415,
     Broken: 500,
     UpstreamFailed: 502,

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from manager.api.audit_record import record
 from manager.api.context import ctx
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.errors import ApiProblem
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.records import ProfileRecord
 from manager.schemas.tasks import ProfileList, ProfilePut, ProfileView
 from shared.protocol import ShellPayload

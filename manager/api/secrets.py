@@ -8,8 +8,7 @@ from manager.access.places import Places
 from manager.access.principal import principal_of
 from manager.api.audit_record import record
 from manager.api.context import ctx
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
-from manager.errors import ApiProblem
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.records import (
     BUILTIN_MANAGER_ID,
     SecretManagerRecord,

@@ -16,10 +16,9 @@ from manager.api.auth import _lock_notice
 from manager.api.context import ctx
 from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
-from manager.api.http import Route, RouteTable, json_response, parse_body
+from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.identity import ACTOR_KEY, client_ip
 from manager.core.identity import Actor
-from manager.errors import ApiProblem
 from manager.schemas.auth import (
     SsoLinkRequest,
     SsoLinkStart,

@@ -14,7 +14,7 @@ from manager.access.places import Places
 from manager.access.principal import principal_of
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
-from manager.errors import ApiProblem
+from manager.api.http import ApiProblem
 from manager.records import TaskRecord
 from manager.schemas.grants import Action, Target
 from shared.task_secrets import referenced_secrets

@@ -17,9 +17,9 @@ from manager.access.tokens import TokenInUse, create_token
 from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
-from manager.api.http import AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.task_access import check_secrets, check_task, submit_target
-from manager.errors import ApiProblem
+from manager.errors import DomainError
 from manager.records import (
     AttemptRecord,
     DelegateRecord,
@@ -390,7 +390,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
                 try:
                     await recheck(request)
                     await _task_for(request, "read")
-                except ApiProblem as p:
+                except (ApiProblem, DomainError) as p:
                     await send({"kind": "error", "error": {"code": p.code, "message": p.message}})
                     break
             if loop.time() - last_sent >= FOLLOW_PING_S:

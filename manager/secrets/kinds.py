@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from manager.errors import ApiProblem
+from manager.errors import Invalid
 from shared.secretspec import ENVELOPE_KINDS, MANAGER_KINDS, REFERENCE_KINDS
 
 __all__ = ["KindRules", "check_settings", "rules_for"]
@@ -57,34 +57,28 @@ def rules_for(kind: str) -> KindRules:
         return _RULES[kind]
     except KeyError:
         kinds = ", ".join(sorted(MANAGER_KINDS - {"builtin"}))
-        raise ApiProblem(
-            400, "invalid", f"unknown kind {kind!r}; one of: {kinds}", field="kind"
-        ) from None
+        raise Invalid("invalid", f"unknown kind {kind!r}; one of: {kinds}", field="kind") from None
 
 
 def check_settings(kind: str, settings: Mapping[str, str]) -> None:
-    """ApiProblem 400 naming the first setting that is missing, unknown or empty."""
+    """Invalid, naming the first setting that is missing, unknown or empty."""
     rules = rules_for(kind)
     unknown = sorted(set(settings) - rules.known)
     if unknown:
         allowed = ", ".join(sorted(rules.known)) or "none"
-        raise ApiProblem(
-            400,
+        raise Invalid(
             "invalid",
             f"{kind} takes no setting {unknown[0]!r} (it takes: {allowed})",
             field=f"settings.{unknown[0]}",
         )
     for name in sorted(rules.required):
         if not settings.get(name, "").strip():
-            raise ApiProblem(
-                400, "invalid", f"{kind} needs the setting {name!r}", field=f"settings.{name}"
-            )
+            raise Invalid("invalid", f"{kind} needs the setting {name!r}", field=f"settings.{name}")
     if rules.one_of:
         given = [name for name in sorted(rules.one_of) if settings.get(name, "").strip()]
         if len(given) != 1:
             names = " or ".join(sorted(rules.one_of))
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{kind} needs exactly one of the settings {names}",
                 field="settings",
@@ -95,8 +89,7 @@ def check_settings(kind: str, settings: Mapping[str, str]) -> None:
         except ValueError:
             ok = False
         if not ok:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 "timeout: seconds, above 0 and at most 600",
                 field="settings.timeout",

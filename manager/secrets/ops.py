@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from manager.errors import ApiProblem
+from manager.errors import Unavailable, UpstreamFailed, UpstreamTimeout
 from manager.records import SecretManagerRecord, TaskRecord
 from manager.store.base import Store
 from manager.tasks.events import TaskEvents
@@ -133,8 +133,8 @@ class SecretOps:
         try:
             return open_sealed(private, sealed, context=op_key_context(result.task.id))
         except SealError as exc:
-            raise ApiProblem(
-                502, "secret_op_failed", f"{manager.name}: the delegate's answer is unusable: {exc}"
+            raise UpstreamFailed(
+                "secret_op_failed", f"{manager.name}: the delegate's answer is unusable: {exc}"
             ) from None
 
     async def rewrap(
@@ -162,13 +162,13 @@ class SecretOps:
             wake = self._events.listen(task_id)
             task = await self._store.get_task(task_id)
             if task is None:
-                raise ApiProblem(503, "unavailable", "the operation's task vanished; try again")
+                raise Unavailable("unavailable", "the operation's task vanished; try again")
             if task.state in FINAL_STATES:
                 return task
             left = deadline - self._clock()
             if left <= 0:
                 # The sweep ends it by its own timeouts; this is the backstop if it cannot.
-                raise ApiProblem(504, "timeout", f"the operation (task {task_id}) did not end")
+                raise UpstreamTimeout("timeout", f"the operation (task {task_id}) did not end")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=min(_RECHECK_S, left))
 
@@ -182,11 +182,11 @@ def _both_selectors(
 
 def _output(result: OpResult, name: str, manager: SecretManagerRecord) -> str:
     if not result.ok:
-        raise ApiProblem(502, "secret_op_failed", f"secret manager {manager.name}: {result.error}")
+        raise UpstreamFailed("secret_op_failed", f"secret manager {manager.name}: {result.error}")
     value = result.task.outputs.get(name)
     if not value:
-        raise ApiProblem(
-            502, "secret_op_failed", f"{manager.name}: the delegate's answer lacks {name}"
+        raise UpstreamFailed(
+            "secret_op_failed", f"{manager.name}: the delegate's answer lacks {name}"
         )
     return value
 
@@ -195,6 +195,6 @@ def _b64_output(result: OpResult, name: str, manager: SecretManagerRecord) -> by
     try:
         return base64.b64decode(_output(result, name, manager), validate=True)
     except ValueError:
-        raise ApiProblem(
-            502, "secret_op_failed", f"{manager.name}: the delegate's {name} is not base64"
+        raise UpstreamFailed(
+            "secret_op_failed", f"{manager.name}: the delegate's {name} is not base64"
         ) from None

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from manager.access.directory import Directory
 from manager.access.entities import EntityKind
 from manager.access.places import Places, places
-from manager.errors import ApiProblem
+from manager.errors import Invalid
 from manager.schemas.grants import Target
 from manager.schemas.secrets import EnvChoice, ScopeSpec, ScopeTarget
 from manager.store.base import Conflict, Store
@@ -150,7 +150,7 @@ async def _put(kind: EntityKind[_Stored], owner_id: str, scope: UsageScope | Non
 def _app_id(where: Places, name: str, field: str) -> str:
     found = next((i for i, n in where.apps.items() if name in (i, n)), None)
     if found is None:
-        raise ApiProblem(400, "invalid", f"no application {name!r}", field=field)
+        raise Invalid("invalid", f"no application {name!r}", field=field)
     return found
 
 
@@ -160,7 +160,5 @@ def _env_id(where: Places, apps: Iterable[str], name: str, field: str) -> str:
         (i for i, (a, n, _) in where.envs.items() if a in allowed and name in (i, n)), None
     )
     if found is None:
-        raise ApiProblem(
-            400, "invalid", f"no environment {name!r} in the scope's apps", field=field
-        )
+        raise Invalid("invalid", f"no environment {name!r} in the scope's apps", field=field)
     return found

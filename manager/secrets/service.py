@@ -23,7 +23,7 @@ from dataclasses import replace
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from manager.errors import ApiProblem
+from manager.errors import Broken, Conflicting, Invalid, NotFound, TooLarge, Unavailable
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.records import (
     BUILTIN_MANAGER_ID,
@@ -111,13 +111,13 @@ class SecretService:
     async def manager(self, name: str) -> SecretManagerRecord:
         found = await self._store.secret_manager_by_name(name)
         if found is None:
-            raise ApiProblem(404, "not_found", f"no secret manager {name!r}")
+            raise NotFound("not_found", f"no secret manager {name!r}")
         return found
 
     async def create_manager(self, body: SecretManagerCreate) -> SecretManagerRecord:
         if body.kind == "builtin":
-            raise ApiProblem(
-                400, "invalid", "there is one builtin secret manager, and it exists", field="kind"
+            raise Invalid(
+                "invalid", "there is one builtin secret manager, and it exists", field="kind"
             )
         check_settings(body.kind, body.settings)
         now = self._clock()
@@ -136,9 +136,7 @@ class SecretService:
         try:
             await self._store.create_secret_manager(record)
         except Conflict:
-            raise ApiProblem(
-                409, "conflict", f"a secret manager named {body.name!r} exists"
-            ) from None
+            raise Conflicting("conflict", f"a secret manager named {body.name!r} exists") from None
         log.info("secret manager created", name=record.name, kind=record.kind)
         return record
 
@@ -146,7 +144,7 @@ class SecretService:
         current = await self.manager(name)
         given = body.model_fields_set
         if current.id == BUILTIN_MANAGER_ID and given - {"description"}:
-            raise ApiProblem(400, "invalid", "the builtin secret manager takes no settings")
+            raise Invalid("invalid", "the builtin secret manager takes no settings")
         updated = replace(
             current,
             name=body.name if body.name is not None else current.name,
@@ -165,26 +163,26 @@ class SecretService:
         try:
             found = await self._store.update_secret_manager(updated)
         except Conflict:
-            raise ApiProblem(
-                409, "conflict", f"a secret manager named {updated.name!r} exists"
+            raise Conflicting(
+                "conflict", f"a secret manager named {updated.name!r} exists"
             ) from None
         if not found:
-            raise ApiProblem(404, "not_found", f"no secret manager {name!r}")
+            raise NotFound("not_found", f"no secret manager {name!r}")
         log.info("secret manager updated", name=updated.name)
         return updated
 
     async def delete_manager(self, name: str) -> None:
         record = await self.manager(name)
         if record.id == BUILTIN_MANAGER_ID:
-            raise ApiProblem(409, "conflict", "the builtin secret manager cannot be deleted")
+            raise Conflicting("conflict", "the builtin secret manager cannot be deleted")
         try:
             deleted = await self._store.delete_secret_manager(record.id)
         except Conflict as exc:
-            raise ApiProblem(
-                409, "conflict", f"secret manager {name!r} still keeps secrets: {exc}"
+            raise Conflicting(
+                "conflict", f"secret manager {name!r} still keeps secrets: {exc}"
             ) from None
         if not deleted:
-            raise ApiProblem(404, "not_found", f"no secret manager {name!r}")
+            raise NotFound("not_found", f"no secret manager {name!r}")
         log.info("secret manager deleted", name=name)
 
     async def test_manager(self, name: str) -> OpResult | None:
@@ -196,7 +194,7 @@ class SecretService:
         probe = new_data_key()
         wrapped = await self._key.wrap_key(probe, b"tether-probe")
         if await self._key.unwrap_key(wrapped, b"tether-probe") != probe:
-            raise ApiProblem(500, "key_error", "the builtin key does not open what it wraps")
+            raise Broken("key_error", "the builtin key does not open what it wraps")
         return None
 
     async def _check_credentials(self, record: SecretManagerRecord) -> None:
@@ -206,11 +204,10 @@ class SecretService:
         if name is None:
             return
         if record.kind == "builtin":
-            raise ApiProblem(400, "invalid", "the builtin secret manager takes no credentials")
+            raise Invalid("invalid", "the builtin secret manager takes no credentials")
         secret = await self._store.secret_by_name(name)
         if secret is None:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"no secret {name!r} to take credentials from",
                 field="credentials_secret",
@@ -222,8 +219,7 @@ class SecretService:
                 chain = f"{record.name} -> {name} -> {record.name}"
             else:
                 chain = f"{record.name} -> {name} -> {holder_name} -> ..."
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"credentials secret {name!r} is kept in secret manager {holder_name!r}, not "
                 f"the builtin one: that would be a cycle ({chain}); keep it in builtin, or "
@@ -253,13 +249,13 @@ class SecretService:
     async def secret(self, name: str) -> SecretRecord:
         found = await self._store.secret_by_name(name)
         if found is None:
-            raise ApiProblem(404, "not_found", f"no secret {name!r}")
+            raise NotFound("not_found", f"no secret {name!r}")
         return found
 
     async def create_secret(self, body: SecretCreate, actor: str | None = None) -> SecretRecord:
         manager = await self._store.secret_manager_by_name(body.manager)
         if manager is None:
-            raise ApiProblem(400, "invalid", f"no secret manager {body.manager!r}", field="manager")
+            raise Invalid("invalid", f"no secret manager {body.manager!r}", field="manager")
         mode = "reference" if body.ref is not None else "inline"
         self._check_mode(manager, mode)
         now = self._clock()
@@ -276,12 +272,12 @@ class SecretService:
             updated_at=now,
         )
         if await self._store.secret_by_name(body.name) is not None:
-            raise ApiProblem(409, "conflict", f"a secret named {body.name!r} exists")
+            raise Conflicting("conflict", f"a secret named {body.name!r} exists")
         version = await self._version(manager, record, 1, body, actor)
         try:
             await self._store.create_secret(record, version)
         except Conflict:
-            raise ApiProblem(409, "conflict", f"a secret named {body.name!r} exists") from None
+            raise Conflicting("conflict", f"a secret named {body.name!r} exists") from None
         log.info("secret created", name=record.name, manager=manager.name, mode=mode)
         return record
 
@@ -293,8 +289,7 @@ class SecretService:
         manager = await self._manager_of(secret)
         mode = "reference" if body.ref is not None else "inline"
         if mode != secret.mode:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{name!r} is a{'n inline secret' if secret.mode == 'inline' else ' reference'}: "
                 f"update it with {'a value' if secret.mode == 'inline' else 'ref'}",
@@ -308,7 +303,7 @@ class SecretService:
             replace(base, updated_at=self._clock()), version
         )
         if updated is None:
-            raise ApiProblem(409, "conflict", f"{name!r} changed meanwhile; send the update again")
+            raise Conflicting("conflict", f"{name!r} changed meanwhile; send the update again")
         log.info("secret updated", name=name, version=updated.current_version)
         return updated
 
@@ -318,14 +313,13 @@ class SecretService:
             m.name for m in await self._store.list_secret_managers() if m.credentials_secret == name
         ]
         if users:
-            raise ApiProblem(
-                409,
+            raise Conflicting(
                 "conflict",
                 f"{name!r} holds the credentials of secret manager(s) {', '.join(users)}; "
                 "change them first",
             )
         if not await self._store.delete_secret(secret.id):
-            raise ApiProblem(404, "not_found", f"no secret {name!r}")
+            raise NotFound("not_found", f"no secret {name!r}")
         # A reference's value stays where it is: nothing was created there, nothing goes.
         log.info("secret deleted", name=name)
 
@@ -340,25 +334,23 @@ class SecretService:
         secret = await self.secret(name)
         source = await self._manager_of(secret)
         if secret.mode == "reference":
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{name!r} is a reference into {source.name} ({source.kind}): a reference cannot "
                 "be migrated; create a secret in the other manager with the value instead",
             )
         target = await self._store.secret_manager_by_name(to)
         if target is None:
-            raise ApiProblem(400, "invalid", f"no secret manager {to!r}", field="to")
+            raise Invalid("invalid", f"no secret manager {to!r}", field="to")
         if target.kind not in ENVELOPE_KINDS:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{to} ({target.kind}) keeps values in the customer's store; Tether creates "
                 "nothing there, so a secret cannot be migrated into it",
                 field="to",
             )
         if target.id == source.id:
-            raise ApiProblem(400, "invalid", f"{name!r} is already kept in {to}", field="to")
+            raise Invalid("invalid", f"{name!r} is already kept in {to}", field="to")
         if target.id != BUILTIN_MANAGER_ID:
             users = [
                 m.name
@@ -366,8 +358,7 @@ class SecretService:
                 if m.credentials_secret == name
             ]
             if users:
-                raise ApiProblem(
-                    400,
+                raise Invalid(
                     "invalid",
                     f"{name!r} holds credentials of {', '.join(users)}: it must stay builtin "
                     f"({users[0]} -> {name} -> {to} would be a cycle)",
@@ -379,7 +370,7 @@ class SecretService:
             envelopes[version.version] = await self._rewrap(source, target, version)
         moved = await self._store.move_secret(secret, target.id, envelopes, self._clock())
         if moved is None:
-            raise ApiProblem(409, "conflict", f"{name!r} changed meanwhile; migrate it again")
+            raise Conflicting("conflict", f"{name!r} changed meanwhile; migrate it again")
         log.info("secret migrated", name=name, source=source.name, target=target.name)
         return moved
 
@@ -409,22 +400,20 @@ class SecretService:
     async def _manager_of(self, secret: SecretRecord) -> SecretManagerRecord:
         manager = await self._store.get_secret_manager(secret.manager_id)
         if manager is None:
-            raise ApiProblem(503, "unavailable", "the secret's manager vanished; try again")
+            raise Unavailable("unavailable", "the secret's manager vanished; try again")
         return manager
 
     @staticmethod
     def _check_mode(manager: SecretManagerRecord, mode: str) -> None:
         if mode == "reference" and manager.kind not in REFERENCE_KINDS:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{manager.name} ({manager.kind}) encrypts values it is given; a reference "
                 "needs vault_kv, aws_secrets_manager, azure_key_vault or custom",
                 field="ref",
             )
         if mode == "inline" and manager.kind not in ENVELOPE_KINDS:
-            raise ApiProblem(
-                400,
+            raise Invalid(
                 "invalid",
                 f"{manager.name} ({manager.kind}) keeps values in the customer's store: create "
                 "the secret by reference (ref) instead",
@@ -475,15 +464,13 @@ class SecretService:
         try:
             return await self._key.wrap_key(data_key, context)
         except MasterKeyError as exc:
-            raise ApiProblem(500, "key_error", f"the builtin key cannot wrap: {exc}") from None
+            raise Broken("key_error", f"the builtin key cannot wrap: {exc}") from None
 
     async def _unwrap_builtin(self, wrapped: bytes, context: bytes) -> bytes:
         try:
             return await self._key.unwrap_key(wrapped, context)
         except MasterKeyError as exc:
-            raise ApiProblem(
-                500, "key_error", f"the builtin key cannot open this secret: {exc}"
-            ) from None
+            raise Broken("key_error", f"the builtin key cannot open this secret: {exc}") from None
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -491,7 +478,7 @@ class SecretService:
         try:
             referenced_secrets(payload)
         except ValueError as exc:
-            raise ApiProblem(400, "invalid", f"payload.{exc}", field="payload") from None
+            raise Invalid("invalid", f"payload.{exc}", field="payload") from None
 
     async def deliver(
         self, task: TaskRecord, attempt: int, public_key: str
@@ -675,7 +662,7 @@ def _envelope(text: str) -> Envelope:
     try:
         return Envelope.from_json(text)
     except EnvelopeError as exc:
-        raise ApiProblem(500, "corrupt", f"a stored envelope is unreadable: {exc}") from None
+        raise Broken("corrupt", f"a stored envelope is unreadable: {exc}") from None
 
 
 def _stored_envelope(text: str) -> Envelope:
@@ -692,8 +679,7 @@ def _plaintext(stype: str, body: SecretValue) -> bytes:
         fields = dict(body.fields or {})
         if body.fields is None:
             if stype != "ssh_key" or body.value is None:
-                raise ApiProblem(
-                    400,
+                raise Invalid(
                     "invalid",
                     f"a {stype} secret takes fields: {', '.join(required + optional)}",
                     field="fields",
@@ -701,31 +687,25 @@ def _plaintext(stype: str, body: SecretValue) -> bytes:
             fields = {"key": body.value}
         unknown = sorted(set(fields) - set(required) - set(optional))
         if unknown:
-            raise ApiProblem(400, "invalid", f"{stype} has no field {unknown[0]!r}", field="fields")
+            raise Invalid("invalid", f"{stype} has no field {unknown[0]!r}", field="fields")
         for name in required:
             if not fields.get(name):
-                raise ApiProblem(
-                    400, "invalid", f"a {stype} secret needs {name!r}", field=f"fields.{name}"
-                )
+                raise Invalid("invalid", f"a {stype} secret needs {name!r}", field=f"fields.{name}")
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     if body.fields is not None:
-        raise ApiProblem(
-            400, "invalid", f"a {stype} secret takes value, not fields", field="fields"
-        )
+        raise Invalid("invalid", f"a {stype} secret takes value, not fields", field="fields")
     if body.value_base64 is not None:
         try:
             raw = base64.b64decode(body.value_base64, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiProblem(
-                400, "invalid", "value_base64 is not valid base64", field="value_base64"
+            raise Invalid(
+                "invalid", "value_base64 is not valid base64", field="value_base64"
             ) from None
     else:
         raw = (body.value or "").encode()
     limit = MAX_FILE_SECRET_BYTES if stype == "file" else MAX_TEXT_SECRET_BYTES
     if not raw:
-        raise ApiProblem(400, "invalid", "the value is empty", field="value")
+        raise Invalid("invalid", "the value is empty", field="value")
     if len(raw) > limit:
-        raise ApiProblem(
-            413, "too_large", f"a {stype} secret holds at most {limit} bytes", field="value"
-        )
+        raise TooLarge("too_large", f"a {stype} secret holds at most {limit} bytes", field="value")
     return raw

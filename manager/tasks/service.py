@@ -24,7 +24,7 @@ from manager.core.taskstate import (
     on_result,
     on_sweep,
 )
-from manager.errors import ApiProblem
+from manager.errors import Conflicting, Gone, NotFound, Unavailable
 from manager.keys.masterkey import MasterKey
 from manager.metrics import Metrics
 from manager.records import AttemptRecord, LogRecord, TaskRecord
@@ -71,7 +71,7 @@ class SecretDeliverer(Protocol):
     """What the acquire answer needs from the secrets service (manager.secrets.service)."""
 
     def check_payload(self, payload: object) -> None:
-        """ApiProblem 400 when an expression in ``payload`` is malformed."""
+        """Invalid when an expression in ``payload`` is malformed."""
 
     async def deliver(
         self, task: TaskRecord, attempt: int, public_key: str
@@ -179,8 +179,7 @@ class TaskService:
                 record, stored, _env_bytes(req.secret_env), self._unsealed_env(stored)
             )
             if changed:
-                raise ApiProblem(
-                    409,
+                raise Conflicting(
                     "conflict",
                     f"idempotency key {req.idempotency_key!r} was used for task {stored.id}"
                     f" with a different {', '.join(changed)}; use a new key",
@@ -259,16 +258,16 @@ class TaskService:
 
     async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
         if self._hub.leases.count(session.id) >= session.delegate.capacity:
-            raise ApiProblem(409, "no_capacity", "this delegate already runs its capacity")
+            raise Conflicting("no_capacity", "this delegate already runs its capacity")
         task, decision, updated = await self._transition(
             task_id,
             lambda t: on_acquire(t, session.id, self._clock(), lease_for=self._timings.lost_after),
             starts_attempt=True,
         )
         if decision.verdict is Verdict.TAKEN:
-            raise ApiProblem(409, "taken", decision.reason)
+            raise Conflicting("taken", decision.reason)
         if decision.verdict is Verdict.GONE or updated is None:
-            raise ApiProblem(410, "gone", decision.reason)
+            raise Gone("gone", decision.reason)
         self._dispatcher.dequeue(task.id)
         self._bus.publish("dequeued", task.id)
         # A flag from before this acquire (the same task, an older attempt) must not cancel it.
@@ -316,8 +315,8 @@ class TaskService:
         inserted = await self._store.append_logs(task_id, batch.attempt, session.id, lines)
         if inserted < 0:
             if await self._store.get_task(task_id) is None:
-                raise ApiProblem(404, "not_found", "no such task")
-            raise ApiProblem(409, "stale_attempt", "this attempt no longer holds the task")
+                raise NotFound("not_found", "no such task")
+            raise Conflicting("stale_attempt", "this attempt no longer holds the task")
         if inserted:
             self._events.notify(task_id)
             self._bus.publish("changed", task_id)
@@ -333,7 +332,7 @@ class TaskService:
             end_status=result.status,
         )
         if decision.verdict is Verdict.STALE:
-            raise ApiProblem(409, "stale_attempt", decision.reason)
+            raise Conflicting("stale_attempt", decision.reason)
         if updated is None:
             return ResultAck(state=task.state, recorded=False)
         self._finished(updated)
@@ -450,7 +449,7 @@ class TaskService:
                 return cached
         task = await self._store.get_task(task_id)
         if task is None:
-            raise ApiProblem(404, "not_found", f"no task {task_id}")
+            raise NotFound("not_found", f"no task {task_id}")
         return task
 
     async def _transition(
@@ -490,7 +489,7 @@ class TaskService:
             self._open.pop(task_id, None)
             fresh = True
         # Not a 409: a delegate reads that as "your attempt is stale" and gives up.
-        raise ApiProblem(503, "busy", "the task kept changing; try again")
+        raise Unavailable("busy", "the task kept changing; try again")
 
     async def _apply(
         self,

@@ -14,8 +14,9 @@ from manager.access.entities import Entity
 from manager.access.lockout import ACCOUNT_FACTOR, MAX_NETWORKS, claim, network_of
 from manager.access.login import LOGINS, Logins
 from manager.api.failed_logins import FAILED_LOGINS, MAX_ADDRESSES
+from manager.api.http import status_of
 from manager.core.audit_chain import AuditQuery
-from manager.errors import ApiProblem
+from manager.errors import DomainError
 from manager.schemas.auth import AuthSettings
 from tests.manager.access.test_login import PASSWORD, joined, login
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
@@ -28,8 +29,8 @@ async def attempt(logins: Logins, client: str, password: str = PASSWORD, **kw: A
     """The error code of a login from ``client``; "ok" when it succeeded."""
     try:
         await logins.login(kw.pop("email", "ana@example.com"), password, client=client, **kw)
-    except ApiProblem as exc:
-        return f"{exc.status} {exc.code}"
+    except DomainError as exc:
+        return f"{status_of(exc)} {exc.code}"
     return "ok"
 
 
