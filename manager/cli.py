@@ -25,7 +25,9 @@ from manager.records import TokenRecord
 from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
-from shared import sdnotify
+from manager.store.migrations import SchemaTooNew
+from manager.store.upgrade import migration_plan
+from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
@@ -67,6 +69,7 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-manager", description="The Tether manager server.")
+    p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
@@ -99,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
+    )
+
+    m = sub.add_parser("migrate", parents=[common], help="apply pending store migrations and exit")
+    m.add_argument(
+        "--dry-run", action="store_true", help="list the migrations that would run; change nothing"
     )
 
     b = sub.add_parser(
@@ -205,6 +213,23 @@ async def _serve_notified(config: ManagerConfig) -> int:
     finally:
         sdnotify.stopping()
         await sdnotify.stop_watchdog(watchdog)
+
+
+async def _migrate(data_dir: Path, args: argparse.Namespace) -> int:
+    if _no_store(data_dir, args):
+        return EXIT_USAGE
+    current, todo = await migration_plan(_database(args), data_dir)
+    if not todo:
+        print(f"schema version {current}: up to date")
+        return 0
+    if args.dry_run:
+        print(f"schema version {current}; would apply: {', '.join(map(str, todo))}")
+        return 0
+    store: Store = open_store(data_dir, _database(args))
+    await store.open()  # opening migrates, one transaction per migration
+    await store.close()
+    print(f"schema version {todo[-1]}; applied: {', '.join(map(str, todo))}")
+    return 0
 
 
 def _no_store(data_dir: Path, args: argparse.Namespace) -> bool:
@@ -462,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 masker=masker,
             )
             return run(_serve_notified(config))
+        if args.command == "migrate":
+            return run(_migrate(data_dir, args))
         if args.command == "backup":
             return _backup(data_dir, args.output, database)
         if args.command == "allowlist":
@@ -471,6 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
+    except SchemaTooNew as exc:
+        # A downgrade: refuse before any write, as a usage error (the wrong release).
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, StoreError) as exc:
         structlog.get_logger("tether.manager").error("manager failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

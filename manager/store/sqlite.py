@@ -53,6 +53,7 @@ from manager.store.base import (
     check_first_version,
     check_next_version,
 )
+from manager.store.migrations import failed, pending
 from manager.store.sqlite_schema import MIGRATIONS
 from shared.protocol import TaskState
 
@@ -1134,17 +1135,33 @@ class SqliteStore(Store):
         return await self._run(fn)
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version, read without writing (0: never migrated)."""
+    try:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError:  # no such table: a new database
+        return 0
+    return int(row[0] or 0)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
+    current = schema_version(conn)
+    todo = pending(current, MIGRATIONS)  # refuses a newer schema before any write
+    if not todo:
+        return
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
-    for version, sql in MIGRATIONS:
-        if version <= current:
-            continue
-        # executescript commits first, so each migration is its own explicit transaction.
-        conn.executescript(
-            f"BEGIN; {sql}; INSERT INTO schema_version(version) VALUES ({version}); COMMIT;"  # noqa: S608
-        )
+    for version, sql in todo:
+        # executescript commits first, so each migration is its own explicit transaction;
+        # on an error it stops inside that transaction, which is rolled back here.
+        try:
+            conn.executescript(
+                f"BEGIN; {sql}; INSERT INTO schema_version(version) VALUES ({version}); COMMIT;"  # noqa: S608
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise failed(version, current, exc) from None
+        current = version
 
 
 def _encode(col: str, value: Any) -> Any:
