@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The runtime and build sets are subsets of the dev one, at the same versions (--constraint).
 # Keeps every pin already in the lock and resolves only what is new or no longer fits;
 # `make lock UPGRADE=1` moves everything to the newest versions pyproject.toml allows.
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
@@ -30,8 +31,8 @@ lock:
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
 	mkdir -p requirements
 	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
-	# The runtime set is a subset of the dev one, at the same versions.
 	$(UV_COMPILE) pyproject.toml --constraint $(LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) requirements/build.in --constraint $(LOCK) -o requirements/build.txt
 
 # Known vulnerabilities in the locked set (PyPI's advisory data). Fails on one that has a
 # fix; an advisory service out of reach is reported as "not checked" and does not fail.

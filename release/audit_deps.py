@@ -18,6 +18,8 @@ from typing import Any
 
 __all__ = ["Verdict", "judge", "main"]
 
+_SHOWN = 5  # not-checked packages listed by name; the rest are counted
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -38,7 +40,7 @@ def judge(report: dict[str, Any]) -> Verdict:
     unchecked: list[str] = []
     checked = 0
     for dep in report.get("dependencies", []):
-        name = f"{dep['name']}=={dep.get('version', '?')}"
+        name = f"{dep['name']}=={dep['version']}" if "version" in dep else dep["name"]
         if "skip_reason" in dep:
             unchecked.append(f"{name}: {dep['skip_reason']}")
             continue
@@ -100,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit-deps: VULNERABLE, fix available: {line}")
     for line in verdict.unfixed:
         print(f"audit-deps: vulnerable, no fix yet: {line}")
-    for line in verdict.unchecked:
+    for line in verdict.unchecked[:_SHOWN]:
         print(f"audit-deps: NOT CHECKED: {line}")
-    status = "FAILED" if verdict.fixable else "no known fixable vulnerability"
+    if len(verdict.unchecked) > _SHOWN:
+        print(f"audit-deps: NOT CHECKED: ... and {len(verdict.unchecked) - _SHOWN} more")
+    if verdict.fixable:
+        status = "FAILED"
+    elif not verdict.checked:
+        status = "NOT CHECKED (the advisory service answered for no package)"
+    else:
+        status = "no known fixable vulnerability"
     print(
         f"audit-deps: {status}; {verdict.checked} packages checked,"
         f" {len(verdict.unchecked)} not checked"

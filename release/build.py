@@ -50,6 +50,15 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _source_uri() -> str:
+    """The repository as its origin names it; a clone with no remote names only itself."""
+    try:
+        origin = _git("config", "--get", "remote.origin.url")
+    except subprocess.CalledProcessError:
+        origin = ""
+    return f"git+{origin}" if origin else f"git+file:{ROOT.name}"
+
+
 def provenance(
     artifacts: list[Path], *, commit: str, dirty: bool, builder: str, started: str
 ) -> dict[str, Any]:
@@ -64,7 +73,7 @@ def provenance(
                 "externalParameters": {"command": "make release", "source": {"commit": commit}},
                 "internalParameters": {"dirty": dirty, "python": sys.version.split()[0]},
                 "resolvedDependencies": [
-                    {"uri": f"git+file://{ROOT.name}", "digest": {"gitCommit": commit}},
+                    {"uri": _source_uri(), "digest": {"gitCommit": commit}},
                     *(
                         {"uri": f"file:requirements/{p.name}", "digest": {"sha256": sha256(p)}}
                         for p in (RUNTIME_LOCK, DEV_LOCK)
@@ -115,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             "requirements",
             "--output-format",
             "JSON",
-            "--outfile",
+            "--output-file",
             str(sbom),
+            "--output-reproducible",
             "--pyproject",
             str(ROOT / "pyproject.toml"),
             str(RUNTIME_LOCK),
         ],
         check=True,
+        env=env,
         stdout=subprocess.DEVNULL,
     )
     artifacts = [*built, sbom]

@@ -141,10 +141,7 @@ def test_migrate_dry_run_lists_what_would_run_and_changes_nothing(old_data_dir: 
     todo = [v for v, _ in SQLITE_MIGRATIONS if v > OLD_VERSION]
     res = manager("migrate", "--dry-run", "--data-dir", str(old_data_dir))
     assert res.returncode == 0, res.stderr
-    if todo:
-        expected = f"would apply: {', '.join(map(str, todo))}"
-    else:
-        expected = "up to date"
+    expected = f"would apply: {', '.join(map(str, todo))}" if todo else "up to date"
     assert f"schema version {OLD_VERSION}" in res.stdout
     assert expected in res.stdout
     assert digest(db) == before
