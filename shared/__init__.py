@@ -3,6 +3,8 @@
 Imports neither manager nor delegate.
 """
 
+__all__ = ["__version__"]
+
 try:
     # Written from the git tag by setuptools-scm when the package is built or installed.
     from shared._version import __version__

@@ -83,7 +83,10 @@ def test_the_provenance_names_the_commit_and_the_digest_of_each_artifact(dist: P
 
 def test_sha256sums_covers_every_file_and_matches(dist: Path) -> None:
     lines = (dist / "SHA256SUMS").read_text().splitlines()
-    sums = dict(reversed(line.split("  ", 1)) for line in lines)
+    sums: dict[str, str] = {}
+    for line in lines:
+        digest, name = line.split("  ", 1)
+        sums[name] = digest
     assert set(sums) == {p.name for p in dist.iterdir()} - {"SHA256SUMS"}
     for name, digest in sums.items():
         assert sha256(dist / name) == digest, name
