@@ -28,6 +28,8 @@ MANAGER_PORT = ManagerConfig(data_dir=Path()).port
 # The only variable the manager reads (manager/cli.py).
 MANAGER_ENV = {"TETHER_DATA_DIR"}
 DELEGATE_ENV = set(ENV.values())
+# What an image is built from: the sources and the hash-pinned lock.
+BUILD_SOURCES = {"pyproject.toml", "README.md", "requirements", "shared", "manager", "delegate"}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -135,14 +137,7 @@ def test_images_bake_in_no_secret(name: str) -> None:
             assert not [n for n in names if re.search("TOKEN|SECRET|PASSWORD|KEY", n)], args
         if word == "COPY" and "--from=" not in args:
             sources = args.split()[:-1]
-            assert set(sources) <= {
-                "pyproject.toml",
-                "README.md",
-                "requirements",
-                "shared",
-                "manager",
-                "delegate",
-            }
+            assert set(sources) <= BUILD_SOURCES
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
@@ -170,14 +165,7 @@ def test_build_context_excludes_everything_but_the_sources() -> None:
     ]
     assert lines[0] == "*"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {
-        "pyproject.toml",
-        "README.md",
-        "requirements",
-        "shared",
-        "manager",
-        "delegate",
-    }
+    assert included == BUILD_SOURCES
     assert {"**/*.pem", "**/*.key"} <= set(lines)
 
 

@@ -1,7 +1,6 @@
-"""The migration runner on both stores: one transaction per migration, a failed one leaves
-the database as it was, and a database newer than this release is refused before any
-write. Then the same through the real ``tether-manager`` command: ``migrate --dry-run``,
-``migrate``, and ``serve`` refusing a newer schema with exit status 2.
+"""Migrations through the real ``tether-manager`` command, on release 0.1.0's data:
+``migrate --dry-run`` lists and writes nothing, ``migrate`` applies, and ``serve`` or
+``migrate`` on a database newer than this release refuse with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,109 +10,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from manager.store import postgres, sqlite
-from manager.store.migrations import MigrationFailed, SchemaTooNew, pending
 from manager.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
-from tests.manager.conftest import StoreMaker, postgres_schema_maker
 
 BIN = Path(sys.executable).parent
 OLD_SQLITE = Path(__file__).resolve().parent / "data" / "v0.1.0" / "sqlite" / "manager"
 OLD_VERSION = 10  # release 0.1.0's last migration
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def maker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
-    if request.param == "sqlite":
-        yield StoreMaker("sqlite", tmp_path / "tether.db")
-        return
-    async with postgres_schema_maker(tmp_path) as m:
-        yield m
-
-
-def module_of(maker: StoreMaker) -> Any:
-    return sqlite if maker.kind == "sqlite" else postgres
-
-
-async def table_exists(maker: StoreMaker, name: str) -> bool:
-    if maker.kind == "sqlite":
-        conn = sqlite3.connect(maker.path)
-        try:
-            row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
-        finally:
-            conn.close()
-        return row is not None
-    rows = await maker.fetch("SELECT to_regclass($1) IS NOT NULL AS present", name)
-    return bool(rows[0]["present"])
-
-
-async def migrated(maker: StoreMaker) -> None:
-    store = maker()
-    await store.open()
-    await store.close()
-
-
-def test_pending_lists_what_is_above_the_current_version_in_order() -> None:
-    migrations = [(1, "a"), (2, "b"), (3, "c")]
-    assert pending(0, migrations) == migrations
-    assert pending(2, migrations) == [(3, "c")]
-    assert pending(3, migrations) == []
-
-
-def test_pending_refuses_a_version_above_every_known_migration() -> None:
-    with pytest.raises(SchemaTooNew, match=r"schema version 4, newer .* \(up to 3\)"):
-        pending(4, [(1, "a"), (2, "b"), (3, "c")])
-
-
-async def test_a_failed_migration_is_rolled_back_whole_and_earlier_ones_stay(
-    maker: StoreMaker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    every = maker.migrations
-    top = every[-1][0]
-    # The first statement of the bad migration succeeds, the second fails: the first must
-    # be undone with it, and the good migration before it must stay.
-    good = (top + 1, "CREATE TABLE upgrade_good (x INTEGER)")
-    bad = (top + 2, "CREATE TABLE upgrade_half (x INTEGER); INSERT INTO nowhere VALUES (1)")
-    monkeypatch.setattr(module_of(maker), "MIGRATIONS", [*every, good, bad])
-    with pytest.raises(MigrationFailed) as caught:
-        await migrated(maker)
-    message = str(caught.value)
-    assert f"migration {top + 2} failed and was rolled back" in message
-    assert f"stays at schema version {top + 1}" in message
-    assert "\n" not in message
-    assert await maker.schema_versions() == [v for v, _ in every] + [top + 1]
-    assert await table_exists(maker, "upgrade_good")
-    assert not await table_exists(maker, "upgrade_half")
-
-    # Fixed, the next start applies it.
-    monkeypatch.setattr(
-        module_of(maker),
-        "MIGRATIONS",
-        [*every, good, (top + 2, "CREATE TABLE upgrade_half (x INT)")],
-    )
-    await migrated(maker)
-    assert await table_exists(maker, "upgrade_half")
-
-
-async def test_an_older_release_refuses_a_newer_database_and_writes_nothing(
-    maker: StoreMaker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    every = maker.migrations
-    await migrated(maker)
-    before = await maker.schema_versions()
-    # This release, as the one before it, that knew one migration less.
-    monkeypatch.setattr(module_of(maker), "MIGRATIONS", every[:-1])
-    with pytest.raises(SchemaTooNew, match=f"schema version {every[-1][0]}, newer"):
-        await migrated(maker)
-    assert await maker.schema_versions() == before
-
-
-# -- the real command ----------------------------------------------------------------------
 
 
 def manager(*args: str) -> subprocess.CompletedProcess[str]:
