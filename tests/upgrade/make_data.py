@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,11 @@ async def main(tag: str) -> None:
             # SQLite, with a delegate spool.
             lite = Old(tmp / "bin", tmp / "sqlite", None)
             facts = await _make(lite, spool=True)
+            conn = sqlite3.connect(lite.data_dir / "tether.db")
+            facts["schema_version"] = conn.execute(
+                "SELECT MAX(version) FROM schema_version"
+            ).fetchone()[0]
+            conn.close()
             _copy_tree(lite.data_dir, out / "sqlite" / "manager")
             _copy_tree(lite.root / "delegate-d1", out / "sqlite" / "delegate-d1")
             # PostgreSQL: a schema of its own, dumped, then dropped.
@@ -203,6 +209,19 @@ async def main(tag: str) -> None:
             try:
                 pg = Old(tmp / "bin", tmp / "postgres", f"{PG_URL}?search_path={schema}")
                 pg_facts = await _make(pg, spool=False)
+                pg_facts["schema_version"] = int(
+                    subprocess.run(
+                        [
+                            "psql",
+                            PG_URL,
+                            "-tAc",
+                            f"SELECT max(version) FROM {schema}.schema_version",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
                 dump = subprocess.run(
                     ["pg_dump", "--no-owner", "--no-privileges", "--schema", schema, PG_URL],
                     capture_output=True,

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from shared import __version__
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import BIN, Cluster
 
 DATA = Path(__file__).resolve().parent / "data"
 RELEASES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
@@ -162,6 +162,17 @@ async def test_postgres_dump_upgrades(release: str, cluster: Cluster, tmp_path: 
         )
         copy_data(DATA / release / "postgres", cluster.root)
         cluster.database = f"{PG_URL}?search_path={schema}"
+        dry = await cluster.run(
+            str(BIN / "tether-manager"),
+            "migrate",
+            "--dry-run",
+            "--data-dir",
+            str(cluster.root / "manager"),
+            "--database",
+            cluster.database,
+        )
+        assert dry.code == 0, dry.stderr
+        assert dry.stdout.startswith(f"schema version {known['schema_version']}")
         await cluster.start_manager()
         await check_readable(cluster, known)
         await cluster.start_delegate("fresh", "upgrade")

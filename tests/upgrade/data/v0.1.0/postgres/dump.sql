@@ -2,7 +2,7 @@
 -- PostgreSQL database dump
 --
 
-\restrict inyRdqn9IYVTUnxzAE2bWIjJ9TCmZycoWJLjRuyEIMlFRXYsZkOFFTNWRRr9IHg
+\restrict UMJ0sJZesjKHusH0aIwbVaDvifD2HO5dkXBqDKdtGpv1d2e71MFdFNhhlQs6Y2u
 
 -- Dumped from database version 15.20 (Debian 15.20-0+deb12u1)
 -- Dumped by pg_dump version 15.20 (Debian 15.20-0+deb12u1)
@@ -384,7 +384,7 @@ COPY @SCHEMA@.allowlist (id, cidr, description, enabled, created_at) FROM stdin;
 --
 
 COPY @SCHEMA@.api_keys (id, name, prefix, key_hash, created_at, revoked_at, owner, owner_user_id, service_account, groups, max_qps, burst, expires_at, last_used_at) FROM stdin;
-key_01a24c632d790c1cd16550552015	admin	tak_Jy9l	36d643188b80db68e8ca340e4ba3200f3eb5cf85425495d607947a1e1b79b6d2	1796577897.8496463	\N	admin	\N	t	["Account Administrators"]	10000	10000	\N	1796577900.3775725
+key_01a24c6f152fd2f8f7aa7af02dac	admin	tak_Zip9	1b60496a370a6e38aa7b0ae3bb24bc94ebe0e930f54a4cf3166338b71d847414	1796578678.0632396	\N	admin	\N	t	["Account Administrators"]	10000	10000	\N	1796578680.3932085
 \.
 
 
@@ -393,11 +393,11 @@ key_01a24c632d790c1cd16550552015	admin	tak_Jy9l	36d643188b80db68e8ca340e4ba3200f
 --
 
 COPY @SCHEMA@.audit_events (seq, id, ts, actor_kind, actor_id, actor_name, method, path, client_ip, resource_type, resource_id, resource_name, app, action, summary, diff, prev_hash, hash) FROM stdin;
-1	aud_01a24c632d809ac803c4c4e6b993	1796577897.8565683	system	system	system	START	tether-manager serve (admin-api-key)	local	api_key	key_01a24c632d790c1cd16550552015	admin	\N	create	created admin API key admin	before: null\nafter:\n  id: key_01a24c632d790c1cd16550552015\n  name: admin\n  prefix: tak_Jy9l\n  owner: admin\n  service_account: true\n  groups:\n  - Account Administrators\n  max_qps: 10000.0\n	0000000000000000000000000000000000000000000000000000000000000000	f28b65416036a8c3081e685086835fb58767589feafbd8d50d2a370787e16d23
-2	aud_01a24c63377c3a938b8d37a379b3	1796577900.412003	api_key	key_01a24c632d790c1cd16550552015	admin	POST	/api/v1/users	127.0.0.1	user	usr_01a24c633778e7b2c371d432275e	alice@example.com	\N	create	invited user alice@example.com	before: null\nafter:\n  id: usr_01a24c633778e7b2c371d432275e\n  email: alice@example.com\n  name: Alice\n  status: invited\n  source: local\n  groups: []\n  totp_enabled: false\n  created_at: 1796577900.4081306\n  invite_expires_at: 1797182700.4006479\n	f28b65416036a8c3081e685086835fb58767589feafbd8d50d2a370787e16d23	a0a414faff17f2d70b237a23a7e00f9e7cb9b7a95b5718dd537742b5edbff2f6
-3	aud_01a24c633f34bc47ddc99eb4d039	1796577902.3884995	api_key	key_01a24c632d790c1cd16550552015	admin	POST	/api/v1/secrets	127.0.0.1	secret	sec_01a24c633f0c5fb69201505cd748	db-password	\N	create	created secret db-password in builtin (inline)	before: null\nafter:\n  id: sec_01a24c633f0c5fb69201505cd748\n  name: db-password\n  manager: builtin\n  manager_kind: builtin\n  type: text\n  mode: inline\n  current_version: 1\n  description: ''\n  created_by: null\n  created_at: 1796577902.348996\n  updated_at: 1796577902.348996\n  scope: null\n	a0a414faff17f2d70b237a23a7e00f9e7cb9b7a95b5718dd537742b5edbff2f6	d673cb53eb5b7132c7a0486f1d85bc94a6e0a66dc56f16306b19b08981ce057a
-4	aud_01a24c634befaa700e505ff0b4f9	1796577905.6473145	system	system	system	CLI	tether-manager token create d1	local	token	tok_01a24c634be26a3c115b8290a485	d1	\N	create	created delegate token d1 on the manager host	before: null\nafter:\n  id: tok_01a24c634be26a3c115b8290a485\n  name: d1\n  created_at: 1796577905.634417\n  revoked_at: null\n	d673cb53eb5b7132c7a0486f1d85bc94a6e0a66dc56f16306b19b08981ce057a	90d7c65cbc65e09110f129618fcd400771b5925fee76f1acf9e6dd6d502680f3
-5	aud_01a24c6358941afe427d655f6962	1796577908.884841	api_key	key_01a24c632d790c1cd16550552015	admin	POST	/api/v1/tasks	127.0.0.1	task	task_01a24c63588b702f0a99f6efcde5	shell task	\N	create	submitted shell task task_01a24c63588b702f0a99f6efcde5	before: null\nafter:\n  id: task_01a24c63588b702f0a99f6efcde5\n  type: shell\n  state: queued\n  payload:\n    type: shell\n    script: sh -c 'echo "hello from the old release"; printf %s "$PW" | sha256sum'\n    interpreter: bash\n    env:\n      PW: ${secrets.getValue("db-password")}\n    working_dir: null\n    credential_secrets: []\n  selectors:\n  - upgrade\n  secret_env_names: []\n  timeout_s: 600.0\n  queue_timeout_s: 300.0\n  max_attempts: 1\n  idempotency_key: null\n  deployment: null\n  app_id: null\n  env_id: null\n	90d7c65cbc65e09110f129618fcd400771b5925fee76f1acf9e6dd6d502680f3	7d2d1b30cf23d63cd528e5ae5d5e8c72743af5cb50469670a7e0fd774a138519
+1	aud_01a24c6f15362a6c3a703a3000e0	1796578678.0705276	system	system	system	START	tether-manager serve (admin-api-key)	local	api_key	key_01a24c6f152fd2f8f7aa7af02dac	admin	\N	create	created admin API key admin	before: null\nafter:\n  id: key_01a24c6f152fd2f8f7aa7af02dac\n  name: admin\n  prefix: tak_Zip9\n  owner: admin\n  service_account: true\n  groups:\n  - Account Administrators\n  max_qps: 10000.0\n	0000000000000000000000000000000000000000000000000000000000000000	e550967c5cd6d6828a8e3b5127810a47acb7f057af37641dcd272b947e7b8208
+2	aud_01a24c6f1e6a9e594b298acc6d77	1796578680.4260476	api_key	key_01a24c6f152fd2f8f7aa7af02dac	admin	POST	/api/v1/users	127.0.0.1	user	usr_01a24c6f1e5a3435cd7c8b9cbc4a	alice@example.com	\N	create	invited user alice@example.com	before: null\nafter:\n  id: usr_01a24c6f1e5a3435cd7c8b9cbc4a\n  email: alice@example.com\n  name: Alice\n  status: invited\n  source: local\n  groups: []\n  totp_enabled: false\n  created_at: 1796578680.4108033\n  invite_expires_at: 1797183480.4050465\n	e550967c5cd6d6828a8e3b5127810a47acb7f057af37641dcd272b947e7b8208	6cad0b2714087e4bd373353c4202cbe9fa9ca8644fd5a1a32ebba3531e54bd55
+3	aud_01a24c6f26f54353122f2f5426d6	1796578682.6131809	api_key	key_01a24c6f152fd2f8f7aa7af02dac	admin	POST	/api/v1/secrets	127.0.0.1	secret	sec_01a24c6f26e95de3f936d2196a57	db-password	\N	create	created secret db-password in builtin (inline)	before: null\nafter:\n  id: sec_01a24c6f26e95de3f936d2196a57\n  name: db-password\n  manager: builtin\n  manager_kind: builtin\n  type: text\n  mode: inline\n  current_version: 1\n  description: ''\n  created_by: null\n  created_at: 1796578682.6014147\n  updated_at: 1796578682.6014147\n  scope: null\n	6cad0b2714087e4bd373353c4202cbe9fa9ca8644fd5a1a32ebba3531e54bd55	da198b6c3f0a383c240abdff272c5feaba4cd24309bbf40f2a4cecc7b4e7fe22
+4	aud_01a24c6f308d654b23d520570428	1796578685.069551	system	system	system	CLI	tether-manager token create d1	local	token	tok_01a24c6f308756ebff1e66c14a5e	d1	\N	create	created delegate token d1 on the manager host	before: null\nafter:\n  id: tok_01a24c6f308756ebff1e66c14a5e\n  name: d1\n  created_at: 1796578685.0634255\n  revoked_at: null\n	da198b6c3f0a383c240abdff272c5feaba4cd24309bbf40f2a4cecc7b4e7fe22	2f51a2fef9ce8ded35dd7d7d95997ddd64193e65bc4d0aa151a99fe4ec206fe1
+5	aud_01a24c6f431889ee7bd2e002db40	1796578689.8169274	api_key	key_01a24c6f152fd2f8f7aa7af02dac	admin	POST	/api/v1/tasks	127.0.0.1	task	task_01a24c6f42fb9ba6757881773079	shell task	\N	create	submitted shell task task_01a24c6f42fb9ba6757881773079	before: null\nafter:\n  id: task_01a24c6f42fb9ba6757881773079\n  type: shell\n  state: queued\n  payload:\n    type: shell\n    script: sh -c 'echo "hello from the old release"; printf %s "$PW" | sha256sum'\n    interpreter: bash\n    env:\n      PW: ${secrets.getValue("db-password")}\n    working_dir: null\n    credential_secrets: []\n  selectors:\n  - upgrade\n  secret_env_names: []\n  timeout_s: 600.0\n  queue_timeout_s: 300.0\n  max_attempts: 1\n  idempotency_key: null\n  deployment: null\n  app_id: null\n  env_id: null\n	2f51a2fef9ce8ded35dd7d7d95997ddd64193e65bc4d0aa151a99fe4ec206fe1	bdca1679f718ec4d28e4434792f94040ad5899e4b120b48149cb931a10c124c2
 \.
 
 
@@ -414,7 +414,7 @@ COPY @SCHEMA@.audit_filters (id, owner, name, query, created_at) FROM stdin;
 --
 
 COPY @SCHEMA@.audit_head (id, seq, hash) FROM stdin;
-1	5	7d2d1b30cf23d63cd528e5ae5d5e8c72743af5cb50469670a7e0fd774a138519
+1	5	bdca1679f718ec4d28e4434792f94040ad5899e4b120b48149cb931a10c124c2
 \.
 
 
@@ -423,6 +423,7 @@ COPY @SCHEMA@.audit_head (id, seq, hash) FROM stdin;
 --
 
 COPY @SCHEMA@.delegate_presence (delegate_id, replica_id, mode, last_heartbeat) FROM stdin;
+dlg_01a24c6f3b04f48170164119a9ff	rep_01a24c6f154be20381f792fc94fd	stream	1796578690.0050902
 \.
 
 
@@ -431,7 +432,7 @@ COPY @SCHEMA@.delegate_presence (delegate_id, replica_id, mode, last_heartbeat) 
 --
 
 COPY @SCHEMA@.delegates (id, name, token_id, hostname, version, protocol_version, selectors, task_types, capacity, public_key, created_at, last_seen, draining) FROM stdin;
-dlg_01a24c635307d07caf4f48ea2982	d1	tok_01a24c634be26a3c115b8290a485	vm	0.1.0	1	["upgrade"]	["shell", "http", "capability", "secret_op"]	4	htCcs6Mow7cmFl82QJJnM2GNnoYvV6iGnrwzPOKYOFM=	1796577907.463054	1796577907.463054	f
+dlg_01a24c6f3b04f48170164119a9ff	d1	tok_01a24c6f308756ebff1e66c14a5e	vm	0.1.0	1	["upgrade"]	["shell", "http", "capability", "secret_op"]	4	AwJHZKZgSPPttJXWk87V9/2bU0rdWxsup9MSCJ4hTxM=	1796578687.7485785	1796578687.7485785	f
 \.
 
 
@@ -440,8 +441,8 @@ dlg_01a24c635307d07caf4f48ea2982	d1	tok_01a24c634be26a3c115b8290a485	vm	0.1.0	1	
 --
 
 COPY @SCHEMA@.entities (kind, id, key, body, version, created_at, updated_at) FROM stdin;
-group	grp_admins	Account Administrators	{"name": "Account Administrators", "description": "every account permission, every action on every application", "app_permissions": [{"apps": "all", "envs": "all", "actions": ["create", "read", "update", "delete", "execute"]}], "account_permissions": ["manage_users", "manage_user_groups", "manage_delegates", "manage_secrets", "manage_secret_managers", "manage_api_keys", "manage_applications", "manage_governance", "view_audit"]}	1	1796577897.8691676	1796577897.8691676
-user	usr_01a24c633778e7b2c371d432275e	alice@example.com	{"name": "Alice", "email": "alice@example.com", "groups": [], "source": "local", "status": "invited", "invite_hash": "2e590db49301244b8920cb15a8eb6dcd320dd39d2529f2ac034d035e70231238", "totp_sealed": null, "locked_until": null, "totp_enabled": false, "failed_logins": 0, "last_login_at": null, "password_hash": null, "totp_last_step": null, "recovery_hashes": [], "invite_expires_at": 1797182700.4006479, "password_changed_at": null, "totp_pending_sealed": null}	1	1796577900.4081306	1796577900.4081306
+group	grp_admins	Account Administrators	{"name": "Account Administrators", "description": "every account permission, every action on every application", "app_permissions": [{"apps": "all", "envs": "all", "actions": ["create", "read", "update", "delete", "execute"]}], "account_permissions": ["manage_users", "manage_user_groups", "manage_delegates", "manage_secrets", "manage_secret_managers", "manage_api_keys", "manage_applications", "manage_governance", "view_audit"]}	1	1796578678.0852804	1796578678.0852804
+user	usr_01a24c6f1e5a3435cd7c8b9cbc4a	alice@example.com	{"name": "Alice", "email": "alice@example.com", "groups": [], "source": "local", "status": "invited", "invite_hash": "3449385b9936b1135170ae82fd21acbcc90b7a5859782097d749ac4d4ff32faf", "totp_sealed": null, "locked_until": null, "totp_enabled": false, "failed_logins": 0, "last_login_at": null, "password_hash": null, "totp_last_step": null, "recovery_hashes": [], "invite_expires_at": 1797183480.4050465, "password_changed_at": null, "totp_pending_sealed": null}	1	1796578680.4108033	1796578680.4108033
 \.
 
 
@@ -458,7 +459,7 @@ COPY @SCHEMA@.profiles (name, selectors, script, interpreter, updated_at) FROM s
 --
 
 COPY @SCHEMA@.replicas (id, started_at, heartbeat_at) FROM stdin;
-rep_01a24c632da236c87ddf1160f079	1796577897.8904603	1796577899.6742053
+rep_01a24c6f154be20381f792fc94fd	1796578678.0916283	1796578690.0580633
 \.
 
 
@@ -467,16 +468,16 @@ rep_01a24c632da236c87ddf1160f079	1796577897.8904603	1796577899.6742053
 --
 
 COPY @SCHEMA@.schema_version (version, applied_at) FROM stdin;
-1	1796577897.536865
-2	1796577897.536865
-3	1796577897.536865
-4	1796577897.536865
-5	1796577897.536865
-6	1796577897.536865
-7	1796577897.536865
-8	1796577897.536865
-9	1796577897.536865
-10	1796577897.536865
+1	1796578677.684321
+2	1796578677.684321
+3	1796578677.684321
+4	1796578677.684321
+5	1796578677.684321
+6	1796578677.684321
+7	1796578677.684321
+8	1796578677.684321
+9	1796578677.684321
+10	1796578677.684321
 \.
 
 
@@ -494,7 +495,7 @@ sm_builtin	builtin	builtin	{}	\N	[]		0	0
 --
 
 COPY @SCHEMA@.secret_versions (secret_id, version, envelope, ref, size, created_by, created_at) FROM stdin;
-sec_01a24c633f0c5fb69201505cd748	1	{"blob":"AXyUW+qaO1esqHH1aowQU+N91nRsr/UxpHPHPXJNYb/2qKsEdwu5IN0dNkvhXwD+gwcoIP8zZerQHLJB9/UQx9Qz","format":1,"kek_id":"k1","kek_kind":"builtin","wrapped_key":"AwJrMcV3STPZ9UirKlesiyrfNfws9iSa0TosW15P3sjCzyJIyVlDcTET7EHEUNnA2T16Qou76vK1VQWjXc94hQ=="}	\N	37	\N	1796577902.3496554
+sec_01a24c6f26e95de3f936d2196a57	1	{"blob":"AeedEnB7QGIsS4BQEYCoWEJh54ar/DXBgxhfTPdqC3bLS9lM1PbDHjOpswmRBBLKrAMU83H+ufoWFXe4hJyGF3GA","format":1,"kek_id":"k1","kek_kind":"builtin","wrapped_key":"AwJrMaL7vsyHn+j2iSkuJHoSE+9gObfh4+g3+QtQAv5meuDcru0GoeWt+ULqYdnwEEKYfqTrxDTlA0JGwemZpA=="}	\N	37	\N	1796578682.6037662
 \.
 
 
@@ -503,7 +504,7 @@ sec_01a24c633f0c5fb69201505cd748	1	{"blob":"AXyUW+qaO1esqHH1aowQU+N91nRsr/UxpHPH
 --
 
 COPY @SCHEMA@.secrets (id, name, manager_id, type, mode, current_version, description, created_by, created_at, updated_at) FROM stdin;
-sec_01a24c633f0c5fb69201505cd748	db-password	sm_builtin	text	inline	1		\N	1796577902.348996	1796577902.348996
+sec_01a24c6f26e95de3f936d2196a57	db-password	sm_builtin	text	inline	1		\N	1796578682.6014147	1796578682.6014147
 \.
 
 
@@ -512,7 +513,7 @@ sec_01a24c633f0c5fb69201505cd748	db-password	sm_builtin	text	inline	1		\N	179657
 --
 
 COPY @SCHEMA@.settings (key, value) FROM stdin;
-session_key	552d912911b0aa31a7d41b962b5c3a6f223f26c97d9e1669df91eb0bfbe80143
+session_key	53b5dcfdfb66f94c446491f26451b471c952541f94e1f03e5606ffa926c756a0
 \.
 
 
@@ -521,7 +522,7 @@ session_key	552d912911b0aa31a7d41b962b5c3a6f223f26c97d9e1669df91eb0bfbe80143
 --
 
 COPY @SCHEMA@.task_attempts (task_id, attempt, delegate_id, started_at, finished_at, status) FROM stdin;
-task_01a24c63588b702f0a99f6efcde5	1	dlg_01a24c635307d07caf4f48ea2982	1796577908.888997	1796577909.0278168	succeeded
+task_01a24c6f42fb9ba6757881773079	1	dlg_01a24c6f3b04f48170164119a9ff	1796578689.8024998	1796578690.0052083	succeeded
 \.
 
 
@@ -530,8 +531,8 @@ task_01a24c63588b702f0a99f6efcde5	1	dlg_01a24c635307d07caf4f48ea2982	1796577908.
 --
 
 COPY @SCHEMA@.task_logs (task_id, attempt, seq, stream, ts, text) FROM stdin;
-task_01a24c63588b702f0a99f6efcde5	1	0	stdout	1796577908.9773262	hello from the old release
-task_01a24c63588b702f0a99f6efcde5	1	1	stdout	1796577908.9825969	fc66322bb60d37d6138db386c3d664a34790b0833d12112b6a438731dd867353  -
+task_01a24c6f42fb9ba6757881773079	1	0	stdout	1796578689.9017904	hello from the old release
+task_01a24c6f42fb9ba6757881773079	1	1	stdout	1796578689.9117038	fc66322bb60d37d6138db386c3d664a34790b0833d12112b6a438731dd867353  -
 \.
 
 
@@ -540,7 +541,7 @@ task_01a24c63588b702f0a99f6efcde5	1	1	stdout	1796577908.9825969	fc66322bb60d37d6
 --
 
 COPY @SCHEMA@.tasks (id, type, state, payload, selectors, timeout_s, queue_timeout_s, max_attempts, created_at, attempt, delegate_id, idempotency_key, secret_env_sealed, secret_env_names, started_at, finished_at, exit_code, outputs, error, cancel_requested, deployment, queued_at, lease_until, app_id, env_id, submitted_by) FROM stdin;
-task_01a24c63588b702f0a99f6efcde5	shell	succeeded	{"env": {"PW": "${secrets.getValue(\\"db-password\\")}"}, "type": "shell", "script": "sh -c 'echo \\"hello from the old release\\"; printf %s \\"$PW\\" | sha256sum'", "interpreter": "bash", "working_dir": null, "credential_secrets": []}	["upgrade"]	600	300	1	1796577908.8754404	1	dlg_01a24c635307d07caf4f48ea2982	\N	\N	[]	1796577908.888997	1796577909.0277908	0	{}	\N	f	\N	1796577908.8754404	1796577938.888997	\N	\N	key_01a24c632d790c1cd16550552015
+task_01a24c6f42fb9ba6757881773079	shell	succeeded	{"env": {"PW": "${secrets.getValue(\\"db-password\\")}"}, "type": "shell", "script": "sh -c 'echo \\"hello from the old release\\"; printf %s \\"$PW\\" | sha256sum'", "interpreter": "bash", "working_dir": null, "credential_secrets": []}	["upgrade"]	600	300	1	1796578689.787076	1	dlg_01a24c6f3b04f48170164119a9ff	\N	\N	[]	1796578689.8024998	1796578690.0051825	0	{}	\N	f	\N	1796578689.787076	1796578719.8024998	\N	\N	key_01a24c6f152fd2f8f7aa7af02dac
 \.
 
 
@@ -549,7 +550,7 @@ task_01a24c63588b702f0a99f6efcde5	shell	succeeded	{"env": {"PW": "${secrets.getV
 --
 
 COPY @SCHEMA@.tokens (id, name, token_hash, created_at, revoked_at, seq) FROM stdin;
-tok_01a24c634be26a3c115b8290a485	d1	a3f24bf75f56fb21d90376cb6e4cef4e9c48095cdbab78ffea9b6d1ba78f871f	1796577905.634417	\N	1
+tok_01a24c6f308756ebff1e66c14a5e	d1	a8630a370c2de912e28d327b0c39c0b3fde8b86773fe9e936d2f5c4057a605e1	1796578685.0634255	\N	1
 \.
 
 
@@ -890,5 +891,5 @@ ALTER TABLE ONLY @SCHEMA@.secrets
 -- PostgreSQL database dump complete
 --
 
-\unrestrict inyRdqn9IYVTUnxzAE2bWIjJ9TCmZycoWJLjRuyEIMlFRXYsZkOFFTNWRRr9IHg
+\unrestrict UMJ0sJZesjKHusH0aIwbVaDvifD2HO5dkXBqDKdtGpv1d2e71MFdFNhhlQs6Y2u
 
