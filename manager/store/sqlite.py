@@ -119,7 +119,11 @@ class SqliteStore(Store):
             # Python's sqlite3 only opens transactions itself in legacy mode; we use BEGIN
             # through the `with conn` block, which needs isolation_level other than None.
             conn.isolation_level = "DEFERRED"
-            _migrate(conn)
+            try:
+                _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
@@ -1137,10 +1141,11 @@ class SqliteStore(Store):
 
 def schema_version(conn: sqlite3.Connection) -> int:
     """The database's schema version, read without writing (0: never migrated)."""
-    try:
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    except sqlite3.OperationalError:  # no such table: a new database
+    # Asked, not inferred from an error: a locked or damaged file must not read as new.
+    table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    if conn.execute(table).fetchone() is None:
         return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
 
 
