@@ -31,6 +31,7 @@ def test_every_command_prints_the_release_with_version(
     assert capsys.readouterr().out.strip() == f"{prog} {__version__}"
 
 
-def test_the_package_version_is_the_installed_distributions() -> None:
-    assert __version__ == version("tether")
+def test_an_installed_tree_knows_its_version_from_git() -> None:
+    # The fallback is for trees without git metadata; a checkout with git never shows it.
     assert __version__ != "0.0.0+unknown"
+    assert version("tether").split("+")[0].split(".")[:2] == __version__.split(".")[:2]
