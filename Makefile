@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 
 # Installs come from the lock (requirements/*.txt: exact versions with hashes, written by uv
 # from pyproject.toml's ranges); `make lock` refreshes it after pyproject.toml changes.
+# uv rather than pip-tools: one fast command writes every lock, for all platforms at once
+# (--universal keeps markers), as plain requirements files that pip itself installs.
 LOCK := requirements/dev.txt
 RUNTIME_LOCK := requirements/runtime.txt
 
