@@ -4,15 +4,47 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+# Installs come from the lock (requirements/*.txt: exact versions with hashes, written by uv
+# from pyproject.toml's ranges); `make lock` refreshes it after pyproject.toml changes.
+# uv rather than pip-tools: one fast command writes every lock, for all platforms at once
+# (--universal keeps markers), as plain requirements files that pip itself installs.
+LOCK := requirements/dev.txt
+RUNTIME_LOCK := requirements/runtime.txt
+
+.PHONY: install demo test lint bench clean lock audit-deps release
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --no-build-isolation: setuptools and setuptools-scm come from the lock too, not a download.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The runtime and build sets are subsets of the dev one, at the same versions (--constraint).
+# Keeps every pin already in the lock and resolves only what is new or no longer fits;
+# `make lock UPGRADE=1` moves everything to the newest versions pyproject.toml allows.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--no-header --annotation-style line $(if $(UPGRADE),--upgrade)
+# Needs only uv (so a lock that no longer installs can still be remade), not the lock itself.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
+	mkdir -p requirements
+	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
+	$(UV_COMPILE) pyproject.toml --constraint $(LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) requirements/build.in --constraint $(LOCK) -o requirements/build.txt
+
+# Known vulnerabilities in the locked set (PyPI's advisory data). Fails on one that has a
+# fix; an advisory service out of reach is reported as "not checked" and does not fail.
+audit-deps: $(STAMP)
+	$(BIN)/python -m release.audit_deps $(LOCK)
+
+# dist/: wheel, sdist, the CycloneDX SBOM of the runtime lock, SLSA provenance, SHA256SUMS.
+DIST ?= dist
+release: $(STAMP)
+	$(BIN)/python -m release.build --out $(DIST)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -59,4 +91,4 @@ bench: $(STAMP)
 	uptime >&2
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist

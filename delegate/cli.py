@@ -54,6 +54,7 @@ log = structlog.get_logger("tether.delegate")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-delegate", description="The Tether delegate.")
+    p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="connect to the manager and run tasks")
     r.add_argument("--config", type=Path, help="YAML file of settings (lowest precedence)")

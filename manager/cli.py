@@ -27,7 +27,9 @@ from manager.records import TokenRecord
 from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
-from shared import sdnotify
+from manager.store.migrations import SchemaTooNew
+from manager.store.upgrade import migration_plan
+from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.datadir import DataDirError
 from shared.limits import Timings
@@ -70,6 +72,7 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-manager", description="The Tether manager server.")
+    p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
@@ -102,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
+    )
+
+    m = sub.add_parser("migrate", parents=[common], help="apply pending store migrations and exit")
+    m.add_argument(
+        "--dry-run", action="store_true", help="list the migrations that would run; change nothing"
     )
 
     b = sub.add_parser(
@@ -208,6 +216,23 @@ async def _serve_notified(config: ManagerConfig) -> int:
     finally:
         sdnotify.stopping()
         await sdnotify.stop_watchdog(watchdog)
+
+
+async def _migrate(data_dir: Path, args: argparse.Namespace) -> int:
+    if _no_store(data_dir, args):
+        return EXIT_USAGE
+    current, todo = await migration_plan(_database(args), data_dir)
+    if not todo:
+        print(f"schema version {current}: up to date")
+        return 0
+    if args.dry_run:
+        print(f"schema version {current}; would apply: {', '.join(map(str, todo))}")
+        return 0
+    store: Store = open_store(data_dir, _database(args))
+    await store.open()  # opening migrates, one transaction per migration
+    await store.close()
+    print(f"schema version {todo[-1]}; applied: {', '.join(map(str, todo))}")
+    return 0
 
 
 def _no_store(data_dir: Path, args: argparse.Namespace) -> bool:
@@ -494,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 masker=masker,
             )
             return run(_serve_notified(config))
+        if args.command == "migrate":
+            return run(_migrate(data_dir, args))
         if args.command == "backup":
             return _backup(data_dir, args.output, database)
         if args.command == "allowlist":
@@ -503,8 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
-    except (DataDirError, MasterKeyError) as exc:
-        # A data dir, or a master key, this process cannot use as it is: configuration.
+    except (DataDirError, MasterKeyError, SchemaTooNew) as exc:
+        # A data dir or a master key this process cannot use as it is, or a downgrade (the
+        # wrong release, refused before any write): configuration, not to be retried.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, StoreError) as exc:

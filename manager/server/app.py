@@ -59,6 +59,7 @@ from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
 from manager.tasks.service import TaskService
+from shared import __version__
 from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
@@ -153,7 +154,8 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
 
 
 async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # The release, so an operator can check what each replica runs during an upgrade.
+    return web.json_response({"status": "ok", "version": __version__})
 
 
 async def _readyz(request: web.Request) -> web.Response:

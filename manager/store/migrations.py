@@ -11,9 +11,20 @@ unchanged) and JSON columns are ``JSONB``; on SQLite they are ``REAL`` and ``TEX
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from manager.store.base import StoreError
 from manager.store.sql.dialect import Dialect, fragments
 
-__all__ = ["MIGRATIONS", "Migration", "for_dialect"]
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "MigrationFailed",
+    "SchemaTooNew",
+    "failed",
+    "for_dialect",
+    "pending",
+]
 
 # A version, and its text for both dialects or its (sqlite, postgres) pair.
 Migration = tuple[int, str | tuple[str, str]]
@@ -355,3 +366,40 @@ def for_dialect(dialect: Dialect, migrations: list[Migration]) -> list[tuple[int
             text = sqlite if dialect is Dialect.SQLITE else postgres
         out.append((version, fragments(text, dialect)))
     return out
+
+
+# What the runners of both stores agree on: which migrations are pending, and refusing a
+# database that a newer release has already migrated. An older manager on a newer schema
+# would write rows the newer code's invariants do not expect (or miss columns it relies
+# on), so it stops before its first write.
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer release than this one: nothing was written."""
+
+
+class MigrationFailed(StoreError):
+    """A migration failed; its transaction was rolled back, earlier ones stay applied."""
+
+
+def pending(current: int, migrations: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The migrations above ``current``, in order; SchemaTooNew when ``current`` is above
+    every migration this release knows."""
+    known = max((v for v, _ in migrations), default=0)
+    if current > known:
+        raise SchemaTooNew(
+            f"the database is at schema version {current}, newer than this tether-manager"
+            f" knows (up to {known}): run the release that migrated it, or a later one;"
+            " nothing was written"
+        )
+    return [(v, sql) for v, sql in migrations if v > current]
+
+
+def failed(version: int, current: int, exc: BaseException) -> MigrationFailed:
+    """The error for migration ``version`` failing over a database at ``current``."""
+    # The driver's message names the statement's problem, never row data.
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return MigrationFailed(
+        f"migration {version} failed and was rolled back; the database stays at schema"
+        f" version {current}: {reason}"
+    )

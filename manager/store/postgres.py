@@ -225,7 +225,7 @@ class PostgresStore(SqlStore):
         except _DB_ERRORS as exc:
             raise StoreError(f"postgres: {exc}") from exc
         try:
-            async with self._conn(tx=True) as c:
+            async with self._conn() as c:
                 await _migrate(c)
         except BaseException:
             await self.close()
@@ -413,19 +413,39 @@ async def _init_connection(conn: Any) -> None:
     )
 
 
+async def schema_version(conn: Any) -> int:
+    """The schema's version, read without writing (0: never migrated)."""
+    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
 async def _migrate(conn: Any) -> None:
-    """Apply pending migrations in the caller's transaction, one replica at a time."""
+    """Apply pending migrations, one transaction each, one replica at a time."""
+    # A session lock across the transactions: replicas starting together take turns.
     await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", _MIGRATION_LOCK_CLASS
+        "SELECT pg_advisory_lock($1, hashtext(current_schema()))", _MIGRATION_LOCK_CLASS
     )
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
-        " applied_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()))"
-    )
-    current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-    for version, sql in migrations.for_dialect(Dialect.POSTGRES, migrations.MIGRATIONS):
-        if version <= current:
-            continue
-        await conn.execute(sql)
-        await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
-        log.info("postgres migration applied", version=version)
+    try:
+        current = await schema_version(conn)
+        todo = migrations.pending(  # refuses a newer schema before any write
+            current, migrations.for_dialect(Dialect.POSTGRES, migrations.MIGRATIONS)
+        )
+        if todo:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                " applied_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()))"
+            )
+        for version, sql in todo:
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
+            except asyncpg.PostgresError as exc:
+                raise migrations.failed(version, current, exc) from None
+            current = version
+            log.info("postgres migration applied", version=version)
+    finally:
+        await conn.execute(
+            "SELECT pg_advisory_unlock($1, hashtext(current_schema()))", _MIGRATION_LOCK_CLASS
+        )

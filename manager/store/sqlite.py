@@ -116,7 +116,11 @@ class SqliteStore(SqlStore):
             # Python's sqlite3 only opens transactions itself in legacy mode; we use BEGIN
             # through the `with conn` block, which needs isolation_level other than None.
             conn.isolation_level = "DEFERRED"
-            _migrate(conn)
+            try:
+                _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
@@ -280,14 +284,33 @@ class SqliteStore(SqlStore):
         return await self._run(fn)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version, read without writing (0: never migrated)."""
+    # Asked, not inferred from an error: a locked or damaged file must not read as new.
+    table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    if conn.execute(table).fetchone() is None:
+        return 0
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
-    for version, sql in migrations.for_dialect(Dialect.SQLITE, migrations.MIGRATIONS):
-        if version <= current:
-            continue
-        # executescript commits first, so each migration is its own explicit transaction.
-        conn.executescript(
-            f"BEGIN; {sql}; INSERT INTO schema_version(version) VALUES ({version}); COMMIT;"  # noqa: S608 (our own migration text)
-        )
+    return int(row[0] or 0)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = schema_version(conn)
+    todo = migrations.pending(  # refuses a newer schema before any write
+        current, migrations.for_dialect(Dialect.SQLITE, migrations.MIGRATIONS)
+    )
+    if not todo:
+        return
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    for version, sql in todo:
+        # executescript commits first, so each migration is its own explicit transaction;
+        # on an error it stops inside that transaction, which is rolled back here.
+        try:
+            conn.executescript(
+                f"BEGIN; {sql}; INSERT INTO schema_version(version) VALUES ({version}); COMMIT;"  # noqa: S608 (our own migration text)
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise migrations.failed(version, current, exc) from None
+        current = version

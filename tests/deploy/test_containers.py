@@ -28,6 +28,8 @@ MANAGER_PORT = ManagerConfig(data_dir=Path()).port
 # The only variable the manager reads (manager/cli.py).
 MANAGER_ENV = {"TETHER_DATA_DIR"}
 DELEGATE_ENV = set(ENV.values())
+# What an image is built from: the sources and the hash-pinned lock.
+BUILD_SOURCES = {"pyproject.toml", "README.md", "requirements", "shared", "manager", "delegate"}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -135,7 +137,24 @@ def test_images_bake_in_no_secret(name: str) -> None:
             assert not [n for n in names if re.search("TOKEN|SECRET|PASSWORD|KEY", n)], args
         if word == "COPY" and "--from=" not in args:
             sources = args.split()[:-1]
-            assert set(sources) <= {"pyproject.toml", "README.md", "shared", "manager", "delegate"}
+            assert set(sources) <= BUILD_SOURCES
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
+def test_images_install_only_from_the_hash_pinned_lock(name: str) -> None:
+    """Every pip install takes the lock by hash, or the built wheel without its dependencies:
+    nothing is resolved afresh at image build time."""
+    installs = [
+        part.strip()
+        for word, args in instructions(DOCKER / name)
+        if word == "RUN"
+        for part in args.split("&&")
+        if "pip install" in part or "pip wheel" in part
+    ]
+    assert installs
+    for step in installs:
+        assert "--require-hashes -r requirements/" in step or "--no-deps" in step, step
+    assert any("requirements/runtime.txt" in step for step in installs)
 
 
 def test_build_context_excludes_everything_but_the_sources() -> None:
@@ -146,7 +165,7 @@ def test_build_context_excludes_everything_but_the_sources() -> None:
     ]
     assert lines[0] == "*"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "shared", "manager", "delegate"}
+    assert included == BUILD_SOURCES
     assert {"**/*.pem", "**/*.key"} <= set(lines)
 
 

@@ -1,0 +1,1 @@
+"""Release tooling (not shipped): the dependency audit and the release build."""
