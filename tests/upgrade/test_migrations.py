@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from manager.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
+from tests.upgrade.test_upgrade import copy_data
 
 BIN = Path(sys.executable).parent
 OLD_SQLITE = Path(__file__).resolve().parent / "data" / "v0.1.0" / "sqlite" / "manager"
@@ -37,7 +37,7 @@ def digest(path: Path) -> str:
 
 @pytest.fixture
 def old_data_dir(tmp_path: Path) -> Path:
-    return Path(shutil.copytree(OLD_SQLITE, tmp_path / "data"))
+    return copy_data(OLD_SQLITE, tmp_path / "data")
 
 
 def test_migrate_dry_run_lists_what_would_run_and_changes_nothing(old_data_dir: Path) -> None:

@@ -117,15 +117,16 @@ async def test_sqlite_data_dir_upgrades_and_the_old_spool_replays(
 ) -> None:
     known = facts(release)
     copy_data(DATA / release / "sqlite", cluster.root)
-    # The data was made long before this run, so the spooled task's lease ran out long ago
-    # and the manager would rightly refuse the late result (stale_attempt). An upgrade done
-    # inside an outage is the case under test: the lease is moved to now, as if the outage
-    # and the upgrade had taken seconds. Nothing else in the old data is touched.
+    # The data was made long before this run, so the spooled task's lease and its run
+    # timeout ran out long ago, and the manager would rightly refuse the late result
+    # (stale_attempt, or timed out by the sweep). An upgrade done inside an outage is the
+    # case under test: the task's start and lease are moved to now, as if the outage and the
+    # upgrade had taken seconds. Nothing else in the old data is touched.
     conn = sqlite3.connect(cluster.root / "manager" / "tether.db")
     with conn:
         conn.execute(
-            "UPDATE tasks SET lease_until = ? WHERE id = ?",
-            (time.time() + 3600, known["spooled_task"]),
+            "UPDATE tasks SET lease_until = ?, started_at = ? WHERE id = ?",
+            (time.time() + 3600, time.time(), known["spooled_task"]),
         )
     conn.close()
     await cluster.start_manager()

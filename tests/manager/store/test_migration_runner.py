@@ -6,17 +6,12 @@ the database as it was, and a database newer than this release is refused before
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 import pytest
 
-from manager.store import postgres, sqlite
+from manager.store import migrations as migration_list
 from manager.store.migrations import MigrationFailed, SchemaTooNew, pending
 from tests.manager.conftest import StoreMaker
-
-
-def module_of(new_store: StoreMaker) -> Any:
-    return sqlite if new_store.kind == "sqlite" else postgres
 
 
 async def table_exists(new_store: StoreMaker, name: str) -> bool:
@@ -58,7 +53,7 @@ async def test_a_failed_migration_is_rolled_back_whole_and_earlier_ones_stay(
     # be undone with it, and the good migration before it must stay.
     good = (top + 1, "CREATE TABLE upgrade_good (x INTEGER)")
     bad = (top + 2, "CREATE TABLE upgrade_half (x INTEGER); INSERT INTO nowhere VALUES (1)")
-    monkeypatch.setattr(module_of(new_store), "MIGRATIONS", [*every, good, bad])
+    monkeypatch.setattr(migration_list, "MIGRATIONS", [*every, good, bad])
     with pytest.raises(MigrationFailed) as caught:
         await migrated(new_store)
     message = str(caught.value)
@@ -71,7 +66,7 @@ async def test_a_failed_migration_is_rolled_back_whole_and_earlier_ones_stay(
 
     # Fixed, the next start applies it.
     monkeypatch.setattr(
-        module_of(new_store),
+        migration_list,
         "MIGRATIONS",
         [*every, good, (top + 2, "CREATE TABLE upgrade_half (x INT)")],
     )
@@ -86,7 +81,7 @@ async def test_an_older_release_refuses_a_newer_database_and_writes_nothing(
     await migrated(new_store)
     before = await new_store.schema_versions()
     # This release, as the one before it, that knew one migration less.
-    monkeypatch.setattr(module_of(new_store), "MIGRATIONS", every[:-1])
+    monkeypatch.setattr(migration_list, "MIGRATIONS", every[:-1])
     with pytest.raises(SchemaTooNew, match=f"schema version {every[-1][0]}, newer"):
         await migrated(new_store)
     assert await new_store.schema_versions() == before
