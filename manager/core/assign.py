@@ -5,6 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from manager.core.eligibility import (
+    ACCOUNT_WIDE,
+    DelegateFacts,
+    DelegateScope,
+    Place,
+    TaskFacts,
+    refusal,
+)
+
 __all__ = ["Candidate", "choose", "eligible"]
 
 
@@ -17,23 +26,41 @@ class Candidate:
     capacity: int
     running: int
     draining: bool = False
+    name: str = ""
+    # What its token allows (manager.core.eligibility).
+    scope: DelegateScope = ACCOUNT_WIDE
+
+    @property
+    def facts(self) -> DelegateFacts:
+        return DelegateFacts(
+            id=self.delegate_id,
+            name=self.name,
+            selectors=self.selectors,
+            task_types=self.task_types,
+            scope=self.scope,
+            draining=self.draining,
+        )
 
     @property
     def free_slots(self) -> int:
         return max(0, self.capacity - self.running)
 
 
-def eligible(selectors: Iterable[str], task_type: str, candidate: Candidate) -> bool:
-    return (
-        not candidate.draining
-        and candidate.free_slots > 0
-        and task_type in candidate.task_types
-        and all(s in candidate.selectors for s in selectors)
-    )
+def eligible(
+    selectors: Iterable[str], task_type: str, candidate: Candidate, place: Place | None = None
+) -> bool:
+    if candidate.free_slots <= 0:
+        return False
+    return refusal(candidate.facts, TaskFacts(task_type, tuple(selectors), place)) is None
 
 
 def choose(
-    selectors: Sequence[str], task_type: str, candidates: Iterable[Candidate], *, limit: int | None
+    selectors: Sequence[str],
+    task_type: str,
+    candidates: Iterable[Candidate],
+    *,
+    limit: int | None,
+    place: Place | None = None,
 ) -> list[str]:
     """Eligible delegates, least loaded first; ``limit`` of them, or all when None.
 
@@ -41,7 +68,7 @@ def choose(
     every task (a thundering herd of acquires that all but one lose).
     """
     ranked = sorted(
-        (c for c in candidates if eligible(selectors, task_type, c)),
+        (c for c in candidates if eligible(selectors, task_type, c, place)),
         key=lambda c: (c.running / c.capacity, -c.free_slots, c.delegate_id),
     )
     chosen = ranked if limit is None else ranked[:limit]

@@ -256,8 +256,9 @@ class PostgresStore(Store):
 
     async def create_token(self, token: TokenRecord) -> None:
         await self._execute(
-            "INSERT INTO tokens(id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
-            *(token.id, token.name, token.token_hash, token.created_at),
+            "INSERT INTO tokens(id, name, token_hash, created_at, scope)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            *(token.id, token.name, token.token_hash, token.created_at, token.scope),
         )
 
     async def list_tokens(self) -> list[TokenRecord]:
@@ -275,6 +276,11 @@ class PostgresStore(Store):
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = $1"  # noqa: S608
         row = await self._fetchrow(sql, token_hash)
+        return None if row is None else TokenRecord(**dict(row))
+
+    async def token_by_id(self, token_id: str) -> TokenRecord | None:
+        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = $1"  # noqa: S608
+        row = await self._fetchrow(sql, token_id)
         return None if row is None else TokenRecord(**dict(row))
 
     async def revoked_token_ids(self, among: Iterable[str]) -> set[str]:
@@ -301,7 +307,7 @@ class PostgresStore(Store):
 
     # -- delegates ------------------------------------------------------------------------
 
-    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord | None:
         row = await self._fetchrow(
             f"""
             INSERT INTO delegates({_DELEGATE_COLUMNS})
@@ -312,11 +318,12 @@ class PostgresStore(Store):
                 protocol_version = excluded.protocol_version,
                 selectors = excluded.selectors, task_types = excluded.task_types,
                 capacity = excluded.capacity, last_seen = excluded.last_seen
+            WHERE delegates.token_id = excluded.token_id
             RETURNING {_DELEGATE_COLUMNS}
             """,  # noqa: S608
             *(_encode(name, getattr(delegate, name)) for name in _DELEGATE_FIELDS),
         )
-        return _delegate(row)
+        return None if row is None else _delegate(row)
 
     async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
         sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates WHERE id = $1"  # noqa: S608
@@ -334,6 +341,14 @@ class PostgresStore(Store):
     async def list_delegates(self) -> list[DelegateRecord]:
         sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates ORDER BY name, created_at, id"  # noqa: S608
         return [_delegate(r) for r in await self._fetch(sql)]
+
+    async def delegates_named(self, name: str) -> list[DelegateRecord]:
+        sql = f"SELECT {_DELEGATE_COLUMNS} FROM delegates WHERE name = $1 ORDER BY created_at, id"  # noqa: S608
+        return [_delegate(r) for r in await self._fetch(sql, name)]
+
+    async def delete_delegate(self, delegate_id: str) -> bool:
+        rows = await self._fetch("DELETE FROM delegates WHERE id = $1 RETURNING id", delegate_id)
+        return bool(rows)
 
     # -- tasks ----------------------------------------------------------------------------
 

@@ -150,8 +150,8 @@ class SqliteStore(Store):
     async def create_token(self, token: TokenRecord) -> None:
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO tokens(id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (token.id, token.name, token.token_hash, token.created_at),
+                "INSERT INTO tokens(id, name, token_hash, created_at, scope) VALUES (?,?,?,?,?)",
+                (token.id, token.name, token.token_hash, token.created_at, token.scope),
             )
 
         await self._run(fn)
@@ -178,6 +178,13 @@ class SqliteStore(Store):
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         def fn(c: sqlite3.Connection) -> TokenRecord | None:
             row = c.execute("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+            return None if row is None else TokenRecord(**dict(row))
+
+        return await self._run(fn)
+
+    async def token_by_id(self, token_id: str) -> TokenRecord | None:
+        def fn(c: sqlite3.Connection) -> TokenRecord | None:
+            row = c.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
             return None if row is None else TokenRecord(**dict(row))
 
         return await self._run(fn)
@@ -234,9 +241,9 @@ class SqliteStore(Store):
 
     # -- delegates ------------------------------------------------------------------------
 
-    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
-        def fn(c: sqlite3.Connection) -> DelegateRecord:
-            (row,) = c.execute(
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord | None:
+        def fn(c: sqlite3.Connection) -> DelegateRecord | None:
+            rows = c.execute(
                 """
                 INSERT INTO delegates(id, name, token_id, hostname, version, protocol_version,
                     selectors, task_types, capacity, public_key, created_at, last_seen)
@@ -247,6 +254,7 @@ class SqliteStore(Store):
                     protocol_version = excluded.protocol_version,
                     selectors = excluded.selectors, task_types = excluded.task_types,
                     capacity = excluded.capacity, last_seen = excluded.last_seen
+                WHERE delegates.token_id = excluded.token_id
                 RETURNING *
                 """,
                 (
@@ -264,7 +272,7 @@ class SqliteStore(Store):
                     delegate.last_seen,
                 ),
             ).fetchall()
-            return _delegate(row)
+            return _delegate(rows[0]) if rows else None
 
         return await self._run(fn)
 
@@ -289,6 +297,21 @@ class SqliteStore(Store):
         def fn(c: sqlite3.Connection) -> list[DelegateRecord]:
             rows = c.execute("SELECT * FROM delegates ORDER BY name, created_at").fetchall()
             return [_delegate(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def delegates_named(self, name: str) -> list[DelegateRecord]:
+        def fn(c: sqlite3.Connection) -> list[DelegateRecord]:
+            rows = c.execute(
+                "SELECT * FROM delegates WHERE name = ? ORDER BY created_at", (name,)
+            ).fetchall()
+            return [_delegate(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def delete_delegate(self, delegate_id: str) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            return c.execute("DELETE FROM delegates WHERE id = ?", (delegate_id,)).rowcount > 0
 
         return await self._run(fn)
 

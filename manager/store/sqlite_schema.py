@@ -304,4 +304,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         WHERE owner = 'admin' AND groups = '[]';
         """,
     ),
+    (
+        11,
+        """
+        -- A delegate token's scope (manager.core.eligibility.DelegateScope as JSON); NULL
+        -- keeps the account-wide behaviour of the tokens made before scopes.
+        ALTER TABLE tokens ADD COLUMN scope TEXT;
+        -- Registration checks a delegate's name against the tokens it was registered with.
+        CREATE INDEX delegates_name ON delegates(name);
+        """,
+    ),
 ]
