@@ -278,7 +278,7 @@ async def post_logs(request: web.Request) -> web.Response:
 
 async def post_result(request: web.Request) -> web.Response:
     c = ctx(request)
-    session = await _session(request)
+    session = await _session(request, fresh=True)
     result = await parse_body(request, TaskResult)
     return json_response(
         await c.tasks.record_result(session, request.match_info["task_id"], result)

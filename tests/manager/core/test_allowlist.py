@@ -28,8 +28,8 @@ from manager.schemas.access import AllowlistEntryCreate, AllowlistEntryView, All
 from manager.server.app import open_store
 from manager.store.base import Store
 from tests.manager.access_support import Clock, Manager, manager, one_manager, sqlite_store  # noqa: F401
-from tests.manager.conftest import PG_URL, StoreMaker
 from tests.manager.api.test_api import registration
+from tests.manager.conftest import PG_URL, StoreMaker
 
 BIN = Path(sys.executable).parent
 

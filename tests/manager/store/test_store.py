@@ -209,7 +209,8 @@ async def test_token_scope_round_trips_and_is_found_by_id(store: Store) -> None:
     assert await store.token_by_id("tok_nope") is None
     await store.revoke_token("ci", 300.0)
     revoked = await store.token_by_id("tok_9")
-    assert revoked is not None and revoked.revoked_at == 300.0
+    assert revoked is not None
+    assert revoked.revoked_at == 300.0
 
 
 async def test_delegates_named_and_delete(store: Store) -> None:
