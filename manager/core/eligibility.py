@@ -21,6 +21,7 @@ from manager.schemas.grants import EnvType
 
 __all__ = [
     "ACCOUNT_WIDE",
+    "NOTHING",
     "DelegateFacts",
     "DelegateScope",
     "EnvFacts",
