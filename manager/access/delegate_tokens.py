@@ -4,9 +4,11 @@ A session credential is checked against its token on every request. The first ch
 process always reads the store, so a restart (or a new replica) never trusts what an older
 process knew: there is no window after a restart in which a revoked token's credentials
 work. Later checks use what was read; a revocation reaches this process at once when it is
-made here, through the replica events when made on another replica, and through the
-periodic check should an event be lost. The paths that hand out a task and its secrets read
-the store every time (``fresh``), so for them no cache is trusted at all.
+made here, through the replica events when made on another replica (or by
+``tether-manager token revoke`` on PostgreSQL), and through the periodic check
+(``Timings.revocation_check``) should an event be lost or, on SQLite, when it was made on the
+host. Reading the store on every acquire instead was measured: the extra read per acquire
+slowed acquires enough under load for hints to expire and widen to every delegate.
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ class DelegateTokens:
         self._revoked = revoked
         self._known: dict[str, TokenState] = {}
 
-    async def get(self, token_id: str, *, fresh: bool = False) -> TokenState | None:
+    async def get(self, token_id: str) -> TokenState | None:
         """The token's state; None when the store has no such token."""
-        if not fresh and token_id not in self._revoked:
-            known = self._known.get(token_id)
-            if known is not None:
-                return known
+        known = self._known.get(token_id)
+        if known is not None:
+            return known
         record = await self._store.token_by_id(token_id)
         if record is None:
             self._known.pop(token_id, None)

@@ -54,10 +54,9 @@ log = structlog.get_logger("tether.delegate_plane")
 MAX_POLL_WAIT_S = 60.0
 
 
-async def _session(request: web.Request, *, fresh: bool = False) -> Session:
-    """The caller's session, once its credential and the token behind it hold. ``fresh``:
-    read the token from the store rather than trust this process's memory of it (the paths
-    that hand out a task and its secrets)."""
+async def _session(request: web.Request) -> Session:
+    """The caller's session, once its credential and the token behind it hold (revoked
+    tokens: manager.access.delegate_tokens)."""
     c = ctx(request)
     credential = bearer(request.headers.get("Authorization"))
     if credential is None:
@@ -68,7 +67,7 @@ async def _session(request: web.Request, *, fresh: bool = False) -> Session:
         raise ApiProblem(401, exc.code, exc.message) from None
     if claims.token_id in c.hub.revoked_tokens:
         raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
-    token = await c.tokens.get(claims.token_id, fresh=fresh)
+    token = await c.tokens.get(claims.token_id)
     if token is None or token.revoked:
         c.hub.revoke(claims.token_id)
         raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
@@ -261,7 +260,7 @@ async def next_task(request: web.Request) -> web.Response:
 
 async def acquire(request: web.Request) -> web.Response:
     c = ctx(request)
-    session = await _session(request, fresh=True)
+    session = await _session(request)
     return json_response(await c.tasks.acquire(session, request.match_info["task_id"]))
 
 
@@ -278,7 +277,7 @@ async def post_logs(request: web.Request) -> web.Response:
 
 async def post_result(request: web.Request) -> web.Response:
     c = ctx(request)
-    session = await _session(request, fresh=True)
+    session = await _session(request)
     result = await parse_body(request, TaskResult)
     return json_response(
         await c.tasks.record_result(session, request.match_info["task_id"], result)

@@ -560,7 +560,7 @@ async def create_env(request: web.Request) -> web.Response:
     except Conflict:
         msg = f"{app.body.name!r} has an environment {body.name!r}"
         raise ApiProblem(409, "conflict", msg, field="name") from None
-    ctx(request).tasks.envs.changed(env.id, env.body)
+    _env_changed(request, env.id, env.body)
     view = _env_view(app, env)
     record(
         request,
@@ -578,6 +578,14 @@ async def list_envs(request: web.Request) -> web.Response:
     d, app = _dir(request), await _find_app(request)
     envs = [_env_view(app, e) for e in await d.envs.list() if e.body.app_id == app.id]
     return json_response(EnvList(envs=envs))
+
+
+def _env_changed(request: web.Request, env_id: str, body: EnvBody | None) -> None:
+    """Task hand-out judges by environment (manager.tasks.envs): this replica now, the others
+    when they hear the event."""
+    c = ctx(request)
+    c.tasks.envs.changed(env_id, body)
+    c.bus.publish("env", env_id)
 
 
 async def _find_env(request: web.Request, app: Entity[AppBody]) -> Entity[EnvBody]:
@@ -602,7 +610,7 @@ async def update_env(request: web.Request) -> web.Response:
         before, after = await d.envs.update(env.id, change)
     except Gone:
         raise ApiProblem(404, "not_found", f"no environment {env.body.name!r}") from None
-    ctx(request).tasks.envs.changed(after.id, after.body)
+    _env_changed(request, after.id, after.body)
     view = _env_view(app, after)
     if before == after.body:
         unchanged(request)
@@ -624,7 +632,7 @@ async def delete_env(request: web.Request) -> web.Response:
     d, app = _dir(request), await _find_app(request)
     env = await _find_env(request, app)
     await d.envs.delete(env.id)
-    ctx(request).tasks.envs.changed(env.id, None)
+    _env_changed(request, env.id, None)
     record(
         request,
         resource_id=env.id,

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 from manager.core.eligibility import (
     ACCOUNT_WIDE,
-    DelegateFacts,
     DelegateScope,
     Place,
-    TaskFacts,
-    refusal,
+    refusal_of,
 )
 
 __all__ = ["Candidate", "choose", "eligible"]
@@ -31,15 +29,8 @@ class Candidate:
     scope: DelegateScope = ACCOUNT_WIDE
 
     @property
-    def facts(self) -> DelegateFacts:
-        return DelegateFacts(
-            id=self.delegate_id,
-            name=self.name,
-            selectors=self.selectors,
-            task_types=self.task_types,
-            scope=self.scope,
-            draining=self.draining,
-        )
+    def id(self) -> str:
+        return self.delegate_id
 
     @property
     def free_slots(self) -> int:
@@ -47,11 +38,11 @@ class Candidate:
 
 
 def eligible(
-    selectors: Iterable[str], task_type: str, candidate: Candidate, place: Place | None = None
+    selectors: Sequence[str], task_type: str, candidate: Candidate, place: Place | None = None
 ) -> bool:
     if candidate.free_slots <= 0:
         return False
-    return refusal(candidate.facts, TaskFacts(task_type, tuple(selectors), place)) is None
+    return refusal_of(candidate, task_type, selectors, place) is None
 
 
 def choose(

@@ -13,15 +13,16 @@ not pick up work meant for the whole account.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import get_args
+from typing import Protocol, get_args
 
 from manager.schemas.grants import EnvType
 
 __all__ = [
     "ACCOUNT_WIDE",
     "NOTHING",
+    "Delegate",
     "DelegateFacts",
     "DelegateScope",
     "EnvFacts",
@@ -31,6 +32,7 @@ __all__ = [
     "disallowed_selectors",
     "place_of",
     "refusal",
+    "refusal_of",
 ]
 
 _ENV_TYPES: tuple[str, ...] = get_args(EnvType)
@@ -121,6 +123,24 @@ def place_of(app_id: str | None, env_id: str | None, envs: Mapping[str, EnvFacts
     return Place(app_id, env_id, facts.type, facts.dedicated)
 
 
+class Delegate(Protocol):
+    """What the decision reads of a delegate (dispatch's candidates are read as they are, so
+    a round judging every queued task against every delegate allocates nothing)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def selectors(self) -> frozenset[str]: ...
+    @property
+    def task_types(self) -> frozenset[str]: ...
+    @property
+    def scope(self) -> DelegateScope: ...
+    @property
+    def draining(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DelegateFacts:
     id: str
@@ -129,11 +149,6 @@ class DelegateFacts:
     task_types: frozenset[str]
     scope: DelegateScope
     draining: bool = False
-
-    @property
-    def offered(self) -> frozenset[str]:
-        # The name and the id count as selectors: a task can ask for one delegate.
-        return self.selectors | {self.name, self.id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +169,31 @@ def covers(scope: DelegateScope, place: Place | None, *, pinned: bool) -> bool:
     return scope.account_wide or named or place.env_type in scope.env_types
 
 
-def refusal(delegate: DelegateFacts, task: TaskFacts) -> str | None:
+def refusal(delegate: Delegate, task: TaskFacts) -> str | None:
     """Why ``delegate`` may not run ``task``; None when it may. The reason is for the
     manager's log only: the delegate is told nothing about a task it may not run."""
+    return refusal_of(delegate, task.type, task.selectors, task.place)
+
+
+def refusal_of(
+    delegate: Delegate, task_type: str, selectors: Sequence[str], place: Place | None
+) -> str | None:
+    """:func:`refusal` without building a :class:`TaskFacts`: dispatch asks it for every
+    queued task and every delegate on each round, so it allocates nothing."""
     if delegate.draining:
         return "draining"
-    if task.type not in delegate.task_types:
+    if task_type not in delegate.task_types:
         return "task type"
-    offered = delegate.offered
-    if not all(s in offered for s in task.selectors):
-        return "selectors"
-    pinned = delegate.id in task.selectors or delegate.name in task.selectors
-    if not covers(delegate.scope, task.place, pinned=pinned):
+    # The name and the id count as selectors: a task can ask for one delegate.
+    name, own_id, offered = delegate.name, delegate.id, delegate.selectors
+    for s in selectors:
+        if s not in offered and s != name and s != own_id:
+            return "selectors"
+    scope = delegate.scope
+    if place is None and scope.account_wide:
+        return None
+    pinned = own_id in selectors or name in selectors
+    if not covers(scope, place, pinned=pinned):
         return "scope"
     return None
 

@@ -256,6 +256,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         if kind == "revoked":  # a delegate token, revoked through another replica
             c.tokens.forget(ident)
             hub.revoke(ident)
+        elif kind == "env":  # an environment another replica changed
+            await envs.reread(ident)
         else:
             await tasks.on_remote(kind, ident)
 

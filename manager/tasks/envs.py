@@ -1,14 +1,14 @@
 """Environments as task hand-out needs them: type and whether they want dedicated delegates.
 
-Dispatch judges every queued task against every delegate without reading the store, so it
-reads this index (loaded at start, updated when this replica changes an environment, reloaded
-on every reconcile for changes made on other replicas). Hints are only hints: acquire, which
-hands out the task and its secrets, reads the task's environment from the store each time.
+Hints, long-polls and acquires judge tasks against delegates without reading the store, so
+they read this index: loaded at start, updated when this replica changes an environment,
+re-read for one environment when another replica says it changed it (the ``env`` replica
+event), and reloaded on every reconcile should such an event be lost. An environment not
+(yet) in the index is judged the strictest way (manager.core.eligibility.place_of), so a
+late event can only delay a task, never hand it to a delegate it should not reach.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 from manager.access.directory import Directory, EnvBody
 from manager.core.eligibility import EnvFacts
@@ -39,9 +39,7 @@ class EnvIndex:
         else:
             self.facts[env_id] = _facts(body)
 
-    async def current(self, env_id: str | None) -> Mapping[str, EnvFacts]:
-        """The index, with ``env_id`` read from the store first."""
-        if env_id is not None:
-            found = await self._directory.envs.get(env_id)
-            self.changed(env_id, None if found is None else found.body)
-        return self.facts
+    async def reread(self, env_id: str) -> None:
+        """Another replica changed this environment: read it from the store."""
+        found = await self._directory.envs.get(env_id)
+        self.changed(env_id, None if found is None else found.body)

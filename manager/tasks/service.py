@@ -290,7 +290,7 @@ class TaskService:
         """Refuse a task this delegate may not run with the answer for a task that does not
         exist: it learns neither the task's state nor its payload nor its secrets."""
         task = await self._get(task_id)
-        place = place_of(task.app_id, task.env_id, await self.envs.current(task.env_id))
+        place = place_of(task.app_id, task.env_id, self.envs.facts)
         why = refusal(session.facts, TaskFacts(task.type, task.selectors, place))
         if why is not None:
             log.warning("acquire refused", task_id=task_id, delegate_id=session.id, reason=why)
