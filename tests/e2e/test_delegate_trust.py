@@ -201,6 +201,8 @@ async def test_identity_takeover_and_low_order_keys_are_refused(cluster: Cluster
         assert body["error"]["field"] == "public_key"
 
     # A delegate that is gone is deleted by name, which frees its key for another token.
+    assert cluster.manager is not None
+    await cluster.manager.wait_event("delegate lost", delegate_id=victim)
     assert (await cluster.tether("delegate", "delete", "web-1")).code == 0
     status, body = await api.register(second, "web-1", key)
     assert status == 200, body
