@@ -15,9 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 import structlog
+from pydantic import ValidationError
 
-from manager.access.tokens import TokenInUse, create_token
+from manager.access.tokens import ScopeError, TokenInUse, create_token, resolve_scope, scope_views
 from manager.api.audit_record import AuditRecorder, Change
+from manager.client.cli.fleet import add_scope_arguments, token_request
+from manager.client.cli.output import scope_text
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
@@ -28,7 +31,9 @@ from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.store.base import Store, StoreError
 from manager.store.migrations import SchemaTooNew
+from manager.store.postgres import PostgresStore
 from manager.store.upgrade import migration_plan
+from manager.tasks.bus import CHANNEL as BUS_CHANNEL
 from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.datadir import DataDirError
@@ -121,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="token_command", required=True)
     tc = tsub.add_parser("create", parents=[common], help="create a token; printed once")
     tc.add_argument("name")
+    add_scope_arguments(tc)
     tl = tsub.add_parser("list", parents=[common], help="list tokens")
     tl.add_argument("--output", choices=("text", "json"), default="text")
     tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
@@ -254,8 +260,15 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
     try:
         if fn_name == "create":
             try:
-                record, token = await create_token(store, args.name)
-            except TokenInUse as exc:
+                request = token_request(args)
+                scope = await resolve_scope(
+                    store, request.scope, request.scope_env_types, request.selectors
+                )
+                record, token = await create_token(store, args.name, scope)
+            except ValidationError as exc:
+                print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
+                return EXIT_USAGE
+            except (TokenInUse, ScopeError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             print(f"Created delegate token {record.name!r} ({record.id}). It is shown only once:")
@@ -275,6 +288,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             )
         elif fn_name == "list":
             tokens = await store.list_tokens()
+            _, scopes = await scope_views(store)
             if args.output == "json":
                 print(
                     json.dumps(
@@ -284,6 +298,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                                 "name": t.name,
                                 "created_at": t.created_at,
                                 "revoked_at": t.revoked_at,
+                                "scope": scopes[t.id].model_dump(mode="json"),
                             }
                             for t in tokens
                         ],
@@ -291,16 +306,20 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                     )
                 )
             else:
-                print(f"{'NAME':24} {'ID':34} {'CREATED':20} STATUS")
+                print(f"{'NAME':24} {'ID':34} {'CREATED':20} {'STATUS':8} SCOPE")
                 for t in tokens:
                     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at))
                     status = "revoked" if t.revoked_at else "active"
-                    print(f"{t.name:24} {t.id:34} {created:20} {status}")
+                    where = scope_text(scopes[t.id])
+                    print(f"{t.name:24} {t.id:34} {created:20} {status:8} {where}")
         elif fn_name == "revoke":
             revoked = await store.revoke_token(args.name, time.time())
             if revoked is None:
                 print(f"error: no live token named {args.name!r}", file=sys.stderr)
                 return EXIT_FAILED
+            if isinstance(store, PostgresStore):
+                # Running replicas hear of it now rather than at their next periodic check.
+                await store.notify(BUS_CHANNEL, f"host|revoked:{revoked.id}")
             await _audit(
                 store,
                 keys,
@@ -344,7 +363,13 @@ async def _audit(
 
 
 def _token_fields(t: TokenRecord) -> dict[str, object]:
-    return {"id": t.id, "name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "created_at": t.created_at,
+        "revoked_at": t.revoked_at,
+        "scope": t.scope,
+    }
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class TokenRecord:
     token_hash: str
     created_at: float
     revoked_at: float | None = None
+    # What delegates using it may claim and run (manager.core.eligibility.DelegateScope,
+    # stored as JSON); None: the whole account, any selector.
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

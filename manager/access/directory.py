@@ -102,6 +102,9 @@ class EnvBody(_Body):
     app_id: str
     name: str
     type: EnvType
+    # Only delegates whose token is scoped to this environment (or its application) run its
+    # tasks (manager.core.eligibility).
+    dedicated_delegates: bool = False
 
 
 class SessionBody(_Body):

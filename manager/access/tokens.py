@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from manager.access.directory import Directory
+from manager.access.places import Places, places
+from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope
 from manager.records import ApiKeyRecord, TokenRecord
+from manager.schemas.grants import EnvType
+from manager.schemas.tasks import TokenScopeView
 from manager.store.base import Conflict, Store
 from shared.ids import hash_secret, new_id, new_token
 
@@ -13,9 +18,12 @@ __all__ = [
     "ADMIN_BURST",
     "ADMIN_MAX_QPS",
     "ApiKeyInUse",
+    "ScopeError",
     "TokenInUse",
     "create_api_key",
     "create_token",
+    "resolve_scope",
+    "scope_view",
 ]
 
 # The admin key made at first start drives the CLI, scripts, the demo and the benchmarks,
@@ -35,10 +43,78 @@ class ApiKeyInUse(Exception):
     pass
 
 
-async def create_token(store: Store, name: str) -> tuple[TokenRecord, str]:
+class ScopeError(ValueError):
+    """A scope names an application or environment that does not exist."""
+
+
+async def resolve_scope(
+    store: Store,
+    scope: Iterable[str],
+    env_types: Iterable[EnvType] = (),
+    selectors: Iterable[str] | None = None,
+) -> DelegateScope:
+    """A token scope from names: each of ``scope`` is "APP" (all of its environments) or
+    "APP/ENV"."""
+    directory = Directory(store)
+    apps: set[str] = set()
+    envs: set[str] = set()
+    for item in scope:
+        app, sep, env = item.partition("/")
+        if sep:
+            target = await directory.target(app, env)
+            if target is None:
+                raise ScopeError(f"scope: no environment {env!r} in application {app!r}")
+            envs.add(target.env_id)
+        else:
+            found = await directory.apps.by_key(app)
+            if found is None:
+                raise ScopeError(f"scope: no application {app!r}")
+            apps.add(found.id)
+    return DelegateScope(
+        apps=frozenset(apps),
+        envs=frozenset(envs),
+        env_types=frozenset(env_types),
+        selectors=None if selectors is None else frozenset(selectors),
+    )
+
+
+def scope_view(scope: DelegateScope, where: Places) -> TokenScopeView:
+    """A scope in names (an application or environment deleted since shows its id)."""
+
+    def env_name(env_id: str) -> str:
+        found = where.envs.get(env_id)
+        if found is None:
+            return env_id
+        return f"{where.apps.get(found[0], found[0])}/{found[1]}"
+
+    return TokenScopeView(
+        account_wide=scope.account_wide,
+        apps=sorted(where.apps.get(a, a) for a in scope.apps),
+        envs=sorted(env_name(e) for e in scope.envs),
+        env_types=sorted(scope.env_types),
+        selectors=None if scope.selectors is None else sorted(scope.selectors),
+    )
+
+
+async def scope_views(store: Store) -> tuple[Places, dict[str, TokenScopeView]]:
+    """Every token's scope in names, by token id (one read of the places)."""
+    where = await places(Directory(store))
+    views = {
+        t.id: scope_view(DelegateScope.load(t.scope), where) for t in await store.list_tokens()
+    }
+    return where, views
+
+
+async def create_token(
+    store: Store, name: str, scope: DelegateScope = ACCOUNT_WIDE
+) -> tuple[TokenRecord, str]:
     token = new_token("tdt")
     record = TokenRecord(
-        id=new_id("tok"), name=name, token_hash=hash_secret(token), created_at=time.time()
+        id=new_id("tok"),
+        name=name,
+        token_hash=hash_secret(token),
+        created_at=time.time(),
+        scope=scope.dump(),
     )
     try:
         await store.create_token(record)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from manager.access.delegate_tokens import DelegateTokens
 from manager.access.session_signer import SessionSigner
 from manager.metrics import Metrics
 from manager.secrets.service import SecretService
@@ -36,6 +37,8 @@ class Context:
     clock: Callable[[], float]
     metrics: Metrics
     profiles: Profiles
+    # Delegate tokens behind sessions: scope and revocation (read through the store).
+    tokens: DelegateTokens
     bus: Bus = field(default_factory=LocalBus)
     # Built right after the context (it runs its operations through ``tasks``).
     secrets: SecretService | None = None

@@ -15,10 +15,12 @@ import time
 
 import structlog
 from aiohttp import WSMsgType, web
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord
 from manager.tasks.hub import Session
 from shared import __version__
@@ -52,6 +54,8 @@ MAX_POLL_WAIT_S = 60.0
 
 
 async def _session(request: web.Request) -> Session:
+    """The caller's session, once its credential and the token behind it hold (revoked
+    tokens: manager.access.delegate_tokens)."""
     c = ctx(request)
     credential = bearer(request.headers.get("Authorization"))
     if credential is None:
@@ -62,14 +66,44 @@ async def _session(request: web.Request) -> Session:
         raise ApiProblem(401, exc.code, exc.message) from None
     if claims.token_id in c.hub.revoked_tokens:
         raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
+    token = await c.tokens.get(claims.token_id)
+    if token is None or token.revoked:
+        c.hub.revoke(claims.token_id)
+        raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
     session = c.hub.sessions.get(claims.delegate_id)
-    if session is not None:
+    if session is not None and session.delegate.token_id == claims.token_id:
         c.hub.liveness.seen(session.id, c.clock())
+        session.scope = token.scope
         return session
     record = await c.store.get_delegate(claims.delegate_id)
     if record is None or record.token_id != claims.token_id:
         raise ApiProblem(401, "invalid_credential", "unknown delegate; register again")
-    return c.hub.session(record)
+    session = c.hub.session(record)
+    session.scope = token.scope
+    return session
+
+
+def _check_public_key(encoded: str) -> None:
+    """A 32-byte X25519 key that is not of low order. A low-order key makes every shared
+    secret all-zero, which ``cryptography`` refuses to return: sealing to such a key would
+    fail at acquire, after the task was already handed out."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ApiProblem(
+            400, "invalid", "public_key: expected 32 bytes in base64", field="public_key"
+        )
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        raise ApiProblem(
+            400,
+            "invalid",
+            "public_key: not a usable X25519 key (a low-order point)",
+            field="public_key",
+        ) from None
 
 
 async def register(request: web.Request) -> web.Response:
@@ -91,14 +125,25 @@ async def register(request: web.Request) -> web.Response:
             f"this delegate speaks protocol {req.protocol_version}; the manager accepts"
             f" {accepted}. Upgrade the delegate to tether {__version__} or later.",
         )
-    try:
-        key_len = len(base64.b64decode(req.public_key, validate=True))
-    except (binascii.Error, ValueError):
-        key_len = 0
-    if key_len != 32:
+    _check_public_key(req.public_key)
+    scope = c.tokens.remember(record).scope
+    refused = disallowed_selectors(scope, req.selectors)
+    if refused:
         raise ApiProblem(
-            400, "invalid", "public_key: expected 32 bytes in base64", field="public_key"
-        ) from None
+            403,
+            "forbidden",
+            f"the delegate token {record.name!r} does not allow selector(s) {', '.join(refused)}",
+            field="selectors",
+        )
+    others = [d for d in await c.store.delegates_named(req.name) if d.token_id != record.id]
+    if others:
+        raise ApiProblem(
+            409,
+            "conflict",
+            f"delegate name {req.name!r} belongs to delegates of another token;"
+            " delete them first (tether delegate delete)",
+            field="name",
+        )
     now = c.clock()
     delegate = await c.store.upsert_delegate(
         DelegateRecord(
@@ -117,7 +162,15 @@ async def register(request: web.Request) -> web.Response:
             isolation=req.isolation,
         )
     )
-    c.hub.session(delegate)
+    if delegate is None:
+        raise ApiProblem(
+            409,
+            "conflict",
+            "this public key belongs to a delegate of another token; delete it first"
+            " (tether delegate delete)",
+            field="public_key",
+        )
+    c.hub.session(delegate).scope = scope
     await c.profiles.on_register(delegate, req.instance)
     log.info(
         "delegate registered",
@@ -246,7 +299,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate_token",
             RegisterRequest,
             RegisterResponse,
-            errors=(400, 401, 426),
+            errors=(400, 401, 403, 409, 426),
         )
     )
     table.add(

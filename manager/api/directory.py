@@ -6,6 +6,7 @@ event, and drops this replica's cached permissions at once (the others re-read w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from aiohttp import web
@@ -18,12 +19,13 @@ from manager.access.directory import (
     GroupBody,
     UserBody,
 )
-from manager.access.entities import Entity
+from manager.access.entities import Entity, Gone
 from manager.access.granting import check_grantable, check_group_edit
 from manager.access.login import LOGINS
 from manager.api.audit_record import record
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
+from manager.api.audit_record import record, unchanged
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.schemas.directory import (
     AppCreate,
@@ -32,6 +34,7 @@ from manager.schemas.directory import (
     AppView,
     EnvCreate,
     EnvList,
+    EnvUpdate,
     EnvView,
     GroupCreate,
     GroupList,
@@ -549,7 +552,12 @@ async def delete_app(request: web.Request) -> web.Response:
 
 def _env_view(app: Entity[AppBody], e: Entity[EnvBody]) -> EnvView:
     return EnvView(
-        id=e.id, app=app.body.name, name=e.body.name, type=e.body.type, created_at=e.created_at
+        id=e.id,
+        app=app.body.name,
+        name=e.body.name,
+        type=e.body.type,
+        created_at=e.created_at,
+        dedicated_delegates=e.body.dedicated_delegates,
     )
 
 
@@ -557,10 +565,18 @@ async def create_env(request: web.Request) -> web.Response:
     body = await parse_body(request, EnvCreate)
     d, app = _dir(request), await _find_app(request)
     try:
-        env = await d.envs.insert(EnvBody(app_id=app.id, name=body.name, type=body.type))
+        env = await d.envs.insert(
+            EnvBody(
+                app_id=app.id,
+                name=body.name,
+                type=body.type,
+                dedicated_delegates=body.dedicated_delegates,
+            )
+        )
     except Conflict:
         msg = f"{app.body.name!r} has an environment {body.name!r}"
         raise ApiProblem(409, "conflict", msg, field="name") from None
+    _env_changed(request, env.id, env.body)
     view = _env_view(app, env)
     record(
         request,
@@ -580,13 +596,59 @@ async def list_envs(request: web.Request) -> web.Response:
     return json_response(EnvList(envs=envs))
 
 
-async def delete_env(request: web.Request) -> web.Response:
-    d, app = _dir(request), await _find_app(request)
-    key = request.match_info["env"]
+def _env_changed(request: web.Request, env_id: str, body: EnvBody | None) -> None:
+    """Task hand-out judges by environment (manager.tasks.envs): this replica now, the others
+    when they hear the event."""
+    c = ctx(request)
+    c.tasks.envs.changed(env_id, body)
+    c.bus.publish("env", env_id)
+
+
+async def _find_env(request: web.Request, app: Entity[AppBody]) -> Entity[EnvBody]:
+    d, key = _dir(request), request.match_info["env"]
     env = await d.envs.get(key) or await d.envs.by_key(f"{app.id}/{key}")
     if env is None or env.body.app_id != app.id:
         raise ApiProblem(404, "not_found", f"no environment {key!r} in {app.body.name!r}")
+    return env
+
+
+async def update_env(request: web.Request) -> web.Response:
+    body = await parse_body(request, EnvUpdate)
+    d, app = _dir(request), await _find_app(request)
+    env = await _find_env(request, app)
+
+    def change(b: EnvBody) -> EnvBody:
+        if body.dedicated_delegates is not None:
+            b.dedicated_delegates = body.dedicated_delegates
+        return b
+
+    try:
+        before, after = await d.envs.update(env.id, change)
+    except Gone:
+        raise ApiProblem(404, "not_found", f"no environment {env.body.name!r}") from None
+    _env_changed(request, after.id, after.body)
+    view = _env_view(app, after)
+    if before == after.body:
+        unchanged(request)
+    else:
+        record(
+            request,
+            resource_id=env.id,
+            name=f"{app.body.name}/{env.body.name}",
+            action="update",
+            summary=f"updated environment {env.body.name} of {app.body.name}",
+            before=_env_view(app, dataclasses.replace(after, body=before)).model_dump(mode="json"),
+            after=view.model_dump(mode="json"),
+            app=app.body.name,
+        )
+    return json_response(view)
+
+
+async def delete_env(request: web.Request) -> web.Response:
+    d, app = _dir(request), await _find_app(request)
+    env = await _find_env(request, app)
     await d.envs.delete(env.id)
+    _env_changed(request, env.id, None)
     record(
         request,
         resource_id=env.id,
@@ -797,6 +859,17 @@ def add_directory_routes(table: RouteTable) -> None:
             EnvCreate,
             EnvView,
             status=201,
+            errors=bad,
+            audit="environment",
+        ),
+        Route(
+            "PATCH",
+            f"{one_app}/envs/{{env}}",
+            update_env,
+            "Change an environment (whether it needs dedicated delegates)",
+            u,
+            EnvUpdate,
+            EnvView,
             errors=bad,
             audit="environment",
         ),

@@ -37,6 +37,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/api/v1/delegates"): "authenticated",
     ("POST", "/api/v1/delegates/{delegate}/drain"): "manage_delegates",
     ("POST", "/api/v1/delegates/{delegate}/resume"): "manage_delegates",
+    ("DELETE", "/api/v1/delegates/{delegate}"): "manage_delegates",
     ("POST", "/api/v1/tokens"): "manage_delegates",
     ("GET", "/api/v1/tokens"): "manage_delegates",
     ("DELETE", "/api/v1/tokens/{name}"): "manage_delegates",
@@ -105,6 +106,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/v1/apps/{app}"): "manage_applications",
     ("GET", "/api/v1/apps/{app}/envs"): "authenticated",
     ("POST", "/api/v1/apps/{app}/envs"): "manage_applications",
+    ("PATCH", "/api/v1/apps/{app}/envs/{env}"): "manage_applications",
     ("DELETE", "/api/v1/apps/{app}/envs/{env}"): "manage_applications",
     # authentication settings (password policy, 2FA enforcement, email domains)
     ("GET", "/api/v1/auth/settings"): "manage_users",

@@ -13,7 +13,14 @@ from pydantic import BaseModel
 
 from manager.access.places import Places, places
 from manager.access.principal import principal_of
-from manager.access.tokens import TokenInUse, create_token
+from manager.access.tokens import (
+    ScopeError,
+    TokenInUse,
+    create_token,
+    resolve_scope,
+    scope_view,
+    scope_views,
+)
 from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
@@ -39,6 +46,7 @@ from manager.schemas.tasks import (
     TaskView,
     TokenCreate,
     TokenCreated,
+    TokenScopeView,
     TokenView,
 )
 from manager.tasks.idempotency import shown
@@ -416,6 +424,8 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
     views = []
     # Delegates held by other replicas are known from the presence rows they write.
     elsewhere = await c.store.presence(c.clock() - c.timings.lost_after)
+    _, scopes = await scope_views(c.store)
+    token_names = {t.id: t.name for t in await c.store.list_tokens()}
     for d in records:
         session = c.hub.sessions.get(d.id)
         last = c.hub.liveness.last_seen(d.id)
@@ -440,6 +450,8 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
                 draining=d.draining,
                 outdated=is_outdated(d.version, d.protocol_version),
                 isolation="task_users" if d.isolation == "task_users" else "shared_user",
+                token=token_names.get(d.token_id),
+                scope=scopes.get(d.token_id),
             )
         )
     return views
@@ -521,18 +533,64 @@ async def resume_delegate(request: web.Request) -> web.Response:
     return await _set_draining(request, False)
 
 
-def _token_view(t: TokenRecord) -> TokenView:
-    return TokenView(id=t.id, name=t.name, created_at=t.created_at, revoked_at=t.revoked_at)
+async def delete_delegate(request: web.Request) -> web.Response:
+    """Forget delegates (by id or name) that are gone, so their name and key are free for
+    another token. A connected one is refused unless ``force``: its stream is then closed
+    as revoked, and the tasks it ran are requeued when their leases run out."""
+    c = ctx(request)
+    ref = request.match_info["delegate"]
+    force = request.query.get("force", "").lower() in ("1", "true", "yes")
+    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
+    if not matches:
+        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
+    views = await _delegate_views(c, matches)
+    live = [v.id for v in views if v.status != "disconnected"]
+    if live and not force:
+        raise ApiProblem(
+            409,
+            "conflict",
+            f"delegate {ref!r} is connected ({', '.join(live)}); stop it first, or pass force",
+        )
+    deleted = []
+    for view in views:
+        if await c.store.delete_delegate(view.id):
+            c.hub.drop(view.id, CloseCode.REVOKED, "delegate deleted")
+            deleted.append(view)
+            log.info("delegate deleted", delegate_id=view.id, name=view.name)
+    if not deleted:
+        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
+    record(
+        request,
+        resource_id=",".join(v.id for v in deleted),
+        name=ref,
+        action="delete",
+        summary=f"deleted {len(deleted)} delegate(s) matching {ref!r}",
+        before=[
+            v.model_dump(mode="json", include={"id", "name", "token", "status"}) for v in deleted
+        ],
+    )
+    return json_response(DelegateList(delegates=deleted))
+
+
+def _token_view(t: TokenRecord, scope: TokenScopeView | None) -> TokenView:
+    return TokenView(
+        id=t.id, name=t.name, created_at=t.created_at, revoked_at=t.revoked_at, scope=scope
+    )
 
 
 async def create_token_route(request: web.Request) -> web.Response:
     c = ctx(request)
     req = await parse_body(request, TokenCreate)
     try:
-        created, token = await create_token(c.store, req.name)
+        scope = await resolve_scope(c.store, req.scope, req.scope_env_types, req.selectors)
+    except ScopeError as exc:
+        raise ApiProblem(400, "invalid", str(exc), field="scope") from None
+    try:
+        created, token = await create_token(c.store, req.name, scope)
     except TokenInUse as exc:
         raise ApiProblem(409, "conflict", str(exc), field="name") from None
-    view = _token_view(created)
+    where = await places(request.app[ACCESS].directory)
+    view = _token_view(created, scope_view(scope, where))
     record(
         request,
         resource_id=created.id,
@@ -546,16 +604,19 @@ async def create_token_route(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     c = ctx(request)
-    return json_response(TokenList(tokens=[_token_view(t) for t in await c.store.list_tokens()]))
+    _, scopes = await scope_views(c.store)
+    tokens = [_token_view(t, scopes.get(t.id)) for t in await c.store.list_tokens()]
+    return json_response(TokenList(tokens=tokens))
 
 
 async def revoke_token(c: Context, name: str) -> TokenRecord | None:
     record = await c.store.revoke_token(name, time.time())
     if record is not None:
-        c.hub.revoked_tokens.add(record.id)
-        for session in list(c.hub.sessions.values()):
-            if session.delegate.token_id == record.id:
-                c.hub.drop(session.id, CloseCode.REVOKED, "token revoked")
+        # Committed: every replica refuses its credentials from here (manager.access.
+        # delegate_tokens); this one at once, the others on the event or their next read.
+        c.tokens.forget(record.id)
+        c.hub.revoke(record.id)
+        c.bus.publish("revoked", record.id)
         log.info("token revoked", token=name)
     return record
 
@@ -565,7 +626,8 @@ async def revoke_token_route(request: web.Request) -> web.Response:
     revoked = await revoke_token(c, request.match_info["name"])
     if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
-    view = _token_view(revoked)
+    _, scopes = await scope_views(c.store)
+    view = _token_view(revoked, scopes.get(revoked.id))
     record(
         request,
         resource_id=revoked.id,
@@ -706,6 +768,20 @@ def add_user_routes(table: RouteTable) -> None:
                 audit="delegate",
             )
         )
+    table.add(
+        Route(
+            "DELETE",
+            "/api/v1/delegates/{delegate}",
+            delete_delegate,
+            "Delete delegates (by id or name) that are gone; force: connected ones too",
+            u,
+            None,
+            DelegateList,
+            query={"force": "boolean"},
+            errors=(404, 409),
+            audit="delegate",
+        )
+    )
     table.add(
         Route(
             "POST",

@@ -84,6 +84,7 @@ from manager.schemas.directory import (
     AppView,
     EnvCreate,
     EnvList,
+    EnvUpdate,
     EnvView,
     GroupCreate,
     GroupList,
@@ -449,6 +450,12 @@ class TetherClient:
         path = f"/api/v1/delegates/{_seg(name)}/drain"
         return (await self._call("POST", path, _DelegateList)).delegates
 
+    async def delete_delegate(self, name: str, *, force: bool = False) -> list[DelegateView]:
+        """Forget delegates that are gone (connected ones too with ``force``)."""
+        path = f"/api/v1/delegates/{_seg(name)}"
+        params = {"force": "true"} if force else None
+        return (await self._call("DELETE", path, _DelegateList, params=params)).delegates
+
     async def resume_delegate(self, name: str) -> list[DelegateView]:
         path = f"/api/v1/delegates/{_seg(name)}/resume"
         return (await self._call("POST", path, _DelegateList)).delegates
@@ -463,9 +470,10 @@ class TetherClient:
     async def delete_profile(self, name: str) -> None:
         await self._call("DELETE", f"/api/v1/profiles/{_seg(name)}", _NoContent)
 
-    async def create_token(self, name: str) -> TokenCreated:
-        """A delegate enrollment token; its value is in the answer and nowhere else, ever."""
-        body = TokenCreate(name=name)
+    async def create_token(self, name: str, scope: TokenCreate | None = None) -> TokenCreated:
+        """A delegate enrollment token; its value is in the answer and nowhere else, ever.
+        ``scope``: a full request (its scope and selectors) instead of an account-wide one."""
+        body = TokenCreate(name=name) if scope is None else scope.model_copy(update={"name": name})
         return await self._call("POST", "/api/v1/tokens", TokenCreated, body=body)
 
     async def list_tokens(self) -> list[TokenView]:
@@ -771,6 +779,10 @@ class TetherClient:
     async def create_env(self, app: str, body: EnvCreate) -> EnvView:
         path = f"/api/v1/apps/{_seg(app)}/envs"
         return await self._call("POST", path, EnvView, body=body)
+
+    async def update_env(self, app: str, env: str, body: EnvUpdate) -> EnvView:
+        path = f"/api/v1/apps/{_seg(app)}/envs/{_seg(env)}"
+        return await self._call("PATCH", path, EnvView, body=body)
 
     async def list_envs(self, app: str) -> list[EnvView]:
         return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs

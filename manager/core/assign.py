@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from manager.core.eligibility import (
+    ACCOUNT_WIDE,
+    DelegateScope,
+    Place,
+    refusal_of,
+)
+
 __all__ = ["Candidate", "choose", "eligible"]
 
 
@@ -17,23 +24,34 @@ class Candidate:
     capacity: int
     running: int
     draining: bool = False
+    name: str = ""
+    # What its token allows (manager.core.eligibility).
+    scope: DelegateScope = ACCOUNT_WIDE
+
+    @property
+    def id(self) -> str:
+        return self.delegate_id
 
     @property
     def free_slots(self) -> int:
         return max(0, self.capacity - self.running)
 
 
-def eligible(selectors: Iterable[str], task_type: str, candidate: Candidate) -> bool:
-    return (
-        not candidate.draining
-        and candidate.free_slots > 0
-        and task_type in candidate.task_types
-        and all(s in candidate.selectors for s in selectors)
-    )
+def eligible(
+    selectors: Sequence[str], task_type: str, candidate: Candidate, place: Place | None = None
+) -> bool:
+    if candidate.free_slots <= 0:
+        return False
+    return refusal_of(candidate, task_type, selectors, place) is None
 
 
 def choose(
-    selectors: Sequence[str], task_type: str, candidates: Iterable[Candidate], *, limit: int | None
+    selectors: Sequence[str],
+    task_type: str,
+    candidates: Iterable[Candidate],
+    *,
+    limit: int | None,
+    place: Place | None = None,
 ) -> list[str]:
     """Eligible delegates, least loaded first; ``limit`` of them, or all when None.
 
@@ -41,7 +59,7 @@ def choose(
     every task (a thundering herd of acquires that all but one lose).
     """
     ranked = sorted(
-        (c for c in candidates if eligible(selectors, task_type, c)),
+        (c for c in candidates if eligible(selectors, task_type, c, place)),
         key=lambda c: (c.running / c.capacity, -c.free_slots, c.delegate_id),
     )
     chosen = ranked if limit is None else ranked[:limit]

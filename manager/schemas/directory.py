@@ -17,6 +17,7 @@ __all__ = [
     "AppView",
     "EnvCreate",
     "EnvList",
+    "EnvUpdate",
     "EnvView",
     "GroupCreate",
     "GroupList",
@@ -136,6 +137,15 @@ class AppList(Model):
 class EnvCreate(Model):
     name: Name
     type: EnvType
+    # Only delegates whose token is scoped to this environment (or its application) by
+    # name run its tasks; account-wide and environment-type tokens do not.
+    dedicated_delegates: bool = False
+
+
+class EnvUpdate(Model):
+    """Fields left out keep their value."""
+
+    dedicated_delegates: bool | None = None
 
 
 class EnvView(Model):
@@ -144,6 +154,7 @@ class EnvView(Model):
     name: str
     type: EnvType
     created_at: float
+    dedicated_delegates: bool = False
 
 
 class EnvList(Model):

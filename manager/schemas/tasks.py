@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,6 +28,7 @@ __all__ = [
     "TaskView",
     "TokenCreate",
     "TokenCreated",
+    "TokenScopeView",
     "TokenView",
 ]
 
@@ -116,6 +117,16 @@ class LogPage(Model):
     state: TaskState
 
 
+class TokenScopeView(Model):
+    # True: any application and environment (a token made without a scope).
+    account_wide: bool
+    apps: list[str] = Field(default_factory=list)
+    envs: list[str] = Field(default_factory=list)  # "APP/ENV"
+    env_types: list[str] = Field(default_factory=list)
+    # None: any selector.
+    selectors: list[str] | None = None
+
+
 class DelegateView(Model):
     id: str
     name: str
@@ -134,10 +145,25 @@ class DelegateView(Model):
     # "task_users": its tasks run as users of their own, apart from it; "shared_user": as
     # the delegate's own user (an opt-in), so a task can read the delegate's credentials.
     isolation: Isolation = "shared_user"
+    # The token it registered with, and what that token allows.
+    token: str | None = None
+    scope: TokenScopeView | None = None
+
+
+Selector = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class TokenCreate(Model):
+    """A delegate token. With no ``scope`` and no ``scope_env_types`` its delegates may run
+    tasks of the whole account; with no ``selectors`` they may claim any selector."""
+
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # "APP" (every environment of it) or "APP/ENV", by name.
+    scope: list[str] = Field(default_factory=list, max_length=64)
+    scope_env_types: list[Literal["production", "non_production"]] = Field(
+        default_factory=list, max_length=2
+    )
+    selectors: list[Selector] | None = Field(default=None, max_length=64)
 
 
 class TokenView(Model):
@@ -145,6 +171,7 @@ class TokenView(Model):
     name: str
     created_at: float
     revoked_at: float | None = None
+    scope: TokenScopeView | None = None
 
 
 class TokenCreated(TokenView):

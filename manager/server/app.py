@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from manager.access.delegate_tokens import DelegateTokens
 from manager.access.directory import Directory
 from manager.access.login import LOGINS, Logins
 from manager.access.passwords import Passwords
@@ -53,8 +54,9 @@ from manager.secrets.service import SecretService
 from manager.store.base import Store
 from manager.store.factory import open_store_url
 from manager.store.postgres import PostgresStore
-from manager.tasks.bus import Bus, LocalBus, PostgresBus
+from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
 from manager.tasks.dispatch import Dispatcher
+from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
@@ -216,8 +218,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     session_key = await signing_key(store, master_key, DELEGATE_SESSION_KEY)
     await Directory(store).ensure_admin_group()
     hub = Hub(lost_after=t.lost_after, clock=config.clock)
+    envs = EnvIndex(store)
     dispatcher = Dispatcher(
-        hub, widen_after=t.dispatch_widen_after, tick=t.sweep_interval, clock=config.clock
+        hub,
+        widen_after=t.dispatch_widen_after,
+        tick=t.sweep_interval,
+        clock=config.clock,
+        envs=envs.facts,
     )
     events = TaskEvents()
     metrics = Metrics()
@@ -232,6 +239,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         metrics=metrics,
         bus=bus,
         clock=config.clock,
+        envs=envs,
     )
     c = Context(
         store=store,
@@ -244,12 +252,23 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         clock=config.clock,
         metrics=metrics,
         profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
+        tokens=DelegateTokens(store, hub.revoked_tokens),
     )
     ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
     c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)
     tasks.secrets = c.secrets
     await tasks.recover()
-    await bus.start(tasks.on_remote)
+
+    async def on_remote(kind: EventKind, ident: str) -> None:
+        if kind == "revoked":  # a delegate token, revoked through another replica
+            c.tokens.forget(ident)
+            hub.revoke(ident)
+        elif kind == "env":  # an environment another replica changed
+            await envs.reread(ident)
+        else:
+            await tasks.on_remote(kind, ident)
+
+    await bus.start(on_remote)
     c.bus = bus
     metrics.add_live(lambda: _live_metrics(c))
 
@@ -346,10 +365,8 @@ async def _loops(c: Context) -> None:
                 last_revocation_check = time.monotonic()
                 live = {s.delegate.token_id for s in c.hub.sessions.values()}
                 for token_id in await c.store.revoked_token_ids(live - c.hub.revoked_tokens):
-                    c.hub.revoked_tokens.add(token_id)
-                    for s in list(c.hub.sessions.values()):
-                        if s.delegate.token_id == token_id:
-                            c.hub.drop(s.id, CloseCode.REVOKED, "token revoked")
+                    c.tokens.forget(token_id)
+                    c.hub.revoke(token_id)
                     log.info("token revoked on the host", token_id=token_id)
         except Exception:
             log.exception("sweep failed")

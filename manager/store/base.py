@@ -63,14 +63,21 @@ class TaskStore(abc.ABC):
 
     # -- delegates
     @abc.abstractmethod
-    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
-        """Insert, or update the row with the same public key, keeping its id."""
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord | None:
+        """Insert, or update the row with the same public key, keeping its id; None (and
+        nothing written) when that key's row was registered with another token."""
 
     @abc.abstractmethod
     async def get_delegate(self, delegate_id: str) -> DelegateRecord | None: ...
 
     @abc.abstractmethod
     async def list_delegates(self) -> list[DelegateRecord]: ...
+
+    @abc.abstractmethod
+    async def delegates_named(self, name: str) -> list[DelegateRecord]: ...
+
+    @abc.abstractmethod
+    async def delete_delegate(self, delegate_id: str) -> bool: ...
 
     @abc.abstractmethod
     async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None: ...
@@ -310,6 +317,9 @@ class AccessStore(abc.ABC):
 
     @abc.abstractmethod
     async def revoked_token_ids(self, among: Iterable[str]) -> set[str]: ...
+
+    @abc.abstractmethod
+    async def token_by_id(self, token_id: str) -> TokenRecord | None: ...
 
     # -- API keys
     @abc.abstractmethod

@@ -330,6 +330,16 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     (
+        11,
+        """
+        -- A delegate token's scope (manager.core.eligibility.DelegateScope as JSON); NULL
+        -- keeps the account-wide behaviour of the tokens made before scopes.
+        ALTER TABLE tokens ADD COLUMN scope TEXT;
+        -- Registration checks a delegate's name against the tokens it was registered with.
+        CREATE INDEX delegates_name ON delegates(name);
+        """,
+    ),
+    (
         12,
         """
         -- Idempotency keys are each principal's, in each place (manager.tasks.idempotency):
@@ -353,7 +363,7 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     # How the delegate runs its tasks; a delegate registered before it said nothing.
-    (15, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
+    (14, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
 ]
 
 

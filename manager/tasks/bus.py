@@ -29,7 +29,9 @@ __all__ = ["Bus", "EventKind", "LocalBus", "PostgresBus"]
 
 log = structlog.get_logger("tether.bus")
 
-EventKind = Literal["queued", "dequeued", "cancel", "changed", "finished"]
+# "revoked" names a delegate token, "env" an environment, the others a task.
+EventKind = Literal["queued", "dequeued", "cancel", "changed", "finished", "revoked", "env"]
+_KINDS = frozenset(("queued", "dequeued", "cancel", "changed", "finished", "revoked", "env"))
 Handler = Callable[[EventKind, str], Awaitable[None]]
 CHANNEL = "tether_events"
 # NOTIFY payloads are limited to 8000 bytes; stay well under it.
@@ -87,7 +89,7 @@ class PostgresBus(Bus):
             return
         for item in body.split("\n"):
             kind, _, task_id = item.partition(":")
-            if kind in ("queued", "dequeued", "cancel", "changed", "finished") and task_id:
+            if kind in _KINDS and task_id:
                 self._inbox.put_nowait((kind, task_id))  # type: ignore[arg-type]
 
     async def _receive_loop(self) -> None:

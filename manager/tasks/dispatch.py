@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
 from manager.core.assign import choose, eligible
+from manager.core.eligibility import EnvFacts, Place, place_of
 from manager.tasks.hub import Hub, Session
 from shared.protocol import TaskAvailable
 
@@ -46,6 +47,9 @@ class QueuedTask:
     widened: bool = False
     # Queue order (set at enqueue): expired hints go back among the unhinted by it.
     seq: int = 0
+    # Where it runs: only delegates whose token's scope covers it are told of it.
+    app_id: str | None = None
+    env_id: str | None = None
 
 
 class Dispatcher:
@@ -56,8 +60,11 @@ class Dispatcher:
         widen_after: float,
         tick: float,
         clock: Callable[[], float] = time.time,
+        envs: Mapping[str, EnvFacts] | None = None,
     ) -> None:
         self._hub = hub
+        # Environments by id (manager.tasks.envs.EnvIndex), read on every round, never stored.
+        self._envs: Mapping[str, EnvFacts] = {} if envs is None else envs
         self._widen_after = widen_after
         self._tick = tick
         self._clock = clock
@@ -127,7 +134,7 @@ class Dispatcher:
             if not pool:
                 break
             limit = None if task.widened else FIRST_FANOUT
-            targets = choose(task.selectors, task.type, pool, limit=limit)
+            targets = choose(task.selectors, task.type, pool, limit=limit, place=self._place(task))
             if not targets:
                 continue
             self._hint(task, targets, now)
@@ -180,9 +187,14 @@ class Dispatcher:
         while session.inbox:
             task_id = session.inbox.popleft()
             hinted = self.queued.get(task_id)
-            if hinted is not None and eligible(hinted.selectors, hinted.type, candidate):
+            if hinted is not None and eligible(
+                hinted.selectors, hinted.type, candidate, self._place(hinted)
+            ):
                 return task_id
         for task in self.queued.values():
-            if eligible(task.selectors, task.type, candidate):
+            if eligible(task.selectors, task.type, candidate, self._place(task)):
                 return task.id
         return None
+
+    def _place(self, task: QueuedTask) -> Place | None:
+        return place_of(task.app_id, task.env_id, self._envs)

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from manager.core.assign import Candidate
+from manager.core.eligibility import ACCOUNT_WIDE, DelegateFacts, DelegateScope
 from manager.core.liveness import Leases, Liveness
 from manager.records import DelegateRecord, Presence
 from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskCancel
@@ -37,6 +38,8 @@ class Session:
     polled_at: float | None = None
     free_slots: int = 0
     draining: bool = False
+    # What its token allows (manager.core.eligibility), refreshed on every authenticated call.
+    scope: DelegateScope = ACCOUNT_WIDE
     # What the delegate last reported about itself (republished on /metrics).
     metrics: dict[str, float] = field(default_factory=dict)
     # The tasks its last heartbeat listed: their leases are renewed in the next batch.
@@ -51,6 +54,18 @@ class Session:
     @property
     def id(self) -> str:
         return self.delegate.id
+
+    @property
+    def facts(self) -> DelegateFacts:
+        d = self.delegate
+        return DelegateFacts(
+            id=d.id,
+            name=d.name,
+            selectors=frozenset(d.selectors),
+            task_types=frozenset(d.task_types),
+            scope=self.scope,
+            draining=self.draining,
+        )
 
     @property
     def mode(self) -> Literal["stream", "polling"]:
@@ -119,6 +134,14 @@ class Hub:
         session.wake.set()
         if session.ws is not None and not session.ws.closed:
             self._spawn(session.ws.close(code=code, message=reason.encode()[:120]))
+
+    def revoke(self, token_id: str) -> int:
+        """A token was revoked: refuse its credentials and end its sessions here."""
+        self.revoked_tokens.add(token_id)
+        ended = [s.id for s in self.sessions.values() if s.delegate.token_id == token_id]
+        for delegate_id in ended:
+            self.drop(delegate_id, CloseCode.REVOKED, "token revoked")
+        return len(ended)
 
     # -- heartbeats and leases ------------------------------------------------------------
 
@@ -195,6 +218,8 @@ class Hub:
             capacity=d.capacity,
             running=self.leases.count(s.id),
             draining=s.draining,
+            name=d.name,
+            scope=s.scope,
         )
 
     # -- sending --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from manager.core.eligibility import TaskFacts, place_of, refusal
 from manager.core.taskstate import (
     Decision,
     Verdict,
@@ -33,6 +34,7 @@ from manager.schemas.tasks import TaskSubmit
 from manager.store.base import Store
 from manager.tasks.bus import Bus, EventKind, LocalBus
 from manager.tasks.dispatch import Dispatcher, QueuedTask
+from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub, Session
 from manager.tasks.idempotency import differences, scoped
@@ -93,8 +95,10 @@ class TaskService:
         metrics: Metrics | None = None,
         bus: Bus | None = None,
         clock: Callable[[], float] = time.time,
+        envs: EnvIndex | None = None,
     ) -> None:
         self._store = store
+        self.envs = envs or EnvIndex(store)
         self._bus = bus or LocalBus()
         self._metrics = metrics or Metrics()
         self._hub = hub
@@ -115,6 +119,7 @@ class TaskService:
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
         now = self._clock()
+        await self.envs.load()
         # Delegates get a full lease from now to reconnect and list their tasks again.
         await self._store.extend_leases(now + self._timings.lost_after)
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
@@ -259,6 +264,7 @@ class TaskService:
     async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
         if self._hub.leases.count(session.id) >= session.delegate.capacity:
             raise Conflicting("no_capacity", "this delegate already runs its capacity")
+        await self._check_eligible(session, task_id)
         task, decision, updated = await self._transition(
             task_id,
             lambda t: on_acquire(t, session.id, self._clock(), lease_for=self._timings.lost_after),
@@ -309,6 +315,16 @@ class TaskService:
             credentials=credentials,
             unavailable=unavailable,
         )
+
+    async def _check_eligible(self, session: Session, task_id: str) -> None:
+        """Refuse a task this delegate may not run with the answer for a task that does not
+        exist: it learns neither the task's state nor its payload nor its secrets."""
+        task = await self._get(task_id)
+        place = place_of(task.app_id, task.env_id, self.envs.facts)
+        why = refusal(session.facts, TaskFacts(task.type, task.selectors, place))
+        if why is not None:
+            log.warning("acquire refused", task_id=task_id, delegate_id=session.id, reason=why)
+            raise NotFound("not_found", f"no task {task_id}")
 
     async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
         lines = [LogRecord(batch.attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in batch.lines]
@@ -382,6 +398,7 @@ class TaskService:
                 session.draining = record.draining
                 if record.draining:
                     self._hub.send(session, TaskDrain())
+        await self.envs.load()
         queued = {t.id: t for t in await self._store.tasks_in_states([TaskState.QUEUED])}
         for task_id in [t for t in self._dispatcher.queued if t not in queued]:
             self._dispatcher.dequeue(task_id)
@@ -543,5 +560,10 @@ class TaskService:
 
 def _queued(task: TaskRecord) -> QueuedTask:
     return QueuedTask(
-        id=task.id, type=task.type, selectors=task.selectors, created_at=task.created_at
+        id=task.id,
+        type=task.type,
+        selectors=task.selectors,
+        created_at=task.created_at,
+        app_id=task.app_id,
+        env_id=task.env_id,
     )

@@ -27,6 +27,7 @@ from manager.schemas.directory import (
     AppCreate,
     AppPermission,
     EnvCreate,
+    EnvUpdate,
     GroupCreate,
     GroupUpdate,
     GroupView,
@@ -270,15 +271,35 @@ async def cmd_app_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_env_create(ctx: Context, args: argparse.Namespace) -> int:
-    env = await ctx.client.create_env(args.app, _model(EnvCreate, name=args.name, type=args.type))
+    body = _model(
+        EnvCreate, name=args.name, type=args.type, dedicated_delegates=args.dedicated_delegates
+    )
+    env = await ctx.client.create_env(args.app, body)
     show(ctx, env, f"environment {env.app}/{env.name} ({env.type}) created ({env.id})")
+    return 0
+
+
+async def cmd_env_update(ctx: Context, args: argparse.Namespace) -> int:
+    body = EnvUpdate(dedicated_delegates=args.dedicated_delegates)
+    env = await ctx.client.update_env(args.app, args.name, body)
+    who = "dedicated delegates only" if env.dedicated_delegates else "any delegate in scope"
+    show(ctx, env, f"environment {env.app}/{env.name} updated: {who}")
     return 0
 
 
 async def cmd_env_list(ctx: Context, args: argparse.Namespace) -> int:
     envs = await ctx.client.list_envs(args.app)
-    rows = [[e.name, e.type, e.id, fmt.timestamp(e.created_at)] for e in envs]
-    headers = ("NAME", "TYPE", "ID", "CREATED")
+    rows = [
+        [
+            e.name,
+            e.type,
+            "yes" if e.dedicated_delegates else "no",
+            e.id,
+            fmt.timestamp(e.created_at),
+        ]
+        for e in envs
+    ]
+    headers = ("NAME", "TYPE", "DEDICATED DELEGATES", "ID", "CREATED")
     return _listing(ctx, "envs", envs, headers, rows, f"no environments in {args.app}")
 
 
@@ -364,7 +385,23 @@ def add_directory_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--type", required=True, choices=("production", "non_production"))
+    p.add_argument(
+        "--dedicated-delegates",
+        action="store_true",
+        help="only delegates whose token is scoped to this environment (or its application)"
+        " run its tasks",
+    )
     p.set_defaults(handler=cmd_env_create)
+    p = env.add_parser("update", parents=[output], help="change an environment")
+    p.add_argument("app", metavar="APP")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--dedicated-delegates",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether only delegates scoped to it by name run its tasks",
+    )
+    p.set_defaults(handler=cmd_env_update)
     p = env.add_parser("list", parents=[output], help="list an application's environments")
     p.add_argument("app", metavar="APP")
     p.set_defaults(handler=cmd_env_list)

@@ -8,9 +8,11 @@ import argparse
 
 from manager.client.cli import output as fmt
 from manager.client.cli.context import Context, UsageError
-from manager.schemas.tasks import DelegateView, ProfilePut
+from manager.schemas.tasks import DelegateView, ProfilePut, TokenCreate
 
 __all__ = [
+    "add_scope_arguments",
+    "cmd_delegate_delete",
     "cmd_delegate_drain",
     "cmd_delegate_list",
     "cmd_delegate_resume",
@@ -34,6 +36,11 @@ async def cmd_delegate_list(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.console.note("no delegates")
     return 0
+
+
+async def cmd_delegate_delete(ctx: Context, args: argparse.Namespace) -> int:
+    deleted = await ctx.client.delete_delegate(args.name, force=args.force)
+    return _show_delegates(ctx, deleted, "deleted")
 
 
 async def cmd_delegate_drain(ctx: Context, args: argparse.Namespace) -> int:
@@ -87,12 +94,49 @@ async def cmd_profile_delete(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scope_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scope flags of ``token create``, the same in ``tether`` and ``tether-manager``."""
+    parser.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="APP[/ENV]",
+        help="where its delegates may run tasks: an application (all its environments) or"
+        " one environment; repeatable. Without --scope or --scope-env-type: the whole account",
+    )
+    parser.add_argument(
+        "--scope-env-type",
+        action="append",
+        default=[],
+        choices=("production", "non_production"),
+        help="every environment of this type; repeatable",
+    )
+    parser.add_argument(
+        "--selector",
+        action="append",
+        default=None,
+        metavar="SELECTOR",
+        help="a selector its delegates may claim; repeatable. Without it: any selector",
+    )
+
+
+def token_request(args: argparse.Namespace) -> TokenCreate:
+    return TokenCreate(
+        name=args.name,
+        scope=args.scope,
+        scope_env_types=args.scope_env_type,
+        selectors=args.selector,
+    )
+
+
 async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
-    token = await ctx.client.create_token(args.name)
+    token = await ctx.client.create_token(args.name, token_request(args))
     if ctx.json:
         ctx.console.print(fmt.to_json(token))
     else:
         ctx.console.note(f"token {token.name} created ({token.id}); it is shown once, keep it now:")
+        if token.scope is not None:
+            ctx.console.note(f"scope: {fmt.scope_text(token.scope)}")
         ctx.console.print(token.token)
     return 0
 

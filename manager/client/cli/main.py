@@ -47,6 +47,8 @@ from manager.client.cli.context import (
 )
 from manager.client.cli.directory import add_directory_parsers
 from manager.client.cli.fleet import (
+    add_scope_arguments,
+    cmd_delegate_delete,
     cmd_delegate_drain,
     cmd_delegate_list,
     cmd_delegate_resume,
@@ -56,6 +58,7 @@ from manager.client.cli.fleet import (
     cmd_token_create,
     cmd_token_list,
     cmd_token_revoke,
+    token_request,
 )
 from manager.client.cli.login import add_login_parsers, config_dir, load_session
 from manager.client.cli.output import Console
@@ -69,7 +72,7 @@ from manager.client.cli.tasks import (
     cmd_task_run,
     cmd_task_submit,
 )
-from manager.schemas.tasks import TaskSubmit, TokenCreate
+from manager.schemas.tasks import TaskSubmit
 from shared import __version__
 from shared.protocol import Deployment, ShellPayload, TaskState
 
@@ -194,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("name", metavar="NAME", help="delegate name or id")
     resume.set_defaults(handler=cmd_delegate_resume)
+    forget = delegate.add_parser(
+        "delete", parents=[output], help="forget a delegate that is gone (frees its name and key)"
+    )
+    forget.add_argument("name", metavar="NAME", help="delegate name (every one of that name) or id")
+    forget.add_argument("--force", action="store_true", help="even while it is connected")
+    forget.set_defaults(handler=cmd_delegate_delete)
 
     profile = groups.add_parser("profile", help="delegate startup scripts").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
@@ -221,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = token.add_parser("create", parents=[output], help="create a token (shown once)")
     create.add_argument("name", metavar="NAME")
+    add_scope_arguments(create)
     create.set_defaults(handler=cmd_token_create)
     token.add_parser("list", parents=[output], help="list tokens").set_defaults(
         handler=cmd_token_list
@@ -370,8 +380,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.submit = build_submit(args)
     elif args.handler is cmd_token_create:
         try:
-            TokenCreate(name=args.name)
-        except ValidationError:
+            token_request(args)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["loc"][:1] != ("name",):
+                raise UsageError(f"--selector: {first['msg']}") from None
             raise UsageError(
                 f"token name {args.name!r}: letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit; at most 128 characters"

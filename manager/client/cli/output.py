@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from manager.schemas.tasks import DelegateView, LogEntry, TaskView, TokenView
+from manager.schemas.tasks import DelegateView, LogEntry, TaskView, TokenScopeView, TokenView
 from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload, TaskState
 
 __all__ = [
@@ -215,6 +215,8 @@ def delegate_table(delegates: Sequence[DelegateView]) -> str:
             "ISOLATION",
             "VERSION",
             "LAST HEARTBEAT",
+            "TOKEN",
+            "SCOPE",
         ],
         (
             [
@@ -227,16 +229,39 @@ def delegate_table(delegates: Sequence[DelegateView]) -> str:
                 d.isolation,
                 d.version + (" (outdated)" if d.outdated else ""),
                 timestamp(d.last_heartbeat),
+                d.token or "-",
+                "-" if d.scope is None else scope_text(d.scope),
             ]
             for d in delegates
         ),
     )
 
 
+def scope_text(scope: TokenScopeView) -> str:
+    """e.g. ``checkout/prod; selectors prod-pool`` or ``account-wide; any selector``."""
+    places = [*scope.apps, *scope.envs, *(f"type {t}" for t in scope.env_types)]
+    where = ", ".join(places) if places else "account-wide"
+    claims = (
+        "any selector"
+        if scope.selectors is None
+        else "selectors " + (",".join(scope.selectors) or "(none)")
+    )
+    return f"{where}; {claims}"
+
+
 def token_table(tokens: Sequence[TokenView]) -> str:
     return table(
-        ["NAME", "ID", "CREATED", "REVOKED"],
-        ([t.name, t.id, timestamp(t.created_at), timestamp(t.revoked_at)] for t in tokens),
+        ["NAME", "ID", "CREATED", "REVOKED", "SCOPE"],
+        (
+            [
+                t.name,
+                t.id,
+                timestamp(t.created_at),
+                timestamp(t.revoked_at),
+                "account-wide; any selector" if t.scope is None else scope_text(t.scope),
+            ]
+            for t in tokens
+        ),
     )
 
 

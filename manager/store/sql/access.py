@@ -27,6 +27,7 @@ _REVOKE_TOKEN = (
     " RETURNING {TOKEN_COLUMNS}"
 )
 _TOKEN_BY_HASH = "SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = :token_hash"
+_TOKEN_BY_ID = "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = :id"
 _CREATE_API_KEY = "INSERT INTO api_keys({API_KEY_COLUMNS}) VALUES ({API_KEY_PARAMS})"
 _API_KEY_BY_HASH = "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = :key_hash"
 _LIST_API_KEYS = "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
@@ -77,6 +78,10 @@ class AccessQueries(Statements, AccessStore):
 
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         row = await self._fetchrow(_TOKEN_BY_HASH, {"token_hash": token_hash})
+        return None if row is None else TokenRecord(**dict(row))
+
+    async def token_by_id(self, token_id: str) -> TokenRecord | None:
+        row = await self._fetchrow(_TOKEN_BY_ID, {"id": token_id})
         return None if row is None else TokenRecord(**dict(row))
 
     async def revoked_token_ids(self, among: Iterable[str]) -> set[str]:

@@ -115,6 +115,7 @@ _UPSERT_DELEGATE = """
         selectors = excluded.selectors, task_types = excluded.task_types,
         capacity = excluded.capacity, last_seen = excluded.last_seen,
         isolation = excluded.isolation
+    WHERE delegates.token_id = excluded.token_id
     RETURNING {DELEGATE_COLUMNS}
     """
 _GET_DELEGATE = "SELECT {DELEGATE_COLUMNS} FROM delegates WHERE id = :id"
@@ -122,6 +123,10 @@ _SET_DRAINING = (
     "UPDATE delegates SET draining = :draining WHERE id = :id RETURNING {DELEGATE_COLUMNS}"
 )
 _LIST_DELEGATES = "SELECT {DELEGATE_COLUMNS} FROM delegates ORDER BY name, created_at, id"
+_DELEGATES_NAMED = (
+    "SELECT {DELEGATE_COLUMNS} FROM delegates WHERE name = :name ORDER BY created_at, id"
+)
+_DELETE_DELEGATE = "DELETE FROM delegates WHERE id = :id RETURNING id"
 
 
 def tasks_in_states_sql(states: Sequence[TaskState]) -> str:
@@ -303,11 +308,13 @@ class TaskQueries(Statements, TaskStore):
         )
         return [LogRecord(**dict(r)) for r in rows]
 
-    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord:
+    async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord | None:
         params = params_of(delegate)
         params["selectors"] = self._dump(list(delegate.selectors))
         params["task_types"] = self._dump(list(delegate.task_types))
-        return self._delegate(await self._fetchrow(_UPSERT_DELEGATE, params))
+        # No row back: the key is another token's delegate (the WHERE of the upsert).
+        row = await self._fetchrow(_UPSERT_DELEGATE, params)
+        return None if row is None else self._delegate(row)
 
     async def get_delegate(self, delegate_id: str) -> DelegateRecord | None:
         row = await self._fetchrow(_GET_DELEGATE, {"id": delegate_id})
@@ -319,3 +326,9 @@ class TaskQueries(Statements, TaskStore):
 
     async def list_delegates(self) -> list[DelegateRecord]:
         return [self._delegate(r) for r in await self._fetch(_LIST_DELEGATES)]
+
+    async def delegates_named(self, name: str) -> list[DelegateRecord]:
+        return [self._delegate(r) for r in await self._fetch(_DELEGATES_NAMED, {"name": name})]
+
+    async def delete_delegate(self, delegate_id: str) -> bool:
+        return await self._fetchrow(_DELETE_DELEGATE, {"id": delegate_id}) is not None

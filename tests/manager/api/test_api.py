@@ -463,8 +463,16 @@ async def _profile_tasks(api: Api) -> list[dict[str, Any]]:
     return [t for t in tasks if (t["idempotency_key"] or "").startswith("profile:")]
 
 
+# One token per delegate name and manager: a delegate's key and name stay bound to the token
+# it first registered with.
+_TOKENS: dict[tuple[int, str], str] = {}
+
+
 async def _register_instance(api: Api, name: str, instance: str, selectors: list[str]) -> str:
-    _, token = await create_token(api.store, f"tok-{secrets.token_hex(4)}")
+    token = _TOKENS.get((id(api), name))
+    if token is None:
+        _, token = await create_token(api.store, f"tok-{secrets.token_hex(4)}")
+        _TOKENS[(id(api), name)] = token
     resp = await api.client.post(
         "/api/v1/delegate/register",
         json=registration(

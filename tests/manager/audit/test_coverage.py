@@ -194,6 +194,11 @@ async def resume(w: World) -> Call:
     return "/api/v1/delegates/to-resume/resume", None
 
 
+async def delegate_delete(w: World) -> Call:
+    await w.store.upsert_delegate(_delegate("gone"))
+    return "/api/v1/delegates/gone", None
+
+
 async def token_create(w: World) -> Call:
     return "/api/v1/tokens", {"name": "new-token"}
 
@@ -496,6 +501,13 @@ async def env_create(w: World) -> Call:
     return "/api/v1/apps/checkout/envs", {"name": "prod", "type": "production"}
 
 
+async def env_update(w: World) -> Call:
+    d = Directory(w.store)
+    app = await d.apps.insert(AppBody(name="checkout"))
+    await d.envs.insert(EnvBody(app_id=app.id, name="prod", type="production"))
+    return "/api/v1/apps/checkout/envs/prod", {"dedicated_delegates": True}
+
+
 async def env_delete(w: World) -> Call:
     d = Directory(w.store)
     app = await d.apps.insert(AppBody(name="checkout"))
@@ -555,6 +567,7 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/tasks/{task_id}/cancel"): cancel,
     ("POST", "/api/v1/delegates/{delegate}/drain"): drain,
     ("POST", "/api/v1/delegates/{delegate}/resume"): resume,
+    ("DELETE", "/api/v1/delegates/{delegate}"): delegate_delete,
     ("POST", "/api/v1/tokens"): token_create,
     ("DELETE", "/api/v1/tokens/{name}"): token_revoke,
     ("PUT", "/api/v1/profiles/{name}"): profile_put,
@@ -594,6 +607,7 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/apps"): app_create,
     ("DELETE", "/api/v1/apps/{app}"): app_delete,
     ("POST", "/api/v1/apps/{app}/envs"): env_create,
+    ("PATCH", "/api/v1/apps/{app}/envs/{env}"): env_update,
     ("DELETE", "/api/v1/apps/{app}/envs/{env}"): env_delete,
     ("PUT", "/api/v1/secret-managers/{name}/scope"): manager_scope,
     ("POST", "/api/v1/audit/filters"): filter_create,

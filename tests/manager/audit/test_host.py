@@ -70,3 +70,23 @@ async def test_token_and_key_commands_on_the_host_are_audited_as_the_system(
     assert token.startswith("tdt_")
     assert all(token not in str(e) for e in events)
     assert "current:" in events[2].diff
+
+
+async def test_a_scoped_token_made_on_the_host_lists_its_scope(tmp_path: Path) -> None:
+    MasterKey.load_or_create(tmp_path / "master.key")
+    store = SqliteStore(tmp_path / "tether.db")
+    await store.open()
+    await store.close()
+    d = ("--data-dir", str(tmp_path))
+    code, _, err = await manager("token", "create", "x", "--scope", "nowhere/prod", *d)
+    assert code == 1
+    assert "no environment 'prod' in application 'nowhere'" in err
+    code, _, err = await manager(
+        "token", "create", "dev", "--scope-env-type", "non_production", "--selector", "dev", *d
+    )
+    assert code == 0, err
+    code, out, err = await manager("token", "list", *d)
+    assert code == 0, err
+    assert "type non_production; selectors dev" in out
+    # The refused one was not stored.
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["dev"]

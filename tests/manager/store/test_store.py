@@ -193,6 +193,7 @@ async def test_upsert_with_a_known_public_key_keeps_the_id(store: Store) -> None
     await store.upsert_delegate(delegate(id="dlg_1"))
     again = delegate(id="dlg_2", capacity=8, selectors=("gpu",), created_at=500.0, last_seen=500.0)
     stored = await store.upsert_delegate(again)
+    assert stored is not None
     assert stored.id == "dlg_1"
     assert (stored.capacity, stored.selectors, stored.last_seen) == (8, ("gpu",), 500.0)
     assert stored.created_at == 100.0
@@ -206,7 +207,39 @@ async def test_upsert_records_how_the_delegate_isolates_its_tasks_as_last_said(
     assert (await store.get_delegate("dlg_1")).isolation == "task_users"  # type: ignore[union-attr]
     # A restart with --shared-user is what the list must show from then on.
     stored = await store.upsert_delegate(delegate(id="dlg_2", isolation="shared_user"))
+    assert stored is not None
     assert (stored.id, stored.isolation) == ("dlg_1", "shared_user")
+
+
+async def test_upsert_of_a_key_registered_under_another_token_changes_nothing(
+    store: Store,
+) -> None:
+    await store.upsert_delegate(delegate(id="dlg_1", token_id="tok_1"))
+    taken = delegate(id="dlg_2", token_id="tok_2", name="thief", selectors=("prod",))
+    assert await store.upsert_delegate(taken) is None
+    assert await store.list_delegates() == [delegate(id="dlg_1", token_id="tok_1")]
+
+
+async def test_token_scope_round_trips_and_is_found_by_id(store: Store) -> None:
+    scoped = token(id="tok_9", scope='{"apps":[],"envs":["env_1"]}')
+    await store.create_token(scoped)
+    assert await store.token_by_id("tok_9") == scoped
+    assert await store.token_by_id("tok_nope") is None
+    await store.revoke_token("ci", 300.0)
+    revoked = await store.token_by_id("tok_9")
+    assert revoked is not None
+    assert revoked.revoked_at == 300.0
+
+
+async def test_delegates_named_and_delete(store: Store) -> None:
+    await store.upsert_delegate(delegate(id="dlg_1", public_key="a" * 44, name="web"))
+    await store.upsert_delegate(delegate(id="dlg_2", public_key="b" * 44, name="web"))
+    await store.upsert_delegate(delegate(id="dlg_3", public_key="c" * 44, name="db"))
+    assert {d.id for d in await store.delegates_named("web")} == {"dlg_1", "dlg_2"}
+    assert await store.delete_delegate("dlg_1") is True
+    assert await store.delete_delegate("dlg_1") is False
+    assert [d.id for d in await store.delegates_named("web")] == ["dlg_2"]
+    assert await store.get_delegate("dlg_1") is None
 
 
 async def test_delegates_with_different_keys_are_different_rows(store: Store) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from manager.errors import Conflicting
+from manager.core.eligibility import DelegateScope
+from manager.errors import Conflicting, DomainError
 from manager.keys.masterkey import MasterKey
 from manager.records import DelegateRecord
 from manager.schemas.tasks import TaskSubmit
@@ -220,3 +221,34 @@ async def test_a_late_result_and_log_of_a_lost_last_attempt_are_refused(world: W
     with pytest.raises(Conflicting):
         await world.tasks.append_logs(session, task_id, LogBatch(attempt=1, lines=[line]))
     assert await world.store.get_logs(task_id, after=None, limit=10) == []
+
+
+@pytest.mark.parametrize(
+    ("submitted", "change"),
+    [
+        ({"selectors": ["gpu"]}, None),
+        ({"payload": {"type": "http", "url": "https://example.com"}}, None),
+        ({}, "draining"),
+        ({}, "scoped"),
+    ],
+    ids=["selectors", "task type", "draining", "scope"],
+)
+async def test_an_ineligible_acquire_gets_the_answer_for_a_missing_task(
+    world: World, submitted: dict[str, object], change: str | None
+) -> None:
+    req = {"payload": {"type": "shell", "script": "true"}, **submitted}
+    task, _ = await world.tasks.submit(TaskSubmit.model_validate(req))
+    session = world.delegate("d1")
+    if change == "draining":
+        session.draining = True
+    elif change == "scoped":
+        session.scope = DelegateScope(env_types=frozenset({"non_production"}))
+    with pytest.raises(DomainError) as refused:
+        await world.tasks.acquire(session, task.id)
+    with pytest.raises(DomainError) as missing:
+        await world.tasks.acquire(session, "task_nope")
+    assert type(refused.value) is type(missing.value)
+    assert refused.value.code == missing.value.code
+    assert str(refused.value) == str(missing.value).replace("task_nope", task.id)
+    assert await world.state(task.id) is TaskState.QUEUED
+    assert world.dispatcher.pick_for(session) is None

@@ -33,6 +33,7 @@ from manager.schemas.tasks import (
     LogPage,
     TaskSubmit,
     TaskView,
+    TokenCreate,
     TokenCreated,
     TokenView,
 )
@@ -99,6 +100,7 @@ class FakeClient(TetherClient):
         self.pages = list(pages)
         self.submitted: list[TaskSubmit] = []
         self.cancelled: list[str] = []
+        self.token_requests: list[TokenCreate | None] = []
         self.listed: list[dict[str, object]] = []
         self.afters: list[str | None] = []
 
@@ -163,7 +165,8 @@ class FakeClient(TetherClient):
             self.interrupt.set()  # Ctrl-C, while the task is still running
             await asyncio.Event().wait()
 
-    async def create_token(self, name: str) -> TokenCreated:
+    async def create_token(self, name: str, scope: TokenCreate | None = None) -> TokenCreated:
+        self.token_requests.append(scope)
         return TokenCreated(id="tok_1", name=name, created_at=1.0, token="dtk_abc123")
 
     async def list_tokens(self) -> list[TokenView]:
@@ -628,8 +631,52 @@ def test_token_list_as_json_keeps_the_api_shape() -> None:
     data = json.loads(tether("--output", "json", "token", "list").out)
 
     assert data == {
-        "tokens": [{"id": "tok_1", "name": "ci", "created_at": 1.0, "revoked_at": None}]
+        "tokens": [
+            {"id": "tok_1", "name": "ci", "created_at": 1.0, "revoked_at": None, "scope": None}
+        ]
     }
+
+
+def test_token_create_sends_its_scope_and_selectors() -> None:
+    client = FakeClient()
+
+    result = tether(
+        "token",
+        "create",
+        "prod-hosts",
+        "--scope",
+        "checkout/prod",
+        "--scope-env-type",
+        "production",
+        "--selector",
+        "prod-pool",
+        client=client,
+    )
+
+    assert result.code == 0
+    (sent,) = client.token_requests
+    assert sent is not None
+    assert (sent.scope, sent.scope_env_types, sent.selectors) == (
+        ["checkout/prod"],
+        ["production"],
+        ["prod-pool"],
+    )
+
+
+def test_token_create_without_flags_is_account_wide() -> None:
+    client = FakeClient()
+
+    assert tether("token", "create", "ci", client=client).code == 0
+    (sent,) = client.token_requests
+    assert sent is not None
+    assert (sent.scope, sent.scope_env_types, sent.selectors) == ([], [], None)
+
+
+def test_an_empty_selector_is_a_usage_error() -> None:
+    result = tether("token", "create", "ci", "--selector", "")
+
+    assert result.code == 2
+    assert "--selector" in result.err
 
 
 def test_an_api_error_exits_1_with_status_and_message() -> None:
