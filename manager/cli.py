@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import structlog
 from pydantic import ValidationError
 
+from manager.access.delegate_tokens import stamp_revocation
 from manager.access.tokens import ScopeError, TokenInUse, create_token, resolve_scope, scope_views
 from manager.api.audit_record import AuditRecorder, Change
 from manager.client.cli.fleet import add_scope_arguments, token_request
@@ -320,6 +321,9 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             if isinstance(store, PostgresStore):
                 # Running replicas hear of it now rather than at their next periodic check.
                 await store.notify(BUS_CHANNEL, f"host|revoked:{revoked.id}")
+            else:
+                # The manager on this data dir checks the stamp on every delegate call.
+                stamp_revocation(data_dir)
             await _audit(
                 store,
                 keys,

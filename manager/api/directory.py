@@ -22,10 +22,9 @@ from manager.access.directory import (
 from manager.access.entities import Entity, Gone
 from manager.access.granting import check_grantable, check_group_edit
 from manager.access.login import LOGINS
-from manager.api.audit_record import record
+from manager.api.audit_record import record, unchanged
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
-from manager.api.audit_record import record, unchanged
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.schemas.directory import (
     AppCreate,

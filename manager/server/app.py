@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import Metric
 
-from manager.access.delegate_tokens import DelegateTokens
+from manager.access.delegate_tokens import REVOCATION_STAMP, DelegateTokens
 from manager.access.directory import Directory
 from manager.access.login import LOGINS, Logins
 from manager.access.passwords import Passwords
@@ -252,7 +252,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         clock=config.clock,
         metrics=metrics,
         profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
-        tokens=DelegateTokens(store, hub.revoked_tokens),
+        tokens=DelegateTokens(
+            store,
+            hub.revoked_tokens,
+            stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
+        ),
     )
     ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
     c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)

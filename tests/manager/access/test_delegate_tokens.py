@@ -3,12 +3,23 @@ environments (manager.tasks.envs): never trusted before a first read, and kept c
 
 from __future__ import annotations
 
-from manager.access.delegate_tokens import DelegateTokens
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from manager.access.delegate_tokens import REVOCATION_STAMP, DelegateTokens, stamp_revocation
 from manager.access.directory import AppBody, Directory, EnvBody
 from manager.access.tokens import create_token, resolve_scope
 from manager.core.eligibility import ACCOUNT_WIDE, EnvFacts
+from manager.keys.masterkey import MasterKey
+from manager.records import TokenRecord
+from manager.server.app import open_store
 from manager.store.base import Store
+from manager.store.sqlite import SqliteStore
 from manager.tasks.envs import EnvIndex
+
+BIN = Path(sys.executable).parent
 
 
 async def test_a_new_process_reads_a_revocation_made_before_it_started(store: Store) -> None:
@@ -68,3 +79,57 @@ async def test_the_environment_index_follows_changes_here_and_elsewhere(store: S
     await d.envs.delete(env.id)
     await there.reread(env.id)
     assert env.id not in there.facts
+
+
+async def test_a_revocation_made_on_the_host_holds_from_the_next_check(tmp_path: Path) -> None:
+    # The running manager's view of the token, cached; then `tether-manager token revoke`
+    # on the host, through its own connection to the same SQLite file. No replica event and
+    # no periodic check reach the manager: the stamp the command touches does.
+    MasterKey.load_or_create(tmp_path / "master.key")
+    store = open_store(tmp_path)
+    await store.open()
+    try:
+        record, _ = await create_token(store, "ci")
+        tokens = DelegateTokens(store, set(), stamp=tmp_path / REVOCATION_STAMP)
+        first = await tokens.get(record.id)
+        assert first is not None
+        assert not first.revoked
+        done = subprocess.run(
+            [str(BIN / "tether-manager"), "token", "revoke", "ci", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / REVOCATION_STAMP).stat().st_mode & 0o777 == 0o600
+        after = await tokens.get(record.id)
+        assert after is not None
+        assert after.revoked
+    finally:
+        await store.close()
+
+
+async def test_without_a_new_stamp_a_check_reads_nothing(tmp_path: Path) -> None:
+    class Counting(SqliteStore):
+        reads = 0
+
+        async def token_by_id(self, token_id: str) -> TokenRecord | None:
+            Counting.reads += 1
+            return await super().token_by_id(token_id)
+
+    store = Counting(tmp_path / "tether.db")
+    await store.open()
+    try:
+        record, _ = await create_token(store, "ci")
+        stamp = tmp_path / REVOCATION_STAMP
+        tokens = DelegateTokens(store, set(), stamp=stamp)
+        for _ in range(5):
+            await tokens.get(record.id)
+        assert Counting.reads == 1
+        stamp_revocation(tmp_path)
+        os.utime(stamp, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+        await tokens.get(record.id)
+        assert Counting.reads == 2
+    finally:
+        await store.close()
