@@ -1,26 +1,17 @@
-"""The user API under /api/v1: tasks, their logs, delegates and delegate tokens."""
+"""Tasks through the API: submit, list, get, cancel, deployments, and their logs (a page, or
+followed live). Delegates and tokens have modules of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import time
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel
 
 from manager.access.places import Places, places
 from manager.access.principal import principal_of
-from manager.access.tokens import (
-    ScopeError,
-    TokenInUse,
-    create_token,
-    resolve_scope,
-    scope_view,
-    scope_views,
-)
 from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
@@ -29,31 +20,23 @@ from manager.api.task_access import check_secrets, check_task, submit_target
 from manager.errors import DomainError
 from manager.records import (
     AttemptRecord,
-    DelegateRecord,
     LogRecord,
     TaskFilter,
     TaskRecord,
-    TokenRecord,
 )
 from manager.schemas.grants import Action
 from manager.schemas.tasks import (
     AttemptView,
-    DelegateView,
     LogEntry,
     LogPage,
     TaskList,
     TaskSubmit,
     TaskView,
-    TokenCreate,
-    TokenCreated,
-    TokenScopeView,
-    TokenView,
 )
 from manager.tasks.idempotency import shown
-from shared import __version__
-from shared.protocol import FINAL_STATES, PROTOCOL_VERSION, CloseCode, TaskDrain, TaskState
+from shared.protocol import FINAL_STATES, TaskState
 
-__all__ = ["DelegateList", "TokenList", "add_user_routes", "revoke_token"]
+__all__ = ["add_task_routes", "full_task_view", "task_view"]
 
 log = structlog.get_logger("tether.api")
 
@@ -62,14 +45,6 @@ FOLLOW_PING_S = 15.0
 # How often a follow stream judges its credential again when no change here wakes it sooner.
 FOLLOW_RECHECK_S = 2.0
 LOG_PAGE_MAX = 5000
-
-
-class DelegateList(BaseModel):
-    delegates: list[DelegateView]
-
-
-class TokenList(BaseModel):
-    tokens: list[TokenView]
 
 
 # -- views --------------------------------------------------------------------------------
@@ -420,227 +395,7 @@ async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float) -> No
 # -- delegates and tokens -----------------------------------------------------------------
 
 
-async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[DelegateView]:
-    views = []
-    # Delegates held by other replicas are known from the presence rows they write.
-    elsewhere = await c.store.presence(c.clock() - c.timings.lost_after)
-    _, scopes = await scope_views(c.store)
-    token_names = {t.id: t.name for t in await c.store.list_tokens()}
-    for d in records:
-        session = c.hub.sessions.get(d.id)
-        last = c.hub.liveness.last_seen(d.id)
-        status = c.hub.status(d.id)
-        remote = elsewhere.get(d.id)
-        if status == "disconnected" and remote is not None and remote.replica_id != c.replica_id:
-            status = "connected" if remote.mode == "stream" else "polling"
-            last = remote.last_heartbeat
-        views.append(
-            DelegateView(
-                id=d.id,
-                name=d.name,
-                hostname=d.hostname,
-                version=d.version,
-                protocol_version=d.protocol_version,
-                selectors=list(d.selectors),
-                task_types=list(d.task_types),
-                capacity=d.capacity,
-                status=status,
-                last_heartbeat=last if last is not None else d.last_seen,
-                running=sorted(c.hub.leases.held_by(d.id) | set(session.listed if session else ())),
-                draining=d.draining,
-                outdated=is_outdated(d.version, d.protocol_version),
-                isolation="task_users" if d.isolation == "task_users" else "shared_user",
-                token=token_names.get(d.token_id),
-                scope=scopes.get(d.token_id),
-            )
-        )
-    return views
-
-
-def is_outdated(version: str, protocol_version: int) -> bool:
-    """Older than this manager: an older protocol, or an older release of the same one."""
-    if protocol_version < PROTOCOL_VERSION:
-        return True
-    return _release(version) < _release(__version__)
-
-
-def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-async def list_delegates(request: web.Request) -> web.Response:
-    c = ctx(request)
-    return json_response(
-        DelegateList(delegates=await _delegate_views(c, await c.store.list_delegates()))
-    )
-
-
-async def _set_draining(request: web.Request, draining: bool) -> web.Response:
-    """Drain (or resume) every delegate with that id or name: a name may cover a group."""
-    c = ctx(request)
-    ref = request.match_info["delegate"]
-    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
-    if not matches:
-        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    changed = []
-    flipped = []
-    for d in matches:
-        updated = await c.store.set_draining(d.id, draining)
-        if updated is None:
-            continue
-        changed.append(updated)
-        if d.draining != draining:
-            flipped.append(updated)
-        session = c.hub.sessions.get(d.id)
-        if session is not None:
-            session.delegate = updated
-            session.draining = draining
-            if draining:
-                c.hub.send(session, TaskDrain())
-        log.info(
-            "delegate drain" if draining else "delegate resumed", delegate_id=d.id, name=d.name
-        )
-    if not draining:
-        c.dispatcher.kick()
-    verb = "drain" if draining else "resume"
-    if flipped:
-        # One request, one event, however many delegates share the name.
-        record(
-            request,
-            resource_id=",".join(d.id for d in flipped),
-            name=ref,
-            action=verb,
-            summary=f"{verb}: {len(flipped)} delegate(s) matching {ref!r}",
-            before=[{"id": d.id, "name": d.name, "draining": not draining} for d in flipped],
-            after=[{"id": d.id, "name": d.name, "draining": draining} for d in flipped],
-        )
-    else:
-        unchanged(request)
-    return json_response(DelegateList(delegates=await _delegate_views(c, changed)))
-
-
-async def drain_delegate(request: web.Request) -> web.Response:
-    return await _set_draining(request, True)
-
-
-async def resume_delegate(request: web.Request) -> web.Response:
-    return await _set_draining(request, False)
-
-
-async def delete_delegate(request: web.Request) -> web.Response:
-    """Forget delegates (by id or name) that are gone, so their name and key are free for
-    another token. A connected one is refused unless ``force``: its stream is then closed
-    as revoked, and the tasks it ran are requeued when their leases run out."""
-    c = ctx(request)
-    ref = request.match_info["delegate"]
-    force = request.query.get("force", "").lower() in ("1", "true", "yes")
-    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
-    if not matches:
-        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    views = await _delegate_views(c, matches)
-    live = [v.id for v in views if v.status != "disconnected"]
-    if live and not force:
-        raise ApiProblem(
-            409,
-            "conflict",
-            f"delegate {ref!r} is connected ({', '.join(live)}); stop it first, or pass force",
-        )
-    deleted = []
-    for view in views:
-        if await c.store.delete_delegate(view.id):
-            c.hub.drop(view.id, CloseCode.REVOKED, "delegate deleted")
-            deleted.append(view)
-            log.info("delegate deleted", delegate_id=view.id, name=view.name)
-    if not deleted:
-        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    record(
-        request,
-        resource_id=",".join(v.id for v in deleted),
-        name=ref,
-        action="delete",
-        summary=f"deleted {len(deleted)} delegate(s) matching {ref!r}",
-        before=[
-            v.model_dump(mode="json", include={"id", "name", "token", "status"}) for v in deleted
-        ],
-    )
-    return json_response(DelegateList(delegates=deleted))
-
-
-def _token_view(t: TokenRecord, scope: TokenScopeView | None) -> TokenView:
-    return TokenView(
-        id=t.id, name=t.name, created_at=t.created_at, revoked_at=t.revoked_at, scope=scope
-    )
-
-
-async def create_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
-    req = await parse_body(request, TokenCreate)
-    try:
-        scope = await resolve_scope(c.store, req.scope, req.scope_env_types, req.selectors)
-    except ScopeError as exc:
-        raise ApiProblem(400, "invalid", str(exc), field="scope") from None
-    try:
-        created, token = await create_token(c.store, req.name, scope)
-    except TokenInUse as exc:
-        raise ApiProblem(409, "conflict", str(exc), field="name") from None
-    where = await places(request.app[ACCESS].directory)
-    view = _token_view(created, scope_view(scope, where))
-    record(
-        request,
-        resource_id=created.id,
-        name=created.name,
-        action="create",
-        summary=f"created delegate token {created.name}",
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
-
-
-async def list_tokens(request: web.Request) -> web.Response:
-    c = ctx(request)
-    _, scopes = await scope_views(c.store)
-    tokens = [_token_view(t, scopes.get(t.id)) for t in await c.store.list_tokens()]
-    return json_response(TokenList(tokens=tokens))
-
-
-async def revoke_token(c: Context, name: str) -> TokenRecord | None:
-    record = await c.store.revoke_token(name, time.time())
-    if record is not None:
-        # Committed: every replica refuses its credentials from here (manager.access.
-        # delegate_tokens); this one at once, the others on the event or their next read.
-        c.tokens.forget(record.id)
-        c.hub.revoke(record.id)
-        c.bus.publish("revoked", record.id)
-        log.info("token revoked", token=name)
-    return record
-
-
-async def revoke_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
-    revoked = await revoke_token(c, request.match_info["name"])
-    if revoked is None:
-        raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
-    _, scopes = await scope_views(c.store)
-    view = _token_view(revoked, scopes.get(revoked.id))
-    record(
-        request,
-        resource_id=revoked.id,
-        name=revoked.name,
-        action="revoke",
-        summary=f"revoked delegate token {revoked.name}",
-        before=view.model_copy(update={"revoked_at": None}).model_dump(mode="json"),
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view)
-
-
-def add_user_routes(table: RouteTable) -> None:
+def add_task_routes(table: RouteTable) -> None:
     u: AuthKind = "user"
     table.add(
         Route(
@@ -746,69 +501,5 @@ def add_user_routes(table: RouteTable) -> None:
             query={"after": "string"},
             streaming="ndjson",
             errors=(400, 404),
-        )
-    )
-    table.add(
-        Route("GET", "/api/v1/delegates", list_delegates, "List delegates", u, None, DelegateList)
-    )
-    for action, handler, summary in (
-        ("drain", drain_delegate, "Drain delegates (by id or name): no new tasks"),
-        ("resume", resume_delegate, "Let drained delegates take tasks again"),
-    ):
-        table.add(
-            Route(
-                "POST",
-                f"/api/v1/delegates/{{delegate}}/{action}",
-                handler,
-                summary,
-                u,
-                None,
-                DelegateList,
-                errors=(404,),
-                audit="delegate",
-            )
-        )
-    table.add(
-        Route(
-            "DELETE",
-            "/api/v1/delegates/{delegate}",
-            delete_delegate,
-            "Delete delegates (by id or name) that are gone; force: connected ones too",
-            u,
-            None,
-            DelegateList,
-            query={"force": "boolean"},
-            errors=(404, 409),
-            audit="delegate",
-        )
-    )
-    table.add(
-        Route(
-            "POST",
-            "/api/v1/tokens",
-            create_token_route,
-            "Create a delegate token",
-            u,
-            TokenCreate,
-            TokenCreated,
-            201,
-            errors=(400, 409),
-            audit="token",
-        )
-    )
-    table.add(
-        Route("GET", "/api/v1/tokens", list_tokens, "List delegate tokens", u, None, TokenList)
-    )
-    table.add(
-        Route(
-            "DELETE",
-            "/api/v1/tokens/{name}",
-            revoke_token_route,
-            "Revoke a delegate token",
-            u,
-            None,
-            TokenView,
-            errors=(404,),
-            audit="token",
         )
     )

@@ -33,6 +33,7 @@ from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middlew
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
 from manager.api.delegate_plane import add_delegate_routes
+from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
@@ -42,7 +43,8 @@ from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
-from manager.api.tasks import add_user_routes
+from manager.api.tasks import add_task_routes
+from manager.api.tokens import add_token_routes
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
@@ -280,7 +282,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     table.add(Route("GET", "/healthz", _healthz, "Liveness", "none"))
     table.add(Route("GET", "/readyz", _readyz, "Readiness", "none", errors=(503,)))
     table.add(Route("GET", "/metrics", _metrics, "Prometheus metrics", "user", streaming="text"))
-    add_user_routes(table)
+    add_task_routes(table)
+    add_delegate_list_routes(table)
+    add_token_routes(table)
     add_profile_routes(table)
     add_secret_routes(table)
     add_audit_routes(table)

@@ -450,7 +450,7 @@ async def test_a_drained_delegate_is_offered_no_task(api: Api) -> None:
     [("0.0.9", PROTOCOL_VERSION, True), (__version__, PROTOCOL_VERSION, False), ("9.0", 0, True)],
 )
 def test_outdated_delegates_are_flagged(version: str, protocol: int, outdated: bool) -> None:
-    from manager.api.tasks import is_outdated
+    from manager.api.delegates import is_outdated
 
     assert is_outdated(version, protocol) is outdated
 
