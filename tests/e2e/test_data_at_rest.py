@@ -118,6 +118,8 @@ async def test_a_delegate_refuses_a_key_readable_by_others(tmp_path: Path) -> No
             str(data),
             "--name",
             "d1",
+            # Tasks' users are another check (tests/e2e/test_isolation.py); this is the key's.
+            "--shared-user",
         ],
         env={"TETHER_TOKEN": "tdt_not-used"},
     )
