@@ -8,7 +8,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from manager.access.places import places
+from manager.access.places import Places, places
+from manager.access.principal import principal_of
 from manager.access.tokens import (
     ScopeError,
     TokenInUse,
@@ -21,9 +22,12 @@ from manager.api.audit_record import record
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
+from manager.core.eligibility import DelegateScope
+from manager.core.rbac import uncovered_delegate_scope
 from manager.records import (
     TokenRecord,
 )
+from manager.schemas.grants import Target
 from manager.schemas.tasks import (
     TokenCreate,
     TokenCreated,
@@ -54,11 +58,12 @@ async def create_token_route(request: web.Request) -> web.Response:
         scope = await resolve_scope(c.store, req.scope, req.scope_env_types, req.selectors)
     except ScopeError as exc:
         raise ApiProblem(400, "invalid", str(exc), field="scope") from None
+    where = await places(request.app[ACCESS].directory)
+    _within_author(request, scope, where)
     try:
         created, token = await create_token(c.store, req.name, scope)
     except TokenInUse as exc:
         raise ApiProblem(409, "conflict", str(exc), field="name") from None
-    where = await places(request.app[ACCESS].directory)
     view = _token_view(created, scope_view(scope, where))
     record(
         request,
@@ -69,6 +74,31 @@ async def create_token_route(request: web.Request) -> web.Response:
         after=view.model_dump(mode="json"),
     )
     return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
+
+
+def _within_author(request: web.Request, scope: DelegateScope, where: Places) -> None:
+    """A token hands its delegates the tasks and secrets of its scope: making or revoking one
+    needs ``execute`` on all of that scope (manage_delegates alone is not a way to reach
+    production, nor to take its delegates away)."""
+    envs = []
+    for env_id in sorted(scope.envs):
+        app_id, _, env_type = where.envs.get(env_id, ("", env_id, "production"))
+        envs.append(Target(app_id, env_id, env_type))
+    missing = uncovered_delegate_scope(
+        principal_of(request).grants,
+        account_wide=scope.account_wide,
+        apps=sorted(scope.apps),
+        envs=envs,
+        env_types=sorted(scope.env_types),
+    )
+    if missing:
+        raise ApiProblem(
+            403,
+            "forbidden",
+            "a delegate token's scope must lie within your own rights to run tasks:"
+            f" you may not run tasks in {', '.join(missing)}",
+            field="scope",
+        )
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -92,7 +122,12 @@ async def revoke_token(c: Context, name: str) -> TokenRecord | None:
 
 async def revoke_token_route(request: web.Request) -> web.Response:
     c = ctx(request)
-    revoked = await revoke_token(c, request.match_info["name"])
+    name = request.match_info["name"]
+    live = {t.name: t for t in await c.store.list_tokens() if t.revoked_at is None}
+    if name in live:
+        where = await places(request.app[ACCESS].directory)
+        _within_author(request, DelegateScope.load(live[name].scope), where)
+    revoked = await revoke_token(c, name)
     if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
     _, scopes = await scope_views(c.store)

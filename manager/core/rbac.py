@@ -127,3 +127,33 @@ def _covers(
         found = envs.get(value)
         return found is not None and found[1] == h.envs
     return kind == "id" and value in h.envs
+
+
+def uncovered_delegate_scope(
+    grants: Grants,
+    *,
+    account_wide: bool,
+    apps: Iterable[str],
+    envs: Iterable[Target],
+    env_types: Iterable[EnvType],
+) -> list[str]:
+    """The parts of a delegate token's scope that ``grants`` may not run tasks in (empty:
+    all of it). A delegate of the token receives the tasks, and their secrets, of every place
+    its scope covers, so making (or revoking) one is running there: it needs ``execute`` on
+    each place, and on a whole application or environment type only through a grant that
+    covers all of it, including environments added later."""
+
+    def whole(app: str | None, env_type: EnvType | None) -> bool:
+        return any(
+            "execute" in g.actions
+            and (g.apps == "all" or (app is not None and app in g.apps))
+            and (g.envs == "all" or (env_type is not None and g.envs == env_type))
+            for g in grants.apps
+        )
+
+    if account_wide:
+        return [] if grants.everywhere("execute") else ["the whole account"]
+    missing = [f"application {a}" for a in apps if not whole(a, None)]
+    missing += [f"environment type {t}" for t in env_types if not whole(None, t)]
+    missing += [f"environment {t.env_id}" for t in envs if not grants.allows(t, "execute")]
+    return missing
