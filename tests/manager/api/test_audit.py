@@ -198,3 +198,23 @@ async def test_verify_names_the_first_broken_link_after_tampering(api: Api) -> N
     assert report["checked"] == 1
     assert report["broken"]["seq"] == 2
     assert report["broken"]["reason"].startswith("hash mismatch")
+
+
+async def test_verify_reports_an_event_written_past_the_head(api: Api) -> None:
+    # A red-team finding: a row inserted after the newest real event was listed as genuine
+    # while verify, stopping at the head, said "intact".
+    await changes(api)
+    conn = sqlite3.connect(api.db)
+    with conn:
+        conn.execute(
+            "INSERT INTO audit_events SELECT seq + 1, 'evt_forged', ts + 1, actor_kind, actor_id,"
+            " 'ceo@example.com', method, path, client_ip, resource_type, resource_id,"
+            " resource_name, app, 'delete', 'FORGED', diff, hash, 'deadbeef', key_id"
+            " FROM audit_events WHERE seq = 5"
+        )
+    conn.close()
+    _, listed = await api.call("GET", "/api/v1/audit")
+    assert listed["events"][0]["summary"] == "FORGED"  # still listed: verify must say so
+    _, report = await api.call("GET", "/api/v1/audit/verify")
+    assert report["ok"] is False
+    assert report["broken"]["seq"] == 6
