@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from manager.errors import Invalid
 from shared.secretspec import ENVELOPE_KINDS, MANAGER_KINDS, REFERENCE_KINDS
@@ -82,6 +83,17 @@ def check_settings(kind: str, settings: Mapping[str, str]) -> None:
                 "invalid",
                 f"{kind} needs exactly one of the settings {names}",
                 field="settings",
+            )
+    for name, value in sorted(settings.items()):
+        # Settings are metadata: any signed-in user reads them, and they go into audit
+        # diffs. A password in a URL would go with them (a red-team finding); credentials
+        # belong in a builtin secret named by credentials_secret.
+        if "://" in value and "@" in urlsplit(value.strip()).netloc:
+            raise Invalid(
+                "invalid",
+                f"{name}: a URL with a user or password in it; keep credentials in a builtin"
+                " secret (credentials_secret), not in the settings",
+                field=f"settings.{name}",
             )
     if kind == "custom" and "timeout" in settings:
         try:
