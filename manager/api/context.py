@@ -13,7 +13,7 @@ from manager.access.session_signer import SessionSigner
 from manager.metrics import Metrics
 from manager.secrets.service import SecretService
 from manager.store.base import Store
-from manager.tasks.bus import Bus, LocalBus
+from manager.tasks.bus import Bus
 from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
@@ -39,9 +39,8 @@ class Context:
     profiles: Profiles
     # Delegate tokens behind sessions: scope and revocation (read through the store).
     tokens: DelegateTokens
-    bus: Bus = field(default_factory=LocalBus)
-    # Built right after the context (it runs its operations through ``tasks``).
-    secrets: SecretService | None = None
+    bus: Bus
+    secrets: SecretService
     # This process among the replicas sharing the store (its presence rows name it).
     replica_id: str = field(default_factory=lambda: new_id("rep"))
     started_at: float = field(default_factory=time.time)

@@ -63,7 +63,7 @@ async def _check_profile_secrets(request: web.Request, script: str) -> None:
         names = sorted(referenced_secrets(ShellPayload(script=script)))
     except ValueError as exc:
         raise ApiProblem(400, "invalid", f"script: {exc}", field="script") from None
-    if not names or c.secrets is None:
+    if not names:
         return
     found = await c.store.secrets_by_name(names)
     for name in names:

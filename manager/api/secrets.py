@@ -41,9 +41,7 @@ __all__ = ["add_secret_routes"]
 
 
 def _service(request: web.Request) -> SecretService:
-    service = ctx(request).secrets
-    assert service is not None, "the app builds the secrets service before serving"
-    return service
+    return ctx(request).secrets
 
 
 def _manager_view(m: SecretManagerRecord) -> SecretManagerView:

@@ -51,6 +51,7 @@ from manager.keys.masterkey import MasterKey
 from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
+from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
 from manager.secrets.service import SecretService
 from manager.store.base import Store
@@ -231,6 +232,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
+    # Delivery needs no task service, and the secret service runs its operations through
+    # one: so delivery, then tasks, then the secret service, each built once and whole.
+    deliveries = SecretDeliveries(store=store, master_key=master_key, masker=config.masker)
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -242,6 +246,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         bus=bus,
         clock=config.clock,
         envs=envs,
+        secrets=deliveries,
+    )
+    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    secrets = SecretService(
+        store=store, master_key=master_key, ops=ops, deliveries=deliveries, masker=config.masker
     )
     c = Context(
         store=store,
@@ -259,10 +268,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
             hub.revoked_tokens,
             stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
         ),
+        bus=bus,
+        secrets=secrets,
     )
-    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
-    c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)
-    tasks.secrets = c.secrets
     await tasks.recover()
 
     async def on_remote(kind: EventKind, ident: str) -> None:
@@ -275,7 +283,6 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
             await tasks.on_remote(kind, ident)
 
     await bus.start(on_remote)
-    c.bus = bus
     metrics.add_live(lambda: _live_metrics(c))
 
     table = RouteTable()
