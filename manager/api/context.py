@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from manager.access.allowlist import Allowlist
+from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import DelegateTokens
 from manager.access.session_signer import SessionSigner
 from manager.metrics import Metrics
@@ -28,6 +30,8 @@ __all__ = ["CTX", "Context", "ctx"]
 @dataclass
 class Context:
     store: Store
+    api_keys: ApiKeys
+    allowlist: Allowlist
     hub: Hub
     dispatcher: Dispatcher
     events: TaskEvents

@@ -21,6 +21,8 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from manager.access.allowlist import Allowlist
+from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import REVOCATION_STAMP, DelegateTokens
 from manager.access.directory import Directory
 from manager.access.login import LOGINS, Logins
@@ -254,6 +256,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     c = Context(
         store=store,
+        api_keys=ApiKeys(store, config.clock),
+        allowlist=Allowlist(store, config.clock),
         hub=hub,
         dispatcher=dispatcher,
         events=events,
