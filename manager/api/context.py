@@ -12,6 +12,7 @@ from manager.access.allowlist import Allowlist
 from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import DelegateTokens
 from manager.access.session_signer import SessionSigner
+from manager.access.tokens import Tokens
 from manager.metrics import Metrics
 from manager.secrets.service import SecretService
 from manager.store.base import Store
@@ -43,6 +44,8 @@ class Context:
     profiles: Profiles
     # Delegate tokens behind sessions: scope and revocation (read through the store).
     tokens: DelegateTokens
+    # Delegate tokens as the routes manage them: create, list, revoke.
+    delegate_tokens: Tokens
     bus: Bus
     secrets: SecretService
     # This process among the replicas sharing the store (its presence rows name it).

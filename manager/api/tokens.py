@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
 from manager.access.places import places
 from manager.access.tokens import (
-    ScopeError,
-    TokenInUse,
-    create_token,
-    resolve_scope,
     scope_view,
-    scope_views,
 )
 from manager.api.audit_record import record
-from manager.api.context import Context, ctx
+from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.records import (
@@ -31,7 +24,7 @@ from manager.schemas.tasks import (
     TokenView,
 )
 
-__all__ = ["TokenList", "add_token_routes", "revoke_token"]
+__all__ = ["TokenList", "add_token_routes"]
 
 log = structlog.get_logger("tether.api")
 
@@ -48,16 +41,10 @@ def _token_view(t: TokenRecord, scope: TokenScopeView | None) -> TokenView:
 
 
 async def create_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
     req = await parse_body(request, TokenCreate)
-    try:
-        scope = await resolve_scope(c.store, req.scope, req.scope_env_types, req.selectors)
-    except ScopeError as exc:
-        raise ApiProblem(400, "invalid", str(exc), field="scope") from None
-    try:
-        created, token = await create_token(c.store, req.name, scope)
-    except TokenInUse as exc:
-        raise ApiProblem(409, "conflict", str(exc), field="name") from None
+    created, token, scope = await ctx(request).delegate_tokens.create(
+        req.name, req.scope, req.scope_env_types, req.selectors
+    )
     where = await places(request.app[ACCESS].directory)
     view = _token_view(created, scope_view(scope, where))
     record(
@@ -72,31 +59,17 @@ async def create_token_route(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    c = ctx(request)
-    _, scopes = await scope_views(c.store)
-    tokens = [_token_view(t, scopes.get(t.id)) for t in await c.store.list_tokens()]
+    tokens = [_token_view(t, scope) for t, scope in await ctx(request).delegate_tokens.list()]
     return json_response(TokenList(tokens=tokens))
 
 
-async def revoke_token(c: Context, name: str) -> TokenRecord | None:
-    record = await c.store.revoke_token(name, time.time())
-    if record is not None:
-        # Committed: every replica refuses its credentials from here (manager.access.
-        # delegate_tokens); this one at once, the others on the event or their next read.
-        c.tokens.forget(record.id)
-        c.hub.revoke(record.id)
-        c.bus.publish("revoked", record.id)
-        log.info("token revoked", token=name)
-    return record
-
-
 async def revoke_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
-    revoked = await revoke_token(c, request.match_info["name"])
+    tokens = ctx(request).delegate_tokens
+    revoked = await tokens.revoke(request.match_info["name"])
     if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
-    _, scopes = await scope_views(c.store)
-    view = _token_view(revoked, scopes.get(revoked.id))
+    log.info("token revoked", token=revoked.name)
+    view = _token_view(revoked, await tokens.scope_of(revoked.id))
     record(
         request,
         resource_id=revoked.id,

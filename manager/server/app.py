@@ -28,7 +28,13 @@ from manager.access.directory import Directory
 from manager.access.login import LOGINS, Logins
 from manager.access.passwords import Passwords
 from manager.access.session_signer import SessionSigner
-from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
+from manager.access.tokens import (
+    ADMIN_BURST,
+    ADMIN_MAX_QPS,
+    ApiKeyInUse,
+    Tokens,
+    create_api_key,
+)
 from manager.api.access import add_access_routes
 from manager.api.audit import add_audit_routes
 from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
@@ -254,6 +260,19 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     secrets = SecretService(
         store=store, master_key=master_key, ops=ops, deliveries=deliveries, masker=config.masker
     )
+    sessions = DelegateTokens(
+        store,
+        hub.revoked_tokens,
+        stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
+    )
+
+    def token_revoked(token_id: str) -> None:
+        # Committed: every replica refuses its credentials from here (manager.access.
+        # delegate_tokens); this one at once, the others on the event or their next read.
+        sessions.forget(token_id)
+        hub.revoke(token_id)
+        bus.publish("revoked", token_id)
+
     c = Context(
         store=store,
         api_keys=ApiKeys(store, config.clock),
@@ -267,11 +286,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         clock=config.clock,
         metrics=metrics,
         profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
-        tokens=DelegateTokens(
-            store,
-            hub.revoked_tokens,
-            stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
-        ),
+        tokens=sessions,
+        delegate_tokens=Tokens(store, token_revoked),
         bus=bus,
         secrets=secrets,
     )
