@@ -17,6 +17,7 @@ from manager.metrics import Metrics
 from manager.secrets.service import SecretService
 from manager.store.base import Store
 from manager.tasks.bus import Bus
+from manager.tasks.delegates import Delegates
 from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
@@ -37,6 +38,7 @@ class Context:
     dispatcher: Dispatcher
     events: TaskEvents
     tasks: TaskService
+    delegates: Delegates
     signer: SessionSigner
     timings: Timings
     clock: Callable[[], float]

@@ -66,6 +66,7 @@ from manager.store.base import Store
 from manager.store.factory import open_store_url
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
+from manager.tasks.delegates import Delegates
 from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
@@ -281,6 +282,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
+        delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
