@@ -8,7 +8,7 @@ The rules (docs/architecture.md draws them):
 - ``manager.schemas`` is a leaf: of the manager, only schemas.
 - ``manager.client`` (the Python client and the ``tether`` command) reaches the server only
   through the wire models: of the manager, only client and schemas.
-- The services (access, tasks, secrets, keys) never import the API or the server wiring:
+- The services (access, tasks, secrets, keys, audit) never import the API or the server wiring:
   the API is the one place that maps their errors to HTTP.
 - The store may know the records and the core's types, nothing above it.
 """
@@ -70,7 +70,7 @@ RULES = (
             f"manager.{s}",
             ("manager.api", "manager.server", "manager.client", "manager.cli"),
         )
-        for s in ("access", "tasks", "secrets", "keys")
+        for s in ("access", "tasks", "secrets", "keys", "audit")
     ),
     Rule(
         "store knows records and core types only",

@@ -13,6 +13,7 @@ from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import DelegateTokens
 from manager.access.session_signer import SessionSigner
 from manager.access.tokens import Tokens
+from manager.audit.trail import AuditTrail
 from manager.metrics import Metrics
 from manager.secrets.service import SecretService
 from manager.store.base import Store
@@ -34,6 +35,7 @@ class Context:
     store: Store
     api_keys: ApiKeys
     allowlist: Allowlist
+    audit: AuditTrail
     hub: Hub
     dispatcher: Dispatcher
     events: TaskEvents

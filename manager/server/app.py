@@ -53,6 +53,7 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.audit.trail import AuditTrail
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
@@ -278,6 +279,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         store=store,
         api_keys=ApiKeys(store, config.clock),
         allowlist=Allowlist(store, config.clock),
+        audit=AuditTrail(store),
         hub=hub,
         dispatcher=dispatcher,
         events=events,
