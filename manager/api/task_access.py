@@ -57,7 +57,7 @@ async def check_secrets(
         raise ApiProblem(
             403, "forbidden", f"using secrets in {where} needs create, read and update there"
         )
-    found = await ctx(request).store.secrets_by_name(names)
+    found = await service.secrets_named(names)
     for name in names:
         secret = found.get(name)
         if secret is None:

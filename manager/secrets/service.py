@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import structlog
@@ -221,6 +221,10 @@ class SecretService:
         if found is None:
             raise NotFound("not_found", f"no secret {name!r}")
         return found
+
+    async def secrets_named(self, names: Iterable[str]) -> dict[str, SecretRecord]:
+        """The secrets among ``names`` that exist, by name, in one query."""
+        return await self._store.secrets_by_name(names)
 
     async def create_secret(self, body: SecretCreate, actor: str | None = None) -> SecretRecord:
         manager = await self._store.secret_manager_by_name(body.manager)
