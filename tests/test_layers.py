@@ -195,7 +195,6 @@ STORE_READERS = {
     "manager.api.delegate_plane": "register and session refresh read delegates and tokens",
     "manager.api.secrets": "listings and lookups of managers and secrets not yet in SecretService",
     "manager.api.sso": "Oidc is built per request over the store; its settings read a secret",
-    "manager.api.tasks": "task reads, attempts and logs are not yet behind TaskService",
 }
 
 

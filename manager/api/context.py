@@ -23,6 +23,7 @@ from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
+from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared.ids import new_id
 from shared.limits import Timings
@@ -41,6 +42,7 @@ class Context:
     events: TaskEvents
     tasks: TaskService
     delegates: Delegates
+    task_reads: TaskReads
     signer: SessionSigner
     timings: Timings
     clock: Callable[[], float]

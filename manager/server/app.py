@@ -73,6 +73,7 @@ from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
+from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared import __version__
 from shared.datadir import secure_data_dir
@@ -284,6 +285,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
+        task_reads=TaskReads(store),
         delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
