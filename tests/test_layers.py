@@ -193,7 +193,6 @@ STORE_READERS = {
     "manager.api.audit_record": "AuditRecorder appends events and reads the chain's head",
     # The delegate plane's register/refresh: the hub-side services for it are not cut yet.
     "manager.api.delegate_plane": "register and session refresh read delegates and tokens",
-    "manager.api.secrets": "listings and lookups of managers and secrets not yet in SecretService",
     "manager.api.sso": "Oidc is built per request over the store; its settings read a secret",
 }
 

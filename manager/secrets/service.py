@@ -101,6 +101,15 @@ class SecretService:
             raise NotFound("not_found", f"no secret manager {name!r}")
         return found
 
+    async def manager_named(self, name: str) -> SecretManagerRecord | None:
+        return await self._store.secret_manager_by_name(name)
+
+    async def manager_by_id(self, manager_id: str) -> SecretManagerRecord | None:
+        return await self._store.get_secret_manager(manager_id)
+
+    async def managers(self) -> list[SecretManagerRecord]:
+        return await self._store.list_secret_managers()
+
     async def create_manager(self, body: SecretManagerCreate) -> SecretManagerRecord:
         if body.kind == "builtin":
             raise Invalid(
@@ -221,6 +230,10 @@ class SecretService:
         if found is None:
             raise NotFound("not_found", f"no secret {name!r}")
         return found
+
+    async def secrets(self, manager_id: str | None = None) -> list[SecretRecord]:
+        """Every secret, or those kept in one manager."""
+        return await self._store.list_secrets(manager_id=manager_id)
 
     async def secrets_named(self, names: Iterable[str]) -> dict[str, SecretRecord]:
         """The secrets among ``names`` that exist, by name, in one query."""
