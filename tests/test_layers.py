@@ -191,9 +191,8 @@ STORE_READERS = {
     "manager.api.guards": "Access holds the store behind its key and allowlist caches",
     # Writing the chain is the middleware's own job: it alone knows actor and route.
     "manager.api.audit_record": "AuditRecorder appends events and reads the chain's head",
-    # The delegate plane's register/refresh: the hub-side services for it are not cut yet.
-    "manager.api.delegate_plane": "register and session refresh read delegates and tokens",
-    "manager.api.sso": "Oidc is built per request over the store; its settings read a secret",
+    # Oidc needs the app's Logins, made after the Context: built once there, it could move.
+    "manager.api.sso": "oidc_of builds manager.access.sso.Oidc per request over the store",
 }
 
 

@@ -202,6 +202,10 @@ class Tokens:
             raise Conflicting("conflict", str(exc), field="name") from None
         return record, token, resolved
 
+    async def by_token(self, token: str) -> TokenRecord | None:
+        """The record of a presented token (live or revoked); None if it was never issued."""
+        return await self._store.token_by_hash(hash_secret(token))
+
     async def list(self) -> list[tuple[TokenRecord, TokenScopeView | None]]:
         _, scopes = await scope_views(self._store)
         return [(t, scopes.get(t.id)) for t in await self._store.list_tokens()]

@@ -65,7 +65,9 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def put_settings(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoSettings)
-    secret = await ctx(request).store.secret_by_name(body.client_secret)
+    secret = (await ctx(request).secrets.secrets_named([body.client_secret])).get(
+        body.client_secret
+    )
     if secret is None or secret.manager_id != "sm_builtin":
         raise ApiProblem(
             400,

@@ -54,6 +54,17 @@ class Delegates:
     async def all(self) -> list[DelegateRecord]:
         return await self._store.list_delegates()
 
+    async def get(self, delegate_id: str) -> DelegateRecord | None:
+        return await self._store.get_delegate(delegate_id)
+
+    async def named(self, name: str) -> list[DelegateRecord]:
+        return await self._store.delegates_named(name)
+
+    async def upsert(self, delegate: DelegateRecord) -> DelegateRecord | None:
+        """Insert, or update the row with the same public key (keeping its id); None, and
+        nothing written, when that key was registered with another token."""
+        return await self._store.upsert_delegate(delegate)
+
     async def matching(self, ref: str) -> list[DelegateRecord]:
         """Every delegate with that id or name (a name may cover a group); NotFound if none."""
         matches = [d for d in await self._store.list_delegates() if ref in (d.id, d.name)]
