@@ -33,6 +33,8 @@ __all__ = ["CTX", "Context", "ctx"]
 
 @dataclass
 class Context:
+    # For the server's loops and readiness; handlers go through the services below
+    # (tests/test_layers.py fails on a handler that reads it).
     store: Store
     api_keys: ApiKeys
     allowlist: Allowlist

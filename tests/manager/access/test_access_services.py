@@ -1,5 +1,5 @@
-"""The services behind the API key and allowlist routes: the store's answers become the
-domain's refusals (manager.errors), which the API maps to 404 and 409."""
+"""The services behind the API key, allowlist and delegate token routes: the store's answers
+become the domain's refusals (manager.errors), which the API maps to 400, 404 and 409."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from manager.access.allowlist import Allowlist
 from manager.access.api_keys import ApiKeys
-from manager.errors import Conflicting, NotFound
+from manager.access.tokens import Tokens
+from manager.errors import Conflicting, Invalid, NotFound
 from manager.records import AllowlistEntry, ApiKeyRecord
 from manager.store.base import Store
 
@@ -83,3 +84,31 @@ async def test_a_taken_name_is_a_conflict_and_an_unknown_one_not_found(store: St
     with pytest.raises(NotFound):
         await keys.revoke("nope", 6.0)
     assert (await keys.revoke("ci", 6.0)).revoked_at == 6.0
+
+
+async def test_a_token_scope_naming_nothing_is_invalid_and_creates_nothing(store: Store) -> None:
+    tokens = Tokens(store, lambda _id: None)
+    with pytest.raises(Invalid) as caught:
+        await tokens.create("ci", ["no-such-app"], (), None)
+    assert caught.value.field == "scope"
+    assert await tokens.list() == []
+
+
+async def test_a_revoked_token_is_announced_once_and_still_known_by_its_secret(
+    store: Store,
+) -> None:
+    announced: list[str] = []
+    tokens = Tokens(store, announced.append, clock=lambda: 7.0)
+    record, token, _ = await tokens.create("ci", [], (), None)
+    with pytest.raises(Conflicting) as caught:
+        await tokens.create("ci", [], (), None)
+    assert caught.value.field == "name"
+    revoked = await tokens.revoke("ci")
+    assert revoked is not None
+    assert revoked.revoked_at == 7.0
+    assert await tokens.revoke("ci") is None
+    assert announced == [record.id]
+    found = await tokens.by_token(token)
+    assert found is not None
+    assert (found.id, found.revoked_at) == (record.id, 7.0)
+    assert await tokens.by_token(token + "x") is None
