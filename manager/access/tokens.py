@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from manager.access.directory import Directory
 from manager.access.places import Places, places
 from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope
+from manager.errors import Conflicting, Forbidden, Invalid
 from manager.records import ApiKeyRecord, TokenRecord
 from manager.schemas.grants import EnvType
 from manager.schemas.tasks import TokenScopeView
@@ -20,6 +21,7 @@ __all__ = [
     "ApiKeyInUse",
     "ScopeError",
     "TokenInUse",
+    "Tokens",
     "create_api_key",
     "create_token",
     "resolve_scope",
@@ -164,3 +166,80 @@ async def create_api_key(
     except Conflict:
         raise ApiKeyInUse(f"a live API key named {name!r} exists; revoke it first") from None
     return record, key
+
+
+class Tokens:
+    """Delegate tokens as the routes see them. ``revoked`` is told each revoked token's id,
+    once committed, so every session on it ends (this replica at once, the others through
+    the bus: manager.server.app wires it)."""
+
+    def __init__(
+        self,
+        store: Store,
+        revoked: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._revoked = revoked
+        self._clock = clock
+
+    async def create(
+        self,
+        name: str,
+        scope: Iterable[str],
+        env_types: Iterable[EnvType],
+        selectors: Iterable[str] | None,
+        *,
+        outside: Outside | None = None,
+    ) -> tuple[TokenRecord, str, DelegateScope]:
+        """The token, its one showing, and its scope; Invalid for a scope naming nothing,
+        Conflicting while a live token has the name, Forbidden for a scope with parts the
+        caller may not run tasks in (``outside`` names them)."""
+        try:
+            resolved = await resolve_scope(self._store, scope, env_types, selectors)
+        except ScopeError as exc:
+            raise Invalid("invalid", str(exc), field="scope") from None
+        await _check_within(resolved, outside)
+        try:
+            record, token = await create_token(self._store, name, resolved)
+        except TokenInUse as exc:
+            raise Conflicting("conflict", str(exc), field="name") from None
+        return record, token, resolved
+
+    async def by_token(self, token: str) -> TokenRecord | None:
+        """The record of a presented token (live or revoked); None if it was never issued."""
+        return await self._store.token_by_hash(hash_secret(token))
+
+    async def list(self) -> list[tuple[TokenRecord, TokenScopeView | None]]:
+        _, scopes = await scope_views(self._store)
+        return [(t, scopes.get(t.id)) for t in await self._store.list_tokens()]
+
+    async def scope_of(self, token_id: str) -> TokenScopeView | None:
+        _, scopes = await scope_views(self._store)
+        return scopes.get(token_id)
+
+    async def revoke(self, name: str, *, outside: Outside | None = None) -> TokenRecord | None:
+        live = {t.name: t for t in await self._store.list_tokens() if t.revoked_at is None}
+        if name in live:
+            await _check_within(DelegateScope.load(live[name].scope), outside)
+        record = await self._store.revoke_token(name, self._clock())
+        if record is not None:
+            self._revoked(record.id)
+        return record
+
+
+# The parts of a token's scope the caller may not run tasks in (empty: none). A token hands
+# its delegates the tasks and secrets of its scope, so making or revoking one is running
+# there (manager.core.rbac.uncovered_delegate_scope).
+Outside = Callable[[DelegateScope], Awaitable[list[str]]]
+
+
+async def _check_within(scope: DelegateScope, outside: Outside | None) -> None:
+    missing = [] if outside is None else await outside(scope)
+    if missing:
+        raise Forbidden(
+            "forbidden",
+            "a delegate token's scope must lie within your own rights to run tasks:"
+            f" you may not run tasks in {', '.join(missing)}",
+            field="scope",
+        )

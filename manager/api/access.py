@@ -14,7 +14,6 @@ from aiohttp import web
 
 from manager.access.granting import check_grantable
 from manager.access.principal import principal_of
-from manager.access.tokens import ApiKeyInUse, create_api_key
 from manager.api.audit_record import record as audit
 from manager.api.audit_record import unchanged
 from manager.api.context import ctx
@@ -37,7 +36,6 @@ from manager.schemas.access import (
     TrustedProxiesPut,
     parse_cidr,
 )
-from manager.store.base import Conflict
 from shared.ids import new_id
 
 __all__ = ["add_access_routes"]
@@ -96,22 +94,18 @@ async def create_api_key_route(request: web.Request) -> web.Response:
     if not body.service_account and principal.user_id is None and not groups and creator:
         # A key made by a service account's key acts as that key did, no more.
         groups = list(creator.groups)
-    try:
-        created, key = await create_api_key(
-            c.store,
-            body.name,
-            owner=owner,
-            owner_user_id=owner_user_id,
-            service_account=body.service_account,
-            groups=groups,
-            max_qps=body.max_qps,
-            burst=body.burst,
-            expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
-            now=now,
-            created_by=principal.actor.id,
-        )
-    except ApiKeyInUse as exc:
-        raise ApiProblem(409, "conflict", str(exc), field="name") from None
+    created, key = await c.api_keys.create(
+        body.name,
+        owner=owner,
+        owner_user_id=owner_user_id,
+        service_account=body.service_account,
+        groups=groups,
+        max_qps=body.max_qps,
+        burst=body.burst,
+        expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
+        now=now,
+        created_by=principal.actor.id,
+    )
     view = _key_view(created, now)
     audit(
         request,
@@ -160,7 +154,7 @@ async def _own_group_names(request: web.Request) -> set[str]:
 async def list_api_keys(request: web.Request) -> web.Response:
     c = ctx(request)
     now = c.clock()
-    keys = await c.store.list_api_keys()
+    keys = await c.api_keys.list()
     return json_response(ApiKeyList(api_keys=[_key_view(k, now) for k in keys]))
 
 
@@ -168,9 +162,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     c = ctx(request)
     name = request.match_info["name"]
     now = c.clock()
-    revoked = await c.store.revoke_api_key(name, now)
-    if revoked is None:
-        raise ApiProblem(404, "not_found", f"no live API key named {name!r}")
+    revoked = await c.api_keys.revoke(name, now)
     # This replica at once; the others within their key cache's lifetime (1 s).
     request.app[ACCESS].key_revoked(revoked.id)
     view = _key_view(revoked, now)
@@ -191,18 +183,14 @@ def _defaults(s: AccessSettings) -> ApiKeyDefaults:
 
 
 async def get_api_key_defaults(request: web.Request) -> web.Response:
-    return json_response(_defaults(await ctx(request).store.access_settings()))
+    return json_response(_defaults(await ctx(request).api_keys.defaults()))
 
 
 async def put_api_key_defaults(request: web.Request) -> web.Response:
     body = await parse_body(request, ApiKeyDefaultsUpdate)
     c = ctx(request)
-    before = _defaults(await c.store.access_settings())
-    after = _defaults(
-        await c.store.update_access_settings(
-            c.clock(), api_key_max_qps=body.max_qps, api_key_burst=body.burst
-        )
-    )
+    before = _defaults(await c.api_keys.defaults())
+    after = _defaults(await c.api_keys.set_defaults(body.max_qps, body.burst))
     audit(
         request,
         resource_id="api_key_defaults",
@@ -268,9 +256,7 @@ async def _confirm(request: web.Request) -> bool:
 
 
 async def _current(request: web.Request) -> tuple[AccessSettings, list[AllowlistEntry]]:
-    # The store's, not the cache's: a change is judged against what is true now.
-    store = ctx(request).store
-    return await store.access_settings(), await store.list_allowlist()
+    return await ctx(request).allowlist.current()
 
 
 def _changed(request: web.Request) -> None:
@@ -289,9 +275,7 @@ async def enable_allowlist(request: web.Request) -> web.Response:
         unchanged(request)
         return json_response(_allowlist_view(request, settings, entries))
     _refuse_lock_out(request, replace(settings, allowlist_enabled=True), entries, confirm)
-    after = await ctx(request).store.update_access_settings(
-        ctx(request).clock(), allowlist_enabled=True
-    )
+    after = await ctx(request).allowlist.set_enabled(True)
     _changed(request)
     enabled = sum(e.enabled for e in entries)
     audit(
@@ -312,9 +296,7 @@ async def disable_allowlist(request: web.Request) -> web.Response:
     if not settings.allowlist_enabled:
         unchanged(request)
         return json_response(_allowlist_view(request, settings, entries))
-    after = await ctx(request).store.update_access_settings(
-        ctx(request).clock(), allowlist_enabled=False
-    )
+    after = await ctx(request).allowlist.set_enabled(False)
     _changed(request)
     audit(
         request,
@@ -342,12 +324,7 @@ async def add_allowlist_entry(request: web.Request) -> web.Response:
         enabled=body.enabled,
         created_at=c.clock(),
     )
-    try:
-        await c.store.add_allowlist_entry(entry)
-    except Conflict:
-        raise ApiProblem(
-            409, "conflict", f"an entry for {network} exists already", field="cidr"
-        ) from None
+    await c.allowlist.add(entry)
     _changed(request)
     view = _entry_view(entry)
     audit(
@@ -376,9 +353,7 @@ async def remove_allowlist_entry(request: web.Request) -> web.Response:
     confirm = request.query.get("confirm", "").lower() in ("1", "true", "yes")
     _, settings, entries = await _entry(request, entry_id)
     _refuse_lock_out(request, settings, [e for e in entries if e.id != entry_id], confirm)
-    removed = await ctx(request).store.delete_allowlist_entry(entry_id)
-    if removed is None:  # removed meanwhile, by another request
-        raise ApiProblem(404, "not_found", f"no allowlist entry {entry_id!r}")
+    removed = await ctx(request).allowlist.remove(entry_id)
     _changed(request)
     view = _entry_view(removed)
     audit(
@@ -402,9 +377,7 @@ async def _set_entry(request: web.Request, enabled: bool) -> web.Response:
     if not enabled:  # enabling one only lets more addresses in
         rest = [replace(e, enabled=False) if e.id == entry_id else e for e in entries]
         _refuse_lock_out(request, settings, rest, confirm)
-    updated = await ctx(request).store.set_allowlist_entry_enabled(entry_id, enabled)
-    if updated is None:
-        raise ApiProblem(404, "not_found", f"no allowlist entry {entry_id!r}")
+    updated = await ctx(request).allowlist.set_entry_enabled(entry_id, enabled)
     _changed(request)
     view = _entry_view(updated)
     audit(
@@ -428,7 +401,7 @@ async def disable_allowlist_entry(request: web.Request) -> web.Response:
 
 
 async def get_trusted_proxies(request: web.Request) -> web.Response:
-    settings = await ctx(request).store.access_settings()
+    settings = await ctx(request).allowlist.settings()
     return json_response(TrustedProxies(proxies=list(settings.trusted_proxies)))
 
 
@@ -447,8 +420,7 @@ async def put_trusted_proxies(request: web.Request) -> web.Response:
     _refuse_lock_out(
         request, replace(settings, trusted_proxies=tuple(proxies)), entries, body.confirm
     )
-    c = ctx(request)
-    after = await c.store.update_access_settings(c.clock(), trusted_proxies=proxies)
+    after = await ctx(request).allowlist.set_trusted_proxies(proxies)
     _changed(request)
     audit(
         request,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -19,7 +18,6 @@ from manager.core.audit_chain import (
     EVENT_FIELDS,
     AuditEvent,
     AuditQuery,
-    ChainVerifier,
     SavedAuditFilter,
 )
 from manager.schemas.audit import (
@@ -32,7 +30,6 @@ from manager.schemas.audit import (
     AuditQueryModel,
     AuditVerifyReport,
 )
-from manager.store.base import Conflict
 from shared.ids import new_id
 from shared.protocol import describe_validation_error
 
@@ -79,7 +76,7 @@ async def _query(request: web.Request) -> AuditQuery:
     given: dict[str, object] = {k: v for k in _FILTERS if (v := request.query.get(k))}
     model = _validate_query(given)
     if name := request.query.get("filter"):
-        saved = await ctx(request).store.get_audit_filter(actor_of(request).id, name)
+        saved = await ctx(request).audit.saved_filter(actor_of(request).id, name)
         if saved is None:
             raise ApiProblem(404, "not_found", f"no saved audit filter {name!r}", field="filter")
         model = _validate_query({**saved.query, **model.model_dump(exclude_none=True)})
@@ -104,7 +101,7 @@ async def _query(request: web.Request) -> AuditQuery:
 
 async def list_audit(request: web.Request) -> web.Response:
     query = await _query(request)
-    events = await ctx(request).store.list_audit(query)
+    events = await ctx(request).audit.page(query)
     more = len(events) == query.limit
     return json_response(
         AuditList(
@@ -132,7 +129,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     writer = csv.writer(buf, lineterminator="\n")
     if fmt == "csv":
         writer.writerow(EVENT_FIELDS)
-    async for event in ctx(request).store.audit_events_all(query):
+    async for event in ctx(request).audit.every(query):
         if fmt == "csv":
             writer.writerow(["" if v is None else v for v in asdict(event).values()])
         else:
@@ -148,48 +145,25 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
 
 
 async def verify_audit(request: web.Request) -> web.Response:
-    """Check every stored event, past the head too: a row written behind the manager's back
-    after the newest real event must not hide (listed as genuine while verify stops short of
-    it), nor block every later append unseen. Events committed while the check reads are
-    taken in too: it reads on from where it stopped until the head it last read is reached
-    (a few rounds at most)."""
-    store = ctx(request).store
+    """Check every stored event, past the head too (manager.audit.trail.AuditTrail.verify)."""
     # With the chain's keys: a trail re-hashed from the database alone does not pass.
-    checker = ChainVerifier(request.app[AUDIT].keys.lookup)
-    seen = 0
-    head = await store.audit_head()
-    for _ in range(_VERIFY_ROUNDS):
-        async with contextlib.aclosing(store.audit_events_all(AuditQuery(after=seen))) as events:
-            async for event in events:
-                seen = event.seq
-                if checker.feed(event) is not None:
-                    break
-        if checker.broken is not None:
-            break
-        head = await store.audit_head()
-        if seen >= head[0]:
-            break
-    broken = checker.end(head)
+    verified = await ctx(request).audit.verify(request.app[AUDIT].keys.lookup)
+    broken = verified.broken
     return json_response(
         AuditVerifyReport(
             ok=broken is None,
-            checked=checker.checked,
-            head_seq=head[0],
+            checked=verified.checked,
+            head_seq=verified.head_seq,
             broken=None if broken is None else AuditBroken(seq=broken.seq, reason=broken.reason),
         )
     )
-
-
-# Rounds of reading on while appends keep coming; a trail still growing after these is
-# judged against the head read last (an event in flight then shows as a gap: check again).
-_VERIFY_ROUNDS = 5
 
 
 # -- saved filters -----------------------------------------------------------------------
 
 
 async def list_filters(request: web.Request) -> web.Response:
-    saved = await ctx(request).store.list_audit_filters(actor_of(request).id)
+    saved = await ctx(request).audit.saved_filters(actor_of(request).id)
     return json_response(AuditFilterList(filters=[_filter_view(f) for f in saved]))
 
 
@@ -203,12 +177,7 @@ async def create_filter(request: web.Request) -> web.Response:
         query=body.query.model_dump(exclude_none=True),
         created_at=c.clock(),
     )
-    try:
-        await c.store.create_audit_filter(saved)
-    except Conflict:
-        raise ApiProblem(
-            409, "conflict", f"you have a saved audit filter named {body.name!r}", field="name"
-        ) from None
+    await c.audit.save_filter(saved)
     view = _filter_view(saved)
     record(
         request,
@@ -222,11 +191,8 @@ async def create_filter(request: web.Request) -> web.Response:
 
 
 async def delete_filter(request: web.Request) -> web.Response:
-    store = ctx(request).store
     owner, name = actor_of(request).id, request.match_info["name"]
-    saved = await store.get_audit_filter(owner, name)
-    if saved is None or not await store.delete_audit_filter(owner, name):
-        raise ApiProblem(404, "not_found", f"no saved audit filter {name!r}")
+    saved = await ctx(request).audit.delete_filter(owner, name)
     record(
         request,
         resource_id=saved.id,

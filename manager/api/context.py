@@ -8,16 +8,22 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from manager.access.allowlist import Allowlist
+from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import DelegateTokens
 from manager.access.session_signer import SessionSigner
+from manager.access.tokens import Tokens
+from manager.audit.trail import AuditTrail
 from manager.metrics import Metrics
 from manager.secrets.service import SecretService
 from manager.store.base import Store
-from manager.tasks.bus import Bus, LocalBus
+from manager.tasks.bus import Bus
+from manager.tasks.delegates import Delegates
 from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
+from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared.ids import new_id
 from shared.limits import Timings
@@ -27,11 +33,18 @@ __all__ = ["CTX", "Context", "ctx"]
 
 @dataclass
 class Context:
+    # For the server's loops and readiness; handlers go through the services below
+    # (tests/test_layers.py fails on a handler that reads it).
     store: Store
+    api_keys: ApiKeys
+    allowlist: Allowlist
+    audit: AuditTrail
     hub: Hub
     dispatcher: Dispatcher
     events: TaskEvents
     tasks: TaskService
+    delegates: Delegates
+    task_reads: TaskReads
     signer: SessionSigner
     timings: Timings
     clock: Callable[[], float]
@@ -39,9 +52,10 @@ class Context:
     profiles: Profiles
     # Delegate tokens behind sessions: scope and revocation (read through the store).
     tokens: DelegateTokens
-    bus: Bus = field(default_factory=LocalBus)
-    # Built right after the context (it runs its operations through ``tasks``).
-    secrets: SecretService | None = None
+    # Delegate tokens as the routes manage them: create, list, revoke.
+    delegate_tokens: Tokens
+    bus: Bus
+    secrets: SecretService
     # This process among the replicas sharing the store (its presence rows name it).
     replica_id: str = field(default_factory=lambda: new_id("rep"))
     started_at: float = field(default_factory=time.time)

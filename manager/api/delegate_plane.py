@@ -24,7 +24,7 @@ from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord
 from manager.tasks.hub import Session
 from shared import __version__
-from shared.ids import hash_secret, new_id
+from shared.ids import new_id
 from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_BYTES
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -75,7 +75,7 @@ async def _session(request: web.Request) -> Session:
         c.hub.liveness.seen(session.id, c.clock())
         session.scope = token.scope
         return session
-    record = await c.store.get_delegate(claims.delegate_id)
+    record = await c.delegates.get(claims.delegate_id)
     if record is None or record.token_id != claims.token_id:
         raise ApiProblem(401, "invalid_credential", "unknown delegate; register again")
     session = c.hub.session(record)
@@ -111,7 +111,7 @@ async def register(request: web.Request) -> web.Response:
     token = bearer(request.headers.get("Authorization"))
     if token is None:
         raise ApiProblem(401, "unauthenticated", "missing delegate token")
-    record = await c.store.token_by_hash(hash_secret(token))
+    record = await c.delegate_tokens.by_token(token)
     if record is None:
         raise ApiProblem(401, "invalid_token", "the delegate token is not known to this manager")
     if record.revoked_at is not None:
@@ -135,7 +135,7 @@ async def register(request: web.Request) -> web.Response:
             f"the delegate token {record.name!r} does not allow selector(s) {', '.join(refused)}",
             field="selectors",
         )
-    others = [d for d in await c.store.delegates_named(req.name) if d.token_id != record.id]
+    others = [d for d in await c.delegates.named(req.name) if d.token_id != record.id]
     if others:
         raise ApiProblem(
             409,
@@ -145,7 +145,7 @@ async def register(request: web.Request) -> web.Response:
             field="name",
         )
     now = c.clock()
-    delegate = await c.store.upsert_delegate(
+    delegate = await c.delegates.upsert(
         DelegateRecord(
             id=new_id("dlg"),
             name=req.name,

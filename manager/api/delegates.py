@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from manager.access.tokens import (
-    scope_views,
-)
 from manager.api.audit_record import record, unchanged
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response
@@ -19,11 +15,9 @@ from manager.schemas.tasks import (
     DelegateView,
 )
 from shared import __version__
-from shared.protocol import PROTOCOL_VERSION, CloseCode, TaskDrain
+from shared.protocol import PROTOCOL_VERSION
 
 __all__ = ["DelegateList", "add_delegate_list_routes", "is_outdated"]
-
-log = structlog.get_logger("tether.api")
 
 
 class DelegateList(BaseModel):
@@ -33,15 +27,12 @@ class DelegateList(BaseModel):
 # A follow stream writes a ping this often when idle, under common proxy idle limits.
 async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[DelegateView]:
     views = []
-    # Delegates held by other replicas are known from the presence rows they write.
-    elsewhere = await c.store.presence(c.clock() - c.timings.lost_after)
-    _, scopes = await scope_views(c.store)
-    token_names = {t.id: t.name for t in await c.store.list_tokens()}
+    known = await c.delegates.known()
     for d in records:
         session = c.hub.sessions.get(d.id)
         last = c.hub.liveness.last_seen(d.id)
         status = c.hub.status(d.id)
-        remote = elsewhere.get(d.id)
+        remote = known.elsewhere.get(d.id)
         if status == "disconnected" and remote is not None and remote.replica_id != c.replica_id:
             status = "connected" if remote.mode == "stream" else "polling"
             last = remote.last_heartbeat
@@ -61,8 +52,8 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
                 draining=d.draining,
                 outdated=is_outdated(d.version, d.protocol_version),
                 isolation="task_users" if d.isolation == "task_users" else "shared_user",
-                token=token_names.get(d.token_id),
-                scope=scopes.get(d.token_id),
+                token=known.token_names.get(d.token_id),
+                scope=known.scopes.get(d.token_id),
             )
         )
     return views
@@ -87,38 +78,14 @@ def _release(version: str) -> tuple[int, ...]:
 
 async def list_delegates(request: web.Request) -> web.Response:
     c = ctx(request)
-    return json_response(
-        DelegateList(delegates=await _delegate_views(c, await c.store.list_delegates()))
-    )
+    return json_response(DelegateList(delegates=await _delegate_views(c, await c.delegates.all())))
 
 
 async def _set_draining(request: web.Request, draining: bool) -> web.Response:
     """Drain (or resume) every delegate with that id or name: a name may cover a group."""
     c = ctx(request)
     ref = request.match_info["delegate"]
-    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
-    if not matches:
-        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    changed = []
-    flipped = []
-    for d in matches:
-        updated = await c.store.set_draining(d.id, draining)
-        if updated is None:
-            continue
-        changed.append(updated)
-        if d.draining != draining:
-            flipped.append(updated)
-        session = c.hub.sessions.get(d.id)
-        if session is not None:
-            session.delegate = updated
-            session.draining = draining
-            if draining:
-                c.hub.send(session, TaskDrain())
-        log.info(
-            "delegate drain" if draining else "delegate resumed", delegate_id=d.id, name=d.name
-        )
-    if not draining:
-        c.dispatcher.kick()
+    changed, flipped = await c.delegates.set_draining(await c.delegates.matching(ref), draining)
     verb = "drain" if draining else "resume"
     if flipped:
         # One request, one event, however many delegates share the name.
@@ -151,10 +118,7 @@ async def delete_delegate(request: web.Request) -> web.Response:
     c = ctx(request)
     ref = request.match_info["delegate"]
     force = request.query.get("force", "").lower() in ("1", "true", "yes")
-    matches = [d for d in await c.store.list_delegates() if ref in (d.id, d.name)]
-    if not matches:
-        raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    views = await _delegate_views(c, matches)
+    views = await _delegate_views(c, await c.delegates.matching(ref))
     live = [v.id for v in views if v.status != "disconnected"]
     if live and not force:
         raise ApiProblem(
@@ -164,10 +128,8 @@ async def delete_delegate(request: web.Request) -> web.Response:
         )
     deleted = []
     for view in views:
-        if await c.store.delete_delegate(view.id):
-            c.hub.drop(view.id, CloseCode.REVOKED, "delegate deleted")
+        if await c.delegates.delete(view.id, view.name):
             deleted.append(view)
-            log.info("delegate deleted", delegate_id=view.id, name=view.name)
     if not deleted:
         raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
     record(

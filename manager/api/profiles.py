@@ -40,8 +40,7 @@ async def put_profile(request: web.Request) -> web.Response:
     await _check_profile_secrets(request, body.script)
     before = await _find(request, name)
     profile = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
-    await c.store.put_profile(profile)
-    runs = await c.profiles.on_change(profile)
+    runs = await c.profiles.put(profile)
     record(
         request,
         resource_id=name,
@@ -63,9 +62,9 @@ async def _check_profile_secrets(request: web.Request, script: str) -> None:
         names = sorted(referenced_secrets(ShellPayload(script=script)))
     except ValueError as exc:
         raise ApiProblem(400, "invalid", f"script: {exc}", field="script") from None
-    if not names or c.secrets is None:
+    if not names:
         return
-    found = await c.store.secrets_by_name(names)
+    found = await c.secrets.secrets_named(names)
     for name in names:
         secret = found.get(name)
         if secret is None:
@@ -89,7 +88,7 @@ async def _check_profile_secrets(request: web.Request, script: str) -> None:
 
 
 async def _find(request: web.Request, name: str) -> ProfileRecord | None:
-    return next((p for p in await ctx(request).store.list_profiles() if p.name == name), None)
+    return await ctx(request).profiles.find(name)
 
 
 def _audit_view(p: ProfileRecord) -> dict[str, object]:
@@ -98,15 +97,12 @@ def _audit_view(p: ProfileRecord) -> dict[str, object]:
 
 async def list_profiles(request: web.Request) -> web.Response:
     c = ctx(request)
-    return json_response(ProfileList(profiles=[_view(p) for p in await c.store.list_profiles()]))
+    return json_response(ProfileList(profiles=[_view(p) for p in await c.profiles.all()]))
 
 
 async def delete_profile(request: web.Request) -> web.Response:
-    c = ctx(request)
     name = request.match_info["name"]
-    before = await _find(request, name)
-    if before is None or not await c.store.delete_profile(name):
-        raise ApiProblem(404, "not_found", f"no profile {name!r}")
+    before = await ctx(request).profiles.delete(name)
     record(
         request,
         resource_id=name,

@@ -41,9 +41,7 @@ __all__ = ["add_secret_routes"]
 
 
 def _service(request: web.Request) -> SecretService:
-    service = ctx(request).secrets
-    assert service is not None, "the app builds the secrets service before serving"
-    return service
+    return ctx(request).secrets
 
 
 def _manager_view(m: SecretManagerRecord) -> SecretManagerView:
@@ -101,7 +99,7 @@ def _version_view(v: SecretVersionRecord, current: int) -> SecretVersionView:
 
 
 async def _secret_full_view(request: web.Request, s: SecretRecord) -> SecretView:
-    view = _secret_view(s, await ctx(request).store.get_secret_manager(s.manager_id))
+    view = _secret_view(s, await _service(request).manager_by_id(s.manager_id))
     scopes = _service(request).scopes
     own = await scopes.of_secret(s.id)
     if own is None:
@@ -163,7 +161,7 @@ def _audit(view: SecretView | SecretManagerView) -> dict[str, object]:
 
 
 async def list_managers(request: web.Request) -> web.Response:
-    managers = await ctx(request).store.list_secret_managers()
+    managers = await _service(request).managers()
     views = [await _manager_full_view(request, m) for m in managers]
     return json_response(SecretManagerList(secret_managers=views))
 
@@ -252,13 +250,13 @@ async def test_manager(request: web.Request) -> web.Response:
 
 
 async def list_secrets(request: web.Request) -> web.Response:
-    c = ctx(request)
+    service = _service(request)
     manager_id = None
     if name := request.query.get("manager"):
-        manager_id = (await _service(request).manager(name)).id
-    managers = {m.id: m for m in await c.store.list_secret_managers()}
-    secrets = await c.store.list_secrets(manager_id=manager_id)
-    scopes = _service(request).scopes
+        manager_id = (await service.manager(name)).id
+    managers = {m.id: m for m in await service.managers()}
+    secrets = await service.secrets(manager_id)
+    scopes = service.scopes
     where = await scopes.places()
     views = []
     for s in secrets:
@@ -274,7 +272,7 @@ async def create_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretCreate)
     service = _service(request)
     # An unknown manager is create_secret's 400; only a known one has a scope to lie within.
-    manager = await ctx(request).store.secret_manager_by_name(body.manager)
+    manager = await service.manager_named(body.manager)
     scope = await _checked_scope(request, body.scope, None if manager is None else manager.id)
     made = await service.create_secret(body)
     await service.scopes.set_secret(made.id, scope)
@@ -333,7 +331,7 @@ async def put_manager_scope(request: web.Request) -> web.Response:
     scope = await _checked_scope(request, body.scope, None)
     where = await service.scopes.places()
     outer = scope or UNRESTRICTED
-    for s in await ctx(request).store.list_secrets(manager_id=manager.id):
+    for s in await service.secrets(manager.id):
         own = await service.scopes.of_secret(s.id)
         if own is not None and not own.within(outer, where):
             raise ApiProblem(

@@ -37,9 +37,6 @@ __all__ = ["add_sso_routes", "oidc_of"]
 
 def oidc_of(request: web.Request) -> Oidc:
     c = ctx(request)
-    service = c.secrets
-    if service is None:
-        raise ApiProblem(503, "unavailable", "secrets are not set up")
     logins = request.app[LOGINS]
 
     async def domain_allowed(email: str) -> bool:
@@ -48,7 +45,7 @@ def oidc_of(request: web.Request) -> Oidc:
     return Oidc(
         c.store,
         request.app[ACCESS].directory,
-        service.builtin_value,
+        c.secrets.builtin_value,
         domain_allowed=domain_allowed,
         clock=c.clock,
     )
@@ -68,7 +65,9 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def put_settings(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoSettings)
-    secret = await ctx(request).store.secret_by_name(body.client_secret)
+    secret = (await ctx(request).secrets.secrets_named([body.client_secret])).get(
+        body.client_secret
+    )
     if secret is None or secret.manager_id != "sm_builtin":
         raise ApiProblem(
             400,

@@ -48,8 +48,6 @@ async def check_secrets(
     holds create, read and update there (manager.secrets.scope). Unknown names are left to
     delivery, which fails the task before anything runs and names them."""
     service = ctx(request).secrets
-    if service is None:
-        return
     service.check_payload(payload)  # a malformed expression is a 400 before anything else
     names = sorted(referenced_secrets(payload))
     if not names:
@@ -59,7 +57,7 @@ async def check_secrets(
         raise ApiProblem(
             403, "forbidden", f"using secrets in {where} needs create, read and update there"
         )
-    found = await ctx(request).store.secrets_by_name(names)
+    found = await service.secrets_named(names)
     for name in names:
         secret = found.get(name)
         if secret is None:

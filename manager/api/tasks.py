@@ -101,8 +101,7 @@ def task_view(
 
 
 async def full_task_view(c: Context, task: TaskRecord, where: Places | None = None) -> TaskView:
-    attempts = await c.store.attempts(task.id)
-    names = {d.id: d.name for d in await c.store.list_delegates()} if attempts else {}
+    attempts, names = await c.task_reads.attempts(task.id)
     return task_view(task, attempts, names, where)
 
 
@@ -113,7 +112,7 @@ async def _places(request: web.Request) -> Places:
 async def _task_for(request: web.Request, action: Action) -> tuple[TaskRecord, Places]:
     task_id = request.match_info["task_id"]
     where = await _places(request)
-    task = check_task(request, await ctx(request).store.get_task(task_id), where, action, task_id)
+    task = check_task(request, await ctx(request).task_reads.get(task_id), where, action, task_id)
     return task, where
 
 
@@ -254,7 +253,7 @@ async def _filtered_tasks(
     )
     grants = principal_of(request).grants
     # Tasks the caller may not read are left out (a page may then hold fewer than limit).
-    tasks = [t for t in await c.store.list_tasks(flt) if grants.allows(where.target(t), "read")]
+    tasks = [t for t in await c.task_reads.page(flt) if grants.allows(where.target(t), "read")]
     return tasks, where
 
 
@@ -317,7 +316,7 @@ async def get_logs(request: web.Request) -> web.Response:
     after = _parse_cursor(request.query.get("after"))
     limit = _int_query(request, "limit", 1000, lo=1, hi=LOG_PAGE_MAX)
     task, _ = await _task_for(request, "read")
-    lines = await c.store.get_logs(task_id, after=after, limit=limit)
+    lines = await c.task_reads.logs(task_id, after=after, limit=limit)
     pos = (lines[-1].attempt, lines[-1].seq) if lines else after
     return json_response(
         LogPage(lines=[_log_entry(r) for r in lines], cursor=_cursor(pos), state=task.state)
@@ -345,13 +344,13 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
         while not c.stopping:
             changed = c.events.listen(task_id)
             revoked = access.principals.changed()
-            task = await c.store.get_task(task_id)
+            task = await c.task_reads.get(task_id)
             if task is None:
                 break
             if task.state is not last_state:
                 last_state = task.state
                 await send({"kind": "state", "state": task.state.value})
-            lines = await c.store.get_logs(task_id, after=pos, limit=1000)
+            lines = await c.task_reads.logs(task_id, after=pos, limit=1000)
             for rec in lines:
                 await send({"kind": "log", "line": _log_entry(rec).model_dump(mode="json")})
             if lines:

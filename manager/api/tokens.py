@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from manager.access.places import Places, places
+from manager.access.places import places
 from manager.access.principal import principal_of
 from manager.access.tokens import (
-    ScopeError,
-    TokenInUse,
-    create_token,
-    resolve_scope,
+    Outside,
     scope_view,
-    scope_views,
 )
 from manager.api.audit_record import record
-from manager.api.context import Context, ctx
+from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.core.eligibility import DelegateScope
@@ -35,7 +29,7 @@ from manager.schemas.tasks import (
     TokenView,
 )
 
-__all__ = ["TokenList", "add_token_routes", "revoke_token"]
+__all__ = ["TokenList", "add_token_routes"]
 
 log = structlog.get_logger("tether.api")
 
@@ -52,18 +46,11 @@ def _token_view(t: TokenRecord, scope: TokenScopeView | None) -> TokenView:
 
 
 async def create_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
     req = await parse_body(request, TokenCreate)
-    try:
-        scope = await resolve_scope(c.store, req.scope, req.scope_env_types, req.selectors)
-    except ScopeError as exc:
-        raise ApiProblem(400, "invalid", str(exc), field="scope") from None
+    created, token, scope = await ctx(request).delegate_tokens.create(
+        req.name, req.scope, req.scope_env_types, req.selectors, outside=_outside(request)
+    )
     where = await places(request.app[ACCESS].directory)
-    _within_author(request, scope, where)
-    try:
-        created, token = await create_token(c.store, req.name, scope)
-    except TokenInUse as exc:
-        raise ApiProblem(409, "conflict", str(exc), field="name") from None
     view = _token_view(created, scope_view(scope, where))
     record(
         request,
@@ -76,62 +63,38 @@ async def create_token_route(request: web.Request) -> web.Response:
     return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
 
 
-def _within_author(request: web.Request, scope: DelegateScope, where: Places) -> None:
-    """A token hands its delegates the tasks and secrets of its scope: making or revoking one
-    needs ``execute`` on all of that scope (manage_delegates alone is not a way to reach
-    production, nor to take its delegates away)."""
-    envs = []
-    for env_id in sorted(scope.envs):
-        app_id, _, env_type = where.envs.get(env_id, ("", env_id, "production"))
-        envs.append(Target(app_id, env_id, env_type))
-    missing = uncovered_delegate_scope(
-        principal_of(request).grants,
-        account_wide=scope.account_wide,
-        apps=sorted(scope.apps),
-        envs=envs,
-        env_types=sorted(scope.env_types),
-    )
-    if missing:
-        raise ApiProblem(
-            403,
-            "forbidden",
-            "a delegate token's scope must lie within your own rights to run tasks:"
-            f" you may not run tasks in {', '.join(missing)}",
-            field="scope",
+def _outside(request: web.Request) -> Outside:
+    """What of a token's scope the caller may not run tasks in."""
+
+    async def outside(scope: DelegateScope) -> list[str]:
+        where = await places(request.app[ACCESS].directory)
+        envs = []
+        for env_id in sorted(scope.envs):
+            app_id, _, env_type = where.envs.get(env_id, ("", env_id, "production"))
+            envs.append(Target(app_id, env_id, env_type))
+        return uncovered_delegate_scope(
+            principal_of(request).grants,
+            account_wide=scope.account_wide,
+            apps=sorted(scope.apps),
+            envs=envs,
+            env_types=sorted(scope.env_types),
         )
+
+    return outside
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    c = ctx(request)
-    _, scopes = await scope_views(c.store)
-    tokens = [_token_view(t, scopes.get(t.id)) for t in await c.store.list_tokens()]
+    tokens = [_token_view(t, scope) for t, scope in await ctx(request).delegate_tokens.list()]
     return json_response(TokenList(tokens=tokens))
 
 
-async def revoke_token(c: Context, name: str) -> TokenRecord | None:
-    record = await c.store.revoke_token(name, time.time())
-    if record is not None:
-        # Committed: every replica refuses its credentials from here (manager.access.
-        # delegate_tokens); this one at once, the others on the event or their next read.
-        c.tokens.forget(record.id)
-        c.hub.revoke(record.id)
-        c.bus.publish("revoked", record.id)
-        log.info("token revoked", token=name)
-    return record
-
-
 async def revoke_token_route(request: web.Request) -> web.Response:
-    c = ctx(request)
-    name = request.match_info["name"]
-    live = {t.name: t for t in await c.store.list_tokens() if t.revoked_at is None}
-    if name in live:
-        where = await places(request.app[ACCESS].directory)
-        _within_author(request, DelegateScope.load(live[name].scope), where)
-    revoked = await revoke_token(c, name)
+    tokens = ctx(request).delegate_tokens
+    revoked = await tokens.revoke(request.match_info["name"], outside=_outside(request))
     if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
-    _, scopes = await scope_views(c.store)
-    view = _token_view(revoked, scopes.get(revoked.id))
+    log.info("token revoked", token=revoked.name)
+    view = _token_view(revoked, await tokens.scope_of(revoked.id))
     record(
         request,
         resource_id=revoked.id,

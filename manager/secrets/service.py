@@ -17,11 +17,10 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import structlog
-from pydantic import TypeAdapter, ValidationError
 
 from manager.errors import Broken, Conflicting, Invalid, NotFound, TooLarge, Unavailable
 from manager.keys.masterkey import MasterKey, MasterKeyError
@@ -30,7 +29,6 @@ from manager.records import (
     SecretManagerRecord,
     SecretRecord,
     SecretVersionRecord,
-    TaskRecord,
 )
 from manager.schemas.secrets import (
     SecretCreate,
@@ -39,52 +37,34 @@ from manager.schemas.secrets import (
     SecretUpdate,
     SecretValue,
 )
+from manager.secrets.delivery import SecretDeliveries, version_context
 from manager.secrets.kinds import check_settings
-from manager.secrets.ops import OpResult, SecretOps, manager_spec
-from manager.secrets.scope import Scopes
+from manager.secrets.ops import OpResult, SecretOps
 from manager.store.base import Conflict, Store
-from manager.tasks.profiles import PROFILE_ACTOR
-from shared.account import DEFAULT_ACCOUNT
 from shared.envelope import (
     Envelope,
-    EnvelopeContext,
     EnvelopeError,
-    decrypt_value,
     encrypt_value,
     new_data_key,
 )
 from shared.ids import new_id
 from shared.masking import Masker
-from shared.protocol import TaskPayload
-from shared.sealing import SealError, seal
 from shared.secretspec import (
     ENVELOPE_KINDS,
     MAX_FILE_SECRET_BYTES,
     REFERENCE_KINDS,
-    RefSpec,
-    SecretDelivery,
-    SecretOpPayload,
-    credential_values,
-    credentials_context,
-    delivery_context,
 )
-from shared.task_secrets import referenced_secrets
 
 __all__ = ["MAX_TEXT_SECRET_BYTES", "SecretService"]
 
 log = structlog.get_logger("tether.secrets")
 
 MAX_TEXT_SECRET_BYTES = 64 * 1024
-_PAYLOAD: TypeAdapter[object] = TypeAdapter(TaskPayload)
 # The fields of the structured types; the first of each is required.
 _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ssh_key": (("key",), ("passphrase", "user")),
     "winrm": (("user", "password"), ("domain",)),
 }
-
-
-def _ctx(secret_id: str, version: int) -> EnvelopeContext:
-    return EnvelopeContext(account=DEFAULT_ACCOUNT, secret_id=secret_id, version=version)
 
 
 class SecretService:
@@ -94,6 +74,7 @@ class SecretService:
         store: Store,
         master_key: MasterKey,
         ops: SecretOps,
+        deliveries: SecretDeliveries,
         masker: Masker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,7 +85,13 @@ class SecretService:
         # process joins it, so even a stray log line cannot show it.
         self._masker = masker
         self._clock = clock
-        self.scopes = Scopes(store)
+        self.deliveries = deliveries
+        self.scopes = deliveries.scopes
+        # The delivery half's answers, under the names the routes and the tests know.
+        self.check_payload = deliveries.check_payload
+        self.deliver = deliveries.deliver
+        self.builtin_value = deliveries.builtin_value
+        self.task_refusal = deliveries.task_refusal
 
     # -- secret managers ------------------------------------------------------------------
 
@@ -113,6 +100,15 @@ class SecretService:
         if found is None:
             raise NotFound("not_found", f"no secret manager {name!r}")
         return found
+
+    async def manager_named(self, name: str) -> SecretManagerRecord | None:
+        return await self._store.secret_manager_by_name(name)
+
+    async def manager_by_id(self, manager_id: str) -> SecretManagerRecord | None:
+        return await self._store.get_secret_manager(manager_id)
+
+    async def managers(self) -> list[SecretManagerRecord]:
+        return await self._store.list_secret_managers()
 
     async def create_manager(self, body: SecretManagerCreate) -> SecretManagerRecord:
         if body.kind == "builtin":
@@ -227,23 +223,6 @@ class SecretService:
                 field="credentials_secret",
             )
 
-    async def credentials_holders(self, name: str) -> list[str]:
-        """The secret managers whose credentials secret ``name`` holds."""
-        managers = await self._store.list_secret_managers()
-        return sorted(m.name for m in managers if m.credentials_secret == name)
-
-    async def task_refusal(self, secret: SecretRecord) -> str | None:
-        """Why no task may use ``secret``: it holds a secret manager's credentials, which only
-        that manager's operations need, and it was not given a usage scope of its own (the
-        explicit act that lets tasks use it too). None if tasks may."""
-        holders = await self.credentials_holders(secret.name)
-        if not holders or await self.scopes.of_secret(secret.id) is not None:
-            return None
-        return (
-            f"it holds the credentials of secret manager {', '.join(holders)}: only secret-"
-            "manager operations may use it (give it a usage scope of its own to allow tasks)"
-        )
-
     # -- secrets --------------------------------------------------------------------------
 
     async def secret(self, name: str) -> SecretRecord:
@@ -251,6 +230,14 @@ class SecretService:
         if found is None:
             raise NotFound("not_found", f"no secret {name!r}")
         return found
+
+    async def secrets(self, manager_id: str | None = None) -> list[SecretRecord]:
+        """Every secret, or those kept in one manager."""
+        return await self._store.list_secrets(manager_id=manager_id)
+
+    async def secrets_named(self, names: Iterable[str]) -> dict[str, SecretRecord]:
+        """The secrets among ``names`` that exist, by name, in one query."""
+        return await self._store.secrets_by_name(names)
 
     async def create_secret(self, body: SecretCreate, actor: str | None = None) -> SecretRecord:
         manager = await self._store.secret_manager_by_name(body.manager)
@@ -379,7 +366,7 @@ class SecretService:
     ) -> str:
         assert v.envelope is not None
         envelope = _envelope(v.envelope)
-        context = _ctx(v.secret_id, v.version).canonical()
+        context = version_context(v.secret_id, v.version).canonical()
         if source.id == BUILTIN_MANAGER_ID:
             data_key = await self._unwrap_builtin(envelope.wrapped_key, context)
             wrapped = await self._ops.wrap(target, data_key, context)
@@ -440,7 +427,7 @@ class SecretService:
         plaintext = _plaintext(secret.type, body)
         if self._masker is not None:
             self._masker.add(plaintext)
-        ctx = _ctx(secret.id, number)
+        ctx = version_context(secret.id, number)
         data_key = new_data_key()
         blob = encrypt_value(data_key, plaintext, ctx)
         if manager.id == BUILTIN_MANAGER_ID:
@@ -472,204 +459,12 @@ class SecretService:
         except MasterKeyError as exc:
             raise Broken("key_error", f"the builtin key cannot open this secret: {exc}") from None
 
-    # -- delivery -------------------------------------------------------------------------
-
-    def check_payload(self, payload: object) -> None:
-        try:
-            referenced_secrets(payload)
-        except ValueError as exc:
-            raise Invalid("invalid", f"payload.{exc}", field="payload") from None
-
-    async def deliver(
-        self, task: TaskRecord, attempt: int, public_key: str
-    ) -> tuple[list[SecretDelivery], dict[str, str], dict[str, str]]:
-        """What the acquiring delegate needs for the secrets ``task`` references, sealed to
-        ``public_key`` for this attempt; names that cannot be delivered, with why."""
-        try:
-            payload = _PAYLOAD.validate_python(task.payload)
-        except ValidationError:
-            return [], {}, {}
-        deliveries: list[SecretDelivery] = []
-        credentials: dict[str, str] = {}
-        unavailable: dict[str, str] = {}
-        managers: dict[str, SecretManagerRecord | None] = {}
-
-        async def manager_for(manager_id: str) -> SecretManagerRecord | None:
-            if manager_id not in managers:
-                managers[manager_id] = await self._store.get_secret_manager(manager_id)
-            return managers[manager_id]
-
-        async def add_credentials(m: SecretManagerRecord) -> str | None:
-            """Seal ``m``'s credentials unless done; why not, when they cannot be."""
-            if m.credentials_secret is None or m.id in credentials:
-                return None
-            try:
-                plain = await self._builtin_plaintext(m.credentials_secret)
-            except _Unavailable as exc:
-                return f"credentials of secret manager {m.name}: {exc}"
-            if self._masker is not None:
-                # Each value alone too: an error echoing a token shows it without its JSON.
-                for value in credential_values(plain):
-                    self._masker.add(value)
-            credentials[m.id] = seal(
-                public_key, plain, context=credentials_context(task.id, attempt, m.id)
-            )
-            return None
-
-        if isinstance(payload, SecretOpPayload):
-            for spec in (payload.manager, payload.target):
-                if spec is None:
-                    continue
-                m = await manager_for(spec.id)
-                if m is not None and (why := await add_credentials(m)):
-                    unavailable[spec.name] = why
-            return deliveries, credentials, unavailable
-
-        names = sorted(referenced_secrets(payload))
-        if not names:
-            return deliveries, credentials, unavailable
-        allowed = await self._scope_check(task)
-        found = await self._store.secrets_by_name(names)
-        current = await self._store.current_versions(s.id for s in found.values())
-        for name in names:
-            secret = found.get(name)
-            version = current.get(secret.id) if secret is not None else None
-            if secret is None or version is None:
-                unavailable[name] = "no such secret"
-                continue
-            m = await manager_for(secret.manager_id)
-            if m is None:
-                unavailable[name] = "its secret manager is gone"
-                continue
-            if why := await allowed(secret):
-                unavailable[name] = why
-                continue
-            try:
-                deliveries.append(
-                    await self._delivery(name, secret, version, m, task.id, attempt, public_key)
-                )
-            except _Unavailable as exc:
-                unavailable[name] = str(exc)
-                continue
-            if why := await add_credentials(m):
-                unavailable[name] = why
-        return deliveries, credentials, unavailable
-
-    async def _scope_check(
-        self, task: TaskRecord
-    ) -> Callable[[SecretRecord], Awaitable[str | None]]:
-        """Why a secret may not serve ``task`` (its scope changed since the submit, or the
-        task is a profile run and the secret is scoped to applications); None if it may."""
-        where = await self.scopes.places()
-        target = where.target(task)
-        profile = (task.submitted_by or "").startswith(PROFILE_ACTOR)
-
-        async def why(secret: SecretRecord) -> str | None:
-            # Checked again here: a secret may have become a manager's credentials since.
-            if refusal := await self.task_refusal(secret):
-                return refusal
-            scope = await self.scopes.effective(secret.id, secret.manager_id)
-            if profile:
-                return None if scope.serves_profiles else "it is not scoped to delegate profiles"
-            return None if scope.covers(target) else "its usage scope does not cover this task"
-
-        return why
-
-    async def _delivery(
-        self,
-        name: str,
-        secret: SecretRecord,
-        version: SecretVersionRecord,
-        m: SecretManagerRecord,
-        task_id: str,
-        attempt: int,
-        public_key: str,
-    ) -> SecretDelivery:
-        common = {
-            "name": name,
-            "secret_id": secret.id,
-            "version": version.version,
-            "type": secret.type,
-            "account": DEFAULT_ACCOUNT,
-            "manager": manager_spec(m),
-        }
-        if version.ref is not None:
-            return SecretDelivery.model_validate(
-                {**common, "ref": RefSpec.model_validate(version.ref)}
-            )
-        if version.envelope is None:
-            raise _Unavailable("the stored version holds neither a value nor a reference")
-        if m.id != BUILTIN_MANAGER_ID:
-            return SecretDelivery.model_validate({**common, "envelope": version.envelope})
-        envelope = _stored_envelope(version.envelope)
-        data_key = await self._open_key(envelope, secret.id, version.version)
-        try:
-            sealed = seal(
-                public_key,
-                data_key,
-                context=delivery_context(task_id, attempt, secret.id, version.version),
-            )
-        except SealError as exc:
-            raise _Unavailable(f"cannot seal it to this delegate: {exc}") from None
-        return SecretDelivery.model_validate(
-            {
-                **common,
-                "blob": base64.b64encode(envelope.blob).decode(),
-                "sealed_key": sealed,
-            }
-        )
-
-    async def _open_key(self, envelope: Envelope, secret_id: str, version: int) -> bytes:
-        try:
-            return await self._key.unwrap_key(
-                envelope.wrapped_key, _ctx(secret_id, version).canonical()
-            )
-        except MasterKeyError as exc:
-            raise _Unavailable(f"the builtin key cannot open it: {exc}") from None
-
-    async def builtin_value(self, name: str) -> bytes:
-        """The value of builtin secret ``name`` for the manager's own use (the SSO client
-        secret): joined to the masker, never stored or returned. ValueError naming the
-        secret (never a value) when it cannot be read."""
-        try:
-            return await self._builtin_plaintext(name)
-        except _Unavailable as exc:
-            raise ValueError(str(exc)) from None
-
-    async def _builtin_plaintext(self, name: str) -> bytes:
-        secret = await self._store.secret_by_name(name)
-        if secret is None or secret.manager_id != BUILTIN_MANAGER_ID:
-            raise _Unavailable(f"no builtin secret {name!r}")
-        version = (await self._store.current_versions([secret.id])).get(secret.id)
-        if version is None or version.envelope is None:
-            raise _Unavailable(f"no value for {name!r}")
-        envelope = _stored_envelope(version.envelope)
-        data_key = await self._open_key(envelope, secret.id, version.version)
-        try:
-            plain = decrypt_value(data_key, envelope.blob, _ctx(secret.id, version.version))
-        except EnvelopeError as exc:
-            raise _Unavailable(f"{name!r} does not open: {exc}") from None
-        if self._masker is not None:
-            self._masker.add(plain)
-        return plain
-
-
-class _Unavailable(Exception):
-    """Why a secret cannot be delivered; safe to show (never a value)."""
-
 
 def _envelope(text: str) -> Envelope:
     try:
         return Envelope.from_json(text)
     except EnvelopeError as exc:
         raise Broken("corrupt", f"a stored envelope is unreadable: {exc}") from None
-
-
-def _stored_envelope(text: str) -> Envelope:
-    try:
-        return Envelope.from_json(text)
-    except EnvelopeError as exc:
-        raise _Unavailable(f"its stored envelope is unreadable: {exc}") from None
 
 
 def _plaintext(stype: str, body: SecretValue) -> bytes:

@@ -21,12 +21,20 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from manager.access.allowlist import Allowlist
+from manager.access.api_keys import ApiKeys
 from manager.access.delegate_tokens import REVOCATION_STAMP, DelegateTokens
 from manager.access.directory import Directory
 from manager.access.login import LOGINS, Logins
 from manager.access.passwords import Passwords
 from manager.access.session_signer import SessionSigner
-from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, ApiKeyInUse, create_api_key
+from manager.access.tokens import (
+    ADMIN_BURST,
+    ADMIN_MAX_QPS,
+    ApiKeyInUse,
+    Tokens,
+    create_api_key,
+)
 from manager.api.access import add_access_routes
 from manager.api.audit import add_audit_routes
 from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
@@ -45,23 +53,27 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.audit.trail import AuditTrail
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.schemas.grants import ADMIN_GROUP
+from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
 from manager.secrets.service import SecretService
 from manager.store.base import Store
 from manager.store.factory import open_store_url
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
+from manager.tasks.delegates import Delegates
 from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
+from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared import __version__
 from shared.datadir import secure_data_dir
@@ -231,6 +243,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
+    # Delivery needs no task service, and the secret service runs its operations through
+    # one: so delivery, then tasks, then the secret service, each built once and whole.
+    deliveries = SecretDeliveries(store=store, master_key=master_key, masker=config.masker)
     tasks = TaskService(
         store=store,
         hub=hub,
@@ -242,27 +257,46 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         bus=bus,
         clock=config.clock,
         envs=envs,
+        secrets=deliveries,
     )
+    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    secrets = SecretService(
+        store=store, master_key=master_key, ops=ops, deliveries=deliveries, masker=config.masker
+    )
+    sessions = DelegateTokens(
+        store,
+        hub.revoked_tokens,
+        stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
+    )
+
+    def token_revoked(token_id: str) -> None:
+        # Committed: every replica refuses its credentials from here (manager.access.
+        # delegate_tokens); this one at once, the others on the event or their next read.
+        sessions.forget(token_id)
+        hub.revoke(token_id)
+        bus.publish("revoked", token_id)
+
     c = Context(
         store=store,
+        api_keys=ApiKeys(store, config.clock),
+        allowlist=Allowlist(store, config.clock),
+        audit=AuditTrail(store),
         hub=hub,
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
+        task_reads=TaskReads(store),
+        delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
         metrics=metrics,
         profiles=Profiles(store, tasks, hub, lost_after=t.lost_after),
-        tokens=DelegateTokens(
-            store,
-            hub.revoked_tokens,
-            stamp=config.data_dir / REVOCATION_STAMP if config.database is None else None,
-        ),
+        tokens=sessions,
+        delegate_tokens=Tokens(store, token_revoked),
+        bus=bus,
+        secrets=secrets,
     )
-    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
-    c.secrets = SecretService(store=store, master_key=master_key, ops=ops, masker=config.masker)
-    tasks.secrets = c.secrets
     await tasks.recover()
 
     async def on_remote(kind: EventKind, ident: str) -> None:
@@ -275,7 +309,6 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
             await tasks.on_remote(kind, ident)
 
     await bus.start(on_remote)
-    c.bus = bus
     metrics.add_live(lambda: _live_metrics(c))
 
     table = RouteTable()

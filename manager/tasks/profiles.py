@@ -18,6 +18,7 @@ import time
 
 import structlog
 
+from manager.errors import NotFound
 from manager.records import DelegateRecord, ProfileRecord
 from manager.schemas.tasks import TaskSubmit
 from manager.store.base import Store
@@ -47,6 +48,23 @@ class Profiles:
         self._tasks = tasks
         self._hub = hub
         self._lost_after = lost_after
+
+    async def all(self) -> list[ProfileRecord]:
+        return await self._store.list_profiles()
+
+    async def find(self, name: str) -> ProfileRecord | None:
+        return next((p for p in await self._store.list_profiles() if p.name == name), None)
+
+    async def put(self, profile: ProfileRecord) -> int:
+        """Store ``profile`` and run it where it now applies; returns on how many delegates."""
+        await self._store.put_profile(profile)
+        return await self.on_change(profile)
+
+    async def delete(self, name: str) -> ProfileRecord:
+        before = await self.find(name)
+        if before is None or not await self._store.delete_profile(name):
+            raise NotFound("not_found", f"no profile {name!r}")
+        return before
 
     async def on_register(self, delegate: DelegateRecord, instance: str) -> None:
         for profile in await self._store.list_profiles():

@@ -70,7 +70,7 @@ def _secret_context(task_id: str) -> bytes:
 
 
 class SecretDeliverer(Protocol):
-    """What the acquire answer needs from the secrets service (manager.secrets.service)."""
+    """What the acquire answer needs from the secrets (manager.secrets.delivery)."""
 
     def check_payload(self, payload: object) -> None:
         """Invalid when an expression in ``payload`` is malformed."""
@@ -96,6 +96,8 @@ class TaskService:
         bus: Bus | None = None,
         clock: Callable[[], float] = time.time,
         envs: EnvIndex | None = None,
+        # Secrets for the acquire answer (manager.secrets.delivery); None delivers none.
+        secrets: SecretDeliverer | None = None,
     ) -> None:
         self._store = store
         self.envs = envs or EnvIndex(store)
@@ -113,8 +115,7 @@ class TaskService:
         # Snapshots of open tasks this process has seen, so a decision rarely needs a read.
         self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
-        # Set once the secrets service exists (it submits its operations through here).
-        self.secrets: SecretDeliverer | None = None
+        self._secrets = secrets
 
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
@@ -148,8 +149,8 @@ class TaskService:
     ) -> tuple[TaskRecord, bool]:
         """Queue a user's task; ``target`` is its application and environment, already
         checked against the submitter's permissions."""
-        if self.secrets is not None:
-            self.secrets.check_payload(req.payload)
+        if self._secrets is not None:
+            self._secrets.check_payload(req.payload)
         now = self._clock()
         task_id = new_id("task")
         record = TaskRecord(
@@ -295,8 +296,8 @@ class TaskService:
         deliveries: list[SecretDelivery] = []
         credentials: dict[str, str] = {}
         unavailable: dict[str, str] = {}
-        if self.secrets is not None:
-            deliveries, credentials, unavailable = await self.secrets.deliver(
+        if self._secrets is not None:
+            deliveries, credentials, unavailable = await self._secrets.deliver(
                 updated, updated.attempt, session.delegate.public_key
             )
         log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)

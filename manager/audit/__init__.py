@@ -1,0 +1,1 @@
+"""The audit trail as users read it: queries, export, verification, saved filters."""
