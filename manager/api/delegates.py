@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -59,21 +61,27 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
     return views
 
 
-def is_outdated(version: str, protocol_version: int) -> bool:
-    """Older than this manager: an older protocol, or an older release of the same one."""
+def is_outdated(version: str, protocol_version: int, manager_version: str = __version__) -> bool:
+    """Older than this manager: an older protocol, or an older release of the same one.
+
+    A manager built without its git tag (``0.0.0+unknown``, a tagless clone) knows no release
+    to compare with, so only the protocol can mark a delegate outdated then.
+    """
     if protocol_version < PROTOCOL_VERSION:
         return True
-    return _release(version) < _release(__version__)
+    mine = _release(manager_version)
+    if not any(mine):
+        return False
+    return _release(version) < mine
 
 
 def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    """The leading release numbers: ``0.2.0rc1`` and ``0.2.0.dev3+g12ab`` are both (0, 2, 0)."""
+    found = _RELEASE.match(version)
+    return tuple(int(n) for n in found.group(0).split(".")) if found else ()
+
+
+_RELEASE = re.compile(r"\d+(?:\.\d+)*")
 
 
 async def list_delegates(request: web.Request) -> web.Response:

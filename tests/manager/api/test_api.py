@@ -445,14 +445,31 @@ async def test_a_drained_delegate_is_offered_no_task(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "protocol", "outdated"),
-    # The manager's own release comes from the git tag (setuptools-scm): compare with it.
-    [("0.0.9", PROTOCOL_VERSION, True), (__version__, PROTOCOL_VERSION, False), ("9.0", 0, True)],
+    ("version", "protocol", "manager", "outdated"),
+    # The manager's own release comes from the git tag (setuptools-scm); a tagless build
+    # (0.0.0+unknown) can judge only the protocol.
+    [
+        ("0.0.9", PROTOCOL_VERSION, "0.2.0", True),
+        ("0.2.0", PROTOCOL_VERSION, "0.2.0", False),
+        ("0.10.0", PROTOCOL_VERSION, "0.9.1", False),
+        ("0.2.0rc1", PROTOCOL_VERSION, "0.2.1.dev3+g1234abc", True),
+        ("9.0", 0, "0.2.0", True),
+        ("0.0.9", PROTOCOL_VERSION, "0.0.0+unknown", False),
+        ("0.0.9", 0, "0.0.0+unknown", True),
+    ],
 )
-def test_outdated_delegates_are_flagged(version: str, protocol: int, outdated: bool) -> None:
+def test_outdated_delegates_are_flagged(
+    version: str, protocol: int, manager: str, outdated: bool
+) -> None:
     from manager.api.delegates import is_outdated
 
-    assert is_outdated(version, protocol) is outdated
+    assert is_outdated(version, protocol, manager) is outdated
+
+
+def test_a_delegate_of_the_managers_own_release_is_current() -> None:
+    from manager.api.delegates import is_outdated
+
+    assert is_outdated(__version__, PROTOCOL_VERSION) is False
 
 
 # -- delegate profiles -------------------------------------------------------------------------
