@@ -49,8 +49,11 @@ release: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
+# Four workers on two cores: most tests wait on real processes, sockets and PostgreSQL, so
+# two per core keep both busy (pytest-xdist); worksteal evens out the long end-to-end cases.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -214,18 +214,25 @@ def _refused_handshake(
 
         def accept_one() -> None:
             conn, _ = listener.accept()
-            try:
-                with server.wrap_socket(conn, server_side=True) as tls:
+            conn.settimeout(60)
+            with server.wrap_socket(conn, server_side=True, do_handshake_on_connect=False) as tls:
+                try:
+                    tls.do_handshake()
                     tls.recv(16)
-            except ssl.SSLError as exc:
-                server_errors.append(exc)
-            finally:
-                conn.close()
+                except ssl.SSLError as exc:
+                    server_errors.append(exc)
+                    # Hang up only after the client has read the alert: closing with the
+                    # client's unread bytes still queued sends a reset, which can overtake
+                    # the alert on a loaded machine (the client then sees a bare EOF).
+                    with contextlib.suppress(OSError):
+                        tls.shutdown(socket.SHUT_WR)
+                        while tls.recv(4096):
+                            pass
 
         thread = threading.Thread(target=accept_one)
         thread.start()
         try:
-            with socket.create_connection(listener.getsockname()) as raw:
+            with socket.create_connection(listener.getsockname(), timeout=60) as raw:
                 try:
                     with client.wrap_socket(raw, server_hostname="localhost") as tls:
                         tls.sendall(b"ping\n")
