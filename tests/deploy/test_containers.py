@@ -113,13 +113,43 @@ DEPLOYMENT = DELEGATE["Deployment", "tether-delegate"]
 
 # -- Dockerfiles ----------------------------------------------------------------------------
 
+DOCKERFILES = ["Dockerfile.manager", "Dockerfile.delegate"]
 
-@pytest.mark.parametrize("name", ["Dockerfile.manager", "Dockerfile.delegate"])
-def test_images_build_from_python_slim_and_run_as_a_numeric_non_root_user(name: str) -> None:
-    steps = instructions(DOCKER / name)
-    bases = [args.split()[0] for word, args in steps if word == "FROM"]
-    assert bases
-    assert all(base == "python:3.11-slim" for base in bases)
+
+DIGEST_PIN = re.compile(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}")
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """The image each stage starts FROM, with ``${ARG}`` replaced by the ARG's default."""
+    defaults: dict[str, str] = {}
+    bases = []
+    for word, args in instructions(dockerfile):
+        if word == "ARG" and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name.strip()] = value.strip()
+        elif word == "FROM":
+            image = args.split()[0]
+            bases.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image))
+    return bases
+
+
+def test_images_pin_one_base_by_digest() -> None:
+    """Every stage of both images starts from the same digest-pinned base, never a bare tag."""
+    bases = [base for name in DOCKERFILES for base in base_images(DOCKER / name)]
+    assert len(bases) == 2 * len(DOCKERFILES)
+    assert all(DIGEST_PIN.fullmatch(base) for base in bases), bases
+    assert len(set(bases)) == 1
+
+
+def test_the_digest_check_catches_a_bare_tag(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("ARG BASE=python:3.11-slim-bookworm\nFROM ${BASE} AS build\n")
+    assert base_images(dockerfile) == ["python:3.11-slim-bookworm"]
+    assert not DIGEST_PIN.fullmatch(base_images(dockerfile)[0])
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_images_run_as_a_numeric_non_root_user(name: str) -> None:
     users = [args for word, args in final_stage(DOCKER / name) if word == "USER"]
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit()
