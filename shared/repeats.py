@@ -105,9 +105,9 @@ class RepeatedErrors:
         if report.full:
             if report.repeated:
                 fields["unlogged_before"] = report.repeated
-            self._logger.error(
-                self._event, error=key, exc_info=exc if traceback else None, **fields
-            )
+            if traceback:
+                fields["exc_info"] = exc
+            self._logger.error(self._event, error=key, **fields)
             return
         self._logger.error(
             f"{self._event}: repeated {report.repeated} times in {report.seconds:.0f} s",
