@@ -195,7 +195,11 @@ class LogRecord:
     seq: int
     stream: str
     ts: float
+    # What people read of the line; it is the line itself when ``data`` is None.
     text: str
+    # The line's exact bytes, when they are not UTF-8 text free of NUL (shared.logbytes):
+    # ``text`` is then their display form, each such byte U+FFFD.
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

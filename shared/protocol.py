@@ -11,9 +11,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_LINES, MAX_SCRIPT_BYTES
+from shared.logbytes import from_base64, is_text, to_base64
 from shared.secretspec import SecretDelivery, SecretOpPayload
 
 __all__ = [
@@ -332,11 +333,50 @@ class AcquireResponse(Strict):
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class LogLine(Strict):
+    """One line of a task's log: text, or bytes that are not text (:mod:`shared.logbytes`)."""
+
     seq: int = Field(ge=0)
     stream: Literal["stdout", "stderr", "system"]
     ts: float
-    text: str
+    # The line, when its bytes are UTF-8 text...
+    text: str = ""
+    # ...else its exact bytes in base64, and ``text`` is empty. Left out of the JSON when
+    # None, so a line of text is on the wire what it always was.
+    data: str | None = Field(default=None, exclude_if=_is_none)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> LogLine:
+        if self.data is not None:
+            if self.text:
+                raise ValueError("a line carries text or data, not both")
+            from_base64(self.data)
+        return self
+
+    @classmethod
+    def of_bytes(
+        cls, seq: int, stream: Literal["stdout", "stderr", "system"], ts: float, raw: bytes
+    ) -> LogLine:
+        """The line of ``raw``: as text when it is text, else as data."""
+        if is_text(raw):
+            return cls(seq=seq, stream=stream, ts=ts, text=raw.decode("utf-8"))
+        return cls(seq=seq, stream=stream, ts=ts, data=to_base64(raw))
+
+    @property
+    def raw(self) -> bytes:
+        """The line's bytes (a lone surrogate in ``text`` raises UnicodeEncodeError)."""
+        return self.text.encode("utf-8") if self.data is None else from_base64(self.data)
+
+    @property
+    def nbytes(self) -> int:
+        """How many bytes the line stands for, without decoding its data."""
+        if self.data is None:
+            return len(self.text.encode("utf-8", "replace"))
+        return len(self.data) * 3 // 4 - self.data.count("=", -2)
 
 
 class LogBatch(Strict):

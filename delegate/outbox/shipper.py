@@ -19,6 +19,12 @@ process, and at start the :class:`Outbox` replays what an earlier run left behin
 manager stores lines by (task, attempt, seq) and takes a result idempotently, so resends
 neither lose nor double anything; a refusal of the attempt (409, 404, 410) drops its spool
 with a log line, and stops the task if it still runs.
+
+Any other refusal is of the data itself (a 400 or 422: sending it again cannot help). A
+refused batch is dropped, and one system line in its place (its first seq) tells the task's
+reader which lines went and why; a refused result is sent again without its outputs,
+deployment and error text, with an error that says so, so the task still ends as it ran.
+Everything after goes on as before.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from tenacity import (
 )
 
 from delegate.link.api import ApiError, ManagerApi, Rejected, Unreachable
-from delegate.outbox.spool import Entry, Position, Spool, SpoolError, TaskSpool
+from delegate.outbox.spool import Entry, Position, Spool, SpoolError, TaskSpool, human_bytes
 from shared.limits import MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES, MIB
 from shared.protocol import LogBatch, LogBatchAck, LogLine, ResultAck, TaskResult
 
@@ -61,7 +67,35 @@ _STALE = (404, 409, 410)
 
 
 def _size(line: LogLine) -> int:
-    return len(line.text.encode("utf-8", "replace")) + _LINE_OVERHEAD
+    # Its share of the JSON body: data is base64, longer than the bytes it carries.
+    body = len(line.data) if line.data is not None else len(line.text.encode("utf-8", "replace"))
+    return body + _LINE_OVERHEAD
+
+
+# How much of the manager's reason a note in the task log repeats.
+_REASON_CHARS = 300
+
+
+def _reason(exc: Rejected) -> str:
+    return str(exc).splitlines()[0][:_REASON_CHARS] if str(exc) else f"{exc.status}"
+
+
+def refusal_note(batch: list[LogLine], exc: Rejected) -> LogLine:
+    """The system line that takes the place of a batch the manager refused: its first seq."""
+    first, last = batch[0].seq, batch[-1].seq
+    seqs = f"seq {first}" if first == last else f"seq {first} to {last}"
+    nbytes = human_bytes(sum(line.nbytes for line in batch))
+    lines = "1 line" if len(batch) == 1 else f"{len(batch)} lines"
+    why = f"the manager refused them ({_reason(exc)})"
+    text = f"[tether] {lines} ({nbytes}) dropped here, {seqs}: {why}"
+    return LogLine(seq=first, stream="system", ts=batch[0].ts, text=text)
+
+
+def plain_result(result: TaskResult, exc: Rejected) -> TaskResult:
+    """``result`` without what the manager may have refused in it: its outputs, deployment
+    and error text. Its status, exit code and times stay, so the task still ends as it ran."""
+    error = f"the manager refused this task's result ({_reason(exc)}); its outputs were dropped"
+    return result.model_copy(update={"outputs": {}, "deployment": None, "error": error})
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +277,7 @@ class LogShipper:
             return Delivery("refused")
         if not self.spooling:
             try:
-                ack = await self._api.post_result(self.task_id, result)
+                ack = await _result_or_plain(self._send_result, result, self._log)
             except Rejected as exc:
                 self._refused(exc, "result")
                 return Delivery("refused")
@@ -262,7 +296,10 @@ class LogShipper:
             self._log.error("cannot spool the result; holding it in memory", error=str(exc))
             await drainer.wait_empty()
             try:
-                return Delivery("delivered", await self._retrying(self._post_result(result)))
+                ack = await _result_or_plain(
+                    lambda r: self._retrying(self._post_result(r)), result, self._log
+                )
+                return Delivery("delivered", ack)
             except Rejected as rej:
                 self._refused(rej, "result")
                 return Delivery("refused")
@@ -306,17 +343,17 @@ class LogShipper:
             return
         if not self.spooling:
             try:
-                ack = await self._api.post_logs(
-                    self.task_id, LogBatch(attempt=self.attempt, lines=batch)
-                )
+                ack = await _logs_or_note(self._send_logs, batch, self._log)
             except Rejected as exc:
                 self._refused(exc, "log batch")
                 return
             except ApiError as exc:
+                # The batch goes to the spool whole, even when it was its note that could
+                # not be sent: the drainer meets the same refusal, and sends the note.
                 self._log.warning("manager unreachable; spooling the task's log", error=str(exc))
                 self.spooling = True
             else:
-                if ack.cancel:
+                if ack is not None and ack.cancel:
                     self.on_cancel()
                 return
         await self._spool(batch)
@@ -334,11 +371,13 @@ class LogShipper:
             self._log.error("cannot spool log lines; holding them in memory", error=str(exc))
             await drainer.wait_empty()
             try:
-                ack = await self._retrying(self._post_logs(batch))
+                ack = await _logs_or_note(
+                    lambda lines: self._retrying(self._post_logs(lines)), batch, self._log
+                )
             except Rejected as rej:
                 self._refused(rej, "log batch")
                 return
-            if ack.cancel:
+            if ack is not None and ack.cancel:
                 self.on_cancel()
             return
         drainer.wake()
@@ -352,19 +391,17 @@ class LogShipper:
             drainer = self._drainer = self._outbox.drainer(spooled, shipper=self)
         return drainer
 
-    def _post_logs(self, lines: list[LogLine]) -> Callable[[], Awaitable[LogBatchAck]]:
-        async def call() -> LogBatchAck:
-            return await self._api.post_logs(
-                self.task_id, LogBatch(attempt=self.attempt, lines=lines)
-            )
+    async def _send_logs(self, lines: list[LogLine]) -> LogBatchAck:
+        return await self._api.post_logs(self.task_id, LogBatch(attempt=self.attempt, lines=lines))
 
-        return call
+    async def _send_result(self, result: TaskResult) -> ResultAck:
+        return await self._api.post_result(self.task_id, result)
+
+    def _post_logs(self, lines: list[LogLine]) -> Callable[[], Awaitable[LogBatchAck]]:
+        return lambda: self._send_logs(lines)
 
     def _post_result(self, result: TaskResult) -> Callable[[], Awaitable[ResultAck]]:
-        async def call() -> ResultAck:
-            return await self._api.post_result(self.task_id, result)
-
-        return call
+        return lambda: self._send_result(result)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in _retrying(*self._outbox.retry):
@@ -377,13 +414,59 @@ class LogShipper:
             self._log.warning(f"{what} refused; stopping the task", code=exc.code)
             self.mark_stale()
         else:
-            # A batch the manager cannot accept (a bug on one side): drop it loudly.
+            # Refused even in its plain form (a note, a result without outputs): nothing
+            # left to send in its place.
             self._log.error(f"{what} rejected; dropped", error=str(exc))
 
     def mark_stale(self) -> None:
         if not self.stale:
             self.stale = True
             self.on_cancel()
+
+
+async def _logs_or_note(
+    post: Callable[[list[LogLine]], Awaitable[LogBatchAck]],
+    batch: list[LogLine],
+    log: structlog.typing.FilteringBoundLogger,
+) -> LogBatchAck | None:
+    """Post ``batch``; refused as data, post its note instead (None if that is refused too).
+
+    A refusal of the attempt (409, 404, 410) propagates: the caller stops the task.
+    """
+    try:
+        return await post(batch)
+    except Rejected as exc:
+        if exc.status in _STALE:
+            raise
+        log.error(
+            "log batch refused; dropped, and a line in the task's log says so",
+            error=str(exc),
+            first_seq=batch[0].seq,
+            last_seq=batch[-1].seq,
+        )
+        note = refusal_note(batch, exc)
+    try:
+        return await post([note])
+    except Rejected as exc:
+        if exc.status in _STALE:
+            raise
+        log.error("the note of a refused log batch was refused too", error=str(exc))
+        return None
+
+
+async def _result_or_plain(
+    post: Callable[[TaskResult], Awaitable[ResultAck]],
+    result: TaskResult,
+    log: structlog.typing.FilteringBoundLogger,
+) -> ResultAck:
+    """Post ``result``; refused as data, post it once more without its outputs."""
+    try:
+        return await post(result)
+    except Rejected as exc:
+        if exc.status in _STALE:
+            raise
+        log.error("result refused; sending it again without its outputs", error=str(exc))
+        return await post(plain_result(result, exc))
 
 
 def _retrying(
@@ -465,13 +548,17 @@ class _Drainer:
             lines, result, end = batch
             try:
                 if result is not None:
-                    ack = await self._post(self._result_call(result))
+                    ack = await _result_or_plain(
+                        lambda r: self._post(self._result_call(r)), result, self._log
+                    )
                     self._log.info(
                         "spooled result delivered", recorded=ack.recorded, state=ack.state.value
                     )
                 else:
-                    logs_ack = await self._post(self._logs_call(lines))
-                    if logs_ack.cancel and self._shipper is not None:
+                    logs_ack = await _logs_or_note(
+                        lambda ls: self._post(self._logs_call(ls)), lines, self._log
+                    )
+                    if logs_ack is not None and logs_ack.cancel and self._shipper is not None:
                         self._shipper.on_cancel()
             except Rejected as exc:
                 what = "result" if result is not None else "log batch"

@@ -482,5 +482,5 @@ class Spool:
 
 
 def _gap_of(lines: Sequence[LogLine]) -> Gap:
-    nbytes = sum(len(line.text.encode("utf-8", "replace")) for line in lines)
+    nbytes = sum(line.nbytes for line in lines)
     return Gap(lines[0].seq, lines[-1].seq, len(lines), nbytes, lines[0].ts, "full")

@@ -17,8 +17,9 @@ record of every segment names its task attempt and number, so a directory is rea
 without trusting its name. After a crash the last record may be torn: its CRC (or length)
 gives it away and the file is cut back to the last whole record.
 
-Records: ``head``; ``lines`` (``[seq, stream, ts, text]`` each); ``gap`` (lines dropped or
-lost, which the manager receives as one system line in their place); ``result``.
+Records: ``head``; ``lines`` (``[seq, stream, ts, text]`` each, and the line's base64
+``data`` fifth when its bytes are not text); ``gap`` (lines dropped or lost, which the
+manager receives as one system line in their place); ``result``.
 A record that does not read back while the delegate runs raises :class:`SpoolError`.
 """
 
@@ -243,7 +244,10 @@ def chunks(lines: Sequence[LogLine], limit: int) -> Iterator[tuple[list[LogLine]
     raws: list[bytes] = []
     size = 0
     for line in lines:
-        raw = dumps([line.seq, line.stream, line.ts, line.text])
+        item: list[object] = [line.seq, line.stream, line.ts, line.text]
+        if line.data is not None:
+            item.append(line.data)
+        raw = dumps(item)
         if chunk and size + len(raw) > limit:
             yield chunk, raws
             chunk, raws, size = [], [], 0
@@ -255,12 +259,13 @@ def chunks(lines: Sequence[LogLine], limit: int) -> Iterator[tuple[list[LogLine]
 
 
 def line_of(item: Any) -> LogLine:
-    seq, stream, ts, text = item
-    return LogLine(seq=seq, stream=stream, ts=ts, text=text)
+    # [seq, stream, ts, text], and the line's data (base64) after them when it has some.
+    seq, stream, ts, text, *data = item
+    return LogLine(seq=seq, stream=stream, ts=ts, text=text, data=data[0] if data else None)
 
 
 def note_lines(seg: Segment, lines: Sequence[LogLine]) -> None:
-    nbytes = sum(len(line.text.encode("utf-8", "replace")) for line in lines)
+    nbytes = sum(line.nbytes for line in lines)
     seg.note_range(lines[0].seq, lines[-1].seq, len(lines), nbytes, lines[0].ts)
 
 

@@ -369,6 +369,10 @@ async def _read_outputs(fd: int, log: LogStream) -> dict[str, str]:
         if not eq or not _OUTPUT_KEY.fullmatch(key):
             await log.system(f"$TETHER_OUTPUT line {number} is not KEY=VALUE; ignored")
             continue
+        if "\x00" in value:
+            # No store keeps a NUL in text; the task's log keeps such bytes exactly.
+            await log.system(f"$TETHER_OUTPUT line {number} has a NUL byte in its value; ignored")
+            continue
         if log.masker.mask_text(key) != key:
             # Values are masked on the way out, but a name is the key of the result: a
             # masked one would collide with others and say nothing, so the line goes.

@@ -6,8 +6,10 @@ back a tail that could be the start of a secret until the next bytes settle it. 
 the masker has released ever reach a line, including the partial lines shipped early so a
 progress bar without a newline still shows.
 
-Bytes are decoded (UTF-8, invalid sequences replaced) only when a line is emitted, and a
-multi-byte character cut by a pipe read waits for its remaining bytes.
+Bytes are never decoded into something else: a line that is UTF-8 text is shipped as text,
+any other (invalid UTF-8, a NUL) as its exact bytes (:mod:`shared.logbytes`). A multi-byte
+character cut by a pipe read still waits for its remaining bytes, so that a partial line
+shipped early does not turn a text line into two pieces of bytes.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class LogStream:
         text = text.encode("utf-8", "replace").decode("utf-8")
         async with self._lock:
             for line in self._masker.mask_text(text).rstrip("\n").split("\n"):
-                await self._emit("system", line)
+                # "replace" again: mask_text may hand back a lone surrogate.
+                await self._emit("system", line.encode("utf-8", "replace"))
 
     async def flush_partial(self) -> None:
         """Ship partial lines that waited ``flush_after`` seconds for their newline.
@@ -113,7 +116,7 @@ class LogStream:
                     chunk = bytes(partial.buf[:n])
                     del partial.buf[:n]
                     partial.since = now if partial.buf else None
-                    await self._emit(stream, _decode(chunk))
+                    await self._emit(stream, chunk)
 
     async def flush_periodically(self) -> None:
         """Call :meth:`flush_partial` until cancelled.
@@ -139,7 +142,7 @@ class LogStream:
                     chunk = bytes(partial.buf)
                     partial.buf.clear()
                     partial.since = None
-                    await self._emit(stream, _decode(chunk))
+                    await self._emit(stream, chunk)
 
     async def _take(self, stream: OutputStream, partial: _Partial, released: bytes) -> None:
         if not released:
@@ -154,25 +157,29 @@ class LogStream:
             if partial.since is None:
                 partial.since = now
         for line in lines:
-            await self._emit(stream, _decode(line.removesuffix(b"\r")))
+            await self._emit(stream, line.removesuffix(b"\r"))
         # A line with no end in sight is shipped in pieces rather than held in memory.
         while len(partial.buf) > MAX_LOG_LINE_BYTES:
             cut = _char_boundary(partial.buf, MAX_LOG_LINE_BYTES)
             chunk = bytes(partial.buf[:cut])
             del partial.buf[:cut]
-            await self._emit(stream, _decode(chunk))
+            await self._emit(stream, chunk)
         if not partial.buf:
             partial.since = None
 
-    async def _emit(self, stream: Literal["stdout", "stderr", "system"], text: str) -> None:
-        # Masking and replacement characters can make the text longer than its bytes were.
-        for piece in _split_text(text, MAX_LOG_LINE_BYTES):
+    async def _emit(self, stream: Literal["stdout", "stderr", "system"], raw: bytes) -> None:
+        # A complete line may come longer than the limit in one read: shipped in pieces.
+        while True:
+            cut = (
+                len(raw)
+                if len(raw) <= MAX_LOG_LINE_BYTES
+                else _char_boundary(raw, MAX_LOG_LINE_BYTES)
+            )
+            piece, raw = raw[:cut], raw[cut:]
             self._seq += 1
-            await self._sink(LogLine(seq=self._seq, stream=stream, ts=self._clock(), text=piece))
-
-
-def _decode(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
+            await self._sink(LogLine.of_bytes(self._seq, stream, self._clock(), piece))
+            if not raw:
+                return
 
 
 def _is_continuation(byte: int) -> bool:
@@ -197,27 +204,10 @@ def _incomplete_utf8_tail(buf: bytearray) -> int:
     return 0
 
 
-def _char_boundary(buf: bytearray, limit: int) -> int:
+def _char_boundary(buf: bytes | bytearray, limit: int) -> int:
     """A cut at or below ``limit`` that does not split a UTF-8 character (``len(buf) > limit``)."""
     cut = limit
     while cut > limit - 3 and _is_continuation(buf[cut]):
         cut -= 1
     # Not valid UTF-8 around the limit: any cut is as good as another.
     return cut if cut > 0 and not _is_continuation(buf[cut]) else limit
-
-
-def _split_text(text: str, limit: int) -> list[str]:
-    # "replace": mask_text may hand back a lone surrogate, which no JSON peer would accept.
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return [data.decode("utf-8")]
-    pieces = []
-    start = 0
-    while len(data) - start > limit:
-        cut = start + limit
-        while _is_continuation(data[cut]):
-            cut -= 1
-        pieces.append(data[start:cut].decode("utf-8"))
-        start = cut
-    pieces.append(data[start:].decode("utf-8"))
-    return pieces

@@ -359,7 +359,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate",
             LogBatch,
             LogBatchAck,
-            errors=(400, 401, 404, 409, 413),
+            errors=(400, 401, 404, 409, 413, 422),
         )
     )
     table.add(
@@ -371,6 +371,6 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate",
             TaskResult,
             ResultAck,
-            errors=(400, 401, 404, 409),
+            errors=(400, 401, 404, 409, 422),
         )
     )

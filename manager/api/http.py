@@ -31,8 +31,9 @@ from manager.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from manager.store.base import StoreError
+from manager.store.base import BadData, StoreError
 from shared.protocol import describe_validation_error
+from shared.repeats import RepeatedErrors
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -48,6 +49,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger("tether.http")
+
+# While the database is away every request fails alike: one traceback, then counts. Data a
+# client keeps sending is logged the same way, without a traceback (nothing broke here).
+_store_failures = RepeatedErrors(log, "store error")
+_refused_data = RepeatedErrors(log, "store refused a value")
 
 
 class ApiProblem(Exception):
@@ -206,8 +212,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return problem_response(exc.status, code, exc.reason)
-    except StoreError:
-        log.exception("store error", path=request.path)
+    except BadData as exc:
+        _refused_data.error(exc, traceback=False, path=request.path)
+        return problem_response(422, "bad_data", str(exc))
+    except StoreError as exc:
+        _store_failures.error(exc, path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)

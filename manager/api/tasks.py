@@ -34,6 +34,7 @@ from manager.schemas.tasks import (
     TaskView,
 )
 from manager.tasks.idempotency import shown
+from shared.logbytes import to_base64
 from shared.protocol import FINAL_STATES, TaskState
 
 __all__ = ["add_task_routes", "full_task_view", "task_view"]
@@ -117,7 +118,10 @@ async def _task_for(request: web.Request, action: Action) -> tuple[TaskRecord, P
 
 
 def _log_entry(rec: LogRecord) -> LogEntry:
-    return LogEntry(attempt=rec.attempt, seq=rec.seq, stream=rec.stream, ts=rec.ts, text=rec.text)
+    data = None if rec.data is None else to_base64(rec.data)
+    return LogEntry(
+        attempt=rec.attempt, seq=rec.seq, stream=rec.stream, ts=rec.ts, text=rec.text, data=data
+    )
 
 
 def _cursor(pos: tuple[int, int] | None) -> str:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.logbytes import from_base64
 from shared.protocol import (
     Deployment,
     Isolation,
@@ -102,12 +103,30 @@ class TaskList(Model):
     tasks: list[TaskView]
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class LogEntry(Model):
     attempt: int
     seq: int
     stream: Literal["stdout", "stderr", "system"]
     ts: float
-    text: str
+    text: str = Field(
+        description="The line as text. When its bytes are not UTF-8 text (invalid UTF-8, or"
+        " a NUL byte), each such byte shows here as U+FFFD and `data` has the exact bytes."
+    )
+    data: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="The line's exact bytes in base64 (standard alphabet, padded); present"
+        " only when they are not UTF-8 text free of NUL.",
+    )
+
+    @property
+    def raw(self) -> bytes:
+        """The line's exact bytes."""
+        return self.text.encode("utf-8") if self.data is None else from_base64(self.data)
 
 
 class LogPage(Model):

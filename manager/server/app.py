@@ -80,6 +80,7 @@ from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
+from shared.repeats import RepeatedErrors
 from shared.tls import ensure_manager_certificates, server_context
 
 __all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
@@ -383,6 +384,8 @@ async def _loops(c: Context) -> None:
     last_revocation_check = 0.0
     last_renewal = 0.0
     last_reconcile = time.monotonic()
+    # A database that is away fails every pass alike: one traceback, then counts.
+    failures = RepeatedErrors(log, "sweep failed")
     while True:
         await asyncio.sleep(t.sweep_interval)
         c.last_sweep = time.monotonic()
@@ -409,8 +412,8 @@ async def _loops(c: Context) -> None:
                     c.tokens.forget(token_id)
                     c.hub.revoke(token_id)
                     log.info("token revoked on the host", token_id=token_id)
-        except Exception:
-            log.exception("sweep failed")
+        except Exception as exc:
+            failures.error(exc)
 
 
 def _loops_alive(c: Context) -> bool:

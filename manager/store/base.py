@@ -37,6 +37,7 @@ from shared.protocol import TaskState
 __all__ = [
     "AccessStore",
     "AuditStore",
+    "BadData",
     "Conflict",
     "SecretStore",
     "Store",
@@ -50,6 +51,18 @@ __all__ = [
 
 class StoreError(Exception):
     """The database failed; the request that needed it gets a 503."""
+
+
+class BadData(StoreError):
+    """The database refused a value of the request itself (text with a NUL, a value too
+    large): trying again cannot help, so the request gets a 422 that says so, not a 503.
+
+    The message names the kind of value, never the value: a driver's own message may quote
+    it, and it may be a secret.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the database refused a value in this request: {what}")
 
 
 class Conflict(StoreError):

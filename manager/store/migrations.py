@@ -364,6 +364,10 @@ MIGRATIONS: list[Migration] = [
     ),
     # How the delegate runs its tasks; a delegate registered before it said nothing.
     (14, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
+    # A log line's exact bytes when they are not text (a NUL, invalid UTF-8): PostgreSQL's
+    # text holds neither. ``text`` keeps the display form; the lines stored before were all
+    # text, and stay as they are.
+    (15, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
 ]
 
 

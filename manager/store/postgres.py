@@ -38,6 +38,7 @@ from manager.records import (
 )
 from manager.store import migrations
 from manager.store.base import (
+    BadData,
     Conflict,
     StoreError,
     check_envelope_versions,
@@ -58,13 +59,37 @@ log = structlog.get_logger("tether.store")
 # of one deployment take turns while unrelated schemas (tests in parallel) do not wait.
 _MIGRATION_LOCK_CLASS = 0x7E7E
 
-# The database is down or failed: the caller gets a StoreError (a 503), not a crash.
+# The database is down or failed: the caller gets a StoreError (a 503), not a crash. An
+# InterfaceError is the client's side of the same ("connection is closed" while PostgreSQL
+# restarts, a pool closing), and so is an InternalClientError: a query sent on a connection
+# the server has just terminated meets one about one time in ten ("cannot switch to state").
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
-    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
+# A value the database refuses: class 22 (data exception; asyncpg raises it too for a value
+# it cannot encode) and 54 (a program limit, e.g. an index row too large). Bad data, not an
+# outage: BadData (a 422).
+_BAD_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+)
+# What a refused value was, by SQLSTATE: the driver's message may quote the value itself.
+_BAD_DATA_KINDS = {
+    "22021": "text with a NUL byte or bytes that are not UTF-8",
+    "22P05": "text the database cannot hold (a NUL byte, \\u0000 in JSON)",
+    "22000": "a value the database driver cannot encode (a lone surrogate in text?)",
+    "54000": "a value too large for the database",
+}
+
+
+def _bad_data(exc: BaseException) -> BadData:
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return BadData(_BAD_DATA_KINDS.get(state, f"a value out of range or malformed ({state})"))
+
 
 # Statements composed here are f-strings or sums of manager.store.sql's constant texts and
 # fixed fragments, never of a caller's value: hence S608's noqa on them.
@@ -108,10 +133,12 @@ _APPEND_LOGS = """
         SELECT 1 FROM tasks
         WHERE id = :task_id AND attempt = :attempt AND delegate_id = :delegate_id FOR SHARE
     ), ins AS (
-        INSERT INTO task_logs(task_id, attempt, seq, stream, ts, text)
-        SELECT :task_id::text, :attempt::integer, l.seq, l.stream, l.ts, l.text
-        FROM unnest(:seqs::bigint[], :streams::text[], :tss::double precision[], :texts::text[])
-            AS l(seq, stream, ts, text)
+        INSERT INTO task_logs(task_id, attempt, seq, stream, ts, text, data)
+        SELECT :task_id::text, :attempt::integer, l.seq, l.stream, l.ts, l.text, l.data
+        FROM unnest(
+            :seqs::bigint[], :streams::text[], :tss::double precision[], :texts::text[],
+            :datas::bytea[]
+        ) AS l(seq, stream, ts, text, data)
         WHERE EXISTS (SELECT 1 FROM holder)
         ON CONFLICT DO NOTHING
         RETURNING 1
@@ -204,6 +231,8 @@ class PostgresStore(SqlStore):
         # deleted meanwhile, or a manager deleted while a secret moves into it.
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
             raise Conflict(str(exc)) from exc
+        except _BAD_DATA as exc:
+            raise _bad_data(exc) from None
         except _DB_ERRORS as exc:
             raise StoreError(f"postgres: {exc}") from exc
 
@@ -317,6 +346,7 @@ class PostgresStore(SqlStore):
             "streams": [ln.stream for ln in lines],
             "tss": [ln.ts for ln in lines],
             "texts": [ln.text for ln in lines],
+            "datas": [ln.data for ln in lines],
         }
         row = await self._fetchrow(_APPEND_LOGS, params)
         return int(row["new"]) if row["held"] else -1

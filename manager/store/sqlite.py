@@ -32,6 +32,7 @@ from manager.records import (
 )
 from manager.store import migrations
 from manager.store.base import (
+    BadData,
     Conflict,
     StoreError,
     check_envelope_versions,
@@ -64,8 +65,8 @@ _UPSERT_PRESENCE = (
 )
 _HOLDER = "SELECT attempt, delegate_id FROM tasks WHERE id = :id"
 _INSERT_LOG = (
-    "INSERT OR IGNORE INTO task_logs(task_id, attempt, seq, stream, ts, text)"
-    " VALUES (:task_id, :attempt, :seq, :stream, :ts, :text)"
+    "INSERT OR IGNORE INTO task_logs(task_id, attempt, seq, stream, ts, text, data)"
+    " VALUES (:task_id, :attempt, :seq, :stream, :ts, :text, :data)"
 )
 
 
@@ -93,6 +94,14 @@ class SqliteStore(SqlStore):
                     return fn(conn)
             except sqlite3.IntegrityError as exc:
                 raise Conflict(str(exc)) from None
+            # A value SQLite refuses ("string or blob too big") or Python cannot hand it (a
+            # lone surrogate in text, an integer over 64 bits): bad data, not an outage.
+            except sqlite3.DataError:
+                raise BadData("a value too large for the database") from None
+            except UnicodeEncodeError:
+                raise BadData("text that is not Unicode (a lone surrogate)") from None
+            except OverflowError:
+                raise BadData("a number too large for the database") from None
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite: {exc}") from None
 

@@ -25,7 +25,7 @@ from manager.core.taskstate import (
     on_result,
     on_sweep,
 )
-from manager.errors import Conflicting, Gone, NotFound, Unavailable
+from manager.errors import Conflicting, Gone, Invalid, NotFound, Unavailable
 from manager.keys.masterkey import MasterKey
 from manager.metrics import Metrics
 from manager.records import AttemptRecord, LogRecord, TaskRecord
@@ -40,11 +40,13 @@ from manager.tasks.hub import Hub, Session
 from manager.tasks.idempotency import differences, scoped
 from shared.ids import new_id
 from shared.limits import Timings
+from shared.logbytes import is_text, shown
 from shared.protocol import (
     FINAL_STATES,
     AcquireResponse,
     LogBatch,
     LogBatchAck,
+    LogLine,
     ResultAck,
     TaskDrain,
     TaskResult,
@@ -63,6 +65,24 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 
 def _env_bytes(env: dict[str, str]) -> bytes:
     return json.dumps(env, sort_keys=True).encode()
+
+
+def _log_record(attempt: int, index: int, line: LogLine) -> LogRecord:
+    """How a line is stored: text as it came, any other bytes exactly beside what they show
+    as. A line of text with a NUL in it (an older delegate sends those) is bytes too."""
+    if line.data is None and "\x00" not in line.text:
+        return LogRecord(attempt, line.seq, line.stream, line.ts, line.text)
+    try:
+        raw = line.raw
+    except UnicodeEncodeError:
+        raise Invalid(
+            "invalid",
+            f"lines.{index}.text: not Unicode text (a lone surrogate); send such bytes as data",
+            field=f"lines.{index}.text",
+        ) from None
+    if is_text(raw):
+        return LogRecord(attempt, line.seq, line.stream, line.ts, raw.decode("utf-8"))
+    return LogRecord(attempt, line.seq, line.stream, line.ts, shown(raw), raw)
 
 
 def _secret_context(task_id: str) -> bytes:
@@ -328,7 +348,7 @@ class TaskService:
             raise NotFound("not_found", f"no task {task_id}")
 
     async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
-        lines = [LogRecord(batch.attempt, ln.seq, ln.stream, ln.ts, ln.text) for ln in batch.lines]
+        lines = [_log_record(batch.attempt, i, ln) for i, ln in enumerate(batch.lines)]
         inserted = await self._store.append_logs(task_id, batch.attempt, session.id, lines)
         if inserted < 0:
             if await self._store.get_task(task_id) is None:
@@ -338,7 +358,7 @@ class TaskService:
             self._events.notify(task_id)
             self._bus.publish("changed", task_id)
             self._metrics.log_lines.inc(inserted)
-            size = sum(len(ln.text) for ln in batch.lines)
+            size = sum(len(ln.text) if ln.data is None else len(ln.data) for ln in lines)
             self._metrics.log_bytes.inc(size * inserted // len(batch.lines))
         return LogBatchAck(accepted=inserted, cancel=task_id in self._hub.cancelling)
 

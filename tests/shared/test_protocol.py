@@ -15,6 +15,7 @@ from shared.protocol import (
     HeartbeatAck,
     Hello,
     HttpPayload,
+    LogLine,
     ProtocolError,
     ShellPayload,
     TaskAvailable,
@@ -239,6 +240,34 @@ def test_task_result_refuses_a_non_final_status() -> None:
 
 
 # --- timings -------------------------------------------------------------------------------
+
+
+def test_a_log_line_of_text_is_on_the_wire_what_it_always_was() -> None:
+    line = LogLine.of_bytes(3, "stdout", 1.5, "héllo".encode())
+    assert json.loads(line.model_dump_json()) == {
+        "seq": 3,
+        "stream": "stdout",
+        "ts": 1.5,
+        "text": "héllo",
+    }
+
+
+@pytest.mark.parametrize("raw", [b"a\x00b", b"\xff", b"\xc3", bytes(range(256)), b"\x00"])
+def test_a_log_line_of_other_bytes_carries_them_as_base64_and_parses_back(raw: bytes) -> None:
+    line = LogLine.of_bytes(0, "stderr", 1.0, raw)
+    wire = json.loads(line.model_dump_json())
+
+    assert wire["text"] == ""
+    back = LogLine.model_validate_json(line.model_dump_json())
+    assert (back.raw, back.nbytes) == (raw, len(raw))
+
+
+@pytest.mark.parametrize(
+    "form", [{"text": "x", "data": "eA=="}, {"data": "not base64!"}, {"data": "eA"}]
+)
+def test_a_log_line_with_both_forms_or_bad_base64_is_refused(form: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        LogLine.model_validate({"seq": 0, "stream": "stdout", "ts": 1.0, **form})
 
 
 def test_scaled_timings_multiply_every_field() -> None:

@@ -7,6 +7,10 @@ lines are the task's own output, which a task's code (or whatever it prints) con
 terminal their control characters are shown as visible escapes (``\\x1b``), so no output can
 rewrite the screen, retitle the window or hide a line; written to a file or a pipe, and in
 ``--output json``, they stay the data they are.
+
+A line whose bytes are not UTF-8 text (invalid UTF-8, a NUL) is written to a file or a pipe
+as those bytes exactly; on a terminal each byte that is not text shows as ``\\xNN``; in
+``--output json`` the entry's ``data`` has them in base64 (and ``text`` shows U+FFFD).
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ def _is_tty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _write_bytes(stream: TextIO, data: bytes) -> None:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        # A stream of text only (a test's StringIO): the bytes as the closest text.
+        stream.write(data.decode("utf-8", "surrogateescape"))
+        stream.flush()
+        return
+    stream.flush()  # what was written as text goes first
+    buffer.write(data)
+    buffer.flush()
 
 
 def to_json(value: BaseModel | dict[str, Any]) -> str:
@@ -316,9 +332,15 @@ class Console:
         self.err.flush()
 
     def log(self, entry: LogEntry) -> None:
-        text = entry.text.removesuffix("\n")
         to = self.out if entry.stream == "stdout" else self.err
-        if _is_tty(to):
+        tty = _is_tty(to)
+        if entry.data is not None and not tty:
+            prefix = SYSTEM_PREFIX.encode() if entry.stream == "system" else b""
+            _write_bytes(to, prefix + entry.raw + b"\n")
+            return
+        text = entry.text if entry.data is None else entry.raw.decode("utf-8", "backslashreplace")
+        text = text.removesuffix("\n")
+        if tty:
             text = visible(text)
         if entry.stream == "stdout":
             self.print(text)

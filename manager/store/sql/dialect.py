@@ -68,6 +68,7 @@ _DIFFERENCES: dict[str, dict[Dialect, str]] = {
     "FALSE": {_SQLITE: "0", _POSTGRES: "FALSE"},
     "TRUE": {_SQLITE: "1", _POSTGRES: "TRUE"},
     "BIGINT": {_SQLITE: "INTEGER", _POSTGRES: "BIGINT"},
+    "BYTES": {_SQLITE: "BLOB", _POSTGRES: "BYTEA"},
     # The audit chain's genesis hash: 64 zeros (manager.core.audit_chain).
     "GENESIS": {_SQLITE: "hex(zeroblob(32))", _POSTGRES: "repeat('0', 64)"},
     # Insertion order, to break ties on created_at (PostgreSQL has no rowid: a column).

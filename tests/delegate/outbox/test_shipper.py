@@ -53,6 +53,9 @@ class FakeManager:
         self.lines_at_result: list[int] = []
         self.log_posts = 0
         self.cancel = False
+        # A batch with a line holding these bytes, or a result with an output holding them,
+        # is refused as bad data (422), as a store that cannot hold a value answers.
+        self.refuse: bytes | None = None
         # When set to an unset event, log posts from number ``hold_from`` on wait for it.
         self.gate: asyncio.Event | None = None
         self.hold_from = 1
@@ -140,6 +143,8 @@ class FakeManager:
         if refused is not None:
             return refused
         batch = LogBatch.model_validate_json(await request.read())
+        if self.refuse is not None and any(self.refuse in line.raw for line in batch.lines):
+            return _bad_data()
         accepted = 0
         for line in batch.lines:
             if line.seq not in self.lines:
@@ -155,11 +160,20 @@ class FakeManager:
         if refused is not None:
             return refused
         result = TaskResult.model_validate_json(await request.read())
+        if self.refuse is not None and any(
+            self.refuse in v.encode() for v in result.outputs.values()
+        ):
+            return _bad_data()
         self.results.append(result)
         self.lines_at_result.append(len(self.lines))
         self._seen()
         ack = ResultAck(state=TaskState(result.status), recorded=len(self.results) == 1)
         return web.Response(text=ack.model_dump_json(), content_type="application/json")
+
+
+def _bad_data() -> web.Response:
+    body = {"error": {"code": "bad_data", "message": "the database refused a value"}}
+    return web.json_response(body, status=422)
 
 
 @pytest.fixture(scope="module")
@@ -478,3 +492,90 @@ async def test_a_cancel_in_a_log_ack_reaches_the_task(
         await shipper.put(line(0))
         await cancelled.wait()
         await shipper.finish(result(0))
+
+
+# -- data the manager refuses ----------------------------------------------------------------
+
+BAD = b"\x00BAD\xff"
+
+
+def bad_line(seq: int) -> LogLine:
+    return LogLine.of_bytes(seq, "stdout", 1.0 + seq, b"before " + BAD + b" after")
+
+
+def note_of(manager: FakeManager, seq: int) -> str:
+    note = manager.lines[seq]
+    assert note.stream == "system"
+    assert "the manager refused them (422 bad_data: the database refused a value)" in note.text
+    return note.text
+
+
+async def test_a_batch_refused_as_data_is_dropped_and_the_task_log_says_so(
+    manager: FakeManager, api: ManagerApi, tmp_path: Path
+) -> None:
+    manager.refuse = BAD
+    outbox = outbox_for(api, tmp_path / "spool")
+    with structlog.testing.capture_logs() as logs:
+        async with outbox.shipper(TASK, 1, on_cancel=lambda: None) as shipper:
+            await put_all(shipper, range(5))
+            await shipper.flush()
+            await shipper.put(bad_line(5))
+            await shipper.flush()
+            await put_all(shipper, range(6, 10))
+            delivery = await shipper.finish(result(9))
+
+    assert delivery.state == "delivered"
+    assert not shipper.spooling
+    assert not shipper.stale
+    # The refused line's place holds a line saying what went and why; all else arrived.
+    assert sorted(manager.lines) == list(range(10))
+    assert "1 line (18 B) dropped here, seq 5:" in note_of(manager, 5)
+    assert [r.last_seq for r in manager.results] == [9]
+    assert any(e["event"].startswith("log batch refused") for e in logs)
+
+
+async def test_a_spooled_batch_refused_as_data_is_dropped_and_the_rest_is_sent(
+    manager: FakeManager, api: ManagerApi, tmp_path: Path
+) -> None:
+    root = tmp_path / "spool"
+    # Small segments: the drainer sends the spool in several batches.
+    outbox = outbox_for(api, root, task_limit=64 * KIB)
+    async with outbox.shipper(TASK, 1, on_cancel=lambda: None) as shipper:
+        await manager.down()
+        await put_all(shipper, range(100))
+        await shipper.put(bad_line(100))
+        await put_all(shipper, range(101, 200))
+        assert (await shipper.finish(result(199))).state == "spooled"
+        manager.refuse = BAD
+        await manager.up()
+    await outbox.wait_idle()
+
+    # The drainer's batch that held the bad line went whole; a note stands at its first seq
+    # and names its range, and every line outside that range arrived, then the result.
+    notes = [s for s, ln in manager.lines.items() if ln.stream == "system"]
+    assert len(notes) == 1
+    text = note_of(manager, notes[0])
+    first, last = map(int, text.split("dropped here, seq ")[1].split(":")[0].split(" to "))
+    assert 0 < first == notes[0] <= 100 <= last < 199
+    assert sorted(manager.lines) == [s for s in range(200) if not first < s <= last]
+    assert [r.last_seq for r in manager.results] == [199]
+    assert spool_files(root) == []
+
+
+async def test_a_result_refused_as_data_is_sent_again_without_its_outputs(
+    manager: FakeManager, api: ManagerApi, tmp_path: Path
+) -> None:
+    manager.refuse = b"BAD"
+    outbox = outbox_for(api, tmp_path / "spool")
+    refused = TaskResult(
+        attempt=1, status="succeeded", exit_code=0, outputs={"K": "BAD", "OK": "1"}, last_seq=0
+    )
+    async with outbox.shipper(TASK, 1, on_cancel=lambda: None) as shipper:
+        await shipper.put(line(0))
+        delivery = await shipper.finish(refused)
+
+    assert delivery.state == "delivered"
+    [got] = manager.results
+    assert (got.status, got.exit_code, got.outputs, got.last_seq) == ("succeeded", 0, {}, 0)
+    assert got.error is not None
+    assert "the manager refused this task's result (422 bad_data" in got.error

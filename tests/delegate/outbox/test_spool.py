@@ -124,6 +124,24 @@ async def test_spooled_lines_and_result_survive_a_restart(tmp_path: Path) -> Non
     assert again.total_bytes == recovered.pending_bytes > 0
 
 
+async def test_lines_of_bytes_come_back_exactly_after_a_restart(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    spool = open_spool(root)
+    task = spool.task(TASK, 1)
+    raws = [b"text", b"a\x00b\xffc", bytes(range(256)), b""]
+    task.append_lines([LogLine.of_bytes(i, "stdout", 1.0, raw) for i, raw in enumerate(raws)])
+    await task.sync()
+    spool.close()
+
+    (recovered,) = open_spool(root).recovered()
+    got = sent_lines(recovered)
+
+    assert [line.raw for line in got] == raws
+    assert [line.data is None for line in got] == [True, False, False, True]
+    # What a gap would count: the bytes the lines stand for, not their base64.
+    assert sum(line.nbytes for line in got) == sum(map(len, raws))
+
+
 def test_a_sent_spool_is_gone_after_a_restart(tmp_path: Path) -> None:
     root = tmp_path / "spool"
     spool = open_spool(root)

@@ -168,6 +168,19 @@ async def test_malformed_output_line_is_a_warning_not_a_failure(tmp_path: Path) 
     ]
 
 
+async def test_an_output_value_with_a_nul_byte_is_ignored_with_a_line_saying_so(
+    tmp_path: Path,
+) -> None:
+    script = r"""printf 'A=1\nB=x\0y\nC=\377\n' > "$TETHER_OUTPUT" """
+
+    r = await run(shell(script), tmp_path)
+
+    assert r.result.status == "succeeded"
+    # No store keeps a NUL in text; bytes that are not UTF-8 are replaced, as ever.
+    assert r.result.outputs == {"A": "1", "C": "\ufffd"}
+    assert r.texts("system") == ["$TETHER_OUTPUT line 2 has a NUL byte in its value; ignored"]
+
+
 async def test_output_value_carrying_a_secret_is_masked(tmp_path: Path) -> None:
     r = await run(shell('echo "TOKEN=$SECRET_TOKEN" > "$TETHER_OUTPUT"'), tmp_path)
 

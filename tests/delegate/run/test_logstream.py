@@ -234,12 +234,50 @@ async def test_partial_flush_keeps_an_incomplete_character_for_the_next_write() 
     assert sink.texts() == ["5", "€"]
 
 
-async def test_invalid_utf8_is_replaced_not_fatal() -> None:
+async def test_invalid_utf8_is_shipped_as_its_exact_bytes() -> None:
     log, sink, _ = make()
 
-    await log.write("stdout", b"bad \xff byte\n")
+    await log.write("stdout", b"bad \xff byte\nfine\n")
 
-    assert sink.texts() == ["bad \ufffd byte"]
+    assert [line.raw for line in sink.lines] == [b"bad \xff byte", b"fine"]
+    assert (sink.lines[0].text, sink.lines[0].data) == ("", "YmFkIP8gYnl0ZQ==")
+    # A line of text goes as text, as it always did.
+    assert (sink.lines[1].text, sink.lines[1].data) == ("fine", None)
+
+
+async def test_a_nul_byte_makes_a_line_bytes_and_is_kept() -> None:
+    log, sink, _ = make()
+
+    await log.write("stdout", b"a\x00b\xffc\n")
+
+    assert [line.raw for line in sink.lines] == [b"a\x00b\xffc"]
+    assert sink.lines[0].data is not None
+
+
+async def test_a_secret_between_nul_and_invalid_bytes_is_masked_and_the_bytes_kept() -> None:
+    log, sink, _ = make()
+    secret = SECRET.encode()
+
+    # Split across writes too, right at the odd bytes.
+    await log.write("stdout", b"\x00" + secret[:5])
+    await log.write("stdout", secret[5:] + b"\xff\xfe|" + secret + b"\x00\n")
+    await log.write("stderr", b"\xc3" + secret + b"\xc3\n")
+
+    assert [line.raw for line in sink.lines] == [
+        b"\x00" + MASK + b"\xff\xfe|" + MASK + b"\x00",
+        b"\xc3" + MASK + b"\xc3",
+    ]
+    assert all(secret not in line.raw for line in sink.lines)
+
+
+async def test_a_long_line_of_bytes_is_split_at_max_log_line_bytes_and_kept_whole() -> None:
+    log, sink, _ = make()
+    raw = bytes(range(256)) * (MAX_LOG_LINE_BYTES // 100)
+
+    await log.write("stdout", raw.replace(b"\n", b"") + b"\n")
+
+    assert b"".join(line.raw for line in sink.lines) == raw.replace(b"\n", b"")
+    assert all(len(line.raw) <= MAX_LOG_LINE_BYTES for line in sink.lines)
 
 
 async def test_lines_carry_the_clock_time_of_emission() -> None:

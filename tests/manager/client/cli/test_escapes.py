@@ -5,6 +5,7 @@ and in ``--output json``, the text is the data as it was."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -13,7 +14,8 @@ import pytest
 from manager.client import EndEvent, FollowEvent, StateEvent, TetherClient
 from manager.client.cli.main import Config, run_cli
 from manager.client.cli.output import visible
-from manager.schemas.tasks import LogPage
+from manager.schemas.tasks import LogEntry, LogPage
+from shared.logbytes import shown
 from shared.protocol import TaskState
 from tests.manager.client.cli.test_main import ENV, FINISHED, FakeClient, Terminal, log
 
@@ -69,6 +71,52 @@ def test_task_logs_as_json_keeps_the_text_as_data(tty: bool) -> None:
     assert "\x1b" not in out  # JSON escapes it (\u001b) ...
     texts = [json.loads(line)["text"] for line in out.splitlines()]
     assert texts == [HOSTILE, HOSTILE]  # ... and it decodes to what the task wrote
+
+
+# A line that is not UTF-8 text: a NUL, a byte no UTF-8 has, and an escape sequence.
+ODD = b"a\x00b\xffc\x1b[2J"
+
+
+def _binary_pages() -> list[LogPage]:
+    data = base64.b64encode(ODD).decode()
+    lines = [
+        LogEntry(attempt=1, seq=s, stream=stream, ts=1.0, text=shown(ODD), data=data)
+        for s, stream in enumerate(("stdout", "stderr"))
+    ]
+    return [
+        LogPage(lines=lines, cursor="1:1", state=TaskState.SUCCEEDED),
+        LogPage(lines=[], cursor="1:1", state=TaskState.SUCCEEDED),
+    ]
+
+
+def test_task_logs_to_a_pipe_writes_a_binary_line_as_its_exact_bytes() -> None:
+    out_bytes, err_bytes = io.BytesIO(), io.BytesIO()
+    out, err = io.TextIOWrapper(out_bytes, "utf-8"), io.TextIOWrapper(err_bytes, "utf-8")
+    client = FakeClient(pages=_binary_pages())
+
+    code = run_cli(
+        ["task", "logs", "task_1"], env=ENV, out=out, err=err, client_factory=lambda _: client
+    )
+    out.flush()
+    err.flush()
+
+    assert (code, out_bytes.getvalue(), err_bytes.getvalue()) == (0, ODD + b"\n", ODD + b"\n")
+
+
+def test_task_logs_on_a_terminal_shows_a_binary_lines_odd_bytes_as_escapes() -> None:
+    code, out, err = run(
+        "task", "logs", "task_1", client=FakeClient(pages=_binary_pages()), tty=True
+    )
+    assert (code, out, err) == (0, "a\\x00b\\xffc\\x1b[2J\n", "a\\x00b\\xffc\\x1b[2J\n")
+
+
+def test_task_logs_as_json_carries_a_binary_lines_bytes_in_base64() -> None:
+    client = FakeClient(pages=_binary_pages())
+    code, out, _ = run("--output", "json", "task", "logs", "task_1", client=client, tty=False)
+    assert code == 0
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert [base64.b64decode(e["data"]) for e in entries] == [ODD, ODD]
+    assert [e["text"] for e in entries] == ["a\ufffdb\ufffdc\x1b[2J"] * 2
 
 
 def test_task_run_on_a_terminal_shows_escapes() -> None:
