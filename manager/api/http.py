@@ -31,7 +31,8 @@ from manager.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from manager.store.base import StoreError
+from manager.store.base import DiskFull, StoreError
+from manager.store.health import DISK_FULL
 from shared.protocol import describe_validation_error
 
 __all__ = [
@@ -206,6 +207,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return problem_response(exc.status, code, exc.reason)
+    except DiskFull:
+        # Not "unavailable": retrying soon will not help. Logged once by the store's health
+        # when it starts and once when it ends, not once per request.
+        return problem_response(503, "disk_full", DISK_FULL)
     except StoreError:
         log.exception("store error", path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")

@@ -63,8 +63,9 @@ from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
 from manager.secrets.service import SecretService
-from manager.store.base import Store
+from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
+from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
 from manager.tasks.delegates import Delegates
@@ -179,7 +180,14 @@ async def _readyz(request: web.Request) -> web.Response:
     if c.stopping:
         return web.json_response({"status": "stopping"}, status=503)
     try:
-        await c.store.get_setting("session_key")
+        if c.store.health.problem is None:
+            await c.store.get_setting("session_key")
+        else:
+            # Writes failed last: a probe write (this replica's heartbeat row) says whether
+            # they succeed now, so readiness comes back without waiting for a user's write.
+            await c.store.record_presence(c.replica_id, c.started_at, c.clock(), [])
+    except DiskFull:
+        return web.json_response({"status": "disk full", "reason": DISK_FULL}, status=503)
     except Exception:
         return web.json_response({"status": "database unavailable"}, status=503)
     return web.json_response({"status": "ready"})
@@ -409,6 +417,8 @@ async def _loops(c: Context) -> None:
                     c.tokens.forget(token_id)
                     c.hub.revoke(token_id)
                     log.info("token revoked on the host", token_id=token_id)
+        except DiskFull:
+            pass  # told once when it starts and once when it ends (manager.store.health)
         except Exception:
             log.exception("sweep failed")
 

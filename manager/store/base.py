@@ -32,12 +32,14 @@ from manager.records import (
     TaskRecord,
     TokenRecord,
 )
+from manager.store.health import WriteHealth
 from shared.protocol import TaskState
 
 __all__ = [
     "AccessStore",
     "AuditStore",
     "Conflict",
+    "DiskFull",
     "SecretStore",
     "Store",
     "StoreError",
@@ -50,6 +52,11 @@ __all__ = [
 
 class StoreError(Exception):
     """The database failed; the request that needed it gets a 503."""
+
+
+class DiskFull(StoreError):
+    """The database's volume is full: writes fail until space is freed (a 503 that says so,
+    and ``/readyz`` not ready meanwhile: manager.store.health)."""
 
 
 class Conflict(StoreError):
@@ -450,6 +457,9 @@ class AuditStore(abc.ABC):
 
 class Store(TaskStore, SecretStore, AccessStore, AuditStore):
     """The whole store: every concern, over one database."""
+
+    # Whether writes succeed; a backend reports each full-volume failure and each write.
+    health: WriteHealth
 
     @abc.abstractmethod
     async def open(self) -> None:

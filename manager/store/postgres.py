@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -39,11 +41,13 @@ from manager.records import (
 from manager.store import migrations
 from manager.store.base import (
     Conflict,
+    DiskFull,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
+from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
@@ -176,6 +180,7 @@ class PostgresStore(SqlStore):
         self._command_timeout = command_timeout
         self._close_timeout = close_timeout
         self._pool: Any = None
+        self.health = WriteHealth()
         self._listener = Listener(
             self._connect_one,
             timeout=listen_timeout,
@@ -200,6 +205,9 @@ class PostgresStore(SqlStore):
                         yield conn
                 else:
                     yield conn
+        except asyncpg.DiskFullError as exc:
+            self.health.full(str(exc))
+            raise DiskFull(f"postgres: {exc}") from exc
         # A foreign key too, as SQLite's IntegrityError: a secret naming a manager that was
         # deleted meanwhile, or a manager deleted while a secret moves into it.
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
@@ -210,7 +218,10 @@ class PostgresStore(SqlStore):
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text, names = render(sql, Dialect.POSTGRES)
         async with self._conn() as c:
-            return list(await c.fetch(text, *bind(names, params or {})))
+            rows = list(await c.fetch(text, *bind(names, params or {})))
+        if _writes(text):
+            self.health.wrote()
+        return rows
 
     async def open(self) -> None:
         try:
@@ -401,6 +412,18 @@ class PostgresStore(SqlStore):
             raise StoreError("store is not open")
         if not await self._listener.listen(channel, callback):
             raise StoreError(f"postgres: could not LISTEN on {channel!r}")
+
+
+@functools.lru_cache(maxsize=512)
+def _writes(sql: str) -> bool:
+    """Whether a statement writes (so its success shows the database has room again)."""
+    return _WRITE.search(sql) is not None
+
+
+# A data-modifying statement, alone or in a CTE (not a row lock's FOR UPDATE).
+_WRITE = re.compile(
+    r"\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+(\s+AS\s+\w+)?\s+SET)\b", re.IGNORECASE
+)
 
 
 def _version_params(store: PostgresStore, version: SecretVersionRecord) -> dict[str, Any]:

@@ -33,11 +33,13 @@ from manager.records import (
 from manager.store import migrations
 from manager.store.base import (
     Conflict,
+    DiskFull,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
+from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.statements import Params
@@ -79,6 +81,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        self.health = WriteHealth()
         # One thread, one connection: SQLite connections are not for sharing across threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
@@ -88,13 +91,20 @@ class SqliteStore(SqlStore):
             raise StoreError("store is not open")
 
         def call() -> T:
+            changes = conn.total_changes
             try:
                 with conn:  # one transaction: commit on success, roll back on error
-                    return fn(conn)
+                    result = fn(conn)
             except sqlite3.IntegrityError as exc:
                 raise Conflict(str(exc)) from None
             except sqlite3.Error as exc:
+                if _is_full(exc):
+                    self.health.full(str(exc))
+                    raise DiskFull(f"sqlite: {exc}") from None
                 raise StoreError(f"sqlite: {exc}") from None
+            if conn.total_changes != changes:  # committed a write: there was room for it
+                self.health.wrote()
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
@@ -282,6 +292,18 @@ class SqliteStore(SqlStore):
             return event
 
         return await self._run(fn)
+
+
+# SQLite's result code for a full disk (or a database at its max_page_count); the
+# extended codes keep it in their low byte.
+_SQLITE_FULL = 13
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == _SQLITE_FULL
+    return "database or disk is full" in str(exc)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
