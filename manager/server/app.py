@@ -54,11 +54,13 @@ from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
 from manager.audit.trail import AuditTrail
+from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
+from manager.records import ApiKeyRecord
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -119,17 +121,9 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
     if path.exists():
         return path
 
-    async def make(name: str) -> str:
-        # A high limit, not the account default: see manager.access.tokens.ADMIN_MAX_QPS.
-        record, key = await create_api_key(
-            store,
-            name,
-            owner="admin",
-            service_account=True,
-            groups=(ADMIN_GROUP,),
-            max_qps=ADMIN_MAX_QPS,
-            burst=ADMIN_BURST,
-        )
+    recorder = AuditRecorder(store, AuditKeys(MasterKey.load_or_create(data_dir / "master.key")))
+
+    def created(record: ApiKeyRecord) -> AuditAppend:
         # The manager made it, at start: the system's change, like a host-side command's.
         after = {
             "id": record.id,
@@ -140,8 +134,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             "groups": list(record.groups),
             "max_qps": record.max_qps,
         }
-        keys = AuditKeys(MasterKey.load_or_create(data_dir / "master.key"))
-        await AuditRecorder(store, keys).write(
+        return recorder.entry(
             SYSTEM,
             Change(
                 record.id,
@@ -154,6 +147,19 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             method="START",
             path=f"tether-manager serve ({path.name})",
             client_ip="local",
+        )
+
+    async def make(name: str) -> str:
+        # A high limit, not the account default: see manager.access.tokens.ADMIN_MAX_QPS.
+        _, key = await create_api_key(
+            store,
+            name,
+            owner="admin",
+            service_account=True,
+            groups=(ADMIN_GROUP,),
+            max_qps=ADMIN_MAX_QPS,
+            burst=ADMIN_BURST,
+            audit=created,
         )
         return key
 

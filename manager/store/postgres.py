@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, ChainKey, seal
+from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
     LogRecord,
     Presence,
@@ -51,7 +51,7 @@ from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
-from manager.store.sql.statements import Params
+from manager.store.sql.statements import Params, of_value
 from manager.store.sql.store import SqlStore
 
 __all__ = ["PostgresStore"]
@@ -223,6 +223,16 @@ class PostgresStore(SqlStore):
             self.health.wrote()
         return rows
 
+    async def _fetch_audited(
+        self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
+    ) -> list[Any]:
+        text, names = render(sql, Dialect.POSTGRES)
+        async with self._conn(tx=True) as c:
+            rows = list(await c.fetch(text, *bind(names, params or {})))
+            if (entry := audit(rows)) is not None:
+                await _chain(c, entry)
+        return rows
+
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
@@ -254,13 +264,17 @@ class PostgresStore(SqlStore):
     # -- tasks: one statement each, where SQLite runs several --------------------------------
 
     async def insert_task(
-        self, task: TaskRecord, *, idempotency_window: float
+        self,
+        task: TaskRecord,
+        *,
+        idempotency_window: float,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         params = tasks.task_params(task, self._dump)
         insert, names = render(tasks.INSERT_TASK, Dialect.POSTGRES)
         key = task.idempotency_key
         if key is None:
-            await self._fetch(tasks.INSERT_TASK, params)
+            await self._write(tasks.INSERT_TASK, params, of_value(task, audit))
             return task, True
         by_key, key_names = render(tasks.TASK_BY_IDEMPOTENCY_KEY, Dialect.POSTGRES)
         clear = render(tasks.CLEAR_IDEMPOTENCY_KEY, Dialect.POSTGRES)[0]
@@ -273,11 +287,19 @@ class PostgresStore(SqlStore):
                     # Outside the window the key is free again; the old task keeps its id.
                     await c.execute(clear, row["id"])
                 if await c.fetchval(insert, *bind(names, params)) is not None:
+                    if audit is not None and (entry := audit(task)) is not None:
+                        await _chain(c, entry)
                     return task, True
         raise Conflict(f"idempotency key {key!r} keeps changing hands")
 
     async def _update_task(
-        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+        self,
+        update: str,
+        params: dict[str, Any],
+        *,
+        end_attempt: bool,
+        start_attempt: bool,
+        audit: AuditOf[list[Any]] | None = None,
     ) -> Any:
         # The attempt rows ride in the same statement, each written only if the update hit.
         ctes = [f"u AS ({update})"]
@@ -292,7 +314,8 @@ class PostgresStore(SqlStore):
         sql = update
         if len(ctes) > 1:
             sql = f"WITH {', '.join(ctes)} SELECT {{TASK_COLUMNS}} FROM u"  # noqa: S608
-        return await self._fetchrow(sql, params)
+        rows = await self._write(sql, params, audit)
+        return rows[0] if rows else None
 
     async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
         if not held:
@@ -382,15 +405,8 @@ class PostgresStore(SqlStore):
     # -- audit trail --------------------------------------------------------------------------
 
     async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
-        head, _ = render(audit.HEAD, Dialect.POSTGRES)
-        append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
         async with self._conn(tx=True) as c:
-            # The head row's lock orders appends from every replica: a second one waits
-            # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
-            row = await c.fetchrow(head)
-            event = seal(draft, int(row["seq"]) + 1, str(row["hash"]), key)
-            await c.execute(append, *bind(names, params_of(event)))
-        return event
+            return await _chain(c, AuditAppend(draft, key))
 
     # -- cross-replica notification -------------------------------------------------------
 
@@ -424,6 +440,23 @@ def _writes(sql: str) -> bool:
 _WRITE = re.compile(
     r"\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+(\s+AS\s+\w+)?\s+SET)\b", re.IGNORECASE
 )
+
+
+async def _chain(c: Any, entry: AuditAppend) -> AuditEvent:
+    """Append ``entry`` to the chain in the transaction open on ``c``. Last in it: the head
+    row's lock orders appends from every replica (a second one waits here, then, as READ
+    COMMITTED re-reads a locked row, sees the first one's head), and it is held from here
+    to the commit only, never while a change waits for a row of its own."""
+    head, _ = render(audit.HEAD, Dialect.POSTGRES)
+    append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
+    row = await c.fetchrow(head)
+    event = seal(entry.draft, int(row["seq"]) + 1, str(row["hash"]), entry.key)
+    try:
+        await c.execute(append, *bind(names, params_of(event)))
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # Not the change's Conflict (a name in use): the event could not be written.
+        raise StoreError(f"postgres: audit event not written: {exc}") from exc
+    return event
 
 
 def _version_params(store: PostgresStore, version: SecretVersionRecord) -> dict[str, Any]:
