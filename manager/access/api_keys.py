@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from manager.access.tokens import ApiKeyInUse, create_api_key
+from manager.core.audit_chain import AuditOf
 from manager.errors import Conflicting, NotFound
 from manager.records import AccessSettings, ApiKeyRecord
 from manager.store.base import Store
@@ -33,6 +34,7 @@ class ApiKeys:
         expires_at: float | None,
         now: float,
         created_by: str,
+        audit: AuditOf[ApiKeyRecord] | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """The new key and its one showing; Conflicting while a live key has the name."""
         try:
@@ -48,12 +50,15 @@ class ApiKeys:
                 expires_at=expires_at,
                 now=now,
                 created_by=created_by,
+                audit=audit,
             )
         except ApiKeyInUse as exc:
             raise Conflicting("conflict", str(exc), field="name") from None
 
-    async def revoke(self, name: str, now: float) -> ApiKeyRecord:
-        revoked = await self._store.revoke_api_key(name, now)
+    async def revoke(
+        self, name: str, now: float, *, audit: AuditOf[ApiKeyRecord] | None = None
+    ) -> ApiKeyRecord:
+        revoked = await self._store.revoke_api_key(name, now, audit=audit)
         if revoked is None:
             raise NotFound("not_found", f"no live API key named {name!r}")
         return revoked
@@ -61,8 +66,14 @@ class ApiKeys:
     async def defaults(self) -> AccessSettings:
         return await self._store.access_settings()
 
-    async def set_defaults(self, max_qps: float | None, burst: int | None) -> AccessSettings:
+    async def set_defaults(
+        self,
+        max_qps: float | None,
+        burst: int | None,
+        *,
+        audit: AuditOf[AccessSettings] | None = None,
+    ) -> AccessSettings:
         """None leaves that default as it is."""
         return await self._store.update_access_settings(
-            self._clock(), api_key_max_qps=max_qps, api_key_burst=burst
+            self._clock(), api_key_max_qps=max_qps, api_key_burst=burst, audit=audit
         )

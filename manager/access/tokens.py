@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from manager.access.directory import Directory
 from manager.access.places import Places, places
+from manager.core.audit_chain import AuditOf
 from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope
 from manager.errors import Conflicting, Forbidden, Invalid
 from manager.records import ApiKeyRecord, TokenRecord
@@ -138,9 +139,10 @@ async def create_api_key(
     expires_at: float | None = None,
     now: float | None = None,
     created_by: str | None = None,
+    audit: AuditOf[ApiKeyRecord] | None = None,
 ) -> tuple[ApiKeyRecord, str]:
     """A new key and its one showing. ``max_qps`` and ``burst`` default to the account's
-    settings (:meth:`Store.access_settings`)."""
+    settings (:meth:`Store.access_settings`). ``audit``: its event, chained with it."""
     if max_qps is None or burst is None:
         defaults = await store.access_settings()
         max_qps = defaults.api_key_max_qps if max_qps is None else max_qps
@@ -162,7 +164,7 @@ async def create_api_key(
         created_by=created_by,
     )
     try:
-        await store.create_api_key(record)
+        await store.create_api_key(record, audit=audit)
     except Conflict:
         raise ApiKeyInUse(f"a live API key named {name!r} exists; revoke it first") from None
     return record, key

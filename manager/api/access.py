@@ -14,12 +14,12 @@ from aiohttp import web
 
 from manager.access.granting import check_grantable
 from manager.access.principal import principal_of
-from manager.api.audit_record import record as audit
-from manager.api.audit_record import unchanged
+from manager.api.audit_record import Change, in_transaction, unchanged
 from manager.api.context import ctx
 from manager.api.guards import ACCESS, API_KEY, caller_address, key_status
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.core.allowlist import Snapshot
+from manager.core.audit_chain import AuditOf
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord
 from manager.schemas.access import (
     AllowlistEntryCreate,
@@ -105,16 +105,18 @@ async def create_api_key_route(request: web.Request) -> web.Response:
         expires_at=None if body.expires_in_days is None else now + body.expires_in_days * _DAY,
         now=now,
         created_by=principal.actor.id,
+        audit=in_transaction(
+            request,
+            lambda k: Change(
+                k.id,
+                k.name,
+                "create",
+                f"created API key {k.name} ({k.prefix}..., max QPS {k.max_qps})",
+                after=_key_audit(_key_view(k, now)),
+            ),
+        ),
     )
     view = _key_view(created, now)
-    audit(
-        request,
-        resource_id=created.id,
-        name=created.name,
-        action="create",
-        summary=f"created API key {created.name} ({created.prefix}..., max QPS {created.max_qps})",
-        after=_key_audit(view),
-    )
     return json_response(ApiKeyCreated(**view.model_dump(), key=key), status=201)
 
 
@@ -162,20 +164,22 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     c = ctx(request)
     name = request.match_info["name"]
     now = c.clock()
-    revoked = await c.api_keys.revoke(name, now)
+
+    def revoked_change(k: ApiKeyRecord) -> Change:
+        view = _key_view(k, now)
+        return Change(
+            k.id,
+            k.name,
+            "revoke",
+            f"revoked API key {k.name} ({k.prefix}...)",
+            before=_key_audit(view.model_copy(update={"revoked_at": None, "status": "active"})),
+            after=_key_audit(view),
+        )
+
+    revoked = await c.api_keys.revoke(name, now, audit=in_transaction(request, revoked_change))
     # This replica at once; the others within their key cache's lifetime (1 s).
     request.app[ACCESS].key_revoked(revoked.id)
-    view = _key_view(revoked, now)
-    audit(
-        request,
-        resource_id=revoked.id,
-        name=revoked.name,
-        action="revoke",
-        summary=f"revoked API key {revoked.name} ({revoked.prefix}...)",
-        before=_key_audit(view.model_copy(update={"revoked_at": None, "status": "active"})),
-        after=_key_audit(view),
-    )
-    return json_response(view)
+    return json_response(_key_view(revoked, now))
 
 
 def _defaults(s: AccessSettings) -> ApiKeyDefaults:
@@ -190,17 +194,22 @@ async def put_api_key_defaults(request: web.Request) -> web.Response:
     body = await parse_body(request, ApiKeyDefaultsUpdate)
     c = ctx(request)
     before = _defaults(await c.api_keys.defaults())
-    after = _defaults(await c.api_keys.set_defaults(body.max_qps, body.burst))
-    audit(
-        request,
-        resource_id="api_key_defaults",
-        name="api_key_defaults",
-        action="update",
-        summary=f"new API keys get max QPS {after.max_qps}, burst {after.burst}",
-        before=before.model_dump(),
-        after=after.model_dump(),
+
+    def updated(settings: AccessSettings) -> Change:
+        after = _defaults(settings)
+        return Change(
+            "api_key_defaults",
+            "api_key_defaults",
+            "update",
+            f"new API keys get max QPS {after.max_qps}, burst {after.burst}",
+            before=before.model_dump(),
+            after=after.model_dump(),
+        )
+
+    settings = await c.api_keys.set_defaults(
+        body.max_qps, body.burst, audit=in_transaction(request, updated)
     )
-    return json_response(after)
+    return json_response(_defaults(settings))
 
 
 # -- the IP allowlist ----------------------------------------------------------------------
@@ -226,6 +235,23 @@ def _allowlist_view(
 
 def _settings_audit(s: AccessSettings) -> dict[str, object]:
     return {"enabled": s.allowlist_enabled, "trusted_proxies": list(s.trusted_proxies)}
+
+
+def _settings_change(
+    request: web.Request, what: str, action: str, summary: str, before: AccessSettings
+) -> AuditOf[AccessSettings]:
+    """The event of a change to the allowlist's settings, from the settings as written."""
+    return in_transaction(
+        request,
+        lambda after: Change(
+            what,
+            what,
+            action,
+            summary,
+            before=_settings_audit(before),
+            after=_settings_audit(after),
+        ),
+    )
 
 
 def _refuse_lock_out(
@@ -275,18 +301,18 @@ async def enable_allowlist(request: web.Request) -> web.Response:
         unchanged(request)
         return json_response(_allowlist_view(request, settings, entries))
     _refuse_lock_out(request, replace(settings, allowlist_enabled=True), entries, confirm)
-    after = await ctx(request).allowlist.set_enabled(True)
-    _changed(request)
     enabled = sum(e.enabled for e in entries)
-    audit(
-        request,
-        resource_id="allowlist",
-        name="allowlist",
-        action="enable",
-        summary=f"enabled the IP allowlist ({enabled} enabled entries)",
-        before=_settings_audit(settings),
-        after=_settings_audit(after),
+    after = await ctx(request).allowlist.set_enabled(
+        True,
+        audit=_settings_change(
+            request,
+            "allowlist",
+            "enable",
+            f"enabled the IP allowlist ({enabled} enabled entries)",
+            settings,
+        ),
     )
+    _changed(request)
     return json_response(_allowlist_view(request, after, entries))
 
 
@@ -296,17 +322,13 @@ async def disable_allowlist(request: web.Request) -> web.Response:
     if not settings.allowlist_enabled:
         unchanged(request)
         return json_response(_allowlist_view(request, settings, entries))
-    after = await ctx(request).allowlist.set_enabled(False)
-    _changed(request)
-    audit(
-        request,
-        resource_id="allowlist",
-        name="allowlist",
-        action="disable",
-        summary="disabled the IP allowlist",
-        before=_settings_audit(settings),
-        after=_settings_audit(after),
+    after = await ctx(request).allowlist.set_enabled(
+        False,
+        audit=_settings_change(
+            request, "allowlist", "disable", "disabled the IP allowlist", settings
+        ),
     )
+    _changed(request)
     return json_response(_allowlist_view(request, after, entries))
 
 
@@ -324,18 +346,21 @@ async def add_allowlist_entry(request: web.Request) -> web.Response:
         enabled=body.enabled,
         created_at=c.clock(),
     )
-    await c.allowlist.add(entry)
-    _changed(request)
-    view = _entry_view(entry)
-    audit(
-        request,
-        resource_id=entry.id,
-        name=entry.cidr,
-        action="create",
-        summary=f"allowed {entry.cidr}" + ("" if entry.enabled else " (disabled)"),
-        after=view.model_dump(),
+    await c.allowlist.add(
+        entry,
+        audit=in_transaction(
+            request,
+            lambda e: Change(
+                e.id,
+                e.cidr,
+                "create",
+                f"allowed {e.cidr}" + ("" if e.enabled else " (disabled)"),
+                after=_entry_view(e).model_dump(),
+            ),
+        ),
     )
-    return json_response(view, status=201)
+    _changed(request)
+    return json_response(_entry_view(entry), status=201)
 
 
 async def _entry(
@@ -353,18 +378,21 @@ async def remove_allowlist_entry(request: web.Request) -> web.Response:
     confirm = request.query.get("confirm", "").lower() in ("1", "true", "yes")
     _, settings, entries = await _entry(request, entry_id)
     _refuse_lock_out(request, settings, [e for e in entries if e.id != entry_id], confirm)
-    removed = await ctx(request).allowlist.remove(entry_id)
-    _changed(request)
-    view = _entry_view(removed)
-    audit(
-        request,
-        resource_id=removed.id,
-        name=removed.cidr,
-        action="delete",
-        summary=f"removed {removed.cidr} from the IP allowlist",
-        before=view.model_dump(),
+    removed = await ctx(request).allowlist.remove(
+        entry_id,
+        audit=in_transaction(
+            request,
+            lambda e: Change(
+                e.id,
+                e.cidr,
+                "delete",
+                f"removed {e.cidr} from the IP allowlist",
+                before=_entry_view(e).model_dump(),
+            ),
+        ),
     )
-    return json_response(view)
+    _changed(request)
+    return json_response(_entry_view(removed))
 
 
 async def _set_entry(request: web.Request, enabled: bool) -> web.Response:
@@ -377,19 +405,23 @@ async def _set_entry(request: web.Request, enabled: bool) -> web.Response:
     if not enabled:  # enabling one only lets more addresses in
         rest = [replace(e, enabled=False) if e.id == entry_id else e for e in entries]
         _refuse_lock_out(request, settings, rest, confirm)
-    updated = await ctx(request).allowlist.set_entry_enabled(entry_id, enabled)
-    _changed(request)
-    view = _entry_view(updated)
-    audit(
-        request,
-        resource_id=updated.id,
-        name=updated.cidr,
-        action="enable" if enabled else "disable",
-        summary=f"{'enabled' if enabled else 'disabled'} allowlist entry {updated.cidr}",
-        before=_entry_view(entry).model_dump(),
-        after=view.model_dump(),
+    updated = await ctx(request).allowlist.set_entry_enabled(
+        entry_id,
+        enabled,
+        audit=in_transaction(
+            request,
+            lambda e: Change(
+                e.id,
+                e.cidr,
+                "enable" if enabled else "disable",
+                f"{'enabled' if enabled else 'disabled'} allowlist entry {e.cidr}",
+                before=_entry_view(entry).model_dump(),
+                after=_entry_view(e).model_dump(),
+            ),
+        ),
     )
-    return json_response(view)
+    _changed(request)
+    return json_response(_entry_view(updated))
 
 
 async def enable_allowlist_entry(request: web.Request) -> web.Response:
@@ -420,17 +452,17 @@ async def put_trusted_proxies(request: web.Request) -> web.Response:
     _refuse_lock_out(
         request, replace(settings, trusted_proxies=tuple(proxies)), entries, body.confirm
     )
-    after = await ctx(request).allowlist.set_trusted_proxies(proxies)
-    _changed(request)
-    audit(
-        request,
-        resource_id="trusted_proxies",
-        name="trusted_proxies",
-        action="update",
-        summary=f"trusted proxies: {', '.join(proxies) or 'none'}",
-        before=_settings_audit(settings),
-        after=_settings_audit(after),
+    after = await ctx(request).allowlist.set_trusted_proxies(
+        proxies,
+        audit=_settings_change(
+            request,
+            "trusted_proxies",
+            "update",
+            f"trusted proxies: {', '.join(proxies) or 'none'}",
+            settings,
+        ),
     )
+    _changed(request)
     return json_response(TrustedProxies(proxies=list(after.trusted_proxies)))
 
 

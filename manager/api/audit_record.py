@@ -1,15 +1,21 @@
-"""Recording changes: handlers describe what they changed, the audit middleware writes it.
+"""Recording changes: handlers describe what they changed, and the event is written with it.
 
-Every mutating user route declares the resource type it changes (``Route.audit``). Its
-handler calls :func:`record` once it knows the change, or :func:`unchanged` when the request
-turned out to change nothing (a repeated idempotent submit, a drain of a drained delegate).
-The middleware writes the one event after the handler returns a 2xx: a request that fails
-(raises, or answers 4xx/5xx) writes nothing. Host-side commands write through
-:class:`AuditRecorder` directly, as ``SYSTEM``.
+Every mutating user route declares the resource type it changes (``Route.audit``).
 
-The event is written after the change, not in its transaction: if the store fails between
-the two, the change stands, the answer says it succeeded, and the lost event is logged at
-error level with its summary (never its diff).
+In the change's transaction (the task path, API keys, the IP allowlist): the handler hands
+the service :func:`in_transaction` with a function that describes the change from the row
+the store wrote; the service passes it to the store write that makes the change, and the
+store chains the event in the same transaction. The change and its event commit together
+or not at all: no outage keeps one and loses the other.
+
+After the change (every other route, for now): the handler calls :func:`record` once it
+knows the change, and the middleware writes the one event after the handler returns a 2xx.
+If the store fails between the two, the change stands, the answer says it succeeded, and the
+lost event is logged at error level with its summary (never its diff).
+
+Either way, :func:`unchanged` says the request changed nothing (a repeated idempotent
+submit, a drain of a drained delegate), and a request that fails writes nothing of its own.
+Host-side commands write through :class:`AuditRecorder` directly, as ``SYSTEM``.
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 
 from manager.api.http import Handler, RouteTable
 from manager.api.identity import actor_of, client_ip
-from manager.core.audit_chain import AuditEvent, AuditQuery, draft
+from manager.core.audit_chain import AuditAppend, AuditEvent, AuditOf, AuditQuery, draft
 from manager.core.identity import SYSTEM, Actor
 from manager.keys.audit_key import AuditKeys
 from manager.store.base import Store, StoreError
@@ -35,6 +41,7 @@ __all__ = [
     "AuditRecorder",
     "Change",
     "audit_middleware",
+    "in_transaction",
     "key_the_chain",
     "record",
     "unchanged",
@@ -78,7 +85,13 @@ class AuditRecorder:
         self._masker = masker
         self._clock = clock
 
-    async def write(
+    async def write(self, actor: Actor, change: Change, **source: str) -> AuditEvent:
+        """Append the event of ``change`` on its own, after the change (:meth:`entry`'s
+        ``source``: resource_type, method, path, client_ip)."""
+        entry = self.entry(actor, change, **source)
+        return await self.store.append_audit(entry.draft, entry.key)
+
+    def entry(
         self,
         actor: Actor,
         change: Change,
@@ -87,8 +100,9 @@ class AuditRecorder:
         method: str,
         path: str,
         client_ip: str,
-    ) -> AuditEvent:
-        return await self.store.append_audit(
+    ) -> AuditAppend:
+        """The event of ``change``, for the store to chain (in the change's transaction)."""
+        return AuditAppend(
             draft(
                 actor,
                 ts=self._clock(),
@@ -139,6 +153,40 @@ async def key_the_chain(recorder: AuditRecorder) -> AuditEvent | None:
 AUDIT: web.AppKey[AuditRecorder] = web.AppKey("tether_audit", AuditRecorder)
 _CHANGE: web.RequestKey[Change] = web.RequestKey("tether_audit_change", Change)
 _UNCHANGED: web.RequestKey[bool] = web.RequestKey("tether_audit_unchanged", bool)
+# The route's resource type, for in_transaction; and whether the store chained this
+# request's event with its change (then the middleware writes none).
+_RESOURCE_TYPE: web.RequestKey[str] = web.RequestKey("tether_audit_resource_type", str)
+_CHAINED: web.RequestKey[bool] = web.RequestKey("tether_audit_chained", bool)
+
+T = TypeVar("T")
+
+
+def in_transaction(request: web.Request, describe: Callable[[T], Change | None]) -> AuditOf[T]:
+    """This request's event, made by ``describe`` from the row the store writes (None: no
+    event), for the service to pass to that write: the store chains it in the same
+    transaction. Only for a route that declares its resource type (``Route.audit``)."""
+    recorder = request.app[AUDIT]
+    resource_type = request[_RESOURCE_TYPE]
+    actor, address = actor_of(request), client_ip(request)
+    method, path = request.method, request.path
+
+    def entry(written: T) -> AuditAppend | None:
+        change = describe(written)
+        if change is None:
+            return None
+        made = recorder.entry(
+            actor,
+            change,
+            resource_type=resource_type,
+            method=method,
+            path=path,
+            client_ip=address,
+        )
+        # Before the commit: should the commit fail, the request fails and writes nothing.
+        request[_CHAINED] = True
+        return made
+
+    return entry
 
 
 def record(
@@ -168,8 +216,9 @@ def audit_middleware(table: RouteTable) -> Callable[..., object]:
         route = table.route_for(request)
         if route is None or route.audit is None:
             return await handler(request)
+        request[_RESOURCE_TYPE] = route.audit
         response = await handler(request)
-        if not 200 <= response.status < 300 or request.get(_UNCHANGED):
+        if not 200 <= response.status < 300 or request.get(_UNCHANGED) or request.get(_CHAINED):
             return response
         change = request.get(_CHANGE)
         if change is None:

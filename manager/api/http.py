@@ -31,7 +31,8 @@ from manager.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from manager.store.base import BadData, StoreError
+from manager.store.base import BadData, DiskFull, StoreError
+from manager.store.health import DISK_FULL
 from shared.protocol import describe_validation_error
 from shared.repeats import RepeatedErrors
 
@@ -215,6 +216,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BadData as exc:
         _refused_data.error(exc, traceback=False, path=request.path)
         return problem_response(422, "bad_data", str(exc))
+    except DiskFull:
+        # Not "unavailable": retrying soon will not help. Logged once by the store's health
+        # when it starts and once when it ends, not once per request.
+        return problem_response(503, "disk_full", DISK_FULL)
     except StoreError as exc:
         _store_failures.error(exc, path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from manager.access.places import Places, places
 from manager.access.principal import principal_of
-from manager.api.audit_record import record, unchanged
+from manager.api.audit_record import Change, in_transaction, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
@@ -173,18 +173,21 @@ async def submit_task(request: web.Request) -> web.Response:
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)
     actor = principal_of(request).actor
-    task, created = await c.tasks.submit(req, target=target, submitted_by=actor.id)
-    if created:
-        record(
-            request,
-            resource_id=task.id,
-            name=_task_name(task),
-            action="create",
-            summary=f"submitted {task.type} task {task.id}",
+
+    def submitted(task: TaskRecord) -> Change:
+        return Change(
+            task.id,
+            _task_name(task),
+            "create",
+            f"submitted {task.type} task {task.id}",
             after=_task_audit(task),
             app=req.app,
         )
-    else:
+
+    task, created = await c.tasks.submit(
+        req, target=target, submitted_by=actor.id, audit=in_transaction(request, submitted)
+    )
+    if not created:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
     where = await _places(request)
     return json_response(task_view(task, where=where), status=201 if created else 200)
@@ -289,24 +292,23 @@ async def cancel_task(request: web.Request) -> web.Response:
     c = ctx(request)
     task_id = request.match_info["task_id"]
     before, _ = await _task_for(request, "execute")
-    task = await c.tasks.cancel(task_id)
-    was = _cancel_fields(before)
-    now = _cancel_fields(task)
-    if was is None or was == now:
-        unchanged(request)  # already final, or already asked to cancel
-    else:
-        cancelled = task.state is TaskState.CANCELLED
-        record(
-            request,
-            resource_id=task.id,
-            name=_task_name(task),
-            action="cancel",
-            summary=f"cancelled task {task.id}"
-            if cancelled
+
+    def cancelled(change: tuple[TaskRecord, TaskRecord]) -> Change:
+        was, task = change
+        return Change(
+            task.id,
+            _task_name(task),
+            "cancel",
+            f"cancelled task {task.id}"
+            if task.state is TaskState.CANCELLED
             else f"asked the delegate running task {task.id} to cancel it",
-            before=was,
-            after=now,
+            before=_cancel_fields(was),
+            after=_cancel_fields(task),
         )
+
+    task = await c.tasks.cancel(task_id, audit=in_transaction(request, cancelled))
+    if _cancel_fields(before) == _cancel_fields(task):
+        unchanged(request)  # already final, or already asked to cancel
     return json_response(task_view(task))
 
 

@@ -28,7 +28,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -40,8 +40,10 @@ __all__ = [
     "EVENT_FIELDS",
     "GENESIS",
     "REDACTED",
+    "AuditAppend",
     "AuditDraft",
     "AuditEvent",
+    "AuditOf",
     "AuditQuery",
     "Broken",
     "ChainKey",
@@ -89,6 +91,24 @@ class AuditDraft:
     action: str
     summary: str
     diff: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAppend:
+    """An event to chain in the transaction of the change it records: the store commits
+    both or neither, so no outage keeps the change and loses its event, and a rolled-back
+    change leaves no seq behind (a gap in seq can only be a deleted event)."""
+
+    draft: AuditDraft
+    # The chain key (None only where a test builds a trail as it was before keying).
+    key: ChainKey | None
+
+
+_T = TypeVar("_T")
+# What a store write calls, inside its transaction, with what it wrote (the new row, the
+# updated one): the event of that change, or None for no event. Only called when the write
+# changed something.
+AuditOf = Callable[[_T], "AuditAppend | None"]
 
 
 @dataclass(frozen=True, slots=True)

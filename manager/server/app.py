@@ -54,17 +54,20 @@ from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
 from manager.audit.trail import AuditTrail
+from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
+from manager.records import ApiKeyRecord
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
 from manager.secrets.service import SecretService
-from manager.store.base import Store
+from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
+from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
 from manager.tasks.delegates import Delegates
@@ -119,17 +122,9 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
     if path.exists():
         return path
 
-    async def make(name: str) -> str:
-        # A high limit, not the account default: see manager.access.tokens.ADMIN_MAX_QPS.
-        record, key = await create_api_key(
-            store,
-            name,
-            owner="admin",
-            service_account=True,
-            groups=(ADMIN_GROUP,),
-            max_qps=ADMIN_MAX_QPS,
-            burst=ADMIN_BURST,
-        )
+    recorder = AuditRecorder(store, AuditKeys(MasterKey.load_or_create(data_dir / "master.key")))
+
+    def created(record: ApiKeyRecord) -> AuditAppend:
         # The manager made it, at start: the system's change, like a host-side command's.
         after = {
             "id": record.id,
@@ -140,8 +135,7 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             "groups": list(record.groups),
             "max_qps": record.max_qps,
         }
-        keys = AuditKeys(MasterKey.load_or_create(data_dir / "master.key"))
-        await AuditRecorder(store, keys).write(
+        return recorder.entry(
             SYSTEM,
             Change(
                 record.id,
@@ -154,6 +148,19 @@ async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:
             method="START",
             path=f"tether-manager serve ({path.name})",
             client_ip="local",
+        )
+
+    async def make(name: str) -> str:
+        # A high limit, not the account default: see manager.access.tokens.ADMIN_MAX_QPS.
+        _, key = await create_api_key(
+            store,
+            name,
+            owner="admin",
+            service_account=True,
+            groups=(ADMIN_GROUP,),
+            max_qps=ADMIN_MAX_QPS,
+            burst=ADMIN_BURST,
+            audit=created,
         )
         return key
 
@@ -180,7 +187,14 @@ async def _readyz(request: web.Request) -> web.Response:
     if c.stopping:
         return web.json_response({"status": "stopping"}, status=503)
     try:
-        await c.store.get_setting("session_key")
+        if c.store.health.problem is None:
+            await c.store.get_setting("session_key")
+        else:
+            # Writes failed last: a probe write (this replica's heartbeat row) says whether
+            # they succeed now, so readiness comes back without waiting for a user's write.
+            await c.store.record_presence(c.replica_id, c.started_at, c.clock(), [])
+    except DiskFull:
+        return web.json_response({"status": "disk full", "reason": DISK_FULL}, status=503)
     except Exception:
         return web.json_response({"status": "database unavailable"}, status=503)
     return web.json_response({"status": "ready"})
@@ -412,6 +426,8 @@ async def _loops(c: Context) -> None:
                     c.tokens.forget(token_id)
                     c.hub.revoke(token_id)
                     log.info("token revoked on the host", token_id=token_id)
+        except DiskFull:
+            pass  # told once when it starts and once when it ends (manager.store.health)
         except Exception as exc:
             failures.error(exc)
 

@@ -5,6 +5,12 @@ Task updates are compare-and-set on ``(state, attempt)``: the state machine
 (:mod:`manager.core.taskstate`) decides from a snapshot, and the store applies the decision only
 if the snapshot still holds. That makes acquire atomic (exactly one delegate wins) and keeps
 a late message from an old attempt out, whichever replica handles it.
+
+Audit events are chained in the transaction of the change they record: a write that changes
+what the audit trail follows (a task submitted or cancelled, an API key, the allowlist)
+takes ``audit``, a function of the row it wrote to the event (``manager.core.audit_chain.
+AuditOf``), and commits the change and its event together, or neither. The event is made
+from the row as written, inside the transaction, so it describes what was committed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,14 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, AuditQuery, ChainKey, SavedAuditFilter
+from manager.core.audit_chain import (
+    AuditDraft,
+    AuditEvent,
+    AuditOf,
+    AuditQuery,
+    ChainKey,
+    SavedAuditFilter,
+)
 from manager.records import (
     AccessSettings,
     AllowlistEntry,
@@ -32,6 +45,7 @@ from manager.records import (
     TaskRecord,
     TokenRecord,
 )
+from manager.store.health import WriteHealth
 from shared.protocol import TaskState
 
 __all__ = [
@@ -39,6 +53,7 @@ __all__ = [
     "AuditStore",
     "BadData",
     "Conflict",
+    "DiskFull",
     "SecretStore",
     "Store",
     "StoreError",
@@ -63,6 +78,11 @@ class BadData(StoreError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"the database refused a value in this request: {what}")
+
+
+class DiskFull(StoreError):
+    """The database's volume is full: writes fail until space is freed (a 503 that says so,
+    and ``/readyz`` not ready meanwhile: manager.store.health)."""
 
 
 class Conflict(StoreError):
@@ -98,10 +118,17 @@ class TaskStore(abc.ABC):
     # -- tasks
     @abc.abstractmethod
     async def insert_task(
-        self, task: TaskRecord, *, idempotency_window: float
+        self,
+        task: TaskRecord,
+        *,
+        idempotency_window: float,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Insert, or return the task submitted with the same idempotency key within the
-        window. The bool is True when a new row was written. Durable when it returns."""
+        window. The bool is True when a new row was written. Durable when it returns.
+
+        Every write that takes ``audit`` chains the event it makes of the new (or changed)
+        row in the same transaction, and only when it wrote one (module docstring)."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
@@ -123,6 +150,7 @@ class TaskStore(abc.ABC):
         start_attempt: AttemptRecord | None = None,
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> TaskRecord | None:
         """Apply ``changes`` if the task is still in ``expect_state`` at ``expect_attempt``.
 
@@ -336,7 +364,9 @@ class AccessStore(abc.ABC):
 
     # -- API keys
     @abc.abstractmethod
-    async def create_api_key(self, key: ApiKeyRecord) -> None:
+    async def create_api_key(
+        self, key: ApiKeyRecord, *, audit: AuditOf[ApiKeyRecord] | None = None
+    ) -> None:
         """Raises :class:`Conflict` when a live (unrevoked) key has the same name."""
 
     @abc.abstractmethod
@@ -348,7 +378,9 @@ class AccessStore(abc.ABC):
         """Every key, revoked ones too, oldest first."""
 
     @abc.abstractmethod
-    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
+    async def revoke_api_key(
+        self, name: str, now: float, *, audit: AuditOf[ApiKeyRecord] | None = None
+    ) -> ApiKeyRecord | None:
         """Revoke the live key of that name; None when there is none."""
 
     @abc.abstractmethod
@@ -368,6 +400,7 @@ class AccessStore(abc.ABC):
         trusted_proxies: Sequence[str] | None = None,
         api_key_max_qps: float | None = None,
         api_key_burst: int | None = None,
+        audit: AuditOf[AccessSettings] | None = None,
     ) -> AccessSettings:
         """Change the settings given (None: unchanged); return them all."""
 
@@ -376,16 +409,20 @@ class AccessStore(abc.ABC):
         """Every entry, enabled or not, oldest first."""
 
     @abc.abstractmethod
-    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
+    async def add_allowlist_entry(
+        self, entry: AllowlistEntry, *, audit: AuditOf[AllowlistEntry] | None = None
+    ) -> None:
         """Raises :class:`Conflict` when an entry has the same CIDR."""
 
     @abc.abstractmethod
     async def set_allowlist_entry_enabled(
-        self, entry_id: str, enabled: bool
+        self, entry_id: str, enabled: bool, *, audit: AuditOf[AllowlistEntry] | None = None
     ) -> AllowlistEntry | None: ...
 
     @abc.abstractmethod
-    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
+    async def delete_allowlist_entry(
+        self, entry_id: str, *, audit: AuditOf[AllowlistEntry] | None = None
+    ) -> AllowlistEntry | None:
         """The entry removed; None when there was none."""
 
     # -- entities: users, groups, applications, environments, sessions (manager.access.directory)
@@ -463,6 +500,9 @@ class AuditStore(abc.ABC):
 
 class Store(TaskStore, SecretStore, AccessStore, AuditStore):
     """The whole store: every concern, over one database."""
+
+    # Whether writes succeed; a backend reports each full-volume failure and each write.
+    health: WriteHealth
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, ChainKey, seal
+from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
     LogRecord,
     Presence,
@@ -40,15 +42,17 @@ from manager.store import migrations
 from manager.store.base import (
     BadData,
     Conflict,
+    DiskFull,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
+from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
-from manager.store.sql.statements import Params
+from manager.store.sql.statements import Params, of_value
 from manager.store.sql.store import SqlStore
 
 __all__ = ["PostgresStore"]
@@ -203,6 +207,7 @@ class PostgresStore(SqlStore):
         self._command_timeout = command_timeout
         self._close_timeout = close_timeout
         self._pool: Any = None
+        self.health = WriteHealth()
         self._listener = Listener(
             self._connect_one,
             timeout=listen_timeout,
@@ -227,6 +232,9 @@ class PostgresStore(SqlStore):
                         yield conn
                 else:
                     yield conn
+        except asyncpg.DiskFullError as exc:
+            self.health.full(str(exc))
+            raise DiskFull(f"postgres: {exc}") from exc
         # A foreign key too, as SQLite's IntegrityError: a secret naming a manager that was
         # deleted meanwhile, or a manager deleted while a secret moves into it.
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
@@ -239,7 +247,20 @@ class PostgresStore(SqlStore):
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text, names = render(sql, Dialect.POSTGRES)
         async with self._conn() as c:
-            return list(await c.fetch(text, *bind(names, params or {})))
+            rows = list(await c.fetch(text, *bind(names, params or {})))
+        if _writes(text):
+            self.health.wrote()
+        return rows
+
+    async def _fetch_audited(
+        self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
+    ) -> list[Any]:
+        text, names = render(sql, Dialect.POSTGRES)
+        async with self._conn(tx=True) as c:
+            rows = list(await c.fetch(text, *bind(names, params or {})))
+            if (entry := audit(rows)) is not None:
+                await _chain(c, entry)
+        return rows
 
     async def open(self) -> None:
         try:
@@ -272,13 +293,17 @@ class PostgresStore(SqlStore):
     # -- tasks: one statement each, where SQLite runs several --------------------------------
 
     async def insert_task(
-        self, task: TaskRecord, *, idempotency_window: float
+        self,
+        task: TaskRecord,
+        *,
+        idempotency_window: float,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         params = tasks.task_params(task, self._dump)
         insert, names = render(tasks.INSERT_TASK, Dialect.POSTGRES)
         key = task.idempotency_key
         if key is None:
-            await self._fetch(tasks.INSERT_TASK, params)
+            await self._write(tasks.INSERT_TASK, params, of_value(task, audit))
             return task, True
         by_key, key_names = render(tasks.TASK_BY_IDEMPOTENCY_KEY, Dialect.POSTGRES)
         clear = render(tasks.CLEAR_IDEMPOTENCY_KEY, Dialect.POSTGRES)[0]
@@ -291,11 +316,19 @@ class PostgresStore(SqlStore):
                     # Outside the window the key is free again; the old task keeps its id.
                     await c.execute(clear, row["id"])
                 if await c.fetchval(insert, *bind(names, params)) is not None:
+                    if audit is not None and (entry := audit(task)) is not None:
+                        await _chain(c, entry)
                     return task, True
         raise Conflict(f"idempotency key {key!r} keeps changing hands")
 
     async def _update_task(
-        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+        self,
+        update: str,
+        params: dict[str, Any],
+        *,
+        end_attempt: bool,
+        start_attempt: bool,
+        audit: AuditOf[list[Any]] | None = None,
     ) -> Any:
         # The attempt rows ride in the same statement, each written only if the update hit.
         ctes = [f"u AS ({update})"]
@@ -310,7 +343,8 @@ class PostgresStore(SqlStore):
         sql = update
         if len(ctes) > 1:
             sql = f"WITH {', '.join(ctes)} SELECT {{TASK_COLUMNS}} FROM u"  # noqa: S608
-        return await self._fetchrow(sql, params)
+        rows = await self._write(sql, params, audit)
+        return rows[0] if rows else None
 
     async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
         if not held:
@@ -401,15 +435,8 @@ class PostgresStore(SqlStore):
     # -- audit trail --------------------------------------------------------------------------
 
     async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
-        head, _ = render(audit.HEAD, Dialect.POSTGRES)
-        append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
         async with self._conn(tx=True) as c:
-            # The head row's lock orders appends from every replica: a second one waits
-            # here, then (READ COMMITTED re-reads a locked row) sees the first one's head.
-            row = await c.fetchrow(head)
-            event = seal(draft, int(row["seq"]) + 1, str(row["hash"]), key)
-            await c.execute(append, *bind(names, params_of(event)))
-        return event
+            return await _chain(c, AuditAppend(draft, key))
 
     # -- cross-replica notification -------------------------------------------------------
 
@@ -431,6 +458,35 @@ class PostgresStore(SqlStore):
             raise StoreError("store is not open")
         if not await self._listener.listen(channel, callback):
             raise StoreError(f"postgres: could not LISTEN on {channel!r}")
+
+
+@functools.lru_cache(maxsize=512)
+def _writes(sql: str) -> bool:
+    """Whether a statement writes (so its success shows the database has room again)."""
+    return _WRITE.search(sql) is not None
+
+
+# A data-modifying statement, alone or in a CTE (not a row lock's FOR UPDATE).
+_WRITE = re.compile(
+    r"\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+(\s+AS\s+\w+)?\s+SET)\b", re.IGNORECASE
+)
+
+
+async def _chain(c: Any, entry: AuditAppend) -> AuditEvent:
+    """Append ``entry`` to the chain in the transaction open on ``c``. Last in it: the head
+    row's lock orders appends from every replica (a second one waits here, then, as READ
+    COMMITTED re-reads a locked row, sees the first one's head), and it is held from here
+    to the commit only, never while a change waits for a row of its own."""
+    head, _ = render(audit.HEAD, Dialect.POSTGRES)
+    append, names = render(_APPEND_AUDIT, Dialect.POSTGRES)
+    row = await c.fetchrow(head)
+    event = seal(entry.draft, int(row["seq"]) + 1, str(row["hash"]), entry.key)
+    try:
+        await c.execute(append, *bind(names, params_of(event)))
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # Not the change's Conflict (a name in use): the event could not be written.
+        raise StoreError(f"postgres: audit event not written: {exc}") from exc
+    return event
 
 
 def _version_params(store: PostgresStore, version: SecretVersionRecord) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from manager.core.audit_chain import AuditDraft, AuditEvent, ChainKey, seal
+from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
     LogRecord,
     Presence,
@@ -34,11 +34,13 @@ from manager.store import migrations
 from manager.store.base import (
     BadData,
     Conflict,
+    DiskFull,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
+from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.statements import Params
@@ -80,6 +82,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        self.health = WriteHealth()
         # One thread, one connection: SQLite connections are not for sharing across threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
@@ -89,9 +92,10 @@ class SqliteStore(SqlStore):
             raise StoreError("store is not open")
 
         def call() -> T:
+            changes = conn.total_changes
             try:
                 with conn:  # one transaction: commit on success, roll back on error
-                    return fn(conn)
+                    result = fn(conn)
             except sqlite3.IntegrityError as exc:
                 raise Conflict(str(exc)) from None
             # A value SQLite refuses ("string or blob too big") or Python cannot hand it (a
@@ -103,13 +107,33 @@ class SqliteStore(SqlStore):
             except OverflowError:
                 raise BadData("a number too large for the database") from None
             except sqlite3.Error as exc:
+                if _is_full(exc):
+                    self.health.full(str(exc))
+                    raise DiskFull(f"sqlite: {exc}") from None
                 raise StoreError(f"sqlite: {exc}") from None
+            if conn.total_changes != changes:  # committed a write: there was room for it
+                self.health.wrote()
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text = _sql(sql)
         return await self._run(lambda c: c.execute(text, params or {}).fetchall())
+
+    async def _fetch_audited(
+        self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
+    ) -> list[Any]:
+        text = _sql(sql)
+
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            _begin_chained(c)
+            rows = c.execute(text, params or {}).fetchall()
+            if (entry := audit(rows)) is not None:
+                _chain(c, entry)
+            return rows
+
+        return await self._run(fn)
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -143,11 +167,17 @@ class SqliteStore(SqlStore):
     # -- tasks: several statements, one transaction -----------------------------------------
 
     async def insert_task(
-        self, task: TaskRecord, *, idempotency_window: float
+        self,
+        task: TaskRecord,
+        *,
+        idempotency_window: float,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         params = tasks.task_params(task, self._dump)
 
         def fn(c: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+            if audit is not None:
+                _begin_chained(c)
             if task.idempotency_key is not None:
                 row = c.execute(_sql(tasks.TASK_BY_IDEMPOTENCY_KEY), params).fetchone()
                 if row is not None:
@@ -156,14 +186,24 @@ class SqliteStore(SqlStore):
                     # Outside the window the key is free again; the old task keeps its id.
                     c.execute(_sql(tasks.CLEAR_IDEMPOTENCY_KEY), {"id": row["id"]})
             c.execute(_sql(tasks.INSERT_TASK), params).fetchall()
+            if audit is not None and (entry := audit(task)) is not None:
+                _chain(c, entry)
             return task, True
 
         return await self._run(fn)
 
     async def _update_task(
-        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+        self,
+        update: str,
+        params: dict[str, Any],
+        *,
+        end_attempt: bool,
+        start_attempt: bool,
+        audit: AuditOf[list[Any]] | None = None,
     ) -> Any:
         def fn(c: sqlite3.Connection) -> Any:
+            if audit is not None:
+                _begin_chained(c)
             rows = c.execute(_sql(update), params).fetchall()
             if not rows:
                 return None
@@ -171,6 +211,8 @@ class SqliteStore(SqlStore):
                 c.execute(_sql(tasks.END_ATTEMPT), params)
             if start_attempt:
                 c.execute(_sql(tasks.START_ATTEMPT), params)
+            if audit is not None and (entry := audit(rows)) is not None:
+                _chain(c, entry)
             return rows[0]
 
         return await self._run(fn)
@@ -279,18 +321,44 @@ class SqliteStore(SqlStore):
 
     async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
         def fn(c: sqlite3.Connection) -> AuditEvent:
-            # IMMEDIATE: the write lock before the head is read, so another process on this
-            # file (a host-side command) waits for this append instead of chaining on the
-            # same head. A `with conn` block would only take it at the first write.
-            c.execute("BEGIN IMMEDIATE")
-            seq, prev_hash = c.execute(_sql(audit.HEAD)).fetchone()
-            event = seal(draft, int(seq) + 1, str(prev_hash), key)
-            params = params_of(event)
-            c.execute(_sql(audit.INSERT_EVENT), params)
-            c.execute(_sql(audit.SET_HEAD), params)
-            return event
+            _begin_chained(c)
+            return _chain(c, AuditAppend(draft, key))
 
         return await self._run(fn)
+
+
+def _begin_chained(c: sqlite3.Connection) -> None:
+    """Begin a transaction that may append to the audit chain. IMMEDIATE: the write lock
+    before the head is read, so another process on this file (a host-side command) waits
+    for this append instead of chaining on the same head. A `with conn` block would only
+    take it at the first write."""
+    c.execute("BEGIN IMMEDIATE")
+
+
+def _chain(c: sqlite3.Connection, entry: AuditAppend) -> AuditEvent:
+    """Append ``entry`` to the chain in the open transaction (begun by _begin_chained)."""
+    seq, prev_hash = c.execute(_sql(audit.HEAD)).fetchone()
+    event = seal(entry.draft, int(seq) + 1, str(prev_hash), entry.key)
+    params = params_of(event)
+    try:
+        c.execute(_sql(audit.INSERT_EVENT), params)
+    except sqlite3.IntegrityError as exc:
+        # Not the change's Conflict (a name in use): the event could not be written.
+        raise StoreError(f"sqlite: audit event not written: {exc}") from None
+    c.execute(_sql(audit.SET_HEAD), params)
+    return event
+
+
+# SQLite's result code for a full disk (or a database at its max_page_count); the
+# extended codes keep it in their low byte.
+_SQLITE_FULL = 13
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == _SQLITE_FULL
+    return "database or disk is full" in str(exc)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

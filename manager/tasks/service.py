@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from manager.core.audit_chain import AuditOf
 from manager.core.eligibility import TaskFacts, place_of, refusal
 from manager.core.taskstate import (
     Decision,
@@ -166,9 +167,11 @@ class TaskService:
         *,
         target: Target | None = None,
         submitted_by: str | None = None,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Queue a user's task; ``target`` is its application and environment, already
-        checked against the submitter's permissions."""
+        checked against the submitter's permissions. ``audit``: the event of a new task,
+        chained with it (a repeat of an idempotent submit writes none)."""
         if self._secrets is not None:
             self._secrets.check_payload(req.payload)
         now = self._clock()
@@ -199,7 +202,7 @@ class TaskService:
             env_id=None if target is None else target.env_id,
             submitted_by=submitted_by,
         )
-        stored, created = await self._insert(record)
+        stored, created = await self._insert(record, audit)
         if not created:
             changed = differences(
                 record, stored, _env_bytes(req.secret_env), self._unsealed_env(stored)
@@ -252,9 +255,11 @@ class TaskService:
             return None
         return self._key.encrypt(json.dumps(env).encode(), context=_secret_context(task_id))
 
-    async def _insert(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def _insert(
+        self, record: TaskRecord, audit: AuditOf[TaskRecord] | None = None
+    ) -> tuple[TaskRecord, bool]:
         stored, created = await self._store.insert_task(
-            record, idempotency_window=IDEMPOTENCY_WINDOW_S
+            record, idempotency_window=IDEMPOTENCY_WINDOW_S, audit=audit
         )
         if created:
             self._metrics.tasks_submitted.inc()
@@ -265,9 +270,13 @@ class TaskService:
             log.info("task submitted", task_id=stored.id, type=stored.type)
         return stored, created
 
-    async def cancel(self, task_id: str) -> TaskRecord:
+    async def cancel(
+        self, task_id: str, *, audit: AuditOf[tuple[TaskRecord, TaskRecord]] | None = None
+    ) -> TaskRecord:
+        """``audit``: the event of the cancel, from the task before and after, chained with
+        it (a task already final or already asked writes none)."""
         task, _, updated = await self._transition(
-            task_id, lambda t: on_cancel(t, self._clock()), end_status="cancelled"
+            task_id, lambda t: on_cancel(t, self._clock()), end_status="cancelled", audit=audit
         )
         if updated is None:
             return task
@@ -497,6 +506,7 @@ class TaskService:
         *,
         starts_attempt: bool = False,
         end_status: str | None = None,
+        audit: AuditOf[tuple[TaskRecord, TaskRecord]] | None = None,
     ) -> tuple[TaskRecord, Decision, TaskRecord | None]:
         """Decide from a snapshot and apply by compare-and-set; re-read when it was stale.
 
@@ -521,7 +531,9 @@ class TaskService:
                     delegate_id=decision.changes["delegate_id"],
                     started_at=decision.changes["started_at"],
                 )
-            updated = await self._apply(task, decision, start=start, end_status=end_status)
+            updated = await self._apply(
+                task, decision, start=start, end_status=end_status, audit=_of_change(task, audit)
+            )
             if updated is not None:
                 return task, decision, updated
             self._open.pop(task_id, None)
@@ -536,6 +548,7 @@ class TaskService:
         *,
         start: AttemptRecord | None = None,
         end_status: str | None = None,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> TaskRecord | None:
         ends_attempt = task.state is TaskState.RUNNING and decision.changes.get("state") not in (
             None,
@@ -549,6 +562,7 @@ class TaskService:
             start_attempt=start,
             end_attempt_status=end_status if ends_attempt else None,
             end_attempt_at=self._clock(),
+            audit=audit,
         )
         if updated is not None:
             self._remember(updated)
@@ -577,6 +591,15 @@ class TaskService:
             self._hub.cancelling.discard(task.id)
         self._events.notify(task.id)
         self._dispatcher.kick()
+
+
+def _of_change(
+    before: TaskRecord, audit: AuditOf[tuple[TaskRecord, TaskRecord]] | None
+) -> AuditOf[TaskRecord] | None:
+    """``audit`` of an update, told the snapshot it was decided from as well."""
+    if audit is None:
+        return None
+    return lambda after: audit((before, after))
 
 
 def _queued(task: TaskRecord) -> QueuedTask:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from manager.core.audit_chain import AuditOf
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord, TokenRecord
 from manager.store.base import AccessStore
 from manager.store.sql.dialect import one_of, params_of
-from manager.store.sql.statements import Statements
+from manager.store.sql.statements import Statements, of_first_row, of_value
 
 __all__ = ["AccessQueries"]
 
@@ -103,10 +104,12 @@ class AccessQueries(Statements, AccessStore):
         d["groups"] = tuple(self._load(d["groups"]))
         return ApiKeyRecord(**d)
 
-    async def create_api_key(self, key: ApiKeyRecord) -> None:
+    async def create_api_key(
+        self, key: ApiKeyRecord, *, audit: AuditOf[ApiKeyRecord] | None = None
+    ) -> None:
         params = params_of(key)
         params["groups"] = self._dump(list(key.groups))
-        await self._fetch(_CREATE_API_KEY, params)
+        await self._write(_CREATE_API_KEY, params, of_value(key, audit))
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         row = await self._fetchrow(_API_KEY_BY_HASH, {"key_hash": key_hash})
@@ -115,9 +118,12 @@ class AccessQueries(Statements, AccessStore):
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         return [self._api_key(r) for r in await self._fetch(_LIST_API_KEYS)]
 
-    async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
-        row = await self._fetchrow(_REVOKE_API_KEY, {"name": name, "now": now})
-        return None if row is None else self._api_key(row)
+    async def revoke_api_key(
+        self, name: str, now: float, *, audit: AuditOf[ApiKeyRecord] | None = None
+    ) -> ApiKeyRecord | None:
+        params = {"name": name, "now": now}
+        rows = await self._write(_REVOKE_API_KEY, params, of_first_row(self._api_key, audit))
+        return self._api_key(rows[0]) if rows else None
 
     async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
         params = {"id": key_id, "now": now, "not_before": now - min_interval}
@@ -147,6 +153,7 @@ class AccessQueries(Statements, AccessStore):
         trusted_proxies: Sequence[str] | None = None,
         api_key_max_qps: float | None = None,
         api_key_burst: int | None = None,
+        audit: AuditOf[AccessSettings] | None = None,
     ) -> AccessSettings:
         changes: dict[str, Any] = {"updated_at": now}
         if allowlist_enabled is not None:
@@ -159,25 +166,35 @@ class AccessQueries(Statements, AccessStore):
             changes["api_key_burst"] = api_key_burst
         # Column names come from the fixed set above, never from the caller.
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
-        row = await self._fetchrow(
+        rows = await self._write(
             f"UPDATE access_settings SET {assignments} WHERE id = 1"  # noqa: S608
             " RETURNING {ACCESS_COLUMNS}",
             changes,
+            of_first_row(self._access_settings, audit),
         )
-        return self._access_settings(row)
+        return self._access_settings(rows[0])
 
     async def list_allowlist(self) -> list[AllowlistEntry]:
         return [self._allowlist_entry(r) for r in await self._fetch(_LIST_ALLOWLIST)]
 
-    async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
-        await self._fetch(_ADD_ALLOWLIST, params_of(entry))
+    async def add_allowlist_entry(
+        self, entry: AllowlistEntry, *, audit: AuditOf[AllowlistEntry] | None = None
+    ) -> None:
+        await self._write(_ADD_ALLOWLIST, params_of(entry), of_value(entry, audit))
 
     async def set_allowlist_entry_enabled(
-        self, entry_id: str, enabled: bool
+        self, entry_id: str, enabled: bool, *, audit: AuditOf[AllowlistEntry] | None = None
     ) -> AllowlistEntry | None:
-        row = await self._fetchrow(_SET_ALLOWLIST_ENABLED, {"id": entry_id, "enabled": enabled})
-        return None if row is None else self._allowlist_entry(row)
+        params = {"id": entry_id, "enabled": enabled}
+        rows = await self._write(
+            _SET_ALLOWLIST_ENABLED, params, of_first_row(self._allowlist_entry, audit)
+        )
+        return self._allowlist_entry(rows[0]) if rows else None
 
-    async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
-        row = await self._fetchrow(_DELETE_ALLOWLIST, {"id": entry_id})
-        return None if row is None else self._allowlist_entry(row)
+    async def delete_allowlist_entry(
+        self, entry_id: str, *, audit: AuditOf[AllowlistEntry] | None = None
+    ) -> AllowlistEntry | None:
+        rows = await self._write(
+            _DELETE_ALLOWLIST, {"id": entry_id}, of_first_row(self._allowlist_entry, audit)
+        )
+        return self._allowlist_entry(rows[0]) if rows else None

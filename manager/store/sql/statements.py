@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
+from manager.core.audit_chain import AuditOf
 from manager.store.sql.dialect import Dialect
 
-__all__ = ["Params", "Statements"]
+__all__ = ["Params", "Statements", "of_first_row", "of_value"]
 
 Params = Mapping[str, Any]
+T = TypeVar("T")
+
+
+def of_first_row(
+    convert: Callable[[Any], T], audit: AuditOf[T] | None
+) -> AuditOf[list[Any]] | None:
+    """``audit`` of a write's rows: of its first, as a record; no event when it matched none."""
+    if audit is None:
+        return None
+    return lambda rows: audit(convert(rows[0])) if rows else None
+
+
+def of_value(value: T, audit: AuditOf[T] | None) -> AuditOf[list[Any]] | None:
+    """``audit`` of a write that returns no row (an insert): of what it inserted."""
+    if audit is None:
+        return None
+    return lambda _rows: audit(value)
 
 
 class Statements(abc.ABC):
@@ -21,6 +39,21 @@ class Statements(abc.ABC):
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         """Render ``sql`` for this dialect and run it in a transaction of its own; its rows
         (mappings by column name). Database errors come out as StoreError or Conflict."""
+
+    @abc.abstractmethod
+    async def _fetch_audited(
+        self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
+    ) -> list[Any]:
+        """:meth:`_fetch`, and in the same transaction the event ``audit`` makes of its rows
+        appended to the audit chain (none when it answers None)."""
+
+    async def _write(
+        self, sql: str, params: Params | None, audit: AuditOf[list[Any]] | None
+    ) -> list[Any]:
+        """A write, with its audit event when there is one."""
+        if audit is None:
+            return await self._fetch(sql, params)
+        return await self._fetch_audited(sql, params, audit)
 
     async def _fetchrow(self, sql: str, params: Params | None = None) -> Any:
         rows = await self._fetch(sql, params)

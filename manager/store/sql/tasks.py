@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manager.core.audit_chain import AuditOf
 from manager.records import (
     AttemptRecord,
     DelegateRecord,
@@ -23,7 +24,7 @@ from manager.records import (
 )
 from manager.store.base import TaskStore
 from manager.store.sql.dialect import fields, params_of
-from manager.store.sql.statements import Statements
+from manager.store.sql.statements import Statements, of_first_row
 from shared.protocol import TaskState
 
 __all__ = [
@@ -232,10 +233,17 @@ class TaskQueries(Statements, TaskStore):
 
     @abc.abstractmethod
     async def _update_task(
-        self, update: str, params: dict[str, Any], *, end_attempt: bool, start_attempt: bool
+        self,
+        update: str,
+        params: dict[str, Any],
+        *,
+        end_attempt: bool,
+        start_attempt: bool,
+        audit: AuditOf[list[Any]] | None = None,
     ) -> Any:
         """Run ``update`` (the compare-and-set, returning the task's row) and, only if it hit,
-        END_ATTEMPT and START_ATTEMPT as asked: one transaction. The row, or None."""
+        END_ATTEMPT and START_ATTEMPT as asked, and the audit event: one transaction. The
+        row, or None."""
 
     async def update_task(
         self,
@@ -247,6 +255,7 @@ class TaskQueries(Statements, TaskStore):
         start_attempt: AttemptRecord | None = None,
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
+        audit: AuditOf[TaskRecord] | None = None,
     ) -> TaskRecord | None:
         sql, params = _update_task_sql(task_id, expect_state, expect_attempt, changes, self._dump)
         if end_attempt_status is not None:
@@ -259,6 +268,7 @@ class TaskQueries(Statements, TaskStore):
             params,
             end_attempt=end_attempt_status is not None,
             start_attempt=start_attempt is not None,
+            audit=of_first_row(self._task, audit),
         )
         return None if row is None else self._task(row)
 

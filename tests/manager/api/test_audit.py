@@ -218,3 +218,39 @@ async def test_verify_reports_an_event_written_past_the_head(api: Api) -> None:
     _, report = await api.call("GET", "/api/v1/audit/verify")
     assert report["ok"] is False
     assert report["broken"]["seq"] == 6
+
+
+async def test_a_change_whose_event_cannot_be_written_is_not_made(api: Api) -> None:
+    """The task path, API keys and the allowlist chain their event in the change's own
+    transaction: with the trail unwritable each such change is refused whole (a 503, not a
+    Conflict of its own), where it used to stand with its event lost."""
+    shell = {"payload": {"type": "shell", "script": "echo hi"}}
+    status, queued = await api.call("POST", "/api/v1/tasks", shell)
+    assert status == 201
+    head = await api.store.audit_head()
+    db = sqlite3.connect(api.db)
+    db.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    db.commit()
+    db.close()
+    refused = [
+        await api.call("POST", "/api/v1/tasks", shell),
+        await api.call("POST", f"/api/v1/tasks/{queued['id']}/cancel"),
+        await api.call("POST", "/api/v1/api-keys", {"name": "ops", "service_account": True}),
+        await api.call("DELETE", "/api/v1/api-keys/test"),
+        await api.call("PUT", "/api/v1/api-key-defaults", {"max_qps": 3.0}),
+        await api.call("POST", "/api/v1/allowlist/entries", {"cidr": "10.0.0.0/8"}),
+        await api.call("PUT", "/api/v1/allowlist/trusted-proxies", {"proxies": ["10.1.0.0/16"]}),
+    ]
+    assert [(status, body["error"]["code"]) for status, body in refused] == [
+        (503, "unavailable")
+    ] * len(refused)
+    assert await api.store.audit_head() == head
+    _, tasks = await api.call("GET", "/api/v1/tasks")
+    assert [(t["id"], t["state"]) for t in tasks["tasks"]] == [(queued["id"], "queued")]
+    _, keys = await api.call("GET", "/api/v1/api-keys")
+    assert [(k["name"], k["status"]) for k in keys["api_keys"]] == [("test", "active")]
+    _, allowlist = await api.call("GET", "/api/v1/allowlist")
+    assert (allowlist["entries"], allowlist["trusted_proxies"]) == ([], [])

@@ -1,0 +1,176 @@
+"""Audit events chained in the transaction of the change they record, on every backend.
+
+A write given ``audit`` commits its change and the event together, or neither: when the
+event cannot be written the change is rolled back, and a write that changes nothing (a
+compare-and-set that missed, a repeated idempotent submit, a key that is not there) writes
+no event and takes no seq, so the chain stays whole and a gap can only be a deleted event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from manager.core.audit_chain import AuditAppend, AuditEvent, AuditQuery, verify
+from manager.records import AllowlistEntry, ApiKeyRecord
+from manager.store.base import Conflict, Store, StoreError
+from shared.protocol import TaskState
+from tests.manager.store.test_audit import change
+from tests.manager.store.test_store import WINDOW, task
+
+
+def event_of(n: int, **kw: Any) -> Any:
+    """An ``audit`` argument: the event ``change(n)``, told what was written."""
+    seen: list[Any] = []
+
+    def make(written: Any) -> AuditAppend:
+        seen.append(written)
+        return AuditAppend(dataclasses.replace(change(n), **kw), None)
+
+    make.seen = seen  # type: ignore[attr-defined]
+    return make
+
+
+@contextlib.contextmanager
+def event_refused() -> Iterator[None]:
+    """The write fails as the store's failure, not as a Conflict of the change's own."""
+    with pytest.raises(StoreError) as caught:
+        yield
+    assert not isinstance(caught.value, Conflict), caught.value
+
+
+async def events(store: Store) -> list[AuditEvent]:
+    return list(reversed(await store.list_audit(AuditQuery(limit=1000))))
+
+
+def key(name: str = "ci", id: str = "key_1") -> ApiKeyRecord:
+    return ApiKeyRecord(id=id, name=name, prefix="tak_abc", key_hash=f"hash-{id}", created_at=100.0)
+
+
+async def test_each_audited_write_chains_its_event_with_its_change(store: Store) -> None:
+    submitted = event_of(1)
+    await store.insert_task(task("task_1"), idempotency_window=WINDOW, audit=submitted)
+    assert [t.id for t in submitted.seen] == ["task_1"]
+    cancelled = event_of(2)
+    updated = await store.update_task(
+        "task_1",
+        expect_state=TaskState.QUEUED,
+        expect_attempt=0,
+        changes={"state": TaskState.CANCELLED, "finished_at": 200.0},
+        audit=cancelled,
+    )
+    assert updated is not None
+    # The row as written, not the snapshot it was decided from.
+    assert [t.state for t in cancelled.seen] == [TaskState.CANCELLED]
+    await store.create_api_key(key(), audit=event_of(3))
+    revoked = event_of(4)
+    assert await store.revoke_api_key("ci", 300.0, audit=revoked) is not None
+    assert [k.revoked_at for k in revoked.seen] == [300.0]
+    await store.update_access_settings(400.0, api_key_max_qps=5.0, audit=event_of(5))
+    entry = AllowlistEntry(
+        id="ipa_1", cidr="10.0.0.0/8", description="", enabled=True, created_at=500.0
+    )
+    await store.add_allowlist_entry(entry, audit=event_of(6))
+    await store.set_allowlist_entry_enabled("ipa_1", False, audit=event_of(7))
+    await store.delete_allowlist_entry("ipa_1", audit=event_of(8))
+
+    trail = await events(store)
+    assert [e.resource_id for e in trail] == [f"token_{n}" for n in range(1, 9)]
+    assert verify(trail, await store.audit_head()) is None
+
+
+async def test_a_write_that_changes_nothing_writes_no_event(store: Store) -> None:
+    await store.insert_task(
+        task("task_1", idempotency_key="k"), idempotency_window=WINDOW, audit=event_of(1)
+    )
+    again = event_of(2)
+    stored, created = await store.insert_task(
+        task("task_2", idempotency_key="k"), idempotency_window=WINDOW, audit=again
+    )
+    assert (stored.id, created) == ("task_1", False)
+    missed = event_of(3)
+    stale = await store.update_task(
+        "task_1",
+        expect_state=TaskState.RUNNING,
+        expect_attempt=0,
+        changes={"cancel_requested": True},
+        audit=missed,
+    )
+    assert stale is None
+    absent = event_of(4)
+    assert await store.revoke_api_key("nobody", 1.0, audit=absent) is None
+    assert await store.delete_allowlist_entry("ipa_none", audit=absent) is None
+    assert again.seen == missed.seen == absent.seen == []
+    assert [e.seq for e in await events(store)] == [1]
+    assert (await store.audit_head())[0] == 1
+
+
+async def test_when_the_event_cannot_be_written_the_change_is_not_either(store: Store) -> None:
+    # The event id is unique: an event reusing one fails inside the change's transaction,
+    # as any failure between the change and its event would. Not a Conflict: that would
+    # read as the change's own (a name in use).
+    taken = (await store.append_audit(change(0))).id
+    head = await store.audit_head()
+
+    with event_refused():
+        await store.insert_task(
+            task("task_1"), idempotency_window=WINDOW, audit=event_of(1, id=taken)
+        )
+    assert await store.get_task("task_1") is None
+
+    await store.insert_task(task("task_2"), idempotency_window=WINDOW)
+    with event_refused():
+        await store.update_task(
+            "task_2",
+            expect_state=TaskState.QUEUED,
+            expect_attempt=0,
+            changes={"state": TaskState.CANCELLED, "finished_at": 2.0},
+            audit=event_of(2, id=taken),
+        )
+    still = await store.get_task("task_2")
+    assert still is not None
+    assert still.state is TaskState.QUEUED
+
+    await store.create_api_key(key())
+    with event_refused():
+        await store.revoke_api_key("ci", 3.0, audit=event_of(3, id=taken))
+    assert [k.revoked_at for k in await store.list_api_keys()] == [None]
+    with event_refused():
+        await store.create_api_key(key("other", "key_2"), audit=event_of(4, id=taken))
+    assert [k.name for k in await store.list_api_keys()] == ["ci"]
+
+    entry = AllowlistEntry(
+        id="ipa_1", cidr="10.0.0.0/8", description="", enabled=True, created_at=5.0
+    )
+    with event_refused():
+        await store.add_allowlist_entry(entry, audit=event_of(5, id=taken))
+    assert await store.list_allowlist() == []
+    before = await store.access_settings()
+    with event_refused():
+        await store.update_access_settings(6.0, allowlist_enabled=True, audit=event_of(6, id=taken))
+    assert await store.access_settings() == before
+
+    # No seq was taken by what rolled back: the next event follows on, and the chain holds.
+    assert await store.audit_head() == head
+    await store.insert_task(task("task_3"), idempotency_window=WINDOW, audit=event_of(7))
+    trail = await events(store)
+    assert [e.seq for e in trail] == [1, 2]
+    assert verify(trail, await store.audit_head()) is None
+
+
+async def test_concurrent_audited_writes_keep_one_chain(store: Store) -> None:
+    await asyncio.gather(
+        *(
+            store.insert_task(task(f"task_{n}"), idempotency_window=WINDOW, audit=event_of(n))
+            for n in range(20)
+        ),
+        *(store.append_audit(change(100 + n)) for n in range(5)),
+    )
+    trail = await events(store)
+    assert [e.seq for e in trail] == list(range(1, 26))
+    assert verify(trail, await store.audit_head()) is None
