@@ -15,7 +15,7 @@ import itertools
 import os
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,28 +170,42 @@ class _Remote:
             self._exited.set()
 
 
-class ThroughLauncher:
-    """Tasks run by the task launcher listening on ``path``."""
+Connect = Callable[[Path], Awaitable[socket.socket]]
 
-    def __init__(self, path: Path, users: Sequence[TaskUser]) -> None:
+
+async def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ThroughLauncher:
+    """Tasks run by the task launcher listening on ``path``. ``connect`` opens a
+    non-blocking connection to it (tests connect as another user than their own)."""
+
+    def __init__(
+        self, path: Path, users: Sequence[TaskUser], *, connect: Connect = _connect
+    ) -> None:
         self.path = path
         self._users = tuple(users)
+        self._open = connect
 
     @property
     def users(self) -> tuple[TaskUser, ...]:
         return self._users
 
     async def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, str(self.path))
+            return await self._open(self.path)
         except OSError as exc:
-            sock.close()
             raise LauncherError(
                 f"cannot reach the task launcher at {self.path}: {exc.strerror or exc}"
             ) from None
-        return sock
 
     async def _ask(
         self,
