@@ -204,7 +204,8 @@ async def test_a_task_runs_as_its_slots_user_holding_nothing_and_cannot_read_the
     # Control: the same file, readable to its owner, so "denied" above is the switch.
     assert secret.read_text() == "private\n"
     events = [e for e in setup.launcher.events() if e.get("event") == "task started"]
-    assert events and "for-this-task" not in "\n".join(setup.launcher.stderr)
+    assert events
+    assert "for-this-task" not in "\n".join(setup.launcher.stderr)
 
 
 async def test_cancel_terminates_the_whole_group_and_the_exit_comes_back(setup: Setup) -> None:
@@ -270,7 +271,8 @@ async def test_sweep_kills_the_slot_users_processes_and_empties_its_directory(se
     client = setup.client()
     task_dir = setup.task_dir(
         {
-            "script": "setsid sleep 304 </dev/null >/dev/null 2>&1 & echo $!; mkdir -p d/e; touch d/e/f; chmod 000 d\n"
+            "script": "setsid sleep 304 </dev/null >/dev/null 2>&1 & echo $!\n"
+            "mkdir -p d/e; touch d/e/f; chmod 000 d\n"
         }
     )
     child = await client.start(
@@ -346,7 +348,8 @@ async def test_requests_outside_the_pool_the_directory_or_the_delegates_files_ar
             for fd in fds:
                 os.close(fd)
             sock.close()
-        assert reply["ok"] is False and reply["error"].startswith(reason), (message, reply)
+        assert reply["ok"] is False, message
+        assert reply["error"].startswith(reason), (message, reply)
     # Nothing was handed over, nothing ran.
     assert rootfile.stat().st_uid == 0
     assert (task_dir / "script").stat().st_uid == setup.accounts.client.uid
@@ -433,5 +436,6 @@ def test_the_launcher_refuses_to_run_as_configured_wrongly(
     for args, reason in cases:
         proc = launch(*args)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("error: ") and reason in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: "), proc.stderr
+        assert reason in proc.stderr, proc.stderr
         assert not (tmp_path / "s").exists()
