@@ -23,7 +23,12 @@ from pathlib import Path
 import structlog
 
 from delegate.launcher.server import Launcher, LauncherConfig
-from delegate.run import isolation
+from delegate.run.isolation import (
+    IsolationError,
+    harden_process,
+    lookup_users,
+    missing_capabilities,
+)
 from shared import __version__
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
@@ -69,8 +74,8 @@ def _config(args: argparse.Namespace) -> LauncherConfig:
     if not names:
         raise _Unusable("--task-users names no account")
     try:
-        users = isolation.lookup_users(names, own_uid=client.pw_uid)
-    except isolation.IsolationError as exc:
+        users = lookup_users(names, own_uid=client.pw_uid)
+    except IsolationError as exc:
         raise _Unusable(str(exc)) from None
     if not args.work_dir.is_absolute() or not args.work_dir.is_dir():
         raise _Unusable(f"work directory {args.work_dir} is not an absolute path to a directory")
@@ -126,7 +131,7 @@ async def _serve(launcher: Launcher, listener: socket.socket) -> int:
 
 def _setup(args: argparse.Namespace) -> tuple[LauncherConfig, socket.socket]:
     with open("/proc/self/status", encoding="ascii") as f:
-        missing = isolation.missing_capabilities(f.read())
+        missing = missing_capabilities(f.read())
     if missing or os.geteuid() != 0:
         raise _Unusable(
             "the task launcher runs as root with CAP_SETUID, CAP_SETGID, CAP_CHOWN and"
@@ -152,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     # Tasks' environments pass through this process: its memory is kept from ptrace and
     # /proc/PID/mem, and no task gains a privilege through a setuid program.
-    isolation.harden_process(task_users=True)
+    harden_process(task_users=True)
     return run(_serve(Launcher(config), listener), prefer_uvloop=False)
 
 

@@ -56,6 +56,8 @@ log = structlog.get_logger("tether.launcher")
 
 # One per running task and a few for sweeps: a peer opening more is refused, not served.
 MAX_CONNECTIONS = 256
+# How long a refused peer has to send the request its refusal answers.
+_TURN_AWAY_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class Launcher:
             pid, uid, _ = peer_credentials(sock)
             if uid != self.config.client_uid:
                 log.warning("connection refused", peer_uid=uid, peer_pid=pid)
-                await conn.send(_error(None, f"uid {uid} may not use this launcher"))
+                await self._turn_away(conn, f"uid {uid} may not use this launcher")
                 return
             assembler = Assembler()
             while True:
@@ -177,6 +179,16 @@ class Launcher:
                 task.signal(signal.SIGKILL)
                 await task.exited.wait()
                 await sweep(task.user, self.config.work_root / task.dir)
+
+    async def _turn_away(self, conn: _Connection, reason: str) -> None:
+        """Answer the peer's first message with ``reason``, read nothing of it. Answered
+        before it is read, a request left unread would make the close a reset, and the
+        peer would see that instead of the reason."""
+        with contextlib.suppress(Refused, TimeoutError):
+            got = await asyncio.wait_for(receive(conn.sock, Assembler()), _TURN_AWAY_WAIT)
+            for fd in got[1] if got else ():
+                os.close(fd)
+        await conn.send(_error(None, reason))
 
     async def _answer(self, request: Pool | Signal | Sweep, task: _Task | None) -> dict[str, Any]:
         if isinstance(request, Pool):

@@ -10,6 +10,7 @@ does when it runs them itself. The task's output pipes come back over the connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import os
@@ -61,7 +62,9 @@ def fetch_pool(path: Path, *, timeout: float = 10.0) -> tuple[tuple[TaskUser, ..
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            sock.send(records(encode({"id": 0, "op": "pool"}))[0])
+            with contextlib.suppress(BrokenPipeError):
+                # A refused peer is answered, then hung up on: the answer is still to read.
+                sock.send(records(encode({"id": 0, "op": "pool"}))[0])
             assembler = Assembler()
             message = None
             while message is None:
@@ -215,10 +218,14 @@ class ThroughLauncher:
         fds: Sequence[int] = (),
     ) -> tuple[dict[str, Any], list[int]]:
         try:
-            await send(sock, encode(request), fds)
+            with contextlib.suppress(BrokenPipeError):
+                # A refused peer is answered, then hung up on: the answer is still to read.
+                await send(sock, encode(request), fds)
             got = await receive(sock, assembler)
         except Refused as exc:
             raise LauncherError(f"the task launcher's answer is malformed: {exc}") from None
+        except OSError as exc:
+            raise LauncherError(f"the task launcher failed: {exc.strerror or exc}") from None
         if got is None:
             raise LauncherError("the task launcher hung up")
         data, received = got

@@ -25,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from delegate import cli as delegate_cli
+from delegate.config import DelegateConfig, resolve
 from delegate.launcher.protocol import Assembler, encode, parse_reply
 from delegate.launcher.wire import receive, send
-from delegate.run.isolation import TaskUser
+from delegate.run.isolation import IsolationError, TaskUser
 from delegate.run.launcher_client import LauncherError, ThroughLauncher, fetch_pool
 from delegate.run.process import Child
 from tests.delegate.run.test_process import reap_stray, wait_gone
@@ -367,8 +369,10 @@ async def test_a_peer_of_another_uid_is_refused_even_when_it_reaches_the_socket(
     setup.socket.chmod(0o666)
     for user in (setup.accounts.stranger, TaskUser("root", 0, 0), setup.accounts.slots[0]):
         sock = await (connect_as(user)(setup.socket) if user.uid else _root_connect(setup.socket))
+        # Its first request is answered with the refusal, unread, and the launcher hangs up.
         try:
             reply = await ask(sock, {"id": 1, "op": "pool"})
+            assert await asyncio.wait_for(receive(sock, Assembler()), 10) is None
         finally:
             sock.close()
         assert reply == {
@@ -388,17 +392,19 @@ async def _root_connect(path: Path) -> socket.socket:
 
 async def test_the_pool_is_the_launchers_accounts_and_work_directory(setup: Setup) -> None:
     client = setup.accounts.client
+    # Blocking, and in this thread: a worker thread's first import, as the client's uid,
+    # could not read this interpreter's files.
     os.setegid(client.gid)
     os.seteuid(client.uid)
     try:
-        users, work = await asyncio.to_thread(fetch_pool, setup.socket)
+        users, work = fetch_pool(setup.socket)
     finally:
         os.seteuid(0)
         os.setegid(0)
     assert users == setup.accounts.slots
     assert work == setup.work
-    with pytest.raises(LauncherError, match="may not use this launcher"):
-        await asyncio.to_thread(fetch_pool, setup.socket)  # as root
+    with pytest.raises(LauncherError, match="uid 0 may not use this launcher"):
+        fetch_pool(setup.socket)  # as root
 
 
 def test_the_launcher_refuses_to_run_as_configured_wrongly(
@@ -439,3 +445,76 @@ def test_the_launcher_refuses_to_run_as_configured_wrongly(
         assert proc.stderr.startswith("error: "), proc.stderr
         assert reason in proc.stderr, proc.stderr
         assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
+)
+async def test_the_launcher_serves_the_socket_systemd_passes_it(accounts: Accounts) -> None:
+    """As tether-task-launcher.socket starts it: no --socket, the listening socket as fd 3
+    (LISTEN_FDS, LISTEN_PID), the service started by the first connection."""
+    base = Path(tempfile.mkdtemp(prefix="tether-launcher-", dir="/tmp"))
+    base.chmod(0o755)
+    path = base / "activated.sock"
+    activator = Proc(
+        "activate",
+        [
+            "systemd-socket-activate", "--seqpacket", "-l", str(path),
+            str(BIN / "tether-task-launcher"),
+            "--client-user", accounts.client.name,
+            "--task-users", ",".join(u.name for u in accounts.slots),
+            "--work-dir", str(base), "--log-format", "json",
+        ],
+    )  # fmt: skip
+    await activator.start()
+    try:
+        await activator.wait_until(
+            lambda: any("Listening on" in s for s in activator.stderr), "listening"
+        )
+        path.chmod(0o666)  # systemd's unit sets SocketUser=; here the file is root's
+        client = accounts.client
+        os.setegid(client.gid)
+        os.seteuid(client.uid)
+        try:
+            users, work = fetch_pool(path)
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+        assert users == accounts.slots
+        assert work == base
+        await activator.wait_event("task launcher ready")
+    finally:
+        await activator.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_delegate_given_the_launcher_takes_its_slots_or_says_why_not(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The delegate's choice at start (delegate/cli.py): the launcher's task users, checked
+    as accounts named in its own configuration are; a mismatch is a configuration error,
+    a launcher it cannot reach one worth a restart."""
+
+    def config(**flags: object) -> DelegateConfig:
+        given = {"manager_url": "https://m:1", "token": "tdt_x", "max_tasks": 2}
+        return resolve(given | flags, {}, None)
+
+    def choose(cfg: DelegateConfig) -> object:
+        client = setup.accounts.client
+        os.setegid(client.gid)
+        os.seteuid(client.uid)
+        try:
+            return delegate_cli._switcher(cfg)
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+
+    chosen = choose(config(launcher_socket=str(setup.socket), work_dir=str(setup.work)))
+    assert isinstance(chosen, ThroughLauncher)
+    assert chosen.users == setup.accounts.slots
+    with pytest.raises(IsolationError, match="the task launcher's work directory is"):
+        choose(config(launcher_socket=str(setup.socket), work_dir=str(tmp_path)))
+    with pytest.raises(IsolationError, match="the task launcher has 2 slots; 3 tasks"):
+        choose(config(launcher_socket=str(setup.socket), work_dir=str(setup.work), max_tasks=3))
+    with pytest.raises(LauncherError, match="cannot reach the task launcher at"):
+        choose(config(launcher_socket=str(setup.base / "missing.sock"), work_dir=str(setup.work)))
