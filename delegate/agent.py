@@ -17,7 +17,6 @@ import json
 import shutil
 import stat
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -32,8 +31,9 @@ from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
-from delegate.run.isolation import TaskUser, UserPool, sweep
+from delegate.run.isolation import UserPool
 from delegate.run.logstream import LogStream
+from delegate.run.switch import Switcher
 from delegate.run.taskinputs import InputError, TaskInputs, prepare
 from delegate.secrets.cache import SecretCache
 from delegate.secrets.resolver import SecretResolver
@@ -77,7 +77,7 @@ class Agent:
         private_key: bytes,
         timings: Timings,
         process_masker: Masker,
-        task_users: Sequence[TaskUser] | None = None,
+        switcher: Switcher | None = None,
     ) -> None:
         self._config = config
         self._api = api
@@ -93,7 +93,8 @@ class Agent:
         self._stopping = False
         self._work_root = config.work_root
         # None: tasks run as this process's user (--shared-user).
-        self._pool = None if task_users is None else UserPool(task_users)
+        self._switcher = switcher
+        self._pool = None if switcher is None else UserPool(switcher.users)
         self._spool_root = config.data_dir / "spool"
         self._outbox: Outbox | None = None
         ttl = config.secret_cache_ttl
@@ -189,13 +190,13 @@ class Agent:
 
     async def _clear_work_root(self) -> None:
         owners = await asyncio.to_thread(_owners, self._work_root)
-        if self._pool is not None:
-            by_uid = {u.uid: u for u in self._pool.users}
-            for user in self._pool.users:
-                await sweep(user, None)
+        if self._switcher is not None:
+            by_uid = {u.uid: u for u in self._switcher.users}
+            for user in self._switcher.users:
+                await self._switcher.sweep(user, None)
             for path, uid in owners.items():
                 if uid in by_uid:
-                    await sweep(by_uid[uid], path)
+                    await self._switcher.sweep(by_uid[uid], path)
         await asyncio.to_thread(_clear, list(owners))
 
     async def _shutdown(self, force: asyncio.Event) -> None:
@@ -293,6 +294,7 @@ class Agent:
                             kill_grace=t.kill_grace,
                             work_root=self._work_root,
                             user=user,
+                            switcher=self._switcher,
                         )
                     finally:
                         # After execute: it has swept the slot by then.

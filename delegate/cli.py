@@ -28,6 +28,8 @@ from delegate.link.api import ManagerApi
 from delegate.link.policy import LinkPolicy
 from delegate.link.stream import Channel
 from delegate.run import isolation
+from delegate.run.launcher_client import LauncherError, ThroughLauncher, fetch_pool
+from delegate.run.switch import InProcess, Switcher
 from delegate.selfmetrics import self_metrics
 from shared import __version__, sdnotify
 from shared import service_install as svc
@@ -102,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         "--task-user-prefix",
         help="task users are PREFIX0 .. PREFIX<max-tasks - 1> ($TETHER_TASK_USER_PREFIX;"
         f" default {DEFAULT_TASK_USER_PREFIX})",
+    )
+    r.add_argument(
+        "--launcher-socket",
+        help="the task launcher's socket: it starts tasks as task users, so this delegate"
+        " needs no capability ($TETHER_LAUNCHER_SOCKET)",
     )
     r.add_argument(
         "--work-dir",
@@ -202,28 +209,50 @@ def _notify_channel(channel: Channel, lost_after: Callable[[], float]) -> asynci
     return sdnotify.start_watchdog(healthy)
 
 
-def _task_users(config: DelegateConfig) -> tuple[isolation.TaskUser, ...] | None:
-    """The task users, or None when tasks run as this process's user; IsolationError when
-    neither is possible as configured."""
+def _switcher(config: DelegateConfig) -> Switcher | None:
+    """Who starts tasks as task users: the task launcher when one is configured, else this
+    process; None when tasks run as this process's user. IsolationError when none of
+    these is possible as configured; LauncherError when the launcher cannot be asked."""
     if config.shared_user:
         return None
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            status = f.read()
-    except OSError:
-        status = ""  # no /proc: nothing shows the capabilities, so none are counted
-    missing = isolation.missing_capabilities(status)
-    if missing:
-        raise isolation.IsolationError(
-            "this delegate cannot run tasks as other users (it lacks "
-            f"{', '.join(missing)}): run it as root or with those capabilities (the unit"
-            " install-service writes does), or pass --shared-user to run tasks as its own"
-            " user"
-        )
-    users = isolation.lookup_users(config.task_users, own_uid=os.geteuid())
+    switcher: Switcher
+    if config.launcher_socket is not None:
+        users, work_dir = fetch_pool(config.launcher_socket)
+        if len(users) < config.max_tasks:
+            raise isolation.IsolationError(
+                f"the task launcher has {len(users)} slots; {config.max_tasks} tasks at once"
+                " need as many"
+            )
+        users = users[: config.max_tasks]
+        # The same checks as for accounts named here, and the same accounts seen from here.
+        if isolation.lookup_users([u.name for u in users], own_uid=os.geteuid()) != users:
+            raise isolation.IsolationError(
+                "the task launcher's task users are not the accounts of those names here"
+            )
+        if work_dir != config.work_root:
+            raise isolation.IsolationError(
+                f"the task launcher's work directory is {work_dir}, this delegate's"
+                f" {config.work_root}: set work_dir to the launcher's"
+            )
+        switcher = ThroughLauncher(config.launcher_socket, users)
+    else:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                status = f.read()
+        except OSError:
+            status = ""  # no /proc: nothing shows the capabilities, so none are counted
+        missing = isolation.missing_capabilities(status)
+        if missing:
+            raise isolation.IsolationError(
+                "this delegate cannot run tasks as other users (it lacks "
+                f"{', '.join(missing)}): give it the task launcher's socket"
+                " (--launcher-socket; the service install-service writes does), or run it"
+                " as root, or pass --shared-user to run tasks as its own user"
+            )
+        switcher = InProcess(isolation.lookup_users(config.task_users, own_uid=os.geteuid()))
     if config.token_file is not None:
-        _check_private(config.token_file, "token file", users)
-    return users
+        _check_private(config.token_file, "token file", switcher.users)
+    return switcher
 
 
 def _check_private(path: Path, what: str, users: Sequence[isolation.TaskUser]) -> None:
@@ -248,9 +277,7 @@ def _check_private(path: Path, what: str, users: Sequence[isolation.TaskUser]) -
         )
 
 
-async def _run(
-    config: DelegateConfig, masker: Masker, task_users: Sequence[isolation.TaskUser] | None
-) -> int:
+async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None) -> int:
     try:
         # work/ is the tasks' scratch space, emptied at start; its files are theirs.
         secure_data_dir(config.data_dir, scratch=("work",))
@@ -271,7 +298,7 @@ async def _run(
         task_types=list(config.task_types),
         public_key=public_key_b64(public_from_private(private)),
         instance=secrets.token_hex(8),
-        isolation="shared_user" if task_users is None else "task_users",
+        isolation="shared_user" if switcher is None else "task_users",
     )
     ssl_ctx = client_context(
         config.ca_file, client_cert=config.client_cert, client_key=config.client_key
@@ -307,7 +334,7 @@ async def _run(
             private_key=private,
             timings=timings,
             process_masker=masker,
-            task_users=task_users,
+            switcher=switcher,
         )
         channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(
@@ -317,7 +344,7 @@ async def _run(
             selectors=list(config.selectors),
             max_tasks=config.max_tasks,
         )
-        if task_users is None:
+        if switcher is None:
             log.warning(
                 "tasks run as this delegate's own user (--shared-user): a task can read its"
                 " token, private key and spool",
@@ -327,8 +354,9 @@ async def _run(
             log.info(
                 "tasks run as task users",
                 isolation=registration.isolation,
-                task_users=[u.name for u in task_users],
+                task_users=[u.name for u in switcher.users],
                 work_dir=str(config.work_root),
+                launcher=str(config.launcher_socket) if config.launcher_socket else None,
             )
         watchdog = _notify_channel(
             channel,
@@ -365,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task_users": args.task_users,
         "task_user_prefix": args.task_user_prefix,
         "work_dir": args.work_dir,
+        "launcher_socket": args.launcher_socket,
     }
     try:
         config = resolve(flags, os.environ, args.config)
@@ -379,11 +408,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --time-scale must be positive", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        task_users = _task_users(config)
+        switcher = _switcher(config)
     except isolation.IsolationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    isolation.harden_process(task_users=task_users is not None)
+    except LauncherError as exc:
+        # Restartable: the launcher may be starting, or restarting.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    isolation.harden_process(task_users=switcher is not None)
     # No child (a task, a custom secret provider) inherits the token through the
     # environment; /proc/<pid>/environ is closed by harden_process.
     for variable in ("TETHER_TOKEN", "TETHER_TOKEN_FILE"):
@@ -393,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # little, and under a storm of connection resets uvloop with aiohttp was seen to
         # keep a transport on a file descriptor the kernel reused, which killed the process
         # (tests/faults/test_network_cut.py).
-        return run(_run(config, masker, task_users), prefer_uvloop=False)
+        return run(_run(config, masker, switcher), prefer_uvloop=False)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:

@@ -32,6 +32,7 @@ ENV = {
     "task_users": "TETHER_TASK_USERS",
     "task_user_prefix": "TETHER_TASK_USER_PREFIX",
     "work_dir": "TETHER_WORK_DIR",
+    "launcher_socket": "TETHER_LAUNCHER_SOCKET",
 }
 KEYS = set(ENV) | {"task_types", "log_level", "time_scale"}
 DEFAULT_TASK_USER_PREFIX = "tether-task-"
@@ -69,6 +70,9 @@ class DelegateConfig:
     work_dir: Path | None = None
     # The file the token was read from, if it was: checked to be the delegate's alone.
     token_file: Path | None = None
+    # The task launcher's socket (tether-task-launcher.socket): tasks are started by it, and
+    # this process needs no capability. None: it switches users itself (root), or cannot.
+    launcher_socket: Path | None = None
 
     @property
     def work_root(self) -> Path:
@@ -202,6 +206,9 @@ def resolve(
         task_users=task_users[:max_tasks],
         work_dir=work_path,
         token_file=read_from,
+        launcher_socket=Path(launcher).absolute()
+        if (launcher := pick("launcher_socket"))
+        else None,
     )
 
 

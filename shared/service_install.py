@@ -31,6 +31,9 @@ __all__ = [
     "DELEGATE_STATE_DIR",
     "DELEGATE_TOKEN",
     "DELEGATE_UNIT",
+    "LAUNCHER_SOCKET",
+    "LAUNCHER_SOCKET_PATH",
+    "LAUNCHER_UNIT",
     "MANAGER_UNIT",
     "CommandFailed",
     "InstallError",
@@ -55,6 +58,11 @@ DELEGATE_CONFIG = ETC / "delegate.yaml"
 DELEGATE_TOKEN = ETC / "credentials" / "delegate-token"
 DELEGATE_CA = ETC / "delegate-ca.pem"
 DELEGATE_SYSUSERS = PurePosixPath("/etc/sysusers.d/tether-delegate.conf")
+DELEGATE_TMPFILES = PurePosixPath("/etc/tmpfiles.d/tether-delegate.conf")
+# The task launcher: the root-side service that starts tasks as their slots' users.
+LAUNCHER_UNIT = "tether-task-launcher.service"
+LAUNCHER_SOCKET = "tether-task-launcher.socket"
+LAUNCHER_SOCKET_PATH = PurePosixPath("/run/tether-task-launcher.sock")
 DELEGATE_STATE_DIR = PurePosixPath("/var/lib/tether-delegate")
 # Tasks' private directories: outside the state dir, which task users must not enter.
 DELEGATE_WORK_DIR = PurePosixPath("/var/lib/tether-delegate-tasks")
@@ -92,6 +100,8 @@ class Plan:
     before_start: tuple[tuple[str, ...], ...] = ()
     # Said after uninstall: what it keeps on purpose.
     kept: str = ""
+    # Enabled and started with ``unit``, before it (a socket it needs); stopped after it.
+    also: tuple[str, ...] = ()
 
 
 # -- templates ------------------------------------------------------------------------------
@@ -150,8 +160,20 @@ def find_executable(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [str(Path(found).absolute())]
-    module = {"tether-delegate": "delegate.cli", "tether-manager": "manager.cli"}[name]
+    module = {
+        "tether-delegate": "delegate.cli",
+        "tether-manager": "manager.cli",
+        "tether-task-launcher": "delegate.launcher.cli",
+    }[name]
     return [str(Path(sys.executable).absolute()), "-m", module]
+
+
+def _sibling(command: Sequence[str], name: str) -> list[str]:
+    """How to start ``name`` installed alongside ``command`` (same directory, or the same
+    interpreter running its module)."""
+    if len(command) == 1:
+        return [str(PurePosixPath(command[0]).with_name(name))]
+    return find_executable(name)
 
 
 def read_input(path: Path) -> bytes:
@@ -182,6 +204,7 @@ def delegate_plan(
     manager_url: str,
     token: str,
     command: Sequence[str],
+    launcher_command: Sequence[str] | None = None,
     user: str = "tether",
     ca_pem: bytes | None = None,
     name: str | None = None,
@@ -217,6 +240,21 @@ def delegate_plan(
     text = _apply_command(text, command, ["run", "--config", "%d/config", "--log-format", "json"])
     text = _set(text, "User", user)
     text = _set(text, "Group", user)
+    launcher_args = [
+        "--client-user", user,
+        "--task-users", ",".join(task_users),
+        "--work-dir", str(DELEGATE_WORK_DIR),
+        "--log-format", "json",
+    ]  # fmt: skip
+    launcher = _apply_command(
+        unit_template(LAUNCHER_UNIT),
+        launcher_command or _sibling(command, "tether-task-launcher"),
+        launcher_args,
+    )
+    socket_unit = unit_template(LAUNCHER_SOCKET)
+    socket_unit = _set(socket_unit, "ListenSequentialPacket", str(LAUNCHER_SOCKET_PATH))
+    socket_unit = _set(socket_unit, "SocketUser", user)
+    socket_unit = _set(socket_unit, "SocketGroup", user)
 
     config: dict[str, object] = {"manager_url": url}
     if ca_pem is not None:
@@ -231,6 +269,7 @@ def delegate_plan(
     config["work_dir"] = str(DELEGATE_WORK_DIR)
     config["task_users"] = task_users
     config["token_file"] = str(DELEGATE_TOKEN)
+    config["launcher_socket"] = str(LAUNCHER_SOCKET_PATH)
     config_text = (
         "# Written by `tether-delegate install-service`. The service reads a copy that\n"
         "# systemd makes at each start (LoadCredential=), so restart it after an edit.\n"
@@ -247,9 +286,18 @@ def delegate_plan(
             for i, name in enumerate(task_users)
         )
     )
+    # Made before either service starts: the launcher's sandbox opens it to tasks
+    # (ReadWritePaths=), which needs it to exist, and it must be the delegate's.
+    tmpfiles = (
+        "# Tasks' directories: the delegate's, passable (not listable) by the task users.\n"
+        f"d {DELEGATE_WORK_DIR} 0711 {user} {user} -\n"
+    )
     files = [
         PlannedFile(UNIT_DIR / DELEGATE_UNIT, text.encode(), 0o644),
+        PlannedFile(UNIT_DIR / LAUNCHER_UNIT, launcher.encode(), 0o644),
+        PlannedFile(UNIT_DIR / LAUNCHER_SOCKET, socket_unit.encode(), 0o644),
         PlannedFile(DELEGATE_SYSUSERS, sysusers.encode(), 0o644),
+        PlannedFile(DELEGATE_TMPFILES, tmpfiles.encode(), 0o644),
         PlannedFile(DELEGATE_CONFIG, config_text.encode(), 0o600),
         PlannedFile(DELEGATE_TOKEN, (token + "\n").encode(), 0o600),
     ]
@@ -260,7 +308,11 @@ def delegate_plan(
         unit=DELEGATE_UNIT,
         files=tuple(files),
         dirs=((ETC, 0o755), (DELEGATE_TOKEN.parent, 0o700)),
-        before_start=(("systemd-sysusers", str(DELEGATE_SYSUSERS)),),
+        before_start=(
+            ("systemd-sysusers", str(DELEGATE_SYSUSERS)),
+            ("systemd-tmpfiles", "--create", str(DELEGATE_TMPFILES)),
+        ),
+        also=(LAUNCHER_SOCKET,),
     )
 
 
@@ -268,7 +320,10 @@ def delegate_removal() -> Plan:
     """Every path a delegate install may have written, whatever its options were."""
     paths = (
         UNIT_DIR / DELEGATE_UNIT,
+        UNIT_DIR / LAUNCHER_UNIT,
+        UNIT_DIR / LAUNCHER_SOCKET,
         DELEGATE_SYSUSERS,
+        DELEGATE_TMPFILES,
         DELEGATE_CONFIG,
         DELEGATE_TOKEN,
         DELEGATE_CA,
@@ -277,6 +332,7 @@ def delegate_removal() -> Plan:
         unit=DELEGATE_UNIT,
         files=tuple(PlannedFile(p) for p in paths),
         dirs=((ETC, 0o755), (DELEGATE_TOKEN.parent, 0o700)),
+        also=(LAUNCHER_UNIT, LAUNCHER_SOCKET),
         kept=(
             f"kept {DELEGATE_STATE_DIR} (this delegate's key and spool), {DELEGATE_WORK_DIR}"
             " and the accounts (the delegate's and its task users'); remove them to forget"
@@ -389,7 +445,7 @@ def install(
             _check(runner, argv)
         _check(runner, ("systemctl", "daemon-reload"))
         try:
-            _check(runner, ("systemctl", "enable", "--now", plan.unit))
+            _check(runner, ("systemctl", "enable", "--now", *plan.also, plan.unit))
         except CommandFailed as exc:
             # Type=notify: a start that never reported READY fails here, after its timeout.
             raise CommandFailed(f"{exc}; see `journalctl -u {plan.unit}`") from None
@@ -411,7 +467,7 @@ def uninstall(
     live = activate if activate is not None else root is None
     if live:
         # Not fatal: the unit may be stopped already, or never have been loaded.
-        runner(("systemctl", "disable", "--now", plan.unit))
+        runner(("systemctl", "disable", "--now", plan.unit, *plan.also))
     removed = []
     for f in plan.files:
         target = _under(base, f.path)

@@ -3,6 +3,8 @@ functions) with ``ast``: a change that breaks a rule fails here, naming the file
 
 The rules (docs/architecture.md draws them):
 - ``shared`` imports neither end; ``manager`` and ``delegate`` never import each other.
+- ``delegate.launcher`` (the root-side task launcher) stays small enough to audit: of the
+  delegate, only itself and ``delegate.run.isolation``.
 - ``manager.core`` is pure decisions: no I/O library, and of the manager only core, schemas
   and records.
 - ``manager.schemas`` is a leaf: of the manager, only schemas.
@@ -52,6 +54,12 @@ RULES = (
     Rule("shared imports neither end", "shared", ("manager", "delegate")),
     Rule("manager never imports delegate", "manager", ("delegate",)),
     Rule("delegate never imports manager", "delegate", ("manager",)),
+    Rule(
+        "the task launcher (root) imports of the delegate only itself and isolation",
+        "delegate.launcher",
+        ("delegate",),
+        ("delegate.launcher", "delegate.run.isolation"),
+    ),
     Rule(
         "core imports no I/O and nothing above it",
         "manager.core",

@@ -31,18 +31,18 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from delegate.run.isolation import TaskUser, sweep
+from delegate.run.isolation import TaskUser
 from delegate.run.logstream import LogStream, OutputStream
 from delegate.run.process import (
     Child,
     OutputPipe,
     OutputPump,
     drain,
-    kill_group,
     spawn,
     terminate_group,
 )
 from delegate.run.redirects import MAX_REDIRECTS, Hop, Stop, next_hop
+from delegate.run.switch import InProcess, Switcher
 from delegate.secrets.base import SecretError
 from delegate.secrets.ops import describe, run_secret_op
 from delegate.secrets.providers import ManagerCredentials, Providers
@@ -96,6 +96,7 @@ async def execute(
     secret_files: Mapping[str, bytes] | None = None,
     credentials: ManagerCredentials | None = None,
     user: TaskUser | None = None,
+    switcher: Switcher | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ExecutionResult:
     """Run ``spec`` until it ends, times out (``spec.timeout_s``) or ``cancel`` is set.
@@ -105,7 +106,8 @@ async def execute(
     gets ``secret_files`` (variable -> content): each is written, 0600, into the task's
     private directory, which is removed when the task ends, and the variable holds its
     path. ``credentials`` are the secret managers' credentials a secret operation uses.
-    With ``user``, a shell task runs as that user and its directory is handed to it.
+    With ``user``, a shell task runs as that user and its directory is handed to it, by
+    ``switcher`` (by default, this process switches users itself).
     """
     started_at = clock()
     try:
@@ -123,7 +125,7 @@ async def execute(
                     cancel,
                     kill_grace,
                     work_root,
-                    user,
+                    None if user is None else (user, switcher or InProcess([user])),
                 )
             elif isinstance(payload, HttpPayload):
                 outcome = await _run_http(spec, payload, log, cancel)
@@ -186,8 +188,9 @@ async def _run_shell(
     cancel: asyncio.Event,
     kill_grace: float,
     work_root: Path,
-    user: TaskUser | None,
+    slot: tuple[TaskUser, Switcher] | None,
 ) -> _Outcome:
+    user = None if slot is None else slot[0]
     await asyncio.to_thread(work_root.mkdir, mode=0o700, parents=True, exist_ok=True)
     # mkdtemp makes the directory 0700: the script and its output file are the task's alone.
     task_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="task-", dir=work_root))
@@ -204,11 +207,13 @@ async def _run_shell(
         cwd = await asyncio.to_thread(_working_dir, task_dir, payload.working_dir)
         if isinstance(cwd, str):
             return _Outcome("failed", error=cwd)
-        if user is not None:
-            await asyncio.to_thread(_hand_over, task_dir, user)
         env = _child_env(spec, payload, {**secret_env, **file_env}, task_dir, output_file, user)
+        argv = [payload.interpreter, str(script)]
         try:
-            child = await spawn([payload.interpreter, str(script)], cwd=cwd, env=env, user=user)
+            if slot is None:
+                child = await spawn(argv, cwd=cwd, env=env)
+            else:
+                child = await slot[1].start(slot[0], argv, task_dir=task_dir, cwd=cwd, env=env)
         except OSError as exc:
             return _Outcome(
                 "failed", error=f"cannot start {payload.interpreter}: {exc.strerror or exc}"
@@ -220,28 +225,19 @@ async def _run_shell(
         if output_fd is not None:
             os.close(output_fd)
         # Whatever happened: the directory holds the script and any secret files.
-        await _remove_task_dir(task_dir, user)
+        await _remove_task_dir(task_dir, slot)
 
 
-async def _remove_task_dir(task_dir: Path, user: TaskUser | None) -> None:
-    if user is None:
+async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | None) -> None:
+    if slot is None:
         await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
         return
     # As the task's user: its leftover processes die before the slot serves another task,
     # and what it wrote is removed with its own rights, not the delegate's.
-    await sweep(user, task_dir)
+    await slot[1].sweep(slot[0], task_dir)
     with contextlib.suppress(OSError):
         # Not empty only when the sweep failed; the next start clears it.
         await asyncio.to_thread(task_dir.rmdir)
-
-
-def _hand_over(task_dir: Path, user: TaskUser) -> None:
-    """Make everything in the task's directory (all of it made by the delegate, just now,
-    so no link among it) the task user's, modes unchanged: 0700 and 0600."""
-    for folder, dirs, files in os.walk(task_dir):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(folder, name), user.uid, user.gid, follow_symlinks=False)
-    os.chown(task_dir, user.uid, user.gid, follow_symlinks=False)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -315,7 +311,7 @@ async def _supervise(
         if isinstance(waited, _Stop):
             await terminate_group(child.proc, kill_grace)
         else:
-            kill_group(child.pgid)  # orphans; see kill_group
+            child.kill_group()  # orphans; see process.kill_group
         if await drain(pumps, kill_grace):
             await log.system(
                 "a process outside the task's process group still held its output open; "
@@ -328,7 +324,7 @@ async def _supervise(
         child.close()
         if child.proc.returncode is None:
             # execute() itself was cancelled (the delegate is shutting down).
-            kill_group(child.pgid)
+            child.kill_group()
             await asyncio.shield(child.proc.wait())
     exit_code = await child.proc.wait()  # already reaped: returns at once
     if isinstance(waited, _Stop):

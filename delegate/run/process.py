@@ -19,7 +19,9 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from delegate.launcher.protocol import CD_THEN_EXEC
 from delegate.run.isolation import TaskUser
 from shared.limits import KIB
 
@@ -28,8 +30,10 @@ __all__ = [
     "Child",
     "OutputPipe",
     "OutputPump",
+    "TaskProcess",
     "drain",
     "kill_group",
+    "open_pipe",
     "signal_group",
     "spawn",
     "terminate_group",
@@ -37,10 +41,6 @@ __all__ = [
 
 # Output is read in chunks, not lines: a line may be megabytes long, or never end.
 READ_CHUNK = 64 * KIB
-# subprocess changes directory before it switches users, and the delegate may have no right
-# to enter the task's directory (it holds no CAP_DAC_*): the task's user does it, then execs
-# the program in the same process, so the pid, session and group are still the task's.
-_CD_THEN_EXEC = 'cd -- "$0" && exec "$@"'
 
 
 @dataclass(eq=False)
@@ -55,9 +55,46 @@ class OutputPipe:
         self.transport.close()
 
 
+class TaskProcess(Protocol):
+    """A task's leader, started in this process or by the task launcher."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def signal_group(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the leader's process group; False when nobody in it is left."""
+        ...
+
+
+@dataclass(eq=False)
+class _Local:
+    """A child of this process, as a :class:`TaskProcess`."""
+
+    proc: asyncio.subprocess.Process
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal_group(self, sig: signal.Signals) -> bool:
+        return signal_group(self.proc.pid, sig)
+
+
 @dataclass(eq=False)
 class Child:
-    proc: asyncio.subprocess.Process
+    proc: TaskProcess
     stdout: OutputPipe
     stderr: OutputPipe
 
@@ -65,6 +102,10 @@ class Child:
     def pgid(self) -> int:
         # start_new_session makes the child a session and group leader: pgid == pid.
         return self.proc.pid
+
+    def kill_group(self) -> None:
+        """SIGKILL what is left of the group; see :func:`kill_group`."""
+        self.proc.signal_group(signal.SIGKILL)
 
     def close(self) -> None:
         self.stdout.close()
@@ -128,9 +169,10 @@ async def spawn(
     Raises what ``create_subprocess_exec`` raises (``FileNotFoundError``, ``PermissionError``)
     when the program cannot be started; no descriptor leaks in that case.
     """
-    loop = asyncio.get_running_loop()
     if user is not None:
-        argv = ["/bin/sh", "-c", _CD_THEN_EXEC, str(cwd), *argv]
+        # subprocess changes directory before it switches users, and this process may have
+        # no right to enter the task's directory (it holds no CAP_DAC_*).
+        argv = ["/bin/sh", "-c", CD_THEN_EXEC, str(cwd), *argv]
         cwd = Path("/")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -157,21 +199,23 @@ async def spawn(
         os.close(out_w)
         os.close(err_w)
     try:
-        stdout = await _open_pipe(loop, out_r)
+        stdout = await open_pipe(out_r)
     except BaseException:
         os.close(err_r)
         kill_group(proc.pid)
         raise
     try:
-        stderr = await _open_pipe(loop, err_r)
+        stderr = await open_pipe(err_r)
     except BaseException:
         stdout.close()
         kill_group(proc.pid)
         raise
-    return Child(proc=proc, stdout=stdout, stderr=stderr)
+    return Child(proc=_Local(proc), stdout=stdout, stderr=stderr)
 
 
-async def _open_pipe(loop: asyncio.AbstractEventLoop, fd: int) -> OutputPipe:
+async def open_pipe(fd: int) -> OutputPipe:
+    """The read end ``fd`` as an :class:`OutputPipe`; ``fd`` is closed on failure."""
+    loop = asyncio.get_running_loop()
     try:
         pipe = os.fdopen(fd, "rb", buffering=0)
     except BaseException:
@@ -210,14 +254,14 @@ def kill_group(pgid: int) -> None:
     signal_group(pgid, signal.SIGKILL)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def terminate_group(proc: TaskProcess, grace: float) -> None:
     """SIGTERM the group, give the leader ``grace`` seconds to exit, then SIGKILL the group.
 
     The SIGKILL is sent even when the leader exited in time: members that ignore SIGTERM
     must not survive the task.
     """
-    signal_group(proc.pid, signal.SIGTERM)
+    proc.signal_group(signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), grace)
-    kill_group(proc.pid)
+    proc.signal_group(signal.SIGKILL)
     await proc.wait()

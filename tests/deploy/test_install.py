@@ -72,7 +72,10 @@ def test_delegate_install_writes_exactly_its_files_with_their_modes(
     assert delegate(*install_args(root, token_file, *extra, "--selector", "gpu")) == 0
     assert files_under(root) == {
         "etc/systemd/system/tether-delegate.service": 0o644,
+        "etc/systemd/system/tether-task-launcher.service": 0o644,
+        "etc/systemd/system/tether-task-launcher.socket": 0o644,
         "etc/sysusers.d/tether-delegate.conf": 0o644,
+        "etc/tmpfiles.d/tether-delegate.conf": 0o644,
         "etc/tether/delegate.yaml": 0o600,
         "etc/tether/credentials/delegate-token": 0o600,
         "etc/tether/delegate-ca.pem": 0o644,
@@ -90,7 +93,10 @@ def test_delegate_install_writes_exactly_its_files_with_their_modes(
         "work_dir": "/var/lib/tether-delegate-tasks",
         "task_users": [f"tether-task-{i}" for i in range(4)],
         "token_file": "/etc/tether/credentials/delegate-token",
+        "launcher_socket": "/run/tether-task-launcher.sock",
     }
+    tmpfiles = (root / "etc/tmpfiles.d/tether-delegate.conf").read_text()
+    assert "d /var/lib/tether-delegate-tasks 0711 tether tether -" in tmpfiles
     sysusers = (root / "etc/sysusers.d/tether-delegate.conf").read_text()
     assert 'u tether - "Tether delegate" /var/lib/tether-delegate' in sysusers
     # One account per slot, each with its own group (sysusers' "-"), none the delegate's.
@@ -251,8 +257,10 @@ def test_live_install_creates_the_user_then_reloads_and_starts(tmp_path: Path) -
     svc.install(plan(), tmp_path, activate=True, runner=runner)
     assert runner.calls == [
         ("systemd-sysusers", "/etc/sysusers.d/tether-delegate.conf"),
+        ("systemd-tmpfiles", "--create", "/etc/tmpfiles.d/tether-delegate.conf"),
         ("systemctl", "daemon-reload"),
-        ("systemctl", "enable", "--now", "tether-delegate.service"),
+        # The launcher's socket with the delegate: the delegate needs it from its start.
+        ("systemctl", "enable", "--now", "tether-task-launcher.socket", "tether-delegate.service"),
     ]
 
 
@@ -261,9 +269,12 @@ def test_live_uninstall_stops_first_and_reloads_last(tmp_path: Path) -> None:
     runner = Recorder()
     svc.uninstall(svc.delegate_removal(), tmp_path, activate=True, runner=runner)
     assert runner.calls == [
-        ("systemctl", "disable", "--now", "tether-delegate.service"),
+        (
+            "systemctl", "disable", "--now", "tether-delegate.service",
+            "tether-task-launcher.service", "tether-task-launcher.socket",
+        ),
         ("systemctl", "daemon-reload"),
-    ]
+    ]  # fmt: skip
     assert files_under(tmp_path) == {}
 
 

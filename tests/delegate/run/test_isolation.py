@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from delegate import cli
-from delegate.config import resolve
+from delegate.config import DelegateConfig, resolve
 from delegate.run.isolation import (
     IsolationError,
     TaskUser,
@@ -180,17 +180,23 @@ def test_a_token_file_a_task_user_could_read_is_refused(
         None,
     )
     with pytest.raises(IsolationError, match=r"can be read by the task users \(mode 0644"):
-        cli._task_users(config)
+        cli._switcher(config)
     nobody = pwd.getpwnam("nobody")
     token.chmod(0o640)
     os.chown(token, 0, nobody.pw_gid)
     with pytest.raises(IsolationError, match="can be read by the task users"):
-        cli._task_users(config)
+        cli._switcher(config)
     os.chown(token, nobody.pw_uid, 0)
     with pytest.raises(IsolationError, match="can be read by the task users"):
-        cli._task_users(config)
+        cli._switcher(config)
     # A group the task users are not in (as a systemd credential's ACL shows) is no way in.
     os.chown(token, 0, 0)
-    assert [u.name for u in cli._task_users(config) or ()] == ["nobody"]
+    assert [u.name for u in _users(config)] == ["nobody"]
     token.chmod(0o600)
-    assert [u.name for u in cli._task_users(config) or ()] == ["nobody"]
+    assert [u.name for u in _users(config)] == ["nobody"]
+
+
+def _users(config: DelegateConfig) -> tuple[TaskUser, ...]:
+    switcher = cli._switcher(config)
+    assert switcher is not None
+    return switcher.users
