@@ -227,8 +227,10 @@ async def test_a_revoked_token_gets_no_acquire_right_after_a_sigkill_restart(
     status, body = await api.register(token, "thief", new_key(), ("pool",))
     assert status == 200, body
     credential = body["session_token"]
+    # A day in the queue: the restart below must not outlast the queue timeout on a loaded
+    # machine (the manager runs on scaled time), or the task would end "expired".
     task_id = await ok(
-        running, "task", "submit", "--selector", "pool",
+        running, "task", "submit", "--selector", "pool", "--queue-timeout", "86400",
         "--secret-env", "API_KEY=must-not-leak", "--", "echo", "x",
     )  # fmt: skip
     # Revoked on the host, straight into the store, then the manager dies at once.
