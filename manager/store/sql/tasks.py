@@ -24,6 +24,7 @@ from manager.records import (
 from manager.store.base import TaskStore
 from manager.store.sql.dialect import fields, params_of
 from manager.store.sql.statements import Statements
+from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
 
 __all__ = [
@@ -102,10 +103,25 @@ _PRESENCE = (
     " WHERE p.last_heartbeat > :since AND r.heartbeat_at > :since"
 )
 _ATTEMPTS = "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = :task_id ORDER BY attempt"
-_GET_LOGS = (
-    "SELECT {LOG_COLUMNS} FROM task_logs WHERE task_id = :task_id"
-    " AND (attempt, seq) > (:after_attempt, :after_seq) ORDER BY attempt, seq LIMIT :limit"
-)
+# A page of a log, bounded in lines and in bytes. The sizes are summed over the keys and
+# lengths alone (the text is fetched only for the lines kept, so neither the database nor
+# this process holds more than the page); the first line is kept whatever its size, so a
+# page always moves the cursor on.
+_GET_LOGS = """
+    WITH sized AS (
+        SELECT attempt, seq, {LOG_BYTES} AS n FROM task_logs
+        WHERE task_id = :task_id AND (attempt, seq) > (:after_attempt, :after_seq)
+        ORDER BY attempt, seq LIMIT :limit
+    ), running AS (
+        SELECT attempt, seq, ROW_NUMBER() OVER w AS rn, SUM(n) OVER w AS upto
+        FROM sized WINDOW w AS (ORDER BY attempt, seq)
+    )
+    SELECT {L_LOG_COLUMNS}
+    FROM running r JOIN task_logs l
+        ON l.task_id = :task_id AND l.attempt = r.attempt AND l.seq = r.seq
+    WHERE r.rn = 1 OR r.upto <= :max_bytes
+    ORDER BY l.attempt, l.seq
+"""
 _UPSERT_DELEGATE = """
     INSERT INTO delegates({DELEGATE_COLUMNS}) VALUES ({DELEGATE_PARAMS})
     ON CONFLICT (public_key) DO UPDATE SET
@@ -299,12 +315,23 @@ class TaskQueries(Statements, TaskStore):
         return [AttemptRecord(**dict(r)) for r in rows]
 
     async def get_logs(
-        self, task_id: str, *, after: tuple[int, int] | None, limit: int
+        self,
+        task_id: str,
+        *,
+        after: tuple[int, int] | None,
+        limit: int,
+        max_bytes: int = MAX_LOG_PAGE_BYTES,
     ) -> list[LogRecord]:
         a_attempt, a_seq = after if after is not None else (0, -1)
         rows = await self._fetch(
             _GET_LOGS,
-            {"task_id": task_id, "after_attempt": a_attempt, "after_seq": a_seq, "limit": limit},
+            {
+                "task_id": task_id,
+                "after_attempt": a_attempt,
+                "after_seq": a_seq,
+                "limit": limit,
+                "max_bytes": max_bytes,
+            },
         )
         return [LogRecord(**dict(r)) for r in rows]
 
