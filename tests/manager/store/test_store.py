@@ -523,6 +523,17 @@ async def test_a_log_page_stops_at_its_byte_bound_and_the_cursor_reads_on(store:
     assert [t for p in pages for t in p] == texts
 
 
+async def test_a_page_of_many_short_lines_keeps_both_bounds_exactly(store: Store) -> None:
+    # More lines than the store reads sizes of at first: a page is read in several pieces.
+    await acquired(store)
+    texts = [f"{i:010d}" for i in range(300)]
+    await store.append_logs("task_1", 1, "dlg_1", [line(i, t) for i, t in enumerate(texts)])
+    by_bytes = await store.get_logs("task_1", after=None, limit=1000, max_bytes=1_000)
+    assert [ln.text for ln in by_bytes] == texts[:100]
+    by_lines = await store.get_logs("task_1", after=(1, 99), limit=170, max_bytes=10**6)
+    assert [ln.text for ln in by_lines] == texts[100:270]
+
+
 async def test_a_line_longer_than_the_byte_bound_comes_alone(store: Store) -> None:
     await acquired(store)
     await store.append_logs("task_1", 1, "dlg_1", [line(0, "x" * 5_000), line(1, "y")])
