@@ -135,16 +135,32 @@ def main_bench(argv: list[str]) -> int:
         print(json.dumps(_aggregate(runs)), flush=True)
         return 0
     if args.log_reads:
-        return _log_reads(args)
-    fields = set(BenchOptions.__dataclass_fields__)
-    opts = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    problem = validate(opts)
+        from manager.bench.logreads import run_log_read_bench
+
+        lopts = LogReadOptions(
+            readers=args.readers,
+            lines=args.lines,
+            line_bytes=args.line_bytes,
+            database=args.database,
+        )
+        problem = validate_log_reads(lopts)
+
+        def once() -> dict[str, Any]:
+            return run(run_log_read_bench(lopts))
+    else:
+        fields = set(BenchOptions.__dataclass_fields__)
+        opts = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
+        problem = validate(opts)
+
+        def once() -> dict[str, Any]:
+            return run(run_bench(opts))
+
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         for _ in range(args.repeat):
-            runs.append(run(run_bench(opts)))
+            runs.append(once())
             if args.repeat > 1:
                 # Each run on its own line; the last line stays the one summary.
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
@@ -153,28 +169,6 @@ def main_bench(argv: list[str]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         # The run's own clean-up (stopping the managers it started) has run by now.
-        return EXIT_INTERRUPTED
-    print(json.dumps(_aggregate(runs)), flush=True)
-    return 0
-
-
-def _log_reads(args: argparse.Namespace) -> int:
-    from manager.bench.logreads import run_log_read_bench
-    from shared.runtime import run
-
-    opts = LogReadOptions(
-        readers=args.readers, lines=args.lines, line_bytes=args.line_bytes, database=args.database
-    )
-    problem = validate_log_reads(opts)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        runs = [run(run_log_read_bench(opts)) for _ in range(args.repeat)]
-    except (OSError, RuntimeError, aiohttp.ClientError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     print(json.dumps(_aggregate(runs)), flush=True)
     return 0
