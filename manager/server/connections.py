@@ -67,9 +67,11 @@ class ConnectionLimits:
     # From connecting (or from a request's first byte on a kept-alive connection) to the
     # end of the request head; bounds the TLS handshake too (never below 10 s).
     header_timeout: float = 15.0
-    # A kept-alive connection with no request in flight is closed after this long (under
-    # the 75 s many proxies and load balancers keep idle upstream connections).
-    idle_timeout: float = 60.0
+    # A kept-alive connection with no request in flight is closed after this long: above
+    # the 60 s nginx keeps idle upstream connections and the 75 s of deploy/loadbalancer/,
+    # so a balancer that pools connections closes them first and never reuses one the
+    # manager has just closed.
+    idle_timeout: float = 90.0
     # Connections that have not yet carried an authenticated request, at most.
     max_unauthenticated: int = 512
     # How often open file descriptors are compared with the limit; a warning from this
