@@ -570,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if database is not None and not database.startswith(("postgresql://", "postgres://")):
         print("error: --database takes a postgresql:// URL", file=sys.stderr)
         return EXIT_USAGE
+    limits = ConnectionLimits()
+    if args.command == "serve":
+        # Before logging is set up: a usage error changes nothing of the process.
+        limits = ConnectionLimits(**{f: getattr(args, f) for f, *_ in _CONNECTION_FLAGS})
+        if problem := limits.problem():
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     masker = configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
@@ -578,10 +585,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_USAGE
             if args.time_scale <= 0:
                 print("error: --time-scale must be positive", file=sys.stderr)
-                return EXIT_USAGE
-            limits = ConnectionLimits(**{f: getattr(args, f) for f, *_ in _CONNECTION_FLAGS})
-            if problem := limits.problem():
-                print(f"error: {problem}", file=sys.stderr)
                 return EXIT_USAGE
             host, port = args.listen
             config = ManagerConfig(
