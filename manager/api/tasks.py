@@ -337,6 +337,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
                 await resp.write_eof()
         except TimeoutError:
             _too_slow(request)
+        except ConnectionResetError:
+            pass  # the reader left: nothing to answer, nothing to log
     return resp
 
 
