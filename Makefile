@@ -62,7 +62,7 @@ lint: $(STAMP)
 
 # `make bench`: every benchmark once, one JSON line each (how to read them: docs/benchmarks.md).
 # BENCH_PG is a PostgreSQL the replica comparison may make (and drop) two schemas in;
-# empty skips that comparison. About 6 minutes on 2 cores.
+# empty skips that comparison. About 7 minutes on 2 cores.
 BENCH_PG ?= postgresql://postgres@127.0.0.1:5432/test
 BENCH_PSQL ?= psql
 bench: $(STAMP)
@@ -91,6 +91,8 @@ bench: $(STAMP)
 	$$T --real-delegates 2 --tasks 2000 --concurrency 50; \
 	echo "# (g) masking: 1,000 secrets over 50 MiB of log text" >&2; \
 	$$T --masker --secrets 1000 --megabytes 50; \
+	echo "# (h) 8 readers at once of a 20,000-line log of 16 KiB lines: manager memory, /healthz" >&2; \
+	$$T --log-reads --readers 8 --lines 20000 --line-bytes 16384; \
 	uptime >&2
 
 clean:

@@ -30,6 +30,7 @@ from manager.keys.signing import reseal
 from manager.records import TokenRecord
 from manager.server.app import ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
+from manager.server.connections import ConnectionLimits
 from manager.store.base import Store, StoreError
 from manager.store.migrations import SchemaTooNew
 from manager.store.postgres import PostgresStore
@@ -76,6 +77,35 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+# The ConnectionLimits an operator sets on serve: field, type, metavar, help.
+_CONNECTION_FLAGS: tuple[tuple[str, type, str, str], ...] = (
+    (
+        "header_timeout",
+        float,
+        "SECONDS",
+        "a client must send a whole request head within this (a TLS handshake: at least 10 s)",
+    ),
+    (
+        "idle_timeout",
+        float,
+        "SECONDS",
+        "close a kept-alive connection idle this long; a stream in flight is never idle",
+    ),
+    (
+        "max_unauthenticated",
+        int,
+        "N",
+        "connections not yet authenticated, at most; beyond, new ones are answered 503",
+    ),
+    (
+        "fd_check_interval",
+        float,
+        "SECONDS",
+        "how often open files are compared with their limit; at most one warning each",
+    ),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-manager", description="The Tether manager server.")
     p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
@@ -112,6 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
     )
+
+    c = s.add_argument_group("connections (docs/operations.md)")
+    defaults = ConnectionLimits()
+    for field, kind, metavar, text in _CONNECTION_FLAGS:
+        default = getattr(defaults, field)
+        c.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            type=kind,
+            default=default,
+            metavar=metavar,
+            help=f"{text} (default {default:g})",
+        )
 
     m = sub.add_parser("migrate", parents=[common], help="apply pending store migrations and exit")
     m.add_argument(
@@ -527,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if database is not None and not database.startswith(("postgresql://", "postgres://")):
         print("error: --database takes a postgresql:// URL", file=sys.stderr)
         return EXIT_USAGE
+    limits = ConnectionLimits()
+    if args.command == "serve":
+        # Before logging is set up: a usage error changes nothing of the process.
+        limits = ConnectionLimits(**{f: getattr(args, f) for f, *_ in _CONNECTION_FLAGS})
+        if problem := limits.problem():
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     masker = configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
@@ -546,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timings=Timings().scaled(args.time_scale),
                 database=_database(args),
                 masker=masker,
+                connections=limits,
             )
             return run(_serve_notified(config))
         if args.command == "migrate":

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_LOG_BATCH_BYTES",
     "MAX_LOG_BATCH_LINES",
     "MAX_LOG_LINE_BYTES",
+    "MAX_LOG_PAGE_BYTES",
     "MAX_OUTPUT_BYTES",
     "MAX_SCRIPT_BYTES",
     "MIB",
@@ -39,6 +40,9 @@ MAX_LOG_BATCH_BYTES = 1 * MIB
 MAX_LOG_BATCH_LINES = 1000
 # A longer line is split into several; a log line is not a channel for bulk data.
 MAX_LOG_LINE_BYTES = 16 * KIB
+# A page of a task's log read through the API (and a batch of a followed log): the text of
+# its lines, in bytes. The line limit of a page stays too; whichever is reached first ends it.
+MAX_LOG_PAGE_BYTES = 4 * MIB
 # The $TETHER_OUTPUT file a shell task writes its output variables to.
 MAX_OUTPUT_BYTES = 256 * KIB
 # Shorter values would mask ordinary words; the task log says when one is skipped.

@@ -17,7 +17,7 @@ from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.task_access import check_secrets, check_task, submit_target
-from manager.errors import DomainError
+from manager.errors import DomainError, Unavailable
 from manager.records import (
     AttemptRecord,
     LogRecord,
@@ -46,6 +46,10 @@ FOLLOW_PING_S = 15.0
 # How often a follow stream judges its credential again when no change here wakes it sooner.
 FOLLOW_RECHECK_S = 2.0
 LOG_PAGE_MAX = 5000
+# A page of a log (or a batch of a followed one) goes out in pieces of about this size; a
+# reader that takes longer than LOG_WRITE_S over one loses its connection (_too_slow).
+LOG_WRITE_CHUNK = 64 * 1024
+LOG_WRITE_S = 60.0
 
 
 # -- views --------------------------------------------------------------------------------
@@ -316,17 +320,56 @@ def _cancel_fields(task: TaskRecord) -> dict[str, object]:
     return {"state": task.state.value, "cancel_requested": task.cancel_requested}
 
 
-async def get_logs(request: web.Request) -> web.Response:
+async def get_logs(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     task_id = request.match_info["task_id"]
     after = _parse_cursor(request.query.get("after"))
     limit = _int_query(request, "limit", 1000, lo=1, hi=LOG_PAGE_MAX)
     task, _ = await _task_for(request, "read")
-    lines = await c.task_reads.logs(task_id, after=after, limit=limit)
-    pos = (lines[-1].attempt, lines[-1].seq) if lines else after
-    return json_response(
-        LogPage(lines=[_log_entry(r) for r in lines], cursor=_cursor(pos), state=task.state)
-    )
+    async with c.task_reads.log_page(task_id, after=after, limit=limit) as lines:
+        pos = (lines[-1].attempt, lines[-1].seq) if lines else after
+        # The page's own fields around its lines, so the answer is the LogPage model's
+        # JSON while the lines go out a piece at a time instead of as one body.
+        head, _, tail = (
+            LogPage(lines=[], cursor=_cursor(pos), state=task.state)
+            .model_dump_json()
+            .partition('"lines":[]')
+        )
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        try:
+            async with asyncio.timeout(LOG_WRITE_S):
+                await _write_lines(resp, f'{head}"lines":[', lines, f"]{tail}")
+                await resp.write_eof()
+        except TimeoutError:
+            _too_slow(request)
+        except ConnectionResetError:
+            pass  # the reader left: nothing to answer, nothing to log
+    return resp
+
+
+async def _write_lines(
+    resp: web.StreamResponse, head: str, lines: list[LogRecord], tail: str
+) -> None:
+    parts = [head]
+    size = len(head)
+    for i, rec in enumerate(lines):
+        entry = _log_entry(rec).model_dump_json()
+        parts.append(f",{entry}" if i else entry)
+        size += len(entry) + 1
+        if size >= LOG_WRITE_CHUNK:
+            await resp.write("".join(parts).encode())
+            parts, size = [], 0
+    parts.append(tail)
+    await resp.write("".join(parts).encode())
+
+
+def _too_slow(request: web.Request) -> None:
+    """Ends the connection of a reader that took longer than LOG_WRITE_S over one page: the
+    page held for it holds one of the few turns log reads have (manager.tasks.reads)."""
+    log.info("log reader too slow: connection closed", path=request.path)
+    if request.transport is not None:
+        request.transport.close()
 
 
 async def follow_logs(request: web.Request) -> web.StreamResponse:
@@ -356,14 +399,27 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
             if task.state is not last_state:
                 last_state = task.state
                 await send({"kind": "state", "state": task.state.value})
-            lines = await c.task_reads.logs(task_id, after=pos, limit=1000)
-            for rec in lines:
-                await send({"kind": "log", "line": _log_entry(rec).model_dump(mode="json")})
+            deadline = asyncio.timeout(LOG_WRITE_S)
+            try:
+                async with (
+                    c.task_reads.log_page(task_id, after=pos, limit=1000) as lines,
+                    deadline,
+                ):
+                    for rec in lines:
+                        line = _log_entry(rec).model_dump(mode="json")
+                        await send({"kind": "log", "line": line})
+            except Unavailable:
+                lines = None  # every turn was taken: read again after the wait below
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                _too_slow(request)
+                return resp
             if lines:
+                # A page ends on its line or byte bound: read on until one comes back empty.
                 pos = (lines[-1].attempt, lines[-1].seq)
-                if len(lines) == 1000:
-                    continue
-            if task.state in FINAL_STATES:
+                continue
+            if lines is not None and task.state in FINAL_STATES:
                 # The delegate ships every log line before it reports, so once the state read
                 # above is final, the read after it saw the whole log.
                 view = await full_task_view(c, task)
@@ -488,12 +544,12 @@ def add_task_routes(table: RouteTable) -> None:
             "GET",
             "/api/v1/tasks/{task_id}/logs",
             get_logs,
-            "A page of a task's log",
+            "A page of a task's log (up to 5000 lines and 4 MiB of text)",
             u,
             None,
             LogPage,
             query={"after": "string", "limit": "integer"},
-            errors=(400, 404),
+            errors=(400, 404, 503),
         )
     )
     table.add(

@@ -12,7 +12,14 @@ from typing import Any
 import aiohttp
 
 from manager.bench.masker import run_masker_bench
-from manager.bench.options import BenchOptions, MaskerOptions, validate, validate_masker
+from manager.bench.options import (
+    BenchOptions,
+    LogReadOptions,
+    MaskerOptions,
+    validate,
+    validate_log_reads,
+    validate_masker,
+)
 
 __all__ = ["bench_parser", "main_bench", "median_of"]
 
@@ -69,6 +76,15 @@ def bench_parser() -> argparse.ArgumentParser:
     m.add_argument("--secrets", type=int, default=1000, help="secrets to mask (default 1000)")
     m.add_argument("--megabytes", type=float, default=50.0, help="log text (default 50 MiB)")
     m.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per write (default 64 KiB)")
+    r = p.add_argument_group("log reads (--log-reads)")
+    r.add_argument(
+        "--log-reads",
+        action="store_true",
+        help="concurrent readers of one large log: manager memory and /healthz latency",
+    )
+    r.add_argument("--readers", type=int, default=8, help="readers at once (default 8)")
+    r.add_argument("--lines", type=int, default=20_000, help="lines in the log (default 20000)")
+    r.add_argument("--line-bytes", type=int, default=16 * 1024, help="bytes a line (default 16384)")
     return p
 
 
@@ -118,15 +134,33 @@ def main_bench(argv: list[str]) -> int:
         runs = [run_masker_bench(mopts) for _ in range(args.repeat)]
         print(json.dumps(_aggregate(runs)), flush=True)
         return 0
-    fields = set(BenchOptions.__dataclass_fields__)
-    opts = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    problem = validate(opts)
+    if args.log_reads:
+        from manager.bench.logreads import run_log_read_bench
+
+        lopts = LogReadOptions(
+            readers=args.readers,
+            lines=args.lines,
+            line_bytes=args.line_bytes,
+            database=args.database,
+        )
+        problem = validate_log_reads(lopts)
+
+        def once() -> dict[str, Any]:
+            return run(run_log_read_bench(lopts))
+    else:
+        fields = set(BenchOptions.__dataclass_fields__)
+        opts = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
+        problem = validate(opts)
+
+        def once() -> dict[str, Any]:
+            return run(run_bench(opts))
+
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         for _ in range(args.repeat):
-            runs.append(run(run_bench(opts)))
+            runs.append(once())
             if args.repeat > 1:
                 # Each run on its own line; the last line stays the one summary.
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BenchOptions", "MaskerOptions", "validate", "validate_masker"]
+__all__ = [
+    "BenchOptions",
+    "LogReadOptions",
+    "MaskerOptions",
+    "validate",
+    "validate_log_reads",
+    "validate_masker",
+]
 
 
 @dataclass
@@ -44,6 +51,26 @@ class MaskerOptions:
     # Bytes per write fed to the masking stream (a pipe read is up to 64 KiB).
     chunk: int = 64 * 1024
     seed: int = 7
+
+
+@dataclass
+class LogReadOptions:
+    """Concurrent readers of one large log: the manager's memory and /healthz meanwhile."""
+
+    readers: int = 8
+    lines: int = 20_000
+    line_bytes: int = 16 * 1024
+    database: str | None = None
+
+
+def validate_log_reads(opts: LogReadOptions) -> str | None:
+    if min(opts.readers, opts.lines, opts.line_bytes) < 1:
+        return "--readers, --lines and --line-bytes must be positive"
+    if opts.line_bytes > 512 * 1024:
+        return "--line-bytes: at most 512 KiB (a log batch is at most 1 MiB)"
+    if opts.database and not opts.database.startswith(("postgresql://", "postgres://")):
+        return "--database takes a postgresql:// URL"
+    return None
 
 
 def validate(opts: BenchOptions) -> str | None:

@@ -130,6 +130,10 @@ class LogEntry(Model):
 
 
 class LogPage(Model):
+    """A page of a task's log: at most ``limit`` lines and 4 MiB of their text, whichever
+    comes first (a longer line comes alone). A page may end before the log does: read on
+    with ``after`` set to ``cursor`` until a page comes back with no lines."""
+
     lines: list[LogEntry]
     # Pass as ``after`` to get the next page; unchanged when there was nothing new.
     cursor: str

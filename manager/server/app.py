@@ -65,6 +65,13 @@ from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
 from manager.secrets.service import SecretService
+from manager.server.connections import (
+    CONNECTIONS,
+    ConnectionLimits,
+    Connections,
+    GuardedSite,
+    credential_accepted,
+)
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -109,6 +116,8 @@ class ManagerConfig:
     masker: Masker | None = None
     # argon2id's cost; tests pass a cheap one (manager.access.passwords).
     passwords: Passwords | None = None
+    # Header and idle timeouts, the cap on unauthenticated connections, the fd-limit watch.
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -349,12 +358,16 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
     check_routes(table.routes)
     doc.update(openapi_document(table.routes))
+    connections = Connections(config.connections, credential_accepted=credential_accepted(table))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,
-        # The access guards (allowlist, API key, rate limit: manager.api.guards) run before any
-        # handler. Audit innermost: it sees the actor authentication set, and a handler's
-        # error before the error middleware answers it (a failed request records nothing).
+        # The connection's guard first: a request's handling has begun (its header timeout
+        # ends). The access guards (allowlist, API key, rate limit: manager.api.guards) run
+        # before any handler. Audit innermost: it sees the actor authentication set, and a
+        # handler's error before the error middleware answers it (a failed request records
+        # nothing).
         middlewares=[
+            connections.middleware,
             _count_requests,
             error_middleware,
             *access_middlewares(table),
@@ -362,6 +375,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
+    app[CONNECTIONS] = connections
+    app.on_response_prepare.append(connections.on_response_prepare)
+    metrics.add_live(connections.gauges)
     access = app[ACCESS] = Access(store, clock=config.clock)
     app[LOGINS] = Logins(
         access.directory,
@@ -458,10 +474,16 @@ async def serve(
     try:
         admin_key_path = await _ensure_admin_key(store, config.data_dir)
         app, c = await build_app(config, store)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5,
+            keepalive_timeout=config.connections.idle_timeout,
+        )
         await runner.setup()
         sock = _bind(config.host, config.port)
-        site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=1024)
+        site = GuardedSite(runner, sock, app[CONNECTIONS], ssl_context=ssl_ctx, backlog=1024)
         await site.start()
         port = sock.getsockname()[1]
         url = f"https://{_url_host(config.host)}:{port}"
@@ -470,6 +492,7 @@ async def serve(
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
+            asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
         ]
         log.info(
             "manager listening",

@@ -46,6 +46,7 @@ from manager.records import (
     TokenRecord,
 )
 from manager.store.health import WriteHealth
+from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
 
 __all__ = [
@@ -214,9 +215,15 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def get_logs(
-        self, task_id: str, *, after: tuple[int, int] | None, limit: int
+        self,
+        task_id: str,
+        *,
+        after: tuple[int, int] | None,
+        limit: int,
+        max_bytes: int = MAX_LOG_PAGE_BYTES,
     ) -> list[LogRecord]:
-        """Lines in (attempt, seq) order, strictly after the ``after`` position."""
+        """Lines in (attempt, seq) order, strictly after the ``after`` position: at most
+        ``limit`` of them and ``max_bytes`` of text, but always the first line there is."""
 
 
 class SecretStore(abc.ABC):

@@ -88,6 +88,12 @@ _DIFFERENCES: dict[str, dict[Dialect, str]] = {
     # Byte order, as SQLite sorts text, whatever the PostgreSQL database's locale.
     "BYTE_ORDER": {_SQLITE: "", _POSTGRES: ' COLLATE "C"'},
     "FOR_UPDATE": {_SQLITE: "", _POSTGRES: " FOR UPDATE"},
+    # A log line's size in bytes, its display text and its exact bytes (when it is not text)
+    # both, as both are sent (PostgreSQL reads each from the value's header).
+    "LOG_BYTES": {
+        _SQLITE: "length(CAST(text AS BLOB)) + coalesce(length(data), 0)",
+        _POSTGRES: "octet_length(text) + coalesce(octet_length(data), 0)",
+    },
     # The unit separator (0x1f), which joins the parts of a scoped idempotency key.
     "UNIT_SEP": {_SQLITE: "char(31)", _POSTGRES: "chr(31)"},
 }
@@ -116,6 +122,7 @@ for _name, _record in _RECORDS.items():
 _SAME["AUDIT_COLUMNS"] = _columns(EVENT_FIELDS)
 _SAME["AUDIT_PARAMS"] = _params(EVENT_FIELDS)
 _SAME["V_VERSION_COLUMNS"] = _columns(fields(SecretVersionRecord), "v.")
+_SAME["L_LOG_COLUMNS"] = _columns(fields(LogRecord), "l.")
 
 
 def fragments(text: str, dialect: Dialect) -> str:

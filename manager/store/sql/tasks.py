@@ -25,6 +25,7 @@ from manager.records import (
 from manager.store.base import TaskStore
 from manager.store.sql.dialect import fields, params_of
 from manager.store.sql.statements import Statements, of_first_row
+from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
 
 __all__ = [
@@ -103,10 +104,30 @@ _PRESENCE = (
     " WHERE p.last_heartbeat > :since AND r.heartbeat_at > :since"
 )
 _ATTEMPTS = "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = :task_id ORDER BY attempt"
-_GET_LOGS = (
-    "SELECT {LOG_COLUMNS} FROM task_logs WHERE task_id = :task_id"
-    " AND (attempt, seq) > (:after_attempt, :after_seq) ORDER BY attempt, seq LIMIT :limit"
-)
+# A piece of a log page: at most :scan lines and :max_bytes of text. The sizes are summed
+# over the keys and lengths alone, and the text fetched only for the lines kept, so neither
+# the database nor this process holds more than the page. Line number :always is kept
+# whatever its size (1 for a page's first line, so a page always moves its cursor on; 0 for
+# none). upto is the bytes up to and including each line.
+_LOG_PIECE = """
+    WITH sized AS (
+        SELECT attempt, seq, {LOG_BYTES} AS n FROM task_logs
+        WHERE task_id = :task_id AND (attempt, seq) > (:after_attempt, :after_seq)
+        ORDER BY attempt, seq LIMIT :scan
+    ), running AS (
+        SELECT attempt, seq, ROW_NUMBER() OVER w AS rn, SUM(n) OVER w AS upto
+        FROM sized WINDOW w AS (ORDER BY attempt, seq)
+    )
+    SELECT {L_LOG_COLUMNS}, r.upto
+    FROM running r JOIN task_logs l
+        ON l.task_id = :task_id AND l.attempt = r.attempt AND l.seq = r.seq
+    WHERE r.rn = :always OR r.upto <= :max_bytes
+    ORDER BY l.attempt, l.seq
+"""
+# The first piece of a page scans this many lines; the next ones as many as the bytes left
+# should hold at the sizes seen so far (and a quarter more), so a page of long lines reads
+# little more than it returns (each size read means reading the line, on SQLite).
+_FIRST_SCAN = 64
 _UPSERT_DELEGATE = """
     INSERT INTO delegates({DELEGATE_COLUMNS}) VALUES ({DELEGATE_PARAMS})
     ON CONFLICT (public_key) DO UPDATE SET
@@ -309,14 +330,41 @@ class TaskQueries(Statements, TaskStore):
         return [AttemptRecord(**dict(r)) for r in rows]
 
     async def get_logs(
-        self, task_id: str, *, after: tuple[int, int] | None, limit: int
+        self,
+        task_id: str,
+        *,
+        after: tuple[int, int] | None,
+        limit: int,
+        max_bytes: int = MAX_LOG_PAGE_BYTES,
     ) -> list[LogRecord]:
-        a_attempt, a_seq = after if after is not None else (0, -1)
-        rows = await self._fetch(
-            _GET_LOGS,
-            {"task_id": task_id, "after_attempt": a_attempt, "after_seq": a_seq, "limit": limit},
-        )
-        return [LogRecord(**dict(r)) for r in rows]
+        lines: list[LogRecord] = []
+        pos = after if after is not None else (0, -1)
+        used, scan = 0, min(limit, _FIRST_SCAN)
+        while True:
+            rows = await self._fetch(
+                _LOG_PIECE,
+                {
+                    "task_id": task_id,
+                    "after_attempt": pos[0],
+                    "after_seq": pos[1],
+                    "scan": scan,
+                    "always": 0 if lines else 1,
+                    "max_bytes": max_bytes - used,
+                },
+            )
+            for r in rows:
+                row = dict(r)
+                del row["upto"]
+                lines.append(LogRecord(**row))
+            # Fewer than scanned: the bytes ran out, or the log did.
+            if len(rows) < scan or len(lines) >= limit:
+                return lines
+            used += rows[-1]["upto"]
+            if used >= max_bytes:
+                return lines
+            pos = (lines[-1].attempt, lines[-1].seq)
+            expected = (max_bytes - used) * len(lines) * 5 // (4 * max(used, 1)) + 1
+            scan = min(limit - len(lines), max(_FIRST_SCAN, expected))
 
     async def upsert_delegate(self, delegate: DelegateRecord) -> DelegateRecord | None:
         params = params_of(delegate)

@@ -10,7 +10,15 @@ import json
 
 import pytest
 
-from manager.bench import BenchOptions, MaskerOptions, main_bench, run_bench, run_masker_bench
+from manager.bench import (
+    BenchOptions,
+    LogReadOptions,
+    MaskerOptions,
+    main_bench,
+    run_bench,
+    run_log_read_bench,
+    run_masker_bench,
+)
 from manager.bench.cli import median_of
 
 SCALE = 0.05
@@ -90,6 +98,22 @@ def test_masker_bench_masks_every_secret_in_the_text() -> None:
     assert out["patterns"] > 50
 
 
+async def test_log_read_bench_reads_the_whole_log_with_every_reader() -> None:
+    # 300 lines of 16 KiB: over one page's byte bound, so each reader reads several pages.
+    out = await run_log_read_bench(LogReadOptions(readers=2, lines=300))
+    assert out["bench"] == "log_reads"
+    assert out["lines_per_reader"] == 300
+    assert isinstance(out["pages_per_reader"], int)
+    assert out["pages_per_reader"] >= 2
+    rss = out["manager_rss_mib"]
+    assert isinstance(rss, dict)
+    assert 0 < rss["before"] <= rss["peak"]
+    healthz = out["healthz_ms"]
+    assert isinstance(healthz, dict)
+    assert set(healthz) == {*PERCENTILES, "max"}
+    json.dumps(out)
+
+
 def test_median_of_runs_takes_the_median_of_every_number() -> None:
     runs = [
         {"tasks_per_s": 10.0, "lat": {"p50": 1.0}, "mode": "stream"},
@@ -114,6 +138,8 @@ def test_median_of_runs_takes_the_median_of_every_number() -> None:
         (["--real-delegates", "1", "--mode", "poll"], "--mode"),
         (["--repeat", "0"], "--repeat"),
         (["--masker", "--secrets", "0"], "positive"),
+        (["--log-reads", "--readers", "0"], "positive"),
+        (["--log-reads", "--line-bytes", "1048576"], "512 KiB"),
     ],
 )
 def test_bad_arguments_exit_with_usage_status(

@@ -508,6 +508,41 @@ async def test_get_logs_of_an_old_attempt_are_kept_after_a_new_one(store: Store)
     assert {ln.attempt for ln in logs} == {1, 2}
 
 
+async def test_a_log_page_stops_at_its_byte_bound_and_the_cursor_reads_on(store: Store) -> None:
+    # 1,000 bytes a line in UTF-8 (500 two-byte characters): the bound counts bytes, not
+    # characters, on both stores; a page of 2,500 bytes holds two lines.
+    await acquired(store)
+    texts = [f"{i}".ljust(500, "é")[:500] for i in range(7)]
+    await store.append_logs("task_1", 1, "dlg_1", [line(i, t) for i, t in enumerate(texts)])
+    pages: list[list[str]] = []
+    after: tuple[int, int] | None = None
+    while page := await store.get_logs("task_1", after=after, limit=100, max_bytes=2_500):
+        pages.append([ln.text for ln in page])
+        after = (page[-1].attempt, page[-1].seq)
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    assert [t for p in pages for t in p] == texts
+
+
+async def test_a_page_of_many_short_lines_keeps_both_bounds_exactly(store: Store) -> None:
+    # More lines than the store reads sizes of at first: a page is read in several pieces.
+    await acquired(store)
+    texts = [f"{i:010d}" for i in range(300)]
+    await store.append_logs("task_1", 1, "dlg_1", [line(i, t) for i, t in enumerate(texts)])
+    by_bytes = await store.get_logs("task_1", after=None, limit=1000, max_bytes=1_000)
+    assert [ln.text for ln in by_bytes] == texts[:100]
+    by_lines = await store.get_logs("task_1", after=(1, 99), limit=170, max_bytes=10**6)
+    assert [ln.text for ln in by_lines] == texts[100:270]
+
+
+async def test_a_line_longer_than_the_byte_bound_comes_alone(store: Store) -> None:
+    await acquired(store)
+    await store.append_logs("task_1", 1, "dlg_1", [line(0, "x" * 5_000), line(1, "y")])
+    first = await store.get_logs("task_1", after=None, limit=100, max_bytes=1_000)
+    assert [ln.seq for ln in first] == [0]
+    rest = await store.get_logs("task_1", after=(1, 0), limit=100, max_bytes=1_000)
+    assert [ln.text for ln in rest] == ["y"]
+
+
 # --- listing -------------------------------------------------------------------------------
 
 
