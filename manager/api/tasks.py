@@ -170,6 +170,7 @@ async def submit_task(request: web.Request) -> web.Response:
     await check_secrets(request, req.payload, target, place)
     actor = principal_of(request).actor
     task, created = await c.tasks.submit(req, target=target, submitted_by=actor.id)
+    view = task_view(task, where=await _places(request))
     if created:
         record(
             request,
@@ -177,13 +178,12 @@ async def submit_task(request: web.Request) -> web.Response:
             name=_task_name(task),
             action="create",
             summary=f"submitted {task.type} task {task.id}",
-            after=_task_audit(task),
+            after=_task_audit(view),
             app=req.app,
         )
     else:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
-    where = await _places(request)
-    return json_response(task_view(task, where=where), status=201 if created else 200)
+    return json_response(view, status=201 if created else 200)
 
 
 def _task_name(task: TaskRecord) -> str:
@@ -193,9 +193,9 @@ def _task_name(task: TaskRecord) -> str:
     return f"{task.type} task"
 
 
-def _task_audit(task: TaskRecord) -> dict[str, object]:
+def _task_audit(view: TaskView) -> dict[str, object]:
     # What was asked for; secret env values are not in the view (names only).
-    return task_view(task).model_dump(
+    return view.model_dump(
         mode="json",
         include={
             "id",
