@@ -348,6 +348,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     app[CTX] = c
     access = app[ACCESS] = Access(store, clock=config.clock)
+    # Another replica's change to keys, grants or settings reaches this one's caches.
+    await store.watch_changes(access.heard)
     app[LOGINS] = Logins(
         access.directory,
         master_key,

@@ -1,5 +1,7 @@
 """Settings, delegate tokens, API keys, the access settings and the IP allowlist: the SQL
-once, and every method of theirs (each is one statement on either backend)."""
+once, and every method of theirs (each is one statement on either backend). A revoked API key
+and a changed access setting or allowlist entry are announced once committed
+(:meth:`manager.store.base.AccessStore.watch_changes`), so replicas drop what they cache."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord, TokenRecord
-from manager.store.base import AccessStore
+from manager.store.base import ACCESS_SETTINGS, API_KEYS, AccessStore
 from manager.store.sql.dialect import one_of, params_of
 from manager.store.sql.statements import Statements
 
@@ -117,7 +119,10 @@ class AccessQueries(Statements, AccessStore):
 
     async def revoke_api_key(self, name: str, now: float) -> ApiKeyRecord | None:
         row = await self._fetchrow(_REVOKE_API_KEY, {"name": name, "now": now})
-        return None if row is None else self._api_key(row)
+        if row is None:
+            return None
+        await self._changed(API_KEYS)
+        return self._api_key(row)
 
     async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
         params = {"id": key_id, "now": now, "not_before": now - min_interval}
@@ -164,6 +169,7 @@ class AccessQueries(Statements, AccessStore):
             " RETURNING {ACCESS_COLUMNS}",
             changes,
         )
+        await self._changed(ACCESS_SETTINGS)
         return self._access_settings(row)
 
     async def list_allowlist(self) -> list[AllowlistEntry]:
@@ -171,13 +177,20 @@ class AccessQueries(Statements, AccessStore):
 
     async def add_allowlist_entry(self, entry: AllowlistEntry) -> None:
         await self._fetch(_ADD_ALLOWLIST, params_of(entry))
+        await self._changed(ACCESS_SETTINGS)
 
     async def set_allowlist_entry_enabled(
         self, entry_id: str, enabled: bool
     ) -> AllowlistEntry | None:
         row = await self._fetchrow(_SET_ALLOWLIST_ENABLED, {"id": entry_id, "enabled": enabled})
-        return None if row is None else self._allowlist_entry(row)
+        if row is None:
+            return None
+        await self._changed(ACCESS_SETTINGS)
+        return self._allowlist_entry(row)
 
     async def delete_allowlist_entry(self, entry_id: str) -> AllowlistEntry | None:
         row = await self._fetchrow(_DELETE_ALLOWLIST, {"id": entry_id})
-        return None if row is None else self._allowlist_entry(row)
+        if row is None:
+            return None
+        await self._changed(ACCESS_SETTINGS)
+        return self._allowlist_entry(row)

@@ -1,4 +1,5 @@
-"""What the per-concern queries need from a backend: one statement run, and its dialect."""
+"""What the per-concern queries need from a backend: one statement run, its dialect, and
+where a committed change is announced."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class Statements(abc.ABC):
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         """Render ``sql`` for this dialect and run it in a transaction of its own; its rows
         (mappings by column name). Database errors come out as StoreError or Conflict."""
+
+    @abc.abstractmethod
+    async def _changed(self, what: str) -> None:
+        """A write of ``what`` (an entity kind, ``API_KEYS``, ``ACCESS_SETTINGS``: manager.
+        store.base) was committed: drop what this store keeps of it, and tell the others."""
 
     async def _fetchrow(self, sql: str, params: Params | None = None) -> Any:
         rows = await self._fetch(sql, params)
