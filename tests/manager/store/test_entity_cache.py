@@ -224,3 +224,20 @@ async def test_a_listen_connection_that_comes_back_drops_everything(pg: StoreMak
         await heard.until(EVERYTHING)
         assert reconnected.is_set()  # the owner's own callback still runs
         assert await names(b) == ["x"]
+
+
+async def test_a_notice_only_drops_what_is_cached(pg: StoreMaker) -> None:
+    """Whoever can NOTIFY on the database can make a replica read again, nothing more: a
+    notice carries no data into a cache."""
+    async with replica(pg) as b:
+        heard = Notices()
+        await b.watch_changes(heard)
+        assert await names(b) == []
+        await behind_its_back(pg, group("grp_x", "x"))
+        for payload in ("forged|", "forged|group:grp_evil {}", "forged|group"):
+            await pg.fetch("SELECT pg_notify('tether_changes', $1)", payload)
+        await heard.until("group")
+        assert "" not in heard.seen
+        # What is read now is the database's, whatever the notices said.
+        assert await names(b) == ["x"]
+        assert await b.get_entity("group", "grp_evil") is None
