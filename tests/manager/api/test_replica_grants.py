@@ -41,10 +41,11 @@ async def test_a_removed_permission_is_refused_at_once_here_and_on_the_notice_th
         heard = Notices()  # told after b's own caches (watchers run in the order they came)
         await b.store.watch_changes(heard)
         token = await member(a.store, "ops@example.com", account=["view_audit"])
+        await heard.until("session")  # the member's last notice: the ones before came first
+        heard.seen.clear()
         # Both replicas now hold the principal (and the groups) in memory.
         assert (await a.call("GET", "/api/v1/audit", key=token))[0] == 200
         assert (await b.call("GET", "/api/v1/audit", key=token))[0] == 200
-        heard.seen.clear()
         assert (await a.call("PATCH", GROUP, {"account_permissions": []}))[0] == 200
         status, body = await a.call("GET", "/api/v1/audit", key=token)
         assert (status, body["error"]["code"]) == (403, "forbidden")
@@ -66,8 +67,9 @@ async def test_a_disabled_user_is_refused_at_once_here_and_on_the_notice_there(
         heard = Notices()
         await b.store.watch_changes(heard)
         token = await member(a.store, "ops@example.com", account=["view_audit"])
-        assert (await b.call("GET", "/api/v1/audit", key=token))[0] == 200
+        await heard.until("session")
         heard.seen.clear()
+        assert (await b.call("GET", "/api/v1/audit", key=token))[0] == 200
         assert (await a.call("POST", "/api/v1/users/ops@example.com/disable"))[0] == 200
         assert (await a.call("GET", "/api/v1/audit", key=token))[0] == 401
         await heard.until("user")
