@@ -10,8 +10,10 @@ STAMP := $(VENV)/.installed
 # (--universal keeps markers), as plain requirements files that pip itself installs.
 LOCK := requirements/dev.txt
 RUNTIME_LOCK := requirements/runtime.txt
+# The Celery side of `make bench-peers`: its own lock, installed in its own venv only.
+PEERS_LOCK := bench/peers/requirements.txt
 
-.PHONY: install demo test lint bench clean lock audit-deps release
+.PHONY: install demo test lint bench bench-peers clean lock audit-deps release
 
 install: $(STAMP)
 
@@ -35,6 +37,7 @@ lock:
 	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
 	$(UV_COMPILE) pyproject.toml --constraint $(LOCK) -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) requirements/build.in --constraint $(LOCK) -o requirements/build.txt
+	$(UV_COMPILE) $(PEERS_LOCK:.txt=.in) -o $(PEERS_LOCK)
 
 # Known vulnerabilities in the locked set (PyPI's advisory data). Fails on one that has a
 # fix; an advisory service out of reach is reported as "not checked" and does not fail.
@@ -95,5 +98,19 @@ bench: $(STAMP)
 	$$T --log-reads --readers 8 --lines 20000 --line-bytes 16384; \
 	uptime >&2
 
+# `make bench-peers`: Tether against Celery with Redis, the same job in the same run (how to
+# read it: docs/benchmarks.md). Celery lives in a venv of its own, from its own hashed lock;
+# the Redis is one the run starts on a free loopback port. About 2 minutes on 2 cores.
+PEERS_VENV ?= .bench-peers
+REDIS_SERVER ?= redis-server
+$(PEERS_VENV)/.installed: $(PEERS_LOCK)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes -r $(PEERS_LOCK)
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+	$(BIN)/python bench/peers/compare.py --peer-python $(PEERS_VENV)/bin/python \
+		--tether $(BIN)/tether --redis-server $(REDIS_SERVER)
+
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist
+	rm -rf $(VENV) $(PEERS_VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from manager.records import EntityRecord
 from manager.store.base import Store, StoreError
+from manager.store.entity_cache import CACHED_KINDS
 from shared.ids import new_id
 
 __all__ = ["Entity", "EntityKind", "Gone"]
@@ -29,6 +30,8 @@ M = TypeVar("M", bound=BaseModel)
 _CAS_ATTEMPTS = 20
 # The most a retry waits grows by this much per lost attempt (random within it).
 _CAS_BACKOFF_S = 0.002
+# Validated entities remembered per kind at most (manager.store.entity_cache's kinds).
+_MEMO_MAX = 10_000
 
 
 class Gone(StoreError):
@@ -58,12 +61,25 @@ class EntityKind(Generic[M]):
         self._model = model
         self._key = key
         self._prefix = id_prefix
+        # The kinds the store serves from memory hand back the very same records until one
+        # changes: each is validated once, not on every request that reads it.
+        self._memo: dict[str, tuple[EntityRecord, Entity[M]]] | None = (
+            {} if kind in CACHED_KINDS else None
+        )
 
     def _load(self, record: EntityRecord | None) -> Entity[M] | None:
         if record is None:
             return None
+        memo = self._memo
+        if memo is not None and (hit := memo.get(record.id)) is not None and hit[0] is record:
+            return hit[1]
         body = self._model.model_validate(record.body)
-        return Entity(record.id, body, record.version, record.created_at, record.updated_at)
+        loaded = Entity(record.id, body, record.version, record.created_at, record.updated_at)
+        if memo is not None:
+            if len(memo) >= _MEMO_MAX:  # deleted entities' entries: start again
+                memo.clear()
+            memo[record.id] = (record, loaded)
+        return loaded
 
     async def get(self, entity_id: str) -> Entity[M] | None:
         return self._load(await self._store.get_entity(self.kind, entity_id))

@@ -14,9 +14,10 @@ Four middlewares, in this order (cheapest first, and each needs what the one bef
 4. **authorize**: the route's permission (manager.api.permissions) against the principal's
    groups; 403 naming the missing permission.
 
-Nothing here reads the database per request. API keys are cached for ``key_ttl`` (1 s), so a
-key revoked on another replica stops working within that; the allowlist is cached for
-``allowlist_ttl`` (2 s). A change made through this replica drops the cached copy at once.
+Nothing here reads the database per request. API keys are cached for ``key_ttl`` (1 s), the
+allowlist for ``allowlist_ttl`` (2 s). A change made through this replica drops the cached copy
+at once; one made through another replica drops it when its notice arrives
+(:meth:`Access.heard`), and within the ttl should the notice be lost.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from manager.api.permissions import permission_of
 from manager.core.allowlist import Address, Snapshot
 from manager.core.ratelimit import RateLimiter, retry_after_header, throttled_message
 from manager.records import ApiKeyRecord
-from manager.store.base import Store, StoreError
+from manager.store.base import ACCESS_SETTINGS, API_KEYS, EVERYTHING, Store, StoreError
 from shared.ids import hash_secret
 
 __all__ = [
@@ -66,6 +67,9 @@ _NOT_JUDGED = frozenset({"none", "delegate", "delegate_token"})
 
 
 KeyStatus = Literal["active", "expired", "revoked"]
+
+# What a principal is made of (manager.access.principal): a change to any drops them all.
+_PRINCIPAL_SOURCES = frozenset({"user", "group", "session", API_KEYS, EVERYTHING})
 
 
 def key_status(record: ApiKeyRecord, now: float) -> KeyStatus:
@@ -107,6 +111,9 @@ class KeyCache:
     def forget(self, key_id: str) -> None:
         for key_hash in [h for h, c in self._entries.items() if c.record.id == key_id]:
             del self._entries[key_hash]
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class AllowlistCache:
@@ -167,6 +174,17 @@ class Access:
         # A key's last use is written at most this often (per key, across replicas).
         self.last_used_interval = last_used_interval
         self._touched: dict[str, float] = {}
+
+    def heard(self, what: str) -> None:
+        """Another replica committed a change to ``what`` (manager.store.base.AccessStore.
+        watch_changes): drop what depends on it here, so it takes effect with the notice
+        rather than when the cached copy ages out."""
+        if what in (API_KEYS, EVERYTHING):
+            self.keys.clear()
+        if what in (ACCESS_SETTINGS, EVERYTHING):
+            self.allowlist.invalidate()
+        if what in _PRINCIPAL_SOURCES:
+            self.principals.forget()  # and wakes the streams to judge their credentials again
 
     def key_revoked(self, key_id: str) -> None:
         self.keys.forget(key_id)

@@ -177,14 +177,18 @@ async def submit_task(request: web.Request) -> web.Response:
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)
     actor = principal_of(request).actor
+    where = await _places(request)
+    views: dict[str, TaskView] = {}
 
     def submitted(task: TaskRecord) -> Change:
+        # The view is built once, for the event here and for the answer below.
+        view = views[task.id] = task_view(task, where=where)
         return Change(
             task.id,
             _task_name(task),
             "create",
             f"submitted {task.type} task {task.id}",
-            after=_task_audit(task),
+            after=_task_audit(view),
             app=req.app,
         )
 
@@ -193,8 +197,8 @@ async def submit_task(request: web.Request) -> web.Response:
     )
     if not created:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
-    where = await _places(request)
-    return json_response(task_view(task, where=where), status=201 if created else 200)
+    view = views.get(task.id) or task_view(task, where=where)
+    return json_response(view, status=201 if created else 200)
 
 
 def _task_name(task: TaskRecord) -> str:
@@ -204,9 +208,9 @@ def _task_name(task: TaskRecord) -> str:
     return f"{task.type} task"
 
 
-def _task_audit(task: TaskRecord) -> dict[str, object]:
+def _task_audit(view: TaskView) -> dict[str, object]:
     # What was asked for; secret env values are not in the view (names only).
-    return task_view(task).model_dump(
+    return view.model_dump(
         mode="json",
         include={
             "id",

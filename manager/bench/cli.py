@@ -58,6 +58,12 @@ def bench_parser() -> argparse.ArgumentParser:
         "--script", default="true", help="with --real-delegates: the shell task (default true)"
     )
     p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="with --real-delegates: submit each task once the one before has finished, and"
+        " report submit -> result on this client's clock (one task alone)",
+    )
+    p.add_argument(
         "--replicas", type=int, default=1, help="managers to start on one --database (default 1)"
     )
     p.add_argument("--database", help="postgresql://... for the managers started, not SQLite")

@@ -38,6 +38,8 @@ class BenchOptions:
     # Real tether-delegate processes instead of simulated delegates, running this script.
     real_delegates: int = 0
     script: str = "true"
+    # With real delegates: one task at a time, each submitted once the one before finished.
+    sequential: bool = False
     # No run waits longer than this for its tasks to finish.
     timeout: float = 600.0
 
@@ -99,6 +101,10 @@ def validate(opts: BenchOptions) -> str | None:
         return "--real-delegates must not be negative"
     if opts.real_delegates and opts.idle:
         return "--idle holds simulated delegates; it does not go with --real-delegates"
+    if opts.sequential and not opts.real_delegates:
+        return "--sequential is for --real-delegates"
+    if opts.sequential and opts.rate is not None:
+        return "--sequential paces itself; it does not go with --rate"
     if opts.real_delegates and opts.mode != "stream":
         return "--mode is for simulated delegates; real ones choose their own channel"
     return None

@@ -6,6 +6,10 @@ its output, shipping its log and result. Completion is awaited through the publi
 latencies come from the task's own timestamps, all on the manager's clock:
 
     started: created_at -> started_at (acquired)     result: created_at -> finished_at
+
+With ``--sequential`` each task is submitted once the one before has finished, and
+``sequential_result_ms`` is submit -> result on this client's clock: one task alone, as the
+caller of a plain task queue sees it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +158,12 @@ class RealBench:
         delegate.pump = asyncio.create_task(delegate.read_stderr())
         return delegate
 
+    async def submit(self, url: str, body: dict[str, Any]) -> str:
+        async with self.http.post(f"{url}/api/v1/tasks", json=body, headers=self.user()) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"submit failed: HTTP {resp.status}: {await resp.text()}")
+            return str((await resp.json())["id"])
+
     async def follow(self, task_id: str, url: str, stats: dict[str, int]) -> dict[str, Any]:
         """Wait for ``task_id`` to finish; its final view, with its log lines counted."""
         async with self.http.get(
@@ -203,20 +214,24 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
         "loadavg_1m": {"start": load_average()},
     }
     cpu0, dcpu0, bcpu0 = managers.cpu_s(), delegate_cpu(), sum(me.cpu_times()[:2])
-    submitted: list[str] = []
     body = {"payload": {"type": "shell", "script": opts.script}, "selectors": [bench.selector]}
-    await submit_tasks(
-        bench.http,
-        managers.urls,
-        bench.user(),
-        body,
-        tasks=opts.tasks,
-        concurrency=opts.concurrency,
-        rate=opts.rate,
-        on_submitted=lambda task_id, _sent: submitted.append(task_id),
-    )
     stats = {"log_lines": 0, "log_bytes": 0}
-    views = await _follow_all(bench, submitted, stats, opts)
+    if opts.sequential:
+        views, seen = await _one_at_a_time(bench, body, stats, opts)
+        out["sequential_result_ms"] = percentiles(seen)
+    else:
+        submitted: list[str] = []
+        await submit_tasks(
+            bench.http,
+            managers.urls,
+            bench.user(),
+            body,
+            tasks=opts.tasks,
+            concurrency=opts.concurrency,
+            rate=opts.rate,
+            on_submitted=lambda task_id, _sent: submitted.append(task_id),
+        )
+        views = await _follow_all(bench, submitted, stats, opts)
     manager_cpu = managers.cpu_s() - cpu0
     created = [v["created_at"] for v in views]
     span = max(v["finished_at"] for v in views) - min(created)
@@ -251,6 +266,26 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
         failed = next(v for v in views if v["state"] != "succeeded")
         out["first_failure"] = {"state": failed["state"], "error": failed.get("error")}
     return out
+
+
+async def _one_at_a_time(
+    bench: RealBench, body: dict[str, Any], stats: dict[str, int], opts: BenchOptions
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Each task submitted once the one before finished; submit -> result as this client
+    sees it (ms), as a plain task queue's caller waiting on each result would."""
+    url = bench.managers.urls[0]
+    views: list[dict[str, Any]] = []
+    seen: list[float] = []
+    try:
+        async with asyncio.timeout(opts.timeout):
+            for _ in range(opts.tasks):
+                sent = time.perf_counter()
+                task_id = await bench.submit(url, body)
+                views.append(await bench.follow(task_id, url, stats))
+                seen.append((time.perf_counter() - sent) * 1000)
+    except TimeoutError:
+        raise RuntimeError(f"the tasks did not all finish within {opts.timeout:g} s") from None
+    return views, seen
 
 
 async def _follow_all(

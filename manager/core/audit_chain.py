@@ -16,13 +16,17 @@ start after the upgrade) covers the last of them through its ``prev_hash``, so r
 breaks the checkpoint. An unkeyed event after a keyed one, or a trail whose newest event is
 unkeyed, is a break: that is what rewriting the trail without the key looks like.
 
-The diff is YAML of ``{"before": ..., "after": ...}``. No secret reaches it: values under a
-sensitive key are replaced (:func:`redact`), and every string, then the whole text, goes
-through the manager's masker, which knows every plaintext that crossed this process.
+The diff is YAML of ``{"before": ..., "after": ...}``. A create has nothing to compare with:
+its event records what was made, as one line of JSON, ``{"created": ...}`` (:func:`created`),
+which costs a task submission a few microseconds where a YAML dump cost hundreds. No secret
+reaches either: values under a sensitive key are replaced (:func:`redact`), and every string,
+then the whole text, goes through the manager's masker, which knows every plaintext that
+crossed this process (in each of its encodings, JSON-escaped ones too).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -51,6 +55,7 @@ __all__ = [
     "KeyLookup",
     "SavedAuditFilter",
     "canonical",
+    "created",
     "draft",
     "event_hash",
     "is_sensitive_key",
@@ -358,6 +363,9 @@ _METADATA_KEYS = frozenset(
 )
 
 
+# The same few keys come back in every event: each is judged once (bounded, since payload
+# keys are the submitter's to choose).
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
     k = key.lower().replace("-", "_")
     if k in _METADATA_KEYS:
@@ -422,6 +430,12 @@ def yaml_diff(before: Any, after: Any, masker: Masker | None = None) -> str:
     return masker.mask_text(text) if masker is not None else text
 
 
+def created(after: Any, masker: Masker | None = None) -> str:
+    """What a create made: JSON of ``{"created": ...}`` with secrets redacted and masked."""
+    text = json.dumps({"created": redact(after, masker)}, ensure_ascii=False, default=str)
+    return masker.mask_text(text) if masker is not None else text
+
+
 def _clean(text: str) -> str:
     """Text any database stores: PostgreSQL refuses NUL and unpaired surrogates."""
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
@@ -464,7 +478,11 @@ def draft(
         app=None if app is None else _clean(app),
         action=_clean(action),
         summary=masked(summary),
-        diff=_clean(yaml_diff(before, after, masker)),
+        diff=_clean(
+            created(after, masker)
+            if before is None and after is not None
+            else yaml_diff(before, after, masker)
+        ),
     )
 
 

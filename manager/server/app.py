@@ -379,6 +379,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)
     access = app[ACCESS] = Access(store, clock=config.clock)
+    # Another replica's change to keys, grants or settings reaches this one's caches.
+    await store.watch_changes(access.heard)
     app[LOGINS] = Logins(
         access.directory,
         master_key,

@@ -16,7 +16,7 @@ from the row as written, inside the transaction, so it describes what was commit
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -50,9 +50,13 @@ from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
 
 __all__ = [
+    "ACCESS_SETTINGS",
+    "API_KEYS",
+    "EVERYTHING",
     "AccessStore",
     "AuditStore",
     "BadData",
+    "ChangeWatcher",
     "Conflict",
     "DiskFull",
     "SecretStore",
@@ -332,9 +336,25 @@ class SecretStore(abc.ABC):
         """Forget a task's sealed env (a finished secret operation's data key)."""
 
 
+# What a change notice names besides an entity kind (AccessStore.watch_changes): a revoked
+# API key; the access settings or the allowlist; anything at all (notices may have been lost).
+API_KEYS = "api_key"
+ACCESS_SETTINGS = "access"
+EVERYTHING = "*"
+
+ChangeWatcher = Callable[[str], None]
+
+
 class AccessStore(abc.ABC):
     """Who may act: settings, delegate tokens, API keys, the directory's entities, the
     access settings and the IP allowlist."""
+
+    @abc.abstractmethod
+    async def watch_changes(self, watcher: ChangeWatcher) -> None:
+        """Call ``watcher(what)`` each time another process (a replica) commits a change to
+        ``what``: an entity kind, :data:`API_KEYS` or :data:`ACCESS_SETTINGS`; with
+        :data:`EVERYTHING` when notices may have been missed. Returns once notices are
+        delivered. A store only this process writes (SQLite) has none to deliver."""
 
     # -- settings: small values every replica must agree on (e.g. the session signing key)
     @abc.abstractmethod

@@ -10,7 +10,9 @@ then re-checks the WHERE against the committed row, so exactly one of many concu
 wins, whichever replica makes them.
 
 Cross-replica wake-ups use LISTEN/NOTIFY over one dedicated connection per store, which is
-reconnected when it drops (see :meth:`PostgresStore.listen`).
+reconnected when it drops (see :meth:`PostgresStore.listen`). So do the notices of committed
+changes to what replicas cache (groups, applications, environments, API keys, the access
+settings: :meth:`PostgresStore.watch_changes`), sent once a change commits.
 
 The SQL is :mod:`manager.store.sql`'s; here is only what PostgreSQL does its own way: the
 pool, statements that compose several of those texts as CTEs, batches as arrays
@@ -25,6 +27,7 @@ import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from secrets import token_hex
 from typing import Any
 
 import asyncpg
@@ -40,7 +43,9 @@ from manager.records import (
 )
 from manager.store import migrations
 from manager.store.base import (
+    EVERYTHING,
     BadData,
+    ChangeWatcher,
     Conflict,
     DiskFull,
     StoreError,
@@ -48,6 +53,7 @@ from manager.store.base import (
     check_first_version,
     check_next_version,
 )
+from manager.store.entity_cache import EntityCache
 from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
@@ -59,6 +65,8 @@ __all__ = ["PostgresStore"]
 
 log = structlog.get_logger("tether.store")
 
+# Committed changes to what replicas cache (manager.store.base.AccessStore.watch_changes).
+CHANGES_CHANNEL = "tether_changes"
 # Two-key advisory lock: this class id, and the hash of the schema being migrated, so replicas
 # of one deployment take turns while unrelated schemas (tests in parallel) do not wait.
 _MIGRATION_LOCK_CLASS = 0x7E7E
@@ -193,6 +201,7 @@ class PostgresStore(SqlStore):
         listen_reconnect_delays: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
         listen_check_interval: float | None = 30.0,
         on_listen_reconnect: Callable[[], None] | None = None,
+        entity_cache: EntityCache | None = None,
     ) -> None:
         """``server_settings`` go to every connection (``search_path`` picks a schema).
 
@@ -200,6 +209,7 @@ class PostgresStore(SqlStore):
         loss: notifications sent in between are gone, so the owner re-reads what it missed.
         ``listen_check_interval`` probes an idle LISTEN connection (None: never).
         """
+        super().__init__(entity_cache=entity_cache)
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
@@ -213,8 +223,38 @@ class PostgresStore(SqlStore):
             timeout=listen_timeout,
             reconnect_delays=listen_reconnect_delays,
             check_interval=listen_check_interval,
-            on_reconnect=on_listen_reconnect,
+            on_reconnect=self._listen_restored,
         )
+        self._on_listen_reconnect = on_listen_reconnect
+        # Tells this store's own change notices from the other replicas'.
+        self._me = token_hex(6)
+        self._watching = False
+
+    def _listen_restored(self) -> None:
+        # Notices sent while the connection was down are gone: whatever was cached may be old.
+        if self._watching:
+            self._heard(EVERYTHING)
+        if self._on_listen_reconnect is not None:
+            self._on_listen_reconnect()
+
+    async def _changed(self, what: str) -> None:
+        await super()._changed(what)
+        try:
+            await self.notify(CHANGES_CHANNEL, f"{self._me}|{what}")
+        except StoreError as exc:
+            # The change is committed; other replicas see it when their caches age out.
+            log.warning("change notice not sent", what=what, error=str(exc))
+
+    async def watch_changes(self, watcher: ChangeWatcher) -> None:
+        await super().watch_changes(watcher)
+        if not self._watching:
+            await self.listen(CHANGES_CHANNEL, self._change_notice)
+            self._watching = True
+
+    def _change_notice(self, payload: str) -> None:
+        sender, _, what = payload.partition("|")
+        if sender != self._me and what:
+            self._heard(what)
 
     async def _connect_one(self) -> Any:
         return await asyncpg.connect(self._dsn, server_settings=self._server_settings)

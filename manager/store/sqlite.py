@@ -40,6 +40,7 @@ from manager.store.base import (
     check_first_version,
     check_next_version,
 )
+from manager.store.entity_cache import EntityCache
 from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
@@ -79,7 +80,8 @@ def _sql(sql: str) -> str:
 class SqliteStore(SqlStore):
     dialect = Dialect.SQLITE
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, entity_cache: EntityCache | None = None) -> None:
+        super().__init__(entity_cache=entity_cache)
         self._path = path
         self._conn: sqlite3.Connection | None = None
         self.health = WriteHealth()

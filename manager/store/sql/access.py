@@ -1,5 +1,7 @@
 """Settings, delegate tokens, API keys, the access settings and the IP allowlist: the SQL
-once, and every method of theirs (each is one statement on either backend)."""
+once, and every method of theirs (each is one statement on either backend). A revoked API key
+and a changed access setting or allowlist entry are announced once committed
+(:meth:`manager.store.base.AccessStore.watch_changes`), so replicas drop what they cache."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 from manager.core.audit_chain import AuditOf
 from manager.records import AccessSettings, AllowlistEntry, ApiKeyRecord, TokenRecord
-from manager.store.base import AccessStore
+from manager.store.base import ACCESS_SETTINGS, API_KEYS, AccessStore
 from manager.store.sql.dialect import one_of, params_of
 from manager.store.sql.statements import Statements, of_first_row, of_value
 
@@ -123,7 +125,10 @@ class AccessQueries(Statements, AccessStore):
     ) -> ApiKeyRecord | None:
         params = {"name": name, "now": now}
         rows = await self._write(_REVOKE_API_KEY, params, of_first_row(self._api_key, audit))
-        return self._api_key(rows[0]) if rows else None
+        if not rows:
+            return None
+        await self._changed(API_KEYS)
+        return self._api_key(rows[0])
 
     async def touch_api_key(self, key_id: str, now: float, *, min_interval: float) -> None:
         params = {"id": key_id, "now": now, "not_before": now - min_interval}
@@ -172,6 +177,7 @@ class AccessQueries(Statements, AccessStore):
             changes,
             of_first_row(self._access_settings, audit),
         )
+        await self._changed(ACCESS_SETTINGS)
         return self._access_settings(rows[0])
 
     async def list_allowlist(self) -> list[AllowlistEntry]:
@@ -181,6 +187,7 @@ class AccessQueries(Statements, AccessStore):
         self, entry: AllowlistEntry, *, audit: AuditOf[AllowlistEntry] | None = None
     ) -> None:
         await self._write(_ADD_ALLOWLIST, params_of(entry), of_value(entry, audit))
+        await self._changed(ACCESS_SETTINGS)
 
     async def set_allowlist_entry_enabled(
         self, entry_id: str, enabled: bool, *, audit: AuditOf[AllowlistEntry] | None = None
@@ -189,7 +196,10 @@ class AccessQueries(Statements, AccessStore):
         rows = await self._write(
             _SET_ALLOWLIST_ENABLED, params, of_first_row(self._allowlist_entry, audit)
         )
-        return self._allowlist_entry(rows[0]) if rows else None
+        if not rows:
+            return None
+        await self._changed(ACCESS_SETTINGS)
+        return self._allowlist_entry(rows[0])
 
     async def delete_allowlist_entry(
         self, entry_id: str, *, audit: AuditOf[AllowlistEntry] | None = None
@@ -197,4 +207,7 @@ class AccessQueries(Statements, AccessStore):
         rows = await self._write(
             _DELETE_ALLOWLIST, {"id": entry_id}, of_first_row(self._allowlist_entry, audit)
         )
-        return self._allowlist_entry(rows[0]) if rows else None
+        if not rows:
+            return None
+        await self._changed(ACCESS_SETTINGS)
+        return self._allowlist_entry(rows[0])

@@ -1,4 +1,5 @@
-"""What the per-concern queries need from a backend: one statement run, and its dialect."""
+"""What the per-concern queries need from a backend: one statement run, its dialect, and
+where a committed change is announced."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class Statements(abc.ABC):
         if audit is None:
             return await self._fetch(sql, params)
         return await self._fetch_audited(sql, params, audit)
+
+    @abc.abstractmethod
+    async def _changed(self, what: str) -> None:
+        """A write of ``what`` (an entity kind, ``API_KEYS``, ``ACCESS_SETTINGS``: manager.
+        store.base) was committed: drop what this store keeps of it, and tell the others."""
 
     async def _fetchrow(self, sql: str, params: Params | None = None) -> Any:
         rows = await self._fetch(sql, params)

@@ -175,8 +175,10 @@ async def test_export_as_csv_has_a_header_and_a_row_per_event(api: Api) -> None:
     rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert list(rows[0]) == list(EVENT_FIELDS)
     assert [r["seq"] for r in rows] == ["1", "2", "3", "4", "5"]
-    # The multi-line diff survives the CSV quoting.
-    assert rows[4]["diff"].startswith("before: null\nafter:\n")
+    # The multi-line diff (the revocation's before and after) survives the CSV quoting.
+    assert rows[3]["action"] == "revoke"
+    assert rows[3]["diff"].startswith("before:\n")
+    assert "\nafter:\n" in rows[3]["diff"]
 
 
 async def test_verify_reports_an_intact_trail(api: Api) -> None:

@@ -88,6 +88,17 @@ async def test_real_delegate_bench_runs_shell_tasks() -> None:
     assert out["delegates_connected"] == 1
 
 
+async def test_sequential_real_bench_reports_each_tasks_wait_on_the_clients_clock() -> None:
+    out = await run_bench(
+        BenchOptions(real_delegates=1, tasks=5, capacity=4, time_scale=SCALE, sequential=True)
+    )
+    _assert_task_figures(out, 5)
+    assert out["succeeded"] == 5
+    seen = out["sequential_result_ms"]
+    assert isinstance(seen, dict)
+    assert 0 < seen["p50"] <= seen["p95"] <= seen["p99"]
+
+
 def test_masker_bench_masks_every_secret_in_the_text() -> None:
     out = run_masker_bench(MaskerOptions(secrets=50, megabytes=1.0, chunk=4096))
     assert out["secrets_in_text"] > 0
@@ -137,6 +148,8 @@ def test_median_of_runs_takes_the_median_of_every_number() -> None:
         (["--real-delegates", "1", "--idle", "5"], "--idle"),
         (["--real-delegates", "1", "--mode", "poll"], "--mode"),
         (["--repeat", "0"], "--repeat"),
+        (["--sequential"], "--real-delegates"),
+        (["--real-delegates", "1", "--sequential", "--rate", "5"], "--rate"),
         (["--masker", "--secrets", "0"], "positive"),
         (["--log-reads", "--readers", "0"], "positive"),
         (["--log-reads", "--line-bytes", "1048576"], "512 KiB"),

@@ -398,3 +398,53 @@ def test_draft_masks_free_text_and_cleans_what_a_database_refuses() -> None:
     assert SECRET not in d.diff
     assert "\x00" not in d.resource_id
     d.summary.encode("utf-8")  # no unpaired surrogate left
+
+
+# -- a create: what was made, without a diff against nothing --------------------------------
+
+
+def _create(after: Any, masker: Masker | None = None) -> str:
+    return str(event_draft(after=after, masker=masker).diff)
+
+
+def test_a_create_records_what_was_made_as_json_with_no_yaml_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_yaml(*_args: object, **_kw: object) -> str:
+        raise AssertionError("a create must not dump YAML")
+
+    monkeypatch.setattr(yaml, "dump", no_yaml)
+    after = {"id": "tsk_1", "payload": {"type": "shell", "script": "echo 'hi'\ntrue"}}
+    text = _create(after, Masker([SECRET]))
+    assert json.loads(text) == {"created": after}
+    assert "\n" not in text  # one line: the script's newline is escaped
+    # An update still gets its YAML diff (and so meets the stub).
+    with pytest.raises(AssertionError, match="must not dump YAML"):
+        yaml_diff({"name": "a"}, {"name": "b"})
+
+
+def test_a_create_redacts_sensitive_keys_and_masks_values_anywhere() -> None:
+    masker = Masker([SECRET, PEM])
+    after = {
+        "payload": {"script": f"curl -u admin:{SECRET} https://db/", "env": {"TOKEN": "t0k3n"}},
+        "note": f"cat > key <<EOF\n{PEM}\nEOF",
+        # Keys too: the masker runs over the whole text at the end.
+        "labels": {SECRET: "x"},
+        "password": "hunter2-but-longer",
+    }
+    text = _create(after, masker)
+    made = json.loads(text)["created"]
+    for line in [SECRET, *PEM.splitlines()]:
+        assert line not in text
+    assert MASK.decode() in made["payload"]["script"]
+    assert made["payload"]["env"]["TOKEN"] == REDACTED
+    assert made["password"] == REDACTED
+    assert "hunter2" not in text
+
+
+def test_a_long_string_in_a_create_is_cut_after_masking() -> None:
+    masker = Masker([SECRET])
+    value = "x" * (MAX_DIFF_STRING - 10) + SECRET + "y" * 100
+    text = _create({"script": value}, masker)
+    assert SECRET[:10] not in text
+    assert json.loads(text)["created"]["script"].endswith("more characters)")
