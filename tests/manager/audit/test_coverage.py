@@ -7,6 +7,7 @@ DELETE on the user API without audit metadata, or without a call here, fails the
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -738,3 +739,104 @@ async def test_an_event_records_the_time_of_the_change(world: World) -> None:
     (event,) = await world.store.list_audit(AuditQuery(resource_type="token"))
     assert start <= event.ts <= time.time()
     assert event.client_ip == "127.0.0.1"
+
+
+# Routes whose event is still written after their change, in a transaction of its own: with
+# the trail unwritable their change stands. Each is expected to fail the test below
+# (strictly: one that starts passing must leave this set).
+WRITTEN_SEPARATELY: set[tuple[str, str]] = {
+    ("POST", "/api/v1/delegates/{delegate}/drain"),
+    ("POST", "/api/v1/delegates/{delegate}/resume"),
+    ("DELETE", "/api/v1/delegates/{delegate}"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{name}"),
+    ("PUT", "/api/v1/profiles/{name}"),
+    ("DELETE", "/api/v1/profiles/{name}"),
+    ("POST", "/api/v1/secret-managers"),
+    ("PATCH", "/api/v1/secret-managers/{name}"),
+    ("DELETE", "/api/v1/secret-managers/{name}"),
+    ("POST", "/api/v1/secret-managers/{name}/test"),
+    ("POST", "/api/v1/secrets"),
+    ("PATCH", "/api/v1/secrets/{name}"),
+    ("DELETE", "/api/v1/secrets/{name}"),
+    ("POST", "/api/v1/secrets/{name}/migrate"),
+    ("PUT", "/api/v1/secrets/{name}/scope"),
+    ("PUT", "/api/v1/auth/sso"),
+    ("POST", "/api/v1/auth/logout"),
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/invite/accept"),
+    ("POST", "/api/v1/auth/sso/poll"),
+    ("POST", "/api/v1/auth/password"),
+    ("POST", "/api/v1/auth/totp/enrol"),
+    ("POST", "/api/v1/auth/totp/confirm"),
+    ("POST", "/api/v1/auth/totp/verify"),
+    ("PUT", "/api/v1/users/{user}/sso-link"),
+    ("DELETE", "/api/v1/users/{user}/sso-link"),
+    ("PUT", "/api/v1/auth/settings"),
+    ("POST", "/api/v1/users"),
+    ("PATCH", "/api/v1/users/{user}"),
+    ("POST", "/api/v1/users/{user}/disable"),
+    ("POST", "/api/v1/users/{user}/enable"),
+    ("POST", "/api/v1/users/{user}/invite"),
+    ("POST", "/api/v1/users/{user}/unlock"),
+    ("POST", "/api/v1/users/{user}/reset-2fa"),
+    ("POST", "/api/v1/users/{user}/logout"),
+    ("POST", "/api/v1/groups"),
+    ("PATCH", "/api/v1/groups/{group}"),
+    ("DELETE", "/api/v1/groups/{group}"),
+    ("POST", "/api/v1/apps"),
+    ("DELETE", "/api/v1/apps/{app}"),
+    ("POST", "/api/v1/apps/{app}/envs"),
+    ("PATCH", "/api/v1/apps/{app}/envs/{env}"),
+    ("DELETE", "/api/v1/apps/{app}/envs/{env}"),
+    ("PUT", "/api/v1/secret-managers/{name}/scope"),
+    ("POST", "/api/v1/audit/filters"),
+    ("DELETE", "/api/v1/audit/filters/{name}"),
+}
+
+
+def _rows(db: Path) -> list[str]:
+    """Every row of the database, as SQL: what a change would show up in."""
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(
+            k,
+            id=f"{k[0]} {k[1]}",
+            marks=[pytest.mark.xfail(strict=True, reason="event written after the change")]
+            if k in WRITTEN_SEPARATELY
+            else [],
+        )
+        for k in CALLS
+    ],
+)
+async def test_a_change_whose_event_cannot_be_written_is_not_made(
+    key: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each mutating route writes its event in its change's own transaction: with the trail
+    unwritable the request is refused whole (a 503, not a Conflict of its own) and not one
+    row of the database differs."""
+    data_dir = tmp_path / "main"
+    async with open_world(data_dir, monkeypatch) as w:
+        path, body = await CALLS[key](w)
+        # A first request of this key: what authenticating writes (its last use) is done.
+        assert (await w.client.get("/api/v1/audit", headers=w.auth())).status in (200, 403)
+        db = sqlite3.connect(data_dir / "tether.db")
+        db.execute(
+            "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+            " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+        )
+        db.commit()
+        db.close()
+        before = _rows(data_dir / "tether.db")
+        resp = await w.client.request(key[0], path, json=body, headers=w.auth())
+        answer = await resp.text()
+        assert (resp.status, '"unavailable"' in answer) == (503, True), answer
+        assert _rows(data_dir / "tether.db") == before
