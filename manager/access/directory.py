@@ -15,8 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from manager.access.entities import Entity, EntityKind
+from manager.access.entities import Entity, EntityKind, Gone, together
+from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.core.rbac import Grants
+from manager.records import EntityRecord
 from manager.schemas.grants import (
     ACCOUNT_PERMISSIONS,
     ACTIONS,
@@ -26,7 +28,7 @@ from manager.schemas.grants import (
     EnvType,
     Target,
 )
-from manager.store.base import Conflict, Store
+from manager.store.base import Conflict, EntityWrite, Store
 
 __all__ = [
     "ADMIN_GROUP_ID",
@@ -138,6 +140,34 @@ class Directory:
         with contextlib.suppress(Conflict):  # another replica made it first
             await self.groups.insert(body, entity_id=ADMIN_GROUP_ID)
 
+    async def delete_group(
+        self, group_id: str, *, audit: AuditOf[tuple[Entity[GroupBody], list[str]]]
+    ) -> None:
+        """Its members leave it and it goes, in one transaction with ``audit``'s event (of
+        the group as deleted, and its members' emails): no user is left naming a group that
+        is gone, and no outage keeps the deletion but not its event. :class:`Gone` when
+        there is no such group."""
+        emails: list[str] = []
+
+        async def plan() -> list[EntityWrite]:
+            current = await self.groups.get(group_id)
+            if current is None:
+                raise Gone(f"group {group_id} does not exist")
+            members = [u for u in await self.users.list() if group_id in u.body.groups]
+            emails[:] = [u.body.email for u in members]
+            leave = [
+                self.users.updated(u, u.body.model_copy(update={"groups": _without(u, group_id)}))
+                for u in members
+            ]
+            return [*leave, self.groups.deleted(current)]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            record = written[-1]
+            assert record is not None  # a delete that missed writes nothing
+            return audit((self.groups.parse(record), list(emails)))
+
+        await together(self.store, plan, audit=event)
+
     async def grants_of_groups(self, ids: Iterable[str] = (), names: Iterable[str] = ()) -> Grants:
         """The union of the named groups' permissions; unknown groups add nothing."""
         wanted_ids, wanted_names = set(ids), set(names)
@@ -165,3 +195,7 @@ class Directory:
     @staticmethod
     def now() -> float:
         return time.time()
+
+
+def _without(user: Entity[UserBody], group_id: str) -> list[str]:
+    return [g for g in user.body.groups if g != group_id]

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from manager.core.audit_chain import AuditOf
 from manager.records import EntityRecord
-from manager.store.base import Store, StoreError
+from manager.store.base import EntityWrite, Store, StoreError
 from manager.store.entity_cache import CACHED_KINDS
 from shared.ids import new_id
 
-__all__ = ["Entity", "EntityKind", "Gone"]
+__all__ = ["Entity", "EntityKind", "Gone", "together"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,6 +68,12 @@ class EntityKind(Generic[M]):
             {} if kind in CACHED_KINDS else None
         )
 
+    def parse(self, record: EntityRecord) -> Entity[M]:
+        """``record`` as this kind's entity, validated afresh (safe on the store's thread,
+        where an audit event is made of the row written)."""
+        body = self._model.model_validate(record.body)
+        return Entity(record.id, body, record.version, record.created_at, record.updated_at)
+
     def _load(self, record: EntityRecord | None) -> Entity[M] | None:
         if record is None:
             return None
@@ -95,10 +102,9 @@ class EntityKind(Generic[M]):
                 out.append(loaded)
         return out
 
-    async def insert(self, body: M, *, entity_id: str | None = None) -> Entity[M]:
-        """Store a new entity; :class:`manager.store.base.Conflict` when its key is taken."""
+    def _new(self, body: M, entity_id: str | None) -> EntityRecord:
         now = time.time()
-        record = EntityRecord(
+        return EntityRecord(
             kind=self.kind,
             id=entity_id or new_id(self._prefix),
             key=self._key(body),
@@ -107,15 +113,47 @@ class EntityKind(Generic[M]):
             created_at=now,
             updated_at=now,
         )
-        await self._store.insert_entity(record)
+
+    def _next(self, current: Entity[M], body: M) -> EntityRecord:
+        return EntityRecord(
+            kind=self.kind,
+            id=current.id,
+            key=self._key(body),
+            body=body.model_dump(mode="json"),
+            version=current.version + 1,
+            created_at=current.created_at,
+            updated_at=time.time(),
+        )
+
+    async def insert(
+        self,
+        body: M,
+        *,
+        entity_id: str | None = None,
+        audit: AuditOf[Entity[M]] | None = None,
+    ) -> Entity[M]:
+        """Store a new entity; :class:`manager.store.base.Conflict` when its key is taken.
+        ``audit``: its event, chained in the insert's transaction."""
+        record = self._new(body, entity_id)
+        await self._store.insert_entity(
+            record, audit=None if audit is None else lambda r: audit(self.parse(r))
+        )
         loaded = self._load(record)
         assert loaded is not None
         return loaded
 
-    async def update(self, entity_id: str, change: Callable[[M], M]) -> tuple[M, Entity[M]]:
+    async def update(
+        self,
+        entity_id: str,
+        change: Callable[[M], M],
+        *,
+        audit: AuditOf[tuple[M, Entity[M]]] | None = None,
+    ) -> tuple[M, Entity[M]]:
         """Apply ``change`` to the stored body until it lands; (the body before, the entity
         after). ``change`` may raise to refuse (it sees the latest body each time).
-        :class:`Gone` when there is no such entity."""
+        :class:`Gone` when there is no such entity. ``audit``: the event of (the body before,
+        the entity as written), chained in the write's transaction; none when nothing
+        changed, as nothing is written."""
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
                 # Writers that lost together would collide again in step: spread them out.
@@ -126,20 +164,54 @@ class EntityKind(Generic[M]):
             body = change(current.body.model_copy(deep=True))
             if body == current.body:
                 return current.body, current  # nothing to write, and nothing to collide
-            record = EntityRecord(
-                kind=self.kind,
-                id=entity_id,
-                key=self._key(body),
-                body=body.model_dump(mode="json"),
-                version=current.version + 1,
-                created_at=current.created_at,
-                updated_at=time.time(),
-            )
-            if await self._store.update_entity(record, current.version):
+            record = self._next(current, body)
+            before = current.body
+            of_row = None if audit is None else self._of_update(before, audit)
+            if await self._store.update_entity(record, current.version, audit=of_row):
                 after = self._load(record)
                 assert after is not None
                 return current.body, after
         raise StoreError(f"{self.kind} {entity_id} kept changing; try again")
 
-    async def delete(self, entity_id: str) -> bool:
-        return await self._store.delete_entity(self.kind, entity_id)
+    def _of_update(self, before: M, audit: AuditOf[tuple[M, Entity[M]]]) -> AuditOf[EntityRecord]:
+        return lambda r: audit((before, self.parse(r)))
+
+    async def delete(self, entity_id: str, *, audit: AuditOf[Entity[M]] | None = None) -> bool:
+        """``audit``: the event of the row deleted, chained in the delete's transaction."""
+        return await self._store.delete_entity(
+            self.kind, entity_id, audit=None if audit is None else lambda r: audit(self.parse(r))
+        )
+
+    # -- writes of several entities together (:func:`together`) ----------------------------
+
+    def inserted(self, body: M, *, entity_id: str | None = None) -> EntityWrite:
+        return EntityWrite(self._new(body, entity_id))
+
+    def updated(self, current: Entity[M], body: M) -> EntityWrite:
+        """``current`` replaced by ``body``, if nobody wrote it since it was read."""
+        return EntityWrite(self._next(current, body), expect_version=current.version)
+
+    def deleted(self, current: Entity[M], *, any_version: bool = False) -> EntityWrite:
+        """``current`` deleted, if nobody wrote it since it was read (``any_version``: if
+        it is there at all; a delete that finds it gone already writes nothing)."""
+        record = EntityRecord(
+            self.kind, current.id, "", {}, current.version, current.created_at, 0.0
+        )
+        return EntityWrite(record, None if any_version else current.version, delete=True)
+
+
+async def together(
+    store: Store,
+    plan: Callable[[], Awaitable[Sequence[EntityWrite]]],
+    *,
+    audit: AuditOf[list[EntityRecord | None]] | None = None,
+) -> None:
+    """The writes ``plan`` makes from what it reads, in one transaction with their event:
+    all of them or none. When one finds its entity changed since ``plan`` read it, nothing
+    is written and ``plan`` reads again. ``plan`` may raise to refuse."""
+    for attempt in range(_CAS_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, _CAS_BACKOFF_S * attempt))
+        if await store.write_entities(await plan(), audit=audit):
+            return
+    raise StoreError("the entities kept changing; try again")

@@ -28,15 +28,17 @@ from aiohttp import web
 
 from manager.access import lockout
 from manager.access.directory import Directory, SessionBody, UserBody
-from manager.access.entities import Entity, EntityKind
+from manager.access.entities import Entity, EntityKind, Gone, together
 from manager.access.lockout import network_of
 from manager.access.passwords import Passwords, policy_problems
 from manager.access.principal import Principals
 from manager.access.sso import sso_logins
+from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.errors import Conflicting, DomainError, Forbidden, Invalid, Unauthenticated
 from manager.keys.masterkey import MasterKey
+from manager.records import EntityRecord
 from manager.schemas.auth import AuthSettings
-from manager.store.base import Conflict, StoreError
+from manager.store.base import Conflict, EntityWrite, StoreError
 from shared.ids import hash_secret
 
 __all__ = ["LOGINS", "FailNotice", "LockNotice", "Logins", "Session", "recovery_code"]
@@ -203,14 +205,65 @@ class Logins:
             if gone:
                 log.info("expired sessions deleted", count=gone)
 
-    async def end_sessions(self, user_id: str, *, keep: str | None = None) -> int:
-        """End every session of ``user_id`` but ``keep``; answers how many ended."""
-        ended = 0
-        for s in await self.directory.sessions.list():
-            if s.body.user_id == user_id and s.id != keep:
-                ended += await self.directory.sessions.delete(s.id)
+    async def change_ending_sessions(
+        self,
+        user_id: str,
+        change: Callable[[UserBody], UserBody],
+        *,
+        audit: AuditOf[tuple[UserBody, Entity[UserBody]]],
+    ) -> Entity[UserBody]:
+        """``change`` to the user, and the end of every session of theirs, in one
+        transaction with ``audit``'s event (of the body before and the user as written):
+        a disabled user keeps no session, and no outage keeps the change but not its event.
+        :class:`Gone` when there is no such user."""
+        users, sessions = self.directory.users, self.directory.sessions
+        before: list[UserBody] = []
+        planned: list[EntityWrite] = []
+
+        async def plan() -> list[EntityWrite]:
+            current = await users.get(user_id)
+            if current is None:
+                raise Gone(f"user {user_id} does not exist")
+            before[:] = [current.body]
+            theirs = [s for s in await sessions.list() if s.body.user_id == user_id]
+            planned[:] = [users.updated(current, change(current.body.model_copy(deep=True)))]
+            return [*planned, *(sessions.deleted(s, any_version=True) for s in theirs)]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            record = written[0]
+            assert record is not None  # an update that missed writes nothing
+            return audit((before[0], users.parse(record)))
+
+        await together(self.directory.store, plan, audit=event)
         self._principals.forget()
-        return ended
+        return users.parse(planned[0].record)  # as written: its version was checked
+
+    async def end_sessions(
+        self, user_id: str, *, keep: str | None = None, audit: AuditOf[int] | None = None
+    ) -> int:
+        """End every session of ``user_id`` but ``keep``; answers how many ended. With
+        ``audit``: all in one transaction with its event (of how many ended)."""
+        sessions = self.directory.sessions
+        if audit is None:
+            ended = 0
+            for s in await sessions.list():
+                if s.body.user_id == user_id and s.id != keep:
+                    ended += await sessions.delete(s.id)
+            self._principals.forget()
+            return ended
+        count: list[int] = []
+
+        async def plan() -> list[EntityWrite]:
+            theirs = [s for s in await sessions.list() if s.body.user_id == user_id]
+            return [sessions.deleted(s, any_version=True) for s in theirs if s.id != keep]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            count[:] = [sum(r is not None for r in written)]
+            return audit(count[0])
+
+        await together(self.directory.store, plan, audit=event)
+        self._principals.forget()
+        return count[0]
 
     # -- logging in
 

@@ -153,8 +153,9 @@ async def key_the_chain(recorder: AuditRecorder) -> AuditEvent | None:
 AUDIT: web.AppKey[AuditRecorder] = web.AppKey("tether_audit", AuditRecorder)
 _CHANGE: web.RequestKey[Change] = web.RequestKey("tether_audit_change", Change)
 _UNCHANGED: web.RequestKey[bool] = web.RequestKey("tether_audit_unchanged", bool)
-# The route's resource type, for in_transaction; and whether the store chained this
-# request's event with its change (then the middleware writes none).
+# The route's resource type, for in_transaction; and whether this request's event goes
+# with its change (then the middleware writes none: when the store wrote nothing, there was
+# no change, and so no event).
 _RESOURCE_TYPE: web.RequestKey[str] = web.RequestKey("tether_audit_resource_type", str)
 _CHAINED: web.RequestKey[bool] = web.RequestKey("tether_audit_chained", bool)
 
@@ -167,24 +168,23 @@ def in_transaction(request: web.Request, describe: Callable[[T], Change | None])
     transaction. Only for a route that declares its resource type (``Route.audit``)."""
     recorder = request.app[AUDIT]
     resource_type = request[_RESOURCE_TYPE]
-    actor, address = actor_of(request), client_ip(request)
-    method, path = request.method, request.path
+    method, path, address = request.method, request.path, client_ip(request)
+    # Its event goes with its change, or there is none: never one after the change.
+    request[_CHAINED] = True
 
     def entry(written: T) -> AuditAppend | None:
         change = describe(written)
         if change is None:
             return None
-        made = recorder.entry(
-            actor,
+        # The actor as of the write: a login route has one only once its user is known.
+        return recorder.entry(
+            actor_of(request),
             change,
             resource_type=resource_type,
             method=method,
             path=path,
             client_ip=address,
         )
-        # Before the commit: should the commit fail, the request fails and writes nothing.
-        request[_CHAINED] = True
-        return made
 
     return entry
 

@@ -22,7 +22,7 @@ from manager.access.directory import (
 from manager.access.entities import Entity, Gone
 from manager.access.granting import check_grantable, check_group_edit
 from manager.access.login import LOGINS
-from manager.api.audit_record import record, unchanged
+from manager.api.audit_record import Change, in_transaction
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
@@ -76,7 +76,15 @@ async def _group_ids(d: Directory, names: list[str]) -> list[str]:
 
 
 async def _user_view(d: Directory, u: Entity[UserBody]) -> UserView:
-    names = {g.id: g.body.name for g in await d.groups.list()}
+    return _user_view_of(await _group_names(d), u)
+
+
+async def _group_names(d: Directory) -> dict[str, str]:
+    return {g.id: g.body.name for g in await d.groups.list()}
+
+
+def _user_view_of(names: dict[str, str], u: Entity[UserBody]) -> UserView:
+    """A user's view, of group names read before: made in the write's transaction."""
     b = u.body
     return UserView(
         id=u.id,
@@ -124,6 +132,12 @@ async def create_user(request: web.Request) -> web.Response:
         raise ApiProblem(
             400, "invalid", f"email: only these domains may join: {allowed}", field="email"
         )
+    names = await _group_names(d)
+
+    def made(user: Entity[UserBody]) -> Change:
+        after = _user_audit(_user_view_of(names, user))
+        return Change(user.id, email, "create", f"invited user {email}", after=after)
+
     try:
         user = await d.users.insert(
             UserBody(
@@ -133,19 +147,12 @@ async def create_user(request: web.Request) -> web.Response:
                 groups=groups,
                 invite_hash=token_hash,
                 invite_expires_at=expires,
-            )
+            ),
+            audit=in_transaction(request, made),
         )
     except Conflict:
         raise ApiProblem(409, "conflict", f"a user {email!r} exists", field="email") from None
-    view = await _user_view(d, user)
-    record(
-        request,
-        resource_id=user.id,
-        name=email,
-        action="create",
-        summary=f"invited user {email}",
-        after=_user_audit(view),
-    )
+    view = _user_view_of(names, user)
     return json_response(UserCreated(**view.model_dump(), invite_token=token), status=201)
 
 
@@ -188,27 +195,43 @@ async def _user_change(
     change: Callable[[UserBody], UserBody],
     action: str,
     what: str,
+    *,
+    end_sessions: bool = False,
 ) -> web.Response:
+    """``change`` to the user with its event (``end_sessions``: and the end of their
+    sessions), in one transaction."""
     d = _dir(request)
-    before = await _user_view(d, user)
-    _, after_entity = await d.users.update(user.id, change)
-    after = await _user_view(d, after_entity)
+    names = await _group_names(d)
+
+    def changed(written: tuple[UserBody, Entity[UserBody]]) -> Change:
+        before, after = written
+        return Change(
+            user.id,
+            user.body.email,
+            action,
+            f"{what} {user.body.email}",
+            before=_user_audit(_user_view_of(names, dataclasses.replace(after, body=before))),
+            after=_user_audit(_user_view_of(names, after)),
+        )
+
+    audit = in_transaction(request, changed)
+    try:
+        if end_sessions:
+            after_entity = await request.app[LOGINS].change_ending_sessions(
+                user.id, change, audit=audit
+            )
+        else:
+            _, after_entity = await d.users.update(user.id, change, audit=audit)
+    except Gone:
+        raise ApiProblem(404, "not_found", f"no user {user.body.email!r}") from None
     _changed(request)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action=action,
-        summary=f"{what} {user.body.email}",
-        before=_user_audit(before),
-        after=_user_audit(after),
-    )
-    return json_response(after)
+    return json_response(_user_view_of(names, after_entity))
 
 
 async def disable_user(request: web.Request) -> web.Response:
     user = await _find_user(request)
-    response = await _user_change(
+    # Their sessions end with it (their API keys stop with them: manager.access.principal).
+    return await _user_change(
         request,
         user,
         # An invite outstanding dies with it: enabling the user later needs a fresh one.
@@ -217,10 +240,8 @@ async def disable_user(request: web.Request) -> web.Response:
         ),
         "disable",
         "disabled user",
+        end_sessions=True,
     )
-    # Their sessions end now (their API keys stop with them: manager.access.principal).
-    await request.app[LOGINS].end_sessions(user.id)
-    return response
 
 
 async def enable_user(request: web.Request) -> web.Response:
@@ -233,10 +254,8 @@ async def enable_user(request: web.Request) -> web.Response:
         ready = b.password_hash is not None or b.source == "sso"
         return b.model_copy(update={"status": "active" if ready else "invited"})
 
-    response = await _user_change(request, user, enable, "enable", "enabled user")
     # A login that raced the disable may have left a session behind: it does not come back.
-    await request.app[LOGINS].end_sessions(user.id)
-    return response
+    return await _user_change(request, user, enable, "enable", "enabled user", end_sessions=True)
 
 
 async def unlock_user(request: web.Request) -> web.Response:
@@ -274,21 +293,19 @@ async def reset_totp(request: web.Request) -> web.Response:
         }
         return b.model_copy(update=update)
 
-    response = await _user_change(request, user, reset, "reset_2fa", "turned off 2FA of")
-    await request.app[LOGINS].end_sessions(user.id)
-    return response
+    return await _user_change(
+        request, user, reset, "reset_2fa", "turned off 2FA of", end_sessions=True
+    )
 
 
 async def end_user_sessions(request: web.Request) -> web.Response:
     user = await _find_user(request)
-    ended = await request.app[LOGINS].end_sessions(user.id)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="logout",
-        summary=f"ended {ended} session(s) of {user.body.email}",
-    )
+    email = user.body.email
+
+    def ended(count: int) -> Change:
+        return Change(user.id, email, "logout", f"ended {count} session(s) of {email}")
+
+    await request.app[LOGINS].end_sessions(user.id, audit=in_transaction(request, ended))
     return json_response(await _user_view(_dir(request), user))
 
 
@@ -301,15 +318,14 @@ async def reinvite_user(request: web.Request) -> web.Response:
     def fresh(b: UserBody) -> UserBody:
         return b.model_copy(update={"invite_hash": token_hash, "invite_expires_at": expires})
 
-    _, after = await d.users.update(user.id, fresh)
+    email = user.body.email
+    summary = f"sent user {email} a new invite (the old one no longer works)"
+    audit = in_transaction(request, lambda _: Change(user.id, email, "invite", summary))
+    try:
+        _, after = await d.users.update(user.id, fresh, audit=audit)
+    except Gone:
+        raise ApiProblem(404, "not_found", f"no user {email!r}") from None
     view = await _user_view(d, after)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="invite",
-        summary=f"sent user {user.body.email} a new invite (the old one no longer works)",
-    )
     return json_response(UserCreated(**view.model_dump(), invite_token=token))
 
 
@@ -360,7 +376,18 @@ async def _grants(d: Directory, perms: list[AppPermission]) -> list[AppGrant]:
 
 
 async def _group_view(d: Directory, g: Entity[GroupBody]) -> GroupView:
-    apps, envs = await _places(d)
+    places = await _places(d)
+    members = [u.body.email for u in await d.users.list() if g.id in u.body.groups]
+    return _group_view_of(places, members, g)
+
+
+def _group_view_of(
+    places: tuple[dict[str, str], dict[str, tuple[str, str]]],
+    members: list[str],
+    g: Entity[GroupBody],
+) -> GroupView:
+    """A group's view, of places and members read before: made in the write's transaction."""
+    apps, envs = places
     perms = [
         AppPermission(
             apps="all" if x.apps == "all" else [apps.get(a, a) for a in x.apps],
@@ -369,7 +396,6 @@ async def _group_view(d: Directory, g: Entity[GroupBody]) -> GroupView:
         )
         for x in g.body.app_permissions
     ]
-    members = [u.body.email for u in await d.users.list() if g.id in u.body.groups]
     return GroupView(
         id=g.id,
         name=g.body.name,
@@ -400,20 +426,17 @@ async def create_group(request: web.Request) -> web.Response:
         app_permissions=grants,
     )
     await check_group_edit(request, d, made)
+    places = await _places(d)
+
+    def created(g: Entity[GroupBody]) -> Change:
+        after = _group_view_of(places, [], g).model_dump(mode="json")
+        return Change(g.id, g.body.name, "create", f"created user group {g.body.name}", after=after)
+
     try:
-        group = await d.groups.insert(made)
+        group = await d.groups.insert(made, audit=in_transaction(request, created))
     except Conflict:
         raise ApiProblem(409, "conflict", f"a group {body.name!r} exists", field="name") from None
-    view = await _group_view(d, group)
-    record(
-        request,
-        resource_id=group.id,
-        name=group.body.name,
-        action="create",
-        summary=f"created user group {group.body.name}",
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view, status=201)
+    return json_response(_group_view_of(places, [], group), status=201)
 
 
 async def list_groups(request: web.Request) -> web.Response:
@@ -445,20 +468,30 @@ async def update_group(request: web.Request) -> web.Response:
 
     if perms_given:
         await check_group_edit(request, d, change(group.body))
-    before = await _group_view(d, group)
-    _, after_entity = await d.groups.update(group.id, change)
-    after = await _group_view(d, after_entity)
+    places = await _places(d)
+    members = [u.body.email for u in await d.users.list() if group.id in u.body.groups]
+
+    def changed(written: tuple[GroupBody, Entity[GroupBody]]) -> Change:
+        before, after = written
+        return Change(
+            group.id,
+            group.body.name,
+            "update",
+            f"changed user group {group.body.name}",
+            before=_group_view_of(
+                places, members, dataclasses.replace(after, body=before)
+            ).model_dump(mode="json"),
+            after=_group_view_of(places, members, after).model_dump(mode="json"),
+        )
+
+    try:
+        _, after_entity = await d.groups.update(
+            group.id, change, audit=in_transaction(request, changed)
+        )
+    except Gone:
+        raise ApiProblem(404, "not_found", f"no user group {group.body.name!r}") from None
     _changed(request)
-    record(
-        request,
-        resource_id=group.id,
-        name=group.body.name,
-        action="update",
-        summary=f"changed user group {group.body.name}",
-        before=before.model_dump(mode="json"),
-        after=after.model_dump(mode="json"),
-    )
-    return json_response(after)
+    return json_response(await _group_view(d, after_entity))
 
 
 async def delete_group(request: web.Request) -> web.Response:
@@ -472,21 +505,19 @@ async def delete_group(request: web.Request) -> web.Response:
             "conflict",
             f"{len(members)} user(s) are in {group.body.name!r}; pass force=true to remove them",
         )
-    before = await _group_view(d, group)
-    for u in members:
-        await d.users.update(
-            u.id, lambda b: b.model_copy(update={"groups": [g for g in b.groups if g != group.id]})
-        )
-    await d.groups.delete(group.id)
+    places = await _places(d)
+
+    def deleted(written: tuple[Entity[GroupBody], list[str]]) -> Change:
+        g, members = written
+        before = _group_view_of(places, members, g).model_dump(mode="json")
+        name = g.body.name
+        return Change(g.id, name, "delete", f"deleted user group {name}", before=before)
+
+    try:
+        await d.delete_group(group.id, audit=in_transaction(request, deleted))
+    except Gone:
+        raise ApiProblem(404, "not_found", f"no user group {group.body.name!r}") from None
     _changed(request)
-    record(
-        request,
-        resource_id=group.id,
-        name=group.body.name,
-        action="delete",
-        summary=f"deleted user group {group.body.name}",
-        before=before.model_dump(mode="json"),
-    )
     return web.Response(status=204)
 
 
@@ -509,23 +540,19 @@ async def _find_app(request: web.Request) -> Entity[AppBody]:
 
 async def create_app(request: web.Request) -> web.Response:
     body = await parse_body(request, AppCreate)
+
+    def created(a: Entity[AppBody]) -> Change:
+        name, after = a.body.name, _app_view(a).model_dump(mode="json")
+        return Change(a.id, name, "create", f"created application {name}", after=after, app=name)
+
+    made = AppBody(name=body.name, description=body.description)
     try:
-        app = await _dir(request).apps.insert(AppBody(name=body.name, description=body.description))
+        app = await _dir(request).apps.insert(made, audit=in_transaction(request, created))
     except Conflict:
         raise ApiProblem(
             409, "conflict", f"an application {body.name!r} exists", field="name"
         ) from None
-    view = _app_view(app)
-    record(
-        request,
-        resource_id=app.id,
-        name=app.body.name,
-        action="create",
-        summary=f"created application {app.body.name}",
-        after=view.model_dump(mode="json"),
-        app=app.body.name,
-    )
-    return json_response(view, status=201)
+    return json_response(_app_view(app), status=201)
 
 
 async def list_apps(request: web.Request) -> web.Response:
@@ -536,16 +563,12 @@ async def delete_app(request: web.Request) -> web.Response:
     d, app = _dir(request), await _find_app(request)
     if any(e.body.app_id == app.id for e in await d.envs.list()):
         raise ApiProblem(409, "conflict", f"{app.body.name!r} has environments; delete them first")
-    await d.apps.delete(app.id)
-    record(
-        request,
-        resource_id=app.id,
-        name=app.body.name,
-        action="delete",
-        summary=f"deleted application {app.body.name}",
-        before=_app_view(app).model_dump(mode="json"),
-        app=app.body.name,
-    )
+
+    def deleted(a: Entity[AppBody]) -> Change:
+        name, before = a.body.name, _app_view(a).model_dump(mode="json")
+        return Change(a.id, name, "delete", f"deleted application {name}", before=before, app=name)
+
+    await d.apps.delete(app.id, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 
@@ -563,6 +586,17 @@ def _env_view(app: Entity[AppBody], e: Entity[EnvBody]) -> EnvView:
 async def create_env(request: web.Request) -> web.Response:
     body = await parse_body(request, EnvCreate)
     d, app = _dir(request), await _find_app(request)
+
+    def created(e: Entity[EnvBody]) -> Change:
+        return Change(
+            e.id,
+            f"{app.body.name}/{e.body.name}",
+            "create",
+            f"created {e.body.type} environment {e.body.name} in {app.body.name}",
+            after=_env_view(app, e).model_dump(mode="json"),
+            app=app.body.name,
+        )
+
     try:
         env = await d.envs.insert(
             EnvBody(
@@ -570,23 +604,14 @@ async def create_env(request: web.Request) -> web.Response:
                 name=body.name,
                 type=body.type,
                 dedicated_delegates=body.dedicated_delegates,
-            )
+            ),
+            audit=in_transaction(request, created),
         )
     except Conflict:
         msg = f"{app.body.name!r} has an environment {body.name!r}"
         raise ApiProblem(409, "conflict", msg, field="name") from None
     _env_changed(request, env.id, env.body)
-    view = _env_view(app, env)
-    record(
-        request,
-        resource_id=env.id,
-        name=f"{app.body.name}/{env.body.name}",
-        action="create",
-        summary=f"created {env.body.type} environment {env.body.name} in {app.body.name}",
-        after=view.model_dump(mode="json"),
-        app=app.body.name,
-    )
-    return json_response(view, status=201)
+    return json_response(_env_view(app, env), status=201)
 
 
 async def list_envs(request: web.Request) -> web.Response:
@@ -621,42 +646,43 @@ async def update_env(request: web.Request) -> web.Response:
             b.dedicated_delegates = body.dedicated_delegates
         return b
 
+    def updated(written: tuple[EnvBody, Entity[EnvBody]]) -> Change:
+        before, after = written
+        return Change(
+            env.id,
+            f"{app.body.name}/{env.body.name}",
+            "update",
+            f"updated environment {env.body.name} of {app.body.name}",
+            before=_env_view(app, dataclasses.replace(after, body=before)).model_dump(mode="json"),
+            after=_env_view(app, after).model_dump(mode="json"),
+            app=app.body.name,
+        )
+
     try:
-        before, after = await d.envs.update(env.id, change)
+        # Nothing to change writes nothing, and so no event.
+        _, after = await d.envs.update(env.id, change, audit=in_transaction(request, updated))
     except Gone:
         raise ApiProblem(404, "not_found", f"no environment {env.body.name!r}") from None
     _env_changed(request, after.id, after.body)
-    view = _env_view(app, after)
-    if before == after.body:
-        unchanged(request)
-    else:
-        record(
-            request,
-            resource_id=env.id,
-            name=f"{app.body.name}/{env.body.name}",
-            action="update",
-            summary=f"updated environment {env.body.name} of {app.body.name}",
-            before=_env_view(app, dataclasses.replace(after, body=before)).model_dump(mode="json"),
-            after=view.model_dump(mode="json"),
-            app=app.body.name,
-        )
-    return json_response(view)
+    return json_response(_env_view(app, after))
 
 
 async def delete_env(request: web.Request) -> web.Response:
     d, app = _dir(request), await _find_app(request)
     env = await _find_env(request, app)
-    await d.envs.delete(env.id)
+
+    def deleted(e: Entity[EnvBody]) -> Change:
+        return Change(
+            e.id,
+            f"{app.body.name}/{e.body.name}",
+            "delete",
+            f"deleted environment {e.body.name} of {app.body.name}",
+            before=_env_view(app, e).model_dump(mode="json"),
+            app=app.body.name,
+        )
+
+    await d.envs.delete(env.id, audit=in_transaction(request, deleted))
     _env_changed(request, env.id, None)
-    record(
-        request,
-        resource_id=env.id,
-        name=f"{app.body.name}/{env.body.name}",
-        action="delete",
-        summary=f"deleted environment {env.body.name} of {app.body.name}",
-        before=_env_view(app, env).model_dump(mode="json"),
-        app=app.body.name,
-    )
     return web.Response(status=204)
 
 

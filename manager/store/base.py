@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from manager.core.audit_chain import (
@@ -59,6 +59,7 @@ __all__ = [
     "ChangeWatcher",
     "Conflict",
     "DiskFull",
+    "EntityWrite",
     "SecretStore",
     "Store",
     "StoreError",
@@ -67,6 +68,18 @@ __all__ = [
     "check_first_version",
     "check_next_version",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityWrite:
+    """One write of several made together (:meth:`AccessStore.write_entities`): ``record``
+    inserted (``expect_version`` None), replaced if its stored version is still
+    ``expect_version``, or, with ``delete``, deleted (if still at ``expect_version`` when
+    one is given)."""
+
+    record: EntityRecord
+    expect_version: int | None = None
+    delete: bool = False
 
 
 class StoreError(Exception):
@@ -464,17 +477,40 @@ class AccessStore(abc.ABC):
         """Every entity of ``kind``, oldest first."""
 
     @abc.abstractmethod
-    async def insert_entity(self, entity: EntityRecord) -> None:
+    async def insert_entity(
+        self, entity: EntityRecord, *, audit: AuditOf[EntityRecord] | None = None
+    ) -> None:
         """Store a new entity; :class:`Conflict` when its id or its key is taken."""
 
     @abc.abstractmethod
-    async def update_entity(self, entity: EntityRecord, expect_version: int) -> bool:
+    async def update_entity(
+        self,
+        entity: EntityRecord,
+        expect_version: int,
+        *,
+        audit: AuditOf[EntityRecord] | None = None,
+    ) -> bool:
         """Replace the entity's key and body if its stored version is ``expect_version``
         (``entity.version`` is the new one); False when it changed or is gone since it was
         read. :class:`Conflict` when the new key is another entity's."""
 
     @abc.abstractmethod
-    async def delete_entity(self, kind: str, entity_id: str) -> bool: ...
+    async def delete_entity(
+        self, kind: str, entity_id: str, *, audit: AuditOf[EntityRecord] | None = None
+    ) -> bool:
+        """``audit`` is made of the row deleted."""
+
+    @abc.abstractmethod
+    async def write_entities(
+        self,
+        writes: Sequence[EntityWrite],
+        *,
+        audit: AuditOf[list[EntityRecord | None]] | None = None,
+    ) -> bool:
+        """``writes`` in one transaction, with the event ``audit`` makes of the rows as
+        written (a delete's: the row deleted; None for one that found none); False, and
+        nothing written, when an update or a versioned delete found its entity changed or
+        gone. :class:`Conflict` when an insert's or update's key is another entity's."""
 
 
 class AuditStore(abc.ABC):

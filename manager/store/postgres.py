@@ -58,7 +58,7 @@ from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
-from manager.store.sql.statements import Params, of_value
+from manager.store.sql.statements import Missed, Params, Step, hit, of_value
 from manager.store.sql.store import SqlStore
 
 __all__ = ["PostgresStore"]
@@ -301,6 +301,23 @@ class PostgresStore(SqlStore):
             if (entry := audit(rows)) is not None:
                 await _chain(c, entry)
         return rows
+
+    async def _write_together(
+        self, steps: Sequence[Step], audit: AuditOf[list[list[Any]]] | None
+    ) -> list[list[Any]] | None:
+        rendered = [(*render(step.sql, Dialect.POSTGRES), step) for step in steps]
+        try:
+            async with self._conn(tx=True) as c:
+                done = []
+                for text, names, step in rendered:
+                    rows = list(await c.fetch(text, *bind(names, step.params)))
+                    done.append(hit(step, rows))  # a miss rolls the transaction back
+                if audit is not None and (entry := audit(done)) is not None:
+                    await _chain(c, entry)
+        except Missed:
+            return None
+        self.health.wrote()
+        return done
 
     async def open(self) -> None:
         try:

@@ -44,7 +44,7 @@ from manager.store.entity_cache import EntityCache
 from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
-from manager.store.sql.statements import Params
+from manager.store.sql.statements import Missed, Params, Step, hit
 from manager.store.sql.store import SqlStore
 
 __all__ = ["SqliteStore"]
@@ -136,6 +136,26 @@ class SqliteStore(SqlStore):
             return rows
 
         return await self._run(fn)
+
+    async def _write_together(
+        self, steps: Sequence[Step], audit: AuditOf[list[list[Any]]] | None
+    ) -> list[list[Any]] | None:
+        texts = [(_sql(step.sql), step) for step in steps]
+
+        def fn(c: sqlite3.Connection) -> list[list[Any]]:
+            _begin_chained(c)
+            done = []
+            for text, step in texts:
+                rows = c.execute(text, step.params).fetchall()
+                done.append(hit(step, rows))  # a miss rolls the transaction back
+            if audit is not None and (entry := audit(done)) is not None:
+                _chain(c, entry)
+            return done
+
+        try:
+            return await self._run(fn)
+        except Missed:
+            return None
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from manager.core.audit_chain import AuditOf
 from manager.store.sql.dialect import Dialect
 
-__all__ = ["Params", "Statements", "of_first_row", "of_value"]
+__all__ = ["Missed", "Params", "Statements", "Step", "hit", "of_first_row", "of_value"]
 
 Params = Mapping[str, Any]
 T = TypeVar("T")
@@ -31,6 +32,29 @@ def of_value(value: T, audit: AuditOf[T] | None) -> AuditOf[list[Any]] | None:
     if audit is None:
         return None
     return lambda _rows: audit(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of a write made of several (:meth:`Statements._write_together`)."""
+
+    sql: str
+    params: Params
+    # The whole write is rolled back when this one matches no row (a compare-and-set that
+    # lost, a row gone since it was read): it needs a RETURNING clause.
+    must_hit: bool = False
+
+
+class Missed(Exception):
+    """Raised inside a write of several steps when a ``must_hit`` step matched no row: the
+    transaction rolls back. Never escapes the store."""
+
+
+def hit(step: Step, rows: list[Any]) -> list[Any]:
+    """``rows``, the step's; :class:`Missed` (a rollback) when it had to match and did not."""
+    if step.must_hit and not rows:
+        raise Missed
+    return rows
 
 
 class Statements(abc.ABC):
@@ -55,6 +79,14 @@ class Statements(abc.ABC):
         if audit is None:
             return await self._fetch(sql, params)
         return await self._fetch_audited(sql, params, audit)
+
+    @abc.abstractmethod
+    async def _write_together(
+        self, steps: Sequence[Step], audit: AuditOf[list[list[Any]]] | None
+    ) -> list[list[Any]] | None:
+        """``steps`` in one transaction, with the event ``audit`` makes of their rows (one
+        list per step) chained last in it; None, and nothing written, when a ``must_hit``
+        step matched no row."""
 
     @abc.abstractmethod
     async def _changed(self, what: str) -> None:
