@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from manager.core.audit_chain import AuditAppend, AuditEvent, AuditQuery, verify
-from manager.records import AllowlistEntry, ApiKeyRecord
-from manager.store.base import Conflict, Store, StoreError
+from manager.records import AllowlistEntry, ApiKeyRecord, EntityRecord
+from manager.store.base import Conflict, EntityWrite, Store, StoreError
 from shared.protocol import TaskState
 from tests.manager.store.test_audit import change
 from tests.manager.store.test_store import WINDOW, task
@@ -174,3 +174,64 @@ async def test_concurrent_audited_writes_keep_one_chain(store: Store) -> None:
     trail = await events(store)
     assert [e.seq for e in trail] == list(range(1, 26))
     assert verify(trail, await store.audit_head()) is None
+
+
+def entity(kind: str, entity_id: str, key: str, version: int = 1, **body: Any) -> EntityRecord:
+    return EntityRecord(kind, entity_id, key, dict(body), version, 10.0, 10.0 + version)
+
+
+async def test_entity_writes_chain_their_event_from_the_rows_written(store: Store) -> None:
+    made = event_of(1)
+    await store.insert_entity(entity("group", "grp_1", "g"), audit=made)
+    await store.insert_entity(entity("user", "usr_1", "a@x", groups=["grp_1"]))
+    updated = event_of(2)
+    renamed = entity("group", "grp_1", "h", 2)
+    assert await store.update_entity(renamed, 1, audit=updated)
+    missed = event_of(3)
+    assert not await store.update_entity(entity("group", "grp_1", "i", 3), 1, audit=missed)
+    # Several writes, one transaction: the member leaves, the group goes, one event.
+    together = event_of(4)
+    writes = [
+        EntityWrite(entity("user", "usr_1", "a@x", 2, groups=[]), expect_version=1),
+        EntityWrite(renamed, expect_version=2, delete=True),
+    ]
+    assert await store.write_entities(writes, audit=together)
+    assert [r.key for r in made.seen] == ["g"]
+    assert [(r.key, r.version) for r in updated.seen] == [("h", 2)]
+    assert missed.seen == []
+    assert [[(r.kind, r.version) for r in seen] for seen in together.seen] == [
+        [("user", 2), ("group", 2)]
+    ]
+    assert [e.seq for e in await events(store)] == [1, 2, 3]
+
+
+async def test_entity_writes_whose_event_cannot_be_written_change_nothing(store: Store) -> None:
+    taken = (await store.append_audit(change(0))).id
+    await store.insert_entity(entity("group", "grp_1", "g"))
+    await store.insert_entity(entity("user", "usr_1", "a@x", groups=["grp_1"]))
+    with event_refused():
+        await store.insert_entity(entity("app", "app_1", "shop"), audit=event_of(1, id=taken))
+    with event_refused():
+        await store.update_entity(entity("group", "grp_1", "h", 2), 1, audit=event_of(2, id=taken))
+    with event_refused():
+        await store.delete_entity("group", "grp_1", audit=event_of(3, id=taken))
+    writes = [
+        EntityWrite(entity("user", "usr_1", "a@x", 2, groups=[]), expect_version=1),
+        EntityWrite(entity("group", "grp_1", "g"), expect_version=1, delete=True),
+    ]
+    with event_refused():
+        await store.write_entities(writes, audit=event_of(4, id=taken))
+    assert await store.list_entities("app") == []
+    assert [(g.key, g.version) for g in await store.list_entities("group")] == [("g", 1)]
+    user = await store.get_entity("user", "usr_1")
+    assert user is not None
+    assert (user.version, user.body["groups"]) == (1, ["grp_1"])
+    # A compare-and-set that lost rolls back the writes before it, and writes no event.
+    lost = event_of(5)
+    stale = [writes[0], EntityWrite(entity("group", "grp_1", "g", 9), expect_version=8)]
+    assert not await store.write_entities(stale, audit=lost)
+    assert lost.seen == []
+    user = await store.get_entity("user", "usr_1")
+    assert user is not None
+    assert user.version == 1
+    assert [e.seq for e in await events(store)] == [1]
