@@ -109,7 +109,11 @@ async def scope_views(store: Store) -> tuple[Places, dict[str, TokenScopeView]]:
 
 
 async def create_token(
-    store: Store, name: str, scope: DelegateScope = ACCOUNT_WIDE
+    store: Store,
+    name: str,
+    scope: DelegateScope = ACCOUNT_WIDE,
+    *,
+    audit: AuditOf[TokenRecord] | None = None,
 ) -> tuple[TokenRecord, str]:
     token = new_token("tdt")
     record = TokenRecord(
@@ -120,7 +124,7 @@ async def create_token(
         scope=scope.dump(),
     )
     try:
-        await store.create_token(record)
+        await store.create_token(record, audit=audit)
     except Conflict:
         raise TokenInUse(f"a live token named {name!r} exists; revoke it first") from None
     return record, token
@@ -193,17 +197,21 @@ class Tokens:
         selectors: Iterable[str] | None,
         *,
         outside: Outside | None = None,
+        audit: Callable[[DelegateScope], AuditOf[TokenRecord]] | None = None,
     ) -> tuple[TokenRecord, str, DelegateScope]:
         """The token, its one showing, and its scope; Invalid for a scope naming nothing,
         Conflicting while a live token has the name, Forbidden for a scope with parts the
-        caller may not run tasks in (``outside`` names them)."""
+        caller may not run tasks in (``outside`` names them). ``audit``: given the scope, the
+        event of the token, chained in its insert's transaction."""
         try:
             resolved = await resolve_scope(self._store, scope, env_types, selectors)
         except ScopeError as exc:
             raise Invalid("invalid", str(exc), field="scope") from None
         await _check_within(resolved, outside)
         try:
-            record, token = await create_token(self._store, name, resolved)
+            record, token = await create_token(
+                self._store, name, resolved, audit=None if audit is None else audit(resolved)
+            )
         except TokenInUse as exc:
             raise Conflicting("conflict", str(exc), field="name") from None
         return record, token, resolved
@@ -220,11 +228,17 @@ class Tokens:
         _, scopes = await scope_views(self._store)
         return scopes.get(token_id)
 
-    async def revoke(self, name: str, *, outside: Outside | None = None) -> TokenRecord | None:
+    async def revoke(
+        self,
+        name: str,
+        *,
+        outside: Outside | None = None,
+        audit: AuditOf[TokenRecord] | None = None,
+    ) -> TokenRecord | None:
         live = {t.name: t for t in await self._store.list_tokens() if t.revoked_at is None}
         if name in live:
             await _check_within(DelegateScope.load(live[name].scope), outside)
-        record = await self._store.revoke_token(name, self._clock())
+        record = await self._store.revoke_token(name, self._clock(), audit=audit)
         if record is not None:
             self._revoked(record.id)
         return record

@@ -2,13 +2,18 @@
 
 Every mutating user route declares the resource type it changes (``Route.audit``).
 
-In the change's transaction (the task path, API keys, the IP allowlist): the handler hands
+In the change's transaction (the task path, API keys, the IP allowlist, delegate tokens,
+users, groups, applications and environments): the handler hands
 the service :func:`in_transaction` with a function that describes the change from the row
 the store wrote; the service passes it to the store write that makes the change, and the
 store chains the event in the same transaction. The change and its event commit together
-or not at all: no outage keeps one and loses the other.
+or not at all: no outage keeps one and loses the other. A change of several writes
+(deleting a group, disabling a user and ending their sessions) is one transaction with its
+event (``AccessStore.write_entities``). Once a handler has asked for the hook, the
+middleware writes no event of its own: a write that wrote nothing changed nothing.
 
-After the change (every other route, for now): the handler calls :func:`record` once it
+After the change (the routes in tests/manager/audit/test_coverage.py's WRITTEN_SEPARATELY,
+for now): the handler calls :func:`record` once it
 knows the change, and the middleware writes the one event after the handler returns a 2xx.
 If the store fails between the two, the change stands, the answer says it succeeded, and the
 lost event is logged at error level with its summary (never its diff).

@@ -12,10 +12,11 @@ from manager.access.tokens import (
     Outside,
     scope_view,
 )
-from manager.api.audit_record import record
+from manager.api.audit_record import Change, in_transaction
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
+from manager.core.audit_chain import AuditOf
 from manager.core.eligibility import DelegateScope
 from manager.core.rbac import uncovered_delegate_scope
 from manager.records import (
@@ -47,19 +48,25 @@ def _token_view(t: TokenRecord, scope: TokenScopeView | None) -> TokenView:
 
 async def create_token_route(request: web.Request) -> web.Response:
     req = await parse_body(request, TokenCreate)
-    created, token, scope = await ctx(request).delegate_tokens.create(
-        req.name, req.scope, req.scope_env_types, req.selectors, outside=_outside(request)
-    )
     where = await places(request.app[ACCESS].directory)
-    view = _token_view(created, scope_view(scope, where))
-    record(
-        request,
-        resource_id=created.id,
-        name=created.name,
-        action="create",
-        summary=f"created delegate token {created.name}",
-        after=view.model_dump(mode="json"),
+
+    def audit(scope: DelegateScope) -> AuditOf[TokenRecord]:
+        def created(t: TokenRecord) -> Change:
+            after = _token_view(t, scope_view(scope, where)).model_dump(mode="json")
+            summary = f"created delegate token {t.name}"
+            return Change(t.id, t.name, "create", summary, after=after)
+
+        return in_transaction(request, created)
+
+    created, token, scope = await ctx(request).delegate_tokens.create(
+        req.name,
+        req.scope,
+        req.scope_env_types,
+        req.selectors,
+        outside=_outside(request),
+        audit=audit,
     )
+    view = _token_view(created, scope_view(scope, where))
     return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
 
 
@@ -90,21 +97,28 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def revoke_token_route(request: web.Request) -> web.Response:
     tokens = ctx(request).delegate_tokens
-    revoked = await tokens.revoke(request.match_info["name"], outside=_outside(request))
+    where = await places(request.app[ACCESS].directory)
+
+    def revoked_one(t: TokenRecord) -> Change:
+        view = _token_view(t, scope_view(DelegateScope.load(t.scope), where))
+        return Change(
+            t.id,
+            t.name,
+            "revoke",
+            f"revoked delegate token {t.name}",
+            before=view.model_copy(update={"revoked_at": None}).model_dump(mode="json"),
+            after=view.model_dump(mode="json"),
+        )
+
+    revoked = await tokens.revoke(
+        request.match_info["name"],
+        outside=_outside(request),
+        audit=in_transaction(request, revoked_one),
+    )
     if revoked is None:
         raise ApiProblem(404, "not_found", f"no live token named {request.match_info['name']!r}")
     log.info("token revoked", token=revoked.name)
-    view = _token_view(revoked, await tokens.scope_of(revoked.id))
-    record(
-        request,
-        resource_id=revoked.id,
-        name=revoked.name,
-        action="revoke",
-        summary=f"revoked delegate token {revoked.name}",
-        before=view.model_copy(update={"revoked_at": None}).model_dump(mode="json"),
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view)
+    return json_response(_token_view(revoked, await tokens.scope_of(revoked.id)))
 
 
 def add_token_routes(table: RouteTable) -> None:

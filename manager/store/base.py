@@ -383,15 +383,20 @@ class AccessStore(abc.ABC):
 
     # -- delegate tokens
     @abc.abstractmethod
-    async def create_token(self, token: TokenRecord) -> None:
+    async def create_token(
+        self, token: TokenRecord, *, audit: AuditOf[TokenRecord] | None = None
+    ) -> None:
         """Raises :class:`Conflict` when an unrevoked token has the same name."""
 
     @abc.abstractmethod
     async def list_tokens(self) -> list[TokenRecord]: ...
 
     @abc.abstractmethod
-    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
-        """Revoke the live token of that name; None when there is none."""
+    async def revoke_token(
+        self, name: str, now: float, *, audit: AuditOf[TokenRecord] | None = None
+    ) -> TokenRecord | None:
+        """Revoke the live token of that name (``audit``: of the row revoked); None when
+        there is none."""
 
     @abc.abstractmethod
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...

@@ -51,6 +51,10 @@ _SET_ALLOWLIST_ENABLED = (
 _DELETE_ALLOWLIST = "DELETE FROM allowlist WHERE id = :id RETURNING {ALLOWLIST_COLUMNS}"
 
 
+def _token(row: Any) -> TokenRecord:
+    return TokenRecord(**dict(row))
+
+
 class AccessQueries(Statements, AccessStore):
     # -- settings ---------------------------------------------------------------------------
 
@@ -69,15 +73,21 @@ class AccessQueries(Statements, AccessStore):
 
     # -- delegate tokens --------------------------------------------------------------------
 
-    async def create_token(self, token: TokenRecord) -> None:
-        await self._fetch(_CREATE_TOKEN, params_of(token))
+    async def create_token(
+        self, token: TokenRecord, *, audit: AuditOf[TokenRecord] | None = None
+    ) -> None:
+        await self._write(_CREATE_TOKEN, params_of(token), of_value(token, audit))
 
     async def list_tokens(self) -> list[TokenRecord]:
         return [TokenRecord(**dict(r)) for r in await self._fetch(_LIST_TOKENS)]
 
-    async def revoke_token(self, name: str, now: float) -> TokenRecord | None:
-        row = await self._fetchrow(_REVOKE_TOKEN, {"name": name, "now": now})
-        return None if row is None else TokenRecord(**dict(row))
+    async def revoke_token(
+        self, name: str, now: float, *, audit: AuditOf[TokenRecord] | None = None
+    ) -> TokenRecord | None:
+        rows = await self._write(
+            _REVOKE_TOKEN, {"name": name, "now": now}, of_first_row(_token, audit)
+        )
+        return _token(rows[0]) if rows else None
 
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         row = await self._fetchrow(_TOKEN_BY_HASH, {"token_hash": token_hash})

@@ -748,8 +748,6 @@ WRITTEN_SEPARATELY: set[tuple[str, str]] = {
     ("POST", "/api/v1/delegates/{delegate}/drain"),
     ("POST", "/api/v1/delegates/{delegate}/resume"),
     ("DELETE", "/api/v1/delegates/{delegate}"),
-    ("POST", "/api/v1/tokens"),
-    ("DELETE", "/api/v1/tokens/{name}"),
     ("PUT", "/api/v1/profiles/{name}"),
     ("DELETE", "/api/v1/profiles/{name}"),
     ("POST", "/api/v1/secret-managers"),
