@@ -22,6 +22,7 @@ from manager.access.tokens import ScopeError, TokenInUse, create_token, resolve_
 from manager.api.audit_record import AuditRecorder, Change
 from manager.client.cli.fleet import add_scope_arguments, token_request
 from manager.client.cli.output import scope_text
+from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
@@ -308,7 +309,25 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 scope = await resolve_scope(
                     store, request.scope, request.scope_env_types, request.selectors
                 )
-                record, token = await create_token(store, args.name, scope)
+                # The event goes in the insert's transaction: no outage keeps one alone.
+                record, token = await create_token(
+                    store,
+                    args.name,
+                    scope,
+                    audit=lambda t: _host_entry(
+                        store,
+                        keys,
+                        "token",
+                        f"{_PROG} token create {args.name}",
+                        Change(
+                            t.id,
+                            t.name,
+                            "create",
+                            f"created delegate token {t.name} on the manager host",
+                            after=_token_fields(t),
+                        ),
+                    ),
+                )
             except ValidationError as exc:
                 print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
                 return EXIT_USAGE
@@ -317,19 +336,6 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 return EXIT_FAILED
             print(f"Created delegate token {record.name!r} ({record.id}). It is shown only once:")
             print(token, flush=True)
-            await _audit(
-                store,
-                keys,
-                "token",
-                f"{_PROG} token create {args.name}",
-                Change(
-                    record.id,
-                    record.name,
-                    "create",
-                    f"created delegate token {record.name} on the manager host",
-                    after=_token_fields(record),
-                ),
-            )
         elif fn_name == "list":
             tokens = await store.list_tokens()
             _, scopes = await scope_views(store)
@@ -357,7 +363,24 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                     where = scope_text(scopes[t.id])
                     print(f"{t.name:24} {t.id:34} {created:20} {status:8} {where}")
         elif fn_name == "revoke":
-            revoked = await store.revoke_token(args.name, time.time())
+            revoked = await store.revoke_token(
+                args.name,
+                time.time(),
+                audit=lambda t: _host_entry(
+                    store,
+                    keys,
+                    "token",
+                    f"{_PROG} token revoke {args.name}",
+                    Change(
+                        t.id,
+                        t.name,
+                        "revoke",
+                        f"revoked delegate token {t.name} on the manager host",
+                        before={**_token_fields(t), "revoked_at": None},
+                        after=_token_fields(t),
+                    ),
+                ),
+            )
             if revoked is None:
                 print(f"error: no live token named {args.name!r}", file=sys.stderr)
                 return EXIT_FAILED
@@ -367,20 +390,6 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             else:
                 # The manager on this data dir checks the stamp on every delegate call.
                 stamp_revocation(data_dir)
-            await _audit(
-                store,
-                keys,
-                "token",
-                f"{_PROG} token revoke {args.name}",
-                Change(
-                    revoked.id,
-                    revoked.name,
-                    "revoke",
-                    f"revoked delegate token {revoked.name} on the manager host",
-                    before={**_token_fields(revoked), "revoked_at": None},
-                    after=_token_fields(revoked),
-                ),
-            )
             print(f"Revoked token {revoked.name!r}.")
             print("A running manager ends the sessions that use it within seconds.")
     finally:
@@ -405,6 +414,17 @@ async def _audit(
     """Host-side changes are recorded as the system's: no API key or user made them."""
     assert keys is not None  # loaded by the caller before its change
     await AuditRecorder(store, keys).write(
+        SYSTEM, change, resource_type=resource_type, method="CLI", path=command, client_ip="local"
+    )
+
+
+def _host_entry(
+    store: Store, keys: AuditKeys | None, resource_type: str, command: str, change: Change
+) -> AuditAppend:
+    """A host-side change's event (the system's), for the store to chain in its change's
+    transaction."""
+    assert keys is not None  # loaded by the caller before its change
+    return AuditRecorder(store, keys).entry(
         SYSTEM, change, resource_type=resource_type, method="CLI", path=command, client_ip="local"
     )
 
