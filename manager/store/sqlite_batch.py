@@ -48,6 +48,21 @@ class BatchRunner:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # the lock not had in busy_timeout, the file unreadable
             return [Failed(self._mapped(exc))] * len(calls)
+        try:
+            return self._batch(calls)
+        except sqlite3.Error as exc:  # a savepoint of ours failed (an I/O error): all undone
+            self._end()
+            return [Failed(self._mapped(exc))] * len(calls)
+        except BaseException:  # not a call's error (those are outcomes): leave no transaction
+            self._end()
+            raise
+
+    def _end(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _batch(self, calls: Sequence[Call]) -> list[Outcome]:
+        conn = self._conn
         before = conn.total_changes
         outcomes: list[Outcome] = []
         for call in calls:
@@ -62,6 +77,9 @@ class BatchRunner:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             error = self._mapped(exc)
+            if isinstance(error, Conflict | BadData):
+                # Not one caller's own fault (a deferred constraint): the store failed them.
+                error = StoreError(f"sqlite: commit failed: {exc}")
             if conn.in_transaction:  # a deferred constraint keeps it open: end it
                 conn.execute("ROLLBACK")
             return [Failed(error)] * len(outcomes)
