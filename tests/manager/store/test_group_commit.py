@@ -17,8 +17,9 @@ import pytest
 
 from manager.core.audit_chain import verify
 from manager.store.base import Conflict, Store, StoreError
+from manager.store.postgres import PostgresStore
 from manager.store.sqlite import SqliteStore
-from tests.manager.conftest import StoreMaker
+from tests.manager.conftest import PG_URL, StoreMaker
 from tests.manager.store.test_audit import change
 from tests.manager.store.test_audit_with_change import event_of, events
 from tests.manager.store.test_store import WINDOW, task
@@ -208,3 +209,26 @@ async def test_a_batch_larger_than_the_bound_is_cut_into_several_commits(
     )
     assert all(created for _, created in answers)
     assert store.commits - before == 2
+
+
+async def test_a_postgres_call_costs_one_round_trip_no_session_reset(pg: StoreMaker) -> None:
+    """A pooled connection goes back to the pool without asyncpg's reset query (one more
+    round trip per call): the last statement the server saw on it is the store's own."""
+    name = f"gc_{pg.schema}"
+    store = PostgresStore(
+        PG_URL,
+        server_settings={"search_path": pg.schema, "application_name": name},
+        min_size=1,
+        max_size=1,
+    )
+    await store.open()
+    try:
+        await store.insert_task(task("task_1"), idempotency_window=WINDOW)
+        assert await store.get_task("task_1") is not None
+        activity = "SELECT query FROM pg_stat_activity WHERE application_name = $1"
+        rows = await pg.fetch(activity, name)
+        assert len(rows) == 1
+        assert rows[0]["query"].startswith("SELECT"), rows[0]["query"]
+        assert "FROM tasks WHERE id" in rows[0]["query"], rows[0]["query"]
+    finally:
+        await store.close()
