@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -40,38 +40,55 @@ Outcome = object  # the call's value, or a Failed
 
 
 class GroupCommit(Generic[C]):
+    """``start_batch`` starts writing one batch and returns the future of its outcomes (for
+    SQLite: the hop to the store's thread). Callbacks, not a task per batch: a lone call on an
+    idle store costs one loop turn and one hop, as it did before batching."""
+
     def __init__(
         self,
-        run_batch: Callable[[list[C]], Awaitable[Sequence[Outcome]]],
+        start_batch: Callable[[list[C]], asyncio.Future[Sequence[Outcome]]],
         *,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self._run_batch = run_batch
+        self._start_batch = start_batch
         self._max_batch = max_batch
         self._pending: deque[tuple[C, asyncio.Future[object]]] = deque()
-        self._writing: asyncio.Task[None] | None = None
+        self._busy = False
+        self._idle: asyncio.Event | None = None
 
     async def submit(self, call: C) -> object:
         """Run ``call`` in the next batch; its value once that batch committed."""
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
         self._pending.append((call, future))
-        if self._writing is None:
-            self._writing = asyncio.create_task(self._write_all())
+        if not self._busy:
+            self._busy = True
+            # At the loop's next turn: the calls made until then (a gather's) join this batch.
+            loop.call_soon(self._next)
         return await future
 
     async def drain(self) -> None:
         """Return once every call submitted so far has been answered."""
-        while (writing := self._writing) is not None:
-            await asyncio.shield(writing)
+        while self._busy:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
-    async def _write_all(self) -> None:
+    def _next(self) -> None:
+        batch = self._take()
+        if not batch:
+            self._busy = False
+            if self._idle is not None:
+                self._idle.set()
+                self._idle = None
+            return
         try:
-            while self._pending:
-                batch = self._take()
-                if batch:
-                    await self._write(batch)
-        finally:
-            self._writing = None
+            started = self._start_batch([call for call, _ in batch])
+        except Exception as exc:  # not started (the store is closing): none of it is written
+            self._settle_all(batch, exc)
+            self._next()
+            return
+        started.add_done_callback(lambda done: self._written(batch, done))
 
     def _take(self) -> list[tuple[C, asyncio.Future[object]]]:
         batch: list[tuple[C, asyncio.Future[object]]] = []
@@ -82,19 +99,27 @@ class GroupCommit(Generic[C]):
                 batch.append((call, future))
         return batch
 
-    async def _write(self, batch: list[tuple[C, asyncio.Future[object]]]) -> None:
-        try:
-            outcomes = await self._run_batch([call for call, _ in batch])
-        except BaseException as exc:  # the batch as a whole failed: no call is acknowledged
-            for _, future in batch:
-                _settle(future, Failed(exc))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), outcome in zip(batch, outcomes, strict=False):
-            _settle(future, outcome)
-        # Calls the runner did not reach go first into the next batch, in their order.
-        self._pending.extendleft(reversed(batch[len(outcomes) :]))
+    def _written(
+        self,
+        batch: list[tuple[C, asyncio.Future[object]]],
+        done: asyncio.Future[Sequence[Outcome]],
+    ) -> None:
+        if done.cancelled():
+            self._settle_all(batch, asyncio.CancelledError())
+        elif (exc := done.exception()) is not None:  # the batch as a whole failed
+            self._settle_all(batch, exc)
+        else:
+            outcomes = done.result()
+            for (_, future), outcome in zip(batch, outcomes, strict=False):
+                _settle(future, outcome)
+            # Calls the runner did not reach go first into the next batch, in their order.
+            self._pending.extendleft(reversed(batch[len(outcomes) :]))
+        self._next()
+
+    @staticmethod
+    def _settle_all(batch: list[tuple[C, asyncio.Future[object]]], exc: BaseException) -> None:
+        for _, future in batch:
+            _settle(future, Failed(exc))
 
 
 def _settle(future: asyncio.Future[object], outcome: Outcome) -> None:

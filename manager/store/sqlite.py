@@ -17,6 +17,7 @@ batches, and the write lock that orders audit appends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.statements import Params
 from manager.store.sql.store import SqlStore
-from manager.store.sqlite_batch import BatchRunner, Call
+from manager.store.sqlite_batch import BatchRunner, Call, Read
 
 __all__ = ["SqliteStore"]
 
@@ -79,6 +80,13 @@ def _sql(sql: str) -> str:
     return render(sql, Dialect.SQLITE)[0]
 
 
+@functools.lru_cache(maxsize=512)
+def _reads(text: str) -> bool:
+    """Whether a statement only reads: a SELECT (a write begins INSERT, UPDATE, DELETE or a
+    WITH before one of them; SQLite has no SELECT that writes)."""
+    return text.lstrip()[:6].upper() == "SELECT"
+
+
 class SqliteStore(SqlStore):
     dialect = Dialect.SQLITE
 
@@ -105,16 +113,20 @@ class SqliteStore(SqlStore):
             raise StoreError("store is not open")
         return cast(T, await self._group.submit(fn))
 
-    async def _run_batch(self, calls: list[Call]) -> list[Outcome]:
+    def _start_batch(self, calls: list[Call]) -> asyncio.Future[Sequence[Outcome]]:
         runner = self._batches
         if runner is None:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, runner, calls)
+        return loop.run_in_executor(self._executor, runner, calls)
 
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text = _sql(sql)
-        return await self._run(lambda c: c.execute(text, params or {}).fetchall())
+
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            return c.execute(text, params or {}).fetchall()
+
+        return await self._run(Read(fn) if _reads(text) else fn)
 
     async def _fetch_audited(
         self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
@@ -152,7 +164,7 @@ class SqliteStore(SqlStore):
         conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
         self._conn = conn
         self._batches = BatchRunner(conn, self.health)
-        self._group = GroupCommit(self._run_batch)
+        self._group = GroupCommit(self._start_batch)
 
     async def close(self) -> None:
         group, self._group = self._group, None

@@ -17,15 +17,28 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from manager.store.base import BadData, Conflict, DiskFull, StoreError
 from manager.store.group_commit import Failed, Outcome
 from manager.store.health import WriteHealth
 
-__all__ = ["BatchRunner", "Call", "mapped"]
+__all__ = ["BatchRunner", "Call", "Read", "mapped"]
 
 Call = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A call that is one SELECT. A batch of nothing else runs each in autocommit, as reads
+    ran before batching: no transaction to begin and commit, no write lock taken."""
+
+    fn: Call
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.fn(conn)
+
 
 # SQLite's result code for a full disk (or a database at its max_page_count); the
 # extended codes keep it in their low byte.
@@ -44,6 +57,8 @@ class BatchRunner:
         """The outcome of each call run, in order; fewer than ``calls`` when the transaction
         was lost under a call: the calls after it did not run (the caller sends them again)."""
         conn = self._conn
+        if all(isinstance(call, Read) for call in calls):
+            return [self._alone(call) for call in calls]
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # the lock not had in busy_timeout, the file unreadable
@@ -64,15 +79,22 @@ class BatchRunner:
     def _batch(self, calls: Sequence[Call]) -> list[Outcome]:
         conn = self._conn
         before = conn.total_changes
-        outcomes: list[Outcome] = []
-        for call in calls:
-            outcome, lost = self._one(call)
-            if lost:
-                # SQLite rolled the whole transaction back (it may on SQLITE_FULL or an I/O
-                # error): the calls before this one were undone too, none is acknowledged.
-                error = outcome.error if isinstance(outcome, Failed) else StoreError("lost")
-                return [Failed(error)] * (len(outcomes) + 1)
-            outcomes.append(outcome)
+        if len(calls) == 1:
+            # Alone in its transaction: no savepoint needed, its error undoes all of it.
+            outcomes = [self._alone(calls[0])]
+            if isinstance(outcomes[0], Failed):  # rolled back already
+                return outcomes
+        else:
+            outcomes = []
+            for call in calls:
+                outcome, lost = self._one(call)
+                if lost:
+                    # SQLite rolled the whole transaction back (it may on SQLITE_FULL or an
+                    # I/O error): the calls before this one were undone too, none is
+                    # acknowledged; the ones after it did not run (they are sent again).
+                    error = outcome.error if isinstance(outcome, Failed) else StoreError("lost")
+                    return [Failed(error)] * (len(outcomes) + 1)
+                outcomes.append(outcome)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -80,13 +102,20 @@ class BatchRunner:
             if isinstance(error, Conflict | BadData):
                 # Not one caller's own fault (a deferred constraint): the store failed them.
                 error = StoreError(f"sqlite: commit failed: {exc}")
-            if conn.in_transaction:  # a deferred constraint keeps it open: end it
-                conn.execute("ROLLBACK")
+            self._end()  # a deferred constraint keeps the transaction open
             return [Failed(error)] * len(outcomes)
         self.commits += 1
         if conn.total_changes != before:  # committed a write: there was room for it
             self._health.wrote()
         return outcomes
+
+    def _alone(self, call: Call) -> Outcome:
+        """``call`` in the transaction (or autocommit) it has to itself; its error ends it."""
+        try:
+            return call(self._conn)
+        except Exception as exc:
+            self._end()
+            return Failed(self._mapped(exc))
 
     def _one(self, call: Call) -> tuple[Outcome, bool]:
         """``call``'s outcome, and whether the transaction was lost under it."""

@@ -71,6 +71,17 @@ async def test_reads_in_a_batch_see_what_committed_before_it(store: Store) -> No
     assert missing is None
 
 
+async def test_reads_alone_take_no_transaction(sqlite_store: SqliteStore) -> None:
+    """A batch of nothing but reads runs them in autocommit, as before batching: nothing to
+    commit, no write lock taken from a host-side command on the same file."""
+    store = sqlite_store
+    await store.insert_task(task("task_0"), idempotency_window=WINDOW)
+    before = store.commits
+    found = await asyncio.gather(*(store.get_task("task_0") for _ in range(10)))
+    assert [t.id if t else None for t in found] == ["task_0"] * 10
+    assert store.commits == before
+
+
 async def test_a_unique_violation_fails_only_its_own_call_in_the_batch(
     store: Store, new_store: StoreMaker
 ) -> None:
