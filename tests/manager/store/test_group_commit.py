@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from manager.core.audit_chain import verify
-from manager.store.base import Conflict, Store, StoreError
+from manager.records import TaskRecord
+from manager.store.base import Conflict, DiskFull, Store, StoreError
+from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
 from manager.store.sqlite import SqliteStore
 from tests.manager.conftest import PG_URL, StoreMaker
@@ -243,3 +245,25 @@ async def test_a_postgres_call_costs_one_round_trip_no_session_reset(pg: StoreMa
         assert "FROM tasks WHERE id" in rows[0]["query"], rows[0]["query"]
     finally:
         await store.close()
+
+
+async def test_a_full_volume_fails_the_call_that_needed_room_not_its_batch(
+    sqlite_store: SqliteStore,
+) -> None:
+    store = sqlite_store
+    await store.insert_task(task("task_0"), idempotency_window=WINDOW)
+    # The file may not grow: an insert that needs a new page fails (SQLITE_FULL).
+    await store._run(lambda c: c.execute("PRAGMA max_page_count = 1").fetchall())
+    read, big = await asyncio.gather(
+        store.get_task("task_0"),
+        store.insert_task(
+            task("task_big", payload={"type": "shell", "script": "x" * 20_000}),
+            idempotency_window=WINDOW,
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(read, TaskRecord)
+    assert read.id == "task_0"
+    assert isinstance(big, DiskFull)
+    assert store.health.problem == DISK_FULL
+    assert await store.get_task("task_big") is None
