@@ -9,8 +9,8 @@ is answered only after that commit returned, so what is acknowledged survives ``
 The transaction begins IMMEDIATE: the write lock is taken before any call reads, so an audit
 append reads the chain head under the lock (another process on this file, a host-side
 command, waits instead of chaining on the same head), and calls in one batch chain in their
-order, each seeing the head the one before it wrote. A read-only batch takes the lock too;
-it is only held for the batch, and in WAL mode readers elsewhere are not blocked by it.
+order, each seeing the head the one before it wrote. A batch of nothing but plain SELECTs
+(:class:`Read`) needs no transaction and takes no lock: each runs in autocommit.
 """
 
 from __future__ import annotations
