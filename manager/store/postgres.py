@@ -328,6 +328,7 @@ class PostgresStore(SqlStore):
                 server_settings=self._server_settings,
                 command_timeout=self._command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except _DB_ERRORS as exc:
             raise StoreError(f"postgres: {exc}") from exc
@@ -548,6 +549,15 @@ async def _chain(c: Any, entry: AuditAppend) -> AuditEvent:
 
 def _version_params(store: PostgresStore, version: SecretVersionRecord) -> dict[str, Any]:
     return {f"v_{name}": value for name, value in store._version_params(version).items()}
+
+
+async def _keep_session(_conn: Any) -> None:
+    """What a pooled connection is reset with when it is released: nothing more than
+    asyncpg's own clean-up (an open transaction rolled back). asyncpg's default also sends
+    ``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``, one more round trip per
+    store call, for session state the store never leaves on a pooled connection: LISTEN
+    has a connection of its own, no statement SETs a session value or keeps a cursor, and
+    the migration's advisory lock is released by the migration itself."""
 
 
 async def _init_connection(conn: Any) -> None:

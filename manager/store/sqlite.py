@@ -1,11 +1,13 @@
 """The embedded store: SQLite in the data directory, nothing to install.
 
-Every call runs on one dedicated thread that owns the connection. A whole transaction is a
-single hop to that thread (a plain function over the connection), so the event loop never
-blocks on SQLite and never pays one thread hop per statement.
+Every call runs on one dedicated thread that owns the connection. A call is a plain function
+over the connection; the calls that arrive while one batch commits form the next batch: one
+hop to that thread and ONE transaction for all of them, each call in a savepoint of its own
+(manager.store.group_commit, manager.store.sqlite_batch). The event loop never blocks on
+SQLite, and a burst of writes pays one WAL append and fsync instead of one each.
 
-Durability: WAL with ``synchronous=FULL``, so a transaction is on disk when its call
-returns. A 2xx to a submit therefore survives ``kill -9`` of the manager, and a power cut.
+Durability: WAL with ``synchronous=FULL``, and a call returns only after its batch's commit.
+A 2xx to a submit therefore survives ``kill -9`` of the manager, and a power cut.
 
 The SQL is :mod:`manager.store.sql`'s; here is only what SQLite does its own way: the
 thread, transactions of several statements where PostgreSQL writes one, row-at-a-time
@@ -15,12 +17,13 @@ batches, and the write lock that orders audit appends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
@@ -32,20 +35,20 @@ from manager.records import (
 )
 from manager.store import migrations
 from manager.store.base import (
-    BadData,
     Conflict,
-    DiskFull,
     StoreError,
     check_envelope_versions,
     check_first_version,
     check_next_version,
 )
 from manager.store.entity_cache import EntityCache
+from manager.store.group_commit import GroupCommit, Outcome
 from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.statements import Missed, Params, Step, hit
 from manager.store.sql.store import SqlStore
+from manager.store.sqlite_batch import BatchRunner, Call, Read
 
 __all__ = ["SqliteStore"]
 
@@ -77,6 +80,13 @@ def _sql(sql: str) -> str:
     return render(sql, Dialect.SQLITE)[0]
 
 
+@functools.lru_cache(maxsize=512)
+def _reads(text: str) -> bool:
+    """Whether a statement only reads: a SELECT (a write begins INSERT, UPDATE, DELETE or a
+    WITH before one of them; SQLite has no SELECT that writes)."""
+    return text.lstrip()[:6].upper() == "SELECT"
+
+
 class SqliteStore(SqlStore):
     dialect = Dialect.SQLITE
 
@@ -87,41 +97,36 @@ class SqliteStore(SqlStore):
         self.health = WriteHealth()
         # One thread, one connection: SQLite connections are not for sharing across threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._batches: BatchRunner | None = None
+        self._group: GroupCommit[Call] | None = None
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed since open: fewer than the calls when they were batched."""
+        return 0 if self._batches is None else self._batches.commits
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
+        """``fn`` in the next batch's transaction (a savepoint of its own); its value once
+        that transaction committed. Reads go the same way: they see only what committed
+        and cost no fsync, and a read never waits behind more than one commit."""
+        if self._group is None:
             raise StoreError("store is not open")
+        return cast(T, await self._group.submit(fn))
 
-        def call() -> T:
-            changes = conn.total_changes
-            try:
-                with conn:  # one transaction: commit on success, roll back on error
-                    result = fn(conn)
-            except sqlite3.IntegrityError as exc:
-                raise Conflict(str(exc)) from None
-            # A value SQLite refuses ("string or blob too big") or Python cannot hand it (a
-            # lone surrogate in text, an integer over 64 bits): bad data, not an outage.
-            except sqlite3.DataError:
-                raise BadData("a value too large for the database") from None
-            except UnicodeEncodeError:
-                raise BadData("text that is not Unicode (a lone surrogate)") from None
-            except OverflowError:
-                raise BadData("a number too large for the database") from None
-            except sqlite3.Error as exc:
-                if _is_full(exc):
-                    self.health.full(str(exc))
-                    raise DiskFull(f"sqlite: {exc}") from None
-                raise StoreError(f"sqlite: {exc}") from None
-            if conn.total_changes != changes:  # committed a write: there was room for it
-                self.health.wrote()
-            return result
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+    def _start_batch(self, calls: list[Call]) -> asyncio.Future[Sequence[Outcome]]:
+        runner = self._batches
+        if runner is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, runner, calls)
 
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text = _sql(sql)
-        return await self._run(lambda c: c.execute(text, params or {}).fetchall())
+
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            return c.execute(text, params or {}).fetchall()
+
+        return await self._run(Read(fn) if _reads(text) else fn)
 
     async def _fetch_audited(
         self, sql: str, params: Params | None, audit: AuditOf[list[Any]]
@@ -129,7 +134,6 @@ class SqliteStore(SqlStore):
         text = _sql(sql)
 
         def fn(c: sqlite3.Connection) -> list[Any]:
-            _begin_chained(c)
             rows = c.execute(text, params or {}).fetchall()
             if (entry := audit(rows)) is not None:
                 _chain(c, entry)
@@ -168,9 +172,8 @@ class SqliteStore(SqlStore):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
-            # Python's sqlite3 only opens transactions itself in legacy mode; we use BEGIN
-            # through the `with conn` block, which needs isolation_level other than None.
-            conn.isolation_level = "DEFERRED"
+            # isolation_level=None: sqlite3 opens no transaction of its own; each batch
+            # begins and commits its own (manager.store.sqlite_batch).
             try:
                 _migrate(conn)
             except BaseException:
@@ -178,10 +181,16 @@ class SqliteStore(SqlStore):
                 raise
             return conn
 
-        self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        self._conn = conn
+        self._batches = BatchRunner(conn, self.health)
+        self._group = GroupCommit(self._start_batch)
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
+        group, self._group = self._group, None
+        if group is not None:
+            await group.drain()  # calls already made are answered, not dropped
+        conn, self._conn, self._batches = self._conn, None, None
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
@@ -198,8 +207,6 @@ class SqliteStore(SqlStore):
         params = tasks.task_params(task, self._dump)
 
         def fn(c: sqlite3.Connection) -> tuple[TaskRecord, bool]:
-            if audit is not None:
-                _begin_chained(c)
             if task.idempotency_key is not None:
                 row = c.execute(_sql(tasks.TASK_BY_IDEMPOTENCY_KEY), params).fetchone()
                 if row is not None:
@@ -224,8 +231,6 @@ class SqliteStore(SqlStore):
         audit: AuditOf[list[Any]] | None = None,
     ) -> Any:
         def fn(c: sqlite3.Connection) -> Any:
-            if audit is not None:
-                _begin_chained(c)
             rows = c.execute(_sql(update), params).fetchall()
             if not rows:
                 return None
@@ -342,23 +347,13 @@ class SqliteStore(SqlStore):
     # -- audit ------------------------------------------------------------------------------
 
     async def append_audit(self, draft: AuditDraft, key: ChainKey | None = None) -> AuditEvent:
-        def fn(c: sqlite3.Connection) -> AuditEvent:
-            _begin_chained(c)
-            return _chain(c, AuditAppend(draft, key))
-
-        return await self._run(fn)
-
-
-def _begin_chained(c: sqlite3.Connection) -> None:
-    """Begin a transaction that may append to the audit chain. IMMEDIATE: the write lock
-    before the head is read, so another process on this file (a host-side command) waits
-    for this append instead of chaining on the same head. A `with conn` block would only
-    take it at the first write."""
-    c.execute("BEGIN IMMEDIATE")
+        return await self._run(lambda c: _chain(c, AuditAppend(draft, key)))
 
 
 def _chain(c: sqlite3.Connection, entry: AuditAppend) -> AuditEvent:
-    """Append ``entry`` to the chain in the open transaction (begun by _begin_chained)."""
+    """Append ``entry`` to the chain in the open transaction. Every batch begins IMMEDIATE
+    (manager.store.sqlite_batch): the head is read under the write lock, and the appends of
+    one batch chain in their order, each on the head the one before it wrote."""
     seq, prev_hash = c.execute(_sql(audit.HEAD)).fetchone()
     event = seal(entry.draft, int(seq) + 1, str(prev_hash), entry.key)
     params = params_of(event)
@@ -369,18 +364,6 @@ def _chain(c: sqlite3.Connection, entry: AuditAppend) -> AuditEvent:
         raise StoreError(f"sqlite: audit event not written: {exc}") from None
     c.execute(_sql(audit.SET_HEAD), params)
     return event
-
-
-# SQLite's result code for a full disk (or a database at its max_page_count); the
-# extended codes keep it in their low byte.
-_SQLITE_FULL = 13
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return int(code) & 0xFF == _SQLITE_FULL
-    return "database or disk is full" in str(exc)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
