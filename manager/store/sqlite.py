@@ -147,7 +147,6 @@ class SqliteStore(SqlStore):
         texts = [(_sql(step.sql), step) for step in steps]
 
         def fn(c: sqlite3.Connection) -> list[list[Any]]:
-            _begin_chained(c)
             done = []
             for text, step in texts:
                 rows = c.execute(text, step.params).fetchall()
