@@ -364,6 +364,9 @@ MIGRATIONS: list[Migration] = [
     ),
     # How the delegate runs its tasks; a delegate registered before it said nothing.
     (14, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
+    # The holder's key for the acquire that started the attempt (manager.core.taskstate.
+    # on_acquire): asking again with it after a lost answer hands out the same attempt.
+    (15, "ALTER TABLE tasks ADD COLUMN acquire_key TEXT"),
 ]
 
 
