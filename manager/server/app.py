@@ -416,7 +416,13 @@ async def _loops(c: Context) -> None:
                 last_reconcile = now()
                 await c.tasks.reconcile()
             for delegate_id in c.hub.liveness.lost(now()):
-                log.warning("delegate lost", delegate_id=delegate_id)
+                # When it was last heard, on the wall clock: what an operator (and the
+                # fault tests) measure the time to the rerun from.
+                log.warning(
+                    "delegate lost",
+                    delegate_id=delegate_id,
+                    last_heartbeat=c.hub.last_heartbeat(delegate_id),
+                )
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
             await c.tasks.sweep()
             if now() - last_revocation_check >= t.revocation_check:

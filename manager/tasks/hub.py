@@ -143,6 +143,14 @@ class Hub:
             return "polling"
         return "disconnected"
 
+    def last_heartbeat(self, delegate_id: str) -> float | None:
+        """When this process last heard the delegate's heartbeat (or, before its first, any
+        call), on the wall clock, for people and other replicas to read."""
+        last = self.liveness.last_beat(delegate_id)
+        if last is None:
+            last = self.liveness.last_seen(delegate_id)
+        return None if last is None else self._wall() - (self._clock() - last)
+
     def drop(self, delegate_id: str, code: CloseCode, reason: str) -> None:
         """End a session: close its stream with ``code`` and forget its liveness."""
         session = self.sessions.pop(delegate_id, None)

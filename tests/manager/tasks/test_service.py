@@ -269,6 +269,14 @@ async def test_an_ineligible_acquire_gets_the_answer_for_a_missing_task(
 # -- the manager's own bad moments: judged on the delegates' evidence ------------------------
 
 
+async def running_on(world: World, name: str, **over: object) -> tuple[Session, str]:
+    """A task submitted with ``over`` and acquired by delegate ``name``."""
+    session = world.delegate(name)
+    task_id = await world.submit(**over)
+    await world.tasks.acquire(session, task_id)
+    return session, task_id
+
+
 async def sweeping(world: World, seconds: float) -> None:
     """The manager's sweep loop turning normally for ``seconds``: a tick, the renewal when it
     is due, the sweep (as manager.server.app's loop does)."""
@@ -285,9 +293,7 @@ async def sweeping(world: World, seconds: float) -> None:
 async def test_a_stall_longer_than_the_lease_changes_nothing_for_a_delegate_that_kept_on(
     world: World,
 ) -> None:
-    session = world.delegate("a")
-    task_id = await world.submit(max_attempts=2)
-    await world.tasks.acquire(session, task_id)
+    session, task_id = await running_on(world, "a", max_attempts=2)
     await beat(world, session, [task_id])
     await sweeping(world, 5)
     # Frozen for a minute: no tick, no heartbeat counted, the stored lease runs out.
@@ -305,9 +311,7 @@ async def test_a_stall_longer_than_the_lease_changes_nothing_for_a_delegate_that
 
 
 async def test_after_a_stall_a_delegate_that_died_during_it_loses_its_task(world: World) -> None:
-    session = world.delegate("a")
-    task_id = await world.submit()
-    await world.tasks.acquire(session, task_id)
+    session, task_id = await running_on(world, "a")
     await beat(world, session, [task_id])
     await sweeping(world, 5)
     world.clock.now += 60
@@ -325,9 +329,7 @@ async def test_a_lease_the_store_lost_holds_while_the_holders_heartbeats_list_th
 ) -> None:
     # The renewal could not be written (a full disk, the database away): the stored lease
     # ran out, but the delegate's heartbeat here still lists the task.
-    session = world.delegate("a")
-    task_id = await world.submit()
-    await world.tasks.acquire(session, task_id)
+    session, task_id = await running_on(world, "a")
     world.clock.now += TIMINGS.lost_after + 1
     world.hub.on_heartbeat(session, Heartbeat(seq=1, running=[task_id], free_slots=3))
     assert [t.id for t in await world.store.expired_leases()] == [task_id]
@@ -359,9 +361,7 @@ async def test_a_forward_jump_of_the_wall_clock_expires_nothing(tmp_path: Path) 
 
 
 async def test_a_result_waiting_in_the_spool_keeps_its_lease(world: World) -> None:
-    session = world.delegate("a")
-    task_id = await world.submit()
-    await world.tasks.acquire(session, task_id)
+    session, task_id = await running_on(world, "a")
     await beat(world, session, [task_id])
     # The task ended while the manager could not take its result: it waits in the spool,
     # and the delegate lists it as such, for far longer than a lease.
@@ -378,9 +378,7 @@ async def test_a_result_waiting_in_the_spool_keeps_its_lease(world: World) -> No
 async def test_a_frozen_delegate_loses_its_lease_lost_after_its_last_heartbeat(
     world: World,
 ) -> None:
-    session = world.delegate("a")
-    task_id = await world.submit(max_attempts=2)
-    await world.tasks.acquire(session, task_id)
+    session, task_id = await running_on(world, "a", max_attempts=2)
     for seq in range(3):
         world.hub.on_heartbeat(session, Heartbeat(seq=seq, running=[task_id], free_slots=3))
         await sweeping(world, TIMINGS.heartbeat_interval)
