@@ -355,7 +355,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             None,
             AcquireResponse,
             query={"key": "string"},
-            errors=(401, 404, 409, 410, 503),
+            errors=(400, 401, 404, 409, 410, 503),
         )
     )
     table.add(
