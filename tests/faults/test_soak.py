@@ -6,7 +6,8 @@ Scale comes from ``TETHER_SOAK_SCALE``: ``ci`` (the default: 10 delegates, 500 t
 Tasks go in through the API, concurrently, each with ``max_attempts`` 3 and an idempotency
 key, so a submit retried across a manager restart can never make a second task. Each task
 prints ``ran <its id> <nonce>`` once, then writes the nonce to ``$TETHER_OUTPUT``; every
-tenth exits 3 on purpose. Faults come at fixed points of progress (tasks finished), not at
+tenth exits 3 on purpose, and every twentieth takes 3 s (longer than a lease) instead of a
+moment. Faults come at fixed points of progress (tasks finished), not at
 times, so a slow machine gets the same plan:
 
 * a delegate is killed (SIGKILL) and a replacement started with its name and data dir,
@@ -93,16 +94,22 @@ FOLLOWERS = 48
 RAN = re.compile(r"^ran (\S+) (\d+)$")
 
 
-def _script(fails: bool) -> str:
+def _script(fails: bool, long: bool) -> str:
+    # A long task (3 s, twice the suite's lease) runs across a manager stall or restart.
+    pause = "3" if long else "0.$((RANDOM % 4))"
     return (
         'n=$(( (RANDOM << 15) | RANDOM )); echo "ran $TETHER_TASK_ID $n"; '
-        'sleep 0.$((RANDOM % 4)); echo "NONCE=$n" >> "$TETHER_OUTPUT"; '
+        f'sleep {pause}; echo "NONCE=$n" >> "$TETHER_OUTPUT"; '
         f"exit {FAIL_EXIT if fails else 0}"
     )
 
 
 def _fails(i: int) -> bool:
     return i % 10 == 7
+
+
+def _long(i: int) -> bool:
+    return i % 20 == 11
 
 
 class Progress:
@@ -210,7 +217,7 @@ class Run:
 
     async def submit(self, i: int) -> str:
         req = TaskSubmit(
-            payload=ShellPayload(script=_script(_fails(i))),
+            payload=ShellPayload(script=_script(_fails(i), _long(i))),
             max_attempts=MAX_ATTEMPTS,
             idempotency_key=f"soak-{SEED}-{i}",
             timeout_s=300,
