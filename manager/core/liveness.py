@@ -150,16 +150,23 @@ class Renewals:
         self._every = every
         self._last: float | None = None
         self._urgent = True
+        # Failed renewals in a row: an outage is logged when it starts and when it ends,
+        # not once a pass.
+        self.failures = 0
 
     def due(self, now: float) -> bool:
         return self._urgent or self._last is None or now - self._last >= self._every
 
-    def done(self, now: float) -> None:
+    def done(self, now: float) -> int:
+        """A renewal was written; returns how many failed before it."""
         self._last = now
         self._urgent = False
+        failed, self.failures = self.failures, 0
+        return failed
 
     def failed(self) -> None:
         self._urgent = True
+        self.failures += 1
 
     def hasten(self) -> None:
         self._urgent = True

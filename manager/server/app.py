@@ -450,9 +450,12 @@ async def _renew(c: Context) -> None:
         )
     except Exception as exc:
         renewals.failed()
-        log.warning("lease renewal failed; retrying at the next pass", error=str(exc))
+        if renewals.failures == 1:
+            log.warning("lease renewal failed; retrying at every pass", error=str(exc))
     else:
-        renewals.done(at)
+        failed = renewals.done(at)
+        if failed:
+            log.info("lease renewal written again", failed_passes=failed)
 
 
 def _loops_alive(c: Context) -> bool:

@@ -174,7 +174,10 @@ def test_renewals_are_due_every_interval_and_at_once_after_a_failure_or_a_hasten
     renewals.done(10.0)
     renewals.failed()
     assert renewals.due(11.0)  # retried at the next pass, not an interval on
-    renewals.done(11.0)
+    renewals.failed()
+    assert renewals.failures == 2
+    assert renewals.done(11.0) == 2
+    assert renewals.failures == 0
     renewals.hasten()
     assert renewals.due(12.0)
 
