@@ -8,8 +8,9 @@ Two rules hold every lease decision to what the delegates did rather than to wha
 manager managed to write:
 
 - A lease is vouched for by the holder's last heartbeat that listed the task (running, or
-  with a result or log lines waiting in the delegate's spool), for ``lost_after`` after that
-  heartbeat and not a moment longer: a delegate whose heartbeats stopped is never renewed.
+  with a result or log lines waiting in the delegate's spool), for ``lost_after`` less one
+  sweep after that heartbeat and not a moment longer, so the sweep that finds it ran out
+  comes within ``lost_after``: a delegate whose heartbeats stopped is never renewed.
 - The manager judges nothing (no lost session, no lost lease, no timeout) while it may have
   missed heartbeats: after its start, and after any gap in the sweep loop's own ticks (the
   process was frozen, the machine starved it), until one heartbeat interval and a margin
@@ -50,6 +51,9 @@ class Liveness:
         tick: float = 1.0,
     ) -> None:
         self._lost_after = lost_after
+        # How long a heartbeat vouches for a lease: a sweep short of lost_after, so the
+        # sweep that finds the lease ran out comes within lost_after of the heartbeat.
+        self.lease = lost_after - tick if tick < lost_after / 2 else lost_after
         interval = lost_after / 3 if heartbeat_interval is None else heartbeat_interval
         # A gap in the loop's ticks past this may have hidden a heartbeat's arrival.
         self.stall_after = max(2 * tick, interval / 2)
@@ -119,20 +123,31 @@ class Liveness:
         return [d for d, t in self._last_seen.items() if now - t > self._lost_after]
 
     def vouches(self, delegate_id: str, task_id: str, now: float) -> bool:
-        """The delegate's last heartbeat, within ``lost_after``, listed the task."""
+        """The delegate's last heartbeat, within a lease (``lost_after`` less a sweep),
+        listed the task."""
         beat = self._beats.get(delegate_id)
         return (
             beat is not None
-            and now - beat.at <= self._lost_after
+            and now - beat.at <= self.lease
             and (task_id in beat.running or task_id in beat.spooled)
         )
 
+    def lease_left(self, delegate_id: str, now: float) -> float:
+        """How long a lease granted now (at an acquire) may run: what is left of the
+        delegate's last heartbeat's, so even a delegate frozen right after an acquire loses
+        the task within ``lost_after`` of its last heartbeat. Its next heartbeat, due within
+        an interval, lists the task and carries the lease on. A full lease before a first."""
+        beat = self._beats.get(delegate_id)
+        if beat is None:
+            return self.lease
+        return max(0.0, self.lease - (now - beat.at))
+
     def claims(self, now: float) -> list[Claim]:
-        """Every lease the delegates' heartbeats vouch for, each until ``lost_after`` after
-        the heartbeat that listed it (not after the renewal that writes it)."""
+        """Every lease the delegates' heartbeats vouch for, each until a lease after the
+        heartbeat that listed it (not after the renewal that writes it)."""
         out: list[Claim] = []
         for delegate_id, beat in self._beats.items():
-            left = self._lost_after - (now - beat.at)
+            left = self.lease - (now - beat.at)
             if left < 0:
                 continue
             out.extend(Claim(t, delegate_id, left, True) for t in sorted(beat.running))

@@ -202,6 +202,10 @@ class Hub:
         loses its leases then, whenever the renewal is written."""
         return [c for c in self.liveness.claims(self._clock()) if c.delegate_id in self.sessions]
 
+    def lease_left(self, delegate_id: str) -> float:
+        """How long a lease granted to the delegate now may run (core.liveness)."""
+        return self.liveness.lease_left(delegate_id, self._clock())
+
     def vouches(self, task_id: str, delegate_id: str) -> bool:
         """The holder's last heartbeat, within ``lost_after``, listed the task: its lease
         holds here whatever the store says (a renewal the store could not write)."""

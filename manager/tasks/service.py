@@ -290,7 +290,7 @@ class TaskService:
         if not again and self._hub.leases.count(session.id) >= session.delegate.capacity:
             raise Conflicting("no_capacity", "this delegate already runs its capacity")
         await self._check_eligible(session, task_id)
-        lease_for = self._timings.lost_after
+        lease_for = self._hub.lease_left(session.id)
         task, decision, updated = await self._transition(
             task_id,
             lambda t: on_acquire(t, session.id, self._wall(), lease_for=lease_for, key=key),

@@ -119,7 +119,7 @@ async def test_a_frozen_delegate_loses_its_task_within_lost_after_of_its_last_he
         victim.proc.send_signal(signal.SIGCONT)
 
     last_heartbeat = float(lost["last_heartbeat"])
-    # Within lost_after of its last heartbeat (plus a sweep), never renewed past it; unless
+    # Within lost_after of its last heartbeat, never renewed past it; unless
     # the manager itself stalled meanwhile (a starved machine), which it says, and after
     # which it first counts heartbeats for a grace of an interval and a half.
     stalls = [
@@ -131,7 +131,8 @@ async def test_a_frozen_delegate_loses_its_task_within_lost_after_of_its_last_he
     due = max([last_heartbeat + lost_after] + [at + 1.5 * interval for at in stalls])
     waited = _at(requeued) - last_heartbeat
     assert lost_after - interval / 2 <= waited, waited
-    assert _at(requeued) <= due + interval / 2, (waited, stalls)
+    # The slack is the requeue's own write and log line on a loaded machine.
+    assert _at(requeued) <= due + interval / 4, (waited, stalls)
     task = await wait_final(c, task_id)
     assert task["state"] == "succeeded"
     view = await task_view(c, task_id)

@@ -7,6 +7,9 @@ from manager.core.liveness import Claim, Leases, Liveness, Renewals
 LOST_AFTER = 30.0
 INTERVAL = 10.0
 TICK = 1.0
+# A heartbeat vouches for a lease a sweep short of lost_after: the sweep that finds the
+# lease ran out then comes within lost_after of the heartbeat.
+LEASE = LOST_AFTER - TICK
 
 
 def pace() -> Liveness:
@@ -69,25 +72,35 @@ def test_last_seen_is_the_latest_time_passed() -> None:
 # --- heartbeat evidence for leases --------------------------------------------------------
 
 
-def test_a_heartbeat_vouches_for_what_it_lists_for_lost_after_and_no_longer() -> None:
+def test_a_heartbeat_vouches_for_what_it_lists_for_a_lease_and_no_longer() -> None:
     live = pace()
+    assert live.lease == LEASE
     live.beat("dlg_a", 100.0, running=["t1"])
-    assert live.vouches("dlg_a", "t1", 100.0 + LOST_AFTER)
-    assert not live.vouches("dlg_a", "t1", 100.0 + LOST_AFTER + 0.001)
+    assert live.vouches("dlg_a", "t1", 100.0 + LEASE)
+    assert not live.vouches("dlg_a", "t1", 100.0 + LEASE + 0.001)
     assert not live.vouches("dlg_a", "t2", 100.0)
     assert not live.vouches("dlg_b", "t1", 100.0)
 
 
-def test_a_frozen_delegate_loses_its_leases_at_its_last_heartbeat_plus_lost_after() -> None:
+def test_a_frozen_delegate_loses_its_leases_within_lost_after_of_its_last_heartbeat() -> None:
     live = pace()
     live.beat("dlg_a", 100.0, running=["t1"])
-    # Renewals every interval after the last heartbeat never push the lease past it.
-    for now in (105.0, 115.0, 125.0, 129.5):
+    # Renewals every interval after the last heartbeat never push the lease past it: it
+    # runs out a sweep before lost_after, so the sweep that finds it is within lost_after.
+    for now in (105.0, 115.0, 125.0, 128.5):
         (claim,) = live.claims(now)
-        assert now + claim.lease_for == pytest.approx(100.0 + LOST_AFTER)
-    assert live.claims(100.0 + LOST_AFTER + 0.5) == []
+        assert now + claim.lease_for == pytest.approx(100.0 + LEASE)
+    assert live.claims(100.0 + LEASE + 0.5) == []
     ticking(live, 100.0, 131.0)
     assert live.lost(131.0) == ["dlg_a"]
+
+
+def test_a_lease_granted_at_an_acquire_runs_from_the_last_heartbeat() -> None:
+    live = pace()
+    assert live.lease_left("dlg_a", 100.0) == LEASE  # no heartbeat yet: a full lease
+    live.beat("dlg_a", 100.0, running=[])
+    assert live.lease_left("dlg_a", 108.0) == LEASE - 8.0
+    assert live.lease_left("dlg_a", 100.0 + LEASE + 5) == 0.0
 
 
 def test_any_call_keeps_a_session_but_only_a_heartbeat_vouches_for_a_lease() -> None:
@@ -105,8 +118,8 @@ def test_a_task_waiting_in_the_spool_keeps_its_lease() -> None:
     live.beat("dlg_a", 100.0, running=["t1"])
     # t1 ended during an outage; its result waits in the spool, listed as such.
     live.beat("dlg_a", 110.0, running=[], spooled=["t1"])
-    assert live.vouches("dlg_a", "t1", 110.0 + LOST_AFTER)
-    assert live.claims(115.0) == [Claim("t1", "dlg_a", LOST_AFTER - 5.0, running=False)]
+    assert live.vouches("dlg_a", "t1", 110.0 + LEASE)
+    assert live.claims(115.0) == [Claim("t1", "dlg_a", LEASE - 5.0, running=False)]
 
 
 def test_a_task_listed_both_ways_is_claimed_once_as_running() -> None:

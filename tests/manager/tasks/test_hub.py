@@ -102,9 +102,10 @@ def test_only_live_sessions_hold_tasks_and_count_as_present(hub: Hub, clock: Fak
     clock.now += LOST_AFTER + 1
     new = hub.session(record("new"))
     hub.on_heartbeat(new, Heartbeat(seq=1, running=["t1", "t2"], free_slots=2))
+    lease = hub.liveness.lease
     assert [(c.task_id, c.delegate_id, c.lease_for) for c in hub.held()] == [
-        ("t1", "dlg_new", LOST_AFTER),
-        ("t2", "dlg_new", LOST_AFTER),
+        ("t1", "dlg_new", lease),
+        ("t2", "dlg_new", lease),
     ]
     assert [
         (p.delegate_id, p.replica_id, p.mode, p.last_heartbeat) for p in hub.presence("r1")
