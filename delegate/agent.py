@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+import secrets
 import shutil
 import stat
 import time
@@ -26,7 +28,7 @@ import structlog
 from delegate.config import DelegateConfig
 from delegate.exit_codes import EXIT_FAILED
 from delegate.link.api import ManagerApi, Rejected, Unreachable
-from delegate.link.policy import Fatal
+from delegate.link.policy import Fatal, backoff_delay
 from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
@@ -134,13 +136,19 @@ class Agent:
             self._link.poke()
 
     def heartbeat_state(self) -> tuple[list[str], int, float]:
-        # Only tasks that run. A result waiting in the spool is not listed: a listing names
-        # the task, not the attempt, and a stale attempt's listing would make the manager
-        # cancel a newer attempt of the same task here. The spool is retried at least every
-        # heartbeat interval instead, so it lands well inside the lease the manager grants
-        # at its restart.
         running = list(self.running)
         return running, self._free_slots(), len(running) / self._config.max_tasks
+
+    def spooled(self) -> list[str]:
+        """Tasks that no longer run here whose result or log lines wait in the spool.
+
+        Listed apart from the running ones: the manager renews their leases but never
+        answers them with a cancel (a listing names the task, not the attempt, and a
+        stale attempt's must not stop a newer one of the same task running here).
+        """
+        if self._outbox is None:
+            return []
+        return [t for t in self._outbox.spooled_tasks() if t not in self.running]
 
     def _free_slots(self) -> int:
         if self.draining:
@@ -229,18 +237,47 @@ class Agent:
 
     async def _take(self, task_id: str) -> None:
         try:
-            acquired = await self._api.acquire(task_id)
-        except Rejected as exc:
-            log.debug("task not acquired", task_id=task_id, code=exc.code)
-            return
-        except Unreachable as exc:
-            log.info("acquire failed", task_id=task_id, error=str(exc))
-            return
+            acquired = await self._acquire(task_id)
         finally:
             self._acquiring.discard(task_id)
+        if acquired is None:
+            return
         entry = RunningTask(task_id)
         self.running[task_id] = entry
         entry.runner = asyncio.get_running_loop().create_task(self._run_task(acquired, entry))
+
+    async def _acquire(self, task_id: str) -> AcquireResponse | None:
+        """The task, or None when it is not this delegate's to run.
+
+        An acquire that got no answer may have been handed out all the same (the manager
+        committed, then the answer was lost): it is asked again with the same key, which
+        the manager answers with the same attempt, until the lease it would have granted
+        ran out (after that the task is someone's fresh attempt to take, or nobody's).
+        """
+        t = self._timings
+        key = secrets.token_urlsafe(12)
+        registered = self._api.registered
+        give_up = time.monotonic() + (
+            registered.lost_after_s if registered is not None else t.lost_after
+        )
+        tries = 0
+        while True:
+            try:
+                return await self._api.acquire(task_id, key)
+            except Rejected as exc:
+                log.debug("task not acquired", task_id=task_id, code=exc.code)
+                return None
+            except Unreachable as exc:
+                tries += 1
+                if self._stopping or time.monotonic() >= give_up:
+                    log.info("acquire failed", task_id=task_id, error=str(exc))
+                    return None
+                log.info("acquire unanswered; asking again", task_id=task_id, error=str(exc))
+                await asyncio.sleep(
+                    backoff_delay(
+                        tries, base=t.reconnect_base, cap=t.heartbeat_interval, rng=random.random
+                    )
+                )
 
     async def _run_task(self, acq: AcquireResponse, entry: RunningTask) -> None:
         spec = acq.task

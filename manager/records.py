@@ -14,6 +14,7 @@ __all__ = [
     "AttemptRecord",
     "DelegateRecord",
     "EntityRecord",
+    "LeaseFor",
     "LogRecord",
     "Presence",
     "ProfileRecord",
@@ -133,14 +134,27 @@ class TaskRecord:
     # When the task last entered the queue: its queue timeout runs from here, so a task
     # requeued after a lost lease gets a full queue timeout again.
     queued_at: float | None = None
-    # Until when the holder's lease runs: renewed in batches by the replica that hears the
-    # holder's heartbeats, and judged by any replica (manager.tasks.service.TaskService.sweep).
+    # Until when the holder's lease runs, on the store's lease clock (the database's on
+    # PostgreSQL, so replicas agree; SQLite's: manager.store.sqlite.lease_clock): renewed in
+    # batches by the replica that hears the holder's heartbeats, and judged by any replica
+    # (manager.tasks.service.TaskService.sweep). Written as a LeaseFor, never as a time.
     lease_until: float | None = None
     # With access control: the application and environment the task deploys to (ids), and
     # who submitted it (an actor id), whose permissions were checked at submission.
     app_id: str | None = None
     env_id: str | None = None
     submitted_by: str | None = None
+    # The holder's name for the acquire that started this attempt: the same delegate asking
+    # again with it (its answer was lost) is handed the same attempt again.
+    acquire_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFor:
+    """A lease of ``seconds`` from now on the store's own clock: the value a task change
+    gives ``lease_until``, so no replica's clock is written into a lease."""
+
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

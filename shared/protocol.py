@@ -211,6 +211,8 @@ class RegisterResponse(Strict):
 class Hello(Strict):
     type: Literal["hello"] = "hello"
     running: list[str] = Field(default_factory=list, max_length=1000)
+    # Tasks whose result or log lines wait in the delegate's spool (see Heartbeat).
+    spooled: list[str] = Field(default_factory=list, max_length=1000)
 
 
 MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -220,6 +222,11 @@ class Heartbeat(Strict):
     type: Literal["heartbeat"] = "heartbeat"
     seq: int = Field(ge=0)
     running: list[str] = Field(default_factory=list, max_length=1000)
+    # Tasks no longer running here whose result or log lines wait in the spool, not yet
+    # taken by the manager: their leases are renewed like a running task's, so what a
+    # manager outage held back is still taken when it is back. Never answered with a
+    # cancel. Sent only when not empty, so a manager from before it reads the frame.
+    spooled: list[str] = Field(default_factory=list, max_length=1000)
     free_slots: int = Field(ge=0)
     load: float = Field(default=0.0, ge=0)
     # The delegate opens no port to be scraped: it reports its own figures here, and the

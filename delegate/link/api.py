@@ -27,6 +27,7 @@ from shared.protocol import (
     AcquireResponse,
     Heartbeat,
     HeartbeatAck,
+    Hello,
     LogBatch,
     LogBatchAck,
     NextTask,
@@ -43,6 +44,7 @@ __all__ = [
     "Rejected",
     "Unreachable",
     "UnsupportedProtocol",
+    "frame_json",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -136,9 +138,12 @@ class ManagerApi:
         )
         return None if resp is None else resp.task_id
 
-    async def acquire(self, task_id: str) -> AcquireResponse:
+    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
+        """``key`` names this try: asking again with it after an answer that never came is
+        handed the same attempt, if the manager had handed it out."""
+        query = "" if key is None else f"?key={key}"
         return _present(
-            await self._call("POST", f"/tasks/{task_id}/acquire", None, AcquireResponse)
+            await self._call("POST", f"/tasks/{task_id}/acquire{query}", None, AcquireResponse)
         )
 
     async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:
@@ -189,7 +194,9 @@ class ManagerApi:
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
-            data = body.model_dump_json().encode()
+            data = (
+                frame_json(body) if isinstance(body, Heartbeat) else body.model_dump_json()
+            ).encode()
         try:
             async with self._session.request(
                 method,
@@ -224,6 +231,12 @@ class ManagerApi:
         if what is Meaning.RETRY:
             raise Unreachable(f"manager answered {status}: {message}")
         raise Rejected(status, code, message)
+
+
+def frame_json(frame: Hello | Heartbeat) -> str:
+    """The frame as sent: without an empty ``spooled``, which a manager from before it
+    would refuse as an unknown field."""
+    return frame.model_dump_json(exclude=None if frame.spooled else {"spooled"})
 
 
 class _SessionInvalid(ApiError):

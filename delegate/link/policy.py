@@ -346,8 +346,11 @@ class LinkPolicy:
         self._poll_failures = 0
 
     def long_poll_failed(self, what: Meaning, reason: str) -> Stop | Wait:
+        # Capped at an interval, as heartbeats are: after an outage of any length new work
+        # is asked for within an interval of the manager's return, not a minute later (the
+        # polling loop also cuts the wait short once a heartbeat is answered again).
         stop = _stop(what, reason)
         if stop is not None:
             return stop
         self._poll_failures += 1
-        return Wait(self.backoff(self._poll_failures))
+        return Wait(min(self.backoff(self._poll_failures), self.heartbeat_interval))

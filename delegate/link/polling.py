@@ -9,6 +9,7 @@ only hints, and the manager's queue is the truth.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -16,7 +17,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection
 
 from delegate.link.api import ApiError, ManagerApi
-from delegate.link.policy import Action, LinkPolicy, Poll
+from delegate.link.policy import Action, LinkPolicy, Poll, Wait
 from shared.protocol import Heartbeat, HeartbeatAck
 
 __all__ = ["Polling", "SlotsSource"]
@@ -50,6 +51,9 @@ class Polling:
         self._try_stream = try_stream
         self._act = act
         self._slot_freed = slot_freed
+        # Set by every answered heartbeat: a long-poll waiting out a failure asks again at
+        # once, since the manager is back.
+        self._answered = asyncio.Event()
 
     async def until_stream(self, step: Poll) -> ClientConnection:
         """Poll until a probe holds a stream, and return it; a fatal answer raises."""
@@ -85,6 +89,7 @@ class Polling:
                 await self._act([self._policy.poll_heartbeat_failed(exc.meaning, str(exc))])
                 continue
             self._on_ack(ack)
+            self._answered.set()
             await self._act([self._policy.poll_heartbeat_sent()])
 
     async def _long_poll(self) -> None:
@@ -98,7 +103,14 @@ class Polling:
                 task_id = await self._api.next_task(self._policy.poll_wait)
             except ApiError as exc:
                 log.warning("poll failed", error=str(exc))
-                await self._act([self._policy.long_poll_failed(exc.meaning, str(exc))])
+                self._answered.clear()
+                action = self._policy.long_poll_failed(exc.meaning, str(exc))
+                if isinstance(action, Wait):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(action.seconds):
+                            await self._answered.wait()
+                else:
+                    await self._act([action])
                 continue
             self._policy.long_poll_answered()
             if task_id is not None:

@@ -25,7 +25,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from delegate.link.api import ApiError, ManagerApi
+from delegate.link.api import ApiError, ManagerApi, frame_json
 from delegate.link.policy import (
     Action,
     Cancel,
@@ -68,6 +68,10 @@ class ChannelEvents(Protocol):
     def on_resume(self) -> None: ...
     def heartbeat_state(self) -> tuple[list[str], int, float]:
         """Running task ids, free slots, load."""
+        ...
+
+    def spooled(self) -> list[str]:
+        """Tasks whose result or log lines wait in the spool (not running)."""
         ...
 
 
@@ -227,7 +231,7 @@ class Channel:
         # The stream counts as held only once the manager answers a hello.
         try:
             running, _, _ = self._state()
-            await ws.send(Hello(running=running).model_dump_json())
+            await ws.send(frame_json(Hello(running=running, spooled=self._spooled())))
             async with asyncio.timeout(lost_after):
                 frame = parse_manager_frame(await ws.recv())
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
@@ -263,18 +267,27 @@ class Channel:
                     log.warning("no heartbeat ack; reconnecting")
                     await ws.close(code=due.code, reason=due.reason)
                     return
-                await ws.send(self._heartbeat().model_dump_json())
+                await ws.send(frame_json(self._heartbeat()))
 
     def _state(self) -> tuple[list[str], int, float]:
         assert self._events is not None, "the channel is running"
         return self._events.heartbeat_state()
+
+    def _spooled(self) -> list[str]:
+        assert self._events is not None, "the channel is running"
+        return self._events.spooled()
 
     def _heartbeat(self) -> Heartbeat:
         running, free, load = self._state()
         self._seq += 1
         metrics = self.metrics_source() if self.metrics_source is not None else {}
         return Heartbeat(
-            seq=self._seq, running=running, free_slots=free, load=load, metrics=metrics
+            seq=self._seq,
+            running=running,
+            spooled=self._spooled(),
+            free_slots=free,
+            load=load,
+            metrics=metrics,
         )
 
     def _handle(self, frame: HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain) -> None:

@@ -197,6 +197,20 @@ class Outbox:
             self.drainer(spooled, shipper=None)
         return len(recovered)
 
+    def spooled_tasks(self) -> list[str]:
+        """Tasks whose spool still holds a result or log lines the manager has not taken.
+
+        The heartbeats list them, so the manager keeps their leases through its own outage
+        and takes what waited here when it is back (delegate.agent.Agent.spooled).
+        """
+        return sorted(
+            {
+                d.spooled.task_id
+                for d in self._drainers.values()
+                if not d.spooled.removed and not d.spooled.empty
+            }
+        )
+
     def awaiting_result(self) -> list[str]:
         """Tasks whose result waits in the spool, not yet taken by the manager."""
         return [

@@ -63,6 +63,8 @@ class Context:
     stopping: bool = False
     # When the sweep loop last made a pass (monotonic): the watchdog's evidence of life.
     last_sweep: float = field(default_factory=time.monotonic)
+    # Every duration the loops measure (leases, liveness, timeouts); ``clock`` dates things.
+    monotonic: Callable[[], float] = time.monotonic
 
 
 CTX: web.AppKey[Context] = web.AppKey("tether_context", Context)

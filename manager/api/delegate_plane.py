@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import re
 import time
 
 import structlog
@@ -51,6 +52,8 @@ log = structlog.get_logger("tether.delegate_plane")
 
 # Cap on the long-poll wait a delegate may ask for, whatever it sends.
 MAX_POLL_WAIT_S = 60.0
+# The delegate's name for one acquire, repeated when it asks again after a lost answer.
+ACQUIRE_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 async def _session(request: web.Request) -> Session:
@@ -72,7 +75,7 @@ async def _session(request: web.Request) -> Session:
         raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
     session = c.hub.sessions.get(claims.delegate_id)
     if session is not None and session.delegate.token_id == claims.token_id:
-        c.hub.liveness.seen(session.id, c.clock())
+        c.hub.seen(session)
         session.scope = token.scope
         return session
     record = await c.delegates.get(claims.delegate_id)
@@ -265,7 +268,10 @@ async def next_task(request: web.Request) -> web.Response:
 async def acquire(request: web.Request) -> web.Response:
     c = ctx(request)
     session = await _session(request)
-    return json_response(await c.tasks.acquire(session, request.match_info["task_id"]))
+    key = request.query.get("key")
+    if key is not None and not ACQUIRE_KEY.fullmatch(key):
+        raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
+    return json_response(await c.tasks.acquire(session, request.match_info["task_id"], key))
 
 
 async def post_logs(request: web.Request) -> web.Response:
@@ -343,11 +349,13 @@ def add_delegate_routes(table: RouteTable) -> None:
             "POST",
             f"{base}/tasks/{{task_id}}/acquire",
             acquire,
-            "Acquire a task",
+            "Acquire a task (asking again with the same key after a lost answer is handed"
+            " the same attempt)",
             "delegate",
             None,
             AcquireResponse,
-            errors=(401, 404, 409, 410, 503),
+            query={"key": "string"},
+            errors=(400, 401, 404, 409, 410, 503),
         )
     )
     table.add(

@@ -32,7 +32,7 @@ async def _delegate_views(c: Context, records: list[DelegateRecord]) -> list[Del
     known = await c.delegates.known()
     for d in records:
         session = c.hub.sessions.get(d.id)
-        last = c.hub.liveness.last_seen(d.id)
+        last = c.hub.last_heartbeat(d.id)
         status = c.hub.status(d.id)
         remote = known.elsewhere.get(d.id)
         if status == "disconnected" and remote is not None and remote.replica_id != c.replica_id:

@@ -1,31 +1,190 @@
-"""Session liveness and task leases, kept in memory by the process holding the connection.
+"""Session liveness, heartbeat evidence for leases, and when the manager may judge either.
 
-Heartbeats touch only these maps, never the database: a lost delegate is found by
-:meth:`Liveness.lost`, a pure function of what was seen and the time passed in.
+Plain objects over the times passed in, which are the manager's **monotonic** clock: a jump
+of the wall clock, either way, changes no duration here. Heartbeats touch only these maps,
+never the database.
+
+Two rules hold every lease decision to what the delegates did rather than to what the
+manager managed to write:
+
+- A lease is vouched for by the holder's last heartbeat that listed the task (running, or
+  with a result or log lines waiting in the delegate's spool), for ``lost_after`` less one
+  sweep after that heartbeat and not a moment longer, so the sweep that finds it ran out
+  comes within ``lost_after``: a delegate whose heartbeats stopped is never renewed.
+- The manager judges nothing (no lost session, no lost lease, no timeout) while it may have
+  missed heartbeats: after its start, and after any gap in the sweep loop's own ticks (the
+  process was frozen, the machine starved it), until one heartbeat interval and a margin
+  have passed with the loop turning. Delegates' heartbeats sent meanwhile are counted first.
 """
 
 from __future__ import annotations
 
-__all__ = ["Leases", "Liveness"]
+from dataclasses import dataclass
+
+__all__ = ["Claim", "Leases", "Liveness", "Renewals"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delegate's heartbeat vouches for ``task_id``: its lease may run ``lease_for`` more
+    seconds. ``running``: listed as running (not only waiting in the spool)."""
+
+    task_id: str
+    delegate_id: str
+    lease_for: float
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Beat:
+    at: float
+    running: frozenset[str]
+    spooled: frozenset[str]
 
 
 class Liveness:
-    def __init__(self, *, lost_after: float) -> None:
+    def __init__(
+        self,
+        *,
+        lost_after: float,
+        heartbeat_interval: float | None = None,
+        tick: float = 1.0,
+    ) -> None:
         self._lost_after = lost_after
+        # How long a heartbeat vouches for a lease: a sweep short of lost_after, so the
+        # sweep that finds the lease ran out comes within lost_after of the heartbeat.
+        self.lease = lost_after - tick if tick < lost_after / 2 else lost_after
+        interval = lost_after / 3 if heartbeat_interval is None else heartbeat_interval
+        # A gap in the loop's ticks past this may have hidden a heartbeat's arrival.
+        self.stall_after = max(2 * tick, interval / 2)
+        # After a stall (or the start), nothing is judged for this long: every live delegate
+        # sends a heartbeat within an interval, and the margin covers its way in.
+        self.grace = interval + max(tick, interval / 2)
         self._last_seen: dict[str, float] = {}
+        self._beats: dict[str, _Beat] = {}
+        self._last_tick: float | None = None
+        self._judge_from = float("-inf")
+
+    # -- what the delegates did -----------------------------------------------------------
 
     def seen(self, delegate_id: str, now: float) -> None:
+        """Any authenticated call: the session is alive (for status and dispatch)."""
         self._last_seen[delegate_id] = now
+
+    def beat(
+        self,
+        delegate_id: str,
+        now: float,
+        running: tuple[str, ...] | list[str] = (),
+        spooled: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        """A heartbeat (or a stream's hello): the only evidence that renews leases."""
+        self._last_seen[delegate_id] = now
+        self._beats[delegate_id] = _Beat(now, frozenset(running), frozenset(spooled))
 
     def forget(self, delegate_id: str) -> None:
         self._last_seen.pop(delegate_id, None)
+        self._beats.pop(delegate_id, None)
 
     def last_seen(self, delegate_id: str) -> float | None:
         return self._last_seen.get(delegate_id)
 
+    def last_beat(self, delegate_id: str) -> float | None:
+        beat = self._beats.get(delegate_id)
+        return None if beat is None else beat.at
+
+    # -- the manager's own pace -----------------------------------------------------------
+
+    def started(self, now: float) -> None:
+        """The manager (re)started: delegates get ``lost_after`` to come back before any
+        judgment, as long as its stored leases were extended."""
+        self._judge_from = max(self._judge_from, now + self._lost_after)
+        self._last_tick = now
+
+    def tick(self, now: float) -> float | None:
+        """A pass of the sweep loop. Returns the gap when it was a stall (to log)."""
+        last, self._last_tick = self._last_tick, now
+        if last is None or now - last <= self.stall_after:
+            return None
+        self._judge_from = max(self._judge_from, now + self.grace)
+        return now - last
+
+    def judging(self, now: float) -> bool:
+        """Whether lost sessions, leases and timeouts may be judged now."""
+        return now >= self._judge_from
+
+    # -- judgments ------------------------------------------------------------------------
+
     def lost(self, now: float) -> list[str]:
-        """Delegates silent for longer than ``lost_after``; the caller drops their sessions."""
+        """Delegates silent for longer than ``lost_after``; the caller drops their sessions.
+        None while the manager may have missed their heartbeats."""
+        if not self.judging(now):
+            return []
         return [d for d, t in self._last_seen.items() if now - t > self._lost_after]
+
+    def vouches(self, delegate_id: str, task_id: str, now: float) -> bool:
+        """The delegate's last heartbeat, within a lease (``lost_after`` less a sweep),
+        listed the task."""
+        beat = self._beats.get(delegate_id)
+        return (
+            beat is not None
+            and now - beat.at <= self.lease
+            and (task_id in beat.running or task_id in beat.spooled)
+        )
+
+    def lease_left(self, delegate_id: str, now: float) -> float:
+        """How long a lease granted now (at an acquire) may run: what is left of the
+        delegate's last heartbeat's, so even a delegate frozen right after an acquire loses
+        the task within ``lost_after`` of its last heartbeat. Its next heartbeat, due within
+        an interval, lists the task and carries the lease on. A full lease before a first."""
+        beat = self._beats.get(delegate_id)
+        if beat is None:
+            return self.lease
+        return max(0.0, self.lease - (now - beat.at))
+
+    def claims(self, now: float) -> list[Claim]:
+        """Every lease the delegates' heartbeats vouch for, each until a lease after the
+        heartbeat that listed it (not after the renewal that writes it)."""
+        out: list[Claim] = []
+        for delegate_id, beat in self._beats.items():
+            left = self.lease - (now - beat.at)
+            if left < 0:
+                continue
+            out.extend(Claim(t, delegate_id, left, True) for t in sorted(beat.running))
+            out.extend(
+                Claim(t, delegate_id, left, False) for t in sorted(beat.spooled - beat.running)
+            )
+        return out
+
+
+class Renewals:
+    """When the batched lease renewal is due: every ``every`` seconds, and at the next pass
+    when the last one failed or a delegate brought leases this process has not renewed."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._last: float | None = None
+        self._urgent = True
+        # Failed renewals in a row: an outage is logged when it starts and when it ends,
+        # not once a pass.
+        self.failures = 0
+
+    def due(self, now: float) -> bool:
+        return self._urgent or self._last is None or now - self._last >= self._every
+
+    def done(self, now: float) -> int:
+        """A renewal was written; returns how many failed before it."""
+        self._last = now
+        self._urgent = False
+        failed, self.failures = self.failures, 0
+        return failed
+
+    def failed(self) -> None:
+        self._urgent = True
+        self.failures += 1
+
+    def hasten(self) -> None:
+        self._urgent = True
 
 
 class Leases:

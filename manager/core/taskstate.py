@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from manager.records import TaskRecord
+from manager.records import LeaseFor, TaskRecord
 from shared.protocol import FINAL_STATES, TaskResult, TaskState
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "on_lease_lost",
     "on_result",
     "on_sweep",
+    "on_timeout",
+    "timeout_due",
 ]
 
 DELEGATE_LOST = "delegate_lost"
@@ -39,6 +41,7 @@ class Verdict(enum.Enum):
     STALE = "stale"  # a message from an attempt that no longer holds the task (409)
     TAKEN = "taken"  # another delegate holds it (409)
     GONE = "gone"  # cancelled or otherwise final before it could start (410)
+    HELD = "held"  # the asker already holds this attempt (its answer was lost): answer again
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +52,16 @@ class Decision:
 
 
 def on_acquire(
-    task: TaskRecord, delegate_id: str, now: float, *, lease_for: float = 0.0
+    task: TaskRecord,
+    delegate_id: str,
+    now: float,
+    *,
+    lease_for: float = 0.0,
+    key: str | None = None,
 ) -> Decision:
+    """``key``: the delegate's own name for this try, repeated when it asks again after an
+    answer it never got; only the same delegate with the same key is handed the same
+    attempt again. A delegate that restarted asks with a new key and is refused."""
     if task.state is TaskState.QUEUED:
         return Decision(
             Verdict.APPLY,
@@ -60,10 +71,14 @@ def on_acquire(
                 "delegate_id": delegate_id,
                 "started_at": now,
                 "cancel_requested": False,
-                "lease_until": now + lease_for,
+                # Counted on the store's clock (the database's, shared by replicas).
+                "lease_until": LeaseFor(lease_for),
+                "acquire_key": key,
             },
         )
     if task.state is TaskState.RUNNING:
+        if key is not None and task.delegate_id == delegate_id and task.acquire_key == key:
+            return Decision(Verdict.HELD, reason="this delegate already holds this attempt")
         return Decision(Verdict.TAKEN, reason="another delegate holds this task")
     return Decision(Verdict.GONE, reason=f"task is {task.state.value}")
 
@@ -143,14 +158,27 @@ def on_lease_lost(task: TaskRecord, now: float) -> Decision:
     )
 
 
-def on_sweep(task: TaskRecord, now: float, *, run_margin: float) -> Decision:
-    """Timeouts judged on the manager's clock, so a skewed delegate clock changes nothing.
+def timeout_due(task: TaskRecord, *, run_margin: float) -> float | None:
+    """When the task's queue or run timeout falls due, on the clock of its own timestamps
+    (the wall clock, where users read them); None when neither applies.
 
+    The manager counts down to it on its monotonic clock from the moment it learns the task
+    (manager.tasks.service), so a jump of the wall clock moves no deadline it tracks.
     A delegate enforces the run timeout itself; this backstop waits ``run_margin`` longer so
     that the delegate's own ``timed_out`` report, with its last log lines, normally wins.
     """
-    queued_at = task.queued_at if task.queued_at is not None else task.created_at
-    if task.state is TaskState.QUEUED and now - queued_at > task.queue_timeout_s:
+    if task.state is TaskState.QUEUED:
+        queued_at = task.queued_at if task.queued_at is not None else task.created_at
+        return queued_at + task.queue_timeout_s
+    if task.state is TaskState.RUNNING and task.started_at is not None:
+        return task.started_at + task.timeout_s + run_margin
+    return None
+
+
+def on_timeout(task: TaskRecord, now: float) -> Decision:
+    """The task's timeout fell due (the caller judged when): a queued task expires, a
+    running one is timed out."""
+    if task.state is TaskState.QUEUED:
         return Decision(
             Verdict.APPLY,
             {
@@ -159,11 +187,7 @@ def on_sweep(task: TaskRecord, now: float, *, run_margin: float) -> Decision:
                 "error": "no delegate acquired the task within its queue timeout",
             },
         )
-    if (
-        task.state is TaskState.RUNNING
-        and task.started_at is not None
-        and now - task.started_at > task.timeout_s + run_margin
-    ):
+    if task.state is TaskState.RUNNING:
         return Decision(
             Verdict.APPLY,
             {
@@ -173,3 +197,12 @@ def on_sweep(task: TaskRecord, now: float, *, run_margin: float) -> Decision:
             },
         )
     return Decision(Verdict.NOOP)
+
+
+def on_sweep(task: TaskRecord, now: float, *, run_margin: float) -> Decision:
+    """Timeouts judged on the task's own timestamps and ``now`` alike, so a skewed delegate
+    clock changes nothing."""
+    due = timeout_due(task, run_margin=run_margin)
+    if due is None or now <= due:
+        return Decision(Verdict.NOOP)
+    return on_timeout(task, now)

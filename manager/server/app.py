@@ -111,7 +111,10 @@ class ManagerConfig:
     timings: Timings = field(default_factory=Timings)
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
+    # Dates what users read (created, started, audit times); never a duration.
     clock: Callable[[], float] = time.time
+    # Every duration: leases, liveness, timeouts, hint widening, the sweep.
+    monotonic: Callable[[], float] = time.monotonic
     # The masker behind this process's log output (shared.logging.configure_logging).
     masker: Masker | None = None
     # argon2id's cost; tests pass a cheap one (manager.access.passwords).
@@ -255,13 +258,19 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     master_key = MasterKey.load_or_create(config.data_dir / "master.key")
     session_key = await signing_key(store, master_key, DELEGATE_SESSION_KEY)
     await Directory(store).ensure_admin_group()
-    hub = Hub(lost_after=t.lost_after, clock=config.clock)
+    hub = Hub(
+        lost_after=t.lost_after,
+        clock=config.monotonic,
+        wall=config.clock,
+        heartbeat_interval=t.heartbeat_interval,
+        tick=t.sweep_interval,
+    )
     envs = EnvIndex(store)
     dispatcher = Dispatcher(
         hub,
         widen_after=t.dispatch_widen_after,
         tick=t.sweep_interval,
-        clock=config.clock,
+        clock=config.monotonic,
         envs=envs.facts,
     )
     events = TaskEvents()
@@ -279,7 +288,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         timings=t,
         metrics=metrics,
         bus=bus,
-        clock=config.clock,
+        clock=config.monotonic,
+        wall=config.clock,
         envs=envs,
         secrets=deliveries,
     )
@@ -320,6 +330,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         delegate_tokens=Tokens(store, token_revoked),
         bus=bus,
         secrets=secrets,
+        monotonic=config.monotonic,
     )
     await tasks.recover()
 
@@ -411,34 +422,46 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
 
 
 async def _loops(c: Context) -> None:
-    """Sweeps (lost delegates, leases, timeouts) and the check for tokens revoked on the host."""
+    """Sweeps (lost delegates, leases, timeouts) and the check for tokens revoked on the host.
+
+    Every interval is measured on the monotonic clock. A pass that comes late (the process
+    was frozen, or starved) is a stall: nothing is judged until the delegates' heartbeats
+    were counted again (manager.core.liveness).
+    """
     t = c.timings
-    last_revocation_check = 0.0
-    last_renewal = 0.0
-    last_reconcile = time.monotonic()
+    now = c.monotonic
+    last_revocation_check = float("-inf")
+    last_reconcile = now()
     # A database that is away fails every pass alike: one traceback, then counts.
     failures = RepeatedErrors(log, "sweep failed")
     while True:
         await asyncio.sleep(t.sweep_interval)
         c.last_sweep = time.monotonic()
+        stalled = c.hub.liveness.tick(now())
+        if stalled is not None:
+            log.warning(
+                "manager stalled; judging no lease until heartbeats are counted",
+                stalled_s=round(stalled, 3),
+                grace_s=round(c.hub.liveness.grace, 3),
+            )
+        await _renew(c)
         try:
-            # Leases are renewed once per heartbeat interval, in one write for all delegates.
-            if time.monotonic() - last_renewal >= t.heartbeat_interval:
-                last_renewal = time.monotonic()
-                await c.tasks.renew_leases()
-                await c.store.record_presence(
-                    c.replica_id, c.started_at, c.clock(), c.hub.presence(c.replica_id)
-                )
             # With other replicas, repair what a lost notification may have left behind.
-            if c.bus.shared and time.monotonic() - last_reconcile >= 10 * t.heartbeat_interval:
-                last_reconcile = time.monotonic()
+            if c.bus.shared and now() - last_reconcile >= 10 * t.heartbeat_interval:
+                last_reconcile = now()
                 await c.tasks.reconcile()
-            for delegate_id in c.hub.liveness.lost(c.clock()):
-                log.warning("delegate lost", delegate_id=delegate_id)
+            for delegate_id in c.hub.liveness.lost(now()):
+                # When it was last heard, on the wall clock: what an operator (and the
+                # fault tests) measure the time to the rerun from.
+                log.warning(
+                    "delegate lost",
+                    delegate_id=delegate_id,
+                    last_heartbeat=c.hub.last_heartbeat(delegate_id),
+                )
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
             await c.tasks.sweep()
-            if time.monotonic() - last_revocation_check >= t.revocation_check:
-                last_revocation_check = time.monotonic()
+            if now() - last_revocation_check >= t.revocation_check:
+                last_revocation_check = now()
                 live = {s.delegate.token_id for s in c.hub.sessions.values()}
                 for token_id in await c.store.revoked_token_ids(live - c.hub.revoked_tokens):
                     c.tokens.forget(token_id)
@@ -448,6 +471,28 @@ async def _loops(c: Context) -> None:
             pass  # told once when it starts and once when it ends (manager.store.health)
         except Exception as exc:
             failures.error(exc)
+
+
+async def _renew(c: Context) -> None:
+    """The batched lease renewal when it is due; one that fails is tried again at the next
+    pass (a second, at the default timings), not an interval later."""
+    renewals = c.hub.renewals
+    at = c.monotonic()
+    if not renewals.due(at):
+        return
+    try:
+        await c.tasks.renew_leases()
+        await c.store.record_presence(
+            c.replica_id, c.started_at, c.clock(), c.hub.presence(c.replica_id)
+        )
+    except Exception as exc:
+        renewals.failed()
+        if renewals.failures == 1:
+            log.warning("lease renewal failed; retrying at every pass", error=str(exc))
+    else:
+        failed = renewals.done(at)
+        if failed:
+            log.info("lease renewal written again", failed_passes=failed)
 
 
 def _loops_alive(c: Context) -> bool:

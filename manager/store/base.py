@@ -178,22 +178,24 @@ class TaskStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
-        """Extend to ``until`` the leases of running tasks held by the given delegates.
+    async def renew_leases(self, held: Sequence[tuple[str, str, float]]) -> set[str]:
+        """Extend the leases of running tasks held by the given delegates.
 
-        ``held`` pairs a task id with the delegate whose heartbeat listed it. One call per
-        interval per replica, not a write per heartbeat. Returns the task ids renewed: a
-        listed task not among them is not (or no longer) that delegate's to run.
+        ``held`` is (task id, the delegate whose heartbeat listed it, seconds the lease may
+        run from now). Leases are counted on the store's own clock (the database's on
+        PostgreSQL), never a replica's. One call per interval per replica, not a write per
+        heartbeat. Returns the task ids renewed: a listed task not among them is not (or no
+        longer) that delegate's to run.
         """
 
     @abc.abstractmethod
-    async def extend_leases(self, until: float) -> int:
-        """Give every running task a lease until at least ``until`` (after a restart, so
-        delegates have time to reconnect before their leases are judged)."""
+    async def extend_leases(self, lease_for: float) -> int:
+        """Give every running task a lease of at least ``lease_for`` seconds from now (after
+        a restart, so delegates have time to reconnect before their leases are judged)."""
 
     @abc.abstractmethod
-    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
-        """Running tasks whose lease ran out before ``now``, oldest first."""
+    async def expired_leases(self, *, limit: int = 500) -> list[TaskRecord]:
+        """Running tasks whose lease ran out, by the store's clock, oldest first."""
 
     @abc.abstractmethod
     async def put_profile(self, profile: ProfileRecord) -> None:

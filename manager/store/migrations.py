@@ -368,6 +368,9 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (15, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    # The holder's key for the acquire that started the attempt (manager.core.taskstate.
+    # on_acquire): asking again with it after a lost answer hands out the same attempt.
+    (16, "ALTER TABLE tasks ADD COLUMN acquire_key TEXT"),
 ]
 
 

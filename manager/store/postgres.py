@@ -121,8 +121,9 @@ _TYPED_VERSION = ", ".join(
     f":v_{name}::{_VERSION_TYPES[name]}" for name in fields(SecretVersionRecord)[1:]
 )
 _RENEW_LEASES = (
-    "UPDATE tasks AS t SET lease_until = :until"
-    " FROM unnest(:ids::text[], :delegate_ids::text[]) AS h(id, delegate_id)"
+    "UPDATE tasks AS t SET lease_until = {LEASE_NOW} + h.lease_for"
+    " FROM unnest(:ids::text[], :delegate_ids::text[], :lease_fors::float8[])"
+    " AS h(id, delegate_id, lease_for)"
     " WHERE t.id = h.id AND t.delegate_id = h.delegate_id AND t.state = 'running'"
     " RETURNING t.id"
 )
@@ -404,13 +405,13 @@ class PostgresStore(SqlStore):
         rows = await self._write(sql, params, audit)
         return rows[0] if rows else None
 
-    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
+    async def renew_leases(self, held: Sequence[tuple[str, str, float]]) -> set[str]:
         if not held:
             return set()
         params = {
-            "until": until,
-            "ids": [task_id for task_id, _ in held],
-            "delegate_ids": [delegate_id for _, delegate_id in held],
+            "ids": [task_id for task_id, _, _ in held],
+            "delegate_ids": [delegate_id for _, delegate_id, _ in held],
+            "lease_fors": [float(lease_for) for _, _, lease_for in held],
         }
         return {str(r["id"]) for r in await self._fetch(_RENEW_LEASES, params)}
 

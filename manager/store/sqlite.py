@@ -20,6 +20,7 @@ import asyncio
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,13 +51,13 @@ from manager.store.sql.statements import Missed, Params, Step, hit
 from manager.store.sql.store import SqlStore
 from manager.store.sqlite_batch import BatchRunner, Call, Read
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "lease_clock"]
 
 T = TypeVar("T")
 
 _RENEW_LEASE = (
-    "UPDATE tasks SET lease_until = :until WHERE id = :id AND delegate_id = :delegate_id"
-    " AND state = 'running' RETURNING id"
+    "UPDATE tasks SET lease_until = :lease_now + :lease_for"
+    " WHERE id = :id AND delegate_id = :delegate_id AND state = 'running' RETURNING id"
 )
 _UPSERT_REPLICA = (
     "INSERT INTO replicas(id, started_at, heartbeat_at) VALUES (:id, :started_at, :now)"
@@ -87,12 +88,34 @@ def _reads(text: str) -> bool:
     return text.lstrip()[:6].upper() == "SELECT"
 
 
+def lease_clock() -> Callable[[], float]:
+    """The clock SQLite's leases are counted on: the wall time when it was made, moved on
+    by the monotonic clock only.
+
+    One manager writes and judges these leases, so within a run they need a clock no one can
+    set: a jump of the wall clock, either way, neither ends nor stretches a lease. A monotonic
+    reading alone would not do as a stored value: it starts again at boot and means nothing
+    to the next process. On the epoch scale, what the last run stored still reads roughly
+    right at the next start, where every running task's lease is extended anyway
+    (TaskService.recover), so a lease is never judged across a restart on old values alone.
+    """
+    wall, start = time.time(), time.monotonic()
+    return lambda: wall + (time.monotonic() - start)
+
+
 class SqliteStore(SqlStore):
     dialect = Dialect.SQLITE
 
-    def __init__(self, path: Path, *, entity_cache: EntityCache | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        entity_cache: EntityCache | None = None,
+        lease_now: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(entity_cache=entity_cache)
         self._path = path
+        self._lease_now = lease_now if lease_now is not None else lease_clock()
         self._conn: sqlite3.Connection | None = None
         self.health = WriteHealth()
         # One thread, one connection: SQLite connections are not for sharing across threads.
@@ -119,6 +142,9 @@ class SqliteStore(SqlStore):
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, runner, calls)
+
+    def _lease_params(self) -> dict[str, Any]:
+        return {"lease_now": self._lease_now()}
 
     async def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         text = _sql(sql)
@@ -243,14 +269,20 @@ class SqliteStore(SqlStore):
 
         return await self._run(fn)
 
-    async def renew_leases(self, held: Sequence[tuple[str, str]], until: float) -> set[str]:
+    async def renew_leases(self, held: Sequence[tuple[str, str, float]]) -> set[str]:
         if not held:
             return set()
+        now = self._lease_now()
 
         def fn(c: sqlite3.Connection) -> set[str]:
             renewed = set()
-            for task_id, delegate_id in held:
-                params = {"until": until, "id": task_id, "delegate_id": delegate_id}
+            for task_id, delegate_id, lease_for in held:
+                params = {
+                    "lease_now": now,
+                    "lease_for": lease_for,
+                    "id": task_id,
+                    "delegate_id": delegate_id,
+                }
                 if c.execute(_RENEW_LEASE, params).fetchall():
                     renewed.add(task_id)
             return renewed

@@ -59,7 +59,8 @@ class Dispatcher:
         *,
         widen_after: float,
         tick: float,
-        clock: Callable[[], float] = time.time,
+        # Monotonic: hint widening is a duration.
+        clock: Callable[[], float] = time.monotonic,
         envs: Mapping[str, EnvFacts] | None = None,
     ) -> None:
         self._hub = hub

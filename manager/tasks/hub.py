@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from manager.core.assign import Candidate
 from manager.core.eligibility import ACCOUNT_WIDE, DelegateFacts, DelegateScope
-from manager.core.liveness import Leases, Liveness
+from manager.core.liveness import Claim, Leases, Liveness, Renewals
 from manager.records import DelegateRecord, Presence
 from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskCancel
 
@@ -42,8 +42,10 @@ class Session:
     scope: DelegateScope = ACCOUNT_WIDE
     # What the delegate last reported about itself (republished on /metrics).
     metrics: dict[str, float] = field(default_factory=dict)
-    # The tasks its last heartbeat listed: their leases are renewed in the next batch.
+    # The tasks its last heartbeat listed as running, and as waiting in its spool (a result
+    # or log lines not yet taken): their leases are renewed in the next batch.
     listed: tuple[str, ...] = ()
+    spooled: tuple[str, ...] = ()
     # Listed tasks the store says it does not hold (cancelled, or handed to another
     # delegate after its lease ran out): every ack tells it to stop them.
     strangers: frozenset[str] = frozenset()
@@ -73,15 +75,26 @@ class Session:
 
 
 class Hub:
+    """``clock`` is monotonic: every duration here is measured on it. ``wall`` only dates
+    what other replicas read (the presence rows)."""
+
     def __init__(
         self,
         *,
         lost_after: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        heartbeat_interval: float | None = None,
+        tick: float = 1.0,
     ) -> None:
         self._clock = clock
+        self._wall = wall
         self.sessions: dict[str, Session] = {}
-        self.liveness = Liveness(lost_after=lost_after)
+        self.liveness = Liveness(
+            lost_after=lost_after, heartbeat_interval=heartbeat_interval, tick=tick
+        )
+        interval = lost_after / 3 if heartbeat_interval is None else heartbeat_interval
+        self.renewals = Renewals(interval)
         self.leases = Leases()
         # Running tasks a user asked to cancel; repeated in every ack until they end.
         self.cancelling: set[str] = set()
@@ -100,6 +113,11 @@ class Hub:
         current.draining = delegate.draining
         self.liveness.seen(delegate.id, self._clock())
         return current
+
+    def seen(self, session: Session) -> None:
+        """The delegate made an authenticated call: its session is alive (leases need more:
+        a heartbeat that lists the task)."""
+        self.liveness.seen(session.id, self._clock())
 
     async def attach_stream(self, session: Session, ws: web.WebSocketResponse) -> None:
         old = session.ws
@@ -125,6 +143,14 @@ class Hub:
             return "polling"
         return "disconnected"
 
+    def last_heartbeat(self, delegate_id: str) -> float | None:
+        """When this process last heard the delegate's heartbeat (or, before its first, any
+        call), on the wall clock, for people and other replicas to read."""
+        last = self.liveness.last_beat(delegate_id)
+        if last is None:
+            last = self.liveness.last_seen(delegate_id)
+        return None if last is None else self._wall() - (self._clock() - last)
+
     def drop(self, delegate_id: str, code: CloseCode, reason: str) -> None:
         """End a session: close its stream with ``code`` and forget its liveness."""
         session = self.sessions.pop(delegate_id, None)
@@ -147,8 +173,18 @@ class Hub:
 
     def on_heartbeat(self, session: Session, frame: Hello | Heartbeat) -> HeartbeatAck:
         now = self._clock()
-        self.liveness.seen(session.id, now)
+        before = {*session.listed, *session.spooled}
         session.listed = tuple(frame.running)
+        session.spooled = tuple(frame.spooled)
+        self.liveness.beat(session.id, now, session.listed, session.spooled)
+        # Newly listed leases this process did not hand to this delegate (it came back here
+        # after a restart, or from another replica): renewed at the next pass, not an
+        # interval on.
+        if isinstance(frame, Hello) or any(
+            t not in before and self.leases.holder(t) != session.id
+            for t in (*session.listed, *session.spooled)
+        ):
+            self.renewals.hasten()
         if isinstance(frame, Heartbeat):
             session.free_slots = frame.free_slots
             session.metrics = frame.metrics
@@ -160,37 +196,48 @@ class Hub:
         cancel = sorted((session.strangers | self.cancelling) & listed)
         return HeartbeatAck(seq=seq, cancel=cancel, drain=session.draining)
 
-    def held(self) -> list[tuple[str, str]]:
-        """(task, delegate) for every task the live sessions' last heartbeats listed."""
-        now = self._clock()
-        pairs: list[tuple[str, str]] = []
-        for s in self.sessions.values():
-            last = self.liveness.last_seen(s.id)
-            if last is not None and now - last <= self._lost_after:
-                pairs.extend((task_id, s.id) for task_id in s.listed)
-        return pairs
+    def held(self) -> list[Claim]:
+        """Every lease the delegates' last heartbeats vouch for, with how long each may run
+        from now: ``lost_after`` after that heartbeat, so a delegate whose heartbeats stopped
+        loses its leases then, whenever the renewal is written."""
+        return [c for c in self.liveness.claims(self._clock()) if c.delegate_id in self.sessions]
+
+    def lease_left(self, delegate_id: str) -> float:
+        """How long a lease granted to the delegate now may run (core.liveness)."""
+        return self.liveness.lease_left(delegate_id, self._clock())
+
+    def vouches(self, task_id: str, delegate_id: str) -> bool:
+        """The holder's last heartbeat, within ``lost_after``, listed the task: its lease
+        holds here whatever the store says (a renewal the store could not write)."""
+        return delegate_id in self.sessions and self.liveness.vouches(
+            delegate_id, task_id, self._clock()
+        )
 
     def presence(self, replica_id: str) -> list[Presence]:
         """The delegates this process heard within ``lost_after``, for the presence rows."""
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
         out = []
         for s in self.sessions.values():
             last = self.liveness.last_seen(s.id)
             if last is not None and now - last <= self._lost_after:
-                out.append(Presence(s.id, replica_id, s.mode, last))
+                # Dated on the wall clock: other replicas compare it with theirs.
+                out.append(Presence(s.id, replica_id, s.mode, wall - (now - last)))
         return out
 
-    def renewed(self, held: list[tuple[str, str]], renewed: set[str]) -> None:
-        """Record which of the ``held`` pairs the store renewed; the rest are strangers.
+    def renewed(self, held: list[Claim], renewed: set[str]) -> None:
+        """Record which of the ``held`` claims the store renewed; the running rest are
+        strangers.
 
         Judged on the snapshot the renewal was made from, not on what heartbeats listed
         since: a task acquired while the store was writing was not in that batch, and must
-        not be taken for a stranger (and cancelled) for it.
+        not be taken for a stranger (and cancelled) for it. A task only waiting in the
+        delegate's spool is never a stranger: there is nothing to stop, and its listing names
+        the task, not the attempt, which may be a newer one running here.
         """
         stale: dict[str, set[str]] = {}
-        for task_id, delegate_id in held:
-            if task_id not in renewed:
-                stale.setdefault(delegate_id, set()).add(task_id)
+        for claim in held:
+            if claim.running and claim.task_id not in renewed:
+                stale.setdefault(claim.delegate_id, set()).add(claim.task_id)
         for s in self.sessions.values():
             s.strangers = frozenset(stale.get(s.id, ()))
 

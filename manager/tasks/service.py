@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -24,7 +25,8 @@ from manager.core.taskstate import (
     on_cancel,
     on_lease_lost,
     on_result,
-    on_sweep,
+    on_timeout,
+    timeout_due,
 )
 from manager.errors import Conflicting, Gone, Invalid, NotFound, Unavailable
 from manager.keys.masterkey import MasterKey
@@ -103,7 +105,20 @@ class SecretDeliverer(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    """When a tracked task's timeout falls due on the monotonic clock, and the snapshot it
+    was reckoned from: a task another replica moved on is reckoned again, not timed out."""
+
+    at: float
+    state: TaskState
+    attempt: int
+
+
 class TaskService:
+    """``clock`` is monotonic: every duration (leases, timeouts) is measured on it. ``wall``
+    dates what users read (created, started, finished) and nothing else."""
+
     def __init__(
         self,
         *,
@@ -115,7 +130,8 @@ class TaskService:
         timings: Timings,
         metrics: Metrics | None = None,
         bus: Bus | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         envs: EnvIndex | None = None,
         # Secrets for the acquire answer (manager.secrets.delivery); None delivers none.
         secrets: SecretDeliverer | None = None,
@@ -130,9 +146,10 @@ class TaskService:
         self._key = master_key
         self._timings = timings
         self._clock = clock
+        self._wall = wall
         # When each open task's timeout falls due, so the sweep never scans the store:
         # queued tasks by their queue timeout, running ones by their run timeout.
-        self._deadlines: dict[str, float] = {}
+        self._deadlines: dict[str, _Deadline] = {}
         # Snapshots of open tasks this process has seen, so a decision rarely needs a read.
         self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
@@ -140,10 +157,11 @@ class TaskService:
 
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
-        now = self._clock()
         await self.envs.load()
-        # Delegates get a full lease from now to reconnect and list their tasks again.
-        await self._store.extend_leases(now + self._timings.lost_after)
+        # Delegates get a full lease from now to reconnect and list their tasks again, and
+        # nothing is judged here before they had that long (core.liveness).
+        await self._store.extend_leases(self._timings.lost_after)
+        self._hub.liveness.started(self._clock())
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
             self._remember(task)
@@ -174,7 +192,7 @@ class TaskService:
         chained with it (a repeat of an idempotent submit writes none)."""
         if self._secrets is not None:
             self._secrets.check_payload(req.payload)
-        now = self._clock()
+        now = self._wall()
         task_id = new_id("task")
         record = TaskRecord(
             id=task_id,
@@ -225,7 +243,7 @@ class TaskService:
         timeout_s: float,
     ) -> TaskRecord:
         """Queue one of the manager's own operations (a secret manager test, a key wrap)."""
-        now = self._clock()
+        now = self._wall()
         task_id = new_id("task")
         record = TaskRecord(
             id=task_id,
@@ -276,7 +294,7 @@ class TaskService:
         """``audit``: the event of the cancel, from the task before and after, chained with
         it (a task already final or already asked writes none)."""
         task, _, updated = await self._transition(
-            task_id, lambda t: on_cancel(t, self._clock()), end_status="cancelled", audit=audit
+            task_id, lambda t: on_cancel(t, self._wall()), end_status="cancelled", audit=audit
         )
         if updated is None:
             return task
@@ -291,15 +309,26 @@ class TaskService:
 
     # -- delegates ------------------------------------------------------------------------
 
-    async def acquire(self, session: Session, task_id: str) -> AcquireResponse:
-        if self._hub.leases.count(session.id) >= session.delegate.capacity:
+    async def acquire(
+        self, session: Session, task_id: str, key: str | None = None
+    ) -> AcquireResponse:
+        """Hand the task to ``session``'s delegate. ``key`` names this try: the same
+        delegate asking again with it (it never got the answer) is handed the same attempt
+        again; anyone else is told the task is taken."""
+        again = self._hub.leases.holder(task_id) == session.id
+        if not again and self._hub.leases.count(session.id) >= session.delegate.capacity:
             raise Conflicting("no_capacity", "this delegate already runs its capacity")
         await self._check_eligible(session, task_id)
+        lease_for = self._hub.lease_left(session.id)
         task, decision, updated = await self._transition(
             task_id,
-            lambda t: on_acquire(t, session.id, self._clock(), lease_for=self._timings.lost_after),
+            lambda t: on_acquire(t, session.id, self._wall(), lease_for=lease_for, key=key),
             starts_attempt=True,
         )
+        if decision.verdict is Verdict.HELD:
+            log.info("task handed out again", task_id=task.id, delegate_id=session.id)
+            self._hub.leases.grant(task.id, session.id)
+            return await self._handout(session, task)
         if decision.verdict is Verdict.TAKEN:
             raise Conflicting("taken", decision.reason)
         if decision.verdict is Verdict.GONE or updated is None:
@@ -309,37 +338,41 @@ class TaskService:
         # A flag from before this acquire (the same task, an older attempt) must not cancel it.
         session.strangers = session.strangers - {task.id}
         self._track(updated)
-        now = self._clock()
         self._hub.leases.grant(task.id, session.id)
         queued_at = task.queued_at if task.queued_at is not None else task.created_at
-        self._metrics.dispatch_latency.observe(max(0.0, now - queued_at))
+        self._metrics.dispatch_latency.observe(max(0.0, self._wall() - queued_at))
         self._events.notify(task.id)
+        log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
+        return await self._handout(session, updated)
+
+    async def _handout(self, session: Session, task: TaskRecord) -> AcquireResponse:
+        """The acquire answer for the attempt ``task`` is at: its spec, and its secrets
+        sealed to the delegate's key for that attempt."""
         sealed_env = None
-        if updated.secret_env_sealed is not None:
-            plain = self._key.decrypt(updated.secret_env_sealed, context=_secret_context(task.id))
+        if task.secret_env_sealed is not None:
+            plain = self._key.decrypt(task.secret_env_sealed, context=_secret_context(task.id))
             sealed_env = seal(
                 session.delegate.public_key,
                 plain,
-                context=f"{task.id}:{updated.attempt}".encode(),
+                context=f"{task.id}:{task.attempt}".encode(),
             )
         deliveries: list[SecretDelivery] = []
         credentials: dict[str, str] = {}
         unavailable: dict[str, str] = {}
         if self._secrets is not None:
             deliveries, credentials, unavailable = await self._secrets.deliver(
-                updated, updated.attempt, session.delegate.public_key
+                task, task.attempt, session.delegate.public_key
             )
-        log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
         return AcquireResponse(
             task=TaskSpec.model_validate(
                 {
-                    "id": updated.id,
-                    "payload": updated.payload,
-                    "timeout_s": updated.timeout_s,
-                    "deployment": updated.deployment,
+                    "id": task.id,
+                    "payload": task.payload,
+                    "timeout_s": task.timeout_s,
+                    "deployment": task.deployment,
                 }
             ),
-            attempt=updated.attempt,
+            attempt=task.attempt,
             sealed_env=sealed_env,
             secrets=deliveries,
             credentials=credentials,
@@ -374,7 +407,7 @@ class TaskService:
     async def record_result(self, session: Session, task_id: str, result: TaskResult) -> ResultAck:
         task, decision, updated = await self._transition(
             task_id,
-            lambda t: on_result(t, result, session.id, self._clock()),
+            lambda t: on_result(t, result, session.id, self._wall()),
             end_status=result.status,
         )
         if decision.verdict is Verdict.STALE:
@@ -443,17 +476,32 @@ class TaskService:
     # -- time -----------------------------------------------------------------------------
 
     async def renew_leases(self) -> None:
-        """One batched write: extend the leases the live delegates' heartbeats listed."""
+        """One batched write: extend the leases the delegates' heartbeats vouch for, each
+        to ``lost_after`` after the heartbeat that listed it. Raises when the store fails
+        (the caller retries at its next pass)."""
         held = self._hub.held()
-        renewed = await self._store.renew_leases(held, self._clock() + self._timings.lost_after)
+        renewed = await self._store.renew_leases(
+            [(c.task_id, c.delegate_id, c.lease_for) for c in held]
+        )
         self._hub.renewed(held, renewed)
 
     async def sweep(self) -> None:
-        """Lost leases, queue timeouts and run timeouts, all judged on the manager's clock."""
+        """Lost leases, queue timeouts and run timeouts.
+
+        Nothing is judged while the manager may have missed heartbeats (after its start or
+        a stall of its own: core.liveness). A lease the store says ran out still holds when
+        its holder's last heartbeat here listed the task: the renewal failed to be written,
+        the delegate did nothing wrong.
+        """
         now = self._clock()
-        for task in await self._store.expired_leases(now):
+        if not self._hub.liveness.judging(now):
+            return
+        for task in await self._store.expired_leases():
             task_id = task.id
-            decision = on_lease_lost(task, now)
+            if task.delegate_id is not None and self._hub.vouches(task_id, task.delegate_id):
+                self._hub.renewals.hasten()
+                continue
+            decision = on_lease_lost(task, self._wall())
             updated = await self._apply(task, decision, end_status="lost")
             if updated is None:
                 continue
@@ -470,14 +518,24 @@ class TaskService:
         await self._sweep_deadlines(now)
 
     async def _sweep_deadlines(self, now: float) -> None:
-        due = [t for t, deadline in self._deadlines.items() if deadline < now]
+        due = [t for t, deadline in self._deadlines.items() if deadline.at < now]
         for task_id in due:
             current = await self._store.get_task(task_id)
             if current is None or current.state in FINAL_STATES:
                 self._deadlines.pop(task_id, None)
                 continue
+            tracked = self._deadlines.get(task_id)
+            if tracked is None or (tracked.state, tracked.attempt) != (
+                current.state,
+                current.attempt,
+            ):
+                # Moved on elsewhere (another replica requeued or started it): its deadline
+                # is reckoned again from what it is now.
+                self._remember(current)
+                self._track(current)
+                continue
             task = current
-            decision = on_sweep(task, now, run_margin=self._run_margin)
+            decision = on_timeout(task, self._wall())
             if decision.verdict is Verdict.APPLY:
                 end = "timed_out" if task.state is TaskState.RUNNING else None
                 updated = await self._apply(task, decision, end_status=end)
@@ -561,7 +619,7 @@ class TaskService:
             changes=decision.changes,
             start_attempt=start,
             end_attempt_status=end_status if ends_attempt else None,
-            end_attempt_at=self._clock(),
+            end_attempt_at=self._wall(),
             audit=audit,
         )
         if updated is not None:
@@ -576,11 +634,14 @@ class TaskService:
             self._open[task.id] = dataclasses.replace(task, payload={})
 
     def _track(self, task: TaskRecord) -> None:
-        if task.state is TaskState.QUEUED:
-            since = task.queued_at if task.queued_at is not None else task.created_at
-            self._deadlines[task.id] = since + task.queue_timeout_s
-        elif task.state is TaskState.RUNNING and task.started_at is not None:
-            self._deadlines[task.id] = task.started_at + task.timeout_s + self._run_margin
+        due = timeout_due(task, run_margin=self._run_margin)
+        if due is None:
+            self._deadlines.pop(task.id, None)
+            return
+        # The time left, read once off the task's wall-clock stamps, counts down on the
+        # monotonic clock from here: a later jump of the wall clock moves no deadline.
+        at = self._clock() + (due - self._wall())
+        self._deadlines[task.id] = _Deadline(at, task.state, task.attempt)
 
     def _finished(self, task: TaskRecord) -> None:
         if task.state in FINAL_STATES:

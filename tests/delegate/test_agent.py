@@ -17,7 +17,7 @@ import pytest
 
 from delegate.agent import Agent
 from delegate.config import DelegateConfig
-from delegate.link.api import Rejected
+from delegate.link.api import Rejected, Unreachable
 from delegate.link.stream import ChannelEvents
 from shared.limits import Timings
 from shared.masking import Masker
@@ -45,11 +45,18 @@ class FakeManager(RecordingManager):
         # An acquire for a task listed here waits until its event is set.
         self.gates: dict[str, asyncio.Event] = {}
         self.refuse: set[str] = set()
+        # An acquire of a task listed here is handed out, but its answer is lost once.
+        self.lose_answer: set[str] = set()
+        self.keys: list[str | None] = []
         self.started: asyncio.Queue[str] = asyncio.Queue()
         self.ended: asyncio.Queue[tuple[str, TaskResult]] = asyncio.Queue()
 
-    async def acquire(self, task_id: str) -> AcquireResponse:
+    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
         self.acquired.append(task_id)
+        self.keys.append(key)
+        if task_id in self.lose_answer:
+            self.lose_answer.discard(task_id)
+            raise Unreachable("ServerDisconnectedError: the answer was lost")
         gate = self.gates.get(task_id)
         if gate is not None:
             await gate.wait()
@@ -160,6 +167,30 @@ async def test_an_acquire_in_flight_holds_its_slot_and_a_refusal_gives_it_back(
         gate.set()
         await until(lambda: r.free() == 2)  # the agent's acquire task handles the refusal
         assert r.agent.heartbeat_state() == ([], 2, 0.0)
+
+
+async def test_an_acquire_whose_answer_was_lost_is_asked_again_with_the_same_key(
+    tmp_path: Path,
+) -> None:
+    async with running_agent(tmp_path) as r:
+        r.manager.scripts["t1"] = "echo up"
+        r.manager.lose_answer.add("t1")
+        r.agent.on_task_available("t1")
+        assert (await r.result())[0] == "t1"
+        assert r.manager.acquired == ["t1", "t1"]
+        first, again = r.manager.keys
+        assert first is not None
+        assert again == first
+
+
+async def test_each_acquire_names_itself_with_a_key_of_its_own(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as r:
+        for task_id in ("t1", "t2"):
+            r.manager.scripts[task_id] = "echo up"
+            r.agent.on_task_available(task_id)
+        await r.result()
+        await r.result()
+        assert len(set(r.manager.keys)) == 2
 
 
 async def test_hints_beyond_capacity_are_not_acquired(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ class FakeManager(ManagerApi):
         self.lines: list[LogLine] = []
         self.results: asyncio.Queue[TaskResult] = asyncio.Queue()
 
-    async def acquire(self, task_id: str) -> AcquireResponse:
+    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
         return self.answer
 
     async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -22,9 +23,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await c.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    """A started manager, on each store: the embedded SQLite and PostgreSQL (a fresh schema)."""
+@contextlib.asynccontextmanager
+async def on_store(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """``cluster`` with a started manager on the store ``request.param`` names: the
+    embedded SQLite, or PostgreSQL (a fresh schema)."""
     if request.param == "sqlite":
         await cluster.start_manager()
         yield cluster
@@ -43,6 +45,13 @@ async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIter
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """A started manager, on each store: the embedded SQLite and PostgreSQL (a fresh schema)."""
+    async with on_store(cluster, request) as started:
+        yield started
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

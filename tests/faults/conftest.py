@@ -6,11 +6,15 @@ the way ``tests/e2e`` marks its own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import on_store
 from tests.e2e.harness import Cluster
 from tests.faults.tcpproxy import TcpProxy
 
@@ -28,6 +32,24 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 async def running(cluster: Cluster) -> Cluster:
     await cluster.start_manager()
     return cluster
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def on_each_store(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """A started manager on each store, for the faults whose outcome may differ by store."""
+    async with on_store(cluster, request) as started:
+        yield started
+
+
+@pytest.fixture
+def first_run(tmp_path: Path) -> Iterator[Path]:
+    """Where a task's first run notes its process group (support.first_run_hangs); killed
+    at the end. The process outlives its killed or frozen delegate, the way it would on a
+    real host; the test does not leave it behind."""
+    path = tmp_path / "first-run"
+    yield path
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.killpg(int((path / "pgid").read_text()), signal.SIGKILL)
 
 
 @pytest.fixture

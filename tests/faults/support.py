@@ -36,6 +36,7 @@ __all__ = [
     "KnownBug",
     "client",
     "delegate_dir",
+    "first_run_hangs",
     "known_bug",
     "log_entries",
     "numbered_lines_script",
@@ -63,6 +64,15 @@ class KnownBug(AssertionError):
 def known_bug(holds: bool, message: str) -> None:
     if not holds:
         raise KnownBug(message)
+
+
+def first_run_hangs(marker: Path, rerun: str = "echo rerun") -> str:
+    """A task whose first run (noting its process group in ``marker``) hangs for a minute,
+    while a rerun runs ``rerun`` and ends."""
+    return (
+        f"if mkdir {marker} 2>/dev/null; then echo $$ > {marker}/pgid; echo first-run;"
+        f" sleep 60; else {rerun}; fi"
+    )
 
 
 def numbered_lines_script(count: int, every: float) -> str:

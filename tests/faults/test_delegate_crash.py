@@ -9,20 +9,16 @@ sent here with the killed delegate's own token and key, as it would after coming
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from shared.protocol import TaskResult
 from tests.e2e.harness import Cluster, Proc
 from tests.faults.support import (
     Impostor,
+    first_run_hangs,
     known_bug,
     log_entries,
     task_view,
@@ -33,27 +29,6 @@ from tests.faults.support import (
 POOL = "pool"
 
 
-@pytest.fixture
-def marker(tmp_path: Path) -> Iterator[Path]:
-    """Where the first run of a task notes its process group; it is killed at the end.
-
-    The killed delegate's task process lives on as an orphan (nothing was left to stop it),
-    the way it would on a real host; the test does not leave it behind.
-    """
-    path = tmp_path / "first-run"
-    yield path
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.killpg(int((path / "pgid").read_text()), signal.SIGKILL)
-
-
-def _script(marker: Path) -> str:
-    # The first run (the victim's) hangs until the test kills its delegate; a rerun is quick.
-    return (
-        f"if mkdir {marker} 2>/dev/null; then echo $$ > {marker}/pgid; echo first-run;"
-        " sleep 60; else echo rerun-start; echo rerun-end; fi"
-    )
-
-
 @dataclass
 class Crash:
     task_id: str
@@ -61,7 +36,7 @@ class Crash:
     survivor: Proc
 
 
-async def _kill_victim_mid_task(c: Cluster, marker: Path, max_attempts: int) -> Crash:
+async def _kill_victim_mid_task(c: Cluster, first_run: Path, max_attempts: int) -> Crash:
     victim_token = await token(c, "victim")
     victim = await c.start_delegate("victim", POOL, token=victim_token)
     res = await c.tether(
@@ -74,7 +49,7 @@ async def _kill_victim_mid_task(c: Cluster, marker: Path, max_attempts: int) -> 
         "--",
         "bash",
         "-c",
-        _script(marker),
+        first_run_hangs(first_run, "echo rerun-start; echo rerun-end"),
     )
     assert res.code == 0, res.stderr
     task_id = res.last_line
@@ -101,9 +76,9 @@ async def _snapshot(c: Cluster, task_id: str) -> tuple[dict[str, Any], list[dict
 
 
 async def test_with_attempts_left_the_task_runs_again_on_the_other_delegate(
-    running: Cluster, marker: Path
+    running: Cluster, first_run: Path
 ) -> None:
-    crash = await _kill_victim_mid_task(running, marker, max_attempts=2)
+    crash = await _kill_victim_mid_task(running, first_run, max_attempts=2)
     await crash.survivor.wait_event("task started", task_id=crash.task_id, attempt=2)
     done = await crash.survivor.wait_event("task finished", task_id=crash.task_id)
     assert done["status"] == "succeeded"
@@ -130,9 +105,9 @@ async def test_with_attempts_left_the_task_runs_again_on_the_other_delegate(
 
 
 async def test_without_attempts_left_the_task_fails_as_delegate_lost(
-    running: Cluster, marker: Path
+    running: Cluster, first_run: Path
 ) -> None:
-    crash = await _kill_victim_mid_task(running, marker, max_attempts=1)
+    crash = await _kill_victim_mid_task(running, first_run, max_attempts=1)
     task = await wait_final(running, crash.task_id)
     assert task["state"] == "failed"
     assert task["error"] == "delegate_lost"
@@ -143,16 +118,16 @@ async def test_without_attempts_left_the_task_fails_as_delegate_lost(
     assert not [e for e in crash.survivor.events() if e.get("task_id") == crash.task_id]
 
 
-async def _lost_for_good(c: Cluster, marker: Path) -> Crash:
-    crash = await _kill_victim_mid_task(c, marker, max_attempts=1)
+async def _lost_for_good(c: Cluster, first_run: Path) -> Crash:
+    crash = await _kill_victim_mid_task(c, first_run, max_attempts=1)
     await wait_final(c, crash.task_id)
     return crash
 
 
 async def test_late_result_of_a_lost_last_attempt_is_refused(
-    running: Cluster, marker: Path
+    running: Cluster, first_run: Path
 ) -> None:
-    crash = await _lost_for_good(running, marker)
+    crash = await _lost_for_good(running, first_run)
     before = await _snapshot(running, crash.task_id)
     impostor = await _late_attempt_one(running, crash)
     status, body = await impostor.post_result(crash.task_id, _late_result())
@@ -161,9 +136,9 @@ async def test_late_result_of_a_lost_last_attempt_is_refused(
 
 
 async def test_late_log_batch_of_a_lost_last_attempt_is_refused(
-    running: Cluster, marker: Path
+    running: Cluster, first_run: Path
 ) -> None:
-    crash = await _lost_for_good(running, marker)
+    crash = await _lost_for_good(running, first_run)
     before = await _snapshot(running, crash.task_id)
     impostor = await _late_attempt_one(running, crash)
     status, body = await impostor.post_logs(crash.task_id, 1, ["late line"])

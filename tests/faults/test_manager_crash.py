@@ -1,42 +1,62 @@
-"""``kill -9`` of the manager mid-task, and a restart on the same data dir and port."""
+"""``kill -9`` of the manager mid-task, and a restart on the same data dir and port.
+
+The task is held at a gate until the manager is dead, so the path under test is always the
+same whatever the machine's load: the rest of its log and its result wait in the delegate's
+spool while the manager is away, the delegate lists the task as spooled in its heartbeats
+(which keeps its lease), and everything lands once, in order, when the manager is back.
+Every wait is on an event: a stored line, a process's exit, a delegate's log event.
+"""
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from tests.e2e.harness import BIN, Cluster, Proc
-from tests.faults.support import (
-    log_entries,
-    numbered_lines_script,
-    task_view,
-)
+from tests.faults.support import log_entries, task_view
 
-LINES = 30
+BEFORE, AFTER = 10, 20
+
+
+def _gated_script(gate: Path) -> str:
+    """Prints ``line-1`` .. ``line-BEFORE``, waits for ``gate`` to exist, prints the rest."""
+    return (
+        f"for i in $(seq 1 {BEFORE}); do echo line-$i; done;"
+        f" while [ ! -e {gate} ]; do sleep 0.02; done;"
+        f" for i in $(seq {BEFORE + 1} {BEFORE + AFTER}); do echo line-$i; done"
+    )
 
 
 async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_recorded_once(
-    running: Cluster,
+    on_each_store: Cluster, tmp_path: Path
 ) -> None:
+    running = on_each_store
     delegate = await running.start_delegate("steady")
-    res = await running.tether(
-        "task", "submit", "--", "bash", "-c", numbered_lines_script(LINES, 0.1)
-    )
+    gate = tmp_path / "gate"
+    res = await running.tether("task", "submit", "--", "bash", "-c", _gated_script(gate))
     assert res.code == 0, res.stderr
     task_id = res.last_line
-    # Kill the manager once the first lines are stored, while the task still has ~2.5 s to go.
     follower = Proc(
         "follow", [str(BIN / "tether"), "task", "logs", task_id, "--follow"], running.cli_env()
     )
     await follower.start()
     try:
-        await follower.wait_stdout("^line-5$")
+        await follower.wait_stdout(f"^line-{BEFORE}$")
     finally:
         await follower.stop()
-    await running.restart_manager(signal.SIGKILL)
+    assert running.manager is not None
+    await running.manager.stop(signal.SIGKILL)
 
+    # The manager is gone: the task finishes now, its last lines and its result spooled.
+    gate.touch()
     finished = await delegate.wait_event("task finished", task_id=task_id)
-    # Recorded once: the delegate's report was taken (by the new manager), as one attempt.
-    assert (finished["status"], finished["recorded"]) == ("succeeded", True)
+    assert (finished["status"], finished["delivery"]) == ("succeeded", "spooled")
+    seen = len(delegate.events())
+    await running.start_manager(port=running.port)
+
+    delivered = await delegate.wait_event("spooled result delivered", task_id=task_id, after=seen)
+    # Recorded once: the first time the new manager heard of it, as the only attempt.
+    assert delivered["recorded"] is True
     task = await task_view(running, task_id)
     assert task["state"] == "succeeded"
     assert task["exit_code"] == 0
@@ -47,4 +67,4 @@ async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_
     lines = await log_entries(running, task_id)
     assert [ln["attempt"] for ln in lines] == [1] * len(lines)
     assert [ln["seq"] for ln in lines] == list(range(len(lines)))
-    assert [ln["text"] for ln in lines] == [f"line-{i}" for i in range(1, LINES + 1)]
+    assert [ln["text"] for ln in lines] == [f"line-{i}" for i in range(1, BEFORE + AFTER + 1)]

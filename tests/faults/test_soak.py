@@ -1,4 +1,4 @@
-"""Soak: many delegates, many short tasks, random delegate kills and manager restarts.
+"""Soak: many delegates, many short tasks, random delegate kills, manager restarts and stalls.
 
 Scale comes from ``TETHER_SOAK_SCALE``: ``ci`` (the default: 10 delegates, 500 tasks) or
 ``full`` (50 delegates, 5,000 tasks). ``TETHER_SOAK_SEED`` replays a run's kill plan.
@@ -6,12 +6,15 @@ Scale comes from ``TETHER_SOAK_SCALE``: ``ci`` (the default: 10 delegates, 500 t
 Tasks go in through the API, concurrently, each with ``max_attempts`` 3 and an idempotency
 key, so a submit retried across a manager restart can never make a second task. Each task
 prints ``ran <its id> <nonce>`` once, then writes the nonce to ``$TETHER_OUTPUT``; every
-tenth exits 3 on purpose. Faults come at fixed points of progress (tasks finished), not at
+tenth exits 3 on purpose, and every twentieth takes 3 s (longer than a lease) instead of a
+moment. Faults come at fixed points of progress (tasks finished), not at
 times, so a slow machine gets the same plan:
 
 * a delegate is killed (SIGKILL) and a replacement started with its name and data dir,
   hence its key and delegate id: the running attempts' leases run out and they are retried;
-* the manager is killed (SIGKILL) and restarted on the same data dir and port.
+* the manager is killed (SIGKILL) and restarted on the same data dir and port;
+* the manager is frozen (SIGSTOP) until a delegate's stream notices that its heartbeats go
+  unanswered (``lost_after``, longer than a lease), then let go (SIGCONT).
 
 At the end, read back through the API, every task must be in a final state and consistent:
 attempts numbered 1..n, every attempt but the last ended by a lost lease (nothing ran again
@@ -19,7 +22,9 @@ otherwise), at most one ``ran`` line per attempt, the last attempt's line presen
 log without a gap in ``seq``) when it reported a result, and the recorded outputs carry that
 attempt's nonce (the result is the last attempt's). No task exists that no submission
 returned. The counts must add up, with ``lost`` (a task missing, not final, or missing a
-line) and ``duplicated`` (a task or an attempt run twice without a lost lease) both 0.
+line) and ``duplicated`` (a task or an attempt run twice without a lost lease) both 0, and
+``healthy_failed`` too: an attempt may lose its lease only to a kill of its own delegate, never
+to the manager's restarts or stalls.
 
 The JSON summary line is printed even under capture. Delegates that exit on their own
 (``delegate_crashes``) are listed there; they are not a failure of this test, whose subject
@@ -57,12 +62,27 @@ class Scale:
     tasks: int
     delegate_kills: int
     manager_restarts: int
+    manager_stalls: int
     timeout: float
 
 
 SCALES = {
-    "ci": Scale(delegates=10, tasks=500, delegate_kills=12, manager_restarts=3, timeout=240),
-    "full": Scale(delegates=50, tasks=5000, delegate_kills=40, manager_restarts=5, timeout=3600),
+    "ci": Scale(
+        delegates=10,
+        tasks=500,
+        delegate_kills=12,
+        manager_restarts=3,
+        manager_stalls=2,
+        timeout=240,
+    ),
+    "full": Scale(
+        delegates=50,
+        tasks=5000,
+        delegate_kills=40,
+        manager_restarts=5,
+        manager_stalls=5,
+        timeout=3600,
+    ),
 }
 SCALE_NAME = os.environ.get("TETHER_SOAK_SCALE", "ci")
 SCALE = SCALES[SCALE_NAME]
@@ -74,16 +94,22 @@ FOLLOWERS = 48
 RAN = re.compile(r"^ran (\S+) (\d+)$")
 
 
-def _script(fails: bool) -> str:
+def _script(fails: bool, long: bool) -> str:
+    # A long task (3 s, twice the suite's lease) runs across a manager stall or restart.
+    pause = "3" if long else "0.$((RANDOM % 4))"
     return (
         'n=$(( (RANDOM << 15) | RANDOM )); echo "ran $TETHER_TASK_ID $n"; '
-        'sleep 0.$((RANDOM % 4)); echo "NONCE=$n" >> "$TETHER_OUTPUT"; '
+        f'sleep {pause}; echo "NONCE=$n" >> "$TETHER_OUTPUT"; '
         f"exit {FAIL_EXIT if fails else 0}"
     )
 
 
 def _fails(i: int) -> bool:
     return i % 10 == 7
+
+
+def _long(i: int) -> bool:
+    return i % 20 == 11
 
 
 class Progress:
@@ -112,6 +138,8 @@ class Fleet:
     procs: dict[str, Proc] = field(default_factory=dict)
     # Delegates that exited on their own (not killed by the soak): name, status, last error.
     crashed: list[str] = field(default_factory=list)
+    # When each name was killed (the wall clock, as the manager dates attempts).
+    killed_at: dict[str, list[float]] = field(default_factory=dict)
 
     def note_crash(self, name: str) -> None:
         proc = self.procs[name]
@@ -133,8 +161,34 @@ class Fleet:
 
     async def replace(self, name: str) -> None:
         self.note_crash(name)
+        self.killed_at.setdefault(name, []).append(time.time())
         await self.procs[name].stop(signal.SIGKILL)
         await self.start(name)
+
+    async def notice_a_stall(self) -> None:
+        """Until one delegate says the manager stopped answering: a stream's heartbeats went
+        unacknowledged for ``lost_after``, or a polled heartbeat failed."""
+        marks = {name: len(proc.events()) for name, proc in self.procs.items()}
+        noticed = {"no heartbeat ack; reconnecting", "heartbeat failed"}
+        waits = [
+            asyncio.create_task(
+                wait_for(
+                    proc,
+                    "the manager's silence",
+                    lambda e: e.get("event") in noticed,
+                    after=marks[name],
+                    timeout=120,
+                )
+            )
+            for name, proc in self.procs.items()
+        ]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            next(iter(done)).result()
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
 
 @dataclass
@@ -146,6 +200,7 @@ class Run:
     finished: Progress = field(default_factory=Progress)
     kills: int = 0
     restarts: int = 0
+    stalls: int = 0
 
     async def retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call`` until the manager answers it; failures while it restarts are expected."""
@@ -162,7 +217,7 @@ class Run:
 
     async def submit(self, i: int) -> str:
         req = TaskSubmit(
-            payload=ShellPayload(script=_script(_fails(i))),
+            payload=ShellPayload(script=_script(_fails(i), _long(i))),
             max_attempts=MAX_ATTEMPTS,
             idempotency_key=f"soak-{SEED}-{i}",
             timeout_s=300,
@@ -186,7 +241,11 @@ class Run:
         await self.finished.advance()
 
     async def chaos(self, fleet: Fleet, rng: random.Random) -> None:
-        plan = ["delegate"] * SCALE.delegate_kills + ["manager"] * SCALE.manager_restarts
+        plan = (
+            ["delegate"] * SCALE.delegate_kills
+            + ["manager"] * SCALE.manager_restarts
+            + ["stall"] * SCALE.manager_stalls
+        )
         rng.shuffle(plan)
         for k, fault in enumerate(plan):
             await self.finished.reach(int(SCALE.tasks * (0.05 + 0.8 * k / len(plan))))
@@ -195,6 +254,16 @@ class Run:
                 await self.cluster.restart_manager(signal.SIGKILL)
                 self.manager_up.set()
                 self.restarts += 1
+            elif fault == "stall":
+                manager = self.cluster.manager
+                assert manager is not None
+                assert manager.proc is not None
+                manager.proc.send_signal(signal.SIGSTOP)
+                try:
+                    await fleet.notice_a_stall()
+                finally:
+                    manager.proc.send_signal(signal.SIGCONT)
+                self.stalls += 1
             else:
                 await fleet.replace(rng.choice(sorted(fleet.procs)))
                 self.kills += 1
@@ -207,6 +276,8 @@ class Tally:
     delegate_lost: int = 0
     lost_tasks: set[str] = field(default_factory=set)
     duplicated_tasks: set[str] = field(default_factory=set)
+    # Tasks that lost a lease their own delegate's kill does not explain.
+    healthy_failed_tasks: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -222,15 +293,29 @@ class Tally:
             self.lost_tasks.add(task_id)
         elif kind == "duplicated":
             self.duplicated_tasks.add(task_id)
+        elif kind == "healthy failed":
+            self.healthy_failed_tasks.add(task_id)
         self.problems.append(f"{kind}: {task_id}: {what}")
 
 
 def _check(
-    i: int, task: TaskView, ran: dict[int, list[int]], seqs: dict[int, list[int]], tally: Tally
+    i: int,
+    task: TaskView,
+    ran: dict[int, list[int]],
+    seqs: dict[int, list[int]],
+    tally: Tally,
+    killed_at: dict[str, list[float]],
 ) -> None:
     """One task's record against the guarantees; ``ran`` maps attempt -> the nonces it
-    printed, ``seqs`` attempt -> the sequence numbers of its stored lines."""
+    printed, ``seqs`` attempt -> the sequence numbers of its stored lines, ``killed_at``
+    delegate name -> when it was killed."""
     tid = task.id
+    for a in task.attempts:
+        kills = killed_at.get(a.delegate_name or "", [])
+        ended = a.finished_at if a.finished_at is not None else math.inf
+        # A second of slack: the test's clock and the manager's are the same host's.
+        if a.status == "lost" and not any(a.started_at - 1 <= k <= ended + 1 for k in kills):
+            tally.problem("healthy failed", tid, f"attempt {a.attempt} lost on {a.delegate_name}")
     if task.state not in FINAL_STATES:
         tally.problem("lost", tid, f"still {task.state.value}")
         return
@@ -276,7 +361,7 @@ def _check(
             tally.problem("inconsistent", tid, "the recorded result is not the last attempt's")
 
 
-async def _verify(run: Run, tally: Tally) -> None:
+async def _verify(run: Run, tally: Tally, killed_at: dict[str, list[float]]) -> None:
     slots = asyncio.Semaphore(32)
 
     async def one(i: int) -> None:
@@ -299,7 +384,7 @@ async def _verify(run: Run, tally: Tally) -> None:
                 if not page.lines or page.cursor == cursor:
                     break
                 cursor = page.cursor
-            _check(i, task, ran, seqs, tally)
+            _check(i, task, ran, seqs, tally, killed_at)
 
     await asyncio.gather(*(one(i) for i in sorted(run.ids)))
     for i in range(SCALE.tasks):
@@ -366,7 +451,7 @@ async def test_soak_loses_and_doubles_nothing_through_kills_and_restarts(
         for name in sorted(fleet.procs):
             fleet.note_crash(name)
         tally = Tally()
-        await _verify(run, tally)
+        await _verify(run, tally, fleet.killed_at)
 
     summary = {
         "soak": SCALE_NAME,
@@ -382,9 +467,11 @@ async def test_soak_loses_and_doubles_nothing_through_kills_and_restarts(
         "expired": tally.states["expired"],
         "lost": tally.lost,
         "duplicated": tally.duplicated,
+        "healthy_failed": len(tally.healthy_failed_tasks),
         "delegate_kills": run.kills,
         "delegate_crashes": len(fleet.crashed),
         "manager_restarts": run.restarts,
+        "manager_stalls": run.stalls,
         "timed_out_run": timed_out,
         "run_s": round(ran_for, 1),
         "total_s": round(time.monotonic() - started, 1),
@@ -403,3 +490,4 @@ async def test_soak_loses_and_doubles_nothing_through_kills_and_restarts(
     assert tally.retried > 0, "no kill caught a running task: the soak proved nothing"
     assert run.kills == SCALE.delegate_kills
     assert run.restarts == SCALE.manager_restarts
+    assert run.stalls == SCALE.manager_stalls

@@ -96,6 +96,13 @@ _DIFFERENCES: dict[str, dict[Dialect, str]] = {
     },
     # The unit separator (0x1f), which joins the parts of a scoped idempotency key.
     "UNIT_SEP": {_SQLITE: "char(31)", _POSTGRES: "chr(31)"},
+    # Now on the clock leases are counted on: the database's own on PostgreSQL, so that
+    # replicas write and judge leases alike whatever their own clocks say; on SQLite (one
+    # manager) the store's lease clock, bound as a parameter (manager.store.sqlite).
+    "LEASE_NOW": {
+        _SQLITE: ":lease_now",
+        _POSTGRES: "extract(epoch FROM clock_timestamp())::double precision",
+    },
 }
 
 _RECORDS: dict[str, type[Any]] = {

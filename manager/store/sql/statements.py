@@ -97,6 +97,11 @@ class Statements(abc.ABC):
         rows = await self._fetch(sql, params)
         return rows[0] if rows else None
 
+    def _lease_params(self) -> dict[str, Any]:
+        """What a statement with ``{LEASE_NOW}`` binds besides its own parameters: nothing
+        where the database has the clock."""
+        return {}
+
     def _dump(self, value: Any) -> Any:
         """A JSON column's parameter: text on SQLite; asyncpg's JSONB codec encodes it."""
         if self.dialect is Dialect.POSTGRES or value is None:

@@ -16,6 +16,7 @@ from manager.core.audit_chain import AuditOf
 from manager.records import (
     AttemptRecord,
     DelegateRecord,
+    LeaseFor,
     LogRecord,
     Presence,
     ProfileRecord,
@@ -58,6 +59,7 @@ _UPDATABLE = {
     "deployment",
     "queued_at",
     "lease_until",
+    "acquire_key",
 }
 
 GET_TASK = "SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id"
@@ -80,12 +82,12 @@ START_ATTEMPT = (
     " VALUES (:start_task_id, :start_attempt, :start_delegate_id, :start_started_at)"
 )
 _EXTEND_LEASES = (
-    "UPDATE tasks SET lease_until = :until WHERE state = 'running'"
-    " AND (lease_until IS NULL OR lease_until < :until) RETURNING id"
+    "UPDATE tasks SET lease_until = {LEASE_NOW} + :lease_for WHERE state = 'running'"
+    " AND (lease_until IS NULL OR lease_until < {LEASE_NOW} + :lease_for) RETURNING id"
 )
 _EXPIRED_LEASES = (
     "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'"
-    " AND lease_until < :now ORDER BY lease_until LIMIT :limit"
+    " AND lease_until < {LEASE_NOW} ORDER BY lease_until LIMIT :limit"
 )
 _PUT_PROFILE = (
     "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
@@ -165,6 +167,8 @@ def _encode(col: str, value: Any, dump: Callable[[Any], Any]) -> Any:
         return value.value
     if col == "cancel_requested":
         return bool(value)
+    if isinstance(value, LeaseFor):
+        return float(value.seconds)
     return value
 
 
@@ -183,7 +187,13 @@ def _update_task_sql(
     unknown = set(changes) - _UPDATABLE
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
-    sets = ", ".join(f"{col} = :set_{col}" for col in changes)
+    # A lease is a duration on the store's clock, never a replica's time.
+    sets = ", ".join(
+        f"{col} = {{LEASE_NOW}} + :set_{col}"
+        if isinstance(value, LeaseFor)
+        else f"{col} = :set_{col}"
+        for col, value in changes.items()
+    )
     params = {f"set_{col}": _encode(col, value, dump) for col, value in changes.items()}
     params.update(id=task_id, expect_state=expect_state.value, expect_attempt=expect_attempt)
     sql = (
@@ -284,6 +294,7 @@ class TaskQueries(Statements, TaskStore):
             params["end_status"] = end_attempt_status
         if start_attempt is not None:
             params.update({f"start_{k}": v for k, v in params_of(start_attempt).items()})
+        params.update(self._lease_params())
         row = await self._update_task(
             sql,
             params,
@@ -293,11 +304,12 @@ class TaskQueries(Statements, TaskStore):
         )
         return None if row is None else self._task(row)
 
-    async def extend_leases(self, until: float) -> int:
-        return len(await self._fetch(_EXTEND_LEASES, {"until": until}))
+    async def extend_leases(self, lease_for: float) -> int:
+        params = {"lease_for": lease_for, **self._lease_params()}
+        return len(await self._fetch(_EXTEND_LEASES, params))
 
-    async def expired_leases(self, now: float, *, limit: int = 500) -> list[TaskRecord]:
-        rows = await self._fetch(_EXPIRED_LEASES, {"now": now, "limit": limit})
+    async def expired_leases(self, *, limit: int = 500) -> list[TaskRecord]:
+        rows = await self._fetch(_EXPIRED_LEASES, {"limit": limit, **self._lease_params()})
         return [self._task(r) for r in rows]
 
     async def put_profile(self, profile: ProfileRecord) -> None:

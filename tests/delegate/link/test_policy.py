@@ -322,9 +322,10 @@ def test_failures_of_register_heartbeat_and_long_poll(what: Meaning, fatal: Stop
         assert p.long_poll_failed(what, "why") == fatal
         return
     assert [p.register_failed(what, "why") for _ in range(3)] == [wait(1), wait(2), wait(3)]
-    assert [p.long_poll_failed(what, "why") for _ in range(3)] == [wait(1), wait(2), wait(3)]
-    # A polled heartbeat is retried within an interval: the leases depend on it.
+    # A polled heartbeat is retried within an interval: the leases depend on it. So is a
+    # long-poll: new work is picked up within an interval of the manager's return.
     assert [p.poll_heartbeat_failed(what, "why") for _ in range(2)] == [wait(1), Wait(HB)]
+    assert [p.long_poll_failed(what, "why") for _ in range(3)] == [wait(1), Wait(HB), Wait(HB)]
 
 
 def test_success_resets_each_failure_count() -> None:

@@ -268,6 +268,8 @@ async def test_during_an_outage_log_and_result_wait_on_disk_then_arrive_in_order
         assert delivery.state == "spooled"
         assert shipper.spooling
         assert outbox.awaiting_result() == [TASK]
+        # What the heartbeats list, so the manager keeps the lease while it waits.
+        assert outbox.spooled_tasks() == [TASK]
         assert spool_files(root)
         assert len(manager.lines) < 3000
         assert manager.results == []
@@ -279,6 +281,7 @@ async def test_during_an_outage_log_and_result_wait_on_disk_then_arrive_in_order
     # The result came after every line of its attempt.
     assert manager.lines_at_result == [3000]
     assert outbox.awaiting_result() == []
+    assert outbox.spooled_tasks() == []
     assert spool_files(root) == []
 
 

@@ -328,6 +328,37 @@ async def test_a_stale_attempt_is_refused_and_changes_nothing(api: Api) -> None:
     assert logs["lines"] == []
 
 
+async def test_an_acquire_asked_again_with_its_key_gets_the_same_attempt(api: Api) -> None:
+    holder = {"Authorization": f"Bearer {await _registered(api, 'holder')}"}
+    other = {"Authorization": f"Bearer {await _registered(api, 'other')}"}
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    url = f"/api/v1/delegate/tasks/{task['id']}/acquire"
+    first = await api.client.post(url, params={"key": "try-0001"}, headers=holder)
+    assert first.status == 200
+    # The answer was lost; the same delegate asks again with the same key.
+    again = await api.client.post(url, params={"key": "try-0001"}, headers=holder)
+    assert again.status == 200
+    assert (await again.json())["attempt"] == (await first.json())["attempt"] == 1
+    for headers, key in ((other, "try-0001"), (holder, "try-0002")):
+        taken = await api.client.post(url, params={"key": key}, headers=headers)
+        assert taken.status == 409
+    after = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert [a["attempt"] for a in after["attempts"]] == [1]
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 65, "has space", "semi;colon"])
+async def test_a_malformed_acquire_key_is_a_400_and_changes_nothing(api: Api, key: str) -> None:
+    cred = {"Authorization": f"Bearer {await _registered(api)}"}
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    resp = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/acquire", params={"key": key}, headers=cred
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "key"
+    after = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert after["state"] == "queued"
+
+
 async def test_a_resent_result_is_accepted_once(api: Api) -> None:
     cred = {"Authorization": f"Bearer {await _registered(api)}"}
     task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()

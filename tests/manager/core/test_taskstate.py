@@ -14,8 +14,10 @@ from manager.core.taskstate import (
     on_lease_lost,
     on_result,
     on_sweep,
+    on_timeout,
+    timeout_due,
 )
-from manager.records import TaskRecord
+from manager.records import LeaseFor, TaskRecord
 from shared.protocol import FINAL_STATES, Deployment, TaskResult, TaskState
 
 CREATED = 1_000.0
@@ -76,6 +78,42 @@ def test_acquire_of_requeued_task_bumps_the_attempt_past_the_old_one() -> None:
 
 def test_acquire_clears_a_stale_cancel_request() -> None:
     assert on_acquire(queued(), "dlg_a", 1_010.0).changes["cancel_requested"] is False
+
+
+def test_acquire_leases_on_the_store_clock_and_keeps_the_key() -> None:
+    decision = on_acquire(queued(), "dlg_a", 1_100.0, lease_for=30.0, key="k-12345678")
+    assert decision.changes["lease_until"] == LeaseFor(30.0)
+    assert decision.changes["acquire_key"] == "k-12345678"
+
+
+def test_the_holder_asking_again_with_its_key_is_handed_the_same_attempt() -> None:
+    task = applied(queued(), on_acquire(queued(), "dlg_a", 1_100.0, key="k-12345678"))
+    again = on_acquire(task, "dlg_a", 1_101.0, key="k-12345678")
+    assert again.verdict is Verdict.HELD
+    assert again.changes == {}
+
+
+@pytest.mark.parametrize(
+    ("delegate_id", "key"),
+    [
+        ("dlg_b", "k-12345678"),  # another delegate, even with the same key
+        ("dlg_a", "k-87654321"),  # the holder restarted: a new key
+        ("dlg_a", None),  # a delegate that sends no key
+    ],
+)
+def test_anyone_else_asking_for_a_held_task_is_told_it_is_taken(
+    delegate_id: str, key: str | None
+) -> None:
+    task = applied(queued(), on_acquire(queued(), "dlg_a", 1_100.0, key="k-12345678"))
+    assert on_acquire(task, delegate_id, 1_101.0, key=key).verdict is Verdict.TAKEN
+
+
+def test_a_requeued_task_is_not_handed_out_again_on_the_old_key() -> None:
+    task = applied(queued(), on_acquire(queued(), "dlg_a", 1_100.0, key="k-12345678"))
+    requeued = applied(task, on_lease_lost(task, 1_200.0))
+    decision = on_acquire(requeued, "dlg_a", 1_201.0, key="k-12345678")
+    # A fresh attempt (the next number), not the lost one again.
+    assert applied(requeued, decision).attempt == 2
 
 
 def test_acquire_of_running_task_is_taken() -> None:
@@ -278,3 +316,19 @@ def test_same_task_and_now_give_the_same_decision() -> None:
     task = running()
     first = on_sweep(task, 5_000.0, run_margin=MARGIN)
     assert on_sweep(task, 5_000.0, run_margin=MARGIN) == first
+
+
+# --- timeouts, judged by the caller ---------------------------------------------------------
+
+
+def test_timeout_due_is_the_queue_timeout_for_a_queued_task_and_the_run_timeout_after() -> None:
+    assert timeout_due(queued(), run_margin=MARGIN) == CREATED + QUEUE_TIMEOUT
+    task = running()
+    assert timeout_due(task, run_margin=MARGIN) == CREATED + 5.0 + TIMEOUT + MARGIN
+    assert timeout_due(queued(state=TaskState.SUCCEEDED), run_margin=MARGIN) is None
+
+
+def test_on_timeout_expires_a_queued_task_and_times_out_a_running_one() -> None:
+    assert applied(queued(), on_timeout(queued(), 2_000.0)).state is TaskState.EXPIRED
+    assert applied(running(), on_timeout(running(), 2_000.0)).state is TaskState.TIMED_OUT
+    assert on_timeout(queued(state=TaskState.FAILED), 2_000.0).verdict is Verdict.NOOP

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from manager.records import (
     AttemptRecord,
     DelegateRecord,
+    LeaseFor,
     LogRecord,
     Presence,
     TaskFilter,
@@ -17,6 +20,7 @@ from manager.records import (
     TokenRecord,
 )
 from manager.store.base import Conflict, Store, StoreError
+from manager.store.sqlite import SqliteStore, lease_clock
 from shared.protocol import TaskState
 from tests.manager.conftest import StoreMaker
 
@@ -597,37 +601,97 @@ async def test_tasks_in_states_returns_oldest_first(store: Store) -> None:
 async def test_renew_leases_extends_only_what_the_listed_holder_holds(store: Store) -> None:
     await acquired(store, "task_1")
     await acquired(store, "task_2")
-    renewed = await store.renew_leases([("task_1", "dlg_1"), ("task_2", "dlg_other")], 5_000.0)
-    assert renewed == {"task_1"}
+    held = [("task_1", "dlg_1", 3600.0), ("task_2", "dlg_other", 3600.0)]
+    assert await store.renew_leases(held) == {"task_1"}
     one, two = await store.get_task("task_1"), await store.get_task("task_2")
     assert one is not None
     assert two is not None
-    assert one.lease_until == 5_000.0
-    assert two.lease_until != 5_000.0
+    assert one.lease_until is not None
+    assert two.lease_until is None
 
 
 async def test_renew_leases_of_nothing_writes_nothing(store: Store) -> None:
-    assert await store.renew_leases([], 5_000.0) == set()
+    assert await store.renew_leases([]) == set()
 
 
 async def test_expired_leases_are_the_running_tasks_past_their_lease(store: Store) -> None:
     await acquired(store, "task_1")
     await acquired(store, "task_2")
-    await store.renew_leases([("task_1", "dlg_1")], 2_000.0)
-    await store.renew_leases([("task_2", "dlg_1")], 4_000.0)
-    assert [t.id for t in await store.expired_leases(3_000.0)] == ["task_1"]
-    assert [t.id for t in await store.expired_leases(5_000.0)] == ["task_1", "task_2"]
+    await acquired(store, "task_3")
+    # Durations from the store's own now: negative ones ran out already.
+    await store.renew_leases([("task_1", "dlg_1", -20.0), ("task_2", "dlg_1", -10.0)])
+    await store.renew_leases([("task_3", "dlg_1", 3600.0)])
+    assert [t.id for t in await store.expired_leases()] == ["task_1", "task_2"]
+    await store.renew_leases([("task_1", "dlg_1", 3600.0)])
+    assert [t.id for t in await store.expired_leases()] == ["task_2"]
 
 
 async def test_extend_leases_gives_every_running_task_at_least_that_long(store: Store) -> None:
     await acquired(store, "task_1")
     await acquired(store, "task_2")
-    await store.renew_leases([("task_2", "dlg_1")], 9_000.0)
-    assert await store.extend_leases(5_000.0) >= 1
+    await store.renew_leases([("task_1", "dlg_1", -5.0), ("task_2", "dlg_1", 9_000.0)])
+    assert await store.extend_leases(60.0) == 1
+    assert await store.expired_leases() == []
     one, two = await store.get_task("task_1"), await store.get_task("task_2")
     assert one is not None
+    assert one.lease_until is not None
     assert two is not None
-    assert (one.lease_until, two.lease_until) == (5_000.0, 9_000.0)
+    assert two.lease_until is not None
+    # The longer lease is kept; the lapsed one now runs about a minute.
+    assert two.lease_until - one.lease_until == pytest.approx(9_000.0 - 60.0, abs=5.0)
+
+
+async def test_a_lease_from_an_acquire_runs_on_the_store_clock(store: Store) -> None:
+    await store.insert_task(task("task_1"), idempotency_window=WINDOW)
+    changes = {**ACQUIRE, "lease_until": LeaseFor(-1.0), "acquire_key": "key-0001"}
+    running = await store.update_task(
+        "task_1", expect_state=TaskState.QUEUED, expect_attempt=0, changes=changes
+    )
+    assert running is not None
+    assert running.acquire_key == "key-0001"
+    assert [t.id for t in await store.expired_leases()] == ["task_1"]
+
+
+async def test_postgres_counts_leases_on_the_database_clock(pg: StoreMaker) -> None:
+    store = pg()
+    await store.open()
+    try:
+        await acquired(store, "task_1")
+        await store.renew_leases([("task_1", "dlg_1", 100.0)])
+        current = await store.get_task("task_1")
+        assert current is not None
+        assert current.lease_until is not None
+        (row,) = await pg.fetch("SELECT extract(epoch FROM clock_timestamp())::float8 AS now")
+        assert current.lease_until - row["now"] == pytest.approx(100.0, abs=5.0)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_counts_leases_on_its_lease_clock_not_the_wall_clock(
+    tmp_path: Path,
+) -> None:
+    now = [5_000.0]
+    store = SqliteStore(tmp_path / "t.db", lease_now=lambda: now[0])
+    await store.open()
+    try:
+        await acquired(store, "task_1")
+        await store.renew_leases([("task_1", "dlg_1", 30.0)])
+        current = await store.get_task("task_1")
+        assert current is not None
+        assert current.lease_until == 5_030.0
+        now[0] += 30.0
+        assert await store.expired_leases() == []
+        now[0] += 0.5
+        assert [t.id for t in await store.expired_leases()] == ["task_1"]
+    finally:
+        await store.close()
+
+
+def test_the_sqlite_lease_clock_reads_as_epoch_seconds_and_moves_with_the_monotonic_clock() -> None:
+    clock = lease_clock()
+    first = clock()
+    assert abs(first - time.time()) < 5.0
+    assert clock() >= first
 
 
 # -- replica presence --------------------------------------------------------------------------

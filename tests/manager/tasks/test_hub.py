@@ -32,7 +32,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def hub(clock: FakeClock) -> Hub:
-    return Hub(lost_after=LOST_AFTER, clock=clock)
+    return Hub(lost_after=LOST_AFTER, clock=clock, wall=clock)
 
 
 def record(name: str, *, capacity: int = 4, draining: bool = False) -> DelegateRecord:
@@ -102,10 +102,50 @@ def test_only_live_sessions_hold_tasks_and_count_as_present(hub: Hub, clock: Fak
     clock.now += LOST_AFTER + 1
     new = hub.session(record("new"))
     hub.on_heartbeat(new, Heartbeat(seq=1, running=["t1", "t2"], free_slots=2))
-    assert hub.held() == [("t1", "dlg_new"), ("t2", "dlg_new")]
+    lease = hub.liveness.lease
+    assert [(c.task_id, c.delegate_id, c.lease_for) for c in hub.held()] == [
+        ("t1", "dlg_new", lease),
+        ("t2", "dlg_new", lease),
+    ]
     assert [
         (p.delegate_id, p.replica_id, p.mode, p.last_heartbeat) for p in hub.presence("r1")
     ] == [("dlg_new", "r1", "polling", clock.now)]
+
+
+def test_presence_is_dated_on_the_wall_clock_and_liveness_runs_on_the_monotonic(
+    clock: FakeClock,
+) -> None:
+    wall = FakeClock()
+    wall.now = 1_700_000_000.0
+    hub = Hub(lost_after=LOST_AFTER, clock=clock, wall=wall)
+    hub.on_heartbeat(hub.session(record("a")), Heartbeat(seq=1, free_slots=1))
+    clock.now += 5.0
+    wall.now += 3_600.0  # the wall clock jumps an hour: liveness does not care
+    (seen,) = hub.presence("r1")
+    assert seen.last_heartbeat == wall.now - 5.0
+    assert hub.status("dlg_a") == "polling"
+    assert hub.liveness.lost(clock()) == []
+
+
+def test_a_hello_or_a_task_this_process_did_not_grant_hastens_the_renewal(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.renewals.done(0.0)
+    hub.leases.grant("mine", session.id)
+    hub.on_heartbeat(session, Heartbeat(seq=1, running=["mine"], free_slots=3))
+    assert not hub.renewals.due(1.0)
+    hub.on_heartbeat(session, Heartbeat(seq=2, running=["mine"], spooled=["other"], free_slots=3))
+    assert hub.renewals.due(1.0)
+    hub.renewals.done(1.0)
+    hub.on_heartbeat(session, Hello(running=["mine"]))
+    assert hub.renewals.due(2.0)
+
+
+def test_a_task_only_in_the_spool_is_never_a_stranger(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    hub.on_heartbeat(session, Heartbeat(seq=1, running=["gone"], spooled=["old"], free_slots=3))
+    held = hub.held()
+    hub.renewed(held, renewed=set())
+    assert session.strangers == frozenset({"gone"})
 
 
 # -- heartbeats and acks --------------------------------------------------------------------

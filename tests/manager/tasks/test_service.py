@@ -33,10 +33,19 @@ class Clock:
 
 
 class World:
-    def __init__(self, store: SqliteStore, clock: Clock, tmp_path: Path) -> None:
+    def __init__(
+        self, store: SqliteStore, clock: Clock, tmp_path: Path, wall: Clock | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
-        self.hub = Hub(lost_after=TIMINGS.lost_after, clock=clock)
+        wall = wall or clock
+        self.hub = Hub(
+            lost_after=TIMINGS.lost_after,
+            clock=clock,
+            wall=wall,
+            heartbeat_interval=TIMINGS.heartbeat_interval,
+            tick=TIMINGS.sweep_interval,
+        )
         self.dispatcher = Dispatcher(self.hub, widen_after=0.5, tick=1.0, clock=clock)
         self.tasks = TaskService(
             store=store,
@@ -46,6 +55,7 @@ class World:
             master_key=MasterKey.load_or_create(tmp_path / "master.key"),
             timings=TIMINGS,
             clock=clock,
+            wall=wall,
         )
 
     def delegate(self, name: str) -> Session:
@@ -85,9 +95,11 @@ async def beat(world: World, session: Session, running: list[str]) -> HeartbeatA
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteStore(tmp_path / "t.db")
+    clock = Clock()
+    # One fake clock for all: the service's durations, its timestamps, the store's leases.
+    store = SqliteStore(tmp_path / "t.db", lease_now=clock)
     await store.open()
-    yield World(store, Clock(), tmp_path)
+    yield World(store, clock, tmp_path)
     await store.close()
 
 
@@ -252,3 +264,175 @@ async def test_an_ineligible_acquire_gets_the_answer_for_a_missing_task(
     assert str(refused.value) == str(missing.value).replace("task_nope", task.id)
     assert await world.state(task.id) is TaskState.QUEUED
     assert world.dispatcher.pick_for(session) is None
+
+
+# -- the manager's own bad moments: judged on the delegates' evidence ------------------------
+
+
+async def running_on(world: World, name: str, **over: object) -> tuple[Session, str]:
+    """A task submitted with ``over`` and acquired by delegate ``name``."""
+    session = world.delegate(name)
+    task_id = await world.submit(**over)
+    await world.tasks.acquire(session, task_id)
+    return session, task_id
+
+
+async def sweeping(world: World, seconds: float) -> None:
+    """The manager's sweep loop turning normally for ``seconds``: a tick, the renewal when it
+    is due, the sweep (as manager.server.app's loop does)."""
+    end = world.clock.now + seconds
+    while world.clock.now < end:
+        world.clock.now += TIMINGS.sweep_interval
+        world.hub.liveness.tick(world.clock.now)
+        if world.hub.renewals.due(world.clock.now):
+            await world.tasks.renew_leases()
+            world.hub.renewals.done(world.clock.now)
+        await world.tasks.sweep()
+
+
+async def test_a_stall_longer_than_the_lease_changes_nothing_for_a_delegate_that_kept_on(
+    world: World,
+) -> None:
+    session, task_id = await running_on(world, "a", max_attempts=2)
+    await beat(world, session, [task_id])
+    await sweeping(world, 5)
+    # Frozen for a minute: no tick, no heartbeat counted, the stored lease runs out.
+    world.clock.now += 60
+    assert [t.id for t in await world.store.expired_leases()] == [task_id]
+    world.hub.liveness.tick(world.clock.now)
+    await world.tasks.sweep()
+    assert await world.state(task_id) is TaskState.RUNNING
+    # The heartbeats the delegate sent meanwhile are counted as the loop turns again.
+    for seq in range(10):
+        world.hub.on_heartbeat(session, Heartbeat(seq=seq, running=[task_id], free_slots=3))
+        await sweeping(world, TIMINGS.heartbeat_interval)
+    assert await world.state(task_id) is TaskState.RUNNING
+    assert [a.status for a in await world.store.attempts(task_id)] == [None]
+
+
+async def test_after_a_stall_a_delegate_that_died_during_it_loses_its_task(world: World) -> None:
+    session, task_id = await running_on(world, "a")
+    await beat(world, session, [task_id])
+    await sweeping(world, 5)
+    world.clock.now += 60
+    world.hub.liveness.tick(world.clock.now)
+    await world.tasks.sweep()
+    assert await world.state(task_id) is TaskState.RUNNING
+    await sweeping(world, world.hub.liveness.grace + 2 * TIMINGS.sweep_interval)
+    task = await world.store.get_task(task_id)
+    assert task is not None
+    assert (task.state, task.error) == (TaskState.FAILED, "delegate_lost")
+
+
+async def test_a_lease_the_store_lost_holds_while_the_holders_heartbeats_list_the_task(
+    world: World,
+) -> None:
+    # The renewal could not be written (a full disk, the database away): the stored lease
+    # ran out, but the delegate's heartbeat here still lists the task.
+    session, task_id = await running_on(world, "a")
+    world.clock.now += TIMINGS.lost_after + 1
+    world.hub.on_heartbeat(session, Heartbeat(seq=1, running=[task_id], free_slots=3))
+    assert [t.id for t in await world.store.expired_leases()] == [task_id]
+    await world.tasks.sweep()
+    assert await world.state(task_id) is TaskState.RUNNING
+    assert world.hub.renewals.due(world.clock.now)  # written at the next pass
+
+
+async def test_a_forward_jump_of_the_wall_clock_expires_nothing(tmp_path: Path) -> None:
+    steady, wall = Clock(), Clock()
+    store = SqliteStore(tmp_path / "t.db", lease_now=steady)
+    await store.open()
+    try:
+        world = World(store, steady, tmp_path, wall=wall)
+        session = world.delegate("a")
+        queued_id = await world.submit(queue_timeout_s=60)
+        running_id = await world.submit()
+        await world.tasks.acquire(session, running_id)
+        await beat(world, session, [running_id])
+        wall.now += 3_600.0
+        await sweeping(world, 5)
+        assert await world.state(queued_id) is TaskState.QUEUED
+        assert await world.state(running_id) is TaskState.RUNNING
+        # Durations still run on the steady clock.
+        await sweeping(world, 60)
+        assert await world.state(queued_id) is TaskState.EXPIRED
+    finally:
+        await store.close()
+
+
+async def test_a_result_waiting_in_the_spool_keeps_its_lease(world: World) -> None:
+    session, task_id = await running_on(world, "a")
+    await beat(world, session, [task_id])
+    # The task ended while the manager could not take its result: it waits in the spool,
+    # and the delegate lists it as such, for far longer than a lease.
+    for seq in range(10):
+        world.hub.on_heartbeat(
+            session, Heartbeat(seq=seq, running=[], spooled=[task_id], free_slots=4)
+        )
+        await sweeping(world, TIMINGS.heartbeat_interval)
+    assert await world.state(task_id) is TaskState.RUNNING
+    result = TaskResult(attempt=1, status="succeeded")
+    assert (await world.tasks.record_result(session, task_id, result)).recorded
+
+
+async def test_a_frozen_delegate_loses_its_lease_lost_after_its_last_heartbeat(
+    world: World,
+) -> None:
+    session, task_id = await running_on(world, "a", max_attempts=2)
+    for seq in range(3):
+        world.hub.on_heartbeat(session, Heartbeat(seq=seq, running=[task_id], free_slots=3))
+        await sweeping(world, TIMINGS.heartbeat_interval)
+    last_heartbeat = world.clock.now - TIMINGS.heartbeat_interval
+    # Frozen: no more heartbeats; the sweep goes on every second, and the one that finds
+    # the lease ran out comes within lost_after of the last heartbeat, never later.
+    while await world.state(task_id) is TaskState.RUNNING:
+        assert world.clock.now - last_heartbeat < TIMINGS.lost_after
+        await sweeping(world, TIMINGS.sweep_interval)
+    assert await world.state(task_id) is TaskState.QUEUED
+    assert world.clock.now - last_heartbeat <= TIMINGS.lost_after
+    assert world.clock.now - last_heartbeat > TIMINGS.lost_after - 2 * TIMINGS.sweep_interval
+
+
+# -- hand-out is idempotent for its holder -----------------------------------------------------
+
+
+async def test_an_acquire_asked_again_with_its_key_hands_out_the_same_attempt(
+    world: World,
+) -> None:
+    holder = world.delegate("a")
+    task_id = await world.submit(max_attempts=3)
+    first = await world.tasks.acquire(holder, task_id, "key-00000001")
+    # The answer was lost; the delegate asks again with the same key.
+    again = await world.tasks.acquire(holder, task_id, "key-00000001")
+    assert (again.attempt, again.task.id) == (first.attempt, task_id) == (1, task_id)
+    assert [a.attempt for a in await world.store.attempts(task_id)] == [1]
+    # Anyone else, or the holder with another key (it restarted), is told it is taken.
+    for session, key in ((world.delegate("b"), "key-00000001"), (holder, "key-00000002")):
+        with pytest.raises(Conflicting) as taken:
+            await world.tasks.acquire(session, task_id, key)
+        assert taken.value.code == "taken"
+
+
+async def test_an_acquire_asked_again_is_answered_at_full_capacity(world: World) -> None:
+    holder = world.delegate("a")
+    ids = [await world.submit() for _ in range(4)]
+    for n, task_id in enumerate(ids):
+        await world.tasks.acquire(holder, task_id, f"key-0000000{n}")
+    again = await world.tasks.acquire(holder, ids[-1], "key-00000003")
+    assert again.attempt == 1
+
+
+async def test_a_delegate_frozen_right_after_an_acquire_loses_it_lost_after_its_last_beat(
+    world: World,
+) -> None:
+    session = world.delegate("a")
+    world.hub.on_heartbeat(session, Heartbeat(seq=1, running=[], free_slots=4))
+    last_heartbeat = world.clock.now
+    await sweeping(world, TIMINGS.heartbeat_interval - 1)
+    task_id = await world.submit(max_attempts=2)
+    await world.tasks.acquire(session, task_id)
+    # Frozen before its next heartbeat could list the task.
+    while await world.state(task_id) is TaskState.RUNNING:
+        assert world.clock.now - last_heartbeat < TIMINGS.lost_after
+        await sweeping(world, TIMINGS.sweep_interval)
+    assert world.clock.now - last_heartbeat <= TIMINGS.lost_after
