@@ -364,13 +364,13 @@ MIGRATIONS: list[Migration] = [
     ),
     # How the delegate runs its tasks; a delegate registered before it said nothing.
     (14, "ALTER TABLE delegates ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared_user'"),
+    # The holder's key for the acquire that started the attempt (manager.core.taskstate.
+    # on_acquire): asking again with it after a lost answer hands out the same attempt.
+    (15, "ALTER TABLE tasks ADD COLUMN acquire_key TEXT"),
     # A log line's exact bytes when they are not text (a NUL, invalid UTF-8): PostgreSQL's
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
-    (15, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
-    # The holder's key for the acquire that started the attempt (manager.core.taskstate.
-    # on_acquire): asking again with it after a lost answer hands out the same attempt.
-    (16, "ALTER TABLE tasks ADD COLUMN acquire_key TEXT"),
+    (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
 ]
 
 

@@ -43,7 +43,7 @@ async def test_the_migration_keeps_the_lines_stored_before_it(
     new_store: StoreMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     every = new_store.migrations
-    assert every[-1] == (15, "ALTER TABLE task_logs ADD COLUMN data {BYTES}")
+    assert every[-1] == (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}")
     monkeypatch.setattr(migration_list, "MIGRATIONS", every[:-1])
     before = new_store()
     await before.open()
