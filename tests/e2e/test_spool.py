@@ -130,7 +130,10 @@ async def test_a_result_spooled_by_a_killed_delegate_is_sent_by_its_next_start(
     assert stat.S_IMODE(attempt_dir.stat().st_mode) == 0o700
     assert {stat.S_IMODE(f.stat().st_mode) for f in attempt_dir.iterdir()} == {0o600}
 
-    await cluster.start_manager(*SLOW_MANAGER, port=cluster.port)
+    # Production timings for the restarted manager: it waits lost_after (30 s) for delegates
+    # to come back before judging a lease, which a new delegate process starting on a loaded
+    # machine must not outlast (at a scaled 6 s it could, and its attempt was then stale).
+    await cluster.start_manager("--time-scale", "1", port=cluster.port)
     second = await cluster.start_delegate("phoenix", token=token, wait_mode=None)
     replayed = await second.wait_event("replaying spooled task", task_id=task_id)
     delivered = await second.wait_event("spooled result delivered", task_id=task_id)

@@ -33,9 +33,7 @@ from shared.protocol import ShellPayload
 from shared.tls import client_context
 from tests.e2e.harness import Cluster
 from tests.faults.support import (
-    KnownBug,
     client,
-    known_bug,
     log_entries,
     numbered_lines_script,
     wait_final,
@@ -140,7 +138,6 @@ async def _until_leases_lapse(c: Cluster, task_ids: list[str], timeout: float = 
 # delegate's spool is not listed in its heartbeats, and a lease the manager could not renew
 # while full is judged against the wall clock when it comes back (issue 21 item 1, the
 # `leases` work). Not strict: which of the two tasks fails first depends on timing.
-@pytest.mark.xfail(raises=KnownBug, strict=False, reason="leases lapse over a manager stall")
 async def test_a_full_data_volume_refuses_writes_as_full_and_loses_no_task(
     on_tmpfs: Cluster,
 ) -> None:
@@ -196,10 +193,7 @@ async def test_a_full_data_volume_refuses_writes_as_full_and_loses_no_task(
     for task_id, lines in ((ends_inside, 30), (runs_through, 60)):
         task = await wait_final(c, task_id, timeout=60)
         outcome = (task["state"], task.get("error"), task["exit_code"])
-        known_bug(
-            outcome == ("succeeded", None, 0),
-            f"{task_id}, run through a full volume, ended {outcome} (leases: issue 21 item 1)",
-        )
+        assert outcome == ("succeeded", None, 0), f"{task_id}, run through a full volume"
         assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "succeeded")]
         texts = [ln["text"] for ln in await log_entries(c, task_id)]
         assert texts == [f"line-{i}" for i in range(1, lines + 1)]

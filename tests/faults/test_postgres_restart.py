@@ -31,7 +31,7 @@ from manager.schemas.tasks import TaskSubmit
 from shared.protocol import ShellPayload
 from tests.e2e.conftest import PG
 from tests.e2e.harness import Cluster
-from tests.faults.support import KnownBug, client, known_bug, wait_final
+from tests.faults.support import client, wait_final
 
 pytestmark = pytest.mark.pg_restart
 
@@ -89,7 +89,6 @@ async def on_postgres(tmp_path: Path) -> AsyncIterator[tuple[Cluster, str]]:
 
 # Submissions hold (none lost, no key doubled, no task run twice, the manager reconnects);
 # the 500s and the orphaned acquires do not yet. Not strict: a restart may hit neither.
-@pytest.mark.xfail(raises=KnownBug, strict=False, reason="issue 21 items 3 and 5 (bytes, leases)")
 async def test_a_postgres_restart_mid_burst_loses_no_submission(
     on_postgres: tuple[Cluster, str],
 ) -> None:
@@ -157,14 +156,11 @@ async def test_a_postgres_restart_mid_burst_loses_no_submission(
     # Nothing ran twice, whatever else happened.
     assert all(runs <= 1 for *_, runs in outcomes), outcomes
 
-    # Last, so everything above is judged first. An asyncpg.InterfaceError mid-restart is
-    # answered 500 until it maps to 503, and an acquire that committed but whose answer was
-    # lost orphans its task until hand-out is idempotent for its holder (issue 21 items 3
-    # and 5: the `bytes` and `leases` work).
-    known_bug(
-        statuses[500] == 0 and set(outcomes) == {("succeeded", None, 0, 1)},
-        f"answers during the restart: {dict(statuses)}; the tasks ended: {dict(outcomes)}",
-    )
+    # Last, so everything above is judged first: no 500 (a connection lost mid-restart is a
+    # 503), and no task orphaned by an acquire whose answer was lost (hand-out is idempotent
+    # for its holder).
+    assert statuses[500] == 0, f"answers during the restart: {dict(statuses)}"
+    assert set(outcomes) == {("succeeded", None, 0, 1)}, f"the tasks ended: {dict(outcomes)}"
 
 
 def _schema(c: Cluster) -> str:
