@@ -38,7 +38,7 @@ from manager.errors import Conflicting, DomainError, Forbidden, Invalid, Unauthe
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.schemas.auth import AuthSettings
-from manager.store.base import Conflict, EntityWrite, StoreError
+from manager.store.base import EntityWrite, StoreError
 from shared.ids import hash_secret
 
 __all__ = ["LOGINS", "FailNotice", "LockNotice", "Logins", "Session", "recovery_code"]
@@ -123,17 +123,16 @@ class Logins:
         found = await self.settings_kind.get(_SETTINGS_ID)
         return AuthSettings() if found is None else found.body
 
-    async def save_settings(self, body: AuthSettings) -> AuthSettings:
-        """Store ``body``; answers the settings it replaced."""
-        found = await self.settings_kind.get(_SETTINGS_ID)
-        if found is None:
-            try:
-                await self.settings_kind.insert(body, entity_id=_SETTINGS_ID)
-                return AuthSettings()
-            except Conflict:  # another replica saved first: replace theirs below
-                pass
-        before, _ = await self.settings_kind.update(_SETTINGS_ID, lambda _: body)
-        return before
+    async def save_settings(
+        self,
+        body: AuthSettings,
+        *,
+        audit: AuditOf[tuple[AuthSettings | None, Entity[AuthSettings]]] | None = None,
+    ) -> AuthSettings:
+        """Store ``body``; answers the settings it replaced. ``audit``: as
+        :meth:`EntityKind.put`'s (None before: the defaults were in force)."""
+        before = await self.settings_kind.put(_SETTINGS_ID, body, audit=audit)
+        return AuthSettings() if before is None else before
 
     # -- sessions
 

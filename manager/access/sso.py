@@ -43,9 +43,11 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from pydantic import BaseModel, ConfigDict, Field
 
 from manager.access.directory import Directory, UserBody
-from manager.access.entities import Entity, EntityKind
+from manager.access.entities import Entity, EntityKind, together
+from manager.core.audit_chain import AuditAppend, AuditOf
+from manager.records import EntityRecord
 from manager.schemas.auth import client_code, verifier_hash
-from manager.store.base import Conflict, Store
+from manager.store.base import Conflict, EntityWrite, Store
 from shared.tls import client_context
 
 __all__ = [
@@ -186,6 +188,7 @@ class Oidc:
         domain_allowed: Callable[[str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store = store
         self._directory = directory
         self._client_secret = client_secret  # async (secret name) -> bytes
         # The account's allowed email domains, for users made at their first SSO login.
@@ -201,14 +204,15 @@ class Oidc:
             raise SsoError("single sign-on is not configured")
         return found.body
 
-    async def save_settings(self, body: SsoSettings) -> SsoSettings | None:
-        """Store ``body``; the settings before (None the first time)."""
-        if await self.settings.get("oidc") is None:
-            with contextlib.suppress(Conflict):
-                await self.settings.insert(body, entity_id="oidc")
-                return None
-        before, _ = await self.settings.update("oidc", lambda _old: body)
-        return before
+    async def save_settings(
+        self,
+        body: SsoSettings,
+        *,
+        audit: AuditOf[tuple[SsoSettings | None, Entity[SsoSettings]]] | None = None,
+    ) -> SsoSettings | None:
+        """Store ``body``; the settings before (None the first time). ``audit``: as
+        :meth:`EntityKind.put`'s."""
+        return await self.settings.put("oidc", body, audit=audit)
 
     # -- 1. start
 
@@ -467,21 +471,36 @@ class Oidc:
         except Conflict:
             raise SsoError("this identity was linked meanwhile; try again") from None
 
-    async def link(self, issuer: str, subject: str, user_id: str) -> SsoLink:
+    async def link(
+        self, issuer: str, subject: str, user_id: str, *, audit: AuditOf[SsoLink] | None = None
+    ) -> SsoLink:
         """An administrator links (issuer, subject) to ``user_id``; Conflict when the
-        identity is linked already (to anyone: unlink first)."""
+        identity is linked already (to anyone: unlink first). ``audit``: its event, of the
+        link as written, in the insert's transaction."""
         body = SsoLink(
             issuer=issuer, subject=subject, user_id=user_id, made_by="admin", made_at=self._clock()
         )
-        await self.links.insert(body)
+        await self.links.insert(
+            body, audit=None if audit is None else lambda written: audit(written.body)
+        )
         return body
 
-    async def unlink(self, user_id: str) -> list[SsoLink]:
-        """Every link of ``user_id`` removed; answers them."""
-        gone = []
-        for link in await self.links.list():
-            if link.body.user_id == user_id and await self.links.delete(link.id):
-                gone.append(link.body)
+    async def unlink(
+        self, user_id: str, *, audit: AuditOf[list[SsoLink]] | None = None
+    ) -> list[SsoLink]:
+        """Every link of ``user_id`` removed, in one transaction with ``audit``'s event (of
+        the links removed; none removed, none written); answers them."""
+        gone: list[SsoLink] = []
+
+        async def plan() -> list[EntityWrite]:
+            theirs = [link for link in await self.links.list() if link.body.user_id == user_id]
+            return [self.links.deleted(link, any_version=True) for link in theirs]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            gone[:] = [self.links.parse(r).body for r in written if r is not None]
+            return None if audit is None or not gone else audit(gone)
+
+        await together(self._store, plan, audit=event)
         return gone
 
     # -- 3. poll

@@ -49,6 +49,7 @@ __all__ = [
     "in_transaction",
     "key_the_chain",
     "record",
+    "record_now",
     "unchanged",
 ]
 
@@ -192,6 +193,22 @@ def in_transaction(request: web.Request, describe: Callable[[T], Change | None])
         )
 
     return entry
+
+
+async def record_now(request: web.Request, change: Change) -> None:
+    """The event of a request that changes no row but is to be recorded (a secret manager's
+    test, which runs the manager's credentials on a delegate): the event is the whole of
+    what it writes, so it is its own transaction, written before the answer. When it cannot
+    be written the request fails (503): no answer tells what the trail does not hold."""
+    request[_CHAINED] = True
+    await request.app[AUDIT].write(
+        actor_of(request),
+        change,
+        resource_type=request[_RESOURCE_TYPE],
+        method=request.method,
+        path=request.path,
+        client_ip=client_ip(request),
+    )
 
 
 def record(

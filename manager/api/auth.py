@@ -9,7 +9,7 @@ from manager.access.directory import UserBody
 from manager.access.entities import Entity
 from manager.access.login import LOGINS, LockNotice, Session
 from manager.access.principal import principal_of
-from manager.api.audit_record import AUDIT, Change, record
+from manager.api.audit_record import AUDIT, Change, in_transaction, record
 from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
 from manager.api.http import (
@@ -285,17 +285,15 @@ async def put_settings(request: web.Request) -> web.Response:
                 "turn on two-factor authentication for yourself before enforcing it",
                 field="enforce_2fa",
             )
-    before = await logins.save_settings(body)
+
+    def changed(written: tuple[AuthSettings | None, Entity[AuthSettings]]) -> Change:
+        before = (written[0] or AuthSettings()).model_dump(mode="json")
+        after = written[1].body.model_dump(mode="json")
+        summary = "changed the login settings"
+        return Change("account", "login settings", "update", summary, before, after)
+
+    await logins.save_settings(body, audit=in_transaction(request, changed))
     request.app[ACCESS].principals.forget()
-    record(
-        request,
-        resource_id="account",
-        name="login settings",
-        action="update",
-        summary="changed the login settings",
-        before=before.model_dump(mode="json"),
-        after=body.model_dump(mode="json"),
-    )
     return json_response(body)
 
 

@@ -8,10 +8,11 @@ import html
 from aiohttp import web
 
 from manager.access.directory import UserBody
+from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.principal import principal_of
 from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
-from manager.api.audit_record import AUDIT, Change, record, unchanged
+from manager.api.audit_record import AUDIT, Change, in_transaction, record, unchanged
 from manager.api.auth import _lock_notice
 from manager.api.context import ctx
 from manager.api.directory import _find_user as find_user
@@ -75,16 +76,19 @@ async def put_settings(request: web.Request) -> web.Response:
             f"client_secret: no builtin secret {body.client_secret!r} (create it first)",
             field="client_secret",
         )
-    before = await oidc_of(request).save_settings(body)
-    record(
-        request,
-        resource_id="oidc",
-        name="OpenID Connect",
-        action="create" if before is None else "update",
-        summary=f"set single sign-on through {body.issuer}",
-        before=None if before is None else _settings_view(before),
-        after=_settings_view(body),
-    )
+
+    def saved(written: tuple[SsoSettings | None, Entity[SsoSettings]]) -> Change:
+        before, after = written[0], written[1].body
+        return Change(
+            "oidc",
+            "OpenID Connect",
+            "create" if before is None else "update",
+            f"set single sign-on through {after.issuer}",
+            before=None if before is None else _settings_view(before),
+            after=_settings_view(after),
+        )
+
+    await oidc_of(request).save_settings(body, audit=in_transaction(request, saved))
     return json_response(body)
 
 
@@ -294,39 +298,38 @@ async def link_user(request: web.Request) -> web.Response:
             issuer = (await oidc.configured()).issuer
         except SsoError as exc:
             raise ApiProblem(400, "invalid", f"issuer: {exc}", field="issuer") from None
+
+    def linked(link: SsoLink) -> Change:
+        summary = f"linked {user.body.email} to {link.subject} at {link.issuer}"
+        after = _link_view(link).model_dump(mode="json")
+        return Change(user.id, user.body.email, "sso_link", summary, after=after)
+
     try:
-        link = await oidc.link(issuer, body.subject, user.id)
+        link = await oidc.link(issuer, body.subject, user.id, audit=in_transaction(request, linked))
     except Conflict:
         raise ApiProblem(
             409, "conflict", f"{body.subject!r} at {issuer} is linked already; unlink it first"
         ) from None
-    view = _link_view(link)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="sso_link",
-        summary=f"linked {user.body.email} to {body.subject} at {issuer}",
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view, status=201)
+    return json_response(_link_view(link), status=201)
 
 
 async def unlink_user(request: web.Request) -> web.Response:
     user = await find_user(request)
-    gone = [_link_view(g) for g in await oidc_of(request).unlink(user.id)]
+
+    def unlinked(links: list[SsoLink]) -> Change:
+        many = "y" if len(links) == 1 else "ies"
+        return Change(
+            user.id,
+            user.body.email,
+            "sso_unlink",
+            f"unlinked {user.body.email} from {len(links)} SSO identit{many}",
+            before=[_link_view(g).model_dump(mode="json") for g in links],
+        )
+
+    gone = await oidc_of(request).unlink(user.id, audit=in_transaction(request, unlinked))
     if not gone:
         raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no SSO link")
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="sso_unlink",
-        summary=f"unlinked {user.body.email} from {len(gone)} SSO identit"
-        + ("y" if len(gone) == 1 else "ies"),
-        before=[g.model_dump(mode="json") for g in gone],
-    )
-    return json_response(SsoUnlinked(removed=gone))
+    return json_response(SsoUnlinked(removed=[_link_view(g) for g in gone]))
 
 
 def add_sso_routes(table: RouteTable) -> None:
