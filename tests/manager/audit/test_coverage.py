@@ -745,11 +745,6 @@ async def test_an_event_records_the_time_of_the_change(world: World) -> None:
 # the trail unwritable their change stands. Each is expected to fail the test below
 # (strictly: one that starts passing must leave this set).
 WRITTEN_SEPARATELY: set[tuple[str, str]] = {
-    ("POST", "/api/v1/delegates/{delegate}/drain"),
-    ("POST", "/api/v1/delegates/{delegate}/resume"),
-    ("DELETE", "/api/v1/delegates/{delegate}"),
-    ("PUT", "/api/v1/profiles/{name}"),
-    ("DELETE", "/api/v1/profiles/{name}"),
     ("POST", "/api/v1/auth/logout"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/invite/accept"),
