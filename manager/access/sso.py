@@ -162,6 +162,8 @@ class SsoDone:
     mfa: bool
     # The login linked the identity to the user (a link flow): no session is made.
     linked: bool = False
+    # The pending login, for the session it gives to collect (:meth:`Oidc.collect`).
+    login: Entity[SsoLogin] | None = None
 
 
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
@@ -522,13 +524,26 @@ class Oidc:
                 await self.logins.delete(login.id)
                 raise SsoError("the login expired before it was completed")
             return None
-        # Collected once: the pending login goes, so its poll secret cannot be replayed.
-        if not await self.logins.delete(login.id):
-            raise SsoError("no such login")
         user = await self._directory.users.get(login.body.user_id)
-        if user is None or user.body.status != "active":
-            raise SsoError("this user is disabled")
-        return SsoDone(user, login.body.mfa, linked=login.body.link_user_id is not None)
+        active = user is not None and user.body.status == "active"
+        if user is None or not active or login.body.link_user_id is not None:
+            # Collected once: the pending login goes, so its poll secret cannot be replayed.
+            if not await self.logins.delete(login.id):
+                raise SsoError("no such login")
+            if user is None or not active:
+                raise SsoError("this user is disabled")
+            return SsoDone(user, login.body.mfa, linked=True)
+        # A sign-in: the pending login goes with the session it gives (:meth:`collect`).
+        return SsoDone(user, login.body.mfa, login=login)
+
+    async def collect(self, login: Entity[SsoLogin]) -> list[EntityWrite]:
+        """The end of a polled sign-in's pending login, written in its session's transaction:
+        collected once (its poll secret cannot be replayed), and never gone without the
+        session it gave. SsoError when another poll collected it meanwhile."""
+        current = await self.logins.get(login.id)
+        if current is None:
+            raise SsoError("no such login")
+        return [self.logins.deleted(current)]
 
     # -- HTTP to the provider
 

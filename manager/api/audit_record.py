@@ -168,10 +168,17 @@ _CHAINED: web.RequestKey[bool] = web.RequestKey("tether_audit_chained", bool)
 T = TypeVar("T")
 
 
-def in_transaction(request: web.Request, describe: Callable[[T], Change | None]) -> AuditOf[T]:
+def in_transaction(
+    request: web.Request,
+    describe: Callable[[T], Change | None],
+    *,
+    acting: Callable[[T], Actor] | None = None,
+) -> AuditOf[T]:
     """This request's event, made by ``describe`` from the row the store writes (None: no
     event), for the service to pass to that write: the store chains it in the same
-    transaction. Only for a route that declares its resource type (``Route.audit``)."""
+    transaction. Only for a route that declares its resource type (``Route.audit``).
+    ``acting``: who acted, from the row written (a login route: the user who signed in,
+    known only then); else the request's actor."""
     recorder = request.app[AUDIT]
     resource_type = request[_RESOURCE_TYPE]
     method, path, address = request.method, request.path, client_ip(request)
@@ -182,9 +189,8 @@ def in_transaction(request: web.Request, describe: Callable[[T], Change | None])
         change = describe(written)
         if change is None:
             return None
-        # The actor as of the write: a login route has one only once its user is known.
         return recorder.entry(
-            actor_of(request),
+            actor_of(request) if acting is None else acting(written),
             change,
             resource_type=resource_type,
             method=method,

@@ -12,8 +12,8 @@ from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.principal import principal_of
 from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
-from manager.api.audit_record import AUDIT, Change, in_transaction, record, unchanged
-from manager.api.auth import _lock_notice
+from manager.api.audit_record import AUDIT, Change, in_transaction, unchanged
+from manager.api.auth import _lock_event, _signed_in
 from manager.api.context import ctx
 from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
@@ -122,7 +122,7 @@ async def link_start(request: web.Request) -> web.Response:
     if user is None or user.body.password_hash is None:
         raise ApiProblem(400, "invalid", "only a user with a password links an SSO identity")
     await logins.reauthenticate(
-        user, body.password, _lock_notice(request), client=client_ip(request)
+        user, body.password, _lock_event(request), client=client_ip(request)
     )
     try:
         url, state, expires = await oidc_of(request).start(
@@ -246,8 +246,9 @@ def _page(status: int, title: str, text: str, *, form: str = "") -> web.Response
 
 async def poll(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoPoll)
+    oidc = oidc_of(request)
     try:
-        done = await oidc_of(request).poll(body.state, body.verifier)
+        done = await oidc.poll(body.state, body.verifier)
     except SsoError as exc:
         raise ApiProblem(400, "sso_failed", str(exc)) from None
     if done is None:
@@ -257,21 +258,24 @@ async def poll(request: web.Request) -> web.Response:
         unchanged(request)
         return json_response(SsoSession(status="linked"))
     logins = request.app[LOGINS]
+    login = done.login
+    assert login is not None  # a sign-in's pending login is collected with its session
     # The provider did the password; the second factor too when it says so. Otherwise a
     # user with 2FA here gives their code before the session does anything else.
     due = done.user.body.totp_enabled and not done.mfa
-    session = await logins.session(
-        done.user, await logins.settings(), via="sso", second_factor_due=due
-    )
+    try:
+        session = await logins.session(
+            done.user,
+            await logins.settings(),
+            via="sso",
+            second_factor_due=due,
+            more=lambda: oidc.collect(login),
+            audit=_signed_in(request, "login", "signed in through SSO"),
+        )
+    except SsoError as exc:
+        raise ApiProblem(400, "sso_failed", str(exc)) from None
     user = session.user
     request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="login",
-        summary=f"{user.body.email} signed in through SSO",
-    )
     view = SsoUser(id=user.id, email=user.body.email, name=user.body.name)
     return json_response(
         SsoSession(

@@ -331,9 +331,7 @@ class SecretService:
         log.info("secret updated", name=name, version=updated.current_version)
         return updated
 
-    async def delete_secret(
-        self, name: str, *, audit: AuditOf[SecretRecord] | None = None
-    ) -> None:
+    async def delete_secret(self, name: str, *, audit: AuditOf[SecretRecord] | None = None) -> None:
         """The secret, its versions and its usage scope."""
         secret = await self.secret(name)
         users = [
