@@ -18,6 +18,7 @@ from typing import Any
 
 import pyotp
 import pytest
+import structlog
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -37,7 +38,7 @@ from manager.records import (
     SecretManagerRecord,
     SecretRecord,
 )
-from manager.schemas.auth import verifier_hash
+from manager.schemas.auth import AuthSettings, verifier_hash
 from manager.schemas.grants import ADMIN_GROUP
 from manager.schemas.secrets import SecretCreate
 from manager.schemas.tasks import TaskSubmit
@@ -833,3 +834,42 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
             assert _rows(db, but_the_count=True) == before_but_count
         else:
             assert _rows(db) == before
+
+
+async def test_a_refused_login_is_counted_and_locks_though_the_trail_is_unwritable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's count, and the lock it sets, stand whatever becomes of the trail: an
+    audit outage must not hand out free guesses. The lock's event goes in the count's
+    transaction when it can; when it cannot, the count is written alone, the lost event is
+    logged, and the answer is the attempt's own (not a 503 a guesser could tell apart)."""
+    data_dir = tmp_path / "main"
+    async with open_world(data_dir, monkeypatch) as w:
+        logins: Logins = w.client.app[LOGINS]
+        await logins.save_settings(AuthSettings(lockout_attempts=2))
+        user = await _with_password(w)
+        _unwritable(data_dir / "tether.db")
+        head = await w.head()
+
+        async def attempt(password: str) -> tuple[int, str]:
+            body = {"email": "me@example.com", "password": password}
+            resp = await w.client.post("/api/v1/auth/login", json=body)
+            return resp.status, (await resp.json())["error"]["code"]
+
+        async def counted() -> tuple[int, float | None]:
+            found = await logins.directory.users.get(user.id)
+            assert found is not None
+            entry = found.body.network_failures["127.0.0.1"]
+            return entry.count, entry.locked_until
+
+        assert await attempt("Wrong-1") == (401, "invalid_credentials")
+        assert await counted() == (1, None)
+        with structlog.testing.capture_logs() as logs:
+            assert await attempt("Wrong-2") == (401, "invalid_credentials")
+        _, locked_until = await counted()
+        assert locked_until is not None
+        assert locked_until > time.time()
+        assert [e["action"] for e in logs if e["event"] == "audit event lost"] == ["lock"]
+        # Locked: the right password gets the same answer as a wrong one.
+        assert await attempt(PASSWORD) == (401, "invalid_credentials")
+        assert await w.head() == head
