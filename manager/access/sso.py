@@ -52,6 +52,7 @@ from shared.tls import client_context
 
 __all__ = [
     "ExternalIdentity",
+    "LinkEvent",
     "Oidc",
     "SsoDone",
     "SsoError",
@@ -166,6 +167,11 @@ class SsoDone:
     login: Entity[SsoLogin] | None = None
 
 
+# The event of a link a signed-in user asked for (the user, the pending login that asked),
+# chained with the link.
+LinkEvent = Callable[[Entity[UserBody], SsoLogin], AuditAppend | None]
+
+
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
     """Pending SSO logins, by state."""
     return EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
@@ -253,17 +259,23 @@ class Oidc:
     # -- 2. callback
 
     async def callback(
-        self, state: str, code: str | None, error: str | None
+        self,
+        state: str,
+        code: str | None,
+        error: str | None,
+        *,
+        on_link: LinkEvent | None = None,
     ) -> tuple[UserBody, SsoLogin]:
         """Finish the browser's half: the user signed in, and the pending login (which names
-        the client it is for). SsoError says why not."""
+        the client it is for). SsoError says why not. ``on_link``: the event of a link the
+        user asked for, chained in the link's transaction."""
         login = await self.logins.by_key(state)
         if login is None or login.body.expires_at <= self._clock():
             raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
         if login.body.user_id is not None or login.body.error is not None:
             raise SsoError("this login was already completed")
         try:
-            user, mfa = await self._complete(code, error, login.body.nonce, login.body.link_user_id)
+            user, mfa = await self._complete(code, error, login.body, on_link)
         except SsoError as exc:
             await self._finish(login, error=str(exc))
             raise
@@ -301,24 +313,28 @@ class Oidc:
         return login.body
 
     async def _complete(
-        self, code: str | None, error: str | None, nonce: str, link_user_id: str | None
+        self, code: str | None, error: str | None, login: SsoLogin, on_link: LinkEvent | None
     ) -> tuple[Entity[UserBody], bool]:
         if error is not None:
             raise SsoError(f"the identity provider refused the login: {error[:200]}")
         if not code:
             raise SsoError("the identity provider sent no code")
-        identity = await self._verify(await self.configured(), code, nonce)
-        if link_user_id is not None:
-            return await self._link_self(identity, link_user_id), identity.mfa
+        identity = await self._verify(await self.configured(), code, login.nonce)
+        if login.link_user_id is not None:
+            user = await self._link_self(identity, login, on_link)
+            return user, identity.mfa
         return await self._user_for(identity), identity.mfa
 
-    async def _link_self(self, identity: ExternalIdentity, user_id: str) -> Entity[UserBody]:
-        user = await self._directory.users.get(user_id)
+    async def _link_self(
+        self, identity: ExternalIdentity, login: SsoLogin, on_link: LinkEvent | None
+    ) -> Entity[UserBody]:
+        user = await self._directory.users.get(login.link_user_id or "")
         if user is None or user.body.status != "active":
             raise SsoError("the user who asked for this link is gone or disabled")
         if await self.links.by_key(link_key(identity.issuer, identity.subject)) is not None:
             raise SsoError("this identity at the provider is linked to a user already")
-        await self._link(identity, user.id, "user")
+        event = None if on_link is None else lambda _link: on_link(user, login)
+        await self._link(identity, user.id, "user", audit=event)
         return user
 
     async def _finish(
@@ -460,6 +476,8 @@ class Oidc:
         identity: ExternalIdentity,
         user_id: str,
         made_by: Literal["sso", "admin", "user", "migration"],
+        *,
+        audit: AuditOf[SsoLink] | None = None,
     ) -> None:
         body = SsoLink(
             issuer=identity.issuer,
@@ -469,7 +487,9 @@ class Oidc:
             made_at=self._clock(),
         )
         try:
-            await self.links.insert(body)
+            await self.links.insert(
+                body, audit=None if audit is None else lambda written: audit(written.body)
+            )
         except Conflict:
             raise SsoError("this identity was linked meanwhile; try again") from None
 

@@ -11,7 +11,15 @@ from manager.access.directory import UserBody
 from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.principal import principal_of
-from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
+from manager.access.sso import (
+    LinkEvent,
+    Oidc,
+    SsoError,
+    SsoLink,
+    SsoLogin,
+    SsoSettings,
+    client_code,
+)
 from manager.api.audit_record import AUDIT, Change, in_transaction, unchanged
 from manager.api.auth import _lock_event, _signed_in
 from manager.api.context import ctx
@@ -19,6 +27,7 @@ from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.identity import ACTOR_KEY, client_ip
+from manager.core.audit_chain import AuditAppend
 from manager.core.identity import Actor
 from manager.schemas.auth import (
     SsoLinkRequest,
@@ -137,36 +146,41 @@ async def link_start(request: web.Request) -> web.Response:
     )
 
 
-async def _linked_event(request: web.Request, user: UserBody, login: SsoLogin) -> None:
-    # The callback is the browser's GET, which the audit middleware does not record.
-    found = await request.app[LOGINS].directory.users.by_key(user.email)
-    user_id = "" if found is None else found.id
-    await request.app[AUDIT].write(
-        Actor("user", user_id, user.email),
-        Change(
-            resource_id=user_id,
-            name=user.email,
-            action="sso_link",
-            summary=f"{user.email} linked their identity at the SSO provider"
-            f" (for {login.client_name or 'an unnamed client'})",
-        ),
-        resource_type="user",
-        method=request.method,
-        path=request.path,
-        client_ip=client_ip(request),
-    )
+def _link_event(request: web.Request) -> LinkEvent:
+    """The event of the link a signed-in user asked for, made at the browser's callback (a
+    GET, which the audit middleware does not record): its actor is that user."""
+    recorder = request.app[AUDIT]
+    method, path, address = request.method, request.path, client_ip(request)
+
+    def linked(user: Entity[UserBody], login: SsoLogin) -> AuditAppend:
+        email = user.body.email
+        return recorder.entry(
+            Actor("user", user.id, email),
+            Change(
+                resource_id=user.id,
+                name=email,
+                action="sso_link",
+                summary=f"{email} linked their identity at the SSO provider"
+                f" (for {login.client_name or 'an unnamed client'})",
+            ),
+            resource_type="user",
+            method=method,
+            path=path,
+            client_ip=address,
+        )
+
+    return linked
 
 
 async def callback(request: web.Request) -> web.Response:
     q = request.query
     try:
         user, login = await oidc_of(request).callback(
-            q.get("state", ""), q.get("code"), q.get("error")
+            q.get("state", ""), q.get("code"), q.get("error"), on_link=_link_event(request)
         )
     except SsoError as exc:
         return _page(exc.status, "Sign-in failed", str(exc))
     if login.link_user_id is not None:
-        await _linked_event(request, user, login)
         return _page(
             200,
             "Linked",

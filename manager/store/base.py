@@ -7,8 +7,9 @@ if the snapshot still holds. That makes acquire atomic (exactly one delegate win
 a late message from an old attempt out, whichever replica handles it.
 
 Audit events are chained in the transaction of the change they record: a write that changes
-what the audit trail follows (a task submitted or cancelled, an API key, the allowlist)
-takes ``audit``, a function of the row it wrote to the event (``manager.core.audit_chain.
+what the audit trail follows (a task submitted or cancelled, a delegate, a profile, a token,
+an API key, the allowlist, an entity, a secret or secret manager, a saved filter) takes
+``audit``, a function of the row it wrote to the event (``manager.core.audit_chain.
 AuditOf``), and commits the change and its event together, or neither. The event is made
 from the row as written, inside the transaction, so it describes what was committed.
 """

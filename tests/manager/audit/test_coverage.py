@@ -702,12 +702,18 @@ async def test_a_request_that_changes_nothing_writes_no_event(world: World) -> N
     body = {"payload": {"type": "shell", "script": "echo once"}, "idempotency_key": "k-1"}
     first = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
     assert first.status == 201
+    settings = {"password_min_length": 14}
+    put = await world.client.put("/api/v1/auth/settings", json=settings, headers=world.auth())
+    assert put.status == 200
     before = await world.head()
     again = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
     assert again.status == 200
     await world.store.upsert_delegate(_delegate("idle"))
     resumed = await world.client.post("/api/v1/delegates/idle/resume", headers=world.auth())
     assert resumed.status == 200
+    # The settings as they are already: nothing is written, so no event.
+    put = await world.client.put("/api/v1/auth/settings", json=settings, headers=world.auth())
+    assert put.status == 200
     assert await world.head() == before
 
 
