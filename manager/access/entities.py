@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from manager.core.audit_chain import AuditOf
 from manager.records import EntityRecord
-from manager.store.base import EntityWrite, Store, StoreError
+from manager.store.base import Conflict, EntityWrite, Store, StoreError
 from manager.store.entity_cache import CACHED_KINDS
 from shared.ids import new_id
 
@@ -176,6 +176,27 @@ class EntityKind(Generic[M]):
     def _of_update(self, before: M, audit: AuditOf[tuple[M, Entity[M]]]) -> AuditOf[EntityRecord]:
         return lambda r: audit((before, self.parse(r)))
 
+    async def put(
+        self,
+        entity_id: str,
+        body: M,
+        *,
+        audit: AuditOf[tuple[M | None, Entity[M]]] | None = None,
+    ) -> M | None:
+        """``body`` as the entity ``entity_id``, inserted or replacing what is there;
+        answers the body it replaced (None: there was none). ``audit``: the event of (the
+        body before or None, the entity as written), chained in the write's transaction;
+        none when it already held ``body``, as nothing is written."""
+        if await self.get(entity_id) is None:
+            try:
+                first = None if audit is None else _of_insert(audit)
+                await self.insert(body, entity_id=entity_id, audit=first)
+                return None
+            except Conflict:
+                pass  # written meanwhile (another replica): replaced below
+        before, _ = await self.update(entity_id, lambda _old: body, audit=audit)
+        return before
+
     async def delete(self, entity_id: str, *, audit: AuditOf[Entity[M]] | None = None) -> bool:
         """``audit``: the event of the row deleted, chained in the delete's transaction."""
         return await self._store.delete_entity(
@@ -198,6 +219,10 @@ class EntityKind(Generic[M]):
             self.kind, current.id, "", {}, current.version, current.created_at, 0.0
         )
         return EntityWrite(record, None if any_version else current.version, delete=True)
+
+
+def _of_insert(audit: AuditOf[tuple[M | None, Entity[M]]]) -> AuditOf[Entity[M]]:
+    return lambda written: audit((None, written))
 
 
 async def together(

@@ -19,7 +19,7 @@ import asyncio
 import base64
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import pyotp
@@ -38,10 +38,10 @@ from manager.errors import Conflicting, DomainError, Forbidden, Invalid, Unauthe
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.schemas.auth import AuthSettings
-from manager.store.base import Conflict, EntityWrite, StoreError
+from manager.store.base import EntityWrite, StoreError
 from shared.ids import hash_secret
 
-__all__ = ["LOGINS", "FailNotice", "LockNotice", "Logins", "Session", "recovery_code"]
+__all__ = ["LOGINS", "FailNotice", "LockEvent", "Logins", "Session", "recovery_code"]
 
 log = structlog.get_logger("tether.login")
 
@@ -64,8 +64,9 @@ class Session:
     restricted: str | None
 
 
-# A lock was set on the user: (the user, where: a network, or "everywhere").
-LockNotice = Callable[[Entity[UserBody], str], Awaitable[None]]
+# The event of a lock set on the user (the user, where: a network or "everywhere", for how
+# many minutes), chained with the lock; None: no event.
+LockEvent = Callable[[Entity[UserBody], str, int], AuditAppend | None]
 # A login failed: the user (None: no such email).
 FailNotice = Callable[[Entity[UserBody] | None], Awaitable[None]]
 
@@ -123,17 +124,16 @@ class Logins:
         found = await self.settings_kind.get(_SETTINGS_ID)
         return AuthSettings() if found is None else found.body
 
-    async def save_settings(self, body: AuthSettings) -> AuthSettings:
-        """Store ``body``; answers the settings it replaced."""
-        found = await self.settings_kind.get(_SETTINGS_ID)
-        if found is None:
-            try:
-                await self.settings_kind.insert(body, entity_id=_SETTINGS_ID)
-                return AuthSettings()
-            except Conflict:  # another replica saved first: replace theirs below
-                pass
-        before, _ = await self.settings_kind.update(_SETTINGS_ID, lambda _: body)
-        return before
+    async def save_settings(
+        self,
+        body: AuthSettings,
+        *,
+        audit: AuditOf[tuple[AuthSettings | None, Entity[AuthSettings]]] | None = None,
+    ) -> AuthSettings:
+        """Store ``body``; answers the settings it replaced. ``audit``: as
+        :meth:`EntityKind.put`'s (None before: the defaults were in force)."""
+        before = await self.settings_kind.put(_SETTINGS_ID, body, audit=audit)
+        return AuthSettings() if before is None else before
 
     # -- sessions
 
@@ -144,30 +144,78 @@ class Logins:
         *,
         via: str = "password",
         second_factor_due: bool = False,
+        more: Callable[[], Awaitable[Sequence[EntityWrite]]] | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
     ) -> Session:
         """A new session for ``user``, restricted while the rules want something first:
         with ``second_factor_due`` (an SSO login of a user with local 2FA, the provider
-        asserting no MFA), to giving the code."""
-        now = self._clock()
-        restricted = self._restriction(user.body, settings, now) if via == "password" else None
-        if second_factor_due:
-            restricted = "totp"
-        ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
+        asserting no MFA), to giving the code. ``more``, ``audit``: as :meth:`_sign_in`'s."""
+        return await self._sign_in(
+            user.id,
+            _as_is,
+            settings,
+            via=via,
+            second_factor_due=second_factor_due,
+            more=more,
+            audit=audit,
+        )
+
+    async def _sign_in(
+        self,
+        user_id: str,
+        change: Callable[[UserBody], UserBody],
+        settings: AuthSettings,
+        *,
+        via: str = "password",
+        second_factor_due: bool = False,
+        ending: Callable[[Entity[SessionBody]], bool] | None = None,
+        more: Callable[[], Awaitable[Sequence[EntityWrite]]] | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> Session:
+        """A new session for ``user_id`` after ``change`` to them (what the login resets or
+        spends: it sees the latest body, and may raise to refuse), in one transaction with
+        ``audit``'s event of the user as written. The user's sessions that ``ending`` picks
+        end in it, and ``more`` writes go with it (an SSO login collected). No outage keeps
+        the session but loses its event, nor the event without the session."""
+        users, sessions = self.directory.users, self.directory.sessions
         token = await self._principals.tokens.new()
-        await self.directory.sessions.insert(
-            SessionBody(
+        made: list[Session] = []
+
+        async def plan() -> list[EntityWrite]:
+            current = await users.get(user_id)
+            if current is None:
+                raise Gone(f"user {user_id} does not exist")
+            now = self._clock()
+            body = change(current.body.model_copy(deep=True))
+            body = body.model_copy(update={"last_login_at": now})
+            restricted = self._restriction(body, settings, now) if via == "password" else None
+            if second_factor_due:
+                restricted = "totp"
+            ttl = RESTRICTED_TTL_S if restricted else settings.session_ttl_minutes * 60.0
+            session = SessionBody(
                 token_hash=hash_secret(token),
-                user_id=user.id,
+                user_id=user_id,
                 expires_at=now + ttl,
                 restricted=restricted,
             )
-        )
+            writes = [users.updated(current, body), sessions.inserted(session)]
+            if ending is not None:
+                theirs = [s for s in await sessions.list() if s.body.user_id == user_id]
+                writes += [sessions.deleted(s, any_version=True) for s in theirs if ending(s)]
+            if more is not None:
+                writes += await more()
+            made[:] = [Session(token, now + ttl, users.parse(writes[0].record), restricted)]
+            return writes
 
-        def seen(b: UserBody) -> UserBody:
-            return b.model_copy(update={"last_login_at": now})
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            record = written[0]
+            assert record is not None  # an update that missed writes nothing
+            return None if audit is None else audit(users.parse(record))
 
-        _, user = await self.directory.users.update(user.id, seen)
-        return Session(token, now + ttl, user, restricted)
+        await together(self.directory.store, plan, audit=event)
+        if ending is not None:
+            self._principals.forget()
+        return made[0]
 
     def _restriction(self, user: UserBody, settings: AuthSettings, now: float) -> str | None:
         days = settings.password_expiry_days
@@ -178,8 +226,12 @@ class Logins:
             return "totp_enrolment"
         return None
 
-    async def logout(self, session_id: str) -> None:
-        await self.directory.sessions.delete(session_id)
+    async def logout(
+        self, session_id: str, *, audit: AuditOf[Entity[SessionBody]] | None = None
+    ) -> None:
+        """``audit``: its event, of the session deleted, in the delete's transaction (none
+        when it had ended already)."""
+        await self.directory.sessions.delete(session_id, audit=audit)
         self._principals.forget()
 
     async def expire(self) -> int:
@@ -266,6 +318,12 @@ class Logins:
         return count[0]
 
     # -- logging in
+    #
+    # The count of an attempt (its claim, its failure, the lock they set) is written on its
+    # own, before the credentials are checked, and stands whatever follows: a guess must
+    # count even when the session that would follow cannot be written. A lock's event goes
+    # in the count's transaction (:meth:`_count`). What a success writes (the count reset, a
+    # code spent, the session, a sessions' end) is one transaction with the route's event.
 
     async def login(
         self,
@@ -275,12 +333,14 @@ class Logins:
         totp_code: str | None = None,
         recovery_code: str | None = None,
         client: str = "",
-        on_lock: LockNotice | None = None,
+        on_lock: LockEvent | None = None,
         on_fail: FailNotice | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
     ) -> Session:
         """A session for these credentials from ``client`` (an address). An unknown email, a
         wrong password and a locked user get the same answer after the same password work:
-        neither which emails exist nor which are locked is told to a guesser."""
+        neither which emails exist nor which are locked is told to a guesser. ``audit``: the
+        event of the user as written, in the session's transaction."""
         settings = await self.settings()
         user = await self.directory.users.by_key(email.strip().lower())
         if user is None:
@@ -300,6 +360,7 @@ class Logins:
             raise _invalid()
         if user.body.status != "active":
             raise Unauthenticated("user_disabled", "this user is disabled")
+        spend: Callable[[UserBody], UserBody] = _as_is
         if user.body.totp_enabled:
             if not totp_code and not recovery_code:
                 # Not a failure, not a success: the client asks for the code and sends both
@@ -309,19 +370,68 @@ class Logins:
                     "totp_required",
                     "this user has two-factor authentication: send totp_code (or a recovery_code)",
                 )
-            if not await self._second_factor(user, totp_code, recovery_code):
+            found = self._second_factor(user, totp_code, recovery_code)
+            if found is None:
                 await self._failed(user, network, settings, on_lock)
                 await _notify(on_fail, user)
                 raise Unauthenticated("invalid_totp", "the authentication code is not valid")
-        user = await self._succeeded(user, network, password, hide_lock=True)
-        return await self.session(user, settings)
+            spend = found
+        reset = await self._reset(user, network, password, hide_lock=True)
+        try:
+            return await self._sign_in(user.id, lambda b: spend(reset(b)), settings, audit=audit)
+        except _Spent:
+            await self._failed(user, network, settings, on_lock)
+            await _notify(on_fail, user)
+            raise Unauthenticated("invalid_totp", "the authentication code is not valid") from None
+
+    async def _count(
+        self,
+        user: Entity[UserBody],
+        change: Callable[[UserBody], UserBody],
+        locked: Callable[[], str],
+        settings: AuthSettings,
+        on_lock: LockEvent | None,
+    ) -> Entity[UserBody]:
+        """Write an attempt's count (``change``), with the event of the lock it set (by
+        ``locked``, after it: "" when none) in its transaction. The count stands even when
+        the trail cannot take that event: a guess that went uncounted while the trail is
+        down would be a free one. So a count whose event fails is written again alone, and
+        the lost event is logged; the answer is the attempt's own."""
+        users = self.directory.users
+
+        def event(written: tuple[UserBody, Entity[UserBody]]) -> AuditAppend | None:
+            where = locked()
+            if not where or on_lock is None:
+                return None
+            return on_lock(written[1], where, settings.lockout_minutes)
+
+        if on_lock is None:
+            _, after = await users.update(user.id, change)
+            return after
+        try:
+            _, after = await users.update(user.id, change, audit=event)
+        except Gone:
+            raise
+        except StoreError as exc:
+            # Not written at all, or written but for its event: write the count alone (an
+            # outage that took the count too fails this again, as a 503).
+            _, after = await users.update(user.id, change)
+            if locked():
+                log.error(
+                    "audit event lost",
+                    resource_type="user",
+                    resource_id=user.id,
+                    action="lock",
+                    error=str(exc),
+                )
+        return after
 
     async def _claim(
         self,
         user: Entity[UserBody],
         network: str,
         settings: AuthSettings,
-        on_lock: LockNotice | None,
+        on_lock: LockEvent | None,
     ) -> Entity[UserBody] | None:
         """Count this attempt before the password is checked; None when it is refused (the
         user is locked for this network or everywhere): however many attempts arrive at
@@ -335,10 +445,11 @@ class Logins:
             outcome = lockout.claim(b, network, settings, now)
             return outcome.body
 
-        _, after = await self.directory.users.update(user.id, take)
+        def locked() -> str:
+            return "" if outcome is None else outcome.locked
+
+        after = await self._count(user, take, locked, settings, on_lock)
         assert outcome is not None  # set by the update
-        if outcome.locked and on_lock is not None:
-            await on_lock(after, outcome.locked)
         return None if outcome.refused_until is not None else after
 
     async def _claim_in_session(
@@ -346,7 +457,7 @@ class Logins:
         user: Entity[UserBody],
         network: str,
         settings: AuthSettings,
-        on_lock: LockNotice | None,
+        on_lock: LockEvent | None,
     ) -> Entity[UserBody]:
         """:meth:`_claim` for a session's check, which may be told it is locked (it already
         knows the user exists)."""
@@ -364,7 +475,7 @@ class Logins:
         user: Entity[UserBody],
         network: str,
         settings: AuthSettings,
-        on_lock: LockNotice | None,
+        on_lock: LockEvent | None,
     ) -> bool:
         """The claimed attempt failed: it already counts; lock now if it was the last one
         (answers whether it did)."""
@@ -375,23 +486,36 @@ class Logins:
             body, scope = lockout.fail(b, network, settings, now)
             return body
 
-        _, after = await self.directory.users.update(user.id, lock)
-        if scope and on_lock is not None:
-            await on_lock(after, scope)
+        await self._count(user, lock, lambda: scope, settings, on_lock)
         return bool(scope)
 
     async def reauthenticate(
         self,
         user: Entity[UserBody],
         password: str,
-        on_lock: LockNotice | None = None,
+        on_lock: LockEvent | None = None,
         *,
         client: str = "",
     ) -> Entity[UserBody]:
+        """:meth:`_reauthenticated`, its success written at once (for a request that
+        writes nothing audited after it: the start of an SSO link)."""
+        reset = await self._reauthenticated(user, password, on_lock, client=client)
+        _, after = await self.directory.users.update(user.id, reset)
+        return after
+
+    async def _reauthenticated(
+        self,
+        user: Entity[UserBody],
+        password: str,
+        on_lock: LockEvent | None = None,
+        *,
+        client: str = "",
+    ) -> Callable[[UserBody], UserBody]:
         """A session asks for something a stolen session must not get (a new password, a
         2FA device): the password again, counted towards the lockout like a login from
         ``client``. When the guesses lock the user, their sessions end, this one with them.
-        (A session may be told it is locked: it already knows the user exists.)"""
+        (A session may be told it is locked: it already knows the user exists.) Answers
+        what the success changes of the user, for the caller to write with its change."""
         settings = await self.settings()
         network = network_of(client)
         claimed = await self._claim_in_session(user, network, settings, on_lock)
@@ -399,14 +523,15 @@ class Logins:
             if await self._failed(claimed, network, settings, on_lock):
                 await self.end_sessions(claimed.id)
             raise Invalid("invalid", "the current password is wrong", field="current")
-        return await self._succeeded(claimed, network, password)
+        return await self._reset(claimed, network, password)
 
-    async def _succeeded(
+    async def _reset(
         self, user: Entity[UserBody], network: str, password: str, *, hide_lock: bool = False
-    ) -> Entity[UserBody]:
-        """The claimed attempt succeeded: the count starts again, unless attempts made
-        alongside it locked the user meanwhile (then this one is refused too: as a wrong
-        password, when ``hide_lock``)."""
+    ) -> Callable[[UserBody], UserBody]:
+        """What the claimed attempt's success changes of the user: the count starts again
+        (and a password hash of an older cost is replaced), unless attempts made alongside
+        it locked the user meanwhile (then this one is refused too: as a wrong password,
+        when ``hide_lock``)."""
         rehashed = None
         stored = user.body.password_hash
         if stored and self.passwords.needs_rehash(stored):
@@ -421,8 +546,7 @@ class Logins:
                 body = body.model_copy(update={"password_hash": rehashed})
             return body
 
-        _, user = await self.directory.users.update(user.id, reset)
-        return user
+        return reset
 
     async def pass_second_factor(
         self,
@@ -430,50 +554,65 @@ class Logins:
         totp_code: str | None,
         recovery_code: str | None,
         *,
+        ending: str,
         client: str = "",
-        on_lock: LockNotice | None = None,
-    ) -> Entity[UserBody]:
-        """The code a session restricted to "totp" gives: counted towards the lockout like
-        a password, so a stolen restricted session cannot try every code."""
+        on_lock: LockEvent | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> Session:
+        """The code a session restricted to "totp" (the session ``ending``) gives: counted
+        towards the lockout like a password, so a stolen restricted session cannot try
+        every code. Answers the full session that replaces it (``audit``: as
+        :meth:`_sign_in`'s)."""
         settings = await self.settings()
         network = network_of(client)
         claimed = await self._claim_in_session(user, network, settings, on_lock)
-        if not (totp_code or recovery_code) or not await self._second_factor(
-            claimed, totp_code, recovery_code
-        ):
-            if await self._failed(claimed, network, settings, on_lock):
-                await self.end_sessions(claimed.id)
-            raise Unauthenticated("invalid_totp", "the authentication code is not valid")
-        now = self._clock()
+        spend = self._second_factor(claimed, totp_code, recovery_code)
+        if spend is not None:
+            now = self._clock()
 
-        def reset(b: UserBody) -> UserBody:
-            body, until = lockout.succeed(b, network, now)
-            if until is not None:
-                raise _locked(until)
-            return body
+            def reset(b: UserBody) -> UserBody:
+                body, until = lockout.succeed(b, network, now)
+                if until is not None:
+                    raise _locked(until)
+                return body
 
-        _, after = await self.directory.users.update(claimed.id, reset)
-        return after
+            try:
+                return await self._sign_in(
+                    claimed.id,
+                    lambda b: spend(reset(b)),
+                    settings,
+                    via="sso",
+                    ending=lambda s: s.id == ending,
+                    audit=audit,
+                )
+            except _Spent:
+                pass  # taken by another request meanwhile: a code works once
+        if await self._failed(claimed, network, settings, on_lock):
+            await self.end_sessions(claimed.id)
+        raise Unauthenticated("invalid_totp", "the authentication code is not valid")
 
-    async def _second_factor(
+    def _second_factor(
         self, user: Entity[UserBody], totp_code: str | None, recovery: str | None
-    ) -> bool:
+    ) -> Callable[[UserBody], UserBody] | None:
+        """What spends the code given (it works once: :class:`_Spent` when another request
+        spent it since), for the success's transaction; None when it is wrong."""
         if totp_code:
             sealed = user.body.totp_sealed
-            return sealed is not None and await self._accept_totp(user.id, sealed, totp_code)
-        wanted = hash_secret(_normal_code(recovery or ""))
+            step = None if sealed is None else self._totp_step(user.id, sealed, totp_code)
+            return None if step is None else _spend_step(step)
+        if not recovery:
+            return None
+        wanted = hash_secret(_normal_code(recovery))
         if wanted not in user.body.recovery_hashes:
-            return False
-        used = False
+            return None
 
         def spend(b: UserBody) -> UserBody:
-            nonlocal used
-            used = wanted in b.recovery_hashes  # spent once, even by two replicas at once
+            if wanted not in b.recovery_hashes:  # spent once, even by two replicas at once
+                raise _Spent
             left = [h for h in b.recovery_hashes if h != wanted]
             return b.model_copy(update={"recovery_hashes": left})
 
-        await self.directory.users.update(user.id, spend)
-        return used
+        return spend
 
     # -- TOTP
 
@@ -481,13 +620,13 @@ class Logins:
         secret = self._key.decrypt(sealed, context=f"totp:{user_id}".encode()).decode()
         return pyotp.TOTP(secret, interval=_STEP_S)
 
-    async def _accept_totp(self, user_id: str, sealed: str, code: str) -> bool:
-        """``code`` is current (one step either side, for clock drift) and newer than the
-        last code accepted; the step is then recorded, so the code works once."""
+    def _totp_step(self, user_id: str, sealed: str, code: str) -> int | None:
+        """The step ``code`` is current for (one step either side, for clock drift); None
+        when it is for none. :func:`_spend_step` makes it work once."""
         totp = self._totp(user_id, sealed)
         code = code.strip().replace(" ", "")
         now_step = int(self._clock() // _STEP_S)
-        step = next(
+        return next(
             (
                 s
                 for s in (now_step - 1, now_step, now_step + 1)
@@ -495,45 +634,61 @@ class Logins:
             ),
             None,
         )
-        if step is None:
-            return False
-        fresh = False
 
-        def spend(b: UserBody) -> UserBody:
-            nonlocal fresh
-            fresh = b.totp_last_step is None or step > b.totp_last_step
-            return b.model_copy(update={"totp_last_step": step}) if fresh else b
-
-        await self.directory.users.update(user_id, spend)
-        return fresh
-
-    async def totp_enrol(self, user: Entity[UserBody]) -> tuple[str, str]:
-        """(secret, otpauth URI) to put in an authenticator app; confirmed with a code."""
+    async def totp_enrol(
+        self,
+        user: Entity[UserBody],
+        password: str | None = None,
+        on_lock: LockEvent | None = None,
+        *,
+        client: str = "",
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> tuple[str, str]:
+        """(secret, otpauth URI) to put in an authenticator app; confirmed with a code. With
+        ``password``, asked again (:meth:`_reauthenticated`). ``audit``: the event of the
+        user as written, in the write's transaction."""
         if user.body.totp_enabled:
             raise Conflicting("conflict", "two-factor authentication is already on")
+        reset: Callable[[UserBody], UserBody] = _as_is
+        if password is not None:
+            reset = await self._reauthenticated(user, password, on_lock, client=client)
         secret = pyotp.random_base32()
         sealed = self._key.encrypt(secret.encode(), context=f"totp:{user.id}".encode())
 
         def pend(b: UserBody) -> UserBody:
-            return b.model_copy(update={"totp_pending_sealed": sealed})
+            return reset(b).model_copy(update={"totp_pending_sealed": sealed})
 
-        await self.directory.users.update(user.id, pend)
+        await self.directory.users.update(user.id, pend, audit=_of_written(audit))
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.body.email, issuer_name=_ISSUER)
         return secret, uri
 
-    async def totp_confirm(self, user: Entity[UserBody], code: str) -> list[str]:
-        """Turn 2FA on with a code from the pending secret; answers the recovery codes."""
+    async def totp_confirm(
+        self,
+        user: Entity[UserBody],
+        code: str,
+        *,
+        ending: str | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> tuple[list[str], Session | None]:
+        """Turn 2FA on with a code from the pending secret; answers the recovery codes, and
+        with ``ending`` (a session restricted to enrolling, which did its one job) the full
+        session that replaces it. ``audit``: the event of the user as written, in the one
+        transaction of it all."""
         pending = user.body.totp_pending_sealed
         if user.body.totp_enabled:
             raise Conflicting("conflict", "two-factor authentication is already on")
         if pending is None:
             raise Conflicting("conflict", "start with POST /api/v1/auth/totp/enrol")
-        if not await self._accept_totp(user.id, pending, code):
+        step = self._totp_step(user.id, pending, code)
+        if step is None:
             raise Invalid("invalid_totp", "the authentication code is not valid")
         codes = [recovery_code() for _ in range(RECOVERY_CODES)]
+        spend = _spend_step(step)
 
         def enable(b: UserBody) -> UserBody:
-            return b.model_copy(
+            if b.totp_pending_sealed != pending:
+                raise Conflicting("conflict", "the enrolment was started again meanwhile")
+            return spend(b).model_copy(
                 update={
                     "totp_sealed": pending,
                     "totp_pending_sealed": None,
@@ -542,12 +697,27 @@ class Logins:
                 }
             )
 
-        await self.directory.users.update(user.id, enable)
-        return codes
+        try:
+            if ending is None:
+                await self.directory.users.update(user.id, enable, audit=_of_written(audit))
+                return codes, None
+            session = await self._sign_in(
+                user.id,
+                enable,
+                await self.settings(),
+                ending=lambda s: s.id == ending,
+                audit=audit,
+            )
+        except _Spent:
+            raise Invalid("invalid_totp", "the authentication code is not valid") from None
+        return codes, session
 
     # -- passwords and invites
 
-    async def _checked_hash(self, password: str) -> str:
+    async def _checked_hash(self, password: str, *, current: str | None = None) -> str:
+        """The hash of a new ``password`` that meets the policy (and is not ``current``)."""
+        if password == current:
+            raise Invalid("invalid", "the new password is the current one", field="new")
         problems = policy_problems(password, await self.settings())
         if problems:
             raise Invalid(
@@ -562,25 +732,34 @@ class Logins:
         user: Entity[UserBody],
         current: str,
         new: str,
-        on_lock: LockNotice | None = None,
+        on_lock: LockEvent | None = None,
         *,
         client: str = "",
+        audit: AuditOf[Entity[UserBody]] | None = None,
     ) -> Session:
-        """Set a new password; every other session of the user ends."""
-        user = await self.reauthenticate(user, current, on_lock, client=client)
-        if current == new:
-            raise Invalid("invalid", "the new password is the current one", field="new")
-        new_hash = await self._checked_hash(new)
+        """Set a new password; every session of the user ends, and a new one answers.
+        ``audit``: as :meth:`_sign_in`'s."""
+        reset = await self._reauthenticated(user, current, on_lock, client=client)
+        try:
+            new_hash = await self._checked_hash(new, current=current)
+        except Invalid:
+            # The current password was right: the attempt's count starts again.
+            await self.directory.users.update(user.id, reset)
+            raise
         now = self._clock()
 
         def change(b: UserBody) -> UserBody:
-            return b.model_copy(update={"password_hash": new_hash, "password_changed_at": now})
+            return reset(b).model_copy(
+                update={"password_hash": new_hash, "password_changed_at": now}
+            )
 
-        _, user = await self.directory.users.update(user.id, change)
-        await self.end_sessions(user.id)
-        return await self.session(user, await self.settings())
+        settings = await self.settings()
+        return await self._sign_in(user.id, change, settings, ending=lambda _s: True, audit=audit)
 
-    async def accept_invite(self, token: str, password: str) -> Session:
+    async def accept_invite(
+        self, token: str, password: str, *, audit: AuditOf[Entity[UserBody]] | None = None
+    ) -> Session:
+        """``audit``: as :meth:`_sign_in`'s."""
         wanted = hash_secret(token)
         found = next(
             (u for u in await self.directory.users.list() if u.body.invite_hash == wanted), None
@@ -604,8 +783,34 @@ class Logins:
                 }
             )
 
-        _, user = await self.directory.users.update(found.id, accept)
-        return await self.session(user, await self.settings())
+        return await self._sign_in(found.id, accept, await self.settings(), audit=audit)
+
+
+def _as_is(b: UserBody) -> UserBody:
+    return b
+
+
+class _Spent(Exception):
+    """A second factor was spent by another request since it was checked (a code works
+    once): the success's transaction is refused, as a wrong code."""
+
+
+def _spend_step(step: int) -> Callable[[UserBody], UserBody]:
+    """Record ``step`` as the last one accepted, so its code works once (RFC 6238 5.2)."""
+
+    def spend(b: UserBody) -> UserBody:
+        if b.totp_last_step is not None and step <= b.totp_last_step:
+            raise _Spent
+        return b.model_copy(update={"totp_last_step": step})
+
+    return spend
+
+
+def _of_written(
+    audit: AuditOf[Entity[UserBody]] | None,
+) -> AuditOf[tuple[UserBody, Entity[UserBody]]] | None:
+    """``audit`` of the user as written, for an update's (before, after)."""
+    return None if audit is None else lambda written: audit(written[1])
 
 
 LOGINS: web.AppKey[Logins] = web.AppKey("tether_logins", Logins)

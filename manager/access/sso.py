@@ -43,13 +43,16 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from pydantic import BaseModel, ConfigDict, Field
 
 from manager.access.directory import Directory, UserBody
-from manager.access.entities import Entity, EntityKind
+from manager.access.entities import Entity, EntityKind, together
+from manager.core.audit_chain import AuditAppend, AuditOf
+from manager.records import EntityRecord
 from manager.schemas.auth import client_code, verifier_hash
-from manager.store.base import Conflict, Store
+from manager.store.base import Conflict, EntityWrite, Store
 from shared.tls import client_context
 
 __all__ = [
     "ExternalIdentity",
+    "LinkEvent",
     "Oidc",
     "SsoDone",
     "SsoError",
@@ -160,6 +163,13 @@ class SsoDone:
     mfa: bool
     # The login linked the identity to the user (a link flow): no session is made.
     linked: bool = False
+    # The pending login, for the session it gives to collect (:meth:`Oidc.collect`).
+    login: Entity[SsoLogin] | None = None
+
+
+# The event of a link a signed-in user asked for (the user, the pending login that asked),
+# chained with the link.
+LinkEvent = Callable[[Entity[UserBody], SsoLogin], AuditAppend | None]
 
 
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
@@ -186,6 +196,7 @@ class Oidc:
         domain_allowed: Callable[[str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store = store
         self._directory = directory
         self._client_secret = client_secret  # async (secret name) -> bytes
         # The account's allowed email domains, for users made at their first SSO login.
@@ -201,14 +212,15 @@ class Oidc:
             raise SsoError("single sign-on is not configured")
         return found.body
 
-    async def save_settings(self, body: SsoSettings) -> SsoSettings | None:
-        """Store ``body``; the settings before (None the first time)."""
-        if await self.settings.get("oidc") is None:
-            with contextlib.suppress(Conflict):
-                await self.settings.insert(body, entity_id="oidc")
-                return None
-        before, _ = await self.settings.update("oidc", lambda _old: body)
-        return before
+    async def save_settings(
+        self,
+        body: SsoSettings,
+        *,
+        audit: AuditOf[tuple[SsoSettings | None, Entity[SsoSettings]]] | None = None,
+    ) -> SsoSettings | None:
+        """Store ``body``; the settings before (None the first time). ``audit``: as
+        :meth:`EntityKind.put`'s."""
+        return await self.settings.put("oidc", body, audit=audit)
 
     # -- 1. start
 
@@ -247,17 +259,23 @@ class Oidc:
     # -- 2. callback
 
     async def callback(
-        self, state: str, code: str | None, error: str | None
+        self,
+        state: str,
+        code: str | None,
+        error: str | None,
+        *,
+        on_link: LinkEvent | None = None,
     ) -> tuple[UserBody, SsoLogin]:
         """Finish the browser's half: the user signed in, and the pending login (which names
-        the client it is for). SsoError says why not."""
+        the client it is for). SsoError says why not. ``on_link``: the event of a link the
+        user asked for, chained in the link's transaction."""
         login = await self.logins.by_key(state)
         if login is None or login.body.expires_at <= self._clock():
             raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
         if login.body.user_id is not None or login.body.error is not None:
             raise SsoError("this login was already completed")
         try:
-            user, mfa = await self._complete(code, error, login.body.nonce, login.body.link_user_id)
+            user, mfa = await self._complete(code, error, login.body, on_link)
         except SsoError as exc:
             await self._finish(login, error=str(exc))
             raise
@@ -295,24 +313,28 @@ class Oidc:
         return login.body
 
     async def _complete(
-        self, code: str | None, error: str | None, nonce: str, link_user_id: str | None
+        self, code: str | None, error: str | None, login: SsoLogin, on_link: LinkEvent | None
     ) -> tuple[Entity[UserBody], bool]:
         if error is not None:
             raise SsoError(f"the identity provider refused the login: {error[:200]}")
         if not code:
             raise SsoError("the identity provider sent no code")
-        identity = await self._verify(await self.configured(), code, nonce)
-        if link_user_id is not None:
-            return await self._link_self(identity, link_user_id), identity.mfa
+        identity = await self._verify(await self.configured(), code, login.nonce)
+        if login.link_user_id is not None:
+            user = await self._link_self(identity, login, on_link)
+            return user, identity.mfa
         return await self._user_for(identity), identity.mfa
 
-    async def _link_self(self, identity: ExternalIdentity, user_id: str) -> Entity[UserBody]:
-        user = await self._directory.users.get(user_id)
+    async def _link_self(
+        self, identity: ExternalIdentity, login: SsoLogin, on_link: LinkEvent | None
+    ) -> Entity[UserBody]:
+        user = await self._directory.users.get(login.link_user_id or "")
         if user is None or user.body.status != "active":
             raise SsoError("the user who asked for this link is gone or disabled")
         if await self.links.by_key(link_key(identity.issuer, identity.subject)) is not None:
             raise SsoError("this identity at the provider is linked to a user already")
-        await self._link(identity, user.id, "user")
+        event = None if on_link is None else lambda _link: on_link(user, login)
+        await self._link(identity, user.id, "user", audit=event)
         return user
 
     async def _finish(
@@ -454,6 +476,8 @@ class Oidc:
         identity: ExternalIdentity,
         user_id: str,
         made_by: Literal["sso", "admin", "user", "migration"],
+        *,
+        audit: AuditOf[SsoLink] | None = None,
     ) -> None:
         body = SsoLink(
             issuer=identity.issuer,
@@ -463,25 +487,42 @@ class Oidc:
             made_at=self._clock(),
         )
         try:
-            await self.links.insert(body)
+            await self.links.insert(
+                body, audit=None if audit is None else lambda written: audit(written.body)
+            )
         except Conflict:
             raise SsoError("this identity was linked meanwhile; try again") from None
 
-    async def link(self, issuer: str, subject: str, user_id: str) -> SsoLink:
+    async def link(
+        self, issuer: str, subject: str, user_id: str, *, audit: AuditOf[SsoLink] | None = None
+    ) -> SsoLink:
         """An administrator links (issuer, subject) to ``user_id``; Conflict when the
-        identity is linked already (to anyone: unlink first)."""
+        identity is linked already (to anyone: unlink first). ``audit``: its event, of the
+        link as written, in the insert's transaction."""
         body = SsoLink(
             issuer=issuer, subject=subject, user_id=user_id, made_by="admin", made_at=self._clock()
         )
-        await self.links.insert(body)
+        await self.links.insert(
+            body, audit=None if audit is None else lambda written: audit(written.body)
+        )
         return body
 
-    async def unlink(self, user_id: str) -> list[SsoLink]:
-        """Every link of ``user_id`` removed; answers them."""
-        gone = []
-        for link in await self.links.list():
-            if link.body.user_id == user_id and await self.links.delete(link.id):
-                gone.append(link.body)
+    async def unlink(
+        self, user_id: str, *, audit: AuditOf[list[SsoLink]] | None = None
+    ) -> list[SsoLink]:
+        """Every link of ``user_id`` removed, in one transaction with ``audit``'s event (of
+        the links removed; none removed, none written); answers them."""
+        gone: list[SsoLink] = []
+
+        async def plan() -> list[EntityWrite]:
+            theirs = [link for link in await self.links.list() if link.body.user_id == user_id]
+            return [self.links.deleted(link, any_version=True) for link in theirs]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            gone[:] = [self.links.parse(r).body for r in written if r is not None]
+            return None if audit is None or not gone else audit(gone)
+
+        await together(self._store, plan, audit=event)
         return gone
 
     # -- 3. poll
@@ -503,13 +544,26 @@ class Oidc:
                 await self.logins.delete(login.id)
                 raise SsoError("the login expired before it was completed")
             return None
-        # Collected once: the pending login goes, so its poll secret cannot be replayed.
-        if not await self.logins.delete(login.id):
-            raise SsoError("no such login")
         user = await self._directory.users.get(login.body.user_id)
-        if user is None or user.body.status != "active":
-            raise SsoError("this user is disabled")
-        return SsoDone(user, login.body.mfa, linked=login.body.link_user_id is not None)
+        active = user is not None and user.body.status == "active"
+        if user is None or not active or login.body.link_user_id is not None:
+            # Collected once: the pending login goes, so its poll secret cannot be replayed.
+            if not await self.logins.delete(login.id):
+                raise SsoError("no such login")
+            if user is None or not active:
+                raise SsoError("this user is disabled")
+            return SsoDone(user, login.body.mfa, linked=True)
+        # A sign-in: the pending login goes with the session it gives (:meth:`collect`).
+        return SsoDone(user, login.body.mfa, login=login)
+
+    async def collect(self, login: Entity[SsoLogin]) -> list[EntityWrite]:
+        """The end of a polled sign-in's pending login, written in its session's transaction:
+        collected once (its poll secret cannot be replayed), and never gone without the
+        session it gave. SsoError when another poll collected it meanwhile."""
+        current = await self.logins.get(login.id)
+        if current is None:
+            raise SsoError("no such login")
+        return [self.logins.deleted(current)]
 
     # -- HTTP to the provider
 

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from aiohttp import web
 from pydantic import ValidationError
 
-from manager.api.audit_record import AUDIT, record
+from manager.api.audit_record import AUDIT, Change, in_transaction
 from manager.api.context import ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.identity import actor_of
@@ -177,30 +177,23 @@ async def create_filter(request: web.Request) -> web.Response:
         query=body.query.model_dump(exclude_none=True),
         created_at=c.clock(),
     )
-    await c.audit.save_filter(saved)
-    view = _filter_view(saved)
-    record(
-        request,
-        resource_id=saved.id,
-        name=saved.name,
-        action="create",
-        summary=f"saved audit filter {saved.name}",
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view, status=201)
+
+    def made(f: SavedAuditFilter) -> Change:
+        after = _filter_view(f).model_dump(mode="json")
+        return Change(f.id, f.name, "create", f"saved audit filter {f.name}", after=after)
+
+    await c.audit.save_filter(saved, audit=in_transaction(request, made))
+    return json_response(_filter_view(saved), status=201)
 
 
 async def delete_filter(request: web.Request) -> web.Response:
     owner, name = actor_of(request).id, request.match_info["name"]
-    saved = await ctx(request).audit.delete_filter(owner, name)
-    record(
-        request,
-        resource_id=saved.id,
-        name=saved.name,
-        action="delete",
-        summary=f"deleted saved audit filter {saved.name}",
-        before=_filter_view(saved).model_dump(mode="json"),
-    )
+
+    def deleted(f: SavedAuditFilter) -> Change:
+        before = _filter_view(f).model_dump(mode="json")
+        return Change(f.id, f.name, "delete", f"deleted saved audit filter {f.name}", before)
+
+    await ctx(request).audit.delete_filter(owner, name, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from manager.access.directory import UserBody
+from manager.access.directory import SessionBody, UserBody
 from manager.access.entities import Entity
-from manager.access.login import LOGINS, LockNotice, Session
+from manager.access.login import LOGINS, LockEvent, Session
 from manager.access.principal import principal_of
-from manager.api.audit_record import AUDIT, Change, record
+from manager.api.audit_record import AUDIT, Change, in_transaction
 from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
 from manager.api.http import (
@@ -21,6 +21,7 @@ from manager.api.http import (
     problem_response,
 )
 from manager.api.identity import ACTOR_KEY, client_ip
+from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.core.identity import SYSTEM, Actor
 from manager.core.ratelimit import retry_after_header
 from manager.schemas.auth import (
@@ -52,21 +53,35 @@ def _result(s: Session) -> LoginResult:
     )
 
 
-def _logged_in(request: web.Request, session: Session, action: str, what: str) -> web.Response:
-    # A login route has no actor until it succeeds: the event names who logged in.
-    user = session.user
-    request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
-    summary = f"{user.body.email} {what}"
-    record(request, resource_id=user.id, name=user.body.email, action=action, summary=summary)
+def _signed_in(request: web.Request, action: str, what: str) -> AuditOf[Entity[UserBody]]:
+    """A login route's event, of the user as the session's transaction wrote them: they are
+    its actor (a login route has none until the credentials pass)."""
+
+    def describe(user: Entity[UserBody]) -> Change:
+        return Change(user.id, user.body.email, action, f"{user.body.email} {what}")
+
+    return in_transaction(request, describe, acting=_as_actor)
+
+
+def _as_actor(user: Entity[UserBody]) -> Actor:
+    return Actor("user", user.id, user.body.email)
+
+
+def _logged_in(request: web.Request, session: Session) -> web.Response:
+    # The rest of the request is the user's (it is logged as theirs).
+    request[ACTOR_KEY] = _as_actor(session.user)
     return json_response(_result(session))
 
 
-def _lock_notice(request: web.Request) -> LockNotice:
-    async def locked(user: Entity[UserBody], scope: str) -> None:
-        # The answer is a 4xx, which writes no event: the lock is written here.
-        minutes = (await request.app[LOGINS].settings()).lockout_minutes
+def _lock_event(request: web.Request) -> LockEvent:
+    """The event of a lock the request's failed attempt set, chained with the lock (the
+    answer is a 4xx, which writes no event of its own)."""
+    recorder = request.app[AUDIT]
+    method, path, address = request.method, request.path, client_ip(request)
+
+    def locked(user: Entity[UserBody], scope: str, minutes: int) -> AuditAppend:
         where = "everywhere" if scope == "everywhere" else f"from {scope}"
-        await request.app[AUDIT].write(
+        return recorder.entry(
             SYSTEM,
             Change(
                 resource_id=user.id,
@@ -76,9 +91,9 @@ def _lock_notice(request: web.Request) -> LockNotice:
                 after={"locked": scope, "minutes": minutes},
             ),
             resource_type="user",
-            method=request.method,
-            path=request.path,
-            client_ip=client_ip(request),
+            method=method,
+            path=path,
+            client_ip=address,
         )
 
     return locked
@@ -116,18 +131,22 @@ async def login(request: web.Request) -> web.Response:
         totp_code=body.totp_code,
         recovery_code=body.recovery_code,
         client=address,
-        on_lock=_lock_notice(request),
+        on_lock=_lock_event(request),
         on_fail=on_fail,
+        audit=_signed_in(request, "login", "logged in"),
     )
-    return _logged_in(request, session, "login", "logged in")
+    return _logged_in(request, session)
 
 
 async def accept_invite(request: web.Request) -> web.Response:
     body = await parse_body(request, InviteAccept)
     if (refused := await _throttled(request)) is not None:
         return refused
-    session = await request.app[LOGINS].accept_invite(body.token, body.password)
-    return _logged_in(request, session, "accept_invite", "accepted their invite, set a password")
+    what = "accepted their invite, set a password"
+    session = await request.app[LOGINS].accept_invite(
+        body.token, body.password, audit=_signed_in(request, "accept_invite", what)
+    )
+    return _logged_in(request, session)
 
 
 async def _own_user(request: web.Request) -> Entity[UserBody]:
@@ -171,16 +190,18 @@ async def me(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     body = await parse_body(request, PasswordChange)
     user = await _own_user(request)
-    logins = request.app[LOGINS]
-    session = await logins.change_password(
-        user, body.current, body.new, _lock_notice(request), client=client_ip(request)
-    )
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="change_password",
-        summary=f"{user.body.email} changed their password (their other sessions ended)",
+
+    def changed(u: Entity[UserBody]) -> Change:
+        summary = f"{u.body.email} changed their password (their other sessions ended)"
+        return Change(u.id, u.body.email, "change_password", summary)
+
+    session = await request.app[LOGINS].change_password(
+        user,
+        body.current,
+        body.new,
+        _lock_event(request),
+        client=client_ip(request),
+        audit=in_transaction(request, changed),
     )
     return json_response(_result(session))
 
@@ -188,22 +209,24 @@ async def change_password(request: web.Request) -> web.Response:
 async def totp_enrol(request: web.Request) -> web.Response:
     body = await parse_body(request, TotpEnrolStart)
     user = await _own_user(request)
-    logins = request.app[LOGINS]
-    if principal_of(request).restricted != "totp_enrolment" or body.password is not None:
-        if body.password is None:
-            raise ApiProblem(
-                400, "invalid", "password: enter your password to add a device", field="password"
-            )
-        user = await logins.reauthenticate(
-            user, body.password, _lock_notice(request), client=client_ip(request)
+    # A session restricted to enrolling was made by the password a moment ago: it is not
+    # asked again (unless given).
+    enrolling = principal_of(request).restricted == "totp_enrolment"
+    if body.password is None and not enrolling:
+        raise ApiProblem(
+            400, "invalid", "password: enter your password to add a device", field="password"
         )
-    secret, uri = await logins.totp_enrol(user)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="totp_enrol",
-        summary=f"{user.body.email} began enrolling in two-factor authentication",
+
+    def began(u: Entity[UserBody]) -> Change:
+        summary = f"{u.body.email} began enrolling in two-factor authentication"
+        return Change(u.id, u.body.email, "totp_enrol", summary)
+
+    secret, uri = await request.app[LOGINS].totp_enrol(
+        user,
+        body.password,
+        _lock_event(request),
+        client=client_ip(request),
+        audit=in_transaction(request, began),
     )
     return json_response(TotpEnrolment(secret=secret, otpauth_uri=uri))
 
@@ -211,22 +234,19 @@ async def totp_enrol(request: web.Request) -> web.Response:
 async def totp_confirm(request: web.Request) -> web.Response:
     body = await parse_body(request, TotpConfirm)
     user = await _own_user(request)
-    logins = request.app[LOGINS]
-    codes = await logins.totp_confirm(user, body.code)
-    fresh = None
     p = principal_of(request)
-    if p.restricted == "totp_enrolment" and p.session_id is not None:
-        # The restricted session did its one job: swap it for a full one.
-        await logins.logout(p.session_id)
-        fresh = _result(await logins.session(await _own_user(request), await logins.settings()))
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="totp_enable",
-        summary=f"{user.body.email} turned on two-factor authentication",
+    # A session restricted to enrolling did its one job: it is swapped for a full one.
+    ending = p.session_id if p.restricted == "totp_enrolment" else None
+
+    def enabled(u: Entity[UserBody]) -> Change:
+        summary = f"{u.body.email} turned on two-factor authentication"
+        return Change(u.id, u.body.email, "totp_enable", summary)
+
+    codes, fresh = await request.app[LOGINS].totp_confirm(
+        user, body.code, ending=ending, audit=in_transaction(request, enabled)
     )
-    return json_response(TotpConfirmed(recovery_codes=codes, session=fresh))
+    session = None if fresh is None else _result(fresh)
+    return json_response(TotpConfirmed(recovery_codes=codes, session=session))
 
 
 async def totp_verify(request: web.Request) -> web.Response:
@@ -237,17 +257,16 @@ async def totp_verify(request: web.Request) -> web.Response:
     if p.restricted != "totp" or p.session_id is None:
         raise ApiProblem(409, "conflict", "this session has no code to give")
     user = await _own_user(request)
-    logins = request.app[LOGINS]
-    user = await logins.pass_second_factor(
+    session = await request.app[LOGINS].pass_second_factor(
         user,
         body.totp_code,
         body.recovery_code,
+        ending=p.session_id,
         client=client_ip(request),
-        on_lock=_lock_notice(request),
+        on_lock=_lock_event(request),
+        audit=_signed_in(request, "login", "gave their two-factor code after SSO"),
     )
-    await logins.logout(p.session_id)
-    session = await logins.session(user, await logins.settings(), via="sso")
-    return _logged_in(request, session, "login", "gave their two-factor code after SSO")
+    return _logged_in(request, session)
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -256,14 +275,11 @@ async def logout(request: web.Request) -> web.Response:
         raise ApiProblem(
             400, "not_a_session", "an API key has no session to end; revoke it instead"
         )
-    await request.app[LOGINS].logout(p.session_id)
-    record(
-        request,
-        resource_id=p.session_id,
-        name=p.actor.name,
-        action="logout",
-        summary=f"{p.actor.name} logged out",
-    )
+
+    def ended(s: Entity[SessionBody]) -> Change:
+        return Change(s.id, p.actor.name, "logout", f"{p.actor.name} logged out")
+
+    await request.app[LOGINS].logout(p.session_id, audit=in_transaction(request, ended))
     return json_response(LoggedOut(ended=True))
 
 
@@ -285,17 +301,15 @@ async def put_settings(request: web.Request) -> web.Response:
                 "turn on two-factor authentication for yourself before enforcing it",
                 field="enforce_2fa",
             )
-    before = await logins.save_settings(body)
+
+    def changed(written: tuple[AuthSettings | None, Entity[AuthSettings]]) -> Change:
+        before = (written[0] or AuthSettings()).model_dump(mode="json")
+        after = written[1].body.model_dump(mode="json")
+        summary = "changed the login settings"
+        return Change("account", "login settings", "update", summary, before, after)
+
+    await logins.save_settings(body, audit=in_transaction(request, changed))
     request.app[ACCESS].principals.forget()
-    record(
-        request,
-        resource_id="account",
-        name="login settings",
-        action="update",
-        summary="changed the login settings",
-        before=before.model_dump(mode="json"),
-        after=body.model_dump(mode="json"),
-    )
     return json_response(body)
 
 

@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 from pydantic import BaseModel
 
-from manager.api.audit_record import record, unchanged
+from manager.api.audit_record import Change, in_transaction
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response
 from manager.records import (
@@ -93,21 +93,23 @@ async def _set_draining(request: web.Request, draining: bool) -> web.Response:
     """Drain (or resume) every delegate with that id or name: a name may cover a group."""
     c = ctx(request)
     ref = request.match_info["delegate"]
-    changed, flipped = await c.delegates.set_draining(await c.delegates.matching(ref), draining)
     verb = "drain" if draining else "resume"
-    if flipped:
-        # One request, one event, however many delegates share the name.
-        record(
-            request,
-            resource_id=",".join(d.id for d in flipped),
-            name=ref,
-            action=verb,
-            summary=f"{verb}: {len(flipped)} delegate(s) matching {ref!r}",
-            before=[{"id": d.id, "name": d.name, "draining": not draining} for d in flipped],
-            after=[{"id": d.id, "name": d.name, "draining": draining} for d in flipped],
+
+    def flipped(rows: list[DelegateRecord]) -> Change:
+        # One request, one event, however many delegates share the name: of the rows that
+        # flipped (none flipped, none written: no event).
+        return Change(
+            ",".join(d.id for d in rows),
+            ref,
+            verb,
+            f"{verb}: {len(rows)} delegate(s) matching {ref!r}",
+            before=[{"id": d.id, "name": d.name, "draining": not draining} for d in rows],
+            after=[{"id": d.id, "name": d.name, "draining": d.draining} for d in rows],
         )
-    else:
-        unchanged(request)
+
+    changed, _ = await c.delegates.set_draining(
+        await c.delegates.matching(ref), draining, audit=in_transaction(request, flipped)
+    )
     return json_response(DelegateList(delegates=await _delegate_views(c, changed)))
 
 
@@ -126,31 +128,30 @@ async def delete_delegate(request: web.Request) -> web.Response:
     c = ctx(request)
     ref = request.match_info["delegate"]
     force = request.query.get("force", "").lower() in ("1", "true", "yes")
-    views = await _delegate_views(c, await c.delegates.matching(ref))
-    live = [v.id for v in views if v.status != "disconnected"]
+    matches = await c.delegates.matching(ref)
+    views = {v.id: v for v in await _delegate_views(c, matches)}
+    live = [v.id for v in views.values() if v.status != "disconnected"]
     if live and not force:
         raise ApiProblem(
             409,
             "conflict",
             f"delegate {ref!r} is connected ({', '.join(live)}); stop it first, or pass force",
         )
-    deleted = []
-    for view in views:
-        if await c.delegates.delete(view.id, view.name):
-            deleted.append(view)
+
+    def deleted_ones(rows: list[DelegateRecord]) -> Change:
+        fields = {"id", "name", "token", "status"}
+        return Change(
+            ",".join(d.id for d in rows),
+            ref,
+            "delete",
+            f"deleted {len(rows)} delegate(s) matching {ref!r}",
+            before=[views[d.id].model_dump(mode="json", include=fields) for d in rows],
+        )
+
+    deleted = await c.delegates.delete(matches, audit=in_transaction(request, deleted_ones))
     if not deleted:
         raise ApiProblem(404, "not_found", f"no delegate named {ref!r}")
-    record(
-        request,
-        resource_id=",".join(v.id for v in deleted),
-        name=ref,
-        action="delete",
-        summary=f"deleted {len(deleted)} delegate(s) matching {ref!r}",
-        before=[
-            v.model_dump(mode="json", include={"id", "name", "token", "status"}) for v in deleted
-        ],
-    )
-    return json_response(DelegateList(delegates=deleted))
+    return json_response(DelegateList(delegates=[views[d.id] for d in deleted]))
 
 
 def add_delegate_list_routes(table: RouteTable) -> None:

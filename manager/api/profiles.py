@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from manager.api.audit_record import record
+from manager.api.audit_record import Change, in_transaction
 from manager.api.context import ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.records import ProfileRecord
@@ -40,17 +40,19 @@ async def put_profile(request: web.Request) -> web.Response:
     await _check_profile_secrets(request, body.script)
     before = await _find(request, name)
     profile = ProfileRecord(name, tuple(body.selectors), body.script, body.interpreter, time.time())
-    runs = await c.profiles.put(profile)
-    record(
-        request,
-        resource_id=name,
-        name=name,
-        action="create" if before is None else "update",
-        summary=f"{'created' if before is None else 'changed'} delegate profile {name}"
-        f" (started on {runs} delegate(s))",
-        before=None if before is None else _audit_view(before),
-        after=_audit_view(profile),
-    )
+
+    def written(p: ProfileRecord) -> Change:
+        # Made before the runs start (they follow the commit): the event says what was set.
+        return Change(
+            name,
+            name,
+            "create" if before is None else "update",
+            f"{'created' if before is None else 'changed'} delegate profile {name}",
+            before=None if before is None else _audit_view(before),
+            after=_audit_view(p),
+        )
+
+    runs = await c.profiles.put(profile, audit=in_transaction(request, written))
     return json_response(_view(profile, runs))
 
 
@@ -102,15 +104,11 @@ async def list_profiles(request: web.Request) -> web.Response:
 
 async def delete_profile(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    before = await ctx(request).profiles.delete(name)
-    record(
-        request,
-        resource_id=name,
-        name=name,
-        action="delete",
-        summary=f"deleted delegate profile {name}",
-        before=_audit_view(before),
-    )
+
+    def deleted(p: ProfileRecord) -> Change:
+        return Change(name, name, "delete", f"deleted delegate profile {name}", _audit_view(p))
+
+    await ctx(request).profiles.delete(name, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 

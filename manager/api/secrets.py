@@ -6,7 +6,7 @@ from aiohttp import web
 
 from manager.access.places import Places
 from manager.access.principal import principal_of
-from manager.api.audit_record import record
+from manager.api.audit_record import Change, in_transaction, record_now
 from manager.api.context import ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.records import (
@@ -98,22 +98,51 @@ def _version_view(v: SecretVersionRecord, current: int) -> SecretVersionView:
     )
 
 
-async def _secret_full_view(request: web.Request, s: SecretRecord) -> SecretView:
-    view = _secret_view(s, await _service(request).manager_by_id(s.manager_id))
-    scopes = _service(request).scopes
-    own = await scopes.of_secret(s.id)
-    if own is None:
+def _secret_view_of(
+    s: SecretRecord,
+    m: SecretManagerRecord | None,
+    scope: UsageScope | None,
+    where: Places,
+) -> SecretView:
+    """The secret's view with its own scope (None: none of its own): what its events hold,
+    made of the row written inside the write's transaction, hence read before it."""
+    view = _secret_view(s, m)
+    if scope is None:
         return view
-    return view.model_copy(update={"scope": Scopes.describe(own, await scopes.places())})
+    return view.model_copy(update={"scope": Scopes.describe(scope, where)})
+
+
+def _manager_view_of(
+    m: SecretManagerRecord, scope: UsageScope | None, where: Places
+) -> SecretManagerView:
+    view = _manager_view(m)
+    if scope is None:
+        return view
+    return view.model_copy(update={"scope": Scopes.describe(scope, where)})
+
+
+async def _secret_context(
+    request: web.Request, s: SecretRecord
+) -> tuple[SecretManagerRecord | None, UsageScope | None, Places]:
+    """(its manager, its own scope, the places scopes name) of ``s``."""
+    scopes = _service(request).scopes
+    manager = await _service(request).manager_by_id(s.manager_id)
+    return manager, await scopes.of_secret(s.id), await scopes.places()
+
+
+async def _manager_context(
+    request: web.Request, m: SecretManagerRecord
+) -> tuple[UsageScope | None, Places]:
+    scopes = _service(request).scopes
+    return await scopes.of_manager(m.id), await scopes.places()
+
+
+async def _secret_full_view(request: web.Request, s: SecretRecord) -> SecretView:
+    return _secret_view_of(s, *await _secret_context(request, s))
 
 
 async def _manager_full_view(request: web.Request, m: SecretManagerRecord) -> SecretManagerView:
-    scopes = _service(request).scopes
-    own = await scopes.of_manager(m.id)
-    view = _manager_view(m)
-    if own is None:
-        return view
-    return view.model_copy(update={"scope": Scopes.describe(own, await scopes.places())})
+    return _manager_view_of(m, *await _manager_context(request, m))
 
 
 async def _checked_scope(
@@ -169,18 +198,17 @@ async def list_managers(request: web.Request) -> web.Response:
 async def create_manager(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretManagerCreate)
     scope = await _checked_scope(request, body.scope, None)
-    made = await _service(request).create_manager(body)
-    await _service(request).scopes.set_manager(made.id, scope)
-    created = await _manager_full_view(request, made)
-    record(
-        request,
-        resource_id=created.id,
-        name=created.name,
-        action="create",
-        summary=f"created secret manager {created.name} ({created.kind})",
-        after=_audit(created),
+    where = await _service(request).scopes.places()
+
+    def made(m: SecretManagerRecord) -> Change:
+        after = _audit(_manager_view_of(m, scope, where))
+        summary = f"created secret manager {m.name} ({m.kind})"
+        return Change(m.id, m.name, "create", summary, after=after)
+
+    created = await _service(request).create_manager(
+        body, scope=scope, audit=in_transaction(request, made)
     )
-    return json_response(created, status=201)
+    return json_response(await _manager_full_view(request, created), status=201)
 
 
 async def get_manager(request: web.Request) -> web.Response:
@@ -191,33 +219,27 @@ async def get_manager(request: web.Request) -> web.Response:
 async def update_manager(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretManagerUpdate)
     service, name = _service(request), request.match_info["name"]
-    before = await _manager_full_view(request, await service.manager(name))
-    after = await _manager_full_view(request, await service.update_manager(name, body))
-    record(
-        request,
-        resource_id=after.id,
-        name=after.name,
-        action="update",
-        summary=f"changed secret manager {after.name}",
-        before=_audit(before),
-        after=_audit(after),
-    )
-    return json_response(after)
+    current = await service.manager(name)
+    own, where = await _manager_context(request, current)
+
+    def changed(m: SecretManagerRecord) -> Change:
+        before, after = _manager_view_of(current, own, where), _manager_view_of(m, own, where)
+        summary = f"changed secret manager {m.name}"
+        return Change(m.id, m.name, "update", summary, _audit(before), _audit(after))
+
+    updated = await service.update_manager(name, body, audit=in_transaction(request, changed))
+    return json_response(await _manager_full_view(request, updated))
 
 
 async def delete_manager(request: web.Request) -> web.Response:
     service, name = _service(request), request.match_info["name"]
-    before = await _manager_full_view(request, await service.manager(name))
-    await service.delete_manager(name)
-    await service.scopes.set_manager(before.id, None)
-    record(
-        request,
-        resource_id=before.id,
-        name=before.name,
-        action="delete",
-        summary=f"deleted secret manager {before.name}",
-        before=_audit(before),
-    )
+    own, where = await _manager_context(request, await service.manager(name))
+
+    def deleted(m: SecretManagerRecord) -> Change:
+        before = _audit(_manager_view_of(m, own, where))
+        return Change(m.id, m.name, "delete", f"deleted secret manager {m.name}", before)
+
+    await service.delete_manager(name, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 
@@ -234,14 +256,17 @@ async def test_manager(request: web.Request) -> web.Response:
             delegate_id=outcome.task.delegate_id,
             error=None if outcome.ok else outcome.error,
         )
-    # A test changes no setting, but it runs the manager's credentials on a delegate.
-    record(
+    # A test changes no setting, but it runs the manager's credentials on a delegate: its
+    # event is all it writes, and no result is answered that the trail does not hold.
+    await record_now(
         request,
-        resource_id=manager.id,
-        name=manager.name,
-        action="test",
-        summary=f"tested secret manager {manager.name}: {'ok' if result.ok else 'failed'}",
-        after=result.model_dump(mode="json"),
+        Change(
+            manager.id,
+            manager.name,
+            "test",
+            f"tested secret manager {manager.name}: {'ok' if result.ok else 'failed'}",
+            after=result.model_dump(mode="json"),
+        ),
     )
     return json_response(result)
 
@@ -274,18 +299,15 @@ async def create_secret(request: web.Request) -> web.Response:
     # An unknown manager is create_secret's 400; only a known one has a scope to lie within.
     manager = await service.manager_named(body.manager)
     scope = await _checked_scope(request, body.scope, None if manager is None else manager.id)
-    made = await service.create_secret(body)
-    await service.scopes.set_secret(made.id, scope)
-    created = await _secret_full_view(request, made)
-    record(
-        request,
-        resource_id=created.id,
-        name=created.name,
-        action="create",
-        summary=f"created secret {created.name} in {created.manager} ({created.mode})",
-        after=_audit(created),
-    )
-    return json_response(created, status=201)
+    where = await service.scopes.places()
+
+    def made(s: SecretRecord) -> Change:
+        view = _secret_view_of(s, manager, scope, where)
+        summary = f"created secret {s.name} in {view.manager} ({s.mode})"
+        return Change(s.id, s.name, "create", summary, after=_audit(view))
+
+    created = await service.create_secret(body, scope=scope, audit=in_transaction(request, made))
+    return json_response(await _secret_full_view(request, created), status=201)
 
 
 async def _secret(request: web.Request) -> SecretRecord:
@@ -306,83 +328,70 @@ async def get_secret(request: web.Request) -> web.Response:
 async def put_secret_scope(request: web.Request) -> web.Response:
     body = await parse_body(request, ScopePut)
     service, secret = _service(request), await _secret(request)
-    before = await _secret_full_view(request, secret)
-    await service.scopes.set_secret(
-        secret.id, await _checked_scope(request, body.scope, secret.manager_id)
-    )
-    after = await _secret_full_view(request, secret)
-    record(
-        request,
-        resource_id=secret.id,
-        name=secret.name,
-        action="update",
-        summary=f"changed the usage scope of secret {secret.name}",
-        before=_audit(before),
-        after=_audit(after),
-    )
-    return json_response(after)
+    manager, own, where = await _secret_context(request, secret)
+    scope = await _checked_scope(request, body.scope, secret.manager_id)
+
+    def changed(new: UsageScope | None) -> Change:
+        before = _secret_view_of(secret, manager, own, where)
+        after = _secret_view_of(secret, manager, new, where)
+        summary = f"changed the usage scope of secret {secret.name}"
+        return Change(secret.id, secret.name, "update", summary, _audit(before), _audit(after))
+
+    await service.scopes.set_secret(secret.id, scope, audit=in_transaction(request, changed))
+    return json_response(await _secret_full_view(request, secret))
 
 
 async def put_manager_scope(request: web.Request) -> web.Response:
     body = await parse_body(request, ScopePut)
     service, name = _service(request), request.match_info["name"]
     manager = await service.manager(name)
-    before = await _manager_full_view(request, manager)
+    own, where = await _manager_context(request, manager)
     scope = await _checked_scope(request, body.scope, None)
-    where = await service.scopes.places()
     outer = scope or UNRESTRICTED
     for s in await service.secrets(manager.id):
-        own = await service.scopes.of_secret(s.id)
-        if own is not None and not own.within(outer, where):
+        theirs = await service.scopes.of_secret(s.id)
+        if theirs is not None and not theirs.within(outer, where):
             raise ApiProblem(
                 409,
                 "conflict",
                 f"secret {s.name!r} is scoped beyond that; narrow or clear its scope first",
             )
-    await service.scopes.set_manager(manager.id, scope)
-    after = await _manager_full_view(request, manager)
-    record(
-        request,
-        resource_id=manager.id,
-        name=manager.name,
-        action="update",
-        summary=f"changed the usage scope of secret manager {manager.name}",
-        before=_audit(before),
-        after=_audit(after),
-    )
-    return json_response(after)
+
+    def changed(new: UsageScope | None) -> Change:
+        before = _manager_view_of(manager, own, where)
+        after = _manager_view_of(manager, new, where)
+        summary = f"changed the usage scope of secret manager {manager.name}"
+        return Change(manager.id, manager.name, "update", summary, _audit(before), _audit(after))
+
+    await service.scopes.set_manager(manager.id, scope, audit=in_transaction(request, changed))
+    return json_response(await _manager_full_view(request, manager))
 
 
 async def update_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretUpdate)
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await _secret(request))
-    after = await _secret_full_view(request, await service.update_secret(name, body))
-    record(
-        request,
-        resource_id=after.id,
-        name=after.name,
-        action="update",
-        summary=f"secret {after.name} is now at version {after.current_version}",
-        before=_audit(before),
-        after=_audit(after),
-    )
-    return json_response(after)
+    current = await _secret(request)
+    manager, own, where = await _secret_context(request, current)
+
+    def changed(s: SecretRecord) -> Change:
+        before = _secret_view_of(current, manager, own, where)
+        after = _secret_view_of(s, manager, own, where)
+        summary = f"secret {s.name} is now at version {s.current_version}"
+        return Change(s.id, s.name, "update", summary, _audit(before), _audit(after))
+
+    updated = await service.update_secret(name, body, audit=in_transaction(request, changed))
+    return json_response(await _secret_full_view(request, updated))
 
 
 async def delete_secret(request: web.Request) -> web.Response:
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await _secret(request))
-    await service.delete_secret(name)
-    await service.scopes.set_secret(before.id, None)
-    record(
-        request,
-        resource_id=before.id,
-        name=before.name,
-        action="delete",
-        summary=f"deleted secret {before.name}",
-        before=_audit(before),
-    )
+    manager, own, where = await _secret_context(request, await _secret(request))
+
+    def deleted(s: SecretRecord) -> Change:
+        before = _audit(_secret_view_of(s, manager, own, where))
+        return Change(s.id, s.name, "delete", f"deleted secret {s.name}", before)
+
+    await service.delete_secret(name, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 
@@ -400,18 +409,20 @@ async def secret_versions(request: web.Request) -> web.Response:
 async def migrate_secret(request: web.Request) -> web.Response:
     body = await parse_body(request, SecretMigrate)
     service, name = _service(request), request.match_info["name"]
-    before = await _secret_full_view(request, await _secret(request))
-    after = await _secret_full_view(request, await service.migrate(name, body.to))
-    record(
-        request,
-        resource_id=after.id,
-        name=after.name,
-        action="migrate",
-        summary=f"moved secret {after.name} from {before.manager} to {after.manager}",
-        before=_audit(before),
-        after=_audit(after),
-    )
-    return json_response(after)
+    current = await _secret(request)
+    source, own, where = await _secret_context(request, current)
+    target = await service.manager_named(body.to)  # None: migrate's 400
+
+    def moved(s: SecretRecord) -> Change:
+        before = _secret_view_of(current, source, own, where)
+        after = _secret_view_of(
+            s, target if s.manager_id != current.manager_id else source, own, where
+        )
+        summary = f"moved secret {s.name} from {before.manager} to {after.manager}"
+        return Change(s.id, s.name, "migrate", summary, _audit(before), _audit(after))
+
+    migrated = await service.migrate(name, body.to, audit=in_transaction(request, moved))
+    return json_response(await _secret_full_view(request, migrated))
 
 
 def add_secret_routes(table: RouteTable) -> None:

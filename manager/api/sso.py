@@ -8,16 +8,26 @@ import html
 from aiohttp import web
 
 from manager.access.directory import UserBody
+from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.principal import principal_of
-from manager.access.sso import Oidc, SsoError, SsoLink, SsoLogin, SsoSettings, client_code
-from manager.api.audit_record import AUDIT, Change, record, unchanged
-from manager.api.auth import _lock_notice
+from manager.access.sso import (
+    LinkEvent,
+    Oidc,
+    SsoError,
+    SsoLink,
+    SsoLogin,
+    SsoSettings,
+    client_code,
+)
+from manager.api.audit_record import AUDIT, Change, in_transaction, unchanged
+from manager.api.auth import _lock_event, _signed_in
 from manager.api.context import ctx
 from manager.api.directory import _find_user as find_user
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.identity import ACTOR_KEY, client_ip
+from manager.core.audit_chain import AuditAppend
 from manager.core.identity import Actor
 from manager.schemas.auth import (
     SsoLinkRequest,
@@ -75,16 +85,19 @@ async def put_settings(request: web.Request) -> web.Response:
             f"client_secret: no builtin secret {body.client_secret!r} (create it first)",
             field="client_secret",
         )
-    before = await oidc_of(request).save_settings(body)
-    record(
-        request,
-        resource_id="oidc",
-        name="OpenID Connect",
-        action="create" if before is None else "update",
-        summary=f"set single sign-on through {body.issuer}",
-        before=None if before is None else _settings_view(before),
-        after=_settings_view(body),
-    )
+
+    def saved(written: tuple[SsoSettings | None, Entity[SsoSettings]]) -> Change:
+        before, after = written[0], written[1].body
+        return Change(
+            "oidc",
+            "OpenID Connect",
+            "create" if before is None else "update",
+            f"set single sign-on through {after.issuer}",
+            before=None if before is None else _settings_view(before),
+            after=_settings_view(after),
+        )
+
+    await oidc_of(request).save_settings(body, audit=in_transaction(request, saved))
     return json_response(body)
 
 
@@ -118,7 +131,7 @@ async def link_start(request: web.Request) -> web.Response:
     if user is None or user.body.password_hash is None:
         raise ApiProblem(400, "invalid", "only a user with a password links an SSO identity")
     await logins.reauthenticate(
-        user, body.password, _lock_notice(request), client=client_ip(request)
+        user, body.password, _lock_event(request), client=client_ip(request)
     )
     try:
         url, state, expires = await oidc_of(request).start(
@@ -133,36 +146,41 @@ async def link_start(request: web.Request) -> web.Response:
     )
 
 
-async def _linked_event(request: web.Request, user: UserBody, login: SsoLogin) -> None:
-    # The callback is the browser's GET, which the audit middleware does not record.
-    found = await request.app[LOGINS].directory.users.by_key(user.email)
-    user_id = "" if found is None else found.id
-    await request.app[AUDIT].write(
-        Actor("user", user_id, user.email),
-        Change(
-            resource_id=user_id,
-            name=user.email,
-            action="sso_link",
-            summary=f"{user.email} linked their identity at the SSO provider"
-            f" (for {login.client_name or 'an unnamed client'})",
-        ),
-        resource_type="user",
-        method=request.method,
-        path=request.path,
-        client_ip=client_ip(request),
-    )
+def _link_event(request: web.Request) -> LinkEvent:
+    """The event of the link a signed-in user asked for, made at the browser's callback (a
+    GET, which the audit middleware does not record): its actor is that user."""
+    recorder = request.app[AUDIT]
+    method, path, address = request.method, request.path, client_ip(request)
+
+    def linked(user: Entity[UserBody], login: SsoLogin) -> AuditAppend:
+        email = user.body.email
+        return recorder.entry(
+            Actor("user", user.id, email),
+            Change(
+                resource_id=user.id,
+                name=email,
+                action="sso_link",
+                summary=f"{email} linked their identity at the SSO provider"
+                f" (for {login.client_name or 'an unnamed client'})",
+            ),
+            resource_type="user",
+            method=method,
+            path=path,
+            client_ip=address,
+        )
+
+    return linked
 
 
 async def callback(request: web.Request) -> web.Response:
     q = request.query
     try:
         user, login = await oidc_of(request).callback(
-            q.get("state", ""), q.get("code"), q.get("error")
+            q.get("state", ""), q.get("code"), q.get("error"), on_link=_link_event(request)
         )
     except SsoError as exc:
         return _page(exc.status, "Sign-in failed", str(exc))
     if login.link_user_id is not None:
-        await _linked_event(request, user, login)
         return _page(
             200,
             "Linked",
@@ -242,8 +260,9 @@ def _page(status: int, title: str, text: str, *, form: str = "") -> web.Response
 
 async def poll(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoPoll)
+    oidc = oidc_of(request)
     try:
-        done = await oidc_of(request).poll(body.state, body.verifier)
+        done = await oidc.poll(body.state, body.verifier)
     except SsoError as exc:
         raise ApiProblem(400, "sso_failed", str(exc)) from None
     if done is None:
@@ -253,21 +272,24 @@ async def poll(request: web.Request) -> web.Response:
         unchanged(request)
         return json_response(SsoSession(status="linked"))
     logins = request.app[LOGINS]
+    login = done.login
+    assert login is not None  # a sign-in's pending login is collected with its session
     # The provider did the password; the second factor too when it says so. Otherwise a
     # user with 2FA here gives their code before the session does anything else.
     due = done.user.body.totp_enabled and not done.mfa
-    session = await logins.session(
-        done.user, await logins.settings(), via="sso", second_factor_due=due
-    )
+    try:
+        session = await logins.session(
+            done.user,
+            await logins.settings(),
+            via="sso",
+            second_factor_due=due,
+            more=lambda: oidc.collect(login),
+            audit=_signed_in(request, "login", "signed in through SSO"),
+        )
+    except SsoError as exc:
+        raise ApiProblem(400, "sso_failed", str(exc)) from None
     user = session.user
     request[ACTOR_KEY] = Actor("user", user.id, user.body.email)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="login",
-        summary=f"{user.body.email} signed in through SSO",
-    )
     view = SsoUser(id=user.id, email=user.body.email, name=user.body.name)
     return json_response(
         SsoSession(
@@ -294,39 +316,38 @@ async def link_user(request: web.Request) -> web.Response:
             issuer = (await oidc.configured()).issuer
         except SsoError as exc:
             raise ApiProblem(400, "invalid", f"issuer: {exc}", field="issuer") from None
+
+    def linked(link: SsoLink) -> Change:
+        summary = f"linked {user.body.email} to {link.subject} at {link.issuer}"
+        after = _link_view(link).model_dump(mode="json")
+        return Change(user.id, user.body.email, "sso_link", summary, after=after)
+
     try:
-        link = await oidc.link(issuer, body.subject, user.id)
+        link = await oidc.link(issuer, body.subject, user.id, audit=in_transaction(request, linked))
     except Conflict:
         raise ApiProblem(
             409, "conflict", f"{body.subject!r} at {issuer} is linked already; unlink it first"
         ) from None
-    view = _link_view(link)
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="sso_link",
-        summary=f"linked {user.body.email} to {body.subject} at {issuer}",
-        after=view.model_dump(mode="json"),
-    )
-    return json_response(view, status=201)
+    return json_response(_link_view(link), status=201)
 
 
 async def unlink_user(request: web.Request) -> web.Response:
     user = await find_user(request)
-    gone = [_link_view(g) for g in await oidc_of(request).unlink(user.id)]
+
+    def unlinked(links: list[SsoLink]) -> Change:
+        many = "y" if len(links) == 1 else "ies"
+        return Change(
+            user.id,
+            user.body.email,
+            "sso_unlink",
+            f"unlinked {user.body.email} from {len(links)} SSO identit{many}",
+            before=[_link_view(g).model_dump(mode="json") for g in links],
+        )
+
+    gone = await oidc_of(request).unlink(user.id, audit=in_transaction(request, unlinked))
     if not gone:
         raise ApiProblem(409, "conflict", f"user {user.body.email!r} has no SSO link")
-    record(
-        request,
-        resource_id=user.id,
-        name=user.body.email,
-        action="sso_unlink",
-        summary=f"unlinked {user.body.email} from {len(gone)} SSO identit"
-        + ("y" if len(gone) == 1 else "ies"),
-        before=[g.model_dump(mode="json") for g in gone],
-    )
-    return json_response(SsoUnlinked(removed=gone))
+    return json_response(SsoUnlinked(removed=[_link_view(g) for g in gone]))
 
 
 def add_sso_routes(table: RouteTable) -> None:

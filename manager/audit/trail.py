@@ -1,7 +1,8 @@
 """Reading the audit trail, checking its chain, and each user's saved filters.
 
 Writing events stays with the request that makes a change (manager.api.audit_record):
-it is the one place that knows who acted, through which route.
+it is the one place that knows who acted, through which route. A saved filter's write takes
+its event (``audit``) to chain in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from manager.core.audit_chain import (
     AuditEvent,
+    AuditOf,
     AuditQuery,
     Broken,
     ChainVerifier,
@@ -76,17 +78,23 @@ class AuditTrail:
     async def saved_filters(self, owner: str) -> list[SavedAuditFilter]:
         return await self._store.list_audit_filters(owner)
 
-    async def save_filter(self, saved: SavedAuditFilter) -> None:
+    async def save_filter(
+        self, saved: SavedAuditFilter, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> None:
+        """``audit``: its event, chained in the insert's transaction."""
         try:
-            await self._store.create_audit_filter(saved)
+            await self._store.create_audit_filter(saved, audit=audit)
         except Conflict:
             raise Conflicting(
                 "conflict", f"you have a saved audit filter named {saved.name!r}", field="name"
             ) from None
 
-    async def delete_filter(self, owner: str, name: str) -> SavedAuditFilter:
-        saved = await self._store.get_audit_filter(owner, name)
-        if saved is None or not await self._store.delete_audit_filter(owner, name):
+    async def delete_filter(
+        self, owner: str, name: str, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> SavedAuditFilter:
+        """``audit``: its event, of the row deleted, in the delete's transaction."""
+        saved = await self._store.delete_audit_filter(owner, name, audit=audit)
+        if saved is None:
             raise NotFound("not_found", f"no saved audit filter {name!r}")
         return saved
 

@@ -26,10 +26,11 @@ from pydantic import BaseModel, ConfigDict
 from manager.access.directory import Directory
 from manager.access.entities import EntityKind
 from manager.access.places import Places, places
+from manager.core.audit_chain import AuditOf
 from manager.errors import Invalid
 from manager.schemas.grants import Target
 from manager.schemas.secrets import EnvChoice, ScopeSpec, ScopeTarget
-from manager.store.base import Conflict, Store
+from manager.store.base import EntityWrite, Store
 
 __all__ = ["UNRESTRICTED", "Scopes", "UsageScope"]
 
@@ -96,11 +97,43 @@ class Scopes:
 
     # -- writing
 
-    async def set_manager(self, manager_id: str, scope: UsageScope | None) -> None:
-        await _put(self._managers, manager_id, scope)
+    async def set_manager(
+        self,
+        manager_id: str,
+        scope: UsageScope | None,
+        *,
+        audit: AuditOf[UsageScope | None] | None = None,
+    ) -> None:
+        """``audit``: as :func:`_put`'s."""
+        await _put(self._managers, manager_id, scope, audit)
 
-    async def set_secret(self, secret_id: str, scope: UsageScope | None) -> None:
-        await _put(self._secrets, secret_id, scope)
+    async def set_secret(
+        self,
+        secret_id: str,
+        scope: UsageScope | None,
+        *,
+        audit: AuditOf[UsageScope | None] | None = None,
+    ) -> None:
+        """``audit``: as :func:`_put`'s."""
+        await _put(self._secrets, secret_id, scope, audit)
+
+    # -- writes that go with a secret's or a manager's own (in its transaction)
+
+    def made_for_secret(self, secret_id: str, scope: UsageScope | None) -> list[EntityWrite]:
+        """The scope of a secret being created."""
+        return _made(self._secrets, secret_id, scope)
+
+    def made_for_manager(self, manager_id: str, scope: UsageScope | None) -> list[EntityWrite]:
+        """The scope of a secret manager being created."""
+        return _made(self._managers, manager_id, scope)
+
+    async def gone_with_secret(self, secret_id: str) -> list[EntityWrite]:
+        """The scope of a secret being deleted."""
+        return await _gone(self._secrets, secret_id)
+
+    async def gone_with_manager(self, manager_id: str) -> list[EntityWrite]:
+        """The scope of a secret manager being deleted."""
+        return await _gone(self._managers, manager_id)
 
     # -- names <-> ids
 
@@ -133,18 +166,33 @@ class Scopes:
         return ScopeSpec(account=scope.account, targets=targets)
 
 
-async def _put(kind: EntityKind[_Stored], owner_id: str, scope: UsageScope | None) -> None:
+async def _put(
+    kind: EntityKind[_Stored],
+    owner_id: str,
+    scope: UsageScope | None,
+    audit: AuditOf[UsageScope | None] | None,
+) -> None:
+    """Set (or, None, clear) the scope of ``owner_id``. ``audit``: the event of the scope as
+    written (None: cleared), chained in the write's transaction; none when it was already
+    so, as nothing is written."""
     if scope is None:
-        await kind.delete(owner_id)
+        await kind.delete(owner_id, audit=None if audit is None else lambda _gone: audit(None))
         return
     body = _Stored(owner_id=owner_id, scope=scope)
-    if await kind.get(owner_id) is None:
-        try:
-            await kind.insert(body, entity_id=owner_id)
-            return
-        except Conflict:
-            pass  # set meanwhile by another request: replace it below
-    await kind.update(owner_id, lambda _old: body)
+    await kind.put(
+        owner_id, body, audit=None if audit is None else lambda w: audit(w[1].body.scope)
+    )
+
+
+def _made(kind: EntityKind[_Stored], owner_id: str, scope: UsageScope | None) -> list[EntityWrite]:
+    if scope is None:
+        return []
+    return [kind.inserted(_Stored(owner_id=owner_id, scope=scope), entity_id=owner_id)]
+
+
+async def _gone(kind: EntityKind[_Stored], owner_id: str) -> list[EntityWrite]:
+    found = await kind.get(owner_id)
+    return [] if found is None else [kind.deleted(found, any_version=True)]
 
 
 def _app_id(where: Places, name: str, field: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import structlog
 
+from manager.core.audit_chain import AuditOf
 from manager.errors import Broken, Conflicting, Invalid, NotFound, TooLarge, Unavailable
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.records import (
@@ -40,6 +41,7 @@ from manager.schemas.secrets import (
 from manager.secrets.delivery import SecretDeliveries, version_context
 from manager.secrets.kinds import check_settings
 from manager.secrets.ops import OpResult, SecretOps
+from manager.secrets.scope import UsageScope
 from manager.store.base import Conflict, Store
 from shared.envelope import (
     Envelope,
@@ -110,7 +112,15 @@ class SecretService:
     async def managers(self) -> list[SecretManagerRecord]:
         return await self._store.list_secret_managers()
 
-    async def create_manager(self, body: SecretManagerCreate) -> SecretManagerRecord:
+    async def create_manager(
+        self,
+        body: SecretManagerCreate,
+        *,
+        scope: UsageScope | None = None,
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> SecretManagerRecord:
+        """The manager, with its usage ``scope``, in one transaction with ``audit``'s event.
+        (So does every write here that takes ``audit``: its event, of the row written.)"""
         if body.kind == "builtin":
             raise Invalid(
                 "invalid", "there is one builtin secret manager, and it exists", field="kind"
@@ -129,14 +139,21 @@ class SecretService:
             updated_at=now,
         )
         await self._check_credentials(record)
+        scoped = self.scopes.made_for_manager(record.id, scope)
         try:
-            await self._store.create_secret_manager(record)
+            await self._store.create_secret_manager(record, entities=scoped, audit=audit)
         except Conflict:
             raise Conflicting("conflict", f"a secret manager named {body.name!r} exists") from None
         log.info("secret manager created", name=record.name, kind=record.kind)
         return record
 
-    async def update_manager(self, name: str, body: SecretManagerUpdate) -> SecretManagerRecord:
+    async def update_manager(
+        self,
+        name: str,
+        body: SecretManagerUpdate,
+        *,
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> SecretManagerRecord:
         current = await self.manager(name)
         given = body.model_fields_set
         if current.id == BUILTIN_MANAGER_ID and given - {"description"}:
@@ -157,7 +174,7 @@ class SecretService:
         check_settings(updated.kind, updated.settings)
         await self._check_credentials(updated)
         try:
-            found = await self._store.update_secret_manager(updated)
+            found = await self._store.update_secret_manager(updated, audit=audit)
         except Conflict:
             raise Conflicting(
                 "conflict", f"a secret manager named {updated.name!r} exists"
@@ -167,12 +184,18 @@ class SecretService:
         log.info("secret manager updated", name=updated.name)
         return updated
 
-    async def delete_manager(self, name: str) -> None:
+    async def delete_manager(
+        self, name: str, *, audit: AuditOf[SecretManagerRecord] | None = None
+    ) -> None:
+        """The manager and its usage scope."""
         record = await self.manager(name)
         if record.id == BUILTIN_MANAGER_ID:
             raise Conflicting("conflict", "the builtin secret manager cannot be deleted")
+        scoped = await self.scopes.gone_with_manager(record.id)
         try:
-            deleted = await self._store.delete_secret_manager(record.id)
+            deleted = await self._store.delete_secret_manager(
+                record.id, entities=scoped, audit=audit
+            )
         except Conflict as exc:
             raise Conflicting(
                 "conflict", f"secret manager {name!r} still keeps secrets: {exc}"
@@ -239,7 +262,15 @@ class SecretService:
         """The secrets among ``names`` that exist, by name, in one query."""
         return await self._store.secrets_by_name(names)
 
-    async def create_secret(self, body: SecretCreate, actor: str | None = None) -> SecretRecord:
+    async def create_secret(
+        self,
+        body: SecretCreate,
+        actor: str | None = None,
+        *,
+        scope: UsageScope | None = None,
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> SecretRecord:
+        """The secret and its first version, with its usage ``scope``."""
         manager = await self._store.secret_manager_by_name(body.manager)
         if manager is None:
             raise Invalid("invalid", f"no secret manager {body.manager!r}", field="manager")
@@ -261,15 +292,21 @@ class SecretService:
         if await self._store.secret_by_name(body.name) is not None:
             raise Conflicting("conflict", f"a secret named {body.name!r} exists")
         version = await self._version(manager, record, 1, body, actor)
+        scoped = self.scopes.made_for_secret(record.id, scope)
         try:
-            await self._store.create_secret(record, version)
+            await self._store.create_secret(record, version, entities=scoped, audit=audit)
         except Conflict:
             raise Conflicting("conflict", f"a secret named {body.name!r} exists") from None
         log.info("secret created", name=record.name, manager=manager.name, mode=mode)
         return record
 
     async def update_secret(
-        self, name: str, body: SecretUpdate, actor: str | None = None
+        self,
+        name: str,
+        body: SecretUpdate,
+        actor: str | None = None,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord:
         """Every change of value is a new version; a description alone changes none."""
         secret = await self.secret(name)
@@ -287,14 +324,15 @@ class SecretService:
         if body.description is not None:
             base = replace(secret, description=body.description)
         updated = await self._store.add_secret_version(
-            replace(base, updated_at=self._clock()), version
+            replace(base, updated_at=self._clock()), version, audit=audit
         )
         if updated is None:
             raise Conflicting("conflict", f"{name!r} changed meanwhile; send the update again")
         log.info("secret updated", name=name, version=updated.current_version)
         return updated
 
-    async def delete_secret(self, name: str) -> None:
+    async def delete_secret(self, name: str, *, audit: AuditOf[SecretRecord] | None = None) -> None:
+        """The secret, its versions and its usage scope."""
         secret = await self.secret(name)
         users = [
             m.name for m in await self._store.list_secret_managers() if m.credentials_secret == name
@@ -305,7 +343,8 @@ class SecretService:
                 f"{name!r} holds the credentials of secret manager(s) {', '.join(users)}; "
                 "change them first",
             )
-        if not await self._store.delete_secret(secret.id):
+        scoped = await self.scopes.gone_with_secret(secret.id)
+        if not await self._store.delete_secret(secret.id, entities=scoped, audit=audit):
             raise NotFound("not_found", f"no secret {name!r}")
         # A reference's value stays where it is: nothing was created there, nothing goes.
         log.info("secret deleted", name=name)
@@ -314,7 +353,9 @@ class SecretService:
         secret = await self.secret(name)
         return secret, await self._store.secret_versions(secret.id)
 
-    async def migrate(self, name: str, to: str) -> SecretRecord:
+    async def migrate(
+        self, name: str, to: str, *, audit: AuditOf[SecretRecord] | None = None
+    ) -> SecretRecord:
         """Re-wrap every version's data key for ``to``; the values' ciphertext stays as it
         is, and the plaintext is never on the manager (only a data key, for a moment, when
         one side is the builtin key)."""
@@ -355,7 +396,9 @@ class SecretService:
             if version.envelope is None:
                 continue
             envelopes[version.version] = await self._rewrap(source, target, version)
-        moved = await self._store.move_secret(secret, target.id, envelopes, self._clock())
+        moved = await self._store.move_secret(
+            secret, target.id, envelopes, self._clock(), audit=audit
+        )
         if moved is None:
             raise Conflicting("conflict", f"{name!r} changed meanwhile; migrate it again")
         log.info("secret migrated", name=name, source=source.name, target=target.name)

@@ -7,8 +7,9 @@ if the snapshot still holds. That makes acquire atomic (exactly one delegate win
 a late message from an old attempt out, whichever replica handles it.
 
 Audit events are chained in the transaction of the change they record: a write that changes
-what the audit trail follows (a task submitted or cancelled, an API key, the allowlist)
-takes ``audit``, a function of the row it wrote to the event (``manager.core.audit_chain.
+what the audit trail follows (a task submitted or cancelled, a delegate, a profile, a token,
+an API key, the allowlist, an entity, a secret or secret manager, a saved filter) takes
+``audit``, a function of the row it wrote to the event (``manager.core.audit_chain.
 AuditOf``), and commits the change and its event together, or neither. The event is made
 from the row as written, inside the transaction, so it describes what was committed.
 """
@@ -133,6 +134,24 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def set_draining(self, delegate_id: str, draining: bool) -> DelegateRecord | None: ...
 
+    @abc.abstractmethod
+    async def set_draining_of(
+        self,
+        delegate_ids: Sequence[str],
+        draining: bool,
+        *,
+        audit: AuditOf[list[DelegateRecord]] | None = None,
+    ) -> list[DelegateRecord]:
+        """Set ``draining`` on those of ``delegate_ids`` where it differs, in one statement;
+        answers the rows it flipped (``audit``: of them; none flipped, no event)."""
+
+    @abc.abstractmethod
+    async def delete_delegates(
+        self, delegate_ids: Sequence[str], *, audit: AuditOf[list[DelegateRecord]] | None = None
+    ) -> list[DelegateRecord]:
+        """Delete those of ``delegate_ids`` that exist, in one statement; answers the rows
+        deleted (``audit``: of them; none deleted, no event)."""
+
     # -- tasks
     @abc.abstractmethod
     async def insert_task(
@@ -198,11 +217,15 @@ class TaskStore(abc.ABC):
         """Running tasks whose lease ran out, by the store's clock, oldest first."""
 
     @abc.abstractmethod
-    async def put_profile(self, profile: ProfileRecord) -> None:
-        """Create or replace the profile of that name."""
+    async def put_profile(
+        self, profile: ProfileRecord, *, audit: AuditOf[ProfileRecord] | None = None
+    ) -> None:
+        """Create or replace the profile of that name (``audit``: of the row written)."""
 
     @abc.abstractmethod
-    async def delete_profile(self, name: str) -> bool: ...
+    async def delete_profile(
+        self, name: str, *, audit: AuditOf[ProfileRecord] | None = None
+    ) -> bool: ...
 
     @abc.abstractmethod
     async def list_profiles(self) -> list[ProfileRecord]: ...
@@ -250,8 +273,18 @@ class SecretStore(abc.ABC):
 
     # -- secret managers (the builtin one is made by the migration and cannot be deleted)
     @abc.abstractmethod
-    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
-        """Raises :class:`Conflict` when the name is in use."""
+    async def create_secret_manager(
+        self,
+        manager: SecretManagerRecord,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> None:
+        """Raises :class:`Conflict` when the name is in use. ``entities``: entity writes that
+        go with it (its usage scope), in its transaction: inserts, or deletes of any version.
+
+        Every secret write takes ``audit``: its event, made of the row written (an insert's:
+        the record given) and chained in its transaction; none when nothing was written."""
 
     @abc.abstractmethod
     async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None: ...
@@ -264,19 +297,34 @@ class SecretStore(abc.ABC):
         """By name."""
 
     @abc.abstractmethod
-    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
+    async def update_secret_manager(
+        self, manager: SecretManagerRecord, *, audit: AuditOf[SecretManagerRecord] | None = None
+    ) -> bool:
         """Replace the row with that id (name may change: Conflict when taken); False: gone.
 
         Every field but ``created_at``, which stays as first stored.
         """
 
     @abc.abstractmethod
-    async def delete_secret_manager(self, manager_id: str) -> bool:
+    async def delete_secret_manager(
+        self,
+        manager_id: str,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> bool:
         """Raises :class:`Conflict` while secrets are kept in it; False when there is none."""
 
     # -- secrets and their versions
     @abc.abstractmethod
-    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+    async def create_secret(
+        self,
+        secret: SecretRecord,
+        first: SecretVersionRecord,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> None:
         """The secret with its version 1, in one transaction. Conflict: the name is taken, or
         ``secret.manager_id`` names no manager. ValueError unless ``first`` is version 1 of
         ``secret`` and ``secret.current_version`` is 1.
@@ -298,7 +346,11 @@ class SecretStore(abc.ABC):
 
     @abc.abstractmethod
     async def add_secret_version(
-        self, secret: SecretRecord, version: SecretVersionRecord
+        self,
+        secret: SecretRecord,
+        version: SecretVersionRecord,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         """Store ``version`` (numbered ``secret.current_version + 1``) and make it current,
         compare-and-set on ``secret.current_version``: None when another update came first
@@ -320,12 +372,24 @@ class SecretStore(abc.ABC):
         """Each secret's current version, in one query (the acquire path)."""
 
     @abc.abstractmethod
-    async def delete_secret(self, secret_id: str) -> bool:
+    async def delete_secret(
+        self,
+        secret_id: str,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> bool:
         """The secret and all its versions; False when there is none."""
 
     @abc.abstractmethod
     async def move_secret(
-        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+        self,
+        secret: SecretRecord,
+        manager_id: str,
+        envelopes: dict[int, str],
+        now: float,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         """Migration: keep ``secret`` in ``manager_id`` and replace the envelopes of the
         listed versions, in one transaction; compare-and-set on ``secret.current_version``
@@ -554,7 +618,9 @@ class AuditStore(abc.ABC):
             after = events[-1].seq
 
     @abc.abstractmethod
-    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+    async def create_audit_filter(
+        self, saved: SavedAuditFilter, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> None:
         """Raises :class:`Conflict` when its owner has a filter of that name."""
 
     @abc.abstractmethod
@@ -565,7 +631,10 @@ class AuditStore(abc.ABC):
         """The owner's filters, by name."""
 
     @abc.abstractmethod
-    async def delete_audit_filter(self, owner: str, name: str) -> bool: ...
+    async def delete_audit_filter(
+        self, owner: str, name: str, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> SavedAuditFilter | None:
+        """The filter deleted (``audit``: of it); None when there was none."""
 
 
 class Store(TaskStore, SecretStore, AccessStore, AuditStore):

@@ -48,6 +48,7 @@ from manager.store.base import (
     ChangeWatcher,
     Conflict,
     DiskFull,
+    EntityWrite,
     StoreError,
     check_envelope_versions,
     check_first_version,
@@ -58,7 +59,7 @@ from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
-from manager.store.sql.statements import Missed, Params, Step, hit, of_value
+from manager.store.sql.statements import Missed, Params, Step, hit, of_first_row, of_value
 from manager.store.sql.store import SqlStore
 
 __all__ = ["PostgresStore"]
@@ -158,9 +159,6 @@ _APPEND_LOGS = """
     )
     SELECT (SELECT count(*) FROM holder) AS held, (SELECT count(*) FROM ins) AS new
     """
-# The row lock waits for secrets being added to the manager (their foreign key check holds
-# a share lock on its row), so the count after it sees them.
-_LOCK_MANAGER = "SELECT id FROM secret_managers WHERE id = :id FOR UPDATE"
 # The secret and its first version, one statement.
 _CREATE_SECRET = (
     "WITH s AS (" + secrets.INSERT_SECRET + " RETURNING id)"  # noqa: S608
@@ -446,26 +444,24 @@ class PostgresStore(SqlStore):
 
     # -- secrets ------------------------------------------------------------------------------
 
-    async def delete_secret_manager(self, manager_id: str) -> bool:
-        params = {"id": manager_id}
-        async with self._conn(tx=True) as c:
-            lock, lock_names = render(_LOCK_MANAGER, Dialect.POSTGRES)
-            if await c.fetchval(lock, *bind(lock_names, params)) is None:
-                return False
-            count, count_names = render(secrets.COUNT_KEPT, Dialect.POSTGRES)
-            kept = await c.fetchval(count, *bind(count_names, params))
-            if kept:
-                raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
-            delete, delete_names = render(secrets.DELETE_MANAGER, Dialect.POSTGRES)
-            await c.execute(delete, *bind(delete_names, params))
-        return True
-
-    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+    async def create_secret(
+        self,
+        secret: SecretRecord,
+        first: SecretVersionRecord,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> None:
         check_first_version(secret, first)
-        await self._fetch(_CREATE_SECRET, {**_version_params(self, first), **params_of(secret)})
+        step = Step(_CREATE_SECRET, {**_version_params(self, first), **params_of(secret)})
+        await self._with_entities([step], entities, of_value(secret, audit))
 
     async def add_secret_version(
-        self, secret: SecretRecord, version: SecretVersionRecord
+        self,
+        secret: SecretRecord,
+        version: SecretVersionRecord,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         check_next_version(secret, version)
         params = {
@@ -474,11 +470,19 @@ class PostgresStore(SqlStore):
             "current_version": secret.current_version,
             "updated_at": version.created_at,
         }
-        row = await self._fetchrow(_ADD_SECRET_VERSION, params)
-        return None if row is None else SecretRecord(**dict(row))
+        rows = await self._write(
+            _ADD_SECRET_VERSION, params, of_first_row(secrets.secret_record, audit)
+        )
+        return secrets.secret_record(rows[0]) if rows else None
 
     async def move_secret(
-        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+        self,
+        secret: SecretRecord,
+        manager_id: str,
+        envelopes: dict[int, str],
+        now: float,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         check_envelope_versions(secret, envelopes)
         params = {
@@ -488,8 +492,8 @@ class PostgresStore(SqlStore):
             "versions": list(envelopes),
             "envelopes": list(envelopes.values()),
         }
-        row = await self._fetchrow(_MOVE_SECRET, params)
-        return None if row is None else SecretRecord(**dict(row))
+        rows = await self._write(_MOVE_SECRET, params, of_first_row(secrets.secret_record, audit))
+        return secrets.secret_record(rows[0]) if rows else None
 
     # -- audit trail --------------------------------------------------------------------------
 

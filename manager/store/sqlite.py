@@ -36,7 +36,7 @@ from manager.records import (
 )
 from manager.store import migrations
 from manager.store.base import (
-    Conflict,
+    EntityWrite,
     StoreError,
     check_envelope_versions,
     check_first_version,
@@ -47,7 +47,7 @@ from manager.store.group_commit import GroupCommit, Outcome
 from manager.store.health import WriteHealth
 from manager.store.sql import audit, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
-from manager.store.sql.statements import Missed, Params, Step, hit
+from manager.store.sql.statements import Missed, Params, Step, hit, of_first_step, of_value
 from manager.store.sql.store import SqlStore
 from manager.store.sqlite_batch import BatchRunner, Call, Read
 
@@ -314,29 +314,29 @@ class SqliteStore(SqlStore):
 
         return await self._run(fn)
 
-    # -- secrets: several statements, one transaction ---------------------------------------
+    # -- secrets: several statements, one transaction (with their event) --------------------
 
-    async def delete_secret_manager(self, manager_id: str) -> bool:
-        def fn(c: sqlite3.Connection) -> bool:
-            params = {"id": manager_id}
-            kept = c.execute(_sql(secrets.COUNT_KEPT), params).fetchone()["kept"]
-            if kept:
-                raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
-            return c.execute(_sql(secrets.DELETE_MANAGER), params).rowcount > 0
-
-        return await self._run(fn)
-
-    async def create_secret(self, secret: SecretRecord, first: SecretVersionRecord) -> None:
+    async def create_secret(
+        self,
+        secret: SecretRecord,
+        first: SecretVersionRecord,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> None:
         check_first_version(secret, first)
-
-        def fn(c: sqlite3.Connection) -> None:
-            c.execute(_sql(secrets.INSERT_SECRET), params_of(secret))
-            c.execute(_sql(secrets.INSERT_VERSION), self._version_params(first))
-
-        await self._run(fn)
+        steps = [
+            Step(secrets.INSERT_SECRET, params_of(secret)),
+            Step(secrets.INSERT_VERSION, self._version_params(first)),
+        ]
+        await self._with_entities(steps, entities, of_value(secret, audit))
 
     async def add_secret_version(
-        self, secret: SecretRecord, version: SecretVersionRecord
+        self,
+        secret: SecretRecord,
+        version: SecretVersionRecord,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         check_next_version(secret, version)
         bump = {
@@ -344,36 +344,33 @@ class SqliteStore(SqlStore):
             "current_version": secret.current_version,
             "updated_at": version.created_at,
         }
-
-        def fn(c: sqlite3.Connection) -> SecretRecord | None:
-            rows = c.execute(_sql(secrets.BUMP_VERSION), bump).fetchall()
-            if not rows:
-                return None
-            c.execute(_sql(secrets.INSERT_VERSION), self._version_params(version))
-            return SecretRecord(**dict(rows[0]))
-
-        return await self._run(fn)
+        steps = [
+            Step(secrets.BUMP_VERSION, bump, must_hit=True),
+            Step(secrets.INSERT_VERSION, self._version_params(version)),
+        ]
+        done = await self._write_together(steps, of_first_step(secrets.secret_record, audit))
+        return None if done is None else secrets.secret_record(done[0][0])
 
     async def move_secret(
-        self, secret: SecretRecord, manager_id: str, envelopes: dict[int, str], now: float
+        self,
+        secret: SecretRecord,
+        manager_id: str,
+        envelopes: dict[int, str],
+        now: float,
+        *,
+        audit: AuditOf[SecretRecord] | None = None,
     ) -> SecretRecord | None:
         check_envelope_versions(secret, envelopes)
         move = {**params_of(secret), "to_manager_id": manager_id, "updated_at": now}
-
-        def fn(c: sqlite3.Connection) -> SecretRecord | None:
-            rows = c.execute(_sql(secrets.MOVE_SECRET), move).fetchall()
-            if not rows:
-                return None
-            c.executemany(
-                _sql(secrets.SET_ENVELOPE),
-                [
-                    {"id": secret.id, "version": number, "envelope": envelope}
-                    for number, envelope in envelopes.items()
-                ],
-            )
-            return SecretRecord(**dict(rows[0]))
-
-        return await self._run(fn)
+        steps = [
+            Step(secrets.MOVE_SECRET, move, must_hit=True),
+            *(
+                Step(secrets.SET_ENVELOPE, {"id": secret.id, "version": n, "envelope": envelope})
+                for n, envelope in envelopes.items()
+            ),
+        ]
+        done = await self._write_together(steps, of_first_step(secrets.secret_record, audit))
+        return None if done is None else secrets.secret_record(done[0][0])
 
     # -- audit ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from manager.access.tokens import scope_views
+from manager.core.audit_chain import AuditOf
 from manager.errors import NotFound
 from manager.records import DelegateRecord, Presence
 from manager.schemas.tasks import TokenScopeView
@@ -79,23 +80,25 @@ class Delegates:
         return Known(elsewhere=elsewhere, scopes=scopes, token_names=names)
 
     async def set_draining(
-        self, matches: list[DelegateRecord], draining: bool
+        self,
+        matches: list[DelegateRecord],
+        draining: bool,
+        *,
+        audit: AuditOf[list[DelegateRecord]] | None = None,
     ) -> tuple[list[DelegateRecord], list[DelegateRecord]]:
-        """Drain (or resume) ``matches``: (those still there, those whose state flipped)."""
-        changed = []
-        flipped = []
-        for d in matches:
-            updated = await self._store.set_draining(d.id, draining)
-            if updated is None:
-                continue
-            changed.append(updated)
-            if d.draining != draining:
-                flipped.append(updated)
+        """Drain (or resume) ``matches``: (those still there, those whose state flipped).
+        The flips are one write; ``audit``: its event, of the rows flipped (none flipped,
+        none written)."""
+        ids = [d.id for d in matches]
+        flipped = await self._store.set_draining_of(ids, draining, audit=audit)
+        wanted = set(ids)
+        changed = [d for d in await self._store.list_delegates() if d.id in wanted]
+        for d in changed:
             session = self._hub.sessions.get(d.id)
             if session is not None:
-                session.delegate = updated
-                session.draining = draining
-                if draining:
+                session.delegate = d
+                session.draining = d.draining
+                if d.draining:
                     self._hub.send(session, TaskDrain())
             log.info(
                 "delegate drain" if draining else "delegate resumed", delegate_id=d.id, name=d.name
@@ -104,10 +107,16 @@ class Delegates:
             self._dispatcher.kick()
         return changed, flipped
 
-    async def delete(self, delegate_id: str, name: str) -> bool:
-        """Forget one delegate and close its stream as revoked; False if it was gone."""
-        if not await self._store.delete_delegate(delegate_id):
-            return False
-        self._hub.drop(delegate_id, CloseCode.REVOKED, "delegate deleted")
-        log.info("delegate deleted", delegate_id=delegate_id, name=name)
-        return True
+    async def delete(
+        self,
+        delegates: list[DelegateRecord],
+        *,
+        audit: AuditOf[list[DelegateRecord]] | None = None,
+    ) -> list[DelegateRecord]:
+        """Forget ``delegates`` (one write; ``audit``: its event, of the rows deleted) and
+        close their streams as revoked; answers those that were there."""
+        deleted = await self._store.delete_delegates([d.id for d in delegates], audit=audit)
+        for d in deleted:
+            self._hub.drop(d.id, CloseCode.REVOKED, "delegate deleted")
+            log.info("delegate deleted", delegate_id=d.id, name=d.name)
+        return deleted

@@ -18,6 +18,7 @@ import time
 
 import structlog
 
+from manager.core.audit_chain import AuditOf
 from manager.errors import NotFound
 from manager.records import DelegateRecord, ProfileRecord
 from manager.schemas.tasks import TaskSubmit
@@ -55,16 +56,18 @@ class Profiles:
     async def find(self, name: str) -> ProfileRecord | None:
         return next((p for p in await self._store.list_profiles() if p.name == name), None)
 
-    async def put(self, profile: ProfileRecord) -> int:
-        """Store ``profile`` and run it where it now applies; returns on how many delegates."""
-        await self._store.put_profile(profile)
+    async def put(
+        self, profile: ProfileRecord, *, audit: AuditOf[ProfileRecord] | None = None
+    ) -> int:
+        """Store ``profile`` (``audit``: its event, of the row written, in the same
+        transaction) and run it where it now applies; returns on how many delegates."""
+        await self._store.put_profile(profile, audit=audit)
         return await self.on_change(profile)
 
-    async def delete(self, name: str) -> ProfileRecord:
-        before = await self.find(name)
-        if before is None or not await self._store.delete_profile(name):
+    async def delete(self, name: str, *, audit: AuditOf[ProfileRecord] | None = None) -> None:
+        """``audit``: its event, of the row deleted, in the same transaction."""
+        if not await self._store.delete_profile(name, audit=audit):
             raise NotFound("not_found", f"no profile {name!r}")
-        return before
 
     async def on_register(self, delegate: DelegateRecord, instance: str) -> None:
         for profile in await self._store.list_profiles():

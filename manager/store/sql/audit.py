@@ -7,12 +7,13 @@ from typing import Any
 
 from manager.core.audit_chain import (
     AuditEvent,
+    AuditOf,
     AuditQuery,
     SavedAuditFilter,
     like_pattern,
 )
 from manager.store.base import AuditStore
-from manager.store.sql.statements import Statements
+from manager.store.sql.statements import Statements, of_first_row, of_value
 
 __all__ = ["HEAD", "INSERT_EVENT", "SET_HEAD", "AuditQueries"]
 
@@ -28,7 +29,10 @@ _LIST_FILTERS = (
     "SELECT {AUDIT_FILTER_COLUMNS} FROM audit_filters WHERE owner = :owner"
     " ORDER BY name{BYTE_ORDER}"
 )
-_DELETE_FILTER = "DELETE FROM audit_filters WHERE owner = :owner AND name = :name RETURNING id"
+_DELETE_FILTER = (
+    "DELETE FROM audit_filters WHERE owner = :owner AND name = :name"
+    " RETURNING {AUDIT_FILTER_COLUMNS}"
+)
 
 
 class AuditQueries(Statements, AuditStore):
@@ -72,7 +76,9 @@ class AuditQueries(Statements, AuditStore):
         )
         return [AuditEvent(**dict(r)) for r in await self._fetch(sql, params)]
 
-    async def create_audit_filter(self, saved: SavedAuditFilter) -> None:
+    async def create_audit_filter(
+        self, saved: SavedAuditFilter, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> None:
         params = {
             "id": saved.id,
             "owner": saved.owner,
@@ -80,7 +86,7 @@ class AuditQueries(Statements, AuditStore):
             "query": self._dump(saved.query),
             "created_at": saved.created_at,
         }
-        await self._fetch(_CREATE_FILTER, params)
+        await self._write(_CREATE_FILTER, params, of_value(saved, audit))
 
     async def get_audit_filter(self, owner: str, name: str) -> SavedAuditFilter | None:
         row = await self._fetchrow(_GET_FILTER, {"owner": owner, "name": name})
@@ -89,5 +95,9 @@ class AuditQueries(Statements, AuditStore):
     async def list_audit_filters(self, owner: str) -> list[SavedAuditFilter]:
         return [self._audit_filter(r) for r in await self._fetch(_LIST_FILTERS, {"owner": owner})]
 
-    async def delete_audit_filter(self, owner: str, name: str) -> bool:
-        return bool(await self._fetch(_DELETE_FILTER, {"owner": owner, "name": name}))
+    async def delete_audit_filter(
+        self, owner: str, name: str, *, audit: AuditOf[SavedAuditFilter] | None = None
+    ) -> SavedAuditFilter | None:
+        params = {"owner": owner, "name": name}
+        rows = await self._write(_DELETE_FILTER, params, of_first_row(self._audit_filter, audit))
+        return self._audit_filter(rows[0]) if rows else None

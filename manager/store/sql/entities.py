@@ -6,7 +6,7 @@ memory (manager.store.entity_cache); every write announces its kind once committ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from manager.core.audit_chain import AuditOf
@@ -16,7 +16,7 @@ from manager.store.entity_cache import EntityCache, Loaded
 from manager.store.sql.dialect import params_of
 from manager.store.sql.statements import Statements, Step, of_first_row, of_value
 
-__all__ = ["EntityQueries"]
+__all__ = ["EntityQueries", "entity_step"]
 
 _GET = "SELECT {ENTITY_COLUMNS} FROM entities WHERE kind = :kind AND id = :id"
 _BY_KEY = "SELECT {ENTITY_COLUMNS} FROM entities WHERE kind = :kind AND key = :key"
@@ -44,9 +44,7 @@ class EntityQueries(Statements, AccessStore):
         return EntityRecord(**d)
 
     def _params(self, entity: EntityRecord) -> dict[str, Any]:
-        params = params_of(entity)
-        params["body"] = self._dump(entity.body)
-        return params
+        return _params(entity, self._dump)
 
     async def _cached(self, kind: str) -> Loaded:
         async def load() -> list[EntityRecord]:
@@ -125,11 +123,24 @@ class EntityQueries(Statements, AccessStore):
         return True
 
     def _step(self, w: EntityWrite) -> Step:
-        key = {"kind": w.record.kind, "id": w.record.id}
-        if w.delete:
-            if w.expect_version is None:
-                return Step(_DELETE, key)
-            return Step(_DELETE_VERSION, {**key, "expect_version": w.expect_version}, True)
+        return entity_step(w, self._dump)
+
+
+def _params(entity: EntityRecord, dump: Callable[[Any], Any]) -> dict[str, Any]:
+    params = params_of(entity)
+    params["body"] = dump(entity.body)
+    return params
+
+
+def entity_step(w: EntityWrite, dump: Callable[[Any], Any]) -> Step:
+    """``w`` as a step of a write of several (``dump``: the backend's JSON parameter), so
+    another concern's write can carry entity writes in its transaction (a secret's usage
+    scope goes with the secret)."""
+    key = {"kind": w.record.kind, "id": w.record.id}
+    if w.delete:
         if w.expect_version is None:
-            return Step(_INSERT, self._params(w.record))
-        return Step(_UPDATE, {**self._params(w.record), "expect_version": w.expect_version}, True)
+            return Step(_DELETE, key)
+        return Step(_DELETE_VERSION, {**key, "expect_version": w.expect_version}, True)
+    if w.expect_version is None:
+        return Step(_INSERT, _params(w.record, dump))
+    return Step(_UPDATE, {**_params(w.record, dump), "expect_version": w.expect_version}, True)

@@ -2,27 +2,37 @@
 
 The compare-and-set writes that also touch versions (create, add a version, move) are
 one transaction on SQLite and one statement on PostgreSQL; both compose the texts here.
+Every write takes ``audit`` (its event, chained in its transaction); a create or delete also
+takes the entity writes of the usage scope that goes with it (``entities``), in the same
+transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from manager.core.audit_chain import AuditOf
 from manager.records import SecretManagerRecord, SecretRecord, SecretVersionRecord
-from manager.store.base import SecretStore
+from manager.store.base import Conflict, EntityWrite, SecretStore
 from manager.store.sql.dialect import one_of, params_of
-from manager.store.sql.statements import Statements
+from manager.store.sql.entities import entity_step
+from manager.store.sql.statements import (
+    Statements,
+    Step,
+    of_first_row,
+    of_first_step,
+    of_value,
+)
 
 __all__ = [
     "BUMP_VERSION",
-    "COUNT_KEPT",
-    "DELETE_MANAGER",
     "INSERT_SECRET",
     "INSERT_VERSION",
     "MOVE_SECRET",
     "SET_ENVELOPE",
     "SecretQueries",
+    "secret_record",
 ]
 
 INSERT_SECRET = "INSERT INTO secrets({SECRET_COLUMNS}) VALUES ({SECRET_PARAMS})"
@@ -40,8 +50,13 @@ MOVE_SECRET = (
 SET_ENVELOPE = (
     "UPDATE secret_versions SET envelope = :envelope WHERE secret_id = :id AND version = :version"
 )
-COUNT_KEPT = "SELECT count(*) AS kept FROM secrets WHERE manager_id = :id"
-DELETE_MANAGER = "DELETE FROM secret_managers WHERE id = :id"
+_COUNT_KEPT = "SELECT count(*) AS kept FROM secrets WHERE manager_id = :id"
+# Only a manager that keeps no secret (the foreign key refuses one that gained a secret
+# meanwhile, as a Conflict).
+_DELETE_EMPTY_MANAGER = (
+    "DELETE FROM secret_managers WHERE id = :id"
+    " AND NOT EXISTS (SELECT 1 FROM secrets WHERE manager_id = :id) RETURNING {MANAGER_COLUMNS}"
+)
 
 _INSERT_MANAGER = "INSERT INTO secret_managers({MANAGER_COLUMNS}) VALUES ({MANAGER_PARAMS})"
 _GET_MANAGER = "SELECT {MANAGER_COLUMNS} FROM secret_managers WHERE id = :id"
@@ -50,7 +65,8 @@ _LIST_MANAGERS = "SELECT {MANAGER_COLUMNS} FROM secret_managers ORDER BY name{BY
 _UPDATE_MANAGER = (
     "UPDATE secret_managers SET name = :name, kind = :kind, settings = :settings,"
     " credentials_secret = :credentials_secret, selectors = :selectors,"
-    " description = :description, updated_at = :updated_at WHERE id = :id RETURNING id"
+    " description = :description, updated_at = :updated_at WHERE id = :id"
+    " RETURNING {MANAGER_COLUMNS}"
 )
 _GET_SECRET = "SELECT {SECRET_COLUMNS} FROM secrets WHERE id = :id"
 _SECRET_BY_NAME = "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = :name"
@@ -64,7 +80,7 @@ _VERSIONS = (
 _GET_VERSION = (
     "SELECT {VERSION_COLUMNS} FROM secret_versions WHERE secret_id = :id AND version = :version"
 )
-_DELETE_SECRET = "DELETE FROM secrets WHERE id = :id RETURNING id"
+_DELETE_SECRET = "DELETE FROM secrets WHERE id = :id RETURNING {SECRET_COLUMNS}"
 _ENVELOPES_OF_MANAGER = (
     "SELECT {V_VERSION_COLUMNS} FROM secrets s JOIN secret_versions v ON v.secret_id = s.id"
     " WHERE s.manager_id = :manager_id AND v.envelope IS NOT NULL"
@@ -75,6 +91,10 @@ _REPLACE_ENVELOPE = (
     " WHERE secret_id = :id AND version = :version AND envelope = :old RETURNING version"
 )
 _CLEAR_TASK_SECRET_ENV = "UPDATE tasks SET secret_env_sealed = NULL WHERE id = :id"
+
+
+def secret_record(row: Any) -> SecretRecord:
+    return SecretRecord(**dict(row))
 
 
 class SecretQueries(Statements, SecretStore):
@@ -102,8 +122,30 @@ class SecretQueries(Statements, SecretStore):
         d["selectors"] = tuple(self._load(d["selectors"]))
         return SecretManagerRecord(**d)
 
-    async def create_secret_manager(self, manager: SecretManagerRecord) -> None:
-        await self._fetch(_INSERT_MANAGER, self._manager_params(manager))
+    async def _with_entities(
+        self,
+        steps: Sequence[Step],
+        entities: Sequence[EntityWrite],
+        audit: AuditOf[list[list[Any]]] | None,
+    ) -> list[list[Any]] | None:
+        """``steps``, then ``entities`` (inserts, or deletes of any version: none may miss),
+        in one transaction with ``audit``'s event; None when a ``must_hit`` step missed."""
+        more = [entity_step(w, self._dump) for w in entities]
+        done = await self._write_together([*steps, *more], audit)
+        if done is not None:
+            for kind in dict.fromkeys(w.record.kind for w in entities):
+                await self._changed(kind)
+        return done
+
+    async def create_secret_manager(
+        self,
+        manager: SecretManagerRecord,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> None:
+        step = Step(_INSERT_MANAGER, self._manager_params(manager))
+        await self._with_entities([step], entities, of_value(manager, audit))
 
     async def get_secret_manager(self, manager_id: str) -> SecretManagerRecord | None:
         row = await self._fetchrow(_GET_MANAGER, {"id": manager_id})
@@ -116,8 +158,28 @@ class SecretQueries(Statements, SecretStore):
     async def list_secret_managers(self) -> list[SecretManagerRecord]:
         return [self._manager(r) for r in await self._fetch(_LIST_MANAGERS)]
 
-    async def update_secret_manager(self, manager: SecretManagerRecord) -> bool:
-        return bool(await self._fetch(_UPDATE_MANAGER, self._manager_params(manager)))
+    async def update_secret_manager(
+        self, manager: SecretManagerRecord, *, audit: AuditOf[SecretManagerRecord] | None = None
+    ) -> bool:
+        params = self._manager_params(manager)
+        return bool(await self._write(_UPDATE_MANAGER, params, of_first_row(self._manager, audit)))
+
+    async def delete_secret_manager(
+        self,
+        manager_id: str,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretManagerRecord] | None = None,
+    ) -> bool:
+        params = {"id": manager_id}
+        step = Step(_DELETE_EMPTY_MANAGER, params, must_hit=True)
+        done = await self._with_entities([step], entities, of_first_step(self._manager, audit))
+        if done is not None:
+            return True
+        kept = (await self._fetchrow(_COUNT_KEPT, params))["kept"]
+        if kept:
+            raise Conflict(f"secret manager {manager_id} keeps {kept} secret(s)")
+        return False
 
     async def get_secret(self, secret_id: str) -> SecretRecord | None:
         row = await self._fetchrow(_GET_SECRET, {"id": secret_id})
@@ -161,9 +223,17 @@ class SecretQueries(Statements, SecretStore):
         )
         return {r["secret_id"]: self._version(r) for r in rows}
 
-    async def delete_secret(self, secret_id: str) -> bool:
+    async def delete_secret(
+        self,
+        secret_id: str,
+        *,
+        entities: Sequence[EntityWrite] = (),
+        audit: AuditOf[SecretRecord] | None = None,
+    ) -> bool:
         # The versions go with it (ON DELETE CASCADE; SQLite's open() turns foreign keys on).
-        return bool(await self._fetch(_DELETE_SECRET, {"id": secret_id}))
+        step = Step(_DELETE_SECRET, {"id": secret_id}, must_hit=True)
+        done = await self._with_entities([step], entities, of_first_step(secret_record, audit))
+        return done is not None
 
     async def envelopes_of_manager(self, manager_id: str) -> list[SecretVersionRecord]:
         rows = await self._fetch(_ENVELOPES_OF_MANAGER, {"manager_id": manager_id})

@@ -12,7 +12,17 @@ from typing import Any, ClassVar, TypeVar
 from manager.core.audit_chain import AuditOf
 from manager.store.sql.dialect import Dialect
 
-__all__ = ["Missed", "Params", "Statements", "Step", "hit", "of_first_row", "of_value"]
+__all__ = [
+    "Missed",
+    "Params",
+    "Statements",
+    "Step",
+    "hit",
+    "of_first_row",
+    "of_first_step",
+    "of_rows",
+    "of_value",
+]
 
 Params = Mapping[str, Any]
 T = TypeVar("T")
@@ -25,6 +35,26 @@ def of_first_row(
     if audit is None:
         return None
     return lambda rows: audit(convert(rows[0])) if rows else None
+
+
+def of_first_step(
+    convert: Callable[[Any], T], audit: AuditOf[T] | None
+) -> AuditOf[list[list[Any]]] | None:
+    """``audit`` of a write of several steps (:meth:`Statements._write_together`): of its
+    first step's first row, as a record; no event when that step matched none."""
+    first = of_first_row(convert, audit)
+    if first is None:
+        return None
+    return lambda done: first(done[0])
+
+
+def of_rows(
+    convert: Callable[[Any], T], audit: AuditOf[list[T]] | None
+) -> AuditOf[list[Any]] | None:
+    """``audit`` of every row a write matched, as records; no event when it matched none."""
+    if audit is None:
+        return None
+    return lambda rows: audit([convert(r) for r in rows]) if rows else None
 
 
 def of_value(value: T, audit: AuditOf[T] | None) -> AuditOf[list[Any]] | None:

@@ -24,8 +24,8 @@ from manager.records import (
     TaskRecord,
 )
 from manager.store.base import TaskStore
-from manager.store.sql.dialect import fields, params_of
-from manager.store.sql.statements import Statements, of_first_row
+from manager.store.sql.dialect import fields, one_of, params_of
+from manager.store.sql.statements import Statements, of_first_row, of_rows
 from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
 
@@ -89,14 +89,19 @@ _EXPIRED_LEASES = (
     "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'"
     " AND lease_until < {LEASE_NOW} ORDER BY lease_until LIMIT :limit"
 )
+# The rows as written: an audit event is made of them (manager.api.audit_record).
 _PUT_PROFILE = (
     "INSERT INTO profiles(name, selectors, script, interpreter, updated_at)"
     " VALUES (:name, :selectors, :script, :interpreter, :updated_at)"
     " ON CONFLICT (name) DO UPDATE SET"
     " selectors = excluded.selectors, script = excluded.script,"
     " interpreter = excluded.interpreter, updated_at = excluded.updated_at"
+    " RETURNING name, selectors, script, interpreter, updated_at"
 )
-_DELETE_PROFILE = "DELETE FROM profiles WHERE name = :name RETURNING name"
+_DELETE_PROFILE = (
+    "DELETE FROM profiles WHERE name = :name"
+    " RETURNING name, selectors, script, interpreter, updated_at"
+)
 _LIST_PROFILES = (
     "SELECT name, selectors, script, interpreter, updated_at FROM profiles ORDER BY name"
 )
@@ -312,26 +317,23 @@ class TaskQueries(Statements, TaskStore):
         rows = await self._fetch(_EXPIRED_LEASES, {"limit": limit, **self._lease_params()})
         return [self._task(r) for r in rows]
 
-    async def put_profile(self, profile: ProfileRecord) -> None:
+    async def put_profile(
+        self, profile: ProfileRecord, *, audit: AuditOf[ProfileRecord] | None = None
+    ) -> None:
         # Selectors are JSON text on both backends here (a TEXT column).
         params = params_of(profile)
         params["selectors"] = json.dumps(list(profile.selectors))
-        await self._fetch(_PUT_PROFILE, params)
+        await self._write(_PUT_PROFILE, params, of_first_row(_profile, audit))
 
-    async def delete_profile(self, name: str) -> bool:
-        return bool(await self._fetch(_DELETE_PROFILE, {"name": name}))
+    async def delete_profile(
+        self, name: str, *, audit: AuditOf[ProfileRecord] | None = None
+    ) -> bool:
+        """``audit``: of the row deleted."""
+        rows = await self._write(_DELETE_PROFILE, {"name": name}, of_first_row(_profile, audit))
+        return bool(rows)
 
     async def list_profiles(self) -> list[ProfileRecord]:
-        return [
-            ProfileRecord(
-                r["name"],
-                tuple(json.loads(r["selectors"])),
-                r["script"],
-                r["interpreter"],
-                r["updated_at"],
-            )
-            for r in await self._fetch(_LIST_PROFILES)
-        ]
+        return [_profile(r) for r in await self._fetch(_LIST_PROFILES)]
 
     async def presence(self, since: float) -> dict[str, Presence]:
         rows = await self._fetch(_PRESENCE, {"since": since})
@@ -402,3 +404,42 @@ class TaskQueries(Statements, TaskStore):
 
     async def delete_delegate(self, delegate_id: str) -> bool:
         return await self._fetchrow(_DELETE_DELEGATE, {"id": delegate_id}) is not None
+
+    async def set_draining_of(
+        self,
+        delegate_ids: Sequence[str],
+        draining: bool,
+        *,
+        audit: AuditOf[list[DelegateRecord]] | None = None,
+    ) -> list[DelegateRecord]:
+        if not delegate_ids:
+            return []
+        cond, params = one_of(self.dialect, "id", "ids", delegate_ids)
+        # Only the rows that flip are written: a drain of drained delegates writes nothing.
+        sql = (
+            f"UPDATE delegates SET draining = :draining WHERE {cond}"  # noqa: S608
+            " AND draining <> :draining RETURNING {DELEGATE_COLUMNS}"
+        )
+        params["draining"] = draining
+        rows = await self._write(sql, params, of_rows(self._delegate, audit))
+        return [self._delegate(r) for r in rows]
+
+    async def delete_delegates(
+        self, delegate_ids: Sequence[str], *, audit: AuditOf[list[DelegateRecord]] | None = None
+    ) -> list[DelegateRecord]:
+        if not delegate_ids:
+            return []
+        cond, params = one_of(self.dialect, "id", "ids", delegate_ids)
+        sql = f"DELETE FROM delegates WHERE {cond} RETURNING {{DELEGATE_COLUMNS}}"  # noqa: S608
+        rows = await self._write(sql, params, of_rows(self._delegate, audit))
+        return [self._delegate(r) for r in rows]
+
+
+def _profile(row: Any) -> ProfileRecord:
+    return ProfileRecord(
+        row["name"],
+        tuple(json.loads(row["selectors"])),
+        row["script"],
+        row["interpreter"],
+        row["updated_at"],
+    )

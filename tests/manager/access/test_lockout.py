@@ -109,8 +109,8 @@ async def test_guesses_from_many_networks_meet_the_account_wide_ceiling(m: Manag
     logins: Logins = m.client.app[LOGINS]
     locks: list[tuple[str, str]] = []
 
-    async def on_lock(user: Entity[UserBody], scope: str) -> None:
-        locks.append((user.body.email, scope))
+    def on_lock(user: Entity[UserBody], scope: str, minutes: int) -> None:
+        locks.append((user.body.email, scope))  # the lock's event: none, here
 
     for n in range(2 * ACCOUNT_FACTOR):
         code = await attempt(logins, f"192.0.2.{n}", "Guess", on_lock=on_lock)

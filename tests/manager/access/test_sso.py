@@ -9,6 +9,7 @@ import html
 import io
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -516,6 +517,29 @@ async def test_a_user_links_their_own_identity_after_a_password_login(
     ]
     done, _ = await login(m, idp)
     assert done["user"]["email"] == "root@example.com"
+
+
+async def test_a_users_own_link_is_not_made_when_its_event_cannot_be_written(
+    m: Manager, idp: Provider, store: Store, tmp_path: Path
+) -> None:
+    await local_admin(m)
+    _, session = await anon(
+        m, "POST", "/api/v1/auth/login", {"email": "root@example.com", "password": PW}
+    )
+    body = {"verifier_hash": verifier_hash(VERIFIER), "client_name": "laptop", "password": PW}
+    _, started = await m.call("POST", "/api/v1/auth/sso/link", body, key=session["token"])
+    db = sqlite3.connect(tmp_path / "db" / "tether.db")
+    db.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    db.commit()
+    db.close()
+    idp.person = Person("root@example.com", subject="root-at-idp")
+    status, _ = await browser(m, idp, started["authorize_url"])
+    # The link and its event go together: neither is written, and the browser is told.
+    assert status == 503
+    assert await sso_links(store).list() == []
 
 
 async def test_tether_link_sso_links_the_signed_in_user(

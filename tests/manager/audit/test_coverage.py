@@ -6,6 +6,7 @@ DELETE on the user API without audit metadata, or without a call here, fails the
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import pyotp
 import pytest
+import structlog
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -26,6 +28,7 @@ from manager.access.login import LOGINS, Logins
 from manager.access.sso import SsoLink, SsoLogin, sso_links, sso_logins
 from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key, create_token
 from manager.api.context import Context
+from manager.api.guards import ACCESS
 from manager.api.http import Route, RouteTable
 from manager.core.audit_chain import AuditEvent, AuditQuery, SavedAuditFilter
 from manager.records import (
@@ -35,7 +38,7 @@ from manager.records import (
     SecretManagerRecord,
     SecretRecord,
 )
-from manager.schemas.auth import verifier_hash
+from manager.schemas.auth import AuthSettings, verifier_hash
 from manager.schemas.grants import ADMIN_GROUP
 from manager.schemas.secrets import SecretCreate
 from manager.schemas.tasks import TaskSubmit
@@ -302,6 +305,9 @@ async def _with_password(w: World, **more: Any) -> Entity[UserBody]:
     )
     user = await logins.directory.users.insert(body.model_copy(update=more))
     w.logs_in = (user.id, user.body.email)
+    # The install's session-signing key is made once, at the first session ever (before a
+    # session's transaction): made here, so the route's own writes are what is compared.
+    await w.client.app[ACCESS].principals.tokens.new()
     return user
 
 
@@ -696,12 +702,18 @@ async def test_a_request_that_changes_nothing_writes_no_event(world: World) -> N
     body = {"payload": {"type": "shell", "script": "echo once"}, "idempotency_key": "k-1"}
     first = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
     assert first.status == 201
+    settings = {"password_min_length": 14}
+    put = await world.client.put("/api/v1/auth/settings", json=settings, headers=world.auth())
+    assert put.status == 200
     before = await world.head()
     again = await world.client.post("/api/v1/tasks", json=body, headers=world.auth())
     assert again.status == 200
     await world.store.upsert_delegate(_delegate("idle"))
     resumed = await world.client.post("/api/v1/delegates/idle/resume", headers=world.auth())
     assert resumed.status == 200
+    # The settings as they are already: nothing is written, so no event.
+    put = await world.client.put("/api/v1/auth/settings", json=settings, headers=world.auth())
+    assert put.status == 200
     assert await world.head() == before
 
 
@@ -744,46 +756,53 @@ async def test_an_event_records_the_time_of_the_change(world: World) -> None:
 # Routes whose event is still written after their change, in a transaction of its own: with
 # the trail unwritable their change stands. Each is expected to fail the test below
 # (strictly: one that starts passing must leave this set).
-WRITTEN_SEPARATELY: set[tuple[str, str]] = {
-    ("POST", "/api/v1/delegates/{delegate}/drain"),
-    ("POST", "/api/v1/delegates/{delegate}/resume"),
-    ("DELETE", "/api/v1/delegates/{delegate}"),
-    ("PUT", "/api/v1/profiles/{name}"),
-    ("DELETE", "/api/v1/profiles/{name}"),
-    ("POST", "/api/v1/secret-managers"),
-    ("PATCH", "/api/v1/secret-managers/{name}"),
-    ("DELETE", "/api/v1/secret-managers/{name}"),
-    ("POST", "/api/v1/secret-managers/{name}/test"),
-    ("POST", "/api/v1/secrets"),
-    ("PATCH", "/api/v1/secrets/{name}"),
-    ("DELETE", "/api/v1/secrets/{name}"),
-    ("POST", "/api/v1/secrets/{name}/migrate"),
-    ("PUT", "/api/v1/secrets/{name}/scope"),
-    ("PUT", "/api/v1/auth/sso"),
-    ("POST", "/api/v1/auth/logout"),
+WRITTEN_SEPARATELY: set[tuple[str, str]] = set()
+
+# Routes that check a password or a second factor: the attempt is counted (its claim on the
+# lockout) in a write of its own before the credentials are checked, and that count stands
+# whatever follows, the trail unwritable too: a guess must never go uncounted
+# (manager.access.login). With the trail unwritable, what differs is exactly that count.
+COUNTS_THE_ATTEMPT: set[tuple[str, str]] = {
     ("POST", "/api/v1/auth/login"),
-    ("POST", "/api/v1/auth/invite/accept"),
-    ("POST", "/api/v1/auth/sso/poll"),
     ("POST", "/api/v1/auth/password"),
     ("POST", "/api/v1/auth/totp/enrol"),
-    ("POST", "/api/v1/auth/totp/confirm"),
     ("POST", "/api/v1/auth/totp/verify"),
-    ("PUT", "/api/v1/users/{user}/sso-link"),
-    ("DELETE", "/api/v1/users/{user}/sso-link"),
-    ("PUT", "/api/v1/auth/settings"),
-    ("PUT", "/api/v1/secret-managers/{name}/scope"),
-    ("POST", "/api/v1/audit/filters"),
-    ("DELETE", "/api/v1/audit/filters/{name}"),
 }
+# What counts an attempt, of a user's body (manager.access.lockout).
+ATTEMPT_COUNT = ("failed_logins", "failed_since", "locked_until", "network_failures")
 
 
-def _rows(db: Path) -> list[str]:
-    """Every row of the database, as SQL: what a change would show up in."""
+def _rows(db: Path, *, but_the_count: bool = False) -> list[str]:
+    """Every row of the database, as SQL: what a change would show up in. ``but_the_count``:
+    without the users' attempt counts (and so their rows' version and time)."""
     conn = sqlite3.connect(db)
+    copy = sqlite3.connect(":memory:")
     try:
-        return list(conn.iterdump())
+        conn.backup(copy)
+        if but_the_count:
+            users = copy.execute("SELECT id, body FROM entities WHERE kind = 'user'").fetchall()
+            for user_id, body in users:
+                kept = {k: v for k, v in json.loads(body).items() if k not in ATTEMPT_COUNT}
+                copy.execute(
+                    "UPDATE entities SET body = ?, version = 0, updated_at = 0"
+                    " WHERE kind = 'user' AND id = ?",
+                    (json.dumps(kept, sort_keys=True), user_id),
+                )
+        return list(copy.iterdump())
     finally:
+        copy.close()
         conn.close()
+
+
+def _unwritable(db: Path) -> None:
+    """Every append to the audit trail fails from here, as a store's failure would."""
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    conn.commit()
+    conn.close()
 
 
 @pytest.mark.parametrize(
@@ -804,21 +823,59 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
 ) -> None:
     """Each mutating route writes its event in its change's own transaction: with the trail
     unwritable the request is refused whole (a 503, not a Conflict of its own) and not one
-    row of the database differs."""
+    row of the database differs, but for the count of a credentials check (above)."""
     data_dir = tmp_path / "main"
+    db = data_dir / "tether.db"
     async with open_world(data_dir, monkeypatch) as w:
         path, body = await CALLS[key](w)
         # A first request of this key: what authenticating writes (its last use) is done.
         assert (await w.client.get("/api/v1/audit", headers=w.auth())).status in (200, 403)
-        db = sqlite3.connect(data_dir / "tether.db")
-        db.execute(
-            "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-            " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-        )
-        db.commit()
-        db.close()
-        before = _rows(data_dir / "tether.db")
+        _unwritable(db)
+        before, before_but_count = _rows(db), _rows(db, but_the_count=True)
         resp = await w.client.request(key[0], path, json=body, headers=w.auth())
         answer = await resp.text()
         assert (resp.status, '"unavailable"' in answer) == (503, True), answer
-        assert _rows(data_dir / "tether.db") == before
+        if key in COUNTS_THE_ATTEMPT:
+            assert _rows(db) != before, "the attempt was not counted"
+            assert _rows(db, but_the_count=True) == before_but_count
+        else:
+            assert _rows(db) == before
+
+
+async def test_a_refused_login_is_counted_and_locks_though_the_trail_is_unwritable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's count, and the lock it sets, stand whatever becomes of the trail: an
+    audit outage must not hand out free guesses. The lock's event goes in the count's
+    transaction when it can; when it cannot, the count is written alone, the lost event is
+    logged, and the answer is the attempt's own (not a 503 a guesser could tell apart)."""
+    data_dir = tmp_path / "main"
+    async with open_world(data_dir, monkeypatch) as w:
+        logins: Logins = w.client.app[LOGINS]
+        await logins.save_settings(AuthSettings(lockout_attempts=2))
+        user = await _with_password(w)
+        _unwritable(data_dir / "tether.db")
+        head = await w.head()
+
+        async def attempt(password: str) -> tuple[int, str]:
+            body = {"email": "me@example.com", "password": password}
+            resp = await w.client.post("/api/v1/auth/login", json=body)
+            return resp.status, (await resp.json())["error"]["code"]
+
+        async def counted() -> tuple[int, float | None]:
+            found = await logins.directory.users.get(user.id)
+            assert found is not None
+            entry = found.body.network_failures["127.0.0.1"]
+            return entry.count, entry.locked_until
+
+        assert await attempt("Wrong-1") == (401, "invalid_credentials")
+        assert await counted() == (1, None)
+        with structlog.testing.capture_logs() as logs:
+            assert await attempt("Wrong-2") == (401, "invalid_credentials")
+        _, locked_until = await counted()
+        assert locked_until is not None
+        assert locked_until > time.time()
+        assert [e["action"] for e in logs if e["event"] == "audit event lost"] == ["lock"]
+        # Locked: the right password gets the same answer as a wrong one.
+        assert await attempt(PASSWORD) == (401, "invalid_credentials")
+        assert await w.head() == head

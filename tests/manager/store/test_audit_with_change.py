@@ -12,16 +12,24 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from manager.core.audit_chain import AuditAppend, AuditEvent, AuditQuery, verify
-from manager.records import AllowlistEntry, ApiKeyRecord, EntityRecord
+from manager.core.audit_chain import (
+    AuditAppend,
+    AuditEvent,
+    AuditQuery,
+    SavedAuditFilter,
+    verify,
+)
+from manager.records import AllowlistEntry, ApiKeyRecord, EntityRecord, ProfileRecord
 from manager.store.base import Conflict, EntityWrite, Store, StoreError
 from shared.protocol import TaskState
 from tests.manager.store.test_audit import change
-from tests.manager.store.test_store import WINDOW, task
+from tests.manager.store.test_secrets import envelopes, inline, manager, secret
+from tests.manager.store.test_store import WINDOW, delegate, task
 
 
 def event_of(n: int, **kw: Any) -> Any:
@@ -235,3 +243,188 @@ async def test_entity_writes_whose_event_cannot_be_written_change_nothing(store:
     assert user is not None
     assert user.version == 1
     assert [e.seq for e in await events(store)] == [1]
+
+
+# -- delegates, profiles, saved filters ------------------------------------------------------
+
+
+async def test_delegates_drain_and_delete_chain_their_event_from_the_rows_written(
+    store: Store,
+) -> None:
+    for n in range(3):
+        await store.upsert_delegate(delegate(f"dlg_{n}", f"pk{n}".ljust(44, "A")))
+    await store.set_draining("dlg_0", True)
+    drained = event_of(1)
+    flipped = await store.set_draining_of(["dlg_0", "dlg_1", "dlg_x"], True, audit=drained)
+    # Only the row that flipped is written, and the event is of it.
+    assert [d.id for d in flipped] == ["dlg_1"]
+    assert [[(d.id, d.draining) for d in seen] for seen in drained.seen] == [[("dlg_1", True)]]
+    again = event_of(2)
+    assert await store.set_draining_of(["dlg_0", "dlg_1"], True, audit=again) == []
+    assert again.seen == []
+    gone = event_of(3)
+    deleted = await store.delete_delegates(["dlg_1", "dlg_2", "dlg_x"], audit=gone)
+    assert sorted(d.id for d in deleted) == ["dlg_1", "dlg_2"]
+    assert [sorted(d.id for d in seen) for seen in gone.seen] == [["dlg_1", "dlg_2"]]
+    none = event_of(4)
+    assert await store.delete_delegates(["dlg_1"], audit=none) == []
+    assert none.seen == []
+    assert [e.seq for e in await events(store)] == [1, 2]
+
+
+async def test_delegate_writes_whose_event_cannot_be_written_change_nothing(
+    store: Store,
+) -> None:
+    taken = (await store.append_audit(change(0))).id
+    await store.upsert_delegate(delegate("dlg_0", "pk0".ljust(44, "A")))
+    with event_refused():
+        await store.set_draining_of(["dlg_0"], True, audit=event_of(1, id=taken))
+    with event_refused():
+        await store.delete_delegates(["dlg_0"], audit=event_of(2, id=taken))
+    assert [(d.id, d.draining) for d in await store.list_delegates()] == [("dlg_0", False)]
+    assert [e.seq for e in await events(store)] == [1]
+
+
+async def test_profiles_and_saved_filters_chain_their_event_or_write_nothing(
+    store: Store,
+) -> None:
+    taken = (await store.append_audit(change(0))).id
+    profile = ProfileRecord("boot", ("linux",), "echo up", "bash", 1.0)
+    put = event_of(1)
+    await store.put_profile(profile, audit=put)
+    assert put.seen == [profile]  # the row as written, read back
+    with event_refused():
+        await store.put_profile(
+            replace(profile, script="echo changed"), audit=event_of(2, id=taken)
+        )
+    with event_refused():
+        await store.delete_profile("boot", audit=event_of(3, id=taken))
+    assert await store.list_profiles() == [profile]
+    deleted = event_of(4)
+    assert await store.delete_profile("boot", audit=deleted)
+    assert deleted.seen == [profile]
+    assert not await store.delete_profile("boot", audit=event_of(5))
+
+    saved = SavedAuditFilter("af_1", "key_1", "deletes", {"action": "delete"}, 2.0)
+    with event_refused():
+        await store.create_audit_filter(saved, audit=event_of(6, id=taken))
+    assert await store.list_audit_filters("key_1") == []
+    await store.create_audit_filter(saved, audit=event_of(7))
+    with event_refused():
+        await store.delete_audit_filter("key_1", "deletes", audit=event_of(8, id=taken))
+    assert await store.list_audit_filters("key_1") == [saved]
+    gone = event_of(9)
+    assert await store.delete_audit_filter("key_1", "deletes", audit=gone) == saved
+    assert gone.seen == [saved]
+    assert await store.delete_audit_filter("key_1", "deletes", audit=event_of(10)) is None
+    assert [e.resource_id for e in await events(store)] == [
+        "token_0",
+        "token_1",
+        "token_4",
+        "token_7",
+        "token_9",
+    ]
+
+
+# -- secrets and secret managers: the event, and the usage scope, with the change -----------
+
+
+def scope_of(owner_id: str, kind: str = "secret_scope") -> EntityWrite:
+    return EntityWrite(entity(kind, owner_id, owner_id, owner_id=owner_id, scope={}))
+
+
+async def test_secret_writes_chain_their_event_from_the_rows_written(store: Store) -> None:
+    made = event_of(1)
+    s = secret("sec_1", "db")
+    await store.create_secret(s, inline("sec_1"), entities=[scope_of("sec_1")], audit=made)
+    assert made.seen == [s]
+    assert [e.id for e in await store.list_entities("secret_scope")] == ["sec_1"]
+    bumped = event_of(2)
+    v2 = await store.add_secret_version(s, inline("sec_1", 2, "env-2"), audit=bumped)
+    assert v2 is not None
+    assert [x.current_version for x in bumped.seen] == [2]
+    missed = event_of(3)  # a compare-and-set that lost: nothing written, no event
+    assert await store.add_secret_version(s, inline("sec_1", 2, "env-x"), audit=missed) is None
+    await store.create_secret_manager(manager("sm_kms", "kms"))
+    moved = event_of(4)
+    after = await store.move_secret(v2, "sm_kms", {1: "k-1", 2: "k-2"}, 5.0, audit=moved)
+    assert after is not None
+    assert [x.manager_id for x in moved.seen] == ["sm_kms"]
+    gone = event_of(5)
+    scope = await store.get_entity("secret_scope", "sec_1")
+    assert scope is not None
+    unscoped = EntityWrite(scope, delete=True)
+    assert await store.delete_secret("sec_1", entities=[unscoped], audit=gone)
+    assert [x.id for x in gone.seen] == ["sec_1"]
+    assert await store.list_entities("secret_scope") == []
+    assert not await store.delete_secret("sec_1", audit=event_of(6))
+    assert missed.seen == []
+    assert [e.seq for e in await events(store)] == [1, 2, 3, 4]
+
+
+async def test_secret_writes_whose_event_cannot_be_written_change_nothing(store: Store) -> None:
+    taken = (await store.append_audit(change(0))).id
+    s = secret("sec_1", "db")
+    with event_refused():
+        await store.create_secret(
+            s, inline("sec_1"), entities=[scope_of("sec_1")], audit=event_of(1, id=taken)
+        )
+    # Neither the secret nor the scope it was to have: a secret never stands unscoped.
+    assert await store.list_secrets() == []
+    assert await store.list_entities("secret_scope") == []
+    await store.create_secret(s, inline("sec_1"))
+    await store.create_secret_manager(manager("sm_kms", "kms"))
+    with event_refused():
+        await store.add_secret_version(s, inline("sec_1", 2), audit=event_of(2, id=taken))
+    with event_refused():
+        await store.move_secret(s, "sm_kms", {1: "k-1"}, 5.0, audit=event_of(3, id=taken))
+    with event_refused():
+        await store.delete_secret("sec_1", audit=event_of(4, id=taken))
+    assert await store.list_secrets() == [s]
+    assert await envelopes(store, "sec_1") == {1: "env-1"}
+    assert [e.seq for e in await events(store)] == [1]
+
+
+async def test_secret_manager_writes_chain_their_event_or_write_nothing(store: Store) -> None:
+    taken = (await store.append_audit(change(0))).id
+    kms = manager("sm_kms", "kms")
+    scoped = [scope_of("sm_kms", "manager_scope")]
+    with event_refused():
+        await store.create_secret_manager(kms, entities=scoped, audit=event_of(1, id=taken))
+    assert await store.get_secret_manager("sm_kms") is None
+    assert await store.list_entities("manager_scope") == []
+    made = event_of(2)
+    await store.create_secret_manager(kms, entities=scoped, audit=made)
+    assert made.seen == [kms]
+    renamed = replace(kms, name="kms-2", updated_at=101.0)
+    with event_refused():
+        await store.update_secret_manager(renamed, audit=event_of(3, id=taken))
+    assert await store.get_secret_manager("sm_kms") == kms
+    updated = event_of(4)
+    assert await store.update_secret_manager(renamed, audit=updated)
+    assert updated.seen == [renamed]
+    # A manager that keeps a secret is not deleted, and writes no event.
+    await store.create_secret(secret("sec_1", "db", "sm_kms"), inline("sec_1"))
+    kept = event_of(5)
+    with pytest.raises(Conflict, match="keeps 1 secret"):
+        await store.delete_secret_manager("sm_kms", audit=kept)
+    assert kept.seen == []
+    await store.delete_secret("sec_1")
+    scope = await store.get_entity("manager_scope", "sm_kms")
+    assert scope is not None
+    unscoped = [EntityWrite(scope, delete=True)]
+    with event_refused():
+        await store.delete_secret_manager("sm_kms", entities=unscoped, audit=event_of(6, id=taken))
+    assert await store.get_secret_manager("sm_kms") == renamed
+    assert [e.id for e in await store.list_entities("manager_scope")] == ["sm_kms"]
+    deleted = event_of(7)
+    assert await store.delete_secret_manager("sm_kms", entities=unscoped, audit=deleted)
+    assert deleted.seen == [renamed]
+    assert await store.list_entities("manager_scope") == []
+    assert not await store.delete_secret_manager("sm_kms", audit=event_of(8))
+    assert [e.resource_id for e in await events(store)] == [
+        "token_0",
+        "token_2",
+        "token_4",
+        "token_7",
+    ]
