@@ -555,19 +555,24 @@ async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
         if not before.allowlist_enabled:
             print("The IP allowlist is already disabled.")
             return 0
-        await store.update_access_settings(time.time(), allowlist_enabled=False)
-        await _audit(
-            store,
-            keys,
-            "allowlist",
-            f"{_PROG} allowlist disable",
-            Change(
+        # The event goes in the update's transaction: when it cannot be written, the
+        # allowlist stays on and the command fails.
+        await store.update_access_settings(
+            time.time(),
+            allowlist_enabled=False,
+            audit=lambda _settings: _host_entry(
+                store,
+                keys,
                 "allowlist",
-                "allowlist",
-                "disable",
-                "disabled the IP allowlist on the manager host",
-                before={"enabled": True},
-                after={"enabled": False},
+                f"{_PROG} allowlist disable",
+                Change(
+                    "allowlist",
+                    "allowlist",
+                    "disable",
+                    "disabled the IP allowlist on the manager host",
+                    before={"enabled": True},
+                    after={"enabled": False},
+                ),
             ),
         )
     finally:

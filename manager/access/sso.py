@@ -26,7 +26,6 @@ turns a completed external login into a verified :class:`ExternalIdentity`.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import ssl
 import time
@@ -52,7 +51,10 @@ from shared.tls import client_context
 
 __all__ = [
     "ExternalIdentity",
+    "GroupsEvent",
+    "JoinEvent",
     "LinkEvent",
+    "LoginEvents",
     "Oidc",
     "SsoDone",
     "SsoError",
@@ -170,6 +172,21 @@ class SsoDone:
 # The event of a link a signed-in user asked for (the user, the pending login that asked),
 # chained with the link.
 LinkEvent = Callable[[Entity[UserBody], SsoLogin], AuditAppend | None]
+# The event of a user made at their first SSO login (the user and their link as written),
+# chained with both.
+JoinEvent = Callable[[Entity[UserBody], SsoLink], AuditAppend | None]
+# The event of an SSO user's groups set from the provider's claim at a login (the body
+# before, the user as written), chained with the update; made only when the groups changed.
+GroupsEvent = Callable[[UserBody, Entity[UserBody]], AuditAppend | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEvents:
+    """The events of what the browser's callback writes, each chained with its change."""
+
+    link: LinkEvent | None = None
+    join: JoinEvent | None = None
+    groups: GroupsEvent | None = None
 
 
 def sso_logins(store: Store) -> EntityKind[SsoLogin]:
@@ -264,18 +281,20 @@ class Oidc:
         code: str | None,
         error: str | None,
         *,
-        on_link: LinkEvent | None = None,
+        events: LoginEvents | None = None,
     ) -> tuple[UserBody, SsoLogin]:
         """Finish the browser's half: the user signed in, and the pending login (which names
-        the client it is for). SsoError says why not. ``on_link``: the event of a link the
-        user asked for, chained in the link's transaction."""
+        the client it is for). SsoError says why not. ``events``: those of the link the user
+        asked for, of a user made at their first login, of groups synced from the claim;
+        each chained in its change's transaction (when one cannot be written, the change is
+        not made and the StoreError says so)."""
         login = await self.logins.by_key(state)
         if login is None or login.body.expires_at <= self._clock():
             raise SsoError("this login is unknown or has expired; run `tether login --sso` again")
         if login.body.user_id is not None or login.body.error is not None:
             raise SsoError("this login was already completed")
         try:
-            user, mfa = await self._complete(code, error, login.body, on_link)
+            user, mfa = await self._complete(code, error, login.body, events or LoginEvents())
         except SsoError as exc:
             await self._finish(login, error=str(exc))
             raise
@@ -313,7 +332,7 @@ class Oidc:
         return login.body
 
     async def _complete(
-        self, code: str | None, error: str | None, login: SsoLogin, on_link: LinkEvent | None
+        self, code: str | None, error: str | None, login: SsoLogin, events: LoginEvents
     ) -> tuple[Entity[UserBody], bool]:
         if error is not None:
             raise SsoError(f"the identity provider refused the login: {error[:200]}")
@@ -321,9 +340,9 @@ class Oidc:
             raise SsoError("the identity provider sent no code")
         identity = await self._verify(await self.configured(), code, login.nonce)
         if login.link_user_id is not None:
-            user = await self._link_self(identity, login, on_link)
+            user = await self._link_self(identity, login, events.link)
             return user, identity.mfa
-        return await self._user_for(identity), identity.mfa
+        return await self._user_for(identity, events), identity.mfa
 
     async def _link_self(
         self, identity: ExternalIdentity, login: SsoLogin, on_link: LinkEvent | None
@@ -408,7 +427,7 @@ class Oidc:
             mfa=_asserts_mfa(claims, settings),
         )
 
-    async def _user_for(self, identity: ExternalIdentity) -> Entity[UserBody]:
+    async def _user_for(self, identity: ExternalIdentity, events: LoginEvents) -> Entity[UserBody]:
         """The user of ``identity``, made on first login; an SSO user's groups follow the
         provider's claim through the mapping at every login."""
         settings = await self.configured()
@@ -420,7 +439,7 @@ class Oidc:
                 if g in settings.group_mapping and settings.group_mapping[g] in by_name
             }
         )
-        user = await self._linked_user(identity)
+        user = await self._linked_user(identity, mapped, events.join)
         if user.body.status != "active":
             raise SsoError("this user is disabled")
 
@@ -430,10 +449,21 @@ class Oidc:
                 update["groups"] = mapped
             return body.model_copy(update=update)
 
-        _, after = await self._directory.users.update(user.id, sync)
+        on_groups = events.groups
+
+        def synced(written: tuple[UserBody, Entity[UserBody]]) -> AuditAppend | None:
+            # The login time alone is no change to record.
+            before, after = written
+            if on_groups is None or before.groups == after.body.groups:
+                return None
+            return on_groups(before, after)
+
+        _, after = await self._directory.users.update(user.id, sync, audit=synced)
         return after
 
-    async def _linked_user(self, identity: ExternalIdentity) -> Entity[UserBody]:
+    async def _linked_user(
+        self, identity: ExternalIdentity, groups: list[str], on_join: JoinEvent | None
+    ) -> Entity[UserBody]:
         """The user linked to ``identity``; made (and linked) at its first login when no
         user has its email. A user of that email who is not linked to it is refused."""
         key = link_key(identity.issuer, identity.subject)
@@ -448,17 +478,7 @@ class Oidc:
             allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
             if not allowed:
                 raise SsoError(f"{identity.email}: this email domain may not join this account")
-            body = UserBody(
-                email=identity.email,
-                name=identity.name,
-                status="active",
-                source="sso",
-            )
-            with contextlib.suppress(Conflict):  # two first logins at once: one makes it
-                user = await self._directory.users.insert(body)
-                await self._link(identity, user.id, "sso")
-                return user
-            raise SsoError("the user is being made by another login; try again")
+            return await self._join(identity, groups, on_join)
         if user.body.source == "sso" and not await self._has_link(user.id):
             # Made by SSO before links existed: joined to the identity it logs in with now.
             await self._link(identity, user.id, "migration")
@@ -467,6 +487,43 @@ class Oidc:
             f"{identity.email} is a user here, not linked to this sign-in: log in with"
             " your password and ask an administrator to link it (tether user sso-link)"
         )
+
+    async def _join(
+        self, identity: ExternalIdentity, groups: list[str], on_join: JoinEvent | None
+    ) -> Entity[UserBody]:
+        """A user made at their first login, with their groups from the claim and their
+        link, in one transaction with ``on_join``'s event: all of it or none."""
+        body = UserBody(
+            email=identity.email, name=identity.name, status="active", source="sso", groups=groups
+        )
+        new_user = self._directory.users.inserted(body)
+        new_link = self.links.inserted(
+            SsoLink(
+                issuer=identity.issuer,
+                subject=identity.subject,
+                user_id=new_user.record.id,
+                made_by="sso",
+                made_at=self._clock(),
+            )
+        )
+
+        async def plan() -> list[EntityWrite]:
+            return [new_user, new_link]
+
+        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
+            user, link = written
+            if on_join is None or user is None or link is None:
+                return None
+            return on_join(self._directory.users.parse(user), self.links.parse(link).body)
+
+        try:
+            await together(self._store, plan, audit=event)
+        except Conflict:  # two first logins at once: one makes it
+            raise SsoError("the user is being made by another login; try again") from None
+        user = await self._directory.users.get(new_user.record.id)
+        if user is None:
+            raise SsoError("the user made at this login is gone; try again")
+        return user
 
     async def _has_link(self, user_id: str) -> bool:
         return any(link.body.user_id == user_id for link in await self.links.list())

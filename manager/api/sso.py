@@ -12,7 +12,7 @@ from manager.access.entities import Entity
 from manager.access.login import LOGINS
 from manager.access.principal import principal_of
 from manager.access.sso import (
-    LinkEvent,
+    LoginEvents,
     Oidc,
     SsoError,
     SsoLink,
@@ -146,16 +146,26 @@ async def link_start(request: web.Request) -> web.Response:
     )
 
 
-def _link_event(request: web.Request) -> LinkEvent:
-    """The event of the link a signed-in user asked for, made at the browser's callback (a
-    GET, which the audit middleware does not record): its actor is that user."""
+def _login_events(request: web.Request) -> LoginEvents:
+    """The events of what the browser's callback writes (a GET, which the audit middleware
+    does not record), each chained with its change; the actor is the user who signed in."""
     recorder = request.app[AUDIT]
     method, path, address = request.method, request.path, client_ip(request)
 
+    def entry(user: Entity[UserBody], change: Change) -> AuditAppend:
+        return recorder.entry(
+            Actor("user", user.id, user.body.email),
+            change,
+            resource_type="user",
+            method=method,
+            path=path,
+            client_ip=address,
+        )
+
     def linked(user: Entity[UserBody], login: SsoLogin) -> AuditAppend:
         email = user.body.email
-        return recorder.entry(
-            Actor("user", user.id, email),
+        return entry(
+            user,
             Change(
                 resource_id=user.id,
                 name=email,
@@ -163,20 +173,50 @@ def _link_event(request: web.Request) -> LinkEvent:
                 summary=f"{email} linked their identity at the SSO provider"
                 f" (for {login.client_name or 'an unnamed client'})",
             ),
-            resource_type="user",
-            method=method,
-            path=path,
-            client_ip=address,
         )
 
-    return linked
+    def joined(user: Entity[UserBody], link: SsoLink) -> AuditAppend:
+        email = user.body.email
+        return entry(
+            user,
+            Change(
+                resource_id=user.id,
+                name=email,
+                action="create",
+                summary=f"{email} made at their first SSO login, linked to subject"
+                f" {link.subject} at {link.issuer}",
+                after={
+                    "email": email,
+                    "name": user.body.name,
+                    "source": user.body.source,
+                    "groups": user.body.groups,
+                    "sso_link": {"issuer": link.issuer, "subject": link.subject},
+                },
+            ),
+        )
+
+    def synced(before: UserBody, user: Entity[UserBody]) -> AuditAppend:
+        email = user.body.email
+        return entry(
+            user,
+            Change(
+                resource_id=user.id,
+                name=email,
+                action="update",
+                summary=f"{email}'s groups set from the SSO provider's claim at login",
+                before={"groups": before.groups},
+                after={"groups": user.body.groups},
+            ),
+        )
+
+    return LoginEvents(link=linked, join=joined, groups=synced)
 
 
 async def callback(request: web.Request) -> web.Response:
     q = request.query
     try:
         user, login = await oidc_of(request).callback(
-            q.get("state", ""), q.get("code"), q.get("error"), on_link=_link_event(request)
+            q.get("state", ""), q.get("code"), q.get("error"), events=_login_events(request)
         )
     except SsoError as exc:
         return _page(exc.status, "Sign-in failed", str(exc))

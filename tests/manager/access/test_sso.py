@@ -636,3 +636,70 @@ async def test_an_approval_needs_the_secret_of_the_page_that_finished_the_sign_i
     assert resp.status == 200
     status, done = await anon(m, "POST", "/api/v1/auth/sso/poll", poll)
     assert (status, done["status"]) == (200, "done")
+
+
+async def test_a_first_login_makes_the_user_and_link_with_their_event_and_groups_sync_with_one(
+    m: Manager, idp: Provider, store: Store
+) -> None:
+    idp.person = Person("pat@example.com", "Pat", subject="pat-at-idp", groups=["sec-auditors"])
+    await login(m, idp)
+    user = await Directory(store).users.by_key("pat@example.com")
+    assert user is not None
+    (link,) = await sso_links(store).list()
+    assert link.body.user_id == user.id
+    status, trail = await m.call("GET", "/api/v1/audit?type=user")
+    assert status == 200
+    made = [e for e in trail["events"] if e["resource_id"] == user.id]
+    # One event of the user, their groups and their link, acted by them; no sync event, as
+    # the groups were made with the user.
+    assert [(e["action"], e["actor_name"]) for e in made] == [("create", "pat@example.com")]
+    assert "pat-at-idp" in made[0]["summary"]
+    # A login with the same groups changes only the login time: no event.
+    await login(m, idp)
+    idp.person = Person("pat@example.com", subject="pat-at-idp", groups=["platform"])
+    await login(m, idp)
+    status, trail = await m.call("GET", "/api/v1/audit?type=user")
+    made = [e for e in trail["events"] if e["resource_id"] == user.id]
+    assert sorted(e["action"] for e in made) == ["create", "update"]
+
+
+async def test_a_first_login_makes_no_user_when_its_event_cannot_be_written(
+    m: Manager, idp: Provider, store: Store, tmp_path: Path
+) -> None:
+    started = await start(m)
+    db = sqlite3.connect(tmp_path / "db" / "tether.db")
+    db.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    db.commit()
+    db.close()
+    idp.person = Person("pat@example.com", "Pat", subject="pat-at-idp", groups=["sec-auditors"])
+    status, _ = await browser(m, idp, started["authorize_url"])
+    # The user, the link and the event go together: none is written, and the browser is told.
+    assert status == 503
+    assert await Directory(store).users.by_key("pat@example.com") is None
+    assert await sso_links(store).list() == []
+
+
+async def test_an_sso_users_groups_keep_when_their_sync_event_cannot_be_written(
+    m: Manager, idp: Provider, store: Store, tmp_path: Path
+) -> None:
+    idp.person = Person("pat@example.com", subject="pat-at-idp", groups=["sec-auditors"])
+    await login(m, idp)
+    before = await Directory(store).users.by_key("pat@example.com")
+    assert before is not None
+    db = sqlite3.connect(tmp_path / "db" / "tether.db")
+    db.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    db.commit()
+    db.close()
+    idp.person = Person("pat@example.com", subject="pat-at-idp", groups=["platform"])
+    started = await start(m)
+    status, _ = await browser(m, idp, started["authorize_url"])
+    assert status == 503
+    after = await Directory(store).users.by_key("pat@example.com")
+    assert after is not None
+    assert after.body.groups == before.body.groups

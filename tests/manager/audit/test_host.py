@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -90,3 +91,45 @@ async def test_a_scoped_token_made_on_the_host_lists_its_scope(tmp_path: Path) -
     assert "type non_production; selectors dev" in out
     # The refused one was not stored.
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["dev"]
+
+
+async def test_allowlist_disable_on_the_host_goes_with_its_event_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    MasterKey.load_or_create(tmp_path / "master.key")
+    store = SqliteStore(tmp_path / "tether.db")
+    await store.open()
+    try:
+        await store.update_access_settings(1.0, allowlist_enabled=True)
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "tether.db")
+    db.execute(
+        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
+    )
+    db.commit()
+    db.close()
+    d = ("--data-dir", str(tmp_path))
+    code, _, err = await manager("allowlist", "disable", *d)
+    # The trail unwritable: the allowlist stays on, and the command says so on one line.
+    assert code == 1
+    assert "the trail is unwritable" in err
+    assert "Traceback" not in err
+    db = sqlite3.connect(tmp_path / "tether.db")
+    assert db.execute("SELECT allowlist_enabled FROM access_settings").fetchall() == [(1,)]
+    db.execute("DROP TRIGGER unwritable")
+    db.commit()
+    db.close()
+    code, _, err = await manager("allowlist", "disable", *d)
+    assert code == 0, err
+    store = SqliteStore(tmp_path / "tether.db")
+    await store.open()
+    try:
+        assert not (await store.access_settings()).allowlist_enabled
+        events = [e async for e in store.audit_events_all()]
+    finally:
+        await store.close()
+    assert [(e.resource_type, e.action, e.actor_kind) for e in events] == [
+        ("allowlist", "disable", "system")
+    ]
