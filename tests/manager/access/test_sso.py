@@ -9,7 +9,6 @@ import html
 import io
 import json
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from manager.store.base import Store
 from shared.tls import client_context
 from tests.manager.access_support import Clock, Manager, manager
 from tests.manager.oidc_provider import Person, Provider, oidc_provider
+from tests.manager.trail import make_trail_unwritable
 
 CLIENT_SECRET = "client-s3cret-value"
 PW = "Correct-horse-42"
@@ -528,13 +528,7 @@ async def test_a_users_own_link_is_not_made_when_its_event_cannot_be_written(
     )
     body = {"verifier_hash": verifier_hash(VERIFIER), "client_name": "laptop", "password": PW}
     _, started = await m.call("POST", "/api/v1/auth/sso/link", body, key=session["token"])
-    db = sqlite3.connect(tmp_path / "db" / "tether.db")
-    db.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    db.commit()
-    db.close()
+    make_trail_unwritable(tmp_path / "db" / "tether.db")
     idp.person = Person("root@example.com", subject="root-at-idp")
     status, _ = await browser(m, idp, started["authorize_url"])
     # The link and its event go together: neither is written, and the browser is told.
@@ -667,13 +661,7 @@ async def test_a_first_login_makes_no_user_when_its_event_cannot_be_written(
     m: Manager, idp: Provider, store: Store, tmp_path: Path
 ) -> None:
     started = await start(m)
-    db = sqlite3.connect(tmp_path / "db" / "tether.db")
-    db.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    db.commit()
-    db.close()
+    make_trail_unwritable(tmp_path / "db" / "tether.db")
     idp.person = Person("pat@example.com", "Pat", subject="pat-at-idp", groups=["sec-auditors"])
     status, _ = await browser(m, idp, started["authorize_url"])
     # The user, the link and the event go together: none is written, and the browser is told.
@@ -689,13 +677,7 @@ async def test_an_sso_users_groups_keep_when_their_sync_event_cannot_be_written(
     await login(m, idp)
     before = await Directory(store).users.by_key("pat@example.com")
     assert before is not None
-    db = sqlite3.connect(tmp_path / "db" / "tether.db")
-    db.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    db.commit()
-    db.close()
+    make_trail_unwritable(tmp_path / "db" / "tether.db")
     idp.person = Person("pat@example.com", subject="pat-at-idp", groups=["platform"])
     started = await start(m)
     status, _ = await browser(m, idp, started["authorize_url"])

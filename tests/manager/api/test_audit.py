@@ -20,6 +20,7 @@ from manager.keys.masterkey import MasterKey
 from manager.schemas.grants import ADMIN_GROUP
 from manager.server.app import ManagerConfig, build_app, open_store
 from manager.store.base import Store
+from tests.manager.trail import make_trail_unwritable
 
 
 class Api:
@@ -230,13 +231,7 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(api: Api) -> N
     status, queued = await api.call("POST", "/api/v1/tasks", shell)
     assert status == 201
     head = await api.store.audit_head()
-    db = sqlite3.connect(api.db)
-    db.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    db.commit()
-    db.close()
+    make_trail_unwritable(api.db)
     refused = [
         await api.call("POST", "/api/v1/tasks", shell),
         await api.call("POST", f"/api/v1/tasks/{queued['id']}/cancel"),

@@ -47,6 +47,7 @@ from manager.store.base import Store
 from shared.ids import hash_secret
 from shared.masking import MASK, Masker
 from shared.protocol import ShellPayload
+from tests.manager.trail import make_trail_unwritable
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 SECRET = "s3cr3t-Value/with+base64=chars"
@@ -794,17 +795,6 @@ def _rows(db: Path, *, but_the_count: bool = False) -> list[str]:
         conn.close()
 
 
-def _unwritable(db: Path) -> None:
-    """Every append to the audit trail fails from here, as a store's failure would."""
-    conn = sqlite3.connect(db)
-    conn.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    conn.commit()
-    conn.close()
-
-
 @pytest.mark.parametrize(
     "key",
     [
@@ -830,7 +820,7 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
         path, body = await CALLS[key](w)
         # A first request of this key: what authenticating writes (its last use) is done.
         assert (await w.client.get("/api/v1/audit", headers=w.auth())).status in (200, 403)
-        _unwritable(db)
+        make_trail_unwritable(db)
         before, before_but_count = _rows(db), _rows(db, but_the_count=True)
         resp = await w.client.request(key[0], path, json=body, headers=w.auth())
         answer = await resp.text()
@@ -854,7 +844,7 @@ async def test_a_refused_login_is_counted_and_locks_though_the_trail_is_unwritab
         logins: Logins = w.client.app[LOGINS]
         await logins.save_settings(AuthSettings(lockout_attempts=2))
         user = await _with_password(w)
-        _unwritable(data_dir / "tether.db")
+        make_trail_unwritable(data_dir / "tether.db")
         head = await w.head()
 
         async def attempt(password: str) -> tuple[int, str]:

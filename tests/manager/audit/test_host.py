@@ -12,6 +12,7 @@ from manager.core.audit_chain import AuditEvent, verify
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.store.sqlite import SqliteStore
+from tests.manager.trail import make_trail_unwritable
 
 BIN = Path(sys.executable).parent
 
@@ -103,13 +104,7 @@ async def test_allowlist_disable_on_the_host_goes_with_its_event_or_not_at_all(
         await store.update_access_settings(1.0, allowlist_enabled=True)
     finally:
         await store.close()
-    db = sqlite3.connect(tmp_path / "tether.db")
-    db.execute(
-        "CREATE TRIGGER unwritable BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'the trail is unwritable'); END"
-    )
-    db.commit()
-    db.close()
+    make_trail_unwritable(tmp_path / "tether.db")
     d = ("--data-dir", str(tmp_path))
     code, _, err = await manager("allowlist", "disable", *d)
     # The trail unwritable: the allowlist stays on, and the command says so on one line.
