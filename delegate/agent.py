@@ -250,16 +250,13 @@ class Agent:
         """The task, or None when it is not this delegate's to run.
 
         An acquire that got no answer may have been handed out all the same (the manager
-        committed, then the answer was lost): it is asked again with the same key, which
-        the manager answers with the same attempt, until the lease it would have granted
-        ran out (after that the task is someone's fresh attempt to take, or nobody's).
+        committed, then the answer was lost, or the manager died): it is asked again with
+        the same key until the manager answers, which hands out the same attempt if it had
+        (and the leases of a restarted manager wait for its delegates to come back). Asking
+        again is always safe: a task no longer held is a fresh acquire, or refused.
         """
         t = self._timings
         key = secrets.token_urlsafe(12)
-        registered = self._api.registered
-        give_up = time.monotonic() + (
-            registered.lost_after_s if registered is not None else t.lost_after
-        )
         tries = 0
         while True:
             try:
@@ -269,7 +266,7 @@ class Agent:
                 return None
             except Unreachable as exc:
                 tries += 1
-                if self._stopping or time.monotonic() >= give_up:
+                if self._stopping:
                     log.info("acquire failed", task_id=task_id, error=str(exc))
                     return None
                 log.info("acquire unanswered; asking again", task_id=task_id, error=str(exc))

@@ -64,6 +64,8 @@ class Liveness:
         self._beats: dict[str, _Beat] = {}
         self._last_tick: float | None = None
         self._judge_from = float("-inf")
+        # Set at a start until the first heartbeat comes back (see started()).
+        self._started_at: float | None = None
 
     # -- what the delegates did -----------------------------------------------------------
 
@@ -81,6 +83,13 @@ class Liveness:
         """A heartbeat (or a stream's hello): the only evidence that renews leases."""
         self._last_seen[delegate_id] = now
         self._beats[delegate_id] = _Beat(now, frozenset(running), frozenset(spooled))
+        if self._started_at is not None:
+            # The first delegate is back: the others get a full lost_after from now (the
+            # way back was slow for all, a starved machine or a network that took its
+            # time), though never past twice lost_after from the start.
+            cap = self._started_at + 2 * self._lost_after
+            self._judge_from = max(self._judge_from, min(now + self._lost_after, cap))
+            self._started_at = None
 
     def forget(self, delegate_id: str) -> None:
         self._last_seen.pop(delegate_id, None)
@@ -95,10 +104,18 @@ class Liveness:
 
     # -- the manager's own pace -----------------------------------------------------------
 
+    @property
+    def start_grace(self) -> float:
+        """How long after a start nothing is judged, at least: a full ``lost_after`` for the
+        delegates to come back, and the grace of a stall for their way back (they notice,
+        back off, reconnect, then beat). The stored leases are extended by as much."""
+        return self._lost_after + self.grace
+
     def started(self, now: float) -> None:
-        """The manager (re)started: delegates get ``lost_after`` to come back before any
-        judgment, as long as its stored leases were extended."""
-        self._judge_from = max(self._judge_from, now + self._lost_after)
+        """The manager (re)started: no judgment for ``start_grace``, nor before the
+        delegates had ``lost_after`` from the first heartbeat that came back."""
+        self._judge_from = max(self._judge_from, now + self.start_grace)
+        self._started_at = now
         self._last_tick = now
 
     def tick(self, now: float) -> float | None:
@@ -110,7 +127,11 @@ class Liveness:
         return now - last
 
     def judging(self, now: float) -> bool:
-        """Whether lost sessions, leases and timeouts may be judged now."""
+        """Whether lost sessions, leases and timeouts may be judged now: not within a grace,
+        and not long after the loop's last tick either (the process froze in the middle of
+        a pass, and the tick that would notice has not come yet)."""
+        if self._last_tick is not None and now - self._last_tick > self.stall_after:
+            return False
         return now >= self._judge_from
 
     # -- judgments ------------------------------------------------------------------------

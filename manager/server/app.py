@@ -439,7 +439,9 @@ async def _loops(c: Context) -> None:
         c.last_sweep = time.monotonic()
         stalled = c.hub.liveness.tick(now())
         if stalled is not None:
-            log.warning(
+            # A starved machine makes many short ones; a stall near a lease is an incident.
+            say = log.warning if stalled > t.lost_after / 2 else log.info
+            say(
                 "manager stalled; judging no lease until heartbeats are counted",
                 stalled_s=round(stalled, 3),
                 grace_s=round(c.hub.liveness.grace, 3),

@@ -160,7 +160,7 @@ class TaskService:
         await self.envs.load()
         # Delegates get a full lease from now to reconnect and list their tasks again, and
         # nothing is judged here before they had that long (core.liveness).
-        await self._store.extend_leases(self._timings.lost_after)
+        await self._store.extend_leases(self._hub.liveness.start_grace)
         self._hub.liveness.started(self._clock())
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
@@ -498,6 +498,8 @@ class TaskService:
             return
         for task in await self._store.expired_leases():
             task_id = task.id
+            if not self._hub.liveness.judging(self._clock()):
+                return  # frozen since the pass began: judge again after the grace
             if task.delegate_id is not None and self._hub.vouches(task_id, task.delegate_id):
                 self._hub.renewals.hasten()
                 continue
@@ -521,6 +523,8 @@ class TaskService:
         due = [t for t, deadline in self._deadlines.items() if deadline.at < now]
         for task_id in due:
             current = await self._store.get_task(task_id)
+            if not self._hub.liveness.judging(self._clock()):
+                return
             if current is None or current.state in FINAL_STATES:
                 self._deadlines.pop(task_id, None)
                 continue

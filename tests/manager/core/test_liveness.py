@@ -159,6 +159,16 @@ def test_after_a_stall_a_delegate_that_sent_nothing_is_judged_once_the_grace_is_
     assert live.lost(160.0 + live.grace + 1) == ["dlg_a"]
 
 
+def test_a_freeze_in_the_middle_of_a_pass_judges_nothing_before_the_next_tick() -> None:
+    live = pace()
+    ticking(live, 0.0, 100.0)
+    assert live.judging(100.5)
+    # Frozen after the pass's tick: the decisions still to come in that pass wait.
+    assert not live.judging(100.0 + live.stall_after + 0.5)
+    live.tick(130.0)
+    assert not live.judging(130.0)
+
+
 def test_a_late_tick_within_the_stall_threshold_changes_nothing() -> None:
     live = pace()
     ticking(live, 0.0, 100.0)
@@ -166,13 +176,35 @@ def test_a_late_tick_within_the_stall_threshold_changes_nothing() -> None:
     assert live.judging(100.0 + live.stall_after)
 
 
-def test_a_start_gives_delegates_lost_after_to_come_back() -> None:
+def test_a_start_gives_delegates_lost_after_and_the_way_back_to_come_back() -> None:
+    live = pace()
+    assert live.start_grace == LOST_AFTER + live.grace
+    live.started(1_000.0)
+    end = 1_000.0 + live.start_grace
+    ticking(live, 1_001.0, end - 1)
+    assert not live.judging(end - 1)
+    ticking(live, end, end + 1)
+    assert live.judging(end + 1)
+
+
+def test_after_a_start_the_others_get_lost_after_from_the_first_heartbeat_back() -> None:
     live = pace()
     live.started(1_000.0)
-    ticking(live, 1_001.0, 1_000.0 + LOST_AFTER - 1)
-    assert not live.judging(1_000.0 + LOST_AFTER - 1)
-    ticking(live, 1_000.0 + LOST_AFTER, 1_000.0 + LOST_AFTER + 1)
-    assert live.judging(1_000.0 + LOST_AFTER + 1)
+    ticking(live, 1_001.0, 1_020.0)
+    live.beat("dlg_first", 1_020.0, running=["t1"])  # a slow way back
+    ticking(live, 1_021.0, 1_049.0)
+    assert not live.judging(1_049.0)
+    ticking(live, 1_050.0, 1_051.0)
+    assert live.judging(1_051.0)
+
+
+def test_after_a_start_a_late_first_heartbeat_waits_at_most_twice_lost_after() -> None:
+    live = pace()
+    live.started(1_000.0)
+    ticking(live, 1_001.0, 1_055.0)
+    live.beat("dlg_first", 1_055.0)
+    ticking(live, 1_056.0, 1_000.0 + 2 * LOST_AFTER + 1)
+    assert live.judging(1_000.0 + 2 * LOST_AFTER + 1)
 
 
 # --- when renewals are due -----------------------------------------------------------------
