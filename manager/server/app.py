@@ -399,6 +399,7 @@ async def _loops(c: Context) -> None:
     now = c.monotonic
     last_revocation_check = float("-inf")
     last_reconcile = now()
+    judging = False
     while True:
         await asyncio.sleep(t.sweep_interval)
         c.last_sweep = time.monotonic()
@@ -411,6 +412,12 @@ async def _loops(c: Context) -> None:
                 stalled_s=round(stalled, 3),
                 grace_s=round(c.hub.liveness.grace, 3),
             )
+        if c.hub.liveness.judging(now()) != judging:
+            judging = not judging
+            if judging:
+                # After the start or a stall: the heartbeats were counted, leases are
+                # judged from here (what the fault tests measure the bounds from).
+                log.info("judging leases again")
         await _renew(c)
         try:
             # With other replicas, repair what a lost notification may have left behind.
