@@ -58,7 +58,7 @@ TEST_WORKERS ?= 4
 # The PostgreSQL-restart fault test restarts the machine's one server, which would break
 # the other workers' connections: it runs alone, after the rest.
 test: $(STAMP)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not pg_restart"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 -m "not pg_restart"
 	$(BIN)/pytest -q -m pg_restart
 
 lint: $(STAMP)

@@ -650,6 +650,8 @@ async def test_every_mutating_route_has_a_call_here(world: World) -> None:
     assert not CALLS.keys() - routes, f"stale calls: {sorted(CALLS.keys() - routes)}"
 
 
+# Every mutating route of the API in turn (about 60): up to a minute beside other workers.
+@pytest.mark.timeout(300)
 async def test_each_mutating_call_writes_exactly_one_event(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
