@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.accounts import system_accounts
 from tests.e2e.harness import Cluster, Proc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,20 +104,9 @@ def base() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def task_users() -> Iterator[list[str]]:
-    # Per run: other runs on this host may make theirs at the same time.
     # Two slots of the root delegate; a slot and the account of the capability delegate.
-    names = [f"tt{os.getpid()}x{i}" for i in range(4)]
-    for name in names:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--shell",
-             "/usr/sbin/nologin", name],
-            check=True,
-        )  # fmt: skip
-    try:
+    with system_accounts("tt", 4) as names:
         yield names
-    finally:
-        for name in names:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

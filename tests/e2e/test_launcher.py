@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.accounts import system_accounts
 from tests.e2e.harness import BIN, Cluster, Proc
 from tests.e2e.test_isolation import PROBE, PYTHON, REPO, _parent, _probe
 
@@ -46,19 +46,9 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[list[str]]:
-    # The delegate's account, then two slots; per run, as other runs may make theirs.
-    names = [f"tle{os.getpid()}x{i}" for i in range(3)]
-    for name in names:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--shell",
-             "/usr/sbin/nologin", name],
-            check=True,
-        )  # fmt: skip
-    try:
+    # The delegate's account, then two slots.
+    with system_accounts("tle", 3) as names:
         yield names
-    finally:
-        for name in names:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -32,6 +32,7 @@ from delegate.launcher.wire import receive, send
 from delegate.run.isolation import IsolationError, TaskUser
 from delegate.run.launcher_client import LauncherError, ThroughLauncher, fetch_pool
 from delegate.run.process import Child
+from tests.accounts import system_accounts
 from tests.delegate.run.test_process import reap_stray, wait_gone
 from tests.e2e.harness import BIN, Proc
 
@@ -55,20 +56,9 @@ def _user(name: str) -> TaskUser:
 
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[Accounts]:
-    # Per run: other runs on this host may make theirs at the same time.
-    names = [f"tl{os.getpid()}x{i}" for i in range(4)]
-    for name in names:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--shell",
-             "/usr/sbin/nologin", name],
-            check=True,
-        )  # fmt: skip
-    try:
+    with system_accounts("tl", 4) as names:
         users = [_user(n) for n in names]
         yield Accounts(client=users[0], slots=(users[1], users[2]), stranger=users[3])
-    finally:
-        for name in names:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 @dataclass
