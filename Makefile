@@ -35,7 +35,7 @@ lock:
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
 	mkdir -p requirements
 	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
-	$(UV_COMPILE) pyproject.toml --constraint $(LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) pyproject.toml --extra all --constraint $(LOCK) -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) requirements/build.in --constraint $(LOCK) -o requirements/build.txt
 	$(UV_COMPILE) $(PEERS_LOCK:.txt=.in) -o $(PEERS_LOCK)
 
