@@ -46,6 +46,7 @@ from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
@@ -58,7 +59,8 @@ from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
-from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
+from manager.keys.oidc_keys import OidcKeys
+from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
 from manager.schemas.grants import ADMIN_GROUP
@@ -82,6 +84,7 @@ from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
+from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
 from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
@@ -121,6 +124,9 @@ class ManagerConfig:
     passwords: Passwords | None = None
     # Header and idle timeouts, the cap on unauthenticated connections, the fd-limit watch.
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The ``iss`` of task tokens and the base of their discovery URLs (manager.tasks.
+    # id_tokens); None: the URL the manager listens on.
+    oidc_issuer: str | None = None
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -361,6 +367,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_id_token_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -416,6 +423,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         )
 
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
+    app[ID_TOKENS] = IdTokens(
+        store,
+        OidcKeys(store, master_key, config.clock),
+        request_key=await signing_key(store, master_key, ID_TOKEN_REQUEST_KEY),
+        issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
+        clock=config.clock,
+    )
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -543,6 +557,8 @@ async def serve(
         await site.start()
         port = sock.getsockname()[1]
         url = f"https://{_url_host(config.host)}:{port}"
+        if config.oidc_issuer is None:
+            app[ID_TOKENS].issuer = url
         background = [
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
