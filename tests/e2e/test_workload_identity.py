@@ -232,9 +232,7 @@ async def test_tokens_verify_across_a_rotation_trade_at_sts_and_die_with_the_tas
     # Discovery names the issuer and the JWKS, with no credential.
     async with (
         aiohttp.ClientSession() as http,
-        http.get(
-            f"{c.url}/.well-known/openid-configuration", ssl=manager_tls(c)
-        ) as answer,
+        http.get(f"{c.url}/.well-known/openid-configuration", ssl=manager_tls(c)) as answer,
     ):
         assert answer.status == 200
         discovery = await answer.json()

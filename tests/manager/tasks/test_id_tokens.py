@@ -88,9 +88,12 @@ async def test_keys_are_sealed_and_a_rotation_keeps_the_old_key_published(store:
     assert '"d"' not in stored and b'"d"' not in base64.b64decode(stored[7:])
     assert _kids(await keys.jwks()) == [first]
     # Another replica (another OidcKeys over the same store) signs with the same key.
-    assert jwt.get_unverified_header(
-        await OidcKeys(store, MasterKey(b"m" * 32), clock).sign({})
-    )["kid"] == first
+    assert (
+        jwt.get_unverified_header(await OidcKeys(store, MasterKey(b"m" * 32), clock).sign({}))[
+            "kid"
+        ]
+        == first
+    )
 
     rotated = await keys.rotate()
     assert rotated.current != first
