@@ -371,6 +371,23 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    (
+        20,
+        """
+        -- Retention (manager.retention): when a task's log lines were purged, its record
+        -- kept longer. No index: the purge walks tasks_app_env in bounded pages, and an
+        -- index here would cost every task insert.
+        ALTER TABLE tasks ADD COLUMN logs_purged_at {REAL};
+        -- Signed checkpoints of the audit chain at each purge's cut (core.audit_checkpoint).
+        CREATE TABLE audit_checkpoints (
+            seq {BIGINT} PRIMARY KEY,
+            hash TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            created_at {REAL} NOT NULL,
+            signature TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
