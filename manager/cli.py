@@ -24,7 +24,7 @@ from manager.client.cli.fleet import add_scope_arguments, token_request
 from manager.client.cli.output import scope_text
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
-from manager.host_commands import add_host_parsers, rotate_oidc
+from manager.host_commands import add_host_parsers, purge, rotate_oidc
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
@@ -649,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(_allowlist_disable(data_dir, args))
         if args.command == "keys":
             return _keys(data_dir, args)
+        if args.command == "purge":
+            return run(purge(data_dir, database, dry_run=args.dry_run))
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130

@@ -14,10 +14,11 @@ from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.oidc_keys import RETIRED_KEPT_S, OidcKeys
+from manager.retention.purge import Purger
 from manager.server.app import open_store
 from manager.store.base import Store
 
-__all__ = ["add_host_parsers", "rotate_oidc"]
+__all__ = ["add_host_parsers", "purge", "rotate_oidc"]
 
 _PROG = "tether-manager"
 
@@ -75,4 +76,46 @@ async def rotate_oidc(data_dir: Path, database: str | None, key: MasterKey) -> i
     )
     if rotated.dropped:
         print(f"No longer published: {', '.join(rotated.dropped)}.", file=sys.stdout)
+    return 0
+
+
+async def purge(data_dir: Path, database: str | None, *, dry_run: bool) -> int:
+    """One purge by the retention settings (what the manager runs in the background)."""
+    master = data_dir / "master.key"
+    if not master.exists():
+        print(f"error: no master key in {data_dir} (pass --data-dir)", file=sys.stderr)
+        return 2
+    if database is None and not (data_dir / "tether.db").exists():
+        print(f"error: no manager data in {data_dir} (pass --data-dir)", file=sys.stderr)
+        return 2
+    key = MasterKey.load(master)
+    keys = AuditKeys(key)
+    store = open_store(data_dir, database)
+    await store.open()
+    try:
+
+        async def purged(counts: dict[str, int]) -> None:
+            summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+            await _record(
+                store,
+                key,
+                f"{_PROG} purge",
+                Change("retention", "retention", "purge", f"purged {summary}", after=counts),
+                "retention",
+            )
+
+        run = await Purger(store, keys.current, purged).run(dry_run=dry_run)
+    finally:
+        await store.close()
+    verb = "Would delete" if dry_run else "Deleted"
+    print(f"{verb}:")
+    labels = {
+        "tasks": "finished tasks (with their logs)",
+        "logs": "finished tasks' logs (the tasks kept)",
+        "audit": "audit events (behind a signed checkpoint)",
+    }
+    for kind, n in run.counts.items():
+        print(f"  {kind:6} {n:8}  {labels.get(kind, '')}".rstrip())
+    if not any(run.counts.values()):
+        print("Nothing: no retention is set, or nothing is old enough (tether retention get).")
     return 0

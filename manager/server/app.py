@@ -50,6 +50,7 @@ from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.retention import PURGER, add_retention_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -63,6 +64,7 @@ from manager.keys.oidc_keys import OidcKeys
 from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
+from manager.retention.purge import Purger
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -127,6 +129,8 @@ class ManagerConfig:
     # The ``iss`` of task tokens and the base of their discovery URLs (manager.tasks.
     # id_tokens); None: the URL the manager listens on.
     oidc_issuer: str | None = None
+    # How often the retention purge runs (manager.retention); nothing goes unless set.
+    purge_interval: float = 3600.0
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -368,6 +372,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_directory_routes(table)
     add_delegate_routes(table)
     add_id_token_routes(table)
+    add_retention_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -430,6 +435,24 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
         clock=config.clock,
     )
+
+    async def purged(counts: dict[str, int]) -> object:
+        return await recorder.write(
+            SYSTEM,
+            Change(
+                "retention",
+                "retention",
+                "purge",
+                "purged " + ", ".join(f"{n} {kind}" for kind, n in counts.items()),
+                after=counts,
+            ),
+            resource_type="retention",
+            method="PURGE",
+            path="retention purge",
+            client_ip="local",
+        )
+
+    app[PURGER] = Purger(store, AuditKeys(master_key).current, purged, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -565,6 +588,7 @@ async def serve(
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(app[PURGER].run_forever(config.purge_interval), name="purge"),
         ]
         log.info(
             "manager listening",

@@ -141,6 +141,8 @@ MATRIX: dict[str, str] = {
     "GET /.well-known/openid-configuration": NONE,
     "GET /.well-known/jwks.json": NONE,
     "POST /api/v1/id-token": TASK,
+    "GET /api/v1/retention": "manage_governance",
+    "PUT /api/v1/retention": "manage_governance",
 }
 
 
