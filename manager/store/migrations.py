@@ -374,10 +374,13 @@ MIGRATIONS: list[Migration] = [
     (
         20,
         """
-        -- Retention (manager.retention): when a task's log lines were purged, its record
-        -- kept longer. No index: the purge walks tasks_app_env in bounded pages, and an
-        -- index here would cost every task insert.
-        ALTER TABLE tasks ADD COLUMN logs_purged_at {REAL};
+        -- Retention (manager.retention): the tasks whose log lines were purged, their
+        -- records kept longer. A table of its own, not a column of tasks: nothing on the
+        -- task path reads or writes it.
+        CREATE TABLE task_logs_purged (
+            task_id TEXT PRIMARY KEY,
+            purged_at {REAL} NOT NULL
+        );
         -- Signed checkpoints of the audit chain at each purge's cut (core.audit_checkpoint).
         CREATE TABLE audit_checkpoints (
             seq {BIGINT} PRIMARY KEY,

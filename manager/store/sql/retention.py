@@ -22,22 +22,27 @@ __all__ = ["RetentionQueries"]
 _FINISHED = frozenset({"succeeded", "failed", "cancelled", "timed_out", "expired"})
 
 _PAGE = (
-    "SELECT id, created_at, state, finished_at, logs_purged_at FROM tasks"
-    " WHERE {PLACE} AND created_at < :cutoff"
-    " AND (created_at > :after_ts OR (created_at = :after_ts AND id > :after_id))"
-    " ORDER BY created_at, id LIMIT :limit"
+    "SELECT t.id, t.created_at, t.state, t.finished_at, p.task_id AS purged FROM tasks t"
+    " LEFT JOIN task_logs_purged p ON p.task_id = t.id"
+    " WHERE {PLACE} AND t.created_at < :cutoff"
+    " AND (t.created_at > :after_ts OR (t.created_at = :after_ts AND t.id > :after_id))"
+    " ORDER BY t.created_at, t.id LIMIT :limit"
 )
-_IN_ENV = "app_id = :app_id AND env_id = :env_id"
-_NOWHERE = "app_id IS NULL AND env_id IS NULL"
+_IN_ENV = "t.app_id = :app_id AND t.env_id = :env_id"
+_NOWHERE = "t.app_id IS NULL AND t.env_id IS NULL"
 _DELETE_LOGS = (
     "DELETE FROM task_logs WHERE task_id = :task_id AND (attempt, seq) IN"
     " (SELECT attempt, seq FROM task_logs WHERE task_id = :task_id"
     " ORDER BY attempt, seq LIMIT :limit) RETURNING seq"
 )
+# Only for a finished task: one still running keeps writing lines.
 _LOGS_PURGED = (
-    "UPDATE tasks SET logs_purged_at = :now WHERE id = :task_id"
-    " AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired') RETURNING id"
+    "INSERT INTO task_logs_purged(task_id, purged_at) SELECT id, :now FROM tasks"
+    " WHERE id = :task_id"
+    " AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired')"
+    " ON CONFLICT (task_id) DO NOTHING RETURNING task_id"
 )
+_FORGET_PURGED = "DELETE FROM task_logs_purged WHERE task_id = :task_id RETURNING task_id"
 _DELETE_ATTEMPTS = "DELETE FROM task_attempts WHERE task_id = :task_id RETURNING attempt"
 _DELETE_TASK = (
     "DELETE FROM tasks WHERE id = :task_id"
@@ -84,7 +89,7 @@ class RetentionQueries(Statements, RetentionStore):
                 created_at=float(r["created_at"]),
                 finished=r["state"] in ("succeeded", "failed", "cancelled", "timed_out", "expired"),
                 finished_at=None if r["finished_at"] is None else float(r["finished_at"]),
-                logs_purged=r["logs_purged_at"] is not None,
+                logs_purged=r["purged"] is not None,
             )
             for r in await self._fetch(sql, params)
         ]
@@ -99,11 +104,12 @@ class RetentionQueries(Statements, RetentionStore):
         steps: list[Step] = []
         for task_id in task_ids:
             steps.append(Step(_DELETE_ATTEMPTS, {"task_id": task_id}))
+            steps.append(Step(_FORGET_PURGED, {"task_id": task_id}))
             steps.append(Step(_DELETE_TASK, {"task_id": task_id}))
         if not steps:
             return 0
         done = await self._write_together(steps, None)
-        return 0 if done is None else sum(len(rows) for rows in done[1::2])
+        return 0 if done is None else sum(len(rows) for rows in done[2::3])
 
     async def audit_checkpoints(self) -> list[AuditCheckpoint]:
         return [
