@@ -247,7 +247,8 @@ async def test_tokens_verify_across_a_rotation_trade_at_sts_and_die_with_the_tas
     assert (claims["task_id"], claims["attempt"], claims["delegate"]) == (ids[0], 1, "d1")
     assert claims["exp"] - claims["iat"] <= 600
     assert claims["nbf"] <= claims["iat"] < claims["exp"]
-    assert claims["submitter"] and claims["jti"]
+    assert claims["submitter"]
+    assert claims["jti"]
     # No audience, or a bad one: a 400 naming it; a made-up credential: 401.
     assert (await request_token(c, cred_a, ""))[0] == 400
     assert (await request_token(c, "tir1.x.1.nope", "a"))[0] == 401

@@ -102,7 +102,7 @@ async def places(store: Store) -> dict[str, tuple[str, str]]:
         (checkout, "staging", "non_production"),
         (billing, "prod", "production"),
     ):
-        env = await d.envs.insert(EnvBody(app_id=app.id, name=name, type=kind))  # type: ignore[arg-type]
+        env = await d.envs.insert(EnvBody(app_id=app.id, name=name, type=kind))
         out[f"{app.body.name}/{name}"] = (app.id, env.id)
     return out
 
@@ -124,7 +124,11 @@ async def test_nothing_goes_unless_a_retention_is_set(store: Store) -> None:
 
 async def test_rules_per_app_and_env_type_and_unfinished_tasks_stay(store: Store) -> None:
     where = await places(store)
-    prod, staging, billing = where["checkout/prod"], where["checkout/staging"], where["billing/prod"]
+    prod, staging, billing = (
+        where["checkout/prod"],
+        where["checkout/staging"],
+        where["billing/prod"],
+    )
     await finished(store, "t_prod_recent", days_ago=5, place=prod)
     await finished(store, "t_prod_old", days_ago=20, place=prod)
     await finished(store, "t_prod_failed", days_ago=20, place=prod, state=TaskState.FAILED)
@@ -158,7 +162,8 @@ async def test_rules_per_app_and_env_type_and_unfinished_tasks_stay(store: Store
     assert await store.get_task("t_prod_recent") is not None
     assert await lines_of(store, "t_prod_recent") == 0
     running = await store.get_task("t_prod_running")
-    assert running is not None and running.state is TaskState.RUNNING
+    assert running is not None
+    assert running.state is TaskState.RUNNING
     assert await lines_of(store, "t_prod_running") == 3
     for kept in ("t_billing", "t_loose"):
         assert await lines_of(store, kept) == 3
@@ -189,7 +194,8 @@ async def test_the_audit_trail_stays_verifiable_across_the_cut(store: Store) -> 
     assert (verified.broken, verified.checked, verified.head_seq) == (None, 10, 30)
     # Without the key the checkpoint is refused.
     broken = (await trail.verify(lambda _k: b"x" * 32)).broken
-    assert broken is not None and "bad signature" in broken.reason
+    assert broken is not None
+    assert "bad signature" in broken.reason
 
 
 async def _sql(store: Store, sql: str) -> None:

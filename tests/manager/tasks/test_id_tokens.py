@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import jwt
 import pytest
@@ -49,7 +50,8 @@ def _kids(jwks: dict[str, object]) -> list[str]:
 def test_the_credential_names_one_attempt_and_any_change_breaks_it() -> None:
     cred = request_credential(KEY, "tsk_abc", 3)
     found = parse_credential(KEY, cred)
-    assert found is not None and (found.task_id, found.attempt) == ("tsk_abc", 3)
+    assert found is not None
+    assert (found.task_id, found.attempt) == ("tsk_abc", 3)
     prefix, task_id, attempt, mac = cred.split(".")
     for forged in (
         f"{prefix}.tsk_abd.{attempt}.{mac}",
@@ -83,9 +85,11 @@ async def test_keys_are_sealed_and_a_rotation_keeps_the_old_key_published(store:
     token = await keys.sign({"sub": "x", "aud": "a"})
     first = jwt.get_unverified_header(token)["kid"]
     stored = await store.get_setting(OIDC_KEYS)
-    assert stored is not None and stored.startswith("sealed:")
+    assert stored is not None
+    assert stored.startswith("sealed:")
     # The private scalar is nowhere in the stored value, in clear or in base64.
-    assert '"d"' not in stored and b'"d"' not in base64.b64decode(stored[7:])
+    assert '"d"' not in stored
+    assert b'"d"' not in base64.b64decode(stored[7:])
     assert _kids(await keys.jwks()) == [first]
     # Another replica (another OidcKeys over the same store) signs with the same key.
     assert (
@@ -125,7 +129,7 @@ async def _place(store: Store) -> tuple[str, str]:
     return app.id, env.id
 
 
-async def _running(store: Store, task_id: str, attempt: int, **kw: object) -> None:
+async def _running(store: Store, task_id: str, attempt: int, **kw: Any) -> None:
     await store.insert_task(task(task_id, **kw), idempotency_window=WINDOW)
     for n in range(1, attempt + 1):
         updated = await store.update_task(
