@@ -15,7 +15,6 @@ import asyncio
 import json
 import ssl
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,16 @@ import aiohttp
 import boto3
 import jwt
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.delegate.secrets.conftest import Bao, _bao_server
+from tests.delegate.secrets.conftest import Bao
+from tests.e2e import test_secrets
 from tests.e2e.harness import BIN, WAIT, Cluster
 
 pytestmark = pytest.mark.timeout(180)
+
+# The real servers (fixtures), as the secret managers' end-to-end tests start them.
+bao = test_secrets.bao
+moto = test_secrets.moto
 
 PROD_SUB = "app:checkout:env:prod:task"
 PROD_SECRET = "prod-db-password-7f3a"
@@ -84,13 +87,13 @@ async def ok(c: Cluster, *args: str) -> str:
     return res.stdout
 
 
-async def checkout(c: Cluster) -> None:
+async def started(c: Cluster, tmp_path: Path) -> Path:
+    """A manager with checkout's prod and staging, a delegate, and the task's client."""
+    await c.start_manager()
     await ok(c, "app", "create", "checkout")
     await ok(c, "env", "create", "checkout", "prod", "--type", "production")
     await ok(c, "env", "create", "checkout", "staging", "--type", "non_production")
-
-
-def client_script(tmp_path: Path) -> Path:
+    await c.start_delegate("d1", "main")
     path = tmp_path / "idtoken_client.py"
     path.write_text(CLIENT)
     return path
@@ -128,27 +131,8 @@ def verify(c: Cluster, token: str, audience: str) -> dict[str, Any]:
     return claims
 
 
-@pytest.fixture
-def bao(tmp_path: Path) -> Iterator[Bao]:
-    home = tmp_path / "bao"
-    home.mkdir()
-    with _bao_server(home, tls=False) as server:
-        yield server
-
-
-@pytest.fixture
-def moto() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def configure_bao(bao: Bao, c: Cluster) -> None:
-    root = bao.client()
+def configure_bao(server: Bao, c: Cluster) -> None:
+    root = server.client()
     root.sys.enable_auth_method("jwt", path="jwt")
     config = {
         "jwks_url": f"{c.url}/.well-known/jwks.json",
@@ -177,11 +161,8 @@ async def test_a_prod_task_reads_its_secret_from_openbao_and_staging_is_refused(
     cluster: Cluster, bao: Bao, tmp_path: Path
 ) -> None:
     c = cluster
-    await c.start_manager()
-    await checkout(c)
-    await c.start_delegate("d1", "main")
+    script = await started(c, tmp_path)
     configure_bao(bao, c)
-    script = client_script(tmp_path)
 
     async def run(env: str) -> tuple[int, str]:
         res = await c.tether(
@@ -213,10 +194,7 @@ async def test_tokens_verify_across_a_rotation_trade_at_sts_and_die_with_the_tas
     cluster: Cluster, moto: str, tmp_path: Path
 ) -> None:
     c = cluster
-    await c.start_manager()
-    await checkout(c)
-    await c.start_delegate("d1", "main")
-    script = client_script(tmp_path)
+    script = await started(c, tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
