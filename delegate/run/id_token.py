@@ -27,8 +27,9 @@ __all__ = ["request_secret_env", "with_request_env"]
 
 def request_secret_env(acq: AcquireResponse, private_key: bytes) -> dict[str, str]:
     """The credential's variable (SealError when it does not open); nothing when the manager
-    sent none (an older manager)."""
-    if acq.id_token_request is None:
+    sent none (an older manager), or for a task that is not a shell script (only a process
+    has an environment to find it in)."""
+    if acq.id_token_request is None or not isinstance(acq.task.payload, ShellPayload):
         return {}
     credential = open_sealed(
         private_key, acq.id_token_request, context=request_context(acq.task.id, acq.attempt)

@@ -27,6 +27,11 @@ def test_the_credential_opens_for_its_own_attempt_only() -> None:
         request_secret_env(_acq(public, 3, 2), private)
     spec = TaskSpec(id="tsk_1", payload=ShellPayload(script="true"), timeout_s=5)
     assert request_secret_env(AcquireResponse(task=spec, attempt=1), private) == {}
+    # Only a process has an environment: an HTTP task is given nothing.
+    http = _acq(public, 2, 2).model_copy(
+        update={"task": TaskSpec(id="tsk_1", payload=HttpPayload(url="https://x"), timeout_s=5)}
+    )
+    assert request_secret_env(http, private) == {}
 
 
 def test_a_shell_task_gets_the_url_and_ca_and_keeps_its_own_env(tmp_path: Path) -> None:
