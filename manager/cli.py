@@ -24,8 +24,10 @@ from manager.client.cli.fleet import add_scope_arguments, token_request
 from manager.client.cli.output import scope_text
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
+from manager.host_commands import add_host_parsers, purge, rotate_oidc
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey, MasterKeyError
+from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.keys.signing import reseal
 from manager.records import TokenRecord
@@ -143,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
     )
+    s.add_argument(
+        "--oidc-issuer",
+        help="the iss of task tokens and base of their discovery URLs (default: the URL"
+        " the manager listens on; docs/secrets.md)",
+    )
 
     c = s.add_argument_group("connections (docs/operations.md)")
     defaults = ConnectionLimits()
@@ -198,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="turn the IP allowlist off: the way back in after a lock-out",
     )
+    add_host_parsers(sub, ksub, common)
     _service_parsers(sub)
     return p
 
@@ -454,6 +462,8 @@ def _keys(data_dir: Path, args: argparse.Namespace) -> int:
             return _list_keys(key, args.output)
         if _no_store(data_dir, args):
             return EXIT_USAGE
+        if args.keys_command == "rotate-oidc":
+            return run(rotate_oidc(data_dir, _database(args), key))
         return run(_rotate(key, data_dir, args))
     except MasterKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -491,6 +501,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
             report = await rewrap_builtin(store, key)
             # The signing keys kept in the store follow the master key too.
             resealed = await reseal(store, key)
+            if await OidcKeys(store, key).reseal():
+                resealed.append(OIDC_KEYS)
         except StoreError as exc:
             print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
             print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
@@ -612,6 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("error: --time-scale must be positive", file=sys.stderr)
                 return EXIT_USAGE
             host, port = args.listen
+            issuer = args.oidc_issuer
+            if issuer is not None and (not issuer.startswith("https://") or "?" in issuer):
+                print("error: --oidc-issuer takes an https:// URL", file=sys.stderr)
+                return EXIT_USAGE
             config = ManagerConfig(
                 data_dir=data_dir,
                 host=host,
@@ -622,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 database=_database(args),
                 masker=masker,
                 connections=limits,
+                oidc_issuer=None if issuer is None else issuer.rstrip("/"),
             )
             return run(_serve_notified(config))
         if args.command == "migrate":
@@ -632,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(_allowlist_disable(data_dir, args))
         if args.command == "keys":
             return _keys(data_dir, args)
+        if args.command == "purge":
+            return run(purge(data_dir, database, dry_run=args.dry_run))
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.api.id_tokens import ID_TOKENS
 from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord
 from manager.tasks.hub import Session
@@ -271,7 +272,10 @@ async def acquire(request: web.Request) -> web.Response:
     key = request.query.get("key")
     if key is not None and not ACQUIRE_KEY.fullmatch(key):
         raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
-    return json_response(await c.tasks.acquire(session, request.match_info["task_id"], key))
+    handed = await c.tasks.acquire(session, request.match_info["task_id"], key)
+    # The attempt's workload-identity request credential, sealed to this delegate.
+    handed = request.app[ID_TOKENS].attach(handed, session.delegate.public_key)
+    return json_response(handed)
 
 
 async def post_logs(request: web.Request) -> web.Response:

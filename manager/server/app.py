@@ -46,9 +46,11 @@ from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.retention import PURGER, add_retention_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -58,9 +60,11 @@ from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
-from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
+from manager.keys.oidc_keys import OidcKeys
+from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
+from manager.retention.purge import Purger
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -82,6 +86,7 @@ from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
+from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
 from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
@@ -121,6 +126,11 @@ class ManagerConfig:
     passwords: Passwords | None = None
     # Header and idle timeouts, the cap on unauthenticated connections, the fd-limit watch.
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The ``iss`` of task tokens and the base of their discovery URLs (manager.tasks.
+    # id_tokens); None: the URL the manager listens on.
+    oidc_issuer: str | None = None
+    # How often the retention purge runs (manager.retention); nothing goes unless set.
+    purge_interval: float = 3600.0
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -361,6 +371,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_id_token_routes(table)
+    add_retention_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -416,6 +428,31 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         )
 
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
+    app[ID_TOKENS] = IdTokens(
+        store,
+        OidcKeys(store, master_key, config.clock),
+        request_key=await signing_key(store, master_key, ID_TOKEN_REQUEST_KEY),
+        issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
+        clock=config.clock,
+    )
+
+    async def purged(counts: dict[str, int]) -> object:
+        return await recorder.write(
+            SYSTEM,
+            Change(
+                "retention",
+                "retention",
+                "purge",
+                "purged " + ", ".join(f"{n} {kind}" for kind, n in counts.items()),
+                after=counts,
+            ),
+            resource_type="retention",
+            method="PURGE",
+            path="retention purge",
+            client_ip="local",
+        )
+
+    app[PURGER] = Purger(store, AuditKeys(master_key).current, purged, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -543,12 +580,15 @@ async def serve(
         await site.start()
         port = sock.getsockname()[1]
         url = f"https://{_url_host(config.host)}:{port}"
+        if config.oidc_issuer is None:
+            app[ID_TOKENS].issuer = url
         background = [
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(app[PURGER].run_forever(config.purge_interval), name="purge"),
         ]
         log.info(
             "manager listening",
