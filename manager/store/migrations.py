@@ -372,7 +372,7 @@ MIGRATIONS: list[Migration] = [
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
     (
-        20,
+        17,
         """
         -- Retention (manager.retention): the tasks whose log lines were purged, their
         -- records kept longer. A table of its own, not a column of tasks: nothing on the
