@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from shared.sealing import (
     public_from_private,
     public_key_b64,
 )
+from shared.startup import debug_wanted, report_unexpected
 from shared.tls import client_context
 
 __all__ = ["main"]
@@ -57,8 +59,11 @@ log = structlog.get_logger("tether.delegate")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-delegate", description="The Tether delegate.")
     p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    debug_help = "show the traceback of an unexpected error ($TETHER_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="connect to the manager and run tasks")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     r.add_argument("--config", type=Path, help="YAML file of settings (lowest precedence)")
     r.add_argument("--manager-url", help="https://HOST:PORT ($TETHER_MANAGER_URL)")
     r.add_argument("--token", help="delegate token ($TETHER_TOKEN); prefer --token-file")
@@ -300,9 +305,13 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
         instance=secrets.token_hex(8),
         isolation="shared_user" if switcher is None else "task_users",
     )
-    ssl_ctx = client_context(
-        config.ca_file, client_cert=config.client_cert, client_key=config.client_key
-    )
+    try:
+        ssl_ctx = client_context(
+            config.ca_file, client_cert=config.client_cert, client_key=config.client_key
+        )
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        print(f"error: {tls_problem(config)}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     stop = asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -432,6 +441,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:
+        report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
+        return EXIT_FAILED
+
+
+def tls_problem(config: DelegateConfig) -> str:
+    """What failed when the TLS files would not load, naming them and their flags."""
+    if config.client_cert is not None:
+        return (
+            f"cannot load the CA file {config.ca_file or '(system store)'} (--ca-file) or the"
+            f" client certificate {config.client_cert} and key {config.client_key}"
+            " (--client-cert, --client-key)"
+        )
+    return f"cannot load the CA file {config.ca_file} (check --ca-file: PEM certificates)"
 
 
 if __name__ == "__main__":

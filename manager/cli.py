@@ -43,6 +43,7 @@ from shared.datadir import DataDirError
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
+from shared.startup import ConfigProblem, debug_wanted, report_unexpected
 
 __all__ = ["main"]
 
@@ -110,7 +111,11 @@ _CONNECTION_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-manager", description="The Tether manager server.")
     p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    debug_help = "show the traceback of an unexpected error ($TETHER_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
     common = argparse.ArgumentParser(add_help=False)
+    # Also after the command (`serve --debug`); SUPPRESS keeps the top-level one's value.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     common.add_argument(
         "--data-dir",
         type=Path,
@@ -635,14 +640,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
-    except (DataDirError, MasterKeyError, SchemaTooNew) as exc:
-        # A data dir or a master key this process cannot use as it is, or a downgrade (the
-        # wrong release, refused before any write): configuration, not to be retried.
+    except (ConfigProblem, DataDirError, MasterKeyError, SchemaTooNew) as exc:
+        # A certificate, an address or a master key this process cannot use as it is, or a
+        # downgrade (the wrong release, refused before any write): configuration, not to be
+        # retried (systemd's RestartPreventExitStatus=2).
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, StoreError) as exc:
         structlog.get_logger("tether.manager").error("manager failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
         return EXIT_FAILED
 
 

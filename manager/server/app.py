@@ -91,6 +91,7 @@ from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.repeats import RepeatedErrors
+from shared.startup import listen_problem, load_server_tls
 from shared.tls import ensure_manager_certificates, server_context
 
 __all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
@@ -519,7 +520,7 @@ async def serve(
     systemd watchdog)."""
     secure_data_dir(config.data_dir)
     if config.tls_cert and config.tls_key:
-        ssl_ctx = server_context(config.tls_cert, config.tls_key)
+        ssl_ctx = load_server_tls(config.tls_cert, config.tls_key)
         ca_file: Path | None = None
     else:
         paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
@@ -586,9 +587,13 @@ async def _wait_for_signal() -> None:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise listen_problem(host, port, exc) from None
     sock.setblocking(False)
     return sock
 
