@@ -120,9 +120,9 @@ def test_the_wheel_and_sdist_carry_the_license_classifiers_and_extras(dist: Path
         (license_name,) = [n for n in names if n.endswith("/licenses/LICENSE")]
         assert wheel.read(license_name) == (ROOT / "LICENSE").read_bytes()
     assert meta["License-Expression"] == "Apache-2.0"
-    assert "Programming Language :: Python :: 3.11" in meta.get_all("Classifier")
+    assert "Programming Language :: Python :: 3.11" in (meta.get_all("Classifier") or [])
     assert {"aws", "gcp", "azure", "vault", "saml", "verify", "all"} <= set(
-        meta.get_all("Provides-Extra")
+        meta.get_all("Provides-Extra") or []
     )
     with tarfile.open(only(dist, "*.tar.gz")) as sdist:
         assert any(m.name.endswith("/LICENSE") for m in sdist.getmembers())
