@@ -44,6 +44,7 @@ from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
 from shared.startup import ConfigProblem, debug_wanted, report_unexpected
+from shared.tls import san_problem
 
 __all__ = ["main"]
 
@@ -143,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: self-made")
     s.add_argument("--tls-key", type=Path, help="server key (PEM)")
     s.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address the self-made certificate also names (repeat); the"
+        " name clients and delegates connect to, e.g. manager.example.com",
+    )
+    s.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
@@ -223,12 +232,22 @@ def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     i.add_argument("--data-dir", default="/var/lib/tether", help="a directory in /var/lib")
     i.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: self-made")
     i.add_argument("--tls-key", type=Path, help="server key (PEM)")
+    i.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the self-made certificate also carries (repeat)",
+    )
     i.add_argument("--executable", help="path systemd starts (default: this installation's)")
     u = sub.add_parser("uninstall-service", help="stop the service and remove its unit")
     u.add_argument("--root", type=Path, help="remove the files under DIR; run no systemctl")
 
 
 def _service(args: argparse.Namespace) -> int:
+    if args.command == "install-service" and (problem := san_problem(args.tls_san)):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "uninstall-service":
             removal = svc.manager_removal()
@@ -243,6 +262,7 @@ def _service(args: argparse.Namespace) -> int:
             data_dir=PurePosixPath(args.data_dir),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_names=args.tls_san,
         )
         for path in svc.install(plan, args.root):
             print(f"wrote {path}")
@@ -613,6 +633,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if bool(args.tls_cert) != bool(args.tls_key):
                 print("error: --tls-cert and --tls-key go together", file=sys.stderr)
                 return EXIT_USAGE
+            if args.tls_san and args.tls_cert:
+                print(
+                    "error: --tls-san names the self-made certificate; with --tls-cert, put"
+                    " the name in your certificate",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            if problem := san_problem(args.tls_san):
+                print(f"error: {problem}", file=sys.stderr)
+                return EXIT_USAGE
             if args.time_scale <= 0:
                 print("error: --time-scale must be positive", file=sys.stderr)
                 return EXIT_USAGE
@@ -623,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=port,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                tls_names=tuple(args.tls_san),
                 timings=Timings().scaled(args.time_scale),
                 database=_database(args),
                 masker=masker,

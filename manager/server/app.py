@@ -109,6 +109,8 @@ class ManagerConfig:
     port: int = 8443
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Names the self-made certificate carries besides the defaults (--tls-san).
+    tls_names: tuple[str, ...] = ()
     timings: Timings = field(default_factory=Timings)
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
@@ -523,7 +525,9 @@ async def serve(
         ssl_ctx = load_server_tls(config.tls_cert, config.tls_key)
         ca_file: Path | None = None
     else:
-        paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
+        paths = ensure_manager_certificates(
+            config.data_dir / "tls", [config.host, *config.tls_names]
+        )
         ssl_ctx = server_context(paths.server_cert, paths.server_key)
         ca_file = paths.ca_cert
     store = open_store(config.data_dir, config.database)
