@@ -29,9 +29,10 @@ from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.keys.signing import reseal
 from manager.records import TokenRecord
-from manager.server.app import ManagerConfig, open_store, serve
+from manager.server.app import ADMIN_KEY_FILE, ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.server.connections import ConnectionLimits
+from manager.server.first_start import FirstStart, first_start_text
 from manager.store.base import Store, StoreError
 from manager.store.migrations import SchemaTooNew
 from manager.store.postgres import PostgresStore
@@ -275,15 +276,20 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_notified(config: ManagerConfig) -> int:
+async def _serve_notified(
+    config: ManagerConfig, first_start: Callable[[str], str] | None = None
+) -> int:
     """serve(), telling systemd: READY once listening, the watchdog fed from the event loop
-    while serving, STOPPING on the way out."""
+    while serving, STOPPING on the way out. ``first_start``, on a new data dir, gives the
+    lines to paste for the URL served."""
     watchdog: asyncio.Task[None] | None = None
 
     def ready(url: str, alive: Callable[[], bool]) -> None:
         nonlocal watchdog
         # One plain line on stdout, for people and for scripts that wait for it.
         print(f"tether-manager listening on {url}", flush=True)
+        if first_start is not None:
+            print(first_start(url), flush=True)
         sdnotify.ready(f"listening on {url}")
         watchdog = sdnotify.start_watchdog(alive)
 
@@ -292,6 +298,22 @@ async def _serve_notified(config: ManagerConfig) -> int:
     finally:
         sdnotify.stopping()
         await sdnotify.stop_watchdog(watchdog)
+
+
+def _first_start(config: ManagerConfig, args: argparse.Namespace) -> Callable[[str], str] | None:
+    """The first-start text's maker when this data dir has never served (no admin key yet)."""
+    if (config.data_dir / ADMIN_KEY_FILE).exists():
+        return None
+    own_cert = config.tls_cert is not None
+    return lambda url: first_start_text(
+        FirstStart(
+            url=url,
+            data_dir=config.data_dir,
+            ca_file=None if own_cert else config.data_dir / "tls" / "ca.pem",
+            tls_names=config.tls_names,
+            postgres=config.database is not None,
+        )
+    )
 
 
 async def _migrate(data_dir: Path, args: argparse.Namespace) -> int:
@@ -659,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 masker=masker,
                 connections=limits,
             )
-            return run(_serve_notified(config))
+            return run(_serve_notified(config, _first_start(config, args)))
         if args.command == "migrate":
             return run(_migrate(data_dir, args))
         if args.command == "backup":
