@@ -24,6 +24,7 @@ import structlog
 
 from delegate.agent import Agent
 from delegate.config import DEFAULT_TASK_USER_PREFIX, ConfigError, DelegateConfig, resolve
+from delegate.doctor import run_doctor
 from delegate.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from delegate.link.api import ManagerApi
 from delegate.link.policy import LinkPolicy
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     debug_help = "show the traceback of an unexpected error ($TETHER_DEBUG=1)"
     p.add_argument("--debug", action="store_true", help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="connect to the manager and run tasks")
+    # The settings, shared by run and doctor (which checks the delegate run would be).
+    r = argparse.ArgumentParser(add_help=False)
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     r.add_argument("--config", type=Path, help="YAML file of settings (lowest precedence)")
     r.add_argument("--manager-url", help="https://HOST:PORT ($TETHER_MANAGER_URL)")
@@ -119,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir",
         help="where tasks' private directories are made ($TETHER_WORK_DIR; default: next"
         " to the data dir, DATA_DIR-tasks)",
+    )
+    sub.add_parser("run", parents=[r], help="connect to the manager and run tasks")
+    sub.add_parser(
+        "doctor",
+        parents=[r],
+        help="check DNS, proxy, TLS, clock, token, secret managers, isolation and spool;"
+        " one line each, exit 1 on a failure",
     )
     _service_parsers(sub)
     return p
@@ -382,7 +391,7 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command != "run":
+    if args.command not in ("run", "doctor"):
         return _service(args)
     flags = {
         "manager_url": args.manager_url,
@@ -409,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "doctor":
+        return _doctor(config)
     # The token is a secret of this process: it never shows in its own log output.
     masker = Masker([config.token])
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
@@ -444,6 +455,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
         return EXIT_FAILED
+
+
+def _doctor(config: DelegateConfig) -> int:
+    def task_users() -> list[str] | None:
+        switcher = _switcher(config)
+        return None if switcher is None else [u.name for u in switcher.users]
+
+    # Quiet logs: the doctor's lines are the output.
+    configure_logging(level="error", json_output=False)
+    return run(run_doctor(config, task_users), prefer_uvloop=False)
 
 
 def tls_problem(config: DelegateConfig) -> str:

@@ -40,6 +40,7 @@ from manager.api.audit import add_audit_routes
 from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
+from manager.api.delegate_check import add_delegate_check_routes
 from manager.api.delegate_plane import add_delegate_routes
 from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
@@ -364,6 +365,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_delegate_check_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
