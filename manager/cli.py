@@ -38,6 +38,7 @@ from manager.store.migrations import SchemaTooNew
 from manager.store.postgres import PostgresStore
 from manager.store.upgrade import migration_plan
 from manager.tasks.bus import CHANNEL as BUS_CHANNEL
+from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.datadir import DataDirError
@@ -151,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name or IP address the self-made certificate also names (repeat); the"
         " name clients and delegates connect to, e.g. manager.example.com",
+    )
+    s.add_argument(
+        "--prune-delegates-after",
+        type=float,
+        default=DEFAULT_PRUNE_AFTER / 86400,
+        metavar="DAYS",
+        help="delete delegates not heard for this long, each with an audit event; 0: never"
+        " (default %(default)g)",
     )
     s.add_argument(
         "--time-scale",
@@ -668,6 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.time_scale <= 0:
                 print("error: --time-scale must be positive", file=sys.stderr)
                 return EXIT_USAGE
+            if not 0 <= args.prune_delegates_after < float("inf"):
+                print(
+                    "error: --prune-delegates-after takes days, 0 (never) or more",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
             host, port = args.listen
             config = ManagerConfig(
                 data_dir=data_dir,
@@ -676,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
                 tls_names=tuple(args.tls_san),
+                prune_delegates_after=args.prune_delegates_after * 86400,
                 timings=Timings().scaled(args.time_scale),
                 database=_database(args),
                 masker=masker,

@@ -73,6 +73,7 @@ from manager.server.connections import (
     GuardedSite,
     credential_accepted,
 )
+from manager.server.housekeeping import PRUNER, pruner
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -84,6 +85,7 @@ from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
+from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared import __version__
@@ -112,6 +114,8 @@ class ManagerConfig:
     tls_key: Path | None = None
     # Names the self-made certificate carries besides the defaults (--tls-san).
     tls_names: tuple[str, ...] = ()
+    # Delegates not heard for this long are deleted (manager.tasks.prune); 0: never.
+    prune_delegates_after: float = DEFAULT_PRUNE_AFTER
     timings: Timings = field(default_factory=Timings)
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
@@ -421,6 +425,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         )
 
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
+    app[PRUNER] = pruner(config.prune_delegates_after, c, recorder)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -556,6 +561,7 @@ async def serve(
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(app[PRUNER].run_forever(), name="prune-delegates"),
         ]
         log.info(
             "manager listening",
