@@ -32,6 +32,7 @@ from manager.records import TokenRecord
 from manager.server.app import ADMIN_KEY_FILE, ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.server.connections import ConnectionLimits
+from manager.server.dev import DevError, run_dev
 from manager.server.first_start import FirstStart, first_start_text
 from manager.store.base import Store, StoreError
 from manager.store.migrations import SchemaTooNew
@@ -181,6 +182,15 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{text} (default {default:g})",
         )
 
+    d = sub.add_parser(
+        "dev",
+        help="a throwaway manager and one delegate in a temporary dir, removed on Ctrl-C",
+    )
+    d.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", type=_listen)
+    d.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    d.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
     m = sub.add_parser("migrate", parents=[common], help="apply pending store migrations and exit")
     m.add_argument(
         "--dry-run", action="store_true", help="list the migrations that would run; change nothing"
@@ -307,6 +317,16 @@ async def _serve_notified(
     finally:
         sdnotify.stopping()
         await sdnotify.stop_watchdog(watchdog)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return run(run_dev(listen, args.time_scale, args.log_format), prefer_uvloop=False)
+    except DevError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _first_start(config: ManagerConfig, args: argparse.Namespace) -> Callable[[str], str] | None:
@@ -642,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install-service", "uninstall-service"):
         return _service(args)
+    if args.command == "dev":
+        return _dev(args)
     # What this process writes (store, keys, TLS, backups) is for this user alone; the
     # systemd unit sets the same (UMask=0077), this covers a manager started by hand.
     os.umask(0o077)
