@@ -11,11 +11,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from manager.access.places import places
-from manager.access.session_signer import bearer
 from manager.access.tokens import scope_view
-from manager.api.context import ctx
+from manager.api.delegate_plane import presented_token
 from manager.api.guards import ACCESS
-from manager.api.http import ApiProblem, Route, RouteTable, json_response
+from manager.api.http import Route, RouteTable, json_response
 from manager.core.eligibility import DelegateScope
 from manager.schemas.tasks import TokenView
 
@@ -23,15 +22,7 @@ __all__ = ["add_delegate_check_routes"]
 
 
 async def token_info(request: web.Request) -> web.Response:
-    c = ctx(request)
-    token = bearer(request.headers.get("Authorization"))
-    if token is None:
-        raise ApiProblem(401, "unauthenticated", "missing delegate token")
-    record = await c.delegate_tokens.by_token(token)
-    if record is None:
-        raise ApiProblem(401, "invalid_token", "the delegate token is not known to this manager")
-    if record.revoked_at is not None:
-        raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
+    record = await presented_token(request)
     where = await places(request.app[ACCESS].directory)
     return json_response(
         TokenView(
