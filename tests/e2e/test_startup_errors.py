@@ -129,3 +129,26 @@ async def test_a_delegate_names_a_missing_ca_file_and_a_bad_setting(tmp_path: Pa
         2,
         ["error: max tasks must be between 1 and 1000 (got 0); check --max-tasks"],
     )
+
+
+async def test_an_unexpected_error_is_one_line_and_debug_adds_the_traceback(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    store = data / "tether.db"
+    store.write_bytes(b"not a database, " * 400)
+    store.chmod(0o600)
+    argv = [str(BIN / "tether-manager"), "token", "list", "--data-dir", str(data)]
+    code, lines = await _fails(argv)
+    assert (code, lines) == (
+        1,
+        [
+            "error: DatabaseError: file is not a database"
+            " (run tether-manager with --debug for the traceback)"
+        ],
+    )
+    debug = await Proc("debug", [argv[0], "--debug", *argv[1:]]).start()
+    assert await debug.wait_exit() == 1
+    assert debug.stderr[0] == "Traceback (most recent call last):"
+    assert debug.stderr[-1] == "error: DatabaseError: file is not a database"
