@@ -407,3 +407,20 @@ def test_the_schema_check_fails_on_a_misspelt_field() -> None:
     pod_spec(broken)["securityContext"]["fsGroupChangePolicyy"] = "OnRootMismatch"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.30.0", strict=True)
+
+
+def test_the_delegate_docker_run_example_mounts_the_ca_it_names() -> None:
+    comment = " ".join(
+        line.lstrip("# ").rstrip("\\ ")
+        for line in (DOCKER / "Dockerfile.delegate").read_text().splitlines()
+        if line.startswith("#")
+    )
+    run = comment[
+        comment.index("docker run") : comment.index("tether-delegate", comment.index("docker run"))
+    ]
+    ca = re.search(r"-e TETHER_CA_FILE=(\S+)", run)
+    assert ca is not None
+    assert f":{ca.group(1)}:ro" in run
+    token = re.search(r"-e TETHER_TOKEN_FILE=(\S+)", run)
+    assert token is not None
+    assert f":{token.group(1)}:ro" in run
