@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,7 +34,15 @@ MANAGER_PORT = ManagerConfig(data_dir=Path()).port
 MANAGER_ENV = {"TETHER_DATA_DIR"}
 DELEGATE_ENV = set(ENV.values())
 # What an image is built from: the sources and the hash-pinned lock.
-BUILD_SOURCES = {"pyproject.toml", "README.md", "requirements", "shared", "manager", "delegate"}
+BUILD_SOURCES = {
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "requirements",
+    "shared",
+    "manager",
+    "delegate",
+}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -424,3 +433,18 @@ def test_the_delegate_docker_run_example_mounts_the_ca_it_names() -> None:
     token = re.search(r"-e TETHER_TOKEN_FILE=(\S+)", run)
     assert token is not None
     assert f":{token.group(1)}:ro" in run
+
+
+def test_the_build_context_holds_the_license_files_the_wheel_needs() -> None:
+    """setuptools refuses to build when a ``license-files`` entry matches nothing."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for name in DOCKERFILES:
+        copied = {
+            source
+            for word, args in instructions(DOCKER / name)
+            if word == "COPY" and "--from=" not in args
+            for source in args.split()[:-1]
+        }
+        for pattern in project["license-files"]:
+            assert pattern in BUILD_SOURCES
+            assert pattern in copied, name
