@@ -131,6 +131,7 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/auth/sso/link": SELF,
     "POST /api/v1/auth/logout": SELF,
     "POST /api/v1/delegate/register": DELEGATE,
+    "GET /api/v1/delegate/token": DELEGATE,
     "GET /api/v1/delegate/stream": DELEGATE,
     "POST /api/v1/delegate/heartbeat": DELEGATE,
     "GET /api/v1/delegate/tasks/next": DELEGATE,
