@@ -670,6 +670,24 @@ async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``serve``'s flags among themselves, before anything is set up."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if args.tls_san and args.tls_cert:
+        return (
+            "--tls-san names the self-made certificate; with --tls-cert, put the name in"
+            " your certificate"
+        )
+    if problem := san_problem(args.tls_san):
+        return problem
+    if args.time_scale <= 0:
+        return "--time-scale must be positive"
+    if not 0 <= args.prune_delegates_after < float("inf"):
+        return "--prune-delegates-after takes days, 0 (never) or more"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install-service", "uninstall-service"):
@@ -689,34 +707,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         # Before logging is set up: a usage error changes nothing of the process.
         limits = ConnectionLimits(**{f: getattr(args, f) for f, *_ in _CONNECTION_FLAGS})
-        if problem := limits.problem():
+        if problem := limits.problem() or _serve_usage_problem(args):
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
     masker = configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
-            if bool(args.tls_cert) != bool(args.tls_key):
-                print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-                return EXIT_USAGE
-            if args.tls_san and args.tls_cert:
-                print(
-                    "error: --tls-san names the self-made certificate; with --tls-cert, put"
-                    " the name in your certificate",
-                    file=sys.stderr,
-                )
-                return EXIT_USAGE
-            if problem := san_problem(args.tls_san):
-                print(f"error: {problem}", file=sys.stderr)
-                return EXIT_USAGE
-            if args.time_scale <= 0:
-                print("error: --time-scale must be positive", file=sys.stderr)
-                return EXIT_USAGE
-            if not 0 <= args.prune_delegates_after < float("inf"):
-                print(
-                    "error: --prune-delegates-after takes days, 0 (never) or more",
-                    file=sys.stderr,
-                )
-                return EXIT_USAGE
             host, port = args.listen
             issuer = args.oidc_issuer
             if issuer is not None and (not issuer.startswith("https://") or "?" in issuer):
