@@ -21,7 +21,9 @@ async def create_freeze(request: web.Request) -> web.Response:
 
     def created(e: Entity[FreezeBody]) -> Change:
         view = freezes.view(e).model_dump(mode="json", exclude={"active_until"})
-        return Change(e.id, e.body.name, "create", f"created freeze window {e.body.name}", after=view)
+        return Change(
+            e.id, e.body.name, "create", f"created freeze window {e.body.name}", after=view
+        )
 
     made = await freezes.create(
         req, principal_of(request).actor.id, audit=in_transaction(request, created)
@@ -31,7 +33,7 @@ async def create_freeze(request: web.Request) -> web.Response:
 
 async def list_freezes(request: web.Request) -> web.Response:
     freezes = services(request).freezes
-    return json_response(FreezeList(freezes=[freezes.view(e) for e in await freezes.list()]))
+    return json_response(FreezeList(freezes=[freezes.view(e) for e in await freezes.all()]))
 
 
 async def delete_freeze(request: web.Request) -> web.Response:
@@ -40,7 +42,9 @@ async def delete_freeze(request: web.Request) -> web.Response:
 
     def deleted(e: Entity[FreezeBody]) -> Change:
         view = freezes.view(e).model_dump(mode="json", exclude={"active_until"})
-        return Change(e.id, e.body.name, "delete", f"deleted freeze window {e.body.name}", before=view)
+        return Change(
+            e.id, e.body.name, "delete", f"deleted freeze window {e.body.name}", before=view
+        )
 
     await freezes.delete(name, audit=in_transaction(request, deleted))
     return web.Response(status=204)

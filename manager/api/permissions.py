@@ -121,6 +121,22 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/totp/confirm"): "self",
     ("POST", "/api/v1/auth/totp/verify"): "self",
     ("POST", "/api/v1/auth/sso/link"): "self",
+    # issue 18: freeze windows (governance), incoming webhooks, incidents
+    ("POST", "/api/v1/freezes"): "manage_governance",
+    ("GET", "/api/v1/freezes"): "authenticated",
+    ("DELETE", "/api/v1/freezes/{name}"): "manage_governance",
+    ("POST", "/api/v1/webhooks"): "manage_webhooks",
+    ("GET", "/api/v1/webhooks"): "manage_webhooks",
+    ("GET", "/api/v1/webhooks/{name}"): "manage_webhooks",
+    ("DELETE", "/api/v1/webhooks/{name}"): "manage_webhooks",
+    ("POST", "/api/v1/webhooks/{name}/rotate-secret"): "manage_webhooks",
+    ("GET", "/api/v1/incidents"): "manage_incidents",
+    ("GET", "/api/v1/incidents/{incident_id}"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/ack"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/resolve"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/notes"): "manage_incidents",
+    ("GET", "/api/v1/incident-retention"): "manage_incidents",
+    ("PUT", "/api/v1/incident-retention"): "manage_governance",
 }
 
 

@@ -90,25 +90,25 @@ def verify(
         delivery, bad = _delivery_id(headers, "X-Tether-Delivery")
         return Verdict(bad, delivery)
     if auth == "github":
-        given = _header(headers, "X-Hub-Signature-256")
-        if given is None:
+        hub = _header(headers, "X-Hub-Signature-256")
+        if hub is None:
             return Verdict("missing X-Hub-Signature-256")
-        if not _same(given.strip(), github_signature(secret, body)):
+        if not _same(hub.strip(), github_signature(secret, body)):
             return Verdict("bad signature")
         delivery, bad = _delivery_id(headers, "X-GitHub-Delivery")
         if bad is None and delivery is None:
             bad = "missing X-GitHub-Delivery"
         return Verdict(bad, delivery)
-    stamp = _header(headers, "X-Tether-Timestamp")
-    given = _header(headers, "X-Tether-Signature")
-    if stamp is None or given is None:
+    raw_stamp = _header(headers, "X-Tether-Timestamp")
+    signature = _header(headers, "X-Tether-Signature")
+    if raw_stamp is None or signature is None:
         return Verdict("missing X-Tether-Timestamp or X-Tether-Signature")
-    stamp = stamp.strip()
+    stamp = raw_stamp.strip()
     if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         return Verdict("malformed X-Tether-Timestamp")
     # The MAC first: an unsigned timestamp tells nothing, and a stale one is judged only
     # once it is known to be the sender's.
-    if not _same(given.strip(), sign(secret, stamp, body)):
+    if not _same(signature.strip(), sign(secret, stamp, body)):
         return Verdict("bad signature")
     if abs(now - int(stamp)) > WINDOW_S:
         return Verdict("timestamp outside the 5-minute window")

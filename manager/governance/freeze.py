@@ -109,7 +109,7 @@ class Freezes:
             **b.model_dump(),
         )
 
-    async def list(self) -> list[Entity[FreezeBody]]:
+    async def all(self) -> list[Entity[FreezeBody]]:
         return await self.kind.list()
 
     async def get(self, name: str) -> Entity[FreezeBody]:
@@ -172,7 +172,7 @@ class Freezes:
                 e.body.schedule(),
                 FreezeScope(tuple(e.body.apps), tuple(e.body.envs), tuple(e.body.env_types)),
             )
-            for e in await self.list()
+            for e in await self.all()
         ]
 
 

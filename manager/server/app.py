@@ -44,8 +44,10 @@ from manager.api.delegate_plane import add_delegate_routes
 from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
+from manager.api.freezes import add_freeze_routes
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.incidents import add_incident_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
@@ -53,6 +55,7 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.api.webhooks import add_webhook_routes
 from manager.audit.trail import AuditTrail
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
@@ -72,6 +75,7 @@ from manager.server.connections import (
     GuardedSite,
     credential_accepted,
 )
+from manager.server.incident_wiring import install_incident_services, retention_loop
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -361,6 +365,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_freeze_routes(table)
+    add_webhook_routes(table)
+    add_incident_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -386,6 +393,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
+    install_incident_services(app, store, master_key, secrets, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)
@@ -549,6 +557,7 @@ async def serve(
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(retention_loop(app, config.clock), name="incident-retention"),
         ]
         log.info(
             "manager listening",

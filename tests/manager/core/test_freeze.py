@@ -142,7 +142,9 @@ def test_bad_schedules_are_named(schedule: Schedule, message: str) -> None:
 
 
 def test_scope_and_order() -> None:
-    prod = FreezeWindow("f1", "prod", Schedule(start=0, end=100), FreezeScope(env_types=("production",)))
+    prod = FreezeWindow(
+        "f1", "prod", Schedule(start=0, end=100), FreezeScope(env_types=("production",))
+    )
     app = FreezeWindow("f2", "app", Schedule(start=0, end=50), FreezeScope(apps=("app_a",)))
     everything = FreezeWindow("f3", "all", Schedule(start=0, end=10))
     got = freezing([app, prod, everything], 5, app_id="app_a", env_id="e", env_type="production")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manager.core.hookmap import MappingError, extract, map_inputs, parse_path
+from manager.core.hookmap import MappingError, extract, map_inputs
 
 ALERTMANAGER = {
     "groupKey": '{}:{alertname="HighLoad"}',
@@ -27,7 +27,10 @@ ALERTMANAGER = {
         ({"alert": "/alerts/0/labels/alertname"}, {"alert": "HighLoad"}),
         ({"sev": "commonLabels.severity"}, {"sev": "critical"}),
         ({"x": "/commonLabels/a~1b"}, {"x": "slash"}),
-        ({"v": "alerts[0].value", "n": "truncatedAlerts", "b": "ok"}, {"v": "3.5", "n": "0", "b": "true"}),
+        (
+            {"v": "alerts[0].value", "n": "truncatedAlerts", "b": "ok"},
+            {"v": "3.5", "n": "0", "b": "true"},
+        ),
         ({"missing": "alerts[3].labels.alertname", "gone": "nope.nope"}, {}),
     ],
 )
@@ -55,7 +58,9 @@ def test_a_value_is_never_interpreted() -> None:
     assert map_inputs(payload, {"c": "cmd"}) == {"c": "$(rm -rf /); `id` ${HOME}"}
 
 
-_keys = st.text(alphabet=st.characters(blacklist_characters=".[]/~", min_codepoint=33), min_size=1, max_size=8)
+_keys = st.text(
+    alphabet=st.characters(blacklist_characters=".[]/~", min_codepoint=33), min_size=1, max_size=8
+)
 _leaves = st.one_of(st.text(max_size=20), st.integers(), st.booleans())
 
 
@@ -72,7 +77,9 @@ def test_both_path_forms_reach_the_same_leaf(steps: list[str | int], leaf: Any) 
         node = [None] * step + [node] if isinstance(step, int) else {step: node}
     if isinstance(steps[0], int):
         return  # a dotted path starts with a key
-    dotted = "".join(f"[{s}]" if isinstance(s, int) else (f".{s}" if i else s) for i, s in enumerate(steps))
+    dotted = "".join(
+        f"[{s}]" if isinstance(s, int) else (f".{s}" if i else s) for i, s in enumerate(steps)
+    )
     pointer = "".join(f"/{s}" for s in steps)
     assert extract(node, dotted) == leaf
     assert extract(node, pointer) == leaf
