@@ -95,6 +95,18 @@ from manager.schemas.directory import (
     UserList,
     UserView,
 )
+from manager.schemas.freezes import FreezeCreate, FreezeList, FreezeView
+from manager.schemas.incidents import (
+    IncidentList,
+    IncidentNote,
+    IncidentRetention,
+    IncidentSummary,
+    IncidentView,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookView,
+)
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -562,6 +574,56 @@ class TetherClient:
                 return 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    # -- freeze windows, incoming webhooks, incidents (issue 18) --------------------------
+
+    async def create_freeze(self, body: FreezeCreate) -> FreezeView:
+        return await self._call("POST", "/api/v1/freezes", FreezeView, body=body)
+
+    async def list_freezes(self) -> list[FreezeView]:
+        return (await self._call("GET", "/api/v1/freezes", FreezeList)).freezes
+
+    async def delete_freeze(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/freezes/{_seg(name)}", _NoContent)
+
+    async def create_webhook(self, body: WebhookCreate) -> WebhookCreated:
+        """The webhook and its secret: in the answer and nowhere else, ever."""
+        return await self._call("POST", "/api/v1/webhooks", WebhookCreated, body=body)
+
+    async def list_webhooks(self) -> list[WebhookView]:
+        return (await self._call("GET", "/api/v1/webhooks", WebhookList)).webhooks
+
+    async def get_webhook(self, name: str) -> WebhookView:
+        return await self._call("GET", f"/api/v1/webhooks/{_seg(name)}", WebhookView)
+
+    async def delete_webhook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/webhooks/{_seg(name)}", _NoContent)
+
+    async def rotate_webhook_secret(self, name: str) -> WebhookCreated:
+        path = f"/api/v1/webhooks/{_seg(name)}/rotate-secret"
+        return await self._call("POST", path, WebhookCreated)
+
+    async def list_incidents(self, status: str | None = None) -> list[IncidentSummary]:
+        params = {} if status is None else {"status": status}
+        page = await self._call("GET", "/api/v1/incidents", IncidentList, params=params)
+        return page.incidents
+
+    async def get_incident(self, incident_id: str) -> IncidentView:
+        return await self._call("GET", f"/api/v1/incidents/{_seg(incident_id)}", IncidentView)
+
+    async def change_incident(
+        self, incident_id: str, action: str, note: str | None = None
+    ) -> IncidentView:
+        """``action``: ack, resolve, or notes (with ``note``)."""
+        path = f"/api/v1/incidents/{_seg(incident_id)}/{action}"
+        body = None if note is None else IncidentNote(text=note)
+        return await self._call("POST", path, IncidentView, body=body)
+
+    async def incident_retention(self, days: int | None = None) -> IncidentRetention:
+        path = "/api/v1/incident-retention"
+        if days is None:
+            return await self._call("GET", path, IncidentRetention)
+        return await self._call("PUT", path, IncidentRetention, body=IncidentRetention(days=days))
 
     # --- plumbing ------------------------------------------------------------------------
 
