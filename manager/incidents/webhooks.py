@@ -1,7 +1,7 @@
 """Incoming webhooks: their definitions, their secrets, and what an accepted delivery does.
 
 A webhook's secret (the HMAC key, or the bearer token) is a builtin secret named
-``webhooks/<id>``, sealed like any other (manager.secrets) and scoped to no place, so no task
+``webhooks.<id>``, sealed like any other (manager.secrets) and scoped to no place, so no task
 can ask for it; it is shown once, when made or rotated.
 
 A delivery (:meth:`Webhooks.deliver`) is judged in this order, and the first refusal ends it:
@@ -189,7 +189,7 @@ class Webhooks:
             raise Conflicting("conflict", f"a webhook named {req.name!r} exists")
         webhook_id = _new_webhook_id()
         value = secrets.token_urlsafe(32)
-        secret_name = f"webhooks/{webhook_id}"
+        secret_name = f"webhooks.{webhook_id}"
         await self._secrets.create_secret(
             SecretCreate(
                 name=secret_name, value=value, description=f"the secret of webhook {req.name}"
