@@ -290,3 +290,15 @@ async def test_a_webhook_cannot_act_with_groups_its_creator_lacks(
     assert status == 400
     assert "runbooks are not available" in err["error"]["message"]
     assert (await ok(m, "GET", "/api/v1/webhooks"))["webhooks"] == []
+
+
+async def test_no_task_may_use_a_webhooks_secret(m: Manager) -> None:
+    """The builtin secret is scoped to no place: even the administrator's task is refused
+    before anything runs, so task code never reads a webhook's signing key."""
+    hook = await _hook(m, name="locked")
+    script = f'echo ${{secrets.getValue("{hook["secret_name"]}")}}'
+    status, err = await m.call(
+        "POST", "/api/v1/tasks", {"payload": {"type": "shell", "script": script}}
+    )
+    assert status == 403, err
+    assert hook["secret_name"] in err["error"]["message"]
