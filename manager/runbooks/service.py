@@ -481,10 +481,13 @@ class RunbookService:
             if earlier is None:
                 raise Conflicting("conflict", "the idempotency key is in use; try again") from None
             return earlier
-        self._spawn(self._feed(run_id, Start()))
-        run = await self.runs.get(run_id)
-        assert run is not None
-        return run
+        try:
+            return await self._feed(run_id, Start())
+        except Exception as exc:  # kept: the sweep (tick) carries the run on
+            log.warning("run started but not advanced", run_id=run_id, error=str(exc))
+            run = await self.runs.get(run_id)
+            assert run is not None
+            return run
 
     async def _check_secrets(
         self,
@@ -744,13 +747,15 @@ class RunbookService:
             for index, step in [*enumerate(progress.steps), (ROLLBACK, progress.rollback)]:
                 if step is not None and step.status == "running" and step.task_id:
                     self._watch(run.id, index, step.task_id)
-            self._spawn(self._feed(run.id, Tick()))
+            try:
+                await self._feed(run.id, Tick())
+            except Exception as exc:  # one run's trouble must not stop the others
+                log.warning("run not advanced", run_id=run.id, error=str(exc))
 
     async def tick(self) -> None:
-        """Judge approval deadlines (the sweep calls this)."""
-        for run in await self.runs.list():
-            if run.body.progress.state == "waiting_for_approval":
-                await self._feed(run.id, Tick())
+        """Judge approval deadlines, and carry on what a failed write or another replica
+        left (the sweep calls this)."""
+        await self.recover()
 
     async def close(self) -> None:
         for task in list(self._background):
