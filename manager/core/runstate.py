@@ -119,6 +119,8 @@ class TaskDone:
     task_id: str
     succeeded: bool
     reason: str | None = None
+    # What the task wrote to $TETHER_OUTPUT: later steps' conditions and templates read it.
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,8 @@ def on_event(
             step.task_id = event.task_id
             step.status = "succeeded" if event.succeeded else "failed"
             step.reason = event.reason
+            if event.index != ROLLBACK:
+                outputs = {**outputs, definition.steps[event.index].name: dict(event.outputs)}
     elif isinstance(event, Approve | Reject):
         _decide_approval(definition, new, event)
     if new.state == "queued":

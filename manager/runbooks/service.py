@@ -639,7 +639,6 @@ class RunbookService:
         event: Any,
         *,
         audit: AuditOf[tuple[RunBody, Entity[RunBody]]] | None = None,
-        outputs: Mapping[str, str] | None = None,
     ) -> Entity[RunBody]:
         """Apply ``event`` to the run and carry out what it asks."""
         lock = self._locks.setdefault(run_id, asyncio.Lock())
@@ -662,9 +661,8 @@ class RunbookService:
                 if not outcome.changed:
                     return body
                 update: dict[str, Any] = {"progress": outcome.run, "updated_at": self._clock()}
-                if isinstance(event, TaskDone) and outputs and event.index != ROLLBACK:
-                    name = definition.steps[event.index].name
-                    done[name] = dict(outputs)
+                if isinstance(event, TaskDone) and event.outputs and event.index != ROLLBACK:
+                    done[definition.steps[event.index].name] = dict(event.outputs)
                     update["outputs_sealed"] = seal_json(self._key, run_id, "outputs", done)
                 return body.model_copy(update=update)
 
@@ -725,11 +723,8 @@ class RunbookService:
                 if task.state in FINAL_STATES:
                     ok = task.state is TaskState.SUCCEEDED
                     reason = None if ok else (task.error or f"task {task.state.value}")
-                    await self._feed(
-                        run_id,
-                        TaskDone(index, task_id, ok, reason and reason[:500]),
-                        outputs=task.outputs,
-                    )
+                    done = TaskDone(index, task_id, ok, reason and reason[:500], task.outputs)
+                    await self._feed(run_id, done)
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), _WATCH_POLL_S)

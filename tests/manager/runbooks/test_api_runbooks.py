@@ -72,7 +72,8 @@ async def test_apply_versions_get_and_delete(m: Manager, shop: None) -> None:
     changed = restart_api(description="v2")
     assert (await m.call("PUT", "/api/v1/runbooks/restart-api", changed))[1]["version"] == 2
     status, old = await m.call("GET", "/api/v1/runbooks/restart-api?version=1")
-    assert status == 200 and old["definition"]["description"] == ""
+    assert status == 200
+    assert old["definition"]["description"] == ""
     status, listed = await m.call("GET", "/api/v1/runbooks")
     assert [r["name"] for r in listed["runbooks"]] == ["restart-api"]
     events = await m.store.list_audit(AuditQuery(resource_type="runbook"))
@@ -144,7 +145,8 @@ async def test_approval_by_another_member_then_the_step_is_a_task(
     assert "leak" not in json.dumps([r.body for r in rows])
     # Cancelling cancels the step's task.
     status, cancelled = await m.call("POST", f"{path}/cancel", key=alice)
-    assert status == 200 and cancelled["state"] == "cancelled"
+    assert status == 200
+    assert cancelled["state"] == "cancelled"
     assert (await store.get_task(task_id)).state.value == "cancelled"  # type: ignore[union-attr]
     actions = [e.action for e in await store.list_audit(AuditQuery(resource_type="runbook_run"))]
     assert actions == ["cancel", "approve", "create"]
@@ -184,9 +186,7 @@ async def test_running_needs_execute_and_bad_inputs_are_400(
         ({"reason": "x", "replicas": "many"}, "input 'replicas': is not a number"),
         ({"reason": "x", "other": "1"}, "input 'other': the runbook has no such input"),
     ):
-        status, body = await m.call(
-            "POST", "/api/v1/runbooks/restart-api/runs", {"inputs": inputs}
-        )
+        status, body = await m.call("POST", "/api/v1/runbooks/restart-api/runs", {"inputs": inputs})
         assert status == 400, body
         assert body["error"]["message"] == words
     assert await store.list_entities("runbook_run") == []
@@ -232,7 +232,8 @@ async def test_an_enforced_standard_refuses_a_production_run_below_its_minimum(
         "POST", "/api/v1/runbooks/restart-dev/runs", {"inputs": {"reason": "x"}}
     )
     assert status == 201, run
-    assert run["scores"][0]["score"] == 80.0 and run["scores"][0]["enforced"] is False
+    assert run["scores"][0]["score"] == 80.0
+    assert run["scores"][0]["enforced"] is False
     # Standards are governance.
     plain = await person(store, "p@example.com", "plain", EXEC)
     assert (await m.call("PUT", "/api/v1/standards/x", {**standard, "name": "x"}, key=plain))[
