@@ -20,7 +20,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -138,6 +138,8 @@ class Webhooks:
         self._clock = clock
         # Set by the server's wiring once runbooks exist; None: a webhook cannot name one.
         self.starter: RunStarter | None = None
+        # Whether a runbook takes the mapped inputs (Invalid if not); set with the starter.
+        self.check_runbook: Callable[[str, Iterable[str]], Awaitable[None]] | None = None
 
     # -- definitions ------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class Webhooks:
                 check_path(path)
             except MappingError as exc:
                 raise Invalid("invalid", f"mapping {name!r}: {exc}", field="mapping") from None
+        if req.runbook is not None and self.check_runbook is not None:
+            await self.check_runbook(req.runbook, req.mapping.keys())
         if await self.kind.by_key(req.name) is not None:
             raise Conflicting("conflict", f"a webhook named {req.name!r} exists")
         webhook_id = _new_webhook_id()
@@ -354,6 +358,13 @@ class Webhooks:
                 incident_id=incident_id,
             )
         except DomainError as exc:
+            if incident_id is not None:
+                with contextlib.suppress(NotFound):
+                    await self.incidents.change(
+                        incident_id,
+                        actor=f"webhook {hook.body.name}",
+                        note=f"runbook {runbook} refused: {exc.message}",
+                    )
             raise await self._refuse(hook.id, "run refused", exc) from None
         if incident_id is not None:
             with contextlib.suppress(NotFound):

@@ -156,6 +156,21 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/incidents/{incident_id}/notes": "manage_incidents",
     "GET /api/v1/incident-retention": "manage_incidents",
     "PUT /api/v1/incident-retention": "manage_governance",
+    # runbooks: the handlers check update/read/execute on the runbook's place
+    "PUT /api/v1/runbooks/{name}": A,
+    "GET /api/v1/runbooks": A,
+    "GET /api/v1/runbooks/{name}": A,
+    "DELETE /api/v1/runbooks/{name}": A,
+    "POST /api/v1/runbooks/{name}/runs": A,
+    "GET /api/v1/runbook-runs": A,
+    "GET /api/v1/runbook-runs/{run_id}": A,
+    "POST /api/v1/runbook-runs/{run_id}/approve": A,
+    "POST /api/v1/runbook-runs/{run_id}/reject": A,
+    "POST /api/v1/runbook-runs/{run_id}/cancel": A,
+    "PUT /api/v1/standards/{name}": "manage_governance",
+    "GET /api/v1/standards": A,
+    "GET /api/v1/standards/{name}": A,
+    "DELETE /api/v1/standards/{name}": "manage_governance",
 }
 
 
