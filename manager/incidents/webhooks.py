@@ -339,6 +339,13 @@ class Webhooks:
         if start:
             answer.run_id = await self._start(hook, inputs, answer.incident_id)
         await self._count(hook.id, None)
+        log.info(
+            "webhook delivery accepted",
+            webhook=hook.body.name,
+            delivery_id=answer.delivery_id,
+            incident_id=answer.incident_id,
+            run_id=answer.run_id,
+        )
         return answer
 
     async def _start(
