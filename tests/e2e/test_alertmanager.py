@@ -224,3 +224,42 @@ async def test_alertmanager_opens_runs_and_resolves_one_incident(
         assert "resolved" in shown.stdout
         assert f"runbook restart-db: {run_id}" in shown.stdout
         await am.stop()
+
+        # a freeze over non-production refuses a task there, naming the window; an
+        # override with a reason goes through
+        now = time.time()
+        froze = await cluster.tether(
+            "freeze",
+            "create",
+            "quiet",
+            "--start",
+            str(now - 60),
+            "--end",
+            str(now + 3600),
+            "--env-type",
+            "non_production",
+        )
+        assert froze.code == 0, froze.stderr
+        refused = await cluster.tether(
+            "task", "run", "--app", "shop", "--app-env", "dev", "--", "true"
+        )
+        assert refused.code != 0
+        assert "freeze window 'quiet'" in refused.stderr
+        done = await cluster.tether(
+            "task",
+            "run",
+            "-q",
+            "--app",
+            "shop",
+            "--app-env",
+            "dev",
+            "--override-freeze",
+            "incident hotfix",
+            "--",
+            "echo",
+            "thawed",
+        )
+        assert done.code == 0, done.stderr
+        assert "thawed" in done.stdout
+        assert "quiet" in (await cluster.tether("freeze", "list")).stdout
+        assert (await cluster.tether("freeze", "delete", "quiet")).code == 0
