@@ -327,7 +327,7 @@ def add_runbook_routes(table: RouteTable) -> None:
             u,
             None,
             RunbookView,
-            query={"version": "A version (default: the current one)"},
+            query={"version": "integer"},
             errors=(400, 404),
         )
     )

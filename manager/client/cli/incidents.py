@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -69,6 +70,22 @@ def _show(ctx: Context, model: BaseModel, text: str) -> None:
     ctx.console.print(fmt.to_json(model.model_dump(mode="json")) if ctx.json else text)
 
 
+def _listing(
+    ctx: Context,
+    key: str,
+    items: Sequence[BaseModel],
+    headers: tuple[str, ...],
+    rows: Callable[[], list[tuple[object, ...]]],
+) -> int:
+    if ctx.json:
+        ctx.console.print(fmt.to_json({key: [i.model_dump(mode="json") for i in items]}))
+    elif items:
+        ctx.console.print(fmt.table(headers, rows()))
+    else:
+        ctx.console.note(f"no {key}")
+    return 0
+
+
 # -- freeze windows -------------------------------------------------------------------------
 
 
@@ -110,10 +127,12 @@ async def cmd_freeze_create(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_freeze_list(ctx: Context, args: argparse.Namespace) -> int:
     freezes = await ctx.client.list_freezes()
-    if ctx.json:
-        ctx.console.print(fmt.to_json({"freezes": [f.model_dump(mode="json") for f in freezes]}))
-    elif freezes:
-        rows = [
+    return _listing(
+        ctx,
+        "freezes",
+        freezes,
+        ("NAME", "WHEN", "WHERE", "ACTIVE UNTIL"),
+        lambda: [
             (
                 f.name,
                 _freeze_when(f),
@@ -121,11 +140,8 @@ async def cmd_freeze_list(ctx: Context, args: argparse.Namespace) -> int:
                 fmt.timestamp(f.active_until) if f.active_until else "-",
             )
             for f in freezes
-        ]
-        ctx.console.print(fmt.table(("NAME", "WHEN", "WHERE", "ACTIVE UNTIL"), rows))
-    else:
-        ctx.console.note("no freeze windows")
-    return 0
+        ],
+    )
 
 
 async def cmd_freeze_delete(ctx: Context, args: argparse.Namespace) -> int:
@@ -187,18 +203,16 @@ async def cmd_webhook_create(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_webhook_list(ctx: Context, args: argparse.Namespace) -> int:
     hooks = await ctx.client.list_webhooks()
-    if ctx.json:
-        ctx.console.print(fmt.to_json({"webhooks": [w.model_dump(mode="json") for w in hooks]}))
-    elif hooks:
-        rows = [
+    return _listing(
+        ctx,
+        "webhooks",
+        hooks,
+        ("NAME", "KIND", "AUTH", "RUNBOOK", "ACCEPTED", "REJECTED"),
+        lambda: [
             (w.name, w.kind, w.auth, w.runbook or "-", w.accepted, sum(w.rejected.values()))
             for w in hooks
-        ]
-        headers = ("NAME", "KIND", "AUTH", "RUNBOOK", "ACCEPTED", "REJECTED")
-        ctx.console.print(fmt.table(headers, rows))
-    else:
-        ctx.console.note("no webhooks")
-    return 0
+        ],
+    )
 
 
 async def cmd_webhook_get(ctx: Context, args: argparse.Namespace) -> int:
@@ -245,18 +259,16 @@ def _incident_text(i: IncidentView) -> str:
 
 async def cmd_incident_list(ctx: Context, args: argparse.Namespace) -> int:
     found = await ctx.client.list_incidents(args.status)
-    if ctx.json:
-        ctx.console.print(fmt.to_json({"incidents": [i.model_dump(mode="json") for i in found]}))
-    elif found:
-        rows = [
+    return _listing(
+        ctx,
+        "incidents",
+        found,
+        ("ID", "STATUS", "SEVERITY", "TITLE", "SOURCE", "UPDATED"),
+        lambda: [
             (i.id, i.status, i.severity, fmt.clean(i.title), i.source, fmt.timestamp(i.updated_at))
             for i in found
-        ]
-        headers = ("ID", "STATUS", "SEVERITY", "TITLE", "SOURCE", "UPDATED")
-        ctx.console.print(fmt.table(headers, rows))
-    else:
-        ctx.console.note("no incidents")
-    return 0
+        ],
+    )
 
 
 async def cmd_incident_get(ctx: Context, args: argparse.Namespace) -> int:

@@ -76,9 +76,7 @@ async def test_a_freeze_refuses_tasks_in_its_places_until_it_ends_or_is_overridd
         "POST", "/api/v1/tasks", {**SHELL, "override_freeze": "hotfix"}, key=runner
     )
     assert (status, err["error"]["code"]) == (403, "forbidden")
-    task = await ok(
-        m, "POST", "/api/v1/tasks", {**SHELL, "override_freeze": "hotfix INC-42"}, 201
-    )
+    task = await ok(m, "POST", "/api/v1/tasks", {**SHELL, "override_freeze": "hotfix INC-42"}, 201)
     events = (await ok(m, "GET", "/api/v1/audit?type=task"))["events"]
     submitted = next(e for e in events if e["resource_id"] == task["id"])
     assert "hotfix INC-42" in json.dumps(submitted)
@@ -264,7 +262,7 @@ async def test_alertmanager_firing_then_resolved_is_one_incident_sealed_at_rest(
 
     # retention: a pass a day past it purges the incident, with an audit event
     await ok(m, "PUT", "/api/v1/incident-retention", {"days": 1})
-    app = m.client.server.app
+    app = m.client.app
     assert await purge_once(app, row.updated_at + 0.5 * 86400) == 0
     assert await purge_once(app, row.updated_at + 2 * 86400) == 1
     status, _ = await m.call("GET", f"/api/v1/incidents/{incident_id}")
@@ -273,9 +271,7 @@ async def test_alertmanager_firing_then_resolved_is_one_incident_sealed_at_rest(
     assert app[INCIDENT_SERVICES].incidents is not None
 
 
-async def test_a_webhook_cannot_act_with_groups_its_creator_lacks(
-    m: Manager, store: Store
-) -> None:
+async def test_a_webhook_cannot_act_with_groups_its_creator_lacks(m: Manager, store: Store) -> None:
     hooks_admin = await member(store, "hooks@example.com", account=["manage_webhooks"])
     status, err = await m.call(
         "POST",

@@ -25,8 +25,8 @@ BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def at(zone: ZoneInfo, *parts: int, fold: int = 0) -> float:
-    return datetime(*parts, tzinfo=zone, fold=fold).timestamp()  # type: ignore[misc]
+def at(zone: ZoneInfo, y: int, mo: int, d: int, h: int, mi: int, *, fold: int = 0) -> float:
+    return datetime(y, mo, d, h, mi, tzinfo=zone, fold=fold).timestamp()
 
 
 HOUR = 3600.0
