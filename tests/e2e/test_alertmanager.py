@@ -225,6 +225,23 @@ async def test_alertmanager_opens_runs_and_resolves_one_incident(
         assert f"runbook restart-db: {run_id}" in shown.stdout
         await am.stop()
 
+        # the rest of the CLI over the same manager
+        noted = await cluster.tether("incident", "note", incident_id, "db-1", "restarted")
+        assert noted.code == 0, noted.stderr
+        acked = await cluster.tether("--output", "json", "incident", "ack", incident_id)
+        assert json.loads(acked.stdout)["status"] == "acknowledged"
+        assert "db-1 restarted" in (await cluster.tether("incident", "get", incident_id)).stdout
+        kept = await cluster.tether("incident", "retention", "--days", "30")
+        assert "kept 30 days" in kept.stdout
+        shown_hook = await cluster.tether("webhook", "get", "am")
+        assert "accepted: 2" in shown_hook.stdout
+        assert hook["secret"] not in shown_hook.stdout
+        rotated = await cluster.tether("--output", "json", "webhook", "rotate-secret", "am")
+        assert json.loads(rotated.stdout)["secret"] not in ("", hook["secret"])
+        assert "am" in (await cluster.tether("webhook", "list")).stdout
+        assert (await cluster.tether("webhook", "delete", "am")).code == 0
+        assert "no webhooks" in (await cluster.tether("webhook", "list")).stderr
+
         # a freeze over non-production refuses a task there, naming the window; an
         # override with a reason goes through
         now = time.time()
