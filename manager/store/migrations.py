@@ -371,9 +371,6 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
-    # Retention purges of entities by age (incidents, webhook delivery ids:
-    # manager.store.sql.purge), oldest first in bounded batches.
-    (19, "CREATE INDEX entities_kind_updated ON entities(kind, updated_at)"),
 ]
 
 
