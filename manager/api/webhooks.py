@@ -47,18 +47,13 @@ async def create_webhook(request: web.Request) -> web.Response:
         view = views[e.id] = WebhookView(
             id=e.id, path=f"/hooks/{e.id}", created_at=e.created_at, **e.body.model_dump()
         )
-        return Change(
-            e.id, e.body.name, "create", f"created webhook {e.body.name}", after=_audit_view(view)
-        )
+        summary = f"created webhook {e.body.name} and its secret {e.body.secret_name}"
+        return Change(e.id, e.body.name, "create", summary, after=_audit_view(view))
 
-    def secret_made(s: SecretRecord) -> Change:
-        return Change(s.id, s.name, "create", f"created the secret of webhook {req.name}")
-
+    # One request, one event: the webhook's, which names its secret (made just before it,
+    # sealed, usable by no task; removed again if the webhook cannot be stored).
     made, secret = await hooks.create(
-        req,
-        principal_of(request).actor.id,
-        secret_audit=in_transaction(request, secret_made),
-        audit=in_transaction(request, created),
+        req, principal_of(request).actor.id, audit=in_transaction(request, created)
     )
     view = views.get(made.id) or await hooks.view(made)
     return json_response(WebhookCreated(**view.model_dump(), secret=secret), status=201)
@@ -81,18 +76,10 @@ async def delete_webhook(request: web.Request) -> web.Response:
         view = WebhookView(
             id=e.id, path=f"/hooks/{e.id}", created_at=e.created_at, **e.body.model_dump()
         )
-        return Change(
-            e.id, e.body.name, "delete", f"deleted webhook {e.body.name}", before=_audit_view(view)
-        )
+        summary = f"deleted webhook {e.body.name} and its secret {e.body.secret_name}"
+        return Change(e.id, e.body.name, "delete", summary, before=_audit_view(view))
 
-    def secret_gone(s: SecretRecord) -> Change:
-        return Change(s.id, s.name, "delete", f"deleted the secret {s.name} of a webhook")
-
-    await hooks.delete(
-        request.match_info["name"],
-        secret_audit=in_transaction(request, secret_gone),
-        audit=in_transaction(request, deleted),
-    )
+    await hooks.delete(request.match_info["name"], audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 

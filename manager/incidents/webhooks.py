@@ -176,10 +176,10 @@ class Webhooks:
         req: WebhookCreate,
         actor: str | None,
         *,
-        secret_audit: AuditOf[SecretRecord] | None = None,
         audit: AuditOf[Entity[WebhookBody]] | None = None,
     ) -> tuple[Entity[WebhookBody], str]:
-        """The webhook and its secret (answered once, never stored in the clear)."""
+        """The webhook and its secret (answered once, never stored in the clear). ``audit``:
+        the webhook's event, which stands for the secret's too (one request, one event)."""
         if req.runbook is not None and self.starter is None:
             raise Invalid("invalid", "runbooks are not available on this manager", field="runbook")
         for name, path in req.mapping.items():
@@ -200,14 +200,18 @@ class Webhooks:
             ),
             actor,
             scope=_NOWHERE,
-            audit=secret_audit,
         )
         body = WebhookBody(**req.model_dump(), secret_name=secret_name, created_by=actor)
         try:
             made = await self.kind.insert(body, entity_id=webhook_id, audit=audit)
-        except Conflict:
-            await self._secrets.delete_secret(secret_name)
-            raise Conflicting("conflict", f"a webhook named {req.name!r} exists") from None
+        except BaseException as exc:
+            # Not stored (taken meanwhile, or its event could not be written): nor is its
+            # secret, so a failed create leaves nothing behind.
+            with contextlib.suppress(Exception):
+                await self._secrets.delete_secret(secret_name)
+            if isinstance(exc, Conflict):
+                raise Conflicting("conflict", f"a webhook named {req.name!r} exists") from None
+            raise
         return made, value
 
     async def rotate(
@@ -224,14 +228,15 @@ class Webhooks:
         self,
         name: str,
         *,
-        secret_audit: AuditOf[SecretRecord] | None = None,
         audit: AuditOf[Entity[WebhookBody]] | None = None,
     ) -> Entity[WebhookBody]:
+        """The webhook (``audit``: its event, naming its secret), then its secret and its
+        counts."""
         found = await self.get(name)
         if not await self.kind.delete(found.id, audit=audit):
             raise NotFound("not_found", f"no webhook {name!r}")
         try:
-            await self._secrets.delete_secret(found.body.secret_name, audit=secret_audit)
+            await self._secrets.delete_secret(found.body.secret_name)
         except DomainError:
             log.warning("webhook secret already gone", webhook=found.id)
         await self._stats.delete(_stats_id(found.id))
