@@ -667,9 +667,19 @@ class RunbookService:
                 return body.model_copy(update=update)
 
             try:
-                _, written = await self.runs.update(run_id, change, audit=audit)
+                before, written = await self.runs.update(run_id, change, audit=audit)
             except Gone:
                 raise NotFound("not_found", f"no run {run_id}") from None
+            if before.progress != written.body.progress:
+                progress = written.body.progress
+                # What operators (and the fault tests) follow a run by; names, never values.
+                log.info(
+                    "runbook run changed",
+                    run_id=run_id,
+                    state=progress.state,
+                    steps=[s.status for s in progress.steps],
+                    tasks=[s.task_id for s in progress.steps],
+                )
         for effect in effects:
             if isinstance(effect, Submit):
                 written = await self._submit(written, effect.index)
