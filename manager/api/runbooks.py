@@ -327,7 +327,7 @@ def add_runbook_routes(table: RouteTable) -> None:
             u,
             None,
             RunbookView,
-            query={"version": "A version (default: the current one)"},
+            query={"version": "integer"},
             errors=(400, 404),
         )
     )
@@ -366,7 +366,7 @@ def add_runbook_routes(table: RouteTable) -> None:
             u,
             None,
             RunList,
-            query={"runbook": "Only this runbook's runs"},
+            query={"runbook": "string"},
         )
     )
     table.add(Route("GET", f"{runs}/{{run_id}}", get_run, "A run", u, None, RunView, errors=(404,)))
