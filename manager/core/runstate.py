@@ -123,8 +123,10 @@ class TaskDone:
     outputs: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Approve:
+@dataclass(frozen=True)
+class _Decision:
+    """A person's decision on the step the run waits on."""
+
     user_id: str
     user_name: str
     groups: frozenset[str]
@@ -133,14 +135,14 @@ class Approve:
     step: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
-    user_id: str
-    user_name: str
-    groups: frozenset[str]
-    started_it: bool
-    reason: str = ""
-    step: str | None = None
+@dataclass(frozen=True)
+class Approve(_Decision):
+    pass
+
+
+@dataclass(frozen=True)
+class Reject(_Decision):
+    pass
 
 
 @dataclass(frozen=True, slots=True)

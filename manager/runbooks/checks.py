@@ -56,25 +56,12 @@ def _expression_problems(step: StepDef, inputs: Mapping[str, str], steps: set[st
             continue
         for node in nodes:
             out.extend(f"{name}: {p}" for p in _refs(node, inputs, steps))
-        secret = [n for node in nodes for n in _secret_inputs(node, inputs)]
-        if (
-            secret
-            and name.startswith("env.")
-            and len(secret) != sum(1 for node in nodes for _ in references(node))
-        ):
-            # The value then goes to the delegate as a secret expression, where only a
-            # secret reference may stand (manager.runbooks.steps).
-            out.append(f"{name}: a value with a secret input holds secret inputs only")
     if step.script is not None:
         try:
             find_expressions(step.script)
         except ExpressionError as exc:
             out.append(f"script: {exc}")
     return out
-
-
-def _secret_inputs(node: Node, inputs: Mapping[str, str]) -> list[str]:
-    return [p[1] for p in references(node) if p[0] == "inputs" and inputs.get(p[1]) == "secret"]
 
 
 def _refs(node: Node, inputs: Mapping[str, str], steps: set[str]) -> list[str]:

@@ -84,6 +84,8 @@ log = structlog.get_logger("tether.runbooks")
 
 # How often a waiting step's task is read again when no event came (another replica ran it).
 _WATCH_POLL_S = 5.0
+# How often the sweep reads every run, for those another replica started or left.
+_RESCAN_S = 30.0
 _SEP = "\x1f"
 
 
@@ -208,6 +210,10 @@ class RunbookService:
         self.standards = EntityKind(store, "standard", StandardBody, lambda b: b.name, "std")
         self.runs = EntityKind(store, "runbook_run", RunBody, lambda b: b.key, "run")
         self._locks: dict[str, asyncio.Lock] = {}
+        # Runs not yet ended that this process knows: the sweep ticks these, and reads every
+        # run (others' too) only every _RESCAN_S.
+        self._open: set[str] = set()
+        self._scanned_at = float("-inf")
         self._watching: set[tuple[str, int]] = set()
         self._background: set[asyncio.Task[None]] = set()
         # Writes the events of changes no request carries (webhook triggers, host-side);
@@ -667,9 +673,24 @@ class RunbookService:
                 return body.model_copy(update=update)
 
             try:
-                _, written = await self.runs.update(run_id, change, audit=audit)
+                before, written = await self.runs.update(run_id, change, audit=audit)
             except Gone:
                 raise NotFound("not_found", f"no run {run_id}") from None
+            if written.body.progress.state in FINAL:
+                self._open.discard(run_id)
+                self._locks.pop(run_id, None)
+            else:
+                self._open.add(run_id)
+            if before.progress != written.body.progress:
+                progress = written.body.progress
+                # What operators (and the fault tests) follow a run by; names, never values.
+                log.info(
+                    "runbook run changed",
+                    run_id=run_id,
+                    state=progress.state,
+                    steps=[s.status for s in progress.steps],
+                    tasks=[s.task_id for s in progress.steps],
+                )
         for effect in effects:
             if isinstance(effect, Submit):
                 written = await self._submit(written, effect.index)
@@ -735,6 +756,7 @@ class RunbookService:
         """After a start: carry on every open run where it stopped. A step stored as
         submitting is submitted again under its key (the same task, if it was made); a
         running step's task is followed to its end."""
+        self._scanned_at = time.monotonic()
         for run in await self.runs.list():
             if run.body.progress.state in FINAL:
                 continue
@@ -750,7 +772,16 @@ class RunbookService:
     async def tick(self) -> None:
         """Judge approval deadlines, and carry on what a failed write or another replica
         left (the sweep calls this)."""
-        await self.recover()
+        if time.monotonic() - self._scanned_at >= _RESCAN_S:
+            await self.recover()
+            return
+        for run_id in sorted(self._open):
+            try:
+                await self._feed(run_id, Tick())
+            except NotFound:
+                self._open.discard(run_id)
+            except Exception as exc:  # one run's trouble must not stop the others
+                log.warning("run not advanced", run_id=run_id, error=str(exc))
 
     async def close(self) -> None:
         for task in list(self._background):

@@ -1,13 +1,17 @@
 """A task step as the task it submits.
 
 Inputs never enter a script: the script is sent as the runbook wrote it, and each input
-reaches it as an ``INPUT_<NAME>`` environment variable, in the task's sealed environment
-(encrypted at rest and to the delegate, like ``--secret-env``). A secret input reaches it as
-the secret expression the delegate resolves, so its value is never held by the manager.
+reaches it as an ``INPUT_<NAME>`` environment variable (``env`` values are templates too). A
+secret input reaches it as the secret expression the delegate resolves (and masks), so its
+value is never held by the manager.
 
-An http step's fields are templates. A value put into one is escaped so that text in an
-input that looks like a secret expression stays text: an input cannot make the delegate
-fetch a secret.
+Plain inputs go in the task's payload, not its sealed ``secret_env``: the delegate masks
+every sealed value in the log, and an input such as ``prod`` would blank that word out of
+every line. The payload is the task's own data (per-task data keys will cover it).
+
+Every value put into a field the delegate reads for secret expressions (env values, an http
+step's url, headers and body) is escaped, so that text in an input that looks like a secret
+expression stays text: an input cannot make the delegate fetch a secret.
 """
 
 from __future__ import annotations
@@ -58,26 +62,17 @@ def task_for(
 ) -> TaskSubmit:
     if step.kind == "shell":
         assert step.script is not None
-        plain_env: dict[str, str] = {}
-        payload_env: dict[str, str] = {}
+        variables: dict[str, str] = {}
         for name, value in inputs.items():
             if isinstance(value, SecretRef):
-                payload_env[_env_name(name)] = value.expression()
+                variables[_env_name(name)] = value.expression()
             else:
-                plain_env[_env_name(name)] = as_text(value)
+                variables[_env_name(name)] = escape_expressions(as_text(value))
         for name, template in step.env.items():
-            rendered = _render(template, scope)
-            # checks.py allows a secret input in a value only alone with others of its kind.
-            if "${secrets." in template or _has_secret(template, scope):
-                payload_env[name] = rendered
-            else:
-                plain_env[name] = _TEMPLATE.sub(
-                    lambda m: as_text(evaluate(parse(m.group(1)), scope)), template
-                )
+            variables[name] = _render(template, scope)
         payload: ShellPayload | HttpPayload = ShellPayload(
-            script=step.script, interpreter=step.interpreter, env=payload_env
+            script=step.script, interpreter=step.interpreter, env=variables
         )
-        secret_env = plain_env
     else:
         assert step.url is not None
         payload = HttpPayload(
@@ -87,20 +82,11 @@ def task_for(
             body=None if step.body is None else _render(step.body, scope),
             expect_status=step.expect_status,
         )
-        secret_env = {}
     return TaskSubmit(
         payload=payload,
         selectors=step.selectors,
         timeout_s=step.timeout_s,
         idempotency_key=idempotency_key,
-        secret_env=secret_env,
         app=app,
         env=env,
     )
-
-
-def _has_secret(template: str, scope: Scope) -> bool:
-    for match in _TEMPLATE.finditer(template):
-        if isinstance(evaluate(parse(match.group(1)), scope), SecretRef):
-            return True
-    return False

@@ -439,6 +439,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
+    runbooks = c.runbooks
+
+    async def stop_runs(_app: web.Application) -> None:
+        # Runs are followed by tasks of this process: they end with it (a restart resumes).
+        await runbooks.close()
+
+    app.on_cleanup.append(stop_runs)
     return app, c
 
 
@@ -592,8 +599,6 @@ async def serve(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        if c.runbooks is not None:
-            await c.runbooks.close()
         await runner.cleanup()
         await c.bus.close()
     finally:

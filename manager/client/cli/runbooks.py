@@ -62,10 +62,33 @@ def _load(path: Path, model: type[M]) -> M:
         raise UsageError(f"{path}: {loc}: {first['msg']}") from None
 
 
+class _Dumper(yaml.SafeDumper):
+    """Scripts (text of several lines) as literal blocks, the way people write them."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def _whole(value: Any) -> Any:
+    """600.0 as 600: what a person wrote, not what the float model made of it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
 def definition_yaml(definition: BaseModel) -> str:
     """The document as a file holds it: defaults left out, in the model's field order."""
-    data = definition.model_dump(mode="json", exclude_defaults=True)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    data = _whole(definition.model_dump(mode="json", exclude_defaults=True))
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def _scores(scores: list[ScoreView]) -> list[str]:

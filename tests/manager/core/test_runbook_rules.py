@@ -16,6 +16,7 @@ from manager.runbooks.steps import escape_expressions, task_for
 from manager.schemas.runbooks import RunbookDefinition, StandardDefinition, StepDef
 from shared.expressions import find_expressions
 from shared.expressions import render as render_secrets
+from shared.protocol import ShellPayload
 
 SCOPE = Scope(
     {"n": 3.0, "name": "api", "flag": False, "token": SecretRef("prod/token")},
@@ -84,10 +85,21 @@ def test_escaping_keeps_any_text_literal(text: str) -> None:
 
 def test_a_shell_step_gets_inputs_as_environment_never_in_its_script() -> None:
     step = StepDef(name="s", kind="shell", script="echo $INPUT_NAME", env={"N": "${{ inputs.n }}"})
-    task = task_for(step, SCOPE, SCOPE.inputs, app="a", env="e", idempotency_key="k")
-    assert task.payload.script == "echo $INPUT_NAME"  # type: ignore[union-attr]
-    assert task.secret_env == {"INPUT_N": "3", "INPUT_NAME": "api", "INPUT_FLAG": "false", "N": "3"}
-    assert task.payload.env == {"INPUT_TOKEN": '${secrets.getValue("prod/token")}'}  # type: ignore[union-attr]
+    scope = Scope({**SCOPE.inputs, "name": '${secrets.getValue("prod/db")}'}, SCOPE.steps)
+    task = task_for(step, scope, scope.inputs, app="a", env="e", idempotency_key="k")
+    payload = task.payload
+    assert isinstance(payload, ShellPayload)
+    assert payload.script == "echo $INPUT_NAME"
+    assert task.secret_env == {}
+    # Only the secret input is an expression the delegate resolves; the rest reads as text.
+    rendered = {k: render_secrets(v, lambda e: f"<{e.name}>") for k, v in payload.env.items()}
+    assert rendered == {
+        "INPUT_N": "3",
+        "INPUT_NAME": '${secrets.getValue("prod/db")}',
+        "INPUT_FLAG": "false",
+        "INPUT_TOKEN": "<prod/token>",
+        "N": "3",
+    }
 
 
 # -- inputs -----------------------------------------------------------------------------------

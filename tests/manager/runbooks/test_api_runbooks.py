@@ -137,9 +137,9 @@ async def test_approval_by_another_member_then_the_step_is_a_task(
     task_id = done["steps"][1]["task_id"]
     task = await store.get_task(task_id)
     assert task is not None
-    # The script is the runbook's own; the input reaches it only as sealed env.
+    # The script is the runbook's own; the input reaches it only as its environment.
     assert task.payload["script"] == 'echo "restarting because $INPUT_REASON"'
-    assert task.secret_env_names == ("INPUT_REASON", "INPUT_REPLICAS")
+    assert task.payload["env"] == {"INPUT_REASON": "leak", "INPUT_REPLICAS": "2"}
     # Sealed at rest: the run's row holds no input value.
     rows = await store.list_entities("runbook_run")
     assert "leak" not in json.dumps([r.body for r in rows])
