@@ -26,6 +26,9 @@ pytestmark = pytest.mark.skipif(
     not Path(ALERTMANAGER).exists(), reason="prometheus-alertmanager is not installed"
 )
 
+# A hostile alert name: were it ever shell text, the task's log would show "pwned".
+ALERT_NAME = "HighLoad$(echo pwned)`echo pwned`"
+
 RUNBOOK = {
     "name": "restart-db",
     "app": "shop",
@@ -135,7 +138,7 @@ def _alert(ends: float) -> list[dict[str, Any]]:
 
     return [
         {
-            "labels": {"alertname": "HighLoad", "severity": "critical", "instance": "db-1"},
+            "labels": {"alertname": ALERT_NAME, "severity": "critical", "instance": "db-1"},
             "annotations": {"summary": "db-1 load is high"},
             "startsAt": iso(time.time() - 60),
             "endsAt": iso(ends),
@@ -199,9 +202,9 @@ async def test_alertmanager_opens_runs_and_resolves_one_incident(
         assert (run["incident_id"], run["trigger"]) == (incident_id, "webhook:am")
         task_id = run["steps"][0]["task_id"]
         logs = await api.call("GET", f"/api/v1/tasks/{task_id}/logs")
-        # The mapped value reached the script as its sealed env (INPUT_ALERT), which the
-        # delegate masks in the log like any secret env value.
-        assert [line["text"] for line in logs["lines"]] == ["restarting for **************"]
+        # The mapped value reached the script as data (INPUT_ALERT), never as shell text:
+        # the command substitution in the alert's name is printed, not run.
+        assert [line["text"] for line in logs["lines"]] == [f"restarting for {ALERT_NAME}"]
 
         incident = await api.call("GET", f"/api/v1/incidents/{incident_id}")
         assert (incident["status"], incident["title"], incident["severity"]) == (
