@@ -14,6 +14,7 @@ import pytest
 
 from manager.api.incident_services import INCIDENT_SERVICES
 from manager.core.hooksig import github_signature, sign
+from manager.records import AllowlistEntry
 from manager.server.incident_wiring import purge_once
 from manager.store.base import Store
 from tests.manager.access_support import Clock, Manager, manager
@@ -298,3 +299,23 @@ async def test_no_task_may_use_a_webhooks_secret(m: Manager) -> None:
     )
     assert status == 403, err
     assert hook["secret_name"] in err["error"]["message"]
+
+
+async def test_the_ip_allowlist_judges_deliveries(m: Manager, store: Store) -> None:
+    """A delivery from outside the allowlist is refused before its signature is read, and
+    counted nowhere (it never reached the webhook)."""
+    hook = await _hook(m, name="am", kind="alertmanager", auth="bearer")
+    await store.add_allowlist_entry(
+        AllowlistEntry(
+            id="ipa_office", cidr="10.0.0.0/8", description="", enabled=True, created_at=1.0
+        )
+    )
+    await store.update_access_settings(m.clock(), allowlist_enabled=True)
+    m.clock.advance(60)  # past the allowlist's cache
+    status, err = await _deliver(
+        m, hook, _alert("firing"), {"Authorization": f"Bearer {hook['secret']}"}
+    )
+    assert status == 403, err
+    assert err["error"]["code"] != "unauthenticated"  # the allowlist, not the signature
+    assert await store.get_entity("webhook_stats", f"{hook['id']}.stats") is None
+    assert await store.list_entities("incident") == []
