@@ -16,8 +16,10 @@ from manager.api.audit_record import Change, in_transaction, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.incident_services import services
 from manager.api.task_access import check_secrets, check_task, submit_target
 from manager.errors import DomainError, Unavailable
+from manager.governance.freeze import check_freeze
 from manager.records import (
     AttemptRecord,
     LogRecord,
@@ -176,7 +178,15 @@ async def submit_task(request: web.Request) -> web.Response:
     target = await submit_target(request, req.app, req.env)
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)
-    actor = principal_of(request).actor
+    principal = principal_of(request)
+    actor = principal.actor
+    override = await check_freeze(
+        services(request).freezes,
+        target,
+        principal.grants,
+        override_reason=req.override_freeze,
+        now=ctx(request).clock(),
+    )
     where = await _places(request)
     views: dict[str, TaskView] = {}
 
@@ -188,7 +198,9 @@ async def submit_task(request: web.Request) -> web.Response:
             _task_name(task),
             "create",
             f"submitted {task.type} task {task.id}",
-            after=_task_audit(view),
+            after=_task_audit(view)
+            if override is None
+            else {**_task_audit(view), "freeze_override": override.audit()},
             app=req.app,
         )
 

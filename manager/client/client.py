@@ -95,7 +95,31 @@ from manager.schemas.directory import (
     UserList,
     UserView,
 )
+from manager.schemas.freezes import FreezeCreate, FreezeList, FreezeView
+from manager.schemas.incidents import (
+    IncidentList,
+    IncidentNote,
+    IncidentRetention,
+    IncidentSummary,
+    IncidentView,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookView,
+)
 from manager.schemas.retention import RetentionSettings
+from manager.schemas.runbooks import (
+    ApprovalDecision,
+    RunbookDefinition,
+    RunbookList,
+    RunbookView,
+    RunList,
+    RunStart,
+    RunView,
+    StandardDefinition,
+    StandardList,
+    StandardView,
+)
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -570,6 +594,56 @@ class TetherClient:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    # -- freeze windows, incoming webhooks, incidents (issue 18) --------------------------
+
+    async def create_freeze(self, body: FreezeCreate) -> FreezeView:
+        return await self._call("POST", "/api/v1/freezes", FreezeView, body=body)
+
+    async def list_freezes(self) -> list[FreezeView]:
+        return (await self._call("GET", "/api/v1/freezes", FreezeList)).freezes
+
+    async def delete_freeze(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/freezes/{_seg(name)}", _NoContent)
+
+    async def create_webhook(self, body: WebhookCreate) -> WebhookCreated:
+        """The webhook and its secret: in the answer and nowhere else, ever."""
+        return await self._call("POST", "/api/v1/webhooks", WebhookCreated, body=body)
+
+    async def list_webhooks(self) -> list[WebhookView]:
+        return (await self._call("GET", "/api/v1/webhooks", WebhookList)).webhooks
+
+    async def get_webhook(self, name: str) -> WebhookView:
+        return await self._call("GET", f"/api/v1/webhooks/{_seg(name)}", WebhookView)
+
+    async def delete_webhook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/webhooks/{_seg(name)}", _NoContent)
+
+    async def rotate_webhook_secret(self, name: str) -> WebhookCreated:
+        path = f"/api/v1/webhooks/{_seg(name)}/rotate-secret"
+        return await self._call("POST", path, WebhookCreated)
+
+    async def list_incidents(self, status: str | None = None) -> list[IncidentSummary]:
+        params = {} if status is None else {"status": status}
+        page = await self._call("GET", "/api/v1/incidents", IncidentList, params=params)
+        return page.incidents
+
+    async def get_incident(self, incident_id: str) -> IncidentView:
+        return await self._call("GET", f"/api/v1/incidents/{_seg(incident_id)}", IncidentView)
+
+    async def change_incident(
+        self, incident_id: str, action: str, note: str | None = None
+    ) -> IncidentView:
+        """``action``: ack, resolve, or notes (with ``note``)."""
+        path = f"/api/v1/incidents/{_seg(incident_id)}/{action}"
+        body = None if note is None else IncidentNote(text=note)
+        return await self._call("POST", path, IncidentView, body=body)
+
+    async def incident_retention(self, days: int | None = None) -> IncidentRetention:
+        path = "/api/v1/incident-retention"
+        if days is None:
+            return await self._call("GET", path, IncidentRetention)
+        return await self._call("PUT", path, IncidentRetention, body=IncidentRetention(days=days))
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -583,6 +657,56 @@ class TetherClient:
 
     def _url(self, path: str) -> str:
         return f"{self._base}{path}"
+
+    # -- runbooks, their runs, governance standards (manager/api/runbooks.py) -------------
+
+    async def put_runbook(self, definition: RunbookDefinition) -> RunbookView:
+        path = f"/api/v1/runbooks/{_seg(definition.name)}"
+        return await self._call("PUT", path, RunbookView, body=definition)
+
+    async def list_runbooks(self) -> list[RunbookView]:
+        return (await self._call("GET", "/api/v1/runbooks", RunbookList)).runbooks
+
+    async def get_runbook(self, name: str, version: int | None = None) -> RunbookView:
+        params = None if version is None else {"version": str(version)}
+        return await self._call("GET", f"/api/v1/runbooks/{_seg(name)}", RunbookView, params=params)
+
+    async def delete_runbook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/runbooks/{_seg(name)}", _NoContent)
+
+    async def start_runbook_run(self, name: str, start: RunStart) -> RunView:
+        path = f"/api/v1/runbooks/{_seg(name)}/runs"
+        return await self._call("POST", path, RunView, body=start)
+
+    async def list_runbook_runs(self, runbook: str | None = None) -> list[RunView]:
+        params = None if runbook is None else {"runbook": runbook}
+        return (await self._call("GET", "/api/v1/runbook-runs", RunList, params=params)).runs
+
+    async def get_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("GET", f"/api/v1/runbook-runs/{_seg(run_id)}", RunView)
+
+    async def decide_runbook_run(
+        self, run_id: str, decision: ApprovalDecision, *, approve: bool
+    ) -> RunView:
+        verb = "approve" if approve else "reject"
+        path = f"/api/v1/runbook-runs/{_seg(run_id)}/{verb}"
+        return await self._call("POST", path, RunView, body=decision)
+
+    async def cancel_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("POST", f"/api/v1/runbook-runs/{_seg(run_id)}/cancel", RunView)
+
+    async def put_standard(self, definition: StandardDefinition) -> StandardView:
+        path = f"/api/v1/standards/{_seg(definition.name)}"
+        return await self._call("PUT", path, StandardView, body=definition)
+
+    async def list_standards(self) -> list[StandardView]:
+        return (await self._call("GET", "/api/v1/standards", StandardList)).standards
+
+    async def get_standard(self, name: str) -> StandardView:
+        return await self._call("GET", f"/api/v1/standards/{_seg(name)}", StandardView)
+
+    async def delete_standard(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/standards/{_seg(name)}", _NoContent)
 
     async def _call(
         self,

@@ -53,6 +53,9 @@ class TaskSubmit(Model):
     # Submitting needs the execute action there; without them, execute on every one.
     app: str | None = Field(default=None, min_length=1, max_length=128)
     env: str | None = Field(default=None, min_length=1, max_length=128)
+    # Proceed through an active freeze window, with this reason (needs override_freeze;
+    # the reason is written into the submission's audit event).
+    override_freeze: str | None = Field(default=None, min_length=1, max_length=500)
 
     @model_validator(mode="after")
     def _app_and_env(self) -> TaskSubmit:

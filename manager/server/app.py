@@ -45,17 +45,21 @@ from manager.api.delegate_plane import add_delegate_routes
 from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
+from manager.api.freezes import add_freeze_routes
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
 from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
+from manager.api.incidents import add_incident_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
 from manager.api.retention import PURGER, add_retention_routes
+from manager.api.runbooks import add_runbook_routes, runbook_trigger_audit
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.api.webhooks import add_webhook_routes
 from manager.audit.trail import AuditTrail
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
@@ -66,6 +70,7 @@ from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, sig
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
 from manager.retention.purge import Purger
+from manager.runbooks.service import RunbookService
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -78,6 +83,7 @@ from manager.server.connections import (
     credential_accepted,
 )
 from manager.server.housekeeping import PRUNER, pruner
+from manager.server.incident_wiring import install_incident_services, retention_loop
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -351,6 +357,15 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         monotonic=config.monotonic,
     )
     await tasks.recover()
+    c.runbooks = RunbookService(
+        store=store,
+        directory=Directory(store),
+        tasks=tasks,
+        events=events,
+        master_key=master_key,
+        secrets=secrets,
+        clock=config.clock,
+    )
 
     async def on_remote(kind: EventKind, ident: str) -> None:
         if kind == "revoked":  # a delegate token, revoked through another replica
@@ -382,6 +397,10 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_id_token_routes(table)
     add_retention_routes(table)
     add_delegate_check_routes(table)
+    add_freeze_routes(table)
+    add_webhook_routes(table)
+    add_incident_routes(table)
+    add_runbook_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -407,6 +426,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
+    install_incident_services(app, c, master_key, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)
@@ -425,6 +445,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     await key_the_chain(app[AUDIT])
     recorder = app[AUDIT]
+    c.runbooks.system_audit = runbook_trigger_audit(recorder)
 
     async def failed_logins(change: Change, address: str) -> object:
         return await recorder.write(
@@ -465,6 +486,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[PRUNER] = pruner(config.prune_delegates_after, c, recorder)
     table.install(app)
     app[ROUTES] = table
+    runbooks = c.runbooks
+
+    async def stop_runs(_app: web.Application) -> None:
+        # Runs are followed by tasks of this process: they end with it (a restart resumes).
+        await runbooks.close()
+
+    app.on_cleanup.append(stop_runs)
     return app, c
 
 
@@ -516,6 +544,8 @@ async def _loops(c: Context) -> None:
                 )
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
             await c.tasks.sweep()
+            if c.runbooks is not None:
+                await c.runbooks.tick()
             if now() - last_revocation_check >= t.revocation_check:
                 last_revocation_check = now()
                 live = {s.delegate.token_id for s in c.hub.sessions.values()}
@@ -602,6 +632,7 @@ async def serve(
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
             asyncio.create_task(app[PURGER].run_forever(config.purge_interval), name="purge"),
             asyncio.create_task(app[PRUNER].run_forever(), name="prune-delegates"),
+            asyncio.create_task(retention_loop(app, config.clock), name="incident-retention"),
         ]
         log.info(
             "manager listening",
@@ -609,6 +640,9 @@ async def serve(
             ca_file=str(ca_file) if ca_file else None,
             admin_key_file=str(admin_key_path),
         )
+        if c.runbooks is not None:
+            # Open runs carry on where they stopped (manager.runbooks.service).
+            await c.runbooks.recover()
         if ready is not None:
             ready(url, lambda: _loops_alive(c))
         await _wait_for_signal()

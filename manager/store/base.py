@@ -573,6 +573,19 @@ class AccessStore(abc.ABC):
         """``audit`` is made of the row deleted."""
 
     @abc.abstractmethod
+    async def purge_entities(
+        self,
+        kind: str,
+        before: float,
+        limit: int,
+        *,
+        audit: AuditOf[list[EntityRecord]] | None = None,
+    ) -> list[EntityRecord]:
+        """Delete at most ``limit`` entities of ``kind`` last written before ``before``,
+        the oldest first (a retention purge, in bounded batches); ``audit``: the event of
+        the rows deleted, none when none were."""
+
+    @abc.abstractmethod
     async def write_entities(
         self,
         writes: Sequence[EntityWrite],

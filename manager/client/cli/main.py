@@ -60,9 +60,11 @@ from manager.client.cli.fleet import (
     cmd_token_revoke,
     token_request,
 )
+from manager.client.cli.incidents import add_incident_commands
 from manager.client.cli.login import add_login_parsers, config_dir, load_session
 from manager.client.cli.output import Console
 from manager.client.cli.retention import add_retention_parsers
+from manager.client.cli.runbooks import add_runbook_parsers
 from manager.client.cli.secrets import add_secret_parsers
 from manager.client.cli.tasks import (
     cmd_deployments,
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)
     add_login_parsers(groups, output)
+    add_incident_commands(groups, output)
+    add_runbook_parsers(groups, output)
     return parser
 
 
@@ -276,6 +280,11 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deploy-env", metavar="E")
     p.add_argument("--deploy-artifact", metavar="A")
     p.add_argument("--deploy-version", metavar="V")
+    p.add_argument(
+        "--override-freeze",
+        metavar="REASON",
+        help="proceed through an active freeze window (needs override_freeze; audited)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no spinner, no summary")
     p.add_argument("words", nargs="*", metavar="-- COMMAND", help="run as typed (shell-quoted)")
 
@@ -366,6 +375,7 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
             deployment=deployment,
             app=args.app,
             env=args.app_env,
+            override_freeze=args.override_freeze,
         )
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]

@@ -9,6 +9,7 @@ from manager.store.entity_cache import EntityCache
 from manager.store.sql.access import AccessQueries
 from manager.store.sql.audit import AuditQueries
 from manager.store.sql.entities import EntityQueries
+from manager.store.sql.purge import PurgeQueries
 from manager.store.sql.retention import RetentionQueries
 from manager.store.sql.secrets import SecretQueries
 from manager.store.sql.tasks import TaskQueries
@@ -25,6 +26,7 @@ class SqlStore(
     EntityQueries,
     AuditQueries,
     RetentionQueries,
+    PurgeQueries,
     Store,
 ):
     """A backend adds its connection (``_fetch``, ``open``, ``close``) and the methods whose
