@@ -169,7 +169,7 @@ async def start_run(request: web.Request) -> web.Response:
             after=_run_audit(run.body),
         )
 
-    run = await service.start(
+    run, new = await service.start(
         _name(request),
         body.inputs,
         principal_of(request),
@@ -177,7 +177,7 @@ async def start_run(request: web.Request) -> web.Response:
         idempotency_key=body.idempotency_key,
         audit=in_transaction(request, started),
     )
-    return json_response(service.view(run), status=201)
+    return json_response(service.view(run), status=201 if new else 200)
 
 
 async def _visible_run(request: web.Request) -> Entity[RunBody]:
@@ -221,8 +221,8 @@ def _decided(action: str) -> Callable[[tuple[RunBody, Entity[RunBody]]], Change]
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:
-    run = await _visible_run(request)
     body = await parse_body(request, ApprovalDecision)
+    run = await _visible_run(request)
     service = _service(request)
     written = await service.decide(
         run.id,

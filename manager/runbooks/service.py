@@ -113,7 +113,9 @@ async def start_run(
     service = ctx.runbooks
     if service is None:
         raise NotFound("not_found", "runbooks are not enabled on this manager")
-    run = await service.start(runbook, inputs, principal, trigger=trigger, incident_id=incident_id)
+    run, _ = await service.start(
+        runbook, inputs, principal, trigger=trigger, incident_id=incident_id
+    )
     return run.id
 
 
@@ -417,7 +419,8 @@ class RunbookService:
         incident_id: str | None = None,
         idempotency_key: str | None = None,
         audit: AuditOf[Entity[RunBody]] | None = None,
-    ) -> Entity[RunBody]:
+    ) -> tuple[Entity[RunBody], bool]:
+        """The run, and whether it was started now (False: a retry with its key)."""
         current = await self.runbooks.by_key(runbook)
         if current is None:
             raise NotFound("not_found", f"no runbook {runbook!r}")
@@ -486,14 +489,23 @@ class RunbookService:
             earlier = await self.runs.by_key(key)
             if earlier is None:
                 raise Conflicting("conflict", "the idempotency key is in use; try again") from None
-            return earlier
+            if earlier.body.runbook != definition.name or earlier.body.env_id != target.env_id:
+                # A retry must not stand in for a different run (as for tasks).
+                raise Conflicting(
+                    "conflict",
+                    f"idempotency key {idempotency_key!r} was used for run {earlier.id} of"
+                    f" {earlier.body.runbook} in {earlier.body.app}/{earlier.body.env};"
+                    " use a new key",
+                    field="idempotency_key",
+                ) from None
+            return earlier, False
         try:
-            return await self._feed(run_id, Start())
+            return await self._feed(run_id, Start()), True
         except Exception as exc:  # kept: the sweep (tick) carries the run on
             log.warning("run started but not advanced", run_id=run_id, error=str(exc))
             run = await self.runs.get(run_id)
             assert run is not None
-            return run
+            return run, True
 
     async def _check_secrets(
         self,

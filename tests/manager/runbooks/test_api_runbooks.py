@@ -276,3 +276,17 @@ async def test_the_webhook_entry_point_starts_a_run_and_audits_it_in_its_transac
         "alertmanager",
     )
     assert "disk" not in str(event)
+
+
+async def test_a_retried_start_with_its_key_returns_the_same_run(m: Manager, shop: None) -> None:
+    await m.call("PUT", "/api/v1/runbooks/restart-api", restart_api())
+    await m.call("PUT", "/api/v1/runbooks/other", restart_api(name="other"))
+    body = {"inputs": {"reason": "x"}, "idempotency_key": "k1"}
+    status, first = await m.call("POST", "/api/v1/runbooks/restart-api/runs", body)
+    assert status == 201, first
+    status, again = await m.call("POST", "/api/v1/runbooks/restart-api/runs", body)
+    assert (status, again["id"]) == (200, first["id"])
+    status, other = await m.call("POST", "/api/v1/runbooks/other/runs", body)
+    assert status == 409, other
+    assert f"was used for run {first['id']} of restart-api" in other["error"]["message"]
+    assert len((await m.call("GET", "/api/v1/runbook-runs"))[1]["runs"]) == 1
