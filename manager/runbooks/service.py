@@ -430,7 +430,7 @@ class RunbookService:
         target = await self._target(definition.app, env)
         if not principal.grants.allows(target, "execute"):
             raise Forbidden("forbidden", f"you may not execute in {definition.app}/{env}")
-        await self._check_secrets(definition, typed, target, principal)
+        await self._check_secrets(definition, typed, target, f"{definition.app}/{env}", principal)
         # FREEZE WINDOW GATE: the merger calls the freeze-window check here (refuse with the
         # window's name and end unless an override with a reason), before anything is kept.
         scores = await self.scores(definition, target.env_type)
@@ -512,6 +512,7 @@ class RunbookService:
         definition: RunbookDefinition,
         typed: Mapping[str, Any],
         target: Target,
+        where: str,
         principal: Principal,
     ) -> None:
         """As for a task (manager.api.task_access.check_secrets): a run may use a secret
@@ -524,7 +525,6 @@ class RunbookService:
         names |= {v.name for v in typed.values() if isinstance(v, SecretRef)}
         if not names or self._secrets is None:
             return
-        where = f"{definition.app}/{target.env_id}"
         if not principal.grants.allows_all(target, ("create", "read", "update")):
             raise Forbidden(
                 "forbidden",

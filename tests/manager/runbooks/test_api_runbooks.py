@@ -290,3 +290,37 @@ async def test_a_retried_start_with_its_key_returns_the_same_run(m: Manager, sho
     assert status == 409, other
     assert f"was used for run {first['id']} of restart-api" in other["error"]["message"]
     assert len((await m.call("GET", "/api/v1/runbook-runs"))[1]["runs"]) == 1
+
+
+async def test_env_as_an_input_and_a_secret_input_need_their_permissions(
+    m: Manager, store: Store, shop: None
+) -> None:
+    anywhere = {
+        "name": "anywhere",
+        "app": "shop",
+        "inputs": [
+            {"name": "env", "type": "enum", "values": ["dev", "prod"]},
+            {"name": "token", "type": "secret", "required": False},
+        ],
+        "steps": [{"name": "s", "kind": "shell", "script": "true"}],
+    }
+    updater = await person(store, "u@example.com", "updaters", AppGrant(actions=("update",)))
+    status, body = await m.call("PUT", "/api/v1/runbooks/anywhere", anywhere, key=updater)
+    assert status == 403
+    assert "needs manage_applications" in body["error"]["message"]
+    assert (await m.call("PUT", "/api/v1/runbooks/anywhere", anywhere))[0] == 200
+    dev_only = AppGrant(envs="non_production", actions=("read", "execute"))
+    dev = await person(store, "d@example.com", "devs", dev_only)
+    path = "/api/v1/runbooks/anywhere/runs"
+    status, run = await m.call("POST", path, {"inputs": {"env": "dev"}}, key=dev)
+    assert status == 201, run
+    assert (run["app"], run["env"]) == ("shop", "dev")
+    status, body = await m.call("POST", path, {"inputs": {"env": "prod"}}, key=dev)
+    assert (status, body["error"]["message"]) == (403, "you may not execute in shop/prod")
+    # A secret input is a secret in use: create, read and update there, as for a task.
+    status, body = await m.call("POST", path, {"inputs": {"env": "dev", "token": "t"}}, key=dev)
+    assert status == 403
+    assert body["error"]["message"] == (
+        "running a runbook that uses secrets needs create, read and update in its"
+        " environment (shop/dev)"
+    )
