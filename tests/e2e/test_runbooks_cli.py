@@ -48,6 +48,21 @@ steps:
   script: echo restarted
 """
 
+USE_TOKEN = """\
+name: use-token
+app: shop
+env: prod
+inputs:
+- name: token
+  type: secret
+steps:
+- name: check
+  kind: shell
+  script: |
+    echo "the token is $INPUT_TOKEN"
+    [ "$INPUT_TOKEN" = tok-0123456789-value ] && echo "token matches"
+"""
+
 STANDARD = """\
 name: readiness
 rules:
@@ -148,6 +163,18 @@ async def test_a_run_is_approved_by_another_user_through_the_cli(
     assert run["state"] == "succeeded"
     assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "succeeded"]
     assert run["started_by"] == "alice@example.com"
+
+    # A secret input is a secret's name: the delegate resolves it, the log masks it.
+    value = tmp_path / "token"
+    value.write_text("tok-0123456789-value")
+    await admin(cluster, "secret", "create", "api-token", "--from-file", str(value))
+    uses = tmp_path / "use-token.yaml"
+    uses.write_text(USE_TOKEN)
+    await admin(cluster, "runbook", "apply", "-f", str(uses))
+    res = await admin(cluster, "runbook", "run", "use-token", "--input", "token=api-token")
+    assert "token matches" in res.stdout
+    assert "tok-0123456789-value" not in res.stdout + res.stderr
+    assert "the token is ***" in res.stdout, res.stdout
 
     # A standard enforced in production: the scores show, and a run below it is refused.
     standard = tmp_path / "readiness.yaml"
