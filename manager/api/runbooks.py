@@ -21,7 +21,8 @@ from manager.api.audit_record import AuditRecorder, Change, in_transaction
 from manager.api.context import ctx
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.core.audit_chain import AuditAppend
-from manager.runbooks.service import RunBody, RunbookBody, RunbookService, StandardBody
+from manager.runbooks.service import RunBody, RunbookBody, RunbookService
+from manager.runbooks.standards import StandardBody
 from manager.schemas.runbooks import (
     ApprovalDecision,
     RunbookDefinition,
@@ -169,7 +170,7 @@ async def start_run(request: web.Request) -> web.Response:
             after=_run_audit(run.body),
         )
 
-    run = await service.start(
+    run, new = await service.start(
         _name(request),
         body.inputs,
         principal_of(request),
@@ -177,7 +178,7 @@ async def start_run(request: web.Request) -> web.Response:
         idempotency_key=body.idempotency_key,
         audit=in_transaction(request, started),
     )
-    return json_response(service.view(run), status=201)
+    return json_response(service.view(run), status=201 if new else 200)
 
 
 async def _visible_run(request: web.Request) -> Entity[RunBody]:
@@ -221,8 +222,8 @@ def _decided(action: str) -> Callable[[tuple[RunBody, Entity[RunBody]]], Change]
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:
-    run = await _visible_run(request)
     body = await parse_body(request, ApprovalDecision)
+    run = await _visible_run(request)
     service = _service(request)
     written = await service.decide(
         run.id,
@@ -275,18 +276,18 @@ async def put_standard(request: web.Request) -> web.Response:
             after=after.body.definition,
         )
 
-    view, _ = await _service(request).apply_standard(
+    view, _ = await _service(request).standards.apply(
         definition, audit=in_transaction(request, written)
     )
     return json_response(view)
 
 
 async def list_standards(request: web.Request) -> web.Response:
-    return json_response(StandardList(standards=await _service(request).list_standards()))
+    return json_response(StandardList(standards=await _service(request).standards.list_all()))
 
 
 async def get_standard(request: web.Request) -> web.Response:
-    return json_response(await _service(request).get_standard(_name(request)))
+    return json_response(await _service(request).standards.get(_name(request)))
 
 
 async def delete_standard(request: web.Request) -> web.Response:
@@ -295,7 +296,7 @@ async def delete_standard(request: web.Request) -> web.Response:
     def deleted(e: Entity[StandardBody]) -> Change:
         return Change(e.id, name, "delete", f"deleted standard {name}", e.body.definition)
 
-    await _service(request).delete_standard(name, audit=in_transaction(request, deleted))
+    await _service(request).standards.delete(name, audit=in_transaction(request, deleted))
     return web.Response(status=204)
 
 

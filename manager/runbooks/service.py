@@ -1,5 +1,5 @@
-"""Runbooks and their runs: definitions (versioned, audited), governance standards, and the
-driver that carries runs through :mod:`manager.core.runstate`.
+"""Runbooks and their runs: definitions (versioned, audited), and the driver that carries
+runs through :mod:`manager.core.runstate` (standards: manager.runbooks.standards).
 
 Everything is kept as the store's entities (JSON documents with a version, written with a
 compare-and-set, their audit event in the same transaction): ``runbook`` (the current
@@ -45,12 +45,13 @@ from manager.core.runstate import (
     Tick,
     on_event,
 )
-from manager.core.standards import Score, refusal, score
+from manager.core.standards import Score, refusal
 from manager.errors import Conflicting, Forbidden, Invalid, NotFound
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.runbooks.checks import problems
 from manager.runbooks.sealing import seal_json, unseal_json
+from manager.runbooks.standards import Standards, score_view
 from manager.runbooks.steps import task_for
 from manager.schemas.grants import Target
 from manager.schemas.runbooks import (
@@ -58,8 +59,6 @@ from manager.schemas.runbooks import (
     RunbookView,
     RunView,
     ScoreView,
-    StandardDefinition,
-    StandardView,
     StepView,
 )
 from manager.secrets.service import SecretService
@@ -113,7 +112,9 @@ async def start_run(
     service = ctx.runbooks
     if service is None:
         raise NotFound("not_found", "runbooks are not enabled on this manager")
-    run = await service.start(runbook, inputs, principal, trigger=trigger, incident_id=incident_id)
+    run, _ = await service.start(
+        runbook, inputs, principal, trigger=trigger, incident_id=incident_id
+    )
     return run.id
 
 
@@ -122,12 +123,6 @@ class _Body(BaseModel):
 
 
 class RunbookBody(_Body):
-    name: str
-    version: int
-    definition: dict[str, Any]
-
-
-class StandardBody(_Body):
     name: str
     version: int
     definition: dict[str, Any]
@@ -159,17 +154,6 @@ class RunBody(_Body):
     scores: list[ScoreView] = Field(default_factory=list)
     created_at: float
     updated_at: float
-
-
-def _score_view(s: Score) -> ScoreView:
-    return ScoreView(
-        standard=s.standard,
-        score=s.percent,
-        met=list(s.met),
-        unmet=list(s.unmet),
-        enforced=s.enforced,
-        minimum=s.minimum,
-    )
 
 
 def _to_json(value: Any) -> Any:
@@ -207,7 +191,7 @@ class RunbookService:
         self.versions = EntityKind(
             store, "runbook_version", RunbookBody, lambda b: f"{b.name}@{b.version}", "rbv"
         )
-        self.standards = EntityKind(store, "standard", StandardBody, lambda b: b.name, "std")
+        self.standards = Standards(store)
         self.runs = EntityKind(store, "runbook_run", RunBody, lambda b: b.key, "run")
         self._locks: dict[str, asyncio.Lock] = {}
         # Runs not yet ended that this process knows: the sweep ticks these, and reads every
@@ -331,7 +315,7 @@ class RunbookService:
         if definition.env is not None:
             target = await self._directory.target(definition.app, definition.env)
             env_type = None if target is None else target.env_type
-        scores = [_score_view(s) for s in await self.scores(definition, env_type)]
+        scores = [score_view(s) for s in await self.scores(definition, env_type)]
         return RunbookView(
             name=entity.body.name,
             version=entity.body.version,
@@ -340,70 +324,8 @@ class RunbookService:
             scores=scores,
         )
 
-    # -- standards ------------------------------------------------------------------------
-
     async def scores(self, definition: RunbookDefinition, env_type: str | None) -> list[Score]:
-        return [
-            score(StandardDefinition.model_validate(s.body.definition), definition, env_type)
-            for s in await self.standards.list()
-        ]
-
-    async def apply_standard(
-        self,
-        definition: StandardDefinition,
-        *,
-        audit: AuditOf[tuple[StandardBody | None, Entity[StandardBody]]] | None = None,
-    ) -> tuple[StandardView, bool]:
-        doc = definition.model_dump(mode="json")
-        current = await self.standards.by_key(definition.name)
-        if current is None:
-            body = StandardBody(name=definition.name, version=1, definition=doc)
-            try:
-                written = await self.standards.insert(
-                    body, audit=None if audit is None else (lambda e: audit((None, e)))
-                )
-            except Conflict:
-                raise Conflicting(
-                    "conflict", f"standard {definition.name!r} was just made"
-                ) from None
-            return self._standard_view(written), True
-        if current.body.definition == doc:
-            return self._standard_view(current), False
-        try:
-            _, written = await self.standards.update(
-                current.id,
-                lambda b: b.model_copy(update={"version": b.version + 1, "definition": doc}),
-                audit=None if audit is None else (lambda pair: audit((pair[0], pair[1]))),
-            )
-        except Gone:
-            raise Conflicting(
-                "conflict", f"standard {definition.name!r} was just deleted"
-            ) from None
-        return self._standard_view(written), True
-
-    def _standard_view(self, entity: Entity[StandardBody]) -> StandardView:
-        return StandardView(
-            name=entity.body.name,
-            version=entity.body.version,
-            definition=StandardDefinition.model_validate(entity.body.definition),
-            updated_at=entity.updated_at,
-        )
-
-    async def get_standard(self, name: str) -> StandardView:
-        found = await self.standards.by_key(name)
-        if found is None:
-            raise NotFound("not_found", f"no standard {name!r}")
-        return self._standard_view(found)
-
-    async def list_standards(self) -> list[StandardView]:
-        return [self._standard_view(s) for s in await self.standards.list()]
-
-    async def delete_standard(
-        self, name: str, *, audit: AuditOf[Entity[StandardBody]] | None = None
-    ) -> None:
-        found = await self.standards.by_key(name)
-        if found is None or not await self.standards.delete(found.id, audit=audit):
-            raise NotFound("not_found", f"no standard {name!r}")
+        return await self.standards.scores(definition, env_type)
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -417,7 +339,8 @@ class RunbookService:
         incident_id: str | None = None,
         idempotency_key: str | None = None,
         audit: AuditOf[Entity[RunBody]] | None = None,
-    ) -> Entity[RunBody]:
+    ) -> tuple[Entity[RunBody], bool]:
+        """The run, and whether it was started now (False: a retry with its key)."""
         current = await self.runbooks.by_key(runbook)
         if current is None:
             raise NotFound("not_found", f"no runbook {runbook!r}")
@@ -427,7 +350,7 @@ class RunbookService:
         target = await self._target(definition.app, env)
         if not principal.grants.allows(target, "execute"):
             raise Forbidden("forbidden", f"you may not execute in {definition.app}/{env}")
-        await self._check_secrets(definition, typed, target, principal)
+        await self._check_secrets(definition, typed, target, f"{definition.app}/{env}", principal)
         # FREEZE WINDOW GATE: the merger calls the freeze-window check here (refuse with the
         # window's name and end unless an override with a reason), before anything is kept.
         scores = await self.scores(definition, target.env_type)
@@ -458,7 +381,7 @@ class RunbookService:
             inputs_sealed=seal_json(
                 self._key, run_id, "inputs", {k: _to_json(v) for k, v in typed.items()}
             ),
-            scores=[_score_view(s) for s in scores],
+            scores=[score_view(s) for s in scores],
             created_at=now,
             updated_at=now,
         )
@@ -486,20 +409,30 @@ class RunbookService:
             earlier = await self.runs.by_key(key)
             if earlier is None:
                 raise Conflicting("conflict", "the idempotency key is in use; try again") from None
-            return earlier
+            if earlier.body.runbook != definition.name or earlier.body.env_id != target.env_id:
+                # A retry must not stand in for a different run (as for tasks).
+                raise Conflicting(
+                    "conflict",
+                    f"idempotency key {idempotency_key!r} was used for run {earlier.id} of"
+                    f" {earlier.body.runbook} in {earlier.body.app}/{earlier.body.env};"
+                    " use a new key",
+                    field="idempotency_key",
+                ) from None
+            return earlier, False
         try:
-            return await self._feed(run_id, Start())
+            return await self._feed(run_id, Start()), True
         except Exception as exc:  # kept: the sweep (tick) carries the run on
             log.warning("run started but not advanced", run_id=run_id, error=str(exc))
             run = await self.runs.get(run_id)
             assert run is not None
-            return run
+            return run, True
 
     async def _check_secrets(
         self,
         definition: RunbookDefinition,
         typed: Mapping[str, Any],
         target: Target,
+        where: str,
         principal: Principal,
     ) -> None:
         """As for a task (manager.api.task_access.check_secrets): a run may use a secret
@@ -512,7 +445,6 @@ class RunbookService:
         names |= {v.name for v in typed.values() if isinstance(v, SecretRef)}
         if not names or self._secrets is None:
             return
-        where = f"{definition.app}/{target.env_id}"
         if not principal.grants.allows_all(target, ("create", "read", "update")):
             raise Forbidden(
                 "forbidden",

@@ -2,7 +2,8 @@
 applies a runbook file; one user starts a run and follows it; the run waits for approval;
 the starter may not approve it, a user outside the named group may not either, another
 member of the group approves it through the CLI, and the follower sees the rest run and
-exits 0. Export gives back the file; diff shows a change; a user without execute is refused.
+exits 0. Export gives back the file; diff shows a change; a user without execute is refused;
+a governance standard's score shows, and a production run below it is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.harness import BIN, Cluster, Proc
 from tests.e2e.test_access_cli import PASSWORD, User, admin
@@ -45,6 +48,36 @@ steps:
   script: echo restarted
 """
 
+USE_TOKEN = """\
+name: use-token
+app: shop
+env: prod
+inputs:
+- name: token
+  type: secret
+steps:
+- name: check
+  kind: shell
+  script: |
+    echo "the token is $INPUT_TOKEN"
+    [ "$INPUT_TOKEN" = tok-0123456789-value ] && echo "token matches"
+"""
+
+STANDARD = """\
+name: readiness
+rules:
+- rule: has_step_kind
+  value: approval
+  weight: 5
+- rule: has_step_tagged
+  value: security-scan
+  weight: 3
+- rule: has_rollback
+  weight: 2
+enforce_env_types: [production]
+minimum: 100
+"""
+
 
 async def _user(cluster: Cluster, email: str, group: str) -> User:
     created = await admin(cluster, "user", "create", email, "--group", group)
@@ -57,6 +90,8 @@ async def _user(cluster: Cluster, email: str, group: str) -> User:
     return user
 
 
+# About 15 CLI runs, each a Python start: beside other workers that takes its time.
+@pytest.mark.timeout(300)
 async def test_a_run_is_approved_by_another_user_through_the_cli(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -128,3 +163,32 @@ async def test_a_run_is_approved_by_another_user_through_the_cli(
     assert run["state"] == "succeeded"
     assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "succeeded"]
     assert run["started_by"] == "alice@example.com"
+
+    # A secret input is a secret's name: the delegate resolves it, the log masks it.
+    value = tmp_path / "token"
+    value.write_text("tok-0123456789-value")
+    await admin(cluster, "secret", "create", "api-token", "--from-file", str(value))
+    uses = tmp_path / "use-token.yaml"
+    uses.write_text(USE_TOKEN)
+    await admin(cluster, "runbook", "apply", "-f", str(uses))
+    res = await admin(cluster, "runbook", "run", "use-token", "--input", "token=api-token")
+    assert "token matches" in res.stdout
+    assert "tok-0123456789-value" not in res.stdout + res.stderr
+    assert "the token is ***" in res.stdout, res.stdout
+
+    # A standard enforced in production: the scores show, and a run below it is refused.
+    standard = tmp_path / "readiness.yaml"
+    standard.write_text(STANDARD)
+    res = await admin(cluster, "standard", "apply", "-f", str(standard))
+    assert "standard readiness at version 1" in res.stdout
+    shown = (await admin(cluster, "runbook", "get", "restart-api")).stdout
+    assert (
+        "standard readiness: 80 %, enforced here at 100 %\n  unmet: has a rollback step (2)"
+        in shown
+    )
+    res = await alice.tether("runbook", "run", "restart-api", "--input", "reason=x")
+    assert res.code == 1
+    assert res.stderr == (
+        "error: HTTP 409 below_standard: run refused: standard 'readiness' scores 80 %, below"
+        " the 100 % required here; unmet: has a rollback step (2)\n"
+    )

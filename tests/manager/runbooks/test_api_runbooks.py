@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 
 from manager.access.directory import Directory, GroupBody, SessionBody, UserBody
-from manager.access.principal import SessionTokens
+from manager.access.principal import Principal, SessionTokens
+from manager.api.context import CTX
 from manager.core.audit_chain import AuditQuery
+from manager.core.identity import Actor
+from manager.core.rbac import FULL, Grants
+from manager.errors import Forbidden, Invalid
+from manager.runbooks.service import start_run
 from manager.schemas.grants import AppGrant
 from manager.store.base import Store
 from shared.ids import hash_secret
@@ -18,6 +23,7 @@ from tests.manager.access_support import Manager, one_manager, sqlite_store  # n
 from tests.manager.rbac_support import place
 
 EXEC = AppGrant(actions=("read", "execute"))
+READ = AppGrant(actions=("read",))
 
 
 async def person(store: Store, email: str, group: str, *apps: AppGrant) -> str:
@@ -239,3 +245,82 @@ async def test_an_enforced_standard_refuses_a_production_run_below_its_minimum(
     assert (await m.call("PUT", "/api/v1/standards/x", {**standard, "name": "x"}, key=plain))[
         0
     ] == 403
+
+
+async def test_the_webhook_entry_point_starts_a_run_and_audits_it_in_its_transaction(
+    m: Manager, store: Store, shop: None
+) -> None:
+    await m.call("PUT", "/api/v1/runbooks/restart-api", restart_api())
+    ctx = m.client.app[CTX]
+    hook = Principal(Actor("api_key", "hook_1", "alertmanager"), FULL)
+    with pytest.raises(Invalid, match="input 'replicas': is not a number"):
+        await start_run(ctx, "restart-api", {"reason": "x", "replicas": "x"}, hook, trigger="t")
+    reader = Principal(Actor("api_key", "hook_2", "reader"), Grants(frozenset(), (READ,)))
+    with pytest.raises(Forbidden):
+        await start_run(ctx, "restart-api", {"reason": "x"}, reader, trigger="t")
+    assert await store.list_entities("runbook_run") == []
+    run_id = await start_run(
+        ctx, "restart-api", {"reason": "disk"}, hook, trigger="hook:alertmanager", incident_id="i1"
+    )
+    status, run = await m.call("GET", f"/api/v1/runbook-runs/{run_id}")
+    assert status == 200, run
+    assert (run["trigger"], run["incident_id"], run["state"]) == (
+        "hook:alertmanager",
+        "i1",
+        "waiting_for_approval",
+    )
+    [event] = await store.list_audit(AuditQuery(resource_type="runbook_run"))
+    assert (event.method, event.path, event.actor_name) == (
+        "TRIGGER",
+        "hook:alertmanager",
+        "alertmanager",
+    )
+    assert "disk" not in str(event)
+
+
+async def test_a_retried_start_with_its_key_returns_the_same_run(m: Manager, shop: None) -> None:
+    await m.call("PUT", "/api/v1/runbooks/restart-api", restart_api())
+    await m.call("PUT", "/api/v1/runbooks/other", restart_api(name="other"))
+    body = {"inputs": {"reason": "x"}, "idempotency_key": "k1"}
+    status, first = await m.call("POST", "/api/v1/runbooks/restart-api/runs", body)
+    assert status == 201, first
+    status, again = await m.call("POST", "/api/v1/runbooks/restart-api/runs", body)
+    assert (status, again["id"]) == (200, first["id"])
+    status, other = await m.call("POST", "/api/v1/runbooks/other/runs", body)
+    assert status == 409, other
+    assert f"was used for run {first['id']} of restart-api" in other["error"]["message"]
+    assert len((await m.call("GET", "/api/v1/runbook-runs"))[1]["runs"]) == 1
+
+
+async def test_env_as_an_input_and_a_secret_input_need_their_permissions(
+    m: Manager, store: Store, shop: None
+) -> None:
+    anywhere = {
+        "name": "anywhere",
+        "app": "shop",
+        "inputs": [
+            {"name": "env", "type": "enum", "values": ["dev", "prod"]},
+            {"name": "token", "type": "secret", "required": False},
+        ],
+        "steps": [{"name": "s", "kind": "shell", "script": "true"}],
+    }
+    updater = await person(store, "u@example.com", "updaters", AppGrant(actions=("update",)))
+    status, body = await m.call("PUT", "/api/v1/runbooks/anywhere", anywhere, key=updater)
+    assert status == 403
+    assert "needs manage_applications" in body["error"]["message"]
+    assert (await m.call("PUT", "/api/v1/runbooks/anywhere", anywhere))[0] == 200
+    dev_only = AppGrant(envs="non_production", actions=("read", "execute"))
+    dev = await person(store, "d@example.com", "devs", dev_only)
+    path = "/api/v1/runbooks/anywhere/runs"
+    status, run = await m.call("POST", path, {"inputs": {"env": "dev"}}, key=dev)
+    assert status == 201, run
+    assert (run["app"], run["env"]) == ("shop", "dev")
+    status, body = await m.call("POST", path, {"inputs": {"env": "prod"}}, key=dev)
+    assert (status, body["error"]["message"]) == (403, "you may not execute in shop/prod")
+    # A secret input is a secret in use: create, read and update there, as for a task.
+    status, body = await m.call("POST", path, {"inputs": {"env": "dev", "token": "t"}}, key=dev)
+    assert status == 403
+    assert body["error"]["message"] == (
+        "running a runbook that uses secrets needs create, read and update in its"
+        " environment (shop/dev)"
+    )
