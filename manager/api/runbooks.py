@@ -64,6 +64,7 @@ def _run_audit(run: RunBody) -> dict[str, object]:
             str(spec.get("name")): p.status
             for spec, p in zip(run.definition.get("steps", []), run.progress.steps, strict=False)
         },
+        **({} if run.freeze_override is None else {"freeze_override": run.freeze_override}),
     }
 
 
@@ -176,6 +177,7 @@ async def start_run(request: web.Request) -> web.Response:
         principal_of(request),
         trigger="api",
         idempotency_key=body.idempotency_key,
+        override_freeze=body.override_freeze,
         audit=in_transaction(request, started),
     )
     return json_response(service.view(run), status=201 if new else 200)

@@ -47,6 +47,7 @@ from manager.core.runstate import (
 )
 from manager.core.standards import Score, refusal
 from manager.errors import Conflicting, Forbidden, Invalid, NotFound
+from manager.governance.freeze import Freezes, check_freeze
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.runbooks.checks import problems
@@ -142,6 +143,8 @@ class RunBody(_Body):
     env_type: str
     trigger: str
     incident_id: str | None = None
+    # The freeze windows the starter proceeded through, and why (override_freeze).
+    freeze_override: dict[str, Any] | None = None
     started_by: str  # actor id
     started_by_name: str
     started_by_user: str | None = None
@@ -187,6 +190,9 @@ class RunbookService:
         self._events = events
         self._key = master_key
         self._clock = clock
+        # Freeze windows refuse runs aimed at a frozen place (set by the app's wiring; None:
+        # no windows are checked, as in tests of the runs alone).
+        self.freezes: Freezes | None = None
         self.runbooks = EntityKind(store, "runbook", RunbookBody, lambda b: b.name, "rbk")
         self.versions = EntityKind(
             store, "runbook_version", RunbookBody, lambda b: f"{b.name}@{b.version}", "rbv"
@@ -338,6 +344,7 @@ class RunbookService:
         trigger: str,
         incident_id: str | None = None,
         idempotency_key: str | None = None,
+        override_freeze: str | None = None,
         audit: AuditOf[Entity[RunBody]] | None = None,
     ) -> tuple[Entity[RunBody], bool]:
         """The run, and whether it was started now (False: a retry with its key)."""
@@ -351,8 +358,17 @@ class RunbookService:
         if not principal.grants.allows(target, "execute"):
             raise Forbidden("forbidden", f"you may not execute in {definition.app}/{env}")
         await self._check_secrets(definition, typed, target, f"{definition.app}/{env}", principal)
-        # FREEZE WINDOW GATE: the merger calls the freeze-window check here (refuse with the
-        # window's name and end unless an override with a reason), before anything is kept.
+        # Freeze windows, before anything is kept: refused with the window's name and end,
+        # unless the starter may override and says why (kept on the run, so in its event).
+        override = None
+        if self.freezes is not None:
+            override = await check_freeze(
+                self.freezes,
+                target,
+                principal.grants,
+                override_reason=override_freeze,
+                now=self._clock(),
+            )
         scores = await self.scores(definition, target.env_type)
         if (why := refusal(scores)) is not None:
             raise Conflicting("below_standard", f"run refused: {why}")
@@ -373,6 +389,7 @@ class RunbookService:
             env_type=target.env_type,
             trigger=trigger,
             incident_id=incident_id,
+            freeze_override=None if override is None else override.audit(),
             started_by=principal.actor.id,
             started_by_name=principal.actor.name,
             started_by_user=principal.user_id,

@@ -163,6 +163,8 @@ class RunStart(Model):
     )
     # A key the caller chooses so that a retried start returns the same run.
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    # Proceed through an active freeze window (needs override_freeze): why, for the audit.
+    override_freeze: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class ApprovalDecision(Model):

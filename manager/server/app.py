@@ -49,6 +49,7 @@ from manager.api.freezes import add_freeze_routes
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
 from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
+from manager.api.incident_services import INCIDENT_SERVICES
 from manager.api.incidents import add_incident_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
@@ -427,6 +428,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     app[CTX] = c
     install_incident_services(app, c, master_key, config.clock)
+    c.runbooks.freezes = app[INCIDENT_SERVICES].freezes
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)

@@ -231,7 +231,11 @@ def _inputs(values: list[str]) -> dict[str, str]:
 
 
 async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
-    start = RunStart(inputs=_inputs(args.input), idempotency_key=args.idempotency_key)
+    start = RunStart(
+        inputs=_inputs(args.input),
+        idempotency_key=args.idempotency_key,
+        override_freeze=args.override_freeze,
+    )
     run = await ctx.client.start_runbook_run(args.name, start)
     if args.no_follow:
         ctx.console.print(fmt.to_json(run) if ctx.json else run.id)
@@ -409,6 +413,11 @@ def add_runbook_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--idempotency-key", metavar="KEY", help="a retry returns the same run")
+    p.add_argument(
+        "--override-freeze",
+        metavar="REASON",
+        help="run through an active freeze window (needs override_freeze); the reason is audited",
+    )
     p.add_argument("--no-follow", action="store_true", help="print the run's id and return")
     p.add_argument("-q", "--quiet", action="store_true", help="no step logs or notes")
     p.set_defaults(handler=cmd_run)

@@ -324,3 +324,40 @@ async def test_env_as_an_input_and_a_secret_input_need_their_permissions(
         "running a runbook that uses secrets needs create, read and update in its"
         " environment (shop/dev)"
     )
+
+
+async def test_a_freeze_window_refuses_a_run_unless_overridden_with_a_reason(
+    m: Manager, store: Store, shop: None
+) -> None:
+    no_gate = restart_api(steps=[{"name": "restart", "kind": "shell", "script": "true"}])
+    await m.call("PUT", "/api/v1/runbooks/restart-api", no_gate)
+    now = m.clock()
+    window = {"name": "release", "start": now - 60, "end": now + 3600, "env_types": ["production"]}
+    assert (await m.call("POST", "/api/v1/freezes", window))[0] == 201
+    start = {"inputs": {"reason": "x"}}
+
+    status, body = await m.call("POST", "/api/v1/runbooks/restart-api/runs", start)
+    assert status == 409
+    assert body["error"]["code"] == "frozen"
+    assert "freeze window 'release'" in body["error"]["message"]
+    assert await store.list_entities("runbook_run") == []
+
+    # Without override_freeze, a reason does not help.
+    runner = await person(store, "runner@example.com", "runners", EXEC)
+    status, _ = await m.call(
+        "POST",
+        "/api/v1/runbooks/restart-api/runs",
+        {**start, "override_freeze": "hotfix"},
+        key=runner,
+    )
+    assert status == 403
+    assert await store.list_entities("runbook_run") == []
+
+    # An administrator (every permission) proceeds, and the reason is in the run's event.
+    status, run = await m.call(
+        "POST", "/api/v1/runbooks/restart-api/runs", {**start, "override_freeze": "hotfix 42"}
+    )
+    assert status == 201, run
+    events = await store.list_audit(AuditQuery(resource_type="runbook_run", action="create"))
+    assert [e.resource_id for e in events] == [run["id"]]
+    assert "hotfix 42" in json.dumps(events[0].diff)
