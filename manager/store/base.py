@@ -59,6 +59,7 @@ __all__ = [
     "BadData",
     "ChangeWatcher",
     "Conflict",
+    "DataKeyStore",
     "DiskFull",
     "EntityWrite",
     "SecretStore",
@@ -637,7 +638,28 @@ class AuditStore(abc.ABC):
         """The filter deleted (``audit``: of it); None when there was none."""
 
 
-class Store(TaskStore, SecretStore, AccessStore, AuditStore):
+class DataKeyStore(abc.ABC):
+    """The wrapped data key of each owner of sealed records (manager.keys.data_keys)."""
+
+    @abc.abstractmethod
+    async def data_keys_of(self, owners: Sequence[str]) -> dict[str, bytes]:
+        """The wrapped keys of those of ``owners`` that have one."""
+
+    @abc.abstractmethod
+    async def add_data_key(self, owner: str, wrapped: bytes, created_at: float) -> bytes:
+        """Store ``wrapped`` as ``owner``'s key unless it has one already; the key it has
+        now (another writer's, when two raced)."""
+
+    @abc.abstractmethod
+    async def data_keys_after(self, owner: str, limit: int) -> list[tuple[str, bytes]]:
+        """A page of (owner, wrapped key), in owner order, after ``owner`` ("" first)."""
+
+    @abc.abstractmethod
+    async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-set of ``owner``'s wrapped key; False when it was not ``old``."""
+
+
+class Store(TaskStore, SecretStore, AccessStore, AuditStore, DataKeyStore):
     """The whole store: every concern, over one database."""
 
     # Whether writes succeed; a backend reports each full-volume failure and each write.

@@ -371,6 +371,19 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    # The data key of each owner of sealed records ("task:<id>", "incident:<id>",
+    # "run:<id>"), wrapped by the master key (manager.keys.data_keys). Rows written before
+    # this migration stay plaintext and are told apart by their format (docs/operations.md).
+    (
+        22,
+        """
+        CREATE TABLE data_keys (
+            owner TEXT PRIMARY KEY,
+            wrapped {BYTES} NOT NULL,
+            created_at {REAL} NOT NULL
+        )
+        """,
+    ),
 ]
 
 

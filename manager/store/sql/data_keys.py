@@ -1,0 +1,44 @@
+"""The wrapped data keys of sealed records' owners: the SQL once (manager.keys.data_keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from manager.store.base import DataKeyStore
+from manager.store.sql.dialect import one_of
+from manager.store.sql.statements import Statements
+
+__all__ = ["DataKeyQueries"]
+
+# Two replicas making the key of one owner at once: the second insert does nothing, and
+# both then use the key that won.
+_ADD = (
+    "INSERT INTO data_keys(owner, wrapped, created_at) VALUES (:owner, :wrapped, :created_at)"
+    " ON CONFLICT (owner) DO NOTHING"
+)
+_GET = "SELECT wrapped FROM data_keys WHERE owner = :owner"
+_PAGE = "SELECT owner, wrapped FROM data_keys WHERE owner > :after ORDER BY owner LIMIT :limit"
+_REPLACE = (
+    "UPDATE data_keys SET wrapped = :new WHERE owner = :owner AND wrapped = :old RETURNING owner"
+)
+
+
+class DataKeyQueries(Statements, DataKeyStore):
+    async def data_keys_of(self, owners: Sequence[str]) -> dict[str, bytes]:
+        if not owners:
+            return {}
+        cond, params = one_of(self.dialect, "owner", "owners", owners)
+        sql = f"SELECT owner, wrapped FROM data_keys WHERE {cond}"  # noqa: S608 (fixed text)
+        return {r["owner"]: bytes(r["wrapped"]) for r in await self._fetch(sql, params)}
+
+    async def add_data_key(self, owner: str, wrapped: bytes, created_at: float) -> bytes:
+        await self._fetch(_ADD, {"owner": owner, "wrapped": wrapped, "created_at": created_at})
+        row = await self._fetchrow(_GET, {"owner": owner})
+        return bytes(row["wrapped"])
+
+    async def data_keys_after(self, owner: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = await self._fetch(_PAGE, {"after": owner, "limit": limit})
+        return [(r["owner"], bytes(r["wrapped"])) for r in rows]
+
+    async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        return await self._fetchrow(_REPLACE, {"owner": owner, "old": old, "new": new}) is not None
