@@ -142,14 +142,16 @@ class DataKeys:
             self._cache.move_to_end(owner)
         return key
 
-    async def key(self, owner: str) -> DataKey:
-        """``owner``'s key, made and stored when it has none."""
+    async def key(self, owner: str, *, new: bool = False) -> DataKey:
+        """``owner``'s key, made and stored when it has none. ``new``: the owner was just
+        made (a fresh id), so the store is not asked first: one round trip, not two."""
         key = self.cached(owner)
         if key is not None:
             return key
-        found = await self.existing([owner])
-        if owner in found:
-            return found[owner]
+        if not new:
+            found = await self.existing([owner])
+            if owner in found:
+                return found[owner]
         raw = os.urandom(_KEY_LEN)
         wrapped = await self._master.wrap_key(raw, _context(owner))
         stored = await self._store.add_data_key(owner, wrapped, self._clock())

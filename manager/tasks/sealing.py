@@ -76,7 +76,8 @@ class SealedTasks:
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
-        key = await self._keys.key(owner_of(task.id))
+        # A task id is new at its insert (manager.tasks.service makes it).
+        key = await self._keys.key(owner_of(task.id), new=True)
         stored, created = await self._store.insert_task(
             _seal_task(task, key),
             idempotency_window=idempotency_window,
