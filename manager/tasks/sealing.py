@@ -38,7 +38,15 @@ from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.logbytes import shown
 from shared.protocol import TaskState
 
-__all__ = ["SEALED", "UNREADABLE_LINE", "SealedTasks", "owner_of", "sealed_tasks"]
+__all__ = [
+    "SEALED",
+    "UNREADABLE_LINE",
+    "SealedTasks",
+    "open_line",
+    "owner_of",
+    "seal_lines",
+    "sealed_tasks",
+]
 
 log = structlog.get_logger("tether.tasks")
 
@@ -163,7 +171,7 @@ class SealedTasks:
             if await self._store.get_task(task_id) is None:
                 return -1
             key = await self._keys.key(owner)
-        return await self._store.append_logs(task_id, attempt, delegate_id, _seal_lines(key, lines))
+        return await self._store.append_logs(task_id, attempt, delegate_id, seal_lines(key, lines))
 
     async def get_logs(
         self,
@@ -178,7 +186,7 @@ class SealedTasks:
             return lines
         owner = owner_of(task_id)
         key = (await self._keys.existing([owner])).get(owner)
-        return [_open_line(key, ln) if _line_sealed(ln) else ln for ln in lines]
+        return [open_line(key, ln) if _line_sealed(ln) else ln for ln in lines]
 
 
 def sealed_tasks(store: Store, keys: DataKeys) -> Store:
@@ -251,7 +259,7 @@ def _opening(audit: AuditOf[TaskRecord], key: DataKey) -> AuditOf[TaskRecord]:
     return lambda task: audit(_open_task(task, key))
 
 
-def _seal_lines(key: DataKey, lines: Sequence[LogRecord]) -> list[LogRecord]:
+def seal_lines(key: DataKey, lines: Sequence[LogRecord]) -> list[LogRecord]:
     plain = [
         (
             _log_field(ln.attempt, ln.stream),
@@ -270,7 +278,7 @@ def _line_sealed(line: LogRecord) -> bool:
     return line.text == "" and line.data is not None and is_sealed(line.data)
 
 
-def _open_line(key: DataKey | None, line: LogRecord) -> LogRecord:
+def open_line(key: DataKey | None, line: LogRecord) -> LogRecord:
     try:
         if key is None:
             raise DataKeyError("the task has no data key")  # noqa: TRY301 (one outcome)
