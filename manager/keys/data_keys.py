@@ -182,6 +182,12 @@ class DataKeys:
             raise DataKeyError(f"{owner} has no data key")
         return key.open(field, seq, sealed)
 
+    async def forget(self, owner: str) -> None:
+        """Delete ``owner``'s key, here and in the store: its sealed records no longer open
+        (a purge crypto-shreds with it; a write that was not made drops the key it made)."""
+        self._cache.pop(owner, None)
+        await self._store.delete_data_key(owner)
+
     async def _unwrap(self, owner: str, wrapped: bytes) -> bytes:
         try:
             return await self._master.unwrap_key(wrapped, _context(owner))

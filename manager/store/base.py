@@ -658,6 +658,10 @@ class DataKeyStore(abc.ABC):
     async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
         """Compare-and-set of ``owner``'s wrapped key; False when it was not ``old``."""
 
+    @abc.abstractmethod
+    async def delete_data_key(self, owner: str) -> bool:
+        """Forget ``owner``'s key (its sealed records no longer open); False when none."""
+
 
 class Store(TaskStore, SecretStore, AccessStore, AuditStore, DataKeyStore):
     """The whole store: every concern, over one database."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ import structlog
 from manager.core.audit_chain import AuditOf
 from manager.keys.data_keys import DataKey, DataKeyError, DataKeys, is_sealed
 from manager.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord
-from manager.store.base import Store, StoreError
+from manager.store.base import BadData, Store, StoreError
 from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.logbytes import shown
 from shared.protocol import TaskState
@@ -85,13 +86,28 @@ class SealedTasks:
         audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
         # A task id is new at its insert (manager.tasks.service makes it).
-        key = await self._keys.key(owner_of(task.id), new=True)
-        stored, created = await self._store.insert_task(
-            _seal_task(task, key),
-            idempotency_window=idempotency_window,
-            audit=None if audit is None else _opening(audit, key),
-        )
+        owner = owner_of(task.id)
+        key = await self._keys.key(owner, new=True)
+        try:
+            stored, created = await self._store.insert_task(
+                _seal_task(task, key),
+                idempotency_window=idempotency_window,
+                audit=None if audit is None else _opening(audit, key),
+            )
+        except BaseException:
+            await self._drop_key_of_unmade(task.id)
+            raise
+        if not created:
+            await self._keys.forget(owner)  # an earlier task of that key answers
         return await self._open(stored), created
+
+    async def _drop_key_of_unmade(self, task_id: str) -> None:
+        """The insert failed: its key goes too, so a refused submit leaves no row behind.
+        Only once the task is known not to be there (an answer lost after a commit must not
+        cost the task its key); when that cannot be known, the key stays, harmless."""
+        with contextlib.suppress(StoreError):
+            if await self._store.get_task(task_id) is None:
+                await self._keys.forget(owner_of(task_id))
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         task = await self._store.get_task(task_id)
@@ -260,14 +276,18 @@ def _opening(audit: AuditOf[TaskRecord], key: DataKey) -> AuditOf[TaskRecord]:
 
 
 def seal_lines(key: DataKey, lines: Sequence[LogRecord]) -> list[LogRecord]:
-    plain = [
-        (
-            _log_field(ln.attempt, ln.stream),
-            ln.seq,
-            b"t" + ln.text.encode() if ln.data is None else b"b" + ln.data,
-        )
-        for ln in lines
-    ]
+    try:
+        plain = [
+            (
+                _log_field(ln.attempt, ln.stream),
+                ln.seq,
+                b"t" + ln.text.encode() if ln.data is None else b"b" + ln.data,
+            )
+            for ln in lines
+        ]
+    except UnicodeEncodeError:
+        # What the store says of such text when it is stored clear (a 422, nothing kept).
+        raise BadData("text that is not Unicode (a lone surrogate)") from None
     return [
         LogRecord(ln.attempt, ln.seq, ln.stream, ln.ts, "", blob)
         for ln, blob in zip(lines, key.seal_many(plain), strict=True)

@@ -17,6 +17,7 @@ _ADD = (
     " ON CONFLICT (owner) DO UPDATE SET owner = excluded.owner RETURNING wrapped"
 )
 _PAGE = "SELECT owner, wrapped FROM data_keys WHERE owner > :after ORDER BY owner LIMIT :limit"
+_DELETE = "DELETE FROM data_keys WHERE owner = :owner RETURNING owner"
 _REPLACE = (
     "UPDATE data_keys SET wrapped = :new WHERE owner = :owner AND wrapped = :old RETURNING owner"
 )
@@ -41,3 +42,6 @@ class DataKeyQueries(Statements, DataKeyStore):
 
     async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
         return await self._fetchrow(_REPLACE, {"owner": owner, "old": old, "new": new}) is not None
+
+    async def delete_data_key(self, owner: str) -> bool:
+        return await self._fetchrow(_DELETE, {"owner": owner}) is not None

@@ -195,3 +195,17 @@ async def test_rows_copied_between_tasks_or_positions_do_not_open(
     with pytest.raises(StoreError, match="does not open") as err:
         await sealed.get_task("task_a")
     assert MARK not in str(err.value)
+
+
+async def test_a_repeated_idempotent_submit_leaves_no_key_behind(
+    store: Store, sealed: Store
+) -> None:
+    first, created = await sealed.insert_task(
+        task("task_1", idempotency_key="k"), idempotency_window=WINDOW
+    )
+    again, created_again = await sealed.insert_task(
+        task("task_2", idempotency_key="k"), idempotency_window=WINDOW
+    )
+    assert (created, created_again, again.id) == (True, False, "task_1")
+    assert again.payload == PAYLOAD
+    assert [owner for owner, _ in await store.data_keys_after("", 10)] == ["task:task_1"]
