@@ -61,6 +61,7 @@ SEAL_OVERHEAD = 1 + _NONCE + _TAG
 _OWNER = re.compile(r"[a-z][a-z_]*:[^\x00]{1,200}")
 _AD = b"tether-record-v1\x00"
 _WRAP_CONTEXT = b"tether-data-key-v1\x00"
+_FIELDS_KEPT = 64
 # Unwrapped keys kept: a key is 32 bytes and an AESGCM object, so this is well under 1 MiB;
 # the hot owners (tasks whose logs stream in, logs being followed) are far fewer.
 CACHE_SIZE = 4096
@@ -81,15 +82,23 @@ class DataKey:
     """One owner's unwrapped key. Sealing is synchronous: a batch of records takes one
     AESGCM object and one call for all its nonces."""
 
-    __slots__ = ("_aead", "_prefix", "owner")
+    __slots__ = ("_aead", "_fields", "_prefix", "owner")
 
     def __init__(self, owner: str, key: bytes) -> None:
         self.owner = owner
         self._aead = AESGCM(key)
         self._prefix = _AD + owner.encode() + b"\x00"
+        # The associated data's head per field: an owner has a handful of fields (a task:
+        # payload, outputs, deployment, a log field per attempt and stream), each built once.
+        self._fields: dict[str, bytes] = {}
 
     def _ad(self, field: str, seq: int) -> bytes:
-        return self._prefix + field.encode() + b"\x00" + seq.to_bytes(8, "big", signed=True)
+        head = self._fields.get(field)
+        if head is None:
+            if len(self._fields) >= _FIELDS_KEPT:
+                self._fields.clear()
+            head = self._fields[field] = self._prefix + field.encode() + b"\x00"
+        return head + seq.to_bytes(8, "big", signed=True)
 
     def seal(self, field: str, seq: int, plaintext: bytes) -> bytes:
         nonce = os.urandom(_NONCE)

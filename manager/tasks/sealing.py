@@ -198,8 +198,8 @@ class SealedTasks:
         max_bytes: int = MAX_LOG_PAGE_BYTES,
     ) -> list[LogRecord]:
         lines = await self._store.get_logs(task_id, after=after, limit=limit, max_bytes=max_bytes)
-        if not any(_line_sealed(ln) for ln in lines):
-            return lines
+        if not lines or (not _line_sealed(lines[-1]) and not any(map(_line_sealed, lines))):
+            return lines  # written before sealing (the newest line is sealed if any is)
         owner = owner_of(task_id)
         key = (await self._keys.existing([owner])).get(owner)
         return [open_line(key, ln) if _line_sealed(ln) else ln for ln in lines]
@@ -306,7 +306,8 @@ def open_line(key: DataKey | None, line: LogRecord) -> LogRecord:
     except DataKeyError as exc:
         log.warning("log line does not open", seq=line.seq, attempt=line.attempt, reason=str(exc))
         return dataclasses.replace(line, text=UNREADABLE_LINE, data=None)
+    # Built directly: dataclasses.replace costs more than the decryption on a short line.
     if plain[:1] == b"t":
-        return dataclasses.replace(line, text=plain[1:].decode(), data=None)
+        return LogRecord(line.attempt, line.seq, line.stream, line.ts, plain[1:].decode())
     raw = plain[1:]
-    return dataclasses.replace(line, text=shown(raw), data=raw)
+    return LogRecord(line.attempt, line.seq, line.stream, line.ts, shown(raw), raw)
