@@ -35,7 +35,8 @@ def disk_bytes(root: Path) -> bytes:
 
 
 def sent(spool: Spool) -> tuple[list[LogLine], list[TaskResult]]:
-    got, results = [], []
+    got: list[LogLine] = []
+    results: list[TaskResult] = []
     for task in spool.recovered():
         for entry in task.pending():
             got.extend(entry.lines)

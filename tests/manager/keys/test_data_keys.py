@@ -40,16 +40,18 @@ def test_a_record_opens_as_what_was_sealed(field: str, seq: int, plaintext: byte
 def test_a_record_opens_only_as_its_owner_field_and_position() -> None:
     sealed = KEY.seal("log:1:stdout", 7, b"the line")
     other_owner = DataKey("task:task_2", bytes(range(32)))  # same key bytes, other owner
-    for attempt in (
-        lambda: other_owner.open("log:1:stdout", 7, sealed),
-        lambda: KEY.open("log:1:stderr", 7, sealed),
-        lambda: KEY.open("log:2:stdout", 7, sealed),
-        lambda: KEY.open("log:1:stdout", 8, sealed),
-        lambda: KEY.open("log:1:stdout", 7, sealed[:-1] + bytes([sealed[-1] ^ 1])),
-        lambda: KEY.open("log:1:stdout", 7, b"\x01short"),
+    assert KEY.open("log:1:stdout", 7, sealed) == b"the line"
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for key, field, seq, blob in (
+        (other_owner, "log:1:stdout", 7, sealed),
+        (KEY, "log:1:stderr", 7, sealed),
+        (KEY, "log:2:stdout", 7, sealed),
+        (KEY, "log:1:stdout", 8, sealed),
+        (KEY, "log:1:stdout", 7, flipped),
+        (KEY, "log:1:stdout", 7, b"\x01short"),
     ):
         with pytest.raises(DataKeyError):
-            attempt()
+            key.open(field, seq, blob)
 
 
 def test_batched_nonces_are_all_different() -> None:

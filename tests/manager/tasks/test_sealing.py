@@ -74,8 +74,12 @@ async def execute(maker: StoreMaker, sql: str) -> None:
 
 async def test_a_task_is_stored_sealed_and_reads_as_submitted(store: Store, sealed: Store) -> None:
     seen: list[TaskRecord] = []
+
+    def audit(t: TaskRecord) -> None:
+        seen.append(t)
+
     stored, created = await sealed.insert_task(
-        task("task_1"), idempotency_window=WINDOW, audit=lambda t: seen.append(t) or None
+        task("task_1"), idempotency_window=WINDOW, audit=audit
     )
     assert created
     assert (stored.payload, stored.deployment) == (PAYLOAD, DEPLOYMENT)
@@ -200,7 +204,7 @@ async def test_rows_copied_between_tasks_or_positions_do_not_open(
 async def test_a_repeated_idempotent_submit_leaves_no_key_behind(
     store: Store, sealed: Store
 ) -> None:
-    first, created = await sealed.insert_task(
+    _, created = await sealed.insert_task(
         task("task_1", idempotency_key="k"), idempotency_window=WINDOW
     )
     again, created_again = await sealed.insert_task(
