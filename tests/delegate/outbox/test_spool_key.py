@@ -114,7 +114,7 @@ def test_a_spool_written_before_sealing_still_reads(tmp_path: Path) -> None:
     assert got == lines(0, 20)
 
 
-def test_a_record_moved_to_another_segment_is_damage(tmp_path: Path) -> None:
+def test_a_segment_copied_over_another_does_not_open(tmp_path: Path) -> None:
     key = os.urandom(32)
     root = tmp_path / "spool"
     spool = spool_at(root, key, segment_bytes=4 * KIB)
