@@ -81,8 +81,11 @@ class Agent:
         timings: Timings,
         process_masker: Masker,
         switcher: Switcher | None = None,
+        # The spool's own key (delegate.outbox.spool_key); None keeps a plaintext spool.
+        spool_key: bytes | None = None,
     ) -> None:
         self._config = config
+        self._spool_key = spool_key
         self._api = api
         self._link = link
         self._private_key = private_key
@@ -167,7 +170,7 @@ class Agent:
         # A run killed before its tasks ended left their directories, secret files included,
         # and maybe their processes, which would see the next task of their slot.
         await self._clear_work_root()
-        spool = await asyncio.to_thread(Spool.open, self._spool_root)
+        spool = await asyncio.to_thread(Spool.open, self._spool_root, key=self._spool_key)
         t = self._timings
         self._outbox = Outbox(
             self._api,

@@ -29,6 +29,7 @@ from delegate.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from delegate.link.api import ManagerApi
 from delegate.link.policy import LinkPolicy
 from delegate.link.stream import Channel
+from delegate.outbox.spool_key import SPOOL_KEY_FILE
 from delegate.run import isolation
 from delegate.run.launcher_client import LauncherError, ThroughLauncher, fetch_pool
 from delegate.run.switch import InProcess, Switcher
@@ -296,6 +297,8 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
         # work/ is the tasks' scratch space, emptied at start; its files are theirs.
         secure_data_dir(config.data_dir, scratch=("work",))
         private = load_or_create_private_key(config.data_dir / "delegate.key")
+        # The spool's own key, made and checked like the X25519 key beside it (0600).
+        spool_key = load_or_create_private_key(config.data_dir / SPOOL_KEY_FILE)
     except (DataDirError, SealError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -353,6 +356,7 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
             timings=timings,
             process_masker=masker,
             switcher=switcher,
+            spool_key=spool_key,
         )
         channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(

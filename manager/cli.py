@@ -26,6 +26,8 @@ from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.host_commands import add_host_parsers, purge, rotate_oidc
 from manager.keys.audit_key import AuditKeys
+from manager.keys.data_keys import RewrapReport as DataKeysReport
+from manager.keys.data_keys import rewrap_data_keys
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
 from manager.keys.rotation import RewrapReport, rewrap_builtin
@@ -579,6 +581,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
             resealed = await reseal(store, key)
             if await OidcKeys(store, key).reseal():
                 resealed.append(OIDC_KEYS)
+            # And the data keys of records sealed at rest (the records stay as they are).
+            data = await rewrap_data_keys(store, key)
         except StoreError as exc:
             print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
             print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
@@ -603,6 +607,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
                     "already_current": report.already_current,
                     "failed": len(report.failed),
                     "signing_keys_resealed": resealed,
+                    "data_keys_rewrapped": data.rewrapped,
+                    "data_keys_failed": len(data.failed),
                 },
             ),
         )
@@ -611,7 +617,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
     _print_report(key.current_id, report)
     if resealed:
         print(f"Signing keys re-sealed under {key.current_id}: {', '.join(resealed)}.")
-    return EXIT_FAILED if report.failed else 0
+    _print_data_keys(key.current_id, data)
+    return EXIT_FAILED if report.failed or data.failed else 0
 
 
 def _print_report(current: str, report: RewrapReport) -> None:
@@ -627,6 +634,16 @@ def _print_report(current: str, report: RewrapReport) -> None:
             f"They still open with their old key. Fix the cause and run `{_PROG} keys rewrap`.",
             file=sys.stderr,
         )
+
+
+def _print_data_keys(current: str, report: DataKeysReport) -> None:
+    print(
+        f"Data keys under {current}: {report.rewrapped} re-wrapped,"
+        f" {report.already_current} already current, {len(report.failed)} failed"
+        f" ({report.changed_meanwhile} changed meanwhile)."
+    )
+    for f in report.failed:
+        print(f"failed: data key of {f.owner}: {f.reason}", file=sys.stderr)
 
 
 # -- allowlist --------------------------------------------------------------------------------

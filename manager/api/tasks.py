@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 
 import structlog
@@ -221,8 +222,10 @@ def _task_name(task: TaskRecord) -> str:
 
 
 def _task_audit(view: TaskView) -> dict[str, object]:
-    # What was asked for; secret env values are not in the view (names only).
-    return view.model_dump(
+    # What was asked for; secret env values are not in the view (names only). The script,
+    # env values and deployment details are sealed at rest with the task (manager.tasks.
+    # sealing): the trail keeps their digest, not their text, so it holds none of them.
+    after = view.model_dump(
         mode="json",
         include={
             "id",
@@ -240,6 +243,17 @@ def _task_audit(view: TaskView) -> dict[str, object]:
             "env_id",
         },
     )
+    after["payload"] = _digest_of(after["payload"], keep=("type",))
+    if after.get("deployment") is not None:
+        after["deployment"] = _digest_of(after["deployment"], keep=("service", "environment"))
+    return after
+
+
+def _digest_of(value: object, *, keep: tuple[str, ...]) -> dict[str, object]:
+    """``keep``'s fields of ``value``, and the SHA-256 of all of it (canonical JSON)."""
+    assert isinstance(value, dict)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return {**{k: value[k] for k in keep if k in value}, "sha256": hashlib.sha256(text).hexdigest()}
 
 
 async def list_tasks(request: web.Request) -> web.Response:

@@ -65,6 +65,7 @@ from manager.audit.trail import AuditTrail
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
+from manager.keys.data_keys import DataKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.oidc_keys import OidcKeys
 from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
@@ -99,6 +100,7 @@ from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
 from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from manager.tasks.reads import TaskReads
+from manager.tasks.sealing import sealed_tasks
 from manager.tasks.service import TaskService
 from shared import __version__
 from shared.datadir import secure_data_dir
@@ -304,8 +306,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     # Delivery needs no task service, and the secret service runs its operations through
     # one: so delivery, then tasks, then the secret service, each built once and whole.
     deliveries = SecretDeliveries(store=store, master_key=master_key, masker=config.masker)
+    # One set of data keys (and its cache) for every service that seals records at rest.
+    data_keys = DataKeys(store, master_key, clock=config.clock)
+    task_store = sealed_tasks(store, data_keys)
     tasks = TaskService(
-        store=store,
+        store=task_store,
         hub=hub,
         dispatcher=dispatcher,
         events=events,
@@ -318,7 +323,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         envs=envs,
         secrets=deliveries,
     )
-    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    ops = SecretOps(store=task_store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
     secrets = SecretService(
         store=store, master_key=master_key, ops=ops, deliveries=deliveries, masker=config.masker
     )
@@ -344,7 +349,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
-        task_reads=TaskReads(store),
+        task_reads=TaskReads(task_store),
         delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,

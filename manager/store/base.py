@@ -60,6 +60,7 @@ __all__ = [
     "BadData",
     "ChangeWatcher",
     "Conflict",
+    "DataKeyStore",
     "DiskFull",
     "EntityWrite",
     "SecretStore",
@@ -712,7 +713,32 @@ class RetentionStore(abc.ABC):
         """Delete the oldest events, up to ``limit`` of them, none after ``upto``."""
 
 
-class Store(TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore):
+class DataKeyStore(abc.ABC):
+    """The wrapped data key of each owner of sealed records (manager.keys.data_keys)."""
+
+    @abc.abstractmethod
+    async def data_keys_of(self, owners: Sequence[str]) -> dict[str, bytes]:
+        """The wrapped keys of those of ``owners`` that have one."""
+
+    @abc.abstractmethod
+    async def add_data_key(self, owner: str, wrapped: bytes, created_at: float) -> bytes:
+        """Store ``wrapped`` as ``owner``'s key unless it has one already; the key it has
+        now (another writer's, when two raced)."""
+
+    @abc.abstractmethod
+    async def data_keys_after(self, owner: str, limit: int) -> list[tuple[str, bytes]]:
+        """A page of (owner, wrapped key), in owner order, after ``owner`` ("" first)."""
+
+    @abc.abstractmethod
+    async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-set of ``owner``'s wrapped key; False when it was not ``old``."""
+
+    @abc.abstractmethod
+    async def delete_data_key(self, owner: str) -> bool:
+        """Forget ``owner``'s key (its sealed records no longer open); False when none."""
+
+
+class Store(TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore, DataKeyStore):
     """The whole store: every concern, over one database."""
 
     # Whether writes succeed; a backend reports each full-volume failure and each write.

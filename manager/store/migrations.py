@@ -391,6 +391,19 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    # The data key of each owner of sealed records ("task:<id>", "incident:<id>",
+    # "run:<id>"), wrapped by the master key (manager.keys.data_keys). Rows written before
+    # this migration stay plaintext and are told apart by their format (docs/operations.md).
+    (
+        18,
+        """
+        CREATE TABLE data_keys (
+            owner TEXT PRIMARY KEY,
+            wrapped {BYTES} NOT NULL,
+            created_at {REAL} NOT NULL
+        )
+        """,
+    ),
 ]
 
 

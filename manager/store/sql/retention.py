@@ -49,6 +49,13 @@ _DELETE_TASK = (
     " AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired') RETURNING id"
 )
 
+# The purged task's data key goes with it (crypto-shredding: a copy of its sealed rows in a
+# backup no longer opens once backups of the key age out too), only once the task row is gone.
+_FORGET_DATA_KEY = (
+    "DELETE FROM data_keys WHERE owner = 'task:' || :task_id"
+    " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = :task_id) RETURNING owner"
+)
+
 _CHECKPOINTS = "SELECT seq, hash, key_id, created_at, signature FROM audit_checkpoints ORDER BY seq"
 _ADD_CHECKPOINT = (
     "INSERT INTO audit_checkpoints(seq, hash, key_id, created_at, signature)"
@@ -106,10 +113,11 @@ class RetentionQueries(Statements, RetentionStore):
             steps.append(Step(_DELETE_ATTEMPTS, {"task_id": task_id}))
             steps.append(Step(_FORGET_PURGED, {"task_id": task_id}))
             steps.append(Step(_DELETE_TASK, {"task_id": task_id}))
+            steps.append(Step(_FORGET_DATA_KEY, {"task_id": task_id}))
         if not steps:
             return 0
         done = await self._write_together(steps, None)
-        return 0 if done is None else sum(len(rows) for rows in done[2::3])
+        return 0 if done is None else sum(len(rows) for rows in done[2::4])
 
     async def audit_checkpoints(self) -> list[AuditCheckpoint]:
         return [

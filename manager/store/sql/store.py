@@ -8,6 +8,7 @@ from manager.store.base import EVERYTHING, ChangeWatcher, Store
 from manager.store.entity_cache import EntityCache
 from manager.store.sql.access import AccessQueries
 from manager.store.sql.audit import AuditQueries
+from manager.store.sql.data_keys import DataKeyQueries
 from manager.store.sql.entities import EntityQueries
 from manager.store.sql.purge import PurgeQueries
 from manager.store.sql.retention import RetentionQueries
@@ -27,6 +28,7 @@ class SqlStore(
     AuditQueries,
     RetentionQueries,
     PurgeQueries,
+    DataKeyQueries,
     Store,
 ):
     """A backend adds its connection (``_fetch``, ``open``, ``close``) and the methods whose

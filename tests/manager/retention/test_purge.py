@@ -136,6 +136,8 @@ async def test_rules_per_app_and_env_type_and_unfinished_tasks_stay(store: Store
     await finished(store, "t_staging", days_ago=2, place=staging)
     await finished(store, "t_billing", days_ago=20, place=billing)
     await finished(store, "t_loose", days_ago=400)
+    for owner in ("task:t_prod_old", "task:t_staging", "task:t_billing", "task:t_prod_running"):
+        await store.add_data_key(owner, b"wrapped", NOW)
     settings = RetentionSettings(
         rules=[
             RetentionRule(app="checkout", env_type="production", logs_days=1, tasks_days=10),
@@ -167,6 +169,12 @@ async def test_rules_per_app_and_env_type_and_unfinished_tasks_stay(store: Store
     assert await lines_of(store, "t_prod_running") == 3
     for kept in ("t_billing", "t_loose"):
         assert await lines_of(store, kept) == 3
+    # A purged task's data key goes with it; the keys of tasks kept stay.
+    assert await store.data_keys_of(["task:t_prod_old", "task:t_staging"]) == {}
+    assert set(await store.data_keys_of(["task:t_billing", "task:t_prod_running"])) == {
+        "task:t_billing",
+        "task:t_prod_running",
+    }
     # Nothing left to do: a second purge deletes nothing and records nothing.
     again = await p.run()
     assert set(again.counts.values()) == {0}
