@@ -24,7 +24,7 @@ import contextlib
 import json
 import random
 import ssl
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -185,11 +185,19 @@ class ApiError(TetherClientError):
         )
 
 
+# Why a connection failed, for a caller that maps failures to exit statuses: ``tls`` (the
+# certificate is not trusted: the CA file is wrong) and ``protocol`` (http:// against a TLS
+# port or the reverse) are fixed by changing a setting; ``unreachable`` and ``timeout`` may
+# pass by themselves; ``stream`` is a follow that broke too often.
+ConnectionKind = Literal["tls", "protocol", "unreachable", "timeout", "stream"]
+
+
 class ConnectionFailed(TetherClientError):
     """The manager could not be reached, or stopped answering."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, kind: ConnectionKind = "unreachable") -> None:
         self.message = message
+        self.kind: ConnectionKind = kind
         super().__init__(message)
 
 
@@ -291,6 +299,7 @@ class TetherClient:
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._ssl: ssl.SSLContext | None = None
+        self._ca_file = ca_file
         if url.scheme == "https":
             try:
                 self._ssl = tls_client_context(ca_file)
@@ -351,10 +360,27 @@ class TetherClient:
         limit: int = 100,
         app: str | None = None,
         env: str | None = None,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskView]:
-        params = _params(
-            state=state, delegate=delegate, since=since, until=until, limit=limit, app=app, env=env
+        """Tasks newest first. ``delegate``: a delegate's id or name; ``labels``: every one
+        must match; ``id_prefix``: the start of the id."""
+        params: list[tuple[str, str]] = list(
+            _params(
+                state=state,
+                delegate=delegate,
+                since=since,
+                until=until,
+                limit=limit,
+                app=app,
+                env=env,
+                name=name,
+                id_prefix=id_prefix,
+            ).items()
         )
+        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
         page = await self._call("GET", "/api/v1/tasks", TaskList, params=params)
         return page.tasks
 
@@ -399,6 +425,11 @@ class TetherClient:
         last_pos = _position(after) if after is not None else None
         last_state: TaskState | None = None
         failures = 0
+        # A loop of its own, not tenacity: what is retried is a generator that yields to the
+        # caller between failures, the count of failures starts again whenever a connection
+        # delivered anything (tenacity counts attempts since the first), and the delay takes
+        # the server's Retry-After. tenacity's AsyncRetrying would need a custom stop, wait
+        # and a state reset from inside the attempt: the same logic, less plainly written.
         while True:
             delivered = False
             retry_after: float | None = None
@@ -435,7 +466,8 @@ class TetherClient:
             if failures > self._follow_retries:
                 raise ConnectionFailed(
                     f"lost the log stream of task {task_id} ({failures} failed connections "
-                    f"in a row; last: {reason})"
+                    f"in a row; last: {reason})",
+                    "stream",
                 )
             await asyncio.sleep(self._follow_delay(failures, retry_after))
 
@@ -583,7 +615,7 @@ class TetherClient:
         path: str,
         model: type[_M],
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         body: BaseModel | None = None,
         timeout: float | None = None,
     ) -> _M:
@@ -607,10 +639,10 @@ class TetherClient:
                 if not 200 <= resp.status < 300:
                     raise _api_error(resp, raw)
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(f"{method} {path} on {self._display}: {_describe(exc)}") from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
-                f"{method} {path} on {self._display}: no answer within {timeout:g}s"
+                f"{method} {path} on {self._display}: no answer within {timeout:g}s", "timeout"
             ) from None
         if not raw and model is _NoContent:
             return model()
@@ -652,12 +684,43 @@ class TetherClient:
                 # A partial line left in buf was cut by the break; it comes again after
                 # the reconnect.
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(_describe(exc)) from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
                 f"timed out (connect limit {self._timeout:g}s, "
-                f"silence limit {self._follow_read_timeout}s)"
+                f"silence limit {self._follow_read_timeout}s)",
+                "timeout",
             ) from None
+
+    def _failed(self, exc: aiohttp.ClientError) -> ConnectionFailed:
+        """One line naming the URL and the CA in use, and what to check, for ``exc``."""
+        where = self._display
+        ca = f"CA file {self._ca_file}" if self._ca_file is not None else "the system's CAs"
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            return ConnectionFailed(
+                f"the TLS certificate of {where} is not trusted by {ca} ({reason})",
+                "tls",
+            )
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return ConnectionFailed(
+                f"TLS with {where} failed ({_ssl_reason(exc)}; trusting {ca}): "
+                "does it serve plain http?",
+                "protocol",
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and self._base.scheme == "http":
+            return ConnectionFailed(
+                f"{where} closed the connection without answering: it probably serves "
+                "https; use https://",
+                "protocol",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+            return ConnectionFailed(
+                f"cannot connect to {where} ({reason})",
+                "unreachable",
+            )
+        return ConnectionFailed(f"{where}: {_describe(exc)}", "unreachable")
 
     def _follow_delay(self, failures: int, retry_after: float | None) -> float:
         ceiling = min(
@@ -957,6 +1020,13 @@ def _api_error(resp: aiohttp.ClientResponse, raw: bytes) -> ApiError:
 
 def _describe(exc: aiohttp.ClientError) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    """OpenSSL's short reason (``wrong version number``), not the whole exception text."""
+    err = exc.os_error
+    reason = getattr(err, "reason", None)
+    return str(reason).lower().replace("_", " ") if reason else (str(err) or "handshake failed")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -371,6 +371,15 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    # A task's name and labels (tether task run --name --label k=v), to find it by.
+    (
+        17,
+        """
+        ALTER TABLE tasks ADD COLUMN name TEXT;
+        ALTER TABLE tasks ADD COLUMN labels {JSON} NOT NULL DEFAULT '{}';
+        CREATE INDEX tasks_name ON tasks(name) WHERE name IS NOT NULL;
+        """,
+    ),
 ]
 
 
