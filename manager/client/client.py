@@ -715,7 +715,12 @@ class TetherClient:
                 "protocol",
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+            err = exc.os_error
+            reason = (
+                "connection refused"
+                if isinstance(err, ConnectionRefusedError)
+                else err.strerror or str(err) or type(err).__name__
+            )
             return ConnectionFailed(
                 f"cannot connect to {where} ({reason})",
                 "unreachable",

@@ -438,9 +438,10 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Usage errors before anything else, so they never depend on the network or a key."""
-    if args.handler in (cmd_task_run, cmd_task_submit):
+    handler = getattr(args, "handler", None)
+    if handler in (cmd_task_run, cmd_task_submit):
         args.submit = build_submit(args)
-    elif args.handler is cmd_token_create:
+    elif handler is cmd_token_create:
         try:
             token_request(args)
         except ValidationError as exc:
