@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -24,10 +25,15 @@ async def manager(cluster: Cluster) -> Cluster:
     return cluster
 
 
-async def tether(c: Cluster, *args: str, stdin: bytes | None = None, **env: str) -> Result:
+async def tether(
+    c: Cluster, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
+) -> Result:
     """The CLI with a config dir of its own; ``env`` replaces the admin's settings."""
-    full = {**c.cli_env(), "TETHER_CONFIG_DIR": str(c.root / "cli"), **env}
+    full = {**c.cli_env(), "TETHER_CONFIG_DIR": str(c.root / "cli"), **(env or {})}
     return await c.run(str(BIN / "tether"), *args, env=full, stdin=stdin)
+
+
+BARE = {"TETHER_API_KEY": "", "TETHER_MANAGER_URL": "", "TETHER_CA_FILE": ""}
 
 
 def one_line(res: Result) -> str:
@@ -40,7 +46,7 @@ def one_line(res: Result) -> str:
 async def test_http_against_the_tls_port_says_use_https(manager: Cluster) -> None:
     plain = manager.url.replace("https://", "http://")
 
-    res = await tether(manager, "task", "list", TETHER_MANAGER_URL=plain)
+    res = await tether(manager, "task", "list", env={"TETHER_MANAGER_URL": plain})
 
     assert res.code == 2
     assert one_line(res) == (
@@ -52,7 +58,7 @@ async def test_http_against_the_tls_port_says_use_https(manager: Cluster) -> Non
 async def test_a_wrong_ca_names_the_ca_file_and_how_to_change_it(manager: Cluster) -> None:
     other = ensure_manager_certificates(manager.root / "other-tls", ["localhost"]).ca_cert
 
-    res = await tether(manager, "task", "list", TETHER_CA_FILE=str(other))
+    res = await tether(manager, "task", "list", env={"TETHER_CA_FILE": str(other)})
 
     assert res.code == 2
     line = one_line(res)
@@ -115,23 +121,23 @@ async def test_after_login_the_context_remembers_url_and_ca(manager: Cluster) ->
         invite,
         "--password-stdin",
         stdin=f"{PASSWORD}\n".encode(),
-        **user,
+        env=user,
     )
     assert res.code == 0, res.stderr
     config = manager.root / "cli" / "config.json"
     assert config.stat().st_mode & 0o777 == 0o600
     # ... later commands need neither: the context has them.
-    bare = {"TETHER_API_KEY": "", "TETHER_MANAGER_URL": "", "TETHER_CA_FILE": ""}
-    res = await tether(manager, "whoami", **bare)
+    res = await tether(manager, "whoami", env=BARE)
     assert res.code == 0, res.stderr
     assert res.stdout.startswith("dev@example.com (user usr_")
-    listed = await tether(manager, "context", "list", **bare)
+    listed = await tether(manager, "context", "list", env=BARE)
     assert listed.code == 0, listed.stderr
     token = _token_of(config)
     assert token not in listed.stdout + listed.stderr
-    assert "127.0.0.1" in listed.stdout and "dev@example.com" in listed.stdout
+    assert "127.0.0.1" in listed.stdout
+    assert "dev@example.com" in listed.stdout
     # A context that does not exist is a usage error listing those that do.
-    res = await tether(manager, "--context", "nope", "whoami", **bare)
+    res = await tether(manager, "--context", "nope", "whoami", env=BARE)
     assert (res.code, one_line(res)) == (2, "error: no context 'nope' (contexts: 127.0.0.1)")
 
 

@@ -155,7 +155,11 @@ class FakeClient(TetherClient):
 
     async def get_logs(self, task_id: str, after: str | None = None, limit: int = 1000) -> LogPage:
         self.afters.append(after)
-        return self.pages.pop(0) if self.pages else LogPage(lines=[], cursor="", state=TaskState.RUNNING)
+        return (
+            self.pages.pop(0)
+            if self.pages
+            else LogPage(lines=[], cursor="", state=TaskState.RUNNING)
+        )
 
     async def follow_logs(
         self, task_id: str, after: str | None = None
