@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 from yarl import URL
 
 from manager.schemas.access import (
@@ -93,6 +93,7 @@ from manager.schemas.directory import (
     UserCreate,
     UserCreated,
     UserList,
+    UserUpdate,
     UserView,
 )
 from manager.schemas.secrets import (
@@ -239,6 +240,11 @@ _EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
 
 class _NoContent(BaseModel):
     """A 204: nothing to read."""
+
+
+class Document(RootModel[dict[str, Any]]):
+    """A JSON object the client passes through as it is: settings whose model lives on the
+    server (the SSO settings), which the client may not import."""
 
 
 class _DelegateList(BaseModel):
@@ -851,6 +857,35 @@ class TetherClient:
     async def update_env(self, app: str, env: str, body: EnvUpdate) -> EnvView:
         path = f"/api/v1/apps/{_seg(app)}/envs/{_seg(env)}"
         return await self._call("PATCH", path, EnvView, body=body)
+
+    # -- removals and single reads (`tether app|env|group delete`, `group get`, `user get`)
+
+    async def delete_app(self, app: str) -> None:
+        await self._call("DELETE", f"/api/v1/apps/{_seg(app)}", _NoContent)
+
+    async def delete_env(self, app: str, env: str) -> None:
+        await self._call("DELETE", f"/api/v1/apps/{_seg(app)}/envs/{_seg(env)}", _NoContent)
+
+    async def delete_group(self, name: str, *, force: bool = False) -> None:
+        params = {"force": "true"} if force else None
+        await self._call("DELETE", f"/api/v1/groups/{_seg(name)}", _NoContent, params=params)
+
+    async def get_group(self, name: str) -> GroupView:
+        return await self._call("GET", f"/api/v1/groups/{_seg(name)}", GroupView)
+
+    async def get_user(self, user: str) -> UserView:
+        return await self._call("GET", f"/api/v1/users/{_seg(user)}", UserView)
+
+    async def update_user(self, user: str, body: UserUpdate) -> UserView:
+        return await self._call("PATCH", f"/api/v1/users/{_seg(user)}", UserView, body=body)
+
+    async def sso_settings(self) -> dict[str, Any]:
+        """The SSO settings (the client secret is a secret's name, never its value)."""
+        return (await self._call("GET", "/api/v1/auth/sso", Document)).root
+
+    async def set_sso_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        body = Document(settings)
+        return (await self._call("PUT", "/api/v1/auth/sso", Document, body=body)).root
 
     async def list_envs(self, app: str) -> list[EnvView]:
         return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs

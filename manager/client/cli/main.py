@@ -81,6 +81,7 @@ from manager.client.cli.fleet import (
     token_request,
 )
 from manager.client.cli.login import add_login_parsers
+from manager.client.cli.manage import add_manage_commands
 from manager.client.cli.output import Console
 from manager.client.cli.secrets import add_secret_parsers
 from manager.client.cli.tasks import (
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_parsers(groups, output)
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)
+    add_manage_commands(groups, output)
     add_login_parsers(groups, output)
     add_context_parsers(groups, output)
     add_completion_parser(groups, build_parser)
