@@ -112,7 +112,7 @@ def _user_row(u: UserView) -> list[object]:
         u.status,
         ",".join(u.groups) or "-",
         "yes" if u.totp_enabled else "no",
-        fmt.timestamp(u.last_login_at),
+        fmt.ago(u.last_login_at),
     ]
 
 
@@ -265,7 +265,7 @@ async def cmd_app_create(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_app_list(ctx: Context, args: argparse.Namespace) -> int:
     apps = await ctx.client.list_apps()
-    rows = [[a.name, a.id, fmt.timestamp(a.created_at), a.description] for a in apps]
+    rows = [[a.name, a.id, fmt.ago(a.created_at), a.description] for a in apps]
     headers = ("NAME", "ID", "CREATED", "DESCRIPTION")
     return _listing(ctx, "apps", apps, headers, rows, "no applications")
 
@@ -295,7 +295,7 @@ async def cmd_env_list(ctx: Context, args: argparse.Namespace) -> int:
             e.type,
             "yes" if e.dedicated_delegates else "no",
             e.id,
-            fmt.timestamp(e.created_at),
+            fmt.ago(e.created_at),
         ]
         for e in envs
     ]

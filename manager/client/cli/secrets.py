@@ -48,7 +48,7 @@ def _manager_line(m: SecretManagerView) -> list[object]:
 
 
 def _secret_line(s: SecretView) -> list[object]:
-    return [s.name, s.type, s.manager, s.mode, s.current_version, fmt.timestamp(s.updated_at)]
+    return [s.name, s.type, s.manager, s.mode, s.current_version, fmt.ago(s.updated_at)]
 
 
 def _show(ctx: Context, model: Any, text: str) -> None:
@@ -298,7 +298,7 @@ async def cmd_secret_versions(ctx: Context, args: argparse.Namespace) -> int:
             if v.ref
             else f"{v.size} bytes, {v.key}"
         )
-        rows.append([f"{v.version}{' *' if v.current else ''}", fmt.timestamp(v.created_at), where])
+        rows.append([f"{v.version}{' *' if v.current else ''}", fmt.ago(v.created_at), where])
     ctx.console.print(fmt.table(("VERSION", "CREATED", "VALUE"), rows))
     return 0
 
