@@ -66,7 +66,7 @@ def cmd_context_list(console: Console, args: argparse.Namespace, env: Mapping[st
         return 0
     rows = [
         [
-            "*" if c.name == file.current else "",
+            fmt.styled("*", "bold green") if c.name == file.current else "",
             c.name,
             c.manager_url,
             str(c.ca_file) if c.ca_file else "(system CAs)",

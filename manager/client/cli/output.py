@@ -224,13 +224,22 @@ def styled(text: object, style: str | None = None) -> Text:
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A table as text: fitted to the terminal's width (cells cut with …), coloured where a
     cell is a state; plain and whole when the output is not a terminal."""
+    cells = [[c if isinstance(c, Text) else styled(c) for c in row] for row in rows]
+    widths = _fit(
+        [
+            max([len(h), *(c.cell_len for c in col)])
+            for h, col in zip(headers, _columns(headers, cells), strict=True)
+        ],
+        [len(h) for h in headers],
+        _terminal.width,
+    )
     grid = Table(
         box=None, show_edge=False, pad_edge=False, header_style="bold", padding=(0, 2, 0, 0)
     )
-    for header in headers:
-        grid.add_column(header, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        grid.add_row(*(c if isinstance(c, Text) else styled(c) for c in row))
+    for header, width in zip(headers, widths, strict=True):
+        grid.add_column(header, no_wrap=True, overflow="ellipsis", width=width)
+    for row in cells:
+        grid.add_row(*row)
     buffer = io.StringIO()
     render = RichConsole(
         file=buffer,
@@ -244,6 +253,32 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     )
     render.print(grid, crop=True, soft_wrap=False)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").split("\n"))
+
+
+def _columns(headers: Sequence[str], cells: list[list[Text]]) -> list[list[Text]]:
+    return [[row[i] for row in cells] for i in range(len(headers))]
+
+
+# A column is never cut below its header or this many characters (ids stay recognisable).
+_MIN_COLUMN = 8
+_GAP = 2
+
+
+def _fit(natural: list[int], headers: list[int], width: int | None) -> list[int]:
+    """Column widths within ``width``: the widest column gives up a character at a time, so
+    short columns (states, times) stay whole and long ones (ids, scopes) are cut first."""
+    widths = list(natural)
+    if width is None:
+        return widths
+    floors = [min(n, max(h, _MIN_COLUMN)) for n, h in zip(natural, headers, strict=True)]
+    budget = width - _GAP * (len(widths) - 1)
+    while sum(widths) > budget:
+        room = [w - f for w, f in zip(widths, floors, strict=True)]
+        widest = max(range(len(widths)), key=lambda i: (room[i] > 0, widths[i]))
+        if room[widest] <= 0:
+            break  # every column at its floor: the terminal crops what is left
+        widths[widest] -= 1
+    return widths
 
 
 def _key_values(pairs: Iterable[tuple[str, object]]) -> str:
