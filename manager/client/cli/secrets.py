@@ -274,14 +274,15 @@ async def cmd_secret_list(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_secret_get(ctx: Context, args: argparse.Namespace) -> int:
     s = await ctx.client.get_secret(args.name)
+    # Its own scope, or (none of its own) its manager's.
+    scope = _scope_line(s.scope) if s.scope is not None else "that of its manager"
     _show(
         ctx,
         s,
         f"{s.name} ({s.id})\ntype: {s.type}\nmanager: {s.manager} ({s.manager_kind})\n"
         f"mode: {s.mode}\nversion: {s.current_version}\ncreated: {fmt.timestamp(s.created_at)}"
         f"\nupdated: {fmt.timestamp(s.updated_at)}\ndescription: {s.description or '-'}"
-        # Its own scope, or (none of its own) its manager's.
-        f"\nscope: {_scope_line(s.scope) if s.scope is not None else 'its manager' + chr(39) + 's'}",
+        f"\nscope: {scope}",
     )
     return 0
 
