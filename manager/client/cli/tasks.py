@@ -269,7 +269,11 @@ async def cmd_deployments(ctx: Context, args: argparse.Namespace) -> int:
     elif tasks:
         ctx.console.print(fmt.deployment_table(tasks))
     else:
-        ctx.console.note("no deployments")
+        # The usual surprise: a task counts only when it names the service it deploys.
+        ctx.console.note(
+            "no deployments (a task is one when run with --deploy-service, e.g. "
+            "tether task run --app APP --app-env ENV --deploy-service SERVICE -- ...)"
+        )
     return 0
 
 
