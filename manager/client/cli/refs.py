@@ -29,12 +29,15 @@ async def resolve_task(ctx: Context, ref: str) -> TaskView:
             raise
         missing = exc
     found: dict[str, TaskView] = {}
-    if ref.replace("_", "").isalnum() and ref == ref.lower():
-        for task in await ctx.client.list_tasks(id_prefix=ref, limit=_SHOWN + 1):
-            found[task.id] = task
-    if not found:
-        for task in await ctx.client.list_tasks(name=ref, limit=_SHOWN + 1):
-            found[task.id] = task
+    try:
+        if ref.replace("_", "").isalnum() and ref == ref.lower():
+            for task in await ctx.client.list_tasks(id_prefix=ref, limit=_SHOWN + 1):
+                found[task.id] = task
+        if not found:
+            for task in await ctx.client.list_tasks(name=ref, limit=_SHOWN + 1):
+                found[task.id] = task
+    except ApiError:
+        raise missing from None  # the search is a courtesy: its refusal is not the answer
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
