@@ -780,7 +780,7 @@ class TetherClient:
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     yield chunk
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(f"GET {path} on {self._display}: {_describe(exc)}") from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
                 f"GET {path} on {self._display}: silent for {self._timeout:g}s"
