@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]
 
 from tests.e2e.harness import BIN, Cluster
 

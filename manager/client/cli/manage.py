@@ -208,37 +208,41 @@ def _subcommands(groups: Any, name: str) -> Any:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
-def _removal(p: argparse.ArgumentParser) -> None:
+def _delete(
+    groups: Any,
+    output: argparse.ArgumentParser,
+    group: str,
+    text: str,
+    names: tuple[str, ...],
+    handler: Any,
+    route: str,
+) -> argparse.ArgumentParser:
+    """``tether GROUP delete NAMES... [--yes]``, calling ``route``."""
+    p: argparse.ArgumentParser = _subcommands(groups, group).add_parser(
+        "delete", parents=[output], help=text
+    )
+    for name in names:
+        p.add_argument(name, metavar=name.upper())
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.set_defaults(handler=handler)
+    covers(p, route)
+    return p
 
 
 def add_manage_commands(groups: Any, output: argparse.ArgumentParser) -> None:
-    app = _subcommands(groups, "app")
-    p = app.add_parser("delete", parents=[output], help="delete an application (no envs left)")
-    p.add_argument("app", metavar="APP")
-    _removal(p)
-    p.set_defaults(handler=cmd_app_delete)
-    covers(p, "DELETE /api/v1/apps/{app}")
-
-    env = _subcommands(groups, "env")
-    p = env.add_parser("delete", parents=[output], help="delete an environment")
-    p.add_argument("app", metavar="APP")
-    p.add_argument("env", metavar="ENV")
-    _removal(p)
-    p.set_defaults(handler=cmd_env_delete)
-    covers(p, "DELETE /api/v1/apps/{app}/envs/{env}")
+    text = "delete an application (no envs left)"
+    _delete(groups, output, "app", text, ("app",), cmd_app_delete, "DELETE /api/v1/apps/{app}")
+    route = "DELETE /api/v1/apps/{app}/envs/{env}"
+    _delete(groups, output, "env", "delete an environment", ("app", "env"), cmd_env_delete, route)
+    route = "DELETE /api/v1/groups/{group}"
+    p = _delete(groups, output, "group", "delete a group", ("name",), cmd_group_delete, route)
+    p.add_argument("--force", action="store_true", help="even with members")
 
     group = _subcommands(groups, "group")
     p = group.add_parser("get", parents=[output], help="show a group")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(handler=cmd_group_get)
     covers(p, "GET /api/v1/groups/{group}")
-    p = group.add_parser("delete", parents=[output], help="delete a group")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--force", action="store_true", help="even with members")
-    _removal(p)
-    p.set_defaults(handler=cmd_group_delete)
-    covers(p, "DELETE /api/v1/groups/{group}")
 
     user = _subcommands(groups, "user")
     p = user.add_parser("get", parents=[output], help="show a user")
