@@ -301,7 +301,7 @@ async def cmd_task_logs(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     # Go on from where the pages ended: no line twice.
     final = await follow_task(
-        ctx, task_id, state=None, quiet=False, cancel_on_interrupt=False, after=cursor
+        ctx, task_id, state=None, quiet=False, cancel_on_interrupt=False, after=cursor or None
     )
     return EXIT_INTERRUPTED if final is None else exit_code_for(final)
 
