@@ -43,7 +43,7 @@ def one_line(res: Result) -> str:
     return lines[0]
 
 
-async def test_http_against_the_tls_port_says_use_https(manager: Cluster) -> None:
+async def check_http_against_the_tls_port_says_use_https(manager: Cluster) -> None:
     plain = manager.url.replace("https://", "http://")
 
     res = await tether(manager, "task", "list", env={"TETHER_MANAGER_URL": plain})
@@ -55,7 +55,7 @@ async def test_http_against_the_tls_port_says_use_https(manager: Cluster) -> Non
     )
 
 
-async def test_a_wrong_ca_names_the_ca_file_and_how_to_change_it(manager: Cluster) -> None:
+async def check_a_wrong_ca_names_the_ca_file_and_how_to_change_it(manager: Cluster) -> None:
     other = ensure_manager_certificates(manager.root / "other-tls", ["localhost"]).ca_cert
 
     res = await tether(manager, "task", "list", env={"TETHER_CA_FILE": str(other)})
@@ -72,7 +72,7 @@ async def test_a_wrong_ca_names_the_ca_file_and_how_to_change_it(manager: Cluste
     assert "SSLCertVerificationError" not in line
 
 
-async def test_a_manager_that_is_not_there_exits_3(manager: Cluster) -> None:
+async def check_a_manager_that_is_not_there_exits_3(manager: Cluster) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         url = f"https://127.0.0.1:{s.getsockname()[1]}"
@@ -83,7 +83,7 @@ async def test_a_manager_that_is_not_there_exits_3(manager: Cluster) -> None:
     assert one_line(res).endswith("(URL from --manager-url: is the manager running there?)")
 
 
-async def test_a_bad_email_is_explained_not_a_regex(manager: Cluster) -> None:
+async def check_a_bad_email_is_explained_not_a_regex(manager: Cluster) -> None:
     # The CLI checks it before sending (exit 2)...
     res = await tether(manager, "user", "create", "not-an-email")
     assert res.code == 2
@@ -106,6 +106,14 @@ async def test_a_bad_email_is_explained_not_a_regex(manager: Cluster) -> None:
         400,
         "email: not an email address: expected a name, @ and a domain (dev@example.com)",
     )
+
+
+async def test_each_misconfiguration_says_what_to_change(manager: Cluster) -> None:
+    # One manager for all (each start costs seconds): each check is independent of the rest.
+    await check_http_against_the_tls_port_says_use_https(manager)
+    await check_a_wrong_ca_names_the_ca_file_and_how_to_change_it(manager)
+    await check_a_manager_that_is_not_there_exits_3(manager)
+    await check_a_bad_email_is_explained_not_a_regex(manager)
 
 
 async def test_after_login_the_context_remembers_url_and_ca(manager: Cluster) -> None:
