@@ -64,3 +64,13 @@ async def test_a_deployment_goes_to_the_tasks_own_environment(m: Manager, store:
     assert status == 201, task
     status, body = await m.call("GET", "/api/v1/deployments?app=checkout&env=staging")
     assert [t["id"] for t in body["tasks"]] == [task["id"]]
+
+
+async def test_an_idempotency_key_reused_with_other_labels_is_a_conflict(m: Manager) -> None:
+    status, first = await submit(m, idempotency_key="k1", name="a", labels={"x": "1"})
+    assert status == 201, first
+    status, again = await submit(m, idempotency_key="k1", name="a", labels={"x": "1"})
+    assert (status, again["id"]) == (200, first["id"])
+    status, body = await submit(m, idempotency_key="k1", name="a", labels={"x": "2"})
+    assert status == 409
+    assert "different labels" in body["error"]["message"]
