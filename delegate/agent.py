@@ -33,6 +33,7 @@ from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
+from delegate.run.id_token import request_secret_env, with_request_env
 from delegate.run.isolation import UserPool
 from delegate.run.logstream import LogStream
 from delegate.run.switch import Switcher
@@ -318,8 +319,13 @@ class Agent:
                 else:
                     user = self._pool.take() if self._pool is not None else None
                     try:
+                        spec_run = inputs.spec
+                        if acq.id_token_request is not None:
+                            spec_run = with_request_env(
+                                spec_run, self._config.manager_url, self._config.ca_file
+                            )
                         result = await execute(
-                            inputs.spec,
+                            spec_run,
                             secret_env=inputs.env,
                             secret_files=inputs.files,
                             credentials=credentials,
@@ -410,15 +416,17 @@ class Agent:
             return _failed(f"preparing the task failed ({type(exc).__name__})")
 
     def _open_secrets(self, acq: AcquireResponse) -> dict[str, str]:
+        # The workload-identity request credential is a secret of the attempt: masked too.
+        request = request_secret_env(acq, self._private_key)
         if acq.sealed_env is None:
-            return {}
+            return request
         plain = open_sealed(
             self._private_key, acq.sealed_env, context=f"{acq.task.id}:{acq.attempt}".encode()
         )
         values = json.loads(plain)
         if not isinstance(values, dict):
             raise SealError("sealed env is not a mapping")
-        return {str(k): str(v) for k, v in values.items()}
+        return {**{str(k): str(v) for k, v in values.items()}, **request}
 
 
 def _failed(error: str, *, status: Status = "failed") -> ExecutionResult:

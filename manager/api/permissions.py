@@ -121,6 +121,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/totp/confirm"): "self",
     ("POST", "/api/v1/auth/totp/verify"): "self",
     ("POST", "/api/v1/auth/sso/link"): "self",
+    # retention (manager.api.retention)
+    ("GET", "/api/v1/retention"): "manage_governance",
+    ("PUT", "/api/v1/retention"): "manage_governance",
 }
 
 

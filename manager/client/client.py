@@ -96,6 +96,7 @@ from manager.schemas.directory import (
     UserUpdate,
     UserView,
 )
+from manager.schemas.retention import RetentionSettings
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -587,6 +588,12 @@ class TetherClient:
         path = f"/api/v1/secrets/{_seg(name)}/migrate"
         body = SecretMigrate(to=to)
         return await self._call("POST", path, SecretView, body=body, timeout=SLOW_CALL_S)
+
+    async def get_retention(self) -> RetentionSettings:
+        return await self._call("GET", "/api/v1/retention", RetentionSettings)
+
+    async def put_retention(self, settings: RetentionSettings) -> RetentionSettings:
+        return await self._call("PUT", "/api/v1/retention", RetentionSettings, body=settings)
 
     async def health(self) -> bool:
         """Whether ``/healthz`` answers 2xx; False when it answers otherwise or not at all."""

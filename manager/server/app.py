@@ -40,15 +40,18 @@ from manager.api.audit import add_audit_routes
 from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
+from manager.api.delegate_check import add_delegate_check_routes
 from manager.api.delegate_plane import add_delegate_routes
 from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.retention import PURGER, add_retention_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -58,9 +61,11 @@ from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
-from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
+from manager.keys.oidc_keys import OidcKeys
+from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
+from manager.retention.purge import Purger
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -72,6 +77,7 @@ from manager.server.connections import (
     GuardedSite,
     credential_accepted,
 )
+from manager.server.housekeeping import PRUNER, pruner
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -82,7 +88,9 @@ from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
+from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
+from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
 from shared import __version__
@@ -91,6 +99,7 @@ from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.repeats import RepeatedErrors
+from shared.startup import listen_problem, load_server_tls
 from shared.tls import ensure_manager_certificates, server_context
 
 __all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
@@ -108,6 +117,10 @@ class ManagerConfig:
     port: int = 8443
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Names the self-made certificate carries besides the defaults (--tls-san).
+    tls_names: tuple[str, ...] = ()
+    # Delegates not heard for this long are deleted (manager.tasks.prune); 0: never.
+    prune_delegates_after: float = DEFAULT_PRUNE_AFTER
     timings: Timings = field(default_factory=Timings)
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
@@ -121,6 +134,11 @@ class ManagerConfig:
     passwords: Passwords | None = None
     # Header and idle timeouts, the cap on unauthenticated connections, the fd-limit watch.
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The ``iss`` of task tokens and the base of their discovery URLs (manager.tasks.
+    # id_tokens); None: the URL the manager listens on.
+    oidc_issuer: str | None = None
+    # How often the retention purge runs (manager.retention); nothing goes unless set.
+    purge_interval: float = 3600.0
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -361,6 +379,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_id_token_routes(table)
+    add_retention_routes(table)
+    add_delegate_check_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -416,6 +437,32 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         )
 
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
+    app[ID_TOKENS] = IdTokens(
+        store,
+        OidcKeys(store, master_key, config.clock),
+        request_key=await signing_key(store, master_key, ID_TOKEN_REQUEST_KEY),
+        issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
+        clock=config.clock,
+    )
+
+    async def purged(counts: dict[str, int]) -> object:
+        return await recorder.write(
+            SYSTEM,
+            Change(
+                "retention",
+                "retention",
+                "purge",
+                "purged " + ", ".join(f"{n} {kind}" for kind, n in counts.items()),
+                after=counts,
+            ),
+            resource_type="retention",
+            method="PURGE",
+            path="retention purge",
+            client_ip="local",
+        )
+
+    app[PURGER] = Purger(store, AuditKeys(master_key).current, purged, clock=config.clock)
+    app[PRUNER] = pruner(config.prune_delegates_after, c, recorder)
     table.install(app)
     app[ROUTES] = table
     return app, c
@@ -519,10 +566,12 @@ async def serve(
     systemd watchdog)."""
     secure_data_dir(config.data_dir)
     if config.tls_cert and config.tls_key:
-        ssl_ctx = server_context(config.tls_cert, config.tls_key)
+        ssl_ctx = load_server_tls(config.tls_cert, config.tls_key)
         ca_file: Path | None = None
     else:
-        paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
+        paths = ensure_manager_certificates(
+            config.data_dir / "tls", [config.host, *config.tls_names]
+        )
         ssl_ctx = server_context(paths.server_cert, paths.server_key)
         ca_file = paths.ca_cert
     store = open_store(config.data_dir, config.database)
@@ -543,12 +592,16 @@ async def serve(
         await site.start()
         port = sock.getsockname()[1]
         url = f"https://{_url_host(config.host)}:{port}"
+        if config.oidc_issuer is None:
+            app[ID_TOKENS].issuer = url
         background = [
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(app[PURGER].run_forever(config.purge_interval), name="purge"),
+            asyncio.create_task(app[PRUNER].run_forever(), name="prune-delegates"),
         ]
         log.info(
             "manager listening",
@@ -586,9 +639,13 @@ async def _wait_for_signal() -> None:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise listen_problem(host, port, exc) from None
     sock.setblocking(False)
     return sock
 

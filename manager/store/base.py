@@ -29,6 +29,7 @@ from manager.core.audit_chain import (
     ChainKey,
     SavedAuditFilter,
 )
+from manager.core.audit_checkpoint import AuditCheckpoint
 from manager.records import (
     AccessSettings,
     AllowlistEntry,
@@ -637,7 +638,68 @@ class AuditStore(abc.ABC):
         """The filter deleted (``audit``: of it); None when there was none."""
 
 
-class Store(TaskStore, SecretStore, AccessStore, AuditStore):
+@dataclass(frozen=True, slots=True)
+class PurgeCandidate:
+    """A task the purge looks at (manager.retention): one row of a page."""
+
+    id: str
+    created_at: float
+    finished: bool
+    finished_at: float | None
+    logs_purged: bool
+
+
+class RetentionStore(abc.ABC):
+    """What retention deletes, in bounded batches (manager.store.sql.retention)."""
+
+    @abc.abstractmethod
+    async def purge_page(
+        self,
+        place: tuple[str, str] | None,
+        cutoff: float,
+        after: tuple[float, str],
+        limit: int,
+    ) -> list[PurgeCandidate]:
+        """Up to ``limit`` tasks of ``place`` ((app id, env id); None: outside any
+        application) made before ``cutoff``, after ``after`` (created_at, id), in order."""
+
+    @abc.abstractmethod
+    async def delete_task_logs(self, task_id: str, limit: int) -> int:
+        """Delete up to ``limit`` of the task's log lines; how many went."""
+
+    @abc.abstractmethod
+    async def mark_logs_purged(self, task_id: str, now: float) -> bool:
+        """Record that a finished task's lines are gone; False when it is not finished."""
+
+    @abc.abstractmethod
+    async def delete_finished_tasks(self, task_ids: Sequence[str]) -> int:
+        """Delete those of the tasks that are finished (and their attempts), in one
+        transaction; how many tasks went."""
+
+    @abc.abstractmethod
+    async def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        """Every checkpoint of the audit chain, oldest first."""
+
+    @abc.abstractmethod
+    async def add_audit_checkpoint(self, cp: AuditCheckpoint) -> None: ...
+
+    @abc.abstractmethod
+    async def audit_first_seq(self) -> int | None:
+        """The oldest event's seq; None when there is none."""
+
+    @abc.abstractmethod
+    async def audit_last_before(self, ts: float) -> int | None:
+        """The newest event's seq written before ``ts``; None when there is none."""
+
+    @abc.abstractmethod
+    async def audit_event_hash(self, seq: int) -> str | None: ...
+
+    @abc.abstractmethod
+    async def delete_audit_upto(self, upto: int, limit: int) -> int:
+        """Delete the oldest events, up to ``limit`` of them, none after ``upto``."""
+
+
+class Store(TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore):
     """The whole store: every concern, over one database."""
 
     # Whether writes succeed; a backend reports each full-volume failure and each write.

@@ -23,4 +23,9 @@ API_ONLY: dict[str, str] = {
     "POST /api/v1/delegate/tasks/{task_id}/acquire": _DELEGATE_PLANE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": _DELEGATE_PLANE,
     "POST /api/v1/delegate/tasks/{task_id}/result": _DELEGATE_PLANE,
+    "GET /api/v1/delegate/token": "tether-delegate doctor asks it with the delegate's token",
+    "GET /.well-known/openid-configuration": "OIDC discovery, for relying parties that "
+    "verify task tokens",
+    "GET /.well-known/jwks.json": "the keys task tokens are signed with, for relying parties",
+    "POST /api/v1/id-token": "a task's code asks it with its request credential, not a user",
 }

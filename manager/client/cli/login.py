@@ -291,6 +291,7 @@ _SETTING_OF_OPTION = {
     "enforce_2fa": "enforce_2fa",
     "allowed_domain": "allowed_email_domains",
     "session_ttl": "session_ttl_minutes",
+    "logins_per_ip_per_minute": "login_attempts_per_ip_per_minute",
 }
 
 
@@ -327,6 +328,7 @@ async def cmd_auth_settings(ctx: Context, args: argparse.Namespace) -> int:
         f"two-factor authentication: {'enforced' if s.enforce_2fa else 'optional'}",
         f"new users' email domains: {', '.join(s.allowed_email_domains) or 'any'}",
         f"sessions last {s.session_ttl_minutes} min",
+        f"logins from one address: at most {s.login_attempts_per_ip_per_minute} a minute",
     ]
     ctx.console.print("\n".join(lines))
     return 0
@@ -378,4 +380,10 @@ def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-domain", action="append", metavar="DOMAIN", help="repeatable")
     p.add_argument("--any-domain", action="store_true", help="let any email domain join")
     p.add_argument("--session-ttl", type=int, metavar="MIN", help="session lifetime, minutes")
+    p.add_argument(
+        "--logins-per-ip-per-minute",
+        type=int,
+        metavar="N",
+        help="password logins and invite acceptances from one address (429 past it)",
+    )
     p.set_defaults(handler=cmd_auth_settings)

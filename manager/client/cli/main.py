@@ -83,6 +83,7 @@ from manager.client.cli.fleet import (
 from manager.client.cli.login import add_login_parsers
 from manager.client.cli.manage import add_manage_commands
 from manager.client.cli.output import Console
+from manager.client.cli.retention import add_retention_parsers
 from manager.client.cli.secrets import add_secret_parsers
 from manager.client.cli.tasks import (
     cmd_deployments,
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=cmd_token_revoke)
     add_audit_parsers(groups, output)
+    add_retention_parsers(groups, output)
     add_secret_parsers(groups, output)
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)

@@ -108,6 +108,8 @@ COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
     "logout": ("POST /api/v1/auth/logout",),
     "whoami": ("GET /api/v1/auth/me",),
     "auth-settings": ("GET /api/v1/auth/settings", "PUT /api/v1/auth/settings"),
+    "retention get": ("GET /api/v1/retention",),
+    "retention set": ("GET /api/v1/retention", "PUT /api/v1/retention"),
 }
 
 

@@ -28,6 +28,7 @@ SELF = "self"
 NONE = "none"  # no credentials needed
 LOGIN = "login"  # no credentials needed; a password or an invite instead
 DELEGATE = "delegate"  # delegate credentials: a user's key or session is refused
+TASK = "task"  # a running task's id-token request credential: every user credential is refused
 
 HANDLER_ANSWERS = (400, 404, 409)
 
@@ -130,12 +131,19 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/auth/sso/link": SELF,
     "POST /api/v1/auth/logout": SELF,
     "POST /api/v1/delegate/register": DELEGATE,
+    "GET /api/v1/delegate/token": DELEGATE,
     "GET /api/v1/delegate/stream": DELEGATE,
     "POST /api/v1/delegate/heartbeat": DELEGATE,
     "GET /api/v1/delegate/tasks/next": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/acquire": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/result": DELEGATE,
+    # Workload identity: the discovery document and the keys are public.
+    "GET /.well-known/openid-configuration": NONE,
+    "GET /.well-known/jwks.json": NONE,
+    "POST /api/v1/id-token": TASK,
+    "GET /api/v1/retention": "manage_governance",
+    "PUT /api/v1/retention": "manage_governance",
 }
 
 
@@ -183,8 +191,8 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
             elif need == LOGIN:
                 # No credential is asked for: the body (empty here) is what is judged.
                 assert status == 400, where
-            elif need == DELEGATE:
-                # Users' keys and sessions are not delegate credentials.
+            elif need in (DELEGATE, TASK):
+                # Users' keys and sessions are neither delegate nor task credentials.
                 assert status == 401, where
             elif token is None:
                 assert status == 401, where
@@ -199,7 +207,7 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
 
 
 def test_the_matrix_names_only_real_permissions() -> None:
-    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, *ACCOUNT_PERMISSIONS}
+    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, TASK, *ACCOUNT_PERMISSIONS}
     assert {v for v in MATRIX.values()} <= known
     # Every account permission guards something.
     used: set[AccountPermission] = {p for p in ACCOUNT_PERMISSIONS if p in MATRIX.values()}

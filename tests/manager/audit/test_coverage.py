@@ -571,6 +571,10 @@ async def trusted_proxies(w: World) -> Call:
     return "/api/v1/allowlist/trusted-proxies", {"proxies": ["10.9.9.9/32"]}
 
 
+async def retention_put(w: World) -> Call:
+    return "/api/v1/retention", {"rules": [{"env_type": "non_production", "tasks_days": 30}]}
+
+
 CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/tasks"): submit,
     ("POST", "/api/v1/tasks/{task_id}/cancel"): cancel,
@@ -631,6 +635,7 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/allowlist/entries/{entry_id}/disable"): allowlist_entry_disable,
     ("POST", "/api/v1/allowlist/entries/{entry_id}/enable"): allowlist_entry_enable,
     ("PUT", "/api/v1/allowlist/trusted-proxies"): trusted_proxies,
+    ("PUT", "/api/v1/retention"): retention_put,
 }
 
 
