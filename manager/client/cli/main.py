@@ -483,7 +483,14 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     file = ConfigFile.load(directory)
     explicit = args.context or None
     chosen = explicit or env.get(ENV_CONTEXT) or file.current
-    named = file.get(chosen) if chosen else None
+    # `tether --context new --manager-url URL login` makes the context it names.
+    making = bool(
+        explicit
+        and explicit not in file.contexts
+        and args.manager_url
+        and getattr(args, "anonymous", False)
+    )
+    named = file.get(chosen) if chosen and not making else None
     url, url_source = DEFAULT_MANAGER_URL, "the default"
     if args.manager_url:
         url, url_source = args.manager_url, "--manager-url"

@@ -200,6 +200,17 @@ def test_contexts_add_use_list_remove(tmp_path: Path) -> None:
     assert (res.code, res.err) == (2, "error: no context 'gone' (contexts: prod)\n")
 
 
+def test_login_may_name_a_new_context_with_its_url(tmp_path: Path) -> None:
+    env = {"TETHER_CONFIG_DIR": str(tmp_path / "cfg")}
+    res = tether("--context", "new", "--manager-url", "https://new:1", "logout", env=env)
+    assert res.code == 0, res.err
+    assert res.config is not None
+    assert (res.config.context, res.config.manager_url) == ("new", "https://new:1")
+    res = tether("--context", "new", "logout", env=env)  # without a URL: it must exist
+    assert (res.code, res.err) == (2, "error: no context 'new' (contexts: none yet: "
+                                      "tether context add NAME URL)\n")  # fmt: skip
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_is_generated_for_each_shell(shell: str) -> None:
     res = tether("completion", shell, env={})
