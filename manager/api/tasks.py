@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 
 import structlog
 from aiohttp import web
@@ -29,6 +30,8 @@ from manager.records import (
 )
 from manager.schemas.grants import Action
 from manager.schemas.tasks import (
+    ID_PREFIX,
+    LABEL_KEY,
     AttemptView,
     LogEntry,
     LogPage,
@@ -93,6 +96,8 @@ def task_view(
             "app": app,
             "env": env,
             "submitted_by": task.submitted_by,
+            "name": task.name,
+            "labels": task.labels,
             "attempts": [
                 AttemptView(
                     attempt=a.attempt,
@@ -189,6 +194,7 @@ async def submit_task(request: web.Request) -> web.Response:
         now=ctx(request).clock(),
     )
     where = await _places(request)
+    _check_deployment_env(req, target, where)
     views: dict[str, TaskView] = {}
 
     def submitted(task: TaskRecord) -> Change:
@@ -212,6 +218,26 @@ async def submit_task(request: web.Request) -> web.Response:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
     view = views.get(task.id) or task_view(task, where=where)
     return json_response(view, status=201 if created else 200)
+
+
+def _check_deployment_env(req: TaskSubmit, target: object, where: Places) -> None:
+    """A task for an application's environment deploys to that environment: a deployment
+    naming another one is refused rather than recorded twice over."""
+    env_id = getattr(target, "env_id", None)
+    if req.deployment is None or env_id is None:
+        return
+    names = {env_id, req.env}
+    entry = where.envs.get(env_id)
+    if entry is not None:
+        names.add(entry[1])
+    if req.deployment.environment not in names:
+        raise ApiProblem(
+            400,
+            "invalid",
+            f"deployment.environment {req.deployment.environment!r} differs from the task's "
+            f"environment {req.env!r}: give one of them, or the same",
+            field="deployment.environment",
+        )
 
 
 def _task_name(task: TaskRecord) -> str:
@@ -291,11 +317,35 @@ async def _filtered_tasks(
         env_id=env_id,
         deployments_only=deployments_only,
         service=q.get("service") or None,
+        name=q.get("name") or None,
+        labels=_label_query(q.getall("label", [])),
+        id_prefix=_id_prefix_query(q.get("id_prefix") or None),
     )
     grants = principal_of(request).grants
     # Tasks the caller may not read are left out (a page may then hold fewer than limit).
     tasks = [t for t in await c.task_reads.page(flt) if grants.allows(where.target(t), "read")]
     return tasks, where
+
+
+def _label_query(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``label=k=v`` parameters (each must hold); a key the labels could not have is a 400."""
+    out: list[tuple[str, str]] = []
+    for value in values[:32]:
+        key, sep, want = value.partition("=")
+        if not sep or not re.match(LABEL_KEY, key) or len(key) > 63:
+            raise ApiProblem(
+                400, "invalid", "label: KEY=VALUE, KEY of letters, digits, . _ / -", field="label"
+            )
+        out.append((key, want))
+    return tuple(out)
+
+
+def _id_prefix_query(value: str | None) -> str | None:
+    if value is not None and not re.match(ID_PREFIX, value):
+        raise ApiProblem(
+            400, "invalid", "id_prefix: lower-case letters, digits and _", field="id_prefix"
+        )
+    return value
 
 
 def _place_ids(where: Places, app: str | None, env: str | None) -> tuple[str | None, str | None]:
@@ -519,6 +569,9 @@ def add_task_routes(table: RouteTable) -> None:
                 "limit": "integer",
                 "app": "string",
                 "env": "string",
+                "name": "string",
+                "label": "string",
+                "id_prefix": "string",
             },
             errors=(400,),
         )

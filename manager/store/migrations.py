@@ -404,6 +404,15 @@ MIGRATIONS: list[Migration] = [
         )
         """,
     ),
+    # A task's name and labels (tether task run --name --label k=v), to find it by.
+    (
+        19,
+        """
+        ALTER TABLE tasks ADD COLUMN name TEXT;
+        ALTER TABLE tasks ADD COLUMN labels {JSON} NOT NULL DEFAULT '{}';
+        CREATE INDEX tasks_name ON tasks(name) WHERE name IS NOT NULL;
+        """,
+    ),
 ]
 
 

@@ -151,7 +151,7 @@ async def test_differing_new_passwords_change_nothing(m: Manager, tmp_path: Path
         2,
         "error: the two passwords differ; nothing was changed",
     )
-    assert not (tmp_path / "session.json").exists()
+    assert not (tmp_path / "config.json").exists()
     status, _ = await m.call(
         "POST", "/api/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD}
     )
