@@ -23,6 +23,7 @@ API_ONLY: dict[str, str] = {
     "POST /api/v1/delegate/tasks/{task_id}/acquire": _DELEGATE_PLANE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": _DELEGATE_PLANE,
     "POST /api/v1/delegate/tasks/{task_id}/result": _DELEGATE_PLANE,
+    "POST /hooks/{webhook_id}": "monitoring and CI systems deliver webhooks here, signed",
     "GET /api/v1/delegate/token": "tether-delegate doctor asks it with the delegate's token",
     "GET /.well-known/openid-configuration": "OIDC discovery, for relying parties that "
     "verify task tokens",
