@@ -364,7 +364,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     await tasks.recover()
     c.runbooks = RunbookService(
-        store=store,
+        store=task_store,
         directory=Directory(store),
         tasks=tasks,
         events=events,

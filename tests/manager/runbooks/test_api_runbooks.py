@@ -141,14 +141,17 @@ async def test_approval_by_another_member_then_the_step_is_a_task(
     assert done["steps"][0]["status"] == "succeeded"
     assert done["steps"][0]["approvals"][0]["user"] == "bob@example.com"
     task_id = done["steps"][1]["task_id"]
-    task = await store.get_task(task_id)
-    assert task is not None
+    status, task = await m.call("GET", f"/api/v1/tasks/{task_id}")
+    assert status == 200, task
     # The script is the runbook's own; the input reaches it only as its environment.
-    assert task.payload["script"] == 'echo "restarting because $INPUT_REASON"'
-    assert task.payload["env"] == {"INPUT_REASON": "leak", "INPUT_REPLICAS": "2"}
-    # Sealed at rest: the run's row holds no input value.
+    assert task["payload"]["script"] == 'echo "restarting because $INPUT_REASON"'
+    assert task["payload"]["env"] == {"INPUT_REASON": "leak", "INPUT_REPLICAS": "2"}
+    # Sealed at rest: neither the run's row nor the step task's row holds the input value.
     rows = await store.list_entities("runbook_run")
     assert "leak" not in json.dumps([r.body for r in rows])
+    stored = await store.get_task(task_id)
+    assert stored is not None
+    assert "leak" not in json.dumps(stored.payload)
     # Cancelling cancels the step's task.
     status, cancelled = await m.call("POST", f"{path}/cancel", key=alice)
     assert status == 200
