@@ -54,6 +54,7 @@ from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
 from manager.audit.trail import AuditTrail
+from manager.console.routes import add_console_routes, console_middleware, install_console
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
@@ -367,8 +368,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         return web.json_response(doc)
 
     table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
+    add_console_routes(table)  # after the API's: each console route takes its mirror's rules
     check_routes(table.routes)
-    doc.update(openapi_document(table.routes))
+    doc.update(openapi_document([r for r in table.routes if not r.console]))
     connections = Connections(config.connections, credential_accepted=credential_accepted(table))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,
@@ -381,6 +383,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
             connections.middleware,
             _count_requests,
             error_middleware,
+            console_middleware(table),
             *access_middlewares(table),
             audit_middleware(table),  # type: ignore[list-item]
         ],
@@ -418,6 +421,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
+    install_console(app, table)
     return app, c
 
 

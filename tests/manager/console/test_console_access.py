@@ -1,0 +1,148 @@
+"""The console's routes behind the API's guards: every page and action refuses whoever the
+API route it mirrors refuses, state changes need the session's CSRF token and this origin,
+and every answer carries the console's headers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from manager.api.console_cookie import COOKIE
+from manager.api.http import Route, RouteTable
+from manager.api.permissions import ROUTE_PERMISSIONS
+from manager.console.security import HEADERS, csrf_token
+from manager.schemas.grants import ACCOUNT_PERMISSIONS
+from manager.server.app import ROUTES
+from manager.store.base import Store
+from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.rbac_support import member
+
+
+def console_routes(m: Manager) -> list[Route]:
+    table: RouteTable = m.client.app[ROUTES]
+    return [r for r in table.routes if r.console]
+
+
+async def visit(
+    m: Manager,
+    method: str,
+    path: str,
+    token: str | None,
+    *,
+    csrf: str | None = "auto",
+    origin: bool = True,
+) -> tuple[int, str, Any]:
+    headers = {}
+    if token is not None:
+        headers["Cookie"] = f"{COOKIE}={token}"
+    if origin:
+        headers["Sec-Fetch-Site"] = "same-origin"
+    data = None
+    if method == "POST":
+        data = {}
+        if csrf == "auto" and token is not None:
+            data["csrf"] = csrf_token(token)
+        elif csrf not in (None, "auto"):
+            data["csrf"] = csrf
+    resp = await m.client.request(method, path, data=data, headers=headers, allow_redirects=False)
+    try:
+        return resp.status, await resp.text(), resp.headers
+    finally:
+        resp.close()
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "nothing-here", path).replace(
+        "/static/nothing-here", "/static/console.css"
+    )
+
+
+async def test_every_console_route_refuses_as_the_api_route_it_mirrors(
+    m: Manager, store: Store
+) -> None:
+    roles: dict[str, str | None] = {
+        "anonymous": None,
+        "nobody": await member(store, "nobody@example.com"),
+    }
+    for perm in ACCOUNT_PERMISSIONS:
+        roles[perm] = await member(store, f"{perm}@example.com", account=[perm])
+    routes = sorted(console_routes(m), key=lambda r: r.path == "/console/logout")
+    assert len(routes) > 25
+    for route in routes:
+        for role, token in roles.items():
+            status, body, headers = await visit(m, route.method, concrete(route.path), token)
+            where = f"{route.method} {route.path} as {role}: {status} {body[:200]}"
+            for name, value in HEADERS.items():
+                assert headers.get(name) == value, where
+            if route.auth in ("none", "login"):
+                assert status not in (401, 403, 500), where
+                continue
+            need = ROUTE_PERMISSIONS[(route.method, route.path)]
+            if token is None:
+                assert status == 303, where
+                assert headers["Location"] == "/console/login", where
+            elif need in ("authenticated", "self") or role == need:
+                # Past the guards: a page, or the handler's own answer (no such task; not
+                # in an application this user may execute in).
+                assert status in (200, 201, 303, 400, 403, 404, 409), where
+                assert "this needs the" not in body, where
+            else:
+                assert status == 403, where
+                assert f"this needs the {need} permission" in body, where
+
+
+async def test_a_state_change_needs_the_sessions_token_and_this_origin(
+    m: Manager, store: Store
+) -> None:
+    token = await member(store, "ops@example.com", account=["manage_delegates"])
+    other = await member(store, "other@example.com", account=["manage_delegates"])
+    path = "/console/delegates/nothing-here/drain"
+    assert (await visit(m, "POST", path, token, csrf=None))[0] == 403
+    assert "form token" in (await visit(m, "POST", path, token, csrf="wrong"))[1]
+    # Another session's token is not this one's.
+    assert (await visit(m, "POST", path, token, csrf=csrf_token(other)))[0] == 403
+    # The right token from another site: refused before the token is read.
+    status, body, _ = await visit(m, "POST", path, token, origin=False)
+    assert status == 403
+    assert "another site" in body
+    # With both, the guards and the handler answer (no such delegate).
+    assert (await visit(m, "POST", path, token))[0] == 404
+
+
+async def test_pages_draw_only_the_buttons_the_user_may_use(m: Manager, store: Store) -> None:
+    nobody = await member(store, "nobody@example.com")
+    ops = await member(store, "ops@example.com", account=["manage_delegates", "view_audit"])
+    _, page, _ = await visit(m, "GET", "/console/tasks", nobody)
+    assert 'id="nav-audit"' not in page
+    assert 'id="nav-users"' not in page
+    _, page, _ = await visit(m, "GET", "/console/tasks", ops)
+    assert 'id="nav-audit"' in page
+    assert 'id="nav-users"' not in page
+
+
+async def test_the_api_never_takes_the_cookie(m: Manager, store: Store) -> None:
+    token = await member(store, "ops@example.com", account=["manage_users"])
+    resp = await m.client.get("/api/v1/users", headers={"Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 401
+
+
+async def test_login_through_the_console_sets_a_strict_cookie(m: Manager, store: Store) -> None:
+    status, body, _ = await visit(m, "POST", "/console/login", None)
+    assert status == 400
+    assert "Sign in" in body
+    # The API's own refusal, with no detail of which part was wrong.
+    resp = await m.client.post(
+        "/console/login",
+        data={"email": "nobody@example.com", "password": "x" * 12},
+        headers={"Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+    )
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize("path", ["/", "/console/tasks"])
+async def test_signed_out_the_console_sends_to_the_login(m: Manager, path: str) -> None:
+    resp = await m.client.get(path, allow_redirects=False)
+    assert resp.status == 303
