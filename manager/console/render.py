@@ -58,6 +58,9 @@ def _context(request: web.Request, values: dict[str, Any]) -> dict[str, Any]:
         "principal": principal,
         "csrf": csrf_token(session) if session and principal else "",
         "may": lambda method, path: may(principal, method, path),
+        # Submitting needs execute on the task's place: no form for who has it nowhere.
+        "executes": principal is not None
+        and any("execute" in g.actions for g in principal.grants.apps),
         "path": request.path,
         **values,
     }

@@ -313,7 +313,9 @@ def _payload(form: dict[str, str]) -> dict[str, Any]:
         return {"type": "http", "url": form.get("url", ""), "method": form.get("method") or "GET"}
     if kind == "capability":
         return {"type": "capability", "target": form.get("target", "")}
-    return {"type": "shell", "script": form.get("script", ""), "interpreter": "bash"}
+    # A browser sends a textarea's line ends as CRLF: the script bash runs has LF.
+    script = form.get("script", "").replace("\r\n", "\n")
+    return {"type": "shell", "script": script, "interpreter": "bash"}
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
