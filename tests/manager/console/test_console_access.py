@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from manager.access.directory import Directory, SessionBody, UserBody
+from manager.access.principal import SessionTokens
 from manager.api.console_cookie import COOKIE
 from manager.api.http import Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
@@ -16,6 +18,7 @@ from manager.console.security import HEADERS, csrf_token
 from manager.schemas.grants import ACCOUNT_PERMISSIONS
 from manager.server.app import ROUTES
 from manager.store.base import Store
+from shared.ids import hash_secret
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
 from tests.manager.rbac_support import member
 
@@ -146,3 +149,51 @@ async def test_login_through_the_console_sets_a_strict_cookie(m: Manager, store:
 async def test_signed_out_the_console_sends_to_the_login(m: Manager, path: str) -> None:
     resp = await m.client.get(path, allow_redirects=False)
     assert resp.status == 303
+
+
+async def restricted_session(store: Store, email: str, restricted: str) -> str:
+    d = Directory(store)
+    user = await d.users.insert(UserBody(email=email, status="active"))
+    token = await SessionTokens(store).new()
+    body = SessionBody(
+        token_hash=hash_secret(token),
+        user_id=user.id,
+        expires_at=4_000_000_000.0,
+        restricted=restricted,
+    )
+    await d.sessions.insert(body)
+    return token
+
+
+@pytest.mark.parametrize(
+    ("restricted", "shown"),
+    [("totp_enrolment", "Add a device"), ("password_change", "password has expired")],
+)
+async def test_a_restricted_session_is_shown_only_what_it_may_do(
+    m: Manager, store: Store, restricted: str, shown: str
+) -> None:
+    token = await restricted_session(store, f"{restricted}@example.com", restricted)
+    for method, path in (
+        ("GET", "/console/tasks"),
+        ("GET", "/console/delegates"),
+        ("POST", "/console/tasks/nothing-here/cancel"),
+    ):
+        status, _, headers = await visit(m, method, path, token)
+        assert (status, headers.get("Location")) == (303, "/console/account"), path
+    status, page, _ = await visit(m, "GET", "/console/account", token)
+    assert status == 200
+    assert shown in page
+    assert 'href="/console/tasks"' not in page.split("<main>")[0].split("Tether</a>")[1]
+
+
+async def test_live_updates_end_with_the_session(m: Manager, store: Store) -> None:
+    token = await member(store, "ops@example.com")
+    poll = {"Cookie": f"{COOKIE}={token}", "HX-Request": "true"}
+    resp = await m.client.get("/console/tasks/rows", headers=poll, allow_redirects=False)
+    assert resp.status == 200
+    status, _, _ = await visit(m, "POST", "/console/logout", token)
+    assert status == 303
+    # The next poll of the page left open: refused, and htmx is told to leave the page.
+    resp = await m.client.get("/console/tasks/rows", headers=poll, allow_redirects=False)
+    assert resp.status == 401
+    assert resp.headers["HX-Redirect"] == "/console/login"
