@@ -10,6 +10,9 @@ and environment allow ``execute``.
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from manager.api import auth as auth_api
 from manager.api import delegates as delegates_api
 from manager.api import directory as directory_api
 from manager.api import secrets as secrets_api
+from manager.api import sso as sso_api
 from manager.api import tasks as tasks_api
 from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import ctx
@@ -33,6 +37,7 @@ from manager.console.calls import API_ROUTES, call_api
 from manager.console.render import render
 from manager.console.security import add_headers, console_middleware, refused
 from manager.errors import DomainError
+from manager.schemas.auth import verifier_hash
 from manager.schemas.grants import Target
 from shared.protocol import FINAL_STATES, TaskState
 
@@ -138,6 +143,48 @@ async def accept_invite(request: web.Request) -> web.StreamResponse:
         values = {"error": message, "token": body["token"]}
         return render(request, "invite.html", values, status=status)
     return _signed_in(request, result, "/console/tasks")
+
+
+# The browser's half of an SSO sign-in: the verifier the API's poll asks for (as the CLI
+# keeps its own), in a cookie only this origin's console can send, for as long as the
+# sign-in may take.
+_SSO_COOKIE = "__Host-tether_sso"
+
+
+async def sso_start(request: web.Request) -> web.StreamResponse:
+    """Begin an SSO sign-in through the API's own start: the provider's page opens, the
+    API's callback asks the person to approve this client, and the console's poll collects
+    the session into the cookie."""
+    verifier = secrets.token_urlsafe(48)
+    agent = request.headers.get("User-Agent", "")[:60]
+    body = {"verifier_hash": verifier_hash(verifier), "client_name": f"the web console ({agent})"}
+    started = await call_api(request, sso_api.start, body=body)
+    response = render(request, "sso.html", {"started": started})
+    ttl = max(int(started["expires_at"] - time.time()), 1)
+    value = base64.urlsafe_b64encode(json.dumps([started["state"], verifier]).encode()).decode()
+    response.set_cookie(
+        _SSO_COOKIE, value, max_age=ttl, path="/", secure=True, httponly=True, samesite="Strict"
+    )
+    return response
+
+
+async def sso_poll(request: web.Request) -> web.StreamResponse:
+    raw = request.cookies.get(_SSO_COOKIE, "")
+    try:
+        state, verifier = json.loads(base64.urlsafe_b64decode(raw.encode()))
+    except ValueError:
+        raise ApiProblem(
+            400, "sso_failed", "no SSO sign-in is in progress here; start again"
+        ) from None
+    done = await call_api(request, sso_api.poll, body={"state": state, "verifier": verifier})
+    if done["status"] == "pending":
+        return web.Response(status=202, text="")
+    where = "/console/account" if done.get("restricted") else "/console/tasks"
+    response = web.Response(status=200, headers={"HX-Redirect": where})
+    response.del_cookie(_SSO_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    if done["status"] == "done":
+        set_cookie(response, done["token"], done["expires_at"] - time.time())
+    return response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -405,7 +452,7 @@ async def resume(request: web.Request) -> web.StreamResponse:
 # -- secrets ---------------------------------------------------------------------------
 
 
-async def secrets(request: web.Request) -> web.StreamResponse:
+async def secrets_page(request: web.Request) -> web.StreamResponse:
     # Metadata only: the API's lists carry no value, and nothing else is asked.
     listed = (await call_api(request, secrets_api.list_secrets, query={}))["secrets"]
     managers = (await call_api(request, secrets_api.list_managers, query={}))["secret_managers"]
@@ -556,6 +603,8 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
     ("GET", "/console/static/{name}", static, None, "none"),
     ("GET", "/console/login", login_page, None, "login"),
     ("POST", "/console/login", login, ("POST", "/api/v1/auth/login"), "login"),
+    ("POST", "/console/sso", sso_start, ("POST", "/api/v1/auth/sso/start"), "login"),
+    ("POST", "/console/sso/poll", sso_poll, ("POST", "/api/v1/auth/sso/poll"), "login"),
     ("GET", "/console/invite", invite_page, None, "login"),
     ("POST", "/console/invite", accept_invite, ("POST", "/api/v1/auth/invite/accept"), "login"),
     ("POST", "/console/logout", logout, ("POST", "/api/v1/auth/logout"), "user"),
@@ -630,7 +679,7 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         ("POST", "/api/v1/delegates/{delegate}/resume"),
         "user",
     ),
-    ("GET", "/console/secrets", secrets, ("GET", "/api/v1/secrets"), "user"),
+    ("GET", "/console/secrets", secrets_page, ("GET", "/api/v1/secrets"), "user"),
     ("GET", "/console/audit", audit, ("GET", "/api/v1/audit"), "user"),
     ("GET", "/console/audit/verify", audit_verify, ("GET", "/api/v1/audit/verify"), "user"),
     ("GET", "/console/audit/export", audit_export, ("GET", "/api/v1/audit/export"), "user"),
