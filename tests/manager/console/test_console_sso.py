@@ -14,7 +14,7 @@ from tests.manager.oidc_provider import Person, Provider
 SAME = {"Sec-Fetch-Site": "same-origin"}
 
 
-async def test_an_sso_sign_in_ends_with_the_console_cookie(m: Manager, idp: Provider) -> None:
+async def test_an_sso_sign_in_ends_with_the_console_cookie(m: Manager, idp: Provider) -> None:  # noqa: F811
     idp.person = Person("pat@example.com", groups=["sec-auditors"])
     resp = await m.client.post("/console/sso", headers=SAME)
     page = await resp.text()
@@ -50,7 +50,7 @@ async def test_an_sso_sign_in_ends_with_the_console_cookie(m: Manager, idp: Prov
     assert resp.status == 400
 
 
-async def test_a_poll_without_a_sign_in_in_progress_is_refused(m: Manager) -> None:
+async def test_a_poll_without_a_sign_in_in_progress_is_refused(m: Manager) -> None:  # noqa: F811
     resp = await m.client.post("/console/sso/poll", headers=SAME)
     assert resp.status == 400
     assert "no SSO sign-in is in progress" in await resp.text()
