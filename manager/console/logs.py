@@ -18,8 +18,8 @@ from aiohttp import web
 from manager.access.places import places
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
-from manager.api.http import ApiProblem
 from manager.api.task_access import check_task
+from manager.api.tasks import _parse_cursor
 from manager.console.ansi import Span, spans
 from manager.records import LogRecord, TaskRecord
 
@@ -52,14 +52,9 @@ def _line(rec: LogRecord) -> Line:
     return Line(rec.attempt, rec.seq, rec.stream, spans(rec.text))
 
 
-def parse_cursor(raw: str | None, name: str) -> Cursor | None:
-    if not raw:
-        return None
-    attempt, _, seq = raw.partition(":")
-    try:
-        return int(attempt), int(seq)
-    except ValueError:
-        raise ApiProblem(400, "invalid", f"{name}: expected a cursor like '1:42'") from None
+def parse_cursor(raw: str | None) -> Cursor | None:
+    """A log cursor as the API's log pages take it (and refuse it)."""
+    return _parse_cursor(raw)
 
 
 async def readable_task(request: web.Request, task_id: str) -> TaskRecord:

@@ -102,8 +102,23 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return render(request, "login.html", {"error": None, "email": ""})
 
 
-def _signed_in(request: web.Request, result: dict[str, Any], where: str) -> web.StreamResponse:
-    response = _see_other(where if result.get("restricted") is None else "/console/account")
+async def _sign_in(
+    request: web.Request,
+    handler: Handler,
+    body: dict[str, Any],
+    page: str,
+    shown: dict[str, Any],
+) -> web.StreamResponse:
+    """The API's login or invite handler (its rate limit, lockout, failed-login count and
+    event); a refusal is the form again with the API's message."""
+    try:
+        result = await call_api(request, handler, body=body)
+    except (ApiProblem, DomainError) as exc:
+        status, message = refused(exc)
+        if status not in (400, 401, 403, 429):
+            raise
+        return render(request, page, {"error": message, **shown}, status=status)
+    response = _see_other("/console/account" if result.get("restricted") else "/console/tasks")
     set_cookie(response, result["token"], result["expires_at"] - time.time())
     return response
 
@@ -115,16 +130,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         "password": form.get("password", ""),
         "totp_code": form.get("totp_code") or None,
     }
-    try:
-        # The API's login: its rate limit, lockout, failed-login count and event.
-        result = await call_api(request, auth_api.login, body=body)
-    except (ApiProblem, DomainError) as exc:
-        status, message = refused(exc)
-        if status not in (400, 401, 403, 429):
-            raise
-        values = {"error": message, "email": body["email"]}
-        return render(request, "login.html", values, status=status)
-    return _signed_in(request, result, "/console/tasks")
+    return await _sign_in(request, auth_api.login, body, "login.html", {"email": body["email"]})
 
 
 async def invite_page(request: web.Request) -> web.StreamResponse:
@@ -134,15 +140,8 @@ async def invite_page(request: web.Request) -> web.StreamResponse:
 async def accept_invite(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     body = {"token": form.get("token", ""), "password": form.get("password", "")}
-    try:
-        result = await call_api(request, auth_api.accept_invite, body=body)
-    except (ApiProblem, DomainError) as exc:
-        status, message = refused(exc)
-        if status not in (400, 401, 403, 429):
-            raise
-        values = {"error": message, "token": body["token"]}
-        return render(request, "invite.html", values, status=status)
-    return _signed_in(request, result, "/console/tasks")
+    shown = {"token": body["token"]}
+    return await _sign_in(request, auth_api.accept_invite, body, "invite.html", shown)
 
 
 # The browser's half of an SSO sign-in: the verifier the API's poll asks for (as the CLI
@@ -342,12 +341,12 @@ async def task_log(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     task = await logs.readable_task(request, task_id)
     if "before" in request.query:
-        before = logs.parse_cursor(request.query["before"], "before")
+        before = logs.parse_cursor(request.query["before"])
         block = await logs.tail_before(request, task_id, before)
         first = _cursor((block.lines[0].attempt, block.lines[0].seq)) if block.lines else ""
         values = {"log": block, "task_id": task_id, "before": first}
         return render(request, "log_earlier.html", values)
-    after = logs.parse_cursor(request.query.get("after"), "after")
+    after = logs.parse_cursor(request.query.get("after"))
     block = await logs.after_cursor(request, task_id, after)
     done = task.state in FINAL_STATES and not block.lines
     values = {"log": block, "task_id": task_id, "end": _cursor(block.end), "done": done}
