@@ -4,6 +4,7 @@ and every answer carries the console's headers."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -197,3 +198,42 @@ async def test_live_updates_end_with_the_session(m: Manager, store: Store) -> No
     resp = await m.client.get("/console/tasks/rows", headers=poll, allow_redirects=False)
     assert resp.status == 401
     assert resp.headers["HX-Redirect"] == "/console/login"
+
+
+async def test_an_api_key_is_shown_once_on_the_page_that_created_it(
+    m: Manager, store: Store
+) -> None:
+    token = await member(store, "keys@example.com", account=["manage_api_keys"])
+    status, page, _ = await visit(m, "POST", "/console/admin/api-keys", token)
+    assert status == 400  # no name: the API's own refusal, as a page
+    resp = await m.client.post(
+        "/console/admin/api-keys",
+        data={"name": "ci-bot", "csrf": csrf_token(token)},
+        headers={"Cookie": f"{COOKIE}={token}", "Sec-Fetch-Site": "same-origin"},
+    )
+    page = await resp.text()
+    assert resp.status == 201
+    assert resp.headers["Cache-Control"] == "no-store"
+    key = re.search(r'<pre id="new-key">(tak_[^<]+)</pre>', page)
+    assert key is not None
+    # The key works, and the list shows only its prefix from then on.
+    status, _ = await m.call("GET", "/api/v1/tasks", key=key.group(1))
+    assert status == 200
+    _, listed, _ = await visit(m, "GET", "/console/admin/api-keys", token)
+    assert "ci-bot" in listed
+    assert key.group(1) not in listed
+
+
+async def test_the_audit_export_streams_as_the_apis(m: Manager, store: Store) -> None:
+    token = await member(store, "auditor@example.com", account=["view_audit"])
+    assert (await m.call("POST", "/api/v1/apps", {"name": "shop"}))[0] == 201
+    resp = await m.client.get(
+        "/console/audit/export?format=jsonl", headers={"Cookie": f"{COOKIE}={token}"}
+    )
+    body = await resp.text()
+    assert resp.status == 200, body
+    events = [json.loads(line) for line in body.splitlines()]
+    assert [e["summary"] for e in events if e["resource_type"] == "application"] == [
+        "created application shop"
+    ]
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
