@@ -539,8 +539,10 @@ def _account(step: str) -> Handler:
     return handler
 
 
-async def admin(request: web.Request, section: str) -> web.StreamResponse:
-    values: dict[str, Any] = {"section": section, "created": None}
+async def admin(
+    request: web.Request, section: str, *, invited: dict[str, Any] | None = None
+) -> web.StreamResponse:
+    values: dict[str, Any] = {"section": section, "created": None, "invited": invited}
     if section == "users":
         values["users"] = (await call_api(request, directory_api.list_users, query={}))["users"]
     elif section == "groups":
@@ -571,8 +573,61 @@ async def create_api_key(request: web.Request) -> web.StreamResponse:
     created = await call_api(request, access_api.create_api_key_route, body=body)
     keys = (await call_api(request, access_api.list_api_keys, query={}))["api_keys"]
     # Shown once, in this answer only: it is not kept anywhere the console can read again.
-    values = {"section": "api-keys", "keys": keys, "created": created}
+    values = {"section": "api-keys", "keys": keys, "created": created, "invited": None}
     return render(request, "admin.html", values, status=201)
+
+
+async def _admin_action(
+    request: web.Request, section: str, handler: Handler, body: dict[str, Any]
+) -> web.StreamResponse:
+    """An administration change through the API's own handler, then its section again (a
+    user's invite token shown there, once)."""
+    done = await call_api(request, handler, body=body)
+    return await admin(request, section, invited=done if section == "users" else None)
+
+
+def _words(raw: str) -> list[str]:
+    return [w for w in raw.replace(",", " ").split() if w]
+
+
+async def invite_user(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    body = {
+        "email": form.get("email", ""),
+        "name": form.get("name", ""),
+        "groups": _words(form.get("groups", "")),
+    }
+    return await _admin_action(request, "users", directory_api.create_user, body)
+
+
+async def create_app(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    body = {"name": form.get("name", ""), "description": form.get("description", "")}
+    return await _admin_action(request, "apps", directory_api.create_app, body)
+
+
+async def create_env(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    body = {"name": form.get("name", ""), "type": form.get("type", "")}
+    return await _admin_action(request, "apps", directory_api.create_env, body)
+
+
+async def add_allowlist_entry(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    body = {"cidr": form.get("cidr", ""), "description": form.get("description", "")}
+    return await _admin_action(request, "allowlist", access_api.add_allowlist_entry, body)
+
+
+async def switch_allowlist(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    on = request.path.endswith("/enable")
+    handler = access_api.enable_allowlist if on else access_api.disable_allowlist
+    body = {"confirm": form.get("confirm") == "yes"}
+    return await _admin_action(request, "allowlist", handler, body)
+
+
+async def switch_allowlist_off(request: web.Request) -> web.StreamResponse:
+    return await switch_allowlist(request)
 
 
 # -- charts ----------------------------------------------------------------------------
@@ -696,6 +751,36 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "user",
     ),
     ("POST", "/console/admin/api-keys", create_api_key, ("POST", "/api/v1/api-keys"), "user"),
+    ("POST", "/console/admin/users", invite_user, ("POST", "/api/v1/users"), "user"),
+    ("POST", "/console/admin/apps", create_app, ("POST", "/api/v1/apps"), "user"),
+    (
+        "POST",
+        "/console/admin/apps/{app}/envs",
+        create_env,
+        ("POST", "/api/v1/apps/{app}/envs"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/admin/allowlist/entries",
+        add_allowlist_entry,
+        ("POST", "/api/v1/allowlist/entries"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/admin/allowlist/enable",
+        switch_allowlist,
+        ("POST", "/api/v1/allowlist/enable"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/admin/allowlist/disable",
+        switch_allowlist_off,
+        ("POST", "/api/v1/allowlist/disable"),
+        "user",
+    ),
     ("GET", "/console/charts", charts_page, ("GET", "/api/v1/tasks"), "user"),
 ]
 

@@ -237,3 +237,45 @@ async def test_the_audit_export_streams_as_the_apis(m: Manager, store: Store) ->
         "created application shop"
     ]
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_administration_changes_go_through_the_api_and_its_trail(
+    m: Manager, store: Store
+) -> None:
+    token = await member(
+        store, "admin@example.com", account=["manage_users", "manage_applications"]
+    )
+    cookie = {"Cookie": f"{COOKIE}={token}", "Sec-Fetch-Site": "same-origin"}
+    csrf = csrf_token(token)
+
+    async def post(path: str, **form: str) -> tuple[int, str]:
+        resp = await m.client.post(path, data={"csrf": csrf, **form}, headers=cookie)
+        return resp.status, await resp.text()
+
+    status, page = await post("/console/admin/apps", name="shop")
+    assert status == 200
+    assert ">shop<" in page
+    app_id = re.search(r'action="/console/admin/apps/(app_[^/]+)/envs"', page)
+    assert app_id is not None
+    status, page = await post(
+        f"/console/admin/apps/{app_id.group(1)}/envs", name="qa", type="non_production"
+    )
+    assert status == 200
+    assert "qa (non_production)" in page
+    status, page = await post("/console/admin/users", email="new@example.com", name="New")
+    assert status == 200
+    link = re.search(r"/console/invite\?token=(tiv_[^<]+)<", page)
+    assert link is not None
+    # The invite works in the console, and the trail holds the three changes by this user.
+    resp = await m.client.post(
+        "/console/invite",
+        data={"token": link.group(1), "password": "A-good-password-1"},
+        headers={"Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    assert resp.cookies[COOKIE].value.startswith("tss_")
+    status, listed = await m.call("GET", "/api/v1/audit?actor=admin@example.com")
+    assert status == 200
+    assert sorted(e["action"] for e in listed["events"]) == ["create", "create", "create"]
+    assert all(e["path"].startswith("/console/admin/") for e in listed["events"])
