@@ -322,6 +322,7 @@ def test_injected_markup_in_scripts_logs_and_names_never_runs(
     browser.get(world.cluster.url + "/console/admin/users")
     assert XSS_NAME in browser.find_element(By.TAG_NAME, "table").text
     assert_nothing_ran(browser)
+    shot(browser, "users")
     # A deployment's service name, submitted through the API.
     key = world.cluster.admin_key
     body = {
