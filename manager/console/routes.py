@@ -29,7 +29,7 @@ from manager.api import secrets as secrets_api
 from manager.api import sso as sso_api
 from manager.api import tasks as tasks_api
 from manager.api.console_cookie import clear_cookie, set_cookie
-from manager.api.context import ctx
+from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
 from manager.console import charts, logs
@@ -809,16 +809,10 @@ def install_console(app: web.Application, table: RouteTable) -> None:
     judge, and its delegate samples."""
     app.on_response_prepare.append(add_headers)
     app[API_ROUTES] = table
-    c = app_ctx(app)
+    c = app[CTX]
     samples = app[charts.SAMPLES] = charts.ConnectedSamples(
         lambda: sum(
             1 for s in c.hub.sessions.values() if c.hub.status(s.delegate.id) != "disconnected"
         )
     )
     app.cleanup_ctx.append(charts.sampling(samples))
-
-
-def app_ctx(app: web.Application) -> Any:
-    from manager.api.context import CTX
-
-    return app[CTX]
