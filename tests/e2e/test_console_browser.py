@@ -1,8 +1,8 @@
 """The web console in a real browser: headless Chromium (Debian's chromium and
 chromium-driver) through Selenium, against a real manager and a real delegate.
 
-One browser and one cluster serve the whole module (module-scoped fixtures); the cases run
-in order, as one operator's session would: accept an invite, enrol in 2FA, log in with a
+One browser and one cluster serve the whole module (module-scoped fixtures); the steps run
+in order in one test, as one operator's session would: accept an invite, enrol in 2FA, log in with a
 TOTP code, run a task and watch its log arrive, cancel one, drain a delegate, find the
 events in the audit trail, try to inject script everywhere text is shown, and look as a
 user without rights. The cluster runs on an event loop of its own in a thread, so the
@@ -230,10 +230,10 @@ def state_is(state: str) -> Any:
     return lambda d: text_of(d, "#task-state") == state
 
 
-# -- the cases, in order ---------------------------------------------------------------
+# -- the steps, in order ---------------------------------------------------------------
 
 
-def test_signed_out_everything_leads_to_the_login(world: World, browser: WebDriver) -> None:
+def step_signed_out_everything_leads_to_the_login(world: World, browser: WebDriver) -> None:
     browser.get(world.cluster.url + "/")
     wait(browser, lambda d: d.current_url.endswith("/console/login"), "the login page")
     shot(browser, "login")
@@ -243,7 +243,7 @@ def test_signed_out_everything_leads_to_the_login(world: World, browser: WebDriv
         assert headers[name] == value
 
 
-def test_invite_enrol_2fa_and_log_in_with_totp(world: World, browser: WebDriver) -> None:
+def step_invite_enrol_2fa_and_log_in_with_totp(world: World, browser: WebDriver) -> None:
     url = world.cluster.url
     browser.get(f"{url}/console/invite?token={world.invites['ops@example.com']}")
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
@@ -280,7 +280,7 @@ def test_invite_enrol_2fa_and_log_in_with_totp(world: World, browser: WebDriver)
     assert text_of(browser, "#who") == "ops@example.com"
 
 
-def test_a_task_log_appears_as_it_is_written(world: World, browser: WebDriver) -> None:
+def step_a_task_log_appears_as_it_is_written(world: World, browser: WebDriver) -> None:
     gate = world.root / "gate"
     script = f"echo first-line\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho second-line\n"
     task_id = submit_script(world, browser, script)
@@ -296,7 +296,7 @@ def test_a_task_log_appears_as_it_is_written(world: World, browser: WebDriver) -
     shot(browser, "task")
 
 
-def test_injected_markup_in_scripts_logs_and_names_never_runs(
+def step_injected_markup_in_scripts_logs_and_names_never_runs(
     world: World, browser: WebDriver
 ) -> None:
     task_id = submit_script(world, browser, XSS_LINES)
@@ -350,7 +350,7 @@ def _submit_api(world: World, key: str, body: dict[str, Any]) -> dict[str, Any]:
         return answer
 
 
-def test_cancel_a_running_task(world: World, browser: WebDriver) -> None:
+def step_cancel_a_running_task(world: World, browser: WebDriver) -> None:
     never = world.root / "never"
     task_id = submit_script(
         world, browser, f"echo waiting\nwhile [ ! -f {never} ]; do sleep 0.1; done\n"
@@ -362,7 +362,7 @@ def test_cancel_a_running_task(world: World, browser: WebDriver) -> None:
     assert not browser.find_elements(By.ID, "cancel")
 
 
-def test_drain_and_resume_a_delegate(world: World, browser: WebDriver) -> None:
+def step_drain_and_resume_a_delegate(world: World, browser: WebDriver) -> None:
     browser.get(world.cluster.url + "/console/delegates")
     row = wait(
         browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.row-ok"), "a healthy delegate"
@@ -377,7 +377,7 @@ def test_drain_and_resume_a_delegate(world: World, browser: WebDriver) -> None:
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button.drain"), "resumed")
 
 
-def test_the_audit_trail_finds_the_events_and_verifies(world: World, browser: WebDriver) -> None:
+def step_the_audit_trail_finds_the_events_and_verifies(world: World, browser: WebDriver) -> None:
     task_id = world.task_ids["cancel"]
     browser.get(world.cluster.url + "/console/audit")
     browser.find_element(By.ID, "audit-text").send_keys(task_id)
@@ -400,7 +400,7 @@ def test_the_audit_trail_finds_the_events_and_verifies(world: World, browser: We
     shot(browser, "tasks")
 
 
-def test_a_10000_line_log_loads_its_tail_only(world: World, browser: WebDriver) -> None:
+def step_a_10000_line_log_loads_its_tail_only(world: World, browser: WebDriver) -> None:
     task_id = submit_script(world, browser, "seq 1 10000\n")
     wait(browser, state_is("succeeded"), "the long task")
     browser.get(f"{world.cluster.url}/console/tasks/{task_id}")
@@ -423,7 +423,7 @@ def test_a_10000_line_log_loads_its_tail_only(world: World, browser: WebDriver) 
     assert browser.find_elements(By.CSS_SELECTOR, "#log .ln")[0].text == "8001"
 
 
-def test_csrf_is_refused_without_the_sessions_token(world: World, browser: WebDriver) -> None:
+def step_csrf_is_refused_without_the_sessions_token(world: World, browser: WebDriver) -> None:
     session = browser.get_cookie(COOKIE)
     assert session is not None
     path = f"/console/tasks/{world.task_ids['live']}/rerun"
@@ -434,7 +434,7 @@ def test_csrf_is_refused_without_the_sessions_token(world: World, browser: WebDr
     assert world.http("POST", path, cookie=session["value"], csrf=token)[0] == 303
 
 
-def test_a_user_without_rights_sees_neither_pages_nor_buttons(
+def step_a_user_without_rights_sees_neither_pages_nor_buttons(
     world: World, browser: WebDriver
 ) -> None:
     url = world.cluster.url
@@ -464,3 +464,22 @@ def test_a_user_without_rights_sees_neither_pages_nor_buttons(
     forged = world.http("POST", drain, cookie=session["value"], csrf=csrf_token(session["value"]))
     assert forged[0] == 403
     assert "manage_delegates" in forged[1]
+
+
+def test_an_operators_session_in_the_browser(world: World, browser: WebDriver) -> None:
+    """The steps above, in order, as one operator's session. One test, not one per step:
+    each builds on the one before (the signed-in browser, the tasks it ran), and xdist's
+    worksteal would hand a module's tests to several workers."""
+    for step in (
+        step_signed_out_everything_leads_to_the_login,
+        step_invite_enrol_2fa_and_log_in_with_totp,
+        step_a_task_log_appears_as_it_is_written,
+        step_injected_markup_in_scripts_logs_and_names_never_runs,
+        step_cancel_a_running_task,
+        step_drain_and_resume_a_delegate,
+        step_the_audit_trail_finds_the_events_and_verifies,
+        step_a_10000_line_log_loads_its_tail_only,
+        step_csrf_is_refused_without_the_sessions_token,
+        step_a_user_without_rights_sees_neither_pages_nor_buttons,
+    ):
+        step(world, browser)
