@@ -90,4 +90,14 @@ async def call_api(
     raw = response.body
     if isinstance(raw, Payload):
         raw = await raw.as_bytes()
-    return json.loads(raw) if raw else None
+    data = json.loads(raw) if raw else None
+    if response.status >= 400:
+        # A handler that answers its refusal instead of raising it (the login's 429).
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        raise ApiProblem(
+            response.status,
+            str(error.get("code", "refused")),
+            str(error.get("message", "refused")),
+            field=error.get("field"),
+        )
+    return data

@@ -279,3 +279,28 @@ async def test_administration_changes_go_through_the_api_and_its_trail(
     assert status == 200
     assert sorted(e["action"] for e in listed["events"]) == ["create", "create", "create"]
     assert all(e["path"].startswith("/console/admin/") for e in listed["events"])
+
+
+async def test_console_logins_share_the_apis_rate_limit(m: Manager) -> None:
+    settings = {"login_attempts_per_ip_per_minute": 2}
+    assert (await m.call("PUT", "/api/v1/auth/settings", settings))[0] == 200
+    form = {"email": "nobody@example.com", "password": "Not-the-password-1"}
+    statuses = []
+    for path in ("/api/v1/auth/login", "/console/login", "/console/login"):
+        if path.startswith("/api"):
+            resp = await m.client.post(path, json=form)
+        else:
+            resp = await m.client.post(path, data=form, headers={"Sec-Fetch-Site": "same-origin"})
+        statuses.append(resp.status)
+    # One budget for the address, whichever door the attempts come through.
+    assert statuses == [401, 401, 429]
+
+
+async def test_the_allowlist_judges_the_console_as_the_api(m: Manager) -> None:
+    entry = {"cidr": "192.0.2.0/24", "description": "not this test"}
+    assert (await m.call("POST", "/api/v1/allowlist/entries", entry))[0] == 201
+    assert (await m.call("POST", "/api/v1/allowlist/enable", {"confirm": True}))[0] == 200
+    for path in ("/console/login", "/console/tasks"):
+        resp = await m.client.get(path, allow_redirects=False)
+        assert resp.status == 403, path
+        assert "is not in the IP allowlist" in await resp.text()
