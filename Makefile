@@ -13,7 +13,7 @@ RUNTIME_LOCK := requirements/runtime.txt
 # The Celery side of `make bench-peers`: its own lock, installed in its own venv only.
 PEERS_LOCK := bench/peers/requirements.txt
 
-.PHONY: install demo test lint bench bench-peers clean lock audit-deps release
+.PHONY: install demo test lint bench bench-peers clean lock audit-deps release console-assets
 
 install: $(STAMP)
 
@@ -117,3 +117,10 @@ bench-peers: $(STAMP) $(PEERS_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist
+
+# The console's vendored JavaScript (manager/console/static/assets.json): take the pinned
+# version again from the npm registry, check it against the recorded integrity, and check
+# the vendored files' hashes. VERSION=2.0.12 moves the pin.
+console-assets: $(STAMP)
+	$(VENV)/bin/python -m manager.console.assets fetch $(VERSION)
+	$(VENV)/bin/python -m manager.console.assets check

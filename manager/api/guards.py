@@ -35,6 +35,7 @@ from aiohttp import web
 from manager.access.directory import Directory
 from manager.access.principal import PRINCIPAL_KEY, SESSION_PREFIX, Principal, Principals
 from manager.access.session_signer import bearer
+from manager.api.console_cookie import console_credential
 from manager.api.context import CTX
 from manager.api.http import ApiProblem, Handler, RouteTable, problem_response
 from manager.api.identity import ACTOR_KEY, CLIENT_IP_KEY
@@ -271,7 +272,12 @@ def access_middlewares(table: RouteTable) -> list[Any]:
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if table.auth_for(request) != "user":
             return await handler(request)
-        key = bearer(request.headers.get("Authorization"))
+        # A console page is signed in by its cookie alone (the same session token), an API
+        # route by its header alone: a cookie the browser adds by itself never reaches the API.
+        if table.is_console(request):
+            key = console_credential(request)
+        else:
+            key = bearer(request.headers.get("Authorization"))
         if key is None:
             raise ApiProblem(
                 401,

@@ -110,6 +110,9 @@ class Route:
     # None for reads. The handler describes the change (manager.api.audit_record.record), and
     # the audit middleware writes it once the handler has succeeded.
     audit: str | None = None
+    # A page or action of the web console (manager/console): its credential is the session
+    # cookie, not a bearer header; it is left out of the OpenAPI document.
+    console: bool = False
 
 
 class RouteTable:
@@ -129,6 +132,10 @@ class RouteTable:
 
     def route_for(self, request: web.Request) -> Route | None:
         return self._by_handler.get((request.match_info.route.handler, request.method))
+
+    def is_console(self, request: web.Request) -> bool:
+        route = self.route_for(request)
+        return route is not None and route.console
 
     def auth_for(self, request: web.Request) -> AuthKind | None:
         route = self.route_for(request)

@@ -62,6 +62,7 @@ from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
 from manager.api.webhooks import add_webhook_routes
 from manager.audit.trail import AuditTrail
+from manager.console.routes import add_console_routes, console_middleware, install_console
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
@@ -413,8 +414,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         return web.json_response(doc)
 
     table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
+    add_console_routes(table)  # after the API's: each console route takes its mirror's rules
     check_routes(table.routes)
-    doc.update(openapi_document(table.routes))
+    doc.update(openapi_document([r for r in table.routes if not r.console]))
     connections = Connections(config.connections, credential_accepted=credential_accepted(table))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,
@@ -427,6 +429,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
             connections.middleware,
             _count_requests,
             error_middleware,
+            console_middleware(table),
             *access_middlewares(table),
             audit_middleware(table),  # type: ignore[list-item]
         ],
@@ -500,6 +503,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         await runbooks.close()
 
     app.on_cleanup.append(stop_runs)
+    install_console(app, table)
     return app, c
 
 
