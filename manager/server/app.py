@@ -53,6 +53,7 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.api.verifications import VERIFICATIONS, add_verification_routes
 from manager.audit.trail import AuditTrail
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
@@ -85,6 +86,7 @@ from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
 from manager.tasks.reads import TaskReads
 from manager.tasks.service import TaskService
+from manager.verify.service import Verifications
 from shared import __version__
 from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
@@ -361,6 +363,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_verification_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -386,6 +389,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
+    app[VERIFICATIONS] = Verifications(store, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)

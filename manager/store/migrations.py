@@ -371,6 +371,20 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    # Named verification specs (manager.verify): every change is a new version, kept.
+    (
+        24,
+        """
+        CREATE TABLE verifications (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            spec TEXT NOT NULL,
+            created_at {REAL} NOT NULL,
+            created_by TEXT,
+            PRIMARY KEY (name, version)
+        );
+        """,
+    ),
 ]
 
 

@@ -72,6 +72,7 @@ from manager.client.cli.tasks import (
     cmd_task_run,
     cmd_task_submit,
 )
+from manager.client.cli.verify import add_verify_parsers
 from manager.schemas.tasks import TaskSubmit
 from shared import __version__
 from shared.protocol import Deployment, ShellPayload, TaskState
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)
     add_login_parsers(groups, output)
+    add_verify_parsers(groups, output)
     return parser
 
 

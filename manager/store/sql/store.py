@@ -11,13 +11,22 @@ from manager.store.sql.audit import AuditQueries
 from manager.store.sql.entities import EntityQueries
 from manager.store.sql.secrets import SecretQueries
 from manager.store.sql.tasks import TaskQueries
+from manager.store.sql.verifications import VerificationQueries
 
 __all__ = ["SqlStore"]
 
 log = structlog.get_logger("tether.store")
 
 
-class SqlStore(TaskQueries, SecretQueries, AccessQueries, EntityQueries, AuditQueries, Store):
+class SqlStore(
+    TaskQueries,
+    SecretQueries,
+    AccessQueries,
+    EntityQueries,
+    AuditQueries,
+    VerificationQueries,
+    Store,
+):
     """A backend adds its connection (``_fetch``, ``open``, ``close``) and the methods whose
     transactions it runs its own way; one that other processes write too adds how their
     changes are heard of (``_changed`` and ``watch_changes``)."""
