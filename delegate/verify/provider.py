@@ -11,6 +11,7 @@ without any user info, and the request's headers never reach a message.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -108,13 +109,11 @@ class PrometheusProvider:
         self.name = f"prometheus at {str(shown).rstrip('/')}"
         self._base = url
         self._headers: dict[str, str] = {}
-        self._auth: aiohttp.BasicAuth | None = None
         if token := credentials.get("bearer_token"):
             self._headers["Authorization"] = f"Bearer {token.strip()}"
         if spec.auth.basic_username is not None:
-            self._auth = aiohttp.BasicAuth(
-                spec.auth.basic_username, credentials.get("basic_password", "")
-            )
+            pair = f"{spec.auth.basic_username}:{credentials.get('basic_password', '')}"
+            self._headers["Authorization"] = f"Basic {base64.b64encode(pair.encode()).decode()}"
         self._ssl = _tls_context(credentials) if url.scheme == "https" else None
         self._session: aiohttp.ClientSession | None = None
 
@@ -137,7 +136,6 @@ class PrometheusProvider:
                 url,
                 data=form,
                 headers=self._headers,
-                auth=self._auth,
                 ssl=self._ssl if self._ssl is not None else True,
                 allow_redirects=False,
             ) as response:
