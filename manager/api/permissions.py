@@ -128,6 +128,23 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/totp/confirm"): "self",
     ("POST", "/api/v1/auth/totp/verify"): "self",
     ("POST", "/api/v1/auth/sso/link"): "self",
+    # runbooks: update (define), read and execute (run, cancel) on their app and env, checked
+    # by the handlers; approving needs membership of a group the step names
+    ("PUT", "/api/v1/runbooks/{name}"): "authenticated",
+    ("GET", "/api/v1/runbooks"): "authenticated",
+    ("GET", "/api/v1/runbooks/{name}"): "authenticated",
+    ("DELETE", "/api/v1/runbooks/{name}"): "authenticated",
+    ("POST", "/api/v1/runbooks/{name}/runs"): "authenticated",
+    ("GET", "/api/v1/runbook-runs"): "authenticated",
+    ("GET", "/api/v1/runbook-runs/{run_id}"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/approve"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/reject"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/cancel"): "authenticated",
+    # governance standards
+    ("PUT", "/api/v1/standards/{name}"): "manage_governance",
+    ("GET", "/api/v1/standards"): "authenticated",
+    ("GET", "/api/v1/standards/{name}"): "authenticated",
+    ("DELETE", "/api/v1/standards/{name}"): "manage_governance",
 }
 
 

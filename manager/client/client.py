@@ -95,6 +95,18 @@ from manager.schemas.directory import (
     UserList,
     UserView,
 )
+from manager.schemas.runbooks import (
+    ApprovalDecision,
+    RunbookDefinition,
+    RunbookList,
+    RunbookView,
+    RunList,
+    RunStart,
+    RunView,
+    StandardDefinition,
+    StandardList,
+    StandardView,
+)
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -597,6 +609,56 @@ class TetherClient:
 
     def _url(self, path: str) -> str:
         return f"{self._base}{path}"
+
+    # -- runbooks, their runs, governance standards (manager/api/runbooks.py) -------------
+
+    async def put_runbook(self, definition: RunbookDefinition) -> RunbookView:
+        path = f"/api/v1/runbooks/{_seg(definition.name)}"
+        return await self._call("PUT", path, RunbookView, body=definition)
+
+    async def list_runbooks(self) -> list[RunbookView]:
+        return (await self._call("GET", "/api/v1/runbooks", RunbookList)).runbooks
+
+    async def get_runbook(self, name: str, version: int | None = None) -> RunbookView:
+        params = None if version is None else {"version": str(version)}
+        return await self._call("GET", f"/api/v1/runbooks/{_seg(name)}", RunbookView, params=params)
+
+    async def delete_runbook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/runbooks/{_seg(name)}", _NoContent)
+
+    async def start_runbook_run(self, name: str, start: RunStart) -> RunView:
+        path = f"/api/v1/runbooks/{_seg(name)}/runs"
+        return await self._call("POST", path, RunView, body=start)
+
+    async def list_runbook_runs(self, runbook: str | None = None) -> list[RunView]:
+        params = None if runbook is None else {"runbook": runbook}
+        return (await self._call("GET", "/api/v1/runbook-runs", RunList, params=params)).runs
+
+    async def get_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("GET", f"/api/v1/runbook-runs/{_seg(run_id)}", RunView)
+
+    async def decide_runbook_run(
+        self, run_id: str, decision: ApprovalDecision, *, approve: bool
+    ) -> RunView:
+        verb = "approve" if approve else "reject"
+        path = f"/api/v1/runbook-runs/{_seg(run_id)}/{verb}"
+        return await self._call("POST", path, RunView, body=decision)
+
+    async def cancel_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("POST", f"/api/v1/runbook-runs/{_seg(run_id)}/cancel", RunView)
+
+    async def put_standard(self, definition: StandardDefinition) -> StandardView:
+        path = f"/api/v1/standards/{_seg(definition.name)}"
+        return await self._call("PUT", path, StandardView, body=definition)
+
+    async def list_standards(self) -> list[StandardView]:
+        return (await self._call("GET", "/api/v1/standards", StandardList)).standards
+
+    async def get_standard(self, name: str) -> StandardView:
+        return await self._call("GET", f"/api/v1/standards/{_seg(name)}", StandardView)
+
+    async def delete_standard(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/standards/{_seg(name)}", _NoContent)
 
     async def _call(
         self,

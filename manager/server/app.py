@@ -49,6 +49,7 @@ from manager.api.http import Handler, Route, RouteTable, error_middleware
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.runbooks import add_runbook_routes, runbook_trigger_audit
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -62,6 +63,7 @@ from manager.keys.masterkey import MasterKey
 from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
+from manager.runbooks.service import RunbookService
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -335,6 +337,15 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         monotonic=config.monotonic,
     )
     await tasks.recover()
+    c.runbooks = RunbookService(
+        store=store,
+        directory=Directory(store),
+        tasks=tasks,
+        events=events,
+        master_key=master_key,
+        secrets=secrets,
+        clock=config.clock,
+    )
 
     async def on_remote(kind: EventKind, ident: str) -> None:
         if kind == "revoked":  # a delegate token, revoked through another replica
@@ -364,6 +375,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_directory_routes(table)
     add_delegate_routes(table)
     add_verification_routes(table)
+    add_runbook_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -408,6 +420,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     await key_the_chain(app[AUDIT])
     recorder = app[AUDIT]
+    c.runbooks.system_audit = runbook_trigger_audit(recorder)
 
     async def failed_logins(change: Change, address: str) -> object:
         return await recorder.write(
@@ -422,6 +435,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
     table.install(app)
     app[ROUTES] = table
+    runbooks = c.runbooks
+
+    async def stop_runs(_app: web.Application) -> None:
+        # Runs are followed by tasks of this process: they end with it (a restart resumes).
+        await runbooks.close()
+
+    app.on_cleanup.append(stop_runs)
     return app, c
 
 
@@ -473,6 +493,8 @@ async def _loops(c: Context) -> None:
                 )
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
             await c.tasks.sweep()
+            if c.runbooks is not None:
+                await c.runbooks.tick()
             if now() - last_revocation_check >= t.revocation_check:
                 last_revocation_check = now()
                 live = {s.delegate.token_id for s in c.hub.sessions.values()}
@@ -560,6 +582,9 @@ async def serve(
             ca_file=str(ca_file) if ca_file else None,
             admin_key_file=str(admin_key_path),
         )
+        if c.runbooks is not None:
+            # Open runs carry on where they stopped (manager.runbooks.service).
+            await c.runbooks.recover()
         if ready is not None:
             ready(url, lambda: _loops_alive(c))
         await _wait_for_signal()

@@ -62,6 +62,7 @@ from manager.client.cli.fleet import (
 )
 from manager.client.cli.login import add_login_parsers, config_dir, load_session
 from manager.client.cli.output import Console
+from manager.client.cli.runbooks import add_runbook_parsers
 from manager.client.cli.secrets import add_secret_parsers
 from manager.client.cli.tasks import (
     cmd_deployments,
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_directory_parsers(groups, output)
     add_login_parsers(groups, output)
     add_verify_parsers(groups, output)
+    add_runbook_parsers(groups, output)
     return parser
 
 

@@ -141,6 +141,21 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/delegate/tasks/{task_id}/acquire": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/result": DELEGATE,
+    # runbooks: the handlers check update/read/execute on the runbook's place
+    "PUT /api/v1/runbooks/{name}": A,
+    "GET /api/v1/runbooks": A,
+    "GET /api/v1/runbooks/{name}": A,
+    "DELETE /api/v1/runbooks/{name}": A,
+    "POST /api/v1/runbooks/{name}/runs": A,
+    "GET /api/v1/runbook-runs": A,
+    "GET /api/v1/runbook-runs/{run_id}": A,
+    "POST /api/v1/runbook-runs/{run_id}/approve": A,
+    "POST /api/v1/runbook-runs/{run_id}/reject": A,
+    "POST /api/v1/runbook-runs/{run_id}/cancel": A,
+    "PUT /api/v1/standards/{name}": "manage_governance",
+    "GET /api/v1/standards": A,
+    "GET /api/v1/standards/{name}": A,
+    "DELETE /api/v1/standards/{name}": "manage_governance",
 }
 
 

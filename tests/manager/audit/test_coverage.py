@@ -39,7 +39,7 @@ from manager.records import (
     SecretRecord,
 )
 from manager.schemas.auth import AuthSettings, verifier_hash
-from manager.schemas.grants import ADMIN_GROUP
+from manager.schemas.grants import ADMIN_GROUP, AppGrant
 from manager.schemas.secrets import SecretCreate
 from manager.schemas.tasks import TaskSubmit
 from manager.server.app import ROUTES, ManagerConfig, build_app, open_store
@@ -589,6 +589,95 @@ async def trusted_proxies(w: World) -> Call:
     return "/api/v1/allowlist/trusted-proxies", {"proxies": ["10.9.9.9/32"]}
 
 
+# -- runbooks and standards (manager/api/runbooks.py) --------------------------------------
+
+
+def _runbook(gate: bool = False) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"name": "s", "kind": "shell", "script": "echo $INPUT_WHY"}]
+    if gate:
+        steps.insert(0, {"name": "gate", "kind": "approval", "groups": ["sre"]})
+    return {
+        "name": "rb",
+        "app": "shop",
+        "env": "prod",
+        "inputs": [{"name": "why", "type": "string", "default": "because"}],
+        "steps": steps,
+    }
+
+
+async def _applied(w: World, gate: bool = False) -> None:
+    d = Directory(w.store)
+    app = await d.apps.by_key("shop") or await d.apps.insert(AppBody(name="shop"))
+    await d.envs.insert(EnvBody(app_id=app.id, name="prod", type="production"))
+    resp = await w.client.put("/api/v1/runbooks/rb", json=_runbook(gate), headers=w.auth())
+    assert resp.status == 200, await resp.text()
+
+
+async def _started(w: World) -> str:
+    await _applied(w, gate=True)
+    resp = await w.client.post("/api/v1/runbooks/rb/runs", json={}, headers=w.auth())
+    assert resp.status == 201, await resp.text()
+    run_id: str = (await resp.json())["id"]
+    return run_id
+
+
+async def runbook_put(w: World) -> Call:
+    d = Directory(w.store)
+    app = await d.apps.insert(AppBody(name="shop"))
+    await d.envs.insert(EnvBody(app_id=app.id, name="prod", type="production"))
+    return "/api/v1/runbooks/rb", _runbook()
+
+
+async def runbook_delete(w: World) -> Call:
+    await _applied(w)
+    return "/api/v1/runbooks/rb", None
+
+
+async def run_start(w: World) -> Call:
+    await _applied(w)
+    return "/api/v1/runbooks/rb/runs", {"inputs": {"why": SECRET_2}}
+
+
+async def _approver(w: World) -> None:
+    """The call is made by a member of the group the approval step names (who may read
+    the run's place, as seeing a run needs)."""
+    sre = GroupBody(name="sre", app_permissions=[AppGrant(actions=("read",))])
+    group = await Directory(w.store).groups.insert(sre)
+    user = await _signed_in(w)
+    await Directory(w.store).users.update(
+        user.id, lambda b: b.model_copy(update={"groups": [group.id]})
+    )
+
+
+async def run_approve(w: World) -> Call:
+    run_id = await _started(w)
+    await _approver(w)
+    return f"/api/v1/runbook-runs/{run_id}/approve", {"reason": "ok"}
+
+
+async def run_reject(w: World) -> Call:
+    run_id = await _started(w)
+    await _approver(w)
+    return f"/api/v1/runbook-runs/{run_id}/reject", {"reason": "no"}
+
+
+async def run_cancel(w: World) -> Call:
+    return f"/api/v1/runbook-runs/{await _started(w)}/cancel", None
+
+
+_STANDARD = {"name": "std", "rules": [{"rule": "has_rollback", "weight": 1}]}
+
+
+async def standard_put(w: World) -> Call:
+    return "/api/v1/standards/std", _STANDARD
+
+
+async def standard_delete(w: World) -> Call:
+    resp = await w.client.put("/api/v1/standards/std", json=_STANDARD, headers=w.auth())
+    assert resp.status == 200, await resp.text()
+    return "/api/v1/standards/std", None
+
+
 CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/tasks"): submit,
     ("POST", "/api/v1/tasks/{task_id}/cancel"): cancel,
@@ -652,6 +741,14 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("PUT", "/api/v1/verifications/{name}"): verification_put,
     ("DELETE", "/api/v1/verifications/{name}"): verification_delete,
     ("POST", "/api/v1/verification-runs"): verification_run,
+    ("PUT", "/api/v1/runbooks/{name}"): runbook_put,
+    ("DELETE", "/api/v1/runbooks/{name}"): runbook_delete,
+    ("POST", "/api/v1/runbooks/{name}/runs"): run_start,
+    ("POST", "/api/v1/runbook-runs/{run_id}/approve"): run_approve,
+    ("POST", "/api/v1/runbook-runs/{run_id}/reject"): run_reject,
+    ("POST", "/api/v1/runbook-runs/{run_id}/cancel"): run_cancel,
+    ("PUT", "/api/v1/standards/{name}"): standard_put,
+    ("DELETE", "/api/v1/standards/{name}"): standard_delete,
 }
 
 
