@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -57,6 +58,8 @@ class Exporter:
     def __init__(self, requests_per_s: float, errors_per_s: float) -> None:
         self.requests = Counter(requests_per_s)
         self.errors = Counter(errors_per_s)
+        # The error rates set over HTTP, in order.
+        self.changes: list[float] = []
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +76,14 @@ class Exporter:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self) -> None:
+                # POST /errors?rate=R: what a deployment (or its rollback) does to the app.
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                exporter.errors.set_rate(float(query["rate"][0]))
+                exporter.changes.append(float(query["rate"][0]))
+                self.send_response(204)
+                self.end_headers()
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -81,6 +92,12 @@ class Exporter:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.running = True
+
+    def set_errors_command(self, rate: float) -> str:
+        """A shell command that sets the error rate, for a task's script."""
+        url = f"http://127.0.0.1:{self.port}/errors?rate={rate}"
+        code = f"import urllib.request as u; u.urlopen(u.Request('{url}', method='POST'))"
+        return f'{sys.executable} -c "{code}"'
 
     def stop(self) -> None:
         if self.running:

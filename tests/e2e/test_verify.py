@@ -30,7 +30,7 @@ pytestmark = [
 ]
 
 WINDOW_S = 12
-RUN_TIMEOUT = 120.0
+RUN_TIMEOUT = 150.0
 
 
 def _spec(prom: str, job: str, **extra: Any) -> dict[str, Any]:
@@ -62,6 +62,36 @@ class Scenario:
     runs: dict[str, Result] = field(default_factory=dict)
     gets: dict[str, Result] = field(default_factory=dict)
     prom_url: str = ""
+    runbook_changes: list[float] = field(default_factory=list)
+
+
+def _runbook(prom: str, exporter: Exporter) -> dict[str, Any]:
+    """Deploy (the error rate jumps as it starts), verify, and roll back when it fails."""
+    return {
+        "name": "deploy-shop",
+        "app": "shop",
+        "env": "prod",
+        "steps": [
+            {
+                "name": "deploy",
+                "kind": "shell",
+                "selectors": ["monitoring"],
+                "script": f"{exporter.set_errors_command(6.0)}\nsleep 4\necho deployed\n",
+            },
+            {
+                "name": "verify",
+                "kind": "verify",
+                "selectors": ["monitoring"],
+                "spec": _spec(prom, "runbook"),
+            },
+        ],
+        "rollback": {
+            "name": "undo",
+            "kind": "shell",
+            "selectors": ["monitoring"],
+            "script": f"{exporter.set_errors_command(0.2)}\necho rolled back\n",
+        },
+    }
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:
@@ -90,6 +120,7 @@ async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
         "healthy": Exporter(requests_per_s=20, errors_per_s=0.2),
         "jump": Exporter(requests_per_s=20, errors_per_s=0.2),
         "stopped": Exporter(requests_per_s=20, errors_per_s=0.2),
+        "runbook": Exporter(requests_per_s=20, errors_per_s=0.2),
     }
     prom = Prometheus(root / "prom", {job: e.port for job, e in exporters.items()})
     c = Cluster(root=root / "cluster")
@@ -97,11 +128,22 @@ async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
         await prom.start()
         await c.start_manager()
         await c.start_delegate("watcher", "monitoring")
+        for args in (
+            ("app", "create", "shop"),
+            ("env", "create", "shop", "prod", "--type", "non_production"),
+        ):
+            assert (await c.tether(*args)).code == 0
+        book = _write(root / "runbook.yaml", _runbook(prom.url, exporters["runbook"]))
+        applied_book = await c.tether("runbook", "apply", "-f", str(book))
+        assert applied_book.code == 0, applied_book.stderr
         # A full baseline first: every job's ratio for a whole window, as Prometheus sees it.
         await prom.wait_for(
             f"min(count_over_time(up[{WINDOW_S + 2}s]))",
             lambda r: bool(r) and float(r[0]["value"][1]) >= WINDOW_S + 1,
             "a full baseline window",
+        )
+        runbook = asyncio.create_task(
+            c.tether("runbook", "run", "deploy-shop", timeout=RUN_TIMEOUT)
         )
         deploy = await c.tether(
             "task", "submit", "--deploy-service", "shop", "--deploy-env", "prod",
@@ -131,10 +173,12 @@ async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
             _verify(c, "--deployment", task_id, "--spec", str(stopped)),
         )
         s.runs.update(zip(("healthy", "jump", "stopped"), results, strict=True))
+        s.runs["runbook"] = await runbook
+        s.runbook_changes = exporters["runbook"].changes
         await prom.stop()
         s.runs["prom_down"] = await _verify(c, "--deployment", task_id, "--spec", str(healthy))
         for name, res in s.runs.items():
-            if name == "applied":
+            if name in ("applied", "runbook"):
                 continue
             task_line = next(
                 line for line in res.stderr.splitlines() if "verification task" in line
@@ -233,3 +277,20 @@ async def test_named_verifications_are_listed_and_versioned(scenario: Scenario) 
     missing = await c.tether("verify", "get-spec", "nope")
     assert missing.code == 1
     assert "no verification nope" in missing.stderr
+
+
+async def test_a_failed_verify_step_fails_the_runbook_and_its_rollback_runs(
+    scenario: Scenario,
+) -> None:
+    run = scenario.runs["runbook"]
+    assert run.code != 0, run.stdout + run.stderr
+    assert "rolled back" in run.stdout
+    # The deployment set the error rate up, the rollback set it back: in that order.
+    assert scenario.runbook_changes == [6.0, 0.2]
+    runs = await scenario.cluster.tether("runbook", "runs", "--output", "json")
+    assert runs.code == 0, runs.stderr
+    (got,) = json.loads(runs.stdout)["runs"]
+    assert got["state"] == "failed"
+    assert [s["status"] for s in got["steps"]] == ["succeeded", "failed"]
+    assert "verification failed: error rate median" in got["steps"][1]["reason"]
+    assert got["rollback"]["status"] == "succeeded"
