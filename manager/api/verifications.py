@@ -20,20 +20,17 @@ from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
 from manager.api.task_access import check_task
 from manager.api.tasks import submit_parsed
-from manager.core.verification import timeout_for, windows
 from manager.records import VerificationRecord
-from manager.schemas.tasks import TaskSubmit, TaskView
+from manager.schemas.tasks import TaskView
 from manager.schemas.verify import VerificationList, VerificationPut, VerificationView, VerifyRun
+from manager.verify.runs import verify_request
 from manager.verify.service import Verifications, spec_of
-from shared.protocol import VerifyPayload
-from shared.task_secrets import credential_expression
 from shared.verify.spec import VerifySpec
 
 __all__ = ["VERIFICATIONS", "add_verification_routes"]
 
 VERIFICATIONS: web.AppKey[Verifications] = web.AppKey("tether_verifications", Verifications)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 def _view(r: VerificationRecord) -> VerificationView:
@@ -137,20 +134,13 @@ async def run_verification(request: web.Request) -> web.Response:
             409, "conflict", f"deployment task {task.id} has not finished", field="deployment"
         )
     spec = body.spec or await _named_spec(request, body)
-    window = windows(spec, task.started_at, task.finished_at)
-    payload = VerifyPayload(
-        spec=spec,
-        window=window,
-        credentials={
-            role: credential_expression(secret)
-            for role, secret in spec.provider.auth.secrets().items()
-        },
-    )
-    timeout = body.timeout_s or min(_MAX_TIMEOUT_S, timeout_for(spec, window, c.clock()))
-    submit = TaskSubmit(
-        payload=payload,
+    submit = verify_request(
+        spec,
+        task.started_at,
+        task.finished_at,
+        now=c.clock(),
         selectors=body.selectors,
-        timeout_s=timeout,
+        timeout_s=body.timeout_s,
         # The deployment's place: the caller must be allowed to execute there.
         app=task.app_id,
         env=task.env_id,

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from manager.core.verification import timeout_for, windows
 from manager.records import TaskRecord
 from manager.schemas.runbooks import StepDef
 from manager.schemas.tasks import TaskSubmit
-from shared.protocol import VerifyPayload, describe_validation_error
+from manager.verify.runs import verify_request
+from shared.protocol import describe_validation_error
 from shared.task_secrets import credential_expression
 from shared.verify.spec import VerifySpec
 
 __all__ = ["check_verify_step", "secret_expressions", "verify_task"]
-
-_MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 def _spec(step: StepDef) -> VerifySpec:
@@ -69,19 +67,14 @@ def verify_task(
     spec = _spec(step)
     if deployment is None or deployment.started_at is None or deployment.finished_at is None:
         raise ValueError("a verify step judges an earlier task step, and none has run")
-    window = windows(spec, deployment.started_at, deployment.finished_at)
-    payload = VerifyPayload(
-        spec=spec,
-        window=window,
-        credentials={
-            role: credential_expression(name) for role, name in spec.provider.auth.secrets().items()
-        },
-    )
-    return TaskSubmit(
-        payload=payload,
+    return verify_request(
+        spec,
+        deployment.started_at,
+        deployment.finished_at,
+        now=now,
         selectors=step.selectors,
-        timeout_s=step.timeout_s or min(_MAX_TIMEOUT_S, timeout_for(spec, window, now)),
-        idempotency_key=idempotency_key,
+        timeout_s=step.timeout_s,
         app=app,
         env=env,
+        idempotency_key=idempotency_key,
     )
