@@ -290,3 +290,14 @@ class SecretVersionRecord:
     size: int | None = None
     # Who made it (an actor id once access control exists).
     created_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """One version of a named verification spec (shared.verify.spec), as JSON text."""
+
+    name: str
+    version: int
+    spec: str
+    created_at: float
+    created_by: str | None = None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from shared.limits import MAX_FRAME_BYTES, MAX_LOG_BATCH_LINES, MAX_SCRIPT_BYTES
 from shared.logbytes import from_base64, is_text, to_base64
 from shared.secretspec import SecretDelivery, SecretOpPayload
+from shared.verify.spec import VerifySpec
 
 __all__ = [
     "FINAL_STATES",
@@ -52,6 +53,8 @@ __all__ = [
     "TaskState",
     "TaskType",
     "UserPayload",
+    "VerifyPayload",
+    "VerifyWindow",
     "describe_validation_error",
     "parse_delegate_frame",
     "parse_manager_frame",
@@ -85,6 +88,9 @@ class TaskType(enum.StrEnum):
     SHELL = "shell"
     HTTP = "http"
     CAPABILITY = "capability"
+    # Judges a deployment from the customer's monitoring (shared.verify); a delegate from
+    # before it does not advertise it, so it is never handed one.
+    VERIFY = "verify"
     # Internal: a secret manager's connection test or a key wrap (shared.secretspec).
     SECRET_OP = "secret_op"  # noqa: S105 - a task type, not a password
 
@@ -143,10 +149,43 @@ class CapabilityPayload(Strict):
     target: str = Field(min_length=1, max_length=2048)
 
 
+class VerifyWindow(Strict):
+    """Absolute times (Unix seconds), computed by the manager from the deployment's record."""
+
+    baseline_start: float
+    baseline_end: float
+    analysis_start: float
+    analysis_end: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VerifyWindow:
+        if not (
+            self.baseline_start < self.baseline_end and self.analysis_start < self.analysis_end
+        ):
+            raise ValueError("each window must start before it ends")
+        return self
+
+
+class VerifyPayload(Strict):
+    """Query the provider for both windows, once the analysis window has ended, and judge."""
+
+    type: Literal["verify"] = "verify"
+    spec: VerifySpec
+    window: VerifyWindow
+    # Credential role (bearer_token, basic_password, tls_cert, tls_key, tls_ca) -> a secret
+    # expression, rendered on the delegate (shared.task_secrets) like an http task's header.
+    credentials: dict[
+        Literal["bearer_token", "basic_password", "tls_cert", "tls_key", "tls_ca"], str
+    ] = Field(default_factory=dict)
+
+
 # What users may submit; a delegate may also be handed the manager's own secret operations.
-UserPayload = Annotated[ShellPayload | HttpPayload | CapabilityPayload, Field(discriminator="type")]
+UserPayload = Annotated[
+    ShellPayload | HttpPayload | CapabilityPayload | VerifyPayload, Field(discriminator="type")
+]
 TaskPayload = Annotated[
-    ShellPayload | HttpPayload | CapabilityPayload | SecretOpPayload, Field(discriminator="type")
+    ShellPayload | HttpPayload | CapabilityPayload | VerifyPayload | SecretOpPayload,
+    Field(discriminator="type"),
 ]
 
 

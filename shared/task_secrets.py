@@ -15,11 +15,24 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from shared.expressions import ExpressionError, SecretExpr, find_expressions, render
-from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload
+from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload, VerifyPayload
 
-__all__ = ["RenderError", "expression_fields", "referenced_secrets", "render_payload"]
+__all__ = [
+    "RenderError",
+    "credential_expression",
+    "expression_fields",
+    "referenced_secrets",
+    "render_payload",
+]
 
-Payload = ShellPayload | HttpPayload | CapabilityPayload
+Payload = ShellPayload | HttpPayload | CapabilityPayload | VerifyPayload
+
+
+def credential_expression(name: str) -> str:
+    """The expression a verify payload's credential role holds for the secret ``name``."""
+    return f'${{secrets.getValue("{name}")}}'
+
+
 P = TypeVar("P", bound=BaseModel)
 
 
@@ -39,6 +52,9 @@ def expression_fields(payload: object) -> Iterator[tuple[str, str]]:
             yield f"headers.{name}", value
         if payload.body is not None:
             yield "body", payload.body
+    elif isinstance(payload, VerifyPayload):
+        for role, value in payload.credentials.items():
+            yield f"credentials.{role}", value
 
 
 def referenced_secrets(payload: object) -> set[str]:
@@ -81,6 +97,13 @@ def render_payload(payload: P, resolve: Callable[[str], bytes]) -> P:
         }
         if payload.body is not None:
             update["body"] = _render_field("body", payload.body, resolve)
+    elif isinstance(payload, VerifyPayload):
+        update = {
+            "credentials": {
+                k: _render_field(f"credentials.{k}", v, resolve)
+                for k, v in payload.credentials.items()
+            }
+        }
     else:
         return payload
     return payload.model_copy(update=update)

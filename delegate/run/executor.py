@@ -1,4 +1,4 @@
-"""Runs one task (shell, http, capability, or one of the manager's secret operations) and
+"""Runs one task (shell, http, capability, verify, or one of the manager's secret operations) and
 says how it ended.
 
 Everything the task prints goes through the ``LogStream`` (and so through the task's
@@ -46,8 +46,9 @@ from delegate.run.switch import InProcess, Switcher
 from delegate.secrets.base import SecretError
 from delegate.secrets.ops import describe, run_secret_op
 from delegate.secrets.providers import ManagerCredentials, Providers
+from delegate.verify.runner import run_verification
 from shared.limits import KIB, MAX_OUTPUT_BYTES
-from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload, TaskSpec
+from shared.protocol import CapabilityPayload, HttpPayload, ShellPayload, TaskSpec, VerifyPayload
 from shared.secretspec import SecretOpPayload
 
 __all__ = ["ExecutionResult", "Status", "execute"]
@@ -131,6 +132,8 @@ async def execute(
                 outcome = await _run_http(spec, payload, log, cancel)
             elif isinstance(payload, CapabilityPayload):
                 outcome = await _run_capability(spec, payload, log, cancel)
+            elif isinstance(payload, VerifyPayload):
+                outcome = await _run_verify(spec, payload, log, cancel, clock)
             else:
                 outcome = await _run_secret_op(
                     spec, payload, secret_env, credentials or ManagerCredentials.none(), log, cancel
@@ -584,3 +587,30 @@ async def _connect(host: str, port: int, context: ssl.SSLContext | None) -> None
     # Reachability is proven; how the goodbye went does not matter.
     with contextlib.suppress(OSError, ssl.SSLError):
         await writer.wait_closed()
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+async def _run_verify(
+    spec: TaskSpec,
+    payload: VerifyPayload,
+    log: LogStream,
+    cancel: asyncio.Event,
+    clock: Callable[[], float],
+) -> _Outcome:
+    async def line(text: str) -> None:
+        await log.write("stdout", f"{text}\n".encode())
+
+    got = await _guarded(run_verification(payload, log=line, clock=clock), cancel, spec.timeout_s)
+    if isinstance(got, _Stop):
+        return _stopped(got, spec)
+    outputs = {"verdict": got.verdict, "reason": got.reason, "report": got.model_dump_json()}
+    if got.verdict == "passed":
+        return _Outcome("succeeded", outputs=outputs)
+    if got.verdict == "inconclusive" and got.on_inconclusive == "pass_with_warning":
+        await log.system(
+            f"warning: verification inconclusive, passed as the spec asks: {got.reason}"
+        )
+        return _Outcome("succeeded", outputs=outputs)
+    return _Outcome("failed", outputs=outputs, error=f"verification {got.verdict}: {got.reason}")

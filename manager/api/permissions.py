@@ -44,6 +44,13 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("PUT", "/api/v1/profiles/{name}"): "manage_delegates",
     ("GET", "/api/v1/profiles"): "authenticated",
     ("DELETE", "/api/v1/profiles/{name}"): "manage_delegates",
+    # verifications: anyone signed in reads them; defining one is governance of deployments.
+    # A run is a task in the deployment's place: execute there, and read on the deployment.
+    ("PUT", "/api/v1/verifications/{name}"): "manage_governance",
+    ("GET", "/api/v1/verifications"): "authenticated",
+    ("GET", "/api/v1/verifications/{name}"): "authenticated",
+    ("DELETE", "/api/v1/verifications/{name}"): "manage_governance",
+    ("POST", "/api/v1/verification-runs"): "authenticated",
     # secret managers and secrets (never a value: reads show metadata)
     ("GET", "/api/v1/secret-managers"): "authenticated",
     ("POST", "/api/v1/secret-managers"): "manage_secret_managers",

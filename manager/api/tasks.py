@@ -43,7 +43,7 @@ from manager.tasks.idempotency import shown
 from shared.logbytes import to_base64
 from shared.protocol import FINAL_STATES, TaskState
 
-__all__ = ["add_task_routes", "full_task_view", "task_view"]
+__all__ = ["add_task_routes", "full_task_view", "submit_parsed", "task_view"]
 
 log = structlog.get_logger("tether.api")
 
@@ -179,8 +179,13 @@ def _float_query(request: web.Request, name: str) -> float | None:
 
 
 async def submit_task(request: web.Request) -> web.Response:
+    return await submit_parsed(request, await parse_body(request, TaskSubmit))
+
+
+async def submit_parsed(request: web.Request, req: TaskSubmit) -> web.Response:
+    """Submit ``req`` as the caller, checked and audited as any task (a route that makes a
+    task of its own body, like a verification run, ends here too)."""
     c = ctx(request)
-    req = await parse_body(request, TaskSubmit)
     target = await submit_target(request, req.app, req.env)
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)

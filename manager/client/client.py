@@ -150,6 +150,7 @@ from manager.schemas.tasks import (
     TokenCreated,
     TokenView,
 )
+from manager.schemas.verify import VerificationList, VerificationPut, VerificationView, VerifyRun
 from shared import __version__
 from shared.protocol import TaskState
 
@@ -532,6 +533,26 @@ class TetherClient:
 
     async def delete_profile(self, name: str) -> None:
         await self._call("DELETE", f"/api/v1/profiles/{_seg(name)}", _NoContent)
+
+    # -- verifications (manager.api.verifications) --
+
+    async def put_verification(self, name: str, body: VerificationPut) -> VerificationView:
+        path = f"/api/v1/verifications/{_seg(name)}"
+        return await self._call("PUT", path, VerificationView, body=body)
+
+    async def get_verification(self, name: str, version: int | None = None) -> VerificationView:
+        params = {} if version is None else {"version": str(version)}
+        path = f"/api/v1/verifications/{_seg(name)}"
+        return await self._call("GET", path, VerificationView, params=params)
+
+    async def list_verifications(self) -> list[VerificationView]:
+        return (await self._call("GET", "/api/v1/verifications", VerificationList)).verifications
+
+    async def delete_verification(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/verifications/{_seg(name)}", _NoContent)
+
+    async def run_verification(self, body: VerifyRun) -> TaskView:
+        return await self._call("POST", "/api/v1/verification-runs", TaskView, body=body)
 
     async def create_token(self, name: str, scope: TokenCreate | None = None) -> TokenCreated:
         """A delegate enrollment token; its value is in the answer and nowhere else, ever.

@@ -361,6 +361,12 @@ _METADATA_KEYS = frozenset(
         "token_id",
         "public_key",
         "idempotency_key",
+        # A verification's provider credentials: the names of Tether secrets (shared.verify.spec).
+        "bearer_token_secret",
+        "basic_password_secret",
+        "tls_cert_secret",
+        "tls_key_secret",
+        "tls_ca_secret",
     }
 )
 

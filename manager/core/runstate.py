@@ -51,8 +51,8 @@ __all__ = [
 
 RunState = Literal["queued", "running", "waiting_for_approval", "succeeded", "failed", "cancelled"]
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
-# Step kinds that are a task on a delegate.
-TASK_KINDS = frozenset({"shell", "http"})
+# Step kinds that are a task on a delegate (verify: manager.runbooks.verify_step).
+TASK_KINDS = frozenset({"shell", "http", "verify"})
 _DONE = frozenset({"succeeded", "skipped"})
 _ENDED = frozenset({"succeeded", "skipped", "failed", "rejected", "timed_out", "cancelled"})
 ROLLBACK = -1
@@ -342,7 +342,7 @@ def _fail(
     reason = f"step {spec.name!r} {step.status}" + (f": {step.reason}" if step.reason else "")
     rollback = run.rollback
     # A task that failed may have left things half done: the rollback step undoes them.
-    if rollback is not None and step.status == "failed" and spec.kind in TASK_KINDS | {"verify"}:
+    if rollback is not None and step.status == "failed" and spec.kind in TASK_KINDS:
         if rollback.status == "pending":
             rollback.status = "submitting"
         if rollback.status == "submitting":

@@ -1,7 +1,6 @@
 """The step kinds a runbook may use, each with what it requires of its step.
 
-``verify`` is registered so that a runbook naming it is refused clearly at apply, until the
-continuous-verification change registers it as available.
+``verify`` judges the deployment an earlier step made (manager.runbooks.verify_step).
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from manager.runbooks.verify_step import check_verify_step
 from manager.schemas.runbooks import StepDef
 
 __all__ = ["KINDS", "StepKind", "problem_of"]
@@ -49,20 +49,11 @@ def _approval(step: StepDef) -> str | None:
     return None
 
 
-def _verify(step: StepDef) -> str | None:
-    return None if step.spec else "a verify step needs a spec"
-
-
 KINDS: dict[str, StepKind] = {
     "shell": StepKind("shell", True, _shell, is_task=True),
     "http": StepKind("http", True, _http, is_task=True),
     "approval": StepKind("approval", True, _approval),
-    "verify": StepKind(
-        "verify",
-        False,
-        _verify,
-        why_unavailable="continuous verification is not available yet in this release",
-    ),
+    "verify": StepKind("verify", True, check_verify_step, is_task=True),
 }
 
 

@@ -49,11 +49,12 @@ from manager.core.standards import Score, refusal
 from manager.errors import Conflicting, Forbidden, Invalid, NotFound
 from manager.governance.freeze import Freezes, check_freeze
 from manager.keys.masterkey import MasterKey
-from manager.records import EntityRecord
+from manager.records import EntityRecord, TaskRecord
 from manager.runbooks.checks import problems
 from manager.runbooks.sealing import seal_json, unseal_json
 from manager.runbooks.standards import Standards, score_view
 from manager.runbooks.steps import task_for
+from manager.runbooks.verify_step import secret_expressions, verify_task
 from manager.schemas.grants import Target
 from manager.schemas.runbooks import (
     RunbookDefinition,
@@ -458,6 +459,7 @@ class RunbookService:
         steps = [*definition.steps, *([definition.rollback] if definition.rollback else [])]
         texts = [t for s in steps for t in (s.script, s.url, s.body) if t]
         texts += [v for s in steps for v in (*s.env.values(), *s.headers.values())]
+        texts += [t for s in steps for t in secret_expressions(s)]
         names = {name for _kind, name in referenced_names(texts)}
         names |= {v.name for v in typed.values() if isinstance(v, SecretRef)}
         if not names or self._secrets is None:
@@ -660,14 +662,24 @@ class RunbookService:
         inputs = self._inputs(run)
         target = self._run_target(run)
         try:
-            req = task_for(
-                spec,
-                Scope(inputs, steps),
-                inputs,
-                app=run.body.app_id,
-                env=run.body.env_id,
-                idempotency_key=f"runbook-run:{run.id}:{index}",
-            )
+            if spec.kind == "verify":
+                req = verify_task(
+                    spec,
+                    await self._deployment_before(run, definition, index),
+                    now=self._clock(),
+                    app=run.body.app_id,
+                    env=run.body.env_id,
+                    idempotency_key=f"runbook-run:{run.id}:{index}",
+                )
+            else:
+                req = task_for(
+                    spec,
+                    Scope(inputs, steps),
+                    inputs,
+                    app=run.body.app_id,
+                    env=run.body.env_id,
+                    idempotency_key=f"runbook-run:{run.id}:{index}",
+                )
             task, _ = await self._tasks.submit(req, target=target, submitted_by=run.body.started_by)
         except (ExprError, ValueError, Invalid, Conflicting) as exc:
             reason = exc.message if isinstance(exc, Invalid | Conflicting) else str(exc)
@@ -675,6 +687,18 @@ class RunbookService:
         written = await self._feed(run.id, Submitted(index, task.id))
         self._watch(run.id, index, task.id)
         return written
+
+    async def _deployment_before(
+        self, run: Entity[RunBody], definition: RunbookDefinition, index: int
+    ) -> TaskRecord | None:
+        """The task of the latest task step before ``index`` that is not a verification:
+        the deployment a verify step judges."""
+        progress = run.body.progress.steps
+        end = len(progress) if index == ROLLBACK else index
+        for step, p in reversed(list(zip(definition.steps[:end], progress[:end], strict=True))):
+            if step.kind != "verify" and p.task_id:
+                return await self._store.get_task(p.task_id)
+        return None
 
     def _watch(self, run_id: str, index: int, task_id: str) -> None:
         if (run_id, index) in self._watching:

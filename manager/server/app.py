@@ -60,6 +60,7 @@ from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.api.verifications import VERIFICATIONS, add_verification_routes
 from manager.api.webhooks import add_webhook_routes
 from manager.audit.trail import AuditTrail
 from manager.console.routes import add_console_routes, console_middleware, install_console
@@ -103,6 +104,7 @@ from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from manager.tasks.reads import TaskReads
 from manager.tasks.sealing import sealed_tasks
 from manager.tasks.service import TaskService
+from manager.verify.service import Verifications
 from shared import __version__
 from shared.datadir import secure_data_dir
 from shared.limits import MAX_API_BODY_BYTES, Timings
@@ -407,6 +409,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_freeze_routes(table)
     add_webhook_routes(table)
     add_incident_routes(table)
+    add_verification_routes(table)
     add_runbook_routes(table)
     doc: dict[str, object] = {}
 
@@ -437,6 +440,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[CTX] = c
     install_incident_services(app, c, master_key, config.clock)
     c.runbooks.freezes = app[INCIDENT_SERVICES].freezes
+    app[VERIFICATIONS] = Verifications(store, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)

@@ -46,6 +46,7 @@ from manager.records import (
     TaskFilter,
     TaskRecord,
     TokenRecord,
+    VerificationRecord,
 )
 from manager.store.health import WriteHealth
 from shared.limits import MAX_LOG_PAGE_BYTES
@@ -738,7 +739,42 @@ class DataKeyStore(abc.ABC):
         """Forget ``owner``'s key (its sealed records no longer open); False when none."""
 
 
-class Store(TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore, DataKeyStore):
+class VerificationStore(abc.ABC):
+    """Named verification specs, each change a new version (manager.verify)."""
+
+    @abc.abstractmethod
+    async def add_verification_version(
+        self,
+        name: str,
+        spec: str,
+        *,
+        created_at: float,
+        created_by: str | None,
+        audit: AuditOf[VerificationRecord] | None = None,
+    ) -> VerificationRecord:
+        """The next version of ``name`` (1 for a new one); Conflict when another write took
+        that version first."""
+
+    @abc.abstractmethod
+    async def verification(
+        self, name: str, version: int | None = None
+    ) -> VerificationRecord | None:
+        """That version, or the latest."""
+
+    @abc.abstractmethod
+    async def list_verifications(self) -> list[VerificationRecord]:
+        """The latest version of each, by name."""
+
+    @abc.abstractmethod
+    async def delete_verification(
+        self, name: str, *, audit: AuditOf[VerificationRecord] | None = None
+    ) -> bool:
+        """Every version of ``name`` (``audit``: of the latest)."""
+
+
+class Store(
+    TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore, DataKeyStore, VerificationStore
+):
     """The whole store: every concern, over one database."""
 
     # Whether writes succeed; a backend reports each full-volume failure and each write.

@@ -413,6 +413,20 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX tasks_name ON tasks(name) WHERE name IS NOT NULL;
         """,
     ),
+    # Named verification specs (manager.verify): every change is a new version, kept.
+    (
+        20,
+        """
+        CREATE TABLE verifications (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            spec TEXT NOT NULL,
+            created_at {REAL} NOT NULL,
+            created_by TEXT,
+            PRIMARY KEY (name, version)
+        );
+        """,
+    ),
 ]
 
 

@@ -97,6 +97,7 @@ from manager.client.cli.tasks import (
     cmd_task_submit,
     parse_labels,
 )
+from manager.client.cli.verify import add_verify_parsers
 from manager.schemas.tasks import TaskSubmit
 from shared import __version__
 from shared.protocol import Deployment, ShellPayload, TaskState
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_manage_commands(groups, output)
     add_login_parsers(groups, output)
     add_incident_commands(groups, output)
+    add_verify_parsers(groups, output)
     add_runbook_parsers(groups, output)
     add_context_parsers(groups, output)
     add_completion_parser(groups, build_parser)

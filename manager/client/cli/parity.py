@@ -127,6 +127,13 @@ COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
     "standard list": ("GET /api/v1/standards",),
     "standard get": ("GET /api/v1/standards/{name}",),
     "standard delete": ("DELETE /api/v1/standards/{name}",),
+    # continuous verification (manager/client/cli/verify.py)
+    "verify apply": ("PUT /api/v1/verifications/{name}",),
+    "verify get-spec": ("GET /api/v1/verifications/{name}",),
+    "verify list": ("GET /api/v1/verifications",),
+    "verify delete": ("DELETE /api/v1/verifications/{name}",),
+    "verify run": ("POST /api/v1/verification-runs", "GET /api/v1/tasks/{task_id}/logs/follow"),
+    "verify get": ("GET /api/v1/tasks/{task_id}",),
     # freezes, webhooks, incidents (manager/client/cli/incidents.py)
     "freeze create": ("POST /api/v1/freezes",),
     "freeze list": ("GET /api/v1/freezes",),

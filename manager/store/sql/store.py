@@ -14,6 +14,7 @@ from manager.store.sql.purge import PurgeQueries
 from manager.store.sql.retention import RetentionQueries
 from manager.store.sql.secrets import SecretQueries
 from manager.store.sql.tasks import TaskQueries
+from manager.store.sql.verifications import VerificationQueries
 
 __all__ = ["SqlStore"]
 
@@ -29,6 +30,7 @@ class SqlStore(
     RetentionQueries,
     PurgeQueries,
     DataKeyQueries,
+    VerificationQueries,
     Store,
 ):
     """A backend adds its connection (``_fetch``, ``open``, ``close``) and the methods whose

@@ -47,7 +47,10 @@ from manager.store.base import Store
 from shared.ids import hash_secret
 from shared.masking import MASK, Masker
 from shared.protocol import ShellPayload
+from shared.verify.spec import VerifySpec
 from tests.manager.trail import make_trail_unwritable
+from tests.manager.verify.support import finished_deployment
+from tests.manager.verify.support import spec as verify_spec
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 SECRET = "s3cr3t-Value/with+base64=chars"
@@ -229,6 +232,21 @@ async def profile_put(w: World) -> Call:
 async def profile_delete(w: World) -> Call:
     await w.store.put_profile(ProfileRecord("gone", ("linux",), "echo", "bash", 1.0))
     return "/api/v1/profiles/gone", None
+
+
+async def verification_put(w: World) -> Call:
+    return "/api/v1/verifications/checkout", {"spec": verify_spec()}
+
+
+async def verification_delete(w: World) -> Call:
+    text = VerifySpec.model_validate(verify_spec()).model_dump_json()
+    await w.store.add_verification_version("gone", text, created_at=1.0, created_by=None)
+    return "/api/v1/verifications/gone", None
+
+
+async def verification_run(w: World) -> Call:
+    deployment = await finished_deployment(w.store)
+    return "/api/v1/verification-runs", {"deployment": deployment, "spec": verify_spec()}
 
 
 async def manager_create(w: World) -> Call:
@@ -802,6 +820,9 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/allowlist/entries/{entry_id}/enable"): allowlist_entry_enable,
     ("PUT", "/api/v1/allowlist/trusted-proxies"): trusted_proxies,
     ("PUT", "/api/v1/retention"): retention_put,
+    ("PUT", "/api/v1/verifications/{name}"): verification_put,
+    ("DELETE", "/api/v1/verifications/{name}"): verification_delete,
+    ("POST", "/api/v1/verification-runs"): verification_run,
     ("PUT", "/api/v1/runbooks/{name}"): runbook_put,
     ("DELETE", "/api/v1/runbooks/{name}"): runbook_delete,
     ("POST", "/api/v1/runbooks/{name}/runs"): run_start,

@@ -199,8 +199,14 @@ def test_cancel_cancels_the_running_task_and_ends_the_run() -> None:
         r.feed(Cancel())
 
 
-def test_a_kind_that_cannot_run_fails_its_step() -> None:
-    r = Runner(definition({"name": "v", "kind": "verify", "spec": {"q": 1}}))
+def test_a_failed_verify_step_runs_the_rollback_like_any_task() -> None:
+    verify = {"name": "v", "kind": "verify", "spec": {"q": 1}}  # checked at apply, not here
+    r = Runner(definition({"name": "a", **SHELL}, verify, rollback={"name": "undo", **SHELL}))
     r.feed(Start())
-    assert r.state() == "failed"
-    assert "cannot run here" in (r.run.reason or "")
+    r.feed(Submitted(0, "t1"))
+    assert r.feed(TaskDone(0, "t1", True)) == [Submit(1)]
+    r.feed(Submitted(1, "t2"))
+    assert r.feed(TaskDone(1, "t2", False, "verification failed: error rate up")) == [
+        Submit(ROLLBACK)
+    ]
+    assert r.statuses() == ["succeeded", "failed"]

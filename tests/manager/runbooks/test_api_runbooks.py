@@ -91,7 +91,8 @@ async def test_apply_versions_get_and_delete(m: Manager, shop: None) -> None:
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"steps": [{"name": "v", "kind": "verify", "spec": {"q": 1}}]}, "not available"),
+        ({"steps": [{"name": "v", "kind": "verify", "spec": {"q": 1}}]}, "spec: "),
+        ({"steps": [{"name": "v", "kind": "verify"}]}, "a verify step needs a spec"),
         ({"steps": [{"name": "x", "kind": "teleport"}]}, "unknown step kind"),
         ({"steps": [{"name": "s", "kind": "shell"}]}, "needs a script"),
         (

@@ -1,0 +1,1 @@
+"""Continuous verification on the delegate: the provider it asks and the runner that judges."""

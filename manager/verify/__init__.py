@@ -1,0 +1,1 @@
+"""Named verification specs (versioned) and the verify task's windows."""
