@@ -19,6 +19,13 @@ __all__ = ["LEVELS", "configure_logging"]
 LEVELS = ("debug", "info", "warning", "error")
 
 
+def _current_stderr(*_args: Any) -> structlog.PrintLogger:
+    # The stderr of the moment each logger is made (loggers are not cached), not the one at
+    # configure time: a caller that swapped its stderr and closed the old one (an in-process
+    # run under a test's capture, a daemon's redirect) must not leave logging writing there.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(
     *, level: str = "info", json_output: bool | None = None, masker: Masker | None = None
 ) -> Masker:
@@ -43,7 +50,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr,
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module (aiohttp's access log is off; this
