@@ -32,7 +32,7 @@ from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
-from manager.console import charts, logs
+from manager.console import charts, follow, logs
 from manager.console.calls import API_ROUTES, call_api
 from manager.console.render import render
 from manager.console.security import add_headers, console_middleware, refused
@@ -337,20 +337,15 @@ def _cursor(pos: tuple[int, int] | None) -> str:
 
 
 async def task_log(request: web.Request) -> web.StreamResponse:
-    """``after``: what arrived since (the follow poll); ``before``: the block before."""
+    """The block of lines before ``before`` (*Load earlier lines*); without it, the tail.
+    What arrives later comes through the follow stream (manager.console.follow)."""
     task_id = request.match_info["task_id"]
-    task = await logs.readable_task(request, task_id)
-    if "before" in request.query:
-        before = logs.parse_cursor(request.query["before"])
-        block = await logs.tail_before(request, task_id, before)
-        first = _cursor((block.lines[0].attempt, block.lines[0].seq)) if block.lines else ""
-        values = {"log": block, "task_id": task_id, "before": first}
-        return render(request, "log_earlier.html", values)
-    after = logs.parse_cursor(request.query.get("after"))
-    block = await logs.after_cursor(request, task_id, after)
-    done = task.state in FINAL_STATES and not block.lines
-    values = {"log": block, "task_id": task_id, "end": _cursor(block.end), "done": done}
-    return render(request, "log_follow.html", values)
+    await logs.readable_task(request, task_id)
+    before = logs.parse_cursor(request.query.get("before"))
+    block = await logs.tail_before(request, task_id, before)
+    first = _cursor((block.lines[0].attempt, block.lines[0].seq)) if block.lines else ""
+    values = {"log": block, "task_id": task_id, "before": first}
+    return render(request, "log_earlier.html", values)
 
 
 def _payload(form: dict[str, str]) -> dict[str, Any]:
@@ -707,6 +702,13 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "/console/tasks/{task_id}/log",
         task_log,
         ("GET", "/api/v1/tasks/{task_id}/logs"),
+        "user",
+    ),
+    (
+        "GET",
+        "/console/tasks/{task_id}/log/follow",
+        follow.follow_log,
+        ("GET", "/api/v1/tasks/{task_id}/logs/follow"),
         "user",
     ),
     (
