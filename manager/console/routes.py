@@ -33,7 +33,7 @@ from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
-from manager.console import charts, follow, logs
+from manager.console import charts, follow, logs, runbooks
 from manager.console.calls import API_ROUTES, call_api
 from manager.console.render import render
 from manager.console.security import add_headers, console_middleware, refused
@@ -869,6 +869,28 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "user",
     ),
     ("POST", "/console/admin/settings", put_settings, ("PUT", "/api/v1/auth/settings"), "user"),
+    ("GET", "/console/runbooks", runbooks.runbooks_page, ("GET", "/api/v1/runbook-runs"), "user"),
+    (
+        "GET",
+        "/console/runbooks/runs/{run_id}",
+        runbooks.run_page,
+        ("GET", "/api/v1/runbook-runs/{run_id}"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/runbooks/runs/{run_id}/approve",
+        runbooks.approve,
+        ("POST", "/api/v1/runbook-runs/{run_id}/approve"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/runbooks/runs/{run_id}/reject",
+        runbooks.reject,
+        ("POST", "/api/v1/runbook-runs/{run_id}/reject"),
+        "user",
+    ),
 ]
 
 
