@@ -33,7 +33,7 @@ from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
-from manager.console import charts, follow, logs, runbooks
+from manager.console import charts, follow, logs, runbooks, verify_chart
 from manager.console.calls import API_ROUTES, call_api
 from manager.console.render import render
 from manager.console.security import add_headers, console_middleware, refused
@@ -313,10 +313,17 @@ async def _env_types(request: web.Request, task: dict[str, Any]) -> dict[str, st
 async def _task_values(request: web.Request) -> dict[str, Any]:
     task = await call_api(request, tasks_api.get_task)
     types = await _env_types(request, task)
+    verification = None
+    if task["type"] == "verify":
+        verification = verify_chart.verify_view(task.get("outputs") or {})
     return {
         "task": task,
         "final": task["state"] in _FINAL,
         "may_execute": _may_execute(request, task, types),
+        "verification": verification,
+        "VW": verify_chart.WIDTH,
+        "VH": verify_chart.HEIGHT,
+        "VP": verify_chart.PAD,
     }
 
 
