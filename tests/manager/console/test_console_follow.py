@@ -15,8 +15,9 @@ from manager.schemas.grants import AppGrant
 from manager.store.base import Store
 from shared.protocol import TaskState
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.api.test_follow_revocation import _queued_task
 from tests.manager.console.test_console_access import visit
-from tests.manager.rbac_support import member, place
+from tests.manager.rbac_support import member
 
 READ = AppGrant(actions=("read",))
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>\x1b[31mred\x1b[0m'
@@ -30,14 +31,7 @@ def test_no_text_in_an_event_can_start_a_field_of_its_own() -> None:
 
 
 async def _running_task(m: Manager, store: Store) -> str:
-    await place(store, "shop", "live", "production")
-    status, task = await m.call(
-        "POST",
-        "/api/v1/tasks",
-        {"payload": {"type": "shell", "script": "true"}, "app": "shop", "env": "live"},
-    )
-    assert status == 201, task
-    task_id = str(task["id"])
+    task_id = await _queued_task(m, store)  # in shop/live
     running = await store.update_task(
         task_id,
         expect_state=TaskState.QUEUED,
