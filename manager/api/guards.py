@@ -234,11 +234,13 @@ async def authenticate_key(access: Access, key: str) -> tuple[Principal, ApiKeyR
     return principal, record
 
 
-async def recheck(request: web.Request) -> Principal:
+async def recheck(request: web.Request, *, console: bool = False) -> Principal:
     """The request's credential judged again now (a long stream outlives its first check):
     the 401 if it was revoked, expired or its user disabled since; else the principal as it
-    is now, which the request then acts for."""
-    key = bearer(request.headers.get("Authorization"))
+    is now, which the request then acts for. ``console``: a console route's request, whose
+    credential is its session cookie (as the middleware took it)."""
+    header = request.headers.get("Authorization")
+    key = console_credential(request) if console else bearer(header)
     if key is None:  # the middleware let it through, so it had one
         raise ApiProblem(401, "unauthenticated", "the request carries no credential")
     principal, _ = await authenticate_key(request.app[ACCESS], key)

@@ -8,6 +8,9 @@ import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -17,7 +20,15 @@ from manager.access.principal import principal_of
 from manager.api.audit_record import Change, in_transaction, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
-from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.http import (
+    ApiProblem,
+    AuthKind,
+    Route,
+    RouteTable,
+    json_response,
+    parse_body,
+    status_of,
+)
 from manager.api.incident_services import services
 from manager.api.task_access import check_secrets, check_task, submit_target
 from manager.errors import DomainError, Unavailable
@@ -43,7 +54,14 @@ from manager.tasks.idempotency import shown
 from shared.logbytes import to_base64
 from shared.protocol import FINAL_STATES, TaskState
 
-__all__ = ["add_task_routes", "full_task_view", "submit_parsed", "task_view"]
+__all__ = [
+    "FollowEvent",
+    "add_task_routes",
+    "follow_task",
+    "full_task_view",
+    "submit_parsed",
+    "task_view",
+]
 
 log = structlog.get_logger("tether.api")
 
@@ -458,74 +476,125 @@ def _too_slow(request: web.Request) -> None:
 
 
 async def follow_logs(request: web.Request) -> web.StreamResponse:
-    c = ctx(request)
-    access = request.app[ACCESS]
     task_id = request.match_info["task_id"]
     pos = _parse_cursor(request.query.get("after"))
     await _task_for(request, "read")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+    c = ctx(request)
+
+    async def write(obj: dict[str, object]) -> None:
+        await resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    async def send(event: FollowEvent) -> None:
+        if event.kind == "lines":
+            for rec in event.lines:
+                await write({"kind": "log", "line": _log_entry(rec).model_dump(mode="json")})
+        elif event.kind == "end":
+            assert event.task is not None
+            view = await full_task_view(c, event.task)
+            await write({"kind": "end", "task": view.model_dump(mode="json")})
+        elif event.kind == "error":
+            await write({"kind": "error", "error": {"code": event.code, "message": event.message}})
+        elif event.kind == "state":
+            await write({"kind": "state", "state": event.state})
+        else:
+            await write({"kind": "ping"})
+
+    with contextlib.suppress(ConnectionResetError):
+        if await follow_task(request, task_id, pos, send, lambda: recheck(request)):
+            await resp.write_eof()
+    return resp
+
+
+@dataclass(frozen=True, slots=True)
+class FollowEvent:
+    """What a follow stream says: the task's new ``state``, a page of ``lines``, its ``end``
+    (the final task), an ``error`` (the refusal that ended it), or a ``ping`` when idle."""
+
+    kind: Literal["state", "lines", "end", "error", "ping"]
+    state: str = ""
+    lines: Sequence[LogRecord] = ()
+    task: TaskRecord | None = None
+    status: int = 0
+    code: str = ""
+    message: str = ""
+
+
+async def follow_task(
+    request: web.Request,
+    task_id: str,
+    pos: tuple[int, int] | None,
+    send: Callable[[FollowEvent], Awaitable[None]],
+    recheck_credential: Callable[[], Awaitable[object]],
+) -> bool:
+    """Follows a task's log from ``pos`` until it ends, the manager stops or the caller's
+    credential or read permission goes; each event goes to ``send`` (the API writes it as
+    NDJSON, the console as server-sent events: manager.console.follow). The credential is
+    judged again (``recheck_credential``) each time the stream wakes, and the read
+    permission on a revocation here or every FOLLOW_RECHECK_S. False: the reader was too
+    slow and its connection was closed."""
+    c = ctx(request)
+    access = request.app[ACCESS]
     loop = asyncio.get_running_loop()
     last_sent = last_check = loop.time()
 
-    async def send(obj: dict[str, object]) -> None:
+    async def emit(event: FollowEvent) -> None:
         nonlocal last_sent
-        await resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        await send(event)
         last_sent = loop.time()
 
     last_state: TaskState | None = None
-    with contextlib.suppress(ConnectionResetError):
-        while not c.stopping:
-            changed = c.events.listen(task_id)
-            revoked = access.principals.changed()
-            task = await c.task_reads.get(task_id)
-            if task is None:
-                break
-            if task.state is not last_state:
-                last_state = task.state
-                await send({"kind": "state", "state": task.state.value})
-            deadline = asyncio.timeout(LOG_WRITE_S)
-            try:
-                async with (
-                    c.task_reads.log_page(task_id, after=pos, limit=1000) as lines,
-                    deadline,
-                ):
-                    for rec in lines:
-                        line = _log_entry(rec).model_dump(mode="json")
-                        await send({"kind": "log", "line": line})
-            except Unavailable:
-                lines = None  # every turn was taken: read again after the wait below
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                _too_slow(request)
-                return resp
-            if lines:
-                # A page ends on its line or byte bound: read on until one comes back empty.
-                pos = (lines[-1].attempt, lines[-1].seq)
-                continue
-            if lines is not None and task.state in FINAL_STATES:
-                # The delegate ships every log line before it reports, so once the state read
-                # above is final, the read after it saw the whole log.
-                view = await full_task_view(c, task)
-                await send({"kind": "end", "task": view.model_dump(mode="json")})
-                break
-            await _first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
+    while not c.stopping:
+        changed = c.events.listen(task_id)
+        revoked = access.principals.changed()
+        task = await c.task_reads.get(task_id)
+        if task is None:
+            break
+        if task.state is not last_state:
+            last_state = task.state
+            await emit(FollowEvent("state", state=task.state.value))
+        deadline = asyncio.timeout(LOG_WRITE_S)
+        try:
+            async with (
+                c.task_reads.log_page(task_id, after=pos, limit=1000) as lines,
+                deadline,
+            ):
+                if lines:
+                    await emit(FollowEvent("lines", lines=lines))
+        except Unavailable:
+            lines = None  # every turn was taken: read again after the wait below
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            _too_slow(request)
+            return False
+        if lines:
+            # A page ends on its line or byte bound: read on until one comes back empty.
+            pos = (lines[-1].attempt, lines[-1].seq)
+            continue
+        if lines is not None and task.state in FINAL_STATES:
+            # The delegate ships every log line before it reports, so once the state read
+            # above is final, the read after it saw the whole log.
+            await emit(FollowEvent("end", task=task))
+            break
+        await _first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
+        # The stream outlives the check that opened it: a session ended or expired, a key
+        # revoked or a user disabled since ends it (a change here at once, one on another
+        # replica within the principals' 1 s cache); a read permission taken away, on a
+        # change here or within the recheck.
+        try:
+            await recheck_credential()
             if revoked.is_set() or loop.time() - last_check >= FOLLOW_RECHECK_S:
-                # The stream outlives the check that opened it: a credential revoked, a user
-                # disabled or a read permission taken away since ends it (a change here at
-                # once, one on another replica within the recheck and the caches' 1 s).
                 last_check = loop.time()
-                try:
-                    await recheck(request)
-                    await _task_for(request, "read")
-                except (ApiProblem, DomainError) as p:
-                    await send({"kind": "error", "error": {"code": p.code, "message": p.message}})
-                    break
-            if loop.time() - last_sent >= FOLLOW_PING_S:
-                await send({"kind": "ping"})
-        await resp.write_eof()
-    return resp
+                await _task_for(request, "read")
+        except (ApiProblem, DomainError) as p:
+            status = p.status if isinstance(p, ApiProblem) else status_of(p)
+            await emit(FollowEvent("error", status=status, code=p.code, message=p.message))
+            break
+        if loop.time() - last_sent >= FOLLOW_PING_S:
+            await emit(FollowEvent("ping"))
+    return True
 
 
 async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float) -> None:

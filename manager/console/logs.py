@@ -23,7 +23,7 @@ from manager.api.tasks import _parse_cursor
 from manager.console.ansi import Span, spans
 from manager.records import LogRecord, TaskRecord
 
-__all__ = ["BLOCK", "Line", "LogBlock", "after_cursor", "readable_task", "tail_before"]
+__all__ = ["BLOCK", "Line", "LogBlock", "line_of", "readable_task", "tail_before"]
 
 BLOCK = 1000
 _PAGE = 5000  # the API's largest page (manager.api.tasks.LOG_PAGE_MAX)
@@ -48,7 +48,7 @@ class LogBlock:
     earlier: bool
 
 
-def _line(rec: LogRecord) -> Line:
+def line_of(rec: LogRecord) -> Line:
     return Line(rec.attempt, rec.seq, rec.stream, spans(rec.text))
 
 
@@ -83,12 +83,4 @@ async def tail_before(request: web.Request, task_id: str, before: Cursor | None)
 def _block(kept: deque[LogRecord], end: Cursor | None) -> LogBlock:
     earlier = len(kept) > BLOCK
     lines = list(kept)[-BLOCK:]
-    return LogBlock([_line(r) for r in lines], end, earlier)
-
-
-async def after_cursor(request: web.Request, task_id: str, after: Cursor | None) -> LogBlock:
-    """What arrived after ``after``: one page at most (the next poll reads on)."""
-    async with ctx(request).task_reads.log_page(task_id, after=after, limit=BLOCK) as page:
-        batch = list(page)
-    end = (batch[-1].attempt, batch[-1].seq) if batch else after
-    return LogBlock([_line(r) for r in batch], end, False)
+    return LogBlock([line_of(r) for r in lines], end, earlier)

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from manager.access.directory import ADMIN_GROUP_ID
 from manager.access.principal import principal_of
 from manager.api import access as access_api
 from manager.api import audit as audit_api
@@ -32,13 +33,13 @@ from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
-from manager.console import charts, logs
+from manager.console import charts, follow, logs, runbooks, verify_chart
 from manager.console.calls import API_ROUTES, call_api
 from manager.console.render import render
 from manager.console.security import add_headers, console_middleware, refused
 from manager.errors import DomainError
-from manager.schemas.auth import verifier_hash
-from manager.schemas.grants import Target
+from manager.schemas.auth import CHAR_CLASSES, AuthSettings, verifier_hash
+from manager.schemas.grants import ACCOUNT_PERMISSIONS, Target
 from shared.protocol import FINAL_STATES, TaskState
 
 __all__ = ["add_console_routes", "console_middleware", "install_console"]
@@ -312,10 +313,17 @@ async def _env_types(request: web.Request, task: dict[str, Any]) -> dict[str, st
 async def _task_values(request: web.Request) -> dict[str, Any]:
     task = await call_api(request, tasks_api.get_task)
     types = await _env_types(request, task)
+    verification = None
+    if task["type"] == "verify":
+        verification = verify_chart.verify_view(task.get("outputs") or {})
     return {
         "task": task,
         "final": task["state"] in _FINAL,
         "may_execute": _may_execute(request, task, types),
+        "verification": verification,
+        "VW": verify_chart.WIDTH,
+        "VH": verify_chart.HEIGHT,
+        "VP": verify_chart.PAD,
     }
 
 
@@ -337,20 +345,15 @@ def _cursor(pos: tuple[int, int] | None) -> str:
 
 
 async def task_log(request: web.Request) -> web.StreamResponse:
-    """``after``: what arrived since (the follow poll); ``before``: the block before."""
+    """The block of lines before ``before`` (*Load earlier lines*); without it, the tail.
+    What arrives later comes through the follow stream (manager.console.follow)."""
     task_id = request.match_info["task_id"]
-    task = await logs.readable_task(request, task_id)
-    if "before" in request.query:
-        before = logs.parse_cursor(request.query["before"])
-        block = await logs.tail_before(request, task_id, before)
-        first = _cursor((block.lines[0].attempt, block.lines[0].seq)) if block.lines else ""
-        values = {"log": block, "task_id": task_id, "before": first}
-        return render(request, "log_earlier.html", values)
-    after = logs.parse_cursor(request.query.get("after"))
-    block = await logs.after_cursor(request, task_id, after)
-    done = task.state in FINAL_STATES and not block.lines
-    values = {"log": block, "task_id": task_id, "end": _cursor(block.end), "done": done}
-    return render(request, "log_follow.html", values)
+    await logs.readable_task(request, task_id)
+    before = logs.parse_cursor(request.query.get("before"))
+    block = await logs.tail_before(request, task_id, before)
+    first = _cursor((block.lines[0].attempt, block.lines[0].seq)) if block.lines else ""
+    values = {"log": block, "task_id": task_id, "before": first}
+    return render(request, "log_earlier.html", values)
 
 
 def _payload(form: dict[str, str]) -> dict[str, Any]:
@@ -547,6 +550,8 @@ async def admin(
         values["users"] = (await call_api(request, directory_api.list_users, query={}))["users"]
     elif section == "groups":
         values["groups"] = (await call_api(request, directory_api.list_groups, query={}))["groups"]
+        values["permissions"] = ACCOUNT_PERMISSIONS
+        values["admin_group"] = ADMIN_GROUP_ID
     elif section == "apps":
         apps = (await call_api(request, directory_api.list_apps, query={}))["apps"]
         for a in apps:
@@ -559,6 +564,7 @@ async def admin(
         values["allowlist"] = await call_api(request, access_api.get_allowlist, query={})
     elif section == "settings":
         values["settings"] = await call_api(request, auth_api.get_settings, query={})
+        values["char_classes"] = list(CHAR_CLASSES)
     else:
         raise ApiProblem(404, "not_found", "no such page")
     return render(request, "admin.html", values)
@@ -583,7 +589,8 @@ async def _admin_action(
     """An administration change through the API's own handler, then its section again (a
     user's invite token shown there, once)."""
     done = await call_api(request, handler, body=body)
-    return await admin(request, section, invited=done if section == "users" else None)
+    invited = done if isinstance(done, dict) and "invite_token" in done else None
+    return await admin(request, section, invited=invited)
 
 
 def _words(raw: str) -> list[str]:
@@ -628,6 +635,64 @@ async def switch_allowlist(request: web.Request) -> web.StreamResponse:
 
 async def switch_allowlist_off(request: web.Request) -> web.StreamResponse:
     return await switch_allowlist(request)
+
+
+async def edit_group(request: web.Request) -> web.StreamResponse:
+    """A group's description and permissions, through the API's own PATCH (its check that
+    nobody grants more than they hold, its event). The form always lists every account
+    permission, so an unticked box is one taken away."""
+    form = await request.post()
+    lines = [ln.strip() for ln in str(form.get("app_permissions", "")).splitlines()]
+    grants = []
+    for n, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            grants.append(json.loads(line))
+        except ValueError:
+            raise ApiProblem(
+                400,
+                "invalid",
+                f"application permissions, line {n}: not a JSON object"
+                ' like {"apps": "all", "envs": "production", "actions": ["read"]}',
+                field="app_permissions",
+            ) from None
+    body = {
+        "description": str(form.get("description", "")),
+        "account_permissions": [str(v) for v in form.getall("account_permissions", [])],
+        "app_permissions": grants,
+    }
+    return await _admin_action(request, "groups", directory_api.update_group, body)
+
+
+async def disable_user(request: web.Request) -> web.StreamResponse:
+    return await _admin_action(request, "users", directory_api.disable_user, {})
+
+
+async def enable_user(request: web.Request) -> web.StreamResponse:
+    return await _admin_action(request, "users", directory_api.enable_user, {})
+
+
+def _settings_body(form: Any) -> dict[str, Any]:
+    """Every login setting from the form (the API's PUT replaces them all): ticked boxes,
+    words, and numbers the API's model judges."""
+    body: dict[str, Any] = {}
+    for name, field in AuthSettings.model_fields.items():
+        if name == "password_classes":
+            body[name] = [str(v) for v in form.getall(name, [])]
+        elif name == "allowed_email_domains":
+            body[name] = _words(str(form.get(name, "")))
+        elif field.annotation is bool:
+            body[name] = form.get(name) == "yes"
+        else:
+            raw = str(form.get(name, "")).strip()
+            body[name] = int(raw) if raw.isdigit() else raw
+    return body
+
+
+async def put_settings(request: web.Request) -> web.StreamResponse:
+    body = _settings_body(await request.post())
+    return await _admin_action(request, "settings", auth_api.put_settings, body)
 
 
 # -- charts ----------------------------------------------------------------------------
@@ -710,6 +775,13 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "user",
     ),
     (
+        "GET",
+        "/console/tasks/{task_id}/log/follow",
+        follow.follow_log,
+        ("GET", "/api/v1/tasks/{task_id}/logs/follow"),
+        "user",
+    ),
+    (
         "POST",
         "/console/tasks/{task_id}/cancel",
         cancel,
@@ -782,6 +854,50 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "user",
     ),
     ("GET", "/console/charts", charts_page, ("GET", "/api/v1/tasks"), "user"),
+    (
+        "POST",
+        "/console/admin/groups/{group}",
+        edit_group,
+        ("PATCH", "/api/v1/groups/{group}"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/admin/users/{user}/disable",
+        disable_user,
+        ("POST", "/api/v1/users/{user}/disable"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/admin/users/{user}/enable",
+        enable_user,
+        ("POST", "/api/v1/users/{user}/enable"),
+        "user",
+    ),
+    ("POST", "/console/admin/settings", put_settings, ("PUT", "/api/v1/auth/settings"), "user"),
+    ("GET", "/console/runbooks", runbooks.runbooks_page, ("GET", "/api/v1/runbook-runs"), "user"),
+    (
+        "GET",
+        "/console/runbooks/runs/{run_id}",
+        runbooks.run_page,
+        ("GET", "/api/v1/runbook-runs/{run_id}"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/runbooks/runs/{run_id}/approve",
+        runbooks.approve,
+        ("POST", "/api/v1/runbook-runs/{run_id}/approve"),
+        "user",
+    ),
+    (
+        "POST",
+        "/console/runbooks/runs/{run_id}/reject",
+        runbooks.reject,
+        ("POST", "/api/v1/runbook-runs/{run_id}/reject"),
+        "user",
+    ),
 ]
 
 

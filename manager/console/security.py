@@ -29,6 +29,7 @@ __all__ = [
     "console_middleware",
     "csrf_token",
     "refused",
+    "where_to",
 ]
 
 CSRF_FIELD = "csrf"
@@ -133,9 +134,19 @@ def refused(exc: ApiProblem | DomainError) -> tuple[int, str]:
     return status_of(exc), exc.message
 
 
+def where_to(status: int, code: str) -> str | None:
+    """Where a refusal sends the browser: the login when signed out, the account page for a
+    session that must first finish signing in; else nowhere (the refusal is shown)."""
+    if status == 401:
+        return "/console/login"
+    # Only the guards' refusal of a restricted session (a 403); the same code on a 409 (2FA
+    # enforced by one who has none) is a refusal to show.
+    return _RESTRICTED_PAGE.get(code) if status == 403 else None
+
+
 def refusal(request: web.Request, status: int, code: str, message: str) -> web.StreamResponse:
     htmx = request.headers.get("HX-Request") == "true"
-    target = "/console/login" if status == 401 else _RESTRICTED_PAGE.get(code)
+    target = where_to(status, code)
     if target is not None:
         if htmx:  # a fragment's poll: htmx moves the whole page
             response: web.StreamResponse = web.Response(

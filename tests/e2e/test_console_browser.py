@@ -316,7 +316,10 @@ def step_injected_markup_in_scripts_logs_and_names_never_runs(
     browser.get(f"{world.cluster.url}/console/audit?text={task_id}")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".event"), "the submit event")
     browser.find_element(By.CSS_SELECTOR, ".event summary").click()
-    assert "onerror" in text_of(browser, ".event .diff")
+    # The trail keeps a script as its hash (encryption at rest), never its text.
+    diff = text_of(browser, ".event .diff")
+    assert '"sha256"' in diff
+    assert "onerror" not in diff
     assert_nothing_ran(browser)
     # A user's name.
     browser.get(world.cluster.url + "/console/admin/users")
@@ -329,7 +332,8 @@ def step_injected_markup_in_scripts_logs_and_names_never_runs(
         "payload": {"type": "shell", "script": "true"},
         "app": "shop",
         "env": "qa",
-        "deployment": {"service": XSS_NAME, "environment": "javascript:alert(1)"},
+        # The environment must be the task's own (the API refuses another).
+        "deployment": {"service": XSS_NAME, "environment": "qa", "version": "javascript:alert(1)"},
     }
     _submit_api(world, key, body)
     browser.get(world.cluster.url + "/console/deployments")
@@ -423,6 +427,27 @@ def step_a_10000_line_log_loads_its_tail_only(world: World, browser: WebDriver) 
     assert browser.find_elements(By.CSS_SELECTOR, "#log .ln")[0].text == "8001"
 
 
+def step_approve_a_runbook_run(world: World, browser: WebDriver) -> None:
+    """A run another person started waits on the ops group: its page offers Approve."""
+    book = world.root / "gate.yaml"
+    book.write_text(
+        "name: gate\napp: shop\nenv: qa\ndescription: <script>window.__xss=5</script>\n"
+        "steps:\n  - name: ok\n    kind: approval\n    groups: [ops]\n"
+    )
+    world.tether("runbook", "apply", "-f", str(book))
+    run_id = world.tether("runbook", "run", "gate", "--no-follow").stdout.strip()
+    browser.get(f"{world.cluster.url}/console/runbooks")
+    browser.find_element(By.CSS_SELECTOR, f'a[href="/console/runbooks/runs/{run_id}"]').click()
+    wait(browser, lambda d: d.find_elements(By.ID, "approve"), "the run page's Approve button")
+    browser.find_element(By.ID, "decision-reason").send_keys("looks good")
+    shot(browser, "run")
+    browser.find_element(By.ID, "approve").click()
+    wait(browser, lambda d: text_of(d, "#run-state") == "succeeded", "the approved run")
+    assert "approved by ops@example.com for ops: looks good" in text_of(browser, "#steps")
+    assert not browser.find_elements(By.ID, "approve")
+    assert_nothing_ran(browser)
+
+
 def step_csrf_is_refused_without_the_sessions_token(world: World, browser: WebDriver) -> None:
     session = browser.get_cookie(COOKIE)
     assert session is not None
@@ -479,6 +504,7 @@ def test_an_operators_session_in_the_browser(world: World, browser: WebDriver) -
         step_drain_and_resume_a_delegate,
         step_the_audit_trail_finds_the_events_and_verifies,
         step_a_10000_line_log_loads_its_tail_only,
+        step_approve_a_runbook_run,
         step_csrf_is_refused_without_the_sessions_token,
         step_a_user_without_rights_sees_neither_pages_nor_buttons,
     ):
