@@ -9,8 +9,10 @@ Counting failed logins and accepting a TOTP step are compare-and-set updates of 
 (manager.access.entities): two replicas answering the same attacker in parallel both count, and
 a code accepted on one replica is refused on the other.
 
-Other ways in (SSO today; SAML and LDAP later) end the same way, in :meth:`Logins.session`,
-so a session is a session whatever made it.
+Other ways in (OpenID Connect, SAML, LDAP) find their user through
+manager.access.external.ExternalUsers.user_for and end in :meth:`Logins.external_session`,
+which ends in :meth:`Logins.session` as a password login does: a session is a session
+whatever made it.
 """
 
 from __future__ import annotations
@@ -156,6 +158,28 @@ class Logins:
             settings,
             via=via,
             second_factor_due=second_factor_due,
+            more=more,
+            audit=audit,
+        )
+
+    async def external_session(
+        self,
+        user: Entity[UserBody],
+        mfa: bool,
+        *,
+        via: str = "sso",
+        more: Callable[[], Awaitable[Sequence[EntityWrite]]] | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> Session:
+        """The session of a user an external provider vouched for (OIDC, SAML, LDAP): the
+        provider did the password, and the second factor too only when it asserted MFA
+        (``mfa``); otherwise a user with 2FA here gives their code before the session does
+        anything else (it is restricted to "totp")."""
+        return await self.session(
+            user,
+            await self.settings(),
+            via=via,
+            second_factor_due=user.body.totp_enabled and not mfa,
             more=more,
             audit=audit,
         )

@@ -314,15 +314,10 @@ async def poll(request: web.Request) -> web.Response:
     logins = request.app[LOGINS]
     login = done.login
     assert login is not None  # a sign-in's pending login is collected with its session
-    # The provider did the password; the second factor too when it says so. Otherwise a
-    # user with 2FA here gives their code before the session does anything else.
-    due = done.user.body.totp_enabled and not done.mfa
     try:
-        session = await logins.session(
+        session = await logins.external_session(
             done.user,
-            await logins.settings(),
-            via="sso",
-            second_factor_due=due,
+            done.mfa,
             more=lambda: oidc.collect(login),
             audit=_signed_in(request, "login", "signed in through SSO"),
         )
@@ -337,7 +332,7 @@ async def poll(request: web.Request) -> web.Response:
             token=session.token,
             expires_at=session.expires_at,
             user=view,
-            restricted="totp" if due else None,
+            restricted=session.restricted,
         )
     )
 
