@@ -113,6 +113,10 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("PUT", "/api/v1/auth/settings"): "manage_users",
     ("GET", "/api/v1/auth/sso"): "manage_users",
     ("PUT", "/api/v1/auth/sso"): "manage_users",
+    # directory sign-in: LDAP settings
+    ("GET", "/api/v1/auth/ldap"): "manage_users",
+    ("PUT", "/api/v1/auth/ldap"): "manage_users",
+    ("DELETE", "/api/v1/auth/ldap"): "manage_users",
     # the caller's own session
     ("GET", "/api/v1/auth/me"): "self",
     ("POST", "/api/v1/auth/logout"): "self",

@@ -95,6 +95,7 @@ from manager.schemas.directory import (
     UserList,
     UserView,
 )
+from manager.schemas.directory_auth import LdapLogin, LdapSettings, SettingsDeleted
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -837,6 +838,20 @@ class TetherClient:
 
     async def set_auth_settings(self, body: AuthSettings) -> AuthSettings:
         return await self._call("PUT", "/api/v1/auth/settings", AuthSettings, body=body)
+
+    # -- directory sign-in (LDAP, SAML, SCIM): manager.schemas.directory_auth
+
+    async def ldap_settings(self) -> LdapSettings:
+        return await self._call("GET", "/api/v1/auth/ldap", LdapSettings)
+
+    async def set_ldap_settings(self, body: LdapSettings) -> LdapSettings:
+        return await self._call("PUT", "/api/v1/auth/ldap", LdapSettings, body=body)
+
+    async def delete_ldap_settings(self) -> SettingsDeleted:
+        return await self._call("DELETE", "/api/v1/auth/ldap", SettingsDeleted)
+
+    async def ldap_login(self, body: LdapLogin) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/ldap/login", LoginResult, body=body)
 
     async def get_api_key_defaults(self) -> ApiKeyDefaults:
         return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)

@@ -46,6 +46,7 @@ from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.ldap import add_ldap_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
@@ -358,6 +359,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_audit_routes(table)
     add_access_routes(table)
     add_sso_routes(table)
+    add_ldap_routes(table)
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)

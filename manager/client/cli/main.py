@@ -46,6 +46,7 @@ from manager.client.cli.context import (
     terminal_prompt,
 )
 from manager.client.cli.directory import add_directory_parsers
+from manager.client.cli.directory_auth import add_directory_auth_commands
 from manager.client.cli.fleet import (
     add_scope_arguments,
     cmd_delegate_delete,
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)
     add_login_parsers(groups, output)
+    add_directory_auth_commands(groups, output)
     return parser
 
 

@@ -136,6 +136,11 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/delegate/tasks/{task_id}/acquire": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/result": DELEGATE,
+    # directory sign-in (issue 19)
+    "GET /api/v1/auth/ldap": "manage_users",
+    "PUT /api/v1/auth/ldap": "manage_users",
+    "DELETE /api/v1/auth/ldap": "manage_users",
+    "POST /api/v1/auth/ldap/login": LOGIN,
 }
 
 

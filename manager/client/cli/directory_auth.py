@@ -1,0 +1,109 @@
+"""The ``tether ldap``, ``tether saml`` and ``tether scim`` commands: directory sign-in.
+
+    tether ldap set ldap.json              # the settings, as the API takes them (JSON)
+    tether ldap get
+    tether ldap delete
+    tether ldap login pat                  # asks the directory password; keeps the session
+
+Settings files are JSON documents of the API's bodies (see docs/access.md); the settings
+name secrets (the service account's password), never hold them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from manager.client.cli import output as fmt
+from manager.client.cli.context import Context, UsageError
+from manager.client.cli.login import _ask, _password, _private_dir, _stored
+from manager.schemas.auth import LoginResult, SecondFactor
+from manager.schemas.directory_auth import LdapLogin, LdapSettings
+
+__all__ = ["add_directory_auth_commands", "read_settings"]
+
+
+def read_settings(path: str, model: type[Any]) -> Any:
+    """A settings file (JSON) as ``model``; UsageError naming the file and the field."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not JSON ({exc})") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(document)"
+        raise UsageError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def _show(ctx: Context, model: BaseModel) -> int:
+    if ctx.json:
+        ctx.console.print(fmt.to_json(model))
+    else:
+        rows = [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in model]
+        ctx.console.print(fmt.table(("setting", "value"), rows))
+    return 0
+
+
+async def cmd_ldap_set(ctx: Context, args: argparse.Namespace) -> int:
+    return _show(ctx, await ctx.client.set_ldap_settings(read_settings(args.file, LdapSettings)))
+
+
+async def cmd_ldap_get(ctx: Context, args: argparse.Namespace) -> int:
+    return _show(ctx, await ctx.client.ldap_settings())
+
+
+async def cmd_ldap_delete(ctx: Context, args: argparse.Namespace) -> int:
+    done = await ctx.client.delete_ldap_settings()
+    if ctx.json:
+        ctx.console.print(fmt.to_json(done))
+    else:
+        ctx.console.note("LDAP sign-in is off.")
+    return 0
+
+
+async def _second_factor(ctx: Context, args: argparse.Namespace, result: LoginResult) -> Any:
+    """A user with 2FA here gives their code after the directory's password."""
+    if result.restricted != "totp":
+        return result
+    ctx.client.use_credential(result.token)
+    code = (args.totp_code or _ask(ctx, "Authentication code (or a recovery code): ")).strip()
+    recovery = "-" in code or len(code) > 8
+    return await ctx.client.totp_verify(
+        SecondFactor(totp_code=None if recovery else code, recovery_code=code if recovery else None)
+    )
+
+
+async def cmd_ldap_login(ctx: Context, args: argparse.Namespace) -> int:
+    _private_dir(ctx.config_dir)
+    username = args.username or _ask(ctx, "Directory user name: ")
+    body = LdapLogin(username=username.strip(), password=_password(ctx, args))
+    result = await ctx.client.ldap_login(body)
+    return _stored(ctx, await _second_factor(ctx, args, result))
+
+
+def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) -> None:
+    ldap = groups.add_parser("ldap", help="LDAP sign-in: settings, and logging in").add_subparsers(
+        dest="ldap_command", required=True, metavar="COMMAND"
+    )
+    p = ldap.add_parser("set", parents=[output], help="set the LDAP settings from a JSON file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=cmd_ldap_set)
+    ldap.add_parser("get", parents=[output], help="show the LDAP settings").set_defaults(
+        handler=cmd_ldap_get
+    )
+    ldap.add_parser("delete", parents=[output], help="turn LDAP sign-in off").set_defaults(
+        handler=cmd_ldap_delete
+    )
+    p = ldap.add_parser("login", parents=[output], help="log in with a directory account")
+    p.add_argument("username", nargs="?", metavar="USERNAME")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
+    p.set_defaults(handler=cmd_ldap_login, anonymous=True)

@@ -1,0 +1,74 @@
+"""Wire models of directory sign-in: LDAP settings and login (manager.access.ldap), SAML
+settings (manager.access.saml) and SCIM tokens (manager.access.scim)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["LdapLogin", "LdapSettings", "SettingsDeleted"]
+
+
+class LdapSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # ldaps://host:636, or ldap://host:389 with start_tls: never in clear.
+    url: str = Field(min_length=8, max_length=512, pattern=r"^ldaps?://[^\s/]+/?$")
+    start_tls: bool = False
+    # A CA bundle on the manager host to check the directory's certificate against (else
+    # the system's).
+    ca_file: str | None = Field(default=None, max_length=1024)
+    # Search, then bind: the service account (its password: the name of a builtin secret).
+    bind_dn: str | None = Field(default=None, max_length=1024)
+    bind_password_secret: str | None = Field(default=None, max_length=256)
+    user_base: str | None = Field(default=None, max_length=1024)
+    user_filter: str = Field(default="(uid={username})", max_length=1024)
+    # Or bind directly as this DN ({username} escaped as an RDN value).
+    dn_template: str | None = Field(default=None, max_length=1024)
+    email_attribute: str = Field(default="mail", min_length=1, max_length=128)
+    name_attribute: str = Field(default="cn", min_length=1, max_length=128)
+    # Groups: an attribute of the user listing group DNs (memberOf), or a search.
+    group_attribute: str | None = Field(default=None, max_length=128)
+    group_base: str | None = Field(default=None, max_length=1024)
+    group_filter: str = Field(default="(&(objectClass=groupOfNames)(member={dn}))", max_length=1024)
+    group_name_attribute: str = Field(default="cn", min_length=1, max_length=128)
+    # Directory group (its name, as mapped) -> Tether group name.
+    group_mapping: dict[str, str] = Field(default_factory=dict, max_length=256)
+    # A member of this directory group, or an entry matching this filter, is disabled.
+    disabled_group: str | None = Field(default=None, max_length=256)
+    disabled_filter: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> LdapSettings:
+        if self.url.startswith("ldap://") and not self.start_tls:
+            raise ValueError("url: ldap:// needs start_tls (credentials never go in clear)")
+        if self.url.startswith("ldaps://") and self.start_tls:
+            raise ValueError("start_tls: not with ldaps:// (it is TLS already)")
+        if (self.dn_template is None) == (self.user_base is None):
+            raise ValueError("give one of dn_template (direct bind) or user_base (search)")
+        if self.dn_template is not None and "{username}" not in self.dn_template:
+            raise ValueError("dn_template: it needs {username}")
+        if self.user_base is not None and "{username}" not in self.user_filter:
+            raise ValueError("user_filter: it needs {username}")
+        if (self.bind_dn is None) != (self.bind_password_secret is None):
+            raise ValueError("bind_dn and bind_password_secret go together")
+        if self.user_base is not None and self.bind_dn is None:
+            raise ValueError("user_base: a search needs the service account (bind_dn)")
+        if self.group_attribute is not None and self.group_base is not None:
+            raise ValueError("give group_attribute or group_base, not both")
+        for name in ("user_filter", "group_filter", "disabled_filter"):
+            text = getattr(self, name)
+            if text is not None and not (text.startswith("(") and text.endswith(")")):
+                raise ValueError(f"{name}: an LDAP filter is in parentheses")
+        return self
+
+
+class LdapLogin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SettingsDeleted(BaseModel):
+    deleted: bool
