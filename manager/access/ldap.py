@@ -173,17 +173,9 @@ def _connection(settings: LdapSettings, user: str | None, password: str | None) 
 
 def _open(conn: ldap3.Connection, settings: LdapSettings) -> None:
     """Connect, and StartTLS when asked, before any credential is sent."""
-    try:
-        conn.open()
-        if settings.start_tls and not (conn.start_tls() and conn.tls_started):
-            raise LDAPException("StartTLS refused")
-    except LDAPException as exc:
-        # ldap3 reports a certificate it does not trust as a failed open or StartTLS.
-        raise SsoError(
-            "the TLS connection to the LDAP server failed (is its certificate issued by"
-            f" the CA in ca_file?): {type(exc).__name__}",
-            502,
-        ) from None
+    conn.open()
+    if settings.start_tls and not (conn.start_tls() and conn.tls_started):
+        raise SsoError("the LDAP server refused StartTLS", 502)
 
 
 def _bind_and_read(

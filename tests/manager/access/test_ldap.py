@@ -73,7 +73,8 @@ async def ldap_login(m: Manager, username: str, password: str) -> tuple[int, Any
 async def test_a_login_makes_the_user_with_the_mapped_groups(m: Manager) -> None:
     status, done = await ldap_login(m, "Pat", PASSWORDS["pat"])
     assert status == 200, done
-    assert done["user"]["email"] == "pat@example.org" and done["restricted"] is None
+    assert done["user"]["email"] == "pat@example.org"
+    assert done["restricted"] is None
     token = done["token"]
     # ops -> operators, auditors -> auditors: both permissions, nothing else.
     assert (await m.call("GET", "/api/v1/audit", key=token))[0] == 200
@@ -88,7 +89,8 @@ async def test_a_login_makes_the_user_with_the_mapped_groups(m: Manager) -> None
     assert any("logged in through LDAP" in e["summary"] for e in trail["events"])
     # The settings answer names the service account's secret, never its value.
     status, shown = await m.call("GET", "/api/v1/auth/ldap")
-    assert status == 200 and SERVICE_PASSWORD not in str(shown)
+    assert status == 200
+    assert SERVICE_PASSWORD not in str(shown)
 
 
 async def test_a_direct_bind_over_ldaps(m: Manager, directory_server: Ldap) -> None:
@@ -180,16 +182,18 @@ async def test_the_servers_certificate_is_checked(m: Manager, directory_server: 
     # Plain ldap:// without StartTLS is not a setting one can save.
     plain = {**search_settings(directory_server), "start_tls": False}
     status, body = await m.call("PUT", "/api/v1/auth/ldap", plain)
-    assert status == 400 and "start_tls" in body["error"]["message"]
+    assert status == 400
+    assert "start_tls" in body["error"]["message"]
 
 
 async def test_an_existing_local_user_is_not_linked_by_email(m: Manager) -> None:
-    status, made = await m.call(
+    status, _made = await m.call(
         "POST", "/api/v1/users", {"email": "pat@example.org", "groups": [ADMIN_GROUP]}
     )
     assert status == 201
     status, body = await ldap_login(m, "pat", PASSWORDS["pat"])
-    assert status == 400 and "not linked" in body["error"]["message"]
+    assert status == 400
+    assert "not linked" in body["error"]["message"]
 
 
 async def test_a_linked_user_with_local_2fa_gives_the_code(
@@ -208,7 +212,8 @@ async def test_a_linked_user_with_local_2fa_gives_the_code(
     status, body = await m.call("PUT", "/api/v1/users/pat@example.org/sso-link", link)
     assert status == 201, body
     status, done = await ldap_login(m, "pat", PASSWORDS["pat"])
-    assert status == 200 and done["restricted"] == "totp"
+    assert status == 200
+    assert done["restricted"] == "totp"
     assert (await m.call("GET", "/api/v1/auth/me", key=done["token"]))[0] == 200
     status, body = await m.call("GET", "/api/v1/audit", key=done["token"])
     assert (status, body["error"]["code"]) == (403, "totp_required")
@@ -241,7 +246,8 @@ async def test_tether_ldap_set_get_login_delete(
     code, out, err = await tether("ldap", "set", str(path))
     assert code == 0, err
     code, out, err = await tether("ldap", "get", "--output", "json")
-    assert code == 0 and json.loads(out)["group_mapping"] == {}
+    assert code == 0
+    assert json.loads(out)["group_mapping"] == {}
     code, out, err = await tether(
         "ldap", "login", "pat", "--password-stdin", key=False, stdin=PASSWORDS["pat"] + "\n"
     )
@@ -251,10 +257,11 @@ async def test_tether_ldap_set_get_login_delete(
     assert (await m.call("GET", "/api/v1/auth/me", key=stored["token"]))[0] == 200
     path.write_text(json.dumps({"url": "ldap://x.example"}))
     code, out, err = await tether("ldap", "set", str(path))
-    assert code != 0 and "start_tls" in err
+    assert code != 0
+    assert "start_tls" in err
     code, out, err = await tether("ldap", "delete")
     assert code == 0, err
     assert (await m.call("GET", "/api/v1/auth/ldap"))[0] == 404
-    status, trail = await m.call("GET", "/api/v1/audit")
+    _status, trail = await m.call("GET", "/api/v1/audit")
     ours = [e["action"] for e in trail["events"] if e["resource_type"] == "ldap_settings"]
     assert ours[:3] == ["delete", "update", "create"], ours
