@@ -178,7 +178,8 @@ async def test_the_servers_certificate_is_checked(m: Manager, directory_server: 
     settings = {**search_settings(directory_server), "ca_file": None}
     assert (await m.call("PUT", "/api/v1/auth/ldap", settings))[0] == 200
     status, body = await ldap_login(m, "pat", PASSWORDS["pat"])
-    assert status == 502 and "ca_file" in body["error"]["message"], body
+    assert status == 502, body
+    assert "ca_file" in body["error"]["message"], body
     # Plain ldap:// without StartTLS is not a setting one can save.
     plain = {**search_settings(directory_server), "start_tls": False}
     status, body = await m.call("PUT", "/api/v1/auth/ldap", plain)
