@@ -50,6 +50,7 @@ from manager.api.ldap import add_ldap_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.scim import add_scim_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -360,6 +361,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_access_routes(table)
     add_sso_routes(table)
     add_ldap_routes(table)
+    add_scim_routes(table)
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
