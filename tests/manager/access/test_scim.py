@@ -109,6 +109,8 @@ async def test_users_are_made_found_by_filter_and_paged(m: Manager) -> None:
     assert (status, body["scimType"]) == (400, "invalidFilter")
     status, body = await scim(m, "POST", "/Users", user_doc("u1@example.com"), token=token)
     assert (status, body["scimType"]) == (409, "uniqueness")
+    status, body = await scim(m, "POST", "/.search", {"schemas": []}, token=token)
+    assert (status, body["schemas"]) == (501, [ERROR])
     status, body = await scim(m, "GET", "/Users/nope", token=token)
     assert (status, body["schemas"]) == (404, [ERROR])
     # The Tether user exists, provisioned by SCIM.

@@ -28,6 +28,7 @@ SELF = "self"
 NONE = "none"  # no credentials needed
 LOGIN = "login"  # no credentials needed; a password or an invite instead
 DELEGATE = "delegate"  # delegate credentials: a user's key or session is refused
+SCIM = "scim"  # a SCIM token (manager.access.scim): a user's key or session is refused
 
 HANDLER_ANSWERS = (400, 404, 409)
 
@@ -141,6 +142,30 @@ MATRIX: dict[str, str] = {
     "PUT /api/v1/auth/ldap": "manage_users",
     "DELETE /api/v1/auth/ldap": "manage_users",
     "POST /api/v1/auth/ldap/login": LOGIN,
+    "POST /api/v1/scim/tokens": "manage_users",
+    "GET /api/v1/scim/tokens": "manage_users",
+    "DELETE /api/v1/scim/tokens/{name}": "manage_users",
+    "GET /scim/v2/ServiceProviderConfig": SCIM,
+    "GET /scim/v2/ResourceTypes": SCIM,
+    "GET /scim/v2/ResourceTypes/{name}": SCIM,
+    "GET /scim/v2/Schemas": SCIM,
+    "GET /scim/v2/Schemas/{schema_id}": SCIM,
+    "GET /scim/v2/Users": SCIM,
+    "POST /scim/v2/Users": SCIM,
+    "POST /scim/v2/Users/.search": SCIM,
+    "GET /scim/v2/Users/{scim_id}": SCIM,
+    "PUT /scim/v2/Users/{scim_id}": SCIM,
+    "PATCH /scim/v2/Users/{scim_id}": SCIM,
+    "DELETE /scim/v2/Users/{scim_id}": SCIM,
+    "GET /scim/v2/Groups": SCIM,
+    "POST /scim/v2/Groups": SCIM,
+    "POST /scim/v2/Groups/.search": SCIM,
+    "GET /scim/v2/Groups/{scim_id}": SCIM,
+    "PUT /scim/v2/Groups/{scim_id}": SCIM,
+    "PATCH /scim/v2/Groups/{scim_id}": SCIM,
+    "DELETE /scim/v2/Groups/{scim_id}": SCIM,
+    "POST /scim/v2/.search": SCIM,
+    "GET /scim/v2/{resource}": SCIM,
 }
 
 
@@ -188,8 +213,8 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
             elif need == LOGIN:
                 # No credential is asked for: the body (empty here) is what is judged.
                 assert status == 400, where
-            elif need == DELEGATE:
-                # Users' keys and sessions are not delegate credentials.
+            elif need in (DELEGATE, SCIM):
+                # Users' keys and sessions are not delegate credentials, nor SCIM tokens.
                 assert status == 401, where
             elif token is None:
                 assert status == 401, where
@@ -204,7 +229,7 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
 
 
 def test_the_matrix_names_only_real_permissions() -> None:
-    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, *ACCOUNT_PERMISSIONS}
+    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, SCIM, *ACCOUNT_PERMISSIONS}
     assert {v for v in MATRIX.values()} <= known
     # Every account permission guards something.
     used: set[AccountPermission] = {p for p in ACCOUNT_PERMISSIONS if p in MATRIX.values()}

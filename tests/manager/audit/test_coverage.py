@@ -125,6 +125,9 @@ NOT_AUDITED = {
     # The browser's approval of a pending sign-in: the session the poll then makes is the
     # event (and a refusal leaves no session to record).
     ("POST", "/api/v1/auth/sso/approve"),
+    # An LDAP login needs a directory: its session's event (as a password login's) is proved
+    # against a real slapd in tests/manager/access/test_ldap.py.
+    ("POST", "/api/v1/auth/ldap/login"),
 }
 
 
@@ -571,6 +574,34 @@ async def trusted_proxies(w: World) -> Call:
     return "/api/v1/allowlist/trusted-proxies", {"proxies": ["10.9.9.9/32"]}
 
 
+async def ldap_settings(w: World) -> Call:
+    await _secret(w, "ldap-service")
+    body = {
+        "url": "ldaps://ldap.example.com",
+        "bind_dn": "cn=tether,dc=example,dc=com",
+        "bind_password_secret": "ldap-service",
+        "user_base": "ou=people,dc=example,dc=com",
+    }
+    return "/api/v1/auth/ldap", body
+
+
+async def ldap_delete(w: World) -> Call:
+    path, body = await ldap_settings(w)
+    resp = await w.client.put(path, json=body, headers=w.auth())
+    assert resp.status == 200, await resp.text()
+    return path, None
+
+
+async def scim_token_create(w: World) -> Call:
+    return "/api/v1/scim/tokens", {"name": "okta", "issuer": "https://idp.example.com"}
+
+
+async def scim_token_revoke(w: World) -> Call:
+    resp = await w.client.post("/api/v1/scim/tokens", json={"name": "old"}, headers=w.auth())
+    assert resp.status == 201, await resp.text()
+    return "/api/v1/scim/tokens/old", None
+
+
 CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/tasks"): submit,
     ("POST", "/api/v1/tasks/{task_id}/cancel"): cancel,
@@ -631,6 +662,10 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/allowlist/entries/{entry_id}/disable"): allowlist_entry_disable,
     ("POST", "/api/v1/allowlist/entries/{entry_id}/enable"): allowlist_entry_enable,
     ("PUT", "/api/v1/allowlist/trusted-proxies"): trusted_proxies,
+    ("PUT", "/api/v1/auth/ldap"): ldap_settings,
+    ("DELETE", "/api/v1/auth/ldap"): ldap_delete,
+    ("POST", "/api/v1/scim/tokens"): scim_token_create,
+    ("DELETE", "/api/v1/scim/tokens/{name}"): scim_token_revoke,
 }
 
 
