@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from scim2_models import (
     AuthenticationScheme,
     Bulk,
@@ -45,6 +45,13 @@ from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse
 from manager.api.identity import ACTOR_KEY, actor_of
 from manager.core.identity import Actor
 from manager.errors import DomainError
+from manager.schemas.directory_auth import (
+    ScimTokenCreate,
+    ScimTokenCreated,
+    ScimTokenList,
+    ScimTokenRevoked,
+    ScimTokenView,
+)
 from manager.store.base import StoreError
 
 __all__ = ["add_scim_routes"]
@@ -55,37 +62,6 @@ _ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 MAX_BODY = 1 << 20
 # The SCIM token the request authenticated with.
 _TOKEN: web.RequestKey[Entity[ScimTokenBody]] = web.RequestKey("tether_scim_token", Entity)
-
-
-class ScimTokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    # The provider its users sign in through: an OIDC issuer, a SAML IdP entity id, an
-    # LDAP URL; their link is (issuer, userName).
-    issuer: str | None = Field(
-        default=None, min_length=8, max_length=512, pattern=r"^(https://|ldaps?://|urn:)\S+$"
-    )
-
-
-class ScimTokenView(BaseModel):
-    name: str
-    issuer: str | None
-    created_at: float
-    created_by: str
-
-
-class ScimTokenCreated(ScimTokenView):
-    # Shown once: only its hash is kept.
-    token: str
-
-
-class ScimTokenList(BaseModel):
-    tokens: list[ScimTokenView]
-
-
-class ScimTokenRevoked(BaseModel):
-    revoked: bool
 
 
 def scim_of(request: web.Request) -> Scim:

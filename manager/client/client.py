@@ -95,7 +95,15 @@ from manager.schemas.directory import (
     UserList,
     UserView,
 )
-from manager.schemas.directory_auth import LdapLogin, LdapSettings, SettingsDeleted
+from manager.schemas.directory_auth import (
+    LdapLogin,
+    LdapSettings,
+    ScimTokenCreate,
+    ScimTokenCreated,
+    ScimTokenList,
+    ScimTokenRevoked,
+    SettingsDeleted,
+)
 from manager.schemas.secrets import (
     ScopePut,
     ScopeSpec,
@@ -852,6 +860,16 @@ class TetherClient:
 
     async def ldap_login(self, body: LdapLogin) -> LoginResult:
         return await self._call("POST", "/api/v1/auth/ldap/login", LoginResult, body=body)
+
+    async def create_scim_token(self, body: ScimTokenCreate) -> ScimTokenCreated:
+        return await self._call("POST", "/api/v1/scim/tokens", ScimTokenCreated, body=body)
+
+    async def list_scim_tokens(self) -> ScimTokenList:
+        return await self._call("GET", "/api/v1/scim/tokens", ScimTokenList)
+
+    async def revoke_scim_token(self, name: str) -> ScimTokenRevoked:
+        path = f"/api/v1/scim/tokens/{_seg(name)}"
+        return await self._call("DELETE", path, ScimTokenRevoked)
 
     async def get_api_key_defaults(self) -> ApiKeyDefaults:
         return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["LdapLogin", "LdapSettings", "SettingsDeleted"]
+__all__ = [
+    "LdapLogin",
+    "LdapSettings",
+    "ScimTokenCreate",
+    "ScimTokenCreated",
+    "ScimTokenList",
+    "ScimTokenRevoked",
+    "ScimTokenView",
+    "SettingsDeleted",
+]
 
 
 class LdapSettings(BaseModel):
@@ -72,3 +81,34 @@ class LdapLogin(BaseModel):
 
 class SettingsDeleted(BaseModel):
     deleted: bool
+
+
+class ScimTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The provider its users sign in through: an OIDC issuer, a SAML IdP entity id, an
+    # LDAP URL; their link is (issuer, userName).
+    issuer: str | None = Field(
+        default=None, min_length=8, max_length=512, pattern=r"^(https://|ldaps?://|urn:)\S+$"
+    )
+
+
+class ScimTokenView(BaseModel):
+    name: str
+    issuer: str | None
+    created_at: float
+    created_by: str
+
+
+class ScimTokenCreated(ScimTokenView):
+    # Shown once: only its hash is kept.
+    token: str
+
+
+class ScimTokenList(BaseModel):
+    tokens: list[ScimTokenView]
+
+
+class ScimTokenRevoked(BaseModel):
+    revoked: bool

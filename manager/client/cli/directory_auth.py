@@ -4,6 +4,9 @@
     tether ldap get
     tether ldap delete
     tether ldap login pat                  # asks the directory password; keeps the session
+    tether scim token create okta --issuer https://idp.example.com   # printed once
+    tether scim token list
+    tether scim token revoke okta
 
 Settings files are JSON documents of the API's bodies (see docs/access.md); the settings
 name secrets (the service account's password), never hold them.
@@ -22,7 +25,7 @@ from manager.client.cli import output as fmt
 from manager.client.cli.context import Context, UsageError
 from manager.client.cli.login import _ask, _password, _private_dir, _stored
 from manager.schemas.auth import LoginResult, SecondFactor
-from manager.schemas.directory_auth import LdapLogin, LdapSettings
+from manager.schemas.directory_auth import LdapLogin, LdapSettings, ScimTokenCreate
 
 __all__ = ["add_directory_auth_commands", "read_settings"]
 
@@ -89,6 +92,43 @@ async def cmd_ldap_login(ctx: Context, args: argparse.Namespace) -> int:
     return _stored(ctx, await _second_factor(ctx, args, result))
 
 
+async def cmd_scim_token_create(ctx: Context, args: argparse.Namespace) -> int:
+    made = await ctx.client.create_scim_token(ScimTokenCreate(name=args.name, issuer=args.issuer))
+    if ctx.json:
+        ctx.console.print(fmt.to_json(made))
+        return 0
+    ctx.console.note(
+        f"SCIM token {made.name} made; give it to the identity provider's provisioning as its"
+        " bearer token (base URL: <manager>/scim/v2). It is shown once:"
+    )
+    ctx.console.print(made.token)
+    return 0
+
+
+async def cmd_scim_token_list(ctx: Context, args: argparse.Namespace) -> int:
+    found = await ctx.client.list_scim_tokens()
+    if ctx.json:
+        ctx.console.print(fmt.to_json(found))
+    elif found.tokens:
+        rows = [
+            [t.name, t.issuer or "-", fmt.timestamp(t.created_at), t.created_by]
+            for t in found.tokens
+        ]
+        ctx.console.print(fmt.table(("name", "issuer", "created", "by"), rows))
+    else:
+        ctx.console.note("No SCIM tokens.")
+    return 0
+
+
+async def cmd_scim_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    done = await ctx.client.revoke_scim_token(args.name)
+    if ctx.json:
+        ctx.console.print(fmt.to_json(done))
+    else:
+        ctx.console.note(f"SCIM token {args.name} revoked.")
+    return 0
+
+
 def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) -> None:
     ldap = groups.add_parser("ldap", help="LDAP sign-in: settings, and logging in").add_subparsers(
         dest="ldap_command", required=True, metavar="COMMAND"
@@ -107,3 +147,21 @@ def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) ->
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
     p.set_defaults(handler=cmd_ldap_login, anonymous=True)
+    scim = groups.add_parser("scim", help="SCIM provisioning tokens").add_subparsers(
+        dest="scim_command", required=True, metavar="COMMAND"
+    )
+    token = scim.add_parser("token", help="SCIM tokens").add_subparsers(
+        dest="scim_token_command", required=True, metavar="COMMAND"
+    )
+    p = token.add_parser("create", parents=[output], help="make a SCIM token (shown once)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--issuer", metavar="URL", help="link the users it makes to this provider (userName)"
+    )
+    p.set_defaults(handler=cmd_scim_token_create)
+    token.add_parser("list", parents=[output], help="list SCIM tokens").set_defaults(
+        handler=cmd_scim_token_list
+    )
+    p = token.add_parser("revoke", parents=[output], help="revoke a SCIM token")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_scim_token_revoke)

@@ -230,3 +230,36 @@ async def test_scim2_tester_finds_no_failure(m: Manager) -> None:
     bad = [f"{r.title}: {r.reason}" for r in results if r.status in (Status.ERROR, Status.CRITICAL)]
     assert not bad, "\n".join(bad)
     assert sum(r.status == Status.SUCCESS for r in results) > 20
+
+
+async def test_tether_scim_token_create_list_revoke(m: Manager, tmp_path: Path) -> None:
+    import io
+
+    from manager.client.cli.main import run_cli
+
+    env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+        "TETHER_API_KEY": m.key,
+    }
+
+    async def tether(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run_cli, list(argv), env=env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await tether("scim", "token", "create", "okta")
+    assert code == 0, err
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("tsc_")
+    assert (await scim(m, "GET", "/Users", token=token))[0] == 200
+    code, out, err = await tether("scim", "token", "list")
+    assert code == 0, err
+    assert "okta" in out
+    assert token not in out
+    code, out, err = await tether("scim", "token", "revoke", "okta")
+    assert code == 0, err
+    assert (await scim(m, "GET", "/Users", token=token))[0] == 401
+    code, out, err = await tether("scim", "token", "revoke", "okta")
+    assert code != 0
+    assert "no SCIM token" in err
