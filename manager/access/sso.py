@@ -211,16 +211,8 @@ class Oidc:
         settings = await self.configured()
         meta = await self._metadata(settings)
         state, nonce = (secrets.token_urlsafe(32) for _ in range(2))
-        expires = self._clock() + LOGIN_TTL_S
-        await self.logins.insert(
-            SsoLogin(
-                state=state,
-                nonce=nonce,
-                verifier_hash=hashed_verifier,
-                client_name=client_name,
-                expires_at=expires,
-                link_user_id=link_user_id,
-            )
+        expires = await self.pend(
+            state, nonce, hashed_verifier, client_name, link_user_id=link_user_id
         )
         query = urlencode(
             {
@@ -233,6 +225,30 @@ class Oidc:
             }
         )
         return f"{meta['authorization_endpoint']}?{query}", state, expires
+
+    async def pend(
+        self,
+        state: str,
+        nonce: str,
+        hashed_verifier: str,
+        client_name: str,
+        *,
+        link_user_id: str | None = None,
+    ) -> float:
+        """Record a pending login (any provider's: SAML keeps its AuthnRequest ID as the
+        nonce); answers its expiry."""
+        expires = self._clock() + LOGIN_TTL_S
+        await self.logins.insert(
+            SsoLogin(
+                state=state,
+                nonce=nonce,
+                verifier_hash=hashed_verifier,
+                client_name=client_name,
+                expires_at=expires,
+                link_user_id=link_user_id,
+            )
+        )
+        return expires
 
     # -- 2. callback
 
@@ -257,9 +273,9 @@ class Oidc:
         try:
             user, mfa = await self._complete(code, error, login.body, events or LoginEvents())
         except SsoError as exc:
-            await self._finish(login, error=str(exc))
+            await self.finish(login, error=str(exc))
             raise
-        await self._finish(login, user_id=user.id, mfa=mfa)
+        await self.finish(login, user_id=user.id, mfa=mfa)
         return user.body, login.body
 
     async def offer_approval(self, state: str) -> str:
@@ -319,7 +335,7 @@ class Oidc:
         await self.users.link(identity, user.id, "user", audit=event)
         return user
 
-    async def _finish(
+    async def finish(
         self,
         login: Entity[SsoLogin],
         *,

@@ -117,6 +117,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/api/v1/auth/ldap"): "manage_users",
     ("PUT", "/api/v1/auth/ldap"): "manage_users",
     ("DELETE", "/api/v1/auth/ldap"): "manage_users",
+    ("GET", "/api/v1/auth/saml"): "manage_users",
+    ("PUT", "/api/v1/auth/saml"): "manage_users",
+    ("DELETE", "/api/v1/auth/saml"): "manage_users",
     # SCIM tokens (the /scim/v2 routes take those tokens, not a user's credential)
     ("POST", "/api/v1/scim/tokens"): "manage_users",
     ("GET", "/api/v1/scim/tokens"): "manage_users",

@@ -42,7 +42,7 @@ from manager.schemas.auth import (
 )
 from manager.store.base import Conflict
 
-__all__ = ["add_sso_routes", "oidc_of"]
+__all__ = ["add_sso_routes", "approval_page", "oidc_of", "page"]
 
 
 def oidc_of(request: web.Request) -> Oidc:
@@ -219,19 +219,25 @@ async def callback(request: web.Request) -> web.Response:
             q.get("state", ""), q.get("code"), q.get("error"), events=_login_events(request)
         )
     except SsoError as exc:
-        return _page(exc.status, "Sign-in failed", str(exc))
+        return page(exc.status, "Sign-in failed", str(exc))
     if login.link_user_id is not None:
-        return _page(
+        return page(
             200,
             "Linked",
             f"Your identity at the provider now signs in as {user.email}"
             f" (asked by {login.client_name or 'an unnamed client'},"
             f" code {client_code(login.verifier_hash)}). Return to your terminal.",
         )
+    token = await oidc_of(request).offer_approval(q.get("state", ""))
+    return approval_page(login, user.email, token)
+
+
+def approval_page(login: SsoLogin, email: str, token: str) -> web.Response:
+    """The page that asks the person in the browser to approve the client that started
+    the sign-in (OIDC's callback, SAML's ACS)."""
     # The page names the client that asked, and the code it shows, and the sign-in goes to
     # that client only once the person here approves it: someone sent this link by another
     # person sees it is not their own terminal's login, and refuses.
-    token = await oidc_of(request).offer_approval(q.get("state", ""))
     client = login.client_name or "an unnamed client"
     code = client_code(login.verifier_hash)
     form = (
@@ -241,10 +247,10 @@ async def callback(request: web.Request) -> web.Response:
         '<button type="submit" name="decision" value="approve">Approve</button> '
         '<button type="submit" name="decision" value="deny">Refuse</button></form>'
     )
-    return _page(
+    return page(
         200,
         "Approve this sign-in?",
-        f"You signed in at the provider as {user.email}. Approve only if you just ran"
+        f"You signed in at the provider as {email}. Approve only if you just ran"
         f" `tether login --sso` in {client} and it shows the code {code}. If you did not,"
         " someone else asked for this sign-in: refuse it and tell your administrator.",
         form=form,
@@ -257,21 +263,21 @@ _APPROVE_PATH = "/api/v1/auth/sso/approve"
 async def approve(request: web.Request) -> web.Response:
     """The browser's answer to the page above: the sign-in goes to its client, or nowhere."""
     if request.content_type != "application/x-www-form-urlencoded":
-        return _page(400, "Not understood", "this takes the approval form of the sign-in page")
+        return page(400, "Not understood", "this takes the approval form of the sign-in page")
     form = await request.post()
     state, token, decision = (str(form.get(k, "")) for k in ("state", "approval", "decision"))
     if decision not in ("approve", "deny"):
-        return _page(400, "Not understood", "the decision is approve or deny")
+        return page(400, "Not understood", "the decision is approve or deny")
     try:
         login = await oidc_of(request).decide(state, token, decision == "approve")
     except SsoError as exc:
-        return _page(400, "Not approved", str(exc))
+        return page(400, "Not approved", str(exc))
     client = login.client_name or "an unnamed client"
     if decision == "deny":
-        return _page(200, "Refused", f"The sign-in for {client} was refused; it gets no session.")
+        return page(200, "Refused", f"The sign-in for {client} was refused; it gets no session.")
     user = await request.app[LOGINS].directory.users.get(login.user_id or "")
     who = "" if user is None else f" as {user.body.email}"
-    return _page(
+    return page(
         200,
         "Signed in",
         f"Signed in{who} for {client}, code {client_code(login.verifier_hash)}."
@@ -290,7 +296,7 @@ _PAGE_HEADERS = {
 }
 
 
-def _page(status: int, title: str, text: str, *, form: str = "") -> web.Response:
+def page(status: int, title: str, text: str, *, form: str = "") -> web.Response:
     body = (
         f"<!doctype html><title>Tether: {html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{form}"

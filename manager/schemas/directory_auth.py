@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "LdapLogin",
     "LdapSettings",
+    "SamlSettings",
     "ScimTokenCreate",
     "ScimTokenCreated",
     "ScimTokenList",
@@ -112,3 +113,32 @@ class ScimTokenList(BaseModel):
 
 class ScimTokenRevoked(BaseModel):
     revoked: bool
+
+
+class SamlSettings(BaseModel):
+    """SAML 2.0 sign-in (manager.access.saml): Tether is the service provider (SP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Tether's entity id at the IdP, and its assertion consumer service URL as the
+    # browser reaches it (…/api/v1/auth/saml/acs): both registered with the IdP.
+    sp_entity_id: str = Field(min_length=1, max_length=512, pattern=r"^\S+$")
+    acs_url: str = Field(min_length=8, max_length=512, pattern=r"^https?://\S+$")
+    # The IdP's metadata document (XML): its entity id, SSO URL and signing certificate.
+    idp_metadata: str = Field(min_length=20, max_length=256 * 1024)
+    # Attributes of the assertion: the email (else the NameID when it is an address),
+    # the display name, the groups.
+    email_attribute: str = Field(default="email", min_length=1, max_length=256)
+    name_attribute: str = Field(default="displayName", min_length=1, max_length=256)
+    group_attribute: str = Field(default="groups", min_length=1, max_length=256)
+    group_mapping: dict[str, str] = Field(default_factory=dict, max_length=256)
+    # AuthnContextClassRef values that mean the IdP did MFA: a linked user's local 2FA is
+    # then not asked again.
+    mfa_contexts: list[str] = Field(
+        default_factory=lambda: [
+            "http://schemas.microsoft.com/claims/multipleauthn",
+            "https://refeds.org/profile/mfa",
+        ],
+        max_length=32,
+    )

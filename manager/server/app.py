@@ -50,6 +50,7 @@ from manager.api.ldap import add_ldap_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.saml import add_saml_routes
 from manager.api.scim import add_scim_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
@@ -362,6 +363,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_sso_routes(table)
     add_ldap_routes(table)
     add_scim_routes(table)
+    add_saml_routes(table)
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
