@@ -98,6 +98,7 @@ from manager.schemas.directory import (
 from manager.schemas.directory_auth import (
     LdapLogin,
     LdapSettings,
+    SamlSettings,
     ScimTokenCreate,
     ScimTokenCreated,
     ScimTokenList,
@@ -860,6 +861,18 @@ class TetherClient:
 
     async def ldap_login(self, body: LdapLogin) -> LoginResult:
         return await self._call("POST", "/api/v1/auth/ldap/login", LoginResult, body=body)
+
+    async def saml_settings(self) -> SamlSettings:
+        return await self._call("GET", "/api/v1/auth/saml", SamlSettings)
+
+    async def set_saml_settings(self, body: SamlSettings) -> SamlSettings:
+        return await self._call("PUT", "/api/v1/auth/saml", SamlSettings, body=body)
+
+    async def delete_saml_settings(self) -> SettingsDeleted:
+        return await self._call("DELETE", "/api/v1/auth/saml", SettingsDeleted)
+
+    async def saml_start(self, body: SsoStart) -> SsoStarted:
+        return await self._call("POST", "/api/v1/auth/saml/start", SsoStarted, body=body)
 
     async def create_scim_token(self, body: ScimTokenCreate) -> ScimTokenCreated:
         return await self._call("POST", "/api/v1/scim/tokens", ScimTokenCreated, body=body)

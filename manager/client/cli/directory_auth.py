@@ -4,6 +4,8 @@
     tether ldap get
     tether ldap delete
     tether ldap login pat                  # asks the directory password; keeps the session
+    tether saml set saml.json              # the IdP's metadata XML inside, as a JSON string
+    tether saml login                      # in a browser, as tether login --sso
     tether scim token create okta --issuer https://idp.example.com   # printed once
     tether scim token list
     tether scim token revoke okta
@@ -23,9 +25,14 @@ from pydantic import BaseModel, ValidationError
 
 from manager.client.cli import output as fmt
 from manager.client.cli.context import Context, UsageError
-from manager.client.cli.login import _ask, _password, _private_dir, _stored
+from manager.client.cli.login import _ask, _password, _private_dir, _sso, _stored
 from manager.schemas.auth import LoginResult, SecondFactor
-from manager.schemas.directory_auth import LdapLogin, LdapSettings, ScimTokenCreate
+from manager.schemas.directory_auth import (
+    LdapLogin,
+    LdapSettings,
+    SamlSettings,
+    ScimTokenCreate,
+)
 
 __all__ = ["add_directory_auth_commands", "read_settings"]
 
@@ -92,6 +99,44 @@ async def cmd_ldap_login(ctx: Context, args: argparse.Namespace) -> int:
     return _stored(ctx, await _second_factor(ctx, args, result))
 
 
+async def cmd_saml_set(ctx: Context, args: argparse.Namespace) -> int:
+    body = read_settings(args.file, SamlSettings)
+    if args.idp_metadata:
+        body = body.model_copy(update={"idp_metadata": _read_text(args.idp_metadata)})
+    return _show(ctx, _short(await ctx.client.set_saml_settings(body)))
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _short(s: SamlSettings) -> SamlSettings:
+    """The metadata XML is long: the table shows its size."""
+    return s.model_copy(update={"idp_metadata": f"({len(s.idp_metadata)} characters of XML)"})
+
+
+async def cmd_saml_get(ctx: Context, args: argparse.Namespace) -> int:
+    found = await ctx.client.saml_settings()
+    return _show(ctx, found if ctx.json else _short(found))
+
+
+async def cmd_saml_delete(ctx: Context, args: argparse.Namespace) -> int:
+    done = await ctx.client.delete_saml_settings()
+    if ctx.json:
+        ctx.console.print(fmt.to_json(done))
+    else:
+        ctx.console.note("SAML sign-in is off.")
+    return 0
+
+
+async def cmd_saml_login(ctx: Context, args: argparse.Namespace) -> int:
+    _private_dir(ctx.config_dir)
+    return _stored(ctx, await _sso(ctx, args, start=ctx.client.saml_start))
+
+
 async def cmd_scim_token_create(ctx: Context, args: argparse.Namespace) -> int:
     made = await ctx.client.create_scim_token(ScimTokenCreate(name=args.name, issuer=args.issuer))
     if ctx.json:
@@ -147,6 +192,22 @@ def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) ->
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
     p.set_defaults(handler=cmd_ldap_login, anonymous=True)
+    saml = groups.add_parser("saml", help="SAML sign-in: settings, and logging in").add_subparsers(
+        dest="saml_command", required=True, metavar="COMMAND"
+    )
+    p = saml.add_parser("set", parents=[output], help="set the SAML settings from a JSON file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--idp-metadata", metavar="XML", help="take idp_metadata from this XML file")
+    p.set_defaults(handler=cmd_saml_set)
+    saml.add_parser("get", parents=[output], help="show the SAML settings").set_defaults(
+        handler=cmd_saml_get
+    )
+    saml.add_parser("delete", parents=[output], help="turn SAML sign-in off").set_defaults(
+        handler=cmd_saml_delete
+    )
+    p = saml.add_parser("login", parents=[output], help="log in through the SAML IdP (browser)")
+    p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
+    p.set_defaults(handler=cmd_saml_login, anonymous=True)
     scim = groups.add_parser("scim", help="SCIM provisioning tokens").add_subparsers(
         dest="scim_command", required=True, metavar="COMMAND"
     )

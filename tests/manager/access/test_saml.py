@@ -287,3 +287,37 @@ async def test_a_bad_metadata_is_refused_and_unconfigured_is_a_400(m: Manager) -
         "/api/v1/auth/saml/acs", data={"SAMLResponse": "x", "RelayState": "nope"}
     )
     assert resp.status == 400
+
+
+async def test_tether_saml_set_get_login_delete(m: Manager, idp: Idp, tmp_path: Path) -> None:
+    import asyncio
+    import io
+    import json
+
+    from manager.client.cli.main import run_cli
+
+    base_env = {
+        "TETHER_MANAGER_URL": str(m.client.make_url("")).rstrip("/"),
+        "TETHER_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+
+    async def tether(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        env = {**base_env, "TETHER_API_KEY": m.key}
+        code = await asyncio.to_thread(run_cli, list(argv), env=env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    (tmp_path / "idp.xml").write_text(idp.metadata())
+    settings = {"sp_entity_id": SP, "acs_url": acs_url(m), "idp_metadata": "-" * 20}
+    (tmp_path / "saml.json").write_text(json.dumps(settings))
+    code, out, err = await tether(
+        "saml", "set", str(tmp_path / "saml.json"), "--idp-metadata", str(tmp_path / "idp.xml")
+    )
+    assert code == 0, err
+    assert "characters of XML" in out
+    code, out, err = await tether("saml", "get", "--output", "json")
+    assert code == 0, err
+    assert json.loads(out)["sp_entity_id"] == SP
+    code, out, err = await tether("saml", "delete")
+    assert code == 0, err
+    assert (await m.call("GET", "/api/v1/auth/saml"))[0] == 404
