@@ -18,7 +18,7 @@ from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.identity import client_ip
-from manager.api.sso import _login_events
+from manager.api.sso import _login_events, require_builtin_secret
 from manager.schemas.auth import LoginResult
 from manager.schemas.directory_auth import LdapLogin, LdapSettings, SettingsDeleted
 
@@ -50,16 +50,8 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def put_settings(request: web.Request) -> web.Response:
     body = await parse_body(request, LdapSettings)
-    name = body.bind_password_secret
-    if name is not None:
-        secret = (await ctx(request).secrets.secrets_named([name])).get(name)
-        if secret is None or secret.manager_id != "sm_builtin":
-            raise ApiProblem(
-                400,
-                "invalid",
-                f"bind_password_secret: no builtin secret {name!r} (create it first)",
-                field="bind_password_secret",
-            )
+    if body.bind_password_secret is not None:
+        await require_builtin_secret(request, body.bind_password_secret, "bind_password_secret")
 
     def saved(written: tuple[LdapSettings | None, Entity[LdapSettings]]) -> Change:
         before, after = written[0], written[1].body

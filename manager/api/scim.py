@@ -277,6 +277,14 @@ async def unknown(request: web.Request, scim: Scim) -> web.Response:
 # -- users
 
 
+async def _changed(request: web.Request, write: Any, read: Any, answer: Context) -> web.Response:
+    """A PUT or PATCH of ``scim_id``: ``write`` it (audited), answer it as ``read`` now."""
+    scim_id = request.match_info["scim_id"]
+    await write(scim_id, await _body(request), audit=_audit(request))
+    resource = await read(scim_id, _base(request))
+    return _answer(resource.model_dump(scim_ctx=answer))
+
+
 async def list_users(request: web.Request, scim: Scim) -> web.Response:
     found = await scim.list_users(_base(request), request.query.get("filter"))
     return _paged(request, found, User)
@@ -296,17 +304,13 @@ async def create_user(request: web.Request, scim: Scim) -> web.Response:
 
 
 async def replace_user(request: web.Request, scim: Scim) -> web.Response:
-    scim_id = request.match_info["scim_id"]
-    await scim.replace_user(scim_id, await _body(request), audit=_audit(request))
-    user = await scim.user(scim_id, _base(request))
-    return _answer(user.model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_RESPONSE))
+    return await _changed(
+        request, scim.replace_user, scim.user, Context.RESOURCE_REPLACEMENT_RESPONSE
+    )
 
 
 async def patch_user(request: web.Request, scim: Scim) -> web.Response:
-    scim_id = request.match_info["scim_id"]
-    await scim.patch_user(scim_id, await _body(request), audit=_audit(request))
-    user = await scim.user(scim_id, _base(request))
-    return _answer(user.model_dump(scim_ctx=Context.RESOURCE_PATCH_RESPONSE))
+    return await _changed(request, scim.patch_user, scim.user, Context.RESOURCE_PATCH_RESPONSE)
 
 
 async def delete_user(request: web.Request, scim: Scim) -> web.Response:
@@ -364,17 +368,13 @@ async def create_group(request: web.Request, scim: Scim) -> web.Response:
 
 
 async def replace_group(request: web.Request, scim: Scim) -> web.Response:
-    scim_id = request.match_info["scim_id"]
-    await scim.replace_group(scim_id, await _body(request), audit=_audit(request))
-    group = await scim.group(scim_id, _base(request))
-    return _answer(group.model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_RESPONSE))
+    return await _changed(
+        request, scim.replace_group, scim.group, Context.RESOURCE_REPLACEMENT_RESPONSE
+    )
 
 
 async def patch_group(request: web.Request, scim: Scim) -> web.Response:
-    scim_id = request.match_info["scim_id"]
-    await scim.patch_group(scim_id, await _body(request), audit=_audit(request))
-    group = await scim.group(scim_id, _base(request))
-    return _answer(group.model_dump(scim_ctx=Context.RESOURCE_PATCH_RESPONSE))
+    return await _changed(request, scim.patch_group, scim.group, Context.RESOURCE_PATCH_RESPONSE)
 
 
 async def delete_group(request: web.Request, scim: Scim) -> web.Response:

@@ -42,7 +42,7 @@ from manager.schemas.auth import (
 )
 from manager.store.base import Conflict
 
-__all__ = ["add_sso_routes", "approval_page", "oidc_of", "page"]
+__all__ = ["add_sso_routes", "approval_page", "oidc_of", "page", "require_builtin_secret"]
 
 
 def oidc_of(request: web.Request) -> Oidc:
@@ -61,6 +61,15 @@ def oidc_of(request: web.Request) -> Oidc:
     )
 
 
+async def require_builtin_secret(request: web.Request, name: str, field: str) -> None:
+    """A setting names a builtin secret the manager reads for itself: it must exist."""
+    secret = (await ctx(request).secrets.secrets_named([name])).get(name)
+    if secret is None or secret.manager_id != "sm_builtin":
+        raise ApiProblem(
+            400, "invalid", f"{field}: no builtin secret {name!r} (create it first)", field=field
+        )
+
+
 def _settings_view(s: SsoSettings) -> dict[str, object]:
     # The client secret is a secret's name, never its value.
     return s.model_dump(mode="json")
@@ -75,16 +84,7 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def put_settings(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoSettings)
-    secret = (await ctx(request).secrets.secrets_named([body.client_secret])).get(
-        body.client_secret
-    )
-    if secret is None or secret.manager_id != "sm_builtin":
-        raise ApiProblem(
-            400,
-            "invalid",
-            f"client_secret: no builtin secret {body.client_secret!r} (create it first)",
-            field="client_secret",
-        )
+    await require_builtin_secret(request, body.client_secret, "client_secret")
 
     def saved(written: tuple[SsoSettings | None, Entity[SsoSettings]]) -> Change:
         before, after = written[0], written[1].body

@@ -99,17 +99,33 @@ def api_schema(live: Live) -> Any:
 def test_manager_answers_every_generated_request_within_its_contract(
     api_schema: Any, live: Live
 ) -> None:
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    operations, calls = fuzz(api_schema, live, live.key, checks, examples=15)
+    assert len(operations) >= 10
+    # Every operation was exercised, most of them many times.
+    assert set(calls) == {op.label for op in operations}
+    assert sum(calls.values()) > 5 * len(operations)
+
+
+def fuzz(
+    schema: Any, live: Live, token: str, checks: list[Any], *, examples: int
+) -> tuple[list[Any], dict[str, int]]:
+    """Every operation of ``schema`` called with generated requests carrying ``token``;
+    answers the operations and how often each was called."""
     session = requests.Session()
     session.verify = str(live.ca_file)
-    operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) >= 10
+    operations = [result.ok() for result in schema.get_all_operations()]
     calls: dict[str, int] = {}
-
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=15,
+            max_examples=examples,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,
@@ -120,22 +136,14 @@ def test_manager_answers_every_generated_request_within_its_contract(
             case.call_and_validate(
                 base_url=live.url,
                 session=session,
-                headers={"Authorization": f"Bearer {live.key}"},
-                checks=[
-                    not_a_server_error,
-                    status_code_conformance,
-                    content_type_conformance,
-                    response_schema_conformance,
-                ],
+                headers={"Authorization": f"Bearer {token}"},
+                checks=checks,
                 timeout=30,
                 verify=str(live.ca_file),
             )
 
         check()
-
-    # Every operation was exercised, most of them many times.
-    assert set(calls) == {op.label for op in operations}
-    assert sum(calls.values()) > 5 * len(operations)
+    return operations, calls
 
 
 def test_scim_routes_fuzzed_with_a_scim_token(tmp_path: Path) -> None:
@@ -171,29 +179,7 @@ def _fuzz_scim(live: Live) -> None:
         if p.startswith("/scim/") and p != "/scim/v2/.search"
     }
     schema: Any = schemathesis.openapi.from_dict(doc)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance]
+    operations, calls = fuzz(schema, live, token, checks, examples=8)
     assert len(operations) >= 15
-    calls: dict[str, int] = {}
-    for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=8,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def check(case: Any) -> None:
-            calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
-            case.call_and_validate(
-                base_url=live.url,
-                session=session,
-                headers={"Authorization": f"Bearer {token}"},
-                checks=[not_a_server_error, status_code_conformance, content_type_conformance],
-                timeout=30,
-                verify=str(live.ca_file),
-            )
-
-        check()
     assert set(calls) == {op.label for op in operations}

@@ -70,13 +70,16 @@ async def cmd_ldap_get(ctx: Context, args: argparse.Namespace) -> int:
     return _show(ctx, await ctx.client.ldap_settings())
 
 
-async def cmd_ldap_delete(ctx: Context, args: argparse.Namespace) -> int:
-    done = await ctx.client.delete_ldap_settings()
+def _done(ctx: Context, answer: BaseModel, note: str) -> int:
     if ctx.json:
-        ctx.console.print(fmt.to_json(done))
+        ctx.console.print(fmt.to_json(answer))
     else:
-        ctx.console.note("LDAP sign-in is off.")
+        ctx.console.note(note)
     return 0
+
+
+async def cmd_ldap_delete(ctx: Context, args: argparse.Namespace) -> int:
+    return _done(ctx, await ctx.client.delete_ldap_settings(), "LDAP sign-in is off.")
 
 
 async def _second_factor(ctx: Context, args: argparse.Namespace, result: LoginResult) -> Any:
@@ -124,12 +127,7 @@ async def cmd_saml_get(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_saml_delete(ctx: Context, args: argparse.Namespace) -> int:
-    done = await ctx.client.delete_saml_settings()
-    if ctx.json:
-        ctx.console.print(fmt.to_json(done))
-    else:
-        ctx.console.note("SAML sign-in is off.")
-    return 0
+    return _done(ctx, await ctx.client.delete_saml_settings(), "SAML sign-in is off.")
 
 
 async def cmd_saml_login(ctx: Context, args: argparse.Namespace) -> int:
@@ -167,11 +165,7 @@ async def cmd_scim_token_list(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_scim_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
     done = await ctx.client.revoke_scim_token(args.name)
-    if ctx.json:
-        ctx.console.print(fmt.to_json(done))
-    else:
-        ctx.console.note(f"SCIM token {args.name} revoked.")
-    return 0
+    return _done(ctx, done, f"SCIM token {args.name} revoked.")
 
 
 def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) -> None:
