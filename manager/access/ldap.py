@@ -40,7 +40,6 @@ from manager.access.entities import Entity, EntityKind
 from manager.access.external import ExternalIdentity, ExternalUsers, SsoError
 from manager.core.audit_chain import AuditOf
 from manager.schemas.directory_auth import LdapSettings
-from manager.store.base import Store
 
 __all__ = ["Ldap", "LdapRefused", "LdapSettings", "normal_username"]
 
@@ -77,13 +76,13 @@ class _Found:
 class Ldap:
     def __init__(
         self,
-        store: Store,
         directory: Directory,
         secret: Callable[[str], Awaitable[bytes]],
         *,
         domain_allowed: Callable[[str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        store = directory.store
         self._secret = secret  # async (builtin secret name) -> its value
         self.settings = EntityKind(
             store, "ldap_settings", LdapSettings, lambda _b: _SETTINGS_ID, "ldp"

@@ -40,7 +40,7 @@ from manager.access.entities import Entity, EntityKind
 from manager.access.external import ExternalIdentity, ExternalUsers, SsoError
 from manager.core.audit_chain import AuditOf
 from manager.schemas.directory_auth import SamlSettings
-from manager.store.base import Conflict, Store
+from manager.store.base import Conflict
 
 __all__ = ["Saml", "SamlAnswer", "SeenAssertion", "sp_metadata"]
 
@@ -140,12 +140,12 @@ def _first(values: Any) -> str:
 class Saml:
     def __init__(
         self,
-        store: Store,
         directory: Directory,
         *,
         domain_allowed: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        store = directory.store
         self._clock = clock
         self.settings = EntityKind(
             store, "saml_settings", SamlSettings, lambda _b: _SETTINGS_ID, "sml"

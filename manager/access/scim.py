@@ -46,7 +46,7 @@ from manager.access.external import SsoLink, link_key, sso_links
 from manager.access.principal import Principals
 from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.records import EntityRecord
-from manager.store.base import EntityWrite, Store
+from manager.store.base import EntityWrite
 from shared.ids import hash_secret
 
 __all__ = [
@@ -164,12 +164,12 @@ def _name_of(user: AnyUser) -> str:
 class Scim:
     def __init__(
         self,
-        store: Store,
         directory: Directory,
         principals: Principals,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        store = directory.store
         self._store = store
         self._directory = directory
         self._principals = principals

@@ -33,7 +33,6 @@ def ldap_of(request: web.Request) -> Ldap:
         return (await logins.settings()).domain_allowed(email)
 
     return Ldap(
-        c.store,
         request.app[ACCESS].directory,
         c.secrets.builtin_value,
         domain_allowed=domain_allowed,

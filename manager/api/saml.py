@@ -19,8 +19,8 @@ from manager.api.failed_logins import FAILED_LOGINS
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.identity import client_ip
-from manager.api.sso import _login_events, approval_page, oidc_of, page
-from manager.schemas.auth import SsoStart, SsoStarted, client_code
+from manager.api.sso import _login_events, approval_page, oidc_of, page, started
+from manager.schemas.auth import SsoStart, SsoStarted
 from manager.schemas.directory_auth import SamlSettings, SettingsDeleted
 
 __all__ = ["add_saml_routes", "saml_of"]
@@ -35,9 +35,7 @@ def saml_of(request: web.Request) -> Saml:
     async def domain_allowed(email: str) -> bool:
         return (await logins.settings()).domain_allowed(email)
 
-    return Saml(
-        c.store, request.app[ACCESS].directory, domain_allowed=domain_allowed, clock=c.clock
-    )
+    return Saml(request.app[ACCESS].directory, domain_allowed=domain_allowed, clock=c.clock)
 
 
 def _view(s: SamlSettings) -> dict[str, object]:
@@ -101,14 +99,7 @@ async def start(request: web.Request) -> web.Response:
     except SsoError as exc:
         raise ApiProblem(400, "saml_unavailable", str(exc)) from None
     expires = await oidc_of(request).pend(state, request_id, body.verifier_hash, body.client_name)
-    return json_response(
-        SsoStarted(
-            authorize_url=url,
-            state=state,
-            expires_at=expires,
-            code=client_code(body.verifier_hash),
-        )
-    )
+    return started(url, state, expires, body.verifier_hash)
 
 
 async def acs(request: web.Request) -> web.Response:

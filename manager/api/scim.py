@@ -67,7 +67,7 @@ _TOKEN: web.RequestKey[Entity[ScimTokenBody]] = web.RequestKey("tether_scim_toke
 def scim_of(request: web.Request) -> Scim:
     c = ctx(request)
     access = request.app[ACCESS]
-    return Scim(c.store, access.directory, access.principals, clock=c.clock)
+    return Scim(access.directory, access.principals, clock=c.clock)
 
 
 def _base(request: web.Request) -> str:

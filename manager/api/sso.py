@@ -42,7 +42,14 @@ from manager.schemas.auth import (
 )
 from manager.store.base import Conflict
 
-__all__ = ["add_sso_routes", "approval_page", "oidc_of", "page", "require_builtin_secret"]
+__all__ = [
+    "add_sso_routes",
+    "approval_page",
+    "oidc_of",
+    "page",
+    "require_builtin_secret",
+    "started",
+]
 
 
 def oidc_of(request: web.Request) -> Oidc:
@@ -107,12 +114,15 @@ async def start(request: web.Request) -> web.Response:
         url, state, expires = await oidc_of(request).start(body.verifier_hash, body.client_name)
     except SsoError as exc:
         raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
+    return started(url, state, expires, body.verifier_hash)
+
+
+def started(url: str, state: str, expires: float, hashed_verifier: str) -> web.Response:
+    """The answer to a login's start (OIDC's, SAML's): where the browser goes, and the code
+    the page will show."""
     return json_response(
         SsoStarted(
-            authorize_url=url,
-            state=state,
-            expires_at=expires,
-            code=client_code(body.verifier_hash),
+            authorize_url=url, state=state, expires_at=expires, code=client_code(hashed_verifier)
         )
     )
 
@@ -139,11 +149,7 @@ async def link_start(request: web.Request) -> web.Response:
         )
     except SsoError as exc:
         raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
-    return json_response(
-        SsoStarted(
-            authorize_url=url, state=state, expires_at=expires, code=client_code(body.verifier_hash)
-        )
-    )
+    return started(url, state, expires, body.verifier_hash)
 
 
 def _login_events(request: web.Request) -> LoginEvents:
