@@ -33,6 +33,7 @@ from delegate.link.stream import ChannelEvents
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
+from delegate.run.id_token import request_secret_env, with_request_env
 from delegate.run.isolation import UserPool
 from delegate.run.logstream import LogStream
 from delegate.run.switch import Switcher
@@ -80,8 +81,11 @@ class Agent:
         timings: Timings,
         process_masker: Masker,
         switcher: Switcher | None = None,
+        # The spool's own key (delegate.outbox.spool_key); None keeps a plaintext spool.
+        spool_key: bytes | None = None,
     ) -> None:
         self._config = config
+        self._spool_key = spool_key
         self._api = api
         self._link = link
         self._private_key = private_key
@@ -166,7 +170,7 @@ class Agent:
         # A run killed before its tasks ended left their directories, secret files included,
         # and maybe their processes, which would see the next task of their slot.
         await self._clear_work_root()
-        spool = await asyncio.to_thread(Spool.open, self._spool_root)
+        spool = await asyncio.to_thread(Spool.open, self._spool_root, key=self._spool_key)
         t = self._timings
         self._outbox = Outbox(
             self._api,
@@ -318,8 +322,13 @@ class Agent:
                 else:
                     user = self._pool.take() if self._pool is not None else None
                     try:
+                        spec_run = inputs.spec
+                        if acq.id_token_request is not None:
+                            spec_run = with_request_env(
+                                spec_run, self._config.manager_url, self._config.ca_file
+                            )
                         result = await execute(
-                            inputs.spec,
+                            spec_run,
                             secret_env=inputs.env,
                             secret_files=inputs.files,
                             credentials=credentials,
@@ -410,15 +419,17 @@ class Agent:
             return _failed(f"preparing the task failed ({type(exc).__name__})")
 
     def _open_secrets(self, acq: AcquireResponse) -> dict[str, str]:
+        # The workload-identity request credential is a secret of the attempt: masked too.
+        request = request_secret_env(acq, self._private_key)
         if acq.sealed_env is None:
-            return {}
+            return request
         plain = open_sealed(
             self._private_key, acq.sealed_env, context=f"{acq.task.id}:{acq.attempt}".encode()
         )
         values = json.loads(plain)
         if not isinstance(values, dict):
             raise SealError("sealed env is not a mapping")
-        return {str(k): str(v) for k, v in values.items()}
+        return {**{str(k): str(v) for k, v in values.items()}, **request}
 
 
 def _failed(error: str, *, status: Status = "failed") -> ExecutionResult:

@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +24,12 @@ import structlog
 
 from delegate.agent import Agent
 from delegate.config import DEFAULT_TASK_USER_PREFIX, ConfigError, DelegateConfig, resolve
+from delegate.doctor import run_doctor
 from delegate.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from delegate.link.api import ManagerApi
 from delegate.link.policy import LinkPolicy
 from delegate.link.stream import Channel
+from delegate.outbox.spool_key import SPOOL_KEY_FILE
 from delegate.run import isolation
 from delegate.run.launcher_client import LauncherError, ThroughLauncher, fetch_pool
 from delegate.run.switch import InProcess, Switcher
@@ -45,6 +48,7 @@ from shared.sealing import (
     public_from_private,
     public_key_b64,
 )
+from shared.startup import debug_wanted, report_unexpected
 from shared.tls import client_context
 
 __all__ = ["main"]
@@ -57,8 +61,12 @@ log = structlog.get_logger("tether.delegate")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-delegate", description="The Tether delegate.")
     p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    debug_help = "show the traceback of an unexpected error ($TETHER_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="connect to the manager and run tasks")
+    # The settings, shared by run and doctor (which checks the delegate run would be).
+    r = argparse.ArgumentParser(add_help=False)
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     r.add_argument("--config", type=Path, help="YAML file of settings (lowest precedence)")
     r.add_argument("--manager-url", help="https://HOST:PORT ($TETHER_MANAGER_URL)")
     r.add_argument("--token", help="delegate token ($TETHER_TOKEN); prefer --token-file")
@@ -114,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir",
         help="where tasks' private directories are made ($TETHER_WORK_DIR; default: next"
         " to the data dir, DATA_DIR-tasks)",
+    )
+    sub.add_parser("run", parents=[r], help="connect to the manager and run tasks")
+    sub.add_parser(
+        "doctor",
+        parents=[r],
+        help="check DNS, proxy, TLS, clock, token, secret managers, isolation and spool;"
+        " one line each, exit 1 on a failure",
     )
     _service_parsers(sub)
     return p
@@ -282,6 +297,8 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
         # work/ is the tasks' scratch space, emptied at start; its files are theirs.
         secure_data_dir(config.data_dir, scratch=("work",))
         private = load_or_create_private_key(config.data_dir / "delegate.key")
+        # The spool's own key, made and checked like the X25519 key beside it (0600).
+        spool_key = load_or_create_private_key(config.data_dir / SPOOL_KEY_FILE)
     except (DataDirError, SealError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -300,9 +317,13 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
         instance=secrets.token_hex(8),
         isolation="shared_user" if switcher is None else "task_users",
     )
-    ssl_ctx = client_context(
-        config.ca_file, client_cert=config.client_cert, client_key=config.client_key
-    )
+    try:
+        ssl_ctx = client_context(
+            config.ca_file, client_cert=config.client_cert, client_key=config.client_key
+        )
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        print(f"error: {tls_problem(config)}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     stop = asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -335,6 +356,7 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
             timings=timings,
             process_masker=masker,
             switcher=switcher,
+            spool_key=spool_key,
         )
         channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(
@@ -373,7 +395,7 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command != "run":
+    if args.command not in ("run", "doctor"):
         return _service(args)
     flags = {
         "manager_url": args.manager_url,
@@ -400,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "doctor":
+        return _doctor(config)
     # The token is a secret of this process: it never shows in its own log output.
     masker = Masker([config.token])
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
@@ -432,6 +456,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:
+        report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
+        return EXIT_FAILED
+
+
+def _doctor(config: DelegateConfig) -> int:
+    def task_users() -> list[str] | None:
+        switcher = _switcher(config)
+        return None if switcher is None else [u.name for u in switcher.users]
+
+    # Quiet logs: the doctor's lines are the output.
+    configure_logging(level="error", json_output=False)
+    return run(run_doctor(config, task_users), prefer_uvloop=False)
+
+
+def tls_problem(config: DelegateConfig) -> str:
+    """What failed when the TLS files would not load, naming them and their flags."""
+    if config.client_cert is not None:
+        return (
+            f"cannot load the CA file {config.ca_file or '(system store)'} (--ca-file) or the"
+            f" client certificate {config.client_cert} and key {config.client_key}"
+            " (--client-cert, --client-key)"
+        )
+    return f"cannot load the CA file {config.ca_file} (check --ca-file: PEM certificates)"
 
 
 if __name__ == "__main__":

@@ -92,9 +92,15 @@ def resolve(
         try:
             loaded = yaml.safe_load(config_file.read_text())
         except OSError as exc:
-            raise ConfigError(f"cannot read {config_file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot read the config file {config_file}: {exc.strerror}; check --config"
+            ) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_file} is not valid YAML: {exc}") from None
+            # One line: the YAML error's own text spans several.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"{config_file} is not valid YAML{where}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -126,7 +132,10 @@ def resolve(
         try:
             token = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot read the token file {token_file}: {exc.strerror};"
+                " check --token-file ($TETHER_TOKEN_FILE)"
+            ) from None
     if not token:
         raise ConfigError("no delegate token: pass --token or set TETHER_TOKEN")
 
@@ -135,9 +144,13 @@ def resolve(
     try:
         max_tasks = int(raw_max) if raw_max is not None else 4
     except ValueError:
-        raise ConfigError(f"max tasks must be a whole number (got {raw_max!r})") from None
+        raise ConfigError(
+            f"max tasks must be a whole number (got {raw_max!r}); check --max-tasks"
+        ) from None
     if not 1 <= max_tasks <= 1000:
-        raise ConfigError("max tasks must be between 1 and 1000")
+        raise ConfigError(
+            f"max tasks must be between 1 and 1000 (got {max_tasks}); check --max-tasks"
+        )
 
     types_raw = pick("task_types")
     try:
@@ -149,23 +162,29 @@ def resolve(
 
     ca = pick("ca_file")
     if ca and not Path(ca).is_file():
-        raise ConfigError(f"CA file {ca} does not exist")
+        raise ConfigError(f"the CA file {ca} does not exist; check --ca-file ($TETHER_CA_FILE)")
     data_dir = pick("data_dir")
     client_cert, client_key = pick("client_cert"), pick("client_key")
     if bool(client_cert) != bool(client_key):
-        raise ConfigError("a client certificate and its key go together")
-    for path in (client_cert, client_key):
+        raise ConfigError(
+            "a client certificate and its key go together: --client-cert and --client-key"
+        )
+    for path, flag in ((client_cert, "--client-cert"), (client_key, "--client-key")):
         if path and not Path(path).is_file():
-            raise ConfigError(f"{path} does not exist")
+            raise ConfigError(f"{path} does not exist; check {flag}")
     raw_ttl = pick("secret_cache_ttl")
     try:
         secret_cache_ttl = DEFAULT_TTL if raw_ttl is None else float(raw_ttl)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"secret cache TTL must be a number of seconds (got {raw_ttl!r})"
+            f"secret cache TTL must be a number of seconds (got {raw_ttl!r});"
+            " check --secret-cache-ttl"
         ) from None
     if not 0 <= secret_cache_ttl < float("inf"):
-        raise ConfigError("secret cache TTL must be 0 (no cache) or a positive number of seconds")
+        raise ConfigError(
+            "secret cache TTL must be 0 (no cache) or a positive number of seconds;"
+            " check --secret-cache-ttl"
+        )
     shared_user = _flag(pick("shared_user"), "shared user")
     task_users = _split(pick("task_users") or ())
     if not task_users:
@@ -173,7 +192,8 @@ def resolve(
         task_users = pool_names(prefix, max_tasks)
     elif len(task_users) < max_tasks:
         raise ConfigError(
-            f"{max_tasks} tasks at once need {max_tasks} task users; {len(task_users)} given"
+            f"{max_tasks} tasks at once need {max_tasks} task users; {len(task_users)} given:"
+            " check --task-users and --max-tasks"
         )
     data_path = (
         Path(data_dir) if data_dir else Path.home() / ".local/state/tether-delegate" / name
@@ -185,7 +205,8 @@ def resolve(
         work_path = work_path or data_path.with_name(f"{data_path.name}-tasks")
         if work_path.is_relative_to(data_path):
             raise ConfigError(
-                "the work directory must be outside the data directory when tasks run as task users"
+                "the work directory must be outside the data directory when tasks run as"
+                " task users: check --work-dir and --data-dir"
             )
     return DelegateConfig(
         manager_url=url,

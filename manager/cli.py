@@ -24,25 +24,34 @@ from manager.client.cli.fleet import add_scope_arguments, token_request
 from manager.client.cli.output import scope_text
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
+from manager.host_commands import add_host_parsers, purge, rotate_oidc
 from manager.keys.audit_key import AuditKeys
+from manager.keys.data_keys import RewrapReport as DataKeysReport
+from manager.keys.data_keys import rewrap_data_keys
 from manager.keys.masterkey import MasterKey, MasterKeyError
+from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.keys.signing import reseal
 from manager.records import TokenRecord
-from manager.server.app import ManagerConfig, open_store, serve
+from manager.server.app import ADMIN_KEY_FILE, ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.server.connections import ConnectionLimits
+from manager.server.dev import DevError, run_dev
+from manager.server.first_start import FirstStart, first_start_text
 from manager.store.base import Store, StoreError
 from manager.store.migrations import SchemaTooNew
 from manager.store.postgres import PostgresStore
 from manager.store.upgrade import migration_plan
 from manager.tasks.bus import CHANNEL as BUS_CHANNEL
+from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from shared import __version__, sdnotify
 from shared import service_install as svc
 from shared.datadir import DataDirError
 from shared.limits import Timings
 from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
+from shared.startup import ConfigProblem, debug_wanted, report_unexpected
+from shared.tls import san_problem
 
 __all__ = ["main"]
 
@@ -110,7 +119,11 @@ _CONNECTION_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether-manager", description="The Tether manager server.")
     p.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    debug_help = "show the traceback of an unexpected error ($TETHER_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
     common = argparse.ArgumentParser(add_help=False)
+    # Also after the command (`serve --debug`); SUPPRESS keeps the top-level one's value.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     common.add_argument(
         "--data-dir",
         type=Path,
@@ -138,10 +151,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: self-made")
     s.add_argument("--tls-key", type=Path, help="server key (PEM)")
     s.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address the self-made certificate also names (repeat); the"
+        " name clients and delegates connect to, e.g. manager.example.com",
+    )
+    s.add_argument(
+        "--prune-delegates-after",
+        type=float,
+        default=DEFAULT_PRUNE_AFTER / 86400,
+        metavar="DAYS",
+        help="delete delegates not heard for this long, each with an audit event; 0: never"
+        " (default %(default)g)",
+    )
+    s.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
         help="multiply every protocol timing (heartbeats, leases, polls); for tests and demos",
+    )
+    s.add_argument(
+        "--oidc-issuer",
+        help="the iss of task tokens and base of their discovery URLs (default: the URL"
+        " the manager listens on; docs/secrets.md)",
     )
 
     c = s.add_argument_group("connections (docs/operations.md)")
@@ -156,6 +190,15 @@ def _parser() -> argparse.ArgumentParser:
             metavar=metavar,
             help=f"{text} (default {default:g})",
         )
+
+    d = sub.add_parser(
+        "dev",
+        help="a throwaway manager and one delegate in a temporary dir, removed on Ctrl-C",
+    )
+    d.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", type=_listen)
+    d.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    d.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     m = sub.add_parser("migrate", parents=[common], help="apply pending store migrations and exit")
     m.add_argument(
@@ -198,6 +241,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="turn the IP allowlist off: the way back in after a lock-out",
     )
+    add_host_parsers(sub, ksub, common)
     _service_parsers(sub)
     return p
 
@@ -218,12 +262,22 @@ def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     i.add_argument("--data-dir", default="/var/lib/tether", help="a directory in /var/lib")
     i.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: self-made")
     i.add_argument("--tls-key", type=Path, help="server key (PEM)")
+    i.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the self-made certificate also carries (repeat)",
+    )
     i.add_argument("--executable", help="path systemd starts (default: this installation's)")
     u = sub.add_parser("uninstall-service", help="stop the service and remove its unit")
     u.add_argument("--root", type=Path, help="remove the files under DIR; run no systemctl")
 
 
 def _service(args: argparse.Namespace) -> int:
+    if args.command == "install-service" and (problem := san_problem(args.tls_san)):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "uninstall-service":
             removal = svc.manager_removal()
@@ -238,6 +292,7 @@ def _service(args: argparse.Namespace) -> int:
             data_dir=PurePosixPath(args.data_dir),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_names=args.tls_san,
         )
         for path in svc.install(plan, args.root):
             print(f"wrote {path}")
@@ -250,15 +305,20 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_notified(config: ManagerConfig) -> int:
+async def _serve_notified(
+    config: ManagerConfig, first_start: Callable[[str], str] | None = None
+) -> int:
     """serve(), telling systemd: READY once listening, the watchdog fed from the event loop
-    while serving, STOPPING on the way out."""
+    while serving, STOPPING on the way out. ``first_start``, on a new data dir, gives the
+    lines to paste for the URL served."""
     watchdog: asyncio.Task[None] | None = None
 
     def ready(url: str, alive: Callable[[], bool]) -> None:
         nonlocal watchdog
         # One plain line on stdout, for people and for scripts that wait for it.
         print(f"tether-manager listening on {url}", flush=True)
+        if first_start is not None:
+            print(first_start(url), flush=True)
         sdnotify.ready(f"listening on {url}")
         watchdog = sdnotify.start_watchdog(alive)
 
@@ -267,6 +327,32 @@ async def _serve_notified(config: ManagerConfig) -> int:
     finally:
         sdnotify.stopping()
         await sdnotify.stop_watchdog(watchdog)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return run(run_dev(listen, args.time_scale, args.log_format), prefer_uvloop=False)
+    except DevError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _first_start(config: ManagerConfig, args: argparse.Namespace) -> Callable[[str], str] | None:
+    """The first-start text's maker when this data dir has never served (no admin key yet)."""
+    if (config.data_dir / ADMIN_KEY_FILE).exists():
+        return None
+    own_cert = config.tls_cert is not None
+    return lambda url: first_start_text(
+        FirstStart(
+            url=url,
+            data_dir=config.data_dir,
+            ca_file=None if own_cert else config.data_dir / "tls" / "ca.pem",
+            tls_names=config.tls_names,
+            postgres=config.database is not None,
+        )
+    )
 
 
 async def _migrate(data_dir: Path, args: argparse.Namespace) -> int:
@@ -454,6 +540,8 @@ def _keys(data_dir: Path, args: argparse.Namespace) -> int:
             return _list_keys(key, args.output)
         if _no_store(data_dir, args):
             return EXIT_USAGE
+        if args.keys_command == "rotate-oidc":
+            return run(rotate_oidc(data_dir, _database(args), key))
         return run(_rotate(key, data_dir, args))
     except MasterKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -491,6 +579,10 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
             report = await rewrap_builtin(store, key)
             # The signing keys kept in the store follow the master key too.
             resealed = await reseal(store, key)
+            if await OidcKeys(store, key).reseal():
+                resealed.append(OIDC_KEYS)
+            # And the data keys of records sealed at rest (the records stay as they are).
+            data = await rewrap_data_keys(store, key)
         except StoreError as exc:
             print(f"error: re-wrapping failed: {exc}", file=sys.stderr)
             print(f"Run `{_PROG} keys rewrap` to finish.", file=sys.stderr)
@@ -515,6 +607,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
                     "already_current": report.already_current,
                     "failed": len(report.failed),
                     "signing_keys_resealed": resealed,
+                    "data_keys_rewrapped": data.rewrapped,
+                    "data_keys_failed": len(data.failed),
                 },
             ),
         )
@@ -523,7 +617,8 @@ async def _rotate(key: MasterKey, data_dir: Path, args: argparse.Namespace) -> i
     _print_report(key.current_id, report)
     if resealed:
         print(f"Signing keys re-sealed under {key.current_id}: {', '.join(resealed)}.")
-    return EXIT_FAILED if report.failed else 0
+    _print_data_keys(key.current_id, data)
+    return EXIT_FAILED if report.failed or data.failed else 0
 
 
 def _print_report(current: str, report: RewrapReport) -> None:
@@ -539,6 +634,16 @@ def _print_report(current: str, report: RewrapReport) -> None:
             f"They still open with their old key. Fix the cause and run `{_PROG} keys rewrap`.",
             file=sys.stderr,
         )
+
+
+def _print_data_keys(current: str, report: DataKeysReport) -> None:
+    print(
+        f"Data keys under {current}: {report.rewrapped} re-wrapped,"
+        f" {report.already_current} already current, {len(report.failed)} failed"
+        f" ({report.changed_meanwhile} changed meanwhile)."
+    )
+    for f in report.failed:
+        print(f"failed: data key of {f.owner}: {f.reason}", file=sys.stderr)
 
 
 # -- allowlist --------------------------------------------------------------------------------
@@ -582,10 +687,30 @@ async def _allowlist_disable(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``serve``'s flags among themselves, before anything is set up."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if args.tls_san and args.tls_cert:
+        return (
+            "--tls-san names the self-made certificate; with --tls-cert, put the name in"
+            " your certificate"
+        )
+    if problem := san_problem(args.tls_san):
+        return problem
+    if args.time_scale <= 0:
+        return "--time-scale must be positive"
+    if not 0 <= args.prune_delegates_after < float("inf"):
+        return "--prune-delegates-after takes days, 0 (never) or more"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install-service", "uninstall-service"):
         return _service(args)
+    if args.command == "dev":
+        return _dev(args)
     # What this process writes (store, keys, TLS, backups) is for this user alone; the
     # systemd unit sets the same (UMask=0077), this covers a manager started by hand.
     os.umask(0o077)
@@ -599,31 +724,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         # Before logging is set up: a usage error changes nothing of the process.
         limits = ConnectionLimits(**{f: getattr(args, f) for f, *_ in _CONNECTION_FLAGS})
-        if problem := limits.problem():
+        if problem := limits.problem() or _serve_usage_problem(args):
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
     masker = configure_logging(level=args.log_level, json_output=fmt)
     try:
         if args.command == "serve":
-            if bool(args.tls_cert) != bool(args.tls_key):
-                print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-                return EXIT_USAGE
-            if args.time_scale <= 0:
-                print("error: --time-scale must be positive", file=sys.stderr)
-                return EXIT_USAGE
             host, port = args.listen
+            issuer = args.oidc_issuer
+            if issuer is not None and (not issuer.startswith("https://") or "?" in issuer):
+                print("error: --oidc-issuer takes an https:// URL", file=sys.stderr)
+                return EXIT_USAGE
             config = ManagerConfig(
                 data_dir=data_dir,
                 host=host,
                 port=port,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                tls_names=tuple(args.tls_san),
+                prune_delegates_after=args.prune_delegates_after * 86400,
                 timings=Timings().scaled(args.time_scale),
                 database=_database(args),
                 masker=masker,
                 connections=limits,
+                oidc_issuer=None if issuer is None else issuer.rstrip("/"),
             )
-            return run(_serve_notified(config))
+            return run(_serve_notified(config, _first_start(config, args)))
         if args.command == "migrate":
             return run(_migrate(data_dir, args))
         if args.command == "backup":
@@ -632,17 +758,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(_allowlist_disable(data_dir, args))
         if args.command == "keys":
             return _keys(data_dir, args)
+        if args.command == "purge":
+            return run(purge(data_dir, database, dry_run=args.dry_run))
         return run(_with_store(data_dir, args.token_command, args))
     except KeyboardInterrupt:
         return 130
-    except (DataDirError, MasterKeyError, SchemaTooNew) as exc:
-        # A data dir or a master key this process cannot use as it is, or a downgrade (the
-        # wrong release, refused before any write): configuration, not to be retried.
+    except (ConfigProblem, DataDirError, MasterKeyError, SchemaTooNew) as exc:
+        # A certificate, an address or a master key this process cannot use as it is, or a
+        # downgrade (the wrong release, refused before any write): configuration, not to be
+        # retried (systemd's RestartPreventExitStatus=2).
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, StoreError) as exc:
         structlog.get_logger("tether.manager").error("manager failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
         return EXIT_FAILED
 
 

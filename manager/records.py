@@ -147,6 +147,9 @@ class TaskRecord:
     # The holder's name for the acquire that started this attempt: the same delegate asking
     # again with it (its answer was lost) is handed the same attempt again.
     acquire_key: str | None = None
+    # What the submitter calls the task, and its labels (key -> value), to find it by.
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,11 @@ class TaskFilter:
     # Deployment history: only tasks that carry deployment data, optionally of one service.
     deployments_only: bool = False
     service: str | None = None
+    # ``delegate_id`` may name a delegate too (every delegate of that name).
+    # Tasks by name, by labels (all of them), by the start of their id.
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    id_prefix: str | None = None
 
 
 BUILTIN_MANAGER_ID = "sm_builtin"

@@ -63,7 +63,9 @@ def secure_data_dir(root: Path, *, scratch: tuple[str, ...] = ()) -> list[Repair
     try:
         root.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataDirError(f"cannot make the data dir {root}: {exc.strerror}") from None
+        raise DataDirError(
+            f"cannot make the data dir {root}: {exc.strerror}; check --data-dir"
+        ) from None
     repairs = secure_tree(root, scratch=scratch)
     if repairs:
         log.warning(
@@ -116,7 +118,7 @@ def secure_tree(root: Path, *, scratch: tuple[str, ...] = ()) -> list[Repair]:
             if is_key_file(path):
                 raise DataDirError(
                     f"{path} is mode {mode:04o}: a key readable by group or others may have"
-                    " leaked; rotate it, or chmod 600 it once you know it did not"
+                    f" leaked; rotate it, or run `chmod 600 {path}` once you know it did not"
                 )
             repairs.append(_chmod(path, mode, mode & ~_OTHERS & 0o777))
     return repairs

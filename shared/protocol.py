@@ -338,6 +338,10 @@ class AcquireResponse(Strict):
     # Referenced names the manager cannot deliver, with why (never a value): the delegate
     # fails the task with these before anything runs.
     unavailable: dict[str, str] = Field(default_factory=dict)
+    # The attempt's workload-identity request credential, sealed to the delegate's key
+    # (context "<task id>:<attempt>:id-token"): the task trades it for an OIDC token at the
+    # manager's /api/v1/id-token while this attempt runs. Left out of the JSON when None.
+    id_token_request: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 def _is_none(value: object) -> bool:

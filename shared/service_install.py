@@ -348,9 +348,12 @@ def manager_plan(
     data_dir: PurePosixPath = STATE_ROOT / "tether",
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    tls_names: Sequence[str] = (),
 ) -> Plan:
     if bool(tls_cert) != bool(tls_key):
         raise InstallError("--tls-cert and --tls-key go together")
+    if tls_names and tls_cert:
+        raise InstallError("--tls-san names the self-made certificate; not with --tls-cert")
     for given in (tls_cert, tls_key):
         if given is not None and not given.is_file():
             raise InstallError(f"{given} does not exist")
@@ -371,6 +374,8 @@ def manager_plan(
                 f"LoadCredential=tls-key:{_unit_word(str(tls_key.absolute()))}",
             ],
         )
+    for name in tls_names:
+        args += ["--tls-san", _unit_word(name)]
     args += ["--log-format", "json"]
     text = _apply_command(text, command, args)
     text = _set(text, "StateDirectory", data_dir.name)

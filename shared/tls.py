@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ __all__ = [
     "default_hostnames",
     "ensure_manager_certificates",
     "issue_certificate",
+    "san_problem",
     "server_context",
 ]
 
@@ -44,6 +46,8 @@ _CA_NAME = "Tether manager CA"
 _RENEW_BEFORE = datetime.timedelta(days=30)
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# One label of a DNS name (RFC 1123): letters, digits, inner hyphens.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,17 @@ class CertPaths:
 def default_hostnames() -> list[str]:
     """Names the server certificate always carries, so local clients just work."""
     return ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+
+
+def san_problem(names: Iterable[str]) -> str | None:
+    """Why a --tls-san value cannot name a certificate, or None when all can."""
+    for name in names:
+        if _as_ip(name) is not None:
+            continue
+        labels = name.removeprefix("*.").split(".")
+        if not name or not all(_LABEL.fullmatch(label) for label in labels):
+            return f"--tls-san {name!r} is not a DNS name or an IP address"
+    return None
 
 
 def ensure_manager_certificates(tls_dir: Path, hostnames: Sequence[str]) -> CertPaths:

@@ -141,7 +141,9 @@ class ManagerApi:
     async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
         """``key`` names this try: asking again with it after an answer that never came is
         handed the same attempt, if the manager had handed it out."""
-        query = "" if key is None else f"?key={key}"
+        # id_token=1: hand this attempt its workload-identity request credential. A manager
+        # from before it ignores the parameter and sends none.
+        query = "?id_token=1" if key is None else f"?key={key}&id_token=1"
         return _present(
             await self._call("POST", f"/tasks/{task_id}/acquire{query}", None, AcquireResponse)
         )

@@ -81,6 +81,8 @@ class Polling:
                 return ws
 
     async def _heartbeats(self) -> None:
+        # Not a retry loop for tenacity: the beat goes on for as long as polling does, and
+        # each failure's wait comes from the link's policy (see Channel._register).
         while True:
             try:
                 ack = await self._api.heartbeat(self._heartbeat())

@@ -179,6 +179,12 @@ class Channel:
 
     async def _register(self) -> None:
         """Register, retrying as the policy says while the manager cannot be reached."""
+        # A loop of its own, not tenacity (which the outbox uses for its per-call retries):
+        # whether to retry, how long to wait and with which exit status to stop is the
+        # link's policy (policy.py), one sans-I/O state machine whose backoff counters are
+        # shared with the stream's opens and drops and reset by what happens on the link
+        # (a registration, an acked heartbeat), and which is tested table-style without a
+        # clock. Tenacity's retry/stop/wait predicates would split that decision in two.
         while True:
             try:
                 await self._api.register()

@@ -50,6 +50,7 @@ from delegate.outbox.spool_format import (
     Position,
     Segment,
     SpoolError,
+    SpoolUnreadable,
     chunks,
     dir_name,
     dumps,
@@ -61,8 +62,10 @@ from delegate.outbox.spool_format import (
     records,
     recover,
     replace_file,
+    sealed,
     write_all,
 )
+from delegate.outbox.spool_key import SpoolKey
 from shared.limits import KIB, MAX_LOG_BATCH_BYTES, MIB, SPOOL_TASK_BYTES, SPOOL_TOTAL_BYTES
 from shared.protocol import LogLine, TaskResult
 
@@ -181,7 +184,8 @@ class TaskSpool:
                 continue
             with open(seg.path, "rb") as f:
                 f.seek(start)
-                for _, end, rec in records(f, start, seg.size):
+                where = (self.directory.name, seg.number)
+                for _, end, rec in records(f, start, seg.size, self._spool.key, where):
                     pos = Position(seg.number, end)
                     self._hand(pos)
                     yield entry_of(rec, pos, seg.path)
@@ -263,9 +267,12 @@ class TaskSpool:
     def _head(self, number: int) -> bytes:
         return dumps({"k": "head", "task": self.task_id, "attempt": self.attempt, "n": number})
 
+    def _sealed(self, seg: Segment, payload: bytes) -> bytes:
+        return sealed(payload, self._spool.key, (self.directory.name, seg.number))
+
     def _write(self, seg: Segment, payload: bytes) -> None:
         assert self._fd is not None
-        data = frame(payload)
+        data = frame(self._sealed(seg, payload))
         write_all(self._fd, data)
         seg.size += len(data)
         self._bytes += len(data)
@@ -349,9 +356,9 @@ class TaskSpool:
 
     def _rewrite_gap(self, seg: Segment, gap: Gap) -> None:
         """Make ``seg`` a gap-only segment, atomically (write aside, then rename)."""
-        data = frame(self._head(seg.number))
+        data = frame(self._sealed(seg, self._head(seg.number)))
         start = len(data)
-        data += frame(dumps(gap.record()))
+        data += frame(self._sealed(seg, dumps(gap.record())))
         replace_file(seg.path, data)
         self._dirty.update((seg.path, self.directory))
         self._bytes += len(data) - seg.size
@@ -388,10 +395,13 @@ class Spool:
         task_limit: int = SPOOL_TASK_BYTES,
         total_limit: int = SPOOL_TOTAL_BYTES,
         segment_bytes: int | None = None,
+        key: bytes | None = None,
     ) -> None:
         if task_limit <= 0 or total_limit <= 0:
             raise ValueError("spool limits must be positive")
         self.root = root
+        # The delegate's own spool key (delegate.outbox.spool_key); None writes plaintext.
+        self.key = None if key is None else SpoolKey(key)
         self.task_limit = task_limit
         self.total_limit = total_limit
         self.segment_bytes = segment_bytes or max(4 * KIB, task_limit // _SEGMENTS_PER_TASK)
@@ -401,6 +411,8 @@ class Spool:
         self.catch_up_bytes = min(4 * MIB, task_limit // 4)
         self._tasks: dict[tuple[str, int], TaskSpool] = {}
         self._recovered: list[TaskSpool] = []
+        # Task attempts' directories that did not open with this delegate's key.
+        self.unreadable: list[Path] = []
         self._total = 0
 
     @classmethod
@@ -411,10 +423,15 @@ class Spool:
         task_limit: int = SPOOL_TASK_BYTES,
         total_limit: int = SPOOL_TOTAL_BYTES,
         segment_bytes: int | None = None,
+        key: bytes | None = None,
     ) -> Spool:
         """Make ``root`` (0700) and read back what an earlier run left there."""
         spool = cls(
-            root, task_limit=task_limit, total_limit=total_limit, segment_bytes=segment_bytes
+            root,
+            task_limit=task_limit,
+            total_limit=total_limit,
+            segment_bytes=segment_bytes,
+            key=key,
         )
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if root.stat().st_mode & 0o777 != 0o700:
@@ -472,7 +489,13 @@ class Spool:
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self, directory: Path) -> TaskSpool | None:
-        found = recover(directory)
+        try:
+            found = recover(directory, self.key)
+        except SpoolUnreadable as exc:
+            # Another host's spool (another key): useless here, and not ours to delete.
+            log.warning("spool does not open with this delegate's key; left as it is", why=str(exc))
+            self.unreadable.append(directory)
+            return None
         if found is None:
             return None
         (task_id, attempt), segments = found

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Literal
 import structlog
 from pydantic import ValidationError
 
+from delegate.outbox.spool_key import SpoolKey, SpoolKeyMismatch, is_sealed_record
 from shared.limits import MIB
 from shared.protocol import LogLine, TaskResult
 
@@ -51,6 +52,7 @@ __all__ = [
     "Position",
     "Segment",
     "SpoolError",
+    "SpoolUnreadable",
     "Why",
     "chunks",
     "dir_name",
@@ -64,6 +66,7 @@ __all__ = [
     "records",
     "recover",
     "replace_file",
+    "sealed",
     "write_all",
 ]
 
@@ -82,6 +85,14 @@ Why = Literal["full", "damaged"]
 
 class SpoolError(Exception):
     """A spool file that cannot be read back (damaged while the delegate ran)."""
+
+
+class SpoolUnreadable(SpoolError):
+    """A task attempt's spool sealed with another key (copied from another host)."""
+
+
+# Where a record lies, which its sealing is bound to: its directory's name, its segment.
+Where = tuple[str, int]
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -212,6 +223,11 @@ def dumps(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
+def sealed(payload: bytes, key: SpoolKey | None, where: Where) -> bytes:
+    """``payload`` as stored: sealed with the delegate's spool key when it has one."""
+    return payload if key is None else key.seal(payload, *where)
+
+
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
@@ -279,8 +295,30 @@ class _Damaged(SpoolError):
         self.reason = reason
 
 
-def records(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(offset, end offset, record) from ``start`` to ``end`` (None: the end of the file).
+class _Unopened(_Damaged):
+    """A sealed record that does not open with this delegate's key."""
+
+
+def _opened(payload: bytes, pos: int, key: SpoolKey | None, where: Where) -> bytes:
+    if not is_sealed_record(payload):
+        return payload  # written before sealing, or by a spool without a key
+    if key is None:
+        raise _Unopened(pos, "the record is sealed and this spool has no key")
+    try:
+        return key.open(payload, *where)
+    except SpoolKeyMismatch as exc:
+        raise _Unopened(pos, str(exc)) from None
+
+
+def records(
+    f: BinaryIO,
+    start: int,
+    end: int | None,
+    key: SpoolKey | None = None,
+    where: Where = ("", 0),
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(offset, end offset, record) from ``start`` to ``end`` (None: the end of the file),
+    each opened with ``key`` when sealed (``where``: its directory's name and segment).
 
     Raises :class:`_Damaged` at the first record that is torn or does not check out.
     """
@@ -299,6 +337,7 @@ def records(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[int, int
             raise _Damaged(pos, "torn record")
         if zlib.crc32(payload) != crc:
             raise _Damaged(pos, "record checksum mismatch")
+        payload = _opened(payload, pos, key, where)
         try:
             rec = json.loads(payload)
         except ValueError:
@@ -358,12 +397,16 @@ def human_bytes(n: int) -> str:
 # --- recovery -----------------------------------------------------------------------------
 
 
-def recover(directory: Path) -> tuple[tuple[str, int], list[Segment]] | None:
+def recover(
+    directory: Path, key: SpoolKey | None = None
+) -> tuple[tuple[str, int], list[Segment]] | None:
     """Read back a task attempt's directory: (its owner, its segments), or None when nothing
     in it is left to send (the directory is then deleted).
 
     Torn tails are cut; a segment that does not read back is deleted, and the lines lost
-    with it are named by a gap record appended to the segment before.
+    with it are named by a gap record appended to the segment before. A segment whose head
+    does not open with ``key`` (another host's spool) raises :class:`SpoolUnreadable`, and
+    nothing is changed.
     """
     for tmp in directory.glob("*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -375,14 +418,14 @@ def recover(directory: Path) -> tuple[tuple[str, int], list[Segment]] | None:
     segments: list[Segment] = []
     cut = False
     for path in paths:
-        seg, seg_owner, seg_cut = _scan(path, owner)
+        seg, seg_owner, seg_cut = _scan(path, owner, key)
         if seg is None or seg.size <= seg.data_start:
             path.unlink(missing_ok=True)
             cut = cut or seg_cut
             continue
         owner = seg_owner
         if segments and cut:
-            _explain_loss(segments[-1], seg)
+            _explain_loss(segments[-1], seg, key)
         segments.append(seg)
         cut = seg_cut
     if owner is None or not segments:
@@ -392,7 +435,7 @@ def recover(directory: Path) -> tuple[tuple[str, int], list[Segment]] | None:
 
 
 def _scan(
-    path: Path, owner: tuple[str, int] | None
+    path: Path, owner: tuple[str, int] | None, key: SpoolKey | None
 ) -> tuple[Segment | None, tuple[str, int], bool]:
     """Read a segment back, cutting a damaged tail: (segment or None, its owner, was cut)."""
     seg = Segment(int(path.stem), path)
@@ -400,7 +443,7 @@ def _scan(
     cut = True
     with open(path, "r+b") as f:
         try:
-            for _, end, rec in records(f, 0, None):
+            for _, end, rec in records(f, 0, None, key, (path.parent.name, seg.number)):
                 if seg.data_start == 0:
                     found = _owner(rec, seg.number, owner)
                     seg.data_start = end
@@ -408,6 +451,11 @@ def _scan(
                     _account(seg, rec, end)
                 seg.size = end
             cut = False
+        except _Unopened as exc:
+            if seg.data_start == 0:
+                # Not damage: the whole segment is another key's. Left as it is.
+                raise SpoolUnreadable(f"{path}: {exc.reason}") from None
+            _cut(f, path, exc, seg)
         except _Damaged as exc:
             _cut(f, path, exc, seg)
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
@@ -455,7 +503,7 @@ def _account(seg: Segment, rec: dict[str, Any], end: int) -> None:
         raise ValueError(f"unknown record kind {kind!r}")
 
 
-def _explain_loss(before: Segment, after: Segment) -> None:
+def _explain_loss(before: Segment, after: Segment, key: SpoolKey | None) -> None:
     """Lines lost between two segments (a damaged one was cut): a gap record says so."""
     if before.last_seq is None or after.first_seq is None:
         return
@@ -463,7 +511,7 @@ def _explain_loss(before: Segment, after: Segment) -> None:
         return
     first, last = before.last_seq + 1, after.first_seq - 1
     gap = Gap(first, last, last - first + 1, 0, after.first_ts, "damaged")
-    data = frame(dumps(gap.record()))
+    data = frame(sealed(dumps(gap.record()), key, (before.path.parent.name, before.number)))
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(before.path, flags)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from delegate.secrets.base import EnvelopeProvider, ProviderConfig, ReferenceProvider, SecretError
+from shared.extras import missing_library
 
 __all__ = ["ENVELOPE_KINDS", "REFERENCE_KINDS", "make_provider"]
 
@@ -37,9 +38,8 @@ def make_provider(config: ProviderConfig) -> EnvelopeProvider | ReferenceProvide
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SecretError(
-            f"{config.kind}: not available on this delegate (cannot import {exc.name})"
-        ) from exc
+        # The vendor libraries are extras: the message names the one to install.
+        raise SecretError(f"{config.kind}: {missing_library(exc, 'this delegate')}") from exc
     factory = getattr(module, class_name, None)
     if factory is None:
         raise SecretError(f"{config.kind}: not available on this delegate ({class_name} missing)")

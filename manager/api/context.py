@@ -15,6 +15,7 @@ from manager.access.session_signer import SessionSigner
 from manager.access.tokens import Tokens
 from manager.audit.trail import AuditTrail
 from manager.metrics import Metrics
+from manager.runbooks.service import RunbookService
 from manager.secrets.service import SecretService
 from manager.store.base import Store
 from manager.tasks.bus import Bus
@@ -65,6 +66,8 @@ class Context:
     last_sweep: float = field(default_factory=time.monotonic)
     # Every duration the loops measure (leases, liveness, timeouts); ``clock`` dates things.
     monotonic: Callable[[], float] = time.monotonic
+    # Runbooks and their runs (manager.runbooks); None in a context built without them.
+    runbooks: RunbookService | None = None
 
 
 CTX: web.AppKey[Context] = web.AppKey("tether_context", Context)

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.api.id_tokens import ID_TOKENS
 from manager.core.eligibility import disallowed_selectors
-from manager.records import DelegateRecord
+from manager.records import DelegateRecord, TokenRecord
 from manager.tasks.hub import Session
 from shared import __version__
 from shared.ids import new_id
@@ -46,7 +47,7 @@ from shared.protocol import (
     parse_delegate_frame,
 )
 
-__all__ = ["add_delegate_routes"]
+__all__ = ["add_delegate_routes", "presented_token"]
 
 log = structlog.get_logger("tether.delegate_plane")
 
@@ -109,16 +110,22 @@ def _check_public_key(encoded: str) -> None:
         ) from None
 
 
-async def register(request: web.Request) -> web.Response:
-    c = ctx(request)
+async def presented_token(request: web.Request) -> TokenRecord:
+    """The live delegate token the request carries; 401 when there is none."""
     token = bearer(request.headers.get("Authorization"))
     if token is None:
         raise ApiProblem(401, "unauthenticated", "missing delegate token")
-    record = await c.delegate_tokens.by_token(token)
+    record = await ctx(request).delegate_tokens.by_token(token)
     if record is None:
         raise ApiProblem(401, "invalid_token", "the delegate token is not known to this manager")
     if record.revoked_at is not None:
         raise ApiProblem(401, "token_revoked", "the delegate token was revoked")
+    return record
+
+
+async def register(request: web.Request) -> web.Response:
+    c = ctx(request)
+    record = await presented_token(request)
     req = await parse_body(request, RegisterRequest)
     if req.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
         accepted = ", ".join(map(str, SUPPORTED_PROTOCOL_VERSIONS))
@@ -271,7 +278,13 @@ async def acquire(request: web.Request) -> web.Response:
     key = request.query.get("key")
     if key is not None and not ACQUIRE_KEY.fullmatch(key):
         raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
-    return json_response(await c.tasks.acquire(session, request.match_info["task_id"], key))
+    handed = await c.tasks.acquire(session, request.match_info["task_id"], key)
+    # The attempt's workload-identity request credential, sealed to this delegate, only for
+    # a delegate that asks for it: one from before it refuses an answer with a field it does
+    # not know (its models forbid extras), and must keep taking tasks through an upgrade.
+    if request.query.get("id_token") == "1":
+        handed = request.app[ID_TOKENS].attach(handed, session.delegate.public_key)
+    return json_response(handed)
 
 
 async def post_logs(request: web.Request) -> web.Response:
@@ -354,7 +367,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate",
             None,
             AcquireResponse,
-            query={"key": "string"},
+            query={"key": "string", "id_token": "string"},
             errors=(400, 401, 404, 409, 410, 503),
         )
     )

@@ -132,6 +132,42 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/api/v1/auth/totp/confirm"): "self",
     ("POST", "/api/v1/auth/totp/verify"): "self",
     ("POST", "/api/v1/auth/sso/link"): "self",
+    # retention (manager.api.retention)
+    ("GET", "/api/v1/retention"): "manage_governance",
+    ("PUT", "/api/v1/retention"): "manage_governance",
+    # issue 18: freeze windows (governance), incoming webhooks, incidents
+    ("POST", "/api/v1/freezes"): "manage_governance",
+    ("GET", "/api/v1/freezes"): "authenticated",
+    ("DELETE", "/api/v1/freezes/{name}"): "manage_governance",
+    ("POST", "/api/v1/webhooks"): "manage_webhooks",
+    ("GET", "/api/v1/webhooks"): "manage_webhooks",
+    ("GET", "/api/v1/webhooks/{name}"): "manage_webhooks",
+    ("DELETE", "/api/v1/webhooks/{name}"): "manage_webhooks",
+    ("POST", "/api/v1/webhooks/{name}/rotate-secret"): "manage_webhooks",
+    ("GET", "/api/v1/incidents"): "manage_incidents",
+    ("GET", "/api/v1/incidents/{incident_id}"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/ack"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/resolve"): "manage_incidents",
+    ("POST", "/api/v1/incidents/{incident_id}/notes"): "manage_incidents",
+    ("GET", "/api/v1/incident-retention"): "manage_incidents",
+    ("PUT", "/api/v1/incident-retention"): "manage_governance",
+    # runbooks: update (define), read and execute (run, cancel) on their app and env, checked
+    # by the handlers; approving needs membership of a group the step names
+    ("PUT", "/api/v1/runbooks/{name}"): "authenticated",
+    ("GET", "/api/v1/runbooks"): "authenticated",
+    ("GET", "/api/v1/runbooks/{name}"): "authenticated",
+    ("DELETE", "/api/v1/runbooks/{name}"): "authenticated",
+    ("POST", "/api/v1/runbooks/{name}/runs"): "authenticated",
+    ("GET", "/api/v1/runbook-runs"): "authenticated",
+    ("GET", "/api/v1/runbook-runs/{run_id}"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/approve"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/reject"): "authenticated",
+    ("POST", "/api/v1/runbook-runs/{run_id}/cancel"): "authenticated",
+    # governance standards
+    ("PUT", "/api/v1/standards/{name}"): "manage_governance",
+    ("GET", "/api/v1/standards"): "authenticated",
+    ("GET", "/api/v1/standards/{name}"): "authenticated",
+    ("DELETE", "/api/v1/standards/{name}"): "manage_governance",
 }
 
 

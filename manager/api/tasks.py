@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import re
 
 import structlog
 from aiohttp import web
@@ -16,8 +18,10 @@ from manager.api.audit_record import Change, in_transaction, unchanged
 from manager.api.context import Context, ctx
 from manager.api.guards import ACCESS, recheck
 from manager.api.http import ApiProblem, AuthKind, Route, RouteTable, json_response, parse_body
+from manager.api.incident_services import services
 from manager.api.task_access import check_secrets, check_task, submit_target
 from manager.errors import DomainError, Unavailable
+from manager.governance.freeze import check_freeze
 from manager.records import (
     AttemptRecord,
     LogRecord,
@@ -26,6 +30,8 @@ from manager.records import (
 )
 from manager.schemas.grants import Action
 from manager.schemas.tasks import (
+    ID_PREFIX,
+    LABEL_KEY,
     AttemptView,
     LogEntry,
     LogPage,
@@ -90,6 +96,8 @@ def task_view(
             "app": app,
             "env": env,
             "submitted_by": task.submitted_by,
+            "name": task.name,
+            "labels": task.labels,
             "attempts": [
                 AttemptView(
                     attempt=a.attempt,
@@ -176,8 +184,17 @@ async def submit_task(request: web.Request) -> web.Response:
     target = await submit_target(request, req.app, req.env)
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)
-    actor = principal_of(request).actor
+    principal = principal_of(request)
+    actor = principal.actor
+    override = await check_freeze(
+        services(request).freezes,
+        target,
+        principal.grants,
+        override_reason=req.override_freeze,
+        now=ctx(request).clock(),
+    )
     where = await _places(request)
+    _check_deployment_env(req, target, where)
     views: dict[str, TaskView] = {}
 
     def submitted(task: TaskRecord) -> Change:
@@ -188,7 +205,9 @@ async def submit_task(request: web.Request) -> web.Response:
             _task_name(task),
             "create",
             f"submitted {task.type} task {task.id}",
-            after=_task_audit(view),
+            after=_task_audit(view)
+            if override is None
+            else {**_task_audit(view), "freeze_override": override.audit()},
             app=req.app,
         )
 
@@ -201,6 +220,26 @@ async def submit_task(request: web.Request) -> web.Response:
     return json_response(view, status=201 if created else 200)
 
 
+def _check_deployment_env(req: TaskSubmit, target: object, where: Places) -> None:
+    """A task for an application's environment deploys to that environment: a deployment
+    naming another one is refused rather than recorded twice over."""
+    env_id = getattr(target, "env_id", None)
+    if req.deployment is None or env_id is None:
+        return
+    names = {env_id, req.env}
+    entry = where.envs.get(env_id)
+    if entry is not None:
+        names.add(entry[1])
+    if req.deployment.environment not in names:
+        raise ApiProblem(
+            400,
+            "invalid",
+            f"deployment.environment {req.deployment.environment!r} differs from the task's "
+            f"environment {req.env!r}: give one of them, or the same",
+            field="deployment.environment",
+        )
+
+
 def _task_name(task: TaskRecord) -> str:
     d = task.deployment
     if d is not None:
@@ -209,8 +248,10 @@ def _task_name(task: TaskRecord) -> str:
 
 
 def _task_audit(view: TaskView) -> dict[str, object]:
-    # What was asked for; secret env values are not in the view (names only).
-    return view.model_dump(
+    # What was asked for; secret env values are not in the view (names only). The script,
+    # env values and deployment details are sealed at rest with the task (manager.tasks.
+    # sealing): the trail keeps their digest, not their text, so it holds none of them.
+    after = view.model_dump(
         mode="json",
         include={
             "id",
@@ -228,6 +269,17 @@ def _task_audit(view: TaskView) -> dict[str, object]:
             "env_id",
         },
     )
+    after["payload"] = _digest_of(after["payload"], keep=("type",))
+    if after.get("deployment") is not None:
+        after["deployment"] = _digest_of(after["deployment"], keep=("service", "environment"))
+    return after
+
+
+def _digest_of(value: object, *, keep: tuple[str, ...]) -> dict[str, object]:
+    """``keep``'s fields of ``value``, and the SHA-256 of all of it (canonical JSON)."""
+    assert isinstance(value, dict)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return {**{k: value[k] for k in keep if k in value}, "sha256": hashlib.sha256(text).hexdigest()}
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -265,11 +317,35 @@ async def _filtered_tasks(
         env_id=env_id,
         deployments_only=deployments_only,
         service=q.get("service") or None,
+        name=q.get("name") or None,
+        labels=_label_query(q.getall("label", [])),
+        id_prefix=_id_prefix_query(q.get("id_prefix") or None),
     )
     grants = principal_of(request).grants
     # Tasks the caller may not read are left out (a page may then hold fewer than limit).
     tasks = [t for t in await c.task_reads.page(flt) if grants.allows(where.target(t), "read")]
     return tasks, where
+
+
+def _label_query(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``label=k=v`` parameters (each must hold); a key the labels could not have is a 400."""
+    out: list[tuple[str, str]] = []
+    for value in values[:32]:
+        key, sep, want = value.partition("=")
+        if not sep or not re.match(LABEL_KEY, key) or len(key) > 63:
+            raise ApiProblem(
+                400, "invalid", "label: KEY=VALUE, KEY of letters, digits, . _ / -", field="label"
+            )
+        out.append((key, want))
+    return tuple(out)
+
+
+def _id_prefix_query(value: str | None) -> str | None:
+    if value is not None and not re.match(ID_PREFIX, value):
+        raise ApiProblem(
+            400, "invalid", "id_prefix: lower-case letters, digits and _", field="id_prefix"
+        )
+    return value
 
 
 def _place_ids(where: Places, app: str | None, env: str | None) -> tuple[str | None, str | None]:
@@ -493,6 +569,9 @@ def add_task_routes(table: RouteTable) -> None:
                 "limit": "integer",
                 "app": "string",
                 "env": "string",
+                "name": "string",
+                "label": "string",
+                "id_prefix": "string",
             },
             errors=(400,),
         )

@@ -20,6 +20,7 @@ from manager.core.audit_chain import (
     KeyLookup,
     SavedAuditFilter,
 )
+from manager.core.audit_checkpoint import checkpoint_problem
 from manager.errors import Conflicting, NotFound
 from manager.store.base import Conflict, Store
 
@@ -52,9 +53,12 @@ class AuditTrail:
         short of it). Events committed while this reads are taken in: it reads on from where
         it stopped until the head it last read is reached (a few rounds at most). With the
         chain's keys: a trail re-hashed from the database alone fails."""
-        checker = ChainVerifier(keys)
-        seen = 0
         head = await self._store.audit_head()
+        start = await self._start(keys)
+        if isinstance(start, Broken):
+            return Verified(checked=0, head_seq=head[0], broken=start)
+        checker = ChainVerifier(keys, start)
+        seen = 0 if start is None else start[0]
         for _ in range(_VERIFY_ROUNDS):
             query = AuditQuery(after=seen)
             async with contextlib.aclosing(self._store.audit_events_all(query)) as events:
@@ -69,6 +73,29 @@ class AuditTrail:
                 break
         broken = checker.end(head)
         return Verified(checked=checker.checked, head_seq=head[0], broken=broken)
+
+    async def _start(self, keys: KeyLookup) -> tuple[int, str] | Broken | None:
+        """Where the chain is checked from: the newest checkpoint (the events up to it may
+        have been purged), every checkpoint's signature checked; None from the first event.
+        A break when events are missing that no checkpoint covers."""
+        checkpoints = await self._store.audit_checkpoints()
+        for cp in checkpoints:
+            if (problem := checkpoint_problem(cp, keys)) is not None:
+                return Broken(cp.seq, problem)
+        first = await self._store.audit_first_seq()
+        newest = checkpoints[-1] if checkpoints else None
+        covered = 0 if newest is None else newest.seq
+        if first is not None and first - 1 > covered:
+            return Broken(
+                covered + 1,
+                f"events {covered + 1} to {first - 1} are missing and no checkpoint covers them",
+            )
+        if newest is None:
+            return None
+        kept = await self._store.audit_event_hash(newest.seq)
+        if kept is not None and kept != newest.hash:
+            return Broken(newest.seq, "the event at the newest checkpoint has another hash")
+        return newest.seq, newest.hash
 
     # -- saved filters ---------------------------------------------------------------------
 

@@ -24,14 +24,14 @@ import contextlib
 import json
 import random
 import ssl
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 from yarl import URL
 
 from manager.schemas.access import (
@@ -93,6 +93,7 @@ from manager.schemas.directory import (
     UserCreate,
     UserCreated,
     UserList,
+    UserUpdate,
     UserView,
 )
 from manager.schemas.directory_auth import (
@@ -104,6 +105,31 @@ from manager.schemas.directory_auth import (
     ScimTokenList,
     ScimTokenRevoked,
     SettingsDeleted,
+)
+from manager.schemas.freezes import FreezeCreate, FreezeList, FreezeView
+from manager.schemas.incidents import (
+    IncidentList,
+    IncidentNote,
+    IncidentRetention,
+    IncidentSummary,
+    IncidentView,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookView,
+)
+from manager.schemas.retention import RetentionSettings
+from manager.schemas.runbooks import (
+    ApprovalDecision,
+    RunbookDefinition,
+    RunbookList,
+    RunbookView,
+    RunList,
+    RunStart,
+    RunView,
+    StandardDefinition,
+    StandardList,
+    StandardView,
 )
 from manager.schemas.secrets import (
     ScopePut,
@@ -195,11 +221,19 @@ class ApiError(TetherClientError):
         )
 
 
+# Why a connection failed, for a caller that maps failures to exit statuses: ``tls`` (the
+# certificate is not trusted: the CA file is wrong) and ``protocol`` (http:// against a TLS
+# port or the reverse) are fixed by changing a setting; ``unreachable`` and ``timeout`` may
+# pass by themselves; ``stream`` is a follow that broke too often.
+ConnectionKind = Literal["tls", "protocol", "unreachable", "timeout", "stream"]
+
+
 class ConnectionFailed(TetherClientError):
     """The manager could not be reached, or stopped answering."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, kind: ConnectionKind = "unreachable") -> None:
         self.message = message
+        self.kind: ConnectionKind = kind
         super().__init__(message)
 
 
@@ -241,6 +275,11 @@ _EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
 
 class _NoContent(BaseModel):
     """A 204: nothing to read."""
+
+
+class Document(RootModel[dict[str, Any]]):
+    """A JSON object the client passes through as it is: settings whose model lives on the
+    server (the SSO settings), which the client may not import."""
 
 
 class _DelegateList(BaseModel):
@@ -301,6 +340,7 @@ class TetherClient:
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._ssl: ssl.SSLContext | None = None
+        self._ca_file = ca_file
         if url.scheme == "https":
             try:
                 self._ssl = tls_client_context(ca_file)
@@ -361,10 +401,27 @@ class TetherClient:
         limit: int = 100,
         app: str | None = None,
         env: str | None = None,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskView]:
-        params = _params(
-            state=state, delegate=delegate, since=since, until=until, limit=limit, app=app, env=env
+        """Tasks newest first. ``delegate``: a delegate's id or name; ``labels``: every one
+        must match; ``id_prefix``: the start of the id."""
+        params: list[tuple[str, str]] = list(
+            _params(
+                state=state,
+                delegate=delegate,
+                since=since,
+                until=until,
+                limit=limit,
+                app=app,
+                env=env,
+                name=name,
+                id_prefix=id_prefix,
+            ).items()
         )
+        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
         page = await self._call("GET", "/api/v1/tasks", TaskList, params=params)
         return page.tasks
 
@@ -409,6 +466,11 @@ class TetherClient:
         last_pos = _position(after) if after is not None else None
         last_state: TaskState | None = None
         failures = 0
+        # A loop of its own, not tenacity: what is retried is a generator that yields to the
+        # caller between failures, the count of failures starts again whenever a connection
+        # delivered anything (tenacity counts attempts since the first), and the delay takes
+        # the server's Retry-After. tenacity's AsyncRetrying would need a custom stop, wait
+        # and a state reset from inside the attempt: the same logic, less plainly written.
         while True:
             delivered = False
             retry_after: float | None = None
@@ -445,7 +507,8 @@ class TetherClient:
             if failures > self._follow_retries:
                 raise ConnectionFailed(
                     f"lost the log stream of task {task_id} ({failures} failed connections "
-                    f"in a row; last: {reason})"
+                    f"in a row; last: {reason})",
+                    "stream",
                 )
             await asyncio.sleep(self._follow_delay(failures, retry_after))
 
@@ -560,6 +623,12 @@ class TetherClient:
         body = SecretMigrate(to=to)
         return await self._call("POST", path, SecretView, body=body, timeout=SLOW_CALL_S)
 
+    async def get_retention(self) -> RetentionSettings:
+        return await self._call("GET", "/api/v1/retention", RetentionSettings)
+
+    async def put_retention(self, settings: RetentionSettings) -> RetentionSettings:
+        return await self._call("PUT", "/api/v1/retention", RetentionSettings, body=settings)
+
     async def health(self) -> bool:
         """Whether ``/healthz`` answers 2xx; False when it answers otherwise or not at all."""
         try:
@@ -572,6 +641,56 @@ class TetherClient:
                 return 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    # -- freeze windows, incoming webhooks, incidents (issue 18) --------------------------
+
+    async def create_freeze(self, body: FreezeCreate) -> FreezeView:
+        return await self._call("POST", "/api/v1/freezes", FreezeView, body=body)
+
+    async def list_freezes(self) -> list[FreezeView]:
+        return (await self._call("GET", "/api/v1/freezes", FreezeList)).freezes
+
+    async def delete_freeze(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/freezes/{_seg(name)}", _NoContent)
+
+    async def create_webhook(self, body: WebhookCreate) -> WebhookCreated:
+        """The webhook and its secret: in the answer and nowhere else, ever."""
+        return await self._call("POST", "/api/v1/webhooks", WebhookCreated, body=body)
+
+    async def list_webhooks(self) -> list[WebhookView]:
+        return (await self._call("GET", "/api/v1/webhooks", WebhookList)).webhooks
+
+    async def get_webhook(self, name: str) -> WebhookView:
+        return await self._call("GET", f"/api/v1/webhooks/{_seg(name)}", WebhookView)
+
+    async def delete_webhook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/webhooks/{_seg(name)}", _NoContent)
+
+    async def rotate_webhook_secret(self, name: str) -> WebhookCreated:
+        path = f"/api/v1/webhooks/{_seg(name)}/rotate-secret"
+        return await self._call("POST", path, WebhookCreated)
+
+    async def list_incidents(self, status: str | None = None) -> list[IncidentSummary]:
+        params = {} if status is None else {"status": status}
+        page = await self._call("GET", "/api/v1/incidents", IncidentList, params=params)
+        return page.incidents
+
+    async def get_incident(self, incident_id: str) -> IncidentView:
+        return await self._call("GET", f"/api/v1/incidents/{_seg(incident_id)}", IncidentView)
+
+    async def change_incident(
+        self, incident_id: str, action: str, note: str | None = None
+    ) -> IncidentView:
+        """``action``: ack, resolve, or notes (with ``note``)."""
+        path = f"/api/v1/incidents/{_seg(incident_id)}/{action}"
+        body = None if note is None else IncidentNote(text=note)
+        return await self._call("POST", path, IncidentView, body=body)
+
+    async def incident_retention(self, days: int | None = None) -> IncidentRetention:
+        path = "/api/v1/incident-retention"
+        if days is None:
+            return await self._call("GET", path, IncidentRetention)
+        return await self._call("PUT", path, IncidentRetention, body=IncidentRetention(days=days))
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -587,13 +706,63 @@ class TetherClient:
     def _url(self, path: str) -> str:
         return f"{self._base}{path}"
 
+    # -- runbooks, their runs, governance standards (manager/api/runbooks.py) -------------
+
+    async def put_runbook(self, definition: RunbookDefinition) -> RunbookView:
+        path = f"/api/v1/runbooks/{_seg(definition.name)}"
+        return await self._call("PUT", path, RunbookView, body=definition)
+
+    async def list_runbooks(self) -> list[RunbookView]:
+        return (await self._call("GET", "/api/v1/runbooks", RunbookList)).runbooks
+
+    async def get_runbook(self, name: str, version: int | None = None) -> RunbookView:
+        params = None if version is None else {"version": str(version)}
+        return await self._call("GET", f"/api/v1/runbooks/{_seg(name)}", RunbookView, params=params)
+
+    async def delete_runbook(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/runbooks/{_seg(name)}", _NoContent)
+
+    async def start_runbook_run(self, name: str, start: RunStart) -> RunView:
+        path = f"/api/v1/runbooks/{_seg(name)}/runs"
+        return await self._call("POST", path, RunView, body=start)
+
+    async def list_runbook_runs(self, runbook: str | None = None) -> list[RunView]:
+        params = None if runbook is None else {"runbook": runbook}
+        return (await self._call("GET", "/api/v1/runbook-runs", RunList, params=params)).runs
+
+    async def get_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("GET", f"/api/v1/runbook-runs/{_seg(run_id)}", RunView)
+
+    async def decide_runbook_run(
+        self, run_id: str, decision: ApprovalDecision, *, approve: bool
+    ) -> RunView:
+        verb = "approve" if approve else "reject"
+        path = f"/api/v1/runbook-runs/{_seg(run_id)}/{verb}"
+        return await self._call("POST", path, RunView, body=decision)
+
+    async def cancel_runbook_run(self, run_id: str) -> RunView:
+        return await self._call("POST", f"/api/v1/runbook-runs/{_seg(run_id)}/cancel", RunView)
+
+    async def put_standard(self, definition: StandardDefinition) -> StandardView:
+        path = f"/api/v1/standards/{_seg(definition.name)}"
+        return await self._call("PUT", path, StandardView, body=definition)
+
+    async def list_standards(self) -> list[StandardView]:
+        return (await self._call("GET", "/api/v1/standards", StandardList)).standards
+
+    async def get_standard(self, name: str) -> StandardView:
+        return await self._call("GET", f"/api/v1/standards/{_seg(name)}", StandardView)
+
+    async def delete_standard(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/standards/{_seg(name)}", _NoContent)
+
     async def _call(
         self,
         method: str,
         path: str,
         model: type[_M],
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         body: BaseModel | None = None,
         timeout: float | None = None,
     ) -> _M:
@@ -617,10 +786,10 @@ class TetherClient:
                 if not 200 <= resp.status < 300:
                     raise _api_error(resp, raw)
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(f"{method} {path} on {self._display}: {_describe(exc)}") from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
-                f"{method} {path} on {self._display}: no answer within {timeout:g}s"
+                f"{method} {path} on {self._display}: no answer within {timeout:g}s", "timeout"
             ) from None
         if not raw and model is _NoContent:
             return model()
@@ -662,12 +831,48 @@ class TetherClient:
                 # A partial line left in buf was cut by the break; it comes again after
                 # the reconnect.
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(_describe(exc)) from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
                 f"timed out (connect limit {self._timeout:g}s, "
-                f"silence limit {self._follow_read_timeout}s)"
+                f"silence limit {self._follow_read_timeout}s)",
+                "timeout",
             ) from None
+
+    def _failed(self, exc: aiohttp.ClientError) -> ConnectionFailed:
+        """One line naming the URL and the CA in use, and what to check, for ``exc``."""
+        where = self._display
+        ca = f"CA file {self._ca_file}" if self._ca_file is not None else "the system's CAs"
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            return ConnectionFailed(
+                f"the TLS certificate of {where} is not trusted by {ca} ({reason})",
+                "tls",
+            )
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return ConnectionFailed(
+                f"TLS with {where} failed ({_ssl_reason(exc)}; trusting {ca}): "
+                "does it serve plain http?",
+                "protocol",
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and self._base.scheme == "http":
+            return ConnectionFailed(
+                f"{where} closed the connection without answering: it probably serves "
+                "https; use https://",
+                "protocol",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            err = exc.os_error
+            reason = (
+                "connection refused"
+                if isinstance(err, ConnectionRefusedError)
+                else err.strerror or str(err) or type(err).__name__
+            )
+            return ConnectionFailed(
+                f"cannot connect to {where} ({reason})",
+                "unreachable",
+            )
+        return ConnectionFailed(f"{where}: {_describe(exc)}", "unreachable")
 
     def _follow_delay(self, failures: int, retry_after: float | None) -> float:
         ceiling = min(
@@ -716,7 +921,7 @@ class TetherClient:
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     yield chunk
         except aiohttp.ClientError as exc:
-            raise ConnectionFailed(f"GET {path} on {self._display}: {_describe(exc)}") from exc
+            raise self._failed(exc) from exc
         except TimeoutError:
             raise ConnectionFailed(
                 f"GET {path} on {self._display}: silent for {self._timeout:g}s"
@@ -793,6 +998,35 @@ class TetherClient:
     async def update_env(self, app: str, env: str, body: EnvUpdate) -> EnvView:
         path = f"/api/v1/apps/{_seg(app)}/envs/{_seg(env)}"
         return await self._call("PATCH", path, EnvView, body=body)
+
+    # -- removals and single reads (`tether app|env|group delete`, `group get`, `user get`)
+
+    async def delete_app(self, app: str) -> None:
+        await self._call("DELETE", f"/api/v1/apps/{_seg(app)}", _NoContent)
+
+    async def delete_env(self, app: str, env: str) -> None:
+        await self._call("DELETE", f"/api/v1/apps/{_seg(app)}/envs/{_seg(env)}", _NoContent)
+
+    async def delete_group(self, name: str, *, force: bool = False) -> None:
+        params = {"force": "true"} if force else None
+        await self._call("DELETE", f"/api/v1/groups/{_seg(name)}", _NoContent, params=params)
+
+    async def get_group(self, name: str) -> GroupView:
+        return await self._call("GET", f"/api/v1/groups/{_seg(name)}", GroupView)
+
+    async def get_user(self, user: str) -> UserView:
+        return await self._call("GET", f"/api/v1/users/{_seg(user)}", UserView)
+
+    async def update_user(self, user: str, body: UserUpdate) -> UserView:
+        return await self._call("PATCH", f"/api/v1/users/{_seg(user)}", UserView, body=body)
+
+    async def sso_settings(self) -> dict[str, Any]:
+        """The SSO settings (the client secret is a secret's name, never its value)."""
+        return (await self._call("GET", "/api/v1/auth/sso", Document)).root
+
+    async def set_sso_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        body = Document(settings)
+        return (await self._call("PUT", "/api/v1/auth/sso", Document, body=body)).root
 
     async def list_envs(self, app: str) -> list[EnvView]:
         return (await self._call("GET", f"/api/v1/apps/{_seg(app)}/envs", EnvList)).envs
@@ -1003,6 +1237,13 @@ def _api_error(resp: aiohttp.ClientResponse, raw: bytes) -> ApiError:
 
 def _describe(exc: aiohttp.ClientError) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    """OpenSSL's short reason (``wrong version number``), not the whole exception text."""
+    err = exc.os_error
+    reason = getattr(err, "reason", None)
+    return str(reason).lower().replace("_", " ") if reason else (str(err) or "handshake failed")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -241,13 +241,15 @@ class ChainVerifier:
     newest event must be keyed; without (a test of the unkeyed form), a keyed event cannot
     be checked and is a break."""
 
-    def __init__(self, keys: KeyLookup | None = None) -> None:
+    def __init__(self, keys: KeyLookup | None = None, start: tuple[int, str] | None = None) -> None:
+        """``start``: the (seq, hash) of a trusted checkpoint (manager.core.audit_checkpoint)
+        the events fed continue from, when the ones before were purged."""
         self.checked = 0
         self.broken: Broken | None = None
         self._keys = keys
-        self._seq = 0
-        self._hash = GENESIS
-        self._keyed = False
+        self._seq, self._hash = start if start is not None else (0, GENESIS)
+        # A checkpoint is signed with a chain key: what follows it is keyed.
+        self._keyed = start is not None
 
     def _hash_problem(self, event: AuditEvent) -> str | None:
         if event.key_id is None:

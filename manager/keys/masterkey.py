@@ -328,7 +328,10 @@ def _read_key(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise MasterKeyError(f"{path} is not a regular file")
         if st.st_mode & 0o077:
-            raise MasterKeyError(f"{path} is readable by group or others; run chmod 600 on it")
+            raise MasterKeyError(
+                f"{path} is mode {stat.S_IMODE(st.st_mode):04o}, readable by group or others:"
+                f" rotate it, or run `chmod 600 {path}` once you know it did not leak"
+            )
         key = f.read(_KEY_LEN + 1)
     if len(key) != _KEY_LEN:
         raise MasterKeyError(f"{path} does not hold a {_KEY_LEN}-byte key")

@@ -21,10 +21,12 @@ import secrets
 from manager.keys.masterkey import MasterKey, MasterKeyError
 from manager.store.base import Store
 
-__all__ = ["DELEGATE_SESSION_KEY", "SIGNING_KEYS", "reseal", "signing_key"]
+__all__ = ["DELEGATE_SESSION_KEY", "ID_TOKEN_REQUEST_KEY", "SIGNING_KEYS", "reseal", "signing_key"]
 
 DELEGATE_SESSION_KEY = "session_key"
-SIGNING_KEYS = (DELEGATE_SESSION_KEY,)
+# The MAC key of a task's id-token request credential (manager.core.workload_identity).
+ID_TOKEN_REQUEST_KEY = "id_token_request_key"  # noqa: S105 - a setting's name
+SIGNING_KEYS = (DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY)
 
 _SEALED = "sealed:"
 _KEY_LEN = 32

@@ -4,9 +4,11 @@ store keeps ids (manager.access.directory)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from manager.schemas.grants import AccountPermission, Action, EnvType
 
@@ -34,7 +36,24 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$"
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=_NAME)]
 # Deliberately plain: a local part, an @, a domain with a dot. The invite proves the rest.
 _EMAIL = r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,255}\.[A-Za-z]{2,63}$"
-Email = Annotated[str, Field(min_length=3, max_length=320, pattern=_EMAIL)]
+_EMAIL_FORM = re.compile(_EMAIL)
+
+
+def _an_email(value: str) -> str:
+    # Our own words: pydantic's pattern error would print the regular expression.
+    if not _EMAIL_FORM.match(value):
+        raise PydanticCustomError(
+            "email", "not an email address: expected a name, @ and a domain (dev@example.com)"
+        )
+    return value
+
+
+# The pattern stays in the OpenAPI document (json_schema_extra); the check is _an_email.
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320, json_schema_extra={"pattern": _EMAIL}),
+    AfterValidator(_an_email),
+]
 
 
 class Model(BaseModel):

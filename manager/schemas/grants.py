@@ -33,6 +33,10 @@ AccountPermission = Literal[
     "manage_applications",
     "manage_governance",
     "view_audit",
+    # issue 18: proceed through a freeze window with a reason; webhooks; incidents
+    "override_freeze",
+    "manage_webhooks",
+    "manage_incidents",
 ]
 ACCOUNT_PERMISSIONS: tuple[AccountPermission, ...] = get_args(AccountPermission)
 

@@ -17,6 +17,8 @@ from shared.protocol import (
 )
 
 __all__ = [
+    "ID_PREFIX",
+    "LABEL_KEY",
     "AttemptView",
     "DelegateView",
     "LogEntry",
@@ -38,6 +40,16 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A task's name and its labels' keys and values: what `tether task list` filters by.
+_TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._:/@+-]*$"
+TaskName = Annotated[str, Field(min_length=1, max_length=128, pattern=_TASK_NAME)]
+LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=LABEL_KEY)]
+LabelValue = Annotated[str, Field(max_length=256)]
+# The start of a task id (``task list --id-prefix``): ids are lower-case letters, digits, _.
+ID_PREFIX = r"^[a-z0-9_]{1,64}$"
+
+
 class TaskSubmit(Model):
     payload: UserPayload
     selectors: list[str] = Field(default_factory=list, max_length=64)
@@ -53,6 +65,12 @@ class TaskSubmit(Model):
     # Submitting needs the execute action there; without them, execute on every one.
     app: str | None = Field(default=None, min_length=1, max_length=128)
     env: str | None = Field(default=None, min_length=1, max_length=128)
+    # Proceed through an active freeze window, with this reason (needs override_freeze;
+    # the reason is written into the submission's audit event).
+    override_freeze: str | None = Field(default=None, min_length=1, max_length=500)
+    # A name to find the task by (not unique), and labels to filter lists with.
+    name: TaskName | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
 
     @model_validator(mode="after")
     def _app_and_env(self) -> TaskSubmit:
@@ -97,6 +115,8 @@ class TaskView(Model):
     app: str | None = None
     env: str | None = None
     submitted_by: str | None = None
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class TaskList(Model):

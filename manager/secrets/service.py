@@ -369,7 +369,13 @@ class SecretService:
             )
         target = await self._store.secret_manager_by_name(to)
         if target is None:
-            raise Invalid("invalid", f"no secret manager {to!r}", field="to")
+            kinds = ", ".join(sorted(ENVELOPE_KINDS))
+            raise Invalid(
+                "invalid",
+                f"no secret manager {to!r}: `to` is the name of a secret manager (one of kind "
+                f"{kinds}) created beforehand, not a kind",
+                field="to",
+            )
         if target.kind not in ENVELOPE_KINDS:
             raise Invalid(
                 "invalid",

@@ -40,30 +40,42 @@ from manager.api.audit import add_audit_routes
 from manager.api.audit_record import AUDIT, AuditRecorder, Change, audit_middleware, key_the_chain
 from manager.api.auth import add_auth_routes
 from manager.api.context import CTX, Context
+from manager.api.delegate_check import add_delegate_check_routes
 from manager.api.delegate_plane import add_delegate_routes
 from manager.api.delegates import add_delegate_list_routes
 from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
+from manager.api.freezes import add_freeze_routes
 from manager.api.guards import ACCESS, Access, access_middlewares
 from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
+from manager.api.incident_services import INCIDENT_SERVICES
+from manager.api.incidents import add_incident_routes
 from manager.api.ldap import add_ldap_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
+from manager.api.retention import PURGER, add_retention_routes
+from manager.api.runbooks import add_runbook_routes, runbook_trigger_audit
 from manager.api.saml import add_saml_routes
 from manager.api.scim import add_scim_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
 from manager.api.tokens import add_token_routes
+from manager.api.webhooks import add_webhook_routes
 from manager.audit.trail import AuditTrail
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
+from manager.keys.data_keys import DataKeys
 from manager.keys.masterkey import MasterKey
-from manager.keys.signing import DELEGATE_SESSION_KEY, signing_key
+from manager.keys.oidc_keys import OidcKeys
+from manager.keys.signing import DELEGATE_SESSION_KEY, ID_TOKEN_REQUEST_KEY, signing_key
 from manager.metrics import CONTENT_TYPE, Metrics, gauge
 from manager.records import ApiKeyRecord
+from manager.retention.purge import Purger
+from manager.runbooks.service import RunbookService
 from manager.schemas.grants import ADMIN_GROUP
 from manager.secrets.delivery import SecretDeliveries
 from manager.secrets.ops import SecretOps
@@ -75,6 +87,8 @@ from manager.server.connections import (
     GuardedSite,
     credential_accepted,
 )
+from manager.server.housekeeping import PRUNER, pruner
+from manager.server.incident_wiring import install_incident_services, retention_loop
 from manager.store.base import DiskFull, Store
 from manager.store.factory import open_store_url
 from manager.store.health import DISK_FULL
@@ -85,8 +99,11 @@ from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
 from manager.tasks.hub import Hub
+from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
+from manager.tasks.prune import DEFAULT_PRUNE_AFTER
 from manager.tasks.reads import TaskReads
+from manager.tasks.sealing import sealed_tasks
 from manager.tasks.service import TaskService
 from shared import __version__
 from shared.datadir import secure_data_dir
@@ -94,6 +111,7 @@ from shared.limits import MAX_API_BODY_BYTES, Timings
 from shared.masking import Masker
 from shared.protocol import CloseCode, TaskState
 from shared.repeats import RepeatedErrors
+from shared.startup import listen_problem, load_server_tls
 from shared.tls import ensure_manager_certificates, server_context
 
 __all__ = ["ADMIN_KEY_FILE", "ROUTES", "ManagerConfig", "build_app", "open_store", "serve"]
@@ -111,6 +129,10 @@ class ManagerConfig:
     port: int = 8443
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Names the self-made certificate carries besides the defaults (--tls-san).
+    tls_names: tuple[str, ...] = ()
+    # Delegates not heard for this long are deleted (manager.tasks.prune); 0: never.
+    prune_delegates_after: float = DEFAULT_PRUNE_AFTER
     timings: Timings = field(default_factory=Timings)
     # postgresql://... for several replicas; None keeps SQLite in the data dir.
     database: str | None = field(default=None, repr=False)
@@ -124,6 +146,11 @@ class ManagerConfig:
     passwords: Passwords | None = None
     # Header and idle timeouts, the cap on unauthenticated connections, the fd-limit watch.
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The ``iss`` of task tokens and the base of their discovery URLs (manager.tasks.
+    # id_tokens); None: the URL the manager listens on.
+    oidc_issuer: str | None = None
+    # How often the retention purge runs (manager.retention); nothing goes unless set.
+    purge_interval: float = 3600.0
 
 
 def open_store(data_dir: Path, database: str | None = None) -> Store:
@@ -282,8 +309,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     # Delivery needs no task service, and the secret service runs its operations through
     # one: so delivery, then tasks, then the secret service, each built once and whole.
     deliveries = SecretDeliveries(store=store, master_key=master_key, masker=config.masker)
+    # One set of data keys (and its cache) for every service that seals records at rest.
+    data_keys = DataKeys(store, master_key, clock=config.clock)
+    task_store = sealed_tasks(store, data_keys)
     tasks = TaskService(
-        store=store,
+        store=task_store,
         hub=hub,
         dispatcher=dispatcher,
         events=events,
@@ -296,7 +326,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         envs=envs,
         secrets=deliveries,
     )
-    ops = SecretOps(store=store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
+    ops = SecretOps(store=task_store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
     secrets = SecretService(
         store=store, master_key=master_key, ops=ops, deliveries=deliveries, masker=config.masker
     )
@@ -322,7 +352,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         dispatcher=dispatcher,
         events=events,
         tasks=tasks,
-        task_reads=TaskReads(store),
+        task_reads=TaskReads(task_store),
         delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
@@ -336,6 +366,15 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         monotonic=config.monotonic,
     )
     await tasks.recover()
+    c.runbooks = RunbookService(
+        store=store,
+        directory=Directory(store),
+        tasks=tasks,
+        events=events,
+        master_key=master_key,
+        secrets=secrets,
+        clock=config.clock,
+    )
 
     async def on_remote(kind: EventKind, ident: str) -> None:
         if kind == "revoked":  # a delegate token, revoked through another replica
@@ -367,6 +406,13 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)
+    add_id_token_routes(table)
+    add_retention_routes(table)
+    add_delegate_check_routes(table)
+    add_freeze_routes(table)
+    add_webhook_routes(table)
+    add_incident_routes(table)
+    add_runbook_routes(table)
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -392,6 +438,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
+    install_incident_services(app, c, master_key, config.clock)
+    c.runbooks.freezes = app[INCIDENT_SERVICES].freezes
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
     metrics.add_live(connections.gauges)
@@ -410,6 +458,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     )
     await key_the_chain(app[AUDIT])
     recorder = app[AUDIT]
+    c.runbooks.system_audit = runbook_trigger_audit(recorder)
 
     async def failed_logins(change: Change, address: str) -> object:
         return await recorder.write(
@@ -422,8 +471,41 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         )
 
     app[FAILED_LOGINS] = FailedLogins(failed_logins, clock=config.clock)
+    app[ID_TOKENS] = IdTokens(
+        store,
+        OidcKeys(store, master_key, config.clock),
+        request_key=await signing_key(store, master_key, ID_TOKEN_REQUEST_KEY),
+        issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
+        clock=config.clock,
+    )
+
+    async def purged(counts: dict[str, int]) -> object:
+        return await recorder.write(
+            SYSTEM,
+            Change(
+                "retention",
+                "retention",
+                "purge",
+                "purged " + ", ".join(f"{n} {kind}" for kind, n in counts.items()),
+                after=counts,
+            ),
+            resource_type="retention",
+            method="PURGE",
+            path="retention purge",
+            client_ip="local",
+        )
+
+    app[PURGER] = Purger(store, AuditKeys(master_key).current, purged, clock=config.clock)
+    app[PRUNER] = pruner(config.prune_delegates_after, c, recorder)
     table.install(app)
     app[ROUTES] = table
+    runbooks = c.runbooks
+
+    async def stop_runs(_app: web.Application) -> None:
+        # Runs are followed by tasks of this process: they end with it (a restart resumes).
+        await runbooks.close()
+
+    app.on_cleanup.append(stop_runs)
     return app, c
 
 
@@ -475,6 +557,8 @@ async def _loops(c: Context) -> None:
                 )
                 c.hub.drop(delegate_id, CloseCode.LOST, "no heartbeat")
             await c.tasks.sweep()
+            if c.runbooks is not None:
+                await c.runbooks.tick()
             if now() - last_revocation_check >= t.revocation_check:
                 last_revocation_check = now()
                 live = {s.delegate.token_id for s in c.hub.sessions.values()}
@@ -525,10 +609,12 @@ async def serve(
     systemd watchdog)."""
     secure_data_dir(config.data_dir)
     if config.tls_cert and config.tls_key:
-        ssl_ctx = server_context(config.tls_cert, config.tls_key)
+        ssl_ctx = load_server_tls(config.tls_cert, config.tls_key)
         ca_file: Path | None = None
     else:
-        paths = ensure_manager_certificates(config.data_dir / "tls", [config.host])
+        paths = ensure_manager_certificates(
+            config.data_dir / "tls", [config.host, *config.tls_names]
+        )
         ssl_ctx = server_context(paths.server_cert, paths.server_key)
         ca_file = paths.ca_cert
     store = open_store(config.data_dir, config.database)
@@ -549,12 +635,17 @@ async def serve(
         await site.start()
         port = sock.getsockname()[1]
         url = f"https://{_url_host(config.host)}:{port}"
+        if config.oidc_issuer is None:
+            app[ID_TOKENS].issuer = url
         background = [
             asyncio.create_task(c.dispatcher.run(), name="dispatch"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),
             asyncio.create_task(app[CONNECTIONS].watch_forever(), name="connections"),
+            asyncio.create_task(app[PURGER].run_forever(config.purge_interval), name="purge"),
+            asyncio.create_task(app[PRUNER].run_forever(), name="prune-delegates"),
+            asyncio.create_task(retention_loop(app, config.clock), name="incident-retention"),
         ]
         log.info(
             "manager listening",
@@ -562,6 +653,9 @@ async def serve(
             ca_file=str(ca_file) if ca_file else None,
             admin_key_file=str(admin_key_path),
         )
+        if c.runbooks is not None:
+            # Open runs carry on where they stopped (manager.runbooks.service).
+            await c.runbooks.recover()
         if ready is not None:
             ready(url, lambda: _loops_alive(c))
         await _wait_for_signal()
@@ -592,9 +686,13 @@ async def _wait_for_signal() -> None:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise listen_problem(host, port, exc) from None
     sock.setblocking(False)
     return sock
 

@@ -29,6 +29,7 @@ from manager.core.audit_chain import (
     ChainKey,
     SavedAuditFilter,
 )
+from manager.core.audit_checkpoint import AuditCheckpoint
 from manager.records import (
     AccessSettings,
     AllowlistEntry,
@@ -59,6 +60,7 @@ __all__ = [
     "BadData",
     "ChangeWatcher",
     "Conflict",
+    "DataKeyStore",
     "DiskFull",
     "EntityWrite",
     "SecretStore",
@@ -572,6 +574,19 @@ class AccessStore(abc.ABC):
         """``audit`` is made of the row deleted."""
 
     @abc.abstractmethod
+    async def purge_entities(
+        self,
+        kind: str,
+        before: float,
+        limit: int,
+        *,
+        audit: AuditOf[list[EntityRecord]] | None = None,
+    ) -> list[EntityRecord]:
+        """Delete at most ``limit`` entities of ``kind`` last written before ``before``,
+        the oldest first (a retention purge, in bounded batches); ``audit``: the event of
+        the rows deleted, none when none were."""
+
+    @abc.abstractmethod
     async def write_entities(
         self,
         writes: Sequence[EntityWrite],
@@ -637,7 +652,93 @@ class AuditStore(abc.ABC):
         """The filter deleted (``audit``: of it); None when there was none."""
 
 
-class Store(TaskStore, SecretStore, AccessStore, AuditStore):
+@dataclass(frozen=True, slots=True)
+class PurgeCandidate:
+    """A task the purge looks at (manager.retention): one row of a page."""
+
+    id: str
+    created_at: float
+    finished: bool
+    finished_at: float | None
+    logs_purged: bool
+
+
+class RetentionStore(abc.ABC):
+    """What retention deletes, in bounded batches (manager.store.sql.retention)."""
+
+    @abc.abstractmethod
+    async def purge_page(
+        self,
+        place: tuple[str, str] | None,
+        cutoff: float,
+        after: tuple[float, str],
+        limit: int,
+    ) -> list[PurgeCandidate]:
+        """Up to ``limit`` tasks of ``place`` ((app id, env id); None: outside any
+        application) made before ``cutoff``, after ``after`` (created_at, id), in order."""
+
+    @abc.abstractmethod
+    async def delete_task_logs(self, task_id: str, limit: int) -> int:
+        """Delete up to ``limit`` of the task's log lines; how many went."""
+
+    @abc.abstractmethod
+    async def mark_logs_purged(self, task_id: str, now: float) -> bool:
+        """Record that a finished task's lines are gone; False when it is not finished."""
+
+    @abc.abstractmethod
+    async def delete_finished_tasks(self, task_ids: Sequence[str]) -> int:
+        """Delete those of the tasks that are finished (and their attempts), in one
+        transaction; how many tasks went."""
+
+    @abc.abstractmethod
+    async def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        """Every checkpoint of the audit chain, oldest first."""
+
+    @abc.abstractmethod
+    async def add_audit_checkpoint(self, cp: AuditCheckpoint) -> None: ...
+
+    @abc.abstractmethod
+    async def audit_first_seq(self) -> int | None:
+        """The oldest event's seq; None when there is none."""
+
+    @abc.abstractmethod
+    async def audit_last_before(self, ts: float) -> int | None:
+        """The newest event's seq written before ``ts``; None when there is none."""
+
+    @abc.abstractmethod
+    async def audit_event_hash(self, seq: int) -> str | None: ...
+
+    @abc.abstractmethod
+    async def delete_audit_upto(self, upto: int, limit: int) -> int:
+        """Delete the oldest events, up to ``limit`` of them, none after ``upto``."""
+
+
+class DataKeyStore(abc.ABC):
+    """The wrapped data key of each owner of sealed records (manager.keys.data_keys)."""
+
+    @abc.abstractmethod
+    async def data_keys_of(self, owners: Sequence[str]) -> dict[str, bytes]:
+        """The wrapped keys of those of ``owners`` that have one."""
+
+    @abc.abstractmethod
+    async def add_data_key(self, owner: str, wrapped: bytes, created_at: float) -> bytes:
+        """Store ``wrapped`` as ``owner``'s key unless it has one already; the key it has
+        now (another writer's, when two raced)."""
+
+    @abc.abstractmethod
+    async def data_keys_after(self, owner: str, limit: int) -> list[tuple[str, bytes]]:
+        """A page of (owner, wrapped key), in owner order, after ``owner`` ("" first)."""
+
+    @abc.abstractmethod
+    async def replace_data_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-set of ``owner``'s wrapped key; False when it was not ``old``."""
+
+    @abc.abstractmethod
+    async def delete_data_key(self, owner: str) -> bool:
+        """Forget ``owner``'s key (its sealed records no longer open); False when none."""
+
+
+class Store(TaskStore, SecretStore, AccessStore, AuditStore, RetentionStore, DataKeyStore):
     """The whole store: every concern, over one database."""
 
     # Whether writes succeed; a backend reports each full-volume failure and each write.

@@ -371,6 +371,48 @@ MIGRATIONS: list[Migration] = [
     # text holds neither. ``text`` keeps the display form; the lines stored before were all
     # text, and stay as they are.
     (16, "ALTER TABLE task_logs ADD COLUMN data {BYTES}"),
+    (
+        17,
+        """
+        -- Retention (manager.retention): the tasks whose log lines were purged, their
+        -- records kept longer. A table of its own, not a column of tasks: nothing on the
+        -- task path reads or writes it.
+        CREATE TABLE task_logs_purged (
+            task_id TEXT PRIMARY KEY,
+            purged_at {REAL} NOT NULL
+        );
+        -- Signed checkpoints of the audit chain at each purge's cut (core.audit_checkpoint).
+        CREATE TABLE audit_checkpoints (
+            seq {BIGINT} PRIMARY KEY,
+            hash TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            created_at {REAL} NOT NULL,
+            signature TEXT NOT NULL
+        );
+        """,
+    ),
+    # The data key of each owner of sealed records ("task:<id>", "incident:<id>",
+    # "run:<id>"), wrapped by the master key (manager.keys.data_keys). Rows written before
+    # this migration stay plaintext and are told apart by their format (docs/operations.md).
+    (
+        18,
+        """
+        CREATE TABLE data_keys (
+            owner TEXT PRIMARY KEY,
+            wrapped {BYTES} NOT NULL,
+            created_at {REAL} NOT NULL
+        )
+        """,
+    ),
+    # A task's name and labels (tether task run --name --label k=v), to find it by.
+    (
+        19,
+        """
+        ALTER TABLE tasks ADD COLUMN name TEXT;
+        ALTER TABLE tasks ADD COLUMN labels {JSON} NOT NULL DEFAULT '{}';
+        CREATE INDEX tasks_name ON tasks(name) WHERE name IS NOT NULL;
+        """,
+    ),
 ]
 
 

@@ -50,6 +50,8 @@ _REQUEST_FIELDS = (
     "deployment",
     "app_id",
     "env_id",
+    "name",
+    "labels",
 )
 
 

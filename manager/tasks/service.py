@@ -219,6 +219,8 @@ class TaskService:
             app_id=None if target is None else target.app_id,
             env_id=None if target is None else target.env_id,
             submitted_by=submitted_by,
+            name=req.name,
+            labels=dict(req.labels),
         )
         stored, created = await self._insert(record, audit)
         if not created:

@@ -9,16 +9,21 @@ user) is compared with what the manager and the delegate actually serve and read
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]  # no stubs, no py.typed
 import pytest
 import yaml
 
 from delegate.config import ENV
 from manager.server.app import ManagerConfig, build_app, open_store
+from shared.datadir import secure_data_dir
 from shared.limits import Timings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +34,15 @@ MANAGER_PORT = ManagerConfig(data_dir=Path()).port
 MANAGER_ENV = {"TETHER_DATA_DIR"}
 DELEGATE_ENV = set(ENV.values())
 # What an image is built from: the sources and the hash-pinned lock.
-BUILD_SOURCES = {"pyproject.toml", "README.md", "requirements", "shared", "manager", "delegate"}
+BUILD_SOURCES = {
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "requirements",
+    "shared",
+    "manager",
+    "delegate",
+}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -62,6 +75,15 @@ def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
 def docs(name: str) -> dict[tuple[str, str], dict[str, Any]]:
     loaded = list(yaml.safe_load_all((KUBE / name).read_text()))
     return {(d["kind"], d["metadata"]["name"]): d for d in loaded if d}
+
+
+def mount_of(c: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume mount ``path`` lies in (the mount itself, or below it)."""
+    for m in c["volumeMounts"]:
+        if PurePosixPath(path).is_relative_to(m["mountPath"]):
+            found: dict[str, Any] = m
+            return found
+    raise AssertionError(f"{path} is on no mounted volume")
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +129,8 @@ async def served_paths(tmp_path: Path) -> AsyncIterator[set[str]]:
 
 MANAGER = docs("manager.yaml")
 DELEGATE = docs("delegate.yaml")
+# The placeholders for those who keep the token in a file; never in delegate.yaml itself.
+DELEGATE_SECRETS = docs("delegate-secret.yaml.example")
 STATEFULSET = MANAGER["StatefulSet", "tether-manager"]
 DEPLOYMENT = DELEGATE["Deployment", "tether-delegate"]
 
@@ -267,8 +291,10 @@ def test_manager_data_dir_is_the_persistent_volume() -> None:
     env = env_of(c)
     assert set(env) <= MANAGER_ENV
     (claim,) = STATEFULSET["spec"]["volumeClaimTemplates"]
-    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts[claim["metadata"]["name"]] == env["TETHER_DATA_DIR"]
+    # Inside the volume, not its root: the kubelet then leaves it alone (see the next test).
+    mount = mount_of(c, env["TETHER_DATA_DIR"])
+    assert mount["name"] == claim["metadata"]["name"]
+    assert PurePosixPath(env["TETHER_DATA_DIR"]).parent == PurePosixPath(mount["mountPath"])
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert "--data-dir" not in c["args"]
 
@@ -296,22 +322,23 @@ def test_delegate_env_names_are_ones_the_delegate_reads() -> None:
 def test_delegate_token_file_is_the_secrets_key() -> None:
     env = env_of(container(DEPLOYMENT))
     volume, name = mounted_file(DEPLOYMENT, env[ENV["token_file"]])
-    secret = DELEGATE["Secret", volume["secret"]["secretName"]]
+    secret = DELEGATE_SECRETS["Secret", volume["secret"]["secretName"]]
     assert name in secret["stringData"]
 
 
 def test_delegate_ca_file_is_in_the_configmap() -> None:
     env = env_of(container(DEPLOYMENT))
     volume, name = mounted_file(DEPLOYMENT, env[ENV["ca_file"]])
-    config_map = DELEGATE["ConfigMap", volume["configMap"]["name"]]
+    config_map = DELEGATE_SECRETS["ConfigMap", volume["configMap"]["name"]]
     assert name in config_map["data"]
 
 
 def test_delegate_data_dir_is_writable_and_url_is_https() -> None:
     c = container(DEPLOYMENT)
     env = env_of(c)
-    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert not mounts[env[ENV["data_dir"]]].get("readOnly", False)
+    mount = mount_of(c, env[ENV["data_dir"]])
+    assert not mount.get("readOnly", False)
+    assert mount["mountPath"] != env[ENV["data_dir"]]
     assert env[ENV["manager_url"]].startswith("https://")
 
 
@@ -332,3 +359,92 @@ def test_workloads_run_non_root_read_only_without_capabilities(workload: dict[st
     assert security["capabilities"]["drop"] == ["ALL"]
     # Something must be writable: /tmp at least, on its own volume.
     assert "/tmp" in {m["mountPath"] for m in container(workload)["volumeMounts"]}
+
+
+def test_applying_the_delegate_manifest_replaces_no_secret_or_ca() -> None:
+    """`kubectl create secret ...` then `kubectl apply -f delegate.yaml` keeps the real
+    token and CA: the file holds the Deployment alone."""
+    assert set(DELEGATE) == {("Deployment", "tether-delegate")}
+    kinds = {kind for kind, _ in DELEGATE_SECRETS}
+    assert kinds == {"Secret", "ConfigMap"}
+
+
+@pytest.mark.parametrize("workload", [STATEFULSET, DEPLOYMENT], ids=["manager", "delegate"])
+def test_fs_group_never_makes_a_key_group_readable(workload: dict[str, Any]) -> None:
+    """With fsGroup, the kubelet makes a volume's files group-readable whenever its root is
+    not as the kubelet set it; the process keeps its data dir 0700 and refuses a
+    group-readable key. So the kubelet may change ownership only on a root mismatch, and
+    the data dir is a directory below the root, which the process never changes."""
+    security = pod_spec(workload)["securityContext"]
+    assert "fsGroup" in security
+    assert security["fsGroupChangePolicy"] == "OnRootMismatch"
+    env = env_of(container(workload))
+    data_dir = env.get("TETHER_DATA_DIR") or env[ENV["data_dir"]]
+    assert mount_of(container(workload), data_dir)["mountPath"] != data_dir
+
+
+def test_secure_data_dir_leaves_the_volume_root_as_the_kubelet_made_it(tmp_path: Path) -> None:
+    """What the kubelet checks on the next mount (group, g+rwx, setgid on the root) stays
+    as it was after the process made and secured its data dir below it."""
+    root = tmp_path / "volume"
+    root.mkdir()
+    os.chmod(root, 0o2770)
+    secure_data_dir(root / "data")
+    key = root / "data" / "master.key"
+    key.write_bytes(b"k")
+    os.chmod(key, 0o600)
+    secure_data_dir(root / "data")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o2770
+    assert stat.S_IMODE((root / "data").stat().st_mode) == 0o700
+
+
+MANIFESTS = [*sorted(KUBE.glob("*.yaml")), KUBE / "delegate-secret.yaml.example"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifests_validate_against_the_kubernetes_schemas(path: Path) -> None:
+    """Strictly (an unknown field fails), against the schemas kubernetes-validate ships:
+    no network."""
+    resources = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert resources
+    for resource in resources:
+        kubernetes_validate.validate(resource, "1.30.0", strict=True)
+
+
+def test_the_schema_check_fails_on_a_misspelt_field() -> None:
+    broken = json.loads(json.dumps(DEPLOYMENT))
+    pod_spec(broken)["securityContext"]["fsGroupChangePolicyy"] = "OnRootMismatch"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.30.0", strict=True)
+
+
+def test_the_delegate_docker_run_example_mounts_the_ca_it_names() -> None:
+    comment = " ".join(
+        line.lstrip("# ").rstrip("\\ ")
+        for line in (DOCKER / "Dockerfile.delegate").read_text().splitlines()
+        if line.startswith("#")
+    )
+    run = comment[
+        comment.index("docker run") : comment.index("tether-delegate", comment.index("docker run"))
+    ]
+    ca = re.search(r"-e TETHER_CA_FILE=(\S+)", run)
+    assert ca is not None
+    assert f":{ca.group(1)}:ro" in run
+    token = re.search(r"-e TETHER_TOKEN_FILE=(\S+)", run)
+    assert token is not None
+    assert f":{token.group(1)}:ro" in run
+
+
+def test_the_build_context_holds_the_license_files_the_wheel_needs() -> None:
+    """setuptools refuses to build when a ``license-files`` entry matches nothing."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for name in DOCKERFILES:
+        copied = {
+            source
+            for word, args in instructions(DOCKER / name)
+            if word == "COPY" and "--from=" not in args
+            for source in args.split()[:-1]
+        }
+        for pattern in project["license-files"]:
+            assert pattern in BUILD_SOURCES
+            assert pattern in copied, name

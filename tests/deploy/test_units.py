@@ -342,3 +342,24 @@ def test_executable_under_a_home_directory_gets_read_only_home() -> None:
     plan = svc.manager_plan(command=["/home/ops/venv/bin/tether-manager"])
     service = service_section(plan.files[0].content.decode())
     assert service["ProtectHome"] == ["read-only"]
+
+
+def test_install_service_passes_tls_san_names_to_serve() -> None:
+    plan = svc.manager_plan(
+        command=["/usr/bin/tether-manager"], tls_names=["manager.example.com", "10.0.0.5"]
+    )
+    (exec_start,) = service_section(plan.files[0].content.decode())["ExecStart"]
+    args = exec_start.split()
+    assert args[args.index("--tls-san") :][:4] == [
+        "--tls-san",
+        "manager.example.com",
+        "--tls-san",
+        "10.0.0.5",
+    ]
+    with pytest.raises(svc.InstallError, match="--tls-san"):
+        svc.manager_plan(
+            command=["/usr/bin/tether-manager"],
+            tls_cert=Path(__file__),
+            tls_key=Path(__file__),
+            tls_names=["x.example.com"],
+        )

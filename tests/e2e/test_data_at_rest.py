@@ -95,7 +95,8 @@ async def test_wrong_modes_are_repaired_and_a_key_readable_by_others_is_refused(
     assert await refused.wait_exit() == 2
     assert refused.stderr == [
         f"error: {data / 'master.key'} is mode 0644: a key readable by group or others may"
-        " have leaked; rotate it, or chmod 600 it once you know it did not"
+        f" have leaked; rotate it, or run `chmod 600 {data / 'master.key'}` once you know it"
+        " did not"
     ]
     # Refused, not changed: the operator decides.
     assert stat.S_IMODE((data / "master.key").stat().st_mode) == 0o644
@@ -127,5 +128,5 @@ async def test_a_delegate_refuses_a_key_readable_by_others(tmp_path: Path) -> No
     assert await proc.wait_exit() == 2
     assert proc.stderr[-1] == (
         f"error: {key} is mode 0640: a key readable by group or others may have leaked;"
-        " rotate it, or chmod 600 it once you know it did not"
+        f" rotate it, or run `chmod 600 {key}` once you know it did not"
     )

@@ -3,11 +3,16 @@ runtime package at its locked version, and the provenance and SHA256SUMS match t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
+import zipfile
+from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,23 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp("dist")
+        _build(out)
+        return out
+    # Under xdist, several workers get tests of this module: two builds at once in one
+    # source tree (its build/ and egg-info) break each other, so one builds, under a lock,
+    # into the run's shared directory, and the others use that.
+    shared = tmp_path_factory.getbasetemp().parent
+    out = shared / "release-dist"
+    with (shared / "release-dist.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "SHA256SUMS").exists():
+            _build(out)
+    return out
+
+
+def _build(out: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "release.build", "--out", str(out)],
         cwd=ROOT,
@@ -35,7 +56,6 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         timeout=300,
     )
-    return out
 
 
 def only(dist: Path, pattern: str) -> Path:
@@ -90,3 +110,19 @@ def test_sha256sums_covers_every_file_and_matches(dist: Path) -> None:
     assert set(sums) == {p.name for p in dist.iterdir()} - {"SHA256SUMS"}
     for name, digest in sums.items():
         assert sha256(dist / name) == digest, name
+
+
+def test_the_wheel_and_sdist_carry_the_license_classifiers_and_extras(dist: Path) -> None:
+    with zipfile.ZipFile(only(dist, "*.whl")) as wheel:
+        names = wheel.namelist()
+        (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = Parser().parsestr(wheel.read(meta_name).decode())
+        (license_name,) = [n for n in names if n.endswith("/licenses/LICENSE")]
+        assert wheel.read(license_name) == (ROOT / "LICENSE").read_bytes()
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert "Programming Language :: Python :: 3.11" in (meta.get_all("Classifier") or [])
+    assert {"aws", "gcp", "azure", "vault", "saml", "verify", "all"} <= set(
+        meta.get_all("Provides-Extra") or []
+    )
+    with tarfile.open(only(dist, "*.tar.gz")) as sdist:
+        assert any(m.name.endswith("/LICENSE") for m in sdist.getmembers())

@@ -81,8 +81,8 @@ def _key_row(k: ApiKeyView) -> list[object]:
         k.max_qps,
         k.burst,
         ",".join(k.groups) or "-",
-        fmt.timestamp(k.expires_at) if k.expires_at else "never",
-        fmt.timestamp(k.last_used_at),
+        fmt.ago(k.expires_at) if k.expires_at else "never",
+        fmt.ago(k.last_used_at),
         k.status,
     ]
 
@@ -149,7 +149,7 @@ def _entry_line(e: AllowlistEntryView) -> str:
 
 def _allowlist_text(view: AllowlistView) -> str:
     rows = [
-        [e.id, e.cidr, "yes" if e.enabled else "no", fmt.timestamp(e.created_at), e.description]
+        [e.id, e.cidr, "yes" if e.enabled else "no", fmt.ago(e.created_at), e.description]
         for e in view.entries
     ]
     lines = [

@@ -14,7 +14,7 @@ import getpass
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -23,21 +23,30 @@ from manager.client import TetherClient
 from manager.client.cli.output import Console
 
 __all__ = [
+    "EXIT_BAD_ANSWER",
     "EXIT_ERROR",
     "EXIT_EXPIRED",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_TIMED_OUT",
+    "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "Context",
     "Handler",
+    "LocalHandler",
     "Prompt",
     "UsageError",
     "parse_when",
     "terminal_prompt",
 ]
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+# Exit statuses of `tether` (the README's table; `task run` and `task logs --follow` exit
+# like the task instead, once it ran).
+EXIT_ERROR = 1  # the manager refused (an API error: 4xx, 5xx)
+EXIT_USAGE = 2  # usage or configuration: a bad flag, no login, an untrusted CA, http vs https
+EXIT_UNREACHABLE = 3  # no answer: connection refused, timed out, the log stream lost
+EXIT_BAD_ANSWER = 4  # an answer that is not the API's (a proxy page, another server)
+EXIT_INTERNAL = 70  # a bug in tether (EX_SOFTWARE); --debug shows the traceback
 EXIT_TIMED_OUT = 124  # as timeout(1)
 EXIT_EXPIRED = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -78,13 +87,22 @@ class Context:
     manager_url: str = ""
     session: bool = False
     sso_poll_s: float = 1.0
+    # The context a login is stored in, and the CA file in use (stored with it).
+    context_name: str = "default"
+    ca_file: Path | None = None
+    # `task logs --timestamps`: each log line starts with its RFC 3339 time.
+    timestamps: bool = False
 
     @property
     def json(self) -> bool:
-        return self.output == "json"
+        """Machine output: JSON, or YAML (the same document)."""
+        return self.output in ("json", "yaml")
 
 
 Handler = Callable[[Context, argparse.Namespace], Awaitable[int]]
+# A command that needs no manager (contexts, completion): it gets the console, its arguments
+# and the environment, and returns the exit status.
+LocalHandler = Callable[[Console, argparse.Namespace, Mapping[str, str]], int]
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

@@ -112,7 +112,7 @@ def _user_row(u: UserView) -> list[object]:
         u.status,
         ",".join(u.groups) or "-",
         "yes" if u.totp_enabled else "no",
-        fmt.timestamp(u.last_login_at),
+        fmt.ago(u.last_login_at),
     ]
 
 
@@ -194,7 +194,7 @@ async def cmd_user_enable(ctx: Context, args: argparse.Namespace) -> int:
 # -- groups --------------------------------------------------------------------------------
 
 
-def _group_text(g: GroupView) -> str:
+def group_text(g: GroupView) -> str:
     lines = [
         f"group {g.name} ({g.id}{', built in' if g.builtin else ''})",
         f"  account permissions: {', '.join(g.account_permissions) or 'none'}",
@@ -214,7 +214,7 @@ async def cmd_group_create(ctx: Context, args: argparse.Namespace) -> int:
         app_permissions=[parse_app_permission(p) for p in args.app_permission],
     )
     group = await ctx.client.create_group(body)
-    show(ctx, group, _group_text(group))
+    show(ctx, group, group_text(group))
     return 0
 
 
@@ -233,7 +233,7 @@ async def cmd_group_update(ctx: Context, args: argparse.Namespace) -> int:
     if not body.model_dump(exclude_none=True):
         raise UsageError("nothing to change: give --permission, --app-permission or --description")
     group = await ctx.client.update_group(args.name, body)
-    show(ctx, group, _group_text(group))
+    show(ctx, group, group_text(group))
     return 0
 
 
@@ -265,7 +265,7 @@ async def cmd_app_create(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_app_list(ctx: Context, args: argparse.Namespace) -> int:
     apps = await ctx.client.list_apps()
-    rows = [[a.name, a.id, fmt.timestamp(a.created_at), a.description] for a in apps]
+    rows = [[a.name, a.id, fmt.ago(a.created_at), a.description] for a in apps]
     headers = ("NAME", "ID", "CREATED", "DESCRIPTION")
     return _listing(ctx, "apps", apps, headers, rows, "no applications")
 
@@ -295,7 +295,7 @@ async def cmd_env_list(ctx: Context, args: argparse.Namespace) -> int:
             e.type,
             "yes" if e.dedicated_delegates else "no",
             e.id,
-            fmt.timestamp(e.created_at),
+            fmt.ago(e.created_at),
         ]
         for e in envs
     ]

@@ -24,8 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from manager.client.cli import output as fmt
+from manager.client.cli.config_file import private_dir
 from manager.client.cli.context import Context, UsageError
-from manager.client.cli.login import _ask, _password, _private_dir, _sso, _stored
+from manager.client.cli.login import _ask, _password, _sso, _stored
 from manager.schemas.auth import LoginResult, SecondFactor
 from manager.schemas.directory_auth import (
     LdapLogin,
@@ -95,7 +96,7 @@ async def _second_factor(ctx: Context, args: argparse.Namespace, result: LoginRe
 
 
 async def cmd_ldap_login(ctx: Context, args: argparse.Namespace) -> int:
-    _private_dir(ctx.config_dir)
+    private_dir(ctx.config_dir)
     username = args.username or _ask(ctx, "Directory user name: ")
     body = LdapLogin(username=username.strip(), password=_password(ctx, args))
     result = await ctx.client.ldap_login(body)
@@ -131,7 +132,7 @@ async def cmd_saml_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_saml_login(ctx: Context, args: argparse.Namespace) -> int:
-    _private_dir(ctx.config_dir)
+    private_dir(ctx.config_dir)
     return _stored(ctx, await _sso(ctx, args, start=ctx.client.saml_start))
 
 

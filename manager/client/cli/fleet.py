@@ -80,11 +80,19 @@ async def cmd_profile_list(ctx: Context, args: argparse.Namespace) -> int:
     profiles = await ctx.client.list_profiles()
     if ctx.json:
         ctx.console.print(fmt.to_json({"profiles": [p.model_dump(mode="json") for p in profiles]}))
+    elif profiles:
+        rows = [
+            [
+                p.name,
+                ",".join(p.selectors) or "(all delegates)",
+                p.interpreter,
+                p.script.count("\n") + 1,
+            ]
+            for p in profiles
+        ]
+        ctx.console.print(fmt.table(("NAME", "SELECTORS", "INTERPRETER", "LINES"), rows))
     else:
-        for p in profiles:
-            lines = p.script.count("\n") + 1
-            selectors = ",".join(p.selectors) or "(all delegates)"
-            ctx.console.print(f"{p.name}\t{selectors}\t{p.interpreter}, {lines} line(s)")
+        ctx.console.note("no profiles")
     return 0
 
 

@@ -21,21 +21,24 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import json
-import os
 import secrets
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from manager.client import ApiError
 from manager.client.cli import output as fmt
 from manager.client.cli.access import model_from_options
+from manager.client.cli.config_file import (
+    ENV_CONFIG_DIR,
+    ConfigFile,
+    NamedContext,
+    StoredSession,
+    config_dir,
+    private_dir,
+)
 from manager.client.cli.context import Context, UsageError
 from manager.schemas.auth import (
     AuthSettings,
@@ -58,81 +61,10 @@ __all__ = [
     "StoredSession",
     "add_login_parsers",
     "config_dir",
-    "load_session",
 ]
 
-ENV_CONFIG_DIR = "TETHER_CONFIG_DIR"
-_FILE = "session.json"
 # How long `login --sso` waits for the browser (it asks every ctx.sso_poll_s).
 SSO_WAIT_S = 600.0
-
-
-def config_dir(env: Mapping[str, str]) -> Path:
-    if env.get(ENV_CONFIG_DIR):
-        return Path(env[ENV_CONFIG_DIR])
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(base) / "tether"
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    manager_url: str
-    token: str
-    expires_at: float
-    email: str
-
-
-def load_session(env: Mapping[str, str], manager_url: str) -> StoredSession | None:
-    """The stored session for ``manager_url``, unless it has expired or is for another."""
-    path = config_dir(env) / _FILE
-    try:
-        data = json.loads(path.read_text())
-        stored = StoredSession(
-            str(data["manager_url"]),
-            str(data["token"]),
-            float(data["expires_at"]),
-            str(data["email"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if stored.manager_url.rstrip("/") != manager_url.rstrip("/"):
-        return None
-    return stored if stored.expires_at > time.time() else None
-
-
-def _private_dir(path_dir: Path) -> None:
-    """Make ``path_dir`` (0700), or refuse one that others can get into."""
-    path_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path_dir.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        # A shared directory would let others read the token, or plant the file beforehand.
-        raise UsageError(f"{path_dir} must be yours alone (chmod 700 {path_dir})")
-
-
-def _save(path_dir: Path, session: StoredSession) -> Path:
-    _private_dir(path_dir)
-    path = path_dir / _FILE
-    # mkstemp: created 0600 with O_EXCL under a random name (no one can have planted it or
-    # a link in its place), then renamed over the old one, so a reader sees one or the
-    # other, whole.
-    fd, scratch = tempfile.mkstemp(dir=path_dir, prefix=f".{_FILE}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(session.__dict__, f)
-        os.replace(scratch, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(scratch)
-        raise
-    return path
-
-
-def _forget(path_dir: Path) -> bool:
-    try:
-        (path_dir / _FILE).unlink()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -203,16 +135,24 @@ def _show_recovery(ctx: Context, codes: list[str]) -> None:
 
 
 def _stored(ctx: Context, result: LoginResult) -> int:
-    path = _save(
-        ctx.config_dir,
-        StoredSession(ctx.manager_url, result.token, result.expires_at, result.user.email),
-    )
+    """Keep the session in the context (made, or updated with this URL and CA), and make
+    that context the current one: later commands need neither URL nor CA again."""
+    file = ConfigFile.load(ctx.config_dir)
+    name = ctx.context_name
+    before = file.contexts.get(name)
+    ca = ctx.ca_file or (before.ca_file if before is not None else None)
+    session = StoredSession(ctx.manager_url, result.token, result.expires_at, result.user.email)
+    file.put(NamedContext(name, ctx.manager_url, ca, session))
+    file.current = name
+    path = file.save()
     if ctx.json:
         view = result.model_dump(mode="json", exclude={"token"})
-        ctx.console.print(fmt.to_json({**view, "session_file": str(path)}))
+        ctx.console.print(fmt.to_json({**view, "session_file": str(path), "context": name}))
     else:
         until = fmt.timestamp(result.expires_at)
-        ctx.console.note(f"Logged in as {result.user.email} until {until} (session in {path})")
+        ctx.console.note(
+            f"Logged in as {result.user.email} until {until} (context {name}, session in {path})"
+        )
     return 0
 
 
@@ -295,7 +235,7 @@ async def cmd_link_sso(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
-    _private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
+    private_dir(ctx.config_dir)  # before logging in: a session it cannot keep is no use
     if args.sso:
         return _stored(ctx, await _sso(ctx, args))
     if args.invite:
@@ -318,7 +258,12 @@ async def cmd_logout(ctx: Context, args: argparse.Namespace) -> int:
     if stored:
         with contextlib.suppress(ApiError):  # already ended on the manager: forget it anyway
             await ctx.client.logout()
-    forgot = _forget(ctx.config_dir)
+    file = ConfigFile.load(ctx.config_dir)
+    held = file.contexts.get(ctx.context_name)
+    forgot = held is not None and held.session is not None
+    if forgot:
+        file.with_session(ctx.context_name, None)
+        file.save()
     ctx.console.note("Logged out." if stored or forgot else "Not logged in.")
     return 0
 
@@ -353,6 +298,7 @@ _SETTING_OF_OPTION = {
     "enforce_2fa": "enforce_2fa",
     "allowed_domain": "allowed_email_domains",
     "session_ttl": "session_ttl_minutes",
+    "logins_per_ip_per_minute": "login_attempts_per_ip_per_minute",
 }
 
 
@@ -389,6 +335,7 @@ async def cmd_auth_settings(ctx: Context, args: argparse.Namespace) -> int:
         f"two-factor authentication: {'enforced' if s.enforce_2fa else 'optional'}",
         f"new users' email domains: {', '.join(s.allowed_email_domains) or 'any'}",
         f"sessions last {s.session_ttl_minutes} min",
+        f"logins from one address: at most {s.login_attempts_per_ip_per_minute} a minute",
     ]
     ctx.console.print("\n".join(lines))
     return 0
@@ -440,4 +387,10 @@ def add_login_parsers(groups: Any, output: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-domain", action="append", metavar="DOMAIN", help="repeatable")
     p.add_argument("--any-domain", action="store_true", help="let any email domain join")
     p.add_argument("--session-ttl", type=int, metavar="MIN", help="session lifetime, minutes")
+    p.add_argument(
+        "--logins-per-ip-per-minute",
+        type=int,
+        metavar="N",
+        help="password logins and invite acceptances from one address (429 past it)",
+    )
     p.set_defaults(handler=cmd_auth_settings)

@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +32,39 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from manager.client import ApiError, TetherClient, TetherClientError
+from manager.client import (
+    ApiError,
+    ConnectionFailed,
+    InvalidResponse,
+    TetherClient,
+    TetherClientError,
+)
 from manager.client.cli.access import add_access_parsers
 from manager.client.cli.audit import add_audit_parsers
+from manager.client.cli.completion import add_completion_parser
+from manager.client.cli.config_file import (
+    ENV_CONTEXT,
+    ConfigFile,
+    check_name,
+    config_dir,
+    context_name_for,
+)
 from manager.client.cli.context import (
+    EXIT_BAD_ANSWER,
     EXIT_ERROR,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     Context,
     Handler,
+    LocalHandler,
     Prompt,
     UsageError,
     parse_when,
     terminal_prompt,
 )
+from manager.client.cli.contexts import add_context_parsers
 from manager.client.cli.directory import add_directory_parsers
 from manager.client.cli.directory_auth import add_directory_auth_commands
 from manager.client.cli.fleet import (
@@ -61,8 +81,12 @@ from manager.client.cli.fleet import (
     cmd_token_revoke,
     token_request,
 )
-from manager.client.cli.login import add_login_parsers, config_dir, load_session
+from manager.client.cli.incidents import add_incident_commands
+from manager.client.cli.login import add_login_parsers
+from manager.client.cli.manage import add_manage_commands
 from manager.client.cli.output import Console
+from manager.client.cli.retention import add_retention_parsers
+from manager.client.cli.runbooks import add_runbook_parsers
 from manager.client.cli.secrets import add_secret_parsers
 from manager.client.cli.tasks import (
     cmd_deployments,
@@ -72,6 +96,7 @@ from manager.client.cli.tasks import (
     cmd_task_logs,
     cmd_task_run,
     cmd_task_submit,
+    parse_labels,
 )
 from manager.schemas.tasks import TaskSubmit
 from shared import __version__
@@ -94,6 +119,7 @@ ENV_MANAGER_URL = "TETHER_MANAGER_URL"
 ENV_CA_FILE = "TETHER_CA_FILE"
 ENV_API_KEY = "TETHER_API_KEY"
 DEFAULT_MANAGER_URL = "https://127.0.0.1:8443"
+OUTPUT_FORMATS = ("text", "json", "yaml")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help=f"API key (env {ENV_API_KEY}, which keeps it out of the process list)",
     )
-    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--context",
+        metavar="NAME",
+        help=f"use this saved context (env {ENV_CONTEXT}; see: tether context list)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--output", choices=OUTPUT_FORMATS, default="text")
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     # Every subcommand takes --output too; SUPPRESS keeps the global value when it is absent.
     output = _Parser(add_help=False)
     output.add_argument(
-        "--output", choices=("text", "json"), default=argparse.SUPPRESS, help="text or json"
+        "--output", choices=OUTPUT_FORMATS, default=argparse.SUPPRESS, help="text, json or yaml"
     )
 
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
@@ -140,11 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     _task_options(submit)
     submit.set_defaults(handler=cmd_task_submit)
     get = task.add_parser("get", parents=[output], help="show a task")
-    get.add_argument("task_id", metavar="ID")
+    get.add_argument("task_id", metavar="TASK", help=_TASK_REF)
     get.set_defaults(handler=cmd_task_get)
     ls = task.add_parser("list", parents=[output], help="list tasks, newest first")
     ls.add_argument("--state", choices=[s.value for s in TaskState])
-    ls.add_argument("--delegate", metavar="ID")
+    ls.add_argument("--delegate", metavar="NAME", help="a delegate's name or id")
+    ls.add_argument("--name", metavar="NAME", help="tasks of this name")
+    ls.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="all must match"
+    )
     ls.add_argument("--app", metavar="APP")
     ls.add_argument("--app-env", metavar="ENV", help="an environment of --app")
     ls.add_argument("--limit", type=_positive_int, default=100)
@@ -173,13 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--until", type=parse_when, metavar="WHEN")
     history.set_defaults(handler=cmd_deployments)
     logs = task.add_parser("logs", parents=[output], help="print a task's log")
-    logs.add_argument("task_id", metavar="ID")
+    logs.add_argument("task_id", metavar="TASK", help=_TASK_REF)
+    logs.add_argument(
+        "--timestamps", action="store_true", help="start each line with its time (RFC 3339)"
+    )
+    logs.add_argument("--tail", type=_non_negative_int, metavar="N", help="only the last N lines")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="follow until the task ends; exit like run"
     )
     logs.set_defaults(handler=cmd_task_logs)
     cancel = task.add_parser("cancel", parents=[output], help="cancel a task")
-    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("task_id", metavar="TASK", help=_TASK_REF)
     cancel.set_defaults(handler=cmd_task_cancel)
 
     delegate = groups.add_parser("delegate", help="delegates").add_subparsers(
@@ -240,15 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=cmd_token_revoke)
     add_audit_parsers(groups, output)
+    add_retention_parsers(groups, output)
     add_secret_parsers(groups, output)
     add_access_parsers(groups, output)
     add_directory_parsers(groups, output)
+    add_manage_commands(groups, output)
     add_login_parsers(groups, output)
+    add_incident_commands(groups, output)
+    add_runbook_parsers(groups, output)
+    add_context_parsers(groups, output)
+    add_completion_parser(groups, build_parser)
     add_directory_auth_commands(groups, output)
     return parser
 
 
+_TASK_REF = "the task's id, a unique start of it, or its name"
+
+
 def _task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", metavar="NAME", help="a name to find the task by")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     p.add_argument("--selector", action="append", default=[], metavar="S", help="repeatable")
     p.add_argument(
         "--app", metavar="APP", help="the application the task runs for (with --app-env)"
@@ -272,12 +323,24 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--interpreter", choices=("bash", "sh"), default="bash")
     p.add_argument("--working-dir", metavar="DIR")
-    p.add_argument("--deploy-service", metavar="S")
-    p.add_argument("--deploy-env", metavar="E")
+    p.add_argument("--deploy-service", metavar="S", help="record a deployment of S (to --app-env)")
+    p.add_argument("--deploy-env", metavar="E", help="without --app: the environment deployed to")
     p.add_argument("--deploy-artifact", metavar="A")
     p.add_argument("--deploy-version", metavar="V")
+    p.add_argument(
+        "--override-freeze",
+        metavar="REASON",
+        help="proceed through an active freeze window (needs override_freeze; audited)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no spinner, no summary")
     p.add_argument("words", nargs="*", metavar="-- COMMAND", help="run as typed (shell-quoted)")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -304,6 +367,8 @@ _OPTION_OF_FIELD = {
     "deployment.environment": "--deploy-env",
     "deployment.artifact": "--deploy-artifact",
     "deployment.version": "--deploy-version",
+    "name": "--name",
+    "labels": "--label",
 }
 
 
@@ -338,13 +403,21 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
         raise UsageError(f"{both[0]} is given both as --env and as --secret-env")
     deployment = None
     deploy = (args.deploy_service, args.deploy_env, args.deploy_artifact, args.deploy_version)
-    if any(deploy) and not (args.deploy_service and args.deploy_env):
-        raise UsageError("--deploy-service and --deploy-env go together")
+    if args.deploy_env and args.app_env and args.deploy_env != args.app_env:
+        raise UsageError(
+            f"--deploy-env {args.deploy_env} differs from --app-env {args.app_env}: "
+            "a task for an environment deploys there (leave out --deploy-env)"
+        )
+    deploy_env = args.deploy_env or (args.app_env if args.deploy_service else None)
+    if any(deploy) and not (args.deploy_service and deploy_env):
+        raise UsageError(
+            "--deploy-service needs an environment: --app with --app-env, or --deploy-env"
+        )
     try:
         if args.deploy_service:
             deployment = Deployment(
                 service=args.deploy_service,
-                environment=args.deploy_env,
+                environment=deploy_env,
                 artifact=args.deploy_artifact,
                 version=args.deploy_version,
             )
@@ -366,6 +439,9 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
             deployment=deployment,
             app=args.app,
             env=args.app_env,
+            override_freeze=args.override_freeze,
+            name=args.name,
+            labels=parse_labels(args.label),
         )
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
@@ -378,9 +454,10 @@ def build_submit(args: argparse.Namespace) -> TaskSubmit:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Usage errors before anything else, so they never depend on the network or a key."""
-    if args.handler in (cmd_task_run, cmd_task_submit):
+    handler = getattr(args, "handler", None)
+    if handler in (cmd_task_run, cmd_task_submit):
         args.submit = build_submit(args)
-    elif args.handler is cmd_token_create:
+    elif handler is cmd_token_create:
         try:
             token_request(args)
         except ValidationError as exc:
@@ -405,42 +482,80 @@ class Config:
     api_key: str | None = field(repr=False)
     session: bool = False
     config_dir: Path = field(default_factory=lambda: config_dir({}))
+    # The context a login is stored in, and where the URL and CA came from (for hints).
+    context: str = "default"
+    url_source: str = "the default"
+    ca_source: str = "the system's CAs"
 
 
 def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
-    """Flags first, then the environment, then the stored session, then defaults."""
-    url = args.manager_url or env.get(ENV_MANAGER_URL) or DEFAULT_MANAGER_URL
-    api_key = args.api_key or env.get(ENV_API_KEY)
-    stored = None if api_key else load_session(env, url)
-    if stored is not None:
+    """Flags first (--context among them), then the environment, then the current context,
+    then defaults. A context's session is used for its own manager URL only."""
+    directory = config_dir(env)
+    file = ConfigFile.load(directory)
+    explicit = args.context or None
+    chosen = explicit or env.get(ENV_CONTEXT) or file.current
+    # `tether --context new --manager-url URL login` makes the context it names.
+    making = bool(
+        explicit
+        and explicit not in file.contexts
+        and args.manager_url
+        and getattr(args, "anonymous", False)
+    )
+    named = file.get(chosen) if chosen and not making else None
+    url, url_source = DEFAULT_MANAGER_URL, "the default"
+    if args.manager_url:
+        url, url_source = args.manager_url, "--manager-url"
+    elif explicit and named is not None:
+        url, url_source = named.manager_url, f"context {named.name!r}"
+    elif env.get(ENV_MANAGER_URL):
+        url, url_source = env[ENV_MANAGER_URL], ENV_MANAGER_URL
+    elif named is not None:
+        url, url_source = named.manager_url, f"context {named.name!r}"
+    same = named is not None and named.manager_url.rstrip("/") == url.rstrip("/")
+    holder = named if same else file.find_url(url)
+    stored = holder.session if holder is not None and holder.session is not None else None
+    if stored is not None and not stored.live:
+        stored = None
+    api_key = args.api_key or (None if explicit else env.get(ENV_API_KEY))
+    if api_key:
+        stored = None
+    elif stored is not None:
         api_key = stored.token
     if not api_key and not getattr(args, "anonymous", False):
-        raise UsageError(f"not logged in: run tether login, or set {ENV_API_KEY} or --api-key")
-    ca_file: Path | None = args.ca_file or (
-        Path(env[ENV_CA_FILE]) if env.get(ENV_CA_FILE) else None
-    )
+        where = f" to {url} (from {url_source})"
+        raise UsageError(
+            f"not logged in{where}: run tether login, or set {ENV_API_KEY} or --api-key"
+        )
+    ca_file: Path | None = None
+    ca_source = "the system's CAs"
+    if args.ca_file:
+        ca_file, ca_source = args.ca_file, "--ca-file"
+    elif env.get(ENV_CA_FILE) and not explicit:
+        ca_file, ca_source = Path(env[ENV_CA_FILE]), ENV_CA_FILE
+    elif holder is not None and holder.ca_file is not None:
+        ca_file, ca_source = holder.ca_file, f"context {holder.name!r}"
     if ca_file is not None and not ca_file.is_file():
-        source = "--ca-file" if args.ca_file else ENV_CA_FILE
-        raise UsageError(f"CA file {ca_file} not found (from {source})")
+        raise UsageError(f"CA file {ca_file} not found (from {ca_source})")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"manager URL {url!r} must be https://HOST[:PORT] (from {_src(args)})")
+        raise UsageError(f"manager URL {url!r} must be https://HOST[:PORT] (from {url_source})")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise UsageError(
             f"refusing to send the API key over plain http to {parts.hostname}: use https:// "
-            "(plain http is for loopback only)"
+            f"in the manager URL (from {url_source}; plain http is for loopback only)"
         )
+    context = explicit or (holder.name if holder is not None else context_name_for(url))
     return Config(
         manager_url=url,
         ca_file=ca_file,
         api_key=api_key or None,
         session=stored is not None,
-        config_dir=config_dir(env),
+        config_dir=directory,
+        context=check_name(context),
+        url_source=url_source,
+        ca_source=ca_source,
     )
-
-
-def _src(args: argparse.Namespace) -> str:
-    return "--manager-url" if args.manager_url else ENV_MANAGER_URL
 
 
 def _is_loopback(host: str) -> bool:
@@ -478,12 +593,19 @@ def run_cli(
     real SIGINT sets it.
     """
     console = Console(out, err)
+    argv = list(argv)
+    debug = "--debug" in (argv[: argv.index("--")] if "--" in argv else argv)
+    config: Config | None = None
     try:
         try:
             args = build_parser().parse_args(list(argv))
         except SystemExit as exc:  # --help and --version exit by themselves
             return exc.code if isinstance(exc.code, int) else 0
+        console.configure(env, args.output)
         _check_arguments(args)
+        local: LocalHandler | None = getattr(args, "local", None)
+        if local is not None:  # needs no manager: contexts, completion
+            return local(console, args, env)
         config = resolve_config(args, env)
         try:
             client = client_factory(config)
@@ -501,18 +623,32 @@ def run_cli(
             manager_url=config.manager_url,
             session=config.session,
             sso_poll_s=sso_poll_s,
+            context_name=config.context,
+            ca_file=config.ca_file,
         )
         return asyncio.run(_amain(ctx, args))
     except UsageError as exc:
+        _traceback(console, debug)
         console.note(f"error: {exc}")
         return EXIT_USAGE
     except ApiError as exc:
+        _traceback(console, debug)
         hint = ""
         if exc.status == 401 and exc.code not in _LOGIN_REFUSALS:
             hint = f" (log in again: tether login; or check --api-key or {ENV_API_KEY})"
         console.note(f"error: {exc}{hint}")
         return EXIT_ERROR
+    except ConnectionFailed as exc:
+        _traceback(console, debug)
+        console.note(f"error: {exc.message}{_connection_hint(exc, config)}")
+        return EXIT_USAGE if exc.kind in ("tls", "protocol") else EXIT_UNREACHABLE
+    except InvalidResponse as exc:
+        _traceback(console, debug)
+        where = f" (is {config.manager_url} a Tether manager?)" if config else ""
+        console.note(f"error: {exc}{where}")
+        return EXIT_BAD_ANSWER
     except TetherClientError as exc:
+        _traceback(console, debug)
         console.note(f"error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -520,8 +656,40 @@ def run_cli(
     except BrokenPipeError:
         return EXIT_ERROR  # the reader went away (| head); nothing left to say to it
     except OSError as exc:
+        _traceback(console, debug)
         console.note(f"error: {exc}")
         return EXIT_ERROR
+    except Exception as exc:
+        # A bug: one line, and the traceback only when asked for.
+        _traceback(console, debug)
+        console.note(
+            f"error: internal error ({type(exc).__name__}); "
+            "run again with --debug for the traceback"
+        )
+        return EXIT_INTERNAL
+
+
+def _traceback(console: Console, debug: bool) -> None:
+    if debug:
+        console.note(traceback.format_exc().rstrip())
+
+
+def _connection_hint(exc: ConnectionFailed, config: Config | None) -> str:
+    """Which setting to change, and where the one in use came from."""
+    if config is None:
+        return ""
+    match exc.kind:
+        case "tls":
+            return (
+                f" (CA from {config.ca_source}: give the manager's CA with --ca-file or "
+                f"{ENV_CA_FILE}, or in the context: tether context add)"
+            )
+        case "protocol":
+            return f" (URL from {config.url_source}: fix its scheme there)"
+        case "unreachable" | "timeout":
+            return f" (URL from {config.url_source}: is the manager running there?)"
+        case _:
+            return ""
 
 
 # A refused login explains itself: no hint about credentials the user did not send.

@@ -48,7 +48,7 @@ def _manager_line(m: SecretManagerView) -> list[object]:
 
 
 def _secret_line(s: SecretView) -> list[object]:
-    return [s.name, s.type, s.manager, s.mode, s.current_version, fmt.timestamp(s.updated_at)]
+    return [s.name, s.type, s.manager, s.mode, s.current_version, fmt.ago(s.updated_at)]
 
 
 def _show(ctx: Context, model: Any, text: str) -> None:
@@ -274,12 +274,15 @@ async def cmd_secret_list(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_secret_get(ctx: Context, args: argparse.Namespace) -> int:
     s = await ctx.client.get_secret(args.name)
+    # Its own scope, or (none of its own) its manager's.
+    scope = _scope_line(s.scope) if s.scope is not None else "that of its manager"
     _show(
         ctx,
         s,
         f"{s.name} ({s.id})\ntype: {s.type}\nmanager: {s.manager} ({s.manager_kind})\n"
         f"mode: {s.mode}\nversion: {s.current_version}\ncreated: {fmt.timestamp(s.created_at)}"
-        f"\nupdated: {fmt.timestamp(s.updated_at)}\ndescription: {s.description or '-'}",
+        f"\nupdated: {fmt.timestamp(s.updated_at)}\ndescription: {s.description or '-'}"
+        f"\nscope: {scope}",
     )
     return 0
 
@@ -296,7 +299,7 @@ async def cmd_secret_versions(ctx: Context, args: argparse.Namespace) -> int:
             if v.ref
             else f"{v.size} bytes, {v.key}"
         )
-        rows.append([f"{v.version}{' *' if v.current else ''}", fmt.timestamp(v.created_at), where])
+        rows.append([f"{v.version}{' *' if v.current else ''}", fmt.ago(v.created_at), where])
     ctx.console.print(fmt.table(("VERSION", "CREATED", "VALUE"), rows))
     return 0
 

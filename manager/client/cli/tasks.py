@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import signal
 from collections.abc import Iterator
@@ -27,9 +28,11 @@ from manager.client.cli.context import (
     EXIT_INTERRUPTED,
     EXIT_TIMED_OUT,
     Context,
+    UsageError,
 )
 from manager.client.cli.output import SYSTEM_PREFIX, Spinner
-from manager.schemas.tasks import TaskList, TaskView
+from manager.client.cli.refs import resolve_task
+from manager.schemas.tasks import LogEntry, TaskList, TaskView
 from shared.protocol import FINAL_STATES, TaskState
 
 __all__ = [
@@ -43,6 +46,19 @@ __all__ = [
     "exit_code_for",
     "follow_task",
 ]
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` words as a dict."""
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label expects KEY=VALUE; {item!r} has no '='")
+        if key in labels:
+            raise UsageError(f"--label: {key} is given twice")
+        labels[key] = value
+    return labels
 
 
 def exit_code_for(task: TaskView) -> int:
@@ -75,14 +91,16 @@ async def follow_task(
     state: TaskState | None,
     quiet: bool,
     cancel_on_interrupt: bool,
+    after: str | None = None,
 ) -> TaskView | None:
-    """Print the task's log as it comes; the final task, or None after Ctrl-C."""
+    """Print the task's log as it comes (after the cursor ``after``); the final task, or
+    None after Ctrl-C."""
     spinner = None
     if ctx.console.interactive and not quiet:
         spinner = Spinner(ctx.console.err, "waiting for a delegate…")
     if state is TaskState.QUEUED and spinner is not None:
         spinner.start()
-    follow = asyncio.create_task(_consume(ctx, task_id, spinner))
+    follow = asyncio.create_task(_consume(ctx, task_id, spinner, after))
     interrupt = asyncio.create_task(ctx.interrupted.wait())
     try:
         with _sigint_sets(ctx.interrupted, enabled=ctx.handle_signals):
@@ -104,8 +122,10 @@ async def follow_task(
     return None
 
 
-async def _consume(ctx: Context, task_id: str, spinner: Spinner | None) -> TaskView:
-    async with contextlib.aclosing(ctx.client.follow_logs(task_id)) as events:
+async def _consume(
+    ctx: Context, task_id: str, spinner: Spinner | None, after: str | None = None
+) -> TaskView:
+    async with contextlib.aclosing(ctx.client.follow_logs(task_id, after)) as events:
         async for event in events:
             await _show(ctx, event, spinner)
             if isinstance(event, EndEvent):
@@ -122,9 +142,9 @@ async def _show(ctx: Context, event: FollowEvent, spinner: Spinner | None) -> No
         else:
             spinner.clear()
     if ctx.json:
-        ctx.console.print(event.model_dump_json())
+        ctx.console.print(fmt.json_line(event))
     elif isinstance(event, LogEvent):
-        ctx.console.log(event.line)
+        ctx.console.log(event.line, timestamps=ctx.timestamps)
 
 
 @contextlib.contextmanager
@@ -161,17 +181,38 @@ def _sigint_sets(event: asyncio.Event, *, enabled: bool) -> Iterator[None]:
 # --- commands ------------------------------------------------------------------------------
 
 
+async def _warn_unmatched(ctx: Context, task: TaskView) -> None:
+    """Say so when no connected delegate has every selector the task asks for (it would
+    wait in the queue until one comes). A hint only: a delegate may connect meanwhile."""
+    try:
+        delegates = await ctx.client.list_delegates()
+    except TetherClientError:
+        return  # the caller may not list delegates (or the call failed): no hint
+    live = [d for d in delegates if d.status != "disconnected" and not d.draining]
+    want = set(task.selectors)
+    if any(want <= {*d.selectors, d.name} for d in live):
+        return
+    asked = ", ".join(sorted(want)) or "no selectors"
+    ctx.console.note(
+        f"{SYSTEM_PREFIX}warning: no connected delegate matches {asked} "
+        f"({len(live)} connected); the task waits up to {task.queue_timeout_s:g}s for one"
+    )
+
+
 async def cmd_task_run(ctx: Context, args: argparse.Namespace) -> int:
     task = await ctx.client.submit_task(args.submit)
     if not args.quiet:
         ctx.console.note(f"{SYSTEM_PREFIX}task {task.id} submitted")
+        if task.state is TaskState.QUEUED:
+            await _warn_unmatched(ctx, task)
     try:
         final = await follow_task(
             ctx, task.id, state=task.state, quiet=args.quiet, cancel_on_interrupt=True
         )
     except ConnectionFailed as exc:
         raise ConnectionFailed(
-            f"{exc.message}. The task goes on; follow it with: tether task logs {task.id} --follow"
+            f"{exc.message}. The task goes on; follow it with: tether task logs {task.id} --follow",
+            "stream",
         ) from exc
     if final is None:
         return EXIT_INTERRUPTED
@@ -187,7 +228,7 @@ async def cmd_task_submit(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.get_task(args.task_id)
+    task = await resolve_task(ctx, args.task_id)
     ctx.console.print(fmt.to_json(task) if ctx.json else fmt.task_details(task))
     return 0
 
@@ -201,6 +242,8 @@ async def cmd_task_list(ctx: Context, args: argparse.Namespace) -> int:
         limit=args.limit,
         app=args.app,
         env=args.app_env,
+        name=args.name,
+        labels=parse_labels(args.label),
     )
     if ctx.json:
         ctx.console.print(fmt.to_json(TaskList(tasks=tasks)))
@@ -226,31 +269,52 @@ async def cmd_deployments(ctx: Context, args: argparse.Namespace) -> int:
     elif tasks:
         ctx.console.print(fmt.deployment_table(tasks))
     else:
-        ctx.console.note("no deployments")
+        # The usual surprise: a task counts only when it names the service it deploys.
+        ctx.console.note(
+            "no deployments (a task is one when run with --deploy-service, e.g. "
+            "tether task run --app APP --app-env ENV --deploy-service SERVICE -- ...)"
+        )
     return 0
 
 
 async def cmd_task_logs(ctx: Context, args: argparse.Namespace) -> int:
-    if args.follow:
-        final = await follow_task(
-            ctx, args.task_id, state=None, quiet=False, cancel_on_interrupt=False
-        )
-        return EXIT_INTERRUPTED if final is None else exit_code_for(final)
+    task_id = (await resolve_task(ctx, args.task_id)).id
+    ctx.timestamps = args.timestamps
     cursor: str | None = None
+    # --tail N: read to the end keeping the last N lines (the API pages forwards only).
+    tail: collections.deque[LogEntry] | None = None
+    if args.tail is not None:
+        tail = collections.deque(maxlen=args.tail)
     while True:
-        page = await ctx.client.get_logs(args.task_id, after=cursor)
+        page = await ctx.client.get_logs(task_id, after=cursor)
         for entry in page.lines:
-            if ctx.json:
-                ctx.console.print(entry.model_dump_json())
+            if tail is not None:
+                tail.append(entry)
             else:
-                ctx.console.log(entry)
+                _print_entry(ctx, entry)
         if not page.lines or page.cursor == cursor:
-            return 0
+            break
         cursor = page.cursor
+    for entry in tail or ():
+        _print_entry(ctx, entry)
+    if not args.follow:
+        return 0
+    # Go on from where the pages ended: no line twice.
+    final = await follow_task(
+        ctx, task_id, state=None, quiet=False, cancel_on_interrupt=False, after=cursor or None
+    )
+    return EXIT_INTERRUPTED if final is None else exit_code_for(final)
+
+
+def _print_entry(ctx: Context, entry: LogEntry) -> None:
+    if ctx.json:
+        ctx.console.print(fmt.json_line(entry))
+    else:
+        ctx.console.log(entry, timestamps=ctx.timestamps)
 
 
 async def cmd_task_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.cancel_task(args.task_id)
+    task = await ctx.client.cancel_task((await resolve_task(ctx, args.task_id)).id)
     if ctx.json:
         ctx.console.print(fmt.to_json(task))
     elif task.state in FINAL_STATES:

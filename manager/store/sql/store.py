@@ -8,7 +8,10 @@ from manager.store.base import EVERYTHING, ChangeWatcher, Store
 from manager.store.entity_cache import EntityCache
 from manager.store.sql.access import AccessQueries
 from manager.store.sql.audit import AuditQueries
+from manager.store.sql.data_keys import DataKeyQueries
 from manager.store.sql.entities import EntityQueries
+from manager.store.sql.purge import PurgeQueries
+from manager.store.sql.retention import RetentionQueries
 from manager.store.sql.secrets import SecretQueries
 from manager.store.sql.tasks import TaskQueries
 
@@ -17,7 +20,17 @@ __all__ = ["SqlStore"]
 log = structlog.get_logger("tether.store")
 
 
-class SqlStore(TaskQueries, SecretQueries, AccessQueries, EntityQueries, AuditQueries, Store):
+class SqlStore(
+    TaskQueries,
+    SecretQueries,
+    AccessQueries,
+    EntityQueries,
+    AuditQueries,
+    RetentionQueries,
+    PurgeQueries,
+    DataKeyQueries,
+    Store,
+):
     """A backend adds its connection (``_fetch``, ``open``, ``close``) and the methods whose
     transactions it runs its own way; one that other processes write too adds how their
     changes are heard of (``_changed`` and ``watch_changes``)."""

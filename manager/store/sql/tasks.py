@@ -24,7 +24,7 @@ from manager.records import (
     TaskRecord,
 )
 from manager.store.base import TaskStore
-from manager.store.sql.dialect import fields, one_of, params_of
+from manager.store.sql.dialect import Dialect, fields, one_of, params_of
 from manager.store.sql.statements import Statements, of_first_row, of_rows
 from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.protocol import TaskState
@@ -45,7 +45,7 @@ __all__ = [
 # fixed column names, conditions and enum values, never of a caller's text: hence S608's
 
 
-_JSON_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "deployment"}
+_JSON_COLUMNS = {"payload", "selectors", "secret_env_names", "outputs", "deployment", "labels"}
 _UPDATABLE = {
     "state",
     "attempt",
@@ -212,8 +212,9 @@ def _update_task_sql(
 def task_record(row: Any, load: Callable[[Any], Any]) -> TaskRecord:
     d = dict(row)
     d["state"] = TaskState(d["state"])
-    for name in ("payload", "outputs", "deployment"):
+    for name in ("payload", "outputs", "deployment", "labels"):
         d[name] = load(d[name])
+    d["labels"] = d["labels"] or {}
     d["selectors"] = tuple(load(d["selectors"]))
     d["secret_env_names"] = tuple(load(d["secret_env_names"]))
     d["cancel_requested"] = bool(d["cancel_requested"])
@@ -242,7 +243,19 @@ class TaskQueries(Statements, TaskStore):
         params: dict[str, Any] = {"limit": flt.limit}
         for name, cond, value in (
             ("state", "state = :state", None if flt.state is None else flt.state.value),
-            ("delegate_id", "delegate_id = :delegate_id", flt.delegate_id),
+            (
+                "delegate_id",
+                "(delegate_id = :delegate_id OR delegate_id IN"
+                " (SELECT id FROM delegates WHERE name = :delegate_id))",
+                flt.delegate_id,
+            ),
+            ("name", "name = :name", flt.name),
+            # Ids are [a-z0-9_] (the API refuses other prefixes); LIKE's _ is escaped.
+            (
+                "id_prefix",
+                "id LIKE :id_prefix ESCAPE '!'",
+                None if flt.id_prefix is None else flt.id_prefix.replace("_", "!_") + "%",
+            ),
             ("since", "created_at >= :since", flt.since),
             ("until", "created_at < :until", flt.until),
             ("app_id", "app_id = :app_id", flt.app_id),
@@ -254,6 +267,15 @@ class TaskQueries(Statements, TaskStore):
                 params[name] = value
         if flt.deployments_only:
             where.append("deployment IS NOT NULL")
+        for number, (key, value) in enumerate(flt.labels):
+            # The key is bound (a JSON path on SQLite), never written into the text.
+            if self.dialect is Dialect.POSTGRES:
+                where.append(f"labels->>:label_key{number} = :label_value{number}")
+                params[f"label_key{number}"] = key
+            else:
+                where.append(f"json_extract(labels, :label_key{number}) = :label_value{number}")
+                params[f"label_key{number}"] = f'$."{key}"'
+            params[f"label_value{number}"] = value
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         # Ties (one clock tick) newest id first: ids are time-ordered.
         sql = (

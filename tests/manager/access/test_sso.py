@@ -280,7 +280,8 @@ async def test_tether_login_sso_waits_for_the_browser_and_stores_the_session(
     assert status == 200, page
     assert await cli == 0, err.getvalue()
     assert "Logged in as pat@example.com" in err.getvalue()
-    stored = json.loads((tmp_path / "cli" / "session.json").read_text())
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    stored = config["contexts"][config["current"]]["session"]
     status, me = await m.call("GET", "/api/v1/auth/me", key=stored["token"])
     assert (status, me["email"], me["groups"]) == (200, "pat@example.com", ["auditors"])
 

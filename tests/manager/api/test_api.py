@@ -351,6 +351,25 @@ async def test_an_acquire_asked_again_with_its_key_gets_the_same_attempt(api: Ap
     assert [a["attempt"] for a in after["attempts"]] == [1]
 
 
+async def test_only_a_delegate_that_asks_is_handed_a_workload_identity_credential(
+    api: Api,
+) -> None:
+    """A delegate from before workload identity forbids unknown fields in the acquire answer:
+    it must never get one, or it could take no task after the manager's upgrade."""
+    cred = {"Authorization": f"Bearer {await _registered(api)}"}
+    old, new = [
+        await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+        for _ in range(2)
+    ]
+    plain = await api.client.post(f"/api/v1/delegate/tasks/{old['id']}/acquire", headers=cred)
+    asked = await api.client.post(
+        f"/api/v1/delegate/tasks/{new['id']}/acquire", params={"id_token": "1"}, headers=cred
+    )
+    assert (plain.status, asked.status) == (200, 200)
+    assert "id_token_request" not in await plain.json()
+    assert (await asked.json())["id_token_request"]
+
+
 @pytest.mark.parametrize("key", ["short", "x" * 65, "has space", "semi;colon"])
 async def test_a_malformed_acquire_key_is_a_400_and_changes_nothing(api: Api, key: str) -> None:
     cred = {"Authorization": f"Bearer {await _registered(api)}"}

@@ -28,6 +28,10 @@ SELF = "self"
 NONE = "none"  # no credentials needed
 LOGIN = "login"  # no credentials needed; a password or an invite instead
 DELEGATE = "delegate"  # delegate credentials: a user's key or session is refused
+TASK = "task"  # a running task's id-token request credential: every user credential is refused
+HOOK = "hook"  # a webhook delivery: its own secret, so an unknown webhook is a 404 for all
+# Permissions a handler checks rather than a route (proceeding through a freeze window).
+HANDLER_PERMISSIONS = {"override_freeze"}
 SCIM = "scim"  # a SCIM token (manager.access.scim): a user's key or session is refused
 
 HANDLER_ANSWERS = (400, 404, 409)
@@ -131,12 +135,51 @@ MATRIX: dict[str, str] = {
     "POST /api/v1/auth/sso/link": SELF,
     "POST /api/v1/auth/logout": SELF,
     "POST /api/v1/delegate/register": DELEGATE,
+    "GET /api/v1/delegate/token": DELEGATE,
     "GET /api/v1/delegate/stream": DELEGATE,
     "POST /api/v1/delegate/heartbeat": DELEGATE,
     "GET /api/v1/delegate/tasks/next": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/acquire": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/logs": DELEGATE,
     "POST /api/v1/delegate/tasks/{task_id}/result": DELEGATE,
+    # Workload identity: the discovery document and the keys are public.
+    "GET /.well-known/openid-configuration": NONE,
+    "GET /.well-known/jwks.json": NONE,
+    "POST /api/v1/id-token": TASK,
+    "GET /api/v1/retention": "manage_governance",
+    "PUT /api/v1/retention": "manage_governance",
+    # issue 18: freeze windows, incoming webhooks, incidents
+    "POST /api/v1/freezes": "manage_governance",
+    "GET /api/v1/freezes": A,
+    "DELETE /api/v1/freezes/{name}": "manage_governance",
+    "POST /api/v1/webhooks": "manage_webhooks",
+    "GET /api/v1/webhooks": "manage_webhooks",
+    "GET /api/v1/webhooks/{name}": "manage_webhooks",
+    "DELETE /api/v1/webhooks/{name}": "manage_webhooks",
+    "POST /api/v1/webhooks/{name}/rotate-secret": "manage_webhooks",
+    "POST /hooks/{webhook_id}": HOOK,
+    "GET /api/v1/incidents": "manage_incidents",
+    "GET /api/v1/incidents/{incident_id}": "manage_incidents",
+    "POST /api/v1/incidents/{incident_id}/ack": "manage_incidents",
+    "POST /api/v1/incidents/{incident_id}/resolve": "manage_incidents",
+    "POST /api/v1/incidents/{incident_id}/notes": "manage_incidents",
+    "GET /api/v1/incident-retention": "manage_incidents",
+    "PUT /api/v1/incident-retention": "manage_governance",
+    # runbooks: the handlers check update/read/execute on the runbook's place
+    "PUT /api/v1/runbooks/{name}": A,
+    "GET /api/v1/runbooks": A,
+    "GET /api/v1/runbooks/{name}": A,
+    "DELETE /api/v1/runbooks/{name}": A,
+    "POST /api/v1/runbooks/{name}/runs": A,
+    "GET /api/v1/runbook-runs": A,
+    "GET /api/v1/runbook-runs/{run_id}": A,
+    "POST /api/v1/runbook-runs/{run_id}/approve": A,
+    "POST /api/v1/runbook-runs/{run_id}/reject": A,
+    "POST /api/v1/runbook-runs/{run_id}/cancel": A,
+    "PUT /api/v1/standards/{name}": "manage_governance",
+    "GET /api/v1/standards": A,
+    "GET /api/v1/standards/{name}": A,
+    "DELETE /api/v1/standards/{name}": "manage_governance",
     # directory sign-in (issue 19)
     "GET /api/v1/auth/ldap": "manage_users",
     "PUT /api/v1/auth/ldap": "manage_users",
@@ -216,11 +259,14 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
             where = f"{route} as {role}: {status} {body}"
             if need == NONE:
                 assert status not in (401, 403), where
+            elif need == HOOK:
+                assert status == 404, where
             elif need == LOGIN:
                 # No credential is asked for: the body (empty here) is what is judged.
                 assert status == 400, where
-            elif need in (DELEGATE, SCIM):
-                # Users' keys and sessions are not delegate credentials, nor SCIM tokens.
+            elif need in (DELEGATE, TASK, SCIM):
+                # Users' keys and sessions are neither delegate nor task credentials, nor
+                # SCIM tokens.
                 assert status == 401, where
             elif token is None:
                 assert status == 401, where
@@ -235,11 +281,11 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
 
 
 def test_the_matrix_names_only_real_permissions() -> None:
-    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, SCIM, *ACCOUNT_PERMISSIONS}
+    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, TASK, HOOK, SCIM, *ACCOUNT_PERMISSIONS}
     assert {v for v in MATRIX.values()} <= known
     # Every account permission guards something.
     used: set[AccountPermission] = {p for p in ACCOUNT_PERMISSIONS if p in MATRIX.values()}
-    assert used == set(ACCOUNT_PERMISSIONS)
+    assert used == set(ACCOUNT_PERMISSIONS) - HANDLER_PERMISSIONS
 
 
 # -- escalation: nobody is raised above the principal making the change ----------------------

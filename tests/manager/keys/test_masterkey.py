@@ -222,13 +222,18 @@ def test_a_master_key_readable_by_others_is_refused(master: Path) -> None:
     with pytest.raises(MasterKeyError, match="readable by group or others") as err:
         MasterKey.load_or_create(master)
     assert master.read_bytes().hex() not in str(err.value)
+    # The mode, and the command to run once the operator knows it did not leak.
+    assert str(err.value) == (
+        f"{master} is mode 0640, readable by group or others: rotate it, or run"
+        f" `chmod 600 {master}` once you know it did not leak"
+    )
 
 
 def test_a_rotated_key_readable_by_others_is_refused(ring: MasterKey, master: Path) -> None:
     ring.rotate()
     k2 = master.parent / "keys" / "k2.key"
     k2.chmod(0o644)
-    with pytest.raises(MasterKeyError, match=r"k2\.key is readable by group or others"):
+    with pytest.raises(MasterKeyError, match=r"k2\.key is mode 0644, readable by group or others"):
         MasterKey.load(master)
     # A running ring re-reads on rotation, and refuses then too.
     k2.chmod(0o600)

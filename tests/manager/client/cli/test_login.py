@@ -151,7 +151,7 @@ async def test_differing_new_passwords_change_nothing(m: Manager, tmp_path: Path
         2,
         "error: the two passwords differ; nothing was changed",
     )
-    assert not (tmp_path / "session.json").exists()
+    assert not (tmp_path / "config.json").exists()
     status, _ = await m.call(
         "POST", "/api/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD}
     )
@@ -195,6 +195,12 @@ async def test_auth_settings_show_and_change_only_what_is_named(m: Manager, tmp_
     run = await tether(m, tmp_path, "auth-settings", "--any-domain", "--no-enforce-2fa", key=m.key)
     assert "new users' email domains: any" in run.out
     assert "two-factor authentication: optional" in run.out
+    # The per-address login limit docs/access.md lists.
+    run = await tether(m, tmp_path, "auth-settings", "--logins-per-ip-per-minute", "30", key=m.key)
+    assert run.code == 0, run.err
+    assert "logins from one address: at most 30 a minute" in run.out
+    _, settings = await m.call("GET", "/api/v1/auth/settings")
+    assert settings["login_attempts_per_ip_per_minute"] == 30
 
 
 async def test_the_session_is_not_saved_in_a_directory_others_can_write(

@@ -7,7 +7,7 @@ import io
 import json
 import shlex
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from manager.client import (
     TetherClientError,
 )
 from manager.client.cli.main import Config, build_parser, build_submit, run_cli
-from manager.client.cli.output import summary_line, task_details
+from manager.client.cli.output import summary_line, task_details, to_json
 from manager.client.cli.tasks import exit_code_for
 from manager.schemas.tasks import (
     AttemptView,
@@ -126,6 +126,10 @@ class FakeClient(TetherClient):
         limit: int = 100,
         app: str | None = None,
         env: str | None = None,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskView]:
         self._check()
         self.listed.append({"app": app, "env": env})
@@ -151,7 +155,11 @@ class FakeClient(TetherClient):
 
     async def get_logs(self, task_id: str, after: str | None = None, limit: int = 1000) -> LogPage:
         self.afters.append(after)
-        return self.pages.pop(0)
+        return (
+            self.pages.pop(0)
+            if self.pages
+            else LogPage(lines=[], cursor="", state=TaskState.RUNNING)
+        )
 
     async def follow_logs(
         self, task_id: str, after: str | None = None
@@ -324,7 +332,8 @@ def test_missing_api_key_says_which_variable_or_flag_sets_it(tmp_path: Path) -> 
 
     assert result.code == 2
     assert result.err == (
-        "error: not logged in: run tether login, or set TETHER_API_KEY or --api-key\n"
+        "error: not logged in to https://127.0.0.1:8443 (from the default): "
+        "run tether login, or set TETHER_API_KEY or --api-key\n"
     )
 
 
@@ -365,7 +374,9 @@ def test_output_json_works_before_and_after_the_subcommand() -> None:
     after = tether("task", "get", "task_1", "--output", "json")
     before = tether("--output", "json", "task", "get", "task_1")
 
-    assert json.loads(after.out) == json.loads(before.out) == task_view().model_dump(mode="json")
+    expected = json.loads(to_json(task_view()))
+    assert json.loads(after.out) == json.loads(before.out) == expected
+    assert expected["created_at"] == "2023-11-14T22:13:20.000Z"  # RFC 3339, not a number
 
 
 # --- exit codes --------------------------------------------------------------------------
@@ -412,7 +423,7 @@ def test_task_get_text_and_json() -> None:
     as_json = tether("task", "get", "task_1", "--output", "json", client=client)
 
     assert text.out == task_details(FINISHED) + "\n"
-    assert json.loads(as_json.out) == FINISHED.model_dump(mode="json")
+    assert json.loads(as_json.out) == json.loads(to_json(FINISHED))
 
 
 def test_summary_line_names_the_time_and_the_delegate() -> None:
@@ -428,9 +439,14 @@ def test_control_characters_from_the_server_do_not_reach_the_terminal() -> None:
 def test_task_list_is_a_table() -> None:
     lines = tether("task", "list").out.splitlines()
 
-    assert lines[0].split() == ["ID", "STATE", "TYPE", "DELEGATE", "CREATED", "DURATION", "EXIT"]
-    assert lines[1].split()[:2] == ["task_1", "queued"]
-    assert lines[2].split()[:4] == ["task_1", "succeeded", "shell", "build-01"]
+    # Names first; the CREATED column is relative (a date when older than two months).
+    assert lines[0].split() == [
+        "NAME", "ID", "STATE", "DELEGATE", "CREATED", "DURATION", "EXIT", "LABELS"
+    ]  # fmt: skip
+    assert lines[1].split()[:3] == ["-", "task_1", "queued"]
+    assert lines[2].split() == [
+        "-", "task_1", "succeeded", "build-01", "2023-11-14", "0.42s", "0", "-"
+    ]  # fmt: skip
 
 
 # --- run ---------------------------------------------------------------------------------
@@ -528,7 +544,7 @@ def test_a_lost_stream_says_how_to_follow_again() -> None:
 
     result = tether("task", "run", "--", "true", client=client)
 
-    assert result.code == 1
+    assert result.code == 3
     assert result.err.splitlines()[-1] == (
         "error: lost the log stream of task task_1. The task goes on; "
         "follow it with: tether task logs task_1 --follow"
@@ -632,7 +648,13 @@ def test_token_list_as_json_keeps_the_api_shape() -> None:
 
     assert data == {
         "tokens": [
-            {"id": "tok_1", "name": "ci", "created_at": 1.0, "revoked_at": None, "scope": None}
+            {
+                "id": "tok_1",
+                "name": "ci",
+                "created_at": "1970-01-01T00:00:01.000Z",
+                "revoked_at": None,
+                "scope": None,
+            }
         ]
     }
 
@@ -698,12 +720,16 @@ def test_a_rejected_key_says_where_the_key_comes_from() -> None:
     assert "tk_secret_key" not in result.err
 
 
-def test_an_unreachable_manager_exits_1() -> None:
-    client = FakeClient(fail=ConnectionFailed("GET /api/v1/tasks on https://x: refused"))
+def test_an_unreachable_manager_exits_3_and_says_where_the_url_came_from() -> None:
+    client = FakeClient(fail=ConnectionFailed("cannot connect to https://x (refused)"))
 
     result = tether("task", "list", client=client)
 
-    assert (result.code, result.err) == (1, "error: GET /api/v1/tasks on https://x: refused\n")
+    assert (result.code, result.err) == (
+        3,
+        "error: cannot connect to https://x (refused) "
+        "(URL from the default: is the manager running there?)\n",
+    )
 
 
 def test_task_list_since_takes_a_duration_ago() -> None:

@@ -1,0 +1,1 @@
+"""Governance over where work may run: freeze windows (:mod:`manager.governance.freeze`)."""

@@ -1,0 +1,300 @@
+"""Incidents: opened and updated by alert deliveries, acknowledged, resolved and annotated by
+people; each with a timeline of deliveries, runs, notes and status changes.
+
+Everything an incident says (title, severity, source, its timeline) is sealed at rest
+(:mod:`manager.incidents.sealing`); the row in the clear holds only its status and the key
+Alertmanager's alerts are grouped by (a hash of the webhook and the groupKey), so firing then
+resolved notifications of one group land on one incident.
+
+Incidents not updated for the retention setting's days are purged in bounded batches, each
+batch with its audit event (:meth:`Incidents.purge`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from manager.access.entities import Entity, EntityKind, Gone
+from manager.core.audit_chain import AuditOf
+from manager.errors import Invalid, NotFound
+from manager.incidents.sealing import seal, unseal
+from manager.keys.masterkey import MasterKey
+from manager.records import EntityRecord
+from manager.schemas.incidents import (
+    IncidentStatus,
+    IncidentSummary,
+    IncidentView,
+    TimelineEntry,
+)
+from manager.store.base import Conflict, Store
+from shared.ids import new_id
+
+EntryKind = Literal["delivery", "run", "note", "status"]
+
+__all__ = ["Alert", "IncidentBody", "Incidents", "alert_of"]
+
+DEFAULT_RETENTION_DAYS = 90
+PURGE_BATCH = 100
+# The timeline keeps the latest entries; an alert that flaps for weeks stays bounded.
+MAX_TIMELINE = 500
+_RETENTION_ID = "retention"
+
+
+class IncidentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Unique: the webhook and the alert group (hashed), or the incident's own id.
+    key: str
+    webhook_id: str | None = None
+    status: IncidentStatus
+    # title, severity, source, timeline (manager.incidents.sealing)
+    sealed: str
+
+
+class RetentionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """What an alert delivery says, read from the payload."""
+
+    group_key: str
+    firing: bool
+    title: str
+    severity: str
+    count: int
+
+
+def alert_of(payload: Any) -> Alert:
+    """An Alertmanager webhook payload (version 4); Invalid naming what is missing."""
+    if not isinstance(payload, dict):
+        raise Invalid("invalid", "an Alertmanager payload is a JSON object")
+    group_key = payload.get("groupKey")
+    status = payload.get("status")
+    if not isinstance(group_key, str) or not group_key or status not in ("firing", "resolved"):
+        raise Invalid("invalid", "an Alertmanager payload has groupKey and status")
+    labels = _dict(payload.get("commonLabels"))
+    notes = _dict(payload.get("commonAnnotations"))
+    alerts = payload.get("alerts")
+    count = len(alerts) if isinstance(alerts, list) else 0
+    title = notes.get("summary") or labels.get("alertname") or "alert"
+    severity = labels.get("severity") or "unknown"
+    return Alert(
+        group_key,
+        status == "firing",
+        str(title)[:512],
+        str(severity)[:64],
+        count,
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class Incidents:
+    def __init__(
+        self, store: Store, master_key: MasterKey, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.kind = EntityKind(store, "incident", IncidentBody, lambda b: b.key, "inc")
+        self._retention = EntityKind(
+            store, "incident_setting", RetentionBody, lambda _b: _RETENTION_ID, "iset"
+        )
+        self._store = store
+        self._key = master_key
+        self._clock = clock
+
+    # -- sealing: the one place that opens and closes an incident's data
+
+    def _open(self, e: Entity[IncidentBody]) -> dict[str, Any]:
+        return unseal(self._key, e.id, e.body.sealed)
+
+    def _close(self, incident_id: str, data: dict[str, Any]) -> str:
+        timeline = data.get("timeline", [])
+        if len(timeline) > MAX_TIMELINE:
+            data["timeline"] = timeline[-MAX_TIMELINE:]
+        return seal(self._key, incident_id, data)
+
+    def summary(self, e: Entity[IncidentBody]) -> IncidentSummary:
+        data = self._open(e)
+        return IncidentSummary(
+            id=e.id,
+            title=data["title"],
+            severity=data["severity"],
+            source=data["source"],
+            status=e.body.status,
+            created_at=e.created_at,
+            updated_at=e.updated_at,
+        )
+
+    def view(self, e: Entity[IncidentBody]) -> IncidentView:
+        data = self._open(e)
+        return IncidentView(
+            **self.summary(e).model_dump(),
+            timeline=[TimelineEntry(**t) for t in data.get("timeline", [])],
+        )
+
+    async def all(self, status: IncidentStatus | None = None) -> list[Entity[IncidentBody]]:
+        found = await self.kind.list()
+        return [e for e in found if status is None or e.body.status == status]
+
+    async def get(self, incident_id: str) -> Entity[IncidentBody]:
+        found = await self.kind.get(incident_id)
+        if found is None:
+            raise NotFound("not_found", f"no incident {incident_id!r}")
+        return found
+
+    def _entry(self, kind: EntryKind, text: str, actor: str | None) -> dict[str, Any]:
+        return TimelineEntry(at=self._clock(), kind=kind, text=text, actor=actor).model_dump()
+
+    async def on_alert(
+        self,
+        webhook_id: str,
+        source: str,
+        alert: Alert,
+        delivery: str,
+        *,
+        audit: AuditOf[tuple[IncidentBody | None, Entity[IncidentBody]]] | None = None,
+    ) -> tuple[Entity[IncidentBody], bool]:
+        """Open the alert group's incident, or update it; (the incident, whether it opened:
+        new, or firing again after it was resolved)."""
+        group = hashlib.sha256(f"{webhook_id}\x1f{alert.group_key}".encode()).hexdigest()
+        key = f"{webhook_id}/{group}"
+        status: IncidentStatus = "open" if alert.firing else "resolved"
+        what = f"{'firing' if alert.firing else 'resolved'}: {alert.count} alert(s), {delivery}"
+        for _ in range(3):
+            current = await self.kind.by_key(key)
+            if current is None:
+                incident_id = _new_incident_id()
+                data = {
+                    "title": alert.title,
+                    "severity": alert.severity,
+                    "source": source,
+                    "timeline": [self._entry("delivery", what, source)],
+                }
+                body = IncidentBody(
+                    key=key,
+                    webhook_id=webhook_id,
+                    status=status,
+                    sealed=self._close(incident_id, data),
+                )
+                inserted_audit = None if audit is None else _of_insert(audit)
+                try:
+                    made = await self.kind.insert(body, entity_id=incident_id, audit=inserted_audit)
+                except Conflict:
+                    continue  # the group's first delivery raced another: update it instead
+                return made, alert.firing
+            opened = alert.firing and current.body.status == "resolved"
+
+            def change(body: IncidentBody, current: Entity[IncidentBody] = current) -> IncidentBody:
+                data = self._open(Entity(current.id, body, 0, 0.0, 0.0))
+                data["timeline"].append(self._entry("delivery", what, source))
+                if alert.firing:
+                    data["title"], data["severity"] = alert.title, alert.severity
+                new_status: IncidentStatus = body.status
+                if not alert.firing:
+                    new_status = "resolved"
+                elif body.status == "resolved":
+                    new_status = "open"
+                if new_status != body.status:
+                    data["timeline"].append(self._entry("status", new_status, source))
+                return body.model_copy(
+                    update={"status": new_status, "sealed": self._close(current.id, data)}
+                )
+
+            try:
+                before, after = await self.kind.update(current.id, change, audit=audit)
+            except Gone:
+                continue  # purged meanwhile: open it afresh
+            return after, opened and before.status == "resolved"
+        raise Conflict("the incident kept changing; send the delivery again")
+
+    async def change(
+        self,
+        incident_id: str,
+        *,
+        actor: str,
+        status: IncidentStatus | None = None,
+        note: str | None = None,
+        run: str | None = None,
+        audit: AuditOf[tuple[IncidentBody, Entity[IncidentBody]]] | None = None,
+    ) -> Entity[IncidentBody]:
+        """Acknowledge or resolve (``status``), add a note, or a run started for it."""
+        await self.get(incident_id)
+
+        def change(body: IncidentBody) -> IncidentBody:
+            data = self._open(Entity(incident_id, body, 0, 0.0, 0.0))
+            if note is not None:
+                data["timeline"].append(self._entry("note", note, actor))
+            if run is not None:
+                data["timeline"].append(self._entry("run", run, actor))
+            new_status = body.status if status is None else status
+            if status is not None and status != body.status:
+                data["timeline"].append(self._entry("status", status, actor))
+            elif note is None and run is None:
+                return body  # already in that status: nothing to write
+            return body.model_copy(
+                update={"status": new_status, "sealed": self._close(incident_id, data)}
+            )
+
+        try:
+            _, after = await self.kind.update(incident_id, change, audit=audit)
+        except Gone:
+            raise NotFound("not_found", f"no incident {incident_id!r}") from None
+        return after
+
+    # -- retention
+
+    async def retention_days(self) -> int:
+        found = await self._retention.get(_RETENTION_ID)
+        return DEFAULT_RETENTION_DAYS if found is None else found.body.days
+
+    async def set_retention(
+        self,
+        days: int,
+        *,
+        audit: AuditOf[tuple[RetentionBody | None, Entity[RetentionBody]]] | None = None,
+    ) -> None:
+        await self._retention.put(_RETENTION_ID, RetentionBody(days=days), audit=audit)
+
+    async def purge(
+        self,
+        now: float,
+        audit: Callable[[int], AuditOf[list[EntityRecord]]] | None = None,
+        *,
+        batch: int = PURGE_BATCH,
+        max_batches: int = 100,
+    ) -> int:
+        """Delete incidents not updated for the retention's days, ``batch`` at a time, each
+        batch in one transaction with its event (``audit``, given the retention days);
+        answers how many went. At most ``max_batches`` per call: the rest go next time."""
+        days = await self.retention_days()
+        before = now - days * 86400.0
+        total = 0
+        for _ in range(max_batches):
+            gone = await self._store.purge_entities(
+                self.kind.kind, before, batch, audit=None if audit is None else audit(days)
+            )
+            total += len(gone)
+            if len(gone) < batch:
+                break
+        return total
+
+
+def _new_incident_id() -> str:
+    return new_id("inc")
+
+
+def _of_insert(
+    audit: AuditOf[tuple[IncidentBody | None, Entity[IncidentBody]]],
+) -> AuditOf[Entity[IncidentBody]]:
+    return lambda written: audit((None, written))

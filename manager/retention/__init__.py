@@ -1,0 +1,1 @@
+"""Retention: settings, and the background purge they drive."""

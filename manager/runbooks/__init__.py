@@ -1,0 +1,2 @@
+"""Runbooks: versioned definitions, their runs, and the governance standards they are
+scored against."""
