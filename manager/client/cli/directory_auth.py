@@ -27,6 +27,7 @@ from manager.client.cli import output as fmt
 from manager.client.cli.config_file import private_dir
 from manager.client.cli.context import Context, UsageError
 from manager.client.cli.login import _ask, _password, _sso, _stored
+from manager.client.cli.parity import covers
 from manager.schemas.auth import LoginResult, SecondFactor
 from manager.schemas.directory_auth import (
     LdapLogin,
@@ -176,17 +177,19 @@ def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) ->
     p = ldap.add_parser("set", parents=[output], help="set the LDAP settings from a JSON file")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(handler=cmd_ldap_set)
-    ldap.add_parser("get", parents=[output], help="show the LDAP settings").set_defaults(
-        handler=cmd_ldap_get
-    )
-    ldap.add_parser("delete", parents=[output], help="turn LDAP sign-in off").set_defaults(
-        handler=cmd_ldap_delete
-    )
+    covers(p, "PUT /api/v1/auth/ldap")
+    p = ldap.add_parser("get", parents=[output], help="show the LDAP settings")
+    p.set_defaults(handler=cmd_ldap_get)
+    covers(p, "GET /api/v1/auth/ldap")
+    p = ldap.add_parser("delete", parents=[output], help="turn LDAP sign-in off")
+    p.set_defaults(handler=cmd_ldap_delete)
+    covers(p, "DELETE /api/v1/auth/ldap")
     p = ldap.add_parser("login", parents=[output], help="log in with a directory account")
     p.add_argument("username", nargs="?", metavar="USERNAME")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
     p.set_defaults(handler=cmd_ldap_login, anonymous=True)
+    covers(p, "POST /api/v1/auth/ldap/login")
     saml = groups.add_parser("saml", help="SAML sign-in: settings, and logging in").add_subparsers(
         dest="saml_command", required=True, metavar="COMMAND"
     )
@@ -194,15 +197,17 @@ def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) ->
     p.add_argument("file", metavar="FILE")
     p.add_argument("--idp-metadata", metavar="XML", help="take idp_metadata from this XML file")
     p.set_defaults(handler=cmd_saml_set)
-    saml.add_parser("get", parents=[output], help="show the SAML settings").set_defaults(
-        handler=cmd_saml_get
-    )
-    saml.add_parser("delete", parents=[output], help="turn SAML sign-in off").set_defaults(
-        handler=cmd_saml_delete
-    )
+    covers(p, "PUT /api/v1/auth/saml")
+    p = saml.add_parser("get", parents=[output], help="show the SAML settings")
+    p.set_defaults(handler=cmd_saml_get)
+    covers(p, "GET /api/v1/auth/saml")
+    p = saml.add_parser("delete", parents=[output], help="turn SAML sign-in off")
+    p.set_defaults(handler=cmd_saml_delete)
+    covers(p, "DELETE /api/v1/auth/saml")
     p = saml.add_parser("login", parents=[output], help="log in through the SAML IdP (browser)")
     p.add_argument("--totp-code", metavar="CODE", help="the 2FA code, when you have 2FA here")
     p.set_defaults(handler=cmd_saml_login, anonymous=True)
+    covers(p, "POST /api/v1/auth/saml/start", "POST /api/v1/auth/sso/poll")
     scim = groups.add_parser("scim", help="SCIM provisioning tokens").add_subparsers(
         dest="scim_command", required=True, metavar="COMMAND"
     )
@@ -215,9 +220,11 @@ def add_directory_auth_commands(groups: Any, output: argparse.ArgumentParser) ->
         "--issuer", metavar="URL", help="link the users it makes to this provider (userName)"
     )
     p.set_defaults(handler=cmd_scim_token_create)
-    token.add_parser("list", parents=[output], help="list SCIM tokens").set_defaults(
-        handler=cmd_scim_token_list
-    )
+    covers(p, "POST /api/v1/scim/tokens")
+    p = token.add_parser("list", parents=[output], help="list SCIM tokens")
+    p.set_defaults(handler=cmd_scim_token_list)
+    covers(p, "GET /api/v1/scim/tokens")
     p = token.add_parser("revoke", parents=[output], help="revoke a SCIM token")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(handler=cmd_scim_token_revoke)
+    covers(p, "DELETE /api/v1/scim/tokens/{name}")

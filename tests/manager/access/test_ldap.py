@@ -254,7 +254,8 @@ async def test_tether_ldap_set_get_login_delete(
     )
     assert code == 0, err
     assert "Logged in as pat@example.org" in err
-    stored = json.loads((tmp_path / "cli" / "session.json").read_text())
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    stored = config["contexts"][config["current"]]["session"]
     assert (await m.call("GET", "/api/v1/auth/me", key=stored["token"]))[0] == 200
     path.write_text(json.dumps({"url": "ldap://x.example"}))
     code, out, err = await tether("ldap", "set", str(path))
