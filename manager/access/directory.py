@@ -92,7 +92,9 @@ class UserBody(_Body):
     recovery_hashes: list[str] = Field(default_factory=list)
     last_login_at: float | None = None
     # "sso" users have no password; their groups follow the identity provider's claim.
-    source: Literal["local", "sso"] = "local"
+    # "scim" users are provisioned by a SCIM client (manager.access.scim), which sets their
+    # status and groups; they sign in through a provider.
+    source: Literal["local", "sso", "scim"] = "local"
 
 
 class AppBody(_Body):

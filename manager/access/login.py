@@ -9,8 +9,10 @@ Counting failed logins and accepting a TOTP step are compare-and-set updates of 
 (manager.access.entities): two replicas answering the same attacker in parallel both count, and
 a code accepted on one replica is refused on the other.
 
-Other ways in (SSO today; SAML and LDAP later) end the same way, in :meth:`Logins.session`,
-so a session is a session whatever made it.
+Other ways in (OpenID Connect, SAML, LDAP) find their user through
+manager.access.external.ExternalUsers.user_for and end in :meth:`Logins.external_session`,
+which ends in :meth:`Logins.session` as a password login does: a session is a session
+whatever made it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyotp
 import structlog
@@ -44,6 +47,7 @@ from shared.ids import hash_secret
 __all__ = ["LOGINS", "FailNotice", "LockEvent", "Logins", "Session", "recovery_code"]
 
 log = structlog.get_logger("tether.login")
+T = TypeVar("T")
 
 # A session that may only finish logging in (enrol in 2FA, change an expired password)
 # lasts this long: enough to do it, too short to matter if it leaks.
@@ -156,6 +160,28 @@ class Logins:
             settings,
             via=via,
             second_factor_due=second_factor_due,
+            more=more,
+            audit=audit,
+        )
+
+    async def external_session(
+        self,
+        user: Entity[UserBody],
+        mfa: bool,
+        *,
+        via: str = "sso",
+        more: Callable[[], Awaitable[Sequence[EntityWrite]]] | None = None,
+        audit: AuditOf[Entity[UserBody]] | None = None,
+    ) -> Session:
+        """The session of a user an external provider vouched for (OIDC, SAML, LDAP): the
+        provider did the password, and the second factor too only when it asserted MFA
+        (``mfa``); otherwise a user with 2FA here gives their code before the session does
+        anything else (it is restricted to "totp")."""
+        return await self.session(
+            user,
+            await self.settings(),
+            via=via,
+            second_factor_due=user.body.totp_enabled and not mfa,
             more=more,
             audit=audit,
         )
@@ -383,6 +409,47 @@ class Logins:
             await self._failed(user, network, settings, on_lock)
             await _notify(on_fail, user)
             raise Unauthenticated("invalid_totp", "the authentication code is not valid") from None
+
+    async def counted(
+        self,
+        user: Entity[UserBody] | None,
+        attempt: Callable[[], Awaitable[T | None]],
+        *,
+        client: str = "",
+        on_lock: LockEvent | None = None,
+        on_fail: FailNotice | None = None,
+    ) -> T:
+        """Credentials another party checks (an LDAP bind: ``attempt``, None when refused),
+        counted towards the lockout of the ``user`` they are for (None: no user here yet)
+        as a password is: claimed before the check, a failure counts, a success starts the
+        count again. A locked user gets the wrong-password answer after the same check."""
+        settings = await self.settings()
+        if user is None:
+            found = await attempt()
+            if found is None:
+                await _notify(on_fail, None)
+                raise _invalid()
+            return found
+        network = network_of(client)
+        claimed = await self._claim(user, network, settings, on_lock)
+        found = await attempt()
+        if claimed is None:
+            await _notify(on_fail, user)
+            raise _invalid()
+        if found is None:
+            await self._failed(claimed, network, settings, on_lock)
+            await _notify(on_fail, claimed)
+            raise _invalid()
+        now = self._clock()
+
+        def reset(b: UserBody) -> UserBody:
+            body, until = lockout.succeed(b, network, now)
+            if until is not None:
+                raise _invalid()
+            return body
+
+        await self.directory.users.update(claimed.id, reset)
+        return found
 
     async def _count(
         self,

@@ -20,8 +20,10 @@ the user here. A linked user with local 2FA still gives their code after the pro
 login, unless the provider asserts MFA (``amr``/``acr``, as the settings say).
 
 Pending logins are entities (kind ``sso_login``), so the callback may land on any replica.
-The interface is :class:`IdentityProvider`-shaped so that SAML or LDAP can come later: each
-turns a completed external login into a verified :class:`ExternalIdentity`.
+SAML (manager.access.saml) and LDAP (manager.access.ldap) each turn a completed external
+login into a verified :class:`ExternalIdentity` too, and all three find their user through
+manager.access.external (one set of rules) and get their session from
+manager.access.login.Logins.external_session.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -43,10 +45,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from manager.access.directory import Directory, UserBody
 from manager.access.entities import Entity, EntityKind, together
+from manager.access.external import (
+    ExternalIdentity,
+    ExternalUsers,
+    GroupsEvent,
+    JoinEvent,
+    SsoError,
+    SsoLink,
+    UserEvents,
+    link_key,
+    sso_links,
+)
 from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.records import EntityRecord
 from manager.schemas.auth import client_code, verifier_hash
-from manager.store.base import Conflict, EntityWrite, Store
+from manager.store.base import EntityWrite, Store
 from shared.tls import client_context
 
 __all__ = [
@@ -72,15 +85,6 @@ LOGIN_TTL_S = 600.0
 # Only RS256 and ES256 ID tokens: never "none", never an HMAC keyed with the client secret.
 _ALGORITHMS = ["RS256", "ES256"]
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
-
-
-class SsoError(Exception):
-    """Why a login failed, in words fit for the user (never a token or a secret); ``status``
-    502 when the provider could not be reached or made sense of."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class SsoSettings(BaseModel):
@@ -130,33 +134,6 @@ class SsoLogin(BaseModel):
     approved: bool = False
 
 
-class SsoLink(BaseModel):
-    """An identity at a provider, joined to a user on purpose."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    issuer: str
-    subject: str
-    user_id: str
-    # Who made it: "sso" (the user was made by SSO), "admin", "user" (the user, signed in
-    # with their password), or "migration" (an SSO-made user from before links, joined to
-    # its identity at its next login).
-    made_by: Literal["sso", "admin", "user", "migration"]
-    made_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ExternalIdentity:
-    """A verified login at an identity provider."""
-
-    issuer: str
-    subject: str
-    email: str
-    name: str
-    groups: tuple[str, ...]
-    mfa: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class SsoDone:
     """A collected login: its user, and whether the provider asserted MFA."""
@@ -172,12 +149,6 @@ class SsoDone:
 # The event of a link a signed-in user asked for (the user, the pending login that asked),
 # chained with the link.
 LinkEvent = Callable[[Entity[UserBody], SsoLogin], AuditAppend | None]
-# The event of a user made at their first SSO login (the user and their link as written),
-# chained with both.
-JoinEvent = Callable[[Entity[UserBody], SsoLink], AuditAppend | None]
-# The event of an SSO user's groups set from the provider's claim at a login (the body
-# before, the user as written), chained with the update; made only when the groups changed.
-GroupsEvent = Callable[[UserBody, Entity[UserBody]], AuditAppend | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +165,6 @@ def sso_logins(store: Store) -> EntityKind[SsoLogin]:
     return EntityKind(store, "sso_login", SsoLogin, lambda b: b.state, "sso")
 
 
-def link_key(issuer: str, subject: str) -> str:
-    return f"{issuer} {subject}"  # an issuer is a URL: it holds no space
-
-
-def sso_links(store: Store) -> EntityKind[SsoLink]:
-    """Identities joined to users, by (issuer, subject)."""
-    return EntityKind(store, "sso_link", SsoLink, lambda b: link_key(b.issuer, b.subject), "ssl")
-
-
 class Oidc:
     def __init__(
         self,
@@ -216,12 +178,11 @@ class Oidc:
         self._store = store
         self._directory = directory
         self._client_secret = client_secret  # async (secret name) -> bytes
-        # The account's allowed email domains, for users made at their first SSO login.
-        self._domain_allowed = domain_allowed
         self._clock = clock
         self.settings = EntityKind(store, "sso_settings", SsoSettings, lambda _b: "oidc", "sso")
         self.logins = sso_logins(store)
-        self.links = sso_links(store)
+        self.users = ExternalUsers(store, directory, domain_allowed=domain_allowed, clock=clock)
+        self.links = self.users.links
 
     async def configured(self) -> SsoSettings:
         found = await self.settings.get("oidc")
@@ -250,16 +211,8 @@ class Oidc:
         settings = await self.configured()
         meta = await self._metadata(settings)
         state, nonce = (secrets.token_urlsafe(32) for _ in range(2))
-        expires = self._clock() + LOGIN_TTL_S
-        await self.logins.insert(
-            SsoLogin(
-                state=state,
-                nonce=nonce,
-                verifier_hash=hashed_verifier,
-                client_name=client_name,
-                expires_at=expires,
-                link_user_id=link_user_id,
-            )
+        expires = await self.pend(
+            state, nonce, hashed_verifier, client_name, link_user_id=link_user_id
         )
         query = urlencode(
             {
@@ -272,6 +225,30 @@ class Oidc:
             }
         )
         return f"{meta['authorization_endpoint']}?{query}", state, expires
+
+    async def pend(
+        self,
+        state: str,
+        nonce: str,
+        hashed_verifier: str,
+        client_name: str,
+        *,
+        link_user_id: str | None = None,
+    ) -> float:
+        """Record a pending login (any provider's: SAML keeps its AuthnRequest ID as the
+        nonce); answers its expiry."""
+        expires = self._clock() + LOGIN_TTL_S
+        await self.logins.insert(
+            SsoLogin(
+                state=state,
+                nonce=nonce,
+                verifier_hash=hashed_verifier,
+                client_name=client_name,
+                expires_at=expires,
+                link_user_id=link_user_id,
+            )
+        )
+        return expires
 
     # -- 2. callback
 
@@ -296,9 +273,9 @@ class Oidc:
         try:
             user, mfa = await self._complete(code, error, login.body, events or LoginEvents())
         except SsoError as exc:
-            await self._finish(login, error=str(exc))
+            await self.finish(login, error=str(exc))
             raise
-        await self._finish(login, user_id=user.id, mfa=mfa)
+        await self.finish(login, user_id=user.id, mfa=mfa)
         return user.body, login.body
 
     async def offer_approval(self, state: str) -> str:
@@ -342,7 +319,9 @@ class Oidc:
         if login.link_user_id is not None:
             user = await self._link_self(identity, login, events.link)
             return user, identity.mfa
-        return await self._user_for(identity, events), identity.mfa
+        join = UserEvents(join=events.join, groups=events.groups)
+        settings = await self.configured()
+        return await self.users.user_for(identity, settings.group_mapping, join), identity.mfa
 
     async def _link_self(
         self, identity: ExternalIdentity, login: SsoLogin, on_link: LinkEvent | None
@@ -353,10 +332,10 @@ class Oidc:
         if await self.links.by_key(link_key(identity.issuer, identity.subject)) is not None:
             raise SsoError("this identity at the provider is linked to a user already")
         event = None if on_link is None else lambda _link: on_link(user, login)
-        await self._link(identity, user.id, "user", audit=event)
+        await self.users.link(identity, user.id, "user", audit=event)
         return user
 
-    async def _finish(
+    async def finish(
         self,
         login: Entity[SsoLogin],
         *,
@@ -426,129 +405,6 @@ class Oidc:
             groups,
             mfa=_asserts_mfa(claims, settings),
         )
-
-    async def _user_for(self, identity: ExternalIdentity, events: LoginEvents) -> Entity[UserBody]:
-        """The user of ``identity``, made on first login; an SSO user's groups follow the
-        provider's claim through the mapping at every login."""
-        settings = await self.configured()
-        by_name = {g.body.name: g.id for g in await self._directory.groups.list()}
-        mapped = sorted(
-            {
-                by_name[settings.group_mapping[g]]
-                for g in identity.groups
-                if g in settings.group_mapping and settings.group_mapping[g] in by_name
-            }
-        )
-        user = await self._linked_user(identity, mapped, events.join)
-        if user.body.status != "active":
-            raise SsoError("this user is disabled")
-
-        def sync(body: UserBody) -> UserBody:
-            update: dict[str, Any] = {"last_login_at": self._clock()}
-            if body.source == "sso":
-                update["groups"] = mapped
-            return body.model_copy(update=update)
-
-        on_groups = events.groups
-
-        def synced(written: tuple[UserBody, Entity[UserBody]]) -> AuditAppend | None:
-            # The login time alone is no change to record.
-            before, after = written
-            if on_groups is None or before.groups == after.body.groups:
-                return None
-            return on_groups(before, after)
-
-        _, after = await self._directory.users.update(user.id, sync, audit=synced)
-        return after
-
-    async def _linked_user(
-        self, identity: ExternalIdentity, groups: list[str], on_join: JoinEvent | None
-    ) -> Entity[UserBody]:
-        """The user linked to ``identity``; made (and linked) at its first login when no
-        user has its email. A user of that email who is not linked to it is refused."""
-        key = link_key(identity.issuer, identity.subject)
-        link = await self.links.by_key(key)
-        if link is not None:
-            linked = await self._directory.users.get(link.body.user_id)
-            if linked is None:
-                raise SsoError("the user linked to this identity no longer exists")
-            return linked
-        user = await self._directory.users.by_key(identity.email)
-        if user is None:
-            allowed = self._domain_allowed is None or await self._domain_allowed(identity.email)
-            if not allowed:
-                raise SsoError(f"{identity.email}: this email domain may not join this account")
-            return await self._join(identity, groups, on_join)
-        if user.body.source == "sso" and not await self._has_link(user.id):
-            # Made by SSO before links existed: joined to the identity it logs in with now.
-            await self._link(identity, user.id, "migration")
-            return user
-        raise SsoError(
-            f"{identity.email} is a user here, not linked to this sign-in: log in with"
-            " your password and ask an administrator to link it (tether user sso-link)"
-        )
-
-    async def _join(
-        self, identity: ExternalIdentity, groups: list[str], on_join: JoinEvent | None
-    ) -> Entity[UserBody]:
-        """A user made at their first login, with their groups from the claim and their
-        link, in one transaction with ``on_join``'s event: all of it or none."""
-        body = UserBody(
-            email=identity.email, name=identity.name, status="active", source="sso", groups=groups
-        )
-        new_user = self._directory.users.inserted(body)
-        new_link = self.links.inserted(
-            SsoLink(
-                issuer=identity.issuer,
-                subject=identity.subject,
-                user_id=new_user.record.id,
-                made_by="sso",
-                made_at=self._clock(),
-            )
-        )
-
-        async def plan() -> list[EntityWrite]:
-            return [new_user, new_link]
-
-        def event(written: list[EntityRecord | None]) -> AuditAppend | None:
-            user, link = written
-            if on_join is None or user is None or link is None:
-                return None
-            return on_join(self._directory.users.parse(user), self.links.parse(link).body)
-
-        try:
-            await together(self._store, plan, audit=event)
-        except Conflict:  # two first logins at once: one makes it
-            raise SsoError("the user is being made by another login; try again") from None
-        user = await self._directory.users.get(new_user.record.id)
-        if user is None:
-            raise SsoError("the user made at this login is gone; try again")
-        return user
-
-    async def _has_link(self, user_id: str) -> bool:
-        return any(link.body.user_id == user_id for link in await self.links.list())
-
-    async def _link(
-        self,
-        identity: ExternalIdentity,
-        user_id: str,
-        made_by: Literal["sso", "admin", "user", "migration"],
-        *,
-        audit: AuditOf[SsoLink] | None = None,
-    ) -> None:
-        body = SsoLink(
-            issuer=identity.issuer,
-            subject=identity.subject,
-            user_id=user_id,
-            made_by=made_by,
-            made_at=self._clock(),
-        )
-        try:
-            await self.links.insert(
-                body, audit=None if audit is None else lambda written: audit(written.body)
-            )
-        except Conflict:
-            raise SsoError("this identity was linked meanwhile; try again") from None
 
     async def link(
         self, issuer: str, subject: str, user_id: str, *, audit: AuditOf[SsoLink] | None = None

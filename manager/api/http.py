@@ -88,7 +88,8 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # "login": no credential yet (a password, an invite or an SSO callback instead), but judged
 # by the IP allowlist as user traffic is.
-AuthKind = Literal["none", "login", "user", "delegate_token", "delegate"]
+# "scim": a SCIM token (manager.api.scim checks it), judged by the allowlist too.
+AuthKind = Literal["none", "login", "user", "delegate_token", "delegate", "scim"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Route:
     query: dict[str, str] = field(default_factory=dict)
     # Not JSON: a WebSocket upgrade, a chunked NDJSON stream, plain text, or an export
     # (JSON Lines or CSV, as its ``format`` parameter asks).
-    streaming: Literal["websocket", "ndjson", "text", "export"] | None = None
+    streaming: Literal["websocket", "ndjson", "text", "export", "scim"] | None = None
     errors: tuple[int, ...] = ()
     # The resource type a mutating user route changes (its audit events' resource_type);
     # None for reads. The handler describes the change (manager.api.audit_record.record), and

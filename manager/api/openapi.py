@@ -24,6 +24,7 @@ _GUARD_ERRORS: dict[str, tuple[int, ...]] = {
     "login": (401, 403),
     "delegate": (401,),
     "delegate_token": (401,),
+    "scim": (401, 403),
 }
 
 
@@ -96,6 +97,15 @@ def _operation(r: Route) -> dict[str, Any]:
                 "text/csv": {"schema": {"type": "string"}},
             },
         }
+    elif r.streaming == "scim":
+        # SCIM (RFC 7644): its own media type and error format, for every status.
+        scim = {"application/scim+json": {"schema": {"type": "object"}}}
+        for ok in ("200", "201", "204") if r.method != "GET" else ("200",):
+            responses[ok] = {"description": "SCIM", "content": scim}
+        for code in sorted({*r.errors, 401, 403, 413}):
+            responses[str(code)] = {"description": "SCIM error", "content": scim}
+        op["responses"] = responses
+        return op
     elif r.response is not None:
         responses[str(r.status)] = {
             "description": "OK",

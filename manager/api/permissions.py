@@ -120,6 +120,17 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("PUT", "/api/v1/auth/settings"): "manage_users",
     ("GET", "/api/v1/auth/sso"): "manage_users",
     ("PUT", "/api/v1/auth/sso"): "manage_users",
+    # directory sign-in: LDAP settings
+    ("GET", "/api/v1/auth/ldap"): "manage_users",
+    ("PUT", "/api/v1/auth/ldap"): "manage_users",
+    ("DELETE", "/api/v1/auth/ldap"): "manage_users",
+    ("GET", "/api/v1/auth/saml"): "manage_users",
+    ("PUT", "/api/v1/auth/saml"): "manage_users",
+    ("DELETE", "/api/v1/auth/saml"): "manage_users",
+    # SCIM tokens (the /scim/v2 routes take those tokens, not a user's credential)
+    ("POST", "/api/v1/scim/tokens"): "manage_users",
+    ("GET", "/api/v1/scim/tokens"): "manage_users",
+    ("DELETE", "/api/v1/scim/tokens/{name}"): "manage_users",
     # the caller's own session
     ("GET", "/api/v1/auth/me"): "self",
     ("POST", "/api/v1/auth/logout"): "self",

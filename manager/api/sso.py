@@ -42,7 +42,14 @@ from manager.schemas.auth import (
 )
 from manager.store.base import Conflict
 
-__all__ = ["add_sso_routes", "oidc_of"]
+__all__ = [
+    "add_sso_routes",
+    "approval_page",
+    "oidc_of",
+    "page",
+    "require_builtin_secret",
+    "started",
+]
 
 
 def oidc_of(request: web.Request) -> Oidc:
@@ -61,6 +68,15 @@ def oidc_of(request: web.Request) -> Oidc:
     )
 
 
+async def require_builtin_secret(request: web.Request, name: str, field: str) -> None:
+    """A setting names a builtin secret the manager reads for itself: it must exist."""
+    secret = (await ctx(request).secrets.secrets_named([name])).get(name)
+    if secret is None or secret.manager_id != "sm_builtin":
+        raise ApiProblem(
+            400, "invalid", f"{field}: no builtin secret {name!r} (create it first)", field=field
+        )
+
+
 def _settings_view(s: SsoSettings) -> dict[str, object]:
     # The client secret is a secret's name, never its value.
     return s.model_dump(mode="json")
@@ -75,16 +91,7 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def put_settings(request: web.Request) -> web.Response:
     body = await parse_body(request, SsoSettings)
-    secret = (await ctx(request).secrets.secrets_named([body.client_secret])).get(
-        body.client_secret
-    )
-    if secret is None or secret.manager_id != "sm_builtin":
-        raise ApiProblem(
-            400,
-            "invalid",
-            f"client_secret: no builtin secret {body.client_secret!r} (create it first)",
-            field="client_secret",
-        )
+    await require_builtin_secret(request, body.client_secret, "client_secret")
 
     def saved(written: tuple[SsoSettings | None, Entity[SsoSettings]]) -> Change:
         before, after = written[0], written[1].body
@@ -107,12 +114,15 @@ async def start(request: web.Request) -> web.Response:
         url, state, expires = await oidc_of(request).start(body.verifier_hash, body.client_name)
     except SsoError as exc:
         raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
+    return started(url, state, expires, body.verifier_hash)
+
+
+def started(url: str, state: str, expires: float, hashed_verifier: str) -> web.Response:
+    """The answer to a login's start (OIDC's, SAML's): where the browser goes, and the code
+    the page will show."""
     return json_response(
         SsoStarted(
-            authorize_url=url,
-            state=state,
-            expires_at=expires,
-            code=client_code(body.verifier_hash),
+            authorize_url=url, state=state, expires_at=expires, code=client_code(hashed_verifier)
         )
     )
 
@@ -139,11 +149,7 @@ async def link_start(request: web.Request) -> web.Response:
         )
     except SsoError as exc:
         raise ApiProblem(exc.status, "sso_unavailable", str(exc)) from None
-    return json_response(
-        SsoStarted(
-            authorize_url=url, state=state, expires_at=expires, code=client_code(body.verifier_hash)
-        )
-    )
+    return started(url, state, expires, body.verifier_hash)
 
 
 def _login_events(request: web.Request) -> LoginEvents:
@@ -219,19 +225,25 @@ async def callback(request: web.Request) -> web.Response:
             q.get("state", ""), q.get("code"), q.get("error"), events=_login_events(request)
         )
     except SsoError as exc:
-        return _page(exc.status, "Sign-in failed", str(exc))
+        return page(exc.status, "Sign-in failed", str(exc))
     if login.link_user_id is not None:
-        return _page(
+        return page(
             200,
             "Linked",
             f"Your identity at the provider now signs in as {user.email}"
             f" (asked by {login.client_name or 'an unnamed client'},"
             f" code {client_code(login.verifier_hash)}). Return to your terminal.",
         )
+    token = await oidc_of(request).offer_approval(q.get("state", ""))
+    return approval_page(login, user.email, token)
+
+
+def approval_page(login: SsoLogin, email: str, token: str) -> web.Response:
+    """The page that asks the person in the browser to approve the client that started
+    the sign-in (OIDC's callback, SAML's ACS)."""
     # The page names the client that asked, and the code it shows, and the sign-in goes to
     # that client only once the person here approves it: someone sent this link by another
     # person sees it is not their own terminal's login, and refuses.
-    token = await oidc_of(request).offer_approval(q.get("state", ""))
     client = login.client_name or "an unnamed client"
     code = client_code(login.verifier_hash)
     form = (
@@ -241,10 +253,10 @@ async def callback(request: web.Request) -> web.Response:
         '<button type="submit" name="decision" value="approve">Approve</button> '
         '<button type="submit" name="decision" value="deny">Refuse</button></form>'
     )
-    return _page(
+    return page(
         200,
         "Approve this sign-in?",
-        f"You signed in at the provider as {user.email}. Approve only if you just ran"
+        f"You signed in at the provider as {email}. Approve only if you just ran"
         f" `tether login --sso` in {client} and it shows the code {code}. If you did not,"
         " someone else asked for this sign-in: refuse it and tell your administrator.",
         form=form,
@@ -257,21 +269,21 @@ _APPROVE_PATH = "/api/v1/auth/sso/approve"
 async def approve(request: web.Request) -> web.Response:
     """The browser's answer to the page above: the sign-in goes to its client, or nowhere."""
     if request.content_type != "application/x-www-form-urlencoded":
-        return _page(400, "Not understood", "this takes the approval form of the sign-in page")
+        return page(400, "Not understood", "this takes the approval form of the sign-in page")
     form = await request.post()
     state, token, decision = (str(form.get(k, "")) for k in ("state", "approval", "decision"))
     if decision not in ("approve", "deny"):
-        return _page(400, "Not understood", "the decision is approve or deny")
+        return page(400, "Not understood", "the decision is approve or deny")
     try:
         login = await oidc_of(request).decide(state, token, decision == "approve")
     except SsoError as exc:
-        return _page(400, "Not approved", str(exc))
+        return page(400, "Not approved", str(exc))
     client = login.client_name or "an unnamed client"
     if decision == "deny":
-        return _page(200, "Refused", f"The sign-in for {client} was refused; it gets no session.")
+        return page(200, "Refused", f"The sign-in for {client} was refused; it gets no session.")
     user = await request.app[LOGINS].directory.users.get(login.user_id or "")
     who = "" if user is None else f" as {user.body.email}"
-    return _page(
+    return page(
         200,
         "Signed in",
         f"Signed in{who} for {client}, code {client_code(login.verifier_hash)}."
@@ -290,7 +302,7 @@ _PAGE_HEADERS = {
 }
 
 
-def _page(status: int, title: str, text: str, *, form: str = "") -> web.Response:
+def page(status: int, title: str, text: str, *, form: str = "") -> web.Response:
     body = (
         f"<!doctype html><title>Tether: {html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{form}"
@@ -314,15 +326,10 @@ async def poll(request: web.Request) -> web.Response:
     logins = request.app[LOGINS]
     login = done.login
     assert login is not None  # a sign-in's pending login is collected with its session
-    # The provider did the password; the second factor too when it says so. Otherwise a
-    # user with 2FA here gives their code before the session does anything else.
-    due = done.user.body.totp_enabled and not done.mfa
     try:
-        session = await logins.session(
+        session = await logins.external_session(
             done.user,
-            await logins.settings(),
-            via="sso",
-            second_factor_due=due,
+            done.mfa,
             more=lambda: oidc.collect(login),
             audit=_signed_in(request, "login", "signed in through SSO"),
         )
@@ -337,7 +344,7 @@ async def poll(request: web.Request) -> web.Response:
             token=session.token,
             expires_at=session.expires_at,
             user=view,
-            restricted="totp" if due else None,
+            restricted=session.restricted,
         )
     )
 

@@ -96,6 +96,16 @@ from manager.schemas.directory import (
     UserUpdate,
     UserView,
 )
+from manager.schemas.directory_auth import (
+    LdapLogin,
+    LdapSettings,
+    SamlSettings,
+    ScimTokenCreate,
+    ScimTokenCreated,
+    ScimTokenList,
+    ScimTokenRevoked,
+    SettingsDeleted,
+)
 from manager.schemas.freezes import FreezeCreate, FreezeList, FreezeView
 from manager.schemas.incidents import (
     IncidentList,
@@ -1092,6 +1102,42 @@ class TetherClient:
 
     async def set_auth_settings(self, body: AuthSettings) -> AuthSettings:
         return await self._call("PUT", "/api/v1/auth/settings", AuthSettings, body=body)
+
+    # -- directory sign-in (LDAP, SAML, SCIM): manager.schemas.directory_auth
+
+    async def ldap_settings(self) -> LdapSettings:
+        return await self._call("GET", "/api/v1/auth/ldap", LdapSettings)
+
+    async def set_ldap_settings(self, body: LdapSettings) -> LdapSettings:
+        return await self._call("PUT", "/api/v1/auth/ldap", LdapSettings, body=body)
+
+    async def delete_ldap_settings(self) -> SettingsDeleted:
+        return await self._call("DELETE", "/api/v1/auth/ldap", SettingsDeleted)
+
+    async def ldap_login(self, body: LdapLogin) -> LoginResult:
+        return await self._call("POST", "/api/v1/auth/ldap/login", LoginResult, body=body)
+
+    async def saml_settings(self) -> SamlSettings:
+        return await self._call("GET", "/api/v1/auth/saml", SamlSettings)
+
+    async def set_saml_settings(self, body: SamlSettings) -> SamlSettings:
+        return await self._call("PUT", "/api/v1/auth/saml", SamlSettings, body=body)
+
+    async def delete_saml_settings(self) -> SettingsDeleted:
+        return await self._call("DELETE", "/api/v1/auth/saml", SettingsDeleted)
+
+    async def saml_start(self, body: SsoStart) -> SsoStarted:
+        return await self._call("POST", "/api/v1/auth/saml/start", SsoStarted, body=body)
+
+    async def create_scim_token(self, body: ScimTokenCreate) -> ScimTokenCreated:
+        return await self._call("POST", "/api/v1/scim/tokens", ScimTokenCreated, body=body)
+
+    async def list_scim_tokens(self) -> ScimTokenList:
+        return await self._call("GET", "/api/v1/scim/tokens", ScimTokenList)
+
+    async def revoke_scim_token(self, name: str) -> ScimTokenRevoked:
+        path = f"/api/v1/scim/tokens/{_seg(name)}"
+        return await self._call("DELETE", path, ScimTokenRevoked)
 
     async def get_api_key_defaults(self) -> ApiKeyDefaults:
         return await self._call("GET", "/api/v1/api-key-defaults", ApiKeyDefaults)

@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["SYSTEM", "Actor", "ActorKind"]
 
-ActorKind = Literal["user", "api_key", "delegate", "system"]
+ActorKind = Literal["user", "api_key", "delegate", "system", "scim"]
 
 
 @dataclass(frozen=True, slots=True)

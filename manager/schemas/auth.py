@@ -188,9 +188,13 @@ class SecondFactor(_Model):
 
 
 class SsoLinkRequest(_Model):
-    # The user's subject (sub) at the provider; the configured issuer unless given.
+    # The user's subject (sub) at the provider; the configured issuer unless given: an
+    # OIDC issuer, an LDAP directory's URL (the subject: the user name, in lower case) or a
+    # SAML IdP's entity id (the subject: the NameID).
     subject: Text = Field(min_length=1, max_length=255)
-    issuer: str | None = Field(default=None, min_length=8, max_length=512, pattern=r"^https://")
+    issuer: str | None = Field(
+        default=None, min_length=8, max_length=512, pattern=r"^(https://|ldaps?://|urn:)\S+$"
+    )
 
 
 class SsoLinkView(_Model):

@@ -119,7 +119,7 @@ class UserView(Model):
     email: str
     name: str
     status: Literal["invited", "active", "disabled"]
-    source: Literal["local", "sso"]
+    source: Literal["local", "sso", "scim"]
     groups: list[str]
     totp_enabled: bool
     created_at: float

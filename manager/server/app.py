@@ -51,11 +51,14 @@ from manager.api.http import Handler, Route, RouteTable, error_middleware
 from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.incident_services import INCIDENT_SERVICES
 from manager.api.incidents import add_incident_routes
+from manager.api.ldap import add_ldap_routes
 from manager.api.openapi import openapi_document
 from manager.api.permissions import check_routes
 from manager.api.profiles import add_profile_routes
 from manager.api.retention import PURGER, add_retention_routes
 from manager.api.runbooks import add_runbook_routes, runbook_trigger_audit
+from manager.api.saml import add_saml_routes
+from manager.api.scim import add_scim_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -400,6 +403,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     add_audit_routes(table)
     add_access_routes(table)
     add_sso_routes(table)
+    add_ldap_routes(table)
+    add_scim_routes(table)
+    add_saml_routes(table)
     add_auth_routes(table)
     add_directory_routes(table)
     add_delegate_routes(table)

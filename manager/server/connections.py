@@ -111,7 +111,7 @@ def credential_accepted(
     return accepted
 
 
-_CREDENTIALED = frozenset({"user", "delegate", "delegate_token"})
+_CREDENTIALED = frozenset({"user", "delegate", "delegate_token", "scim"})
 
 
 class Connections:

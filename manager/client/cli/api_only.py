@@ -7,6 +7,9 @@ from __future__ import annotations
 
 __all__ = ["API_ONLY"]
 
+# The /scim/v2 routes serve an identity provider's provisioning client, with a SCIM token
+# (`tether scim token create` makes one).
+_SCIM = "SCIM: an identity provider's provisioning client, with a SCIM token"
 _DELEGATE_PLANE = "the delegate plane: tether-delegate calls it with its own credential"
 
 API_ONLY: dict[str, str] = {
@@ -29,4 +32,27 @@ API_ONLY: dict[str, str] = {
     "verify task tokens",
     "GET /.well-known/jwks.json": "the keys task tokens are signed with, for relying parties",
     "POST /api/v1/id-token": "a task's code asks it with its request credential, not a user",
+    "GET /api/v1/auth/saml/metadata": "the SP metadata an IdP's administrator fetches (a URL)",
+    "POST /api/v1/auth/saml/acs": "the IdP's answer, posted by the browser",
+    "GET /scim/v2/ServiceProviderConfig": _SCIM,
+    "GET /scim/v2/ResourceTypes": _SCIM,
+    "GET /scim/v2/ResourceTypes/{name}": _SCIM,
+    "GET /scim/v2/Schemas": _SCIM,
+    "GET /scim/v2/Schemas/{schema_id}": _SCIM,
+    "GET /scim/v2/Users": _SCIM,
+    "POST /scim/v2/Users": _SCIM,
+    "POST /scim/v2/Users/.search": _SCIM,
+    "GET /scim/v2/Users/{scim_id}": _SCIM,
+    "PUT /scim/v2/Users/{scim_id}": _SCIM,
+    "PATCH /scim/v2/Users/{scim_id}": _SCIM,
+    "DELETE /scim/v2/Users/{scim_id}": _SCIM,
+    "GET /scim/v2/Groups": _SCIM,
+    "POST /scim/v2/Groups": _SCIM,
+    "POST /scim/v2/Groups/.search": _SCIM,
+    "GET /scim/v2/Groups/{scim_id}": _SCIM,
+    "PUT /scim/v2/Groups/{scim_id}": _SCIM,
+    "PATCH /scim/v2/Groups/{scim_id}": _SCIM,
+    "DELETE /scim/v2/Groups/{scim_id}": _SCIM,
+    "POST /scim/v2/.search": _SCIM,
+    "GET /scim/v2/{resource}": _SCIM,
 }

@@ -25,6 +25,7 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from manager.client import ApiError
@@ -171,12 +172,18 @@ def _sso_started(ctx: Context, started: SsoStarted, hashed: str) -> None:
     )
 
 
-async def _sso(ctx: Context, args: argparse.Namespace) -> LoginResult:
+async def _sso(
+    ctx: Context,
+    args: argparse.Namespace,
+    start: Callable[[SsoStart], Awaitable[SsoStarted]] | None = None,
+) -> LoginResult:
+    """``start``: the provider's start (OIDC's unless told: SAML's shares the rest)."""
     # As PKCE: the verifier stays here; the manager keeps its hash, and hands the session
     # only to whoever shows the verifier.
     verifier = secrets.token_urlsafe(48)
     hashed = verifier_hash(verifier)
-    started = await ctx.client.sso_start(SsoStart(verifier_hash=hashed, client_name=_client_name()))
+    begin = start or ctx.client.sso_start
+    started = await begin(SsoStart(verifier_hash=hashed, client_name=_client_name()))
     _sso_started(ctx, started, hashed)
     poll = SsoPoll(state=started.state, verifier=verifier)
     deadline = time.monotonic() + SSO_WAIT_S

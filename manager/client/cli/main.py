@@ -66,6 +66,7 @@ from manager.client.cli.context import (
 )
 from manager.client.cli.contexts import add_context_parsers
 from manager.client.cli.directory import add_directory_parsers
+from manager.client.cli.directory_auth import add_directory_auth_commands
 from manager.client.cli.fleet import (
     add_scope_arguments,
     cmd_delegate_delete,
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runbook_parsers(groups, output)
     add_context_parsers(groups, output)
     add_completion_parser(groups, build_parser)
+    add_directory_auth_commands(groups, output)
     return parser
 
 

@@ -32,6 +32,7 @@ TASK = "task"  # a running task's id-token request credential: every user creden
 HOOK = "hook"  # a webhook delivery: its own secret, so an unknown webhook is a 404 for all
 # Permissions a handler checks rather than a route (proceeding through a freeze window).
 HANDLER_PERMISSIONS = {"override_freeze"}
+SCIM = "scim"  # a SCIM token (manager.access.scim): a user's key or session is refused
 
 HANDLER_ANSWERS = (400, 404, 409)
 
@@ -184,6 +185,41 @@ MATRIX: dict[str, str] = {
     "GET /api/v1/standards": A,
     "GET /api/v1/standards/{name}": A,
     "DELETE /api/v1/standards/{name}": "manage_governance",
+    # directory sign-in (issue 19)
+    "GET /api/v1/auth/ldap": "manage_users",
+    "PUT /api/v1/auth/ldap": "manage_users",
+    "DELETE /api/v1/auth/ldap": "manage_users",
+    "POST /api/v1/auth/ldap/login": LOGIN,
+    "GET /api/v1/auth/saml": "manage_users",
+    "PUT /api/v1/auth/saml": "manage_users",
+    "DELETE /api/v1/auth/saml": "manage_users",
+    "GET /api/v1/auth/saml/metadata": LOGIN,
+    "POST /api/v1/auth/saml/start": LOGIN,
+    "POST /api/v1/auth/saml/acs": LOGIN,
+    "POST /api/v1/scim/tokens": "manage_users",
+    "GET /api/v1/scim/tokens": "manage_users",
+    "DELETE /api/v1/scim/tokens/{name}": "manage_users",
+    "GET /scim/v2/ServiceProviderConfig": SCIM,
+    "GET /scim/v2/ResourceTypes": SCIM,
+    "GET /scim/v2/ResourceTypes/{name}": SCIM,
+    "GET /scim/v2/Schemas": SCIM,
+    "GET /scim/v2/Schemas/{schema_id}": SCIM,
+    "GET /scim/v2/Users": SCIM,
+    "POST /scim/v2/Users": SCIM,
+    "POST /scim/v2/Users/.search": SCIM,
+    "GET /scim/v2/Users/{scim_id}": SCIM,
+    "PUT /scim/v2/Users/{scim_id}": SCIM,
+    "PATCH /scim/v2/Users/{scim_id}": SCIM,
+    "DELETE /scim/v2/Users/{scim_id}": SCIM,
+    "GET /scim/v2/Groups": SCIM,
+    "POST /scim/v2/Groups": SCIM,
+    "POST /scim/v2/Groups/.search": SCIM,
+    "GET /scim/v2/Groups/{scim_id}": SCIM,
+    "PUT /scim/v2/Groups/{scim_id}": SCIM,
+    "PATCH /scim/v2/Groups/{scim_id}": SCIM,
+    "DELETE /scim/v2/Groups/{scim_id}": SCIM,
+    "POST /scim/v2/.search": SCIM,
+    "GET /scim/v2/{resource}": SCIM,
 }
 
 
@@ -233,8 +269,9 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
             elif need == LOGIN:
                 # No credential is asked for: the body (empty here) is what is judged.
                 assert status == 400, where
-            elif need in (DELEGATE, TASK):
-                # Users' keys and sessions are neither delegate nor task credentials.
+            elif need in (DELEGATE, TASK, SCIM):
+                # Users' keys and sessions are neither delegate nor task credentials, nor
+                # SCIM tokens.
                 assert status == 401, where
             elif token is None:
                 assert status == 401, where
@@ -249,7 +286,7 @@ async def test_each_role_is_let_through_or_refused_as_designed(m: Manager, store
 
 
 def test_the_matrix_names_only_real_permissions() -> None:
-    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, TASK, HOOK, *ACCOUNT_PERMISSIONS}
+    known: set[str] = {A, SELF, NONE, LOGIN, DELEGATE, TASK, HOOK, SCIM, *ACCOUNT_PERMISSIONS}
     assert {v for v in MATRIX.values()} <= known
     # Every account permission guards something.
     used: set[AccountPermission] = {p for p in ACCOUNT_PERMISSIONS if p in MATRIX.values()}

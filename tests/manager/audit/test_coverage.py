@@ -133,6 +133,13 @@ NOT_AUDITED = {
     # test_incidents.py); a refused delivery is counted on the webhook, not recorded
     # (anyone could fill the trail).
     ("POST", "/hooks/{webhook_id}"),
+    # An LDAP login needs a directory: its session's event (as a password login's) is proved
+    # against a real slapd in tests/manager/access/test_ldap.py.
+    ("POST", "/api/v1/auth/ldap/login"),
+    # A pending SAML login, like an SSO start; and the browser's post of the IdP's answer,
+    # whose session (collected by the SSO poll) is the event, as after an SSO callback.
+    ("POST", "/api/v1/auth/saml/start"),
+    ("POST", "/api/v1/auth/saml/acs"),
 }
 
 
@@ -750,6 +757,57 @@ async def standard_delete(w: World) -> Call:
     return "/api/v1/standards/std", None
 
 
+async def ldap_settings(w: World) -> Call:
+    await _secret(w, "ldap-service")
+    body = {
+        "url": "ldaps://ldap.example.com",
+        "bind_dn": "cn=tether,dc=example,dc=com",
+        "bind_password_secret": "ldap-service",
+        "user_base": "ou=people,dc=example,dc=com",
+    }
+    return "/api/v1/auth/ldap", body
+
+
+async def ldap_delete(w: World) -> Call:
+    path, body = await ldap_settings(w)
+    resp = await w.client.put(path, json=body, headers=w.auth())
+    assert resp.status == 200, await resp.text()
+    return path, None
+
+
+async def saml_settings(w: World) -> Call:
+    import tempfile
+
+    from tests.manager.saml_idp import Idp, key_pair
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key, cert = key_pair(Path(tmp), "idp")
+        metadata = Idp(Path(tmp), key, cert).metadata()
+    body = {
+        "sp_entity_id": "https://tether.example.com/saml",
+        "acs_url": "https://tether.example.com/api/v1/auth/saml/acs",
+        "idp_metadata": metadata,
+    }
+    return "/api/v1/auth/saml", body
+
+
+async def saml_delete(w: World) -> Call:
+    path, body = await saml_settings(w)
+    resp = await w.client.put(path, json=body, headers=w.auth())
+    assert resp.status == 200, await resp.text()
+    return path, None
+
+
+async def scim_token_create(w: World) -> Call:
+    return "/api/v1/scim/tokens", {"name": "okta", "issuer": "https://idp.example.com"}
+
+
+async def scim_token_revoke(w: World) -> Call:
+    resp = await w.client.post("/api/v1/scim/tokens", json={"name": "old"}, headers=w.auth())
+    assert resp.status == 201, await resp.text()
+    return "/api/v1/scim/tokens/old", None
+
+
 CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/freezes"): freeze_create,
     ("DELETE", "/api/v1/freezes/{name}"): freeze_delete,
@@ -831,6 +889,12 @@ CALLS: dict[tuple[str, str], Setup] = {
     ("POST", "/api/v1/runbook-runs/{run_id}/cancel"): run_cancel,
     ("PUT", "/api/v1/standards/{name}"): standard_put,
     ("DELETE", "/api/v1/standards/{name}"): standard_delete,
+    ("PUT", "/api/v1/auth/ldap"): ldap_settings,
+    ("DELETE", "/api/v1/auth/ldap"): ldap_delete,
+    ("PUT", "/api/v1/auth/saml"): saml_settings,
+    ("DELETE", "/api/v1/auth/saml"): saml_delete,
+    ("POST", "/api/v1/scim/tokens"): scim_token_create,
+    ("DELETE", "/api/v1/scim/tokens/{name}"): scim_token_revoke,
 }
 
 
