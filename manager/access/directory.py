@@ -174,11 +174,18 @@ class Directory:
         """The union of the named groups' permissions; unknown groups add nothing."""
         wanted_ids, wanted_names = set(ids), set(names)
         groups = [
-            g.body
-            for g in await self.groups.list()
-            if g.id in wanted_ids or g.body.name in wanted_names
+            g for g in await self.groups.list() if g.id in wanted_ids or g.body.name in wanted_names
         ]
-        return Grants.union((g.account_permissions, g.app_permissions) for g in groups)
+        # The administrators' permissions are built in (no one may edit them): every account
+        # permission this release knows, so one added by an upgrade reaches a group made by an
+        # earlier release at its first start.
+        return Grants.union(
+            (
+                list(ACCOUNT_PERMISSIONS) if g.id == ADMIN_GROUP_ID else g.body.account_permissions,
+                g.body.app_permissions,
+            )
+            for g in groups
+        )
 
     async def target(self, app: str, env: str) -> Target | None:
         """The environment ``env`` of application ``app`` (names or ids), or None."""

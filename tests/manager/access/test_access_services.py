@@ -7,9 +7,11 @@ import pytest
 
 from manager.access.allowlist import Allowlist
 from manager.access.api_keys import ApiKeys
+from manager.access.directory import ADMIN_GROUP_ID, Directory, GroupBody
 from manager.access.tokens import Tokens
 from manager.errors import Conflicting, Invalid, NotFound
 from manager.records import AllowlistEntry, ApiKeyRecord
+from manager.schemas.grants import ACCOUNT_PERMISSIONS, ADMIN_GROUP
 from manager.store.base import Store
 
 
@@ -112,3 +114,17 @@ async def test_a_revoked_token_is_announced_once_and_still_known_by_its_secret(
     assert found is not None
     assert (found.id, found.revoked_at) == (record.id, 7.0)
     assert await tokens.by_token(token + "x") is None
+
+
+async def test_the_administrators_hold_permissions_a_later_release_added(store: Store) -> None:
+    """A group made at the first start of an earlier release stored the permissions known
+    then; its members still hold every permission this release knows."""
+    d = Directory(store)
+    older = GroupBody(name=ADMIN_GROUP, account_permissions=["manage_users"])
+    await d.groups.insert(older, entity_id=ADMIN_GROUP_ID)
+    other = await d.groups.insert(GroupBody(name="ops", account_permissions=["manage_users"]))
+    admins = await d.grants_of_groups(ids=[ADMIN_GROUP_ID])
+    assert all(admins.has(p) for p in ACCOUNT_PERMISSIONS)
+    ops = await d.grants_of_groups(ids=[other.id])
+    assert ops.has("manage_users")
+    assert not ops.has("override_freeze")
