@@ -91,8 +91,12 @@ def test_links_are_not_followed_and_scratch_contents_not_checked(
     os.chmod(outside, 0o644)
     (root / "link").symlink_to(outside)
     work = root / "work"
-    work.mkdir(mode=0o755)
-    (work / "task-1").mkdir(mode=0o755)
+    work.mkdir()
+    (work / "task-1").mkdir()
+    # Explicit modes: mkdir's are cut by the process umask, which an earlier in-process
+    # command in the same worker may have narrowed.
+    os.chmod(work, 0o755)
+    os.chmod(work / "task-1", 0o755)
     (work / "task-1" / "artifact").write_text("y")
 
     repairs = secure_tree(root, scratch=("work",))
