@@ -70,15 +70,16 @@ async def live_rows(
     wake: Callable[[], asyncio.Event] | None = None,
     every: float | None = None,
 ) -> web.StreamResponse:
-    """``rows`` rendered as ``rows`` events: once at the start (what changed since the page
-    was drawn), then after each ``wake`` event (debounced: DEBOUNCE_S apart at least) and
-    every ``every`` seconds, until the session ends or the manager stops."""
+    """``rows`` rendered as ``rows`` events until the session ends or the manager stops:
+    with ``wake``, once at the start (what changed since the page was drawn), then after
+    each ``wake`` event (debounced: DEBOUNCE_S apart at least); with ``every``, each
+    ``every`` seconds from the start (the page was drawn just before)."""
     c = ctx(request)
     access = request.app[ACCESS]
     loop = asyncio.get_running_loop()
     resp = await open_stream(request)
     shown: str | None = None
-    due: float | None = loop.time()
+    due: float | None = loop.time() if wake is not None or every is None else loop.time() + every
     last_render = last_sent = float("-inf")
     with contextlib.suppress(ConnectionResetError):
         while not c.stopping and not _gone(request):

@@ -5,7 +5,10 @@ the session judged again as the log's stream judges it, and the stream ended wit
 
 from __future__ import annotations
 
+import pytest
+
 from manager.api.console_cookie import COOKIE
+from manager.console import routes
 from manager.schemas.grants import AppGrant
 from manager.store.base import Store
 from tests.manager.access_support import Manager, one_manager, sqlite_store  # noqa: F401
@@ -88,8 +91,11 @@ async def test_the_list_stream_keeps_the_pages_filters(m: Manager, store: Store)
 
 
 async def test_the_delegate_rows_come_live_and_end_with_the_session(
-    m: Manager, store: Store
+    m: Manager, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Drawn again on a timer (no event announces heartbeats): its first rows come one
+    # interval after the page, made short here.
+    monkeypatch.setattr(routes, "DELEGATES_EVERY_S", 0.05)
     token = await member(store, "ops@example.com")
     resp = await m.client.get("/console/delegates/live", headers={"Cookie": f"{COOKIE}={token}"})
     try:
