@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "first_of"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
@@ -21,3 +21,13 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
         task.cancel()
     # gather is itself cancelled by a cancel of the caller, whatever return_exceptions says.
     await asyncio.gather(*live, return_exceptions=True)
+
+
+async def first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Until any of ``events`` is set, or ``timeout``."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

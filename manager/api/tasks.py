@@ -51,6 +51,7 @@ from manager.schemas.tasks import (
     TaskView,
 )
 from manager.tasks.idempotency import shown
+from shared.aio import first_of
 from shared.logbytes import to_base64
 from shared.protocol import FINAL_STATES, TaskState
 
@@ -578,7 +579,7 @@ async def follow_task(
             # above is final, the read after it saw the whole log.
             await emit(FollowEvent("end", task=task))
             break
-        await _first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
+        await first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
         # The stream outlives the check that opened it: a session ended or expired, a key
         # revoked or a user disabled since ends it (a change here at once, one on another
         # replica within the principals' 1 s cache); a read permission taken away, on a
@@ -595,16 +596,6 @@ async def follow_task(
         if loop.time() - last_sent >= FOLLOW_PING_S:
             await emit(FollowEvent("ping"))
     return True
-
-
-async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float) -> None:
-    """Until either event is set, or ``timeout``."""
-    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 # -- delegates and tokens -----------------------------------------------------------------

@@ -16,7 +16,6 @@ back as Last-Event-ID), ``state`` (the task's new state), ``end`` (the log is co
 from __future__ import annotations
 
 import contextlib
-import json
 
 from aiohttp import web
 
@@ -24,17 +23,9 @@ from manager.api.guards import recheck
 from manager.api.tasks import FollowEvent, follow_task
 from manager.console import logs
 from manager.console.render import render_text
-from manager.console.security import where_to
+from manager.console.stream import open_stream, refused_event, sse
 
-__all__ = ["follow_log", "sse"]
-
-
-def sse(event: str, data: str, *, event_id: str | None = None) -> bytes:
-    """One event. A line end inside ``data`` (any of the three the format knows) starts a
-    new ``data:`` line, so no text inside can start a field of its own."""
-    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
-    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+__all__ = ["follow_log"]
 
 
 async def follow_log(request: web.Request) -> web.StreamResponse:
@@ -42,10 +33,7 @@ async def follow_log(request: web.Request) -> web.StreamResponse:
     # A reconnecting EventSource says where it got to; the page's first request, ``after``.
     after = logs.parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
     await logs.readable_task(request, task_id)  # the API's check: a 404 for a task not read
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-    )
-    await resp.prepare(request)
+    resp = await open_stream(request)
 
     async def send(event: FollowEvent) -> None:
         if event.kind == "lines":
@@ -59,8 +47,7 @@ async def follow_log(request: web.Request) -> web.StreamResponse:
         elif event.kind == "end":
             await resp.write(sse("end", ""))
         elif event.kind == "error":
-            why = {"message": event.message, "location": where_to(event.status, event.code)}
-            await resp.write(sse("refused", json.dumps(why)))
+            await resp.write(refused_event(event.status, event.code, event.message))
         else:
             await resp.write(b": ping\n\n")
 

@@ -33,9 +33,9 @@ from manager.api.console_cookie import clear_cookie, set_cookie
 from manager.api.context import CTX, ctx
 from manager.api.http import ApiProblem, AuthKind, Handler, Route, RouteTable
 from manager.api.permissions import ROUTE_PERMISSIONS
-from manager.console import charts, follow, logs, runbooks, verify_chart
+from manager.console import charts, follow, logs, runbooks, stream, verify_chart
 from manager.console.calls import API_ROUTES, call_api
-from manager.console.render import render
+from manager.console.render import render, render_text
 from manager.console.security import add_headers, console_middleware, refused
 from manager.errors import DomainError
 from manager.schemas.auth import CHAR_CLASSES, AuthSettings, verifier_hash
@@ -56,10 +56,6 @@ _TASK_FILTERS = ("state", "app", "env", "delegate", "since", "until", "limit")
 async def _form(request: web.Request) -> dict[str, str]:
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
-def _htmx(request: web.Request) -> bool:
-    return request.headers.get("HX-Request") == "true"
 
 
 def _see_other(where: str) -> web.StreamResponse:
@@ -282,15 +278,21 @@ async def tasks_page(request: web.Request) -> web.StreamResponse:
         "tasks": tasks,
         "filters": request.query,
         "states": [s.value for s in TaskState],
-        "query": request.rel_url.query_string,
+        "query": request.rel_url.raw_query_string,  # as sent: a value may hold "&"
         "older": _older(request, tasks),
     }
     return render(request, "tasks.html", values)
 
 
-async def task_rows(request: web.Request) -> web.StreamResponse:
-    tasks, _ = await _task_rows(request)
-    return render(request, "task_rows.html", {"tasks": tasks})
+async def tasks_live(request: web.Request) -> web.StreamResponse:
+    """The list's rows, with the page's filters, as server-sent events: again when a task
+    is created or changes state in this process (or another replica says so)."""
+
+    async def rows() -> str:
+        tasks, _ = await _task_rows(request)
+        return render_text(request, "task_rows.html", {"tasks": tasks})
+
+    return await stream.live_rows(request, rows, wake=ctx(request).events.listen_listed)
 
 
 def _may_execute(request: web.Request, task: dict[str, Any], env_types: dict[str, str]) -> bool:
@@ -429,16 +431,37 @@ def _health(d: dict[str, Any], heartbeat_interval: float) -> str:
     return "ok"
 
 
-async def delegates(request: web.Request) -> web.StreamResponse:
-    listed = (await call_api(request, delegates_api.list_delegates))["delegates"]
+# Nothing announces a heartbeat, a connection or a disconnection (a polling delegate is
+# judged gone by the time since it was heard, on whichever replica heard it), and the
+# heartbeat age shown changes each second: the live delegate rows are drawn again this often.
+DELEGATES_EVERY_S = 5.0
+
+
+async def _delegate_rows(request: web.Request) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = (await call_api(request, delegates_api.list_delegates))[
+        "delegates"
+    ]
     c = ctx(request)
     reported = {s.delegate.id: s.metrics for s in c.hub.sessions.values()}
     interval = c.timings.heartbeat_interval
     for d in listed:
         d["metrics"] = reported.get(d["id"], {})
         d["health"] = _health(d, interval)
-    template = "delegate_rows.html" if _htmx(request) else "delegates.html"
-    return render(request, template, {"delegates": listed})
+    return listed
+
+
+async def delegates(request: web.Request) -> web.StreamResponse:
+    return render(request, "delegates.html", {"delegates": await _delegate_rows(request)})
+
+
+async def delegates_live(request: web.Request) -> web.StreamResponse:
+    """The delegate rows as server-sent events, drawn again every DELEGATES_EVERY_S."""
+
+    async def rows() -> str:
+        values = {"delegates": await _delegate_rows(request)}
+        return render_text(request, "delegate_rows.html", values)
+
+    return await stream.live_rows(request, rows, every=DELEGATES_EVERY_S)
 
 
 async def drain(request: web.Request) -> web.StreamResponse:
@@ -757,7 +780,7 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
         "user",
     ),
     ("GET", "/console/tasks", tasks_page, ("GET", "/api/v1/tasks"), "user"),
-    ("GET", "/console/tasks/rows", task_rows, ("GET", "/api/v1/tasks"), "user"),
+    ("GET", "/console/tasks/live", tasks_live, ("GET", "/api/v1/tasks"), "user"),
     ("POST", "/console/tasks", submit, ("POST", "/api/v1/tasks"), "user"),
     ("GET", "/console/tasks/{task_id}", task_page, ("GET", "/api/v1/tasks/{task_id}"), "user"),
     (
@@ -791,6 +814,7 @@ _PAGES: list[tuple[str, str, Handler, tuple[str, str] | None, AuthKind]] = [
     ("POST", "/console/tasks/{task_id}/rerun", rerun, ("POST", "/api/v1/tasks"), "user"),
     ("GET", "/console/deployments", deployments, ("GET", "/api/v1/deployments"), "user"),
     ("GET", "/console/delegates", delegates, ("GET", "/api/v1/delegates"), "user"),
+    ("GET", "/console/delegates/live", delegates_live, ("GET", "/api/v1/delegates"), "user"),
     (
         "POST",
         "/console/delegates/{delegate}/drain",

@@ -287,6 +287,7 @@ class TaskService:
             self._track(stored)
             self._dispatcher.enqueue(_queued(stored))
             self._bus.publish("queued", stored.id)
+            self._events.notify(stored.id, listed=True)
             log.info("task submitted", task_id=stored.id, type=stored.type)
         return stored, created
 
@@ -306,6 +307,7 @@ class TaskService:
         else:
             self._hub.cancel(task_id)
             self._bus.publish("cancel", task_id)
+            self._events.notify(task_id, listed=True)  # a list shows it "cancelling"
         log.info("task cancel requested", task_id=task_id)
         return updated
 
@@ -343,7 +345,7 @@ class TaskService:
         self._hub.leases.grant(task.id, session.id)
         queued_at = task.queued_at if task.queued_at is not None else task.created_at
         self._metrics.dispatch_latency.observe(max(0.0, self._wall() - queued_at))
-        self._events.notify(task.id)
+        self._events.notify(task.id, listed=True)
         log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
         return await self._handout(session, updated)
 
@@ -432,12 +434,15 @@ class TaskService:
                 self._remember(task)
                 self._track(task)
                 self._dispatcher.enqueue(_queued(task))
+            self._events.notify(task_id, listed=True)
         elif kind == "dequeued":
             self._dispatcher.dequeue(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
+            self._events.notify(task_id, listed=True)
         elif kind == "cancel":
             self._hub.cancel(task_id)
+            self._events.notify(task_id, listed=True)
         elif kind == "changed":
             self._events.notify(task_id)
         else:
@@ -446,7 +451,7 @@ class TaskService:
             self._deadlines.pop(task_id, None)
             self._hub.leases.release(task_id)
             self._hub.cancelling.discard(task_id)
-            self._events.notify(task_id)
+            self._events.notify(task_id, listed=True)
             self._dispatcher.kick()
 
     async def reconcile(self) -> None:
@@ -514,7 +519,7 @@ class TaskService:
                 log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
                 self._track(updated)
                 self._dispatcher.enqueue(_queued(updated))
-                self._events.notify(task_id)
+                self._events.notify(task_id, listed=True)
                 self._bus.publish("queued", task_id)
             else:
                 log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
@@ -656,7 +661,7 @@ class TaskService:
             self._deadlines.pop(task.id, None)
             self._hub.leases.release(task.id)
             self._hub.cancelling.discard(task.id)
-        self._events.notify(task.id)
+        self._events.notify(task.id, listed=True)
         self._dispatcher.kick()
 
 

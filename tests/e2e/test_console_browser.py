@@ -402,6 +402,12 @@ def step_the_audit_trail_finds_the_events_and_verifies(world: World, browser: We
     shot(browser, "charts")
     browser.get(world.cluster.url + "/console/tasks")
     shot(browser, "tasks")
+    # A task submitted elsewhere (the API) appears in the open list, without a reload.
+    browser.execute_script("window.__same_page = true")
+    body = {"payload": {"type": "shell", "script": "true"}, "app": "shop", "env": "qa"}
+    elsewhere = _submit_api(world, world.cluster.admin_key, body)["id"]
+    wait(browser, lambda d: elsewhere in text_of(d, "#task-rows"), "the task submitted elsewhere")
+    assert browser.execute_script("return window.__same_page") is True
 
 
 def step_a_10000_line_log_loads_its_tail_only(world: World, browser: WebDriver) -> None:

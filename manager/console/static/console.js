@@ -1,6 +1,7 @@
 // The console's own script (no inline script anywhere: the CSP forbids it).
 // It follows a task's live log through server-sent events (manager/console/follow.py),
-// keeps the log at its end while the reader follows, and bounds the lines kept.
+// keeps the log at its end while the reader follows, and bounds the lines kept; and it keeps
+// a list's rows live (an element with data-live: manager/console/stream.py).
 "use strict";
 (function () {
   var MAX_LINES = 5000;
@@ -50,7 +51,28 @@
     });
   }
 
+  function live(rows) {
+    // The rows come drawn and escaped by the page's own template (task_rows.html,
+    // delegate_rows.html); without this script the page is simply as it was loaded.
+    var source = new EventSource(rows.dataset.live);
+    source.addEventListener("rows", function (ev) { rows.innerHTML = ev.data; });
+    source.addEventListener("refused", function (ev) {
+      source.close();
+      var why = JSON.parse(ev.data);
+      if (why.location) { window.location.assign(why.location); return; }
+      var tr = document.createElement("tr"), td = document.createElement("td");
+      td.colSpan = 99;
+      td.className = "muted";
+      td.id = "live-stopped";
+      td.textContent = "— not updated any more: " + why.message + " —";  // text, never markup
+      tr.appendChild(td);
+      rows.appendChild(tr);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var lists = document.querySelectorAll("[data-live]");
+    for (var i = 0; i < lists.length; i++) { live(lists[i]); }
     var log = logBox();
     if (!log) { return; }
     log.scrollTop = log.scrollHeight;

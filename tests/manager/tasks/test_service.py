@@ -47,11 +47,12 @@ class World:
             tick=TIMINGS.sweep_interval,
         )
         self.dispatcher = Dispatcher(self.hub, widen_after=0.5, tick=1.0, clock=clock)
+        self.events = TaskEvents()
         self.tasks = TaskService(
             store=store,
             hub=self.hub,
             dispatcher=self.dispatcher,
-            events=TaskEvents(),
+            events=self.events,
             master_key=MasterKey.load_or_create(tmp_path / "master.key"),
             timings=TIMINGS,
             clock=clock,
@@ -436,3 +437,37 @@ async def test_a_delegate_frozen_right_after_an_acquire_loses_it_lost_after_its_
         assert world.clock.now - last_heartbeat < TIMINGS.lost_after
         await sweeping(world, TIMINGS.sweep_interval)
     assert world.clock.now - last_heartbeat <= TIMINGS.lost_after
+
+
+# -- what wakes a task list (the console's live rows): a task created, started, finished or
+# asked to cancel, here or on another replica; not its log lines.
+
+
+async def test_the_list_wakes_on_state_changes_and_not_on_log_lines(world: World) -> None:
+    session = world.delegate("a")
+    woken = world.events.listen_listed()
+    task_id = await world.submit()
+    assert woken.is_set()  # created
+    woken = world.events.listen_listed()
+    await world.tasks.acquire(session, task_id)
+    assert woken.is_set()  # running
+    woken = world.events.listen_listed()
+    line = LogLine(seq=0, stream="stdout", ts=world.clock(), text="hello")
+    await world.tasks.append_logs(session, task_id, LogBatch(attempt=1, lines=[line]))
+    assert not woken.is_set()  # a log line is not the list's business
+    await world.tasks.record_result(session, task_id, TaskResult(attempt=1, status="succeeded"))
+    assert woken.is_set()  # finished
+
+
+async def test_another_replicas_task_changes_wake_the_list_too(world: World) -> None:
+    task_id = await world.submit()
+    for kind, wakes in (
+        ("changed", False),
+        ("queued", True),
+        ("dequeued", True),
+        ("cancel", True),
+        ("finished", True),
+    ):
+        woken = world.events.listen_listed()
+        await world.tasks.on_remote(kind, task_id)  # type: ignore[arg-type]
+        assert woken.is_set() is wakes, kind
