@@ -582,10 +582,13 @@ class AccessStore(abc.ABC):
         limit: int,
         *,
         audit: AuditOf[list[EntityRecord]] | None = None,
+        key_owner: str | None = None,
     ) -> list[EntityRecord]:
         """Delete at most ``limit`` entities of ``kind`` last written before ``before``,
         the oldest first (a retention purge, in bounded batches); ``audit``: the event of
-        the rows deleted, none when none were."""
+        the rows deleted, none when none were. ``key_owner``: the kind of data-key owner
+        (``incident``) whose keys go in the same transaction when their entity is gone
+        (those made before ``before``)."""
 
     @abc.abstractmethod
     async def write_entities(
