@@ -248,7 +248,10 @@ class Incidents:
             try:
                 before, after = await self.kind.update(current.id, change, audit=audit)
             except Gone:
-                continue  # purged meanwhile: open it afresh
+                # Purged meanwhile: open it afresh. Its key goes too, in case it was made
+                # here after the purge deleted the one it had.
+                await self._data_keys.forget(owner(current.id))
+                continue
             return after, opened and before.status == "resolved"
         raise Conflict("the incident kept changing; send the delivery again")
 
@@ -282,6 +285,7 @@ class Incidents:
         try:
             _, after = await self.kind.update(incident_id, change, audit=audit)
         except Gone:
+            await self._data_keys.forget(owner(incident_id))  # as in on_alert
             raise NotFound("not_found", f"no incident {incident_id!r}") from None
         return after
 

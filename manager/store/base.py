@@ -587,8 +587,8 @@ class AccessStore(abc.ABC):
         """Delete at most ``limit`` entities of ``kind`` last written before ``before``,
         the oldest first (a retention purge, in bounded batches); ``audit``: the event of
         the rows deleted, none when none were. ``key_owner``: the kind of data-key owner
-        (``incident``) whose keys go in the same transaction when their entity is gone
-        (those made before ``before``)."""
+        (``incident``): the deleted entities' keys (``<key_owner>:<id>``) go in the same
+        transaction."""
 
     @abc.abstractmethod
     async def write_entities(

@@ -8,28 +8,33 @@ from typing import Any
 from manager.core.audit_chain import AuditOf
 from manager.records import EntityRecord
 from manager.store.base import AccessStore
+from manager.store.sql.dialect import Dialect
 from manager.store.sql.statements import Statements, Step, of_rows
 
 __all__ = ["PurgeQueries"]
 
 # The oldest first, at most :limit at once: a purge never holds a long transaction.
-_PURGE = (
-    "DELETE FROM entities WHERE kind = :kind AND id IN ("
-    " SELECT id FROM entities WHERE kind = :kind AND updated_at < :before"
+# With the key_owner of purge_entities: the purged entities' data keys (owners
+# ``<key_owner>:<id>``) go in the purge's transaction (crypto-shredding). PostgreSQL: one
+# statement, the keys of exactly the rows it deleted. SQLite: the keys of the batch's rows
+# first, then the rows, by the same selection; nothing can write between the two, since the
+# first holds SQLite's one write lock until the transaction ends.
+_BATCH = (
+    "SELECT id FROM entities WHERE kind = :kind AND updated_at < :before"
     " ORDER BY updated_at, id LIMIT :limit"
-    ") RETURNING {ENTITY_COLUMNS}"
 )
-
-
-# In the purge's transaction, after it: the data keys of the kind's owners (``<kind>:<id>``)
-# whose entity is gone. Only keys made before the cut: a key made for an entity whose insert
-# is still on its way (made first, then the row) is never taken. A key the owner range and
-# created_at bound is a primary-key range read; the purged rows' keys are among them (made
-# when the entity was, before its last write), and so are those left by a failed insert.
-_FORGET_KEYS = (
-    "DELETE FROM data_keys WHERE owner > :lo AND owner < :hi AND created_at < :before"
-    " AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.kind = :kind"
-    " AND e.id = substr(data_keys.owner, :cut)) RETURNING owner"
+_PURGE = "DELETE FROM entities WHERE kind = :kind AND id IN ({BATCH}) RETURNING {ENTITY_COLUMNS}"
+_PURGE_WITH_KEYS_PG = (
+    "WITH gone AS (DELETE FROM entities WHERE kind = :kind AND id IN ({BATCH})"
+    " RETURNING {ENTITY_COLUMNS}), shredded AS (DELETE FROM data_keys WHERE owner IN"
+    " (SELECT CAST(:owner_kind AS TEXT) || id FROM gone) RETURNING owner)"
+    " SELECT * FROM gone"
+)
+_FORGET_KEYS_SQLITE = (
+    "DELETE FROM data_keys WHERE owner IN (SELECT :owner_kind || id FROM ({BATCH})) RETURNING owner"
+)
+_PURGE, _PURGE_WITH_KEYS_PG, _FORGET_KEYS_SQLITE = (
+    sql.replace("{BATCH}", _BATCH) for sql in (_PURGE, _PURGE_WITH_KEYS_PG, _FORGET_KEYS_SQLITE)
 )
 
 
@@ -46,24 +51,20 @@ class PurgeQueries(Statements, AccessStore):
         audit: AuditOf[list[EntityRecord]] | None = None,
         key_owner: str | None = None,
     ) -> list[EntityRecord]:
-        params = {"kind": kind, "before": before, "limit": limit}
+        params: dict[str, Any] = {"kind": kind, "before": before, "limit": limit}
         if key_owner is None:
             rows = await self._write(_PURGE, params, of_rows(self._entity, audit))
+        elif self.dialect is Dialect.POSTGRES:
+            params["owner_kind"] = f"{key_owner}:"
+            rows = await self._write(_PURGE_WITH_KEYS_PG, params, of_rows(self._entity, audit))
         else:
-            keys = {
-                "kind": kind,
-                "before": before,
-                # ';' follows ':' in every collation's byte order: the range is the prefix.
-                "lo": f"{key_owner}:",
-                "hi": f"{key_owner};",
-                "cut": len(key_owner) + 2,
-            }
+            keys = {**params, "owner_kind": f"{key_owner}:"}
             of_purged = of_rows(self._entity, audit)
             done = await self._write_together(
-                [Step(_PURGE, params), Step(_FORGET_KEYS, keys)],
-                None if of_purged is None else (lambda steps: of_purged(steps[0])),
+                [Step(_FORGET_KEYS_SQLITE, keys), Step(_PURGE, params)],
+                None if of_purged is None else (lambda steps: of_purged(steps[1])),
             )
-            rows = [] if done is None else done[0]
+            rows = [] if done is None else done[1]
         if rows:
             await self._changed(kind)
         return [self._entity(r) for r in rows]
