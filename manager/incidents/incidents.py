@@ -140,9 +140,6 @@ class Incidents:
         keys = await self._data_keys.existing([owner(e.id) for e in found])
         return {e.id: keys[owner(e.id)] for e in found if owner(e.id) in keys}
 
-    async def summary(self, e: Entity[IncidentBody]) -> IncidentSummary:
-        return self._summary(e, (await self._keys([e])).get(e.id))
-
     async def summaries(self, found: list[Entity[IncidentBody]]) -> list[IncidentSummary]:
         keys = await self._keys(found)
         return [self._summary(e, keys.get(e.id)) for e in found]
