@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ from tests.manager.rbac_support import place
 from tests.manager.runbooks.test_api_runbooks import EXEC, person, restart_api
 
 SECRET_REASON = "reason-7f3a-leak"
+
+
+@pytest.fixture(name="m")
+async def one_manager(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
+    async with manager(tmp_path, store, Clock()) as replica:
+        yield replica
 
 
 @pytest.fixture
@@ -159,3 +166,16 @@ async def test_the_retention_purge_deletes_the_incidents_data_keys(
         assert set(await store.data_keys_of(owners)) == {"incident:inc_other", "task:t1"}
         status, _ = await m.call("GET", f"/api/v1/incidents/{incident_id}")
         assert status == 404
+
+
+async def test_a_retried_run_start_leaves_no_key_behind(
+    m: Manager, store: Store, shop: None
+) -> None:
+    await ok(m, "PUT", "/api/v1/runbooks/restart-api", restart_api())
+    start = {"inputs": {"reason": "x"}, "idempotency_key": "once"}
+    status, first = await m.call("POST", "/api/v1/runbooks/restart-api/runs", start)
+    assert status == 201, first
+    status, again = await m.call("POST", "/api/v1/runbooks/restart-api/runs", start)
+    assert (status, again["id"]) == (200, first["id"])
+    runs = [o for o, _ in await store.data_keys_after("run:", 100) if o.startswith("run:")]
+    assert runs == [f"run:{first['id']}"]
