@@ -32,12 +32,14 @@ async def list_incidents(request: web.Request) -> web.Response:
     incidents = services(request).incidents
     found = await incidents.all(status)
     found.sort(key=lambda e: e.updated_at, reverse=True)
-    return json_response(IncidentList(incidents=[incidents.summary(e) for e in found]))
+    return json_response(IncidentList(incidents=await incidents.summaries(found)))
 
 
 async def get_incident(request: web.Request) -> web.Response:
     incidents = services(request).incidents
-    return json_response(incidents.view(await incidents.get(request.match_info["incident_id"])))
+    return json_response(
+        await incidents.view(await incidents.get(request.match_info["incident_id"]))
+    )
 
 
 async def _change(
@@ -68,7 +70,7 @@ async def _change(
         note=note,
         audit=in_transaction(request, describe),
     )
-    return json_response(incidents.view(after))
+    return json_response(await incidents.view(after))
 
 
 async def ack_incident(request: web.Request) -> web.Response:

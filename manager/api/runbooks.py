@@ -180,7 +180,7 @@ async def start_run(request: web.Request) -> web.Response:
         override_freeze=body.override_freeze,
         audit=in_transaction(request, started),
     )
-    return json_response(service.view(run), status=201 if new else 200)
+    return json_response(await service.view(run), status=201 if new else 200)
 
 
 async def _visible_run(request: web.Request) -> Entity[RunBody]:
@@ -197,15 +197,15 @@ async def list_runs(request: web.Request) -> web.Response:
     principal = principal_of(request)
     runbook = request.query.get("runbook")
     runs = [
-        service.view(r)
+        r
         for r in await service.list_runs()
         if service.may_see_run(principal, r) and (runbook is None or r.body.runbook == runbook)
     ]
-    return json_response(RunList(runs=runs[:500]))
+    return json_response(RunList(runs=await service.views(runs[:500])))
 
 
 async def get_run(request: web.Request) -> web.Response:
-    return json_response(_service(request).view(await _visible_run(request)))
+    return json_response(await _service(request).view(await _visible_run(request)))
 
 
 def _decided(action: str) -> Callable[[tuple[RunBody, Entity[RunBody]]], Change]:
@@ -235,7 +235,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         step=body.step,
         audit=in_transaction(request, _decided("approve" if approve else "reject")),
     )
-    return json_response(service.view(written))
+    return json_response(await service.view(written))
 
 
 async def approve_run(request: web.Request) -> web.Response:
@@ -255,7 +255,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     written = await service.cancel(
         run.id, principal, audit=in_transaction(request, _decided("cancel"))
     )
-    return json_response(service.view(written))
+    return json_response(await service.view(written))
 
 
 # -- standards ------------------------------------------------------------------------------

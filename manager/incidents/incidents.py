@@ -2,7 +2,8 @@
 people; each with a timeline of deliveries, runs, notes and status changes.
 
 Everything an incident says (title, severity, source, its timeline) is sealed at rest
-(:mod:`manager.incidents.sealing`); the row in the clear holds only its status and the key
+under the incident's own data key (:mod:`manager.incidents.sealing`), deleted with the
+incident when the retention purges it; the row in the clear holds only its status and the key
 Alertmanager's alerts are grouped by (a hash of the webhook and the groupKey), so firing then
 resolved notifications of one group land on one incident.
 
@@ -23,7 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from manager.access.entities import Entity, EntityKind, Gone
 from manager.core.audit_chain import AuditOf
 from manager.errors import Invalid, NotFound
-from manager.incidents.sealing import seal, unseal
+from manager.incidents.sealing import owner, seal, unseal
+from manager.keys.data_keys import DataKey, DataKeys
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.schemas.incidents import (
@@ -103,7 +105,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 class Incidents:
     def __init__(
-        self, store: Store, master_key: MasterKey, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        master_key: MasterKey,
+        data_keys: DataKeys,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.kind = EntityKind(store, "incident", IncidentBody, lambda b: b.key, "inc")
         self._retention = EntityKind(
@@ -111,21 +118,34 @@ class Incidents:
         )
         self._store = store
         self._key = master_key
+        self._data_keys = data_keys
         self._clock = clock
 
     # -- sealing: the one place that opens and closes an incident's data
 
-    def _open(self, e: Entity[IncidentBody]) -> dict[str, Any]:
-        return unseal(self._key, e.id, e.body.sealed)
+    # The data key is fetched (or made) before a store update, whose change function is
+    # synchronous; sealing and opening with it then are too.
 
-    def _close(self, incident_id: str, data: dict[str, Any]) -> str:
+    def _open(self, e: Entity[IncidentBody], key: DataKey | None) -> dict[str, Any]:
+        return unseal(key, self._key, e.id, e.body.sealed)
+
+    def _close(self, key: DataKey, data: dict[str, Any]) -> str:
         timeline = data.get("timeline", [])
         if len(timeline) > MAX_TIMELINE:
             data["timeline"] = timeline[-MAX_TIMELINE:]
-        return seal(self._key, incident_id, data)
+        return seal(key, data)
 
-    def summary(self, e: Entity[IncidentBody]) -> IncidentSummary:
-        data = self._open(e)
+    async def _keys(self, found: list[Entity[IncidentBody]]) -> dict[str, DataKey]:
+        """The data keys of ``found`` that have one, by incident id (one store read)."""
+        keys = await self._data_keys.existing([owner(e.id) for e in found])
+        return {e.id: keys[owner(e.id)] for e in found if owner(e.id) in keys}
+
+    async def summaries(self, found: list[Entity[IncidentBody]]) -> list[IncidentSummary]:
+        keys = await self._keys(found)
+        return [self._summary(e, keys.get(e.id)) for e in found]
+
+    def _summary(self, e: Entity[IncidentBody], key: DataKey | None) -> IncidentSummary:
+        data = self._open(e, key)
         return IncidentSummary(
             id=e.id,
             title=data["title"],
@@ -136,10 +156,11 @@ class Incidents:
             updated_at=e.updated_at,
         )
 
-    def view(self, e: Entity[IncidentBody]) -> IncidentView:
-        data = self._open(e)
+    async def view(self, e: Entity[IncidentBody]) -> IncidentView:
+        key = (await self._keys([e])).get(e.id)
+        data = self._open(e, key)
         return IncidentView(
-            **self.summary(e).model_dump(),
+            **self._summary(e, key).model_dump(),
             timeline=[TimelineEntry(**t) for t in data.get("timeline", [])],
         )
 
@@ -175,6 +196,7 @@ class Incidents:
             current = await self.kind.by_key(key)
             if current is None:
                 incident_id = _new_incident_id()
+                key_new = await self._data_keys.key(owner(incident_id), new=True)
                 data = {
                     "title": alert.title,
                     "severity": alert.severity,
@@ -185,18 +207,27 @@ class Incidents:
                     key=key,
                     webhook_id=webhook_id,
                     status=status,
-                    sealed=self._close(incident_id, data),
+                    sealed=self._close(key_new, data),
                 )
                 inserted_audit = None if audit is None else _of_insert(audit)
                 try:
                     made = await self.kind.insert(body, entity_id=incident_id, audit=inserted_audit)
                 except Conflict:
-                    continue  # the group's first delivery raced another: update it instead
+                    # The group's first delivery raced another: update it instead; the key
+                    # made for the incident that was not written goes.
+                    await self._data_keys.forget(owner(incident_id))
+                    continue
                 return made, alert.firing
+            # Made here for an incident sealed before data keys: re-sealed under it now.
+            data_key = await self._data_keys.key(owner(current.id))
             opened = alert.firing and current.body.status == "resolved"
 
-            def change(body: IncidentBody, current: Entity[IncidentBody] = current) -> IncidentBody:
-                data = self._open(Entity(current.id, body, 0, 0.0, 0.0))
+            def change(
+                body: IncidentBody,
+                current: Entity[IncidentBody] = current,
+                key: DataKey = data_key,
+            ) -> IncidentBody:
+                data = self._open(Entity(current.id, body, 0, 0.0, 0.0), key)
                 data["timeline"].append(self._entry("delivery", what, source))
                 if alert.firing:
                     data["title"], data["severity"] = alert.title, alert.severity
@@ -208,13 +239,16 @@ class Incidents:
                 if new_status != body.status:
                     data["timeline"].append(self._entry("status", new_status, source))
                 return body.model_copy(
-                    update={"status": new_status, "sealed": self._close(current.id, data)}
+                    update={"status": new_status, "sealed": self._close(key, data)}
                 )
 
             try:
                 before, after = await self.kind.update(current.id, change, audit=audit)
             except Gone:
-                continue  # purged meanwhile: open it afresh
+                # Purged meanwhile: open it afresh. Its key goes too, in case it was made
+                # here after the purge deleted the one it had.
+                await self._data_keys.forget(owner(current.id))
+                continue
             return after, opened and before.status == "resolved"
         raise Conflict("the incident kept changing; send the delivery again")
 
@@ -230,9 +264,10 @@ class Incidents:
     ) -> Entity[IncidentBody]:
         """Acknowledge or resolve (``status``), add a note, or a run started for it."""
         await self.get(incident_id)
+        key = await self._data_keys.key(owner(incident_id))
 
         def change(body: IncidentBody) -> IncidentBody:
-            data = self._open(Entity(incident_id, body, 0, 0.0, 0.0))
+            data = self._open(Entity(incident_id, body, 0, 0.0, 0.0), key)
             if note is not None:
                 data["timeline"].append(self._entry("note", note, actor))
             if run is not None:
@@ -242,13 +277,12 @@ class Incidents:
                 data["timeline"].append(self._entry("status", status, actor))
             elif note is None and run is None:
                 return body  # already in that status: nothing to write
-            return body.model_copy(
-                update={"status": new_status, "sealed": self._close(incident_id, data)}
-            )
+            return body.model_copy(update={"status": new_status, "sealed": self._close(key, data)})
 
         try:
             _, after = await self.kind.update(incident_id, change, audit=audit)
         except Gone:
+            await self._data_keys.forget(owner(incident_id))  # as in on_alert
             raise NotFound("not_found", f"no incident {incident_id!r}") from None
         return after
 
@@ -275,15 +309,23 @@ class Incidents:
         max_batches: int = 100,
     ) -> int:
         """Delete incidents not updated for the retention's days, ``batch`` at a time, each
-        batch in one transaction with its event (``audit``, given the retention days);
-        answers how many went. At most ``max_batches`` per call: the rest go next time."""
+        batch in one transaction with its event (``audit``, given the retention days) and
+        the deletion of their data keys (crypto-shredding: a backup's copy of their sealed
+        bodies no longer opens once the key's backups age out); answers how many went.
+        At most ``max_batches`` per call: the rest go next time."""
         days = await self.retention_days()
         before = now - days * 86400.0
         total = 0
         for _ in range(max_batches):
             gone = await self._store.purge_entities(
-                self.kind.kind, before, batch, audit=None if audit is None else audit(days)
+                self.kind.kind,
+                before,
+                batch,
+                audit=None if audit is None else audit(days),
+                key_owner="incident",
             )
+            for e in gone:
+                self._data_keys.drop_cached(owner(e.id))
             total += len(gone)
             if len(gone) < batch:
                 break

@@ -197,6 +197,10 @@ class DataKeys:
         self._cache.pop(owner, None)
         await self._store.delete_data_key(owner)
 
+    def drop_cached(self, owner: str) -> None:
+        """Forget ``owner``'s key here only: the store deleted it (a purge)."""
+        self._cache.pop(owner, None)
+
     async def _unwrap(self, owner: str, wrapped: bytes) -> bytes:
         try:
             return await self._master.unwrap_key(wrapped, _context(owner))

@@ -48,10 +48,11 @@ from manager.core.runstate import (
 from manager.core.standards import Score, refusal
 from manager.errors import Conflicting, Forbidden, Invalid, NotFound
 from manager.governance.freeze import Freezes, check_freeze
+from manager.keys.data_keys import DataKey, DataKeys
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord, TaskRecord
 from manager.runbooks.checks import problems
-from manager.runbooks.sealing import seal_json, unseal_json
+from manager.runbooks.sealing import owner, seal_json, unseal_json
 from manager.runbooks.standards import Standards, score_view
 from manager.runbooks.steps import task_for
 from manager.runbooks.verify_step import secret_expressions, verify_task
@@ -151,7 +152,7 @@ class RunBody(_Body):
     started_by_user: str | None = None
     progress: RunProgress
     input_names: list[str] = Field(default_factory=list)
-    # Sealed with the master key (manager.runbooks.sealing): the typed inputs, and the
+    # Sealed under the run's data key (manager.runbooks.sealing): the typed inputs, and the
     # outputs of finished steps by step name.
     inputs_sealed: str
     outputs_sealed: str | None = None
@@ -181,6 +182,7 @@ class RunbookService:
         tasks: TaskService,
         events: TaskEvents,
         master_key: MasterKey,
+        data_keys: DataKeys,
         secrets: SecretService | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -190,6 +192,7 @@ class RunbookService:
         self._tasks = tasks
         self._events = events
         self._key = master_key
+        self._data_keys = data_keys
         self._clock = clock
         # Freeze windows refuse runs aimed at a frozen place (set by the app's wiring; None:
         # no windows are checked, as in tests of the runs alone).
@@ -378,6 +381,7 @@ class RunbookService:
         key = (
             run_id if idempotency_key is None else _SEP.join((principal.actor.id, idempotency_key))
         )
+        run_key = await self._data_keys.key(owner(run_id), new=True)
         body = RunBody(
             key=key,
             runbook=definition.name,
@@ -396,9 +400,7 @@ class RunbookService:
             started_by_user=principal.user_id,
             progress=RunProgress.new(definition),
             input_names=sorted(typed),
-            inputs_sealed=seal_json(
-                self._key, run_id, "inputs", {k: _to_json(v) for k, v in typed.items()}
-            ),
+            inputs_sealed=seal_json(run_key, "inputs", {k: _to_json(v) for k, v in typed.items()}),
             scores=[score_view(s) for s in scores],
             created_at=now,
             updated_at=now,
@@ -422,6 +424,9 @@ class RunbookService:
                 audit=None if of_insert is None else (lambda r: of_insert(self.runs.parse(r))),
             )
         except Conflict:
+            # The run was not written: nor is the key made for it kept. (Not on another
+            # error: the row may have been written before the connection failed.)
+            await self._data_keys.forget(owner(run_id))
             if idempotency_key is None:
                 raise
             earlier = await self.runs.by_key(key)
@@ -481,10 +486,18 @@ class RunbookService:
             if not scope.covers(target):
                 raise Forbidden("forbidden", f"secret {name!r} is not scoped for use in {where}")
 
-    def view(self, run: Entity[RunBody]) -> RunView:
+    async def view(self, run: Entity[RunBody]) -> RunView:
+        return (await self.views([run]))[0]
+
+    async def views(self, runs: list[Entity[RunBody]]) -> list[RunView]:
+        """Each run's view, their data keys read at once."""
+        keys = await self._data_keys.existing([owner(r.id) for r in runs])
+        return [self._run_view(r, keys.get(owner(r.id))) for r in runs]
+
+    def _run_view(self, run: Entity[RunBody], key: DataKey | None) -> RunView:
         b = run.body
         definition = RunbookDefinition.model_validate(b.definition)
-        outputs = self._outputs(run)
+        outputs = self._outputs(run, key)
 
         def step_view(spec: Any, progress: Any) -> StepView:
             return StepView(
@@ -572,12 +585,18 @@ class RunbookService:
 
     # -- the driver -----------------------------------------------------------------------
 
-    def _outputs(self, run: Entity[RunBody]) -> dict[str, dict[str, str]]:
-        sealed = run.body.outputs_sealed
-        return {} if sealed is None else unseal_json(self._key, run.id, "outputs", sealed)
+    # ``key``: the run's data key, None when it has none (a run sealed before data keys).
+    # Fetched before a store update, whose change function is synchronous.
 
-    def _inputs(self, run: Entity[RunBody]) -> dict[str, Any]:
-        raw = unseal_json(self._key, run.id, "inputs", run.body.inputs_sealed)
+    async def _run_key(self, run_id: str) -> DataKey | None:
+        return (await self._data_keys.existing([owner(run_id)])).get(owner(run_id))
+
+    def _outputs(self, run: Entity[RunBody], key: DataKey | None) -> dict[str, dict[str, str]]:
+        sealed = run.body.outputs_sealed
+        return {} if sealed is None else unseal_json(key, self._key, run.id, "outputs", sealed)
+
+    def _inputs(self, run: Entity[RunBody], key: DataKey | None) -> dict[str, Any]:
+        raw = unseal_json(key, self._key, run.id, "inputs", run.body.inputs_sealed)
         return {k: _from_json(v) for k, v in raw.items()}
 
     def _spawn(self, coro: Any) -> None:
@@ -601,15 +620,22 @@ class RunbookService:
         lock = self._locks.setdefault(run_id, asyncio.Lock())
         async with lock:
             effects: list[Any] = []
+            # Made here for a run sealed before data keys: its new outputs are sealed under it.
+            key = await self._data_keys.key(owner(run_id))
 
             def change(body: RunBody) -> RunBody:
                 effects.clear()
                 run = Entity(run_id, body, 0, body.created_at, body.updated_at)
                 definition = RunbookDefinition.model_validate(body.definition)
-                done = self._outputs(run)
+                done = self._outputs(run, key)
                 try:
                     outcome = on_event(
-                        definition, body.progress, event, self._clock(), done, self._inputs(run)
+                        definition,
+                        body.progress,
+                        event,
+                        self._clock(),
+                        done,
+                        self._inputs(run, key),
                     )
                 except Refused as exc:
                     cls = Forbidden if exc.code == "forbidden" else Conflicting
@@ -620,7 +646,7 @@ class RunbookService:
                 update: dict[str, Any] = {"progress": outcome.run, "updated_at": self._clock()}
                 if isinstance(event, TaskDone) and event.outputs and event.index != ROLLBACK:
                     done[definition.steps[event.index].name] = dict(event.outputs)
-                    update["outputs_sealed"] = seal_json(self._key, run_id, "outputs", done)
+                    update["outputs_sealed"] = seal_json(key, "outputs", done)
                 return body.model_copy(update=update)
 
             try:
@@ -655,11 +681,13 @@ class RunbookService:
         spec = definition.rollback if index == ROLLBACK else definition.steps[index]
         assert spec is not None
         progress = run.body.progress
+        key = await self._run_key(run.id)
+        outputs = self._outputs(run, key)
         steps = {
-            s.name: (p.status, self._outputs(run).get(s.name, {}))
+            s.name: (p.status, outputs.get(s.name, {}))
             for s, p in zip(definition.steps, progress.steps, strict=True)
         }
-        inputs = self._inputs(run)
+        inputs = self._inputs(run, key)
         target = self._run_target(run)
         try:
             if spec.kind == "verify":

@@ -375,6 +375,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         tasks=tasks,
         events=events,
         master_key=master_key,
+        data_keys=data_keys,
         secrets=secrets,
         clock=config.clock,
     )
@@ -444,7 +445,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         ],
     )
     app[CTX] = c
-    install_incident_services(app, c, master_key, config.clock)
+    install_incident_services(app, c, master_key, data_keys, config.clock)
     c.runbooks.freezes = app[INCIDENT_SERVICES].freezes
     app[VERIFICATIONS] = Verifications(store, config.clock)
     app[CONNECTIONS] = connections

@@ -20,6 +20,7 @@ from manager.errors import Invalid
 from manager.governance.freeze import Freezes
 from manager.incidents.incidents import Incidents
 from manager.incidents.webhooks import RunStarter, Webhooks
+from manager.keys.data_keys import DataKeys
 from manager.keys.masterkey import MasterKey
 from manager.records import EntityRecord
 from manager.runbooks.service import RunbookService, start_run
@@ -35,11 +36,15 @@ RETENTION_INTERVAL_S = 3600.0
 
 
 def install_incident_services(
-    app: web.Application, c: Context, master_key: MasterKey, clock: Callable[[], float]
+    app: web.Application,
+    c: Context,
+    master_key: MasterKey,
+    data_keys: DataKeys,
+    clock: Callable[[], float],
 ) -> IncidentServices:
     store = c.store
     directory = Directory(store)
-    incidents = Incidents(store, master_key, clock=clock)
+    incidents = Incidents(store, master_key, data_keys, clock=clock)
     built = IncidentServices(
         freezes=Freezes(store, directory, clock=clock),
         webhooks=Webhooks(store, c.secrets, directory, incidents, clock=clock),

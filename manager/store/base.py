@@ -582,10 +582,13 @@ class AccessStore(abc.ABC):
         limit: int,
         *,
         audit: AuditOf[list[EntityRecord]] | None = None,
+        key_owner: str | None = None,
     ) -> list[EntityRecord]:
         """Delete at most ``limit`` entities of ``kind`` last written before ``before``,
         the oldest first (a retention purge, in bounded batches); ``audit``: the event of
-        the rows deleted, none when none were."""
+        the rows deleted, none when none were. ``key_owner``: the kind of data-key owner
+        (``incident``): the deleted entities' keys (``<key_owner>:<id>``) go in the same
+        transaction."""
 
     @abc.abstractmethod
     async def write_entities(
