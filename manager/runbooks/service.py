@@ -442,6 +442,14 @@ class RunbookService:
                     field="idempotency_key",
                 ) from None
             return earlier, False
+        except Exception:
+            # Not written when the row is not there (its audit event failed and took the
+            # transaction with it): the key made for it goes too. When the row is there, or
+            # the store cannot say (the connection failed), the key stays with it.
+            with contextlib.suppress(Exception):
+                if await self.runs.get(run_id) is None:
+                    await self._data_keys.forget(owner(run_id))
+            raise
         try:
             return await self._feed(run_id, Start()), True
         except Exception as exc:  # kept: the sweep (tick) carries the run on

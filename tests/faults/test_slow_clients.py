@@ -120,9 +120,11 @@ async def test_slow_headers_and_idle_connections_are_closed_while_healthz_answer
         assert [await _healthz(cluster) for _ in range(5)] == [200] * 5
         await asyncio.gather(*clients)
     assert len(slow_closed) == len(idle_closed) == 20
-    # Never before the bound (after it: as soon as the machine gets round to it).
-    assert min(slow_closed) >= HEADER_S
-    assert min(idle_closed) >= IDLE_S
+    # Never before the bound (after it: as soon as the machine gets round to it). asyncio
+    # runs a timer up to one clock resolution early, and the client's clock starts a hair
+    # after the server's: a millisecond's slack, not a scaled allowance.
+    assert min(slow_closed) >= HEADER_S - 0.001
+    assert min(idle_closed) >= IDLE_S - 0.001
     report = await cluster.manager.wait_event("connections closed or refused")  # type: ignore[union-attr]
     assert report["header_timeout"] >= 1
 
