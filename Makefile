@@ -68,7 +68,7 @@ lint: $(STAMP)
 
 # `make bench`: every benchmark once, one JSON line each (how to read them: docs/benchmarks.md).
 # BENCH_PG is a PostgreSQL the replica comparison may make (and drop) two schemas in;
-# empty skips that comparison. About 7 minutes on 2 cores.
+# empty skips that comparison. About 10 minutes on 2 cores.
 BENCH_PG ?= postgresql://postgres@127.0.0.1:5432/test
 BENCH_PSQL ?= psql
 bench: $(STAMP)
@@ -76,28 +76,32 @@ bench: $(STAMP)
 	field() { $(BIN)/python -c 'import json, sys; print(json.loads(sys.stdin.readlines()[-1])[sys.argv[1]])' "$$1"; }; \
 	cleanup() { if [ -n "$(BENCH_PG)" ]; then $(BENCH_PSQL) "$(BENCH_PG)" -qc "DROP SCHEMA IF EXISTS $${S}_1 CASCADE; DROP SCHEMA IF EXISTS $${S}_2 CASCADE" >/dev/null 2>&1 || true; fi; rm -rf "$$OUT"; }; \
 	trap cleanup EXIT; uptime >&2; \
-	echo "# (a) simulated delegates, SQLite, saturated" >&2; \
-	$$T --delegates 50 --tasks 5000 --concurrency 100 | tee "$$OUT/a"; \
-	RATE=$$(field tasks_per_s < "$$OUT/a" | $(BIN)/python -c 'import sys; print(round(float(sys.stdin.read()) / 2, 1))'); \
-	echo "# (b) the same at half that rate ($$RATE tasks/s): latency below saturation" >&2; \
-	$$T --delegates 50 --tasks 2000 --concurrency 100 --rate "$$RATE"; \
-	echo "# (c) polling delegates, at the same rate" >&2; \
-	$$T --delegates 50 --tasks 2000 --concurrency 100 --rate "$$RATE" --mode poll; \
-	echo "# (d) 10,000 idle delegates for 30 s: memory and CPU" >&2; \
-	$$T --delegates 10000 --idle 30; \
+	echo "# (a) 5 simulated delegates, SQLite, saturated" >&2; \
+	$$T --delegates 5 --tasks 5000 --concurrency 100 | tee "$$OUT/a"; \
+	echo "# (b) 500 simulated delegates, saturated: no fan-out collapse" >&2; \
+	$$T --delegates 500 --tasks 5000 --concurrency 100 | tee "$$OUT/b"; \
+	A=$$(field tasks_per_s < "$$OUT/a"); B=$$(field tasks_per_s < "$$OUT/b"); \
+	$(BIN)/python -c 'import json, sys; five, many = map(float, sys.argv[1:]); print(json.dumps({"bench": "delegates", "five_delegates_tasks_per_s": five, "five_hundred_delegates_tasks_per_s": many, "ratio": round(many / five, 2)}))' "$$A" "$$B"; \
+	echo "# (c) 50 delegates paced at 200 tasks/s: latency below saturation" >&2; \
+	$$T --delegates 50 --tasks 4000 --concurrency 100 --rate 200; \
+	echo "# (d) polling delegates, at the same rate" >&2; \
+	$$T --delegates 50 --tasks 4000 --concurrency 100 --rate 200 --mode poll; \
+	echo "# (e) 20,000 idle delegates for 30 s: memory and CPU" >&2; \
+	$$T --delegates 20000 --idle 30; \
 	if [ -n "$(BENCH_PG)" ]; then \
 	  $(BENCH_PSQL) "$(BENCH_PG)" -qc "CREATE SCHEMA $${S}_1; CREATE SCHEMA $${S}_2"; \
-	  echo "# (e) one replica, then two, on PostgreSQL" >&2; \
+	  echo "# (f) one replica, then two, on PostgreSQL" >&2; \
 	  $$T --delegates 50 --tasks 3000 --concurrency 100 --database "$(BENCH_PG)?search_path=$${S}_1" | tee "$$OUT/e1"; \
 	  $$T --delegates 50 --tasks 3000 --concurrency 100 --replicas 2 --database "$(BENCH_PG)?search_path=$${S}_2" | tee "$$OUT/e2"; \
 	  ONE=$$(field tasks_per_s < "$$OUT/e1"); TWO=$$(field tasks_per_s < "$$OUT/e2"); \
 	  $(BIN)/python -c 'import json, sys; one, two = map(float, sys.argv[1:]); print(json.dumps({"bench": "replicas", "one_replica_tasks_per_s": one, "two_replicas_tasks_per_s": two, "ratio": round(two / one, 2)}))' "$$ONE" "$$TWO"; \
 	fi; \
-	echo "# (f) two real tether-delegate processes running true" >&2; \
+	echo "# (g) two real tether-delegate processes running true, then one task at a time" >&2; \
 	$$T --real-delegates 2 --tasks 2000 --concurrency 50; \
-	echo "# (g) masking: 1,000 secrets over 50 MiB of log text" >&2; \
+	$$T --real-delegates 2 --tasks 200 --sequential; \
+	echo "# (h) masking: 1,000 secrets over 50 MiB of log text" >&2; \
 	$$T --masker --secrets 1000 --megabytes 50; \
-	echo "# (h) 8 readers at once of a 20,000-line log of 16 KiB lines: manager memory, /healthz" >&2; \
+	echo "# (i) 8 readers at once of a 20,000-line log of 16 KiB lines: manager memory, /healthz" >&2; \
 	$$T --log-reads --readers 8 --lines 20000 --line-bytes 16384; \
 	uptime >&2
 
