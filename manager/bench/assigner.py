@@ -25,12 +25,14 @@ from manager.bench.common import load_average
 from manager.bench.options import AssignerOptions
 from manager.core.assignment import Action, Assigner, Push, Queued
 from manager.core.eligibility import DelegateFacts, DelegateScope, Place, TaskFacts
+from manager.schemas.grants import EnvType
 
 __all__ = ["run_assigner_bench"]
 
 ACK_WITHIN = 30.0
 TICK_EVERY = 100
 PINNED_EVERY = 50
+ENV_TYPE: EnvType = "non_production"
 
 
 def _delegate(n: int, classes: int) -> DelegateFacts:
@@ -43,7 +45,7 @@ def _delegate(n: int, classes: int) -> DelegateFacts:
         scope = (
             DelegateScope(),
             DelegateScope(apps=frozenset({f"app_{c}"})),
-            DelegateScope(env_types=frozenset({"staging"})),
+            DelegateScope(env_types=frozenset({ENV_TYPE})),
         )[c % 3]
     return DelegateFacts(
         id=f"dlg_{n}",
@@ -56,14 +58,14 @@ def _delegate(n: int, classes: int) -> DelegateFacts:
 
 class _Tasks:
     """New tasks of random classes: class 0 runs on any account-wide delegate, class c on
-    the delegates offering ``pool<c>`` whose scope covers ``app_<c>``'s staging environment."""
+    the delegates offering ``pool<c>`` whose scope covers ``env_<c>`` (non-production)."""
 
     def __init__(self, opts: AssignerOptions) -> None:
         self._rng = random.Random(opts.seed)
         self._opts = opts
         self._n = 0
         self._facts = [TaskFacts("shell", (), None)] + [
-            TaskFacts("shell", (f"pool{c}",), Place(f"app_{c}", f"env_{c}", "staging", False))
+            TaskFacts("shell", (f"pool{c}",), Place(f"app_{c}", f"env_{c}", ENV_TYPE, False))
             for c in range(1, opts.classes)
         ]
 
