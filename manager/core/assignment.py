@@ -461,10 +461,15 @@ class Assigner:
             ):
                 late.append(task)
         # In the order the tasks came, as a scan of every task would find them.
+        left: dict[str, _Seat] = {}
         for task in sorted(late, key=lambda t: t.seq):
             assert task.delegate_id is not None
-            self._requeue(task, self._seats[task.delegate_id], "unanswered", out)
+            seat = left[task.delegate_id] = self._seats[task.delegate_id]
+            self._requeue(task, seat, "unanswered", out)
         self._place_all(out, now)
+        # The slot each withdrawn claim held is free again, for other queued tasks.
+        for seat in left.values():
+            self._fill(seat, now, out)
         return out
 
     # -- inside ----------------------------------------------------------------------------

@@ -259,10 +259,16 @@ class LinearAssigner:
             for t in self._tasks.values()
             if t.phase in (Phase.ASSIGNED, Phase.UNANSWERED) and now >= t.deadline
         ]
+        left: dict[str, _Seat] = {}
         for task in late:
             assert task.delegate_id is not None
-            self._requeue(task, self._seats[task.delegate_id], "unanswered", out)
+            seat = left[task.delegate_id] = self._seats[task.delegate_id]
+            self._requeue(task, seat, "unanswered", out)
         self._place_all(out, now)
+        # Not in the first version: the slot each withdrawn claim held is free again, for
+        # other queued tasks (without this, the invariant failed after a tick).
+        for seat in left.values():
+            self._fill(seat, now, out)
         return out
 
     # -- inside ----------------------------------------------------------------------------
