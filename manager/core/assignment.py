@@ -168,6 +168,8 @@ class _DClass:
     members: dict[str, _Seat] = field(default_factory=dict)
     # Its open members (up, not full, not draining, a free slot), least loaded on top.
     heap: list[_SeatEntry] = field(default_factory=list)
+    # The task classes with a queued task that its members may take (by class verdict).
+    waiting: set[_TClass] = field(default_factory=set)
 
 
 @dataclass(eq=False, slots=True)
@@ -182,6 +184,8 @@ class _TClass:
     verdicts: dict[_DClass, bool] = field(default_factory=dict)
     takers: list[_DClass] = field(default_factory=list)
     takers_of: int = -1  # the generation of the delegate classes ``takers`` was made from
+    # While it has queued tasks: the delegate classes whose ``waiting`` lists it.
+    listed_in: list[_DClass] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -250,6 +254,9 @@ class Assigner:
         self._tclasses: dict[TaskFacts, _TClass] = {}
         self._tclasses_cap = 1024
         self._waiting: set[_TClass] = set()  # the classes with a queued task
+        # The classes with a queued task, by each of their selectors: a delegate may take a
+        # task that names it (by id or name) although its class may not.
+        self._waiting_named: dict[str, set[_TClass]] = {}
         self._deadlines: list[_Deadline] = []
         self._stamp = 0
 
@@ -634,7 +641,11 @@ class Assigner:
         if not seat.open():
             return
         free = seat.free
-        sources = [tclass for tclass in self._waiting if self._takes(seat, tclass)]
+        sources = list(seat.dclass.waiting)
+        for name in {seat.facts.id, seat.facts.name}:
+            for tclass in self._waiting_named.get(name, ()):
+                if not self._verdict(tclass, seat.dclass) and self._takes(seat, tclass):
+                    sources.append(tclass)
         # The next live entry of each source, oldest first: (seq, source).
         front: list[tuple[int, int]] = []
         for i, tclass in enumerate(sources):
@@ -691,8 +702,9 @@ class Assigner:
         tclass = task.tclass
         self._stamp += 1
         task.queued_as = self._stamp
+        if not tclass.waiting:
+            self._list_waiting(tclass)
         tclass.waiting[task.id] = task
-        self._waiting.add(tclass)
         heap = tclass.heap
         heappush(heap, (task.seq, task.queued_as, task.id))
         if len(heap) > _SLACK * len(tclass.waiting) + _SLACK_MIN:
@@ -706,8 +718,30 @@ class Assigner:
         del tclass.waiting[task.id]
         task.queued_as = 0
         if not tclass.waiting:
-            self._waiting.discard(tclass)
+            self._unlist_waiting(tclass)
             tclass.heap.clear()
+
+    def _list_waiting(self, tclass: _TClass) -> None:
+        """``tclass`` has a queued task now: the delegates that may take it will look."""
+        self._waiting.add(tclass)
+        if tclass.takers_of != self._dclasses_gen:
+            self._find_takers(tclass)
+        for dclass in tclass.takers:
+            dclass.waiting.add(tclass)
+        tclass.listed_in = list(tclass.takers)
+        for name in tclass.names:
+            self._waiting_named.setdefault(name, set()).add(tclass)
+
+    def _unlist_waiting(self, tclass: _TClass) -> None:
+        self._waiting.discard(tclass)
+        for dclass in tclass.listed_in:
+            dclass.waiting.discard(tclass)
+        tclass.listed_in = []
+        for name in tclass.names:
+            named = self._waiting_named[name]
+            named.discard(tclass)
+            if not named:
+                del self._waiting_named[name]
 
     def _set_deadline(self, task: _Task, deadline: float) -> None:
         task.deadline = deadline
@@ -751,6 +785,11 @@ class Assigner:
         if dclass is None:
             dclass = self._dclasses[key] = _DClass(replace(facts, draining=False))
             self._dclasses_gen += 1
+            # A new class: which of the task classes already waiting it may take.
+            for tclass in self._waiting:
+                if self._verdict(tclass, dclass):
+                    dclass.waiting.add(tclass)
+                    tclass.listed_in.append(dclass)
         return dclass
 
     def _join(self, seat: _Seat) -> None:
