@@ -105,7 +105,7 @@ def _no_task_left_behind(a: Assigner) -> None:
             )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     st.lists(op, min_size=20, max_size=120),
     st.fixed_dictionaries({n: st.tuples(facts_variant, facts_variant) for n in NAMES}),
