@@ -228,7 +228,9 @@ class _Seat:
         return self.capacity - len(self.load)
 
     def open(self) -> bool:
-        return self.up and not self.full and not self.facts.draining and self.free > 0
+        return (
+            self.up and not self.full and not self.facts.draining and self.capacity > len(self.load)
+        )
 
 
 class Assigner:
@@ -512,12 +514,12 @@ class Assigner:
         self._homeless.append(task)
 
     def _unseat(self, task: _Task) -> _Seat | None:
+        """Take ``task`` off its delegate's load; the caller re-indexes the seat returned."""
         if task.delegate_id is None:
             return None
         seat = self._seats.get(task.delegate_id)
         if seat is not None:
             seat.load.discard(task.id)
-            self._touch(seat)
         return seat
 
     def _forget(self, task_id: str, now: float, out: list[Action]) -> None:
@@ -640,12 +642,15 @@ class Assigner:
         Only the classes of tasks it may take are read, merged oldest first."""
         if not seat.open():
             return
-        free = seat.free
         sources = list(seat.dclass.waiting)
-        for name in {seat.facts.id, seat.facts.name}:
-            for tclass in self._waiting_named.get(name, ()):
-                if not self._verdict(tclass, seat.dclass) and self._takes(seat, tclass):
-                    sources.append(tclass)
+        if self._waiting_named:
+            for name in {seat.facts.id, seat.facts.name}:
+                for tclass in self._waiting_named.get(name, ()):
+                    if not self._verdict(tclass, seat.dclass) and self._takes(seat, tclass):
+                        sources.append(tclass)
+        if not sources:
+            return
+        free = seat.free
         # The next live entry of each source, oldest first: (seq, source).
         front: list[tuple[int, int]] = []
         for i, tclass in enumerate(sources):
