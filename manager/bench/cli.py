@@ -13,10 +13,12 @@ import aiohttp
 
 from manager.bench.masker import run_masker_bench
 from manager.bench.options import (
+    AssignerOptions,
     BenchOptions,
     LogReadOptions,
     MaskerOptions,
     validate,
+    validate_assigner,
     validate_log_reads,
     validate_masker,
 )
@@ -82,6 +84,15 @@ def bench_parser() -> argparse.ArgumentParser:
     m.add_argument("--secrets", type=int, default=1000, help="secrets to mask (default 1000)")
     m.add_argument("--megabytes", type=float, default=50.0, help="log text (default 50 MiB)")
     m.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per write (default 64 KiB)")
+    a = p.add_argument_group("assigner (--assigner)")
+    a.add_argument(
+        "--assigner",
+        action="store_true",
+        help="CPU per task of the assignment of tasks to --delegates, in-process",
+    )
+    a.add_argument(
+        "--classes", type=int, default=5, help="eligibility classes of delegates (default 5)"
+    )
     r = p.add_argument_group("log reads (--log-reads)")
     r.add_argument(
         "--log-reads",
@@ -138,6 +149,22 @@ def main_bench(argv: list[str]) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
         runs = [run_masker_bench(mopts) for _ in range(args.repeat)]
+        print(json.dumps(_aggregate(runs)), flush=True)
+        return 0
+    if args.assigner:
+        from manager.bench.assigner import run_assigner_bench
+
+        aopts = AssignerOptions(
+            delegates=args.delegates,
+            tasks=args.tasks,
+            capacity=args.capacity,
+            classes=args.classes,
+        )
+        problem = validate_assigner(aopts)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        runs = [run_assigner_bench(aopts) for _ in range(args.repeat)]
         print(json.dumps(_aggregate(runs)), flush=True)
         return 0
     if args.log_reads:

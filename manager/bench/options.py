@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "AssignerOptions",
     "BenchOptions",
     "LogReadOptions",
     "MaskerOptions",
     "validate",
+    "validate_assigner",
     "validate_log_reads",
     "validate_masker",
 ]
@@ -52,6 +54,18 @@ class MaskerOptions:
     megabytes: float = 50.0
     # Bytes per write fed to the masking stream (a pipe read is up to 64 KiB).
     chunk: int = 64 * 1024
+    seed: int = 7
+
+
+@dataclass
+class AssignerOptions:
+    """The assigner's CPU per task, in-process: N delegates over ``classes`` eligibility
+    classes, saturated and not."""
+
+    delegates: int = 10
+    tasks: int = 1000
+    capacity: int = 50
+    classes: int = 5
     seed: int = 7
 
 
@@ -107,6 +121,12 @@ def validate(opts: BenchOptions) -> str | None:
         return "--sequential paces itself; it does not go with --rate"
     if opts.real_delegates and opts.mode != "stream":
         return "--mode is for simulated delegates; real ones choose their own channel"
+    return None
+
+
+def validate_assigner(opts: AssignerOptions) -> str | None:
+    if min(opts.delegates, opts.tasks, opts.capacity, opts.classes) < 1:
+        return "--delegates, --tasks, --capacity and --classes must be positive"
     return None
 
 

@@ -19,7 +19,9 @@ from manager.bench import (
     run_log_read_bench,
     run_masker_bench,
 )
+from manager.bench.assigner import run_assigner_bench
 from manager.bench.cli import median_of
+from manager.bench.options import AssignerOptions
 
 SCALE = 0.05
 PERCENTILES = {"p50", "p95", "p99"}
@@ -99,6 +101,24 @@ async def test_sequential_real_bench_reports_each_tasks_wait_on_the_clients_cloc
     assert 0 < seen["p50"] <= seen["p95"] <= seen["p99"]
 
 
+def test_assigner_bench_finishes_every_task_saturated_and_not() -> None:
+    out = run_assigner_bench(AssignerOptions(delegates=20, tasks=300, capacity=2, classes=4))
+    assert out["bench"] == "assigner"
+    # Saturated: every task taken off the running ones was finished and its slot refilled.
+    assert out["saturated_completed"] == 300
+    # Unsaturated: each new task was placed at once (and some refills besides, never fewer).
+    assert out["unsaturated_completed"] >= 300
+    for key in ("saturated_us_per_task", "unsaturated_us_per_task"):
+        assert isinstance(out[key], float)
+        assert out[key] > 0
+
+
+def test_assigner_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_bench(["--assigner", "--delegates", "3", "--tasks", "50", "--capacity", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["bench"], out["delegates"], out["tasks"]) == ("assigner", 3, 50)
+
+
 def test_masker_bench_masks_every_secret_in_the_text() -> None:
     out = run_masker_bench(MaskerOptions(secrets=50, megabytes=1.0, chunk=4096))
     assert out["secrets_in_text"] > 0
@@ -151,6 +171,7 @@ def test_median_of_runs_takes_the_median_of_every_number() -> None:
         (["--sequential"], "--real-delegates"),
         (["--real-delegates", "1", "--sequential", "--rate", "5"], "--rate"),
         (["--masker", "--secrets", "0"], "positive"),
+        (["--assigner", "--classes", "0"], "positive"),
         (["--log-reads", "--readers", "0"], "positive"),
         (["--log-reads", "--line-bytes", "1048576"], "512 KiB"),
     ],

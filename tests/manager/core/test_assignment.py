@@ -278,6 +278,17 @@ def test_a_silent_delegate_with_its_stream_up_loses_the_task_after_the_deadline(
     ]
 
 
+def test_the_slot_of_an_unanswered_claim_goes_to_another_waiting_task() -> None:
+    a = idle("a", capacity=1)
+    assert [p.task_id for p in queue_all(a, 2)] == ["tsk_0"]
+    # tsk_0 is not offered to a again this round; tsk_1, waiting, takes the freed slot.
+    assert a.tick(ACK_WITHIN) == [
+        Requeue("tsk_0", "dlg_a", 1, "unanswered"),
+        Push("tsk_1", "dlg_a", 1, "key_a"),
+    ]
+    assert a.queue() == ["tsk_0"]
+
+
 def test_a_session_that_ends_requeues_its_unanswered_assignments_at_once() -> None:
     a = idle("a", "b")
     assert pushes(a.queued(task(1), 0.0))[0].delegate_id == "dlg_a"
