@@ -310,7 +310,8 @@ async def test_a_task_whose_files_cannot_be_made_leaves_no_directory(tmp_path: P
     )
 
     assert result.status == "failed"
-    assert result.error is not None and "is not a variable name" in result.error
+    assert result.error is not None
+    assert "is not a variable name" in result.error
     assert not [line for line in lines if line.stream == "stdout"]
     assert list(tmp_path.iterdir()) == []
 
