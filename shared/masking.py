@@ -281,6 +281,8 @@ class Masker:
         self._dfa_max_pattern_bytes = dfa_max_pattern_bytes
         self._lock = threading.Lock()
         self._patterns: set[bytes] = set()
+        # Their total length, kept rather than summed on every rebuild.
+        self._pattern_bytes = 0
         # Built layers, oldest (and largest) first, each with its own patterns.
         self._built: list[tuple[frozenset[bytes], _Snapshot | None]] = []
         # Added since the last scan: the next layer.
@@ -305,6 +307,7 @@ class Masker:
             new = forms - self._patterns
             if new:
                 self._patterns |= new
+                self._pattern_bytes += sum(len(p) for p in new)
                 self._fresh |= new
                 self._snapshot = None
             return True
@@ -352,7 +355,7 @@ class Masker:
     def _layered(self) -> _Layers:
         # Called with the lock held. The DFA is chosen by the size of all patterns, not of
         # one layer: layers must not multiply the memory the limit bounds.
-        dfa = sum(len(p) for p in self._patterns) <= self._dfa_max_pattern_bytes
+        dfa = self._pattern_bytes <= self._dfa_max_pattern_bytes
         built = self._built
         if not built or self._fresh:
             built.append((frozenset(self._fresh), None))
