@@ -400,6 +400,10 @@ class MaskingStream:
 
     def flush(self) -> bytes:
         """End of stream: release, masked, whatever is still held back."""
+        if not self._held:
+            # Nothing to mask (a quiet task's streams): no automaton is built for it.
+            self._covered = None
+            return b""
         out, _, _ = self._masker._current().release(self._held, self._covered, final=True)
         self._held = b""
         self._covered = None

@@ -810,3 +810,25 @@ def test_adding_a_value_per_scan_does_not_rebuild_every_earlier_one(
     assert masker.mask_text("per-attempt-credential-000000 per-attempt-credential-000511") == (
         f"{MASK.decode()} {MASK.decode()}"
     )
+
+
+def test_a_stream_that_saw_no_output_builds_no_automaton(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A quiet task (`true`) has a masker for its credential, and nothing to mask.
+    import shared.masking as masking
+
+    built: list[int] = []
+    real_build = masking._build
+
+    def counting(patterns: frozenset[bytes], **kw: bool) -> Any:
+        built.append(len(patterns))
+        return real_build(patterns, **kw)
+
+    monkeypatch.setattr(masking, "_build", counting)
+    masker = Masker([SECRET])
+    assert masker.stream().flush() == b""
+    assert built == []
+    stream = masker.stream()
+    out = stream.feed(SECRET.encode()[:3])
+    assert out == b""  # held back: it may be the start of the value
+    assert out + stream.feed(SECRET.encode()[3:]) + stream.flush() == MASK
+    assert len(built) == 1
