@@ -269,7 +269,11 @@ def _make_task_dir(
 
 async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | None) -> None:
     if slot is None:
-        await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
+        try:
+            # A task that left nothing else behind (most): three calls, no worker thread.
+            _remove_own_files(task_dir)
+        except OSError:
+            await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
         return
     # As the task's user: its leftover processes die before the slot serves another task,
     # and what it wrote is removed with its own rights, not the delegate's.
@@ -277,6 +281,15 @@ async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | Non
     with contextlib.suppress(OSError):
         # Not empty only when the sweep failed; the next start clears it.
         await asyncio.to_thread(task_dir.rmdir)
+
+
+def _remove_own_files(task_dir: Path) -> None:
+    """Remove ``task_dir`` when it holds only what the delegate put there; OSError when it
+    holds more (or the task replaced a file with a directory), for rmtree to take over."""
+    for name in ("script", "output"):
+        with contextlib.suppress(FileNotFoundError):
+            (task_dir / name).unlink()
+    task_dir.rmdir()
 
 
 def _write_private(path: Path, data: bytes) -> None:

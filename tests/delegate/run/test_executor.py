@@ -282,6 +282,24 @@ async def test_task_directory_is_removed_afterwards(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        "true",  # only the delegate's own files: removed without a worker thread
+        'rm "$TETHER_OUTPUT"',
+        'rm "$0" && mkdir "$0" && touch "$0/x"',  # a file replaced by a directory
+        'ln -s / "$TMPDIR/root"',  # a link is removed, never followed
+    ],
+)
+async def test_the_task_directory_is_removed_whatever_the_task_left(
+    tmp_path: Path, script: str
+) -> None:
+    r = await run(shell(script), tmp_path)
+
+    assert r.result.status == "succeeded"
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_the_output_file_exists_empty_and_private_before_the_script_runs(
     tmp_path: Path,
 ) -> None:
