@@ -289,6 +289,7 @@ async def test_task_directory_is_removed_afterwards(tmp_path: Path) -> None:
         'rm "$TETHER_OUTPUT"',
         'rm "$0" && mkdir "$0" && touch "$0/x"',  # a file replaced by a directory
         'ln -s / "$TMPDIR/root"',  # a link is removed, never followed
+        'rm "$TETHER_OUTPUT" && ln -s "$HOME" "$TETHER_OUTPUT"',  # in place of our file
     ],
 )
 async def test_the_task_directory_is_removed_whatever_the_task_left(

@@ -209,3 +209,16 @@ async def test_a_child_is_reaped_through_its_pidfd_without_a_thread(
     # Reaped: the pid is no process of ours any more.
     with pytest.raises(ChildProcessError):
         os.waitpid(child.proc.pid, os.WNOHANG)
+
+
+async def test_without_pidfds_a_child_is_started_and_reaped_by_asyncio(
+    tmp_path: Path, children: list[Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kernel before 5.3, or a seccomp filter that refuses pidfd_open.
+    import delegate.run.process as process
+
+    monkeypatch.setattr(process, "_pidfds", lambda: False)
+    child = await start(children, "echo out; echo err >&2; exit 3", tmp_path)
+    assert await child.stdout.reader.read() == b"out\n"
+    assert await child.stderr.reader.read() == b"err\n"
+    assert await child.proc.wait() == 3
