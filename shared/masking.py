@@ -24,6 +24,7 @@ import shlex
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -153,13 +154,14 @@ class _Snapshot:
 class _Layers:
     """The automatons of a masker, searched together: what one scan sees.
 
-    One layer is the usual case (a task's masker gets its values before its first scan). A
-    masker that keeps gaining values while it is used (the delegate's own, which every
-    task's values join) gets new layers instead of one rebuilt automaton holding them all:
-    rebuilding everything on each addition made the delegate's cost per task grow with the
-    number of tasks it had run. Layers are merged like a binary counter (a layer at least
-    half the size of the one before it is merged into it), so a pattern is rebuilt
-    O(log n) times in all and a scan searches O(log n) automatons.
+    The first layer is the credential shapes' triggers, shared by every masker (see
+    :func:`_triggers`). Then one layer is the usual case (a task's masker gets its values
+    before its first scan). A masker that keeps gaining values while it is used (the
+    delegate's own, which every task's values join) gets new layers instead of one rebuilt
+    automaton holding them all: rebuilding everything on each addition made the delegate's
+    cost per task grow with the number of tasks it had run. Layers are merged like a binary
+    counter (a layer at least half the size of the one before it is merged into it), so a
+    pattern is rebuilt O(log n) times in all and a scan searches O(log n) automatons.
     """
 
     layers: tuple[_Snapshot, ...]
@@ -249,7 +251,7 @@ for _shape in SHAPES:
 
 
 def _build(patterns: frozenset[bytes], *, triggers: bool, dfa: bool) -> _Snapshot:
-    # The shapes' triggers are in one layer only (the first), so each is judged once.
+    # The shapes' triggers are in one layer only (see _triggers), so each is judged once.
     ordered = tuple(sorted(patterns | _TRIGGERS.keys() if triggers else patterns))
     implementation = (
         ahocorasick_rs.Implementation.DFA if dfa else ahocorasick_rs.Implementation.ContiguousNFA
@@ -257,12 +259,20 @@ def _build(patterns: frozenset[bytes], *, triggers: bool, dfa: bool) -> _Snapsho
     return _Snapshot(
         automaton=ahocorasick_rs.BytesAhoCorasick(list(ordered), implementation=implementation),
         ordered=ordered,
-        kinds=tuple((p in patterns, _TRIGGERS.get(p, ())) for p in ordered),
+        kinds=tuple((p in patterns, _TRIGGERS.get(p, ()) if triggers else ()) for p in ordered),
         first_bytes=frozenset(p[0] for p in ordered),
         pattern_bytes=frozenset(b"".join(ordered)),
         longest=max((len(p) for p in ordered), default=0),
         dfa=dfa,
     )
+
+
+@cache
+def _triggers() -> _Snapshot:
+    """The credential shapes' triggers: the same for every masker, so one layer built once
+    per process and shared. A task's masker then builds only its own values' forms: the
+    triggers made a DFA three times as long to build as one of a credential's forms."""
+    return _build(frozenset(), triggers=True, dfa=True)
 
 
 class Masker:
@@ -357,16 +367,16 @@ class Masker:
         # one layer: layers must not multiply the memory the limit bounds.
         dfa = self._pattern_bytes <= self._dfa_max_pattern_bytes
         built = self._built
-        if not built or self._fresh:
+        if self._fresh:
             built.append((frozenset(self._fresh), None))
             self._fresh = set()
             while len(built) > 1 and 2 * len(built[-1][0]) >= len(built[-2][0]):
                 top, _ = built.pop()
                 built[-1] = (built[-1][0] | top, None)
-        layers = []
+        layers = [_triggers()]
         for i, (patterns, snapshot) in enumerate(built):
             if snapshot is None or snapshot.dfa != dfa:
-                snapshot = _build(patterns, triggers=i == 0, dfa=dfa)
+                snapshot = _build(patterns, triggers=False, dfa=dfa)
                 built[i] = (patterns, snapshot)
             layers.append(snapshot)
         return _Layers(tuple(layers))
