@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # little, and under a storm of connection resets uvloop with aiohttp was seen to
         # keep a transport on a file descriptor the kernel reused, which killed the process
         # (tests/faults/test_network_cut.py).
-        return run(_run(config, masker, switcher), prefer_uvloop=False)
+        return _profiled(lambda: run(_run(config, masker, switcher), prefer_uvloop=False))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:
@@ -459,6 +459,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         report_unexpected(exc, _PROG, debug=debug_wanted(args.debug))
         return EXIT_FAILED
+
+
+def _profiled(main: Callable[[], int]) -> int:
+    """``main()``, under cProfile when ``TETHER_DELEGATE_PROFILE`` names a file to write the
+    profile to, ``{pid}`` in it replaced by this process's id (several delegates may share
+    one environment). For measuring the delegate's own cost per task; cProfile sees this
+    thread only, and times on the wall clock."""
+    target = os.environ.pop("TETHER_DELEGATE_PROFILE", None)
+    if not target:
+        return main()
+    target = target.replace("{pid}", str(os.getpid()))
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(main)
+    finally:
+        profile.dump_stats(target)
 
 
 def _doctor(config: DelegateConfig) -> int:

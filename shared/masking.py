@@ -24,6 +24,7 @@ import shlex
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -123,6 +124,7 @@ class _Snapshot:
     # Every byte of every pattern: a tail ending in any other byte can be no prefix.
     pattern_bytes: frozenset[int]
     longest: int
+    dfa: bool
 
     def held_tail(self, buf: bytes) -> int:
         """Length of the longest suffix of ``buf`` that is a proper prefix of some pattern.
@@ -147,6 +149,26 @@ class _Snapshot:
                 return length
         return 0
 
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """The automatons of a masker, searched together: what one scan sees.
+
+    The first layer is the credential shapes' triggers, shared by every masker (see
+    :func:`_triggers`). Then one layer is the usual case (a task's masker gets its values
+    before its first scan). A masker that keeps gaining values while it is used (the
+    delegate's own, which every task's values join) gets new layers instead of one rebuilt
+    automaton holding them all: rebuilding everything on each addition made the delegate's
+    cost per task grow with the number of tasks it had run. Layers are merged like a binary
+    counter (a layer at least half the size of the one before it is merged into it), so a
+    pattern is rebuilt O(log n) times in all and a scan searches O(log n) automatons.
+    """
+
+    layers: tuple[_Snapshot, ...]
+
+    def held_tail(self, buf: bytes) -> int:
+        return max(layer.held_tail(buf) for layer in self.layers)
+
     def release(
         self, buf: bytes, covered: int | None, final: bool
     ) -> tuple[bytes, int, int | None]:
@@ -166,16 +188,16 @@ class _Snapshot:
         ``cut``: either way it is judged again, on the same bytes, on the next call.
         """
         cut = len(buf) if final else len(buf) - self.held_tail(buf)
-        found = self.automaton.find_matches_as_indexes(buf, overlapping=True)
         spans: list[tuple[int, int]] = []
         triggered: list[tuple[int, tuple[Shape, ...]]] = []
-        kinds = self.kinds
-        for index, start, end in found:
-            registered, shapes = kinds[index]
-            if registered:
-                spans.append((start, end))
-            if shapes:
-                triggered.append((start, shapes))
+        for layer in self.layers:
+            kinds = layer.kinds
+            for index, start, end in layer.automaton.find_matches_as_indexes(buf, overlapping=True):
+                registered, shapes = kinds[index]
+                if registered:
+                    spans.append((start, end))
+                if shapes:
+                    triggered.append((start, shapes))
         if triggered:
             cut = _judge(buf, triggered, cut, final, spans)
         # Matches starting at or after `cut` lie in the held tail and are found again on
@@ -228,29 +250,36 @@ for _shape in SHAPES:
         _TRIGGERS[_trigger] = (*_TRIGGERS.get(_trigger, ()), _shape)
 
 
-def _build(patterns: frozenset[bytes], dfa_max_pattern_bytes: int) -> _Snapshot:
-    ordered = tuple(sorted(patterns | _TRIGGERS.keys()))
-    size = sum(len(p) for p in ordered)
+def _build(patterns: frozenset[bytes], *, triggers: bool, dfa: bool) -> _Snapshot:
+    # The shapes' triggers are in one layer only (see _triggers), so each is judged once.
+    ordered = tuple(sorted(patterns | _TRIGGERS.keys() if triggers else patterns))
     implementation = (
-        ahocorasick_rs.Implementation.DFA
-        if size <= dfa_max_pattern_bytes
-        else ahocorasick_rs.Implementation.ContiguousNFA
+        ahocorasick_rs.Implementation.DFA if dfa else ahocorasick_rs.Implementation.ContiguousNFA
     )
     return _Snapshot(
         automaton=ahocorasick_rs.BytesAhoCorasick(list(ordered), implementation=implementation),
         ordered=ordered,
-        kinds=tuple((p in patterns, _TRIGGERS.get(p, ())) for p in ordered),
+        kinds=tuple((p in patterns, _TRIGGERS.get(p, ()) if triggers else ()) for p in ordered),
         first_bytes=frozenset(p[0] for p in ordered),
         pattern_bytes=frozenset(b"".join(ordered)),
-        longest=max(len(p) for p in ordered),
+        longest=max((len(p) for p in ordered), default=0),
+        dfa=dfa,
     )
+
+
+@cache
+def _triggers() -> _Snapshot:
+    """The credential shapes' triggers: the same for every masker, so one layer built once
+    per process and shared. A task's masker then builds only its own values' forms: the
+    triggers made a DFA three times as long to build as one of a credential's forms."""
+    return _build(frozenset(), triggers=True, dfa=True)
 
 
 class Masker:
     """The set of values to mask for one task (or one process's own logs).
 
-    Thread-safe: values may be added while other threads mask; the automaton is rebuilt
-    lazily, on the first scan after an addition.
+    Thread-safe: values may be added while other threads mask. The patterns added since
+    the last scan become a new layer on the next one (see :class:`_Layers`).
     """
 
     def __init__(
@@ -262,8 +291,14 @@ class Masker:
         self._dfa_max_pattern_bytes = dfa_max_pattern_bytes
         self._lock = threading.Lock()
         self._patterns: set[bytes] = set()
+        # Their total length, kept rather than summed on every rebuild.
+        self._pattern_bytes = 0
+        # Built layers, oldest (and largest) first, each with its own patterns.
+        self._built: list[tuple[frozenset[bytes], _Snapshot | None]] = []
+        # Added since the last scan: the next layer.
+        self._fresh: set[bytes] = set()
         self._skipped: list[str] = []
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: _Layers | None = None
         for value in values:
             self.add(value)
 
@@ -279,8 +314,11 @@ class Masker:
             if not forms:
                 self._skipped.append(_describe_short(value))
                 return False
-            if not forms <= self._patterns:
-                self._patterns |= forms
+            new = forms - self._patterns
+            if new:
+                self._patterns |= new
+                self._pattern_bytes += sum(len(p) for p in new)
+                self._fresh |= new
                 self._snapshot = None
             return True
 
@@ -318,11 +356,30 @@ class Masker:
             # A byte pattern cut a character in two; keep the stray bytes as escapes.
             return masked.decode("utf-8", "surrogateescape")
 
-    def _current(self) -> _Snapshot:
+    def _current(self) -> _Layers:
         with self._lock:
             if self._snapshot is None:
-                self._snapshot = _build(frozenset(self._patterns), self._dfa_max_pattern_bytes)
+                self._snapshot = self._layered()
             return self._snapshot
+
+    def _layered(self) -> _Layers:
+        # Called with the lock held. The DFA is chosen by the size of all patterns, not of
+        # one layer: layers must not multiply the memory the limit bounds.
+        dfa = self._pattern_bytes <= self._dfa_max_pattern_bytes
+        built = self._built
+        if self._fresh:
+            built.append((frozenset(self._fresh), None))
+            self._fresh = set()
+            while len(built) > 1 and 2 * len(built[-1][0]) >= len(built[-2][0]):
+                top, _ = built.pop()
+                built[-1] = (built[-1][0] | top, None)
+        layers = [_triggers()]
+        for i, (patterns, snapshot) in enumerate(built):
+            if snapshot is None or snapshot.dfa != dfa:
+                snapshot = _build(patterns, triggers=False, dfa=dfa)
+                built[i] = (patterns, snapshot)
+            layers.append(snapshot)
+        return _Layers(tuple(layers))
 
 
 def _describe_short(value: str | bytes) -> str:
@@ -353,6 +410,10 @@ class MaskingStream:
 
     def flush(self) -> bytes:
         """End of stream: release, masked, whatever is still held back."""
+        if not self._held:
+            # Nothing to mask (a quiet task's streams): no automaton is built for it.
+            self._covered = None
+            return b""
         out, _, _ = self._masker._current().release(self._held, self._covered, final=True)
         self._held = b""
         self._covered = None

@@ -82,11 +82,11 @@ def _double_quoted(raw: bytes) -> bytearray:
 
 
 def _ansi_c(raw: bytes, *, utf8: bool) -> bytes:
+    if not utf8 or raw.isascii():
+        # Byte by byte (an ASCII character is its byte): from a table, as this runs for
+        # every value registered with a masker, each task's credential among them.
+        return b"".join([_ANSI_C_TABLE[byte] for byte in raw])
     out = bytearray()
-    if not utf8:
-        for byte in raw:
-            out += _ansi_c_byte(byte)
-        return bytes(out)
     for char in raw.decode("utf-8", "surrogateescape"):
         code = ord(char)
         if code < 0x80:
@@ -108,6 +108,9 @@ def _ansi_c_byte(byte: int) -> bytes:
     if 0x20 <= byte < 0x7F:
         return bytes((byte,))
     return b"\\%03o" % byte
+
+
+_ANSI_C_TABLE = tuple(_ansi_c_byte(byte) for byte in range(256))
 
 
 def _printable(raw: bytes) -> bool:

@@ -22,7 +22,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -194,29 +194,24 @@ async def _run_shell(
     slot: tuple[TaskUser, Switcher] | None,
 ) -> _Outcome:
     user = None if slot is None else slot[0]
-    await asyncio.to_thread(work_root.mkdir, mode=0o700, parents=True, exist_ok=True)
-    # mkdtemp makes the directory 0700: the script and its output file are the task's alone.
-    task_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="task-", dir=work_root))
-    output_fd: int | None = None
+    # The directory's files are made in one worker-thread hop, not one per file: a hop
+    # costs more than the small writes it carries (docs/benchmarks.md).
+    made = await asyncio.to_thread(
+        _make_task_dir, work_root, payload.script.encode(), secret_files, payload.working_dir
+    )
+    task_dir, output_fd = made.task_dir, made.output_fd
     try:
-        script = task_dir / "script"
-        output_file = task_dir / "output"
-        await asyncio.to_thread(_write_private, script, payload.script.encode())
-        await asyncio.to_thread(_write_private, output_file, b"")
-        # Read through this descriptor afterwards: once the file is the task user's, the
-        # delegate may have no right to open it (it holds no CAP_DAC_*).
-        output_fd = os.open(output_file, os.O_RDONLY | os.O_CLOEXEC)
-        file_env = await asyncio.to_thread(_write_secret_files, task_dir, secret_files)
-        cwd = await asyncio.to_thread(_working_dir, task_dir, payload.working_dir)
-        if isinstance(cwd, str):
-            return _Outcome("failed", error=cwd)
-        env = _child_env(spec, payload, {**secret_env, **file_env}, task_dir, output_file, user)
-        argv = [payload.interpreter, str(script)]
+        if made.error is not None:
+            return _Outcome("failed", error=made.error)
+        env = _child_env(
+            spec, payload, {**secret_env, **made.file_env}, task_dir, made.output_file, user
+        )
+        argv = [payload.interpreter, str(made.script)]
         try:
             if slot is None:
-                child = await spawn(argv, cwd=cwd, env=env)
+                child = await spawn(argv, cwd=made.cwd, env=env)
             else:
-                child = await slot[1].start(slot[0], argv, task_dir=task_dir, cwd=cwd, env=env)
+                child = await slot[1].start(slot[0], argv, task_dir=task_dir, cwd=made.cwd, env=env)
         except OSError as exc:
             return _Outcome(
                 "failed", error=f"cannot start {payload.interpreter}: {exc.strerror or exc}"
@@ -225,15 +220,60 @@ async def _run_shell(
         outputs = await _read_outputs(output_fd, log)
         return _Outcome(outcome.status, outcome.exit_code, outputs, outcome.error)
     finally:
-        if output_fd is not None:
-            os.close(output_fd)
+        os.close(output_fd)
         # Whatever happened: the directory holds the script and any secret files.
         await _remove_task_dir(task_dir, slot)
 
 
+@dataclass(frozen=True)
+class _TaskDir:
+    task_dir: Path
+    script: Path
+    output_file: Path
+    # Read through this descriptor afterwards: once the file is the task user's, the
+    # delegate may have no right to open it (it holds no CAP_DAC_*).
+    output_fd: int
+    file_env: dict[str, str]
+    cwd: Path
+    # Why the task cannot run (its working_dir); the directory exists all the same.
+    error: str | None = None
+
+
+def _make_task_dir(
+    work_root: Path, script: bytes, secret_files: Mapping[str, bytes], working_dir: str | None
+) -> _TaskDir:
+    """The task's private directory with its script, its empty ``$TETHER_OUTPUT`` and its
+    secret files. Once made, the caller owns the directory and ``output_fd``; on an error
+    before that, nothing is left behind."""
+    work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdtemp makes the directory 0700: the script and its output file are the task's alone.
+    task_dir = Path(tempfile.mkdtemp(prefix="task-", dir=work_root))
+    output_fd: int | None = None
+    try:
+        script_path = task_dir / "script"
+        output_file = task_dir / "output"
+        _write_private(script_path, script)
+        output_fd = os.open(output_file, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        made = _TaskDir(task_dir, script_path, output_file, output_fd, {}, task_dir)
+        file_env = _write_secret_files(task_dir, secret_files)
+        cwd = _working_dir(task_dir, working_dir)
+    except BaseException:
+        if output_fd is not None:
+            os.close(output_fd)
+        shutil.rmtree(task_dir, ignore_errors=True)
+        raise
+    if isinstance(cwd, str):
+        return replace(made, error=cwd)
+    return replace(made, file_env=file_env, cwd=cwd)
+
+
 async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | None) -> None:
     if slot is None:
-        await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
+        try:
+            # A task that left nothing else behind (most): three calls, no worker thread.
+            _remove_own_files(task_dir)
+        except OSError:
+            await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
         return
     # As the task's user: its leftover processes die before the slot serves another task,
     # and what it wrote is removed with its own rights, not the delegate's.
@@ -241,6 +281,15 @@ async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | Non
     with contextlib.suppress(OSError):
         # Not empty only when the sweep failed; the next start clears it.
         await asyncio.to_thread(task_dir.rmdir)
+
+
+def _remove_own_files(task_dir: Path) -> None:
+    """Remove ``task_dir`` when it holds only what the delegate put there; OSError when it
+    holds more (or the task replaced a file with a directory), for rmtree to take over."""
+    for name in ("script", "output"):
+        with contextlib.suppress(FileNotFoundError):
+            (task_dir / name).unlink()
+    task_dir.rmdir()
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -354,6 +403,9 @@ def _signal_name(signum: int) -> str:
 
 
 async def _read_outputs(fd: int, log: LogStream) -> dict[str, str]:
+    if os.fstat(fd).st_size == 0:
+        # Most tasks write no outputs: no worker-thread hop to read nothing.
+        return {}
     data = await asyncio.to_thread(_read_head, fd, MAX_OUTPUT_BYTES + 1)
     if len(data) > MAX_OUTPUT_BYTES:
         # The part of a line beyond the cap would be a wrong value, not a shorter one.

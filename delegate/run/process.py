@@ -8,6 +8,12 @@ The output pipes are made here rather than by ``asyncio.subprocess.PIPE`` so tha
 delegate can close its read ends itself: a process that left the group (``setsid``) may hold
 the write ends open for ever, and asyncio offers no public way to let go of its own pipes
 while the child's transport is still alive.
+
+The child is started with ``subprocess.Popen`` (vfork and exec: the delegate's memory is not
+copied) and reaped through a pidfd the event loop watches, as the task launcher does: no
+thread per child, which asyncio's default child watcher on Python 3.11 starts for every
+process. Where pidfds are missing (Linux before 5.3, or a seccomp filter that refuses
+``pidfd_open``), asyncio's own subprocess support is used instead.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +98,40 @@ class _Local:
 
     def signal_group(self, sig: signal.Signals) -> bool:
         return signal_group(self.proc.pid, sig)
+
+
+class _Reaped:
+    """A child of this process reaped through its pidfd, as a :class:`TaskProcess`."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int) -> None:
+        self._popen = popen
+        self._pidfd = pidfd
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+        # Readable once the process has exited: then waitpid does not block.
+        loop.add_reader(pidfd, self._reap)
+
+    def _reap(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self._popen.wait()
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        # Shielded: a waiter cancelled (a timeout) must not cancel the reaping.
+        return await asyncio.shield(self._exited)
+
+    def signal_group(self, sig: signal.Signals) -> bool:
+        return signal_group(self._popen.pid, sig)
 
 
 @dataclass(eq=False)
@@ -166,7 +208,7 @@ async def spawn(
     """Start ``argv`` as the leader of a new session, stdin from /dev/null; as ``user``
     (its uid, its group and no other group) when given.
 
-    Raises what ``create_subprocess_exec`` raises (``FileNotFoundError``, ``PermissionError``)
+    Raises what ``subprocess.Popen`` raises (``FileNotFoundError``, ``PermissionError``)
     when the program cannot be started; no descriptor leaks in that case.
     """
     if user is not None:
@@ -177,19 +219,7 @@ async def spawn(
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            start_new_session=True,
-            # Switched in the child between fork and exec (C code, no preexec_fn).
-            user=None if user is None else user.uid,
-            group=None if user is None else user.gid,
-            extra_groups=None if user is None else [],
-        )
+        proc = await _start(argv, cwd, env, user, out_w, err_w)
     except BaseException:
         for fd in (out_r, err_r):
             os.close(fd)
@@ -202,15 +232,84 @@ async def spawn(
         stdout = await open_pipe(out_r)
     except BaseException:
         os.close(err_r)
-        kill_group(proc.pid)
+        _abandon(proc)
         raise
     try:
         stderr = await open_pipe(err_r)
     except BaseException:
         stdout.close()
-        kill_group(proc.pid)
+        _abandon(proc)
         raise
-    return Child(proc=_Local(proc), stdout=stdout, stderr=stderr)
+    return Child(proc=proc, stdout=stdout, stderr=stderr)
+
+
+@cache
+def _pidfds() -> bool:
+    """Whether this kernel (and its seccomp filter) lets this process open pidfds."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+async def _start(
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    user: TaskUser | None,
+    out_w: int,
+    err_w: int,
+) -> TaskProcess:
+    uid = None if user is None else user.uid
+    gid = None if user is None else user.gid
+    groups: list[int] | None = None if user is None else []
+    if not _pidfds():
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+        return _Local(proc)
+    # A fork and exec (vfork when no user is switched), as asyncio's own subprocess support
+    # does it: nothing to wait on.
+    popen = subprocess.Popen(  # noqa: ASYNC220
+        argv,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=out_w,
+        stderr=err_w,
+        start_new_session=True,
+        # Switched in the child between fork and exec (C code, no preexec_fn).
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError:
+        # Only when out of descriptors: the child must not run unwatched.
+        signal_group(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+    try:
+        return _Reaped(popen, pidfd)
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def _abandon(proc: TaskProcess) -> None:
+    """Kill a child whose pipes could not be set up; it is reaped as it exits."""
+    proc.signal_group(signal.SIGKILL)
 
 
 async def open_pipe(fd: int) -> OutputPipe:

@@ -199,9 +199,11 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
     ps = [psutil.Process(d.proc.pid) for d in delegates]
     me = psutil.Process()
 
-    def delegate_cpu() -> float:
-        # Children are the tasks' processes, counted once they are reaped.
-        return sum(sum(p.cpu_times()[:4]) for p in ps)
+    def delegate_cpu() -> tuple[float, float]:
+        # (the delegates' own, their tasks' processes': counted once they are reaped)
+        times = [p.cpu_times() for p in ps]
+        own = sum(t.user + t.system for t in times)
+        return own, sum(t.children_user + t.children_system for t in times)
 
     out: dict[str, Any] = {
         "bench": "real",
@@ -258,7 +260,12 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
     if managers.started:
         out["manager_rss_mib"] = round(sum(managers.rss_mib()), 1)
         out["manager_cpu_s"] = round(manager_cpu, 2)
-    out["delegate_cpu_s"] = round(delegate_cpu() - dcpu0, 2)
+    own, tasks = (now - then for now, then in zip(delegate_cpu(), dcpu0, strict=True))
+    out["delegate_cpu_s"] = round(own + tasks, 2)
+    # Per task: the delegates' own work (the figure to cut), apart from what the tasks'
+    # processes themselves cost (the shell running the script).
+    out["delegate_own_cpu_ms_per_task"] = round(own * 1000 / max(1, len(views)), 2)
+    out["task_processes_cpu_ms_per_task"] = round(tasks * 1000 / max(1, len(views)), 2)
     out["delegate_rss_mib"] = round(sum(p.memory_info().rss for p in ps) / 2**20, 1)
     out["bench_cpu_s"] = round(sum(me.cpu_times()[:2]) - bcpu0, 2)
     out["loadavg_1m"]["end"] = load_average()

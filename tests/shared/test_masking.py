@@ -754,3 +754,94 @@ def test_property_an_output_name_holding_a_value_is_changed_by_the_masker(
     # (test_output_whose_name_holds_a_secret_is_dropped): any name holding a value must be.
     name = "N" + before + value + after
     assert Masker([value + stored_with]).mask_text(name) != name
+
+
+# --- a masker that keeps gaining values (the delegate's own) -------------------------------
+
+
+@_settings
+@given(_stream_with_secrets())
+def test_property_values_added_between_scans_mask_as_if_given_at_once(
+    case: tuple[list[str | bytes], bytes, list[int]],
+) -> None:
+    secrets, data, cuts = case
+    grown = Masker()
+    for secret in secrets:
+        grown.mask_bytes(data)  # a scan between additions: each value lands in a new layer
+        grown.add(secret)
+    assert grown.mask_bytes(data) == Masker(secrets).mask_bytes(data)
+    assert stream_through(grown, split_at(data, cuts)) == Masker(secrets).mask_bytes(data)
+
+
+def test_a_stream_holding_back_an_older_value_masks_it_after_an_addition() -> None:
+    masker = Masker(["first-secret-value"])
+    stream = masker.stream()
+    out = stream.feed(b"log: first-sec")
+    # A new layer arrives while the older one's prefix is held back; both are searched.
+    masker.add("second-secret-value")
+    out += stream.feed(b"ret-value and second-secret-value\n") + stream.flush()
+    assert out == b"log: " + MASK + b" and " + MASK + b"\n"
+
+
+def test_adding_a_value_per_scan_does_not_rebuild_every_earlier_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The delegate's own masker gains every task's per-attempt credential and scans its
+    # log lines in between: rebuilding all patterns each time cost it time quadratic in the
+    # tasks it had run. Merged layers rebuild each pattern O(log n) times.
+    import shared.masking as masking
+
+    built: list[int] = []
+    real_build = masking._build
+
+    def counting(patterns: frozenset[bytes], **kw: bool) -> Any:
+        built.append(len(patterns))
+        return real_build(patterns, **kw)
+
+    monkeypatch.setattr(masking, "_build", counting)
+    masker = Masker()
+    values = 512
+    for i in range(values):
+        masker.add(f"per-attempt-credential-{i:06d}")
+        assert masker.mask_text(f"task {i} finished") == f"task {i} finished"
+    total = masker.patterns
+    assert sum(built) <= total * (values.bit_length() + 1)  # all at once each time: ~total*values/2
+    # The shared layer of the shapes' triggers, then the masker's own.
+    assert len(masker._current().layers) <= values.bit_length() + 2
+    assert masker.mask_text("per-attempt-credential-000000 per-attempt-credential-000511") == (
+        f"{MASK.decode()} {MASK.decode()}"
+    )
+
+
+def test_a_stream_that_saw_no_output_builds_no_automaton(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A quiet task (`true`) has a masker for its credential, and nothing to mask.
+    import shared.masking as masking
+
+    built: list[int] = []
+    real_build = masking._build
+
+    def counting(patterns: frozenset[bytes], **kw: bool) -> Any:
+        built.append(len(patterns))
+        return real_build(patterns, **kw)
+
+    monkeypatch.setattr(masking, "_build", counting)
+    masking._triggers()  # shared by every masker, built once per process: not counted
+    built.clear()
+    masker = Masker([SECRET])
+    assert masker.stream().flush() == b""
+    assert built == []
+    stream = masker.stream()
+    out = stream.feed(SECRET.encode()[:3])
+    assert out == b""  # held back: it may be the start of the value
+    assert out + stream.feed(SECRET.encode()[3:]) + stream.flush() == MASK
+    assert len(built) == 1
+
+
+def test_the_shapes_triggers_are_one_layer_shared_by_every_masker() -> None:
+    # A task's masker builds only its own values' forms; a shape is found all the same.
+    first, second = Masker([SECRET]), Masker(["another-secret-value"])
+    assert first._current().layers[0] is second._current().layers[0]
+    assert len(second._current().layers[1].ordered) == len(expand_value("another-secret-value"))
+    key = "AKIAIOSFODNN7EXAMPLE"
+    assert MASK.decode() in second.mask_text(f"key={key}")
+    assert Masker().mask_text(f"key={key}") == second.mask_text(f"key={key}")

@@ -282,6 +282,67 @@ async def test_task_directory_is_removed_afterwards(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        "true",  # only the delegate's own files: removed without a worker thread
+        'rm "$TETHER_OUTPUT"',
+        'rm "$0" && mkdir "$0" && touch "$0/x"',  # a file replaced by a directory
+        'ln -s / "$TMPDIR/root"',  # a link is removed, never followed
+        'rm "$TETHER_OUTPUT" && ln -s "$HOME" "$TETHER_OUTPUT"',  # in place of our file
+    ],
+)
+async def test_the_task_directory_is_removed_whatever_the_task_left(
+    tmp_path: Path, script: str
+) -> None:
+    r = await run(shell(script), tmp_path)
+
+    assert r.result.status == "succeeded"
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_output_file_exists_empty_and_private_before_the_script_runs(
+    tmp_path: Path,
+) -> None:
+    # Made in the same worker-thread hop as the script: the contract is unchanged.
+    r = await run(shell('stat -c "%a %s" "$TETHER_OUTPUT"; test -w "$TETHER_OUTPUT"'), tmp_path)
+
+    assert r.result.status == "succeeded"
+    assert r.texts("stdout") == ["600 0"]
+    assert r.result.outputs == {}
+
+
+async def test_a_task_whose_files_cannot_be_made_leaves_no_directory(tmp_path: Path) -> None:
+    lines: list[LogLine] = []
+
+    async def sink(line: LogLine) -> None:
+        lines.append(line)
+
+    result = await execute(
+        TaskSpec(id="task-1", payload=shell("echo ran"), timeout_s=10),
+        secret_env={},
+        secret_files={"NOT/A/NAME": b"content"},
+        log=LogStream(Masker(), sink, flush_after=0.05),
+        cancel=asyncio.Event(),
+        kill_grace=0.2,
+        work_root=tmp_path,
+    )
+
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "is not a variable name" in result.error
+    assert not [line for line in lines if line.stream == "stdout"]
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_working_dir_that_leads_out_leaves_no_directory(tmp_path: Path) -> None:
+    r = await run(shell("echo ran", working_dir="../.."), tmp_path)
+
+    assert r.result.status == "failed"
+    assert r.texts("stdout") == []
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- shell: working directory -----------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -185,3 +186,39 @@ async def test_closing_a_pipe_ends_its_reader_even_while_a_writer_holds_it(
     child.stdout.close()
 
     assert await asyncio.wait_for(child.stdout.reader.read(), 5) == b""
+
+
+async def test_a_child_is_reaped_through_its_pidfd_without_a_thread(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    before = set(threading.enumerate())
+    child = await start(children, f"read -r code < {gate}; exit $code", tmp_path)
+    # The child is blocked on the fifo: it is running, and whatever waits for it is set up.
+    assert child.proc.returncode is None
+    assert set(threading.enumerate()) == before  # asyncio's 3.11 default: a thread per child
+    # A waiter that gives up does not stop the reaping.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(child.proc.wait(), 0)
+    fd = await asyncio.to_thread(os.open, gate, os.O_WRONLY)
+    os.write(fd, b"7\n")
+    os.close(fd)
+    assert await child.proc.wait() == 7
+    assert child.proc.returncode == 7
+    # Reaped: the pid is no process of ours any more.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.proc.pid, os.WNOHANG)
+
+
+async def test_without_pidfds_a_child_is_started_and_reaped_by_asyncio(
+    tmp_path: Path, children: list[Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kernel before 5.3, or a seccomp filter that refuses pidfd_open.
+    import delegate.run.process as process
+
+    monkeypatch.setattr(process, "_pidfds", lambda: False)
+    child = await start(children, "echo out; echo err >&2; exit 3", tmp_path)
+    assert await child.stdout.reader.read() == b"out\n"
+    assert await child.stderr.reader.read() == b"err\n"
+    assert await child.proc.wait() == 3

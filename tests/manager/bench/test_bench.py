@@ -88,6 +88,13 @@ async def test_real_delegate_bench_runs_shell_tasks() -> None:
     assert out["succeeded"] == 10
     assert out["delegate_modes"] == ["stream"]
     assert out["delegates_connected"] == 1
+    # The delegate's own CPU per task, apart from its tasks' processes (which it reaped).
+    own, tasks = out["delegate_own_cpu_ms_per_task"], out["task_processes_cpu_ms_per_task"]
+    assert isinstance(own, float)
+    assert isinstance(tasks, float)
+    assert own > 0
+    assert tasks >= 0  # the kernel counts in 10 ms ticks: ten `true` may show none
+    assert out["delegate_cpu_s"] == pytest.approx((own + tasks) * 10 / 1000, abs=0.02)
 
 
 async def test_sequential_real_bench_reports_each_tasks_wait_on_the_clients_clock() -> None:
