@@ -291,6 +291,9 @@ class Masker:
         self._dfa_max_pattern_bytes = dfa_max_pattern_bytes
         self._lock = threading.Lock()
         self._patterns: set[bytes] = set()
+        # How many added values each pattern stands for: :meth:`discard` drops a pattern
+        # only when no value still registered needs it.
+        self._holders: dict[bytes, int] = {}
         # Their total length, kept rather than summed on every rebuild.
         self._pattern_bytes = 0
         # Built layers, oldest (and largest) first, each with its own patterns.
@@ -314,6 +317,8 @@ class Masker:
             if not forms:
                 self._skipped.append(_describe_short(value))
                 return False
+            for form in forms:
+                self._holders[form] = self._holders.get(form, 0) + 1
             new = forms - self._patterns
             if new:
                 self._patterns |= new
@@ -321,6 +326,37 @@ class Masker:
                 self._fresh |= new
                 self._snapshot = None
             return True
+
+    def discard(self, value: str | bytes) -> None:
+        """Undo one :meth:`add` of ``value``: its patterns that no other registered value
+        needs stop being masked. For values that live as long as one task attempt (its
+        workload-identity request credential) in a masker that lives as long as the
+        process: without it, the process's masker grew by every attempt it ever ran."""
+        forms = expand_value(value)
+        with self._lock:
+            gone: set[bytes] = set()
+            for form in forms:
+                held = self._holders.get(form, 0)
+                if held > 1:
+                    self._holders[form] = held - 1
+                elif held == 1:
+                    del self._holders[form]
+                    gone.add(form)
+            if not gone:
+                return
+            self._patterns -= gone
+            self._pattern_bytes -= sum(len(p) for p in gone)
+            self._fresh -= gone
+            # A built layer that held a dropped pattern is built again without it; a layer
+            # left empty goes. The others keep their automatons.
+            kept: list[tuple[frozenset[bytes], _Snapshot | None]] = []
+            for patterns, snapshot in self._built:
+                if patterns & gone:
+                    patterns, snapshot = patterns - gone, None
+                if patterns:
+                    kept.append((patterns, snapshot))
+            self._built = kept
+            self._snapshot = None
 
     @property
     def skipped(self) -> list[str]:

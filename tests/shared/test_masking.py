@@ -845,3 +845,58 @@ def test_the_shapes_triggers_are_one_layer_shared_by_every_masker() -> None:
     key = "AKIAIOSFODNN7EXAMPLE"
     assert MASK.decode() in second.mask_text(f"key={key}")
     assert Masker().mask_text(f"key={key}") == second.mask_text(f"key={key}")
+
+
+# --- values held for one attempt: discard --------------------------------------------------
+
+
+@_settings
+@given(_stream_with_secrets(), st.data())
+def test_property_discarding_values_masks_as_a_masker_of_the_rest(
+    case: tuple[list[str | bytes], bytes, list[int]], data: st.DataObject
+) -> None:
+    # The delegate's own masker holds each attempt's credential only while the attempt
+    # runs: after discards it must mask exactly what a masker of the values left masks,
+    # whatever layers the additions and scans in between built.
+    secrets, out, cuts = case
+    dropped = data.draw(st.lists(st.integers(0, max(0, len(secrets) - 1)), unique=True))
+    masker = Masker()
+    for secret in secrets:
+        masker.mask_bytes(out)
+        masker.add(secret)
+    for i in dropped:
+        if i < len(secrets):
+            masker.discard(secrets[i])
+    left = [s for i, s in enumerate(secrets) if i not in dropped]
+    assert masker.mask_bytes(out) == Masker(left).mask_bytes(out)
+    assert stream_through(masker, split_at(out, cuts)) == Masker(left).mask_bytes(out)
+
+
+def test_a_value_added_twice_stays_masked_until_discarded_twice() -> None:
+    masker = Masker()
+    masker.add("attempt-credential-1")
+    masker.add("attempt-credential-1")
+    masker.add("long-lived-secret")
+    masker.discard("attempt-credential-1")
+    assert masker.mask_text("x attempt-credential-1 y") == "x " + MASK.decode() + " y"
+    masker.discard("attempt-credential-1")
+    assert masker.mask_text("x attempt-credential-1 y") == "x attempt-credential-1 y"
+    assert masker.mask_text("long-lived-secret") == MASK.decode()
+    masker.discard("never-added-value")  # a no-op, not an error
+    assert masker.mask_text("long-lived-secret") == MASK.decode()
+
+
+def test_discarding_every_attempt_value_leaves_the_masker_its_size() -> None:
+    # What the delegate's process masker does per attempt: add, scan, discard. Its
+    # patterns must not grow with the attempts it ran.
+    masker = Masker(["process-wide-secret"])
+    size = masker.patterns
+    for n in range(200):
+        value = f"attempt-{n:04d}-credential"
+        masker.add(value)
+        assert masker.mask_text(value) == MASK.decode()
+        masker.discard(value)
+    assert masker.patterns == size
+    assert masker.mask_text("process-wide-secret attempt-0007-credential") == (
+        MASK.decode() + " attempt-0007-credential"
+    )
