@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import structlog
 
-from manager.core.audit_chain import AuditOf
+from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.keys.data_keys import DataKey, DataKeyError, DataKeys, is_sealed
 from manager.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord
 from manager.store.base import BadData, Store, StoreError
@@ -88,17 +88,22 @@ class SealedTasks:
         # A task id is new at its insert (manager.tasks.service makes it).
         owner = owner_of(task.id)
         key = await self._keys.key(owner, new=True)
+        sealed = _seal_task(task, key)
         try:
             stored, created = await self._store.insert_task(
-                _seal_task(task, key),
+                sealed,
                 idempotency_window=idempotency_window,
-                audit=None if audit is None else _opening(audit, key),
+                audit=None if audit is None else _opening(audit, key, sealed, task),
             )
         except BaseException:
             await self._drop_key_of_unmade(task.id)
             raise
         if not created:
             await self._keys.forget(owner)  # an earlier task of that key answers
+        if stored is sealed:
+            # The row written is the one sealed here: it reads as the task in hand, with no
+            # need to open what was just sealed (a decrypt and a JSON parse per submission).
+            return task, created
         return await self._open(stored), created
 
     async def _drop_key_of_unmade(self, task_id: str) -> None:
@@ -269,10 +274,22 @@ def _open_task(task: TaskRecord, key: DataKey) -> TaskRecord:
     return dataclasses.replace(task, payload=payload, outputs=outputs, deployment=deployment)
 
 
-def _opening(audit: AuditOf[TaskRecord], key: DataKey) -> AuditOf[TaskRecord]:
+def _opening(
+    audit: AuditOf[TaskRecord],
+    key: DataKey,
+    sealed: TaskRecord | None = None,
+    plain: TaskRecord | None = None,
+) -> AuditOf[TaskRecord]:
     """``audit`` told the task as it reads, not as it is stored (it runs inside the store's
-    transaction: the key is already in hand, so opening is synchronous)."""
-    return lambda task: audit(_open_task(task, key))
+    transaction: the key is already in hand, so opening is synchronous). When the row
+    written is ``sealed`` itself (an insert of it), it reads as ``plain``: nothing to open."""
+
+    def opened(task: TaskRecord) -> AuditAppend | None:
+        if plain is not None and task is sealed:
+            return audit(plain)
+        return audit(_open_task(task, key))
+
+    return opened
 
 
 def seal_lines(key: DataKey, lines: Sequence[LogRecord]) -> list[LogRecord]:
