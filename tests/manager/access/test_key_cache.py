@@ -1,6 +1,7 @@
-"""The API key cache of the access guards: requests that miss at once share one read, and a
-read that a revocation overtook is not kept, so the revoked key is refused from the next
-request on. Judged by events on a store whose reads wait for the test, not by time."""
+"""The API key and principal caches of the access guards: requests that miss at once share
+one read, and a read that a revocation or a change of grants overtook is not kept, so the
+change holds from the next request on. Judged by events on reads that wait for the test,
+with clocks that stand still, not by time."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import cast
 
 import pytest
 
+from manager.access.directory import Directory
+from manager.access.principal import Principal, Principals
 from manager.api.guards import KeyCache
+from manager.core.identity import Actor
+from manager.core.rbac import Grants
 from manager.records import ApiKeyRecord
 from manager.store.base import Store
 
@@ -87,3 +92,39 @@ async def test_waiters_read_for_themselves_when_the_reader_goes_away() -> None:
     store.release.set()
     assert await waiter == KEY
     assert store.reads == 2
+
+
+# -- principals (what a credential may do), cached the same way -------------------------------
+
+
+class _Directory:
+    store = None
+
+
+def principal(name: str) -> Principal:
+    return Principal(Actor("api_key", "key_1", name), Grants(frozenset(), ()))
+
+
+async def test_a_principal_load_overtaken_by_a_change_is_not_kept_and_misses_share_one() -> None:
+    principals = Principals(cast(Directory, _Directory()), ttl=1.0, clock=Clock())
+    loads: list[str] = []
+    release = asyncio.Event()
+    grants = "before"
+
+    async def load() -> tuple[Principal, float]:
+        seen = grants  # what the group said when the load read it
+        loads.append(seen)
+        await release.wait()
+        return principal(seen), float("inf")
+
+    waiting = [asyncio.create_task(principals._cached("key:key_1", load)) for _ in range(20)]
+    await asyncio.sleep(0)
+    grants = "after"
+    principals.forget()  # a permission removed while the load was in flight
+    release.set()
+    assert {p.actor.name for p in await asyncio.gather(*waiting)} == {"before"}
+    assert loads == ["before"]  # one load for the twenty
+    # No time passed: only the dropped load explains reading again.
+    assert (await principals._cached("key:key_1", load)).actor.name == "after"
+    assert (await principals._cached("key:key_1", load)).actor.name == "after"
+    assert loads == ["before", "after"]
