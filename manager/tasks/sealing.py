@@ -85,17 +85,21 @@ class SealedTasks:
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
-        # A task id is new at its insert (manager.tasks.service makes it).
+        # A task id is new at its insert (manager.tasks.service makes it), and so is its key.
         owner = owner_of(task.id)
-        key = await self._keys.key(owner, new=True)
+        # Its key is stored by the insert, in its transaction: one commit per submission.
+        key, new_key = await self._keys.made(owner)
         sealed = _seal_task(task, key)
         try:
             stored, created = await self._store.insert_task(
                 sealed,
                 idempotency_window=idempotency_window,
                 audit=None if audit is None else _opening(audit, key, sealed, task),
+                data_key=new_key,
             )
         except BaseException:
+            # The key made here may not be the one stored (a row of that id was there).
+            self._keys.drop_cached(owner)
             await self._drop_key_of_unmade(task.id)
             raise
         if not created:
@@ -138,6 +142,7 @@ class SealedTasks:
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
         audit: AuditOf[TaskRecord] | None = None,
+        skip_locked: bool = False,
     ) -> TaskRecord | None:
         key = await self._keys.key(owner_of(task_id))
         sealed = dict(changes)
@@ -154,6 +159,7 @@ class SealedTasks:
             end_attempt_status=end_attempt_status,
             end_attempt_at=end_attempt_at,
             audit=None if audit is None else _opening(audit, key),
+            skip_locked=skip_locked,
         )
         return None if updated is None else _open_task(updated, key)
 
