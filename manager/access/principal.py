@@ -120,10 +120,16 @@ class Principals:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._changed = asyncio.Event()
+        # Loads in flight by credential: requests that miss at once share one.
+        self._loading: dict[str, asyncio.Future[tuple[Principal, float]]] = {}
+        # Bumped by every forget: a load that began before one is not kept (it may have
+        # read a group, user or session as it was before the change).
+        self._generation = 0
 
     def forget(self) -> None:
         """Drop every cached principal (a group, user, key or session changed here), and wake
         whoever waits on :meth:`changed` to judge its credential again."""
+        self._generation += 1
         self._cache.clear()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -139,10 +145,34 @@ class Principals:
         hit = self._cache.get(key)
         if hit is not None and now - hit.loaded < self._ttl and now < hit.expires_at:
             return hit.principal
-        principal, expires_at = await load()
-        if len(self._cache) > 10_000:  # bounded: evict the lot rather than track ages
-            self._cache.clear()
-        self._cache[key] = _Cached(principal, now, expires_at)
+        loading = self._loading.get(key)
+        if loading is not None:
+            try:
+                return (await asyncio.shield(loading))[0]
+            except asyncio.CancelledError:
+                if not loading.cancelled():
+                    raise  # this request itself was cancelled
+            # The request that was loading went away before the answer: load for this one.
+            return (await load())[0]
+        loading = asyncio.get_running_loop().create_future()
+        self._loading[key] = loading
+        generation = self._generation
+        try:
+            principal, expires_at = await load()
+        except asyncio.CancelledError:
+            loading.cancel()
+            raise
+        except Exception as exc:  # a refusal (Unauthenticated) or an outage: the waiters' too
+            loading.set_exception(exc)
+            loading.exception()  # retrieved here: the waiters, if any, get it too
+            raise
+        finally:
+            del self._loading[key]
+        loading.set_result((principal, expires_at))
+        if generation == self._generation:
+            if len(self._cache) > 10_000:  # bounded: evict the lot rather than track ages
+                self._cache.clear()
+            self._cache[key] = _Cached(principal, now, expires_at)
         return principal
 
     async def for_api_key(self, record: ApiKeyRecord) -> Principal:

@@ -36,11 +36,20 @@ class SessionClaims:
     expires_at: float
 
 
+# Credentials whose signature was checked, kept so that a delegate's every request does not
+# decode and MAC its credential again. A credential is a few hundred bytes; past this many
+# (more live delegates than that) the memo starts again, which costs only re-checks.
+VERIFIED_KEPT = 16384
+
+
 class SessionSigner:
     def __init__(self, key: bytes, *, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._key = key
         self._ttl = ttl
         self._clock = clock
+        # Only credentials that verified, by their exact text: the same text always verifies
+        # to the same claims under one key. Expiry is judged at every use.
+        self._verified: dict[str, SessionClaims] = {}
 
     @staticmethod
     def new_key() -> str:
@@ -55,6 +64,18 @@ class SessionSigner:
         return f"{_PREFIX}.{payload}.{_b64(self._mac(payload))}"
 
     def verify(self, credential: str) -> SessionClaims:
+        claims = self._verified.get(credential)
+        if claims is None:
+            claims = self._check(credential)
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()
+            self._verified[credential] = claims
+        if claims.expires_at < self._clock():
+            raise AuthError("session_expired", "session credential expired; register again")
+        return claims
+
+    def _check(self, credential: str) -> SessionClaims:
+        """The claims of a credential signed with this key; AuthError when it is not."""
         parts = credential.split(".")
         if len(parts) != 3 or parts[0] != _PREFIX:
             raise AuthError("invalid_credential", "not a delegate session credential")
@@ -67,8 +88,6 @@ class SessionSigner:
             raise AuthError("invalid_credential", "malformed session credential") from None
         if not hmac.compare_digest(given, self._mac(payload)):
             raise AuthError("invalid_credential", "session credential signature does not match")
-        if claims.expires_at < self._clock():
-            raise AuthError("session_expired", "session credential expired; register again")
         return claims
 
     def _mac(self, payload: str) -> bytes:

@@ -88,32 +88,66 @@ class _Cached:
 
 
 class KeyCache:
-    """API keys by hash, each re-read from the store once it is ``ttl`` old."""
+    """API keys by hash, each re-read from the store once it is ``ttl`` old.
+
+    Requests with one key that miss at once (its entry just aged out under a hundred
+    concurrent clients) share one read. A read that a revocation or a replica's notice
+    overtook (:meth:`forget`, :meth:`clear` while it ran) answers its own callers, whose
+    requests were concurrent with the change, but is not kept: the next request reads again.
+    """
 
     def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
         self._store = store
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, _Cached] = {}
+        self._reading: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        # Bumped by every forget and clear: a read that began before one is not kept.
+        self._generation = 0
 
     async def get(self, key_hash: str) -> ApiKeyRecord | None:
         now = self._clock()
         cached = self._entries.get(key_hash)
         if cached is not None and now - cached.loaded < self._ttl:
             return cached.record
-        record = await self._store.api_key_by_hash(key_hash)
+        reading = self._reading.get(key_hash)
+        if reading is not None:
+            try:
+                return await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                if not reading.cancelled():
+                    raise  # this request itself was cancelled
+            # The request that was reading went away before the answer: read for this one.
+            return await self._store.api_key_by_hash(key_hash)
+        reading = asyncio.get_running_loop().create_future()
+        self._reading[key_hash] = reading
+        generation = self._generation
+        try:
+            record = await self._store.api_key_by_hash(key_hash)
+        except asyncio.CancelledError:
+            reading.cancel()
+            raise
+        except Exception as exc:
+            reading.set_exception(exc)
+            reading.exception()  # retrieved here: the waiters, if any, get it too
+            raise
+        finally:
+            del self._reading[key_hash]
+        reading.set_result(record)
         if record is None:
             # Unknown keys are not remembered: they are random guesses, unbounded in number.
             self._entries.pop(key_hash, None)
-            return None
-        self._entries[key_hash] = _Cached(record, now)
+        elif generation == self._generation:
+            self._entries[key_hash] = _Cached(record, now)
         return record
 
     def forget(self, key_id: str) -> None:
+        self._generation += 1
         for key_hash in [h for h, c in self._entries.items() if c.record.id == key_id]:
             del self._entries[key_hash]
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
 
 

@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import yaml
@@ -194,13 +194,19 @@ class ChainKey:
 KeyLookup = Callable[[str], "bytes | None"]
 
 
+def _shallow(obj: AuditDraft | AuditEvent) -> dict[str, Any]:
+    """``obj``'s fields as a dict. Every field is a str, a float or None, so this is what
+    ``dataclasses.asdict`` makes, without its deep copy: one event per task submission."""
+    return {name: getattr(obj, name) for name in _FIELDS_OF[type(obj)]}
+
+
 def canonical(event: AuditEvent | Mapping[str, Any]) -> bytes:
     """The bytes an event's hash is taken over: every field but ``hash``, as JSON with keys
     sorted, no whitespace, ASCII only (``\\uXXXX`` escapes), and ``ts`` as an integer count
     of microseconds, so no float formatting enters the hash. A None is ``null``, but for
     ``key_id``: an unkeyed event leaves it out, so events hashed before keying keep their
     hash."""
-    data = dict(asdict(event) if isinstance(event, AuditEvent) else event)
+    data = _shallow(event) if isinstance(event, AuditEvent) else dict(event)
     data.pop("hash", None)
     if data.get("key_id") is None:
         data.pop("key_id", None)
@@ -221,7 +227,7 @@ def seal(d: AuditDraft, seq: int, prev_hash: str, key: ChainKey | None = None) -
     """``d`` as the event after ``(seq - 1, prev_hash)``, with its hash (keyed with ``key``;
     unkeyed only where a test builds a trail as it was before keying)."""
     key_id = None if key is None else key.id
-    data = {**asdict(d), "seq": seq, "prev_hash": prev_hash, "key_id": key_id}
+    data = {**_shallow(d), "seq": seq, "prev_hash": prev_hash, "key_id": key_id}
     return AuditEvent(**data, hash=event_hash(data, None if key is None else key.secret))
 
 
@@ -385,25 +391,35 @@ def is_sensitive_key(key: str) -> bool:
     )
 
 
-def redact(data: Any, masker: Masker | None = None) -> Any:
+def redact(data: Any, masker: Masker | None = None, *, masked_whole: bool = False) -> Any:
     """``data`` (JSON-like) with every value under a sensitive key replaced, every string
     masked and cut to ``MAX_DIFF_STRING``. An empty value (None, "") stays: it tells that
-    there is none, not what it is."""
-    if isinstance(data, Mapping):
+    there is none, not what it is.
+
+    ``masked_whole``: the caller masks the whole JSON text made of the result (the masker
+    knows each value's JSON-escaped forms), so only a string about to be cut is masked here,
+    before the cut, so that no cut leaves half a secret unmasked."""
+    # Exact types first (what JSON decodes to), the ABCs only for anything else: an
+    # isinstance against Mapping costs as much as the rest of a value's handling.
+    kind = type(data)
+    if kind is str:
+        text: str = data
+    elif kind is dict or (kind is not list and isinstance(data, Mapping)):
         out: dict[str, Any] = {}
         for k, v in data.items():
             name = str(k)
             if is_sensitive_key(name) and v not in (None, "", [], {}):
                 out[name] = REDACTED
             else:
-                out[name] = redact(v, masker)
+                out[name] = redact(v, masker, masked_whole=masked_whole)
         return out
-    if isinstance(data, list | tuple | set | frozenset):
-        return [redact(v, masker) for v in data]
-    if data is None or isinstance(data, bool | int | float):
+    elif kind is list or isinstance(data, tuple | set | frozenset):
+        return [redact(v, masker, masked_whole=masked_whole) for v in data]
+    elif data is None or isinstance(data, bool | int | float):
         return data
-    text = data if isinstance(data, str) else str(data)
-    if masker is not None:
+    else:
+        text = data if isinstance(data, str) else str(data)
+    if masker is not None and (not masked_whole or len(text) > MAX_DIFF_STRING):
         text = masker.mask_text(text)
     if len(text) > MAX_DIFF_STRING:
         text = f"{text[:MAX_DIFF_STRING]}... ({len(text) - MAX_DIFF_STRING} more characters)"
@@ -439,8 +455,10 @@ def yaml_diff(before: Any, after: Any, masker: Masker | None = None) -> str:
 
 
 def created(after: Any, masker: Masker | None = None) -> str:
-    """What a create made: JSON of ``{"created": ...}`` with secrets redacted and masked."""
-    text = json.dumps({"created": redact(after, masker)}, ensure_ascii=False, default=str)
+    """What a create made: JSON of ``{"created": ...}`` with secrets redacted and masked:
+    the text once as a whole (every string's JSON form is in it), not each string apart."""
+    redacted = redact(after, masker, masked_whole=True)
+    text = json.dumps({"created": redacted}, ensure_ascii=False, default=str)
     return masker.mask_text(text) if masker is not None else text
 
 
@@ -495,3 +513,7 @@ def draft(
 
 
 EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_FIELDS_OF: dict[type, tuple[str, ...]] = {
+    AuditEvent: EVENT_FIELDS,
+    AuditDraft: tuple(f.name for f in fields(AuditDraft)),
+}

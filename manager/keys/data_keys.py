@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from manager.keys.masterkey import MasterKey, MasterKeyError
-from manager.store.base import DataKeyStore
+from manager.store.base import DataKeyStore, NewDataKey
 
 __all__ = [
     "SEAL_OVERHEAD",
@@ -166,6 +166,14 @@ class DataKeys:
         stored = await self._store.add_data_key(owner, wrapped, self._clock())
         # Another writer (a replica) may have made it first: its key is the one.
         return self._keep(owner, raw if stored == wrapped else await self._unwrap(owner, stored))
+
+    async def made(self, owner: str) -> tuple[DataKey, NewDataKey]:
+        """A key for ``owner``, just made (a fresh id: it has none), kept here, and its
+        wrapped form for the caller to store with the owner's first record, in that
+        record's transaction (``TaskStore.insert_task``'s ``data_key``)."""
+        raw = os.urandom(_KEY_LEN)
+        wrapped = await self._master.wrap_key(raw, _context(owner))
+        return self._keep(owner, raw), NewDataKey(owner, wrapped, self._clock())
 
     async def existing(self, owners: Sequence[str]) -> dict[str, DataKey]:
         """The keys of those of ``owners`` that have one (one store read for the misses)."""

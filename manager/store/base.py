@@ -163,12 +163,16 @@ class TaskStore(abc.ABC):
         *,
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
+        data_key: NewDataKey | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Insert, or return the task submitted with the same idempotency key within the
         window. The bool is True when a new row was written. Durable when it returns.
 
         Every write that takes ``audit`` chains the event it makes of the new (or changed)
-        row in the same transaction, and only when it wrote one (module docstring)."""
+        row in the same transaction, and only when it wrote one (module docstring).
+        ``data_key``: the new task's data key (manager.tasks.sealing), stored in the same
+        transaction, so a submission is one commit; the caller deletes it when the answer
+        is an earlier task (it may have been stored)."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
@@ -191,12 +195,20 @@ class TaskStore(abc.ABC):
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
         audit: AuditOf[TaskRecord] | None = None,
+        skip_locked: bool = False,
     ) -> TaskRecord | None:
         """Apply ``changes`` if the task is still in ``expect_state`` at ``expect_attempt``.
 
         Returns the updated task, or None when the snapshot no longer held. In the same
         transaction it records a new attempt row, or closes the current one with a status
         at ``end_attempt_at`` (the manager's clock).
+
+        ``skip_locked``: for a claim (a replica handing a queued task to one of its own
+        delegates). On PostgreSQL the row is taken ``FOR UPDATE SKIP LOCKED``: when another
+        transaction (another replica's claim) holds it, this answers None at once instead
+        of waiting for that transaction to end and then missing; the caller goes on to
+        another task, or another delegate. On SQLite, with one writer, nothing else holds a
+        row: the same as without.
         """
 
     @abc.abstractmethod
@@ -715,6 +727,15 @@ class RetentionStore(abc.ABC):
     @abc.abstractmethod
     async def delete_audit_upto(self, upto: int, limit: int) -> int:
         """Delete the oldest events, up to ``limit`` of them, none after ``upto``."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDataKey:
+    """A new owner's data key, wrapped, for a write to store with its first record."""
+
+    owner: str
+    wrapped: bytes
+    created_at: float
 
 
 class DataKeyStore(abc.ABC):

@@ -2,7 +2,8 @@
 in memory by the store.
 
 Groups (every principal's grants), applications and environments (a submission's target, the
-places of every task shown) are loaded once per kind and served from memory until a change
+places of every task shown) and freeze windows (judged at every submission) are loaded once
+per kind and served from memory until a change
 drops them:
 
 - a write through this store drops its kind once it is committed (the store calls
@@ -31,7 +32,9 @@ __all__ = ["CACHED_KINDS", "CacheLoad", "EntityCache", "Loaded"]
 
 # What is read per request and changes rarely. Users and sessions change at every login (and
 # a principal holds what it needs of them: manager.access.principal), so they are read fresh.
-CACHED_KINDS = frozenset({"group", "app", "env"})
+# Freeze windows are judged at every submission (manager.governance.freeze.check_freeze):
+# read fresh, they were one store read per task.
+CACHED_KINDS = frozenset({"group", "app", "env", "freeze"})
 # Served from memory at most this long after it was read, should a notification be lost.
 MAX_AGE_S = 1.0
 

@@ -49,6 +49,7 @@ from manager.store.base import (
     Conflict,
     DiskFull,
     EntityWrite,
+    NewDataKey,
     StoreError,
     check_envelope_versions,
     check_first_version,
@@ -57,7 +58,7 @@ from manager.store.base import (
 from manager.store.entity_cache import EntityCache
 from manager.store.health import WriteHealth
 from manager.store.postgres_listen import Listener
-from manager.store.sql import audit, secrets, tasks
+from manager.store.sql import audit, data_keys, secrets, tasks
 from manager.store.sql.dialect import Dialect, bind, fields, params_of, render
 from manager.store.sql.statements import Missed, Params, Step, hit, of_first_row, of_value
 from manager.store.sql.store import SqlStore
@@ -355,12 +356,18 @@ class PostgresStore(SqlStore):
         *,
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
+        data_key: NewDataKey | None = None,
     ) -> tuple[TaskRecord, bool]:
         params = tasks.task_params(task, self._dump)
-        insert, names = render(tasks.INSERT_TASK, Dialect.POSTGRES)
+        text = tasks.INSERT_TASK
+        if data_key is not None:
+            # The key rides in the insert's statement: one round trip and one commit.
+            text = f"WITH k AS ({data_keys.ADD_WITH_RECORD}) {text}"
+            params.update(data_keys.key_params(data_key))
+        insert, names = render(text, Dialect.POSTGRES)
         key = task.idempotency_key
         if key is None:
-            await self._write(tasks.INSERT_TASK, params, of_value(task, audit))
+            await self._write(text, params, of_value(task, audit))
             return task, True
         by_key, key_names = render(tasks.TASK_BY_IDEMPOTENCY_KEY, Dialect.POSTGRES)
         clear = render(tasks.CLEAR_IDEMPOTENCY_KEY, Dialect.POSTGRES)[0]

@@ -37,6 +37,7 @@ from manager.records import (
 from manager.store import migrations
 from manager.store.base import (
     EntityWrite,
+    NewDataKey,
     StoreError,
     check_envelope_versions,
     check_first_version,
@@ -45,7 +46,7 @@ from manager.store.base import (
 from manager.store.entity_cache import EntityCache
 from manager.store.group_commit import GroupCommit, Outcome
 from manager.store.health import WriteHealth
-from manager.store.sql import audit, secrets, tasks
+from manager.store.sql import audit, data_keys, secrets, tasks
 from manager.store.sql.dialect import Dialect, params_of, render
 from manager.store.sql.statements import Missed, Params, Step, hit, of_first_step, of_value
 from manager.store.sql.store import SqlStore
@@ -228,6 +229,7 @@ class SqliteStore(SqlStore):
         *,
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
+        data_key: NewDataKey | None = None,
     ) -> tuple[TaskRecord, bool]:
         params = tasks.task_params(task, self._dump)
 
@@ -239,6 +241,8 @@ class SqliteStore(SqlStore):
                         return self._task(row), False
                     # Outside the window the key is free again; the old task keeps its id.
                     c.execute(_sql(tasks.CLEAR_IDEMPOTENCY_KEY), {"id": row["id"]})
+            if data_key is not None:  # only with a new row: an earlier task answers without
+                c.execute(_sql(data_keys.ADD_WITH_RECORD), data_keys.key_params(data_key))
             c.execute(_sql(tasks.INSERT_TASK), params).fetchall()
             if audit is not None and (entry := audit(task)) is not None:
                 _chain(c, entry)

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import structlog
 
-from manager.core.audit_chain import AuditOf
+from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.keys.data_keys import DataKey, DataKeyError, DataKeys, is_sealed
 from manager.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord
 from manager.store.base import BadData, Store, StoreError
@@ -85,20 +85,29 @@ class SealedTasks:
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
     ) -> tuple[TaskRecord, bool]:
-        # A task id is new at its insert (manager.tasks.service makes it).
+        # A task id is new at its insert (manager.tasks.service makes it), and so is its key.
         owner = owner_of(task.id)
-        key = await self._keys.key(owner, new=True)
+        # Its key is stored by the insert, in its transaction: one commit per submission.
+        key, new_key = await self._keys.made(owner)
+        sealed = _seal_task(task, key)
         try:
             stored, created = await self._store.insert_task(
-                _seal_task(task, key),
+                sealed,
                 idempotency_window=idempotency_window,
-                audit=None if audit is None else _opening(audit, key),
+                audit=None if audit is None else _opening(audit, key, sealed, task),
+                data_key=new_key,
             )
         except BaseException:
+            # The key made here may not be the one stored (a row of that id was there).
+            self._keys.drop_cached(owner)
             await self._drop_key_of_unmade(task.id)
             raise
         if not created:
             await self._keys.forget(owner)  # an earlier task of that key answers
+        if stored is sealed:
+            # The row written is the one sealed here: it reads as the task in hand, with no
+            # need to open what was just sealed (a decrypt and a JSON parse per submission).
+            return task, created
         return await self._open(stored), created
 
     async def _drop_key_of_unmade(self, task_id: str) -> None:
@@ -133,6 +142,7 @@ class SealedTasks:
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
         audit: AuditOf[TaskRecord] | None = None,
+        skip_locked: bool = False,
     ) -> TaskRecord | None:
         key = await self._keys.key(owner_of(task_id))
         sealed = dict(changes)
@@ -149,6 +159,7 @@ class SealedTasks:
             end_attempt_status=end_attempt_status,
             end_attempt_at=end_attempt_at,
             audit=None if audit is None else _opening(audit, key),
+            skip_locked=skip_locked,
         )
         return None if updated is None else _open_task(updated, key)
 
@@ -269,10 +280,22 @@ def _open_task(task: TaskRecord, key: DataKey) -> TaskRecord:
     return dataclasses.replace(task, payload=payload, outputs=outputs, deployment=deployment)
 
 
-def _opening(audit: AuditOf[TaskRecord], key: DataKey) -> AuditOf[TaskRecord]:
+def _opening(
+    audit: AuditOf[TaskRecord],
+    key: DataKey,
+    sealed: TaskRecord | None = None,
+    plain: TaskRecord | None = None,
+) -> AuditOf[TaskRecord]:
     """``audit`` told the task as it reads, not as it is stored (it runs inside the store's
-    transaction: the key is already in hand, so opening is synchronous)."""
-    return lambda task: audit(_open_task(task, key))
+    transaction: the key is already in hand, so opening is synchronous). When the row
+    written is ``sealed`` itself (an insert of it), it reads as ``plain``: nothing to open."""
+
+    def opened(task: TaskRecord) -> AuditAppend | None:
+        if plain is not None and task is sealed:
+            return audit(plain)
+        return audit(_open_task(task, key))
+
+    return opened
 
 
 def seal_lines(key: DataKey, lines: Sequence[LogRecord]) -> list[LogRecord]:

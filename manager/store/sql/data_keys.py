@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from manager.store.base import DataKeyStore
+from manager.store.base import DataKeyStore, NewDataKey
 from manager.store.sql.dialect import one_of
 from manager.store.sql.statements import Statements
 
-__all__ = ["DataKeyQueries"]
+__all__ = ["ADD_WITH_RECORD", "DataKeyQueries", "key_params"]
 
 # Two replicas making the key of one owner at once: the second insert changes nothing and
 # returns the key that won (one statement: a new owner's key costs one round trip).
@@ -16,11 +17,22 @@ _ADD = (
     "INSERT INTO data_keys(owner, wrapped, created_at) VALUES (:owner, :wrapped, :created_at)"
     " ON CONFLICT (owner) DO UPDATE SET owner = excluded.owner RETURNING wrapped"
 )
+# A new owner's key stored by the write of its first record (a task's insert), in that
+# write's transaction: the owner is new, so nothing is there to conflict with, unless the
+# write is tried again (PostgreSQL's idempotency loop): then the row already made stands.
+ADD_WITH_RECORD = (
+    "INSERT INTO data_keys(owner, wrapped, created_at)"
+    " VALUES (:key_owner, :key_wrapped, :key_created_at) ON CONFLICT (owner) DO NOTHING"
+)
 _PAGE = "SELECT owner, wrapped FROM data_keys WHERE owner > :after ORDER BY owner LIMIT :limit"
 _DELETE = "DELETE FROM data_keys WHERE owner = :owner RETURNING owner"
 _REPLACE = (
     "UPDATE data_keys SET wrapped = :new WHERE owner = :owner AND wrapped = :old RETURNING owner"
 )
+
+
+def key_params(key: NewDataKey) -> dict[str, Any]:
+    return {"key_owner": key.owner, "key_wrapped": key.wrapped, "key_created_at": key.created_at}
 
 
 class DataKeyQueries(Statements, DataKeyStore):

@@ -187,8 +187,12 @@ def _update_task_sql(
     expect_attempt: int,
     changes: dict[str, Any],
     dump: Callable[[Any], Any],
+    *,
+    skip_locked: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """The compare-and-set UPDATE of ``changes``, returning the task, and its parameters."""
+    """The compare-and-set UPDATE of ``changes``, returning the task, and its parameters.
+    ``skip_locked`` (PostgreSQL only): the row is locked first, and skipped when another
+    transaction holds it (TaskStore.update_task)."""
     unknown = set(changes) - _UPDATABLE
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -201,11 +205,11 @@ def _update_task_sql(
     )
     params = {f"set_{col}": _encode(col, value, dump) for col, value in changes.items()}
     params.update(id=task_id, expect_state=expect_state.value, expect_attempt=expect_attempt)
-    sql = (
-        f"UPDATE tasks SET {sets}"  # noqa: S608
-        " WHERE id = :id AND state = :expect_state AND attempt = :expect_attempt"
-        " RETURNING {TASK_COLUMNS}"
-    )
+    where = "id = :id AND state = :expect_state AND attempt = :expect_attempt"
+    if skip_locked:
+        # The row as its lock is taken, or no row at all when another transaction holds it.
+        where = f"id = (SELECT id FROM tasks WHERE {where} FOR UPDATE SKIP LOCKED)"  # noqa: S608
+    sql = f"UPDATE tasks SET {sets} WHERE {where} RETURNING {{TASK_COLUMNS}}"  # noqa: S608
     return sql, params
 
 
@@ -314,8 +318,17 @@ class TaskQueries(Statements, TaskStore):
         end_attempt_status: str | None = None,
         end_attempt_at: float | None = None,
         audit: AuditOf[TaskRecord] | None = None,
+        skip_locked: bool = False,
     ) -> TaskRecord | None:
-        sql, params = _update_task_sql(task_id, expect_state, expect_attempt, changes, self._dump)
+        sql, params = _update_task_sql(
+            task_id,
+            expect_state,
+            expect_attempt,
+            changes,
+            self._dump,
+            # SQLite has no row locks: its one writer holds the whole file.
+            skip_locked=skip_locked and self.dialect is Dialect.POSTGRES,
+        )
         if end_attempt_status is not None:
             params["end_at"] = end_attempt_at or changes.get("finished_at") or time.time()
             params["end_status"] = end_attempt_status

@@ -148,3 +148,31 @@ def test_bearer_extracts_the_token(header: str, token: str) -> None:
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Bearer    ", "Basic abc"])
 def test_bearer_without_a_bearer_token_is_none(header: str | None) -> None:
     assert bearer(header) is None
+
+
+# --- the memo of verified credentials ------------------------------------------------------
+
+
+def test_a_verified_credential_still_expires_when_used_again() -> None:
+    clock = FakeClock()
+    s = signer(clock)
+    credential = s.issue("dlg_a", "tok_1")
+    assert s.verify(credential).delegate_id == "dlg_a"
+    assert s.verify(credential).delegate_id == "dlg_a"  # from the memo
+    clock.now += TTL + 1
+    assert refused(s, credential) == "session_expired"
+
+
+def test_a_forgery_of_a_verified_credential_is_still_refused() -> None:
+    """Only the exact text that verified is remembered: a credential that differs from it
+    in any way is checked afresh, and a refused one is never remembered."""
+    s = signer(FakeClock())
+    credential = s.issue("dlg_a", "tok_1")
+    s.verify(credential)
+    prefix, _, mac = credential.split(".")
+    forged = b64(json.dumps({"d": "dlg_admin", "t": "tok_1", "e": 9e12}).encode())
+    for _ in range(2):
+        assert refused(s, f"{prefix}.{forged}.{mac}") == "invalid_credential"
+    other = signer(FakeClock(), key=b"\x01" * 32).issue("dlg_a", "tok_1")
+    for _ in range(2):
+        assert refused(s, other) == "invalid_credential"

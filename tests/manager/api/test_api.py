@@ -619,3 +619,20 @@ async def test_profiles_list_and_delete(api: Api) -> None:
     assert [p["name"] for p in listed["profiles"]] == ["a"]
     assert (await api.client.delete("/api/v1/profiles/a", headers=api.auth())).status == 204
     assert (await api.client.delete("/api/v1/profiles/a", headers=api.auth())).status == 404
+
+
+async def test_a_credential_used_before_is_refused_at_once_when_its_token_is_revoked(
+    api: Api,
+) -> None:
+    """A verified session credential is remembered (its signature is not checked again on
+    every request), but its token is judged on every request: a revocation through the API
+    refuses the very next one."""
+    cred = {"Authorization": f"Bearer {await _registered(api, 'd1')}"}
+    url = "/api/v1/delegate/tasks/task_nosuchtask/acquire"
+    for _ in range(2):  # the second check is answered from the memo
+        assert (await api.client.post(url, headers=cred)).status == 404
+    revoked = await api.client.delete("/api/v1/tokens/tok-d1", headers=api.auth())
+    assert revoked.status in (200, 204), await revoked.text()
+    refused = await api.client.post(url, headers=cred)
+    assert refused.status == 401
+    assert (await refused.json())["error"]["code"] == "token_revoked"

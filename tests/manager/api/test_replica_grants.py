@@ -75,3 +75,37 @@ async def test_a_disabled_user_is_refused_at_once_here_and_on_the_notice_there(
         await heard.until("user")
         status, body = await b.call("GET", "/api/v1/audit", key=token)
         assert status == 401, body
+
+
+async def test_a_freeze_window_refuses_tasks_at_once_here_and_on_the_notice_there(
+    pg: StoreMaker, tmp_path: Path
+) -> None:
+    """Freeze windows are served from memory (judged at every submission): one made on a
+    refuses submissions there at once, and on b as soon as a's notice arrives; one deleted
+    on b lets them through on a with b's notice."""
+    async with two_replicas(pg, tmp_path) as (a, b):
+        heard_a, heard_b = Notices(), Notices()
+        await a.store.watch_changes(heard_a)
+        await b.store.watch_changes(heard_b)
+        assert (await a.call("POST", "/api/v1/apps", {"name": "shop"}))[0] == 201
+        env = {"name": "prod", "type": "production"}
+        assert (await a.call("POST", "/api/v1/apps/shop/envs", env))[0] == 201
+        await heard_b.until("env")
+        task = {"payload": {"type": "shell", "script": "true"}, "app": "shop", "env": "prod"}
+        # Both replicas now hold the (empty) list of windows in memory.
+        assert (await a.call("POST", "/api/v1/tasks", task))[0] == 201
+        assert (await b.call("POST", "/api/v1/tasks", task))[0] == 201
+        now = a.clock()
+        window = {"name": "release", "start": now - 60, "end": now + 3600}
+        assert (await a.call("POST", "/api/v1/freezes", window))[0] == 201
+        status, body = await a.call("POST", "/api/v1/tasks", task)
+        assert (status, body["error"]["code"]) == (409, "frozen")
+        await heard_b.until("freeze")
+        status, body = await b.call("POST", "/api/v1/tasks", task)
+        assert (status, body["error"]["code"]) == (409, "frozen")
+        assert (await b.call("DELETE", "/api/v1/freezes/release"))[0] == 204
+        status, body = await b.call("POST", "/api/v1/tasks", task)
+        assert status == 201, body
+        await heard_a.until("freeze")
+        status, body = await a.call("POST", "/api/v1/tasks", task)
+        assert status == 201, body

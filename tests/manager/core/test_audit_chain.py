@@ -20,6 +20,7 @@ from manager.core.audit_chain import (
     AuditEvent,
     Broken,
     canonical,
+    created,
     draft,
     event_hash,
     is_sensitive_key,
@@ -448,3 +449,21 @@ def test_a_long_string_in_a_create_is_cut_after_masking() -> None:
     text = _create({"script": value}, masker)
     assert SECRET[:10] not in text
     assert json.loads(text)["created"]["script"].endswith("more characters)")
+
+
+def test_a_create_masks_every_known_value_in_its_one_pass_over_the_text() -> None:
+    """A create's event masks its JSON text as a whole, not each string: a value is masked
+    wherever it sits, in the JSON-escaped form too, and one cut at MAX_DIFF_STRING is
+    masked before the cut, so no half of it is left."""
+    plain, quoted = "hunter2-plain-value", 'line one "quoted"\nline two'
+    masker = Masker([plain, quoted])
+    long_text = "x" * (MAX_DIFF_STRING - 5) + plain + "y" * 10
+    text = created(
+        {"name": f"uses {plain}", "nested": [{"note": quoted}], "long": long_text}, masker
+    )
+    assert plain not in text
+    assert plain[:5] not in text.split("x" * 20)[-1]  # nothing of it left where it was cut
+    assert json.dumps(quoted)[1:-1] not in text
+    assert "line one" not in text
+    assert MASK.decode() in text
+    assert json.loads(text)["created"]["name"].startswith("uses ")

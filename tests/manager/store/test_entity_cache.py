@@ -247,3 +247,19 @@ async def test_a_notice_only_drops_what_is_cached(pg: StoreMaker) -> None:
         # What is read now is the database's, whatever the notices said.
         assert await names(b) == ["x"]
         assert await b.get_entity("group", "grp_evil") is None
+
+
+async def test_freeze_windows_come_from_memory_and_a_write_here_is_seen_at_once(
+    new_store: StoreMaker,
+) -> None:
+    """Every submission judges the freeze windows: they are a cached kind like groups."""
+    clock = Clock()
+    window = EntityRecord("freeze", "frz_a", "a", {"name": "a"}, 1, 10.0, 10.0)
+    async with opened(new_store, EntityCache(max_age=1.0, clock=clock)) as store:
+        assert await names(store, "freeze") == []
+        await behind_its_back(new_store, window)
+        assert await names(store, "freeze") == []  # from memory
+        clock.now += 1.0
+        assert await names(store, "freeze") == ["a"]
+        assert await store.delete_entity("freeze", "frz_a")
+        assert await names(store, "freeze") == []  # dropped by the write, no time passing

@@ -13,7 +13,7 @@ import pytest
 from manager.keys.data_keys import DataKeys
 from manager.keys.masterkey import MasterKey
 from manager.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord
-from manager.store.base import Store, StoreError
+from manager.store.base import BadData, Conflict, Store, StoreError
 from manager.tasks.sealing import SEALED, UNREADABLE_LINE, sealed_tasks
 from shared.logbytes import shown
 from shared.protocol import TaskState
@@ -212,4 +212,33 @@ async def test_a_repeated_idempotent_submit_leaves_no_key_behind(
     )
     assert (created, created_again, again.id) == (True, False, "task_1")
     assert again.payload == PAYLOAD
+    assert [owner for owner, _ in await store.data_keys_after("", 10)] == ["task:task_1"]
+
+
+async def test_a_submission_stores_its_key_with_the_task_in_one_transaction(
+    store: Store, sealed: Store, tmp_path: Path
+) -> None:
+    """The task's data key goes in the insert's own transaction: it is there, it opens the
+    task for a process that never held it in memory, and on SQLite the two are one commit."""
+    commits = getattr(store, "commits", None)
+    await sealed.insert_task(task("task_1"), idempotency_window=WINDOW)
+    if commits is not None:
+        assert store.commits == commits + 1  # type: ignore[attr-defined]
+    assert list(await store.data_keys_of(["task:task_1"])) == ["task:task_1"]
+    fresh = sealed_tasks(store, DataKeys(store, MasterKey.load_or_create(tmp_path / "master.key")))
+    got = await fresh.get_task("task_1")
+    assert got is not None
+    assert got.payload == PAYLOAD
+
+
+async def test_a_refused_submission_leaves_no_key_behind(store: Store, sealed: Store) -> None:
+    await sealed.insert_task(task("task_1"), idempotency_window=WINDOW)
+    with pytest.raises(Conflict):  # the same id again: the insert is refused
+        await sealed.insert_task(task("task_1"), idempotency_window=WINDOW)
+    assert [owner for owner, _ in await store.data_keys_after("", 10)] == ["task:task_1"]
+    got = await sealed.get_task("task_1")  # the refused insert's key did not displace its own
+    assert got is not None
+    assert got.payload == PAYLOAD
+    with pytest.raises(BadData):
+        await sealed.insert_task(task("task_2", max_attempts=2**70), idempotency_window=WINDOW)
     assert [owner for owner, _ in await store.data_keys_after("", 10)] == ["task:task_1"]
