@@ -80,8 +80,6 @@ class Timings:
     revocation_check: float = 2.0
     # How long a partial log line may wait for its newline before it is shipped.
     log_flush: float = 0.1
-    # Notify a few delegates first; after this, every eligible one.
-    dispatch_widen_after: float = 0.5
     # How often the manager sweeps leases, queue and run timeouts.
     sweep_interval: float = 1.0
     # A secret operation (a connection test, a key wrap) waits this long for a delegate to

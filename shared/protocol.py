@@ -40,7 +40,6 @@ __all__ = [
     "LogLine",
     "ManagerFrame",
     "ManagerFrameType",
-    "NextTask",
     "ProtocolError",
     "RegisterRequest",
     "RegisterResponse",
@@ -51,7 +50,6 @@ __all__ = [
     "StreamResult",
     "TaskAck",
     "TaskAssigned",
-    "TaskAvailable",
     "TaskCancel",
     "TaskDecline",
     "TaskDrain",
@@ -297,13 +295,6 @@ class HeartbeatAck(Strict):
     drain: bool = False
 
 
-class TaskAvailable(Strict):
-    """A hint that a task may be acquired; never the payload. The store's queue is the truth."""
-
-    type: Literal["task_available"] = "task_available"
-    task_id: str
-
-
 class TaskCancel(Strict):
     type: Literal["cancel"] = "cancel"
     task_id: str
@@ -335,12 +326,6 @@ def describe_validation_error(exc: ValidationError) -> tuple[str | None, str]:
 
 
 # --- HTTPS exchanges --------------------------------------------------------------------
-
-
-class NextTask(Strict):
-    """Long-poll answer: a task the delegate may try to acquire."""
-
-    task_id: str
 
 
 class AcquireResponse(Strict):
