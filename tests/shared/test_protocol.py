@@ -128,7 +128,9 @@ def test_frame_without_type_is_a_protocol_error(parse: Parser) -> None:
 
 
 def test_unknown_field_error_names_the_field_not_its_value() -> None:
-    message = protocol_error(parse_delegate_frame, frame(type="hello", surprise=SECRET))
+    message = protocol_error(
+        parse_delegate_frame, frame(type="hello", key="process-key-1", surprise=SECRET)
+    )
     assert "surprise" in message
     assert SECRET not in message
 
@@ -147,7 +149,7 @@ def test_wrong_type_error_names_the_field_not_the_value() -> None:
 
 
 def test_wrong_type_in_a_list_names_the_path() -> None:
-    raw = frame(type="hello", running=[{"token": SECRET}])
+    raw = frame(type="hello", key="process-key-1", running=[{"token": SECRET}])
     message = protocol_error(parse_delegate_frame, raw)
     assert "running" in message
     assert SECRET not in message
@@ -174,7 +176,7 @@ def test_invalid_json_error_does_not_echo_the_input(parse: Parser) -> None:
 @pytest.mark.parametrize("parse", PARSERS)
 def test_protocol_error_does_not_chain_the_validation_error(parse: Parser) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse(frame(type="hello", surprise=SECRET))
+        parse(frame(type="hello", key="process-key-1", surprise=SECRET))
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
 
@@ -189,9 +191,9 @@ def test_oversized_frame_is_refused_without_echoing_it(parse: Parser, encode: bo
 
 
 def test_frame_at_the_size_limit_is_accepted() -> None:
-    head = frame(type="hello", running=[""])
+    head = frame(type="hello", key="process-key-1", running=[""])
     padding = "x" * (MAX_FRAME_BYTES - len(head))
-    raw = frame(type="hello", running=[padding])
+    raw = frame(type="hello", key="process-key-1", running=[padding])
     assert len(raw) == MAX_FRAME_BYTES
     assert isinstance(parse_delegate_frame(raw), Hello)
 
