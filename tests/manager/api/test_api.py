@@ -316,7 +316,7 @@ async def test_a_task_is_pushed_acked_and_reported_over_the_stream(api: Api) -> 
     assert frame["type"] == "assignment"
     handed = frame["assignment"]
     assert (handed["task"]["id"], handed["attempt"]) == (task["id"], 1)
-    assert handed["task"]["payload"] == SHELL["payload"]
+    assert handed["task"]["payload"]["script"] == SHELL["payload"]["script"]
     # Claimed before it was pushed: the task already runs on this delegate.
     seen = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
     assert seen["state"] == "running"
