@@ -120,6 +120,11 @@ class Handout:
         """``session``'s stream answered its hello: ``key`` names the process, ``held`` the
         tasks it runs."""
         self._full.discard(session.id)
+        # A long-poll left over from polling (the delegate moved to the stream) takes no
+        # assignment: its answer would go to a request the delegate gave up.
+        poll = self._polls.pop(session.id, None)
+        if poll is not None and not poll.done():
+            poll.cancel()
         actions = self.assigner.connected(
             session.facts, session.delegate.capacity, key, self._clock(), held
         )
@@ -194,7 +199,8 @@ class Handout:
             waker.cancel()
             if self._polls.get(session.id) is answer:
                 del self._polls[session.id]
-                self._carry(self.assigner.stream_lost(session.id, self._clock()))
+                if session.mode != "stream":
+                    self._carry(self.assigner.stream_lost(session.id, self._clock()))
         if answer.done() and not answer.cancelled():
             # Answered (maybe as the wait ended): the attempt is this poller's.
             return answer.result()
@@ -254,7 +260,7 @@ class Handout:
         if session is None:
             # Dropped since: disconnected() requeued it already, or will.
             return
-        poll = self._polls.get(push.delegate_id)
+        poll = None if session.mode == "stream" else self._polls.get(push.delegate_id)
         handed = await self._claims.claim(session, push.task_id, push.attempt, push.key)
         if handed is None:
             self._carry(self.assigner.gone(push.task_id, self._clock()))

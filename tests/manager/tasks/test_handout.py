@@ -342,3 +342,16 @@ async def test_an_assignment_carries_an_id_token_request_only_for_a_task_with_an
     assert world.streams["a"].assignments() == [(plain, 1)]
     assert world.streams["b"].assignments() == [(placed.id, 1)]
     assert sealed == [placed.id]
+
+
+async def test_a_poll_left_over_when_the_stream_comes_back_takes_nothing(world: World) -> None:
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    poll = asyncio.ensure_future(world.handout.poll(a, "process-key-1", 30.0))
+    await asyncio.sleep(0)
+    # The delegate gave the poll up for a stream that holds again (the request lingers).
+    world.connect("a", key="process-key-1")
+    assert await poll is None
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
