@@ -245,7 +245,10 @@ def _on_frame(c: Context, session: Session, frame: DelegateFrameType) -> None:
     elif isinstance(frame, TaskAck):
         c.handout.ack(session, frame.task_id, frame.attempt)
     elif isinstance(frame, TaskDecline):
-        c.handout.decline(session, frame.task_id, frame.attempt, full=frame.reason == "full")
+        # A draining delegate is pushed nothing more until a heartbeat shows a free slot (it
+        # may not have heard of a resume yet when the push came), as a full one.
+        full = frame.reason != "unfit"
+        c.handout.decline(session, frame.task_id, frame.attempt, full=full)
     else:
         # Log batches and results over the stream are not taken here yet: HTTPS carries them.
         c.hub.send(

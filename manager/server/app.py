@@ -301,9 +301,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     envs = EnvIndex(store)
     handout = Handout(
         hub,
-        # An assignment unanswered this long goes to another delegate: a live delegate acks
-        # at once, and one whose heartbeats stop is lost by then anyway.
-        ack_within=t.lost_after,
+        # An assignment unanswered this long goes to another delegate. A live delegate acks
+        # at once, and one whose heartbeats stop is dropped after lost_after (its unanswered
+        # assignments requeued then); twice that leaves a loaded machine room for the claim,
+        # the push and the ack, since a withdrawn attempt that was running is fenced out.
+        ack_within=2 * t.lost_after,
         tick=t.sweep_interval,
         clock=config.monotonic,
         envs=envs.facts,

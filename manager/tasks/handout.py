@@ -77,6 +77,7 @@ class Handout:
         self._clock = clock
         self._tick = tick
         self._envs: Mapping[str, EnvFacts] = {} if envs is None else envs
+        self.ack_within = ack_within
         self.assigner = Assigner(ack_within=ack_within)
         self._claims: Claims | None = None
         # Delegates whose long-poll is waiting: the poll's answer.

@@ -371,8 +371,9 @@ class TaskService:
         same key is handed the same attempt again (HELD). None when the store refuses: the
         task is final, held by another, or at another attempt than the hand-out thought
         (then it is queued again here at the store's attempt)."""
-        # Long enough to reach the ack and the first heartbeat that lists the task.
-        lease_for = max(self._hub.lease_left(session.id), self._timings.lost_after)
+        # Long enough to reach the ack (or its deadline) and the first heartbeat that lists
+        # the task: the sweep must not take back a claim the hand-out still waits on.
+        lease_for = max(self._hub.lease_left(session.id), self.handout.ack_within)
 
         def decide(t: TaskRecord) -> Decision:
             expected = t.attempt + 1 if t.state is TaskState.QUEUED else t.attempt

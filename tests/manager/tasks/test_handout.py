@@ -29,7 +29,7 @@ from shared.limits import Timings
 from shared.protocol import Heartbeat, TaskResult, TaskState
 
 TIMINGS = Timings()
-ACK_WITHIN = TIMINGS.lost_after
+ACK_WITHIN = 2 * TIMINGS.lost_after
 
 
 class Clock:
