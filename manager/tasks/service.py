@@ -567,10 +567,15 @@ class TaskService:
             self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
+        waiting = set(self.handout.assigner.queue())
         for task in queued.values():
-            # A notice the hand-out already has (or older than its claim) changes nothing.
             self._remember(task)
             self._track(task)
+            if task.id in waiting:
+                # Judged again against the environments just reloaded: one that was not
+                # known yet when it was queued (another replica's) was judged strictest.
+                self.handout.gone(task.id)
+            # A notice the hand-out already has at a newer attempt (claimed) changes nothing.
             self.handout.queued(task)
 
     # -- time -----------------------------------------------------------------------------
