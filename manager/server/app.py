@@ -141,7 +141,7 @@ class ManagerConfig:
     database: str | None = field(default=None, repr=False)
     # Dates what users read (created, started, audit times); never a duration.
     clock: Callable[[], float] = time.time
-    # Every duration: leases, liveness, timeouts, hint widening, the sweep.
+    # Every duration: leases, liveness, timeouts, unanswered assignments, the sweep.
     monotonic: Callable[[], float] = time.monotonic
     # The masker behind this process's log output (shared.logging.configure_logging).
     masker: Masker | None = None
