@@ -1,7 +1,9 @@
 """The delegate's lifecycle: register, hold the channel, take tasks, run them, shut down.
 
-The agent reacts to the channel (hints, cancels, drain) and owns the running tasks. Each
-task runs through the same pipeline: acquire, open the sealed secrets, resolve the managed
+The agent reacts to the channel (assignments, cancels, drain) and owns the running tasks.
+An assignment pushed over the stream is taken (acked) when a slot is free and this delegate
+runs its type, else declined. Each task runs through the same pipeline: open the sealed
+secrets, resolve the managed
 secrets it references and render them into its payload, register every sensitive value with
 the task's masker (and the process's) *before* the process starts, execute, ship the log,
 report the result. Log and result go through the :class:`~delegate.outbox.shipper.Outbox`: straight
@@ -14,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
-import secrets
 import shutil
 import stat
 import time
@@ -27,9 +27,9 @@ import structlog
 
 from delegate.config import DelegateConfig
 from delegate.exit_codes import EXIT_FAILED
-from delegate.link.api import ManagerApi, Rejected, Unreachable
-from delegate.link.policy import Fatal, backoff_delay
-from delegate.link.stream import ChannelEvents
+from delegate.link.api import ManagerApi
+from delegate.link.policy import Fatal
+from delegate.link.stream import ChannelEvents, DeclineReason
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from delegate.run.executor import ExecutionResult, Status, execute
@@ -54,6 +54,7 @@ log = structlog.get_logger("tether.agent")
 @dataclass(eq=False)
 class RunningTask:
     task_id: str
+    attempt: int
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
 
@@ -93,7 +94,6 @@ class Agent:
         # The masker behind this process's own log output: every task's values join it.
         self._process_masker = process_masker
         self.running: dict[str, RunningTask] = {}
-        self._acquiring: set[str] = set()
         self.draining = False
         self._drained_by_manager = False
         self._stopping = False
@@ -111,13 +111,27 @@ class Agent:
 
     # -- channel events -------------------------------------------------------------------
 
-    def on_task_available(self, task_id: str) -> None:
-        if self.draining or task_id in self.running or task_id in self._acquiring:
-            return
+    def on_assigned(self, assignment: AcquireResponse) -> DeclineReason | None:
+        """Take the assignment's slot now (so the next one counts it), or say why not."""
+        task_id = assignment.task.id
+        held = self.running.get(task_id)
+        if held is not None:
+            # Pushed again after a lost ack: the same attempt runs here already.
+            return None if held.attempt == assignment.attempt else "unfit"
+        if self.draining:
+            return "draining"
         if self._free_slots() <= 0:
-            return
-        self._acquiring.add(task_id)
-        asyncio.get_running_loop().create_task(self._take(task_id))
+            return "full"
+        if assignment.task.payload.type not in self._config.task_types:
+            return "unfit"
+        self.running[task_id] = RunningTask(task_id, assignment.attempt)
+        return None
+
+    def run_assigned(self, assignment: AcquireResponse) -> None:
+        entry = self.running.get(assignment.task.id)
+        if entry is None or entry.runner is not None or entry.attempt != assignment.attempt:
+            return  # already started (a push again), or not taken
+        entry.runner = asyncio.get_running_loop().create_task(self._run_task(assignment, entry))
 
     def on_cancel(self, task_id: str) -> None:
         task = self.running.get(task_id)
@@ -157,7 +171,7 @@ class Agent:
     def _free_slots(self) -> int:
         if self.draining:
             return 0
-        return max(0, self._config.max_tasks - len(self.running) - len(self._acquiring))
+        return max(0, self._config.max_tasks - len(self.running))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -238,47 +252,6 @@ class Agent:
         forced.cancel()
 
     # -- one task -------------------------------------------------------------------------
-
-    async def _take(self, task_id: str) -> None:
-        try:
-            acquired = await self._acquire(task_id)
-        finally:
-            self._acquiring.discard(task_id)
-        if acquired is None:
-            return
-        entry = RunningTask(task_id)
-        self.running[task_id] = entry
-        entry.runner = asyncio.get_running_loop().create_task(self._run_task(acquired, entry))
-
-    async def _acquire(self, task_id: str) -> AcquireResponse | None:
-        """The task, or None when it is not this delegate's to run.
-
-        An acquire that got no answer may have been handed out all the same (the manager
-        committed, then the answer was lost, or the manager died): it is asked again with
-        the same key until the manager answers, which hands out the same attempt if it had
-        (and the leases of a restarted manager wait for its delegates to come back). Asking
-        again is always safe: a task no longer held is a fresh acquire, or refused.
-        """
-        t = self._timings
-        key = secrets.token_urlsafe(12)
-        tries = 0
-        while True:
-            try:
-                return await self._api.acquire(task_id, key)
-            except Rejected as exc:
-                log.debug("task not acquired", task_id=task_id, code=exc.code)
-                return None
-            except Unreachable as exc:
-                tries += 1
-                if self._stopping:
-                    log.info("acquire failed", task_id=task_id, error=str(exc))
-                    return None
-                log.info("acquire unanswered; asking again", task_id=task_id, error=str(exc))
-                await asyncio.sleep(
-                    backoff_delay(
-                        tries, base=t.reconnect_base, cap=t.heartbeat_interval, rng=random.random
-                    )
-                )
 
     async def _run_task(self, acq: AcquireResponse, entry: RunningTask) -> None:
         spec = acq.task

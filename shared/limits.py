@@ -33,8 +33,9 @@ MIB = 1024 * KIB
 # Request bodies on the user API (task submissions carry scripts).
 MAX_API_BODY_BYTES = 2 * MIB
 MAX_SCRIPT_BYTES = 1 * MIB
-# One WebSocket frame; frames are small control messages, never payloads.
-MAX_FRAME_BYTES = 64 * KIB
+# One WebSocket frame: an assignment carries the task (a script of up to 1 MiB, its sealed
+# secrets) and a log batch up to MAX_LOG_BATCH_BYTES, so a frame is bounded by those.
+MAX_FRAME_BYTES = 4 * MIB
 # A log batch posted by a delegate, and the lines in it.
 MAX_LOG_BATCH_BYTES = 1 * MIB
 MAX_LOG_BATCH_LINES = 1000
@@ -79,8 +80,6 @@ class Timings:
     revocation_check: float = 2.0
     # How long a partial log line may wait for its newline before it is shipped.
     log_flush: float = 0.1
-    # Notify a few delegates first; after this, every eligible one.
-    dispatch_widen_after: float = 0.5
     # How often the manager sweeps leases, queue and run timeouts.
     sweep_interval: float = 1.0
     # A secret operation (a connection test, a key wrap) waits this long for a delegate to

@@ -1,4 +1,4 @@
-"""Delegate protocol v1: the messages that cross the wire between manager and delegate.
+"""Delegate protocol v2: the messages that cross the wire between manager and delegate.
 
 Every model forbids unknown fields, so a typo or a message from a newer peer is an error
 at the edge rather than a silently ignored value. Frames on the WebSocket are JSON objects
@@ -26,6 +26,7 @@ __all__ = [
     "CapabilityPayload",
     "CloseCode",
     "DelegateFrame",
+    "DelegateFrameType",
     "Deployment",
     "ErrorBody",
     "ErrorDetail",
@@ -38,14 +39,19 @@ __all__ = [
     "LogBatchAck",
     "LogLine",
     "ManagerFrame",
-    "NextTask",
+    "ManagerFrameType",
     "ProtocolError",
     "RegisterRequest",
     "RegisterResponse",
     "ResultAck",
     "ShellPayload",
-    "TaskAvailable",
+    "StreamLogs",
+    "StreamReply",
+    "StreamResult",
+    "TaskAck",
+    "TaskAssigned",
     "TaskCancel",
+    "TaskDecline",
     "TaskDrain",
     "TaskPayload",
     "TaskResult",
@@ -60,8 +66,11 @@ __all__ = [
     "parse_manager_frame",
 ]
 
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+# 2: one assignment per task pushed over the stream (TaskAssigned, acked or declined), log
+# batches and results over the stream too; v1 (hints, then an HTTPS acquire) is refused at
+# register with 426, which a v1 delegate reports as "upgrade the delegate".
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (2,)
 
 
 class ProtocolError(ValueError):
@@ -249,6 +258,10 @@ class RegisterResponse(Strict):
 
 class Hello(Strict):
     type: Literal["hello"] = "hello"
+    # Names this delegate process (a fresh random value per process, kept across
+    # reconnects): an assignment pushed to the same key is the same attempt again, one
+    # pushed to another key (a restarted process) never reached it.
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
     running: list[str] = Field(default_factory=list, max_length=1000)
     # Tasks whose result or log lines wait in the delegate's spool (see Heartbeat).
     spooled: list[str] = Field(default_factory=list, max_length=1000)
@@ -282,13 +295,6 @@ class HeartbeatAck(Strict):
     drain: bool = False
 
 
-class TaskAvailable(Strict):
-    """A hint that a task may be acquired; never the payload. The store's queue is the truth."""
-
-    type: Literal["task_available"] = "task_available"
-    task_id: str
-
-
 class TaskCancel(Strict):
     type: Literal["cancel"] = "cancel"
     task_id: str
@@ -296,41 +302,6 @@ class TaskCancel(Strict):
 
 class TaskDrain(Strict):
     type: Literal["drain"] = "drain"
-
-
-DelegateFrame = Annotated[Hello | Heartbeat, Field(discriminator="type")]
-ManagerFrame = Annotated[
-    HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain, Field(discriminator="type")
-]
-_delegate_frames: TypeAdapter[Hello | Heartbeat] = TypeAdapter(DelegateFrame)
-_manager_frames: TypeAdapter[HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain] = TypeAdapter(
-    ManagerFrame
-)
-
-
-def _check_size(raw: str | bytes) -> None:
-    # Characters are at most 4 bytes, so only long text needs encoding to be measured.
-    size = (
-        len(raw.encode()) if isinstance(raw, str) and len(raw) * 4 > MAX_FRAME_BYTES else len(raw)
-    )
-    if size > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
-
-
-def parse_delegate_frame(raw: str | bytes) -> Hello | Heartbeat:
-    _check_size(raw)
-    try:
-        return _delegate_frames.validate_json(raw)
-    except ValidationError as exc:
-        raise ProtocolError(describe_validation_error(exc)[1]) from None
-
-
-def parse_manager_frame(raw: str | bytes) -> HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain:
-    _check_size(raw)
-    try:
-        return _manager_frames.validate_json(raw)
-    except ValidationError as exc:
-        raise ProtocolError(describe_validation_error(exc)[1]) from None
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[str | None, str]:
@@ -355,12 +326,6 @@ def describe_validation_error(exc: ValidationError) -> tuple[str | None, str]:
 
 
 # --- HTTPS exchanges --------------------------------------------------------------------
-
-
-class NextTask(Strict):
-    """Long-poll answer: a task the delegate may try to acquire."""
-
-    task_id: str
 
 
 class AcquireResponse(Strict):
@@ -467,3 +432,105 @@ class ErrorDetail(Strict):
 
 class ErrorBody(Strict):
     error: ErrorDetail
+
+
+# --- stream frames of protocol v2 (after the models they carry) ------------------------
+
+
+class TaskAssigned(Strict):
+    """Manager -> delegate: a task claimed for this delegate (the claim is committed before
+    the frame is sent), with everything it needs to run: what a v1 acquire answered."""
+
+    type: Literal["assignment"] = "assignment"
+    assignment: AcquireResponse
+
+
+class TaskAck(Strict):
+    """Delegate -> manager: it runs the assignment. Idempotent."""
+
+    type: Literal["ack"] = "ack"
+    task_id: str = Field(max_length=64)
+    attempt: int = Field(ge=1)
+
+
+class TaskDecline(Strict):
+    """Delegate -> manager: it will not run the assignment; the task goes to another
+    delegate and the attempt does not count against the task's max_attempts. ``full``: no
+    free slot (nothing more is pushed to it until a slot frees or it reports capacity)."""
+
+    type: Literal["decline"] = "decline"
+    task_id: str = Field(max_length=64)
+    attempt: int = Field(ge=1)
+    reason: Literal["full", "draining", "unfit"] = "full"
+
+
+class StreamLogs(Strict):
+    """Delegate -> manager: a log batch over the stream (HTTPS POST .../logs is the
+    fallback). Answered by a :class:`StreamReply` with the same ``id``."""
+
+    type: Literal["logs"] = "logs"
+    id: int = Field(ge=0)
+    task_id: str = Field(max_length=64)
+    batch: LogBatch
+
+
+class StreamResult(Strict):
+    """Delegate -> manager: a task's result over the stream (HTTPS POST .../result is the
+    fallback). Answered by a :class:`StreamReply` with the same ``id``."""
+
+    type: Literal["result"] = "result"
+    id: int = Field(ge=0)
+    task_id: str = Field(max_length=64)
+    result: TaskResult
+
+
+class StreamReply(Strict):
+    """Manager -> delegate: the answer to the request ``id`` (StreamLogs or StreamResult):
+    exactly one of ``logs``, ``result`` (what the HTTPS route answers) or ``error`` (what
+    its error body says; ``status`` is the HTTP status the route would have used)."""
+
+    type: Literal["reply"] = "reply"
+    id: int = Field(ge=0)
+    logs: LogBatchAck | None = Field(default=None, exclude_if=lambda v: v is None)
+    result: ResultAck | None = Field(default=None, exclude_if=lambda v: v is None)
+    error: ErrorDetail | None = Field(default=None, exclude_if=lambda v: v is None)
+    status: int | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+DelegateFrame = Annotated[
+    Hello | Heartbeat | TaskAck | TaskDecline | StreamLogs | StreamResult,
+    Field(discriminator="type"),
+]
+ManagerFrame = Annotated[
+    HeartbeatAck | TaskAssigned | TaskCancel | TaskDrain | StreamReply,
+    Field(discriminator="type"),
+]
+DelegateFrameType = Hello | Heartbeat | TaskAck | TaskDecline | StreamLogs | StreamResult
+ManagerFrameType = HeartbeatAck | TaskAssigned | TaskCancel | TaskDrain | StreamReply
+_delegate_frames: TypeAdapter[DelegateFrameType] = TypeAdapter(DelegateFrame)
+_manager_frames: TypeAdapter[ManagerFrameType] = TypeAdapter(ManagerFrame)
+
+
+def _check_size(raw: str | bytes) -> None:
+    # Characters are at most 4 bytes, so only long text needs encoding to be measured.
+    size = (
+        len(raw.encode()) if isinstance(raw, str) and len(raw) * 4 > MAX_FRAME_BYTES else len(raw)
+    )
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
+
+
+def parse_delegate_frame(raw: str | bytes) -> DelegateFrameType:
+    _check_size(raw)
+    try:
+        return _delegate_frames.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc)[1]) from None
+
+
+def parse_manager_frame(raw: str | bytes) -> ManagerFrameType:
+    _check_size(raw)
+    try:
+        return _manager_frames.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc)[1]) from None

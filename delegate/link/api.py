@@ -30,7 +30,6 @@ from shared.protocol import (
     Hello,
     LogBatch,
     LogBatchAck,
-    NextTask,
     RegisterRequest,
     RegisterResponse,
     ResultAck,
@@ -132,20 +131,15 @@ class ManagerApi:
     async def heartbeat(self, frame: Heartbeat) -> HeartbeatAck:
         return _present(await self._call("POST", "/heartbeat", frame, HeartbeatAck))
 
-    async def next_task(self, wait: float) -> str | None:
-        resp = await self._call(
-            "GET", f"/tasks/next?wait={wait:.3f}", None, NextTask, timeout=wait + self._timeout
-        )
-        return None if resp is None else resp.task_id
-
-    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
-        """``key`` names this try: asking again with it after an answer that never came is
-        handed the same attempt, if the manager had handed it out."""
-        # id_token=1: hand this attempt its workload-identity request credential. A manager
-        # from before it ignores the parameter and sends none.
-        query = "?id_token=1" if key is None else f"?key={key}&id_token=1"
-        return _present(
-            await self._call("POST", f"/tasks/{task_id}/acquire{query}", None, AcquireResponse)
+    async def next_task(self, wait: float, key: str) -> AcquireResponse | None:
+        """An assignment already claimed for this delegate, or None when none came within
+        ``wait``; ``key`` names this process (as its stream hello does)."""
+        return await self._call(
+            "GET",
+            f"/tasks/next?wait={wait:.3f}&key={key}",
+            None,
+            AcquireResponse,
+            timeout=wait + self._timeout,
         )
 
     async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:

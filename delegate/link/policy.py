@@ -11,9 +11,9 @@ Here, once each: which HTTP answers and close codes are fatal and with which exi
 when the stream is given up for polling and when it is held again, the reconnect backoff,
 and stall detection from heartbeat acks.
 
-Frames map to deliveries in :meth:`LinkPolicy.frame_received`; a new frame type (protocol
-v2's ``assign``, answered with ``assign_ack`` / ``assign_decline``) is a new case there and
-a new action the stream adapter carries out, with no change to the rest.
+Frames map to deliveries in :meth:`LinkPolicy.frame_received`: an assignment (protocol v2's
+``TaskAssigned``, which the stream adapter answers with ``TaskAck`` or ``TaskDecline`` as
+the agent decides), a cancel, a drain or its end.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from typing import Literal
 
 from delegate.exit_codes import EXIT_AUTH, EXIT_VERSION
 from shared.limits import Timings
-from shared.protocol import CloseCode, HeartbeatAck, TaskAvailable, TaskCancel, TaskDrain
+from shared.protocol import (
+    AcquireResponse,
+    CloseCode,
+    HeartbeatAck,
+    StreamReply,
+    TaskAssigned,
+    TaskCancel,
+    TaskDrain,
+)
 
 __all__ = [
     "DROPS_BEFORE_POLLING",
@@ -34,12 +42,12 @@ __all__ = [
     "OPEN_FAILURES_BEFORE_POLLING",
     "STALL_CLOSE_CODE",
     "Action",
+    "Assign",
     "Cancel",
     "CloseStream",
     "Delivery",
     "Drain",
     "Fatal",
-    "Hint",
     "LinkPolicy",
     "Meaning",
     "Mode",
@@ -65,7 +73,7 @@ FATAL_TOKEN_CODES = frozenset({"token_revoked", "invalid_token"})
 STALL_CLOSE_CODE = 1001
 
 Mode = Literal["connecting", "stream", "polling"]
-FrameIn = HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain
+FrameIn = HeartbeatAck | TaskAssigned | TaskCancel | TaskDrain | StreamReply
 
 
 class Meaning(enum.Enum):
@@ -142,8 +150,10 @@ class CloseStream:
 
 # What a frame asks of the agent.
 @dataclass(frozen=True, slots=True)
-class Hint:
-    task_id: str
+class Assign:
+    """A task claimed for this delegate: ack and run it, or decline it."""
+
+    assignment: AcquireResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +172,7 @@ class Resume:
 
 
 Action = Wait | Register | Stop
-Delivery = Hint | Cancel | Drain | Resume
+Delivery = Assign | Cancel | Drain | Resume
 
 _VERSION_REFUSED = "the manager no longer accepts this protocol version"
 _FATAL_CLOSES: dict[int, Stop] = {
@@ -322,10 +332,12 @@ class LinkPolicy:
             self.last_ack = now
             state: Delivery = Drain() if frame.drain else Resume()
             return (*(Cancel(task_id) for task_id in frame.cancel), state)
-        if isinstance(frame, TaskAvailable):
-            return (Hint(frame.task_id),)
+        if isinstance(frame, TaskAssigned):
+            return (Assign(frame.assignment),)
         if isinstance(frame, TaskCancel):
             return (Cancel(frame.task_id),)
+        if isinstance(frame, StreamReply):
+            return ()  # this delegate sends its log batches and results over HTTPS
         return (Drain(),)
 
     # -- polling ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Long-polls for tasks and sends heartbeats over HTTPS, and tries the stream again every
 ``stream_retry`` seconds until one holds. It only carries out what
-:class:`~delegate.link.policy.LinkPolicy` decides. Nothing is lost in a switch: hints are
-only hints, and the manager's queue is the truth.
+:class:`~delegate.link.policy.LinkPolicy` decides. A poll's answer is an assignment already
+claimed for this delegate, and counted as acknowledged by the manager: it is run directly
+(an answer lost on the way is the lease's to judge, since no heartbeat lists it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 
 from delegate.link.api import ApiError, ManagerApi
 from delegate.link.policy import Action, LinkPolicy, Poll, Wait
-from shared.protocol import Heartbeat, HeartbeatAck
+from shared.protocol import AcquireResponse, Heartbeat, HeartbeatAck
 
 __all__ = ["Polling", "SlotsSource"]
 
@@ -26,7 +27,8 @@ log = structlog.get_logger("tether.channel")
 
 
 class SlotsSource(Protocol):
-    def on_task_available(self, task_id: str) -> None: ...
+    def on_assigned(self, assignment: AcquireResponse) -> str | None: ...
+    def run_assigned(self, assignment: AcquireResponse) -> None: ...
     def heartbeat_state(self) -> tuple[list[str], int, float]: ...
 
 
@@ -42,7 +44,9 @@ class Polling:
         try_stream: Callable[[], Awaitable[ClientConnection | None]],
         act: Callable[[Sequence[Action]], Awaitable[None]],
         slot_freed: asyncio.Event,
+        key: str,
     ) -> None:
+        self._key = key
         self._api = api
         self._policy = policy
         self._events = events
@@ -102,7 +106,7 @@ class Polling:
                 await self._slot_freed.wait()
                 continue
             try:
-                task_id = await self._api.next_task(self._policy.poll_wait)
+                handed = await self._api.next_task(self._policy.poll_wait, self._key)
             except ApiError as exc:
                 log.warning("poll failed", error=str(exc))
                 self._answered.clear()
@@ -115,7 +119,11 @@ class Polling:
                     await self._act([action])
                 continue
             self._policy.long_poll_answered()
-            if task_id is not None:
-                self._events.on_task_available(task_id)
-                # Give the acquire a moment to take the slot before asking for more.
-                await asyncio.sleep(0)
+            if handed is not None:
+                why = self._events.on_assigned(handed)
+                if why is None:
+                    self._events.run_assigned(handed)
+                else:
+                    # Polled for with a free slot, so rare (a drain since): its lease lapses
+                    # and the manager requeues it.
+                    log.warning("polled assignment not run", task_id=handed.task.id, reason=why)

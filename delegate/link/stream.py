@@ -1,6 +1,8 @@
 """The delegate's link to the manager: the WebSocket stream, with polling as fallback.
 
-The stream carries heartbeats up and hints, cancels and drain down. When it cannot be opened,
+The stream carries heartbeats, acks and declines up, and assignments, cancels and drain
+down (protocol v2: the manager pushes each task to one delegate, which acks it before it
+starts, or declines it). When it cannot be opened,
 or keeps dropping soon after opening, the channel polls instead (``polling.py``) and moves
 back once a stream has opened *and* answered a hello. Every decision (when to poll, how long
 to wait, what a close code or a refusal means, when a stream has stalled) is
@@ -16,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 import websockets
@@ -28,11 +31,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from delegate.link.api import ApiError, ManagerApi, frame_json
 from delegate.link.policy import (
     Action,
+    Assign,
     Cancel,
     CloseStream,
     Drain,
     Fatal,
-    Hint,
     LinkPolicy,
     Mode,
     Poll,
@@ -44,15 +47,15 @@ from delegate.link.polling import Polling
 from shared.aio import cancel_and_wait
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
+    AcquireResponse,
     CloseCode,
     Heartbeat,
-    HeartbeatAck,
     Hello,
+    ManagerFrameType,
     ProtocolError,
     RegisterResponse,
-    TaskAvailable,
-    TaskCancel,
-    TaskDrain,
+    TaskAck,
+    TaskDecline,
     parse_manager_frame,
 )
 
@@ -61,8 +64,18 @@ __all__ = ["Channel", "ChannelEvents"]
 log = structlog.get_logger("tether.channel")
 
 
+DeclineReason = Literal["full", "draining", "unfit"]
+
+
 class ChannelEvents(Protocol):
-    def on_task_available(self, task_id: str) -> None: ...
+    def on_assigned(self, assignment: AcquireResponse) -> DeclineReason | None:
+        """Take the assignment's slot (None: it will run here, acked), or say why not."""
+        ...
+
+    def run_assigned(self, assignment: AcquireResponse) -> None:
+        """Start an assignment ``on_assigned`` took (once its ack is sent)."""
+        ...
+
     def on_cancel(self, task_id: str) -> None: ...
     def on_drain(self) -> None: ...
     def on_resume(self) -> None: ...
@@ -97,6 +110,11 @@ class Channel:
         self._events: ChannelEvents | None = None
         self._seq = 0
         self._slot_freed = asyncio.Event()
+        # Names this process to the manager (hello, long-poll), kept across reconnects: an
+        # assignment pushed again to the same key is the same attempt (manager.core.
+        # assignment), and a restarted process is a new key.
+        self.key = secrets.token_urlsafe(16)
+        self._answers: set[asyncio.Task[None]] = set()
         self.on_mode_change: Callable[[str], None] | None = None
         # What the delegate reports about itself in each heartbeat (it opens no port to be
         # scraped); the manager republishes it per delegate on /metrics.
@@ -137,6 +155,7 @@ class Channel:
             try_stream=self._try_stream,
             act=self._act,
             slot_freed=self._slot_freed,
+            key=self.key,
         )
         while True:
             step = self.policy.next_step(self._clock())
@@ -237,13 +256,13 @@ class Channel:
         # The stream counts as held only once the manager answers a hello.
         try:
             running, _, _ = self._state()
-            await ws.send(frame_json(Hello(running=running, spooled=self._spooled())))
+            await ws.send(frame_json(Hello(key=self.key, running=running, spooled=self._spooled())))
             async with asyncio.timeout(lost_after):
                 frame = parse_manager_frame(await ws.recv())
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
             await ws.close()
             raise _StreamFailed(f"no answer to hello: {type(exc).__name__}") from None
-        self._handle(frame)
+        self._handle(frame, ws)
         return ws
 
     async def _run_stream(self, ws: ClientConnection) -> int | None:
@@ -257,7 +276,7 @@ class Channel:
                     log.warning("bad frame from manager", error=str(exc))
                     await ws.close(code=CloseCode.BAD_FRAME, reason="bad frame")
                     break
-                self._handle(frame)
+                self._handle(frame, ws)
         except ConnectionClosed:
             pass
         finally:
@@ -296,18 +315,46 @@ class Channel:
             metrics=metrics,
         )
 
-    def _handle(self, frame: HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain) -> None:
+    def _handle(self, frame: ManagerFrameType, ws: ClientConnection | None = None) -> None:
         events = self._events
         assert events is not None, "the channel is running"
         for delivery in self.policy.frame_received(frame, self._clock()):
-            if isinstance(delivery, Hint):
-                events.on_task_available(delivery.task_id)
+            if isinstance(delivery, Assign):
+                if ws is not None:
+                    self._answer(ws, events, delivery.assignment)
             elif isinstance(delivery, Cancel):
                 events.on_cancel(delivery.task_id)
             elif isinstance(delivery, Drain):
                 events.on_drain()
             elif isinstance(delivery, Resume):
                 events.on_resume()
+
+    def _answer(self, ws: ClientConnection, events: ChannelEvents, acq: AcquireResponse) -> None:
+        """Ack an assignment the agent takes (then start it), or decline it."""
+        why = events.on_assigned(acq)
+        reply: TaskAck | TaskDecline
+        if why is None:
+            reply = TaskAck(task_id=acq.task.id, attempt=acq.attempt)
+        else:
+            log.info("assignment declined", task_id=acq.task.id, reason=why)
+            reply = TaskDecline(task_id=acq.task.id, attempt=acq.attempt, reason=why)
+        task = asyncio.get_running_loop().create_task(self._reply(ws, events, reply, acq))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _reply(
+        self,
+        ws: ClientConnection,
+        events: ChannelEvents,
+        reply: TaskAck | TaskDecline,
+        acq: AcquireResponse,
+    ) -> None:
+        # A lost ack is not a lost task: the next hello lists it as running, and the
+        # manager counts that as the ack (manager.core.assignment).
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(reply.model_dump_json())
+        if isinstance(reply, TaskAck):
+            events.run_assigned(acq)
 
 
 def _error_code(body: bytes | bytearray | None) -> str:

@@ -20,8 +20,8 @@ from manager.secrets.service import SecretService
 from manager.store.base import Store
 from manager.tasks.bus import Bus
 from manager.tasks.delegates import Delegates
-from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
+from manager.tasks.handout import Handout
 from manager.tasks.hub import Hub
 from manager.tasks.profiles import Profiles
 from manager.tasks.reads import TaskReads
@@ -41,7 +41,7 @@ class Context:
     allowlist: Allowlist
     audit: AuditTrail
     hub: Hub
-    dispatcher: Dispatcher
+    handout: Handout
     events: TaskEvents
     tasks: TaskService
     delegates: Delegates

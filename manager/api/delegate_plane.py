@@ -1,5 +1,9 @@
 """The delegate plane under /api/v1/delegate: register, stream, poll, acquire, logs, result.
 
+On the stream a delegate says hello (its process key), heartbeats, and acks or declines
+the assignments pushed to it (manager.tasks.handout); a polling delegate is answered its
+assignment by the long-poll.
+
 Delegates authenticate with their token only to register; every other call carries the
 signed session credential that registration returns. The user API's guards (API keys, and
 later the IP allowlist and rate limits) do not apply here.
@@ -7,12 +11,9 @@ later the IP allowlist and rate limits) do not apply here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import re
-import time
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -21,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
-from manager.api.id_tokens import ID_TOKENS
 from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord, TokenRecord
 from manager.tasks.hub import Session
@@ -33,16 +33,20 @@ from shared.protocol import (
     SUPPORTED_PROTOCOL_VERSIONS,
     AcquireResponse,
     CloseCode,
+    DelegateFrameType,
+    ErrorDetail,
     Heartbeat,
     HeartbeatAck,
     Hello,
     LogBatch,
     LogBatchAck,
-    NextTask,
     ProtocolError,
     RegisterRequest,
     RegisterResponse,
     ResultAck,
+    StreamReply,
+    TaskAck,
+    TaskDecline,
     TaskResult,
     parse_delegate_frame,
 )
@@ -53,8 +57,9 @@ log = structlog.get_logger("tether.delegate_plane")
 
 # Cap on the long-poll wait a delegate may ask for, whatever it sends.
 MAX_POLL_WAIT_S = 60.0
-# The delegate's name for one acquire, repeated when it asks again after a lost answer.
-ACQUIRE_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+# The delegate's name for its process (long-poll) or for one acquire, repeated when it asks
+# again after a lost answer.
+LINK_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 async def _session(request: web.Request) -> Session:
@@ -223,11 +228,39 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 log.warning("bad frame", delegate_id=session.id, error=str(exc))
                 await ws.close(code=CloseCode.BAD_FRAME, message=str(exc).encode()[:120])
                 break
-            _heartbeat(c, session, frame, via_stream=True)
+            _on_frame(c, session, frame)
     finally:
+        # Only the stream still attached counts: a newer one has said hello already.
+        if session.ws is ws:
+            c.handout.stream_lost(session.id)
         c.hub.detach_stream(session, ws)
         log.info("stream closed", delegate_id=session.id, code=ws.close_code)
     return ws
+
+
+def _on_frame(c: Context, session: Session, frame: DelegateFrameType) -> None:
+    """One frame from a delegate's stream, by its type."""
+    if isinstance(frame, Hello | Heartbeat):
+        _heartbeat(c, session, frame, via_stream=True)
+    elif isinstance(frame, TaskAck):
+        c.handout.ack(session, frame.task_id, frame.attempt)
+    elif isinstance(frame, TaskDecline):
+        # A draining delegate is pushed nothing more until a heartbeat shows a free slot (it
+        # may not have heard of a resume yet when the push came), as a full one.
+        full = frame.reason != "unfit"
+        c.handout.decline(session, frame.task_id, frame.attempt, full=full)
+    else:
+        # Log batches and results over the stream are not taken here yet: HTTPS carries them.
+        c.hub.send(
+            session,
+            StreamReply(
+                id=frame.id,
+                status=501,
+                error=ErrorDetail(
+                    code="not_implemented", message="send log batches and results over HTTPS"
+                ),
+            ),
+        )
 
 
 def _heartbeat(
@@ -238,7 +271,10 @@ def _heartbeat(
     if via_stream:
         c.hub.send(session, ack)
     if isinstance(frame, Hello):
-        c.dispatcher.kick()  # a delegate (re)connected: it may take queued work
+        # Its link is up: what was pushed to it before is settled, and it may take work.
+        c.handout.connected(session, frame.key, frame.running)
+    else:
+        c.handout.heartbeat(session, frame.free_slots)
     return ack
 
 
@@ -251,6 +287,8 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def next_task(request: web.Request) -> web.Response:
+    """The long-poll: an assignment already claimed for this delegate (so pollers never
+    collide), or 204 when none came within ``wait``. The answer counts as acknowledged."""
     c = ctx(request)
     session = await _session(request)
     session.polled_at = c.clock()
@@ -258,33 +296,26 @@ async def next_task(request: web.Request) -> web.Response:
         wait = min(float(request.query.get("wait", c.timings.poll_wait)), MAX_POLL_WAIT_S)
     except ValueError:
         raise ApiProblem(400, "invalid", "wait: expected seconds", field="wait") from None
-    deadline = time.monotonic() + max(0.0, wait)
-    while True:
-        session.wake.clear()
-        task_id = c.dispatcher.pick_for(session)
-        if task_id is not None:
-            return json_response(NextTask(task_id=task_id))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or c.stopping or c.hub.sessions.get(session.id) is not session:
-            return web.Response(status=204)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(remaining):
-                await session.wake.wait()
+    key = request.query.get("key", f"poll-{session.id[-48:]}")
+    if not LINK_KEY.fullmatch(key):
+        raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
+    if c.stopping:
+        return web.Response(status=204)
+    handed = await c.handout.poll(session, key, wait)
+    if handed is None:
+        return web.Response(status=204)
+    return json_response(handed)
 
 
 async def acquire(request: web.Request) -> web.Response:
+    """Kept for tools and tests that take one task by id; delegates are handed theirs. A
+    claim made here is forgotten by the hand-out (it is nobody's assignment)."""
     c = ctx(request)
     session = await _session(request)
     key = request.query.get("key")
-    if key is not None and not ACQUIRE_KEY.fullmatch(key):
+    if key is not None and not LINK_KEY.fullmatch(key):
         raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
-    handed = await c.tasks.acquire(session, request.match_info["task_id"], key)
-    # The attempt's workload-identity request credential, sealed to this delegate, only for
-    # a delegate that asks for it: one from before it refuses an answer with a field it does
-    # not know (its models forbid extras), and must keep taking tasks through an upgrade.
-    if request.query.get("id_token") == "1":
-        handed = request.app[ID_TOKENS].attach(handed, session.delegate.public_key)
-    return json_response(handed)
+    return json_response(await c.tasks.acquire(session, request.match_info["task_id"], key))
 
 
 async def post_logs(request: web.Request) -> web.Response:
@@ -349,12 +380,12 @@ def add_delegate_routes(table: RouteTable) -> None:
             "GET",
             f"{base}/tasks/next",
             next_task,
-            "Long-poll for a task (204 when none)",
+            "Long-poll for an assignment already claimed for this delegate (204 when none)",
             "delegate",
             None,
-            NextTask,
-            query={"wait": "number"},
-            errors=(401,),
+            AcquireResponse,
+            query={"wait": "number", "key": "string"},
+            errors=(400, 401),
         )
     )
     table.add(
@@ -367,7 +398,7 @@ def add_delegate_routes(table: RouteTable) -> None:
             "delegate",
             None,
             AcquireResponse,
-            query={"key": "string", "id_token": "string"},
+            query={"key": "string"},
             errors=(400, 401, 404, 409, 410, 503),
         )
     )

@@ -114,7 +114,7 @@ def _operation(r: Route) -> dict[str, Any]:
     else:
         responses[str(r.status)] = {"description": "OK"}
     if r.path.endswith("/tasks/next"):
-        responses["204"] = {"description": "No task within the wait"}
+        responses["204"] = {"description": "No assignment within the wait"}
     for status in sorted({*r.errors, *_GUARD_ERRORS.get(r.auth, ())}):
         responses[str(status)] = {
             "description": "Error",

@@ -1,10 +1,11 @@
 """Simulated delegates: the manager's own cost of the task path.
 
-N delegates in this process speak protocol v1 over TLS (register, the WebSocket stream or
-HTTPS long-polling, acquire, result) and finish every task the moment they win it, so what
-is measured is the manager. Latencies are taken on this process's clock:
+N delegates in this process speak protocol v2 over TLS (register; the WebSocket stream, whose
+assignments each is acked, or HTTPS long-polls answered with one; the result over HTTPS) and
+finish every task the moment it is assigned, so what is measured is the manager. Latencies
+are taken on this process's clock:
 
-    started: submit sent -> acquire answered     result: submit sent -> result answered
+    started: submit sent -> assignment received     result: submit sent -> result answered
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class Timeline:
     finished: dict[str, float] = field(default_factory=dict)
     all_done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
-    # Notifications received, and acquires another delegate won: the cost of fan-out.
-    hints: int = 0
-    lost_acquires: int = 0
+    # Assignments received, and those declined (a full delegate): one push per task is the
+    # design, so more than that is the cost of declines.
+    pushes: int = 0
+    declines: int = 0
 
     def submit(self, task_id: str, sent: float) -> None:
         self.submitted[task_id] = sent
@@ -108,7 +110,7 @@ class SimBench:
 
 
 class SimDelegate:
-    """Speaks protocol v1 to one replica and completes each task it wins with exit code 0."""
+    """Speaks protocol v2 to one replica and completes each task assigned with exit code 0."""
 
     def __init__(self, name: str, bench: SimBench, url: str) -> None:
         self.name = name
@@ -119,6 +121,8 @@ class SimDelegate:
         self.poll_wait_s = 25.0
         self.running: set[str] = set()
         self.connected = asyncio.Event()
+        self.key = secrets.token_urlsafe(16)
+        self.freed = asyncio.Event()
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credential}"}
@@ -165,16 +169,28 @@ class SimDelegate:
             max_size=MAX_FRAME_BYTES,
             open_timeout=60,
         ) as ws:
-            await ws.send(json.dumps({"type": "hello", "running": []}))
+            await ws.send(json.dumps({"type": "hello", "key": self.key, "running": []}))
             await ws.recv()
             self.connected.set()
             beats = asyncio.create_task(self._stream_beats(ws))
             try:
                 async for raw in ws:
                     frame = json.loads(raw)
-                    if frame["type"] == "task_available":
-                        self.bench.timeline.hints += 1
-                        self._take(frame["task_id"])
+                    if frame["type"] == "assignment":
+                        handed = frame["assignment"]
+                        task_id, attempt = handed["task"]["id"], handed["attempt"]
+                        self.bench.timeline.pushes += 1
+                        if self._take(task_id, attempt):
+                            answer = {"type": "ack", "task_id": task_id, "attempt": attempt}
+                        else:
+                            self.bench.timeline.declines += 1
+                            answer = {
+                                "type": "decline",
+                                "task_id": task_id,
+                                "attempt": attempt,
+                                "reason": "full",
+                            }
+                        await ws.send(json.dumps(answer))
             finally:
                 beats.cancel()
 
@@ -190,14 +206,19 @@ class SimDelegate:
         beats = asyncio.create_task(self._poll_beats())
         try:
             while True:
+                # A poll's answer is claimed for it: ask only with a free slot.
+                while len(self.running) >= self.bench.opts.capacity:
+                    self.freed.clear()
+                    await self.freed.wait()
                 async with self.bench.http.get(
                     f"{self.url}/api/v1/delegate/tasks/next",
-                    params={"wait": str(self.poll_wait_s)},
+                    params={"wait": str(self.poll_wait_s), "key": self.key},
                     headers=self._auth(),
                 ) as resp:
                     if resp.status == 200:
-                        self.bench.timeline.hints += 1
-                        self._take((await resp.json())["task_id"])
+                        handed = await resp.json()
+                        self.bench.timeline.pushes += 1
+                        self._take(handed["task"]["id"], handed["attempt"])
         finally:
             beats.cancel()
 
@@ -213,22 +234,21 @@ class SimDelegate:
                 await resp.read()
             await asyncio.sleep(self.heartbeat_s)
 
-    def _take(self, task_id: str) -> None:
-        if task_id in self.running or len(self.running) >= self.bench.opts.capacity:
-            return
+    def _take(self, task_id: str, attempt: int) -> bool:
+        if task_id in self.running:
+            return True  # pushed again after a lost ack: it runs here
+        if len(self.running) >= self.bench.opts.capacity:
+            return False
         self.running.add(task_id)
-        self.bench.spawn(self._complete(task_id))
+        self.bench.timeline.started.setdefault(task_id, time.perf_counter())
+        self.bench.spawn(self._complete(task_id, attempt))
+        return True
 
-    async def _complete(self, task_id: str) -> None:
+    async def _complete(self, task_id: str, attempt: int) -> None:
         base = f"{self.url}/api/v1/delegate/tasks/{task_id}"
         timeline = self.bench.timeline
         try:
-            async with self.bench.http.post(f"{base}/acquire", headers=self._auth()) as resp:
-                if resp.status != 200:
-                    timeline.lost_acquires += 1  # another delegate won it
-                    return
-                attempt = (await resp.json())["attempt"]
-            timeline.started[task_id] = time.perf_counter()
+            await asyncio.sleep(0)  # the ack goes out first
             result = {"attempt": attempt, "status": "succeeded", "exit_code": 0}
             async with self.bench.http.post(
                 f"{base}/result", json=result, headers=self._auth()
@@ -237,6 +257,7 @@ class SimDelegate:
                     timeline.done(task_id)
         finally:
             self.running.discard(task_id)
+            self.freed.set()
 
 
 async def _until_connected(sim: SimDelegate, runner: asyncio.Task[None]) -> None:
@@ -348,8 +369,8 @@ async def _submit_and_wait(bench: SimBench, opts: BenchOptions, urls: list[str])
         "tasks_per_s": round(opts.tasks / elapsed, 1),
         "started_latency_ms": tl.latencies(tl.started),
         "result_latency_ms": tl.latencies(tl.finished),
-        "hints_per_task": round(tl.hints / opts.tasks, 2),
-        "lost_acquires": tl.lost_acquires,
+        "pushes_per_task": round(tl.pushes / opts.tasks, 2),
+        "declines": tl.declines,
     }
     if opts.rate is not None:
         out["rate"] = opts.rate

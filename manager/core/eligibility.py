@@ -1,8 +1,9 @@
 """Which delegate may be handed which task: one pure decision for every hand-out path.
 
 A delegate token carries a scope (applications, environments, environment types, and the
-selectors a delegate using it may claim). The manager hints, answers long-polls with, lets
-acquire, and delivers the secrets of a task only to a delegate that passes :func:`refusal`.
+selectors a delegate using it may claim). The manager assigns (over the stream or a
+long-poll), lets acquire, and delivers the secrets of a task only to a delegate that passes
+:func:`refusal`.
 
 A task outside any application (a profile run, the manager's own secret operations, an
 administrator's task) goes to a delegate with a narrowed scope only when it names that

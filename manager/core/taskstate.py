@@ -8,6 +8,7 @@ racing requests) that decide from the same snapshot cannot both win.
     queued --cancel--> cancelled          running --cancel--> (cancel_requested)
     queued --queue timeout--> expired      running --run timeout--> timed_out
     running --lease lost--> queued (attempts left) | failed ("delegate_lost")
+    running --withdraw--> queued (an assignment declined or never acknowledged: not counted)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shared.protocol import FINAL_STATES, TaskResult, TaskState
 
 __all__ = [
     "DELEGATE_LOST",
+    "WITHDRAWN",
     "Decision",
     "Verdict",
     "on_acquire",
@@ -29,8 +31,13 @@ __all__ = [
     "on_result",
     "on_sweep",
     "on_timeout",
+    "on_withdraw",
     "timeout_due",
 ]
+
+# The status an attempt row ends with when its assignment was withdrawn before the delegate
+# acknowledged it: such an attempt never ran, and does not count against max_attempts.
+WITHDRAWN = "withdrawn"
 
 DELEGATE_LOST = "delegate_lost"
 
@@ -119,7 +126,43 @@ def on_cancel(task: TaskRecord, now: float) -> Decision:
     return Decision(Verdict.NOOP, reason=f"already {task.state.value}")
 
 
-def on_lease_lost(task: TaskRecord, now: float) -> Decision:
+def on_withdraw(task: TaskRecord, delegate_id: str, attempt: int, now: float) -> Decision:
+    """Take back the claim of ``attempt`` from ``delegate_id``: its assignment was declined,
+    or never acknowledged (manager.core.assignment's ``Requeue``). Only while that very
+    attempt holds the task; the attempt number stays, so the next claim fences this one out.
+    The queue timeout keeps running from when the task was queued (it never ran)."""
+    if (
+        task.state is not TaskState.RUNNING
+        or task.attempt != attempt
+        or task.delegate_id != delegate_id
+    ):
+        return Decision(Verdict.STALE, reason="this attempt no longer holds the task")
+    if task.cancel_requested:
+        return Decision(
+            Verdict.APPLY,
+            {
+                "state": TaskState.CANCELLED,
+                "finished_at": now,
+                "error": "cancelled before start",
+                "delegate_id": None,
+            },
+        )
+    return Decision(
+        Verdict.APPLY,
+        {
+            "state": TaskState.QUEUED,
+            "delegate_id": None,
+            "started_at": None,
+            "lease_until": None,
+            "acquire_key": None,
+        },
+        reason="withdrawn",
+    )
+
+
+def on_lease_lost(task: TaskRecord, now: float, *, withdrawn: int = 0) -> Decision:
+    """``withdrawn``: how many of the task's attempts were withdrawn before they ran; they
+    do not count against ``max_attempts``."""
     if task.state is not TaskState.RUNNING:
         return Decision(Verdict.NOOP)
     # Every outcome clears the holder: a late result or log batch from the attempt that lost
@@ -134,7 +177,7 @@ def on_lease_lost(task: TaskRecord, now: float) -> Decision:
                 "delegate_id": None,
             },
         )
-    if task.attempt < task.max_attempts:
+    if task.attempt - withdrawn < task.max_attempts:
         # Back to the queue; the next acquire bumps the attempt, fencing the old holder out.
         return Decision(
             Verdict.APPLY,

@@ -97,9 +97,9 @@ from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
 from manager.tasks.delegates import Delegates
-from manager.tasks.dispatch import Dispatcher
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
+from manager.tasks.handout import Handout
 from manager.tasks.hub import Hub
 from manager.tasks.id_tokens import IdTokens
 from manager.tasks.profiles import Profiles
@@ -141,7 +141,7 @@ class ManagerConfig:
     database: str | None = field(default=None, repr=False)
     # Dates what users read (created, started, audit times); never a duration.
     clock: Callable[[], float] = time.time
-    # Every duration: leases, liveness, timeouts, hint widening, the sweep.
+    # Every duration: leases, liveness, timeouts, unanswered assignments, the sweep.
     monotonic: Callable[[], float] = time.monotonic
     # The masker behind this process's log output (shared.logging.configure_logging).
     masker: Masker | None = None
@@ -275,7 +275,7 @@ def _live_metrics(c: Context) -> Iterator[Metric]:
         "tether_tasks",
         "Open tasks by state (finished ones: tether_tasks_finished_total)",
         ["state"],
-        {("queued",): len(c.dispatcher.queued), ("running",): running},
+        {("queued",): c.handout.queued_count(), ("running",): running},
     )
     yield gauge(
         "tether_delegate_metric",
@@ -299,13 +299,18 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         tick=t.sweep_interval,
     )
     envs = EnvIndex(store)
-    dispatcher = Dispatcher(
+    handout = Handout(
         hub,
-        widen_after=t.dispatch_widen_after,
+        # An assignment unanswered this long goes to another delegate. A live delegate acks
+        # at once, and one whose heartbeats stop is dropped after lost_after (its unanswered
+        # assignments requeued then); twice that leaves a loaded machine room for the claim,
+        # the push and the ack, since a withdrawn attempt that was running is fenced out.
+        ack_within=2 * t.lost_after,
         tick=t.sweep_interval,
         clock=config.monotonic,
         envs=envs.facts,
     )
+    hub.on_dropped = handout.disconnected
     events = TaskEvents()
     metrics = Metrics()
     bus: Bus = PostgresBus(store) if isinstance(store, PostgresStore) else LocalBus()
@@ -318,7 +323,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     tasks = TaskService(
         store=task_store,
         hub=hub,
-        dispatcher=dispatcher,
+        handout=handout,
         events=events,
         master_key=master_key,
         timings=t,
@@ -352,11 +357,11 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         allowlist=Allowlist(store, config.clock),
         audit=AuditTrail(store),
         hub=hub,
-        dispatcher=dispatcher,
+        handout=handout,
         events=events,
         tasks=tasks,
         task_reads=TaskReads(task_store),
-        delegates=Delegates(store, hub, dispatcher, lost_after=t.lost_after, clock=config.clock),
+        delegates=Delegates(store, hub, handout, lost_after=t.lost_after, clock=config.clock),
         signer=SessionSigner(session_key, ttl=t.session_ttl, clock=config.clock),
         timings=t,
         clock=config.clock,
@@ -486,6 +491,8 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         issuer=config.oidc_issuer or f"https://{_url_host(config.host)}:{config.port}",
         clock=config.clock,
     )
+    # Every assignment of a task with an application carries its request credential.
+    c.tasks.id_tokens = app[ID_TOKENS]
 
     async def purged(counts: dict[str, int]) -> object:
         return await recorder.write(
@@ -647,7 +654,7 @@ async def serve(
         if config.oidc_issuer is None:
             app[ID_TOKENS].issuer = url
         background = [
-            asyncio.create_task(c.dispatcher.run(), name="dispatch"),
+            asyncio.create_task(c.handout.run(), name="handout"),
             asyncio.create_task(_loops(c), name="sweep"),
             asyncio.create_task(app[LOGINS].expire_forever(), name="expire-sessions"),
             asyncio.create_task(app[FAILED_LOGINS].flush_forever(), name="failed-logins"),

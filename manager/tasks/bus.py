@@ -6,7 +6,7 @@ other replicas hear of it here. One replica alone (SQLite) needs nothing: :class
 drops every event. On PostgreSQL, :class:`PostgresBus` sends them with NOTIFY, batched into
 as few notifications as the traffic allows and sent off the request path.
 
-Events are hints, like the task notifications to delegates: each replica also reconciles its
+Events are only notices: each replica also reconciles its
 queue index with the store now and then (``TaskService.reconcile``), so a notification lost
 while a LISTEN connection was down costs time, never a task.
 """

@@ -17,7 +17,7 @@ from manager.errors import NotFound
 from manager.records import DelegateRecord, Presence
 from manager.schemas.tasks import TokenScopeView
 from manager.store.base import Store
-from manager.tasks.dispatch import Dispatcher
+from manager.tasks.handout import Handout
 from manager.tasks.hub import Hub
 from shared.protocol import CloseCode, TaskDrain
 
@@ -41,14 +41,14 @@ class Delegates:
         self,
         store: Store,
         hub: Hub,
-        dispatcher: Dispatcher,
+        handout: Handout,
         *,
         lost_after: float,
         clock: Callable[[], float],
     ) -> None:
         self._store = store
         self._hub = hub
-        self._dispatcher = dispatcher
+        self._handout = handout
         self._lost_after = lost_after
         self._clock = clock
 
@@ -100,11 +100,10 @@ class Delegates:
                 session.draining = d.draining
                 if d.draining:
                     self._hub.send(session, TaskDrain())
+                self._handout.drain(d.id, d.draining)
             log.info(
                 "delegate drain" if draining else "delegate resumed", delegate_id=d.id, name=d.name
             )
-        if not draining:
-            self._dispatcher.kick()
         return changed, flipped
 
     async def delete(

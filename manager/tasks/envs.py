@@ -1,7 +1,7 @@
 """Environments as task hand-out needs them: type and whether they want dedicated delegates.
 
-Hints, long-polls and acquires judge tasks against delegates without reading the store, so
-they read this index: loaded at start, updated when this replica changes an environment,
+The hand-out and acquires judge tasks against delegates without reading the store, so they
+read this index: loaded at start, updated when this replica changes an environment,
 re-read for one environment when another replica says it changed it (the ``env`` replica
 event), and reloaded on every reconcile should such an event be lost. An environment not
 (yet) in the index is judged the strictest way (manager.core.eligibility.place_of), so a

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,7 +18,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from manager.core.assign import Candidate
 from manager.core.eligibility import ACCOUNT_WIDE, DelegateFacts, DelegateScope
 from manager.core.liveness import Claim, Leases, Liveness, Renewals
 from manager.records import DelegateRecord, Presence
@@ -49,8 +47,6 @@ class Session:
     # Listed tasks the store says it does not hold (cancelled, or handed to another
     # delegate after its lease ran out): every ack tells it to stop them.
     strangers: frozenset[str] = frozenset()
-    # Hints for a polling delegate, taken by its next long-poll.
-    inbox: deque[str] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -100,6 +96,8 @@ class Hub:
         self.cancelling: set[str] = set()
         self.revoked_tokens: set[str] = set()
         self._lost_after = lost_after
+        # Told of every session that ends here (the hand-out requeues what it had pushed).
+        self.on_dropped: Callable[[str], None] | None = None
         self._background: set[asyncio.Task[object]] = set()
 
     # -- sessions -------------------------------------------------------------------------
@@ -157,6 +155,8 @@ class Hub:
         self.liveness.forget(delegate_id)
         if session is None:
             return
+        if self.on_dropped is not None:
+            self.on_dropped(delegate_id)
         session.wake.set()
         if session.ws is not None and not session.ws.closed:
             self._spawn(session.ws.close(code=code, message=reason.encode()[:120]))
@@ -241,46 +241,7 @@ class Hub:
         for s in self.sessions.values():
             s.strangers = frozenset(stale.get(s.id, ()))
 
-    def candidates(self) -> list[Candidate]:
-        out = (self._candidate(s) for s in self.sessions.values())
-        return [c for c in out if c is not None]
-
-    def candidate(self, delegate_id: str) -> Candidate | None:
-        session = self.sessions.get(delegate_id)
-        return None if session is None else self._candidate(session)
-
-    def _candidate(self, s: Session) -> Candidate | None:
-        # Load is counted from the leases this manager granted, not from the free slots a
-        # heartbeat reported: leases change the moment a task is acquired or finishes,
-        # while a heartbeat's figure is up to one interval old.
-        last = self.liveness.last_seen(s.id)
-        if last is None or self._clock() - last > self._lost_after:
-            return None
-        d = s.delegate
-        return Candidate(
-            delegate_id=s.id,
-            # The name and the id count as selectors: a task can ask for one delegate.
-            selectors=frozenset((*d.selectors, d.name, d.id)),
-            task_types=frozenset(d.task_types),
-            capacity=d.capacity,
-            running=self.leases.count(s.id),
-            draining=s.draining,
-            name=d.name,
-            scope=s.scope,
-        )
-
     # -- sending --------------------------------------------------------------------------
-
-    def hint(self, delegate_id: str, task_id: str, frame: BaseModel) -> None:
-        """Tell a delegate a task may be for it: a frame on the stream, or its poll inbox."""
-        session = self.sessions.get(delegate_id)
-        if session is None:
-            return
-        if session.mode == "stream":
-            self.send(session, frame)
-        else:
-            session.inbox.append(task_id)
-            session.wake.set()
 
     def cancel(self, task_id: str) -> None:
         self.cancelling.add(task_id)
@@ -296,7 +257,7 @@ class Hub:
         if ws is None or ws.closed:
             return
         # Not awaited here: a delegate with a full socket buffer must not stall the caller
-        # (the dispatcher serves every delegate). Frames of a non-compressed WebSocket are
+        # (the hand-out serves every delegate). Frames of a non-compressed WebSocket are
         # written whole and in call order before the first await, so order is kept.
         self._spawn(ws.send_str(frame.model_dump_json()))
 

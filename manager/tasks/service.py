@@ -1,4 +1,4 @@
-"""Task operations: submit, acquire, logs, results, cancel, and the periodic sweep.
+"""Task operations: submit, claims of assignments, logs, results, cancel, and the sweep.
 
 Each operation reads a snapshot, asks :mod:`manager.core.taskstate` what should happen, and has
 the store apply it with a compare-and-set; then it updates the in-memory dispatch index,
@@ -7,6 +7,7 @@ leases and followers. A lost race re-reads and decides again rather than guessin
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -19,6 +20,7 @@ import structlog
 from manager.core.audit_chain import AuditOf
 from manager.core.eligibility import TaskFacts, place_of, refusal
 from manager.core.taskstate import (
+    WITHDRAWN,
     Decision,
     Verdict,
     on_acquire,
@@ -26,6 +28,7 @@ from manager.core.taskstate import (
     on_lease_lost,
     on_result,
     on_timeout,
+    on_withdraw,
     timeout_due,
 )
 from manager.errors import Conflicting, Gone, Invalid, NotFound, Unavailable
@@ -36,9 +39,9 @@ from manager.schemas.grants import Target
 from manager.schemas.tasks import TaskSubmit
 from manager.store.base import Store
 from manager.tasks.bus import Bus, EventKind, LocalBus
-from manager.tasks.dispatch import Dispatcher, QueuedTask
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
+from manager.tasks.handout import Handout
 from manager.tasks.hub import Hub, Session
 from manager.tasks.idempotency import differences, scoped
 from shared.ids import new_id
@@ -105,6 +108,13 @@ class SecretDeliverer(Protocol):
         ...
 
 
+class IdTokenAttacher(Protocol):
+    """Seals an attempt's workload-identity request credential into its assignment
+    (manager.tasks.id_tokens.IdTokens)."""
+
+    def attach(self, handed: AcquireResponse, delegate_public_key: str) -> AcquireResponse: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Deadline:
     """When a tracked task's timeout falls due on the monotonic clock, and the snapshot it
@@ -124,7 +134,7 @@ class TaskService:
         *,
         store: Store,
         hub: Hub,
-        dispatcher: Dispatcher,
+        handout: Handout,
         events: TaskEvents,
         master_key: MasterKey,
         timings: Timings,
@@ -141,7 +151,11 @@ class TaskService:
         self._bus = bus or LocalBus()
         self._metrics = metrics or Metrics()
         self._hub = hub
-        self._dispatcher = dispatcher
+        self.handout = handout
+        handout.bind(self)
+        # Seals the attempt's workload-identity request credential into an assignment
+        # (manager.tasks.id_tokens.IdTokens.attach); set once the app holds one.
+        self.id_tokens: IdTokenAttacher | None = None
         self._events = events
         self._key = master_key
         self._timings = timings
@@ -166,7 +180,7 @@ class TaskService:
             self._track(task)
             self._remember(task)
             if task.state is TaskState.QUEUED:
-                self._dispatcher.enqueue(_queued(task))
+                self.handout.queued(task)
             elif task.delegate_id is not None:
                 # A full lease from now: the holder has that long to reconnect and list it.
                 self._hub.leases.grant(task.id, task.delegate_id)
@@ -285,7 +299,7 @@ class TaskService:
             self._metrics.tasks_submitted.inc()
             self._remember(stored)
             self._track(stored)
-            self._dispatcher.enqueue(_queued(stored))
+            self.handout.queued(stored)
             self._bus.publish("queued", stored.id)
             self._events.notify(stored.id, listed=True)
             log.info("task submitted", task_id=stored.id, type=stored.type)
@@ -302,7 +316,6 @@ class TaskService:
         if updated is None:
             return task
         if updated.state is TaskState.CANCELLED:
-            self._dispatcher.dequeue(task_id)
             self._finished(updated)
         else:
             self._hub.cancel(task_id)
@@ -332,12 +345,13 @@ class TaskService:
         if decision.verdict is Verdict.HELD:
             log.info("task handed out again", task_id=task.id, delegate_id=session.id)
             self._hub.leases.grant(task.id, session.id)
-            return await self._handout(session, task)
+            return await self._assignment(session, task)
         if decision.verdict is Verdict.TAKEN:
             raise Conflicting("taken", decision.reason)
         if decision.verdict is Verdict.GONE or updated is None:
             raise Gone("gone", decision.reason)
-        self._dispatcher.dequeue(task.id)
+        # Claimed outside the hand-out (the HTTPS acquire): its assignments forget it.
+        self.handout.gone(task.id)
         self._bus.publish("dequeued", task.id)
         # A flag from before this acquire (the same task, an older attempt) must not cancel it.
         session.strangers = session.strangers - {task.id}
@@ -347,7 +361,84 @@ class TaskService:
         self._metrics.dispatch_latency.observe(max(0.0, self._wall() - queued_at))
         self._events.notify(task.id, listed=True)
         log.debug("task acquired", task_id=task.id, delegate_id=session.id, attempt=updated.attempt)
-        return await self._handout(session, updated)
+        return await self._assignment(session, updated)
+
+    async def claim(
+        self, session: Session, task_id: str, attempt: int, key: str
+    ) -> AcquireResponse | None:
+        """Commit attempt ``attempt`` of the task for ``session``'s delegate under its link
+        ``key`` (the hand-out's ``Push``), and build the assignment; the same holder with the
+        same key is handed the same attempt again (HELD). None when the store refuses: the
+        task is final, held by another, or at another attempt than the hand-out thought
+        (then it is queued again here at the store's attempt)."""
+        # Long enough to reach the ack (or its deadline) and the first heartbeat that lists
+        # the task: the sweep must not take back a claim the hand-out still waits on.
+        lease_for = max(self._hub.lease_left(session.id), self.handout.ack_within)
+
+        def decide(t: TaskRecord) -> Decision:
+            expected = t.attempt + 1 if t.state is TaskState.QUEUED else t.attempt
+            if t.state in (TaskState.QUEUED, TaskState.RUNNING) and expected != attempt:
+                return Decision(Verdict.TAKEN, reason="the task is at another attempt")
+            return on_acquire(t, session.id, self._wall(), lease_for=lease_for, key=key)
+
+        try:
+            task, decision, updated = await self._transition(task_id, decide, starts_attempt=True)
+        except NotFound:
+            return None
+        if decision.verdict is Verdict.HELD:
+            self._hub.leases.grant(task.id, session.id)
+            return await self._assignment(session, task)
+        if updated is None:
+            if task.state is TaskState.QUEUED:
+                # Queued at an attempt the hand-out did not know: again, once it forgot it.
+                asyncio.get_running_loop().call_soon(self.handout.queued, task)
+            return None
+        self._bus.publish("dequeued", task.id)
+        # A flag from before this claim (the same task, an older attempt) must not cancel it.
+        session.strangers = session.strangers - {task.id}
+        self._track(updated)
+        self._hub.leases.grant(task.id, session.id)
+        queued_at = task.queued_at if task.queued_at is not None else task.created_at
+        self._metrics.dispatch_latency.observe(max(0.0, self._wall() - queued_at))
+        self._events.notify(task.id, listed=True)
+        log.debug("task assigned", task_id=task.id, delegate_id=session.id, attempt=attempt)
+        return await self._assignment(session, updated)
+
+    async def withdraw(self, task_id: str, delegate_id: str, attempt: int) -> None:
+        """Take back the claim of an assignment that was declined or never acknowledged
+        (taskstate.on_withdraw): the task is queued again, the attempt not counted."""
+        try:
+            task, _, updated = await self._transition(
+                task_id,
+                lambda t: on_withdraw(t, delegate_id, attempt, self._wall()),
+                end_status=WITHDRAWN,
+            )
+        except NotFound:
+            self.handout.gone(task_id)
+            return
+        if updated is None:
+            if task.state in FINAL_STATES:
+                self.handout.gone(task_id)
+            return
+        if self._hub.leases.holder(task_id) == delegate_id:
+            self._hub.leases.release(task_id)
+        self._track(updated)
+        if updated.state is TaskState.QUEUED:
+            # A notice the hand-out already has; it puts the task back if it had forgotten it.
+            self.handout.queued(updated)
+            self._bus.publish("queued", task_id)
+            self._events.notify(task_id, listed=True)
+        else:
+            self._finished(updated)
+
+    async def _assignment(self, session: Session, task: TaskRecord) -> AcquireResponse:
+        """The assignment of the attempt ``task`` is at, with its workload-identity request
+        credential when the task has an application (no token can be issued without one,
+        and sealing it costs a key exchange per hand-out)."""
+        handed = await self._handout(session, task)
+        if task.app_id is not None and self.id_tokens is not None:
+            handed = self.id_tokens.attach(handed, session.delegate.public_key)
+        return handed
 
     async def _handout(self, session: Session, task: TaskRecord) -> AcquireResponse:
         """The acquire answer for the attempt ``task`` is at: its spec, and its secrets
@@ -416,6 +507,8 @@ class TaskService:
         )
         if decision.verdict is Verdict.STALE:
             raise Conflicting("stale_attempt", decision.reason)
+        # Recorded now or before: the attempt's slot frees.
+        self.handout.result(task_id, session.id, result.attempt)
         if updated is None:
             return ResultAck(state=task.state, recorded=False)
         self._finished(updated)
@@ -433,10 +526,10 @@ class TaskService:
             if task is not None and task.state is TaskState.QUEUED:
                 self._remember(task)
                 self._track(task)
-                self._dispatcher.enqueue(_queued(task))
+                self.handout.queued(task)
             self._events.notify(task_id, listed=True)
         elif kind == "dequeued":
-            self._dispatcher.dequeue(task_id)
+            self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
             self._events.notify(task_id, listed=True)
@@ -446,13 +539,12 @@ class TaskService:
         elif kind == "changed":
             self._events.notify(task_id)
         else:
-            self._dispatcher.dequeue(task_id)
+            self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
             self._hub.leases.release(task_id)
             self._hub.cancelling.discard(task_id)
             self._events.notify(task_id, listed=True)
-            self._dispatcher.kick()
 
     async def reconcile(self) -> None:
         """Make memory match the store: the repair for a missed replica event.
@@ -468,17 +560,23 @@ class TaskService:
                 session.draining = record.draining
                 if record.draining:
                     self._hub.send(session, TaskDrain())
+                self.handout.drain(session.id, record.draining)
         await self.envs.load()
         queued = {t.id: t for t in await self._store.tasks_in_states([TaskState.QUEUED])}
-        for task_id in [t for t in self._dispatcher.queued if t not in queued]:
-            self._dispatcher.dequeue(task_id)
+        for task_id in [t for t in self.handout.assigner.queue() if t not in queued]:
+            self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
+        waiting = set(self.handout.assigner.queue())
         for task in queued.values():
-            if task.id not in self._dispatcher.queued:
-                self._remember(task)
-                self._track(task)
-                self._dispatcher.enqueue(_queued(task))
+            self._remember(task)
+            self._track(task)
+            if task.id in waiting:
+                # Judged again against the environments just reloaded: one that was not
+                # known yet when it was queued (another replica's) was judged strictest.
+                self.handout.gone(task.id)
+            # A notice the hand-out already has at a newer attempt (claimed) changes nothing.
+            self.handout.queued(task)
 
     # -- time -----------------------------------------------------------------------------
 
@@ -510,7 +608,11 @@ class TaskService:
             if task.delegate_id is not None and self._hub.vouches(task_id, task.delegate_id):
                 self._hub.renewals.hasten()
                 continue
-            decision = on_lease_lost(task, self._wall())
+            withdrawn = 0
+            if task.attempt >= task.max_attempts:
+                # Only then can attempts that never ran change the outcome.
+                withdrawn = sum(a.status == WITHDRAWN for a in await self._store.attempts(task_id))
+            decision = on_lease_lost(task, self._wall(), withdrawn=withdrawn)
             updated = await self._apply(task, decision, end_status="lost")
             if updated is None:
                 continue
@@ -518,7 +620,7 @@ class TaskService:
             if updated.state is TaskState.QUEUED:
                 log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
                 self._track(updated)
-                self._dispatcher.enqueue(_queued(updated))
+                self.handout.queued(updated)
                 self._events.notify(task_id, listed=True)
                 self._bus.publish("queued", task_id)
             else:
@@ -553,7 +655,6 @@ class TaskService:
                 if updated is not None:
                     if task.state is TaskState.RUNNING:
                         self._hub.cancel(task.id)  # stop the process if its delegate lives
-                    self._dispatcher.dequeue(task.id)
                     self._finished(updated)
 
     # -- helpers --------------------------------------------------------------------------
@@ -661,8 +762,8 @@ class TaskService:
             self._deadlines.pop(task.id, None)
             self._hub.leases.release(task.id)
             self._hub.cancelling.discard(task.id)
+            self.handout.gone(task.id)
         self._events.notify(task.id, listed=True)
-        self._dispatcher.kick()
 
 
 def _of_change(
@@ -672,14 +773,3 @@ def _of_change(
     if audit is None:
         return None
     return lambda after: audit((before, after))
-
-
-def _queued(task: TaskRecord) -> QueuedTask:
-    return QueuedTask(
-        id=task.id,
-        type=task.type,
-        selectors=task.selectors,
-        created_at=task.created_at,
-        app_id=task.app_id,
-        env_id=task.env_id,
-    )

@@ -1,8 +1,8 @@
 """The agent's slot accounting: free slots, capacity, a finished task's slot, draining.
 
-The manager is the test double of ManagerApi from ``test_agent_secrets`` (acquire answers
-what a test says, logs and results are recorded); tasks run as real processes; the link
-holds no connection.
+The manager is the test double of ManagerApi from ``test_agent_secrets`` (logs and results
+are recorded); assignments are handed to the agent as the channel does; tasks run as real
+processes; the link holds no connection.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import pytest
 
 from delegate.agent import Agent
 from delegate.config import DelegateConfig
-from delegate.link.api import Rejected, Unreachable
 from delegate.link.stream import ChannelEvents
 from shared.limits import Timings
 from shared.masking import Masker
 from shared.protocol import (
-    AcquireResponse,
+    HttpPayload,
     LogBatch,
     LogBatchAck,
     ResultAck,
     ShellPayload,
     TaskResult,
     TaskState,
+    TaskType,
 )
 from tests.delegate.secret_helpers import DelegateKey, acquire, delegate_key
 from tests.delegate.test_agent_secrets import FakeManager as RecordingManager
@@ -41,28 +41,8 @@ class FakeManager(RecordingManager):
     def __init__(self, key: DelegateKey) -> None:
         super().__init__(key, acquire(ShellPayload(script="true")))
         self.scripts: dict[str, str] = {}
-        self.acquired: list[str] = []
-        # An acquire for a task listed here waits until its event is set.
-        self.gates: dict[str, asyncio.Event] = {}
-        self.refuse: set[str] = set()
-        # An acquire of a task listed here is handed out, but its answer is lost once.
-        self.lose_answer: set[str] = set()
-        self.keys: list[str | None] = []
         self.started: asyncio.Queue[str] = asyncio.Queue()
         self.ended: asyncio.Queue[tuple[str, TaskResult]] = asyncio.Queue()
-
-    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
-        self.acquired.append(task_id)
-        self.keys.append(key)
-        if task_id in self.lose_answer:
-            self.lose_answer.discard(task_id)
-            raise Unreachable("ServerDisconnectedError: the answer was lost")
-        gate = self.gates.get(task_id)
-        if gate is not None:
-            await gate.wait()
-        if task_id in self.refuse:
-            raise Rejected(409, "taken", "another delegate took it")
-        return acquire(ShellPayload(script=self.scripts[task_id]), task_id=task_id)
 
     async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:
         for line in batch.lines:
@@ -103,6 +83,21 @@ class Running:
     def free(self) -> int:
         return self.agent.heartbeat_state()[1]
 
+    def assign(self, task_id: str, *, attempt: int = 1, type_: str = "shell") -> str | None:
+        """Push ``task_id`` as the channel does: the agent takes it (None, acked, then run)
+        or declines it (the reason)."""
+        script = self.manager.scripts.get(task_id, "true")
+        payload = ShellPayload(script=script)
+        handed = acquire(payload, task_id=task_id, attempt=attempt)
+        if type_ != "shell":
+            handed = handed.model_copy(
+                update={"task": handed.task.model_copy(update={"payload": _http()})}
+            )
+        why = self.agent.on_assigned(handed)
+        if why is None:
+            self.agent.run_assigned(handed)
+        return why
+
     async def started(self) -> str:
         return await asyncio.wait_for(self.manager.started.get(), WAIT)
 
@@ -123,12 +118,19 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(data_dir: Path, *, max_tasks: int = 2) -> AsyncIterator[Running]:
+async def running_agent(
+    data_dir: Path, *, max_tasks: int = 2, task_types: tuple[TaskType, ...] = tuple(TaskType)
+) -> AsyncIterator[Running]:
     key = delegate_key()
     manager = FakeManager(key)
     link = IdleLink()
     config = DelegateConfig(
-        manager_url=manager.base_url, token="t", name="d1", data_dir=data_dir, max_tasks=max_tasks
+        manager_url=manager.base_url,
+        token="t",
+        name="d1",
+        data_dir=data_dir,
+        max_tasks=max_tasks,
+        task_types=task_types,
     )
     agent = Agent(
         config,
@@ -153,64 +155,51 @@ async def test_an_idle_agent_offers_every_slot(tmp_path: Path) -> None:
         assert r.agent.heartbeat_state() == ([], 3, 0.0)
 
 
-async def test_an_acquire_in_flight_holds_its_slot_and_a_refusal_gives_it_back(
+async def test_an_assignment_taken_holds_its_slot_and_a_push_again_runs_it_once(
     tmp_path: Path,
 ) -> None:
     async with running_agent(tmp_path) as r:
-        r.manager.gates["t1"] = gate = asyncio.Event()
-        r.manager.refuse.add("t1")
-        r.agent.on_task_available("t1")
+        r.manager.scripts["t1"] = RUNS_UNTIL_CANCELLED
+        assert r.assign("t1") is None
         assert r.free() == 1
-        r.agent.on_task_available("t1")  # the same hint again is not a second acquire
-        await asyncio.sleep(0)  # the one acquire starts and waits at the gate
-        assert r.manager.acquired == ["t1"]
-        gate.set()
-        await until(lambda: r.free() == 2)  # the agent's acquire task handles the refusal
-        assert r.agent.heartbeat_state() == ([], 2, 0.0)
-
-
-async def test_an_acquire_whose_answer_was_lost_is_asked_again_with_the_same_key(
-    tmp_path: Path,
-) -> None:
-    async with running_agent(tmp_path) as r:
-        r.manager.scripts["t1"] = "echo up"
-        r.manager.lose_answer.add("t1")
-        r.agent.on_task_available("t1")
-        assert (await r.result())[0] == "t1"
-        assert r.manager.acquired == ["t1", "t1"]
-        first, again = r.manager.keys
-        assert first is not None
-        assert again == first
-
-
-async def test_each_acquire_names_itself_with_a_key_of_its_own(tmp_path: Path) -> None:
-    async with running_agent(tmp_path) as r:
-        for task_id in ("t1", "t2"):
-            r.manager.scripts[task_id] = "echo up"
-            r.agent.on_task_available(task_id)
+        # Pushed again (its ack was lost): acked again, not a second run.
+        assert r.assign("t1") is None
+        assert await r.started() == "t1"
+        assert r.agent.heartbeat_state()[:2] == (["t1"], 1)
+        # Another attempt of a task running here is not this one's to take.
+        assert r.assign("t1", attempt=2) == "unfit"
+        r.agent.on_cancel("t1")
         await r.result()
-        await r.result()
-        assert len(set(r.manager.keys)) == 2
+        assert r.manager.started.empty()
 
 
-async def test_hints_beyond_capacity_are_not_acquired(tmp_path: Path) -> None:
+async def test_assignments_beyond_capacity_are_declined_as_full(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as r:
         for task_id in ("t1", "t2", "t3"):
             r.manager.scripts[task_id] = RUNS_UNTIL_CANCELLED
-            r.agent.on_task_available(task_id)
-        assert r.free() == 0  # two acquires in flight hold both slots
+        assert [r.assign(t) for t in ("t1", "t2", "t3")] == [None, None, "full"]
+        assert r.free() == 0
         assert {await r.started(), await r.started()} == {"t1", "t2"}
         running, free, load = r.agent.heartbeat_state()
         assert (sorted(running), free, load) == (["t1", "t2"], 0, 1.0)
-        assert r.manager.acquired == ["t1", "t2"]
-        r.agent.on_task_available("t3")
-        assert r.manager.acquired == ["t1", "t2"]
+        for task_id in ("t1", "t2"):
+            r.agent.on_cancel(task_id)
+        await r.result()
+        await r.result()
+
+
+async def test_a_task_of_a_type_this_delegate_does_not_run_is_declined_as_unfit(
+    tmp_path: Path,
+) -> None:
+    async with running_agent(tmp_path, task_types=(TaskType.SHELL,)) as r:
+        assert r.assign("t1", type_="http") == "unfit"
+        assert r.free() == 2
 
 
 async def test_a_finished_task_frees_its_slot_and_pokes_the_link(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as r:
         r.manager.scripts["t1"] = "echo up"
-        r.agent.on_task_available("t1")
+        r.assign("t1")
         assert r.free() == 1
         task_id, result = await r.result()
         await r.poked()
@@ -222,7 +211,7 @@ async def test_a_finished_task_frees_its_slot_and_pokes_the_link(tmp_path: Path)
 async def test_a_cancelled_task_frees_its_slot(tmp_path: Path) -> None:
     async with running_agent(tmp_path, max_tasks=1) as r:
         r.manager.scripts["t1"] = RUNS_UNTIL_CANCELLED
-        r.agent.on_task_available("t1")
+        r.assign("t1")
         assert await r.started() == "t1"
         assert r.agent.heartbeat_state() == (["t1"], 0, 1.0)
         r.agent.on_cancel("t1")
@@ -237,19 +226,18 @@ async def test_a_drain_takes_no_new_task_until_resumed(tmp_path: Path) -> None:
         r.manager.scripts["t1"] = "echo up"
         r.agent.on_drain()
         assert r.free() == 0
-        r.agent.on_task_available("t1")
-        assert r.manager.acquired == []
+        assert r.assign("t1") == "draining"
         r.agent.on_resume()
         assert r.free() == 2
         await r.poked()  # a polling link asks for work again at once
-        r.agent.on_task_available("t1")
+        assert r.assign("t1") is None
         assert (await r.result())[0] == "t1"
 
 
 async def test_a_drain_lets_running_tasks_finish(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as r:
         r.manager.scripts["t1"] = RUNS_UNTIL_CANCELLED
-        r.agent.on_task_available("t1")
+        r.assign("t1")
         assert await r.started() == "t1"
         r.agent.on_drain()
         assert r.agent.heartbeat_state() == (["t1"], 0, 0.5)
@@ -266,16 +254,19 @@ async def test_the_managers_resume_does_not_lift_a_shutdowns_drain(tmp_path: Pat
         assert await asyncio.wait_for(r.runner, WAIT) == 0
         r.agent.on_resume()
         assert r.free() == 0
-        r.agent.on_task_available("t1")
-        assert r.manager.acquired == []
+        assert r.assign("t1") == "draining"
 
 
 @pytest.mark.parametrize("max_tasks", [1, 4])
 async def test_load_is_running_over_capacity(tmp_path: Path, max_tasks: int) -> None:
     async with running_agent(tmp_path, max_tasks=max_tasks) as r:
         r.manager.scripts["t1"] = RUNS_UNTIL_CANCELLED
-        r.agent.on_task_available("t1")
+        r.assign("t1")
         assert await r.started() == "t1"
         assert r.agent.heartbeat_state() == (["t1"], max_tasks - 1, 1 / max_tasks)
         r.agent.on_cancel("t1")
         await r.result()
+
+
+def _http() -> HttpPayload:
+    return HttpPayload.model_validate({"type": "http", "url": "https://example.invalid/"})

@@ -1,6 +1,6 @@
-"""The agent's task pipeline with managed secrets: acquire, resolve, mask, run, report.
+"""The agent's task pipeline with managed secrets: assignment, resolve, mask, run, report.
 
-The manager is a test double of ManagerApi that answers acquire with a prepared response
+The manager is a test double of ManagerApi; the agent is handed a prepared assignment
 and records what the agent ships; the channel holds no connection.
 """
 
@@ -59,9 +59,6 @@ class FakeManager(ManagerApi):
         self.lines: list[LogLine] = []
         self.results: asyncio.Queue[TaskResult] = asyncio.Queue()
 
-    async def acquire(self, task_id: str, key: str | None = None) -> AcquireResponse:
-        return self.answer
-
     async def post_logs(self, task_id: str, batch: LogBatch) -> LogBatchAck:
         self.lines.extend(batch.lines)
         return LogBatchAck(accepted=len(batch.lines))
@@ -117,7 +114,9 @@ async def agent_with(
     stop, force = asyncio.Event(), asyncio.Event()
     runner = asyncio.create_task(agent.run(stop, force))
     await channel.started.wait()
-    agent.on_task_available(answer.task.id)
+    # As the channel does with a pushed assignment: take its slot, ack, then run it.
+    assert agent.on_assigned(answer) is None
+    agent.run_assigned(answer)
     try:
         yield Running(manager, process_masker)
     finally:

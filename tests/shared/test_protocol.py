@@ -18,8 +18,9 @@ from shared.protocol import (
     LogLine,
     ProtocolError,
     ShellPayload,
-    TaskAvailable,
+    TaskAck,
     TaskCancel,
+    TaskDecline,
     TaskDrain,
     TaskResult,
     TaskSpec,
@@ -48,8 +49,27 @@ def protocol_error(parse: Parser, raw: str | bytes) -> str:
 
 
 def test_hello_frame_parses_to_hello() -> None:
-    parsed = parse_delegate_frame(frame(type="hello", running=["task_1"]))
-    assert parsed == Hello(running=["task_1"])
+    parsed = parse_delegate_frame(frame(type="hello", key="process-key-1", running=["task_1"]))
+    assert parsed == Hello(key="process-key-1", running=["task_1"])
+
+
+def test_a_hello_without_its_process_key_is_refused() -> None:
+    assert "key" in protocol_error(parse_delegate_frame, frame(type="hello", running=[]))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (frame(type="ack", task_id="task_1", attempt=2), TaskAck),
+        (frame(type="decline", task_id="task_1", attempt=2, reason="full"), TaskDecline),
+    ],
+)
+def test_ack_and_decline_frames_parse(raw: str, expected: type[BaseModel]) -> None:
+    assert type(parse_delegate_frame(raw)) is expected
+
+
+def test_a_hint_of_protocol_v1_is_no_longer_a_frame() -> None:
+    protocol_error(parse_manager_frame, frame(type="task_available", task_id="task_1"))
 
 
 def test_heartbeat_frame_parses_to_heartbeat() -> None:
@@ -59,14 +79,13 @@ def test_heartbeat_frame_parses_to_heartbeat() -> None:
 
 
 def test_delegate_frame_parses_from_bytes() -> None:
-    assert isinstance(parse_delegate_frame(frame(type="hello").encode()), Hello)
+    assert isinstance(parse_delegate_frame(frame(type="hello", key="k" * 8).encode()), Hello)
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
         (frame(type="heartbeat_ack", seq=3, cancel=["task_1"]), HeartbeatAck),
-        (frame(type="task_available", task_id="task_1"), TaskAvailable),
         (frame(type="cancel", task_id="task_1"), TaskCancel),
         (frame(type="drain"), TaskDrain),
     ],
@@ -109,7 +128,9 @@ def test_frame_without_type_is_a_protocol_error(parse: Parser) -> None:
 
 
 def test_unknown_field_error_names_the_field_not_its_value() -> None:
-    message = protocol_error(parse_delegate_frame, frame(type="hello", surprise=SECRET))
+    message = protocol_error(
+        parse_delegate_frame, frame(type="hello", key="process-key-1", surprise=SECRET)
+    )
     assert "surprise" in message
     assert SECRET not in message
 
@@ -128,7 +149,7 @@ def test_wrong_type_error_names_the_field_not_the_value() -> None:
 
 
 def test_wrong_type_in_a_list_names_the_path() -> None:
-    raw = frame(type="hello", running=[{"token": SECRET}])
+    raw = frame(type="hello", key="process-key-1", running=[{"token": SECRET}])
     message = protocol_error(parse_delegate_frame, raw)
     assert "running" in message
     assert SECRET not in message
@@ -142,7 +163,7 @@ def test_out_of_range_value_error_does_not_echo_the_value() -> None:
 
 
 def test_missing_field_error_names_the_field() -> None:
-    message = protocol_error(parse_manager_frame, frame(type="task_available"))
+    message = protocol_error(parse_manager_frame, frame(type="cancel"))
     assert "task_id" in message
 
 
@@ -155,7 +176,7 @@ def test_invalid_json_error_does_not_echo_the_input(parse: Parser) -> None:
 @pytest.mark.parametrize("parse", PARSERS)
 def test_protocol_error_does_not_chain_the_validation_error(parse: Parser) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse(frame(type="hello", surprise=SECRET))
+        parse(frame(type="hello", key="process-key-1", surprise=SECRET))
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
 
@@ -170,9 +191,9 @@ def test_oversized_frame_is_refused_without_echoing_it(parse: Parser, encode: bo
 
 
 def test_frame_at_the_size_limit_is_accepted() -> None:
-    head = frame(type="hello", running=[""])
+    head = frame(type="hello", key="process-key-1", running=[""])
     padding = "x" * (MAX_FRAME_BYTES - len(head))
-    raw = frame(type="hello", running=[padding])
+    raw = frame(type="hello", key="process-key-1", running=[padding])
     assert len(raw) == MAX_FRAME_BYTES
     assert isinstance(parse_delegate_frame(raw), Hello)
 

@@ -21,7 +21,7 @@ json_values = st.recursive(
 frame_like = st.fixed_dictionaries(
     {
         "type": st.sampled_from(
-            ["hello", "heartbeat", "heartbeat_ack", "task_available", "cancel", "drain", "x"]
+            ["hello", "heartbeat", "heartbeat_ack", "ack", "decline", "cancel", "drain", "x"]
         )
     },
     optional={
@@ -30,6 +30,8 @@ frame_like = st.fixed_dictionaries(
         "free_slots": json_values,
         "load": json_values,
         "task_id": json_values,
+        "key": json_values,
+        "attempt": json_values,
         "cancel": json_values,
         "drain": json_values,
         "extra": json_values,

@@ -23,7 +23,8 @@ API_ONLY: dict[str, str] = {
     "POST /api/v1/delegate/heartbeat": _DELEGATE_PLANE,
     "GET /api/v1/delegate/stream": _DELEGATE_PLANE,
     "GET /api/v1/delegate/tasks/next": _DELEGATE_PLANE,
-    "POST /api/v1/delegate/tasks/{task_id}/acquire": _DELEGATE_PLANE,
+    "POST /api/v1/delegate/tasks/{task_id}/acquire": "takes one queued task by id, for tools"
+    " and tests; delegates are handed theirs on the stream or the long-poll",
     "POST /api/v1/delegate/tasks/{task_id}/logs": _DELEGATE_PLANE,
     "POST /api/v1/delegate/tasks/{task_id}/result": _DELEGATE_PLANE,
     "POST /hooks/{webhook_id}": "monitoring and CI systems deliver webhooks here, signed",

@@ -10,10 +10,10 @@ from delegate.exit_codes import EXIT_AUTH, EXIT_VERSION
 from delegate.link.policy import (
     FATAL_TOKEN_CODES,
     STALL_CLOSE_CODE,
+    Assign,
     Cancel,
     CloseStream,
     Drain,
-    Hint,
     LinkPolicy,
     Meaning,
     OpenStream,
@@ -27,7 +27,21 @@ from delegate.link.policy import (
     meaning,
 )
 from shared.limits import Timings
-from shared.protocol import CloseCode, HeartbeatAck, TaskAvailable, TaskCancel, TaskDrain
+from shared.protocol import (
+    AcquireResponse,
+    CloseCode,
+    HeartbeatAck,
+    ShellPayload,
+    StreamReply,
+    TaskAssigned,
+    TaskCancel,
+    TaskDrain,
+    TaskSpec,
+)
+
+HANDED = AcquireResponse(
+    task=TaskSpec(id="t9", payload=ShellPayload(script="true"), timeout_s=10), attempt=3
+)
 
 HB = 1.0  # heartbeat interval: a stream that lives under 2 s died young
 LOST = 3.0
@@ -288,13 +302,15 @@ def test_polling_starts_the_ack_clock() -> None:
         (HeartbeatAck(seq=3), (Resume(),)),
         (HeartbeatAck(seq=3, drain=True), (Drain(),)),
         (HeartbeatAck(seq=3, cancel=["t1", "t2"]), (Cancel("t1"), Cancel("t2"), Resume())),
-        (TaskAvailable(task_id="t9"), (Hint("t9"),)),
+        (TaskAssigned(assignment=HANDED), (Assign(HANDED),)),
+        (StreamReply(id=1), ()),
         (TaskCancel(task_id="t8"), (Cancel("t8"),)),
         (TaskDrain(), (Drain(),)),
     ],
 )
 def test_each_frame_asks_one_thing_of_the_agent(
-    frame: HeartbeatAck | TaskAvailable | TaskCancel | TaskDrain, expected: tuple[object, ...]
+    frame: HeartbeatAck | TaskAssigned | TaskCancel | TaskDrain | StreamReply,
+    expected: tuple[object, ...],
 ) -> None:
     p = policy()
     assert p.frame_received(frame, 42.0) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -292,10 +293,99 @@ async def test_stream_answers_a_hello_with_an_ack(api: Api) -> None:
     ws = await api.client.ws_connect(
         "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}
     )
-    await ws.send_str(json.dumps({"type": "hello", "running": []}))
+    await ws.send_str(json.dumps({"type": "hello", "key": "process-key-1", "running": []}))
     ack = await ws.receive_json()
     assert ack["type"] == "heartbeat_ack"
     await ws.close()
+
+
+async def _hello(api: Api, cred: str, key: str = "process-key-1") -> Any:
+    ws = await api.client.ws_connect(
+        "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}
+    )
+    await ws.send_str(json.dumps({"type": "hello", "key": key, "running": []}))
+    assert (await ws.receive_json())["type"] == "heartbeat_ack"
+    return ws
+
+
+async def test_a_task_is_pushed_acked_and_reported_over_the_stream(api: Api) -> None:
+    cred = await _registered(api)
+    ws = await _hello(api, cred)
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    frame = await ws.receive_json()
+    assert frame["type"] == "assignment"
+    handed = frame["assignment"]
+    assert (handed["task"]["id"], handed["attempt"]) == (task["id"], 1)
+    assert handed["task"]["payload"]["script"] == SHELL["payload"]["script"]
+    # Claimed before it was pushed: the task already runs on this delegate.
+    seen = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert seen["state"] == "running"
+    await ws.send_str(json.dumps({"type": "ack", "task_id": task["id"], "attempt": 1}))
+    done = await api.client.post(
+        f"/api/v1/delegate/tasks/{task['id']}/result",
+        json={"attempt": 1, "status": "succeeded", "exit_code": 0},
+        headers={"Authorization": f"Bearer {cred}"},
+    )
+    assert done.status == 200
+    await ws.close()
+
+
+async def test_a_declined_task_is_pushed_to_the_next_delegate(api: Api) -> None:
+    first = await _hello(api, await _registered(api, "first"))
+    second = await _hello(api, await _registered(api, "second"))
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    pushed_to, frame = await asyncio.wait_for(_first_frame(first, second), 30)
+    assert frame["assignment"]["attempt"] == 1
+    other = second if pushed_to is first else first
+    await pushed_to.send_str(
+        json.dumps({"type": "decline", "task_id": task["id"], "attempt": 1, "reason": "full"})
+    )
+    again = await other.receive_json()
+    assert (again["assignment"]["task"]["id"], again["assignment"]["attempt"]) == (task["id"], 2)
+    after = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert next((a["attempt"], a["status"]) for a in after["attempts"]) == (1, "withdrawn")
+    await first.close()
+    await second.close()
+
+
+async def _first_frame(*streams: Any) -> tuple[Any, dict[str, Any]]:
+    readers = {asyncio.ensure_future(ws.receive_json()): ws for ws in streams}
+    done, pending = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+    for p in pending:
+        p.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    reader = done.pop()
+    return readers[reader], reader.result()
+
+
+async def test_six_tasks_on_three_idle_delegates_land_two_on_each(api: Api) -> None:
+    streams = [await _hello(api, await _registered(api, n)) for n in ("d1", "d2", "d3")]
+    for _ in range(6):
+        await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())
+    counts = []
+    for ws in streams:
+        frames = [await ws.receive_json() for _ in range(2)]
+        assert [f["type"] for f in frames] == ["assignment", "assignment"]
+        counts.append(len(frames))
+    assert counts == [2, 2, 2]
+    # Nothing more was pushed to anyone.
+    for ws in streams:
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive_json(timeout=0.2)
+        await ws.close()
+
+
+async def test_a_long_poll_is_answered_with_a_task_claimed_for_the_poller(api: Api) -> None:
+    cred = {"Authorization": f"Bearer {await _registered(api)}"}
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    resp = await api.client.get(
+        "/api/v1/delegate/tasks/next", params={"wait": "5", "key": "poller-key-1"}, headers=cred
+    )
+    assert resp.status == 200
+    handed = await resp.json()
+    assert (handed["task"]["id"], handed["attempt"]) == (task["id"], 1)
+    after = await (await api.client.get(f"/api/v1/tasks/{task['id']}", headers=api.auth())).json()
+    assert after["state"] == "running"
 
 
 async def test_a_stale_attempt_is_refused_and_changes_nothing(api: Api) -> None:
@@ -355,23 +445,16 @@ async def test_an_acquire_asked_again_with_its_key_gets_the_same_attempt(api: Ap
     assert [a["attempt"] for a in after["attempts"]] == [1]
 
 
-async def test_only_a_delegate_that_asks_is_handed_a_workload_identity_credential(
+async def test_a_task_without_an_application_is_handed_no_workload_identity_credential(
     api: Api,
 ) -> None:
-    """A delegate from before workload identity forbids unknown fields in the acquire answer:
-    it must never get one, or it could take no task after the manager's upgrade."""
+    """No token can be issued for a task without an application: its assignment carries no
+    request credential (sealing one costs a key exchange per hand-out)."""
     cred = {"Authorization": f"Bearer {await _registered(api)}"}
-    old, new = [
-        await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
-        for _ in range(2)
-    ]
-    plain = await api.client.post(f"/api/v1/delegate/tasks/{old['id']}/acquire", headers=cred)
-    asked = await api.client.post(
-        f"/api/v1/delegate/tasks/{new['id']}/acquire", params={"id_token": "1"}, headers=cred
-    )
-    assert (plain.status, asked.status) == (200, 200)
-    assert "id_token_request" not in await plain.json()
-    assert (await asked.json())["id_token_request"]
+    task = await (await api.client.post("/api/v1/tasks", json=SHELL, headers=api.auth())).json()
+    got = await api.client.post(f"/api/v1/delegate/tasks/{task['id']}/acquire", headers=cred)
+    assert got.status == 200
+    assert "id_token_request" not in await got.json()
 
 
 @pytest.mark.parametrize("key", ["short", "x" * 65, "has space", "semi;colon"])

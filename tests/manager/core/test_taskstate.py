@@ -15,6 +15,7 @@ from manager.core.taskstate import (
     on_result,
     on_sweep,
     on_timeout,
+    on_withdraw,
     timeout_due,
 )
 from manager.records import LeaseFor, TaskRecord
@@ -332,3 +333,46 @@ def test_on_timeout_expires_a_queued_task_and_times_out_a_running_one() -> None:
     assert applied(queued(), on_timeout(queued(), 2_000.0)).state is TaskState.EXPIRED
     assert applied(running(), on_timeout(running(), 2_000.0)).state is TaskState.TIMED_OUT
     assert on_timeout(queued(state=TaskState.FAILED), 2_000.0).verdict is Verdict.NOOP
+
+
+# -- withdraw: an assignment declined or never acknowledged ---------------------------------
+
+
+def test_a_withdrawn_claim_goes_back_to_the_queue_and_keeps_its_number() -> None:
+    task = running(
+        attempt=3, acquire_key="key-00000001", lease_until=CREATED + 30, queued_at=CREATED + 1
+    )
+    back = applied(task, on_withdraw(task, "dlg_a", 3, CREATED + 9))
+    assert (back.state, back.attempt, back.delegate_id) == (TaskState.QUEUED, 3, None)
+    assert (back.started_at, back.lease_until, back.acquire_key) == (None, None, None)
+    # The queue timeout still runs from when it was queued: it never ran.
+    assert back.queued_at == CREATED + 1
+    # The next claim is a new number, which fences the withdrawn one out.
+    assert applied(back, on_acquire(back, "dlg_b", CREATED + 10)).attempt == 4
+
+
+@pytest.mark.parametrize(
+    ("delegate_id", "attempt", "task"),
+    [
+        ("dlg_b", 1, running()),  # not the holder
+        ("dlg_a", 2, running()),  # another attempt
+        ("dlg_a", 1, queued()),  # already back in the queue
+        ("dlg_a", 1, running(state=TaskState.SUCCEEDED)),  # finished meanwhile
+    ],
+)
+def test_a_withdraw_of_an_attempt_that_does_not_hold_the_task_is_stale(
+    delegate_id: str, attempt: int, task: TaskRecord
+) -> None:
+    assert on_withdraw(task, delegate_id, attempt, CREATED).verdict is Verdict.STALE
+
+
+def test_a_withdrawn_claim_of_a_task_asked_to_cancel_ends_it_cancelled() -> None:
+    task = running(cancel_requested=True)
+    assert applied(task, on_withdraw(task, "dlg_a", 1, CREATED + 9)).state is TaskState.CANCELLED
+
+
+def test_withdrawn_attempts_do_not_count_against_max_attempts_when_a_lease_is_lost() -> None:
+    # Attempt 3 of max 2, two of them withdrawn before they ran: one real attempt so far.
+    task = running(attempt=3, max_attempts=2)
+    assert applied(task, on_lease_lost(task, CREATED, withdrawn=2)).state is TaskState.QUEUED
+    assert applied(task, on_lease_lost(task, CREATED, withdrawn=1)).state is TaskState.FAILED

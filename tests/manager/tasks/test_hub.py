@@ -1,4 +1,4 @@
-"""The delegate hub: sessions, their connections, liveness, heartbeats and hints.
+"""The delegate hub: sessions, their connections, liveness, heartbeats and cancels.
 
 Time is an injected clock. Streams are real aiohttp WebSockets on loopback where the
 connection is the point (a superseded connection, a frame sent); elsewhere sessions poll.
@@ -16,11 +16,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from manager.core.assign import choose
 from manager.records import DelegateRecord
 from manager.tasks.hub import Hub, Session
-from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello, TaskAvailable
-from tests.manager.tasks.test_dispatch import LOST_AFTER, FakeClock
+from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello
+
+LOST_AFTER = 30.0
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
 
 WAIT = 30.0
 
@@ -92,7 +101,6 @@ def test_a_dropped_session_is_forgotten_and_its_poller_woken(hub: Hub) -> None:
     assert hub.sessions == {}
     assert hub.liveness.last_seen("dlg_a") is None
     assert hub.status("dlg_a") == "disconnected"
-    assert hub.candidates() == []
     hub.drop("dlg_a", CloseCode.LOST, "again")  # dropping twice is harmless
 
 
@@ -136,7 +144,7 @@ def test_a_hello_or_a_task_this_process_did_not_grant_hastens_the_renewal(hub: H
     hub.on_heartbeat(session, Heartbeat(seq=2, running=["mine"], spooled=["other"], free_slots=3))
     assert hub.renewals.due(1.0)
     hub.renewals.done(1.0)
-    hub.on_heartbeat(session, Hello(running=["mine"]))
+    hub.on_heartbeat(session, Hello(key="process-key-1", running=["mine"]))
     assert hub.renewals.due(2.0)
 
 
@@ -160,7 +168,9 @@ def test_a_heartbeat_records_slots_metrics_and_running_tasks(hub: Hub) -> None:
 
 def test_a_hello_counts_free_slots_from_the_capacity(hub: Hub) -> None:
     session = hub.session(record("a", capacity=4))
-    assert hub.on_heartbeat(session, Hello(running=["t1", "t2"])) == HeartbeatAck(seq=0)
+    assert hub.on_heartbeat(
+        session, Hello(key="process-key-1", running=["t1", "t2"])
+    ) == HeartbeatAck(seq=0)
     assert session.free_slots == 2
 
 
@@ -185,47 +195,6 @@ def test_a_task_acquired_during_a_renewal_is_not_a_stranger(hub: Hub) -> None:
     hub.on_heartbeat(session, Heartbeat(seq=2, running=["t1", "t2"], free_slots=2))
     hub.renewed(snapshot, renewed={"t1"})
     assert session.strangers == frozenset()
-
-
-# -- candidates, hints and the least loaded -------------------------------------------------
-
-
-def test_candidates_count_load_from_leases_and_leave_out_the_lost(
-    hub: Hub, clock: FakeClock
-) -> None:
-    hub.session(record("gone"))
-    clock.now += LOST_AFTER + 1
-    busy = hub.session(record("busy", capacity=2))
-    hub.on_heartbeat(busy, Heartbeat(seq=1, free_slots=2))  # a stale figure: leases count
-    hub.leases.grant("t1", busy.id)
-    hub.session(record("drained", draining=True))
-    got = {c.delegate_id: (c.running, c.free_slots, c.draining) for c in hub.candidates()}
-    assert got == {"dlg_busy": (1, 1, False), "dlg_drained": (0, 4, True)}
-    assert hub.candidate("dlg_gone") is None
-    assert hub.candidate("dlg_unknown") is None
-
-
-def test_the_least_loaded_live_delegate_is_chosen_first(hub: Hub) -> None:
-    a, b = hub.session(record("a")), hub.session(record("b"))
-    hub.leases.grant("t1", a.id)
-    assert choose([], "shell", hub.candidates(), limit=1) == ["dlg_b"]
-    hub.leases.grant("t2", b.id)
-    hub.leases.grant("t3", b.id)
-    assert choose([], "shell", hub.candidates(), limit=1) == ["dlg_a"]
-    hub.leases.release("t2")
-    hub.leases.release("t3")
-    # Equal load: the tie is broken by id, so the choice is stable.
-    hub.leases.release("t1")
-    assert choose([], "shell", hub.candidates(), limit=None) == ["dlg_a", "dlg_b"]
-
-
-def test_a_hint_for_a_poller_waits_in_its_inbox_and_wakes_its_poll(hub: Hub) -> None:
-    session = hub.session(record("a"))
-    hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
-    hub.hint("dlg_a", "t2", TaskAvailable(task_id="t2"))
-    hub.hint("dlg_unknown", "t3", TaskAvailable(task_id="t3"))
-    assert list(session.inbox) == ["t1", "t2"]
-    assert session.wake.is_set()
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -292,20 +261,15 @@ async def test_a_newer_connection_supersedes_the_older(hub: Hub) -> None:
         assert hub.status("dlg_a") == "polling"
 
 
-async def test_hints_and_cancels_reach_a_streaming_delegate_as_frames(hub: Hub) -> None:
+async def test_cancels_reach_a_streaming_delegate_as_frames(hub: Hub) -> None:
     session = hub.session(record("a"))
     async with streams(hub, session) as s, aiohttp.ClientSession() as http:
         client = await http.ws_connect(s.url)
         await asyncio.wait_for(s.attached.get(), WAIT)
         hub.on_heartbeat(session, Heartbeat(seq=1, running=["t_run"], free_slots=3))
-        hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
         hub.cancel("t_run")
-        frames = [json.loads(await asyncio.wait_for(client.receive_str(), WAIT)) for _ in "ab"]
-        assert frames == [
-            {"type": "task_available", "task_id": "t1"},
-            {"type": "cancel", "task_id": "t_run"},
-        ]
-        assert list(session.inbox) == []
+        frames = [json.loads(await asyncio.wait_for(client.receive_str(), WAIT))]
+        assert frames == [{"type": "cancel", "task_id": "t_run"}]
         assert "t_run" in hub.cancelling
         await client.close()
 
@@ -338,9 +302,9 @@ async def test_close_all_closes_every_stream_and_wakes_every_poller(hub: Hub) ->
         await client.close()
 
 
-def test_a_record_change_keeps_the_sessions_inbox(hub: Hub) -> None:
+def test_a_record_change_keeps_the_session(hub: Hub) -> None:
     session = hub.session(record("a"))
-    hub.hint("dlg_a", "t1", TaskAvailable(task_id="t1"))
+    session.listed = ("t1",)
     again = hub.session(replace(record("a"), version="0.2.0"))
-    assert list(again.inbox) == ["t1"]
+    assert again.listed == ("t1",)
     assert again is session

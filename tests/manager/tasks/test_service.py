@@ -14,8 +14,8 @@ from manager.keys.masterkey import MasterKey
 from manager.records import DelegateRecord
 from manager.schemas.tasks import TaskSubmit
 from manager.store.sqlite import SqliteStore
-from manager.tasks.dispatch import Dispatcher
 from manager.tasks.events import TaskEvents
+from manager.tasks.handout import Handout
 from manager.tasks.hub import Hub, Session
 from manager.tasks.service import TaskService
 from shared.limits import Timings
@@ -46,12 +46,14 @@ class World:
             heartbeat_interval=TIMINGS.heartbeat_interval,
             tick=TIMINGS.sweep_interval,
         )
-        self.dispatcher = Dispatcher(self.hub, widen_after=0.5, tick=1.0, clock=clock)
+        self.handout = Handout(
+            self.hub, ack_within=TIMINGS.lost_after, tick=TIMINGS.sweep_interval, clock=clock
+        )
         self.events = TaskEvents()
         self.tasks = TaskService(
             store=store,
             hub=self.hub,
-            dispatcher=self.dispatcher,
+            handout=self.handout,
             events=self.events,
             master_key=MasterKey.load_or_create(tmp_path / "master.key"),
             timings=TIMINGS,
@@ -112,7 +114,7 @@ async def test_a_task_nobody_takes_expires_after_its_queue_timeout(world: World)
     world.clock.now += 2
     await world.tasks.sweep()
     assert await world.state(task_id) is TaskState.EXPIRED
-    assert task_id not in world.dispatcher.queued
+    assert task_id not in world.handout.assigner.queue()
 
 
 async def test_a_running_task_past_its_timeout_is_timed_out_by_the_backstop(world: World) -> None:
@@ -176,7 +178,7 @@ async def test_recover_rebuilds_queue_leases_and_deadlines(world: World, tmp_pat
     await world.tasks.acquire(session, running_id)
     restarted = World(world.store, world.clock, tmp_path)
     await restarted.tasks.recover()
-    assert list(restarted.dispatcher.queued) == [queued_id]
+    assert restarted.handout.assigner.queue() == [queued_id]
     assert restarted.hub.leases.holder(running_id) == session.id
     # The restarted manager's loop turns (it judges only on its own ticks).
     await sweeping(restarted, 61)
@@ -264,7 +266,6 @@ async def test_an_ineligible_acquire_gets_the_answer_for_a_missing_task(
     assert refused.value.code == missing.value.code
     assert str(refused.value) == str(missing.value).replace("task_nope", task.id)
     assert await world.state(task.id) is TaskState.QUEUED
-    assert world.dispatcher.pick_for(session) is None
 
 
 # -- the manager's own bad moments: judged on the delegates' evidence ------------------------

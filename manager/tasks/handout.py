@@ -1,0 +1,300 @@
+"""Hand-out (protocol v2): one assignment per task, carried out for the :class:`Assigner`.
+
+:class:`~manager.core.assignment.Assigner` decides (plain code, events in, actions out);
+this module feeds it every event of this replica (tasks queued, delegates connected, acks,
+declines, results, capacity, drain, the time) and carries out what it returns:
+
+- ``Push``: the claim is committed first (``Claims.claim``: taskstate's compare-and-set,
+  HELD for a push again to the same holder), then the assignment goes out whole, on the
+  delegate's stream or as the answer to its long-poll. Nothing is sent before the commit; a
+  claim the store refuses comes back to the Assigner as ``gone``.
+- ``Requeue``: the unacknowledged claim is withdrawn (``Claims.withdraw``, taskstate's
+  ``on_withdraw``: not counted against max_attempts).
+- ``Refuse``: a stale ack is answered with a cancel of that task, unless this delegate
+  holds a newer attempt of it.
+
+Actions on one task are carried out in the order they were decided (a withdraw finishes
+before the next claim of the same task starts); actions on different tasks run side by
+side, so a slow store write for one does not hold up the others.
+
+A long-poll is a link that carries one assignment: while it waits, its delegate is a seat
+with one free slot beyond what it holds; the answer counts as acknowledged (a lost answer
+is the lease's to judge: the task is not in the delegate's heartbeats, its lease runs out
+and the sweep requeues it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import structlog
+
+from manager.core.assignment import Action, Assigner, Push, Queued, Refuse, Requeue
+from manager.core.eligibility import EnvFacts, TaskFacts, place_of
+from manager.records import TaskRecord
+from manager.tasks.hub import Hub, Session
+from shared.protocol import AcquireResponse, TaskAssigned, TaskCancel
+
+__all__ = ["Claims", "Handout"]
+
+log = structlog.get_logger("tether.handout")
+
+
+class Claims(Protocol):
+    """What carrying out an action needs from the task service."""
+
+    async def claim(
+        self, session: Session, task_id: str, attempt: int, key: str
+    ) -> AcquireResponse | None:
+        """Commit attempt ``attempt`` of the task for ``session`` under ``key`` (or find it
+        already held so), and build its assignment; None when the store refuses."""
+        ...
+
+    async def withdraw(self, task_id: str, delegate_id: str, attempt: int) -> None:
+        """Take back the unacknowledged claim of ``attempt`` (nothing if it moved on)."""
+        ...
+
+
+class Handout:
+    """``ack_within``: how long a pushed assignment may go unanswered; ``clock`` is
+    monotonic (every deadline here is a duration)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        ack_within: float,
+        tick: float,
+        clock: Callable[[], float] = time.monotonic,
+        envs: Mapping[str, EnvFacts] | None = None,
+    ) -> None:
+        self._hub = hub
+        self._clock = clock
+        self._tick = tick
+        self._envs: Mapping[str, EnvFacts] = {} if envs is None else envs
+        self.ack_within = ack_within
+        self.assigner = Assigner(ack_within=ack_within)
+        self._claims: Claims | None = None
+        # Delegates whose long-poll is waiting: the poll's answer.
+        self._polls: dict[str, asyncio.Future[AcquireResponse]] = {}
+        # The last action carried out per task, so the next waits for it.
+        self._chains: dict[str, asyncio.Future[None]] = {}
+        # Delegates that declined for want of a slot: a heartbeat with free slots reopens them.
+        self._full: set[str] = set()
+        # What happened, for the bench and /metrics.
+        self.pushed = 0
+        self.declined = 0
+
+    def bind(self, claims: Claims) -> None:
+        self._claims = claims
+
+    def queued_count(self) -> int:
+        return len(self.assigner.queue())
+
+    # -- events: tasks -----------------------------------------------------------------------
+
+    def queued(self, task: TaskRecord) -> None:
+        """The task is in the queue at ``task.attempt`` (submitted, requeued, recovered, or
+        queued through another replica)."""
+        place = place_of(task.app_id, task.env_id, self._envs)
+        facts = TaskFacts(task.type, task.selectors, place)
+        self._carry(self.assigner.queued(Queued(task.id, facts, task.attempt), self._clock()))
+
+    def gone(self, task_id: str) -> None:
+        """The task is final, or held outside this replica's assignments."""
+        self._carry(self.assigner.gone(task_id, self._clock()))
+
+    def result(self, task_id: str, delegate_id: str, attempt: int) -> None:
+        """The store recorded (or already had) the attempt's result: its slot frees. A stale
+        result was refused by the store already, so a Refuse here has nothing left to do."""
+        actions = self.assigner.result(task_id, delegate_id, attempt, self._clock())
+        self._carry([a for a in actions if not isinstance(a, Refuse)])
+
+    # -- events: delegates ---------------------------------------------------------------------
+
+    def connected(self, session: Session, key: str, held: Iterable[str]) -> None:
+        """``session``'s stream answered its hello: ``key`` names the process, ``held`` the
+        tasks it runs."""
+        self._full.discard(session.id)
+        # A long-poll left over from polling (the delegate moved to the stream) takes no
+        # assignment: its answer would go to a request the delegate gave up.
+        poll = self._polls.pop(session.id, None)
+        if poll is not None and not poll.done():
+            poll.cancel()
+        actions = self.assigner.connected(
+            session.facts, session.delegate.capacity, key, self._clock(), held
+        )
+        self._carry(actions)
+
+    def stream_lost(self, delegate_id: str) -> None:
+        self._carry(self.assigner.stream_lost(delegate_id, self._clock()))
+
+    def disconnected(self, delegate_id: str) -> None:
+        """The session is over (lost, revoked, deleted)."""
+        self._full.discard(delegate_id)
+        poll = self._polls.pop(delegate_id, None)
+        if poll is not None and not poll.done():
+            poll.cancel()
+        self._carry(self.assigner.disconnected(delegate_id, self._clock()))
+
+    def heartbeat(self, session: Session, free_slots: int) -> None:
+        """A delegate that declined as full and now reports a free slot is pushed to again."""
+        if free_slots > 0 and session.id in self._full:
+            self._full.discard(session.id)
+            self._carry(
+                self.assigner.capacity(session.id, session.delegate.capacity, self._clock())
+            )
+
+    def drain(self, delegate_id: str, draining: bool) -> None:
+        self._carry(self.assigner.drain(delegate_id, draining, self._clock()))
+
+    def ack(self, session: Session, task_id: str, attempt: int) -> None:
+        self._carry(self.assigner.ack(task_id, session.id, attempt, self._clock()))
+
+    def decline(self, session: Session, task_id: str, attempt: int, *, full: bool) -> None:
+        self.declined += 1
+        if full:
+            self._full.add(session.id)
+        actions = self.assigner.decline(task_id, session.id, attempt, self._clock(), full=full)
+        self._carry(actions)
+
+    def tick(self) -> None:
+        self._carry(self.assigner.tick(self._clock()))
+
+    async def run(self) -> None:
+        """Requeue assignments left unanswered past their deadline."""
+        while True:
+            await asyncio.sleep(self._tick)
+            try:
+                self.tick()
+            except Exception:  # a bug here must not stop hand-out for everyone
+                log.exception("hand-out tick failed")
+
+    # -- long-polls ---------------------------------------------------------------------------
+
+    async def poll(self, session: Session, key: str, wait: float) -> AcquireResponse | None:
+        """Wait up to ``wait`` seconds for an assignment claimed for this polling delegate."""
+        old = self._polls.pop(session.id, None)
+        if old is not None and not old.done():
+            old.cancel()
+        answer: asyncio.Future[AcquireResponse] = asyncio.get_running_loop().create_future()
+        self._polls[session.id] = answer
+        # One free slot beyond what it holds: a poll carries one assignment.
+        capacity = self.assigner.load(session.id) + 1
+        self._full.discard(session.id)
+        self._carry(
+            self.assigner.connected(session.facts, capacity, key, self._clock(), session.listed)
+        )
+        # The hub wakes it when the session ends or the manager stops.
+        session.wake.clear()
+        waker: asyncio.Future[object] = asyncio.ensure_future(session.wake.wait())
+        try:
+            waiting: set[asyncio.Future[object]] = {answer, waker}  # type: ignore[arg-type]
+            await asyncio.wait(waiting, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            if self._polls.get(session.id) is answer:
+                del self._polls[session.id]
+                if session.mode != "stream":
+                    self._carry(self.assigner.stream_lost(session.id, self._clock()))
+        if answer.done() and not answer.cancelled():
+            # Answered (maybe as the wait ended): the attempt is this poller's.
+            return answer.result()
+        answer.cancel()
+        return None
+
+    async def settle(self) -> None:
+        """Wait until every action decided so far (and those they led to) is carried out."""
+        while self._chains:
+            await asyncio.gather(*list(self._chains.values()), return_exceptions=True)
+
+    # -- carrying out ---------------------------------------------------------------------------
+
+    def _carry(self, actions: list[Action]) -> None:
+        for action in actions:
+            before = self._chains.get(action.task_id)
+            step = asyncio.ensure_future(self._after(before, action))
+            self._chains[action.task_id] = step
+            step.add_done_callback(functools.partial(self._done, action.task_id))
+
+    def _done(self, task_id: str, step: asyncio.Future[None]) -> None:
+        if self._chains.get(task_id) is step:
+            del self._chains[task_id]
+
+    async def _after(self, before: asyncio.Future[None] | None, action: Action) -> None:
+        if before is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(before)
+        try:
+            if isinstance(action, Push):
+                await self._push(action)
+            elif isinstance(action, Requeue):
+                assert self._claims is not None, "bound at start"
+                log.debug(
+                    "assignment withdrawn",
+                    task_id=action.task_id,
+                    delegate_id=action.delegate_id,
+                    attempt=action.attempt,
+                    reason=action.reason,
+                )
+                await self._claims.withdraw(action.task_id, action.delegate_id, action.attempt)
+            else:
+                self._refuse(action)
+        except Exception as exc:
+            # The store failed: forget the task here; the sweep and reconcile put it back.
+            log.warning(
+                "hand-out action failed",
+                task_id=action.task_id,
+                action=type(action).__name__,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._carry(self.assigner.gone(action.task_id, self._clock()))
+
+    async def _push(self, push: Push) -> None:
+        assert self._claims is not None, "bound at start"
+        session = self._hub.sessions.get(push.delegate_id)
+        if session is None:
+            # Dropped since: disconnected() requeued it already, or will.
+            return
+        poll = None if session.mode == "stream" else self._polls.get(push.delegate_id)
+        handed = await self._claims.claim(session, push.task_id, push.attempt, push.key)
+        if handed is None:
+            self._carry(self.assigner.gone(push.task_id, self._clock()))
+            return
+        self.pushed += 1
+        if poll is not None:
+            if self._polls.get(push.delegate_id) is poll and not poll.done():
+                poll.set_result(handed)
+                # Answered: counted as acknowledged (see the module).
+                self._carry(
+                    self.assigner.ack(push.task_id, push.delegate_id, push.attempt, self._clock())
+                )
+            else:
+                # The poll ended while the claim was written: nobody has it; take it back.
+                self._carry(
+                    self.assigner.decline(
+                        push.task_id, push.delegate_id, push.attempt, self._clock()
+                    )
+                )
+            return
+        # On a lost stream the frame is lost; the Assigner pushes it again to the same
+        # process when it is back, or requeues it.
+        self._hub.send(session, TaskAssigned(assignment=handed))
+
+    def _refuse(self, refuse: Refuse) -> None:
+        log.info(
+            "stale ack refused",
+            task_id=refuse.task_id,
+            delegate_id=refuse.delegate_id,
+            attempt=refuse.attempt,
+        )
+        if self.assigner.holder(refuse.task_id) == refuse.delegate_id:
+            return  # it holds a newer attempt of the same task: a cancel would stop that
+        session = self._hub.sessions.get(refuse.delegate_id)
+        if session is not None:
+            self._hub.send(session, TaskCancel(task_id=refuse.task_id))

@@ -1,0 +1,357 @@
+"""The hand-out wired to the task service and the store: pushes, acks, declines, lost
+streams and stale answers, with an injected clock and no sockets (a stream is a recorder of
+the frames the hub sends on it)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope
+from manager.core.taskstate import WITHDRAWN
+from manager.errors import Conflicting
+from manager.keys.masterkey import MasterKey
+from manager.records import DelegateRecord
+from manager.schemas.grants import Target
+from manager.schemas.tasks import TaskSubmit
+from manager.store.sqlite import SqliteStore
+from manager.tasks.events import TaskEvents
+from manager.tasks.handout import Handout
+from manager.tasks.hub import Hub, Session
+from manager.tasks.service import TaskService
+from shared.limits import Timings
+from shared.protocol import Heartbeat, TaskResult, TaskState
+
+TIMINGS = Timings()
+ACK_WITHIN = 2 * TIMINGS.lost_after
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Stream:
+    """What the hub needs of a WebSocket: it records every frame sent."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.frames: list[dict[str, Any]] = []
+
+    async def send_str(self, data: str) -> None:
+        self.frames.append(json.loads(data))
+
+    async def close(self, **_: object) -> None:
+        self.closed = True
+
+    def assignments(self) -> list[tuple[str, int]]:
+        return [
+            (f["assignment"]["task"]["id"], f["assignment"]["attempt"])
+            for f in self.frames
+            if f["type"] == "assignment"
+        ]
+
+    def cancels(self) -> list[str]:
+        return [f["task_id"] for f in self.frames if f["type"] == "cancel"]
+
+
+class World:
+    def __init__(self, store: SqliteStore, clock: Clock, tmp_path: Path) -> None:
+        self.store = store
+        self.clock = clock
+        self.hub = Hub(
+            lost_after=TIMINGS.lost_after,
+            clock=clock,
+            wall=clock,
+            heartbeat_interval=TIMINGS.heartbeat_interval,
+        )
+        self.handout = Handout(self.hub, ack_within=ACK_WITHIN, tick=1.0, clock=clock)
+        self.hub.on_dropped = self.handout.disconnected
+        self.tasks = TaskService(
+            store=store,
+            hub=self.hub,
+            handout=self.handout,
+            events=TaskEvents(),
+            master_key=MasterKey.load_or_create(tmp_path / "master.key"),
+            timings=TIMINGS,
+            clock=clock,
+            wall=clock,
+        )
+        self.streams: dict[str, Stream] = {}
+
+    def connect(
+        self,
+        name: str,
+        *,
+        key: str = "key-00000001",
+        capacity: int = 4,
+        scope: DelegateScope = ACCOUNT_WIDE,
+    ) -> Session:
+        """Delegate ``name``'s stream says hello with ``key``."""
+        record = DelegateRecord(
+            id=f"dlg_{name}",
+            name=name,
+            token_id="tok",
+            hostname="h",
+            version="2",
+            protocol_version=2,
+            selectors=(),
+            task_types=("shell",),
+            capacity=capacity,
+            public_key=base64.b64encode(name.encode().ljust(32, b"k")).decode(),
+            created_at=self.clock(),
+            last_seen=self.clock(),
+        )
+        session = self.hub.session(record)
+        session.scope = scope
+        stream = self.streams[name] = Stream()
+        session.ws = stream  # type: ignore[assignment]
+        self.handout.connected(session, key, session.listed)
+        return session
+
+    def lose_stream(self, session: Session) -> None:
+        assert session.ws is not None
+        session.ws.closed = True  # type: ignore[misc]
+        session.ws = None
+        self.handout.stream_lost(session.id)
+
+    async def submit(self, **over: object) -> str:
+        req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}, **over})
+        task, _ = await self.tasks.submit(req)
+        await self.settle()
+        return task.id
+
+    async def settle(self) -> None:
+        await self.handout.settle()
+        # Frames are sent from tasks the hub spawns: let them run.
+        for _ in range(3):
+            await self.handout.settle()
+            await asyncio.sleep(0)
+
+    async def task(self, task_id: str) -> tuple[TaskState, int, str | None]:
+        task = await self.store.get_task(task_id)
+        assert task is not None
+        return task.state, task.attempt, task.delegate_id
+
+    async def result(self, session: Session, task_id: str, attempt: int) -> None:
+        await self.tasks.record_result(
+            session, task_id, TaskResult(attempt=attempt, status="succeeded", exit_code=0)
+        )
+        await self.settle()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    clock = Clock()
+    store = SqliteStore(tmp_path / "t.db", lease_now=clock)
+    await store.open()
+    yield World(store, clock, tmp_path)
+    await store.close()
+
+
+async def test_a_task_is_claimed_then_pushed_whole_to_one_delegate(world: World) -> None:
+    a = world.connect("a")
+    task_id = await world.submit()
+    # The claim is in the store before the frame went out, and the frame carries the task.
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    assert world.streams["a"].frames[-1]["assignment"]["task"]["payload"]["script"] == "true"
+    world.handout.ack(a, task_id, 1)
+    await world.result(a, task_id, 1)
+    assert (await world.task(task_id))[0] is TaskState.SUCCEEDED
+
+
+async def test_a_declined_task_goes_to_the_next_delegate_and_the_decline_is_not_counted(
+    world: World,
+) -> None:
+    a, b = world.connect("a"), world.connect("b")
+    task_id = await world.submit(max_attempts=2)
+    first = "a" if world.streams["a"].assignments() else "b"
+    other = "b" if first == "a" else "a"
+    decliner, taker = (a, b) if first == "a" else (b, a)
+    world.handout.decline(decliner, task_id, 1, full=True)
+    await world.settle()
+    assert world.streams[other].assignments() == [(task_id, 2)]
+    assert await world.task(task_id) == (TaskState.RUNNING, 2, taker.id)
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN), (2, None)]
+    world.handout.ack(taker, task_id, 2)
+    # Its lease runs out (no heartbeat lists it): the declined attempt does not count
+    # against max_attempts=2, so the task is queued again rather than failed.
+    world.clock.now += TIMINGS.lost_after + TIMINGS.heartbeat_interval * 4
+    world.hub.liveness.started(world.clock.now - TIMINGS.lost_after * 10)
+    await world.tasks.sweep()
+    await world.settle()
+    assert (await world.task(task_id))[0] is not TaskState.FAILED
+
+
+async def test_a_stream_lost_before_the_ack_is_pushed_again_to_the_same_process(
+    world: World,
+) -> None:
+    a = world.connect("a", key="process-one")
+    task_id = await world.submit()
+    world.lose_stream(a)
+    world.connect("a", key="process-one")
+    await world.settle()
+    # The same attempt again (the store answers HELD): nothing new was claimed.
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    assert len(await world.store.attempts(task_id)) == 1
+
+
+async def test_a_stream_lost_before_the_ack_and_a_new_process_withdraws_the_attempt(
+    world: World,
+) -> None:
+    a = world.connect("a", key="process-one")
+    task_id = await world.submit()
+    world.lose_stream(a)
+    world.connect("a", key="process-two")
+    await world.settle()
+    # The new process never had it: attempt 1 withdrawn, attempt 2 pushed to it.
+    assert world.streams["a"].assignments() == [(task_id, 2)]
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN), (2, None)]
+
+
+async def test_a_duplicate_ack_changes_nothing(world: World) -> None:
+    a = world.connect("a")
+    task_id = await world.submit()
+    world.handout.ack(a, task_id, 1)
+    world.handout.ack(a, task_id, 1)
+    await world.settle()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    assert world.streams["a"].cancels() == []
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+
+
+async def test_a_result_for_an_older_attempt_is_refused_and_the_newer_one_recorded(
+    world: World,
+) -> None:
+    a = world.connect("a")
+    task_id = await world.submit()
+    world.lose_stream(a)
+    b = world.connect("b")
+    # A never answers: after ack_within the attempt is withdrawn and goes to b.
+    world.clock.now += ACK_WITHIN + 1
+    world.handout.tick()
+    await world.settle()
+    assert world.streams["b"].assignments() == [(task_id, 2)]
+    with pytest.raises(Conflicting):
+        await world.tasks.record_result(
+            a, task_id, TaskResult(attempt=1, status="succeeded", exit_code=0)
+        )
+    world.handout.ack(b, task_id, 2)
+    await world.result(b, task_id, 2)
+    assert await world.task(task_id) == (TaskState.SUCCEEDED, 2, b.id)
+
+
+async def test_six_tasks_on_three_idle_delegates_land_two_each(world: World) -> None:
+    sessions = [world.connect(n) for n in ("a", "b", "c")]
+    for _ in range(6):
+        await world.submit()
+    assert sorted(len(world.streams[s.delegate.name].assignments()) for s in sessions) == [2, 2, 2]
+
+
+async def test_an_ack_of_another_delegates_attempt_is_refused_with_a_cancel(
+    world: World,
+) -> None:
+    a, thief = world.connect("a"), world.connect("thief", capacity=1)
+    world.handout.drain(thief.id, True)
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    world.handout.ack(thief, task_id, 1)
+    world.handout.decline(thief, task_id, 1, full=False)
+    await world.settle()
+    # Refused: the thief is told to stop it; a still holds it, nothing was withdrawn.
+    assert world.streams["thief"].cancels() == [task_id]
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    assert len(await world.store.attempts(task_id)) == 1
+
+
+async def test_a_full_delegate_is_pushed_nothing_until_a_heartbeat_shows_a_free_slot(
+    world: World,
+) -> None:
+    a = world.connect("a", capacity=2)
+    task_id = await world.submit()
+    world.handout.decline(a, task_id, 1, full=True)
+    await world.settle()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    assert (await world.task(task_id))[0] is TaskState.QUEUED
+    world.hub.on_heartbeat(a, Heartbeat(seq=1, free_slots=1))
+    world.handout.heartbeat(a, 1)
+    await world.settle()
+    assert world.streams["a"].assignments() == [(task_id, 1), (task_id, 2)]
+
+
+async def test_a_session_that_ends_requeues_what_it_had_not_acked(world: World) -> None:
+    a = world.connect("a")
+    task_id = await world.submit()
+    world.hub.drop(a.id, code=4005, reason="lost")  # type: ignore[arg-type]
+    await world.settle()
+    assert (await world.task(task_id))[:2] == (TaskState.QUEUED, 1)
+    b = world.connect("b")
+    await world.settle()
+    assert world.streams["b"].assignments() == [(task_id, 2)]
+    assert await world.task(task_id) == (TaskState.RUNNING, 2, b.id)
+
+
+async def test_a_long_poll_is_answered_with_a_claimed_assignment(world: World) -> None:
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
+    await asyncio.sleep(0)
+    task_id = await world.submit()
+    handed = await poll
+    assert handed is not None
+    assert (handed.task.id, handed.attempt) == (task_id, 1)
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    # Counted as acked: time passing withdraws nothing.
+    world.clock.now += ACK_WITHIN + 1
+    world.handout.tick()
+    await world.settle()
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+
+
+async def test_an_assignment_carries_an_id_token_request_only_for_a_task_with_an_app(
+    world: World,
+) -> None:
+    sealed: list[str] = []
+
+    class Attacher:
+        def attach(self, handed: Any, key: str) -> Any:
+            sealed.append(handed.task.id)
+            return handed
+
+    world.tasks.id_tokens = Attacher()
+    world.connect("a")
+    world.connect("b", scope=DelegateScope(apps=frozenset({"app_1"})))
+    plain = await world.submit()
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    placed, _ = await world.tasks.submit(req, target=Target("app_1", "env_1", "production"))
+    await world.settle()
+    assert world.streams["a"].assignments() == [(plain, 1)]
+    assert world.streams["b"].assignments() == [(placed.id, 1)]
+    assert sealed == [placed.id]
+
+
+async def test_a_poll_left_over_when_the_stream_comes_back_takes_nothing(world: World) -> None:
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    poll = asyncio.ensure_future(world.handout.poll(a, "process-key-1", 30.0))
+    await asyncio.sleep(0)
+    # The delegate gave the poll up for a stream that holds again (the request lingers).
+    world.connect("a", key="process-key-1")
+    assert await poll is None
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
