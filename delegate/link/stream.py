@@ -41,6 +41,7 @@ from delegate.link.policy import (
     Stop,
 )
 from delegate.link.polling import Polling
+from delegate.link.requests import StreamRequests
 from shared.aio import cancel_and_wait
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
@@ -50,6 +51,7 @@ from shared.protocol import (
     Hello,
     ProtocolError,
     RegisterResponse,
+    StreamReply,
     TaskAvailable,
     TaskCancel,
     TaskDrain,
@@ -89,8 +91,11 @@ class Channel:
         *,
         policy: LinkPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        requests: StreamRequests | None = None,
     ) -> None:
         self._api = api
+        # Log batches and results: on the stream while it is held, else HTTPS (requests.py).
+        self.requests = requests if requests is not None else StreamRequests(api)
         self.policy = policy if policy is not None else LinkPolicy()
         self._clock = clock
         self.mode: Mode = "connecting"
@@ -249,6 +254,7 @@ class Channel:
     async def _run_stream(self, ws: ClientConnection) -> int | None:
         self._announce()
         beats = asyncio.create_task(self._stream_heartbeats(ws))
+        self.requests.attach(ws.send)
         try:
             async for raw in ws:
                 try:
@@ -257,10 +263,14 @@ class Channel:
                     log.warning("bad frame from manager", error=str(exc))
                     await ws.close(code=CloseCode.BAD_FRAME, reason="bad frame")
                     break
+                if isinstance(frame, StreamReply):
+                    self.requests.on_reply(frame)
+                    continue
                 self._handle(frame)
         except ConnectionClosed:
             pass
         finally:
+            self.requests.detach()  # what waits for a reply goes over HTTPS now
             await cancel_and_wait(beats)
         return ws.close_code
 

@@ -22,6 +22,7 @@ from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
 from manager.api.id_tokens import ID_TOKENS
+from manager.api.stream_requests import StreamRequests
 from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord, TokenRecord
 from manager.tasks.hub import Session
@@ -43,6 +44,8 @@ from shared.protocol import (
     RegisterRequest,
     RegisterResponse,
     ResultAck,
+    StreamLogs,
+    StreamResult,
     TaskResult,
     parse_delegate_frame,
 )
@@ -211,6 +214,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None)
     await ws.prepare(request)
     await c.hub.attach_stream(session, ws)
+    requests = StreamRequests(c, session, ws)  # log batches and results (stream_requests.py)
     log.info("stream opened", delegate_id=session.id)
     try:
         async for msg in ws:
@@ -223,6 +227,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 log.warning("bad frame", delegate_id=session.id, error=str(exc))
                 await ws.close(code=CloseCode.BAD_FRAME, message=str(exc).encode()[:120])
                 break
+            if isinstance(frame, StreamLogs | StreamResult):
+                await requests.take(frame, msg.data)  # waits only past the in-flight bound
+                continue
             _heartbeat(c, session, frame, via_stream=True)
     finally:
         c.hub.detach_stream(session, ws)
