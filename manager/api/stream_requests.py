@@ -59,11 +59,20 @@ class StreamRequests:
         self._c = c
         self._session = session
         self._ws = ws
+        self._limit = limit
         self._slots = asyncio.Semaphore(limit)
 
     async def take(self, frame: StreamLogs | StreamResult, raw: str) -> None:
         """Start answering ``frame`` (``raw``: its text as received); returns once it runs,
         after waiting for a free slot when the stream has ``limit`` in flight."""
+        if self._slots.locked():
+            # A delegate keeps under the bound by itself: this one does not, or the store
+            # is slow. Its heartbeats wait behind the frame too.
+            log.warning(
+                "stream paused: requests in flight at the bound",
+                delegate_id=self._session.id,
+                limit=self._limit,
+            )
         await self._slots.acquire()
         # The HTTPS route checks its body, the batch; here the frame's few bytes of its own
         # count too: never more lenient than HTTPS. A result's route bounds its bodies by the
