@@ -14,17 +14,21 @@ import contextlib
 import io
 import json
 import secrets
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 
+from manager.schemas.tasks import TaskSubmit
 from shared.limits import MAX_FRAME_BYTES
-from shared.protocol import PROTOCOL_VERSION
+from shared.protocol import PROTOCOL_VERSION, ShellPayload
 from shared.tls import client_context
+from tests.e2e.conftest import on_store
 from tests.e2e.harness import WAIT, Cluster
-from tests.faults.support import token
+from tests.faults.support import client, token
 
 Json = dict[str, Any]
 
@@ -44,6 +48,8 @@ class RawDelegate:
         # Every frame read from the manager, in order (hints and acks included).
         self.frames: list[Json] = []
         self.received = asyncio.Event()
+        # Told of every frame read (a test routes replies to a transport under test).
+        self.on_frame: Callable[[Json], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
 
@@ -161,6 +167,8 @@ class RawDelegate:
             frame = json.loads(raw)
             self.frames.append(frame)
             self.received.set()
+            if self.on_frame is not None:
+                self.on_frame(frame)
             if frame["type"] == "reply":
                 future = self.replies.get(frame["id"])
                 if future is not None and not future.done():
@@ -194,3 +202,30 @@ def result_body(attempt: int, status: str = "succeeded") -> Json:
 
 def result_frame(id_: int, task_id: str, attempt: int, status: str = "succeeded") -> Json:
     return {"type": "result", "id": id_, "task_id": task_id, "result": result_body(attempt, status)}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def manager(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """A manager on each store, at production timings: no lease runs out while a test waits
+    on a loaded machine."""
+    cluster.time_scale = 1.0
+    async with on_store(cluster, request) as started:
+        yield started
+
+
+async def submit(c: Cluster, selector: str) -> str:
+    async with client(c) as api:
+        view = await api.submit_task(
+            TaskSubmit(payload=ShellPayload(script="true"), selectors=[selector])
+        )
+    return view.id
+
+
+async def metrics_text(c: Cluster) -> str:
+    connector = aiohttp.TCPConnector(ssl=client_context(c.ca_file))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(c.url + "/metrics", headers={"Authorization": f"Bearer {c.admin_key}"}) as resp,
+    ):
+        assert resp.status == 200
+        return await resp.text()

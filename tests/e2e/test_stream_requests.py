@@ -17,46 +17,25 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import asyncpg
-import pytest
 
-from manager.schemas.tasks import TaskSubmit
 from manager.store.factory import SQLITE_FILE
 from shared.limits import MAX_LOG_BATCH_BYTES, MAX_STREAM_REQUESTS
-from shared.protocol import ShellPayload
-from shared.tls import client_context
-from tests.e2e.conftest import PG, on_store
+from tests.e2e.conftest import PG
 from tests.e2e.harness import Cluster
-from tests.e2e.stream_client import RawDelegate, logs_frame, result_body, result_frame
+from tests.e2e.stream_client import (
+    RawDelegate,
+    logs_frame,
+    manager,
+    metrics_text,
+    result_body,
+    result_frame,
+    submit,
+)
 from tests.faults.support import client, log_entries
 
 Json = dict[str, Any]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def manager(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    cluster.time_scale = 1.0
-    async with on_store(cluster, request) as started:
-        yield started
-
-
-async def _submit(c: Cluster, selector: str) -> str:
-    async with client(c) as api:
-        view = await api.submit_task(
-            TaskSubmit(payload=ShellPayload(script="true"), selectors=[selector])
-        )
-    return view.id
-
-
-async def _metrics(c: Cluster) -> str:
-    connector = aiohttp.TCPConnector(ssl=client_context(c.ca_file))
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(c.url + "/metrics", headers={"Authorization": f"Bearer {c.admin_key}"}) as resp,
-    ):
-        assert resp.status == 200
-        return await resp.text()
+__all__ = ["manager"]  # the fixture: a manager on each store
 
 
 def _counted(metrics: str, kind: str, status: int) -> float:
@@ -73,7 +52,7 @@ async def test_logs_and_a_result_over_the_stream_are_recorded_once_whichever_way
 ) -> None:
     async with RawDelegate(manager, "rpc") as d:
         await d.open_stream()
-        task_id = await _submit(manager, "rpc")
+        task_id = await submit(manager, "rpc")
         attempt = await d.acquire(task_id)
 
         reply = await d.request(logs_frame(1, task_id, attempt, ["one", "two"]))
@@ -99,7 +78,7 @@ async def test_logs_and_a_result_over_the_stream_are_recorded_once_whichever_way
         view = await api.get_task(task_id)
     assert (view.state.value, view.exit_code, len(view.attempts)) == ("succeeded", 0, 1)
     assert [e["text"] for e in await log_entries(manager, task_id)] == ["one", "two"]
-    metrics = await _metrics(manager)
+    metrics = await metrics_text(manager)
     assert _counted(metrics, "logs", 200) == 1
     assert _counted(metrics, "result", 200) == 2
     assert re.search(r'^tether_tasks_finished_total\{state="succeeded"\} 1\.0$', metrics, re.M)
@@ -111,7 +90,7 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
     async with RawDelegate(manager, "owner") as owner, RawDelegate(manager, "other") as other:
         await owner.open_stream()
         await other.open_stream()
-        task_id = await _submit(manager, "owner")
+        task_id = await submit(manager, "owner")
         attempt = await owner.acquire(task_id)
         # Lines of about 11 KiB, past the batch limit in all (and well within a frame).
         big = ["x" * 11_000] * (MAX_LOG_BATCH_BYTES // 11_000 + 1)
@@ -190,7 +169,7 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
         assert await log_entries(manager, task_id) == []
         reply = await owner.request(result_frame(99, task_id, attempt))
         assert reply["result"] == {"state": "succeeded", "recorded": True}
-    metrics = await _metrics(manager)
+    metrics = await metrics_text(manager)
     assert _counted(metrics, "logs", 409) == 2
     assert _counted(metrics, "logs", 413) == 1
 
@@ -228,7 +207,7 @@ async def test_a_stream_at_its_in_flight_bound_is_read_no_further_until_a_reques
     assert manager.manager is not None
     async with RawDelegate(manager, "flood") as d:
         await d.open_stream()
-        task_id = await _submit(manager, "flood")
+        task_id = await submit(manager, "flood")
         attempt = await d.acquire(task_id)
         count = MAX_STREAM_REQUESTS + 1
         replies = [d.expect(i) for i in range(count)]
