@@ -88,10 +88,10 @@ class Agent:
         # is up, HTTPS otherwise); None: HTTPS only.
         transport: Transport | None = None,
     ) -> None:
-        self._transport: Transport = api if transport is None else transport
         self._config = config
         self._spool_key = spool_key
         self._api = api
+        self._transport: Transport = api if transport is None else transport
         self._link = link
         self._private_key = private_key
         self._timings = timings
