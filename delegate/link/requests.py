@@ -82,7 +82,13 @@ class StreamRequests:
 
     @property
     def in_flight(self) -> int:
+        """Requests sent on the stream whose reply has not come."""
         return len(self._pending)
+
+    @property
+    def attached(self) -> bool:
+        """A stream is held: requests go on it."""
+        return self._send is not None
 
     # -- the channel's side ---------------------------------------------------------------
 

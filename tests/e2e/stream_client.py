@@ -14,19 +14,24 @@ import contextlib
 import io
 import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 
 from manager.schemas.tasks import TaskSubmit
+from manager.store.factory import SQLITE_FILE
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import PROTOCOL_VERSION, ShellPayload
 from shared.tls import client_context
-from tests.e2e.conftest import on_store
+from tests.e2e.conftest import PG, on_store
 from tests.e2e.harness import WAIT, Cluster
 from tests.faults.support import client, token
 
@@ -229,3 +234,30 @@ async def metrics_text(c: Cluster) -> str:
     ):
         assert resp.status == 200
         return await resp.text()
+
+
+@asynccontextmanager
+async def store_locked(c: Cluster, task_id: str) -> AsyncIterator[None]:
+    """Writes of the task wait (the test's own lock on the store) until the block ends."""
+    if c.database is None:
+        conn = sqlite3.connect(c.data_dir / SQLITE_FILE, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the one writer's lock: the manager's writes wait
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    schema = parse_qs(urlsplit(c.database).query)["search_path"][0]
+    pg = await asyncpg.connect(PG, server_settings={"search_path": schema})
+    try:
+        tx = pg.transaction()
+        await tx.start()
+        # append_logs takes the task's row FOR SHARE: it waits for this.
+        await pg.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        try:
+            yield
+        finally:
+            await tx.rollback()
+    finally:
+        await pg.close()

@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
-
-from manager.store.factory import SQLITE_FILE
 from shared.limits import MAX_LOG_BATCH_BYTES, MAX_STREAM_REQUESTS
-from tests.e2e.conftest import PG
 from tests.e2e.harness import Cluster
 from tests.e2e.stream_client import (
     RawDelegate,
@@ -30,6 +23,7 @@ from tests.e2e.stream_client import (
     metrics_text,
     result_body,
     result_frame,
+    store_locked,
     submit,
 )
 from tests.faults.support import client, log_entries
@@ -174,33 +168,6 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
     assert _counted(metrics, "logs", 413) == 1
 
 
-@asynccontextmanager
-async def _store_locked(c: Cluster, task_id: str) -> AsyncIterator[None]:
-    """Writes of the task wait (the test's own lock on the store) until the block ends."""
-    if c.database is None:
-        conn = sqlite3.connect(c.data_dir / SQLITE_FILE, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # the one writer's lock: the manager's writes wait
-            yield
-        finally:
-            conn.execute("ROLLBACK")
-            conn.close()
-        return
-    schema = parse_qs(urlsplit(c.database).query)["search_path"][0]
-    pg = await asyncpg.connect(PG, server_settings={"search_path": schema})
-    try:
-        tx = pg.transaction()
-        await tx.start()
-        # append_logs takes the task's row FOR SHARE: it waits for this.
-        await pg.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
-        try:
-            yield
-        finally:
-            await tx.rollback()
-    finally:
-        await pg.close()
-
-
 async def test_a_stream_at_its_in_flight_bound_is_read_no_further_until_a_request_ends(
     manager: Cluster,
 ) -> None:
@@ -211,7 +178,7 @@ async def test_a_stream_at_its_in_flight_bound_is_read_no_further_until_a_reques
         attempt = await d.acquire(task_id)
         count = MAX_STREAM_REQUESTS + 1
         replies = [d.expect(i) for i in range(count)]
-        async with _store_locked(manager, task_id):
+        async with store_locked(manager, task_id):
             for i in range(count):
                 await d.send(logs_frame(i, task_id, attempt, [f"line {i}"], first=i))
             # Behind the request past the bound: a heartbeat, not read until a slot frees.

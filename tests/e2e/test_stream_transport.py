@@ -12,19 +12,25 @@ frame never leaves, and the test waits on the manager's own record before droppi
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
 from delegate.link.api import ManagerApi, Rejected
 from delegate.link.requests import StreamRequests, Transport
+from delegate.link.stream import Channel
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
+from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
+    CloseCode,
     LogBatch,
     LogLine,
     RegisterRequest,
@@ -35,7 +41,14 @@ from shared.protocol import (
 )
 from shared.tls import client_context
 from tests.e2e.harness import WAIT, Cluster
-from tests.e2e.stream_client import Json, RawDelegate, manager, metrics_text, submit
+from tests.e2e.stream_client import (
+    Json,
+    RawDelegate,
+    manager,
+    metrics_text,
+    store_locked,
+    submit,
+)
 from tests.faults.support import client, log_entries, wait_final
 
 __all__ = ["manager"]  # the fixture: a manager on each store
@@ -280,4 +293,83 @@ async def test_the_outbox_ships_a_task_over_the_stream(manager: Cluster, tmp_pat
         "line 1",
         "line 2",
     ]
+    await _once(manager, task_id)
+
+
+class _Idle:
+    """The agent's side of the channel: nothing running, nothing spooled."""
+
+    def on_task_available(self, task_id: str) -> None: ...
+    def on_cancel(self, task_id: str) -> None: ...
+    def on_drain(self) -> None: ...
+    def on_resume(self) -> None: ...
+
+    def heartbeat_state(self) -> tuple[list[str], int, float]:
+        return [], 1, 0.0
+
+    def spooled(self) -> list[str]:
+        return []
+
+
+async def _channel_stream(c: Cluster, credential: str) -> ClientConnection:
+    """A stream past its hello, as the channel's own open leaves it (its hello carries the
+    v2 key here: until the channel's does, the test opens the stream for it)."""
+    ws = await connect(
+        c.url.replace("https://", "wss://") + "/api/v1/delegate/stream",
+        ssl=client_context(c.ca_file),
+        additional_headers={"Authorization": f"Bearer {credential}"},
+        max_size=MAX_FRAME_BYTES,
+        compression=None,
+        ping_interval=None,
+    )
+    await ws.send(json.dumps({"type": "hello", "key": secrets.token_urlsafe(12), "running": []}))
+    assert json.loads(await ws.recv())["type"] == "heartbeat_ack"
+    return ws
+
+
+async def test_the_channel_routes_replies_and_a_closed_stream_sends_what_is_pending_over_https(
+    manager: Cluster,
+) -> None:
+    async with RawDelegate(manager, "chan") as d:
+        # Taken before the channel's stream opens: no hint comes to it (a v1 frame).
+        task_id = await submit(manager, "chan")
+        attempt = await d.acquire(task_id)
+        registration = RegisterRequest.model_validate(d.registration)
+        async with ManagerApi(
+            manager.url,
+            token=d.token,
+            registration=registration,
+            ssl_context=client_context(manager.ca_file),
+        ) as api:
+            await api.register()
+            channel = Channel(api, requests=StreamRequests(api, timeout=3600.0))
+            channel._events = _Idle()
+            reading = asyncio.create_task(
+                channel._run_stream(await _channel_stream(manager, d.credential))
+            )
+            transport = channel.requests
+            async with asyncio.timeout(WAIT):
+                while not transport.attached:  # until the read loop has started
+                    await asyncio.sleep(0)
+            # A reply comes back through the channel's read loop.
+            assert (await transport.post_logs(task_id, _batch(attempt, 0, "a"))).accepted == 1
+            assert transport.counts == {"stream": 1, "https": 0}
+
+            async with store_locked(manager, task_id):
+                posting = asyncio.create_task(transport.post_result(task_id, _result(attempt)))
+                async with asyncio.timeout(WAIT):
+                    while transport.in_flight == 0:  # until the frame is on its way
+                        await asyncio.sleep(0)
+                # The manager ends the stream: a newer one of the same delegate supersedes it.
+                newer = await _channel_stream(manager, d.credential)
+                async with asyncio.timeout(WAIT):
+                    assert await reading == CloseCode.SUPERSEDED
+                # The read loop let go of the pending result: it is on its way over HTTPS.
+                assert transport.in_flight == 0
+            async with asyncio.timeout(WAIT):
+                ack = await posting
+            await newer.close()
+        assert ack.state is TaskState.SUCCEEDED
+        assert transport.counts == {"stream": 1, "https": 1}
+    assert [e["text"] for e in await log_entries(manager, task_id)] == ["a"]
     await _once(manager, task_id)
