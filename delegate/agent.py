@@ -29,6 +29,7 @@ from delegate.config import DelegateConfig
 from delegate.exit_codes import EXIT_FAILED
 from delegate.link.api import ManagerApi
 from delegate.link.policy import Fatal
+from delegate.link.requests import Transport
 from delegate.link.stream import ChannelEvents, DeclineReason
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
@@ -84,10 +85,14 @@ class Agent:
         switcher: Switcher | None = None,
         # The spool's own key (delegate.outbox.spool_key); None keeps a plaintext spool.
         spool_key: bytes | None = None,
+        # How log batches and results travel (delegate.link.requests: the stream while it
+        # is up, HTTPS otherwise); None: HTTPS only.
+        transport: Transport | None = None,
     ) -> None:
         self._config = config
         self._spool_key = spool_key
         self._api = api
+        self._transport: Transport = api if transport is None else transport
         self._link = link
         self._private_key = private_key
         self._timings = timings
@@ -187,7 +192,7 @@ class Agent:
         spool = await asyncio.to_thread(Spool.open, self._spool_root, key=self._spool_key)
         t = self._timings
         self._outbox = Outbox(
-            self._api,
+            self._transport,
             spool,
             retry_base=t.reconnect_base,
             retry_max=min(t.reconnect_max, t.heartbeat_interval),

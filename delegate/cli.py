@@ -357,6 +357,7 @@ async def _run(config: DelegateConfig, masker: Masker, switcher: Switcher | None
             process_masker=masker,
             switcher=switcher,
             spool_key=spool_key,
+            transport=channel.requests,
         )
         channel.metrics_source = self_metrics(agent.heartbeat_state, started=time.monotonic())
         log.info(

@@ -34,6 +34,14 @@ class Metrics:
         self.heartbeats = Counter(
             "tether_heartbeats", "Delegate heartbeats received", ["mode"], registry=r
         )
+        # Log batches and results over delegate streams, by kind (logs, result) and the
+        # status the HTTPS route would have answered: tether_api_requests counts HTTPS only.
+        self.stream_requests = Counter(
+            "tether_stream_requests",
+            "Delegate requests over the stream by kind and status",
+            ["kind", "status"],
+            registry=r,
+        )
         self.log_lines = Counter("tether_log_lines", "Task log lines stored", registry=r)
         self.log_bytes = Counter("tether_log_bytes", "Task log text stored, in bytes", registry=r)
         self.tasks_submitted = Counter("tether_tasks_submitted", "Tasks accepted", registry=r)

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_LOG_PAGE_BYTES",
     "MAX_OUTPUT_BYTES",
     "MAX_SCRIPT_BYTES",
+    "MAX_STREAM_REQUESTS",
     "MIB",
     "MIN_MASKED_SECRET_LEN",
     "SPOOL_TASK_BYTES",
@@ -39,6 +40,10 @@ MAX_FRAME_BYTES = 4 * MIB
 # A log batch posted by a delegate, and the lines in it.
 MAX_LOG_BATCH_BYTES = 1 * MIB
 MAX_LOG_BATCH_LINES = 1000
+# Log batches and results one delegate stream may have in flight at the manager (received,
+# reply not yet written). The manager stops reading a stream that holds this many; the
+# delegate keeps under it (a request past it goes over HTTPS), so its heartbeats never wait.
+MAX_STREAM_REQUESTS = 32
 # A longer line is split into several; a log line is not a channel for bulk data.
 MAX_LOG_LINE_BYTES = 16 * KIB
 # A page of a task's log read through the API (and a batch of a followed log): the text of

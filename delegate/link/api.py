@@ -111,6 +111,11 @@ class ManagerApi:
             await self._session.close()
 
     @property
+    def request_timeout(self) -> float:
+        """How long a call waits for its answer (a long-poll: its wait on top)."""
+        return self._timeout
+
+    @property
     def stream_url(self) -> str:
         return "wss://" + self.base_url.removeprefix("https://") + "/api/v1/delegate/stream"
 

@@ -44,6 +44,7 @@ from delegate.link.policy import (
     Stop,
 )
 from delegate.link.polling import Polling
+from delegate.link.requests import StreamRequests
 from shared.aio import cancel_and_wait
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
@@ -54,6 +55,7 @@ from shared.protocol import (
     ManagerFrameType,
     ProtocolError,
     RegisterResponse,
+    StreamReply,
     TaskAck,
     TaskDecline,
     parse_manager_frame,
@@ -102,8 +104,11 @@ class Channel:
         *,
         policy: LinkPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        requests: StreamRequests | None = None,
     ) -> None:
         self._api = api
+        # Log batches and results: on the stream while it is held, else HTTPS (requests.py).
+        self.requests = requests if requests is not None else StreamRequests(api)
         self.policy = policy if policy is not None else LinkPolicy()
         self._clock = clock
         self.mode: Mode = "connecting"
@@ -268,6 +273,7 @@ class Channel:
     async def _run_stream(self, ws: ClientConnection) -> int | None:
         self._announce()
         beats = asyncio.create_task(self._stream_heartbeats(ws))
+        self.requests.attach(ws.send)
         try:
             async for raw in ws:
                 try:
@@ -276,10 +282,14 @@ class Channel:
                     log.warning("bad frame from manager", error=str(exc))
                     await ws.close(code=CloseCode.BAD_FRAME, reason="bad frame")
                     break
+                if isinstance(frame, StreamReply):
+                    self.requests.on_reply(frame)
+                    continue
                 self._handle(frame, ws)
         except ConnectionClosed:
             pass
         finally:
+            self.requests.detach()  # what waits for a reply goes over HTTPS now
             await cancel_and_wait(beats)
         return ws.close_code
 

@@ -44,7 +44,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from delegate.link.api import ApiError, ManagerApi, Rejected, Unreachable
+from delegate.link.api import ApiError, Rejected, Unreachable
+from delegate.link.requests import Transport
 from delegate.outbox.spool import Entry, Position, Spool, SpoolError, TaskSpool, human_bytes
 from shared.limits import MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES, MIB
 from shared.protocol import LogBatch, LogBatchAck, LogLine, ResultAck, TaskResult
@@ -173,7 +174,7 @@ class Outbox:
     """Every task attempt's way to the manager, and the spool behind it."""
 
     def __init__(
-        self, api: ManagerApi, spool: Spool, *, retry_base: float, retry_max: float
+        self, api: Transport, spool: Spool, *, retry_base: float, retry_max: float
     ) -> None:
         self.api = api
         self.spool = spool

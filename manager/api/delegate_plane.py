@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
 from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.api.stream_requests import StreamRequests
 from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord, TokenRecord
 from manager.tasks.hub import Session
@@ -33,8 +34,6 @@ from shared.protocol import (
     SUPPORTED_PROTOCOL_VERSIONS,
     AcquireResponse,
     CloseCode,
-    DelegateFrameType,
-    ErrorDetail,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -44,7 +43,8 @@ from shared.protocol import (
     RegisterRequest,
     RegisterResponse,
     ResultAck,
-    StreamReply,
+    StreamLogs,
+    StreamResult,
     TaskAck,
     TaskDecline,
     TaskResult,
@@ -216,6 +216,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None)
     await ws.prepare(request)
     await c.hub.attach_stream(session, ws)
+    requests = StreamRequests(c, session, ws)  # log batches and results (stream_requests.py)
     log.info("stream opened", delegate_id=session.id)
     try:
         async for msg in ws:
@@ -228,6 +229,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 log.warning("bad frame", delegate_id=session.id, error=str(exc))
                 await ws.close(code=CloseCode.BAD_FRAME, message=str(exc).encode()[:120])
                 break
+            if isinstance(frame, StreamLogs | StreamResult):
+                await requests.take(frame, msg.data)  # waits only past the in-flight bound
+                continue
             _on_frame(c, session, frame)
     finally:
         # Only the stream still attached counts: a newer one has said hello already.
@@ -238,8 +242,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _on_frame(c: Context, session: Session, frame: DelegateFrameType) -> None:
-    """One frame from a delegate's stream, by its type."""
+def _on_frame(
+    c: Context, session: Session, frame: Hello | Heartbeat | TaskAck | TaskDecline
+) -> None:
+    """One control frame from a delegate's stream, by its type (log batches and results
+    are requests, answered by :class:`StreamRequests`)."""
     if isinstance(frame, Hello | Heartbeat):
         _heartbeat(c, session, frame, via_stream=True)
     elif isinstance(frame, TaskAck):
@@ -249,18 +256,6 @@ def _on_frame(c: Context, session: Session, frame: DelegateFrameType) -> None:
         # may not have heard of a resume yet when the push came), as a full one.
         full = frame.reason != "unfit"
         c.handout.decline(session, frame.task_id, frame.attempt, full=full)
-    else:
-        # Log batches and results over the stream are not taken here yet: HTTPS carries them.
-        c.hub.send(
-            session,
-            StreamReply(
-                id=frame.id,
-                status=501,
-                error=ErrorDetail(
-                    code="not_implemented", message="send log batches and results over HTTPS"
-                ),
-            ),
-        )
 
 
 def _heartbeat(

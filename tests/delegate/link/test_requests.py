@@ -1,0 +1,144 @@
+"""The transport's decisions that need no manager: what a reply's status means, and which
+requests never go on the stream. Its HTTPS side is the delegate's real client pointed at a
+loopback port nothing listens on, so a request that went over HTTPS shows as Unreachable
+(and counted), one that did not as the reply's own meaning.
+
+With a real manager: tests/e2e/test_stream_transport.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from delegate.link.api import ManagerApi, Rejected, Unreachable
+from delegate.link.requests import StreamRequests
+from shared.limits import MAX_FRAME_BYTES
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    ErrorDetail,
+    RegisterRequest,
+    StreamReply,
+    TaskResult,
+    TaskType,
+)
+from shared.tls import client_context
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[ManagerApi]:
+    registration = RegisterRequest(
+        name="unit",
+        hostname="test",
+        version="test",
+        protocol_version=PROTOCOL_VERSION,
+        capacity=1,
+        task_types=[TaskType.SHELL],
+        public_key="A" * 43 + "=",
+    )
+    async with ManagerApi(
+        f"https://127.0.0.1:{_closed_port()}",
+        token="tdt_unit",
+        registration=registration,
+        ssl_context=client_context(None),
+        request_timeout=5.0,
+    ) as client:
+        client.credential = "unused"  # a session, so the HTTPS side does not register first
+        yield client
+
+
+def _answering(transport: StreamRequests, reply: dict[str, object]) -> list[str]:
+    """Attach a stream on which every request is answered with ``reply`` (its id set)."""
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+        id_ = json.loads(text)["id"]
+        loop = asyncio.get_running_loop()
+        loop.call_soon(transport.on_reply, StreamReply.model_validate({**reply, "id": id_}))
+
+    transport.attach(send)
+    return sent
+
+
+RESULT = TaskResult(attempt=1, status="succeeded", exit_code=0)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_a_busy_or_failing_manager_s_reply_is_unreachable_and_not_resent_over_https(
+    api: ManagerApi, status: int
+) -> None:
+    transport = StreamRequests(api, timeout=30)
+    error = ErrorDetail(code="unavailable", message="try again")
+    _answering(transport, {"status": status, "error": error.model_dump()})
+    with pytest.raises(Unreachable, match=f"manager answered {status}: try again"):
+        await transport.post_result("tsk_1", RESULT)
+    assert transport.counts == {"stream": 1, "https": 0}
+
+
+async def test_a_refusal_of_the_task_is_rejected_with_the_manager_s_code(api: ManagerApi) -> None:
+    transport = StreamRequests(api, timeout=30)
+    error = ErrorDetail(code="stale_attempt", message="this attempt no longer holds the task")
+    _answering(transport, {"status": 409, "error": error.model_dump()})
+    with pytest.raises(Rejected) as exc:
+        await transport.post_result("tsk_1", RESULT)
+    assert (exc.value.status, exc.value.code) == (409, "stale_attempt")
+    assert transport.counts == {"stream": 1, "https": 0}
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, "invalid_credential"), (401, "token_revoked"), (426, "x")]
+)
+async def test_a_refusal_of_the_credential_is_asked_again_over_https(
+    api: ManagerApi, status: int, code: str
+) -> None:
+    # The HTTPS client owns the credential: it registers again, or stops the delegate.
+    transport = StreamRequests(api, timeout=30)
+    _answering(transport, {"status": status, "error": {"code": code, "message": "no"}})
+    with pytest.raises(Unreachable):
+        await transport.post_result("tsk_1", RESULT)
+    assert transport.counts == {"stream": 1, "https": 1}
+
+
+async def test_a_reply_with_neither_an_answer_nor_an_error_is_unreachable(
+    api: ManagerApi,
+) -> None:
+    transport = StreamRequests(api, timeout=30)
+    _answering(transport, {})
+    with pytest.raises(Unreachable, match="unexpected reply"):
+        await transport.post_result("tsk_1", RESULT)
+
+
+# The HTTPS client sends its body from memory: aiohttp warns past 1 MiB (the shipper's
+# batches stay under 512 KiB; only a result this large meets it).
+@pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
+async def test_a_request_too_big_for_a_frame_goes_over_https(api: ManagerApi) -> None:
+    transport = StreamRequests(api, timeout=30)
+    sent = _answering(transport, {"result": {"state": "succeeded", "recorded": True}})
+    big = RESULT.model_copy(update={"outputs": {"out": "x" * MAX_FRAME_BYTES}})
+    with pytest.raises(Unreachable):
+        await transport.post_result("tsk_1", big)
+    assert sent == []
+    assert transport.counts == {"stream": 0, "https": 1}
+    # A result of ordinary size goes on the stream.
+    assert (await transport.post_result("tsk_1", RESULT)).recorded
+
+
+async def test_without_a_stream_requests_go_over_https(api: ManagerApi) -> None:
+    transport = StreamRequests(api, timeout=30)
+    sent = _answering(transport, {"result": {"state": "succeeded", "recorded": True}})
+    transport.detach()
+    with pytest.raises(Unreachable):
+        await transport.post_result("tsk_1", RESULT)
+    assert sent == []
+    assert transport.counts == {"stream": 0, "https": 1}
