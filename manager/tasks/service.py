@@ -382,8 +382,18 @@ class TaskService:
             return on_acquire(t, session.id, self._wall(), lease_for=lease_for, key=key)
 
         try:
-            task, decision, updated = await self._transition(task_id, decide, starts_attempt=True)
+            # On PostgreSQL a row another replica is claiming is skipped, not waited on
+            # (FOR UPDATE SKIP LOCKED): the re-read then finds it taken.
+            task, decision, updated = await self._transition(
+                task_id, decide, starts_attempt=True, skip_locked=True
+            )
         except NotFound:
+            return None
+        except Unavailable:
+            # Locked at every try (busy with other writes): placed again once forgotten.
+            again = await self._get(task_id, fresh=True)
+            if again.state is TaskState.QUEUED:
+                asyncio.get_running_loop().call_soon(self.handout.queued, again)
             return None
         if decision.verdict is Verdict.HELD:
             self._hub.leases.grant(task.id, session.id)
@@ -677,6 +687,7 @@ class TaskService:
         starts_attempt: bool = False,
         end_status: str | None = None,
         audit: AuditOf[tuple[TaskRecord, TaskRecord]] | None = None,
+        skip_locked: bool = False,
     ) -> tuple[TaskRecord, Decision, TaskRecord | None]:
         """Decide from a snapshot and apply by compare-and-set; re-read when it was stale.
 
@@ -702,7 +713,12 @@ class TaskService:
                     started_at=decision.changes["started_at"],
                 )
             updated = await self._apply(
-                task, decision, start=start, end_status=end_status, audit=_of_change(task, audit)
+                task,
+                decision,
+                start=start,
+                end_status=end_status,
+                audit=_of_change(task, audit),
+                skip_locked=skip_locked,
             )
             if updated is not None:
                 return task, decision, updated
@@ -719,6 +735,7 @@ class TaskService:
         start: AttemptRecord | None = None,
         end_status: str | None = None,
         audit: AuditOf[TaskRecord] | None = None,
+        skip_locked: bool = False,
     ) -> TaskRecord | None:
         ends_attempt = task.state is TaskState.RUNNING and decision.changes.get("state") not in (
             None,
@@ -733,6 +750,7 @@ class TaskService:
             end_attempt_status=end_status if ends_attempt else None,
             end_attempt_at=self._wall(),
             audit=audit,
+            skip_locked=skip_locked,
         )
         if updated is not None:
             self._remember(updated)

@@ -25,11 +25,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from delegate.link.api import ManagerApi, Rejected
 from delegate.link.requests import StreamRequests, Transport
-from delegate.link.stream import Channel
+from delegate.link.stream import Channel, DeclineReason
 from delegate.outbox.shipper import Outbox
 from delegate.outbox.spool import Spool
 from shared.limits import MAX_FRAME_BYTES
 from shared.protocol import (
+    AcquireResponse,
     CloseCode,
     LogBatch,
     LogLine,
@@ -299,7 +300,12 @@ async def test_the_outbox_ships_a_task_over_the_stream(manager: Cluster, tmp_pat
 class _Idle:
     """The agent's side of the channel: nothing running, nothing spooled."""
 
-    def on_task_available(self, task_id: str) -> None: ...
+    def on_assigned(self, assignment: AcquireResponse) -> DeclineReason | None:
+        return "full"  # the test's task is taken through the acquire route
+
+    def run_assigned(self, assignment: AcquireResponse) -> None:
+        raise AssertionError("nothing is run here")
+
     def on_cancel(self, task_id: str) -> None: ...
     def on_drain(self) -> None: ...
     def on_resume(self) -> None: ...
