@@ -3,7 +3,8 @@ over TLS of its own (protocol v2 hello, with its key), heartbeats listing what i
 
 It speaks the wire format by hand, so a test sends exactly the frames it means to (a stale
 attempt, an oversized batch) and reads every frame the manager sends back. Tasks reach it
-through the HTTPS acquire route.
+as the manager pushes them over its stream (acked here), or through the HTTPS acquire route
+before its stream is open.
 """
 
 from __future__ import annotations
@@ -104,7 +105,17 @@ class RawDelegate:
             return resp.status, await resp.json(content_type=None)
 
     async def acquire(self, task_id: str) -> int:
-        """The attempt handed to this delegate (its lease is renewed by the heartbeats)."""
+        """The attempt handed to this delegate (its lease is renewed by the heartbeats):
+        with its stream open, the assignment the manager pushed, acked; without, the task
+        taken through the HTTPS acquire route."""
+        if self.ws is not None:
+            frame = await self.wait_frame(
+                lambda f: f["type"] == "assignment" and f["assignment"]["task"]["id"] == task_id
+            )
+            attempt = int(frame["assignment"]["attempt"])
+            await self.send({"type": "ack", "task_id": task_id, "attempt": attempt})
+            self.held.append(task_id)
+            return attempt
         status, body = await self._post(f"/tasks/{task_id}/acquire", None)
         assert status == 200, body
         self.held.append(task_id)
