@@ -22,6 +22,8 @@ from typing import Any
 BIN = Path(sys.executable).parent
 # Manager and delegate timings in tests: heartbeat 0.5 s, lost after 1.5 s.
 TIME_SCALE = 0.05
+# A manager's arguments for the production timings (see production_leases).
+PRODUCTION_LEASES = ("--time-scale", "1")
 WAIT = 30.0
 
 
@@ -301,3 +303,16 @@ class Cluster:
     async def close(self) -> None:
         for proc in reversed(self.procs):
             await proc.stop(signal.SIGKILL if proc is not self.manager else signal.SIGTERM)
+
+
+async def production_leases(c: Cluster) -> Proc:
+    """Restart ``c``'s manager (before any delegate is started) with the production
+    timings: a 30 s lease, a 45 s grace after a start. The delegates keep the harness's own
+    fast timings for what is theirs (reconnects, the spool's retries); the heartbeat
+    interval they take from the manager. For a test whose path crosses a manager restart or
+    an outage and must not lose a lease on the way, however loaded the machine: at the
+    harness's scale a lease is 1.5 s, less than a loaded machine may take to start a
+    process."""
+    assert c.manager is not None
+    await c.manager.stop()
+    return await c.start_manager(*PRODUCTION_LEASES)

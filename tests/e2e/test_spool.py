@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.harness import BIN, Cluster, Proc
+from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc, production_leases
 
 MIB = 1024 * 1024
 # The delegate's resident memory while a task prints ~200 MB as fast as it can.
@@ -79,6 +79,9 @@ def recorded_results(delegates: list[Proc], task_id: str) -> int:
 async def test_a_killed_manager_gets_the_whole_log_in_order_and_the_result_once(
     running: Cluster, tmp_path: Path
 ) -> None:
+    # The production lease and start grace: a restart on a loaded machine cannot outlast
+    # the lease (1.5 s at the harness's scale), which would make the spooled result stale.
+    await production_leases(running)
     delegate = await running.start_delegate("spooler")
     gate = tmp_path / "gate"
     submitted = await running.tether(
@@ -93,7 +96,7 @@ async def test_a_killed_manager_gets_the_whole_log_in_order_and_the_result_once(
     gate.touch()
     await delegate.wait_event("task result spooled; sent when the manager is back", task_id=task_id)
     seen = len(delegate.events())
-    await running.start_manager(port=running.port)
+    await running.start_manager(*PRODUCTION_LEASES, port=running.port)
     delivered = await delegate.wait_event("spooled result delivered", after=seen, task_id=task_id)
 
     assert delivered["recorded"] is True
@@ -133,7 +136,7 @@ async def test_a_result_spooled_by_a_killed_delegate_is_sent_by_its_next_start(
     # Production timings for the restarted manager: it waits lost_after (30 s) for delegates
     # to come back before judging a lease, which a new delegate process starting on a loaded
     # machine must not outlast (at a scaled 6 s it could, and its attempt was then stale).
-    await cluster.start_manager("--time-scale", "1", port=cluster.port)
+    await cluster.start_manager(*PRODUCTION_LEASES, port=cluster.port)
     second = await cluster.start_delegate("phoenix", token=token, wait_mode=None)
     replayed = await second.wait_event("replaying spooled task", task_id=task_id)
     delivered = await second.wait_event("spooled result delivered", task_id=task_id)

@@ -4,7 +4,10 @@ The task is held at a gate until the manager is dead, so the path under test is 
 same whatever the machine's load: the rest of its log and its result wait in the delegate's
 spool while the manager is away, the delegate lists the task as spooled in its heartbeats
 (which keeps its lease), and everything lands once, in order, when the manager is back.
-Every wait is on an event: a stored line, a process's exit, a delegate's log event.
+Every wait is on an event: a stored line, a process's exit, a delegate's log event. The
+manager runs with the production lease and start grace (30 s, 45 s) while the delegate keeps
+fast reconnects: a restart on a loaded machine cannot outlast the lease (at the harness's
+scale it was 1.5 s, and a loaded machine took longer to start the manager again).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.e2e.harness import BIN, Cluster, Proc
-from tests.faults.support import log_entries, task_view
+from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc
+from tests.faults.support import log_entries, production_leases, task_view
 
 BEFORE, AFTER = 10, 20
 
@@ -31,6 +34,7 @@ async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_
     on_each_store: Cluster, tmp_path: Path
 ) -> None:
     running = on_each_store
+    await production_leases(running)
     delegate = await running.start_delegate("steady")
     gate = tmp_path / "gate"
     res = await running.tether("task", "submit", "--", "bash", "-c", _gated_script(gate))
@@ -52,7 +56,7 @@ async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_
     finished = await delegate.wait_event("task finished", task_id=task_id)
     assert (finished["status"], finished["delivery"]) == ("succeeded", "spooled")
     seen = len(delegate.events())
-    await running.start_manager(port=running.port)
+    await running.start_manager(*PRODUCTION_LEASES, port=running.port)
 
     delivered = await delegate.wait_event("spooled result delivered", task_id=task_id, after=seen)
     # Recorded once: the first time the new manager heard of it, as the only attempt.
