@@ -74,6 +74,10 @@ class Liveness:
         # The heartbeat each delegate's last written renewal came from: it renews no more.
         self._written: dict[str, int] = {}
         self._heard = 0
+        # The last heartbeat of a delegate whose session was dropped, until it beats again:
+        # the lost-lease decision that usually follows in the same pass still says how long
+        # it had been silent.
+        self._gone: dict[str, float] = {}
         self._last_tick: float | None = None
         self._judge_from = float("-inf")
         # Set at a start until the first heartbeat comes back (see started()).
@@ -95,6 +99,7 @@ class Liveness:
         """A heartbeat (or a stream's hello): the only evidence that renews leases."""
         self._last_seen[delegate_id] = now
         self._heard += 1
+        self._gone.pop(delegate_id, None)
         self._beats[delegate_id] = _Beat(now, self._heard, frozenset(running), frozenset(spooled))
         if self._started_at is not None:
             # The first delegate is back: the others get a full lost_after from now (the
@@ -106,7 +111,9 @@ class Liveness:
 
     def forget(self, delegate_id: str) -> None:
         self._last_seen.pop(delegate_id, None)
-        self._beats.pop(delegate_id, None)
+        beat = self._beats.pop(delegate_id, None)
+        if beat is not None:
+            self._gone[delegate_id] = beat.at
         self._written.pop(delegate_id, None)
 
     def last_seen(self, delegate_id: str) -> float | None:
@@ -205,9 +212,11 @@ class Liveness:
                 self._written[claim.delegate_id] = claim.beat
 
     def silent_for(self, delegate_id: str, now: float) -> float | None:
-        """Seconds since the delegate's last heartbeat; None when none is known."""
+        """Seconds since the delegate's last heartbeat heard here, its session dropped or
+        not; None when none is known."""
         beat = self._beats.get(delegate_id)
-        return None if beat is None else now - beat.at
+        at = self._gone.get(delegate_id) if beat is None else beat.at
+        return None if at is None else now - at
 
 
 class Renewals:

@@ -64,6 +64,18 @@ def test_forgotten_delegate_is_never_lost() -> None:
     assert live.last_seen("dlg_a") is None
 
 
+def test_silence_is_counted_from_the_last_heartbeat_even_after_the_session_was_dropped() -> None:
+    live = Liveness(lost_after=LOST_AFTER)
+    assert live.silent_for("dlg_a", 100.0) is None
+    live.beat("dlg_a", 100.0)
+    live.seen("dlg_a", 120.0)
+    assert live.silent_for("dlg_a", 131.0) == 31.0
+    live.forget("dlg_a")
+    assert live.silent_for("dlg_a", 132.0) == 32.0
+    live.beat("dlg_a", 140.0)
+    assert live.silent_for("dlg_a", 141.0) == 1.0
+
+
 def test_last_seen_is_the_latest_time_passed() -> None:
     live = Liveness(lost_after=LOST_AFTER)
     live.seen("dlg_a", 100.0)
