@@ -25,6 +25,9 @@ TIME_SCALE = 0.05
 # A manager's arguments for the production timings (see production_leases).
 PRODUCTION_LEASES = ("--time-scale", "1")
 WAIT = 30.0
+# A manager's start (imports, migrations, keys and a certificate on a first start) on a
+# machine loaded by other work: a timeout, not a pace, so a generous one costs nothing.
+START_WAIT = 120.0
 
 
 class Proc:
@@ -198,7 +201,7 @@ class Cluster:
         )
         await proc.start()
         self.procs.append(proc)
-        match = await proc.wait_stdout(r"listening on (https://\S+)")
+        match = await proc.wait_stdout(r"listening on (https://\S+)", timeout=START_WAIT)
         self.url = match.group(1)
         self.manager = proc
         return proc
