@@ -22,7 +22,13 @@ from typing import Any
 BIN = Path(sys.executable).parent
 # Manager and delegate timings in tests: heartbeat 0.5 s, lost after 1.5 s.
 TIME_SCALE = 0.05
-# A manager's arguments for the production timings (see production_leases).
+# A manager's arguments for the production timings: a 30 s lease, 45 s of grace after a
+# start. Tests marked ``production_leases`` run their managers so (Cluster.manager_args)
+# while the delegates keep the harness's fast timings for what is theirs (reconnects, the
+# spool's retries; the heartbeat interval they take from the manager): a test whose path
+# crosses a manager restart or an outage cannot lose a lease on the way, however loaded the
+# machine. At the harness's scale a lease is 1.5 s, less than a loaded machine may take to
+# start a process.
 PRODUCTION_LEASES = ("--time-scale", "1")
 WAIT = 30.0
 # A manager's start (imports, migrations, keys and a certificate on a first start) on a
@@ -168,6 +174,9 @@ class Cluster:
     database: str | None = None
     # Every timing of the manager and the delegates it starts from now on, scaled.
     time_scale: float = TIME_SCALE
+    # Arguments every start of the manager gets (PRODUCTION_LEASES, say); a start's own
+    # come after, and win.
+    manager_args: tuple[str, ...] = ()
 
     def store_args(self) -> list[str]:
         return ["--database", self.database] if self.database else []
@@ -196,6 +205,7 @@ class Cluster:
                 "--log-format",
                 "json",
                 *self.store_args(),
+                *self.manager_args,
                 *extra,
             ],
         )
@@ -306,16 +316,3 @@ class Cluster:
     async def close(self) -> None:
         for proc in reversed(self.procs):
             await proc.stop(signal.SIGKILL if proc is not self.manager else signal.SIGTERM)
-
-
-async def production_leases(c: Cluster) -> Proc:
-    """Restart ``c``'s manager (before any delegate is started) with the production
-    timings: a 30 s lease, a 45 s grace after a start. The delegates keep the harness's own
-    fast timings for what is theirs (reconnects, the spool's retries); the heartbeat
-    interval they take from the manager. For a test whose path crosses a manager restart or
-    an outage and must not lose a lease on the way, however loaded the machine: at the
-    harness's scale a lease is 1.5 s, less than a loaded machine may take to start a
-    process."""
-    assert c.manager is not None
-    await c.manager.stop()
-    return await c.start_manager(*PRODUCTION_LEASES)

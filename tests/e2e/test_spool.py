@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc, production_leases
+from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc
 
 MIB = 1024 * 1024
 # The delegate's resident memory while a task prints ~200 MB as fast as it can.
@@ -76,12 +77,12 @@ def recorded_results(delegates: list[Proc], task_id: str) -> int:
     )
 
 
+# The production lease and start grace: a restart on a loaded machine cannot outlast the
+# lease (1.5 s at the harness's scale), which would make the spooled result stale.
+@pytest.mark.production_leases
 async def test_a_killed_manager_gets_the_whole_log_in_order_and_the_result_once(
     running: Cluster, tmp_path: Path
 ) -> None:
-    # The production lease and start grace: a restart on a loaded machine cannot outlast
-    # the lease (1.5 s at the harness's scale), which would make the spooled result stale.
-    await production_leases(running)
     delegate = await running.start_delegate("spooler")
     gate = tmp_path / "gate"
     submitted = await running.tether(
@@ -96,7 +97,7 @@ async def test_a_killed_manager_gets_the_whole_log_in_order_and_the_result_once(
     gate.touch()
     await delegate.wait_event("task result spooled; sent when the manager is back", task_id=task_id)
     seen = len(delegate.events())
-    await running.start_manager(*PRODUCTION_LEASES, port=running.port)
+    await running.start_manager(port=running.port)
     delivered = await delegate.wait_event("spooled result delivered", after=seen, task_id=task_id)
 
     assert delivered["recorded"] is True

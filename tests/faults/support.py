@@ -28,7 +28,7 @@ from shared.protocol import (
 )
 from shared.sealing import load_or_create_private_key, public_from_private, public_key_b64
 from shared.tls import client_context
-from tests.e2e.harness import TIME_SCALE, Cluster, Proc, production_leases
+from tests.e2e.harness import TIME_SCALE, Cluster, Proc
 
 __all__ = [
     "TIMINGS",
@@ -40,7 +40,6 @@ __all__ = [
     "known_bug",
     "log_entries",
     "numbered_lines_script",
-    "production_leases",
     "task_view",
     "token",
     "wait_final",

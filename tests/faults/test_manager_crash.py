@@ -15,8 +15,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc
-from tests.faults.support import log_entries, production_leases, task_view
+import pytest
+
+from tests.e2e.harness import BIN, Cluster, Proc
+from tests.faults.support import log_entries, task_view
 
 BEFORE, AFTER = 10, 20
 
@@ -30,11 +32,11 @@ def _gated_script(gate: Path) -> str:
     )
 
 
+@pytest.mark.production_leases
 async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_recorded_once(
     on_each_store: Cluster, tmp_path: Path
 ) -> None:
     running = on_each_store
-    await production_leases(running)
     delegate = await running.start_delegate("steady")
     gate = tmp_path / "gate"
     res = await running.tether("task", "submit", "--", "bash", "-c", _gated_script(gate))
@@ -56,7 +58,7 @@ async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_
     finished = await delegate.wait_event("task finished", task_id=task_id)
     assert (finished["status"], finished["delivery"]) == ("succeeded", "spooled")
     seen = len(delegate.events())
-    await running.start_manager(*PRODUCTION_LEASES, port=running.port)
+    await running.start_manager(port=running.port)
 
     delivered = await delegate.wait_event("spooled result delivered", task_id=task_id, after=seen)
     # Recorded once: the first time the new manager heard of it, as the only attempt.

@@ -5,7 +5,7 @@ Each step appends a line to a file on the delegate's host, so a repeated step wo
 a repeated line. The second step is held at a gate until the manager is dead; its result
 waits in the delegate's spool. Every wait is on an event (a manager's or the delegate's log
 line, a process's exit), never a sleep. The manager runs with the production lease and start
-grace (tests.e2e.harness.production_leases): a restart on a loaded machine cannot outlast
+grace (the ``production_leases`` marker): a restart on a loaded machine cannot outlast
 the lease, which at the harness's scale is 1.5 s.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.e2e.harness import PRODUCTION_LEASES, Cluster, production_leases
+import pytest
+
+from tests.e2e.harness import Cluster
 
 RUNBOOK = """\
 name: three-steps
@@ -41,11 +43,11 @@ steps:
 """
 
 
+@pytest.mark.production_leases
 async def test_a_run_outlives_a_manager_kill_and_no_step_repeats(
     running: Cluster, tmp_path: Path
 ) -> None:
     marks, gate = tmp_path / "marks", tmp_path / "gate"
-    await production_leases(running)
     for args in (
         ("app", "create", "shop"),
         ("env", "create", "shop", "prod", "--type", "production"),
@@ -74,7 +76,7 @@ async def test_a_run_outlives_a_manager_kill_and_no_step_repeats(
     gate.touch()
     finished = await delegate.wait_event("task finished", task_id=second)
     assert (finished["status"], finished["delivery"]) == ("succeeded", "spooled")
-    restarted = await running.start_manager(*PRODUCTION_LEASES, port=running.port)
+    restarted = await running.start_manager(port=running.port)
     done = await restarted.wait_event("runbook run changed", run_id=run_id, state="succeeded")
     assert done["steps"] == ["succeeded", "succeeded", "succeeded"]
     # Each step ran once: the first was not submitted again, the second not rerun.
