@@ -32,6 +32,9 @@ def _gated_script(gate: Path) -> str:
     )
 
 
+# Three manager starts and a dozen other processes: on a loaded machine the default
+# timeout of a test is too short (every wait inside is on an event, with its own bound).
+@pytest.mark.timeout(300)
 @pytest.mark.production_leases
 async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_recorded_once(
     on_each_store: Cluster, tmp_path: Path

@@ -43,6 +43,9 @@ steps:
 """
 
 
+# Three manager starts and a dozen other processes: on a loaded machine the default
+# timeout of a test is too short (every wait inside is on an event, with its own bound).
+@pytest.mark.timeout(300)
 @pytest.mark.production_leases
 async def test_a_run_outlives_a_manager_kill_and_no_step_repeats(
     running: Cluster, tmp_path: Path
