@@ -31,8 +31,9 @@ TIME_SCALE = 0.05
 # start a process.
 PRODUCTION_LEASES = ("--time-scale", "1")
 WAIT = 30.0
-# A manager's start (imports, migrations, keys and a certificate on a first start) on a
-# machine loaded by other work: a timeout, not a pace, so a generous one costs nothing.
+# A process's start (a manager's imports, migrations, keys and certificate; a command run
+# to its end) on a machine loaded by other work: a timeout, not a pace, so a generous one
+# costs nothing.
 START_WAIT = 120.0
 
 
@@ -229,7 +230,7 @@ class Cluster:
         self,
         *argv: str,
         env: Mapping[str, str] | None = None,
-        timeout: float = WAIT,
+        timeout: float = START_WAIT,
         stdin: bytes | None = None,
     ) -> Result:
         proc = await asyncio.create_subprocess_exec(
@@ -269,7 +270,7 @@ class Cluster:
             "TETHER_API_KEY": self.admin_key,
         }
 
-    async def tether(self, *args: str, timeout: float = WAIT) -> Result:
+    async def tether(self, *args: str, timeout: float = START_WAIT) -> Result:
         return await self.run(str(BIN / "tether"), *args, env=self.cli_env(), timeout=timeout)
 
     async def start_delegate(
