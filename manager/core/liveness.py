@@ -10,7 +10,10 @@ manager managed to write:
 - A lease is vouched for by the holder's last heartbeat that listed the task (running, or
   with a result or log lines waiting in the delegate's spool), for ``lost_after`` less one
   sweep after that heartbeat and not a moment longer, so the sweep that finds it ran out
-  comes within ``lost_after``: a delegate whose heartbeats stopped is never renewed.
+  comes within ``lost_after``. A heartbeat renews a lease once: after a renewal was written
+  from it, only a heartbeat received since may renew that delegate's leases again. Any
+  other call keeps the session (status, hand-out) but never a lease, so a delegate whose
+  heartbeats stopped is never renewed, whatever else reaches the manager in its name.
 - The manager judges nothing (no lost session, no lost lease, no timeout) while it may have
   missed heartbeats: after its start, and after any gap in the sweep loop's own ticks (the
   process was frozen, the machine starved it), until one heartbeat interval and a margin
@@ -19,7 +22,7 @@ manager managed to write:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Claim", "Leases", "Liveness", "Renewals"]
 
@@ -27,17 +30,23 @@ __all__ = ["Claim", "Leases", "Liveness", "Renewals"]
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A delegate's heartbeat vouches for ``task_id``: its lease may run ``lease_for`` more
-    seconds. ``running``: listed as running (not only waiting in the spool)."""
+    seconds. ``running``: listed as running (not only waiting in the spool). ``beat``: which
+    heartbeat it stands on; once a renewal from it is written (``Liveness.written``), that
+    heartbeat renews nothing more."""
 
     task_id: str
     delegate_id: str
     lease_for: float
     running: bool
+    # Bookkeeping, not part of what is claimed.
+    beat: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class _Beat:
     at: float
+    # Counts the heartbeats this process heard: two may come at the same clock reading.
+    number: int
     running: frozenset[str]
     spooled: frozenset[str]
 
@@ -62,6 +71,13 @@ class Liveness:
         self.grace = interval + max(tick, interval / 2)
         self._last_seen: dict[str, float] = {}
         self._beats: dict[str, _Beat] = {}
+        # The heartbeat each delegate's last written renewal came from: it renews no more.
+        self._written: dict[str, int] = {}
+        self._heard = 0
+        # The last heartbeat of a delegate whose session was dropped, until it beats again:
+        # the lost-lease decision that usually follows in the same pass still says how long
+        # it had been silent.
+        self._gone: dict[str, float] = {}
         self._last_tick: float | None = None
         self._judge_from = float("-inf")
         # Set at a start until the first heartbeat comes back (see started()).
@@ -82,7 +98,9 @@ class Liveness:
     ) -> None:
         """A heartbeat (or a stream's hello): the only evidence that renews leases."""
         self._last_seen[delegate_id] = now
-        self._beats[delegate_id] = _Beat(now, frozenset(running), frozenset(spooled))
+        self._heard += 1
+        self._gone.pop(delegate_id, None)
+        self._beats[delegate_id] = _Beat(now, self._heard, frozenset(running), frozenset(spooled))
         if self._started_at is not None:
             # The first delegate is back: the others get a full lost_after from now (the
             # way back was slow for all, a starved machine or a network that took its
@@ -93,7 +111,10 @@ class Liveness:
 
     def forget(self, delegate_id: str) -> None:
         self._last_seen.pop(delegate_id, None)
-        self._beats.pop(delegate_id, None)
+        beat = self._beats.pop(delegate_id, None)
+        if beat is not None:
+            self._gone[delegate_id] = beat.at
+        self._written.pop(delegate_id, None)
 
     def last_seen(self, delegate_id: str) -> float | None:
         return self._last_seen.get(delegate_id)
@@ -164,18 +185,38 @@ class Liveness:
         return max(0.0, self.lease - (now - beat.at))
 
     def claims(self, now: float) -> list[Claim]:
-        """Every lease the delegates' heartbeats vouch for, each until a lease after the
-        heartbeat that listed it (not after the renewal that writes it)."""
+        """The leases to renew: those listed by each delegate's last heartbeat, when no
+        renewal was written from that heartbeat yet, each until a lease after it (not after
+        the renewal that writes it). A heartbeat already written renews nothing again: the
+        lease it gave is in the store, and writing it again would only move it on by the
+        write's own delay."""
         out: list[Claim] = []
         for delegate_id, beat in self._beats.items():
             left = self.lease - (now - beat.at)
-            if left < 0:
+            if left < 0 or self._written.get(delegate_id) == beat.number:
                 continue
-            out.extend(Claim(t, delegate_id, left, True) for t in sorted(beat.running))
+            out.extend(Claim(t, delegate_id, left, True, beat.number) for t in sorted(beat.running))
             out.extend(
-                Claim(t, delegate_id, left, False) for t in sorted(beat.spooled - beat.running)
+                Claim(t, delegate_id, left, False, beat.number)
+                for t in sorted(beat.spooled - beat.running)
             )
         return out
+
+    def written(self, claims: list[Claim]) -> None:
+        """The renewal of ``claims`` was written: their heartbeats renew nothing more. A
+        heartbeat that came while it was being written is newer, and still renews. A renewal
+        that failed is not told here, so its heartbeats are tried again."""
+        for claim in claims:
+            beat = self._beats.get(claim.delegate_id)
+            if beat is not None and beat.number == claim.beat:
+                self._written[claim.delegate_id] = claim.beat
+
+    def silent_for(self, delegate_id: str, now: float) -> float | None:
+        """Seconds since the delegate's last heartbeat heard here, its session dropped or
+        not; None when none is known."""
+        beat = self._beats.get(delegate_id)
+        at = self._gone.get(delegate_id) if beat is None else beat.at
+        return None if at is None else now - at
 
 
 class Renewals:

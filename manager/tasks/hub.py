@@ -197,9 +197,9 @@ class Hub:
         return HeartbeatAck(seq=seq, cancel=cancel, drain=session.draining)
 
     def held(self) -> list[Claim]:
-        """Every lease the delegates' last heartbeats vouch for, with how long each may run
-        from now: ``lost_after`` after that heartbeat, so a delegate whose heartbeats stopped
-        loses its leases then, whenever the renewal is written."""
+        """The leases to renew: what each delegate's last heartbeat listed, when no renewal
+        was written from that heartbeat yet, with how long each may run from now (a lease
+        after that heartbeat). A delegate whose heartbeats stopped is renewed no more."""
         return [c for c in self.liveness.claims(self._clock()) if c.delegate_id in self.sessions]
 
     def lease_left(self, delegate_id: str) -> float:
@@ -232,14 +232,18 @@ class Hub:
         since: a task acquired while the store was writing was not in that batch, and must
         not be taken for a stranger (and cancelled) for it. A task only waiting in the
         delegate's spool is never a stranger: there is nothing to stop, and its listing names
-        the task, not the attempt, which may be a newer one running here.
+        the task, not the attempt, which may be a newer one running here. Only the delegates
+        whose heartbeats were in the batch are judged again.
         """
-        stale: dict[str, set[str]] = {}
+        self.liveness.written(held)
+        stale: dict[str, set[str]] = {c.delegate_id: set() for c in held}
         for claim in held:
             if claim.running and claim.task_id not in renewed:
-                stale.setdefault(claim.delegate_id, set()).add(claim.task_id)
-        for s in self.sessions.values():
-            s.strangers = frozenset(stale.get(s.id, ()))
+                stale[claim.delegate_id].add(claim.task_id)
+        for delegate_id, tasks in stale.items():
+            session = self.sessions.get(delegate_id)
+            if session is not None:
+                session.strangers = frozenset(tasks)
 
     # -- sending --------------------------------------------------------------------------
 

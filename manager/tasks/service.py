@@ -168,6 +168,9 @@ class TaskService:
         self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
         self._secrets = secrets
+        # When the sweep last asked the store for leases that ran out: a lease found now ran
+        # out since, which the lost-lease log line says (what the fault tests judge by).
+        self._looked_at: float | None = None
 
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
@@ -611,6 +614,7 @@ class TaskService:
         now = self._clock()
         if not self._hub.liveness.judging(now):
             return
+        looked, self._looked_at = self._looked_at, now
         for task in await self._store.expired_leases():
             task_id = task.id
             if not self._hub.liveness.judging(self._clock()):
@@ -622,19 +626,27 @@ class TaskService:
             if task.attempt >= task.max_attempts:
                 # Only then can attempts that never ran change the outcome.
                 withdrawn = sum(a.status == WITHDRAWN for a in await self._store.attempts(task_id))
+            decided = self._clock()
+            timing = _lost_timing(
+                self._hub.liveness.silent_for(task.delegate_id or "", decided), looked, decided
+            )
             decision = on_lease_lost(task, self._wall(), withdrawn=withdrawn)
             updated = await self._apply(task, decision, end_status="lost")
             if updated is None:
                 continue
             self._hub.leases.release(task_id)
             if updated.state is TaskState.QUEUED:
-                log.warning("lease lost; task requeued", task_id=task_id, attempt=task.attempt)
+                log.warning(
+                    "lease lost; task requeued", task_id=task_id, attempt=task.attempt, **timing
+                )
                 self._track(updated)
                 self.handout.queued(updated)
                 self._events.notify(task_id, listed=True)
                 self._bus.publish("queued", task_id)
             else:
-                log.warning("lease lost; task failed", task_id=task_id, error=updated.error)
+                log.warning(
+                    "lease lost; task failed", task_id=task_id, error=updated.error, **timing
+                )
                 self._finished(updated)
         await self._sweep_deadlines(now)
 
@@ -791,3 +803,15 @@ def _of_change(
     if audit is None:
         return None
     return lambda after: audit((before, after))
+
+
+def _lost_timing(silent: float | None, looked: float | None, decided: float) -> dict[str, float]:
+    """What a lost-lease log line says of its timing: how long the holder had been silent
+    (since its last heartbeat heard here, when there was one), and how long since the sweep
+    before looked (the lease ran out in between): the silence is at most a lease plus that."""
+    out: dict[str, float] = {}
+    if silent is not None:
+        out["silent_s"] = round(silent, 3)
+    if looked is not None:
+        out["since_last_look_s"] = round(decided - looked, 3)
+    return out

@@ -9,14 +9,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import PRODUCTION_LEASES, Cluster
 
 PG = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     c = Cluster(root=tmp_path)
+    if request.node.get_closest_marker("production_leases") is not None:
+        c.manager_args = PRODUCTION_LEASES
     try:
         yield c
     finally:

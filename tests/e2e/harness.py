@@ -22,7 +22,19 @@ from typing import Any
 BIN = Path(sys.executable).parent
 # Manager and delegate timings in tests: heartbeat 0.5 s, lost after 1.5 s.
 TIME_SCALE = 0.05
+# A manager's arguments for the production timings: a 30 s lease, 45 s of grace after a
+# start. Tests marked ``production_leases`` run their managers so (Cluster.manager_args)
+# while the delegates keep the harness's fast timings for what is theirs (reconnects, the
+# spool's retries; the heartbeat interval they take from the manager): a test whose path
+# crosses a manager restart or an outage cannot lose a lease on the way, however loaded the
+# machine. At the harness's scale a lease is 1.5 s, less than a loaded machine may take to
+# start a process.
+PRODUCTION_LEASES = ("--time-scale", "1")
 WAIT = 30.0
+# A process's start (a manager's imports, migrations, keys and certificate; a command run
+# to its end) on a machine loaded by other work: a timeout, not a pace, so a generous one
+# costs nothing.
+START_WAIT = 120.0
 
 
 class Proc:
@@ -163,6 +175,9 @@ class Cluster:
     database: str | None = None
     # Every timing of the manager and the delegates it starts from now on, scaled.
     time_scale: float = TIME_SCALE
+    # Arguments every start of the manager gets (PRODUCTION_LEASES, say); a start's own
+    # come after, and win.
+    manager_args: tuple[str, ...] = ()
 
     def store_args(self) -> list[str]:
         return ["--database", self.database] if self.database else []
@@ -191,12 +206,13 @@ class Cluster:
                 "--log-format",
                 "json",
                 *self.store_args(),
+                *self.manager_args,
                 *extra,
             ],
         )
         await proc.start()
         self.procs.append(proc)
-        match = await proc.wait_stdout(r"listening on (https://\S+)")
+        match = await proc.wait_stdout(r"listening on (https://\S+)", timeout=START_WAIT)
         self.url = match.group(1)
         self.manager = proc
         return proc
@@ -214,7 +230,7 @@ class Cluster:
         self,
         *argv: str,
         env: Mapping[str, str] | None = None,
-        timeout: float = WAIT,
+        timeout: float = START_WAIT,
         stdin: bytes | None = None,
     ) -> Result:
         proc = await asyncio.create_subprocess_exec(
@@ -254,7 +270,7 @@ class Cluster:
             "TETHER_API_KEY": self.admin_key,
         }
 
-    async def tether(self, *args: str, timeout: float = WAIT) -> Result:
+    async def tether(self, *args: str, timeout: float = START_WAIT) -> Result:
         return await self.run(str(BIN / "tether"), *args, env=self.cli_env(), timeout=timeout)
 
     async def start_delegate(

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from tests.e2e.harness import BIN, Cluster, Proc
+from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc
 
 MIB = 1024 * 1024
 # The delegate's resident memory while a task prints ~200 MB as fast as it can.
@@ -76,6 +77,9 @@ def recorded_results(delegates: list[Proc], task_id: str) -> int:
     )
 
 
+# The production lease and start grace: a restart on a loaded machine cannot outlast the
+# lease (1.5 s at the harness's scale), which would make the spooled result stale.
+@pytest.mark.production_leases
 async def test_a_killed_manager_gets_the_whole_log_in_order_and_the_result_once(
     running: Cluster, tmp_path: Path
 ) -> None:
@@ -133,7 +137,7 @@ async def test_a_result_spooled_by_a_killed_delegate_is_sent_by_its_next_start(
     # Production timings for the restarted manager: it waits lost_after (30 s) for delegates
     # to come back before judging a lease, which a new delegate process starting on a loaded
     # machine must not outlast (at a scaled 6 s it could, and its attempt was then stale).
-    await cluster.start_manager("--time-scale", "1", port=cluster.port)
+    await cluster.start_manager(*PRODUCTION_LEASES, port=cluster.port)
     second = await cluster.start_delegate("phoenix", token=token, wait_mode=None)
     replayed = await second.wait_event("replaying spooled task", task_id=task_id)
     delivered = await second.wait_event("spooled result delivered", task_id=task_id)

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import on_store
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import PRODUCTION_LEASES, Cluster
 from tests.faults.tcpproxy import TcpProxy
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     c = Cluster(root=tmp_path)
+    if request.node.get_closest_marker("production_leases") is not None:
+        c.manager_args = PRODUCTION_LEASES
     try:
         yield c
     finally:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from manager.core.liveness import Claim, Leases, Liveness, Renewals
 
@@ -62,6 +64,18 @@ def test_forgotten_delegate_is_never_lost() -> None:
     assert live.last_seen("dlg_a") is None
 
 
+def test_silence_is_counted_from_the_last_heartbeat_even_after_the_session_was_dropped() -> None:
+    live = Liveness(lost_after=LOST_AFTER)
+    assert live.silent_for("dlg_a", 100.0) is None
+    live.beat("dlg_a", 100.0)
+    live.seen("dlg_a", 120.0)
+    assert live.silent_for("dlg_a", 131.0) == 31.0
+    live.forget("dlg_a")
+    assert live.silent_for("dlg_a", 132.0) == 32.0
+    live.beat("dlg_a", 140.0)
+    assert live.silent_for("dlg_a", 141.0) == 1.0
+
+
 def test_last_seen_is_the_latest_time_passed() -> None:
     live = Liveness(lost_after=LOST_AFTER)
     live.seen("dlg_a", 100.0)
@@ -85,14 +99,82 @@ def test_a_heartbeat_vouches_for_what_it_lists_for_a_lease_and_no_longer() -> No
 def test_a_frozen_delegate_loses_its_leases_within_lost_after_of_its_last_heartbeat() -> None:
     live = pace()
     live.beat("dlg_a", 100.0, running=["t1"])
-    # Renewals every interval after the last heartbeat never push the lease past it: it
-    # runs out a sweep before lost_after, so the sweep that finds it is within lost_after.
+    # Until a renewal is written, each try claims the lease until a lease after the
+    # heartbeat, never after the try: it runs out a sweep before lost_after, so the sweep
+    # that finds it is within lost_after.
     for now in (105.0, 115.0, 125.0, 128.5):
         (claim,) = live.claims(now)
         assert now + claim.lease_for == pytest.approx(100.0 + LEASE)
     assert live.claims(100.0 + LEASE + 0.5) == []
     ticking(live, 100.0, 131.0)
     assert live.lost(131.0) == ["dlg_a"]
+
+
+def test_a_heartbeat_renews_once_and_only_a_newer_one_renews_again() -> None:
+    live = pace()
+    live.beat("dlg_a", 100.0, running=["t1"])
+    written = live.claims(100.5)
+    live.written(written)
+    # The next renewals (every interval) find nothing new: the lease stays where the last
+    # heartbeat put it, whatever the delegate's session does meanwhile.
+    live.seen("dlg_a", 105.0)
+    assert live.claims(110.5) == []
+    live.beat("dlg_a", 111.0, running=["t1"])
+    (claim,) = live.claims(111.5)
+    assert claim.task_id == "t1"
+    assert 111.5 + claim.lease_for == pytest.approx(111.0 + LEASE)
+
+
+def test_a_renewal_that_failed_is_tried_again_from_the_same_heartbeat() -> None:
+    live = pace()
+    live.beat("dlg_a", 100.0, running=["t1"])
+    (first,) = live.claims(100.5)  # the write fails: written() is not called
+    (again,) = live.claims(101.5)
+    assert again == Claim("t1", "dlg_a", LEASE - 1.5, running=True)
+    assert again.beat == first.beat
+
+
+def test_a_heartbeat_that_came_during_the_write_still_renews() -> None:
+    live = pace()
+    live.beat("dlg_a", 100.0, running=["t1"])
+    snapshot = live.claims(100.5)
+    # Another heartbeat, at the same reading of the clock, lists a task acquired meanwhile.
+    live.beat("dlg_a", 100.5, running=["t1", "t2"])
+    live.written(snapshot)
+    assert [c.task_id for c in live.claims(100.6)] == ["t1", "t2"]
+
+
+def test_a_task_no_longer_listed_is_no_longer_renewed() -> None:
+    live = pace()
+    live.beat("dlg_a", 100.0, running=["t1", "t2"])
+    live.written(live.claims(100.5))
+    live.beat("dlg_a", 110.0, running=["t2"])
+    assert [c.task_id for c in live.claims(110.5)] == ["t2"]
+    assert not live.vouches("dlg_a", "t1", 110.5)
+
+
+def test_calls_without_heartbeats_keep_the_session_and_lose_the_lease_in_time() -> None:
+    """A delegate whose heartbeat loop froze while other calls (log batches, polls) go on:
+    its session stays, but its lease runs out a sweep before lost_after of the last
+    heartbeat, and the sweep that finds it comes within lost_after."""
+    live = pace()
+    ticking(live, 0.0, 100.0)
+    live.beat("dlg_a", 100.0, running=["t1"])
+    expiry = None
+    now = 100.0
+    while now <= 140.0:
+        live.tick(now)
+        live.seen("dlg_a", now)
+        for claim in live.claims(now):
+            expiry = now + claim.lease_for
+        live.written(live.claims(now))
+        if expiry is not None and now > expiry:
+            break
+        now += TICK
+    assert expiry == pytest.approx(100.0 + LEASE)
+    assert now - 100.0 <= LOST_AFTER
+    assert live.lost(now) == []
+    assert not live.vouches("dlg_a", "t1", now)
 
 
 def test_a_lease_granted_at_an_acquire_runs_from_the_last_heartbeat() -> None:
@@ -272,3 +354,52 @@ def test_held_by_returns_a_copy() -> None:
     leases.grant("task_1", "dlg_a")
     leases.held_by("dlg_a").add("task_x")
     assert leases.held_by("dlg_a") == {"task_1"}
+
+
+# --- the rule as a property ------------------------------------------------------------------
+
+_EVENT = st.tuples(
+    st.sampled_from(["beat", "call", "renewed", "renewal failed"]),
+    st.floats(min_value=0.0, max_value=12.0),
+    st.frozensets(st.sampled_from(["t1", "t2", "t3"])),
+)
+
+
+@given(st.lists(_EVENT, max_size=40))
+def test_no_lease_runs_past_a_lease_after_the_last_heartbeat_that_listed_it(
+    events: list[tuple[str, float, frozenset[str]]],
+) -> None:
+    """Whatever mix of heartbeats, other calls and renewals (written or failed), a lease
+    written to the store runs out at most a lease after the last heartbeat that listed its
+    task; and once the heartbeats stop, at most one renewal follows, from the last one."""
+    live = pace()
+    now = 0.0
+    listed: dict[str, float] = {}
+    until: dict[str, float] = {}
+
+    def renew(at: float, write: bool) -> list[Claim]:
+        claims = live.claims(at)
+        if write:
+            for c in claims:
+                until[c.task_id] = at + c.lease_for
+            live.written(claims)
+        return claims
+
+    for kind, dt, tasks in events:
+        now += dt
+        if kind == "beat":
+            live.beat("dlg_a", now, running=sorted(tasks))
+            listed.update(dict.fromkeys(tasks, now))
+        elif kind == "call":
+            live.seen("dlg_a", now)
+        else:
+            renew(now, write=kind == "renewed")
+        for task_id, at in until.items():
+            assert at <= listed[task_id] + LEASE + 1e-9
+    # The heartbeats stop; other calls and renewals go on every second.
+    renew(now + 0.5, write=True)
+    before = dict(until)
+    for step in range(1, 40):
+        live.seen("dlg_a", now + step)
+        assert renew(now + step, write=True) == []
+    assert until == before

@@ -395,6 +395,24 @@ async def test_a_frozen_delegate_loses_its_lease_lost_after_its_last_heartbeat(
     assert world.clock.now - last_heartbeat > TIMINGS.lost_after - 2 * TIMINGS.sweep_interval
 
 
+async def test_a_delegate_that_calls_but_sends_no_heartbeat_loses_its_lease_in_time(
+    world: World,
+) -> None:
+    """Its heartbeat loop is stuck while other calls (log batches, polls) go on every
+    second: the session lives, the lease does not, and the renewals that keep coming every
+    interval never move it past a lease after the last heartbeat."""
+    session, task_id = await running_on(world, "a", max_attempts=2)
+    world.hub.on_heartbeat(session, Heartbeat(seq=1, running=[task_id], free_slots=3))
+    last_heartbeat = world.clock.now
+    while await world.state(task_id) is TaskState.RUNNING:
+        assert world.clock.now - last_heartbeat < TIMINGS.lost_after
+        world.hub.seen(session)
+        await sweeping(world, TIMINGS.sweep_interval)
+    assert await world.state(task_id) is TaskState.QUEUED
+    assert world.clock.now - last_heartbeat <= TIMINGS.lost_after
+    assert world.hub.status(session.id) != "disconnected"
+
+
 # -- hand-out is idempotent for its holder -----------------------------------------------------
 
 
