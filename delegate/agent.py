@@ -274,79 +274,86 @@ class Agent:
         masker = Masker(sensitive)
         for value in sensitive:
             self._process_masker.add(value)
-        assert self._outbox is not None, "tasks run only while the agent runs"
-        async with self._outbox.shipper(
-            spec.id, acq.attempt, on_cancel=entry.cancel.set
-        ) as shipper:
-            stream = LogStream(masker, shipper.put, flush_after=t.log_flush)
-            flusher = asyncio.create_task(stream.flush_periodically())
-            try:
-                inputs: TaskInputs | ExecutionResult
-                if secret_env is None:
-                    inputs = _failed(
-                        "the task's secrets could not be opened with this delegate's key"
-                    )
-                else:
-                    inputs = await self._prepare(acq, secret_env, masker, entry.cancel)
-                for note in masker.skipped:
-                    await stream.system(
-                        f"warning: {note} is too short to mask and may show in this log"
-                    )
-                if isinstance(inputs, ExecutionResult):
-                    await stream.close()
-                    # A secret manager's answer may quote what it was sent (its credentials).
-                    error = None if inputs.error is None else masker.mask_text(inputs.error)
-                    result = replace(inputs, error=error)
-                else:
-                    user = self._pool.take() if self._pool is not None else None
-                    try:
-                        spec_run = inputs.spec
-                        if acq.id_token_request is not None:
-                            spec_run = with_request_env(
-                                spec_run, self._config.manager_url, self._config.ca_file
-                            )
-                        result = await execute(
-                            spec_run,
-                            secret_env=inputs.env,
-                            secret_files=inputs.files,
-                            credentials=credentials,
-                            log=stream,
-                            cancel=entry.cancel,
-                            kill_grace=t.kill_grace,
-                            work_root=self._work_root,
-                            user=user,
-                            switcher=self._switcher,
+        # The delegate's own log masks them while this attempt runs (an error of its own may
+        # quote one), and stops once it is over: the process masker must not grow with every
+        # attempt ever run (each brings its own workload-identity credential).
+        try:
+            assert self._outbox is not None, "tasks run only while the agent runs"
+            async with self._outbox.shipper(
+                spec.id, acq.attempt, on_cancel=entry.cancel.set
+            ) as shipper:
+                stream = LogStream(masker, shipper.put, flush_after=t.log_flush)
+                flusher = asyncio.create_task(stream.flush_periodically())
+                try:
+                    inputs: TaskInputs | ExecutionResult
+                    if secret_env is None:
+                        inputs = _failed(
+                            "the task's secrets could not be opened with this delegate's key"
                         )
-                    finally:
-                        # After execute: it has swept the slot by then.
-                        if self._pool is not None and user is not None:
-                            self._pool.give_back(user)
-            finally:
-                await cancel_and_wait(flusher)
-            # Sent after every line of the attempt (or spooled behind them), never before.
-            delivery = await shipper.finish(
-                TaskResult(
-                    attempt=acq.attempt,
+                    else:
+                        inputs = await self._prepare(acq, secret_env, masker, entry.cancel)
+                    for note in masker.skipped:
+                        await stream.system(
+                            f"warning: {note} is too short to mask and may show in this log"
+                        )
+                    if isinstance(inputs, ExecutionResult):
+                        await stream.close()
+                        # A secret manager's answer may quote what it was sent (its credentials).
+                        error = None if inputs.error is None else masker.mask_text(inputs.error)
+                        result = replace(inputs, error=error)
+                    else:
+                        user = self._pool.take() if self._pool is not None else None
+                        try:
+                            spec_run = inputs.spec
+                            if acq.id_token_request is not None:
+                                spec_run = with_request_env(
+                                    spec_run, self._config.manager_url, self._config.ca_file
+                                )
+                            result = await execute(
+                                spec_run,
+                                secret_env=inputs.env,
+                                secret_files=inputs.files,
+                                credentials=credentials,
+                                log=stream,
+                                cancel=entry.cancel,
+                                kill_grace=t.kill_grace,
+                                work_root=self._work_root,
+                                user=user,
+                                switcher=self._switcher,
+                            )
+                        finally:
+                            # After execute: it has swept the slot by then.
+                            if self._pool is not None and user is not None:
+                                self._pool.give_back(user)
+                finally:
+                    await cancel_and_wait(flusher)
+                # Sent after every line of the attempt (or spooled behind them), never before.
+                delivery = await shipper.finish(
+                    TaskResult(
+                        attempt=acq.attempt,
+                        status=result.status,
+                        exit_code=result.exit_code,
+                        outputs=result.outputs,
+                        error=result.error,
+                        deployment=spec.deployment,
+                        started_at=result.started_at,
+                        finished_at=result.finished_at,
+                        last_seq=stream.last_seq,
+                    )
+                )
+            if delivery.state != "refused":
+                bound.info(
+                    "task finished",
                     status=result.status,
                     exit_code=result.exit_code,
-                    outputs=result.outputs,
-                    error=result.error,
-                    deployment=spec.deployment,
-                    started_at=result.started_at,
-                    finished_at=result.finished_at,
-                    last_seq=stream.last_seq,
+                    recorded=delivery.ack is not None and delivery.ack.recorded,
+                    delivery=delivery.state,
                 )
-            )
-        if delivery.state != "refused":
-            bound.info(
-                "task finished",
-                status=result.status,
-                exit_code=result.exit_code,
-                recorded=delivery.ack is not None and delivery.ack.recorded,
-                delivery=delivery.state,
-            )
-        if delivery.state == "spooled":
-            bound.info("task result spooled; sent when the manager is back")
+            if delivery.state == "spooled":
+                bound.info("task result spooled; sent when the manager is back")
+        finally:
+            for value in sensitive:
+                self._process_masker.discard(value)
         self.running.pop(spec.id, None)
         self._link.poke()
 

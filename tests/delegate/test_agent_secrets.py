@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from shared.protocol import (
     TaskResult,
     TaskState,
 )
+from shared.sealing import seal
 from tests.delegate.secret_helpers import DelegateKey, acquire, builtin, delegate_key
 
 MASKED = MASK.decode()
@@ -190,3 +192,29 @@ async def test_task_directories_left_by_an_earlier_run_are_removed_at_start(
 
     assert result.status == "succeeded"
     assert list((tmp_path / "work").iterdir()) == []
+
+
+async def test_an_attempts_env_secret_leaves_the_process_masker_when_it_is_over(
+    key: DelegateKey, tmp_path: Path
+) -> None:
+    # The delegate's own log masks an attempt's values while it runs; kept after, the
+    # process masker grew by every attempt (each with its own identity credential).
+    value = "attempt-scoped-value-9f2c"
+    answer = acquire(ShellPayload(script='printf %s "$PW"'))
+    answer = answer.model_copy(
+        update={
+            "sealed_env": seal(
+                key.public,
+                json.dumps({"PW": value}).encode(),
+                context=f"{answer.task.id}:{answer.attempt}".encode(),
+            )
+        }
+    )
+    async with agent_with(key, answer, tmp_path) as running:
+        baseline = running.process_masker.patterns
+        result = await running.result()
+
+    assert (result.status, result.exit_code) == ("succeeded", 0)
+    assert running.texts() == [MASKED]  # masked in the task's log while it ran
+    assert running.process_masker.mask_text(value) == value
+    assert running.process_masker.patterns == baseline
