@@ -18,11 +18,14 @@ process. Where pidfds are missing (Linux before 5.3, or a seccomp filter that re
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
+import termios
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -49,6 +52,8 @@ __all__ = [
 
 # Output is read in chunks, not lines: a line may be megabytes long, or never end.
 READ_CHUNK = 64 * KIB
+# Rounds of drain()'s grace given to pipes that still hold output once the group is gone.
+MAX_SLOW_ROUNDS = 50
 
 
 @dataclass(eq=False)
@@ -61,6 +66,18 @@ class OutputPipe:
     def close(self) -> None:
         """Stop reading; what is already buffered can still be read, then EOF."""
         self.transport.close()
+
+    def unread(self) -> int:
+        """Bytes written to the pipe that this end has not read yet (0 once closed)."""
+        pipe = self.transport.get_extra_info("pipe")
+        if pipe is None or self.transport.is_closing():
+            return 0
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(pipe.fileno(), termios.FIONREAD, count)
+        except (OSError, ValueError):
+            return 0
+        return count[0]
 
 
 class TaskProcess(Protocol):
@@ -182,20 +199,28 @@ async def drain(pumps: Sequence[OutputPump], grace: float) -> bool:
     """Let the pumps reach EOF, once the task's process group is gone.
 
     A process that left the group (``setsid``) may hold a pipe open for ever. A pump still
-    waiting on its pipe ``grace`` seconds after the group died is waiting on such a process,
-    so its pipe is closed. A pump busy in ``write`` is only slow and is waited for.
+    waiting on an empty pipe ``grace`` seconds after the group died is waiting on such a
+    process, so its pipe is closed. A pump busy in ``write``, or one whose pipe still holds
+    bytes (the loop has not come round to it: a loaded machine), is only slow and is waited
+    for; closing it would drop output the task wrote. The latter only for
+    ``MAX_SLOW_ROUNDS`` more rounds: a process outside the group that writes without end
+    must not hold the task open for ever.
 
     Returns True when a pipe had to be closed. A pump's exception is raised here.
     """
     closed: list[OutputPump] = []
+    slow_rounds = 0
     while True:
         _, pending = await asyncio.wait([p.task for p in pumps], timeout=grace)
         if not pending:
             break
-        for pump in pumps:
-            if not pump.task.done() and pump.reading and pump not in closed:
-                pump.pipe.close()
-                closed.append(pump)
+        waiting = [p for p in pumps if not p.task.done() and p.reading and p not in closed]
+        if slow_rounds < MAX_SLOW_ROUNDS and any(p.pipe.unread() for p in waiting):
+            slow_rounds += 1
+            continue
+        for pump in waiting:
+            pump.pipe.close()
+            closed.append(pump)
     for pump in pumps:
         if (exc := pump.task.exception()) is not None:
             raise exc

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from delegate.run.process import Child, kill_group, spawn, terminate_group
+from delegate.run import process
+from delegate.run.process import Child, drain, kill_group, spawn, terminate_group
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
@@ -222,3 +223,67 @@ async def test_without_pidfds_a_child_is_started_and_reaped_by_asyncio(
     assert await child.stdout.reader.read() == b"out\n"
     assert await child.stderr.reader.read() == b"err\n"
     assert await child.proc.wait() == 3
+
+
+# --- drain: a slow reader is not a pipe held by a process outside the group ----------------
+
+
+class _StubPipe:
+    """A pipe whose unread bytes the test decides (``unread`` counts the looks)."""
+
+    def __init__(self, unread: int, eof: asyncio.Future[None] | None = None) -> None:
+        self.bytes_left = unread
+        self.looks = 0
+        self.closed = False
+        self._eof = eof
+
+    def unread(self) -> int:
+        self.looks += 1
+        return self.bytes_left
+
+    def close(self) -> None:
+        self.closed = True
+        if self._eof is not None:
+            self._eof.set_result(None)  # a closed pipe reads to its end
+
+
+class _StubPump:
+    def __init__(self, pipe: _StubPipe, task: asyncio.Future[None]) -> None:
+        self.pipe = pipe
+        self.task = task
+        self.reading = True
+
+
+async def test_drain_waits_for_a_pipe_that_still_holds_output() -> None:
+    # On a loaded machine the loop may not have come round to a pump whose pipe still holds
+    # what the task wrote before it exited: closing it then dropped that output
+    # (test_large_output_is_not_lost failed so under load). Judged by the pipe, not a clock.
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    pipe = _StubPipe(unread=4096)
+    pump = _StubPump(pipe, done)
+
+    async def reader_catches_up() -> None:
+        while pipe.looks < 3:  # drain looked three times and waited each time
+            await asyncio.sleep(0)
+        done.set_result(None)
+
+    catching_up = asyncio.create_task(reader_catches_up())
+    closed_any = await drain([pump], grace=0.001)  # type: ignore[list-item]
+    await catching_up
+    assert (closed_any, pipe.closed) == (False, False)
+
+
+async def test_drain_closes_an_empty_pipe_held_open_and_bounds_a_chatty_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(process, "MAX_SLOW_ROUNDS", 3)
+    loop = asyncio.get_running_loop()
+    ends: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
+    idle = _StubPipe(unread=0, eof=ends[0])  # held by a process outside the group, silent
+    chatty = _StubPipe(unread=1, eof=ends[1])  # held by one that writes without end
+    pumps = [_StubPump(idle, ends[0]), _StubPump(chatty, ends[1])]
+
+    assert await drain(pumps, grace=0.001) is True  # type: ignore[arg-type]
+    assert idle.closed
+    assert chatty.closed
+    assert chatty.looks <= process.MAX_SLOW_ROUNDS + 1
