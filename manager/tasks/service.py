@@ -382,6 +382,17 @@ class TaskService:
             expected = t.attempt + 1 if t.state is TaskState.QUEUED else t.attempt
             if t.state in (TaskState.QUEUED, TaskState.RUNNING) and expected != attempt:
                 return Decision(Verdict.TAKEN, reason="the task is at another attempt")
+            # Judged again here, on the record and the environments as they are now: the
+            # hand-out chose from facts taken when the task was queued, and an environment
+            # made dedicated (or deleted) since must not let its secrets reach a delegate
+            # the task is no longer for. Refused, the task is placed again on fresh facts.
+            why = refusal(
+                session.facts,
+                TaskFacts(t.type, t.selectors, place_of(t.app_id, t.env_id, self.envs.facts)),
+            )
+            if why is not None:
+                log.warning("claim refused", task_id=t.id, delegate_id=session.id, reason=why)
+                return Decision(Verdict.TAKEN, reason=why)
             return on_acquire(t, session.id, self._wall(), lease_for=lease_for, key=key)
 
         try:

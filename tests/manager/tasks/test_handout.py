@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope
+from manager.core.eligibility import ACCOUNT_WIDE, DelegateScope, EnvFacts
 from manager.core.taskstate import WITHDRAWN
 from manager.errors import Conflicting
 from manager.keys.masterkey import MasterKey
@@ -355,3 +355,29 @@ async def test_a_poll_left_over_when_the_stream_comes_back_takes_nothing(world: 
     assert await poll is None
     task_id = await world.submit()
     assert world.streams["a"].assignments() == [(task_id, 1)]
+
+
+async def test_a_task_whose_environment_became_dedicated_is_not_pushed_to_a_delegate_it_left(
+    world: World,
+) -> None:
+    # Queued while its environment took any non-production delegate; made dedicated before
+    # one connected. The hand-out's facts are from the queueing: the claim judges again,
+    # so neither the payload nor a secret reaches the delegate the task is no longer for.
+    # The hand-out reads the service's environment index, as the app wires them.
+    world.handout._envs = world.tasks.envs.facts
+    world.tasks.envs.facts["env_qa"] = EnvFacts("app_1", "non_production", dedicated=False)
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "echo qa"}})
+    task, _ = await world.tasks.submit(req, target=Target("app_1", "env_qa", "non_production"))
+    await world.settle()
+    world.tasks.envs.facts["env_qa"] = EnvFacts("app_1", "non_production", dedicated=True)
+
+    world.connect("typed", scope=DelegateScope(env_types=frozenset({"non_production"})))
+    await world.settle()
+    assert world.streams["typed"].assignments() == []
+    assert await world.task(task.id) == (TaskState.QUEUED, 0, None)
+
+    # A delegate the dedicated environment names gets it, at the first attempt.
+    world.connect("named", scope=DelegateScope(envs=frozenset({"env_qa"})))
+    await world.settle()
+    assert world.streams["named"].assignments() == [(task.id, 1)]
+    assert world.streams["typed"].assignments() == []
