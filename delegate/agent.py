@@ -46,6 +46,7 @@ from shared.limits import Timings
 from shared.masking import Masker
 from shared.protocol import AcquireResponse, TaskResult
 from shared.sealing import SealError, open_sealed
+from shared.workload_identity import REQUEST_TOKEN
 
 __all__ = ["Agent", "Link"]
 
@@ -274,9 +275,9 @@ class Agent:
         masker = Masker(sensitive)
         for value in sensitive:
             self._process_masker.add(value)
-        # The delegate's own log masks them while this attempt runs (an error of its own may
-        # quote one), and stops once it is over: the process masker must not grow with every
-        # attempt ever run (each brings its own workload-identity credential).
+        # The delegate's own log masks them (an error of its own may quote one); the
+        # attempt's workload-identity credential only while the attempt runs, so the process
+        # masker does not grow with every attempt ever run.
         try:
             assert self._outbox is not None, "tasks run only while the agent runs"
             async with self._outbox.shipper(
@@ -352,8 +353,11 @@ class Agent:
             if delivery.state == "spooled":
                 bound.info("task result spooled; sent when the manager is back")
         finally:
-            for value in sensitive:
-                self._process_masker.discard(value)
+            # Only the attempt's own credential: secret values and secret managers'
+            # credentials may be quoted by the delegate's later lines (a cached provider's
+            # error), so the process keeps masking them.
+            if secret_env is not None and REQUEST_TOKEN in secret_env:
+                self._process_masker.discard(secret_env[REQUEST_TOKEN])
         self.running.pop(spec.id, None)
         self._link.poke()
 

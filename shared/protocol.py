@@ -256,15 +256,19 @@ class RegisterResponse(Strict):
 # --- stream frames ----------------------------------------------------------------------
 
 
+# A task id as a delegate lists it: bounded, so a listing cannot carry megabytes.
+ListedTaskId = Annotated[str, Field(max_length=64)]
+
+
 class Hello(Strict):
     type: Literal["hello"] = "hello"
     # Names this delegate process (a fresh random value per process, kept across
     # reconnects): an assignment pushed to the same key is the same attempt again, one
     # pushed to another key (a restarted process) never reached it.
     key: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
-    running: list[str] = Field(default_factory=list, max_length=1000)
+    running: list[ListedTaskId] = Field(default_factory=list, max_length=1000)
     # Tasks whose result or log lines wait in the delegate's spool (see Heartbeat).
-    spooled: list[str] = Field(default_factory=list, max_length=1000)
+    spooled: list[ListedTaskId] = Field(default_factory=list, max_length=1000)
 
 
 MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -273,17 +277,19 @@ MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 class Heartbeat(Strict):
     type: Literal["heartbeat"] = "heartbeat"
     seq: int = Field(ge=0)
-    running: list[str] = Field(default_factory=list, max_length=1000)
+    running: list[ListedTaskId] = Field(default_factory=list, max_length=1000)
     # Tasks no longer running here whose result or log lines wait in the spool, not yet
     # taken by the manager: their leases are renewed like a running task's, so what a
     # manager outage held back is still taken when it is back. Never answered with a
     # cancel. Sent only when not empty, so a manager from before it reads the frame.
-    spooled: list[str] = Field(default_factory=list, max_length=1000)
+    spooled: list[ListedTaskId] = Field(default_factory=list, max_length=1000)
     free_slots: int = Field(ge=0)
     load: float = Field(default=0.0, ge=0)
     # The delegate opens no port to be scraped: it reports its own figures here, and the
     # manager republishes them per delegate on /metrics.
-    metrics: dict[MetricName, float] = Field(default_factory=dict, max_length=64)
+    metrics: dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=64
+    )
 
 
 class HeartbeatAck(Strict):
@@ -355,9 +361,10 @@ def _is_none(value: object) -> bool:
 class LogLine(Strict):
     """One line of a task's log: text, or bytes that are not text (:mod:`shared.logbytes`)."""
 
-    seq: int = Field(ge=0)
+    # Stored as a 64-bit integer: a larger one is refused here, not by the database.
+    seq: int = Field(ge=0, le=2**63 - 1)
     stream: Literal["stdout", "stderr", "system"]
-    ts: float
+    ts: float = Field(allow_inf_nan=False)
     # The line, when its bytes are UTF-8 text...
     text: str = ""
     # ...else its exact bytes in base64, and ``text`` is empty. Left out of the JSON when

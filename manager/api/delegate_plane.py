@@ -218,6 +218,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await c.hub.attach_stream(session, ws)
     requests = StreamRequests(c, session, ws)  # log batches and results (stream_requests.py)
     log.info("stream opened", delegate_id=session.id)
+    said_hello = False
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
@@ -232,6 +233,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
             if isinstance(frame, StreamLogs | StreamResult):
                 await requests.take(frame, msg.data)  # waits only past the in-flight bound
                 continue
+            if isinstance(frame, Hello):
+                if said_hello:
+                    # One hello per stream: each would re-judge every assignment and add
+                    # what it lists to the delegate's load (a peer churning keys or
+                    # listing made-up tasks). A new process opens a new stream.
+                    log.warning("second hello on a stream", delegate_id=session.id)
+                    await ws.close(code=CloseCode.BAD_FRAME, message=b"one hello per stream")
+                    break
+                said_hello = True
             _on_frame(c, session, frame)
     finally:
         # Only the stream still attached counts: a newer one has said hello already.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
@@ -77,8 +78,14 @@ class Handout:
         self._clock = clock
         self._tick = tick
         self._envs: Mapping[str, EnvFacts] = {} if envs is None else envs
+        # The claim's lease: long enough to reach the ack and the first heartbeat listing it.
         self.ack_within = ack_within
-        self.assigner = Assigner(ack_within=ack_within)
+        # No timer withdraws an assignment: one withdrawn while its ack was on the way (a
+        # loaded machine) ran twice. An unanswered one goes back when the delegate's
+        # session ends (no heartbeat for lost_after) or another process of it says hello;
+        # one that a live delegate never acks is not listed by its heartbeats, so its
+        # lease runs out and the sweep requeues it, the attempt counted, as any lost lease.
+        self.assigner = Assigner(ack_within=math.inf)
         self._claims: Claims | None = None
         # Delegates whose long-poll is waiting: the poll's answer.
         self._polls: dict[str, asyncio.Future[AcquireResponse]] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from shared.protocol import (
     TaskState,
 )
 from shared.sealing import seal
+from shared.workload_identity import request_context
 from tests.delegate.secret_helpers import DelegateKey, acquire, builtin, delegate_key
 
 MASKED = MASK.decode()
@@ -194,19 +194,19 @@ async def test_task_directories_left_by_an_earlier_run_are_removed_at_start(
     assert list((tmp_path / "work").iterdir()) == []
 
 
-async def test_an_attempts_env_secret_leaves_the_process_masker_when_it_is_over(
+async def test_an_attempts_identity_credential_leaves_the_process_masker_when_it_is_over(
     key: DelegateKey, tmp_path: Path
 ) -> None:
-    # The delegate's own log masks an attempt's values while it runs; kept after, the
-    # process masker grew by every attempt (each with its own identity credential).
-    value = "attempt-scoped-value-9f2c"
-    answer = acquire(ShellPayload(script='printf %s "$PW"'))
+    # The delegate's own log masks an attempt's workload-identity credential while it runs;
+    # kept after, the process masker grew by one credential per attempt ever run.
+    value = "attempt-scoped-credential-9f2c"
+    answer = acquire(ShellPayload(script='printf %s "$TETHER_ID_TOKEN_REQUEST_TOKEN"'))
     answer = answer.model_copy(
         update={
-            "sealed_env": seal(
+            "id_token_request": seal(
                 key.public,
-                json.dumps({"PW": value}).encode(),
-                context=f"{answer.task.id}:{answer.attempt}".encode(),
+                value.encode(),
+                context=request_context(answer.task.id, answer.attempt),
             )
         }
     )

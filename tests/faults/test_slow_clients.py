@@ -164,7 +164,7 @@ async def test_a_delegate_stream_is_not_cut_by_the_idle_or_header_timeout(
             ping_interval=None,
         ) as ws,
     ):
-        await ws.send(json.dumps({"type": "hello", "running": []}))
+        await ws.send(json.dumps({"type": "hello", "key": "process-key-1", "running": []}))
         await ws.recv()
         # Two idle connections closed one after the other: the idle timeout has passed
         # twice over while both streams were open.

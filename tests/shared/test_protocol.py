@@ -18,6 +18,7 @@ from shared.protocol import (
     LogLine,
     ProtocolError,
     ShellPayload,
+    StreamLogs,
     TaskAck,
     TaskCancel,
     TaskDecline,
@@ -191,11 +192,14 @@ def test_oversized_frame_is_refused_without_echoing_it(parse: Parser, encode: bo
 
 
 def test_frame_at_the_size_limit_is_accepted() -> None:
-    head = frame(type="hello", key="process-key-1", running=[""])
-    padding = "x" * (MAX_FRAME_BYTES - len(head))
-    raw = frame(type="hello", key="process-key-1", running=[padding])
+    def logs(text: str) -> str:
+        line = {"seq": 0, "stream": "stdout", "ts": 1.0, "text": text}
+        return frame(type="logs", id=1, task_id="t", batch={"attempt": 1, "lines": [line]})
+
+    padding = "x" * (MAX_FRAME_BYTES - len(logs("")))
+    raw = logs(padding)
     assert len(raw) == MAX_FRAME_BYTES
-    assert isinstance(parse_delegate_frame(raw), Hello)
+    assert isinstance(parse_delegate_frame(raw), StreamLogs)
 
 
 def test_oversized_frame_of_multibyte_text_is_refused() -> None:
@@ -306,3 +310,34 @@ def test_scaled_timings_leave_the_original_unchanged() -> None:
 
 def test_scaled_keeps_custom_values() -> None:
     assert Timings(lost_after=12.0).scaled(0.25).lost_after == 3.0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # A seq past 64 bits reached the store's key derivation and failed there (500).
+        {
+            "type": "logs",
+            "id": 1,
+            "task_id": "t",
+            "batch": {
+                "attempt": 1,
+                "lines": [{"seq": 2**70, "stream": "stdout", "ts": 1.0, "text": "x"}],
+            },
+        },
+        {
+            "type": "logs",
+            "id": 1,
+            "task_id": "t",
+            "batch": {
+                "attempt": 1,
+                "lines": [{"seq": 0, "stream": "stdout", "ts": float("inf"), "text": "x"}],
+            },
+        },
+        {"type": "heartbeat", "seq": 1, "free_slots": 1, "metrics": {"cpu": float("inf")}},
+        {"type": "hello", "key": "process-key-1", "running": ["t" * 65]},
+    ],
+)
+def test_unbounded_numbers_and_overlong_ids_are_refused_at_the_edge(frame: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        parse_delegate_frame(json.dumps(frame))

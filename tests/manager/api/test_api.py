@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -297,6 +298,29 @@ async def test_stream_answers_a_hello_with_an_ack(api: Api) -> None:
     ack = await ws.receive_json()
     assert ack["type"] == "heartbeat_ack"
     await ws.close()
+
+
+async def test_a_second_hello_on_a_stream_closes_it(api: Api) -> None:
+    # Each hello re-judges the delegate's assignments and adds what it lists to its load: a
+    # peer must not churn keys or made-up listings on one stream (red-team finding).
+    cred = await _registered(api)
+    ws = await _hello(api, cred)
+    await ws.send_str(json.dumps({"type": "hello", "key": "process-key-2", "running": []}))
+    closing = await ws.receive()
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert closing.data == CloseCode.BAD_FRAME
+    assert closing.extra == "one hello per stream"
+
+
+async def test_a_listing_of_overlong_task_ids_is_a_bad_frame(api: Api) -> None:
+    cred = await _registered(api)
+    ws = await api.client.ws_connect(
+        "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}
+    )
+    await ws.send_str(json.dumps({"type": "hello", "key": "process-key-1", "running": ["x" * 65]}))
+    closing = await ws.receive()
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert closing.data == CloseCode.BAD_FRAME
 
 
 async def _hello(api: Api, cred: str, key: str = "process-key-1") -> Any:

@@ -240,9 +240,13 @@ async def test_a_result_for_an_older_attempt_is_refused_and_the_newer_one_record
     task_id = await world.submit()
     world.lose_stream(a)
     b = world.connect("b")
-    # A never answers: after ack_within the attempt is withdrawn and goes to b.
+    # A never answers, and its session ends (no heartbeat for lost_after): the attempt is
+    # withdrawn and goes to b. No timer alone withdraws it (an ack may be on its way).
     world.clock.now += ACK_WITHIN + 1
     world.handout.tick()
+    await world.settle()
+    assert world.streams["b"].assignments() == []
+    world.handout.disconnected(a.id)
     await world.settle()
     assert world.streams["b"].assignments() == [(task_id, 2)]
     with pytest.raises(Conflicting):
