@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from delegate.launcher.protocol import CD_THEN_EXEC
 from delegate.run.isolation import TaskUser
@@ -289,35 +289,24 @@ async def _start(
     uid = None if user is None else user.uid
     gid = None if user is None else user.gid
     groups: list[int] | None = None if user is None else []
+    # The same child either way; only how it is waited on differs.
+    options: dict[str, Any] = {
+        "cwd": cwd,
+        "env": dict(env),
+        "stdin": subprocess.DEVNULL,
+        "stdout": out_w,
+        "stderr": err_w,
+        "start_new_session": True,
+        # Switched in the child between fork and exec (C code, no preexec_fn).
+        "user": uid,
+        "group": gid,
+        "extra_groups": groups,
+    }
     if not _pidfds():
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            start_new_session=True,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-        return _Local(proc)
+        return _Local(await asyncio.create_subprocess_exec(*argv, **options))
     # A fork and exec (vfork when no user is switched), as asyncio's own subprocess support
     # does it: nothing to wait on.
-    popen = subprocess.Popen(  # noqa: ASYNC220
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=out_w,
-        stderr=err_w,
-        start_new_session=True,
-        # Switched in the child between fork and exec (C code, no preexec_fn).
-        user=uid,
-        group=gid,
-        extra_groups=groups,
-    )
+    popen = subprocess.Popen(argv, **options)  # noqa: ASYNC220
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError:
