@@ -145,9 +145,14 @@ async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
         runbook = asyncio.create_task(
             c.tether("runbook", "run", "deploy-shop", timeout=RUN_TIMEOUT)
         )
+        # The deployment ends 4 s after the test has changed the exporters (it waits for
+        # the file), whatever the load: the analysis window starts at its end, and rate()
+        # over 3 s of a stopped series must be empty by then.
+        go = root / "exporters-changed"
         deploy = await c.tether(
             "task", "submit", "--deploy-service", "shop", "--deploy-env", "prod",
-            "--selector", "monitoring", "--", "sleep", "4",
+            "--selector", "monitoring", "--",
+            "sh", "-c", f"until [ -e {go} ]; do sleep 0.1; done; sleep 4",
         )  # fmt: skip
         assert deploy.code == 0, deploy.stderr
         task_id = deploy.last_line
@@ -155,6 +160,7 @@ async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
         await _until_running(c, task_id)
         exporters["jump"].errors.set_rate(6.0)  # 1 % -> 30 %
         exporters["stopped"].stop()
+        go.touch()
         followed = await c.tether("task", "logs", task_id, "--follow")
         assert followed.code == 0, followed.stderr
         s = Scenario(c, task_id, prom_url=prom.url)

@@ -328,10 +328,15 @@ def _check(
         return
     if len(attempts) > 1:
         tally.retried += 1
-    if len(attempts) > MAX_ATTEMPTS:
-        tally.problem("duplicated", tid, f"{len(attempts)} attempts")
-    if any(a.status != "lost" for a in attempts[:-1]):
+    # A withdrawn attempt was claimed and never acknowledged (declined, or its delegate's
+    # process or session ended first): it never ran, and it does not count.
+    counted = [a for a in attempts if a.status != "withdrawn"]
+    if len(counted) > MAX_ATTEMPTS:
+        tally.problem("duplicated", tid, f"{len(counted)} attempts")
+    if any(a.status not in ("lost", "withdrawn") for a in attempts[:-1]):
         tally.problem("duplicated", tid, f"ran again without a lost lease: {attempts}")
+    if any(ran.get(a.attempt) for a in attempts if a.status == "withdrawn"):
+        tally.problem("duplicated", tid, f"a withdrawn attempt ran: {ran}")
     if sum(a.status == "succeeded" for a in attempts) > 1:
         tally.problem("duplicated", tid, "more than one attempt succeeded")
     if any(len(nonces) > 1 for nonces in ran.values()):
@@ -344,7 +349,7 @@ def _check(
     elif last.status == "lost":
         tally.delegate_lost += 1
         lost_for_good = ("failed", "delegate_lost", MAX_ATTEMPTS)
-        if (task.state.value, task.error, last.attempt) != lost_for_good:
+        if (task.state.value, task.error, len(counted)) != lost_for_good:
             tally.problem("inconsistent", tid, f"lost last attempt, yet {task.state.value}")
     else:
         # A result was recorded: it is the last attempt's, with its line and its nonce.
