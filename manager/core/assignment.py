@@ -419,8 +419,18 @@ class Assigner:
         return []
 
     def decline(
-        self, task_id: str, delegate_id: str, attempt: int, now: float, *, full: bool = False
+        self,
+        task_id: str,
+        delegate_id: str,
+        attempt: int,
+        now: float,
+        *,
+        full: bool = False,
+        passed: bool = True,
     ) -> list[Action]:
+        """The delegate will not run the attempt (``full``: for want of a slot). ``passed``
+        False: it never saw it (a long-poll that ended while the claim was written), so it
+        may be offered the task again at once, by the poll that follows."""
         task = self._tasks.get(task_id)
         out: list[Action] = []
         if task is None or not self._holds(task, delegate_id, attempt):
@@ -430,7 +440,7 @@ class Assigner:
         seat = self._seats[delegate_id]
         if full:
             seat.full = True
-        self._requeue(task, seat, "declined", out)
+        self._requeue(task, seat, "declined", out, passed=passed)
         self._place_all(out, now)
         self._fill(seat, now, out)
         return out

@@ -262,16 +262,33 @@ class Handout:
             )
             self._carry(self.assigner.gone(action.task_id, self._clock()))
 
+    def _current(self, push: Push) -> bool:
+        """The Assigner still gives ``push``'s attempt to its delegate. A push is carried out
+        after the actions decided before it on the same task; one decided before a decline
+        or a withdrawal of its attempt (a poll replaced while the claim was written, and the
+        next poll's push of the same attempt) is stale by then: handed out, it would run an
+        attempt the store has taken back."""
+        return (
+            self.assigner.holder(push.task_id) == push.delegate_id
+            and self.assigner.attempt(push.task_id) == push.attempt
+        )
+
     async def _push(self, push: Push) -> None:
         assert self._claims is not None, "bound at start"
         session = self._hub.sessions.get(push.delegate_id)
         if session is None:
             # Dropped since: disconnected() requeued it already, or will.
             return
+        if not self._current(push):
+            return
         poll = None if session.mode == "stream" else self._polls.get(push.delegate_id)
         handed = await self._claims.claim(session, push.task_id, push.attempt, push.key)
         if handed is None:
             self._carry(self.assigner.gone(push.task_id, self._clock()))
+            return
+        if not self._current(push):
+            # Taken back while the claim was written: the Requeue chained after this push
+            # withdraws the claim.
             return
         self.pushed += 1
         if poll is not None:
@@ -282,10 +299,11 @@ class Handout:
                     self.assigner.ack(push.task_id, push.delegate_id, push.attempt, self._clock())
                 )
             else:
-                # The poll ended while the claim was written: nobody has it; take it back.
+                # The poll ended while the claim was written: nobody has it; take it back,
+                # and let the poller's next poll (maybe waiting already) have it.
                 self._carry(
                     self.assigner.decline(
-                        push.task_id, push.delegate_id, push.attempt, self._clock()
+                        push.task_id, push.delegate_id, push.attempt, self._clock(), passed=False
                     )
                 )
             return

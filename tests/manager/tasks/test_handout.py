@@ -385,3 +385,38 @@ async def test_a_task_whose_environment_became_dedicated_is_not_pushed_to_a_dele
     await world.settle()
     assert world.streams["named"].assignments() == [(task.id, 1)]
     assert world.streams["typed"].assignments() == []
+
+
+async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_claimed(
+    world: World,
+) -> None:
+    """A poll that ends while its claim is being written declines it; a push of the same
+    attempt decided before that (the next poll's) must not hand the withdrawn attempt out."""
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    gate = asyncio.Event()
+    real_claim = world.tasks.claim
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await real_claim(*args, **kwargs)
+
+    world.tasks.claim = slow_claim  # type: ignore[method-assign]
+    first = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
+    await asyncio.sleep(0)
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    task, _ = await world.tasks.submit(req)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the push is at the gate, holding the first poll
+    # The poller gives the first poll up for a new one while the claim is written.
+    second = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
+    assert await first is None
+    gate.set()
+    handed = await second
+    await world.settle()
+    assert handed is not None
+    state, attempt, holder = await world.task(task.id)
+    # What the poll was handed is the attempt the store holds for it, not a withdrawn one.
+    assert (state, holder) == (TaskState.RUNNING, a.id)
+    assert handed.attempt == attempt
