@@ -13,15 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import ValidationError
 
-from manager.access.delegate_tokens import stamp_revocation
 from manager.access.tokens import ScopeError, TokenInUse, create_token, resolve_scope, scope_views
-from manager.api.audit_record import AuditRecorder, Change
+from manager.audit.recorder import AuditRecorder, Change
 from manager.client.cli.fleet import add_scope_arguments, token_request
-from manager.client.cli.output import scope_text
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.host_commands import add_host_parsers, purge, rotate_oidc
@@ -33,12 +32,12 @@ from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.keys.signing import reseal
 from manager.records import TokenRecord
-from manager.server.app import ADMIN_KEY_FILE, ManagerConfig, open_store, serve
 from manager.server.backup import BackupError, backup
 from manager.server.connections import ConnectionLimits
 from manager.server.dev import DevError, run_dev
 from manager.server.first_start import FirstStart, first_start_text
 from manager.store.base import Store, StoreError
+from manager.store.factory import open_store
 from manager.store.migrations import SchemaTooNew
 from manager.store.postgres import PostgresStore
 from manager.store.upgrade import migration_plan
@@ -52,6 +51,13 @@ from shared.logging import LEVELS, configure_logging
 from shared.runtime import run
 from shared.startup import ConfigProblem, debug_wanted, report_unexpected
 from shared.tls import san_problem
+
+if TYPE_CHECKING:
+    from manager.server.app import ManagerConfig
+
+# The server (manager.server.app, over a second to import) is imported by `serve` alone:
+# the host commands (`token create` above all, which scripts and tests run often) and
+# `--help` do without it.
 
 __all__ = ["main"]
 
@@ -322,6 +328,8 @@ async def _serve_notified(
         sdnotify.ready(f"listening on {url}")
         watchdog = sdnotify.start_watchdog(alive)
 
+    from manager.server.app import serve
+
     try:
         return await serve(config, ready=ready)
     finally:
@@ -341,6 +349,8 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _first_start(config: ManagerConfig, args: argparse.Namespace) -> Callable[[str], str] | None:
     """The first-start text's maker when this data dir has never served (no admin key yet)."""
+    from manager.server.app import ADMIN_KEY_FILE
+
     if (config.data_dir / ADMIN_KEY_FILE).exists():
         return None
     own_cert = config.tls_cert is not None
@@ -423,6 +433,8 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
             print(f"Created delegate token {record.name!r} ({record.id}). It is shown only once:")
             print(token, flush=True)
         elif fn_name == "list":
+            from manager.client.cli import output
+
             tokens = await store.list_tokens()
             _, scopes = await scope_views(store)
             if args.output == "json":
@@ -446,7 +458,7 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 for t in tokens:
                     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at))
                     status = "revoked" if t.revoked_at else "active"
-                    where = scope_text(scopes[t.id])
+                    where = output.scope_text(scopes[t.id])
                     print(f"{t.name:24} {t.id:34} {created:20} {status:8} {where}")
         elif fn_name == "revoke":
             revoked = await store.revoke_token(
@@ -474,6 +486,8 @@ async def _with_store(data_dir: Path, fn_name: str, args: argparse.Namespace) ->
                 # Running replicas hear of it now rather than at their next periodic check.
                 await store.notify(BUS_CHANNEL, f"host|revoked:{revoked.id}")
             else:
+                from manager.access.delegate_tokens import stamp_revocation
+
                 # The manager on this data dir checks the stamp on every delegate call.
                 stamp_revocation(data_dir)
             print(f"Revoked token {revoked.name!r}.")
@@ -735,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if issuer is not None and (not issuer.startswith("https://") or "?" in issuer):
                 print("error: --oidc-issuer takes an https:// URL", file=sys.stderr)
                 return EXIT_USAGE
+            from manager.server.app import ManagerConfig
+
             config = ManagerConfig(
                 data_dir=data_dir,
                 host=host,

@@ -9,14 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from manager.api.audit_record import AuditRecorder, Change
+from manager.audit.recorder import AuditRecorder, Change
 from manager.core.identity import SYSTEM
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.keys.oidc_keys import RETIRED_KEPT_S, OidcKeys
 from manager.retention.purge import Purger
-from manager.server.app import open_store
 from manager.store.base import Store
+from manager.store.factory import open_store
 
 __all__ = ["add_host_parsers", "purge", "rotate_oidc"]
 

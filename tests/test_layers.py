@@ -196,7 +196,6 @@ STORE_READERS = {
     # The guards run before every handler and keep their own caches (keys, allowlist).
     "manager.api.guards": "Access holds the store behind its key and allowlist caches",
     # Writing the chain is the middleware's own job: it alone knows actor and route.
-    "manager.api.audit_record": "AuditRecorder appends events and reads the chain's head",
     # Oidc needs the app's Logins, made after the Context: built once there, it could move.
     "manager.api.sso": "oidc_of builds manager.access.sso.Oidc per request over the store",
 }

@@ -41,8 +41,9 @@ from manager.access.scim import MAX_RESULTS, Scim, ScimError, ScimTokenBody, Wri
 from manager.api.audit_record import Change, in_transaction
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
-from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.api.http import ApiProblem, Handler, json_response, parse_body
 from manager.api.identity import ACTOR_KEY, actor_of
+from manager.api.scim_routes import BASE
 from manager.core.identity import Actor
 from manager.errors import DomainError
 from manager.schemas.directory_auth import (
@@ -54,9 +55,8 @@ from manager.schemas.directory_auth import (
 )
 from manager.store.base import StoreError
 
-__all__ = ["add_scim_routes"]
+__all__ = ["handlers"]
 
-BASE = "/scim/v2"
 MEDIA = "application/scim+json"
 _ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 MAX_BODY = 1 << 20
@@ -426,74 +426,34 @@ async def revoke_token(request: web.Request) -> web.Response:
     return json_response(ScimTokenRevoked(revoked=True))
 
 
-def add_scim_routes(table: RouteTable) -> None:
-    def scim(method: str, path: str, handler: ScimHandler, summary: str, audit: str | None) -> None:
-        errors = (400, 404, 409, 501) if method != "GET" else (400, 404)
-        table.add(
-            Route(
-                method,
-                f"{BASE}{path}",
-                _scim(handler),
-                summary,
-                "scim",
-                streaming="scim",
-                errors=errors,
-                audit=audit,
-            )
-        )
-
-    scim(
-        "GET",
-        "/ServiceProviderConfig",
-        service_provider_config,
-        "SCIM: the server's features",
-        None,
-    )
-    scim("GET", "/ResourceTypes", resource_types, "SCIM: the resource types", None)
-    scim("GET", "/ResourceTypes/{name}", resource_type, "SCIM: one resource type", None)
-    scim("GET", "/Schemas", schemas, "SCIM: the schemas", None)
-    scim("GET", "/Schemas/{schema_id}", schema, "SCIM: one schema", None)
-    scim("GET", "/Users", list_users, "SCIM: list users (filter, startIndex, count)", None)
-    scim("POST", "/Users", create_user, "SCIM: provision a user", "scim_user")
-    scim("POST", "/Users/.search", search_users, "SCIM: search users (a SearchRequest)", None)
-    scim("GET", "/Users/{scim_id}", get_user, "SCIM: one user", None)
-    scim("PUT", "/Users/{scim_id}", replace_user, "SCIM: replace a user", "scim_user")
-    scim("PATCH", "/Users/{scim_id}", patch_user, "SCIM: patch a user (active: false)", "scim_user")
-    scim("DELETE", "/Users/{scim_id}", delete_user, "SCIM: deprovision a user", "scim_user")
-    scim("GET", "/Groups", list_groups, "SCIM: list groups (filter, startIndex, count)", None)
-    scim("POST", "/Groups", create_group, "SCIM: provision a group", "scim_group")
-    scim("POST", "/Groups/.search", search_groups, "SCIM: search groups", None)
-    scim("GET", "/Groups/{scim_id}", get_group, "SCIM: one group", None)
-    scim("PUT", "/Groups/{scim_id}", replace_group, "SCIM: replace a group", "scim_group")
-    scim("PATCH", "/Groups/{scim_id}", patch_group, "SCIM: patch a group's members", "scim_group")
-    scim("DELETE", "/Groups/{scim_id}", delete_group, "SCIM: deprovision a group", "scim_group")
-    scim("POST", "/.search", search_all, "SCIM: a search of every type (declined: 501)", None)
-    scim("GET", "/{resource}", unknown, "SCIM: an unknown endpoint (a SCIM 404)", None)
-    tokens = "/api/v1/scim/tokens"
-    for route in (
-        Route(
-            "POST",
-            tokens,
-            create_token,
-            "Create a SCIM token for an identity provider's provisioning (shown once)",
-            "user",
-            ScimTokenCreate,
-            ScimTokenCreated,
-            status=201,
-            errors=(400, 409),
-            audit="scim_token",
-        ),
-        Route("GET", tokens, list_tokens, "List SCIM tokens", "user", None, ScimTokenList),
-        Route(
-            "DELETE",
-            f"{tokens}/{{name}}",
-            revoke_token,
-            "Revoke a SCIM token",
-            "user",
-            None,
-            ScimTokenRevoked,
-            errors=(404,),
-            audit="scim_token",
-        ),
-    ):
-        table.add(route)
+def handlers() -> dict[str, Handler]:
+    """Each route's handler by name, for manager.api.scim_routes (which lists the routes)."""
+    scim: dict[str, ScimHandler] = {
+        "service_provider_config": service_provider_config,
+        "resource_types": resource_types,
+        "resource_type": resource_type,
+        "schemas": schemas,
+        "schema": schema,
+        "list_users": list_users,
+        "create_user": create_user,
+        "search_users": search_users,
+        "get_user": get_user,
+        "replace_user": replace_user,
+        "patch_user": patch_user,
+        "delete_user": delete_user,
+        "list_groups": list_groups,
+        "create_group": create_group,
+        "search_groups": search_groups,
+        "get_group": get_group,
+        "replace_group": replace_group,
+        "patch_group": patch_group,
+        "delete_group": delete_group,
+        "search_all": search_all,
+        "unknown": unknown,
+    }
+    plain: dict[str, Handler] = {
+        "create_token": create_token,
+        "list_tokens": list_tokens,
+        "revoke_token": revoke_token,
+    }
+    return {**{name: _scim(h) for name, h in scim.items()}, **plain}

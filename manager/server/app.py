@@ -58,7 +58,7 @@ from manager.api.profiles import add_profile_routes
 from manager.api.retention import PURGER, add_retention_routes
 from manager.api.runbooks import add_runbook_routes, runbook_trigger_audit
 from manager.api.saml import add_saml_routes
-from manager.api.scim import add_scim_routes
+from manager.api.scim_routes import add_scim_routes
 from manager.api.secrets import add_secret_routes
 from manager.api.sso import add_sso_routes
 from manager.api.tasks import add_task_routes
@@ -92,7 +92,7 @@ from manager.server.connections import (
 from manager.server.housekeeping import PRUNER, pruner
 from manager.server.incident_wiring import install_incident_services, retention_loop
 from manager.store.base import DiskFull, Store
-from manager.store.factory import open_store_url
+from manager.store.factory import open_store
 from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
 from manager.tasks.bus import Bus, EventKind, LocalBus, PostgresBus
@@ -154,12 +154,6 @@ class ManagerConfig:
     oidc_issuer: str | None = None
     # How often the retention purge runs (manager.retention); nothing goes unless set.
     purge_interval: float = 3600.0
-
-
-def open_store(data_dir: Path, database: str | None = None) -> Store:
-    """SQLite in the data dir, or PostgreSQL when a ``postgresql://`` URL is given."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return open_store_url(database, data_dir)
 
 
 async def _ensure_admin_key(store: Store, data_dir: Path) -> Path:

@@ -9,7 +9,7 @@ from manager.store.base import Store
 from manager.store.postgres import PostgresStore
 from manager.store.sqlite import SqliteStore
 
-__all__ = ["SQLITE_FILE", "open_store_url"]
+__all__ = ["SQLITE_FILE", "open_store", "open_store_url"]
 
 SQLITE_FILE = "tether.db"
 _POSTGRES_SCHEMES = {"postgresql", "postgres"}
@@ -29,3 +29,9 @@ def open_store_url(url: str | None, data_dir: Path) -> Store:
         f"unsupported database URL scheme {scheme or '(none)'!r}:"
         " use postgresql://user@host:port/dbname, or no --database for SQLite"
     )
+
+
+def open_store(data_dir: Path, database: str | None = None) -> Store:
+    """SQLite in the data dir, or PostgreSQL when a ``postgresql://`` URL is given."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return open_store_url(database, data_dir)

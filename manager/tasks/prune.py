@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
-from manager.core.audit_chain import AuditOf
-from manager.records import DelegateRecord
-from manager.store.base import Store
-from manager.tasks.delegates import Delegates
-from manager.tasks.hub import Hub
 from shared.repeats import RepeatedErrors
+
+if TYPE_CHECKING:
+    # Annotations only: `tether-manager --help` reads DEFAULT_PRUNE_AFTER from here, and
+    # the hub's imports would cost every host command a third of a second.
+    from manager.core.audit_chain import AuditOf
+    from manager.records import DelegateRecord
+    from manager.store.base import Store
+    from manager.tasks.delegates import Delegates
+    from manager.tasks.hub import Hub
 
 __all__ = ["DEFAULT_PRUNE_AFTER", "DelegatePruner"]
 
