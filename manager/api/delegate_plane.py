@@ -215,7 +215,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session = await _session(request)
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None)
     await ws.prepare(request)
-    await c.hub.attach_stream(session, ws)
+    await c.hub.attach_stream(session, ws, request.transport)
     requests = StreamRequests(c, session, ws)  # log batches and results (stream_requests.py)
     log.info("stream opened", delegate_id=session.id)
     said_hello = False

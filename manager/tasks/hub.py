@@ -27,6 +27,13 @@ __all__ = ["Hub", "Session"]
 
 log = structlog.get_logger("tether.hub")
 
+# Bytes of frames handed to a stream and not yet written out, at most, per session. A peer
+# that stops reading (a stolen token's client, say) would otherwise make the manager buffer
+# every reply and assignment for it without bound; past this its stream is closed and the
+# delegate reconnects. A reading delegate is far below it: frames are written as they are
+# sent, and one frame is at most shared.protocol.MAX_FRAME_BYTES (4 MiB).
+MAX_UNSENT_BYTES = 16 << 20
+
 
 @dataclass(eq=False)
 class Session:
@@ -48,6 +55,10 @@ class Session:
     # delegate after its lease ran out): every ack tells it to stop them.
     strangers: frozenset[str] = frozenset()
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Bytes of frames sent to its stream and not yet written (MAX_UNSENT_BYTES), and the
+    # stream's connection, dropped when they pass the bound.
+    unsent: int = 0
+    transport: asyncio.Transport | None = None
 
     @property
     def id(self) -> str:
@@ -117,18 +128,27 @@ class Hub:
         a heartbeat that lists the task)."""
         self.liveness.seen(session.id, self._clock())
 
-    async def attach_stream(self, session: Session, ws: web.WebSocketResponse) -> None:
-        old = session.ws
-        session.ws = ws
+    async def attach_stream(
+        self,
+        session: Session,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
+        old, old_transport = session.ws, session.transport
+        session.ws, session.transport = ws, transport
         session.polled_at = None
         if old is not None and not old.closed:
+            if session.unsent > MAX_UNSENT_BYTES // 2 and old_transport is not None:
+                # Its close would wait behind what it does not read.
+                old_transport.abort()
+                return
             await old.close(code=CloseCode.SUPERSEDED, message=b"superseded by a newer connection")
 
     def detach_stream(self, session: Session, ws: web.WebSocketResponse) -> None:
         # The session stays: the delegate may come back on the stream or by polling, and its
         # leases run out only when its heartbeats stop, not when one connection drops.
         if session.ws is ws:
-            session.ws = None
+            session.ws, session.transport = None, None
 
     def status(self, delegate_id: str) -> Literal["connected", "polling", "disconnected"]:
         session = self.sessions.get(delegate_id)
@@ -260,10 +280,30 @@ class Hub:
         ws = session.ws
         if ws is None or ws.closed:
             return
+        text = frame.model_dump_json()
+        if session.unsent + len(text) > MAX_UNSENT_BYTES:
+            # A close frame would wait behind what it does not read, and a close flushes
+            # first: the connection is dropped. The delegate reconnects; what it was sent
+            # and did not acknowledge goes back as after any lost stream.
+            log.warning(
+                "delegate not reading its stream; dropping the connection",
+                delegate_id=session.id,
+                unsent_bytes=session.unsent,
+            )
+            if session.transport is not None:
+                session.transport.abort()
+            return
         # Not awaited here: a delegate with a full socket buffer must not stall the caller
         # (the hand-out serves every delegate). Frames of a non-compressed WebSocket are
         # written whole and in call order before the first await, so order is kept.
-        self._spawn(ws.send_str(frame.model_dump_json()))
+        session.unsent += len(text)
+        self._spawn(self._send(session, ws, text))
+
+    async def _send(self, session: Session, ws: web.WebSocketResponse, text: str) -> None:
+        try:
+            await ws.send_str(text)
+        finally:
+            session.unsent = max(0, session.unsent - len(text))
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)

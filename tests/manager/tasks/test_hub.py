@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import BaseModel
 
 from manager.records import DelegateRecord
-from manager.tasks.hub import Hub, Session
+from manager.tasks.hub import MAX_UNSENT_BYTES, Hub, Session
 from shared.protocol import CloseCode, Heartbeat, HeartbeatAck, Hello
 
 LOST_AFTER = 30.0
@@ -213,7 +214,7 @@ class Streams:
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await self.hub.attach_stream(self.session, ws)
+        await self.hub.attach_stream(self.session, ws, request.transport)
         self.attached.put_nowait(ws)
         async for _ in ws:
             pass
@@ -308,3 +309,63 @@ def test_a_record_change_keeps_the_session(hub: Hub) -> None:
     again = hub.session(replace(record("a"), version="0.2.0"))
     assert again.listed == ("t1",)
     assert again is session
+
+
+class Bulk(BaseModel):
+    """A large frame (an assignment with many sealed secrets is up to 4 MiB)."""
+
+    type: str = "bulk"
+    data: str
+
+
+async def _upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that completes the handshake and then reads nothing more."""
+    host_port = url.removeprefix("http://").split("/", 1)[0]
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        (
+            "GET /stream HTTP/1.1\r\n"
+            f"Host: {host_port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def test_a_peer_that_stops_reading_is_dropped_and_its_unsent_frames_bounded(
+    hub: Hub,
+) -> None:
+    session = hub.session(record("a"))
+    frame = Bulk(data="x" * (1 << 20))
+    async with streams(hub, session) as s:
+        _, writer = await _upgrade(s.url)
+        ws = await asyncio.wait_for(s.attached.get(), WAIT)
+        # Far more than the bound: the kernel's buffers take some, the manager the rest.
+        for _ in range(3 * MAX_UNSENT_BYTES >> 20):
+            hub.send(session, frame)
+            assert session.unsent <= MAX_UNSENT_BYTES
+            await asyncio.sleep(0)
+        # The connection was dropped, and the session is back to polling.
+        assert await asyncio.wait_for(s.detached.get(), WAIT) is ws
+        assert session.ws is None
+        assert session.mode == "polling"
+        writer.close()
+
+
+async def test_a_reading_peer_takes_more_than_the_bound_without_being_dropped(hub: Hub) -> None:
+    session = hub.session(record("a"))
+    frame = Bulk(data="x" * (1 << 20))
+    count = 2 * MAX_UNSENT_BYTES >> 20
+    async with streams(hub, session) as s, aiohttp.ClientSession() as http:
+        client = await http.ws_connect(s.url, max_msg_size=2 << 20)
+        await asyncio.wait_for(s.attached.get(), WAIT)
+        for _ in range(count):
+            hub.send(session, frame)
+            # A reader keeps up: what it was sent is taken as it goes.
+            assert len(await asyncio.wait_for(client.receive_str(), WAIT)) > 1 << 20
+        assert session.mode == "stream"
+        await client.close()
