@@ -91,8 +91,16 @@ class Handout:
         self._polls: dict[str, asyncio.Future[AcquireResponse]] = {}
         # The last action carried out per task, so the next waits for it.
         self._chains: dict[str, asyncio.Future[None]] = {}
-        # Delegates that declined for want of a slot: a heartbeat with free slots reopens them.
+        # Delegates that declined for want of a slot: a heartbeat with free slots reopens them,
+        # at most once a tick each (when it was last reopened), so a delegate that declines
+        # "full" and then reports free slots, again and again, costs a claim and a withdrawal
+        # a tick, not one per heartbeat it cares to send.
         self._full: set[str] = set()
+        self._reopened: dict[str, float] = {}
+        # The delegates each open task was handed to: only they may be running an attempt
+        # of it, so only their stale acks are answered with a cancel. Anyone else's is
+        # dropped without an answer: a cancel would tell them the task id is open.
+        self._handed: dict[str, set[str]] = {}
         # What happened, for the bench and /metrics.
         self.pushed = 0
         self.declined = 0
@@ -114,12 +122,15 @@ class Handout:
 
     def gone(self, task_id: str) -> None:
         """The task is final, or held outside this replica's assignments."""
+        self._handed.pop(task_id, None)
         self._carry(self.assigner.gone(task_id, self._clock()))
 
     def result(self, task_id: str, delegate_id: str, attempt: int) -> None:
         """The store recorded (or already had) the attempt's result: its slot frees. A stale
         result was refused by the store already, so a Refuse here has nothing left to do."""
         actions = self.assigner.result(task_id, delegate_id, attempt, self._clock())
+        if not any(isinstance(a, Refuse) for a in actions):
+            self._handed.pop(task_id, None)
         self._carry([a for a in actions if not isinstance(a, Refuse)])
 
     # -- events: delegates ---------------------------------------------------------------------
@@ -144,6 +155,7 @@ class Handout:
     def disconnected(self, delegate_id: str) -> None:
         """The session is over (lost, revoked, deleted)."""
         self._full.discard(delegate_id)
+        self._reopened.pop(delegate_id, None)
         poll = self._polls.pop(delegate_id, None)
         if poll is not None and not poll.done():
             poll.cancel()
@@ -152,6 +164,10 @@ class Handout:
     def heartbeat(self, session: Session, free_slots: int) -> None:
         """A delegate that declined as full and now reports a free slot is pushed to again."""
         if free_slots > 0 and session.id in self._full:
+            now = self._clock()
+            if now - self._reopened.get(session.id, -math.inf) < self._tick:
+                return
+            self._reopened[session.id] = now
             self._full.discard(session.id)
             self._carry(
                 self.assigner.capacity(session.id, session.delegate.capacity, self._clock())
@@ -291,6 +307,7 @@ class Handout:
             # withdraws the claim.
             return
         self.pushed += 1
+        self._handed.setdefault(push.task_id, set()).add(push.delegate_id)
         if poll is not None:
             if self._polls.get(push.delegate_id) is poll and not poll.done():
                 poll.set_result(handed)
@@ -312,6 +329,10 @@ class Handout:
         self._hub.send(session, TaskAssigned(assignment=handed))
 
     def _refuse(self, refuse: Refuse) -> None:
+        if refuse.delegate_id not in self._handed.get(refuse.task_id, ()):
+            # Never handed this task: it runs nothing of it. No answer, and no line per frame.
+            log.debug("ack of a task never handed out refused", delegate_id=refuse.delegate_id)
+            return
         log.info(
             "stale ack refused",
             task_id=refuse.task_id,

@@ -265,7 +265,7 @@ async def test_six_tasks_on_three_idle_delegates_land_two_each(world: World) -> 
     assert sorted(len(world.streams[s.delegate.name].assignments()) for s in sessions) == [2, 2, 2]
 
 
-async def test_an_ack_of_another_delegates_attempt_is_refused_with_a_cancel(
+async def test_an_ack_of_another_delegates_attempt_is_refused_and_told_nothing(
     world: World,
 ) -> None:
     a, thief = world.connect("a"), world.connect("thief", capacity=1)
@@ -275,10 +275,28 @@ async def test_an_ack_of_another_delegates_attempt_is_refused_with_a_cancel(
     world.handout.ack(thief, task_id, 1)
     world.handout.decline(thief, task_id, 1, full=False)
     await world.settle()
-    # Refused: the thief is told to stop it; a still holds it, nothing was withdrawn.
-    assert world.streams["thief"].cancels() == [task_id]
+    # Refused, and not answered: a cancel would tell the thief the task id is open.
+    assert world.streams["thief"].frames == []
     assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
     assert len(await world.store.attempts(task_id)) == 1
+
+
+async def test_a_late_ack_of_an_attempt_taken_back_is_answered_with_a_cancel(
+    world: World,
+) -> None:
+    a = world.connect("a")
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    b = world.connect("b")
+    world.handout.decline(a, task_id, 1, full=False)
+    await world.settle()
+    assert world.streams["b"].assignments() == [(task_id, 2)]
+    # a was handed attempt 1 and may have started it: its late ack is told to stop.
+    world.handout.ack(a, task_id, 1)
+    await world.settle()
+    assert world.streams["a"].cancels() == [task_id]
+    assert world.streams["b"].cancels() == []
+    assert await world.task(task_id) == (TaskState.RUNNING, 2, b.id)
 
 
 async def test_a_full_delegate_is_pushed_nothing_until_a_heartbeat_shows_a_free_slot(
@@ -294,6 +312,29 @@ async def test_a_full_delegate_is_pushed_nothing_until_a_heartbeat_shows_a_free_
     world.handout.heartbeat(a, 1)
     await world.settle()
     assert world.streams["a"].assignments() == [(task_id, 1), (task_id, 2)]
+
+
+async def test_a_full_decline_loop_costs_one_push_a_tick_not_one_per_heartbeat(
+    world: World,
+) -> None:
+    """A stolen credential's delegate declining "full", then reporting free slots, over and
+    over: each heartbeat would start a claim and a withdrawal."""
+    a = world.connect("a", capacity=2)
+    task_id = await world.submit()
+    for seq in range(1, 51):
+        pushed = world.streams["a"].assignments()
+        world.handout.decline(a, task_id, pushed[-1][1], full=True)
+        await world.settle()
+        world.hub.on_heartbeat(a, Heartbeat(seq=seq, free_slots=2))
+        world.handout.heartbeat(a, 2)
+        await world.settle()
+        world.clock.now += 0.01  # fifty heartbeats within half a second
+    # Reopened once (the first heartbeat); the rest waited for the tick.
+    assert len(world.streams["a"].assignments()) == 2
+    world.clock.now += 1.0  # the tick (World's Handout: tick=1.0)
+    world.handout.heartbeat(a, 2)
+    await world.settle()
+    assert len(world.streams["a"].assignments()) == 3
 
 
 async def test_a_session_that_ends_requeues_what_it_had_not_acked(world: World) -> None:
