@@ -49,6 +49,14 @@ async def on_store(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIte
         await conn.close()
 
 
+# On a test whose subject is not the store (the delegate, TLS, signals, a proxy, the CLI's
+# output): `running` on SQLite alone. What each store does is proven on both by the store
+# suite (tests/manager/store) and by the end-to-end tests left on both (restarts, recovery,
+# revocation, sealing at rest, logs, audit verification); running these twice doubled their
+# time in `make test` and tested nothing more.
+ON_SQLITE = pytest.mark.parametrize("running", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def running(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     """A started manager, on each store: the embedded SQLite and PostgreSQL (a fresh schema)."""

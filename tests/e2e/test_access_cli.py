@@ -8,6 +8,7 @@ import json
 import stat
 from pathlib import Path
 
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.harness import BIN, Cluster, Result
 
 PASSWORD = "Dev-password-123"
@@ -35,6 +36,7 @@ async def admin(cluster: Cluster, *args: str) -> Result:
     return res
 
 
+@ON_SQLITE
 async def test_a_user_is_invited_logs_in_and_is_held_to_their_group(running: Cluster) -> None:
     await admin(running, "app", "create", "checkout")
     await admin(running, "env", "create", "checkout", "qa", "--type", "non_production")

@@ -12,6 +12,7 @@ import stat
 
 import asyncpg
 
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.harness import Cluster
 
 
@@ -39,6 +40,7 @@ async def two_changes(cluster: Cluster) -> None:
     await cluster.token("on-host")
 
 
+@ON_SQLITE
 async def test_list_shows_api_and_host_side_changes_with_their_actors(running: Cluster) -> None:
     await two_changes(running)
     res = await running.tether("audit", "list", "--output", "json")
@@ -82,6 +84,7 @@ async def test_verify_finds_a_deleted_row(running: Cluster) -> None:
     assert "BROKEN at seq 2: gap in seq" in res.stdout
 
 
+@ON_SQLITE
 async def test_export_writes_csv_to_a_private_file_and_jsonl_to_stdout(running: Cluster) -> None:
     await two_changes(running)
     out = running.root / "audit.csv"
@@ -96,6 +99,7 @@ async def test_export_writes_csv_to_a_private_file_and_jsonl_to_stdout(running: 
     assert json.loads(line)["resource_name"] == "on-host"
 
 
+@ON_SQLITE
 async def test_saved_filters_from_the_command_line(running: Cluster) -> None:
     await two_changes(running)
     res = await running.tether(

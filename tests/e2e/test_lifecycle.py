@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.harness import BIN, Cluster, Proc
 
 EXIT_AUTH = 3
@@ -52,6 +53,7 @@ async def test_revoking_a_token_on_the_host_stops_its_delegate(running: Cluster)
     assert await delegate.wait_exit() == EXIT_AUTH
 
 
+@ON_SQLITE
 async def test_an_unknown_token_stops_the_delegate_with_a_clear_message(running: Cluster) -> None:
     delegate = await running.start_delegate(
         "stranger", token="tdt_not-a-real-token", wait_mode=None
@@ -60,6 +62,7 @@ async def test_an_unknown_token_stops_the_delegate_with_a_clear_message(running:
     assert any("not known" in str(e.get("reason", "")) for e in delegate.events())
 
 
+@ON_SQLITE
 async def test_delegate_holds_no_listening_socket(running: Cluster) -> None:
     delegate = await running.start_delegate("quiet")
     assert (await running.tether("task", "run", "--", "echo", "busy")).code == 0
@@ -72,6 +75,7 @@ async def test_delegate_holds_no_listening_socket(running: Cluster) -> None:
     )
 
 
+@ON_SQLITE
 async def test_manager_refuses_tls_1_2(running: Cluster) -> None:
     ctx = ssl.create_default_context(cafile=str(running.ca_file))
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -83,6 +87,7 @@ async def test_manager_refuses_tls_1_2(running: Cluster) -> None:
         pass
 
 
+@ON_SQLITE
 async def test_manager_accepts_tls_1_3(running: Cluster) -> None:
     ctx = ssl.create_default_context(cafile=str(running.ca_file))
     with (
@@ -97,6 +102,7 @@ async def _task_state(c: Cluster, task_id: str) -> str:
     return str(json.loads(res.stdout)["state"])
 
 
+@ON_SQLITE
 async def test_sigterm_lets_a_running_task_finish(running: Cluster) -> None:
     delegate = await running.start_delegate("graceful")
     res = await running.tether(
@@ -110,6 +116,7 @@ async def test_sigterm_lets_a_running_task_finish(running: Cluster) -> None:
     assert logs.stdout.split() == ["begin", "end"]
 
 
+@ON_SQLITE
 async def test_sigterm_cancels_tasks_still_running_after_the_grace(running: Cluster) -> None:
     delegate = await running.start_delegate("impatient")
     task_id = (await running.tether("task", "submit", "--", "sleep", "300")).last_line
@@ -118,6 +125,7 @@ async def test_sigterm_cancels_tasks_still_running_after_the_grace(running: Clus
     assert await _task_state(running, task_id) == "cancelled"
 
 
+@ON_SQLITE
 async def test_a_second_sigterm_cancels_at_once(running: Cluster) -> None:
     # Real timings on the delegate: a 30 s grace that only the second signal cuts short.
     delegate = await running.start_delegate("forced", extra=("--time-scale", "1"))
@@ -178,6 +186,7 @@ async def test_backup_while_running_restores_into_a_working_manager(
         await other.close()
 
 
+@ON_SQLITE
 async def test_a_profile_runs_when_a_delegate_starts_and_again_when_it_changes(
     running: Cluster, tmp_path: Path
 ) -> None:
@@ -201,6 +210,7 @@ async def test_a_profile_runs_when_a_delegate_starts_and_again_when_it_changes(
     assert (await running.tether("task", "logs", again["task_id"])).stdout.strip() == "profile v2"
 
 
+@ON_SQLITE
 async def test_a_delegate_started_before_its_manager_waits_for_it(running: Cluster) -> None:
     token = await running.token("early")
     assert running.manager is not None
@@ -213,6 +223,7 @@ async def test_a_delegate_started_before_its_manager_waits_for_it(running: Clust
     assert res.stdout.strip() == "late start"
 
 
+@ON_SQLITE
 async def test_a_drained_delegate_finishes_its_task_takes_no_new_one_until_resumed(
     running: Cluster,
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.tls import issue_certificate
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.harness import Cluster
 from tests.e2e.proxy import UpgradeBlockingProxy
 
@@ -42,6 +43,7 @@ async def test_tasks_run_over_polling_when_the_stream_is_refused(
     assert res.stdout.strip() == "via polling"
 
 
+@ON_SQLITE
 async def test_cancel_reaches_a_polling_delegate(
     running: Cluster, proxy: UpgradeBlockingProxy
 ) -> None:
@@ -53,6 +55,7 @@ async def test_cancel_reaches_a_polling_delegate(
     await delegate.wait_event("task finished", task_id=task_id, status="cancelled")
 
 
+@ON_SQLITE
 async def test_delegate_moves_back_to_the_stream_when_it_holds_again(
     running: Cluster, proxy: UpgradeBlockingProxy
 ) -> None:
@@ -66,6 +69,7 @@ async def test_delegate_moves_back_to_the_stream_when_it_holds_again(
     assert res.stdout.strip() == "back on the stream"
 
 
+@ON_SQLITE
 async def test_a_delegate_presents_its_client_certificate_where_mtls_is_required(
     running: Cluster, tmp_path: Path
 ) -> None:

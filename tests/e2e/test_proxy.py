@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.connect_proxy import ConnectProxy
 from tests.e2e.harness import Cluster
 
@@ -20,6 +21,7 @@ async def proxy() -> AsyncIterator[ConnectProxy]:
         await p.close()
 
 
+@ON_SQLITE
 async def test_delegate_reaches_the_manager_only_through_an_authenticating_proxy(
     running: Cluster, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -40,6 +42,7 @@ async def test_delegate_reaches_the_manager_only_through_an_authenticating_proxy
     assert "s3cret-pw" not in "\n".join(delegate.stderr)
 
 
+@ON_SQLITE
 async def test_no_proxy_bypasses_the_proxy(
     running: Cluster, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -49,6 +52,7 @@ async def test_no_proxy_bypasses_the_proxy(
     assert proxy.tunnels == []
 
 
+@ON_SQLITE
 async def test_wrong_proxy_credentials_are_refused_by_the_proxy(
     running: Cluster, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,6 +31,7 @@ from tests.delegate.secrets.conftest import Bao, _bao_server
 from tests.delegate.secrets.test_azure import TOKEN as AZURE_TOKEN
 from tests.delegate.secrets.test_azure import FakeVault
 from tests.delegate.secrets.test_gcp import FakeKms, _start
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.connect_proxy import ConnectProxy
 from tests.e2e.harness import Cluster, Proc
 
@@ -417,6 +418,7 @@ async def test_migration_moves_a_secret_and_tasks_keep_working(
     assert "already kept in builtin" in res.stderr
 
 
+@ON_SQLITE
 async def test_ssh_key_reaches_the_script_as_a_private_file(
     running: Cluster, servers: Servers, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.e2e.conftest import ON_SQLITE
 from tests.e2e.harness import BIN, PRODUCTION_LEASES, Cluster, Proc
 
 MIB = 1024 * 1024
@@ -152,6 +153,7 @@ async def test_a_result_spooled_by_a_killed_delegate_is_sent_by_its_next_start(
     assert not list(spool.iterdir())
 
 
+@ON_SQLITE
 async def test_delegate_memory_stays_bounded_while_a_task_prints_200_mb(running: Cluster) -> None:
     delegate = await running.start_delegate("loud")
     # 200 MiB in lines of 8 KiB, written as fast as Python can.

@@ -58,10 +58,19 @@ def test_a_value_is_never_interpreted() -> None:
     assert map_inputs(payload, {"c": "cmd"}) == {"c": "$(rm -rf /); `id` ${HOME}"}
 
 
+@pytest.mark.parametrize("value", ["a\x00b", "x" * 4097])
+def test_a_nul_or_an_overlong_value_is_refused(value: str) -> None:
+    with pytest.raises(MappingError, match="longer than 4096 or holds a NUL"):
+        map_inputs({"v": value}, {"x": "v"})
+
+
 _keys = st.text(
     alphabet=st.characters(blacklist_characters=".[]/~", min_codepoint=33), min_size=1, max_size=8
 )
-_leaves = st.one_of(st.text(max_size=20), st.integers(), st.booleans())
+# A NUL is refused by map_inputs (test_a_nul_or_an_overlong_value_is_refused).
+_leaves = st.one_of(
+    st.text(st.characters(blacklist_characters="\x00"), max_size=20), st.integers(), st.booleans()
+)
 
 
 @settings(max_examples=200, deadline=None)
