@@ -124,6 +124,9 @@ async def test_a_non_production_token_never_reaches_prod(cluster: Cluster) -> No
         "--app", "checkout", "--app-env", "prod",
         "--selector", "dev-pool",
         "--secret-env", "DB_PASSWORD=prod-only-value",
+        # Unscaled: the default (300 s at --time-scale 0.05) ran out on a loaded machine
+        # before the last check that it is still queued, nobody's.
+        "--queue-timeout", "3600",
         "--", "echo", "prod",
     )  # fmt: skip
     staging = await ok(
