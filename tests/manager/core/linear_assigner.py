@@ -111,6 +111,12 @@ class LinearAssigner:
             seat.epoch += 1
         seat.key = key
         listed = set(held)
+        # The listing replaces the last: a task no longer listed ended there. (Kept, the ids
+        # a poller lists poll after poll, made up or not, would only ever grow the set.)
+        for task_id in sorted(seat.held - listed):
+            del self._held_by[task_id]
+            seat.held.discard(task_id)
+            seat.load.discard(task_id)
         for task_id in sorted(seat.load - seat.held):
             task = self._tasks[task_id]
             if task.phase is not Phase.UNANSWERED:

@@ -90,6 +90,19 @@ def test_least_loaded_counts_the_leases_a_delegate_already_holds() -> None:
     assert pushes(a.queued(task(9), 0.0))[0].delegate_id == "dlg_a"
 
 
+def test_each_listing_replaces_what_the_delegate_held() -> None:
+    """A poller lists its running tasks with every poll; a thief's made-up ids, new each
+    time, must not pile up as held (and a task no longer listed frees its slot)."""
+    a = Assigner(ack_within=ACK_WITHIN)
+    for n in range(100):
+        a.connected(dlg("a"), 2, "key_a", float(n), held=[f"tsk_made_up_{n}"])
+    assert a.load("dlg_a") == 1
+    a.connected(dlg("a"), 2, "key_a", 100.0, held=[])
+    assert a.load("dlg_a") == 0
+    (p,) = pushes(a.queued(task(1), 101.0))
+    assert p.delegate_id == "dlg_a"
+
+
 def test_a_held_lease_that_ends_frees_its_slot() -> None:
     a = Assigner(ack_within=ACK_WITHIN)
     a.connected(dlg("a"), 1, "key_a", 0.0, held=["tsk_old"])
