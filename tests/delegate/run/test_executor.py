@@ -44,6 +44,7 @@ async def run(
     secret_env: Mapping[str, str] | None = None,
     timeout_s: float = 10,
     kill_grace: float = 0.2,
+    flush_after: float = 0.05,
     cancel: asyncio.Event | None = None,
     on_line: Callable[[LogLine], None] = lambda line: None,
 ) -> Run:
@@ -54,7 +55,7 @@ async def run(
         on_line(line)
 
     secret_env = {"SECRET_TOKEN": SECRET} if secret_env is None else secret_env
-    log = LogStream(Masker(secret_env.values()), sink, flush_after=0.05)
+    log = LogStream(Masker(secret_env.values()), sink, flush_after=flush_after)
     spec = TaskSpec(id="task-1", payload=payload, timeout_s=timeout_s)
     result = await asyncio.wait_for(
         execute(
@@ -131,7 +132,10 @@ async def test_stdout_and_stderr_are_captured_in_order_per_stream(tmp_path: Path
 
 
 async def test_large_output_is_not_lost(tmp_path: Path) -> None:
-    r = await run(shell("seq 1 20000"), tmp_path)
+    # seq writes in 4 KiB blocks that end mid-line; on a loaded machine a pause between two
+    # blocks outlasts a short flush_after and ships the half line early, as designed. This
+    # test is about loss, so no partial flush and no timeout can fire while it runs.
+    r = await run(shell("seq 1 20000"), tmp_path, flush_after=3600, timeout_s=3600)
 
     assert r.texts("stdout") == [str(i) for i in range(1, 20001)]
 
