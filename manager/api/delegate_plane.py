@@ -277,7 +277,7 @@ def _heartbeat(
         c.hub.send(session, ack)
     if isinstance(frame, Hello):
         # Its link is up: what was pushed to it before is settled, and it may take work.
-        c.handout.connected(session, frame.key, frame.running)
+        c.handout.connected(session, frame.key, frame.running, frame.spooled)
     else:
         c.handout.heartbeat(session, frame.free_slots)
     return ack

@@ -24,13 +24,17 @@ refusal_of`: selectors, task type, draining, and the token's scope over the task
 
 Events (each returns the actions to carry out, in order):
 
-- ``connected(facts, capacity, key, now, held=())``: D's link is up on this replica. ``key``
-  names the delegate process (the acquire key of taskstate); ``held``: the tasks its hello
-  lists as running, counted as its load. Unanswered assignments to D are pushed again when
-  the key is the same (the frame may have been lost, and the holder gets the same attempt:
-  taskstate answers HELD), counted as acked when ``held`` lists them (only the ack was
-  lost), and requeued when the key differs (a new process never had it) or D may no longer
-  take them (draining, a narrower scope).
+- ``connected(facts, capacity, key, now, held=(), spooled=())``: D's link is up on this
+  replica. ``key`` names the delegate process (the acquire key of taskstate); ``held``: the
+  tasks its hello lists as running, counted as its load; ``spooled``: those it ran whose
+  results wait in its spool. Unanswered assignments to D are pushed again when the key is
+  the same (the frame may have been lost, and the holder gets the same attempt: taskstate
+  answers HELD), counted as acked when ``held`` or ``spooled`` lists them (only the ack was
+  lost: pushed again, it would run twice), and requeued when the key differs (a new process
+  never had it) or D may no longer take them (draining, a narrower scope).
+- ``adopt(claimed, D, key)``: a claim from before this process started (its recovery). When
+  D connects with the same key it is counted as acked if listed, else pushed again (the
+  claimer stopped before the frame left); with another key its lease decides.
 - ``stream_lost(D, now)``: the link dropped; D's session may come back within ``ack_within``.
 - ``disconnected(D, now)``: D's session is over (lost, revoked, dropped). Its unanswered
   assignments are requeued at once; its leases are the liveness sweep's to judge.
@@ -113,6 +117,11 @@ class Push:
     delegate_id: str
     attempt: int
     key: str
+    # Which push of the task this is (unique within the Assigner). A task pushed again to the
+    # same holder at the same attempt (its link came back) has two pushes of one claim; the
+    # caller tells them apart by this, so a verdict meant for the first (its long-poll ended)
+    # cannot take back the second, already handed out. Not part of equality: the same claim.
+    push: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +208,10 @@ class _Task:
     delegate_id: str | None = None
     key: str = ""
     deadline: float = 0.0
+    push: int = 0  # its latest Push's number
+    # A claim made before this process started (adopt): whether its holder ever had it is
+    # not known here.
+    adopted: bool = False
     # Delegates that declined (or let pass) this task, with their epoch then: not offered it
     # again until that epoch changes.
     passed: dict[str, int] = field(default_factory=dict)
@@ -261,6 +274,8 @@ class Assigner:
         self._waiting_named: dict[str, set[_TClass]] = {}
         self._deadlines: list[_Deadline] = []
         self._stamp = 0
+        # Claims from before this process started, by their holder, judged when it connects.
+        self._adopted: dict[str, set[str]] = {}
 
     # -- what it knows (for the caller and tests) ------------------------------------------
 
@@ -275,6 +290,15 @@ class Assigner:
     def attempt(self, task_id: str) -> int | None:
         task = self._tasks.get(task_id)
         return None if task is None else task.attempt
+
+    def current(self, push: Push) -> bool:
+        """``push`` is the task's latest, and its assignment stands (not taken back since)."""
+        task = self._tasks.get(push.task_id)
+        return (
+            task is not None
+            and task.push == push.push
+            and self._holds(task, push.delegate_id, push.attempt)
+        )
 
     def load(self, delegate_id: str) -> int:
         seat = self._seats.get(delegate_id)
@@ -292,7 +316,13 @@ class Assigner:
         key: str,
         now: float,
         held: Iterable[str] = (),
+        spooled: Iterable[str] = (),
+        *,
+        listing: bool = True,
     ) -> list[Action]:
+        """``listing`` False: ``held`` and ``spooled`` may predate the delegate's answer from
+        before this process started (a poll before its first heartbeat here), so the claims
+        adopted for it wait for a connect that lists what it has."""
         out: list[Action] = []
         seat = self._seats.get(facts.id)
         if seat is None:
@@ -308,6 +338,13 @@ class Assigner:
             seat.epoch += 1
         seat.key = key
         listed = set(held)
+        # What it has of each: running, or run with its result waiting in its spool. Either
+        # way it must not be pushed again (it would run twice).
+        has = listed | set(spooled)
+        for task_id in sorted(self._adopted.pop(facts.id, ()) if listing else ()):
+            task = self._tasks.get(task_id)
+            if task is not None and task.adopted and task.delegate_id == facts.id:
+                seat.load.add(task_id)
         # The listing replaces the last: a task no longer listed ended there. (Kept, the ids
         # a poller lists poll after poll, made up or not, would only ever grow the set.)
         for task_id in sorted(seat.held - listed):
@@ -318,16 +355,25 @@ class Assigner:
             task = self._tasks[task_id]
             if task.phase is not Phase.UNANSWERED:
                 continue
-            if task.key == key and task_id in listed:
+            if task.key == key and task_id in has:
                 # It runs there: only the ack was lost.
                 task.phase = Phase.ACKED
+                task.adopted = False
+            elif task.key != key and task.adopted:
+                # Claimed before this process started, for a process that is gone: it may
+                # have run it. Its lease decides (the attempt counts), not a withdrawal.
+                seat.load.discard(task_id)
+                del self._tasks[task_id]
             elif task.key != key:
                 # A new process never got the frame: the task may go to it afresh.
                 self._requeue(task, seat, "restarted", out, passed=False)
             elif self._eligible(seat, task):
                 task.phase = Phase.ASSIGNED
+                task.adopted = False
                 self._set_deadline(task, now + self._ack_within)
-                out.append(Push(task.id, seat.facts.id, task.attempt, key))
+                self._pushes += 1
+                task.push = self._pushes
+                out.append(Push(task.id, seat.facts.id, task.attempt, key, self._pushes))
             else:
                 # Back draining, or with a narrower scope: not even its own claim again.
                 self._requeue(task, seat, "ineligible", out)
@@ -340,6 +386,29 @@ class Assigner:
         self._place_all(out, now)
         self._fill(seat, now, out)
         return out
+
+    def adopt(self, claimed: Queued, delegate_id: str, key: str) -> None:
+        """A claim the store holds from before this process started: attempt
+        ``claimed.attempt`` for ``delegate_id``'s process ``key``, answered or not, nobody
+        here knows. When that process connects and lists it, it runs there; when it connects
+        without it, it never had it (the claimer stopped before the frame left, or the
+        answer was lost), and it is pushed the same attempt; when another process of the
+        delegate connects, the lease decides. Until then it counts as unanswered."""
+        if claimed.id in self._tasks:
+            return
+        self._seq += 1
+        self._tasks[claimed.id] = _Task(
+            claimed.id,
+            claimed.facts,
+            claimed.attempt,
+            self._seq,
+            self._tclass(claimed.facts),
+            phase=Phase.UNANSWERED,
+            delegate_id=delegate_id,
+            key=key,
+            adopted=True,
+        )
+        self._adopted.setdefault(delegate_id, set()).add(claimed.id)
 
     def stream_lost(self, delegate_id: str, now: float) -> list[Action]:
         seat = self._seats.get(delegate_id)
@@ -433,14 +502,18 @@ class Assigner:
         *,
         full: bool = False,
         passed: bool = True,
+        push: int | None = None,
     ) -> list[Action]:
         """The delegate will not run the attempt (``full``: for want of a slot). ``passed``
         False: it never saw it (a long-poll that ended while the claim was written), so it
-        may be offered the task again at once, by the poll that follows."""
+        may be offered the task again at once, by the poll that follows. ``push``: the
+        verdict is about that push only (the caller's own), not a later one of the claim."""
         task = self._tasks.get(task_id)
         out: list[Action] = []
         if task is None or not self._holds(task, delegate_id, attempt):
             return out  # a stale decline: that attempt runs nowhere anyway
+        if push is not None and task.push != push:
+            return out  # pushed again since (its link came back): the later push decides
         if task.phase is Phase.ACKED:
             return out  # it said it runs it; a lease is ended by a result, not a decline
         seat = self._seats[delegate_id]
@@ -713,8 +786,9 @@ class Assigner:
         self._touch(seat)
         task.phase, task.delegate_id, task.key = Phase.ASSIGNED, seat.facts.id, seat.key
         task.attempt += 1
+        task.push = self._pushes
         self._set_deadline(task, now + self._ack_within)
-        out.append(Push(task.id, seat.facts.id, task.attempt, seat.key))
+        out.append(Push(task.id, seat.facts.id, task.attempt, seat.key, self._pushes))
 
     def _enqueue(self, task: _Task) -> None:
         # Its class's heap keeps queue order: a task that was declined waits ahead of

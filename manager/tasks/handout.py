@@ -120,6 +120,16 @@ class Handout:
         facts = TaskFacts(task.type, task.selectors, place)
         self._carry(self.assigner.queued(Queued(task.id, facts, task.attempt), self._clock()))
 
+    def adopt(self, task: TaskRecord) -> None:
+        """A task the store holds running from before this process started (recovery)."""
+        if task.delegate_id is None or task.acquire_key is None:
+            return  # taken by id through acquire: nobody's assignment
+        place = place_of(task.app_id, task.env_id, self._envs)
+        facts = TaskFacts(task.type, task.selectors, place)
+        claimed = Queued(task.id, facts, task.attempt)
+        self.assigner.adopt(claimed, task.delegate_id, task.acquire_key)
+        self._handed.setdefault(task.id, set()).add(task.delegate_id)
+
     def gone(self, task_id: str) -> None:
         """The task is final, or held outside this replica's assignments."""
         self._handed.pop(task_id, None)
@@ -135,9 +145,11 @@ class Handout:
 
     # -- events: delegates ---------------------------------------------------------------------
 
-    def connected(self, session: Session, key: str, held: Iterable[str]) -> None:
+    def connected(
+        self, session: Session, key: str, held: Iterable[str], spooled: Iterable[str] = ()
+    ) -> None:
         """``session``'s stream answered its hello: ``key`` names the process, ``held`` the
-        tasks it runs."""
+        tasks it runs, ``spooled`` those it ran whose results wait in its spool."""
         self._full.discard(session.id)
         # A long-poll left over from polling (the delegate moved to the stream) takes no
         # assignment: its answer would go to a request the delegate gave up.
@@ -145,7 +157,7 @@ class Handout:
         if poll is not None and not poll.done():
             poll.cancel()
         actions = self.assigner.connected(
-            session.facts, session.delegate.capacity, key, self._clock(), held
+            session.facts, session.delegate.capacity, key, self._clock(), held, spooled
         )
         self._carry(actions)
 
@@ -202,6 +214,11 @@ class Handout:
 
     async def poll(self, session: Session, key: str, wait: float) -> AcquireResponse | None:
         """Wait up to ``wait`` seconds for an assignment claimed for this polling delegate."""
+        if session.mode == "stream":
+            # A poll sent before the delegate's stream opened, handled after: its assignments
+            # go over the stream. Registered, it would cut the stream's seat to one slot.
+            await self._idle(session, wait)
+            return None
         old = self._polls.pop(session.id, None)
         if old is not None and not old.done():
             old.cancel()
@@ -211,25 +228,46 @@ class Handout:
         capacity = self.assigner.load(session.id) + 1
         self._full.discard(session.id)
         self._carry(
-            self.assigner.connected(session.facts, capacity, key, self._clock(), session.listed)
+            self.assigner.connected(
+                session.facts,
+                capacity,
+                key,
+                self._clock(),
+                session.listed,
+                session.spooled,
+                # What a poll knows the delegate has is its last heartbeat's listing here.
+                listing=self._hub.liveness.last_beat(session.id) is not None,
+            )
         )
-        # The hub wakes it when the session ends or the manager stops.
-        session.wake.clear()
-        waker: asyncio.Future[object] = asyncio.ensure_future(session.wake.wait())
         try:
-            waiting: set[asyncio.Future[object]] = {answer, waker}  # type: ignore[arg-type]
-            await asyncio.wait(waiting, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
+            await self._idle(session, wait, answer)
         finally:
-            waker.cancel()
             if self._polls.get(session.id) is answer:
                 del self._polls[session.id]
-                if session.mode != "stream":
+                mode: str = session.mode  # read again: it may have changed while waiting
+                if mode != "stream":
                     self._carry(self.assigner.stream_lost(session.id, self._clock()))
         if answer.done() and not answer.cancelled():
             # Answered (maybe as the wait ended): the attempt is this poller's.
             return answer.result()
         answer.cancel()
         return None
+
+    @staticmethod
+    async def _idle(
+        session: Session, wait: float, answer: asyncio.Future[AcquireResponse] | None = None
+    ) -> None:
+        """Wait up to ``wait`` seconds, until ``answer`` is set or the hub wakes the session
+        (it ended, or the manager stops)."""
+        session.wake.clear()
+        waker: asyncio.Future[object] = asyncio.ensure_future(session.wake.wait())
+        try:
+            waiting: set[asyncio.Future[object]] = {waker}
+            if answer is not None:
+                waiting.add(answer)  # type: ignore[arg-type]
+            await asyncio.wait(waiting, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
 
     async def settle(self) -> None:
         """Wait until every action decided so far (and those they led to) is carried out."""
@@ -279,15 +317,13 @@ class Handout:
             self._carry(self.assigner.gone(action.task_id, self._clock()))
 
     def _current(self, push: Push) -> bool:
-        """The Assigner still gives ``push``'s attempt to its delegate. A push is carried out
-        after the actions decided before it on the same task; one decided before a decline
-        or a withdrawal of its attempt (a poll replaced while the claim was written, and the
-        next poll's push of the same attempt) is stale by then: handed out, it would run an
-        attempt the store has taken back."""
-        return (
-            self.assigner.holder(push.task_id) == push.delegate_id
-            and self.assigner.attempt(push.task_id) == push.attempt
-        )
+        """``push`` is still the Assigner's last word on its task. A push is carried out after
+        the actions decided before it on the same task; one decided before a decline or a
+        withdrawal of its attempt (a poll replaced while the claim was written, and the next
+        poll's push of the same attempt) is stale by then: handed out, it would run an attempt
+        the store has taken back. One followed by a push again of the same claim (the poll
+        ended, the next poll came) leaves the hand-out to that later push."""
+        return self.assigner.current(push)
 
     async def _push(self, push: Push) -> None:
         assert self._claims is not None, "bound at start"
@@ -312,15 +348,24 @@ class Handout:
             if self._polls.get(push.delegate_id) is poll and not poll.done():
                 poll.set_result(handed)
                 # Answered: counted as acknowledged (see the module).
-                self._carry(
-                    self.assigner.ack(push.task_id, push.delegate_id, push.attempt, self._clock())
-                )
+                now = self._clock()
+                self._carry(self.assigner.ack(push.task_id, push.delegate_id, push.attempt, now))
+                # A poll carries one assignment: no slot for more until the next poll opens
+                # one. Left open until the handler's clean-up, the seat took a claim for each
+                # result that freed a slot meanwhile, and each was taken back (most of the
+                # polling path's cost).
+                self._carry(self.assigner.capacity(push.delegate_id, 0, now))
             else:
                 # The poll ended while the claim was written: nobody has it; take it back,
                 # and let the poller's next poll (maybe waiting already) have it.
                 self._carry(
                     self.assigner.decline(
-                        push.task_id, push.delegate_id, push.attempt, self._clock(), passed=False
+                        push.task_id,
+                        push.delegate_id,
+                        push.attempt,
+                        self._clock(),
+                        passed=False,
+                        push=push.push,
                     )
                 )
             return

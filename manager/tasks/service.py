@@ -187,6 +187,9 @@ class TaskService:
             elif task.delegate_id is not None:
                 # A full lease from now: the holder has that long to reconnect and list it.
                 self._hub.leases.grant(task.id, task.delegate_id)
+                # Claimed by the process before this one, maybe never sent: pushed again to
+                # its holder's same process if that comes back without it (not lost).
+                self.handout.adopt(task)
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
 

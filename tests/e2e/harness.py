@@ -72,8 +72,15 @@ class Proc:
         return self.proc.pid
 
     async def _pump(self, reader: asyncio.StreamReader, into: list[str]) -> None:
+        # TETHER_TEST_OUTPUT=DIR keeps every child's output there too, one file per process
+        # (for reading a failed soak or fault run after the fact).
+        keep = os.environ.get("TETHER_TEST_OUTPUT")
+        path = None if not keep else Path(keep) / f"{self.name}-{self.pid}.log"
         while line := await reader.readline():
             into.append(line.decode(errors="replace").rstrip("\n"))
+            if path is not None:
+                with path.open("ab") as f:
+                    f.write(line)
             self._changed.set()
         self._changed.set()
 

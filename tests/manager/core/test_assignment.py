@@ -231,6 +231,25 @@ def test_same_delegate_back_with_the_same_key_is_pushed_the_same_attempt() -> No
     assert a.phase("tsk_1") is Phase.ACKED
 
 
+def test_a_verdict_on_a_push_does_not_take_back_the_same_claim_pushed_again() -> None:
+    # A long-poll ended with its claim still being written; the poller's next poll had the
+    # same claim pushed again. The first push's "nobody got it" is about the first push only.
+    a = idle("a", "b")
+    (first,) = pushes(a.queued(task(1), 0.0))
+    a.stream_lost("dlg_a", 1.0)
+    (again,) = pushes(a.connected(dlg("a"), 4, "key_a", 2.0))
+    assert again == first
+    assert again.push != first.push
+    assert not a.current(first)
+    assert a.current(again)
+    assert a.decline("tsk_1", "dlg_a", first.attempt, 2.1, passed=False, push=first.push) == []
+    assert (a.holder("tsk_1"), a.phase("tsk_1")) == ("dlg_a", Phase.ASSIGNED)
+    # The later push's own verdict still counts.
+    out = a.decline("tsk_1", "dlg_a", again.attempt, 2.2, passed=False, push=again.push)
+    assert [type(x) for x in out] == [Requeue, Push]
+    assert not a.current(again)
+
+
 def test_back_listing_the_task_as_running_means_only_the_ack_was_lost() -> None:
     a = idle("a")
     assert pushes(a.queued(task(1), 0.0))[0].delegate_id == "dlg_a"
@@ -238,6 +257,59 @@ def test_back_listing_the_task_as_running_means_only_the_ack_was_lost() -> None:
     assert a.connected(dlg("a"), 4, "key_a", 2.0, held=["tsk_1"]) == []
     assert a.phase("tsk_1") is Phase.ACKED
     assert a.load("dlg_a") == 1
+
+
+def test_back_with_the_result_spooled_means_it_ran_and_is_not_pushed_again() -> None:
+    a = idle("a")
+    pushes(a.queued(task(1), 0.0))
+    a.stream_lost("dlg_a", 1.0)
+    assert a.connected(dlg("a"), 4, "key_a", 2.0, spooled=["tsk_1"]) == []
+    assert a.phase("tsk_1") is Phase.ACKED
+
+
+# --- claims from before a restart (adopt) -------------------------------------------------------
+
+
+def adopted(attempt: int = 3) -> Assigner:
+    """A new process: the store holds tsk_1 at ``attempt`` for a's process key_a."""
+    a = Assigner(ack_within=ACK_WITHIN)
+    a.adopt(task(1, attempt=attempt), "dlg_a", "key_a")
+    return a
+
+
+def test_an_adopted_claim_its_process_never_had_is_pushed_to_it_again_at_the_same_attempt() -> None:
+    a = adopted()
+    assert a.connected(dlg("b"), 4, "key_b", 0.0) == []  # nobody else is handed it
+    assert a.connected(dlg("a"), 4, "key_a", 1.0) == [Push("tsk_1", "dlg_a", 3, "key_a")]
+    assert a.ack("tsk_1", "dlg_a", 3, 1.1) == []
+    assert a.phase("tsk_1") is Phase.ACKED
+
+
+def test_an_adopted_claim_its_process_lists_runs_there() -> None:
+    for held, spooled in ((["tsk_1"], []), ([], ["tsk_1"])):
+        a = adopted()
+        assert a.connected(dlg("a"), 1, "key_a", 1.0, held, spooled) == []
+        assert a.phase("tsk_1") is Phase.ACKED
+        # It holds the slot until its result.
+        assert pushes(a.queued(task(2), 1.0)) == []
+        assert [p.task_id for p in pushes(a.result("tsk_1", "dlg_a", 3, 2.0))] == ["tsk_2"]
+
+
+def test_an_adopted_claim_of_a_process_that_is_gone_is_left_to_its_lease() -> None:
+    # Another process of the delegate: the old one may have run it, so no withdrawal (which
+    # would not count the attempt) and no push; the lease runs out and the store requeues it.
+    a = adopted()
+    assert a.connected(dlg("a"), 4, "key_new", 1.0) == []
+    assert a.holder("tsk_1") is None
+    assert a.queued(task(1, attempt=3), 5.0) == [Push("tsk_1", "dlg_a", 4, "key_new")]
+
+
+def test_an_adopted_claim_waits_for_a_connect_that_lists_what_the_delegate_has() -> None:
+    a = adopted()
+    assert a.connected(dlg("a"), 4, "key_a", 1.0, listing=False) == []
+    assert a.phase("tsk_1") is Phase.UNANSWERED
+    assert a.connected(dlg("a"), 4, "key_a", 2.0, held=["tsk_1"]) == []
+    assert a.phase("tsk_1") is Phase.ACKED
 
 
 def test_after_the_deadline_the_task_goes_to_another_with_the_next_attempt() -> None:

@@ -461,3 +461,76 @@ async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_
     # What the poll was handed is the attempt the store holds for it, not a withdrawn one.
     assert (state, holder) == (TaskState.RUNNING, a.id)
     assert handed.attempt == attempt
+
+
+async def test_an_answered_poll_takes_no_claim_for_a_slot_freed_before_the_next_poll(
+    world: World,
+) -> None:
+    """A poll carries one assignment. A slot that frees between its answer and the next poll
+    gets no claim for the answered poll (a claim nobody could be handed, then withdrawn);
+    the next poll is handed the waiting task at its first attempt."""
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    first = await world.submit()
+    handed = await world.handout.poll(a, "poller-key-1", 30.0)
+    assert handed is not None
+    assert handed.task.id == first
+    second = await world.submit()
+    third = await world.submit()
+    withdrawn: list[str] = []
+    real_withdraw = world.tasks.withdraw
+
+    async def counted(task_id: str, delegate_id: str, attempt: int) -> None:
+        withdrawn.append(task_id)
+        await real_withdraw(task_id, delegate_id, attempt)
+
+    world.tasks.withdraw = counted  # type: ignore[method-assign]
+    poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
+    await asyncio.sleep(0)
+    # The first task's slot frees right after the poll is answered, before its handler ends.
+    world.handout._polls[a.id].add_done_callback(
+        lambda _: world.handout.result(first, a.id, handed.attempt)
+    )
+    await world.settle()
+    answered = await poll
+    await world.settle()
+    assert answered is not None
+    assert answered.task.id == second
+    assert withdrawn == []
+    assert await world.task(third) == (TaskState.QUEUED, 0, None)
+    last = await world.handout.poll(a, "poller-key-1", 30.0)
+    assert last is not None
+    assert (last.task.id, last.attempt) == (third, 1)
+
+
+async def test_a_poll_handled_after_the_stream_opened_leaves_the_streams_slots_alone(
+    world: World,
+) -> None:
+    # Sent before the stream opened, handled after: it answers nothing, and the delegate's
+    # four slots stay four (registered as a poll, it had cut them to what it held plus one).
+    a = world.connect("a", key="process-key-1", capacity=4)
+    assert await world.handout.poll(a, "process-key-1", 0.0) is None
+    tasks = [await world.submit() for _ in range(4)]
+    assert world.streams["a"].assignments() == [(t, 1) for t in tasks]
+
+
+@pytest.mark.parametrize(
+    ("key", "pushed"), [("process-key-1", True), ("process-key-2", False)], ids=["same", "new"]
+)
+async def test_a_claim_from_before_a_restart_goes_to_its_process_if_it_never_had_it(
+    world: World, tmp_path: Path, key: str, pushed: bool
+) -> None:
+    """The manager stopped after committing a claim, before its frame reached the delegate.
+    The next manager pushes the same attempt to the same process when it comes back without
+    it (no attempt is lost to the manager's restart); a new process of the delegate may be
+    the old one restarted after running it, so then the lease decides."""
+    a = world.connect("a", key="process-key-1")
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    restarted = World(world.store, world.clock, tmp_path)
+    await restarted.tasks.recover()
+    restarted.connect("a", key=key)
+    await restarted.settle()
+    assert restarted.streams["a"].assignments() == ([(task_id, 1)] if pushed else [])
+    assert await restarted.task(task_id) == (TaskState.RUNNING, 1, a.id)
