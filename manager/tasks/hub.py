@@ -29,9 +29,10 @@ log = structlog.get_logger("tether.hub")
 
 # Bytes of frames handed to a stream and not yet written out, at most, per session. A peer
 # that stops reading (a stolen token's client, say) would otherwise make the manager buffer
-# every reply and assignment for it without bound; past this its stream is closed and the
-# delegate reconnects. A reading delegate is far below it: frames are written as they are
-# sent, and one frame is at most shared.protocol.MAX_FRAME_BYTES (4 MiB).
+# every reply and assignment for it without bound; past this its connection is dropped (a
+# close would wait behind the unread frames) and the delegate reconnects. A reading delegate
+# is far below it: frames are written as they are sent, and one frame is at most
+# shared.protocol.MAX_FRAME_BYTES (4 MiB).
 MAX_UNSENT_BYTES = 16 << 20
 
 
@@ -281,7 +282,10 @@ class Hub:
         if ws is None or ws.closed:
             return
         text = frame.model_dump_json()
-        if session.unsent + len(text) > MAX_UNSENT_BYTES:
+        # Bytes on the wire, not characters: a frame of multi-byte text (a script, a
+        # cancel reason) weighs up to four times its length.
+        size = len(text.encode())
+        if session.unsent + size > MAX_UNSENT_BYTES:
             # A close frame would wait behind what it does not read, and a close flushes
             # first: the connection is dropped. The delegate reconnects; what it was sent
             # and did not acknowledge goes back as after any lost stream.
@@ -296,14 +300,16 @@ class Hub:
         # Not awaited here: a delegate with a full socket buffer must not stall the caller
         # (the hand-out serves every delegate). Frames of a non-compressed WebSocket are
         # written whole and in call order before the first await, so order is kept.
-        session.unsent += len(text)
-        self._spawn(self._send(session, ws, text))
+        session.unsent += size
+        self._spawn(self._send(session, ws, text, size))
 
-    async def _send(self, session: Session, ws: web.WebSocketResponse, text: str) -> None:
+    async def _send(
+        self, session: Session, ws: web.WebSocketResponse, text: str, size: int
+    ) -> None:
         try:
             await ws.send_str(text)
         finally:
-            session.unsent = max(0, session.unsent - len(text))
+            session.unsent = max(0, session.unsent - size)
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)

@@ -369,3 +369,18 @@ async def test_a_reading_peer_takes_more_than_the_bound_without_being_dropped(hu
             assert len(await asyncio.wait_for(client.receive_str(), WAIT)) > 1 << 20
         assert session.mode == "stream"
         await client.close()
+
+
+async def test_unsent_frames_are_counted_in_bytes_not_characters(hub: Hub) -> None:
+    # Four bytes a character: counted by length, a non-reader could hold four times the bound.
+    session = hub.session(record("a"))
+    frame = Bulk(data="\N{GRINNING FACE}" * (1 << 18))
+    size = len(frame.model_dump_json().encode())
+    async with streams(hub, session) as s:
+        _, writer = await _upgrade(s.url)
+        await asyncio.wait_for(s.attached.get(), WAIT)
+        # Counted as it is handed over, before any of it is written.
+        hub.send(session, frame)
+        assert session.unsent == size
+        assert size > 4 * (1 << 18)
+        writer.close()
