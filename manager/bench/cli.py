@@ -134,7 +134,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main_bench(argv: list[str]) -> int:
-    from manager.bench.runner import run_bench
+    from manager.bench.runner import fd_problem, run_bench
     from shared.runtime import run
 
     args = bench_parser().parse_args(argv)
@@ -183,7 +183,7 @@ def main_bench(argv: list[str]) -> int:
     else:
         fields = set(BenchOptions.__dataclass_fields__)
         opts = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields})
-        problem = validate(opts)
+        problem = validate(opts) or fd_problem(opts)
 
         def once() -> dict[str, Any]:
             return run(run_bench(opts))

@@ -58,15 +58,18 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def raise_fd_limit(needed: int) -> None:
-    """Lift the soft limit on open files towards the hard one when ``needed`` is above it.
+def raise_fd_limit(needed: int) -> int:
+    """Lift the soft limit on open files towards the hard one when ``needed`` is above it, and
+    return the limit now in force (managers started afterwards inherit it).
 
-    Managers started afterwards inherit it: 10,000 delegates are 10,000 sockets on each side.
+    The limit is per process: N delegates are N sockets in the bench and N in the manager.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed if soft == resource.RLIM_INFINITY else soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    return max(soft, target)
 
 
 @dataclass

@@ -11,7 +11,26 @@ from manager.bench.options import BenchOptions, validate
 from manager.bench.real import run_real
 from manager.bench.sim import run_simulated
 
-__all__ = ["run_bench"]
+__all__ = ["FD_SLACK", "fd_problem", "run_bench"]
+
+# Open files a bench or manager process needs beside one socket a delegate.
+FD_SLACK = 200
+
+
+def fd_problem(opts: BenchOptions) -> str | None:
+    """Raise the open-files limit for the run, or say why this host cannot hold it.
+
+    Each delegate is a socket in this process and another in the manager's, plus slack for
+    the HTTPS pool, the database and the rest: checked first, not met as EMFILE mid-run.
+    """
+    needed = opts.delegates + FD_SLACK
+    allowed = raise_fd_limit(needed)
+    if allowed >= needed:
+        return None
+    return (
+        f"--delegates {opts.delegates} needs {needed} open files a process and this host"
+        f" allows {allowed} (ulimit -Hn): use at most {allowed - FD_SLACK} delegates"
+    )
 
 
 async def run_bench(opts: BenchOptions) -> dict[str, Any]:
@@ -22,8 +41,9 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
     problem = validate(opts)
     if problem:
         raise ValueError(problem)
-    # Each delegate is a socket here and another in the manager, plus slack for the rest.
-    raise_fd_limit(2 * opts.delegates + 1024)
+    problem = fd_problem(opts)
+    if problem:
+        raise ValueError(problem)
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
         root = Path(tmp)
         if opts.manager_url:

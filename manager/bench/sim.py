@@ -81,8 +81,11 @@ class SimBench:
         self.timeline = Timeline(expected=opts.tasks)
         self.background: set[asyncio.Task[None]] = set()
         polls = 2 * opts.delegates if opts.mode == "poll" else 0
+        # Idle delegates only register over HTTPS: a small pool leaves the file descriptors
+        # (one a stream, on each side) to the streams when their count nears the limit.
+        pool = 32 if opts.idle else 2 * opts.concurrency + polls + 100
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.ssl, limit=2 * opts.concurrency + polls + 100),
+            connector=aiohttp.TCPConnector(ssl=self.ssl, limit=pool),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=60),
         )
 

@@ -12,6 +12,7 @@ entry covers its address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Every request parses its peer's address (and any forwarded hops): cached, a client's
+# address is parsed once. The answer is immutable; the bound keeps a flood of made-up
+# X-Forwarded-For values from growing it.
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address | None:
     """An address as peers and proxies write it; IPv4-mapped IPv6 (``::ffff:10.0.0.1``, what
     a dual-stack socket reports) becomes the IPv4 address, so IPv4 entries cover it."""

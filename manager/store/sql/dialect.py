@@ -40,13 +40,21 @@ class Dialect(enum.Enum):
     POSTGRES = "postgres"
 
 
+# A record type's field names, once: dataclasses.fields builds a new tuple of Field objects
+# at each call, which was a few per cent of a saturated manager (one call per insert).
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
 def fields(record: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(record))
+    names = _FIELDS.get(record)
+    if names is None:
+        names = _FIELDS[record] = tuple(f.name for f in dataclasses.fields(record))
+    return names
 
 
 def params_of(record: Any) -> dict[str, Any]:
     """A record's fields by name: the parameters of its {X_PARAMS}."""
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {name: getattr(record, name) for name in fields(type(record))}
 
 
 def _columns(names: Sequence[str], prefix: str = "") -> str:

@@ -7,6 +7,9 @@ and keep the runs small: they check the benchmarks, not the speed.
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
 
 import pytest
 
@@ -194,3 +197,32 @@ def test_unparseable_arguments_exit_with_usage_status() -> None:
     with pytest.raises(SystemExit) as exc:
         main_bench(["--replicas", "two"])
     assert exc.value.code == 2
+
+
+def test_more_delegates_than_the_hosts_open_files_allow_is_refused_before_the_run() -> None:
+    # The limit is per process: a bench or manager holding N streams needs N sockets and
+    # some. Refused at once with what would fit, not met as EMFILE after minutes.
+    limit = 1024
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from manager.bench import main_bench; sys.exit(main_bench(sys.argv[1:]))",
+            *("--delegates", "5000", "--idle", "1"),
+        ],
+        preexec_fn=low_limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"error: --delegates 5000 needs 5200 open files a process and this host allows {limit}"
+        f" (ulimit -Hn): use at most {limit - 200} delegates"
+    ]
