@@ -74,6 +74,7 @@ entries is rebuilt.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from heapq import heapify, heappop, heappush
@@ -408,6 +409,9 @@ class Assigner:
             key=key,
             adopted=True,
         )
+        # No deadline: it waits for its holder, or for the store to requeue it (its lease).
+        # Set explicitly, so that a rebuild of the deadlines' heap does not read it as due.
+        self._set_deadline(self._tasks[claimed.id], math.inf)
         self._adopted.setdefault(delegate_id, set()).add(claimed.id)
 
     def stream_lost(self, delegate_id: str, now: float) -> list[Action]:
@@ -468,6 +472,7 @@ class Assigner:
             # Our attempt lost its lease and the store requeued it.
             seat = self._unseat(task)
             task.attempt, task.phase, task.delegate_id = queued.attempt, Phase.QUEUED, None
+            task.adopted = False  # claimed from now on by this process
             task.facts, task.tclass = queued.facts, self._tclass(queued.facts)
             if seat is not None:
                 seat.epoch += 1
@@ -785,6 +790,7 @@ class Assigner:
         seat.load.add(task.id)
         self._touch(seat)
         task.phase, task.delegate_id, task.key = Phase.ASSIGNED, seat.facts.id, seat.key
+        task.adopted = False
         task.attempt += 1
         task.push = self._pushes
         self._set_deadline(task, now + self._ack_within)
@@ -842,13 +848,15 @@ class Assigner:
         task.deadline = deadline
         self._stamp += 1
         task.deadline_as = self._stamp
+        if deadline == math.inf:
+            return  # never due (the hand-out's pushes wait for their answer, or the lease)
         heap = self._deadlines
         heappush(heap, (deadline, self._stamp, task.id))
         if len(heap) > _SLACK * len(self._tasks) + _SLACK_MIN:
             heap[:] = [
                 (t.deadline, t.deadline_as, t.id)
                 for t in self._tasks.values()
-                if t.phase in (Phase.ASSIGNED, Phase.UNANSWERED)
+                if t.phase in (Phase.ASSIGNED, Phase.UNANSWERED) and t.deadline != math.inf
             ]
             heapify(heap)
 

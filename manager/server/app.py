@@ -327,6 +327,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         wall=config.clock,
         envs=envs,
         secrets=deliveries,
+        adopt_claims=not isinstance(store, PostgresStore),
     )
     ops = SecretOps(store=task_store, tasks=tasks, events=events, timeout=t.secret_op_timeout)
     secrets = SecretService(

@@ -145,6 +145,12 @@ class TaskService:
         envs: EnvIndex | None = None,
         # Secrets for the acquire answer (manager.secrets.delivery); None delivers none.
         secrets: SecretDeliverer | None = None,
+        # Whether the claims running at start were all made by this manager's earlier
+        # process (one manager on its store: SQLite), so that one it may never have sent is
+        # pushed again to its holder (recover). With replicas another one may be carrying
+        # that claim out right now: a push from here too, and that replica's withdrawal when
+        # the delegate moved, would run the attempt twice.
+        adopt_claims: bool = True,
     ) -> None:
         self._store = store
         self.envs = envs or EnvIndex(store)
@@ -168,6 +174,7 @@ class TaskService:
         self._open: dict[str, TaskRecord] = {}
         self._run_margin = timings.kill_grace + 1.0
         self._secrets = secrets
+        self._adopt_claims = adopt_claims
         # When the sweep last asked the store for leases that ran out: a lease found now ran
         # out since, which the lost-lease log line says (what the fault tests judge by).
         self._looked_at: float | None = None
@@ -187,9 +194,10 @@ class TaskService:
             elif task.delegate_id is not None:
                 # A full lease from now: the holder has that long to reconnect and list it.
                 self._hub.leases.grant(task.id, task.delegate_id)
-                # Claimed by the process before this one, maybe never sent: pushed again to
-                # its holder's same process if that comes back without it (not lost).
-                self.handout.adopt(task)
+                if self._adopt_claims:
+                    # Claimed by the process before this one, maybe never sent: pushed again
+                    # to its holder's same process if that comes back without it.
+                    self.handout.adopt(task)
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
 
@@ -413,6 +421,10 @@ class TaskService:
                 asyncio.get_running_loop().call_soon(self.handout.queued, again)
             return None
         if decision.verdict is Verdict.HELD:
+            # Handed again (its first frame or answer was lost, or a claim adopted at start):
+            # the stored lease is extended as for a new claim. Nothing vouches for it before
+            # the holder's next heartbeat lists it, and the lease left may be short.
+            await self._store.renew_leases([(task.id, session.id, lease_for)])
             self._hub.leases.grant(task.id, session.id)
             return await self._assignment(session, task)
         if updated is None:

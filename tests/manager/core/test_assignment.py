@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -302,6 +303,45 @@ def test_an_adopted_claim_of_a_process_that_is_gone_is_left_to_its_lease() -> No
     assert a.connected(dlg("a"), 4, "key_new", 1.0) == []
     assert a.holder("tsk_1") is None
     assert a.queued(task(1, attempt=3), 5.0) == [Push("tsk_1", "dlg_a", 4, "key_new")]
+
+
+def churn(a: Assigner, count: int, now: float) -> None:
+    """Many short tasks through the delegates up (each push a deadline, which the hand-out
+    never reaches): enough that the deadlines' heap is rebuilt."""
+    for n in range(count):
+        (p,) = pushes(a.queued(task(1000 + n), now))
+        a.ack(p.task_id, p.delegate_id, p.attempt, now)
+        a.result(p.task_id, p.delegate_id, p.attempt, now)
+
+
+def test_an_adopted_claim_is_never_due_however_the_deadlines_are_rebuilt() -> None:
+    # Found by review: a rebuilt heap read an adopted claim as due at 0, and the tick then
+    # withdrew it (not counted) and handed it to another delegate while its holder, not yet
+    # judged, might be running it; with the holder away the tick raised KeyError.
+    for holder_back in (False, True):
+        a = Assigner(ack_within=math.inf)  # as the hand-out makes it
+        a.adopt(task(1, attempt=3), "dlg_a", "key_a")
+        if holder_back:
+            a.connected(dlg("a"), 1, "key_a", 0.0, listing=False)
+            a.stream_lost("dlg_a", 0.5)
+        a.connected(dlg("b"), 4, "key_b", 0.0)
+        churn(a, 200, 1.0)
+        assert a.tick(2.0) == []
+        assert (a.holder("tsk_1"), a.phase("tsk_1")) == ("dlg_a", Phase.UNANSWERED)
+
+
+def test_a_claim_made_here_after_an_adopted_one_is_withdrawn_as_any_when_its_process_goes() -> None:
+    a = Assigner(ack_within=ACK_WITHIN)
+    a.adopt(task(1, attempt=3), "dlg_a", "key_a")
+    a.connected(dlg("b"), 4, "key_b", 0.0)
+    # a never came back: its lease ran out, the store requeued the task (attempt 3 counted).
+    (p,) = pushes(a.queued(task(1, attempt=3), 10.0))
+    assert (p.delegate_id, p.attempt) == ("dlg_b", 4)
+    # This process's own push, whose frame b's old process never got.
+    a.stream_lost("dlg_b", 10.1)
+    out = a.connected(dlg("b"), 4, "key_b2", 10.2)
+    assert out[0] == Requeue("tsk_1", "dlg_b", 4, "restarted")
+    assert pushes(out) == [Push("tsk_1", "dlg_b", 5, "key_b2")]
 
 
 def test_an_adopted_claim_waits_for_a_connect_that_lists_what_the_delegate_has() -> None:

@@ -534,3 +534,27 @@ async def test_a_claim_from_before_a_restart_goes_to_its_process_if_it_never_had
     await restarted.settle()
     assert restarted.streams["a"].assignments() == ([(task_id, 1)] if pushed else [])
     assert await restarted.task(task_id) == (TaskState.RUNNING, 1, a.id)
+
+
+async def test_a_claim_pushed_again_after_a_restart_gets_a_whole_lease(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by review: a claim handed again (the store answers HELD) wrote no lease, so a
+    holder that came back late was pushed an attempt whose stored lease, left from before
+    the restart, ran out before its first heartbeat could list the task."""
+    world.connect("a", key="process-key-1")
+    task_id = await world.submit()
+    restarted = World(world.store, world.clock, tmp_path)
+    await restarted.tasks.recover()
+    before = await world.store.get_task(task_id)
+    assert before is not None
+    assert before.lease_until is not None
+    # The holder comes back with a few seconds of that lease left.
+    world.clock.now = before.lease_until - 3
+    restarted.connect("a", key="process-key-1")
+    await restarted.settle()
+    assert restarted.streams["a"].assignments() == [(task_id, 1)]
+    after = await world.store.get_task(task_id)
+    assert after is not None
+    assert after.lease_until is not None
+    assert after.lease_until >= world.clock.now + ACK_WITHIN
