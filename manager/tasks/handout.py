@@ -124,6 +124,10 @@ class Handout:
         """A task the store holds running from before this process started (recovery)."""
         if task.delegate_id is None or task.acquire_key is None:
             return  # taken by id through acquire: nobody's assignment
+        if task.cancel_requested:
+            # Pushed again, it would start before the cancel reached it; left to its lease,
+            # a holder that never had it ends it as cancelled (taskstate.on_lease_lost).
+            return
         place = place_of(task.app_id, task.env_id, self._envs)
         facts = TaskFacts(task.type, task.selectors, place)
         claimed = Queued(task.id, facts, task.attempt)

@@ -558,3 +558,17 @@ async def test_a_claim_pushed_again_after_a_restart_gets_a_whole_lease(
     assert after is not None
     assert after.lease_until is not None
     assert after.lease_until >= world.clock.now + ACK_WITHIN
+
+
+async def test_a_claim_from_before_a_restart_whose_cancel_was_asked_is_not_pushed_again(
+    world: World, tmp_path: Path
+) -> None:
+    # Pushed again, it would start before the cancel reached its delegate.
+    world.connect("a", key="process-key-1")
+    task_id = await world.submit()
+    assert (await world.tasks.cancel(task_id)).cancel_requested
+    restarted = World(world.store, world.clock, tmp_path)
+    await restarted.tasks.recover()
+    restarted.connect("a", key="process-key-1")
+    await restarted.settle()
+    assert restarted.streams["a"].assignments() == []
