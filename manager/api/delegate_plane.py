@@ -306,7 +306,13 @@ async def next_task(request: web.Request) -> web.Response:
         raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")
     if c.stopping:
         return web.Response(status=204)
-    handed = await c.handout.poll(session, key, wait)
+
+    def hung_up() -> bool:
+        # aiohttp drops the protocol's transport once the connection is lost.
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    handed = await c.handout.poll(session, key, wait, hung_up)
     if handed is None:
         return web.Response(status=204)
     return json_response(handed)

@@ -89,6 +89,10 @@ class Handout:
         self._claims: Claims | None = None
         # Delegates whose long-poll is waiting: the poll's answer.
         self._polls: dict[str, asyncio.Future[AcquireResponse]] = {}
+        # Whether the current poll's client has hung up (its connection closed): an answer
+        # written to it would be lost, and counted as acknowledged the attempt would be lost
+        # with it (its lease runs out and it counts). Checked just before answering.
+        self._hung_up: dict[str, Callable[[], bool]] = {}
         # The last action carried out per task, so the next waits for it.
         self._chains: dict[str, asyncio.Future[None]] = {}
         # Delegates that declined for want of a slot: a heartbeat with free slots reopens them,
@@ -158,6 +162,7 @@ class Handout:
         # A long-poll left over from polling (the delegate moved to the stream) takes no
         # assignment: its answer would go to a request the delegate gave up.
         poll = self._polls.pop(session.id, None)
+        self._hung_up.pop(session.id, None)
         if poll is not None and not poll.done():
             poll.cancel()
         actions = self.assigner.connected(
@@ -173,6 +178,7 @@ class Handout:
         self._full.discard(delegate_id)
         self._reopened.pop(delegate_id, None)
         poll = self._polls.pop(delegate_id, None)
+        self._hung_up.pop(delegate_id, None)
         if poll is not None and not poll.done():
             poll.cancel()
         self._carry(self.assigner.disconnected(delegate_id, self._clock()))
@@ -216,8 +222,15 @@ class Handout:
 
     # -- long-polls ---------------------------------------------------------------------------
 
-    async def poll(self, session: Session, key: str, wait: float) -> AcquireResponse | None:
-        """Wait up to ``wait`` seconds for an assignment claimed for this polling delegate."""
+    async def poll(
+        self,
+        session: Session,
+        key: str,
+        wait: float,
+        hung_up: Callable[[], bool] = lambda: False,
+    ) -> AcquireResponse | None:
+        """Wait up to ``wait`` seconds for an assignment claimed for this polling delegate;
+        ``hung_up`` says whether its client is gone."""
         if session.mode == "stream":
             # A poll sent before the delegate's stream opened, handled after: its assignments
             # go over the stream. Registered, it would cut the stream's seat to one slot.
@@ -228,6 +241,7 @@ class Handout:
             old.cancel()
         answer: asyncio.Future[AcquireResponse] = asyncio.get_running_loop().create_future()
         self._polls[session.id] = answer
+        self._hung_up[session.id] = hung_up
         # One free slot beyond what it holds: a poll carries one assignment.
         capacity = self.assigner.load(session.id) + 1
         self._full.discard(session.id)
@@ -248,6 +262,7 @@ class Handout:
         finally:
             if self._polls.get(session.id) is answer:
                 del self._polls[session.id]
+                del self._hung_up[session.id]
                 mode: str = session.mode  # read again: it may have changed while waiting
                 if mode != "stream":
                     self._carry(self.assigner.stream_lost(session.id, self._clock()))
@@ -349,7 +364,11 @@ class Handout:
         self.pushed += 1
         self._handed.setdefault(push.task_id, set()).add(push.delegate_id)
         if poll is not None:
-            if self._polls.get(push.delegate_id) is poll and not poll.done():
+            if (
+                self._polls.get(push.delegate_id) is poll
+                and not poll.done()
+                and not self._hung_up[push.delegate_id]()
+            ):
                 poll.set_result(handed)
                 # Answered: counted as acknowledged (see the module).
                 now = self._clock()
@@ -360,8 +379,12 @@ class Handout:
                 # polling path's cost).
                 self._carry(self.assigner.capacity(push.delegate_id, 0, now))
             else:
-                # The poll ended while the claim was written: nobody has it; take it back,
-                # and let the poller's next poll (maybe waiting already) have it.
+                # The poll ended while the claim was written, or its client hung up: nobody
+                # has it; take it back, and let the poller's next poll have it.
+                if self._polls.get(push.delegate_id) is poll:
+                    # Hung up: the poll is over (left open, it would be pushed the task
+                    # again at once, and again).
+                    self._end_poll(push.delegate_id)
                 self._carry(
                     self.assigner.decline(
                         push.task_id,
@@ -376,6 +399,12 @@ class Handout:
         # On a lost stream the frame is lost; the Assigner pushes it again to the same
         # process when it is back, or requeues it.
         self._hub.send(session, TaskAssigned(assignment=handed))
+
+    def _end_poll(self, delegate_id: str) -> None:
+        poll = self._polls.pop(delegate_id)
+        del self._hung_up[delegate_id]
+        poll.cancel()
+        self._carry(self.assigner.stream_lost(delegate_id, self._clock()))
 
     def _refuse(self, refuse: Refuse) -> None:
         if refuse.delegate_id not in self._handed.get(refuse.task_id, ()):

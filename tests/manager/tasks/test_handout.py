@@ -572,3 +572,28 @@ async def test_a_claim_from_before_a_restart_whose_cancel_was_asked_is_not_pushe
     restarted.connect("a", key="process-key-1")
     await restarted.settle()
     assert restarted.streams["a"].assignments() == []
+
+
+async def test_a_poll_whose_client_hung_up_is_not_answered_and_its_claim_not_counted(
+    world: World,
+) -> None:
+    """An answer written to a closed connection is lost; counted as acknowledged, the attempt
+    would be lost with it (its lease runs out, the attempt counts). The claim is taken back
+    instead, uncounted, and the delegate's next poll is handed the task."""
+    a = world.connect("a")
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    gone = False
+    poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0, lambda: gone))
+    await asyncio.sleep(0)
+    gone = True  # the client closed its request before the claim was written
+    task_id = await world.submit()
+    await world.settle()
+    assert await poll is None  # over: its client is gone
+    state, attempt, _ = await world.task(task_id)
+    assert (state, attempt) == (TaskState.QUEUED, 1)
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN)]
+    handed = await world.handout.poll(a, "poller-key-1", 30.0)
+    assert handed is not None
+    assert (handed.task.id, handed.attempt) == (task_id, 2)
