@@ -372,9 +372,7 @@ class Assigner:
                 task.phase = Phase.ASSIGNED
                 task.adopted = False
                 self._set_deadline(task, now + self._ack_within)
-                self._pushes += 1
-                task.push = self._pushes
-                out.append(Push(task.id, seat.facts.id, task.attempt, key, self._pushes))
+                self._push(task, seat, out)
             else:
                 # Back draining, or with a narrower scope: not even its own claim again.
                 self._requeue(task, seat, "ineligible", out)
@@ -785,15 +783,19 @@ class Assigner:
 
     def _assign(self, task: _Task, seat: _Seat, now: float, out: list[Action]) -> None:
         self._dequeue(task)
-        self._pushes += 1
-        seat.last_push = self._pushes
-        seat.load.add(task.id)
-        self._touch(seat)
         task.phase, task.delegate_id, task.key = Phase.ASSIGNED, seat.facts.id, seat.key
         task.adopted = False
         task.attempt += 1
-        task.push = self._pushes
         self._set_deadline(task, now + self._ack_within)
+        self._push(task, seat, out)
+        seat.last_push = self._pushes
+        seat.load.add(task.id)
+        self._touch(seat)
+
+    def _push(self, task: _Task, seat: _Seat, out: list[Action]) -> None:
+        """Push ``task``'s attempt to ``seat``'s process, numbered anew."""
+        self._pushes += 1
+        task.push = self._pushes
         out.append(Push(task.id, seat.facts.id, task.attempt, seat.key, self._pushes))
 
     def _enqueue(self, task: _Task) -> None:

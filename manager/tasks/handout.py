@@ -31,6 +31,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -61,6 +62,19 @@ class Claims(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    """A waiting long-poll: its answer, and whether its client has hung up (its connection
+    closed). An answer written to a gone client would be lost, and, counted as
+    acknowledged, the attempt with it (its lease runs out, and it counts)."""
+
+    answer: asyncio.Future[AcquireResponse]
+    hung_up: Callable[[], bool]
+
+    def open(self) -> bool:
+        return not self.answer.done() and not self.hung_up()
+
+
 class Handout:
     """``ack_within``: how long a pushed assignment may go unanswered; ``clock`` is
     monotonic (every deadline here is a duration)."""
@@ -87,12 +101,8 @@ class Handout:
         # lease runs out and the sweep requeues it, the attempt counted, as any lost lease.
         self.assigner = Assigner(ack_within=math.inf)
         self._claims: Claims | None = None
-        # Delegates whose long-poll is waiting: the poll's answer.
-        self._polls: dict[str, asyncio.Future[AcquireResponse]] = {}
-        # Whether the current poll's client has hung up (its connection closed): an answer
-        # written to it would be lost, and counted as acknowledged the attempt would be lost
-        # with it (its lease runs out and it counts). Checked just before answering.
-        self._hung_up: dict[str, Callable[[], bool]] = {}
+        # Delegates whose long-poll is waiting: the poll.
+        self._polls: dict[str, _Poll] = {}
         # The last action carried out per task, so the next waits for it.
         self._chains: dict[str, asyncio.Future[None]] = {}
         # Delegates that declined for want of a slot: a heartbeat with free slots reopens them,
@@ -117,12 +127,14 @@ class Handout:
 
     # -- events: tasks -----------------------------------------------------------------------
 
+    def _queued(self, task: TaskRecord) -> Queued:
+        place = place_of(task.app_id, task.env_id, self._envs)
+        return Queued(task.id, TaskFacts(task.type, task.selectors, place), task.attempt)
+
     def queued(self, task: TaskRecord) -> None:
         """The task is in the queue at ``task.attempt`` (submitted, requeued, recovered, or
         queued through another replica)."""
-        place = place_of(task.app_id, task.env_id, self._envs)
-        facts = TaskFacts(task.type, task.selectors, place)
-        self._carry(self.assigner.queued(Queued(task.id, facts, task.attempt), self._clock()))
+        self._carry(self.assigner.queued(self._queued(task), self._clock()))
 
     def adopt(self, task: TaskRecord) -> None:
         """A task the store holds running from before this process started (recovery)."""
@@ -132,10 +144,7 @@ class Handout:
             # Pushed again, it would start before the cancel reached it; left to its lease,
             # a holder that never had it ends it as cancelled (taskstate.on_lease_lost).
             return
-        place = place_of(task.app_id, task.env_id, self._envs)
-        facts = TaskFacts(task.type, task.selectors, place)
-        claimed = Queued(task.id, facts, task.attempt)
-        self.assigner.adopt(claimed, task.delegate_id, task.acquire_key)
+        self.assigner.adopt(self._queued(task), task.delegate_id, task.acquire_key)
         self._handed.setdefault(task.id, set()).add(task.delegate_id)
 
     def gone(self, task_id: str) -> None:
@@ -161,10 +170,7 @@ class Handout:
         self._full.discard(session.id)
         # A long-poll left over from polling (the delegate moved to the stream) takes no
         # assignment: its answer would go to a request the delegate gave up.
-        poll = self._polls.pop(session.id, None)
-        self._hung_up.pop(session.id, None)
-        if poll is not None and not poll.done():
-            poll.cancel()
+        self._drop_poll(session.id)
         actions = self.assigner.connected(
             session.facts, session.delegate.capacity, key, self._clock(), held, spooled
         )
@@ -177,10 +183,7 @@ class Handout:
         """The session is over (lost, revoked, deleted)."""
         self._full.discard(delegate_id)
         self._reopened.pop(delegate_id, None)
-        poll = self._polls.pop(delegate_id, None)
-        self._hung_up.pop(delegate_id, None)
-        if poll is not None and not poll.done():
-            poll.cancel()
+        self._drop_poll(delegate_id)
         self._carry(self.assigner.disconnected(delegate_id, self._clock()))
 
     def heartbeat(self, session: Session, free_slots: int) -> None:
@@ -236,12 +239,9 @@ class Handout:
             # go over the stream. Registered, it would cut the stream's seat to one slot.
             await self._idle(session, wait)
             return None
-        old = self._polls.pop(session.id, None)
-        if old is not None and not old.done():
-            old.cancel()
+        self._drop_poll(session.id)
         answer: asyncio.Future[AcquireResponse] = asyncio.get_running_loop().create_future()
-        self._polls[session.id] = answer
-        self._hung_up[session.id] = hung_up
+        poll = self._polls[session.id] = _Poll(answer, hung_up)
         # One free slot beyond what it holds: a poll carries one assignment.
         capacity = self.assigner.load(session.id) + 1
         self._full.discard(session.id)
@@ -260,9 +260,8 @@ class Handout:
         try:
             await self._idle(session, wait, answer)
         finally:
-            if self._polls.get(session.id) is answer:
+            if self._polls.get(session.id) is poll:
                 del self._polls[session.id]
-                del self._hung_up[session.id]
                 mode: str = session.mode  # read again: it may have changed while waiting
                 if mode != "stream":
                     self._carry(self.assigner.stream_lost(session.id, self._clock()))
@@ -364,12 +363,8 @@ class Handout:
         self.pushed += 1
         self._handed.setdefault(push.task_id, set()).add(push.delegate_id)
         if poll is not None:
-            if (
-                self._polls.get(push.delegate_id) is poll
-                and not poll.done()
-                and not self._hung_up[push.delegate_id]()
-            ):
-                poll.set_result(handed)
+            if self._polls.get(push.delegate_id) is poll and poll.open():
+                poll.answer.set_result(handed)
                 # Answered: counted as acknowledged (see the module).
                 now = self._clock()
                 self._carry(self.assigner.ack(push.task_id, push.delegate_id, push.attempt, now))
@@ -384,7 +379,8 @@ class Handout:
                 if self._polls.get(push.delegate_id) is poll:
                     # Hung up: the poll is over (left open, it would be pushed the task
                     # again at once, and again).
-                    self._end_poll(push.delegate_id)
+                    self._drop_poll(push.delegate_id)
+                    self._carry(self.assigner.stream_lost(push.delegate_id, self._clock()))
                 self._carry(
                     self.assigner.decline(
                         push.task_id,
@@ -400,11 +396,11 @@ class Handout:
         # process when it is back, or requeues it.
         self._hub.send(session, TaskAssigned(assignment=handed))
 
-    def _end_poll(self, delegate_id: str) -> None:
-        poll = self._polls.pop(delegate_id)
-        del self._hung_up[delegate_id]
-        poll.cancel()
-        self._carry(self.assigner.stream_lost(delegate_id, self._clock()))
+    def _drop_poll(self, delegate_id: str) -> None:
+        """The delegate's waiting poll, if any, is over unanswered."""
+        poll = self._polls.pop(delegate_id, None)
+        if poll is not None and not poll.answer.done():
+            poll.answer.cancel()
 
     def _refuse(self, refuse: Refuse) -> None:
         if refuse.delegate_id not in self._handed.get(refuse.task_id, ()):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
 from manager.core.eligibility import ACCOUNT_WIDE, DelegateFacts, DelegateScope
@@ -281,10 +281,11 @@ class Hub:
         ws = session.ws
         if ws is None or ws.closed:
             return
-        text = frame.model_dump_json()
-        # Bytes on the wire, not characters: a frame of multi-byte text (a script, a
-        # cancel reason) weighs up to four times its length.
-        size = len(text.encode())
+        # Encoded once, here: counted in bytes on the wire, not characters (a frame of
+        # multi-byte text, a script or a cancel reason, weighs up to four times its length),
+        # and sent as those bytes.
+        data = frame.model_dump_json().encode()
+        size = len(data)
         if session.unsent + size > MAX_UNSENT_BYTES:
             # A close frame would wait behind what it does not read, and a close flushes
             # first: the connection is dropped. The delegate reconnects; what it was sent
@@ -301,15 +302,13 @@ class Hub:
         # (the hand-out serves every delegate). Frames of a non-compressed WebSocket are
         # written whole and in call order before the first await, so order is kept.
         session.unsent += size
-        self._spawn(self._send(session, ws, text, size))
+        self._spawn(self._send(session, ws, data))
 
-    async def _send(
-        self, session: Session, ws: web.WebSocketResponse, text: str, size: int
-    ) -> None:
+    async def _send(self, session: Session, ws: web.WebSocketResponse, data: bytes) -> None:
         try:
-            await ws.send_str(text)
+            await ws.send_frame(data, WSMsgType.TEXT)
         finally:
-            session.unsent = max(0, session.unsent - size)
+            session.unsent = max(0, session.unsent - len(data))
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)

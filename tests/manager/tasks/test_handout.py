@@ -47,7 +47,7 @@ class Stream:
         self.closed = False
         self.frames: list[dict[str, Any]] = []
 
-    async def send_str(self, data: str) -> None:
+    async def send_frame(self, data: bytes, opcode: object) -> None:
         self.frames.append(json.loads(data))
 
     async def close(self, **_: object) -> None:
@@ -489,7 +489,7 @@ async def test_an_answered_poll_takes_no_claim_for_a_slot_freed_before_the_next_
     poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
     await asyncio.sleep(0)
     # The first task's slot frees right after the poll is answered, before its handler ends.
-    world.handout._polls[a.id].add_done_callback(
+    world.handout._polls[a.id].answer.add_done_callback(
         lambda _: world.handout.result(first, a.id, handed.attempt)
     )
     await world.settle()
