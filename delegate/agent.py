@@ -38,6 +38,7 @@ from delegate.run.id_token import request_secret_env, with_request_env
 from delegate.run.isolation import UserPool
 from delegate.run.logstream import LogStream
 from delegate.run.switch import Switcher
+from delegate.run.taskdirs import TaskDirs
 from delegate.run.taskinputs import InputError, TaskInputs, prepare
 from delegate.secrets.cache import SecretCache
 from delegate.secrets.resolver import SecretResolver
@@ -107,6 +108,10 @@ class Agent:
         # None: tasks run as this process's user (--shared-user).
         self._switcher = switcher
         self._pool = None if switcher is None else UserPool(switcher.users)
+        # Directories kept between tasks run as this process's user, one per slot at most;
+        # with task users, every directory goes with its task (delegate.run.taskdirs).
+        keep = config.max_tasks if switcher is None else 0
+        self._task_dirs = TaskDirs(self._work_root, keep=keep)
         self._spool_root = config.data_dir / "spool"
         self._outbox: Outbox | None = None
         ttl = config.secret_cache_ttl
@@ -213,6 +218,7 @@ class Agent:
                 status = EXIT_FAILED
         stopping.cancel()
         await self._shutdown(force)
+        await asyncio.to_thread(self._task_dirs.close)
         # Spooled results the manager is taking get a moment; the rest waits on disk.
         await self._outbox.close(grace=0.0 if force.is_set() else t.kill_grace)
         channel.cancel()
@@ -319,6 +325,7 @@ class Agent:
                                 cancel=entry.cancel,
                                 kill_grace=t.kill_grace,
                                 work_root=self._work_root,
+                                task_dirs=self._task_dirs,
                                 user=user,
                                 switcher=self._switcher,
                             )

@@ -15,14 +15,12 @@ import contextlib
 import enum
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,6 +41,7 @@ from delegate.run.process import (
 )
 from delegate.run.redirects import MAX_REDIRECTS, Hop, Stop, next_hop
 from delegate.run.switch import InProcess, Switcher
+from delegate.run.taskdirs import TaskDir, TaskDirs
 from delegate.secrets.base import SecretError
 from delegate.secrets.ops import describe, run_secret_op
 from delegate.secrets.providers import ManagerCredentials, Providers
@@ -94,6 +93,7 @@ async def execute(
     cancel: asyncio.Event,
     kill_grace: float,
     work_root: Path,
+    task_dirs: TaskDirs | None = None,
     secret_files: Mapping[str, bytes] | None = None,
     credentials: ManagerCredentials | None = None,
     user: TaskUser | None = None,
@@ -125,7 +125,7 @@ async def execute(
                     log,
                     cancel,
                     kill_grace,
-                    work_root,
+                    task_dirs or TaskDirs(work_root, keep=0),
                     None if user is None else (user, switcher or InProcess([user])),
                 )
             elif isinstance(payload, HttpPayload):
@@ -190,145 +190,62 @@ async def _run_shell(
     log: LogStream,
     cancel: asyncio.Event,
     kill_grace: float,
-    work_root: Path,
+    task_dirs: TaskDirs,
     slot: tuple[TaskUser, Switcher] | None,
 ) -> _Outcome:
     user = None if slot is None else slot[0]
-    # The directory's files are made in one worker-thread hop, not one per file: a hop
-    # costs more than the small writes it carries (docs/benchmarks.md).
-    made = await asyncio.to_thread(
-        _make_task_dir, work_root, payload.script.encode(), secret_files, payload.working_dir
-    )
-    task_dir, output_fd = made.task_dir, made.output_fd
+    script = payload.script.encode()
+    # A task run as the delegate's own user may get a kept directory (delegate.run.taskdirs).
+    reuse = slot is None
+    if reuse and not secret_files and payload.working_dir is None and task_dirs.has_kept():
+        # Written over in place: two calls, cheaper than a hop to a worker thread.
+        made = task_dirs.make(script, {}, None, reuse=True)
+    else:
+        # The directory's files are made in one worker-thread hop, not one per file: a hop
+        # costs more than the small writes it carries (docs/benchmarks.md).
+        made = await asyncio.to_thread(
+            task_dirs.make, script, secret_files, payload.working_dir, reuse=reuse
+        )
     try:
         if made.error is not None:
             return _Outcome("failed", error=made.error)
         env = _child_env(
-            spec, payload, {**secret_env, **made.file_env}, task_dir, made.output_file, user
+            spec, payload, {**secret_env, **made.file_env}, made.task_dir, made.output_file, user
         )
         argv = [payload.interpreter, str(made.script)]
         try:
             if slot is None:
                 child = await spawn(argv, cwd=made.cwd, env=env)
             else:
-                child = await slot[1].start(slot[0], argv, task_dir=task_dir, cwd=made.cwd, env=env)
+                child = await slot[1].start(
+                    slot[0], argv, task_dir=made.task_dir, cwd=made.cwd, env=env
+                )
         except OSError as exc:
             return _Outcome(
                 "failed", error=f"cannot start {payload.interpreter}: {exc.strerror or exc}"
             )
         outcome = await _supervise(spec, child, log, cancel, kill_grace)
-        outputs = await _read_outputs(output_fd, log)
+        outputs = await _read_outputs(made.output_fd, log)
         return _Outcome(outcome.status, outcome.exit_code, outputs, outcome.error)
     finally:
-        os.close(output_fd)
         # Whatever happened: the directory holds the script and any secret files.
-        await _remove_task_dir(task_dir, slot)
+        await _release_task_dir(task_dirs, made, slot)
 
 
-@dataclass(frozen=True)
-class _TaskDir:
-    task_dir: Path
-    script: Path
-    output_file: Path
-    # Read through this descriptor afterwards: once the file is the task user's, the
-    # delegate may have no right to open it (it holds no CAP_DAC_*).
-    output_fd: int
-    file_env: dict[str, str]
-    cwd: Path
-    # Why the task cannot run (its working_dir); the directory exists all the same.
-    error: str | None = None
-
-
-def _make_task_dir(
-    work_root: Path, script: bytes, secret_files: Mapping[str, bytes], working_dir: str | None
-) -> _TaskDir:
-    """The task's private directory with its script, its empty ``$TETHER_OUTPUT`` and its
-    secret files. Once made, the caller owns the directory and ``output_fd``; on an error
-    before that, nothing is left behind."""
-    work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkdtemp makes the directory 0700: the script and its output file are the task's alone.
-    task_dir = Path(tempfile.mkdtemp(prefix="task-", dir=work_root))
-    output_fd: int | None = None
-    try:
-        script_path = task_dir / "script"
-        output_file = task_dir / "output"
-        _write_private(script_path, script)
-        output_fd = os.open(output_file, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        made = _TaskDir(task_dir, script_path, output_file, output_fd, {}, task_dir)
-        file_env = _write_secret_files(task_dir, secret_files)
-        cwd = _working_dir(task_dir, working_dir)
-    except BaseException:
-        if output_fd is not None:
-            os.close(output_fd)
-        shutil.rmtree(task_dir, ignore_errors=True)
-        raise
-    if isinstance(cwd, str):
-        return replace(made, error=cwd)
-    return replace(made, file_env=file_env, cwd=cwd)
-
-
-async def _remove_task_dir(task_dir: Path, slot: tuple[TaskUser, Switcher] | None) -> None:
+async def _release_task_dir(
+    task_dirs: TaskDirs, made: TaskDir, slot: tuple[TaskUser, Switcher] | None
+) -> None:
     if slot is None:
-        try:
-            # A task that left nothing else behind (most): three calls, no worker thread.
-            _remove_own_files(task_dir)
-        except OSError:
-            await asyncio.to_thread(shutil.rmtree, task_dir, ignore_errors=True)
+        if not task_dirs.release(made):
+            await asyncio.to_thread(task_dirs.remove, made)
         return
+    task_dirs.forget(made)
     # As the task's user: its leftover processes die before the slot serves another task,
     # and what it wrote is removed with its own rights, not the delegate's.
-    await slot[1].sweep(slot[0], task_dir)
+    await slot[1].sweep(slot[0], made.task_dir)
     with contextlib.suppress(OSError):
         # Not empty only when the sweep failed; the next start clears it.
-        await asyncio.to_thread(task_dir.rmdir)
-
-
-def _remove_own_files(task_dir: Path) -> None:
-    """Remove ``task_dir`` when it holds only what the delegate put there; OSError when it
-    holds more (or the task replaced a file with a directory), for rmtree to take over."""
-    for name in ("script", "output"):
-        with contextlib.suppress(FileNotFoundError):
-            (task_dir / name).unlink()
-    task_dir.rmdir()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _write_secret_files(task_dir: Path, files: Mapping[str, bytes]) -> dict[str, str]:
-    """Each file under ``task_dir/secrets`` (0700), named after its variable; var -> path."""
-    if not files:
-        return {}
-    folder = task_dir / "secrets"
-    folder.mkdir(mode=0o700)
-    env: dict[str, str] = {}
-    for name, content in files.items():
-        # A variable name is also the file's name, so it must not be able to leave the folder.
-        if not _OUTPUT_KEY.fullmatch(name):
-            raise ValueError(f"secret file variable {name!r} is not a variable name")
-        path = folder / name
-        _write_private(path, content)
-        env[name] = str(path)
-    return env
-
-
-def _working_dir(task_dir: Path, working_dir: str | None) -> Path | str:
-    """The directory to run in, or why there is none."""
-    if working_dir is None:
-        return task_dir
-    path = Path(working_dir)
-    if path.is_absolute():
-        if not path.is_dir():
-            return f"working_dir {working_dir} does not exist or is not a directory"
-        return path
-    resolved = (task_dir / path).resolve()
-    if not resolved.is_relative_to(task_dir.resolve()):
-        return f"working_dir {working_dir} leads out of the task's directory"
-    resolved.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return resolved
+        await asyncio.to_thread(made.task_dir.rmdir)
 
 
 def _child_env(

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from delegate.run.executor import ExecutionResult, execute
 from delegate.run.logstream import LogStream
+from delegate.run.taskdirs import TaskDirs
 from shared.limits import MAX_LOG_LINE_BYTES
 from shared.masking import MASK, Masker
 from shared.protocol import (
@@ -47,6 +48,7 @@ async def run(
     flush_after: float = 0.05,
     cancel: asyncio.Event | None = None,
     on_line: Callable[[LogLine], None] = lambda line: None,
+    task_dirs: TaskDirs | None = None,
 ) -> Run:
     lines: list[LogLine] = []
 
@@ -65,6 +67,7 @@ async def run(
             cancel=cancel or asyncio.Event(),
             kill_grace=kill_grace,
             work_root=work_root,
+            task_dirs=task_dirs,
         ),
         30,
     )

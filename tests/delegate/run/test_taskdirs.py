@@ -1,0 +1,166 @@
+"""Task directories kept between tasks run as the delegate's own user, and the checks that
+send one away instead (delegate.run.taskdirs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from delegate.run.taskdirs import TaskDir, TaskDirs
+from shared.protocol import ShellPayload
+from tests.delegate.run.test_executor import run
+
+
+def entries(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def released(dirs: TaskDirs, made: TaskDir) -> None:
+    if not dirs.release(made):
+        dirs.remove(made)
+
+
+def test_a_directory_left_as_made_is_kept_and_given_the_next_script_in_place(
+    tmp_path: Path,
+) -> None:
+    dirs = TaskDirs(tmp_path, keep=2)
+    first = dirs.make(b"echo a long first script", {}, None, reuse=True)
+    os.write(os.open(first.output_file, os.O_WRONLY | os.O_APPEND), b"X=1\n")
+    released(dirs, first)
+    assert dirs.has_kept()
+    # Nothing of the task stays at rest in a kept directory.
+    assert first.script.read_bytes() == b""
+    assert first.output_file.read_bytes() == b""
+
+    second = dirs.make(b"true", {}, None, reuse=True)
+
+    assert second.task_dir == first.task_dir
+    assert second.script.read_bytes() == b"true"
+    assert os.fstat(second.output_fd).st_size == 0
+    assert second.output_file.read_bytes() == b""
+    assert not dirs.has_kept()
+    released(dirs, second)
+    dirs.close()
+    assert entries(tmp_path) == []
+
+
+def grow_a_file(made: TaskDir) -> None:
+    (made.task_dir / "left-behind").write_text("x")
+
+
+def replace_the_script(made: TaskDir) -> None:
+    other = made.task_dir / "other"
+    other.write_text("x")
+    other.chmod(0o600)
+    os.replace(other, made.script)
+
+
+def link_the_output_elsewhere(made: TaskDir) -> None:
+    os.link(made.output_file, made.task_dir.parent / "watcher")
+
+
+def open_the_directory(made: TaskDir) -> None:
+    made.task_dir.chmod(0o755)
+
+
+def open_the_script(made: TaskDir) -> None:
+    made.script.chmod(0o644)
+
+
+def swap_the_output_for_a_symlink(made: TaskDir) -> None:
+    made.output_file.unlink()
+    made.output_file.symlink_to("/etc/hostname")
+
+
+def swap_the_output_for_a_directory(made: TaskDir) -> None:
+    made.output_file.unlink()
+    made.output_file.mkdir()
+    (made.output_file / "inside").write_text("x")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        grow_a_file,
+        replace_the_script,
+        link_the_output_elsewhere,
+        open_the_directory,
+        open_the_script,
+        swap_the_output_for_a_symlink,
+        swap_the_output_for_a_directory,
+    ],
+)
+def test_a_directory_the_task_changed_is_removed_not_kept(
+    tmp_path: Path, change: Callable[[TaskDir], None]
+) -> None:
+    root = tmp_path / "work"
+    dirs = TaskDirs(root, keep=2)
+    made = dirs.make(b"true", {}, None, reuse=True)
+    change(made)
+
+    released(dirs, made)
+
+    assert not dirs.has_kept()
+    assert not made.task_dir.exists()
+
+
+def test_secret_files_send_their_directory_away(tmp_path: Path) -> None:
+    dirs = TaskDirs(tmp_path, keep=2)
+    made = dirs.make(b"true", {"KEY_FILE": b"secret"}, None, reuse=True)
+    assert Path(made.file_env["KEY_FILE"]).read_bytes() == b"secret"
+
+    released(dirs, made)
+
+    assert not dirs.has_kept()
+    assert entries(tmp_path) == []
+
+
+def test_no_more_than_keep_are_kept_and_none_without_reuse(tmp_path: Path) -> None:
+    dirs = TaskDirs(tmp_path, keep=1)
+    a = dirs.make(b"true", {}, None, reuse=True)
+    b = dirs.make(b"true", {}, None, reuse=True)
+    as_user = dirs.make(b"true", {}, None, reuse=False)
+    for made in (a, b, as_user):
+        released(dirs, made)
+
+    assert entries(tmp_path) == [a.task_dir.name]
+    dirs.close()
+    assert entries(tmp_path) == []
+
+
+def test_a_working_dir_error_still_gives_a_directory_to_release(tmp_path: Path) -> None:
+    dirs = TaskDirs(tmp_path, keep=1)
+    made = dirs.make(b"true", {}, "../out", reuse=True)
+    assert made.error == "working_dir ../out leads out of the task's directory"
+    released(dirs, made)
+    again = dirs.make(b"true", {}, None, reuse=True)
+    assert again.error is None
+    assert again.cwd == again.task_dir
+
+
+async def run_in(dirs: TaskDirs, script: str) -> tuple[dict[str, str], list[str]]:
+    done = await run(
+        ShellPayload(script=script), dirs.work_root, secret_env={}, flush_after=3600, task_dirs=dirs
+    )
+    assert done.result.status == "succeeded", done.result.error
+    return done.result.outputs, done.texts()
+
+
+async def test_a_task_in_a_kept_directory_sees_nothing_of_the_one_before(tmp_path: Path) -> None:
+    dirs = TaskDirs(tmp_path, keep=1)
+    first, _ = await run_in(
+        dirs, 'echo "A=from the first task, whose script is the longer" >> "$TETHER_OUTPUT"'
+    )
+    assert first == {"A": "from the first task, whose script is the longer"}
+    assert dirs.has_kept()
+
+    outputs, printed = await run_in(dirs, 'cat "$0"; cat "$TETHER_OUTPUT"; ls -A\n')
+
+    assert outputs == {}
+    # Its own script whole and nothing after it, an empty output file, its own two files.
+    assert printed == ['cat "$0"; cat "$TETHER_OUTPUT"; ls -A', "output", "script"]
+    dirs.close()
+    assert entries(tmp_path) == []
