@@ -10,9 +10,11 @@ Celery worker (default prefork pool, 2 processes) from the peers' venv, and meas
 - one task at a time: submit -> result p50, as the caller sees it.
 
 Then the same on Tether with ``tether bench``: two real ``tether-delegate`` processes
-(``--real-delegates 2 --tasks 2000 --concurrency 50``), and ``--sequential`` for one task at
-a time. Prints one JSON line per side and one with both figures, their ratios and the load
-average. Everything it started is stopped at the end, whatever happens.
+(``--real-delegates 2 --interpreter sh --tasks 2000 --concurrency 50``), and
+``--sequential`` for one task at a time. ``--interpreter sh``: ``shell=True`` runs the
+script with ``/bin/sh``, so Tether's tasks do too (its default shell is bash). Prints one
+JSON line per side and one with both figures, their ratios and the load average.
+Everything it started is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ def main() -> int:
             )
     celery_out["sequential_result_ms"] = percentiles(celery_out["sequential_result_ms"])
     show(celery_out)
-    tether = [args.tether, "bench", "--real-delegates", "2"]
+    # sh, as Celery's subprocess.run(..., shell=True) is: the same job on both sides.
+    tether = [args.tether, "bench", "--real-delegates", "2", "--interpreter", "sh"]
     burst = last_json([*tether, "--tasks", str(args.tasks), "--concurrency", str(args.concurrency)])
     show(burst)
     alone = last_json([*tether, "--tasks", str(args.sequential), "--sequential"])

@@ -60,6 +60,12 @@ def bench_parser() -> argparse.ArgumentParser:
         "--script", default="true", help="with --real-delegates: the shell task (default true)"
     )
     p.add_argument(
+        "--interpreter",
+        choices=("bash", "sh"),
+        default="bash",
+        help="with --real-delegates: the shell that runs --script (default bash)",
+    )
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="with --real-delegates: submit each task once the one before has finished, and"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "AssignerOptions",
@@ -40,6 +41,9 @@ class BenchOptions:
     # Real tether-delegate processes instead of simulated delegates, running this script.
     real_delegates: int = 0
     script: str = "true"
+    # The shell that runs it. make bench-peers passes sh: Celery's job is subprocess.run(...,
+    # shell=True), which is /bin/sh, and bash costs about twice sh's start-up.
+    interpreter: Literal["bash", "sh"] = "bash"
     # With real delegates: one task at a time, each submitted once the one before finished.
     sequential: bool = False
     # No run waits longer than this for its tasks to finish.

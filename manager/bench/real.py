@@ -170,15 +170,20 @@ class RealBench:
             f"{url}/api/v1/tasks/{task_id}/logs/follow", headers=self.user()
         ) as resp:
             resp.raise_for_status()
+            task: dict[str, Any] | None = None
+            # Read on to the stream's end (the server closes it right after the end line):
+            # a response left unread closes its connection, and the next request would pay
+            # a new TLS handshake on both sides.
             async for raw in resp.content:
                 frame = json.loads(raw)
                 if frame["kind"] == "log":
                     stats["log_lines"] += 1
                     stats["log_bytes"] += len(frame["line"]["text"].encode())
                 elif frame["kind"] == "end":
-                    task: dict[str, Any] = frame["task"]
-                    return task
-        raise RuntimeError(f"the follow stream of {task_id} ended before the task did")
+                    task = frame["task"]
+        if task is None:
+            raise RuntimeError(f"the follow stream of {task_id} ended before the task did")
+        return task
 
     async def close(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.delegates))
@@ -211,12 +216,14 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
         "delegate_modes": sorted({d.mode for d in delegates}),
         "capacity": opts.capacity,
         "script": opts.script,
+        "interpreter": opts.interpreter,
         "replicas": len(managers.urls),
         "database": "postgresql" if opts.database else "sqlite",
         "loadavg_1m": {"start": load_average()},
     }
     cpu0, dcpu0, bcpu0 = managers.cpu_s(), delegate_cpu(), sum(me.cpu_times()[:2])
-    body = {"payload": {"type": "shell", "script": opts.script}, "selectors": [bench.selector]}
+    payload = {"type": "shell", "script": opts.script, "interpreter": opts.interpreter}
+    body = {"payload": payload, "selectors": [bench.selector]}
     stats = {"log_lines": 0, "log_bytes": 0}
     if opts.sequential:
         views, seen = await _one_at_a_time(bench, body, stats, opts)
