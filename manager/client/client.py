@@ -185,6 +185,8 @@ SLOW_CALL_S = 150.0
 # A follow line carries at most one TaskView, whose script is capped at 1 MiB (JSON escaping
 # can multiply that); anything longer is not a line of this protocol.
 _MAX_FOLLOW_LINE = 16 * 1024 * 1024
+# How long a follow stream is read for its close after its end line (it comes at once).
+_END_DRAIN_S = 1.0
 
 
 class TetherClientError(Exception):
@@ -492,9 +494,11 @@ class TetherClient:
                             if event.state == last_state:
                                 continue
                             last_state = event.state
-                        yield event
                         if isinstance(event, EndEvent):
+                            await _read_to_close(lines)
+                            yield event
                             return
+                        yield event
                 reason = "the stream closed before the task ended"
             except ApiError as exc:
                 if exc.status < 500 and exc.status != 429:
@@ -1272,3 +1276,14 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors(include_input=False, include_url=False)[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(body)"
     return f"{loc}: {err['msg']}"
+
+
+async def _read_to_close(lines: AsyncGenerator[bytes, None]) -> None:
+    """Read a follow stream to its close once its end line came (the server closes it right
+    after): a response left unread closes its connection, and the client's next call would
+    pay a new one, TLS handshake included. A stream that does not close soon, or breaks,
+    changes nothing: the task's end is already known."""
+    with contextlib.suppress(TimeoutError, ConnectionFailed, InvalidResponse):
+        async with asyncio.timeout(_END_DRAIN_S):
+            async for _ in lines:
+                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -30,6 +31,7 @@ from manager.client import (
     TetherClient,
     tls_client_context,
 )
+from manager.client import client as client_module
 from manager.schemas.tasks import LogEntry, TaskSubmit, TaskView
 from shared.protocol import ShellPayload, TaskState, TaskType
 
@@ -492,6 +494,46 @@ async def test_an_end_line_carries_the_final_task(serve: Serve) -> None:
 
     assert isinstance(event, EndEvent)
     assert event.task.state is TaskState.SUCCEEDED
+
+
+async def test_follows_one_after_another_share_one_connection(serve: Serve) -> None:
+    # A caller waiting on each task's end in turn: the stream is read to its close after the
+    # end line, so its connection goes back to the pool (no new connection, no handshake).
+    peers: list[object] = []
+
+    async def done(request: web.Request, response: web.StreamResponse, after: str | None) -> None:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        await response.write(ndjson(end_line()))
+        # The close comes in a write of its own, after the end line, as the manager's does.
+        await asyncio.sleep(0.02)
+
+    server = FollowServer(done)
+    async with client_for(await serve(server.app())) as client:
+        for _ in range(3):
+            assert summary(await collect(client)) == ["end succeeded"]
+
+    assert len(peers) == 3
+    assert len(set(peers)) == 1
+
+
+async def test_a_stream_left_open_after_its_end_line_does_not_hold_the_caller(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_END_DRAIN_S", 0.05)
+    release = asyncio.Event()
+
+    async def lingering(
+        request: web.Request, response: web.StreamResponse, after: str | None
+    ) -> None:
+        await response.write(ndjson(end_line()))
+        await release.wait()
+
+    server = FollowServer(lingering)
+    async with client_for(await serve(server.app())) as client:
+        assert summary(await collect(client)) == ["end succeeded"]
+    release.set()
+    assert server.afters == [None]
 
 
 # --- TLS ---------------------------------------------------------------------------------
