@@ -213,10 +213,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     # Checked before the upgrade, so a bad credential is a plain 401 the delegate can read.
     session = await _session(request)
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None)
+    # No permessage-deflate: a client that offered it would cost a zlib stream each way
+    # (hundreds of KiB), and hub.send relies on frames written whole in call order.
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=None, compress=False
+    )
     await ws.prepare(request)
     await c.hub.attach_stream(session, ws, request.transport)
-    requests = StreamRequests(c, session, ws)  # log batches and results (stream_requests.py)
+    # Log batches and results (stream_requests.py); made at the first one.
+    requests: StreamRequests | None = None
     log.info("stream opened", delegate_id=session.id)
     said_hello = False
     try:
@@ -231,18 +236,23 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await ws.close(code=CloseCode.BAD_FRAME, message=str(exc).encode()[:120])
                 break
             if isinstance(frame, StreamLogs | StreamResult):
+                if requests is None:
+                    requests = StreamRequests(c, session, ws)
                 await requests.take(frame, msg.data)  # waits only past the in-flight bound
-                continue
-            if isinstance(frame, Hello):
-                if said_hello:
-                    # One hello per stream: each would re-judge every assignment and add
-                    # what it lists to the delegate's load (a peer churning keys or
-                    # listing made-up tasks). A new process opens a new stream.
-                    log.warning("second hello on a stream", delegate_id=session.id)
-                    await ws.close(code=CloseCode.BAD_FRAME, message=b"one hello per stream")
-                    break
-                said_hello = True
-            _on_frame(c, session, frame)
+            else:
+                if isinstance(frame, Hello):
+                    if said_hello:
+                        # One hello per stream: each would re-judge every assignment and add
+                        # what it lists to the delegate's load (a peer churning keys or
+                        # listing made-up tasks). A new process opens a new stream.
+                        log.warning("second hello on a stream", delegate_id=session.id)
+                        await ws.close(code=CloseCode.BAD_FRAME, message=b"one hello per stream")
+                        break
+                    said_hello = True
+                _on_frame(c, session, frame)
+            # Nothing of the last frame is kept while the stream waits for the next one (a
+            # parsed heartbeat is most of a KiB, a log batch up to MAX_LOG_BATCH_BYTES).
+            del msg, frame
     finally:
         # Only the stream still attached counts: a newer one has said hello already.
         if session.ws is ws:

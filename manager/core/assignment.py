@@ -169,6 +169,15 @@ def _class_key(facts: DelegateFacts) -> tuple[frozenset[str], frozenset[str], ob
     return (facts.selectors, facts.task_types, facts.scope)
 
 
+def _shared(facts: DelegateFacts, dclass: _DClass) -> DelegateFacts:
+    """``facts`` holding its class's sets (equal by definition of the class), so that the
+    delegates of one class keep one copy of them, not one each."""
+    own = dclass.facts
+    if facts.selectors is own.selectors and facts.task_types is own.task_types:
+        return facts
+    return replace(facts, selectors=own.selectors, task_types=own.task_types)
+
+
 @dataclass(eq=False, slots=True)
 class _DClass:
     """Delegates alike in everything eligibility reads but their id, name and draining: for
@@ -327,7 +336,8 @@ class Assigner:
         out: list[Action] = []
         seat = self._seats.get(facts.id)
         if seat is None:
-            seat = self._seats[facts.id] = _Seat(facts, capacity, key, self._class_of(facts))
+            dclass = self._class_of(facts)
+            seat = self._seats[facts.id] = _Seat(_shared(facts, dclass), capacity, key, dclass)
             self._join(seat)
         else:
             if seat.up:
@@ -916,11 +926,11 @@ class Assigner:
         """New facts for a delegate that is here: it may change class or name."""
         if _class_key(facts) != _class_key(seat.facts) or facts.name != seat.facts.name:
             self._leave(seat)
-            seat.facts = facts
             seat.dclass = self._class_of(facts)
+            seat.facts = _shared(facts, seat.dclass)
             self._join(seat)
         else:
-            seat.facts = facts
+            seat.facts = _shared(facts, seat.dclass)
         self._touch(seat)
 
     def _tclass(self, facts: TaskFacts) -> _TClass:

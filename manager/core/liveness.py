@@ -51,6 +51,15 @@ class _Beat:
     spooled: frozenset[str]
 
 
+# An idle delegate lists nothing: its beats share one empty set (a frozenset is 216 bytes,
+# even empty, and CPython makes a new one each time).
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _frozen(tasks: tuple[str, ...] | list[str]) -> frozenset[str]:
+    return frozenset(tasks) if tasks else _NOTHING
+
+
 class Liveness:
     def __init__(
         self,
@@ -100,7 +109,7 @@ class Liveness:
         self._last_seen[delegate_id] = now
         self._heard += 1
         self._gone.pop(delegate_id, None)
-        self._beats[delegate_id] = _Beat(now, self._heard, frozenset(running), frozenset(spooled))
+        self._beats[delegate_id] = _Beat(now, self._heard, _frozen(running), _frozen(spooled))
         if self._started_at is not None:
             # The first delegate is back: the others get a full lost_after from now (the
             # way back was slow for all, a starved machine or a network that took its

@@ -55,7 +55,8 @@ class Session:
     # Listed tasks the store says it does not hold (cancelled, or handed to another
     # delegate after its lease ran out): every ack tells it to stop them.
     strangers: frozenset[str] = frozenset()
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Made on first use (see wake): a stream's session never waits on it.
+    _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
     # Bytes of frames sent to its stream and not yet written (MAX_UNSENT_BYTES), and the
     # stream's connection, dropped when they pass the bound.
     unsent: int = 0
@@ -64,6 +65,15 @@ class Session:
     @property
     def id(self) -> str:
         return self.delegate.id
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when the session ends or the manager stops; a long-poll waits on it. Made
+        on first use: an Event is near a KiB (its deque of waiters), and a streaming
+        delegate's session, most of them, never waits."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
 
     @property
     def facts(self) -> DelegateFacts:
