@@ -288,12 +288,14 @@ def caller_address(request: web.Request, snapshot: Snapshot) -> Address | None:
 
 
 def access_middlewares(table: RouteTable) -> list[Any]:
-    """The allowlist, authentication and rate-limit middlewares, in the order they run."""
+    """The access guards in the order they run: the allowlist, authentication, the rate
+    limit and authorization. One middleware, not one each: a middleware stays suspended for
+    as long as its request lasts, and a delegate's stream is a request that lasts for days
+    (a coroutine frame per guard per stream, docs/benchmarks.md)."""
 
-    @web.middleware
-    async def allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def allowlist(request: web.Request) -> None:
         if table.auth_for(request) in _NOT_JUDGED:
-            return await handler(request)
+            return
         snapshot = await request.app[ACCESS].allowlist.get()
         addr = caller_address(request, snapshot)
         if addr is not None:
@@ -302,12 +304,10 @@ def access_middlewares(table: RouteTable) -> list[Any]:
             # The client's own address at most: never the header it sent, nor the entries.
             who = str(addr) if addr is not None else "your address (it could not be told)"
             raise ApiProblem(403, "ip_not_allowed", f"{who} is not in the IP allowlist")
-        return await handler(request)
 
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def authenticate(request: web.Request) -> None:
         if table.auth_for(request) != "user":
-            return await handler(request)
+            return
         # A console page is signed in by its cookie alone (the same session token), an API
         # route by its header alone: a cookie the browser adds by itself never reaches the API.
         if table.is_console(request):
@@ -325,17 +325,15 @@ def access_middlewares(table: RouteTable) -> list[Any]:
         request[PRINCIPAL_KEY] = principal
         if record is not None:
             request[API_KEY] = record
-        return await handler(request)
 
-    @web.middleware
-    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def rate_limited(request: web.Request) -> web.StreamResponse | None:
         record = request.get(API_KEY)
         if not isinstance(record, ApiKeyRecord):
-            return await handler(request)  # not API-key traffic (delegates, probes)
+            return None  # not API-key traffic (delegates, probes)
         access = request.app[ACCESS]
         wait = access.limiter.check(record.id, record.max_qps, record.burst, access.clock())
         if wait <= 0:
-            return await handler(request)
+            return None
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         request.app[CTX].metrics.rate_limited.labels(route).inc()
@@ -343,11 +341,10 @@ def access_middlewares(table: RouteTable) -> list[Any]:
         response.headers["Retry-After"] = retry_after_header(wait)
         return response
 
-    @web.middleware
-    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def authorize(request: web.Request) -> None:
         route = table.route_for(request)
         if route is None or route.auth != "user":
-            return await handler(request)
+            return
         principal = request[PRINCIPAL_KEY]
         needed = permission_of(route)
         if principal.restricted is not None and needed != "self":
@@ -359,9 +356,18 @@ def access_middlewares(table: RouteTable) -> list[Any]:
         if needed is None:  # manager.api.permissions.check_routes keeps this from happening
             raise ApiProblem(403, "forbidden", "this route has no permission set")
         if needed == "authenticated" or needed == "self":
-            return await handler(request)
+            return
         if not principal.grants.has(needed):
             raise ApiProblem(403, "forbidden", f"this needs the {needed} permission")
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await allowlist(request)
+        await authenticate(request)
+        limited = rate_limited(request)
+        if limited is not None:
+            return limited
+        authorize(request)
         return await handler(request)
 
-    return [allowlist, authenticate, rate_limit, authorize]
+    return [guard]

@@ -47,7 +47,7 @@ from manager.api.directory import add_directory_routes
 from manager.api.failed_logins import FAILED_LOGINS, FailedLogins
 from manager.api.freezes import add_freeze_routes
 from manager.api.guards import ACCESS, Access, access_middlewares
-from manager.api.http import Handler, Route, RouteTable, error_middleware
+from manager.api.http import Route, RouteTable, error_middleware
 from manager.api.id_tokens import ID_TOKENS, add_id_token_routes
 from manager.api.incident_services import INCIDENT_SERVICES
 from manager.api.incidents import add_incident_routes
@@ -245,12 +245,12 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+async def _count_request(request: web.Request, response: web.StreamResponse) -> None:
+    """Counts each answer as it starts (on_response_prepare), not after its handler: not a
+    middleware, which would stay suspended as long as its request, for days on a stream."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     request.app[CTX].metrics.api_requests.labels(route, request.method, str(response.status)).inc()
-    return response
 
 
 def _live_metrics(c: Context) -> Iterator[Metric]:
@@ -437,7 +437,6 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
         # nothing).
         middlewares=[
             connections.middleware,
-            _count_requests,
             error_middleware,
             console_middleware(table),
             *access_middlewares(table),
@@ -450,6 +449,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[VERIFICATIONS] = Verifications(store, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
+    app.on_response_prepare.append(_count_request)
     metrics.add_live(connections.gauges)
     access = app[ACCESS] = Access(store, clock=config.clock)
     # Another replica's change to keys, grants or settings reaches this one's caches.
