@@ -28,18 +28,18 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import ldap3
-from ldap3.core.exceptions import LDAPException
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn, parse_dn
+from typing import TYPE_CHECKING, Any
 
 from manager.access.directory import Directory
 from manager.access.entities import Entity, EntityKind
 from manager.access.external import ExternalIdentity, ExternalUsers, SsoError
 from manager.core.audit_chain import AuditOf
 from manager.schemas.directory_auth import LdapSettings
+
+if TYPE_CHECKING:
+    # ldap3 (about 5 MiB) is imported when a sign-in first asks the directory, not by every
+    # manager: most have no LDAP.
+    import ldap3
 
 __all__ = ["Ldap", "LdapRefused", "LdapSettings", "normal_username"]
 
@@ -146,6 +146,8 @@ class Ldap:
 
 
 def _tls(settings: LdapSettings) -> ldap3.Tls:
+    import ldap3
+
     return ldap3.Tls(
         validate=ssl.CERT_REQUIRED,
         ca_certs_file=settings.ca_file,
@@ -153,6 +155,8 @@ def _tls(settings: LdapSettings) -> ldap3.Tls:
 
 
 def _connection(settings: LdapSettings, user: str | None, password: str | None) -> ldap3.Connection:
+    import ldap3
+
     server = ldap3.Server(
         settings.url,
         use_ssl=settings.url.startswith("ldaps://"),
@@ -180,6 +184,8 @@ def _open(conn: ldap3.Connection, settings: LdapSettings) -> None:
 def _bind_and_read(
     settings: LdapSettings, username: str, password: str, service: str | None
 ) -> _Found:
+    from ldap3.core.exceptions import LDAPException
+
     try:
         return _bind_and_read_unsafe(settings, username, password, service)
     except LDAPException as exc:
@@ -206,6 +212,9 @@ def _attributes(settings: LdapSettings) -> list[str]:
 def _bind_and_read_unsafe(
     settings: LdapSettings, username: str, password: str, service: str | None
 ) -> _Found:
+    from ldap3.utils.conv import escape_filter_chars
+    from ldap3.utils.dn import escape_rdn
+
     with contextlib.ExitStack() as opened:
 
         def connect(who: str | None, secret: str | None) -> ldap3.Connection:
@@ -242,6 +251,9 @@ def _values(entry: Any, attribute: str) -> list[str]:
 def _read(conn: ldap3.Connection, settings: LdapSettings, dn: str, username: str) -> _Found:
     """The bound user's entry: email, name, groups, and whether the settings call it
     disabled."""
+    import ldap3
+    from ldap3.utils.conv import escape_filter_chars
+
     conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=_attributes(settings))
     if len(conn.entries) != 1:
         raise SsoError("the directory entry of this user cannot be read", 502)
@@ -273,6 +285,9 @@ def _read(conn: ldap3.Connection, settings: LdapSettings, dn: str, username: str
 
 def _first_rdn_value(dn: str) -> str:
     """``cn=ops,ou=groups,...`` -> ``ops``: a memberOf value as its group's name."""
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.utils.dn import parse_dn
+
     try:
         return str(parse_dn(dn)[0][1])
     except (LDAPException, IndexError):
