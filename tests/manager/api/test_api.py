@@ -300,6 +300,19 @@ async def test_stream_answers_a_hello_with_an_ack(api: Api) -> None:
     await ws.close()
 
 
+async def test_a_stream_offered_compression_is_answered_without_it(api: Api) -> None:
+    # permessage-deflate would cost each authenticated stream a zlib context each way, about
+    # three times an idle stream's memory, and hub.send needs frames written whole in order.
+    cred = await _registered(api)
+    ws = await api.client.ws_connect(
+        "/api/v1/delegate/stream", headers={"Authorization": f"Bearer {cred}"}, compress=15
+    )
+    assert ws.compress == 0
+    await ws.send_str(json.dumps({"type": "hello", "key": "process-key-1", "running": []}))
+    assert (await ws.receive_json())["type"] == "heartbeat_ack"
+    await ws.close()
+
+
 async def test_a_second_hello_on_a_stream_closes_it(api: Api) -> None:
     # Each hello re-judges the delegate's assignments and adds what it lists to its load: a
     # peer must not churn keys or made-up listings on one stream (red-team finding).
