@@ -13,10 +13,13 @@ reach every directory of the work root; keeping its directory gives a later task
 nothing it could not reach anyway. What a task can change in its directory is checked before
 the directory is kept: any other entry (a secret file, ``TMPDIR`` files), a file replaced,
 linked elsewhere or made readable to others, or the directory's own mode or owner changed,
-and the directory is removed as before. Directories of tasks run as a task user (a slot) are
-never kept: the slot's sweep removes them with the user's own rights.
+and the directory is removed as before. The same checks run again when a kept directory is
+taken, with both files empty: another task, of the same user, could reach it while it
+waited. Directories of tasks run as a task user (a slot) are never kept: the slot's sweep
+removes them with the user's own rights.
 
-Kept directories hold two empty files, and nothing of the tasks they served;
+Kept directories hold two empty files, and nothing of the tasks they served (no byte, no
+block, no ``user.`` extended attribute);
 :meth:`TaskDirs.close` removes them when the delegate stops, and a delegate killed before
 that clears them at its next start with the rest of the work root.
 """
@@ -53,15 +56,15 @@ class TaskDir:
     file_env: dict[str, str] = field(default_factory=dict)
     # Why the task cannot run (its working_dir); the directory exists all the same.
     error: str | None = None
-    # Kept directories only: the script's file, written again for each task, and what the
-    # directory and its two files were when made (delegate.run.taskdirs._unchanged).
-    script_fd: int | None = None
+    # Directories that may be kept: (inode, mode, owner) of the directory and its two
+    # files as made, checked whenever the directory is kept or taken (_unchanged).
     identity: tuple[tuple[int, int, int], ...] = ()
 
 
 class TaskDirs:
     """The task directories of one work root, keeping up to ``keep`` of them between tasks
-    run as the delegate's own user (0 keeps none)."""
+    run as the delegate's own user (0 keeps none). A kept directory holds no descriptor:
+    its files are opened again, without following links, when it is taken."""
 
     def __init__(self, work_root: Path, keep: int) -> None:
         self.work_root = work_root
@@ -100,22 +103,23 @@ class TaskDirs:
         return made
 
     def release(self, made: TaskDir) -> bool:
-        """After a task run as the delegate's own user: keep ``made`` when it holds only its
-        own two files, unchanged, and a place is free; else remove its own files. False:
-        the task left more behind, for :meth:`remove` (a tree walk, for a worker thread)."""
-        if made.script_fd is not None and len(self._kept) < self._keep and _unchanged(made):
+        """After a task run as the delegate's own user: keep ``made``, emptied, when it holds
+        only its own two files, unchanged, and a place is free; else remove its own files.
+        False: the task left more behind, for :meth:`remove` (a tree walk, for a worker
+        thread)."""
+        keep = bool(made.identity) and len(self._kept) < self._keep and _unchanged(made)
+        if keep:
             try:
                 # Nothing of a task stays at rest after it (tests/e2e/test_sealed_at_rest.py).
-                os.ftruncate(made.script_fd, 0)
-                if os.fstat(made.output_fd).st_size:
-                    os.ftruncate(made.output_fd, 0)
+                os.ftruncate(made.output_fd, 0)
+                _rewrite(made, made.script, b"")
             except OSError:
-                pass
-            else:
-                made.file_env, made.error, made.cwd = {}, None, made.task_dir
-                self._kept.append(made)
-                return True
+                keep = False
         _close(made)
+        if keep:
+            made.file_env, made.error, made.cwd = {}, None, made.task_dir
+            self._kept.append(made)
+            return True
         return _remove_own_files(made)
 
     def remove(self, made: TaskDir) -> None:
@@ -124,7 +128,7 @@ class TaskDirs:
         shutil.rmtree(made.task_dir, ignore_errors=True)
 
     def forget(self, made: TaskDir) -> None:
-        """Let go of ``made``'s descriptors without touching its files (a slot's sweep
+        """Let go of ``made``'s descriptor without touching its files (a slot's sweep
         removes them)."""
         _close(made)
 
@@ -136,43 +140,53 @@ class TaskDirs:
 
     def _take(self, script: bytes) -> TaskDir | None:
         while self._kept:
-            made = self._kept.pop()
-            assert made.script_fd is not None
             try:
-                os.pwrite(made.script_fd, script, 0)
-                os.ftruncate(made.script_fd, len(script))
+                made = self._kept.pop()
+            except IndexError:  # another thread took the last one meanwhile
+                return None
+            # Checked again: while it waited, another task (the delegate's own user too)
+            # could reach it, and replace or write into its files.
+            try:
+                taken = _unchanged(made, empty=True)
+                if taken:
+                    _rewrite(made, made.script, script)
+                    made.output_fd = _open_own(made, made.output_file, os.O_RDWR)
             except OSError:
-                self._discard(made)
-                continue
-            return made
+                taken = False
+            if taken:
+                return made
+            self._discard(made)
         return None
 
     def _fresh(self, script: bytes, *, reuse: bool) -> TaskDir:
         self.work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # mkdtemp makes the directory 0700: the script and its output file are the task's.
         task_dir = Path(tempfile.mkdtemp(prefix="task-", dir=self.work_root))
-        script_fd = output_fd = None
+        output_fd = None
         try:
             script_path, output_file = task_dir / "script", task_dir / "output"
             script_fd = os.open(
-                script_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
-            os.write(script_fd, script)
+            try:
+                _write_all(script_fd, script)
+                script_stat = os.fstat(script_fd)
+            finally:
+                os.close(script_fd)
             output_fd = os.open(
                 output_file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
             made = TaskDir(task_dir, script_path, output_file, output_fd, task_dir)
             if reuse:
-                made.script_fd = script_fd
-                made.identity = _identity(task_dir, script_fd, output_fd)
-            else:
-                os.close(script_fd)
+                made.identity = tuple(
+                    (s.st_ino, s.st_mode, s.st_uid)
+                    for s in (os.lstat(task_dir), script_stat, os.fstat(output_fd))
+                )
             return made
         except BaseException:
-            for fd in (script_fd, output_fd):
-                if fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            if output_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(output_fd)
             shutil.rmtree(task_dir, ignore_errors=True)
             raise
 
@@ -197,34 +211,76 @@ def _remove_own_files(made: TaskDir) -> bool:
 
 
 def _close(made: TaskDir) -> None:
-    for fd in (made.output_fd, made.script_fd):
-        if fd is not None and fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    made.output_fd, made.script_fd = -1, None
+    if made.output_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(made.output_fd)
+    made.output_fd = -1
 
 
-def _identity(task_dir: Path, script_fd: int, output_fd: int) -> tuple[tuple[int, int, int], ...]:
-    """(inode, mode, owner) of the directory and its two files, as made."""
-    return tuple(
-        (s.st_ino, s.st_mode, s.st_uid)
-        for s in (os.lstat(task_dir), os.fstat(script_fd), os.fstat(output_fd))
-    )
+def _open_own(made: TaskDir, path: Path, flags: int) -> int:
+    """``path`` opened without following a link, and only if it is still the file made
+    there, with its one link: OSError otherwise."""
+    # O_NONBLOCK: a FIFO swapped in after the check would block the open (ENXIO instead).
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        s = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    index = 1 if path == made.script else 2
+    if (s.st_ino, s.st_mode, s.st_uid) == made.identity[index] and s.st_nlink == 1:
+        return fd
+    os.close(fd)
+    raise OSError(f"{path.name} is not the file made there")
 
 
-def _unchanged(made: TaskDir) -> bool:
+def _rewrite(made: TaskDir, path: Path, data: bytes) -> None:
+    """``path`` (one of ``made``'s own files) holding exactly ``data``."""
+    fd = _open_own(made, path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data``: a short write (a full disk) raises instead of leaving part of it."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("nothing written")
+        view = view[written:]
+
+
+def _unchanged(made: TaskDir, *, empty: bool = False) -> bool:
     """``made`` holds only its two files, the very ones made, each with its one link and
-    its mode and owner as made, in the directory as made."""
+    its mode and owner as made, in the directory as made, and no extended attribute a task
+    could have added; with ``empty``, both files hold no byte and no block."""
     try:
         with os.scandir(made.task_dir) as entries:
             if {e.name for e in entries} != _OWN_FILES:
                 return False
         now = [os.lstat(made.task_dir), os.lstat(made.script), os.lstat(made.output_file)]
+        if any(_user_attributes(p) for p in (made.script, made.output_file)):
+            return False
     except OSError:
         return False
     if any(s.st_nlink != 1 for s in now[1:]) or not stat.S_ISDIR(now[0].st_mode):
         return False
+    if empty and any(s.st_size or s.st_blocks for s in now[1:]):
+        return False
     return tuple((s.st_ino, s.st_mode, s.st_uid) for s in now) == made.identity
+
+
+def _user_attributes(path: Path) -> bool:
+    """``path`` carries a ``user.`` extended attribute (the only kind the delegate's own
+    user can set): data a task would leave at rest, or pass to the next."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a file system without them
+        return False
+    return any(name.startswith("user.") for name in names)
 
 
 def _write_private(path: Path, data: bytes) -> None:

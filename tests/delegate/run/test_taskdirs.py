@@ -81,18 +81,40 @@ def swap_the_output_for_a_directory(made: TaskDir) -> None:
     (made.output_file / "inside").write_text("x")
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        grow_a_file,
-        replace_the_script,
-        link_the_output_elsewhere,
-        open_the_directory,
-        open_the_script,
-        swap_the_output_for_a_symlink,
-        swap_the_output_for_a_directory,
-    ],
-)
+def write_into_the_output(made: TaskDir) -> None:
+    with made.output_file.open("a") as f:
+        f.write("DEPLOYED_VERSION=forged-by-another-task\n")
+
+
+def write_into_the_script(made: TaskDir) -> None:
+    made.script.write_text("echo not the task's own script")
+
+
+def give_the_output_an_attribute(made: TaskDir) -> None:
+    os.setxattr(made.output_file, "user.left", b"data of an earlier task")
+
+
+# What a task can do to a directory: each sends it away, whether done by the task that
+# ran in it (found when it is kept) or by another while it was kept (found when taken).
+CHANGES = [
+    grow_a_file,
+    replace_the_script,
+    write_into_the_script,
+    write_into_the_output,
+    link_the_output_elsewhere,
+    open_the_directory,
+    open_the_script,
+    swap_the_output_for_a_symlink,
+    swap_the_output_for_a_directory,
+    give_the_output_an_attribute,
+]
+
+
+# Its own task may write its two files: they are emptied, and the directory kept.
+WRITES = (write_into_the_script, write_into_the_output)
+
+
+@pytest.mark.parametrize("change", [c for c in CHANGES if c not in WRITES])
 def test_a_directory_the_task_changed_is_removed_not_kept(
     tmp_path: Path, change: Callable[[TaskDir], None]
 ) -> None:
@@ -105,6 +127,61 @@ def test_a_directory_the_task_changed_is_removed_not_kept(
 
     assert not dirs.has_kept()
     assert not made.task_dir.exists()
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_kept_directory_another_task_changed_is_not_taken(
+    tmp_path: Path, change: Callable[[TaskDir], None]
+) -> None:
+    # Another task of the delegate's own user can reach a kept directory while it waits:
+    # the next task must not run a script it did not send, nor report outputs it did not
+    # write (review finding: the checks ran only when a directory was kept).
+    root = tmp_path / "work"
+    dirs = TaskDirs(root, keep=1)
+    kept = dirs.make(b"true", {}, None, reuse=True)
+    released(dirs, kept)
+    assert dirs.has_kept()
+    change(kept)
+
+    made = dirs.make(b"echo the later task", {}, None, reuse=True)
+
+    assert made.task_dir != kept.task_dir
+    assert not kept.task_dir.exists()
+    assert made.script.read_bytes() == b"echo the later task"
+    assert os.fstat(made.output_fd).st_size == 0
+    released(dirs, made)
+    dirs.close()
+
+
+def test_an_attribute_a_task_set_sends_its_directory_away(tmp_path: Path) -> None:
+    dirs = TaskDirs(tmp_path, keep=1)
+    made = dirs.make(b"true", {}, None, reuse=True)
+    give_the_output_an_attribute(made)
+
+    released(dirs, made)
+
+    assert not dirs.has_kept()
+    assert entries(tmp_path) == []
+
+
+def test_a_script_is_written_whole_however_short_each_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk makes write() store part of what it is given and say so: the rest must
+    # follow, or an error, never a task running the first part of its script.
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:
+        return real_write(fd, bytes(data[:3]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    dirs = TaskDirs(tmp_path, keep=1)
+    fresh = dirs.make(b"echo keep; rm -rf ./scratch", {}, None, reuse=True)
+    assert fresh.script.read_bytes() == b"echo keep; rm -rf ./scratch"
+    released(dirs, fresh)
+    kept = dirs.make(b"echo the second script", {}, None, reuse=True)
+    assert kept.task_dir == fresh.task_dir
+    assert kept.script.read_bytes() == b"echo the second script"
 
 
 def test_secret_files_send_their_directory_away(tmp_path: Path) -> None:
