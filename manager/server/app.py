@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,8 @@ log = structlog.get_logger("tether.manager")
 
 ADMIN_KEY_FILE = "admin-api-key"
 ROUTES: web.AppKey[RouteTable] = web.AppKey("tether_routes", RouteTable)
+# On a request once it is counted (counting).
+_COUNTED: web.RequestKey[bool] = web.RequestKey("tether_counted", bool)
 
 
 @dataclass
@@ -244,13 +246,21 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-@web.middleware
-async def _count_request(request: web.Request, response: web.StreamResponse) -> None:
-    """Counts each answer as it starts (on_response_prepare), not after its handler: not a
-    middleware, which would stay suspended as long as its request, for days on a stream."""
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    request.app[CTX].metrics.api_requests.labels(route, request.method, str(response.status)).inc()
+def counting(metrics: Metrics) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The hook that counts each request once, as its answer starts (on_response_prepare),
+    not after its handler: a middleware would stay suspended as long as its request, for
+    days on a stream. Once: a handler that raises after its answer started gets the error
+    middleware's answer prepared too, which never reaches the client."""
+
+    async def count(request: web.Request, response: web.StreamResponse) -> None:
+        if request.get(_COUNTED):
+            return
+        request[_COUNTED] = True
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.api_requests.labels(route, request.method, str(response.status)).inc()
+
+    return count
 
 
 def _live_metrics(c: Context) -> Iterator[Metric]:
@@ -449,7 +459,7 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     app[VERIFICATIONS] = Verifications(store, config.clock)
     app[CONNECTIONS] = connections
     app.on_response_prepare.append(connections.on_response_prepare)
-    app.on_response_prepare.append(_count_request)
+    app.on_response_prepare.append(counting(metrics))
     metrics.add_live(connections.gauges)
     access = app[ACCESS] = Access(store, clock=config.clock)
     # Another replica's change to keys, grants or settings reaches this one's caches.
