@@ -112,7 +112,7 @@ class TaskDirs:
             try:
                 # Nothing of a task stays at rest after it (tests/e2e/test_sealed_at_rest.py).
                 os.ftruncate(made.output_fd, 0)
-                _rewrite(made, made.script, b"")
+                os.close(_open_own(made, made.script, os.O_WRONLY | os.O_TRUNC))
             except OSError:
                 keep = False
         _close(made)
@@ -149,7 +149,7 @@ class TaskDirs:
             try:
                 taken = _unchanged(made, empty=True)
                 if taken:
-                    _rewrite(made, made.script, script)
+                    _write_into(made, script)
                     made.output_fd = _open_own(made, made.output_file, os.O_RDWR)
             except OSError:
                 taken = False
@@ -234,11 +234,15 @@ def _open_own(made: TaskDir, path: Path, flags: int) -> int:
     raise OSError(f"{path.name} is not the file made there")
 
 
-def _rewrite(made: TaskDir, path: Path, data: bytes) -> None:
-    """``path`` (one of ``made``'s own files) holding exactly ``data``."""
-    fd = _open_own(made, path, os.O_WRONLY | os.O_TRUNC)
+def _write_into(made: TaskDir, script: bytes) -> None:
+    """``script`` into ``made``'s empty script file. Opened without O_TRUNC: on ext4,
+    truncating a file then writing and closing it starts its write-back at the close
+    (``auto_da_alloc``), which made a kept directory cost as much as a new one."""
+    fd = _open_own(made, made.script, os.O_WRONLY)
     try:
-        _write_all(fd, data)
+        if os.fstat(fd).st_size:
+            raise OSError("the script file is not empty")
+        _write_all(fd, script)
     finally:
         os.close(fd)
 
