@@ -198,7 +198,8 @@ async def _run_shell(
     # A task run as the delegate's own user may get a kept directory (delegate.run.taskdirs).
     reuse = slot is None
     if reuse and not secret_files and payload.working_dir is None and task_dirs.has_kept():
-        # Written over in place: two calls, cheaper than a hop to a worker thread.
+        # A kept directory is checked and written in place with a few calls, cheaper than a
+        # hop to a worker thread.
         made = task_dirs.make(script, {}, None, reuse=True)
     else:
         # The directory's files are made in one worker-thread hop, not one per file: a hop
