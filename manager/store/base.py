@@ -258,6 +258,11 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def attempts(self, task_id: str) -> list[AttemptRecord]: ...
 
+    @abc.abstractmethod
+    async def attempts_named(self, task_id: str) -> tuple[list[AttemptRecord], dict[str, str]]:
+        """The task's attempts, and the names of their delegates still registered, by id
+        (one read: a task view is built for every task shown and at each follow's end)."""
+
     # -- logs
     @abc.abstractmethod
     async def append_logs(

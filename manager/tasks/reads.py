@@ -46,13 +46,9 @@ class TaskReads:
 
     async def attempts(self, task_id: str) -> tuple[list[AttemptRecord], dict[str, str]]:
         """The task's attempts, and the names of the delegates that ran them, by id."""
-        attempts = await self._store.attempts(task_id)
-        # The delegates of these attempts only (one or a few): a task view is read for every
-        # task shown and at every follow's end, and a fleet may hold thousands of delegates.
-        # Reads made together go to the store as one batch.
-        ids = sorted({a.delegate_id for a in attempts})
-        found = await asyncio.gather(*(self._store.get_delegate(i) for i in ids))
-        return attempts, {d.id: d.name for d in found if d is not None}
+        # One read joined with the delegates of these attempts only: a task view is built
+        # for every task shown and at every follow's end, and a fleet may hold thousands.
+        return await self._store.attempts_named(task_id)
 
     @contextlib.asynccontextmanager
     async def log_page(

@@ -138,6 +138,7 @@ _SAME["AUDIT_COLUMNS"] = _columns(EVENT_FIELDS)
 _SAME["AUDIT_PARAMS"] = _params(EVENT_FIELDS)
 _SAME["V_VERSION_COLUMNS"] = _columns(fields(SecretVersionRecord), "v.")
 _SAME["L_LOG_COLUMNS"] = _columns(fields(LogRecord), "l.")
+_SAME["A_ATTEMPT_COLUMNS"] = _columns(fields(AttemptRecord), "a.")
 
 
 def fragments(text: str, dialect: Dialect) -> str:

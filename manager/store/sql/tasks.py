@@ -111,6 +111,12 @@ _PRESENCE = (
     " WHERE p.last_heartbeat > :since AND r.heartbeat_at > :since"
 )
 _ATTEMPTS = "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = :task_id ORDER BY attempt"
+# The same with the name of each attempt's delegate (none once the delegate is removed).
+_ATTEMPTS_NAMED = """
+    SELECT {A_ATTEMPT_COLUMNS}, d.name AS delegate_name
+    FROM task_attempts a LEFT JOIN delegates d ON d.id = a.delegate_id
+    WHERE a.task_id = :task_id ORDER BY a.attempt
+"""
 # A piece of a log page: at most :scan lines and :max_bytes of text. The sizes are summed
 # over the keys and lengths alone, and the text fetched only for the lines kept, so neither
 # the database nor this process holds more than the page. Line number :always is kept
@@ -377,6 +383,13 @@ class TaskQueries(Statements, TaskStore):
     async def attempts(self, task_id: str) -> list[AttemptRecord]:
         rows = await self._fetch(_ATTEMPTS, {"task_id": task_id})
         return [AttemptRecord(**dict(r)) for r in rows]
+
+    async def attempts_named(self, task_id: str) -> tuple[list[AttemptRecord], dict[str, str]]:
+        rows = [dict(r) for r in await self._fetch(_ATTEMPTS_NAMED, {"task_id": task_id})]
+        names = {r["delegate_id"]: r["delegate_name"] for r in rows if r["delegate_name"]}
+        for r in rows:
+            del r["delegate_name"]
+        return [AttemptRecord(**r) for r in rows], names
 
     async def get_logs(
         self,
