@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -82,11 +83,20 @@ def _sql(sql: str) -> str:
     return render(sql, Dialect.SQLITE)[0]
 
 
+# A write's verb anywhere in a statement (a WITH may lead to one); "updated_at" is no match.
+_WRITE_VERB = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|UPSERT)\b", re.IGNORECASE)
+
+
 @functools.lru_cache(maxsize=512)
 def _reads(text: str) -> bool:
-    """Whether a statement only reads: a SELECT (a write begins INSERT, UPDATE, DELETE or a
-    WITH before one of them; SQLite has no SELECT that writes)."""
-    return text.lstrip()[:6].upper() == "SELECT"
+    """Whether a statement only reads: a SELECT, or a WITH whose statement is a SELECT (a
+    write begins INSERT, UPDATE, DELETE or a WITH before one of them; SQLite has no SELECT
+    that writes). A log page is a WITH: taken for a write, it ran in a write transaction of
+    its own, a BEGIN IMMEDIATE and a COMMIT for every page a follower read."""
+    head = text.lstrip()[:6].upper()
+    if head == "SELECT":
+        return True
+    return head.startswith("WITH") and _WRITE_VERB.search(text) is None
 
 
 def lease_clock() -> Callable[[], float]:

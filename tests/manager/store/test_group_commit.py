@@ -20,7 +20,7 @@ from manager.records import TaskRecord
 from manager.store.base import Conflict, DiskFull, Store, StoreError
 from manager.store.health import DISK_FULL
 from manager.store.postgres import PostgresStore
-from manager.store.sqlite import SqliteStore
+from manager.store.sqlite import SqliteStore, _reads
 from tests.manager.conftest import PG_URL, StoreMaker
 from tests.manager.store.test_audit import change
 from tests.manager.store.test_audit_with_change import event_of, events
@@ -82,6 +82,36 @@ async def test_reads_alone_take_no_transaction(sqlite_store: SqliteStore) -> Non
     found = await asyncio.gather(*(store.get_task("task_0") for _ in range(10)))
     assert [t.id if t else None for t in found] == ["task_0"] * 10
     assert store.commits == before
+
+
+async def test_a_log_page_is_read_without_a_transaction(sqlite_store: SqliteStore) -> None:
+    """A log page is one WITH ... SELECT: a read, not a write transaction per page."""
+    store = sqlite_store
+    await store.insert_task(task("task_0"), idempotency_window=WINDOW)
+    before = store.commits
+    pages = await asyncio.gather(
+        *(store.get_logs("task_0", after=None, limit=10) for _ in range(3))
+    )
+    assert pages == [[], [], []]
+    assert store.commits == before
+
+
+@pytest.mark.parametrize(
+    ("sql", "reads"),
+    [
+        ("SELECT 1", True),
+        ("  with x AS (SELECT 1) SELECT * FROM x", True),
+        ("WITH x AS (SELECT updated_at FROM t) SELECT * FROM x", True),
+        ("WITH x AS (SELECT 1) DELETE FROM t WHERE id IN (SELECT * FROM x)", False),
+        ("WITH x AS (SELECT 1) UPDATE t SET a = 1", False),
+        ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", False),
+        ("with x as (select 1) replace into t select * from x", False),
+        ("INSERT INTO t VALUES (1)", False),
+        ("UPDATE t SET a = 1", False),
+    ],
+)
+def test_only_statements_that_cannot_write_are_taken_for_reads(sql: str, reads: bool) -> None:
+    assert _reads(sql) is reads
 
 
 async def test_a_unique_violation_fails_only_its_own_call_in_the_batch(
