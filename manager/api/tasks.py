@@ -479,7 +479,10 @@ def _too_slow(request: web.Request) -> None:
 async def follow_logs(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     pos = _parse_cursor(request.query.get("after"))
-    await _task_for(request, "read")
+    # Listened for before the check's read, so that read can be the stream's first: a
+    # change after it has set these events already, and the stream reads again at once.
+    first = FirstRead(ctx(request).events.listen(task_id), request.app[ACCESS].principals.changed())
+    first.task, _ = await _task_for(request, "read")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     c = ctx(request)
@@ -503,9 +506,19 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
             await write({"kind": "ping"})
 
     with contextlib.suppress(ConnectionResetError):
-        if await follow_task(request, task_id, pos, send, lambda: recheck(request)):
+        if await follow_task(request, task_id, pos, send, lambda: recheck(request), first=first):
             await resp.write_eof()
     return resp
+
+
+@dataclass(slots=True)
+class FirstRead:
+    """A read of the task that the stream may take as its first, and the wake-ups listened
+    for before it was made (taken after it, they would miss a change in between)."""
+
+    changed: asyncio.Event
+    revoked: asyncio.Event
+    task: TaskRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,13 +541,16 @@ async def follow_task(
     pos: tuple[int, int] | None,
     send: Callable[[FollowEvent], Awaitable[None]],
     recheck_credential: Callable[[], Awaitable[object]],
+    *,
+    first: FirstRead | None = None,
 ) -> bool:
     """Follows a task's log from ``pos`` until it ends, the manager stops or the caller's
     credential or read permission goes; each event goes to ``send`` (the API writes it as
     NDJSON, the console as server-sent events: manager.console.follow). The credential is
     judged again (``recheck_credential``) each time the stream wakes, and the read
-    permission on a revocation here or every FOLLOW_RECHECK_S. False: the reader was too
-    slow and its connection was closed."""
+    permission on a revocation here or every FOLLOW_RECHECK_S. ``first``: the caller's own
+    read of the task (its permission check), taken as the stream's first. False: the reader
+    was too slow and its connection was closed."""
     c = ctx(request)
     access = request.app[ACCESS]
     loop = asyncio.get_running_loop()
@@ -547,9 +563,13 @@ async def follow_task(
 
     last_state: TaskState | None = None
     while not c.stopping:
-        changed = c.events.listen(task_id)
-        revoked = access.principals.changed()
-        task = await c.task_reads.get(task_id)
+        if first is not None and first.task is not None:
+            # The caller's own check read it, after listening: one read fewer per stream.
+            changed, revoked, task, first = first.changed, first.revoked, first.task, None
+        else:
+            changed = c.events.listen(task_id)
+            revoked = access.principals.changed()
+            task = await c.task_reads.get(task_id)
         if task is None:
             break
         if task.state is not last_state:

@@ -1,7 +1,8 @@
 """A log follow stream outlives the check that opened it: disabling its user, revoking its API
 key, ending its session or taking away read on the task ends it. A change made through this
 replica wakes the stream at once (each test waits on the stream's end, bounded, never a
-sleep); one made on another replica is seen at the stream's next re-check."""
+sleep); one made on another replica is seen at the stream's next re-check. The stream's
+first read is its check's own, and a change right after that read still wakes it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from manager.api.context import CTX
 from manager.schemas.grants import AppGrant
 from manager.store.base import Store
 from tests.manager.access_support import Manager, manager, one_manager, sqlite_store  # noqa: F401
@@ -139,3 +141,37 @@ async def test_a_key_revoked_on_another_replica_ends_the_stream_at_its_recheck(
         lines = await _follow_until_end(m, made["key"], task_id, revoke_elsewhere)
     assert lines[-1]["kind"] == "error", lines
     assert lines[-1]["error"]["code"] == "api_key_revoked"
+
+
+async def test_a_change_between_the_check_and_the_stream_is_not_missed(
+    m: Manager, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream takes its permission check's read as its first; the wake-ups were listened
+    for before that read, so a change landing right after it wakes the stream at once."""
+    task_id = await _queued_task(m, store)
+    c = m.client.app[CTX]
+    real_get = c.task_reads.get
+    reads = 0
+
+    async def get_then_cancel(tid: str) -> Any:
+        nonlocal reads
+        reads += 1
+        task = await real_get(tid)
+        if reads == 1:  # the check's read: the task is cancelled before the stream waits
+            await c.tasks.cancel(tid)
+        return task
+
+    monkeypatch.setattr(c.task_reads, "get", get_then_cancel)
+    # Without the wake-up, only the re-check would see the cancel: far past the bound below.
+    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 3600.0)
+    resp = await m.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=m.auth())
+    assert resp.status == 200, await resp.text()
+    lines = []
+    async with asyncio.timeout(30):
+        while raw := await resp.content.readline():
+            lines.append(json.loads(raw))
+    assert [x["kind"] for x in lines] == ["state", "state", "end"], lines
+    assert [x.get("state") for x in lines[:2]] == ["queued", "cancelled"]
+    assert lines[-1]["task"]["state"] == "cancelled"
+    # The check's read served as the stream's first: one more read saw the cancel.
+    assert reads == 2
