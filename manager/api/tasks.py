@@ -562,6 +562,7 @@ async def follow_task(
         last_sent = loop.time()
 
     last_state: TaskState | None = None
+    task: TaskRecord | None
     while not c.stopping:
         if first is not None and first.task is not None:
             # The caller's own check read it, after listening: one read fewer per stream.
