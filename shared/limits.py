@@ -21,11 +21,13 @@ __all__ = [
     "MAX_OUTPUT_BYTES",
     "MAX_SCRIPT_BYTES",
     "MAX_STREAM_REQUESTS",
+    "MAX_STREAM_REQUEST_CHARS",
     "MIB",
     "MIN_MASKED_SECRET_LEN",
     "SPOOL_TASK_BYTES",
     "SPOOL_TOTAL_BYTES",
     "Timings",
+    "stream_requests_full",
 ]
 
 KIB = 1024
@@ -41,9 +43,33 @@ MAX_FRAME_BYTES = 4 * MIB
 MAX_LOG_BATCH_BYTES = 1 * MIB
 MAX_LOG_BATCH_LINES = 1000
 # Log batches and results one delegate stream may have in flight at the manager (received,
-# reply not yet written). The manager stops reading a stream that holds this many; the
-# delegate keeps under it (a request past it goes over HTTPS), so its heartbeats never wait.
-MAX_STREAM_REQUESTS = 32
+# reply not yet written), in number and in the characters of their frames. The manager stops
+# reading a stream past either; the delegate keeps under both (a request past them goes over
+# HTTPS), so its heartbeats never wait. The count is high enough for a delegate of 256 slots
+# whose results all end at once (a result is a few hundred characters); the characters bound
+# the memory a stream holds to a few large log batches (was 32 requests of up to 4 MiB each).
+MAX_STREAM_REQUESTS = 256
+MAX_STREAM_REQUEST_CHARS = 8 * MIB
+
+
+def stream_requests_full(
+    in_flight: int,
+    chars: int,
+    frame_chars: int,
+    *,
+    limit: int = MAX_STREAM_REQUESTS,
+    budget: int = MAX_STREAM_REQUEST_CHARS,
+) -> bool:
+    """Whether a stream with ``in_flight`` requests of ``chars`` characters has no room for
+    one more of ``frame_chars``: the one rule both ends judge by. The delegate's count holds
+    the manager's at every moment (a request enters it first and leaves it last), so a
+    delegate that sends only when there is room never finds the manager's stream paused."""
+    if in_flight >= limit:
+        return True
+    # One request alone always has room: a frame is at most MAX_FRAME_BYTES.
+    return in_flight > 0 and chars + frame_chars > budget
+
+
 # A longer line is split into several; a log line is not a channel for bulk data.
 MAX_LOG_LINE_BYTES = 16 * KIB
 # A page of a task's log read through the API (and a batch of a followed log): the text of

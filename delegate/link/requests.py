@@ -14,9 +14,10 @@ A refusal in a reply raises what the HTTPS route's status raises
 attempt, not found, too large), :class:`Unreachable` for 429 and 5xx. The credential's own
 refusals (401, 426) go over HTTPS, whose client registers again or stops the delegate.
 
-A request counts against :data:`~shared.limits.MAX_STREAM_REQUESTS` until its reply comes
+A request counts against :data:`~shared.limits.MAX_STREAM_REQUESTS`, and its frame's
+characters against :data:`~shared.limits.MAX_STREAM_REQUEST_CHARS`, until its reply comes
 or the stream ends, even after its caller stopped waiting: the manager may still be working
-on it, and a stream holding that many stops being read there. Past the bound requests go
+on it, and a stream holding that much stops being read there. Past either bound requests go
 over HTTPS, so the stream's heartbeats are never held up behind them.
 """
 
@@ -31,7 +32,12 @@ import structlog
 
 from delegate.link.api import ManagerApi, Rejected, Unreachable
 from delegate.link.policy import Meaning, meaning
-from shared.limits import MAX_FRAME_BYTES, MAX_STREAM_REQUESTS
+from shared.limits import (
+    MAX_FRAME_BYTES,
+    MAX_STREAM_REQUEST_CHARS,
+    MAX_STREAM_REQUESTS,
+    stream_requests_full,
+)
 from shared.protocol import (
     LogBatch,
     LogBatchAck,
@@ -67,14 +73,19 @@ class StreamRequests:
         *,
         timeout: float | None = None,
         limit: int = MAX_STREAM_REQUESTS,
+        budget: int = MAX_STREAM_REQUEST_CHARS,
     ) -> None:
         self._api = api
         # How long a reply may take: as long as the HTTPS client waits for its answer.
         self._timeout = api.request_timeout if timeout is None else timeout
         self._limit = limit
+        self._budget = budget
         self._send: Send | None = None
         # Request id -> its reply, or None once the stream it went on has ended.
         self._pending: dict[int, asyncio.Future[StreamReply | None]] = {}
+        # Request id -> its frame's characters, and their sum: the manager's other bound.
+        self._sizes: dict[int, int] = {}
+        self._chars = 0
         # Never reused in this process: a late reply can only match its own request.
         self._ids = itertools.count()
         # Requests answered on the stream, and sent over HTTPS instead (tests read them).
@@ -101,12 +112,14 @@ class StreamRequests:
         """The stream ended: what waits for a reply goes over HTTPS at once."""
         self._send = None
         pending, self._pending = self._pending, {}
+        self._sizes, self._chars = {}, 0
         for future in pending.values():
             if not future.done():
                 future.set_result(None)
 
     def on_reply(self, frame: StreamReply) -> None:
         future = self._pending.pop(frame.id, None)
+        self._chars -= self._sizes.pop(frame.id, 0)
         if future is None:
             log.debug("reply to no pending request dropped", id=frame.id)
         elif not future.done():
@@ -139,10 +152,14 @@ class StreamRequests:
             return None
         id_ = next(self._ids)
         text = frame(id_)
-        if _too_big(text):
+        if _too_big(text) or stream_requests_full(
+            len(self._pending), self._chars, len(text), limit=self._limit, budget=self._budget
+        ):
             return None
         future: asyncio.Future[StreamReply | None] = asyncio.get_running_loop().create_future()
         self._pending[id_] = future
+        self._sizes[id_] = len(text)
+        self._chars += len(text)
         try:
             await send(text)
         except Exception as exc:
@@ -167,6 +184,7 @@ class StreamRequests:
     def _forget(self, id_: int, future: asyncio.Future[StreamReply | None]) -> None:
         if self._pending.get(id_) is future:
             del self._pending[id_]
+            self._chars -= self._sizes.pop(id_, 0)
         if not future.done():
             future.cancel()
 

@@ -12,8 +12,10 @@ Requests run beside the read loop, so heartbeats keep flowing while the store co
 reply is written only once the service returned, and the services return only after their
 commit: nothing is acknowledged before it is durable.
 
-At most ``MAX_STREAM_REQUESTS`` requests of one stream are in flight (received, reply not yet
-written); past that the read loop waits for one to end before it reads the next frame. Not a
+At most ``MAX_STREAM_REQUESTS`` requests of one stream, of ``MAX_STREAM_REQUEST_CHARS``
+characters of frames in all, are in flight (received, reply not yet written); a frame past
+either waits for requests to end, and the read loop with it (``shared.limits.
+stream_requests_full``, the rule the delegate keeps to). Not a
 429 answer: a reply is itself a write to a peer that may not be reading, so answering a flood
 would let it grow the manager's send buffers without bound, where waiting bounds the memory
 one stream holds and pushes back through TCP. A delegate keeps under the bound on its own
@@ -33,7 +35,13 @@ from manager.errors import DomainError
 from manager.store.base import BadData, DiskFull, StoreError
 from manager.store.health import DISK_FULL
 from manager.tasks.hub import Session
-from shared.limits import MAX_API_BODY_BYTES, MAX_LOG_BATCH_BYTES, MAX_STREAM_REQUESTS
+from shared.limits import (
+    MAX_API_BODY_BYTES,
+    MAX_LOG_BATCH_BYTES,
+    MAX_STREAM_REQUEST_CHARS,
+    MAX_STREAM_REQUESTS,
+    stream_requests_full,
+)
 from shared.protocol import ErrorDetail, StreamLogs, StreamReply, StreamResult
 
 __all__ = ["StreamRequests"]
@@ -55,34 +63,51 @@ class StreamRequests:
         ws: web.WebSocketResponse,
         *,
         limit: int = MAX_STREAM_REQUESTS,
+        budget: int = MAX_STREAM_REQUEST_CHARS,
     ) -> None:
         self._c = c
         self._session = session
         self._ws = ws
         self._limit = limit
-        self._slots = asyncio.Semaphore(limit)
+        self._budget = budget
+        self._in_flight = 0
+        self._chars = 0
+        self._freed: asyncio.Event | None = None
 
     async def take(self, frame: StreamLogs | StreamResult, raw: str) -> None:
         """Start answering ``frame`` (``raw``: its text as received); returns once it runs,
-        after waiting for a free slot when the stream has ``limit`` in flight."""
-        if self._slots.locked():
+        after waiting for requests to end when the stream has no room for it."""
+        size = len(raw)
+        if self._full(size):
             # A delegate keeps under the bound by itself: this one does not, or the store
             # is slow. Its heartbeats wait behind the frame too.
             log.warning(
                 "stream paused: requests in flight at the bound",
                 delegate_id=self._session.id,
                 limit=self._limit,
+                in_flight=self._in_flight,
+                chars=self._chars,
             )
-        await self._slots.acquire()
+            while self._full(size):
+                if self._freed is None:
+                    self._freed = asyncio.Event()
+                await self._freed.wait()
+        self._in_flight += 1
+        self._chars += size
         # The HTTPS route checks its body, the batch; here the frame's few bytes of its own
         # count too: never more lenient than HTTPS. A result's route bounds its bodies by the
         # application's client_max_size.
         limit = MAX_LOG_BATCH_BYTES if isinstance(frame, StreamLogs) else MAX_API_BODY_BYTES
-        task = asyncio.create_task(self._serve(frame, _exceeds(raw, limit)))
+        task = asyncio.create_task(self._serve(frame, _exceeds(raw, limit), size))
         _running.add(task)
         task.add_done_callback(_running.discard)
 
-    async def _serve(self, frame: StreamLogs | StreamResult, too_large: bool) -> None:
+    def _full(self, size: int) -> bool:
+        return stream_requests_full(
+            self._in_flight, self._chars, size, limit=self._limit, budget=self._budget
+        )
+
+    async def _serve(self, frame: StreamLogs | StreamResult, too_large: bool, size: int) -> None:
         try:
             reply = await self._answer(frame, too_large)
             self._c.metrics.stream_requests.labels(frame.type, str(reply.status or 200)).inc()
@@ -95,7 +120,11 @@ class StreamRequests:
             # What was committed stays; the delegate resends over HTTPS and is told so there.
             log.debug("reply not sent", delegate_id=self._session.id, error=str(exc))
         finally:
-            self._slots.release()
+            self._in_flight -= 1
+            self._chars -= size
+            freed, self._freed = self._freed, None
+            if freed is not None:
+                freed.set()
 
     async def _answer(self, frame: StreamLogs | StreamResult, too_large: bool) -> StreamReply:
         """The reply: what the service answered, or its refusal as the route maps it."""

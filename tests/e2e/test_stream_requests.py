@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shared.limits import MAX_LOG_BATCH_BYTES, MAX_STREAM_REQUESTS
+from shared.limits import MAX_LOG_BATCH_BYTES, MAX_STREAM_REQUEST_CHARS, MAX_STREAM_REQUESTS
 from tests.e2e.harness import Cluster
 from tests.e2e.stream_client import (
     RawDelegate,
@@ -168,29 +168,54 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
     assert _counted(metrics, "logs", 413) == 1
 
 
-async def test_a_stream_at_its_in_flight_bound_is_read_no_further_until_a_request_ends(
-    manager: Cluster,
-) -> None:
+async def _paused_then_answered(
+    manager: Cluster, name: str, batches: list[list[str]], **paused: Any
+) -> list[dict[str, Any]]:
+    """Send ``batches`` (one log frame each) with the store held, then a heartbeat: the
+    manager pauses the stream (its warning carries ``paused``), answers nothing and acks no
+    heartbeat until the store is free, then answers every frame and the heartbeat. Returns
+    the task's log entries."""
     assert manager.manager is not None
-    async with RawDelegate(manager, "flood") as d:
+    async with RawDelegate(manager, name) as d:
         await d.open_stream()
-        task_id = await submit(manager, "flood")
+        task_id = await submit(manager, name)
         attempt = await d.acquire(task_id)
-        count = MAX_STREAM_REQUESTS + 1
-        replies = [d.expect(i) for i in range(count)]
+        replies = [d.expect(i) for i in range(len(batches))]
         async with store_locked(manager, task_id):
-            for i in range(count):
-                await d.send(logs_frame(i, task_id, attempt, [f"line {i}"], first=i))
+            seq = 0
+            for i, texts in enumerate(batches):
+                await d.send(logs_frame(i, task_id, attempt, texts, first=seq))
+                seq += len(texts)
             # Behind the request past the bound: a heartbeat, not read until a slot frees.
             await d.send({"type": "heartbeat", "seq": 1000, "running": [task_id], "free_slots": 1})
             await manager.manager.wait_event(
-                "stream paused: requests in flight at the bound", limit=MAX_STREAM_REQUESTS
+                "stream paused: requests in flight at the bound", **paused
             )
             # Nothing can have committed yet, and the heartbeat waits unread.
             assert not [f for f in d.frames if f["type"] == "reply"]
             assert not [f for f in d.frames if f.get("seq") == 1000]
         answered = await asyncio.gather(*replies)
-        assert [r["logs"]["accepted"] for r in answered] == [1] * count
+        assert [r["logs"]["accepted"] for r in answered] == [len(b) for b in batches]
         await d.wait_frame(lambda f: f["type"] == "heartbeat_ack" and f["seq"] == 1000)
-    texts = [e["text"] for e in await log_entries(manager, task_id)]
-    assert texts == [f"line {i}" for i in range(count)]
+    return await log_entries(manager, task_id)
+
+
+async def test_a_stream_at_its_in_flight_bound_is_read_no_further_until_a_request_ends(
+    manager: Cluster,
+) -> None:
+    batches = [[f"line {i}"] for i in range(MAX_STREAM_REQUESTS + 1)]
+    entries = await _paused_then_answered(manager, "flood", batches, limit=MAX_STREAM_REQUESTS)
+    assert [e["text"] for e in entries] == [b[0] for b in batches]
+
+
+async def test_a_stream_whose_requests_in_flight_hold_its_characters_bound_is_read_no_further(
+    manager: Cluster,
+) -> None:
+    """A few large log batches fill a stream long before its count does: the memory one
+    stream holds at the manager is bounded by the characters of its frames in flight."""
+    line = "x" * 16_000
+    per_frame = MAX_LOG_BATCH_BYTES // len(line) - 2  # under the batch's bytes
+    fit = MAX_STREAM_REQUEST_CHARS // (per_frame * len(line) + 1_000)  # with its own JSON
+    batches = [[line] * per_frame for _ in range(fit + 1)]
+    entries = await _paused_then_answered(manager, "wide", batches, in_flight=fit)
+    assert len(entries) == (fit + 1) * per_frame

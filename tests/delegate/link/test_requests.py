@@ -17,12 +17,13 @@ import pytest
 
 from delegate.link.api import ManagerApi, Rejected, Unreachable
 from delegate.link.requests import StreamRequests
-from shared.limits import MAX_FRAME_BYTES
+from shared.limits import MAX_FRAME_BYTES, stream_requests_full
 from shared.protocol import (
     PROTOCOL_VERSION,
     ErrorDetail,
     RegisterRequest,
     StreamReply,
+    StreamResult,
     TaskResult,
     TaskType,
 )
@@ -142,3 +143,73 @@ async def test_without_a_stream_requests_go_over_https(api: ManagerApi) -> None:
         await transport.post_result("tsk_1", RESULT)
     assert sent == []
     assert transport.counts == {"stream": 0, "https": 1}
+
+
+def _unanswered(transport: StreamRequests) -> tuple[list[str], asyncio.Queue[str]]:
+    """Attach a stream that takes every request and answers none (they stay in flight)."""
+    sent: list[str] = []
+    arrived: asyncio.Queue[str] = asyncio.Queue()
+
+    async def send(text: str) -> None:
+        sent.append(text)
+        arrived.put_nowait(text)
+
+    transport.attach(send)
+    return sent, arrived
+
+
+def _frame_chars(task_id: str, result: TaskResult) -> int:
+    return len(StreamResult(id=0, task_id=task_id, result=result).model_dump_json())
+
+
+async def test_requests_past_the_characters_in_flight_go_over_https(api: ManagerApi) -> None:
+    """The manager stops reading a stream whose requests in flight hold more characters than
+    its bound: past it the delegate takes HTTPS, and the stream is free again once replies
+    come."""
+    big = RESULT.model_copy(update={"outputs": {"out": "x" * 300}})
+    # Room for one large and one small request, not for two large ones.
+    budget = _frame_chars("tsk_1", big) + _frame_chars("tsk_3", RESULT)
+    transport = StreamRequests(api, timeout=30, budget=budget)
+    sent, arrived = _unanswered(transport)
+    first = asyncio.create_task(transport.post_result("tsk_1", big))
+    async with asyncio.timeout(10):
+        await arrived.get()
+    # One more of the same size would pass the bound: over HTTPS (nothing listens there).
+    with pytest.raises(Unreachable):
+        await transport.post_result("tsk_2", big)
+    assert len(sent) == 1
+    assert transport.counts["https"] == 1
+    # A small one still fits beside the first.
+    small = asyncio.create_task(transport.post_result("tsk_3", RESULT))
+    async with asyncio.timeout(10):
+        await arrived.get()
+    assert transport.in_flight == 2
+    # Replies free the room: the large one goes on the stream again.
+    for text in sent:
+        answer = {"state": "succeeded", "recorded": True}
+        transport.on_reply(
+            StreamReply.model_validate({"id": json.loads(text)["id"], "result": answer})
+        )
+    assert (await first).recorded
+    assert (await small).recorded
+    third = asyncio.create_task(transport.post_result("tsk_4", big))
+    async with asyncio.timeout(10):
+        await arrived.get()
+    transport.detach()  # what waits goes over HTTPS, and the stream's tally starts again
+    with pytest.raises(Unreachable):
+        await third
+    assert transport.in_flight == 0
+    assert transport.counts == {"stream": 2, "https": 2}
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "chars", "frame", "full"),
+    [
+        (0, 0, 10_000, False),  # alone, a frame always has room
+        (1, 500, 100, False),
+        (1, 500, 101, True),  # past the characters
+        (3, 0, 1, True),  # at the count
+    ],
+)
+def test_the_rule_both_ends_judge_by(in_flight: int, chars: int, frame: int, full: bool) -> None:
+    assert stream_requests_full(in_flight, chars, frame, limit=3, budget=600) is full
