@@ -4,6 +4,7 @@ for those that follow the task list (a console list: a task created or changing 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 __all__ = ["TaskEvents"]
 
@@ -18,11 +19,23 @@ class TaskEvents:
     """
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        # Held weakly: an event lives as long as someone waits on it. A follow listens before
+        # its permission check, so a refused one (an unknown id, of any length) and one whose
+        # task ended without a further notify leave nothing behind.
+        self._events: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
         self._listed = asyncio.Event()
 
     def listen(self, task_id: str) -> asyncio.Event:
-        return self._events.setdefault(task_id, asyncio.Event())
+        event = self._events.get(task_id)
+        if event is None:
+            event = self._events[task_id] = asyncio.Event()
+        return event
+
+    def listened(self) -> int:
+        """Tasks someone is listening for now."""
+        return len(self._events)
 
     def listen_listed(self) -> asyncio.Event:
         return self._listed

@@ -215,7 +215,11 @@ async def test_a_stream_whose_requests_in_flight_hold_its_characters_bound_is_re
     stream holds at the manager is bounded by the characters of its frames in flight."""
     line = "x" * 16_000
     per_frame = MAX_LOG_BATCH_BYTES // len(line) - 2  # under the batch's bytes
-    fit = MAX_STREAM_REQUEST_CHARS // (per_frame * len(line) + 1_000)  # with its own JSON
+    # Each frame is its lines' text and some 3,500 characters of JSON around them: the same
+    # count of frames fits whether that JSON is counted or ten thousand more.
+    text = per_frame * len(line)
+    fit = MAX_STREAM_REQUEST_CHARS // (text + 10_000)
+    assert MAX_STREAM_REQUEST_CHARS // text == fit
     batches = [[line] * per_frame for _ in range(fit + 1)]
     entries = await _paused_then_answered(manager, "wide", batches, in_flight=fit)
     assert len(entries) == (fit + 1) * per_frame

@@ -22,6 +22,7 @@ from shared.protocol import (
     PROTOCOL_VERSION,
     ErrorDetail,
     RegisterRequest,
+    ResultAck,
     StreamReply,
     StreamResult,
     TaskResult,
@@ -162,44 +163,70 @@ def _frame_chars(task_id: str, result: TaskResult) -> int:
     return len(StreamResult(id=0, task_id=task_id, result=result).model_dump_json())
 
 
+def _reply(transport: StreamRequests, text: str) -> None:
+    answer = {"state": "succeeded", "recorded": True}
+    transport.on_reply(StreamReply.model_validate({"id": json.loads(text)["id"], "result": answer}))
+
+
 async def test_requests_past_the_characters_in_flight_go_over_https(api: ManagerApi) -> None:
     """The manager stops reading a stream whose requests in flight hold more characters than
-    its bound: past it the delegate takes HTTPS, and the stream is free again once replies
-    come."""
+    its bound: past it the delegate takes HTTPS, and each request's characters count until
+    its reply comes (or its send fails, or the stream ends)."""
     big = RESULT.model_copy(update={"outputs": {"out": "x" * 300}})
     # Room for one large and one small request, not for two large ones.
     budget = _frame_chars("tsk_1", big) + _frame_chars("tsk_3", RESULT)
     transport = StreamRequests(api, timeout=30, budget=budget)
     sent, arrived = _unanswered(transport)
-    first = asyncio.create_task(transport.post_result("tsk_1", big))
-    async with asyncio.timeout(10):
-        await arrived.get()
+
+    async def on_stream(task_id: str, result: TaskResult) -> asyncio.Task[ResultAck]:
+        task = asyncio.create_task(transport.post_result(task_id, result))
+        async with asyncio.timeout(10):
+            await arrived.get()
+        return task
+
+    first = await on_stream("tsk_1", big)
     # One more of the same size would pass the bound: over HTTPS (nothing listens there).
     with pytest.raises(Unreachable):
         await transport.post_result("tsk_2", big)
     assert len(sent) == 1
-    assert transport.counts["https"] == 1
     # A small one still fits beside the first.
-    small = asyncio.create_task(transport.post_result("tsk_3", RESULT))
-    async with asyncio.timeout(10):
-        await arrived.get()
-    assert transport.in_flight == 2
-    # Replies free the room: the large one goes on the stream again.
-    for text in sent:
-        answer = {"state": "succeeded", "recorded": True}
-        transport.on_reply(
-            StreamReply.model_validate({"id": json.loads(text)["id"], "result": answer})
-        )
+    small = await on_stream("tsk_3", RESULT)
+    # The large one's reply gives its characters back: beside the small one still in
+    # flight, another large one fits again.
+    _reply(transport, sent[0])
     assert (await first).recorded
+    again = await on_stream("tsk_4", big)
+    assert transport.in_flight == 2
+    _reply(transport, sent[1])
+    _reply(transport, sent[2])
     assert (await small).recorded
-    third = asyncio.create_task(transport.post_result("tsk_4", big))
-    async with asyncio.timeout(10):
-        await arrived.get()
-    transport.detach()  # what waits goes over HTTPS, and the stream's tally starts again
+    assert (await again).recorded
+    assert transport.counts == {"stream": 3, "https": 1}
+
+    # A request whose send fails gives its characters back too (the stream stays attached).
+    fail_next = True
+
+    async def fails_once(text: str) -> None:
+        nonlocal fail_next
+        if fail_next:
+            fail_next = False
+            raise ConnectionResetError
+        sent.append(text)
+        arrived.put_nowait(text)
+
+    sent.clear()
+    transport.attach(fails_once)
     with pytest.raises(Unreachable):
-        await third
+        await transport.post_result("tsk_5", big)
+    held = await on_stream("tsk_6", big)
+    small = await on_stream("tsk_7", RESULT)
+    # The stream ends: what waits goes over HTTPS, and the tally starts again from nothing.
+    transport.detach()
+    for waiting in (held, small):
+        with pytest.raises(Unreachable):
+            await waiting
     assert transport.in_flight == 0
-    assert transport.counts == {"stream": 2, "https": 2}
+    assert transport.counts == {"stream": 3, "https": 4}
 
 
 @pytest.mark.parametrize(
