@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from manager.bench.options import BenchOptions
 
@@ -28,6 +29,7 @@ __all__ = [
     "load_average",
     "percentiles",
     "raise_fd_limit",
+    "results_by_way",
     "start_managers",
     "submit_tasks",
 ]
@@ -229,6 +231,34 @@ async def submit_tasks(
             on_submitted(task_id, sent)
 
     await asyncio.gather(*(submitter(k) for k in range(concurrency)))
+
+
+# The HTTPS route a delegate reports a result on, as the request counter labels it.
+_RESULT_ROUTE = "/api/v1/delegate/tasks/{task_id}/result"
+
+
+async def results_by_way(
+    http: aiohttp.ClientSession, urls: list[str], headers: dict[str, str]
+) -> dict[str, int]:
+    """Results the managers took so far, on delegate streams and over HTTPS, from their
+    ``/metrics``: a result over HTTPS is a whole request of its own at the manager."""
+    counts = {"stream": 0, "https": 0}
+    for url in urls:
+        async with http.get(f"{url}/metrics", headers=headers) as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "tether_stream_requests_total" and labels["kind"] == "result":
+                    counts["stream"] += int(sample.value)
+                elif (
+                    sample.name == "tether_api_requests_total"
+                    and labels["route"] == _RESULT_ROUTE
+                    and labels["method"] == "POST"
+                ):
+                    counts["https"] += int(sample.value)
+    return counts
 
 
 async def connected_delegates(

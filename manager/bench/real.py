@@ -35,6 +35,7 @@ from manager.bench.common import (
     connected_delegates,
     load_average,
     percentiles,
+    results_by_way,
     submit_tasks,
 )
 from manager.bench.options import BenchOptions
@@ -221,6 +222,7 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
         "database": "postgresql" if opts.database else "sqlite",
         "loadavg_1m": {"start": load_average()},
     }
+    ways0 = await results_by_way(bench.http, managers.urls, bench.user())
     cpu0, dcpu0, bcpu0 = managers.cpu_s(), delegate_cpu(), sum(me.cpu_times()[:2])
     payload = {"type": "shell", "script": opts.script, "interpreter": opts.interpreter}
     body = {"payload": payload, "selectors": [bench.selector]}
@@ -262,6 +264,9 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
             bench.http, managers.urls, bench.user(), bench.selector
         ),
     )
+    ways = await results_by_way(bench.http, managers.urls, bench.user())
+    # How the results came: over HTTPS, each is a request of its own at the manager.
+    out["results_over"] = {way: ways[way] - ways0[way] for way in ways}
     if opts.rate is not None:
         out["rate"] = opts.rate
     if managers.started:

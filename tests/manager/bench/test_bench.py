@@ -91,6 +91,8 @@ async def test_real_delegate_bench_runs_shell_tasks() -> None:
     assert out["succeeded"] == 10
     assert out["delegate_modes"] == ["stream"]
     assert out["delegates_connected"] == 1
+    # Every result came on the delegate's stream: ten are far under its in-flight bound.
+    assert out["results_over"] == {"stream": 10, "https": 0}
     # The delegate's own CPU per task, apart from its tasks' processes (which it reaped).
     own, tasks = out["delegate_own_cpu_ms_per_task"], out["task_processes_cpu_ms_per_task"]
     assert isinstance(own, float)
