@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # (--universal keeps markers), as plain requirements files that pip itself installs.
 LOCK := requirements/dev.txt
 RUNTIME_LOCK := requirements/runtime.txt
+# pip itself, first into every venv (requirements/pip.in says why).
+PIP_LOCK := requirements/pip.txt
 # The Celery side of `make bench-peers`: its own lock, installed in its own venv only.
 PEERS_LOCK := bench/peers/requirements.txt
 
@@ -18,8 +20,9 @@ PEERS_LOCK := bench/peers/requirements.txt
 install: $(STAMP)
 
 # --no-build-isolation: setuptools and setuptools-scm come from the lock too, not a download.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(PIP_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -37,6 +40,7 @@ lock:
 	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
 	$(UV_COMPILE) pyproject.toml --extra all --constraint $(LOCK) -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) requirements/build.in --constraint $(LOCK) -o requirements/build.txt
+	$(UV_COMPILE) requirements/pip.in --constraint $(LOCK) -o $(PIP_LOCK)
 	$(UV_COMPILE) $(PEERS_LOCK:.txt=.in) -o $(PEERS_LOCK)
 
 # Known vulnerabilities in the locked set (PyPI's advisory data). Fails on one that has a
@@ -111,8 +115,9 @@ bench: $(STAMP)
 # the Redis is one the run starts on a free loopback port. About 2 minutes on 2 cores.
 PEERS_VENV ?= .bench-peers
 REDIS_SERVER ?= redis-server
-$(PEERS_VENV)/.installed: $(PEERS_LOCK)
+$(PEERS_VENV)/.installed: $(PEERS_LOCK) $(PIP_LOCK)
 	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes -r $(PEERS_LOCK)
 	touch $@
 
