@@ -45,9 +45,10 @@ MAX_LOG_BATCH_LINES = 1000
 # Log batches and results one delegate stream may have in flight at the manager (received,
 # reply not yet written), in number and in the characters of their frames. The manager stops
 # reading a stream past either; the delegate keeps under both (a request past them goes over
-# HTTPS), so its heartbeats never wait. The count is high enough for a delegate of 256 slots
-# whose results all end at once (a result is a few hundred characters); the characters bound
-# the memory a stream holds to a few large log batches (was 32 requests of up to 4 MiB each).
+# HTTPS), so its heartbeats do not wait behind store work. The count is high enough for a
+# delegate of 256 slots whose results all end at once (a result is a few hundred
+# characters); the characters bound the memory a stream holds to a few large log batches
+# (was 32 requests of up to 4 MiB each).
 MAX_STREAM_REQUESTS = 256
 MAX_STREAM_REQUEST_CHARS = 8 * MIB
 
@@ -61,9 +62,10 @@ def stream_requests_full(
     budget: int = MAX_STREAM_REQUEST_CHARS,
 ) -> bool:
     """Whether a stream with ``in_flight`` requests of ``chars`` characters has no room for
-    one more of ``frame_chars``: the one rule both ends judge by. The delegate's count holds
-    the manager's at every moment (a request enters it first and leaves it last), so a
-    delegate that sends only when there is room never finds the manager's stream paused."""
+    one more of ``frame_chars``: the one rule both ends judge by. A request enters the
+    delegate's count before the manager's, and leaves it once its reply arrives, which is
+    when the manager is writing it: a delegate that sends only when there is room finds the
+    manager's stream paused at most for the moment a reply takes to be written."""
     if in_flight >= limit:
         return True
     # One request alone always has room: a frame is at most MAX_FRAME_BYTES.

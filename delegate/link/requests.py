@@ -18,7 +18,7 @@ A request counts against :data:`~shared.limits.MAX_STREAM_REQUESTS`, and its fra
 characters against :data:`~shared.limits.MAX_STREAM_REQUEST_CHARS`, until its reply comes
 or the stream ends, even after its caller stopped waiting: the manager may still be working
 on it, and a stream holding that much stops being read there. Past either bound requests go
-over HTTPS, so the stream's heartbeats are never held up behind them.
+over HTTPS, so the stream's heartbeats are not held up behind store work.
 """
 
 from __future__ import annotations
@@ -81,10 +81,9 @@ class StreamRequests:
         self._limit = limit
         self._budget = budget
         self._send: Send | None = None
-        # Request id -> its reply, or None once the stream it went on has ended.
-        self._pending: dict[int, asyncio.Future[StreamReply | None]] = {}
-        # Request id -> its frame's characters, and their sum: the manager's other bound.
-        self._sizes: dict[int, int] = {}
+        # Request id -> its reply (None once the stream it went on has ended) and its frame's
+        # characters; their sum is the manager's other bound.
+        self._pending: dict[int, tuple[asyncio.Future[StreamReply | None], int]] = {}
         self._chars = 0
         # Never reused in this process: a late reply can only match its own request.
         self._ids = itertools.count()
@@ -111,15 +110,13 @@ class StreamRequests:
     def detach(self) -> None:
         """The stream ended: what waits for a reply goes over HTTPS at once."""
         self._send = None
-        pending, self._pending = self._pending, {}
-        self._sizes, self._chars = {}, 0
-        for future in pending.values():
+        pending, self._pending, self._chars = self._pending, {}, 0
+        for future, _ in pending.values():
             if not future.done():
                 future.set_result(None)
 
     def on_reply(self, frame: StreamReply) -> None:
-        future = self._pending.pop(frame.id, None)
-        self._chars -= self._sizes.pop(frame.id, 0)
+        future = self._drop(frame.id)
         if future is None:
             log.debug("reply to no pending request dropped", id=frame.id)
         elif not future.done():
@@ -157,8 +154,7 @@ class StreamRequests:
         ):
             return None
         future: asyncio.Future[StreamReply | None] = asyncio.get_running_loop().create_future()
-        self._pending[id_] = future
-        self._sizes[id_] = len(text)
+        self._pending[id_] = (future, len(text))
         self._chars += len(text)
         try:
             await send(text)
@@ -182,11 +178,19 @@ class StreamRequests:
         return reply
 
     def _forget(self, id_: int, future: asyncio.Future[StreamReply | None]) -> None:
-        if self._pending.get(id_) is future:
-            del self._pending[id_]
-            self._chars -= self._sizes.pop(id_, 0)
+        held = self._pending.get(id_)
+        if held is not None and held[0] is future:
+            self._drop(id_)
         if not future.done():
             future.cancel()
+
+    def _drop(self, id_: int) -> asyncio.Future[StreamReply | None] | None:
+        """Request ``id_`` no longer in flight: its future, and its characters given back."""
+        held = self._pending.pop(id_, None)
+        if held is None:
+            return None
+        self._chars -= held[1]
+        return held[0]
 
     async def _otherwise(self, reply: StreamReply | None, https: Callable[[], Awaitable[T]]) -> T:
         """Without an answer on the stream: over HTTPS, or the refusal raised as the HTTPS

@@ -179,8 +179,7 @@ class TaskDirs:
             made = TaskDir(task_dir, script_path, output_file, output_fd, task_dir)
             if reuse:
                 made.identity = tuple(
-                    (s.st_ino, s.st_mode, s.st_uid)
-                    for s in (os.lstat(task_dir), script_stat, os.fstat(output_fd))
+                    _identity(s) for s in (os.lstat(task_dir), script_stat, os.fstat(output_fd))
                 )
             return made
         except BaseException:
@@ -228,7 +227,7 @@ def _open_own(made: TaskDir, path: Path, flags: int) -> int:
         os.close(fd)
         raise
     index = 1 if path == made.script else 2
-    if (s.st_ino, s.st_mode, s.st_uid) == made.identity[index] and s.st_nlink == 1:
+    if _identity(s) == made.identity[index] and s.st_nlink == 1:
         return fd
     os.close(fd)
     raise OSError(f"{path.name} is not the file made there")
@@ -274,7 +273,12 @@ def _unchanged(made: TaskDir, *, empty: bool = False) -> bool:
         return False
     if empty and any(s.st_size or s.st_blocks for s in now[1:]):
         return False
-    return tuple((s.st_ino, s.st_mode, s.st_uid) for s in now) == made.identity
+    return tuple(_identity(s) for s in now) == made.identity
+
+
+def _identity(s: os.stat_result) -> tuple[int, int, int]:
+    """What a file must keep to be the one made: its inode, its mode and its owner."""
+    return (s.st_ino, s.st_mode, s.st_uid)
 
 
 def _user_attributes(path: Path) -> bool:

@@ -19,7 +19,8 @@ stream_requests_full``, the rule the delegate keeps to). Not a
 429 answer: a reply is itself a write to a peer that may not be reading, so answering a flood
 would let it grow the manager's send buffers without bound, where waiting bounds the memory
 one stream holds and pushes back through TCP. A delegate keeps under the bound on its own
-(delegate.link.requests), so a well-behaved one never waits here.
+(delegate.link.requests), so a well-behaved one waits here at most for the moment a reply
+takes to be written.
 """
 
 from __future__ import annotations

@@ -481,8 +481,10 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     pos = _parse_cursor(request.query.get("after"))
     # Listened for before the check's read, so that read can be the stream's first: a
     # change after it has set these events already, and the stream reads again at once.
-    first = FirstRead(ctx(request).events.listen(task_id), request.app[ACCESS].principals.changed())
-    first.task, _ = await _task_for(request, "read")
+    changed = ctx(request).events.listen(task_id)
+    revoked = request.app[ACCESS].principals.changed()
+    task, _ = await _task_for(request, "read")
+    first = FirstRead(changed, revoked, task)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     c = ctx(request)
@@ -511,14 +513,14 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FirstRead:
     """A read of the task that the stream may take as its first, and the wake-ups listened
     for before it was made (taken after it, they would miss a change in between)."""
 
     changed: asyncio.Event
     revoked: asyncio.Event
-    task: TaskRecord | None = None
+    task: TaskRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,7 +566,7 @@ async def follow_task(
     last_state: TaskState | None = None
     task: TaskRecord | None
     while not c.stopping:
-        if first is not None and first.task is not None:
+        if first is not None:
             # The caller's own check read it, after listening: one read fewer per stream.
             changed, revoked, task, first = first.changed, first.revoked, first.task, None
         else:
