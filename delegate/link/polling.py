@@ -5,6 +5,12 @@ Long-polls for tasks and sends heartbeats over HTTPS, and tries the stream again
 :class:`~delegate.link.policy.LinkPolicy` decides. A poll's answer is an assignment already
 claimed for this delegate, and counted as acknowledged by the manager: it is run directly
 (an answer lost on the way is the lease's to judge, since no heartbeat lists it).
+
+So a poll in flight is never abandoned for the stream: when a probe holds the stream, the
+heartbeats and the probe stop, but a long-poll already sent is left to end on its own, and
+an assignment it brings runs as any other. Cancelled, its answer was lost after the manager
+had counted it, and a healthy delegate lost the attempt to its lease (the soak found it:
+the manager answered the poll a moment before it read the stream's hello).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -30,6 +37,15 @@ class SlotsSource(Protocol):
     def on_assigned(self, assignment: AcquireResponse) -> str | None: ...
     def run_assigned(self, assignment: AcquireResponse) -> None: ...
     def heartbeat_state(self) -> tuple[list[str], int, float]: ...
+
+
+@dataclass
+class _Run:
+    """One spell of polling: whether it is over (the stream holds), and whether a long-poll
+    request of it is on its way (its answer may be an assignment)."""
+
+    stopping: bool = False
+    asking: bool = False
 
 
 class Polling:
@@ -58,24 +74,48 @@ class Polling:
         # Set by every answered heartbeat: a long-poll waiting out a failure asks again at
         # once, since the manager is back.
         self._answered = asyncio.Event()
+        # Long-polls left to end after the stream took over (held until they do).
+        self._ending: set[asyncio.Task[None]] = set()
 
     async def until_stream(self, step: Poll) -> ClientConnection:
         """Poll until a probe holds a stream, and return it; a fatal answer raises."""
-        loops = [
-            asyncio.create_task(self._heartbeats(), name="poll-heartbeats"),
-            asyncio.create_task(self._long_poll(), name="long-poll"),
-        ]
+        run = _Run()
+        beats = asyncio.create_task(self._heartbeats(), name="poll-heartbeats")
+        polls = asyncio.create_task(self._long_poll(run), name="long-poll")
         probe = asyncio.create_task(self._probe(step.probe_every), name="stream-probe")
+        held = False
         try:
-            done, _ = await asyncio.wait([probe, *loops], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([probe, beats, polls], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not probe:
                     task.result()  # a Fatal from a polling loop ends the delegate
-            return probe.result()
+            ws = probe.result()
+            held = True
+            return ws
         finally:
-            for task in (probe, *loops):
+            run.stopping = True
+            stopping = [probe, beats]
+            if held and run.asking and not polls.done():
+                # Its answer may be an assignment the manager counts as taken: it ends on
+                # its own (the manager ends a poll once it reads the stream's hello).
+                self._ending.add(polls)
+                polls.add_done_callback(self._ended)
+            else:
+                stopping.append(polls)
+            for task in stopping:
                 task.cancel()
-            await asyncio.gather(probe, *loops, return_exceptions=True)
+            await asyncio.gather(*stopping, return_exceptions=True)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("long-poll ended badly", error=str(task.exception()))
+
+    async def close(self) -> None:
+        """Stop long-polls still ending (the delegate stops)."""
+        for task in list(self._ending):
+            task.cancel()
+        await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def _probe(self, every: float) -> ClientConnection:
         while True:
@@ -98,16 +138,20 @@ class Polling:
             self._answered.set()
             await self._act([self._policy.poll_heartbeat_sent()])
 
-    async def _long_poll(self) -> None:
-        while True:
+    async def _long_poll(self, run: _Run) -> None:
+        while not run.stopping:
             _, free, _ = self._events.heartbeat_state()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            run.asking = True
             try:
                 handed = await self._api.next_task(self._policy.poll_wait, self._key)
             except ApiError as exc:
+                run.asking = False
+                if run.stopping:
+                    return
                 log.warning("poll failed", error=str(exc))
                 self._answered.clear()
                 action = self._policy.long_poll_failed(exc.meaning, str(exc))
@@ -118,6 +162,7 @@ class Polling:
                 else:
                     await self._act([action])
                 continue
+            run.asking = False
             self._policy.long_poll_answered()
             if handed is not None:
                 why = self._events.on_assigned(handed)

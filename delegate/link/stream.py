@@ -162,27 +162,30 @@ class Channel:
             slot_freed=self._slot_freed,
             key=self.key,
         )
-        while True:
-            step = self.policy.next_step(self._clock())
-            self._announce()
-            if isinstance(step, Poll):
-                ws = await polling.until_stream(step)
-            else:
-                opened = await self._try_stream()
-                if opened is None:
-                    continue
-                ws = opened
-            self.policy.stream_held(self._clock())
-            code = await self._run_stream(ws)
-            actions = self.policy.stream_closed(code, self._clock())
-            self._announce()
-            log.info(
-                "stream closed",
-                code=code,
-                lived_s=round(self.policy.lived, 3),
-                drops=self.policy.drops,
-            )
-            await self._act(actions)
+        try:
+            while True:
+                step = self.policy.next_step(self._clock())
+                self._announce()
+                if isinstance(step, Poll):
+                    ws = await polling.until_stream(step)
+                else:
+                    opened = await self._try_stream()
+                    if opened is None:
+                        continue
+                    ws = opened
+                self.policy.stream_held(self._clock())
+                code = await self._run_stream(ws)
+                actions = self.policy.stream_closed(code, self._clock())
+                self._announce()
+                log.info(
+                    "stream closed",
+                    code=code,
+                    lived_s=round(self.policy.lived, 3),
+                    drops=self.policy.drops,
+                )
+                await self._act(actions)
+        finally:
+            await polling.close()
 
     async def _act(self, actions: Sequence[Action]) -> None:
         for action in actions:

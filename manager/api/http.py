@@ -146,7 +146,15 @@ class RouteTable:
 async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise ApiProblem(415, "unsupported_media_type", "send the body as application/json")
-    raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    try:
+        raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    except ConnectionResetError:
+        # The client went away mid-body (a delegate killed while it sent a result, a dropped
+        # network): nobody reads this answer, and it is no fault of the manager's to log as
+        # one (it was a 500 and a traceback).
+        raise ApiProblem(
+            400, "incomplete_body", "the connection closed before the body was read"
+        ) from None
     too_deep = ApiProblem(400, "bad_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(raw)

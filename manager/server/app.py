@@ -658,6 +658,15 @@ async def serve(
         url = f"https://{_url_host(config.host)}:{port}"
         if config.oidc_issuer is None:
             app[ID_TOKENS].issuer = url
+        log.info(
+            "manager listening",
+            url=url,
+            ca_file=str(ca_file) if ca_file else None,
+            admin_key_file=str(admin_key_path),
+        )
+        # Before the sweep starts: the delegates' grace runs from here, where they can
+        # connect, not from the recovery before the listener.
+        await c.tasks.accepting()
         background = [
             asyncio.create_task(c.handout.run(), name="handout"),
             asyncio.create_task(_loops(c), name="sweep"),
@@ -668,12 +677,6 @@ async def serve(
             asyncio.create_task(app[PRUNER].run_forever(), name="prune-delegates"),
             asyncio.create_task(retention_loop(app, config.clock), name="incident-retention"),
         ]
-        log.info(
-            "manager listening",
-            url=url,
-            ca_file=str(ca_file) if ca_file else None,
-            admin_key_file=str(admin_key_path),
-        )
         if c.runbooks is not None:
             # Open runs carry on where they stopped (manager.runbooks.service).
             await c.runbooks.recover()

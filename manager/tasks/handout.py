@@ -70,9 +70,13 @@ class _Poll:
 
     answer: asyncio.Future[AcquireResponse]
     hung_up: Callable[[], bool]
+    # When its wait is over (the manager's monotonic clock). Its client gives up soon
+    # after; a manager that froze past it (its handler has not run since) must not answer
+    # into a request nobody waits for any more.
+    until: float = math.inf
 
-    def open(self) -> bool:
-        return not self.answer.done() and not self.hung_up()
+    def open(self, now: float) -> bool:
+        return not self.answer.done() and now <= self.until and not self.hung_up()
 
 
 class Handout:
@@ -241,7 +245,7 @@ class Handout:
             return None
         self._drop_poll(session.id)
         answer: asyncio.Future[AcquireResponse] = asyncio.get_running_loop().create_future()
-        poll = self._polls[session.id] = _Poll(answer, hung_up)
+        poll = self._polls[session.id] = _Poll(answer, hung_up, self._clock() + wait)
         # One free slot beyond what it holds: a poll carries one assignment.
         capacity = self.assigner.load(session.id) + 1
         self._full.discard(session.id)
@@ -363,7 +367,7 @@ class Handout:
         self.pushed += 1
         self._handed.setdefault(push.task_id, set()).add(push.delegate_id)
         if poll is not None:
-            if self._polls.get(push.delegate_id) is poll and poll.open():
+            if self._polls.get(push.delegate_id) is poll and poll.open(self._clock()):
                 poll.answer.set_result(handed)
                 # Answered: counted as acknowledged (see the module).
                 now = self._clock()

@@ -182,10 +182,9 @@ class TaskService:
     async def recover(self) -> None:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
         await self.envs.load()
-        # Delegates get a full lease from now to reconnect and list their tasks again, and
-        # nothing is judged here before they had that long (core.liveness).
-        await self._store.extend_leases(self._hub.liveness.start_grace)
-        self._hub.liveness.started(self._clock())
+        # Nothing is judged before the delegates could come back (core.liveness); granted
+        # again once the listener is open (accepting).
+        await self.accepting()
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
             self._remember(task)
@@ -200,6 +199,18 @@ class TaskService:
                     self.handout.adopt(task)
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
+
+    async def accepting(self) -> None:
+        """Delegates get a full lease from now to reconnect and list their tasks again, and
+        nothing is judged before they had that long (core.liveness).
+
+        Called at :meth:`recover` and again once the listener is open: the time to come back
+        runs from when a delegate can connect. A start can spend seconds between the two
+        (keys, TLS, the console, a loaded machine); counted from recovery, that grace was
+        spent before any delegate could connect, and healthy delegates' leases were judged
+        before they could list them."""
+        await self._store.extend_leases(self._hub.liveness.start_grace)
+        self._hub.liveness.started(self._clock())
 
     def open_tasks(self) -> list[TaskRecord]:
         """Snapshots of the queued and running tasks this process knows."""

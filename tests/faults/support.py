@@ -10,6 +10,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ class KnownBug(AssertionError):
     Tests mark it ``xfail(strict=True, raises=KnownBug)``: a failure anywhere else in such a
     test (a setup step, a timeout) is still reported as a failure, not hidden as expected.
     """
+
+
+def logged_at(event: dict[str, Any]) -> float:
+    """When a process logged ``event``, on the wall clock (its own timestamp)."""
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
 
 
 def known_bug(holds: bool, message: str) -> None:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from manager.core.liveness import Liveness
+from shared.limits import Timings
 from tests.e2e.harness import BIN, Cluster, Proc
-from tests.faults.support import log_entries, task_view
+from tests.faults.support import log_entries, logged_at, task_view
 
 BEFORE, AFTER = 10, 20
 
@@ -77,3 +79,21 @@ async def test_a_task_outlives_a_manager_kill_with_its_log_whole_and_its_result_
     assert [ln["attempt"] for ln in lines] == [1] * len(lines)
     assert [ln["seq"] for ln in lines] == list(range(len(lines)))
     assert [ln["text"] for ln in lines] == [f"line-{i}" for i in range(1, BEFORE + AFTER + 1)]
+
+
+async def test_the_delegates_time_to_come_back_runs_from_when_the_manager_listens(
+    running: Cluster,
+) -> None:
+    """No lease is judged before a full start grace from when the manager could be reached.
+    Counted from its recovery (before its keys, TLS and listener), a slow start spent it
+    before any delegate could connect, and a healthy delegate of the soak lost a lease it
+    had no time to list (a manager restart, then judging 1.4 s after the listener opened,
+    with a grace of 2.25 s)."""
+    manager = await running.restart_manager(signal.SIGKILL)
+    listening = await manager.wait_event("manager listening")
+    judging = await manager.wait_event("judging leases again")
+    t = Timings().scaled(running.time_scale)
+    grace = Liveness(
+        lost_after=t.lost_after, heartbeat_interval=t.heartbeat_interval, tick=t.sweep_interval
+    ).start_grace
+    assert logged_at(judging) - logged_at(listening) >= grace, (listening, judging)

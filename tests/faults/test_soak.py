@@ -201,6 +201,8 @@ class Run:
     kills: int = 0
     restarts: int = 0
     stalls: int = 0
+    # Every fault with when it came (wall clock): a failure says which were near it.
+    timeline: list[tuple[float, str]] = field(default_factory=list)
 
     async def retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call`` until the manager answers it; failures while it restarts are expected."""
@@ -251,21 +253,28 @@ class Run:
             await self.finished.reach(int(SCALE.tasks * (0.05 + 0.8 * k / len(plan))))
             if fault == "manager":
                 self.manager_up.clear()
+                self.timeline.append((time.time(), "manager killed"))
                 await self.cluster.restart_manager(signal.SIGKILL)
+                self.timeline.append((time.time(), "manager up"))
                 self.manager_up.set()
                 self.restarts += 1
             elif fault == "stall":
                 manager = self.cluster.manager
                 assert manager is not None
                 assert manager.proc is not None
+                self.timeline.append((time.time(), "manager stopped"))
                 manager.proc.send_signal(signal.SIGSTOP)
                 try:
                     await fleet.notice_a_stall()
                 finally:
                     manager.proc.send_signal(signal.SIGCONT)
+                    self.timeline.append((time.time(), "manager continued"))
                 self.stalls += 1
             else:
-                await fleet.replace(rng.choice(sorted(fleet.procs)))
+                name = rng.choice(sorted(fleet.procs))
+                self.timeline.append((time.time(), f"{name} killed"))
+                await fleet.replace(name)
+                self.timeline.append((time.time(), f"{name} replaced"))
                 self.kills += 1
 
 
@@ -305,6 +314,7 @@ def _check(
     seqs: dict[int, list[int]],
     tally: Tally,
     killed_at: dict[str, list[float]],
+    timeline: list[tuple[float, str]],
 ) -> None:
     """One task's record against the guarantees; ``ran`` maps attempt -> the nonces it
     printed, ``seqs`` attempt -> the sequence numbers of its stored lines, ``killed_at``
@@ -315,7 +325,12 @@ def _check(
         ended = a.finished_at if a.finished_at is not None else math.inf
         # A second of slack: the test's clock and the manager's are the same host's.
         if a.status == "lost" and not any(a.started_at - 1 <= k <= ended + 1 for k in kills):
-            tally.problem("healthy failed", tid, f"attempt {a.attempt} lost on {a.delegate_name}")
+            tally.problem(
+                "healthy failed",
+                tid,
+                f"attempt {a.attempt} lost on {a.delegate_name}"
+                + _near(timeline, a.started_at, ended, ran.get(a.attempt)),
+            )
     if task.state not in FINAL_STATES:
         tally.problem("lost", tid, f"still {task.state.value}")
         return
@@ -366,6 +381,21 @@ def _check(
             tally.problem("inconsistent", tid, "the recorded result is not the last attempt's")
 
 
+def _near(
+    timeline: list[tuple[float, str]], started: float, ended: float, ran: list[int] | None
+) -> str:
+    """What a healthy-failed attempt's message says of it, for the run that failed to be
+    read without its processes' logs: whether it printed, and the faults around it, in
+    seconds from the attempt's start."""
+    near = [
+        f"{at - started:+.2f}s {what}" for at, what in timeline if started - 5 <= at <= ended + 5
+    ]
+    return (
+        f" (claimed, lost {ended - started:.2f}s later, it printed {len(ran or [])} line(s);"
+        f" faults near: {', '.join(near) or 'none'})"
+    )
+
+
 async def _verify(run: Run, tally: Tally, killed_at: dict[str, list[float]]) -> None:
     slots = asyncio.Semaphore(32)
 
@@ -389,7 +419,7 @@ async def _verify(run: Run, tally: Tally, killed_at: dict[str, list[float]]) -> 
                 if not page.lines or page.cursor == cursor:
                     break
                 cursor = page.cursor
-            _check(i, task, ran, seqs, tally, killed_at)
+            _check(i, task, ran, seqs, tally, killed_at, run.timeline)
 
     await asyncio.gather(*(one(i) for i in sorted(run.ids)))
     for i in range(SCALE.tasks):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.faults.support import (
     client,
     first_run_hangs,
     log_entries,
+    logged_at,
     task_view,
     token,
     wait_final,
@@ -105,10 +105,6 @@ START_GRACE = Liveness(
 ).start_grace
 
 
-def _at(event: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
-
-
 async def _heartbeat_after(c: Cluster, name: str, at: float) -> float:
     """Waits for the manager to hear a heartbeat from ``name`` at ``at`` (wall) or later;
     returns when it heard it. Read from the API: the delegates' logs do not say."""
@@ -156,7 +152,7 @@ async def test_a_frozen_delegate_loses_its_task_within_lost_after_of_its_last_he
     # was never cut short).
     silent = float(requeued["silent_s"])
     assert silent >= LEASE - 0.05, requeued
-    judging = [_at(e) for e in manager.events() if e.get("event") == "judging leases again"]
+    judging = [logged_at(e) for e in manager.events() if e.get("event") == "judging leases again"]
     stalled = [e for e in manager.events() if str(e.get("event", "")).startswith("manager stalled")]
     last_heartbeat = float(lost["last_heartbeat"])
     if not stalled:
@@ -178,11 +174,11 @@ async def test_a_frozen_delegate_loses_its_task_within_lost_after_of_its_last_he
     # The same on the wall clock of the log lines, with the requeue's own write: within
     # lost_after of the last heartbeat, or the sweep came late and the manager says so.
     late = max(0.0, since_look - PRODUCTION.sweep_interval)
-    waited = _at(requeued) - last_heartbeat
+    waited = logged_at(requeued) - last_heartbeat
     assert waited <= PRODUCTION.lost_after + late + PRODUCTION.sweep_interval / 2, requeued
     print(
-        f"frozen delegate: requeued {_at(requeued) - last_heartbeat:.2f} s and rerun"
-        f" {_at(rerun) - last_heartbeat:.2f} s after its last heartbeat (silent_s {silent},"
+        f"frozen delegate: requeued {logged_at(requeued) - last_heartbeat:.2f} s and rerun"
+        f" {logged_at(rerun) - last_heartbeat:.2f} s after its last heartbeat (silent_s {silent},"
         f" since_last_look_s {since_look})"
     )
     task = await wait_final(c, task_id)

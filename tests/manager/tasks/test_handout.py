@@ -428,11 +428,11 @@ async def test_a_task_whose_environment_became_dedicated_is_not_pushed_to_a_dele
     assert world.streams["typed"].assignments() == []
 
 
-async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_claimed(
+async def _a_poll_whose_claim_waits_at_a_gate(
     world: World,
-) -> None:
-    """A poll that ends while its claim is being written declines it; a push of the same
-    attempt decided before that (the next poll's) must not hand the withdrawn attempt out."""
+) -> tuple[Session, asyncio.Event, asyncio.Future[Any], str]:
+    """Polling delegate ``a``'s poll, and a task submitted for it whose claim waits until
+    the gate is set: (a, the gate, the poll, the task's id)."""
     a = world.connect("a")
     a.ws = None
     world.handout.stream_lost(a.id)
@@ -444,12 +444,21 @@ async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_
         return await real_claim(*args, **kwargs)
 
     world.tasks.claim = slow_claim  # type: ignore[method-assign]
-    first = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
+    poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
     await asyncio.sleep(0)
     req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
     task, _ = await world.tasks.submit(req)
     for _ in range(3):
-        await asyncio.sleep(0)  # the push is at the gate, holding the first poll
+        await asyncio.sleep(0)  # the push is at the gate, holding the poll
+    return a, gate, poll, task.id
+
+
+async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_claimed(
+    world: World,
+) -> None:
+    """A poll that ends while its claim is being written declines it; a push of the same
+    attempt decided before that (the next poll's) must not hand the withdrawn attempt out."""
+    a, gate, first, task_id = await _a_poll_whose_claim_waits_at_a_gate(world)
     # The poller gives the first poll up for a new one while the claim is written.
     second = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
     assert await first is None
@@ -457,10 +466,28 @@ async def test_a_poll_is_never_answered_with_an_attempt_taken_back_while_it_was_
     handed = await second
     await world.settle()
     assert handed is not None
-    state, attempt, holder = await world.task(task.id)
+    state, attempt, holder = await world.task(task_id)
     # What the poll was handed is the attempt the store holds for it, not a withdrawn one.
     assert (state, holder) == (TaskState.RUNNING, a.id)
     assert handed.attempt == attempt
+
+
+async def test_a_poll_whose_wait_ran_out_while_its_claim_was_written_is_not_answered(
+    world: World,
+) -> None:
+    """The manager froze while a poll's claim was being written, past the poll's wait: its
+    client has given up, so an answer would be lost, and, counted as taken, the attempt
+    with it. The claim is taken back instead (not counted), for the next poll."""
+    a, gate, poll, task_id = await _a_poll_whose_claim_waits_at_a_gate(world)
+    world.clock.now += 31.0
+    gate.set()
+    assert await poll is None
+    await world.settle()
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN)]
+    handed = await world.handout.poll(a, "poller-key-1", 30.0)
+    assert handed is not None
+    assert (handed.task.id, handed.attempt) == (task_id, 2)
 
 
 async def test_an_answered_poll_takes_no_claim_for_a_slot_freed_before_the_next_poll(
