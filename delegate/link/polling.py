@@ -97,7 +97,8 @@ class Polling:
             stopping = [probe, beats]
             if held and run.asking and not polls.done():
                 # Its answer may be an assignment the manager counts as taken: it ends on
-                # its own (the manager ends a poll once it reads the stream's hello).
+                # its own (204 once the manager reads the stream's hello, when the poll
+                # reached it first; else at the end of its wait).
                 self._ending.add(polls)
                 polls.add_done_callback(self._ended)
             else:
@@ -139,6 +140,11 @@ class Polling:
             await self._act([self._policy.poll_heartbeat_sent()])
 
     async def _long_poll(self, run: _Run) -> None:
+        if self._ending:
+            # A poll of an earlier spell is still out, asked with the same free slot: a
+            # second one beside it could be handed a task more than the slots hold (and
+            # that one would be lost to its lease). Its answer comes first.
+            await asyncio.gather(*self._ending, return_exceptions=True)
         while not run.stopping:
             _, free, _ = self._events.heartbeat_state()
             if free <= 0:

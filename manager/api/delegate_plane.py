@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 
 import structlog
@@ -308,9 +309,12 @@ async def next_task(request: web.Request) -> web.Response:
     session = await _session(request)
     session.polled_at = c.clock()
     try:
-        wait = min(float(request.query.get("wait", c.timings.poll_wait)), MAX_POLL_WAIT_S)
+        wait = float(request.query.get("wait", c.timings.poll_wait))
     except ValueError:
-        raise ApiProblem(400, "invalid", "wait: expected seconds", field="wait") from None
+        wait = math.nan
+    if not 0 <= wait < math.inf:
+        raise ApiProblem(400, "invalid", "wait: expected seconds, 0 or more", field="wait")
+    wait = min(wait, MAX_POLL_WAIT_S)
     key = request.query.get("key", f"poll-{session.id[-48:]}")
     if not LINK_KEY.fullmatch(key):
         raise ApiProblem(400, "invalid", "key: 8 to 64 letters, digits, '-' or '_'", field="key")

@@ -146,15 +146,7 @@ class RouteTable:
 async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise ApiProblem(415, "unsupported_media_type", "send the body as application/json")
-    try:
-        raw = await request.read()  # bounded by the application's client_max_size (413 past it)
-    except ConnectionResetError:
-        # The client went away mid-body (a delegate killed while it sent a result, a dropped
-        # network): nobody reads this answer, and it is no fault of the manager's to log as
-        # one (it was a 500 and a traceback).
-        raise ApiProblem(
-            400, "incomplete_body", "the connection closed before the body was read"
-        ) from None
+    raw = await request.read()  # bounded by the application's client_max_size (413 past it)
     too_deep = ApiProblem(400, "bad_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(raw)
@@ -239,6 +231,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreError as exc:
         _store_failures.error(exc, path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")
+    except ConnectionResetError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            log.exception("unhandled error", method=request.method, path=request.path)
+            return problem_response(500, "internal", "internal error")
+        # Its client went away mid-request (a delegate killed while it sent a result, a
+        # dropped network): nobody reads this answer, and it is no fault of the manager's
+        # to log as one (it was a 500 and a traceback). Any route, JSON or form.
+        return problem_response(
+            400, "incomplete_body", "the connection closed before the request was read"
+        )
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         return problem_response(500, "internal", "internal error")

@@ -247,7 +247,7 @@ class Handout:
         answer: asyncio.Future[AcquireResponse] = asyncio.get_running_loop().create_future()
         poll = self._polls[session.id] = _Poll(answer, hung_up, self._clock() + wait)
         # One free slot beyond what it holds: a poll carries one assignment.
-        capacity = self.assigner.load(session.id) + 1
+        capacity = min(self.assigner.load(session.id) + 1, session.delegate.capacity)
         self._full.discard(session.id)
         self._carry(
             self.assigner.connected(

@@ -37,7 +37,7 @@ from manager.metrics import Metrics
 from manager.records import AttemptRecord, LogRecord, TaskRecord
 from manager.schemas.grants import Target
 from manager.schemas.tasks import TaskSubmit
-from manager.store.base import Store
+from manager.store.base import Store, StoreError
 from manager.tasks.bus import Bus, EventKind, LocalBus
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
@@ -208,9 +208,17 @@ class TaskService:
         runs from when a delegate can connect. A start can spend seconds between the two
         (keys, TLS, the console, a loaded machine); counted from recovery, that grace was
         spent before any delegate could connect, and healthy delegates' leases were judged
-        before they could list them."""
-        await self._store.extend_leases(self._hub.liveness.start_grace)
+        before they could list them.
+
+        The grace in memory first: it cannot fail. A store that fails the extension here
+        (once the listener is open) leaves the one made at recovery, and the sweep judges
+        the store's leases only against the heartbeats that come back, as after a failed
+        renewal; the manager keeps running."""
         self._hub.liveness.started(self._clock())
+        try:
+            await self._store.extend_leases(self._hub.liveness.start_grace)
+        except StoreError as exc:
+            log.warning("start leases not extended again", error=str(exc))
 
     def open_tasks(self) -> list[TaskRecord]:
         """Snapshots of the queued and running tasks this process knows."""

@@ -60,9 +60,11 @@ async def _act(actions: Sequence[Action]) -> None:
             await asyncio.sleep(action.seconds)
 
 
-def _polling(api: _Api, slots: _Slots, stream: asyncio.Future[ClientConnection]) -> Polling:
+def _polling(api: _Api, slots: _Slots, streams: asyncio.Queue[ClientConnection]) -> Polling:
+    """Polling whose probe holds the next stream the test puts in ``streams``."""
+
     async def try_stream() -> ClientConnection | None:
-        return await stream
+        return await streams.get()
 
     return Polling(
         cast(ManagerApi, api),
@@ -77,16 +79,24 @@ def _polling(api: _Api, slots: _Slots, stream: asyncio.Future[ClientConnection])
     )
 
 
-async def test_an_answer_on_its_way_when_the_stream_holds_is_run() -> None:
-    api, slots = _Api(), _Slots()
-    loop = asyncio.get_running_loop()
-    stream: asyncio.Future[ClientConnection] = loop.create_future()
-    polling = _polling(api, slots, stream)
+async def _held_with_a_poll_out(
+    api: _Api, slots: _Slots
+) -> tuple[Polling, asyncio.Future[AcquireResponse | None]]:
+    """Polling whose probe held the stream while its long-poll was out, not answered yet:
+    (the link's polling, that poll's answer for the test to give)."""
+    streams = asyncio.Queue[ClientConnection]()
+    polling = _polling(api, slots, streams)
     handing_over = asyncio.create_task(polling.until_stream(Poll(probe_every=0)))
     poll = await asyncio.wait_for(api.polls.get(), 30)
     ws = cast(ClientConnection, object())
-    stream.set_result(ws)
+    streams.put_nowait(ws)
     assert await asyncio.wait_for(handing_over, 30) is ws
+    return polling, poll
+
+
+async def test_an_answer_on_its_way_when_the_stream_holds_is_run() -> None:
+    api, slots = _Api(), _Slots()
+    polling, poll = await _held_with_a_poll_out(api, slots)
     # The manager answered before it read the stream's hello.
     poll.set_result(HANDED)
     assert await asyncio.wait_for(slots.ran.get(), 30) == HANDED
@@ -98,12 +108,7 @@ async def test_an_answer_on_its_way_when_the_stream_holds_is_run() -> None:
 
 async def test_a_poll_the_manager_ends_after_the_hello_runs_nothing_and_asks_no_more() -> None:
     api, slots = _Api(), _Slots()
-    stream: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
-    polling = _polling(api, slots, stream)
-    handing_over = asyncio.create_task(polling.until_stream(Poll(probe_every=0)))
-    poll = await asyncio.wait_for(api.polls.get(), 30)
-    stream.set_result(cast(ClientConnection, object()))
-    await asyncio.wait_for(handing_over, 30)
+    polling, poll = await _held_with_a_poll_out(api, slots)
     leftover: list[Any] = list(polling._ending)
     assert len(leftover) == 1
     poll.set_result(None)  # 204: the manager dropped the poll at the hello
@@ -111,3 +116,24 @@ async def test_a_poll_the_manager_ends_after_the_hello_runs_nothing_and_asks_no_
     assert slots.ran.empty()
     assert api.polls.empty()
     assert not polling._ending
+
+
+async def test_a_new_spell_of_polling_asks_only_once_the_last_poll_of_the_one_before_ended() -> (
+    None
+):
+    """The stream held, then dropped again while the poll of the spell before was still
+    out: the new spell's poll waits for that answer (both asked with the same free slot)."""
+    api, slots = _Api(), _Slots()
+    polling, leftover = await _held_with_a_poll_out(api, slots)
+    # The stream dropped: polling again (no stream holds this time).
+    second_spell = asyncio.create_task(polling.until_stream(Poll(probe_every=0)))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert api.polls.empty()
+    leftover.set_result(HANDED)
+    assert await asyncio.wait_for(slots.ran.get(), 30) == HANDED
+    asked = await asyncio.wait_for(api.polls.get(), 30)
+    asked.set_result(None)
+    second_spell.cancel()
+    await asyncio.gather(second_spell, return_exceptions=True)
+    await polling.close()

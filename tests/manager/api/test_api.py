@@ -756,3 +756,11 @@ async def test_a_credential_used_before_is_refused_at_once_when_its_token_is_rev
     refused = await api.client.post(url, headers=cred)
     assert refused.status == 401
     assert (await refused.json())["error"]["code"] == "token_revoked"
+
+
+@pytest.mark.parametrize("wait", ["-1", "nan", "inf", "soon"])
+async def test_a_long_poll_wait_that_is_not_seconds_is_a_400(api: Api, wait: str) -> None:
+    cred = {"Authorization": f"Bearer {await _registered(api, 'poller')}"}
+    resp = await api.client.get(f"/api/v1/delegate/tasks/next?wait={wait}", headers=cred)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "wait"

@@ -624,3 +624,21 @@ async def test_a_poll_whose_client_hung_up_is_not_answered_and_its_claim_not_cou
     handed = await world.handout.poll(a, "poller-key-1", 30.0)
     assert handed is not None
     assert (handed.task.id, handed.attempt) == (task_id, 2)
+
+
+async def test_a_second_poll_beside_an_answered_one_is_handed_no_more_than_the_slots(
+    world: World,
+) -> None:
+    """A delegate of one slot whose first poll was answered, and whose second poll comes
+    before it lists the first task (a poll of an earlier polling spell still out): the
+    second is handed nothing (it would be refused there, and lost to its lease)."""
+    a = world.connect("a", capacity=1)
+    a.ws = None
+    world.handout.stream_lost(a.id)
+    first = await world.submit()
+    await world.submit()
+    handed = await world.handout.poll(a, "poller-key-1", 30.0)
+    assert handed is not None
+    assert handed.task.id == first
+    # Its wait runs out empty (a second of the test's time).
+    assert await world.handout.poll(a, "poller-key-1", 1.0) is None
