@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from manager.access.session_signer import AuthError, bearer
 from manager.api.context import Context, ctx
-from manager.api.http import ApiProblem, Route, RouteTable, json_response, parse_body
+from manager.api.http import (
+    ApiProblem,
+    Route,
+    RouteTable,
+    client_gone,
+    json_response,
+    parse_body,
+)
 from manager.api.stream_requests import StreamRequests
 from manager.core.eligibility import disallowed_selectors
 from manager.records import DelegateRecord, TokenRecord
@@ -321,12 +328,7 @@ async def next_task(request: web.Request) -> web.Response:
     if c.stopping:
         return web.Response(status=204)
 
-    def hung_up() -> bool:
-        # aiohttp drops the protocol's transport once the connection is lost.
-        transport = request.transport
-        return transport is None or transport.is_closing()
-
-    handed = await c.handout.poll(session, key, wait, hung_up)
+    handed = await c.handout.poll(session, key, wait, lambda: client_gone(request))
     if handed is None:
         return web.Response(status=204)
     return json_response(handed)

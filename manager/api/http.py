@@ -43,6 +43,7 @@ __all__ = [
     "AuthKind",
     "Route",
     "RouteTable",
+    "client_gone",
     "error_middleware",
     "json_response",
     "nesting_depth",
@@ -231,17 +232,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreError as exc:
         _store_failures.error(exc, path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")
-    except ConnectionResetError:
-        transport = request.transport
-        if transport is not None and not transport.is_closing():
-            log.exception("unhandled error", method=request.method, path=request.path)
-            return problem_response(500, "internal", "internal error")
-        # Its client went away mid-request (a delegate killed while it sent a result, a
-        # dropped network): nobody reads this answer, and it is no fault of the manager's
-        # to log as one (it was a 500 and a traceback). Any route, JSON or form.
-        return problem_response(
-            400, "incomplete_body", "the connection closed before the request was read"
-        )
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and client_gone(request):
+            # Its client went away mid-request (a delegate killed while it sent a result,
+            # a dropped network): nobody reads this answer, and it is no fault of the
+            # manager's to log as one (it was a 500 and a traceback). Any route, JSON or
+            # form.
+            return problem_response(
+                400, "incomplete_body", "the connection closed before the request was read"
+            )
         log.exception("unhandled error", method=request.method, path=request.path)
         return problem_response(500, "internal", "internal error")
+
+
+def client_gone(request: web.Request) -> bool:
+    """aiohttp drops a request's transport once its connection is lost."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

@@ -666,7 +666,7 @@ async def serve(
         )
         # Before the sweep starts: the delegates' grace runs from here, where they can
         # connect, not from the recovery before the listener.
-        await c.tasks.accepting()
+        await c.tasks.grant_start_grace()
         background = [
             asyncio.create_task(c.handout.run(), name="handout"),
             asyncio.create_task(_loops(c), name="sweep"),

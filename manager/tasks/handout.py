@@ -73,7 +73,7 @@ class _Poll:
     # When its wait is over (the manager's monotonic clock). Its client gives up soon
     # after; a manager that froze past it (its handler has not run since) must not answer
     # into a request nobody waits for any more.
-    until: float = math.inf
+    until: float
 
     def open(self, now: float) -> bool:
         return not self.answer.done() and now <= self.until and not self.hung_up()

@@ -183,8 +183,8 @@ class TaskService:
         """Rebuild the in-memory view after a start: the queue, leases and pending cancels."""
         await self.envs.load()
         # Nothing is judged before the delegates could come back (core.liveness); granted
-        # again once the listener is open (accepting).
-        await self.accepting()
+        # again once the listener is open (grant_start_grace).
+        await self.grant_start_grace()
         for task in await self._store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING]):
             self._track(task)
             self._remember(task)
@@ -200,7 +200,7 @@ class TaskService:
                 if task.cancel_requested:
                     self._hub.cancelling.add(task.id)
 
-    async def accepting(self) -> None:
+    async def grant_start_grace(self) -> None:
         """Delegates get a full lease from now to reconnect and list their tasks again, and
         nothing is judged before they had that long (core.liveness).
 
@@ -218,7 +218,7 @@ class TaskService:
         try:
             await self._store.extend_leases(self._hub.liveness.start_grace)
         except StoreError as exc:
-            log.warning("start leases not extended again", error=str(exc))
+            log.warning("start leases not extended", error=str(exc))
 
     def open_tasks(self) -> list[TaskRecord]:
         """Snapshots of the queued and running tasks this process knows."""
