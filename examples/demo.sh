@@ -20,14 +20,22 @@ trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Starting tether-manager on $URL (data in $DATA)"
+# A run before this one left its "listening" line: gone first, or it would be read as this
+# manager's before the new process truncates the file.
+rm -f "$DEMO_DIR/manager.out"
 tether-manager serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --log-format json \
   >"$DEMO_DIR/manager.out" 2>"$DEMO_DIR/manager.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
+for _ in $(seq 1 600); do
   grep -q "listening on" "$DEMO_DIR/manager.out" 2>/dev/null && break
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$DEMO_DIR/manager.log"; exit 1; }
   sleep 0.1
 done
+grep -q "listening on" "$DEMO_DIR/manager.out" 2>/dev/null || {
+  echo "the manager did not start within 60 s; its log:" >&2
+  cat "$DEMO_DIR/manager.log" >&2
+  exit 1
+}
 cat "$DEMO_DIR/manager.out"
 
 export TETHER_MANAGER_URL="$URL"
@@ -36,7 +44,12 @@ TETHER_API_KEY=$(cat "$DATA/admin-api-key")
 export TETHER_API_KEY
 
 say "Enrolling a delegate: tether token create demo-delegate"
+# A run before this one left its token and its delegate: both go, or the new token's
+# delegate is refused the name (409) and the demo waits for it in vain. --force: that run
+# stopped its delegate, but a manager started moments later still counts it as live for
+# lost_after.
 tether token revoke demo-delegate >/dev/null 2>&1 || true
+tether delegate delete --force demo-delegate >/dev/null 2>&1 || true
 TOKEN=$(tether token create demo-delegate | tail -n 1)
 echo "token created (shown once; kept only as a hash on the manager)"
 
