@@ -20,7 +20,6 @@ from pydantic import ValidationError
 
 from manager.access.tokens import ScopeError, TokenInUse, create_token, resolve_scope, scope_views
 from manager.audit.recorder import AuditRecorder, Change
-from manager.client.cli.fleet import add_scope_arguments, token_request
 from manager.core.audit_chain import AuditAppend
 from manager.core.identity import SYSTEM
 from manager.host_commands import add_host_parsers, purge, rotate_oidc
@@ -32,9 +31,9 @@ from manager.keys.oidc_keys import OIDC_KEYS, OidcKeys
 from manager.keys.rotation import RewrapReport, rewrap_builtin
 from manager.keys.signing import reseal
 from manager.records import TokenRecord
+from manager.schemas.token_flags import add_scope_arguments, token_request
 from manager.server.backup import BackupError, backup
 from manager.server.connections import ConnectionLimits
-from manager.server.dev import DevError, run_dev
 from manager.server.first_start import FirstStart, first_start_text
 from manager.store.base import Store, StoreError
 from manager.store.factory import open_store
@@ -338,6 +337,10 @@ async def _serve_notified(
 
 
 def _dev(args: argparse.Namespace) -> int:
+    # Here, not at the top: it brings the client and the delegate's command, which no other
+    # host command needs.
+    from manager.server.dev import DevError, run_dev
+
     host, port = args.listen
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

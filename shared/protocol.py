@@ -78,7 +78,7 @@ class ProtocolError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class CloseCode(enum.IntEnum):
@@ -514,8 +514,14 @@ ManagerFrame = Annotated[
 ]
 DelegateFrameType = Hello | Heartbeat | TaskAck | TaskDecline | StreamLogs | StreamResult
 ManagerFrameType = HeartbeatAck | TaskAssigned | TaskCancel | TaskDrain | StreamReply
-_delegate_frames: TypeAdapter[DelegateFrameType] = TypeAdapter(DelegateFrame)
-_manager_frames: TypeAdapter[ManagerFrameType] = TypeAdapter(ManagerFrame)
+# Built at the first frame, as the models are (defer_build): not by every process that imports
+# the protocol, the `tether` command's included.
+_delegate_frames: TypeAdapter[DelegateFrameType] = TypeAdapter(
+    DelegateFrame, config=ConfigDict(defer_build=True)
+)
+_manager_frames: TypeAdapter[ManagerFrameType] = TypeAdapter(
+    ManagerFrame, config=ConfigDict(defer_build=True)
+)
 
 
 def _check_size(raw: str | bytes) -> None:

@@ -85,7 +85,7 @@ MAX_FILE_SECRET_BYTES = 1024 * 1024
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class ManagerSpec(_Strict):

@@ -48,7 +48,7 @@ UserStatus = Literal["invited", "active", "disabled"]
 
 class _Body(BaseModel):
     # Stored documents may gain fields in later versions; older managers ignore them.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
 
 class GroupBody(_Body):

@@ -73,7 +73,7 @@ MadeBy = Literal["sso", "admin", "user", "migration", "scim"]
 class SsoLink(BaseModel):
     """An identity at a provider, joined to a user on purpose."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     issuer: str
     subject: str

@@ -47,8 +47,10 @@ class Passwords:
         # the loop's default pool and the memory with it.
         self._slots = asyncio.Semaphore(parallel or os.cpu_count() or 2)
         # Verified against when the email is unknown, so that answering "wrong email or
-        # password" takes as long either way and does not tell which emails exist.
-        self._dummy = self._hasher.hash("not a password of anyone")
+        # password" takes as long either way and does not tell which emails exist. Made at
+        # the first verify of any kind, known email or not (so that one is no tell either),
+        # not at start: a hash is a fifth of a second of CPU every manager start would pay.
+        self._dummy: str | None = None
 
     async def hash(self, password: str) -> str:
         async with self._slots:
@@ -59,6 +61,8 @@ class Passwords:
             return await asyncio.to_thread(self._verify, stored, password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
+        if self._dummy is None:
+            self._dummy = self._hasher.hash("not a password of anyone")
         try:
             return self._hasher.verify(stored or self._dummy, password) and stored is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):

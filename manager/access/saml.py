@@ -57,7 +57,7 @@ _SKEW_S = 60
 class SeenAssertion(BaseModel):
     """An assertion ID already used, until it would have expired (replay)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     assertion_id: str
     issuer: str

@@ -79,7 +79,7 @@ class ScimError(Exception):
 
 
 class ScimTokenBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     name: str
     token_hash: str
@@ -90,7 +90,7 @@ class ScimTokenBody(BaseModel):
 
 
 class ScimUserBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     user_id: str
     user_name: str
@@ -103,7 +103,7 @@ class ScimUserBody(BaseModel):
 
 
 class ScimGroupBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     group_id: str
     display_name: str

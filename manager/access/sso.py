@@ -88,7 +88,7 @@ _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class SsoSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     enabled: bool = True
     issuer: str = Field(min_length=8, max_length=512, pattern=r"^https://")
@@ -110,7 +110,7 @@ class SsoSettings(BaseModel):
 
 
 class SsoLogin(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     state: str
     nonce: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from manager.api.audit_record import Change, in_transaction
 from manager.api.context import Context, ctx
@@ -23,6 +23,7 @@ __all__ = ["DelegateList", "add_delegate_list_routes", "is_outdated"]
 
 
 class DelegateList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     delegates: list[DelegateView]
 
 

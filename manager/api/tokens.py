@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from manager.access.places import places
 from manager.access.principal import principal_of
@@ -36,6 +36,7 @@ log = structlog.get_logger("tether.api")
 
 
 class TokenList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     tokens: list[TokenView]
 
 

@@ -248,7 +248,7 @@ class InvalidResponse(TetherClientError):
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class LogEvent(_Event):
@@ -279,17 +279,23 @@ _EVENT_MODELS: dict[str, type[LogEvent] | type[StateEvent] | type[EndEvent]] = {
 class _NoContent(BaseModel):
     """A 204: nothing to read."""
 
+    model_config = ConfigDict(defer_build=True)
+
 
 class Document(RootModel[dict[str, Any]]):
     """A JSON object the client passes through as it is: settings whose model lives on the
     server (the SSO settings), which the client may not import."""
 
+    model_config = ConfigDict(defer_build=True)
+
 
 class _DelegateList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     delegates: list[DelegateView]
 
 
 class _TokenList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     tokens: list[TokenView]
 
 

@@ -68,7 +68,7 @@ class Refused(Exception):
 
 
 class StepProgress(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     status: str = "pending"
     task_id: str | None = None
@@ -79,7 +79,7 @@ class StepProgress(BaseModel):
 
 
 class RunProgress(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     state: RunState = "queued"
     steps: list[StepProgress]

@@ -40,7 +40,7 @@ MAX_OVERRIDE_REASON = 500
 
 
 class FreezeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     description: str = ""

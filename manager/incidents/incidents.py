@@ -49,7 +49,7 @@ _RETENTION_ID = "retention"
 
 
 class IncidentBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     # Unique: the webhook and the alert group (hashed), or the incident's own id.
     key: str
@@ -60,7 +60,7 @@ class IncidentBody(BaseModel):
 
 
 class RetentionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     days: int
 

@@ -77,7 +77,7 @@ class RunStarter(Protocol):
 
 
 class WebhookBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     description: str = ""
@@ -91,7 +91,7 @@ class WebhookBody(BaseModel):
 
 
 class StatsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     webhook_id: str
     accepted: int = 0
@@ -99,7 +99,7 @@ class StatsBody(BaseModel):
 
 
 class DeliveryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     webhook_id: str
     delivery_id: str

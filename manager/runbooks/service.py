@@ -122,7 +122,7 @@ async def start_run(
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class RunbookBody(_Body):

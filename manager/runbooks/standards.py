@@ -23,7 +23,7 @@ __all__ = ["StandardBody", "Standards", "score_view"]
 
 
 class StandardBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     version: int

@@ -38,7 +38,7 @@ Cidr = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 # -- API keys ------------------------------------------------------------------------------

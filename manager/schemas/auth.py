@@ -59,7 +59,7 @@ _PASSWORD = Field(min_length=1, max_length=1024)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class LoginRequest(_Model):
@@ -244,7 +244,7 @@ class AuthSettings(BaseModel):
     """The account's login rules. The defaults follow common guidance (NIST 800-63B length
     over rotation): no expiry unless asked for, lockout on, 2FA optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     password_min_length: int = Field(default=12, ge=8, le=128)
     password_classes: list[CharClass] = Field(default_factory=_default_classes)

@@ -57,7 +57,7 @@ Email = Annotated[
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class AppPermission(Model):

@@ -19,7 +19,7 @@ __all__ = [
 
 
 class LdapSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     enabled: bool = True
     # ldaps://host:636, or ldap://host:389 with start_tls: never in clear.
@@ -74,18 +74,19 @@ class LdapSettings(BaseModel):
 
 
 class LdapLogin(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     username: str = Field(min_length=1, max_length=256)
     password: str = Field(min_length=1, max_length=1024)
 
 
 class SettingsDeleted(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     deleted: bool
 
 
 class ScimTokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # The provider its users sign in through: an OIDC issuer, a SAML IdP entity id, an
@@ -96,6 +97,7 @@ class ScimTokenCreate(BaseModel):
 
 
 class ScimTokenView(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     name: str
     issuer: str | None
     created_at: float
@@ -108,17 +110,19 @@ class ScimTokenCreated(ScimTokenView):
 
 
 class ScimTokenList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     tokens: list[ScimTokenView]
 
 
 class ScimTokenRevoked(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     revoked: bool
 
 
 class SamlSettings(BaseModel):
     """SAML 2.0 sign-in (manager.access.saml): Tether is the service provider (SP)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     enabled: bool = True
     # Tether's entity id at the IdP, and its assertion consumer service URL as the

@@ -15,7 +15,7 @@ _Names = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Fi
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class FreezeCreate(_Model):

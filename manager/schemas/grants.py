@@ -53,7 +53,7 @@ class AppGrant(BaseModel):
     """Actions on applications and environments. ``apps`` is ``"all"`` or application ids;
     ``envs`` is ``"all"``, an environment type, or environment ids."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     apps: Literal["all"] | tuple[str, ...] = "all"
     envs: Literal["all", "production", "non_production"] | tuple[str, ...] = "all"

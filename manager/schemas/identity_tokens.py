@@ -8,6 +8,6 @@ __all__ = ["IdTokenAnswer"]
 
 
 class IdTokenAnswer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     # The signed JWT (GitHub's id-token answer has the same shape).
     value: str

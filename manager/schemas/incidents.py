@@ -28,7 +28,7 @@ IncidentStatus = Literal["open", "acknowledged", "resolved"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class WebhookCreate(_Model):

@@ -15,7 +15,7 @@ _MAX_DAYS = 36_500
 class RetentionRule(BaseModel):
     """How long tasks (and, possibly shorter, their logs) are kept where the rule matches."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     # An application's name, or "*" for every one (tasks outside any application too).
     app: str = Field(default="*", max_length=128, pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9 ._-]*)$")
@@ -40,7 +40,7 @@ class RetentionRule(BaseModel):
 class RetentionSettings(BaseModel):
     """Everything is kept unless a rule or a days value says otherwise."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     rules: list[RetentionRule] = Field(default_factory=list, max_length=256)
     # Days an audit event is kept (the chain stays verifiable: a signed checkpoint at the cut).
@@ -61,7 +61,7 @@ class RetentionSettings(BaseModel):
 class PurgeCounts(BaseModel):
     """What one purge deleted (or, dry, would delete), per kind."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     dry_run: bool
     counts: dict[str, int]

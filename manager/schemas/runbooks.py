@@ -39,7 +39,7 @@ Scalar = str | int | float | bool
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class InputDef(Model):

@@ -40,7 +40,7 @@ _Selectors = Annotated[list[str], Field(max_length=64)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 EnvChoice = Literal["all", "production", "non_production"] | list[str]

@@ -37,7 +37,7 @@ __all__ = [
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 # A task's name and its labels' keys and values: what `tether task list` filters by.

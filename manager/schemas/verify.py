@@ -10,7 +10,7 @@ __all__ = ["VerificationList", "VerificationPut", "VerificationView", "VerifyRun
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class VerificationPut(Model):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from manager.errors import Invalid
 from manager.keys.masterkey import MasterKey, MasterKeyError
@@ -44,7 +44,7 @@ from shared.task_secrets import referenced_secrets
 
 __all__ = ["SecretDeliveries", "version_context"]
 
-_PAYLOAD: TypeAdapter[object] = TypeAdapter(TaskPayload)
+_PAYLOAD: TypeAdapter[object] = TypeAdapter(TaskPayload, config=ConfigDict(defer_build=True))
 
 
 def version_context(secret_id: str, version: int) -> EnvelopeContext:

@@ -60,7 +60,7 @@ UNRESTRICTED = UsageScope(account=True, targets=[ScopeTarget()])
 
 
 class _Stored(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
     owner_id: str
     scope: UsageScope
 

@@ -431,12 +431,15 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
+        # Made at the first ask, not at start: it builds the schema of every model (they
+        # are built at first use: shared.models), a cost each start paid for a page few read.
+        if not doc:
+            doc.update(openapi_document([r for r in table.routes if not r.console]))
         return web.json_response(doc)
 
     table.add(Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", "user"))
     add_console_routes(table)  # after the API's: each console route takes its mirror's rules
     check_routes(table.routes)
-    doc.update(openapi_document([r for r in table.routes if not r.console]))
     connections = Connections(config.connections, credential_accepted=credential_accepted(table))
     app = web.Application(
         client_max_size=MAX_API_BODY_BYTES,

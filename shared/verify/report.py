@@ -23,7 +23,7 @@ Verdict = Literal["passed", "failed", "inconclusive"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class QueryReport(_Model):

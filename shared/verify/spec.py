@@ -58,7 +58,7 @@ def parse_duration(value: object) -> float:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class ProviderAuth(_Model):

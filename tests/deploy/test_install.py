@@ -162,7 +162,11 @@ def test_delegate_uninstall_keeps_what_others_put_in_etc_tether(
 ) -> None:
     root = tmp_path / "root"
     assert delegate(*install_args(root, token_file)) == 0
-    (root / "etc/tether/other.yaml").write_text("kept: true\n")
+    other = root / "etc/tether/other.yaml"
+    other.write_text("kept: true\n")
+    # Its mode set here: write_text's follows the process umask, which an earlier test in
+    # this process may have narrowed (the manager's main sets 077).
+    other.chmod(0o644)
     assert delegate("uninstall-service", "--root", str(root)) == 0
     assert files_under(root) == {"etc/tether/other.yaml": 0o644}
 

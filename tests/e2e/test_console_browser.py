@@ -28,7 +28,11 @@ from typing import Any, TypeVar
 import pyotp
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -185,6 +189,23 @@ def wait(driver: WebDriver, check: Any, what: str, timeout: float = WAIT) -> Any
         # What the page said, for whoever reads the failure.
         print(driver.current_url, driver.page_source[-3000:])
         raise
+
+
+def click(driver: WebDriver, css: str, what: str) -> None:
+    """Click the element ``css`` names on a page whose rows are live: one replaced between
+    the find and the click (the rows' stream swapped them) is found again, not a failure."""
+
+    def clicked(d: WebDriver) -> bool:
+        found = d.find_elements(By.CSS_SELECTOR, css)
+        if not found:
+            return False
+        try:
+            found[0].click()
+        except StaleElementReferenceException:
+            return False  # replaced under us: the click did not land; find it again
+        return True
+
+    wait(driver, clicked, what)
 
 
 def text_of(driver: WebDriver, css: str) -> str:
@@ -368,16 +389,18 @@ def step_cancel_a_running_task(world: World, browser: WebDriver) -> None:
 
 def step_drain_and_resume_a_delegate(world: World, browser: WebDriver) -> None:
     browser.get(world.cluster.url + "/console/delegates")
-    row = wait(
-        browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.row-ok"), "a healthy delegate"
-    )[0]
-    assert "d1" in row.text
+    wait(
+        browser,
+        lambda d: "d1" in text_of(d, "tr.row-ok"),
+        "a healthy delegate",
+    )
     shot(browser, "delegates")
-    row.find_element(By.CSS_SELECTOR, "button.drain").click()
+    # The rows are live (replaced as the fleet changes): each click finds its button afresh.
+    click(browser, "tr.row-ok button.drain", "the drain button")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".badge.draining"), "draining")
     listed = json.loads(world.tether("delegate", "list", "--output", "json").stdout)
     assert [d["draining"] for d in listed["delegates"]] == [True]
-    browser.find_element(By.CSS_SELECTOR, "button.resume").click()
+    click(browser, "button.resume", "the resume button")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button.drain"), "resumed")
 
 

@@ -8,10 +8,10 @@ import argparse
 
 from manager.client.cli import output as fmt
 from manager.client.cli.context import Context, UsageError
-from manager.schemas.tasks import DelegateView, ProfilePut, TokenCreate
+from manager.schemas.tasks import DelegateView, ProfilePut
+from manager.schemas.token_flags import token_request
 
 __all__ = [
-    "add_scope_arguments",
     "cmd_delegate_delete",
     "cmd_delegate_drain",
     "cmd_delegate_list",
@@ -100,41 +100,6 @@ async def cmd_profile_delete(ctx: Context, args: argparse.Namespace) -> int:
     await ctx.client.delete_profile(args.name)
     ctx.console.note(f"profile {args.name} deleted")
     return 0
-
-
-def add_scope_arguments(parser: argparse.ArgumentParser) -> None:
-    """The scope flags of ``token create``, the same in ``tether`` and ``tether-manager``."""
-    parser.add_argument(
-        "--scope",
-        action="append",
-        default=[],
-        metavar="APP[/ENV]",
-        help="where its delegates may run tasks: an application (all its environments) or"
-        " one environment; repeatable. Without --scope or --scope-env-type: the whole account",
-    )
-    parser.add_argument(
-        "--scope-env-type",
-        action="append",
-        default=[],
-        choices=("production", "non_production"),
-        help="every environment of this type; repeatable",
-    )
-    parser.add_argument(
-        "--selector",
-        action="append",
-        default=None,
-        metavar="SELECTOR",
-        help="a selector its delegates may claim; repeatable. Without it: any selector",
-    )
-
-
-def token_request(args: argparse.Namespace) -> TokenCreate:
-    return TokenCreate(
-        name=args.name,
-        scope=args.scope,
-        scope_env_types=args.scope_env_type,
-        selectors=args.selector,
-    )
 
 
 async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:

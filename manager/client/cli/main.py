@@ -68,7 +68,6 @@ from manager.client.cli.contexts import add_context_parsers
 from manager.client.cli.directory import add_directory_parsers
 from manager.client.cli.directory_auth import add_directory_auth_commands
 from manager.client.cli.fleet import (
-    add_scope_arguments,
     cmd_delegate_delete,
     cmd_delegate_drain,
     cmd_delegate_list,
@@ -79,7 +78,6 @@ from manager.client.cli.fleet import (
     cmd_token_create,
     cmd_token_list,
     cmd_token_revoke,
-    token_request,
 )
 from manager.client.cli.incidents import add_incident_commands
 from manager.client.cli.login import add_login_parsers
@@ -100,6 +98,7 @@ from manager.client.cli.tasks import (
 )
 from manager.client.cli.verify import add_verify_parsers
 from manager.schemas.tasks import TaskSubmit
+from manager.schemas.token_flags import add_scope_arguments, token_request
 from shared import __version__
 from shared.protocol import Deployment, ShellPayload, TaskState
 
