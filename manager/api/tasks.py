@@ -565,6 +565,12 @@ async def follow_task(
 
     last_state: TaskState | None = None
     task: TaskRecord | None
+    # The log's notifies while this stream lasts, and their count when a read last reached
+    # the log's end: a wake with no notify since (a state change, a recheck) reads no page,
+    # unless the task is final. That read is the one that must see the whole log: another
+    # replica's word of its last lines may come after the final state can be read here.
+    tally = c.events.tally(task_id)
+    read_to_end_at: int | None = None
     while not c.stopping:
         if first is not None:
             # The caller's own check read it, after listening: one read fewer per stream.
@@ -578,25 +584,30 @@ async def follow_task(
         if task.state is not last_state:
             last_state = task.state
             await emit(FollowEvent("state", state=task.state.value))
-        deadline = asyncio.timeout(LOG_WRITE_S)
-        try:
-            async with (
-                c.task_reads.log_page(task_id, after=pos, limit=1000) as lines,
-                deadline,
-            ):
-                if lines:
-                    await emit(FollowEvent("lines", lines=lines))
-        except Unavailable:
-            lines = None  # every turn was taken: read again after the wait below
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            _too_slow(request)
-            return False
-        if lines:
-            # A page ends on its line or byte bound: read on until one comes back empty.
-            pos = (lines[-1].attempt, lines[-1].seq)
-            continue
+        lines: Sequence[LogRecord] | None = ()
+        if read_to_end_at != tally.grown or task.state in FINAL_STATES:
+            grown = tally.grown  # before the read: a notify during it means read again
+            deadline = asyncio.timeout(LOG_WRITE_S)
+            try:
+                async with (
+                    c.task_reads.log_page(task_id, after=pos, limit=1000) as lines,
+                    deadline,
+                ):
+                    if lines:
+                        await emit(FollowEvent("lines", lines=lines))
+            except Unavailable:
+                lines = None  # every turn was taken: read again after the wait below
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                _too_slow(request)
+                return False
+            if lines:
+                # A page ends on its line or byte bound: read on until one comes back empty.
+                pos = (lines[-1].attempt, lines[-1].seq)
+                continue
+            if lines is not None:
+                read_to_end_at = grown
         if lines is not None and task.state in FINAL_STATES:
             # The delegate ships every log line before it reports, so once the state read
             # above is final, the read after it saw the whole log.

@@ -550,7 +550,7 @@ class TaskService:
                 raise NotFound("not_found", "no such task")
             raise Conflicting("stale_attempt", "this attempt no longer holds the task")
         if inserted:
-            self._events.notify(task_id)
+            self._events.notify(task_id, logs=True)
             self._bus.publish("changed", task_id)
             self._metrics.log_lines.inc(inserted)
             size = sum(len(ln.text) if ln.data is None else len(ln.data) for ln in lines)
@@ -578,31 +578,33 @@ class TaskService:
     # -- other replicas ---------------------------------------------------------------------
 
     async def on_remote(self, kind: EventKind, task_id: str) -> None:
-        """Another replica changed a task: bring this one's memory in line."""
+        """Another replica changed a task: bring this one's memory in line. Its word may
+        follow log lines it took (their own word may come later, or not at all): followers
+        read the log again."""
         if kind == "queued":
             task = await self._store.get_task(task_id)
             if task is not None and task.state is TaskState.QUEUED:
                 self._remember(task)
                 self._track(task)
                 self.handout.queued(task)
-            self._events.notify(task_id, listed=True)
+            self._events.notify(task_id, listed=True, logs=True)
         elif kind == "dequeued":
             self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
-            self._events.notify(task_id, listed=True)
+            self._events.notify(task_id, listed=True, logs=True)
         elif kind == "cancel":
             self._hub.cancel(task_id)
-            self._events.notify(task_id, listed=True)
+            self._events.notify(task_id, listed=True, logs=True)
         elif kind == "changed":
-            self._events.notify(task_id)
+            self._events.notify(task_id, logs=True)
         else:
             self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
             self._hub.leases.release(task_id)
             self._hub.cancelling.discard(task_id)
-            self._events.notify(task_id, listed=True)
+            self._events.notify(task_id, listed=True, logs=True)
 
     async def reconcile(self) -> None:
         """Make memory match the store: the repair for a missed replica event.

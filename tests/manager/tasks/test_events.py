@@ -29,3 +29,21 @@ async def test_an_event_nobody_waits_on_is_not_kept() -> None:
     events.notify("task_held")
     assert held.is_set()
     assert events.listened() == 0
+
+
+async def test_a_log_tally_counts_every_log_notify_while_it_is_held() -> None:
+    """Counted whether or not anyone listens at that moment (a follower between its wake and
+    its next listen has no event to set), and only for log notifies."""
+    events = TaskEvents()
+    tally = events.tally("task_1")
+    assert events.tally("task_1") is tally
+    events.notify("task_1", logs=True)  # nobody listening
+    events.notify("task_1", listed=True)  # a state change: no line
+    woken = events.listen("task_1")
+    events.notify("task_1", logs=True)
+    assert woken.is_set()
+    assert tally.grown == 2
+    del tally
+    gc.collect()
+    # Not held, not kept: a later follow starts from a count of its own.
+    assert events.tally("task_1").grown == 0

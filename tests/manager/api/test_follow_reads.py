@@ -1,0 +1,142 @@
+"""What a log follow reads: a wake with no new log line (a state change, an unrelated notify)
+reads no log page, and a line added at any moment is still read before the task ends,
+including one noted while the stream was between its wake and its next listen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+
+from manager.api import guards
+from manager.api.context import CTX
+from tests.manager.api import test_log_bytes
+from tests.manager.api.test_api import Api
+from tests.manager.api.test_log_bytes import running_task
+
+# A manager over each store, with an admin key (the log bytes tests' own).
+api = test_log_bytes.api
+
+
+class _Counted:
+    """The follow's task reads and log-page reads, counted; ``read`` is set at each task read
+    (a wake handled)."""
+
+    def __init__(self, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+        c = api.client.app[CTX]
+        self.gets = 0
+        self.pages = 0
+        self.read = asyncio.Event()
+        real_get: Callable[[str], Awaitable[Any]] = c.task_reads.get
+        real_page: Callable[..., AbstractAsyncContextManager[Any]] = c.task_reads.log_page
+
+        async def get(task_id: str) -> Any:
+            self.gets += 1
+            self.read.set()
+            return await real_get(task_id)
+
+        def log_page(task_id: str, **kw: Any) -> AbstractAsyncContextManager[Any]:
+            self.pages += 1
+            return real_page(task_id, **kw)
+
+        monkeypatch.setattr(c.task_reads, "get", get)
+        monkeypatch.setattr(c.task_reads, "log_page", log_page)
+
+    async def woken(self) -> None:
+        """Until the stream has read the task again (it woke and handled the wake)."""
+        async with asyncio.timeout(30):
+            await self.read.wait()
+        self.read.clear()
+
+
+async def _next(resp: ClientResponse) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        line: dict[str, Any] = json.loads(await resp.content.readline())
+        return line
+
+
+async def _post_line(api: Api, task_id: str, cred: dict[str, str], seq: int) -> None:
+    line = {"seq": seq, "stream": "stdout", "ts": 1.0, "text": f"line {seq}"}
+    got = await api.client.post(
+        f"/api/v1/delegate/tasks/{task_id}/logs",
+        json={"attempt": 1, "lines": [line]},
+        headers=cred,
+    )
+    assert got.status == 200, await got.text()
+
+
+async def _finish(api: Api, task_id: str, cred: dict[str, str], last_seq: int) -> None:
+    done = await api.client.post(
+        f"/api/v1/delegate/tasks/{task_id}/result",
+        json={"attempt": 1, "status": "succeeded", "exit_code": 0, "last_seq": last_seq},
+        headers=cred,
+    )
+    assert done.status == 200, await done.text()
+
+
+async def test_a_wake_with_no_new_log_line_reads_no_log_page(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, cred = await running_task(api)
+    counted = _Counted(api, monkeypatch)
+    # Only notifies wake the stream here: no re-check timer.
+    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 3600.0)
+    c = api.client.app[CTX]
+    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
+    assert resp.status == 200
+    try:
+        assert await _next(resp) == {"kind": "state", "state": "running"}
+        assert counted.pages == 1  # the first read: the whole log so far (none)
+        for _ in range(5):  # woken by changes that add no line (a list's, a state's)
+            c.events.notify(task_id, listed=True)
+            await counted.woken()
+        await _post_line(api, task_id, cred, 0)
+        assert (await _next(resp))["line"]["text"] == "line 0"
+        await _finish(api, task_id, cred, 0)
+        while (last := await _next(resp))["kind"] != "end":
+            pass
+        assert last["task"]["state"] == "succeeded"
+    finally:
+        resp.close()
+    # The first read, the one after the line, its empty follow-up page, and the final one:
+    # none for the five wakes without a line (each read a page before).
+    assert counted.pages == 4, counted.pages
+
+
+async def test_a_line_noted_between_a_wake_and_the_next_listen_is_read_at_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log notify that lands after the stream woke (its wake event is used up) and before
+    it listens again finds no event to set: the stream's tally still counts it, and the
+    stream reads the line without waiting for another wake."""
+    task_id, cred = await running_task(api)
+    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 3600.0)
+    c = api.client.app[CTX]
+    real_recheck = guards.recheck
+    add_line = asyncio.Event()
+
+    async def recheck_then_add(request: Any) -> Any:
+        # Runs after the stream woke, before it listens again: the window in question.
+        if add_line.is_set():
+            add_line.clear()
+            await _post_line(api, task_id, cred, 0)
+        return await real_recheck(request)
+
+    monkeypatch.setattr("manager.api.tasks.recheck", recheck_then_add)
+    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
+    assert resp.status == 200
+    try:
+        assert await _next(resp) == {"kind": "state", "state": "running"}
+        add_line.set()
+        c.events.notify(task_id, listed=True)  # a wake that carries no line of its own
+        # No further wake comes (no re-check timer, no notify): the line is read at once.
+        got = await _next(resp)
+        assert got["kind"] == "log", got
+        assert got["line"]["text"] == "line 0", got
+    finally:
+        resp.close()
