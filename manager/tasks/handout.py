@@ -9,7 +9,7 @@ declines, results, capacity, drain, the time) and carries out what it returns:
   delegate's stream or as the answer to its long-poll. Nothing is sent before the commit; a
   claim the store refuses comes back to the Assigner as ``gone``.
 - ``Requeue``: the unacknowledged claim is withdrawn (``Claims.withdraw``, taskstate's
-  ``on_withdraw``: not counted against max_attempts).
+  ``on_withdraw``: not counted against max_attempts), again while the store fails.
 - ``Refuse``: a stale ack is answered with a cancel of that task, unless this delegate
   holds a newer attempt of it.
 
@@ -38,13 +38,23 @@ import structlog
 
 from manager.core.assignment import Action, Assigner, Push, Queued, Refuse, Requeue
 from manager.core.eligibility import EnvFacts, TaskFacts, place_of
+from manager.errors import Unavailable
 from manager.records import TaskRecord
+from manager.store.base import StoreError
 from manager.tasks.hub import Hub, Session
 from shared.protocol import AcquireResponse, TaskAssigned, TaskCancel
 
 __all__ = ["Claims", "Handout"]
 
 log = structlog.get_logger("tether.handout")
+
+# A withdrawal the store failed is tried again this many times in all, waiting from
+# ``retry_after`` doubling up to WITHDRAW_RETRY_MAX between tries: about 15 s, the length of
+# a database restart on a loaded machine. Forgotten instead, the claim would stay until its
+# lease ran out and count as a lost attempt: a task of one attempt, declined by a full
+# delegate during a restart, failed without ever running.
+WITHDRAW_TRIES = 12
+WITHDRAW_RETRY_MAX = 2.0
 
 
 class Claims(Protocol):
@@ -91,8 +101,10 @@ class Handout:
         tick: float,
         clock: Callable[[], float] = time.monotonic,
         envs: Mapping[str, EnvFacts] | None = None,
+        retry_after: float = 0.1,
     ) -> None:
         self._hub = hub
+        self._retry_after = retry_after
         self._clock = clock
         self._tick = tick
         self._envs: Mapping[str, EnvFacts] = {} if envs is None else envs
@@ -325,7 +337,7 @@ class Handout:
                     attempt=action.attempt,
                     reason=action.reason,
                 )
-                await self._claims.withdraw(action.task_id, action.delegate_id, action.attempt)
+                await self._withdraw(action)
             else:
                 self._refuse(action)
         except Exception as exc:
@@ -337,6 +349,27 @@ class Handout:
                 error=f"{type(exc).__name__}: {exc}",
             )
             self._carry(self.assigner.gone(action.task_id, self._clock()))
+
+    async def _withdraw(self, requeue: Requeue) -> None:
+        """Take the claim back, trying again while the store fails (WITHDRAW_TRIES); the
+        actions decided after it on the same task (its next push) wait for it meanwhile."""
+        assert self._claims is not None, "bound at start"
+        delay = self._retry_after
+        for _ in range(WITHDRAW_TRIES - 1):
+            try:
+                await self._claims.withdraw(requeue.task_id, requeue.delegate_id, requeue.attempt)
+                return
+            except (StoreError, Unavailable) as exc:
+                log.warning(
+                    "withdrawal failed; trying again",
+                    task_id=requeue.task_id,
+                    retry_in_s=delay,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WITHDRAW_RETRY_MAX)
+        # The last try: its failure is the caller's (the task is forgotten here).
+        await self._claims.withdraw(requeue.task_id, requeue.delegate_id, requeue.attempt)
 
     def _current(self, push: Push) -> bool:
         """``push`` is still the Assigner's last word on its task. A push is carried out after

@@ -20,6 +20,7 @@ from manager.keys.masterkey import MasterKey
 from manager.records import DelegateRecord
 from manager.schemas.grants import Target
 from manager.schemas.tasks import TaskSubmit
+from manager.store.base import StoreError
 from manager.store.sqlite import SqliteStore
 from manager.tasks.events import TaskEvents
 from manager.tasks.handout import Handout
@@ -74,7 +75,10 @@ class World:
             wall=clock,
             heartbeat_interval=TIMINGS.heartbeat_interval,
         )
-        self.handout = Handout(self.hub, ack_within=ACK_WITHIN, tick=1.0, clock=clock)
+        # No wait between tries of a withdrawal the store failed: time here is the clock's.
+        self.handout = Handout(
+            self.hub, ack_within=ACK_WITHIN, tick=1.0, clock=clock, retry_after=0.0
+        )
         self.hub.on_dropped = self.handout.disconnected
         self.tasks = TaskService(
             store=store,
@@ -192,6 +196,33 @@ async def test_a_declined_task_goes_to_the_next_delegate_and_the_decline_is_not_
     await world.tasks.sweep()
     await world.settle()
     assert (await world.task(task_id))[0] is not TaskState.FAILED
+
+
+async def test_a_withdrawal_the_store_failed_is_tried_again_and_the_decline_still_not_counted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart under a decline: forgotten, the claim stayed until its lease ran
+    out and counted as a lost attempt, and a task of one attempt failed without running."""
+    a, b = world.connect("a"), world.connect("b")
+    real_withdraw = world.tasks.withdraw
+    failures = 2
+
+    async def failing_withdraw(task_id: str, delegate_id: str, attempt: int) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StoreError("postgres: the database system is shutting down")
+        await real_withdraw(task_id, delegate_id, attempt)
+
+    monkeypatch.setattr(world.tasks, "withdraw", failing_withdraw)
+    task_id = await world.submit()  # max_attempts 1
+    decliner, taker = (a, "b") if world.streams["a"].assignments() else (b, "a")
+    world.handout.decline(decliner, task_id, 1, full=True)
+    await world.settle()
+    assert failures == 0
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN), (2, None)]
+    assert world.streams[taker].assignments() == [(task_id, 2)]
 
 
 async def test_a_stream_lost_before_the_ack_is_pushed_again_to_the_same_process(
