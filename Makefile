@@ -61,9 +61,14 @@ demo: $(STAMP)
 TEST_WORKERS ?= 4
 # The PostgreSQL-restart fault test restarts the machine's one server, which would break
 # the other workers' connections: it runs alone, after the rest.
+# Failures are printed as Python prints them (--tb=native): pytest's own format parses the
+# failing test's source, and on CPython 3.11.7 that raised "SystemError: AST constructor
+# recursion depth mismatch" for some failures, which killed the worker and hid which test
+# failed.
+TEST_FLAGS ?= --tb=native
 test: $(STAMP)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 -m "not pg_restart"
-	$(BIN)/pytest -q -m pg_restart
+	$(BIN)/pytest -q $(TEST_FLAGS) -n $(TEST_WORKERS) --dist worksteal --durations=15 -m "not pg_restart"
+	$(BIN)/pytest -q $(TEST_FLAGS) -m pg_restart
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
