@@ -431,8 +431,9 @@ async def build_app(config: ManagerConfig, store: Store) -> tuple[web.Applicatio
     doc: dict[str, object] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
-        # Made at the first ask, not at start: it builds the schema of every model (they
-        # are built at first use: shared.models), a cost each start paid for a page few read.
+        # Made at the first ask, not at start: it builds the schema of every model (each
+        # is built at its first use, defer_build), a cost each start paid for a page few
+        # read. No await in between: two first asks cannot both build it.
         if not doc:
             doc.update(openapi_document([r for r in table.routes if not r.console]))
         return web.json_response(doc)

@@ -580,31 +580,27 @@ class TaskService:
     async def on_remote(self, kind: EventKind, task_id: str) -> None:
         """Another replica changed a task: bring this one's memory in line. Its word may
         follow log lines it took (their own word may come later, or not at all): followers
-        read the log again."""
+        read the log again, whatever the kind."""
         if kind == "queued":
             task = await self._store.get_task(task_id)
             if task is not None and task.state is TaskState.QUEUED:
                 self._remember(task)
                 self._track(task)
                 self.handout.queued(task)
-            self._events.notify(task_id, listed=True, logs=True)
         elif kind == "dequeued":
             self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
-            self._events.notify(task_id, listed=True, logs=True)
         elif kind == "cancel":
             self._hub.cancel(task_id)
-            self._events.notify(task_id, listed=True, logs=True)
-        elif kind == "changed":
-            self._events.notify(task_id, logs=True)
-        else:
+        elif kind != "changed":
             self.handout.gone(task_id)
             self._open.pop(task_id, None)
             self._deadlines.pop(task_id, None)
             self._hub.leases.release(task_id)
             self._hub.cancelling.discard(task_id)
-            self._events.notify(task_id, listed=True, logs=True)
+        # "changed" is log lines alone: a task list shows nothing new.
+        self._events.notify(task_id, listed=kind != "changed", logs=True)
 
     async def reconcile(self) -> None:
         """Make memory match the store: the repair for a missed replica event.
