@@ -1,8 +1,10 @@
 """Simulated delegates: the manager's own cost of the task path.
 
-N delegates in this process speak protocol v2 over TLS (register; the WebSocket stream, whose
-assignments each is acked, or HTTPS long-polls answered with one; the result over HTTPS) and
-finish every task the moment it is assigned, so what is measured is the manager. Latencies
+N delegates in this process speak protocol v2 over TLS and finish every task the moment it is
+assigned, so what is measured is the manager. They take the real delegate's paths: on the
+stream (``--mode stream``) each assignment is acked and its result goes back as a stream
+request, as ``tether-delegate`` sends it while its stream is up; a poller
+(``--mode poll``) takes one assignment a long-poll and posts its result over HTTPS. Latencies
 are taken on this process's clock:
 
     started: submit sent -> assignment received     result: submit sent -> result answered
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import secrets
 import time
@@ -53,6 +56,10 @@ class Timeline:
     # design, so more than that is the cost of declines.
     pushes: int = 0
     declines: int = 0
+    # Results by the way they went: a refused one (any reply but a recorded result) is
+    # counted, never retried, so a run with refusals does not finish.
+    results_over: dict[str, int] = field(default_factory=lambda: {"stream": 0, "https": 0})
+    refused: int = 0
 
     def submit(self, task_id: str, sent: float) -> None:
         self.submitted[task_id] = sent
@@ -126,6 +133,10 @@ class SimDelegate:
         self.connected = asyncio.Event()
         self.key = secrets.token_urlsafe(16)
         self.freed = asyncio.Event()
+        # The stream while it is up, and its requests awaiting a reply (id -> task id).
+        self.ws: ClientConnection | None = None
+        self.requests: dict[int, str] = {}
+        self.request_ids = itertools.count()
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credential}"}
@@ -174,12 +185,15 @@ class SimDelegate:
         ) as ws:
             await ws.send(json.dumps({"type": "hello", "key": self.key, "running": []}))
             await ws.recv()
+            self.ws = ws
             self.connected.set()
             beats = asyncio.create_task(self._stream_beats(ws))
             try:
                 async for raw in ws:
                     frame = json.loads(raw)
-                    if frame["type"] == "assignment":
+                    if frame["type"] == "reply":
+                        self._replied(frame)
+                    elif frame["type"] == "assignment":
                         handed = frame["assignment"]
                         task_id, attempt = handed["task"]["id"], handed["attempt"]
                         self.bench.timeline.pushes += 1
@@ -195,7 +209,20 @@ class SimDelegate:
                             }
                         await ws.send(json.dumps(answer))
             finally:
+                self.ws = None
                 beats.cancel()
+
+    def _replied(self, frame: dict[str, Any]) -> None:
+        task_id = self.requests.pop(frame["id"], None)
+        if task_id is None:
+            return
+        self.running.discard(task_id)
+        self.freed.set()
+        if frame.get("result") is not None:
+            self.bench.timeline.results_over["stream"] += 1
+            self.bench.timeline.done(task_id)
+        else:
+            self.bench.timeline.refused += 1
 
     async def _stream_beats(self, ws: ClientConnection) -> None:
         seq = 0
@@ -250,14 +277,25 @@ class SimDelegate:
     async def _complete(self, task_id: str, attempt: int) -> None:
         base = f"{self.url}/api/v1/delegate/tasks/{task_id}"
         timeline = self.bench.timeline
+        result = {"attempt": attempt, "status": "succeeded", "exit_code": 0}
+        await asyncio.sleep(0)  # the ack goes out first
+        ws = self.ws
+        if ws is not None:
+            # The slot frees when the reply comes (_replied), as the real delegate's does.
+            request_id = next(self.request_ids)
+            self.requests[request_id] = task_id
+            frame = {"type": "result", "id": request_id, "task_id": task_id, "result": result}
+            await ws.send(json.dumps(frame))
+            return
         try:
-            await asyncio.sleep(0)  # the ack goes out first
-            result = {"attempt": attempt, "status": "succeeded", "exit_code": 0}
             async with self.bench.http.post(
                 f"{base}/result", json=result, headers=self._auth()
             ) as resp:
                 if resp.status == 200:
+                    timeline.results_over["https"] += 1
                     timeline.done(task_id)
+                else:
+                    timeline.refused += 1
         finally:
             self.running.discard(task_id)
             self.freed.set()
@@ -374,7 +412,10 @@ async def _submit_and_wait(bench: SimBench, opts: BenchOptions, urls: list[str])
         "result_latency_ms": tl.latencies(tl.finished),
         "pushes_per_task": round(tl.pushes / opts.tasks, 2),
         "declines": tl.declines,
+        "results_over": tl.results_over,
     }
+    if tl.refused:
+        out["results_refused"] = tl.refused
     if opts.rate is not None:
         out["rate"] = opts.rate
     return out

@@ -52,6 +52,9 @@ async def test_simulated_stream_bench_completes_every_task() -> None:
     assert out["mode"] == "stream"
     assert out["delegates_connected"] == 2
     assert out["database"] == "sqlite"
+    # The real delegate's path while its stream is up: results as stream requests.
+    assert out["results_over"] == {"stream": 50, "https": 0}
+    assert "results_refused" not in out
     json.dumps(out)  # what the command prints
 
 
@@ -62,6 +65,7 @@ async def test_simulated_polling_bench_completes_every_task() -> None:
     _assert_task_figures(out, 30)
     assert out["mode"] == "poll"
     assert out["delegates_connected"] == 2
+    assert out["results_over"] == {"stream": 0, "https": 30}
 
 
 async def test_rate_paces_submissions() -> None:
