@@ -565,11 +565,15 @@ async def follow_task(
 
     last_state: TaskState | None = None
     task: TaskRecord | None
-    # The log's notifies while this stream lasts, and their count when a read last reached
-    # the log's end: a wake with no notify since (a state change, a recheck) reads no page,
-    # unless the task is final. That read is the one that must see the whole log: another
-    # replica's word of its last lines may come after the final state can be read here.
-    tally = c.events.tally(task_id)
+    # What this stream learns between wakes (TaskNews): the log's notifies, and their count
+    # when a read last reached the log's end, so a wake with no notify since (a state change,
+    # a recheck) reads no page; and the task as this process last wrote it, so a wake after
+    # a change made here reads no task. With other replicas, the final state is always
+    # followed by one more page: another replica's word of its last lines may come after
+    # the final state can be read here. Alone, every line's notify came before its answer,
+    # and the delegate reports only once its lines were answered.
+    news = c.events.news(task_id)
+    final_read = c.bus.shared
     read_to_end_at: int | None = None
     while not c.stopping:
         if first is not None:
@@ -578,15 +582,15 @@ async def follow_task(
         else:
             changed = c.events.listen(task_id)
             revoked = access.principals.changed()
-            task = await c.task_reads.get(task_id)
+            task = news.task if news.task is not None else await c.task_reads.get(task_id)
         if task is None:
             break
         if task.state is not last_state:
             last_state = task.state
             await emit(FollowEvent("state", state=task.state.value))
         lines: Sequence[LogRecord] | None = ()
-        if read_to_end_at != tally.grown or task.state in FINAL_STATES:
-            grown = tally.grown  # before the read: a notify during it means read again
+        if read_to_end_at != news.grown or (final_read and task.state in FINAL_STATES):
+            grown = news.grown  # before the read: a notify during it means read again
             deadline = asyncio.timeout(LOG_WRITE_S)
             try:
                 async with (
@@ -609,8 +613,8 @@ async def follow_task(
             if lines is not None:
                 read_to_end_at = grown
         if lines is not None and task.state in FINAL_STATES:
-            # The delegate ships every log line before it reports, so once the state read
-            # above is final, the read after it saw the whole log.
+            # The delegate ships every log line before it reports, so once the state above
+            # is final, a read to the log's end since its last line's notify saw it whole.
             await emit(FollowEvent("end", task=task))
             break
         await first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)

@@ -1,26 +1,41 @@
 """Wake-ups for readers that follow a task (live logs, state changes) in this process, and
-for those that follow the task list (a console list: a task created or changing state)."""
+for those that follow the task list (a console list: a task created or changing state).
+
+A follower also holds the task's :class:`TaskNews` for as long as it follows: how often the
+log grew, and the task as this process last wrote it, so a wake after a change made here
+costs no store read."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
 
-__all__ = ["LogTally", "TaskEvents"]
+from manager.records import TaskRecord
+
+__all__ = ["TaskEvents", "TaskNews"]
 
 
-class LogTally:
-    """How often a task's log grew (or may have) while a follower held this: a follower that
-    read to the end of the log when the count was N need not read it again while it is N.
+class TaskNews:
+    """What a follower of one task learns between its wakes, kept while it holds this.
 
-    Counted on an object the follower holds for its whole stream, not on the one-shot wake
-    event: a log notify between one wake and the next listen finds no event to mark, and
-    would be missed."""
+    ``grown``: how often the task's log grew (or may have). A follower that read to the end
+    of the log when the count was N need not read it again while it is N.
 
-    __slots__ = ("__weakref__", "grown")
+    ``task``: the task as this process last wrote it (the row its store write returned),
+    or None when the store must be read: nothing was written here since the follower began,
+    or another replica changed the task. Once another replica's word came (``remote``),
+    it stays None: that word may arrive before the answer to an older write made here, whose
+    row would then be taken for the newest.
+
+    Kept on an object the follower holds for its whole stream, not on the one-shot wake
+    event: a notify between one wake and the next listen finds no event to mark."""
+
+    __slots__ = ("__weakref__", "grown", "remote", "task")
 
     def __init__(self) -> None:
         self.grown = 0
+        self.task: TaskRecord | None = None
+        self.remote = False
 
 
 class TaskEvents:
@@ -40,8 +55,8 @@ class TaskEvents:
             weakref.WeakValueDictionary()
         )
         self._listed = asyncio.Event()
-        # Held weakly as well: a tally lives as long as a follow of its task.
-        self._tallies: weakref.WeakValueDictionary[str, LogTally] = weakref.WeakValueDictionary()
+        # Held weakly as well: news lives as long as a follow of its task.
+        self._news: weakref.WeakValueDictionary[str, TaskNews] = weakref.WeakValueDictionary()
 
     def listen(self, task_id: str) -> asyncio.Event:
         event = self._events.get(task_id)
@@ -56,20 +71,33 @@ class TaskEvents:
     def listen_listed(self) -> asyncio.Event:
         return self._listed
 
-    def tally(self, task_id: str) -> LogTally:
-        """The count of the task's log notifies, for a follower to hold while it follows."""
-        tally = self._tallies.get(task_id)
-        if tally is None:
-            tally = self._tallies[task_id] = LogTally()
-        return tally
+    def news(self, task_id: str) -> TaskNews:
+        """The task's news, for a follower to hold while it follows."""
+        news = self._news.get(task_id)
+        if news is None:
+            news = self._news[task_id] = TaskNews()
+        return news
 
-    def notify(self, task_id: str, *, listed: bool = False, logs: bool = False) -> None:
+    def wrote(self, task: TaskRecord) -> None:
+        """The store committed ``task`` as it is now, written by this process. Called as the
+        write's answer arrives, before the notify it leads to: writes of one task are
+        compare-and-set on its state, and their answers come in the order they committed."""
+        news = self._news.get(task.id)
+        if news is not None and not news.remote:
+            news.task = task
+
+    def notify(
+        self, task_id: str, *, listed: bool = False, logs: bool = False, remote: bool = False
+    ) -> None:
         """``listed``: the change shows in a task list (not only new log lines). ``logs``:
-        lines were added to its log (or may have been: another replica's word)."""
-        if logs:
-            tally = self._tallies.get(task_id)
-            if tally is not None:
-                tally.grown += 1
+        lines were added to its log (or may have been). ``remote``: another replica's word,
+        so the task must be read from the store from now on."""
+        news = self._news.get(task_id)
+        if news is not None:
+            if logs:
+                news.grown += 1
+            if remote:
+                news.remote, news.task = True, None
         event = self._events.pop(task_id, None)
         if event is not None:
             event.set()

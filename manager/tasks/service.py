@@ -600,7 +600,7 @@ class TaskService:
             self._hub.leases.release(task_id)
             self._hub.cancelling.discard(task_id)
         # "changed" is log lines alone: a task list shows nothing new.
-        self._events.notify(task_id, listed=kind != "changed", logs=True)
+        self._events.notify(task_id, listed=kind != "changed", logs=True, remote=True)
 
     async def reconcile(self) -> None:
         """Make memory match the store: the repair for a missed replica event.
@@ -809,6 +809,7 @@ class TaskService:
         )
         if updated is not None:
             self._remember(updated)
+            self._events.wrote(updated)
         return updated
 
     def _remember(self, task: TaskRecord) -> None:
