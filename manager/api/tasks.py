@@ -567,13 +567,19 @@ async def follow_task(
     task: TaskRecord | None
     # What this stream learns between wakes (TaskNews): the log's notifies, and their count
     # when a read last reached the log's end, so a wake with no notify since (a state change,
-    # a recheck) reads no page; and the task as this process last wrote it, so a wake after
-    # a change made here reads no task. With other replicas, the final state is always
-    # followed by one more page: another replica's word of its last lines may come after
-    # the final state can be read here. Alone, every line's notify came before its answer,
-    # and the delegate reports only once its lines were answered.
+    # a recheck) reads no page; and, alone, the task as this process last wrote it, so a
+    # wake after a change made here reads no task. With other replicas (PostgreSQL) the task
+    # is read at every wake: two writes' answers may come back out of commit order (a cancel
+    # and a result decided from one snapshot), and another replica's word may be lost. And
+    # the final state is always followed by one more page: another replica's word of its
+    # last lines may come after the final state can be read here. Alone, every line's notify
+    # came before its answer, and the delegate reports only once its lines were answered.
+    # A wake by the timer reads the store in any case: the repair, within FOLLOW_RECHECK_S,
+    # for a write whose word never came.
     news = c.events.news(task_id)
     final_read = c.bus.shared
+    trust_news = not c.bus.shared
+    timer_woke = False
     read_to_end_at: int | None = None
     while not c.stopping:
         if first is not None:
@@ -582,7 +588,11 @@ async def follow_task(
         else:
             changed = c.events.listen(task_id)
             revoked = access.principals.changed()
-            task = news.task if news.task is not None else await c.task_reads.get(task_id)
+            task = (
+                news.task
+                if trust_news and not timer_woke and news.task is not None
+                else await c.task_reads.get(task_id)
+            )
         if task is None:
             break
         if task.state is not last_state:
@@ -618,6 +628,7 @@ async def follow_task(
             await emit(FollowEvent("end", task=task))
             break
         await first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
+        timer_woke = not changed.is_set() and not revoked.is_set()
         # The stream outlives the check that opened it: a session ended or expired, a key
         # revoked or a user disabled since ends it (a change here at once, one on another
         # replica within the principals' 1 s cache); a read permission taken away, on a

@@ -80,8 +80,9 @@ class TaskEvents:
 
     def wrote(self, task: TaskRecord) -> None:
         """The store committed ``task`` as it is now, written by this process. Called as the
-        write's answer arrives, before the notify it leads to: writes of one task are
-        compare-and-set on its state, and their answers come in the order they committed."""
+        write's answer arrives, before the notify it leads to. Only SQLite answers writes in
+        the order they committed (one write queue): a follower trusts this only there
+        (manager.api.tasks.follow_task)."""
         news = self._news.get(task.id)
         if news is not None and not news.remote:
             news.task = task

@@ -149,6 +149,10 @@ async def test_a_wake_after_another_replicas_word_reads_the_task_to_the_end(
 async def test_a_follow_ends_on_the_final_state_written_here_without_reading_the_task(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Alone (SQLite). With replicas (PostgreSQL) the store is read at each wake: answers to
+    writes of one task come back in the order they committed only through SQLite's one
+    write queue, and another replica's word may be lost on the way."""
+    shared = api.client.app[CTX].bus.shared
     async with _following(api, monkeypatch) as f:
         await _post_line(api, f.task_id, f.cred, 0)
         assert (await _next(f.resp))["line"]["text"] == "line 0"
@@ -162,7 +166,7 @@ async def test_a_follow_ends_on_the_final_state_written_here_without_reading_the
         assert last["kind"] == "end", last
         assert last["task"]["state"] == "succeeded"
         assert last["task"]["exit_code"] == 0
-    assert f.counted.gets == before, f.counted.gets
+    assert f.counted.gets == before + (1 if shared else 0), f.counted.gets
 
 
 async def test_a_line_noted_between_a_wake_and_the_next_listen_is_read_at_once(
