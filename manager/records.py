@@ -207,6 +207,15 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """A new task's claim, written with it (TaskStore.insert_task): its attempt's row, and
+    the lease, counted from the insert on the store's clock as any claim's (LeaseFor)."""
+
+    attempt: AttemptRecord
+    lease_for: float
+
+
+@dataclass(frozen=True, slots=True)
 class LogRecord:
     attempt: int
     seq: int

@@ -35,6 +35,7 @@ from manager.records import (
     AllowlistEntry,
     ApiKeyRecord,
     AttemptRecord,
+    Claimed,
     DelegateRecord,
     EntityRecord,
     LogRecord,
@@ -164,9 +165,14 @@ class TaskStore(abc.ABC):
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
         data_key: NewDataKey | None = None,
+        claim: Claimed | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Insert, or return the task submitted with the same idempotency key within the
         window. The bool is True when a new row was written. Durable when it returns.
+
+        ``claim``: the task is written claimed (``task`` is running at ``claim``'s attempt),
+        with that attempt's row and a lease of ``claim.lease_for`` seconds on the store's
+        clock, in the same transaction; only when the row is new.
 
         Every write that takes ``audit`` chains the event it makes of the new (or changed)
         row in the same transaction, and only when it wrote one (module docstring).

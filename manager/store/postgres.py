@@ -35,6 +35,7 @@ import structlog
 
 from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
+    Claimed,
     LogRecord,
     Presence,
     SecretRecord,
@@ -357,15 +358,22 @@ class PostgresStore(SqlStore):
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
         data_key: NewDataKey | None = None,
+        claim: Claimed | None = None,
     ) -> tuple[TaskRecord, bool]:
-        params = tasks.task_params(task, self._dump)
+        params = tasks.task_params(task, self._dump, claim)
         text = tasks.INSERT_TASK
+        ctes = []
         if data_key is not None:
             # The key rides in the insert's statement: one round trip and one commit.
-            text = f"WITH k AS ({data_keys.ADD_WITH_RECORD}) {text}"
+            ctes.append(f"k AS ({data_keys.ADD_WITH_RECORD})")
             params.update(data_keys.key_params(data_key))
-        insert, names = render(text, Dialect.POSTGRES)
         key = task.idempotency_key
+        if claim is not None and key is None:
+            # So does the attempt's row: with no key, the insert cannot be a conflict.
+            ctes.append(f"a AS ({tasks.START_ATTEMPT})")
+        if ctes:
+            text = f"WITH {', '.join(ctes)} {text}"
+        insert, names = render(text, Dialect.POSTGRES)
         if key is None:
             await self._write(text, params, of_value(task, audit))
             return task, True
@@ -380,6 +388,9 @@ class PostgresStore(SqlStore):
                     # Outside the window the key is free again; the old task keeps its id.
                     await c.execute(clear, row["id"])
                 if await c.fetchval(insert, *bind(names, params)) is not None:
+                    if claim is not None:
+                        start, start_names = render(tasks.START_ATTEMPT, Dialect.POSTGRES)
+                        await c.execute(start, *bind(start_names, params))
                     if audit is not None and (entry := audit(task)) is not None:
                         await _chain(c, entry)
                     return task, True

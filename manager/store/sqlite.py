@@ -29,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 from manager.core.audit_chain import AuditAppend, AuditDraft, AuditEvent, AuditOf, ChainKey, seal
 from manager.records import (
+    Claimed,
     LogRecord,
     Presence,
     SecretRecord,
@@ -240,8 +241,10 @@ class SqliteStore(SqlStore):
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
         data_key: NewDataKey | None = None,
+        claim: Claimed | None = None,
     ) -> tuple[TaskRecord, bool]:
-        params = tasks.task_params(task, self._dump)
+        params = tasks.task_params(task, self._dump, claim)
+        params.update(self._lease_params())
 
         def fn(c: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if task.idempotency_key is not None:
@@ -254,6 +257,8 @@ class SqliteStore(SqlStore):
             if data_key is not None:  # only with a new row: an earlier task answers without
                 c.execute(_sql(data_keys.ADD_WITH_RECORD), data_keys.key_params(data_key))
             c.execute(_sql(tasks.INSERT_TASK), params).fetchall()
+            if claim is not None:
+                c.execute(_sql(tasks.START_ATTEMPT), params)
             if audit is not None and (entry := audit(task)) is not None:
                 _chain(c, entry)
             return task, True

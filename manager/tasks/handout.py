@@ -44,7 +44,7 @@ from manager.store.base import StoreError
 from manager.tasks.hub import Hub, Session
 from shared.protocol import AcquireResponse, TaskAssigned, TaskCancel
 
-__all__ = ["Claims", "Handout"]
+__all__ = ["Claims", "Handout", "Reserved"]
 
 log = structlog.get_logger("tether.handout")
 
@@ -70,6 +70,16 @@ class Claims(Protocol):
     async def withdraw(self, task_id: str, delegate_id: str, attempt: int) -> None:
         """Take back the unacknowledged claim of ``attempt`` (nothing if it moved on)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A new task's place in the hand-out until its insert is answered (Handout.reserve):
+    the gate every action on it waits behind, and the push to claim in the insert."""
+
+    gate: asyncio.Future[None]
+    push: Push | None
+    session: Session | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,56 @@ class Handout:
         """The task is in the queue at ``task.attempt`` (submitted, requeued, recovered, or
         queued through another replica)."""
         self._carry(self.assigner.queued(self._queued(task), self._clock()))
+
+    def reserve(self, task: TaskRecord) -> Reserved:
+        """A new task, about to be stored: it enters the queue now, so that a delegate of the
+        stream with a free slot can be chosen for it and claimed in the insert's own
+        transaction (one commit fewer on its way, and no window in which it is queued).
+
+        Every action on the task waits until :meth:`inserted` or :meth:`not_inserted` is
+        called (the task is not in the store before): the caller must call one of them.
+        ``push`` is set when the Assigner pushed it at once to a delegate whose stream is up:
+        the caller writes that claim with the task (taskstate's ``on_acquire``) and then
+        calls :meth:`inserted` with its assignment. A push to a poller is left to the usual
+        claim, after the insert."""
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._chains[task.id] = gate
+        gate.add_done_callback(functools.partial(self._done, task.id))
+        actions = self.assigner.queued(self._queued(task), self._clock())
+        push = next((a for a in actions if isinstance(a, Push) and a.task_id == task.id), None)
+        session = None if push is None else self._hub.sessions.get(push.delegate_id)
+        if push is None or session is None or session.mode != "stream":
+            push, session = None, None
+        self._carry([a for a in actions if a is not push])
+        return Reserved(gate, push, session)
+
+    def inserted(self, reserved: Reserved, handed: AcquireResponse | None) -> None:
+        """The task is stored; ``handed``: the assignment of the claim written with it, to
+        send now (None: it was stored queued). Actions decided meanwhile run from here."""
+        push = reserved.push
+        self._open_gate(reserved)
+        if handed is None or push is None or not self._current(push):
+            # Not claimed with it, or taken back while the insert was written (the stream
+            # was lost): the Requeue decided meanwhile, free to run now, withdraws the claim.
+            return
+        session = self._hub.sessions.get(push.delegate_id)
+        if session is None:
+            return  # dropped since: disconnected() requeued it already, or will
+        self.pushed += 1
+        self._handed.setdefault(push.task_id, set()).add(push.delegate_id)
+        # As _push: on a lost stream the frame is lost, and the Assigner pushes it again to
+        # the same process when it is back, or requeues it.
+        self._hub.send(session, TaskAssigned(assignment=handed))
+
+    def not_inserted(self, reserved: Reserved, task_id: str) -> None:
+        """The insert failed, or found an earlier task of the same idempotency key: the task
+        is no one's to hand out."""
+        self._open_gate(reserved)
+        self._carry(self.assigner.gone(task_id, self._clock()))
+
+    def _open_gate(self, reserved: Reserved) -> None:
+        if not reserved.gate.done():
+            reserved.gate.set_result(None)
 
     def adopt(self, task: TaskRecord) -> None:
         """A task the store holds running from before this process started (recovery)."""

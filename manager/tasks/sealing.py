@@ -33,7 +33,7 @@ import structlog
 
 from manager.core.audit_chain import AuditAppend, AuditOf
 from manager.keys.data_keys import DataKey, DataKeyError, DataKeys, is_sealed
-from manager.records import AttemptRecord, LogRecord, TaskFilter, TaskRecord
+from manager.records import AttemptRecord, Claimed, LogRecord, TaskFilter, TaskRecord
 from manager.store.base import BadData, Store, StoreError
 from shared.limits import MAX_LOG_PAGE_BYTES
 from shared.logbytes import shown
@@ -84,6 +84,7 @@ class SealedTasks:
         *,
         idempotency_window: float,
         audit: AuditOf[TaskRecord] | None = None,
+        claim: Claimed | None = None,
     ) -> tuple[TaskRecord, bool]:
         # A task id is new at its insert (manager.tasks.service makes it), and so is its key.
         owner = owner_of(task.id)
@@ -96,6 +97,7 @@ class SealedTasks:
                 idempotency_window=idempotency_window,
                 audit=None if audit is None else _opening(audit, key, sealed, task),
                 data_key=new_key,
+                claim=claim,
             )
         except BaseException:
             # The key made here may not be the one stored (a row of that id was there).

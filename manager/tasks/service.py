@@ -34,14 +34,14 @@ from manager.core.taskstate import (
 from manager.errors import Conflicting, Gone, Invalid, NotFound, Unavailable
 from manager.keys.masterkey import MasterKey
 from manager.metrics import Metrics
-from manager.records import AttemptRecord, LogRecord, TaskRecord
+from manager.records import AttemptRecord, Claimed, LogRecord, TaskRecord
 from manager.schemas.grants import Target
 from manager.schemas.tasks import TaskSubmit
 from manager.store.base import Store, StoreError
 from manager.tasks.bus import Bus, EventKind, LocalBus
 from manager.tasks.envs import EnvIndex
 from manager.tasks.events import TaskEvents
-from manager.tasks.handout import Handout
+from manager.tasks.handout import Handout, Reserved
 from manager.tasks.hub import Hub, Session
 from manager.tasks.idempotency import differences, scoped
 from shared.ids import new_id
@@ -325,18 +325,78 @@ class TaskService:
     async def _insert(
         self, record: TaskRecord, audit: AuditOf[TaskRecord] | None = None
     ) -> tuple[TaskRecord, bool]:
-        stored, created = await self._store.insert_task(
-            record, idempotency_window=IDEMPOTENCY_WINDOW_S, audit=audit
-        )
-        if created:
-            self._metrics.tasks_submitted.inc()
-            self._remember(stored)
-            self._track(stored)
-            self.handout.queued(stored)
+        # The hand-out may choose a delegate for it at once: then the claim is written with
+        # the task, in its transaction, and the assignment goes out once that commits.
+        reserved = self.handout.reserve(record)
+        claim = None
+        if reserved.push is not None and reserved.session is not None:
+            submitted = record
+            record, claim = self._claimed(record, reserved.session, reserved.push.key)
+            if audit is not None:
+                audit = _as_submitted(audit, record, submitted)
+        try:
+            stored, created = await self._store.insert_task(
+                record, idempotency_window=IDEMPOTENCY_WINDOW_S, audit=audit, claim=claim
+            )
+        except BaseException:
+            self.handout.not_inserted(reserved, record.id)
+            raise
+        if not created:
+            self.handout.not_inserted(reserved, record.id)
+            return stored, created
+        self._metrics.tasks_submitted.inc()
+        self._remember(stored)
+        self._track(stored)
+        log.info("task submitted", task_id=stored.id, type=stored.type)
+        if claim is None or reserved.session is None:
+            self.handout.inserted(reserved, None)
             self._bus.publish("queued", stored.id)
-            self._events.notify(stored.id, listed=True)
-            log.info("task submitted", task_id=stored.id, type=stored.type)
+        else:
+            await self._hand_inserted(reserved, stored, reserved.session)
+        self._events.notify(stored.id, listed=True)
         return stored, created
+
+    def _claimed(
+        self, record: TaskRecord, session: Session, key: str
+    ) -> tuple[TaskRecord, Claimed]:
+        """``record`` claimed for ``session``'s delegate under ``key`` as claim() would
+        (taskstate's on_acquire of a queued task), and the claim for its insert."""
+        lease_for = max(self._hub.lease_left(session.id), self.handout.ack_within)
+        decision = on_acquire(record, session.id, self._wall(), lease_for=lease_for, key=key)
+        # The lease is the store's to count (Claimed.lease_for), never a time written here.
+        changes = {k: v for k, v in decision.changes.items() if k != "lease_until"}
+        claimed = dataclasses.replace(record, **changes)
+        start = AttemptRecord(
+            task_id=claimed.id,
+            attempt=claimed.attempt,
+            delegate_id=session.id,
+            started_at=changes["started_at"],
+        )
+        return claimed, Claimed(start, lease_for)
+
+    async def _hand_inserted(self, reserved: Reserved, task: TaskRecord, session: Session) -> None:
+        """What claim() does once its commit is in, for a task stored claimed."""
+        # Others forget it, should they have heard of it (it was never queued in the store).
+        self._bus.publish("dequeued", task.id)
+        session.strangers = session.strangers - {task.id}
+        self._hub.leases.grant(task.id, session.id)
+        queued_at = task.queued_at if task.queued_at is not None else task.created_at
+        self._metrics.dispatch_latency.observe(max(0.0, self._wall() - queued_at))
+        try:
+            handed = await self._assignment(session, task)
+        except Exception as exc:
+            # As a failed claim: forgotten by the hand-out, the lease runs out and the sweep
+            # queues it again. The submission stands: the task is stored.
+            log.warning(
+                "hand-out action failed",
+                task_id=task.id,
+                action="Push",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self.handout.not_inserted(reserved, task.id)
+            return
+        log.debug("task assigned", task_id=task.id, delegate_id=session.id, attempt=task.attempt)
+        self.handout.inserted(reserved, handed)
 
     async def cancel(
         self, task_id: str, *, audit: AuditOf[tuple[TaskRecord, TaskRecord]] | None = None
@@ -838,6 +898,15 @@ class TaskService:
             self._hub.cancelling.discard(task.id)
             self.handout.gone(task.id)
         self._events.notify(task.id, listed=True)
+
+
+def _as_submitted(
+    audit: AuditOf[TaskRecord], claimed: TaskRecord, submitted: TaskRecord
+) -> AuditOf[TaskRecord]:
+    """``audit`` of a task stored claimed, told it as submitted (queued): the event of a
+    submission says what was asked for (and the submit's answer, made with it, stays what
+    it was before claims were written with the insert)."""
+    return lambda task: audit(submitted if task is claimed else task)
 
 
 def _of_change(

@@ -15,6 +15,7 @@ from typing import Any
 from manager.core.audit_chain import AuditOf
 from manager.records import (
     AttemptRecord,
+    Claimed,
     DelegateRecord,
     LeaseFor,
     LogRecord,
@@ -69,8 +70,15 @@ TASK_BY_IDEMPOTENCY_KEY = (
 CLEAR_IDEMPOTENCY_KEY = "UPDATE tasks SET idempotency_key = NULL WHERE id = :id"
 # Two submits with one new key race to the unique index (PostgreSQL): the loser's insert
 # does nothing, and its next look-up returns the winner's task.
+# ``lease_until`` is bound as a duration (a claim written with the task: Claimed), counted
+# from now on the store's clock as every lease is; NULL for a task written queued.
+_INSERT_VALUES = ", ".join(
+    f"{{LEASE_NOW}} + :{name}" if name == "lease_until" else f":{name}"
+    for name in fields(TaskRecord)
+)
 INSERT_TASK = (
-    "INSERT INTO tasks({TASK_COLUMNS}) VALUES ({TASK_PARAMS})"
+    # The record's own field names (never user text), as {TASK_PARAMS} would bind them.
+    f"INSERT INTO tasks({{TASK_COLUMNS}}) VALUES ({_INSERT_VALUES})"  # noqa: S608
     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 )
 END_ATTEMPT = (
@@ -183,8 +191,16 @@ def _encode(col: str, value: Any, dump: Callable[[Any], Any]) -> Any:
     return value
 
 
-def task_params(task: TaskRecord, dump: Callable[[Any], Any]) -> dict[str, Any]:
-    return {name: _encode(name, getattr(task, name), dump) for name in fields(TaskRecord)}
+def task_params(
+    task: TaskRecord, dump: Callable[[Any], Any], claim: Claimed | None = None
+) -> dict[str, Any]:
+    """An insert's parameters (INSERT_TASK): with ``claim``, its lease as a duration and its
+    attempt's row (START_ATTEMPT's)."""
+    params = {name: _encode(name, getattr(task, name), dump) for name in fields(TaskRecord)}
+    params["lease_until"] = None if claim is None else claim.lease_for
+    if claim is not None:
+        params.update({f"start_{k}": v for k, v in params_of(claim.attempt).items()})
+    return params
 
 
 def _update_task_sql(

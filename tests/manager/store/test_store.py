@@ -11,6 +11,7 @@ import pytest
 
 from manager.records import (
     AttemptRecord,
+    Claimed,
     DelegateRecord,
     LeaseFor,
     LogRecord,
@@ -66,7 +67,12 @@ def line(seq: int, text: str = "", attempt: int = 1) -> LogRecord:
     return LogRecord(attempt=attempt, seq=seq, stream="stdout", ts=1_000.0 + seq, text=text)
 
 
-ACQUIRE = {"state": TaskState.RUNNING, "attempt": 1, "delegate_id": "dlg_1", "started_at": 1_010.0}
+ACQUIRE: dict[str, Any] = {
+    "state": TaskState.RUNNING,
+    "attempt": 1,
+    "delegate_id": "dlg_1",
+    "started_at": 1_010.0,
+}
 
 
 async def acquired(store: Store, task_id: str = "task_1") -> TaskRecord:
@@ -650,6 +656,57 @@ async def test_a_lease_from_an_acquire_runs_on_the_store_clock(store: Store) -> 
     assert running is not None
     assert running.acquire_key == "key-0001"
     assert [t.id for t in await store.expired_leases()] == ["task_1"]
+
+
+def _claim(task_id: str, lease_for: float) -> Claimed:
+    return Claimed(AttemptRecord(task_id, 1, "dlg_1", 1_010.0), lease_for)
+
+
+async def test_a_task_inserted_claimed_has_its_attempt_and_a_lease_on_the_store_clock(
+    store: Store,
+) -> None:
+    claimed = task("task_1", **ACQUIRE, acquire_key="key-0001")
+    await store.insert_task(claimed, idempotency_window=WINDOW, claim=_claim("task_1", -1.0))
+    await store.insert_task(
+        task("task_2", **ACQUIRE), idempotency_window=WINDOW, claim=_claim("task_2", 3600.0)
+    )
+    await store.insert_task(task("task_3"), idempotency_window=WINDOW)  # queued: no lease
+    got = await store.get_task("task_1")
+    assert got is not None
+    assert (got.state, got.attempt, got.delegate_id, got.acquire_key) == (
+        TaskState.RUNNING,
+        1,
+        "dlg_1",
+        "key-0001",
+    )
+    assert [(a.attempt, a.delegate_id, a.started_at) for a in await store.attempts("task_1")] == [
+        (1, "dlg_1", 1_010.0)
+    ]
+    # A lease of -1 s from the insert ran out already; one of an hour did not.
+    assert [t.id for t in await store.expired_leases()] == ["task_1"]
+    queued = await store.get_task("task_3")
+    assert queued is not None
+    assert queued.lease_until is None
+    assert await store.attempts("task_3") == []
+
+
+async def test_an_idempotent_repeat_inserted_claimed_writes_no_attempt(store: Store) -> None:
+    first = task("task_1", idempotency_key="k1")
+    await store.insert_task(first, idempotency_window=WINDOW)
+    again = task("task_2", idempotency_key="k1", **ACQUIRE)
+    stored, created = await store.insert_task(
+        again, idempotency_window=WINDOW, claim=_claim("task_2", 60.0)
+    )
+    assert (stored.id, created) == ("task_1", False)
+    assert await store.get_task("task_2") is None
+    assert await store.attempts("task_2") == []
+    # With a new key, the claim is written with it (the transaction of the key's look-up).
+    fresh = task("task_3", idempotency_key="k2", **ACQUIRE)
+    _, created = await store.insert_task(
+        fresh, idempotency_window=WINDOW, claim=_claim("task_3", 60.0)
+    )
+    assert created
+    assert [a.attempt for a in await store.attempts("task_3")] == [1]
 
 
 async def test_postgres_counts_leases_on_the_database_clock(pg: StoreMaker) -> None:

@@ -146,6 +146,13 @@ class World:
         assert task is not None
         return task.state, task.attempt, task.delegate_id
 
+    async def held_once(self, name: str, session: Session, task_id: str) -> None:
+        """``name``'s process holds attempt 1 of the task, pushed to it once, claimed once
+        (a push again to the same process is answered HELD: nothing claimed anew)."""
+        assert self.streams[name].assignments() == [(task_id, 1)]
+        assert await self.task(task_id) == (TaskState.RUNNING, 1, session.id)
+        assert len(await self.store.attempts(task_id)) == 1
+
     async def result(self, session: Session, task_id: str, attempt: int) -> None:
         await self.tasks.record_result(
             session, task_id, TaskResult(attempt=attempt, status="succeeded", exit_code=0)
@@ -233,10 +240,7 @@ async def test_a_stream_lost_before_the_ack_is_pushed_again_to_the_same_process(
     world.lose_stream(a)
     world.connect("a", key="process-one")
     await world.settle()
-    # The same attempt again (the store answers HELD): nothing new was claimed.
-    assert world.streams["a"].assignments() == [(task_id, 1)]
-    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
-    assert len(await world.store.attempts(task_id)) == 1
+    await world.held_once("a", a, task_id)
 
 
 async def test_a_stream_lost_before_the_ack_and_a_new_process_withdraws_the_attempt(
@@ -386,11 +390,14 @@ async def test_a_long_poll_is_answered_with_a_claimed_assignment(world: World) -
     world.handout.stream_lost(a.id)
     poll = asyncio.ensure_future(world.handout.poll(a, "poller-key-1", 30.0))
     await asyncio.sleep(0)
+    before = world.store.commits
     task_id = await world.submit()
     handed = await poll
     assert handed is not None
     assert (handed.task.id, handed.attempt) == (task_id, 1)
     assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    # Claimed after the insert (a claim written with it is for a stream only).
+    assert world.store.commits - before == 2
     # Counted as acked: time passing withdraws nothing.
     world.clock.now += ACK_WITHIN + 1
     world.handout.tick()

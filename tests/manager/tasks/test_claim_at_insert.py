@@ -1,0 +1,157 @@
+"""A task submitted while a delegate's stream has a free slot is stored claimed for it, in
+the insert's own transaction, and the assignment goes out once that commits: one commit on
+its way instead of two. What may happen while the insert is written (the stream lost, the
+insert failing, an earlier task of the same idempotency key) leaves nothing half done."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from manager.core.taskstate import WITHDRAWN
+from manager.records import TaskRecord
+from manager.schemas.tasks import TaskSubmit
+from manager.store.base import StoreError
+from shared.protocol import TaskState
+from tests.manager.tasks.test_handout import TIMINGS, World, world
+
+__all__ = ["world"]  # the fixture, from the hand-out's tests
+
+
+async def test_a_task_beside_a_free_stream_is_stored_claimed_in_one_commit(world: World) -> None:
+    a = world.connect("a")
+    before = world.store.commits
+    task_id = await world.submit()
+    assert world.store.commits - before == 1  # the insert, the claim in it
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+    assert [(x.attempt, x.delegate_id, x.status) for x in await world.store.attempts(task_id)] == [
+        (1, a.id, None)
+    ]
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    # Its lease runs from the insert, as a claim's: long enough to reach the ack.
+    stored = await world.store.get_task(task_id)
+    assert stored is not None
+    assert stored.lease_until is not None
+    assert stored.lease_until >= world.clock.now + TIMINGS.lost_after
+
+
+async def test_with_no_free_slot_the_task_is_stored_queued_and_claimed_later(
+    world: World,
+) -> None:
+    task_id = await world.submit()
+    assert await world.task(task_id) == (TaskState.QUEUED, 0, None)
+    assert await world.store.attempts(task_id) == []
+    a = world.connect("a")
+    await world.settle()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+    assert await world.task(task_id) == (TaskState.RUNNING, 1, a.id)
+
+
+async def test_a_session_ended_while_the_insert_is_written_gets_the_claim_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = world.connect("a")
+    real_insert = world.tasks._store.insert_task
+    real_withdraw = world.tasks.withdraw
+    order: list[str] = []
+
+    async def drop_then_insert(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
+        assert task.state is TaskState.RUNNING  # chosen before the insert
+        # Its Requeue is decided now, before the row exists: it waits for the insert.
+        world.hub.drop(a.id, code=4005, reason="lost")  # type: ignore[arg-type]
+        for _ in range(10):  # a slow insert: what is not held back starts meanwhile
+            await asyncio.sleep(0)
+        got = await real_insert(task, **kw)
+        order.append("inserted")
+        return got
+
+    async def withdraw(task_id: str, delegate_id: str, attempt: int) -> None:
+        order.append("withdraw")
+        await real_withdraw(task_id, delegate_id, attempt)
+
+    monkeypatch.setattr(world.tasks._store, "insert_task", drop_then_insert)
+    monkeypatch.setattr(world.tasks, "withdraw", withdraw)
+    task_id = await world.submit()
+    assert order == ["inserted", "withdraw"]
+    assert world.streams["a"].assignments() == []
+    # Withdrawn once the row was in: queued again, the attempt not counted.
+    assert await world.task(task_id) == (TaskState.QUEUED, 1, None)
+    attempts = await world.store.attempts(task_id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN)]
+    b = world.connect("b")
+    await world.settle()
+    assert world.streams["b"].assignments() == [(task_id, 2)]
+    assert await world.task(task_id) == (TaskState.RUNNING, 2, b.id)
+
+
+async def test_a_stream_lost_while_the_insert_is_written_is_pushed_the_claim_when_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = world.connect("a", key="process-one")
+    real_insert = world.tasks._store.insert_task
+
+    async def lose_then_insert(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
+        world.lose_stream(a)
+        return await real_insert(task, **kw)
+
+    monkeypatch.setattr(world.tasks._store, "insert_task", lose_then_insert)
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == []  # no stream to send it on
+    world.connect("a", key="process-one")
+    await world.settle()
+    await world.held_once("a", a, task_id)  # the same process back
+
+
+async def test_an_insert_that_fails_leaves_no_seat_taken_and_nothing_to_hand_out(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = world.connect("a", capacity=1)
+    real_insert = world.tasks._store.insert_task
+
+    async def failing(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
+        raise StoreError("sqlite: disk I/O error")
+
+    monkeypatch.setattr(world.tasks._store, "insert_task", failing)
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    with pytest.raises(StoreError):
+        await world.tasks.submit(req)
+    await world.settle()
+    assert world.handout.assigner.load(a.id) == 0
+    assert world.streams["a"].assignments() == []
+    # The one slot is free for the next task.
+    monkeypatch.setattr(world.tasks._store, "insert_task", real_insert)
+    task_id = await world.submit()
+    assert world.streams["a"].assignments() == [(task_id, 1)]
+
+
+async def test_an_idempotent_repeat_is_answered_with_the_first_task_and_claims_nothing(
+    world: World,
+) -> None:
+    a = world.connect("a")
+    first = await world.submit(idempotency_key="deploy-42")
+    again = await world.submit(idempotency_key="deploy-42")
+    assert again == first
+    assert world.streams["a"].assignments() == [(first, 1)]
+    assert world.handout.assigner.load(a.id) == 1
+    assert len(await world.store.attempts(first)) == 1
+
+
+async def test_the_submission_event_tells_the_task_as_submitted(world: World) -> None:
+    """What was asked for: queued, as without a claim in the insert (the submit's answer is
+    made from the same record)."""
+    world.connect("a")
+    told: list[TaskRecord] = []
+
+    def audit(task: TaskRecord) -> None:
+        told.append(task)
+
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    stored, created = await world.tasks.submit(req, audit=audit)
+    await world.settle()
+    assert created
+    assert stored.state is TaskState.RUNNING
+    assert [(t.id, t.state, t.attempt, t.delegate_id) for t in told] == [
+        (stored.id, TaskState.QUEUED, 0, None)
+    ]
