@@ -202,10 +202,24 @@ class Handout:
         # the same process when it is back, or requeues it.
         self._hub.send(session, TaskAssigned(assignment=handed))
 
-    def not_inserted(self, reserved: Reserved, task_id: str) -> None:
+    def not_inserted(
+        self, reserved: Reserved, task_id: str, *, maybe_written: bool = False
+    ) -> None:
         """The insert failed, or found an earlier task of the same idempotency key: the task
-        is no one's to hand out."""
+        is no one's to hand out. ``maybe_written``: its claim may be stored all the same;
+        it is withdrawn (nothing when there is no such row)."""
+        push = reserved.push
         self._open_gate(reserved)
+        if maybe_written and push is not None and self._current(push):
+            # As a push nobody took: a Requeue, whose withdrawal finds no row (then the
+            # task is forgotten) or takes the claim back uncounted and hands it out again.
+            now = self._clock()
+            self._carry(
+                self.assigner.decline(
+                    task_id, push.delegate_id, push.attempt, now, passed=False, push=push.push
+                )
+            )
+            return
         self._carry(self.assigner.gone(task_id, self._clock()))
 
     def _open_gate(self, reserved: Reserved) -> None:

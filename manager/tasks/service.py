@@ -339,7 +339,9 @@ class TaskService:
                 record, idempotency_window=IDEMPOTENCY_WINDOW_S, audit=audit, claim=claim
             )
         except BaseException:
-            self.handout.not_inserted(reserved, record.id)
+            # The row may be in (an answer lost after the commit, a caller cancelled while
+            # its batch was written): a claim written with it is withdrawn, not forgotten.
+            self.handout.not_inserted(reserved, record.id, maybe_written=claim is not None)
             raise
         if not created:
             self.handout.not_inserted(reserved, record.id)
@@ -350,9 +352,18 @@ class TaskService:
         log.info("task submitted", task_id=stored.id, type=stored.type)
         if claim is None or reserved.session is None:
             self.handout.inserted(reserved, None)
+            # Again: a reconcile while the insert was written (its read without this row)
+            # may have dropped the reservation. A notice the hand-out already has is a no-op.
+            self.handout.queued(stored)
             self._bus.publish("queued", stored.id)
         else:
-            await self._hand_inserted(reserved, stored, reserved.session)
+            try:
+                await self._hand_inserted(reserved, stored, reserved.session)
+            except BaseException:
+                # Cancelled while its assignment was built (a handler at shutdown, a caller's
+                # timeout): the gate must open, and the claim nobody was sent is taken back.
+                self.handout.not_inserted(reserved, stored.id, maybe_written=True)
+                raise
         self._events.notify(stored.id, listed=True)
         return stored, created
 

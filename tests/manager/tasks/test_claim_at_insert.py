@@ -6,6 +6,7 @@ insert failing, an earlier task of the same idempotency key) leaves nothing half
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,18 @@ from shared.protocol import TaskState
 from tests.manager.tasks.test_handout import TIMINGS, World, world
 
 __all__ = ["world"]  # the fixture, from the hand-out's tests
+
+
+Insert = Callable[..., Awaitable[tuple[TaskRecord, bool]]]
+
+
+async def _submit_failing(world: World, monkeypatch: pytest.MonkeyPatch, insert: Insert) -> None:
+    """A submit whose insert is ``insert``: the caller sees its StoreError."""
+    monkeypatch.setattr(world.tasks._store, "insert_task", insert)
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    with pytest.raises(StoreError):
+        await world.tasks.submit(req)
+    await world.settle()
 
 
 async def test_a_task_beside_a_free_stream_is_stored_claimed_in_one_commit(world: World) -> None:
@@ -113,11 +126,7 @@ async def test_an_insert_that_fails_leaves_no_seat_taken_and_nothing_to_hand_out
     async def failing(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
         raise StoreError("sqlite: disk I/O error")
 
-    monkeypatch.setattr(world.tasks._store, "insert_task", failing)
-    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
-    with pytest.raises(StoreError):
-        await world.tasks.submit(req)
-    await world.settle()
+    await _submit_failing(world, monkeypatch, failing)
     assert world.handout.assigner.load(a.id) == 0
     assert world.streams["a"].assignments() == []
     # The one slot is free for the next task.
@@ -155,3 +164,77 @@ async def test_the_submission_event_tells_the_task_as_submitted(world: World) ->
     assert [(t.id, t.state, t.attempt, t.delegate_id) for t in told] == [
         (stored.id, TaskState.QUEUED, 0, None)
     ]
+
+
+async def test_a_submit_cancelled_while_its_assignment_is_built_opens_the_gate(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled (a handler at shutdown, a caller's timeout) after its row is in: the gate
+    opens, and the claim nobody was sent is taken back, uncounted (found by review: the
+    gate stayed shut, and the session's end never withdrew the claim)."""
+    a = world.connect("a")
+    building = asyncio.Event()
+    real = world.tasks._assignment
+
+    async def slow(session: Any, task: TaskRecord) -> Any:
+        building.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    monkeypatch.setattr(world.tasks, "_assignment", slow)
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "true"}})
+    submitting = asyncio.ensure_future(world.tasks.submit(req))
+    await building.wait()
+    submitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitting
+    monkeypatch.setattr(world.tasks, "_assignment", real)
+    async with asyncio.timeout(30):  # a gate left shut hangs here
+        await world.settle()
+    (task,) = world.tasks.open_tasks()
+    assert await world.task(task.id) == (TaskState.RUNNING, 2, a.id)  # handed out again
+    attempts = await world.store.attempts(task.id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN), (2, None)]
+    assert world.streams["a"].assignments() == [(task.id, 2)]
+
+
+async def test_an_insert_committed_but_answered_with_an_error_does_not_burn_the_attempt(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's connection dropped after the commit (or its command timeout ran out):
+    the caller sees the error, the row is in, claimed. Forgotten, the claim sat until its
+    lease ran out and a task of one attempt failed without running (found by review); it is
+    withdrawn instead and handed out again."""
+    world.connect("a")
+    real_insert = world.tasks._store.insert_task
+
+    async def answer_lost(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
+        await real_insert(task, **kw)
+        raise StoreError("postgres: connection was closed in the middle of operation")
+
+    await _submit_failing(world, monkeypatch, answer_lost)
+    (row,) = await world.store.tasks_in_states([TaskState.QUEUED, TaskState.RUNNING])
+    assert world.streams["a"].assignments() == [(row.id, 2)]
+    attempts = await world.store.attempts(row.id)
+    assert [(x.attempt, x.status) for x in attempts] == [(1, WITHDRAWN), (2, None)]
+
+
+async def test_a_reconcile_during_the_insert_does_not_forget_the_queued_task(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No free slot: the task is in the hand-out's queue before its row exists, and a
+    reconcile whose read is answered meanwhile drops it; the insert's answer puts it back
+    (found by review: a slot that freed later was not given it)."""
+    a = world.connect("a", capacity=1)
+    first = await world.submit()
+    world.handout.ack(a, first, 1)
+    real_insert = world.tasks._store.insert_task
+
+    async def reconcile_then_insert(task: TaskRecord, **kw: Any) -> tuple[TaskRecord, bool]:
+        await world.tasks.reconcile()  # its read sees no row of the new task yet
+        return await real_insert(task, **kw)
+
+    monkeypatch.setattr(world.tasks._store, "insert_task", reconcile_then_insert)
+    second = await world.submit()
+    monkeypatch.undo()
+    await world.result(a, first, 1)  # the one slot frees
+    assert world.streams["a"].assignments() == [(first, 1), (second, 1)]

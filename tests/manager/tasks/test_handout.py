@@ -199,10 +199,15 @@ async def test_a_declined_task_goes_to_the_next_delegate_and_the_decline_is_not_
     # Its lease runs out (no heartbeat lists it): the declined attempt does not count
     # against max_attempts=2, so the task is queued again rather than failed.
     world.clock.now += TIMINGS.lost_after + TIMINGS.heartbeat_interval * 4
-    world.hub.liveness.started(world.clock.now - TIMINGS.lost_after * 10)
+    # The sweep loop's first pass (a start long ago, no stall since): judging.
+    world.hub.liveness.tick(world.clock.now)
+    assert world.hub.liveness.judging(world.clock.now)
     await world.tasks.sweep()
     await world.settle()
-    assert (await world.task(task_id))[0] is not TaskState.FAILED
+    # Attempt 2 lost, attempt 1 withdrawn: one counted of two, so it is handed out again.
+    assert (await world.task(task_id))[:2] == (TaskState.RUNNING, 3)
+    attempts = await world.store.attempts(task_id)
+    assert [x.status for x in attempts] == [WITHDRAWN, "lost", None]
 
 
 async def test_a_withdrawal_the_store_failed_is_tried_again_and_the_decline_still_not_counted(
