@@ -577,8 +577,7 @@ async def follow_task(
     # A wake by the timer reads the store in any case: the repair, within FOLLOW_RECHECK_S,
     # for a write whose word never came.
     news = c.events.news(task_id)
-    final_read = c.bus.shared
-    trust_news = not c.bus.shared
+    shared = c.bus.shared
     timer_woke = False
     read_to_end_at: int | None = None
     while not c.stopping:
@@ -590,7 +589,7 @@ async def follow_task(
             revoked = access.principals.changed()
             task = (
                 news.task
-                if trust_news and not timer_woke and news.task is not None
+                if not shared and not timer_woke and news.task is not None
                 else await c.task_reads.get(task_id)
             )
         if task is None:
@@ -599,7 +598,7 @@ async def follow_task(
             last_state = task.state
             await emit(FollowEvent("state", state=task.state.value))
         lines: Sequence[LogRecord] | None = ()
-        if read_to_end_at != news.grown or (final_read and task.state in FINAL_STATES):
+        if read_to_end_at != news.grown or (shared and task.state in FINAL_STATES):
             grown = news.grown  # before the read: a notify during it means read again
             deadline = asyncio.timeout(LOG_WRITE_S)
             try:

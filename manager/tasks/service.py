@@ -367,12 +367,18 @@ class TaskService:
         self._events.notify(stored.id, listed=True)
         return stored, created
 
+    def _claim_lease(self, session: Session) -> float:
+        """A claim's lease: long enough to reach the ack (or its deadline) and the first
+        heartbeat that lists the task, so the sweep does not take back a claim the hand-out
+        still waits on."""
+        return max(self._hub.lease_left(session.id), self.handout.ack_within)
+
     def _claimed(
         self, record: TaskRecord, session: Session, key: str
     ) -> tuple[TaskRecord, Claimed]:
         """``record`` claimed for ``session``'s delegate under ``key`` as claim() would
         (taskstate's on_acquire of a queued task), and the claim for its insert."""
-        lease_for = max(self._hub.lease_left(session.id), self.handout.ack_within)
+        lease_for = self._claim_lease(session)
         decision = on_acquire(record, session.id, self._wall(), lease_for=lease_for, key=key)
         # The lease is the store's to count (Claimed.lease_for), never a time written here.
         changes = {k: v for k, v in decision.changes.items() if k != "lease_until"}
@@ -475,9 +481,7 @@ class TaskService:
         same key is handed the same attempt again (HELD). None when the store refuses: the
         task is final, held by another, or at another attempt than the hand-out thought
         (then it is queued again here at the store's attempt)."""
-        # Long enough to reach the ack (or its deadline) and the first heartbeat that lists
-        # the task: the sweep must not take back a claim the hand-out still waits on.
-        lease_for = max(self._hub.lease_left(session.id), self.handout.ack_within)
+        lease_for = self._claim_lease(session)
 
         def decide(t: TaskRecord) -> Decision:
             expected = t.attempt + 1 if t.state is TaskState.QUEUED else t.attempt

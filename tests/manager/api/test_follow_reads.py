@@ -71,12 +71,14 @@ class _Follow:
 
 
 @contextlib.asynccontextmanager
-async def _following(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[_Follow]:
-    """A follow of a running task, its reads counted, woken only by notifies (no re-check
-    timer), past its first line (the state)."""
+async def _following(
+    api: Api, monkeypatch: pytest.MonkeyPatch, *, recheck: float = 3600.0
+) -> AsyncIterator[_Follow]:
+    """A follow of a running task, its reads counted, past its first line (the state); woken
+    only by notifies unless ``recheck`` (its re-check timer, FOLLOW_RECHECK_S) is short."""
     task_id, cred = await running_task(api)
     counted = _Counted(api, monkeypatch)
-    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 3600.0)
+    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", recheck)
     resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
     assert resp.status == 200
     try:

@@ -14,14 +14,19 @@ from manager.api.context import CTX
 from shared.protocol import TaskState
 from tests.manager.api import test_log_bytes
 from tests.manager.api.test_api import Api
-from tests.manager.api.test_follow_reads import _finish, _next
-from tests.manager.api.test_log_bytes import running_task
+from tests.manager.api.test_follow_reads import _finish, _following, _next
 
 api = test_log_bytes.api
 
 
-async def _until_end(resp: Any, within: float) -> dict[str, Any]:
-    async with asyncio.timeout(within):
+# The re-check timer, short: the repair each test waits for. A follow that never ends is
+# told from a slow one by a bound far above it (a loaded machine is slow, not stuck).
+RECHECK_S = 0.2
+HUNG_AFTER_S = 30.0
+
+
+async def _until_end(resp: Any) -> dict[str, Any]:
+    async with asyncio.timeout(HUNG_AFTER_S):
         while (last := await _next(resp))["kind"] != "end":
             pass
     return last
@@ -32,26 +37,19 @@ async def test_a_change_whose_word_was_lost_still_ends_the_follow_at_the_recheck
 ) -> None:
     """Another replica finishes the task and its NOTIFY is lost (the bus allows that: "costs
     time, never a task"). The re-check's read ends it."""
-    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 0.2)
-    task_id, _ = await running_task(api)
-    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
-    try:
-        assert await _next(resp) == {"kind": "state", "state": "running"}
-        got = await api.client.post(f"/api/v1/tasks/{task_id}/cancel", headers=api.auth())
+    async with _following(api, monkeypatch, recheck=RECHECK_S) as f:
+        got = await api.client.post(f"/api/v1/tasks/{f.task_id}/cancel", headers=api.auth())
         assert got.status in (200, 202), await got.text()
-        await asyncio.sleep(0.1)
         # Another replica records the result; its word never arrives here.
         done = await api.store.update_task(
-            task_id,
+            f.task_id,
             expect_state=TaskState.RUNNING,
             expect_attempt=1,
             changes={"state": TaskState.SUCCEEDED, "exit_code": 0, "finished_at": 2.0},
         )
         assert done is not None
-        last = await _until_end(resp, within=5.0)
+        last = await _until_end(f.resp)
         assert last["task"]["state"] == "succeeded"
-    finally:
-        resp.close()
 
 
 async def test_two_writes_from_one_snapshot_answered_out_of_order_still_end(
@@ -60,9 +58,7 @@ async def test_two_writes_from_one_snapshot_answered_out_of_order_still_end(
     """Cancel (flag only) and the result, decided from the same snapshot: both commit, cancel
     first. On PostgreSQL they run on two pool connections and their answers may come back in
     either order; here the cancel's answer is held until the result's came back."""
-    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 0.2)
     c = api.client.app[CTX]
-    task_id, cred = await running_task(api)
     sealed = c.tasks._store
     real = sealed.update_task
     result_answered = asyncio.Event()
@@ -81,22 +77,18 @@ async def test_two_writes_from_one_snapshot_answered_out_of_order_still_end(
             return row
         return await real(task_id_, **kw)
 
-    monkeypatch.setattr(sealed, "update_task", update_task)
-    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
-    try:
-        assert await _next(resp) == {"kind": "state", "state": "running"}
+    async with _following(api, monkeypatch, recheck=RECHECK_S) as f:
+        monkeypatch.setattr(sealed, "update_task", update_task)
         cancel = asyncio.create_task(
-            api.client.post(f"/api/v1/tasks/{task_id}/cancel", headers=api.auth())
+            api.client.post(f"/api/v1/tasks/{f.task_id}/cancel", headers=api.auth())
         )
-        await _finish(api, task_id, cred, -1)
+        await _finish(api, f.task_id, f.cred, -1)
         assert (await cancel).status in (200, 202)
-        stored = await api.store.get_task(task_id)
+        stored = await api.store.get_task(f.task_id)
         assert stored is not None
         assert stored.state is TaskState.SUCCEEDED
-        last = await _until_end(resp, within=5.0)
+        last = await _until_end(f.resp)
         assert last["task"]["state"] == "succeeded"
-    finally:
-        resp.close()
 
 
 async def test_a_result_committed_but_answered_with_a_store_error_still_ends(
@@ -106,12 +98,9 @@ async def test_a_result_committed_but_answered_with_a_store_error_still_ends(
     wrote, no notify). The delegate's resend is answered recorded=False (no notify either)."""
     from manager.store.base import StoreError
 
-    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 0.2)
     c = api.client.app[CTX]
-    task_id, cred = await running_task(api)
-    resp = await api.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=api.auth())
-    try:
-        assert await _next(resp) == {"kind": "state", "state": "running"}
+    async with _following(api, monkeypatch, recheck=RECHECK_S) as f:
+        task_id, cred = f.task_id, f.cred
         got = await api.client.post(f"/api/v1/tasks/{task_id}/cancel", headers=api.auth())
         assert got.status in (200, 202)
         sealed = c.tasks._store
@@ -134,7 +123,5 @@ async def test_a_result_committed_but_answered_with_a_store_error_still_ends(
         )
         assert first.status == 503, await first.text()
         await _finish(api, task_id, cred, -1)
-        last = await _until_end(resp, within=5.0)
+        last = await _until_end(f.resp)
         assert last["task"]["state"] == "succeeded"
-    finally:
-        resp.close()
