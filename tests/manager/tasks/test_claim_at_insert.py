@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from manager.core.eligibility import DelegateScope, EnvFacts
 from manager.core.taskstate import WITHDRAWN
 from manager.records import TaskRecord
+from manager.schemas.grants import Target
 from manager.schemas.tasks import TaskSubmit
 from manager.store.base import StoreError
 from shared.protocol import TaskState
@@ -238,3 +240,27 @@ async def test_a_reconcile_during_the_insert_does_not_forget_the_queued_task(
     monkeypatch.undo()
     await world.result(a, first, 1)  # the one slot frees
     assert world.streams["a"].assignments() == [(first, 1), (second, 1)]
+
+
+async def test_a_task_is_claimed_at_insert_only_by_a_delegate_eligible_for_it(
+    world: World,
+) -> None:
+    """The choice made before the insert is the hand-out's own (refusal_of, on the
+    environment index as it is then): a delegate of the stream with free slots but outside
+    a dedicated environment gets nothing, neither the claim nor the frame."""
+    world.handout._envs = world.tasks.envs.facts  # as the app wires them
+    world.tasks.envs.facts["env_qa"] = EnvFacts("app_1", "non_production", dedicated=True)
+    world.connect("typed", scope=DelegateScope(env_types=frozenset({"non_production"})))
+    req = TaskSubmit.model_validate({"payload": {"type": "shell", "script": "echo qa"}})
+    target = Target("app_1", "env_qa", "non_production")
+    task, _ = await world.tasks.submit(req, target=target)
+    await world.settle()
+    assert world.streams["typed"].assignments() == []
+    assert await world.task(task.id) == (TaskState.QUEUED, 0, None)
+    assert await world.store.attempts(task.id) == []
+    named = world.connect("named", scope=DelegateScope(envs=frozenset({"env_qa"})))
+    second, _ = await world.tasks.submit(req, target=target)
+    await world.settle()
+    # The one it names takes the queued task and is claimed the next one at its insert.
+    assert sorted(world.streams["named"].assignments()) == sorted([(task.id, 1), (second.id, 1)])
+    assert await world.task(second.id) == (TaskState.RUNNING, 1, named.id)
