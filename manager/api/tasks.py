@@ -219,19 +219,16 @@ async def submit_parsed(request: web.Request, req: TaskSubmit) -> web.Response:
     )
     where = await _places(request)
     _check_deployment_env(req, target, where)
-    views: dict[str, TaskView] = {}
 
     def submitted(task: TaskRecord) -> Change:
-        # The view is built once, for the event here and for the answer below.
-        view = views[task.id] = task_view(task, where=where)
         return Change(
             task.id,
             _task_name(task),
             "create",
             f"submitted {task.type} task {task.id}",
-            after=_task_audit(view)
+            after=_task_audit(task)
             if override is None
-            else {**_task_audit(view), "freeze_override": override.audit()},
+            else {**_task_audit(task), "freeze_override": override.audit()},
             app=req.app,
         )
 
@@ -240,8 +237,8 @@ async def submit_parsed(request: web.Request, req: TaskSubmit) -> web.Response:
     )
     if not created:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
-    view = views.get(task.id) or task_view(task, where=where)
-    return json_response(view, status=201 if created else 200)
+    # The answer's view is built here, once the task is handed out: not in its transaction.
+    return json_response(task_view(task, where=where), status=201 if created else 200)
 
 
 def _check_deployment_env(req: TaskSubmit, target: object, where: Places) -> None:
@@ -271,32 +268,30 @@ def _task_name(task: TaskRecord) -> str:
     return f"{task.type} task"
 
 
-def _task_audit(view: TaskView) -> dict[str, object]:
-    # What was asked for; secret env values are not in the view (names only). The script,
-    # env values and deployment details are sealed at rest with the task (manager.tasks.
-    # sealing): the trail keeps their digest, not their text, so it holds none of them.
-    after = view.model_dump(
-        mode="json",
-        include={
-            "id",
-            "type",
-            "state",
-            "payload",
-            "selectors",
-            "secret_env_names",
-            "timeout_s",
-            "queue_timeout_s",
-            "max_attempts",
-            "idempotency_key",
-            "deployment",
-            "app_id",
-            "env_id",
-        },
-    )
-    after["payload"] = _digest_of(after["payload"], keep=("type",))
-    if after.get("deployment") is not None:
-        after["deployment"] = _digest_of(after["deployment"], keep=("service", "environment"))
-    return after
+def _task_audit(task: TaskRecord) -> dict[str, object]:
+    """What was asked for, as the answer's view tells it; secret env values are not in it
+    (names only). The script, env values and deployment details are sealed at rest with the
+    task (manager.tasks.sealing): the trail keeps their digest, not their text, so it holds
+    none of them. Built from the record, not from the view: it is made inside the submit's
+    transaction, on every task's way, and a model's validation and dump cost more than the
+    rest of the event (the payload and deployment are their models' JSON dumps already)."""
+    return {
+        "id": task.id,
+        "type": task.type,
+        "state": task.state.value,
+        "payload": _digest_of(task.payload, keep=("type",)),
+        "selectors": list(task.selectors),
+        "secret_env_names": list(task.secret_env_names),
+        "timeout_s": float(task.timeout_s),
+        "queue_timeout_s": float(task.queue_timeout_s),
+        "max_attempts": task.max_attempts,
+        "idempotency_key": shown(task.idempotency_key),
+        "deployment": None
+        if task.deployment is None
+        else _digest_of(task.deployment, keep=("service", "environment")),
+        "app_id": task.app_id,
+        "env_id": task.env_id,
+    }
 
 
 def _digest_of(value: object, *, keep: tuple[str, ...]) -> dict[str, object]:

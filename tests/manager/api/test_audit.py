@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import sqlite3
@@ -14,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from manager.access.tokens import ADMIN_BURST, ADMIN_MAX_QPS, create_api_key
-from manager.core.audit_chain import EVENT_FIELDS, AuditEvent, verify
+from manager.core.audit_chain import EVENT_FIELDS, AuditEvent, AuditQuery, verify
 from manager.keys.audit_key import AuditKeys
 from manager.keys.masterkey import MasterKey
 from manager.schemas.grants import ADMIN_GROUP
@@ -251,3 +252,52 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(api: Api) -> N
     assert [(k["name"], k["status"]) for k in keys["api_keys"]] == [("test", "active")]
     _, allowlist = await api.call("GET", "/api/v1/allowlist")
     assert (allowlist["entries"], allowlist["trusted_proxies"]) == ([], [])
+
+
+def _digest(value: dict[str, Any], *keep: str) -> dict[str, Any]:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return {**{k: value[k] for k in keep}, "sha256": hashlib.sha256(text).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"payload": {"type": "shell", "script": "echo plain"}},
+        {
+            "payload": {"type": "shell", "script": "deploy.sh", "env": {"REGION": "eu"}},
+            "selectors": ["linux", "eu"],
+            "timeout_s": 90,
+            "queue_timeout_s": 12.5,
+            "max_attempts": 3,
+            "idempotency_key": "deploy-42",
+            "secret_env": {"TOKEN": "s3cret-value-never-shown"},
+            "deployment": {"service": "web", "environment": "prod", "version": "1.2.3"},
+            "name": "deploy web",
+            "labels": {"team": "platform"},
+        },
+    ],
+)
+async def test_a_submission_event_tells_what_the_answer_tells(
+    api: Api, body: dict[str, Any]
+) -> None:
+    """The event of a submission holds the task as its answer shows it (the answer's own
+    figures and names), the payload and deployment by digest: never their text."""
+    status, view = await api.call("POST", "/api/v1/tasks", body)
+    assert status == 201, view
+    events = await api.store.list_audit(AuditQuery(resource_type="task"))
+    (event,) = [e for e in events if e.resource_id == view["id"]]
+    assert event.action == "create"
+    created = json.loads(event.diff)["created"]
+    plain = (
+        "id type state selectors secret_env_names timeout_s queue_timeout_s max_attempts"
+        " idempotency_key app_id env_id"
+    ).split()
+    assert created == {
+        **{k: view[k] for k in plain},
+        "payload": _digest(view["payload"], "type"),
+        "deployment": None
+        if view["deployment"] is None
+        else _digest(view["deployment"], "service", "environment"),
+    }
+    assert "s3cret-value-never-shown" not in event.diff
+    assert "deploy.sh" not in event.diff
