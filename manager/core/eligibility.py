@@ -7,8 +7,11 @@ long-poll), lets acquire, and delivers the secrets of a task only to a delegate 
 
 A task outside any application (a profile run, the manager's own secret operations, an
 administrator's task) goes to a delegate with a narrowed scope only when it names that
-delegate (its id or name) among its selectors: a token narrowed to some environments must
-not pick up work meant for the whole account.
+delegate by its id among its selectors: a token narrowed to some environments must not pick
+up work meant for the whole account. Not by its name: a delegate picks its own name, and one
+named after a label (``vault``) would take every such task meant for the delegates that carry
+the label. For the same reason a name counts as a selector only when its token lets it claim
+that selector.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ class TaskFacts:
 
 def covers(scope: DelegateScope, place: Place | None, *, pinned: bool) -> bool:
     """Whether a token's scope reaches a task's place. ``pinned``: the task names the
-    delegate itself (by id or name)."""
+    delegate itself by its id."""
     if place is None:
         return scope.account_wide or pinned
     named = place.app_id in scope.apps or place.env_id in scope.envs
@@ -185,15 +188,20 @@ def refusal_of(
         return "draining"
     if task_type not in delegate.task_types:
         return "task type"
-    # The name and the id count as selectors: a task can ask for one delegate.
-    name, own_id, offered = delegate.name, delegate.id, delegate.selectors
+    # The id and the name count as selectors: a task can ask for one delegate. The name is
+    # the delegate's own pick at registration, so it counts only as a selector its token
+    # lets it claim: named "vault", a delegate of a token limited to "stg-pool" would
+    # otherwise answer to every task that asks for the label "vault".
+    name, own_id, offered, scope = delegate.name, delegate.id, delegate.selectors, delegate.scope
+    name_counts = scope.selectors is None or name in scope.selectors
     for s in selectors:
-        if s not in offered and s != name and s != own_id:
+        if s not in offered and s != own_id and not (name_counts and s == name):
             return "selectors"
-    scope = delegate.scope
     if place is None and scope.account_wide:
         return None
-    pinned = own_id in selectors or name in selectors
+    # Only the id pins a task to a narrowed token's delegate beyond its scope: the manager
+    # gave it. A name the delegate picked is no sign the submitter meant that delegate.
+    pinned = own_id in selectors
     if not covers(scope, place, pinned=pinned):
         return "scope"
     return None

@@ -610,19 +610,25 @@ class TaskService:
     async def _check_eligible(self, session: Session, task_id: str) -> None:
         """Refuse a task this delegate may not run with the answer for a task that does not
         exist: it learns neither the task's state nor its payload nor its secrets."""
-        task = await self._get(task_id)
+        self._refuse_ineligible(session, await self._get(task_id), "acquire refused")
+
+    def _refuse_ineligible(self, session: Session, task: TaskRecord, what: str) -> None:
         place = place_of(task.app_id, task.env_id, self.envs.facts)
         why = refusal(session.facts, TaskFacts(task.type, task.selectors, place))
         if why is not None:
-            log.warning("acquire refused", task_id=task_id, delegate_id=session.id, reason=why)
-            raise NotFound("not_found", f"no task {task_id}")
+            log.warning(what, task_id=task.id, delegate_id=session.id, reason=why)
+            raise NotFound("not_found", f"no task {task.id}")
 
     async def append_logs(self, session: Session, task_id: str, batch: LogBatch) -> LogBatchAck:
         lines = [_log_record(batch.attempt, i, ln) for i, ln in enumerate(batch.lines)]
         inserted = await self._store.append_logs(task_id, batch.attempt, session.id, lines)
         if inserted < 0:
-            if await self._store.get_task(task_id) is None:
-                raise NotFound("not_found", "no such task")
+            task = await self._store.get_task(task_id)
+            if task is None:
+                raise NotFound("not_found", f"no task {task_id}")
+            # A delegate that may not run it is answered as for a task that does not exist:
+            # "stale" would tell it the id is a task's.
+            self._refuse_ineligible(session, task, "log lines refused")
             raise Conflicting("stale_attempt", "this attempt no longer holds the task")
         if inserted:
             self._events.notify(task_id, logs=True)
@@ -639,6 +645,8 @@ class TaskService:
             end_status=result.status,
         )
         if decision.verdict is Verdict.STALE:
+            # As for log lines: an ineligible delegate learns not even that the task exists.
+            self._refuse_ineligible(session, task, "result refused")
             raise Conflicting("stale_attempt", decision.reason)
         # Recorded now or before: the attempt's slot frees.
         self.handout.result(task_id, session.id, result.attempt)

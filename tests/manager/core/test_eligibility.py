@@ -83,7 +83,8 @@ def task(place: Place | None, selectors: tuple[str, ...] = (), kind: str = "shel
         # a task outside any application: a narrowed token only when it names the delegate
         (delegate(NON_PROD), task(None), "scope"),
         (delegate(NON_PROD), task(None, ("dlg_1",)), None),
-        (delegate(NON_PROD), task(None, ("host-1",)), None),
+        # not by its name: the delegate picked it (a label's name would do as well)
+        (delegate(NON_PROD), task(None, ("host-1",)), "scope"),
         # a damaged stored scope allows nothing
         (delegate(NOTHING), task(PROD), "scope"),
         (delegate(NOTHING), task(None), "scope"),
@@ -151,3 +152,38 @@ def test_disallowed_selectors_names_each_once_in_order() -> None:
     ]
     assert disallowed_selectors(ACCOUNT_WIDE, ["anything"]) == []
     assert disallowed_selectors(DelegateScope(selectors=frozenset()), ["x"]) == ["x"]
+
+
+def test_a_name_the_delegate_picked_neither_pins_nor_passes_for_a_selector_its_token_forbids() -> (
+    None
+):
+    """A staging token's delegate registered under the name of a label ("vault") was handed
+    account-wide work asking for that label, and the manager's own secret-manager test with
+    the manager's credentials (an attack on a running manager found it)."""
+    staging_pool = DelegateScope(
+        env_types=frozenset({"non_production"}), selectors=frozenset({"stg-pool"})
+    )
+    named = DelegateFacts(
+        id="dlg_1",
+        name="vault",
+        selectors=frozenset({"stg-pool"}),
+        task_types=frozenset({"shell", "secret_op"}),
+        scope=staging_pool,
+    )
+    # Work outside any application asking for the label: not its to take, nor by its id.
+    assert refusal(named, task(None, ("vault",))) is not None
+    assert refusal(named, task(None, ("vault",), "secret_op")) is not None
+    assert refusal(named, task(None, ("dlg_1",))) is None
+    # Within its scope the name stands in only for a selector its token lets it claim.
+    assert refusal(named, task(STAGING, ("vault",))) == "selectors"
+    allowed = DelegateFacts(
+        id="dlg_2",
+        name="stg-pool",
+        selectors=frozenset(),
+        task_types=frozenset({"shell"}),
+        scope=staging_pool,
+    )
+    assert refusal(allowed, task(STAGING, ("stg-pool",))) is None
+    # An account-wide token's delegate still answers to its name, as before.
+    assert refusal(delegate(), task(PROD, ("host-1",))) is None
+    assert refusal(delegate(), task(None, ("host-1",))) is None
