@@ -288,10 +288,19 @@ async def test_a_submission_event_tells_what_the_answer_tells(
     (event,) = [e for e in events if e.resource_id == view["id"]]
     assert event.action == "create"
     created = json.loads(event.diff)["created"]
-    plain = (
-        "id type state selectors secret_env_names timeout_s queue_timeout_s max_attempts"
-        " idempotency_key app_id env_id"
-    ).split()
+    plain = [
+        "id",
+        "type",
+        "state",
+        "selectors",
+        "secret_env_names",
+        "timeout_s",
+        "queue_timeout_s",
+        "max_attempts",
+        "idempotency_key",
+        "app_id",
+        "env_id",
+    ]
     assert created == {
         **{k: view[k] for k in plain},
         "payload": _digest(view["payload"], "type"),
