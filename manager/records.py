@@ -18,6 +18,7 @@ __all__ = [
     "LogRecord",
     "Presence",
     "ProfileRecord",
+    "Readable",
     "SecretManagerRecord",
     "SecretRecord",
     "SecretVersionRecord",
@@ -229,6 +230,24 @@ class LogRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Readable:
+    """The tasks a reader may see, as a listing's query filters them before its limit: a
+    limit taken first and the page filtered after told, by how far a limit had to grow
+    before the reader's own task showed, how many unreadable tasks matched, and when.
+    Made from the reader's grants (manager.api.task_access.readable)."""
+
+    # Tasks outside any application.
+    outside: bool
+    # The environments it may read, among every one that exists (``known``).
+    envs: frozenset[str]
+    known: frozenset[str]
+    # Tasks of an environment deleted since, judged as production of their application:
+    # all of them, or those of these applications.
+    gone_all: bool
+    gone_apps: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     state: TaskState | None = None
     delegate_id: str | None = None
@@ -245,6 +264,8 @@ class TaskFilter:
     name: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     id_prefix: str | None = None
+    # Only the tasks a reader may see (None: every task).
+    readable: Readable | None = None
 
 
 BUILTIN_MANAGER_ID = "sm_builtin"

@@ -233,9 +233,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         _store_failures.error(exc, path=request.path)
         return problem_response(503, "unavailable", "the database is unavailable; try again")
     except Exception as exc:
-        if isinstance(exc, ConnectionResetError) and client_gone(request):
+        if isinstance(exc, ConnectionError) and client_gone(request):
             # Its client went away mid-request (a delegate killed while it sent a result,
-            # a dropped network): nobody reads this answer, and it is no fault of the
+            # a dropped network, a reader gone while a write of its answer waited: aiohttp's
+            # "Connection lost"): nobody reads this answer, and it is no fault of the
             # manager's to log as one (it was a 500 and a traceback). Any route, JSON or
             # form.
             return problem_response(

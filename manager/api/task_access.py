@@ -15,11 +15,15 @@ from manager.access.principal import principal_of
 from manager.api.context import ctx
 from manager.api.guards import ACCESS
 from manager.api.http import ApiProblem
-from manager.records import TaskRecord
+from manager.core.rbac import Grants
+from manager.records import Readable, TaskRecord
 from manager.schemas.grants import Action, Target
 from shared.task_secrets import referenced_secrets
 
-__all__ = ["check_secrets", "check_task", "submit_target"]
+__all__ = ["check_secrets", "check_task", "readable", "submit_target"]
+
+# No environment has this id: a target in it is one of an environment deleted since.
+_GONE = "\x00gone"
 
 
 async def submit_target(request: web.Request, app: str | None, env: str | None) -> Target | None:
@@ -82,3 +86,33 @@ def check_task(
     if action != "read" and not grants.allows(target, action):
         raise ApiProblem(403, "forbidden", f"you may not {action} task {task_id}")
     return task
+
+
+def readable(grants: Grants, where: Places) -> Readable | None:
+    """The tasks ``grants`` may read, for a listing's query to filter before its limit (a
+    limit applied to every matching task and the page filtered after tells, by the limit at
+    which the reader's own task shows, how many it may not read matched, and when). The
+    same judgment as :func:`check_task` (Places.target, then Grants.allows); None when
+    every task is readable."""
+    if grants.everywhere("read"):
+        return None
+    envs = frozenset(
+        env_id
+        for env_id, (app_id, _, env_type) in where.envs.items()
+        if grants.allows(Target(app_id, env_id, env_type), "read")
+    )
+    # A task of an environment deleted since is judged as production (Places.target). A
+    # grant naming that environment's id would cover it too, but no one can name a deleted
+    # one any more: such a task is left out of lists (it still reads by its id).
+    gone_apps = frozenset(
+        app_id
+        for app_id in where.apps
+        if grants.allows(Target(app_id, _GONE, "production"), "read")
+    )
+    return Readable(
+        outside=grants.allows(None, "read"),
+        envs=envs,
+        known=frozenset(where.envs),
+        gone_all=grants.allows(Target(_GONE, _GONE, "production"), "read"),
+        gone_apps=gone_apps,
+    )

@@ -30,7 +30,8 @@ from manager.api.http import (
     status_of,
 )
 from manager.api.incident_services import services
-from manager.api.task_access import check_secrets, check_task, submit_target
+from manager.api.task_access import check_secrets, check_task, readable, submit_target
+from manager.api.task_wait import until_final, wait_param
 from manager.errors import DomainError, Unavailable
 from manager.governance.freeze import check_freeze
 from manager.records import (
@@ -155,6 +156,10 @@ def _log_entry(rec: LogRecord) -> LogEntry:
     )
 
 
+_MAX_ATTEMPT = 2**31 - 1
+_MAX_SEQ = 2**63 - 1
+
+
 def _cursor(pos: tuple[int, int] | None) -> str:
     return "" if pos is None else f"{pos[0]}:{pos[1]}"
 
@@ -164,11 +169,19 @@ def _parse_cursor(raw: str | None) -> tuple[int, int] | None:
         return None
     attempt, _, seq = raw.partition(":")
     try:
-        return int(attempt), int(seq)
+        pos = int(attempt), int(seq)
     except ValueError:
         raise ApiProblem(
             400, "invalid", "after: expected a cursor like '1:42'", field="after"
         ) from None
+    # As the log's columns hold them (an attempt a 32-bit integer, a line's number a 64-bit
+    # one): a larger one is refused here, before a stream has begun (the database refused
+    # it once the follow's answer was under way).
+    if not (0 <= pos[0] <= _MAX_ATTEMPT and 0 <= pos[1] <= _MAX_SEQ):
+        raise ApiProblem(
+            400, "invalid", "after: a cursor's numbers are out of range", field="after"
+        )
+    return pos
 
 
 def _int_query(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
@@ -198,14 +211,25 @@ def _float_query(request: web.Request, name: str) -> float | None:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    return await submit_parsed(request, await parse_body(request, TaskSubmit))
+    wait_s = wait_param(request)
+    return await submit_parsed(request, await parse_body(request, TaskSubmit), wait_s=wait_s)
 
 
-async def submit_parsed(request: web.Request, req: TaskSubmit) -> web.Response:
+async def submit_parsed(
+    request: web.Request, req: TaskSubmit, *, wait_s: float | None = None
+) -> web.Response:
     """Submit ``req`` as the caller, checked and audited as any task (a route that makes a
-    task of its own body, like a verification run, ends here too)."""
+    task of its own body, like a verification run, ends here too). ``wait_s``: answer with
+    the task once final, waiting up to that long (manager.api.task_wait)."""
     c = ctx(request)
     target = await submit_target(request, req.app, req.env)
+    if wait_s is not None and not principal_of(request).grants.allows(target, "read"):
+        # Refused before anything is written: the outcome waited for is what a read shows.
+        raise ApiProblem(
+            403,
+            "forbidden",
+            "wait: waiting for a task's outcome needs read where it runs; submit without it",
+        )
     place = f"{req.app}/{req.env}" if target is not None else "tasks outside an application"
     await check_secrets(request, req.payload, target, place)
     principal = principal_of(request)
@@ -237,8 +261,13 @@ async def submit_parsed(request: web.Request, req: TaskSubmit) -> web.Response:
     )
     if not created:
         unchanged(request)  # the task of an earlier submit with the same idempotency key
+    status = 201 if created else 200
+    if wait_s is not None:
+        final = await until_final(request, task, wait_s, where)
+        if final is not None:
+            return json_response(await full_task_view(c, final, where), status=status)
     # The answer's view is built here, once the task is handed out: not in its transaction.
-    return json_response(task_view(task, where=where), status=201 if created else 200)
+    return json_response(task_view(task, where=where), status=status)
 
 
 def _check_deployment_env(req: TaskSubmit, target: object, where: Places) -> None:
@@ -339,9 +368,11 @@ async def _filtered_tasks(
         name=q.get("name") or None,
         labels=_label_query(q.getall("label", [])),
         id_prefix=_id_prefix_query(q.get("id_prefix") or None),
+        # Left out by the query, before its limit: the limit counts only readable tasks.
+        readable=readable(principal_of(request).grants, where),
     )
     grants = principal_of(request).grants
-    # Tasks the caller may not read are left out (a page may then hold fewer than limit).
+    # And judged again here, as a read of each is (what the query's filter never keeps).
     tasks = [t for t in await c.task_reads.page(flt) if grants.allows(where.target(t), "read")]
     return tasks, where
 
@@ -442,8 +473,10 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
                 await resp.write_eof()
         except TimeoutError:
             _too_slow(request)
-        except ConnectionResetError:
-            pass  # the reader left: nothing to answer, nothing to log
+        except ConnectionError:
+            # The reader left (reset, or aiohttp's "Connection lost" while a write waited):
+            # nothing to answer, nothing to log.
+            pass
     return resp
 
 
@@ -502,7 +535,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
         else:
             await write({"kind": "ping"})
 
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):  # the reader left (reset, or "Connection lost")
         if await follow_task(request, task_id, pos, send, lambda: recheck(request), first=first):
             await resp.write_eof()
     return resp
@@ -575,13 +608,40 @@ async def follow_task(
     shared = c.bus.shared
     timer_woke = False
     read_to_end_at: int | None = None
+    # Set at the next change of access made here: held until a check has judged it, so one
+    # that comes while pages of a long log are sent is not dropped for a fresh event.
+    revoked = first.revoked if first is not None else access.principals.changed()
+
+    async def still_allowed(*, woke: bool) -> bool:
+        """The stream outlives the check that opened it: a session ended or expired, a key
+        revoked or a user disabled since ends it (a change here at once, one on another
+        replica within the principals' 1 s cache); a read permission taken away, on a change
+        here or within FOLLOW_RECHECK_S. Judged at each wake, and on the way through a log
+        that keeps coming (a reader behind a busy task never waits) when a change came or
+        the re-check is due. False: the stream ended with the refusal."""
+        nonlocal revoked, last_check
+        due = revoked.is_set() or loop.time() - last_check >= FOLLOW_RECHECK_S
+        if not (woke or due):
+            return True
+        try:
+            await recheck_credential()
+            if due:
+                last_check = loop.time()
+                # Listened for before the read it is judged by: a change meanwhile is seen.
+                revoked = access.principals.changed()
+                await _task_for(request, "read")
+        except (ApiProblem, DomainError) as p:
+            status = p.status if isinstance(p, ApiProblem) else status_of(p)
+            await emit(FollowEvent("error", status=status, code=p.code, message=p.message))
+            return False
+        return True
+
     while not c.stopping:
         if first is not None:
             # The caller's own check read it, after listening: one read fewer per stream.
-            changed, revoked, task, first = first.changed, first.revoked, first.task, None
+            changed, task, first = first.changed, first.task, None
         else:
             changed = c.events.listen(task_id)
-            revoked = access.principals.changed()
             task = (
                 news.task
                 if not shared and not timer_woke and news.task is not None
@@ -613,6 +673,8 @@ async def follow_task(
             if lines:
                 # A page ends on its line or byte bound: read on until one comes back empty.
                 pos = (lines[-1].attempt, lines[-1].seq)
+                if not await still_allowed(woke=False):
+                    break
                 continue
             if lines is not None:
                 read_to_end_at = grown
@@ -623,18 +685,7 @@ async def follow_task(
             break
         await first_of(changed, revoked, timeout=FOLLOW_RECHECK_S)
         timer_woke = not changed.is_set() and not revoked.is_set()
-        # The stream outlives the check that opened it: a session ended or expired, a key
-        # revoked or a user disabled since ends it (a change here at once, one on another
-        # replica within the principals' 1 s cache); a read permission taken away, on a
-        # change here or within the recheck.
-        try:
-            await recheck_credential()
-            if revoked.is_set() or loop.time() - last_check >= FOLLOW_RECHECK_S:
-                last_check = loop.time()
-                await _task_for(request, "read")
-        except (ApiProblem, DomainError) as p:
-            status = p.status if isinstance(p, ApiProblem) else status_of(p)
-            await emit(FollowEvent("error", status=status, code=p.code, message=p.message))
+        if not await still_allowed(woke=True):
             break
         if loop.time() - last_sent >= FOLLOW_PING_S:
             await emit(FollowEvent("ping"))
@@ -651,12 +702,13 @@ def add_task_routes(table: RouteTable) -> None:
             "POST",
             "/api/v1/tasks",
             submit_task,
-            "Submit a task",
+            "Submit a task (with wait: answered once it is final, or after that long)",
             u,
             TaskSubmit,
             TaskView,
             201,
-            errors=(400, 413),
+            query={"wait": "number"},
+            errors=(400, 403, 413),
             audit="task",
         )
     )

@@ -10,8 +10,8 @@ queued -> push -> ack -> result per task. Two loads:
 - **unsaturated**: every delegate holds half its capacity in leases listed at connect; each
   new task is placed at once, then acked and finished.
 
-Tasks are spread over the classes at random (seeded); one in 50 names a delegate. The clock
-moves 1 ms a task and the assigner is ticked every 100 tasks, as the manager would.
+Tasks are spread over the classes at random (seeded); one in 50 names a delegate by id. The
+clock moves 1 ms a task and the assigner is ticked every 100 tasks, as the manager would.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class _Tasks:
         self._n += 1
         if self._n % PINNED_EVERY == 0:
             named = self._rng.randrange(self._opts.delegates)
-            facts = TaskFacts("shell", (f"d{named}",), None)
+            facts = TaskFacts("shell", (f"dlg_{named}",), None)  # by id: a name pins nothing
         else:
             facts = self._facts[self._rng.randrange(self._opts.classes)]
         return Queued(f"tsk_{self._n}", facts)

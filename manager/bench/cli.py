@@ -72,6 +72,13 @@ def bench_parser() -> argparse.ArgumentParser:
         " report submit -> result on this client's clock (one task alone)",
     )
     p.add_argument(
+        "--results",
+        choices=("wait", "follow"),
+        default="wait",
+        help="with --real-delegates: await each task by a submit that waits for it (default),"
+        " or submit and then follow it (counts its log lines)",
+    )
+    p.add_argument(
         "--replicas", type=int, default=1, help="managers to start on one --database (default 1)"
     )
     p.add_argument("--database", help="postgresql://... for the managers started, not SQLite")

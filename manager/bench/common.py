@@ -205,13 +205,18 @@ async def submit_tasks(
     concurrency: int,
     rate: float | None,
     on_submitted: Callable[[str, float], None],
+    wait: float | None = None,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Submit ``tasks`` tasks with ``concurrency`` submitters spread round-robin over ``urls``.
 
     With ``rate``, task i is sent no earlier than i/rate seconds after the start (an open
     schedule, so latency is measured below saturation); without, as fast as answers come.
     ``on_submitted(task_id, sent)`` gets each task with the ``perf_counter`` it was sent at.
+    ``wait``: each submit asks to be answered once its task is final (``?wait=``), and
+    ``on_answer`` gets the task each answer holds.
     """
+    params = None if wait is None else {"wait": repr(wait)}
     indices = iter(range(tasks))
     start = time.perf_counter()
 
@@ -223,12 +228,14 @@ async def submit_tasks(
                 if delay > 0:
                     await asyncio.sleep(delay)
             sent = time.perf_counter()
-            async with http.post(url, json=body, headers=headers) as resp:
+            async with http.post(url, json=body, headers=headers, params=params) as resp:
                 if resp.status != 201:
                     text = await resp.text()
                     raise RuntimeError(f"submit failed: HTTP {resp.status}: {text[:300]}")
-                task_id = (await resp.json())["id"]
-            on_submitted(task_id, sent)
+                answer = await resp.json()
+            on_submitted(answer["id"], sent)
+            if on_answer is not None:
+                on_answer(answer)
 
     await asyncio.gather(*(submitter(k) for k in range(concurrency)))
 

@@ -46,6 +46,9 @@ class BenchOptions:
     interpreter: Literal["bash", "sh"] = "bash"
     # With real delegates: one task at a time, each submitted once the one before finished.
     sequential: bool = False
+    # With real delegates, how each task's end is awaited: its submit waits for it
+    # (?wait=), or it is submitted and then followed (its log lines counted).
+    results: Literal["wait", "follow"] = "wait"
     # No run waits longer than this for its tasks to finish.
     timeout: float = 600.0
 
@@ -121,6 +124,8 @@ def validate(opts: BenchOptions) -> str | None:
         return "--idle holds simulated delegates; it does not go with --real-delegates"
     if opts.sequential and not opts.real_delegates:
         return "--sequential is for --real-delegates"
+    if opts.results != "wait" and not opts.real_delegates:
+        return "--results is for --real-delegates"
     if opts.sequential and opts.rate is not None:
         return "--sequential paces itself; it does not go with --rate"
     if opts.real_delegates and opts.mode != "stream":

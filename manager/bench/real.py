@@ -1,9 +1,13 @@
 """Real ``tether-delegate`` processes running real shell tasks: the whole path.
 
 The figure includes what simulated delegates skip: spawning the task's process, masking
-its output, shipping its log and result. Completion is awaited through the public API
-(``GET /api/v1/tasks/{id}/logs/follow``, whose last line carries the finished task), and
-latencies come from the task's own timestamps, all on the manager's clock:
+its output, shipping its log and result. Completion is awaited through the public API: by
+default each submit waits for its task (``POST /api/v1/tasks?wait=``, answered with the
+final task: one request a task, as a caller that wants the result makes it); with
+``--results follow`` each task is submitted, then followed (``GET
+/api/v1/tasks/{id}/logs/follow``, whose last line carries the finished task), the way to
+count its log lines too. Latencies come from the task's own timestamps, all on the
+manager's clock:
 
     started: created_at -> started_at (acquired)     result: created_at -> finished_at
 
@@ -29,6 +33,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+from manager.api.task_wait import MAX_WAIT_S
 from manager.bench.common import (
     BIN,
     Managers,
@@ -39,12 +44,15 @@ from manager.bench.common import (
     submit_tasks,
 )
 from manager.bench.options import BenchOptions
+from shared.protocol import FINAL_STATES
 from shared.tls import client_context
 
 __all__ = ["run_real"]
 
 CONNECT_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+
+_FINAL = frozenset(state.value for state in FINAL_STATES)
 
 
 @dataclass
@@ -159,11 +167,26 @@ class RealBench:
         delegate.pump = asyncio.create_task(delegate.read_stderr())
         return delegate
 
-    async def submit(self, url: str, body: dict[str, Any]) -> str:
-        async with self.http.post(f"{url}/api/v1/tasks", json=body, headers=self.user()) as resp:
+    async def submit(self, url: str, body: dict[str, Any], *, wait: bool) -> dict[str, Any]:
+        """The submit's answer: the task as queued, or with ``wait`` as it is once final (or
+        when the longest wait ran out)."""
+        params = {"wait": repr(MAX_WAIT_S)} if wait else None
+        async with self.http.post(
+            f"{url}/api/v1/tasks", json=body, headers=self.user(), params=params
+        ) as resp:
             if resp.status != 201:
                 raise RuntimeError(f"submit failed: HTTP {resp.status}: {await resp.text()}")
-            return str((await resp.json())["id"])
+            answer: dict[str, Any] = await resp.json()
+            return answer
+
+    async def finished(
+        self, url: str, answer: dict[str, Any], stats: dict[str, int]
+    ) -> dict[str, Any]:
+        """The final view of the task a submit answered: that answer when it is final
+        already (a submit that waited), else the end of a follow."""
+        if answer["state"] in _FINAL:
+            return answer
+        return await self.follow(str(answer["id"]), url, stats)
 
     async def follow(self, task_id: str, url: str, stats: dict[str, int]) -> dict[str, Any]:
         """Wait for ``task_id`` to finish; its final view, with its log lines counted."""
@@ -227,22 +250,31 @@ async def _measure(bench: RealBench, opts: BenchOptions, managers: Managers) -> 
     payload = {"type": "shell", "script": opts.script, "interpreter": opts.interpreter}
     body = {"payload": payload, "selectors": [bench.selector]}
     stats = {"log_lines": 0, "log_bytes": 0}
+    out["results"] = opts.results
     if opts.sequential:
         views, seen = await _one_at_a_time(bench, body, stats, opts)
         out["sequential_result_ms"] = percentiles(seen)
     else:
-        submitted: list[str] = []
-        await submit_tasks(
-            bench.http,
-            managers.urls,
-            bench.user(),
-            body,
-            tasks=opts.tasks,
-            concurrency=opts.concurrency,
-            rate=opts.rate,
-            on_submitted=lambda task_id, _sent: submitted.append(task_id),
-        )
-        views = await _follow_all(bench, submitted, stats, opts)
+        answers: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(opts.timeout):
+                await submit_tasks(
+                    bench.http,
+                    managers.urls,
+                    bench.user(),
+                    body,
+                    tasks=opts.tasks,
+                    concurrency=opts.concurrency,
+                    rate=opts.rate,
+                    on_submitted=lambda _task_id, _sent: None,
+                    wait=MAX_WAIT_S if opts.results == "wait" else None,
+                    on_answer=answers.append,
+                )
+        except TimeoutError:
+            raise RuntimeError(
+                f"the tasks were not all submitted within {opts.timeout:g} s"
+            ) from None
+        views = await _finish_all(bench, answers, stats, opts)
     manager_cpu = managers.cpu_s() - cpu0
     created = [v["created_at"] for v in views]
     span = max(v["finished_at"] for v in views) - min(created)
@@ -299,27 +331,29 @@ async def _one_at_a_time(
         async with asyncio.timeout(opts.timeout):
             for _ in range(opts.tasks):
                 sent = time.perf_counter()
-                task_id = await bench.submit(url, body)
-                views.append(await bench.follow(task_id, url, stats))
+                answer = await bench.submit(url, body, wait=opts.results == "wait")
+                views.append(await bench.finished(url, answer, stats))
                 seen.append((time.perf_counter() - sent) * 1000)
     except TimeoutError:
         raise RuntimeError(f"the tasks did not all finish within {opts.timeout:g} s") from None
     return views, seen
 
 
-async def _follow_all(
-    bench: RealBench, task_ids: list[str], stats: dict[str, int], opts: BenchOptions
+async def _finish_all(
+    bench: RealBench, answers: list[dict[str, Any]], stats: dict[str, int], opts: BenchOptions
 ) -> list[dict[str, Any]]:
+    """The final view of every task submitted: a waited answer as it came, the rest
+    followed (all of them with ``--results follow``)."""
     urls = bench.managers.urls
     slots = asyncio.Semaphore(opts.concurrency)
 
-    async def one(i: int, task_id: str) -> dict[str, Any]:
+    async def one(i: int, answer: dict[str, Any]) -> dict[str, Any]:
         async with slots:
-            return await bench.follow(task_id, urls[i % len(urls)], stats)
+            return await bench.finished(urls[i % len(urls)], answer, stats)
 
     try:
         return await asyncio.wait_for(
-            asyncio.gather(*(one(i, t) for i, t in enumerate(task_ids))), opts.timeout
+            asyncio.gather(*(one(i, a) for i, a in enumerate(answers))), opts.timeout
         )
     except TimeoutError:
         raise RuntimeError(f"the tasks did not all finish within {opts.timeout:g} s") from None

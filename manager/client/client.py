@@ -394,9 +394,21 @@ class TetherClient:
 
     # --- tasks ---------------------------------------------------------------------------
 
-    async def submit_task(self, task: TaskSubmit) -> TaskView:
-        """Queue a task; with an idempotency key already used, the existing task comes back."""
-        return await self._call("POST", "/api/v1/tasks", TaskView, body=task)
+    async def submit_task(self, task: TaskSubmit, *, wait: float | None = None) -> TaskView:
+        """Queue a task; with an idempotency key already used, the existing task comes back.
+        ``wait``: the answer comes once the task is final, or after that many seconds (at
+        most 60) with the task as it is then: tell the two apart by its state."""
+        if wait is None:
+            return await self._call("POST", "/api/v1/tasks", TaskView, body=task)
+        return await self._call(
+            "POST",
+            "/api/v1/tasks",
+            TaskView,
+            params={"wait": repr(wait)},
+            body=task,
+            # The answer may take the whole wait: the call's own limit comes on top of it.
+            timeout=wait + self._timeout,
+        )
 
     async def get_task(self, task_id: str) -> TaskView:
         return await self._call("GET", f"/api/v1/tasks/{_seg(task_id)}", TaskView)

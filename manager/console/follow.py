@@ -51,7 +51,7 @@ async def follow_log(request: web.Request) -> web.StreamResponse:
         else:
             await resp.write(b": ping\n\n")
 
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):  # the reader left (reset, or "Connection lost")
         if await follow_task(request, task_id, after, send, lambda: recheck(request, console=True)):
             await resp.write_eof()
     return resp

@@ -81,7 +81,7 @@ async def live_rows(
     shown: str | None = None
     due: float | None = loop.time() if wake is not None or every is None else loop.time() + every
     last_render = last_sent = float("-inf")
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):  # the reader left (reset, or "Connection lost")
         while not c.stopping and not _gone(request):
             # Taken before the rendering, so a change during it wakes the next wait.
             changed = wake() if wake is not None else asyncio.Event()

@@ -121,21 +121,23 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
                 404,
                 "not_found",
             ),
+            # "other" may not run it (it asks for the selector "owner"): told, as for a task
+            # that does not exist, nothing of it (not even that the id is a task's).
             (
                 "logs of another delegate's task",
                 other,
                 "logs",
                 lambda i: logs_frame(i, task_id, attempt, ["forged"]),
-                409,
-                "stale_attempt",
+                404,
+                "not_found",
             ),
             (
                 "the result of another delegate's task",
                 other,
                 "result",
                 lambda i: result_frame(i, task_id, attempt, status="failed"),
-                409,
-                "stale_attempt",
+                404,
+                "not_found",
             ),
             (
                 "a log batch over the size limit",
@@ -164,7 +166,10 @@ async def test_a_refusal_over_the_stream_is_the_https_route_s_and_stores_nothing
         reply = await owner.request(result_frame(99, task_id, attempt))
         assert reply["result"] == {"state": "succeeded", "recorded": True}
     metrics = await metrics_text(manager)
-    assert _counted(metrics, "logs", 409) == 2
+    # Over the stream, each counted as its HTTPS twin: a stale attempt, the other's logs
+    # and a task that does not exist, the batch too large.
+    assert _counted(metrics, "logs", 409) == 1
+    assert _counted(metrics, "logs", 404) == 2
     assert _counted(metrics, "logs", 413) == 1
 
 

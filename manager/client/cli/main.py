@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_task_run)
     submit = task.add_parser("submit", parents=[output], help="submit a shell task; print its id")
     _task_options(submit)
+    submit.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="answer once the task is final (at most 60): exit with its status, as task run"
+        " does (124 when the wait ran out first)",
+    )
     submit.set_defaults(handler=cmd_task_submit)
     get = task.add_parser("get", parents=[output], help="show a task")
     get.add_argument("task_id", metavar="TASK", help=_TASK_REF)

@@ -222,9 +222,16 @@ async def cmd_task_run(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_task_submit(ctx: Context, args: argparse.Namespace) -> int:
-    task = await ctx.client.submit_task(args.submit)
+    wait = getattr(args, "wait", None)
+    task = await ctx.client.submit_task(args.submit, wait=wait)
     ctx.console.print(fmt.to_json(task) if ctx.json else task.id)
-    return 0
+    if wait is None:
+        return 0
+    if task.state not in FINAL_STATES:
+        return EXIT_TIMED_OUT  # as timeout(1): the wait ran out; the task goes on
+    if not ctx.json:
+        ctx.console.note(fmt.summary_line(task))
+    return exit_code_for(task)
 
 
 async def cmd_task_get(ctx: Context, args: argparse.Namespace) -> int:

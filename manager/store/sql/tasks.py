@@ -21,6 +21,7 @@ from manager.records import (
     LogRecord,
     Presence,
     ProfileRecord,
+    Readable,
     TaskFilter,
     TaskRecord,
 )
@@ -293,6 +294,8 @@ class TaskQueries(Statements, TaskStore):
                 params[name] = value
         if flt.deployments_only:
             where.append("deployment IS NOT NULL")
+        if flt.readable is not None:
+            where.append(_readable_sql(flt.readable, params))
         for number, (key, value) in enumerate(flt.labels):
             # The key is bound (a JSON path on SQLite), never written into the text.
             if self.dialect is Dialect.POSTGRES:
@@ -507,3 +510,27 @@ def _profile(row: Any) -> ProfileRecord:
         row["interpreter"],
         row["updated_at"],
     )
+
+
+def _in(column: str, values: frozenset[str], prefix: str, params: dict[str, Any]) -> str:
+    """``column IN (...)`` over ``values``, each bound; an empty set holds nothing."""
+    if not values:
+        return "1 = 0"
+    names = []
+    for number, value in enumerate(sorted(values)):
+        params[f"{prefix}{number}"] = value
+        names.append(f":{prefix}{number}")
+    return f"{column} IN ({', '.join(names)})"
+
+
+def _readable_sql(readable: Readable, params: dict[str, Any]) -> str:
+    """The tasks ``readable`` lets a reader see, as Places.target and Grants.allows judge
+    them: outside any application, in an environment it may read, or in one deleted since
+    (judged as production of its application)."""
+    parts = [f"(app_id IS NULL OR env_id IS NULL) AND {'1 = 1' if readable.outside else '1 = 0'}"]
+    parts.append(_in("env_id", readable.envs, "rd_env", params))
+    if readable.gone_all or readable.gone_apps:
+        gone = "1 = 1" if readable.gone_all else _in("app_id", readable.gone_apps, "rd_app", params)
+        known = _in("env_id", readable.known, "rd_known", params)
+        parts.append(f"NOT ({known}) AND ({gone})")
+    return "(" + " OR ".join(f"({p})" for p in parts) + ")"

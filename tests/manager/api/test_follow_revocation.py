@@ -7,6 +7,7 @@ first read is its check's own, and a change right after that read still wakes it
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from manager.access.tokens import create_token
 from manager.api.context import CTX
 from manager.schemas.grants import AppGrant
 from manager.store.base import Store
 from tests.manager.access_support import Manager, manager, one_manager, sqlite_store  # noqa: F401
+from tests.manager.api.test_api import registration
 from tests.manager.rbac_support import member, place
 
 EMAIL = "follower@example.com"
@@ -175,3 +178,61 @@ async def test_a_change_between_the_check_and_the_stream_is_not_missed(
     assert lines[-1]["task"]["state"] == "cancelled"
     # The check's read served as the stream's first: one more read saw the cancel.
     assert reads == 2
+
+
+async def test_a_revocation_ends_a_stream_that_is_still_reading_a_long_log(
+    m: Manager, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader behind a task that keeps writing gets a page at every read and never waits:
+    the checks must run on that path too (an attack on a running manager read a production
+    task's new lines for the whole minute after its key was revoked)."""
+    # Outside any application: any account-wide delegate may take it at once.
+    status, task = await m.call(
+        "POST", "/api/v1/tasks", {"payload": {"type": "shell", "script": "yes"}}
+    )
+    assert status == 201, task
+    task_id = task["id"]
+    _, token = await create_token(store, "tok-runner")
+    resp = await m.client.post(
+        "/api/v1/delegate/register",
+        json=registration(name="runner", public_key=base64.b64encode(b"r" * 32).decode()),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 200, await resp.text()
+    cred = {"Authorization": f"Bearer {(await resp.json())['session_token']}"}
+    got = await m.client.post(f"/api/v1/delegate/tasks/{task_id}/acquire", headers=cred)
+    assert got.status == 200, await got.text()
+    pages, per_page = 6, 1000
+    for page in range(pages):
+        lines = [
+            {"seq": page * per_page + i, "stream": "stdout", "ts": 1.0, "text": "x" * 400}
+            for i in range(per_page)
+        ]
+        posted = await m.client.post(
+            f"/api/v1/delegate/tasks/{task_id}/logs",
+            json={"attempt": 1, "lines": lines},
+            headers=cred,
+        )
+        assert posted.status == 200, await posted.text()
+    session = await member(store, EMAIL, apps=[READ])
+    # Only the revocation can end it early: no periodic re-check within the test.
+    monkeypatch.setattr("manager.api.tasks.FOLLOW_RECHECK_S", 3600.0)
+    follow = await m.client.get(f"/api/v1/tasks/{task_id}/logs/follow", headers=m.auth(session))
+    assert follow.status == 200
+    kinds: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(kinds) < 11:  # the state, then ten lines of the first page
+                kinds.append(json.loads(await follow.content.readline())["kind"])
+            status, _ = await m.call(
+                "PATCH", f"/api/v1/groups/group-{EMAIL}", {"app_permissions": []}
+            )
+            assert status == 200
+            while raw := await follow.content.readline():
+                kinds.append(json.loads(raw)["kind"])
+    finally:
+        follow.close()
+    assert kinds[-1] == "error", kinds[-3:]
+    # The pages written before the check saw the change (what the socket's buffers held),
+    # not the whole log.
+    assert kinds.count("log") < (pages - 2) * per_page

@@ -99,6 +99,7 @@ class FakeClient(TetherClient):
         self.interrupt = interrupt
         self.pages = list(pages)
         self.submitted: list[TaskSubmit] = []
+        self.waits: list[float | None] = []
         self.cancelled: list[str] = []
         self.token_requests: list[TokenCreate | None] = []
         self.listed: list[dict[str, object]] = []
@@ -108,9 +109,10 @@ class FakeClient(TetherClient):
         if self.fail is not None:
             raise self.fail
 
-    async def submit_task(self, task: TaskSubmit) -> TaskView:
+    async def submit_task(self, task: TaskSubmit, *, wait: float | None = None) -> TaskView:
         self._check()
         self.submitted.append(task)
+        self.waits.append(wait)
         return self.task
 
     async def get_task(self, task_id: str) -> TaskView:
@@ -558,6 +560,23 @@ def test_submit_prints_the_task_id_alone_on_the_last_line() -> None:
     assert result.code == 0
     assert result.out.splitlines()[-1] == "task_1"
     assert json.loads(as_json.out)["id"] == "task_1"
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code", "status"),
+    [("succeeded", 0, 0), ("failed", 3, 3), ("running", None, 124), ("queued", None, 124)],
+)
+def test_submit_with_wait_exits_with_the_tasks_status_or_124_when_the_wait_ran_out(
+    state: str, exit_code: int | None, status: int
+) -> None:
+    client = FakeClient(task=task_view(state=TaskState(state), exit_code=exit_code))
+    result = tether("task", "submit", "--wait", "30", "--", "true", client=client)
+    assert result.code == status, result.err
+    assert client.waits == [30.0]
+    assert result.out.splitlines()[-1] == "task_1"
+    # Without --wait: no wait asked, and 0 whatever the state.
+    assert tether("task", "submit", "--", "true", client=client).code == 0
+    assert client.waits == [30.0, None]
 
 
 def test_a_task_names_its_app_and_env_with_app_and_app_env() -> None:
