@@ -102,8 +102,8 @@ def readable(grants: Grants, where: Places) -> Readable | None:
         if grants.allows(Target(app_id, env_id, env_type), "read")
     )
     # A task of an environment deleted since is judged as production (Places.target). A
-    # grant naming that environment's id would cover it too, but no one can name a deleted
-    # one any more: such a task is left out of lists (it still reads by its id).
+    # grant naming that environment's id (or its deleted application's) would cover it too;
+    # such a task is left out of lists (it still reads by its id): stricter, never looser.
     gone_apps = frozenset(
         app_id
         for app_id in where.apps
