@@ -194,7 +194,7 @@ async def register(request: web.Request) -> web.Response:
             field="public_key",
         )
     c.hub.session(delegate).scope = scope
-    await c.profiles.on_register(delegate, req.instance)
+    await c.profiles.on_register(delegate, req.instance, scope)
     log.info(
         "delegate registered",
         delegate_id=delegate.id,

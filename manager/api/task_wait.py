@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 from aiohttp import web
 
@@ -40,17 +41,22 @@ MAX_WAIT_S = 60.0
 RECHECK_S = 2.0
 
 
+# Plain decimal seconds: float() alone takes " 1", "1_0", "1e1" and other scripts' digits.
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
 def wait_param(request: web.Request) -> float | None:
     """The ``wait`` a submit asks for, in seconds; None when it asks for none."""
-    raw = request.query.get("wait")
-    if raw is None:
+    given = request.query.getall("wait", [])
+    if not given:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
+    if len(given) > 1:
+        raise ApiProblem(400, "invalid", "wait: give it once", field="wait")
+    if not _SECONDS.fullmatch(given[0]):
         raise ApiProblem(
-            400, "invalid", "wait: expected a number of seconds", field="wait"
-        ) from None
+            400, "invalid", "wait: expected a number of seconds, like 30 or 2.5", field="wait"
+        )
+    value = float(given[0])
     if not (math.isfinite(value) and 0 < value <= MAX_WAIT_S):
         raise ApiProblem(
             400,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -243,8 +244,12 @@ async def submit_parsed(
     )
     where = await _places(request)
     _check_deployment_env(req, target, where)
+    # Each task as it was asked for (queued), as its event tells it: the answer tells it so
+    # too, though the insert may have claimed it already for a delegate.
+    asked: dict[str, TaskRecord] = {}
 
     def submitted(task: TaskRecord) -> Change:
+        asked[task.id] = task
         return Change(
             task.id,
             _task_name(task),
@@ -266,8 +271,36 @@ async def submit_parsed(
         final = await until_final(request, task, wait_s, where)
         if final is not None:
             return json_response(await full_task_view(c, final, where), status=status)
+    if task.id in asked:
+        shown = asked[task.id]
+    elif principal_of(request).grants.allows(target, "read"):
+        shown = task  # an earlier submit's task, as it is now: the caller may read it
+    else:
+        # An earlier submit's task, for a caller who may execute but not read there: what
+        # that submit answered, never what became of it (a repeat was a way to poll it).
+        shown = _as_asked(task, req)
     # The answer's view is built here, once the task is handed out: not in its transaction.
-    return json_response(task_view(task, where=where), status=status)
+    return json_response(task_view(shown, where=where), status=status)
+
+
+def _as_asked(task: TaskRecord, req: TaskSubmit) -> TaskRecord:
+    """``task`` as its submit answered it: queued, before any attempt or outcome, with the
+    deployment as submitted (a result may have reported more of it)."""
+    return dataclasses.replace(
+        task,
+        state=TaskState.QUEUED,
+        attempt=0,
+        delegate_id=None,
+        started_at=None,
+        finished_at=None,
+        exit_code=None,
+        outputs={},
+        error=None,
+        cancel_requested=False,
+        lease_until=None,
+        acquire_key=None,
+        deployment=None if req.deployment is None else req.deployment.model_dump(mode="json"),
+    )
 
 
 def _check_deployment_env(req: TaskSubmit, target: object, where: Places) -> None:

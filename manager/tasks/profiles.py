@@ -19,6 +19,7 @@ import time
 import structlog
 
 from manager.core.audit_chain import AuditOf
+from manager.core.eligibility import NOTHING, DelegateScope
 from manager.errors import NotFound
 from manager.records import DelegateRecord, ProfileRecord
 from manager.schemas.tasks import TaskSubmit
@@ -38,8 +39,15 @@ def script_hash(profile: ProfileRecord) -> str:
     return hashlib.sha256(f"{profile.interpreter}\0{profile.script}".encode()).hexdigest()[:16]
 
 
-def matches(profile: ProfileRecord, delegate: DelegateRecord) -> bool:
-    offered = {*delegate.selectors, delegate.name}
+def matches(profile: ProfileRecord, delegate: DelegateRecord, scope: DelegateScope) -> bool:
+    """Whether ``profile`` runs on ``delegate``: every selector of the profile among the
+    delegate's, or its name when ``scope`` (its token's) lets it claim that selector. The
+    delegate picks its own name: as the hand-out's rule (manager.core.eligibility), a
+    narrowed token's delegate named after a label must not take a profile (and its
+    account-scoped secrets) meant for the delegates that carry the label."""
+    offered = set(delegate.selectors)
+    if scope.selectors is None or delegate.name in scope.selectors:
+        offered.add(delegate.name)
     return all(s in offered for s in profile.selectors)
 
 
@@ -69,9 +77,12 @@ class Profiles:
         if not await self._store.delete_profile(name, audit=audit):
             raise NotFound("not_found", f"no profile {name!r}")
 
-    async def on_register(self, delegate: DelegateRecord, instance: str) -> None:
+    async def on_register(
+        self, delegate: DelegateRecord, instance: str, scope: DelegateScope
+    ) -> None:
+        """``scope``: the scope of the token it registered with."""
         for profile in await self._store.list_profiles():
-            if matches(profile, delegate):
+            if matches(profile, delegate, scope):
                 await self._run(profile, delegate, f"start-{instance}")
 
     async def on_change(self, profile: ProfileRecord) -> int:
@@ -79,9 +90,12 @@ class Profiles:
         live = set(self._hub.sessions) | set(
             await self._store.presence(time.time() - self._lost_after)
         )
+        # A delegate whose token is gone matches by its selectors alone.
+        scopes = {t.id: DelegateScope.load(t.scope) for t in await self._store.list_tokens()}
         count = 0
         for delegate in await self._store.list_delegates():
-            if delegate.id in live and matches(profile, delegate):
+            scope = scopes.get(delegate.token_id, NOTHING)
+            if delegate.id in live and matches(profile, delegate, scope):
                 await self._run(profile, delegate, "changed")
                 count += 1
         return count

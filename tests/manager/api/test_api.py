@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manager.access.tokens import create_api_key, create_token
 from manager.console.security import is_console_path
+from manager.core.eligibility import DelegateScope
 from manager.schemas.grants import ADMIN_GROUP
 from manager.server.app import ManagerConfig, build_app, open_store
 from manager.store.base import Store
@@ -707,6 +708,45 @@ async def test_a_profile_skips_delegates_its_selectors_do_not_match(api: Api) ->
     )
     await _register_instance(api, "cpu-1", "boot-1", ["linux"])
     assert await _profile_tasks(api) == []
+
+
+async def test_a_narrowed_delegate_named_after_a_profiles_selector_is_not_run_it(
+    api: Api,
+) -> None:
+    """A delegate picks its own name: a staging token's delegate registered as ``vault``
+    was run the profile for the label ``vault`` (its account-scoped secrets with it), at
+    registration and on a change of the profile. An attack on a running manager found it."""
+    staging_pool = DelegateScope(
+        env_types=frozenset({"non_production"}), selectors=frozenset({"stg-pool"})
+    )
+    _, narrowed = await create_token(api.store, "tok-staging", staging_pool)
+    resp = await api.client.post(
+        "/api/v1/delegate/register",
+        json=registration(
+            name="vault",
+            selectors=["stg-pool"],
+            public_key=base64.b64encode(b"v" * 32).decode(),
+        ),
+        headers={"Authorization": f"Bearer {narrowed}"},
+    )
+    assert resp.status == 200, await resp.text()
+    put = await api.client.put(
+        "/api/v1/profiles/vault-setup",
+        json={"selectors": ["vault"], "script": "echo unseal"},
+        headers=api.auth(),
+    )
+    assert (await put.json())["runs_started"] == 0
+    assert await _profile_tasks(api) == []
+    # An account-wide token's delegate still answers to its name.
+    put = await api.client.put(
+        "/api/v1/profiles/host-setup",
+        json={"selectors": ["host-7"], "script": "echo ready"},
+        headers=api.auth(),
+    )
+    assert put.status == 200
+    delegate_id = await _register_instance(api, "host-7", "boot-1", [])
+    (task,) = await _profile_tasks(api)
+    assert task["selectors"] == [delegate_id]
 
 
 async def test_changing_a_profile_runs_it_again_on_live_delegates(api: Api) -> None:

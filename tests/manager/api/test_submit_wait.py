@@ -84,7 +84,9 @@ async def test_a_wait_that_runs_out_answers_with_the_task_as_it_is(api: Api) -> 
     assert (await first.json())["id"] == (await again.json())["id"]
 
 
-@pytest.mark.parametrize("wait", ["0", "-1", "61", "nan", "inf", "soon", ""])
+@pytest.mark.parametrize(
+    "wait", ["0", "-1", "61", "nan", "inf", "soon", "", " 1", "1_0", "1e1", "\uff16", "+1", "0x10"]
+)
 async def test_a_malformed_wait_is_a_400_that_writes_nothing(api: Api, wait: str) -> None:
     before = await api.store.list_audit(AuditQuery(limit=1))
     resp = await api.client.post(
@@ -136,3 +138,44 @@ async def test_a_caller_whose_read_goes_while_it_waits_learns_no_outcome(
     task = await resp.json()
     # What the submit would have answered without its wait: the task as it was submitted.
     assert (task["id"], task["state"], task["attempts"]) == (task_id, "queued", [])
+
+
+async def test_a_wait_given_twice_is_a_400(api: Api) -> None:
+    resp = await api.client.post(
+        "/api/v1/tasks",
+        params=[("wait", "0.1"), ("wait", "30")],
+        json=dict(SHELL),
+        headers=api.auth(),
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"] == "wait: give it once"
+    assert await api.store.list_tasks(TaskFilter()) == []
+
+
+async def test_a_repeat_by_a_caller_who_may_not_read_tells_no_outcome(
+    m: Manager, store: Store
+) -> None:
+    """Execute without read: the repeat of a submit (same idempotency key) answers the task
+    as that submit did, never what became of it (a repeat was a way to poll its outcome)."""
+    await place(store, "shop", "staging", "non_production")
+    runner = await member(
+        store, "runner@example.com", apps=[AppGrant(envs="non_production", actions=("execute",))]
+    )
+    body = {**SHELL, "app": "shop", "env": "staging", "idempotency_key": "nightly-1"}
+    status, first = await m.call("POST", "/api/v1/tasks", body, key=runner)
+    assert (status, first["state"]) == (201, "queued")
+    assert (await m.call("POST", f"/api/v1/tasks/{first['id']}/cancel"))[0] == 200
+    status, again = await m.call("POST", "/api/v1/tasks", body, key=runner)
+    assert status == 200
+    assert again == first
+    # One who may read it is told where it stands.
+    reader = await member(
+        store,
+        "reader@example.com",
+        apps=[AppGrant(envs="non_production", actions=("read", "execute"))],
+    )
+    status, mine = await m.call("POST", "/api/v1/tasks", body, key=reader)
+    assert status == 201
+    assert (await m.call("POST", f"/api/v1/tasks/{mine['id']}/cancel"))[0] == 200
+    status, again = await m.call("POST", "/api/v1/tasks", body, key=reader)
+    assert (status, again["id"], again["state"]) == (200, mine["id"], "cancelled")
