@@ -253,8 +253,12 @@ async def test_two_running_tasks_cannot_read_each_others_secrets(
         "--field", "user=deployer",
     )  # fmt: skip
     assert created.code == 0, created.stderr
-    # A: publishes where its secrets are, then stays running until B has tried them.
+    # A: publishes where its secrets are, then stays running until B has tried them. The
+    # note made readable to B whatever umask the delegate (so its tasks) inherited: a test
+    # run in-process before this one (manager.cli.main) leaves the worker's at 077, and B,
+    # unable to read it, probed empty paths (ENOENT, and its own directory listed "READ").
     first = (
+        f"umask 022; "
         f'printf "%s\\n" "$TETHER_SSH_ISO_KEY_KEY_FILE" "$TETHER_OUTPUT" "$$" > {coord}/a.tmp; '
         f"mv {coord}/a.tmp {coord}/a; "
         f'cat "$TETHER_SSH_ISO_KEY_KEY_FILE" > /dev/null && echo "own-key: READ"; '
