@@ -224,7 +224,9 @@ async def submit_parsed(
     the task once final, waiting up to that long (manager.api.task_wait)."""
     c = ctx(request)
     target = await submit_target(request, req.app, req.env)
-    if wait_s is not None and not principal_of(request).grants.allows(target, "read"):
+    # Judged once, before anything is written: a grant taken away later is the wait's to see.
+    may_read = principal_of(request).grants.allows(target, "read")
+    if wait_s is not None and not may_read:
         # Refused before anything is written: the outcome waited for is what a read shows.
         raise ApiProblem(
             403,
@@ -273,7 +275,7 @@ async def submit_parsed(
             return json_response(await full_task_view(c, final, where), status=status)
     if task.id in asked:
         shown = asked[task.id]
-    elif principal_of(request).grants.allows(target, "read"):
+    elif may_read:
         shown = task  # an earlier submit's task, as it is now: the caller may read it
     else:
         # An earlier submit's task, for a caller who may execute but not read there: what
